@@ -1,0 +1,19 @@
+// Command flotilla-secrets runs Flotilla's secrets service on its own, against an external
+// NATS (FLOTILLA_NATS_URL); see libs/svcmain for every setting.
+package main
+
+import (
+	"context"
+
+	"flotilla.dev/flotilla/libs/svcmain"
+	"flotilla.dev/flotilla/services/secrets"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+func main() {
+	svcmain.Main("secrets", version, svcmain.Needs{}, func(ctx context.Context, d svcmain.Deps) (svcmain.Runner, error) {
+		return secrets.New(ctx, secrets.Deps{NATS: d.NATS, Log: d.Log, TracerProvider: d.TracerProvider, Version: d.Version})
+	})
+}

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/cobra"
+
+	"flotilla.dev/flotilla/libs/allinone"
+	"flotilla.dev/flotilla/services/inventory"
+)
+
+func newAdmin() *cobra.Command {
+	admin := &cobra.Command{Use: "admin", Short: "Administer a Flotilla data directory"}
+	var (
+		dir           string
+		passwordStdin bool
+	)
+	setup := &cobra.Command{
+		Use:   "initial-setup USER [PASSWORD]",
+		Short: "Create the first admin user (once; works whether or not `flotilla up` is running)",
+		Args:  cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			user := args[0]
+			var pw string
+			switch {
+			case len(args) == 2 && passwordStdin:
+				return errors.New("give the password either as an argument or with --password-stdin, not both")
+			case len(args) == 2:
+				pw = args[1]
+			case passwordStdin:
+				line, err := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+				if err != nil && line == "" {
+					return fmt.Errorf("read password from standard input: %w", err)
+				}
+				pw = strings.TrimRight(line, "\r\n")
+			default:
+				return errors.New("a password is required: flotilla admin initial-setup USER PASSWORD (or --password-stdin)")
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			err := allinone.WithDatabase(cmd.Context(), dir, func(ctx context.Context, pool *pgxpool.Pool) error {
+				return inventory.InitialSetup(ctx, pool, log, user, pw)
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "admin user %q created; log in with POST /api/v1/login\n", user)
+			return nil
+		},
+	}
+	setup.Flags().StringVar(&dir, "data-dir", "./.flotilla", "data directory")
+	setup.Flags().BoolVar(&passwordStdin, "password-stdin", false, "read the password from standard input")
+	admin.AddCommand(setup)
+	return admin
+}

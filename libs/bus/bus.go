@@ -1,0 +1,105 @@
+// Package bus defines what every Flotilla message carries and the JetStream
+// streams Flotilla declares.
+//
+// Every message has a message id (used for JetStream de-duplication), the W3C
+// trace context of the work that caused it, the actor, the time and a schema
+// version, all as headers; domain events additionally wrap their payload in an
+// events.v1.Event envelope that repeats them, so a replayed event is
+// self-describing.
+package bus
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	eventsv1 "flotilla.dev/flotilla/api/gen/flotilla/events/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/natsx"
+)
+
+// Header names every Flotilla message carries (besides traceparent/tracestate).
+const (
+	HeaderMsgID         = nats.MsgIdHdr // "Nats-Msg-Id"
+	HeaderActor         = "Flotilla-Actor"
+	HeaderTime          = "Flotilla-Time"
+	HeaderSchemaVersion = "Flotilla-Schema-Version"
+	HeaderType          = "Flotilla-Type"
+)
+
+// SchemaVersion is the payload schema version of the events this build emits.
+const SchemaVersion = 1
+
+// Message is a message ready to publish.
+type Message struct {
+	Subject string
+	Header  nats.Header
+	Data    []byte
+}
+
+// ID returns the message id.
+func (m Message) ID() string { return m.Header.Get(HeaderMsgID) }
+
+// NewMessage builds a message with a fresh id, the trace context of ctx, the
+// actor, the time and the schema version.
+func NewMessage(ctx context.Context, subject, typ, actor string, now time.Time, payload proto.Message) (Message, error) {
+	data, err := proto.Marshal(payload)
+	if err != nil {
+		return Message{}, fmt.Errorf("encode %s: %w", typ, err)
+	}
+	h := nats.Header{}
+	h.Set(HeaderMsgID, uuid.Must(uuid.NewV7()).String())
+	h.Set(HeaderActor, actor)
+	h.Set(HeaderTime, now.UTC().Format(time.RFC3339Nano))
+	h.Set(HeaderSchemaVersion, strconv.Itoa(SchemaVersion))
+	h.Set(HeaderType, typ)
+	natsx.Inject(ctx, h)
+	return Message{Subject: subject, Header: h, Data: data}, nil
+}
+
+// NewEvent builds a domain event about one entity: the envelope carries data
+// (the entity after the change), and the subject is
+// subjects.Event(entity, id, verb).
+func NewEvent(ctx context.Context, entity, id, verb, actor string, entityVersion int64, now time.Time, data proto.Message) (Message, error) {
+	anyData, err := anypb.New(data)
+	if err != nil {
+		return Message{}, fmt.Errorf("wrap event data: %w", err)
+	}
+	typ := subjects.EventType(entity, verb)
+	ev := &eventsv1.Event{
+		Type:          typ,
+		Entity:        entity,
+		EntityId:      id,
+		Actor:         actor,
+		Time:          timestamppb.New(now),
+		SchemaVersion: SchemaVersion,
+		Data:          anyData,
+		EntityVersion: entityVersion,
+	}
+	msg, err := NewMessage(ctx, subjects.Event(entity, id, verb), typ, actor, now, ev)
+	if err != nil {
+		return Message{}, err
+	}
+	// The envelope repeats the message id so a replayed event names itself.
+	ev.Id = msg.ID()
+	if msg.Data, err = proto.Marshal(ev); err != nil {
+		return Message{}, fmt.Errorf("encode %s: %w", typ, err)
+	}
+	return msg, nil
+}
+
+// DecodeEvent reads an event envelope.
+func DecodeEvent(data []byte) (*eventsv1.Event, error) {
+	ev := &eventsv1.Event{}
+	if err := proto.Unmarshal(data, ev); err != nil {
+		return nil, fmt.Errorf("decode event: %w", err)
+	}
+	return ev, nil
+}

@@ -1,0 +1,212 @@
+// Package datadir lays out a Flotilla data directory and reads and writes its
+// settings file, config/settings.json.
+//
+//	<dir>/config/settings.json   settings (mode 0600: it holds generated credentials)
+//	<dir>/logs/                  flotilla.log and the managed PostgreSQL's log
+//	<dir>/postgres/              the managed PostgreSQL cluster, unless databaseURL is external
+//	<dir>/nats/                  the embedded NATS server's JetStream store
+//
+// The first start creates the layout and settings with fresh credentials;
+// later starts read them, so a restart keeps every record.
+package datadir
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+)
+
+// DefaultBasePort is the first of the consecutive ports Flotilla uses.
+const DefaultBasePort = 7700
+
+// Port offsets from the base port.
+const (
+	OffsetHTTP     = 0 // REST API, OpenAPI document, web console
+	OffsetGRPC     = 1 // gRPC API
+	OffsetAgentGW  = 2 // agent gateway (mTLS gRPC)
+	OffsetNATS     = 3 // embedded NATS
+	OffsetPostgres = 4 // managed PostgreSQL
+	OffsetMetrics  = 5 // Prometheus metrics
+	PortCount      = 6
+)
+
+// Settings are the contents of config/settings.json.
+type Settings struct {
+	// BasePort is the first of Flotilla's consecutive ports.
+	BasePort int `json:"basePort"`
+	// BindAddress is the address the HTTP, gRPC and agent ports listen on.
+	BindAddress string `json:"bindAddress"`
+	// DatabaseURL is the PostgreSQL connection URL.
+	DatabaseURL string `json:"databaseURL"`
+	// ManagedPostgres says Flotilla runs its own PostgreSQL in <dir>/postgres;
+	// false means DatabaseURL points at an external server.
+	ManagedPostgres bool `json:"managedPostgres"`
+	// PostgresPassword is the managed PostgreSQL's password.
+	PostgresPassword string `json:"postgresPassword,omitempty"`
+	// NATSToken is the token clients of the embedded NATS server present.
+	NATSToken string `json:"natsToken"`
+}
+
+// Port returns the port at the given offset from the base port.
+func (s *Settings) Port(offset int) int { return s.BasePort + offset }
+
+// Addr returns BindAddress:port for the given offset.
+func (s *Settings) Addr(offset int) string {
+	return net.JoinHostPort(s.BindAddress, strconv.Itoa(s.Port(offset)))
+}
+
+// Validate reports every problem with the settings, naming each setting.
+func (s *Settings) Validate() error {
+	var errs []error
+	if s.BasePort < 1 || s.BasePort > 65535-PortCount {
+		errs = append(errs, fmt.Errorf("basePort: %d must be between 1 and %d", s.BasePort, 65535-PortCount))
+	}
+	if net.ParseIP(s.BindAddress) == nil {
+		errs = append(errs, fmt.Errorf("bindAddress: %q is not an IP address", s.BindAddress))
+	}
+	if s.DatabaseURL == "" {
+		errs = append(errs, errors.New("databaseURL: is required"))
+	} else if u, err := url.Parse(s.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		errs = append(errs, errors.New("databaseURL: must be a postgres:// URL"))
+	}
+	if s.ManagedPostgres && s.PostgresPassword == "" {
+		errs = append(errs, errors.New("postgresPassword: is required when managedPostgres is true"))
+	}
+	if s.NATSToken == "" {
+		errs = append(errs, errors.New("natsToken: is required"))
+	}
+	return errors.Join(errs...)
+}
+
+// Dir is a Flotilla data directory.
+type Dir string
+
+// SettingsFile returns the path of config/settings.json.
+func (d Dir) SettingsFile() string { return filepath.Join(string(d), "config", "settings.json") }
+
+// Logs returns the logs directory.
+func (d Dir) Logs() string { return filepath.Join(string(d), "logs") }
+
+// Postgres returns the managed PostgreSQL cluster directory.
+func (d Dir) Postgres() string { return filepath.Join(string(d), "postgres") }
+
+// NATS returns the JetStream store directory.
+func (d Dir) NATS() string { return filepath.Join(string(d), "nats") }
+
+// Path joins elem to the data directory.
+func (d Dir) Path(elem ...string) string {
+	return filepath.Join(append([]string{string(d)}, elem...)...)
+}
+
+// Overrides change settings at start (command-line flags); zero values keep
+// what the file says.
+type Overrides struct {
+	BasePort    int
+	DatabaseURL string
+}
+
+// Prepare creates the layout and the settings on first use, applies the
+// overrides, saves the settings if they changed and returns them.
+func Prepare(d Dir, o Overrides) (*Settings, error) {
+	if !filepath.IsAbs(string(d)) {
+		abs, err := filepath.Abs(string(d))
+		if err != nil {
+			return nil, err
+		}
+		d = Dir(abs)
+	}
+	for _, sub := range []string{string(d), filepath.Dir(d.SettingsFile()), d.Logs(), d.NATS()} {
+		if err := os.MkdirAll(sub, 0o755); err != nil {
+			return nil, fmt.Errorf("create data directory: %w", err)
+		}
+	}
+	s, err := Load(d)
+	changed := false
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		s = &Settings{BasePort: DefaultBasePort, BindAddress: "127.0.0.1", ManagedPostgres: true,
+			PostgresPassword: randomHex(24), NATSToken: randomHex(24)}
+		changed = true
+	case err != nil:
+		return nil, err
+	}
+	if o.BasePort != 0 && o.BasePort != s.BasePort {
+		s.BasePort, changed = o.BasePort, true
+	}
+	if o.DatabaseURL != "" && o.DatabaseURL != s.DatabaseURL {
+		s.DatabaseURL, s.ManagedPostgres, s.PostgresPassword, changed = o.DatabaseURL, false, "", true
+	}
+	if s.ManagedPostgres {
+		if want := ManagedURL(s); want != s.DatabaseURL {
+			s.DatabaseURL, changed = want, true
+		}
+	}
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("settings in %s: %w", d.SettingsFile(), err)
+	}
+	if changed {
+		if err := Save(d, s); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// ManagedURL is the URL of the managed PostgreSQL for these settings.
+func ManagedURL(s *Settings) string {
+	u := url.URL{
+		Scheme:   "postgres",
+		User:     url.UserPassword("flotilla", s.PostgresPassword),
+		Host:     net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port(OffsetPostgres))),
+		Path:     "/flotilla",
+		RawQuery: "sslmode=disable",
+	}
+	return u.String()
+}
+
+// Load reads the settings file; the error wraps os.ErrNotExist if there is none.
+func Load(d Dir) (*Settings, error) {
+	b, err := os.ReadFile(d.SettingsFile())
+	if err != nil {
+		return nil, fmt.Errorf("read settings: %w", err)
+	}
+	s := &Settings{}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(s); err != nil {
+		return nil, fmt.Errorf("settings %s: %w", d.SettingsFile(), err)
+	}
+	return s, nil
+}
+
+// Save writes the settings atomically with mode 0600.
+func Save(d Dir, s *Settings) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := d.SettingsFile() + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("write settings: %w", err)
+	}
+	if err := os.Rename(tmp, d.SettingsFile()); err != nil {
+		return fmt.Errorf("write settings: %w", err)
+	}
+	return nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return hex.EncodeToString(b)
+}

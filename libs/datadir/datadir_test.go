@@ -1,0 +1,55 @@
+package datadir
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+func TestPrepareCreatesLayoutAndKeepsSettings(t *testing.T) {
+	t.Parallel()
+	d := Dir(t.TempDir())
+	s, err := Prepare(d, Overrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{d.SettingsFile(), d.Logs(), d.NATS()} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("missing %s: %v", p, err)
+		}
+	}
+	fi, _ := os.Stat(d.SettingsFile())
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("settings mode %v, want 0600", fi.Mode().Perm())
+	}
+	if s.BasePort != DefaultBasePort || !s.ManagedPostgres || !strings.Contains(s.DatabaseURL, ":7704/") {
+		t.Errorf("unexpected defaults %+v", s)
+	}
+	again, err := Prepare(d, Overrides{BasePort: 9100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.PostgresPassword != s.PostgresPassword || again.NATSToken != s.NATSToken {
+		t.Error("second start changed the generated credentials")
+	}
+	if again.BasePort != 9100 || !strings.Contains(again.DatabaseURL, ":9104/") {
+		t.Errorf("port override not applied: %+v", again)
+	}
+	ext, err := Prepare(d, Overrides{DatabaseURL: "postgres://u:p@db:5432/flotilla"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ext.ManagedPostgres || ext.DatabaseURL != "postgres://u:p@db:5432/flotilla" {
+		t.Errorf("external database not applied: %+v", ext)
+	}
+}
+
+func TestValidateNamesSettings(t *testing.T) {
+	t.Parallel()
+	err := (&Settings{BasePort: 0, BindAddress: "nope", DatabaseURL: "mysql://x", ManagedPostgres: true}).Validate()
+	for _, want := range []string{"basePort", "bindAddress", "databaseURL", "postgresPassword", "natsToken"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not name %s", err, want)
+		}
+	}
+}

@@ -1,0 +1,136 @@
+package natsx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
+)
+
+// tracerName is the instrumentation scope of the spans this package starts.
+const tracerName = "flotilla.dev/flotilla/libs/natsx"
+
+// messagingSystemNATS is the messaging.system value for NATS; semconv has no
+// constant for it.
+var messagingSystemNATS = semconv.MessagingSystemKey.String("nats")
+
+// DefaultTimeout bounds a Request whose context has no deadline.
+const DefaultTimeout = 10 * time.Second
+
+// ServiceError is the error a service returned through nats.go micro's error
+// headers (Nats-Service-Error-Code and Nats-Service-Error), as sent by
+// micro.Request.Error.
+type ServiceError struct {
+	// Code is the Nats-Service-Error-Code header, e.g. "404".
+	Code string
+	// Message is the Nats-Service-Error header.
+	Message string
+}
+
+// Error returns "service error <code>: <message>".
+func (e *ServiceError) Error() string {
+	return fmt.Sprintf("service error %s: %s", e.Code, e.Message)
+}
+
+// Request sends req, marshalled as protobuf, to subject and waits for one
+// reply, which it unmarshals into resp (resp may be nil when the reply has no
+// body worth reading). Extra headers in hdr are merged into the request.
+//
+// Request runs in a client span named "nats.request <subject>" and injects its
+// trace context into the request headers. The span comes from the tracer
+// provider of the recording span in ctx (so a call made inside a
+// TraceHandler continues with that service's provider), else from the global
+// tracer provider. If ctx has no deadline, DefaultTimeout applies.
+//
+// A reply carrying micro's error headers returns a *ServiceError. When no
+// service subscribes to subject the error wraps nats.ErrNoResponders
+// (errors.Is(err, nats.ErrNoResponders)); a timeout wraps ctx's error.
+func Request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto.Message, hdr ...nats.Header) (err error) {
+	ctx, span := tracerFrom(ctx).Start(ctx, "nats.request "+subject,
+		trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(
+			messagingSystemNATS,
+			semconv.MessagingDestinationName(subject),
+			semconv.MessagingOperationTypeSend,
+			semconv.MessagingOperationName("request"),
+		),
+	)
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
+
+	data, err := proto.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("nats request %s: marshal %T: %w", subject, req, err)
+	}
+	span.SetAttributes(semconv.MessagingMessageBodySize(len(data)))
+
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	for _, h := range hdr {
+		for k, v := range h {
+			msg.Header[k] = append([]string(nil), v...)
+		}
+	}
+	Inject(ctx, msg.Header)
+
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultTimeout)
+		defer cancel()
+	}
+	reply, err := nc.RequestMsgWithContext(ctx, msg)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return fmt.Errorf("nats request %s: no service is listening: %w", subject, err)
+	}
+	if err != nil {
+		return fmt.Errorf("nats request %s: %w", subject, err)
+	}
+
+	if se := serviceError(reply.Header); se != nil {
+		span.SetAttributes(attribute.String("error.type", se.Code))
+		return se
+	}
+	if resp == nil {
+		return nil
+	}
+	if err := proto.Unmarshal(reply.Data, resp); err != nil {
+		return fmt.Errorf("nats request %s: unmarshal reply into %T: %w", subject, resp, err)
+	}
+	return nil
+}
+
+// serviceError returns the error micro's headers in h describe, or nil.
+func serviceError(h nats.Header) *ServiceError {
+	if len(h) == 0 {
+		return nil
+	}
+	c := HeaderCarrier(h)
+	code, desc := c.Get(micro.ErrorCodeHeader), c.Get(micro.ErrorHeader)
+	if code == "" && desc == "" {
+		return nil
+	}
+	return &ServiceError{Code: code, Message: desc}
+}
+
+// tracerFrom returns a tracer from the provider of the recording span in ctx,
+// or from the global provider.
+func tracerFrom(ctx context.Context) trace.Tracer {
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		return span.TracerProvider().Tracer(tracerName)
+	}
+	return otel.GetTracerProvider().Tracer(tracerName)
+}

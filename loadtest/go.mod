@@ -1,0 +1,3 @@
+module flotilla.dev/flotilla/loadtest
+
+go 1.26.0

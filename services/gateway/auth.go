@@ -1,0 +1,120 @@
+package gateway
+
+import (
+	"context"
+	"net/http"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/apierr"
+)
+
+type (
+	userKey  struct{}
+	tokenKey struct{}
+)
+
+// tokenFrom returns the bearer token a request was authenticated with.
+func tokenFrom(ctx context.Context) string {
+	t, _ := ctx.Value(tokenKey{}).(string)
+	return t
+}
+
+// userFrom returns the authenticated user of a request, if any.
+func userFrom(ctx context.Context) *authv1.VerifyTokenResponse {
+	u, _ := ctx.Value(userKey{}).(*authv1.VerifyTokenResponse)
+	return u
+}
+
+// actorFrom names who makes a request, for events and audit.
+func actorFrom(ctx context.Context) string {
+	if u := userFrom(ctx); u != nil {
+		return "user:" + u.GetUsername()
+	}
+	return "anonymous"
+}
+
+// bearer extracts the token of an "Authorization: Bearer <token>" value.
+func bearer(header string) string {
+	scheme, token, ok := strings.Cut(strings.TrimSpace(header), " ")
+	if !ok || !strings.EqualFold(scheme, "bearer") {
+		return ""
+	}
+	return strings.TrimSpace(token)
+}
+
+// authenticate resolves a bearer token to its user through the inventory.
+func (g *Gateway) authenticate(ctx context.Context, token string) (context.Context, error) {
+	if token == "" {
+		return ctx, apierr.Unauthenticated("missing bearer token: log in with POST /api/v1/login and send \"Authorization: Bearer <token>\"")
+	}
+	u, err := call[*authv1.VerifyTokenResponse](ctx, g, subjects.NounToken, subjects.VerbVerify, &authv1.VerifyTokenRequest{Token: token})
+	if err != nil {
+		return ctx, err
+	}
+	ctx = context.WithValue(ctx, tokenKey{}, token)
+	return context.WithValue(ctx, userKey{}, u), nil
+}
+
+// publicPaths answer without a token.
+var publicPaths = map[string]bool{
+	"/api/v1/status":       true,
+	"/api/v1/login":        true,
+	"/api/v1/openapi.json": true,
+}
+
+// publicMethods are the gRPC methods that need no token.
+var publicMethods = map[string]bool{
+	"/flotilla.system.v1.SystemService/GetStatus": true,
+	"/flotilla.auth.v1.AuthService/Login":         true,
+}
+
+// requireAuth rejects /api/v1 requests without a valid bearer token, except
+// the public paths, and puts the user in the request context.
+func (g *Gateway) requireAuth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if publicPaths[r.URL.Path] || !strings.HasPrefix(r.URL.Path, "/api/") {
+			next.ServeHTTP(w, r)
+			return
+		}
+		ctx, err := g.authenticate(r.Context(), bearer(r.Header.Get("Authorization")))
+		if err != nil {
+			g.writeError(w, r, err)
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+// unaryAuth is the gRPC counterpart of requireAuth.
+func (g *Gateway) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if !publicMethods[info.FullMethod] {
+		md, _ := metadata.FromIncomingContext(ctx)
+		token := ""
+		if v := md.Get("authorization"); len(v) > 0 {
+			token = bearer(v[0])
+		}
+		var err error
+		if ctx, err = g.authenticate(ctx, token); err != nil {
+			return nil, apierr.GRPCStatus(ctx, g.log, err)
+		}
+	}
+	return handler(ctx, req)
+}
+
+// streamAuth guards streaming gRPC methods the same way.
+func (g *Gateway) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	md, _ := metadata.FromIncomingContext(ss.Context())
+	token := ""
+	if v := md.Get("authorization"); len(v) > 0 {
+		token = bearer(v[0])
+	}
+	if _, err := g.authenticate(ss.Context(), token); err != nil {
+		return apierr.GRPCStatus(ss.Context(), g.log, err)
+	}
+	return handler(srv, ss)
+}

@@ -1,0 +1,227 @@
+// Package gateway is Flotilla's public API: REST+JSON (through grpc-gateway)
+// and gRPC under /api/v1, the OpenAPI document, authentication with bearer
+// tokens, and the status endpoint load balancers check. It holds no state and
+// never touches the database: every call is forwarded over the bus to the
+// service that owns the data.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
+	"flotilla.dev/flotilla/api/openapi"
+	"flotilla.dev/flotilla/libs/apierr"
+)
+
+// Deps are what the gateway is built from; the caller owns them.
+type Deps struct {
+	NATS           *nats.Conn
+	Log            *slog.Logger
+	TracerProvider trace.TracerProvider
+	Propagator     propagation.TextMapPropagator
+	Version        string
+	// HTTPListener serves REST, the OpenAPI document and (later) the console.
+	HTTPListener net.Listener
+	// GRPCListener serves the gRPC API; nil disables it.
+	GRPCListener net.Listener
+	// RequestTimeout bounds each call to a backing service (default 15s).
+	RequestTimeout time.Duration
+}
+
+// Gateway is the running public API.
+type Gateway struct {
+	nc             *nats.Conn
+	log            *slog.Logger
+	version        string
+	requestTimeout time.Duration
+	httpSrv        *http.Server
+	grpcSrv        *grpc.Server
+	mux            *runtime.ServeMux
+	deps           Deps
+}
+
+// New builds the gateway's HTTP and gRPC servers; Run serves them.
+func New(ctx context.Context, d Deps) (*Gateway, error) {
+	if d.NATS == nil || d.Log == nil || d.TracerProvider == nil || d.HTTPListener == nil {
+		return nil, errors.New("gateway: NATS, Log, TracerProvider and HTTPListener are required")
+	}
+	g := &Gateway{
+		nc:             d.NATS,
+		log:            d.Log.With("service", "gateway"),
+		version:        d.Version,
+		requestTimeout: d.RequestTimeout,
+		deps:           d,
+	}
+	if g.requestTimeout == 0 {
+		g.requestTimeout = 15 * time.Second
+	}
+	h, err := g.handler(ctx)
+	if err != nil {
+		return nil, err
+	}
+	g.httpSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	g.grpcSrv = grpc.NewServer(
+		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(d.TracerProvider), otelgrpc.WithPropagators(g.propagator()))),
+		grpc.ChainUnaryInterceptor(g.unaryAuth),
+		grpc.ChainStreamInterceptor(g.streamAuth),
+	)
+	registerGRPC(g.grpcSrv, g)
+	return g, nil
+}
+
+func (g *Gateway) propagator() propagation.TextMapPropagator {
+	if g.deps.Propagator != nil {
+		return g.deps.Propagator
+	}
+	return propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
+}
+
+// jsonCodec is the REST wire format: lowerCamelCase names, and unknown fields
+// rejected rather than silently dropped.
+var jsonCodec = bodyCodec{&runtime.JSONPb{
+	MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
+	UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+}}
+
+// bodyCodec says "request body" in decoding errors, so a client knows the
+// JSON it sent is at fault and where.
+type bodyCodec struct{ *runtime.JSONPb }
+
+func (c bodyCodec) NewDecoder(r io.Reader) runtime.Decoder {
+	d := c.JSONPb.NewDecoder(r)
+	return runtime.DecoderFunc(func(v any) error {
+		if err := d.Decode(v); err != nil {
+			msg := strings.TrimPrefix(err.Error(), "proto: ")
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				msg = "truncated JSON"
+			}
+			return fmt.Errorf("request body: %s", msg)
+		}
+		return nil
+	})
+}
+
+// handler assembles the HTTP routes.
+func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
+	mux := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonCodec),
+		runtime.WithErrorHandler(g.restError),
+		runtime.WithForwardResponseOption(statusCode),
+	)
+	g.mux = mux
+	regs := []func(context.Context, *runtime.ServeMux) error{
+		func(ctx context.Context, m *runtime.ServeMux) error {
+			return inventoryv1.RegisterNetworkServiceHandlerServer(ctx, m, networkServer{g: g})
+		},
+		func(ctx context.Context, m *runtime.ServeMux) error {
+			return inventoryv1.RegisterTemplateServiceHandlerServer(ctx, m, templateServer{g: g})
+		},
+		func(ctx context.Context, m *runtime.ServeMux) error {
+			return inventoryv1.RegisterInstanceServiceHandlerServer(ctx, m, instanceServer{g: g})
+		},
+		func(ctx context.Context, m *runtime.ServeMux) error {
+			return authv1.RegisterAuthServiceHandlerServer(ctx, m, authServer{g: g})
+		},
+		func(ctx context.Context, m *runtime.ServeMux) error {
+			return systemv1.RegisterSystemServiceHandlerServer(ctx, m, systemServer{g: g})
+		},
+	}
+	for _, r := range regs {
+		if err := r(ctx, mux); err != nil {
+			return nil, fmt.Errorf("register REST handlers: %w", err)
+		}
+	}
+	root := http.NewServeMux()
+	root.HandleFunc("GET /api/v1/openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(openapi.JSON())
+	})
+	root.Handle("/api/", mux)
+	root.HandleFunc("/api", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) })
+	root.HandleFunc("GET /{$}", g.home)
+	return otelhttp.NewHandler(g.requireAuth(root), "gateway",
+		otelhttp.WithTracerProvider(g.deps.TracerProvider),
+		otelhttp.WithPropagators(g.propagator()),
+		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.URL.Path }),
+	), nil
+}
+
+// statusCode answers a degraded status with 503, so load balancers take this
+// node out of rotation while it cannot reach the services behind it.
+func statusCode(_ context.Context, w http.ResponseWriter, m proto.Message) error {
+	if s, ok := m.(*systemv1.Status); ok && s.GetStatus() != "ok" {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	return nil
+}
+
+// restError writes errors as {"code": <grpc code>, "message": "...", "details": []}
+// with the HTTP status grpc-gateway maps the code to.
+func (g *Gateway) restError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, apierr.GRPCStatus(ctx, g.log, err))
+}
+
+// writeError writes an error outside grpc-gateway's handlers (the auth middleware).
+func (g *Gateway) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	g.restError(r.Context(), g.mux, jsonCodec, w, r, err)
+}
+
+func (g *Gateway) home(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = fmt.Fprintf(w, "Flotilla %s\n\nAPI: /api/v1 (OpenAPI document at /api/v1/openapi.json)\nHealth: /api/v1/status\n", g.version)
+}
+
+// Run serves HTTP and gRPC until ctx ends, then shuts both down gracefully.
+func (g *Gateway) Run(ctx context.Context) error {
+	eg, ctx := errgroup.WithContext(ctx)
+	eg.Go(func() error {
+		if err := g.httpSrv.Serve(g.deps.HTTPListener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve HTTP: %w", err)
+		}
+		return nil
+	})
+	if g.deps.GRPCListener != nil {
+		eg.Go(func() error {
+			if err := g.grpcSrv.Serve(g.deps.GRPCListener); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				return fmt.Errorf("serve gRPC: %w", err)
+			}
+			return nil
+		})
+	}
+	eg.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		err := g.httpSrv.Shutdown(sctx)
+		stopped := make(chan struct{})
+		go func() { g.grpcSrv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-sctx.Done():
+			g.grpcSrv.Stop()
+		}
+		return err
+	})
+	return eg.Wait()
+}

@@ -1,0 +1,160 @@
+package gateway
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/natsx"
+)
+
+// networkServer implements the public NetworkService by forwarding to the inventory.
+type networkServer struct {
+	inventoryv1.UnimplementedNetworkServiceServer
+	g *Gateway
+}
+
+func (s networkServer) CreateNetwork(ctx context.Context, r *inventoryv1.CreateNetworkRequest) (*inventoryv1.Network, error) {
+	return call[*inventoryv1.Network](ctx, s.g, subjects.NounNetwork, subjects.VerbCreate, r)
+}
+
+func (s networkServer) GetNetwork(ctx context.Context, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+	return call[*inventoryv1.Network](ctx, s.g, subjects.NounNetwork, subjects.VerbGet, r)
+}
+
+func (s networkServer) ListNetworks(ctx context.Context, r *inventoryv1.ListNetworksRequest) (*inventoryv1.ListNetworksResponse, error) {
+	return call[*inventoryv1.ListNetworksResponse](ctx, s.g, subjects.NounNetwork, subjects.VerbList, r)
+}
+
+func (s networkServer) UpdateNetwork(ctx context.Context, r *inventoryv1.UpdateNetworkRequest) (*inventoryv1.Network, error) {
+	return call[*inventoryv1.Network](ctx, s.g, subjects.NounNetwork, subjects.VerbUpdate, r)
+}
+
+func (s networkServer) DeleteNetwork(ctx context.Context, r *inventoryv1.DeleteNetworkRequest) (*emptypb.Empty, error) {
+	return call[*emptypb.Empty](ctx, s.g, subjects.NounNetwork, subjects.VerbDelete, r)
+}
+
+// templateServer implements the public TemplateService by forwarding to the inventory.
+type templateServer struct {
+	inventoryv1.UnimplementedTemplateServiceServer
+	g *Gateway
+}
+
+func (s templateServer) CreateTemplate(ctx context.Context, r *inventoryv1.CreateTemplateRequest) (*inventoryv1.Template, error) {
+	return call[*inventoryv1.Template](ctx, s.g, subjects.NounTemplate, subjects.VerbCreate, r)
+}
+
+func (s templateServer) GetTemplate(ctx context.Context, r *inventoryv1.GetTemplateRequest) (*inventoryv1.Template, error) {
+	return call[*inventoryv1.Template](ctx, s.g, subjects.NounTemplate, subjects.VerbGet, r)
+}
+
+func (s templateServer) ListTemplates(ctx context.Context, r *inventoryv1.ListTemplatesRequest) (*inventoryv1.ListTemplatesResponse, error) {
+	return call[*inventoryv1.ListTemplatesResponse](ctx, s.g, subjects.NounTemplate, subjects.VerbList, r)
+}
+
+func (s templateServer) UpdateTemplate(ctx context.Context, r *inventoryv1.UpdateTemplateRequest) (*inventoryv1.Template, error) {
+	return call[*inventoryv1.Template](ctx, s.g, subjects.NounTemplate, subjects.VerbUpdate, r)
+}
+
+func (s templateServer) DeleteTemplate(ctx context.Context, r *inventoryv1.DeleteTemplateRequest) (*emptypb.Empty, error) {
+	return call[*emptypb.Empty](ctx, s.g, subjects.NounTemplate, subjects.VerbDelete, r)
+}
+
+// instanceServer implements the public InstanceService by forwarding to the inventory.
+type instanceServer struct {
+	inventoryv1.UnimplementedInstanceServiceServer
+	g *Gateway
+}
+
+func (s instanceServer) CreateInstance(ctx context.Context, r *inventoryv1.CreateInstanceRequest) (*inventoryv1.Instance, error) {
+	return call[*inventoryv1.Instance](ctx, s.g, subjects.NounInstance, subjects.VerbCreate, r)
+}
+
+func (s instanceServer) GetInstance(ctx context.Context, r *inventoryv1.GetInstanceRequest) (*inventoryv1.Instance, error) {
+	return call[*inventoryv1.Instance](ctx, s.g, subjects.NounInstance, subjects.VerbGet, r)
+}
+
+func (s instanceServer) ListInstances(ctx context.Context, r *inventoryv1.ListInstancesRequest) (*inventoryv1.ListInstancesResponse, error) {
+	return call[*inventoryv1.ListInstancesResponse](ctx, s.g, subjects.NounInstance, subjects.VerbList, r)
+}
+
+func (s instanceServer) UpdateInstance(ctx context.Context, r *inventoryv1.UpdateInstanceRequest) (*inventoryv1.Instance, error) {
+	return call[*inventoryv1.Instance](ctx, s.g, subjects.NounInstance, subjects.VerbUpdate, r)
+}
+
+func (s instanceServer) DeleteInstance(ctx context.Context, r *inventoryv1.DeleteInstanceRequest) (*emptypb.Empty, error) {
+	return call[*emptypb.Empty](ctx, s.g, subjects.NounInstance, subjects.VerbDelete, r)
+}
+
+// authServer implements login and logout.
+type authServer struct {
+	authv1.UnimplementedAuthServiceServer
+	g *Gateway
+}
+
+func (s authServer) Login(ctx context.Context, r *authv1.LoginRequest) (*authv1.LoginResponse, error) {
+	return call[*authv1.LoginResponse](ctx, s.g, subjects.NounToken, subjects.VerbLogin, r)
+}
+
+func (s authServer) Logout(ctx context.Context, _ *authv1.LogoutRequest) (*emptypb.Empty, error) {
+	token := tokenFrom(ctx)
+	if token == "" {
+		return nil, apierr.GRPCStatus(ctx, s.g.log, apierr.Unauthenticated("missing bearer token"))
+	}
+	return call[*emptypb.Empty](ctx, s.g, subjects.NounToken, subjects.VerbRevoke, &authv1.RevokeTokenRequest{Token: token})
+}
+
+// systemServer reports health.
+type systemServer struct {
+	systemv1.UnimplementedSystemServiceServer
+	g *Gateway
+}
+
+// GetStatus pings every service over the bus, in parallel, with a short timeout.
+func (s systemServer) GetStatus(ctx context.Context, _ *systemv1.GetStatusRequest) (*systemv1.Status, error) {
+	st := &systemv1.Status{Status: "ok", Version: s.g.version, Time: timestamppb.Now()}
+	comps := make([]*systemv1.ComponentStatus, len(subjects.Services))
+	var wg sync.WaitGroup
+	for i, name := range subjects.Services {
+		comps[i] = &systemv1.ComponentStatus{Name: name, Status: "ok"}
+		if name == subjects.Gateway {
+			continue // answering this request is proof enough
+		}
+		wg.Add(1)
+		go func(c *systemv1.ComponentStatus) {
+			defer wg.Done()
+			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			err := natsx.Request(pctx, s.g.nc, subjects.Ping(c.Name), &systemv1.PingRequest{}, &systemv1.PingResponse{})
+			if err != nil {
+				c.Status = "unavailable"
+				_, c.Message = apierr.Public(ctx, nil, busError(c.Name, err))
+			}
+		}(comps[i])
+	}
+	wg.Wait()
+	for _, c := range comps {
+		if c.Status != "ok" {
+			st.Status = "degraded"
+		}
+	}
+	st.Components = comps
+	return st, nil
+}
+
+func registerGRPC(s *grpc.Server, g *Gateway) {
+	inventoryv1.RegisterNetworkServiceServer(s, networkServer{g: g})
+	inventoryv1.RegisterTemplateServiceServer(s, templateServer{g: g})
+	inventoryv1.RegisterInstanceServiceServer(s, instanceServer{g: g})
+	authv1.RegisterAuthServiceServer(s, authServer{g: g})
+	systemv1.RegisterSystemServiceServer(s, systemServer{g: g})
+}

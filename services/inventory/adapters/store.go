@@ -1,0 +1,259 @@
+package adapters
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"flotilla.dev/flotilla/libs/apierr"
+)
+
+// Querier is what reads need: a pool, a connection or a transaction.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// Column is an extra column a table keeps beside spec, derived from the resource.
+type Column struct {
+	Name  string
+	Value any
+}
+
+// Table stores one kind of resource (a protobuf message with id, name, version,
+// create_time and update_time fields) in a table with a jsonb spec column.
+type Table struct {
+	// Name is the SQL table name, e.g. "networks".
+	Name string
+	// Noun is the singular used in messages, e.g. "network".
+	Noun string
+	// Extra returns the extra columns to write for a resource, if the table has any.
+	Extra func(proto.Message) []Column
+}
+
+var (
+	jsonOut = protojson.MarshalOptions{}
+	jsonIn  = protojson.UnmarshalOptions{DiscardUnknown: true}
+)
+
+// NewID returns a fresh, time-ordered resource id.
+func NewID() string { return uuid.Must(uuid.NewV7()).String() }
+
+// Insert writes a new resource. It sets id (if empty), version 1 and both times.
+func (t Table) Insert(ctx context.Context, tx pgx.Tx, m proto.Message, now time.Time) error {
+	if getString(m, "id") == "" {
+		setField(m, "id", protoreflect.ValueOfString(NewID()))
+	}
+	setField(m, "version", protoreflect.ValueOfInt64(1))
+	ts := timestamppb.New(now)
+	setField(m, "create_time", protoreflect.ValueOfMessage(ts.ProtoReflect()))
+	setField(m, "update_time", protoreflect.ValueOfMessage(proto.Clone(ts).ProtoReflect()))
+	spec, err := jsonOut.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", t.Noun, err)
+	}
+	cols := []string{"id", "name", "spec", "version", "created_at", "updated_at"}
+	args := []any{getString(m, "id"), getString(m, "name"), spec, int64(1), now, now}
+	for _, c := range t.extra(m) {
+		cols = append(cols, c.Name)
+		args = append(args, c.Value)
+	}
+	ph := make([]string, len(cols))
+	for i := range ph {
+		ph[i] = fmt.Sprintf("$%d", i+1)
+	}
+	sql := fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", t.Name, strings.Join(cols, ", "), strings.Join(ph, ", "))
+	if _, err := tx.Exec(ctx, sql, args...); err != nil {
+		return t.mapWriteError(err, m)
+	}
+	return nil
+}
+
+// Get reads one resource into m. With forUpdate the row stays locked until the
+// transaction ends. A missing or malformed id is reported as not found.
+func (t Table) Get(ctx context.Context, q Querier, id string, forUpdate bool, m proto.Message) error {
+	if _, err := uuid.Parse(id); err != nil {
+		return apierr.NotFound(t.Noun, id)
+	}
+	sql := "SELECT spec, id::text, version, created_at, updated_at FROM " + t.Name + " WHERE id = $1"
+	if forUpdate {
+		sql += " FOR UPDATE"
+	}
+	if err := t.scan(q.QueryRow(ctx, sql, id), m); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return apierr.NotFound(t.Noun, id)
+		}
+		return fmt.Errorf("read %s %s: %w", t.Noun, id, err)
+	}
+	return nil
+}
+
+// GetByName reads one resource by its unique name.
+func (t Table) GetByName(ctx context.Context, q Querier, name string, m proto.Message) error {
+	row := q.QueryRow(ctx, "SELECT spec, id::text, version, created_at, updated_at FROM "+t.Name+" WHERE name = $1", name)
+	if err := t.scan(row, m); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return apierr.NotFound(t.Noun, name)
+		}
+		return fmt.Errorf("read %s %s: %w", t.Noun, name, err)
+	}
+	return nil
+}
+
+func (t Table) scan(row pgx.Row, m proto.Message) error {
+	var (
+		spec                 []byte
+		id                   string
+		version              int64
+		created, updatedTime time.Time
+	)
+	if err := row.Scan(&spec, &id, &version, &created, &updatedTime); err != nil {
+		return err
+	}
+	if err := jsonIn.Unmarshal(spec, m); err != nil {
+		return fmt.Errorf("decode %s %s: %w", t.Noun, id, err)
+	}
+	setField(m, "id", protoreflect.ValueOfString(id))
+	setField(m, "version", protoreflect.ValueOfInt64(version))
+	setField(m, "create_time", protoreflect.ValueOfMessage(timestamppb.New(created).ProtoReflect()))
+	setField(m, "update_time", protoreflect.ValueOfMessage(timestamppb.New(updatedTime).ProtoReflect()))
+	return nil
+}
+
+// Update writes m over the stored resource if the stored version is still
+// m's version; it then sets m's version to the next one and its update time.
+func (t Table) Update(ctx context.Context, tx pgx.Tx, m proto.Message, now time.Time) error {
+	id := getString(m, "id")
+	prev := getInt(m, "version")
+	setField(m, "version", protoreflect.ValueOfInt64(prev+1))
+	setField(m, "update_time", protoreflect.ValueOfMessage(timestamppb.New(now).ProtoReflect()))
+	spec, err := jsonOut.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", t.Noun, err)
+	}
+	sets := []string{"name = $3", "spec = $4", "version = $5", "updated_at = $6"}
+	args := []any{id, prev, getString(m, "name"), spec, prev + 1, now}
+	for _, c := range t.extra(m) {
+		args = append(args, c.Value)
+		sets = append(sets, fmt.Sprintf("%s = $%d", c.Name, len(args)))
+	}
+	sql := fmt.Sprintf("UPDATE %s SET %s WHERE id = $1 AND version = $2", t.Name, strings.Join(sets, ", "))
+	tag, err := tx.Exec(ctx, sql, args...)
+	if err != nil {
+		return t.mapWriteError(err, m)
+	}
+	if tag.RowsAffected() == 0 {
+		return apierr.Conflict("%s %q changed since version %d: read it again and retry", t.Noun, id, prev)
+	}
+	return nil
+}
+
+// Delete removes a resource if it is still at the given version (0: any version).
+func (t Table) Delete(ctx context.Context, tx pgx.Tx, id string, version int64) error {
+	tag, err := tx.Exec(ctx, "DELETE FROM "+t.Name+" WHERE id = $1 AND ($2 = 0 OR version = $2)", id, version)
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "23503" {
+			return apierr.Conflict("%s %q is in use", t.Noun, id)
+		}
+		return fmt.Errorf("delete %s %s: %w", t.Noun, id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return apierr.Conflict("%s %q changed since version %d: read it again and retry", t.Noun, id, version)
+	}
+	return nil
+}
+
+// List returns up to limit resources after the page token, oldest first, and
+// the token of the next page ("" on the last page).
+func (t Table) List(ctx context.Context, q Querier, pageToken string, limit int, newMsg func() proto.Message) ([]proto.Message, string, error) {
+	after := "00000000-0000-0000-0000-000000000000"
+	if pageToken != "" {
+		raw, err := base64.RawURLEncoding.DecodeString(pageToken)
+		if err != nil {
+			return nil, "", apierr.Invalid("pageToken", "is not a token from a previous response")
+		}
+		if _, err := uuid.Parse(string(raw)); err != nil {
+			return nil, "", apierr.Invalid("pageToken", "is not a token from a previous response")
+		}
+		after = string(raw)
+	}
+	rows, err := q.Query(ctx, "SELECT spec, id::text, version, created_at, updated_at FROM "+t.Name+
+		" WHERE id > $1 ORDER BY id LIMIT $2", after, limit+1)
+	if err != nil {
+		return nil, "", fmt.Errorf("list %s: %w", t.Name, err)
+	}
+	defer rows.Close()
+	var out []proto.Message
+	for rows.Next() {
+		m := newMsg()
+		if err := t.scan(rows, m); err != nil {
+			return nil, "", err
+		}
+		out = append(out, m)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", fmt.Errorf("list %s: %w", t.Name, err)
+	}
+	next := ""
+	if len(out) > limit {
+		out = out[:limit]
+		next = base64.RawURLEncoding.EncodeToString([]byte(getString(out[limit-1], "id")))
+	}
+	return out, next, nil
+}
+
+func (t Table) extra(m proto.Message) []Column {
+	if t.Extra == nil {
+		return nil
+	}
+	return t.Extra(m)
+}
+
+func (t Table) mapWriteError(err error, m proto.Message) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "23505": // unique_violation
+			if strings.Contains(pgErr.ConstraintName, "name") {
+				return apierr.Conflict("%s name %q is already in use", t.Noun, getString(m, "name"))
+			}
+			return apierr.Conflict("%s %q already exists", t.Noun, getString(m, "id"))
+		case "23503": // foreign_key_violation: a referenced row vanished meanwhile
+			return apierr.Conflict("%s %q refers to something that no longer exists: %s", t.Noun, getString(m, "name"), pgErr.ConstraintName)
+		}
+	}
+	return fmt.Errorf("write %s: %w", t.Noun, err)
+}
+
+func field(m proto.Message, name string) protoreflect.FieldDescriptor {
+	fd := m.ProtoReflect().Descriptor().Fields().ByName(protoreflect.Name(name))
+	if fd == nil {
+		panic(fmt.Sprintf("%s has no field %s", m.ProtoReflect().Descriptor().FullName(), name))
+	}
+	return fd
+}
+
+func setField(m proto.Message, name string, v protoreflect.Value) {
+	m.ProtoReflect().Set(field(m, name), v)
+}
+
+func getString(m proto.Message, name string) string {
+	return m.ProtoReflect().Get(field(m, name)).String()
+}
+
+func getInt(m proto.Message, name string) int64 {
+	return m.ProtoReflect().Get(field(m, name)).Int()
+}

@@ -1,0 +1,116 @@
+package adapters
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// User is a Flotilla user account.
+type User struct {
+	ID           string
+	Username     string
+	PasswordHash string
+	IsAdmin      bool
+	CreatedAt    time.Time
+}
+
+// ErrAdminExists is returned by CreateFirstAdmin when an admin already exists.
+var ErrAdminExists = errors.New("an admin user already exists")
+
+// ErrNoUser is returned when a user or token is not found.
+var ErrNoUser = errors.New("no such user")
+
+// CreateFirstAdmin creates the first admin user, or fails with ErrAdminExists.
+// The table lock makes two concurrent setups end with one admin.
+func CreateFirstAdmin(ctx context.Context, tx pgx.Tx, u *User) error {
+	if _, err := tx.Exec(ctx, "LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE"); err != nil {
+		return fmt.Errorf("lock users: %w", err)
+	}
+	var exists bool
+	if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM users WHERE is_admin)").Scan(&exists); err != nil {
+		return fmt.Errorf("check admin: %w", err)
+	}
+	if exists {
+		return ErrAdminExists
+	}
+	_, err := tx.Exec(ctx, "INSERT INTO users (id, username, password_hash, is_admin, created_at) VALUES ($1, $2, $3, true, $4)",
+		u.ID, u.Username, u.PasswordHash, u.CreatedAt)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		return ErrAdminExists
+	}
+	if err != nil {
+		return fmt.Errorf("create admin: %w", err)
+	}
+	return nil
+}
+
+// UserByName reads a user by user name.
+func UserByName(ctx context.Context, q Querier, username string) (*User, error) {
+	u := &User{}
+	err := q.QueryRow(ctx, "SELECT id::text, username, password_hash, is_admin, created_at FROM users WHERE username = $1", username).
+		Scan(&u.ID, &u.Username, &u.PasswordHash, &u.IsAdmin, &u.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNoUser
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read user: %w", err)
+	}
+	return u, nil
+}
+
+// TokenDigest is how a bearer token is stored: its SHA-256 digest.
+func TokenDigest(token string) []byte {
+	d := sha256.Sum256([]byte(token))
+	return d[:]
+}
+
+// InsertToken stores a new token's digest for a user.
+func InsertToken(ctx context.Context, q Querier, token, userID string, now, expires time.Time) error {
+	if _, err := q.Exec(ctx, "INSERT INTO api_tokens (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+		TokenDigest(token), userID, now, expires); err != nil {
+		return fmt.Errorf("store token: %w", err)
+	}
+	return nil
+}
+
+// UserByToken returns the user a live (unexpired, unrevoked) token belongs to.
+func UserByToken(ctx context.Context, q Querier, token string, now time.Time) (*User, time.Time, error) {
+	u := &User{}
+	var exp time.Time
+	err := q.QueryRow(ctx, `SELECT u.id::text, u.username, u.is_admin, u.created_at, t.expires_at
+		FROM api_tokens t JOIN users u ON u.id = t.user_id
+		WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND t.expires_at > $2`, TokenDigest(token), now).
+		Scan(&u.ID, &u.Username, &u.IsAdmin, &u.CreatedAt, &exp)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, time.Time{}, ErrNoUser
+	}
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("read token: %w", err)
+	}
+	return u, exp, nil
+}
+
+// RevokeToken marks a token revoked; revoking an unknown token is not an error.
+func RevokeToken(ctx context.Context, q Querier, token string, now time.Time) error {
+	if _, err := q.Exec(ctx, "UPDATE api_tokens SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL",
+		TokenDigest(token), now); err != nil {
+		return fmt.Errorf("revoke token: %w", err)
+	}
+	return nil
+}
+
+// DeleteExpiredTokens removes tokens that expired before cutoff.
+func DeleteExpiredTokens(ctx context.Context, q Querier, cutoff time.Time) (int64, error) {
+	tag, err := q.Exec(ctx, "DELETE FROM api_tokens WHERE expires_at < $1", cutoff)
+	if err != nil {
+		return 0, fmt.Errorf("delete expired tokens: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}

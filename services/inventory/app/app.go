@@ -1,0 +1,244 @@
+// Package app holds the inventory's use cases: each runs in one PostgreSQL
+// transaction that also writes the event describing the change to the outbox,
+// so a committed change always reaches the events stream and a rolled-back one
+// never does.
+package app
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
+
+	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/services/inventory/adapters"
+)
+
+// Page sizes for list calls.
+const (
+	DefaultPageSize = 50
+	MaxPageSize     = 500
+)
+
+// App is the inventory's application layer.
+type App struct {
+	pool     *pgxpool.Pool
+	log      *slog.Logger
+	now      func() time.Time
+	tokenTTL time.Duration
+	// afterWrite runs inside every write transaction after the change and its
+	// event are written; tests use it to force a rollback.
+	afterWrite func(ctx context.Context, tx pgx.Tx) error
+}
+
+// Option configures an App.
+type Option func(*App)
+
+// WithClock sets the clock (tests).
+func WithClock(now func() time.Time) Option { return func(a *App) { a.now = now } }
+
+// WithTokenTTL sets how long a login token lives.
+func WithTokenTTL(d time.Duration) Option { return func(a *App) { a.tokenTTL = d } }
+
+// WithAfterWrite runs f inside every write transaction, after the change and
+// its outbox row; an error from f rolls both back. For tests.
+func WithAfterWrite(f func(ctx context.Context, tx pgx.Tx) error) Option {
+	return func(a *App) { a.afterWrite = f }
+}
+
+// New returns the inventory application over a migrated database.
+func New(pool *pgxpool.Pool, log *slog.Logger, opts ...Option) *App {
+	// PostgreSQL keeps microseconds: a value read back equals the one written.
+	now := func() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+	a := &App{pool: pool, log: log, now: now, tokenTTL: 24 * time.Hour}
+	for _, o := range opts {
+		o(a)
+	}
+	return a
+}
+
+// resource is what every stored resource message offers.
+type resource interface {
+	proto.Message
+	GetId() string
+	GetName() string
+	GetVersion() int64
+}
+
+// kind describes one resource kind's rules.
+type kind[T resource] struct {
+	table adapters.Table
+	new   func() T
+	// prepare sets server-chosen fields of a new resource.
+	prepare func(v T)
+	// check validates v (old is nil on create), with lookups inside tx.
+	check func(ctx context.Context, tx pgx.Tx, old, v T) error
+	// beforeDelete refuses to delete old while something depends on it.
+	beforeDelete func(ctx context.Context, tx pgx.Tx, old T) error
+}
+
+// inTx runs f in a transaction and commits unless f or the test hook fails.
+func (a *App) inTx(ctx context.Context, f func(tx pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		if err := f(tx); err != nil {
+			return err
+		}
+		if a.afterWrite != nil {
+			return a.afterWrite(ctx, tx)
+		}
+		return nil
+	})
+}
+
+// emit writes the event for a change of v to the outbox, inside tx.
+func (a *App) emit(ctx context.Context, tx pgx.Tx, noun, verb, actor string, v resource, now time.Time) error {
+	msg, err := bus.NewEvent(ctx, noun, v.GetId(), verb, actor, v.GetVersion(), now, v)
+	if err != nil {
+		return err
+	}
+	return adapters.AddToOutbox(ctx, tx, msg)
+}
+
+func create[T resource](ctx context.Context, a *App, k kind[T], actor string, v T) (T, error) {
+	var zero T
+	if !v.ProtoReflect().IsValid() {
+		return zero, apierr.Invalid(k.table.Noun, "is required")
+	}
+	v = proto.Clone(v).(T)
+	clearServerOwned(v)
+	if k.prepare != nil {
+		k.prepare(v)
+	}
+	now := a.now()
+	err := a.inTx(ctx, func(tx pgx.Tx) error {
+		if err := k.check(ctx, tx, zero, v); err != nil {
+			return err
+		}
+		if err := k.table.Insert(ctx, tx, v, now); err != nil {
+			return err
+		}
+		return a.emit(ctx, tx, k.table.Noun, "created", actor, v, now)
+	})
+	if err != nil {
+		return zero, err
+	}
+	return v, nil
+}
+
+func get[T resource](ctx context.Context, a *App, k kind[T], id string) (T, error) {
+	v := k.new()
+	if err := k.table.Get(ctx, a.pool, id, false, v); err != nil {
+		var zero T
+		return zero, err
+	}
+	return v, nil
+}
+
+func list[T resource](ctx context.Context, a *App, k kind[T], pageSize int32, pageToken string) ([]T, string, error) {
+	if pageSize < 0 || pageSize > MaxPageSize {
+		return nil, "", apierr.Invalid("pageSize", "%d is out of range: must be between 1 and %d (0 means %d)", pageSize, MaxPageSize, DefaultPageSize)
+	}
+	if pageSize == 0 {
+		pageSize = DefaultPageSize
+	}
+	ms, next, err := k.table.List(ctx, a.pool, pageToken, int(pageSize), func() proto.Message { return k.new() })
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]T, len(ms))
+	for i, m := range ms {
+		out[i] = m.(T)
+	}
+	return out, next, nil
+}
+
+func update[T resource](ctx context.Context, a *App, k kind[T], actor string, v T, mask []string) (T, error) {
+	var zero T
+	if !v.ProtoReflect().IsValid() {
+		return zero, apierr.Invalid(k.table.Noun, "is required")
+	}
+	if v.GetVersion() == 0 {
+		return zero, apierr.Invalid("version", "is required: send the version you read, so a concurrent change is not overwritten")
+	}
+	now := a.now()
+	var out T
+	err := a.inTx(ctx, func(tx pgx.Tx) error {
+		cur := k.new()
+		if err := k.table.Get(ctx, tx, v.GetId(), true, cur); err != nil {
+			return err
+		}
+		if cur.GetVersion() != v.GetVersion() {
+			return apierr.Conflict("%s %q is at version %d, not %d: read it again and retry",
+				k.table.Noun, v.GetId(), cur.GetVersion(), v.GetVersion())
+		}
+		next := proto.Clone(cur).(T)
+		if err := applyMask(next, v, mask); err != nil {
+			return err
+		}
+		if err := k.check(ctx, tx, cur, next); err != nil {
+			return err
+		}
+		if proto.Equal(cur, next) {
+			out = cur // nothing changed: no new version, no event
+			return nil
+		}
+		if err := k.table.Update(ctx, tx, next, now); err != nil {
+			return err
+		}
+		out = next
+		return a.emit(ctx, tx, k.table.Noun, "updated", actor, next, now)
+	})
+	if err != nil {
+		return zero, err
+	}
+	return out, nil
+}
+
+func remove[T resource](ctx context.Context, a *App, k kind[T], actor, id string, version int64) error {
+	now := a.now()
+	return a.inTx(ctx, func(tx pgx.Tx) error {
+		cur := k.new()
+		if err := k.table.Get(ctx, tx, id, true, cur); err != nil {
+			return err
+		}
+		if version != 0 && cur.GetVersion() != version {
+			return apierr.Conflict("%s %q is at version %d, not %d: read it again and retry",
+				k.table.Noun, id, cur.GetVersion(), version)
+		}
+		if k.beforeDelete != nil {
+			if err := k.beforeDelete(ctx, tx, cur); err != nil {
+				return err
+			}
+		}
+		if err := k.table.Delete(ctx, tx, id, cur.GetVersion()); err != nil {
+			return err
+		}
+		return a.emit(ctx, tx, k.table.Noun, "deleted", actor, cur, now)
+	})
+}
+
+// usedBy refuses a delete while instances refer to the row through column.
+func usedBy(ctx context.Context, tx pgx.Tx, noun, name, column, id string) error {
+	rows, err := tx.Query(ctx, "SELECT name FROM instances WHERE "+column+" = $1 ORDER BY name LIMIT 6", id)
+	if err != nil {
+		return fmt.Errorf("find users of %s: %w", noun, err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("find users of %s: %w", noun, err)
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	more := ""
+	if len(names) > 5 {
+		names, more = names[:5], " and more"
+	}
+	return apierr.Conflict("%s %q is used by instances %s%s", noun, name, strings.Join(names, ", "), more)
+}

@@ -1,0 +1,164 @@
+package app
+
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
+
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/services/inventory/adapters"
+	"flotilla.dev/flotilla/services/inventory/domain"
+)
+
+// Tables of the inventory's resources.
+var (
+	NetworkTable  = adapters.Table{Name: "networks", Noun: subjects.NounNetwork}
+	TemplateTable = adapters.Table{Name: "templates", Noun: subjects.NounTemplate}
+	InstanceTable = adapters.Table{Name: "instances", Noun: subjects.NounInstance, Extra: func(m proto.Message) []adapters.Column {
+		in := m.(*inventoryv1.Instance)
+		return []adapters.Column{
+			{Name: "template_id", Value: in.GetTemplateId()},
+			{Name: "network_id", Value: in.GetNetworkId()},
+			{Name: "state", Value: in.GetState()},
+			{Name: "desired_state", Value: in.GetDesiredState()},
+		}
+	}}
+)
+
+var networks = kind[*inventoryv1.Network]{
+	table: NetworkTable,
+	new:   func() *inventoryv1.Network { return &inventoryv1.Network{} },
+	check: func(_ context.Context, _ pgx.Tx, _, v *inventoryv1.Network) error { return domain.ValidateNetwork(v) },
+	beforeDelete: func(ctx context.Context, tx pgx.Tx, old *inventoryv1.Network) error {
+		return usedBy(ctx, tx, "network", old.GetName(), "network_id", old.GetId())
+	},
+}
+
+var templates = kind[*inventoryv1.Template]{
+	table: TemplateTable,
+	new:   func() *inventoryv1.Template { return &inventoryv1.Template{} },
+	check: func(_ context.Context, _ pgx.Tx, _, v *inventoryv1.Template) error { return domain.ValidateTemplate(v) },
+	beforeDelete: func(ctx context.Context, tx pgx.Tx, old *inventoryv1.Template) error {
+		return usedBy(ctx, tx, "template", old.GetName(), "template_id", old.GetId())
+	},
+}
+
+var instances = kind[*inventoryv1.Instance]{
+	table: InstanceTable,
+	new:   func() *inventoryv1.Instance { return &inventoryv1.Instance{} },
+	prepare: func(v *inventoryv1.Instance) {
+		v.State = domain.StateCreated
+		v.DesiredState = domain.DesiredDeprovisioned
+	},
+	check: checkInstance,
+	beforeDelete: func(_ context.Context, _ pgx.Tx, old *inventoryv1.Instance) error {
+		if !domain.AtRest(old.GetState()) {
+			return apierr.Conflict("instance %q is %s: deprovision it before deleting it", old.GetName(), old.GetState())
+		}
+		return nil
+	},
+}
+
+func checkInstance(ctx context.Context, tx pgx.Tx, old, v *inventoryv1.Instance) error {
+	if err := domain.ValidateInstance(v); err != nil {
+		return err
+	}
+	if old != nil && !domain.AtRest(old.GetState()) &&
+		(old.GetTemplateId() != v.GetTemplateId() || old.GetNetworkId() != v.GetNetworkId() || old.GetKind() != v.GetKind()) {
+		return apierr.Conflict("instance %q is %s: kind, templateId and networkId can change only while it is %s or %s",
+			old.GetName(), old.GetState(), domain.StateCreated, domain.StateDeprovisioned)
+	}
+	t := &inventoryv1.Template{}
+	if err := TemplateTable.Get(ctx, tx, v.GetTemplateId(), false, t); err != nil {
+		if apierr.Is(err, apierr.KindNotFound) {
+			return apierr.Invalid("templateId", "template %q does not exist", v.GetTemplateId())
+		}
+		return err
+	}
+	n := &inventoryv1.Network{}
+	if err := NetworkTable.Get(ctx, tx, v.GetNetworkId(), false, n); err != nil {
+		if apierr.Is(err, apierr.KindNotFound) {
+			return apierr.Invalid("networkId", "network %q does not exist", v.GetNetworkId())
+		}
+		return err
+	}
+	return domain.ValidatePlacement(v, t, n)
+}
+
+// CreateNetwork creates a network.
+func (a *App) CreateNetwork(ctx context.Context, actor string, n *inventoryv1.Network) (*inventoryv1.Network, error) {
+	return create(ctx, a, networks, actor, n)
+}
+
+// GetNetwork reads a network.
+func (a *App) GetNetwork(ctx context.Context, id string) (*inventoryv1.Network, error) {
+	return get(ctx, a, networks, id)
+}
+
+// ListNetworks lists networks, oldest first.
+func (a *App) ListNetworks(ctx context.Context, pageSize int32, pageToken string) ([]*inventoryv1.Network, string, error) {
+	return list(ctx, a, networks, pageSize, pageToken)
+}
+
+// UpdateNetwork changes the masked fields of a network at n's version.
+func (a *App) UpdateNetwork(ctx context.Context, actor string, n *inventoryv1.Network, mask []string) (*inventoryv1.Network, error) {
+	return update(ctx, a, networks, actor, n, mask)
+}
+
+// DeleteNetwork deletes a network no instance uses.
+func (a *App) DeleteNetwork(ctx context.Context, actor, id string, version int64) error {
+	return remove(ctx, a, networks, actor, id, version)
+}
+
+// CreateTemplate creates a template.
+func (a *App) CreateTemplate(ctx context.Context, actor string, t *inventoryv1.Template) (*inventoryv1.Template, error) {
+	return create(ctx, a, templates, actor, t)
+}
+
+// GetTemplate reads a template.
+func (a *App) GetTemplate(ctx context.Context, id string) (*inventoryv1.Template, error) {
+	return get(ctx, a, templates, id)
+}
+
+// ListTemplates lists templates, oldest first.
+func (a *App) ListTemplates(ctx context.Context, pageSize int32, pageToken string) ([]*inventoryv1.Template, string, error) {
+	return list(ctx, a, templates, pageSize, pageToken)
+}
+
+// UpdateTemplate changes the masked fields of a template at t's version.
+func (a *App) UpdateTemplate(ctx context.Context, actor string, t *inventoryv1.Template, mask []string) (*inventoryv1.Template, error) {
+	return update(ctx, a, templates, actor, t, mask)
+}
+
+// DeleteTemplate deletes a template no instance uses.
+func (a *App) DeleteTemplate(ctx context.Context, actor, id string, version int64) error {
+	return remove(ctx, a, templates, actor, id, version)
+}
+
+// CreateInstance creates an instance record in state "created".
+func (a *App) CreateInstance(ctx context.Context, actor string, in *inventoryv1.Instance) (*inventoryv1.Instance, error) {
+	return create(ctx, a, instances, actor, in)
+}
+
+// GetInstance reads an instance.
+func (a *App) GetInstance(ctx context.Context, id string) (*inventoryv1.Instance, error) {
+	return get(ctx, a, instances, id)
+}
+
+// ListInstances lists instances, oldest first.
+func (a *App) ListInstances(ctx context.Context, pageSize int32, pageToken string) ([]*inventoryv1.Instance, string, error) {
+	return list(ctx, a, instances, pageSize, pageToken)
+}
+
+// UpdateInstance changes the masked fields of an instance at in's version.
+func (a *App) UpdateInstance(ctx context.Context, actor string, in *inventoryv1.Instance, mask []string) (*inventoryv1.Instance, error) {
+	return update(ctx, a, instances, actor, in, mask)
+}
+
+// DeleteInstance deletes an instance that is deprovisioned or was never provisioned.
+func (a *App) DeleteInstance(ctx context.Context, actor, id string, version int64) error {
+	return remove(ctx, a, instances, actor, id, version)
+}

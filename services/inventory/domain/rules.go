@@ -1,0 +1,313 @@
+// Package domain holds the inventory's rules: which values a network, template
+// or instance may hold, and which lifecycle states allow which changes. It has
+// no I/O; the app layer calls it before anything is written.
+package domain
+
+import (
+	"fmt"
+	"net"
+	"net/mail"
+	"path"
+	"regexp"
+	"strings"
+
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/libs/apierr"
+)
+
+// Providers Flotilla has drivers for.
+const (
+	ProviderLocal = "local"
+	ProviderAWS   = "aws"
+)
+
+// HTTPS strategies a network can use.
+const (
+	HTTPSNone              = "none"
+	HTTPSSelfSigned        = "self-signed"
+	HTTPSCustomCertificate = "custom-certificate"
+	HTTPSACME              = "acme"
+)
+
+// Instance kinds.
+const (
+	KindDesign     = "design"
+	KindAutomation = "automation"
+	KindDeployer   = "deployer"
+)
+
+// Setup action types.
+const (
+	ActionScript   = "script"
+	ActionFile     = "file"
+	ActionEnv      = "env"
+	ActionPackages = "packages"
+)
+
+// Limits on resource fields.
+const (
+	MinDataDiskGB   = 1
+	MaxDataDiskGB   = 16384
+	MaxSetupActions = 100
+	MaxTags         = 50
+	MaxSANs         = 100
+)
+
+var (
+	providers  = []string{ProviderLocal, ProviderAWS}
+	strategies = []string{HTTPSNone, HTTPSSelfSigned, HTTPSCustomCertificate, HTTPSACME}
+	kinds      = []string{KindDesign, KindAutomation, KindDeployer}
+	actions    = []string{ActionScript, ActionFile, ActionEnv, ActionPackages}
+
+	nameRE     = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	envNameRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	modeRE     = regexp.MustCompile(`^0?[0-7]{3}$`)
+	packageRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.+_:=~-]*$`)
+	dnsLabelRE = regexp.MustCompile(`^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+	vpcRE      = regexp.MustCompile(`^vpc-[0-9a-f]{8,17}$`)
+	subnetRE   = regexp.MustCompile(`^subnet-[0-9a-f]{8,17}$`)
+	sgRE       = regexp.MustCompile(`^sg-[0-9a-f]{8,17}$`)
+	regionRE   = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d$`)
+)
+
+func oneOf(field, v string, allowed []string) error {
+	if v == "" {
+		return apierr.Invalid(field, "is required (one of %s)", strings.Join(allowed, ", "))
+	}
+	for _, a := range allowed {
+		if v == a {
+			return nil
+		}
+	}
+	return apierr.Invalid(field, "%q is not one of %s", v, strings.Join(allowed, ", "))
+}
+
+// ValidateName checks a resource name.
+func ValidateName(field, name string) error {
+	if name == "" {
+		return apierr.Invalid(field, "is required")
+	}
+	if !nameRE.MatchString(name) {
+		return apierr.Invalid(field, "%q must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit", name)
+	}
+	return nil
+}
+
+// ValidateNetwork checks every field of a network.
+func ValidateNetwork(n *inventoryv1.Network) error {
+	if err := ValidateName("name", n.GetName()); err != nil {
+		return err
+	}
+	if err := oneOf("provider", n.GetProvider(), providers); err != nil {
+		return err
+	}
+	if err := oneOf("httpsStrategy", n.GetHttpsStrategy(), strategies); err != nil {
+		return err
+	}
+	if n.GetHttpsStrategy() == HTTPSACME {
+		email := n.GetAcme().GetContactEmail()
+		if email == "" {
+			return apierr.Invalid("acme.contactEmail", "is required with httpsStrategy %q", HTTPSACME)
+		}
+		if a, err := mail.ParseAddress(email); err != nil || a.Address != email {
+			return apierr.Invalid("acme.contactEmail", "%q is not an e-mail address", email)
+		}
+	} else if n.GetAcme().GetContactEmail() != "" || n.GetAcme().GetDirectoryUrl() != "" {
+		return apierr.Invalid("acme", "is only allowed with httpsStrategy %q", HTTPSACME)
+	}
+	if aws := n.GetAws(); aws != nil {
+		if n.GetProvider() != ProviderAWS {
+			return apierr.Invalid("aws", "is only allowed with provider %q", ProviderAWS)
+		}
+		if err := match("aws.vpcId", aws.GetVpcId(), vpcRE, "vpc-<hex>"); err != nil {
+			return err
+		}
+		if err := match("aws.subnetId", aws.GetSubnetId(), subnetRE, "subnet-<hex>"); err != nil {
+			return err
+		}
+		for i, sg := range aws.GetSecurityGroupIds() {
+			if err := match(fmt.Sprintf("aws.securityGroupIds[%d]", i), sg, sgRE, "sg-<hex>"); err != nil {
+				return err
+			}
+		}
+		if err := match("aws.region", aws.GetRegion(), regionRE, "a region such as eu-west-1"); err != nil {
+			return err
+		}
+	}
+	if n.GetProvider() == ProviderAWS && n.GetAws().GetSubnetId() == "" {
+		return apierr.Invalid("aws.subnetId", "is required with provider %q", ProviderAWS)
+	}
+	if p := n.GetDns().GetHostnamePattern(); p != "" {
+		if !strings.Contains(p, "{name}") && !strings.Contains(p, "{id}") {
+			return apierr.Invalid("dns.hostnamePattern", "must contain {name} or {id}")
+		}
+		probe := strings.NewReplacer("{name}", "x", "{id}", "x").Replace(p)
+		if !dnsLabelRE.MatchString(probe) || len(probe) > 253 {
+			return apierr.Invalid("dns.hostnamePattern", "%q does not form a valid DNS name", p)
+		}
+	}
+	return nil
+}
+
+func match(field, v string, re *regexp.Regexp, want string) error {
+	if v != "" && !re.MatchString(v) {
+		return apierr.Invalid(field, "%q must look like %s", v, want)
+	}
+	return nil
+}
+
+// ValidateTemplate checks every field of a template.
+func ValidateTemplate(t *inventoryv1.Template) error {
+	if err := ValidateName("name", t.GetName()); err != nil {
+		return err
+	}
+	if err := oneOf("provider", t.GetProvider(), providers); err != nil {
+		return err
+	}
+	if t.GetProvider() == ProviderAWS {
+		if t.GetImage() == "" {
+			return apierr.Invalid("image", "is required with provider %q", ProviderAWS)
+		}
+		if t.GetInstanceType() == "" {
+			return apierr.Invalid("instanceType", "is required with provider %q", ProviderAWS)
+		}
+	}
+	if d := t.GetDataDiskGb(); d < MinDataDiskGB || d > MaxDataDiskGB {
+		return apierr.Invalid("dataDiskGb", "%d is out of range: must be between %d and %d", d, MinDataDiskGB, MaxDataDiskGB)
+	}
+	if len(t.GetSetupActions()) > MaxSetupActions {
+		return apierr.Invalid("setupActions", "at most %d actions", MaxSetupActions)
+	}
+	for i, a := range t.GetSetupActions() {
+		if err := validateAction(fmt.Sprintf("setupActions[%d]", i), a); err != nil {
+			return err
+		}
+	}
+	if len(t.GetTags()) > MaxTags {
+		return apierr.Invalid("tags", "at most %d tags", MaxTags)
+	}
+	for k, v := range t.GetTags() {
+		if k == "" || len(k) > 128 {
+			return apierr.Invalid("tags", "key %q must be 1-128 characters", k)
+		}
+		if len(v) > 256 {
+			return apierr.Invalid("tags."+k, "must be at most 256 characters")
+		}
+	}
+	return nil
+}
+
+func validateAction(field string, a *inventoryv1.SetupAction) error {
+	if err := oneOf(field+".type", a.GetType(), actions); err != nil {
+		return err
+	}
+	used := map[string]bool{
+		"script": a.GetScript() != "", "path": a.GetPath() != "", "content": a.GetContent() != "",
+		"mode": a.GetMode() != "", "name": a.GetName() != "", "value": a.GetValue() != "",
+		"packages": len(a.GetPackages()) > 0,
+	}
+	allowed := map[string][]string{
+		ActionScript:   {"script"},
+		ActionFile:     {"path", "content", "mode"},
+		ActionEnv:      {"name", "value"},
+		ActionPackages: {"packages"},
+	}[a.GetType()]
+	for f, set := range used {
+		if set && !contains(allowed, f) {
+			return apierr.Invalid(field+"."+f, "is not used by a %q action", a.GetType())
+		}
+	}
+	switch a.GetType() {
+	case ActionScript:
+		if strings.TrimSpace(a.GetScript()) == "" {
+			return apierr.Invalid(field+".script", "is required for a script action")
+		}
+	case ActionFile:
+		p := a.GetPath()
+		if p == "" {
+			return apierr.Invalid(field+".path", "is required for a file action")
+		}
+		if path.IsAbs(p) || path.Clean(p) != p || strings.HasPrefix(p, "../") || p == ".." || p == "." {
+			return apierr.Invalid(field+".path", "%q must be a clean path relative to the data disk, without '..'", p)
+		}
+		if m := a.GetMode(); m != "" && !modeRE.MatchString(m) {
+			return apierr.Invalid(field+".mode", "%q must be an octal file mode such as 0644", m)
+		}
+	case ActionEnv:
+		if !envNameRE.MatchString(a.GetName()) {
+			return apierr.Invalid(field+".name", "%q must be a shell variable name ([A-Za-z_][A-Za-z0-9_]*)", a.GetName())
+		}
+	case ActionPackages:
+		if len(a.GetPackages()) == 0 {
+			return apierr.Invalid(field+".packages", "is required for a packages action")
+		}
+		for j, p := range a.GetPackages() {
+			if !packageRE.MatchString(p) {
+				return apierr.Invalid(fmt.Sprintf("%s.packages[%d]", field, j), "%q is not a package name", p)
+			}
+		}
+	}
+	return nil
+}
+
+func contains(list []string, v string) bool {
+	for _, s := range list {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// ValidateInstance checks the fields of an instance that need no lookups; the
+// app checks that its template and network exist and agree.
+func ValidateInstance(in *inventoryv1.Instance) error {
+	if err := ValidateName("name", in.GetName()); err != nil {
+		return err
+	}
+	if err := oneOf("kind", in.GetKind(), kinds); err != nil {
+		return err
+	}
+	if in.GetTemplateId() == "" {
+		return apierr.Invalid("templateId", "is required")
+	}
+	if in.GetNetworkId() == "" {
+		return apierr.Invalid("networkId", "is required")
+	}
+	ssl := in.GetSsl()
+	if len(ssl.GetSans()) > MaxSANs {
+		return apierr.Invalid("ssl.sans", "at most %d names", MaxSANs)
+	}
+	for i, san := range ssl.GetSans() {
+		if net.ParseIP(san) == nil && (!dnsLabelRE.MatchString(san) || len(san) > 253) {
+			return apierr.Invalid(fmt.Sprintf("ssl.sans[%d]", i), "%q is neither a DNS name nor an IP address", san)
+		}
+	}
+	for i, d := range ssl.GetDomains() {
+		if !dnsLabelRE.MatchString(d) || len(d) > 253 {
+			return apierr.Invalid(fmt.Sprintf("ssl.domains[%d]", i), "%q is not a DNS name", d)
+		}
+	}
+	return nil
+}
+
+// ValidatePlacement checks that an instance's template and network fit together
+// and that the instance's SSL settings suit the network's HTTPS strategy.
+func ValidatePlacement(in *inventoryv1.Instance, t *inventoryv1.Template, n *inventoryv1.Network) error {
+	if t.GetProvider() != n.GetProvider() {
+		return apierr.Invalid("templateId", "template %q is for provider %q but network %q is for provider %q",
+			t.GetName(), t.GetProvider(), n.GetName(), n.GetProvider())
+	}
+	ssl := in.GetSsl()
+	switch n.GetHttpsStrategy() {
+	case HTTPSNone:
+		if len(ssl.GetSans())+len(ssl.GetDomains()) > 0 || ssl.GetCertificatePem() != "" || ssl.GetPrivateKeyRef() != "" {
+			return apierr.Invalid("ssl", "network %q uses httpsStrategy %q: no SSL settings apply", n.GetName(), HTTPSNone)
+		}
+	case HTTPSSelfSigned:
+		if len(ssl.GetDomains()) > 0 || ssl.GetCertificatePem() != "" || ssl.GetPrivateKeyRef() != "" {
+			return apierr.Invalid("ssl", "network %q uses httpsStrategy %q: only ssl.sans applies", n.GetName(), HTTPSSelfSigned)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,103 @@
+// Package inventory is the service that owns Flotilla's PostgreSQL schema:
+// networks, templates, instances, users and tokens. Every change commits its
+// domain event to an outbox in the same transaction; a forwarder publishes the
+// outbox to the events stream. Other services reach it only over the bus.
+package inventory
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
+
+	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/rpc"
+	"flotilla.dev/flotilla/services/inventory/adapters"
+	"flotilla.dev/flotilla/services/inventory/app"
+	"flotilla.dev/flotilla/services/inventory/ports"
+)
+
+// Deps are what the inventory is built from; the caller owns and closes them.
+type Deps struct {
+	Pool           *pgxpool.Pool
+	NATS           *nats.Conn
+	Log            *slog.Logger
+	TracerProvider trace.TracerProvider
+	Version        string
+	// StreamReplicas is the replication of the streams it declares (1 or 3).
+	StreamReplicas int
+	// AppOptions are passed to app.New (tests).
+	AppOptions []app.Option
+}
+
+// Service is a running inventory.
+type Service struct {
+	deps Deps
+	app  *app.App
+	fwd  *adapters.Forwarder
+	svc  *rpc.Service
+}
+
+// New migrates the schema, declares the streams and registers the endpoints.
+// The service takes requests once New returns; Run forwards the outbox.
+func New(ctx context.Context, d Deps) (*Service, error) {
+	if d.Pool == nil || d.NATS == nil || d.Log == nil || d.TracerProvider == nil {
+		return nil, errors.New("inventory: Pool, NATS, Log and TracerProvider are required")
+	}
+	log := d.Log.With("service", "inventory")
+	if err := adapters.Migrate(ctx, d.Pool, log); err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(d.NATS)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if err := bus.EnsureStreams(ctx, js, d.StreamReplicas); err != nil {
+		return nil, err
+	}
+	a := app.New(d.Pool, log, d.AppOptions...)
+	svc, err := ports.Serve(d.NATS, a, d.Pool, log, d.TracerProvider, d.Version)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{deps: d, app: a, fwd: adapters.NewForwarder(d.Pool, js, log), svc: svc}, nil
+}
+
+// App returns the application layer (for the CLI and tests).
+func (s *Service) App() *app.App { return s.app }
+
+// Run forwards the outbox and purges expired tokens until ctx ends, then
+// stops taking requests.
+func (s *Service) Run(ctx context.Context) error {
+	defer func() { _ = s.svc.Stop() }()
+	go func() {
+		t := time.NewTicker(time.Hour)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if _, err := s.app.PurgeExpiredTokens(ctx); err != nil && ctx.Err() == nil {
+					s.deps.Log.WarnContext(ctx, "purge expired tokens", "error", err)
+				}
+			}
+		}
+	}()
+	return s.fwd.Run(ctx)
+}
+
+// InitialSetup migrates the schema if needed and creates the first admin
+// user; it refuses when an admin exists. It needs no running service.
+func InitialSetup(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, username, password string) error {
+	if err := adapters.Migrate(ctx, pool, log); err != nil {
+		return err
+	}
+	return app.New(pool, log).InitialSetup(ctx, username, password)
+}

@@ -1,0 +1,97 @@
+// Package ports exposes the inventory on the bus: one nats micro service whose
+// endpoints take and return the protobuf messages of api/proto.
+package ports
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/rpc"
+	"flotilla.dev/flotilla/services/inventory/app"
+)
+
+// Pinger checks a dependency is reachable (the PostgreSQL pool).
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// Serve registers the inventory's endpoints on nc; stop the returned service
+// to stop taking requests.
+func Serve(nc *nats.Conn, a *app.App, db Pinger, log *slog.Logger, tp trace.TracerProvider, version string) (*rpc.Service, error) {
+	s, err := rpc.New(nc, subjects.Inventory, version, "Flotilla inventory: networks, templates, instances, users", log, tp, db.Ping)
+	if err != nil {
+		return nil, err
+	}
+	errs := []error{
+		rpc.Handle(s, subjects.NounNetwork, subjects.VerbCreate, func(ctx context.Context, actor string, r *inventoryv1.CreateNetworkRequest) (*inventoryv1.Network, error) {
+			return a.CreateNetwork(ctx, actor, r.GetNetwork())
+		}),
+		rpc.Handle(s, subjects.NounNetwork, subjects.VerbGet, func(ctx context.Context, _ string, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+			return a.GetNetwork(ctx, r.GetId())
+		}),
+		rpc.Handle(s, subjects.NounNetwork, subjects.VerbList, func(ctx context.Context, _ string, r *inventoryv1.ListNetworksRequest) (*inventoryv1.ListNetworksResponse, error) {
+			items, next, err := a.ListNetworks(ctx, r.GetPageSize(), r.GetPageToken())
+			return &inventoryv1.ListNetworksResponse{Networks: items, NextPageToken: next}, err
+		}),
+		rpc.Handle(s, subjects.NounNetwork, subjects.VerbUpdate, func(ctx context.Context, actor string, r *inventoryv1.UpdateNetworkRequest) (*inventoryv1.Network, error) {
+			return a.UpdateNetwork(ctx, actor, r.GetNetwork(), r.GetUpdateMask().GetPaths())
+		}),
+		rpc.Handle(s, subjects.NounNetwork, subjects.VerbDelete, func(ctx context.Context, actor string, r *inventoryv1.DeleteNetworkRequest) (*emptypb.Empty, error) {
+			return &emptypb.Empty{}, a.DeleteNetwork(ctx, actor, r.GetId(), r.GetVersion())
+		}),
+		rpc.Handle(s, subjects.NounTemplate, subjects.VerbCreate, func(ctx context.Context, actor string, r *inventoryv1.CreateTemplateRequest) (*inventoryv1.Template, error) {
+			return a.CreateTemplate(ctx, actor, r.GetTemplate())
+		}),
+		rpc.Handle(s, subjects.NounTemplate, subjects.VerbGet, func(ctx context.Context, _ string, r *inventoryv1.GetTemplateRequest) (*inventoryv1.Template, error) {
+			return a.GetTemplate(ctx, r.GetId())
+		}),
+		rpc.Handle(s, subjects.NounTemplate, subjects.VerbList, func(ctx context.Context, _ string, r *inventoryv1.ListTemplatesRequest) (*inventoryv1.ListTemplatesResponse, error) {
+			items, next, err := a.ListTemplates(ctx, r.GetPageSize(), r.GetPageToken())
+			return &inventoryv1.ListTemplatesResponse{Templates: items, NextPageToken: next}, err
+		}),
+		rpc.Handle(s, subjects.NounTemplate, subjects.VerbUpdate, func(ctx context.Context, actor string, r *inventoryv1.UpdateTemplateRequest) (*inventoryv1.Template, error) {
+			return a.UpdateTemplate(ctx, actor, r.GetTemplate(), r.GetUpdateMask().GetPaths())
+		}),
+		rpc.Handle(s, subjects.NounTemplate, subjects.VerbDelete, func(ctx context.Context, actor string, r *inventoryv1.DeleteTemplateRequest) (*emptypb.Empty, error) {
+			return &emptypb.Empty{}, a.DeleteTemplate(ctx, actor, r.GetId(), r.GetVersion())
+		}),
+		rpc.Handle(s, subjects.NounInstance, subjects.VerbCreate, func(ctx context.Context, actor string, r *inventoryv1.CreateInstanceRequest) (*inventoryv1.Instance, error) {
+			return a.CreateInstance(ctx, actor, r.GetInstance())
+		}),
+		rpc.Handle(s, subjects.NounInstance, subjects.VerbGet, func(ctx context.Context, _ string, r *inventoryv1.GetInstanceRequest) (*inventoryv1.Instance, error) {
+			return a.GetInstance(ctx, r.GetId())
+		}),
+		rpc.Handle(s, subjects.NounInstance, subjects.VerbList, func(ctx context.Context, _ string, r *inventoryv1.ListInstancesRequest) (*inventoryv1.ListInstancesResponse, error) {
+			items, next, err := a.ListInstances(ctx, r.GetPageSize(), r.GetPageToken())
+			return &inventoryv1.ListInstancesResponse{Instances: items, NextPageToken: next}, err
+		}),
+		rpc.Handle(s, subjects.NounInstance, subjects.VerbUpdate, func(ctx context.Context, actor string, r *inventoryv1.UpdateInstanceRequest) (*inventoryv1.Instance, error) {
+			return a.UpdateInstance(ctx, actor, r.GetInstance(), r.GetUpdateMask().GetPaths())
+		}),
+		rpc.Handle(s, subjects.NounInstance, subjects.VerbDelete, func(ctx context.Context, actor string, r *inventoryv1.DeleteInstanceRequest) (*emptypb.Empty, error) {
+			return &emptypb.Empty{}, a.DeleteInstance(ctx, actor, r.GetId(), r.GetVersion())
+		}),
+		rpc.Handle(s, subjects.NounToken, subjects.VerbLogin, func(ctx context.Context, _ string, r *authv1.LoginRequest) (*authv1.LoginResponse, error) {
+			return a.Login(ctx, r.GetUsername(), r.GetPassword())
+		}),
+		rpc.Handle(s, subjects.NounToken, subjects.VerbVerify, func(ctx context.Context, _ string, r *authv1.VerifyTokenRequest) (*authv1.VerifyTokenResponse, error) {
+			return a.VerifyToken(ctx, r.GetToken())
+		}),
+		rpc.Handle(s, subjects.NounToken, subjects.VerbRevoke, func(ctx context.Context, _ string, r *authv1.RevokeTokenRequest) (*emptypb.Empty, error) {
+			return &emptypb.Empty{}, a.RevokeToken(ctx, r.GetToken())
+		}),
+	}
+	if err := errors.Join(errs...); err != nil {
+		_ = s.Stop()
+		return nil, err
+	}
+	return s, nil
+}
