@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"flotilla.dev/flotilla/libs/allinone"
+	"flotilla.dev/flotilla/libs/datadir"
 	"flotilla.dev/flotilla/services/inventory"
 )
 
@@ -20,6 +21,8 @@ func newAdmin() *cobra.Command {
 	admin := &cobra.Command{Use: "admin", Short: "Administer a Flotilla data directory"}
 	var (
 		dir           string
+		port          int
+		dbURL         string
 		passwordStdin bool
 	)
 	setup := &cobra.Command{
@@ -44,7 +47,11 @@ func newAdmin() *cobra.Command {
 				return errors.New("a password is required: flotilla admin initial-setup USER PASSWORD (or --password-stdin)")
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-			err := allinone.WithDatabase(cmd.Context(), dir, func(ctx context.Context, pool *pgxpool.Pool) error {
+			o := datadir.Overrides{DatabaseURL: dbURL}
+			if cmd.Flags().Changed("port") {
+				o.BasePort = port
+			}
+			err := allinone.WithDatabase(cmd.Context(), dir, o, func(ctx context.Context, pool *pgxpool.Pool) error {
 				return inventory.InitialSetup(ctx, pool, log, user, pw)
 			})
 			if err != nil {
@@ -55,6 +62,8 @@ func newAdmin() *cobra.Command {
 		},
 	}
 	setup.Flags().StringVar(&dir, "data-dir", "./.flotilla", "data directory")
+	setup.Flags().IntVar(&port, "port", datadir.DefaultBasePort, "base port, as for `flotilla up` (saved in the settings)")
+	setup.Flags().StringVar(&dbURL, "database-url", "", "an external PostgreSQL, as for `flotilla up` (saved in the settings)")
 	setup.Flags().BoolVar(&passwordStdin, "password-stdin", false, "read the password from standard input")
 	admin.AddCommand(setup)
 	return admin

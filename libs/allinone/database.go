@@ -16,9 +16,9 @@ import (
 // WithDatabase runs f with a pool on the data directory's database, whether
 // or not `flotilla up` is running on it: a managed PostgreSQL that is not
 // running is started for the duration of f and stopped again.
-func WithDatabase(ctx context.Context, dataDir string, f func(ctx context.Context, pool *pgxpool.Pool) error) error {
+func WithDatabase(ctx context.Context, dataDir string, o datadir.Overrides, f func(ctx context.Context, pool *pgxpool.Pool) error) error {
 	d := datadir.Dir(dataDir)
-	s, err := datadir.Prepare(d, datadir.Overrides{})
+	s, err := datadir.Prepare(d, o)
 	if err != nil {
 		return err
 	}

@@ -88,7 +88,9 @@ type Deps struct {
 }
 
 // Runner is a constructed service.
-type Runner interface{ Run(ctx context.Context) error }
+type Runner interface {
+	Run(ctx context.Context) error
+}
 
 // Main runs one service binary and exits; only it exits the process.
 func Main(name, version string, needs Needs, build func(ctx context.Context, d Deps) (Runner, error)) {

@@ -228,7 +228,11 @@ var errTestsOver = errors.New("tests are over")
 // starts on first use, then stops the server and removes its directory, even
 // when tests fail, and exits with the tests' status (1 if stopping failed).
 // Call it from TestMain; it does not return.
-func Main(m *testing.M) {
+func Main(m *testing.M) { os.Exit(Run(m)) }
+
+// Run is Main without the exit: it returns the exit code, for a TestMain
+// that has its own cleaning up to do afterwards.
+func Run(m *testing.M) int {
 	mp := &mainPostgres{}
 	current.Store(mp)
 	code := m.Run()
@@ -241,7 +245,7 @@ func Main(m *testing.M) {
 			}
 		}
 	}
-	os.Exit(code)
+	return code
 }
 
 // NewDatabase is Postgres.NewDatabase on the package's server, started on

@@ -7,6 +7,7 @@
 package systemv1
 
 import (
+	_ "github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2/options"
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -285,7 +286,7 @@ var File_flotilla_system_v1_system_proto protoreflect.FileDescriptor
 
 const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\n" +
-	"\x1fflotilla/system/v1/system.proto\x12\x12flotilla.system.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
+	"\x1fflotilla/system/v1/system.proto\x12\x12flotilla.system.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\x12\n" +
 	"\x10GetStatusRequest\"\xaf\x01\n" +
 	"\x06Status\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12\x18\n" +
@@ -303,7 +304,13 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion2v\n" +
 	"\rSystemService\x12e\n" +
-	"\tGetStatus\x12$.flotilla.system.v1.GetStatusRequest\x1a\x1a.flotilla.system.v1.Status\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/statusB;Z9flotilla.dev/flotilla/api/gen/flotilla/system/v1;systemv1b\x06proto3"
+	"\tGetStatus\x12$.flotilla.system.v1.GetStatusRequest\x1a\x1a.flotilla.system.v1.Status\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/statusB\xbf\x02\x92A\x80\x02\x12\x95\x01\n" +
+	"\fFlotilla API\x12\x80\x01Provision and operate fleets of instances. Log in with POST /api/v1/login and send the token as \"Authorization: Bearer <token>\".2\x02v1ZX\n" +
+	"V\n" +
+	"\x06bearer\x12L\b\x02\x127\"Bearer \" followed by the token from POST /api/v1/login\x1a\rAuthorization \x02b\f\n" +
+	"\n" +
+	"\n" +
+	"\x06bearer\x12\x00Z9flotilla.dev/flotilla/api/gen/flotilla/system/v1;systemv1b\x06proto3"
 
 var (
 	file_flotilla_system_v1_system_proto_rawDescOnce sync.Once

@@ -1,0 +1,270 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"flotilla.dev/flotilla/libs/testkit"
+)
+
+// These tests run the real binary, as an operator would.
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "flotilla-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "flotilla")
+	build := exec.Command("go", "build", "-race", "-o", binary, ".")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		panic(err)
+	}
+	code := testkit.Run(m)
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// dataDir returns a fresh data directory the postgres user can reach.
+func dataDir(t *testing.T) string {
+	d := t.TempDir()
+	for _, p := range []string{d, filepath.Dir(d)} {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return filepath.Join(d, "data")
+}
+
+// freeBase finds a base port whose six consecutive ports are free.
+func freeBase(t *testing.T) int {
+	t.Helper()
+	for range 100 {
+		base := 20000 + rand.IntN(30000)
+		ok := true
+		for p := base; p < base+6 && ok; p++ {
+			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+			if err != nil {
+				ok = false
+				continue
+			}
+			l.Close()
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatal("no six consecutive free ports")
+	return 0
+}
+
+type upProc struct {
+	cmd  *exec.Cmd
+	out  *bytes.Buffer
+	base int
+	done chan error
+}
+
+func startUp(t *testing.T, dir string, base int) *upProc {
+	t.Helper()
+	u := &upProc{out: &bytes.Buffer{}, base: base, done: make(chan error, 1)}
+	u.cmd = exec.Command(binary, "up", "--data-dir", dir, "--port", strconv.Itoa(base))
+	u.cmd.Stdout, u.cmd.Stderr = u.out, u.out
+	if err := u.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { u.done <- u.cmd.Wait() }()
+	t.Cleanup(func() {
+		if u.cmd.ProcessState == nil {
+			_ = u.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-u.done:
+			case <-time.After(60 * time.Second):
+				_ = u.cmd.Process.Kill()
+			}
+		}
+	})
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		resp, err := http.Get(u.url("/api/v1/status"))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return u
+			}
+		}
+		select {
+		case err := <-u.done:
+			t.Fatalf("flotilla up exited: %v\n%s", err, u.out)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("flotilla up not ready:\n%s", u.out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (u *upProc) url(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", u.base, path) }
+
+// stop sends SIGTERM and requires a clean exit.
+func (u *upProc) stop(t *testing.T) {
+	t.Helper()
+	if err := u.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-u.done:
+		if err != nil {
+			t.Fatalf("flotilla up exited with %v:\n%s", err, u.out)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("flotilla up did not stop on SIGTERM:\n%s", u.out)
+	}
+}
+
+func (u *upProc) do(t *testing.T, method, path, token, body string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, u.url(path), strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := map[string]any{}
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+func (u *upProc) login(t *testing.T) string {
+	t.Helper()
+	code, out := u.do(t, "POST", "/api/v1/login", "", `{"username":"admin","password":"S3cret-pass"}`)
+	if code != 200 {
+		t.Fatalf("login: %d %v", code, out)
+	}
+	return out["token"].(string)
+}
+
+func admin(dir string, args ...string) (string, error) {
+	cmd := exec.Command(binary, append([]string{"admin", "initial-setup"}, append(args, "--data-dir", dir)...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func postmasterPID(t *testing.T, dir string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "postgres", "postmaster.pid"))
+	if err != nil {
+		t.Fatalf("managed PostgreSQL not running: %v", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// gone reports whether pid no longer runs (a zombie awaiting its reaper counts as gone).
+func gone(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	return len(f) > 0 && f[0] == "Z"
+}
+
+func TestUpServesRestartsWithItsDataAndStopsCleanly(t *testing.T) {
+	t.Parallel()
+	dir, base := dataDir(t), freeBase(t)
+	up := startUp(t, dir, base)
+
+	settings, err := os.ReadFile(filepath.Join(dir, "config", "settings.json"))
+	if err != nil || !strings.Contains(string(settings), `"databaseURL"`) {
+		t.Fatalf("settings.json: %v %s", err, settings)
+	}
+	for _, sub := range []string{"logs", "postgres", "nats"} {
+		if _, err := os.Stat(filepath.Join(dir, sub)); err != nil {
+			t.Errorf("data dir lacks %s: %v", sub, err)
+		}
+	}
+	if code, out := up.do(t, "GET", "/api/v1/networks", "", ""); code != 401 {
+		t.Fatalf("no token: %d %v", code, out)
+	}
+	// initial-setup works while up runs, and only once.
+	if out, err := admin(dir, "admin", "S3cret-pass"); err != nil {
+		t.Fatalf("initial-setup: %v\n%s", err, out)
+	}
+	out, err := admin(dir, "admin", "Other-pass1")
+	if err == nil || !strings.Contains(out, "initial setup has already been done") {
+		t.Fatalf("second initial-setup: %v\n%s", err, out)
+	}
+	token := up.login(t)
+	if code, out := up.do(t, "POST", "/api/v1/networks", token, `{"name":"lab","provider":"local","httpsStrategy":"none"}`); code != 200 {
+		t.Fatalf("create network: %d %v", code, out)
+	}
+
+	pid := postmasterPID(t, dir)
+	up.stop(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for !gone(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("PostgreSQL (pid %d) still running after flotilla stopped", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for p := base; p < base+6; p++ {
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			t.Errorf("port %d still in use after stop: %v", p, err)
+			continue
+		}
+		l.Close()
+	}
+	if !strings.Contains(up.out.String(), "Flotilla is up") || !strings.Contains(up.out.String(), fmt.Sprintf("127.0.0.1:%d", base)) {
+		t.Errorf("log does not say where Flotilla listens:\n%s", up.out)
+	}
+
+	// A restart on the same data dir keeps every record.
+	again := startUp(t, dir, base)
+	token = again.login(t)
+	code, list := again.do(t, "GET", "/api/v1/networks", token, "")
+	if code != 200 || !strings.Contains(fmt.Sprint(list["networks"]), "name:lab") {
+		t.Fatalf("after restart: %d %v", code, list)
+	}
+	again.stop(t)
+}
+
+func TestInitialSetupWithoutUpLeavesNothingRunning(t *testing.T) {
+	t.Parallel()
+	dir, base := dataDir(t), freeBase(t)
+	if out, err := admin(dir, "admin", "short", "--port", strconv.Itoa(base)); err == nil || !strings.Contains(out, "password: must be at least 8 characters") {
+		t.Fatalf("short password: %v\n%s", err, out)
+	}
+	if out, err := admin(dir, "admin", "S3cret-pass"); err != nil {
+		t.Fatalf("initial-setup: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "postgres", "postmaster.pid")); err == nil {
+		t.Fatal("initial-setup left PostgreSQL running")
+	}
+	up := startUp(t, dir, base)
+	up.login(t)
+	up.stop(t)
+}
