@@ -86,3 +86,62 @@ func SplitEventType(t string) (entity, verb string) {
 	entity, verb, _ = strings.Cut(t, ".")
 	return entity, verb
 }
+
+// Nouns and verbs of the issue-3 services' endpoints.
+const (
+	NounCertificate = "certificate" // ca: certificate.get
+	NounJoinToken   = "jointoken"   // ca: jointoken.create
+	NounAgent       = "agent"       // ca: agent.join, agent.sign
+	NounServer      = "server"      // ca: server.sign
+	NounSecret      = "secret"      // secrets: secret.create/list/delete/read
+	NounLifecycle   = "lifecycle"   // inventory: lifecycle.request, lifecycle.observe
+
+	VerbJoin    = "join"
+	VerbSign    = "sign"
+	VerbRead    = "read"
+	VerbRequest = "request"
+	VerbObserve = "observe"
+)
+
+// AuditStream is the JetStream stream of audit records (long retention).
+const AuditStream = "FLOTILLA_AUDIT"
+
+// AuditAll matches every audit record: "flotilla.audit.>".
+func AuditAll() string { return Root + ".audit.>" }
+
+// Audit is the subject of one audit record: "flotilla.audit.<noun>.<id>.<verb>",
+// e.g. "flotilla.audit.secret.<instance-id>.read".
+func Audit(noun, id, verb string) string { return Root + ".audit." + noun + "." + id + "." + verb }
+
+// ProvisioningStream is the work-queue stream of provisioning work.
+const ProvisioningStream = "FLOTILLA_PROVISIONING"
+
+// ProvisioningConsumer is the provisioner's durable consumer on ProvisioningStream.
+const ProvisioningConsumer = "provisioner"
+
+// ProvisionAll matches all provisioning work: "flotilla.cmd.provision.*".
+func ProvisionAll() string { return Root + ".cmd.provision.*" }
+
+// Provision is the subject of work for one instance: "flotilla.cmd.provision.<id>".
+func Provision(instanceID string) string { return Root + ".cmd.provision." + instanceID }
+
+// AgentLogsStream is the JetStream stream of agent log lines.
+const AgentLogsStream = "FLOTILLA_AGENT_LOGS"
+
+// AgentLogsAll matches every agent's logs: "flotilla.agent.*.logs".
+func AgentLogsAll() string { return Root + ".agent.*.logs" }
+
+// AgentLogs is the subject of one instance's log lines: "flotilla.agent.<id>.logs".
+func AgentLogs(instanceID string) string { return Root + ".agent." + instanceID + ".logs" }
+
+// AgentCommand is where a command for a connected agent is sent (request/reply,
+// answered by the agent gateway node the agent is connected to):
+// "flotilla.agent.<id>.cmd".
+func AgentCommand(instanceID string) string { return Root + ".agent." + instanceID + ".cmd" }
+
+// AgentStatus carries an agent's connects, disconnects, heartbeats and
+// progress (agent.v1.AgentEvent): "flotilla.agent.<id>.status".
+func AgentStatus(instanceID string) string { return Root + ".agent." + instanceID + ".status" }
+
+// AgentStatusAll matches every agent's status: "flotilla.agent.*.status".
+func AgentStatusAll() string { return Root + ".agent.*.status" }
