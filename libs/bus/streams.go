@@ -29,8 +29,40 @@ func Streams(replicas int) []jetstream.StreamConfig {
 		Duplicates:  DuplicateWindow,
 		Replicas:    replicas,
 		Discard:     jetstream.DiscardOld,
+	}, {
+		Name:        subjects.AuditStream,
+		Description: "Flotilla audit records: every secret read, kept for a year",
+		Subjects:    []string{subjects.AuditAll()},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		MaxAge:      365 * 24 * time.Hour,
+		Duplicates:  DuplicateWindow,
+		Replicas:    replicas,
+	}, {
+		Name:        subjects.ProvisioningStream,
+		Description: "Flotilla provisioning work: one message per instance that needs reconciling",
+		Subjects:    []string{subjects.ProvisionAll()},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Duplicates:  DuplicateWindow,
+		Replicas:    replicas,
+	}, {
+		Name:              subjects.AgentLogsStream,
+		Description:       "Agent log lines, per instance subject, bounded by count and age",
+		Subjects:          []string{subjects.AgentLogsAll()},
+		Retention:         jetstream.LimitsPolicy,
+		Storage:           jetstream.FileStorage,
+		MaxAge:            7 * 24 * time.Hour,
+		MaxMsgsPerSubject: AgentLogLinesKept,
+		MaxBytes:          1 << 30,
+		Discard:           jetstream.DiscardOld,
+		Duplicates:        DuplicateWindow,
+		Replicas:          replicas,
 	}}
 }
+
+// AgentLogLinesKept is how many log lines (messages) are kept per instance.
+const AgentLogLinesKept = 10000
 
 // EnsureStreams creates or updates every stream; it is idempotent and safe to
 // run from several services at once.
