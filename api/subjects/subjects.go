@@ -94,13 +94,14 @@ const (
 	NounAgent       = "agent"       // ca: agent.join, agent.sign
 	NounServer      = "server"      // ca: server.sign
 	NounSecret      = "secret"      // secrets: secret.create/list/delete/read
-	NounLifecycle   = "lifecycle"   // inventory: lifecycle.request, lifecycle.observe
+	NounLifecycle   = "lifecycle"   // inventory: lifecycle.request, lifecycle.observe, lifecycle.record
 
 	VerbJoin    = "join"
 	VerbSign    = "sign"
 	VerbRead    = "read"
 	VerbRequest = "request"
 	VerbObserve = "observe"
+	VerbRecord  = "record"
 )
 
 // AuditStream is the JetStream stream of audit records (long retention).

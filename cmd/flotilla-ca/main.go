@@ -1,5 +1,7 @@
-// Command flotilla-ca runs Flotilla's ca service on its own, against an external
-// NATS (FLOTILLA_NATS_URL); see libs/svcmain for every setting.
+// Command flotilla-ca runs Flotilla's fleet CA on its own, against an external
+// NATS (FLOTILLA_NATS_URL), signing with FLOTILLA_CA_CERT_FILE and
+// FLOTILLA_CA_KEY_FILE (created if neither exists). See libs/svcmain for every
+// setting.
 package main
 
 import (
@@ -13,7 +15,8 @@ import (
 var version = "0.1.0-dev"
 
 func main() {
-	svcmain.Main("ca", version, svcmain.Needs{}, func(ctx context.Context, d svcmain.Deps) (svcmain.Runner, error) {
-		return ca.New(ctx, ca.Deps{NATS: d.NATS, Log: d.Log, TracerProvider: d.TracerProvider, Version: d.Version})
+	svcmain.Main("ca", version, svcmain.Needs{CA: true}, func(ctx context.Context, d svcmain.Deps) (svcmain.Runner, error) {
+		return ca.New(ctx, ca.Deps{NATS: d.NATS, Log: d.Log, TracerProvider: d.TracerProvider, Version: d.Version,
+			CertFile: d.Config.CACertFile, KeyFile: d.Config.CAKeyFile, Replicas: d.Config.StreamReplicas})
 	})
 }

@@ -10,6 +10,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"flotilla.dev/flotilla/agent"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -33,6 +35,9 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newUp(), newAdmin())
+	agent.Version = version
+	agentCmd := agent.NewCommand()
+	agentCmd.Hidden = true // started by the local provider, not by operators
+	root.AddCommand(newUp(), newAdmin(), agentCmd)
 	return root
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"flotilla.dev/flotilla/libs/kms"
 	"flotilla.dev/flotilla/libs/testkit"
 	"flotilla.dev/flotilla/services/inventory"
 )
@@ -31,12 +32,20 @@ func TestServiceBinariesRunAgainstExternalNATSAndPostgres(t *testing.T) {
 	}
 	ns := testkit.NATS(t)
 	dbURL := testkit.NewDatabase(t)
-	ports := testkit.FreePorts(t, 2)
+	ports := testkit.FreePorts(t, 3)
+	keyFile := filepath.Join(t.TempDir(), "keys", "master.key")
+	if _, err := kms.OpenLocal(keyFile); err != nil {
+		t.Fatal(err)
+	}
 	env := append(os.Environ(),
+		"FLOTILLA_KMS_KEY_FILE="+keyFile,
+		"FLOTILLA_CA_CERT_FILE="+filepath.Join(filepath.Dir(keyFile), "ca.crt"),
+		"FLOTILLA_CA_KEY_FILE="+filepath.Join(filepath.Dir(keyFile), "ca.key"),
 		"FLOTILLA_NATS_URL="+ns.ClientURL(),
 		"FLOTILLA_DATABASE_URL="+dbURL,
 		"FLOTILLA_HTTP_ADDR=127.0.0.1:"+strconv.Itoa(ports[0]),
 		"FLOTILLA_GRPC_ADDR=127.0.0.1:"+strconv.Itoa(ports[1]),
+		"FLOTILLA_AGENT_ADDR=127.0.0.1:"+strconv.Itoa(ports[2]),
 	)
 	var procs []*exec.Cmd
 	for _, name := range []string{"inventory", "ca", "secrets", "provisioner", "agentgw", "gateway"} {

@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -22,6 +24,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"flotilla.dev/flotilla/libs/datadir"
+	"flotilla.dev/flotilla/libs/kms"
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/pgmanaged"
 	"flotilla.dev/flotilla/libs/pgstore"
@@ -31,6 +34,8 @@ import (
 	"flotilla.dev/flotilla/services/gateway"
 	"flotilla.dev/flotilla/services/inventory"
 	"flotilla.dev/flotilla/services/provisioner"
+	"flotilla.dev/flotilla/services/provisioner/driver"
+	"flotilla.dev/flotilla/services/provisioner/driver/local"
 	"flotilla.dev/flotilla/services/secrets"
 )
 
@@ -46,6 +51,9 @@ type Options struct {
 	OTLPProtocol string
 	// SpanProcessors are added to the tracer provider (tests).
 	SpanProcessors []sdktrace.SpanProcessor
+	// AgentCommand starts a node agent for the local provider; empty means
+	// this executable's "agent" command.
+	AgentCommand []string
 }
 
 // Stack is a started all-in-one Flotilla.
@@ -155,22 +163,52 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	}
 	st.runners = append(st.runners, runner{"inventory", inv.Run})
 
+	// Agents on this host reach the agent gateway on loopback when it binds
+	// to every address.
+	agentHost := settings.BindAddress
+	if ip := net.ParseIP(agentHost); ip == nil || ip.IsUnspecified() {
+		agentHost = "127.0.0.1"
+	}
+	agentAddr := net.JoinHostPort(agentHost, strconv.Itoa(settings.Port(datadir.OffsetAgentGW)))
 	type simple interface{ Run(context.Context) error }
 	for _, svc := range []struct {
 		name string
 		new  func(nc *nats.Conn) (simple, error)
 	}{
 		{"ca", func(nc *nats.Conn) (simple, error) {
-			return ca.New(ctx, ca.Deps{NATS: nc, Log: o.Log, TracerProvider: tp, Version: o.Version})
+			cert, key := settings.CAFiles(d)
+			return ca.New(ctx, ca.Deps{NATS: nc, Log: o.Log, TracerProvider: tp, Version: o.Version, CertFile: cert, KeyFile: key, Replicas: 1})
 		}},
 		{"secrets", func(nc *nats.Conn) (simple, error) {
-			return secrets.New(ctx, secrets.Deps{NATS: nc, Log: o.Log, TracerProvider: tp, Version: o.Version})
+			k, err := kms.OpenLocal(d.Path("keys", "master.key"))
+			if err != nil {
+				return nil, err
+			}
+			return secrets.New(ctx, secrets.Deps{Pool: st.pool, NATS: nc, KMS: k, Log: o.Log, TracerProvider: tp, Version: o.Version, StreamReplicas: 1})
 		}},
 		{"provisioner", func(nc *nats.Conn) (simple, error) {
-			return provisioner.New(ctx, provisioner.Deps{NATS: nc, Log: o.Log, TracerProvider: tp, Version: o.Version})
+			cmd := o.AgentCommand
+			if len(cmd) == 0 {
+				exe, err := os.Executable()
+				if err != nil {
+					return nil, fmt.Errorf("local provider: find the agent: %w", err)
+				}
+				cmd = []string{exe, "agent"}
+			}
+			drv, err := local.New(local.Config{Root: string(d), AgentCommand: cmd, Log: o.Log.With("provider", local.Name)})
+			if err != nil {
+				return nil, err
+			}
+			return provisioner.New(ctx, provisioner.Deps{NATS: nc, Log: o.Log, TracerProvider: tp, Version: o.Version,
+				Drivers: []driver.Driver{drv}, AgentGatewayAddr: agentAddr, StreamReplicas: 1})
 		}},
 		{"agentgw", func(nc *nats.Conn) (simple, error) {
-			return agentgw.New(ctx, agentgw.Deps{NATS: nc, Log: o.Log, TracerProvider: tp, Version: o.Version})
+			l, err := net.Listen("tcp", settings.Addr(datadir.OffsetAgentGW))
+			if err != nil {
+				return nil, fmt.Errorf("agent port: %w", err)
+			}
+			return agentgw.New(ctx, agentgw.Deps{NATS: nc, Log: o.Log, TracerProvider: tp, Version: o.Version, Listener: l,
+				ServerNames: []string{"localhost", agentHost}})
 		}},
 	} {
 		nc, err := connect(svc.name)

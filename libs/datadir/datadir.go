@@ -5,6 +5,9 @@
 //	<dir>/logs/                  flotilla.log and the managed PostgreSQL's log
 //	<dir>/postgres/              the managed PostgreSQL cluster, unless databaseURL is external
 //	<dir>/nats/                  the embedded NATS server's JetStream store
+//	<dir>/ca/                    the fleet CA's certificate and key (0600), unless the settings name others
+//	<dir>/keys/                  the local KMS master key (0600)
+//	<dir>/disks/, <dir>/vms/     the local provider's data disks and VMs
 //
 // The first start creates the layout and settings with fresh credentials;
 // later starts read them, so a restart keeps every record.
@@ -53,6 +56,23 @@ type Settings struct {
 	PostgresPassword string `json:"postgresPassword,omitempty"`
 	// NATSToken is the token clients of the embedded NATS server present.
 	NATSToken string `json:"natsToken"`
+	// CACertFile and CAKeyFile are the fleet CA's signing certificate and key
+	// (PEM). Empty means <dir>/ca/ca.crt and ca.key, generated at first start;
+	// an operator may point them at their own.
+	CACertFile string `json:"caCertFile,omitempty"`
+	CAKeyFile  string `json:"caKeyFile,omitempty"`
+}
+
+// CAFiles returns the CA certificate and key paths, defaults filled in.
+func (s *Settings) CAFiles(d Dir) (cert, key string) {
+	cert, key = s.CACertFile, s.CAKeyFile
+	if cert == "" {
+		cert = d.Path("ca", "ca.crt")
+	}
+	if key == "" {
+		key = d.Path("ca", "ca.key")
+	}
+	return cert, key
 }
 
 // Port returns the port at the given offset from the base port.
@@ -82,6 +102,9 @@ func (s *Settings) Validate() error {
 	}
 	if s.NATSToken == "" {
 		errs = append(errs, errors.New("natsToken: is required"))
+	}
+	if (s.CACertFile == "") != (s.CAKeyFile == "") {
+		errs = append(errs, errors.New("caCertFile, caKeyFile: give both or neither"))
 	}
 	return errors.Join(errs...)
 }

@@ -31,12 +31,27 @@ import (
 
 // Config is every setting a service binary reads, all from the environment.
 type Config struct {
-	NATSURL        string `env:"FLOTILLA_NATS_URL" envDefault:"nats://127.0.0.1:4222"`
-	NATSToken      string `env:"FLOTILLA_NATS_TOKEN"`
-	DatabaseURL    string `env:"FLOTILLA_DATABASE_URL"`
-	HTTPAddr       string `env:"FLOTILLA_HTTP_ADDR" envDefault:":7700"`
-	GRPCAddr       string `env:"FLOTILLA_GRPC_ADDR" envDefault:":7701"`
-	MetricsAddr    string `env:"FLOTILLA_METRICS_ADDR"`
+	NATSURL     string `env:"FLOTILLA_NATS_URL" envDefault:"nats://127.0.0.1:4222"`
+	NATSToken   string `env:"FLOTILLA_NATS_TOKEN"`
+	DatabaseURL string `env:"FLOTILLA_DATABASE_URL"`
+	HTTPAddr    string `env:"FLOTILLA_HTTP_ADDR" envDefault:":7700"`
+	GRPCAddr    string `env:"FLOTILLA_GRPC_ADDR" envDefault:":7701"`
+	MetricsAddr string `env:"FLOTILLA_METRICS_ADDR"`
+	KMSKeyFile  string `env:"FLOTILLA_KMS_KEY_FILE"`
+	CACertFile  string `env:"FLOTILLA_CA_CERT_FILE"`
+	CAKeyFile   string `env:"FLOTILLA_CA_KEY_FILE"`
+	// AgentAddr is where the agent gateway listens for agents.
+	AgentAddr string `env:"FLOTILLA_AGENT_ADDR" envDefault:":7702"`
+	// AgentServerNames are the names agents dial the agent gateway by (its
+	// certificate's SANs): the load balancer's name in a cluster.
+	AgentServerNames []string `env:"FLOTILLA_AGENT_SERVER_NAMES" envDefault:"localhost,127.0.0.1" envSeparator:","`
+	// AgentGatewayAddr is the address the provisioner gives new agents.
+	AgentGatewayAddr string `env:"FLOTILLA_AGENT_GATEWAY_ADDR" envDefault:"127.0.0.1:7702"`
+	// LocalRoot enables the local provider, keeping its disks and VMs here.
+	LocalRoot string `env:"FLOTILLA_LOCAL_ROOT"`
+	// AgentCommand starts a local-provider agent (words separated by spaces);
+	// empty means flotilla-agent beside this executable.
+	AgentCommand   string `env:"FLOTILLA_AGENT_COMMAND"`
 	StreamReplicas int    `env:"FLOTILLA_STREAM_REPLICAS" envDefault:"1"`
 	LogLevel       string `env:"FLOTILLA_LOG_LEVEL" envDefault:"info"`
 	LogJSON        bool   `env:"FLOTILLA_LOG_JSON"`
@@ -46,8 +61,11 @@ type Config struct {
 
 // Needs says which optional settings a service requires.
 type Needs struct {
-	Database bool
-	Listen   bool
+	Database    bool
+	Listen      bool
+	KMS         bool
+	CA          bool
+	AgentListen bool
 }
 
 // Validate reports every problem at once, naming the environment variable.
@@ -58,6 +76,17 @@ func (c Config) Validate(n Needs) error {
 	}
 	if n.Database && c.DatabaseURL == "" {
 		errs = append(errs, errors.New("FLOTILLA_DATABASE_URL: is required by this service"))
+	}
+	if n.KMS && c.KMSKeyFile == "" {
+		errs = append(errs, errors.New("FLOTILLA_KMS_KEY_FILE: is required by this service (the master key file every manager shares)"))
+	}
+	if n.CA && (c.CACertFile == "" || c.CAKeyFile == "") {
+		errs = append(errs, errors.New("FLOTILLA_CA_CERT_FILE, FLOTILLA_CA_KEY_FILE: are required by this service (the fleet CA's PEM files, shared by every manager)"))
+	}
+	if n.AgentListen {
+		if _, _, err := net.SplitHostPort(c.AgentAddr); err != nil {
+			errs = append(errs, fmt.Errorf("FLOTILLA_AGENT_ADDR: %q is not host:port", c.AgentAddr))
+		}
 	}
 	if n.Listen {
 		for name, addr := range map[string]string{"FLOTILLA_HTTP_ADDR": c.HTTPAddr, "FLOTILLA_GRPC_ADDR": c.GRPCAddr} {

@@ -1,45 +1,293 @@
-// Package agentgw is the agents' front door: mutually authenticated gRPC streams, join-token exchange, heartbeats, logs and commands. This build answers readiness checks; the agent protocol arrives with the provisioning path.
 package agentgw
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/proto"
 
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
 )
 
-// Deps are what the service is built from; the caller owns them.
+// ServerInstanceID is the instance id the gateway's own server certificate
+// is issued for.
+const ServerInstanceID = "agentgw"
+
+// Defaults of the optional Deps.
+const (
+	DefaultRequestTimeout = 10 * time.Second
+	DefaultObserveRetry   = 30 * time.Second
+	// stopTimeout caps the graceful stop of the gRPC server.
+	stopTimeout = 10 * time.Second
+)
+
+// Deps are what the service is built from; the caller owns them, except
+// that Run closes the listener (until New succeeds, it is the caller's).
 type Deps struct {
 	NATS           *nats.Conn
 	Log            *slog.Logger
 	TracerProvider trace.TracerProvider
 	Version        string
+	// Listener is the agent port; Run serves gRPC over TLS on it. Required.
+	Listener net.Listener
+	// ServerNames are the DNS names and IP addresses agents dial the gateway
+	// by (the HAProxy name in a cluster); they become the SANs of its server
+	// certificate. Empty means "localhost" and "127.0.0.1", enough for
+	// agents on the same host.
+	ServerNames []string
+	// RequestTimeout bounds each request to another service; 0 means
+	// DefaultRequestTimeout.
+	RequestTimeout time.Duration
+	// ObserveRetry is how long a connect, progress or disconnect event is
+	// retried when the inventory does not take it; 0 means
+	// DefaultObserveRetry. Heartbeats are sent once.
+	ObserveRetry time.Duration
 }
 
-// Service is the running agentgw service.
+// Service is the running agent gateway.
 type Service struct {
-	rpc *rpc.Service
+	nc             *nats.Conn
+	js             jetstream.JetStream
+	log            *slog.Logger
+	tp             trace.TracerProvider
+	rpc            *rpc.Service
+	grpc           *grpc.Server
+	listener       net.Listener
+	serverNames    []string
+	requestTimeout time.Duration
+	observeRetry   time.Duration
+
+	caPool *x509.CertPool
+	cert   atomic.Pointer[tls.Certificate]
+
+	mu    sync.Mutex
+	conns map[string]*agentConn // instance id → its current stream
+
+	// workers are the per-stream event senders, which may outlive their
+	// stream by up to ObserveRetry.
+	workers sync.WaitGroup
 }
 
-// New registers the service's endpoints on the bus.
-func New(_ context.Context, d Deps) (*Service, error) {
-	if d.NATS == nil || d.Log == nil || d.TracerProvider == nil {
-		return nil, errors.New("agentgw: NATS, Log and TracerProvider are required")
+// New fetches the fleet CA certificate, gets the gateway's server
+// certificate from the CA and builds the gRPC server; Run serves it. The CA
+// service must answer on the bus (New waits up to RequestTimeout for it to
+// appear).
+func New(ctx context.Context, d Deps) (*Service, error) {
+	if d.NATS == nil || d.Log == nil || d.TracerProvider == nil || d.Listener == nil {
+		return nil, errors.New("agentgw: NATS, Log, TracerProvider and Listener are required")
 	}
-	s, err := rpc.New(d.NATS, subjects.AgentGW, d.Version, "Flotilla agent gateway", d.Log.With("service", subjects.AgentGW), d.TracerProvider, nil)
+	s := &Service{
+		nc:             d.NATS,
+		log:            d.Log.With("service", subjects.AgentGW),
+		tp:             d.TracerProvider,
+		listener:       d.Listener,
+		serverNames:    d.ServerNames,
+		requestTimeout: d.RequestTimeout,
+		observeRetry:   d.ObserveRetry,
+		conns:          map[string]*agentConn{},
+	}
+	if len(s.serverNames) == 0 {
+		s.serverNames = []string{"localhost", "127.0.0.1"}
+	}
+	if s.requestTimeout <= 0 {
+		s.requestTimeout = DefaultRequestTimeout
+	}
+	if s.observeRetry <= 0 {
+		s.observeRetry = DefaultObserveRetry
+	}
+	var err error
+	if s.js, err = jetstream.New(d.NATS); err != nil {
+		return nil, fmt.Errorf("agentgw: jetstream: %w", err)
+	}
+
+	var caCert cav1.CACertificate
+	if err := s.callWaiting(ctx, subjects.Endpoint(subjects.CA, subjects.NounCertificate, subjects.VerbGet), &cav1.GetCACertificateRequest{}, &caCert); err != nil {
+		return nil, fmt.Errorf("agentgw: get the fleet CA certificate: %w", err)
+	}
+	if s.caPool, err = pki.CertPool([]byte(caCert.GetCertificatePem())); err != nil {
+		return nil, fmt.Errorf("agentgw: fleet CA certificate: %w", err)
+	}
+	cert, err := s.issueServerCert(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{rpc: s}, nil
+	s.cert.Store(cert)
+
+	tlsCfg := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		// Join needs no certificate; the interceptor requires one for
+		// everything else. A certificate that is given must verify.
+		ClientAuth: tls.VerifyClientCertIfGiven,
+		ClientCAs:  s.caPool,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return s.cert.Load(), nil
+		},
+	}
+	s.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(d.TracerProvider))),
+		grpc.ChainUnaryInterceptor(s.unaryAuth),
+		grpc.ChainStreamInterceptor(s.streamAuth),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		// Run waits for the streams' event senders once every handler has
+		// returned, so Stop must not return before them.
+		grpc.WaitForHandlers(true),
+	)
+	agentv1.RegisterAgentGatewayServer(s.grpc, &server{s: s})
+
+	if s.rpc, err = rpc.New(d.NATS, subjects.AgentGW, d.Version, "Flotilla agent gateway", s.log, d.TracerProvider, nil); err != nil {
+		return nil, err
+	}
+	s.log.InfoContext(ctx, "agent gateway ready", "addr", d.Listener.Addr().String(),
+		"server_names", s.serverNames, "certificate_not_after", cert.Leaf.NotAfter)
+	return s, nil
 }
 
-// Run serves until ctx ends, then stops taking requests.
+// Run serves agents on the listener until ctx ends, then ends every agent
+// stream, stops the gRPC server gracefully (for at most 10s) and stops
+// taking bus requests.
 func (s *Service) Run(ctx context.Context) error {
-	<-ctx.Done()
-	return s.rpc.Stop()
+	defer func() { _ = s.rpc.Stop() }()
+	eg, gctx := errgroup.WithContext(ctx)
+	eg.Go(func() error {
+		if err := s.grpc.Serve(s.listener); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("agentgw: serve agents: %w", err)
+		}
+		return nil
+	})
+	eg.Go(func() error {
+		s.renewServerCert(gctx)
+		return nil
+	})
+	eg.Go(func() error {
+		<-gctx.Done()
+		deadline := time.Now().Add(stopTimeout)
+		s.closeAll("the agent gateway is shutting down")
+		stopped := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(time.Until(deadline)):
+			s.grpc.Stop()
+		}
+		// Let the streams' last events (disconnected) reach the bus.
+		done := make(chan struct{})
+		go func() { s.workers.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(time.Until(deadline)):
+			s.log.Warn("agent events still being sent at shutdown")
+		}
+		return nil
+	})
+	return eg.Wait()
+}
+
+// issueServerCert makes a new key and has the CA certify it for the
+// gateway's server names.
+func (s *Service) issueServerCert(ctx context.Context) (*tls.Certificate, error) {
+	key, err := pki.GenerateKey()
+	if err != nil {
+		return nil, fmt.Errorf("agentgw: %w", err)
+	}
+	csr, err := pki.NewCSR(key, ServerInstanceID)
+	if err != nil {
+		return nil, fmt.Errorf("agentgw: %w", err)
+	}
+	var resp cav1.ServerCertificate
+	req := &cav1.SignServerRequest{InstanceId: ServerInstanceID, CsrDer: csr, Sans: s.serverNames}
+	if err := s.callWaiting(ctx, subjects.Endpoint(subjects.CA, subjects.NounServer, subjects.VerbSign), req, &resp); err != nil {
+		return nil, fmt.Errorf("agentgw: get a server certificate for %v: %w", s.serverNames, err)
+	}
+	certs, err := pki.ParseCertificatesPEM([]byte(resp.GetCertificatePem()))
+	if err != nil {
+		return nil, fmt.Errorf("agentgw: server certificate from the CA: %w", err)
+	}
+	tc := &tls.Certificate{PrivateKey: key, Leaf: certs[0]}
+	for _, c := range certs {
+		tc.Certificate = append(tc.Certificate, c.Raw)
+	}
+	return tc, nil
+}
+
+// renewServerCert replaces the server certificate when less than a third
+// of its lifetime remains, until ctx ends. New handshakes use the new one.
+func (s *Service) renewServerCert(ctx context.Context) {
+	for {
+		leaf := s.cert.Load().Leaf
+		wait := time.Until(leaf.NotAfter.Add(-leaf.NotAfter.Sub(leaf.NotBefore) / 3))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(max(wait, time.Second)):
+		}
+		cert, err := s.issueServerCert(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			s.log.ErrorContext(ctx, "renew the agent gateway's server certificate; retrying in 30s", "error", err, "not_after", leaf.NotAfter)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(30 * time.Second):
+			}
+			continue
+		}
+		s.cert.Store(cert)
+		s.log.InfoContext(ctx, "renewed the agent gateway's server certificate", "not_after", cert.Leaf.NotAfter)
+	}
+}
+
+// callWaiting is call that keeps trying, for up to RequestTimeout, while no
+// service answers the subject (a service started at the same time).
+func (s *Service) callWaiting(ctx context.Context, subject string, req, resp proto.Message) error {
+	deadline := time.Now().Add(s.requestTimeout)
+	wait := 100 * time.Millisecond
+	for {
+		err := s.call(ctx, subject, "system:agentgw", req, resp)
+		if !errors.Is(err, nats.ErrNoResponders) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
+}
+
+// closeAll ends every agent stream.
+func (s *Service) closeAll(reason string) {
+	s.mu.Lock()
+	conns := make([]*agentConn, 0, len(s.conns))
+	for _, c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.close(reason, false)
+	}
 }

@@ -1,16 +1,44 @@
-// Package ca is the fleet certificate authority: agent identity certificates from CSRs, instance server certificates, renewal and revocation. This build answers readiness checks; issuing arrives with the provisioning path.
+// Package ca is Flotilla's fleet certificate authority. It keeps the fleet
+// CA's certificate and key as PEM files (generated at first start, or the
+// operator's own), hands out one-time join tokens, exchanges a join token
+// and a CSR for an agent's identity certificate (subject CN = instance id),
+// renews agent certificates, and issues instance HTTPS server certificates.
+// Join tokens live only as SHA-256 digests in the JetStream key-value bucket
+// JoinTokensBucket, and are consumed exactly once even when several manager
+// nodes race for the same one. Every endpoint is a bus request/reply
+// endpoint (libs/rpc) under "flotilla.svc.ca."; the identity in a CSR is
+// never trusted, and private keys never leave the process that made them.
 package ca
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
+	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
+)
+
+// Lifetimes of what the CA issues.
+const (
+	// DefaultAgentCertTTL is how long an agent certificate is valid when
+	// Deps.AgentCertTTL is 0. Agents renew well before it ends.
+	DefaultAgentCertTTL = 24 * time.Hour
+	// DefaultServerCertTTL is how long an instance server certificate is
+	// valid when Deps.ServerCertTTL is 0.
+	DefaultServerCertTTL = 90 * 24 * time.Hour
 )
 
 // Deps are what the service is built from; the caller owns them.
@@ -19,27 +47,277 @@ type Deps struct {
 	Log            *slog.Logger
 	TracerProvider trace.TracerProvider
 	Version        string
+	// CertFile and KeyFile are the PEM files of the CA's signing
+	// certificate (optionally followed by its issuers) and its unencrypted
+	// private key, e.g. <data-dir>/ca/ca.crt and ca.key. Both are required.
+	// When neither exists New generates a CA there (see pki.LoadOrCreate);
+	// an operator supplies their own by pointing these at their files.
+	CertFile string
+	KeyFile  string
+	// Replicas is the replication of the join-token bucket (1 embedded,
+	// 3 in a cluster); 0 means 1.
+	Replicas int
+	// AgentCertTTL is the lifetime of agent certificates; 0 means
+	// DefaultAgentCertTTL.
+	AgentCertTTL time.Duration
+	// ServerCertTTL is the lifetime of instance server certificates; 0
+	// means DefaultServerCertTTL.
+	ServerCertTTL time.Duration
+	// Now is the clock; nil means time.Now. Tests move it to expire tokens.
+	Now func() time.Time
 }
 
 // Service is the running ca service.
 type Service struct {
-	rpc *rpc.Service
+	rpc       *rpc.Service
+	auth      *pki.Authority
+	tokens    *joinTokens
+	log       *slog.Logger
+	now       func() time.Time
+	agentTTL  time.Duration
+	serverTTL time.Duration
 }
 
-// New registers the service's endpoints on the bus.
-func New(_ context.Context, d Deps) (*Service, error) {
-	if d.NATS == nil || d.Log == nil || d.TracerProvider == nil {
-		return nil, errors.New("ca: NATS, Log and TracerProvider are required")
+// New loads or creates the CA's key material, declares the join-token
+// bucket and registers the endpoints. The service takes requests once New
+// returns.
+func New(ctx context.Context, d Deps) (*Service, error) {
+	if err := d.validate(); err != nil {
+		return nil, err
 	}
-	s, err := rpc.New(d.NATS, subjects.CA, d.Version, "Flotilla certificate authority", d.Log.With("service", subjects.CA), d.TracerProvider, nil)
+	s := &Service{
+		log:       d.Log.With("service", subjects.CA),
+		now:       d.Now,
+		agentTTL:  d.AgentCertTTL,
+		serverTTL: d.ServerCertTTL,
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.agentTTL == 0 {
+		s.agentTTL = DefaultAgentCertTTL
+	}
+	if s.serverTTL == 0 {
+		s.serverTTL = DefaultServerCertTTL
+	}
+
+	auth, created, err := pki.LoadOrCreate(d.CertFile, d.KeyFile, s.now())
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	s.auth = auth
+	cert := auth.Certificate()
+	msg := "loaded CA"
+	if created {
+		msg = "generated a new CA"
+	}
+	s.log.InfoContext(ctx, msg, "subject", cert.Subject.String(), "fingerprint_sha256", auth.Fingerprint(),
+		"not_after", cert.NotAfter, "cert_file", d.CertFile, "key_file", d.KeyFile)
+	if fi, err := os.Stat(d.KeyFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		s.log.WarnContext(ctx, "CA key file is readable by other users: chmod 600 it", "key_file", d.KeyFile, "mode", fi.Mode().Perm().String())
+	}
+
+	js, err := jetstream.New(d.NATS)
+	if err != nil {
+		return nil, fmt.Errorf("ca: jetstream: %w", err)
+	}
+	replicas := d.Replicas
+	if replicas == 0 {
+		replicas = 1
+	}
+	if s.tokens, err = newJoinTokens(ctx, js, replicas); err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+
+	s.rpc, err = rpc.New(d.NATS, subjects.CA, d.Version, "Flotilla certificate authority", s.log, d.TracerProvider, s.ready)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{rpc: s}, nil
+	for _, add := range []func() error{
+		func() error { return rpc.Handle(s.rpc, subjects.NounCertificate, subjects.VerbGet, s.getCACertificate) },
+		func() error { return rpc.Handle(s.rpc, subjects.NounJoinToken, subjects.VerbCreate, s.createJoinToken) },
+		func() error { return rpc.Handle(s.rpc, subjects.NounAgent, subjects.VerbJoin, s.joinAgent) },
+		func() error { return rpc.Handle(s.rpc, subjects.NounAgent, subjects.VerbSign, s.signAgent) },
+		func() error { return rpc.Handle(s.rpc, subjects.NounServer, subjects.VerbSign, s.signServer) },
+	} {
+		if err := add(); err != nil {
+			_ = s.rpc.Stop()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (d Deps) validate() error {
+	var errs []error
+	if d.NATS == nil || d.Log == nil || d.TracerProvider == nil {
+		errs = append(errs, errors.New("NATS, Log and TracerProvider are required"))
+	}
+	if d.CertFile == "" || d.KeyFile == "" {
+		errs = append(errs, errors.New("CertFile and KeyFile (the CA certificate and key PEM files) are required"))
+	}
+	if d.Replicas < 0 {
+		errs = append(errs, fmt.Errorf("Replicas: %d is negative", d.Replicas))
+	}
+	if d.AgentCertTTL < 0 {
+		errs = append(errs, fmt.Errorf("AgentCertTTL: %v is negative", d.AgentCertTTL))
+	}
+	if d.ServerCertTTL < 0 {
+		errs = append(errs, fmt.Errorf("ServerCertTTL: %v is negative", d.ServerCertTTL))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("ca: %w", err)
+	}
+	return nil
 }
 
 // Run serves until ctx ends, then stops taking requests.
 func (s *Service) Run(ctx context.Context) error {
 	<-ctx.Done()
 	return s.rpc.Stop()
+}
+
+// Authority returns the CA, for code in the same process that needs its
+// certificate (a trust pool, say). Other processes ask certificate.get.
+func (s *Service) Authority() *pki.Authority { return s.auth }
+
+// ready fails once the CA certificate has expired: nothing it issues would
+// verify.
+func (s *Service) ready(context.Context) error {
+	if na := s.auth.Certificate().NotAfter; s.now().After(na) {
+		return fmt.Errorf("the CA certificate expired at %s", na.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// getCACertificate answers certificate.get.
+func (s *Service) getCACertificate(_ context.Context, _ string, _ *cav1.GetCACertificateRequest) (*cav1.CACertificate, error) {
+	return &cav1.CACertificate{
+		CertificatePem:    string(s.auth.CertificatePEM()),
+		NotAfter:          timestamppb.New(s.auth.Certificate().NotAfter),
+		FingerprintSha256: s.auth.Fingerprint(),
+	}, nil
+}
+
+// createJoinToken answers jointoken.create.
+func (s *Service) createJoinToken(ctx context.Context, actor string, req *cav1.CreateJoinTokenRequest) (*cav1.JoinToken, error) {
+	id := req.GetInstanceId()
+	if err := pki.CheckInstanceID(id); err != nil {
+		return nil, apierr.Invalid("instanceId", "%s", err)
+	}
+	ttl := DefaultJoinTokenTTL
+	if secs := req.GetTtlSeconds(); secs != 0 {
+		maxSecs := int64(MaxJoinTokenTTL / time.Second)
+		if secs < 0 || secs > maxSecs {
+			return nil, apierr.Invalid("ttlSeconds", "%d is out of range: must be between 1 and %d (0 means %d)", secs, maxSecs, int64(DefaultJoinTokenTTL/time.Second))
+		}
+		ttl = time.Duration(secs) * time.Second
+	}
+	expire := s.now().Add(ttl)
+	token, err := s.tokens.create(ctx, id, expire)
+	if err != nil {
+		return nil, err
+	}
+	s.log.InfoContext(ctx, "join token created", "instance_id", id, "expire_time", expire, "actor", actor)
+	return &cav1.JoinToken{Token: token, ExpireTime: timestamppb.New(expire)}, nil
+}
+
+// joinAgent answers agent.join: it consumes the token, then certifies the
+// CSR's key as the token's instance.
+func (s *Service) joinAgent(ctx context.Context, actor string, req *cav1.JoinRequest) (*cav1.AgentCertificate, error) {
+	if req.GetToken() == "" {
+		return nil, apierr.Invalid("token", "is required")
+	}
+	tok, err := s.tokens.lookup(ctx, req.GetToken())
+	if err != nil {
+		return nil, err
+	}
+	if !s.now().Before(tok.ExpireTime) {
+		s.log.InfoContext(ctx, "expired join token presented", "instance_id", tok.InstanceID, "expire_time", tok.ExpireTime)
+		return nil, errBadToken
+	}
+	// A bad CSR leaves the token for a corrected retry.
+	csr, err := parseCSR(req.GetCsrDer())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.tokens.consume(ctx, tok); err != nil {
+		return nil, err
+	}
+	return s.issueAgent(ctx, actor, tok.InstanceID, csr, "join")
+}
+
+// signAgent answers agent.sign: the caller (the agent gateway) has verified
+// the agent's current certificate and names its instance.
+func (s *Service) signAgent(ctx context.Context, actor string, req *cav1.SignAgentRequest) (*cav1.AgentCertificate, error) {
+	if err := pki.CheckInstanceID(req.GetInstanceId()); err != nil {
+		return nil, apierr.Invalid("instanceId", "%s", err)
+	}
+	csr, err := parseCSR(req.GetCsrDer())
+	if err != nil {
+		return nil, err
+	}
+	return s.issueAgent(ctx, actor, req.GetInstanceId(), csr, "renew")
+}
+
+func (s *Service) issueAgent(ctx context.Context, actor, instanceID string, csr *x509.CertificateRequest, via string) (*cav1.AgentCertificate, error) {
+	iss, err := s.auth.Issue(csr.PublicKey, pki.AgentProfile(instanceID, s.now(), s.agentTTL))
+	if err != nil {
+		return nil, fmt.Errorf("issue agent certificate for %s: %w", instanceID, err)
+	}
+	s.logIssued(ctx, "agent", instanceID, iss.Certificate, "via", via, "actor", actor)
+	return &cav1.AgentCertificate{
+		InstanceId:     instanceID,
+		CertificatePem: string(iss.PEM),
+		CaPem:          string(s.auth.CertificatePEM()),
+		NotAfter:       timestamppb.New(iss.Certificate.NotAfter),
+	}, nil
+}
+
+// signServer answers server.sign.
+func (s *Service) signServer(ctx context.Context, actor string, req *cav1.SignServerRequest) (*cav1.ServerCertificate, error) {
+	id := req.GetInstanceId()
+	if err := pki.CheckInstanceID(id); err != nil {
+		return nil, apierr.Invalid("instanceId", "%s", err)
+	}
+	csr, err := parseCSR(req.GetCsrDer())
+	if err != nil {
+		return nil, err
+	}
+	names, err := parseSANs(req.GetSans())
+	if err != nil {
+		return nil, err
+	}
+	// CN = the first SAN (clients match the SANs; the CN is for people),
+	// or the instance id when there is none or it is too long for a CN.
+	cn := id
+	if len(names.all) > 0 && len(names.all[0]) <= pki.MaxInstanceIDLength {
+		cn = names.all[0]
+	}
+	iss, err := s.auth.Issue(csr.PublicKey, pki.ServerProfile(cn, names.dns, names.ips, s.now(), s.serverTTL))
+	if err != nil {
+		return nil, fmt.Errorf("issue server certificate for %s: %w", id, err)
+	}
+	s.logIssued(ctx, "server", id, iss.Certificate, "sans", names.all, "actor", actor)
+	return &cav1.ServerCertificate{
+		CertificatePem: string(iss.PEM),
+		CaPem:          string(s.auth.CertificatePEM()),
+		NotAfter:       timestamppb.New(iss.Certificate.NotAfter),
+	}, nil
+}
+
+// logIssued records an issuance: never key material.
+func (s *Service) logIssued(ctx context.Context, kind, instanceID string, cert *x509.Certificate, attrs ...any) {
+	s.log.InfoContext(ctx, "certificate issued", append([]any{
+		"kind", kind, "instance_id", instanceID, "serial", cert.SerialNumber.Text(16), "not_after", cert.NotAfter,
+	}, attrs...)...)
+}
+
+// parseCSR is pki.ParseCSR with its rules reported against csrDer.
+func parseCSR(der []byte) (*x509.CertificateRequest, error) {
+	csr, err := pki.ParseCSR(der)
+	if err != nil {
+		return nil, apierr.Invalid("csrDer", "%s", err)
+	}
+	return csr, nil
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"flotilla.dev/flotilla/libs/kms"
 	"flotilla.dev/flotilla/libs/pgstore"
 	"flotilla.dev/flotilla/libs/testkit"
 	"flotilla.dev/flotilla/services/agentgw"
@@ -100,24 +102,37 @@ func newEnv(t *testing.T, o envOptions) *env {
 		return false
 	}
 	type runner interface{ Run(context.Context) error }
-	for name, start := range map[string]func(*nats.Conn) (runner, error){
-		"ca": func(nc *nats.Conn) (runner, error) {
-			return ca.New(ctx, ca.Deps{NATS: nc, Log: log, TracerProvider: tp})
-		},
-		"secrets": func(nc *nats.Conn) (runner, error) {
-			return secrets.New(ctx, secrets.Deps{NATS: nc, Log: log, TracerProvider: tp})
-		},
-		"provisioner": func(nc *nats.Conn) (runner, error) {
+	// In dependency order: the agent gateway needs the CA at start.
+	for _, svc := range []struct {
+		name  string
+		start func(*nats.Conn) (runner, error)
+	}{
+		{"ca", func(nc *nats.Conn) (runner, error) {
+			dir := t.TempDir()
+			return ca.New(ctx, ca.Deps{NATS: nc, Log: log, TracerProvider: tp, CertFile: filepath.Join(dir, "ca.crt"), KeyFile: filepath.Join(dir, "ca.key")})
+		}},
+		{"secrets", func(nc *nats.Conn) (runner, error) {
+			k, err := kms.OpenLocal(filepath.Join(t.TempDir(), "kms", "master.key"))
+			if err != nil {
+				return nil, err
+			}
+			return secrets.New(ctx, secrets.Deps{Pool: pool, NATS: nc, KMS: k, Log: log, TracerProvider: tp, StreamReplicas: 1})
+		}},
+		{"provisioner", func(nc *nats.Conn) (runner, error) {
 			return provisioner.New(ctx, provisioner.Deps{NATS: nc, Log: log, TracerProvider: tp})
-		},
-		"agentgw": func(nc *nats.Conn) (runner, error) {
-			return agentgw.New(ctx, agentgw.Deps{NATS: nc, Log: log, TracerProvider: tp})
-		},
+		}},
+		{"agentgw", func(nc *nats.Conn) (runner, error) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return nil, err
+			}
+			return agentgw.New(ctx, agentgw.Deps{NATS: nc, Log: log, TracerProvider: tp, Listener: l})
+		}},
 	} {
-		if !want(name) {
+		if !want(svc.name) {
 			continue
 		}
-		s, err := start(testkit.NATSConn(t, ns))
+		s, err := svc.start(testkit.NATSConn(t, ns))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/propagation"
@@ -28,7 +29,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
+	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
 	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
 	"flotilla.dev/flotilla/api/openapi"
 	"flotilla.dev/flotilla/libs/apierr"
@@ -58,6 +61,7 @@ type Gateway struct {
 	httpSrv        *http.Server
 	grpcSrv        *grpc.Server
 	mux            *runtime.ServeMux
+	js             jetstream.JetStream
 	deps           Deps
 }
 
@@ -76,6 +80,11 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 	if g.requestTimeout == 0 {
 		g.requestTimeout = 15 * time.Second
 	}
+	js, err := jetstream.New(d.NATS)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	g.js = js
 	h, err := g.handler(ctx)
 	if err != nil {
 		return nil, err
@@ -112,6 +121,9 @@ func (c bodyCodec) NewDecoder(r io.Reader) runtime.Decoder {
 	d := c.JSONPb.NewDecoder(r)
 	return runtime.DecoderFunc(func(v any) error {
 		if err := d.Decode(v); err != nil {
+			if err == io.EOF {
+				return err // an empty body: grpc-gateway treats it as {}
+			}
 			msg := strings.TrimPrefix(err.Error(), "proto: ")
 			if errors.Is(err, io.ErrUnexpectedEOF) {
 				msg = "truncated JSON"
@@ -146,6 +158,12 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
 		func(ctx context.Context, m *runtime.ServeMux) error {
 			return systemv1.RegisterSystemServiceHandlerServer(ctx, m, systemServer{g: g})
 		},
+		func(ctx context.Context, m *runtime.ServeMux) error {
+			return secretsv1.RegisterSecretServiceHandlerServer(ctx, m, secretServer{g: g})
+		},
+		func(ctx context.Context, m *runtime.ServeMux) error {
+			return cav1.RegisterCAServiceHandlerServer(ctx, m, caServer{g: g})
+		},
 	}
 	for _, r := range regs {
 		if err := r(ctx, mux); err != nil {
@@ -157,6 +175,9 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(openapi.JSON())
 	})
+	root.HandleFunc("GET /api/v1/ca/certificate.pem", g.caPEM)
+	root.HandleFunc("GET /api/v1/instances/{id}/logs", g.instanceLogs)
+	root.HandleFunc("GET /api/v1/instances/{id}/events", g.instanceEvents)
 	root.Handle("/api/", mux)
 	root.HandleFunc("/api", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) })
 	root.HandleFunc("GET /{$}", g.home)

@@ -87,13 +87,12 @@ func TestNetworkLifecycle(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})
 	n := e.must(200, "POST", "/api/v1/networks", reply{
-		"name": "lab", "provider": "aws", "httpsStrategy": "acme",
-		"acme": reply{"contactEmail": "ops@example.com"},
-		"aws":  reply{"vpcId": "vpc-0123456789abcdef0", "subnetId": "subnet-0123abcd", "securityGroupIds": []string{"sg-0123abcd"}, "region": "eu-west-1"},
-		"dns":  reply{"privateZoneId": "Z1", "hostnamePattern": "{name}.lab.example.com"}, "assignPublicIp": true,
+		"name": "lab", "provider": "aws", "httpsStrategy": "self-signed",
+		"aws": reply{"vpcId": "vpc-0123456789abcdef0", "subnetId": "subnet-0123abcd", "securityGroupIds": []string{"sg-0123abcd"}, "region": "eu-west-1"},
+		"dns": reply{"privateZoneId": "Z1", "hostnamePattern": "{name}.lab.example.com"}, "assignPublicIp": true,
 	})
 	id := n["id"].(string)
-	if n["version"] != "1" || n["httpsStrategy"] != "acme" || n["aws"].(reply)["subnetId"] != "subnet-0123abcd" || n["assignPublicIp"] != true {
+	if n["version"] != "1" || n["httpsStrategy"] != "self-signed" || n["aws"].(reply)["subnetId"] != "subnet-0123abcd" || n["assignPublicIp"] != true {
 		t.Fatalf("created %v", n)
 	}
 	got := e.must(200, "GET", "/api/v1/networks/"+id, nil)
@@ -102,7 +101,7 @@ func TestNetworkLifecycle(t *testing.T) {
 	}
 	// PATCH changes only the fields sent.
 	u := e.must(200, "PATCH", "/api/v1/networks/"+id, reply{"version": "1", "dns": reply{"hostnamePattern": "{id}.example.com"}})
-	if u["version"] != "2" || u["dns"].(reply)["hostnamePattern"] != "{id}.example.com" || u["aws"].(reply)["subnetId"] != "subnet-0123abcd" || u["httpsStrategy"] != "acme" {
+	if u["version"] != "2" || u["dns"].(reply)["hostnamePattern"] != "{id}.example.com" || u["aws"].(reply)["subnetId"] != "subnet-0123abcd" || u["httpsStrategy"] != "self-signed" {
 		t.Fatalf("updated %v", u)
 	}
 	// A stale version changes nothing.
@@ -144,7 +143,9 @@ func TestBadInputNamesTheFieldAndWritesNothing(t *testing.T) {
 		{"bad name", "/api/v1/networks", reply{"name": "Lab Net", "provider": "local", "httpsStrategy": "none"}, "name:"},
 		{"unknown provider", "/api/v1/networks", reply{"name": "n1", "provider": "gcp", "httpsStrategy": "none"}, "provider: \"gcp\" is not one of local, aws"},
 		{"unknown strategy", "/api/v1/networks", reply{"name": "n1", "provider": "local", "httpsStrategy": "tls"}, "httpsStrategy: \"tls\" is not one of"},
-		{"acme without e-mail", "/api/v1/networks", reply{"name": "n1", "provider": "local", "httpsStrategy": "acme"}, "acme.contactEmail: is required"},
+		{"acme not yet", "/api/v1/networks", reply{"name": "n1", "provider": "local", "httpsStrategy": "acme"}, "httpsStrategy: \"acme\" is not supported yet"},
+		{"custom certificate not yet", "/api/v1/networks", reply{"name": "n1", "provider": "local", "httpsStrategy": "custom-certificate"}, "httpsStrategy: \"custom-certificate\" is not supported yet"},
+		{"acme settings without acme", "/api/v1/networks", reply{"name": "n1", "provider": "local", "httpsStrategy": "none", "acme": reply{"contactEmail": "a@b.c"}}, "acme: is only allowed"},
 		{"aws settings on local", "/api/v1/networks", reply{"name": "n1", "provider": "local", "httpsStrategy": "none", "aws": reply{"subnetId": "subnet-12345678"}}, "aws: is only allowed"},
 		{"bad security group", "/api/v1/networks", reply{"name": "n1", "provider": "aws", "httpsStrategy": "none", "aws": reply{"subnetId": "subnet-12345678", "securityGroupIds": []string{"default"}}}, "aws.securityGroupIds[0]"},
 		{"malformed JSON", "/api/v1/networks", `{"name": "n1",`, "request body"},
@@ -276,10 +277,16 @@ func TestDeleteGuards(t *testing.T) {
 	if r["name"] != "db-one" || r["state"] != "running" || r["id"] != in["id"] {
 		t.Fatalf("rename: %v", r)
 	}
-	if _, err := e.pool.Exec(t.Context(), "UPDATE instances SET state = 'deprovisioned', spec = spec || '{\"state\":\"deprovisioned\"}' WHERE id = $1", in["id"]); err != nil {
+	if _, err := e.pool.Exec(t.Context(), "UPDATE instances SET state = 'created', spec = spec || '{\"state\":\"created\"}' WHERE id = $1", in["id"]); err != nil {
 		t.Fatal(err)
 	}
-	e.must(200, "DELETE", "/api/v1/instances/"+in["id"].(string), nil)
+	// Never provisioned: gone at once.
+	if d := e.must(200, "DELETE", "/api/v1/instances/"+in["id"].(string), nil); d["state"] != "deleted" {
+		t.Fatalf("delete: %v", d)
+	}
+	if code := e.call("GET", "/api/v1/instances/"+in["id"].(string), nil, &out, ""); code != 404 {
+		t.Fatalf("deleted instance: %d", code)
+	}
 	e.must(200, "DELETE", "/api/v1/networks/"+net["id"].(string), nil)
 	e.must(200, "DELETE", "/api/v1/templates/"+tmpl["id"].(string), nil)
 }

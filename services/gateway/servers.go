@@ -10,7 +10,9 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
+	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
 	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/apierr"
@@ -91,8 +93,52 @@ func (s instanceServer) UpdateInstance(ctx context.Context, r *inventoryv1.Updat
 	return call[*inventoryv1.Instance](ctx, s.g, subjects.NounInstance, subjects.VerbUpdate, r)
 }
 
-func (s instanceServer) DeleteInstance(ctx context.Context, r *inventoryv1.DeleteInstanceRequest) (*emptypb.Empty, error) {
-	return call[*emptypb.Empty](ctx, s.g, subjects.NounInstance, subjects.VerbDelete, r)
+func (s instanceServer) DeleteInstance(ctx context.Context, r *inventoryv1.DeleteInstanceRequest) (*inventoryv1.Instance, error) {
+	return call[*inventoryv1.Instance](ctx, s.g, subjects.NounInstance, subjects.VerbDelete, r)
+}
+
+func (s instanceServer) lifecycle(ctx context.Context, id, action string) (*inventoryv1.Instance, error) {
+	return call[*inventoryv1.Instance](ctx, s.g, subjects.NounLifecycle, subjects.VerbRequest, &inventoryv1.LifecycleRequest{Id: id, Action: action})
+}
+
+func (s instanceServer) ProvisionInstance(ctx context.Context, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
+	return s.lifecycle(ctx, r.GetId(), "provision")
+}
+
+func (s instanceServer) DeprovisionInstance(ctx context.Context, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
+	return s.lifecycle(ctx, r.GetId(), "deprovision")
+}
+
+func (s instanceServer) ReprovisionInstance(ctx context.Context, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
+	return s.lifecycle(ctx, r.GetId(), "reprovision")
+}
+
+// secretServer forwards to the secret broker; values go in and never come out.
+type secretServer struct {
+	secretsv1.UnimplementedSecretServiceServer
+	g *Gateway
+}
+
+func (s secretServer) CreateSecret(ctx context.Context, r *secretsv1.CreateSecretRequest) (*secretsv1.Secret, error) {
+	return callService[*secretsv1.Secret](ctx, s.g, subjects.Secrets, subjects.NounSecret, subjects.VerbCreate, r)
+}
+
+func (s secretServer) ListSecrets(ctx context.Context, r *secretsv1.ListSecretsRequest) (*secretsv1.ListSecretsResponse, error) {
+	return callService[*secretsv1.ListSecretsResponse](ctx, s.g, subjects.Secrets, subjects.NounSecret, subjects.VerbList, r)
+}
+
+func (s secretServer) DeleteSecret(ctx context.Context, r *secretsv1.DeleteSecretRequest) (*emptypb.Empty, error) {
+	return callService[*emptypb.Empty](ctx, s.g, subjects.Secrets, subjects.NounSecret, subjects.VerbDelete, r)
+}
+
+// caServer forwards to the fleet CA.
+type caServer struct {
+	cav1.UnimplementedCAServiceServer
+	g *Gateway
+}
+
+func (s caServer) GetCACertificate(ctx context.Context, r *cav1.GetCACertificateRequest) (*cav1.CACertificate, error) {
+	return callService[*cav1.CACertificate](ctx, s.g, subjects.CA, subjects.NounCertificate, subjects.VerbGet, r)
 }
 
 // authServer implements login and logout.
@@ -157,4 +203,6 @@ func registerGRPC(s *grpc.Server, g *Gateway) {
 	inventoryv1.RegisterInstanceServiceServer(s, instanceServer{g: g})
 	authv1.RegisterAuthServiceServer(s, authServer{g: g})
 	systemv1.RegisterSystemServiceServer(s, systemServer{g: g})
+	secretsv1.RegisterSecretServiceServer(s, secretServer{g: g})
+	cav1.RegisterCAServiceServer(s, caServer{g: g})
 }

@@ -1,45 +1,228 @@
-// Package provisioner is the reconciler that moves instances from their observed to their desired state through the cloud drivers. This build answers readiness checks; reconciling arrives with the provisioning path.
+// Package provisioner is the reconciler: it takes provisioning work from the
+// FLOTILLA_PROVISIONING work queue and moves each instance's observed state
+// to its desired state one idempotent step at a time, through the cloud
+// driver of the instance's provider, recording every step in the inventory
+// (which turns each into an event on the instance's timeline).
+//
+// Every cloud resource is named by an id recorded in the inventory before
+// the driver is asked to create it, so a provisioner killed at any point and
+// started again finds the disk and VM it made instead of making new ones.
 package provisioner
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
 
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/rpc"
+	"flotilla.dev/flotilla/services/provisioner/driver"
 )
 
-// Deps are what the service is built from; the caller owns them.
+// Actor is how the provisioner signs the events it causes.
+const Actor = "system:provisioner"
+
+// Deps are what the provisioner is built from; the caller owns them.
 type Deps struct {
 	NATS           *nats.Conn
 	Log            *slog.Logger
 	TracerProvider trace.TracerProvider
 	Version        string
+	// Drivers by provider name.
+	Drivers []driver.Driver
+	// AgentGatewayAddr is the host:port agents connect to.
+	AgentGatewayAddr string
+	StreamReplicas   int
+	// Workers is how many instances are reconciled at once (default 8).
+	Workers int
+	// AgentTimeout bounds waiting for a new VM's agent (default 3 min).
+	AgentTimeout time.Duration
+	// SetupTimeout bounds setup, install and start on the agent (default 15 min).
+	SetupTimeout time.Duration
+	// PollInterval is how often progress is checked (default 250 ms).
+	PollInterval time.Duration
 }
 
-// Service is the running provisioner service.
+// Service is the running provisioner.
 type Service struct {
-	rpc *rpc.Service
+	d       Deps
+	log     *slog.Logger
+	tracer  trace.Tracer
+	rpc     *rpc.Service
+	cons    jetstream.Consumer
+	drivers map[string]driver.Driver
+	locks   sync.Map // instance id → *sync.Mutex
 }
 
-// New registers the service's endpoints on the bus.
-func New(_ context.Context, d Deps) (*Service, error) {
+// New declares the streams and the work-queue consumer and registers the
+// service on the bus.
+func New(ctx context.Context, d Deps) (*Service, error) {
 	if d.NATS == nil || d.Log == nil || d.TracerProvider == nil {
 		return nil, errors.New("provisioner: NATS, Log and TracerProvider are required")
 	}
-	s, err := rpc.New(d.NATS, subjects.Provisioner, d.Version, "Flotilla provisioner", d.Log.With("service", subjects.Provisioner), d.TracerProvider, nil)
+	if d.Workers <= 0 {
+		d.Workers = 8
+	}
+	if d.AgentTimeout <= 0 {
+		d.AgentTimeout = 3 * time.Minute
+	}
+	if d.SetupTimeout <= 0 {
+		d.SetupTimeout = 15 * time.Minute
+	}
+	if d.PollInterval <= 0 {
+		d.PollInterval = 250 * time.Millisecond
+	}
+	log := d.Log.With("service", subjects.Provisioner)
+	js, err := jetstream.New(d.NATS)
 	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if err := bus.EnsureStreams(ctx, js, d.StreamReplicas); err != nil {
 		return nil, err
 	}
-	return &Service{rpc: s}, nil
+	cons, err := js.CreateOrUpdateConsumer(ctx, subjects.ProvisioningStream, jetstream.ConsumerConfig{
+		Durable:       subjects.ProvisioningConsumer,
+		Description:   "The provisioner's work queue",
+		FilterSubject: subjects.ProvisionAll(),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       time.Minute,
+		MaxDeliver:    -1,
+		MaxAckPending: 1000,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("provisioning consumer: %w", err)
+	}
+	s := &Service{d: d, log: log, tracer: d.TracerProvider.Tracer("flotilla.dev/flotilla/services/provisioner"),
+		cons: cons, drivers: map[string]driver.Driver{}}
+	for _, drv := range d.Drivers {
+		s.drivers[drv.Name()] = drv
+	}
+	if s.rpc, err = rpc.New(d.NATS, subjects.Provisioner, d.Version, "Flotilla provisioner", log, d.TracerProvider, nil); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
-// Run serves until ctx ends, then stops taking requests.
+// Run takes work until ctx ends. At start it also picks up every instance
+// left in a transitional state, so work interrupted by a crash resumes at
+// once rather than when its message is redelivered.
 func (s *Service) Run(ctx context.Context) error {
+	defer func() { _ = s.rpc.Stop() }()
+	sem := make(chan struct{}, s.d.Workers)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	go s.resync(ctx, sem, &wg)
+	cc, err := s.cons.Consume(func(m jetstream.Msg) {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			s.handle(ctx, m)
+		}()
+	}, jetstream.PullMaxMessages(s.d.Workers))
+	if err != nil {
+		return fmt.Errorf("consume provisioning work: %w", err)
+	}
 	<-ctx.Done()
-	return s.rpc.Stop()
+	cc.Stop()
+	return nil
+}
+
+func (s *Service) resync(ctx context.Context, sem chan struct{}, wg *sync.WaitGroup) {
+	token := ""
+	for {
+		resp := &inventoryv1.ListInstancesResponse{}
+		err := natsx.Request(ctx, s.d.NATS, subjects.Endpoint(subjects.Inventory, subjects.NounInstance, subjects.VerbList),
+			&inventoryv1.ListInstancesRequest{PageSize: 500, PageToken: token}, resp)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.WarnContext(ctx, "resync: list instances", "error", err)
+			}
+			return
+		}
+		for _, in := range resp.GetInstances() {
+			switch in.GetState() {
+			case "provisioning", "deprovisioning", "deleting":
+			default:
+				continue
+			}
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			wg.Add(1)
+			go func(id string) {
+				defer wg.Done()
+				defer func() { <-sem }()
+				s.log.InfoContext(ctx, "resuming interrupted work", "instance", id)
+				_ = s.reconcileLocked(ctx, id)
+			}(in.GetId())
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			return
+		}
+	}
+}
+
+// handle reconciles the instance a work message names and acknowledges the
+// message, or asks for redelivery after a transient failure.
+func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
+	req := &inventoryv1.LifecycleRequest{}
+	if err := proto.Unmarshal(m.Data(), req); err != nil || req.GetId() == "" {
+		s.log.ErrorContext(ctx, "dropping malformed provisioning work", "subject", m.Subject(), "error", err)
+		_ = m.Term()
+		return
+	}
+	ctx = natsx.Extract(ctx, m.Headers())
+	ctx, span := s.tracer.Start(ctx, "provision "+req.GetAction(), trace.WithSpanKind(trace.SpanKindConsumer))
+	defer span.End()
+	// Keep the message ours while a long step runs.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		t := time.NewTicker(20 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				_ = m.InProgress()
+			}
+		}
+	}()
+	if err := s.reconcileLocked(ctx, req.GetId()); err != nil {
+		if ctx.Err() != nil {
+			return // shutting down: the message is redelivered to whoever runs next
+		}
+		s.log.WarnContext(ctx, "reconcile failed; will retry", "instance", req.GetId(), "error", err)
+		_ = m.NakWithDelay(5 * time.Second)
+		return
+	}
+	_ = m.Ack()
+}
+
+// reconcileLocked reconciles one instance at a time per instance.
+func (s *Service) reconcileLocked(ctx context.Context, id string) error {
+	mu, _ := s.locks.LoadOrStore(id, &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
+	return s.reconcile(ctx, id)
 }

@@ -160,6 +160,28 @@ func (t Table) Update(ctx context.Context, tx pgx.Tx, m proto.Message, now time.
 	return nil
 }
 
+// UpdateObserved writes m over the stored resource without a new version:
+// for what the system observes (agent heartbeats, provisioning progress),
+// which must not make an operator's update at the version they read fail.
+// The caller holds the row lock (Get with forUpdate) in tx.
+func (t Table) UpdateObserved(ctx context.Context, tx pgx.Tx, m proto.Message, now time.Time) error {
+	setField(m, "update_time", protoreflect.ValueOfMessage(timestamppb.New(now).ProtoReflect()))
+	spec, err := jsonOut.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", t.Noun, err)
+	}
+	sets := []string{"spec = $2", "updated_at = $3"}
+	args := []any{getString(m, "id"), spec, now}
+	for _, c := range t.extra(m) {
+		args = append(args, c.Value)
+		sets = append(sets, fmt.Sprintf("%s = $%d", c.Name, len(args)))
+	}
+	if _, err := tx.Exec(ctx, fmt.Sprintf("UPDATE %s SET %s WHERE id = $1", t.Name, strings.Join(sets, ", ")), args...); err != nil {
+		return t.mapWriteError(err, m)
+	}
+	return nil
+}
+
 // Delete removes a resource if it is still at the given version (0: any version).
 func (t Table) Delete(ctx context.Context, tx pgx.Tx, id string, version int64) error {
 	tag, err := tx.Exec(ctx, "DELETE FROM "+t.Name+" WHERE id = $1 AND ($2 = 0 OR version = $2)", id, version)

@@ -54,12 +54,6 @@ var instances = kind[*inventoryv1.Instance]{
 		v.DesiredState = domain.DesiredDeprovisioned
 	},
 	check: checkInstance,
-	beforeDelete: func(_ context.Context, _ pgx.Tx, old *inventoryv1.Instance) error {
-		if !domain.AtRest(old.GetState()) {
-			return apierr.Conflict("instance %q is %s: deprovision it before deleting it", old.GetName(), old.GetState())
-		}
-		return nil
-	},
 }
 
 func checkInstance(ctx context.Context, tx pgx.Tx, old, v *inventoryv1.Instance) error {
@@ -158,7 +152,8 @@ func (a *App) UpdateInstance(ctx context.Context, actor string, in *inventoryv1.
 	return update(ctx, a, instances, actor, in, mask)
 }
 
-// DeleteInstance deletes an instance that is deprovisioned or was never provisioned.
-func (a *App) DeleteInstance(ctx context.Context, actor, id string, version int64) error {
-	return remove(ctx, a, instances, actor, id, version)
+// DeleteInstance deletes an instance: at once if it was never provisioned,
+// else through the provisioner, which destroys its data disk first.
+func (a *App) DeleteInstance(ctx context.Context, actor, id string, version int64) (*inventoryv1.Instance, error) {
+	return a.Lifecycle(ctx, actor, id, ActionDelete, version)
 }

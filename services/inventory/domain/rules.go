@@ -104,6 +104,9 @@ func ValidateNetwork(n *inventoryv1.Network) error {
 	if err := oneOf("httpsStrategy", n.GetHttpsStrategy(), strategies); err != nil {
 		return err
 	}
+	if s := n.GetHttpsStrategy(); s == HTTPSCustomCertificate || s == HTTPSACME {
+		return apierr.Invalid("httpsStrategy", "%q is not supported yet: use %q or %q", s, HTTPSNone, HTTPSSelfSigned)
+	}
 	if n.GetHttpsStrategy() == HTTPSACME {
 		email := n.GetAcme().GetContactEmail()
 		if email == "" {

@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
@@ -76,8 +77,17 @@ func Serve(nc *nats.Conn, a *app.App, db Pinger, log *slog.Logger, tp trace.Trac
 		rpc.Handle(s, subjects.NounInstance, subjects.VerbUpdate, func(ctx context.Context, actor string, r *inventoryv1.UpdateInstanceRequest) (*inventoryv1.Instance, error) {
 			return a.UpdateInstance(ctx, actor, r.GetInstance(), r.GetUpdateMask().GetPaths())
 		}),
-		rpc.Handle(s, subjects.NounInstance, subjects.VerbDelete, func(ctx context.Context, actor string, r *inventoryv1.DeleteInstanceRequest) (*emptypb.Empty, error) {
-			return &emptypb.Empty{}, a.DeleteInstance(ctx, actor, r.GetId(), r.GetVersion())
+		rpc.Handle(s, subjects.NounInstance, subjects.VerbDelete, func(ctx context.Context, actor string, r *inventoryv1.DeleteInstanceRequest) (*inventoryv1.Instance, error) {
+			return a.DeleteInstance(ctx, actor, r.GetId(), r.GetVersion())
+		}),
+		rpc.Handle(s, subjects.NounLifecycle, subjects.VerbRequest, func(ctx context.Context, actor string, r *inventoryv1.LifecycleRequest) (*inventoryv1.Instance, error) {
+			return a.Lifecycle(ctx, actor, r.GetId(), r.GetAction(), 0)
+		}),
+		rpc.Handle(s, subjects.NounLifecycle, subjects.VerbRecord, func(ctx context.Context, actor string, r *inventoryv1.RecordStateRequest) (*inventoryv1.Instance, error) {
+			return a.RecordState(ctx, actor, r)
+		}),
+		rpc.Handle(s, subjects.NounLifecycle, subjects.VerbObserve, func(ctx context.Context, _ string, r *agentv1.AgentEvent) (*emptypb.Empty, error) {
+			return &emptypb.Empty{}, a.Observe(ctx, r)
 		}),
 		rpc.Handle(s, subjects.NounToken, subjects.VerbLogin, func(ctx context.Context, _ string, r *authv1.LoginRequest) (*authv1.LoginResponse, error) {
 			return a.Login(ctx, r.GetUsername(), r.GetPassword())

@@ -570,9 +570,10 @@ const file_flotilla_ca_v1_ca_proto_rawDesc = "" +
 	"\x11ServerCertificate\x12'\n" +
 	"\x0fcertificate_pem\x18\x01 \x01(\tR\x0ecertificatePem\x12\x15\n" +
 	"\x06ca_pem\x18\x02 \x01(\tR\x05caPem\x127\n" +
-	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter2\x87\x01\n" +
-	"\tCAService\x12z\n" +
-	"\x10GetCACertificate\x12'.flotilla.ca.v1.GetCACertificateRequest\x1a\x1d.flotilla.ca.v1.CACertificate\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/ca/certificateB3Z1flotilla.dev/flotilla/api/gen/flotilla/ca/v1;cav1b\x06proto3"
+	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter2{\n" +
+	"\tCAService\x12n\n" +
+	"\x10GetCACertificate\x12'.flotilla.ca.v1.GetCACertificateRequest\x1a\x1d.flotilla.ca.v1.CACertificate\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
+	"/api/v1/caB3Z1flotilla.dev/flotilla/api/gen/flotilla/ca/v1;cav1b\x06proto3"
 
 var (
 	file_flotilla_ca_v1_ca_proto_rawDescOnce sync.Once

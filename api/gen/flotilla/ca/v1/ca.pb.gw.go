@@ -68,7 +68,7 @@ func RegisterCAServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux, 
 		var stream runtime.ServerTransportStream
 		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/flotilla.ca.v1.CAService/GetCACertificate", runtime.WithHTTPPathPattern("/api/v1/ca/certificate"))
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/flotilla.ca.v1.CAService/GetCACertificate", runtime.WithHTTPPathPattern("/api/v1/ca"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -126,7 +126,7 @@ func RegisterCAServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, 
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/flotilla.ca.v1.CAService/GetCACertificate", runtime.WithHTTPPathPattern("/api/v1/ca/certificate"))
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/flotilla.ca.v1.CAService/GetCACertificate", runtime.WithHTTPPathPattern("/api/v1/ca"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -143,7 +143,7 @@ func RegisterCAServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, 
 }
 
 var (
-	pattern_CAService_GetCACertificate_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2, 2, 3}, []string{"api", "v1", "ca", "certificate"}, ""))
+	pattern_CAService_GetCACertificate_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "ca"}, ""))
 )
 
 var (

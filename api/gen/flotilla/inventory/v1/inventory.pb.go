@@ -918,6 +918,227 @@ func (x *DeleteInstanceRequest) GetVersion() int64 {
 	return 0
 }
 
+// InstanceActionRequest names the instance a lifecycle action applies to.
+type InstanceActionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstanceActionRequest) Reset() {
+	*x = InstanceActionRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstanceActionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstanceActionRequest) ProtoMessage() {}
+
+func (x *InstanceActionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstanceActionRequest.ProtoReflect.Descriptor instead.
+func (*InstanceActionRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *InstanceActionRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// LifecycleRequest is a lifecycle action on the bus (gateway → inventory).
+type LifecycleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// "provision", "deprovision", "reprovision" or "delete".
+	Action        string `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LifecycleRequest) Reset() {
+	*x = LifecycleRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LifecycleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LifecycleRequest) ProtoMessage() {}
+
+func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LifecycleRequest.ProtoReflect.Descriptor instead.
+func (*LifecycleRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *LifecycleRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *LifecycleRequest) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+// RecordStateRequest is the provisioner recording what it has made true
+// (bus only). Fields left unset keep their value unless named in clear.
+type RecordStateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The instance version the provisioner read; a mismatch answers conflict.
+	Version     int64  `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	State       string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	StateDetail string `protobuf:"bytes,4,opt,name=state_detail,json=stateDetail,proto3" json:"state_detail,omitempty"`
+	// Event verb for the timeline, e.g. "disk-allocated", "vm-launched", "running", "failed".
+	Event     string     `protobuf:"bytes,5,opt,name=event,proto3" json:"event,omitempty"`
+	VmId      string     `protobuf:"bytes,6,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	DataDisk  *DataDisk  `protobuf:"bytes,7,opt,name=data_disk,json=dataDisk,proto3" json:"data_disk,omitempty"`
+	Addresses *Addresses `protobuf:"bytes,8,opt,name=addresses,proto3" json:"addresses,omitempty"`
+	// Fields to reset to empty: "vm_id", "addresses", "agent", "reprovision".
+	Clear []string `protobuf:"bytes,9,rep,name=clear,proto3" json:"clear,omitempty"`
+	// With state "deleted": remove the instance record (history stays on the stream).
+	Remove        bool `protobuf:"varint,10,opt,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordStateRequest) Reset() {
+	*x = RecordStateRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordStateRequest) ProtoMessage() {}
+
+func (x *RecordStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordStateRequest.ProtoReflect.Descriptor instead.
+func (*RecordStateRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RecordStateRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RecordStateRequest) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *RecordStateRequest) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *RecordStateRequest) GetStateDetail() string {
+	if x != nil {
+		return x.StateDetail
+	}
+	return ""
+}
+
+func (x *RecordStateRequest) GetEvent() string {
+	if x != nil {
+		return x.Event
+	}
+	return ""
+}
+
+func (x *RecordStateRequest) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
+func (x *RecordStateRequest) GetDataDisk() *DataDisk {
+	if x != nil {
+		return x.DataDisk
+	}
+	return nil
+}
+
+func (x *RecordStateRequest) GetAddresses() *Addresses {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *RecordStateRequest) GetClear() []string {
+	if x != nil {
+		return x.Clear
+	}
+	return nil
+}
+
+func (x *RecordStateRequest) GetRemove() bool {
+	if x != nil {
+		return x.Remove
+	}
+	return false
+}
+
 var File_flotilla_inventory_v1_inventory_proto protoreflect.FileDescriptor
 
 const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
@@ -976,7 +1197,24 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"updateMask\"A\n" +
 	"\x15DeleteInstanceRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x03R\aversion2\x90\x05\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\"'\n" +
+	"\x15InstanceActionRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\":\n" +
+	"\x10LifecycleRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\"\xce\x02\n" +
+	"\x12RecordStateRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12!\n" +
+	"\fstate_detail\x18\x04 \x01(\tR\vstateDetail\x12\x14\n" +
+	"\x05event\x18\x05 \x01(\tR\x05event\x12\x13\n" +
+	"\x05vm_id\x18\x06 \x01(\tR\x04vmId\x12<\n" +
+	"\tdata_disk\x18\a \x01(\v2\x1f.flotilla.inventory.v1.DataDiskR\bdataDisk\x12>\n" +
+	"\taddresses\x18\b \x01(\v2 .flotilla.inventory.v1.AddressesR\taddresses\x12\x14\n" +
+	"\x05clear\x18\t \x03(\tR\x05clear\x12\x16\n" +
+	"\x06remove\x18\n" +
+	" \x01(\bR\x06remove2\x90\x05\n" +
 	"\x0eNetworkService\x12\x7f\n" +
 	"\rCreateNetwork\x12+.flotilla.inventory.v1.CreateNetworkRequest\x1a\x1e.flotilla.inventory.v1.Network\"!\x82\xd3\xe4\x93\x02\x1b:\anetwork\"\x10/api/v1/networks\x12u\n" +
 	"\n" +
@@ -989,13 +1227,16 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\vGetTemplate\x12).flotilla.inventory.v1.GetTemplateRequest\x1a\x1f.flotilla.inventory.v1.Template\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/templates/{id}\x12\x85\x01\n" +
 	"\rListTemplates\x12+.flotilla.inventory.v1.ListTemplatesRequest\x1a,.flotilla.inventory.v1.ListTemplatesResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/templates\x12\x92\x01\n" +
 	"\x0eUpdateTemplate\x12,.flotilla.inventory.v1.UpdateTemplateRequest\x1a\x1f.flotilla.inventory.v1.Template\"1\x82\xd3\xe4\x93\x02+:\btemplate2\x1f/api/v1/templates/{template.id}\x12v\n" +
-	"\x0eDeleteTemplate\x12,.flotilla.inventory.v1.DeleteTemplateRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/templates/{id}2\xa8\x05\n" +
+	"\x0eDeleteTemplate\x12,.flotilla.inventory.v1.DeleteTemplateRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/templates/{id}2\xef\b\n" +
 	"\x0fInstanceService\x12\x84\x01\n" +
 	"\x0eCreateInstance\x12,.flotilla.inventory.v1.CreateInstanceRequest\x1a\x1f.flotilla.inventory.v1.Instance\"#\x82\xd3\xe4\x93\x02\x1d:\binstance\"\x11/api/v1/instances\x12y\n" +
 	"\vGetInstance\x12).flotilla.inventory.v1.GetInstanceRequest\x1a\x1f.flotilla.inventory.v1.Instance\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/instances/{id}\x12\x85\x01\n" +
 	"\rListInstances\x12+.flotilla.inventory.v1.ListInstancesRequest\x1a,.flotilla.inventory.v1.ListInstancesResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/instances\x12\x92\x01\n" +
-	"\x0eUpdateInstance\x12,.flotilla.inventory.v1.UpdateInstanceRequest\x1a\x1f.flotilla.inventory.v1.Instance\"1\x82\xd3\xe4\x93\x02+:\binstance2\x1f/api/v1/instances/{instance.id}\x12v\n" +
-	"\x0eDeleteInstance\x12,.flotilla.inventory.v1.DeleteInstanceRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/instances/{id}BAZ?flotilla.dev/flotilla/api/gen/flotilla/inventory/v1;inventoryv1b\x06proto3"
+	"\x0eUpdateInstance\x12,.flotilla.inventory.v1.UpdateInstanceRequest\x1a\x1f.flotilla.inventory.v1.Instance\"1\x82\xd3\xe4\x93\x02+:\binstance2\x1f/api/v1/instances/{instance.id}\x12\x7f\n" +
+	"\x0eDeleteInstance\x12,.flotilla.inventory.v1.DeleteInstanceRequest\x1a\x1f.flotilla.inventory.v1.Instance\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/instances/{id}\x12\x8f\x01\n" +
+	"\x11ProvisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"+\x82\xd3\xe4\x93\x02%:\x01*\" /api/v1/instances/{id}:provision\x12\x93\x01\n" +
+	"\x13DeprovisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/api/v1/instances/{id}:deprovision\x12\x93\x01\n" +
+	"\x13ReprovisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/api/v1/instances/{id}:reprovisionBAZ?flotilla.dev/flotilla/api/gen/flotilla/inventory/v1;inventoryv1b\x06proto3"
 
 var (
 	file_flotilla_inventory_v1_inventory_proto_rawDescOnce sync.Once
@@ -1009,7 +1250,7 @@ func file_flotilla_inventory_v1_inventory_proto_rawDescGZIP() []byte {
 	return file_flotilla_inventory_v1_inventory_proto_rawDescData
 }
 
-var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
 	(*CreateNetworkRequest)(nil),  // 0: flotilla.inventory.v1.CreateNetworkRequest
 	(*GetNetworkRequest)(nil),     // 1: flotilla.inventory.v1.GetNetworkRequest
@@ -1029,60 +1270,73 @@ var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
 	(*ListInstancesResponse)(nil), // 15: flotilla.inventory.v1.ListInstancesResponse
 	(*UpdateInstanceRequest)(nil), // 16: flotilla.inventory.v1.UpdateInstanceRequest
 	(*DeleteInstanceRequest)(nil), // 17: flotilla.inventory.v1.DeleteInstanceRequest
-	(*Network)(nil),               // 18: flotilla.inventory.v1.Network
-	(*fieldmaskpb.FieldMask)(nil), // 19: google.protobuf.FieldMask
-	(*Template)(nil),              // 20: flotilla.inventory.v1.Template
-	(*Instance)(nil),              // 21: flotilla.inventory.v1.Instance
-	(*emptypb.Empty)(nil),         // 22: google.protobuf.Empty
+	(*InstanceActionRequest)(nil), // 18: flotilla.inventory.v1.InstanceActionRequest
+	(*LifecycleRequest)(nil),      // 19: flotilla.inventory.v1.LifecycleRequest
+	(*RecordStateRequest)(nil),    // 20: flotilla.inventory.v1.RecordStateRequest
+	(*Network)(nil),               // 21: flotilla.inventory.v1.Network
+	(*fieldmaskpb.FieldMask)(nil), // 22: google.protobuf.FieldMask
+	(*Template)(nil),              // 23: flotilla.inventory.v1.Template
+	(*Instance)(nil),              // 24: flotilla.inventory.v1.Instance
+	(*DataDisk)(nil),              // 25: flotilla.inventory.v1.DataDisk
+	(*Addresses)(nil),             // 26: flotilla.inventory.v1.Addresses
+	(*emptypb.Empty)(nil),         // 27: google.protobuf.Empty
 }
 var file_flotilla_inventory_v1_inventory_proto_depIdxs = []int32{
-	18, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	18, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
-	18, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	19, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
-	20, // 4: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	20, // 5: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
-	20, // 6: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	19, // 7: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
-	21, // 8: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	21, // 9: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
-	21, // 10: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	19, // 11: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	0,  // 12: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
-	1,  // 13: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
-	2,  // 14: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
-	4,  // 15: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
-	5,  // 16: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
-	6,  // 17: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
-	7,  // 18: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
-	8,  // 19: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
-	10, // 20: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
-	11, // 21: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
-	12, // 22: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
-	13, // 23: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
-	14, // 24: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
-	16, // 25: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
-	17, // 26: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
-	18, // 27: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
-	18, // 28: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
-	3,  // 29: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
-	18, // 30: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
-	22, // 31: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
-	20, // 32: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
-	20, // 33: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
-	9,  // 34: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
-	20, // 35: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
-	22, // 36: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
-	21, // 37: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
-	21, // 38: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
-	15, // 39: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
-	21, // 40: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
-	22, // 41: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> google.protobuf.Empty
-	27, // [27:42] is the sub-list for method output_type
-	12, // [12:27] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	21, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	21, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
+	21, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	22, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
+	23, // 4: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	23, // 5: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
+	23, // 6: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	22, // 7: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
+	24, // 8: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	24, // 9: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
+	24, // 10: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	22, // 11: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	25, // 12: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
+	26, // 13: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
+	0,  // 14: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
+	1,  // 15: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
+	2,  // 16: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
+	4,  // 17: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
+	5,  // 18: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
+	6,  // 19: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
+	7,  // 20: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
+	8,  // 21: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
+	10, // 22: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
+	11, // 23: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
+	12, // 24: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
+	13, // 25: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
+	14, // 26: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
+	16, // 27: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
+	17, // 28: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
+	18, // 29: flotilla.inventory.v1.InstanceService.ProvisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	18, // 30: flotilla.inventory.v1.InstanceService.DeprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	18, // 31: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	21, // 32: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
+	21, // 33: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
+	3,  // 34: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
+	21, // 35: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
+	27, // 36: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
+	23, // 37: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
+	23, // 38: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
+	9,  // 39: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
+	23, // 40: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
+	27, // 41: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
+	24, // 42: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
+	24, // 43: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
+	15, // 44: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
+	24, // 45: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
+	24, // 46: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
+	24, // 47: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
+	24, // 48: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	24, // 49: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	32, // [32:50] is the sub-list for method output_type
+	14, // [14:32] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_inventory_v1_inventory_proto_init() }
@@ -1097,7 +1351,7 @@ func file_flotilla_inventory_v1_inventory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_inventory_v1_inventory_proto_rawDesc), len(file_flotilla_inventory_v1_inventory_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

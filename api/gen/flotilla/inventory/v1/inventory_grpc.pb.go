@@ -556,11 +556,14 @@ var TemplateService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	InstanceService_CreateInstance_FullMethodName = "/flotilla.inventory.v1.InstanceService/CreateInstance"
-	InstanceService_GetInstance_FullMethodName    = "/flotilla.inventory.v1.InstanceService/GetInstance"
-	InstanceService_ListInstances_FullMethodName  = "/flotilla.inventory.v1.InstanceService/ListInstances"
-	InstanceService_UpdateInstance_FullMethodName = "/flotilla.inventory.v1.InstanceService/UpdateInstance"
-	InstanceService_DeleteInstance_FullMethodName = "/flotilla.inventory.v1.InstanceService/DeleteInstance"
+	InstanceService_CreateInstance_FullMethodName      = "/flotilla.inventory.v1.InstanceService/CreateInstance"
+	InstanceService_GetInstance_FullMethodName         = "/flotilla.inventory.v1.InstanceService/GetInstance"
+	InstanceService_ListInstances_FullMethodName       = "/flotilla.inventory.v1.InstanceService/ListInstances"
+	InstanceService_UpdateInstance_FullMethodName      = "/flotilla.inventory.v1.InstanceService/UpdateInstance"
+	InstanceService_DeleteInstance_FullMethodName      = "/flotilla.inventory.v1.InstanceService/DeleteInstance"
+	InstanceService_ProvisionInstance_FullMethodName   = "/flotilla.inventory.v1.InstanceService/ProvisionInstance"
+	InstanceService_DeprovisionInstance_FullMethodName = "/flotilla.inventory.v1.InstanceService/DeprovisionInstance"
+	InstanceService_ReprovisionInstance_FullMethodName = "/flotilla.inventory.v1.InstanceService/ReprovisionInstance"
 )
 
 // InstanceServiceClient is the client API for InstanceService service.
@@ -577,8 +580,17 @@ type InstanceServiceClient interface {
 	ListInstances(ctx context.Context, in *ListInstancesRequest, opts ...grpc.CallOption) (*ListInstancesResponse, error)
 	// UpdateInstance changes the fields present in the body; instance.version must match.
 	UpdateInstance(ctx context.Context, in *UpdateInstanceRequest, opts ...grpc.CallOption) (*Instance, error)
-	// DeleteInstance deletes an instance that is deprovisioned or was never provisioned.
-	DeleteInstance(ctx context.Context, in *DeleteInstanceRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	// DeleteInstance deletes an instance that is deprovisioned, failed or was
+	// never provisioned. One that was never provisioned is gone at once; for the
+	// others the provisioner destroys the data disk first (state "deleting").
+	DeleteInstance(ctx context.Context, in *DeleteInstanceRequest, opts ...grpc.CallOption) (*Instance, error)
+	// ProvisionInstance asks for the instance to run: a VM with its data disk,
+	// agent and node software. Returns at once; the provisioner does the work.
+	ProvisionInstance(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
+	// DeprovisionInstance asks for the VM to go; the data disk is kept.
+	DeprovisionInstance(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
+	// ReprovisionInstance replaces the VM: deprovision then provision, same data disk.
+	ReprovisionInstance(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
 }
 
 type instanceServiceClient struct {
@@ -629,10 +641,40 @@ func (c *instanceServiceClient) UpdateInstance(ctx context.Context, in *UpdateIn
 	return out, nil
 }
 
-func (c *instanceServiceClient) DeleteInstance(ctx context.Context, in *DeleteInstanceRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+func (c *instanceServiceClient) DeleteInstance(ctx context.Context, in *DeleteInstanceRequest, opts ...grpc.CallOption) (*Instance, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(emptypb.Empty)
+	out := new(Instance)
 	err := c.cc.Invoke(ctx, InstanceService_DeleteInstance_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *instanceServiceClient) ProvisionInstance(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Instance)
+	err := c.cc.Invoke(ctx, InstanceService_ProvisionInstance_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *instanceServiceClient) DeprovisionInstance(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Instance)
+	err := c.cc.Invoke(ctx, InstanceService_DeprovisionInstance_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *instanceServiceClient) ReprovisionInstance(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Instance)
+	err := c.cc.Invoke(ctx, InstanceService_ReprovisionInstance_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -653,8 +695,17 @@ type InstanceServiceServer interface {
 	ListInstances(context.Context, *ListInstancesRequest) (*ListInstancesResponse, error)
 	// UpdateInstance changes the fields present in the body; instance.version must match.
 	UpdateInstance(context.Context, *UpdateInstanceRequest) (*Instance, error)
-	// DeleteInstance deletes an instance that is deprovisioned or was never provisioned.
-	DeleteInstance(context.Context, *DeleteInstanceRequest) (*emptypb.Empty, error)
+	// DeleteInstance deletes an instance that is deprovisioned, failed or was
+	// never provisioned. One that was never provisioned is gone at once; for the
+	// others the provisioner destroys the data disk first (state "deleting").
+	DeleteInstance(context.Context, *DeleteInstanceRequest) (*Instance, error)
+	// ProvisionInstance asks for the instance to run: a VM with its data disk,
+	// agent and node software. Returns at once; the provisioner does the work.
+	ProvisionInstance(context.Context, *InstanceActionRequest) (*Instance, error)
+	// DeprovisionInstance asks for the VM to go; the data disk is kept.
+	DeprovisionInstance(context.Context, *InstanceActionRequest) (*Instance, error)
+	// ReprovisionInstance replaces the VM: deprovision then provision, same data disk.
+	ReprovisionInstance(context.Context, *InstanceActionRequest) (*Instance, error)
 	mustEmbedUnimplementedInstanceServiceServer()
 }
 
@@ -677,8 +728,17 @@ func (UnimplementedInstanceServiceServer) ListInstances(context.Context, *ListIn
 func (UnimplementedInstanceServiceServer) UpdateInstance(context.Context, *UpdateInstanceRequest) (*Instance, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpdateInstance not implemented")
 }
-func (UnimplementedInstanceServiceServer) DeleteInstance(context.Context, *DeleteInstanceRequest) (*emptypb.Empty, error) {
+func (UnimplementedInstanceServiceServer) DeleteInstance(context.Context, *DeleteInstanceRequest) (*Instance, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteInstance not implemented")
+}
+func (UnimplementedInstanceServiceServer) ProvisionInstance(context.Context, *InstanceActionRequest) (*Instance, error) {
+	return nil, status.Error(codes.Unimplemented, "method ProvisionInstance not implemented")
+}
+func (UnimplementedInstanceServiceServer) DeprovisionInstance(context.Context, *InstanceActionRequest) (*Instance, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeprovisionInstance not implemented")
+}
+func (UnimplementedInstanceServiceServer) ReprovisionInstance(context.Context, *InstanceActionRequest) (*Instance, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReprovisionInstance not implemented")
 }
 func (UnimplementedInstanceServiceServer) mustEmbedUnimplementedInstanceServiceServer() {}
 func (UnimplementedInstanceServiceServer) testEmbeddedByValue()                         {}
@@ -791,6 +851,60 @@ func _InstanceService_DeleteInstance_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InstanceService_ProvisionInstance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InstanceActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).ProvisionInstance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_ProvisionInstance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).ProvisionInstance(ctx, req.(*InstanceActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InstanceService_DeprovisionInstance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InstanceActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).DeprovisionInstance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_DeprovisionInstance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).DeprovisionInstance(ctx, req.(*InstanceActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InstanceService_ReprovisionInstance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InstanceActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).ReprovisionInstance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_ReprovisionInstance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).ReprovisionInstance(ctx, req.(*InstanceActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // InstanceService_ServiceDesc is the grpc.ServiceDesc for InstanceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -817,6 +931,18 @@ var InstanceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteInstance",
 			Handler:    _InstanceService_DeleteInstance_Handler,
+		},
+		{
+			MethodName: "ProvisionInstance",
+			Handler:    _InstanceService_ProvisionInstance_Handler,
+		},
+		{
+			MethodName: "DeprovisionInstance",
+			Handler:    _InstanceService_DeprovisionInstance_Handler,
+		},
+		{
+			MethodName: "ReprovisionInstance",
+			Handler:    _InstanceService_ReprovisionInstance_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

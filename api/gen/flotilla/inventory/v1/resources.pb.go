@@ -617,14 +617,18 @@ type Instance struct {
 	// "deprovisioned", "deleting", "failed".
 	State string `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`
 	// The step in progress or the failure reason.
-	StateDetail   string                 `protobuf:"bytes,9,opt,name=state_detail,json=stateDetail,proto3" json:"state_detail,omitempty"`
-	Addresses     *Addresses             `protobuf:"bytes,10,opt,name=addresses,proto3" json:"addresses,omitempty"`
-	Agent         *AgentStatus           `protobuf:"bytes,11,opt,name=agent,proto3" json:"agent,omitempty"`
-	DataDisk      *DataDisk              `protobuf:"bytes,12,opt,name=data_disk,json=dataDisk,proto3" json:"data_disk,omitempty"`
-	VmId          string                 `protobuf:"bytes,13,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
-	Version       int64                  `protobuf:"varint,14,opt,name=version,proto3" json:"version,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	StateDetail string                 `protobuf:"bytes,9,opt,name=state_detail,json=stateDetail,proto3" json:"state_detail,omitempty"`
+	Addresses   *Addresses             `protobuf:"bytes,10,opt,name=addresses,proto3" json:"addresses,omitempty"`
+	Agent       *AgentStatus           `protobuf:"bytes,11,opt,name=agent,proto3" json:"agent,omitempty"`
+	DataDisk    *DataDisk              `protobuf:"bytes,12,opt,name=data_disk,json=dataDisk,proto3" json:"data_disk,omitempty"`
+	VmId        string                 `protobuf:"bytes,13,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	Version     int64                  `protobuf:"varint,14,opt,name=version,proto3" json:"version,omitempty"`
+	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime  *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// A reprovision was asked for and the old VM is not gone yet.
+	ReprovisionPending bool `protobuf:"varint,17,opt,name=reprovision_pending,json=reprovisionPending,proto3" json:"reprovision_pending,omitempty"`
+	// Last progress the agent reported: step and status, e.g. "installing/started".
+	AgentProgress string `protobuf:"bytes,18,opt,name=agent_progress,json=agentProgress,proto3" json:"agent_progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -769,6 +773,20 @@ func (x *Instance) GetUpdateTime() *timestamppb.Timestamp {
 		return x.UpdateTime
 	}
 	return nil
+}
+
+func (x *Instance) GetReprovisionPending() bool {
+	if x != nil {
+		return x.ReprovisionPending
+	}
+	return false
+}
+
+func (x *Instance) GetAgentProgress() string {
+	if x != nil {
+		return x.AgentProgress
+	}
+	return ""
 }
 
 // SslSettings are an instance's TLS settings; which apply depends on the network's strategy.
@@ -1115,7 +1133,7 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\x04mode\x18\x05 \x01(\tR\x04mode\x12\x12\n" +
 	"\x04name\x18\x06 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\a \x01(\tR\x05value\x12\x1a\n" +
-	"\bpackages\x18\b \x03(\tR\bpackages\"\xbd\x05\n" +
+	"\bpackages\x18\b \x03(\tR\bpackages\"\x9f\x06\n" +
 	"\bInstance\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x17\n" +
 	"\x04name\x18\x02 \x01(\tB\x03\xe0A\x02R\x04name\x12\x17\n" +
@@ -1137,7 +1155,9 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\vcreate_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"createTime\x12@\n" +
 	"\vupdate_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
-	"updateTime\"\x8c\x01\n" +
+	"updateTime\x124\n" +
+	"\x13reprovision_pending\x18\x11 \x01(\bB\x03\xe0A\x03R\x12reprovisionPending\x12*\n" +
+	"\x0eagent_progress\x18\x12 \x01(\tB\x03\xe0A\x03R\ragentProgress\"\x8c\x01\n" +
 	"\vSslSettings\x12\x12\n" +
 	"\x04sans\x18\x01 \x03(\tR\x04sans\x12\x18\n" +
 	"\adomains\x18\x02 \x03(\tR\adomains\x12'\n" +

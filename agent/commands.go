@@ -1,0 +1,262 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	"flotilla.dev/flotilla/libs/pki"
+)
+
+// Steps and statuses of command progress.
+const (
+	stepSetup      = "running-setup"
+	stepInstalling = "installing"
+	stepStarting   = "starting"
+	stepDone       = "done"
+
+	statusStarted   = "started"
+	statusSucceeded = "succeeded"
+	statusFailed    = "failed"
+)
+
+// HTTPS strategies a Bootstrap may ask for.
+const (
+	httpsNone       = "none"
+	httpsSelfSigned = "self-signed"
+)
+
+// commandLoop runs the commands from the gateway one at a time, until ctx
+// ends.
+func (a *agent) commandLoop(ctx context.Context) {
+	for {
+		cmd, err := a.cmds.Next(ctx)
+		if err != nil {
+			return
+		}
+		switch act := cmd.GetAction().(type) {
+		case *agentv1.Command_Bootstrap:
+			a.bootstrap(ctx, cmd.GetId(), act.Bootstrap)
+		case *agentv1.Command_StopNode:
+			a.stopNode(ctx, cmd.GetId())
+		default:
+			a.logf(ctx, "command %s has no action this agent knows; ignored", cmd.GetId())
+		}
+	}
+}
+
+// bootstrap runs the setup actions, installs and starts the node software,
+// reporting each step. A command that already completed on this VM only
+// makes sure the node software runs and reports done again.
+func (a *agent) bootstrap(ctx context.Context, id string, b *agentv1.Bootstrap) {
+	st := a.state.Get()
+	if st.CompletedCommandID == id && st.Node != nil {
+		if a.node.URL() == "" {
+			spec := *st.Node
+			spec.Stopped = false
+			a.progress(ctx, id, stepStarting, statusStarted, "", 0)
+			url, err := a.node.Start(ctx, spec)
+			if err == nil {
+				err = a.state.Update(func(s *state) { s.Node = &spec })
+			}
+			if err != nil {
+				a.progress(ctx, id, stepStarting, statusFailed, err.Error(), 0)
+				return
+			}
+			a.progress(ctx, id, stepStarting, statusSucceeded, url, 0)
+		}
+		a.progress(ctx, id, stepDone, statusSucceeded, a.node.URL(), 0)
+		return
+	}
+
+	a.logf(ctx, "command %s: bootstrapping instance %s: %d setup actions, node software %q, HTTPS %q",
+		id, b.GetInstanceName(), len(b.GetSetupActions()), b.GetNodeVersion(), b.GetHttpsStrategy())
+	r := &setupRunner{
+		dataDir:   a.cfg.DataDir,
+		installer: a.cfg.PackageInstaller,
+		log:       func(source, text string) { a.logs.Add(source, a.mask.Mask(text)) },
+		secret:    a.fetchSecret,
+	}
+	for i, act := range b.GetSetupActions() {
+		a.progress(ctx, id, stepSetup, statusStarted, act.GetType(), i)
+		if err := r.run(ctx, act); err != nil {
+			a.progress(ctx, id, stepSetup, statusFailed, a.mask.Mask(err.Error()), i)
+			return
+		}
+		a.progress(ctx, id, stepSetup, statusSucceeded, act.GetType(), i)
+	}
+
+	a.progress(ctx, id, stepInstalling, statusStarted, b.GetNodeVersion(), 0)
+	if err := a.install(b.GetNodeVersion()); err != nil {
+		a.progress(ctx, id, stepInstalling, statusFailed, err.Error(), 0)
+		return
+	}
+	a.progress(ctx, id, stepInstalling, statusSucceeded, b.GetNodeVersion(), 0)
+
+	a.progress(ctx, id, stepStarting, statusStarted, "", 0)
+	spec, err := a.nodeSpec(ctx, st, b, r.env)
+	var url string
+	if err == nil {
+		url, err = a.node.Start(ctx, spec)
+	}
+	if err == nil {
+		err = a.state.Update(func(s *state) {
+			s.Node = &spec
+			s.CompletedCommandID = id
+		})
+	}
+	if err != nil {
+		a.progress(ctx, id, stepStarting, statusFailed, a.mask.Mask(err.Error()), 0)
+		return
+	}
+	a.progress(ctx, id, stepStarting, statusSucceeded, url, 0)
+	a.progress(ctx, id, stepDone, statusSucceeded, url, 0)
+}
+
+// stopNode stops the node software and keeps it stopped across restarts.
+func (a *agent) stopNode(ctx context.Context, id string) {
+	a.node.Stop()
+	if err := a.state.Update(func(s *state) {
+		if s.Node != nil {
+			s.Node.Stopped = true
+		}
+	}); err != nil {
+		a.progress(ctx, id, stepDone, statusFailed, err.Error(), 0)
+		return
+	}
+	a.progress(ctx, id, stepDone, statusSucceeded, "node software stopped", 0)
+}
+
+// install places the node software: the local provider's is the node
+// command of the binary shipped with Flotilla, so this checks it can be run
+// and records the version in a manifest under the state directory.
+func (a *agent) install(version string) error {
+	if _, err := exec.LookPath(a.cfg.NodeBinary[0]); err != nil {
+		return fmt.Errorf("node software %s: %w", a.cfg.NodeBinary[0], err)
+	}
+	dir := filepath.Join(a.cfg.StateDir, nodeDirName)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("install node software: %w", err)
+	}
+	manifest, err := json.MarshalIndent(map[string]any{
+		"nodeVersion": version,
+		"command":     a.cfg.NodeBinary,
+		"installTime": time.Now().UTC().Format(time.RFC3339),
+	}, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, "manifest.json"), manifest, 0o600); err != nil {
+		return fmt.Errorf("install node software: %w", err)
+	}
+	return nil
+}
+
+// nodeSpec decides how the node software runs: its port (asked for, the
+// one it had, or a free one), the setup's environment and, for
+// self-signed HTTPS, a key and a certificate from the fleet CA.
+func (a *agent) nodeSpec(ctx context.Context, st state, b *agentv1.Bootstrap, env []string) (nodeSpec, error) {
+	spec := nodeSpec{InstanceName: b.GetInstanceName(), NodeVersion: b.GetNodeVersion(), Port: int(b.GetNodePort()), Env: env}
+	if spec.Port == 0 && st.Node != nil {
+		spec.Port = st.Node.Port
+	}
+	if spec.Port == 0 {
+		port, err := freePort()
+		if err != nil {
+			return spec, err
+		}
+		spec.Port = port
+	}
+	switch b.GetHttpsStrategy() {
+	case "", httpsNone:
+	case httpsSelfSigned:
+		if err := a.serverCertificate(ctx, &spec); err != nil {
+			return spec, err
+		}
+	default:
+		return spec, fmt.Errorf("HTTPS strategy %q is not supported by this agent (none, self-signed)", b.GetHttpsStrategy())
+	}
+	return spec, nil
+}
+
+// serverCertificate makes the node software's HTTPS key, has the fleet CA
+// certify it through the gateway (for the names the inventory holds for
+// the instance) and writes both, mode 0600, under the state directory.
+func (a *agent) serverCertificate(ctx context.Context, spec *nodeSpec) error {
+	key, err := pki.GenerateKey()
+	if err != nil {
+		return err
+	}
+	csr, err := pki.NewCSR(key, spec.InstanceName)
+	if err != nil {
+		return err
+	}
+	resp, err := a.request(ctx, func(id string) *agentv1.AgentMessage {
+		return &agentv1.AgentMessage{Body: &agentv1.AgentMessage_ServerCertRequest{
+			ServerCertRequest: &agentv1.ServerCertRequest{RequestId: id, CsrDer: csr}}}
+	})
+	if err != nil {
+		return fmt.Errorf("server certificate: %w", err)
+	}
+	r := resp.GetServerCertResponse()
+	if r.GetError() != "" {
+		return fmt.Errorf("server certificate: %s", r.GetError())
+	}
+	keyPEM, err := pki.EncodePrivateKeyPEM(key)
+	if err != nil {
+		return err
+	}
+	if _, err := tls.X509KeyPair([]byte(r.GetCertificatePem()), keyPEM); err != nil {
+		return fmt.Errorf("server certificate from the gateway: %w", err)
+	}
+	dir := filepath.Join(a.cfg.StateDir, nodeDirName)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	spec.CertFile, spec.KeyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := writeFileAtomic(spec.KeyFile, keyPEM, 0o600); err != nil {
+		return fmt.Errorf("save server key: %w", err)
+	}
+	if err := writeFileAtomic(spec.CertFile, []byte(r.GetCertificatePem()), 0o600); err != nil {
+		return fmt.Errorf("save server certificate: %w", err)
+	}
+	a.logf(ctx, "got the node software's server certificate from the fleet CA")
+	return nil
+}
+
+// fetchSecret reads one of the instance's secrets through the gateway. The
+// value is masked in every log line from now on.
+func (a *agent) fetchSecret(ctx context.Context, name string) (string, error) {
+	resp, err := a.request(ctx, func(id string) *agentv1.AgentMessage {
+		return &agentv1.AgentMessage{Body: &agentv1.AgentMessage_SecretRequest{
+			SecretRequest: &agentv1.SecretRequest{RequestId: id, Name: name}}}
+	})
+	if err != nil {
+		return "", err
+	}
+	r := resp.GetSecretResponse()
+	if r.GetError() != "" {
+		return "", errors.New(r.GetError())
+	}
+	v := string(r.GetValue())
+	a.mask.Add(v)
+	return v, nil
+}
+
+// freePort returns a TCP port of 127.0.0.1 that is free now.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port for the node software: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

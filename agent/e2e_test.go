@@ -1,0 +1,452 @@
+package agent_test
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace/noop"
+	"google.golang.org/protobuf/proto"
+
+	"flotilla.dev/flotilla/agent"
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/libs/pki"
+	"flotilla.dev/flotilla/libs/testkit"
+	"flotilla.dev/flotilla/services/agentgw"
+	"flotilla.dev/flotilla/services/ca"
+)
+
+// fleet is the real NATS, CA and agent gateway an agent talks to, with a
+// recorder of the events the gateway sends to the inventory's
+// lifecycle.observe.
+type fleet struct {
+	t        *testing.T
+	ns       *server.Server
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	ca       *ca.Service
+	addr     string
+	observed *recorder
+
+	mu     sync.Mutex
+	stopGW func()
+}
+
+func newFleet(t *testing.T, agentCertTTL time.Duration) *fleet {
+	t.Helper()
+	ctx := t.Context()
+	f := &fleet{t: t, ns: testkit.NATS(t)}
+	f.nc = testkit.NATSConn(t, f.ns)
+	var err error
+	if f.js, err = jetstream.New(f.nc); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.EnsureStreams(ctx, f.js, 1); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	f.ca, err = ca.New(ctx, ca.Deps{
+		NATS: testkit.NATSConn(t, f.ns), Log: agent.NewTestLog(t), TracerProvider: noop.NewTracerProvider(),
+		CertFile: filepath.Join(dir, "ca.crt"), KeyFile: filepath.Join(dir, "ca.key"), AgentCertTTL: agentCertTTL,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.observed = recordObserve(t, testkit.NATSConn(t, f.ns))
+	f.startGateway("127.0.0.1:0")
+	t.Cleanup(func() {
+		f.mu.Lock()
+		stop := f.stopGW
+		f.mu.Unlock()
+		if stop != nil {
+			stop()
+		}
+	})
+	return f
+}
+
+// startGateway runs an agent gateway listening on addr.
+func (f *fleet) startGateway(addr string) {
+	t := f.t
+	t.Helper()
+	var l net.Listener
+	var err error
+	for range 50 { // the old listener's port may take a moment to be free
+		if l, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The gateway's connection lives as long as the gateway, which may end
+	// before or after the agent.
+	nc, err := nats.Connect(f.ns.ClientURL(), nats.Name("agentgw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := agentgw.New(t.Context(), agentgw.Deps{
+		NATS: nc, Log: agent.NewTestLog(t), TracerProvider: noop.NewTracerProvider(), Listener: l,
+	})
+	if err != nil {
+		nc.Close()
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Run(ctx) }()
+	f.mu.Lock()
+	f.addr = l.Addr().String()
+	f.stopGW = func() {
+		cancel()
+		defer nc.Close()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("agentgw.Run: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Error("agentgw.Run did not return")
+		}
+	}
+	f.mu.Unlock()
+}
+
+// restartGateway stops the gateway and starts a new one on the same port.
+func (f *fleet) restartGateway() {
+	f.mu.Lock()
+	stop, addr := f.stopGW, f.addr
+	f.stopGW = nil
+	f.mu.Unlock()
+	stop()
+	f.startGateway(addr)
+}
+
+// startAgent runs an agent for instance id until the test ends.
+func (f *fleet) startAgent(id string, heartbeat time.Duration) agent.Config {
+	t := f.t
+	t.Helper()
+	var tok cav1.JoinToken
+	if err := natsx.Request(t.Context(), f.nc, subjects.Endpoint(subjects.CA, subjects.NounJoinToken, subjects.VerbCreate),
+		&cav1.CreateJoinTokenRequest{InstanceId: id}, &tok); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	caFile, tokenFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "token")
+	if err := os.WriteFile(caFile, f.ca.Authority().CertificatePEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tokenFile, []byte(tok.GetToken()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := agent.Config{
+		GatewayAddr: f.addr, CAFile: caFile, TokenFile: tokenFile,
+		StateDir: filepath.Join(dir, "state"), DataDir: filepath.Join(dir, "data"), DataDiskGB: 2, VMID: "vm-" + id,
+		NodeBinary: agent.NodeHelper(), PackageInstaller: agent.NoPackageInstaller,
+		HeartbeatInterval: heartbeat, Log: agent.NewTestLog(t),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(ctx, cfg) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("agent.Run: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("agent.Run did not return after its context ended")
+		}
+	})
+	return cfg
+}
+
+// command sends cmd to the agent through the bus.
+func (f *fleet) command(id string, cmd *agentv1.Command) {
+	f.t.Helper()
+	if err := natsx.Request(f.t.Context(), f.nc, subjects.AgentCommand(id), cmd, nil); err != nil {
+		f.t.Fatalf("send command %s: %v", cmd.GetId(), err)
+	}
+}
+
+// logs reads every log line stored for instance id.
+func (f *fleet) logs(id string) []*agentv1.LogLine {
+	t := f.t
+	t.Helper()
+	c, err := f.js.OrderedConsumer(t.Context(), subjects.AgentLogsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.AgentLogs(id)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*agentv1.LogLine
+	for {
+		m, err := c.Next(jetstream.FetchMaxWait(300 * time.Millisecond))
+		if err != nil {
+			return out
+		}
+		l := &agentv1.LogLine{}
+		if err := proto.Unmarshal(m.Data(), l); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, l)
+	}
+}
+
+// waitLogs waits until the stored lines satisfy ok, and returns them.
+func (f *fleet) waitLogs(id, what string, ok func([]*agentv1.LogLine) bool) []*agentv1.LogLine {
+	f.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		lines := f.logs(id)
+		if ok(lines) {
+			return lines
+		}
+		if time.Now().After(deadline) {
+			var b strings.Builder
+			for _, l := range lines {
+				fmt.Fprintf(&b, "  %d %s: %s\n", l.GetSeq(), l.GetSource(), l.GetText())
+			}
+			f.t.Fatalf("the stored log lines never showed %s:\n%s", what, b.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func containsLine(lines []*agentv1.LogLine, source, text string) bool {
+	for _, l := range lines {
+		if l.GetSource() == source && strings.Contains(l.GetText(), text) {
+			return true
+		}
+	}
+	return false
+}
+
+// recorder keeps the agent events the gateway sends to lifecycle.observe.
+type recorder struct {
+	mu     sync.Mutex
+	events []*agentv1.AgentEvent
+}
+
+// recordObserve answers lifecycle.observe with an empty reply and records
+// each event: it watches the gateway's output.
+func recordObserve(t *testing.T, nc *nats.Conn) *recorder {
+	t.Helper()
+	r := &recorder{}
+	sub, err := nc.Subscribe(subjects.Endpoint(subjects.Inventory, subjects.NounLifecycle, subjects.VerbObserve), func(m *nats.Msg) {
+		ev := &agentv1.AgentEvent{}
+		if err := proto.Unmarshal(m.Data, ev); err == nil {
+			r.mu.Lock()
+			r.events = append(r.events, ev)
+			r.mu.Unlock()
+		}
+		_ = m.Respond(nil)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func (r *recorder) all() []*agentv1.AgentEvent {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*agentv1.AgentEvent(nil), r.events...)
+}
+
+// count returns how many events satisfy ok.
+func (r *recorder) count(ok func(*agentv1.AgentEvent) bool) int {
+	n := 0
+	for _, ev := range r.all() {
+		if ok(ev) {
+			n++
+		}
+	}
+	return n
+}
+
+// waitFor waits up to d until an event satisfies ok and returns the latest
+// such event.
+func (r *recorder) waitFor(t *testing.T, d time.Duration, what string, ok func(*agentv1.AgentEvent) bool) *agentv1.AgentEvent {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		evs := r.all()
+		for i := len(evs) - 1; i >= 0; i-- {
+			if ok(evs[i]) {
+				return evs[i]
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s event in %s; observed %d events, last %v", what, d, len(evs), evs[max(0, len(evs)-3):])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestAgentJoinsBootstrapsAndSurvivesAGatewayRestart(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, 0)
+	const id = "inst-e2e"
+	cfg := f.startAgent(id, 200*time.Millisecond)
+
+	f.observed.waitFor(t, 15*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetInstanceId() == id && ev.GetConnected().GetVmId() == "vm-"+id
+	})
+	if _, err := os.Stat(filepath.Join(cfg.StateDir, "agent.crt")); err != nil {
+		t.Fatalf("the agent saved no certificate: %v", err)
+	}
+	f.command(id, &agentv1.Command{Id: "boot-1", Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{
+		InstanceName: "alpha",
+		NodeVersion:  "local-1",
+		SetupActions: []*inventoryv1.SetupAction{
+			{Type: "env", Name: "ROLE", Value: "primary"},
+			{Type: "script", Script: `echo "setting up $ROLE in $FLOTILLA_DATA_DIR"; head -c 100000 /dev/zero > blob`},
+			{Type: "file", Path: "etc/node.conf", Content: "role=primary\n"},
+		},
+	}}})
+	done := f.observed.waitFor(t, 20*time.Second, "done", func(ev *agentv1.AgentEvent) bool {
+		p := ev.GetProgress()
+		return p.GetCommandId() == "boot-1" && (p.GetStep() == "done" || p.GetStatus() == "failed")
+	})
+	if done.GetProgress().GetStatus() != "succeeded" {
+		t.Fatalf("bootstrap ended with %v", done.GetProgress())
+	}
+	var steps []string
+	for _, ev := range f.observed.all() {
+		if p := ev.GetProgress(); p != nil && p.GetStatus() != "started" {
+			steps = append(steps, p.GetStep())
+		}
+	}
+	if want := "running-setup,running-setup,running-setup,installing,starting,done"; strings.Join(steps, ",") != want {
+		t.Errorf("steps %q, want %s", steps, want)
+	}
+
+	hb := f.observed.waitFor(t, 5*time.Second, "heartbeat with the node URL", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetHeartbeat().GetNodeUrl() != "" && ev.GetHeartbeat().GetDiskUsedBytes() >= 100000
+	}).GetHeartbeat()
+	if hb.GetDiskTotalBytes() != 2<<30 || hb.GetAgentVersion() == "" || hb.GetPrivateIp() != "127.0.0.1" {
+		t.Errorf("heartbeat = %v", hb)
+	}
+	nodeURL := hb.GetNodeUrl()
+	visit := func(n int) {
+		t.Helper()
+		resp, err := http.Get(fmt.Sprintf("%s?visit=%d", nodeURL, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		page, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if !strings.Contains(string(page), "Flotilla instance alpha") {
+			t.Fatalf("node page = %q", page)
+		}
+	}
+	visit(0)
+	f.waitLogs(id, "setup output and the node's request log", func(lines []*agentv1.LogLine) bool {
+		return containsLine(lines, agent.SourceSetup, "setting up primary in "+cfg.DataDir) &&
+			containsLine(lines, agent.SourceNode, "visit=0")
+	})
+
+	// The gateway goes away while the node keeps logging; the agent comes
+	// back by itself and what it logged meanwhile is stored, once.
+	connects := f.observed.count(func(ev *agentv1.AgentEvent) bool { return ev.GetConnected() != nil })
+	visit(1) // logged just before the gateway stops: possibly sent, never confirmed
+	f.restartGateway()
+	for n := 2; n < 6; n++ {
+		visit(n)
+	}
+	f.observed.waitFor(t, 20*time.Second, "reconnected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetConnected() != nil && f.observed.count(func(ev *agentv1.AgentEvent) bool { return ev.GetConnected() != nil }) > connects
+	})
+	reconnected := f.observed.all()
+	if last := reconnected[len(reconnected)-1]; last.GetConnected() != nil && last.GetConnected().GetCompletedCommandId() != "boot-1" {
+		t.Errorf("hello after the reconnect = %v, want completed command boot-1", last.GetConnected())
+	}
+	visit(6)
+	lines := f.waitLogs(id, "every visit", func(lines []*agentv1.LogLine) bool {
+		for n := range 7 {
+			if !containsLine(lines, agent.SourceNode, fmt.Sprintf("visit=%d ", n)) {
+				return false
+			}
+		}
+		return true
+	})
+	seen := map[uint64]bool{}
+	for _, l := range lines {
+		if seen[l.GetSeq()] {
+			t.Errorf("line %d stored twice: %q", l.GetSeq(), l.GetText())
+		}
+		seen[l.GetSeq()] = true
+	}
+	// The agent still takes commands on the new gateway.
+	f.command(id, &agentv1.Command{Id: "boot-1", Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{InstanceName: "alpha"}}})
+	f.observed.waitFor(t, 10*time.Second, "done again", func(ev *agentv1.AgentEvent) bool {
+		p := ev.GetProgress()
+		return p.GetCommandId() == "boot-1" && p.GetStep() == "done" && ev.GetTime().AsTime().After(time.Now().Add(-5*time.Second))
+	})
+}
+
+func TestAgentRenewsItsCertificateWithoutRestarting(t *testing.T) {
+	t.Parallel()
+	const ttl = 10 * time.Second
+	f := newFleet(t, ttl)
+	const id = "inst-renew"
+	cfg := f.startAgent(id, 200*time.Millisecond)
+	f.observed.waitFor(t, 15*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetInstanceId() == id && ev.GetConnected() != nil
+	})
+	first := readCert(t, cfg)
+	// Past the first certificate's end, the agent is still connected and
+	// sending heartbeats.
+	time.Sleep(time.Until(first.NotAfter.Add(time.Second)))
+	since := time.Now()
+	f.observed.waitFor(t, 5*time.Second, "heartbeat after the first certificate expired", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetHeartbeat() != nil && ev.GetTime().AsTime().After(since)
+	})
+	now := readCert(t, cfg)
+	if now.SerialNumber.Cmp(first.SerialNumber) == 0 || !now.NotAfter.After(first.NotAfter) {
+		t.Fatalf("certificate not renewed: serial %x until %s (first: %x until %s)", now.SerialNumber, now.NotAfter, first.SerialNumber, first.NotAfter)
+	}
+	if id2, err := pki.AgentInstanceID(now); err != nil || id2 != id {
+		t.Fatalf("renewed certificate names %q (%v)", id2, err)
+	}
+	for _, ev := range f.observed.all() {
+		if r := ev.GetDisconnected().GetReason(); strings.Contains(r, "expired") {
+			t.Errorf("a stream outlived its certificate: %v", ev)
+		}
+	}
+}
+
+func readCert(t *testing.T, cfg agent.Config) *x509.Certificate {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(cfg.StateDir, "agent.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := pki.ParseCertificatesPEM(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certs[0]
+}

@@ -1,0 +1,322 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"html"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Node software supervision.
+const (
+	// nodeReadyTimeout bounds the wait for a started node software to answer.
+	nodeReadyTimeout = 30 * time.Second
+	// nodeStopTimeout is how long the node software has to stop after
+	// SIGTERM before it is killed.
+	nodeStopTimeout = 10 * time.Second
+	// nodeRestartMax caps the wait before restarting a node software that
+	// exited by itself.
+	nodeRestartMax = 30 * time.Second
+)
+
+// nodeRunner runs the node software as a child process, restarts it when it
+// exits by itself, and stops it on request.
+type nodeRunner struct {
+	a   *agent
+	op  sync.Mutex // one Start or Stop at a time
+	mu  sync.Mutex // guards cur
+	cur *nodeProc
+}
+
+// nodeProc is one supervised node software.
+type nodeProc struct {
+	url  string
+	stop chan struct{} // closed to stop supervising
+	done chan struct{} // closed once the child has exited for good
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+}
+
+// URL returns the URL of the running node software, or "".
+func (n *nodeRunner) URL() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cur == nil {
+		return ""
+	}
+	return n.cur.url
+}
+
+// Start (re)starts the node software for spec and waits until it answers
+// GET /, returning its URL.
+func (n *nodeRunner) Start(ctx context.Context, spec nodeSpec) (string, error) {
+	n.op.Lock()
+	defer n.op.Unlock()
+	n.stop()
+	scheme := "http"
+	if spec.CertFile != "" {
+		scheme = "https"
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(spec.Port))
+	p := &nodeProc{url: scheme + "://" + addr + "/", stop: make(chan struct{}), done: make(chan struct{})}
+	cmd, exited, err := n.launch(spec, addr)
+	if err != nil {
+		return "", err
+	}
+	p.cmd = cmd
+	if err := waitReady(ctx, p.url, exited); err != nil {
+		_ = signalGroup(cmd, syscall.SIGKILL)
+		<-exited
+		return "", fmt.Errorf("node software did not start: %w", err)
+	}
+	go n.supervise(spec, addr, p, exited)
+	n.mu.Lock()
+	n.cur = p
+	n.mu.Unlock()
+	n.a.logf(ctx, "node software is serving %s", p.url)
+	return p.url, nil
+}
+
+// launch starts the child; exited receives its Wait result.
+func (n *nodeRunner) launch(spec nodeSpec, addr string) (*exec.Cmd, chan error, error) {
+	argv := append([]string(nil), n.a.cfg.NodeBinary...)
+	argv = append(argv, "--listen", addr, "--instance-name", spec.InstanceName)
+	if spec.CertFile != "" {
+		argv = append(argv, "--cert-file", spec.CertFile, "--key-file", spec.KeyFile)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = n.a.cfg.DataDir
+	cmd.Env = environ(spec.Env, n.a.cfg.DataDir)
+	out := newLineWriter(func(l string) { n.a.logs.Add(SourceNode, n.a.mask.Mask(l)) })
+	cmd.Stdout, cmd.Stderr = out, out
+	ownProcessGroup(cmd, false)
+	cmd.WaitDelay = time.Second
+	if err := cmd.Start(); err != nil {
+		return nil, nil, fmt.Errorf("start node software %s: %w", argv[0], err)
+	}
+	exited := make(chan error, 1)
+	go func() {
+		err := cmd.Wait()
+		out.Close()
+		exited <- err
+	}()
+	return cmd, exited, nil
+}
+
+// supervise restarts the node software when it exits by itself, with a
+// growing pause, until it is told to stop; then it stops the current child:
+// SIGTERM to its process group, SIGKILL if it has not exited after
+// nodeStopTimeout.
+func (n *nodeRunner) supervise(spec nodeSpec, addr string, p *nodeProc, exited chan error) {
+	defer close(p.done)
+	pause := time.Second
+	for {
+		select {
+		case <-p.stop:
+			p.mu.Lock()
+			cmd := p.cmd
+			p.mu.Unlock()
+			if cmd == nil {
+				return
+			}
+			_ = signalGroup(cmd, syscall.SIGTERM)
+			select {
+			case <-exited:
+			case <-time.After(nodeStopTimeout):
+				_ = signalGroup(cmd, syscall.SIGKILL)
+				<-exited
+			}
+			return
+		case err := <-exited:
+			p.mu.Lock()
+			p.cmd = nil
+			p.mu.Unlock()
+			n.a.logf(context.Background(), "the node software exited (%v); starting it again in %s", err, pause)
+			select {
+			case <-p.stop:
+				return
+			case <-time.After(pause):
+			}
+			pause = min(2*pause, nodeRestartMax)
+			cmd, ex, err := n.launch(spec, addr)
+			if err != nil {
+				n.a.logf(context.Background(), "%v", err)
+				ex = make(chan error, 1)
+				ex <- err
+			}
+			p.mu.Lock()
+			p.cmd = cmd
+			p.mu.Unlock()
+			exited = ex
+		}
+	}
+}
+
+// Stop stops the node software and waits until it has exited.
+func (n *nodeRunner) Stop() {
+	n.op.Lock()
+	defer n.op.Unlock()
+	n.stop()
+}
+
+func (n *nodeRunner) stop() {
+	n.mu.Lock()
+	p := n.cur
+	n.cur = nil
+	n.mu.Unlock()
+	if p == nil {
+		return
+	}
+	close(p.stop)
+	<-p.done
+	n.a.logf(context.Background(), "node software stopped")
+}
+
+// waitReady polls url until it answers, the child exits or the time is up.
+// The certificate is not checked: this asks whether the server is up.
+func waitReady(ctx context.Context, url string, exited <-chan error) error {
+	client := &http.Client{
+		Timeout:   2 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, //nolint:gosec // a liveness probe of our own child
+	}
+	defer client.CloseIdleConnections()
+	deadline := time.NewTimer(nodeReadyTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var last error
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := client.Do(req)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+			return nil
+		}
+		last = err
+		select {
+		case err := <-exited:
+			return fmt.Errorf("it exited: %v", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return fmt.Errorf("no answer from %s in %s: %v", url, nodeReadyTimeout, last)
+		case <-tick.C:
+		}
+	}
+}
+
+// NodeConfig is the node software's settings.
+type NodeConfig struct {
+	// Listen is the host:port to serve on (--listen).
+	Listen string
+	// InstanceName is the name the page shows (--instance-name).
+	InstanceName string
+	// CertFile and KeyFile, both or neither, make it serve HTTPS
+	// (--cert-file, --key-file).
+	CertFile string
+	KeyFile  string
+	// Stdout receives a line per request; nil means os.Stdout.
+	Stdout io.Writer
+}
+
+// Validate reports every problem at once, naming the flag.
+func (c NodeConfig) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("--listen: %q is not host:port", c.Listen))
+	}
+	if c.InstanceName == "" {
+		errs = append(errs, errors.New("--instance-name: is required"))
+	}
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		errs = append(errs, errors.New("--cert-file, --key-file: give both for HTTPS, or neither"))
+	}
+	return errors.Join(errs...)
+}
+
+// RunNode runs the node software of the local provider until ctx ends: an
+// HTTP server (HTTPS with a certificate) whose page names the instance,
+// logging each request to Stdout.
+func RunNode(ctx context.Context, cfg NodeConfig) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	out := cfg.Stdout
+	if out == nil {
+		out = os.Stdout
+	}
+	srv := &http.Server{Handler: nodeHandler(cfg.InstanceName, out), ReadHeaderTimeout: 10 * time.Second}
+	if cfg.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+		if err != nil {
+			return fmt.Errorf("--cert-file, --key-file: %w", err)
+		}
+		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	}
+	l, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	scheme := "http"
+	if srv.TLSConfig != nil {
+		scheme = "https"
+		l = tls.NewListener(l, srv.TLSConfig)
+	}
+	fmt.Fprintf(out, "serving instance %s on %s://%s/\n", cfg.InstanceName, scheme, l.Addr())
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	fmt.Fprintln(out, "stopped")
+	return nil
+}
+
+// nodeHandler serves the page naming the instance.
+func nodeHandler(name string, out io.Writer) http.Handler {
+	var mu sync.Mutex
+	page := fmt.Sprintf(`<!doctype html>
+<html><head><meta charset="utf-8"><title>Flotilla instance %[1]s</title></head>
+<body><h1>Flotilla instance %[1]s</h1><p>This node is managed by Flotilla.</p></body></html>
+`, html.EscapeString(name))
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		_, _ = io.WriteString(w, page)
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		start := time.Now()
+		mux.ServeHTTP(rec, r)
+		mu.Lock()
+		fmt.Fprintf(out, "%s %s %d %s %s\n", r.Method, r.URL.RequestURI(), rec.status, r.RemoteAddr, time.Since(start).Round(time.Microsecond))
+		mu.Unlock()
+	})
+}
+
+// statusRecorder remembers the status code written.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}

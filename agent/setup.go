@@ -1,0 +1,290 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+)
+
+// DataDirEnv is the environment variable that names the data disk's root
+// for setup scripts and the node software.
+const DataDirEnv = "FLOTILLA_DATA_DIR"
+
+// Setup action types.
+const (
+	actionScript   = "script"
+	actionFile     = "file"
+	actionEnv      = "env"
+	actionPackages = "packages"
+)
+
+// secretRef is a reference to one of the instance's secrets in a setup
+// action: ${secret:NAME}.
+var secretRef = regexp.MustCompile(`\$\{secret:([A-Za-z0-9_.-]{1,128})\}`)
+
+// envName is a variable name an env action may set.
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// setupRunner runs a Bootstrap's setup actions in order. Env actions add to
+// env, which later scripts (and the node software) get.
+type setupRunner struct {
+	dataDir   string
+	installer string
+	env       []string // NAME=value, in order
+	// log takes a line of output; it masks secret values.
+	log func(source, text string)
+	// secret fetches a secret's value by name.
+	secret  func(ctx context.Context, name string) (string, error)
+	secrets map[string]string
+}
+
+// run runs one action. Its error says what failed and never holds a
+// secret's value.
+func (r *setupRunner) run(ctx context.Context, act *inventoryv1.SetupAction) error {
+	switch act.GetType() {
+	case actionScript:
+		script, err := r.expand(ctx, act.GetScript())
+		if err != nil {
+			return err
+		}
+		return r.command(ctx, []string{"/bin/sh", "-c", script}, "script")
+	case actionFile:
+		return r.writeFile(ctx, act)
+	case actionEnv:
+		if !envName.MatchString(act.GetName()) {
+			return fmt.Errorf("env name %q: must be letters, digits and '_', not starting with a digit", act.GetName())
+		}
+		v, err := r.expand(ctx, act.GetValue())
+		if err != nil {
+			return err
+		}
+		r.env = append(r.env, act.GetName()+"="+v)
+		r.log(SourceSetup, "set "+act.GetName())
+		return nil
+	case actionPackages:
+		return r.installPackages(ctx, act.GetPackages())
+	}
+	return fmt.Errorf("unknown setup action type %q (script, file, env, packages)", act.GetType())
+}
+
+// expand replaces every ${secret:NAME} in text with the secret's value.
+func (r *setupRunner) expand(ctx context.Context, text string) (string, error) {
+	var firstErr error
+	out := secretRef.ReplaceAllStringFunc(text, func(ref string) string {
+		name := secretRef.FindStringSubmatch(ref)[1]
+		if v, ok := r.secrets[name]; ok {
+			return v
+		}
+		if firstErr != nil {
+			return ""
+		}
+		v, err := r.secret(ctx, name)
+		if err != nil {
+			firstErr = fmt.Errorf("secret %q: %w", name, err)
+			return ""
+		}
+		if r.secrets == nil {
+			r.secrets = map[string]string{}
+		}
+		r.secrets[name] = v
+		return v
+	})
+	return out, firstErr
+}
+
+// environ is the environment of scripts and the node software: the
+// agent's, the env actions', and FLOTILLA_DATA_DIR.
+func (r *setupRunner) environ() []string {
+	return environ(r.env, r.dataDir)
+}
+
+func environ(env []string, dataDir string) []string {
+	out := append(os.Environ(), env...)
+	return append(out, DataDirEnv+"="+dataDir)
+}
+
+// command runs argv in the data directory, its output going to the logs
+// line by line. A non-zero exit is an error naming the code.
+func (r *setupRunner) command(ctx context.Context, argv []string, what string) error {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Dir = r.dataDir
+	cmd.Env = r.environ()
+	stdout := newLineWriter(func(l string) { r.log(SourceSetup, l) })
+	stderr := newLineWriter(func(l string) { r.log(SourceSetup, l) })
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	ownProcessGroup(cmd, true)
+	cmd.WaitDelay = 5 * time.Second
+	err := cmd.Run()
+	stdout.Close()
+	stderr.Close()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return fmt.Errorf("%s interrupted: %w", what, ctx.Err())
+	case errors.As(err, &exit) && exit.ExitCode() >= 0:
+		return fmt.Errorf("%s exited with code %d", what, exit.ExitCode())
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// writeFile writes a file action's content to its path under the data
+// directory with its mode (default 0644), creating parent directories. A
+// path that would leave the data directory (absolute, "..", or through a
+// symbolic link) is refused.
+func (r *setupRunner) writeFile(ctx context.Context, act *inventoryv1.SetupAction) error {
+	p := act.GetPath()
+	if !filepath.IsLocal(p) {
+		return fmt.Errorf("file path %q: must be relative to the data disk and stay inside it", p)
+	}
+	mode := fs.FileMode(0o644)
+	if m := act.GetMode(); m != "" {
+		v, err := strconv.ParseUint(m, 8, 32)
+		if err != nil || v > 0o777 {
+			return fmt.Errorf("file mode %q: must be octal permissions such as 0644", m)
+		}
+		mode = fs.FileMode(v)
+	}
+	content, err := r.expand(ctx, act.GetContent())
+	if err != nil {
+		return err
+	}
+	root, err := os.OpenRoot(r.dataDir)
+	if err != nil {
+		return fmt.Errorf("open the data disk: %w", err)
+	}
+	defer root.Close()
+	if dir := filepath.Dir(p); dir != "." {
+		if err := root.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("file %s: %w", p, unwrapPath(err))
+		}
+	}
+	if err := root.WriteFile(p, []byte(content), mode); err != nil {
+		return fmt.Errorf("file %s: %w", p, unwrapPath(err))
+	}
+	if err := root.Chmod(p, mode); err != nil { // WriteFile's mode is subject to the umask
+		return fmt.Errorf("file %s: %w", p, unwrapPath(err))
+	}
+	r.log(SourceSetup, fmt.Sprintf("wrote %s (%d bytes, mode %04o)", p, len(content), mode))
+	return nil
+}
+
+// installPackages runs the package installer with the packages, or only
+// logs them when the installer is "none".
+func (r *setupRunner) installPackages(ctx context.Context, pkgs []string) error {
+	for _, p := range pkgs {
+		if p == "" || strings.HasPrefix(p, "-") || strings.ContainsAny(p, " \t\n") {
+			return fmt.Errorf("package name %q: must be a plain package name", p)
+		}
+	}
+	if len(pkgs) == 0 {
+		return nil
+	}
+	if r.installer == NoPackageInstaller {
+		r.log(SourceSetup, "would install packages "+strings.Join(pkgs, " ")+" (the package installer is none)")
+		return nil
+	}
+	argv := append(strings.Fields(r.installer), pkgs...)
+	return r.command(ctx, argv, "package installer")
+}
+
+// unwrapPath drops the *PathError's path, which the caller names itself.
+func unwrapPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// masker replaces the secret values the agent has fetched with "****" in
+// text bound for the logs.
+type masker struct {
+	mu     sync.Mutex
+	values []string
+}
+
+// minMasked is the shortest value masked: shorter ones would garble
+// ordinary output.
+const minMasked = 4
+
+// Add remembers a secret value.
+func (m *masker) Add(v string) {
+	if len(v) < minMasked {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, x := range m.values {
+		if x == v {
+			return
+		}
+	}
+	m.values = append(m.values, v)
+}
+
+// Mask returns text with every remembered value replaced.
+func (m *masker) Mask(text string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, v := range m.values {
+		text = strings.ReplaceAll(text, v, "****")
+	}
+	return text
+}
+
+// lineWriter calls emit for each line written to it; Close emits the last
+// line if it had no newline. Very long lines are cut into pieces.
+type lineWriter struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	emit func(string)
+}
+
+// maxLine is the longest line emitted in one piece.
+const maxLine = 16 << 10
+
+func newLineWriter(emit func(string)) *lineWriter { return &lineWriter{emit: emit} }
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	for {
+		b := w.buf.Bytes()
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			if len(b) >= maxLine {
+				w.emit(string(b[:maxLine]))
+				w.buf.Next(maxLine)
+				continue
+			}
+			return len(p), nil
+		}
+		w.emit(strings.TrimSuffix(string(b[:i]), "\r"))
+		w.buf.Next(i + 1)
+	}
+}
+
+// Close emits what is left.
+func (w *lineWriter) Close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.buf.Len() > 0 {
+		w.emit(w.buf.String())
+		w.buf.Reset()
+	}
+}

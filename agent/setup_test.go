@@ -1,0 +1,349 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/libs/pki"
+)
+
+// testAgent is an agent with its own directories and a throwaway CA, not
+// connected to any gateway: a stub stands in for the stream (see answer).
+type testAgent struct {
+	*agent
+	ca      *pki.Authority
+	secrets map[string]string
+
+	mu       sync.Mutex
+	progress []*agentv1.Progress
+}
+
+func newTestAgent(t *testing.T) *testAgent {
+	t.Helper()
+	ca, err := pki.GenerateCA(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, ca.CertificatePEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Config{
+		GatewayAddr: "127.0.0.1:1", CAFile: caFile, StateDir: filepath.Join(dir, "state"), DataDir: filepath.Join(dir, "data"),
+		DataDiskGB: 1, VMID: "vm-test", NodeBinary: NodeHelper(), PackageInstaller: NoPackageInstaller, Log: testLog(t),
+	}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := newAgent(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta := &testAgent{agent: a, ca: ca, secrets: map[string]string{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go ta.serve(ctx, done)
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		a.node.Stop()
+	})
+	return ta
+}
+
+// serve plays the gateway's part: it takes what the agent queues for the
+// stream, records progress and answers secret and certificate requests.
+func (ta *testAgent) serve(ctx context.Context, done chan struct{}) {
+	defer close(done)
+	for {
+		ta.mu.Lock() // settle waits for what is popped to be recorded
+		for m := ta.out.Pop(); m != nil; m = ta.out.Pop() {
+			switch b := m.GetBody().(type) {
+			case *agentv1.AgentMessage_Progress:
+				ta.progress = append(ta.progress, b.Progress)
+			case *agentv1.AgentMessage_SecretRequest:
+				r := &agentv1.SecretResponse{RequestId: b.SecretRequest.GetRequestId()}
+				if v, ok := ta.secrets[b.SecretRequest.GetName()]; ok {
+					r.Value = []byte(v)
+				} else {
+					r.Error = `secret "` + b.SecretRequest.GetName() + `" not found`
+				}
+				ta.answer(r.RequestId, &agentv1.GatewayMessage{Body: &agentv1.GatewayMessage_SecretResponse{SecretResponse: r}})
+			case *agentv1.AgentMessage_ServerCertRequest:
+				r := &agentv1.ServerCertResponse{RequestId: b.ServerCertRequest.GetRequestId()}
+				csr, err := pki.ParseCSR(b.ServerCertRequest.GetCsrDer())
+				if err == nil {
+					var iss *pki.Issued
+					iss, err = ta.ca.Issue(csr.PublicKey, pki.ServerProfile("node.test", []string{"node.test"}, []net.IP{net.IPv4(127, 0, 0, 1)}, time.Now(), time.Hour))
+					if err == nil {
+						r.CertificatePem, r.CaPem = string(iss.PEM), string(ta.ca.CertificatePEM())
+					}
+				}
+				if err != nil {
+					r.Error = err.Error()
+				}
+				ta.answer(r.RequestId, &agentv1.GatewayMessage{Body: &agentv1.GatewayMessage_ServerCertResponse{ServerCertResponse: r}})
+			}
+		}
+		ta.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-ta.out.Notify():
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// settle waits until serve has taken every queued message, and returns
+// with ta.mu held.
+func (ta *testAgent) settle() {
+	for {
+		ta.mu.Lock()
+		ta.out.mu.Lock()
+		n := len(ta.out.items)
+		ta.out.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		ta.mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// steps returns the progress reported so far as "step status index".
+func (ta *testAgent) steps(t *testing.T) []string {
+	t.Helper()
+	ta.settle()
+	defer ta.mu.Unlock()
+	var out []string
+	for _, p := range ta.progress {
+		s := p.GetStep() + " " + p.GetStatus()
+		if p.GetStep() == stepSetup {
+			s += " " + string(rune('0'+p.GetActionIndex()))
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// lastProgress returns the last progress reported.
+func (ta *testAgent) lastProgress() *agentv1.Progress {
+	ta.settle()
+	defer ta.mu.Unlock()
+	if len(ta.progress) == 0 {
+		return nil
+	}
+	return ta.progress[len(ta.progress)-1]
+}
+
+// logText returns every buffered log line of source, joined by newlines.
+func (ta *testAgent) logText(source string) string {
+	var b strings.Builder
+	for _, l := range ta.logs.Next(1<<20, 1<<20) {
+		if l.GetSource() == source {
+			b.WriteString(l.GetText() + "\n")
+		}
+	}
+	return b.String()
+}
+
+func TestSetupActionsRunInOrder(t *testing.T) {
+	t.Parallel()
+	ta := newTestAgent(t)
+	dataDir := ta.cfg.DataDir
+	ta.bootstrap(t.Context(), "cmd-1", &agentv1.Bootstrap{
+		InstanceName: "alpha",
+		SetupActions: []*inventoryv1.SetupAction{
+			{Type: "env", Name: "GREETING", Value: "hello"},
+			{Type: "script", Script: `echo "$GREETING from $FLOTILLA_DATA_DIR in $(pwd)"; echo "to stderr" >&2; mkdir -p made`},
+			{Type: "file", Path: "conf/app.conf", Content: "port=1\n", Mode: "0600"},
+			{Type: "file", Path: "made/plain.txt", Content: "plain"},
+			{Type: "packages", Packages: []string{"curl", "jq"}},
+			{Type: "script", Script: `test "$(cat conf/app.conf)" = "port=1" && echo "saw the file"`},
+			{Type: "script", Script: "echo about to fail; exit 3"},
+			{Type: "file", Path: "never.txt", Content: "x"},
+		},
+	})
+	want := []string{
+		"running-setup started 0", "running-setup succeeded 0",
+		"running-setup started 1", "running-setup succeeded 1",
+		"running-setup started 2", "running-setup succeeded 2",
+		"running-setup started 3", "running-setup succeeded 3",
+		"running-setup started 4", "running-setup succeeded 4",
+		"running-setup started 5", "running-setup succeeded 5",
+		"running-setup started 6", "running-setup failed 6",
+	}
+	if got := ta.steps(t); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("progress:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if msg := ta.lastProgress().GetMessage(); !strings.Contains(msg, "exited with code 3") {
+		t.Errorf("failure message %q does not give the exit code", msg)
+	}
+
+	logs := ta.logText(SourceSetup)
+	for _, w := range []string{
+		"hello from " + dataDir + " in " + dataDir, "to stderr", "saw the file", "about to fail",
+		"would install packages curl jq",
+	} {
+		if !strings.Contains(logs, w) {
+			t.Errorf("setup logs lack %q:\n%s", w, logs)
+		}
+	}
+	for path, mode := range map[string]os.FileMode{"conf/app.conf": 0o600, "made/plain.txt": 0o644} {
+		fi, err := os.Stat(filepath.Join(dataDir, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != mode {
+			t.Errorf("%s has mode %v, want %v", path, fi.Mode().Perm(), mode)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, "never.txt")); !os.IsNotExist(err) {
+		t.Error("an action after the failed one ran")
+	}
+	if ta.state.Get().CompletedCommandID != "" {
+		t.Error("a failed bootstrap was recorded as completed")
+	}
+}
+
+func TestFilePathsStayOnTheDataDisk(t *testing.T) {
+	t.Parallel()
+	ta := newTestAgent(t)
+	outside := t.TempDir()
+	for i, act := range []*inventoryv1.SetupAction{
+		{Type: "file", Path: "../escaped.txt", Content: "x"},
+		{Type: "file", Path: filepath.Join(outside, "absolute.txt"), Content: "x"},
+		{Type: "file", Path: "a/../../escaped.txt", Content: "x"},
+		{Type: "file", Path: "", Content: "x"},
+		{Type: "file", Path: "ok.txt", Content: "x", Mode: "rwx"},
+	} {
+		if err := (&setupRunner{dataDir: ta.cfg.DataDir, log: func(string, string) {}}).run(t.Context(), act); err == nil {
+			t.Errorf("action %d (%q) was accepted", i, act.GetPath())
+		}
+	}
+	// A symbolic link made by a script does not lead a file action out.
+	if err := os.Symlink(outside, filepath.Join(ta.cfg.DataDir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	err := (&setupRunner{dataDir: ta.cfg.DataDir, log: func(string, string) {}}).run(t.Context(),
+		&inventoryv1.SetupAction{Type: "file", Path: "link/through.txt", Content: "x"})
+	if err == nil {
+		t.Error("a file was written through a symbolic link")
+	}
+	entries, _ := os.ReadDir(outside)
+	if len(entries) != 0 {
+		t.Fatalf("files appeared outside the data disk: %v", entries)
+	}
+}
+
+func TestSecretsAreResolvedAndMasked(t *testing.T) {
+	t.Parallel()
+	ta := newTestAgent(t)
+	ta.secrets["db-password"] = "s3cr3t-value"
+	ta.bootstrap(t.Context(), "cmd-s", &agentv1.Bootstrap{
+		InstanceName: "alpha",
+		SetupActions: []*inventoryv1.SetupAction{
+			{Type: "env", Name: "DB_PASSWORD", Value: "${secret:db-password}"},
+			{Type: "file", Path: "db.conf", Content: "password=${secret:db-password}\n", Mode: "0600"},
+			{Type: "script", Script: `echo "script sees $DB_PASSWORD and ${secret:db-password}"`},
+			{Type: "script", Script: `echo ${secret:missing}`},
+		},
+	})
+	data, err := os.ReadFile(filepath.Join(ta.cfg.DataDir, "db.conf"))
+	if err != nil || string(data) != "password=s3cr3t-value\n" {
+		t.Fatalf("db.conf = %q, %v", data, err)
+	}
+	last := ta.lastProgress()
+	if last.GetStatus() != statusFailed || last.GetActionIndex() != 3 || !strings.Contains(last.GetMessage(), `"missing"`) {
+		t.Fatalf("last progress = %v, want action 3 failed naming the missing secret", last)
+	}
+	var all strings.Builder
+	for _, l := range ta.logs.Next(1<<20, 1<<20) {
+		all.WriteString(l.GetText() + "\n")
+	}
+	if strings.Contains(all.String(), "s3cr3t-value") {
+		t.Fatalf("a secret value reached the logs:\n%s", all.String())
+	}
+	if !strings.Contains(all.String(), "script sees **** and ****") {
+		t.Fatalf("the script's output is missing or unmasked:\n%s", all.String())
+	}
+}
+
+func TestBootstrapStartsTheNodeSoftwareOverHTTPS(t *testing.T) {
+	t.Parallel()
+	ta := newTestAgent(t)
+	b := &agentv1.Bootstrap{InstanceName: "alpha", NodeVersion: "1.2.3", HttpsStrategy: "self-signed"}
+	ta.bootstrap(t.Context(), "cmd-h", b)
+	want := []string{"installing started", "installing succeeded", "starting started", "starting succeeded", "done succeeded"}
+	if got := ta.steps(t); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("progress %q, want %q (last: %v)", got, want, ta.lastProgress())
+	}
+	url := ta.node.URL()
+	if !strings.HasPrefix(url, "https://127.0.0.1:") || ta.lastProgress().GetMessage() != url {
+		t.Fatalf("node URL %q, done message %q", url, ta.lastProgress().GetMessage())
+	}
+	st := ta.state.Get()
+	if st.CompletedCommandID != "cmd-h" || st.Node == nil || st.Node.CertFile == "" {
+		t.Fatalf("state = %+v", st)
+	}
+	for _, f := range []string{st.Node.CertFile, st.Node.KeyFile} {
+		if fi, err := os.Stat(f); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v, mode %v; want 0600", f, err, fi.Mode().Perm())
+		}
+	}
+	page := get(t, url, ta.ca.Pool(), "node.test")
+	if !strings.Contains(page, "Flotilla instance alpha") {
+		t.Fatalf("page = %q", page)
+	}
+
+	// The same command again only reports done; StopNode stops the node.
+	ta.mu.Lock()
+	ta.progress = nil
+	ta.mu.Unlock()
+	ta.bootstrap(t.Context(), "cmd-h", b)
+	if got := ta.steps(t); len(got) != 1 || got[0] != "done succeeded" {
+		t.Fatalf("repeated bootstrap reported %q", got)
+	}
+	ta.stopNode(t.Context(), "cmd-stop")
+	if ta.node.URL() != "" {
+		t.Fatal("the node software still has a URL after StopNode")
+	}
+	if _, err := http.Get(strings.Replace(url, "https", "http", 1)); err == nil {
+		t.Fatal("the node software still answers after StopNode")
+	}
+	if !strings.Contains(ta.logText(SourceNode), "GET / 200") {
+		t.Error("the node software's request log did not reach the logs")
+	}
+}
+
+// get fetches url over HTTPS, verifying the server as serverName against roots.
+func get(t *testing.T, url string, roots *x509.CertPool, serverName string) string {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: serverName},
+	}}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
+}

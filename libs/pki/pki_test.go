@@ -1,0 +1,328 @@
+package pki_test
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"flotilla.dev/flotilla/libs/pki"
+)
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func newKey(t *testing.T) crypto.Signer {
+	t.Helper()
+	k, err := pki.GenerateKey()
+	must(t, err)
+	return k
+}
+
+// Sixteen manager nodes start at once on empty shared files: one generates
+// the CA, every other loads that one.
+func TestLoadOrCreateRace(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "ca")
+	certFile, keyFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
+	const n = 16
+	type result struct {
+		fp      string
+		created bool
+		err     error
+	}
+	results := make(chan result, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			<-start
+			a, created, err := pki.LoadOrCreate(certFile, keyFile, time.Now())
+			r := result{created: created, err: err}
+			if err == nil {
+				r.fp = a.Fingerprint()
+			}
+			results <- r
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(results)
+	fps := map[string]bool{}
+	creators := 0
+	for r := range results {
+		if r.err != nil {
+			t.Fatalf("LoadOrCreate: %v", r.err)
+		}
+		fps[r.fp] = true
+		if r.created {
+			creators++
+		}
+	}
+	if len(fps) != 1 || creators != 1 {
+		t.Fatalf("%d different CAs, %d creators; want 1 and 1", len(fps), creators)
+	}
+	onDisk, err := pki.Load(certFile, keyFile, time.Now())
+	must(t, err)
+	if !fps[onDisk.Fingerprint()] {
+		t.Fatal("the CA on disk is not the one every node got")
+	}
+	entries, err := os.ReadDir(dir)
+	must(t, err)
+	if len(entries) != 2 {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Fatalf("directory holds %v; want ca.crt and ca.key (no temporary files left)", names)
+	}
+}
+
+// A node that finds a fresh key without its certificate waits for the node
+// creating them instead of failing.
+func TestLoadOrCreateWaitsForACreatorInProgress(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
+	// The other node's CA, made elsewhere.
+	src := t.TempDir()
+	srcCert, srcKey := filepath.Join(src, "ca.crt"), filepath.Join(src, "ca.key")
+	a, _, err := pki.LoadOrCreate(srcCert, srcKey, time.Now())
+	must(t, err)
+	keyPEM, err := os.ReadFile(srcKey)
+	must(t, err)
+	must(t, os.WriteFile(keyFile, keyPEM, 0o600))
+	// Like the creator, write the certificate aside and link it into place.
+	tmp := filepath.Join(dir, ".ca.crt.tmp")
+	must(t, os.WriteFile(tmp, a.CertificatePEM(), 0o644))
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		_ = os.Link(tmp, certFile)
+	}()
+	got, created, err := pki.LoadOrCreate(certFile, keyFile, time.Now())
+	must(t, err)
+	if created || got.Fingerprint() != a.Fingerprint() {
+		t.Fatalf("created %v, CA %s; want the other node's %s loaded", created, got.Fingerprint(), a.Fingerprint())
+	}
+}
+
+// An operator's intermediate CA, with its root after it in the certificate
+// file and a SEC 1 key: issued certificates carry the intermediate and
+// verify against the root alone.
+func TestOperatorIntermediate(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	rootKey, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	must(t, err)
+	rootTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Corp Root"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(20, 0, 0),
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
+	}
+	rootDER, err := x509.CreateCertificate(rand.Reader, rootTmpl, rootTmpl, rootKey.Public(), rootKey)
+	must(t, err)
+	root, err := x509.ParseCertificate(rootDER)
+	must(t, err)
+	interKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(t, err)
+	interTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "Corp Flotilla CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(5, 0, 0),
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
+	}
+	interDER, err := x509.CreateCertificate(rand.Reader, interTmpl, root, interKey.Public(), rootKey)
+	must(t, err)
+	inter, err := x509.ParseCertificate(interDER)
+	must(t, err)
+
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
+	must(t, os.WriteFile(certFile, pki.EncodeCertificatesPEM(inter, root), 0o644))
+	sec1, err := x509.MarshalECPrivateKey(interKey)
+	must(t, err)
+	must(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: sec1}), 0o600))
+
+	a, created, err := pki.LoadOrCreate(certFile, keyFile, now)
+	must(t, err)
+	if created || a.Certificate().Subject.CommonName != "Corp Flotilla CA" {
+		t.Fatalf("created %v, signer %q; want the operator's intermediate loaded", created, a.Certificate().Subject)
+	}
+	iss, err := a.Issue(newKey(t).Public(), pki.ServerProfile("db.corp.example", []string{"db.corp.example"}, nil, now, 90*24*time.Hour))
+	must(t, err)
+	chain, err := pki.ParseCertificatesPEM(iss.PEM)
+	must(t, err)
+	if len(chain) != 2 || !chain[1].Equal(inter) {
+		t.Fatalf("issued PEM holds %d certificates; want the leaf and the intermediate", len(chain))
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(root)
+	inters := x509.NewCertPool()
+	inters.AddCert(chain[1])
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters, DNSName: "db.corp.example"}); err != nil {
+		t.Fatalf("verify against the root: %v", err)
+	}
+	if bin, err := exec.LookPath("openssl"); err == nil {
+		rootFile, leafFile := filepath.Join(dir, "root.pem"), filepath.Join(dir, "leaf.pem")
+		must(t, os.WriteFile(rootFile, pki.EncodeCertificatesPEM(root), 0o644))
+		must(t, os.WriteFile(leafFile, iss.PEM, 0o644))
+		// openssl verify takes the leaf from the file's first block and the
+		// rest as untrusted intermediates.
+		out, err := exec.Command(bin, "verify", "-CAfile", rootFile, "-untrusted", leafFile, "-purpose", "sslserver", leafFile).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), ": OK") {
+			t.Fatalf("openssl verify: %v\n%s", err, out)
+		}
+	}
+	if got := a.CertificatePEM(); !bytes.Equal(got, pki.EncodeCertificatesPEM(inter, root)) {
+		t.Error("CertificatePEM is not the intermediate followed by the root")
+	}
+}
+
+// The agent gateway's listener takes an agent certificate and reads its
+// instance id; it turns away server certificates and strangers.
+func TestMutualTLS(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	a, err := pki.GenerateCA(now)
+	must(t, err)
+	other, err := pki.GenerateCA(now)
+	must(t, err)
+	pair := func(auth *pki.Authority, p pki.Profile) tls.Certificate {
+		k := newKey(t)
+		iss, err := auth.Issue(k.Public(), p)
+		must(t, err)
+		keyPEM, err := pki.EncodePrivateKeyPEM(k)
+		must(t, err)
+		c, err := tls.X509KeyPair(iss.PEM, keyPEM)
+		must(t, err)
+		return c
+	}
+	serverCert := pair(a, pki.ServerProfile("agentgw.local", []string{"agentgw.local"}, []net.IP{net.ParseIP("127.0.0.1")}, now, time.Hour))
+	roots, err := pki.CertPool(a.CertificatePEM())
+	must(t, err)
+
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", pki.MutualTLSServerConfig(serverCert, a.Pool()))
+	must(t, err)
+	t.Cleanup(func() { ln.Close() })
+	type outcome struct {
+		id  string
+		err error
+	}
+	outcomes := make(chan outcome)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				tc := c.(*tls.Conn)
+				if err := tc.Handshake(); err != nil {
+					outcomes <- outcome{err: err}
+					return
+				}
+				id, err := pki.PeerInstanceID(tc.ConnectionState())
+				_, _ = tc.Write([]byte("x"))
+				outcomes <- outcome{id: id, err: err}
+			}()
+		}
+	}()
+	dial := func(clientCert tls.Certificate) outcome {
+		c, err := tls.Dial("tcp", ln.Addr().String(), pki.MutualTLSClientConfig(clientCert, roots, "agentgw.local"))
+		if err == nil {
+			_, _ = io.ReadFull(c, make([]byte, 1)) // TLS 1.3: the server's verdict arrives after the handshake
+			c.Close()
+		}
+		return <-outcomes
+	}
+
+	if o := dial(pair(a, pki.AgentProfile("i-42", now, time.Hour))); o.err != nil || o.id != "i-42" {
+		t.Errorf("agent certificate: id %q, %v; want i-42", o.id, o.err)
+	}
+	if o := dial(pair(a, pki.ServerProfile("x.example", []string{"x.example"}, nil, now, time.Hour))); o.err == nil {
+		t.Error("a server certificate authenticated as a client")
+	}
+	if o := dial(pair(other, pki.AgentProfile("i-42", now, time.Hour))); o.err == nil {
+		t.Error("an agent certificate from another CA was accepted")
+	}
+}
+
+func TestAgentInstanceIDWantsAnAgentCertificate(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	a, err := pki.GenerateCA(now)
+	must(t, err)
+	issue := func(p pki.Profile) *x509.Certificate {
+		iss, err := a.Issue(newKey(t).Public(), p)
+		must(t, err)
+		return iss.Certificate
+	}
+	if _, err := pki.AgentInstanceID(issue(pki.ServerProfile("x.example", []string{"x.example"}, nil, now, time.Hour))); err == nil {
+		t.Error("a server certificate names an instance")
+	}
+	if _, err := pki.AgentInstanceID(issue(pki.AgentProfile("a.>", now, time.Hour))); err == nil {
+		t.Error("an agent certificate whose CN is no instance id names one")
+	}
+}
+
+func TestParseCSRKeyStrength(t *testing.T) {
+	t.Parallel()
+	gen := map[string]func() (crypto.Signer, error){
+		"P-256":    func() (crypto.Signer, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) },
+		"P-384":    func() (crypto.Signer, error) { return ecdsa.GenerateKey(elliptic.P384(), rand.Reader) },
+		"Ed25519":  func() (crypto.Signer, error) { _, k, err := ed25519.GenerateKey(rand.Reader); return k, err },
+		"RSA-2048": func() (crypto.Signer, error) { return rsa.GenerateKey(rand.Reader, 2048) },
+		"P-224":    func() (crypto.Signer, error) { return ecdsa.GenerateKey(elliptic.P224(), rand.Reader) },
+		"RSA-1024": func() (crypto.Signer, error) { return rsa.GenerateKey(rand.Reader, 1024) },
+	}
+	for name, weak := range map[string]bool{"P-256": false, "P-384": false, "Ed25519": false, "RSA-2048": false, "P-224": true, "RSA-1024": true} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			k, err := gen[name]()
+			must(t, err)
+			der, err := pki.NewCSR(k, "x")
+			must(t, err)
+			_, err = pki.ParseCSR(der)
+			if weak != (err != nil) {
+				t.Fatalf("ParseCSR(%s key): %v; want weak=%v", name, err, weak)
+			}
+			if weak && !strings.Contains(err.Error(), "too weak") {
+				t.Fatalf("error %q does not say the key is too weak", err)
+			}
+		})
+	}
+}
+
+func TestLoadRejectsEncryptedKeys(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
+	_, _, err := pki.LoadOrCreate(certFile, keyFile, time.Now())
+	must(t, err)
+	must(t, os.WriteFile(keyFile, []byte("-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n"), 0o600))
+	_, err = pki.Load(certFile, keyFile, time.Now())
+	if err == nil || !strings.Contains(err.Error(), keyFile) || !strings.Contains(err.Error(), "encrypted") {
+		t.Fatalf("Load: %v; want an error naming %s and saying it is encrypted", err, keyFile)
+	}
+}

@@ -1,0 +1,359 @@
+package agentgw_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/libs/pki"
+)
+
+func TestJoinNeedsNoCertificateButConnectDoes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	anon := e.client(nil)
+	ctx := t.Context()
+
+	token := e.joinToken("inst-join")
+	_, csr := newCSR(t)
+	resp, err := anon.Join(ctx, &agentv1.JoinRequest{Token: token, CsrDer: csr})
+	if err != nil {
+		t.Fatalf("join with a valid token: %v", err)
+	}
+	if resp.GetInstanceId() != "inst-join" || !strings.Contains(resp.GetCertificatePem(), "CERTIFICATE") || resp.GetNotAfter() == nil {
+		t.Fatalf("join response = %v", resp)
+	}
+	if _, err := anon.Join(ctx, &agentv1.JoinRequest{Token: token, CsrDer: csr}); err == nil {
+		t.Fatal("the same join token worked twice")
+	} else if c := status.Code(err); c == codes.OK || c == codes.Internal || c == codes.Unavailable {
+		t.Fatalf("reused token: %v, want a refusal", err)
+	}
+	if _, err := anon.Join(ctx, &agentv1.JoinRequest{Token: "fjt_not-a-token", CsrDer: csr}); err == nil {
+		t.Fatal("joined with a made-up token")
+	}
+
+	stream, err := anon.Connect(ctx)
+	if err == nil {
+		_ = stream.Send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Hello{Hello: &agentv1.Hello{}}})
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("connect without a certificate: %v, want Unauthenticated", err)
+	}
+	if _, err := anon.Renew(ctx, &agentv1.RenewRequest{CsrDer: csr}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("renew without a certificate: %v, want Unauthenticated", err)
+	}
+}
+
+func TestCertificatesFromAnotherCAFailTheHandshake(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	other, err := pki.GenerateCA(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := pki.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := other.Issue(key.Public(), pki.AgentProfile("inst-forged", time.Now(), time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := tlsCert(t, iss.PEM, key)
+
+	_, csr := newCSR(t)
+	// Even Join, which needs no certificate, fails: a certificate that is
+	// given must verify, and the handshake is refused before any call.
+	_, err = e.client(forged).Join(t.Context(), &agentv1.JoinRequest{Token: e.joinToken("inst-forged"), CsrDer: csr})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("join with a foreign certificate: %v, want the connection refused", err)
+	}
+	// At the TLS level: the gateway answers the certificate with an alert.
+	conn, err := tls.Dial("tcp", e.addr, &tls.Config{
+		MinVersion: tls.VersionTLS13, RootCAs: e.roots, Certificates: []tls.Certificate{*forged}, NextProtos: []string{"h2"},
+	})
+	if err == nil {
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = conn.Read(make([]byte, 1))
+		_ = conn.Close()
+	}
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("TLS with a foreign certificate: %v, want a certificate alert", err)
+	}
+	stream, err := e.client(forged).Connect(t.Context())
+	if err == nil {
+		_ = stream.Send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Hello{Hello: &agentv1.Hello{}}})
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("connect with a foreign certificate: %v, want the connection refused", err)
+	}
+}
+
+func TestCommandsReachTheConnectedAgentOnly(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	const id = "inst-cmd"
+	subject := subjects.AgentCommand(id)
+	cmd := &agentv1.Command{Id: "cmd-1", Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{InstanceName: "alpha"}}}
+
+	err := natsx.Request(t.Context(), e.nc, subject, cmd, nil)
+	if !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("command before the agent connected: %v, want no responders", err)
+	}
+
+	stream := e.connect(id)
+	e.observed.waitFor(t, "connected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetInstanceId() == id && ev.GetConnected() != nil
+	})
+	if err := natsx.Request(t.Context(), e.nc, subject, cmd, nil); err != nil {
+		t.Fatalf("command to a connected agent: %v", err)
+	}
+	got, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(got.GetCommand(), cmd) {
+		t.Fatalf("agent got %v, want %v", got, cmd)
+	}
+
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err == nil {
+		t.Fatal("the stream went on after the agent closed it")
+	}
+	e.observed.waitFor(t, "disconnected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetInstanceId() == id && ev.GetDisconnected() != nil
+	})
+	err = natsx.Request(t.Context(), e.nc, subject, cmd, nil)
+	if !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("command after the agent left: %v, want no responders", err)
+	}
+}
+
+func TestANewerStreamReplacesTheOlder(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	const id = "inst-twice"
+	cert := e.join(id)
+	older := e.connectAs(cert, &agentv1.Hello{VmId: "vm-1"})
+	e.observed.waitFor(t, "first connected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetConnected().GetVmId() == "vm-1"
+	})
+	newer := e.connectAs(cert, &agentv1.Hello{VmId: "vm-2"})
+	if _, err := older.Recv(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "newer") {
+		t.Fatalf("older stream: %v, want it closed as replaced", err)
+	}
+	cmd := &agentv1.Command{Id: "cmd-2", Action: &agentv1.Command_StopNode{StopNode: &agentv1.StopNode{}}}
+	if err := natsx.Request(t.Context(), e.nc, subjects.AgentCommand(id), cmd, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, err := newer.Recv()
+	if err != nil || got.GetCommand().GetId() != "cmd-2" {
+		t.Fatalf("newer stream got %v, %v", got, err)
+	}
+	// The replaced stream reports no disconnect: the agent is still connected.
+	time.Sleep(200 * time.Millisecond)
+	for _, ev := range e.observed.all() {
+		if ev.GetDisconnected() != nil {
+			t.Fatalf("a replaced stream reported a disconnect: %v", ev)
+		}
+	}
+}
+
+func TestLogLinesLandInTheStreamOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	const id = "inst-logs"
+	stream := e.connect(id)
+	batch := func(seqs ...uint64) *agentv1.AgentMessage {
+		var lines []*agentv1.LogLine
+		for _, s := range seqs {
+			lines = append(lines, &agentv1.LogLine{Seq: s, Source: "setup", Text: fmt.Sprintf("line %d", s)})
+		}
+		return &agentv1.AgentMessage{Body: &agentv1.AgentMessage_Logs{Logs: &agentv1.LogBatch{Lines: lines}}}
+	}
+	if err := stream.Send(batch(1, 2, 3)); err != nil {
+		t.Fatal(err)
+	}
+	// After a reconnect the agent sends again what it could not confirm.
+	if err := stream.Send(batch(2, 3, 4)); err != nil {
+		t.Fatal(err)
+	}
+	msgs := readLogs(t, e, id, 4)
+	var texts []string
+	for _, m := range msgs {
+		line := &agentv1.LogLine{}
+		if err := proto.Unmarshal(m.Data(), line); err != nil {
+			t.Fatal(err)
+		}
+		texts = append(texts, line.GetText())
+		if got, want := m.Headers().Get(bus.HeaderMsgID), fmt.Sprintf("%s-%d", id, line.GetSeq()); got != want {
+			t.Errorf("message id %q, want %q", got, want)
+		}
+		if m.Headers().Get(bus.HeaderActor) != "agent:"+id || m.Headers().Get(bus.HeaderTime) == "" {
+			t.Errorf("headers %v lack the actor or time", m.Headers())
+		}
+	}
+	if want := []string{"line 1", "line 2", "line 3", "line 4"}; !slices.Equal(texts, want) {
+		t.Fatalf("stream holds %q, want %q", texts, want)
+	}
+}
+
+// readLogs reads the instance's log lines from the stream and checks there
+// are exactly n.
+func readLogs(t *testing.T, e *env, id string, n int) []jetstream.Msg {
+	t.Helper()
+	ctx := t.Context()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, err := e.js.Stream(ctx, subjects.AgentLogsStream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := info.Info(ctx, jetstream.WithSubjectFilter(subjects.AgentLogs(id)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int(st.State.Subjects[subjects.AgentLogs(id)]) >= n || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c, err := e.js.OrderedConsumer(ctx, subjects.AgentLogsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.AgentLogs(id)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []jetstream.Msg
+	for {
+		m, err := c.Next(jetstream.FetchMaxWait(500 * time.Millisecond))
+		if err != nil {
+			break
+		}
+		out = append(out, m)
+	}
+	if len(out) != n {
+		t.Fatalf("%d log lines in the stream for %s, want %d", len(out), id, n)
+	}
+	return out
+}
+
+func TestTheInstanceIsTheCertificates(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	const id, other = "inst-me", "inst-other"
+	// The hello names another instance as its VM; it changes nothing.
+	stream := e.connectAs(e.join(id), &agentv1.Hello{AgentVersion: "test", VmId: other})
+	status := e.nc
+	sub, err := status.SubscribeSync(subjects.AgentStatusAll())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := status.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []*agentv1.AgentMessage{
+		{Body: &agentv1.AgentMessage_Heartbeat{Heartbeat: &agentv1.Heartbeat{DiskUsedBytes: 42, AgentVersion: "test"}}},
+		{Body: &agentv1.AgentMessage_Progress{Progress: &agentv1.Progress{CommandId: "c", Step: "done", Status: "succeeded"}}},
+		{Body: &agentv1.AgentMessage_Logs{Logs: &agentv1.LogBatch{Lines: []*agentv1.LogLine{{Seq: 7, Text: "hello"}}}}},
+	} {
+		if err := stream.Send(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.observed.waitFor(t, "progress", func(ev *agentv1.AgentEvent) bool { return ev.GetProgress() != nil })
+	hb := e.observed.waitFor(t, "heartbeat", func(ev *agentv1.AgentEvent) bool { return ev.GetHeartbeat() != nil })
+	if hb.GetHeartbeat().GetDiskUsedBytes() != 42 {
+		t.Errorf("heartbeat = %v", hb)
+	}
+	for _, ev := range e.observed.all() {
+		if ev.GetInstanceId() != id {
+			t.Errorf("event for %q, want %q: %v", ev.GetInstanceId(), id, ev)
+		}
+	}
+	for range 3 { // connected, heartbeat, progress
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Subject != subjects.AgentStatus(id) {
+			t.Errorf("status published on %s, want %s", m.Subject, subjects.AgentStatus(id))
+		}
+	}
+	readLogs(t, e, id, 1)
+	readLogs(t, e, other, 0)
+	err = natsx.Request(t.Context(), e.nc, subjects.AgentCommand(other), &agentv1.Command{Id: "x"}, nil)
+	if !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("a command for the other instance: %v, want no responders", err)
+	}
+}
+
+func TestAStreamEndsWhenItsCertificateExpires(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{agentCertTTL: 2 * time.Second})
+	const id = "inst-expiring"
+	cert := e.join(id)
+	stream := e.connectAs(cert, &agentv1.Hello{})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := stream.Recv(); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-done:
+		if status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("stream ended with %v, want Unauthenticated", err)
+		}
+		if left := time.Until(cert.Leaf.NotAfter); left > 100*time.Millisecond {
+			t.Fatalf("stream ended %s before the certificate expired", left)
+		}
+	case <-ctx.Done():
+		t.Fatal("the stream outlived its certificate")
+	}
+	e.observed.waitFor(t, "disconnected", func(ev *agentv1.AgentEvent) bool {
+		return strings.Contains(ev.GetDisconnected().GetReason(), "expired")
+	})
+}
+
+func TestRenewKeepsTheIdentity(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	const id = "inst-renew"
+	cert := e.join(id)
+	key, csr := newCSR(t)
+	resp, err := e.client(cert).Renew(t.Context(), &agentv1.RenewRequest{CsrDer: csr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed := tlsCert(t, []byte(resp.GetCertificatePem()), key)
+	if got, err := pki.AgentInstanceID(renewed.Leaf); err != nil || got != id {
+		t.Fatalf("renewed certificate is for %q (%v), want %q", got, err, id)
+	}
+	e.connectAs(renewed, &agentv1.Hello{VmId: "renewed"})
+	e.observed.waitFor(t, "connected with the renewed certificate", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetInstanceId() == id && ev.GetConnected().GetVmId() == "renewed"
+	})
+}

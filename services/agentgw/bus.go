@@ -1,0 +1,158 @@
+package agentgw
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/natsx"
+)
+
+// maxLogText bounds one log line's text on the bus; longer lines are cut.
+const maxLogText = 32 << 10
+
+// actor is the Flotilla-Actor of what the gateway does for an agent.
+func actor(instanceID string) string { return "agent:" + instanceID }
+
+// call sends req to subject as actor and reads the reply into resp (which
+// may be nil), within RequestTimeout.
+func (s *Service) call(ctx context.Context, subject, actor string, req, resp proto.Message) error {
+	ctx, cancel := context.WithTimeout(ctx, s.requestTimeout)
+	defer cancel()
+	hdr := nats.Header{}
+	hdr.Set(bus.HeaderActor, actor)
+	return natsx.Request(ctx, s.nc, subject, req, resp, hdr)
+}
+
+// busError turns a failed bus request into an apierr error the agent may see.
+func busError(service string, err error) error {
+	var se *natsx.ServiceError
+	switch {
+	case errors.As(err, &se):
+		return apierr.FromCode(se.Code, se.Message)
+	case errors.Is(err, nats.ErrNoResponders):
+		return apierr.Unavailable("the %s service is not available; try again shortly", service)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return apierr.Unavailable("the %s service did not answer in time; try again shortly", service)
+	}
+	return err
+}
+
+// retryable reports whether a failed request may succeed if sent again.
+func retryable(err error) bool {
+	if errors.Is(err, nats.ErrConnectionClosed) {
+		return false
+	}
+	switch apierr.KindOf(busError("", err)) {
+	case apierr.KindUnavailable, apierr.KindInternal, apierr.KindConflict:
+		return true
+	}
+	return false
+}
+
+// eventType is the Flotilla-Type of an agent event: "agent.<body>".
+func eventType(ev *agentv1.AgentEvent) string {
+	switch ev.GetBody().(type) {
+	case *agentv1.AgentEvent_Connected:
+		return "agent.connected"
+	case *agentv1.AgentEvent_Disconnected:
+		return "agent.disconnected"
+	case *agentv1.AgentEvent_Heartbeat:
+		return "agent.heartbeat"
+	case *agentv1.AgentEvent_Progress:
+		return "agent.progress"
+	}
+	return "agent.event"
+}
+
+// deliver puts an agent event on the bus: published on the agent's status
+// subject for live watchers, then sent to the inventory's lifecycle.observe,
+// retried for up to ObserveRetry when retry is set. A failure is logged:
+// the agent carries on either way.
+func (s *Service) deliver(ctx context.Context, ev *agentv1.AgentEvent, retry bool) {
+	id := ev.GetInstanceId()
+	typ := eventType(ev)
+	msg, err := bus.NewMessage(ctx, subjects.AgentStatus(id), typ, actor(id), ev.GetTime().AsTime(), ev)
+	if err == nil {
+		err = s.nc.PublishMsg(&nats.Msg{Subject: msg.Subject, Header: msg.Header, Data: msg.Data})
+	}
+	if err != nil {
+		s.log.WarnContext(ctx, "publish agent status", "instance_id", id, "type", typ, "error", err)
+	}
+
+	subject := subjects.Endpoint(subjects.Inventory, subjects.NounLifecycle, subjects.VerbObserve)
+	deadline := time.Now().Add(s.observeRetry)
+	wait := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := s.call(ctx, subject, actor(id), ev, nil)
+		if err == nil {
+			return
+		}
+		if !retry || !retryable(err) || time.Now().Add(wait).After(deadline) || ctx.Err() != nil {
+			s.log.WarnContext(ctx, "the inventory did not take an agent event", "instance_id", id, "type", typ,
+				"attempts", attempt, "error", err)
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(rand.N(wait) + wait/2):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// publishLogs appends lines to the agent-log stream under the instance's
+// subject, each with the message id "<instance-id>-<seq>", and waits until
+// JetStream has stored (or de-duplicated) every one.
+func (s *Service) publishLogs(ctx context.Context, id string, lines []*agentv1.LogLine) error {
+	futures := make([]jetstream.PubAckFuture, 0, len(lines))
+	now := time.Now()
+	for _, l := range lines {
+		if l.GetSeq() == 0 {
+			s.log.WarnContext(ctx, "dropped an agent log line without a sequence number", "instance_id", id)
+			continue
+		}
+		if l.Time == nil {
+			l.Time = timestamppb.New(now)
+		}
+		if len(l.Text) > maxLogText {
+			l.Text = l.Text[:maxLogText] + " …(cut)"
+		}
+		msg, err := bus.NewMessage(ctx, subjects.AgentLogs(id), "agent.log", actor(id), l.GetTime().AsTime(), l)
+		if err != nil {
+			return err
+		}
+		msg.Header.Set(bus.HeaderMsgID, id+"-"+strconv.FormatUint(l.GetSeq(), 10))
+		f, err := s.js.PublishMsgAsync(&nats.Msg{Subject: msg.Subject, Header: msg.Header, Data: msg.Data})
+		if err != nil {
+			return fmt.Errorf("publish log line %d of %s: %w", l.GetSeq(), id, err)
+		}
+		futures = append(futures, f)
+	}
+	timeout := time.NewTimer(s.requestTimeout)
+	defer timeout.Stop()
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return fmt.Errorf("store log lines of %s: %w", id, err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timeout.C:
+			return fmt.Errorf("store log lines of %s: no acknowledgement from JetStream in %s", id, s.requestTimeout)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,404 @@
+package agentgw
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/apierr"
+)
+
+// Limits of one agent stream.
+const (
+	// outQueue is how many messages may wait to be sent to an agent.
+	outQueue = 64
+	// eventQueue is how many events may wait for the bus; heartbeats that
+	// find it full are dropped (the next one follows in seconds).
+	eventQueue = 64
+	// maxRequests bounds an agent's secret and certificate requests in flight.
+	maxRequests = 8
+	// commandQueueWait is how long a command waits for room in a full queue.
+	commandQueueWait = 5 * time.Second
+)
+
+// agentConn is one agent's stream.
+type agentConn struct {
+	id       string
+	out      chan *agentv1.GatewayMessage
+	events   chan queuedEvent
+	requests chan struct{} // semaphore of maxRequests
+
+	closed   chan struct{}
+	once     sync.Once
+	mu       sync.Mutex
+	reason   string
+	replaced bool
+	sub      *nats.Subscription
+}
+
+// queuedEvent is an event waiting for the bus.
+type queuedEvent struct {
+	ev    *agentv1.AgentEvent
+	retry bool
+	// unlessConnected drops the event if the agent has a stream again by
+	// the time it is sent (a disconnect followed at once by a reconnect).
+	unlessConnected bool
+}
+
+// close ends the stream (once) for reason, and stops taking commands at
+// once, so a newer stream of the same agent is the only one that gets them.
+func (c *agentConn) close(reason string, replaced bool) {
+	c.once.Do(func() {
+		c.mu.Lock()
+		c.reason, c.replaced = reason, replaced
+		sub := c.sub
+		c.mu.Unlock()
+		if sub != nil {
+			_ = sub.Unsubscribe()
+		}
+		close(c.closed)
+	})
+}
+
+// closeReason returns why close was called, and whether a newer stream
+// replaced this one.
+func (c *agentConn) closeReason() (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reason, c.replaced
+}
+
+// send queues m for the agent unless the stream has ended.
+func (c *agentConn) send(m *agentv1.GatewayMessage) {
+	select {
+	case c.out <- m:
+	case <-c.closed:
+	}
+}
+
+// event builds an AgentEvent about this agent, stamped now.
+func (c *agentConn) event() *agentv1.AgentEvent {
+	return &agentv1.AgentEvent{InstanceId: c.id, Time: timestamppb.Now()}
+}
+
+// connect serves one agent stream: hello first, then until the agent hangs
+// up, the stream breaks, a newer stream replaces it, its certificate
+// expires or the gateway stops.
+func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
+	ctx := stream.Context()
+	who := identityFrom(ctx)
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		return status.Error(codes.InvalidArgument, "the first message of a stream must be hello")
+	}
+	c := &agentConn{
+		id:       who.instanceID,
+		out:      make(chan *agentv1.GatewayMessage, outQueue),
+		events:   make(chan queuedEvent, eventQueue),
+		requests: make(chan struct{}, maxRequests),
+		closed:   make(chan struct{}),
+	}
+	// Events outlive the stream (the last one says it ended), so they are
+	// sent under a context that the stream's end does not cancel.
+	evCtx := context.WithoutCancel(ctx)
+	s.workers.Add(1)
+	go func() {
+		defer s.workers.Done()
+		for q := range c.events {
+			if q.unlessConnected && s.connected(c.id) {
+				s.log.DebugContext(evCtx, "not reporting a disconnect: the agent is connected again", "instance_id", c.id)
+				continue
+			}
+			s.deliver(evCtx, q.ev, q.retry)
+		}
+	}()
+
+	if err := s.register(c); err != nil {
+		close(c.events)
+		s.log.ErrorContext(ctx, "subscribe to agent commands", "instance_id", c.id, "error", err)
+		return status.Error(codes.Unavailable, "the agent gateway cannot take commands for this agent now; reconnect shortly")
+	}
+	s.log.InfoContext(ctx, "agent connected", "instance_id", c.id, "agent_version", hello.GetAgentVersion(),
+		"vm_id", hello.GetVmId(), "completed_command_id", hello.GetCompletedCommandId(), "remote", peerAddr(ctx))
+	ev := c.event()
+	ev.Body = &agentv1.AgentEvent_Connected{Connected: hello}
+	c.events <- queuedEvent{ev: ev, retry: true}
+
+	recvDone := make(chan struct{})
+	recvErr := make(chan error, 1)
+	go func() {
+		defer close(recvDone)
+		for {
+			m, err := stream.Recv()
+			if err == nil {
+				err = s.handle(ctx, c, m)
+			}
+			if err != nil {
+				recvErr <- err
+				return
+			}
+		}
+	}()
+
+	expiry := time.NewTimer(time.Until(who.cert.NotAfter))
+	defer expiry.Stop()
+	var result error
+	reason := ""
+loop:
+	for {
+		select {
+		case m := <-c.out:
+			if err := stream.Send(m); err != nil {
+				result, reason = err, fmt.Sprintf("sending to the agent failed: %v", err)
+				break loop
+			}
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				result, reason = nil, "the agent closed the stream"
+			} else {
+				result, reason = err, fmt.Sprintf("the stream broke: %v", err)
+				if status.Code(err) == codes.Unknown && ctx.Err() == nil {
+					// A failure of the gateway's own (publishing logs).
+					result = status.Error(codes.Unavailable, "the agent gateway could not store what the agent sent; reconnect and send it again")
+				}
+			}
+			break loop
+		case <-c.closed:
+			r, _ := c.closeReason()
+			result, reason = status.Error(codes.Unavailable, r), r
+			break loop
+		case <-expiry.C:
+			reason = "the agent certificate expired"
+			result = status.Error(codes.Unauthenticated, "the agent certificate expired: reconnect with the renewed certificate")
+			break loop
+		}
+	}
+
+	s.unregister(c)
+	c.close(reason, false)
+	reason, replaced := c.closeReason()
+	s.log.InfoContext(ctx, "agent disconnected", "instance_id", c.id, "reason", reason)
+	s.workers.Add(1)
+	go func() {
+		defer s.workers.Done()
+		// Once the receiver has stopped, nothing else is queued: the
+		// disconnect is the stream's last event. A replaced stream sends
+		// none, since the agent is connected through the newer one.
+		<-recvDone
+		if !replaced {
+			ev := c.event()
+			ev.Body = &agentv1.AgentEvent_Disconnected{Disconnected: &agentv1.Disconnected{Reason: reason}}
+			c.events <- queuedEvent{ev: ev, retry: true, unlessConnected: true}
+		}
+		close(c.events)
+	}()
+	return result
+}
+
+// register makes c the agent's stream, replacing (closing) an older one,
+// and subscribes to the agent's commands.
+func (s *Service) register(c *agentConn) error {
+	s.mu.Lock()
+	if old := s.conns[c.id]; old != nil {
+		old.close("replaced by a newer stream of the same agent", true)
+	}
+	sub, err := s.nc.Subscribe(subjects.AgentCommand(c.id), c.command)
+	if err == nil {
+		c.mu.Lock()
+		c.sub = sub
+		c.mu.Unlock()
+		s.conns[c.id] = c
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	// The server must have the subscription before a sender on another
+	// connection can reach it.
+	return s.nc.FlushTimeout(s.requestTimeout)
+}
+
+// connected reports whether the agent has a stream to this gateway.
+func (s *Service) connected(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conns[id] != nil
+}
+
+// unregister forgets c unless a newer stream has replaced it.
+func (s *Service) unregister(c *agentConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns[c.id] == c {
+		delete(s.conns, c.id)
+	}
+}
+
+// command takes one request on the agent's command subject, queues its
+// agent.v1.Command for the agent and answers with an empty reply, or with
+// an error (micro's error headers) when the command is malformed or the
+// stream is going away.
+func (c *agentConn) command(m *nats.Msg) {
+	cmd := &agentv1.Command{}
+	if err := proto.Unmarshal(m.Data, cmd); err != nil {
+		respondError(m, apierr.KindInvalid, "malformed agent.v1.Command: "+err.Error())
+		return
+	}
+	if cmd.GetId() == "" {
+		respondError(m, apierr.KindInvalid, "id: is required")
+		return
+	}
+	timer := time.NewTimer(commandQueueWait)
+	defer timer.Stop()
+	select {
+	case c.out <- &agentv1.GatewayMessage{Body: &agentv1.GatewayMessage_Command{Command: cmd}}:
+		_ = m.Respond(nil)
+	case <-c.closed:
+		respondError(m, apierr.KindUnavailable, "the agent disconnected")
+	case <-timer.C:
+		respondError(m, apierr.KindUnavailable, "the agent is not taking commands; try again shortly")
+	}
+}
+
+// respondError answers m with micro's error headers, which natsx.Request
+// returns as a *natsx.ServiceError.
+func respondError(m *nats.Msg, kind apierr.Kind, message string) {
+	if m.Reply == "" {
+		return
+	}
+	r := nats.NewMsg(m.Reply)
+	r.Header.Set(micro.ErrorCodeHeader, string(kind))
+	r.Header.Set(micro.ErrorHeader, message)
+	_ = m.RespondMsg(r)
+}
+
+// handle acts on one message from the agent. An error ends the stream.
+func (s *Service) handle(ctx context.Context, c *agentConn, m *agentv1.AgentMessage) error {
+	switch b := m.GetBody().(type) {
+	case *agentv1.AgentMessage_Heartbeat:
+		ev := c.event()
+		ev.Body = &agentv1.AgentEvent_Heartbeat{Heartbeat: b.Heartbeat}
+		select {
+		case c.events <- queuedEvent{ev: ev}:
+		default:
+			s.log.WarnContext(ctx, "dropped a heartbeat: the bus is behind", "instance_id", c.id)
+		}
+	case *agentv1.AgentMessage_Progress:
+		ev := c.event()
+		ev.Body = &agentv1.AgentEvent_Progress{Progress: b.Progress}
+		c.events <- queuedEvent{ev: ev, retry: true}
+	case *agentv1.AgentMessage_Logs:
+		return s.publishLogs(ctx, c.id, b.Logs.GetLines())
+	case *agentv1.AgentMessage_SecretRequest:
+		s.goRequest(ctx, c, func() *agentv1.GatewayMessage { return s.readSecret(ctx, c.id, b.SecretRequest) })
+	case *agentv1.AgentMessage_ServerCertRequest:
+		s.goRequest(ctx, c, func() *agentv1.GatewayMessage { return s.serverCert(ctx, c.id, b.ServerCertRequest) })
+	case *agentv1.AgentMessage_Hello:
+		s.log.WarnContext(ctx, "ignored a second hello on a stream", "instance_id", c.id)
+	}
+	return nil
+}
+
+// goRequest answers a request of the agent in the background, at most
+// maxRequests at a time (the stream waits for room).
+func (s *Service) goRequest(ctx context.Context, c *agentConn, answer func() *agentv1.GatewayMessage) {
+	select {
+	case c.requests <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	go func() {
+		defer func() { <-c.requests }()
+		c.send(answer())
+	}()
+}
+
+// readSecret reads one of the instance's secrets for its agent. The reader
+// is the certificate's instance; a refusal says why and carries no value.
+func (s *Service) readSecret(ctx context.Context, id string, req *agentv1.SecretRequest) *agentv1.GatewayMessage {
+	resp := &agentv1.SecretResponse{RequestId: req.GetRequestId()}
+	var out secretsv1.ReadSecretResponse
+	err := s.call(ctx, subjects.Endpoint(subjects.Secrets, subjects.NounSecret, subjects.VerbRead), actor(id),
+		&secretsv1.ReadSecretRequest{RequesterInstanceId: id, Name: req.GetName()}, &out)
+	if err != nil {
+		_, msg := apierr.Public(ctx, s.log, busError(subjects.Secrets, err))
+		resp.Error = msg
+		s.log.InfoContext(ctx, "agent secret read refused", "instance_id", id, "name", req.GetName(), "error", msg)
+	} else {
+		resp.Value = out.GetValue()
+	}
+	return &agentv1.GatewayMessage{Body: &agentv1.GatewayMessage_SecretResponse{SecretResponse: resp}}
+}
+
+// serverCert has the CA certify the instance's HTTPS key for the names the
+// inventory holds for it: its SSL SANs, private IP and private DNS name.
+func (s *Service) serverCert(ctx context.Context, id string, req *agentv1.ServerCertRequest) *agentv1.GatewayMessage {
+	resp := &agentv1.ServerCertResponse{RequestId: req.GetRequestId()}
+	reply := &agentv1.GatewayMessage{Body: &agentv1.GatewayMessage_ServerCertResponse{ServerCertResponse: resp}}
+	fail := func(service string, err error) *agentv1.GatewayMessage {
+		_, resp.Error = apierr.Public(ctx, s.log, busError(service, err))
+		s.log.InfoContext(ctx, "agent server certificate refused", "instance_id", id, "error", resp.Error)
+		return reply
+	}
+	var inst inventoryv1.Instance
+	if err := s.call(ctx, subjects.Endpoint(subjects.Inventory, subjects.NounInstance, subjects.VerbGet), actor(id),
+		&inventoryv1.GetInstanceRequest{Id: id}, &inst); err != nil {
+		return fail(subjects.Inventory, err)
+	}
+	sans := instanceSANs(&inst)
+	if len(sans) == 0 {
+		return fail(subjects.Inventory, apierr.Invalid("ssl.sans", "the instance has no SANs and no private address yet"))
+	}
+	var cert cav1.ServerCertificate
+	if err := s.call(ctx, subjects.Endpoint(subjects.CA, subjects.NounServer, subjects.VerbSign), actor(id),
+		&cav1.SignServerRequest{InstanceId: id, CsrDer: req.GetCsrDer(), Sans: sans}, &cert); err != nil {
+		return fail(subjects.CA, err)
+	}
+	resp.CertificatePem, resp.CaPem = cert.GetCertificatePem(), cert.GetCaPem()
+	s.log.InfoContext(ctx, "agent server certificate issued", "instance_id", id, "sans", sans,
+		"not_after", cert.GetNotAfter().AsTime())
+	return reply
+}
+
+// instanceSANs are the names an instance's server certificate is for: its
+// SSL SANs, then its private IP and private DNS name, without blanks or
+// repeats.
+func instanceSANs(inst *inventoryv1.Instance) []string {
+	var sans []string
+	for _, n := range append(slices.Clone(inst.GetSsl().GetSans()),
+		inst.GetAddresses().GetPrivateIp(), inst.GetAddresses().GetPrivateDns()) {
+		if n != "" && !slices.Contains(sans, n) {
+			sans = append(sans, n)
+		}
+	}
+	return sans
+}
+
+// peerAddr is the remote address of the call in ctx, or "".
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
+}

@@ -1,0 +1,225 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/services/inventory/adapters"
+	"flotilla.dev/flotilla/services/inventory/domain"
+)
+
+// Lifecycle actions an operator can ask for.
+const (
+	ActionProvision   = "provision"
+	ActionDeprovision = "deprovision"
+	ActionReprovision = "reprovision"
+	ActionDelete      = "delete"
+)
+
+// Lifecycle applies an operator's action to an instance: it sets the desired
+// state, moves the observed state to the matching "...ing" state, records the
+// request as an event and queues provisioning work, all in one transaction.
+// An action that is already in effect returns the instance unchanged; one
+// that would interleave with another action in progress answers conflict.
+// version, if not 0, must match.
+func (a *App) Lifecycle(ctx context.Context, actor, id, action string, version int64) (*inventoryv1.Instance, error) {
+	now := a.now()
+	var out *inventoryv1.Instance
+	err := a.inTx(ctx, func(tx pgx.Tx) error {
+		in := &inventoryv1.Instance{}
+		if err := InstanceTable.Get(ctx, tx, id, true, in); err != nil {
+			return err
+		}
+		if version != 0 && in.GetVersion() != version {
+			return apierr.Conflict("instance %q is at version %d, not %d: read it again and retry", id, in.GetVersion(), version)
+		}
+		next, err := domain.Transition(in, action)
+		if err != nil {
+			return err
+		}
+		if next == nil { // already in effect
+			out = in
+			return nil
+		}
+		if next.Remove { // never provisioned: nothing to destroy
+			if err := InstanceTable.Delete(ctx, tx, id, in.GetVersion()); err != nil {
+				return err
+			}
+			in.State, in.DesiredState, in.StateDetail = domain.StateDeleted, domain.DesiredDeleted, ""
+			out = in
+			return a.emit(ctx, tx, subjects.NounInstance, "deleted", actor, in, now)
+		}
+		in.DesiredState, in.State, in.StateDetail = next.Desired, next.State, next.Detail
+		in.ReprovisionPending = in.GetReprovisionPending() || next.Reprovision
+		if err := InstanceTable.Update(ctx, tx, in, now); err != nil {
+			return err
+		}
+		if err := a.emit(ctx, tx, subjects.NounInstance, action+"-requested", actor, in, now); err != nil {
+			return err
+		}
+		out = in
+		return a.enqueue(ctx, tx, in.GetId(), action, actor, now)
+	})
+	return out, err
+}
+
+// enqueue puts provisioning work for an instance on the work queue, through
+// the outbox, so the work exists exactly when the change commits.
+func (a *App) enqueue(ctx context.Context, tx pgx.Tx, id, action, actor string, now time.Time) error {
+	msg, err := bus.NewMessage(ctx, subjects.Provision(id), "provision."+action, actor, now,
+		&inventoryv1.LifecycleRequest{Id: id, Action: action})
+	if err != nil {
+		return err
+	}
+	return adapters.AddToOutbox(ctx, tx, msg)
+}
+
+// RecordState records what the provisioner has made true. It does not take a
+// new version: observed state is not something an operator edits.
+func (a *App) RecordState(ctx context.Context, actor string, r *inventoryv1.RecordStateRequest) (*inventoryv1.Instance, error) {
+	if r.GetState() != "" && !slices.Contains(domain.States, r.GetState()) {
+		return nil, apierr.Invalid("state", "%q is not an instance state", r.GetState())
+	}
+	now := a.now()
+	var out *inventoryv1.Instance
+	err := a.inTx(ctx, func(tx pgx.Tx) error {
+		in := &inventoryv1.Instance{}
+		if err := InstanceTable.Get(ctx, tx, r.GetId(), true, in); err != nil {
+			return err
+		}
+		if r.GetVersion() != 0 && r.GetVersion() != in.GetVersion() {
+			return apierr.Conflict("instance %q is at version %d, not %d", r.GetId(), in.GetVersion(), r.GetVersion())
+		}
+		if r.GetRemove() {
+			if err := InstanceTable.Delete(ctx, tx, in.GetId(), 0); err != nil {
+				return err
+			}
+			in.State, in.StateDetail = domain.StateDeleted, ""
+			out = in
+			return a.emit(ctx, tx, subjects.NounInstance, "deleted", actor, in, now)
+		}
+		for _, c := range r.GetClear() {
+			switch c {
+			case "vm_id":
+				in.VmId = ""
+			case "addresses":
+				in.Addresses = nil
+			case "agent":
+				in.Agent, in.AgentProgress = nil, ""
+			case "reprovision":
+				in.ReprovisionPending = false
+			default:
+				return apierr.Invalid("clear", "%q is not a clearable field", c)
+			}
+		}
+		if r.GetState() != "" {
+			in.State = r.GetState()
+			in.StateDetail = r.GetStateDetail()
+		}
+		if r.GetVmId() != "" {
+			in.VmId = r.GetVmId()
+		}
+		if r.GetDataDisk() != nil {
+			in.DataDisk = r.GetDataDisk()
+		}
+		if r.GetAddresses() != nil {
+			in.Addresses = r.GetAddresses()
+		}
+		if err := InstanceTable.UpdateObserved(ctx, tx, in, now); err != nil {
+			return err
+		}
+		out = in
+		if r.GetEvent() == "" {
+			return nil
+		}
+		return a.emit(ctx, tx, subjects.NounInstance, r.GetEvent(), actor, in, now)
+	})
+	return out, err
+}
+
+// Observe records what an agent reported through the agent gateway:
+// connects, disconnects, heartbeats and progress. Reports about an instance
+// that no longer exists are dropped.
+func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
+	now := a.now()
+	err := a.inTx(ctx, func(tx pgx.Tx) error {
+		in := &inventoryv1.Instance{}
+		if err := InstanceTable.Get(ctx, tx, ev.GetInstanceId(), true, in); err != nil {
+			return err
+		}
+		if in.Agent == nil {
+			in.Agent = &inventoryv1.AgentStatus{}
+		}
+		at := ev.GetTime()
+		if at == nil {
+			at = timestamppb.New(now)
+		}
+		verb := ""
+		switch b := ev.GetBody().(type) {
+		case *agentv1.AgentEvent_Connected:
+			in.Agent.Status, in.Agent.Version, in.Agent.LastHeartbeat = domain.AgentConnected, b.Connected.GetAgentVersion(), at
+			verb = "agent-connected"
+		case *agentv1.AgentEvent_Disconnected:
+			in.Agent.Status = domain.AgentDisconnected
+			verb = "agent-disconnected"
+		case *agentv1.AgentEvent_Heartbeat:
+			hb := b.Heartbeat
+			in.Agent.Status, in.Agent.LastHeartbeat = domain.AgentConnected, at
+			if hb.GetAgentVersion() != "" {
+				in.Agent.Version = hb.GetAgentVersion()
+			}
+			if in.DataDisk == nil {
+				in.DataDisk = &inventoryv1.DataDisk{}
+			}
+			in.DataDisk.UsedBytes, in.DataDisk.TotalBytes = hb.GetDiskUsedBytes(), hb.GetDiskTotalBytes()
+			if hb.GetNodeUrl() != "" || hb.GetPrivateIp() != "" {
+				if in.Addresses == nil {
+					in.Addresses = &inventoryv1.Addresses{}
+				}
+				if hb.GetNodeUrl() != "" {
+					in.Addresses.Url = hb.GetNodeUrl()
+				}
+				if hb.GetPrivateIp() != "" && in.Addresses.PrivateIp == "" {
+					in.Addresses.PrivateIp = hb.GetPrivateIp()
+				}
+			}
+		case *agentv1.AgentEvent_Progress:
+			p := b.Progress
+			in.AgentProgress = p.GetStep() + "/" + p.GetStatus()
+			if in.GetState() == domain.StateProvisioning {
+				switch p.GetStatus() {
+				case domain.ProgressFailed:
+					in.State, in.StateDetail = domain.StateFailed, fmt.Sprintf("%s: %s", p.GetStep(), p.GetMessage())
+				case domain.ProgressStarted:
+					in.StateDetail = p.GetStep()
+				}
+			}
+			verb = "progress"
+		default:
+			return apierr.Invalid("body", "empty agent event")
+		}
+		if err := InstanceTable.UpdateObserved(ctx, tx, in, now); err != nil {
+			return err
+		}
+		if verb == "" {
+			return nil
+		}
+		return a.emit(ctx, tx, subjects.NounInstance, verb, actorAgent(in.GetId()), in, now)
+	})
+	if apierr.Is(err, apierr.KindNotFound) {
+		return nil
+	}
+	return err
+}
+
+func actorAgent(id string) string { return "agent:" + id }

@@ -1,0 +1,264 @@
+package secrets
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/natsx"
+)
+
+// Limits on what a secret may be.
+const (
+	// MaxNameLength is the longest secret name, in characters.
+	MaxNameLength = 128
+	// MaxValueSize is the largest secret value, in bytes (64 KiB).
+	MaxValueSize = 64 << 10
+)
+
+// nameRE is the rule for secret names.
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
+
+const (
+	// putAttempts bounds the retries of a create that races another writer
+	// of the same secret.
+	putAttempts = 5
+	// inventoryTimeout bounds the instance lookup of a create.
+	inventoryTimeout = 5 * time.Second
+	// auditTimeout bounds the wait for JetStream to acknowledge an audit record.
+	auditTimeout = 5 * time.Second
+)
+
+// Reasons recorded in SecretAccess audit records.
+const (
+	reasonAllowed       = "bound to the requesting instance"
+	reasonNotBound      = "no secret of this name is bound to the requesting instance"
+	reasonInvalidName   = "invalid secret name"
+	reasonLookup        = "secret lookup failed"
+	reasonUndecryptable = "stored secret cannot be decrypted"
+)
+
+// create stores a secret, or replaces it with the next version.
+func (s *Service) create(ctx context.Context, actor string, r *secretsv1.CreateSecretRequest) (*secretsv1.Secret, error) {
+	instanceID, err := parseInstanceID("instanceId", r.GetInstanceId())
+	if err != nil {
+		return nil, err
+	}
+	name := r.GetName()
+	if err := validateName(name); err != nil {
+		return nil, err
+	}
+	if n := len(r.GetValue()); n == 0 {
+		return nil, apierr.Invalid("value", "is required")
+	} else if n > MaxValueSize {
+		return nil, apierr.Invalid("value", "must be at most %d bytes (64 KiB), got %d bytes", MaxValueSize, n)
+	}
+	if err := s.checkInstance(ctx, actor, instanceID); err != nil {
+		return nil, err
+	}
+
+	value := []byte(r.GetValue())
+	defer clear(value)
+	for attempt := 1; ; attempt++ {
+		current, err := s.store.version(ctx, instanceID, name)
+		if err != nil {
+			return nil, err
+		}
+		row := &storedSecret{instanceID: instanceID, name: name, version: current + 1, updatedAt: s.now().UTC().Truncate(time.Microsecond)}
+		if row.sealed, err = seal(ctx, s.kms, value, secretAAD(instanceID, name, row.version)); err != nil {
+			return nil, fmt.Errorf("seal secret %q of instance %s: %w", name, instanceID, err)
+		}
+		stored, err := s.store.put(ctx, row)
+		if err != nil {
+			return nil, err
+		}
+		if stored {
+			s.log.InfoContext(ctx, "secret stored", "instance_id", instanceID, "name", name, "version", row.version, "kms_key_id", row.sealed.kmsKeyID, "actor", actor)
+			return row.metadata(), nil
+		}
+		if attempt == putAttempts {
+			return nil, apierr.Conflict("secret %q of instance %s is being changed by another request; try again", name, instanceID)
+		}
+	}
+}
+
+// list returns an instance's secrets' metadata, ordered by name.
+func (s *Service) list(ctx context.Context, _ string, r *secretsv1.ListSecretsRequest) (*secretsv1.ListSecretsResponse, error) {
+	instanceID, err := parseInstanceID("instanceId", r.GetInstanceId())
+	if err != nil {
+		return nil, err
+	}
+	items, err := s.store.list(ctx, instanceID)
+	if err != nil {
+		return nil, err
+	}
+	return &secretsv1.ListSecretsResponse{Secrets: items}, nil
+}
+
+// delete removes one of an instance's secrets.
+func (s *Service) delete(ctx context.Context, actor string, r *secretsv1.DeleteSecretRequest) (*emptypb.Empty, error) {
+	instanceID, err := parseInstanceID("instanceId", r.GetInstanceId())
+	if err != nil {
+		return nil, err
+	}
+	name := r.GetName()
+	if err := validateName(name); err != nil {
+		return nil, err
+	}
+	deleted, err := s.store.delete(ctx, instanceID, name)
+	if err != nil {
+		return nil, err
+	}
+	if !deleted {
+		return nil, apierr.NotFound("secret", name)
+	}
+	s.log.InfoContext(ctx, "secret deleted", "instance_id", instanceID, "name", name, "actor", actor)
+	return &emptypb.Empty{}, nil
+}
+
+// read releases a secret's value to the agent of the instance it is bound
+// to, after the audit record of the read is on the audit stream. Every read
+// that names a valid requester is audited, whatever its outcome.
+//
+// A name with no secret bound to the requester is denied with the same reply
+// whether or not other instances hold a secret of that name: the broker does
+// not even look, so neither the reply nor its timing tells an agent what
+// other instances hold. The reply is permission denied rather than not found
+// because from the agent's side both cases mean "you may not have this".
+func (s *Service) read(ctx context.Context, _ string, r *secretsv1.ReadSecretRequest) (*secretsv1.ReadSecretResponse, error) {
+	// The agent gateway fills the requester from the agent's certificate; a
+	// malformed one is its bug, and cannot name an audit subject.
+	requester, err := parseInstanceID("requesterInstanceId", r.GetRequesterInstanceId())
+	if err != nil {
+		return nil, err
+	}
+	name := r.GetName()
+	access := &secretsv1.SecretAccess{
+		RequesterInstanceId: requester,
+		Name:                name,
+		Time:                timestamppb.New(s.now()),
+	}
+	var resp *secretsv1.ReadSecretResponse
+	resp, access.Reason, err = s.lookup(ctx, requester, name)
+	if err == nil {
+		access.Allowed = true
+		access.InstanceId = requester // the instance the secret is bound to
+	}
+	if aerr := s.audit(ctx, access); aerr != nil {
+		if resp != nil {
+			clear(resp.Value)
+		}
+		return nil, aerr
+	}
+	if err != nil {
+		s.log.WarnContext(ctx, "secret read denied", "requester_instance_id", requester, "name", name, "reason", access.Reason)
+		return nil, err
+	}
+	s.log.DebugContext(ctx, "secret read", "requester_instance_id", requester, "name", name, "version", resp.Version)
+	return resp, nil
+}
+
+// lookup finds and opens the secret name bound to requester. It returns the
+// reason to audit and, on failure, the error for the caller.
+func (s *Service) lookup(ctx context.Context, requester, name string) (*secretsv1.ReadSecretResponse, string, error) {
+	denied := apierr.PermissionDenied("secret %q is not available to this instance", name)
+	if err := validateName(name); err != nil {
+		return nil, reasonInvalidName, err
+	}
+	row, found, err := s.store.get(ctx, requester, name)
+	if err != nil {
+		return nil, reasonLookup, err
+	}
+	if !found {
+		return nil, reasonNotBound, denied
+	}
+	value, err := open(ctx, s.kms, row.sealed, secretAAD(row.instanceID, row.name, row.version))
+	if err != nil {
+		// Internal: the caller gets an error id, the log the cause (never
+		// the value, which nobody has).
+		return nil, reasonUndecryptable, fmt.Errorf("read secret %q of instance %s version %d: %w", name, requester, row.version, err)
+	}
+	return &secretsv1.ReadSecretResponse{Value: value, Version: row.version}, reasonAllowed, nil
+}
+
+// audit publishes one SecretAccess record to the audit stream and waits for
+// JetStream to store it.
+func (s *Service) audit(ctx context.Context, a *secretsv1.SecretAccess) error {
+	subject := subjects.Audit(subjects.NounSecret, a.GetRequesterInstanceId(), subjects.VerbRead)
+	msg, err := bus.NewMessage(ctx, subject, subjects.EventType(subjects.NounSecret, subjects.VerbRead),
+		"agent:"+a.GetRequesterInstanceId(), a.GetTime().AsTime(), a)
+	if err == nil {
+		pctx, cancel := context.WithTimeout(ctx, auditTimeout)
+		defer cancel()
+		_, err = s.js.PublishMsg(pctx, &nats.Msg{Subject: msg.Subject, Header: msg.Header, Data: msg.Data},
+			jetstream.WithExpectStream(subjects.AuditStream))
+	}
+	if err != nil {
+		s.log.ErrorContext(ctx, "audit record not written: secret read refused", "requester_instance_id", a.GetRequesterInstanceId(), "name", a.GetName(), "error", err)
+		e := apierr.Unavailable("the audit log cannot record this read now, so the secret is not released; try again shortly")
+		e.Err = err
+		return e
+	}
+	return nil
+}
+
+// checkInstance asks the inventory whether the instance exists.
+func (s *Service) checkInstance(ctx context.Context, actor, instanceID string) error {
+	hdr := nats.Header{}
+	if actor != "" {
+		hdr.Set(bus.HeaderActor, actor)
+	}
+	rctx, cancel := context.WithTimeout(ctx, inventoryTimeout)
+	defer cancel()
+	err := natsx.Request(rctx, s.nc, subjects.Endpoint(subjects.Inventory, subjects.NounInstance, subjects.VerbGet),
+		&inventoryv1.GetInstanceRequest{Id: instanceID}, nil, hdr)
+	if err == nil {
+		return nil
+	}
+	var se *natsx.ServiceError
+	if errors.As(err, &se) && se.Code == string(apierr.KindNotFound) {
+		return apierr.NotFound("instance", instanceID)
+	}
+	s.log.WarnContext(ctx, "cannot check instance with the inventory", "instance_id", instanceID, "error", err)
+	e := apierr.Unavailable("cannot check instance %q with the inventory now; try again shortly", instanceID)
+	e.Err = err
+	return e
+}
+
+// parseInstanceID checks that v is a UUID and returns its canonical form.
+func parseInstanceID(field, v string) (string, error) {
+	if v == "" {
+		return "", apierr.Invalid(field, "is required")
+	}
+	id, err := uuid.Parse(v)
+	if err != nil || id == uuid.Nil {
+		return "", apierr.Invalid(field, "must be an instance id (a UUID)")
+	}
+	return id.String(), nil
+}
+
+// validateName checks a secret name against the naming rule.
+func validateName(name string) error {
+	switch {
+	case name == "":
+		return apierr.Invalid("name", "is required")
+	case len(name) > MaxNameLength:
+		return apierr.Invalid("name", "must be at most %d characters, got %d", MaxNameLength, len(name))
+	case !nameRE.MatchString(name):
+		return apierr.Invalid("name", "%q must be 1-%d letters, digits, '_', '-' or '.'", name, MaxNameLength)
+	}
+	return nil
+}

@@ -1,0 +1,241 @@
+package secrets_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
+
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/kms"
+	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/libs/testkit"
+	"flotilla.dev/flotilla/services/inventory"
+	"flotilla.dev/flotilla/services/secrets"
+)
+
+func TestMain(m *testing.M) { testkit.Main(m) }
+
+// env is a secret broker and a real inventory on a real NATS and PostgreSQL,
+// with two instances, a and b.
+type env struct {
+	t     *testing.T
+	dbURL string
+	pool  *pgxpool.Pool
+	nc    *nats.Conn // the callers' connection (gateway, agent gateway)
+	js    jetstream.JetStream
+	kms   *kms.Local
+	logs  *syncBuffer
+	spans *tracetest.SpanRecorder
+	a, b  string // instance ids
+	ns    *server.Server
+	log   *slog.Logger
+	tp    trace.TracerProvider
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	e := &env{t: t, dbURL: testkit.NewDatabase(t), logs: &syncBuffer{}, spans: tracetest.NewSpanRecorder()}
+	var err error
+	if e.pool, err = pgxpool.New(ctx, e.dbURL); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.pool.Close)
+	ns := testkit.NATS(t)
+	e.nc = testkit.NATSConn(t, ns)
+	if e.js, err = jetstream.New(e.nc); err != nil {
+		t.Fatal(err)
+	}
+	e.ns = ns
+	e.log = slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	e.tp = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(e.spans))
+	if e.kms, err = kms.OpenLocal(filepath.Join(t.TempDir(), "kms", "master.key")); err != nil {
+		t.Fatal(err)
+	}
+
+	inv, err := inventory.New(ctx, inventory.Deps{Pool: e.pool, NATS: testkit.NATSConn(t, ns), Log: e.log, TracerProvider: e.tp, Version: "0.0.1", StreamReplicas: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.run(inv.Run)
+	e.startBroker()
+
+	app := inv.App()
+	network, err := app.CreateNetwork(ctx, "user:test", &inventoryv1.Network{Name: "net", Provider: "local", HttpsStrategy: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tpl, err := app.CreateTemplate(ctx, "user:test", &inventoryv1.Template{Name: "tpl", Provider: "local", DataDiskGb: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []struct {
+		name string
+		id   *string
+	}{{"a", &e.a}, {"b", &e.b}} {
+		got, err := app.CreateInstance(ctx, "user:test", &inventoryv1.Instance{Name: in.name, Kind: "design", TemplateId: tpl.GetId(), NetworkId: network.GetId()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		*in.id = got.GetId()
+	}
+	return e
+}
+
+// startBroker starts a secret broker (another one, if called again: they
+// share the load as managers of a cluster would) and stops it when the test
+// ends.
+func (e *env) startBroker() {
+	e.t.Helper()
+	svc, err := secrets.New(context.Background(), secrets.Deps{Pool: e.pool, NATS: testkit.NATSConn(e.t, e.ns), KMS: e.kms, Log: e.log, TracerProvider: e.tp, Version: "0.0.1", StreamReplicas: 1})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.run(svc.Run)
+}
+
+// run runs a service until the test ends.
+func (e *env) run(run func(context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := run(ctx); err != nil && ctx.Err() == nil {
+			e.t.Errorf("service stopped: %v", err)
+		}
+	}()
+	e.t.Cleanup(func() { cancel(); <-done })
+}
+
+// call sends req to secret.<verb> as the gateway or agent gateway would,
+// returning the broker's error as an *apierr.Error.
+func call[Resp proto.Message](e *env, verb string, req proto.Message) (Resp, error) {
+	e.t.Helper()
+	var zero Resp
+	resp := zero.ProtoReflect().New().Interface().(Resp)
+	hdr := nats.Header{}
+	hdr.Set(bus.HeaderActor, "user:test")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := natsx.Request(ctx, e.nc, subjects.Endpoint(subjects.Secrets, subjects.NounSecret, verb), req, resp, hdr)
+	var se *natsx.ServiceError
+	if errors.As(err, &se) {
+		return zero, apierr.FromCode(se.Code, se.Message)
+	}
+	if err != nil {
+		e.t.Fatalf("secret.%s: %v", verb, err)
+	}
+	return resp, nil
+}
+
+func (e *env) create(instanceID, name, value string) (*secretsv1.Secret, error) {
+	return call[*secretsv1.Secret](e, subjects.VerbCreate, &secretsv1.CreateSecretRequest{InstanceId: instanceID, Name: name, Value: value})
+}
+
+func (e *env) mustCreate(instanceID, name, value string) *secretsv1.Secret {
+	e.t.Helper()
+	s, err := e.create(instanceID, name, value)
+	if err != nil {
+		e.t.Fatalf("create %s/%s: %v", instanceID, name, err)
+	}
+	return s
+}
+
+func (e *env) list(instanceID string) ([]*secretsv1.Secret, error) {
+	resp, err := call[*secretsv1.ListSecretsResponse](e, subjects.VerbList, &secretsv1.ListSecretsRequest{InstanceId: instanceID})
+	return resp.GetSecrets(), err
+}
+
+// read is the agent gateway reading name for the agent of requester.
+func (e *env) read(requester, name string) (*secretsv1.ReadSecretResponse, error) {
+	return call[*secretsv1.ReadSecretResponse](e, subjects.VerbRead, &secretsv1.ReadSecretRequest{RequesterInstanceId: requester, Name: name})
+}
+
+// streamMessages returns every message stored on a stream, in order.
+func (e *env) streamMessages(stream string) []*jetstream.RawStreamMsg {
+	e.t.Helper()
+	ctx := context.Background()
+	s, err := e.js.Stream(ctx, stream)
+	if err != nil {
+		e.t.Fatalf("stream %s: %v", stream, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []*jetstream.RawStreamMsg
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			e.t.Fatalf("stream %s message %d: %v", stream, seq, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// auditRecords returns the secret-read audit records on the audit stream.
+func (e *env) auditRecords() []*secretsv1.SecretAccess {
+	e.t.Helper()
+	var out []*secretsv1.SecretAccess
+	for _, m := range e.streamMessages(subjects.AuditStream) {
+		a := &secretsv1.SecretAccess{}
+		if err := proto.Unmarshal(m.Data, a); err != nil {
+			e.t.Fatalf("audit record %d: %v", m.Sequence, err)
+		}
+		if m.Subject != subjects.Audit(subjects.NounSecret, a.GetRequesterInstanceId(), subjects.VerbRead) {
+			e.t.Errorf("audit record %d on subject %s for requester %s", m.Sequence, m.Subject, a.GetRequesterInstanceId())
+		}
+		for h, want := range map[string]string{bus.HeaderActor: "agent:" + a.GetRequesterInstanceId(), bus.HeaderType: "secret.read"} {
+			if got := m.Header.Get(h); got != want {
+				e.t.Errorf("audit record %d header %s = %q, want %q", m.Sequence, h, got, want)
+			}
+		}
+		for _, h := range []string{bus.HeaderMsgID, bus.HeaderTime, bus.HeaderSchemaVersion, "traceparent"} {
+			if m.Header.Get(h) == "" {
+				e.t.Errorf("audit record %d has no %s header", m.Sequence, h)
+			}
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// syncBuffer is a bytes.Buffer that several goroutines may log to.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
+}

@@ -1,0 +1,175 @@
+package secrets_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/pgmanaged"
+)
+
+// leakValue is distinctive enough that finding it anywhere is a leak.
+const leakValue = "s3cr3t-VALUE-7f3a"
+
+// leakForms are the ways the value could show up: as is, and as the
+// encodings PostgreSQL and JSON use for bytes.
+var leakForms = func() map[string][]byte {
+	v := []byte(leakValue)
+	return map[string][]byte{
+		"plain":         v,
+		"hex":           []byte(hex.EncodeToString(v)),
+		"HEX":           []byte(strings.ToUpper(hex.EncodeToString(v))),
+		"base64":        []byte(base64.StdEncoding.EncodeToString(v)[:20]), // the stable prefix
+		"base64url":     []byte(base64.RawURLEncoding.EncodeToString(v)[:20]),
+		"plain, folded": []byte(strings.ToLower(leakValue)),
+	}
+}()
+
+// assertNoLeak fails t if data holds the value in any form.
+func assertNoLeak(t *testing.T, where string, data []byte) {
+	t.Helper()
+	lower := bytes.ToLower(data)
+	for form, needle := range leakForms {
+		hay := data
+		if form == "plain, folded" {
+			hay = lower
+		}
+		if i := bytes.Index(hay, needle); i >= 0 {
+			start, end := max(0, i-60), min(len(data), i+len(needle)+60)
+			t.Errorf("the secret value (%s) leaks into %s: …%q…", form, where, data[start:end])
+		}
+	}
+}
+
+func TestTheValueLeaksNowhere(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+
+	// Everything an operator and an agent can do with the secret, including
+	// mistakes that send the value to the broker in a request it rejects.
+	var replies [][]byte
+	keep := func(m proto.Message, err error) {
+		t.Helper()
+		data, merr := proto.Marshal(m)
+		if merr != nil {
+			t.Fatal(merr)
+		}
+		replies = append(replies, data)
+		if err != nil {
+			replies = append(replies, []byte(err.Error()))
+		}
+	}
+	keep(e.create(e.a, "leak-check", leakValue))
+	keep(e.create(e.a, "leak-check", leakValue)) // version 2
+	keep(e.create(e.a, "bad name", leakValue))
+	keep(e.create("not-a-uuid", "leak-check", leakValue))
+	keep(e.create("0190c3e1-0000-7000-8000-000000000002", "leak-check", leakValue))
+	keep(e.create(e.b, "other", "something-else"))
+	items, err := e.list(e.a)
+	keep(&secretsv1.ListSecretsResponse{Secrets: items}, err)
+
+	got, err := e.read(e.a, "leak-check")
+	if err != nil || string(got.GetValue()) != leakValue || got.GetVersion() != 2 {
+		t.Fatalf("the owning agent's read: %v, %v", got, err)
+	}
+	// The one place the value may appear: secret.read's reply to its owner.
+	// (A positive control: the scan finds it there.)
+	if data, _ := proto.Marshal(got); !bytes.Contains(data, []byte(leakValue)) {
+		t.Fatal("the scan cannot find the value even where it belongs")
+	}
+	keep(e.read(e.b, "leak-check"))
+	keep(e.read(e.a, "no-such"))
+	keep(call[*emptypb.Empty](e, subjects.VerbDelete, &secretsv1.DeleteSecretRequest{InstanceId: e.b, Name: "other"}))
+
+	for i, r := range replies {
+		assertNoLeak(t, fmt.Sprintf("reply %d", i), r)
+	}
+
+	// Every column of every row of the secrets table, as text.
+	rows, err := e.pool.Query(ctx, `SELECT s::text FROM secrets s`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	texts, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(texts) != 1 {
+		t.Fatalf("secrets rows: %d, %v", len(texts), err)
+	}
+	for _, row := range texts {
+		assertNoLeak(t, "the secrets table", []byte(row))
+	}
+
+	// A full dump of the database.
+	bin, err := pgmanaged.FindBinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	dump, err := exec.CommandContext(dctx, filepath.Join(bin, "pg_dump"), "--no-password", "--dbname="+e.dbURL).Output()
+	if err != nil {
+		t.Fatalf("pg_dump: %v", err)
+	}
+	if !bytes.Contains(dump, []byte("CREATE TABLE public.secrets")) || !bytes.Contains(dump, []byte("COPY public.secrets")) {
+		t.Fatalf("pg_dump output does not hold the secrets table (%d bytes)", len(dump))
+	}
+	assertNoLeak(t, "pg_dump", dump)
+
+	// Every message on every stream, headers and payload.
+	var streams, audits int
+	for name := range e.js.StreamNames(ctx).Name() {
+		streams++
+		for _, m := range e.streamMessages(name) {
+			if name == subjects.AuditStream {
+				audits++
+			}
+			assertNoLeak(t, fmt.Sprintf("stream %s message %d (%s)", name, m.Sequence, m.Subject), m.Data)
+			assertNoLeak(t, fmt.Sprintf("stream %s message %d headers", name, m.Sequence), []byte(fmt.Sprint(m.Header)))
+		}
+	}
+	if streams < 4 || audits != 3 {
+		t.Fatalf("scanned %d streams and %d audit records, want every stream and 3 records", streams, audits)
+	}
+
+	// The log, at debug level.
+	logs := e.logs.Bytes()
+	if !bytes.Contains(logs, []byte(`msg="secret read"`)) || !bytes.Contains(logs, []byte(`msg="secret stored"`)) {
+		t.Fatalf("the log lacks the broker's debug lines:\n%s", logs)
+	}
+	assertNoLeak(t, "the log", logs)
+
+	// Every span: names, attributes, events and status.
+	spans := e.spans.Ended()
+	var sawRead bool
+	for _, s := range spans {
+		sawRead = sawRead || s.Name() == "secrets ReadSecretRequest"
+		var b strings.Builder
+		fmt.Fprintln(&b, s.Name(), s.Status().Description)
+		for _, a := range s.Attributes() {
+			fmt.Fprintln(&b, a.Key, a.Value.Emit())
+		}
+		for _, ev := range s.Events() {
+			fmt.Fprintln(&b, ev.Name)
+			for _, a := range ev.Attributes {
+				fmt.Fprintln(&b, a.Key, a.Value.Emit())
+			}
+		}
+		assertNoLeak(t, "span "+s.Name(), []byte(b.String()))
+	}
+	if !sawRead {
+		t.Fatalf("no secret.read span among %d spans", len(spans))
+	}
+}

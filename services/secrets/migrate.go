@@ -1,0 +1,60 @@
+package secrets
+
+import (
+	"context"
+	"embed"
+	"fmt"
+	"io/fs"
+	"log/slog"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// SchemaVersionTable is the table in which goose records the secret broker's
+// applied migrations. It is the broker's own, apart from the inventory's
+// goose_db_version, so both can migrate the same database independently.
+const SchemaVersionTable = "secrets_schema_version"
+
+// migrationLockID is the PostgreSQL advisory lock that serialises managers
+// migrating the secret broker's schema at once; it differs from goose's
+// default (the inventory's) so the two services do not wait for each other.
+const migrationLockID int64 = 0x666c74_736563 // "flt" "sec"
+
+// Migrate applies every pending migration of the secret broker's schema, in
+// order. Migrations are embedded in the binary and never edited once
+// released; New calls it.
+func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
+	db := stdlib.OpenDBFromPool(pool)
+	defer db.Close()
+	dir, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return err
+	}
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockID(migrationLockID))
+	if err != nil {
+		return fmt.Errorf("secrets migration lock: %w", err)
+	}
+	p, err := goose.NewProvider(goose.DialectPostgres, db, dir,
+		goose.WithSessionLocker(locker),
+		goose.WithTableName(SchemaVersionTable),
+		goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		return fmt.Errorf("load secrets migrations: %w", err)
+	}
+	results, err := p.Up(ctx)
+	if err != nil {
+		return fmt.Errorf("apply secrets migrations: %w", err)
+	}
+	for _, r := range results {
+		if log != nil {
+			log.InfoContext(ctx, "applied migration", "version", r.Source.Version, "file", r.Source.Path, "took", r.Duration)
+		}
+	}
+	return nil
+}
