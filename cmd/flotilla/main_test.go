@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -72,16 +73,34 @@ func freeBase(t *testing.T) int {
 	return 0
 }
 
+// syncBuffer is a bytes.Buffer safe for a child's output copier and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 type upProc struct {
 	cmd  *exec.Cmd
-	out  *bytes.Buffer
+	out  *syncBuffer
 	base int
 	done chan error
 }
 
 func startUp(t *testing.T, dir string, base int) *upProc {
 	t.Helper()
-	u := &upProc{out: &bytes.Buffer{}, base: base, done: make(chan error, 1)}
+	u := &upProc{out: &syncBuffer{}, base: base, done: make(chan error, 1)}
 	u.cmd = exec.Command(binary, "up", "--data-dir", dir, "--port", strconv.Itoa(base))
 	u.cmd.Stdout, u.cmd.Stderr = u.out, u.out
 	if err := u.cmd.Start(); err != nil {

@@ -146,6 +146,9 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 	if _, err := s.waitFor(ctx, id, s.d.AgentTimeout, func(in *inventoryv1.Instance) (bool, error) {
 		return in.GetAgent().GetStatus() == domain.AgentConnected, nil
 	}); err != nil {
+		if errors.Is(err, errSuperseded) {
+			return nil
+		}
 		return fail(domain.StepWaitingForAgent, err)
 	}
 	if _, err := s.record(ctx, &inventoryv1.RecordStateRequest{Id: id, State: domain.StateProvisioning, StateDetail: domain.StepRunningSetup}); err != nil {
@@ -158,17 +161,14 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 	if err := s.sendCommand(ctx, id, cmd, s.d.AgentTimeout); err != nil {
 		return fail(domain.StepRunningSetup, err)
 	}
-	done, err := s.waitFor(ctx, id, s.d.SetupTimeout, func(in *inventoryv1.Instance) (bool, error) {
-		if in.GetState() == domain.StateFailed {
-			return true, nil // the agent's failure is already recorded
-		}
+	_, err = s.waitFor(ctx, id, s.d.SetupTimeout, func(in *inventoryv1.Instance) (bool, error) {
 		return in.GetAgentProgress() == "done/"+domain.ProgressSucceeded, nil
 	})
+	if errors.Is(err, errSuperseded) {
+		return nil // e.g. the agent's failure, already recorded
+	}
 	if err != nil {
 		return fail(domain.StepRunningSetup, err)
-	}
-	if done.GetState() == domain.StateFailed {
-		return nil
 	}
 	_, err = s.record(ctx, &inventoryv1.RecordStateRequest{Id: id, State: domain.StateRunning, Event: "running"})
 	return err
@@ -293,12 +293,25 @@ func (s *Service) record(ctx context.Context, r *inventoryv1.RecordStateRequest)
 	}
 }
 
-// waitFor polls the instance until ok says so or the timeout passes.
+// errSuperseded says the operator asked for something else while the
+// provisioner waited: the newer work item takes over.
+var errSuperseded = errors.New("superseded by a newer request")
+
+// waitFor polls the instance until ok says so or the timeout passes. It
+// gives up with errSuperseded as soon as the instance is no longer being
+// provisioned (a failure the agent reported, or a newer operator request),
+// so a stale wait never holds the instance's lock.
 func (s *Service) waitFor(ctx context.Context, id string, timeout time.Duration, ok func(*inventoryv1.Instance) (bool, error)) (*inventoryv1.Instance, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		in, err := s.instance(ctx, id)
+		if apierr.Is(err, apierr.KindNotFound) {
+			return nil, errSuperseded
+		}
 		if err == nil {
+			if in.GetDesiredState() != domain.DesiredProvisioned || in.GetState() != domain.StateProvisioning {
+				return in, errSuperseded
+			}
 			done, cerr := ok(in)
 			if cerr != nil {
 				return nil, cerr
