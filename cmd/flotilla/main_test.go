@@ -95,20 +95,25 @@ type upProc struct {
 	cmd  *exec.Cmd
 	out  *syncBuffer
 	base int
-	done chan error
+	// done is closed when the process has exited; err is then its Wait error.
+	done chan struct{}
+	err  error
 }
 
-func startUp(t *testing.T, dir string, base int) *upProc {
+func startUp(t *testing.T, dir string, base int, env ...string) *upProc {
 	t.Helper()
-	u := &upProc{out: &syncBuffer{}, base: base, done: make(chan error, 1)}
+	u := &upProc{out: &syncBuffer{}, base: base, done: make(chan struct{})}
 	u.cmd = exec.Command(binary, "up", "--data-dir", dir, "--port", strconv.Itoa(base))
+	u.cmd.Env = append(os.Environ(), env...)
 	u.cmd.Stdout, u.cmd.Stderr = u.out, u.out
 	if err := u.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { u.done <- u.cmd.Wait() }()
+	go func() { u.err = u.cmd.Wait(); close(u.done) }()
 	t.Cleanup(func() {
-		if u.cmd.ProcessState == nil {
+		select {
+		case <-u.done:
+		default:
 			_ = u.cmd.Process.Signal(syscall.SIGTERM)
 			select {
 			case <-u.done:
@@ -127,8 +132,8 @@ func startUp(t *testing.T, dir string, base int) *upProc {
 			}
 		}
 		select {
-		case err := <-u.done:
-			t.Fatalf("flotilla up exited: %v\n%s", err, u.out)
+		case <-u.done:
+			t.Fatalf("flotilla up exited: %v\n%s", u.err, u.out)
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -147,9 +152,9 @@ func (u *upProc) stop(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-u.done:
-		if err != nil {
-			t.Fatalf("flotilla up exited with %v:\n%s", err, u.out)
+	case <-u.done:
+		if u.err != nil {
+			t.Fatalf("flotilla up exited with %v:\n%s", u.err, u.out)
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatalf("flotilla up did not stop on SIGTERM:\n%s", u.out)

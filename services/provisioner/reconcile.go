@@ -15,6 +15,7 @@ import (
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/failpoint"
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/services/inventory/domain"
 	"flotilla.dev/flotilla/services/provisioner/driver"
@@ -102,9 +103,11 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 	if _, err := s.record(ctx, &inventoryv1.RecordStateRequest{Id: id, State: domain.StateProvisioning, StateDetail: domain.StepAllocatingDisk, DataDisk: disk}); err != nil {
 		return err
 	}
+	failpoint.Hit("provisioner.disk-recorded")
 	if _, err := drv.EnsureDisk(ctx, driver.DiskSpec{ID: disk.GetId(), InstanceID: id, SizeGB: disk.GetSizeGb(), Tags: tmpl.GetTags()}); err != nil {
 		return fail(domain.StepAllocatingDisk, err)
 	}
+	failpoint.Hit("provisioner.disk-allocated")
 
 	// VM: likewise.
 	vmID := in.GetVmId()
@@ -115,6 +118,7 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 		VmId: vmID, Event: "disk-allocated"}); err != nil {
 		return err
 	}
+	failpoint.Hit("provisioner.vm-recorded")
 	token := &cav1.JoinToken{}
 	if err := natsx.Request(ctx, s.d.NATS, subjects.Endpoint(subjects.CA, subjects.NounJoinToken, subjects.VerbCreate),
 		&cav1.CreateJoinTokenRequest{InstanceId: id}, token); err != nil {
@@ -133,6 +137,7 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 	if err != nil {
 		return fail(domain.StepLaunchingVM, err)
 	}
+	failpoint.Hit("provisioner.vm-launched")
 	addrs := &inventoryv1.Addresses{PrivateIp: vm.PrivateIP, PrivateDns: vm.PrivateDNS, PublicIp: vm.PublicIP}
 	if in.GetAddresses().GetUrl() != "" && in.GetVmId() == vmID {
 		addrs.Url = in.GetAddresses().GetUrl()
@@ -161,6 +166,7 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 	if err := s.sendCommand(ctx, id, cmd, s.d.AgentTimeout); err != nil {
 		return fail(domain.StepRunningSetup, err)
 	}
+	failpoint.Hit("provisioner.command-sent")
 	_, err = s.waitFor(ctx, id, s.d.SetupTimeout, func(in *inventoryv1.Instance) (bool, error) {
 		return in.GetAgentProgress() == "done/"+domain.ProgressSucceeded, nil
 	})
