@@ -167,8 +167,10 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 		return fail(domain.StepRunningSetup, err)
 	}
 	failpoint.Hit("provisioner.command-sent")
+	// Running means reachable: the node software's URL (from the agent's
+	// next heartbeat) is known too.
 	_, err = s.waitFor(ctx, id, s.d.SetupTimeout, func(in *inventoryv1.Instance) (bool, error) {
-		return in.GetAgentProgress() == "done/"+domain.ProgressSucceeded, nil
+		return in.GetAgentProgress() == "done/"+domain.ProgressSucceeded && in.GetAddresses().GetUrl() != "", nil
 	})
 	if errors.Is(err, errSuperseded) {
 		return nil // e.g. the agent's failure, already recorded
