@@ -169,9 +169,23 @@ func TestProvisionAnInstanceEndToEnd(t *testing.T) {
 			t.Errorf("logs lack %q: %s", want, logs)
 		}
 	}
-	var timeline struct{ Events []struct{ Type string } }
+	var timeline struct {
+		Events []struct {
+			Type string
+			Time time.Time
+		}
+	}
 	if err := json.Unmarshal(f.raw("/api/v1/instances/"+id+"/events"), &timeline); err != nil {
 		t.Fatal(err)
+	}
+	// since= skips what came before.
+	cut := timeline.Events[len(timeline.Events)-1].Time
+	var recent struct{ Events []struct{ Type string } }
+	if err := json.Unmarshal(f.raw("/api/v1/instances/"+id+"/events?since="+cut.UTC().Format(time.RFC3339)), &recent); err != nil {
+		t.Fatal(err)
+	}
+	if len(recent.Events) == 0 || len(recent.Events) >= len(timeline.Events) {
+		t.Errorf("events since %v: %d of %d", cut, len(recent.Events), len(timeline.Events))
 	}
 	var types []string
 	for _, e := range timeline.Events {
@@ -184,9 +198,13 @@ func TestProvisionAnInstanceEndToEnd(t *testing.T) {
 	}
 
 	// The node software serves HTTPS with a fleet-CA certificate carrying the SANs.
-	caPEM := f.raw("/api/v1/ca/certificate.pem")
+	caPEM := f.raw("/api/v1/ca/certificate")
 	url := in["addresses"].(map[string]any)["url"].(string) // known once running
 	checkServedCert(t, url, caPEM, "design-1.fleet.test")
+
+	// follow=true streams new lines as server-sent events: a heartbeat-free
+	// way to see one is a request to the node software, which it logs.
+	f.followLogs(id, func() { _, _ = fleetClient(t, caPEM).Get(url + "from-sse-test") })
 
 	// A second instance's agent cannot read the first one's secret.
 	otherNet, otherTmpl := f.setup("other", "none", `[{"type":"file","path":"stolen.txt","content":"${secret:db-password}"}]`)
@@ -259,16 +277,51 @@ func TestProvisionAnInstanceEndToEnd(t *testing.T) {
 	f.stop(t)
 }
 
-// checkServedCert fetches url trusting only the fleet CA, then has openssl
-// verify the served certificate against the CA file, and checks the SAN.
-func checkServedCert(t *testing.T, url string, caPEM []byte, san string) {
-	t.Helper()
+// followLogs opens the instance's log stream with follow=true, triggers a new
+// log line, and requires it to arrive as a server-sent event.
+func (f *fleet) followLogs(id string, trigger func()) {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", f.url("/api/v1/instances/"+id+"/logs?follow=true&lines=1"), nil)
+	req.Header.Set("Authorization", "Bearer "+f.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); resp.StatusCode != 200 || ct != "text/event-stream" {
+		f.t.Fatalf("follow: %d %s", resp.StatusCode, ct)
+	}
+	go trigger()
+	buf := make([]byte, 0, 64<<10)
+	chunk := make([]byte, 4096)
+	for !strings.Contains(string(buf), "/from-sse-test") {
+		n, err := resp.Body.Read(chunk)
+		if err != nil {
+			f.t.Fatalf("no new line arrived on the followed stream: %v\n%s", err, buf)
+		}
+		buf = append(buf, chunk[:n]...)
+	}
+	if !strings.Contains(string(buf), "event: log\ndata: {") {
+		f.t.Fatalf("not server-sent events: %s", buf)
+	}
+}
+
+// fleetClient is an HTTPS client that trusts only the fleet CA.
+func fleetClient(t *testing.T, caPEM []byte) *http.Client {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(caPEM) {
 		t.Fatalf("CA certificate is not PEM: %q", caPEM)
 	}
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	resp, err := client.Get(url)
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
+
+// checkServedCert fetches url trusting only the fleet CA, then has openssl
+// verify the served certificate against the CA file, and checks the SAN.
+func checkServedCert(t *testing.T, url string, caPEM []byte, san string) {
+	t.Helper()
+	resp, err := fleetClient(t, caPEM).Get(url)
 	if err != nil {
 		t.Fatalf("HTTPS to the node software with the fleet CA: %v", err)
 	}

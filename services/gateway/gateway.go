@@ -175,7 +175,7 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(openapi.JSON())
 	})
-	root.HandleFunc("GET /api/v1/ca/certificate.pem", g.caPEM)
+	root.HandleFunc("GET /api/v1/ca/certificate", g.caPEM)
 	root.HandleFunc("GET /api/v1/instances/{id}/logs", g.instanceLogs)
 	root.HandleFunc("GET /api/v1/instances/{id}/events", g.instanceEvents)
 	root.Handle("/api/", mux)

@@ -28,8 +28,9 @@ const (
 	maxEvents       = 10000
 )
 
-// caPEM serves the fleet CA certificate as a PEM file, for curl --cacert and
-// openssl verify -CAfile.
+// caPEM serves GET /api/v1/ca/certificate: the fleet CA certificate as a PEM
+// file, for curl --cacert and openssl verify -CAfile. (GET /api/v1/ca has it
+// as JSON with its expiry and fingerprint.)
 func (g *Gateway) caPEM(w http.ResponseWriter, r *http.Request) {
 	c, err := callService[*cav1.CACertificate](r.Context(), g, subjects.CA, subjects.NounCertificate, subjects.VerbGet, &cav1.GetCACertificateRequest{})
 	if err != nil {
@@ -97,30 +98,33 @@ func (g *Gateway) instanceLogs(w http.ResponseWriter, r *http.Request) {
 		}
 		return logLine{Seq: l.GetSeq(), Time: l.GetTime().AsTime(), Source: l.GetSource(), Text: l.GetText()}, true
 	}
-	// The backlog: everything up to what exists now, keeping the last n.
-	var lines []logLine
-	for seen := uint64(0); seen < have; {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
-		if err != nil {
-			g.writeError(w, r, fmt.Errorf("read logs: %w", err))
-			return
-		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			seen++
-			if seen <= skip {
-				continue
-			}
-			if l, ok := decode(m); ok {
-				lines = append(lines, l)
-			}
-		}
-		if got == 0 {
-			break
-		}
-	}
 	if !follow {
+		// The backlog: everything up to what exists now, keeping the last n.
+		var lines []logLine
+		for seen := uint64(0); seen < have; {
+			batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
+			if err != nil {
+				g.writeError(w, r, fmt.Errorf("read logs: %w", err))
+				return
+			}
+			got := 0
+			for m := range batch.Messages() {
+				got++
+				seen++
+				if seen <= skip {
+					continue
+				}
+				if l, ok := decode(m); ok {
+					lines = append(lines, l)
+				}
+			}
+			if got == 0 {
+				break
+			}
+		}
+		if lines == nil {
+			lines = []logLine{}
+		}
 		writeJSON(w, map[string]any{"lines": lines})
 		return
 	}
@@ -129,27 +133,19 @@ func (g *Gateway) instanceLogs(w http.ResponseWriter, r *http.Request) {
 		g.writeError(w, r, errors.New("streaming unsupported"))
 		return
 	}
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.Header().Set("X-Accel-Buffering", "no")
-	send := func(l logLine) bool {
-		b, _ := json.Marshal(l)
-		_, err := fmt.Fprintf(w, "id: %d\nevent: log\ndata: %s\n\n", l.Seq, b)
-		return err == nil
-	}
-	for _, l := range lines {
-		if !send(l) {
-			return
-		}
-	}
-	flusher.Flush()
+	// One iterator serves the backlog and then new lines (an ordered consumer
+	// cannot switch from Fetch to Messages).
 	msgs, err := cons.Messages()
 	if err != nil {
+		g.writeError(w, r, fmt.Errorf("follow logs: %w", err))
 		return
 	}
 	defer msgs.Stop()
-	keepalive := time.NewTicker(15 * time.Second)
-	defer keepalive.Stop()
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	flusher.Flush()
 	next := make(chan jetstream.Msg)
 	go func() {
 		defer close(next)
@@ -165,6 +161,9 @@ func (g *Gateway) instanceLogs(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}()
+	keepalive := time.NewTicker(15 * time.Second)
+	defer keepalive.Stop()
+	var seen uint64
 	for {
 		select {
 		case <-ctx.Done():
@@ -178,7 +177,16 @@ func (g *Gateway) instanceLogs(w http.ResponseWriter, r *http.Request) {
 			if !ok {
 				return
 			}
-			if l, ok := decode(m); ok && !send(l) {
+			seen++
+			if seen <= skip {
+				continue
+			}
+			l, ok := decode(m)
+			if !ok {
+				continue
+			}
+			b, _ := json.Marshal(l)
+			if _, err := fmt.Fprintf(w, "id: %d\nevent: log\ndata: %s\n\n", l.Seq, b); err != nil {
 				return
 			}
 			flusher.Flush()
