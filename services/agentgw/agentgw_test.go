@@ -161,6 +161,11 @@ func TestANewerStreamReplacesTheOlder(t *testing.T) {
 	if _, err := older.Recv(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "newer") {
 		t.Fatalf("older stream: %v, want it closed as replaced", err)
 	}
+	// Commands go to the agent once its newer stream is registered, as the
+	// provisioner sends them only to an agent recorded as connected.
+	e.observed.waitFor(t, "second connected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetConnected().GetVmId() == "vm-2"
+	})
 	cmd := &agentv1.Command{Id: "cmd-2", Action: &agentv1.Command_StopNode{StopNode: &agentv1.StopNode{}}}
 	if err := natsx.Request(t.Context(), e.nc, subjects.AgentCommand(id), cmd, nil); err != nil {
 		t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/libs/rpc"
 )
 
 // maxLogText bounds one log line's text on the bus; longer lines are cut.
@@ -36,26 +37,12 @@ func (s *Service) call(ctx context.Context, subject, actor string, req, resp pro
 	return natsx.Request(ctx, s.nc, subject, req, resp, hdr)
 }
 
-// busError turns a failed bus request into an apierr error the agent may see.
-func busError(service string, err error) error {
-	var se *natsx.ServiceError
-	switch {
-	case errors.As(err, &se):
-		return apierr.FromCode(se.Code, se.Message)
-	case errors.Is(err, nats.ErrNoResponders):
-		return apierr.Unavailable("the %s service is not available; try again shortly", service)
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-		return apierr.Unavailable("the %s service did not answer in time; try again shortly", service)
-	}
-	return err
-}
-
 // retryable reports whether a failed request may succeed if sent again.
 func retryable(err error) bool {
 	if errors.Is(err, nats.ErrConnectionClosed) {
 		return false
 	}
-	switch apierr.KindOf(busError("", err)) {
+	switch apierr.KindOf(rpc.ClientError("", err)) {
 	case apierr.KindUnavailable, apierr.KindInternal, apierr.KindConflict:
 		return true
 	}

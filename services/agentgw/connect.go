@@ -23,6 +23,7 @@ import (
 	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/rpc"
 )
 
 // Limits of one agent stream.
@@ -342,7 +343,7 @@ func (s *Service) readSecret(ctx context.Context, id string, req *agentv1.Secret
 	err := s.call(ctx, subjects.Endpoint(subjects.Secrets, subjects.NounSecret, subjects.VerbRead), actor(id),
 		&secretsv1.ReadSecretRequest{RequesterInstanceId: id, Name: req.GetName()}, &out)
 	if err != nil {
-		_, msg := apierr.Public(ctx, s.log, busError(subjects.Secrets, err))
+		_, msg := apierr.Public(ctx, s.log, rpc.ClientError(subjects.Secrets, err))
 		resp.Error = msg
 		s.log.InfoContext(ctx, "agent secret read refused", "instance_id", id, "name", req.GetName(), "error", msg)
 	} else {
@@ -357,7 +358,7 @@ func (s *Service) serverCert(ctx context.Context, id string, req *agentv1.Server
 	resp := &agentv1.ServerCertResponse{RequestId: req.GetRequestId()}
 	reply := &agentv1.GatewayMessage{Body: &agentv1.GatewayMessage_ServerCertResponse{ServerCertResponse: resp}}
 	fail := func(service string, err error) *agentv1.GatewayMessage {
-		_, resp.Error = apierr.Public(ctx, s.log, busError(service, err))
+		_, resp.Error = apierr.Public(ctx, s.log, rpc.ClientError(service, err))
 		s.log.InfoContext(ctx, "agent server certificate refused", "instance_id", id, "error", resp.Error)
 		return reply
 	}

@@ -7,6 +7,7 @@ import (
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/rpc"
 )
 
 // server implements agent.v1.AgentGateway.
@@ -30,7 +31,7 @@ func (g *server) Join(ctx context.Context, req *agentv1.JoinRequest) (*agentv1.J
 		&cav1.JoinRequest{Token: req.GetToken(), CsrDer: req.GetCsrDer()}, &cert)
 	if err != nil {
 		s.log.InfoContext(ctx, "agent join refused", "error", err, "agent_version", req.GetAgentVersion())
-		return nil, apierr.GRPCStatus(ctx, s.log, busError(subjects.CA, err))
+		return nil, apierr.GRPCStatus(ctx, s.log, rpc.ClientError(subjects.CA, err))
 	}
 	s.log.InfoContext(ctx, "agent joined", "instance_id", cert.GetInstanceId(), "agent_version", req.GetAgentVersion(),
 		"not_after", cert.GetNotAfter().AsTime())
@@ -54,7 +55,7 @@ func (g *server) Renew(ctx context.Context, req *agentv1.RenewRequest) (*agentv1
 	err := s.call(ctx, subjects.Endpoint(subjects.CA, subjects.NounAgent, subjects.VerbSign), actor(id),
 		&cav1.SignAgentRequest{InstanceId: id, CsrDer: req.GetCsrDer()}, &cert)
 	if err != nil {
-		return nil, apierr.GRPCStatus(ctx, s.log, busError(subjects.CA, err))
+		return nil, apierr.GRPCStatus(ctx, s.log, rpc.ClientError(subjects.CA, err))
 	}
 	s.log.InfoContext(ctx, "agent certificate renewed", "instance_id", id, "not_after", cert.GetNotAfter().AsTime())
 	return &agentv1.RenewResponse{CertificatePem: cert.GetCertificatePem(), NotAfter: cert.GetNotAfter()}, nil

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"errors"
 
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
@@ -11,6 +10,7 @@ import (
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/libs/rpc"
 )
 
 // call sends req to an inventory endpoint over the bus and returns its reply,
@@ -29,21 +29,7 @@ func callService[Resp proto.Message](ctx context.Context, g *Gateway, service, n
 	defer cancel()
 	err := natsx.Request(rctx, g.nc, subjects.Endpoint(service, noun, verb), req, resp, hdr)
 	if err != nil {
-		return zero, apierr.GRPCStatus(ctx, g.log, busError(service, err))
+		return zero, apierr.GRPCStatus(ctx, g.log, rpc.ClientError(service, err))
 	}
 	return resp, nil
-}
-
-// busError turns a failed bus request into an apierr error.
-func busError(service string, err error) error {
-	var se *natsx.ServiceError
-	switch {
-	case errors.As(err, &se):
-		return apierr.FromCode(se.Code, se.Message)
-	case errors.Is(err, nats.ErrNoResponders):
-		return apierr.Unavailable("the %s service is not available; try again shortly", service)
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-		return apierr.Unavailable("the %s service did not answer in time; try again shortly", service)
-	}
-	return err
 }

@@ -17,6 +17,7 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/libs/rpc"
 )
 
 // networkServer implements the public NetworkService by forwarding to the inventory.
@@ -183,7 +184,7 @@ func (s systemServer) GetStatus(ctx context.Context, _ *systemv1.GetStatusReques
 			err := natsx.Request(pctx, s.g.nc, subjects.Ping(c.Name), &systemv1.PingRequest{}, &systemv1.PingResponse{})
 			if err != nil {
 				c.Status = "unavailable"
-				_, c.Message = apierr.Public(ctx, nil, busError(c.Name, err))
+				_, c.Message = apierr.Public(ctx, nil, rpc.ClientError(c.Name, err))
 			}
 		}(comps[i])
 	}

@@ -15,8 +15,10 @@ import (
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/failpoint"
 	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/services/inventory/domain"
 	"flotilla.dev/flotilla/services/provisioner/driver"
 )
@@ -269,30 +271,25 @@ func (s *Service) instance(ctx context.Context, id string) (*inventoryv1.Instanc
 
 // inventory calls an inventory endpoint, mapping its errors to apierr kinds.
 func (s *Service) inventory(ctx context.Context, noun, verb string, req, resp proto.Message) error {
-	err := natsx.Request(ctx, s.d.NATS, subjects.Endpoint(subjects.Inventory, noun, verb), req, resp)
-	var se *natsx.ServiceError
-	if errors.As(err, &se) {
-		return apierr.FromCode(se.Code, se.Message)
-	}
-	return err
+	return rpc.ClientError(subjects.Inventory, natsx.Request(ctx, s.d.NATS, subjects.Endpoint(subjects.Inventory, noun, verb), req, resp))
 }
 
 // record writes observed state through the inventory, retrying while the
 // inventory is briefly unreachable.
 func (s *Service) record(ctx context.Context, r *inventoryv1.RecordStateRequest) (*inventoryv1.Instance, error) {
 	hdr := nats.Header{}
-	hdr.Set("Flotilla-Actor", Actor)
+	hdr.Set(bus.HeaderActor, Actor)
 	backoff := 100 * time.Millisecond
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		out := &inventoryv1.Instance{}
-		err := natsx.Request(ctx, s.d.NATS, subjects.Endpoint(subjects.Inventory, subjects.NounLifecycle, subjects.VerbRecord), r, out, hdr)
-		var se *natsx.ServiceError
+		err := rpc.ClientError(subjects.Inventory,
+			natsx.Request(ctx, s.d.NATS, subjects.Endpoint(subjects.Inventory, subjects.NounLifecycle, subjects.VerbRecord), r, out, hdr))
 		switch {
 		case err == nil:
 			return out, nil
-		case errors.As(err, &se):
-			return nil, apierr.FromCode(se.Code, se.Message)
+		case !apierr.Is(err, apierr.KindUnavailable):
+			return nil, err
 		case time.Now().After(deadline) || ctx.Err() != nil:
 			return nil, fmt.Errorf("record state of %s: %w", r.GetId(), err)
 		}

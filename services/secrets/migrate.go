@@ -3,14 +3,12 @@ package secrets
 import (
 	"context"
 	"embed"
-	"fmt"
 	"io/fs"
 	"log/slog"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/jackc/pgx/v5/stdlib"
-	"github.com/pressly/goose/v3"
-	"github.com/pressly/goose/v3/lock"
+
+	"flotilla.dev/flotilla/libs/pgstore"
 )
 
 //go:embed migrations/*.sql
@@ -30,31 +28,10 @@ const migrationLockID int64 = 0x666c74_736563 // "flt" "sec"
 // order. Migrations are embedded in the binary and never edited once
 // released; New calls it.
 func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
-	db := stdlib.OpenDBFromPool(pool)
-	defer db.Close()
 	dir, err := fs.Sub(migrations, "migrations")
 	if err != nil {
 		return err
 	}
-	locker, err := lock.NewPostgresSessionLocker(lock.WithLockID(migrationLockID))
-	if err != nil {
-		return fmt.Errorf("secrets migration lock: %w", err)
-	}
-	p, err := goose.NewProvider(goose.DialectPostgres, db, dir,
-		goose.WithSessionLocker(locker),
-		goose.WithTableName(SchemaVersionTable),
-		goose.WithDisableGlobalRegistry(true))
-	if err != nil {
-		return fmt.Errorf("load secrets migrations: %w", err)
-	}
-	results, err := p.Up(ctx)
-	if err != nil {
-		return fmt.Errorf("apply secrets migrations: %w", err)
-	}
-	for _, r := range results {
-		if log != nil {
-			log.InfoContext(ctx, "applied migration", "version", r.Source.Version, "file", r.Source.Path, "took", r.Duration)
-		}
-	}
-	return nil
+	return pgstore.Migrate(ctx, pool, pgstore.Schema{Name: "secrets", Migrations: dir,
+		VersionTable: SchemaVersionTable, LockID: migrationLockID}, log)
 }
