@@ -47,7 +47,6 @@ func TestServiceBinariesRunAgainstExternalNATSAndPostgres(t *testing.T) {
 		"FLOTILLA_GRPC_ADDR=127.0.0.1:"+strconv.Itoa(ports[1]),
 		"FLOTILLA_AGENT_ADDR=127.0.0.1:"+strconv.Itoa(ports[2]),
 	)
-	var procs []*exec.Cmd
 	for _, name := range []string{"inventory", "ca", "secrets", "provisioner", "agentgw", "gateway"} {
 		cmd := exec.Command(filepath.Join(bin, "flotilla-"+name))
 		cmd.Env = env
@@ -56,7 +55,6 @@ func TestServiceBinariesRunAgainstExternalNATSAndPostgres(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		procs = append(procs, cmd)
 		t.Cleanup(func() {
 			_ = cmd.Process.Signal(syscall.SIGTERM)
 			done := make(chan error, 1)

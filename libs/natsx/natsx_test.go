@@ -188,7 +188,7 @@ func TestTraceContextCrossesRequestReply(t *testing.T) {
 	}
 	attrs := map[string]string{}
 	for _, kv := range server.Attributes() {
-		attrs[string(kv.Key)] = kv.Value.Emit()
+		attrs[string(kv.Key)] = kv.Value.String()
 	}
 	if attrs["messaging.system"] != "nats" || attrs["messaging.destination.name"] != subject {
 		t.Errorf("server span attributes = %v", attrs)

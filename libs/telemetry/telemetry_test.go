@@ -51,7 +51,7 @@ func TestSetupWithoutEndpointRecordsToProcessors(t *testing.T) {
 	}
 	attrs := map[attribute.Key]string{}
 	for _, kv := range ended[0].Resource().Attributes() {
-		attrs[kv.Key] = kv.Value.Emit()
+		attrs[kv.Key] = kv.Value.String()
 	}
 	if attrs["service.name"] != "inventory" || attrs["service.version"] != "1.2.3" {
 		t.Errorf("resource attributes = %v, want service.name=inventory service.version=1.2.3", attrs)

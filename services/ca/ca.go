@@ -157,7 +157,7 @@ func (d Deps) validate() error {
 		errs = append(errs, errors.New("CertFile and KeyFile (the CA certificate and key PEM files) are required"))
 	}
 	if d.Replicas < 0 {
-		errs = append(errs, fmt.Errorf("Replicas: %d is negative", d.Replicas))
+		errs = append(errs, fmt.Errorf("deps: Replicas %d is negative", d.Replicas))
 	}
 	if d.AgentCertTTL < 0 {
 		errs = append(errs, fmt.Errorf("AgentCertTTL: %v is negative", d.AgentCertTTL))

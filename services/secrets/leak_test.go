@@ -159,12 +159,12 @@ func TestTheValueLeaksNowhere(t *testing.T) {
 		var b strings.Builder
 		fmt.Fprintln(&b, s.Name(), s.Status().Description)
 		for _, a := range s.Attributes() {
-			fmt.Fprintln(&b, a.Key, a.Value.Emit())
+			fmt.Fprintln(&b, a.Key, a.Value.String())
 		}
 		for _, ev := range s.Events() {
 			fmt.Fprintln(&b, ev.Name)
 			for _, a := range ev.Attributes {
-				fmt.Fprintln(&b, a.Key, a.Value.Emit())
+				fmt.Fprintln(&b, a.Key, a.Value.String())
 			}
 		}
 		assertNoLeak(t, "span "+s.Name(), []byte(b.String()))
