@@ -78,6 +78,16 @@ func EntityEvents(entity, id string) string {
 	return Root + ".evt." + entity + "." + id + ".*"
 }
 
+// EntityVerbEvents matches one verb of every entity of a kind:
+// "flotilla.evt.<entity>.*.<verb>", e.g. every instance deletion.
+func EntityVerbEvents(entity, verb string) string {
+	return Root + ".evt." + entity + ".*." + verb
+}
+
+// SecretsCleanupConsumer is the secret broker's durable consumer of
+// instance deletions on EventsStream.
+const SecretsCleanupConsumer = "secrets-instance-deleted"
+
 // EventType is the dotted type of an event, "<entity>.<verb>", e.g. "network.updated".
 func EventType(entity, verb string) string { return entity + "." + verb }
 

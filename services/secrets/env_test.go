@@ -48,6 +48,10 @@ type env struct {
 	ns    *server.Server
 	log   *slog.Logger
 	tp    trace.TracerProvider
+	// inventory is the real inventory's application layer.
+	inventory interface {
+		DeleteInstance(ctx context.Context, actor, id string, version int64) (*inventoryv1.Instance, error)
+	}
 }
 
 func newEnv(t *testing.T) *env {
@@ -79,6 +83,7 @@ func newEnv(t *testing.T) *env {
 	e.startBroker()
 
 	app := inv.App()
+	e.inventory = app
 	network, err := app.CreateNetwork(ctx, "user:test", &inventoryv1.Network{Name: "net", Provider: "local", HttpsStrategy: "none"})
 	if err != nil {
 		t.Fatal(err)

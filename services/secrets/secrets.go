@@ -43,6 +43,8 @@ type Service struct {
 	store store
 	rpc   *rpc.Service
 	now   func() time.Time
+	// deleted consumes instance deletions, to remove their secrets.
+	deleted jetstream.Consumer
 }
 
 // New migrates the broker's schema, declares the streams (the audit stream
@@ -71,6 +73,20 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		store: store{pool: d.Pool},
 		now:   time.Now,
 	}
+	// Secrets go with their instance. A durable consumer, so a deletion that
+	// happens while the broker is down is handled when it comes back.
+	s.deleted, err = js.CreateOrUpdateConsumer(ctx, subjects.EventsStream, jetstream.ConsumerConfig{
+		Durable:       subjects.SecretsCleanupConsumer,
+		Description:   "The secret broker removes the secrets of deleted instances",
+		FilterSubject: subjects.EntityVerbEvents(subjects.NounInstance, "deleted"),
+		DeliverPolicy: jetstream.DeliverNewPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxDeliver:    -1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("secrets: instance deletions consumer: %w", err)
+	}
 	s.rpc, err = rpc.New(d.NATS, subjects.Secrets, d.Version, "Flotilla secret broker", log, d.TracerProvider, d.Pool.Ping)
 	if err != nil {
 		return nil, err
@@ -89,8 +105,30 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 }
 
 // Run serves until ctx ends, then stops taking requests; requests in flight
-// finish.
+// finish. It also removes the secrets of every instance that is deleted.
 func (s *Service) Run(ctx context.Context) error {
+	cc, err := s.deleted.Consume(func(m jetstream.Msg) {
+		ev, err := bus.DecodeEvent(m.Data())
+		if err != nil || ev.GetEntityId() == "" {
+			s.log.ErrorContext(ctx, "dropping a malformed instance deletion", "subject", m.Subject(), "error", err)
+			_ = m.Term()
+			return
+		}
+		n, err := s.store.deleteInstance(ctx, ev.GetEntityId())
+		if err != nil {
+			s.log.WarnContext(ctx, "remove the secrets of a deleted instance; will retry", "instance_id", ev.GetEntityId(), "error", err)
+			_ = m.NakWithDelay(5 * time.Second)
+			return
+		}
+		if n > 0 {
+			s.log.InfoContext(ctx, "removed the secrets of a deleted instance", "instance_id", ev.GetEntityId(), "secrets", n)
+		}
+		_ = m.Ack()
+	})
+	if err != nil {
+		return fmt.Errorf("secrets: consume instance deletions: %w", err)
+	}
 	<-ctx.Done()
+	cc.Stop()
 	return s.rpc.Stop()
 }

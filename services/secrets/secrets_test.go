@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/proto"
@@ -346,5 +347,32 @@ func TestConcurrentReplacesTakeDistinctVersions(t *testing.T) {
 	got, err := e.read(e.a, "contended")
 	if err != nil || got.GetVersion() != writers || !strings.HasPrefix(string(got.GetValue()), "value-") {
 		t.Fatalf("read the last version: %v, %v", got, err)
+	}
+}
+
+func TestSecretsGoWithTheirInstance(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.mustCreate(e.a, "db-password", "value-of-a")
+	e.mustCreate(e.b, "db-password", "value-of-b")
+	if _, err := e.inventory.DeleteInstance(context.Background(), "user:test", e.a, 0); err != nil {
+		t.Fatal(err)
+	}
+	count := func(id string) int {
+		var n int
+		if err := e.pool.QueryRow(context.Background(), "SELECT count(*) FROM secrets WHERE instance_id = $1", id).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for count(e.a) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the deleted instance's secrets are still stored")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if count(e.b) != 1 {
+		t.Fatal("another instance's secret went too")
 	}
 }
