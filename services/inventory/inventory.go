@@ -34,6 +34,9 @@ type Deps struct {
 	StreamReplicas int
 	// AppOptions are passed to app.New (tests).
 	AppOptions []app.Option
+	// AgentStaleAfter is how long without a heartbeat before a connected
+	// agent is shown as disconnected (default 30 s: six missed heartbeats).
+	AgentStaleAfter time.Duration
 }
 
 // Service is a running inventory.
@@ -72,10 +75,29 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 // App returns the application layer (for the CLI and tests).
 func (s *Service) App() *app.App { return s.app }
 
-// Run forwards the outbox and purges expired tokens until ctx ends, then
-// stops taking requests.
+// Run forwards the outbox, marks agents whose heartbeats stopped as
+// disconnected and purges expired tokens until ctx ends, then stops taking
+// requests.
 func (s *Service) Run(ctx context.Context) error {
 	defer func() { _ = s.svc.Stop() }()
+	stale := s.deps.AgentStaleAfter
+	if stale <= 0 {
+		stale = 30 * time.Second
+	}
+	go func() {
+		t := time.NewTicker(stale / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if _, err := s.app.MarkStaleAgents(ctx, stale); err != nil && ctx.Err() == nil {
+					s.deps.Log.WarnContext(ctx, "mark stale agents", "error", err)
+				}
+			}
+		}
+	}()
 	go func() {
 		t := time.NewTicker(time.Hour)
 		defer t.Stop()

@@ -223,3 +223,29 @@ func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
 }
 
 func actorAgent(id string) string { return "agent:" + id }
+
+// MarkStaleAgents records as disconnected every agent that is shown as
+// connected but has sent no heartbeat for staleAfter: its gateway may have
+// died without saying so. A heartbeat that arrives later marks it connected
+// again. It returns how many it marked.
+func (a *App) MarkStaleAgents(ctx context.Context, staleAfter time.Duration) (int, error) {
+	rows, err := a.pool.Query(ctx, `SELECT id::text FROM instances
+		WHERE spec->'agent'->>'status' = $1 AND (spec->'agent'->>'lastHeartbeat')::timestamptz < $2`,
+		domain.AgentConnected, a.now().Add(-staleAfter))
+	if err != nil {
+		return 0, fmt.Errorf("find stale agents: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return 0, fmt.Errorf("find stale agents: %w", err)
+	}
+	for _, id := range ids {
+		ev := &agentv1.AgentEvent{InstanceId: id, Time: timestamppb.New(a.now()),
+			Body: &agentv1.AgentEvent_Disconnected{Disconnected: &agentv1.Disconnected{
+				Reason: fmt.Sprintf("no heartbeat for %v", staleAfter)}}}
+		if err := a.Observe(ctx, ev); err != nil {
+			return 0, err
+		}
+	}
+	return len(ids), nil
+}

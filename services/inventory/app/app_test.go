@@ -1,0 +1,84 @@
+package app_test
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/libs/testkit"
+	"flotilla.dev/flotilla/services/inventory/adapters"
+	"flotilla.dev/flotilla/services/inventory/app"
+)
+
+func TestMain(m *testing.M) { testkit.Main(m) }
+
+func newApp(t *testing.T) (*app.App, *inventoryv1.Instance) {
+	t.Helper()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, testkit.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := adapters.Migrate(ctx, pool, nil); err != nil {
+		t.Fatal(err)
+	}
+	a := app.New(pool, slog.New(slog.DiscardHandler))
+	n, err := a.CreateNetwork(ctx, "test", &inventoryv1.Network{Name: "n", Provider: "local", HttpsStrategy: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp, err := a.CreateTemplate(ctx, "test", &inventoryv1.Template{Name: "t", Provider: "local", DataDiskGb: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := a.CreateInstance(ctx, "test", &inventoryv1.Instance{Name: "i", Kind: "design", TemplateId: tp.GetId(), NetworkId: n.GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, in
+}
+
+func TestAgentsWithoutHeartbeatsAreShownDisconnected(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a, in := newApp(t)
+	beat := func(at time.Time) {
+		t.Helper()
+		if err := a.Observe(ctx, &agentv1.AgentEvent{InstanceId: in.GetId(), Time: timestamppb.New(at),
+			Body: &agentv1.AgentEvent_Heartbeat{Heartbeat: &agentv1.Heartbeat{DiskUsedBytes: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	status := func() string {
+		got, err := a.GetInstance(ctx, in.GetId())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.GetAgent().GetStatus()
+	}
+	beat(time.Now())
+	if n, err := a.MarkStaleAgents(ctx, 30*time.Second); err != nil || n != 0 || status() != "connected" {
+		t.Fatalf("a fresh heartbeat was marked stale: %d %v %s", n, err, status())
+	}
+	beat(time.Now().Add(-time.Minute))
+	if n, err := a.MarkStaleAgents(ctx, 30*time.Second); err != nil || n != 1 || status() != "disconnected" {
+		t.Fatalf("a stale agent: %d %v %s", n, err, status())
+	}
+	// The next heartbeat brings it back.
+	beat(time.Now())
+	if status() != "connected" {
+		t.Fatalf("after a new heartbeat: %s", status())
+	}
+	// Observed state never takes a new version: an operator's update at the
+	// version they read still works after heartbeats.
+	if _, err := a.UpdateInstance(ctx, "test", &inventoryv1.Instance{Id: in.GetId(), Version: in.GetVersion(), Name: "renamed"}, []string{"name"}); err != nil {
+		t.Fatalf("update after heartbeats: %v", err)
+	}
+}
