@@ -207,8 +207,12 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 			if err != nil {
 				return nil, fmt.Errorf("agent port: %w", err)
 			}
-			return agentgw.New(ctx, agentgw.Deps{NATS: nc, Log: o.Log, TracerProvider: tp, Version: o.Version, Listener: l,
+			gw, err := agentgw.New(ctx, agentgw.Deps{NATS: nc, Log: o.Log, TracerProvider: tp, Version: o.Version, Listener: l,
 				ServerNames: []string{"localhost", agentHost}})
+			if err != nil {
+				return nil, errors.Join(err, l.Close())
+			}
+			return gw, nil
 		}},
 	} {
 		nc, err := connect(svc.name)
