@@ -5,8 +5,6 @@
 // shows the literal pattern. ARCHITECTURE.md keeps the same table for readers.
 package subjects
 
-import "strings"
-
 // Root is the prefix of every Flotilla subject.
 const Root = "flotilla"
 
@@ -90,12 +88,6 @@ const SecretsCleanupConsumer = "secrets-instance-deleted"
 
 // EventType is the dotted type of an event, "<entity>.<verb>", e.g. "network.updated".
 func EventType(entity, verb string) string { return entity + "." + verb }
-
-// SplitEventType returns the entity and verb of an event type.
-func SplitEventType(t string) (entity, verb string) {
-	entity, verb, _ = strings.Cut(t, ".")
-	return entity, verb
-}
 
 // Nouns and verbs of the issue-3 services' endpoints.
 const (

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -232,6 +233,16 @@ func TestUpServesRestartsWithItsDataAndStopsCleanly(t *testing.T) {
 	if code, out := up.do(t, "GET", "/api/v1/networks", "", ""); code != 401 {
 		t.Fatalf("no token: %d %v", code, out)
 	}
+	// Prometheus metrics on base+5.
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", base+5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(metrics), "go_goroutines") {
+		t.Fatalf("metrics: %d %.200s", resp.StatusCode, metrics)
+	}
 	// initial-setup works while up runs, and only once.
 	if out, err := admin(dir, "admin", "S3cret-pass"); err != nil {
 		t.Fatalf("initial-setup: %v\n%s", err, out)
@@ -282,8 +293,11 @@ func TestInitialSetupWithoutUpLeavesNothingRunning(t *testing.T) {
 	if out, err := admin(dir, "admin", "short", "--port", strconv.Itoa(base)); err == nil || !strings.Contains(out, "password: must be at least 8 characters") {
 		t.Fatalf("short password: %v\n%s", err, out)
 	}
-	if out, err := admin(dir, "admin", "S3cret-pass"); err != nil {
-		t.Fatalf("initial-setup: %v\n%s", err, out)
+	// The password from standard input keeps it out of ps.
+	setup := exec.Command(binary, "admin", "initial-setup", "admin", "--password-stdin", "--data-dir", dir)
+	setup.Stdin = strings.NewReader("S3cret-pass\n")
+	if out, err := setup.CombinedOutput(); err != nil {
+		t.Fatalf("initial-setup --password-stdin: %v\n%s", err, out)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "postgres", "postmaster.pid")); err == nil {
 		t.Fatal("initial-setup left PostgreSQL running")

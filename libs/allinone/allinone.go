@@ -19,7 +19,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"golang.org/x/sync/errgroup"
 
@@ -252,9 +251,7 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	if st.metricsL, err = net.Listen("tcp", settings.Addr(datadir.OffsetMetrics)); err != nil {
 		return nil, fmt.Errorf("metrics port: %w", err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.Handler())
-	st.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	st.metrics = telemetry.NewMetricsServer()
 	return st, nil
 }
 

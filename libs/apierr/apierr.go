@@ -85,9 +85,6 @@ func Unavailable(format string, args ...any) *Error {
 	return &Error{Kind: KindUnavailable, Message: fmt.Sprintf(format, args...)}
 }
 
-// New makes an error of the given kind with a caller-facing message.
-func New(kind Kind, message string) *Error { return &Error{Kind: kind, Message: message} }
-
 // KindOf returns the kind of err: the kind of the first *Error in its chain, or
 // KindInternal.
 func KindOf(err error) Kind {

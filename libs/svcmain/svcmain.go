@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -21,7 +20,6 @@ import (
 	"github.com/caarlos0/env/v11"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/trace"
 
 	"flotilla.dev/flotilla/libs/natsx"
@@ -169,9 +167,7 @@ func run(ctx context.Context, name, version string, cfg Config, needs Needs, bui
 		if err != nil {
 			return fmt.Errorf("FLOTILLA_METRICS_ADDR: %w", err)
 		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", promhttp.Handler())
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		srv := telemetry.NewMetricsServer()
 		go func() { _ = srv.Serve(l) }()
 		defer func() { _ = srv.Close() }()
 	}

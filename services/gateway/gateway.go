@@ -21,7 +21,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
-	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -35,6 +34,7 @@ import (
 	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
 	"flotilla.dev/flotilla/api/openapi"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/natsx"
 )
 
 // Deps are what the gateway is built from; the caller owns them.
@@ -42,7 +42,6 @@ type Deps struct {
 	NATS           *nats.Conn
 	Log            *slog.Logger
 	TracerProvider trace.TracerProvider
-	Propagator     propagation.TextMapPropagator
 	Version        string
 	// HTTPListener serves REST, the OpenAPI document and (later) the console.
 	HTTPListener net.Listener
@@ -91,19 +90,12 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 	}
 	g.httpSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	g.grpcSrv = grpc.NewServer(
-		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(d.TracerProvider), otelgrpc.WithPropagators(g.propagator()))),
+		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(d.TracerProvider), otelgrpc.WithPropagators(natsx.Propagator))),
 		grpc.ChainUnaryInterceptor(g.unaryAuth),
 		grpc.ChainStreamInterceptor(g.streamAuth),
 	)
 	registerGRPC(g.grpcSrv, g)
 	return g, nil
-}
-
-func (g *Gateway) propagator() propagation.TextMapPropagator {
-	if g.deps.Propagator != nil {
-		return g.deps.Propagator
-	}
-	return propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
 }
 
 // jsonCodec is the REST wire format: lowerCamelCase names, and unknown fields
@@ -183,7 +175,7 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
 	root.HandleFunc("GET /{$}", g.home)
 	return otelhttp.NewHandler(g.requireAuth(root), "gateway",
 		otelhttp.WithTracerProvider(g.deps.TracerProvider),
-		otelhttp.WithPropagators(g.propagator()),
+		otelhttp.WithPropagators(natsx.Propagator),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.URL.Path }),
 	), nil
 }

@@ -2,6 +2,8 @@ package gateway_test
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 )
@@ -36,6 +38,30 @@ func TestStatusIsDegradedWhenAServiceIsMissing(t *testing.T) {
 	}
 	if st["status"] != "degraded" || !strings.Contains(fmt.Sprint(st["components"]), "provisioner service is not available") {
 		t.Fatalf("status %v", st)
+	}
+}
+
+func TestTheFleetCACertificateIsServedAsPEMAndJSON(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	c := e.must(200, "GET", "/api/v1/ca", nil)
+	pemText, _ := c["certificatePem"].(string)
+	if !strings.HasPrefix(pemText, "-----BEGIN CERTIFICATE-----") || len(c["fingerprintSha256"].(string)) != 64 || c["notAfter"] == "" {
+		t.Fatalf("GET /api/v1/ca: %v", c)
+	}
+	req, _ := http.NewRequest("GET", e.base+"/api/v1/ca/certificate", nil)
+	req.Header.Set("Authorization", "Bearer "+e.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != pemText || resp.Header.Get("Content-Type") != "application/x-pem-file" {
+		t.Fatalf("GET /api/v1/ca/certificate: %d %s %q", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	if code := e.call("GET", "/api/v1/ca/certificate", nil, nil, "-"); code != 401 {
+		t.Fatalf("CA certificate without a token: %d", code)
 	}
 }
 

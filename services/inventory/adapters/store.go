@@ -100,18 +100,6 @@ func (t Table) Get(ctx context.Context, q Querier, id string, forUpdate bool, m 
 	return nil
 }
 
-// GetByName reads one resource by its unique name.
-func (t Table) GetByName(ctx context.Context, q Querier, name string, m proto.Message) error {
-	row := q.QueryRow(ctx, "SELECT spec, id::text, version, created_at, updated_at FROM "+t.Name+" WHERE name = $1", name)
-	if err := t.scan(row, m); err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
-			return apierr.NotFound(t.Noun, name)
-		}
-		return fmt.Errorf("read %s %s: %w", t.Noun, name, err)
-	}
-	return nil
-}
-
 func (t Table) scan(row pgx.Row, m proto.Message) error {
 	var (
 		spec                 []byte

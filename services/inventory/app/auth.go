@@ -28,9 +28,6 @@ var usernameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$`)
 // takes as long for an unknown user as for a wrong password.
 var dummyHash, _ = password.Hash("flotilla-dummy-password")
 
-// ErrAdminExists is returned by InitialSetup when it has run before.
-var ErrAdminExists = adapters.ErrAdminExists
-
 // InitialSetup creates the first admin user. It refuses to run twice.
 func (a *App) InitialSetup(ctx context.Context, username, pw string) error {
 	if !usernameRE.MatchString(username) {
