@@ -13,6 +13,7 @@ import (
 	"time"
 
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	"flotilla.dev/flotilla/api/vocab"
 )
 
 // requestTimeout bounds the wait for the gateway's answer to a secret or
@@ -151,11 +152,11 @@ func (a *agent) logf(ctx context.Context, format string, args ...any) {
 }
 
 // progress reports a step of a command.
-func (a *agent) progress(ctx context.Context, cmdID, step, status, message string, actionIndex int) {
-	p := &agentv1.Progress{CommandId: cmdID, Step: step, Status: status, Message: message, ActionIndex: int32(actionIndex)}
+func (a *agent) progress(ctx context.Context, cmdID string, step vocab.Step, status vocab.Progress, message string, actionIndex int) {
+	p := &agentv1.Progress{CommandId: cmdID, Step: string(step), Status: string(status), Message: message, ActionIndex: int32(actionIndex)}
 	a.out.Push(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Progress{Progress: p}})
 	text := fmt.Sprintf("command %s: %s %s", cmdID, step, status)
-	if step == stepSetup {
+	if step == vocab.StepRunningSetup {
 		text = fmt.Sprintf("command %s: %s action %d %s", cmdID, step, actionIndex, status)
 	}
 	if message != "" {

@@ -13,25 +13,8 @@ import (
 	"time"
 
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/pki"
-)
-
-// Steps and statuses of command progress.
-const (
-	stepSetup      = "running-setup"
-	stepInstalling = "installing"
-	stepStarting   = "starting"
-	stepDone       = "done"
-
-	statusStarted   = "started"
-	statusSucceeded = "succeeded"
-	statusFailed    = "failed"
-)
-
-// HTTPS strategies a Bootstrap may ask for.
-const (
-	httpsNone       = "none"
-	httpsSelfSigned = "self-signed"
 )
 
 // commandLoop runs the commands from the gateway one at a time, until ctx
@@ -62,18 +45,18 @@ func (a *agent) bootstrap(ctx context.Context, id string, b *agentv1.Bootstrap) 
 		if a.node.URL() == "" {
 			spec := *st.Node
 			spec.Stopped = false
-			a.progress(ctx, id, stepStarting, statusStarted, "", 0)
+			a.progress(ctx, id, vocab.StepStarting, vocab.ProgressStarted, "", 0)
 			url, err := a.node.Start(ctx, spec)
 			if err == nil {
 				err = a.state.Update(func(s *state) { s.Node = &spec })
 			}
 			if err != nil {
-				a.progress(ctx, id, stepStarting, statusFailed, err.Error(), 0)
+				a.progress(ctx, id, vocab.StepStarting, vocab.ProgressFailed, err.Error(), 0)
 				return
 			}
-			a.progress(ctx, id, stepStarting, statusSucceeded, url, 0)
+			a.progress(ctx, id, vocab.StepStarting, vocab.ProgressSucceeded, url, 0)
 		}
-		a.progress(ctx, id, stepDone, statusSucceeded, a.node.URL(), 0)
+		a.progress(ctx, id, vocab.StepDone, vocab.ProgressSucceeded, a.node.URL(), 0)
 		return
 	}
 
@@ -86,22 +69,22 @@ func (a *agent) bootstrap(ctx context.Context, id string, b *agentv1.Bootstrap) 
 		secret:    a.fetchSecret,
 	}
 	for i, act := range b.GetSetupActions() {
-		a.progress(ctx, id, stepSetup, statusStarted, act.GetType(), i)
+		a.progress(ctx, id, vocab.StepRunningSetup, vocab.ProgressStarted, act.GetType(), i)
 		if err := r.run(ctx, act); err != nil {
-			a.progress(ctx, id, stepSetup, statusFailed, a.mask.Mask(err.Error()), i)
+			a.progress(ctx, id, vocab.StepRunningSetup, vocab.ProgressFailed, a.mask.Mask(err.Error()), i)
 			return
 		}
-		a.progress(ctx, id, stepSetup, statusSucceeded, act.GetType(), i)
+		a.progress(ctx, id, vocab.StepRunningSetup, vocab.ProgressSucceeded, act.GetType(), i)
 	}
 
-	a.progress(ctx, id, stepInstalling, statusStarted, b.GetNodeVersion(), 0)
+	a.progress(ctx, id, vocab.StepInstalling, vocab.ProgressStarted, b.GetNodeVersion(), 0)
 	if err := a.install(b.GetNodeVersion()); err != nil {
-		a.progress(ctx, id, stepInstalling, statusFailed, err.Error(), 0)
+		a.progress(ctx, id, vocab.StepInstalling, vocab.ProgressFailed, err.Error(), 0)
 		return
 	}
-	a.progress(ctx, id, stepInstalling, statusSucceeded, b.GetNodeVersion(), 0)
+	a.progress(ctx, id, vocab.StepInstalling, vocab.ProgressSucceeded, b.GetNodeVersion(), 0)
 
-	a.progress(ctx, id, stepStarting, statusStarted, "", 0)
+	a.progress(ctx, id, vocab.StepStarting, vocab.ProgressStarted, "", 0)
 	spec, err := a.nodeSpec(ctx, st, b, r.env)
 	var url string
 	if err == nil {
@@ -114,11 +97,11 @@ func (a *agent) bootstrap(ctx context.Context, id string, b *agentv1.Bootstrap) 
 		})
 	}
 	if err != nil {
-		a.progress(ctx, id, stepStarting, statusFailed, a.mask.Mask(err.Error()), 0)
+		a.progress(ctx, id, vocab.StepStarting, vocab.ProgressFailed, a.mask.Mask(err.Error()), 0)
 		return
 	}
-	a.progress(ctx, id, stepStarting, statusSucceeded, url, 0)
-	a.progress(ctx, id, stepDone, statusSucceeded, url, 0)
+	a.progress(ctx, id, vocab.StepStarting, vocab.ProgressSucceeded, url, 0)
+	a.progress(ctx, id, vocab.StepDone, vocab.ProgressSucceeded, url, 0)
 }
 
 // stopNode stops the node software and keeps it stopped across restarts.
@@ -129,10 +112,10 @@ func (a *agent) stopNode(ctx context.Context, id string) {
 			s.Node.Stopped = true
 		}
 	}); err != nil {
-		a.progress(ctx, id, stepDone, statusFailed, err.Error(), 0)
+		a.progress(ctx, id, vocab.StepDone, vocab.ProgressFailed, err.Error(), 0)
 		return
 	}
-	a.progress(ctx, id, stepDone, statusSucceeded, "node software stopped", 0)
+	a.progress(ctx, id, vocab.StepDone, vocab.ProgressSucceeded, "node software stopped", 0)
 }
 
 // install places the node software: the local provider's is the node
@@ -175,9 +158,9 @@ func (a *agent) nodeSpec(ctx context.Context, st state, b *agentv1.Bootstrap, en
 		}
 		spec.Port = port
 	}
-	switch b.GetHttpsStrategy() {
-	case "", httpsNone:
-	case httpsSelfSigned:
+	switch vocab.HTTPSStrategy(b.GetHttpsStrategy()) {
+	case "", vocab.HTTPSNone:
+	case vocab.HTTPSSelfSigned:
 		if err := a.serverCertificate(ctx, &spec); err != nil {
 			return spec, err
 		}

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,22 +13,24 @@ import (
 	"testing"
 	"time"
 
+	"flotilla.dev/flotilla/libs/rpc"
+
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/protobuf/proto"
 
 	"flotilla.dev/flotilla/agent"
+	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/internal/stack/stacktest"
 	"flotilla.dev/flotilla/libs/bus"
-	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/testkit"
-	"flotilla.dev/flotilla/services/agentgw"
 	"flotilla.dev/flotilla/services/ca"
 )
 
@@ -44,6 +45,8 @@ type fleet struct {
 	ca       *ca.Service
 	addr     string
 	observed *recorder
+	// bus calls as the provisioner does: join tokens, commands.
+	bus *rpc.Client
 
 	mu     sync.Mutex
 	stopGW func()
@@ -54,6 +57,7 @@ func newFleet(t *testing.T, agentCertTTL time.Duration) *fleet {
 	ctx := t.Context()
 	f := &fleet{t: t, ns: testkit.NATS(t)}
 	f.nc = testkit.NATSConn(t, f.ns)
+	f.bus = rpc.NewClient(f.nc, subjects.Provisioner, 0)
 	var err error
 	if f.js, err = jetstream.New(f.nc); err != nil {
 		t.Fatal(err)
@@ -61,14 +65,8 @@ func newFleet(t *testing.T, agentCertTTL time.Duration) *fleet {
 	if err := bus.EnsureStreams(ctx, f.js, 1); err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	f.ca, err = ca.New(ctx, ca.Deps{
-		NATS: testkit.NATSConn(t, f.ns), Log: agent.NewTestLog(t), TracerProvider: noop.NewTracerProvider(),
-		CertFile: filepath.Join(dir, "ca.crt"), KeyFile: filepath.Join(dir, "ca.key"), AgentCertTTL: agentCertTTL,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	f.ca = stacktest.Start(t, stack.Config{Services: []string{subjects.CA}, Log: agent.NewTestLog(t),
+		NATSURL: f.ns.ClientURL(), AgentCertTTL: agentCertTTL}).CA
 	f.observed = recordObserve(t, testkit.NATSConn(t, f.ns))
 	f.startGateway("127.0.0.1:0")
 	t.Cleanup(func() {
@@ -82,14 +80,16 @@ func newFleet(t *testing.T, agentCertTTL time.Duration) *fleet {
 	return f
 }
 
-// startGateway runs an agent gateway listening on addr.
+// startGateway runs an agent gateway listening on addr, until stopGW.
 func (f *fleet) startGateway(addr string) {
 	t := f.t
 	t.Helper()
-	var l net.Listener
+	var st *stack.Stack
 	var err error
 	for range 50 { // the old listener's port may take a moment to be free
-		if l, err = net.Listen("tcp", addr); err == nil {
+		st, err = stack.Start(t.Context(), stack.Config{Services: []string{subjects.AgentGW}, Log: agent.NewTestLog(t),
+			NATSURL: f.ns.ClientURL(), AgentAddr: addr})
+		if err == nil {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -97,34 +97,20 @@ func (f *fleet) startGateway(addr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The gateway's connection lives as long as the gateway, which may end
-	// before or after the agent.
-	nc, err := nats.Connect(f.ns.ClientURL(), nats.Name("agentgw"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	gw, err := agentgw.New(t.Context(), agentgw.Deps{
-		NATS: nc, Log: agent.NewTestLog(t), TracerProvider: noop.NewTracerProvider(), Listener: l,
-	})
-	if err != nil {
-		nc.Close()
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
+	go func() { done <- st.Run(ctx) }()
 	f.mu.Lock()
-	f.addr = l.Addr().String()
+	f.addr = st.AgentAddr
 	f.stopGW = func() {
 		cancel()
-		defer nc.Close()
 		select {
 		case err := <-done:
 			if err != nil {
-				t.Errorf("agentgw.Run: %v", err)
+				t.Errorf("agent gateway: %v", err)
 			}
 		case <-time.After(15 * time.Second):
-			t.Error("agentgw.Run did not return")
+			t.Error("the agent gateway did not stop")
 		}
 	}
 	f.mu.Unlock()
@@ -144,9 +130,8 @@ func (f *fleet) restartGateway() {
 func (f *fleet) startAgent(id string, heartbeat time.Duration) agent.Config {
 	t := f.t
 	t.Helper()
-	var tok cav1.JoinToken
-	if err := natsx.Request(t.Context(), f.nc, subjects.Endpoint(subjects.CA, subjects.NounJoinToken, subjects.VerbCreate),
-		&cav1.CreateJoinTokenRequest{InstanceId: id}, &tok); err != nil {
+	tok, err := rpc.Call(t.Context(), f.bus, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: id})
+	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
@@ -183,7 +168,7 @@ func (f *fleet) startAgent(id string, heartbeat time.Duration) agent.Config {
 // command sends cmd to the agent through the bus.
 func (f *fleet) command(id string, cmd *agentv1.Command) {
 	f.t.Helper()
-	if err := natsx.Request(f.t.Context(), f.nc, subjects.AgentCommand(id), cmd, nil); err != nil {
+	if _, err := rpc.Call(f.t.Context(), f.bus, endpoints.AgentCommand.At(id), cmd); err != nil {
 		f.t.Fatalf("send command %s: %v", cmd.GetId(), err)
 	}
 }
@@ -250,7 +235,7 @@ type recorder struct {
 func recordObserve(t *testing.T, nc *nats.Conn) *recorder {
 	t.Helper()
 	r := &recorder{}
-	sub, err := nc.Subscribe(subjects.Endpoint(subjects.Inventory, subjects.NounLifecycle, subjects.VerbObserve), func(m *nats.Msg) {
+	sub, err := nc.Subscribe(endpoints.LifecycleObserve.Subject(), func(m *nats.Msg) {
 		ev := &agentv1.AgentEvent{}
 		if err := proto.Unmarshal(m.Data, ev); err == nil {
 			r.mu.Lock()

@@ -16,19 +16,12 @@ import (
 	"time"
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/vocab"
 )
 
 // DataDirEnv is the environment variable that names the data disk's root
 // for setup scripts and the node software.
 const DataDirEnv = "FLOTILLA_DATA_DIR"
-
-// Setup action types.
-const (
-	actionScript   = "script"
-	actionFile     = "file"
-	actionEnv      = "env"
-	actionPackages = "packages"
-)
 
 // secretRef is a reference to one of the instance's secrets in a setup
 // action: ${secret:NAME}.
@@ -53,16 +46,16 @@ type setupRunner struct {
 // run runs one action. Its error says what failed and never holds a
 // secret's value.
 func (r *setupRunner) run(ctx context.Context, act *inventoryv1.SetupAction) error {
-	switch act.GetType() {
-	case actionScript:
+	switch vocab.SetupAction(act.GetType()) {
+	case vocab.SetupScript:
 		script, err := r.expand(ctx, act.GetScript())
 		if err != nil {
 			return err
 		}
 		return r.command(ctx, []string{"/bin/sh", "-c", script}, "script")
-	case actionFile:
+	case vocab.SetupFile:
 		return r.writeFile(ctx, act)
-	case actionEnv:
+	case vocab.SetupEnv:
 		if !envName.MatchString(act.GetName()) {
 			return fmt.Errorf("env name %q: must be letters, digits and '_', not starting with a digit", act.GetName())
 		}
@@ -73,7 +66,7 @@ func (r *setupRunner) run(ctx context.Context, act *inventoryv1.SetupAction) err
 		r.env = append(r.env, act.GetName()+"="+v)
 		r.log(SourceSetup, "set "+act.GetName())
 		return nil
-	case actionPackages:
+	case vocab.SetupPackages:
 		return r.installPackages(ctx, act.GetPackages())
 	}
 	return fmt.Errorf("unknown setup action type %q (script, file, env, packages)", act.GetType())

@@ -16,6 +16,7 @@ import (
 
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/pki"
 )
 
@@ -132,7 +133,7 @@ func (ta *testAgent) steps(t *testing.T) []string {
 	var out []string
 	for _, p := range ta.progress {
 		s := p.GetStep() + " " + p.GetStatus()
-		if p.GetStep() == stepSetup {
+		if vocab.Step(p.GetStep()) == vocab.StepRunningSetup {
 			s += " " + string(rune('0'+p.GetActionIndex()))
 		}
 		out = append(out, s)
@@ -268,7 +269,7 @@ func TestSecretsAreResolvedAndMasked(t *testing.T) {
 		t.Fatalf("db.conf = %q, %v", data, err)
 	}
 	last := ta.lastProgress()
-	if last.GetStatus() != statusFailed || last.GetActionIndex() != 3 || !strings.Contains(last.GetMessage(), `"missing"`) {
+	if vocab.Progress(last.GetStatus()) != vocab.ProgressFailed || last.GetActionIndex() != 3 || !strings.Contains(last.GetMessage(), `"missing"`) {
 		t.Fatalf("last progress = %v, want action 3 failed naming the missing secret", last)
 	}
 	var all strings.Builder

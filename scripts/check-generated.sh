@@ -9,6 +9,7 @@ cd "$root"
 
 scripts/generate.sh
 
+# (ARCHITECTURE.md's endpoint table is checked by a test in api/endpoints.)
 paths=(api/gen api/openapi/flotilla.swagger.json)
 changes="$(git status --porcelain --untracked-files=all -- "${paths[@]}")"
 if [[ -n $changes ]]; then

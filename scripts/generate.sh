@@ -3,6 +3,8 @@
 #   api/gen/flotilla/<area>/v1/*.pb.go, *_grpc.pb.go, *.pb.gw.go
 #   api/gen/openapi/flotilla.swagger.json  (one merged OpenAPI v2 document)
 #   api/openapi/flotilla.swagger.json      (copy of it, embedded by package openapi)
+# and the endpoint table in ARCHITECTURE.md from the declarations in
+# api/endpoints.
 #
 # Needs only Go: buf and the protoc plugins are pinned in tools/buf/go.mod and
 # tools/go.mod and run with `go tool`, so the first run downloads them from the
@@ -57,4 +59,7 @@ echo "generate: buf generate" >&2
 "${buf[@]}" generate --template api/buf.gen.yaml
 
 cp "$openapi_out" "$openapi_embed"
+
+echo "generate: endpoint table in ARCHITECTURE.md" >&2
+GOWORK= FLOTILLA_UPDATE_DOCS=1 go test -count=1 -run '^TestArchitectureListsTheDeclaredEndpoints$' ./api/endpoints >/dev/null
 echo "generate: done" >&2

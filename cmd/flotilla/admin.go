@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
-	"flotilla.dev/flotilla/libs/allinone"
+	"flotilla.dev/flotilla/internal/stack"
 	"flotilla.dev/flotilla/libs/datadir"
 	"flotilla.dev/flotilla/services/inventory"
 )
@@ -51,7 +51,7 @@ func newAdmin() *cobra.Command {
 			if cmd.Flags().Changed("port") {
 				o.BasePort = port
 			}
-			err := allinone.WithDatabase(cmd.Context(), dir, o, func(ctx context.Context, pool *pgxpool.Pool) error {
+			err := stack.WithDatabase(cmd.Context(), dir, o, func(ctx context.Context, pool *pgxpool.Pool) error {
 				return inventory.InitialSetup(ctx, pool, log, user, pw)
 			})
 			if err != nil {

@@ -9,7 +9,7 @@ import (
 	"github.com/caarlos0/env/v11"
 	"github.com/spf13/cobra"
 
-	"flotilla.dev/flotilla/libs/allinone"
+	"flotilla.dev/flotilla/internal/stack"
 	"flotilla.dev/flotilla/libs/datadir"
 	"flotilla.dev/flotilla/libs/telemetry"
 )
@@ -62,7 +62,7 @@ Flotilla listens on the base port and the next five:
 			}
 			defer logFile.Close()
 			log := telemetry.NewLogger(io.MultiWriter(os.Stderr, logFile), level, ec.LogJSON)
-			o := allinone.Options{
+			o := stack.EmbeddedOptions{
 				DataDir: dir, Log: log, Version: version,
 				OTLPEndpoint: ec.OTLPEndpoint, OTLPProtocol: ec.OTLPProtocol,
 				Overrides: datadir.Overrides{DatabaseURL: dbURL},
@@ -70,7 +70,7 @@ Flotilla listens on the base port and the next five:
 			if cmd.Flags().Changed("port") {
 				o.Overrides.BasePort = port
 			}
-			st, err := allinone.Start(cmd.Context(), o)
+			st, err := stack.StartEmbedded(cmd.Context(), o)
 			if err != nil {
 				return err
 			}

@@ -1,10 +1,14 @@
-// Package apierr defines the kinds of error Flotilla reports to callers and maps
-// them, in one place, to gRPC status codes (and so to HTTP status codes through
-// the REST gateway) and to bus reply codes.
+// Package apierr defines the errors Flotilla reports to callers and maps them,
+// in one place, to gRPC statuses (and so to HTTP statuses and JSON bodies
+// through the REST gateway) and to bus replies.
 //
-// Code that rejects a request returns one of the constructors here; anything
-// else is an internal error, which callers see only as an error id while the log
-// carries the detail.
+// Every error has a kind (what the caller should do: fix the request, retry,
+// log in...), a stable machine-readable reason (which rule it broke:
+// version_mismatch, in_use, lifecycle_busy...), a message for people and, for
+// a bad field, the field's name. Clients branch on the reason, never on the
+// message. Code that rejects a request returns one of the constructors here;
+// anything else is an internal error, which callers see only as an error id
+// while the log carries the detail.
 package apierr
 
 import (
@@ -14,9 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // Kind classifies an error by what the caller should do about it.
@@ -33,10 +34,11 @@ const (
 	KindUnavailable      Kind = "unavailable"
 )
 
-// Error is an error with a kind and a message safe to show the caller.
+// Error is an error with a kind, a reason and a message safe to show the caller.
 type Error struct {
-	Kind Kind
-	// Field names the offending request field, for KindInvalid.
+	Kind   Kind
+	Reason Reason
+	// Field names the offending request field, for ReasonInvalidField.
 	Field string
 	// Message is shown to the caller as is.
 	Message string
@@ -50,39 +52,65 @@ func (e *Error) Error() string { return e.Message }
 // Unwrap returns the cause.
 func (e *Error) Unwrap() error { return e.Err }
 
-// Invalid reports a request field that breaks a rule: the message reads "<field>: <rule>".
+func newError(reason Reason, format string, args []any) *Error {
+	return &Error{Kind: reason.Kind(), Reason: reason, Message: fmt.Sprintf(format, args...)}
+}
+
+// Invalid reports a request field that breaks a rule: the message reads
+// "<field>: <rule>" and the reason is invalid_field. With no field it reports
+// a request that is wrong as a whole (malformed_request).
 func Invalid(field, rule string, args ...any) *Error {
-	r := fmt.Sprintf(rule, args...)
-	msg := r
-	if field != "" {
-		msg = field + ": " + r
+	if field == "" {
+		return newError(ReasonMalformedRequest, rule, args)
 	}
-	return &Error{Kind: KindInvalid, Field: field, Message: msg}
+	e := newError(ReasonInvalidField, rule, args)
+	e.Field, e.Message = field, field+": "+e.Message
+	return e
+}
+
+// Malformed reports a request that cannot be decoded or is wrong as a whole.
+func Malformed(format string, args ...any) *Error {
+	return newError(ReasonMalformedRequest, format, args)
+}
+
+// Unsupported reports a request for something Flotilla does not do (yet).
+func Unsupported(field, format string, args ...any) *Error {
+	e := newError(ReasonUnsupported, format, args)
+	if field != "" {
+		e.Field, e.Message = field, field+": "+e.Message
+	}
+	return e
 }
 
 // NotFound reports that the named thing does not exist.
 func NotFound(what, id string) *Error {
-	return &Error{Kind: KindNotFound, Message: fmt.Sprintf("%s %q not found", what, id)}
+	return newError(ReasonNotFound, "%s %q not found", []any{what, id})
 }
 
-// Conflict reports a clash with the current state (a stale version, a name in use, ...).
-func Conflict(format string, args ...any) *Error {
-	return &Error{Kind: KindConflict, Message: fmt.Sprintf(format, args...)}
+// Conflict reports a clash with the current state; reason says which
+// (version_mismatch, already_exists, in_use, lifecycle_busy, invalid_state,
+// concurrent_change). It panics on a reason of another kind, a programming
+// error.
+func Conflict(reason Reason, format string, args ...any) *Error {
+	if reason.Kind() != KindConflict {
+		panic(fmt.Sprintf("apierr: %q is not a conflict reason", reason))
+	}
+	return newError(reason, format, args)
 }
 
 // Unauthenticated reports a missing or invalid credential.
 func Unauthenticated(format string, args ...any) *Error {
-	return &Error{Kind: KindUnauthenticated, Message: fmt.Sprintf(format, args...)}
+	return newError(ReasonUnauthenticated, format, args)
 }
 
 // PermissionDenied reports an authenticated caller that may not do this.
 func PermissionDenied(format string, args ...any) *Error {
-	return &Error{Kind: KindPermissionDenied, Message: fmt.Sprintf(format, args...)}
+	return newError(ReasonPermissionDenied, format, args)
 }
 
 // Unavailable reports a dependency that cannot be reached now; retrying may work.
 func Unavailable(format string, args ...any) *Error {
-	return &Error{Kind: KindUnavailable, Message: fmt.Sprintf(format, args...)}
+	return newError(ReasonUnavailable, format, args)
 }
 
 // KindOf returns the kind of err: the kind of the first *Error in its chain, or
@@ -95,60 +123,44 @@ func KindOf(err error) Kind {
 	return KindInternal
 }
 
+// ReasonOf returns the reason of err: that of the first *Error in its chain,
+// or internal.
+func ReasonOf(err error) Reason {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Reason
+	}
+	return ReasonInternal
+}
+
 // Is reports whether err is an *Error of the given kind.
 func Is(err error, kind Kind) bool { return err != nil && KindOf(err) == kind }
 
-// Public returns what a caller may see of err: its kind and message. For an
-// internal error it logs the detail with a fresh error id and returns a message
-// carrying only that id.
-func Public(ctx context.Context, log *slog.Logger, err error) (Kind, string) {
+// Public returns what a caller may see of err: a copy of its *Error without
+// the cause. For an internal error it logs the detail with a fresh error id
+// and returns an error whose message carries only that id.
+func Public(ctx context.Context, log *slog.Logger, err error) *Error {
 	var e *Error
 	if errors.As(err, &e) && e.Kind != KindInternal {
-		return e.Kind, e.Message
+		return &Error{Kind: e.Kind, Reason: e.reason(), Field: e.Field, Message: e.Message}
 	}
 	id := newErrorID()
 	if log != nil {
 		log.ErrorContext(ctx, "internal error", "error_id", id, "error", err)
 	}
-	return KindInternal, "internal error (error id " + id + ")"
+	return &Error{Kind: KindInternal, Reason: ReasonInternal, Message: "internal error (error id " + id + ")"}
+}
+
+// reason is e's reason, or its kind's default when none was set.
+func (e *Error) reason() Reason {
+	if e.Reason != "" {
+		return e.Reason
+	}
+	return defaultReason(e.Kind, e.Field)
 }
 
 func newErrorID() string {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-var grpcCodes = map[Kind]codes.Code{
-	KindInternal:         codes.Internal,
-	KindInvalid:          codes.InvalidArgument,
-	KindNotFound:         codes.NotFound,
-	KindConflict:         codes.Aborted, // 409 through the REST gateway
-	KindUnauthenticated:  codes.Unauthenticated,
-	KindPermissionDenied: codes.PermissionDenied,
-	KindUnavailable:      codes.Unavailable,
-}
-
-// GRPCStatus converts err to a gRPC status error with only caller-safe text.
-func GRPCStatus(ctx context.Context, log *slog.Logger, err error) error {
-	if err == nil {
-		return nil
-	}
-	var e *Error
-	if !errors.As(err, &e) {
-		if _, ok := status.FromError(err); ok {
-			return err // already a status with caller-safe text
-		}
-	}
-	kind, msg := Public(ctx, log, err)
-	return status.Error(grpcCodes[kind], msg)
-}
-
-// FromCode rebuilds an error from a bus reply's code and message.
-func FromCode(code, message string) *Error {
-	k := Kind(code)
-	if _, ok := grpcCodes[k]; !ok {
-		k = KindInternal
-	}
-	return &Error{Kind: k, Message: message}
 }

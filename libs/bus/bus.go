@@ -22,6 +22,7 @@ import (
 
 	eventsv1 "flotilla.dev/flotilla/api/gen/flotilla/events/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/natsx"
 )
 
@@ -32,6 +33,10 @@ const (
 	HeaderTime          = "Flotilla-Time"
 	HeaderSchemaVersion = "Flotilla-Schema-Version"
 	HeaderType          = "Flotilla-Type"
+	// HeaderSubject names a message's subject where it is kept apart from
+	// the bus: in an outbox row (its destination) and in a consumed
+	// message's metadata (where it arrived).
+	HeaderSubject = "Flotilla-Subject"
 )
 
 // SchemaVersion is the payload schema version of the events this build emits.
@@ -49,14 +54,14 @@ func (m Message) ID() string { return m.Header.Get(HeaderMsgID) }
 
 // NewMessage builds a message with a fresh id, the trace context of ctx, the
 // actor, the time and the schema version.
-func NewMessage(ctx context.Context, subject, typ, actor string, now time.Time, payload proto.Message) (Message, error) {
+func NewMessage(ctx context.Context, subject, typ string, actor vocab.Actor, now time.Time, payload proto.Message) (Message, error) {
 	data, err := proto.Marshal(payload)
 	if err != nil {
 		return Message{}, fmt.Errorf("encode %s: %w", typ, err)
 	}
 	h := nats.Header{}
 	h.Set(HeaderMsgID, uuid.Must(uuid.NewV7()).String())
-	h.Set(HeaderActor, actor)
+	h.Set(HeaderActor, string(actor))
 	h.Set(HeaderTime, now.UTC().Format(time.RFC3339Nano))
 	h.Set(HeaderSchemaVersion, strconv.Itoa(SchemaVersion))
 	h.Set(HeaderType, typ)
@@ -67,23 +72,23 @@ func NewMessage(ctx context.Context, subject, typ, actor string, now time.Time, 
 // NewEvent builds a domain event about one entity: the envelope carries data
 // (the entity after the change), and the subject is
 // subjects.Event(entity, id, verb).
-func NewEvent(ctx context.Context, entity, id, verb, actor string, entityVersion int64, now time.Time, data proto.Message) (Message, error) {
+func NewEvent(ctx context.Context, entity, id string, verb vocab.Verb, actor vocab.Actor, entityVersion int64, now time.Time, data proto.Message) (Message, error) {
 	anyData, err := anypb.New(data)
 	if err != nil {
 		return Message{}, fmt.Errorf("wrap event data: %w", err)
 	}
-	typ := subjects.EventType(entity, verb)
+	typ := subjects.EventType(entity, string(verb))
 	ev := &eventsv1.Event{
 		Type:          typ,
 		Entity:        entity,
 		EntityId:      id,
-		Actor:         actor,
+		Actor:         string(actor),
 		Time:          timestamppb.New(now),
 		SchemaVersion: SchemaVersion,
 		Data:          anyData,
 		EntityVersion: entityVersion,
 	}
-	msg, err := NewMessage(ctx, subjects.Event(entity, id, verb), typ, actor, now, ev)
+	msg, err := NewMessage(ctx, subjects.Event(entity, id, string(verb)), typ, actor, now, ev)
 	if err != nil {
 		return Message{}, err
 	}

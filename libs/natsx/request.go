@@ -34,6 +34,8 @@ type ServiceError struct {
 	Code string
 	// Message is the Nats-Service-Error header.
 	Message string
+	// Header holds every header of the reply (a service may say more there).
+	Header nats.Header
 }
 
 // Error returns "service error <code>: <message>".
@@ -42,7 +44,8 @@ func (e *ServiceError) Error() string {
 }
 
 // Request sends req, marshalled as protobuf, to subject and waits for one
-// reply, which it unmarshals into resp (resp may be nil when the reply has no
+// reply (Flotilla's services call each other through libs/rpc, which uses
+// this with the subjects and types of api/endpoints), which it unmarshals into resp (resp may be nil when the reply has no
 // body worth reading). Extra headers in hdr are merged into the request.
 //
 // Request runs in a client span named "nats.request <subject>" and injects its
@@ -123,7 +126,7 @@ func serviceError(h nats.Header) *ServiceError {
 	if code == "" && desc == "" {
 		return nil
 	}
-	return &ServiceError{Code: code, Message: desc}
+	return &ServiceError{Code: code, Message: desc, Header: h}
 }
 
 // tracerFrom returns a tracer from the provider of the recording span in ctx,

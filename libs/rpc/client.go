@@ -3,27 +3,98 @@ package rpc
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
 
+	"flotilla.dev/flotilla/api/endpoints"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/natsx"
 )
 
-// ClientError turns a failed request to a service into an apierr error: the
-// service's own error (kind and caller-safe message) as it was sent, and
-// "unavailable" when nobody answers or the answer comes too late.
-func ClientError(service string, err error) error {
+// DefaultTimeout bounds a call whose context has no deadline.
+const DefaultTimeout = natsx.DefaultTimeout
+
+// Client calls declared endpoints as one Flotilla service: only endpoints
+// that list the service as a caller, acting as the service itself unless a
+// call says otherwise (As).
+type Client struct {
+	nc      *nats.Conn
+	service string
+	timeout time.Duration
+}
+
+// NewClient returns a client calling as service over nc. timeout bounds each
+// call whose context has no earlier deadline (0: DefaultTimeout).
+func NewClient(nc *nats.Conn, service string, timeout time.Duration) *Client {
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	return &Client{nc: nc, service: service, timeout: timeout}
+}
+
+// Service is the service the client calls as.
+func (c *Client) Service() string { return c.service }
+
+// CallOption changes one call.
+type CallOption func(*callOptions)
+
+type callOptions struct {
+	actor   vocab.Actor
+	timeout time.Duration
+}
+
+// As sends the call on behalf of actor (the Flotilla-Actor header): the
+// gateway passes on the authenticated user, the agent gateway the agent.
+func As(actor vocab.Actor) CallOption { return func(o *callOptions) { o.actor = actor } }
+
+// Timeout bounds this call instead of the client's timeout.
+func Timeout(d time.Duration) CallOption { return func(o *callOptions) { o.timeout = d } }
+
+// Call sends req to the endpoint and returns its reply. Every failure is an
+// *apierr.Error: the service's error as it sent it (kind, reason, field,
+// message); unavailable when no instance of the service listens or none
+// answers in time; permission denied when c's service is not one of the
+// endpoint's declared callers (nothing is sent). A closed connection or an
+// undecodable reply is an internal error wrapping the cause.
+func Call[Req, Resp proto.Message](ctx context.Context, c *Client, ep endpoints.Endpoint[Req, Resp], req Req, opts ...CallOption) (Resp, error) {
+	var zero Resp
+	info := ep.Info()
+	if !info.CalledBy(c.service) {
+		return zero, apierr.PermissionDenied("%s may not call %s.%s: it is not one of the endpoint's declared callers", c.service, info.Service, info.Name)
+	}
+	o := callOptions{actor: vocab.System(c.service), timeout: c.timeout}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	hdr := nats.Header{}
+	hdr.Set(bus.HeaderActor, string(o.actor))
+	resp := ep.NewResponse()
+	if err := natsx.Request(ctx, c.nc, info.Subject, req, resp, hdr); err != nil {
+		return zero, clientError(info.Service, err)
+	}
+	return resp, nil
+}
+
+// clientError maps a failed request to an *apierr.Error.
+func clientError(service string, err error) error {
 	var se *natsx.ServiceError
 	switch {
-	case err == nil:
-		return nil
 	case errors.As(err, &se):
-		return apierr.FromCode(se.Code, se.Message)
+		return apierr.FromBus(se.Code, se.Message, se.Header.Get(apierr.HeaderReason), se.Header.Get(apierr.HeaderField))
 	case errors.Is(err, nats.ErrNoResponders):
-		return apierr.Unavailable("the %s service is not available; try again shortly", service)
+		e := apierr.Unavailable("the %s service is not available; try again shortly", service)
+		e.Err = err
+		return e
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-		return apierr.Unavailable("the %s service did not answer in time; try again shortly", service)
+		e := apierr.Unavailable("the %s service did not answer in time; try again shortly", service)
+		e.Err = err
+		return e
 	}
 	return err
 }

@@ -1,14 +1,20 @@
-// Package rpc builds Flotilla's request/reply services on the bus: a nats
-// micro service per Flotilla service, in the subject group
-// subjects.ServiceGroup(name), with typed protobuf endpoints, errors mapped
-// through apierr, trace context continued from the caller, and the ping
-// endpoint the gateway's status check calls.
+// Package rpc runs Flotilla's request/reply endpoints on the bus, both ends
+// driven by their declarations in api/endpoints.
+//
+// A service is a nats micro service (name = the Flotilla service, queue group
+// "q", so every instance of it shares the load) with the ping endpoint the
+// gateway's status check calls; Handle adds a declared endpoint with a typed
+// function. Call sends a declared endpoint's request from a Client and returns
+// its typed reply or an *apierr.Error: the service's own error with its kind,
+// reason and field, or "unavailable" when nobody answers in time. Trace
+// context crosses every call; errors are mapped in exactly one place each way.
 package rpc
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -16,8 +22,9 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
-	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/natsx"
@@ -25,29 +32,32 @@ import (
 
 // Service is one Flotilla service's endpoints on the bus.
 type Service struct {
-	nc    *nats.Conn
-	name  string
-	svc   micro.Service
-	group micro.Group
-	log   *slog.Logger
-	tp    trace.TracerProvider
+	nc   *nats.Conn
+	name string
+	svc  micro.Service
+	log  *slog.Logger
+	tp   trace.TracerProvider
 }
 
 // Func is a typed endpoint: it gets the caller's actor and decoded request.
-type Func[Req, Resp proto.Message] func(ctx context.Context, actor string, req Req) (Resp, error)
+type Func[Req, Resp proto.Message] func(ctx context.Context, actor vocab.Actor, req Req) (Resp, error)
 
-// New adds the micro service for name, with a ping endpoint that answers
-// when ready reports no error (ready may be nil).
+// New adds the micro service for name, with its ping endpoint answering when
+// ready reports no error (ready may be nil).
 func New(nc *nats.Conn, name, version, description string, log *slog.Logger, tp trace.TracerProvider, ready func(context.Context) error) (*Service, error) {
 	if version == "" {
 		version = "0.0.0-dev" // micro requires a semantic version
+	}
+	ping, ok := endpoints.Ping(name)
+	if !ok {
+		return nil, fmt.Errorf("rpc: %q is not a Flotilla service", name)
 	}
 	svc, err := micro.AddService(nc, micro.Config{Name: name, Version: version, Description: description})
 	if err != nil {
 		return nil, fmt.Errorf("add %s service: %w", name, err)
 	}
-	s := &Service{nc: nc, name: name, svc: svc, group: svc.AddGroup(subjects.ServiceGroup(name)), log: log, tp: tp}
-	ping := Func[*systemv1.PingRequest, *systemv1.PingResponse](func(ctx context.Context, _ string, _ *systemv1.PingRequest) (*systemv1.PingResponse, error) {
+	s := &Service{nc: nc, name: name, svc: svc, log: log, tp: tp}
+	err = Handle(s, ping, func(ctx context.Context, _ vocab.Actor, _ *systemv1.PingRequest) (*systemv1.PingResponse, error) {
 		if ready != nil {
 			if err := ready(ctx); err != nil {
 				return nil, apierr.Unavailable("%s is not ready: %v", name, err)
@@ -55,56 +65,62 @@ func New(nc *nats.Conn, name, version, description string, log *slog.Logger, tp 
 		}
 		return &systemv1.PingResponse{Service: name, Version: version}, nil
 	})
-	if err := s.group.AddEndpoint("ping", Handler(s, ping), micro.WithEndpointSubject("ping")); err != nil {
+	if err != nil {
 		_ = svc.Stop()
-		return nil, fmt.Errorf("add %s ping endpoint: %w", name, err)
+		return nil, err
 	}
-	return s, s.flush()
+	return s, nil
 }
 
-// Handle adds an endpoint at subjects.Endpoint(service, noun, verb).
-func Handle[Req, Resp proto.Message](s *Service, noun, verb string, f Func[Req, Resp]) error {
-	if err := s.group.AddEndpoint(noun+"_"+verb, Handler(s, f), micro.WithEndpointSubject(noun+"."+verb)); err != nil {
-		return fmt.Errorf("add endpoint %s.%s.%s: %w", s.name, noun, verb, err)
+// Handle serves the declared endpoint ep with f. The endpoint must belong to
+// s's service and not be per-instance (see Subscribe).
+func Handle[Req, Resp proto.Message](s *Service, ep endpoints.Endpoint[Req, Resp], f Func[Req, Resp]) error {
+	info := ep.Info()
+	if info.Service != s.name || info.PerInstance() {
+		return fmt.Errorf("rpc: %s cannot serve %s.%s (%s)", s.name, info.Service, info.Name, info.Subject)
 	}
-	return s.flush()
+	name := strings.ReplaceAll(info.Name, ".", "_")
+	if err := s.svc.AddEndpoint(name, handler(s.tp, s.log, s.name, ep, f), micro.WithEndpointSubject(info.Subject)); err != nil {
+		return fmt.Errorf("add endpoint %s: %w", info.Subject, err)
+	}
+	return flush(s.nc, s.name)
 }
 
-// Handler adapts f to a micro handler: decode, call with the actor header,
-// reply with the response or the error's kind and caller-safe message.
-func Handler[Req, Resp proto.Message](s *Service, f Func[Req, Resp]) micro.Handler {
-	var zero Req
-	desc := zero.ProtoReflect().Descriptor()
-	return natsx.TraceHandler(s.tp, s.name+" "+string(desc.Name()), func(ctx context.Context, r micro.Request) {
-		req := zero.ProtoReflect().New().Interface().(Req)
+// Stop stops taking requests; requests in flight finish.
+func (s *Service) Stop() error { return s.svc.Stop() }
+
+// handler adapts f to a micro handler: continue the caller's trace, decode,
+// call with the actor header, reply with the response or the error's kind,
+// message, reason and field.
+func handler[Req, Resp proto.Message](tp trace.TracerProvider, log *slog.Logger, service string, ep endpoints.Endpoint[Req, Resp], f Func[Req, Resp]) micro.Handler {
+	desc := ep.NewRequest().ProtoReflect().Descriptor()
+	return natsx.TraceHandler(tp, service+" "+string(desc.Name()), func(ctx context.Context, r micro.Request) {
+		req := ep.NewRequest()
 		var resp proto.Message
 		err := proto.Unmarshal(r.Data(), req)
 		if err != nil {
-			err = apierr.Invalid("", "malformed %s: %v", desc.Name(), err)
+			err = apierr.Malformed("malformed %s: %v", desc.Name(), err)
 		} else {
-			resp, err = f(ctx, r.Headers().Get(bus.HeaderActor), req)
+			resp, err = f(ctx, vocab.Actor(r.Headers().Get(bus.HeaderActor)), req)
 		}
 		var data []byte
 		if err == nil {
 			data, err = proto.Marshal(resp)
 		}
 		if err != nil {
-			kind, msg := apierr.Public(ctx, s.log, err)
-			_ = r.Error(string(kind), msg, nil)
+			e := apierr.Public(ctx, log, err)
+			_ = r.Error(string(e.Kind), e.Message, nil, micro.WithHeaders(e.BusHeaders()))
 			return
 		}
 		_ = r.Respond(data)
 	})
 }
 
-// Stop stops taking requests; requests in flight finish.
-func (s *Service) Stop() error { return s.svc.Stop() }
-
 // flush makes sure the server has the new subscriptions before a caller on
 // another connection sends to them.
-func (s *Service) flush() error {
-	if err := s.nc.FlushTimeout(5 * time.Second); err != nil {
-		return fmt.Errorf("%s: flush subscriptions: %w", s.name, err)
+func flush(nc *nats.Conn, who string) error {
+	if err := nc.FlushTimeout(5 * time.Second); err != nil {
+		return fmt.Errorf("%s: flush subscriptions: %w", who, err)
 	}
 	return nil
 }

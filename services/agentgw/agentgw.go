@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	"flotilla.dev/flotilla/api/subjects"
@@ -71,6 +72,7 @@ type Service struct {
 	log            *slog.Logger
 	tp             trace.TracerProvider
 	rpc            *rpc.Service
+	bus            *rpc.Client
 	grpc           *grpc.Server
 	listener       net.Listener
 	serverNames    []string
@@ -115,13 +117,14 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if s.observeRetry <= 0 {
 		s.observeRetry = DefaultObserveRetry
 	}
+	s.bus = rpc.NewClient(d.NATS, subjects.AgentGW, s.requestTimeout)
 	var err error
 	if s.js, err = jetstream.New(d.NATS); err != nil {
 		return nil, fmt.Errorf("agentgw: jetstream: %w", err)
 	}
 
-	var caCert cav1.CACertificate
-	if err := s.callWaiting(ctx, subjects.Endpoint(subjects.CA, subjects.NounCertificate, subjects.VerbGet), &cav1.GetCACertificateRequest{}, &caCert); err != nil {
+	caCert, err := callWaiting(ctx, s, endpoints.CACertificateGet, &cav1.GetCACertificateRequest{})
+	if err != nil {
 		return nil, fmt.Errorf("agentgw: get the fleet CA certificate: %w", err)
 	}
 	if s.caPool, err = pki.CertPool([]byte(caCert.GetCertificatePem())); err != nil {
@@ -215,9 +218,9 @@ func (s *Service) issueServerCert(ctx context.Context) (*tls.Certificate, error)
 	if err != nil {
 		return nil, fmt.Errorf("agentgw: %w", err)
 	}
-	var resp cav1.ServerCertificate
 	req := &cav1.SignServerRequest{InstanceId: ServerInstanceID, CsrDer: csr, Sans: s.serverNames}
-	if err := s.callWaiting(ctx, subjects.Endpoint(subjects.CA, subjects.NounServer, subjects.VerbSign), req, &resp); err != nil {
+	resp, err := callWaiting(ctx, s, endpoints.ServerSign, req)
+	if err != nil {
 		return nil, fmt.Errorf("agentgw: get a server certificate for %v: %w", s.serverNames, err)
 	}
 	certs, err := pki.ParseCertificatesPEM([]byte(resp.GetCertificatePem()))
@@ -260,19 +263,19 @@ func (s *Service) renewServerCert(ctx context.Context) {
 	}
 }
 
-// callWaiting is call that keeps trying, for up to RequestTimeout, while no
-// service answers the subject (a service started at the same time).
-func (s *Service) callWaiting(ctx context.Context, subject string, req, resp proto.Message) error {
+// callWaiting calls ep, and keeps trying, for up to RequestTimeout, while no
+// instance of its service listens (a service started at the same time).
+func callWaiting[Req, Resp proto.Message](ctx context.Context, s *Service, ep endpoints.Endpoint[Req, Resp], req Req) (Resp, error) {
 	deadline := time.Now().Add(s.requestTimeout)
 	wait := 100 * time.Millisecond
 	for {
-		err := s.call(ctx, subject, "system:agentgw", req, resp)
+		resp, err := rpc.Call(ctx, s.bus, ep, req)
 		if !errors.Is(err, nats.ErrNoResponders) || time.Now().After(deadline) {
-			return err
+			return resp, err
 		}
 		select {
 		case <-ctx.Done():
-			return err
+			return resp, err
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, time.Second)

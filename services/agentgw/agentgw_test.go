@@ -16,11 +16,12 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/bus"
-	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/pki"
+	"flotilla.dev/flotilla/libs/rpc"
 )
 
 func TestJoinNeedsNoCertificateButConnectDoes(t *testing.T) {
@@ -110,10 +111,10 @@ func TestCommandsReachTheConnectedAgentOnly(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})
 	const id = "inst-cmd"
-	subject := subjects.AgentCommand(id)
+	ep := endpoints.AgentCommand.At(id)
 	cmd := &agentv1.Command{Id: "cmd-1", Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{InstanceName: "alpha"}}}
 
-	err := natsx.Request(t.Context(), e.nc, subject, cmd, nil)
+	_, err := rpc.Call(t.Context(), e.bus, ep, cmd)
 	if !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("command before the agent connected: %v, want no responders", err)
 	}
@@ -122,7 +123,7 @@ func TestCommandsReachTheConnectedAgentOnly(t *testing.T) {
 	e.observed.waitFor(t, "connected", func(ev *agentv1.AgentEvent) bool {
 		return ev.GetInstanceId() == id && ev.GetConnected() != nil
 	})
-	if err := natsx.Request(t.Context(), e.nc, subject, cmd, nil); err != nil {
+	if _, err := rpc.Call(t.Context(), e.bus, ep, cmd); err != nil {
 		t.Fatalf("command to a connected agent: %v", err)
 	}
 	got, err := stream.Recv()
@@ -142,7 +143,7 @@ func TestCommandsReachTheConnectedAgentOnly(t *testing.T) {
 	e.observed.waitFor(t, "disconnected", func(ev *agentv1.AgentEvent) bool {
 		return ev.GetInstanceId() == id && ev.GetDisconnected() != nil
 	})
-	err = natsx.Request(t.Context(), e.nc, subject, cmd, nil)
+	_, err = rpc.Call(t.Context(), e.bus, ep, cmd)
 	if !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("command after the agent left: %v, want no responders", err)
 	}
@@ -167,7 +168,7 @@ func TestANewerStreamReplacesTheOlder(t *testing.T) {
 		return ev.GetConnected().GetVmId() == "vm-2"
 	})
 	cmd := &agentv1.Command{Id: "cmd-2", Action: &agentv1.Command_StopNode{StopNode: &agentv1.StopNode{}}}
-	if err := natsx.Request(t.Context(), e.nc, subjects.AgentCommand(id), cmd, nil); err != nil {
+	if _, err := rpc.Call(t.Context(), e.bus, endpoints.AgentCommand.At(id), cmd); err != nil {
 		t.Fatal(err)
 	}
 	got, err := newer.Recv()
@@ -304,7 +305,7 @@ func TestTheInstanceIsTheCertificates(t *testing.T) {
 	}
 	readLogs(t, e, id, 1)
 	readLogs(t, e, other, 0)
-	err = natsx.Request(t.Context(), e.nc, subjects.AgentCommand(other), &agentv1.Command{Id: "x"}, nil)
+	_, err = rpc.Call(t.Context(), e.bus, endpoints.AgentCommand.At(other), &agentv1.Command{Id: "x"})
 	if !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("a command for the other instance: %v, want no responders", err)
 	}

@@ -10,39 +10,26 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
-	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/rpc"
 )
 
 // maxLogText bounds one log line's text on the bus; longer lines are cut.
 const maxLogText = 32 << 10
 
-// actor is the Flotilla-Actor of what the gateway does for an agent.
-func actor(instanceID string) string { return "agent:" + instanceID }
-
-// call sends req to subject as actor and reads the reply into resp (which
-// may be nil), within RequestTimeout.
-func (s *Service) call(ctx context.Context, subject, actor string, req, resp proto.Message) error {
-	ctx, cancel := context.WithTimeout(ctx, s.requestTimeout)
-	defer cancel()
-	hdr := nats.Header{}
-	hdr.Set(bus.HeaderActor, actor)
-	return natsx.Request(ctx, s.nc, subject, req, resp, hdr)
-}
-
 // retryable reports whether a failed request may succeed if sent again.
 func retryable(err error) bool {
 	if errors.Is(err, nats.ErrConnectionClosed) {
 		return false
 	}
-	switch apierr.KindOf(rpc.ClientError("", err)) {
+	switch apierr.KindOf(err) {
 	case apierr.KindUnavailable, apierr.KindInternal, apierr.KindConflict:
 		return true
 	}
@@ -71,7 +58,7 @@ func eventType(ev *agentv1.AgentEvent) string {
 func (s *Service) deliver(ctx context.Context, ev *agentv1.AgentEvent, retry bool) {
 	id := ev.GetInstanceId()
 	typ := eventType(ev)
-	msg, err := bus.NewMessage(ctx, subjects.AgentStatus(id), typ, actor(id), ev.GetTime().AsTime(), ev)
+	msg, err := bus.NewMessage(ctx, subjects.AgentStatus(id), typ, vocab.Agent(id), ev.GetTime().AsTime(), ev)
 	if err == nil {
 		err = s.nc.PublishMsg(&nats.Msg{Subject: msg.Subject, Header: msg.Header, Data: msg.Data})
 	}
@@ -79,11 +66,10 @@ func (s *Service) deliver(ctx context.Context, ev *agentv1.AgentEvent, retry boo
 		s.log.WarnContext(ctx, "publish agent status", "instance_id", id, "type", typ, "error", err)
 	}
 
-	subject := subjects.Endpoint(subjects.Inventory, subjects.NounLifecycle, subjects.VerbObserve)
 	deadline := time.Now().Add(s.observeRetry)
 	wait := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		err := s.call(ctx, subject, actor(id), ev, nil)
+		_, err := rpc.Call(ctx, s.bus, endpoints.LifecycleObserve, ev, rpc.As(vocab.Agent(id)))
 		if err == nil {
 			return
 		}
@@ -117,7 +103,7 @@ func (s *Service) publishLogs(ctx context.Context, id string, lines []*agentv1.L
 		if len(l.Text) > maxLogText {
 			l.Text = l.Text[:maxLogText] + " …(cut)"
 		}
-		msg, err := bus.NewMessage(ctx, subjects.AgentLogs(id), "agent.log", actor(id), l.GetTime().AsTime(), l)
+		msg, err := bus.NewMessage(ctx, subjects.AgentLogs(id), "agent.log", vocab.Agent(id), l.GetTime().AsTime(), l)
 		if err != nil {
 			return err
 		}

@@ -10,18 +10,19 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/rpc"
 )
@@ -224,7 +225,7 @@ func (s *Service) register(c *agentConn) error {
 	if old := s.conns[c.id]; old != nil {
 		old.close("replaced by a newer stream of the same agent", true)
 	}
-	sub, err := s.nc.Subscribe(subjects.AgentCommand(c.id), c.command)
+	sub, err := rpc.Subscribe(s.nc, subjects.AgentGW, endpoints.AgentCommand.At(c.id), s.log, s.tp, c.command)
 	if err == nil {
 		c.mu.Lock()
 		c.sub = sub
@@ -232,12 +233,7 @@ func (s *Service) register(c *agentConn) error {
 		s.conns[c.id] = c
 	}
 	s.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	// The server must have the subscription before a sender on another
-	// connection can reach it.
-	return s.nc.FlushTimeout(s.requestTimeout)
+	return err
 }
 
 // connected reports whether the agent has a stream to this gateway.
@@ -256,42 +252,24 @@ func (s *Service) unregister(c *agentConn) {
 	}
 }
 
-// command takes one request on the agent's command subject, queues its
-// agent.v1.Command for the agent and answers with an empty reply, or with
-// an error (micro's error headers) when the command is malformed or the
-// stream is going away.
-func (c *agentConn) command(m *nats.Msg) {
-	cmd := &agentv1.Command{}
-	if err := proto.Unmarshal(m.Data, cmd); err != nil {
-		respondError(m, apierr.KindInvalid, "malformed agent.v1.Command: "+err.Error())
-		return
-	}
+// command answers one request on the agent's command endpoint: it queues
+// the command for the agent and answers once it is queued, or refuses a
+// command without an id, or one that cannot be queued because the stream
+// is going away or stays full.
+func (c *agentConn) command(_ context.Context, _ vocab.Actor, cmd *agentv1.Command) (*emptypb.Empty, error) {
 	if cmd.GetId() == "" {
-		respondError(m, apierr.KindInvalid, "id: is required")
-		return
+		return nil, apierr.Invalid("id", "is required")
 	}
 	timer := time.NewTimer(commandQueueWait)
 	defer timer.Stop()
 	select {
 	case c.out <- &agentv1.GatewayMessage{Body: &agentv1.GatewayMessage_Command{Command: cmd}}:
-		_ = m.Respond(nil)
+		return &emptypb.Empty{}, nil
 	case <-c.closed:
-		respondError(m, apierr.KindUnavailable, "the agent disconnected")
+		return nil, apierr.Unavailable("the agent disconnected")
 	case <-timer.C:
-		respondError(m, apierr.KindUnavailable, "the agent is not taking commands; try again shortly")
+		return nil, apierr.Unavailable("the agent is not taking commands; try again shortly")
 	}
-}
-
-// respondError answers m with micro's error headers, which natsx.Request
-// returns as a *natsx.ServiceError.
-func respondError(m *nats.Msg, kind apierr.Kind, message string) {
-	if m.Reply == "" {
-		return
-	}
-	r := nats.NewMsg(m.Reply)
-	r.Header.Set(micro.ErrorCodeHeader, string(kind))
-	r.Header.Set(micro.ErrorHeader, message)
-	_ = m.RespondMsg(r)
 }
 
 // handle acts on one message from the agent. An error ends the stream.
@@ -339,13 +317,11 @@ func (s *Service) goRequest(ctx context.Context, c *agentConn, answer func() *ag
 // is the certificate's instance; a refusal says why and carries no value.
 func (s *Service) readSecret(ctx context.Context, id string, req *agentv1.SecretRequest) *agentv1.GatewayMessage {
 	resp := &agentv1.SecretResponse{RequestId: req.GetRequestId()}
-	var out secretsv1.ReadSecretResponse
-	err := s.call(ctx, subjects.Endpoint(subjects.Secrets, subjects.NounSecret, subjects.VerbRead), actor(id),
-		&secretsv1.ReadSecretRequest{RequesterInstanceId: id, Name: req.GetName()}, &out)
+	out, err := rpc.Call(ctx, s.bus, endpoints.SecretRead,
+		&secretsv1.ReadSecretRequest{RequesterInstanceId: id, Name: req.GetName()}, rpc.As(vocab.Agent(id)))
 	if err != nil {
-		_, msg := apierr.Public(ctx, s.log, rpc.ClientError(subjects.Secrets, err))
-		resp.Error = msg
-		s.log.InfoContext(ctx, "agent secret read refused", "instance_id", id, "name", req.GetName(), "error", msg)
+		resp.Error = apierr.Public(ctx, s.log, err).Message
+		s.log.InfoContext(ctx, "agent secret read refused", "instance_id", id, "name", req.GetName(), "error", resp.Error)
 	} else {
 		resp.Value = out.GetValue()
 	}
@@ -357,24 +333,23 @@ func (s *Service) readSecret(ctx context.Context, id string, req *agentv1.Secret
 func (s *Service) serverCert(ctx context.Context, id string, req *agentv1.ServerCertRequest) *agentv1.GatewayMessage {
 	resp := &agentv1.ServerCertResponse{RequestId: req.GetRequestId()}
 	reply := &agentv1.GatewayMessage{Body: &agentv1.GatewayMessage_ServerCertResponse{ServerCertResponse: resp}}
-	fail := func(service string, err error) *agentv1.GatewayMessage {
-		_, resp.Error = apierr.Public(ctx, s.log, rpc.ClientError(service, err))
+	fail := func(err error) *agentv1.GatewayMessage {
+		resp.Error = apierr.Public(ctx, s.log, err).Message
 		s.log.InfoContext(ctx, "agent server certificate refused", "instance_id", id, "error", resp.Error)
 		return reply
 	}
-	var inst inventoryv1.Instance
-	if err := s.call(ctx, subjects.Endpoint(subjects.Inventory, subjects.NounInstance, subjects.VerbGet), actor(id),
-		&inventoryv1.GetInstanceRequest{Id: id}, &inst); err != nil {
-		return fail(subjects.Inventory, err)
+	inst, err := rpc.Call(ctx, s.bus, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id}, rpc.As(vocab.Agent(id)))
+	if err != nil {
+		return fail(err)
 	}
-	sans := instanceSANs(&inst)
+	sans := instanceSANs(inst)
 	if len(sans) == 0 {
-		return fail(subjects.Inventory, apierr.Invalid("ssl.sans", "the instance has no SANs and no private address yet"))
+		return fail(apierr.Invalid("ssl.sans", "the instance has no SANs and no private address yet"))
 	}
-	var cert cav1.ServerCertificate
-	if err := s.call(ctx, subjects.Endpoint(subjects.CA, subjects.NounServer, subjects.VerbSign), actor(id),
-		&cav1.SignServerRequest{InstanceId: id, CsrDer: req.GetCsrDer(), Sans: sans}, &cert); err != nil {
-		return fail(subjects.CA, err)
+	cert, err := rpc.Call(ctx, s.bus, endpoints.ServerSign,
+		&cav1.SignServerRequest{InstanceId: id, CsrDer: req.GetCsrDer(), Sans: sans}, rpc.As(vocab.Agent(id)))
+	if err != nil {
+		return fail(err)
 	}
 	resp.CertificatePem, resp.CaPem = cert.GetCertificatePem(), cert.GetCaPem()
 	s.log.InfoContext(ctx, "agent server certificate issued", "instance_id", id, "sans", sans,

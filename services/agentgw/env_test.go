@@ -6,35 +6,29 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/internal/stack/stacktest"
 	"flotilla.dev/flotilla/libs/bus"
-	"flotilla.dev/flotilla/libs/kms"
-	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/pki"
+	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
-	"flotilla.dev/flotilla/services/agentgw"
 	"flotilla.dev/flotilla/services/ca"
-	"flotilla.dev/flotilla/services/inventory"
-	"flotilla.dev/flotilla/services/secrets"
 )
 
 // env is a real NATS server with the Flotilla streams, the real CA and an
@@ -49,6 +43,9 @@ type env struct {
 	addr     string
 	roots    *x509.CertPool
 	observed *recorder
+	// bus calls as the provisioner (join tokens, agent commands), operator
+	// as the gateway does for an operator.
+	bus, operator *rpc.Client
 }
 
 type envOptions struct {
@@ -61,97 +58,28 @@ type envOptions struct {
 
 func newEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
-	ctx := t.Context()
-	log := testLog(t)
 	e := &env{t: t, ns: testkit.NATS(t)}
 	e.nc = testkit.NATSConn(t, e.ns)
 	var err error
 	if e.js, err = jetstream.New(e.nc); err != nil {
 		t.Fatal(err)
 	}
-	if err := bus.EnsureStreams(ctx, e.js, 1); err != nil {
+	// The streams the inventory declares when it runs.
+	if err := bus.EnsureStreams(t.Context(), e.js, 1); err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	e.ca, err = ca.New(ctx, ca.Deps{
-		NATS: testkit.NATSConn(t, e.ns), Log: log, TracerProvider: noop.NewTracerProvider(),
-		CertFile: filepath.Join(dir, "ca.crt"), KeyFile: filepath.Join(dir, "ca.key"),
-		AgentCertTTL: o.agentCertTTL,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.roots = e.ca.Authority().Pool()
+	cfg := stack.Config{Services: []string{subjects.CA, subjects.AgentGW}, Log: testLog(t), NATSURL: e.ns.ClientURL(), AgentCertTTL: o.agentCertTTL}
 	if o.services {
-		e.startServices(log)
+		cfg.Services = append(cfg.Services, subjects.Inventory, subjects.Secrets)
 	} else {
 		e.observed = recordObserve(t, testkit.NATSConn(t, e.ns))
 	}
-
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.addr = l.Addr().String()
-	gw, err := agentgw.New(ctx, agentgw.Deps{
-		NATS: testkit.NATSConn(t, e.ns), Log: log, TracerProvider: noop.NewTracerProvider(), Listener: l,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(runCtx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("agentgw.Run: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Error("agentgw.Run did not return")
-		}
-	})
+	st := stacktest.Start(t, cfg)
+	e.ca, e.addr = st.CA, st.AgentAddr
+	e.roots = e.ca.Authority().Pool()
+	e.bus = rpc.NewClient(e.nc, subjects.Provisioner, 0)
+	e.operator = rpc.NewClient(e.nc, subjects.Gateway, 0)
 	return e
-}
-
-// startServices runs the real inventory and secrets services.
-func (e *env) startServices(log *slog.Logger) {
-	t := e.t
-	t.Helper()
-	ctx := t.Context()
-	pool, err := pgxpool.New(ctx, testkit.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	inv, err := inventory.New(ctx, inventory.Deps{
-		Pool: pool, NATS: testkit.NATSConn(t, e.ns), Log: log, TracerProvider: noop.NewTracerProvider(), StreamReplicas: 1,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDir := filepath.Join(t.TempDir(), "kms")
-	if err := os.Mkdir(keyDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	key, err := kms.OpenLocal(filepath.Join(keyDir, "master.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sec, err := secrets.New(ctx, secrets.Deps{
-		Pool: pool, NATS: testkit.NATSConn(t, e.ns), KMS: key, Log: log, TracerProvider: noop.NewTracerProvider(), StreamReplicas: 1,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, run := range []func(context.Context) error{inv.Run, sec.Run} {
-		runCtx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { _ = run(runCtx); close(done) }()
-		t.Cleanup(func() { cancel(); <-done })
-	}
 }
 
 // testLog logs to t until the test ends, then discards.
@@ -194,7 +122,7 @@ type recorder struct {
 func recordObserve(t *testing.T, nc *nats.Conn) *recorder {
 	t.Helper()
 	r := &recorder{}
-	sub, err := nc.Subscribe(subjects.Endpoint(subjects.Inventory, subjects.NounLifecycle, subjects.VerbObserve), func(m *nats.Msg) {
+	sub, err := nc.Subscribe(endpoints.LifecycleObserve.Subject(), func(m *nats.Msg) {
 		ev := &agentv1.AgentEvent{}
 		if err := proto.Unmarshal(m.Data, ev); err != nil {
 			t.Errorf("lifecycle.observe got a malformed AgentEvent: %v", err)
@@ -241,9 +169,7 @@ func (r *recorder) waitFor(t *testing.T, what string, ok func(*agentv1.AgentEven
 // joinToken asks the CA for a join token for instance id.
 func (e *env) joinToken(id string) string {
 	e.t.Helper()
-	var tok cav1.JoinToken
-	err := natsx.Request(e.t.Context(), e.nc, subjects.Endpoint(subjects.CA, subjects.NounJoinToken, subjects.VerbCreate),
-		&cav1.CreateJoinTokenRequest{InstanceId: id}, &tok)
+	tok, err := rpc.Call(e.t.Context(), e.bus, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: id})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -3,9 +3,10 @@ package agentgw
 import (
 	"context"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
-	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/rpc"
 )
@@ -26,12 +27,10 @@ func (g *server) Join(ctx context.Context, req *agentv1.JoinRequest) (*agentv1.J
 	if len(req.GetCsrDer()) == 0 {
 		return nil, apierr.GRPCStatus(ctx, s.log, apierr.Invalid("csr_der", "is required"))
 	}
-	var cert cav1.AgentCertificate
-	err := s.call(ctx, subjects.Endpoint(subjects.CA, subjects.NounAgent, subjects.VerbJoin), "system:agentgw",
-		&cav1.JoinRequest{Token: req.GetToken(), CsrDer: req.GetCsrDer()}, &cert)
+	cert, err := rpc.Call(ctx, s.bus, endpoints.AgentJoin, &cav1.JoinRequest{Token: req.GetToken(), CsrDer: req.GetCsrDer()})
 	if err != nil {
 		s.log.InfoContext(ctx, "agent join refused", "error", err, "agent_version", req.GetAgentVersion())
-		return nil, apierr.GRPCStatus(ctx, s.log, rpc.ClientError(subjects.CA, err))
+		return nil, apierr.GRPCStatus(ctx, s.log, err)
 	}
 	s.log.InfoContext(ctx, "agent joined", "instance_id", cert.GetInstanceId(), "agent_version", req.GetAgentVersion(),
 		"not_after", cert.GetNotAfter().AsTime())
@@ -51,11 +50,9 @@ func (g *server) Renew(ctx context.Context, req *agentv1.RenewRequest) (*agentv1
 	if len(req.GetCsrDer()) == 0 {
 		return nil, apierr.GRPCStatus(ctx, s.log, apierr.Invalid("csr_der", "is required"))
 	}
-	var cert cav1.AgentCertificate
-	err := s.call(ctx, subjects.Endpoint(subjects.CA, subjects.NounAgent, subjects.VerbSign), actor(id),
-		&cav1.SignAgentRequest{InstanceId: id, CsrDer: req.GetCsrDer()}, &cert)
+	cert, err := rpc.Call(ctx, s.bus, endpoints.AgentSign, &cav1.SignAgentRequest{InstanceId: id, CsrDer: req.GetCsrDer()}, rpc.As(vocab.Agent(id)))
 	if err != nil {
-		return nil, apierr.GRPCStatus(ctx, s.log, rpc.ClientError(subjects.CA, err))
+		return nil, apierr.GRPCStatus(ctx, s.log, err)
 	}
 	s.log.InfoContext(ctx, "agent certificate renewed", "instance_id", id, "not_after", cert.GetNotAfter().AsTime())
 	return &agentv1.RenewResponse{CertificatePem: cert.GetCertificatePem(), NotAfter: cert.GetNotAfter()}, nil

@@ -5,44 +5,40 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
-	"flotilla.dev/flotilla/api/subjects"
-	"flotilla.dev/flotilla/libs/bus"
-	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/pki"
+	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
 )
 
 func TestMain(m *testing.M) { testkit.Main(m) }
 
-// request calls a service endpoint as an operator.
-func (e *env) request(service, noun, verb string, req, resp proto.Message) {
+// request calls an endpoint as the gateway does for an operator.
+func request[Req, Resp proto.Message](e *env, ep endpoints.Endpoint[Req, Resp], req Req) Resp {
 	e.t.Helper()
-	hdr := nats.Header{}
-	hdr.Set(bus.HeaderActor, "user:admin")
-	if err := natsx.Request(e.t.Context(), e.nc, subjects.Endpoint(service, noun, verb), req, resp, hdr); err != nil {
-		e.t.Fatalf("%s %s.%s: %v", service, noun, verb, err)
+	resp, err := rpc.Call(e.t.Context(), e.operator, ep, req, rpc.As(vocab.User("admin")))
+	if err != nil {
+		e.t.Fatalf("%s.%s: %v", ep.Service(), ep.Name(), err)
 	}
+	return resp
 }
 
 // instance creates an instance on a self-signed network with the given SANs.
 func (e *env) instance(name string, sans ...string) string {
 	e.t.Helper()
-	var n inventoryv1.Network
-	e.request(subjects.Inventory, subjects.NounNetwork, subjects.VerbCreate, &inventoryv1.CreateNetworkRequest{
-		Network: &inventoryv1.Network{Name: name + "-net", Provider: "local", HttpsStrategy: "self-signed"}}, &n)
-	var tpl inventoryv1.Template
-	e.request(subjects.Inventory, subjects.NounTemplate, subjects.VerbCreate, &inventoryv1.CreateTemplateRequest{
-		Template: &inventoryv1.Template{Name: name + "-tpl", Provider: "local", DataDiskGb: 1}}, &tpl)
-	var inst inventoryv1.Instance
-	e.request(subjects.Inventory, subjects.NounInstance, subjects.VerbCreate, &inventoryv1.CreateInstanceRequest{
+	n := request(e, endpoints.NetworkCreate, &inventoryv1.CreateNetworkRequest{
+		Network: &inventoryv1.Network{Name: name + "-net", Provider: "local", HttpsStrategy: "self-signed"}})
+	tpl := request(e, endpoints.TemplateCreate, &inventoryv1.CreateTemplateRequest{
+		Template: &inventoryv1.Template{Name: name + "-tpl", Provider: "local", DataDiskGb: 1}})
+	inst := request(e, endpoints.InstanceCreate, &inventoryv1.CreateInstanceRequest{
 		Instance: &inventoryv1.Instance{Name: name, Kind: "design", TemplateId: tpl.GetId(), NetworkId: n.GetId(),
-			Ssl: &inventoryv1.SslSettings{Sans: sans}}}, &inst)
+			Ssl: &inventoryv1.SslSettings{Sans: sans}}})
 	return inst.GetId()
 }
 
@@ -51,10 +47,8 @@ func TestSecretsAndServerCertificatesComeFromTheServices(t *testing.T) {
 	e := newEnv(t, envOptions{services: true})
 	mine := e.instance("alpha", "alpha.example.test", "10.1.2.3")
 	other := e.instance("beta")
-	e.request(subjects.Secrets, subjects.NounSecret, subjects.VerbCreate,
-		&secretsv1.CreateSecretRequest{InstanceId: mine, Name: "db-password", Value: "pa55word"}, &secretsv1.Secret{})
-	e.request(subjects.Secrets, subjects.NounSecret, subjects.VerbCreate,
-		&secretsv1.CreateSecretRequest{InstanceId: other, Name: "beta-only", Value: "not-yours"}, &secretsv1.Secret{})
+	request(e, endpoints.SecretCreate, &secretsv1.CreateSecretRequest{InstanceId: mine, Name: "db-password", Value: "pa55word"})
+	request(e, endpoints.SecretCreate, &secretsv1.CreateSecretRequest{InstanceId: other, Name: "beta-only", Value: "not-yours"})
 
 	stream := e.connect(mine)
 	ask := func(m *agentv1.AgentMessage) *agentv1.GatewayMessage {

@@ -24,8 +24,10 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
@@ -134,11 +136,11 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		return nil, err
 	}
 	for _, add := range []func() error{
-		func() error { return rpc.Handle(s.rpc, subjects.NounCertificate, subjects.VerbGet, s.getCACertificate) },
-		func() error { return rpc.Handle(s.rpc, subjects.NounJoinToken, subjects.VerbCreate, s.createJoinToken) },
-		func() error { return rpc.Handle(s.rpc, subjects.NounAgent, subjects.VerbJoin, s.joinAgent) },
-		func() error { return rpc.Handle(s.rpc, subjects.NounAgent, subjects.VerbSign, s.signAgent) },
-		func() error { return rpc.Handle(s.rpc, subjects.NounServer, subjects.VerbSign, s.signServer) },
+		func() error { return rpc.Handle(s.rpc, endpoints.CACertificateGet, s.getCACertificate) },
+		func() error { return rpc.Handle(s.rpc, endpoints.JoinTokenCreate, s.createJoinToken) },
+		func() error { return rpc.Handle(s.rpc, endpoints.AgentJoin, s.joinAgent) },
+		func() error { return rpc.Handle(s.rpc, endpoints.AgentSign, s.signAgent) },
+		func() error { return rpc.Handle(s.rpc, endpoints.ServerSign, s.signServer) },
 	} {
 		if err := add(); err != nil {
 			_ = s.rpc.Stop()
@@ -191,7 +193,7 @@ func (s *Service) ready(context.Context) error {
 }
 
 // getCACertificate answers certificate.get.
-func (s *Service) getCACertificate(_ context.Context, _ string, _ *cav1.GetCACertificateRequest) (*cav1.CACertificate, error) {
+func (s *Service) getCACertificate(_ context.Context, _ vocab.Actor, _ *cav1.GetCACertificateRequest) (*cav1.CACertificate, error) {
 	return &cav1.CACertificate{
 		CertificatePem:    string(s.auth.CertificatePEM()),
 		NotAfter:          timestamppb.New(s.auth.Certificate().NotAfter),
@@ -200,7 +202,7 @@ func (s *Service) getCACertificate(_ context.Context, _ string, _ *cav1.GetCACer
 }
 
 // createJoinToken answers jointoken.create.
-func (s *Service) createJoinToken(ctx context.Context, actor string, req *cav1.CreateJoinTokenRequest) (*cav1.JoinToken, error) {
+func (s *Service) createJoinToken(ctx context.Context, actor vocab.Actor, req *cav1.CreateJoinTokenRequest) (*cav1.JoinToken, error) {
 	id := req.GetInstanceId()
 	if err := pki.CheckInstanceID(id); err != nil {
 		return nil, apierr.Invalid("instanceId", "%s", err)
@@ -224,7 +226,7 @@ func (s *Service) createJoinToken(ctx context.Context, actor string, req *cav1.C
 
 // joinAgent answers agent.join: it consumes the token, then certifies the
 // CSR's key as the token's instance.
-func (s *Service) joinAgent(ctx context.Context, actor string, req *cav1.JoinRequest) (*cav1.AgentCertificate, error) {
+func (s *Service) joinAgent(ctx context.Context, actor vocab.Actor, req *cav1.JoinRequest) (*cav1.AgentCertificate, error) {
 	if req.GetToken() == "" {
 		return nil, apierr.Invalid("token", "is required")
 	}
@@ -249,7 +251,7 @@ func (s *Service) joinAgent(ctx context.Context, actor string, req *cav1.JoinReq
 
 // signAgent answers agent.sign: the caller (the agent gateway) has verified
 // the agent's current certificate and names its instance.
-func (s *Service) signAgent(ctx context.Context, actor string, req *cav1.SignAgentRequest) (*cav1.AgentCertificate, error) {
+func (s *Service) signAgent(ctx context.Context, actor vocab.Actor, req *cav1.SignAgentRequest) (*cav1.AgentCertificate, error) {
 	if err := pki.CheckInstanceID(req.GetInstanceId()); err != nil {
 		return nil, apierr.Invalid("instanceId", "%s", err)
 	}
@@ -260,7 +262,7 @@ func (s *Service) signAgent(ctx context.Context, actor string, req *cav1.SignAge
 	return s.issueAgent(ctx, actor, req.GetInstanceId(), csr, "renew")
 }
 
-func (s *Service) issueAgent(ctx context.Context, actor, instanceID string, csr *x509.CertificateRequest, via string) (*cav1.AgentCertificate, error) {
+func (s *Service) issueAgent(ctx context.Context, actor vocab.Actor, instanceID string, csr *x509.CertificateRequest, via string) (*cav1.AgentCertificate, error) {
 	iss, err := s.auth.Issue(csr.PublicKey, pki.AgentProfile(instanceID, s.now(), s.agentTTL))
 	if err != nil {
 		return nil, fmt.Errorf("issue agent certificate for %s: %w", instanceID, err)
@@ -275,7 +277,7 @@ func (s *Service) issueAgent(ctx context.Context, actor, instanceID string, csr 
 }
 
 // signServer answers server.sign.
-func (s *Service) signServer(ctx context.Context, actor string, req *cav1.SignServerRequest) (*cav1.ServerCertificate, error) {
+func (s *Service) signServer(ctx context.Context, actor vocab.Actor, req *cav1.SignServerRequest) (*cav1.ServerCertificate, error) {
 	id := req.GetInstanceId()
 	if err := pki.CheckInstanceID(id); err != nil {
 		return nil, apierr.Invalid("instanceId", "%s", err)

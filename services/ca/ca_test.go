@@ -33,11 +33,11 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/protobuf/proto"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
-	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/apierr"
-	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/pki"
+	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
 	"flotilla.dev/flotilla/services/ca"
 )
@@ -128,11 +128,15 @@ func (e *env) start(t *testing.T) *ca.Service {
 	return svc
 }
 
-func call(t *testing.T, nc *nats.Conn, noun, verb string, req, resp proto.Message) error {
+// call sends req to a CA endpoint as its first declared caller and merges
+// the reply into resp.
+func call[Req, Resp proto.Message](t *testing.T, nc *nats.Conn, ep endpoints.Endpoint[Req, Resp], req Req, resp Resp) error {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	return natsx.Request(ctx, nc, subjects.Endpoint(subjects.CA, noun, verb), req, resp)
+	got, err := rpc.Call(t.Context(), rpc.NewClient(nc, ep.Info().Callers[0], 10*time.Second), ep, req)
+	if err == nil {
+		proto.Merge(resp, got)
+	}
+	return err
 }
 
 func must(t *testing.T, err error) {
@@ -146,12 +150,12 @@ func must(t *testing.T, err error) {
 // starts with prefix.
 func wantError(t *testing.T, err error, kind apierr.Kind, prefix string) {
 	t.Helper()
-	var se *natsx.ServiceError
-	if !errors.As(err, &se) {
+	var e *apierr.Error
+	if !errors.As(err, &e) {
 		t.Fatalf("error = %v; want a %s service error", err, kind)
 	}
-	if se.Code != string(kind) || !strings.HasPrefix(se.Message, prefix) {
-		t.Fatalf("error = %s %q; want %s %q...", se.Code, se.Message, kind, prefix)
+	if e.Kind != kind || !strings.HasPrefix(e.Message, prefix) {
+		t.Fatalf("error = %s %q; want %s %q...", e.Kind, e.Message, kind, prefix)
 	}
 }
 
@@ -187,14 +191,14 @@ func parsePEM(t *testing.T, s string) []*x509.Certificate {
 func createToken(t *testing.T, nc *nats.Conn, id string, ttlSeconds int64) *cav1.JoinToken {
 	t.Helper()
 	tok := &cav1.JoinToken{}
-	must(t, call(t, nc, subjects.NounJoinToken, subjects.VerbCreate, &cav1.CreateJoinTokenRequest{InstanceId: id, TtlSeconds: ttlSeconds}, tok))
+	must(t, call(t, nc, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: id, TtlSeconds: ttlSeconds}, tok))
 	return tok
 }
 
 func join(t *testing.T, nc *nats.Conn, token string, csr []byte) (*cav1.AgentCertificate, error) {
 	t.Helper()
 	resp := &cav1.AgentCertificate{}
-	err := call(t, nc, subjects.NounAgent, subjects.VerbJoin, &cav1.JoinRequest{Token: token, CsrDer: csr}, resp)
+	err := call(t, nc, endpoints.AgentJoin, &cav1.JoinRequest{Token: token, CsrDer: csr}, resp)
 	return resp, err
 }
 
@@ -274,7 +278,7 @@ func TestFirstStartCreatesTheCAAndTheNextStartLoadsIt(t *testing.T) {
 	}
 
 	got := &cav1.CACertificate{}
-	must(t, call(t, e.nc, subjects.NounCertificate, subjects.VerbGet, &cav1.GetCACertificateRequest{}, got))
+	must(t, call(t, e.nc, endpoints.CACertificateGet, &cav1.GetCACertificateRequest{}, got))
 	sum := sha256.Sum256(caCert.Raw)
 	if got.GetCertificatePem() != string(certPEM) || got.GetFingerprintSha256() != hex.EncodeToString(sum[:]) || !got.GetNotAfter().AsTime().Equal(caCert.NotAfter) {
 		t.Errorf("certificate.get = %+v; want the PEM file, fingerprint %x and not after %v", got, sum, caCert.NotAfter)
@@ -285,7 +289,7 @@ func TestFirstStartCreatesTheCAAndTheNextStartLoadsIt(t *testing.T) {
 	e2.certFile, e2.keyFile = e.certFile, e.keyFile
 	e2.start(t)
 	got2 := &cav1.CACertificate{}
-	must(t, call(t, e2.nc, subjects.NounCertificate, subjects.VerbGet, &cav1.GetCACertificateRequest{}, got2))
+	must(t, call(t, e2.nc, endpoints.CACertificateGet, &cav1.GetCACertificateRequest{}, got2))
 	if got2.GetFingerprintSha256() != got.GetFingerprintSha256() {
 		t.Errorf("second start serves CA %s; want the first start's %s", got2.GetFingerprintSha256(), got.GetFingerprintSha256())
 	}
@@ -456,7 +460,7 @@ func TestConcurrentJoinsWithOneTokenHaveOneWinner(t *testing.T) {
 		wg.Go(func() {
 			<-start
 			resp := &cav1.AgentCertificate{}
-			err := call(t, e.nc, subjects.NounAgent, subjects.VerbJoin, &cav1.JoinRequest{Token: tok.GetToken(), CsrDer: csrs[i]}, resp)
+			err := call(t, e.nc, endpoints.AgentJoin, &cav1.JoinRequest{Token: tok.GetToken(), CsrDer: csrs[i]}, resp)
 			if err == nil {
 				successes.Add(1)
 				return
@@ -526,7 +530,7 @@ func TestJoinTokenRules(t *testing.T) {
 		{"instance id unfit for a subject", &cav1.CreateJoinTokenRequest{InstanceId: "a.b"}, "instanceId: \"a.b\" must be"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := call(t, e.nc, subjects.NounJoinToken, subjects.VerbCreate, tc.req, &cav1.JoinToken{})
+			err := call(t, e.nc, endpoints.JoinTokenCreate, tc.req, &cav1.JoinToken{})
 			wantError(t, err, apierr.KindInvalid, tc.prefix)
 		})
 	}
@@ -542,7 +546,7 @@ func TestRenewIssuesForTheGivenInstance(t *testing.T) {
 	id := instanceID()
 
 	got := &cav1.AgentCertificate{}
-	must(t, call(t, e.nc, subjects.NounAgent, subjects.VerbSign, &cav1.SignAgentRequest{InstanceId: id, CsrDer: csrFor(t, newKey(t))}, got))
+	must(t, call(t, e.nc, endpoints.AgentSign, &cav1.SignAgentRequest{InstanceId: id, CsrDer: csrFor(t, newKey(t))}, got))
 	cert := parsePEM(t, got.GetCertificatePem())[0]
 	if cert.Subject.CommonName != id || got.GetInstanceId() != id {
 		t.Errorf("renewed certificate CN = %q (reply %q); want %q", cert.Subject.CommonName, got.GetInstanceId(), id)
@@ -554,7 +558,7 @@ func TestRenewIssuesForTheGivenInstance(t *testing.T) {
 	}
 	opensslVerify(t, got.GetCaPem(), got.GetCertificatePem(), "-purpose", "sslclient")
 
-	err = call(t, e.nc, subjects.NounAgent, subjects.VerbSign, &cav1.SignAgentRequest{CsrDer: csrFor(t, newKey(t))}, &cav1.AgentCertificate{})
+	err = call(t, e.nc, endpoints.AgentSign, &cav1.SignAgentRequest{CsrDer: csrFor(t, newKey(t))}, &cav1.AgentCertificate{})
 	wantError(t, err, apierr.KindInvalid, "instanceId: is required")
 }
 
@@ -567,7 +571,7 @@ func TestServerCertificate(t *testing.T) {
 	sign := func(t *testing.T, sans []string, key crypto.Signer) (*cav1.ServerCertificate, *x509.Certificate) {
 		t.Helper()
 		got := &cav1.ServerCertificate{}
-		must(t, call(t, e.nc, subjects.NounServer, subjects.VerbSign, &cav1.SignServerRequest{InstanceId: id, CsrDer: csrFor(t, key), Sans: sans}, got))
+		must(t, call(t, e.nc, endpoints.ServerSign, &cav1.SignServerRequest{InstanceId: id, CsrDer: csrFor(t, key), Sans: sans}, got))
 		return got, parsePEM(t, got.GetCertificatePem())[0]
 	}
 
@@ -633,12 +637,12 @@ func TestServerCertificate(t *testing.T) {
 		{[]string{"a.*.example.com"}, `sans[0]: "a.*.example.com" is neither`},
 	} {
 		t.Run("bad SAN "+tc.sans[len(tc.sans)-1], func(t *testing.T) {
-			err := call(t, e.nc, subjects.NounServer, subjects.VerbSign, &cav1.SignServerRequest{InstanceId: id, CsrDer: csrFor(t, newKey(t)), Sans: tc.sans}, &cav1.ServerCertificate{})
+			err := call(t, e.nc, endpoints.ServerSign, &cav1.SignServerRequest{InstanceId: id, CsrDer: csrFor(t, newKey(t)), Sans: tc.sans}, &cav1.ServerCertificate{})
 			wantError(t, err, apierr.KindInvalid, tc.prefix)
 		})
 	}
 	t.Run("no instance", func(t *testing.T) {
-		err := call(t, e.nc, subjects.NounServer, subjects.VerbSign, &cav1.SignServerRequest{CsrDer: csrFor(t, newKey(t)), Sans: []string{"x.example.com"}}, &cav1.ServerCertificate{})
+		err := call(t, e.nc, endpoints.ServerSign, &cav1.SignServerRequest{CsrDer: csrFor(t, newKey(t)), Sans: []string{"x.example.com"}}, &cav1.ServerCertificate{})
 		wantError(t, err, apierr.KindInvalid, "instanceId: is required")
 	})
 }
@@ -667,19 +671,12 @@ func TestWeakOrBrokenCSRsAreRejected(t *testing.T) {
 		{"missing", nil, "csrDer: is required"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, ep := range []struct {
-				noun, verb string
-				req        proto.Message
-				resp       proto.Message
-			}{
-				{subjects.NounAgent, subjects.VerbSign, &cav1.SignAgentRequest{InstanceId: instanceID(), CsrDer: tc.csr}, &cav1.AgentCertificate{}},
-				{subjects.NounServer, subjects.VerbSign, &cav1.SignServerRequest{InstanceId: instanceID(), CsrDer: tc.csr, Sans: []string{"x.example.com"}}, &cav1.ServerCertificate{}},
-			} {
-				err := call(t, e.nc, ep.noun, ep.verb, ep.req, ep.resp)
-				wantError(t, err, apierr.KindInvalid, tc.prefix)
-			}
+			err := call(t, e.nc, endpoints.AgentSign, &cav1.SignAgentRequest{InstanceId: instanceID(), CsrDer: tc.csr}, &cav1.AgentCertificate{})
+			wantError(t, err, apierr.KindInvalid, tc.prefix)
+			err = call(t, e.nc, endpoints.ServerSign, &cav1.SignServerRequest{InstanceId: instanceID(), CsrDer: tc.csr, Sans: []string{"x.example.com"}}, &cav1.ServerCertificate{})
+			wantError(t, err, apierr.KindInvalid, tc.prefix)
 			tok := createToken(t, e.nc, instanceID(), 0)
-			_, err := join(t, e.nc, tok.GetToken(), tc.csr)
+			_, err = join(t, e.nc, tok.GetToken(), tc.csr)
 			wantError(t, err, apierr.KindInvalid, tc.prefix)
 		})
 	}
@@ -698,7 +695,7 @@ func TestRepliesCarryNoPrivateKey(t *testing.T) {
 	raw, err := proto.Marshal(got)
 	must(t, err)
 	caResp := &cav1.CACertificate{}
-	must(t, call(t, e.nc, subjects.NounCertificate, subjects.VerbGet, &cav1.GetCACertificateRequest{}, caResp))
+	must(t, call(t, e.nc, endpoints.CACertificateGet, &cav1.GetCACertificateRequest{}, caResp))
 	raw2, err := proto.Marshal(caResp)
 	must(t, err)
 	for _, r := range [][]byte{raw, raw2, []byte(e.logs.String())} {

@@ -8,8 +8,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 )
 
@@ -30,12 +32,14 @@ func userFrom(ctx context.Context) *authv1.VerifyTokenResponse {
 	return u
 }
 
-// actorFrom names who makes a request, for events and audit.
-func actorFrom(ctx context.Context) string {
+// actorFrom names who makes a request, for events and audit: the
+// authenticated user, or the gateway itself for the calls that need no
+// token (login, status).
+func actorFrom(ctx context.Context) vocab.Actor {
 	if u := userFrom(ctx); u != nil {
-		return "user:" + u.GetUsername()
+		return vocab.User(u.GetUsername())
 	}
-	return "anonymous"
+	return vocab.System(subjects.Gateway)
 }
 
 // bearer extracts the token of an "Authorization: Bearer <token>" value.
@@ -52,7 +56,7 @@ func (g *Gateway) authenticate(ctx context.Context, token string) (context.Conte
 	if token == "" {
 		return ctx, apierr.Unauthenticated("missing bearer token: log in with POST /api/v1/login and send \"Authorization: Bearer <token>\"")
 	}
-	u, err := call[*authv1.VerifyTokenResponse](ctx, g, subjects.NounToken, subjects.VerbVerify, &authv1.VerifyTokenRequest{Token: token})
+	u, err := call(ctx, g, endpoints.TokenVerify, &authv1.VerifyTokenRequest{Token: token})
 	if err != nil {
 		return ctx, err
 	}

@@ -5,13 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
-	"path/filepath"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats-server/v2/server"
@@ -19,16 +14,12 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
-	"flotilla.dev/flotilla/libs/kms"
-	"flotilla.dev/flotilla/libs/pgstore"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/internal/stack/stacktest"
 	"flotilla.dev/flotilla/libs/testkit"
-	"flotilla.dev/flotilla/services/agentgw"
-	"flotilla.dev/flotilla/services/ca"
-	"flotilla.dev/flotilla/services/gateway"
 	"flotilla.dev/flotilla/services/inventory"
 	"flotilla.dev/flotilla/services/inventory/app"
-	"flotilla.dev/flotilla/services/provisioner"
-	"flotilla.dev/flotilla/services/secrets"
 )
 
 func TestMain(m *testing.M) { testkit.Main(m) }
@@ -60,101 +51,25 @@ type envOptions struct {
 
 func newEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	spans := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 	ns := testkit.NATS(t)
-	pool, err := pgstore.Open(ctx, testkit.NewDatabase(t), tp, 10*time.Second)
+	dbURL := testkit.NewDatabase(t)
+	cfg := stack.Config{Version: "1.2.3", TracerProvider: tp, NATSURL: ns.ClientURL(), DatabaseURL: dbURL, InventoryOptions: o.appOptions}
+	if o.only != nil {
+		cfg.Services = append([]string{subjects.Inventory, subjects.Gateway}, o.only...)
+	}
+	st := stacktest.Start(t, cfg)
+	pool, err := pgxpool.New(t.Context(), dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		pool.Close()
-		_ = tp.Shutdown(context.Background())
-	})
-	run := func(f func(context.Context) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(ctx); err != nil {
-				t.Errorf("service stopped: %v", err)
-			}
-		}()
-	}
-	inv, err := inventory.New(ctx, inventory.Deps{Pool: pool, NATS: testkit.NATSConn(t, ns), Log: log, TracerProvider: tp, StreamReplicas: 1, AppOptions: o.appOptions})
-	if err != nil {
+	t.Cleanup(pool.Close)
+	if err := inventory.InitialSetup(t.Context(), pool, nil, adminUser, adminPass); err != nil {
 		t.Fatal(err)
 	}
-	run(inv.Run)
-	want := func(name string) bool {
-		if o.only == nil {
-			return true
-		}
-		for _, n := range o.only {
-			if n == name {
-				return true
-			}
-		}
-		return false
-	}
-	type runner interface{ Run(context.Context) error }
-	// In dependency order: the agent gateway needs the CA at start.
-	for _, svc := range []struct {
-		name  string
-		start func(*nats.Conn) (runner, error)
-	}{
-		{"ca", func(nc *nats.Conn) (runner, error) {
-			dir := t.TempDir()
-			return ca.New(ctx, ca.Deps{NATS: nc, Log: log, TracerProvider: tp, CertFile: filepath.Join(dir, "ca.crt"), KeyFile: filepath.Join(dir, "ca.key")})
-		}},
-		{"secrets", func(nc *nats.Conn) (runner, error) {
-			k, err := kms.OpenLocal(filepath.Join(t.TempDir(), "kms", "master.key"))
-			if err != nil {
-				return nil, err
-			}
-			return secrets.New(ctx, secrets.Deps{Pool: pool, NATS: nc, KMS: k, Log: log, TracerProvider: tp, StreamReplicas: 1})
-		}},
-		{"provisioner", func(nc *nats.Conn) (runner, error) {
-			return provisioner.New(ctx, provisioner.Deps{NATS: nc, Log: log, TracerProvider: tp})
-		}},
-		{"agentgw", func(nc *nats.Conn) (runner, error) {
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				return nil, err
-			}
-			return agentgw.New(ctx, agentgw.Deps{NATS: nc, Log: log, TracerProvider: tp, Listener: l})
-		}},
-	} {
-		if !want(svc.name) {
-			continue
-		}
-		s, err := svc.start(testkit.NATSConn(t, ns))
-		if err != nil {
-			t.Fatal(err)
-		}
-		run(s.Run)
-	}
-	httpL, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	grpcL, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gw, err := gateway.New(ctx, gateway.Deps{NATS: testkit.NATSConn(t, ns), Log: log, TracerProvider: tp, Version: "1.2.3", HTTPListener: httpL, GRPCListener: grpcL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run(gw.Run)
-	if err := inventory.InitialSetup(ctx, pool, log, adminUser, adminPass); err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, base: "http://" + httpL.Addr().String(), grpcAddr: grpcL.Addr().String(), pool: pool, ns: ns, nc: testkit.NATSConn(t, ns), spans: spans}
+	e := &env{t: t, base: "http://" + st.HTTPAddr, grpcAddr: st.GRPCAddr, pool: pool, ns: ns, nc: testkit.NATSConn(t, ns), spans: spans}
 	var login struct{ Token string }
 	if code := e.call("POST", "/api/v1/login", map[string]string{"username": adminUser, "password": adminPass}, &login, ""); code != 200 {
 		t.Fatalf("login: %d", code)

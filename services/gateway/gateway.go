@@ -7,6 +7,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -33,8 +35,10 @@ import (
 	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
 	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
 	"flotilla.dev/flotilla/api/openapi"
+	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/libs/rpc"
 )
 
 // Deps are what the gateway is built from; the caller owns them.
@@ -61,6 +65,7 @@ type Gateway struct {
 	grpcSrv        *grpc.Server
 	mux            *runtime.ServeMux
 	js             jetstream.JetStream
+	bus            *rpc.Client
 	deps           Deps
 }
 
@@ -79,6 +84,7 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 	if g.requestTimeout == 0 {
 		g.requestTimeout = 15 * time.Second
 	}
+	g.bus = rpc.NewClient(d.NATS, subjects.Gateway, g.requestTimeout)
 	js, err := jetstream.New(d.NATS)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
@@ -189,13 +195,44 @@ func statusCode(_ context.Context, w http.ResponseWriter, m proto.Message) error
 	return nil
 }
 
-// restError writes errors as {"code": <grpc code>, "message": "...", "details": []}
-// with the HTTP status grpc-gateway maps the code to.
-func (g *Gateway) restError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
-	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, apierr.GRPCStatus(ctx, g.log, err))
+// restError writes an error as {"code": <gRPC code>, "reason": "...",
+// "message": "...", "field": "..."} with the HTTP status grpc-gateway maps
+// the code to (or the routing status, for a path or method the API lacks).
+func (g *Gateway) restError(ctx context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, _ *http.Request, err error) {
+	httpStatus := 0
+	var hse *runtime.HTTPStatusError
+	if errors.As(err, &hse) {
+		httpStatus, err = hse.HTTPStatus, hse.Err
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		st = status.Convert(apierr.GRPCStatus(ctx, g.log, err))
+	}
+	if httpStatus == 0 {
+		httpStatus = runtime.HTTPStatusFromCode(st.Code())
+	}
+	e := apierr.FromStatus(st)
+	body, merr := json.Marshal(restErrorBody{Code: int32(st.Code()), Reason: string(e.Reason), Message: e.Message, Field: e.Field})
+	if merr != nil {
+		body = []byte(`{"code":13,"reason":"internal","message":"internal error"}`)
+	}
+	w.Header().Del("Trailer")
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(httpStatus)
+	_, _ = w.Write(body)
 }
 
-// writeError writes an error outside grpc-gateway's handlers (the auth middleware).
+// restErrorBody is the JSON body of every REST error. Clients branch on
+// reason (see docs/errors.md); message is for people.
+type restErrorBody struct {
+	Code    int32  `json:"code"`
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
+	Field   string `json:"field,omitempty"`
+}
+
+// writeError writes an error outside grpc-gateway's handlers (the auth
+// middleware, the logs and events endpoints).
 func (g *Gateway) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	g.restError(r.Context(), g.mux, jsonCodec, w, r, err)
 }

@@ -9,14 +9,15 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
 	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
-	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/rpc"
 )
 
@@ -27,23 +28,23 @@ type networkServer struct {
 }
 
 func (s networkServer) CreateNetwork(ctx context.Context, r *inventoryv1.CreateNetworkRequest) (*inventoryv1.Network, error) {
-	return call[*inventoryv1.Network](ctx, s.g, subjects.NounNetwork, subjects.VerbCreate, r)
+	return call(ctx, s.g, endpoints.NetworkCreate, r)
 }
 
 func (s networkServer) GetNetwork(ctx context.Context, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
-	return call[*inventoryv1.Network](ctx, s.g, subjects.NounNetwork, subjects.VerbGet, r)
+	return call(ctx, s.g, endpoints.NetworkGet, r)
 }
 
 func (s networkServer) ListNetworks(ctx context.Context, r *inventoryv1.ListNetworksRequest) (*inventoryv1.ListNetworksResponse, error) {
-	return call[*inventoryv1.ListNetworksResponse](ctx, s.g, subjects.NounNetwork, subjects.VerbList, r)
+	return call(ctx, s.g, endpoints.NetworkList, r)
 }
 
 func (s networkServer) UpdateNetwork(ctx context.Context, r *inventoryv1.UpdateNetworkRequest) (*inventoryv1.Network, error) {
-	return call[*inventoryv1.Network](ctx, s.g, subjects.NounNetwork, subjects.VerbUpdate, r)
+	return call(ctx, s.g, endpoints.NetworkUpdate, r)
 }
 
 func (s networkServer) DeleteNetwork(ctx context.Context, r *inventoryv1.DeleteNetworkRequest) (*emptypb.Empty, error) {
-	return call[*emptypb.Empty](ctx, s.g, subjects.NounNetwork, subjects.VerbDelete, r)
+	return call(ctx, s.g, endpoints.NetworkDelete, r)
 }
 
 // templateServer implements the public TemplateService by forwarding to the inventory.
@@ -53,23 +54,23 @@ type templateServer struct {
 }
 
 func (s templateServer) CreateTemplate(ctx context.Context, r *inventoryv1.CreateTemplateRequest) (*inventoryv1.Template, error) {
-	return call[*inventoryv1.Template](ctx, s.g, subjects.NounTemplate, subjects.VerbCreate, r)
+	return call(ctx, s.g, endpoints.TemplateCreate, r)
 }
 
 func (s templateServer) GetTemplate(ctx context.Context, r *inventoryv1.GetTemplateRequest) (*inventoryv1.Template, error) {
-	return call[*inventoryv1.Template](ctx, s.g, subjects.NounTemplate, subjects.VerbGet, r)
+	return call(ctx, s.g, endpoints.TemplateGet, r)
 }
 
 func (s templateServer) ListTemplates(ctx context.Context, r *inventoryv1.ListTemplatesRequest) (*inventoryv1.ListTemplatesResponse, error) {
-	return call[*inventoryv1.ListTemplatesResponse](ctx, s.g, subjects.NounTemplate, subjects.VerbList, r)
+	return call(ctx, s.g, endpoints.TemplateList, r)
 }
 
 func (s templateServer) UpdateTemplate(ctx context.Context, r *inventoryv1.UpdateTemplateRequest) (*inventoryv1.Template, error) {
-	return call[*inventoryv1.Template](ctx, s.g, subjects.NounTemplate, subjects.VerbUpdate, r)
+	return call(ctx, s.g, endpoints.TemplateUpdate, r)
 }
 
 func (s templateServer) DeleteTemplate(ctx context.Context, r *inventoryv1.DeleteTemplateRequest) (*emptypb.Empty, error) {
-	return call[*emptypb.Empty](ctx, s.g, subjects.NounTemplate, subjects.VerbDelete, r)
+	return call(ctx, s.g, endpoints.TemplateDelete, r)
 }
 
 // instanceServer implements the public InstanceService by forwarding to the inventory.
@@ -79,39 +80,39 @@ type instanceServer struct {
 }
 
 func (s instanceServer) CreateInstance(ctx context.Context, r *inventoryv1.CreateInstanceRequest) (*inventoryv1.Instance, error) {
-	return call[*inventoryv1.Instance](ctx, s.g, subjects.NounInstance, subjects.VerbCreate, r)
+	return call(ctx, s.g, endpoints.InstanceCreate, r)
 }
 
 func (s instanceServer) GetInstance(ctx context.Context, r *inventoryv1.GetInstanceRequest) (*inventoryv1.Instance, error) {
-	return call[*inventoryv1.Instance](ctx, s.g, subjects.NounInstance, subjects.VerbGet, r)
+	return call(ctx, s.g, endpoints.InstanceGet, r)
 }
 
 func (s instanceServer) ListInstances(ctx context.Context, r *inventoryv1.ListInstancesRequest) (*inventoryv1.ListInstancesResponse, error) {
-	return call[*inventoryv1.ListInstancesResponse](ctx, s.g, subjects.NounInstance, subjects.VerbList, r)
+	return call(ctx, s.g, endpoints.InstanceList, r)
 }
 
 func (s instanceServer) UpdateInstance(ctx context.Context, r *inventoryv1.UpdateInstanceRequest) (*inventoryv1.Instance, error) {
-	return call[*inventoryv1.Instance](ctx, s.g, subjects.NounInstance, subjects.VerbUpdate, r)
+	return call(ctx, s.g, endpoints.InstanceUpdate, r)
 }
 
 func (s instanceServer) DeleteInstance(ctx context.Context, r *inventoryv1.DeleteInstanceRequest) (*inventoryv1.Instance, error) {
-	return call[*inventoryv1.Instance](ctx, s.g, subjects.NounInstance, subjects.VerbDelete, r)
+	return call(ctx, s.g, endpoints.InstanceDelete, r)
 }
 
-func (s instanceServer) lifecycle(ctx context.Context, id, action string) (*inventoryv1.Instance, error) {
-	return call[*inventoryv1.Instance](ctx, s.g, subjects.NounLifecycle, subjects.VerbRequest, &inventoryv1.LifecycleRequest{Id: id, Action: action})
+func (s instanceServer) lifecycle(ctx context.Context, id string, action vocab.Action) (*inventoryv1.Instance, error) {
+	return call(ctx, s.g, endpoints.LifecycleRequest, &inventoryv1.LifecycleRequest{Id: id, Action: string(action)})
 }
 
 func (s instanceServer) ProvisionInstance(ctx context.Context, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
-	return s.lifecycle(ctx, r.GetId(), "provision")
+	return s.lifecycle(ctx, r.GetId(), vocab.ActionProvision)
 }
 
 func (s instanceServer) DeprovisionInstance(ctx context.Context, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
-	return s.lifecycle(ctx, r.GetId(), "deprovision")
+	return s.lifecycle(ctx, r.GetId(), vocab.ActionDeprovision)
 }
 
 func (s instanceServer) ReprovisionInstance(ctx context.Context, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
-	return s.lifecycle(ctx, r.GetId(), "reprovision")
+	return s.lifecycle(ctx, r.GetId(), vocab.ActionReprovision)
 }
 
 // secretServer forwards to the secret broker; values go in and never come out.
@@ -121,15 +122,15 @@ type secretServer struct {
 }
 
 func (s secretServer) CreateSecret(ctx context.Context, r *secretsv1.CreateSecretRequest) (*secretsv1.Secret, error) {
-	return callService[*secretsv1.Secret](ctx, s.g, subjects.Secrets, subjects.NounSecret, subjects.VerbCreate, r)
+	return call(ctx, s.g, endpoints.SecretCreate, r)
 }
 
 func (s secretServer) ListSecrets(ctx context.Context, r *secretsv1.ListSecretsRequest) (*secretsv1.ListSecretsResponse, error) {
-	return callService[*secretsv1.ListSecretsResponse](ctx, s.g, subjects.Secrets, subjects.NounSecret, subjects.VerbList, r)
+	return call(ctx, s.g, endpoints.SecretList, r)
 }
 
 func (s secretServer) DeleteSecret(ctx context.Context, r *secretsv1.DeleteSecretRequest) (*emptypb.Empty, error) {
-	return callService[*emptypb.Empty](ctx, s.g, subjects.Secrets, subjects.NounSecret, subjects.VerbDelete, r)
+	return call(ctx, s.g, endpoints.SecretDelete, r)
 }
 
 // caServer forwards to the fleet CA.
@@ -139,7 +140,7 @@ type caServer struct {
 }
 
 func (s caServer) GetCACertificate(ctx context.Context, r *cav1.GetCACertificateRequest) (*cav1.CACertificate, error) {
-	return callService[*cav1.CACertificate](ctx, s.g, subjects.CA, subjects.NounCertificate, subjects.VerbGet, r)
+	return call(ctx, s.g, endpoints.CACertificateGet, r)
 }
 
 // authServer implements login and logout.
@@ -149,7 +150,7 @@ type authServer struct {
 }
 
 func (s authServer) Login(ctx context.Context, r *authv1.LoginRequest) (*authv1.LoginResponse, error) {
-	return call[*authv1.LoginResponse](ctx, s.g, subjects.NounToken, subjects.VerbLogin, r)
+	return call(ctx, s.g, endpoints.TokenLogin, r)
 }
 
 func (s authServer) Logout(ctx context.Context, _ *authv1.LogoutRequest) (*emptypb.Empty, error) {
@@ -157,7 +158,7 @@ func (s authServer) Logout(ctx context.Context, _ *authv1.LogoutRequest) (*empty
 	if token == "" {
 		return nil, apierr.GRPCStatus(ctx, s.g.log, apierr.Unauthenticated("missing bearer token"))
 	}
-	return call[*emptypb.Empty](ctx, s.g, subjects.NounToken, subjects.VerbRevoke, &authv1.RevokeTokenRequest{Token: token})
+	return call(ctx, s.g, endpoints.TokenRevoke, &authv1.RevokeTokenRequest{Token: token})
 }
 
 // systemServer reports health.
@@ -181,10 +182,10 @@ func (s systemServer) GetStatus(ctx context.Context, _ *systemv1.GetStatusReques
 			defer wg.Done()
 			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			defer cancel()
-			err := natsx.Request(pctx, s.g.nc, subjects.Ping(c.Name), &systemv1.PingRequest{}, &systemv1.PingResponse{})
-			if err != nil {
+			ping, _ := endpoints.Ping(c.Name)
+			if _, err := rpc.Call(pctx, s.g.bus, ping, &systemv1.PingRequest{}); err != nil {
 				c.Status = "unavailable"
-				_, c.Message = apierr.Public(ctx, nil, rpc.ClientError(c.Name, err))
+				c.Message = apierr.Public(ctx, nil, err).Message
 			}
 		}(comps[i])
 	}

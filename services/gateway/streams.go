@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -32,7 +33,7 @@ const (
 // file, for curl --cacert and openssl verify -CAfile. (GET /api/v1/ca has it
 // as JSON with its expiry and fingerprint.)
 func (g *Gateway) caPEM(w http.ResponseWriter, r *http.Request) {
-	c, err := callService[*cav1.CACertificate](r.Context(), g, subjects.CA, subjects.NounCertificate, subjects.VerbGet, &cav1.GetCACertificateRequest{})
+	c, err := call(r.Context(), g, endpoints.CACertificateGet, &cav1.GetCACertificateRequest{})
 	if err != nil {
 		g.writeError(w, r, err)
 		return
@@ -56,7 +57,7 @@ type logLine struct {
 func (g *Gateway) instanceLogs(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	id := r.PathValue("id")
-	if _, err := call[*inventoryv1.Instance](ctx, g, subjects.NounInstance, subjects.VerbGet, &inventoryv1.GetInstanceRequest{Id: id}); err != nil {
+	if _, err := call(ctx, g, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id}); err != nil {
 		g.writeError(w, r, err)
 		return
 	}

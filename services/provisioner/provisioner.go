@@ -22,8 +22,10 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/rpc"
@@ -31,7 +33,7 @@ import (
 )
 
 // Actor is how the provisioner signs the events it causes.
-const Actor = "system:provisioner"
+var Actor = vocab.System(subjects.Provisioner)
 
 // Deps are what the provisioner is built from; the caller owns them.
 type Deps struct {
@@ -60,6 +62,7 @@ type Service struct {
 	log     *slog.Logger
 	tracer  trace.Tracer
 	rpc     *rpc.Service
+	bus     *rpc.Client
 	cons    jetstream.Consumer
 	drivers map[string]driver.Driver
 	locks   sync.Map // instance id → *sync.Mutex
@@ -104,7 +107,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		return nil, fmt.Errorf("provisioning consumer: %w", err)
 	}
 	s := &Service{d: d, log: log, tracer: d.TracerProvider.Tracer("flotilla.dev/flotilla/services/provisioner"),
-		cons: cons, drivers: map[string]driver.Driver{}}
+		cons: cons, drivers: map[string]driver.Driver{}, bus: rpc.NewClient(d.NATS, subjects.Provisioner, 0)}
 	for _, drv := range d.Drivers {
 		s.drivers[drv.Name()] = drv
 	}
@@ -147,9 +150,7 @@ func (s *Service) Run(ctx context.Context) error {
 func (s *Service) resync(ctx context.Context, sem chan struct{}, wg *sync.WaitGroup) {
 	token := ""
 	for {
-		resp := &inventoryv1.ListInstancesResponse{}
-		err := natsx.Request(ctx, s.d.NATS, subjects.Endpoint(subjects.Inventory, subjects.NounInstance, subjects.VerbList),
-			&inventoryv1.ListInstancesRequest{PageSize: 500, PageToken: token}, resp)
+		resp, err := rpc.Call(ctx, s.bus, endpoints.InstanceList, &inventoryv1.ListInstancesRequest{PageSize: 500, PageToken: token})
 		if err != nil {
 			if ctx.Err() == nil {
 				s.log.WarnContext(ctx, "resync: list instances", "error", err)
@@ -157,9 +158,7 @@ func (s *Service) resync(ctx context.Context, sem chan struct{}, wg *sync.WaitGr
 			return
 		}
 		for _, in := range resp.GetInstances() {
-			switch in.GetState() {
-			case "provisioning", "deprovisioning", "deleting":
-			default:
+			if !vocab.State(in.GetState()).Transitional() {
 				continue
 			}
 			select {

@@ -7,33 +7,29 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/nats-io/nats.go"
-	"google.golang.org/protobuf/proto"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
-	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
-	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/failpoint"
-	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/rpc"
-	"flotilla.dev/flotilla/services/inventory/domain"
 	"flotilla.dev/flotilla/services/provisioner/driver"
 )
 
 // stepError is a step that failed for a reason retrying will not fix by
 // itself: the instance goes to "failed" with the step and the reason.
 type stepError struct {
-	step string
+	step vocab.Step
 	err  error
 }
 
-func (e *stepError) Error() string { return e.step + ": " + e.err.Error() }
+func (e *stepError) Error() string { return string(e.step) + ": " + e.err.Error() }
 func (e *stepError) Unwrap() error { return e.err }
 
-func fail(step string, err error) error { return &stepError{step: step, err: err} }
+func fail(step vocab.Step, err error) error { return &stepError{step: step, err: err} }
 
 // reconcile moves one instance towards its desired state. It returns an
 // error only for transient trouble (the work is retried); a failed step is
@@ -46,18 +42,18 @@ func (s *Service) reconcile(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	switch in.GetDesiredState() {
-	case domain.DesiredProvisioned:
-		if in.GetState() == domain.StateRunning && !in.GetReprovisionPending() {
+	switch vocab.Desired(in.GetDesiredState()) {
+	case vocab.DesiredProvisioned:
+		if vocab.State(in.GetState()) == vocab.StateRunning && !in.GetReprovisionPending() {
 			return nil
 		}
 		err = s.provision(ctx, in)
-	case domain.DesiredDeprovisioned:
-		if in.GetState() == domain.StateDeprovisioned || in.GetState() == domain.StateCreated {
+	case vocab.DesiredDeprovisioned:
+		if vocab.State(in.GetState()).AtRest() {
 			return nil
 		}
 		err = s.deprovision(ctx, in)
-	case domain.DesiredDeleted:
+	case vocab.DesiredDeleted:
 		err = s.remove(ctx, in)
 	default:
 		return nil
@@ -65,8 +61,8 @@ func (s *Service) reconcile(ctx context.Context, id string) error {
 	var se *stepError
 	if errors.As(err, &se) {
 		s.log.WarnContext(ctx, "step failed", "instance", id, "step", se.step, "error", se.err)
-		_, rerr := s.record(ctx, &inventoryv1.RecordStateRequest{Id: id, State: domain.StateFailed,
-			StateDetail: se.Error(), Event: "failed"})
+		_, rerr := s.record(ctx, &inventoryv1.RecordStateRequest{Id: id, State: string(vocab.StateFailed),
+			StateDetail: se.Error(), Event: string(vocab.VerbFailed)})
 		return rerr
 	}
 	return err
@@ -80,19 +76,20 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 	}
 	drv, ok := s.drivers[tmpl.GetProvider()]
 	if !ok {
-		return fail(domain.StepAllocatingDisk, fmt.Errorf("provider %q is not supported yet", tmpl.GetProvider()))
+		return fail(vocab.StepAllocatingDisk, fmt.Errorf("provider %q is not supported yet", tmpl.GetProvider()))
 	}
 	if in.GetReprovisionPending() {
 		if in.GetVmId() != "" {
-			if _, err := s.record(ctx, &inventoryv1.RecordStateRequest{Id: id, State: domain.StateDeprovisioning, StateDetail: domain.StepStoppingVM}); err != nil {
+			if _, err := s.record(ctx, step(id, vocab.StateDeprovisioning, vocab.StepStoppingVM)); err != nil {
 				return err
 			}
 			if err := drv.DeleteVM(ctx, in.GetVmId()); err != nil {
-				return fail(domain.StepStoppingVM, err)
+				return fail(vocab.StepStoppingVM, err)
 			}
 		}
-		if in, err = s.record(ctx, &inventoryv1.RecordStateRequest{Id: id, State: domain.StateProvisioning, StateDetail: domain.StepAllocatingDisk,
-			Event: "vm-terminated", Clear: []string{"vm_id", "addresses", "agent", "reprovision"}}); err != nil {
+		r := step(id, vocab.StateProvisioning, vocab.StepAllocatingDisk)
+		r.Event, r.Clear = string(vocab.VerbVMTerminated), []string{"vm_id", "addresses", "agent", "reprovision"}
+		if in, err = s.record(ctx, r); err != nil {
 			return err
 		}
 	}
@@ -102,12 +99,14 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 	if disk.GetId() == "" {
 		disk = &inventoryv1.DataDisk{Id: "disk-" + uuid.NewString(), SizeGb: tmpl.GetDataDiskGb()}
 	}
-	if _, err := s.record(ctx, &inventoryv1.RecordStateRequest{Id: id, State: domain.StateProvisioning, StateDetail: domain.StepAllocatingDisk, DataDisk: disk}); err != nil {
+	r := step(id, vocab.StateProvisioning, vocab.StepAllocatingDisk)
+	r.DataDisk = disk
+	if _, err := s.record(ctx, r); err != nil {
 		return err
 	}
 	failpoint.Hit("provisioner.disk-recorded")
 	if _, err := drv.EnsureDisk(ctx, driver.DiskSpec{ID: disk.GetId(), InstanceID: id, SizeGB: disk.GetSizeGb(), Tags: tmpl.GetTags()}); err != nil {
-		return fail(domain.StepAllocatingDisk, err)
+		return fail(vocab.StepAllocatingDisk, err)
 	}
 	failpoint.Hit("provisioner.disk-allocated")
 
@@ -116,19 +115,18 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 	if vmID == "" {
 		vmID = "vm-" + uuid.NewString()
 	}
-	if _, err := s.record(ctx, &inventoryv1.RecordStateRequest{Id: id, State: domain.StateProvisioning, StateDetail: domain.StepLaunchingVM,
-		VmId: vmID, Event: "disk-allocated"}); err != nil {
+	r = step(id, vocab.StateProvisioning, vocab.StepLaunchingVM)
+	r.VmId, r.Event = vmID, string(vocab.VerbDiskAllocated)
+	if _, err := s.record(ctx, r); err != nil {
 		return err
 	}
 	failpoint.Hit("provisioner.vm-recorded")
-	token := &cav1.JoinToken{}
-	if err := natsx.Request(ctx, s.d.NATS, subjects.Endpoint(subjects.CA, subjects.NounJoinToken, subjects.VerbCreate),
-		&cav1.CreateJoinTokenRequest{InstanceId: id}, token); err != nil {
+	token, err := rpc.Call(ctx, s.bus, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: id})
+	if err != nil {
 		return fmt.Errorf("join token: %w", err)
 	}
-	caCert := &cav1.CACertificate{}
-	if err := natsx.Request(ctx, s.d.NATS, subjects.Endpoint(subjects.CA, subjects.NounCertificate, subjects.VerbGet),
-		&cav1.GetCACertificateRequest{}, caCert); err != nil {
+	caCert, err := rpc.Call(ctx, s.bus, endpoints.CACertificateGet, &cav1.GetCACertificateRequest{})
+	if err != nil {
 		return fmt.Errorf("CA certificate: %w", err)
 	}
 	vm, err := drv.EnsureVM(ctx, driver.VMSpec{
@@ -137,28 +135,29 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 		Bootstrap: driver.Bootstrap{GatewayAddr: s.d.AgentGatewayAddr, JoinToken: token.GetToken(), CAPEM: caCert.GetCertificatePem()},
 	})
 	if err != nil {
-		return fail(domain.StepLaunchingVM, err)
+		return fail(vocab.StepLaunchingVM, err)
 	}
 	failpoint.Hit("provisioner.vm-launched")
 	addrs := &inventoryv1.Addresses{PrivateIp: vm.PrivateIP, PrivateDns: vm.PrivateDNS, PublicIp: vm.PublicIP}
 	if in.GetAddresses().GetUrl() != "" && in.GetVmId() == vmID {
 		addrs.Url = in.GetAddresses().GetUrl()
 	}
-	if _, err := s.record(ctx, &inventoryv1.RecordStateRequest{Id: id, State: domain.StateProvisioning, StateDetail: domain.StepWaitingForAgent,
-		Addresses: addrs, Event: "vm-launched"}); err != nil {
+	r = step(id, vocab.StateProvisioning, vocab.StepWaitingForAgent)
+	r.Addresses, r.Event = addrs, string(vocab.VerbVMLaunched)
+	if _, err := s.record(ctx, r); err != nil {
 		return err
 	}
 
 	// Agent: wait for it, then have it set up, install and start the node software.
 	if _, err := s.waitFor(ctx, id, s.d.AgentTimeout, func(in *inventoryv1.Instance) (bool, error) {
-		return in.GetAgent().GetStatus() == domain.AgentConnected, nil
+		return vocab.AgentStatus(in.GetAgent().GetStatus()) == vocab.AgentConnected, nil
 	}); err != nil {
 		if errors.Is(err, errSuperseded) {
 			return nil
 		}
-		return fail(domain.StepWaitingForAgent, err)
+		return fail(vocab.StepWaitingForAgent, err)
 	}
-	if _, err := s.record(ctx, &inventoryv1.RecordStateRequest{Id: id, State: domain.StateProvisioning, StateDetail: domain.StepRunningSetup}); err != nil {
+	if _, err := s.record(ctx, step(id, vocab.StateProvisioning, vocab.StepRunningSetup)); err != nil {
 		return err
 	}
 	cmd := &agentv1.Command{Id: vmID, Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{
@@ -166,21 +165,21 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 		HttpsStrategy: netw.GetHttpsStrategy(), Sans: in.GetSsl().GetSans(),
 	}}}
 	if err := s.sendCommand(ctx, id, cmd, s.d.AgentTimeout); err != nil {
-		return fail(domain.StepRunningSetup, err)
+		return fail(vocab.StepRunningSetup, err)
 	}
 	failpoint.Hit("provisioner.command-sent")
 	// Running means reachable: the node software's URL (from the agent's
 	// next heartbeat) is known too.
 	_, err = s.waitFor(ctx, id, s.d.SetupTimeout, func(in *inventoryv1.Instance) (bool, error) {
-		return in.GetAgentProgress() == "done/"+domain.ProgressSucceeded && in.GetAddresses().GetUrl() != "", nil
+		return in.GetAgentProgress() == vocab.AgentProgress(vocab.StepDone, vocab.ProgressSucceeded) && in.GetAddresses().GetUrl() != "", nil
 	})
 	if errors.Is(err, errSuperseded) {
 		return nil // e.g. the agent's failure, already recorded
 	}
 	if err != nil {
-		return fail(domain.StepRunningSetup, err)
+		return fail(vocab.StepRunningSetup, err)
 	}
-	_, err = s.record(ctx, &inventoryv1.RecordStateRequest{Id: id, State: domain.StateRunning, Event: "running"})
+	_, err = s.record(ctx, &inventoryv1.RecordStateRequest{Id: id, State: string(vocab.StateRunning), Event: string(vocab.VerbRunning)})
 	return err
 }
 
@@ -196,8 +195,8 @@ func (s *Service) deprovision(ctx context.Context, in *inventoryv1.Instance) err
 	if err := s.stopVM(ctx, in); err != nil {
 		return err
 	}
-	_, err := s.record(ctx, &inventoryv1.RecordStateRequest{Id: in.GetId(), State: domain.StateDeprovisioned,
-		Event: "deprovisioned", Clear: []string{"vm_id", "addresses", "agent", "reprovision"}})
+	_, err := s.record(ctx, &inventoryv1.RecordStateRequest{Id: in.GetId(), State: string(vocab.StateDeprovisioned),
+		Event: string(vocab.VerbDeprovisioned), Clear: []string{"vm_id", "addresses", "agent", "reprovision"}})
 	return err
 }
 
@@ -209,11 +208,11 @@ func (s *Service) stopVM(ctx context.Context, in *inventoryv1.Instance) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.record(ctx, &inventoryv1.RecordStateRequest{Id: in.GetId(), State: in.GetState(), StateDetail: domain.StepStoppingVM}); err != nil {
+	if _, err := s.record(ctx, step(in.GetId(), vocab.State(in.GetState()), vocab.StepStoppingVM)); err != nil {
 		return err
 	}
 	if err := drv.DeleteVM(ctx, in.GetVmId()); err != nil {
-		return fail(domain.StepStoppingVM, err)
+		return fail(vocab.StepStoppingVM, err)
 	}
 	return nil
 }
@@ -228,63 +227,59 @@ func (s *Service) remove(ctx context.Context, in *inventoryv1.Instance) error {
 		if err != nil {
 			return err
 		}
-		if _, err := s.record(ctx, &inventoryv1.RecordStateRequest{Id: in.GetId(), State: domain.StateDeleting, StateDetail: domain.StepDeletingDisk,
-			Clear: []string{"vm_id", "addresses", "agent"}}); err != nil {
+		r := step(in.GetId(), vocab.StateDeleting, vocab.StepDeletingDisk)
+		r.Clear = []string{"vm_id", "addresses", "agent"}
+		if _, err := s.record(ctx, r); err != nil {
 			return err
 		}
 		if err := drv.DeleteDisk(ctx, in.GetDataDisk().GetId()); err != nil {
-			return fail(domain.StepDeletingDisk, err)
+			return fail(vocab.StepDeletingDisk, err)
 		}
 	}
-	_, err := s.record(ctx, &inventoryv1.RecordStateRequest{Id: in.GetId(), State: domain.StateDeleted, Remove: true})
+	_, err := s.record(ctx, &inventoryv1.RecordStateRequest{Id: in.GetId(), State: string(vocab.StateDeleted), Remove: true})
 	return err
 }
 
 func (s *Service) driverOf(ctx context.Context, in *inventoryv1.Instance) (driver.Driver, error) {
-	t := &inventoryv1.Template{}
-	if err := s.inventory(ctx, subjects.NounTemplate, subjects.VerbGet, &inventoryv1.GetTemplateRequest{Id: in.GetTemplateId()}, t); err != nil {
+	t, err := rpc.Call(ctx, s.bus, endpoints.TemplateGet, &inventoryv1.GetTemplateRequest{Id: in.GetTemplateId()})
+	if err != nil {
 		return nil, err
 	}
 	drv, ok := s.drivers[t.GetProvider()]
 	if !ok {
-		return nil, fail(domain.StepStoppingVM, fmt.Errorf("provider %q is not supported yet", t.GetProvider()))
+		return nil, fail(vocab.StepStoppingVM, fmt.Errorf("provider %q is not supported yet", t.GetProvider()))
 	}
 	return drv, nil
 }
 
 func (s *Service) placement(ctx context.Context, in *inventoryv1.Instance) (*inventoryv1.Template, *inventoryv1.Network, error) {
-	t := &inventoryv1.Template{}
-	if err := s.inventory(ctx, subjects.NounTemplate, subjects.VerbGet, &inventoryv1.GetTemplateRequest{Id: in.GetTemplateId()}, t); err != nil {
+	t, err := rpc.Call(ctx, s.bus, endpoints.TemplateGet, &inventoryv1.GetTemplateRequest{Id: in.GetTemplateId()})
+	if err != nil {
 		return nil, nil, err
 	}
-	n := &inventoryv1.Network{}
-	if err := s.inventory(ctx, subjects.NounNetwork, subjects.VerbGet, &inventoryv1.GetNetworkRequest{Id: in.GetNetworkId()}, n); err != nil {
+	n, err := rpc.Call(ctx, s.bus, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: in.GetNetworkId()})
+	if err != nil {
 		return nil, nil, err
 	}
 	return t, n, nil
 }
 
 func (s *Service) instance(ctx context.Context, id string) (*inventoryv1.Instance, error) {
-	in := &inventoryv1.Instance{}
-	return in, s.inventory(ctx, subjects.NounInstance, subjects.VerbGet, &inventoryv1.GetInstanceRequest{Id: id}, in)
+	return rpc.Call(ctx, s.bus, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id})
 }
 
-// inventory calls an inventory endpoint, mapping its errors to apierr kinds.
-func (s *Service) inventory(ctx context.Context, noun, verb string, req, resp proto.Message) error {
-	return rpc.ClientError(subjects.Inventory, natsx.Request(ctx, s.d.NATS, subjects.Endpoint(subjects.Inventory, noun, verb), req, resp))
+// step is the record of an instance reaching a step in state.
+func step(id string, state vocab.State, detail vocab.Step) *inventoryv1.RecordStateRequest {
+	return &inventoryv1.RecordStateRequest{Id: id, State: string(state), StateDetail: string(detail)}
 }
 
 // record writes observed state through the inventory, retrying while the
 // inventory is briefly unreachable.
 func (s *Service) record(ctx context.Context, r *inventoryv1.RecordStateRequest) (*inventoryv1.Instance, error) {
-	hdr := nats.Header{}
-	hdr.Set(bus.HeaderActor, Actor)
 	backoff := 100 * time.Millisecond
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		out := &inventoryv1.Instance{}
-		err := rpc.ClientError(subjects.Inventory,
-			natsx.Request(ctx, s.d.NATS, subjects.Endpoint(subjects.Inventory, subjects.NounLifecycle, subjects.VerbRecord), r, out, hdr))
+		out, err := rpc.Call(ctx, s.bus, endpoints.LifecycleRecord, r, rpc.As(Actor))
 		switch {
 		case err == nil:
 			return out, nil
@@ -314,7 +309,7 @@ func (s *Service) waitFor(ctx context.Context, id string, timeout time.Duration,
 			return nil, errSuperseded
 		}
 		if err == nil {
-			if in.GetDesiredState() != domain.DesiredProvisioned || in.GetState() != domain.StateProvisioning {
+			if vocab.Desired(in.GetDesiredState()) != vocab.DesiredProvisioned || vocab.State(in.GetState()) != vocab.StateProvisioning {
 				return in, errSuperseded
 			}
 			done, cerr := ok(in)
@@ -341,7 +336,7 @@ func (s *Service) waitFor(ctx context.Context, id string, timeout time.Duration,
 func (s *Service) sendCommand(ctx context.Context, id string, cmd *agentv1.Command, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		err := natsx.Request(ctx, s.d.NATS, subjects.AgentCommand(id), cmd, nil)
+		_, err := rpc.Call(ctx, s.bus, endpoints.AgentCommand.At(id), cmd, rpc.As(Actor))
 		if err == nil {
 			return nil
 		}

@@ -2,7 +2,6 @@ package secrets
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"regexp"
 	"time"
@@ -13,12 +12,14 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
-	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/libs/rpc"
 )
 
 // Limits on what a secret may be.
@@ -52,7 +53,7 @@ const (
 )
 
 // create stores a secret, or replaces it with the next version.
-func (s *Service) create(ctx context.Context, actor string, r *secretsv1.CreateSecretRequest) (*secretsv1.Secret, error) {
+func (s *Service) create(ctx context.Context, actor vocab.Actor, r *secretsv1.CreateSecretRequest) (*secretsv1.Secret, error) {
 	instanceID, err := parseInstanceID("instanceId", r.GetInstanceId())
 	if err != nil {
 		return nil, err
@@ -66,7 +67,7 @@ func (s *Service) create(ctx context.Context, actor string, r *secretsv1.CreateS
 	} else if n > MaxValueSize {
 		return nil, apierr.Invalid("value", "must be at most %d bytes (64 KiB), got %d bytes", MaxValueSize, n)
 	}
-	if err := s.checkInstance(ctx, actor, instanceID); err != nil {
+	if err := s.checkInstance(ctx, instanceID); err != nil {
 		return nil, err
 	}
 
@@ -90,13 +91,13 @@ func (s *Service) create(ctx context.Context, actor string, r *secretsv1.CreateS
 			return row.metadata(), nil
 		}
 		if attempt == putAttempts {
-			return nil, apierr.Conflict("secret %q of instance %s is being changed by another request; try again", name, instanceID)
+			return nil, apierr.Conflict(apierr.ReasonConcurrentChange, "secret %q of instance %s is being changed by another request; try again", name, instanceID)
 		}
 	}
 }
 
 // list returns an instance's secrets' metadata, ordered by name.
-func (s *Service) list(ctx context.Context, _ string, r *secretsv1.ListSecretsRequest) (*secretsv1.ListSecretsResponse, error) {
+func (s *Service) list(ctx context.Context, _ vocab.Actor, r *secretsv1.ListSecretsRequest) (*secretsv1.ListSecretsResponse, error) {
 	instanceID, err := parseInstanceID("instanceId", r.GetInstanceId())
 	if err != nil {
 		return nil, err
@@ -109,7 +110,7 @@ func (s *Service) list(ctx context.Context, _ string, r *secretsv1.ListSecretsRe
 }
 
 // delete removes one of an instance's secrets.
-func (s *Service) delete(ctx context.Context, actor string, r *secretsv1.DeleteSecretRequest) (*emptypb.Empty, error) {
+func (s *Service) delete(ctx context.Context, actor vocab.Actor, r *secretsv1.DeleteSecretRequest) (*emptypb.Empty, error) {
 	instanceID, err := parseInstanceID("instanceId", r.GetInstanceId())
 	if err != nil {
 		return nil, err
@@ -138,7 +139,7 @@ func (s *Service) delete(ctx context.Context, actor string, r *secretsv1.DeleteS
 // not even look, so neither the reply nor its timing tells an agent what
 // other instances hold. The reply is permission denied rather than not found
 // because from the agent's side both cases mean "you may not have this".
-func (s *Service) read(ctx context.Context, _ string, r *secretsv1.ReadSecretRequest) (*secretsv1.ReadSecretResponse, error) {
+func (s *Service) read(ctx context.Context, _ vocab.Actor, r *secretsv1.ReadSecretRequest) (*secretsv1.ReadSecretResponse, error) {
 	// The agent gateway fills the requester from the agent's certificate; a
 	// malformed one is its bug, and cannot name an audit subject.
 	requester, err := parseInstanceID("requesterInstanceId", r.GetRequesterInstanceId())
@@ -199,7 +200,7 @@ func (s *Service) lookup(ctx context.Context, requester, name string) (*secretsv
 func (s *Service) audit(ctx context.Context, a *secretsv1.SecretAccess) error {
 	subject := subjects.Audit(subjects.NounSecret, a.GetRequesterInstanceId(), subjects.VerbRead)
 	msg, err := bus.NewMessage(ctx, subject, subjects.EventType(subjects.NounSecret, subjects.VerbRead),
-		"agent:"+a.GetRequesterInstanceId(), a.GetTime().AsTime(), a)
+		vocab.Agent(a.GetRequesterInstanceId()), a.GetTime().AsTime(), a)
 	if err == nil {
 		pctx, cancel := context.WithTimeout(ctx, auditTimeout)
 		defer cancel()
@@ -216,20 +217,12 @@ func (s *Service) audit(ctx context.Context, a *secretsv1.SecretAccess) error {
 }
 
 // checkInstance asks the inventory whether the instance exists.
-func (s *Service) checkInstance(ctx context.Context, actor, instanceID string) error {
-	hdr := nats.Header{}
-	if actor != "" {
-		hdr.Set(bus.HeaderActor, actor)
-	}
-	rctx, cancel := context.WithTimeout(ctx, inventoryTimeout)
-	defer cancel()
-	err := natsx.Request(rctx, s.nc, subjects.Endpoint(subjects.Inventory, subjects.NounInstance, subjects.VerbGet),
-		&inventoryv1.GetInstanceRequest{Id: instanceID}, nil, hdr)
+func (s *Service) checkInstance(ctx context.Context, instanceID string) error {
+	_, err := rpc.Call(ctx, s.bus, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: instanceID}, rpc.Timeout(inventoryTimeout))
 	if err == nil {
 		return nil
 	}
-	var se *natsx.ServiceError
-	if errors.As(err, &se) && se.Code == string(apierr.KindNotFound) {
+	if apierr.Is(err, apierr.KindNotFound) {
 		return apierr.NotFound("instance", instanceID)
 	}
 	s.log.WarnContext(ctx, "cannot check instance with the inventory", "instance_id", instanceID, "error", err)

@@ -19,16 +19,17 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
 	"flotilla.dev/flotilla/api/subjects"
-	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/api/vocab"
+	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/internal/stack/stacktest"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/kms"
-	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
-	"flotilla.dev/flotilla/services/inventory"
-	"flotilla.dev/flotilla/services/secrets"
 )
 
 func TestMain(m *testing.M) { testkit.Main(m) }
@@ -42,15 +43,17 @@ type env struct {
 	nc    *nats.Conn // the callers' connection (gateway, agent gateway)
 	js    jetstream.JetStream
 	kms   *kms.Local
-	logs  *syncBuffer
-	spans *tracetest.SpanRecorder
-	a, b  string // instance ids
-	ns    *server.Server
-	log   *slog.Logger
-	tp    trace.TracerProvider
+	// keyFile is the master key every broker of the test shares.
+	keyFile string
+	logs    *syncBuffer
+	spans   *tracetest.SpanRecorder
+	a, b    string // instance ids
+	ns      *server.Server
+	log     *slog.Logger
+	tp      trace.TracerProvider
 	// inventory is the real inventory's application layer.
 	inventory interface {
-		DeleteInstance(ctx context.Context, actor, id string, version int64) (*inventoryv1.Instance, error)
+		DeleteInstance(ctx context.Context, actor vocab.Actor, id string, version int64) (*inventoryv1.Instance, error)
 	}
 }
 
@@ -63,26 +66,20 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.pool.Close)
-	ns := testkit.NATS(t)
-	e.nc = testkit.NATSConn(t, ns)
+	e.ns = testkit.NATS(t)
+	e.nc = testkit.NATSConn(t, e.ns)
 	if e.js, err = jetstream.New(e.nc); err != nil {
 		t.Fatal(err)
 	}
-	e.ns = ns
 	e.log = slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	e.tp = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(e.spans))
-	if e.kms, err = kms.OpenLocal(filepath.Join(t.TempDir(), "kms", "master.key")); err != nil {
+	e.keyFile = filepath.Join(t.TempDir(), "kms", "master.key")
+	if e.kms, err = kms.OpenLocal(e.keyFile); err != nil {
 		t.Fatal(err)
 	}
+	st := stacktest.Start(t, e.config(subjects.Inventory, subjects.Secrets))
 
-	inv, err := inventory.New(ctx, inventory.Deps{Pool: e.pool, NATS: testkit.NATSConn(t, ns), Log: e.log, TracerProvider: e.tp, Version: "0.0.1", StreamReplicas: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.run(inv.Run)
-	e.startBroker()
-
-	app := inv.App()
+	app := st.Inventory.App()
 	e.inventory = app
 	network, err := app.CreateNetwork(ctx, "user:test", &inventoryv1.Network{Name: "net", Provider: "local", HttpsStrategy: "none"})
 	if err != nil {
@@ -105,54 +102,30 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-// startBroker starts a secret broker (another one, if called again: they
-// share the load as managers of a cluster would) and stops it when the test
-// ends.
+// config is a stack of services on e's NATS, database and master key.
+func (e *env) config(services ...string) stack.Config {
+	return stack.Config{Services: services, Version: "0.0.1", Log: e.log, TracerProvider: e.tp,
+		NATSURL: e.ns.ClientURL(), DatabaseURL: e.dbURL, KMSKeyFile: e.keyFile}
+}
+
+// startBroker starts another secret broker: they share the load as
+// managers of a cluster would.
 func (e *env) startBroker() {
 	e.t.Helper()
-	svc, err := secrets.New(context.Background(), secrets.Deps{Pool: e.pool, NATS: testkit.NATSConn(e.t, e.ns), KMS: e.kms, Log: e.log, TracerProvider: e.tp, Version: "0.0.1", StreamReplicas: 1})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.run(svc.Run)
+	stacktest.Start(e.t, e.config(subjects.Secrets))
 }
 
-// run runs a service until the test ends.
-func (e *env) run(run func(context.Context) error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := run(ctx); err != nil && ctx.Err() == nil {
-			e.t.Errorf("service stopped: %v", err)
-		}
-	}()
-	e.t.Cleanup(func() { cancel(); <-done })
-}
-
-// call sends req to secret.<verb> as the gateway or agent gateway would,
-// returning the broker's error as an *apierr.Error.
-func call[Resp proto.Message](e *env, verb string, req proto.Message) (Resp, error) {
+// call sends req to a secrets endpoint as its first declared caller (the
+// gateway, or the agent gateway for reads) would, returning the broker's
+// error as an *apierr.Error.
+func call[Req, Resp proto.Message](e *env, ep endpoints.Endpoint[Req, Resp], req Req) (Resp, error) {
 	e.t.Helper()
-	var zero Resp
-	resp := zero.ProtoReflect().New().Interface().(Resp)
-	hdr := nats.Header{}
-	hdr.Set(bus.HeaderActor, "user:test")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	err := natsx.Request(ctx, e.nc, subjects.Endpoint(subjects.Secrets, subjects.NounSecret, verb), req, resp, hdr)
-	var se *natsx.ServiceError
-	if errors.As(err, &se) {
-		return zero, apierr.FromCode(se.Code, se.Message)
-	}
-	if err != nil {
-		e.t.Fatalf("secret.%s: %v", verb, err)
-	}
-	return resp, nil
+	c := rpc.NewClient(e.nc, ep.Info().Callers[0], 10*time.Second)
+	return rpc.Call(context.Background(), c, ep, req, rpc.As("user:test"))
 }
 
 func (e *env) create(instanceID, name, value string) (*secretsv1.Secret, error) {
-	return call[*secretsv1.Secret](e, subjects.VerbCreate, &secretsv1.CreateSecretRequest{InstanceId: instanceID, Name: name, Value: value})
+	return call(e, endpoints.SecretCreate, &secretsv1.CreateSecretRequest{InstanceId: instanceID, Name: name, Value: value})
 }
 
 func (e *env) mustCreate(instanceID, name, value string) *secretsv1.Secret {
@@ -165,13 +138,13 @@ func (e *env) mustCreate(instanceID, name, value string) *secretsv1.Secret {
 }
 
 func (e *env) list(instanceID string) ([]*secretsv1.Secret, error) {
-	resp, err := call[*secretsv1.ListSecretsResponse](e, subjects.VerbList, &secretsv1.ListSecretsRequest{InstanceId: instanceID})
+	resp, err := call(e, endpoints.SecretList, &secretsv1.ListSecretsRequest{InstanceId: instanceID})
 	return resp.GetSecrets(), err
 }
 
 // read is the agent gateway reading name for the agent of requester.
 func (e *env) read(requester, name string) (*secretsv1.ReadSecretResponse, error) {
-	return call[*secretsv1.ReadSecretResponse](e, subjects.VerbRead, &secretsv1.ReadSecretRequest{RequesterInstanceId: requester, Name: name})
+	return call(e, endpoints.SecretRead, &secretsv1.ReadSecretRequest{RequesterInstanceId: requester, Name: name})
 }
 
 // streamMessages returns every message stored on a stream, in order.

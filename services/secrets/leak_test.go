@@ -14,8 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/emptypb"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/pgmanaged"
@@ -93,7 +93,7 @@ func TestTheValueLeaksNowhere(t *testing.T) {
 	}
 	keep(e.read(e.b, "leak-check"))
 	keep(e.read(e.a, "no-such"))
-	keep(call[*emptypb.Empty](e, subjects.VerbDelete, &secretsv1.DeleteSecretRequest{InstanceId: e.b, Name: "other"}))
+	keep(call(e, endpoints.SecretDelete, &secretsv1.DeleteSecretRequest{InstanceId: e.b, Name: "other"}))
 
 	for i, r := range replies {
 		assertNoLeak(t, fmt.Sprintf("reply %d", i), r)

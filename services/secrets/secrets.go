@@ -12,7 +12,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/kms"
 	"flotilla.dev/flotilla/libs/rpc"
@@ -42,6 +44,7 @@ type Service struct {
 	kms   kms.KMS
 	store store
 	rpc   *rpc.Service
+	bus   *rpc.Client
 	now   func() time.Time
 	// deleted consumes instance deletions, to remove their secrets.
 	deleted jetstream.Consumer
@@ -71,6 +74,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		js:    js,
 		kms:   d.KMS,
 		store: store{pool: d.Pool},
+		bus:   rpc.NewClient(d.NATS, subjects.Secrets, 0),
 		now:   time.Now,
 	}
 	// Secrets go with their instance. A durable consumer, so a deletion that
@@ -78,7 +82,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	s.deleted, err = js.CreateOrUpdateConsumer(ctx, subjects.EventsStream, jetstream.ConsumerConfig{
 		Durable:       subjects.SecretsCleanupConsumer,
 		Description:   "The secret broker removes the secrets of deleted instances",
-		FilterSubject: subjects.EntityVerbEvents(subjects.NounInstance, "deleted"),
+		FilterSubject: subjects.EntityVerbEvents(subjects.NounInstance, string(vocab.VerbDeleted)),
 		DeliverPolicy: jetstream.DeliverNewPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       30 * time.Second,
@@ -92,10 +96,10 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		return nil, err
 	}
 	if err := errors.Join(
-		rpc.Handle(s.rpc, subjects.NounSecret, subjects.VerbCreate, s.create),
-		rpc.Handle(s.rpc, subjects.NounSecret, subjects.VerbList, s.list),
-		rpc.Handle(s.rpc, subjects.NounSecret, subjects.VerbDelete, s.delete),
-		rpc.Handle(s.rpc, subjects.NounSecret, subjects.VerbRead, s.read),
+		rpc.Handle(s.rpc, endpoints.SecretCreate, s.create),
+		rpc.Handle(s.rpc, endpoints.SecretList, s.list),
+		rpc.Handle(s.rpc, endpoints.SecretDelete, s.delete),
+		rpc.Handle(s.rpc, endpoints.SecretRead, s.read),
 	); err != nil {
 		_ = s.rpc.Stop()
 		return nil, err

@@ -12,8 +12,8 @@ import (
 
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/emptypb"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/apierr"
@@ -73,7 +73,7 @@ func TestCreateListReplaceDelete(t *testing.T) {
 	}
 
 	del := func(instanceID, name string) error {
-		_, err := call[*emptypb.Empty](e, subjects.VerbDelete, &secretsv1.DeleteSecretRequest{InstanceId: instanceID, Name: name})
+		_, err := call(e, endpoints.SecretDelete, &secretsv1.DeleteSecretRequest{InstanceId: instanceID, Name: name})
 		return err
 	}
 	if err := del(e.a, "db-password"); err != nil {
@@ -120,7 +120,7 @@ func TestValidationNamesTheField(t *testing.T) {
 		{"create for an unknown instance", create("0190c3e1-0000-7000-8000-000000000001", "n", value), apierr.KindNotFound, `^instance "0190c3e1-0000-7000-8000-000000000001" not found$`},
 		{"list with a bad instance id", func() error { _, err := e.list("x"); return err }, apierr.KindInvalid, `^instanceId: `},
 		{"delete with a bad name", func() error {
-			_, err := call[*emptypb.Empty](e, subjects.VerbDelete, &secretsv1.DeleteSecretRequest{InstanceId: e.a, Name: "a b"})
+			_, err := call(e, endpoints.SecretDelete, &secretsv1.DeleteSecretRequest{InstanceId: e.a, Name: "a b"})
 			return err
 		}, apierr.KindInvalid, `^name: `},
 		{"read with a bad requester", func() error { _, err := e.read("agent-a", "n"); return err }, apierr.KindInvalid, `^requesterInstanceId: must be an instance id`},

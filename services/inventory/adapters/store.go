@@ -143,7 +143,7 @@ func (t Table) Update(ctx context.Context, tx pgx.Tx, m proto.Message, now time.
 		return t.mapWriteError(err, m)
 	}
 	if tag.RowsAffected() == 0 {
-		return apierr.Conflict("%s %q changed since version %d: read it again and retry", t.Noun, id, prev)
+		return apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q changed since version %d: read it again and retry", t.Noun, id, prev)
 	}
 	return nil
 }
@@ -176,12 +176,12 @@ func (t Table) Delete(ctx context.Context, tx pgx.Tx, id string, version int64) 
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "23503" {
-			return apierr.Conflict("%s %q is in use", t.Noun, id)
+			return apierr.Conflict(apierr.ReasonInUse, "%s %q is in use", t.Noun, id)
 		}
 		return fmt.Errorf("delete %s %s: %w", t.Noun, id, err)
 	}
 	if tag.RowsAffected() == 0 {
-		return apierr.Conflict("%s %q changed since version %d: read it again and retry", t.Noun, id, version)
+		return apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q changed since version %d: read it again and retry", t.Noun, id, version)
 	}
 	return nil
 }
@@ -238,11 +238,11 @@ func (t Table) mapWriteError(err error, m proto.Message) error {
 		switch pgErr.Code {
 		case "23505": // unique_violation
 			if strings.Contains(pgErr.ConstraintName, "name") {
-				return apierr.Conflict("%s name %q is already in use", t.Noun, getString(m, "name"))
+				return apierr.Conflict(apierr.ReasonAlreadyExists, "%s name %q is already in use", t.Noun, getString(m, "name"))
 			}
-			return apierr.Conflict("%s %q already exists", t.Noun, getString(m, "id"))
+			return apierr.Conflict(apierr.ReasonAlreadyExists, "%s %q already exists", t.Noun, getString(m, "id"))
 		case "23503": // foreign_key_violation: a referenced row vanished meanwhile
-			return apierr.Conflict("%s %q refers to something that no longer exists: %s", t.Noun, getString(m, "name"), pgErr.ConstraintName)
+			return apierr.Conflict(apierr.ReasonConcurrentChange, "%s %q refers to something that no longer exists: %s", t.Noun, getString(m, "name"), pgErr.ConstraintName)
 		}
 	}
 	return fmt.Errorf("write %s: %w", t.Noun, err)

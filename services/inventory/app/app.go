@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/services/inventory/adapters"
@@ -97,7 +98,7 @@ func (a *App) inTx(ctx context.Context, f func(tx pgx.Tx) error) error {
 }
 
 // emit writes the event for a change of v to the outbox, inside tx.
-func (a *App) emit(ctx context.Context, tx pgx.Tx, noun, verb, actor string, v resource, now time.Time) error {
+func (a *App) emit(ctx context.Context, tx pgx.Tx, noun string, verb vocab.Verb, actor vocab.Actor, v resource, now time.Time) error {
 	msg, err := bus.NewEvent(ctx, noun, v.GetId(), verb, actor, v.GetVersion(), now, v)
 	if err != nil {
 		return err
@@ -105,7 +106,7 @@ func (a *App) emit(ctx context.Context, tx pgx.Tx, noun, verb, actor string, v r
 	return adapters.AddToOutbox(ctx, tx, msg)
 }
 
-func create[T resource](ctx context.Context, a *App, k kind[T], actor string, v T) (T, error) {
+func create[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Actor, v T) (T, error) {
 	var zero T
 	if !v.ProtoReflect().IsValid() {
 		return zero, apierr.Invalid(k.table.Noun, "is required")
@@ -123,7 +124,7 @@ func create[T resource](ctx context.Context, a *App, k kind[T], actor string, v 
 		if err := k.table.Insert(ctx, tx, v, now); err != nil {
 			return err
 		}
-		return a.emit(ctx, tx, k.table.Noun, "created", actor, v, now)
+		return a.emit(ctx, tx, k.table.Noun, vocab.VerbCreated, actor, v, now)
 	})
 	if err != nil {
 		return zero, err
@@ -158,7 +159,7 @@ func list[T resource](ctx context.Context, a *App, k kind[T], pageSize int32, pa
 	return out, next, nil
 }
 
-func update[T resource](ctx context.Context, a *App, k kind[T], actor string, v T, mask []string) (T, error) {
+func update[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Actor, v T, mask []string) (T, error) {
 	var zero T
 	if !v.ProtoReflect().IsValid() {
 		return zero, apierr.Invalid(k.table.Noun, "is required")
@@ -174,7 +175,7 @@ func update[T resource](ctx context.Context, a *App, k kind[T], actor string, v 
 			return err
 		}
 		if cur.GetVersion() != v.GetVersion() {
-			return apierr.Conflict("%s %q is at version %d, not %d: read it again and retry",
+			return apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q is at version %d, not %d: read it again and retry",
 				k.table.Noun, v.GetId(), cur.GetVersion(), v.GetVersion())
 		}
 		next := proto.Clone(cur).(T)
@@ -192,7 +193,7 @@ func update[T resource](ctx context.Context, a *App, k kind[T], actor string, v 
 			return err
 		}
 		out = next
-		return a.emit(ctx, tx, k.table.Noun, "updated", actor, next, now)
+		return a.emit(ctx, tx, k.table.Noun, vocab.VerbUpdated, actor, next, now)
 	})
 	if err != nil {
 		return zero, err
@@ -200,7 +201,7 @@ func update[T resource](ctx context.Context, a *App, k kind[T], actor string, v 
 	return out, nil
 }
 
-func remove[T resource](ctx context.Context, a *App, k kind[T], actor, id string, version int64) error {
+func remove[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Actor, id string, version int64) error {
 	now := a.now()
 	return a.inTx(ctx, func(tx pgx.Tx) error {
 		cur := k.new()
@@ -208,7 +209,7 @@ func remove[T resource](ctx context.Context, a *App, k kind[T], actor, id string
 			return err
 		}
 		if version != 0 && cur.GetVersion() != version {
-			return apierr.Conflict("%s %q is at version %d, not %d: read it again and retry",
+			return apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q is at version %d, not %d: read it again and retry",
 				k.table.Noun, id, cur.GetVersion(), version)
 		}
 		if k.beforeDelete != nil {
@@ -219,7 +220,7 @@ func remove[T resource](ctx context.Context, a *App, k kind[T], actor, id string
 		if err := k.table.Delete(ctx, tx, id, cur.GetVersion()); err != nil {
 			return err
 		}
-		return a.emit(ctx, tx, k.table.Noun, "deleted", actor, cur, now)
+		return a.emit(ctx, tx, k.table.Noun, vocab.VerbDeleted, actor, cur, now)
 	})
 }
 
@@ -240,5 +241,5 @@ func usedBy(ctx context.Context, tx pgx.Tx, noun, name, column, id string) error
 	if len(names) > 5 {
 		names, more = names[:5], " and more"
 	}
-	return apierr.Conflict("%s %q is used by instances %s%s", noun, name, strings.Join(names, ", "), more)
+	return apierr.Conflict(apierr.ReasonInUse, "%s %q is used by instances %s%s", noun, name, strings.Join(names, ", "), more)
 }

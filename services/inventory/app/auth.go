@@ -13,6 +13,7 @@ import (
 
 	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/password"
@@ -45,11 +46,11 @@ func (a *App) InitialSetup(ctx context.Context, username, pw string) error {
 	return a.inTx(ctx, func(tx pgx.Tx) error {
 		if err := adapters.CreateFirstAdmin(ctx, tx, u); err != nil {
 			if errors.Is(err, adapters.ErrAdminExists) {
-				return apierr.Conflict("initial setup has already been done: an admin user exists")
+				return apierr.Conflict(apierr.ReasonAlreadyExists, "initial setup has already been done: an admin user exists")
 			}
 			return err
 		}
-		msg, err := bus.NewEvent(ctx, subjects.NounUser, u.ID, "created", "system:initial-setup", 1, now,
+		msg, err := bus.NewEvent(ctx, subjects.NounUser, u.ID, vocab.VerbCreated, vocab.System("initial-setup"), 1, now,
 			&authv1.User{Id: u.ID, Username: u.Username, IsAdmin: true, CreateTime: timestamppb.New(now)})
 		if err != nil {
 			return err

@@ -3,7 +3,6 @@ package app
 import (
 	"context"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -12,18 +11,11 @@ import (
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/services/inventory/adapters"
 	"flotilla.dev/flotilla/services/inventory/domain"
-)
-
-// Lifecycle actions an operator can ask for.
-const (
-	ActionProvision   = "provision"
-	ActionDeprovision = "deprovision"
-	ActionReprovision = "reprovision"
-	ActionDelete      = "delete"
 )
 
 // Lifecycle applies an operator's action to an instance: it sets the desired
@@ -32,7 +24,7 @@ const (
 // An action that is already in effect returns the instance unchanged; one
 // that would interleave with another action in progress answers conflict.
 // version, if not 0, must match.
-func (a *App) Lifecycle(ctx context.Context, actor, id, action string, version int64) (*inventoryv1.Instance, error) {
+func (a *App) Lifecycle(ctx context.Context, actor vocab.Actor, id string, action vocab.Action, version int64) (*inventoryv1.Instance, error) {
 	now := a.now()
 	var out *inventoryv1.Instance
 	err := a.inTx(ctx, func(tx pgx.Tx) error {
@@ -41,7 +33,7 @@ func (a *App) Lifecycle(ctx context.Context, actor, id, action string, version i
 			return err
 		}
 		if version != 0 && in.GetVersion() != version {
-			return apierr.Conflict("instance %q is at version %d, not %d: read it again and retry", id, in.GetVersion(), version)
+			return apierr.Conflict(apierr.ReasonVersionMismatch, "instance %q is at version %d, not %d: read it again and retry", id, in.GetVersion(), version)
 		}
 		next, err := domain.Transition(in, action)
 		if err != nil {
@@ -55,16 +47,16 @@ func (a *App) Lifecycle(ctx context.Context, actor, id, action string, version i
 			if err := InstanceTable.Delete(ctx, tx, id, in.GetVersion()); err != nil {
 				return err
 			}
-			in.State, in.DesiredState, in.StateDetail = domain.StateDeleted, domain.DesiredDeleted, ""
+			in.State, in.DesiredState, in.StateDetail = string(vocab.StateDeleted), string(vocab.DesiredDeleted), ""
 			out = in
-			return a.emit(ctx, tx, subjects.NounInstance, "deleted", actor, in, now)
+			return a.emit(ctx, tx, subjects.NounInstance, vocab.VerbDeleted, actor, in, now)
 		}
-		in.DesiredState, in.State, in.StateDetail = next.Desired, next.State, next.Detail
+		in.DesiredState, in.State, in.StateDetail = string(next.Desired), string(next.State), string(next.Detail)
 		in.ReprovisionPending = in.GetReprovisionPending() || next.Reprovision
 		if err := InstanceTable.Update(ctx, tx, in, now); err != nil {
 			return err
 		}
-		if err := a.emit(ctx, tx, subjects.NounInstance, action+"-requested", actor, in, now); err != nil {
+		if err := a.emit(ctx, tx, subjects.NounInstance, action.Requested(), actor, in, now); err != nil {
 			return err
 		}
 		out = in
@@ -75,9 +67,9 @@ func (a *App) Lifecycle(ctx context.Context, actor, id, action string, version i
 
 // enqueue puts provisioning work for an instance on the work queue, through
 // the outbox, so the work exists exactly when the change commits.
-func (a *App) enqueue(ctx context.Context, tx pgx.Tx, id, action, actor string, now time.Time) error {
-	msg, err := bus.NewMessage(ctx, subjects.Provision(id), "provision."+action, actor, now,
-		&inventoryv1.LifecycleRequest{Id: id, Action: action})
+func (a *App) enqueue(ctx context.Context, tx pgx.Tx, id string, action vocab.Action, actor vocab.Actor, now time.Time) error {
+	msg, err := bus.NewMessage(ctx, subjects.Provision(id), action.WorkType(), actor, now,
+		&inventoryv1.LifecycleRequest{Id: id, Action: string(action)})
 	if err != nil {
 		return err
 	}
@@ -86,8 +78,8 @@ func (a *App) enqueue(ctx context.Context, tx pgx.Tx, id, action, actor string, 
 
 // RecordState records what the provisioner has made true. It does not take a
 // new version: observed state is not something an operator edits.
-func (a *App) RecordState(ctx context.Context, actor string, r *inventoryv1.RecordStateRequest) (*inventoryv1.Instance, error) {
-	if r.GetState() != "" && !slices.Contains(domain.States, r.GetState()) {
+func (a *App) RecordState(ctx context.Context, actor vocab.Actor, r *inventoryv1.RecordStateRequest) (*inventoryv1.Instance, error) {
+	if r.GetState() != "" && !vocab.State(r.GetState()).Valid() {
 		return nil, apierr.Invalid("state", "%q is not an instance state", r.GetState())
 	}
 	now := a.now()
@@ -98,15 +90,15 @@ func (a *App) RecordState(ctx context.Context, actor string, r *inventoryv1.Reco
 			return err
 		}
 		if r.GetVersion() != 0 && r.GetVersion() != in.GetVersion() {
-			return apierr.Conflict("instance %q is at version %d, not %d", r.GetId(), in.GetVersion(), r.GetVersion())
+			return apierr.Conflict(apierr.ReasonVersionMismatch, "instance %q is at version %d, not %d", r.GetId(), in.GetVersion(), r.GetVersion())
 		}
 		if r.GetRemove() {
 			if err := InstanceTable.Delete(ctx, tx, in.GetId(), 0); err != nil {
 				return err
 			}
-			in.State, in.StateDetail = domain.StateDeleted, ""
+			in.State, in.StateDetail = string(vocab.StateDeleted), ""
 			out = in
-			return a.emit(ctx, tx, subjects.NounInstance, "deleted", actor, in, now)
+			return a.emit(ctx, tx, subjects.NounInstance, vocab.VerbDeleted, actor, in, now)
 		}
 		for _, c := range r.GetClear() {
 			switch c {
@@ -142,7 +134,7 @@ func (a *App) RecordState(ctx context.Context, actor string, r *inventoryv1.Reco
 		if r.GetEvent() == "" {
 			return nil
 		}
-		return a.emit(ctx, tx, subjects.NounInstance, r.GetEvent(), actor, in, now)
+		return a.emit(ctx, tx, subjects.NounInstance, vocab.Verb(r.GetEvent()), actor, in, now)
 	})
 	return out, err
 }
@@ -164,17 +156,17 @@ func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
 		if at == nil {
 			at = timestamppb.New(now)
 		}
-		verb := ""
+		var verb vocab.Verb
 		switch b := ev.GetBody().(type) {
 		case *agentv1.AgentEvent_Connected:
-			in.Agent.Status, in.Agent.Version, in.Agent.LastHeartbeat = domain.AgentConnected, b.Connected.GetAgentVersion(), at
-			verb = "agent-connected"
+			in.Agent.Status, in.Agent.Version, in.Agent.LastHeartbeat = string(vocab.AgentConnected), b.Connected.GetAgentVersion(), at
+			verb = vocab.VerbAgentConnected
 		case *agentv1.AgentEvent_Disconnected:
-			in.Agent.Status = domain.AgentDisconnected
-			verb = "agent-disconnected"
+			in.Agent.Status = string(vocab.AgentDisconnected)
+			verb = vocab.VerbAgentDisconnected
 		case *agentv1.AgentEvent_Heartbeat:
 			hb := b.Heartbeat
-			in.Agent.Status, in.Agent.LastHeartbeat = domain.AgentConnected, at
+			in.Agent.Status, in.Agent.LastHeartbeat = string(vocab.AgentConnected), at
 			if hb.GetAgentVersion() != "" {
 				in.Agent.Version = hb.GetAgentVersion()
 			}
@@ -195,16 +187,16 @@ func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
 			}
 		case *agentv1.AgentEvent_Progress:
 			p := b.Progress
-			in.AgentProgress = p.GetStep() + "/" + p.GetStatus()
-			if in.GetState() == domain.StateProvisioning {
-				switch p.GetStatus() {
-				case domain.ProgressFailed:
-					in.State, in.StateDetail = domain.StateFailed, fmt.Sprintf("%s: %s", p.GetStep(), p.GetMessage())
-				case domain.ProgressStarted:
+			in.AgentProgress = vocab.AgentProgress(vocab.Step(p.GetStep()), vocab.Progress(p.GetStatus()))
+			if vocab.State(in.GetState()) == vocab.StateProvisioning {
+				switch vocab.Progress(p.GetStatus()) {
+				case vocab.ProgressFailed:
+					in.State, in.StateDetail = string(vocab.StateFailed), fmt.Sprintf("%s: %s", p.GetStep(), p.GetMessage())
+				case vocab.ProgressStarted:
 					in.StateDetail = p.GetStep()
 				}
 			}
-			verb = "progress"
+			verb = vocab.VerbProgress
 		default:
 			return apierr.Invalid("body", "empty agent event")
 		}
@@ -214,15 +206,13 @@ func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
 		if verb == "" {
 			return nil
 		}
-		return a.emit(ctx, tx, subjects.NounInstance, verb, actorAgent(in.GetId()), in, now)
+		return a.emit(ctx, tx, subjects.NounInstance, verb, vocab.Agent(in.GetId()), in, now)
 	})
 	if apierr.Is(err, apierr.KindNotFound) {
 		return nil
 	}
 	return err
 }
-
-func actorAgent(id string) string { return "agent:" + id }
 
 // MarkStaleAgents records as disconnected every agent that is shown as
 // connected but has sent no heartbeat for staleAfter: its gateway may have
@@ -231,7 +221,7 @@ func actorAgent(id string) string { return "agent:" + id }
 func (a *App) MarkStaleAgents(ctx context.Context, staleAfter time.Duration) (int, error) {
 	rows, err := a.pool.Query(ctx, `SELECT id::text FROM instances
 		WHERE spec->'agent'->>'status' = $1 AND (spec->'agent'->>'lastHeartbeat')::timestamptz < $2`,
-		domain.AgentConnected, a.now().Add(-staleAfter))
+		vocab.AgentConnected, a.now().Add(-staleAfter))
 	if err != nil {
 		return 0, fmt.Errorf("find stale agents: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/services/inventory/adapters"
 	"flotilla.dev/flotilla/services/inventory/domain"
@@ -50,8 +51,8 @@ var instances = kind[*inventoryv1.Instance]{
 	table: InstanceTable,
 	new:   func() *inventoryv1.Instance { return &inventoryv1.Instance{} },
 	prepare: func(v *inventoryv1.Instance) {
-		v.State = domain.StateCreated
-		v.DesiredState = domain.DesiredDeprovisioned
+		v.State = string(vocab.StateCreated)
+		v.DesiredState = string(vocab.DesiredDeprovisioned)
 	},
 	check: checkInstance,
 }
@@ -60,10 +61,10 @@ func checkInstance(ctx context.Context, tx pgx.Tx, old, v *inventoryv1.Instance)
 	if err := domain.ValidateInstance(v); err != nil {
 		return err
 	}
-	if old != nil && !domain.AtRest(old.GetState()) &&
+	if old != nil && !vocab.State(old.GetState()).AtRest() &&
 		(old.GetTemplateId() != v.GetTemplateId() || old.GetNetworkId() != v.GetNetworkId() || old.GetKind() != v.GetKind()) {
-		return apierr.Conflict("instance %q is %s: kind, templateId and networkId can change only while it is %s or %s",
-			old.GetName(), old.GetState(), domain.StateCreated, domain.StateDeprovisioned)
+		return apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: kind, templateId and networkId can change only while it is %s or %s",
+			old.GetName(), old.GetState(), vocab.StateCreated, vocab.StateDeprovisioned)
 	}
 	t := &inventoryv1.Template{}
 	if err := TemplateTable.Get(ctx, tx, v.GetTemplateId(), false, t); err != nil {
@@ -83,7 +84,7 @@ func checkInstance(ctx context.Context, tx pgx.Tx, old, v *inventoryv1.Instance)
 }
 
 // CreateNetwork creates a network.
-func (a *App) CreateNetwork(ctx context.Context, actor string, n *inventoryv1.Network) (*inventoryv1.Network, error) {
+func (a *App) CreateNetwork(ctx context.Context, actor vocab.Actor, n *inventoryv1.Network) (*inventoryv1.Network, error) {
 	return create(ctx, a, networks, actor, n)
 }
 
@@ -98,17 +99,17 @@ func (a *App) ListNetworks(ctx context.Context, pageSize int32, pageToken string
 }
 
 // UpdateNetwork changes the masked fields of a network at n's version.
-func (a *App) UpdateNetwork(ctx context.Context, actor string, n *inventoryv1.Network, mask []string) (*inventoryv1.Network, error) {
+func (a *App) UpdateNetwork(ctx context.Context, actor vocab.Actor, n *inventoryv1.Network, mask []string) (*inventoryv1.Network, error) {
 	return update(ctx, a, networks, actor, n, mask)
 }
 
 // DeleteNetwork deletes a network no instance uses.
-func (a *App) DeleteNetwork(ctx context.Context, actor, id string, version int64) error {
+func (a *App) DeleteNetwork(ctx context.Context, actor vocab.Actor, id string, version int64) error {
 	return remove(ctx, a, networks, actor, id, version)
 }
 
 // CreateTemplate creates a template.
-func (a *App) CreateTemplate(ctx context.Context, actor string, t *inventoryv1.Template) (*inventoryv1.Template, error) {
+func (a *App) CreateTemplate(ctx context.Context, actor vocab.Actor, t *inventoryv1.Template) (*inventoryv1.Template, error) {
 	return create(ctx, a, templates, actor, t)
 }
 
@@ -123,17 +124,17 @@ func (a *App) ListTemplates(ctx context.Context, pageSize int32, pageToken strin
 }
 
 // UpdateTemplate changes the masked fields of a template at t's version.
-func (a *App) UpdateTemplate(ctx context.Context, actor string, t *inventoryv1.Template, mask []string) (*inventoryv1.Template, error) {
+func (a *App) UpdateTemplate(ctx context.Context, actor vocab.Actor, t *inventoryv1.Template, mask []string) (*inventoryv1.Template, error) {
 	return update(ctx, a, templates, actor, t, mask)
 }
 
 // DeleteTemplate deletes a template no instance uses.
-func (a *App) DeleteTemplate(ctx context.Context, actor, id string, version int64) error {
+func (a *App) DeleteTemplate(ctx context.Context, actor vocab.Actor, id string, version int64) error {
 	return remove(ctx, a, templates, actor, id, version)
 }
 
 // CreateInstance creates an instance record in state "created".
-func (a *App) CreateInstance(ctx context.Context, actor string, in *inventoryv1.Instance) (*inventoryv1.Instance, error) {
+func (a *App) CreateInstance(ctx context.Context, actor vocab.Actor, in *inventoryv1.Instance) (*inventoryv1.Instance, error) {
 	return create(ctx, a, instances, actor, in)
 }
 
@@ -148,12 +149,12 @@ func (a *App) ListInstances(ctx context.Context, pageSize int32, pageToken strin
 }
 
 // UpdateInstance changes the masked fields of an instance at in's version.
-func (a *App) UpdateInstance(ctx context.Context, actor string, in *inventoryv1.Instance, mask []string) (*inventoryv1.Instance, error) {
+func (a *App) UpdateInstance(ctx context.Context, actor vocab.Actor, in *inventoryv1.Instance, mask []string) (*inventoryv1.Instance, error) {
 	return update(ctx, a, instances, actor, in, mask)
 }
 
 // DeleteInstance deletes an instance: at once if it was never provisioned,
 // else through the provisioner, which destroys its data disk first.
-func (a *App) DeleteInstance(ctx context.Context, actor, id string, version int64) (*inventoryv1.Instance, error) {
-	return a.Lifecycle(ctx, actor, id, ActionDelete, version)
+func (a *App) DeleteInstance(ctx context.Context, actor vocab.Actor, id string, version int64) (*inventoryv1.Instance, error) {
+	return a.Lifecycle(ctx, actor, id, vocab.ActionDelete, version)
 }

@@ -12,21 +12,8 @@ import (
 	"strings"
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
-)
-
-// Providers Flotilla has drivers for.
-const (
-	ProviderLocal = "local"
-	ProviderAWS   = "aws"
-)
-
-// HTTPS strategies a network can use.
-const (
-	HTTPSNone              = "none"
-	HTTPSSelfSigned        = "self-signed"
-	HTTPSCustomCertificate = "custom-certificate"
-	HTTPSACME              = "acme"
 )
 
 // Instance kinds.
@@ -34,14 +21,6 @@ const (
 	KindDesign     = "design"
 	KindAutomation = "automation"
 	KindDeployer   = "deployer"
-)
-
-// Setup action types.
-const (
-	ActionScript   = "script"
-	ActionFile     = "file"
-	ActionEnv      = "env"
-	ActionPackages = "packages"
 )
 
 // Limits on resource fields.
@@ -54,10 +33,10 @@ const (
 )
 
 var (
-	providers  = []string{ProviderLocal, ProviderAWS}
-	strategies = []string{HTTPSNone, HTTPSSelfSigned, HTTPSCustomCertificate, HTTPSACME}
+	providers  = []vocab.Provider{vocab.ProviderLocal, vocab.ProviderAWS}
+	strategies = []vocab.HTTPSStrategy{vocab.HTTPSNone, vocab.HTTPSSelfSigned, vocab.HTTPSCustomCertificate, vocab.HTTPSACME}
 	kinds      = []string{KindDesign, KindAutomation, KindDeployer}
-	actions    = []string{ActionScript, ActionFile, ActionEnv, ActionPackages}
+	actions    = []vocab.SetupAction{vocab.SetupScript, vocab.SetupFile, vocab.SetupEnv, vocab.SetupPackages}
 
 	nameRE     = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 	envNameRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -70,16 +49,18 @@ var (
 	regionRE   = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d$`)
 )
 
-func oneOf(field, v string, allowed []string) error {
-	if v == "" {
-		return apierr.Invalid(field, "is required (one of %s)", strings.Join(allowed, ", "))
-	}
-	for _, a := range allowed {
-		if v == a {
+func oneOf[T ~string](field, v string, allowed []T) error {
+	words := make([]string, len(allowed))
+	for i, a := range allowed {
+		if string(a) == v {
 			return nil
 		}
+		words[i] = string(a)
 	}
-	return apierr.Invalid(field, "%q is not one of %s", v, strings.Join(allowed, ", "))
+	if v == "" {
+		return apierr.Invalid(field, "is required (one of %s)", strings.Join(words, ", "))
+	}
+	return apierr.Invalid(field, "%q is not one of %s", v, strings.Join(words, ", "))
 }
 
 // ValidateName checks a resource name.
@@ -104,23 +85,24 @@ func ValidateNetwork(n *inventoryv1.Network) error {
 	if err := oneOf("httpsStrategy", n.GetHttpsStrategy(), strategies); err != nil {
 		return err
 	}
-	if s := n.GetHttpsStrategy(); s == HTTPSCustomCertificate || s == HTTPSACME {
-		return apierr.Invalid("httpsStrategy", "%q is not supported yet: use %q or %q", s, HTTPSNone, HTTPSSelfSigned)
+	strategy := vocab.HTTPSStrategy(n.GetHttpsStrategy())
+	if strategy == vocab.HTTPSCustomCertificate || strategy == vocab.HTTPSACME {
+		return apierr.Unsupported("httpsStrategy", "%q is not supported yet: use %q or %q", strategy, vocab.HTTPSNone, vocab.HTTPSSelfSigned)
 	}
-	if n.GetHttpsStrategy() == HTTPSACME {
+	if strategy == vocab.HTTPSACME {
 		email := n.GetAcme().GetContactEmail()
 		if email == "" {
-			return apierr.Invalid("acme.contactEmail", "is required with httpsStrategy %q", HTTPSACME)
+			return apierr.Invalid("acme.contactEmail", "is required with httpsStrategy %q", vocab.HTTPSACME)
 		}
 		if a, err := mail.ParseAddress(email); err != nil || a.Address != email {
 			return apierr.Invalid("acme.contactEmail", "%q is not an e-mail address", email)
 		}
 	} else if n.GetAcme().GetContactEmail() != "" || n.GetAcme().GetDirectoryUrl() != "" {
-		return apierr.Invalid("acme", "is only allowed with httpsStrategy %q", HTTPSACME)
+		return apierr.Invalid("acme", "is only allowed with httpsStrategy %q", vocab.HTTPSACME)
 	}
 	if aws := n.GetAws(); aws != nil {
-		if n.GetProvider() != ProviderAWS {
-			return apierr.Invalid("aws", "is only allowed with provider %q", ProviderAWS)
+		if vocab.Provider(n.GetProvider()) != vocab.ProviderAWS {
+			return apierr.Invalid("aws", "is only allowed with provider %q", vocab.ProviderAWS)
 		}
 		if err := match("aws.vpcId", aws.GetVpcId(), vpcRE, "vpc-<hex>"); err != nil {
 			return err
@@ -137,8 +119,8 @@ func ValidateNetwork(n *inventoryv1.Network) error {
 			return err
 		}
 	}
-	if n.GetProvider() == ProviderAWS && n.GetAws().GetSubnetId() == "" {
-		return apierr.Invalid("aws.subnetId", "is required with provider %q", ProviderAWS)
+	if vocab.Provider(n.GetProvider()) == vocab.ProviderAWS && n.GetAws().GetSubnetId() == "" {
+		return apierr.Invalid("aws.subnetId", "is required with provider %q", vocab.ProviderAWS)
 	}
 	if p := n.GetDns().GetHostnamePattern(); p != "" {
 		if !strings.Contains(p, "{name}") && !strings.Contains(p, "{id}") {
@@ -167,12 +149,12 @@ func ValidateTemplate(t *inventoryv1.Template) error {
 	if err := oneOf("provider", t.GetProvider(), providers); err != nil {
 		return err
 	}
-	if t.GetProvider() == ProviderAWS {
+	if vocab.Provider(t.GetProvider()) == vocab.ProviderAWS {
 		if t.GetImage() == "" {
-			return apierr.Invalid("image", "is required with provider %q", ProviderAWS)
+			return apierr.Invalid("image", "is required with provider %q", vocab.ProviderAWS)
 		}
 		if t.GetInstanceType() == "" {
-			return apierr.Invalid("instanceType", "is required with provider %q", ProviderAWS)
+			return apierr.Invalid("instanceType", "is required with provider %q", vocab.ProviderAWS)
 		}
 	}
 	if d := t.GetDataDiskGb(); d < MinDataDiskGB || d > MaxDataDiskGB {
@@ -209,23 +191,24 @@ func validateAction(field string, a *inventoryv1.SetupAction) error {
 		"mode": a.GetMode() != "", "name": a.GetName() != "", "value": a.GetValue() != "",
 		"packages": len(a.GetPackages()) > 0,
 	}
-	allowed := map[string][]string{
-		ActionScript:   {"script"},
-		ActionFile:     {"path", "content", "mode"},
-		ActionEnv:      {"name", "value"},
-		ActionPackages: {"packages"},
-	}[a.GetType()]
+	typ := vocab.SetupAction(a.GetType())
+	allowed := map[vocab.SetupAction][]string{
+		vocab.SetupScript:   {"script"},
+		vocab.SetupFile:     {"path", "content", "mode"},
+		vocab.SetupEnv:      {"name", "value"},
+		vocab.SetupPackages: {"packages"},
+	}[typ]
 	for f, set := range used {
 		if set && !contains(allowed, f) {
 			return apierr.Invalid(field+"."+f, "is not used by a %q action", a.GetType())
 		}
 	}
-	switch a.GetType() {
-	case ActionScript:
+	switch typ {
+	case vocab.SetupScript:
 		if strings.TrimSpace(a.GetScript()) == "" {
 			return apierr.Invalid(field+".script", "is required for a script action")
 		}
-	case ActionFile:
+	case vocab.SetupFile:
 		p := a.GetPath()
 		if p == "" {
 			return apierr.Invalid(field+".path", "is required for a file action")
@@ -236,11 +219,11 @@ func validateAction(field string, a *inventoryv1.SetupAction) error {
 		if m := a.GetMode(); m != "" && !modeRE.MatchString(m) {
 			return apierr.Invalid(field+".mode", "%q must be an octal file mode such as 0644", m)
 		}
-	case ActionEnv:
+	case vocab.SetupEnv:
 		if !envNameRE.MatchString(a.GetName()) {
 			return apierr.Invalid(field+".name", "%q must be a shell variable name ([A-Za-z_][A-Za-z0-9_]*)", a.GetName())
 		}
-	case ActionPackages:
+	case vocab.SetupPackages:
 		if len(a.GetPackages()) == 0 {
 			return apierr.Invalid(field+".packages", "is required for a packages action")
 		}
@@ -302,14 +285,14 @@ func ValidatePlacement(in *inventoryv1.Instance, t *inventoryv1.Template, n *inv
 			t.GetName(), t.GetProvider(), n.GetName(), n.GetProvider())
 	}
 	ssl := in.GetSsl()
-	switch n.GetHttpsStrategy() {
-	case HTTPSNone:
+	switch vocab.HTTPSStrategy(n.GetHttpsStrategy()) {
+	case vocab.HTTPSNone:
 		if len(ssl.GetSans())+len(ssl.GetDomains()) > 0 || ssl.GetCertificatePem() != "" || ssl.GetPrivateKeyRef() != "" {
-			return apierr.Invalid("ssl", "network %q uses httpsStrategy %q: no SSL settings apply", n.GetName(), HTTPSNone)
+			return apierr.Invalid("ssl", "network %q uses httpsStrategy %q: no SSL settings apply", n.GetName(), vocab.HTTPSNone)
 		}
-	case HTTPSSelfSigned:
+	case vocab.HTTPSSelfSigned:
 		if len(ssl.GetDomains()) > 0 || ssl.GetCertificatePem() != "" || ssl.GetPrivateKeyRef() != "" {
-			return apierr.Invalid("ssl", "network %q uses httpsStrategy %q: only ssl.sans applies", n.GetName(), HTTPSSelfSigned)
+			return apierr.Invalid("ssl", "network %q uses httpsStrategy %q: only ssl.sans applies", n.GetName(), vocab.HTTPSSelfSigned)
 		}
 	}
 	return nil

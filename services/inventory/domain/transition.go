@@ -1,43 +1,15 @@
 package domain
 
-import "flotilla.dev/flotilla/libs/apierr"
-
-// States lists every observed state.
-var States = []string{StateCreated, StateProvisioning, StateRunning, StateDeprovisioning,
-	StateDeprovisioned, StateDeleting, StateDeleted, StateFailed}
-
-// StateDeleted is the state of an instance whose record is gone.
-const StateDeleted = "deleted"
-
-// Agent statuses.
-const (
-	AgentConnected    = "connected"
-	AgentDisconnected = "disconnected"
-)
-
-// Progress statuses an agent reports.
-const (
-	ProgressStarted   = "started"
-	ProgressSucceeded = "succeeded"
-	ProgressFailed    = "failed"
-)
-
-// Steps of provisioning, in order, as shown in stateDetail.
-const (
-	StepAllocatingDisk  = "allocating-disk"
-	StepLaunchingVM     = "launching-vm"
-	StepWaitingForAgent = "waiting-for-agent"
-	StepRunningSetup    = "running-setup"
-	StepInstalling      = "installing"
-	StepStarting        = "starting"
-	StepStoppingVM      = "stopping-vm"
-	StepDeletingDisk    = "deleting-disk"
-	StepQueued          = "queued"
+import (
+	"flotilla.dev/flotilla/api/vocab"
+	"flotilla.dev/flotilla/libs/apierr"
 )
 
 // Next is what an action changes an instance to.
 type Next struct {
-	Desired, State, Detail string
+	Desired vocab.Desired
+	State   vocab.State
+	Detail  vocab.Step
 	// Reprovision: the current VM must be replaced.
 	Reprovision bool
 	// Remove: the record can go at once (nothing was ever provisioned).
@@ -46,58 +18,59 @@ type Next struct {
 
 // Transition decides what an action does to an instance in its current
 // state: the next desired and observed state, nil when the action is already
-// in effect, or a conflict when another action is in progress.
+// in effect, or a conflict when another action is in progress
+// (lifecycle_busy) or the state does not allow it (invalid_state).
 func Transition(in interface {
 	GetState() string
 	GetDesiredState() string
 	GetName() string
-}, action string) (*Next, error) {
-	state := in.GetState()
+}, action vocab.Action) (*Next, error) {
+	state, desired := vocab.State(in.GetState()), vocab.Desired(in.GetDesiredState())
 	busy := func() error {
-		return apierr.Conflict("instance %q is %s (asked: %s): wait until it finishes, then try again", in.GetName(), state, in.GetDesiredState())
+		return apierr.Conflict(apierr.ReasonLifecycleBusy, "instance %q is %s (asked: %s): wait until it finishes, then try again", in.GetName(), state, desired)
 	}
 	switch action {
-	case "provision":
+	case vocab.ActionProvision:
 		switch state {
-		case StateRunning:
+		case vocab.StateRunning:
 			return nil, nil
-		case StateProvisioning:
-			if in.GetDesiredState() == DesiredProvisioned {
+		case vocab.StateProvisioning:
+			if desired == vocab.DesiredProvisioned {
 				return nil, nil
 			}
 			return nil, busy()
-		case StateCreated, StateDeprovisioned, StateFailed:
-			return &Next{Desired: DesiredProvisioned, State: StateProvisioning, Detail: StepQueued}, nil
+		case vocab.StateCreated, vocab.StateDeprovisioned, vocab.StateFailed:
+			return &Next{Desired: vocab.DesiredProvisioned, State: vocab.StateProvisioning, Detail: vocab.StepQueued}, nil
 		}
-	case "deprovision":
+	case vocab.ActionDeprovision:
 		switch state {
-		case StateCreated, StateDeprovisioned:
+		case vocab.StateCreated, vocab.StateDeprovisioned:
 			return nil, nil
-		case StateDeprovisioning:
-			if in.GetDesiredState() == DesiredDeprovisioned {
+		case vocab.StateDeprovisioning:
+			if desired == vocab.DesiredDeprovisioned {
 				return nil, nil
 			}
 			return nil, busy()
-		case StateRunning, StateFailed:
-			return &Next{Desired: DesiredDeprovisioned, State: StateDeprovisioning, Detail: StepQueued}, nil
+		case vocab.StateRunning, vocab.StateFailed:
+			return &Next{Desired: vocab.DesiredDeprovisioned, State: vocab.StateDeprovisioning, Detail: vocab.StepQueued}, nil
 		}
-	case "reprovision":
+	case vocab.ActionReprovision:
 		switch state {
-		case StateRunning, StateFailed:
-			return &Next{Desired: DesiredProvisioned, State: StateDeprovisioning, Detail: StepQueued, Reprovision: true}, nil
-		case StateCreated, StateDeprovisioned:
-			return &Next{Desired: DesiredProvisioned, State: StateProvisioning, Detail: StepQueued}, nil
+		case vocab.StateRunning, vocab.StateFailed:
+			return &Next{Desired: vocab.DesiredProvisioned, State: vocab.StateDeprovisioning, Detail: vocab.StepQueued, Reprovision: true}, nil
+		case vocab.StateCreated, vocab.StateDeprovisioned:
+			return &Next{Desired: vocab.DesiredProvisioned, State: vocab.StateProvisioning, Detail: vocab.StepQueued}, nil
 		}
-	case "delete":
+	case vocab.ActionDelete:
 		switch state {
-		case StateCreated:
+		case vocab.StateCreated:
 			return &Next{Remove: true}, nil
-		case StateDeleting:
+		case vocab.StateDeleting:
 			return nil, nil
-		case StateDeprovisioned, StateFailed:
-			return &Next{Desired: DesiredDeleted, State: StateDeleting, Detail: StepQueued}, nil
-		case StateRunning:
-			return nil, apierr.Conflict("instance %q is running: deprovision it before deleting it", in.GetName())
+		case vocab.StateDeprovisioned, vocab.StateFailed:
+			return &Next{Desired: vocab.DesiredDeleted, State: vocab.StateDeleting, Detail: vocab.StepQueued}, nil
+		case vocab.StateRunning:
+			return nil, apierr.Conflict(apierr.ReasonInvalidState, "instance %q is running: deprovision it before deleting it", in.GetName())
 		}
 	default:
 		return nil, apierr.Invalid("action", "%q is not one of provision, deprovision, reprovision, delete", action)

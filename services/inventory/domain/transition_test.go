@@ -4,53 +4,56 @@ import (
 	"testing"
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 )
 
 func TestTransitions(t *testing.T) {
 	t.Parallel()
 	const (
-		noop     = "no-op"
-		conflict = "409"
+		noop     vocab.State = "no-op"
+		conflict vocab.State = "409"
 	)
 	cases := []struct {
-		state, desired, action string
-		want                   string // next state, noop or conflict
+		state   vocab.State
+		desired vocab.Desired
+		action  vocab.Action
+		want    vocab.State // next state, noop or conflict
 	}{
-		{StateCreated, DesiredDeprovisioned, "provision", StateProvisioning},
-		{StateDeprovisioned, DesiredDeprovisioned, "provision", StateProvisioning},
-		{StateFailed, DesiredProvisioned, "provision", StateProvisioning},
-		{StateRunning, DesiredProvisioned, "provision", noop},
-		{StateProvisioning, DesiredProvisioned, "provision", noop},
-		{StateDeprovisioning, DesiredDeprovisioned, "provision", conflict},
-		{StateDeleting, DesiredDeleted, "provision", conflict},
-		{StateRunning, DesiredProvisioned, "deprovision", StateDeprovisioning},
-		{StateFailed, DesiredProvisioned, "deprovision", StateDeprovisioning},
-		{StateProvisioning, DesiredProvisioned, "deprovision", conflict},
-		{StateDeprovisioned, DesiredDeprovisioned, "deprovision", noop},
-		{StateDeprovisioning, DesiredDeprovisioned, "deprovision", noop},
-		{StateDeprovisioning, DesiredProvisioned, "deprovision", conflict}, // a reprovision in progress
-		{StateRunning, DesiredProvisioned, "reprovision", StateDeprovisioning},
-		{StateProvisioning, DesiredProvisioned, "reprovision", conflict},
-		{StateCreated, DesiredDeprovisioned, "delete", StateDeleted},
-		{StateDeprovisioned, DesiredDeprovisioned, "delete", StateDeleting},
-		{StateFailed, DesiredProvisioned, "delete", StateDeleting},
-		{StateRunning, DesiredProvisioned, "delete", conflict},
-		{StateProvisioning, DesiredProvisioned, "delete", conflict},
-		{StateDeleting, DesiredDeleted, "delete", noop},
+		{vocab.StateCreated, vocab.DesiredDeprovisioned, vocab.ActionProvision, vocab.StateProvisioning},
+		{vocab.StateDeprovisioned, vocab.DesiredDeprovisioned, vocab.ActionProvision, vocab.StateProvisioning},
+		{vocab.StateFailed, vocab.DesiredProvisioned, vocab.ActionProvision, vocab.StateProvisioning},
+		{vocab.StateRunning, vocab.DesiredProvisioned, vocab.ActionProvision, noop},
+		{vocab.StateProvisioning, vocab.DesiredProvisioned, vocab.ActionProvision, noop},
+		{vocab.StateDeprovisioning, vocab.DesiredDeprovisioned, vocab.ActionProvision, conflict},
+		{vocab.StateDeleting, vocab.DesiredDeleted, vocab.ActionProvision, conflict},
+		{vocab.StateRunning, vocab.DesiredProvisioned, vocab.ActionDeprovision, vocab.StateDeprovisioning},
+		{vocab.StateFailed, vocab.DesiredProvisioned, vocab.ActionDeprovision, vocab.StateDeprovisioning},
+		{vocab.StateProvisioning, vocab.DesiredProvisioned, vocab.ActionDeprovision, conflict},
+		{vocab.StateDeprovisioned, vocab.DesiredDeprovisioned, vocab.ActionDeprovision, noop},
+		{vocab.StateDeprovisioning, vocab.DesiredDeprovisioned, vocab.ActionDeprovision, noop},
+		{vocab.StateDeprovisioning, vocab.DesiredProvisioned, vocab.ActionDeprovision, conflict}, // a reprovision in progress
+		{vocab.StateRunning, vocab.DesiredProvisioned, vocab.ActionReprovision, vocab.StateDeprovisioning},
+		{vocab.StateProvisioning, vocab.DesiredProvisioned, vocab.ActionReprovision, conflict},
+		{vocab.StateCreated, vocab.DesiredDeprovisioned, vocab.ActionDelete, vocab.StateDeleted},
+		{vocab.StateDeprovisioned, vocab.DesiredDeprovisioned, vocab.ActionDelete, vocab.StateDeleting},
+		{vocab.StateFailed, vocab.DesiredProvisioned, vocab.ActionDelete, vocab.StateDeleting},
+		{vocab.StateRunning, vocab.DesiredProvisioned, vocab.ActionDelete, conflict},
+		{vocab.StateProvisioning, vocab.DesiredProvisioned, vocab.ActionDelete, conflict},
+		{vocab.StateDeleting, vocab.DesiredDeleted, vocab.ActionDelete, noop},
 	}
 	for _, c := range cases {
-		next, err := Transition(&inventoryv1.Instance{Name: "i", State: c.state, DesiredState: c.desired}, c.action)
-		got := ""
+		next, err := Transition(&inventoryv1.Instance{Name: "i", State: string(c.state), DesiredState: string(c.desired)}, c.action)
+		var got vocab.State
 		switch {
 		case apierr.Is(err, apierr.KindConflict):
 			got = conflict
 		case err != nil:
-			got = err.Error()
+			got = vocab.State(err.Error())
 		case next == nil:
 			got = noop
 		case next.Remove:
-			got = StateDeleted
+			got = vocab.StateDeleted
 		default:
 			got = next.State
 		}
@@ -58,7 +61,7 @@ func TestTransitions(t *testing.T) {
 			t.Errorf("%s (desired %s) + %s = %s, want %s", c.state, c.desired, c.action, got, c.want)
 		}
 	}
-	if _, err := Transition(&inventoryv1.Instance{State: StateRunning}, "explode"); !apierr.Is(err, apierr.KindInvalid) {
+	if _, err := Transition(&inventoryv1.Instance{State: string(vocab.StateRunning)}, "explode"); !apierr.Is(err, apierr.KindInvalid) {
 		t.Errorf("unknown action: %v", err)
 	}
 }

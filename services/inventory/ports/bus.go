@@ -11,10 +11,12 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/services/inventory/app"
 )
@@ -32,70 +34,70 @@ func Serve(nc *nats.Conn, a *app.App, db Pinger, log *slog.Logger, tp trace.Trac
 		return nil, err
 	}
 	errs := []error{
-		rpc.Handle(s, subjects.NounNetwork, subjects.VerbCreate, func(ctx context.Context, actor string, r *inventoryv1.CreateNetworkRequest) (*inventoryv1.Network, error) {
+		rpc.Handle(s, endpoints.NetworkCreate, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.CreateNetworkRequest) (*inventoryv1.Network, error) {
 			return a.CreateNetwork(ctx, actor, r.GetNetwork())
 		}),
-		rpc.Handle(s, subjects.NounNetwork, subjects.VerbGet, func(ctx context.Context, _ string, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+		rpc.Handle(s, endpoints.NetworkGet, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
 			return a.GetNetwork(ctx, r.GetId())
 		}),
-		rpc.Handle(s, subjects.NounNetwork, subjects.VerbList, func(ctx context.Context, _ string, r *inventoryv1.ListNetworksRequest) (*inventoryv1.ListNetworksResponse, error) {
+		rpc.Handle(s, endpoints.NetworkList, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.ListNetworksRequest) (*inventoryv1.ListNetworksResponse, error) {
 			items, next, err := a.ListNetworks(ctx, r.GetPageSize(), r.GetPageToken())
 			return &inventoryv1.ListNetworksResponse{Networks: items, NextPageToken: next}, err
 		}),
-		rpc.Handle(s, subjects.NounNetwork, subjects.VerbUpdate, func(ctx context.Context, actor string, r *inventoryv1.UpdateNetworkRequest) (*inventoryv1.Network, error) {
+		rpc.Handle(s, endpoints.NetworkUpdate, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.UpdateNetworkRequest) (*inventoryv1.Network, error) {
 			return a.UpdateNetwork(ctx, actor, r.GetNetwork(), r.GetUpdateMask().GetPaths())
 		}),
-		rpc.Handle(s, subjects.NounNetwork, subjects.VerbDelete, func(ctx context.Context, actor string, r *inventoryv1.DeleteNetworkRequest) (*emptypb.Empty, error) {
+		rpc.Handle(s, endpoints.NetworkDelete, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.DeleteNetworkRequest) (*emptypb.Empty, error) {
 			return &emptypb.Empty{}, a.DeleteNetwork(ctx, actor, r.GetId(), r.GetVersion())
 		}),
-		rpc.Handle(s, subjects.NounTemplate, subjects.VerbCreate, func(ctx context.Context, actor string, r *inventoryv1.CreateTemplateRequest) (*inventoryv1.Template, error) {
+		rpc.Handle(s, endpoints.TemplateCreate, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.CreateTemplateRequest) (*inventoryv1.Template, error) {
 			return a.CreateTemplate(ctx, actor, r.GetTemplate())
 		}),
-		rpc.Handle(s, subjects.NounTemplate, subjects.VerbGet, func(ctx context.Context, _ string, r *inventoryv1.GetTemplateRequest) (*inventoryv1.Template, error) {
+		rpc.Handle(s, endpoints.TemplateGet, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.GetTemplateRequest) (*inventoryv1.Template, error) {
 			return a.GetTemplate(ctx, r.GetId())
 		}),
-		rpc.Handle(s, subjects.NounTemplate, subjects.VerbList, func(ctx context.Context, _ string, r *inventoryv1.ListTemplatesRequest) (*inventoryv1.ListTemplatesResponse, error) {
+		rpc.Handle(s, endpoints.TemplateList, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.ListTemplatesRequest) (*inventoryv1.ListTemplatesResponse, error) {
 			items, next, err := a.ListTemplates(ctx, r.GetPageSize(), r.GetPageToken())
 			return &inventoryv1.ListTemplatesResponse{Templates: items, NextPageToken: next}, err
 		}),
-		rpc.Handle(s, subjects.NounTemplate, subjects.VerbUpdate, func(ctx context.Context, actor string, r *inventoryv1.UpdateTemplateRequest) (*inventoryv1.Template, error) {
+		rpc.Handle(s, endpoints.TemplateUpdate, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.UpdateTemplateRequest) (*inventoryv1.Template, error) {
 			return a.UpdateTemplate(ctx, actor, r.GetTemplate(), r.GetUpdateMask().GetPaths())
 		}),
-		rpc.Handle(s, subjects.NounTemplate, subjects.VerbDelete, func(ctx context.Context, actor string, r *inventoryv1.DeleteTemplateRequest) (*emptypb.Empty, error) {
+		rpc.Handle(s, endpoints.TemplateDelete, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.DeleteTemplateRequest) (*emptypb.Empty, error) {
 			return &emptypb.Empty{}, a.DeleteTemplate(ctx, actor, r.GetId(), r.GetVersion())
 		}),
-		rpc.Handle(s, subjects.NounInstance, subjects.VerbCreate, func(ctx context.Context, actor string, r *inventoryv1.CreateInstanceRequest) (*inventoryv1.Instance, error) {
+		rpc.Handle(s, endpoints.InstanceCreate, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.CreateInstanceRequest) (*inventoryv1.Instance, error) {
 			return a.CreateInstance(ctx, actor, r.GetInstance())
 		}),
-		rpc.Handle(s, subjects.NounInstance, subjects.VerbGet, func(ctx context.Context, _ string, r *inventoryv1.GetInstanceRequest) (*inventoryv1.Instance, error) {
+		rpc.Handle(s, endpoints.InstanceGet, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.GetInstanceRequest) (*inventoryv1.Instance, error) {
 			return a.GetInstance(ctx, r.GetId())
 		}),
-		rpc.Handle(s, subjects.NounInstance, subjects.VerbList, func(ctx context.Context, _ string, r *inventoryv1.ListInstancesRequest) (*inventoryv1.ListInstancesResponse, error) {
+		rpc.Handle(s, endpoints.InstanceList, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.ListInstancesRequest) (*inventoryv1.ListInstancesResponse, error) {
 			items, next, err := a.ListInstances(ctx, r.GetPageSize(), r.GetPageToken())
 			return &inventoryv1.ListInstancesResponse{Instances: items, NextPageToken: next}, err
 		}),
-		rpc.Handle(s, subjects.NounInstance, subjects.VerbUpdate, func(ctx context.Context, actor string, r *inventoryv1.UpdateInstanceRequest) (*inventoryv1.Instance, error) {
+		rpc.Handle(s, endpoints.InstanceUpdate, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.UpdateInstanceRequest) (*inventoryv1.Instance, error) {
 			return a.UpdateInstance(ctx, actor, r.GetInstance(), r.GetUpdateMask().GetPaths())
 		}),
-		rpc.Handle(s, subjects.NounInstance, subjects.VerbDelete, func(ctx context.Context, actor string, r *inventoryv1.DeleteInstanceRequest) (*inventoryv1.Instance, error) {
+		rpc.Handle(s, endpoints.InstanceDelete, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.DeleteInstanceRequest) (*inventoryv1.Instance, error) {
 			return a.DeleteInstance(ctx, actor, r.GetId(), r.GetVersion())
 		}),
-		rpc.Handle(s, subjects.NounLifecycle, subjects.VerbRequest, func(ctx context.Context, actor string, r *inventoryv1.LifecycleRequest) (*inventoryv1.Instance, error) {
-			return a.Lifecycle(ctx, actor, r.GetId(), r.GetAction(), 0)
+		rpc.Handle(s, endpoints.LifecycleRequest, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.LifecycleRequest) (*inventoryv1.Instance, error) {
+			return a.Lifecycle(ctx, actor, r.GetId(), vocab.Action(r.GetAction()), 0)
 		}),
-		rpc.Handle(s, subjects.NounLifecycle, subjects.VerbRecord, func(ctx context.Context, actor string, r *inventoryv1.RecordStateRequest) (*inventoryv1.Instance, error) {
+		rpc.Handle(s, endpoints.LifecycleRecord, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.RecordStateRequest) (*inventoryv1.Instance, error) {
 			return a.RecordState(ctx, actor, r)
 		}),
-		rpc.Handle(s, subjects.NounLifecycle, subjects.VerbObserve, func(ctx context.Context, _ string, r *agentv1.AgentEvent) (*emptypb.Empty, error) {
+		rpc.Handle(s, endpoints.LifecycleObserve, func(ctx context.Context, _ vocab.Actor, r *agentv1.AgentEvent) (*emptypb.Empty, error) {
 			return &emptypb.Empty{}, a.Observe(ctx, r)
 		}),
-		rpc.Handle(s, subjects.NounToken, subjects.VerbLogin, func(ctx context.Context, _ string, r *authv1.LoginRequest) (*authv1.LoginResponse, error) {
+		rpc.Handle(s, endpoints.TokenLogin, func(ctx context.Context, _ vocab.Actor, r *authv1.LoginRequest) (*authv1.LoginResponse, error) {
 			return a.Login(ctx, r.GetUsername(), r.GetPassword())
 		}),
-		rpc.Handle(s, subjects.NounToken, subjects.VerbVerify, func(ctx context.Context, _ string, r *authv1.VerifyTokenRequest) (*authv1.VerifyTokenResponse, error) {
+		rpc.Handle(s, endpoints.TokenVerify, func(ctx context.Context, _ vocab.Actor, r *authv1.VerifyTokenRequest) (*authv1.VerifyTokenResponse, error) {
 			return a.VerifyToken(ctx, r.GetToken())
 		}),
-		rpc.Handle(s, subjects.NounToken, subjects.VerbRevoke, func(ctx context.Context, _ string, r *authv1.RevokeTokenRequest) (*emptypb.Empty, error) {
+		rpc.Handle(s, endpoints.TokenRevoke, func(ctx context.Context, _ vocab.Actor, r *authv1.RevokeTokenRequest) (*emptypb.Empty, error) {
 			return &emptypb.Empty{}, a.RevokeToken(ctx, r.GetToken())
 		}),
 	}

@@ -1,0 +1,148 @@
+package endpoints
+
+import (
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
+	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
+	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
+	"flotilla.dev/flotilla/api/subjects"
+)
+
+// Short names for the services, in the callers lists below.
+const (
+	gateway     = subjects.Gateway
+	inventory   = subjects.Inventory
+	provisioner = subjects.Provisioner
+	ca          = subjects.CA
+	secrets     = subjects.Secrets
+	agentgw     = subjects.AgentGW
+)
+
+// endpoint declares "<noun>.<verb>" of service at subjects.Endpoint.
+func endpoint[Req, Resp proto.Message](service, noun, verb, doc string, callers ...string) Endpoint[Req, Resp] {
+	return declare[Req, Resp](service, noun+"."+verb, subjects.Endpoint(service, noun, verb), doc, callers...)
+}
+
+// Pings: every service behind the gateway answers ping when it is ready;
+// the gateway's status check asks each.
+var (
+	PingInventory   = ping(inventory)
+	PingCA          = ping(ca)
+	PingSecrets     = ping(secrets)
+	PingProvisioner = ping(provisioner)
+	PingAgentGW     = ping(agentgw)
+)
+
+func ping(service string) Endpoint[*systemv1.PingRequest, *systemv1.PingResponse] {
+	return declare[*systemv1.PingRequest, *systemv1.PingResponse](service, "ping", subjects.Ping(service),
+		"answers when the service is ready", gateway)
+}
+
+// Ping returns the ping endpoint of service, or false for an unknown service.
+func Ping(service string) (Endpoint[*systemv1.PingRequest, *systemv1.PingResponse], bool) {
+	for _, p := range []Endpoint[*systemv1.PingRequest, *systemv1.PingResponse]{
+		PingInventory, PingCA, PingSecrets, PingProvisioner, PingAgentGW} {
+		if p.Service() == service {
+			return p, true
+		}
+	}
+	return Endpoint[*systemv1.PingRequest, *systemv1.PingResponse]{}, false
+}
+
+// Inventory: networks.
+var (
+	NetworkCreate = endpoint[*inventoryv1.CreateNetworkRequest, *inventoryv1.Network](inventory, subjects.NounNetwork, subjects.VerbCreate,
+		"creates a network", gateway)
+	NetworkGet = endpoint[*inventoryv1.GetNetworkRequest, *inventoryv1.Network](inventory, subjects.NounNetwork, subjects.VerbGet,
+		"reads a network", gateway, provisioner)
+	NetworkList = endpoint[*inventoryv1.ListNetworksRequest, *inventoryv1.ListNetworksResponse](inventory, subjects.NounNetwork, subjects.VerbList,
+		"lists networks, a page at a time", gateway)
+	NetworkUpdate = endpoint[*inventoryv1.UpdateNetworkRequest, *inventoryv1.Network](inventory, subjects.NounNetwork, subjects.VerbUpdate,
+		"changes a network at the version read", gateway)
+	NetworkDelete = endpoint[*inventoryv1.DeleteNetworkRequest, *emptypb.Empty](inventory, subjects.NounNetwork, subjects.VerbDelete,
+		"deletes a network no instance uses", gateway)
+)
+
+// Inventory: templates.
+var (
+	TemplateCreate = endpoint[*inventoryv1.CreateTemplateRequest, *inventoryv1.Template](inventory, subjects.NounTemplate, subjects.VerbCreate,
+		"creates a template", gateway)
+	TemplateGet = endpoint[*inventoryv1.GetTemplateRequest, *inventoryv1.Template](inventory, subjects.NounTemplate, subjects.VerbGet,
+		"reads a template", gateway, provisioner)
+	TemplateList = endpoint[*inventoryv1.ListTemplatesRequest, *inventoryv1.ListTemplatesResponse](inventory, subjects.NounTemplate, subjects.VerbList,
+		"lists templates, a page at a time", gateway)
+	TemplateUpdate = endpoint[*inventoryv1.UpdateTemplateRequest, *inventoryv1.Template](inventory, subjects.NounTemplate, subjects.VerbUpdate,
+		"changes a template at the version read", gateway)
+	TemplateDelete = endpoint[*inventoryv1.DeleteTemplateRequest, *emptypb.Empty](inventory, subjects.NounTemplate, subjects.VerbDelete,
+		"deletes a template no instance uses", gateway)
+)
+
+// Inventory: instances and their lifecycle.
+var (
+	InstanceCreate = endpoint[*inventoryv1.CreateInstanceRequest, *inventoryv1.Instance](inventory, subjects.NounInstance, subjects.VerbCreate,
+		"creates an instance record (state created)", gateway)
+	InstanceGet = endpoint[*inventoryv1.GetInstanceRequest, *inventoryv1.Instance](inventory, subjects.NounInstance, subjects.VerbGet,
+		"reads an instance", gateway, provisioner, secrets, agentgw)
+	InstanceList = endpoint[*inventoryv1.ListInstancesRequest, *inventoryv1.ListInstancesResponse](inventory, subjects.NounInstance, subjects.VerbList,
+		"lists instances, a page at a time", gateway, provisioner)
+	InstanceUpdate = endpoint[*inventoryv1.UpdateInstanceRequest, *inventoryv1.Instance](inventory, subjects.NounInstance, subjects.VerbUpdate,
+		"changes an instance's settings at the version read", gateway)
+	InstanceDelete = endpoint[*inventoryv1.DeleteInstanceRequest, *inventoryv1.Instance](inventory, subjects.NounInstance, subjects.VerbDelete,
+		"deletes an instance: at once if never provisioned, else through the provisioner", gateway)
+	LifecycleRequest = endpoint[*inventoryv1.LifecycleRequest, *inventoryv1.Instance](inventory, subjects.NounLifecycle, subjects.VerbRequest,
+		"applies an operator's provision, deprovision, reprovision or delete", gateway)
+	LifecycleRecord = endpoint[*inventoryv1.RecordStateRequest, *inventoryv1.Instance](inventory, subjects.NounLifecycle, subjects.VerbRecord,
+		"records observed state the provisioner has made true", provisioner)
+	LifecycleObserve = endpoint[*agentv1.AgentEvent, *emptypb.Empty](inventory, subjects.NounLifecycle, subjects.VerbObserve,
+		"records an agent's connect, disconnect, heartbeat or progress", agentgw)
+)
+
+// Inventory: users and tokens.
+var (
+	TokenLogin = endpoint[*authv1.LoginRequest, *authv1.LoginResponse](inventory, subjects.NounToken, subjects.VerbLogin,
+		"checks a user name and password and issues a bearer token", gateway)
+	TokenVerify = endpoint[*authv1.VerifyTokenRequest, *authv1.VerifyTokenResponse](inventory, subjects.NounToken, subjects.VerbVerify,
+		"resolves a bearer token to its user", gateway)
+	TokenRevoke = endpoint[*authv1.RevokeTokenRequest, *emptypb.Empty](inventory, subjects.NounToken, subjects.VerbRevoke,
+		"revokes a bearer token (logout)", gateway)
+)
+
+// CA.
+var (
+	CACertificateGet = endpoint[*cav1.GetCACertificateRequest, *cav1.CACertificate](ca, subjects.NounCertificate, subjects.VerbGet,
+		"returns the fleet CA certificate", gateway, provisioner, agentgw)
+	JoinTokenCreate = endpoint[*cav1.CreateJoinTokenRequest, *cav1.JoinToken](ca, subjects.NounJoinToken, subjects.VerbCreate,
+		"issues a one-time join token for a new VM's agent", provisioner)
+	AgentJoin = endpoint[*cav1.JoinRequest, *cav1.AgentCertificate](ca, subjects.NounAgent, subjects.VerbJoin,
+		"consumes a join token and certifies the agent's CSR for the token's instance", agentgw)
+	AgentSign = endpoint[*cav1.SignAgentRequest, *cav1.AgentCertificate](ca, subjects.NounAgent, subjects.VerbSign,
+		"renews an agent's certificate", agentgw)
+	ServerSign = endpoint[*cav1.SignServerRequest, *cav1.ServerCertificate](ca, subjects.NounServer, subjects.VerbSign,
+		"certifies an instance's (or the agent gateway's) HTTPS key for its names", agentgw)
+)
+
+// Secrets.
+var (
+	SecretCreate = endpoint[*secretsv1.CreateSecretRequest, *secretsv1.Secret](secrets, subjects.NounSecret, subjects.VerbCreate,
+		"stores a secret for an instance, encrypted", gateway)
+	SecretList = endpoint[*secretsv1.ListSecretsRequest, *secretsv1.ListSecretsResponse](secrets, subjects.NounSecret, subjects.VerbList,
+		"lists an instance's secrets, names and metadata only", gateway)
+	SecretDelete = endpoint[*secretsv1.DeleteSecretRequest, *emptypb.Empty](secrets, subjects.NounSecret, subjects.VerbDelete,
+		"deletes one of an instance's secrets", gateway)
+	SecretRead = endpoint[*secretsv1.ReadSecretRequest, *secretsv1.ReadSecretResponse](secrets, subjects.NounSecret, subjects.VerbRead,
+		"releases a secret's value to its instance's agent, audited", agentgw)
+)
+
+// Agent gateway.
+var (
+	// AgentCommand is answered by the agent gateway node the instance's
+	// agent is connected to (no queue group: no responders means the agent
+	// is not connected). Bind it to an instance with At.
+	AgentCommand = declare[*agentv1.Command, *emptypb.Empty](agentgw, "agent.command", subjects.AgentCommand("*"),
+		"queues a command for a connected agent", provisioner)
+)

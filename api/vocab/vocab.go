@@ -1,0 +1,247 @@
+// Package vocab holds the words Flotilla's services and the node agent share
+// about an instance's life: observed and desired states, provisioning steps,
+// the operator's lifecycle actions, the verbs of domain events, the kinds of
+// actor that cause them, agent statuses and the progress an agent reports,
+// and the settings values (providers, HTTPS strategies, setup action types)
+// more than one service acts on.
+//
+// They are named string types: the wire format (protobuf string fields, JSON)
+// stays the plain words, and a word misspelled in one service is a compile
+// error instead of an instance that never leaves "provisioning". No service
+// spells these words as string literals; they convert with State(s),
+// string(v).
+package vocab
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// State is an instance's observed state: what the provisioner has made true.
+type State string
+
+// Observed states of an instance.
+const (
+	StateCreated        State = "created"
+	StateProvisioning   State = "provisioning"
+	StateRunning        State = "running"
+	StateDeprovisioning State = "deprovisioning"
+	StateDeprovisioned  State = "deprovisioned"
+	StateDeleting       State = "deleting"
+	StateDeleted        State = "deleted"
+	StateFailed         State = "failed"
+)
+
+// States lists every observed state.
+var States = []State{StateCreated, StateProvisioning, StateRunning, StateDeprovisioning,
+	StateDeprovisioned, StateDeleting, StateDeleted, StateFailed}
+
+// Valid reports whether s is one of States.
+func (s State) Valid() bool { return slices.Contains(States, s) }
+
+// AtRest reports whether an instance in this state has no VM and nothing in
+// progress, so it may be deleted or moved to another template or network.
+func (s State) AtRest() bool { return s == StateCreated || s == StateDeprovisioned }
+
+// Transitional reports whether the provisioner has work to finish for an
+// instance in this state (work a restarted provisioner resumes).
+func (s State) Transitional() bool {
+	return s == StateProvisioning || s == StateDeprovisioning || s == StateDeleting
+}
+
+// Desired is the state an operator asked for.
+type Desired string
+
+// Desired states.
+const (
+	DesiredProvisioned   Desired = "provisioned"
+	DesiredDeprovisioned Desired = "deprovisioned"
+	DesiredDeleted       Desired = "deleted"
+)
+
+// Action is a lifecycle action an operator asks for.
+type Action string
+
+// Lifecycle actions.
+const (
+	ActionProvision   Action = "provision"
+	ActionDeprovision Action = "deprovision"
+	ActionReprovision Action = "reprovision"
+	ActionDelete      Action = "delete"
+)
+
+// Actions lists every lifecycle action.
+var Actions = []Action{ActionProvision, ActionDeprovision, ActionReprovision, ActionDelete}
+
+// Valid reports whether a is one of Actions.
+func (a Action) Valid() bool { return slices.Contains(Actions, a) }
+
+// Requested is the verb of the event recording that a was asked for,
+// e.g. "provision-requested".
+func (a Action) Requested() Verb { return Verb(string(a) + "-requested") }
+
+// WorkType is the Flotilla-Type of the provisioning work a queues,
+// e.g. "provision.deprovision".
+func (a Action) WorkType() string { return "provision." + string(a) }
+
+// Step is a step of provisioning (shown in an instance's stateDetail) or of
+// the agent's work (reported in its progress).
+type Step string
+
+// Steps, in the order they happen.
+const (
+	StepQueued          Step = "queued"
+	StepAllocatingDisk  Step = "allocating-disk"
+	StepLaunchingVM     Step = "launching-vm"
+	StepWaitingForAgent Step = "waiting-for-agent"
+	StepRunningSetup    Step = "running-setup"
+	StepInstalling      Step = "installing"
+	StepStarting        Step = "starting"
+	// StepDone is the agent's last step: everything it was asked is done.
+	StepDone         Step = "done"
+	StepStoppingVM   Step = "stopping-vm"
+	StepDeletingDisk Step = "deleting-disk"
+)
+
+// Progress is the status of a step an agent reports.
+type Progress string
+
+// Progress statuses.
+const (
+	ProgressStarted   Progress = "started"
+	ProgressSucceeded Progress = "succeeded"
+	ProgressFailed    Progress = "failed"
+)
+
+// AgentProgress is how an instance shows its agent's last report:
+// "<step>/<status>", e.g. "done/succeeded".
+func AgentProgress(step Step, p Progress) string { return string(step) + "/" + string(p) }
+
+// AgentStatus is whether an instance's agent has a stream to a gateway.
+type AgentStatus string
+
+// Agent statuses.
+const (
+	AgentConnected    AgentStatus = "connected"
+	AgentDisconnected AgentStatus = "disconnected"
+)
+
+// Verb is the last word of a domain event's type ("<entity>.<verb>").
+type Verb string
+
+// Event verbs.
+const (
+	VerbCreated = Verb("created")
+	VerbUpdated = Verb("updated")
+	VerbDeleted = Verb("deleted")
+
+	VerbDiskAllocated     = Verb("disk-allocated")
+	VerbVMLaunched        = Verb("vm-launched")
+	VerbVMTerminated      = Verb("vm-terminated")
+	VerbAgentConnected    = Verb("agent-connected")
+	VerbAgentDisconnected = Verb("agent-disconnected")
+	VerbProgress          = Verb("progress")
+	VerbRunning           = Verb("running")
+	VerbDeprovisioned     = Verb("deprovisioned")
+	VerbFailed            = Verb("failed")
+)
+
+// InstanceVerbs lists every verb of instance events (the "-requested" verbs
+// of each Action included).
+func InstanceVerbs() []Verb {
+	vs := []Verb{VerbCreated, VerbUpdated, VerbDeleted}
+	for _, a := range Actions {
+		vs = append(vs, a.Requested())
+	}
+	return append(vs, VerbDiskAllocated, VerbVMLaunched, VerbVMTerminated, VerbAgentConnected,
+		VerbAgentDisconnected, VerbProgress, VerbRunning, VerbDeprovisioned, VerbFailed)
+}
+
+// ActorKind says what kind of actor caused a change.
+type ActorKind string
+
+// Actor kinds.
+const (
+	// ActorUser is an authenticated operator: "user:<username>".
+	ActorUser ActorKind = "user"
+	// ActorSystem is a Flotilla service acting on its own: "system:<what>".
+	ActorSystem ActorKind = "system"
+	// ActorAgent is an instance's agent, named by its certificate: "agent:<instance id>".
+	ActorAgent ActorKind = "agent"
+)
+
+// Actor names who caused a change, as carried in the Flotilla-Actor header
+// and in events: "<kind>:<name>".
+type Actor string
+
+// User is the actor of an authenticated operator.
+func User(username string) Actor { return Actor(string(ActorUser) + ":" + username) }
+
+// System is the actor of a Flotilla service acting on its own, e.g.
+// System("provisioner").
+func System(what string) Actor { return Actor(string(ActorSystem) + ":" + what) }
+
+// Agent is the actor of an instance's agent.
+func Agent(instanceID string) Actor { return Actor(string(ActorAgent) + ":" + instanceID) }
+
+// Kind returns the actor's kind, or "" when a is not "<kind>:<name>" with a
+// known kind.
+func (a Actor) Kind() ActorKind {
+	k, _, ok := strings.Cut(string(a), ":")
+	if !ok {
+		return ""
+	}
+	switch ActorKind(k) {
+	case ActorUser, ActorSystem, ActorAgent:
+		return ActorKind(k)
+	}
+	return ""
+}
+
+// Name returns what follows the kind: a user name, a service, an instance id.
+func (a Actor) Name() string {
+	_, n, _ := strings.Cut(string(a), ":")
+	return n
+}
+
+// ParseActor checks that s names an actor of a known kind.
+func ParseActor(s string) (Actor, error) {
+	a := Actor(s)
+	if a.Kind() == "" || a.Name() == "" {
+		return "", fmt.Errorf("actor %q is not user:<name>, system:<what> or agent:<instance id>", s)
+	}
+	return a, nil
+}
+
+// Provider names a cloud Flotilla has (or will have) a driver for.
+type Provider string
+
+// Providers.
+const (
+	ProviderLocal Provider = "local"
+	ProviderAWS   Provider = "aws"
+)
+
+// HTTPSStrategy is how a network's instances serve HTTPS.
+type HTTPSStrategy string
+
+// HTTPS strategies.
+const (
+	HTTPSNone              HTTPSStrategy = "none"
+	HTTPSSelfSigned        HTTPSStrategy = "self-signed"
+	HTTPSCustomCertificate HTTPSStrategy = "custom-certificate"
+	HTTPSACME              HTTPSStrategy = "acme"
+)
+
+// SetupAction is the type of one of a template's setup actions, run by the
+// agent in order.
+type SetupAction string
+
+// Setup action types.
+const (
+	SetupScript   SetupAction = "script"
+	SetupFile     SetupAction = "file"
+	SetupEnv      SetupAction = "env"
+	SetupPackages SetupAction = "packages"
+)

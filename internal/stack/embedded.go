@@ -1,0 +1,223 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats-server/v2/server"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"flotilla.dev/flotilla/libs/datadir"
+	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/libs/pgmanaged"
+	"flotilla.dev/flotilla/libs/pgstore"
+	"flotilla.dev/flotilla/libs/telemetry"
+)
+
+// EmbeddedOptions configure Flotilla in one process (`flotilla up`).
+type EmbeddedOptions struct {
+	DataDir   string
+	Overrides datadir.Overrides
+	Log       *slog.Logger
+	Version   string
+	// OTLPEndpoint and OTLPProtocol come from OTEL_EXPORTER_OTLP_ENDPOINT /
+	// OTEL_EXPORTER_OTLP_PROTOCOL; empty turns export off.
+	OTLPEndpoint string
+	OTLPProtocol string
+	// SpanProcessors are added to the tracer provider (tests).
+	SpanProcessors []sdktrace.SpanProcessor
+	// AgentCommand starts a node agent for the local provider; empty means
+	// this executable's "agent" command.
+	AgentCommand []string
+}
+
+// Embedded is all of Flotilla in one process: the data directory, a managed
+// PostgreSQL (unless the settings point at an external one), an embedded
+// NATS server with JetStream, and every service, from the same Start the
+// separate binaries use. Stopping it stops everything it started,
+// PostgreSQL included.
+type Embedded struct {
+	*Stack
+	Settings *datadir.Settings
+	Dir      datadir.Dir
+
+	log     *slog.Logger
+	closers []func(context.Context) error
+}
+
+// StartEmbedded prepares the data directory and starts every dependency and
+// service. On error, whatever was started is stopped again.
+func StartEmbedded(ctx context.Context, o EmbeddedOptions) (_ *Embedded, err error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	d := datadir.Dir(o.DataDir)
+	settings, err := datadir.Prepare(d, o.Overrides)
+	if err != nil {
+		return nil, err
+	}
+	e := &Embedded{Settings: settings, Dir: d, log: o.Log}
+	defer func() {
+		if err != nil {
+			_ = e.close(context.Background())
+		}
+	}()
+
+	tel, err := telemetry.Setup(ctx, telemetry.Config{
+		ServiceName: "flotilla", ServiceVersion: o.Version,
+		OTLPEndpoint: o.OTLPEndpoint, OTLPProtocol: o.OTLPProtocol, SpanProcessors: o.SpanProcessors,
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.closers = append(e.closers, tel.Shutdown)
+
+	if settings.ManagedPostgres {
+		pg, err := managedPostgres(ctx, d, settings)
+		if err != nil {
+			return nil, err
+		}
+		if err := pg.Start(ctx); err != nil {
+			return nil, fmt.Errorf("managed PostgreSQL: %w", err)
+		}
+		e.closers = append(e.closers, pg.Stop)
+		o.Log.InfoContext(ctx, "PostgreSQL started", "dir", d.Postgres(), "port", settings.Port(datadir.OffsetPostgres))
+	}
+
+	ns, err := natsx.StartEmbedded(natsx.EmbeddedOptions{
+		ServerName: "flotilla", Host: "127.0.0.1", Port: settings.Port(datadir.OffsetNATS),
+		StoreDir: d.NATS(), Token: settings.NATSToken, Logger: slog.New(warnOnly{o.Log.Handler()}).With("component", "nats"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.closers = append(e.closers, func(context.Context) error {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		return nil
+	})
+	o.Log.InfoContext(ctx, "NATS started", "addr", ns.ClientURL(), "store", d.NATS())
+
+	cmd := o.AgentCommand
+	if len(cmd) == 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("local provider: find the agent: %w", err)
+		}
+		cmd = []string{exe, "agent"}
+	}
+	caCert, caKey := settings.CAFiles(d)
+	e.Stack, err = Start(ctx, embeddedConfig(settings, d, ns, o.Log, tel, o.Version, caCert, caKey, cmd))
+	if err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+func embeddedConfig(s *datadir.Settings, d datadir.Dir, ns *server.Server, log *slog.Logger, tel *telemetry.Telemetry, version, caCert, caKey string, agentCmd []string) Config {
+	return Config{
+		Version:        version,
+		Log:            log,
+		TracerProvider: tel.TracerProvider(),
+		NATSServer:     ns,
+		NATSToken:      s.NATSToken,
+		StreamReplicas: 1,
+		DatabaseURL:    s.DatabaseURL,
+		DatabaseWait:   30 * time.Second,
+		HTTPAddr:       s.Addr(datadir.OffsetHTTP),
+		GRPCAddr:       s.Addr(datadir.OffsetGRPC),
+		MetricsAddr:    s.Addr(datadir.OffsetMetrics),
+		AgentAddr:      s.Addr(datadir.OffsetAgentGW),
+		CACertFile:     caCert,
+		CAKeyFile:      caKey,
+		KMSKeyFile:     d.Path("keys", "master.key"),
+		CreateKMSKey:   true,
+		LocalRoot:      string(d),
+		AgentCommand:   agentCmd,
+	}
+}
+
+func managedPostgres(ctx context.Context, d datadir.Dir, s *datadir.Settings) (*pgmanaged.Server, error) {
+	pg, err := pgmanaged.Init(ctx, pgmanaged.Options{
+		Dir: d.Postgres(), LogFile: d.Path("logs", "postgresql.log"),
+		Port: s.Port(datadir.OffsetPostgres), Password: s.PostgresPassword, Database: "flotilla",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("managed PostgreSQL: %w", err)
+	}
+	return pg, nil
+}
+
+// Run serves until ctx ends or a service fails, then stops the services (see
+// Stack.Run), NATS and PostgreSQL, and flushes telemetry.
+func (e *Embedded) Run(ctx context.Context) error {
+	e.log.InfoContext(ctx, "Flotilla is up",
+		"api", "http://"+e.HTTPAddr+"/api/v1", "grpc", e.GRPCAddr,
+		"agents", e.AgentAddr, "metrics", "http://"+e.MetricsAddr+"/metrics",
+		"data_dir", string(e.Dir))
+	err := e.Stack.Run(ctx)
+	e.log.Info("stopping Flotilla")
+	return errors.Join(err, e.close(context.Background()))
+}
+
+// close stops what StartEmbedded started besides the stack, in reverse order.
+func (e *Embedded) close(ctx context.Context) error {
+	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	var errs []error
+	for i := len(e.closers) - 1; i >= 0; i-- {
+		if err := e.closers[i](sctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// WithDatabase runs f with a pool on the data directory's database, whether
+// or not `flotilla up` is running on it: a managed PostgreSQL that is not
+// running is started for the duration of f and stopped again.
+func WithDatabase(ctx context.Context, dataDir string, o datadir.Overrides, f func(ctx context.Context, pool *pgxpool.Pool) error) error {
+	d := datadir.Dir(dataDir)
+	s, err := datadir.Prepare(d, o)
+	if err != nil {
+		return err
+	}
+	if s.ManagedPostgres {
+		pg, err := managedPostgres(ctx, d, s)
+		if err != nil {
+			return err
+		}
+		if !pg.Running() {
+			if err := pg.Start(ctx); err != nil {
+				return fmt.Errorf("managed PostgreSQL: %w", err)
+			}
+			defer func() { _ = pg.Stop(context.Background()) }()
+		}
+	}
+	pool, err := pgstore.Open(ctx, s.DatabaseURL, noop.NewTracerProvider(), 30*time.Second)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	return f(ctx, pool)
+}
+
+// warnOnly passes on warnings and errors only (the NATS server's start-up
+// banner is not worth a log line each).
+type warnOnly struct{ slog.Handler }
+
+func (w warnOnly) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelWarn && w.Handler.Enabled(ctx, l)
+}
+
+func (w warnOnly) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return warnOnly{w.Handler.WithAttrs(attrs)}
+}
+
+func (w warnOnly) WithGroup(name string) slog.Handler { return warnOnly{w.Handler.WithGroup(name)} }

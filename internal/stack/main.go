@@ -1,0 +1,166 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/caarlos0/env/v11"
+
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/telemetry"
+)
+
+// EnvConfig is every setting a per-service binary (cmd/flotilla-<svc>) reads,
+// all from the environment. Nothing else in Flotilla reads the environment
+// for settings.
+type EnvConfig struct {
+	NATSURL     string `env:"FLOTILLA_NATS_URL" envDefault:"nats://127.0.0.1:4222"`
+	NATSToken   string `env:"FLOTILLA_NATS_TOKEN"`
+	DatabaseURL string `env:"FLOTILLA_DATABASE_URL"`
+	HTTPAddr    string `env:"FLOTILLA_HTTP_ADDR" envDefault:":7700"`
+	GRPCAddr    string `env:"FLOTILLA_GRPC_ADDR" envDefault:":7701"`
+	MetricsAddr string `env:"FLOTILLA_METRICS_ADDR"`
+	KMSKeyFile  string `env:"FLOTILLA_KMS_KEY_FILE"`
+	CACertFile  string `env:"FLOTILLA_CA_CERT_FILE"`
+	CAKeyFile   string `env:"FLOTILLA_CA_KEY_FILE"`
+	// AgentAddr is where the agent gateway listens for agents.
+	AgentAddr string `env:"FLOTILLA_AGENT_ADDR" envDefault:":7702"`
+	// AgentServerNames are the names agents dial the agent gateway by (its
+	// certificate's SANs): the load balancer's name in a cluster.
+	AgentServerNames []string `env:"FLOTILLA_AGENT_SERVER_NAMES" envDefault:"localhost,127.0.0.1" envSeparator:","`
+	// AgentGatewayAddr is the address the provisioner gives new agents.
+	AgentGatewayAddr string `env:"FLOTILLA_AGENT_GATEWAY_ADDR" envDefault:"127.0.0.1:7702"`
+	// LocalRoot enables the local provider, keeping its disks and VMs here.
+	LocalRoot string `env:"FLOTILLA_LOCAL_ROOT"`
+	// AgentCommand starts a local-provider agent (words separated by spaces);
+	// empty means flotilla-agent beside this executable.
+	AgentCommand   string `env:"FLOTILLA_AGENT_COMMAND"`
+	StreamReplicas int    `env:"FLOTILLA_STREAM_REPLICAS" envDefault:"1"`
+	LogLevel       string `env:"FLOTILLA_LOG_LEVEL" envDefault:"info"`
+	LogJSON        bool   `env:"FLOTILLA_LOG_JSON"`
+	OTLPEndpoint   string `env:"OTEL_EXPORTER_OTLP_ENDPOINT"`
+	OTLPProtocol   string `env:"OTEL_EXPORTER_OTLP_PROTOCOL"`
+}
+
+// Validate reports every problem at once for a binary running service,
+// naming the environment variable.
+func (c EnvConfig) Validate(service string) error {
+	var errs []error
+	if c.NATSURL == "" {
+		errs = append(errs, errors.New("FLOTILLA_NATS_URL: is required"))
+	}
+	hostPort := func(name, v string) {
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %q is not host:port", name, v))
+		}
+	}
+	switch service {
+	case subjects.Inventory:
+		if c.DatabaseURL == "" {
+			errs = append(errs, errors.New("FLOTILLA_DATABASE_URL: is required by this service"))
+		}
+	case subjects.Secrets:
+		if c.DatabaseURL == "" {
+			errs = append(errs, errors.New("FLOTILLA_DATABASE_URL: is required by this service"))
+		}
+		if c.KMSKeyFile == "" {
+			errs = append(errs, errors.New("FLOTILLA_KMS_KEY_FILE: is required by this service (the master key file every manager shares)"))
+		}
+	case subjects.CA:
+		if c.CACertFile == "" || c.CAKeyFile == "" {
+			errs = append(errs, errors.New("FLOTILLA_CA_CERT_FILE, FLOTILLA_CA_KEY_FILE: are required by this service (the fleet CA's PEM files, shared by every manager)"))
+		}
+	case subjects.AgentGW:
+		hostPort("FLOTILLA_AGENT_ADDR", c.AgentAddr)
+	case subjects.Gateway:
+		hostPort("FLOTILLA_HTTP_ADDR", c.HTTPAddr)
+		hostPort("FLOTILLA_GRPC_ADDR", c.GRPCAddr)
+	case subjects.Provisioner:
+		hostPort("FLOTILLA_AGENT_GATEWAY_ADDR", c.AgentGatewayAddr)
+	default:
+		errs = append(errs, fmt.Errorf("%q is not a Flotilla service", service))
+	}
+	if c.MetricsAddr != "" {
+		hostPort("FLOTILLA_METRICS_ADDR", c.MetricsAddr)
+	}
+	if c.StreamReplicas != 1 && c.StreamReplicas != 3 {
+		errs = append(errs, fmt.Errorf("FLOTILLA_STREAM_REPLICAS: must be 1 or 3, got %d", c.StreamReplicas))
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("FLOTILLA_LOG_LEVEL: %q is not debug, info, warn or error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}
+
+// Config is the stack configuration that runs service alone.
+func (c EnvConfig) Config(service string) Config {
+	return Config{
+		Services:         []string{service},
+		NATSURL:          c.NATSURL,
+		NATSToken:        c.NATSToken,
+		StreamReplicas:   c.StreamReplicas,
+		DatabaseURL:      c.DatabaseURL,
+		HTTPAddr:         c.HTTPAddr,
+		GRPCAddr:         c.GRPCAddr,
+		MetricsAddr:      c.MetricsAddr,
+		AgentAddr:        c.AgentAddr,
+		AgentServerNames: c.AgentServerNames,
+		AgentGatewayAddr: c.AgentGatewayAddr,
+		CACertFile:       c.CACertFile,
+		CAKeyFile:        c.CAKeyFile,
+		KMSKeyFile:       c.KMSKeyFile,
+		LocalRoot:        c.LocalRoot,
+		AgentCommand:     strings.Fields(c.AgentCommand),
+	}
+}
+
+// Main runs one service as its own process (cmd/flotilla-<svc>) until
+// SIGINT or SIGTERM, and returns the exit status for the binary's main to
+// exit with: 0, or 1 after printing the error.
+func Main(service, version string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var ec EnvConfig
+	err := env.Parse(&ec)
+	if err == nil {
+		err = ec.Validate(service)
+	}
+	if err == nil {
+		err = runService(ctx, service, version, ec)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "flotilla-%s: %v\n", service, err)
+		return 1
+	}
+	return 0
+}
+
+func runService(ctx context.Context, service, version string, ec EnvConfig) error {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(ec.LogLevel))
+	log := telemetry.NewLogger(os.Stderr, level, ec.LogJSON).With("service", service)
+	tel, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: service, ServiceVersion: version,
+		OTLPEndpoint: ec.OTLPEndpoint, OTLPProtocol: ec.OTLPProtocol})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tel.Shutdown(context.Background()) }()
+	cfg := ec.Config(service)
+	cfg.Version, cfg.Log, cfg.TracerProvider = version, log, tel.TracerProvider()
+	st, err := Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	log.InfoContext(ctx, "service started", "nats", ec.NATSURL, "version", version)
+	err = st.Run(ctx)
+	log.Info("service stopped")
+	return err
+}

@@ -1,0 +1,524 @@
+// Package stack is Flotilla's one composition root: it assembles any subset
+// of the six services from one Config, in dependency order, and runs and
+// stops them. `flotilla up` uses it for all six (StartEmbedded adds the
+// managed PostgreSQL and the embedded NATS server), each cmd/flotilla-<svc>
+// for one (Main), and every test that needs more than one service
+// (stacktest.Start).
+//
+// Start-up order: listeners (so a taken port fails before anything else),
+// the database pool, then inventory (schema, streams), ca, secrets,
+// provisioner, agentgw and gateway, each on its own NATS connection. A
+// failure unwinds whatever was built. Run stops them in reverse order —
+// the gateway stops taking outside traffic first, the inventory, which the
+// others report to while they stop, last — then drains the connections and
+// closes the pool.
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/kms"
+	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/libs/pgstore"
+	"flotilla.dev/flotilla/libs/telemetry"
+	"flotilla.dev/flotilla/services/agentgw"
+	"flotilla.dev/flotilla/services/ca"
+	"flotilla.dev/flotilla/services/gateway"
+	"flotilla.dev/flotilla/services/inventory"
+	"flotilla.dev/flotilla/services/inventory/app"
+	"flotilla.dev/flotilla/services/provisioner"
+	"flotilla.dev/flotilla/services/provisioner/driver"
+	"flotilla.dev/flotilla/services/provisioner/driver/local"
+	"flotilla.dev/flotilla/services/secrets"
+)
+
+// Config is everything a stack is built from. `flotilla up` fills it from
+// the data directory's settings, the per-service binaries from the
+// environment (EnvConfig), tests by hand.
+type Config struct {
+	// Services are the services to run (subjects.Inventory, ...); empty
+	// means all six.
+	Services []string
+	Version  string
+	// Log and TracerProvider default to discarding.
+	Log            *slog.Logger
+	TracerProvider trace.TracerProvider
+
+	// NATSServer, when set, is an embedded server the services connect to
+	// in-process; otherwise they connect to NATSURL with NATSToken.
+	NATSServer *server.Server
+	NATSURL    string
+	NATSToken  string
+	// StreamReplicas is the replication of the streams (1, or 3 in a cluster).
+	StreamReplicas int
+
+	// DatabaseURL is PostgreSQL, for the inventory and the secret broker.
+	DatabaseURL string
+	// DatabaseWait is how long to wait for PostgreSQL to accept connections
+	// (default 60 s).
+	DatabaseWait time.Duration
+
+	// HTTPAddr and GRPCAddr are where the gateway listens (GRPCAddr empty:
+	// no gRPC port).
+	HTTPAddr, GRPCAddr string
+	// MetricsAddr serves Prometheus /metrics when not empty.
+	MetricsAddr string
+
+	// AgentAddr is where the agent gateway listens for agents.
+	AgentAddr string
+	// AgentServerNames are the names agents dial the agent gateway by (its
+	// certificate's SANs); empty means localhost and the listening address.
+	AgentServerNames []string
+	// AgentGatewayAddr is the address the provisioner gives new agents;
+	// empty means this stack's agent gateway.
+	AgentGatewayAddr string
+
+	// CACertFile and CAKeyFile are the fleet CA (generated there when
+	// neither exists). AgentCertTTL is the agent certificates' lifetime
+	// (0: the CA's default).
+	CACertFile, CAKeyFile string
+	AgentCertTTL          time.Duration
+
+	// KMSKeyFile is the local master key; CreateKMSKey makes one when the
+	// file does not exist (`flotilla up`), otherwise it must exist (a
+	// cluster shares one key).
+	KMSKeyFile   string
+	CreateKMSKey bool
+
+	// LocalRoot enables the provisioner's local provider, keeping its disks
+	// and VMs there; AgentCommand starts a local VM's agent.
+	LocalRoot    string
+	AgentCommand []string
+
+	// InventoryOptions and AgentStaleAfter tune the inventory (tests).
+	InventoryOptions []app.Option
+	AgentStaleAfter  time.Duration
+}
+
+// StartOrder lists the services in the order they start.
+var StartOrder = []string{subjects.Inventory, subjects.CA, subjects.Secrets, subjects.Provisioner, subjects.AgentGW, subjects.Gateway}
+
+// runs reports whether the stack runs service.
+func (c *Config) runs(service string) bool {
+	return len(c.Services) == 0 || slices.Contains(c.Services, service)
+}
+
+// Validate reports every problem with the configuration at once, naming
+// each setting.
+func (c *Config) Validate() error {
+	var errs []error
+	for _, s := range c.Services {
+		if !slices.Contains(StartOrder, s) {
+			errs = append(errs, fmt.Errorf("stack.Config.Services: %q is not one of %s", s, strings.Join(StartOrder, ", ")))
+		}
+	}
+	if c.NATSServer == nil && c.NATSURL == "" {
+		errs = append(errs, errors.New("stack.Config.NATSURL: is required (or NATSServer)"))
+	}
+	if (c.runs(subjects.Inventory) || c.runs(subjects.Secrets)) && c.DatabaseURL == "" {
+		errs = append(errs, errors.New("stack.Config.DatabaseURL: is required by the inventory and the secret broker"))
+	}
+	if c.runs(subjects.Gateway) && c.HTTPAddr == "" {
+		errs = append(errs, errors.New("stack.Config.HTTPAddr: is required by the gateway"))
+	}
+	if c.runs(subjects.AgentGW) && c.AgentAddr == "" {
+		errs = append(errs, errors.New("stack.Config.AgentAddr: is required by the agent gateway"))
+	}
+	if c.runs(subjects.Provisioner) && c.AgentGatewayAddr == "" && !c.runs(subjects.AgentGW) {
+		errs = append(errs, errors.New("stack.Config.AgentGatewayAddr: is required by the provisioner when the agent gateway runs elsewhere"))
+	}
+	if c.runs(subjects.CA) && (c.CACertFile == "" || c.CAKeyFile == "") {
+		errs = append(errs, errors.New("stack.Config.CACertFile, CAKeyFile: are required by the CA"))
+	}
+	if c.runs(subjects.Secrets) && c.KMSKeyFile == "" {
+		errs = append(errs, errors.New("stack.Config.KMSKeyFile: is required by the secret broker"))
+	}
+	if c.StreamReplicas != 0 && c.StreamReplicas != 1 && c.StreamReplicas != 3 {
+		errs = append(errs, fmt.Errorf("stack.Config.StreamReplicas: must be 1 or 3, got %d", c.StreamReplicas))
+	}
+	return errors.Join(errs...)
+}
+
+// Stack is a started set of services.
+type Stack struct {
+	// The services this stack runs; nil for those it does not.
+	Inventory   *inventory.Service
+	CA          *ca.Service
+	Secrets     *secrets.Service
+	Provisioner *provisioner.Service
+	AgentGW     *agentgw.Service
+	Gateway     *gateway.Gateway
+
+	// HTTPAddr, GRPCAddr, AgentAddr and MetricsAddr are where the stack
+	// listens ("" for what it does not run).
+	HTTPAddr, GRPCAddr, AgentAddr, MetricsAddr string
+
+	cfg     Config
+	log     *slog.Logger
+	pool    *pgxpool.Pool
+	conns   []*nats.Conn
+	runners []runner
+	// listeners not yet owned by a service (closed by close).
+	listeners []net.Listener
+	metrics   *http.Server
+	metricsL  net.Listener
+}
+
+type runner struct {
+	name string
+	run  func(context.Context) error
+}
+
+// Start builds the configured services. When it returns, every service takes
+// bus requests and the listeners accept connections (served once Run
+// starts). On error whatever was built is closed again.
+func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = noop.NewTracerProvider()
+	}
+	if cfg.StreamReplicas == 0 {
+		cfg.StreamReplicas = 1
+	}
+	if cfg.DatabaseWait == 0 {
+		cfg.DatabaseWait = 60 * time.Second
+	}
+	st := &Stack{cfg: cfg, log: cfg.Log}
+	defer func() {
+		if err != nil {
+			st.close()
+		}
+	}()
+
+	// Listeners first: a port in use fails before anything is touched.
+	var httpL, grpcL, agentL net.Listener
+	if cfg.runs(subjects.Gateway) {
+		if httpL, err = st.listen("HTTPAddr", cfg.HTTPAddr); err != nil {
+			return nil, err
+		}
+		st.HTTPAddr = httpL.Addr().String()
+		if cfg.GRPCAddr != "" {
+			if grpcL, err = st.listen("GRPCAddr", cfg.GRPCAddr); err != nil {
+				return nil, err
+			}
+			st.GRPCAddr = grpcL.Addr().String()
+		}
+	}
+	if cfg.runs(subjects.AgentGW) {
+		if agentL, err = st.listen("AgentAddr", cfg.AgentAddr); err != nil {
+			return nil, err
+		}
+		st.AgentAddr = agentL.Addr().String()
+	}
+	if cfg.MetricsAddr != "" {
+		if st.metricsL, err = st.listen("MetricsAddr", cfg.MetricsAddr); err != nil {
+			return nil, err
+		}
+		st.MetricsAddr = st.metricsL.Addr().String()
+	}
+
+	if cfg.runs(subjects.Inventory) || cfg.runs(subjects.Secrets) {
+		if st.pool, err = pgstore.Open(ctx, cfg.DatabaseURL, cfg.TracerProvider, cfg.DatabaseWait); err != nil {
+			return nil, err
+		}
+	}
+
+	d := deps{cfg: &cfg, st: st, agentL: agentL}
+	builders := map[string]func(context.Context, *nats.Conn) (runner, error){
+		subjects.Inventory:   d.inventory,
+		subjects.CA:          d.ca,
+		subjects.Secrets:     d.secrets,
+		subjects.Provisioner: d.provisioner,
+		subjects.AgentGW:     d.agentgw,
+		subjects.Gateway: func(ctx context.Context, nc *nats.Conn) (runner, error) {
+			return d.gateway(ctx, nc, httpL, grpcL)
+		},
+	}
+	for _, name := range StartOrder {
+		if !cfg.runs(name) {
+			continue
+		}
+		nc, err := st.connect(name)
+		if err != nil {
+			return nil, err
+		}
+		r, err := builders[name](ctx, nc)
+		if err != nil {
+			return nil, fmt.Errorf("start %s: %w", name, err)
+		}
+		st.runners = append(st.runners, r)
+	}
+	if st.metricsL != nil {
+		st.metrics = telemetry.NewMetricsServer()
+	}
+	return st, nil
+}
+
+// listen opens a listener for the setting name.
+func (st *Stack) listen(name, addr string) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	st.listeners = append(st.listeners, l)
+	return l, nil
+}
+
+// own hands l to a service, which closes it from then on.
+func (st *Stack) own(l net.Listener) {
+	st.listeners = slices.DeleteFunc(st.listeners, func(x net.Listener) bool { return x == l })
+}
+
+// connect opens service's own NATS connection.
+func (st *Stack) connect(service string) (*nats.Conn, error) {
+	var (
+		nc  *nats.Conn
+		err error
+	)
+	name := "flotilla-" + service
+	if st.cfg.NATSServer != nil {
+		nc, err = natsx.ConnectInProcess(st.cfg.NATSServer, name, st.cfg.NATSToken)
+	} else {
+		nc, err = natsx.Connect(st.cfg.NATSURL, name, st.cfg.NATSToken)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("connect %s to NATS: %w", service, err)
+	}
+	st.conns = append(st.conns, nc)
+	return nc, nil
+}
+
+// deps builds each service from the configuration.
+type deps struct {
+	cfg    *Config
+	st     *Stack
+	agentL net.Listener
+}
+
+func (d deps) inventory(ctx context.Context, nc *nats.Conn) (runner, error) {
+	c := d.cfg
+	s, err := inventory.New(ctx, inventory.Deps{Pool: d.st.pool, NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider,
+		Version: c.Version, StreamReplicas: c.StreamReplicas, AppOptions: c.InventoryOptions, AgentStaleAfter: c.AgentStaleAfter})
+	if err != nil {
+		return runner{}, err
+	}
+	d.st.Inventory = s
+	return runner{subjects.Inventory, s.Run}, nil
+}
+
+func (d deps) ca(ctx context.Context, nc *nats.Conn) (runner, error) {
+	c := d.cfg
+	s, err := ca.New(ctx, ca.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version,
+		CertFile: c.CACertFile, KeyFile: c.CAKeyFile, Replicas: c.StreamReplicas, AgentCertTTL: c.AgentCertTTL})
+	if err != nil {
+		return runner{}, err
+	}
+	d.st.CA = s
+	return runner{subjects.CA, s.Run}, nil
+}
+
+func (d deps) secrets(ctx context.Context, nc *nats.Conn) (runner, error) {
+	c := d.cfg
+	var (
+		k   *kms.Local
+		err error
+	)
+	if c.CreateKMSKey {
+		k, err = kms.OpenLocal(c.KMSKeyFile)
+	} else {
+		k, err = kms.LoadLocal(c.KMSKeyFile)
+	}
+	if err != nil {
+		return runner{}, err
+	}
+	s, err := secrets.New(ctx, secrets.Deps{Pool: d.st.pool, NATS: nc, KMS: k, Log: c.Log, TracerProvider: c.TracerProvider,
+		Version: c.Version, StreamReplicas: c.StreamReplicas})
+	if err != nil {
+		return runner{}, err
+	}
+	d.st.Secrets = s
+	return runner{subjects.Secrets, s.Run}, nil
+}
+
+func (d deps) provisioner(ctx context.Context, nc *nats.Conn) (runner, error) {
+	c := d.cfg
+	var drivers []driver.Driver
+	if c.LocalRoot != "" {
+		cmd := c.AgentCommand
+		if len(cmd) == 0 {
+			exe, err := os.Executable()
+			if err != nil {
+				return runner{}, fmt.Errorf("local provider: find the agent: %w", err)
+			}
+			cmd = []string{filepath.Join(filepath.Dir(exe), "flotilla-agent")}
+		}
+		drv, err := local.New(local.Config{Root: c.LocalRoot, AgentCommand: cmd, Log: c.Log.With("provider", local.Name)})
+		if err != nil {
+			return runner{}, err
+		}
+		drivers = append(drivers, drv)
+	}
+	addr := c.AgentGatewayAddr
+	if addr == "" {
+		addr = reachable(d.st.AgentAddr)
+	}
+	s, err := provisioner.New(ctx, provisioner.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version,
+		Drivers: drivers, AgentGatewayAddr: addr, StreamReplicas: c.StreamReplicas})
+	if err != nil {
+		return runner{}, err
+	}
+	d.st.Provisioner = s
+	return runner{subjects.Provisioner, s.Run}, nil
+}
+
+func (d deps) agentgw(ctx context.Context, nc *nats.Conn) (runner, error) {
+	c := d.cfg
+	names := c.AgentServerNames
+	if len(names) == 0 {
+		host, _, _ := net.SplitHostPort(reachable(d.st.AgentAddr))
+		names = []string{"localhost", host}
+	}
+	s, err := agentgw.New(ctx, agentgw.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version,
+		Listener: d.agentL, ServerNames: names})
+	if err != nil {
+		return runner{}, err
+	}
+	d.st.own(d.agentL)
+	d.st.AgentGW = s
+	return runner{subjects.AgentGW, s.Run}, nil
+}
+
+func (d deps) gateway(ctx context.Context, nc *nats.Conn, httpL, grpcL net.Listener) (runner, error) {
+	c := d.cfg
+	g, err := gateway.New(ctx, gateway.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version,
+		HTTPListener: httpL, GRPCListener: grpcL})
+	if err != nil {
+		return runner{}, err
+	}
+	d.st.own(httpL)
+	if grpcL != nil {
+		d.st.own(grpcL)
+	}
+	d.st.Gateway = g
+	return runner{subjects.Gateway, g.Run}, nil
+}
+
+// reachable turns a listening address into one a process on this host can
+// dial: an unspecified IP (0.0.0.0, ::) becomes loopback.
+func reachable(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// stopTimeout bounds how long Run waits for one service to stop.
+const stopTimeout = 30 * time.Second
+
+// Run serves until ctx ends or a service fails, then stops the services in
+// reverse start order, drains the NATS connections and closes the pool. It
+// returns the first service's error, if any.
+func (st *Stack) Run(ctx context.Context) error {
+	type running struct {
+		runner
+		cancel context.CancelFunc
+		done   chan error
+	}
+	failed := make(chan struct{}, len(st.runners)+1)
+	var all []running
+	for _, r := range st.runners {
+		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		rr := running{runner: r, cancel: cancel, done: make(chan error, 1)}
+		go func() {
+			err := r.run(rctx)
+			rr.done <- err
+			if err != nil {
+				failed <- struct{}{}
+			}
+		}()
+		all = append(all, rr)
+	}
+	if st.metrics != nil {
+		go func() {
+			if err := st.metrics.Serve(st.metricsL); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				st.log.Error("metrics server", "error", err)
+			}
+		}()
+	}
+	select {
+	case <-ctx.Done():
+	case <-failed:
+	}
+	var errs []error
+	for i := len(all) - 1; i >= 0; i-- {
+		r := all[i]
+		r.cancel()
+		select {
+		case err := <-r.done:
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", r.name, err))
+			}
+		case <-time.After(stopTimeout):
+			errs = append(errs, fmt.Errorf("%s: did not stop within %v", r.name, stopTimeout))
+		}
+	}
+	st.close()
+	return errors.Join(errs...)
+}
+
+// close releases what Start built: the metrics server, unowned listeners,
+// the NATS connections (drained, newest first) and the pool.
+func (st *Stack) close() {
+	if st.metrics != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = st.metrics.Shutdown(sctx)
+		cancel()
+	}
+	if st.metricsL != nil {
+		_ = st.metricsL.Close()
+	}
+	for _, l := range st.listeners {
+		_ = l.Close()
+	}
+	for i := len(st.conns) - 1; i >= 0; i-- {
+		if err := st.conns[i].Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			st.log.Warn("drain NATS connection", "error", err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, nc := range st.conns {
+		for !nc.IsClosed() && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		nc.Close()
+	}
+	if st.pool != nil {
+		st.pool.Close()
+	}
+}

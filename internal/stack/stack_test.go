@@ -1,0 +1,110 @@
+package stack_test
+
+import (
+	"encoding/json"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"flotilla.dev/flotilla/api/endpoints"
+	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/internal/stack/stacktest"
+	"flotilla.dev/flotilla/libs/testkit"
+)
+
+func TestMain(m *testing.M) { testkit.Main(m) }
+
+// TestEveryDeclaredEndpointIsServed starts all six services and asks the
+// bus (nats micro discovery) what they serve: exactly the declared
+// endpoints, each by the service that declares it.
+func TestEveryDeclaredEndpointIsServed(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	stacktest.Start(t, stack.Config{NATSURL: ns.ClientURL()})
+	nc := testkit.NATSConn(t, ns)
+
+	served := map[string]string{} // subject → service
+	inbox := nats.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject, _ := micro.ControlSubject(micro.InfoVerb, "", "")
+	if err := nc.PublishRequest(subject, inbox, nil); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := sub.NextMsg(500 * time.Millisecond)
+		if err != nil {
+			break
+		}
+		var info micro.Info
+		if err := json.Unmarshal(m.Data, &info); err != nil {
+			t.Fatal(err)
+		}
+		for _, ep := range info.Endpoints {
+			served[ep.Subject] = info.Name
+		}
+	}
+	var want []string
+	for _, i := range endpoints.All() {
+		if i.PerInstance() {
+			continue // served while an agent is connected
+		}
+		want = append(want, i.Subject)
+		if got := served[i.Subject]; got != i.Service {
+			t.Errorf("%s is served by %q, want %q", i.Subject, got, i.Service)
+		}
+	}
+	for s, by := range served {
+		if !slices.Contains(want, s) {
+			t.Errorf("%s serves %s, which api/endpoints does not declare", by, s)
+		}
+	}
+}
+
+// TestAFailedStartReleasesWhatItTook starts a stack whose gateway port is
+// taken: Start fails naming the setting, and the ports it had opened are
+// free again.
+func TestAFailedStartReleasesWhatItTook(t *testing.T) {
+	t.Parallel()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	ports := testkit.FreePorts(t, 1)
+	agentAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	_, err = stack.Start(t.Context(), stack.Config{NATSURL: testkit.NATS(t).ClientURL(), DatabaseURL: testkit.NewDatabase(t),
+		HTTPAddr: taken.Addr().String(), AgentAddr: agentAddr, CACertFile: "x", CAKeyFile: "y", KMSKeyFile: "z"})
+	if err == nil {
+		t.Fatal("Start succeeded on a taken port")
+	}
+	if want := "HTTPAddr"; !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %q does not name %s", err, want)
+	}
+	l, err := net.Listen("tcp", agentAddr)
+	if err != nil {
+		t.Fatalf("the agent port is still held after the failed start: %v", err)
+	}
+	l.Close()
+}
+
+func TestValidateNamesEverySetting(t *testing.T) {
+	t.Parallel()
+	err := (&stack.Config{Services: []string{"inventory", "billing"}, StreamReplicas: 2}).Validate()
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{`Services: "billing"`, "NATSURL", "DatabaseURL", "StreamReplicas"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%q does not name %s", err, want)
+		}
+	}
+}

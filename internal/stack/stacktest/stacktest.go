@@ -1,0 +1,70 @@
+// Package stacktest starts a stack of Flotilla services for a test, on real
+// infrastructure from libs/testkit: the same composition (stack.Start) as
+// `flotilla up` and the service binaries, with test defaults filled in.
+package stacktest
+
+import (
+	"context"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/libs/testkit"
+)
+
+// Start builds cfg's services and runs them until the test ends. Whatever
+// cfg leaves empty is filled in: a fresh NATS server, a fresh database (from
+// the package's testkit PostgreSQL), listeners on 127.0.0.1 with free ports,
+// and a CA and master key in temp dirs. A service that stops with an error
+// fails the test.
+func Start(t testing.TB, cfg stack.Config) *stack.Stack {
+	t.Helper()
+	runs := func(s string) bool { return len(cfg.Services) == 0 || slices.Contains(cfg.Services, s) }
+	if cfg.NATSServer == nil && cfg.NATSURL == "" {
+		cfg.NATSURL = testkit.NATS(t).ClientURL()
+	}
+	if cfg.DatabaseURL == "" && (runs(subjects.Inventory) || runs(subjects.Secrets)) {
+		cfg.DatabaseURL = testkit.NewDatabase(t)
+	}
+	if cfg.HTTPAddr == "" {
+		cfg.HTTPAddr = "127.0.0.1:0"
+	}
+	if cfg.GRPCAddr == "" {
+		cfg.GRPCAddr = "127.0.0.1:0"
+	}
+	if cfg.AgentAddr == "" {
+		cfg.AgentAddr = "127.0.0.1:0"
+	}
+	dir := t.TempDir()
+	if cfg.CACertFile == "" {
+		cfg.CACertFile, cfg.CAKeyFile = filepath.Join(dir, "ca", "ca.crt"), filepath.Join(dir, "ca", "ca.key")
+	}
+	if cfg.KMSKeyFile == "" {
+		cfg.KMSKeyFile, cfg.CreateKMSKey = filepath.Join(dir, "keys", "master.key"), true
+	}
+	if cfg.DatabaseWait == 0 {
+		cfg.DatabaseWait = 10 * time.Second
+	}
+	st, err := stack.Start(t.Context(), cfg)
+	if err != nil {
+		t.Fatalf("stacktest: start %v: %v", cfg.Services, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- st.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("stacktest: a service stopped with an error: %v", err)
+			}
+		case <-time.After(2 * time.Minute):
+			t.Error("stacktest: the stack did not stop within 2 minutes")
+		}
+	})
+	return st
+}

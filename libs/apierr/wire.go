@@ -1,0 +1,112 @@
+package apierr
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
+)
+
+// Domain is the ErrorInfo domain of Flotilla's gRPC errors.
+const Domain = "flotilla.dev"
+
+// Bus reply headers carrying an error's reason and field beside nats micro's
+// error code (the kind) and description (the message).
+const (
+	HeaderReason = "Flotilla-Error-Reason"
+	HeaderField  = "Flotilla-Error-Field"
+)
+
+var grpcCodes = map[Kind]codes.Code{
+	KindInternal:         codes.Internal,
+	KindInvalid:          codes.InvalidArgument,
+	KindNotFound:         codes.NotFound,
+	KindConflict:         codes.Aborted, // 409 through the REST gateway
+	KindUnauthenticated:  codes.Unauthenticated,
+	KindPermissionDenied: codes.PermissionDenied,
+	KindUnavailable:      codes.Unavailable,
+}
+
+// GRPCStatus converts err to a gRPC status error with only caller-safe text
+// and an ErrorInfo detail {reason, domain "flotilla.dev", metadata {field}};
+// a bad field also gets a BadRequest field violation.
+func GRPCStatus(ctx context.Context, log *slog.Logger, err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if !errors.As(err, &e) {
+		if _, ok := status.FromError(err); ok {
+			return err // already a status with caller-safe text
+		}
+	}
+	return GRPCStatusOf(Public(ctx, log, err)).Err()
+}
+
+// GRPCStatusOf returns the status of a caller-safe error (see Public).
+func GRPCStatusOf(e *Error) *status.Status {
+	st := status.New(grpcCodes[e.Kind], e.Message)
+	info := &errdetails.ErrorInfo{Reason: string(e.reason()), Domain: Domain}
+	if e.Field != "" {
+		info.Metadata = map[string]string{"field": e.Field}
+	}
+	details := []protoadapt.MessageV1{info}
+	if e.Field != "" {
+		details = append(details, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
+			{Field: e.Field, Description: e.Message}}})
+	}
+	withDetails, derr := st.WithDetails(details...)
+	if derr != nil {
+		return st
+	}
+	return withDetails
+}
+
+// FromStatus rebuilds an error from a gRPC status: its reason and field from
+// the ErrorInfo detail, or the defaults of the code's kind.
+func FromStatus(st *status.Status) *Error {
+	e := &Error{Kind: KindInternal, Message: st.Message()}
+	for k, c := range grpcCodes {
+		if c == st.Code() {
+			e.Kind = k
+		}
+	}
+	if st.Code() == codes.Unimplemented {
+		e.Kind, e.Reason = KindInvalid, ReasonUnsupported
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == Domain {
+			e.Reason, e.Field = Reason(info.GetReason()), info.GetMetadata()["field"]
+		}
+	}
+	e.Reason = e.reason()
+	return e
+}
+
+// FromBus rebuilds an error from a bus reply: the code (a kind), the
+// message and the reason and field headers (empty for an older peer).
+func FromBus(code, message, reason, field string) *Error {
+	k := Kind(code)
+	if _, ok := grpcCodes[k]; !ok {
+		k = KindInternal
+	}
+	e := &Error{Kind: k, Reason: Reason(reason), Field: field, Message: message}
+	if e.Reason == "" || e.Reason.Kind() != k {
+		e.Reason = defaultReason(k, field)
+	}
+	return e
+}
+
+// BusHeaders are the headers a bus reply carries for a caller-safe error,
+// besides micro's code and description.
+func (e *Error) BusHeaders() map[string][]string {
+	h := map[string][]string{HeaderReason: {string(e.reason())}}
+	if e.Field != "" {
+		h[HeaderField] = []string{e.Field}
+	}
+	return h
+}

@@ -1,0 +1,203 @@
+package rpc_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace/noop"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"flotilla.dev/flotilla/api/endpoints"
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
+	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/rpc"
+	"flotilla.dev/flotilla/libs/testkit"
+)
+
+// serve starts an inventory service on its own connection with one extra
+// endpoint, as the inventory does.
+func serve[Req proto.Message](t *testing.T, nc *nats.Conn, ep endpoints.Endpoint[Req, *inventoryv1.Network], f rpc.Func[Req, *inventoryv1.Network]) {
+	t.Helper()
+	s, err := rpc.New(nc, subjects.Inventory, "1.0.0", "test inventory", slog.New(slog.DiscardHandler), noop.NewTracerProvider(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop() })
+	if err := rpc.Handle(s, ep, f); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestACallCarriesItsActorAndTypedReply(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	var gotActor atomic.Value
+	serve(t, testkit.NATSConn(t, ns), endpoints.NetworkGet, func(_ context.Context, actor vocab.Actor, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+		gotActor.Store(actor)
+		return &inventoryv1.Network{Id: r.GetId(), Name: "lab"}, nil
+	})
+	gw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Gateway, 0)
+	n, err := rpc.Call(t.Context(), gw, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: "n-1"}, rpc.As(vocab.User("ada")))
+	if err != nil || n.GetId() != "n-1" || n.GetName() != "lab" {
+		t.Fatalf("call: %v %v", n, err)
+	}
+	if a := gotActor.Load(); a != vocab.User("ada") {
+		t.Errorf("handler saw actor %v, want user:ada", a)
+	}
+	// Without As a service acts as itself.
+	prov := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Provisioner, 0)
+	if _, err := rpc.Call(t.Context(), prov, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: "n-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if a := gotActor.Load(); a != vocab.System(subjects.Provisioner) {
+		t.Errorf("handler saw actor %v, want system:provisioner", a)
+	}
+}
+
+func TestServiceErrorsKeepKindReasonAndField(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	serve(t, testkit.NATSConn(t, ns), endpoints.NetworkUpdate, func(_ context.Context, _ vocab.Actor, r *inventoryv1.UpdateNetworkRequest) (*inventoryv1.Network, error) {
+		switch r.GetNetwork().GetName() {
+		case "stale":
+			return nil, apierr.Conflict(apierr.ReasonVersionMismatch, "network %q is at version 3, not 2", "stale")
+		case "bad":
+			return nil, apierr.Invalid("dns.hostnamePattern", "must contain {name} or {id}")
+		}
+		return nil, errors.New("dial tcp 10.0.0.7:5432: password authentication failed for user flotilla")
+	})
+	gw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Gateway, 0)
+	update := func(name string) *apierr.Error {
+		_, err := rpc.Call(t.Context(), gw, endpoints.NetworkUpdate, &inventoryv1.UpdateNetworkRequest{Network: &inventoryv1.Network{Name: name}})
+		var e *apierr.Error
+		if !errors.As(err, &e) {
+			t.Fatalf("%s: error %v (%T), want *apierr.Error", name, err, err)
+		}
+		return e
+	}
+	if e := update("stale"); e.Kind != apierr.KindConflict || e.Reason != apierr.ReasonVersionMismatch || !strings.Contains(e.Message, "version 3") {
+		t.Errorf("stale: %+v", e)
+	}
+	if e := update("bad"); e.Kind != apierr.KindInvalid || e.Reason != apierr.ReasonInvalidField || e.Field != "dns.hostnamePattern" {
+		t.Errorf("bad: %+v", e)
+	}
+	if e := update("boom"); e.Kind != apierr.KindInternal || strings.Contains(e.Message, "password") || !strings.Contains(e.Message, "error id") {
+		t.Errorf("internal error crossed the bus as %+v", e)
+	}
+}
+
+func TestACallerMustBeDeclared(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	var calls atomic.Int32
+	serve(t, testkit.NATSConn(t, ns), endpoints.NetworkUpdate, func(context.Context, vocab.Actor, *inventoryv1.UpdateNetworkRequest) (*inventoryv1.Network, error) {
+		calls.Add(1)
+		return &inventoryv1.Network{}, nil
+	})
+	// Only the gateway may update networks.
+	agentgw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.AgentGW, 0)
+	_, err := rpc.Call(t.Context(), agentgw, endpoints.NetworkUpdate, &inventoryv1.UpdateNetworkRequest{})
+	if !apierr.Is(err, apierr.KindPermissionDenied) || !strings.Contains(err.Error(), "declared callers") {
+		t.Fatalf("undeclared caller: %v", err)
+	}
+	if calls.Load() != 0 {
+		t.Fatal("the request reached the service")
+	}
+}
+
+func TestNobodyListeningIsUnavailable(t *testing.T) {
+	t.Parallel()
+	gw := rpc.NewClient(testkit.NATSConn(t, testkit.NATS(t)), subjects.Gateway, 0)
+	_, err := rpc.Call(t.Context(), gw, endpoints.PingSecrets, &systemv1.PingRequest{})
+	if !apierr.Is(err, apierr.KindUnavailable) || !errors.Is(err, nats.ErrNoResponders) || !strings.Contains(err.Error(), "secrets") {
+		t.Fatalf("no responders: %v", err)
+	}
+}
+
+func TestPingAnswersWhenReady(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	ready := atomic.Bool{}
+	s, err := rpc.New(testkit.NATSConn(t, ns), subjects.CA, "2.0.0", "test ca", slog.New(slog.DiscardHandler), noop.NewTracerProvider(),
+		func(context.Context) error {
+			if !ready.Load() {
+				return errors.New("the CA certificate expired")
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop() })
+	gw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Gateway, 0)
+	if _, err := rpc.Call(t.Context(), gw, endpoints.PingCA, &systemv1.PingRequest{}); !apierr.Is(err, apierr.KindUnavailable) || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("ping while not ready: %v", err)
+	}
+	ready.Store(true)
+	if p, err := rpc.Call(t.Context(), gw, endpoints.PingCA, &systemv1.PingRequest{}); err != nil || p.GetVersion() != "2.0.0" {
+		t.Fatalf("ping: %v %v", p, err)
+	}
+}
+
+func TestPerInstanceEndpointsReachOnlyTheirSubscriber(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	gwConn := testkit.NATSConn(t, ns)
+	log, tp := slog.New(slog.DiscardHandler), noop.NewTracerProvider()
+	got := make(chan string, 2)
+	sub, err := rpc.Subscribe(gwConn, subjects.AgentGW, endpoints.AgentCommand.At("i-1"), log, tp,
+		func(_ context.Context, _ vocab.Actor, c *agentv1.Command) (*emptypb.Empty, error) {
+			if c.GetId() == "" {
+				return nil, apierr.Invalid("id", "is required")
+			}
+			got <- c.GetId()
+			return &emptypb.Empty{}, nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rpc.Subscribe(gwConn, subjects.AgentGW, endpoints.AgentCommand, log, tp,
+		func(context.Context, vocab.Actor, *agentv1.Command) (*emptypb.Empty, error) { return nil, nil }); err == nil {
+		t.Fatal("an unbound per-instance endpoint was subscribed")
+	}
+	prov := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Provisioner, 0)
+	if _, err := rpc.Call(t.Context(), prov, endpoints.AgentCommand.At("i-1"), &agentv1.Command{Id: "c-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if id := <-got; id != "c-1" {
+		t.Fatalf("subscriber got %q", id)
+	}
+	_, err = rpc.Call(t.Context(), prov, endpoints.AgentCommand.At("i-1"), &agentv1.Command{})
+	if e := new(apierr.Error); !errors.As(err, &e) || e.Field != "id" {
+		t.Fatalf("invalid command: %v", err)
+	}
+	if _, err := rpc.Call(t.Context(), prov, endpoints.AgentCommand.At("i-2"), &agentv1.Command{Id: "c-2"}); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("command for an instance nobody serves: %v", err)
+	}
+	_ = sub.Unsubscribe()
+}
+
+func TestHandleRefusesAnotherServicesEndpoint(t *testing.T) {
+	t.Parallel()
+	s, err := rpc.New(testkit.NATSConn(t, testkit.NATS(t)), subjects.CA, "", "test", slog.New(slog.DiscardHandler), noop.NewTracerProvider(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop() })
+	err = rpc.Handle(s, endpoints.NetworkGet, func(context.Context, vocab.Actor, *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+		return nil, nil
+	})
+	if err == nil {
+		t.Fatal("the CA registered an inventory endpoint")
+	}
+}

@@ -1,0 +1,94 @@
+package gateway_test
+
+import (
+	"context"
+	"testing"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+)
+
+// TestErrorsCarryAStableReason drives the API into each kind of refusal a
+// client must tell apart and checks the JSON body's code, reason and field,
+// not the English.
+func TestErrorsCarryAStableReason(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{only: []string{"ca", "secrets", "agentgw"}})
+	net := e.network("lab")
+	tmpl := e.template("small")
+	in := e.instance("db-1", tmpl, net)
+	id := in["id"].(string)
+	e.must(200, "POST", "/api/v1/instances/"+id+":provision", nil) // no provisioner runs: it stays provisioning
+
+	cases := []struct {
+		name         string
+		method, path string
+		body         any
+		token        string
+		status       int
+		reason       string
+		field        string
+	}{
+		{"stale version", "PATCH", "/api/v1/networks/" + net["id"].(string), reply{"version": "7", "assignPublicIp": true}, "", 409, "version_mismatch", ""},
+		{"name taken", "POST", "/api/v1/networks", reply{"name": "lab", "provider": "local", "httpsStrategy": "none"}, "", 409, "already_exists", ""},
+		{"network in use", "DELETE", "/api/v1/networks/" + net["id"].(string), nil, "", 409, "in_use", ""},
+		{"action in progress", "POST", "/api/v1/instances/" + id + ":deprovision", nil, "", 409, "lifecycle_busy", ""},
+		{"bad field", "POST", "/api/v1/templates", reply{"name": "t2", "provider": "local", "dataDiskGb": 0}, "", 400, "invalid_field", "dataDiskGb"},
+		{"nested field", "POST", "/api/v1/templates", reply{"name": "t2", "provider": "local", "dataDiskGb": 1, "setupActions": []reply{{"type": "file", "path": "../x"}}}, "", 400, "invalid_field", "setupActions[0].path"},
+		{"malformed body", "POST", "/api/v1/networks", `{"name":`, "", 400, "malformed_request", ""},
+		{"not yet", "POST", "/api/v1/networks", reply{"name": "n2", "provider": "local", "httpsStrategy": "acme"}, "", 400, "unsupported", "httpsStrategy"},
+		{"missing", "GET", "/api/v1/networks/0190c3e1-0000-7000-8000-000000000000", nil, "", 404, "not_found", ""},
+		{"no token", "GET", "/api/v1/networks", nil, "-", 401, "unauthenticated", ""},
+		{"bad token", "GET", "/api/v1/networks", nil, "flt_nope", 401, "unauthenticated", ""},
+		{"no such path", "GET", "/api/v1/nowhere", nil, "", 404, "not_found", ""},
+	}
+	for _, c := range cases {
+		out := reply{}
+		code := e.call(c.method, c.path, c.body, &out, c.token)
+		if code != c.status || out["reason"] != c.reason || fieldOf(out) != c.field {
+			t.Errorf("%s: %d %v, want %d reason %q field %q", c.name, code, out, c.status, c.reason, c.field)
+		}
+		if _, ok := out["code"].(float64); !ok || out["message"] == "" {
+			t.Errorf("%s: body %v lacks code or message", c.name, out)
+		}
+	}
+
+	// A running instance: deleting it is refused for its state, not because
+	// something else is in progress.
+	if _, err := e.pool.Exec(t.Context(), `UPDATE instances SET state = 'running', spec = spec || '{"state":"running"}' WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	out := reply{}
+	if code := e.call("DELETE", "/api/v1/instances/"+id, nil, &out, ""); code != 409 || out["reason"] != "invalid_state" {
+		t.Errorf("delete a running instance: %d %v", code, out)
+	}
+
+	// gRPC carries the same reason and field in an ErrorInfo detail.
+	conn, err := grpc.NewClient(e.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+e.token)
+	_, err = inventoryv1.NewTemplateServiceClient(conn).CreateTemplate(ctx, &inventoryv1.CreateTemplateRequest{
+		Template: &inventoryv1.Template{Name: "t3", Provider: "local", DataDiskGb: 99999}})
+	var info *errdetails.ErrorInfo
+	for _, d := range status.Convert(err).Details() {
+		if i, ok := d.(*errdetails.ErrorInfo); ok {
+			info = i
+		}
+	}
+	if info == nil || info.GetReason() != "invalid_field" || info.GetDomain() != "flotilla.dev" || info.GetMetadata()["field"] != "dataDiskGb" {
+		t.Fatalf("gRPC error %v has ErrorInfo %v", err, info)
+	}
+}
+
+func fieldOf(r reply) string {
+	f, _ := r["field"].(string)
+	return f
+}
