@@ -128,6 +128,17 @@ func ProvisionAll() string { return Root + ".cmd.provision.*" }
 // Provision is the subject of work for one instance: "flotilla.cmd.provision.<id>".
 func Provision(instanceID string) string { return Root + ".cmd.provision." + instanceID }
 
+// PoisonStream holds the events a consumer could never handle (malformed
+// ones), kept for an operator to inspect.
+const PoisonStream = "FLOTILLA_POISON"
+
+// PoisonAll matches every poisoned event: "flotilla.poison.>".
+func PoisonAll() string { return Root + ".poison.>" }
+
+// Poison is where a service's consumers put what they could never handle:
+// "flotilla.poison.<service>".
+func Poison(service string) string { return Root + ".poison." + service }
+
 // AgentLogsStream is the JetStream stream of agent log lines.
 const AgentLogsStream = "FLOTILLA_AGENT_LOGS"
 

@@ -39,6 +39,15 @@ func Streams(replicas int) []jetstream.StreamConfig {
 		Duplicates:  DuplicateWindow,
 		Replicas:    replicas,
 	}, {
+		Name:        subjects.PoisonStream,
+		Description: "Flotilla events a consumer could never handle, kept for 30 days",
+		Subjects:    []string{subjects.PoisonAll()},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		MaxAge:      30 * 24 * time.Hour,
+		Duplicates:  DuplicateWindow,
+		Replicas:    replicas,
+	}, {
 		Name:        subjects.ProvisioningStream,
 		Description: "Flotilla provisioning work: one message per instance that needs reconciling",
 		Subjects:    []string{subjects.ProvisionAll()},

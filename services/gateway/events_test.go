@@ -28,7 +28,7 @@ func (e *env) events(t *testing.T, filter string) []jetstream.Msg {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		var n int
-		if err := e.pool.QueryRow(ctx, "SELECT count(*) FROM outbox").Scan(&n); err != nil {
+		if err := e.pool.QueryRow(ctx, "SELECT count(*) FROM outbox_messages").Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		if n == 0 || time.Now().After(deadline) {

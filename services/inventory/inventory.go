@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/outbox"
 	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/services/inventory/adapters"
 	"flotilla.dev/flotilla/services/inventory/app"
@@ -43,7 +44,7 @@ type Deps struct {
 type Service struct {
 	deps Deps
 	app  *app.App
-	fwd  *adapters.Forwarder
+	fwd  *outbox.Forwarder
 	svc  *rpc.Service
 }
 
@@ -69,7 +70,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{deps: d, app: a, fwd: adapters.NewForwarder(d.Pool, js, log), svc: svc}, nil
+	return &Service{deps: d, app: a, fwd: outbox.NewForwarder(d.Pool, js, log, 0), svc: svc}, nil
 }
 
 // App returns the application layer (for the CLI and tests).

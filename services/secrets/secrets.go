@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -16,6 +17,7 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/events"
 	"flotilla.dev/flotilla/libs/kms"
 	"flotilla.dev/flotilla/libs/rpc"
 )
@@ -46,8 +48,8 @@ type Service struct {
 	rpc   *rpc.Service
 	bus   *rpc.Client
 	now   func() time.Time
-	// deleted consumes instance deletions, to remove their secrets.
-	deleted jetstream.Consumer
+	// events removes the secrets of deleted instances.
+	events *events.Router
 }
 
 // New migrates the broker's schema, declares the streams (the audit stream
@@ -79,15 +81,15 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	}
 	// Secrets go with their instance. A durable consumer, so a deletion that
 	// happens while the broker is down is handled when it comes back.
-	s.deleted, err = js.CreateOrUpdateConsumer(ctx, subjects.EventsStream, jetstream.ConsumerConfig{
-		Durable:       subjects.SecretsCleanupConsumer,
-		Description:   "The secret broker removes the secrets of deleted instances",
-		FilterSubject: subjects.EntityVerbEvents(subjects.NounInstance, string(vocab.VerbDeleted)),
-		DeliverPolicy: jetstream.DeliverNewPolicy,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
-		MaxDeliver:    -1,
-	})
+	if s.events, err = events.NewRouter(js, subjects.Secrets, log, d.TracerProvider); err != nil {
+		return nil, fmt.Errorf("secrets: %w", err)
+	}
+	err = s.events.Handle(ctx, subjects.EventsStream, subjects.EntityVerbEvents(subjects.NounInstance, string(vocab.VerbDeleted)),
+		jetstream.ConsumerConfig{
+			Durable:       subjects.SecretsCleanupConsumer,
+			Description:   "The secret broker removes the secrets of deleted instances",
+			DeliverPolicy: jetstream.DeliverNewPolicy,
+		}, s.removeInstanceSecrets)
 	if err != nil {
 		return nil, fmt.Errorf("secrets: instance deletions consumer: %w", err)
 	}
@@ -111,28 +113,29 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 // Run serves until ctx ends, then stops taking requests; requests in flight
 // finish. It also removes the secrets of every instance that is deleted.
 func (s *Service) Run(ctx context.Context) error {
-	cc, err := s.deleted.Consume(func(m jetstream.Msg) {
-		ev, err := bus.DecodeEvent(m.Data())
-		if err != nil || ev.GetEntityId() == "" {
-			s.log.ErrorContext(ctx, "dropping a malformed instance deletion", "subject", m.Subject(), "error", err)
-			_ = m.Term()
-			return
-		}
-		n, err := s.store.deleteInstance(ctx, ev.GetEntityId())
-		if err != nil {
-			s.log.WarnContext(ctx, "remove the secrets of a deleted instance; will retry", "instance_id", ev.GetEntityId(), "error", err)
-			_ = m.NakWithDelay(5 * time.Second)
-			return
-		}
-		if n > 0 {
-			s.log.InfoContext(ctx, "removed the secrets of a deleted instance", "instance_id", ev.GetEntityId(), "secrets", n)
-		}
-		_ = m.Ack()
-	})
-	if err != nil {
-		return fmt.Errorf("secrets: consume instance deletions: %w", err)
+	err := s.events.Run(ctx)
+	return errors.Join(err, s.rpc.Stop())
+}
+
+// removeInstanceSecrets handles an instance.deleted event: the instance's
+// secrets go with it. A malformed event can never be handled and goes to
+// the poison stream; a database failure is retried.
+func (s *Service) removeInstanceSecrets(msg *message.Message) error {
+	ctx := msg.Context()
+	ev, err := bus.DecodeEvent(msg.Payload)
+	if err == nil && ev.GetEntityId() == "" {
+		err = errors.New("the event names no instance")
 	}
-	<-ctx.Done()
-	cc.Stop()
-	return s.rpc.Stop()
+	if err != nil {
+		s.log.ErrorContext(ctx, "a malformed instance deletion goes to the poison stream", "message_id", msg.UUID, "error", err)
+		return events.Permanent(err)
+	}
+	n, err := s.store.deleteInstance(ctx, ev.GetEntityId())
+	if err != nil {
+		return fmt.Errorf("remove the secrets of deleted instance %s: %w", ev.GetEntityId(), err)
+	}
+	if n > 0 {
+		s.log.InfoContext(ctx, "removed the secrets of a deleted instance", "instance_id", ev.GetEntityId(), "secrets", n)
+	}
+	return nil
 }

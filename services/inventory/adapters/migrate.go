@@ -1,5 +1,5 @@
 // Package adapters connects the inventory to PostgreSQL: the embedded schema
-// migrations, the resource store, users and tokens, and the outbox.
+// migrations (the outbox's among them), the resource store, users and tokens.
 package adapters
 
 import (
@@ -10,15 +10,20 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"flotilla.dev/flotilla/libs/outbox"
 	"flotilla.dev/flotilla/libs/pgstore"
 )
 
 //go:embed migrations/*.sql
 var migrations embed.FS
 
-// Migrate applies every pending migration of the inventory's schema, in
-// order (goose's default version table and lock).
+// Migrate applies every pending migration of the outbox (libs/outbox, its
+// own version table) and then of the inventory's schema, in order (goose's
+// default version table and lock).
 func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
+	if err := outbox.Migrate(ctx, pool, log); err != nil {
+		return err
+	}
 	dir, err := fs.Sub(migrations, "migrations")
 	if err != nil {
 		return err

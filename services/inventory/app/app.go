@@ -18,6 +18,7 @@ import (
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/outbox"
 	"flotilla.dev/flotilla/services/inventory/adapters"
 )
 
@@ -103,7 +104,7 @@ func (a *App) emit(ctx context.Context, tx pgx.Tx, noun string, verb vocab.Verb,
 	if err != nil {
 		return err
 	}
-	return adapters.AddToOutbox(ctx, tx, msg)
+	return outbox.Write(ctx, tx, msg)
 }
 
 func create[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Actor, v T) (T, error) {

@@ -16,6 +16,7 @@ import (
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/outbox"
 	"flotilla.dev/flotilla/libs/password"
 	"flotilla.dev/flotilla/services/inventory/adapters"
 )
@@ -55,7 +56,7 @@ func (a *App) InitialSetup(ctx context.Context, username, pw string) error {
 		if err != nil {
 			return err
 		}
-		return adapters.AddToOutbox(ctx, tx, msg)
+		return outbox.Write(ctx, tx, msg)
 	})
 }
 

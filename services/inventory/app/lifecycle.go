@@ -14,7 +14,7 @@ import (
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
-	"flotilla.dev/flotilla/services/inventory/adapters"
+	"flotilla.dev/flotilla/libs/outbox"
 	"flotilla.dev/flotilla/services/inventory/domain"
 )
 
@@ -73,7 +73,7 @@ func (a *App) enqueue(ctx context.Context, tx pgx.Tx, id string, action vocab.Ac
 	if err != nil {
 		return err
 	}
-	return adapters.AddToOutbox(ctx, tx, msg)
+	return outbox.Write(ctx, tx, msg)
 }
 
 // RecordState records what the provisioner has made true. It does not take a
