@@ -118,6 +118,27 @@ const (
 // "<step>/<status>", e.g. "done/succeeded".
 func AgentProgress(step Step, p Progress) string { return string(step) + "/" + string(p) }
 
+// Clearable names an observed field of an instance the provisioner clears
+// when the VM behind it is gone (RecordStateRequest.clear).
+type Clearable string
+
+// Clearable fields.
+const (
+	ClearVMID        Clearable = "vm_id"
+	ClearAddresses   Clearable = "addresses"
+	ClearAgent       Clearable = "agent"
+	ClearReprovision Clearable = "reprovision"
+)
+
+// Clear lists fields for RecordStateRequest.clear.
+func Clear(fields ...Clearable) []string {
+	out := make([]string, len(fields))
+	for i, f := range fields {
+		out[i] = string(f)
+	}
+	return out
+}
+
 // AgentStatus is whether an instance's agent has a stream to a gateway.
 type AgentStatus string
 
@@ -146,17 +167,6 @@ const (
 	VerbDeprovisioned     = Verb("deprovisioned")
 	VerbFailed            = Verb("failed")
 )
-
-// InstanceVerbs lists every verb of instance events (the "-requested" verbs
-// of each Action included).
-func InstanceVerbs() []Verb {
-	vs := []Verb{VerbCreated, VerbUpdated, VerbDeleted}
-	for _, a := range Actions {
-		vs = append(vs, a.Requested())
-	}
-	return append(vs, VerbDiskAllocated, VerbVMLaunched, VerbVMTerminated, VerbAgentConnected,
-		VerbAgentDisconnected, VerbProgress, VerbRunning, VerbDeprovisioned, VerbFailed)
-}
 
 // ActorKind says what kind of actor caused a change.
 type ActorKind string

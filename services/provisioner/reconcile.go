@@ -88,7 +88,7 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 			}
 		}
 		r := step(id, vocab.StateProvisioning, vocab.StepAllocatingDisk)
-		r.Event, r.Clear = string(vocab.VerbVMTerminated), []string{"vm_id", "addresses", "agent", "reprovision"}
+		r.Event, r.Clear = string(vocab.VerbVMTerminated), vocab.Clear(vocab.ClearVMID, vocab.ClearAddresses, vocab.ClearAgent, vocab.ClearReprovision)
 		if in, err = s.record(ctx, r); err != nil {
 			return err
 		}
@@ -196,7 +196,7 @@ func (s *Service) deprovision(ctx context.Context, in *inventoryv1.Instance) err
 		return err
 	}
 	_, err := s.record(ctx, &inventoryv1.RecordStateRequest{Id: in.GetId(), State: string(vocab.StateDeprovisioned),
-		Event: string(vocab.VerbDeprovisioned), Clear: []string{"vm_id", "addresses", "agent", "reprovision"}})
+		Event: string(vocab.VerbDeprovisioned), Clear: vocab.Clear(vocab.ClearVMID, vocab.ClearAddresses, vocab.ClearAgent, vocab.ClearReprovision)})
 	return err
 }
 
@@ -228,7 +228,7 @@ func (s *Service) remove(ctx context.Context, in *inventoryv1.Instance) error {
 			return err
 		}
 		r := step(in.GetId(), vocab.StateDeleting, vocab.StepDeletingDisk)
-		r.Clear = []string{"vm_id", "addresses", "agent"}
+		r.Clear = vocab.Clear(vocab.ClearVMID, vocab.ClearAddresses, vocab.ClearAgent)
 		if _, err := s.record(ctx, r); err != nil {
 			return err
 		}

@@ -101,14 +101,14 @@ func (a *App) RecordState(ctx context.Context, actor vocab.Actor, r *inventoryv1
 			return a.emit(ctx, tx, subjects.NounInstance, vocab.VerbDeleted, actor, in, now)
 		}
 		for _, c := range r.GetClear() {
-			switch c {
-			case "vm_id":
+			switch vocab.Clearable(c) {
+			case vocab.ClearVMID:
 				in.VmId = ""
-			case "addresses":
+			case vocab.ClearAddresses:
 				in.Addresses = nil
-			case "agent":
+			case vocab.ClearAgent:
 				in.Agent, in.AgentProgress = nil, ""
-			case "reprovision":
+			case vocab.ClearReprovision:
 				in.ReprovisionPending = false
 			default:
 				return apierr.Invalid("clear", "%q is not a clearable field", c)
