@@ -166,6 +166,9 @@ func TestPerInstanceEndpointsReachOnlyTheirSubscriber(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := gwConn.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := rpc.Subscribe(gwConn, subjects.AgentGW, endpoints.AgentCommand, log, tp,
 		func(context.Context, vocab.Actor, *agentv1.Command) (*emptypb.Empty, error) { return nil, nil }); err == nil {
 		t.Fatal("an unbound per-instance endpoint was subscribed")

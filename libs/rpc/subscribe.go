@@ -15,7 +15,9 @@ import (
 // Subscribe serves a per-instance endpoint, bound to one instance with At,
 // on nc alone: no queue group, so a request reaches the one process holding
 // the subscription (the agent gateway node an agent is connected to) and no
-// responders means nobody holds it. Unsubscribe to stop.
+// responders means nobody holds it. Unsubscribe to stop. Flush nc before
+// telling anyone the endpoint is served: until the server has the
+// subscription, a request from another connection finds no responders.
 func Subscribe[Req, Resp proto.Message](nc *nats.Conn, service string, ep endpoints.Endpoint[Req, Resp], log *slog.Logger, tp trace.TracerProvider, f Func[Req, Resp]) (*nats.Subscription, error) {
 	info := ep.Info()
 	if info.Service != service || info.PerInstance() {
@@ -25,10 +27,6 @@ func Subscribe[Req, Resp proto.Message](nc *nats.Conn, service string, ep endpoi
 	sub, err := nc.Subscribe(info.Subject, func(m *nats.Msg) { h.Handle(msgRequest{m}) })
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to %s: %w", info.Subject, err)
-	}
-	if err := flush(nc, service); err != nil {
-		_ = sub.Unsubscribe()
-		return nil, err
 	}
 	return sub, nil
 }

@@ -233,7 +233,12 @@ func (s *Service) register(c *agentConn) error {
 		s.conns[c.id] = c
 	}
 	s.mu.Unlock()
-	return err
+	if err != nil {
+		return err
+	}
+	// The server must have the subscription before a sender on another
+	// connection can reach it.
+	return s.nc.FlushTimeout(s.requestTimeout)
 }
 
 // connected reports whether the agent has a stream to this gateway.

@@ -57,7 +57,6 @@ type Deps struct {
 
 // Gateway is the running public API.
 type Gateway struct {
-	nc             *nats.Conn
 	log            *slog.Logger
 	version        string
 	requestTimeout time.Duration
@@ -75,7 +74,6 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 		return nil, errors.New("gateway: NATS, Log, TracerProvider and HTTPListener are required")
 	}
 	g := &Gateway{
-		nc:             d.NATS,
 		log:            d.Log.With("service", "gateway"),
 		version:        d.Version,
 		requestTimeout: d.RequestTimeout,

@@ -41,7 +41,6 @@ type Deps struct {
 // Service is the running secret broker.
 type Service struct {
 	log   *slog.Logger
-	nc    *nats.Conn
 	js    jetstream.JetStream
 	kms   kms.KMS
 	store store
@@ -72,7 +71,6 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	}
 	s := &Service{
 		log:   log,
-		nc:    d.NATS,
 		js:    js,
 		kms:   d.KMS,
 		store: store{pool: d.Pool},
