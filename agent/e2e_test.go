@@ -13,10 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/rpc"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
@@ -28,7 +27,6 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/internal/stack"
 	"flotilla.dev/flotilla/internal/stack/stacktest"
-	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/testkit"
 	"flotilla.dev/flotilla/services/ca"
@@ -39,14 +37,13 @@ import (
 // lifecycle.observe.
 type fleet struct {
 	t        *testing.T
-	ns       *server.Server
-	nc       *nats.Conn
-	js       jetstream.JetStream
+	bus      *testkit.Bus
+	js       jetstream.JetStream // read as the observer
 	ca       *ca.Service
 	addr     string
-	observed *recorder
-	// bus calls as the provisioner does: join tokens, commands.
-	bus *rpc.Client
+	observed *testkit.Inventory
+	// provisioner calls as the provisioner does: join tokens, commands.
+	provisioner *rpc.Client
 
 	mu     sync.Mutex
 	stopGW func()
@@ -54,20 +51,16 @@ type fleet struct {
 
 func newFleet(t *testing.T, agentCertTTL time.Duration) *fleet {
 	t.Helper()
-	ctx := t.Context()
-	f := &fleet{t: t, ns: testkit.NATS(t)}
-	f.nc = testkit.NATSConn(t, f.ns)
-	f.bus = rpc.NewClient(f.nc, subjects.Provisioner, 0)
+	f := &fleet{t: t, bus: testkit.SecureNATS(t)}
+	f.provisioner = rpc.NewClient(f.bus.Conn(t, subjects.Provisioner), subjects.Provisioner, 0)
 	var err error
-	if f.js, err = jetstream.New(f.nc); err != nil {
+	if f.js, err = jetstream.New(f.bus.Conn(t, busauth.Observer)); err != nil {
 		t.Fatal(err)
 	}
-	if err := bus.EnsureStreams(ctx, f.js, 1); err != nil {
-		t.Fatal(err)
-	}
-	f.ca = stacktest.Start(t, stack.Config{Services: []string{subjects.CA}, Log: agent.NewTestLog(t),
-		NATSURL: f.ns.ClientURL(), AgentCertTTL: agentCertTTL}).CA
-	f.observed = recordObserve(t, testkit.NATSConn(t, f.ns))
+	f.ca = stacktest.Start(t, stacktest.OnBus(stack.Config{Services: []string{subjects.CA}, Log: agent.NewTestLog(t),
+		AgentCertTTL: agentCertTTL}, f.bus)).CA
+	// The inventory's part: record what the gateway reports.
+	f.observed = testkit.FakeInventory(t, f.bus.Conn(t, subjects.Inventory))
 	f.startGateway("127.0.0.1:0")
 	t.Cleanup(func() {
 		f.mu.Lock()
@@ -87,8 +80,8 @@ func (f *fleet) startGateway(addr string) {
 	var st *stack.Stack
 	var err error
 	for range 50 { // the old listener's port may take a moment to be free
-		st, err = stack.Start(t.Context(), stack.Config{Services: []string{subjects.AgentGW}, Log: agent.NewTestLog(t),
-			NATSURL: f.ns.ClientURL(), AgentAddr: addr})
+		st, err = stack.Start(t.Context(), stacktest.OnBus(stack.Config{Services: []string{subjects.AgentGW}, Log: agent.NewTestLog(t),
+			AgentAddr: addr}, f.bus))
 		if err == nil {
 			break
 		}
@@ -130,7 +123,7 @@ func (f *fleet) restartGateway() {
 func (f *fleet) startAgent(id string, heartbeat time.Duration) agent.Config {
 	t := f.t
 	t.Helper()
-	tok, err := rpc.Call(t.Context(), f.bus, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: id})
+	tok, err := rpc.Call(t.Context(), f.provisioner, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: id})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +161,7 @@ func (f *fleet) startAgent(id string, heartbeat time.Duration) agent.Config {
 // command sends cmd to the agent through the bus.
 func (f *fleet) command(id string, cmd *agentv1.Command) {
 	f.t.Helper()
-	if _, err := rpc.Call(f.t.Context(), f.bus, endpoints.AgentCommand.At(id), cmd); err != nil {
+	if _, err := rpc.Call(f.t.Context(), f.provisioner, endpoints.AgentCommand.At(id), cmd); err != nil {
 		f.t.Fatalf("send command %s: %v", cmd.GetId(), err)
 	}
 }
@@ -224,79 +217,13 @@ func containsLine(lines []*agentv1.LogLine, source, text string) bool {
 	return false
 }
 
-// recorder keeps the agent events the gateway sends to lifecycle.observe.
-type recorder struct {
-	mu     sync.Mutex
-	events []*agentv1.AgentEvent
-}
-
-// recordObserve answers lifecycle.observe with an empty reply and records
-// each event: it watches the gateway's output.
-func recordObserve(t *testing.T, nc *nats.Conn) *recorder {
-	t.Helper()
-	r := &recorder{}
-	sub, err := nc.Subscribe(endpoints.LifecycleObserve.Subject(), func(m *nats.Msg) {
-		ev := &agentv1.AgentEvent{}
-		if err := proto.Unmarshal(m.Data, ev); err == nil {
-			r.mu.Lock()
-			r.events = append(r.events, ev)
-			r.mu.Unlock()
-		}
-		_ = m.Respond(nil)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
-
-func (r *recorder) all() []*agentv1.AgentEvent {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]*agentv1.AgentEvent(nil), r.events...)
-}
-
-// count returns how many events satisfy ok.
-func (r *recorder) count(ok func(*agentv1.AgentEvent) bool) int {
-	n := 0
-	for _, ev := range r.all() {
-		if ok(ev) {
-			n++
-		}
-	}
-	return n
-}
-
-// waitFor waits up to d until an event satisfies ok and returns the latest
-// such event.
-func (r *recorder) waitFor(t *testing.T, d time.Duration, what string, ok func(*agentv1.AgentEvent) bool) *agentv1.AgentEvent {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		evs := r.all()
-		for i := len(evs) - 1; i >= 0; i-- {
-			if ok(evs[i]) {
-				return evs[i]
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s event in %s; observed %d events, last %v", what, d, len(evs), evs[max(0, len(evs)-3):])
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestAgentJoinsBootstrapsAndSurvivesAGatewayRestart(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t, 0)
 	const id = "inst-e2e"
 	cfg := f.startAgent(id, 200*time.Millisecond)
 
-	f.observed.waitFor(t, 15*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
+	f.observed.WaitFor(t, 15*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
 		return ev.GetInstanceId() == id && ev.GetConnected().GetVmId() == "vm-"+id
 	})
 	if _, err := os.Stat(filepath.Join(cfg.StateDir, "agent.crt")); err != nil {
@@ -311,7 +238,7 @@ func TestAgentJoinsBootstrapsAndSurvivesAGatewayRestart(t *testing.T) {
 			{Type: "file", Path: "etc/node.conf", Content: "role=primary\n"},
 		},
 	}}})
-	done := f.observed.waitFor(t, 20*time.Second, "done", func(ev *agentv1.AgentEvent) bool {
+	done := f.observed.WaitFor(t, 20*time.Second, "done", func(ev *agentv1.AgentEvent) bool {
 		p := ev.GetProgress()
 		return p.GetCommandId() == "boot-1" && (p.GetStep() == "done" || p.GetStatus() == "failed")
 	})
@@ -319,7 +246,7 @@ func TestAgentJoinsBootstrapsAndSurvivesAGatewayRestart(t *testing.T) {
 		t.Fatalf("bootstrap ended with %v", done.GetProgress())
 	}
 	var steps []string
-	for _, ev := range f.observed.all() {
+	for _, ev := range f.observed.Events() {
 		if p := ev.GetProgress(); p != nil && p.GetStatus() != "started" {
 			steps = append(steps, p.GetStep())
 		}
@@ -328,7 +255,7 @@ func TestAgentJoinsBootstrapsAndSurvivesAGatewayRestart(t *testing.T) {
 		t.Errorf("steps %q, want %s", steps, want)
 	}
 
-	hb := f.observed.waitFor(t, 5*time.Second, "heartbeat with the node URL", func(ev *agentv1.AgentEvent) bool {
+	hb := f.observed.WaitFor(t, 5*time.Second, "heartbeat with the node URL", func(ev *agentv1.AgentEvent) bool {
 		return ev.GetHeartbeat().GetNodeUrl() != "" && ev.GetHeartbeat().GetDiskUsedBytes() >= 100000
 	}).GetHeartbeat()
 	if hb.GetDiskTotalBytes() != 2<<30 || hb.GetAgentVersion() == "" || hb.GetPrivateIp() != "127.0.0.1" {
@@ -355,16 +282,16 @@ func TestAgentJoinsBootstrapsAndSurvivesAGatewayRestart(t *testing.T) {
 
 	// The gateway goes away while the node keeps logging; the agent comes
 	// back by itself and what it logged meanwhile is stored, once.
-	connects := f.observed.count(func(ev *agentv1.AgentEvent) bool { return ev.GetConnected() != nil })
+	connects := f.observed.Count(func(ev *agentv1.AgentEvent) bool { return ev.GetConnected() != nil })
 	visit(1) // logged just before the gateway stops: possibly sent, never confirmed
 	f.restartGateway()
 	for n := 2; n < 6; n++ {
 		visit(n)
 	}
-	f.observed.waitFor(t, 20*time.Second, "reconnected", func(ev *agentv1.AgentEvent) bool {
-		return ev.GetConnected() != nil && f.observed.count(func(ev *agentv1.AgentEvent) bool { return ev.GetConnected() != nil }) > connects
+	f.observed.WaitFor(t, 20*time.Second, "reconnected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetConnected() != nil && f.observed.Count(func(ev *agentv1.AgentEvent) bool { return ev.GetConnected() != nil }) > connects
 	})
-	reconnected := f.observed.all()
+	reconnected := f.observed.Events()
 	if last := reconnected[len(reconnected)-1]; last.GetConnected() != nil && last.GetConnected().GetCompletedCommandId() != "boot-1" {
 		t.Errorf("hello after the reconnect = %v, want completed command boot-1", last.GetConnected())
 	}
@@ -386,7 +313,7 @@ func TestAgentJoinsBootstrapsAndSurvivesAGatewayRestart(t *testing.T) {
 	}
 	// The agent still takes commands on the new gateway.
 	f.command(id, &agentv1.Command{Id: "boot-1", Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{InstanceName: "alpha"}}})
-	f.observed.waitFor(t, 10*time.Second, "done again", func(ev *agentv1.AgentEvent) bool {
+	f.observed.WaitFor(t, 10*time.Second, "done again", func(ev *agentv1.AgentEvent) bool {
 		p := ev.GetProgress()
 		return p.GetCommandId() == "boot-1" && p.GetStep() == "done" && ev.GetTime().AsTime().After(time.Now().Add(-5*time.Second))
 	})
@@ -398,7 +325,7 @@ func TestAgentRenewsItsCertificateWithoutRestarting(t *testing.T) {
 	f := newFleet(t, ttl)
 	const id = "inst-renew"
 	cfg := f.startAgent(id, 200*time.Millisecond)
-	f.observed.waitFor(t, 15*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
+	f.observed.WaitFor(t, 15*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
 		return ev.GetInstanceId() == id && ev.GetConnected() != nil
 	})
 	first := readCert(t, cfg)
@@ -406,7 +333,7 @@ func TestAgentRenewsItsCertificateWithoutRestarting(t *testing.T) {
 	// sending heartbeats.
 	time.Sleep(time.Until(first.NotAfter.Add(time.Second)))
 	since := time.Now()
-	f.observed.waitFor(t, 5*time.Second, "heartbeat after the first certificate expired", func(ev *agentv1.AgentEvent) bool {
+	f.observed.WaitFor(t, 5*time.Second, "heartbeat after the first certificate expired", func(ev *agentv1.AgentEvent) bool {
 		return ev.GetHeartbeat() != nil && ev.GetTime().AsTime().After(since)
 	})
 	now := readCert(t, cfg)
@@ -416,7 +343,7 @@ func TestAgentRenewsItsCertificateWithoutRestarting(t *testing.T) {
 	if id2, err := pki.AgentInstanceID(now); err != nil || id2 != id {
 		t.Fatalf("renewed certificate names %q (%v)", id2, err)
 	}
-	for _, ev := range f.observed.all() {
+	for _, ev := range f.observed.Events() {
 		if r := ev.GetDisconnected().GetReason(); strings.Contains(r, "expired") {
 			t.Errorf("a stream outlived its certificate: %v", ev)
 		}

@@ -87,7 +87,7 @@ var (
 	InstanceCreate = endpoint[*inventoryv1.CreateInstanceRequest, *inventoryv1.Instance](inventory, subjects.NounInstance, subjects.VerbCreate,
 		"creates an instance record (state created)", gateway)
 	InstanceGet = endpoint[*inventoryv1.GetInstanceRequest, *inventoryv1.Instance](inventory, subjects.NounInstance, subjects.VerbGet,
-		"reads an instance", gateway, provisioner, secrets, agentgw)
+		"reads an instance", gateway, provisioner, ca, secrets, agentgw)
 	InstanceList = endpoint[*inventoryv1.ListInstancesRequest, *inventoryv1.ListInstancesResponse](inventory, subjects.NounInstance, subjects.VerbList,
 		"lists instances, a page at a time", gateway, provisioner)
 	InstanceUpdate = endpoint[*inventoryv1.UpdateInstanceRequest, *inventoryv1.Instance](inventory, subjects.NounInstance, subjects.VerbUpdate,

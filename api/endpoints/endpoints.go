@@ -5,8 +5,11 @@
 // The declarations drive both ends: libs/rpc registers a handler for an
 // endpoint (rpc.Handle) and calls one (rpc.Call) with the types and subject
 // taken from here, so a caller cannot send the wrong message or forget to map
-// the service's errors. The callers lists are the services' bus permissions:
-// rpc.Call refuses a call its service is not listed for, and the table in
+// the service's errors. A request goes to the endpoint's subject followed by
+// the caller's service name ("<subject>.<caller>"); the callers lists become
+// the services' NATS permissions (libs/busauth), so a service can publish
+// only under its own name to the endpoints it is declared for, and the
+// handler knows who called from the subject alone. The table in
 // ARCHITECTURE.md is rendered from All (a test keeps it in step).
 package endpoints
 
@@ -42,6 +45,12 @@ type Info struct {
 	// Doc says what the endpoint does, in a line.
 	Doc string
 }
+
+// CallSubject is where caller sends its requests: "<subject>.<caller>".
+func (i Info) CallSubject(caller string) string { return i.Subject + "." + caller }
+
+// ServeSubject is what the answering service subscribes to: "<subject>.*".
+func (i Info) ServeSubject() string { return i.Subject + ".*" }
 
 // PerInstance reports whether the subject names an instance (a "*" token).
 func (i Info) PerInstance() bool { return slices.Contains(strings.Split(i.Subject, "."), "*") }
@@ -132,7 +141,7 @@ func declare[Req, Resp proto.Message](service, name, subject, doc string, caller
 // ARCHITECTURE.md.
 func Markdown() string {
 	var b strings.Builder
-	b.WriteString("| subject | answered by | request → response | callers | what it does |\n")
+	b.WriteString("| subject (`.<caller>` follows) | answered by | request → response | callers | what it does |\n")
 	b.WriteString("|---|---|---|---|---|\n")
 	for _, i := range All() {
 		fmt.Fprintf(&b, "| `%s` | %s | `%s` → `%s` | %s | %s |\n", i.Subject, i.Service,

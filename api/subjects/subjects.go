@@ -139,6 +139,15 @@ func PoisonAll() string { return Root + ".poison.>" }
 // "flotilla.poison.<service>".
 func Poison(service string) string { return Root + ".poison." + service }
 
+// JoinTokensBucket is the CA's JetStream key-value bucket of join tokens.
+const JoinTokensBucket = "flotilla_join_tokens"
+
+// KVStream is the stream behind a key-value bucket: "KV_<bucket>".
+func KVStream(bucket string) string { return "KV_" + bucket }
+
+// KVAll matches every key of a bucket: "$KV.<bucket>.>".
+func KVAll(bucket string) string { return "$KV." + bucket + ".>" }
+
 // AgentLogsStream is the JetStream stream of agent log lines.
 const AgentLogsStream = "FLOTILLA_AGENT_LOGS"
 

@@ -65,6 +65,6 @@ func newAdmin() *cobra.Command {
 	setup.Flags().IntVar(&port, "port", datadir.DefaultBasePort, "base port, as for `flotilla up` (saved in the settings)")
 	setup.Flags().StringVar(&dbURL, "database-url", "", "an external PostgreSQL, as for `flotilla up` (saved in the settings)")
 	setup.Flags().BoolVar(&passwordStdin, "password-stdin", false, "read the password from standard input")
-	admin.AddCommand(setup)
+	admin.AddCommand(setup, newBusCredentials())
 	return admin
 }

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/testkit"
 )
 
@@ -224,6 +225,16 @@ func TestUpServesRestartsWithItsDataAndStopsCleanly(t *testing.T) {
 	settings, err := os.ReadFile(filepath.Join(dir, "config", "settings.json"))
 	if err != nil || !strings.Contains(string(settings), `"databaseURL"`) {
 		t.Fatalf("settings.json: %v %s", err, settings)
+	}
+	if strings.Contains(string(settings), "natsToken") {
+		t.Error("settings.json holds a shared bus token")
+	}
+	// Every service's own bus credentials, readable by Flotilla alone.
+	for _, id := range busauth.Identities() {
+		fi, err := os.Stat(filepath.Join(dir, "config", "bus", id+".creds"))
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("bus credentials of %s: %v %v", id, fi, err)
+		}
 	}
 	for _, sub := range []string{"logs", "postgres", "nats"} {
 		if _, err := os.Stat(filepath.Join(dir, sub)); err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/datadir"
 	"flotilla.dev/flotilla/libs/pgmanaged"
 )
@@ -388,7 +389,10 @@ func (f *fleet) scanForLeaks(value string) {
 		return nil
 	})
 	check("flotilla up output", []byte(f.out.String()))
-	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", s.Port(datadir.OffsetNATS)), nats.Token(s.NATSToken))
+	// Read every stream as an operator's tool would: with the observer's
+	// credentials from config/bus/.
+	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", s.Port(datadir.OffsetNATS)),
+		busauth.ConnectOptions(busauth.Observer, busauth.CredsFile(datadir.Dir(f.dir).Bus(), busauth.Observer))...)
 	if err != nil {
 		t.Fatal(err)
 	}

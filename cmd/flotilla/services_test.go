@@ -30,7 +30,7 @@ func TestServiceBinariesRunAgainstExternalNATSAndPostgres(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	ns := testkit.NATS(t)
+	bus := testkit.SecureNATS(t)
 	dbURL := testkit.NewDatabase(t)
 	ports := testkit.FreePorts(t, 3)
 	keyFile := filepath.Join(t.TempDir(), "keys", "master.key")
@@ -41,14 +41,15 @@ func TestServiceBinariesRunAgainstExternalNATSAndPostgres(t *testing.T) {
 		"FLOTILLA_KMS_KEY_FILE="+keyFile,
 		"FLOTILLA_CA_CERT_FILE="+filepath.Join(filepath.Dir(keyFile), "ca.crt"),
 		"FLOTILLA_CA_KEY_FILE="+filepath.Join(filepath.Dir(keyFile), "ca.key"),
-		"FLOTILLA_NATS_URL="+ns.ClientURL(),
+		"FLOTILLA_NATS_URL="+bus.URL,
 		"FLOTILLA_DATABASE_URL="+dbURL,
 		"FLOTILLA_HTTP_ADDR=127.0.0.1:"+strconv.Itoa(ports[0]),
 		"FLOTILLA_GRPC_ADDR=127.0.0.1:"+strconv.Itoa(ports[1]),
 		"FLOTILLA_AGENT_ADDR=127.0.0.1:"+strconv.Itoa(ports[2]),
 	)
 	for _, name := range []string{"inventory", "ca", "secrets", "provisioner", "agentgw", "gateway"} {
-		cmd := exec.Command(filepath.Join(bin, "flotilla-"+name))
+		// Each binary connects as itself: --creds or FLOTILLA_NATS_CREDS.
+		cmd := exec.Command(filepath.Join(bin, "flotilla-"+name), "--creds", bus.Creds[name])
 		cmd.Env = env
 		out := &strings.Builder{}
 		cmd.Stdout, cmd.Stderr = out, out
@@ -101,7 +102,8 @@ func TestServiceBinariesRunAgainstExternalNATSAndPostgres(t *testing.T) {
 	cmd := exec.Command(filepath.Join(bin, "flotilla-inventory"))
 	cmd.Env = []string{"FLOTILLA_NATS_URL=nats://127.0.0.1:1", "FLOTILLA_STREAM_REPLICAS=2"}
 	out, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "FLOTILLA_DATABASE_URL: is required") || !strings.Contains(string(out), "FLOTILLA_STREAM_REPLICAS: must be 1 or 3") {
+	if err == nil || !strings.Contains(string(out), "FLOTILLA_DATABASE_URL: is required") || !strings.Contains(string(out), "FLOTILLA_STREAM_REPLICAS: must be 1 or 3") ||
+		!strings.Contains(string(out), "FLOTILLA_NATS_CREDS: is required") {
 		t.Fatalf("bad config: %v %s", err, out)
 	}
 }

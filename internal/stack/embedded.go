@@ -13,6 +13,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/datadir"
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/pgmanaged"
@@ -90,9 +91,15 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (_ *Embedded, err err
 		o.Log.InfoContext(ctx, "PostgreSQL started", "dir", d.Postgres(), "port", settings.Port(datadir.OffsetPostgres))
 	}
 
+	// Every service, and the observer for operators' tools, has bus
+	// credentials of its own in config/bus/.
+	auth, err := busauth.LoadOrCreate(d.Bus())
+	if err != nil {
+		return nil, err
+	}
 	ns, err := natsx.StartEmbedded(natsx.EmbeddedOptions{
 		ServerName: "flotilla", Host: "127.0.0.1", Port: settings.Port(datadir.OffsetNATS),
-		StoreDir: d.NATS(), Token: settings.NATSToken, Logger: slog.New(warnOnly{o.Log.Handler()}).With("component", "nats"),
+		StoreDir: d.NATS(), Auth: auth.Configure, Logger: slog.New(warnOnly{o.Log.Handler()}).With("component", "nats"),
 	})
 	if err != nil {
 		return nil, err
@@ -113,7 +120,9 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (_ *Embedded, err err
 		cmd = []string{exe, "agent"}
 	}
 	caCert, caKey := settings.CAFiles(d)
-	e.Stack, err = Start(ctx, embeddedConfig(settings, d, ns, o.Log, tel, o.Version, caCert, caKey, cmd))
+	cfg := embeddedConfig(settings, d, ns, o.Log, tel, o.Version, caCert, caKey, cmd)
+	cfg.NATSCreds = auth.Files()
+	e.Stack, err = Start(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +135,6 @@ func embeddedConfig(s *datadir.Settings, d datadir.Dir, ns *server.Server, log *
 		Log:            log,
 		TracerProvider: tel.TracerProvider(),
 		NATSServer:     ns,
-		NATSToken:      s.NATSToken,
 		StreamReplicas: 1,
 		DatabaseURL:    s.DatabaseURL,
 		DatabaseWait:   30 * time.Second,

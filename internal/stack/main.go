@@ -3,6 +3,7 @@ package stack
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -21,8 +22,10 @@ import (
 // all from the environment. Nothing else in Flotilla reads the environment
 // for settings.
 type EnvConfig struct {
-	NATSURL     string `env:"FLOTILLA_NATS_URL" envDefault:"nats://127.0.0.1:4222"`
-	NATSToken   string `env:"FLOTILLA_NATS_TOKEN"`
+	NATSURL string `env:"FLOTILLA_NATS_URL" envDefault:"nats://127.0.0.1:4222"`
+	// NATSCreds is the service's bus credentials file (its .creds, minted
+	// by `flotilla admin bus-credentials`).
+	NATSCreds   string `env:"FLOTILLA_NATS_CREDS"`
 	DatabaseURL string `env:"FLOTILLA_DATABASE_URL"`
 	HTTPAddr    string `env:"FLOTILLA_HTTP_ADDR" envDefault:":7700"`
 	GRPCAddr    string `env:"FLOTILLA_GRPC_ADDR" envDefault:":7701"`
@@ -55,6 +58,11 @@ func (c EnvConfig) Validate(service string) error {
 	var errs []error
 	if c.NATSURL == "" {
 		errs = append(errs, errors.New("FLOTILLA_NATS_URL: is required"))
+	}
+	if c.NATSCreds == "" {
+		errs = append(errs, errors.New("FLOTILLA_NATS_CREDS: is required: the service's bus credentials file (flotilla admin bus-credentials)"))
+	} else if _, err := os.Stat(c.NATSCreds); err != nil {
+		errs = append(errs, fmt.Errorf("FLOTILLA_NATS_CREDS: %w", err))
 	}
 	hostPort := func(name, v string) {
 		if _, _, err := net.SplitHostPort(v); err != nil {
@@ -105,7 +113,7 @@ func (c EnvConfig) Config(service string) Config {
 	return Config{
 		Services:         []string{service},
 		NATSURL:          c.NATSURL,
-		NATSToken:        c.NATSToken,
+		NATSCreds:        map[string]string{service: c.NATSCreds},
 		StreamReplicas:   c.StreamReplicas,
 		DatabaseURL:      c.DatabaseURL,
 		HTTPAddr:         c.HTTPAddr,
@@ -131,6 +139,9 @@ func Main(service, version string) int {
 	var ec EnvConfig
 	err := env.Parse(&ec)
 	if err == nil {
+		err = parseFlags(&ec, service, os.Args[1:])
+	}
+	if err == nil {
 		err = ec.Validate(service)
 	}
 	if err == nil {
@@ -141,6 +152,20 @@ func Main(service, version string) int {
 		return 1
 	}
 	return 0
+}
+
+// parseFlags applies the command line over the environment: --creds FILE
+// is FLOTILLA_NATS_CREDS.
+func parseFlags(ec *EnvConfig, service string, args []string) error {
+	fs := flag.NewFlagSet("flotilla-"+service, flag.ContinueOnError)
+	fs.StringVar(&ec.NATSCreds, "creds", ec.NATSCreds, "the service's bus credentials file (FLOTILLA_NATS_CREDS)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q: settings come from the environment (see FLOTILLA_* in the README)", fs.Args())
+	}
+	return nil
 }
 
 func runService(ctx context.Context, service, version string, ec EnvConfig) error {

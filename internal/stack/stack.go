@@ -34,6 +34,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/kms"
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/pgstore"
@@ -62,10 +63,13 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 
 	// NATSServer, when set, is an embedded server the services connect to
-	// in-process; otherwise they connect to NATSURL with NATSToken.
+	// in-process; otherwise they connect to NATSURL.
 	NATSServer *server.Server
 	NATSURL    string
-	NATSToken  string
+	// NATSCreds holds each service's bus credentials file (.creds), by
+	// service name: every service connects as itself, with only the
+	// permissions libs/busauth derives for it.
+	NATSCreds map[string]string
 	// StreamReplicas is the replication of the streams (1, or 3 in a cluster).
 	StreamReplicas int
 
@@ -131,6 +135,11 @@ func (c *Config) Validate() error {
 	}
 	if c.NATSServer == nil && c.NATSURL == "" {
 		errs = append(errs, errors.New("stack.Config.NATSURL: is required (or NATSServer)"))
+	}
+	for _, s := range StartOrder {
+		if c.runs(s) && c.NATSCreds[s] == "" {
+			errs = append(errs, fmt.Errorf("stack.Config.NATSCreds: no bus credentials for %s", s))
+		}
 	}
 	if (c.runs(subjects.Inventory) || c.runs(subjects.Secrets)) && c.DatabaseURL == "" {
 		errs = append(errs, errors.New("stack.Config.DatabaseURL: is required by the inventory and the secret broker"))
@@ -298,10 +307,21 @@ func (st *Stack) connect(service string) (*nats.Conn, error) {
 		err error
 	)
 	name := "flotilla-" + service
+	log := st.log.With("service", service)
+	opts := append(busauth.ConnectOptions(service, st.cfg.NATSCreds[service]),
+		// Asynchronous errors, a permissions violation among them, are the
+		// bus refusing something this service tried: worth a warning.
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			log.Warn("bus error", "error", err, "subscription", subject)
+		}))
 	if st.cfg.NATSServer != nil {
-		nc, err = natsx.ConnectInProcess(st.cfg.NATSServer, name, st.cfg.NATSToken)
+		nc, err = natsx.ConnectInProcess(st.cfg.NATSServer, name, opts...)
 	} else {
-		nc, err = natsx.Connect(st.cfg.NATSURL, name, st.cfg.NATSToken)
+		nc, err = natsx.Connect(st.cfg.NATSURL, name, opts...)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("connect %s to NATS: %w", service, err)
@@ -401,7 +421,7 @@ func (d deps) agentgw(ctx context.Context, nc *nats.Conn) (runner, error) {
 		names = []string{"localhost", host}
 	}
 	s, err := agentgw.New(ctx, agentgw.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version,
-		Listener: d.agentL, ServerNames: names})
+		Listener: d.agentL, ServerNames: names, StreamReplicas: c.StreamReplicas})
 	if err != nil {
 		return runner{}, err
 	}

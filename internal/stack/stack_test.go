@@ -25,9 +25,9 @@ func TestMain(m *testing.M) { testkit.Main(m) }
 // endpoints, each by the service that declares it.
 func TestEveryDeclaredEndpointIsServed(t *testing.T) {
 	t.Parallel()
-	ns := testkit.NATS(t)
-	stacktest.Start(t, stack.Config{NATSURL: ns.ClientURL()})
-	nc := testkit.NATSConn(t, ns)
+	bus := testkit.SecureNATS(t)
+	stacktest.Start(t, stacktest.OnBus(stack.Config{}, bus))
+	nc := bus.Unrestricted(t)
 
 	served := map[string]string{} // subject → service
 	inbox := nats.NewInbox()
@@ -57,9 +57,9 @@ func TestEveryDeclaredEndpointIsServed(t *testing.T) {
 		if i.PerInstance() {
 			continue // served while an agent is connected
 		}
-		want = append(want, i.Subject)
-		if got := served[i.Subject]; got != i.Service {
-			t.Errorf("%s is served by %q, want %q", i.Subject, got, i.Service)
+		want = append(want, i.ServeSubject())
+		if got := served[i.ServeSubject()]; got != i.Service {
+			t.Errorf("%s is served by %q, want %q", i.ServeSubject(), got, i.Service)
 		}
 	}
 	for s, by := range served {
@@ -81,7 +81,8 @@ func TestAFailedStartReleasesWhatItTook(t *testing.T) {
 	defer taken.Close()
 	ports := testkit.FreePorts(t, 1)
 	agentAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
-	_, err = stack.Start(t.Context(), stack.Config{NATSURL: testkit.NATS(t).ClientURL(), DatabaseURL: testkit.NewDatabase(t),
+	bus := testkit.SecureNATS(t)
+	_, err = stack.Start(t.Context(), stack.Config{NATSURL: bus.URL, NATSCreds: bus.Creds, DatabaseURL: testkit.NewDatabase(t),
 		HTTPAddr: taken.Addr().String(), AgentAddr: agentAddr, CACertFile: "x", CAKeyFile: "y", KMSKeyFile: "z"})
 	if err == nil {
 		t.Fatal("Start succeeded on a taken port")

@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -73,10 +74,15 @@ func Streams(replicas int) []jetstream.StreamConfig {
 // AgentLogLinesKept is how many log lines (messages) are kept per instance.
 const AgentLogLinesKept = 10000
 
-// EnsureStreams creates or updates every stream; it is idempotent and safe to
-// run from several services at once.
-func EnsureStreams(ctx context.Context, js jetstream.JetStream, replicas int) error {
+// EnsureStreams creates or updates the named streams (every stream when
+// none is named); it is idempotent and safe to run from several services at
+// once. A service declares the streams it publishes to or consumes
+// (endpoints.StreamsOf), the ones its bus permissions let it declare.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, replicas int, names ...string) error {
 	for _, cfg := range Streams(replicas) {
+		if len(names) > 0 && !slices.Contains(names, cfg.Name) {
+			continue
+		}
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("declare stream %s: %w", cfg.Name, err)
 		}

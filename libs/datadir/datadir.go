@@ -2,6 +2,7 @@
 // settings file, config/settings.json.
 //
 //	<dir>/config/settings.json   settings (mode 0600: it holds generated credentials)
+//	<dir>/config/bus/            bus credentials: one .creds file per service, the observer's, the authority's keys (0600)
 //	<dir>/logs/                  flotilla.log and the managed PostgreSQL's log
 //	<dir>/postgres/              the managed PostgreSQL cluster, unless databaseURL is external
 //	<dir>/nats/                  the embedded NATS server's JetStream store
@@ -54,8 +55,9 @@ type Settings struct {
 	ManagedPostgres bool `json:"managedPostgres"`
 	// PostgresPassword is the managed PostgreSQL's password.
 	PostgresPassword string `json:"postgresPassword,omitempty"`
-	// NATSToken is the token clients of the embedded NATS server present.
-	NATSToken string `json:"natsToken"`
+	// NATSToken was the one bus token every client shared, before each
+	// service had credentials of its own (config/bus/); a start drops it.
+	NATSToken string `json:"natsToken,omitempty"`
 	// CACertFile and CAKeyFile are the fleet CA's signing certificate and key
 	// (PEM). Empty means <dir>/ca/ca.crt and ca.key, generated at first start;
 	// an operator may point them at their own.
@@ -100,9 +102,6 @@ func (s *Settings) Validate() error {
 	if s.ManagedPostgres && s.PostgresPassword == "" {
 		errs = append(errs, errors.New("postgresPassword: is required when managedPostgres is true"))
 	}
-	if s.NATSToken == "" {
-		errs = append(errs, errors.New("natsToken: is required"))
-	}
 	if (s.CACertFile == "") != (s.CAKeyFile == "") {
 		errs = append(errs, errors.New("caCertFile, caKeyFile: give both or neither"))
 	}
@@ -120,6 +119,10 @@ func (d Dir) Logs() string { return filepath.Join(string(d), "logs") }
 
 // Postgres returns the managed PostgreSQL cluster directory.
 func (d Dir) Postgres() string { return filepath.Join(string(d), "postgres") }
+
+// Bus returns the directory of the bus credentials (config/bus): the keys
+// of the bus authority and one .creds file per identity, all 0600.
+func (d Dir) Bus() string { return filepath.Join(string(d), "config", "bus") }
 
 // NATS returns the JetStream store directory.
 func (d Dir) NATS() string { return filepath.Join(string(d), "nats") }
@@ -156,10 +159,13 @@ func Prepare(d Dir, o Overrides) (*Settings, error) {
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		s = &Settings{BasePort: DefaultBasePort, BindAddress: "127.0.0.1", ManagedPostgres: true,
-			PostgresPassword: randomHex(24), NATSToken: randomHex(24)}
+			PostgresPassword: randomHex(24)}
 		changed = true
 	case err != nil:
 		return nil, err
+	}
+	if s.NATSToken != "" {
+		s.NATSToken, changed = "", true
 	}
 	if o.BasePort != 0 && o.BasePort != s.BasePort {
 		s.BasePort, changed = o.BasePort, true

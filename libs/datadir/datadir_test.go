@@ -29,7 +29,7 @@ func TestPrepareCreatesLayoutAndKeepsSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again.PostgresPassword != s.PostgresPassword || again.NATSToken != s.NATSToken {
+	if again.PostgresPassword != s.PostgresPassword {
 		t.Error("second start changed the generated credentials")
 	}
 	if again.BasePort != 9100 || !strings.Contains(again.DatabaseURL, ":9104/") {
@@ -47,7 +47,7 @@ func TestPrepareCreatesLayoutAndKeepsSettings(t *testing.T) {
 func TestValidateNamesSettings(t *testing.T) {
 	t.Parallel()
 	err := (&Settings{BasePort: 0, BindAddress: "nope", DatabaseURL: "mysql://x", ManagedPostgres: true}).Validate()
-	for _, want := range []string{"basePort", "bindAddress", "databaseURL", "postgresPassword", "natsToken"} {
+	for _, want := range []string{"basePort", "bindAddress", "databaseURL", "postgresPassword"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v does not name %s", err, want)
 		}

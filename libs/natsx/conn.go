@@ -9,12 +9,12 @@ import (
 )
 
 // Connect connects to the NATS server(s) at url (a comma-separated list of
-// nats:// URLs for a cluster) as client name, presenting token when it is not
-// empty. The connection reconnects forever; opts are applied after the
-// defaults and may override them (e.g. nats.RetryOnFailedConnect, handlers
-// that log disconnects).
-func Connect(url, name, token string, opts ...nats.Option) (*nats.Conn, error) {
-	nc, err := nats.Connect(url, connectOptions(name, token, opts)...)
+// nats:// URLs for a cluster) as client name. The connection reconnects
+// forever; opts are applied after the defaults and carry the credentials
+// (busauth.ConnectOptions) and may override the defaults (e.g.
+// nats.RetryOnFailedConnect, handlers that log disconnects).
+func Connect(url, name string, opts ...nats.Option) (*nats.Conn, error) {
+	nc, err := nats.Connect(url, connectOptions(name, opts)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to nats %s as %s: %w", url, name, err)
 	}
@@ -22,10 +22,10 @@ func Connect(url, name, token string, opts ...nats.Option) (*nats.Conn, error) {
 }
 
 // ConnectInProcess connects to the embedded server ns without a network
-// socket, as client name, presenting token when it is not empty. It works with
-// a server started with DontListen. Settings are those of Connect.
-func ConnectInProcess(ns *server.Server, name, token string, opts ...nats.Option) (*nats.Conn, error) {
-	all := append([]nats.Option{nats.InProcessServer(ns)}, connectOptions(name, token, opts)...)
+// socket, as client name. It works with a server started with DontListen.
+// Settings are those of Connect.
+func ConnectInProcess(ns *server.Server, name string, opts ...nats.Option) (*nats.Conn, error) {
+	all := append([]nats.Option{nats.InProcessServer(ns)}, connectOptions(name, opts)...)
 	nc, err := nats.Connect("", all...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to in-process nats as %s: %w", name, err)
@@ -33,7 +33,7 @@ func ConnectInProcess(ns *server.Server, name, token string, opts ...nats.Option
 	return nc, nil
 }
 
-func connectOptions(name, token string, extra []nats.Option) []nats.Option {
+func connectOptions(name string, extra []nats.Option) []nats.Option {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -41,9 +41,6 @@ func connectOptions(name, token string, extra []nats.Option) []nats.Option {
 		nats.ReconnectJitter(500*time.Millisecond, 2*time.Second),
 		nats.PingInterval(20 * time.Second),
 		nats.MaxPingsOutstanding(3),
-	}
-	if token != "" {
-		opts = append(opts, nats.Token(token))
 	}
 	return append(opts, extra...)
 }

@@ -48,7 +48,7 @@ func TestMain(m *testing.M) {
 		ServerName: "natsx-test",
 		Port:       -1,
 		StoreDir:   dir,
-		Token:      testToken,
+		Auth:       func(o *server.Options) error { o.Authorization = testToken; return nil },
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -70,7 +70,7 @@ func unique(prefix string) string {
 
 func connect(t *testing.T) *nats.Conn {
 	t.Helper()
-	nc, err := natsx.Connect(srv.ClientURL(), t.Name(), testToken)
+	nc, err := natsx.Connect(srv.ClientURL(), t.Name(), nats.Token(testToken))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,10 +343,10 @@ func (fakeRequest) Data() []byte           { return nil }
 
 func TestConnectNeedsToken(t *testing.T) {
 	t.Parallel()
-	if _, err := natsx.Connect(srv.ClientURL(), "no-token", ""); err == nil {
+	if _, err := natsx.Connect(srv.ClientURL(), "no-token"); err == nil {
 		t.Error("connected without the token")
 	}
-	if _, err := natsx.Connect(srv.ClientURL(), "bad-token", "wrong"); err == nil {
+	if _, err := natsx.Connect(srv.ClientURL(), "bad-token", nats.Token("wrong")); err == nil {
 		t.Error("connected with a wrong token")
 	}
 }
@@ -362,7 +362,7 @@ func TestEmbeddedDontListenInProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := natsx.ConnectInProcess(ns, "inproc-client", "")
+	nc, err := natsx.ConnectInProcess(ns, "inproc-client")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,8 +28,10 @@ type EmbeddedOptions struct {
 	Port int
 	// StoreDir is where JetStream keeps its data. Required.
 	StoreDir string
-	// Token, when set, is the token every client must present.
-	Token string
+	// Auth, when set, configures client authentication on the server's
+	// options (Flotilla's: busauth.Authority.Configure, trusted operator
+	// and JWT accounts).
+	Auth func(*server.Options) error
 	// DontListen starts the server without a network listener; clients can
 	// only connect in-process (see ConnectInProcess).
 	DontListen bool
@@ -52,14 +54,18 @@ func StartEmbedded(opts EmbeddedOptions) (*server.Server, error) {
 		host = "127.0.0.1"
 	}
 	sopts := &server.Options{
-		ServerName:    opts.ServerName,
-		Host:          host,
-		Port:          opts.Port,
-		JetStream:     true,
-		StoreDir:      opts.StoreDir,
-		Authorization: opts.Token,
-		DontListen:    opts.DontListen,
-		NoSigs:        true,
+		ServerName: opts.ServerName,
+		Host:       host,
+		Port:       opts.Port,
+		JetStream:  true,
+		StoreDir:   opts.StoreDir,
+		DontListen: opts.DontListen,
+		NoSigs:     true,
+	}
+	if opts.Auth != nil {
+		if err := opts.Auth(sopts); err != nil {
+			return nil, fmt.Errorf("embedded nats: authentication: %w", err)
+		}
 	}
 	ns, err := server.NewServer(sopts)
 	if err != nil {

@@ -75,7 +75,7 @@ func Call[Req, Resp proto.Message](ctx context.Context, c *Client, ep endpoints.
 	hdr := nats.Header{}
 	hdr.Set(bus.HeaderActor, string(o.actor))
 	resp := ep.NewResponse()
-	if err := natsx.Request(ctx, c.nc, info.Subject, req, resp, hdr); err != nil {
+	if err := natsx.Request(ctx, c.nc, info.CallSubject(c.service), req, resp, hdr); err != nil {
 		return zero, clientError(info.Service, err)
 	}
 	return resp, nil

@@ -24,6 +24,7 @@ import (
 
 	"flotilla.dev/flotilla/api/endpoints"
 	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
+	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
@@ -80,7 +81,7 @@ func Handle[Req, Resp proto.Message](s *Service, ep endpoints.Endpoint[Req, Resp
 		return fmt.Errorf("rpc: %s cannot serve %s.%s (%s)", s.name, info.Service, info.Name, info.Subject)
 	}
 	name := strings.ReplaceAll(info.Name, ".", "_")
-	if err := s.svc.AddEndpoint(name, handler(s.tp, s.log, s.name, ep, f), micro.WithEndpointSubject(info.Subject)); err != nil {
+	if err := s.svc.AddEndpoint(name, handler(s.tp, s.log, s.name, ep, f), micro.WithEndpointSubject(info.ServeSubject())); err != nil {
 		return fmt.Errorf("add endpoint %s: %w", info.Subject, err)
 	}
 	return flush(s.nc, s.name)
@@ -89,19 +90,23 @@ func Handle[Req, Resp proto.Message](s *Service, ep endpoints.Endpoint[Req, Resp
 // Stop stops taking requests; requests in flight finish.
 func (s *Service) Stop() error { return s.svc.Stop() }
 
-// handler adapts f to a micro handler: continue the caller's trace, decode,
-// call with the actor header, reply with the response or the error's kind,
-// message, reason and field.
+// handler adapts f to a micro handler: continue the caller's trace, check
+// who calls (the last subject token, which NATS permissions vouch for) and
+// on whose behalf (the actor header), decode, call, and reply with the
+// response or the error's kind, message, reason and field.
 func handler[Req, Resp proto.Message](tp trace.TracerProvider, log *slog.Logger, service string, ep endpoints.Endpoint[Req, Resp], f Func[Req, Resp]) micro.Handler {
 	desc := ep.NewRequest().ProtoReflect().Descriptor()
 	return natsx.TraceHandler(tp, service+" "+string(desc.Name()), func(ctx context.Context, r micro.Request) {
 		req := ep.NewRequest()
 		var resp proto.Message
-		err := proto.Unmarshal(r.Data(), req)
-		if err != nil {
-			err = apierr.Malformed("malformed %s: %v", desc.Name(), err)
-		} else {
-			resp, err = f(ctx, vocab.Actor(r.Headers().Get(bus.HeaderActor)), req)
+		actor, err := authorize(ep.Info(), r.Subject(), vocab.Actor(r.Headers().Get(bus.HeaderActor)))
+		if err == nil {
+			if err = proto.Unmarshal(r.Data(), req); err != nil {
+				err = apierr.Malformed("malformed %s: %v", desc.Name(), err)
+			}
+		}
+		if err == nil {
+			resp, err = f(ctx, actor, req)
 		}
 		var data []byte
 		if err == nil {
@@ -114,6 +119,35 @@ func handler[Req, Resp proto.Message](tp trace.TracerProvider, log *slog.Logger,
 		}
 		_ = r.Respond(data)
 	})
+}
+
+// authorize checks a request to the endpoint: the caller named by the last
+// subject token must be one of the endpoint's declared callers, and the
+// actor it acts for must be one that caller may speak for — an operator
+// (user:) only through the gateway, an agent only through the agent
+// gateway, and every service for itself. An empty actor is the caller
+// itself.
+func authorize(ep endpoints.Info, subject string, actor vocab.Actor) (vocab.Actor, error) {
+	caller := subject[strings.LastIndexByte(subject, '.')+1:]
+	if !ep.CalledBy(caller) {
+		return "", apierr.PermissionDenied("%s.%s may not be called by %q", ep.Service, ep.Name, caller)
+	}
+	if actor == "" {
+		return vocab.System(caller), nil
+	}
+	ok := false
+	switch actor.Kind() {
+	case vocab.ActorSystem:
+		ok = actor.Name() == caller
+	case vocab.ActorUser:
+		ok = caller == subjects.Gateway && actor.Name() != ""
+	case vocab.ActorAgent:
+		ok = caller == subjects.AgentGW && actor.Name() != ""
+	}
+	if !ok {
+		return "", apierr.PermissionDenied("%s may not act as %q", caller, actor)
+	}
+	return actor, nil
 }
 
 // flush makes sure the server has the new subscriptions before a caller on

@@ -24,7 +24,7 @@ func Subscribe[Req, Resp proto.Message](nc *nats.Conn, service string, ep endpoi
 		return nil, fmt.Errorf("rpc: %s cannot subscribe to %s.%s at %s (bind it to an instance with At)", service, info.Service, info.Name, info.Subject)
 	}
 	h := handler(tp, log, service, ep, f)
-	sub, err := nc.Subscribe(info.Subject, func(m *nats.Msg) { h.Handle(msgRequest{m}) })
+	sub, err := nc.Subscribe(info.ServeSubject(), func(m *nats.Msg) { h.Handle(msgRequest{m}) })
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to %s: %w", info.Subject, err)
 	}

@@ -1,11 +1,18 @@
 package testkit
 
 import (
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"flotilla.dev/flotilla/libs/busauth"
 )
 
 // natsReadyTimeout bounds the wait for an embedded server to accept clients.
@@ -16,20 +23,29 @@ const natsReadyTimeout = 10 * time.Second
 // tb ends. Each call starts a separate server.
 func NATS(tb testing.TB) *server.Server {
 	tb.Helper()
-	opts := &server.Options{
-		ServerName: "testkit",
-		Host:       "127.0.0.1",
-		Port:       -1,
-		JetStream:  true,
-		StoreDir:   tb.TempDir(),
-		NoLog:      true,
-		NoSigs:     true,
+	return Serve(tb, &server.Options{JetStream: true, StoreDir: tb.TempDir()})
+}
+
+// Serve starts a nats-server with opts (on 127.0.0.1 and a random port
+// unless they say otherwise; quiet, no signal handlers) and shuts it down
+// when tb ends.
+func Serve(tb testing.TB, opts *server.Options) *server.Server {
+	tb.Helper()
+	if opts.ServerName == "" {
+		opts.ServerName = "testkit"
 	}
+	if opts.Host == "" {
+		opts.Host = "127.0.0.1"
+	}
+	if opts.Port == 0 {
+		opts.Port = -1
+	}
+	opts.NoLog, opts.NoSigs = true, true
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		tb.Fatalf("testkit: create nats-server: %v", err)
 	}
-	// Registered after TempDir, so it runs before the store is removed.
+	// Registered after the caller's TempDir, so it runs before the store is removed.
 	tb.Cleanup(func() {
 		ns.Shutdown()
 		ns.WaitForShutdown()
@@ -52,4 +68,122 @@ func NATSConn(tb testing.TB, ns *server.Server, opts ...nats.Option) *nats.Conn 
 	}
 	tb.Cleanup(nc.Close)
 	return nc
+}
+
+// Bus is an embedded nats-server with JetStream that authenticates like
+// Flotilla's: a bus authority (libs/busauth) whose operator it trusts, and
+// a credentials file per identity with only that identity's permissions.
+type Bus struct {
+	Server *server.Server
+	// URL is the server's client URL.
+	URL string
+	// Creds holds each identity's credentials file (the six services and
+	// the observer).
+	Creds     map[string]string
+	authority *busauth.Authority
+}
+
+// SecureNATS starts a Bus for tb, shut down when tb ends.
+func SecureNATS(tb testing.TB) *Bus {
+	tb.Helper()
+	auth, err := busauth.LoadOrCreate(filepath.Join(tb.TempDir(), "bus"))
+	if err != nil {
+		tb.Fatalf("testkit: bus authority: %v", err)
+	}
+	opts := &server.Options{JetStream: true, StoreDir: tb.TempDir()}
+	if err := auth.Configure(opts); err != nil {
+		tb.Fatalf("testkit: %v", err)
+	}
+	ns := Serve(tb, opts)
+	return &Bus{Server: ns, URL: ns.ClientURL(), Creds: auth.Files(), authority: auth}
+}
+
+// Conn connects to the bus as identity (a service name or
+// busauth.Observer), closed when tb ends.
+func (b *Bus) Conn(tb testing.TB, identity string, opts ...nats.Option) *nats.Conn {
+	tb.Helper()
+	creds, ok := b.Creds[identity]
+	if !ok {
+		tb.Fatalf("testkit: no bus identity %q", identity)
+	}
+	return NATSConn(tb, b.Server, append(busauth.ConnectOptions(identity, creds), opts...)...)
+}
+
+// Unrestricted connects with a user that may publish and subscribe to
+// anything: for tests that play a part no identity plays (a forged
+// request, a raw discovery query). Closed when tb ends.
+func (b *Bus) Unrestricted(tb testing.TB) *nats.Conn {
+	tb.Helper()
+	creds, err := b.authority.Mint("testkit", jwt.Permissions{})
+	if err != nil {
+		tb.Fatalf("testkit: %v", err)
+	}
+	path := filepath.Join(tb.TempDir(), "unrestricted.creds")
+	if err := os.WriteFile(path, creds, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return NATSConn(tb, b.Server, nats.UserCredentials(path))
+}
+
+// Authority is the bus's authority (to rotate credentials in a test).
+func (b *Bus) Authority() *busauth.Authority { return b.authority }
+
+// Violations collects the permission errors the server sends one
+// connection: what it was refused.
+type Violations struct {
+	nc   *nats.Conn
+	mu   sync.Mutex
+	pub  map[string]bool
+	sub  map[string]bool
+	rest []string
+}
+
+// Watch connects to the bus as identity, recording what the server
+// refuses it.
+func (b *Bus) Watch(tb testing.TB, identity string) (*nats.Conn, *Violations) {
+	tb.Helper()
+	v := &Violations{pub: map[string]bool{}, sub: map[string]bool{}}
+	v.nc = b.Conn(tb, identity, nats.ErrorHandler(v.handle))
+	return v.nc, v
+}
+
+func (v *Violations) handle(_ *nats.Conn, _ *nats.Subscription, err error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	msg := err.Error()
+	subject := ""
+	if i := strings.Index(msg, `"`); i >= 0 {
+		subject = strings.Trim(msg[i:], `"`)
+	}
+	switch {
+	case strings.Contains(msg, "Permissions Violation for Publish to"):
+		v.pub[subject] = true
+	case strings.Contains(msg, "Permissions Violation for Subscription to"):
+		v.sub[subject] = true
+	default:
+		v.rest = append(v.rest, msg)
+	}
+}
+
+// Settle waits until the server has answered everything sent so far.
+func (v *Violations) Settle(tb testing.TB) {
+	tb.Helper()
+	if err := v.nc.FlushTimeout(5 * time.Second); err != nil {
+		tb.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // -ERR lines are handled asynchronously
+}
+
+// PublishRefused reports whether a publish to subject was refused.
+func (v *Violations) PublishRefused(subject string) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.pub[subject]
+}
+
+// SubscribeRefused reports whether a subscription to subject was refused.
+func (v *Violations) SubscribeRefused(subject string) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.sub[subject]
 }

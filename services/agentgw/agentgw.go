@@ -26,13 +26,14 @@ import (
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
 )
 
 // ServerInstanceID is the instance id the gateway's own server certificate
 // is issued for.
-const ServerInstanceID = "agentgw"
+const ServerInstanceID = pki.GatewayInstanceID
 
 // Defaults of the optional Deps.
 const (
@@ -63,6 +64,9 @@ type Deps struct {
 	// retried when the inventory does not take it; 0 means
 	// DefaultObserveRetry. Heartbeats are sent once.
 	ObserveRetry time.Duration
+	// StreamReplicas is the replication of the agent log stream it
+	// declares (1 or 3).
+	StreamReplicas int
 }
 
 // Service is the running agent gateway.
@@ -121,6 +125,9 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	var err error
 	if s.js, err = jetstream.New(d.NATS); err != nil {
 		return nil, fmt.Errorf("agentgw: jetstream: %w", err)
+	}
+	if err := bus.EnsureStreams(ctx, s.js, d.StreamReplicas, endpoints.StreamsOf(subjects.AgentGW)...); err != nil {
+		return nil, fmt.Errorf("agentgw: %w", err)
 	}
 
 	caCert, err := callWaiting(ctx, s, endpoints.CACertificateGet, &cav1.GetCACertificateRequest{})

@@ -114,16 +114,16 @@ func TestCommandsReachTheConnectedAgentOnly(t *testing.T) {
 	ep := endpoints.AgentCommand.At(id)
 	cmd := &agentv1.Command{Id: "cmd-1", Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{InstanceName: "alpha"}}}
 
-	_, err := rpc.Call(t.Context(), e.bus, ep, cmd)
+	_, err := rpc.Call(t.Context(), e.provisioner, ep, cmd)
 	if !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("command before the agent connected: %v, want no responders", err)
 	}
 
 	stream := e.connect(id)
-	e.observed.waitFor(t, "connected", func(ev *agentv1.AgentEvent) bool {
+	e.observed.WaitFor(t, 10*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
 		return ev.GetInstanceId() == id && ev.GetConnected() != nil
 	})
-	if _, err := rpc.Call(t.Context(), e.bus, ep, cmd); err != nil {
+	if _, err := rpc.Call(t.Context(), e.provisioner, ep, cmd); err != nil {
 		t.Fatalf("command to a connected agent: %v", err)
 	}
 	got, err := stream.Recv()
@@ -140,10 +140,10 @@ func TestCommandsReachTheConnectedAgentOnly(t *testing.T) {
 	if _, err := stream.Recv(); err == nil {
 		t.Fatal("the stream went on after the agent closed it")
 	}
-	e.observed.waitFor(t, "disconnected", func(ev *agentv1.AgentEvent) bool {
+	e.observed.WaitFor(t, 10*time.Second, "disconnected", func(ev *agentv1.AgentEvent) bool {
 		return ev.GetInstanceId() == id && ev.GetDisconnected() != nil
 	})
-	_, err = rpc.Call(t.Context(), e.bus, ep, cmd)
+	_, err = rpc.Call(t.Context(), e.provisioner, ep, cmd)
 	if !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("command after the agent left: %v, want no responders", err)
 	}
@@ -155,7 +155,7 @@ func TestANewerStreamReplacesTheOlder(t *testing.T) {
 	const id = "inst-twice"
 	cert := e.join(id)
 	older := e.connectAs(cert, &agentv1.Hello{VmId: "vm-1"})
-	e.observed.waitFor(t, "first connected", func(ev *agentv1.AgentEvent) bool {
+	e.observed.WaitFor(t, 10*time.Second, "first connected", func(ev *agentv1.AgentEvent) bool {
 		return ev.GetConnected().GetVmId() == "vm-1"
 	})
 	newer := e.connectAs(cert, &agentv1.Hello{VmId: "vm-2"})
@@ -164,11 +164,11 @@ func TestANewerStreamReplacesTheOlder(t *testing.T) {
 	}
 	// Commands go to the agent once its newer stream is registered, as the
 	// provisioner sends them only to an agent recorded as connected.
-	e.observed.waitFor(t, "second connected", func(ev *agentv1.AgentEvent) bool {
+	e.observed.WaitFor(t, 10*time.Second, "second connected", func(ev *agentv1.AgentEvent) bool {
 		return ev.GetConnected().GetVmId() == "vm-2"
 	})
 	cmd := &agentv1.Command{Id: "cmd-2", Action: &agentv1.Command_StopNode{StopNode: &agentv1.StopNode{}}}
-	if _, err := rpc.Call(t.Context(), e.bus, endpoints.AgentCommand.At(id), cmd); err != nil {
+	if _, err := rpc.Call(t.Context(), e.provisioner, endpoints.AgentCommand.At(id), cmd); err != nil {
 		t.Fatal(err)
 	}
 	got, err := newer.Recv()
@@ -177,7 +177,7 @@ func TestANewerStreamReplacesTheOlder(t *testing.T) {
 	}
 	// The replaced stream reports no disconnect: the agent is still connected.
 	time.Sleep(200 * time.Millisecond)
-	for _, ev := range e.observed.all() {
+	for _, ev := range e.observed.Events() {
 		if ev.GetDisconnected() != nil {
 			t.Fatalf("a replaced stream reported a disconnect: %v", ev)
 		}
@@ -284,12 +284,12 @@ func TestTheInstanceIsTheCertificates(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	e.observed.waitFor(t, "progress", func(ev *agentv1.AgentEvent) bool { return ev.GetProgress() != nil })
-	hb := e.observed.waitFor(t, "heartbeat", func(ev *agentv1.AgentEvent) bool { return ev.GetHeartbeat() != nil })
+	e.observed.WaitFor(t, 10*time.Second, "progress", func(ev *agentv1.AgentEvent) bool { return ev.GetProgress() != nil })
+	hb := e.observed.WaitFor(t, 10*time.Second, "heartbeat", func(ev *agentv1.AgentEvent) bool { return ev.GetHeartbeat() != nil })
 	if hb.GetHeartbeat().GetDiskUsedBytes() != 42 {
 		t.Errorf("heartbeat = %v", hb)
 	}
-	for _, ev := range e.observed.all() {
+	for _, ev := range e.observed.Events() {
 		if ev.GetInstanceId() != id {
 			t.Errorf("event for %q, want %q: %v", ev.GetInstanceId(), id, ev)
 		}
@@ -305,7 +305,7 @@ func TestTheInstanceIsTheCertificates(t *testing.T) {
 	}
 	readLogs(t, e, id, 1)
 	readLogs(t, e, other, 0)
-	_, err = rpc.Call(t.Context(), e.bus, endpoints.AgentCommand.At(other), &agentv1.Command{Id: "x"})
+	_, err = rpc.Call(t.Context(), e.provisioner, endpoints.AgentCommand.At(other), &agentv1.Command{Id: "x"})
 	if !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("a command for the other instance: %v, want no responders", err)
 	}
@@ -339,7 +339,7 @@ func TestAStreamEndsWhenItsCertificateExpires(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the stream outlived its certificate")
 	}
-	e.observed.waitFor(t, "disconnected", func(ev *agentv1.AgentEvent) bool {
+	e.observed.WaitFor(t, 10*time.Second, "disconnected", func(ev *agentv1.AgentEvent) bool {
 		return strings.Contains(ev.GetDisconnected().GetReason(), "expired")
 	})
 }
@@ -359,7 +359,7 @@ func TestRenewKeepsTheIdentity(t *testing.T) {
 		t.Fatalf("renewed certificate is for %q (%v), want %q", got, err, id)
 	}
 	e.connectAs(renewed, &agentv1.Hello{VmId: "renewed"})
-	e.observed.waitFor(t, "connected with the renewed certificate", func(ev *agentv1.AgentEvent) bool {
+	e.observed.WaitFor(t, 10*time.Second, "connected with the renewed certificate", func(ev *agentv1.AgentEvent) bool {
 		return ev.GetInstanceId() == id && ev.GetConnected().GetVmId() == "renewed"
 	})
 }

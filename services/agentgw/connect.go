@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"sync"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
 )
 
@@ -347,7 +347,7 @@ func (s *Service) serverCert(ctx context.Context, id string, req *agentv1.Server
 	if err != nil {
 		return fail(err)
 	}
-	sans := instanceSANs(inst)
+	sans := pki.InstanceServerNames(inst)
 	if len(sans) == 0 {
 		return fail(apierr.Invalid("ssl.sans", "the instance has no SANs and no private address yet"))
 	}
@@ -360,20 +360,6 @@ func (s *Service) serverCert(ctx context.Context, id string, req *agentv1.Server
 	s.log.InfoContext(ctx, "agent server certificate issued", "instance_id", id, "sans", sans,
 		"not_after", cert.GetNotAfter().AsTime())
 	return reply
-}
-
-// instanceSANs are the names an instance's server certificate is for: its
-// SSL SANs, then its private IP and private DNS name, without blanks or
-// repeats.
-func instanceSANs(inst *inventoryv1.Instance) []string {
-	var sans []string
-	for _, n := range append(slices.Clone(inst.GetSsl().GetSans()),
-		inst.GetAddresses().GetPrivateIp(), inst.GetAddresses().GetPrivateDns()) {
-		if n != "" && !slices.Contains(sans, n) {
-			sans = append(sans, n)
-		}
-	}
-	return sans
 }
 
 // peerAddr is the remote address of the call in ctx, or "".

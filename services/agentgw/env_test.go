@@ -11,12 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/protobuf/proto"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
@@ -24,7 +22,7 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/internal/stack"
 	"flotilla.dev/flotilla/internal/stack/stacktest"
-	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
@@ -36,16 +34,16 @@ import (
 // the inventory's lifecycle.observe.
 type env struct {
 	t        *testing.T
-	ns       *server.Server
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	ca       *ca.Service
 	addr     string
 	roots    *x509.CertPool
-	observed *recorder
-	// bus calls as the provisioner (join tokens, agent commands), operator
-	// as the gateway does for an operator.
-	bus, operator *rpc.Client
+	observed *testkit.Inventory
+	bus      *testkit.Bus
+	// provisioner calls as the provisioner (join tokens, agent commands),
+	// operator as the gateway does for an operator.
+	provisioner, operator *rpc.Client
 }
 
 type envOptions struct {
@@ -58,27 +56,27 @@ type envOptions struct {
 
 func newEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
-	e := &env{t: t, ns: testkit.NATS(t)}
-	e.nc = testkit.NATSConn(t, e.ns)
+	e := &env{t: t, bus: testkit.SecureNATS(t)}
+	// The test reads the streams as an operator's tools would, sends what
+	// the provisioner sends, and calls what the gateway calls for an
+	// operator, each with that identity's credentials.
+	e.nc = e.bus.Conn(t, busauth.Observer)
 	var err error
 	if e.js, err = jetstream.New(e.nc); err != nil {
 		t.Fatal(err)
 	}
-	// The streams the inventory declares when it runs.
-	if err := bus.EnsureStreams(t.Context(), e.js, 1); err != nil {
-		t.Fatal(err)
-	}
-	cfg := stack.Config{Services: []string{subjects.CA, subjects.AgentGW}, Log: testLog(t), NATSURL: e.ns.ClientURL(), AgentCertTTL: o.agentCertTTL}
+	cfg := stacktest.OnBus(stack.Config{Services: []string{subjects.CA, subjects.AgentGW}, Log: testLog(t), AgentCertTTL: o.agentCertTTL}, e.bus)
 	if o.services {
 		cfg.Services = append(cfg.Services, subjects.Inventory, subjects.Secrets)
 	} else {
-		e.observed = recordObserve(t, testkit.NATSConn(t, e.ns))
+		// The inventory's part: record what the gateway reports.
+		e.observed = testkit.FakeInventory(t, e.bus.Conn(t, subjects.Inventory))
 	}
 	st := stacktest.Start(t, cfg)
 	e.ca, e.addr = st.CA, st.AgentAddr
 	e.roots = e.ca.Authority().Pool()
-	e.bus = rpc.NewClient(e.nc, subjects.Provisioner, 0)
-	e.operator = rpc.NewClient(e.nc, subjects.Gateway, 0)
+	e.provisioner = rpc.NewClient(e.bus.Conn(t, subjects.Provisioner), subjects.Provisioner, 0)
+	e.operator = rpc.NewClient(e.bus.Conn(t, subjects.Gateway), subjects.Gateway, 0)
 	return e
 }
 
@@ -110,66 +108,10 @@ func (w *testWriter) stop() {
 	w.mu.Unlock()
 }
 
-// recorder keeps the agent events the gateway sends to lifecycle.observe.
-type recorder struct {
-	mu     sync.Mutex
-	events []*agentv1.AgentEvent
-}
-
-// recordObserve answers lifecycle.observe with an empty reply and records
-// each event. It observes the gateway's output; the inventory is not
-// involved in these tests.
-func recordObserve(t *testing.T, nc *nats.Conn) *recorder {
-	t.Helper()
-	r := &recorder{}
-	sub, err := nc.Subscribe(endpoints.LifecycleObserve.Subject(), func(m *nats.Msg) {
-		ev := &agentv1.AgentEvent{}
-		if err := proto.Unmarshal(m.Data, ev); err != nil {
-			t.Errorf("lifecycle.observe got a malformed AgentEvent: %v", err)
-			return
-		}
-		r.mu.Lock()
-		r.events = append(r.events, ev)
-		r.mu.Unlock()
-		_ = m.Respond(nil)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
-
-// all returns the events recorded so far.
-func (r *recorder) all() []*agentv1.AgentEvent {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]*agentv1.AgentEvent(nil), r.events...)
-}
-
-// waitFor waits until an event satisfies ok and returns it.
-func (r *recorder) waitFor(t *testing.T, what string, ok func(*agentv1.AgentEvent) bool) *agentv1.AgentEvent {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, ev := range r.all() {
-			if ok(ev) {
-				return ev
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("no %s event observed; got %v", what, r.all())
-	return nil
-}
-
 // joinToken asks the CA for a join token for instance id.
 func (e *env) joinToken(id string) string {
 	e.t.Helper()
-	tok, err := rpc.Call(e.t.Context(), e.bus, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: id})
+	tok, err := rpc.Call(e.t.Context(), e.provisioner, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: id})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -29,7 +29,8 @@ func request[Req, Resp proto.Message](e *env, ep endpoints.Endpoint[Req, Resp], 
 	return resp
 }
 
-// instance creates an instance on a self-signed network with the given SANs.
+// instance creates an instance on a self-signed network with the given SANs
+// and asks for it to be provisioned.
 func (e *env) instance(name string, sans ...string) string {
 	e.t.Helper()
 	n := request(e, endpoints.NetworkCreate, &inventoryv1.CreateNetworkRequest{
@@ -39,6 +40,9 @@ func (e *env) instance(name string, sans ...string) string {
 	inst := request(e, endpoints.InstanceCreate, &inventoryv1.CreateInstanceRequest{
 		Instance: &inventoryv1.Instance{Name: name, Kind: "design", TemplateId: tpl.GetId(), NetworkId: n.GetId(),
 			Ssl: &inventoryv1.SslSettings{Sans: sans}}})
+	// Being provisioned, as an instance whose agent joins is (no
+	// provisioner runs here: it stays so).
+	request(e, endpoints.LifecycleRequest, &inventoryv1.LifecycleRequest{Id: inst.GetId(), Action: string(vocab.ActionProvision)})
 	return inst.GetId()
 }
 

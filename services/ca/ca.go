@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -26,6 +27,7 @@ import (
 
 	"flotilla.dev/flotilla/api/endpoints"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
@@ -67,11 +69,27 @@ type Deps struct {
 	ServerCertTTL time.Duration
 	// Now is the clock; nil means time.Now. Tests move it to expire tokens.
 	Now func() time.Time
+	// Instances looks instances up; nil means the inventory over the bus.
+	Instances Instances
+}
+
+// Instances reads instances, to check what is asked for one against its
+// spec and state.
+type Instances interface {
+	GetInstance(ctx context.Context, id string) (*inventoryv1.Instance, error)
+}
+
+// busInstances reads instances from the inventory.
+type busInstances struct{ c *rpc.Client }
+
+func (b busInstances) GetInstance(ctx context.Context, id string) (*inventoryv1.Instance, error) {
+	return rpc.Call(ctx, b.c, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id})
 }
 
 // Service is the running ca service.
 type Service struct {
 	rpc       *rpc.Service
+	instances Instances
 	auth      *pki.Authority
 	tokens    *joinTokens
 	log       *slog.Logger
@@ -89,12 +107,16 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	}
 	s := &Service{
 		log:       d.Log.With("service", subjects.CA),
+		instances: d.Instances,
 		now:       d.Now,
 		agentTTL:  d.AgentCertTTL,
 		serverTTL: d.ServerCertTTL,
 	}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	if s.instances == nil {
+		s.instances = busInstances{rpc.NewClient(d.NATS, subjects.CA, 0)}
 	}
 	if s.agentTTL == 0 {
 		s.agentTTL = DefaultAgentCertTTL
@@ -201,11 +223,19 @@ func (s *Service) getCACertificate(_ context.Context, _ vocab.Actor, _ *cav1.Get
 	}, nil
 }
 
-// createJoinToken answers jointoken.create.
+// createJoinToken answers jointoken.create: only for an instance that
+// exists and is being provisioned.
 func (s *Service) createJoinToken(ctx context.Context, actor vocab.Actor, req *cav1.CreateJoinTokenRequest) (*cav1.JoinToken, error) {
 	id := req.GetInstanceId()
 	if err := pki.CheckInstanceID(id); err != nil {
 		return nil, apierr.Invalid("instanceId", "%s", err)
+	}
+	inst, err := s.instance(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if st := vocab.State(inst.GetState()); st != vocab.StateProvisioning {
+		return nil, apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: join tokens are issued only while it is being provisioned", id, st)
 	}
 	ttl := DefaultJoinTokenTTL
 	if secs := req.GetTtlSeconds(); secs != 0 {
@@ -249,11 +279,15 @@ func (s *Service) joinAgent(ctx context.Context, actor vocab.Actor, req *cav1.Jo
 	return s.issueAgent(ctx, actor, tok.InstanceID, csr, "join")
 }
 
-// signAgent answers agent.sign: the caller (the agent gateway) has verified
-// the agent's current certificate and names its instance.
+// signAgent answers agent.sign: the agent gateway has verified the agent's
+// current certificate and acts for that agent, whose instance is the only
+// one it may renew.
 func (s *Service) signAgent(ctx context.Context, actor vocab.Actor, req *cav1.SignAgentRequest) (*cav1.AgentCertificate, error) {
 	if err := pki.CheckInstanceID(req.GetInstanceId()); err != nil {
 		return nil, apierr.Invalid("instanceId", "%s", err)
+	}
+	if err := actsFor(actor, req.GetInstanceId()); err != nil {
+		return nil, err
 	}
 	csr, err := parseCSR(req.GetCsrDer())
 	if err != nil {
@@ -276,7 +310,9 @@ func (s *Service) issueAgent(ctx context.Context, actor vocab.Actor, instanceID 
 	}, nil
 }
 
-// signServer answers server.sign.
+// signServer answers server.sign: for an instance's agent, only names its
+// instance's spec gives it (pki.InstanceServerNames); for the agent gateway
+// itself, its own names.
 func (s *Service) signServer(ctx context.Context, actor vocab.Actor, req *cav1.SignServerRequest) (*cav1.ServerCertificate, error) {
 	id := req.GetInstanceId()
 	if err := pki.CheckInstanceID(id); err != nil {
@@ -289,6 +325,26 @@ func (s *Service) signServer(ctx context.Context, actor vocab.Actor, req *cav1.S
 	names, err := parseSANs(req.GetSans())
 	if err != nil {
 		return nil, err
+	}
+	if actor != vocab.System(subjects.AgentGW) || id != pki.GatewayInstanceID {
+		if err := actsFor(actor, id); err != nil {
+			return nil, err
+		}
+		inst, err := s.instance(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		allowed := pki.InstanceServerNames(inst)
+		for i, n := range allowed {
+			if l, err := parseSANs([]string{n}); err == nil {
+				allowed[i] = l.all[0] // compared as signed: lowercase, no trailing dot
+			}
+		}
+		for i, n := range names.all {
+			if !slices.Contains(allowed, n) {
+				return nil, apierr.Invalid(fmt.Sprintf("sans[%d]", i), "%q is not a name of instance %s (its ssl.sans and private addresses are %v)", n, id, allowed)
+			}
+		}
 	}
 	// CN = the first SAN (clients match the SANs; the CN is for people),
 	// or the instance id when there is none or it is too long for a CN.
@@ -306,6 +362,23 @@ func (s *Service) signServer(ctx context.Context, actor vocab.Actor, req *cav1.S
 		CaPem:          string(s.auth.CertificatePEM()),
 		NotAfter:       timestamppb.New(iss.Certificate.NotAfter),
 	}, nil
+}
+
+// actsFor refuses unless actor is the agent of instance id.
+func actsFor(actor vocab.Actor, id string) error {
+	if actor.Kind() != vocab.ActorAgent || actor.Name() != id {
+		return apierr.PermissionDenied("%s may not ask for instance %s's certificates", actor, id)
+	}
+	return nil
+}
+
+// instance reads an instance, which must exist.
+func (s *Service) instance(ctx context.Context, id string) (*inventoryv1.Instance, error) {
+	inst, err := s.instances.GetInstance(ctx, id)
+	if apierr.Is(err, apierr.KindNotFound) {
+		return nil, apierr.Invalid("instanceId", "instance %q does not exist", id)
+	}
+	return inst, err
 }
 
 // logIssued records an issuance: never key material.

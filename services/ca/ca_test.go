@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -35,6 +36,9 @@ import (
 
 	"flotilla.dev/flotilla/api/endpoints"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
@@ -78,23 +82,58 @@ func (b *logBuffer) String() string {
 
 // env is one NATS server and a CA's files, with services started on them.
 type env struct {
-	nc       *nats.Conn
-	certFile string
-	keyFile  string
-	clock    *clock
-	logs     *logBuffer
+	nc        *nats.Conn
+	certFile  string
+	keyFile   string
+	clock     *clock
+	logs      *logBuffer
+	instances *instances
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "data", "ca")
 	return &env{
-		nc:       testkit.NATSConn(t, testkit.NATS(t)),
-		certFile: filepath.Join(dir, "ca.crt"),
-		keyFile:  filepath.Join(dir, "ca.key"),
-		clock:    newClock(),
-		logs:     &logBuffer{},
+		nc:        testkit.NATSConn(t, testkit.NATS(t)),
+		certFile:  filepath.Join(dir, "ca.crt"),
+		keyFile:   filepath.Join(dir, "ca.key"),
+		clock:     newClock(),
+		logs:      &logBuffer{},
+		instances: &instances{m: map[string]*inventoryv1.Instance{}},
 	}
+}
+
+// instances is the inventory as the CA sees it: an instance not put here
+// exists and is being provisioned, with no names of its own.
+type instances struct {
+	mu sync.Mutex
+	m  map[string]*inventoryv1.Instance
+}
+
+func (i *instances) put(in *inventoryv1.Instance) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.m[in.GetId()] = in
+}
+
+// gone makes id an instance that does not exist.
+func (i *instances) gone(id string) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.m[id] = nil
+}
+
+func (i *instances) GetInstance(_ context.Context, id string) (*inventoryv1.Instance, error) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	in, ok := i.m[id]
+	switch {
+	case !ok:
+		return &inventoryv1.Instance{Id: id, State: string(vocab.StateProvisioning)}, nil
+	case in == nil:
+		return nil, apierr.NotFound("instance", id)
+	}
+	return in, nil
 }
 
 func (e *env) deps(t *testing.T) ca.Deps {
@@ -106,6 +145,7 @@ func (e *env) deps(t *testing.T) ca.Deps {
 		CertFile:       e.certFile,
 		KeyFile:        e.keyFile,
 		Now:            e.clock.Now,
+		Instances:      e.instances,
 	}
 }
 
@@ -132,7 +172,12 @@ func (e *env) start(t *testing.T) *ca.Service {
 // the reply into resp.
 func call[Req, Resp proto.Message](t *testing.T, nc *nats.Conn, ep endpoints.Endpoint[Req, Resp], req Req, resp Resp) error {
 	t.Helper()
-	got, err := rpc.Call(t.Context(), rpc.NewClient(nc, ep.Info().Callers[0], 10*time.Second), ep, req)
+	caller := ep.Info().Callers[0]
+	var opts []rpc.CallOption
+	if r, ok := any(req).(interface{ GetInstanceId() string }); ok && caller == subjects.AgentGW && r.GetInstanceId() != "" {
+		opts = append(opts, rpc.As(vocab.Agent(r.GetInstanceId()))) // the agent gateway acts for the agent
+	}
+	got, err := rpc.Call(t.Context(), rpc.NewClient(nc, caller, 10*time.Second), ep, req, opts...)
 	if err == nil {
 		proto.Merge(resp, got)
 	}
@@ -567,6 +612,9 @@ func TestServerCertificate(t *testing.T) {
 	e := newEnv(t)
 	e.start(t)
 	id := instanceID()
+	e.instances.put(&inventoryv1.Instance{Id: id, State: string(vocab.StateProvisioning),
+		Ssl:       &inventoryv1.SslSettings{Sans: []string{"node-1.example.com", "*.node-1.example.com", "10.0.0.5", "2001:db8::1", "10.0.0.6"}},
+		Addresses: &inventoryv1.Addresses{PrivateIp: "10.9.9.9"}})
 
 	sign := func(t *testing.T, sans []string, key crypto.Signer) (*cav1.ServerCertificate, *x509.Certificate) {
 		t.Helper()
@@ -716,4 +764,50 @@ func TestNewNeedsTheCAFiles(t *testing.T) {
 	if _, err := os.Stat(e.certFile); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("stat %s: %v; want nothing written", e.certFile, err)
 	}
+}
+
+// TestWhatIsAskedIsCheckedAgainstTheInstance: the CA issues only what an
+// instance's record allows, and only to the agent of that instance.
+func TestWhatIsAskedIsCheckedAgainstTheInstance(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.start(t)
+	gone, running, mine, other := instanceID(), instanceID(), instanceID(), instanceID()
+	e.instances.gone(gone)
+	e.instances.put(&inventoryv1.Instance{Id: running, State: string(vocab.StateRunning)})
+	e.instances.put(&inventoryv1.Instance{Id: mine, State: string(vocab.StateProvisioning),
+		Ssl: &inventoryv1.SslSettings{Sans: []string{"Mine.Example.com"}}, Addresses: &inventoryv1.Addresses{PrivateIp: "10.1.1.1"}})
+
+	err := call(t, e.nc, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: gone}, &cav1.JoinToken{})
+	wantError(t, err, apierr.KindInvalid, "instanceId: instance")
+	err = call(t, e.nc, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: running}, &cav1.JoinToken{})
+	wantError(t, err, apierr.KindConflict, fmt.Sprintf("instance %q is running", running))
+	if apierr.ReasonOf(err) != apierr.ReasonInvalidState {
+		t.Errorf("reason %s", apierr.ReasonOf(err))
+	}
+
+	// Names of the instance (whatever their case) and its private address
+	// are signed; a name it does not have is not.
+	must(t, call(t, e.nc, endpoints.ServerSign, &cav1.SignServerRequest{InstanceId: mine, CsrDer: csrFor(t, newKey(t)),
+		Sans: []string{"mine.example.com", "10.1.1.1"}}, &cav1.ServerCertificate{}))
+	err = call(t, e.nc, endpoints.ServerSign, &cav1.SignServerRequest{InstanceId: mine, CsrDer: csrFor(t, newKey(t)),
+		Sans: []string{"mine.example.com", "www.example.com"}}, &cav1.ServerCertificate{})
+	wantError(t, err, apierr.KindInvalid, `sans[1]: "www.example.com" is not a name of instance`)
+
+	// The agent gateway acting for one agent cannot get another instance's
+	// certificates.
+	agentgw := rpc.NewClient(e.nc, subjects.AgentGW, 10*time.Second)
+	_, err = rpc.Call(t.Context(), agentgw, endpoints.ServerSign, &cav1.SignServerRequest{InstanceId: mine, CsrDer: csrFor(t, newKey(t)),
+		Sans: []string{"mine.example.com"}}, rpc.As(vocab.Agent(other)))
+	wantError(t, err, apierr.KindPermissionDenied, "agent:"+other)
+	_, err = rpc.Call(t.Context(), agentgw, endpoints.AgentSign, &cav1.SignAgentRequest{InstanceId: mine, CsrDer: csrFor(t, newKey(t))},
+		rpc.As(vocab.Agent(other)))
+	wantError(t, err, apierr.KindPermissionDenied, "agent:"+other)
+	_, err = rpc.Call(t.Context(), agentgw, endpoints.AgentSign, &cav1.SignAgentRequest{InstanceId: mine, CsrDer: csrFor(t, newKey(t))})
+	wantError(t, err, apierr.KindPermissionDenied, "system:agentgw")
+
+	// The agent gateway's own certificate, for its own names.
+	_, err = rpc.Call(t.Context(), agentgw, endpoints.ServerSign, &cav1.SignServerRequest{InstanceId: pki.GatewayInstanceID,
+		CsrDer: csrFor(t, newKey(t)), Sans: []string{"agents.example.com"}})
+	must(t, err)
 }

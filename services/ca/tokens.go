@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/apierr"
 )
 
@@ -22,9 +23,8 @@ const (
 	// JoinTokensBucket is the JetStream key-value bucket of outstanding
 	// join tokens: key = hex SHA-256 of the token, value = the token's
 	// instance id and expiry (JSON). The token itself is never stored.
-	// History 1, entries dropped after MaxJoinTokenTTL. (A KV bucket's
-	// stream is "KV_" + this name; it is not a subject of its own.)
-	JoinTokensBucket = "flotilla_join_tokens"
+	// History 1, entries dropped after MaxJoinTokenTTL.
+	JoinTokensBucket = subjects.JoinTokensBucket
 	// JoinTokenPrefix starts every join token, so a leaked one is
 	// recognisable (secret scanners, logs).
 	JoinTokenPrefix = "fjt_"

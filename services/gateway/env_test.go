@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -17,6 +16,7 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/internal/stack"
 	"flotilla.dev/flotilla/internal/stack/stacktest"
+	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/testkit"
 	"flotilla.dev/flotilla/services/inventory"
 	"flotilla.dev/flotilla/services/inventory/app"
@@ -37,7 +37,6 @@ type env struct {
 	grpcAddr string
 	token    string
 	pool     *pgxpool.Pool
-	ns       *server.Server
 	nc       *nats.Conn
 	spans    *tracetest.SpanRecorder
 }
@@ -54,9 +53,9 @@ func newEnv(t *testing.T, o envOptions) *env {
 	spans := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
 	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
-	ns := testkit.NATS(t)
+	bus := testkit.SecureNATS(t)
 	dbURL := testkit.NewDatabase(t)
-	cfg := stack.Config{Version: "1.2.3", TracerProvider: tp, NATSURL: ns.ClientURL(), DatabaseURL: dbURL, InventoryOptions: o.appOptions}
+	cfg := stacktest.OnBus(stack.Config{Version: "1.2.3", TracerProvider: tp, DatabaseURL: dbURL, InventoryOptions: o.appOptions}, bus)
 	if o.only != nil {
 		cfg.Services = append([]string{subjects.Inventory, subjects.Gateway}, o.only...)
 	}
@@ -69,7 +68,8 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if err := inventory.InitialSetup(t.Context(), pool, nil, adminUser, adminPass); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, base: "http://" + st.HTTPAddr, grpcAddr: st.GRPCAddr, pool: pool, ns: ns, nc: testkit.NATSConn(t, ns), spans: spans}
+	// The test reads the streams as an operator's tools would.
+	e := &env{t: t, base: "http://" + st.HTTPAddr, grpcAddr: st.GRPCAddr, pool: pool, nc: bus.Conn(t, busauth.Observer), spans: spans}
 	var login struct{ Token string }
 	if code := e.call("POST", "/api/v1/login", map[string]string{"username": adminUser, "password": adminPass}, &login, ""); code != 200 {
 		t.Fatalf("login: %d", code)

@@ -16,6 +16,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
 
+	"flotilla.dev/flotilla/api/endpoints"
+	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/outbox"
 	"flotilla.dev/flotilla/libs/rpc"
@@ -62,7 +64,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	if err := bus.EnsureStreams(ctx, js, d.StreamReplicas); err != nil {
+	if err := bus.EnsureStreams(ctx, js, d.StreamReplicas, endpoints.StreamsOf(subjects.Inventory)...); err != nil {
 		return nil, err
 	}
 	a := app.New(d.Pool, log, d.AppOptions...)

@@ -91,7 +91,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	if err := bus.EnsureStreams(ctx, js, d.StreamReplicas); err != nil {
+	if err := bus.EnsureStreams(ctx, js, d.StreamReplicas, endpoints.StreamsOf(subjects.Provisioner)...); err != nil {
 		return nil, err
 	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, subjects.ProvisioningStream, jetstream.ConsumerConfig{

@@ -50,6 +50,7 @@ const (
 	reasonInvalidName   = "invalid secret name"
 	reasonLookup        = "secret lookup failed"
 	reasonUndecryptable = "stored secret cannot be decrypted"
+	reasonNotRequester  = "read asked by %s, not by the requesting instance's agent"
 )
 
 // create stores a secret, or replaces it with the next version.
@@ -139,7 +140,7 @@ func (s *Service) delete(ctx context.Context, actor vocab.Actor, r *secretsv1.De
 // not even look, so neither the reply nor its timing tells an agent what
 // other instances hold. The reply is permission denied rather than not found
 // because from the agent's side both cases mean "you may not have this".
-func (s *Service) read(ctx context.Context, _ vocab.Actor, r *secretsv1.ReadSecretRequest) (*secretsv1.ReadSecretResponse, error) {
+func (s *Service) read(ctx context.Context, actor vocab.Actor, r *secretsv1.ReadSecretRequest) (*secretsv1.ReadSecretResponse, error) {
 	// The agent gateway fills the requester from the agent's certificate; a
 	// malformed one is its bug, and cannot name an audit subject.
 	requester, err := parseInstanceID("requesterInstanceId", r.GetRequesterInstanceId())
@@ -151,6 +152,16 @@ func (s *Service) read(ctx context.Context, _ vocab.Actor, r *secretsv1.ReadSecr
 		RequesterInstanceId: requester,
 		Name:                name,
 		Time:                timestamppb.New(s.now()),
+	}
+	// The agent gateway reads for the agent it acts for, never for another
+	// instance: such a read is refused, and audited as the attempt it is.
+	if actor.Kind() != vocab.ActorAgent || actor.Name() != requester {
+		access.Reason = fmt.Sprintf(reasonNotRequester, actor)
+		if aerr := s.audit(ctx, access); aerr != nil {
+			return nil, aerr
+		}
+		s.log.WarnContext(ctx, "secret read for another instance refused", "actor", actor, "requester_instance_id", requester, "name", name)
+		return nil, apierr.PermissionDenied("%s may not read the secrets of instance %s", actor, requester)
 	}
 	var resp *secretsv1.ReadSecretResponse
 	resp, access.Reason, err = s.lookup(ctx, requester, name)

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -40,15 +38,17 @@ type env struct {
 	t     *testing.T
 	dbURL string
 	pool  *pgxpool.Pool
-	nc    *nats.Conn // the callers' connection (gateway, agent gateway)
+	bus   *testkit.Bus
 	js    jetstream.JetStream
-	kms   *kms.Local
+	// clients call the broker as the gateway and the agent gateway do.
+	mu      sync.Mutex
+	clients map[string]*rpc.Client
+	kms     *kms.Local
 	// keyFile is the master key every broker of the test shares.
 	keyFile string
 	logs    *syncBuffer
 	spans   *tracetest.SpanRecorder
 	a, b    string // instance ids
-	ns      *server.Server
 	log     *slog.Logger
 	tp      trace.TracerProvider
 	// inventory is the real inventory's application layer.
@@ -66,9 +66,11 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.pool.Close)
-	e.ns = testkit.NATS(t)
-	e.nc = testkit.NATSConn(t, e.ns)
-	if e.js, err = jetstream.New(e.nc); err != nil {
+	e.bus = testkit.SecureNATS(t)
+	e.clients = map[string]*rpc.Client{}
+	// The test inspects (and, to break it, deletes) streams as an
+	// administrator of the bus would.
+	if e.js, err = jetstream.New(e.bus.Unrestricted(t)); err != nil {
 		t.Fatal(err)
 	}
 	e.log = slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -104,8 +106,8 @@ func newEnv(t *testing.T) *env {
 
 // config is a stack of services on e's NATS, database and master key.
 func (e *env) config(services ...string) stack.Config {
-	return stack.Config{Services: services, Version: "0.0.1", Log: e.log, TracerProvider: e.tp,
-		NATSURL: e.ns.ClientURL(), DatabaseURL: e.dbURL, KMSKeyFile: e.keyFile}
+	return stacktest.OnBus(stack.Config{Services: services, Version: "0.0.1", Log: e.log, TracerProvider: e.tp,
+		DatabaseURL: e.dbURL, KMSKeyFile: e.keyFile}, e.bus)
 }
 
 // startBroker starts another secret broker: they share the load as
@@ -120,8 +122,19 @@ func (e *env) startBroker() {
 // error as an *apierr.Error.
 func call[Req, Resp proto.Message](e *env, ep endpoints.Endpoint[Req, Resp], req Req) (Resp, error) {
 	e.t.Helper()
-	c := rpc.NewClient(e.nc, ep.Info().Callers[0], 10*time.Second)
-	return rpc.Call(context.Background(), c, ep, req, rpc.As("user:test"))
+	caller := ep.Info().Callers[0]
+	actor := vocab.User("test")
+	if r, ok := any(req).(*secretsv1.ReadSecretRequest); ok {
+		actor = vocab.Agent(r.GetRequesterInstanceId()) // the agent gateway reads for an agent
+	}
+	e.mu.Lock()
+	c, ok := e.clients[caller]
+	if !ok {
+		c = rpc.NewClient(e.bus.Conn(e.t, caller), caller, 10*time.Second)
+		e.clients[caller] = c
+	}
+	e.mu.Unlock()
+	return rpc.Call(context.Background(), c, ep, req, rpc.As(actor))
 }
 
 func (e *env) create(instanceID, name, value string) (*secretsv1.Secret, error) {

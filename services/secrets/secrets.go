@@ -66,7 +66,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("secrets: jetstream: %w", err)
 	}
-	if err := bus.EnsureStreams(ctx, js, d.StreamReplicas); err != nil {
+	if err := bus.EnsureStreams(ctx, js, d.StreamReplicas, endpoints.StreamsOf(subjects.Secrets)...); err != nil {
 		return nil, fmt.Errorf("secrets: %w", err)
 	}
 	s := &Service{

@@ -16,15 +16,16 @@ import (
 )
 
 // Start builds cfg's services and runs them until the test ends. Whatever
-// cfg leaves empty is filled in: a fresh NATS server, a fresh database (from
-// the package's testkit PostgreSQL), listeners on 127.0.0.1 with free ports,
-// and a CA and master key in temp dirs. A service that stops with an error
-// fails the test.
+// cfg leaves empty is filled in: a fresh NATS server with per-service bus
+// credentials (testkit.SecureNATS), a fresh database (from the package's
+// testkit PostgreSQL), listeners on 127.0.0.1 with free ports, and a CA and
+// master key in temp dirs. A service that stops with an error fails the
+// test.
 func Start(t testing.TB, cfg stack.Config) *stack.Stack {
 	t.Helper()
 	runs := func(s string) bool { return len(cfg.Services) == 0 || slices.Contains(cfg.Services, s) }
 	if cfg.NATSServer == nil && cfg.NATSURL == "" {
-		cfg.NATSURL = testkit.NATS(t).ClientURL()
+		cfg = OnBus(cfg, testkit.SecureNATS(t))
 	}
 	if cfg.DatabaseURL == "" && (runs(subjects.Inventory) || runs(subjects.Secrets)) {
 		cfg.DatabaseURL = testkit.NewDatabase(t)
@@ -67,4 +68,10 @@ func Start(t testing.TB, cfg stack.Config) *stack.Stack {
 		}
 	})
 	return st
+}
+
+// OnBus points cfg at bus, each service with its own credentials.
+func OnBus(cfg stack.Config, bus *testkit.Bus) stack.Config {
+	cfg.NATSURL, cfg.NATSCreds = bus.URL, bus.Creds
+	return cfg
 }

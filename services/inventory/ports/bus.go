@@ -17,6 +17,7 @@ import (
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
+	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/services/inventory/app"
 )
@@ -88,7 +89,12 @@ func Serve(nc *nats.Conn, a *app.App, db Pinger, log *slog.Logger, tp trace.Trac
 		rpc.Handle(s, endpoints.LifecycleRecord, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.RecordStateRequest) (*inventoryv1.Instance, error) {
 			return a.RecordState(ctx, actor, r)
 		}),
-		rpc.Handle(s, endpoints.LifecycleObserve, func(ctx context.Context, _ vocab.Actor, r *agentv1.AgentEvent) (*emptypb.Empty, error) {
+		rpc.Handle(s, endpoints.LifecycleObserve, func(ctx context.Context, actor vocab.Actor, r *agentv1.AgentEvent) (*emptypb.Empty, error) {
+			// The agent gateway reports for the agent whose certificate it
+			// verified, and about that agent's instance only.
+			if actor.Kind() != vocab.ActorAgent || actor.Name() != r.GetInstanceId() {
+				return nil, apierr.PermissionDenied("%s may not report for instance %q", actor, r.GetInstanceId())
+			}
 			return &emptypb.Empty{}, a.Observe(ctx, r)
 		}),
 		rpc.Handle(s, endpoints.TokenLogin, func(ctx context.Context, _ vocab.Actor, r *authv1.LoginRequest) (*authv1.LoginResponse, error) {

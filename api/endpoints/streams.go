@@ -1,0 +1,92 @@
+package endpoints
+
+import (
+	"slices"
+
+	"flotilla.dev/flotilla/api/subjects"
+)
+
+// StreamUse declares how the services use one JetStream stream: who
+// publishes which subjects into it, which durable consumers read it for
+// which service, and which services replay it (ephemeral, ordered
+// consumers). Like the endpoint callers, these lists are the services' bus
+// permissions: a service may use the JetStream API only for the streams and
+// consumers declared for it here.
+type StreamUse struct {
+	Stream     string
+	Publishers []Publish
+	Consumers  []Consumer
+	Readers    []string
+}
+
+// Publish is one service publishing subjects (patterns).
+type Publish struct {
+	Service  string
+	Subjects []string
+}
+
+// Consumer is one service's durable consumer.
+type Consumer struct {
+	Service string
+	Durable string
+}
+
+// Streams is every stream and who uses it.
+var Streams = []StreamUse{{
+	Stream:     subjects.EventsStream,
+	Publishers: []Publish{{inventory, []string{subjects.EventsAll()}}},
+	Consumers:  []Consumer{{secrets, subjects.SecretsCleanupConsumer}},
+	Readers:    []string{gateway},
+}, {
+	Stream:     subjects.ProvisioningStream,
+	Publishers: []Publish{{inventory, []string{subjects.ProvisionAll()}}},
+	Consumers:  []Consumer{{provisioner, subjects.ProvisioningConsumer}},
+}, {
+	Stream:     subjects.AgentLogsStream,
+	Publishers: []Publish{{agentgw, []string{subjects.AgentLogsAll()}}},
+	Readers:    []string{gateway},
+}, {
+	Stream:     subjects.AuditStream,
+	Publishers: []Publish{{secrets, []string{subjects.Audit(subjects.NounSecret, "*", subjects.VerbRead)}}},
+}, {
+	// Each service with durable consumers puts what it can never handle here.
+	Stream:     subjects.PoisonStream,
+	Publishers: []Publish{{secrets, []string{subjects.Poison(secrets)}}},
+}, {
+	Stream:     subjects.KVStream(subjects.JoinTokensBucket),
+	Publishers: []Publish{{ca, []string{subjects.KVAll(subjects.JoinTokensBucket)}}},
+	Readers:    []string{ca},
+}}
+
+// Notices are subjects published without a stream, for live watchers.
+var Notices = []Publish{{agentgw, []string{subjects.AgentStatusAll()}}}
+
+// StreamsOf returns the streams service publishes to or consumes with a
+// durable consumer: the ones it may declare (create or update).
+func StreamsOf(service string) []string {
+	var out []string
+	for _, u := range Streams {
+		if u.PublishedBy(service) || u.ConsumedBy(service) != "" {
+			out = append(out, u.Stream)
+		}
+	}
+	return out
+}
+
+// PublishedBy reports whether service publishes into the stream.
+func (u StreamUse) PublishedBy(service string) bool {
+	return slices.ContainsFunc(u.Publishers, func(p Publish) bool { return p.Service == service })
+}
+
+// ConsumedBy returns service's durable consumer on the stream, or "".
+func (u StreamUse) ConsumedBy(service string) string {
+	for _, c := range u.Consumers {
+		if c.Service == service {
+			return c.Durable
+		}
+	}
+	return ""
+}
+
+// ReadBy reports whether service replays the stream.
+func (u StreamUse) ReadBy(service string) bool { return slices.Contains(u.Readers, service) }

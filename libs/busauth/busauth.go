@@ -1,0 +1,289 @@
+// Package busauth gives every Flotilla service its own NATS identity, with
+// only the permissions its job needs, using NATS's decentralised JWT
+// authentication: an operator key signs an account ("FLOTILLA", JetStream
+// enabled) and a system account; the account key signs one user per
+// identity, whose permissions Permissions derives from the declarations in
+// api/endpoints. Each user's JWT and key seed are written as a standard
+// NATS .creds file, which the service (or the nats CLI, for the read-only
+// observer) connects with. There is no shared token.
+//
+// The server trusts the operator and resolves the two accounts from memory:
+// Configure sets that up for an embedded server, ServerConfig renders it
+// for a nats-server configuration file (a cluster).
+//
+// Keys and files (Dir): operator.nk, system.nk and account.nk (seeds, 0600),
+// account.jwt (the account's current JWT, carrying revocations) and one
+// <identity>.creds per identity (0600). Rotate mints a new key for an
+// identity and revokes the old one.
+package busauth
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+)
+
+// AccountName is the NATS account every Flotilla identity belongs to.
+const AccountName = "FLOTILLA"
+
+// Authority holds the operator, the system account and the Flotilla account
+// keys, and mints user credentials.
+type Authority struct {
+	dir      string
+	operator nkeys.KeyPair
+	system   nkeys.KeyPair
+	account  nkeys.KeyPair
+	// accountClaims carries the revocations; it is re-signed on change.
+	accountClaims *jwt.AccountClaims
+}
+
+// Files in an authority's directory.
+const (
+	operatorSeedFile = "operator.nk"
+	systemSeedFile   = "system.nk"
+	accountSeedFile  = "account.nk"
+	accountJWTFile   = "account.jwt"
+)
+
+// CredsFile is where identity's credentials are kept in dir.
+func CredsFile(dir, identity string) string { return filepath.Join(dir, identity+".creds") }
+
+// LoadOrCreate opens the authority kept in dir, or creates one there with
+// credentials for every identity. Existing credentials are kept; missing
+// ones are minted.
+func LoadOrCreate(dir string) (*Authority, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("bus credentials: %w", err)
+	}
+	a := &Authority{dir: dir}
+	var err error
+	if a.operator, err = loadOrCreateKey(filepath.Join(dir, operatorSeedFile), nkeys.CreateOperator); err != nil {
+		return nil, err
+	}
+	if a.system, err = loadOrCreateKey(filepath.Join(dir, systemSeedFile), nkeys.CreateAccount); err != nil {
+		return nil, err
+	}
+	if a.account, err = loadOrCreateKey(filepath.Join(dir, accountSeedFile), nkeys.CreateAccount); err != nil {
+		return nil, err
+	}
+	accPub, _ := a.account.PublicKey()
+	switch data, err := os.ReadFile(filepath.Join(dir, accountJWTFile)); {
+	case errors.Is(err, os.ErrNotExist):
+		a.accountClaims = jwt.NewAccountClaims(accPub)
+		a.accountClaims.Name = AccountName
+		a.accountClaims.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
+		if err := a.saveAccount(); err != nil {
+			return nil, err
+		}
+	case err != nil:
+		return nil, fmt.Errorf("bus credentials: %w", err)
+	default:
+		if a.accountClaims, err = jwt.DecodeAccountClaims(strings.TrimSpace(string(data))); err != nil {
+			return nil, fmt.Errorf("bus credentials: %s: %w", accountJWTFile, err)
+		}
+		if a.accountClaims.Subject != accPub {
+			return nil, fmt.Errorf("bus credentials: %s is not the account of %s", accountJWTFile, accountSeedFile)
+		}
+	}
+	for _, id := range Identities() {
+		if _, err := os.Stat(CredsFile(dir, id)); errors.Is(err, os.ErrNotExist) {
+			if err := a.writeCreds(id); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return a, nil
+}
+
+// Dir is where the authority keeps its keys and credentials.
+func (a *Authority) Dir() string { return a.dir }
+
+// Creds returns the credentials file of identity.
+func (a *Authority) Creds(identity string) string { return CredsFile(a.dir, identity) }
+
+// Rotate mints a new key and credentials for identity, replacing its .creds
+// file, and revokes the key it replaces: connections with the old
+// credentials are refused once the servers have the new account JWT
+// (Configure, or ServerConfig and a reload).
+func (a *Authority) Rotate(identity string) error {
+	old, err := os.ReadFile(a.Creds(identity))
+	if err != nil {
+		return fmt.Errorf("bus credentials: %w", err)
+	}
+	oldJWT, err := jwt.ParseDecoratedJWT(old)
+	if err != nil {
+		return fmt.Errorf("bus credentials: %s: %w", a.Creds(identity), err)
+	}
+	claims, err := jwt.DecodeUserClaims(oldJWT)
+	if err != nil {
+		return fmt.Errorf("bus credentials: %s: %w", a.Creds(identity), err)
+	}
+	if err := a.writeCreds(identity); err != nil {
+		return err
+	}
+	a.accountClaims.RevokeAt(claims.Subject, time.Now().Add(time.Second))
+	return a.saveAccount()
+}
+
+// writeCreds mints a user for identity with a fresh key and writes its
+// .creds file (0600).
+func (a *Authority) writeCreds(identity string) error {
+	perms, err := Permissions(identity)
+	if err != nil {
+		return err
+	}
+	creds, err := a.Mint(identity, perms)
+	if err != nil {
+		return err
+	}
+	return writeFile(a.Creds(identity), creds)
+}
+
+// Mint signs a user of the Flotilla account named name, with a fresh key
+// and the given permissions, and returns its .creds content. Services get
+// theirs from Permissions; tests mint others (a user with empty
+// permissions may do anything).
+func (a *Authority) Mint(name string, perms jwt.Permissions) ([]byte, error) {
+	user, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, err
+	}
+	pub, _ := user.PublicKey()
+	seed, _ := user.Seed()
+	uc := jwt.NewUserClaims(pub)
+	uc.Name = name
+	uc.Permissions = perms
+	token, err := uc.Encode(a.account)
+	if err != nil {
+		return nil, fmt.Errorf("bus credentials: sign %s: %w", name, err)
+	}
+	return jwt.FormatUserConfig(token, seed)
+}
+
+// saveAccount re-signs the account JWT with the operator key and saves it.
+func (a *Authority) saveAccount() error {
+	token, err := a.accountClaims.Encode(a.operator)
+	if err != nil {
+		return fmt.Errorf("bus credentials: sign the account: %w", err)
+	}
+	return writeFile(filepath.Join(a.dir, accountJWTFile), []byte(token+"\n"))
+}
+
+// jwts returns the operator's, the system account's and the Flotilla
+// account's JWTs.
+func (a *Authority) jwts() (op *jwt.OperatorClaims, sysJWT, accJWT string, err error) {
+	opPub, _ := a.operator.PublicKey()
+	sysPub, _ := a.system.PublicKey()
+	op = jwt.NewOperatorClaims(opPub)
+	op.Name = "flotilla"
+	op.SystemAccount = sysPub
+	sys := jwt.NewAccountClaims(sysPub)
+	sys.Name = "SYS"
+	if sysJWT, err = sys.Encode(a.operator); err != nil {
+		return nil, "", "", err
+	}
+	if accJWT, err = a.accountClaims.Encode(a.operator); err != nil {
+		return nil, "", "", err
+	}
+	return op, sysJWT, accJWT, nil
+}
+
+// Configure makes an embedded server trust the authority's operator and
+// resolve its accounts from memory.
+func (a *Authority) Configure(opts *server.Options) error {
+	op, sysJWT, accJWT, err := a.jwts()
+	if err != nil {
+		return err
+	}
+	res := &server.MemAccResolver{}
+	sysPub, _ := a.system.PublicKey()
+	accPub, _ := a.account.PublicKey()
+	if err := res.Store(sysPub, sysJWT); err != nil {
+		return err
+	}
+	if err := res.Store(accPub, accJWT); err != nil {
+		return err
+	}
+	opts.TrustedOperators = []*jwt.OperatorClaims{op}
+	opts.AccountResolver = res
+	opts.SystemAccount = sysPub
+	return nil
+}
+
+// ServerConfig renders the authority for a nats-server configuration file:
+// the operator JWT, the system account and a memory resolver preloaded with
+// both accounts. Include it in every server of a cluster, and reload them
+// after Rotate.
+func (a *Authority) ServerConfig() (string, error) {
+	op, sysJWT, accJWT, err := a.jwts()
+	if err != nil {
+		return "", err
+	}
+	opJWT, err := op.Encode(a.operator)
+	if err != nil {
+		return "", err
+	}
+	sysPub, _ := a.system.PublicKey()
+	accPub, _ := a.account.PublicKey()
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "# Flotilla bus authority: generated by `flotilla admin bus-credentials`; do not edit.\n")
+	fmt.Fprintf(&b, "operator: %s\nsystem_account: %s\nresolver: MEMORY\nresolver_preload: {\n", opJWT, sysPub)
+	fmt.Fprintf(&b, "  %s: %s\n  %s: %s\n}\n", sysPub, sysJWT, accPub, accJWT)
+	return b.String(), nil
+}
+
+// ConnectOptions are the nats.go options identity connects with: its
+// credentials file and its own inbox prefix.
+func ConnectOptions(identity, credsFile string) []nats.Option {
+	return []nats.Option{nats.UserCredentials(credsFile), nats.CustomInboxPrefix(InboxPrefix(identity))}
+}
+
+// Files lists the credentials files an authority writes, by identity.
+func (a *Authority) Files() map[string]string {
+	out := map[string]string{}
+	for _, id := range Identities() {
+		out[id] = a.Creds(id)
+	}
+	return out
+}
+
+func loadOrCreateKey(path string, create func() (nkeys.KeyPair, error)) (nkeys.KeyPair, error) {
+	seed, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		kp, err := create()
+		if err != nil {
+			return nil, err
+		}
+		s, _ := kp.Seed()
+		return kp, writeFile(path, append(s, '\n'))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bus credentials: %w", err)
+	}
+	kp, err := nkeys.FromSeed(bytes.TrimSpace(seed))
+	if err != nil {
+		return nil, fmt.Errorf("bus credentials: %s: %w", path, err)
+	}
+	return kp, nil
+}
+
+// writeFile writes data atomically with mode 0600.
+func writeFile(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("bus credentials: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("bus credentials: %w", err)
+	}
+	return nil
+}

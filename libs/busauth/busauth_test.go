@@ -1,0 +1,248 @@
+package busauth_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"flotilla.dev/flotilla/api/endpoints"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/busauth"
+	"flotilla.dev/flotilla/libs/testkit"
+)
+
+// callSubjects is every subject a request can go to: each endpoint under
+// each identity's name (a per-instance endpoint bound to one instance).
+func callSubjects() map[string]endpoints.Info {
+	out := map[string]endpoints.Info{}
+	for _, ep := range endpoints.All() {
+		if ep.PerInstance() {
+			ep.Subject = strings.Replace(ep.Subject, "*", "i-1", 1)
+		}
+		for _, id := range busauth.Identities() {
+			out[ep.CallSubject(id)] = ep
+		}
+	}
+	return out
+}
+
+// TestOnlyDeclaredCallersMayCallAnEndpoint publishes, as every identity, to
+// every endpoint under every identity's name: the server refuses all but an
+// identity calling an endpoint it is declared for, under its own name.
+func TestOnlyDeclaredCallersMayCallAnEndpoint(t *testing.T) {
+	t.Parallel()
+	bus := testkit.SecureNATS(t)
+	calls := callSubjects()
+	for _, id := range busauth.Identities() {
+		t.Run(id, func(t *testing.T) {
+			t.Parallel()
+			nc, v := bus.Watch(t, id)
+			for subject := range calls {
+				if err := nc.Publish(subject, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			v.Settle(t)
+			for subject, ep := range calls {
+				allowed := ep.CalledBy(id) && strings.HasSuffix(subject, "."+id)
+				if refused := v.PublishRefused(subject); refused == allowed {
+					t.Errorf("%s publishing to %s: refused=%v, want refused=%v", id, subject, refused, !allowed)
+				}
+			}
+		})
+	}
+}
+
+// TestOnlyTheAnsweringServiceHearsRequests subscribes, as every identity,
+// to every endpoint: only the service that answers it may.
+func TestOnlyTheAnsweringServiceHearsRequests(t *testing.T) {
+	t.Parallel()
+	bus := testkit.SecureNATS(t)
+	for _, id := range busauth.Identities() {
+		t.Run(id, func(t *testing.T) {
+			t.Parallel()
+			nc, v := bus.Watch(t, id)
+			for _, ep := range endpoints.All() {
+				if _, err := nc.SubscribeSync(ep.ServeSubject()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			v.Settle(t)
+			for _, ep := range endpoints.All() {
+				if refused, allowed := v.SubscribeRefused(ep.ServeSubject()), ep.Service == id; refused == allowed {
+					t.Errorf("%s subscribing to %s: refused=%v, want refused=%v", id, ep.ServeSubject(), refused, !allowed)
+				}
+			}
+		})
+	}
+}
+
+// TestNobodyMayListenEverywhereOrDestroyStreams: no identity may subscribe
+// to everything, to the default inbox or another identity's inbox, or
+// delete or purge a stream, its messages or a durable consumer.
+func TestNobodyMayListenEverywhereOrDestroyStreams(t *testing.T) {
+	t.Parallel()
+	bus := testkit.SecureNATS(t)
+	for _, id := range busauth.Identities() {
+		t.Run(id, func(t *testing.T) {
+			t.Parallel()
+			nc, v := bus.Watch(t, id)
+			subs := []string{">", "_INBOX.>", "$JS.>", "flotilla.>"}
+			for _, other := range busauth.Identities() {
+				if other != id {
+					subs = append(subs, busauth.InboxPrefix(other)+".>")
+				}
+			}
+			var pubs []string
+			for _, u := range endpoints.Streams {
+				pubs = append(pubs, "$JS.API.STREAM.DELETE."+u.Stream, "$JS.API.STREAM.PURGE."+u.Stream, "$JS.API.STREAM.MSG.DELETE."+u.Stream)
+				for _, c := range u.Consumers {
+					pubs = append(pubs, "$JS.API.CONSUMER.DELETE."+u.Stream+"."+c.Durable)
+				}
+			}
+			for _, s := range subs {
+				if _, err := nc.SubscribeSync(s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, p := range pubs {
+				if err := nc.Publish(p, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			v.Settle(t)
+			for _, s := range subs {
+				if !v.SubscribeRefused(s) {
+					t.Errorf("%s may subscribe to %s", id, s)
+				}
+			}
+			for _, p := range pubs {
+				if !v.PublishRefused(p) {
+					t.Errorf("%s may publish to %s", id, p)
+				}
+			}
+		})
+	}
+}
+
+// TestTheObserverReadsAndNothingElse: the observer lists and replays the
+// streams and watches agent status, and can publish into no stream.
+func TestTheObserverReadsAndNothingElse(t *testing.T) {
+	t.Parallel()
+	nb := testkit.SecureNATS(t)
+	ctx := t.Context()
+	admin, err := jetstream.New(nb.Unrestricted(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.EnsureStreams(ctx, admin, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Publish(ctx, subjects.Event(subjects.NounNetwork, "n-1", "created"), []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+
+	nc, v := nb.Watch(t, busauth.Observer)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for n := range js.StreamNames(ctx).Name() {
+		names = append(names, n)
+	}
+	if !slices.Contains(names, subjects.EventsStream) {
+		t.Fatalf("observer lists streams %v", names)
+	}
+	s, err := js.Stream(ctx, subjects.EventsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil || string(m.Data()) != "x" {
+		t.Fatalf("observer replay: %v %v", m, err)
+	}
+	if _, err := s.GetMsg(ctx, 1); err != nil {
+		t.Fatalf("observer get: %v", err)
+	}
+	for _, subject := range []string{subjects.Event(subjects.NounNetwork, "n-2", "created"), subjects.Provision("i-1"),
+		subjects.AgentLogs("i-1"), subjects.Audit(subjects.NounSecret, "i-1", subjects.VerbRead)} {
+		if err := nc.Publish(subject, []byte("forged")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A durable consumer is not the observer's to take over.
+	_, err = s.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: subjects.SecretsCleanupConsumer})
+	if err == nil {
+		t.Error("the observer created or changed a service's durable consumer")
+	}
+	v.Settle(t)
+	for _, subject := range []string{subjects.Event(subjects.NounNetwork, "n-2", "created"), subjects.Provision("i-1")} {
+		if !v.PublishRefused(subject) {
+			t.Errorf("the observer published to %s", subject)
+		}
+	}
+}
+
+// TestRotationRevokesTheOldCredentials: after Rotate, a server that has
+// the new account JWT refuses the old credentials and takes the new ones.
+func TestRotationRevokesTheOldCredentials(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "bus")
+	auth, err := busauth.LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range busauth.Identities() {
+		fi, err := os.Stat(auth.Creds(id))
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s credentials: %v %v", id, fi, err)
+		}
+	}
+	old := filepath.Join(t.TempDir(), "old.creds")
+	data, _ := os.ReadFile(auth.Creds(subjects.Gateway))
+	if err := os.WriteFile(old, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := auth.Rotate(subjects.Gateway); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // the revocation covers keys issued before it
+	// A restarted server (or a reloaded one) reads the authority again.
+	again, err := busauth.LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := &server.Options{}
+	if err := again.Configure(opts); err != nil {
+		t.Fatal(err)
+	}
+	ns := testkit.Serve(t, opts)
+	if nc, err := nats.Connect(ns.ClientURL(), nats.UserCredentials(old)); err == nil {
+		nc.Close()
+		t.Fatal("the rotated-out credentials still connect")
+	} else if !errors.Is(err, nats.ErrAuthorization) && !strings.Contains(err.Error(), "Authorization") {
+		t.Logf("old credentials refused: %v", err)
+	}
+	nc, err := nats.Connect(ns.ClientURL(), busauth.ConnectOptions(subjects.Gateway, again.Creds(subjects.Gateway))...)
+	if err != nil {
+		t.Fatalf("new credentials: %v", err)
+	}
+	nc.Close()
+	if cfg, err := again.ServerConfig(); err != nil || !strings.Contains(cfg, "resolver_preload") || !strings.Contains(cfg, "operator: ") {
+		t.Fatalf("server config: %v\n%s", err, cfg)
+	}
+}

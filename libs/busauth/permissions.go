@@ -1,0 +1,143 @@
+package busauth
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+
+	"flotilla.dev/flotilla/api/endpoints"
+	"flotilla.dev/flotilla/api/subjects"
+)
+
+// Observer is the read-only identity for operators and tools: it replays
+// the streams and can neither publish nor call any endpoint.
+const Observer = "observer"
+
+// Identities are every identity a bus authority mints: one per service,
+// and the observer.
+func Identities() []string { return append(slices.Clone(subjects.Services), Observer) }
+
+// InboxPrefix is identity's own inbox prefix: it subscribes to its replies
+// there and may read no other identity's.
+func InboxPrefix(identity string) string { return "_INBOX_" + identity }
+
+// jsAPI is a JetStream API subject.
+func jsAPI(format string, args ...any) string { return "$JS.API." + fmt.Sprintf(format, args...) }
+
+// Never allowed to anyone, whatever else a set allows: removing streams,
+// their messages, or the consumers other services depend on.
+var denied = []string{
+	jsAPI("STREAM.DELETE.>"),
+	jsAPI("STREAM.PURGE.>"),
+	jsAPI("STREAM.MSG.DELETE.>"),
+	jsAPI("CONSUMER.DELETE.>"),
+	jsAPI("CONSUMER.DURABLE.CREATE.>"),
+}
+
+// Permissions returns what identity may publish and subscribe to, derived
+// from the declarations in api/endpoints: the endpoints it calls (under its
+// own name) and answers, the streams it publishes to, consumes and reads,
+// its own inbox, and nats micro's discovery subjects for its service.
+func Permissions(identity string) (jwt.Permissions, error) {
+	if !slices.Contains(Identities(), identity) {
+		return jwt.Permissions{}, fmt.Errorf("busauth: %q is not a bus identity (one of %v)", identity, Identities())
+	}
+	var pub, sub []string
+	sub = append(sub, InboxPrefix(identity)+".>")
+	serves := false
+	for _, ep := range endpoints.All() {
+		if ep.CalledBy(identity) {
+			pub = append(pub, ep.CallSubject(identity))
+		}
+		if ep.Service == identity {
+			sub = append(sub, ep.ServeSubject())
+			serves = true
+		}
+	}
+	if serves {
+		// nats micro discovery: $SRV.<verb>, $SRV.<verb>.<name>, $SRV.<verb>.<name>.<id>.
+		sub = append(sub, "$SRV.*", "$SRV.*."+identity, "$SRV.*."+identity+".*")
+	}
+	var deny []string
+	usesJetStream := false
+	for _, u := range endpoints.Streams {
+		st := u.Stream
+		if u.PublishedBy(identity) || u.ConsumedBy(identity) != "" || u.ReadBy(identity) {
+			usesJetStream = true
+		}
+		for _, p := range u.Publishers {
+			if p.Service == identity {
+				pub = append(pub, p.Subjects...)
+			}
+		}
+		durable := u.ConsumedBy(identity)
+		if u.PublishedBy(identity) || durable != "" {
+			pub = append(pub, jsAPI("STREAM.INFO.%s", st), jsAPI("STREAM.CREATE.%s", st), jsAPI("STREAM.UPDATE.%s", st))
+		}
+		if durable != "" {
+			pub = append(pub,
+				jsAPI("CONSUMER.CREATE.%s.%s", st, durable), jsAPI("CONSUMER.CREATE.%s.%s.>", st, durable),
+				jsAPI("CONSUMER.INFO.%s.%s", st, durable), jsAPI("CONSUMER.MSG.NEXT.%s.%s", st, durable),
+				"$JS.ACK."+st+"."+durable+".>",
+				subjects.Poison(identity))
+		}
+		if u.ReadBy(identity) {
+			pub = append(pub, jsAPI("STREAM.INFO.%s", st), jsAPI("STREAM.MSG.GET.%s", st),
+				jsAPI("DIRECT.GET.%s", st), jsAPI("DIRECT.GET.%s.>", st),
+				// Ephemeral, ordered consumers: any name but a durable's.
+				jsAPI("CONSUMER.CREATE.%s.*", st), jsAPI("CONSUMER.CREATE.%s.*.>", st),
+				jsAPI("CONSUMER.INFO.%s.*", st), jsAPI("CONSUMER.MSG.NEXT.%s.*", st))
+			for _, c := range u.Consumers {
+				if c.Service != identity {
+					deny = append(deny, jsAPI("CONSUMER.CREATE.%s.%s", st, c.Durable), jsAPI("CONSUMER.CREATE.%s.%s.>", st, c.Durable))
+				}
+			}
+		}
+	}
+	if usesJetStream {
+		pub = append(pub, jsAPI("INFO")) // the account's JetStream limits and usage
+	}
+	for _, n := range endpoints.Notices {
+		if n.Service == identity {
+			pub = append(pub, n.Subjects...)
+		}
+	}
+	if identity == Observer {
+		pub, deny = observer()
+		for _, n := range endpoints.Notices {
+			sub = append(sub, n.Subjects...) // live status, read only
+		}
+	}
+	p := jwt.Permissions{}
+	p.Pub.Allow.Add(unique(pub)...)
+	p.Pub.Deny.Add(append(deny, denied...)...)
+	p.Sub.Allow.Add(unique(sub)...)
+	if serves {
+		// Reply to whoever sent a request, once, within a minute.
+		p.Resp = &jwt.ResponsePermission{MaxMsgs: 1, Expires: time.Minute}
+	}
+	return p, nil
+}
+
+// observer may list and replay every stream and watch the notices, and
+// nothing else; it may not create a consumer under a durable's name.
+func observer() (pub, deny []string) {
+	pub = []string{jsAPI("INFO"), jsAPI("STREAM.NAMES"), jsAPI("STREAM.LIST"), jsAPI("STREAM.INFO.*"),
+		jsAPI("STREAM.MSG.GET.*"), jsAPI("DIRECT.GET.>"), jsAPI("CONSUMER.NAMES.*"), jsAPI("CONSUMER.LIST.*"),
+		jsAPI("CONSUMER.INFO.*.*"), jsAPI("CONSUMER.CREATE.*.*"), jsAPI("CONSUMER.CREATE.*.*.>"),
+		jsAPI("CONSUMER.MSG.NEXT.*.*")}
+	for _, u := range endpoints.Streams {
+		for _, c := range u.Consumers {
+			deny = append(deny, jsAPI("CONSUMER.CREATE.%s.%s", u.Stream, c.Durable), jsAPI("CONSUMER.CREATE.%s.%s.>", u.Stream, c.Durable),
+				jsAPI("CONSUMER.MSG.NEXT.%s.%s", u.Stream, c.Durable))
+		}
+	}
+	return pub, deny
+}
+
+func unique(s []string) []string {
+	slices.Sort(s)
+	return slices.Compact(s)
+}

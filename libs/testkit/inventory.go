@@ -1,0 +1,101 @@
+package testkit
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+
+	"flotilla.dev/flotilla/api/endpoints"
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/vocab"
+)
+
+// Inventory plays the inventory's part for tests of the agent gateway and
+// the agent, which need no database: it answers instance.get with an
+// instance being provisioned (any id exists) and lifecycle.observe with an
+// empty reply, recording every agent event it is sent.
+type Inventory struct {
+	mu     sync.Mutex
+	events []*agentv1.AgentEvent
+}
+
+// FakeInventory serves the inventory's part on nc (connected with the
+// inventory's identity on a secure bus) until tb ends.
+func FakeInventory(tb testing.TB, nc *nats.Conn) *Inventory {
+	tb.Helper()
+	inv := &Inventory{}
+	reply := func(m *nats.Msg, resp proto.Message) {
+		data, _ := proto.Marshal(resp)
+		_ = m.Respond(data)
+	}
+	subs := map[string]nats.MsgHandler{
+		endpoints.LifecycleObserve.Info().ServeSubject(): func(m *nats.Msg) {
+			ev := &agentv1.AgentEvent{}
+			if err := proto.Unmarshal(m.Data, ev); err != nil {
+				tb.Errorf("testkit: lifecycle.observe got a malformed AgentEvent: %v", err)
+				return
+			}
+			inv.mu.Lock()
+			inv.events = append(inv.events, ev)
+			inv.mu.Unlock()
+			_ = m.Respond(nil)
+		},
+		endpoints.InstanceGet.Info().ServeSubject(): func(m *nats.Msg) {
+			req := &inventoryv1.GetInstanceRequest{}
+			_ = proto.Unmarshal(m.Data, req)
+			reply(m, &inventoryv1.Instance{Id: req.GetId(), Name: req.GetId(), State: string(vocab.StateProvisioning)})
+		},
+	}
+	for subject, h := range subs {
+		sub, err := nc.Subscribe(subject, h)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { _ = sub.Unsubscribe() })
+	}
+	if err := nc.Flush(); err != nil {
+		tb.Fatal(err)
+	}
+	return inv
+}
+
+// Events returns the agent events recorded so far.
+func (inv *Inventory) Events() []*agentv1.AgentEvent {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	return append([]*agentv1.AgentEvent(nil), inv.events...)
+}
+
+// Count returns how many recorded events satisfy ok.
+func (inv *Inventory) Count(ok func(*agentv1.AgentEvent) bool) int {
+	n := 0
+	for _, ev := range inv.Events() {
+		if ok(ev) {
+			n++
+		}
+	}
+	return n
+}
+
+// WaitFor waits up to d until an event satisfies ok and returns the latest
+// such event; it fails the test naming what it waited for.
+func (inv *Inventory) WaitFor(tb testing.TB, d time.Duration, what string, ok func(*agentv1.AgentEvent) bool) *agentv1.AgentEvent {
+	tb.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		evs := inv.Events()
+		for i := len(evs) - 1; i >= 0; i-- {
+			if ok(evs[i]) {
+				return evs[i]
+			}
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("no %s event in %s; observed %d events, last %v", what, d, len(evs), evs[max(0, len(evs)-3):])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
