@@ -85,7 +85,7 @@ func (a *agent) bootstrap(ctx context.Context, id string, b *agentv1.Bootstrap) 
 	a.progress(ctx, id, vocab.StepInstalling, vocab.ProgressSucceeded, b.GetNodeVersion(), 0)
 
 	a.progress(ctx, id, vocab.StepStarting, vocab.ProgressStarted, "", 0)
-	spec, err := a.nodeSpec(ctx, st, b, r.env)
+	spec, err := a.nodeSpec(ctx, st, b, r.envTemplates)
 	var url string
 	if err == nil {
 		url, err = a.node.Start(ctx, spec)

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/rpc"
@@ -317,6 +318,37 @@ func TestAgentJoinsBootstrapsAndSurvivesAGatewayRestart(t *testing.T) {
 		p := ev.GetProgress()
 		return p.GetCommandId() == "boot-1" && p.GetStep() == "done" && ev.GetTime().AsTime().After(time.Now().Add(-5*time.Second))
 	})
+}
+
+// TestRandomBytesFromAScriptBreakNothing: a setup script printing binary
+// garbage (not UTF-8, no newlines for a while) does not break the agent's
+// stream: the bootstrap succeeds and the lines are stored.
+func TestRandomBytesFromAScriptBreakNothing(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, 0)
+	const id = "inst-bytes"
+	f.startAgent(id, 200*time.Millisecond)
+	f.observed.WaitFor(t, 15*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetInstanceId() == id && ev.GetConnected() != nil
+	})
+	f.command(id, &agentv1.Command{Id: "boot-bytes", Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{
+		InstanceName: "alpha",
+		SetupActions: []*inventoryv1.SetupAction{{Type: "script",
+			Script: `head -c 64 /dev/urandom; printf '\xff\xfe\n'; head -c 40000 /dev/urandom | tr -d '\n'; echo; echo after-the-garbage`}},
+	}}})
+	done := f.observed.WaitFor(t, 20*time.Second, "done", func(ev *agentv1.AgentEvent) bool {
+		p := ev.GetProgress()
+		return p.GetCommandId() == "boot-bytes" && (p.GetStep() == "done" || p.GetStatus() == "failed")
+	})
+	if done.GetProgress().GetStatus() != "succeeded" {
+		t.Fatalf("bootstrap ended with %v", done.GetProgress())
+	}
+	lines := f.waitLogs(id, "the line after the garbage", func(ls []*agentv1.LogLine) bool { return containsLine(ls, agent.SourceSetup, "after-the-garbage") })
+	for _, l := range lines {
+		if !utf8.ValidString(l.GetText()) {
+			t.Fatalf("stored an invalid line %q", l.GetText())
+		}
+	}
 }
 
 func TestAgentRenewsItsCertificateWithoutRestarting(t *testing.T) {

@@ -2,8 +2,10 @@ package agent
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -44,11 +46,39 @@ func newLogBuffer(max int, now func() time.Time) *logBuffer {
 	return &logBuffer{max: max, nextSeq: uint64(now().UnixMicro()), notify: make(chan struct{}, 1), now: now}
 }
 
-// Add appends a line, dropping the oldest when the buffer is full.
+// Add appends a line, dropping the oldest when the buffer is full. What a
+// program printed is input like any other: bytes that are not UTF-8 become
+// U+FFFD (a log line is a protobuf string, which must be valid UTF-8, or
+// the stream breaks), and a line longer than maxLineText is split into
+// pieces, each but the last ending in a continuation marker.
 func (b *logBuffer) Add(source, text string) {
-	if len(text) > maxLineText {
-		text = text[:maxLineText] + " …(cut)"
+	text = strings.ToValidUTF8(text, "\uFFFD")
+	for len(text) > maxLineText {
+		cut := runeCut(text, maxLineText-len(continued))
+		b.add(source, text[:cut]+continued)
+		text = text[cut:]
 	}
+	b.add(source, text)
+}
+
+// continued ends each piece of a split line but the last.
+const continued = " …(continued)"
+
+// runeCut returns the largest i <= n at which s can be cut without
+// splitting a UTF-8 sequence.
+func runeCut(s string, n int) int {
+	if n >= len(s) {
+		return len(s)
+	}
+	for i := n; i > n-utf8.UTFMax && i > 0; i-- {
+		if utf8.RuneStart(s[i]) {
+			return i
+		}
+	}
+	return n
+}
+
+func (b *logBuffer) add(source, text string) {
 	b.mu.Lock()
 	b.nextSeq++
 	b.lines = append(b.lines, &agentv1.LogLine{Seq: b.nextSeq, Time: timestamppb.New(b.now()), Source: source, Text: text})
@@ -68,7 +98,7 @@ func (b *logBuffer) Add(source, text string) {
 // Notify is signalled when lines are added.
 func (b *logBuffer) Notify() <-chan struct{} { return b.notify }
 
-// maxLineText bounds one line's text; longer ones are cut.
+// maxLineText bounds one line's text; longer ones are split.
 const maxLineText = 16 << 10
 
 // Next returns up to n lines, of at most maxBytes of text together (but at

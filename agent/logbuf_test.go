@@ -5,6 +5,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/proto"
 
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 )
@@ -109,5 +112,40 @@ func TestLogBatchesStaySmall(t *testing.T) {
 	lines := b.Next(100, 1<<30)
 	if l := lines[len(lines)-1]; len(l.GetText()) > maxLineText+20 {
 		t.Fatalf("a %d-byte line was kept whole", len(l.GetText()))
+	}
+}
+
+// TestWhatAProgramPrintsIsMadeValid: bytes that are not UTF-8 become
+// U+FFFD, and an over-long line is split with a marker, never inside a
+// character, so every line marshals.
+func TestWhatAProgramPrintsIsMadeValid(t *testing.T) {
+	t.Parallel()
+	b := newLogBuffer(100, time.Now)
+	b.Add(SourceSetup, "before \xff\xfe\x80 after")
+	long := strings.Repeat("é", maxLineText) // 2 bytes each: twice the limit
+	b.Add(SourceSetup, long)
+	lines := b.Next(100, 1<<30)
+	if got := lines[0].GetText(); got != "before \uFFFD after" { // a run of bad bytes is one U+FFFD
+		t.Errorf("invalid bytes became %q", got)
+	}
+	var joined strings.Builder
+	for i, l := range lines[1:] {
+		if !utf8.ValidString(l.GetText()) || len(l.GetText()) > maxLineText {
+			t.Fatalf("piece %d: %d bytes, valid %v", i, len(l.GetText()), utf8.ValidString(l.GetText()))
+		}
+		if _, err := proto.Marshal(l); err != nil {
+			t.Fatal(err)
+		}
+		text := l.GetText()
+		if i < len(lines)-2 {
+			if !strings.HasSuffix(text, continued) {
+				t.Fatalf("piece %d lacks the continuation marker", i)
+			}
+			text = strings.TrimSuffix(text, continued)
+		}
+		joined.WriteString(text)
+	}
+	if len(lines) < 3 || joined.String() != long {
+		t.Fatalf("the long line came back in %d pieces, joined equal: %v", len(lines)-1, joined.String() == long)
 	}
 }

@@ -67,9 +67,19 @@ func (n *nodeRunner) Start(ctx context.Context, spec nodeSpec) (string, error) {
 	if spec.CertFile != "" {
 		scheme = "https"
 	}
+	// The state file keeps ${secret:NAME} references, never values: they
+	// are fetched again through the gateway each time the node starts.
+	env := make([]string, len(spec.Env))
+	for i, e := range spec.Env {
+		v, err := expandSecrets(ctx, e, n.a.fetchSecret)
+		if err != nil {
+			return "", fmt.Errorf("node software environment: %w", err)
+		}
+		env[i] = v
+	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(spec.Port))
 	p := &nodeProc{url: scheme + "://" + addr + "/", stop: make(chan struct{}), done: make(chan struct{})}
-	cmd, exited, err := n.launch(spec, addr)
+	cmd, exited, err := n.launch(spec, env, addr)
 	if err != nil {
 		return "", err
 	}
@@ -79,7 +89,7 @@ func (n *nodeRunner) Start(ctx context.Context, spec nodeSpec) (string, error) {
 		<-exited
 		return "", fmt.Errorf("node software did not start: %w", err)
 	}
-	go n.supervise(spec, addr, p, exited)
+	go n.supervise(spec, env, addr, p, exited)
 	n.mu.Lock()
 	n.cur = p
 	n.mu.Unlock()
@@ -87,8 +97,9 @@ func (n *nodeRunner) Start(ctx context.Context, spec nodeSpec) (string, error) {
 	return p.url, nil
 }
 
-// launch starts the child; exited receives its Wait result.
-func (n *nodeRunner) launch(spec nodeSpec, addr string) (*exec.Cmd, chan error, error) {
+// launch starts the child with env (secrets resolved); exited receives its
+// Wait result.
+func (n *nodeRunner) launch(spec nodeSpec, env []string, addr string) (*exec.Cmd, chan error, error) {
 	argv := append([]string(nil), n.a.cfg.NodeBinary...)
 	argv = append(argv, "--listen", addr, "--instance-name", spec.InstanceName)
 	if spec.CertFile != "" {
@@ -96,7 +107,7 @@ func (n *nodeRunner) launch(spec nodeSpec, addr string) (*exec.Cmd, chan error, 
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = n.a.cfg.DataDir
-	cmd.Env = environ(spec.Env, n.a.cfg.DataDir)
+	cmd.Env = environ(env, n.a.cfg.DataDir)
 	out := newLineWriter(func(l string) { n.a.logs.Add(SourceNode, n.a.mask.Mask(l)) })
 	cmd.Stdout, cmd.Stderr = out, out
 	ownProcessGroup(cmd, false)
@@ -117,7 +128,7 @@ func (n *nodeRunner) launch(spec nodeSpec, addr string) (*exec.Cmd, chan error, 
 // growing pause, until it is told to stop; then it stops the current child:
 // SIGTERM to its process group, SIGKILL if it has not exited after
 // nodeStopTimeout.
-func (n *nodeRunner) supervise(spec nodeSpec, addr string, p *nodeProc, exited chan error) {
+func (n *nodeRunner) supervise(spec nodeSpec, env []string, addr string, p *nodeProc, exited chan error) {
 	defer close(p.done)
 	pause := time.Second
 	for {
@@ -148,7 +159,7 @@ func (n *nodeRunner) supervise(spec nodeSpec, addr string, p *nodeProc, exited c
 			case <-time.After(pause):
 			}
 			pause = min(2*pause, nodeRestartMax)
-			cmd, ex, err := n.launch(spec, addr)
+			cmd, ex, err := n.launch(spec, env, addr)
 			if err != nil {
 				n.a.logf(context.Background(), "%v", err)
 				ex = make(chan error, 1)

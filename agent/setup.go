@@ -30,12 +30,22 @@ var secretRef = regexp.MustCompile(`\$\{secret:([A-Za-z0-9_.-]{1,128})\}`)
 // envName is a variable name an env action may set.
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
+// secretEnvPrefix starts the environment variables a script reads its
+// secrets from: "${secret:db-password}" in a script becomes
+// "${FLOTILLA_SECRET_DB_PASSWORD_0}", set for that script alone. A secret's
+// value never becomes script text, so no value can run as code.
+const secretEnvPrefix = "FLOTILLA_SECRET_"
+
 // setupRunner runs a Bootstrap's setup actions in order. Env actions add to
 // env, which later scripts (and the node software) get.
 type setupRunner struct {
 	dataDir   string
 	installer string
-	env       []string // NAME=value, in order
+	// env is what env actions set, NAME=value with secrets resolved, for
+	// the processes this setup starts; envTemplates is the same with the
+	// ${secret:NAME} references kept, which is what is written to disk.
+	env          []string
+	envTemplates []string
 	// log takes a line of output; it masks secret values.
 	log func(source, text string)
 	// secret fetches a secret's value by name.
@@ -48,11 +58,11 @@ type setupRunner struct {
 func (r *setupRunner) run(ctx context.Context, act *inventoryv1.SetupAction) error {
 	switch vocab.SetupAction(act.GetType()) {
 	case vocab.SetupScript:
-		script, err := r.expand(ctx, act.GetScript())
+		script, secretEnv, err := r.scriptSecrets(ctx, act.GetScript())
 		if err != nil {
 			return err
 		}
-		return r.command(ctx, []string{"/bin/sh", "-c", script}, "script")
+		return r.command(ctx, []string{"/bin/sh", "-c", script}, "script", secretEnv...)
 	case vocab.SetupFile:
 		return r.writeFile(ctx, act)
 	case vocab.SetupEnv:
@@ -64,6 +74,7 @@ func (r *setupRunner) run(ctx context.Context, act *inventoryv1.SetupAction) err
 			return err
 		}
 		r.env = append(r.env, act.GetName()+"="+v)
+		r.envTemplates = append(r.envTemplates, act.GetName()+"="+act.GetValue())
 		r.log(SourceSetup, "set "+act.GetName())
 		return nil
 	case vocab.SetupPackages:
@@ -72,48 +83,119 @@ func (r *setupRunner) run(ctx context.Context, act *inventoryv1.SetupAction) err
 	return fmt.Errorf("unknown setup action type %q (script, file, env, packages)", act.GetType())
 }
 
-// expand replaces every ${secret:NAME} in text with the secret's value.
+// expand replaces every ${secret:NAME} in text with the secret's value,
+// for text that is data (a file's content, an environment value), never
+// for code.
 func (r *setupRunner) expand(ctx context.Context, text string) (string, error) {
+	return expandSecrets(ctx, text, r.lookup)
+}
+
+// lookup fetches a secret once per setup.
+func (r *setupRunner) lookup(ctx context.Context, name string) (string, error) {
+	if v, ok := r.secrets[name]; ok {
+		return v, nil
+	}
+	v, err := r.secret(ctx, name)
+	if err != nil {
+		return "", err
+	}
+	if r.secrets == nil {
+		r.secrets = map[string]string{}
+	}
+	r.secrets[name] = v
+	return v, nil
+}
+
+// expandSecrets replaces every ${secret:NAME} in text with the value lookup
+// gives for NAME.
+func expandSecrets(ctx context.Context, text string, lookup func(context.Context, string) (string, error)) (string, error) {
 	var firstErr error
 	out := secretRef.ReplaceAllStringFunc(text, func(ref string) string {
 		name := secretRef.FindStringSubmatch(ref)[1]
-		if v, ok := r.secrets[name]; ok {
-			return v
-		}
 		if firstErr != nil {
 			return ""
 		}
-		v, err := r.secret(ctx, name)
+		v, err := lookup(ctx, name)
 		if err != nil {
 			firstErr = fmt.Errorf("secret %q: %w", name, err)
 			return ""
 		}
-		if r.secrets == nil {
-			r.secrets = map[string]string{}
-		}
-		r.secrets[name] = v
 		return v
 	})
 	return out, firstErr
 }
 
-// environ is the environment of scripts and the node software: the
-// agent's, the env actions', and FLOTILLA_DATA_DIR.
+// scriptSecrets rewrites each ${secret:NAME} of a script into a reference
+// to an environment variable that holds the value, and returns those
+// variables: the shell reads the value as data, it never parses it.
+func (r *setupRunner) scriptSecrets(ctx context.Context, script string) (string, []string, error) {
+	vars := map[string]string{} // secret name → variable
+	var env []string
+	var firstErr error
+	out := secretRef.ReplaceAllStringFunc(script, func(ref string) string {
+		name := secretRef.FindStringSubmatch(ref)[1]
+		if v, ok := vars[name]; ok {
+			return "${" + v + "}"
+		}
+		value, err := r.lookup(ctx, name)
+		if err != nil {
+			if firstErr == nil {
+				firstErr = fmt.Errorf("secret %q: %w", name, err)
+			}
+			return ""
+		}
+		v := secretEnvVar(name, len(vars))
+		vars[name] = v
+		env = append(env, v+"="+value)
+		return "${" + v + "}"
+	})
+	return out, env, firstErr
+}
+
+// secretEnvVar names the variable of the i-th secret of a script:
+// FLOTILLA_SECRET_<NAME in capitals, other characters as _>_<i>.
+func secretEnvVar(name string, i int) string {
+	b := []byte(strings.ToUpper(name))
+	for j, c := range b {
+		if (c < 'A' || c > 'Z') && (c < '0' || c > '9') {
+			b[j] = '_'
+		}
+	}
+	return fmt.Sprintf("%s%s_%d", secretEnvPrefix, b, i)
+}
+
+// environ is the environment of scripts and the node software: a few of
+// the agent's own variables, the env actions', and FLOTILLA_DATA_DIR.
 func (r *setupRunner) environ() []string {
 	return environ(r.env, r.dataDir)
 }
 
+// inherited are the variables of the agent's environment that setup
+// scripts and the node software get; nothing else of it passes (no
+// FLOTILLA_*, no credentials an image left in the agent's environment).
+var inherited = []string{"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "TZ", "TMPDIR"}
+
 func environ(env []string, dataDir string) []string {
-	out := append(os.Environ(), env...)
+	var out []string
+	for _, k := range inherited {
+		if v, ok := os.LookupEnv(k); ok {
+			out = append(out, k+"="+v)
+		}
+	}
+	if _, ok := os.LookupEnv("PATH"); !ok {
+		out = append(out, "PATH=/usr/local/bin:/usr/bin:/bin")
+	}
+	out = append(out, env...)
 	return append(out, DataDirEnv+"="+dataDir)
 }
 
 // command runs argv in the data directory, its output going to the logs
-// line by line. A non-zero exit is an error naming the code.
-func (r *setupRunner) command(ctx context.Context, argv []string, what string) error {
+// line by line, with extra variables beside the setup's environment. A
+// non-zero exit is an error naming the code.
+func (r *setupRunner) command(ctx context.Context, argv []string, what string, extra ...string) error {
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = r.dataDir
-	cmd.Env = r.environ()
+	cmd.Env = append(r.environ(), extra...)
 	stdout := newLineWriter(func(l string) { r.log(SourceSetup, l) })
 	stderr := newLineWriter(func(l string) { r.log(SourceSetup, l) })
 	cmd.Stdout, cmd.Stderr = stdout, stderr
@@ -135,9 +217,9 @@ func (r *setupRunner) command(ctx context.Context, argv []string, what string) e
 }
 
 // writeFile writes a file action's content to its path under the data
-// directory with its mode (default 0644), creating parent directories. A
-// path that would leave the data directory (absolute, "..", or through a
-// symbolic link) is refused.
+// directory with its mode (default 0644; always 0600 when the content holds
+// a secret), creating parent directories 0700. A path that would leave the
+// data directory (absolute, "..", or through a symbolic link) is refused.
 func (r *setupRunner) writeFile(ctx context.Context, act *inventoryv1.SetupAction) error {
 	p := act.GetPath()
 	if !filepath.IsLocal(p) {
@@ -155,13 +237,16 @@ func (r *setupRunner) writeFile(ctx context.Context, act *inventoryv1.SetupActio
 	if err != nil {
 		return err
 	}
+	if secretRef.MatchString(act.GetContent()) {
+		mode = 0o600 // a secret is for the node software's user alone
+	}
 	root, err := os.OpenRoot(r.dataDir)
 	if err != nil {
 		return fmt.Errorf("open the data disk: %w", err)
 	}
 	defer root.Close()
 	if dir := filepath.Dir(p); dir != "." {
-		if err := root.MkdirAll(dir, 0o755); err != nil {
+		if err := root.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("file %s: %w", p, unwrapPath(err))
 		}
 	}
@@ -261,8 +346,9 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 		i := bytes.IndexByte(b, '\n')
 		if i < 0 {
 			if len(b) >= maxLine {
-				w.emit(string(b[:maxLine]))
-				w.buf.Next(maxLine)
+				cut := runeCut(string(b), maxLine) // never inside a UTF-8 sequence
+				w.emit(string(b[:cut]))
+				w.buf.Next(cut)
 				continue
 			}
 			return len(p), nil

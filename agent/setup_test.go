@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -347,4 +349,90 @@ func get(t *testing.T, url string, roots *x509.CertPool, serverName string) stri
 		t.Fatal(err)
 	}
 	return string(body)
+}
+
+// TestASecretIsDataNeverCode: a secret whose value is shell syntax reaches
+// a script as the value of a variable, quoted or not, and never runs.
+func TestASecretIsDataNeverCode(t *testing.T) {
+	t.Parallel()
+	ta := newTestAgent(t)
+	ta.secrets["s"] = `x; id #`
+	ta.secrets["t"] = `$(id) ` + "`id`"
+	ta.bootstrap(t.Context(), "cmd-inj", &agentv1.Bootstrap{InstanceName: "alpha", SetupActions: []*inventoryv1.SetupAction{
+		{Type: "script", Script: `echo "quoted: ${secret:s}" > out.txt; echo unquoted: ${secret:s} >> out.txt; echo "again: ${secret:t} ${secret:s}" >> out.txt`},
+	}})
+	data, err := os.ReadFile(filepath.Join(ta.cfg.DataDir, "out.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "quoted: x; id #\nunquoted: x; id #\nagain: $(id) `id` x; id #\n"
+	if string(data) != want || strings.Contains(string(data), "uid=") {
+		t.Fatalf("out.txt = %q, want %q", data, want)
+	}
+	if logs := ta.logText(SourceSetup); strings.Contains(logs, "uid=") {
+		t.Fatalf("a secret ran as code:\n%s", logs)
+	}
+}
+
+// TestSecretsRestOnlyWhereTheyMust: a file holding a secret is 0600 in 0700
+// directories, whatever mode the action asked for; the agent's state file
+// keeps the reference, not the value, and the node software still gets the
+// value (fetched again when it starts).
+func TestSecretsRestOnlyWhereTheyMust(t *testing.T) {
+	t.Parallel()
+	ta := newTestAgent(t)
+	ta.secrets["db-password"] = "s3cr3t-value"
+	ta.bootstrap(t.Context(), "cmd-rest", &agentv1.Bootstrap{InstanceName: "alpha", SetupActions: []*inventoryv1.SetupAction{
+		{Type: "file", Path: "conf/db/app.env", Content: "PASSWORD=${secret:db-password}\n", Mode: "0644"},
+		{Type: "file", Path: "conf/plain.txt", Content: "hello\n", Mode: "0644"},
+		{Type: "env", Name: "DB_PASSWORD", Value: "${secret:db-password}"},
+	}})
+	if last := ta.lastProgress(); vocab.Step(last.GetStep()) != vocab.StepDone || vocab.Progress(last.GetStatus()) != vocab.ProgressSucceeded {
+		t.Fatalf("bootstrap ended with %v", last)
+	}
+	for path, want := range map[string]os.FileMode{"conf/db/app.env": 0o600, "conf/plain.txt": 0o644, "conf": 0o700, "conf/db": 0o700} {
+		fi, err := os.Stat(filepath.Join(ta.cfg.DataDir, path))
+		if err != nil || fi.Mode().Perm() != want {
+			t.Errorf("%s: %v %v, want mode %04o", path, fi, err, want)
+		}
+	}
+	state, err := os.ReadFile(filepath.Join(ta.cfg.StateDir, stateFileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(state), "s3cr3t-value") || !strings.Contains(string(state), "${secret:db-password}") {
+		t.Fatalf("state file holds %s", state)
+	}
+	ta.node.mu.Lock()
+	pid := ta.node.cur.cmd.Process.Pid
+	ta.node.mu.Unlock()
+	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(env), "DB_PASSWORD=s3cr3t-value\x00") {
+		t.Fatal("the node software did not get the secret in its environment")
+	}
+}
+
+// TestScriptsGetAMinimalEnvironment: nothing of the agent's environment
+// but a few basics reaches a setup script (the manager's FLOTILLA_* least
+// of all).
+func TestScriptsGetAMinimalEnvironment(t *testing.T) {
+	t.Setenv("FLOTILLA_NATS_CREDS", "/manager/config/bus/provisioner.creds")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "from-the-image")
+	ta := newTestAgent(t)
+	ta.bootstrap(t.Context(), "cmd-env", &agentv1.Bootstrap{InstanceName: "alpha", SetupActions: []*inventoryv1.SetupAction{
+		{Type: "script", Script: `env > env.txt`},
+	}})
+	data, err := os.ReadFile(filepath.Join(ta.cfg.DataDir, "env.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		name, _, _ := strings.Cut(line, "=")
+		if !slices.Contains(inherited, name) && name != DataDirEnv && name != "PWD" && name != "SHLVL" && name != "_" {
+			t.Errorf("a script sees %s", line)
+		}
+	}
 }

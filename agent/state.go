@@ -36,8 +36,9 @@ type nodeSpec struct {
 	// CertFile and KeyFile are set for HTTPS.
 	CertFile string `json:"certFile,omitempty"`
 	KeyFile  string `json:"keyFile,omitempty"`
-	// Env is what the setup's env actions set (values resolved, so the
-	// state file is 0600 like the keys beside it).
+	// Env is what the setup's env actions set, NAME=value with the
+	// ${secret:NAME} references kept: secret values are never written to
+	// the VM's disk; they are fetched again when the node starts.
 	Env []string `json:"env,omitempty"`
 	// Stopped is set by StopNode: the agent does not start it at restart.
 	Stopped bool `json:"stopped,omitempty"`

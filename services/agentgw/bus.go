@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -100,8 +102,15 @@ func (s *Service) publishLogs(ctx context.Context, id string, lines []*agentv1.L
 		if l.Time == nil {
 			l.Time = timestamppb.New(now)
 		}
+		// A line is stored as a protobuf string: valid UTF-8, or nothing of
+		// the agent's batch could be published.
+		l.Text = strings.ToValidUTF8(l.Text, "\uFFFD")
 		if len(l.Text) > maxLogText {
-			l.Text = l.Text[:maxLogText] + " …(cut)"
+			cut := maxLogText
+			for cut > 0 && !utf8.RuneStart(l.Text[cut]) {
+				cut--
+			}
+			l.Text = l.Text[:cut] + " …(cut)"
 		}
 		msg, err := bus.NewMessage(ctx, subjects.AgentLogs(id), "agent.log", vocab.Agent(id), l.GetTime().AsTime(), l)
 		if err != nil {
