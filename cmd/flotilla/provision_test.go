@@ -132,7 +132,8 @@ func TestProvisionAnInstanceEndToEnd(t *testing.T) {
 		{"type":"script","script":"echo hello from setup; test \"$FLOTILLA_DATA_DIR\" = \"$(pwd)\" && date +%s%N >> boots.txt"},
 		{"type":"file","path":"conf/app.env","content":"DB_PASSWORD=${secret:db-password}\n","mode":"0600"},
 		{"type":"env","name":"MODE","value":"dev"},
-		{"type":"script","script":"echo mode is $MODE"}]`)
+		{"type":"script","script":"echo mode is $MODE"},
+		{"type":"script","script":"echo vm-uid=$(id -u); for f in ../../config/settings.json ../../config/bus/provisioner.creds ../../ca/ca.key ../../keys/master.key; do if cat $f >/dev/null 2>&1; then echo READ $f; else echo DENIED $f; fi; done"}]`)
 	id := f.instance("design-1", net, tmpl, `,"ssl":{"sans":["design-1.fleet.test","127.0.0.1"]}`)
 	// The secret is stored before the first provision; the API never shows it.
 	sec := f.api(200, "POST", "/api/v1/instances/"+id+"/secrets", `{"name":"db-password","value":"`+secretValue+`"}`)
@@ -169,6 +170,23 @@ func TestProvisionAnInstanceEndToEnd(t *testing.T) {
 		if !strings.Contains(logs, want) {
 			t.Errorf("logs lack %q: %s", want, logs)
 		}
+	}
+	// A VM is not the manager: as root, its setup runs as the data disk's
+	// own user and cannot read the manager's settings, keys or credentials.
+	if os.Geteuid() == 0 {
+		for _, p := range []string{"config/settings.json", "config/bus/provisioner.creds", "ca/ca.key", "keys/master.key"} {
+			if _, err := os.Stat(filepath.Join(f.dir, p)); err != nil {
+				t.Fatalf("the probe's target %s does not exist: %v", p, err)
+			}
+			if !strings.Contains(logs, "DENIED ../../"+p) || strings.Contains(logs, "READ ../../"+p) {
+				t.Errorf("a VM could read the manager's %s: %s", p, logs)
+			}
+		}
+		if strings.Contains(logs, "vm-uid=0") || !strings.Contains(logs, "vm-uid=") {
+			t.Errorf("the VM ran as root: %s", logs)
+		}
+	} else if !strings.Contains(f.out.String(), "local VMs are not isolated") {
+		t.Errorf("not root, and flotilla up did not say local VMs are not isolated")
 	}
 	var timeline struct {
 		Events []struct {

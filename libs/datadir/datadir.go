@@ -149,8 +149,14 @@ func Prepare(d Dir, o Overrides) (*Settings, error) {
 		}
 		d = Dir(abs)
 	}
-	for _, sub := range []string{string(d), filepath.Dir(d.SettingsFile()), d.Logs(), d.NATS()} {
-		if err := os.MkdirAll(sub, 0o755); err != nil {
+	// The root stays enterable (the managed PostgreSQL's user and local
+	// VMs reach their own directories below it); what holds credentials or
+	// the bus's data is the manager's alone.
+	for sub, mode := range map[string]os.FileMode{string(d): 0o755, d.Logs(): 0o755, filepath.Dir(d.SettingsFile()): 0o700, d.NATS(): 0o700} {
+		if err := os.MkdirAll(sub, mode); err != nil {
+			return nil, fmt.Errorf("create data directory: %w", err)
+		}
+		if err := os.Chmod(sub, mode); err != nil {
 			return nil, fmt.Errorf("create data directory: %w", err)
 		}
 	}

@@ -3,6 +3,14 @@
 // bootstrap and its disk. Agent processes run in their own session, so they
 // outlive the manager like real VMs; after a restart the driver finds them
 // again through their pid files instead of starting new ones.
+//
+// When the manager runs as root, every data disk gets a user id of its own
+// (from FirstVMUID up, no account needed), owns its directory (0700), and
+// the agent of a VM on that disk, with everything it starts, runs as that
+// user with a minimal environment: it can reach its disk and its VM
+// directory, and nothing of the manager's (settings, CA and master keys,
+// bus credentials) or another VM's. Without root that is impossible, and
+// New says so.
 package local
 
 import (
@@ -28,6 +36,11 @@ const Name = "local"
 
 var idRE = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
 
+// FirstVMUID is the first user id given to a local data disk when the
+// manager runs as root: far above the ranges distributions and subordinate
+// id maps use.
+const FirstVMUID = 2_000_000
+
 // Config configures the local driver.
 type Config struct {
 	// Root is where disks/ and vms/ live (the data directory).
@@ -41,11 +54,17 @@ type Config struct {
 // Driver is the local provider.
 type Driver struct {
 	cfg Config
-	mu  sync.Mutex // serialises launches and deletions
+	mu  sync.Mutex // serialises disk and VM creation and deletion
+	// isolate runs each disk's VM as the disk's own user (the manager is root).
+	isolate bool
 }
 
 // New returns a local driver; it creates Root/disks and Root/vms.
 func New(cfg Config) (*Driver, error) {
+	return newWithEUID(cfg, os.Geteuid())
+}
+
+func newWithEUID(cfg Config, euid int) (*Driver, error) {
 	if cfg.Root == "" || len(cfg.AgentCommand) == 0 || cfg.Log == nil {
 		return nil, errors.New("local driver: Root, AgentCommand and Log are required")
 	}
@@ -59,7 +78,11 @@ func New(cfg Config) (*Driver, error) {
 			return nil, fmt.Errorf("local driver: %w", err)
 		}
 	}
-	return &Driver{cfg: cfg}, nil
+	d := &Driver{cfg: cfg, isolate: euid == 0}
+	if !d.isolate {
+		cfg.Log.Warn("local VMs are not isolated from the manager: they run as its user and can read its data directory; run Flotilla as root to give each data disk a user of its own")
+	}
+	return d, nil
 }
 
 // Name returns "local".
@@ -75,15 +98,60 @@ func checkID(kind, id string) error {
 	return nil
 }
 
-// EnsureDisk creates the disk directory if it does not exist.
+// EnsureDisk creates the disk directory (0700) if it does not exist; as
+// root it gives the disk a user id of its own, which owns it.
 func (d *Driver) EnsureDisk(_ context.Context, spec driver.DiskSpec) (driver.Disk, error) {
 	if err := checkID("disk", spec.ID); err != nil {
 		return driver.Disk{}, err
 	}
-	if err := os.MkdirAll(d.diskDir(spec.ID), 0o755); err != nil {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dir := d.diskDir(spec.ID)
+	if _, err := os.Stat(dir); err == nil {
+		return driver.Disk{ID: spec.ID, SizeGB: spec.SizeGB}, nil
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
 		return driver.Disk{}, fmt.Errorf("allocate disk %s: %w", spec.ID, err)
 	}
+	if d.isolate {
+		uid, err := d.freeUID()
+		if err == nil {
+			err = os.Chown(dir, uid, uid)
+		}
+		if err != nil {
+			_ = os.Remove(dir)
+			return driver.Disk{}, fmt.Errorf("allocate disk %s: %w", spec.ID, err)
+		}
+	}
 	return driver.Disk{ID: spec.ID, SizeGB: spec.SizeGB}, nil
+}
+
+// freeUID returns a user id no disk has: one above the highest in use.
+func (d *Driver) freeUID() (int, error) {
+	entries, err := os.ReadDir(filepath.Join(d.cfg.Root, "disks"))
+	if err != nil {
+		return 0, err
+	}
+	next := FirstVMUID
+	for _, e := range entries {
+		if uid, ok := d.owner(d.diskDir(e.Name())); ok && uid >= next {
+			next = uid + 1
+		}
+	}
+	return next, nil
+}
+
+// owner returns the user id owning path.
+func (d *Driver) owner(path string) (int, bool) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, false
+	}
+	return int(st.Uid), true
 }
 
 // DeleteDisk removes the disk directory and everything on it.
@@ -113,16 +181,28 @@ func (d *Driver) EnsureVM(_ context.Context, spec driver.VMSpec) (driver.VM, err
 		d.cfg.Log.Info("local VM already running; adopting it", "vm", spec.ID, "pid", pid)
 		return vm, nil
 	}
-	if _, err := os.Stat(d.diskDir(spec.DiskID)); err != nil {
-		return driver.VM{}, fmt.Errorf("launch vm %s: data disk %s: %w", spec.ID, spec.DiskID, err)
+	diskUID, ok := d.owner(d.diskDir(spec.DiskID))
+	if !ok {
+		return driver.VM{}, fmt.Errorf("launch vm %s: data disk %s does not exist", spec.ID, spec.DiskID)
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "state"), 0o700); err != nil {
+		return driver.VM{}, fmt.Errorf("launch vm %s: %w", spec.ID, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
 		return driver.VM{}, fmt.Errorf("launch vm %s: %w", spec.ID, err)
 	}
 	files := map[string]string{"join-token": spec.Bootstrap.JoinToken, "ca.pem": spec.Bootstrap.CAPEM}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
 			return driver.VM{}, fmt.Errorf("launch vm %s: %w", spec.ID, err)
+		}
+	}
+	if d.isolate {
+		// The VM's user owns its directory, bootstrap and state.
+		for _, p := range []string{dir, filepath.Join(dir, "state"), filepath.Join(dir, "join-token"), filepath.Join(dir, "ca.pem")} {
+			if err := os.Chown(p, diskUID, diskUID); err != nil {
+				return driver.VM{}, fmt.Errorf("launch vm %s: %w", spec.ID, err)
+			}
 		}
 	}
 	logf, err := os.OpenFile(filepath.Join(dir, "agent.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
@@ -134,8 +214,13 @@ func (d *Driver) EnsureVM(_ context.Context, spec driver.VMSpec) (driver.VM, err
 	cmd := exec.Command(d.cfg.AgentCommand[0], args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = dir
+	// Nothing of the manager's environment: a VM starts clean.
+	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + d.diskDir(spec.DiskID), "LANG=C.UTF-8"}
 	// Its own session: the agent (a "VM") outlives the manager.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if d.isolate {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(diskUID), Gid: uint32(diskUID), Groups: []uint32{}}
+	}
 	if err := cmd.Start(); err != nil {
 		return driver.VM{}, fmt.Errorf("launch vm %s: start agent: %w", spec.ID, err)
 	}
@@ -144,7 +229,7 @@ func (d *Driver) EnsureVM(_ context.Context, spec driver.VMSpec) (driver.VM, err
 		_ = cmd.Process.Kill()
 		return driver.VM{}, fmt.Errorf("launch vm %s: %w", spec.ID, err)
 	}
-	d.cfg.Log.Info("local VM launched", "vm", spec.ID, "pid", cmd.Process.Pid, "disk", spec.DiskID)
+	d.cfg.Log.Info("local VM launched", "vm", spec.ID, "pid", cmd.Process.Pid, "disk", spec.DiskID, "isolated", d.isolate, "uid", diskUID)
 	return vm, nil
 }
 

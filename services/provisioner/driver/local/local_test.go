@@ -37,9 +37,22 @@ func pidOf(t *testing.T, root, vm string) int {
 	return pid
 }
 
+// reachableDir is a temp dir a VM's own user can enter, as a data
+// directory is.
+func reachableDir(t *testing.T) string {
+	t.Helper()
+	d := t.TempDir()
+	for _, p := range []string{d, filepath.Dir(d)} {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return d
+}
+
 func TestLocalDriverIsIdempotentAndSurvivesARestart(t *testing.T) {
 	ctx := context.Background()
-	root := t.TempDir()
+	root := reachableDir(t)
 	t.Chdir(root)
 	d := newDriver(t, ".") // a relative root, as `flotilla up --data-dir ./.flotilla` gives
 	disk := driver.DiskSpec{ID: "disk-1", InstanceID: "i", SizeGB: 1}
@@ -117,5 +130,79 @@ func TestLocalDriverIsIdempotentAndSurvivesARestart(t *testing.T) {
 	}
 	if _, err := restarted.EnsureDisk(ctx, driver.DiskSpec{ID: "../escape"}); err == nil {
 		t.Fatal("a disk id with a path in it was accepted")
+	}
+}
+
+// TestEachDiskHasItsOwnUser: as root, each data disk gets a user id of its
+// own; the VM's agent runs as it, with a clean environment, and can read
+// neither the manager's files nor another disk.
+func TestEachDiskHasItsOwnUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("isolation needs root; TestWithoutRootVMsAreNotIsolated covers the rest")
+	}
+	ctx := context.Background()
+	root := reachableDir(t)
+	secret := filepath.Join(root, "manager.key")
+	if err := os.WriteFile(secret, []byte("k"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	probe := `id -u > $HOME/uid; env > $HOME/env; cat ` + secret + ` > $HOME/stolen 2>&1; ls ` + filepath.Join(root, "disks", "disk-a") + ` > $HOME/peek 2>&1; sleep 300`
+	d, err := New(Config{Root: root, AgentCommand: []string{"/bin/sh", "-c", probe, "agent"}, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FLOTILLA_NATS_CREDS", "/manager/bus/provisioner.creds") // the manager's environment
+	for _, disk := range []string{"disk-a", "disk-b"} {
+		if _, err := d.EnsureDisk(ctx, driver.DiskSpec{ID: disk, SizeGB: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, _ := d.owner(d.diskDir("disk-a"))
+	b, _ := d.owner(d.diskDir("disk-b"))
+	if a < FirstVMUID || b < FirstVMUID || a == b {
+		t.Fatalf("disk users %d and %d", a, b)
+	}
+	if _, err := d.EnsureVM(ctx, driver.VMSpec{ID: "vm-b", DiskID: "disk-b", Bootstrap: driver.Bootstrap{JoinToken: "t", CAPEM: "p"}}); err != nil {
+		t.Fatal(err)
+	}
+	pid := pidOf(t, root, "vm-b")
+	t.Cleanup(func() { _ = syscall.Kill(-pid, syscall.SIGKILL) })
+	home := d.diskDir("disk-b")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if data, err := os.ReadFile(filepath.Join(home, "peek")); err == nil && len(data) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the VM's probe did not run")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	read := func(name string) string {
+		data, _ := os.ReadFile(filepath.Join(home, name))
+		return string(data)
+	}
+	if strings.TrimSpace(read("uid")) != strconv.Itoa(b) {
+		t.Errorf("the agent runs as %q, want the disk's user %d", read("uid"), b)
+	}
+	if strings.Contains(read("env"), "FLOTILLA_") {
+		t.Errorf("the agent got the manager's environment:\n%s", read("env"))
+	}
+	if !strings.Contains(read("stolen"), "Permission denied") || !strings.Contains(read("peek"), "Permission denied") {
+		t.Errorf("the VM read what is not its own: %q, %q", read("stolen"), read("peek"))
+	}
+}
+
+// TestWithoutRootVMsAreNotIsolated: a manager that is not root cannot give
+// VMs users of their own, and says so.
+func TestWithoutRootVMsAreNotIsolated(t *testing.T) {
+	t.Parallel()
+	var logs strings.Builder
+	d, err := newWithEUID(Config{Root: t.TempDir(), AgentCommand: fakeAgent, Log: slog.New(slog.NewTextHandler(&logs, nil))}, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.isolate || !strings.Contains(logs.String(), "local VMs are not isolated") {
+		t.Fatalf("isolate %v, log %q", d.isolate, logs.String())
 	}
 }
