@@ -141,6 +141,29 @@ func (d *Driver) freeUID() (int, error) {
 	return next, nil
 }
 
+// adopt gives a disk a user of its own and hands it everything on it.
+func (d *Driver) adopt(diskID string) (int, error) {
+	uid, err := d.freeUID()
+	if err != nil {
+		return 0, err
+	}
+	dir := d.diskDir(diskID)
+	err = filepath.WalkDir(dir, func(path string, _ os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(path, uid, uid)
+	})
+	if err == nil {
+		err = os.Chmod(dir, 0o700)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("give disk %s its own user: %w", diskID, err)
+	}
+	d.cfg.Log.Info("local disk given a user of its own", "disk", diskID, "uid", uid)
+	return uid, nil
+}
+
 // owner returns the user id owning path.
 func (d *Driver) owner(path string) (int, bool) {
 	fi, err := os.Stat(path)
@@ -184,6 +207,14 @@ func (d *Driver) EnsureVM(_ context.Context, spec driver.VMSpec) (driver.VM, err
 	diskUID, ok := d.owner(d.diskDir(spec.DiskID))
 	if !ok {
 		return driver.VM{}, fmt.Errorf("launch vm %s: data disk %s does not exist", spec.ID, spec.DiskID)
+	}
+	if d.isolate && diskUID < FirstVMUID {
+		// A disk made before VMs were isolated (or by a manager that was not
+		// root) gets its user now, with everything on it.
+		var err error
+		if diskUID, err = d.adopt(spec.DiskID); err != nil {
+			return driver.VM{}, fmt.Errorf("launch vm %s: %w", spec.ID, err)
+		}
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "state"), 0o700); err != nil {
 		return driver.VM{}, fmt.Errorf("launch vm %s: %w", spec.ID, err)

@@ -162,6 +162,19 @@ func TestEachDiskHasItsOwnUser(t *testing.T) {
 	if a < FirstVMUID || b < FirstVMUID || a == b {
 		t.Fatalf("disk users %d and %d", a, b)
 	}
+	// A disk from before isolation (the manager's) is handed to a user of
+	// its own when a VM starts on it.
+	old := d.diskDir("disk-old")
+	if err := os.MkdirAll(filepath.Join(old, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.EnsureVM(ctx, driver.VMSpec{ID: "vm-old", DiskID: "disk-old", Bootstrap: driver.Bootstrap{JoinToken: "t", CAPEM: "p"}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(-pidOf(t, root, "vm-old"), syscall.SIGKILL) })
+	if u, _ := d.owner(filepath.Join(old, "sub")); u < FirstVMUID || u == a || u == b {
+		t.Errorf("the old disk's files belong to %d", u)
+	}
 	if _, err := d.EnsureVM(ctx, driver.VMSpec{ID: "vm-b", DiskID: "disk-b", Bootstrap: driver.Bootstrap{JoinToken: "t", CAPEM: "p"}}); err != nil {
 		t.Fatal(err)
 	}
