@@ -18,6 +18,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+
+	"github.com/google/uuid"
 )
 
 // Kind classifies an error by what the caller should do about it.
@@ -66,6 +68,16 @@ func Invalid(field, rule string, args ...any) *Error {
 	e := newError(ReasonInvalidField, rule, args)
 	e.Field, e.Message = field, field+": "+e.Message
 	return e
+}
+
+// CheckID reports, as an invalid field, an id that is not a resource id:
+// every Flotilla resource is named by a UUID in its canonical lower-case
+// form, which is also how it appears in bus subjects.
+func CheckID(field, id string) error {
+	if u, err := uuid.Parse(id); err != nil || u.String() != id {
+		return Invalid(field, "%q is not an id: ids are UUIDs such as 0190c3e1-0000-7000-8000-000000000000", id)
+	}
+	return nil
 }
 
 // Malformed reports a request that cannot be decoded or is wrong as a whole.

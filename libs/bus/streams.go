@@ -23,10 +23,12 @@ func Streams(replicas int) []jetstream.StreamConfig {
 	}
 	return []jetstream.StreamConfig{{
 		Name:        subjects.EventsStream,
-		Description: "Flotilla domain events: the replayable history of every resource",
+		Description: "Flotilla domain events: the replayable history of every resource, bounded by age and size",
 		Subjects:    []string{subjects.EventsAll()},
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
+		MaxAge:      EventsMaxAge,
+		MaxBytes:    EventsMaxBytes,
 		Duplicates:  DuplicateWindow,
 		Replicas:    replicas,
 		Discard:     jetstream.DiscardOld,
@@ -70,6 +72,15 @@ func Streams(replicas int) []jetstream.StreamConfig {
 		Replicas:          replicas,
 	}}
 }
+
+// FLOTILLA_EVENTS keeps events for EventsMaxAge and at most EventsMaxBytes,
+// dropping the oldest first. The inventory's tables are the source of truth;
+// the stream is history (instance timelines) and the feed of the services'
+// durable consumers, which must not stay stopped for longer than the age.
+const (
+	EventsMaxAge   = 90 * 24 * time.Hour
+	EventsMaxBytes = 4 << 30
+)
 
 // AgentLogLinesKept is how many log lines (messages) are kept per instance.
 const AgentLogLinesKept = 10000

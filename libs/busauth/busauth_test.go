@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -244,5 +245,33 @@ func TestRotationRevokesTheOldCredentials(t *testing.T) {
 	nc.Close()
 	if cfg, err := again.ServerConfig(); err != nil || !strings.Contains(cfg, "resolver_preload") || !strings.Contains(cfg, "operator: ") {
 		t.Fatalf("server config: %v\n%s", err, cfg)
+	}
+}
+
+// TestCredentialsFitTheProtocolLine: a connection sends its user JWT in one
+// CONNECT line, so every identity's must fit, with room for the endpoints
+// still to come, in the line length the authority configures.
+func TestCredentialsFitTheProtocolLine(t *testing.T) {
+	t.Parallel()
+	a, err := busauth.LoadOrCreate(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range busauth.Identities() {
+		b, err := os.ReadFile(a.Creds(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		token, err := jwt.ParseDecoratedJWT(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(token) > busauth.MaxControlLine/2 {
+			t.Errorf("%s's JWT is %d bytes, more than half of the %d-byte protocol line", id, len(token), busauth.MaxControlLine)
+		}
+	}
+	conf, err := a.ServerConfig()
+	if err != nil || !strings.Contains(conf, "max_control_line: ") {
+		t.Errorf("the server configuration does not raise the protocol line: %v", err)
 	}
 }

@@ -26,14 +26,23 @@ func InboxPrefix(identity string) string { return "_INBOX_" + identity }
 // jsAPI is a JetStream API subject.
 func jsAPI(format string, args ...any) string { return "$JS.API." + fmt.Sprintf(format, args...) }
 
-// Never allowed to anyone, whatever else a set allows: removing streams,
-// their messages, or the consumers other services depend on.
-var denied = []string{
-	jsAPI("STREAM.DELETE.>"),
-	jsAPI("STREAM.PURGE.>"),
-	jsAPI("STREAM.MSG.DELETE.>"),
-	jsAPI("CONSUMER.DELETE.>"),
-	jsAPI("CONSUMER.DURABLE.CREATE.>"),
+// denied is never allowed to anyone, whatever else a set allows: removing
+// streams, their messages, or the durable consumers the services depend on.
+// (Readers may delete the ephemeral consumers they replay with: an ordered
+// consumer deletes its previous one each time it resets.)
+func denied() []string {
+	d := []string{
+		jsAPI("STREAM.DELETE.>"),
+		jsAPI("STREAM.PURGE.>"),
+		jsAPI("STREAM.MSG.DELETE.>"),
+		jsAPI("CONSUMER.DURABLE.CREATE.>"),
+	}
+	for _, u := range endpoints.Streams {
+		for _, c := range u.Consumers {
+			d = append(d, jsAPI("CONSUMER.DELETE.%s.%s", u.Stream, c.Durable))
+		}
+	}
+	return d
 }
 
 // Permissions returns what identity may publish and subscribe to, derived
@@ -88,7 +97,7 @@ func Permissions(identity string) (jwt.Permissions, error) {
 				jsAPI("DIRECT.GET.%s", st), jsAPI("DIRECT.GET.%s.>", st),
 				// Ephemeral, ordered consumers: any name but a durable's.
 				jsAPI("CONSUMER.CREATE.%s.*", st), jsAPI("CONSUMER.CREATE.%s.*.>", st),
-				jsAPI("CONSUMER.INFO.%s.*", st), jsAPI("CONSUMER.MSG.NEXT.%s.*", st))
+				jsAPI("CONSUMER.INFO.%s.*", st), jsAPI("CONSUMER.MSG.NEXT.%s.*", st), jsAPI("CONSUMER.DELETE.%s.*", st))
 			for _, c := range u.Consumers {
 				if c.Service != identity {
 					deny = append(deny, jsAPI("CONSUMER.CREATE.%s.%s", st, c.Durable), jsAPI("CONSUMER.CREATE.%s.%s.>", st, c.Durable))
@@ -112,7 +121,7 @@ func Permissions(identity string) (jwt.Permissions, error) {
 	}
 	p := jwt.Permissions{}
 	p.Pub.Allow.Add(unique(pub)...)
-	p.Pub.Deny.Add(append(deny, denied...)...)
+	p.Pub.Deny.Add(append(deny, denied()...)...)
 	p.Sub.Allow.Add(unique(sub)...)
 	if serves {
 		// Reply to whoever sent a request, once, within a minute.
@@ -127,7 +136,7 @@ func observer() (pub, deny []string) {
 	pub = []string{jsAPI("INFO"), jsAPI("STREAM.NAMES"), jsAPI("STREAM.LIST"), jsAPI("STREAM.INFO.*"),
 		jsAPI("STREAM.MSG.GET.*"), jsAPI("DIRECT.GET.>"), jsAPI("CONSUMER.NAMES.*"), jsAPI("CONSUMER.LIST.*"),
 		jsAPI("CONSUMER.INFO.*.*"), jsAPI("CONSUMER.CREATE.*.*"), jsAPI("CONSUMER.CREATE.*.*.>"),
-		jsAPI("CONSUMER.MSG.NEXT.*.*")}
+		jsAPI("CONSUMER.MSG.NEXT.*.*"), jsAPI("CONSUMER.DELETE.*.*")}
 	for _, u := range endpoints.Streams {
 		for _, c := range u.Consumers {
 			deny = append(deny, jsAPI("CONSUMER.CREATE.%s.%s", u.Stream, c.Durable), jsAPI("CONSUMER.CREATE.%s.%s.>", u.Stream, c.Durable),

@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -43,6 +44,11 @@ func TestErrorsCarryAStableReason(t *testing.T) {
 		{"malformed body", "POST", "/api/v1/networks", `{"name":`, "", 400, "malformed_request", ""},
 		{"not yet", "POST", "/api/v1/networks", reply{"name": "n2", "provider": "local", "httpsStrategy": "acme"}, "", 400, "unsupported", "httpsStrategy"},
 		{"missing", "GET", "/api/v1/networks/0190c3e1-0000-7000-8000-000000000000", nil, "", 404, "not_found", ""},
+		{"malformed id", "GET", "/api/v1/networks/nope", nil, "", 400, "invalid_field", "id"},
+		{"upper-case id", "GET", "/api/v1/instances/" + strings.ToUpper(id), nil, "", 400, "invalid_field", "id"},
+		{"events of no instance id", "GET", "/api/v1/instances/*/events", nil, "", 400, "invalid_field", "id"},
+		{"events of a subject pattern", "GET", "/api/v1/instances/" + id + ".%3E/events", nil, "", 400, "invalid_field", "id"},
+		{"logs of no instance id", "GET", "/api/v1/instances/%3E/logs", nil, "", 400, "invalid_field", "id"},
 		{"no token", "GET", "/api/v1/networks", nil, "-", 401, "unauthenticated", ""},
 		{"bad token", "GET", "/api/v1/networks", nil, "flt_nope", 401, "unauthenticated", ""},
 		{"no such path", "GET", "/api/v1/nowhere", nil, "", 404, "not_found", ""},

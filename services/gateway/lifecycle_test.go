@@ -35,8 +35,11 @@ func TestLifecycleActionsQueueWorkAndDoNotInterleave(t *testing.T) {
 	if code := e.call("DELETE", "/api/v1/instances/"+id, nil, &out, ""); code != 409 {
 		t.Errorf("DELETE while provisioning: %d %v", code, out)
 	}
-	if code := e.call("POST", "/api/v1/instances/nope:provision", "{}", &out, ""); code != 404 {
+	if code := e.call("POST", "/api/v1/instances/0190c3e1-0000-7000-8000-000000000000:provision", "{}", &out, ""); code != 404 {
 		t.Errorf(":provision of an unknown instance: %d %v", code, out)
+	}
+	if code := e.call("POST", "/api/v1/instances/nope:provision", "{}", &out, ""); code != 400 || out["reason"] != "invalid_field" {
+		t.Errorf(":provision of a malformed id: %d %v", code, out)
 	}
 
 	// Exactly one piece of work is queued, naming the instance and the action.

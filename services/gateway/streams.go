@@ -57,6 +57,10 @@ type logLine struct {
 func (g *Gateway) instanceLogs(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	id := r.PathValue("id")
+	if err := apierr.CheckID("id", id); err != nil {
+		g.writeError(w, r, err)
+		return
+	}
 	if _, err := call(ctx, g, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id}); err != nil {
 		g.writeError(w, r, err)
 		return
@@ -202,6 +206,10 @@ func (g *Gateway) instanceEvents(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	id := r.PathValue("id")
+	if err := apierr.CheckID("id", id); err != nil {
+		g.writeError(w, r, err)
+		return
+	}
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.EntityEvents(subjects.NounInstance, id)}}
 	if v := r.URL.Query().Get("since"); v != "" {
 		since, err := time.Parse(time.RFC3339, v)

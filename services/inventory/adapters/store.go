@@ -82,10 +82,11 @@ func (t Table) Insert(ctx context.Context, tx pgx.Tx, m proto.Message, now time.
 }
 
 // Get reads one resource into m. With forUpdate the row stays locked until the
-// transaction ends. A missing or malformed id is reported as not found.
+// transaction ends. A malformed id is invalid input; a missing one is not
+// found.
 func (t Table) Get(ctx context.Context, q Querier, id string, forUpdate bool, m proto.Message) error {
-	if _, err := uuid.Parse(id); err != nil {
-		return apierr.NotFound(t.Noun, id)
+	if err := apierr.CheckID("id", id); err != nil {
+		return err
 	}
 	sql := "SELECT spec, id::text, version, created_at, updated_at FROM " + t.Name + " WHERE id = $1"
 	if forUpdate {

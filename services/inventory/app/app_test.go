@@ -11,6 +11,7 @@ import (
 
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/testkit"
 	"flotilla.dev/flotilla/services/inventory/adapters"
 	"flotilla.dev/flotilla/services/inventory/app"
@@ -80,5 +81,47 @@ func TestAgentsWithoutHeartbeatsAreShownDisconnected(t *testing.T) {
 	// version they read still works after heartbeats.
 	if _, err := a.UpdateInstance(ctx, "test", &inventoryv1.Instance{Id: in.GetId(), Version: in.GetVersion(), Name: "renamed"}, []string{"name"}); err != nil {
 		t.Fatalf("update after heartbeats: %v", err)
+	}
+}
+
+func TestProgressCountsOnlyForTheInstancesCurrentCommand(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a, in := newApp(t)
+	setVM := func(vm string) {
+		t.Helper()
+		if _, err := a.RecordState(ctx, vocab.System("provisioner"), &inventoryv1.RecordStateRequest{Id: in.GetId(),
+			State: string(vocab.StateProvisioning), StateDetail: string(vocab.StepRunningSetup), VmId: vm}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	progress := func(cmd string, step vocab.Step, status vocab.Progress) *inventoryv1.Instance {
+		t.Helper()
+		if err := a.Observe(ctx, &agentv1.AgentEvent{InstanceId: in.GetId(), Time: timestamppb.Now(),
+			Body: &agentv1.AgentEvent_Progress{Progress: &agentv1.Progress{CommandId: cmd, Step: string(step), Status: string(status)}}}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := a.GetInstance(ctx, in.GetId())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	setVM("vm-old")
+	progress("vm-old", vocab.StepInstalling, vocab.ProgressStarted)
+	// Re-provisioned onto a new VM: the old agent's late report of being
+	// done, or of failing, does not count for the new run.
+	setVM("vm-new")
+	for _, status := range []vocab.Progress{vocab.ProgressSucceeded, vocab.ProgressFailed} {
+		got := progress("vm-old", vocab.StepDone, status)
+		if got.GetAgentProgress() == vocab.AgentProgress(vocab.StepDone, status) || got.GetState() != string(vocab.StateProvisioning) {
+			t.Fatalf("the previous VM's %s counted for the new one: %s, %s", status, got.GetAgentProgress(), got.GetState())
+		}
+	}
+	if got := progress("", vocab.StepDone, vocab.ProgressSucceeded); got.GetAgentProgress() == vocab.AgentProgress(vocab.StepDone, vocab.ProgressSucceeded) {
+		t.Fatalf("progress naming no command counted: %s", got.GetAgentProgress())
+	}
+	if got := progress("vm-new", vocab.StepDone, vocab.ProgressSucceeded); got.GetAgentProgress() != vocab.AgentProgress(vocab.StepDone, vocab.ProgressSucceeded) {
+		t.Fatalf("the current command's progress did not count: %q", got.GetAgentProgress())
 	}
 }

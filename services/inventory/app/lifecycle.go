@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -187,6 +188,13 @@ func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
 			}
 		case *agentv1.AgentEvent_Progress:
 			p := b.Progress
+			// Progress counts only for the command that set up the
+			// instance's current VM (the provisioner names the command
+			// after it): a re-provision cannot be shown as done by what
+			// the previous run's agent reports late.
+			if p.GetCommandId() == "" || p.GetCommandId() != in.GetVmId() {
+				return errStaleProgress
+			}
 			in.AgentProgress = vocab.AgentProgress(vocab.Step(p.GetStep()), vocab.Progress(p.GetStatus()))
 			if vocab.State(in.GetState()) == vocab.StateProvisioning {
 				switch vocab.Progress(p.GetStatus()) {
@@ -208,11 +216,15 @@ func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
 		}
 		return a.emit(ctx, tx, subjects.NounInstance, verb, vocab.Agent(in.GetId()), in, now)
 	})
-	if apierr.Is(err, apierr.KindNotFound) {
+	if apierr.Is(err, apierr.KindNotFound) || errors.Is(err, errStaleProgress) {
 		return nil
 	}
 	return err
 }
+
+// errStaleProgress drops a progress report for a command other than the
+// instance's current one.
+var errStaleProgress = errors.New("progress for a command that is not the instance's current one")
 
 // MarkStaleAgents records as disconnected every agent that is shown as
 // connected but has sent no heartbeat for staleAfter: its gateway may have

@@ -68,14 +68,14 @@ func checkInstance(ctx context.Context, tx pgx.Tx, old, v *inventoryv1.Instance)
 	}
 	t := &inventoryv1.Template{}
 	if err := TemplateTable.Get(ctx, tx, v.GetTemplateId(), false, t); err != nil {
-		if apierr.Is(err, apierr.KindNotFound) {
+		if apierr.Is(err, apierr.KindNotFound) || apierr.Is(err, apierr.KindInvalid) {
 			return apierr.Invalid("templateId", "template %q does not exist", v.GetTemplateId())
 		}
 		return err
 	}
 	n := &inventoryv1.Network{}
 	if err := NetworkTable.Get(ctx, tx, v.GetNetworkId(), false, n); err != nil {
-		if apierr.Is(err, apierr.KindNotFound) {
+		if apierr.Is(err, apierr.KindNotFound) || apierr.Is(err, apierr.KindInvalid) {
 			return apierr.Invalid("networkId", "network %q does not exist", v.GetNetworkId())
 		}
 		return err

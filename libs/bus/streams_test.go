@@ -1,0 +1,44 @@
+package bus_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/testkit"
+)
+
+// A stream declared by an older Flotilla, without limits, takes today's
+// limits when a service starts: the events stream cannot grow without bound.
+func TestEventsAreBoundedByAgeAndSize(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	js, err := jetstream.New(testkit.NATSConn(t, testkit.NATS(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: subjects.EventsStream, Subjects: []string{subjects.EventsAll()}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.EnsureStreams(ctx, js, 1, subjects.EventsStream); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, subjects.EventsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	if cfg.MaxAge != bus.EventsMaxAge || cfg.MaxBytes != bus.EventsMaxBytes || cfg.Discard != jetstream.DiscardOld {
+		t.Fatalf("events stream limits: age %v, bytes %d, discard %v", cfg.MaxAge, cfg.MaxBytes, cfg.Discard)
+	}
+	// Every stream is bounded by age or size, except the work queue, whose
+	// messages are removed when done.
+	for _, c := range bus.Streams(1) {
+		if c.Retention != jetstream.WorkQueuePolicy && c.MaxAge == 0 && c.MaxBytes <= 0 {
+			t.Errorf("stream %s grows without bound", c.Name)
+		}
+	}
+}
