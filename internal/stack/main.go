@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/caarlos0/env/v11"
 
@@ -29,10 +30,13 @@ type EnvConfig struct {
 	DatabaseURL string `env:"FLOTILLA_DATABASE_URL"`
 	HTTPAddr    string `env:"FLOTILLA_HTTP_ADDR" envDefault:":7700"`
 	GRPCAddr    string `env:"FLOTILLA_GRPC_ADDR" envDefault:":7701"`
-	MetricsAddr string `env:"FLOTILLA_METRICS_ADDR"`
-	KMSKeyFile  string `env:"FLOTILLA_KMS_KEY_FILE"`
-	CACertFile  string `env:"FLOTILLA_CA_CERT_FILE"`
-	CAKeyFile   string `env:"FLOTILLA_CA_KEY_FILE"`
+	// MaxRequestBytes and RequestReadTimeout bound what an API client sends.
+	MaxRequestBytes    int64         `env:"FLOTILLA_MAX_REQUEST_BYTES" envDefault:"1048576"`
+	RequestReadTimeout time.Duration `env:"FLOTILLA_REQUEST_READ_TIMEOUT" envDefault:"30s"`
+	MetricsAddr        string        `env:"FLOTILLA_METRICS_ADDR"`
+	KMSKeyFile         string        `env:"FLOTILLA_KMS_KEY_FILE"`
+	CACertFile         string        `env:"FLOTILLA_CA_CERT_FILE"`
+	CAKeyFile          string        `env:"FLOTILLA_CA_KEY_FILE"`
 	// AgentAddr is where the agent gateway listens for agents.
 	AgentAddr string `env:"FLOTILLA_AGENT_ADDR" envDefault:":7702"`
 	// AgentServerNames are the names agents dial the agent gateway by (its
@@ -89,6 +93,12 @@ func (c EnvConfig) Validate(service string) error {
 		hostPort("FLOTILLA_AGENT_ADDR", c.AgentAddr)
 	case subjects.Gateway:
 		hostPort("FLOTILLA_HTTP_ADDR", c.HTTPAddr)
+		if c.MaxRequestBytes < 1<<10 || c.MaxRequestBytes > 64<<20 {
+			errs = append(errs, fmt.Errorf("FLOTILLA_MAX_REQUEST_BYTES: %d must be between 1024 and %d (64 MiB)", c.MaxRequestBytes, 64<<20))
+		}
+		if c.RequestReadTimeout < time.Second {
+			errs = append(errs, fmt.Errorf("FLOTILLA_REQUEST_READ_TIMEOUT: %v must be at least 1s", c.RequestReadTimeout))
+		}
 		hostPort("FLOTILLA_GRPC_ADDR", c.GRPCAddr)
 	case subjects.Provisioner:
 		hostPort("FLOTILLA_AGENT_GATEWAY_ADDR", c.AgentGatewayAddr)
@@ -111,22 +121,24 @@ func (c EnvConfig) Validate(service string) error {
 // Config is the stack configuration that runs service alone.
 func (c EnvConfig) Config(service string) Config {
 	return Config{
-		Services:         []string{service},
-		NATSURL:          c.NATSURL,
-		NATSCreds:        map[string]string{service: c.NATSCreds},
-		StreamReplicas:   c.StreamReplicas,
-		DatabaseURL:      c.DatabaseURL,
-		HTTPAddr:         c.HTTPAddr,
-		GRPCAddr:         c.GRPCAddr,
-		MetricsAddr:      c.MetricsAddr,
-		AgentAddr:        c.AgentAddr,
-		AgentServerNames: c.AgentServerNames,
-		AgentGatewayAddr: c.AgentGatewayAddr,
-		CACertFile:       c.CACertFile,
-		CAKeyFile:        c.CAKeyFile,
-		KMSKeyFile:       c.KMSKeyFile,
-		LocalRoot:        c.LocalRoot,
-		AgentCommand:     strings.Fields(c.AgentCommand),
+		Services:           []string{service},
+		NATSURL:            c.NATSURL,
+		NATSCreds:          map[string]string{service: c.NATSCreds},
+		StreamReplicas:     c.StreamReplicas,
+		DatabaseURL:        c.DatabaseURL,
+		HTTPAddr:           c.HTTPAddr,
+		GRPCAddr:           c.GRPCAddr,
+		MaxRequestBytes:    c.MaxRequestBytes,
+		RequestReadTimeout: c.RequestReadTimeout,
+		MetricsAddr:        c.MetricsAddr,
+		AgentAddr:          c.AgentAddr,
+		AgentServerNames:   c.AgentServerNames,
+		AgentGatewayAddr:   c.AgentGatewayAddr,
+		CACertFile:         c.CACertFile,
+		CAKeyFile:          c.CAKeyFile,
+		KMSKeyFile:         c.KMSKeyFile,
+		LocalRoot:          c.LocalRoot,
+		AgentCommand:       strings.Fields(c.AgentCommand),
 	}
 }
 

@@ -82,6 +82,10 @@ type Config struct {
 	// HTTPAddr and GRPCAddr are where the gateway listens (GRPCAddr empty:
 	// no gRPC port).
 	HTTPAddr, GRPCAddr string
+	// MaxRequestBytes and RequestReadTimeout bound what an API client sends
+	// (0: the gateway's defaults, 1 MiB and 30 s).
+	MaxRequestBytes    int64
+	RequestReadTimeout time.Duration
 	// MetricsAddr serves Prometheus /metrics when not empty.
 	MetricsAddr string
 
@@ -433,7 +437,7 @@ func (d deps) agentgw(ctx context.Context, nc *nats.Conn) (runner, error) {
 func (d deps) gateway(ctx context.Context, nc *nats.Conn, httpL, grpcL net.Listener) (runner, error) {
 	c := d.cfg
 	g, err := gateway.New(ctx, gateway.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version,
-		HTTPListener: httpL, GRPCListener: grpcL})
+		HTTPListener: httpL, GRPCListener: grpcL, MaxRequestBytes: c.MaxRequestBytes, RequestReadTimeout: c.RequestReadTimeout})
 	if err != nil {
 		return runner{}, err
 	}

@@ -85,6 +85,17 @@ func Malformed(format string, args ...any) *Error {
 	return newError(ReasonMalformedRequest, format, args)
 }
 
+// TooLarge reports a request, or the field named (if any), larger than a
+// limit the message states. A REST body over the gateway's cap is answered
+// 413 with it; anything else too large is a 400.
+func TooLarge(field, format string, args ...any) *Error {
+	e := newError(ReasonTooLarge, format, args)
+	if field != "" {
+		e.Field, e.Message = field, field+": "+e.Message
+	}
+	return e
+}
+
 // Unsupported reports a request for something Flotilla does not do (yet).
 func Unsupported(field, format string, args ...any) *Error {
 	e := newError(ReasonUnsupported, format, args)

@@ -14,6 +14,10 @@ const (
 	ReasonMalformedRequest Reason = "malformed_request"
 	// ReasonUnsupported: the request asks for something Flotilla does not do (yet).
 	ReasonUnsupported Reason = "unsupported"
+	// ReasonTooLarge: the request, or a field of it, is larger than a limit.
+	ReasonTooLarge Reason = "too_large"
+	// ReasonRequestTimeout: the client did not send its request in time.
+	ReasonRequestTimeout Reason = "request_timeout"
 
 	// ReasonNotFound: the named resource does not exist.
 	ReasonNotFound Reason = "not_found"
@@ -60,6 +64,8 @@ var reasons = []ReasonInfo{
 	{ReasonInvalidField, KindInvalid, "a request field breaks a rule; `field` names it and the message states the rule"},
 	{ReasonMalformedRequest, KindInvalid, "the request cannot be decoded (bad JSON, unknown field, wrong type) or is wrong as a whole"},
 	{ReasonUnsupported, KindInvalid, "the request asks for something Flotilla does not do yet (a provider or HTTPS strategy without a driver)"},
+	{ReasonTooLarge, KindInvalid, "the request body (413), a field (`field` names it) or the whole request is larger than the limit the message states"},
+	{ReasonRequestTimeout, KindInvalid, "the request body did not arrive within the gateway's read timeout (408)"},
 	{ReasonNotFound, KindNotFound, "the named resource (or API path) does not exist"},
 	{ReasonVersionMismatch, KindConflict, "the resource changed since the version sent: read it again, reapply the change, retry"},
 	{ReasonAlreadyExists, KindConflict, "a resource with this name or id exists already (or initial setup was done)"},

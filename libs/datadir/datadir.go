@@ -63,6 +63,8 @@ type Settings struct {
 	// an operator may point them at their own.
 	CACertFile string `json:"caCertFile,omitempty"`
 	CAKeyFile  string `json:"caKeyFile,omitempty"`
+	// MaxRequestBytes caps an API request body (0: 1 MiB).
+	MaxRequestBytes int64 `json:"maxRequestBytes,omitempty"`
 }
 
 // CAFiles returns the CA certificate and key paths, defaults filled in.
@@ -101,6 +103,9 @@ func (s *Settings) Validate() error {
 	}
 	if s.ManagedPostgres && s.PostgresPassword == "" {
 		errs = append(errs, errors.New("postgresPassword: is required when managedPostgres is true"))
+	}
+	if s.MaxRequestBytes != 0 && (s.MaxRequestBytes < 1<<10 || s.MaxRequestBytes > 64<<20) {
+		errs = append(errs, fmt.Errorf("maxRequestBytes: %d must be between 1024 and %d (64 MiB), or 0 for 1 MiB", s.MaxRequestBytes, 64<<20))
 	}
 	if (s.CACertFile == "") != (s.CAKeyFile == "") {
 		errs = append(errs, errors.New("caCertFile, caKeyFile: give both or neither"))

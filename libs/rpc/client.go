@@ -87,6 +87,10 @@ func clientError(service string, err error) error {
 	switch {
 	case errors.As(err, &se):
 		return apierr.FromBus(se.Code, se.Message, se.Header.Get(apierr.HeaderReason), se.Header.Get(apierr.HeaderField))
+	case errors.Is(err, nats.ErrMaxPayload):
+		e := apierr.TooLarge("", "the request is larger than the bus's message limit")
+		e.Err = err
+		return e
 	case errors.Is(err, nats.ErrNoResponders):
 		e := apierr.Unavailable("the %s service is not available; try again shortly", service)
 		e.Err = err

@@ -28,6 +28,7 @@ import (
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/msgcheck"
 	"flotilla.dev/flotilla/libs/natsx"
 )
 
@@ -103,6 +104,8 @@ func handler[Req, Resp proto.Message](tp trace.TracerProvider, log *slog.Logger,
 		if err == nil {
 			if err = proto.Unmarshal(r.Data(), req); err != nil {
 				err = apierr.Malformed("malformed %s: %v", desc.Name(), err)
+			} else if field, found := msgcheck.NUL(req); found {
+				err = apierr.Invalid(field, "must not contain a NUL byte")
 			}
 		}
 		if err == nil {
@@ -112,12 +115,18 @@ func handler[Req, Resp proto.Message](tp trace.TracerProvider, log *slog.Logger,
 		if err == nil {
 			data, err = proto.Marshal(resp)
 		}
-		if err != nil {
-			e := apierr.Public(ctx, log, err)
-			_ = r.Error(string(e.Kind), e.Message, nil, micro.WithHeaders(e.BusHeaders()))
-			return
+		if err == nil {
+			if err = r.Respond(data); err == nil {
+				return
+			}
+			// The caller must hear of it now, not time out: a reply larger
+			// than the bus's message limit is the usual cause.
+			err = fmt.Errorf("send the %d-byte reply to %s: %w", len(data), desc.Name(), err)
 		}
-		_ = r.Respond(data)
+		e := apierr.Public(ctx, log, err)
+		if rerr := r.Error(string(e.Kind), e.Message, nil, micro.WithHeaders(e.BusHeaders())); rerr != nil {
+			log.ErrorContext(ctx, "cannot reply", "endpoint", desc.Name(), "error", rerr)
+		}
 	})
 }
 

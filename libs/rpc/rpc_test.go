@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/trace/noop"
@@ -202,5 +203,34 @@ func TestHandleRefusesAnotherServicesEndpoint(t *testing.T) {
 	})
 	if err == nil {
 		t.Fatal("the CA registered an inventory endpoint")
+	}
+}
+
+// TestWhatCannotCrossTheBusIsAnErrorNotATimeout: a request with a NUL byte
+// is refused naming the field; a request or a reply larger than the bus's
+// message limit is an error at once, not a caller waiting for its timeout.
+func TestWhatCannotCrossTheBusIsAnErrorNotATimeout(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	serve(t, testkit.NATSConn(t, ns), endpoints.NetworkUpdate, func(_ context.Context, _ vocab.Actor, r *inventoryv1.UpdateNetworkRequest) (*inventoryv1.Network, error) {
+		// Echoing the name back: a long name makes a reply too large.
+		return &inventoryv1.Network{Name: r.GetNetwork().GetName() + r.GetNetwork().GetName()}, nil
+	})
+	gw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Gateway, time.Minute)
+	update := func(name string) error {
+		_, err := rpc.Call(t.Context(), gw, endpoints.NetworkUpdate, &inventoryv1.UpdateNetworkRequest{Network: &inventoryv1.Network{Id: "n", Name: name}})
+		return err
+	}
+	if err := update("lab\x00"); apierr.ReasonOf(err) != apierr.ReasonInvalidField || !strings.Contains(err.Error(), "name: must not contain a NUL byte") {
+		t.Errorf("NUL in a field: %v", err)
+	}
+	limit := int(testkit.NATSConn(t, ns).MaxPayload())
+	// Had the reply been lost, the call would end unavailable after its
+	// timeout.
+	if err := update(strings.Repeat("x", limit/2+1)); !apierr.Is(err, apierr.KindInternal) || !strings.Contains(err.Error(), "error id") {
+		t.Errorf("reply over the limit: %v", err)
+	}
+	if err := update(strings.Repeat("x", limit+1)); apierr.ReasonOf(err) != apierr.ReasonTooLarge {
+		t.Errorf("request over the limit: %v", err)
 	}
 }

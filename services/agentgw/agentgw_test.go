@@ -277,14 +277,18 @@ func TestTheInstanceIsTheCertificates(t *testing.T) {
 	}
 	for _, m := range []*agentv1.AgentMessage{
 		{Body: &agentv1.AgentMessage_Heartbeat{Heartbeat: &agentv1.Heartbeat{DiskUsedBytes: 42, AgentVersion: "test"}}},
-		{Body: &agentv1.AgentMessage_Progress{Progress: &agentv1.Progress{CommandId: "c", Step: "done", Status: "succeeded"}}},
+		{Body: &agentv1.AgentMessage_Progress{Progress: &agentv1.Progress{CommandId: "c", Step: "done", Status: "failed", Message: "exit 1: \x00\x01"}}},
 		{Body: &agentv1.AgentMessage_Logs{Logs: &agentv1.LogBatch{Lines: []*agentv1.LogLine{{Seq: 7, Text: "hello"}}}}},
 	} {
 		if err := stream.Send(m); err != nil {
 			t.Fatal(err)
 		}
 	}
-	e.observed.WaitFor(t, 10*time.Second, "progress", func(ev *agentv1.AgentEvent) bool { return ev.GetProgress() != nil })
+	// A NUL byte a program printed reaches the inventory as U+FFFD: the
+	// inventory refuses NUL in any request.
+	if p := e.observed.WaitFor(t, 10*time.Second, "progress", func(ev *agentv1.AgentEvent) bool { return ev.GetProgress() != nil }); p.GetProgress().GetMessage() != "exit 1: \uFFFD\x01" {
+		t.Errorf("progress message %q", p.GetProgress().GetMessage())
+	}
 	hb := e.observed.WaitFor(t, 10*time.Second, "heartbeat", func(ev *agentv1.AgentEvent) bool { return ev.GetHeartbeat() != nil })
 	if hb.GetHeartbeat().GetDiskUsedBytes() != 42 {
 		t.Errorf("heartbeat = %v", hb)

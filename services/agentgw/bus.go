@@ -20,6 +20,7 @@ import (
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/msgcheck"
 	"flotilla.dev/flotilla/libs/rpc"
 )
 
@@ -58,6 +59,9 @@ func eventType(ev *agentv1.AgentEvent) string {
 // retried for up to ObserveRetry when retry is set. A failure is logged:
 // the agent carries on either way.
 func (s *Service) deliver(ctx context.Context, ev *agentv1.AgentEvent, retry bool) {
+	// What an agent reports is text a program printed: a NUL byte in it is
+	// shown, not a reason for the inventory to refuse the event.
+	msgcheck.ScrubNUL(ev)
 	id := ev.GetInstanceId()
 	typ := eventType(ev)
 	msg, err := bus.NewMessage(ctx, subjects.AgentStatus(id), typ, vocab.Agent(id), ev.GetTime().AsTime(), ev)

@@ -46,6 +46,8 @@ type envOptions struct {
 	// only starts just these extra services besides inventory and gateway
 	// (nil: all of them).
 	only []string
+	// config changes the stack's configuration.
+	config func(*stack.Config)
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -56,6 +58,9 @@ func newEnv(t *testing.T, o envOptions) *env {
 	bus := testkit.SecureNATS(t)
 	dbURL := testkit.NewDatabase(t)
 	cfg := stacktest.OnBus(stack.Config{Version: "1.2.3", TracerProvider: tp, DatabaseURL: dbURL, InventoryOptions: o.appOptions}, bus)
+	if o.config != nil {
+		o.config(&cfg)
+	}
 	if o.only != nil {
 		cfg.Services = append([]string{subjects.Inventory, subjects.Gateway}, o.only...)
 	}

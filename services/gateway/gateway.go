@@ -53,6 +53,11 @@ type Deps struct {
 	GRPCListener net.Listener
 	// RequestTimeout bounds each call to a backing service (default 15s).
 	RequestTimeout time.Duration
+	// MaxRequestBytes caps a request body or gRPC message
+	// (DefaultMaxRequestBytes); RequestReadTimeout bounds reading a body
+	// (DefaultRequestReadTimeout).
+	MaxRequestBytes    int64
+	RequestReadTimeout time.Duration
 }
 
 // Gateway is the running public API.
@@ -60,12 +65,15 @@ type Gateway struct {
 	log            *slog.Logger
 	version        string
 	requestTimeout time.Duration
-	httpSrv        *http.Server
-	grpcSrv        *grpc.Server
-	mux            *runtime.ServeMux
-	js             jetstream.JetStream
-	bus            *rpc.Client
-	deps           Deps
+	// maxRequestBytes and readTimeout bound what a client sends.
+	maxRequestBytes int64
+	readTimeout     time.Duration
+	httpSrv         *http.Server
+	grpcSrv         *grpc.Server
+	mux             *runtime.ServeMux
+	js              jetstream.JetStream
+	bus             *rpc.Client
+	deps            Deps
 }
 
 // New builds the gateway's HTTP and gRPC servers; Run serves them.
@@ -82,6 +90,13 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 	if g.requestTimeout == 0 {
 		g.requestTimeout = 15 * time.Second
 	}
+	g.maxRequestBytes, g.readTimeout = d.MaxRequestBytes, d.RequestReadTimeout
+	if g.maxRequestBytes <= 0 {
+		g.maxRequestBytes = DefaultMaxRequestBytes
+	}
+	if g.readTimeout <= 0 {
+		g.readTimeout = DefaultRequestReadTimeout
+	}
 	g.bus = rpc.NewClient(d.NATS, subjects.Gateway, g.requestTimeout)
 	js, err := jetstream.New(d.NATS)
 	if err != nil {
@@ -92,8 +107,10 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.httpSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	g.httpSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	g.grpcSrv = grpc.NewServer(
+		grpc.MaxRecvMsgSize(int(g.maxRequestBytes)),
+		grpc.ConnectionTimeout(g.readTimeout),
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(d.TracerProvider), otelgrpc.WithPropagators(natsx.Propagator))),
 		grpc.ChainUnaryInterceptor(g.unaryAuth),
 		grpc.ChainStreamInterceptor(g.streamAuth),
@@ -177,7 +194,7 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
 	root.Handle("/api/", mux)
 	root.HandleFunc("/api", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) })
 	root.HandleFunc("GET /{$}", g.home)
-	return otelhttp.NewHandler(g.requireAuth(root), "gateway",
+	return otelhttp.NewHandler(g.requireAuth(g.limitBody(root)), "gateway",
 		otelhttp.WithTracerProvider(g.deps.TracerProvider),
 		otelhttp.WithPropagators(natsx.Propagator),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.URL.Path }),

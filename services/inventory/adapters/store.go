@@ -188,8 +188,10 @@ func (t Table) Delete(ctx context.Context, tx pgx.Tx, id string, version int64) 
 }
 
 // List returns up to limit resources after the page token, oldest first, and
-// the token of the next page ("" on the last page).
-func (t Table) List(ctx context.Context, q Querier, pageToken string, limit int, newMsg func() proto.Message) ([]proto.Message, string, error) {
+// the token of the next page ("" on the last page). A page also ends before
+// the resource that would take its encoded size over maxBytes; it holds at
+// least one.
+func (t Table) List(ctx context.Context, q Querier, pageToken string, limit, maxBytes int, newMsg func() proto.Message) ([]proto.Message, string, error) {
 	after := "00000000-0000-0000-0000-000000000000"
 	if pageToken != "" {
 		raw, err := base64.RawURLEncoding.DecodeString(pageToken)
@@ -208,20 +210,30 @@ func (t Table) List(ctx context.Context, q Querier, pageToken string, limit int,
 	}
 	defer rows.Close()
 	var out []proto.Message
+	size, full := 0, false
 	for rows.Next() {
 		m := newMsg()
 		if err := t.scan(rows, m); err != nil {
 			return nil, "", err
 		}
+		// Each resource is a repeated field of the response: its size, a
+		// tag and a length.
+		if size += proto.Size(m) + 8; len(out) > 0 && size > maxBytes {
+			full = true
+			break
+		}
 		out = append(out, m)
 	}
+	rows.Close()
 	if err := rows.Err(); err != nil {
 		return nil, "", fmt.Errorf("list %s: %w", t.Name, err)
 	}
 	next := ""
 	if len(out) > limit {
-		out = out[:limit]
-		next = base64.RawURLEncoding.EncodeToString([]byte(getString(out[limit-1], "id")))
+		out, full = out[:limit], true
+	}
+	if full {
+		next = base64.RawURLEncoding.EncodeToString([]byte(getString(out[len(out)-1], "id")))
 	}
 	return out, next, nil
 }

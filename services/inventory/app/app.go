@@ -18,6 +18,7 @@ import (
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/msgcheck"
 	"flotilla.dev/flotilla/libs/outbox"
 	"flotilla.dev/flotilla/services/inventory/adapters"
 )
@@ -27,6 +28,23 @@ const (
 	DefaultPageSize = 50
 	MaxPageSize     = 500
 )
+
+// Sizes, encoded, that keep every resource, event and list page well under
+// the bus's 1 MiB message limit: one resource may take MaxResourceBytes, and
+// a list page stops before MaxPageBytes (with at least one resource in it).
+const (
+	MaxResourceBytes = 256 << 10
+	MaxPageBytes     = 512 << 10
+)
+
+// checkSize refuses a resource too large to travel the bus, naming the field
+// that makes it so.
+func checkSize(noun string, v proto.Message) error {
+	if n := proto.Size(v); n > MaxResourceBytes {
+		return apierr.TooLarge(msgcheck.Largest(v), "the %s would be %d bytes; at most %d are allowed (%d KiB), including every script and file", noun, n, MaxResourceBytes, MaxResourceBytes>>10)
+	}
+	return nil
+}
 
 // App is the inventory's application layer.
 type App struct {
@@ -118,6 +136,9 @@ func create[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Acto
 		k.prepare(v)
 	}
 	now := a.now()
+	if err := checkSize(k.table.Noun, v); err != nil {
+		return zero, err
+	}
 	err := a.inTx(ctx, func(tx pgx.Tx) error {
 		if err := k.check(ctx, tx, zero, v); err != nil {
 			return err
@@ -149,7 +170,7 @@ func list[T resource](ctx context.Context, a *App, k kind[T], pageSize int32, pa
 	if pageSize == 0 {
 		pageSize = DefaultPageSize
 	}
-	ms, next, err := k.table.List(ctx, a.pool, pageToken, int(pageSize), func() proto.Message { return k.new() })
+	ms, next, err := k.table.List(ctx, a.pool, pageToken, int(pageSize), MaxPageBytes, func() proto.Message { return k.new() })
 	if err != nil {
 		return nil, "", err
 	}
@@ -181,6 +202,9 @@ func update[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Acto
 		}
 		next := proto.Clone(cur).(T)
 		if err := applyMask(next, v, mask); err != nil {
+			return err
+		}
+		if err := checkSize(k.table.Noun, next); err != nil {
 			return err
 		}
 		if err := k.check(ctx, tx, cur, next); err != nil {

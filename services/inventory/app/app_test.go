@@ -2,16 +2,21 @@ package app_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/vocab"
+	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/testkit"
 	"flotilla.dev/flotilla/services/inventory/adapters"
 	"flotilla.dev/flotilla/services/inventory/app"
@@ -123,5 +128,56 @@ func TestProgressCountsOnlyForTheInstancesCurrentCommand(t *testing.T) {
 	}
 	if got := progress("vm-new", vocab.StepDone, vocab.ProgressSucceeded); got.GetAgentProgress() != vocab.AgentProgress(vocab.StepDone, vocab.ProgressSucceeded) {
 		t.Fatalf("the current command's progress did not count: %q", got.GetAgentProgress())
+	}
+}
+
+// TestNothingOutgrowsTheBus: a resource too large for the bus is refused
+// naming the field that makes it so, and list pages end by size as well as
+// by count, so every reply fits in one bus message.
+func TestNothingOutgrowsTheBus(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a, _ := newApp(t)
+	file := func(n int) *inventoryv1.SetupAction {
+		return &inventoryv1.SetupAction{Type: "file", Path: "f", Mode: "0644", Content: strings.Repeat("x", n)}
+	}
+	_, err := a.CreateTemplate(ctx, "test", &inventoryv1.Template{Name: "huge", Provider: "local", DataDiskGb: 1,
+		SetupActions: []*inventoryv1.SetupAction{file(10), file(app.MaxResourceBytes)}})
+	var e *apierr.Error
+	if !errors.As(err, &e) || e.Reason != apierr.ReasonTooLarge || e.Field != "setupActions[1].content" {
+		t.Fatalf("oversized template: %v", err)
+	}
+	// Big templates, each well within the limit: pages hold fewer of them.
+	const n = 7
+	for i := range n {
+		if _, err := a.CreateTemplate(ctx, "test", &inventoryv1.Template{Name: fmt.Sprintf("big-%d", i), Provider: "local", DataDiskGb: 1,
+			SetupActions: []*inventoryv1.SetupAction{file(app.MaxResourceBytes * 3 / 4)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen, pages, token := 0, 0, ""
+	for {
+		page, next, err := a.ListTemplates(ctx, app.MaxPageSize, token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		size := proto.Size(&inventoryv1.ListTemplatesResponse{Templates: page, NextPageToken: next})
+		if size > app.MaxPageBytes+1024 {
+			t.Errorf("page %d is %d bytes", pages, size)
+		}
+		seen, pages, token = seen+len(page), pages+1, next
+		if next == "" {
+			break
+		}
+	}
+	if seen != n+1 || pages < 3 { // and the template "t" newApp made
+		t.Errorf("listed %d templates in %d pages", seen, pages)
+	}
+	// An update cannot grow a template past the limit either.
+	page, _, _ := a.ListTemplates(ctx, 1, "")
+	tp := page[0]
+	tp.SetupActions = append(tp.SetupActions, file(app.MaxResourceBytes))
+	if _, err := a.UpdateTemplate(ctx, "test", tp, []string{"setup_actions"}); apierr.ReasonOf(err) != apierr.ReasonTooLarge {
+		t.Errorf("update past the limit: %v", err)
 	}
 }
