@@ -121,7 +121,9 @@ var (
 	AgentJoin = endpoint[*cav1.JoinRequest, *cav1.AgentCertificate](ca, subjects.NounAgent, subjects.VerbJoin,
 		"consumes a join token and certifies the agent's CSR for the token's instance", agentgw)
 	AgentSign = endpoint[*cav1.SignAgentRequest, *cav1.AgentCertificate](ca, subjects.NounAgent, subjects.VerbSign,
-		"renews an agent's certificate", agentgw)
+		"renews an agent's current certificate, for the same VM", agentgw)
+	AgentCheck = endpoint[*cav1.CheckAgentRequest, *emptypb.Empty](ca, subjects.NounAgent, subjects.VerbCheck,
+		"says whether an agent certificate is current: instance live, VM current, not superseded", agentgw)
 	ServerSign = endpoint[*cav1.SignServerRequest, *cav1.ServerCertificate](ca, subjects.NounServer, subjects.VerbSign,
 		"certifies an instance's (or the agent gateway's) HTTPS key for its names", agentgw)
 )

@@ -46,8 +46,11 @@ var Streams = []StreamUse{{
 	Publishers: []Publish{{agentgw, []string{subjects.AgentLogsAll()}}},
 	Readers:    []string{gateway},
 }, {
-	Stream:     subjects.AuditStream,
-	Publishers: []Publish{{secrets, []string{subjects.Audit(subjects.NounSecret, "*", subjects.VerbRead)}}},
+	Stream: subjects.AuditStream,
+	Publishers: []Publish{
+		{secrets, []string{subjects.Audit(subjects.NounSecret, "*", subjects.VerbRead)}},
+		{inventory, []string{subjects.Audit(subjects.NounUser, "*", "*")}},
+	},
 }, {
 	// Each service with durable consumers puts what it can never handle here.
 	Stream:     subjects.PoisonStream,
@@ -55,6 +58,10 @@ var Streams = []StreamUse{{
 }, {
 	Stream:     subjects.KVStream(subjects.JoinTokensBucket),
 	Publishers: []Publish{{ca, []string{subjects.KVAll(subjects.JoinTokensBucket)}}},
+	Readers:    []string{ca},
+}, {
+	Stream:     subjects.KVStream(subjects.AgentCertsBucket),
+	Publishers: []Publish{{ca, []string{subjects.KVAll(subjects.AgentCertsBucket)}}},
 	Readers:    []string{ca},
 }}
 

@@ -104,6 +104,7 @@ const (
 	VerbRequest = "request"
 	VerbObserve = "observe"
 	VerbRecord  = "record"
+	VerbCheck   = "check"
 )
 
 // AuditStream is the JetStream stream of audit records (long retention).
@@ -115,6 +116,16 @@ func AuditAll() string { return Root + ".audit.>" }
 // Audit is the subject of one audit record: "flotilla.audit.<noun>.<id>.<verb>",
 // e.g. "flotilla.audit.secret.<instance-id>.read".
 func Audit(noun, id, verb string) string { return Root + ".audit." + noun + "." + id + "." + verb }
+
+// The verbs of a user's audit records, Audit(NounUser, <user id>, verb):
+// UnknownUser stands for the id of a user name that does not exist.
+const (
+	VerbLoginFailed  = "login-failed"
+	VerbLoginRefused = "login-refused"
+	VerbTokenIssued  = "token-issued"
+	VerbTokenRevoked = "token-revoked"
+	UnknownUser      = "unknown"
+)
 
 // ProvisioningStream is the work-queue stream of provisioning work.
 const ProvisioningStream = "FLOTILLA_PROVISIONING"
@@ -141,6 +152,10 @@ func Poison(service string) string { return Root + ".poison." + service }
 
 // JoinTokensBucket is the CA's JetStream key-value bucket of join tokens.
 const JoinTokensBucket = "flotilla_join_tokens"
+
+// AgentCertsBucket is the CA's JetStream key-value bucket of the agent
+// certificates still current, per instance.
+const AgentCertsBucket = "flotilla_agent_certs"
 
 // KVStream is the stream behind a key-value bucket: "KV_<bucket>".
 func KVStream(bucket string) string { return "KV_" + bucket }

@@ -34,6 +34,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/attempts"
 	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/kms"
 	"flotilla.dev/flotilla/libs/natsx"
@@ -86,6 +87,10 @@ type Config struct {
 	// (0: the gateway's defaults, 1 MiB and 30 s).
 	MaxRequestBytes    int64
 	RequestReadTimeout time.Duration
+	// SourceLoginPolicy slows logins from a client address after failures
+	// (zero: gateway.SourceLoginPolicy; per user name it is the inventory's,
+	// app.WithLoginPolicy).
+	SourceLoginPolicy attempts.Policy
 	// MetricsAddr serves Prometheus /metrics when not empty.
 	MetricsAddr string
 
@@ -437,7 +442,8 @@ func (d deps) agentgw(ctx context.Context, nc *nats.Conn) (runner, error) {
 func (d deps) gateway(ctx context.Context, nc *nats.Conn, httpL, grpcL net.Listener) (runner, error) {
 	c := d.cfg
 	g, err := gateway.New(ctx, gateway.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version,
-		HTTPListener: httpL, GRPCListener: grpcL, MaxRequestBytes: c.MaxRequestBytes, RequestReadTimeout: c.RequestReadTimeout})
+		HTTPListener: httpL, GRPCListener: grpcL, MaxRequestBytes: c.MaxRequestBytes, RequestReadTimeout: c.RequestReadTimeout,
+		LoginPolicy: c.SourceLoginPolicy})
 	if err != nil {
 		return runner{}, err
 	}

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/google/uuid"
 )
@@ -34,6 +35,7 @@ const (
 	KindUnauthenticated  Kind = "unauthenticated"
 	KindPermissionDenied Kind = "permission_denied"
 	KindUnavailable      Kind = "unavailable"
+	KindExhausted        Kind = "resource_exhausted"
 )
 
 // Error is an error with a kind, a reason and a message safe to show the caller.
@@ -44,6 +46,9 @@ type Error struct {
 	Field string
 	// Message is shown to the caller as is.
 	Message string
+	// RetryAfter, when set, is how long the caller should wait before trying
+	// again (Retry-After in HTTP, RetryInfo in gRPC).
+	RetryAfter time.Duration
 	// Err is the cause, kept for logs and errors.Is; never shown to callers.
 	Err error
 }
@@ -136,6 +141,14 @@ func Unavailable(format string, args ...any) *Error {
 	return newError(ReasonUnavailable, format, args)
 }
 
+// TooManyAttempts reports that the caller must wait retryAfter before
+// trying again.
+func TooManyAttempts(retryAfter time.Duration, format string, args ...any) *Error {
+	e := newError(ReasonTooManyAttempts, format, args)
+	e.RetryAfter = retryAfter
+	return e
+}
+
 // KindOf returns the kind of err: the kind of the first *Error in its chain, or
 // KindInternal.
 func KindOf(err error) Kind {
@@ -165,7 +178,7 @@ func Is(err error, kind Kind) bool { return err != nil && KindOf(err) == kind }
 func Public(ctx context.Context, log *slog.Logger, err error) *Error {
 	var e *Error
 	if errors.As(err, &e) && e.Kind != KindInternal {
-		return &Error{Kind: e.Kind, Reason: e.reason(), Field: e.Field, Message: e.Message}
+		return &Error{Kind: e.Kind, Reason: e.reason(), Field: e.Field, Message: e.Message, RetryAfter: e.RetryAfter}
 	}
 	id := newErrorID()
 	if log != nil {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -72,9 +73,10 @@ func TestReasonsCrossTheBusAndGRPC(t *testing.T) {
 		Unauthenticated("log in"),
 		PermissionDenied("no"),
 		Unavailable("later"),
+		TooLarge("setupActions[1].content", "the template would be %d bytes", 300000),
+		TooManyAttempts(90*time.Second, "wait"),
 	} {
-		h := e.BusHeaders()
-		bus := FromBus(string(e.Kind), e.Message, first(h[HeaderReason]), first(h[HeaderField]))
+		bus := FromBus(string(e.Kind), e.Message, e.BusHeaders())
 		if *bus != *e {
 			t.Errorf("bus round trip: %+v, want %+v", *bus, *e)
 		}
@@ -95,19 +97,12 @@ func TestReasonsCrossTheBusAndGRPC(t *testing.T) {
 	}
 }
 
-func first(v []string) string {
-	if len(v) == 0 {
-		return ""
-	}
-	return v[0]
-}
-
 func TestOlderPeersGetTheKindsDefaultReason(t *testing.T) {
 	t.Parallel()
-	if e := FromBus(string(KindConflict), "stale", "", ""); e.Reason != ReasonConcurrentChange {
+	if e := FromBus(string(KindConflict), "stale", nil); e.Reason != ReasonConcurrentChange {
 		t.Errorf("conflict without reason: %s", e.Reason)
 	}
-	if e := FromBus("teapot", "?", "", ""); e.Kind != KindInternal || e.Reason != ReasonInternal {
+	if e := FromBus("teapot", "?", nil); e.Kind != KindInternal || e.Reason != ReasonInternal {
 		t.Errorf("unknown code: %+v", e)
 	}
 	if e := FromStatus(status.New(codes.NotFound, "Not Found")); e.Reason != ReasonNotFound {

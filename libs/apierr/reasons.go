@@ -44,6 +44,9 @@ const (
 	ReasonUnauthenticated Reason = "unauthenticated"
 	// ReasonPermissionDenied: the caller is known but may not do this.
 	ReasonPermissionDenied Reason = "permission_denied"
+	// ReasonTooManyAttempts: too many failed attempts (logins); wait
+	// RetryAfter before the next.
+	ReasonTooManyAttempts Reason = "too_many_attempts"
 	// ReasonUnavailable: a service or dependency cannot be reached now;
 	// retrying later may work.
 	ReasonUnavailable Reason = "unavailable"
@@ -75,6 +78,7 @@ var reasons = []ReasonInfo{
 	{ReasonConcurrentChange, KindConflict, "another request changed the same thing at the same moment; retrying is safe"},
 	{ReasonUnauthenticated, KindUnauthenticated, "no valid credential: missing, invalid, expired or revoked token, or wrong user name or password"},
 	{ReasonPermissionDenied, KindPermissionDenied, "the caller is known but may not do this"},
+	{ReasonTooManyAttempts, KindExhausted, "too many failed attempts (logins) for this user or from this address: wait as long as Retry-After (RetryInfo in gRPC) says"},
 	{ReasonUnavailable, KindUnavailable, "a service or dependency cannot be reached now; retry later"},
 	{ReasonInternal, KindInternal, "something failed inside Flotilla; the message carries an error id the server log has the detail for"},
 }
@@ -112,6 +116,8 @@ func defaultReason(k Kind, field string) Reason {
 		return ReasonPermissionDenied
 	case KindUnavailable:
 		return ReasonUnavailable
+	case KindExhausted:
+		return ReasonTooManyAttempts
 	}
 	return ReasonInternal
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // Domain is the ErrorInfo domain of Flotilla's gRPC errors.
@@ -17,8 +19,9 @@ const Domain = "flotilla.dev"
 // Bus reply headers carrying an error's reason and field beside nats micro's
 // error code (the kind) and description (the message).
 const (
-	HeaderReason = "Flotilla-Error-Reason"
-	HeaderField  = "Flotilla-Error-Field"
+	HeaderReason     = "Flotilla-Error-Reason"
+	HeaderField      = "Flotilla-Error-Field"
+	HeaderRetryAfter = "Flotilla-Retry-After" // a Go duration
 )
 
 var grpcCodes = map[Kind]codes.Code{
@@ -29,6 +32,7 @@ var grpcCodes = map[Kind]codes.Code{
 	KindUnauthenticated:  codes.Unauthenticated,
 	KindPermissionDenied: codes.PermissionDenied,
 	KindUnavailable:      codes.Unavailable,
+	KindExhausted:        codes.ResourceExhausted, // 429
 }
 
 // GRPCStatus converts err to a gRPC status error with only caller-safe text
@@ -59,6 +63,9 @@ func GRPCStatusOf(e *Error) *status.Status {
 		details = append(details, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
 			{Field: e.Field, Description: e.Message}}})
 	}
+	if e.RetryAfter > 0 {
+		details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(e.RetryAfter)})
+	}
 	withDetails, derr := st.WithDetails(details...)
 	if derr != nil {
 		return st
@@ -79,8 +86,13 @@ func FromStatus(st *status.Status) *Error {
 		e.Kind, e.Reason = KindInvalid, ReasonUnsupported
 	}
 	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == Domain {
-			e.Reason, e.Field = Reason(info.GetReason()), info.GetMetadata()["field"]
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			if d.GetDomain() == Domain {
+				e.Reason, e.Field = Reason(d.GetReason()), d.GetMetadata()["field"]
+			}
+		case *errdetails.RetryInfo:
+			e.RetryAfter = d.GetRetryDelay().AsDuration()
 		}
 	}
 	e.Reason = e.reason()
@@ -88,13 +100,23 @@ func FromStatus(st *status.Status) *Error {
 }
 
 // FromBus rebuilds an error from a bus reply: the code (a kind), the
-// message and the reason and field headers (empty for an older peer).
-func FromBus(code, message, reason, field string) *Error {
+// message and the Flotilla headers (none from an older peer).
+func FromBus(code, message string, header map[string][]string) *Error {
 	k := Kind(code)
 	if _, ok := grpcCodes[k]; !ok {
 		k = KindInternal
 	}
+	get := func(name string) string {
+		if v := header[name]; len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	reason, field := get(HeaderReason), get(HeaderField)
 	e := &Error{Kind: k, Reason: Reason(reason), Field: field, Message: message}
+	if d, err := time.ParseDuration(get(HeaderRetryAfter)); err == nil && d > 0 {
+		e.RetryAfter = d
+	}
 	if e.Reason == "" || e.Reason.Kind() != k {
 		e.Reason = defaultReason(k, field)
 	}
@@ -107,6 +129,9 @@ func (e *Error) BusHeaders() map[string][]string {
 	h := map[string][]string{HeaderReason: {string(e.reason())}}
 	if e.Field != "" {
 		h[HeaderField] = []string{e.Field}
+	}
+	if e.RetryAfter > 0 {
+		h[HeaderRetryAfter] = []string{e.RetryAfter.String()}
 	}
 	return h
 }

@@ -28,8 +28,11 @@ import (
 
 // Header names every Flotilla message carries (besides traceparent/tracestate).
 const (
-	HeaderMsgID         = nats.MsgIdHdr // "Nats-Msg-Id"
-	HeaderActor         = "Flotilla-Actor"
+	HeaderMsgID = nats.MsgIdHdr // "Nats-Msg-Id"
+	HeaderActor = "Flotilla-Actor"
+	// HeaderSource is the address of the API client a request is made for,
+	// as the gateway saw it (for login throttling and audit records).
+	HeaderSource        = "Flotilla-Source"
 	HeaderTime          = "Flotilla-Time"
 	HeaderSchemaVersion = "Flotilla-Schema-Version"
 	HeaderType          = "Flotilla-Type"

@@ -34,7 +34,7 @@ func Streams(replicas int) []jetstream.StreamConfig {
 		Discard:     jetstream.DiscardOld,
 	}, {
 		Name:        subjects.AuditStream,
-		Description: "Flotilla audit records: every secret read, kept for a year",
+		Description: "Flotilla audit records: every secret read, failed login and token issued or revoked, kept for a year",
 		Subjects:    []string{subjects.AuditAll()},
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"slices"
 	"time"
 )
@@ -59,6 +60,7 @@ type Profile struct {
 	Subject     pkix.Name
 	DNSNames    []string
 	IPAddresses []net.IP
+	URIs        []*url.URL
 	KeyUsage    x509.KeyUsage
 	ExtKeyUsage []x509.ExtKeyUsage
 	NotBefore   time.Time
@@ -66,11 +68,16 @@ type Profile struct {
 }
 
 // AgentProfile is an agent's client identity: subject CN = instanceID,
-// O = AgentOrganization, client authentication, valid from Backdate before
-// now for ttl.
-func AgentProfile(instanceID string, now time.Time, ttl time.Duration) Profile {
+// O = AgentOrganization, the VM it runs on as a URI SAN (AgentVMID),
+// client authentication, valid from Backdate before now for ttl.
+func AgentProfile(instanceID, vmID string, now time.Time, ttl time.Duration) Profile {
+	var uris []*url.URL
+	if vmID != "" {
+		uris = []*url.URL{{Scheme: "urn", Opaque: vmURNPrefix + vmID}}
+	}
 	return Profile{
 		Subject:     pkix.Name{CommonName: instanceID, Organization: []string{AgentOrganization}},
+		URIs:        uris,
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		NotBefore:   now.Add(-Backdate),
@@ -234,6 +241,7 @@ func (a *Authority) Issue(pub crypto.PublicKey, p Profile) (*Issued, error) {
 		Subject:               p.Subject,
 		DNSNames:              slices.Clone(p.DNSNames),
 		IPAddresses:           slices.Clone(p.IPAddresses),
+		URIs:                  slices.Clone(p.URIs),
 		NotBefore:             p.NotBefore,
 		NotAfter:              p.NotAfter,
 		KeyUsage:              keyUsage,

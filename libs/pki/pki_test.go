@@ -257,13 +257,13 @@ func TestMutualTLS(t *testing.T) {
 		return <-outcomes
 	}
 
-	if o := dial(pair(a, pki.AgentProfile("i-42", now, time.Hour))); o.err != nil || o.id != "i-42" {
+	if o := dial(pair(a, pki.AgentProfile("i-42", "vm-1", now, time.Hour))); o.err != nil || o.id != "i-42" {
 		t.Errorf("agent certificate: id %q, %v; want i-42", o.id, o.err)
 	}
 	if o := dial(pair(a, pki.ServerProfile("x.example", []string{"x.example"}, nil, now, time.Hour))); o.err == nil {
 		t.Error("a server certificate authenticated as a client")
 	}
-	if o := dial(pair(other, pki.AgentProfile("i-42", now, time.Hour))); o.err == nil {
+	if o := dial(pair(other, pki.AgentProfile("i-42", "vm-1", now, time.Hour))); o.err == nil {
 		t.Error("an agent certificate from another CA was accepted")
 	}
 }
@@ -281,8 +281,16 @@ func TestAgentInstanceIDWantsAnAgentCertificate(t *testing.T) {
 	if _, err := pki.AgentInstanceID(issue(pki.ServerProfile("x.example", []string{"x.example"}, nil, now, time.Hour))); err == nil {
 		t.Error("a server certificate names an instance")
 	}
-	if _, err := pki.AgentInstanceID(issue(pki.AgentProfile("a.>", now, time.Hour))); err == nil {
+	if _, err := pki.AgentInstanceID(issue(pki.AgentProfile("a.>", "", now, time.Hour))); err == nil {
 		t.Error("an agent certificate whose CN is no instance id names one")
+	}
+	// An agent certificate names the VM it was issued for.
+	c := issue(pki.AgentProfile("i-1", "vm-0190c3e1", now, time.Hour))
+	if id, err := pki.AgentInstanceID(c); err != nil || id != "i-1" || pki.AgentVMID(c) != "vm-0190c3e1" {
+		t.Errorf("instance %q (%v), VM %q", id, err, pki.AgentVMID(c))
+	}
+	if vm := pki.AgentVMID(issue(pki.AgentProfile("i-1", "", now, time.Hour))); vm != "" {
+		t.Errorf("a certificate without a VM names %q", vm)
 	}
 }
 

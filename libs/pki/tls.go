@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 )
 
 // MaxInstanceIDLength bounds an instance id that names a certificate
@@ -50,6 +51,25 @@ func AgentInstanceID(cert *x509.Certificate) (string, error) {
 	}
 	return id, nil
 }
+
+// vmURNPrefix starts the URI SAN that binds an agent certificate to a VM:
+// "urn:flotilla:vm:<vm id>".
+const vmURNPrefix = "flotilla:vm:"
+
+// AgentVMID returns the VM an agent certificate is bound to, or "" for a
+// certificate issued before agent certificates named their VM.
+func AgentVMID(cert *x509.Certificate) string {
+	for _, u := range cert.URIs {
+		if u.Scheme == "urn" && strings.HasPrefix(u.Opaque, vmURNPrefix) {
+			return strings.TrimPrefix(u.Opaque, vmURNPrefix)
+		}
+	}
+	return ""
+}
+
+// Serial is how a certificate's serial number is written in records and
+// logs: lower-case hex.
+func Serial(cert *x509.Certificate) string { return cert.SerialNumber.Text(16) }
 
 // PeerInstanceID returns the instance id of the agent at the other end of a
 // TLS connection whose client certificate was verified (a server built with

@@ -44,12 +44,17 @@ type CallOption func(*callOptions)
 
 type callOptions struct {
 	actor   vocab.Actor
+	source  string
 	timeout time.Duration
 }
 
 // As sends the call on behalf of actor (the Flotilla-Actor header): the
 // gateway passes on the authenticated user, the agent gateway the agent.
 func As(actor vocab.Actor) CallOption { return func(o *callOptions) { o.actor = actor } }
+
+// ForClient names the address of the API client the call is made for
+// (the gateway's calls); the service reads it with Source.
+func ForClient(addr string) CallOption { return func(o *callOptions) { o.source = addr } }
 
 // Timeout bounds this call instead of the client's timeout.
 func Timeout(d time.Duration) CallOption { return func(o *callOptions) { o.timeout = d } }
@@ -74,6 +79,9 @@ func Call[Req, Resp proto.Message](ctx context.Context, c *Client, ep endpoints.
 	defer cancel()
 	hdr := nats.Header{}
 	hdr.Set(bus.HeaderActor, string(o.actor))
+	if o.source != "" {
+		hdr.Set(bus.HeaderSource, o.source)
+	}
 	resp := ep.NewResponse()
 	if err := natsx.Request(ctx, c.nc, info.CallSubject(c.service), req, resp, hdr); err != nil {
 		return zero, clientError(info.Service, err)
@@ -86,7 +94,7 @@ func clientError(service string, err error) error {
 	var se *natsx.ServiceError
 	switch {
 	case errors.As(err, &se):
-		return apierr.FromBus(se.Code, se.Message, se.Header.Get(apierr.HeaderReason), se.Header.Get(apierr.HeaderField))
+		return apierr.FromBus(se.Code, se.Message, se.Header)
 	case errors.Is(err, nats.ErrMaxPayload):
 		e := apierr.TooLarge("", "the request is larger than the bus's message limit")
 		e.Err = err

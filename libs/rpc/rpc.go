@@ -109,6 +109,9 @@ func handler[Req, Resp proto.Message](tp trace.TracerProvider, log *slog.Logger,
 			}
 		}
 		if err == nil {
+			if src := r.Headers().Get(bus.HeaderSource); src != "" && callerOf(r.Subject()) == subjects.Gateway {
+				ctx = context.WithValue(ctx, sourceKey{}, src) // only the gateway has API clients
+			}
 			resp, err = f(ctx, actor, req)
 		}
 		var data []byte
@@ -130,6 +133,18 @@ func handler[Req, Resp proto.Message](tp trace.TracerProvider, log *slog.Logger,
 	})
 }
 
+// callerOf is the caller a request subject names: its last token.
+func callerOf(subject string) string { return subject[strings.LastIndexByte(subject, '.')+1:] }
+
+type sourceKey struct{}
+
+// Source is the address of the API client a request was made for, as the
+// gateway named it (ForClient); "" for requests that are not a client's.
+func Source(ctx context.Context) string {
+	s, _ := ctx.Value(sourceKey{}).(string)
+	return s
+}
+
 // authorize checks a request to the endpoint: the caller named by the last
 // subject token must be one of the endpoint's declared callers, and the
 // actor it acts for must be one that caller may speak for — an operator
@@ -137,7 +152,7 @@ func handler[Req, Resp proto.Message](tp trace.TracerProvider, log *slog.Logger,
 // gateway, and every service for itself. An empty actor is the caller
 // itself.
 func authorize(ep endpoints.Info, subject string, actor vocab.Actor) (vocab.Actor, error) {
-	caller := subject[strings.LastIndexByte(subject, '.')+1:]
+	caller := callerOf(subject)
 	if !ep.CalledBy(caller) {
 		return "", apierr.PermissionDenied("%s.%s may not be called by %q", ep.Service, ep.Name, caller)
 	}

@@ -6,28 +6,60 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 	"google.golang.org/protobuf/proto"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/vocab"
+	"flotilla.dev/flotilla/libs/apierr"
 )
 
 // Inventory plays the inventory's part for tests of the agent gateway and
 // the agent, which need no database: it answers instance.get with an
-// instance being provisioned (any id exists) and lifecycle.observe with an
-// empty reply, recording every agent event it is sent.
+// instance being provisioned on VM FakeVM(id) (any id exists) unless the
+// test Set or Removed it, and lifecycle.observe with an empty reply,
+// recording every agent event it is sent.
 type Inventory struct {
-	mu     sync.Mutex
-	events []*agentv1.AgentEvent
+	mu        sync.Mutex
+	events    []*agentv1.AgentEvent
+	instances map[string]*inventoryv1.Instance // nil: removed
+}
+
+// FakeVM is the VM a fake inventory's instances run on unless Set says
+// otherwise.
+func FakeVM(instanceID string) string { return "vm-of-" + instanceID }
+
+// Set makes instance.get answer in for its id.
+func (inv *Inventory) Set(in *inventoryv1.Instance) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	inv.instances[in.GetId()] = proto.Clone(in).(*inventoryv1.Instance)
+}
+
+// Remove makes instance.get answer that id does not exist.
+func (inv *Inventory) Remove(id string) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	inv.instances[id] = nil
+}
+
+func (inv *Inventory) instance(id string) (*inventoryv1.Instance, bool) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	in, set := inv.instances[id]
+	if !set {
+		return &inventoryv1.Instance{Id: id, Name: id, State: string(vocab.StateProvisioning), VmId: FakeVM(id)}, true
+	}
+	return in, in != nil
 }
 
 // FakeInventory serves the inventory's part on nc (connected with the
 // inventory's identity on a secure bus) until tb ends.
 func FakeInventory(tb testing.TB, nc *nats.Conn) *Inventory {
 	tb.Helper()
-	inv := &Inventory{}
+	inv := &Inventory{instances: map[string]*inventoryv1.Instance{}}
 	reply := func(m *nats.Msg, resp proto.Message) {
 		data, _ := proto.Marshal(resp)
 		_ = m.Respond(data)
@@ -47,7 +79,17 @@ func FakeInventory(tb testing.TB, nc *nats.Conn) *Inventory {
 		endpoints.InstanceGet.Info().ServeSubject(): func(m *nats.Msg) {
 			req := &inventoryv1.GetInstanceRequest{}
 			_ = proto.Unmarshal(m.Data, req)
-			reply(m, &inventoryv1.Instance{Id: req.GetId(), Name: req.GetId(), State: string(vocab.StateProvisioning)})
+			in, ok := inv.instance(req.GetId())
+			if !ok {
+				e := apierr.NotFound("instance", req.GetId())
+				resp := &nats.Msg{Header: nats.Header{micro.ErrorCodeHeader: {string(e.Kind)}, micro.ErrorHeader: {e.Message}}}
+				for k, v := range e.BusHeaders() {
+					resp.Header[k] = v
+				}
+				_ = m.RespondMsg(resp)
+				return
+			}
+			reply(m, in)
 		},
 	}
 	for subject, h := range subs {

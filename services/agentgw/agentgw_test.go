@@ -18,7 +18,9 @@ import (
 
 	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
@@ -72,7 +74,7 @@ func TestCertificatesFromAnotherCAFailTheHandshake(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	iss, err := other.Issue(key.Public(), pki.AgentProfile("inst-forged", time.Now(), time.Hour))
+	iss, err := other.Issue(key.Public(), pki.AgentProfile("inst-forged", "vm-1", time.Now(), time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,4 +368,52 @@ func TestRenewKeepsTheIdentity(t *testing.T) {
 	e.observed.WaitFor(t, 10*time.Second, "connected with the renewed certificate", func(ev *agentv1.AgentEvent) bool {
 		return ev.GetInstanceId() == id && ev.GetConnected().GetVmId() == "renewed"
 	})
+}
+
+// TestAnOldCertificateCannotTakeTheAgentsPlace: once the agent connects
+// with its renewed certificate, a copy of the one it renewed is refused and
+// the agent's stream is undisturbed; a deprovisioned instance's agent can
+// neither connect nor renew.
+func TestAnOldCertificateCannotTakeTheAgentsPlace(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	const id = "inst-stolen"
+	old := e.join(id)
+	first := e.connectAs(old, &agentv1.Hello{VmId: "first"})
+	e.observed.WaitFor(t, 10*time.Second, "first connected", func(ev *agentv1.AgentEvent) bool { return ev.GetConnected().GetVmId() == "first" })
+	key, csr := newCSR(t)
+	resp, err := e.client(old).Renew(t.Context(), &agentv1.RenewRequest{CsrDer: csr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed := tlsCert(t, []byte(resp.GetCertificatePem()), key)
+	current := e.connectAs(renewed, &agentv1.Hello{VmId: "renewed"})
+	if _, err := first.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("the stream with the renewed certificate: %v, want it replaced", err)
+	}
+	e.observed.WaitFor(t, 10*time.Second, "connected with the renewed certificate", func(ev *agentv1.AgentEvent) bool { return ev.GetConnected().GetVmId() == "renewed" })
+
+	stolen := e.connectAs(old, &agentv1.Hello{VmId: "thief"})
+	if _, err := stolen.Recv(); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "newer certificate") {
+		t.Fatalf("a copy of the renewed certificate: %v, want permission denied", err)
+	}
+	if _, err := e.client(old).Renew(t.Context(), &agentv1.RenewRequest{CsrDer: csr}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("renewing with the renewed certificate: %v", err)
+	}
+	cmd := &agentv1.Command{Id: "cmd-after-theft", Action: &agentv1.Command_StopNode{StopNode: &agentv1.StopNode{}}}
+	if _, err := rpc.Call(t.Context(), e.provisioner, endpoints.AgentCommand.At(id), cmd); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := current.Recv(); err != nil || got.GetCommand().GetId() != "cmd-after-theft" {
+		t.Fatalf("the agent's stream after the attempt: %v, %v", got, err)
+	}
+
+	e.observed.Set(&inventoryv1.Instance{Id: id, State: string(vocab.StateDeprovisioned)})
+	again := e.connectAs(renewed, &agentv1.Hello{VmId: "after"})
+	if _, err := again.Recv(); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "deprovisioned") {
+		t.Fatalf("connecting for a deprovisioned instance: %v", err)
+	}
+	if _, err := e.client(renewed).Renew(t.Context(), &agentv1.RenewRequest{CsrDer: csr}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("renewing for a deprovisioned instance: %v", err)
+	}
 }

@@ -42,7 +42,9 @@ const (
 
 // agentConn is one agent's stream.
 type agentConn struct {
-	id       string
+	id string
+	// issued is when the stream's certificate was issued (its NotBefore).
+	issued   time.Time
 	out      chan *agentv1.GatewayMessage
 	events   chan queuedEvent
 	requests chan struct{} // semaphore of maxRequests
@@ -114,8 +116,16 @@ func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
 	if hello == nil {
 		return status.Error(codes.InvalidArgument, "the first message of a stream must be hello")
 	}
+	// The certificate verified; is it still current (instance live, VM
+	// current, not replaced by a newer one)?
+	if _, err := rpc.Call(ctx, s.bus, endpoints.AgentCheck, &cav1.CheckAgentRequest{InstanceId: who.instanceID,
+		VmId: pki.AgentVMID(who.cert), Serial: pki.Serial(who.cert)}, rpc.As(vocab.Agent(who.instanceID))); err != nil {
+		s.log.InfoContext(ctx, "agent refused", "instance_id", who.instanceID, "serial", pki.Serial(who.cert), "error", err, "remote", peerAddr(ctx))
+		return apierr.GRPCStatus(ctx, s.log, err)
+	}
 	c := &agentConn{
 		id:       who.instanceID,
+		issued:   who.cert.NotBefore,
 		out:      make(chan *agentv1.GatewayMessage, outQueue),
 		events:   make(chan queuedEvent, eventQueue),
 		requests: make(chan struct{}, maxRequests),
@@ -138,6 +148,10 @@ func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
 
 	if err := s.register(c); err != nil {
 		close(c.events)
+		if errors.Is(err, errOlderCert) {
+			s.log.InfoContext(ctx, "agent refused", "instance_id", c.id, "error", err, "remote", peerAddr(ctx))
+			return status.Error(codes.PermissionDenied, err.Error())
+		}
 		s.log.ErrorContext(ctx, "subscribe to agent commands", "instance_id", c.id, "error", err)
 		return status.Error(codes.Unavailable, "the agent gateway cannot take commands for this agent now; reconnect shortly")
 	}
@@ -218,11 +232,21 @@ loop:
 	return result
 }
 
+// errOlderCert refuses a stream whose certificate is older than the one the
+// agent's current stream presents: a copy of an old certificate cannot take
+// the agent's place.
+var errOlderCert = errors.New("a newer certificate of this agent is connected: an older one cannot replace it")
+
 // register makes c the agent's stream, replacing (closing) an older one,
-// and subscribes to the agent's commands.
+// and subscribes to the agent's commands. A stream whose certificate was
+// issued before the current stream's is refused (errOlderCert).
 func (s *Service) register(c *agentConn) error {
 	s.mu.Lock()
 	if old := s.conns[c.id]; old != nil {
+		if c.issued.Before(old.issued) {
+			s.mu.Unlock()
+			return errOlderCert
+		}
 		old.close("replaced by a newer stream of the same agent", true)
 	}
 	sub, err := rpc.Subscribe(s.nc, subjects.AgentGW, endpoints.AgentCommand.At(c.id), s.log, s.tp, c.command)

@@ -8,6 +8,7 @@ import (
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
 )
 
@@ -50,7 +51,9 @@ func (g *server) Renew(ctx context.Context, req *agentv1.RenewRequest) (*agentv1
 	if len(req.GetCsrDer()) == 0 {
 		return nil, apierr.GRPCStatus(ctx, s.log, apierr.Invalid("csr_der", "is required"))
 	}
-	cert, err := rpc.Call(ctx, s.bus, endpoints.AgentSign, &cav1.SignAgentRequest{InstanceId: id, CsrDer: req.GetCsrDer()}, rpc.As(vocab.Agent(id)))
+	who := identityFrom(ctx)
+	cert, err := rpc.Call(ctx, s.bus, endpoints.AgentSign, &cav1.SignAgentRequest{InstanceId: id, CsrDer: req.GetCsrDer(),
+		VmId: pki.AgentVMID(who.cert), Serial: pki.Serial(who.cert)}, rpc.As(vocab.Agent(id)))
 	if err != nil {
 		return nil, apierr.GRPCStatus(ctx, s.log, err)
 	}

@@ -43,6 +43,12 @@ func (e *env) instance(name string, sans ...string) string {
 	// Being provisioned, as an instance whose agent joins is (no
 	// provisioner runs here: it stays so).
 	request(e, endpoints.LifecycleRequest, &inventoryv1.LifecycleRequest{Id: inst.GetId(), Action: string(vocab.ActionProvision)})
+	// ...and its VM launched, as the provisioner records before the agent
+	// joins.
+	if _, err := rpc.Call(e.t.Context(), e.provisioner, endpoints.LifecycleRecord, &inventoryv1.RecordStateRequest{Id: inst.GetId(),
+		State: string(vocab.StateProvisioning), StateDetail: string(vocab.StepLaunchingVM), VmId: "vm-" + name}); err != nil {
+		e.t.Fatal(err)
+	}
 	return inst.GetId()
 }
 

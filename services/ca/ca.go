@@ -92,6 +92,7 @@ type Service struct {
 	instances Instances
 	auth      *pki.Authority
 	tokens    *joinTokens
+	certs     *agentCerts
 	log       *slog.Logger
 	now       func() time.Time
 	agentTTL  time.Duration
@@ -152,6 +153,9 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if s.tokens, err = newJoinTokens(ctx, js, replicas); err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
+	if s.certs, err = newAgentCerts(ctx, js, replicas); err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
 
 	s.rpc, err = rpc.New(d.NATS, subjects.CA, d.Version, "Flotilla certificate authority", s.log, d.TracerProvider, s.ready)
 	if err != nil {
@@ -162,6 +166,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		func() error { return rpc.Handle(s.rpc, endpoints.JoinTokenCreate, s.createJoinToken) },
 		func() error { return rpc.Handle(s.rpc, endpoints.AgentJoin, s.joinAgent) },
 		func() error { return rpc.Handle(s.rpc, endpoints.AgentSign, s.signAgent) },
+		func() error { return rpc.Handle(s.rpc, endpoints.AgentCheck, s.checkAgent) },
 		func() error { return rpc.Handle(s.rpc, endpoints.ServerSign, s.signServer) },
 	} {
 		if err := add(); err != nil {
@@ -255,7 +260,9 @@ func (s *Service) createJoinToken(ctx context.Context, actor vocab.Actor, req *c
 }
 
 // joinAgent answers agent.join: it consumes the token, then certifies the
-// CSR's key as the token's instance.
+// CSR's key as the token's instance, bound to the instance's current VM.
+// The new certificate is the instance's only current one: every earlier
+// VM's is revoked.
 func (s *Service) joinAgent(ctx context.Context, actor vocab.Actor, req *cav1.JoinRequest) (*cav1.AgentCertificate, error) {
 	if req.GetToken() == "" {
 		return nil, apierr.Invalid("token", "is required")
@@ -273,41 +280,88 @@ func (s *Service) joinAgent(ctx context.Context, actor vocab.Actor, req *cav1.Jo
 	if err != nil {
 		return nil, err
 	}
+	inst, err := s.instance(ctx, tok.InstanceID)
+	if err != nil {
+		return nil, err
+	}
+	if err := liveVM(inst, ""); err != nil {
+		return nil, apierr.Conflict(apierr.ReasonInvalidState, "instance %s cannot take an agent: %s", tok.InstanceID, err)
+	}
 	if err := s.tokens.consume(ctx, tok); err != nil {
 		return nil, err
 	}
-	return s.issueAgent(ctx, actor, tok.InstanceID, csr, "join")
+	cert, iss, err := s.issueAgent(ctx, actor, tok.InstanceID, inst.GetVmId(), csr, "join")
+	if err != nil {
+		return nil, err
+	}
+	if err := s.certs.set(ctx, tok.InstanceID, &cav1.AgentCertRecord{VmId: inst.GetVmId(), Serials: []string{pki.Serial(iss)}}); err != nil {
+		return nil, err
+	}
+	return cert, nil
 }
 
 // signAgent answers agent.sign: the agent gateway has verified the agent's
 // current certificate and acts for that agent, whose instance is the only
-// one it may renew.
+// one it may renew, and only while that certificate is current. The new
+// certificate is for the same VM; the renewed one stays current until the
+// agent checks in with the new one.
 func (s *Service) signAgent(ctx context.Context, actor vocab.Actor, req *cav1.SignAgentRequest) (*cav1.AgentCertificate, error) {
-	if err := pki.CheckInstanceID(req.GetInstanceId()); err != nil {
+	id := req.GetInstanceId()
+	if err := pki.CheckInstanceID(id); err != nil {
 		return nil, apierr.Invalid("instanceId", "%s", err)
 	}
-	if err := actsFor(actor, req.GetInstanceId()); err != nil {
+	if err := actsFor(actor, id); err != nil {
 		return nil, err
 	}
 	csr, err := parseCSR(req.GetCsrDer())
 	if err != nil {
 		return nil, err
 	}
-	return s.issueAgent(ctx, actor, req.GetInstanceId(), csr, "renew")
+	for range 3 {
+		rec, rev, err := s.current(ctx, id, req.GetVmId(), req.GetSerial())
+		if err != nil {
+			return nil, err
+		}
+		vm := req.GetVmId()
+		if vm == "" { // a certificate from before VMs were named gets one that names it
+			inst, err := s.instance(ctx, id)
+			if err != nil {
+				return nil, err
+			}
+			vm = inst.GetVmId()
+		}
+		cert, iss, err := s.issueAgent(ctx, actor, id, vm, csr, "renew")
+		if err != nil {
+			return nil, err
+		}
+		next := &cav1.AgentCertRecord{VmId: vm, Serials: []string{pki.Serial(iss)}}
+		if rec != nil {
+			next.Serials = []string{req.GetSerial(), pki.Serial(iss)}
+		}
+		err = s.certs.put(ctx, id, next, rev)
+		if errors.Is(err, errConcurrentCert) {
+			continue // the new certificate was never handed out
+		}
+		if err != nil {
+			return nil, err
+		}
+		return cert, nil
+	}
+	return nil, errConcurrentCert
 }
 
-func (s *Service) issueAgent(ctx context.Context, actor vocab.Actor, instanceID string, csr *x509.CertificateRequest, via string) (*cav1.AgentCertificate, error) {
-	iss, err := s.auth.Issue(csr.PublicKey, pki.AgentProfile(instanceID, s.now(), s.agentTTL))
+func (s *Service) issueAgent(ctx context.Context, actor vocab.Actor, instanceID, vmID string, csr *x509.CertificateRequest, via string) (*cav1.AgentCertificate, *x509.Certificate, error) {
+	iss, err := s.auth.Issue(csr.PublicKey, pki.AgentProfile(instanceID, vmID, s.now(), s.agentTTL))
 	if err != nil {
-		return nil, fmt.Errorf("issue agent certificate for %s: %w", instanceID, err)
+		return nil, nil, fmt.Errorf("issue agent certificate for %s: %w", instanceID, err)
 	}
-	s.logIssued(ctx, "agent", instanceID, iss.Certificate, "via", via, "actor", actor)
+	s.logIssued(ctx, "agent", instanceID, iss.Certificate, "vm_id", vmID, "via", via, "actor", actor)
 	return &cav1.AgentCertificate{
 		InstanceId:     instanceID,
 		CertificatePem: string(iss.PEM),
 		CaPem:          string(s.auth.CertificatePEM()),
 		NotAfter:       timestamppb.New(iss.Certificate.NotAfter),
-	}, nil
+	}, iss.Certificate, nil
 }
 
 // signServer answers server.sign: for an instance's agent, only names its
@@ -384,7 +438,7 @@ func (s *Service) instance(ctx context.Context, id string) (*inventoryv1.Instanc
 // logIssued records an issuance: never key material.
 func (s *Service) logIssued(ctx context.Context, kind, instanceID string, cert *x509.Certificate, attrs ...any) {
 	s.log.InfoContext(ctx, "certificate issued", append([]any{
-		"kind", kind, "instance_id", instanceID, "serial", cert.SerialNumber.Text(16), "not_after", cert.NotAfter,
+		"kind", kind, "instance_id", instanceID, "serial", pki.Serial(cert), "not_after", cert.NotAfter,
 	}, attrs...)...)
 }
 

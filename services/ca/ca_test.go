@@ -33,6 +33,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
@@ -104,7 +105,7 @@ func newEnv(t *testing.T) *env {
 }
 
 // instances is the inventory as the CA sees it: an instance not put here
-// exists and is being provisioned, with no names of its own.
+// exists and is being provisioned on VM vmOf(id), with no names of its own.
 type instances struct {
 	mu sync.Mutex
 	m  map[string]*inventoryv1.Instance
@@ -129,7 +130,7 @@ func (i *instances) GetInstance(_ context.Context, id string) (*inventoryv1.Inst
 	in, ok := i.m[id]
 	switch {
 	case !ok:
-		return &inventoryv1.Instance{Id: id, State: string(vocab.StateProvisioning)}, nil
+		return &inventoryv1.Instance{Id: id, State: string(vocab.StateProvisioning), VmId: vmOf(id)}, nil
 	case in == nil:
 		return nil, apierr.NotFound("instance", id)
 	}
@@ -205,6 +206,8 @@ func wantError(t *testing.T, err error, kind apierr.Kind, prefix string) {
 }
 
 func instanceID() string { return uuid.Must(uuid.NewV7()).String() }
+
+func vmOf(id string) string { return "vm-" + id[len(id)-8:] }
 
 func newKey(t *testing.T) crypto.Signer {
 	t.Helper()
@@ -590,11 +593,13 @@ func TestRenewIssuesForTheGivenInstance(t *testing.T) {
 	e.start(t)
 	id := instanceID()
 
+	// A certificate from before certificates named their VM renews into
+	// one that names the instance's VM.
 	got := &cav1.AgentCertificate{}
-	must(t, call(t, e.nc, endpoints.AgentSign, &cav1.SignAgentRequest{InstanceId: id, CsrDer: csrFor(t, newKey(t))}, got))
+	must(t, call(t, e.nc, endpoints.AgentSign, &cav1.SignAgentRequest{InstanceId: id, CsrDer: csrFor(t, newKey(t)), Serial: "1"}, got))
 	cert := parsePEM(t, got.GetCertificatePem())[0]
-	if cert.Subject.CommonName != id || got.GetInstanceId() != id {
-		t.Errorf("renewed certificate CN = %q (reply %q); want %q", cert.Subject.CommonName, got.GetInstanceId(), id)
+	if cert.Subject.CommonName != id || got.GetInstanceId() != id || pki.AgentVMID(cert) != vmOf(id) {
+		t.Errorf("renewed certificate CN = %q (reply %q), VM %q; want %q on %s", cert.Subject.CommonName, got.GetInstanceId(), pki.AgentVMID(cert), id, vmOf(id))
 	}
 	pool, err := pki.CertPool([]byte(got.GetCaPem()))
 	must(t, err)
@@ -605,6 +610,84 @@ func TestRenewIssuesForTheGivenInstance(t *testing.T) {
 
 	err = call(t, e.nc, endpoints.AgentSign, &cav1.SignAgentRequest{CsrDer: csrFor(t, newKey(t))}, &cav1.AgentCertificate{})
 	wantError(t, err, apierr.KindInvalid, "instanceId: is required")
+}
+
+// TestAgentCertificatesHaveALifecycle: a certificate is current while its
+// instance lives and is on the VM it names, and until the agent uses the
+// certificate that renewed it; a join for a new VM revokes every earlier
+// one.
+func TestAgentCertificatesHaveALifecycle(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.start(t)
+	id := instanceID()
+	type held struct{ vm, serial string }
+	hold := func(c *cav1.AgentCertificate) held {
+		cert := parsePEM(t, c.GetCertificatePem())[0]
+		return held{pki.AgentVMID(cert), pki.Serial(cert)}
+	}
+	check := func(h held) error {
+		return call(t, e.nc, endpoints.AgentCheck, &cav1.CheckAgentRequest{InstanceId: id, VmId: h.vm, Serial: h.serial}, &emptypb.Empty{})
+	}
+	renew := func(h held) (held, error) {
+		got := &cav1.AgentCertificate{}
+		err := call(t, e.nc, endpoints.AgentSign, &cav1.SignAgentRequest{InstanceId: id, CsrDer: csrFor(t, newKey(t)), VmId: h.vm, Serial: h.serial}, got)
+		if err != nil {
+			return held{}, err
+		}
+		return hold(got), nil
+	}
+	refused := func(what string, err error, why string) {
+		t.Helper()
+		if !apierr.Is(err, apierr.KindPermissionDenied) || !strings.Contains(err.Error(), why) {
+			t.Errorf("%s: %v; want permission denied saying %q", what, err, why)
+		}
+	}
+
+	joined, err := join(t, e.nc, createToken(t, e.nc, id, 0).GetToken(), csrFor(t, newKey(t)))
+	must(t, err)
+	first := hold(joined)
+	if first.vm != vmOf(id) {
+		t.Fatalf("joined certificate names VM %q, want %q", first.vm, vmOf(id))
+	}
+	must(t, check(first))
+	refused("a serial the CA never issued", check(held{first.vm, "abc"}), "a newer certificate replaced it")
+
+	// Renewed: both are current until the agent uses the new one.
+	second, err := renew(first)
+	must(t, err)
+	must(t, check(first))
+	must(t, check(second))
+	refused("the renewed certificate once the new one is used", check(first), "a newer certificate replaced it")
+	_, err = renew(first)
+	refused("renewing with the renewed certificate", err, "a newer certificate replaced it")
+
+	// Re-provisioned onto a new VM: the old VM's certificate is refused,
+	// and the new VM's join revokes it for good.
+	e.instances.put(&inventoryv1.Instance{Id: id, State: string(vocab.StateProvisioning), VmId: "vm-new"})
+	refused("a certificate for the previous VM", check(second), "issued for VM "+second.vm)
+	joined, err = join(t, e.nc, createToken(t, e.nc, id, 0).GetToken(), csrFor(t, newKey(t)))
+	must(t, err)
+	third := hold(joined)
+	must(t, check(third))
+	if third.vm != "vm-new" {
+		t.Errorf("the new VM's certificate names %q", third.vm)
+	}
+
+	// Deprovisioned, then deleted: nothing is current.
+	e.instances.put(&inventoryv1.Instance{Id: id, State: string(vocab.StateDeprovisioned)})
+	refused("deprovisioned", check(third), "is deprovisioned")
+	_, err = renew(third)
+	refused("renewing when deprovisioned", err, "is deprovisioned")
+	e.instances.gone(id)
+	refused("deleted", check(third), "was deleted")
+	e.instances.put(&inventoryv1.Instance{Id: id, State: string(vocab.StateRunning), VmId: "vm-new"})
+	refused("the record went with the instance", check(third), "no record")
+
+	// Only the agent gateway, for the agent itself, may ask.
+	_, err = rpc.Call(t.Context(), rpc.NewClient(e.nc, subjects.AgentGW, 0), endpoints.AgentCheck,
+		&cav1.CheckAgentRequest{InstanceId: id, VmId: third.vm, Serial: third.serial}, rpc.As(vocab.Agent(instanceID())))
+	refused("a check for another agent", err, "may not ask")
 }
 
 func TestServerCertificate(t *testing.T) {

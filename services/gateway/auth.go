@@ -2,11 +2,13 @@ package gateway
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
@@ -16,9 +18,29 @@ import (
 )
 
 type (
-	userKey  struct{}
-	tokenKey struct{}
+	userKey   struct{}
+	tokenKey  struct{}
+	clientKey struct{}
 )
+
+// clientAddr is the address (IP) a request came from: for REST, what the
+// HTTP middleware saw; for gRPC, the peer. Behind a proxy it is the proxy's.
+func clientAddr(ctx context.Context) string {
+	if a, ok := ctx.Value(clientKey{}).(string); ok {
+		return a
+	}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return hostOf(p.Addr.String())
+	}
+	return ""
+}
+
+func hostOf(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
+}
 
 // tokenFrom returns the bearer token a request was authenticated with.
 func tokenFrom(ctx context.Context) string {
@@ -81,6 +103,7 @@ var publicMethods = map[string]bool{
 // the public paths, and puts the user in the request context.
 func (g *Gateway) requireAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r = r.WithContext(context.WithValue(r.Context(), clientKey{}, hostOf(r.RemoteAddr)))
 		if publicPaths[r.URL.Path] || !strings.HasPrefix(r.URL.Path, "/api/") {
 			next.ServeHTTP(w, r)
 			return

@@ -18,6 +18,13 @@ import (
 // events reads every message on the events stream matching filter.
 func (e *env) events(t *testing.T, filter string) []jetstream.Msg {
 	t.Helper()
+	return e.read(t, "FLOTILLA_EVENTS", filter)
+}
+
+// read returns the messages of a stream on the filter subject, once the
+// outbox has drained.
+func (e *env) read(t *testing.T, stream, filter string) []jetstream.Msg {
+	t.Helper()
 	js, err := jetstream.New(e.nc)
 	if err != nil {
 		t.Fatal(err)
@@ -36,7 +43,7 @@ func (e *env) events(t *testing.T, filter string) []jetstream.Msg {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	c, err := js.OrderedConsumer(ctx, "FLOTILLA_EVENTS", jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
+	c, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 // returns its reply, or the service's error as a gRPC status (which the REST
 // gateway turns into the matching HTTP status and JSON body).
 func call[Req, Resp proto.Message](ctx context.Context, g *Gateway, ep endpoints.Endpoint[Req, Resp], req Req) (Resp, error) {
-	resp, err := rpc.Call(ctx, g.bus, ep, req, rpc.As(actorFrom(ctx)))
+	resp, err := rpc.Call(ctx, g.bus, ep, req, rpc.As(actorFrom(ctx)), rpc.ForClient(clientAddr(ctx)))
 	if err != nil {
 		var zero Resp
 		return zero, apierr.GRPCStatus(ctx, g.log, err)

@@ -12,8 +12,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,6 +39,7 @@ import (
 	"flotilla.dev/flotilla/api/openapi"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/attempts"
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/rpc"
 )
@@ -58,7 +61,16 @@ type Deps struct {
 	// (DefaultRequestReadTimeout).
 	MaxRequestBytes    int64
 	RequestReadTimeout time.Duration
+	// LoginPolicy slows logins from an address after failures
+	// (SourceLoginPolicy when zero).
+	LoginPolicy attempts.Policy
 }
+
+// SourceLoginPolicy is how failed logins from one client address slow its
+// next: twenty are free (several users may share an address), then each
+// waits twice as long as the last, from 5 s up to 15 minutes; an hour
+// without a failure forgets them. Each gateway counts its own.
+var SourceLoginPolicy = attempts.Policy{Free: 20, Base: 5 * time.Second, Max: 15 * time.Minute, Forget: time.Hour}
 
 // Gateway is the running public API.
 type Gateway struct {
@@ -68,12 +80,14 @@ type Gateway struct {
 	// maxRequestBytes and readTimeout bound what a client sends.
 	maxRequestBytes int64
 	readTimeout     time.Duration
-	httpSrv         *http.Server
-	grpcSrv         *grpc.Server
-	mux             *runtime.ServeMux
-	js              jetstream.JetStream
-	bus             *rpc.Client
-	deps            Deps
+	// logins counts failed logins by client address.
+	logins  *attempts.Limiter
+	httpSrv *http.Server
+	grpcSrv *grpc.Server
+	mux     *runtime.ServeMux
+	js      jetstream.JetStream
+	bus     *rpc.Client
+	deps    Deps
 }
 
 // New builds the gateway's HTTP and gRPC servers; Run serves them.
@@ -97,6 +111,11 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 	if g.readTimeout <= 0 {
 		g.readTimeout = DefaultRequestReadTimeout
 	}
+	policy := d.LoginPolicy
+	if policy == (attempts.Policy{}) {
+		policy = SourceLoginPolicy
+	}
+	g.logins = attempts.NewLimiter(policy, 100000, nil)
 	g.bus = rpc.NewClient(d.NATS, subjects.Gateway, g.requestTimeout)
 	js, err := jetstream.New(d.NATS)
 	if err != nil {
@@ -227,6 +246,9 @@ func (g *Gateway) restError(ctx context.Context, _ *runtime.ServeMux, _ runtime.
 		httpStatus = runtime.HTTPStatusFromCode(st.Code())
 	}
 	e := apierr.FromStatus(st)
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(e.RetryAfter.Seconds()))))
+	}
 	body, merr := json.Marshal(restErrorBody{Code: int32(st.Code()), Reason: string(e.Reason), Message: e.Message, Field: e.Field})
 	if merr != nil {
 		body = []byte(`{"code":13,"reason":"internal","message":"internal error"}`)

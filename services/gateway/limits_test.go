@@ -65,7 +65,7 @@ func TestInputIsBounded(t *testing.T) {
 
 	// NUL bytes are refused wherever they are, naming the field.
 	for body, field := range map[string]string{
-		`{"name":"lab\u0000","provider":"local","httpsStrategy":"none"}`:                         "name",
+		`{"name":"lab\u0000","provider":"local","httpsStrategy":"none"}`:                             "name",
 		`{"name":"lab","provider":"local","httpsStrategy":"none","dns":{"privateZoneId":"a\u0000"}}`: "dns.privateZoneId",
 	} {
 		out := reply{}

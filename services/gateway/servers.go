@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -149,8 +151,19 @@ type authServer struct {
 	g *Gateway
 }
 
+// Login is throttled per client address as well as per user name (by the
+// inventory): an address with many failed logins waits before its next.
 func (s authServer) Login(ctx context.Context, r *authv1.LoginRequest) (*authv1.LoginResponse, error) {
-	return call(ctx, s.g, endpoints.TokenLogin, r)
+	src := clientAddr(ctx)
+	if wait := s.g.logins.RetryAfter(src); wait > 0 {
+		wait = wait.Round(time.Second) + time.Second
+		return nil, apierr.GRPCStatus(ctx, s.g.log, apierr.TooManyAttempts(wait, "too many failed logins from %s: try again in %v", src, wait))
+	}
+	resp, err := call(ctx, s.g, endpoints.TokenLogin, r)
+	if status.Code(err) == codes.Unauthenticated {
+		s.g.logins.Fail(src)
+	}
+	return resp, err
 }
 
 func (s authServer) Logout(ctx context.Context, _ *authv1.LogoutRequest) (*emptypb.Empty, error) {

@@ -97,13 +97,20 @@ func UserByToken(ctx context.Context, q Querier, token string, now time.Time) (*
 	return u, exp, nil
 }
 
-// RevokeToken marks a token revoked; revoking an unknown token is not an error.
-func RevokeToken(ctx context.Context, q Querier, token string, now time.Time) error {
-	if _, err := q.Exec(ctx, "UPDATE api_tokens SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL",
-		TokenDigest(token), now); err != nil {
-		return fmt.Errorf("revoke token: %w", err)
+// RevokeToken marks a token revoked and returns whose it was; an unknown or
+// already revoked token is ErrNoUser.
+func RevokeToken(ctx context.Context, q Querier, token string, now time.Time) (*User, error) {
+	u := &User{}
+	err := q.QueryRow(ctx, `UPDATE api_tokens t SET revoked_at = $2 FROM users u
+		WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND u.id = t.user_id
+		RETURNING u.id::text, u.username`, TokenDigest(token), now).Scan(&u.ID, &u.Username)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNoUser
 	}
-	return nil
+	if err != nil {
+		return nil, fmt.Errorf("revoke token: %w", err)
+	}
+	return u, nil
 }
 
 // DeleteExpiredTokens removes tokens that expired before cutoff.
@@ -111,6 +118,52 @@ func DeleteExpiredTokens(ctx context.Context, q Querier, cutoff time.Time) (int6
 	tag, err := q.Exec(ctx, "DELETE FROM api_tokens WHERE expires_at < $1", cutoff)
 	if err != nil {
 		return 0, fmt.Errorf("delete expired tokens: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// LoginFailures reads the run of failed logins for a user name (zero when
+// there is none).
+func LoginFailures(ctx context.Context, q Querier, username string) (failures int, last time.Time, err error) {
+	err = q.QueryRow(ctx, "SELECT failures, last_failure FROM login_failures WHERE username = $1", username).Scan(&failures, &last)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, time.Time{}, nil
+	}
+	if err != nil {
+		return 0, time.Time{}, fmt.Errorf("read login failures: %w", err)
+	}
+	return failures, last, nil
+}
+
+// RecordLoginFailure counts one more failed login for a user name at now,
+// starting a new run when the last failure is older than forget, and
+// returns the run's length. Concurrent failures are all counted.
+func RecordLoginFailure(ctx context.Context, q Querier, username string, now time.Time, forget time.Duration) (int, error) {
+	var n int
+	err := q.QueryRow(ctx, `INSERT INTO login_failures (username, failures, last_failure) VALUES ($1, 1, $2)
+		ON CONFLICT (username) DO UPDATE SET
+			failures = CASE WHEN login_failures.last_failure < $3 THEN 1 ELSE login_failures.failures + 1 END,
+			last_failure = GREATEST(login_failures.last_failure, $2)
+		RETURNING failures`, username, now, now.Add(-forget)).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("record login failure: %w", err)
+	}
+	return n, nil
+}
+
+// ClearLoginFailures ends the run of failed logins for a user name.
+func ClearLoginFailures(ctx context.Context, q Querier, username string) error {
+	if _, err := q.Exec(ctx, "DELETE FROM login_failures WHERE username = $1", username); err != nil {
+		return fmt.Errorf("clear login failures: %w", err)
+	}
+	return nil
+}
+
+// DeleteLoginFailures removes runs whose last failure is before cutoff.
+func DeleteLoginFailures(ctx context.Context, q Querier, cutoff time.Time) (int64, error) {
+	tag, err := q.Exec(ctx, "DELETE FROM login_failures WHERE last_failure < $1", cutoff)
+	if err != nil {
+		return 0, fmt.Errorf("delete old login failures: %w", err)
 	}
 	return tag.RowsAffected(), nil
 }

@@ -17,6 +17,7 @@ import (
 
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/attempts"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/msgcheck"
 	"flotilla.dev/flotilla/libs/outbox"
@@ -52,6 +53,8 @@ type App struct {
 	log      *slog.Logger
 	now      func() time.Time
 	tokenTTL time.Duration
+	// loginPolicy slows logins after failures (LoginPolicy).
+	loginPolicy attempts.Policy
 	// afterWrite runs inside every write transaction after the change and its
 	// event are written; tests use it to force a rollback.
 	afterWrite func(ctx context.Context, tx pgx.Tx) error
@@ -66,6 +69,9 @@ func WithClock(now func() time.Time) Option { return func(a *App) { a.now = now 
 // WithTokenTTL sets how long a login token lives.
 func WithTokenTTL(d time.Duration) Option { return func(a *App) { a.tokenTTL = d } }
 
+// WithLoginPolicy sets how failed logins slow the next (LoginPolicy).
+func WithLoginPolicy(p attempts.Policy) Option { return func(a *App) { a.loginPolicy = p } }
+
 // WithAfterWrite runs f inside every write transaction, after the change and
 // its outbox row; an error from f rolls both back. For tests.
 func WithAfterWrite(f func(ctx context.Context, tx pgx.Tx) error) Option {
@@ -76,7 +82,7 @@ func WithAfterWrite(f func(ctx context.Context, tx pgx.Tx) error) Option {
 func New(pool *pgxpool.Pool, log *slog.Logger, opts ...Option) *App {
 	// PostgreSQL keeps microseconds: a value read back equals the one written.
 	now := func() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
-	a := &App{pool: pool, log: log, now: now, tokenTTL: 24 * time.Hour}
+	a := &App{pool: pool, log: log, now: now, tokenTTL: 24 * time.Hour, loginPolicy: LoginPolicy}
 	for _, o := range opts {
 		o(a)
 	}

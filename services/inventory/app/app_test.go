@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/attempts"
 	"flotilla.dev/flotilla/libs/testkit"
 	"flotilla.dev/flotilla/services/inventory/adapters"
 	"flotilla.dev/flotilla/services/inventory/app"
@@ -24,18 +26,24 @@ import (
 
 func TestMain(m *testing.M) { testkit.Main(m) }
 
-func newApp(t *testing.T) (*app.App, *inventoryv1.Instance) {
+// newPool is a migrated database of the test's own.
+func newPool(t *testing.T) *pgxpool.Pool {
 	t.Helper()
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, testkit.NewDatabase(t))
+	pool, err := pgxpool.New(t.Context(), testkit.NewDatabase(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	if err := adapters.Migrate(ctx, pool, nil); err != nil {
+	if err := adapters.Migrate(t.Context(), pool, nil); err != nil {
 		t.Fatal(err)
 	}
-	a := app.New(pool, slog.New(slog.DiscardHandler))
+	return pool
+}
+
+func newApp(t *testing.T) (*app.App, *inventoryv1.Instance) {
+	t.Helper()
+	ctx := context.Background()
+	a := app.New(newPool(t), slog.New(slog.DiscardHandler))
 	n, err := a.CreateNetwork(ctx, "test", &inventoryv1.Network{Name: "n", Provider: "local", HttpsStrategy: "none"})
 	if err != nil {
 		t.Fatal(err)
@@ -179,5 +187,76 @@ func TestNothingOutgrowsTheBus(t *testing.T) {
 	tp.SetupActions = append(tp.SetupActions, file(app.MaxResourceBytes))
 	if _, err := a.UpdateTemplate(ctx, "test", tp, []string{"setup_actions"}); apierr.ReasonOf(err) != apierr.ReasonTooLarge {
 		t.Errorf("update past the limit: %v", err)
+	}
+}
+
+// TestFailedLoginsSlowTheNext: after the free failures for a user name,
+// the next login waits (429 with the wait), even with the right password;
+// once the wait is over the right password works and ends the run. A user
+// name that does not exist is treated alike.
+func TestFailedLoginsSlowTheNext(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	pool := newPool(t)
+	policy := attempts.Policy{Free: 2, Base: time.Minute, Max: 10 * time.Minute, Forget: time.Hour}
+	a := app.New(pool, slog.New(slog.DiscardHandler), app.WithClock(func() time.Time { return now }), app.WithLoginPolicy(policy))
+	if err := a.InitialSetup(ctx, "ada", "correct-horse"); err != nil {
+		t.Fatal(err)
+	}
+	login := func(user, pw string) error {
+		_, err := a.Login(ctx, user, pw, "192.0.2.7")
+		return err
+	}
+	for _, user := range []string{"ada", "nobody"} {
+		for i := range 3 {
+			if err := login(user, "wrong"); apierr.ReasonOf(err) != apierr.ReasonUnauthenticated {
+				t.Fatalf("%s: failure %d: %v", user, i+1, err)
+			}
+		}
+		err := login(user, "correct-horse")
+		var e *apierr.Error
+		if !errors.As(err, &e) || e.Reason != apierr.ReasonTooManyAttempts || e.RetryAfter < time.Minute || e.RetryAfter > 2*time.Minute {
+			t.Fatalf("%s: login while locked out: %v", user, err)
+		}
+	}
+	now = now.Add(2 * time.Minute)
+	if err := login("ada", "correct-horse"); err != nil {
+		t.Fatalf("after the wait: %v", err)
+	}
+	// The run ended with the success: the free failures are free again.
+	for range 2 {
+		if err := login("ada", "wrong"); apierr.ReasonOf(err) != apierr.ReasonUnauthenticated {
+			t.Fatalf("a new run: %v", err)
+		}
+	}
+	if err := login("ada", "correct-horse"); err != nil {
+		t.Fatalf("within the free failures: %v", err)
+	}
+	// Every failure, refusal and token issued is an audit record, in the
+	// outbox with the rest; none holds the password.
+	var records []string
+	rows, err := pool.Query(ctx, `SELECT metadata->>'Flotilla-Subject', payload FROM outbox_messages
+		WHERE metadata->>'Flotilla-Subject' LIKE 'flotilla.audit.%' ORDER BY "offset"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var subject string
+		var payload []byte
+		if err := rows.Scan(&subject, &payload); err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(payload, []byte("correct-horse")) || bytes.Contains(bytes.ReplaceAll(payload, []byte("wrong password"), nil), []byte("wrong")) {
+			t.Errorf("an audit record holds a password: %q", payload)
+		}
+		records = append(records, subject[strings.LastIndexByte(subject, '.')+1:])
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	want := "login-failed login-failed login-failed login-refused login-failed login-failed login-failed login-refused token-issued login-failed login-failed token-issued"
+	if got := strings.Join(records, " "); got != want {
+		t.Errorf("audit records:\n got %s\nwant %s", got, want)
 	}
 }

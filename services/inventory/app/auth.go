@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"regexp"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/attempts"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/outbox"
 	"flotilla.dev/flotilla/libs/password"
@@ -60,40 +63,103 @@ func (a *App) InitialSetup(ctx context.Context, username, pw string) error {
 	})
 }
 
+// LoginPolicy is how failed logins for one user name slow the next: five
+// are free, then each waits twice as long as the last, from 30 s up to 15
+// minutes; an hour without a failure forgets them.
+var LoginPolicy = attempts.Policy{Free: 5, Base: 30 * time.Second, Max: 15 * time.Minute, Forget: time.Hour}
+
 // Login checks a user name and password and returns a new bearer token.
-func (a *App) Login(ctx context.Context, username, pw string) (*authv1.LoginResponse, error) {
+// After a run of failures for the user name (known or not) the next login
+// must wait (a 429 with the wait, the password not even checked). Failed
+// and refused logins and the token issued are audit records, each written
+// in the transaction that records it; source is the client's address.
+func (a *App) Login(ctx context.Context, username, pw, source string) (*authv1.LoginResponse, error) {
 	if username == "" {
 		return nil, apierr.Invalid("username", "is required")
 	}
 	if pw == "" {
 		return nil, apierr.Invalid("password", "is required")
 	}
-	bad := apierr.Unauthenticated("invalid user name or password")
-	u, err := adapters.UserByName(ctx, a.pool, username)
-	if errors.Is(err, adapters.ErrNoUser) {
-		_ = password.Verify(pw, dummyHash)
-		return nil, bad
-	}
+	now := a.now()
+	rec := &authv1.AuthAudit{Username: username, Source: source, Time: timestamppb.New(now)}
+	failures, last, err := adapters.LoginFailures(ctx, a.pool, username)
 	if err != nil {
 		return nil, err
 	}
-	if err := password.Verify(pw, u.PasswordHash); err != nil {
-		if errors.Is(err, password.ErrMismatch) {
-			return nil, bad
+	if wait := a.loginPolicy.RetryAfter(attempts.Run{Failures: failures, Last: last}, now); wait > 0 {
+		wait = wait.Round(time.Second) + time.Second
+		rec.Action, rec.Until = subjects.VerbLoginRefused, timestamppb.New(now.Add(wait))
+		rec.Reason = fmt.Sprintf("%d failed logins in a row", failures)
+		if err := a.inTx(ctx, func(tx pgx.Tx) error { return a.audit(ctx, tx, rec) }); err != nil {
+			return nil, err
 		}
+		return nil, apierr.TooManyAttempts(wait, "too many failed logins for %q: try again in %v", username, wait)
+	}
+	u, err := adapters.UserByName(ctx, a.pool, username)
+	switch {
+	case errors.Is(err, adapters.ErrNoUser):
+		_ = password.Verify(pw, dummyHash) // as slow as a wrong password
+		rec.Reason = "no such user"
+	case err != nil:
 		return nil, err
+	default:
+		rec.UserId = u.ID
+		if err := password.Verify(pw, u.PasswordHash); errors.Is(err, password.ErrMismatch) {
+			rec.Reason = "wrong password"
+		} else if err != nil {
+			return nil, err
+		}
+	}
+	if rec.Reason != "" {
+		rec.Action = subjects.VerbLoginFailed
+		err := a.inTx(ctx, func(tx pgx.Tx) error {
+			if _, err := adapters.RecordLoginFailure(ctx, tx, username, now, a.loginPolicy.Forget); err != nil {
+				return err
+			}
+			return a.audit(ctx, tx, rec)
+		})
+		if err != nil {
+			return nil, err
+		}
+		return nil, apierr.Unauthenticated("invalid user name or password")
 	}
 	raw := make([]byte, 32)
 	if _, err := rand.Read(raw); err != nil {
 		return nil, err
 	}
 	token := TokenPrefix + base64.RawURLEncoding.EncodeToString(raw)
-	now := a.now()
 	exp := now.Add(a.tokenTTL)
-	if err := adapters.InsertToken(ctx, a.pool, token, u.ID, now, exp); err != nil {
+	rec.Action, rec.TokenId, rec.Until = subjects.VerbTokenIssued, tokenID(token), timestamppb.New(exp)
+	err = a.inTx(ctx, func(tx pgx.Tx) error {
+		if err := adapters.ClearLoginFailures(ctx, tx, username); err != nil {
+			return err
+		}
+		if err := adapters.InsertToken(ctx, tx, token, u.ID, now, exp); err != nil {
+			return err
+		}
+		return a.audit(ctx, tx, rec)
+	})
+	if err != nil {
 		return nil, err
 	}
 	return &authv1.LoginResponse{Token: token, ExpireTime: timestamppb.New(exp), Username: u.Username}, nil
+}
+
+// tokenID names a token in audit records without revealing it.
+func tokenID(token string) string { return hex.EncodeToString(adapters.TokenDigest(token)[:8]) }
+
+// audit writes an audit record to the outbox, for FLOTILLA_AUDIT.
+func (a *App) audit(ctx context.Context, tx pgx.Tx, rec *authv1.AuthAudit) error {
+	id := rec.GetUserId()
+	if id == "" {
+		id = subjects.UnknownUser
+	}
+	msg, err := bus.NewMessage(ctx, subjects.Audit(subjects.NounUser, id, rec.GetAction()), "user."+rec.GetAction(),
+		vocab.System(subjects.Inventory), rec.GetTime().AsTime(), rec)
+	if err != nil {
+		return err
+	}
+	return outbox.Write(ctx, tx, msg)
 }
 
 // VerifyToken returns the user a live bearer token belongs to.
@@ -111,12 +177,28 @@ func (a *App) VerifyToken(ctx context.Context, token string) (*authv1.VerifyToke
 	return &authv1.VerifyTokenResponse{UserId: u.ID, Username: u.Username, ExpireTime: timestamppb.New(exp)}, nil
 }
 
-// RevokeToken revokes a bearer token.
-func (a *App) RevokeToken(ctx context.Context, token string) error {
-	return adapters.RevokeToken(ctx, a.pool, token, a.now())
+// RevokeToken revokes a bearer token and writes the audit record of it;
+// revoking an unknown or revoked token does nothing.
+func (a *App) RevokeToken(ctx context.Context, token, source string) error {
+	now := a.now()
+	return a.inTx(ctx, func(tx pgx.Tx) error {
+		u, err := adapters.RevokeToken(ctx, tx, token, now)
+		if errors.Is(err, adapters.ErrNoUser) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return a.audit(ctx, tx, &authv1.AuthAudit{Action: subjects.VerbTokenRevoked, Username: u.Username, UserId: u.ID,
+			Source: source, TokenId: tokenID(token), Time: timestamppb.New(now)})
+	})
 }
 
-// PurgeExpiredTokens deletes tokens that expired more than a day ago.
+// PurgeExpiredTokens deletes tokens that expired more than a day ago, and
+// runs of failed logins that are forgotten.
 func (a *App) PurgeExpiredTokens(ctx context.Context) (int64, error) {
+	if _, err := adapters.DeleteLoginFailures(ctx, a.pool, a.now().Add(-a.loginPolicy.Forget)); err != nil {
+		return 0, err
+	}
 	return adapters.DeleteExpiredTokens(ctx, a.pool, a.now().Add(-24*time.Hour))
 }

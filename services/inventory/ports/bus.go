@@ -98,13 +98,13 @@ func Serve(nc *nats.Conn, a *app.App, db Pinger, log *slog.Logger, tp trace.Trac
 			return &emptypb.Empty{}, a.Observe(ctx, r)
 		}),
 		rpc.Handle(s, endpoints.TokenLogin, func(ctx context.Context, _ vocab.Actor, r *authv1.LoginRequest) (*authv1.LoginResponse, error) {
-			return a.Login(ctx, r.GetUsername(), r.GetPassword())
+			return a.Login(ctx, r.GetUsername(), r.GetPassword(), rpc.Source(ctx))
 		}),
 		rpc.Handle(s, endpoints.TokenVerify, func(ctx context.Context, _ vocab.Actor, r *authv1.VerifyTokenRequest) (*authv1.VerifyTokenResponse, error) {
 			return a.VerifyToken(ctx, r.GetToken())
 		}),
 		rpc.Handle(s, endpoints.TokenRevoke, func(ctx context.Context, _ vocab.Actor, r *authv1.RevokeTokenRequest) (*emptypb.Empty, error) {
-			return &emptypb.Empty{}, a.RevokeToken(ctx, r.GetToken())
+			return &emptypb.Empty{}, a.RevokeToken(ctx, r.GetToken(), rpc.Source(ctx))
 		}),
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -393,6 +393,115 @@ func (x *User) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// AuthAudit is the audit record of a failed or refused login, or of a bearer
+// token issued or revoked. It never holds a password or a token: token_id
+// names a token by the first 16 hex digits of its SHA-256, so an issue and
+// its revocation can be matched.
+type AuthAudit struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "login-failed", "login-refused" (while locked out), "token-issued" or "token-revoked".
+	Action   string `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
+	Username string `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	// Empty for a user name that does not exist.
+	UserId string `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The client's address as the gateway saw it.
+	Source string `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
+	// Why a login failed or was refused.
+	Reason  string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	TokenId string                 `protobuf:"bytes,6,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	Time    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time,proto3" json:"time,omitempty"`
+	// When an issued token expires; when a refused login may be tried again.
+	Until         *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=until,proto3" json:"until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthAudit) Reset() {
+	*x = AuthAudit{}
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthAudit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthAudit) ProtoMessage() {}
+
+func (x *AuthAudit) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthAudit.ProtoReflect.Descriptor instead.
+func (*AuthAudit) Descriptor() ([]byte, []int) {
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *AuthAudit) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *AuthAudit) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *AuthAudit) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *AuthAudit) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *AuthAudit) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *AuthAudit) GetTokenId() string {
+	if x != nil {
+		return x.TokenId
+	}
+	return ""
+}
+
+func (x *AuthAudit) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *AuthAudit) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
 var File_flotilla_auth_v1_auth_proto protoreflect.FileDescriptor
 
 const file_flotilla_auth_v1_auth_proto_rawDesc = "" +
@@ -421,7 +530,16 @@ const file_flotilla_auth_v1_auth_proto_rawDesc = "" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x19\n" +
 	"\bis_admin\x18\x03 \x01(\bR\aisAdmin\x12;\n" +
 	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime2\xcf\x01\n" +
+	"createTime\"\x85\x02\n" +
+	"\tAuthAudit\x12\x16\n" +
+	"\x06action\x18\x01 \x01(\tR\x06action\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x17\n" +
+	"\auser_id\x18\x03 \x01(\tR\x06userId\x12\x16\n" +
+	"\x06source\x18\x04 \x01(\tR\x06source\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x19\n" +
+	"\btoken_id\x18\x06 \x01(\tR\atokenId\x12.\n" +
+	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x120\n" +
+	"\x05until\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x05until2\xcf\x01\n" +
 	"\vAuthService\x12b\n" +
 	"\x05Login\x12\x1e.flotilla.auth.v1.LoginRequest\x1a\x1f.flotilla.auth.v1.LoginResponse\"\x18\x82\xd3\xe4\x93\x02\x12:\x01*\"\r/api/v1/login\x12\\\n" +
 	"\x06Logout\x12\x1f.flotilla.auth.v1.LogoutRequest\x1a\x16.google.protobuf.Empty\"\x19\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/api/v1/logoutB7Z5flotilla.dev/flotilla/api/gen/flotilla/auth/v1;authv1b\x06proto3"
@@ -438,7 +556,7 @@ func file_flotilla_auth_v1_auth_proto_rawDescGZIP() []byte {
 	return file_flotilla_auth_v1_auth_proto_rawDescData
 }
 
-var file_flotilla_auth_v1_auth_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_flotilla_auth_v1_auth_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_flotilla_auth_v1_auth_proto_goTypes = []any{
 	(*LoginRequest)(nil),          // 0: flotilla.auth.v1.LoginRequest
 	(*LoginResponse)(nil),         // 1: flotilla.auth.v1.LoginResponse
@@ -447,22 +565,25 @@ var file_flotilla_auth_v1_auth_proto_goTypes = []any{
 	(*VerifyTokenResponse)(nil),   // 4: flotilla.auth.v1.VerifyTokenResponse
 	(*RevokeTokenRequest)(nil),    // 5: flotilla.auth.v1.RevokeTokenRequest
 	(*User)(nil),                  // 6: flotilla.auth.v1.User
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),         // 8: google.protobuf.Empty
+	(*AuthAudit)(nil),             // 7: flotilla.auth.v1.AuthAudit
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),         // 9: google.protobuf.Empty
 }
 var file_flotilla_auth_v1_auth_proto_depIdxs = []int32{
-	7, // 0: flotilla.auth.v1.LoginResponse.expire_time:type_name -> google.protobuf.Timestamp
-	7, // 1: flotilla.auth.v1.VerifyTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	7, // 2: flotilla.auth.v1.User.create_time:type_name -> google.protobuf.Timestamp
-	0, // 3: flotilla.auth.v1.AuthService.Login:input_type -> flotilla.auth.v1.LoginRequest
-	2, // 4: flotilla.auth.v1.AuthService.Logout:input_type -> flotilla.auth.v1.LogoutRequest
-	1, // 5: flotilla.auth.v1.AuthService.Login:output_type -> flotilla.auth.v1.LoginResponse
-	8, // 6: flotilla.auth.v1.AuthService.Logout:output_type -> google.protobuf.Empty
-	5, // [5:7] is the sub-list for method output_type
-	3, // [3:5] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	8, // 0: flotilla.auth.v1.LoginResponse.expire_time:type_name -> google.protobuf.Timestamp
+	8, // 1: flotilla.auth.v1.VerifyTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	8, // 2: flotilla.auth.v1.User.create_time:type_name -> google.protobuf.Timestamp
+	8, // 3: flotilla.auth.v1.AuthAudit.time:type_name -> google.protobuf.Timestamp
+	8, // 4: flotilla.auth.v1.AuthAudit.until:type_name -> google.protobuf.Timestamp
+	0, // 5: flotilla.auth.v1.AuthService.Login:input_type -> flotilla.auth.v1.LoginRequest
+	2, // 6: flotilla.auth.v1.AuthService.Logout:input_type -> flotilla.auth.v1.LogoutRequest
+	1, // 7: flotilla.auth.v1.AuthService.Login:output_type -> flotilla.auth.v1.LoginResponse
+	9, // 8: flotilla.auth.v1.AuthService.Logout:output_type -> google.protobuf.Empty
+	7, // [7:9] is the sub-list for method output_type
+	5, // [5:7] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_auth_v1_auth_proto_init() }
@@ -476,7 +597,7 @@ func file_flotilla_auth_v1_auth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_auth_v1_auth_proto_rawDesc), len(file_flotilla_auth_v1_auth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -287,9 +287,12 @@ func (x *JoinRequest) GetCsrDer() []byte {
 // already proven by its current certificate (bus only; agentgw passes the
 // instance id taken from the verified client certificate).
 type SignAgentRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	InstanceId    string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
-	CsrDer        []byte                 `protobuf:"bytes,2,opt,name=csr_der,json=csrDer,proto3" json:"csr_der,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	CsrDer     []byte                 `protobuf:"bytes,2,opt,name=csr_der,json=csrDer,proto3" json:"csr_der,omitempty"`
+	// The VM and serial number (hex) of the certificate the agent presented.
+	VmId          string `protobuf:"bytes,3,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	Serial        string `protobuf:"bytes,4,opt,name=serial,proto3" json:"serial,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -338,6 +341,140 @@ func (x *SignAgentRequest) GetCsrDer() []byte {
 	return nil
 }
 
+func (x *SignAgentRequest) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
+func (x *SignAgentRequest) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+// CheckAgentRequest asks whether an agent certificate is still current
+// (bus only; agentgw asks before it serves a stream): its instance exists
+// and is not deprovisioned, the VM it names is the instance's current one,
+// and it has not been revoked by a newer one.
+type CheckAgentRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	VmId       string                 `protobuf:"bytes,2,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	// The certificate's serial number, hex.
+	Serial        string `protobuf:"bytes,3,opt,name=serial,proto3" json:"serial,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckAgentRequest) Reset() {
+	*x = CheckAgentRequest{}
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckAgentRequest) ProtoMessage() {}
+
+func (x *CheckAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckAgentRequest.ProtoReflect.Descriptor instead.
+func (*CheckAgentRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *CheckAgentRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *CheckAgentRequest) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
+func (x *CheckAgentRequest) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+// AgentCertRecord is what the CA keeps per instance of the agent
+// certificates it issued (key-value bucket flotilla_agent_certs, key =
+// instance id): the VM they are bound to and the serials still current.
+type AgentCertRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VmId          string                 `protobuf:"bytes,1,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	Serials       []string               `protobuf:"bytes,2,rep,name=serials,proto3" json:"serials,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentCertRecord) Reset() {
+	*x = AgentCertRecord{}
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentCertRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentCertRecord) ProtoMessage() {}
+
+func (x *AgentCertRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentCertRecord.ProtoReflect.Descriptor instead.
+func (*AgentCertRecord) Descriptor() ([]byte, []int) {
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *AgentCertRecord) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
+func (x *AgentCertRecord) GetSerials() []string {
+	if x != nil {
+		return x.Serials
+	}
+	return nil
+}
+
 // AgentCertificate is an agent's identity certificate: subject CN = instance id.
 type AgentCertificate struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -351,7 +488,7 @@ type AgentCertificate struct {
 
 func (x *AgentCertificate) Reset() {
 	*x = AgentCertificate{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[6]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -363,7 +500,7 @@ func (x *AgentCertificate) String() string {
 func (*AgentCertificate) ProtoMessage() {}
 
 func (x *AgentCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[6]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -376,7 +513,7 @@ func (x *AgentCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentCertificate.ProtoReflect.Descriptor instead.
 func (*AgentCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AgentCertificate) GetInstanceId() string {
@@ -420,7 +557,7 @@ type SignServerRequest struct {
 
 func (x *SignServerRequest) Reset() {
 	*x = SignServerRequest{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[7]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -432,7 +569,7 @@ func (x *SignServerRequest) String() string {
 func (*SignServerRequest) ProtoMessage() {}
 
 func (x *SignServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[7]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -445,7 +582,7 @@ func (x *SignServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignServerRequest.ProtoReflect.Descriptor instead.
 func (*SignServerRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SignServerRequest) GetInstanceId() string {
@@ -481,7 +618,7 @@ type ServerCertificate struct {
 
 func (x *ServerCertificate) Reset() {
 	*x = ServerCertificate{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[8]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -493,7 +630,7 @@ func (x *ServerCertificate) String() string {
 func (*ServerCertificate) ProtoMessage() {}
 
 func (x *ServerCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[8]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -506,7 +643,7 @@ func (x *ServerCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerCertificate.ProtoReflect.Descriptor instead.
 func (*ServerCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ServerCertificate) GetCertificatePem() string {
@@ -551,11 +688,21 @@ const file_flotilla_ca_v1_ca_proto_rawDesc = "" +
 	"expireTime\"<\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
-	"\acsr_der\x18\x02 \x01(\fR\x06csrDer\"L\n" +
+	"\acsr_der\x18\x02 \x01(\fR\x06csrDer\"y\n" +
 	"\x10SignAgentRequest\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x17\n" +
-	"\acsr_der\x18\x02 \x01(\fR\x06csrDer\"\xac\x01\n" +
+	"\acsr_der\x18\x02 \x01(\fR\x06csrDer\x12\x13\n" +
+	"\x05vm_id\x18\x03 \x01(\tR\x04vmId\x12\x16\n" +
+	"\x06serial\x18\x04 \x01(\tR\x06serial\"a\n" +
+	"\x11CheckAgentRequest\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\x12\x13\n" +
+	"\x05vm_id\x18\x02 \x01(\tR\x04vmId\x12\x16\n" +
+	"\x06serial\x18\x03 \x01(\tR\x06serial\"@\n" +
+	"\x0fAgentCertRecord\x12\x13\n" +
+	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x12\x18\n" +
+	"\aserials\x18\x02 \x03(\tR\aserials\"\xac\x01\n" +
 	"\x10AgentCertificate\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12'\n" +
@@ -587,7 +734,7 @@ func file_flotilla_ca_v1_ca_proto_rawDescGZIP() []byte {
 	return file_flotilla_ca_v1_ca_proto_rawDescData
 }
 
-var file_flotilla_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_flotilla_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_flotilla_ca_v1_ca_proto_goTypes = []any{
 	(*GetCACertificateRequest)(nil), // 0: flotilla.ca.v1.GetCACertificateRequest
 	(*CACertificate)(nil),           // 1: flotilla.ca.v1.CACertificate
@@ -595,23 +742,25 @@ var file_flotilla_ca_v1_ca_proto_goTypes = []any{
 	(*JoinToken)(nil),               // 3: flotilla.ca.v1.JoinToken
 	(*JoinRequest)(nil),             // 4: flotilla.ca.v1.JoinRequest
 	(*SignAgentRequest)(nil),        // 5: flotilla.ca.v1.SignAgentRequest
-	(*AgentCertificate)(nil),        // 6: flotilla.ca.v1.AgentCertificate
-	(*SignServerRequest)(nil),       // 7: flotilla.ca.v1.SignServerRequest
-	(*ServerCertificate)(nil),       // 8: flotilla.ca.v1.ServerCertificate
-	(*timestamppb.Timestamp)(nil),   // 9: google.protobuf.Timestamp
+	(*CheckAgentRequest)(nil),       // 6: flotilla.ca.v1.CheckAgentRequest
+	(*AgentCertRecord)(nil),         // 7: flotilla.ca.v1.AgentCertRecord
+	(*AgentCertificate)(nil),        // 8: flotilla.ca.v1.AgentCertificate
+	(*SignServerRequest)(nil),       // 9: flotilla.ca.v1.SignServerRequest
+	(*ServerCertificate)(nil),       // 10: flotilla.ca.v1.ServerCertificate
+	(*timestamppb.Timestamp)(nil),   // 11: google.protobuf.Timestamp
 }
 var file_flotilla_ca_v1_ca_proto_depIdxs = []int32{
-	9, // 0: flotilla.ca.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
-	9, // 1: flotilla.ca.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	9, // 2: flotilla.ca.v1.AgentCertificate.not_after:type_name -> google.protobuf.Timestamp
-	9, // 3: flotilla.ca.v1.ServerCertificate.not_after:type_name -> google.protobuf.Timestamp
-	0, // 4: flotilla.ca.v1.CAService.GetCACertificate:input_type -> flotilla.ca.v1.GetCACertificateRequest
-	1, // 5: flotilla.ca.v1.CAService.GetCACertificate:output_type -> flotilla.ca.v1.CACertificate
-	5, // [5:6] is the sub-list for method output_type
-	4, // [4:5] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	11, // 0: flotilla.ca.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
+	11, // 1: flotilla.ca.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	11, // 2: flotilla.ca.v1.AgentCertificate.not_after:type_name -> google.protobuf.Timestamp
+	11, // 3: flotilla.ca.v1.ServerCertificate.not_after:type_name -> google.protobuf.Timestamp
+	0,  // 4: flotilla.ca.v1.CAService.GetCACertificate:input_type -> flotilla.ca.v1.GetCACertificateRequest
+	1,  // 5: flotilla.ca.v1.CAService.GetCACertificate:output_type -> flotilla.ca.v1.CACertificate
+	5,  // [5:6] is the sub-list for method output_type
+	4,  // [4:5] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_ca_v1_ca_proto_init() }
@@ -625,7 +774,7 @@ func file_flotilla_ca_v1_ca_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_ca_v1_ca_proto_rawDesc), len(file_flotilla_ca_v1_ca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,190 @@
+package ca
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
+	"flotilla.dev/flotilla/libs/apierr"
+)
+
+// An agent certificate is current while its instance exists and is not
+// deprovisioned, the VM it names is the instance's current VM, and its
+// serial is one the CA keeps for the instance: a join keeps only the new
+// certificate's (revoking every earlier VM's), a renewal keeps the renewed
+// and the new one, and the agent's first check with the new one drops the
+// renewed one. So a copy of an older certificate stops working as soon as
+// the agent uses its newer one, and no certificate outlives its instance or
+// its VM.
+
+// AgentCertsBucket holds an AgentCertRecord per instance id.
+const AgentCertsBucket = subjects.AgentCertsBucket
+
+// agentCerts keeps the current agent certificates per instance in a KV
+// bucket.
+type agentCerts struct {
+	kv jetstream.KeyValue
+}
+
+func newAgentCerts(ctx context.Context, js jetstream.JetStream, replicas int) (*agentCerts, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:       AgentCertsBucket,
+		Description:  "Flotilla agent certificates still current, per instance: the VM and the serials",
+		History:      1,
+		MaxValueSize: 4096,
+		Storage:      jetstream.FileStorage,
+		Replicas:     replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("declare key-value bucket %s: %w", AgentCertsBucket, err)
+	}
+	return &agentCerts{kv: kv}, nil
+}
+
+// get returns the instance's record and its revision; a missing record is
+// nil at revision 0.
+func (c *agentCerts) get(ctx context.Context, id string) (*cav1.AgentCertRecord, uint64, error) {
+	e, err := c.kv.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("read agent certificates of %s: %w", id, err)
+	}
+	rec := &cav1.AgentCertRecord{}
+	if err := proto.Unmarshal(e.Value(), rec); err != nil {
+		return nil, 0, fmt.Errorf("decode agent certificates of %s: %w", id, err)
+	}
+	return rec, e.Revision(), nil
+}
+
+// put stores rec if the record is still at revision (0: absent); a
+// concurrent change is a conflict the caller may retry.
+func (c *agentCerts) put(ctx context.Context, id string, rec *cav1.AgentCertRecord, revision uint64) error {
+	data, err := proto.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if revision == 0 {
+		_, err = c.kv.Create(ctx, id, data)
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			err = errConcurrentCert
+		}
+	} else {
+		_, err = c.kv.Update(ctx, id, data, revision)
+		if isRevisionConflict(err) {
+			err = errConcurrentCert
+		}
+	}
+	if err != nil && !errors.Is(err, errConcurrentCert) {
+		return fmt.Errorf("record agent certificates of %s: %w", id, err)
+	}
+	return err
+}
+
+// set replaces the record whatever it was (a join: a new VM's first
+// certificate).
+func (c *agentCerts) set(ctx context.Context, id string, rec *cav1.AgentCertRecord) error {
+	data, err := proto.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if _, err := c.kv.Put(ctx, id, data); err != nil {
+		return fmt.Errorf("record agent certificates of %s: %w", id, err)
+	}
+	return nil
+}
+
+// forget drops an instance's record (the instance is gone).
+func (c *agentCerts) forget(ctx context.Context, id string) error {
+	if err := c.kv.Delete(ctx, id); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("forget agent certificates of %s: %w", id, err)
+	}
+	return nil
+}
+
+var errConcurrentCert = apierr.Conflict(apierr.ReasonConcurrentChange, "the agent's certificates changed at the same moment; try again")
+
+// current checks that the certificate of instance id bound to vm with
+// serial is current (see above), and returns the instance's record and its
+// revision. A certificate that names no VM (issued before certificates
+// did) is current only while the CA keeps no record for the instance.
+func (s *Service) current(ctx context.Context, id, vm, serial string) (*cav1.AgentCertRecord, uint64, error) {
+	revoked := func(format string, args ...any) error {
+		return apierr.PermissionDenied("the agent certificate %s of instance %s is no longer valid: "+format, append([]any{serial, id}, args...)...)
+	}
+	inst, err := s.instances.GetInstance(ctx, id)
+	if apierr.Is(err, apierr.KindNotFound) {
+		if err := s.certs.forget(ctx, id); err != nil {
+			return nil, 0, err
+		}
+		return nil, 0, revoked("the instance was deleted")
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := liveVM(inst, vm); err != nil {
+		return nil, 0, revoked("%s", err)
+	}
+	rec, rev, err := s.certs.get(ctx, id)
+	if err != nil {
+		return nil, 0, err
+	}
+	switch {
+	case rec == nil && vm == "":
+		return nil, 0, nil // issued before certificates named their VM
+	case rec == nil:
+		return nil, 0, revoked("the CA has no record of it")
+	case rec.GetVmId() != vm || !slices.Contains(rec.GetSerials(), serial):
+		return nil, 0, revoked("a newer certificate replaced it")
+	}
+	return rec, rev, nil
+}
+
+// liveVM says why an agent on vm may not act for inst, if it may not.
+func liveVM(inst *inventoryv1.Instance, vm string) error {
+	switch st := vocab.State(inst.GetState()); {
+	case st == vocab.StateDeprovisioned || st == vocab.StateCreated || inst.GetVmId() == "":
+		return fmt.Errorf("the instance is %s and has no VM", st)
+	case vm != "" && vm != inst.GetVmId():
+		return fmt.Errorf("it was issued for VM %s, and the instance's VM is %s", vm, inst.GetVmId())
+	}
+	return nil
+}
+
+// checkAgent answers agent.check for the agent gateway, before it serves
+// an agent's stream. A check with the newest certificate revokes the ones
+// it replaced.
+func (s *Service) checkAgent(ctx context.Context, actor vocab.Actor, req *cav1.CheckAgentRequest) (*emptypb.Empty, error) {
+	id := req.GetInstanceId()
+	if err := actsFor(actor, id); err != nil {
+		return nil, err
+	}
+	for range 3 {
+		rec, rev, err := s.current(ctx, id, req.GetVmId(), req.GetSerial())
+		if err != nil {
+			return nil, err
+		}
+		serials := rec.GetSerials()
+		if len(serials) < 2 || serials[len(serials)-1] != req.GetSerial() {
+			return &emptypb.Empty{}, nil
+		}
+		err = s.certs.put(ctx, id, &cav1.AgentCertRecord{VmId: rec.GetVmId(), Serials: []string{req.GetSerial()}}, rev)
+		if !errors.Is(err, errConcurrentCert) {
+			if err == nil {
+				s.log.InfoContext(ctx, "agent certificates revoked: the agent uses its newer one", "instance_id", id, "revoked", serials[:len(serials)-1])
+			}
+			return &emptypb.Empty{}, err
+		}
+	}
+	return nil, errConcurrentCert
+}
