@@ -24,14 +24,17 @@ const requestTimeout = 2 * time.Minute
 type agent struct {
 	cfg   Config
 	roots *x509.CertPool
-	key   crypto.Signer
-	cert  atomic.Pointer[heldCert]
-	state *stateStore
-	logs  *logBuffer
-	out   *outbox
-	cmds  *commandQueue
-	node  *nodeRunner
-	mask  *masker
+	// gatewayCAs are the agent gateway CAs of the bundle: the gateway's
+	// chain must pass through one.
+	gatewayCAs []*x509.Certificate
+	key        crypto.Signer
+	cert       atomic.Pointer[heldCert]
+	state      *stateStore
+	logs       *logBuffer
+	out        *outbox
+	cmds       *commandQueue
+	node       *nodeRunner
+	mask       *masker
 
 	privateIP atomic.Pointer[string]
 	diskUsed  atomic.Int64
@@ -112,7 +115,7 @@ func newAgent(cfg Config) (*agent, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("--data-dir: %w", err)
 	}
-	roots, err := loadRoots(cfg.CAFile)
+	roots, gatewayCAs, err := loadRoots(cfg.CAFile)
 	if err != nil {
 		return nil, err
 	}
@@ -125,17 +128,18 @@ func newAgent(cfg Config) (*agent, error) {
 		return nil, err
 	}
 	a := &agent{
-		cfg:     cfg,
-		roots:   roots,
-		key:     key,
-		state:   st,
-		logs:    newLogBuffer(cfg.LogBufferLines, time.Now),
-		out:     newOutbox(),
-		cmds:    newCommandQueue(),
-		mask:    &masker{},
-		cycle:   make(chan struct{}, 1),
-		pending: map[string]chan *agentv1.GatewayMessage{},
-		lost:    make(chan struct{}),
+		cfg:        cfg,
+		roots:      roots,
+		gatewayCAs: gatewayCAs,
+		key:        key,
+		state:      st,
+		logs:       newLogBuffer(cfg.LogBufferLines, time.Now),
+		out:        newOutbox(),
+		cmds:       newCommandQueue(),
+		mask:       &masker{},
+		cycle:      make(chan struct{}, 1),
+		pending:    map[string]chan *agentv1.GatewayMessage{},
+		lost:       make(chan struct{}),
 	}
 	a.node = &nodeRunner{a: a}
 	if created {

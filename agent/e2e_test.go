@@ -2,12 +2,16 @@ package agent_test
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +22,10 @@ import (
 	"flotilla.dev/flotilla/libs/rpc"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"flotilla.dev/flotilla/agent"
@@ -130,7 +138,9 @@ func (f *fleet) startAgent(id string, heartbeat time.Duration) agent.Config {
 	}
 	dir := t.TempDir()
 	caFile, tokenFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "token")
-	if err := os.WriteFile(caFile, f.ca.Authority().CertificatePEM(), 0o644); err != nil {
+	// What the provisioner bootstraps an agent with: the agent gateway's
+	// intermediate and the fleet CA.
+	if err := os.WriteFile(caFile, f.ca.GatewayAuthority().CertificatePEM(), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(tokenFile, []byte(tok.GetToken()+"\n"), 0o600); err != nil {
@@ -393,4 +403,111 @@ func readCert(t *testing.T, cfg agent.Config) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return certs[0]
+}
+
+// impostor is a server with a certificate the fleet CA issued for the
+// agent gateway's names, as any instance could get for its own: it records
+// the join tokens sent to it.
+type impostor struct {
+	agentv1.UnimplementedAgentGatewayServer
+	mu     sync.Mutex
+	tokens []string
+}
+
+func (i *impostor) Join(_ context.Context, r *agentv1.JoinRequest) (*agentv1.JoinResponse, error) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.tokens = append(i.tokens, r.GetToken())
+	return nil, status.Error(codes.Unavailable, "try again")
+}
+
+func (i *impostor) heard() []string {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return slices.Clone(i.tokens)
+}
+
+// TestAnAgentTalksOnlyToTheAgentGateway: a server whose certificate the
+// fleet CA issued (an instance's, say) for the gateway's very names cannot
+// pass for the agent gateway: the agent's handshake fails and its join
+// token never leaves it. An agent bootstrapped with the fleet CA alone, as
+// older managers did, would have sent it.
+func TestAnAgentTalksOnlyToTheAgentGateway(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, 0)
+	key, err := pki.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := f.ca.Authority().Issue(key.Public(), pki.ServerProfile("localhost", []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)}, time.Now(), time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	imp := &impostor{}
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{{Certificate: [][]byte{iss.Certificate.Raw}, PrivateKey: key, Leaf: iss.Certificate}}})))
+	agentv1.RegisterAgentGatewayServer(srv, imp)
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(srv.Stop)
+
+	run := func(bundle []byte) *syncBuffer {
+		dir := t.TempDir()
+		caFile, tokenFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "token")
+		if err := os.WriteFile(caFile, bundle, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(tokenFile, []byte("fjt_not-for-impostors\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		logs := &syncBuffer{}
+		cfg := agent.Config{GatewayAddr: l.Addr().String(), CAFile: caFile, TokenFile: tokenFile,
+			StateDir: filepath.Join(dir, "state"), DataDir: filepath.Join(dir, "data"), DataDiskGB: 1, VMID: "vm-x",
+			NodeBinary: agent.NodeHelper(), PackageInstaller: agent.NoPackageInstaller,
+			Log: slog.New(slog.NewTextHandler(logs, nil))}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- agent.Run(ctx, cfg) }()
+		t.Cleanup(func() { cancel(); <-done })
+		return logs
+	}
+	logs := run(f.ca.GatewayAuthority().CertificatePEM())
+	waitFor(t, 20*time.Second, "the agent to refuse the impostor", func() bool { return strings.Contains(logs.String(), "not the agent gateway") })
+	if got := imp.heard(); len(got) != 0 {
+		t.Fatalf("the impostor heard join tokens %q", got)
+	}
+	run(f.ca.Authority().CertificatePEM())
+	waitFor(t, 20*time.Second, "an agent with the fleet CA alone to be fooled", func() bool { return len(imp.heard()) > 0 })
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// waitFor polls ok until it holds, failing the test after d.
+func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -42,16 +42,20 @@ func (h *heldCert) renewAt() time.Time {
 }
 
 // loadRoots reads the fleet CA bundle.
-func loadRoots(path string) (*x509.CertPool, error) {
+func loadRoots(path string) (*x509.CertPool, []*x509.Certificate, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("--ca-file: %w", err)
+		return nil, nil, fmt.Errorf("--ca-file: %w", err)
 	}
 	pool, err := pki.CertPool(data)
 	if err != nil {
-		return nil, fmt.Errorf("--ca-file %s: %w", path, err)
+		return nil, nil, fmt.Errorf("--ca-file %s: %w", path, err)
 	}
-	return pool, nil
+	certs, err := pki.ParseCertificatesPEM(data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--ca-file %s: %w", path, err)
+	}
+	return pool, pki.GatewayCAs(certs), nil
 }
 
 // loadOrCreateKey reads the agent's key from dir, or makes an ECDSA P-256
@@ -305,8 +309,11 @@ func (a *agent) renew(ctx context.Context) error {
 	return nil
 }
 
-// dial makes a client of the gateway: TLS 1.3, the fleet CA as the only
-// root, and whatever certificate the agent holds at handshake time.
+// dial makes a client of the gateway: TLS 1.3, the bundle the agent was
+// given as its roots, the gateway's chain passing through the agent gateway
+// CA in it (when the bundle has one: a VM bootstrapped by an older manager
+// has only the fleet CA), and whatever certificate the agent holds at
+// handshake time.
 func (a *agent) dial() (*grpc.ClientConn, error) {
 	tlsCfg := &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -317,6 +324,9 @@ func (a *agent) dial() (*grpc.ClientConn, error) {
 			}
 			return &tls.Certificate{}, nil // none yet: Join needs none
 		},
+	}
+	if len(a.gatewayCAs) > 0 {
+		tlsCfg.VerifyConnection = pki.RequireGatewayCA(a.gatewayCAs)
 	}
 	conn, err := grpc.NewClient(a.cfg.GatewayAddr,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),

@@ -349,7 +349,8 @@ type deps struct {
 func (d deps) inventory(ctx context.Context, nc *nats.Conn) (runner, error) {
 	c := d.cfg
 	s, err := inventory.New(ctx, inventory.Deps{Pool: d.st.pool, NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider,
-		Version: c.Version, StreamReplicas: c.StreamReplicas, AppOptions: c.InventoryOptions, AgentStaleAfter: c.AgentStaleAfter})
+		Version: c.Version, StreamReplicas: c.StreamReplicas, AgentStaleAfter: c.AgentStaleAfter,
+		AppOptions: append([]app.Option{app.WithReservedNames(c.agentServerNames(c.AgentAddr))}, c.InventoryOptions...)})
 	if err != nil {
 		return runner{}, err
 	}
@@ -360,7 +361,8 @@ func (d deps) inventory(ctx context.Context, nc *nats.Conn) (runner, error) {
 func (d deps) ca(ctx context.Context, nc *nats.Conn) (runner, error) {
 	c := d.cfg
 	s, err := ca.New(ctx, ca.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version,
-		CertFile: c.CACertFile, KeyFile: c.CAKeyFile, Replicas: c.StreamReplicas, AgentCertTTL: c.AgentCertTTL})
+		CertFile: c.CACertFile, KeyFile: c.CAKeyFile, Replicas: c.StreamReplicas, AgentCertTTL: c.AgentCertTTL,
+		GatewayNames: c.agentServerNames(c.AgentAddr)})
 	if err != nil {
 		return runner{}, err
 	}
@@ -424,13 +426,8 @@ func (d deps) provisioner(ctx context.Context, nc *nats.Conn) (runner, error) {
 
 func (d deps) agentgw(ctx context.Context, nc *nats.Conn) (runner, error) {
 	c := d.cfg
-	names := c.AgentServerNames
-	if len(names) == 0 {
-		host, _, _ := net.SplitHostPort(reachable(d.st.AgentAddr))
-		names = []string{"localhost", host}
-	}
 	s, err := agentgw.New(ctx, agentgw.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version,
-		Listener: d.agentL, ServerNames: names, StreamReplicas: c.StreamReplicas})
+		Listener: d.agentL, ServerNames: c.agentServerNames(d.st.AgentAddr), StreamReplicas: c.StreamReplicas})
 	if err != nil {
 		return runner{}, err
 	}
@@ -457,6 +454,17 @@ func (d deps) gateway(ctx context.Context, nc *nats.Conn, httpL, grpcL net.Liste
 
 // reachable turns a listening address into one a process on this host can
 // dial: an unspecified IP (0.0.0.0, ::) becomes loopback.
+// agentServerNames are the agent gateway's names: AgentServerNames, or
+// localhost and the host of addr (where it listens). The inventory and the
+// CA keep them off instances' certificates.
+func (c *Config) agentServerNames(addr string) []string {
+	if len(c.AgentServerNames) > 0 {
+		return c.AgentServerNames
+	}
+	host, _, _ := net.SplitHostPort(reachable(addr))
+	return []string{"localhost", host}
+}
+
 func reachable(addr string) string {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {

@@ -71,6 +71,11 @@ func Load(certFile, keyFile string, now time.Time) (*Authority, error) {
 // the winner's pair. When only one of the files exists (and the key is not
 // one being created right now) it fails, naming both files.
 func LoadOrCreate(certFile, keyFile string, now time.Time) (a *Authority, created bool, err error) {
+	return loadOrCreate(certFile, keyFile, now, func() (*Authority, error) { return GenerateCA(now) })
+}
+
+// loadOrCreate is LoadOrCreate with generate making the new CA.
+func loadOrCreate(certFile, keyFile string, now time.Time, generate func() (*Authority, error)) (a *Authority, created bool, err error) {
 	if certFile == "" || keyFile == "" {
 		return nil, false, errors.New("CA certificate and key file paths are required")
 	}
@@ -100,7 +105,7 @@ func LoadOrCreate(certFile, keyFile string, now time.Time) (a *Authority, create
 			}
 			return nil, false, fmt.Errorf("CA key file %s exists but CA certificate file %s does not: supply the matching certificate, or remove the key to have a new CA generated", keyFile, certFile)
 		}
-		a, err := create(certFile, keyFile, now)
+		a, err := create(certFile, keyFile, generate)
 		if errors.Is(err, errLostRace) {
 			continue
 		}
@@ -113,8 +118,8 @@ func LoadOrCreate(certFile, keyFile string, now time.Time) (a *Authority, create
 
 // create generates a CA and links its files into place; errLostRace if the
 // key file appeared meanwhile.
-func create(certFile, keyFile string, now time.Time) (*Authority, error) {
-	a, err := GenerateCA(now)
+func create(certFile, keyFile string, generate func() (*Authority, error)) (*Authority, error) {
+	a, err := generate()
 	if err != nil {
 		return nil, err
 	}

@@ -18,11 +18,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/libs/pki"
 )
 
@@ -332,5 +334,67 @@ func TestLoadRejectsEncryptedKeys(t *testing.T) {
 	_, err = pki.Load(certFile, keyFile, time.Now())
 	if err == nil || !strings.Contains(err.Error(), keyFile) || !strings.Contains(err.Error(), "encrypted") {
 		t.Fatalf("Load: %v; want an error naming %s and saying it is encrypted", err, keyFile)
+	}
+}
+
+func TestInstanceNamesStayOffTheManagersHost(t *testing.T) {
+	t.Parallel()
+	reserved := []string{"agents.example.com", "10.0.0.9"}
+	for raw, ok := range map[string]bool{
+		"node-1.example.com": true, "*.node-1.example.com": true, "10.0.0.5": true, "2001:db8::1": true, "Node-1.Example.com.": true,
+		"localhost": false, "LOCALHOST.": false, "app.localhost": false, "127.0.0.1": false, "127.8.9.10": false, "::1": false,
+		"0.0.0.0": false, "::": false, "::ffff:127.0.0.1": false, "agents.example.com": false, "Agents.Example.Com.": false, "10.0.0.9": false,
+		"": false, "a b": false, "1.2.3": false,
+	} {
+		_, _, err := pki.CheckInstanceName(raw, reserved)
+		if (err == nil) != ok {
+			t.Errorf("CheckInstanceName(%q) = %v, want ok=%v", raw, err, ok)
+		}
+	}
+	// The provider's own addresses are kept (the local provider's VMs share
+	// the host's loopback); names from the spec that break the rule are not.
+	in := &inventoryv1.Instance{Ssl: &inventoryv1.SslSettings{Sans: []string{"n.example.com", "localhost", "N.example.com."}},
+		Addresses: &inventoryv1.Addresses{PrivateIp: "127.0.0.1", PrivateDns: "ip-10-0-0-5.internal"}}
+	if got := pki.InstanceServerNames(in, reserved); !slices.Equal(got, []string{"n.example.com", "127.0.0.1", "ip-10-0-0-5.internal"}) {
+		t.Errorf("instance server names %v", got)
+	}
+}
+
+func TestTheAgentGatewayHasACAOfItsOwn(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	dir := t.TempDir()
+	root, _, err := pki.LoadOrCreate(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"), now)
+	must(t, err)
+	gwCert, gwKey := filepath.Join(dir, "agentgw-ca.crt"), filepath.Join(dir, "agentgw-ca.key")
+	gw, created, err := pki.LoadOrCreateGatewayCA(root, gwCert, gwKey, now)
+	must(t, err)
+	again, created2, err := pki.LoadOrCreateGatewayCA(root, gwCert, gwKey, now)
+	must(t, err)
+	if !created || created2 || again.Fingerprint() != gw.Fingerprint() {
+		t.Fatalf("created %v then %v; fingerprints %s, %s", created, created2, gw.Fingerprint(), again.Fingerprint())
+	}
+	// It signs server certificates only, and they verify up to the fleet CA.
+	leaf, err := gw.Issue(newKey(t).Public(), pki.ServerProfile("agents", []string{"agents.example.com"}, nil, now, time.Hour))
+	must(t, err)
+	certs, err := pki.ParseCertificatesPEM(leaf.PEM)
+	must(t, err)
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: root.Pool(), Intermediates: inter, DNSName: "agents.example.com"}); err != nil {
+		t.Errorf("the gateway's certificate does not verify to the fleet CA: %v", err)
+	}
+	client, err := gw.Issue(newKey(t).Public(), pki.AgentProfile("i-1", "vm-1", now, time.Hour))
+	must(t, err)
+	if _, err := client.Certificate.Verify(x509.VerifyOptions{Roots: root.Pool(), Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
+		t.Error("a client certificate from the agent gateway CA verifies")
+	}
+	// Another fleet CA's files are refused, naming what to remove.
+	other, err := pki.GenerateCA(now)
+	must(t, err)
+	if _, _, err := pki.LoadOrCreateGatewayCA(other, gwCert, gwKey, now); err == nil || !strings.Contains(err.Error(), "remove "+gwCert) {
+		t.Errorf("a gateway CA of another fleet CA: %v", err)
 	}
 }

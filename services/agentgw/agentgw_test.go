@@ -267,8 +267,6 @@ func TestTheInstanceIsTheCertificates(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})
 	const id, other = "inst-me", "inst-other"
-	// The hello names another instance as its VM; it changes nothing.
-	stream := e.connectAs(e.join(id), &agentv1.Hello{AgentVersion: "test", VmId: other})
 	status := e.nc
 	sub, err := status.SubscribeSync(subjects.AgentStatusAll())
 	if err != nil {
@@ -277,6 +275,8 @@ func TestTheInstanceIsTheCertificates(t *testing.T) {
 	if err := status.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	// The hello names another instance as its VM; it changes nothing.
+	stream := e.connectAs(e.join(id), &agentv1.Hello{AgentVersion: "test", VmId: other})
 	for _, m := range []*agentv1.AgentMessage{
 		{Body: &agentv1.AgentMessage_Heartbeat{Heartbeat: &agentv1.Heartbeat{DiskUsedBytes: 42, AgentVersion: "test"}}},
 		{Body: &agentv1.AgentMessage_Progress{Progress: &agentv1.Progress{CommandId: "c", Step: "done", Status: "failed", Message: "exit 1: \x00\x01"}}},

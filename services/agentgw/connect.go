@@ -371,7 +371,7 @@ func (s *Service) serverCert(ctx context.Context, id string, req *agentv1.Server
 	if err != nil {
 		return fail(err)
 	}
-	sans := pki.InstanceServerNames(inst)
+	sans := pki.InstanceServerNames(inst, s.serverNames)
 	if len(sans) == 0 {
 		return fail(apierr.Invalid("ssl.sans", "the instance has no SANs and no private address yet"))
 	}

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -71,6 +72,15 @@ type Deps struct {
 	Now func() time.Time
 	// Instances looks instances up; nil means the inventory over the bus.
 	Instances Instances
+	// GatewayNames are the agent gateway's names, which no instance's
+	// server certificate may carry.
+	GatewayNames []string
+}
+
+// GatewayCAFiles are where the agent gateway's intermediate CA is kept:
+// beside the fleet CA's certificate and key, generated at first start.
+func GatewayCAFiles(certFile, keyFile string) (cert, key string) {
+	return filepath.Join(filepath.Dir(certFile), "agentgw-ca.crt"), filepath.Join(filepath.Dir(keyFile), "agentgw-ca.key")
 }
 
 // Instances reads instances, to check what is asked for one against its
@@ -91,12 +101,16 @@ type Service struct {
 	rpc       *rpc.Service
 	instances Instances
 	auth      *pki.Authority
-	tokens    *joinTokens
-	certs     *agentCerts
-	log       *slog.Logger
-	now       func() time.Time
-	agentTTL  time.Duration
-	serverTTL time.Duration
+	// gatewayAuth is the agent gateway's intermediate: it signs the agent
+	// gateway's server certificate and nothing else.
+	gatewayAuth  *pki.Authority
+	gatewayNames []string
+	tokens       *joinTokens
+	certs        *agentCerts
+	log          *slog.Logger
+	now          func() time.Time
+	agentTTL     time.Duration
+	serverTTL    time.Duration
 }
 
 // New loads or creates the CA's key material, declares the join-token
@@ -107,11 +121,12 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		return nil, err
 	}
 	s := &Service{
-		log:       d.Log.With("service", subjects.CA),
-		instances: d.Instances,
-		now:       d.Now,
-		agentTTL:  d.AgentCertTTL,
-		serverTTL: d.ServerCertTTL,
+		log:          d.Log.With("service", subjects.CA),
+		instances:    d.Instances,
+		now:          d.Now,
+		agentTTL:     d.AgentCertTTL,
+		serverTTL:    d.ServerCertTTL,
+		gatewayNames: d.GatewayNames,
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -140,6 +155,13 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		"not_after", cert.NotAfter, "cert_file", d.CertFile, "key_file", d.KeyFile)
 	if fi, err := os.Stat(d.KeyFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		s.log.WarnContext(ctx, "CA key file is readable by other users: chmod 600 it", "key_file", d.KeyFile, "mode", fi.Mode().Perm().String())
+	}
+	gwCert, gwKey := GatewayCAFiles(d.CertFile, d.KeyFile)
+	if s.gatewayAuth, created, err = pki.LoadOrCreateGatewayCA(auth, gwCert, gwKey, s.now()); err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	if created {
+		s.log.InfoContext(ctx, "generated the agent gateway CA", "fingerprint_sha256", s.gatewayAuth.Fingerprint(), "cert_file", gwCert, "key_file", gwKey)
 	}
 
 	js, err := jetstream.New(d.NATS)
@@ -210,6 +232,10 @@ func (s *Service) Run(ctx context.Context) error {
 // certificate (a trust pool, say). Other processes ask certificate.get.
 func (s *Service) Authority() *pki.Authority { return s.auth }
 
+// GatewayAuthority returns the agent gateway's intermediate CA, whose
+// bundle (CertificatePEM) agents are bootstrapped with.
+func (s *Service) GatewayAuthority() *pki.Authority { return s.gatewayAuth }
+
 // ready fails once the CA certificate has expired: nothing it issues would
 // verify.
 func (s *Service) ready(context.Context) error {
@@ -223,6 +249,7 @@ func (s *Service) ready(context.Context) error {
 func (s *Service) getCACertificate(_ context.Context, _ vocab.Actor, _ *cav1.GetCACertificateRequest) (*cav1.CACertificate, error) {
 	return &cav1.CACertificate{
 		CertificatePem:    string(s.auth.CertificatePEM()),
+		AgentGatewayCaPem: string(s.gatewayAuth.CertificatePEM()),
 		NotAfter:          timestamppb.New(s.auth.Certificate().NotAfter),
 		FingerprintSha256: s.auth.Fingerprint(),
 	}, nil
@@ -388,12 +415,7 @@ func (s *Service) signServer(ctx context.Context, actor vocab.Actor, req *cav1.S
 		if err != nil {
 			return nil, err
 		}
-		allowed := pki.InstanceServerNames(inst)
-		for i, n := range allowed {
-			if l, err := parseSANs([]string{n}); err == nil {
-				allowed[i] = l.all[0] // compared as signed: lowercase, no trailing dot
-			}
-		}
+		allowed := pki.InstanceServerNames(inst, s.gatewayNames)
 		for i, n := range names.all {
 			if !slices.Contains(allowed, n) {
 				return nil, apierr.Invalid(fmt.Sprintf("sans[%d]", i), "%q is not a name of instance %s (its ssl.sans and private addresses are %v)", n, id, allowed)
@@ -406,7 +428,11 @@ func (s *Service) signServer(ctx context.Context, actor vocab.Actor, req *cav1.S
 	if len(names.all) > 0 && len(names.all[0]) <= pki.MaxInstanceIDLength {
 		cn = names.all[0]
 	}
-	iss, err := s.auth.Issue(csr.PublicKey, pki.ServerProfile(cn, names.dns, names.ips, s.now(), s.serverTTL))
+	issuer := s.auth
+	if actor == vocab.System(subjects.AgentGW) && id == pki.GatewayInstanceID {
+		issuer = s.gatewayAuth // the only certificate its intermediate signs
+	}
+	iss, err := issuer.Issue(csr.PublicKey, pki.ServerProfile(cn, names.dns, names.ips, s.now(), s.serverTTL))
 	if err != nil {
 		return nil, fmt.Errorf("issue server certificate for %s: %w", id, err)
 	}

@@ -304,8 +304,13 @@ func TestFirstStartCreatesTheCAAndTheNextStartLoadsIt(t *testing.T) {
 	must(t, err)
 	keyPEM, err := os.ReadFile(e.keyFile)
 	must(t, err)
-	if entries, _ := os.ReadDir(filepath.Dir(e.keyFile)); len(entries) != 2 {
-		t.Errorf("CA directory holds %d entries; want ca.crt and ca.key only", len(entries))
+	var names []string
+	entries, _ := os.ReadDir(filepath.Dir(e.keyFile))
+	for _, en := range entries {
+		names = append(names, en.Name())
+	}
+	if !slices.Equal(names, []string{"agentgw-ca.crt", "agentgw-ca.key", "ca.crt", "ca.key"}) {
+		t.Errorf("CA directory holds %v; want the fleet CA's and the agent gateway CA's certificate and key only", names)
 	}
 
 	caCert := parsePEM(t, string(certPEM))[0]

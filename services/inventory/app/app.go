@@ -55,6 +55,8 @@ type App struct {
 	tokenTTL time.Duration
 	// loginPolicy slows logins after failures (LoginPolicy).
 	loginPolicy attempts.Policy
+	// reservedNames are the agent gateway's, which no instance may claim.
+	reservedNames []string
 	// afterWrite runs inside every write transaction after the change and its
 	// event are written; tests use it to force a rollback.
 	afterWrite func(ctx context.Context, tx pgx.Tx) error
@@ -71,6 +73,10 @@ func WithTokenTTL(d time.Duration) Option { return func(a *App) { a.tokenTTL = d
 
 // WithLoginPolicy sets how failed logins slow the next (LoginPolicy).
 func WithLoginPolicy(p attempts.Policy) Option { return func(a *App) { a.loginPolicy = p } }
+
+// WithReservedNames sets the agent gateway's names, which no instance's
+// ssl.sans may hold.
+func WithReservedNames(names []string) Option { return func(a *App) { a.reservedNames = names } }
 
 // WithAfterWrite runs f inside every write transaction, after the change and
 // its outbox row; an error from f rolls both back. For tests.
@@ -104,7 +110,7 @@ type kind[T resource] struct {
 	// prepare sets server-chosen fields of a new resource.
 	prepare func(v T)
 	// check validates v (old is nil on create), with lookups inside tx.
-	check func(ctx context.Context, tx pgx.Tx, old, v T) error
+	check func(ctx context.Context, a *App, tx pgx.Tx, old, v T) error
 	// beforeDelete refuses to delete old while something depends on it.
 	beforeDelete func(ctx context.Context, tx pgx.Tx, old T) error
 }
@@ -146,7 +152,7 @@ func create[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Acto
 		return zero, err
 	}
 	err := a.inTx(ctx, func(tx pgx.Tx) error {
-		if err := k.check(ctx, tx, zero, v); err != nil {
+		if err := k.check(ctx, a, tx, zero, v); err != nil {
 			return err
 		}
 		if err := k.table.Insert(ctx, tx, v, now); err != nil {
@@ -213,7 +219,7 @@ func update[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Acto
 		if err := checkSize(k.table.Noun, next); err != nil {
 			return err
 		}
-		if err := k.check(ctx, tx, cur, next); err != nil {
+		if err := k.check(ctx, a, tx, cur, next); err != nil {
 			return err
 		}
 		if proto.Equal(cur, next) {

@@ -32,7 +32,9 @@ var (
 var networks = kind[*inventoryv1.Network]{
 	table: NetworkTable,
 	new:   func() *inventoryv1.Network { return &inventoryv1.Network{} },
-	check: func(_ context.Context, _ pgx.Tx, _, v *inventoryv1.Network) error { return domain.ValidateNetwork(v) },
+	check: func(_ context.Context, _ *App, _ pgx.Tx, _, v *inventoryv1.Network) error {
+		return domain.ValidateNetwork(v)
+	},
 	beforeDelete: func(ctx context.Context, tx pgx.Tx, old *inventoryv1.Network) error {
 		return usedBy(ctx, tx, "network", old.GetName(), "network_id", old.GetId())
 	},
@@ -41,7 +43,9 @@ var networks = kind[*inventoryv1.Network]{
 var templates = kind[*inventoryv1.Template]{
 	table: TemplateTable,
 	new:   func() *inventoryv1.Template { return &inventoryv1.Template{} },
-	check: func(_ context.Context, _ pgx.Tx, _, v *inventoryv1.Template) error { return domain.ValidateTemplate(v) },
+	check: func(_ context.Context, _ *App, _ pgx.Tx, _, v *inventoryv1.Template) error {
+		return domain.ValidateTemplate(v)
+	},
 	beforeDelete: func(ctx context.Context, tx pgx.Tx, old *inventoryv1.Template) error {
 		return usedBy(ctx, tx, "template", old.GetName(), "template_id", old.GetId())
 	},
@@ -57,8 +61,8 @@ var instances = kind[*inventoryv1.Instance]{
 	check: checkInstance,
 }
 
-func checkInstance(ctx context.Context, tx pgx.Tx, old, v *inventoryv1.Instance) error {
-	if err := domain.ValidateInstance(v); err != nil {
+func checkInstance(ctx context.Context, a *App, tx pgx.Tx, old, v *inventoryv1.Instance) error {
+	if err := domain.ValidateInstance(v, a.reservedNames); err != nil {
 		return err
 	}
 	if old != nil && !vocab.State(old.GetState()).AtRest() &&

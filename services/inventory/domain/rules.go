@@ -5,7 +5,6 @@ package domain
 
 import (
 	"fmt"
-	"net"
 	"net/mail"
 	"path"
 	"regexp"
@@ -14,6 +13,7 @@ import (
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/pki"
 )
 
 // Instance kinds.
@@ -246,8 +246,9 @@ func contains(list []string, v string) bool {
 }
 
 // ValidateInstance checks the fields of an instance that need no lookups; the
-// app checks that its template and network exist and agree.
-func ValidateInstance(in *inventoryv1.Instance) error {
+// app checks that its template and network exist and agree. reserved are
+// the agent gateway's names, which no instance's ssl.sans may hold.
+func ValidateInstance(in *inventoryv1.Instance, reserved []string) error {
 	if err := ValidateName("name", in.GetName()); err != nil {
 		return err
 	}
@@ -265,8 +266,8 @@ func ValidateInstance(in *inventoryv1.Instance) error {
 		return apierr.Invalid("ssl.sans", "at most %d names", MaxSANs)
 	}
 	for i, san := range ssl.GetSans() {
-		if net.ParseIP(san) == nil && (!dnsLabelRE.MatchString(san) || len(san) > 253) {
-			return apierr.Invalid(fmt.Sprintf("ssl.sans[%d]", i), "%q is neither a DNS name nor an IP address", san)
+		if _, _, err := pki.CheckInstanceName(san, reserved); err != nil {
+			return apierr.Invalid(fmt.Sprintf("ssl.sans[%d]", i), "%s", err)
 		}
 	}
 	for i, d := range ssl.GetDomains() {

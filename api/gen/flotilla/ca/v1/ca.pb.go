@@ -66,6 +66,9 @@ type CACertificate struct {
 	NotAfter       *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
 	// SHA-256 fingerprint of the DER certificate, hex.
 	FingerprintSha256 string `protobuf:"bytes,3,opt,name=fingerprint_sha256,json=fingerprintSha256,proto3" json:"fingerprint_sha256,omitempty"`
+	// The agent gateway's intermediate CA and its issuers, PEM: what an agent
+	// is bootstrapped with, so it accepts only the agent gateway.
+	AgentGatewayCaPem string `protobuf:"bytes,4,opt,name=agent_gateway_ca_pem,json=agentGatewayCaPem,proto3" json:"agent_gateway_ca_pem,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -117,6 +120,13 @@ func (x *CACertificate) GetNotAfter() *timestamppb.Timestamp {
 func (x *CACertificate) GetFingerprintSha256() string {
 	if x != nil {
 		return x.FingerprintSha256
+	}
+	return ""
+}
+
+func (x *CACertificate) GetAgentGatewayCaPem() string {
+	if x != nil {
+		return x.AgentGatewayCaPem
 	}
 	return ""
 }
@@ -672,11 +682,12 @@ var File_flotilla_ca_v1_ca_proto protoreflect.FileDescriptor
 const file_flotilla_ca_v1_ca_proto_rawDesc = "" +
 	"\n" +
 	"\x17flotilla/ca/v1/ca.proto\x12\x0eflotilla.ca.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x19\n" +
-	"\x17GetCACertificateRequest\"\xa0\x01\n" +
+	"\x17GetCACertificateRequest\"\xd1\x01\n" +
 	"\rCACertificate\x12'\n" +
 	"\x0fcertificate_pem\x18\x01 \x01(\tR\x0ecertificatePem\x127\n" +
 	"\tnot_after\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12-\n" +
-	"\x12fingerprint_sha256\x18\x03 \x01(\tR\x11fingerprintSha256\"Z\n" +
+	"\x12fingerprint_sha256\x18\x03 \x01(\tR\x11fingerprintSha256\x12/\n" +
+	"\x14agent_gateway_ca_pem\x18\x04 \x01(\tR\x11agentGatewayCaPem\"Z\n" +
 	"\x16CreateJoinTokenRequest\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x1f\n" +
