@@ -454,7 +454,7 @@ func TestAnAgentTalksOnlyToTheAgentGateway(t *testing.T) {
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(srv.Stop)
 
-	run := func(bundle []byte) *syncBuffer {
+	run := func(bundle []byte) *testkit.Buffer {
 		dir := t.TempDir()
 		caFile, tokenFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "token")
 		if err := os.WriteFile(caFile, bundle, 0o644); err != nil {
@@ -463,7 +463,7 @@ func TestAnAgentTalksOnlyToTheAgentGateway(t *testing.T) {
 		if err := os.WriteFile(tokenFile, []byte("fjt_not-for-impostors\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		logs := &syncBuffer{}
+		logs := &testkit.Buffer{}
 		cfg := agent.Config{GatewayAddr: l.Addr().String(), CAFile: caFile, TokenFile: tokenFile,
 			StateDir: filepath.Join(dir, "state"), DataDir: filepath.Join(dir, "data"), DataDiskGB: 1, VMID: "vm-x",
 			NodeBinary: agent.NodeHelper(), PackageInstaller: agent.NoPackageInstaller,
@@ -481,23 +481,6 @@ func TestAnAgentTalksOnlyToTheAgentGateway(t *testing.T) {
 	}
 	run(f.ca.Authority().CertificatePEM())
 	waitFor(t, 20*time.Second, "an agent with the fleet CA alone to be fooled", func() bool { return len(imp.heard()) > 0 })
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // waitFor polls ok until it holds, failing the test after d.

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -80,27 +79,9 @@ func freeBase(t *testing.T) int {
 	return 0
 }
 
-// syncBuffer is a bytes.Buffer safe for a child's output copier and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type upProc struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testkit.Buffer
 	base int
 	// done is closed when the process has exited; err is then its Wait error.
 	done chan struct{}
@@ -109,7 +90,7 @@ type upProc struct {
 
 func startUp(t *testing.T, dir string, base int, env ...string) *upProc {
 	t.Helper()
-	u := &upProc{out: &syncBuffer{}, base: base, done: make(chan struct{})}
+	u := &upProc{out: &testkit.Buffer{}, base: base, done: make(chan struct{})}
 	u.cmd = exec.Command(binary, "up", "--data-dir", dir, "--port", strconv.Itoa(base))
 	u.cmd.Env = append(os.Environ(), env...)
 	u.cmd.Stdout, u.cmd.Stderr = u.out, u.out

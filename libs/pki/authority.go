@@ -105,15 +105,7 @@ func ServerProfile(commonName string, dnsNames []string, ips []net.IP, now time.
 // usage certificate and CRL signing. LoadOrCreate uses it at first start;
 // tests use it for a throwaway CA.
 func GenerateCA(now time.Time) (*Authority, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate CA key: %w", err)
-	}
-	serial, err := randomSerial()
-	if err != nil {
-		return nil, err
-	}
-	skid, err := subjectKeyID(key.Public())
+	key, serial, skid, err := newCAKey()
 	if err != nil {
 		return nil, err
 	}
@@ -136,6 +128,24 @@ func GenerateCA(now time.Time) (*Authority, error) {
 		return nil, fmt.Errorf("parse generated CA certificate: %w", err)
 	}
 	return NewAuthority([]*x509.Certificate{cert}, key, now)
+}
+
+// newCAKey makes a CA's ECDSA P-256 key, a serial number for its
+// certificate and its subject key id.
+func newCAKey() (*ecdsa.PrivateKey, *big.Int, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("generate CA key: %w", err)
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	skid, err := subjectKeyID(key.Public())
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return key, serial, skid, nil
 }
 
 // NewAuthority makes an Authority from certs, whose first element is the

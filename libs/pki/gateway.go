@@ -2,8 +2,6 @@ package pki
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -28,15 +26,7 @@ const GatewayCACommonName = "Flotilla agent gateway CA"
 // GenerateGatewayCA makes the agent gateway's intermediate under parent:
 // an ECDSA P-256 key, valid as long as parent.
 func GenerateGatewayCA(parent *Authority, now time.Time) (*Authority, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate agent gateway CA key: %w", err)
-	}
-	serial, err := randomSerial()
-	if err != nil {
-		return nil, err
-	}
-	skid, err := subjectKeyID(key.Public())
+	key, serial, skid, err := newCAKey()
 	if err != nil {
 		return nil, err
 	}

@@ -63,31 +63,13 @@ func (c *clock) within(t time.Time, want time.Time) bool {
 	return d > -2*time.Second && d < 2*time.Second // certificates keep whole seconds
 }
 
-// logBuffer collects what the services log, to check it for secrets.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // env is one NATS server and a CA's files, with services started on them.
 type env struct {
 	nc        *nats.Conn
 	certFile  string
 	keyFile   string
 	clock     *clock
-	logs      *logBuffer
+	logs      *testkit.Buffer // what the services log, to check it for secrets
 	instances *instances
 }
 
@@ -99,7 +81,7 @@ func newEnv(t *testing.T) *env {
 		certFile:  filepath.Join(dir, "ca.crt"),
 		keyFile:   filepath.Join(dir, "ca.key"),
 		clock:     newClock(),
-		logs:      &logBuffer{},
+		logs:      &testkit.Buffer{},
 		instances: &instances{m: map[string]*inventoryv1.Instance{}},
 	}
 }

@@ -1,7 +1,6 @@
 package secrets_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -46,7 +45,7 @@ type env struct {
 	kms     *kms.Local
 	// keyFile is the master key every broker of the test shares.
 	keyFile string
-	logs    *syncBuffer
+	logs    *testkit.Buffer
 	spans   *tracetest.SpanRecorder
 	a, b    string // instance ids
 	log     *slog.Logger
@@ -60,7 +59,7 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	ctx := context.Background()
-	e := &env{t: t, dbURL: testkit.NewDatabase(t), logs: &syncBuffer{}, spans: tracetest.NewSpanRecorder()}
+	e := &env{t: t, dbURL: testkit.NewDatabase(t), logs: &testkit.Buffer{}, spans: tracetest.NewSpanRecorder()}
 	var err error
 	if e.pool, err = pgxpool.New(ctx, e.dbURL); err != nil {
 		t.Fatal(err)
@@ -211,22 +210,4 @@ func (e *env) auditRecords() []*secretsv1.SecretAccess {
 		out = append(out, a)
 	}
 	return out
-}
-
-// syncBuffer is a bytes.Buffer that several goroutines may log to.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes())
 }
