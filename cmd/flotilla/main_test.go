@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -83,6 +86,10 @@ type upProc struct {
 	cmd  *exec.Cmd
 	out  *testkit.Buffer
 	base int
+	dir  string
+	// tls: the API is served over TLS, verified with the data directory's
+	// fleet CA.
+	tls bool
 	// done is closed when the process has exited; err is then its Wait error.
 	done chan struct{}
 	err  error
@@ -90,8 +97,15 @@ type upProc struct {
 
 func startUp(t *testing.T, dir string, base int, env ...string) *upProc {
 	t.Helper()
-	u := &upProc{out: &testkit.Buffer{}, base: base, done: make(chan struct{})}
-	u.cmd = exec.Command(binary, "up", "--data-dir", dir, "--port", strconv.Itoa(base))
+	return startUpWith(t, dir, base, nil, env...)
+}
+
+// startUpWith starts flotilla up with more arguments; with --tls the API
+// is reached over HTTPS.
+func startUpWith(t *testing.T, dir string, base int, args []string, env ...string) *upProc {
+	t.Helper()
+	u := &upProc{out: &testkit.Buffer{}, base: base, dir: dir, tls: slices.Contains(args, "--tls"), done: make(chan struct{})}
+	u.cmd = exec.Command(binary, append([]string{"up", "--data-dir", dir, "--port", strconv.Itoa(base)}, args...)...)
 	u.cmd.Env = append(os.Environ(), env...)
 	u.cmd.Stdout, u.cmd.Stderr = u.out, u.out
 	if err := u.cmd.Start(); err != nil {
@@ -112,7 +126,7 @@ func startUp(t *testing.T, dir string, base int, env ...string) *upProc {
 	})
 	deadline := time.Now().Add(90 * time.Second)
 	for {
-		resp, err := http.Get(u.url("/api/v1/status"))
+		resp, err := u.client().Get(u.url("/api/v1/status"))
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -131,7 +145,26 @@ func startUp(t *testing.T, dir string, base int, env ...string) *upProc {
 	}
 }
 
-func (u *upProc) url(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", u.base, path) }
+func (u *upProc) url(path string) string {
+	scheme := "http"
+	if u.tls {
+		scheme = "https"
+	}
+	return fmt.Sprintf("%s://127.0.0.1:%d%s", scheme, u.base, path)
+}
+
+// client reaches the API: over TLS, trusting only the data directory's
+// fleet CA (none until it exists).
+func (u *upProc) client() *http.Client {
+	if !u.tls {
+		return http.DefaultClient
+	}
+	pool := x509.NewCertPool()
+	if pem, err := os.ReadFile(filepath.Join(u.dir, "ca", "ca.crt")); err == nil {
+		pool.AppendCertsFromPEM(pem)
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
 
 // stop sends SIGTERM and requires a clean exit.
 func (u *upProc) stop(t *testing.T) {
@@ -155,7 +188,7 @@ func (u *upProc) do(t *testing.T, method, path, token, body string) (int, map[st
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := u.client().Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

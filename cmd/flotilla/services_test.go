@@ -106,4 +106,17 @@ func TestServiceBinariesRunAgainstExternalNATSAndPostgres(t *testing.T) {
 		!strings.Contains(string(out), "FLOTILLA_NATS_CREDS: is required") {
 		t.Fatalf("bad config: %v %s", err, out)
 	}
+	// The gateway serves no API in the clear where other hosts reach it,
+	// unless told that a proxy in front terminates TLS.
+	cmd = exec.Command(filepath.Join(bin, "flotilla-gateway"))
+	cmd.Env = []string{"FLOTILLA_NATS_URL=nats://127.0.0.1:1", "FLOTILLA_HTTP_ADDR=0.0.0.0:7700", "FLOTILLA_GRPC_ADDR=127.0.0.1:7701"}
+	out, err = cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `FLOTILLA_HTTP_ADDR: "0.0.0.0:7700" is reachable from other hosts`) ||
+		strings.Contains(string(out), "FLOTILLA_GRPC_ADDR: \"127") || !strings.Contains(string(out), "FLOTILLA_INSECURE_HTTP") {
+		t.Fatalf("gateway on 0.0.0.0 without TLS: %v %s", err, out)
+	}
+	cmd.Env = append(cmd.Env, "FLOTILLA_INSECURE_HTTP=true")
+	if out, _ = cmd.CombinedOutput(); strings.Contains(string(out), "reachable from other hosts") {
+		t.Fatalf("with FLOTILLA_INSECURE_HTTP: %s", out)
+	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -24,9 +25,11 @@ type envConfig struct {
 
 func newUp() *cobra.Command {
 	var (
-		dir   string
-		port  int
-		dbURL string
+		dir              string
+		port             int
+		dbURL            string
+		useTLS, insecure bool
+		tlsCert, tlsKey  string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -42,7 +45,15 @@ Flotilla listens on the base port and the next five:
   base+2  agent gateway
   base+3  NATS (loopback only)
   base+4  managed PostgreSQL (loopback only)
-  base+5  Prometheus metrics`,
+  base+5  Prometheus metrics
+
+The HTTP and gRPC API are served without TLS only on a loopback
+bindAddress (the default, 127.0.0.1). To serve them over TLS, start once
+with --tls (a certificate from the fleet CA for localhost, the bind
+address and this host's name; apiServerNames in the settings lists
+others) or --tls-cert and --tls-key (your own, re-read when they change);
+the choice is saved in the settings. --insecure-http serves a non-loopback
+bindAddress in the clear, for a proxy in front that terminates TLS.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var ec envConfig
@@ -65,7 +76,23 @@ Flotilla listens on the base port and the next five:
 			o := stack.EmbeddedOptions{
 				DataDir: dir, Log: log, Version: version,
 				OTLPEndpoint: ec.OTLPEndpoint, OTLPProtocol: ec.OTLPProtocol,
-				Overrides: datadir.Overrides{DatabaseURL: dbURL},
+				Overrides:    datadir.Overrides{DatabaseURL: dbURL},
+				InsecureHTTP: insecure,
+			}
+			switch {
+			case useTLS && tlsCert != "":
+				return errors.New("--tls and --tls-cert: choose one (a certificate from the fleet CA, or your own)")
+			case (tlsCert == "") != (tlsKey == ""):
+				return errors.New("--tls-cert and --tls-key: give both")
+			case useTLS:
+				o.Overrides.APITLS = datadir.APITLSFleetCA
+			case tlsCert != "":
+				certAbs, err1 := filepath.Abs(tlsCert)
+				keyAbs, err2 := filepath.Abs(tlsKey)
+				if err := errors.Join(err1, err2); err != nil {
+					return err
+				}
+				o.Overrides.APITLS, o.Overrides.TLSCertFile, o.Overrides.TLSKeyFile = datadir.APITLSFiles, certAbs, keyAbs
 			}
 			if cmd.Flags().Changed("port") {
 				o.Overrides.BasePort = port
@@ -84,5 +111,9 @@ Flotilla listens on the base port and the next five:
 	cmd.Flags().StringVar(&dir, "data-dir", "./.flotilla", "data directory")
 	cmd.Flags().IntVar(&port, "port", datadir.DefaultBasePort, "base port (the HTTP API); the next five ports are used too")
 	cmd.Flags().StringVar(&dbURL, "database-url", "", "use this external PostgreSQL instead of a managed one (saved in the settings)")
+	cmd.Flags().BoolVar(&useTLS, "tls", false, "serve the API over TLS with a certificate from the fleet CA (saved in the settings)")
+	cmd.Flags().StringVar(&tlsCert, "tls-cert", "", "serve the API over TLS with this certificate file (PEM; saved in the settings)")
+	cmd.Flags().StringVar(&tlsKey, "tls-key", "", "the private key file (PEM) of --tls-cert")
+	cmd.Flags().BoolVar(&insecure, "insecure-http", false, "serve the API without TLS on a bindAddress other hosts can reach (behind a proxy that terminates TLS)")
 	return cmd
 }

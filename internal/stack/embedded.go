@@ -2,9 +2,11 @@ package stack
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/pgmanaged"
 	"flotilla.dev/flotilla/libs/pgstore"
+	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/telemetry"
 )
 
@@ -36,6 +39,9 @@ type EmbeddedOptions struct {
 	// AgentCommand starts a node agent for the local provider; empty means
 	// this executable's "agent" command.
 	AgentCommand []string
+	// InsecureHTTP lets the API listen without TLS on a bindAddress other
+	// hosts can reach (flotilla up --insecure-http).
+	InsecureHTTP bool
 }
 
 // Embedded is all of Flotilla in one process: the data directory, a managed
@@ -62,6 +68,11 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (_ *Embedded, err err
 	settings, err := datadir.Prepare(d, o.Overrides)
 	if err != nil {
 		return nil, err
+	}
+	if settings.APITLS == "" && !o.InsecureHTTP {
+		if err := checkPlainAPIAddr(settings.Addr(datadir.OffsetHTTP)); err != nil {
+			return nil, fmt.Errorf("bindAddress in %s: %w: start with --tls (a certificate from the fleet CA), --tls-cert and --tls-key, or --insecure-http", d.SettingsFile(), err)
+		}
 	}
 	e := &Embedded{Settings: settings, Dir: d, log: o.Log}
 	defer func() {
@@ -122,6 +133,9 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (_ *Embedded, err err
 	caCert, caKey := settings.CAFiles(d)
 	cfg := embeddedConfig(settings, d, ns, o.Log, tel, o.Version, caCert, caKey, cmd)
 	cfg.NATSCreds = auth.Files()
+	if cfg.APITLS, err = apiTLS(settings, caCert, caKey); err != nil {
+		return nil, err
+	}
 	e.Stack, err = Start(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -152,6 +166,48 @@ func embeddedConfig(s *datadir.Settings, d datadir.Dir, ns *server.Server, log *
 	}
 }
 
+// apiTLS is the API's TLS configuration from the settings; nil for none.
+func apiTLS(s *datadir.Settings, caCert, caKey string) (*tls.Config, error) {
+	var get pki.GetCertificate
+	var err error
+	switch s.APITLS {
+	case "":
+		return nil, nil
+	case datadir.APITLSFiles:
+		get, err = pki.FileCertificate(s.TLSCertFile, s.TLSKeyFile)
+	case datadir.APITLSFleetCA:
+		var auth *pki.Authority
+		if auth, _, err = pki.LoadOrCreate(caCert, caKey, time.Now()); err == nil {
+			get, err = pki.ServingCertificate(auth, apiServerNames(s), APICertTTL, time.Now)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("API TLS: %w", err)
+	}
+	return &tls.Config{GetCertificate: get}, nil
+}
+
+// APICertTTL is how long an API certificate from the fleet CA is valid; a
+// new one is issued when two thirds of it have passed.
+const APICertTTL = 30 * 24 * time.Hour
+
+// apiServerNames are the names the fleet CA's API certificate carries.
+func apiServerNames(s *datadir.Settings) []string {
+	if len(s.APIServerNames) > 0 {
+		return s.APIServerNames
+	}
+	names := []string{"localhost", "127.0.0.1"}
+	if ip := net.ParseIP(s.BindAddress); ip != nil && !ip.IsUnspecified() && !ip.IsLoopback() {
+		names = append(names, s.BindAddress)
+	}
+	if h, err := os.Hostname(); err == nil {
+		if n, _, err := pki.ParseServerName(h); err == nil && n != "localhost" {
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
 func managedPostgres(ctx context.Context, d datadir.Dir, s *datadir.Settings) (*pgmanaged.Server, error) {
 	pg, err := pgmanaged.Init(ctx, pgmanaged.Options{
 		Dir: d.Postgres(), LogFile: d.Path("logs", "postgresql.log"),
@@ -163,11 +219,20 @@ func managedPostgres(ctx context.Context, d datadir.Dir, s *datadir.Settings) (*
 	return pg, nil
 }
 
+// APIURL is the base URL of the REST API.
+func (e *Embedded) APIURL() string {
+	scheme := "http"
+	if e.Settings.APITLS != "" {
+		scheme = "https"
+	}
+	return scheme + "://" + e.HTTPAddr + "/api/v1"
+}
+
 // Run serves until ctx ends or a service fails, then stops the services (see
 // Stack.Run), NATS and PostgreSQL, and flushes telemetry.
 func (e *Embedded) Run(ctx context.Context) error {
 	e.log.InfoContext(ctx, "Flotilla is up",
-		"api", "http://"+e.HTTPAddr+"/api/v1", "grpc", e.GRPCAddr,
+		"api", e.APIURL(), "grpc", e.GRPCAddr,
 		"agents", e.AgentAddr, "metrics", "http://"+e.MetricsAddr+"/metrics",
 		"data_dir", string(e.Dir))
 	err := e.Stack.Run(ctx)

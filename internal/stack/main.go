@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/telemetry"
 )
 
@@ -28,8 +30,14 @@ type EnvConfig struct {
 	// by `flotilla admin bus-credentials`).
 	NATSCreds   string `env:"FLOTILLA_NATS_CREDS"`
 	DatabaseURL string `env:"FLOTILLA_DATABASE_URL"`
-	HTTPAddr    string `env:"FLOTILLA_HTTP_ADDR" envDefault:":7700"`
-	GRPCAddr    string `env:"FLOTILLA_GRPC_ADDR" envDefault:":7701"`
+	HTTPAddr    string `env:"FLOTILLA_HTTP_ADDR" envDefault:"127.0.0.1:7700"`
+	GRPCAddr    string `env:"FLOTILLA_GRPC_ADDR" envDefault:"127.0.0.1:7701"`
+	// TLSCertFile and TLSKeyFile serve the HTTP and gRPC API over TLS (PEM,
+	// re-read when they change). Without them the gateway listens only on
+	// loopback unless InsecureHTTP (behind a proxy that terminates TLS).
+	TLSCertFile  string `env:"FLOTILLA_TLS_CERT_FILE"`
+	TLSKeyFile   string `env:"FLOTILLA_TLS_KEY_FILE"`
+	InsecureHTTP bool   `env:"FLOTILLA_INSECURE_HTTP"`
 	// MaxRequestBytes and RequestReadTimeout bound what an API client sends.
 	MaxRequestBytes    int64         `env:"FLOTILLA_MAX_REQUEST_BYTES" envDefault:"1048576"`
 	RequestReadTimeout time.Duration `env:"FLOTILLA_REQUEST_READ_TIMEOUT" envDefault:"30s"`
@@ -100,6 +108,16 @@ func (c EnvConfig) Validate(service string) error {
 			errs = append(errs, fmt.Errorf("FLOTILLA_REQUEST_READ_TIMEOUT: %v must be at least 1s", c.RequestReadTimeout))
 		}
 		hostPort("FLOTILLA_GRPC_ADDR", c.GRPCAddr)
+		if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+			errs = append(errs, errors.New("FLOTILLA_TLS_CERT_FILE, FLOTILLA_TLS_KEY_FILE: give both or neither"))
+		}
+		if c.TLSCertFile == "" && !c.InsecureHTTP {
+			for name, addr := range map[string]string{"FLOTILLA_HTTP_ADDR": c.HTTPAddr, "FLOTILLA_GRPC_ADDR": c.GRPCAddr} {
+				if err := checkPlainAPIAddr(addr); err != nil {
+					errs = append(errs, fmt.Errorf("%s: %w: set FLOTILLA_TLS_CERT_FILE and FLOTILLA_TLS_KEY_FILE, or FLOTILLA_INSECURE_HTTP=true behind a proxy that terminates TLS", name, err))
+				}
+			}
+		}
 	case subjects.Provisioner:
 		hostPort("FLOTILLA_AGENT_GATEWAY_ADDR", c.AgentGatewayAddr)
 	default:
@@ -192,6 +210,13 @@ func runService(ctx context.Context, service, version string, ec EnvConfig) erro
 	defer func() { _ = tel.Shutdown(context.Background()) }()
 	cfg := ec.Config(service)
 	cfg.Version, cfg.Log, cfg.TracerProvider = version, log, tel.TracerProvider()
+	if ec.TLSCertFile != "" && service == subjects.Gateway {
+		get, err := pki.FileCertificate(ec.TLSCertFile, ec.TLSKeyFile)
+		if err != nil {
+			return fmt.Errorf("FLOTILLA_TLS_CERT_FILE: %w", err)
+		}
+		cfg.APITLS = &tls.Config{GetCertificate: get}
+	}
 	st, err := Start(ctx, cfg)
 	if err != nil {
 		return err
@@ -200,4 +225,21 @@ func runService(ctx context.Context, service, version string, ec EnvConfig) erro
 	err = st.Run(ctx)
 	log.Info("service stopped")
 	return err
+}
+
+// checkPlainAPIAddr refuses an address other hosts can reach (any but a
+// loopback address or localhost) for an API served in the clear: bearer
+// tokens and passwords would cross the network readable.
+func checkPlainAPIAddr(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil // reported as not host:port
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("%q is reachable from other hosts, and the API would be served without TLS", addr)
 }

@@ -16,6 +16,7 @@ package stack
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -83,6 +84,8 @@ type Config struct {
 	// HTTPAddr and GRPCAddr are where the gateway listens (GRPCAddr empty:
 	// no gRPC port).
 	HTTPAddr, GRPCAddr string
+	// APITLS, when set, serves the HTTP and gRPC API over TLS.
+	APITLS *tls.Config
 	// MaxRequestBytes and RequestReadTimeout bound what an API client sends
 	// (0: the gateway's defaults, 1 MiB and 30 s).
 	MaxRequestBytes    int64
@@ -440,7 +443,7 @@ func (d deps) gateway(ctx context.Context, nc *nats.Conn, httpL, grpcL net.Liste
 	c := d.cfg
 	g, err := gateway.New(ctx, gateway.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version,
 		HTTPListener: httpL, GRPCListener: grpcL, MaxRequestBytes: c.MaxRequestBytes, RequestReadTimeout: c.RequestReadTimeout,
-		LoginPolicy: c.SourceLoginPolicy})
+		LoginPolicy: c.SourceLoginPolicy, TLS: c.APITLS})
 	if err != nil {
 		return runner{}, err
 	}

@@ -65,7 +65,23 @@ type Settings struct {
 	CAKeyFile  string `json:"caKeyFile,omitempty"`
 	// MaxRequestBytes caps an API request body (0: 1 MiB).
 	MaxRequestBytes int64 `json:"maxRequestBytes,omitempty"`
+	// APITLS serves the HTTP and gRPC API over TLS: "" (not at all; only on
+	// a loopback bindAddress), APITLSFleetCA (a certificate the fleet CA
+	// issues for APIServerNames, renewed while running) or APITLSFiles
+	// (TLSCertFile and TLSKeyFile, re-read when they change).
+	APITLS      string `json:"apiTLS,omitempty"`
+	TLSCertFile string `json:"tlsCertFile,omitempty"`
+	TLSKeyFile  string `json:"tlsKeyFile,omitempty"`
+	// APIServerNames are the names the fleet CA's API certificate carries
+	// (empty: localhost, 127.0.0.1, bindAddress and this host's name).
+	APIServerNames []string `json:"apiServerNames,omitempty"`
 }
+
+// The ways of serving the API over TLS (Settings.APITLS).
+const (
+	APITLSFleetCA = "fleet-ca"
+	APITLSFiles   = "files"
+)
 
 // CAFiles returns the CA certificate and key paths, defaults filled in.
 func (s *Settings) CAFiles(d Dir) (cert, key string) {
@@ -107,6 +123,18 @@ func (s *Settings) Validate() error {
 	if s.MaxRequestBytes != 0 && (s.MaxRequestBytes < 1<<10 || s.MaxRequestBytes > 64<<20) {
 		errs = append(errs, fmt.Errorf("maxRequestBytes: %d must be between 1024 and %d (64 MiB), or 0 for 1 MiB", s.MaxRequestBytes, 64<<20))
 	}
+	switch s.APITLS {
+	case "", APITLSFleetCA:
+		if s.TLSCertFile != "" || s.TLSKeyFile != "" {
+			errs = append(errs, fmt.Errorf("tlsCertFile, tlsKeyFile: apply only when apiTLS is %q", APITLSFiles))
+		}
+	case APITLSFiles:
+		if s.TLSCertFile == "" || s.TLSKeyFile == "" {
+			errs = append(errs, fmt.Errorf("tlsCertFile, tlsKeyFile: are required when apiTLS is %q", APITLSFiles))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("apiTLS: %q is not \"\", %q or %q", s.APITLS, APITLSFleetCA, APITLSFiles))
+	}
 	if (s.CACertFile == "") != (s.CAKeyFile == "") {
 		errs = append(errs, errors.New("caCertFile, caKeyFile: give both or neither"))
 	}
@@ -142,6 +170,10 @@ func (d Dir) Path(elem ...string) string {
 type Overrides struct {
 	BasePort    int
 	DatabaseURL string
+	// APITLS, TLSCertFile and TLSKeyFile (flotilla up --tls, --tls-cert,
+	// --tls-key) are saved like the others.
+	APITLS                  string
+	TLSCertFile, TLSKeyFile string
 }
 
 // Prepare creates the layout and the settings on first use, applies the
@@ -180,6 +212,9 @@ func Prepare(d Dir, o Overrides) (*Settings, error) {
 	}
 	if o.BasePort != 0 && o.BasePort != s.BasePort {
 		s.BasePort, changed = o.BasePort, true
+	}
+	if o.APITLS != "" && (o.APITLS != s.APITLS || o.TLSCertFile != s.TLSCertFile || o.TLSKeyFile != s.TLSKeyFile) {
+		s.APITLS, s.TLSCertFile, s.TLSKeyFile, changed = o.APITLS, o.TLSCertFile, o.TLSKeyFile, true
 	}
 	if o.DatabaseURL != "" && o.DatabaseURL != s.DatabaseURL {
 		s.DatabaseURL, s.ManagedPostgres, s.PostgresPassword, changed = o.DatabaseURL, false, "", true

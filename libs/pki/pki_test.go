@@ -398,3 +398,66 @@ func TestTheAgentGatewayHasACAOfItsOwn(t *testing.T) {
 		t.Errorf("a gateway CA of another fleet CA: %v", err)
 	}
 }
+
+func TestServingCertificatesRenewAndReload(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	a, err := pki.GenerateCA(now)
+	must(t, err)
+	clock := now
+	get, err := pki.ServingCertificate(a, []string{"api.example.test", "127.0.0.1"}, 30*time.Hour, func() time.Time { return clock })
+	must(t, err)
+	first, err := get(nil)
+	must(t, err)
+	if !slices.Equal(first.Leaf.DNSNames, []string{"api.example.test"}) || len(first.Leaf.IPAddresses) != 1 {
+		t.Errorf("names %v %v", first.Leaf.DNSNames, first.Leaf.IPAddresses)
+	}
+	clock = now.Add(10 * time.Hour)
+	if c, _ := get(nil); c != first {
+		t.Error("renewed before two thirds of its life")
+	}
+	clock = now.Add(21 * time.Hour)
+	if c, _ := get(nil); c == first || !c.Leaf.NotAfter.After(first.Leaf.NotAfter) {
+		t.Error("not renewed after two thirds of its life")
+	}
+
+	// Files: read again when they change; a broken pair keeps the last good one.
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "api.crt"), filepath.Join(dir, "api.key")
+	write := func(cn string, at time.Time) {
+		key := newKey(t)
+		iss, err := a.Issue(key.Public(), pki.ServerProfile(cn, []string{cn}, nil, now, time.Hour))
+		must(t, err)
+		keyPEM, err := pki.EncodePrivateKeyPEM(key)
+		must(t, err)
+		must(t, os.WriteFile(certFile, iss.PEM, 0o644))
+		must(t, os.WriteFile(keyFile, keyPEM, 0o600))
+		must(t, os.Chtimes(certFile, at, at))
+		must(t, os.Chtimes(keyFile, at, at))
+	}
+	write("one.example.test", now)
+	load, err := pki.FileCertificate(certFile, keyFile)
+	must(t, err)
+	cn := func() string {
+		c, err := load(nil)
+		must(t, err)
+		leaf, err := x509.ParseCertificate(c.Certificate[0])
+		must(t, err)
+		return leaf.Subject.CommonName
+	}
+	if cn() != "one.example.test" {
+		t.Fatal("first pair not served")
+	}
+	write("two.example.test", now.Add(time.Minute))
+	if cn() != "two.example.test" {
+		t.Error("a renewed pair is not served")
+	}
+	must(t, os.WriteFile(certFile, []byte("broken"), 0o644))
+	must(t, os.Chtimes(certFile, now.Add(2*time.Minute), now.Add(2*time.Minute)))
+	if cn() != "two.example.test" {
+		t.Error("a broken pair replaced the good one")
+	}
+	if _, err := pki.FileCertificate(filepath.Join(dir, "none.crt"), keyFile); err == nil {
+		t.Error("a missing file was accepted")
+	}
+}

@@ -7,6 +7,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,6 +28,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -64,6 +66,9 @@ type Deps struct {
 	// LoginPolicy slows logins from an address after failures
 	// (SourceLoginPolicy when zero).
 	LoginPolicy attempts.Policy
+	// TLS, when set, serves HTTP and gRPC over TLS with it (its
+	// certificates or GetCertificate); nil serves them in the clear.
+	TLS *tls.Config
 }
 
 // SourceLoginPolicy is how failed logins from one client address slow its
@@ -127,13 +132,19 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 		return nil, err
 	}
 	g.httpSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
-	g.grpcSrv = grpc.NewServer(
+	opts := []grpc.ServerOption{}
+	if d.TLS != nil {
+		g.httpSrv.TLSConfig = d.TLS.Clone()
+		g.httpSrv.TLSConfig.MinVersion = max(g.httpSrv.TLSConfig.MinVersion, tls.VersionTLS12)
+		opts = append(opts, grpc.Creds(credentials.NewTLS(g.httpSrv.TLSConfig)))
+	}
+	g.grpcSrv = grpc.NewServer(append(opts,
 		grpc.MaxRecvMsgSize(int(g.maxRequestBytes)),
 		grpc.ConnectionTimeout(g.readTimeout),
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(d.TracerProvider), otelgrpc.WithPropagators(natsx.Propagator))),
 		grpc.ChainUnaryInterceptor(g.unaryAuth),
 		grpc.ChainStreamInterceptor(g.streamAuth),
-	)
+	)...)
 	registerGRPC(g.grpcSrv, g)
 	return g, nil
 }
@@ -283,7 +294,11 @@ func (g *Gateway) home(w http.ResponseWriter, _ *http.Request) {
 func (g *Gateway) Run(ctx context.Context) error {
 	eg, ctx := errgroup.WithContext(ctx)
 	eg.Go(func() error {
-		if err := g.httpSrv.Serve(g.deps.HTTPListener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		serve := g.httpSrv.Serve
+		if g.httpSrv.TLSConfig != nil {
+			serve = func(l net.Listener) error { return g.httpSrv.ServeTLS(l, "", "") }
+		}
+		if err := serve(g.deps.HTTPListener); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serve HTTP: %w", err)
 		}
 		return nil
