@@ -17,6 +17,7 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/telemetry"
 )
@@ -28,10 +29,15 @@ type EnvConfig struct {
 	NATSURL string `env:"FLOTILLA_NATS_URL" envDefault:"nats://127.0.0.1:4222"`
 	// NATSCreds is the service's bus credentials file (its .creds, minted
 	// by `flotilla admin bus-credentials`).
-	NATSCreds   string `env:"FLOTILLA_NATS_CREDS"`
-	DatabaseURL string `env:"FLOTILLA_DATABASE_URL"`
-	HTTPAddr    string `env:"FLOTILLA_HTTP_ADDR" envDefault:"127.0.0.1:7700"`
-	GRPCAddr    string `env:"FLOTILLA_GRPC_ADDR" envDefault:"127.0.0.1:7701"`
+	NATSCreds string `env:"FLOTILLA_NATS_CREDS"`
+	// NATSCAFile makes the connection TLS, verifying the servers against
+	// it; NATSCertFile and NATSKeyFile add a client certificate.
+	NATSCAFile   string `env:"FLOTILLA_NATS_CA_FILE"`
+	NATSCertFile string `env:"FLOTILLA_NATS_CERT_FILE"`
+	NATSKeyFile  string `env:"FLOTILLA_NATS_KEY_FILE"`
+	DatabaseURL  string `env:"FLOTILLA_DATABASE_URL"`
+	HTTPAddr     string `env:"FLOTILLA_HTTP_ADDR" envDefault:"127.0.0.1:7700"`
+	GRPCAddr     string `env:"FLOTILLA_GRPC_ADDR" envDefault:"127.0.0.1:7701"`
 	// TLSCertFile and TLSKeyFile serve the HTTP and gRPC API over TLS (PEM,
 	// re-read when they change). Without them the gateway listens only on
 	// loopback unless InsecureHTTP (behind a proxy that terminates TLS).
@@ -70,6 +76,12 @@ func (c EnvConfig) Validate(service string) error {
 	var errs []error
 	if c.NATSURL == "" {
 		errs = append(errs, errors.New("FLOTILLA_NATS_URL: is required"))
+	}
+	if (c.NATSCertFile == "") != (c.NATSKeyFile == "") {
+		errs = append(errs, errors.New("FLOTILLA_NATS_CERT_FILE, FLOTILLA_NATS_KEY_FILE: give both or neither"))
+	}
+	if c.NATSCertFile != "" && c.NATSCAFile == "" {
+		errs = append(errs, errors.New("FLOTILLA_NATS_CA_FILE: is required with a client certificate (it makes the connection TLS)"))
 	}
 	if c.NATSCreds == "" {
 		errs = append(errs, errors.New("FLOTILLA_NATS_CREDS: is required: the service's bus credentials file (flotilla admin bus-credentials)"))
@@ -210,6 +222,11 @@ func runService(ctx context.Context, service, version string, ec EnvConfig) erro
 	defer func() { _ = tel.Shutdown(context.Background()) }()
 	cfg := ec.Config(service)
 	cfg.Version, cfg.Log, cfg.TracerProvider = version, log, tel.TracerProvider()
+	if ec.NATSCAFile != "" {
+		if cfg.NATSTLS, err = natsx.ClientTLS(ec.NATSCAFile, ec.NATSCertFile, ec.NATSKeyFile); err != nil {
+			return fmt.Errorf("FLOTILLA_NATS_CA_FILE: %w", err)
+		}
+	}
 	if ec.TLSCertFile != "" && service == subjects.Gateway {
 		get, err := pki.FileCertificate(ec.TLSCertFile, ec.TLSKeyFile)
 		if err != nil {

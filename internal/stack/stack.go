@@ -72,6 +72,8 @@ type Config struct {
 	// service name: every service connects as itself, with only the
 	// permissions libs/busauth derives for it.
 	NATSCreds map[string]string
+	// NATSTLS, when set, connects to NATSURL over TLS (natsx.ClientTLS).
+	NATSTLS *tls.Config
 	// StreamReplicas is the replication of the streams (1, or 3 in a cluster).
 	StreamReplicas int
 
@@ -330,6 +332,9 @@ func (st *Stack) connect(service string) (*nats.Conn, error) {
 			}
 			log.Warn("bus error", "error", err, "subscription", subject)
 		}))
+	if st.cfg.NATSTLS != nil {
+		opts = append(opts, nats.Secure(st.cfg.NATSTLS.Clone()))
+	}
 	if st.cfg.NATSServer != nil {
 		nc, err = natsx.ConnectInProcess(st.cfg.NATSServer, name, opts...)
 	} else {

@@ -13,8 +13,11 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"flotilla.dev/flotilla/api/endpoints"
+	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
+	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/internal/stack"
 	"flotilla.dev/flotilla/internal/stack/stacktest"
+	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
 )
 
@@ -107,5 +110,28 @@ func TestValidateNamesEverySetting(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("%q does not name %s", err, want)
 		}
+	}
+}
+
+// TestServicesReachTheBusOverTLS: with NATSTLS every service connects over
+// TLS with its client certificate, to a server that takes nothing else.
+func TestServicesReachTheBusOverTLS(t *testing.T) {
+	t.Parallel()
+	bus := testkit.SecureNATSOverTLS(t)
+	st := stacktest.Start(t, stacktest.OnBus(stack.Config{Services: []string{subjects.CA}}, bus))
+	gw := rpc.NewClient(bus.Conn(t, subjects.Gateway), subjects.Gateway, 0)
+	ca, err := rpc.Call(t.Context(), gw, endpoints.CACertificateGet, &cav1.GetCACertificateRequest{})
+	if err != nil || ca.GetFingerprintSha256() != st.CA.Authority().Fingerprint() {
+		t.Fatalf("the CA over TLS: %v %v", ca, err)
+	}
+	if nc, err := nats.Connect(strings.Replace(bus.URL, "tls://", "nats://", 1), nats.UserCredentials(bus.Creds[subjects.Gateway])); err == nil {
+		nc.Close()
+		t.Error("a connection without TLS was accepted")
+	}
+	noCert := bus.TLS.Clone()
+	noCert.Certificates = nil
+	if nc, err := nats.Connect(bus.URL, nats.Secure(noCert), nats.UserCredentials(bus.Creds[subjects.Gateway])); err == nil {
+		nc.Close()
+		t.Error("a TLS connection without a client certificate was accepted")
 	}
 }

@@ -1,7 +1,10 @@
 package natsx
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -43,4 +46,27 @@ func connectOptions(name string, extra []nats.Option) []nats.Option {
 		nats.MaxPingsOutstanding(3),
 	}
 	return append(opts, extra...)
+}
+
+// ClientTLS is the TLS a client connects to NATS with: the servers'
+// certificates verified against the CA bundle in caFile, and, when certFile
+// and keyFile are given, a client certificate for servers that require one.
+func ClientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	data, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("NATS CA file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("NATS CA file %s: no PEM certificate in it", caFile)
+	}
+	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if certFile != "" || keyFile != "" {
+		c, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("NATS client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{c}
+	}
+	return cfg, nil
 }

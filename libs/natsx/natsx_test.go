@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -28,6 +29,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/libs/pki"
 )
 
 const testToken = "s3cret-test-token"
@@ -406,5 +408,28 @@ func TestEmbeddedNeedsStoreDir(t *testing.T) {
 	t.Parallel()
 	if _, err := natsx.StartEmbedded(natsx.EmbeddedOptions{Port: -1}); err == nil || !strings.Contains(err.Error(), "StoreDir") {
 		t.Errorf("error = %v, want one naming StoreDir", err)
+	}
+}
+
+func TestClientTLSReadsTheFilesItIsGiven(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca, err := pki.GenerateCA(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, ca.CertificatePEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := natsx.ClientTLS(caFile, "", "")
+	if err != nil || cfg.RootCAs == nil || len(cfg.Certificates) != 0 {
+		t.Fatalf("CA only: %v %v", cfg, err)
+	}
+	if _, err := natsx.ClientTLS(filepath.Join(dir, "none.pem"), "", ""); err == nil || !strings.Contains(err.Error(), "NATS CA file") {
+		t.Errorf("missing CA file: %v", err)
+	}
+	if _, err := natsx.ClientTLS(caFile, caFile, filepath.Join(dir, "none.key")); err == nil || !strings.Contains(err.Error(), "client certificate") {
+		t.Errorf("missing key: %v", err)
 	}
 }

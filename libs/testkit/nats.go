@@ -1,6 +1,10 @@
 package testkit
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"flotilla.dev/flotilla/libs/busauth"
+	"flotilla.dev/flotilla/libs/pki"
 )
 
 // natsReadyTimeout bounds the wait for an embedded server to accept clients.
@@ -79,23 +84,61 @@ type Bus struct {
 	URL string
 	// Creds holds each identity's credentials file (the six services and
 	// the observer).
-	Creds     map[string]string
+	Creds map[string]string
+	// TLS, for a bus started with SecureNATSOverTLS, is what a client
+	// connects with: the server's CA and a client certificate.
+	TLS       *tls.Config
 	authority *busauth.Authority
 }
 
 // SecureNATS starts a Bus for tb, shut down when tb ends.
 func SecureNATS(tb testing.TB) *Bus {
 	tb.Helper()
+	return secureNATS(tb, &server.Options{JetStream: true, StoreDir: tb.TempDir()})
+}
+
+func secureNATS(tb testing.TB, opts *server.Options) *Bus {
+	tb.Helper()
 	auth, err := busauth.LoadOrCreate(filepath.Join(tb.TempDir(), "bus"))
 	if err != nil {
 		tb.Fatalf("testkit: bus authority: %v", err)
 	}
-	opts := &server.Options{JetStream: true, StoreDir: tb.TempDir()}
 	if err := auth.Configure(opts); err != nil {
 		tb.Fatalf("testkit: %v", err)
 	}
 	ns := Serve(tb, opts)
 	return &Bus{Server: ns, URL: ns.ClientURL(), Creds: auth.Files(), authority: auth}
+}
+
+// SecureNATSOverTLS is SecureNATS accepting only TLS connections that
+// present a client certificate from the server's own throwaway CA; Bus.TLS
+// is what a client needs.
+func SecureNATSOverTLS(tb testing.TB) *Bus {
+	tb.Helper()
+	now := time.Now()
+	ca, err := pki.GenerateCA(now)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pair := func(p pki.Profile) tls.Certificate {
+		key, err := pki.GenerateKey()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		iss, err := ca.Issue(key.Public(), p)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return tls.Certificate{Certificate: [][]byte{iss.Certificate.Raw}, PrivateKey: key, Leaf: iss.Certificate}
+	}
+	srvCert := pair(pki.ServerProfile("localhost", []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)}, now, time.Hour))
+	client := pair(pki.Profile{Subject: pkix.Name{CommonName: "flotilla-service"}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, NotBefore: now.Add(-time.Minute), NotAfter: now.Add(time.Hour)})
+	b := secureNATS(tb, &server.Options{JetStream: true, StoreDir: tb.TempDir(), TLS: true, TLSVerify: true,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{srvCert}, ClientCAs: ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}})
+	b.TLS = &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{client}, MinVersion: tls.VersionTLS12}
+	b.URL = strings.Replace(b.URL, "nats://", "tls://", 1)
+	return b
 }
 
 // Conn connects to the bus as identity (a service name or
@@ -105,6 +148,9 @@ func (b *Bus) Conn(tb testing.TB, identity string, opts ...nats.Option) *nats.Co
 	creds, ok := b.Creds[identity]
 	if !ok {
 		tb.Fatalf("testkit: no bus identity %q", identity)
+	}
+	if b.TLS != nil {
+		opts = append(opts, nats.Secure(b.TLS.Clone()))
 	}
 	return NATSConn(tb, b.Server, append(busauth.ConnectOptions(identity, creds), opts...)...)
 }

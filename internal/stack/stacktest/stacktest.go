@@ -72,6 +72,6 @@ func Start(t testing.TB, cfg stack.Config) *stack.Stack {
 
 // OnBus points cfg at bus, each service with its own credentials.
 func OnBus(cfg stack.Config, bus *testkit.Bus) stack.Config {
-	cfg.NATSURL, cfg.NATSCreds = bus.URL, bus.Creds
+	cfg.NATSURL, cfg.NATSCreds, cfg.NATSTLS = bus.URL, bus.Creds, bus.TLS
 	return cfg
 }
