@@ -20,7 +20,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"flotilla.dev/flotilla/libs/busauth"
+	"flotilla.dev/flotilla/libs/datadir"
 	"flotilla.dev/flotilla/libs/testkit"
 )
 
@@ -247,6 +250,28 @@ func TestUpServesRestartsWithItsDataAndStopsCleanly(t *testing.T) {
 	}
 	if strings.Contains(string(settings), "natsToken") {
 		t.Error("settings.json holds a shared bus token")
+	}
+	// The services connect to the managed PostgreSQL as a role that only
+	// reads and writes rows; the superuser only migrated.
+	var st datadir.Settings
+	if err := json.Unmarshal(settings, &st); err != nil {
+		t.Fatal(err)
+	}
+	pg, err := pgx.Connect(t.Context(), st.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var roles []string
+	rows, _ := pg.Query(t.Context(), `SELECT DISTINCT a.usename || ':' || r.rolsuper FROM pg_stat_activity a JOIN pg_roles r ON r.rolname = a.usename
+		WHERE a.datname = 'flotilla' AND a.application_name = 'flotilla'`)
+	for rows.Next() {
+		var r string
+		_ = rows.Scan(&r)
+		roles = append(roles, r)
+	}
+	pg.Close(t.Context())
+	if !slices.Equal(roles, []string{datadir.ServiceRole + ":false"}) {
+		t.Errorf("the services connect to PostgreSQL as %v, want only %s, not a superuser", roles, datadir.ServiceRole)
 	}
 	// Every service's own bus credentials, readable by Flotilla alone.
 	for _, id := range busauth.Identities() {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats-server/v2/server"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -99,6 +100,9 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (_ *Embedded, err err
 			return nil, fmt.Errorf("managed PostgreSQL: %w", err)
 		}
 		e.closers = append(e.closers, pg.Stop)
+		if err := ensureServiceRole(ctx, settings); err != nil {
+			return nil, fmt.Errorf("managed PostgreSQL: %w", err)
+		}
 		o.Log.InfoContext(ctx, "PostgreSQL started", "dir", d.Postgres(), "port", settings.Port(datadir.OffsetPostgres))
 	}
 
@@ -133,6 +137,11 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (_ *Embedded, err err
 	caCert, caKey := settings.CAFiles(d)
 	cfg := embeddedConfig(settings, d, ns, o.Log, tel, o.Version, caCert, caKey, cmd)
 	cfg.NATSCreds = auth.Files()
+	if settings.ManagedPostgres {
+		// The services read and write rows as the service role; the
+		// superuser, which owns the schema, only migrates it.
+		cfg.DatabaseURL, cfg.DatabaseOwnerURL = datadir.ManagedServiceURL(settings), settings.DatabaseURL
+	}
 	if cfg.APITLS, err = apiTLS(settings, caCert, caKey); err != nil {
 		return nil, err
 	}
@@ -206,6 +215,17 @@ func apiServerNames(s *datadir.Settings) []string {
 		}
 	}
 	return names
+}
+
+// ensureServiceRole makes the managed PostgreSQL's service role, as its
+// superuser.
+func ensureServiceRole(ctx context.Context, s *datadir.Settings) error {
+	conn, err := pgx.Connect(ctx, s.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return pgstore.EnsureServiceRole(ctx, conn, datadir.ServiceRole, s.ServicePostgresPassword, "flotilla")
 }
 
 func managedPostgres(ctx context.Context, d datadir.Dir, s *datadir.Settings) (*pgmanaged.Server, error) {

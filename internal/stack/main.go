@@ -36,8 +36,10 @@ type EnvConfig struct {
 	NATSCertFile string `env:"FLOTILLA_NATS_CERT_FILE"`
 	NATSKeyFile  string `env:"FLOTILLA_NATS_KEY_FILE"`
 	DatabaseURL  string `env:"FLOTILLA_DATABASE_URL"`
-	HTTPAddr     string `env:"FLOTILLA_HTTP_ADDR" envDefault:"127.0.0.1:7700"`
-	GRPCAddr     string `env:"FLOTILLA_GRPC_ADDR" envDefault:"127.0.0.1:7701"`
+	// DatabaseOwnerURL connects as the schema's owner, for migrations only.
+	DatabaseOwnerURL string `env:"FLOTILLA_DATABASE_OWNER_URL"`
+	HTTPAddr         string `env:"FLOTILLA_HTTP_ADDR" envDefault:"127.0.0.1:7700"`
+	GRPCAddr         string `env:"FLOTILLA_GRPC_ADDR" envDefault:"127.0.0.1:7701"`
 	// TLSCertFile and TLSKeyFile serve the HTTP and gRPC API over TLS (PEM,
 	// re-read when they change). Without them the gateway listens only on
 	// loopback unless InsecureHTTP (behind a proxy that terminates TLS).
@@ -156,6 +158,7 @@ func (c EnvConfig) Config(service string) Config {
 		NATSCreds:          map[string]string{service: c.NATSCreds},
 		StreamReplicas:     c.StreamReplicas,
 		DatabaseURL:        c.DatabaseURL,
+		DatabaseOwnerURL:   c.DatabaseOwnerURL,
 		HTTPAddr:           c.HTTPAddr,
 		GRPCAddr:           c.GRPCAddr,
 		MaxRequestBytes:    c.MaxRequestBytes,

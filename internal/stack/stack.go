@@ -77,8 +77,12 @@ type Config struct {
 	// StreamReplicas is the replication of the streams (1, or 3 in a cluster).
 	StreamReplicas int
 
-	// DatabaseURL is PostgreSQL, for the inventory and the secret broker.
-	DatabaseURL string
+	// DatabaseURL is PostgreSQL, for the inventory and the secret broker:
+	// a role that only reads and writes rows. DatabaseOwnerURL connects as
+	// the role that owns the schema, for the migrations alone (empty: the
+	// services' role migrates too).
+	DatabaseURL      string
+	DatabaseOwnerURL string
 	// DatabaseWait is how long to wait for PostgreSQL to accept connections
 	// (default 60 s).
 	DatabaseWait time.Duration
@@ -193,11 +197,14 @@ type Stack struct {
 	// listens ("" for what it does not run).
 	HTTPAddr, GRPCAddr, AgentAddr, MetricsAddr string
 
-	cfg     Config
-	log     *slog.Logger
-	pool    *pgxpool.Pool
-	conns   []*nats.Conn
-	runners []runner
+	cfg  Config
+	log  *slog.Logger
+	pool *pgxpool.Pool
+	// ownerPool migrates the schema while the services start; closed once
+	// they have.
+	ownerPool *pgxpool.Pool
+	conns     []*nats.Conn
+	runners   []runner
 	// listeners not yet owned by a service (closed by close).
 	listeners []net.Listener
 	metrics   *http.Server
@@ -266,6 +273,17 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		if st.pool, err = pgstore.Open(ctx, cfg.DatabaseURL, cfg.TracerProvider, cfg.DatabaseWait); err != nil {
 			return nil, err
 		}
+		if super, err := pgstore.IsSuperuser(ctx, st.pool); err != nil {
+			return nil, err
+		} else if super {
+			st.log.WarnContext(ctx, "the services connect to PostgreSQL as a superuser: give them a role that only reads and writes rows (DatabaseURL), and the owner's to DatabaseOwnerURL",
+				"role", st.pool.Config().ConnConfig.User)
+		}
+		if cfg.DatabaseOwnerURL != "" {
+			if st.ownerPool, err = pgstore.Open(ctx, cfg.DatabaseOwnerURL, cfg.TracerProvider, cfg.DatabaseWait); err != nil {
+				return nil, err
+			}
+		}
 	}
 
 	d := deps{cfg: &cfg, st: st, agentL: agentL}
@@ -292,6 +310,10 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			return nil, fmt.Errorf("start %s: %w", name, err)
 		}
 		st.runners = append(st.runners, r)
+	}
+	if st.ownerPool != nil {
+		st.ownerPool.Close() // the schema is migrated: the owner's role is not needed while running
+		st.ownerPool = nil
 	}
 	if st.metricsL != nil {
 		st.metrics = telemetry.NewMetricsServer()
@@ -356,7 +378,7 @@ type deps struct {
 
 func (d deps) inventory(ctx context.Context, nc *nats.Conn) (runner, error) {
 	c := d.cfg
-	s, err := inventory.New(ctx, inventory.Deps{Pool: d.st.pool, NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider,
+	s, err := inventory.New(ctx, inventory.Deps{Pool: d.st.pool, MigrationPool: d.st.ownerPool, NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider,
 		Version: c.Version, StreamReplicas: c.StreamReplicas, AgentStaleAfter: c.AgentStaleAfter,
 		AppOptions: append([]app.Option{app.WithReservedNames(c.agentServerNames(c.AgentAddr))}, c.InventoryOptions...)})
 	if err != nil {
@@ -392,7 +414,7 @@ func (d deps) secrets(ctx context.Context, nc *nats.Conn) (runner, error) {
 	if err != nil {
 		return runner{}, err
 	}
-	s, err := secrets.New(ctx, secrets.Deps{Pool: d.st.pool, NATS: nc, KMS: k, Log: c.Log, TracerProvider: c.TracerProvider,
+	s, err := secrets.New(ctx, secrets.Deps{Pool: d.st.pool, MigrationPool: d.st.ownerPool, NATS: nc, KMS: k, Log: c.Log, TracerProvider: c.TracerProvider,
 		Version: c.Version, StreamReplicas: c.StreamReplicas})
 	if err != nil {
 		return runner{}, err
@@ -563,6 +585,9 @@ func (st *Stack) close() {
 			time.Sleep(10 * time.Millisecond)
 		}
 		nc.Close()
+	}
+	if st.ownerPool != nil {
+		st.ownerPool.Close()
 	}
 	if st.pool != nil {
 		st.pool.Close()

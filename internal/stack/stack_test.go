@@ -1,22 +1,30 @@
 package stack_test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"net"
+	"net/url"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/internal/stack"
 	"flotilla.dev/flotilla/internal/stack/stacktest"
+	"flotilla.dev/flotilla/libs/pgstore"
 	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
 )
@@ -133,5 +141,65 @@ func TestServicesReachTheBusOverTLS(t *testing.T) {
 	if nc, err := nats.Connect(bus.URL, nats.Secure(noCert), nats.UserCredentials(bus.Creds[subjects.Gateway])); err == nil {
 		nc.Close()
 		t.Error("a TLS connection without a client certificate was accepted")
+	}
+}
+
+// TestServicesWorkWithARoleThatOnlyReadsAndWritesRows: the owner's role
+// migrates; the services run as a role that is no superuser and can change
+// rows but not the schema.
+func TestServicesWorkWithARoleThatOnlyReadsAndWritesRows(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	ownerURL := testkit.NewDatabase(t)
+	owner, err := pgx.Connect(ctx, ownerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close(context.Background())
+	role := fmt.Sprintf("svc_%d", time.Now().UnixNano())
+	u, err := url.Parse(ownerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pgstore.EnsureServiceRole(ctx, owner, role, "pw-"+role, strings.TrimPrefix(u.Path, "/")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), ownerURL)
+		if err != nil {
+			return
+		}
+		defer c.Close(context.Background())
+		_, _ = c.Exec(context.Background(), "DROP OWNED BY "+pgx.Identifier{role}.Sanitize())
+		_, _ = c.Exec(context.Background(), "DROP ROLE "+pgx.Identifier{role}.Sanitize())
+	})
+	u.User = url.UserPassword(role, "pw-"+role)
+	serviceURL := u.String()
+
+	bus := testkit.SecureNATS(t)
+	stacktest.Start(t, stacktest.OnBus(stack.Config{Services: []string{subjects.Inventory, subjects.Secrets},
+		DatabaseURL: serviceURL, DatabaseOwnerURL: ownerURL, KMSKeyFile: filepath.Join(t.TempDir(), "master.key"), CreateKMSKey: true}, bus))
+	gw := rpc.NewClient(bus.Conn(t, subjects.Gateway), subjects.Gateway, 0)
+	if _, err := rpc.Call(ctx, gw, endpoints.NetworkCreate, &inventoryv1.CreateNetworkRequest{
+		Network: &inventoryv1.Network{Name: "lab", Provider: "local", HttpsStrategy: "none"}}, rpc.As(vocab.User("admin"))); err != nil {
+		t.Fatalf("a write as the service role: %v", err)
+	}
+
+	svc, err := pgx.Connect(ctx, serviceURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close(context.Background())
+	if super, err := pgstore.IsSuperuser(ctx, svc); err != nil || super {
+		t.Fatalf("the service role is a superuser: %v %v", super, err)
+	}
+	for _, stmt := range []string{"CREATE TABLE intruder (x int)", "DROP TABLE networks", "TRUNCATE networks", "ALTER TABLE secrets ADD COLUMN x int", "CREATE ROLE intruder"} {
+		if _, err := svc.Exec(ctx, stmt); err == nil {
+			t.Errorf("the service role may %s", stmt)
+		}
+	}
+	var n int
+	if err := svc.QueryRow(ctx, "SELECT count(*) FROM networks").Scan(&n); err != nil || n != 1 {
+		t.Errorf("the service role reads networks: %d %v", n, err)
 	}
 }

@@ -53,8 +53,12 @@ type Settings struct {
 	// ManagedPostgres says Flotilla runs its own PostgreSQL in <dir>/postgres;
 	// false means DatabaseURL points at an external server.
 	ManagedPostgres bool `json:"managedPostgres"`
-	// PostgresPassword is the managed PostgreSQL's password.
+	// PostgresPassword is the managed PostgreSQL's password: its superuser,
+	// which owns the schema and runs the migrations.
 	PostgresPassword string `json:"postgresPassword,omitempty"`
+	// ServicePostgresPassword is the password of ServiceRole, the managed
+	// PostgreSQL's role the services connect as (rows only).
+	ServicePostgresPassword string `json:"servicePostgresPassword,omitempty"`
 	// NATSToken was the one bus token every client shared, before each
 	// service had credentials of its own (config/bus/); a start drops it.
 	NATSToken string `json:"natsToken,omitempty"`
@@ -217,11 +221,14 @@ func Prepare(d Dir, o Overrides) (*Settings, error) {
 		s.APITLS, s.TLSCertFile, s.TLSKeyFile, changed = o.APITLS, o.TLSCertFile, o.TLSKeyFile, true
 	}
 	if o.DatabaseURL != "" && o.DatabaseURL != s.DatabaseURL {
-		s.DatabaseURL, s.ManagedPostgres, s.PostgresPassword, changed = o.DatabaseURL, false, "", true
+		s.DatabaseURL, s.ManagedPostgres, s.PostgresPassword, s.ServicePostgresPassword, changed = o.DatabaseURL, false, "", "", true
 	}
 	if s.ManagedPostgres {
 		if want := ManagedURL(s); want != s.DatabaseURL {
 			s.DatabaseURL, changed = want, true
+		}
+		if s.ServicePostgresPassword == "" {
+			s.ServicePostgresPassword, changed = randomHex(24), true
 		}
 	}
 	if err := s.Validate(); err != nil {
@@ -235,11 +242,22 @@ func Prepare(d Dir, o Overrides) (*Settings, error) {
 	return s, nil
 }
 
-// ManagedURL is the URL of the managed PostgreSQL for these settings.
-func ManagedURL(s *Settings) string {
+// ServiceRole is the managed PostgreSQL's role the services connect as.
+const ServiceRole = "flotilla_service"
+
+// ManagedURL is the URL of the managed PostgreSQL for these settings, as
+// its superuser (the schema's owner).
+func ManagedURL(s *Settings) string { return managedURL(s, "flotilla", s.PostgresPassword) }
+
+// ManagedServiceURL is the URL of the managed PostgreSQL as ServiceRole.
+func ManagedServiceURL(s *Settings) string {
+	return managedURL(s, ServiceRole, s.ServicePostgresPassword)
+}
+
+func managedURL(s *Settings, user, password string) string {
 	u := url.URL{
 		Scheme:   "postgres",
-		User:     url.UserPassword("flotilla", s.PostgresPassword),
+		User:     url.UserPassword(user, password),
 		Host:     net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port(OffsetPostgres))),
 		Path:     "/flotilla",
 		RawQuery: "sslmode=disable",

@@ -20,6 +20,7 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/outbox"
+	"flotilla.dev/flotilla/libs/pgstore"
 	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/services/inventory/adapters"
 	"flotilla.dev/flotilla/services/inventory/app"
@@ -28,7 +29,10 @@ import (
 
 // Deps are what the inventory is built from; the caller owns and closes them.
 type Deps struct {
-	Pool           *pgxpool.Pool
+	Pool *pgxpool.Pool
+	// MigrationPool connects as the role that owns the schema, to migrate
+	// it and grant Pool's role the use of its rows; nil means Pool.
+	MigrationPool  *pgxpool.Pool
 	NATS           *nats.Conn
 	Log            *slog.Logger
 	TracerProvider trace.TracerProvider
@@ -57,7 +61,14 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		return nil, errors.New("inventory: Pool, NATS, Log and TracerProvider are required")
 	}
 	log := d.Log.With("service", "inventory")
-	if err := adapters.Migrate(ctx, d.Pool, log); err != nil {
+	owner := d.MigrationPool
+	if owner == nil {
+		owner = d.Pool
+	}
+	if err := adapters.Migrate(ctx, owner, log); err != nil {
+		return nil, err
+	}
+	if err := pgstore.GrantService(ctx, owner, d.Pool); err != nil {
 		return nil, err
 	}
 	js, err := jetstream.New(d.NATS)

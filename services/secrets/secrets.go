@@ -19,6 +19,7 @@ import (
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/events"
 	"flotilla.dev/flotilla/libs/kms"
+	"flotilla.dev/flotilla/libs/pgstore"
 	"flotilla.dev/flotilla/libs/rpc"
 )
 
@@ -27,6 +28,9 @@ type Deps struct {
 	// Pool is the PostgreSQL pool holding the secrets table; it may be the
 	// inventory's database.
 	Pool *pgxpool.Pool
+	// MigrationPool connects as the role that owns the schema, to migrate
+	// it and grant Pool's role the use of its rows; nil means Pool.
+	MigrationPool *pgxpool.Pool
 	// NATS carries the endpoints, the inventory lookups and the audit records.
 	NATS *nats.Conn
 	// KMS wraps every secret's data key; its KeyID is stored with each secret.
@@ -59,8 +63,15 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		return nil, errors.New("secrets: Pool, NATS, KMS, Log and TracerProvider are required")
 	}
 	log := d.Log.With("service", subjects.Secrets)
-	if err := Migrate(ctx, d.Pool, log); err != nil {
+	owner := d.MigrationPool
+	if owner == nil {
+		owner = d.Pool
+	}
+	if err := Migrate(ctx, owner, log); err != nil {
 		return nil, err
+	}
+	if err := pgstore.GrantService(ctx, owner, d.Pool); err != nil {
+		return nil, fmt.Errorf("secrets: %w", err)
 	}
 	js, err := jetstream.New(d.NATS)
 	if err != nil {

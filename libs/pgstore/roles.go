@@ -1,0 +1,82 @@
+package pgstore
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// The services connect to PostgreSQL as a role that may only read and
+// write rows; the role that owns the schema runs the migrations and nothing
+// else. A compromised service can then neither change the schema, nor
+// truncate or drop a table, nor reach another database or role.
+
+// Execer runs statements: a connection or a pool.
+type Execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// EnsureServiceRole makes role a login role with password that is not a
+// superuser and may create neither roles nor databases, allowed to connect
+// to database; an existing role gets that password and those attributes
+// again. It runs as a role that may create roles (the managed PostgreSQL's
+// superuser).
+func EnsureServiceRole(ctx context.Context, q Execer, role, password, database string) error {
+	var exists bool
+	if err := q.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role).Scan(&exists); err != nil {
+		return fmt.Errorf("look up role %s: %w", role, err)
+	}
+	verb := "CREATE"
+	if exists {
+		verb = "ALTER"
+	}
+	// DDL takes no parameters: format() quotes the name and the password.
+	var stmt string
+	if err := q.QueryRow(ctx, "SELECT format('"+verb+" ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD %L', $1::text, $2::text)",
+		role, password).Scan(&stmt); err != nil {
+		return fmt.Errorf("role %s: %w", role, err)
+	}
+	if _, err := q.Exec(ctx, stmt); err != nil {
+		return fmt.Errorf("%s role %s: %w", verb, role, err)
+	}
+	if _, err := q.Exec(ctx, "GRANT CONNECT ON DATABASE "+pgx.Identifier{database}.Sanitize()+" TO "+pgx.Identifier{role}.Sanitize()); err != nil {
+		return fmt.Errorf("let role %s connect to %s: %w", role, database, err)
+	}
+	return nil
+}
+
+// GrantService lets the role service connects as read and write the rows
+// of every table, and use every sequence, in the public schema, as the
+// owner's migrations left them: nothing more (no DDL, no TRUNCATE). Run it
+// after every migration, as the owner. Nothing is done when both pools
+// connect as the same role.
+func GrantService(ctx context.Context, owner, service *pgxpool.Pool) error {
+	role := service.Config().ConnConfig.User
+	if role == owner.Config().ConnConfig.User {
+		return nil
+	}
+	r := pgx.Identifier{role}.Sanitize()
+	for _, stmt := range []string{
+		"GRANT USAGE ON SCHEMA public TO " + r,
+		"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO " + r,
+		"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO " + r,
+	} {
+		if _, err := owner.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("grant role %s the use of the tables: %w", role, err)
+		}
+	}
+	return nil
+}
+
+// IsSuperuser reports whether the pool connects as a superuser.
+func IsSuperuser(ctx context.Context, q Execer) (bool, error) {
+	var super bool
+	if err := q.QueryRow(ctx, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user").Scan(&super); err != nil {
+		return false, fmt.Errorf("look up the current role: %w", err)
+	}
+	return super, nil
+}
