@@ -14,10 +14,12 @@ import (
 // else. A compromised service can then neither change the schema, nor
 // truncate or drop a table, nor reach another database or role.
 
-// Execer runs statements: a connection or a pool.
-type Execer interface {
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+// Querier runs statements and queries: a pool, a connection or a
+// transaction.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
 // EnsureServiceRole makes role a login role with password that is not a
@@ -25,7 +27,7 @@ type Execer interface {
 // to database; an existing role gets that password and those attributes
 // again. It runs as a role that may create roles (the managed PostgreSQL's
 // superuser).
-func EnsureServiceRole(ctx context.Context, q Execer, role, password, database string) error {
+func EnsureServiceRole(ctx context.Context, q Querier, role, password, database string) error {
 	var exists bool
 	if err := q.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role).Scan(&exists); err != nil {
 		return fmt.Errorf("look up role %s: %w", role, err)
@@ -73,7 +75,7 @@ func GrantService(ctx context.Context, owner, service *pgxpool.Pool) error {
 }
 
 // IsSuperuser reports whether the pool connects as a superuser.
-func IsSuperuser(ctx context.Context, q Execer) (bool, error) {
+func IsSuperuser(ctx context.Context, q Querier) (bool, error) {
 	var super bool
 	if err := q.QueryRow(ctx, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user").Scan(&super); err != nil {
 		return false, fmt.Errorf("look up the current role: %w", err)

@@ -17,14 +17,11 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/pgstore"
 )
 
 // Querier is what reads need: a pool, a connection or a transaction.
-type Querier interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-}
+type Querier = pgstore.Querier
 
 // Column is an extra column a table keeps beside spec, derived from the resource.
 type Column struct {
