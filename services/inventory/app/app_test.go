@@ -200,7 +200,8 @@ func TestFailedLoginsSlowTheNext(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	pool := newPool(t)
 	policy := attempts.Policy{Free: 2, Base: time.Minute, Max: 10 * time.Minute, Forget: time.Hour}
-	a := app.New(pool, slog.New(slog.DiscardHandler), app.WithClock(func() time.Time { return now }), app.WithLoginPolicy(policy))
+	logs := &testkit.Buffer{}
+	a := app.New(pool, slog.New(slog.NewTextHandler(logs, nil)), app.WithClock(func() time.Time { return now }), app.WithLoginPolicy(policy))
 	if err := a.InitialSetup(ctx, "ada", "correct-horse"); err != nil {
 		t.Fatal(err)
 	}
@@ -258,5 +259,9 @@ func TestFailedLoginsSlowTheNext(t *testing.T) {
 	want := "login-failed login-failed login-failed login-refused login-failed login-failed login-failed login-refused token-issued login-failed login-failed token-issued"
 	if got := strings.Join(records, " "); got != want {
 		t.Errorf("audit records:\n got %s\nwant %s", got, want)
+	}
+	// The log says the same, without the passwords.
+	if l := logs.String(); strings.Count(l, "auth: login-failed") != 8 || strings.Count(l, "auth: token-issued") != 2 || strings.Contains(l, "correct-horse") {
+		t.Errorf("log:\n%s", l)
 	}
 }

@@ -148,7 +148,8 @@ func (a *App) Login(ctx context.Context, username, pw, source string) (*authv1.L
 // tokenID names a token in audit records without revealing it.
 func tokenID(token string) string { return hex.EncodeToString(adapters.TokenDigest(token)[:8]) }
 
-// audit writes an audit record to the outbox, for FLOTILLA_AUDIT.
+// audit writes an audit record to the outbox, for FLOTILLA_AUDIT, and logs
+// it (never a password or token: the record holds neither).
 func (a *App) audit(ctx context.Context, tx pgx.Tx, rec *authv1.AuthAudit) error {
 	id := rec.GetUserId()
 	if id == "" {
@@ -159,7 +160,12 @@ func (a *App) audit(ctx context.Context, tx pgx.Tx, rec *authv1.AuthAudit) error
 	if err != nil {
 		return err
 	}
-	return outbox.Write(ctx, tx, msg)
+	if err := outbox.Write(ctx, tx, msg); err != nil {
+		return err
+	}
+	a.log.InfoContext(ctx, "auth: "+rec.GetAction(), "username", rec.GetUsername(), "user_id", rec.GetUserId(),
+		"source", rec.GetSource(), "reason", rec.GetReason(), "token_id", rec.GetTokenId())
+	return nil
 }
 
 // VerifyToken returns the user a live bearer token belongs to.
