@@ -5,11 +5,11 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	"flotilla.dev/flotilla/libs/msgcheck"
 )
 
 // Log line sources.
@@ -54,7 +54,7 @@ func newLogBuffer(max int, now func() time.Time) *logBuffer {
 func (b *logBuffer) Add(source, text string) {
 	text = strings.ToValidUTF8(text, "\uFFFD")
 	for len(text) > maxLineText {
-		cut := runeCut(text, maxLineText-len(continued))
+		cut := msgcheck.RuneCut(text, maxLineText-len(continued))
 		b.add(source, text[:cut]+continued)
 		text = text[cut:]
 	}
@@ -63,20 +63,6 @@ func (b *logBuffer) Add(source, text string) {
 
 // continued ends each piece of a split line but the last.
 const continued = " …(continued)"
-
-// runeCut returns the largest i <= n at which s can be cut without
-// splitting a UTF-8 sequence.
-func runeCut(s string, n int) int {
-	if n >= len(s) {
-		return len(s)
-	}
-	for i := n; i > n-utf8.UTFMax && i > 0; i-- {
-		if utf8.RuneStart(s[i]) {
-			return i
-		}
-	}
-	return n
-}
 
 func (b *logBuffer) add(source, text string) {
 	b.mu.Lock()

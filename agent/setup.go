@@ -17,6 +17,7 @@ import (
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/vocab"
+	"flotilla.dev/flotilla/libs/msgcheck"
 )
 
 // DataDirEnv is the environment variable that names the data disk's root
@@ -346,7 +347,7 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 		i := bytes.IndexByte(b, '\n')
 		if i < 0 {
 			if len(b) >= maxLine {
-				cut := runeCut(string(b), maxLine) // never inside a UTF-8 sequence
+				cut := msgcheck.RuneCut(string(b), maxLine) // never inside a UTF-8 sequence
 				w.emit(string(b[:cut]))
 				w.buf.Next(cut)
 				continue

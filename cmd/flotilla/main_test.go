@@ -89,10 +89,10 @@ type upProc struct {
 	cmd  *exec.Cmd
 	out  *testkit.Buffer
 	base int
-	dir  string
-	// tls: the API is served over TLS, verified with the data directory's
-	// fleet CA.
-	tls bool
+	// tls: the API is served over TLS, verified with caFile (the data
+	// directory's fleet CA unless a test says otherwise).
+	tls    bool
+	caFile string
 	// done is closed when the process has exited; err is then its Wait error.
 	done chan struct{}
 	err  error
@@ -107,7 +107,11 @@ func startUp(t *testing.T, dir string, base int, env ...string) *upProc {
 // is reached over HTTPS.
 func startUpWith(t *testing.T, dir string, base int, args []string, env ...string) *upProc {
 	t.Helper()
-	u := &upProc{out: &testkit.Buffer{}, base: base, dir: dir, tls: slices.Contains(args, "--tls"), done: make(chan struct{})}
+	u := &upProc{out: &testkit.Buffer{}, base: base, tls: slices.Contains(args, "--tls") || slices.Contains(args, "--tls-cert"),
+		caFile: filepath.Join(dir, "ca", "ca.crt"), done: make(chan struct{})}
+	if i := slices.Index(args, "--tls-cert"); i >= 0 {
+		u.caFile = args[i+1] // the operator's chain: trusted as it is
+	}
 	u.cmd = exec.Command(binary, append([]string{"up", "--data-dir", dir, "--port", strconv.Itoa(base)}, args...)...)
 	u.cmd.Env = append(os.Environ(), env...)
 	u.cmd.Stdout, u.cmd.Stderr = u.out, u.out
@@ -163,7 +167,7 @@ func (u *upProc) client() *http.Client {
 		return http.DefaultClient
 	}
 	pool := x509.NewCertPool()
-	if pem, err := os.ReadFile(filepath.Join(u.dir, "ca", "ca.crt")); err == nil {
+	if pem, err := os.ReadFile(u.caFile); err == nil {
 		pool.AppendCertsFromPEM(pem)
 	}
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}

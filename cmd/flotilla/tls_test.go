@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,6 +21,7 @@ import (
 
 	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
 	"flotilla.dev/flotilla/libs/datadir"
+	"flotilla.dev/flotilla/libs/pki"
 )
 
 // TestTheAPIServesTLSWhenAsked: `flotilla up --tls` serves REST and gRPC
@@ -66,6 +68,52 @@ func TestTheAPIServesTLSWhenAsked(t *testing.T) {
 	data, _ := os.ReadFile(filepath.Join(dir, "config", "settings.json"))
 	if err := json.Unmarshal(data, &saved); err != nil || saved.APITLS != datadir.APITLSFleetCA {
 		t.Errorf("settings keep apiTLS %q (%v)", saved.APITLS, err)
+	}
+}
+
+// TestTheAPIServesTheOperatorsCertificate: --tls-cert and --tls-key serve
+// the operator's own certificate, saved in the settings.
+func TestTheAPIServesTheOperatorsCertificate(t *testing.T) {
+	t.Parallel()
+	dir, base := dataDir(t), freeBase(t)
+	now := time.Now()
+	ca, err := pki.GenerateCA(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := pki.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := ca.Issue(key.Public(), pki.ServerProfile("api.operator.test", []string{"api.operator.test"}, []net.IP{net.IPv4(127, 0, 0, 1)}, now, time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := pki.EncodePrivateKeyPEM(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(t.TempDir(), "api.crt"), filepath.Join(t.TempDir(), "api.key")
+	if err := os.WriteFile(certFile, append(iss.PEM, ca.CertificatePEM()...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	u := startUpWith(t, dir, base, []string{"--tls-cert", certFile, "--tls-key", keyFile})
+	resp, err := u.client().Get(u.url("/api/v1/status"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if cn := resp.TLS.PeerCertificates[0].Subject.CommonName; cn != "api.operator.test" {
+		t.Errorf("served %q", cn)
+	}
+	u.stop(t)
+	var saved datadir.Settings
+	data, _ := os.ReadFile(filepath.Join(dir, "config", "settings.json"))
+	if err := json.Unmarshal(data, &saved); err != nil || saved.APITLS != datadir.APITLSFiles || saved.TLSCertFile != certFile || saved.TLSKeyFile != keyFile {
+		t.Errorf("settings keep %q %q %q (%v)", saved.APITLS, saved.TLSCertFile, saved.TLSKeyFile, err)
 	}
 }
 

@@ -44,13 +44,17 @@ type Run struct {
 	Last     time.Time
 }
 
-// RetryAfter is how long from now the next attempt must wait (0: it may go
-// ahead).
+// RetryAfter is how long from now the next attempt must wait, in whole
+// seconds rounded up as Retry-After says it (0: it may go ahead).
 func (p Policy) RetryAfter(r Run, now time.Time) time.Duration {
 	if r.Failures == 0 || now.Sub(r.Last) >= p.Forget {
 		return 0
 	}
-	return max(0, r.Last.Add(p.Wait(r.Failures)).Sub(now))
+	d := r.Last.Add(p.Wait(r.Failures)).Sub(now)
+	if d <= 0 {
+		return 0
+	}
+	return (d + time.Second - 1).Truncate(time.Second)
 }
 
 // Fail returns the run after one more failure at now.

@@ -37,6 +37,9 @@ func TestARunIsForgottenAfterAQuietSpell(t *testing.T) {
 	if got := policy.RetryAfter(r, last.Add(15*time.Second)); got != 5*time.Second {
 		t.Errorf("15 s later: %v", got)
 	}
+	if got := policy.RetryAfter(r, last.Add(15*time.Second+300*time.Millisecond)); got != 5*time.Second {
+		t.Errorf("15.3 s later: %v, want whole seconds rounded up", got)
+	}
 	if got := policy.RetryAfter(r, last.Add(time.Hour)); got != 0 {
 		t.Errorf("an hour later: %v", got)
 	}

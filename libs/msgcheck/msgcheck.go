@@ -12,6 +12,7 @@ package msgcheck
 import (
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -144,22 +145,48 @@ func size(fd protoreflect.FieldDescriptor, v protoreflect.Value) int {
 	return 8
 }
 
-// ScrubNUL replaces every NUL byte in m's strings (nested messages, lists
-// and map values) with U+FFFD, in place: for what a program printed, which
-// is reported, not refused.
-func ScrubNUL(m proto.Message) {
-	scrub(m.ProtoReflect())
+// Scrub makes m's strings (nested messages, lists and map values) what a
+// report may hold, in place: every NUL byte becomes U+FFFD, and a string
+// longer than maxLen bytes is cut (at a character boundary) and ends in
+// CutMarker. For what a program printed, which is reported, not refused.
+func Scrub(m proto.Message, maxLen int) {
+	scrub(m.ProtoReflect(), maxLen)
 }
 
-func scrub(m protoreflect.Message) {
+// CutMarker ends a string Scrub cut short.
+const CutMarker = " …(cut)"
+
+// RuneCut returns the largest i <= n at which s can be cut without
+// splitting a UTF-8 sequence.
+func RuneCut(s string, n int) int {
+	if n >= len(s) {
+		return len(s)
+	}
+	for i := n; i > n-utf8.UTFMax && i > 0; i-- {
+		if utf8.RuneStart(s[i]) {
+			return i
+		}
+	}
+	return n
+}
+
+func scrub(m protoreflect.Message, maxLen int) {
 	clean := func(fd protoreflect.FieldDescriptor, v protoreflect.Value) (protoreflect.Value, bool) {
 		switch fd.Kind() {
 		case protoreflect.StringKind:
-			if s := v.String(); strings.IndexByte(s, 0) >= 0 {
-				return protoreflect.ValueOfString(strings.ReplaceAll(s, "\x00", "\uFFFD")), true
+			s := v.String()
+			changed := false
+			if strings.IndexByte(s, 0) >= 0 {
+				s, changed = strings.ReplaceAll(s, "\x00", "\uFFFD"), true
+			}
+			if len(s) > maxLen {
+				s, changed = s[:RuneCut(s, max(0, maxLen-len(CutMarker)))]+CutMarker, true
+			}
+			if changed {
+				return protoreflect.ValueOfString(s), true
 			}
 		case protoreflect.MessageKind, protoreflect.GroupKind:
-			scrub(v.Message())
+			scrub(v.Message(), maxLen)
 		}
 		return v, false
 	}

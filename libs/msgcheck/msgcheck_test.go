@@ -3,6 +3,7 @@ package msgcheck_test
 import (
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 
@@ -66,16 +67,32 @@ func TestLargestNamesTheFieldToShrink(t *testing.T) {
 	}
 }
 
-func TestScrubNULLeavesNoNUL(t *testing.T) {
+func TestScrubLeavesNoNULAndNoLongString(t *testing.T) {
 	t.Parallel()
 	tp := template()
 	tp.Name, tp.SetupActions[0].Script, tp.SetupActions[1].Packages[0], tp.Tags["team"] = "a\x00", "\x00\x00", "c\x00url", "x\x00"
-	msgcheck.ScrubNUL(tp)
+	tp.SetupActions[1].Packages[1] = strings.Repeat("é", 100) // 200 bytes
+	msgcheck.Scrub(tp, 64)
 	if path, found := msgcheck.NUL(tp); found {
 		t.Fatalf("NUL left at %s", path)
 	}
-	if tp.Name != "a\uFFFD" || tp.SetupActions[1].Packages[0] != "c\uFFFDurl" || tp.SetupActions[1].Packages[1] != "jq" {
+	if tp.Name != "a\uFFFD" || tp.SetupActions[1].Packages[0] != "c\uFFFDurl" {
 		t.Errorf("scrubbed: %q %q", tp.Name, tp.SetupActions[1].Packages)
+	}
+	long := tp.SetupActions[1].Packages[1]
+	if len(long) > 64 || !strings.HasSuffix(long, msgcheck.CutMarker) || !utf8.ValidString(long) {
+		t.Errorf("a long string cut to %q (%d bytes)", long, len(long))
+	}
+}
+
+func TestRuneCutNeverSplitsACharacter(t *testing.T) {
+	t.Parallel()
+	s := "aé€😀"
+	for n := range len(s) + 2 {
+		i := msgcheck.RuneCut(s, n)
+		if i > n && i != len(s) || !utf8.ValidString(s[:i]) || n-i >= utf8.UTFMax {
+			t.Errorf("RuneCut(%q, %d) = %d", s, n, i)
+		}
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/msgcheck"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
 )
@@ -278,7 +279,7 @@ func TestTheInstanceIsTheCertificates(t *testing.T) {
 	// The hello names another instance as its VM; it changes nothing.
 	stream := e.connectAs(e.join(id), &agentv1.Hello{AgentVersion: "test", VmId: other})
 	for _, m := range []*agentv1.AgentMessage{
-		{Body: &agentv1.AgentMessage_Heartbeat{Heartbeat: &agentv1.Heartbeat{DiskUsedBytes: 42, AgentVersion: "test"}}},
+		{Body: &agentv1.AgentMessage_Heartbeat{Heartbeat: &agentv1.Heartbeat{DiskUsedBytes: 42, AgentVersion: "test", NodeUrl: "https://" + strings.Repeat("n", 10000)}}},
 		{Body: &agentv1.AgentMessage_Progress{Progress: &agentv1.Progress{CommandId: "c", Step: "done", Status: "failed", Message: "exit 1: \x00\x01"}}},
 		{Body: &agentv1.AgentMessage_Logs{Logs: &agentv1.LogBatch{Lines: []*agentv1.LogLine{{Seq: 7, Text: "hello"}}}}},
 	} {
@@ -294,6 +295,10 @@ func TestTheInstanceIsTheCertificates(t *testing.T) {
 	hb := e.observed.WaitFor(t, 10*time.Second, "heartbeat", func(ev *agentv1.AgentEvent) bool { return ev.GetHeartbeat() != nil })
 	if hb.GetHeartbeat().GetDiskUsedBytes() != 42 {
 		t.Errorf("heartbeat = %v", hb)
+	}
+	// A report's texts are bounded: they end up in the instance's record.
+	if u := hb.GetHeartbeat().GetNodeUrl(); len(u) > 2048 || !strings.HasSuffix(u, msgcheck.CutMarker) {
+		t.Errorf("a 10 kB node URL reached the inventory as %d bytes", len(u))
 	}
 	for _, ev := range e.observed.Events() {
 		if ev.GetInstanceId() != id {

@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -26,6 +25,10 @@ import (
 
 // maxLogText bounds one log line's text on the bus; longer lines are cut.
 const maxLogText = 32 << 10
+
+// maxReportText bounds each text of an agent's report (a progress message,
+// a node URL, a disconnect reason): they end up in the instance's record.
+const maxReportText = 2 << 10
 
 // retryable reports whether a failed request may succeed if sent again.
 func retryable(err error) bool {
@@ -60,8 +63,9 @@ func eventType(ev *agentv1.AgentEvent) string {
 // the agent carries on either way.
 func (s *Service) deliver(ctx context.Context, ev *agentv1.AgentEvent, retry bool) {
 	// What an agent reports is text a program printed: a NUL byte in it is
-	// shown, not a reason for the inventory to refuse the event.
-	msgcheck.ScrubNUL(ev)
+	// shown, not a reason for the inventory to refuse the event, and no
+	// report is long enough to swell the instance's record.
+	msgcheck.Scrub(ev, maxReportText)
 	id := ev.GetInstanceId()
 	typ := eventType(ev)
 	msg, err := bus.NewMessage(ctx, subjects.AgentStatus(id), typ, vocab.Agent(id), ev.GetTime().AsTime(), ev)
@@ -110,11 +114,7 @@ func (s *Service) publishLogs(ctx context.Context, id string, lines []*agentv1.L
 		// the agent's batch could be published.
 		l.Text = strings.ToValidUTF8(l.Text, "\uFFFD")
 		if len(l.Text) > maxLogText {
-			cut := maxLogText
-			for cut > 0 && !utf8.RuneStart(l.Text[cut]) {
-				cut--
-			}
-			l.Text = l.Text[:cut] + " …(cut)"
+			l.Text = l.Text[:msgcheck.RuneCut(l.Text, maxLogText)] + msgcheck.CutMarker
 		}
 		msg, err := bus.NewMessage(ctx, subjects.AgentLogs(id), "agent.log", vocab.Agent(id), l.GetTime().AsTime(), l)
 		if err != nil {

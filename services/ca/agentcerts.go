@@ -116,38 +116,39 @@ var errConcurrentCert = apierr.Conflict(apierr.ReasonConcurrentChange, "the agen
 
 // current checks that the certificate of instance id bound to vm with
 // serial is current (see above), and returns the instance's record and its
-// revision. A certificate that names no VM (issued before certificates
-// did) is current only while the CA keeps no record for the instance.
-func (s *Service) current(ctx context.Context, id, vm, serial string) (*cav1.AgentCertRecord, uint64, error) {
+// revision, and the instance's VM. A certificate that names no VM (issued
+// before certificates did) is current only while the CA keeps no record
+// for the instance.
+func (s *Service) current(ctx context.Context, id, vm, serial string) (*cav1.AgentCertRecord, uint64, string, error) {
 	revoked := func(format string, args ...any) error {
 		return apierr.PermissionDenied("the agent certificate %s of instance %s is no longer valid: "+format, append([]any{serial, id}, args...)...)
 	}
 	inst, err := s.instances.GetInstance(ctx, id)
 	if apierr.Is(err, apierr.KindNotFound) {
 		if err := s.certs.forget(ctx, id); err != nil {
-			return nil, 0, err
+			return nil, 0, "", err
 		}
-		return nil, 0, revoked("the instance was deleted")
+		return nil, 0, "", revoked("the instance was deleted")
 	}
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, "", err
 	}
 	if err := liveVM(inst, vm); err != nil {
-		return nil, 0, revoked("%s", err)
+		return nil, 0, "", revoked("%s", err)
 	}
 	rec, rev, err := s.certs.get(ctx, id)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, "", err
 	}
 	switch {
 	case rec == nil && vm == "":
-		return nil, 0, nil // issued before certificates named their VM
+		return nil, 0, inst.GetVmId(), nil // issued before certificates named their VM
 	case rec == nil:
-		return nil, 0, revoked("the CA has no record of it")
+		return nil, 0, "", revoked("the CA has no record of it")
 	case rec.GetVmId() != vm || !slices.Contains(rec.GetSerials(), serial):
-		return nil, 0, revoked("a newer certificate replaced it")
+		return nil, 0, "", revoked("a newer certificate replaced it")
 	}
-	return rec, rev, nil
+	return rec, rev, inst.GetVmId(), nil
 }
 
 // liveVM says why an agent on vm may not act for inst, if it may not.
@@ -170,7 +171,7 @@ func (s *Service) checkAgent(ctx context.Context, actor vocab.Actor, req *cav1.C
 		return nil, err
 	}
 	for range 3 {
-		rec, rev, err := s.current(ctx, id, req.GetVmId(), req.GetSerial())
+		rec, rev, _, err := s.current(ctx, id, req.GetVmId(), req.GetSerial())
 		if err != nil {
 			return nil, err
 		}

@@ -345,17 +345,11 @@ func (s *Service) signAgent(ctx context.Context, actor vocab.Actor, req *cav1.Si
 		return nil, err
 	}
 	for range 3 {
-		rec, rev, err := s.current(ctx, id, req.GetVmId(), req.GetSerial())
+		// A certificate from before VMs were named renews into one that
+		// names the instance's VM.
+		rec, rev, vm, err := s.current(ctx, id, req.GetVmId(), req.GetSerial())
 		if err != nil {
 			return nil, err
-		}
-		vm := req.GetVmId()
-		if vm == "" { // a certificate from before VMs were named gets one that names it
-			inst, err := s.instance(ctx, id)
-			if err != nil {
-				return nil, err
-			}
-			vm = inst.GetVmId()
 		}
 		cert, iss, err := s.issueAgent(ctx, actor, id, vm, csr, "renew")
 		if err != nil {

@@ -156,7 +156,6 @@ type authServer struct {
 func (s authServer) Login(ctx context.Context, r *authv1.LoginRequest) (*authv1.LoginResponse, error) {
 	src := clientAddr(ctx)
 	if wait := s.g.logins.RetryAfter(src); wait > 0 {
-		wait = wait.Round(time.Second) + time.Second
 		return nil, apierr.GRPCStatus(ctx, s.g.log, apierr.TooManyAttempts(wait, "too many failed logins from %s: try again in %v", src, wait))
 	}
 	resp, err := call(ctx, s.g, endpoints.TokenLogin, r)

@@ -265,3 +265,29 @@ func TestFailedLoginsSlowTheNext(t *testing.T) {
 		t.Errorf("log:\n%s", l)
 	}
 }
+
+// TestObservedStateCannotOutgrowTheBus: what the provisioner records and
+// agents report is bounded like what operators send.
+func TestObservedStateCannotOutgrowTheBus(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a, in := newApp(t)
+	if _, err := a.RecordState(ctx, vocab.System("provisioner"), &inventoryv1.RecordStateRequest{Id: in.GetId(),
+		State: string(vocab.StateProvisioning), VmId: "vm-1"}); err != nil {
+		t.Fatal(err)
+	}
+	err := a.Observe(ctx, &agentv1.AgentEvent{InstanceId: in.GetId(), Time: timestamppb.Now(),
+		Body: &agentv1.AgentEvent_Progress{Progress: &agentv1.Progress{CommandId: "vm-1", Step: "installing", Status: "failed",
+			Message: strings.Repeat("x", app.MaxResourceBytes)}}})
+	if apierr.ReasonOf(err) != apierr.ReasonTooLarge {
+		t.Fatalf("an oversized report: %v", err)
+	}
+	_, err = a.RecordState(ctx, vocab.System("provisioner"), &inventoryv1.RecordStateRequest{Id: in.GetId(),
+		Addresses: &inventoryv1.Addresses{PrivateDns: strings.Repeat("d", app.MaxResourceBytes)}})
+	if apierr.ReasonOf(err) != apierr.ReasonTooLarge {
+		t.Fatalf("an oversized record: %v", err)
+	}
+	if got, err := a.GetInstance(ctx, in.GetId()); err != nil || got.GetState() != string(vocab.StateProvisioning) || proto.Size(got) > 4096 {
+		t.Errorf("the instance after refused updates: %v", err)
+	}
+}

@@ -87,7 +87,6 @@ func (a *App) Login(ctx context.Context, username, pw, source string) (*authv1.L
 		return nil, err
 	}
 	if wait := a.loginPolicy.RetryAfter(attempts.Run{Failures: failures, Last: last}, now); wait > 0 {
-		wait = wait.Round(time.Second) + time.Second
 		rec.Action, rec.Until = subjects.VerbLoginRefused, timestamppb.New(now.Add(wait))
 		rec.Reason = fmt.Sprintf("%d failed logins in a row", failures)
 		if err := a.inTx(ctx, func(tx pgx.Tx) error { return a.audit(ctx, tx, rec) }); err != nil {

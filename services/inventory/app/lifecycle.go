@@ -128,6 +128,9 @@ func (a *App) RecordState(ctx context.Context, actor vocab.Actor, r *inventoryv1
 		if r.GetAddresses() != nil {
 			in.Addresses = r.GetAddresses()
 		}
+		if err := checkSize(subjects.NounInstance, in); err != nil {
+			return err
+		}
 		if err := InstanceTable.UpdateObserved(ctx, tx, in, now); err != nil {
 			return err
 		}
@@ -207,6 +210,9 @@ func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
 			verb = vocab.VerbProgress
 		default:
 			return apierr.Invalid("body", "empty agent event")
+		}
+		if err := checkSize(subjects.NounInstance, in); err != nil {
+			return err
 		}
 		if err := InstanceTable.UpdateObserved(ctx, tx, in, now); err != nil {
 			return err
