@@ -2,10 +2,12 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"flotilla.dev/flotilla/api/subjects"
@@ -89,14 +91,33 @@ const AgentLogLinesKept = 10000
 // none is named); it is idempotent and safe to run from several services at
 // once. A service declares the streams it publishes to or consumes
 // (endpoints.StreamsOf), the ones its bus permissions let it declare.
+//
+// A server whose JetStream is not answering yet (just started, or the
+// account's JetStream still being enabled: "no responders") is asked again
+// for up to jetStreamWait.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, replicas int, names ...string) error {
 	for _, cfg := range Streams(replicas) {
 		if len(names) > 0 && !slices.Contains(names, cfg.Name) {
 			continue
 		}
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-			return fmt.Errorf("declare stream %s: %w", cfg.Name, err)
+		deadline := time.Now().Add(jetStreamWait)
+		for {
+			_, err := js.CreateOrUpdateStream(ctx, cfg)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, nats.ErrNoResponders) || time.Now().After(deadline) {
+				return fmt.Errorf("declare stream %s: %w", cfg.Name, err)
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("declare stream %s: %w", cfg.Name, err)
+			case <-time.After(200 * time.Millisecond):
+			}
 		}
 	}
 	return nil
 }
+
+// jetStreamWait is how long EnsureStreams waits for JetStream to answer.
+const jetStreamWait = 30 * time.Second

@@ -3,7 +3,9 @@ package bus_test
 import (
 	"context"
 	"testing"
+	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"flotilla.dev/flotilla/api/subjects"
@@ -40,5 +42,25 @@ func TestEventsAreBoundedByAgeAndSize(t *testing.T) {
 		if c.Retention != jetstream.WorkQueuePolicy && c.MaxAge == 0 && c.MaxBytes <= 0 {
 			t.Errorf("stream %s grows without bound", c.Name)
 		}
+	}
+}
+
+// A service that starts while JetStream does not answer yet waits for it
+// rather than failing its start.
+func TestStreamsAreDeclaredOnceJetStreamAnswers(t *testing.T) {
+	t.Parallel()
+	ns := testkit.Serve(t, &server.Options{})
+	js, err := jetstream.New(testkit.NATSConn(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- bus.EnsureStreams(t.Context(), js, 1, subjects.EventsStream) }()
+	time.Sleep(500 * time.Millisecond) // the first requests find no JetStream
+	if err := ns.EnableJetStream(&server.JetStreamConfig{StoreDir: t.TempDir()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("declare streams once JetStream answers: %v", err)
 	}
 }
