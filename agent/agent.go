@@ -158,6 +158,9 @@ func (a *agent) logf(ctx context.Context, format string, args ...any) {
 // progress reports a step of a command.
 func (a *agent) progress(ctx context.Context, cmdID string, step vocab.Step, status vocab.Progress, message string, actionIndex int) {
 	p := &agentv1.Progress{CommandId: cmdID, Step: string(step), Status: string(status), Message: message, ActionIndex: int32(actionIndex)}
+	if status == vocab.ProgressSucceeded && (step == vocab.StepStarting || step == vocab.StepDone) {
+		p.NodeUrl = a.node.URL() // running needs it: no wait for the next heartbeat
+	}
 	a.out.Push(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Progress{Progress: p}})
 	text := fmt.Sprintf("command %s: %s %s", cmdID, step, status)
 	if step == vocab.StepRunningSetup {

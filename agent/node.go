@@ -79,12 +79,13 @@ func (n *nodeRunner) Start(ctx context.Context, spec nodeSpec) (string, error) {
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(spec.Port))
 	p := &nodeProc{url: scheme + "://" + addr + "/", stop: make(chan struct{}), done: make(chan struct{})}
-	cmd, exited, err := n.launch(spec, env, addr)
+	output := make(chan struct{}, 1)
+	cmd, exited, err := n.launch(spec, env, addr, output)
 	if err != nil {
 		return "", err
 	}
 	p.cmd = cmd
-	if err := waitReady(ctx, p.url, exited); err != nil {
+	if err := waitReady(ctx, p.url, exited, output); err != nil {
 		_ = signalGroup(cmd, syscall.SIGKILL)
 		<-exited
 		return "", fmt.Errorf("node software did not start: %w", err)
@@ -98,8 +99,8 @@ func (n *nodeRunner) Start(ctx context.Context, spec nodeSpec) (string, error) {
 }
 
 // launch starts the child with env (secrets resolved); exited receives its
-// Wait result.
-func (n *nodeRunner) launch(spec nodeSpec, env []string, addr string) (*exec.Cmd, chan error, error) {
+// Wait result, and output (if not nil) is signalled whenever it prints a line.
+func (n *nodeRunner) launch(spec nodeSpec, env []string, addr string, output chan<- struct{}) (*exec.Cmd, chan error, error) {
 	argv := append([]string(nil), n.a.cfg.NodeBinary...)
 	argv = append(argv, "--listen", addr, "--instance-name", spec.InstanceName)
 	if spec.CertFile != "" {
@@ -108,7 +109,15 @@ func (n *nodeRunner) launch(spec nodeSpec, env []string, addr string) (*exec.Cmd
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = n.a.cfg.DataDir
 	cmd.Env = environ(env, n.a.cfg.DataDir)
-	out := newLineWriter(func(l string) { n.a.logs.Add(SourceNode, n.a.mask.Mask(l)) })
+	out := newLineWriter(func(l string) {
+		n.a.logs.Add(SourceNode, n.a.mask.Mask(l))
+		if output != nil {
+			select {
+			case output <- struct{}{}:
+			default:
+			}
+		}
+	})
 	cmd.Stdout, cmd.Stderr = out, out
 	ownProcessGroup(cmd, false)
 	cmd.WaitDelay = time.Second
@@ -159,7 +168,7 @@ func (n *nodeRunner) supervise(spec nodeSpec, env []string, addr string, p *node
 			case <-time.After(pause):
 			}
 			pause = min(2*pause, nodeRestartMax)
-			cmd, ex, err := n.launch(spec, env, addr)
+			cmd, ex, err := n.launch(spec, env, addr, nil)
 			if err != nil {
 				n.a.logf(context.Background(), "%v", err)
 				ex = make(chan error, 1)
@@ -193,9 +202,12 @@ func (n *nodeRunner) stop() {
 	n.a.logf(context.Background(), "node software stopped")
 }
 
-// waitReady polls url until it answers, the child exits or the time is up.
+// waitReady asks url until it answers, the child exits or the time is up:
+// at once, then whenever the child prints a line (servers usually say when
+// they listen), and otherwise after pauses growing from 5 ms to 250 ms, so
+// a fast server is seen within milliseconds and a slow one costs few probes.
 // The certificate is not checked: this asks whether the server is up.
-func waitReady(ctx context.Context, url string, exited <-chan error) error {
+func waitReady(ctx context.Context, url string, exited <-chan error, output <-chan struct{}) error {
 	client := &http.Client{
 		Timeout:   2 * time.Second,
 		Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, //nolint:gosec // a liveness probe of our own child
@@ -203,8 +215,7 @@ func waitReady(ctx context.Context, url string, exited <-chan error) error {
 	defer client.CloseIdleConnections()
 	deadline := time.NewTimer(nodeReadyTimeout)
 	defer deadline.Stop()
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
+	pause := 5 * time.Millisecond
 	var last error
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -215,14 +226,21 @@ func waitReady(ctx context.Context, url string, exited <-chan error) error {
 			return nil
 		}
 		last = err
+		next := time.NewTimer(pause)
 		select {
 		case err := <-exited:
+			next.Stop()
 			return fmt.Errorf("it exited: %v", err)
 		case <-ctx.Done():
+			next.Stop()
 			return ctx.Err()
 		case <-deadline.C:
+			next.Stop()
 			return fmt.Errorf("no answer from %s in %s: %v", url, nodeReadyTimeout, last)
-		case <-tick.C:
+		case <-output:
+			next.Stop()
+		case <-next.C:
+			pause = min(2*pause, 250*time.Millisecond)
 		}
 	}
 }

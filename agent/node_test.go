@@ -51,7 +51,7 @@ func TestNodeServesHTTPSNamingTheInstance(t *testing.T) {
 	go func() {
 		done <- RunNode(ctx, NodeConfig{Listen: addr, InstanceName: "beta <&>", CertFile: certFile, KeyFile: keyFile, Stdout: out})
 	}()
-	if err := waitReady(t.Context(), "https://"+addr+"/", nil); err != nil {
+	if err := waitReady(t.Context(), "https://"+addr+"/", nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	page := get(t, "https://"+addr+"/", ca.Pool(), "beta.test")

@@ -36,7 +36,8 @@ var Streams = []StreamUse{{
 	Stream:     subjects.EventsStream,
 	Publishers: []Publish{{inventory, []string{subjects.EventsAll()}}},
 	Consumers:  []Consumer{{secrets, subjects.SecretsCleanupConsumer}},
-	Readers:    []string{gateway},
+	// The provisioner follows instance events to wake its waits.
+	Readers: []string{gateway, provisioner},
 }, {
 	Stream:     subjects.ProvisioningStream,
 	Publishers: []Publish{{inventory, []string{subjects.ProvisionAll()}}},

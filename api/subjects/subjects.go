@@ -5,6 +5,8 @@
 // shows the literal pattern. ARCHITECTURE.md keeps the same table for readers.
 package subjects
 
+import "strings"
+
 // Root is the prefix of every Flotilla subject.
 const Root = "flotilla"
 
@@ -69,6 +71,19 @@ func EventsAll() string { return Root + ".evt.>" }
 // e.g. "flotilla.evt.instance.0190c3e1-....created".
 func Event(entity, id, verb string) string {
 	return Root + ".evt." + entity + "." + id + "." + verb
+}
+
+// ParseEvent splits an event subject, "flotilla.evt.<entity>.<id>.<verb>".
+func ParseEvent(subject string) (entity, id, verb string, ok bool) {
+	rest, ok := strings.CutPrefix(subject, Root+".evt.")
+	if !ok {
+		return "", "", "", false
+	}
+	parts := strings.Split(rest, ".")
+	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
+		return "", "", "", false
+	}
+	return parts[0], parts[1], parts[2], true
 }
 
 // EntityEvents matches every event of one entity: "flotilla.evt.<entity>.<id>.*".

@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,6 +25,7 @@ import (
 	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/datadir"
 	"flotilla.dev/flotilla/libs/pgmanaged"
+	"flotilla.dev/flotilla/libs/testkit"
 )
 
 // fleet is a running `flotilla up` with an admin logged in.
@@ -44,19 +44,8 @@ func newFleet(t *testing.T) *fleet {
 	}
 	f := &fleet{upProc: startUp(t, dir, base), t: t, dir: dir}
 	f.token = f.login(t)
-	t.Cleanup(func() { killAgents(dir) })
+	t.Cleanup(func() { testkit.KillLocalVMs(dir) })
 	return f
-}
-
-// killAgents stops every local VM left behind by a failed test.
-func killAgents(dir string) {
-	pids, _ := filepath.Glob(filepath.Join(dir, "vms", "*", "agent.pid"))
-	for _, p := range pids {
-		b, _ := os.ReadFile(p)
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
-			_ = syscall.Kill(-pid, syscall.SIGKILL)
-		}
-	}
 }
 
 // api sends a request and requires the status.

@@ -38,7 +38,8 @@ type EmbeddedOptions struct {
 	// SpanProcessors are added to the tracer provider (tests).
 	SpanProcessors []sdktrace.SpanProcessor
 	// AgentCommand starts a node agent for the local provider; empty means
-	// this executable's "agent" command.
+	// flotilla-agent beside this executable, or its "agent" command when
+	// there is none (see localAgentCommand).
 	AgentCommand []string
 	// InsecureHTTP lets the API listen without TLS on a bindAddress other
 	// hosts can reach (flotilla up --insecure-http).
@@ -128,11 +129,9 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (_ *Embedded, err err
 
 	cmd := o.AgentCommand
 	if len(cmd) == 0 {
-		exe, err := os.Executable()
-		if err != nil {
-			return nil, fmt.Errorf("local provider: find the agent: %w", err)
+		if cmd, err = localAgentCommand(true); err != nil {
+			return nil, err
 		}
-		cmd = []string{exe, "agent"}
 	}
 	caCert, caKey := settings.CAFiles(d)
 	cfg := embeddedConfig(settings, d, ns, o.Log, tel, o.Version, caCert, caKey, cmd)
@@ -294,7 +293,7 @@ func WithDatabase(ctx context.Context, dataDir string, o datadir.Overrides, f fu
 			defer func() { _ = pg.Stop(context.Background()) }()
 		}
 	}
-	pool, err := pgstore.Open(ctx, s.DatabaseURL, noop.NewTracerProvider(), 30*time.Second)
+	pool, err := pgstore.Open(ctx, s.DatabaseURL, noop.NewTracerProvider(), 30*time.Second, 2)
 	if err != nil {
 		return err
 	}

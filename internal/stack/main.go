@@ -50,9 +50,11 @@ type EnvConfig struct {
 	MaxRequestBytes    int64         `env:"FLOTILLA_MAX_REQUEST_BYTES" envDefault:"1048576"`
 	RequestReadTimeout time.Duration `env:"FLOTILLA_REQUEST_READ_TIMEOUT" envDefault:"30s"`
 	MetricsAddr        string        `env:"FLOTILLA_METRICS_ADDR"`
-	KMSKeyFile         string        `env:"FLOTILLA_KMS_KEY_FILE"`
-	CACertFile         string        `env:"FLOTILLA_CA_CERT_FILE"`
-	CAKeyFile          string        `env:"FLOTILLA_CA_KEY_FILE"`
+	// BusConcurrency is how many requests each endpoint serves at once.
+	BusConcurrency int    `env:"FLOTILLA_BUS_CONCURRENCY" envDefault:"32"`
+	KMSKeyFile     string `env:"FLOTILLA_KMS_KEY_FILE"`
+	CACertFile     string `env:"FLOTILLA_CA_CERT_FILE"`
+	CAKeyFile      string `env:"FLOTILLA_CA_KEY_FILE"`
 	// AgentAddr is where the agent gateway listens for agents.
 	AgentAddr string `env:"FLOTILLA_AGENT_ADDR" envDefault:":7702"`
 	// AgentServerNames are the names agents dial the agent gateway by (its
@@ -140,6 +142,9 @@ func (c EnvConfig) Validate(service string) error {
 	if c.MetricsAddr != "" {
 		hostPort("FLOTILLA_METRICS_ADDR", c.MetricsAddr)
 	}
+	if c.BusConcurrency < 1 || c.BusConcurrency > 1024 {
+		errs = append(errs, fmt.Errorf("FLOTILLA_BUS_CONCURRENCY: must be between 1 and 1024, got %d", c.BusConcurrency))
+	}
 	if c.StreamReplicas != 1 && c.StreamReplicas != 3 {
 		errs = append(errs, fmt.Errorf("FLOTILLA_STREAM_REPLICAS: must be 1 or 3, got %d", c.StreamReplicas))
 	}
@@ -164,6 +169,7 @@ func (c EnvConfig) Config(service string) Config {
 		MaxRequestBytes:    c.MaxRequestBytes,
 		RequestReadTimeout: c.RequestReadTimeout,
 		MetricsAddr:        c.MetricsAddr,
+		BusConcurrency:     c.BusConcurrency,
 		AgentAddr:          c.AgentAddr,
 		AgentServerNames:   c.AgentServerNames,
 		AgentGatewayAddr:   c.AgentGatewayAddr,

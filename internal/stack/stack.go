@@ -40,6 +40,7 @@ import (
 	"flotilla.dev/flotilla/libs/kms"
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/pgstore"
+	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/telemetry"
 	"flotilla.dev/flotilla/services/agentgw"
 	"flotilla.dev/flotilla/services/ca"
@@ -86,6 +87,10 @@ type Config struct {
 	// DatabaseWait is how long to wait for PostgreSQL to accept connections
 	// (default 60 s).
 	DatabaseWait time.Duration
+	// BusConcurrency is how many requests each endpoint of each service
+	// serves at once (0: rpc.DefaultConcurrency); the database pool is
+	// sized to match.
+	BusConcurrency int
 
 	// HTTPAddr and GRPCAddr are where the gateway listens (GRPCAddr empty:
 	// no gRPC port).
@@ -128,6 +133,12 @@ type Config struct {
 	// and VMs there; AgentCommand starts a local VM's agent.
 	LocalRoot    string
 	AgentCommand []string
+	// ProvisionerWorkers bounds how many instances the provisioner works on
+	// at once (0: its default); ProvisionerRecheck is how often its waits
+	// look without an event (0: its default; tests lengthen it to prove
+	// that events alone drive provisioning).
+	ProvisionerWorkers int
+	ProvisionerRecheck time.Duration
 
 	// InventoryOptions and AgentStaleAfter tune the inventory (tests).
 	InventoryOptions []app.Option
@@ -270,7 +281,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	}
 
 	if cfg.runs(subjects.Inventory) || cfg.runs(subjects.Secrets) {
-		if st.pool, err = pgstore.Open(ctx, cfg.DatabaseURL, cfg.TracerProvider, cfg.DatabaseWait); err != nil {
+		if st.pool, err = pgstore.Open(ctx, cfg.DatabaseURL, cfg.TracerProvider, cfg.DatabaseWait, cfg.databaseConns()); err != nil {
 			return nil, err
 		}
 		if super, err := pgstore.IsSuperuser(ctx, st.pool); err != nil {
@@ -280,7 +291,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 				"role", st.pool.Config().ConnConfig.User)
 		}
 		if cfg.DatabaseOwnerURL != "" {
-			if st.ownerPool, err = pgstore.Open(ctx, cfg.DatabaseOwnerURL, cfg.TracerProvider, cfg.DatabaseWait); err != nil {
+			if st.ownerPool, err = pgstore.Open(ctx, cfg.DatabaseOwnerURL, cfg.TracerProvider, cfg.DatabaseWait, 2); err != nil {
 				return nil, err
 			}
 		}
@@ -379,7 +390,7 @@ type deps struct {
 func (d deps) inventory(ctx context.Context, nc *nats.Conn) (runner, error) {
 	c := d.cfg
 	s, err := inventory.New(ctx, inventory.Deps{Pool: d.st.pool, MigrationPool: d.st.ownerPool, NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider,
-		Version: c.Version, StreamReplicas: c.StreamReplicas, AgentStaleAfter: c.AgentStaleAfter,
+		Version: c.Version, Concurrency: c.BusConcurrency, StreamReplicas: c.StreamReplicas, AgentStaleAfter: c.AgentStaleAfter,
 		AppOptions: append([]app.Option{app.WithReservedNames(c.agentServerNames(c.AgentAddr))}, c.InventoryOptions...)})
 	if err != nil {
 		return runner{}, err
@@ -390,7 +401,7 @@ func (d deps) inventory(ctx context.Context, nc *nats.Conn) (runner, error) {
 
 func (d deps) ca(ctx context.Context, nc *nats.Conn) (runner, error) {
 	c := d.cfg
-	s, err := ca.New(ctx, ca.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version,
+	s, err := ca.New(ctx, ca.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version, Concurrency: c.BusConcurrency,
 		CertFile: c.CACertFile, KeyFile: c.CAKeyFile, Replicas: c.StreamReplicas, AgentCertTTL: c.AgentCertTTL,
 		GatewayNames: c.agentServerNames(c.AgentAddr)})
 	if err != nil {
@@ -415,7 +426,7 @@ func (d deps) secrets(ctx context.Context, nc *nats.Conn) (runner, error) {
 		return runner{}, err
 	}
 	s, err := secrets.New(ctx, secrets.Deps{Pool: d.st.pool, MigrationPool: d.st.ownerPool, NATS: nc, KMS: k, Log: c.Log, TracerProvider: c.TracerProvider,
-		Version: c.Version, StreamReplicas: c.StreamReplicas})
+		Version: c.Version, Concurrency: c.BusConcurrency, StreamReplicas: c.StreamReplicas})
 	if err != nil {
 		return runner{}, err
 	}
@@ -429,11 +440,10 @@ func (d deps) provisioner(ctx context.Context, nc *nats.Conn) (runner, error) {
 	if c.LocalRoot != "" {
 		cmd := c.AgentCommand
 		if len(cmd) == 0 {
-			exe, err := os.Executable()
-			if err != nil {
-				return runner{}, fmt.Errorf("local provider: find the agent: %w", err)
+			var err error
+			if cmd, err = localAgentCommand(false); err != nil {
+				return runner{}, err
 			}
-			cmd = []string{filepath.Join(filepath.Dir(exe), "flotilla-agent")}
 		}
 		drv, err := local.New(local.Config{Root: c.LocalRoot, AgentCommand: cmd, Log: c.Log.With("provider", local.Name)})
 		if err != nil {
@@ -445,8 +455,8 @@ func (d deps) provisioner(ctx context.Context, nc *nats.Conn) (runner, error) {
 	if addr == "" {
 		addr = reachable(d.st.AgentAddr)
 	}
-	s, err := provisioner.New(ctx, provisioner.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version,
-		Drivers: drivers, AgentGatewayAddr: addr, StreamReplicas: c.StreamReplicas})
+	s, err := provisioner.New(ctx, provisioner.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version, Concurrency: c.BusConcurrency,
+		Drivers: drivers, AgentGatewayAddr: addr, StreamReplicas: c.StreamReplicas, Workers: c.ProvisionerWorkers, Recheck: c.ProvisionerRecheck})
 	if err != nil {
 		return runner{}, err
 	}
@@ -456,7 +466,7 @@ func (d deps) provisioner(ctx context.Context, nc *nats.Conn) (runner, error) {
 
 func (d deps) agentgw(ctx context.Context, nc *nats.Conn) (runner, error) {
 	c := d.cfg
-	s, err := agentgw.New(ctx, agentgw.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version,
+	s, err := agentgw.New(ctx, agentgw.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version, Concurrency: c.BusConcurrency,
 		Listener: d.agentL, ServerNames: c.agentServerNames(d.st.AgentAddr), StreamReplicas: c.StreamReplicas})
 	if err != nil {
 		return runner{}, err
@@ -592,4 +602,34 @@ func (st *Stack) close() {
 	if st.pool != nil {
 		st.pool.Close()
 	}
+}
+
+// localAgentCommand is the command that starts a local VM's agent when none
+// is configured: flotilla-agent beside this executable, the small binary
+// (about a third of the memory of the whole flotilla binary, for the agent
+// and for the node software it runs as "flotilla-agent node"). When it is
+// not there and orSelf is set (flotilla up, whose binary has an agent
+// command too), this executable's "agent" command.
+func localAgentCommand(orSelf bool) ([]string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("local provider: find the agent: %w", err)
+	}
+	beside := filepath.Join(filepath.Dir(exe), "flotilla-agent")
+	if _, err := os.Stat(beside); err == nil || !orSelf {
+		return []string{beside}, nil
+	}
+	return []string{exe, "agent"}, nil
+}
+
+// databaseConns sizes the services' PostgreSQL pool to their bus
+// concurrency: every request being served may hold a connection, and a
+// few more serve the outbox forwarder, its NOTIFY listener and the
+// housekeeping loops.
+func (c *Config) databaseConns() int {
+	n := c.BusConcurrency
+	if n < 1 {
+		n = rpc.DefaultConcurrency
+	}
+	return n + 4
 }

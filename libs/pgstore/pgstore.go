@@ -6,6 +6,8 @@ package pgstore
 import (
 	"context"
 	"fmt"
+	"math"
+	"strings"
 	"time"
 
 	"github.com/exaring/otelpgx"
@@ -13,12 +15,17 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// Open connects a pool to url and pings it, retrying for up to wait while the
-// server is starting.
-func Open(ctx context.Context, url string, tp trace.TracerProvider, wait time.Duration) (*pgxpool.Pool, error) {
+// Open connects a pool of at most conns connections to url (conns < 1:
+// pgx's default, the larger of 4 and the CPU count; a pool_max_conns in the
+// URL wins) and pings it, retrying for up to wait while the server is
+// starting.
+func Open(ctx context.Context, url string, tp trace.TracerProvider, wait time.Duration, conns int) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("database URL: %w", err)
+	}
+	if conns > 0 && !strings.Contains(url, "pool_max_conns") {
+		cfg.MaxConns = int32(min(conns, math.MaxInt32))
 	}
 	cfg.ConnConfig.Tracer = otelpgx.NewTracer(otelpgx.WithTracerProvider(tp))
 	if cfg.ConnConfig.RuntimeParams == nil {

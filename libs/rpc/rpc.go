@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -34,11 +35,32 @@ import (
 
 // Service is one Flotilla service's endpoints on the bus.
 type Service struct {
-	nc   *nats.Conn
-	name string
-	svc  micro.Service
-	log  *slog.Logger
-	tp   trace.TracerProvider
+	nc          *nats.Conn
+	name        string
+	svc         micro.Service
+	log         *slog.Logger
+	tp          trace.TracerProvider
+	concurrency int
+	inflight    sync.WaitGroup
+}
+
+// DefaultConcurrency is how many requests each endpoint serves at once
+// unless WithConcurrency says otherwise.
+const DefaultConcurrency = 32
+
+// Option tunes a Service.
+type Option func(*Service)
+
+// WithConcurrency serves up to n requests of each endpoint at once (n < 1:
+// DefaultConcurrency). A request beyond that waits in its subscription's
+// queue, so a burst is absorbed by NATS rather than by goroutines. A
+// service that works on a database sizes its pool to match.
+func WithConcurrency(n int) Option {
+	return func(s *Service) {
+		if n >= 1 {
+			s.concurrency = n
+		}
+	}
 }
 
 // Func is a typed endpoint: it gets the caller's actor and decoded request.
@@ -46,7 +68,7 @@ type Func[Req, Resp proto.Message] func(ctx context.Context, actor vocab.Actor, 
 
 // New adds the micro service for name, with its ping endpoint answering when
 // ready reports no error (ready may be nil).
-func New(nc *nats.Conn, name, version, description string, log *slog.Logger, tp trace.TracerProvider, ready func(context.Context) error) (*Service, error) {
+func New(nc *nats.Conn, name, version, description string, log *slog.Logger, tp trace.TracerProvider, ready func(context.Context) error, opts ...Option) (*Service, error) {
 	if version == "" {
 		version = "0.0.0-dev" // micro requires a semantic version
 	}
@@ -58,7 +80,10 @@ func New(nc *nats.Conn, name, version, description string, log *slog.Logger, tp 
 	if err != nil {
 		return nil, fmt.Errorf("add %s service: %w", name, err)
 	}
-	s := &Service{nc: nc, name: name, svc: svc, log: log, tp: tp}
+	s := &Service{nc: nc, name: name, svc: svc, log: log, tp: tp, concurrency: DefaultConcurrency}
+	for _, o := range opts {
+		o(s)
+	}
 	err = Handle(s, ping, func(ctx context.Context, _ vocab.Actor, _ *systemv1.PingRequest) (*systemv1.PingResponse, error) {
 		if ready != nil {
 			if err := ready(ctx); err != nil {
@@ -82,14 +107,34 @@ func Handle[Req, Resp proto.Message](s *Service, ep endpoints.Endpoint[Req, Resp
 		return fmt.Errorf("rpc: %s cannot serve %s.%s (%s)", s.name, info.Service, info.Name, info.Subject)
 	}
 	name := strings.ReplaceAll(info.Name, ".", "_")
-	if err := s.svc.AddEndpoint(name, handler(s.tp, s.log, s.name, ep, f), micro.WithEndpointSubject(info.ServeSubject())); err != nil {
+	if err := s.svc.AddEndpoint(name, s.pooled(handler(s.tp, s.log, s.name, ep, f)), micro.WithEndpointSubject(info.ServeSubject())); err != nil {
 		return fmt.Errorf("add endpoint %s: %w", info.Subject, err)
 	}
 	return flush(s.nc, s.name)
 }
 
-// Stop stops taking requests; requests in flight finish.
-func (s *Service) Stop() error { return s.svc.Stop() }
+// Stop stops taking requests and waits for the requests in flight.
+func (s *Service) Stop() error {
+	err := s.svc.Stop()
+	s.inflight.Wait()
+	return err
+}
+
+// pooled serves an endpoint's requests on up to s.concurrency goroutines:
+// the subscription's callback hands each request over and takes the next,
+// and waits only while the pool is full.
+func (s *Service) pooled(h micro.Handler) micro.Handler {
+	slots := make(chan struct{}, s.concurrency)
+	return micro.HandlerFunc(func(r micro.Request) {
+		slots <- struct{}{}
+		s.inflight.Add(1)
+		go func() {
+			defer s.inflight.Done()
+			defer func() { <-slots }()
+			h.Handle(r)
+		}()
+	})
+}
 
 // handler adapts f to a micro handler: continue the caller's trace, check
 // who calls (the last subject token, which NATS permissions vouch for) and

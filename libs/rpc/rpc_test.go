@@ -3,8 +3,10 @@ package rpc_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,9 +29,9 @@ import (
 
 // serve starts an inventory service on its own connection with one extra
 // endpoint, as the inventory does.
-func serve[Req proto.Message](t *testing.T, nc *nats.Conn, ep endpoints.Endpoint[Req, *inventoryv1.Network], f rpc.Func[Req, *inventoryv1.Network]) {
+func serve[Req proto.Message](t *testing.T, nc *nats.Conn, ep endpoints.Endpoint[Req, *inventoryv1.Network], f rpc.Func[Req, *inventoryv1.Network], opts ...rpc.Option) {
 	t.Helper()
-	s, err := rpc.New(nc, subjects.Inventory, "1.0.0", "test inventory", slog.New(slog.DiscardHandler), noop.NewTracerProvider(), nil)
+	s, err := rpc.New(nc, subjects.Inventory, "1.0.0", "test inventory", slog.New(slog.DiscardHandler), noop.NewTracerProvider(), nil, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,5 +234,43 @@ func TestWhatCannotCrossTheBusIsAnErrorNotATimeout(t *testing.T) {
 	}
 	if err := update(strings.Repeat("x", limit+1)); apierr.ReasonOf(err) != apierr.ReasonTooLarge {
 		t.Errorf("request over the limit: %v", err)
+	}
+}
+
+// TestAnEndpointServesRequestsConcurrentlyUpToItsPool holds each request
+// until three are in the handler at once: with a pool of three they all
+// get in (one at a time would wait out the hold), and never a fourth.
+func TestAnEndpointServesRequestsConcurrentlyUpToItsPool(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	var in, most atomic.Int32
+	all := make(chan struct{})
+	var once sync.Once
+	serve(t, testkit.NATSConn(t, ns), endpoints.NetworkGet, func(_ context.Context, _ vocab.Actor, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+		n := in.Add(1)
+		defer in.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		if n == 3 {
+			once.Do(func() { close(all) })
+		}
+		select {
+		case <-all:
+		case <-time.After(5 * time.Second):
+		}
+		return &inventoryv1.Network{Id: r.GetId()}, nil
+	}, rpc.WithConcurrency(3))
+	gw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Gateway, 20*time.Second)
+	var wg sync.WaitGroup
+	for i := range 6 {
+		wg.Go(func() {
+			if _, err := rpc.Call(t.Context(), gw, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: fmt.Sprint(i)}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if got := most.Load(); got != 3 {
+		t.Fatalf("at most %d requests were served at once, want 3 (the pool)", got)
 	}
 }

@@ -50,6 +50,9 @@ type Deps struct {
 	Log            *slog.Logger
 	TracerProvider trace.TracerProvider
 	Version        string
+	// Concurrency is how many requests each of its endpoints serves at
+	// once (0: rpc.DefaultConcurrency).
+	Concurrency int
 	// Listener is the agent port; Run serves gRPC over TLS on it. Required.
 	Listener net.Listener
 	// ServerNames are the DNS names and IP addresses agents dial the gateway
@@ -166,7 +169,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	)
 	agentv1.RegisterAgentGatewayServer(s.grpc, &server{s: s})
 
-	if s.rpc, err = rpc.New(d.NATS, subjects.AgentGW, d.Version, "Flotilla agent gateway", s.log, d.TracerProvider, nil); err != nil {
+	if s.rpc, err = rpc.New(d.NATS, subjects.AgentGW, d.Version, "Flotilla agent gateway", s.log, d.TracerProvider, nil, rpc.WithConcurrency(d.Concurrency)); err != nil {
 		return nil, err
 	}
 	s.log.InfoContext(ctx, "agent gateway ready", "addr", d.Listener.Addr().String(),

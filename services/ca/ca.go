@@ -52,6 +52,9 @@ type Deps struct {
 	Log            *slog.Logger
 	TracerProvider trace.TracerProvider
 	Version        string
+	// Concurrency is how many requests each of its endpoints serves at
+	// once (0: rpc.DefaultConcurrency).
+	Concurrency int
 	// CertFile and KeyFile are the PEM files of the CA's signing
 	// certificate (optionally followed by its issuers) and its unencrypted
 	// private key, e.g. <data-dir>/ca/ca.crt and ca.key. Both are required.
@@ -179,7 +182,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
 
-	s.rpc, err = rpc.New(d.NATS, subjects.CA, d.Version, "Flotilla certificate authority", s.log, d.TracerProvider, s.ready)
+	s.rpc, err = rpc.New(d.NATS, subjects.CA, d.Version, "Flotilla certificate authority", s.log, d.TracerProvider, s.ready, rpc.WithConcurrency(d.Concurrency))
 	if err != nil {
 		return nil, err
 	}

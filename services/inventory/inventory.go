@@ -37,6 +37,9 @@ type Deps struct {
 	Log            *slog.Logger
 	TracerProvider trace.TracerProvider
 	Version        string
+	// Concurrency is how many requests each of its endpoints serves at
+	// once (0: rpc.DefaultConcurrency).
+	Concurrency int
 	// StreamReplicas is the replication of the streams it declares (1 or 3).
 	StreamReplicas int
 	// AppOptions are passed to app.New (tests).
@@ -79,7 +82,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		return nil, err
 	}
 	a := app.New(d.Pool, log, d.AppOptions...)
-	svc, err := ports.Serve(d.NATS, a, d.Pool, log, d.TracerProvider, d.Version)
+	svc, err := ports.Serve(d.NATS, a, d.Pool, log, d.TracerProvider, d.Version, rpc.WithConcurrency(d.Concurrency))
 	if err != nil {
 		return nil, err
 	}

@@ -41,6 +41,9 @@ type Deps struct {
 	Log            *slog.Logger
 	TracerProvider trace.TracerProvider
 	Version        string
+	// Concurrency is how many requests each of its endpoints serves at
+	// once (0: rpc.DefaultConcurrency).
+	Concurrency int
 	// Drivers by provider name.
 	Drivers []driver.Driver
 	// AgentGatewayAddr is the host:port agents connect to.
@@ -52,8 +55,9 @@ type Deps struct {
 	AgentTimeout time.Duration
 	// SetupTimeout bounds setup, install and start on the agent (default 15 min).
 	SetupTimeout time.Duration
-	// PollInterval is how often progress is checked (default 250 ms).
-	PollInterval time.Duration
+	// Recheck is how often a wait looks at its instance without being
+	// woken by an event: a safety net only (default 30 s).
+	Recheck time.Duration
 }
 
 // Service is the running provisioner.
@@ -66,6 +70,9 @@ type Service struct {
 	cons    jetstream.Consumer
 	drivers map[string]driver.Driver
 	locks   sync.Map // instance id → *sync.Mutex
+	slots   chan struct{}
+	js      jetstream.JetStream
+	wakers  *wakers
 }
 
 // New declares the streams and the work-queue consumer and registers the
@@ -83,8 +90,8 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if d.SetupTimeout <= 0 {
 		d.SetupTimeout = 15 * time.Minute
 	}
-	if d.PollInterval <= 0 {
-		d.PollInterval = 250 * time.Millisecond
+	if d.Recheck <= 0 {
+		d.Recheck = 30 * time.Second
 	}
 	log := d.Log.With("service", subjects.Provisioner)
 	js, err := jetstream.New(d.NATS)
@@ -107,11 +114,12 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		return nil, fmt.Errorf("provisioning consumer: %w", err)
 	}
 	s := &Service{d: d, log: log, tracer: d.TracerProvider.Tracer("flotilla.dev/flotilla/services/provisioner"),
-		cons: cons, drivers: map[string]driver.Driver{}, bus: rpc.NewClient(d.NATS, subjects.Provisioner, 0)}
+		cons: cons, drivers: map[string]driver.Driver{}, bus: rpc.NewClient(d.NATS, subjects.Provisioner, 0),
+		slots: make(chan struct{}, d.Workers), js: js, wakers: newWakers()}
 	for _, drv := range d.Drivers {
 		s.drivers[drv.Name()] = drv
 	}
-	if s.rpc, err = rpc.New(d.NATS, subjects.Provisioner, d.Version, "Flotilla provisioner", log, d.TracerProvider, nil); err != nil {
+	if s.rpc, err = rpc.New(d.NATS, subjects.Provisioner, d.Version, "Flotilla provisioner", log, d.TracerProvider, nil, rpc.WithConcurrency(d.Concurrency)); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -120,22 +128,31 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 // Run takes work until ctx ends. At start it also picks up every instance
 // left in a transitional state, so work interrupted by a crash resumes at
 // once rather than when its message is redelivered.
+//
+// Each work item gets a goroutine (the consumer's MaxAckPending bounds how
+// many); Workers bounds how many of them work at once. An item waiting for
+// its agent gives its worker slot back until an event wakes it, so many
+// instances wait for their VMs together while others make progress.
 func (s *Service) Run(ctx context.Context) error {
 	defer func() { _ = s.rpc.Stop() }()
-	sem := make(chan struct{}, s.d.Workers)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	go s.resync(ctx, sem, &wg)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.wakers.watch(ctx, s.js, func(err error) {
+			s.log.WarnContext(ctx, "instance events", "error", err)
+		})
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.resync(ctx, &wg)
+	}()
 	cc, err := s.cons.Consume(func(m jetstream.Msg) {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			return
-		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-sem }()
 			s.handle(ctx, m)
 		}()
 	}, jetstream.PullMaxMessages(s.d.Workers))
@@ -147,7 +164,7 @@ func (s *Service) Run(ctx context.Context) error {
 	return nil
 }
 
-func (s *Service) resync(ctx context.Context, sem chan struct{}, wg *sync.WaitGroup) {
+func (s *Service) resync(ctx context.Context, wg *sync.WaitGroup) {
 	token := ""
 	for {
 		resp, err := rpc.Call(ctx, s.bus, endpoints.InstanceList, &inventoryv1.ListInstancesRequest{PageSize: 500, PageToken: token})
@@ -161,15 +178,9 @@ func (s *Service) resync(ctx context.Context, sem chan struct{}, wg *sync.WaitGr
 			if !vocab.State(in.GetState()).Transitional() {
 				continue
 			}
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
 			wg.Add(1)
 			go func(id string) {
 				defer wg.Done()
-				defer func() { <-sem }()
 				s.log.InfoContext(ctx, "resuming interrupted work", "instance", id)
 				_ = s.reconcileLocked(ctx, id)
 			}(in.GetId())
@@ -218,10 +229,48 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	_ = m.Ack()
 }
 
-// reconcileLocked reconciles one instance at a time per instance.
+// reconcileLocked reconciles one instance at a time per instance, in a
+// worker slot (see Run).
 func (s *Service) reconcileLocked(ctx context.Context, id string) error {
 	mu, _ := s.locks.LoadOrStore(id, &sync.Mutex{})
 	mu.(*sync.Mutex).Lock()
 	defer mu.(*sync.Mutex).Unlock()
-	return s.reconcile(ctx, id)
+	sl := &slot{sem: s.slots}
+	if err := sl.acquire(ctx); err != nil {
+		return err
+	}
+	defer sl.release()
+	return s.reconcile(withSlot(ctx, sl), id)
 }
+
+// slot is a worker slot held by one goroutine's reconcile. A wait releases
+// it and acquires it again when woken.
+type slot struct {
+	sem  chan struct{}
+	held bool
+}
+
+func (sl *slot) acquire(ctx context.Context) error {
+	select {
+	case sl.sem <- struct{}{}:
+		sl.held = true
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (sl *slot) release() {
+	if sl.held {
+		<-sl.sem
+		sl.held = false
+	}
+}
+
+type slotKey struct{}
+
+func withSlot(ctx context.Context, sl *slot) context.Context {
+	return context.WithValue(ctx, slotKey{}, sl)
+}
+
+func slotOf(ctx context.Context) *slot { sl, _ := ctx.Value(slotKey{}).(*slot); return sl }

@@ -297,12 +297,27 @@ func (s *Service) record(ctx context.Context, r *inventoryv1.RecordStateRequest)
 // provisioner waited: the newer work item takes over.
 var errSuperseded = errors.New("superseded by a newer request")
 
-// waitFor polls the instance until ok says so or the timeout passes. It
-// gives up with errSuperseded as soon as the instance is no longer being
+// waitFor waits until ok says so of the instance or the timeout passes,
+// looking at the instance again whenever an event of it arrives (and, as a
+// safety net, every Recheck). While it waits it gives its worker slot back.
+// It gives up with errSuperseded as soon as the instance is no longer being
 // provisioned (a failure the agent reported, or a newer operator request),
 // so a stale wait never holds the instance's lock.
 func (s *Service) waitFor(ctx context.Context, id string, timeout time.Duration, ok func(*inventoryv1.Instance) (bool, error)) (*inventoryv1.Instance, error) {
-	deadline := time.Now().Add(timeout)
+	wake, cancel := s.wakers.add(id) // before the first look: no event falls between
+	defer cancel()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	recheck := time.NewTicker(s.d.Recheck)
+	defer recheck.Stop()
+	sl := slotOf(ctx)
+	if sl != nil {
+		defer func() {
+			if !sl.held {
+				_ = sl.acquire(ctx) // the caller's ctx ended otherwise: nothing more is done
+			}
+		}()
+	}
 	for {
 		in, err := s.instance(ctx, id)
 		if apierr.Is(err, apierr.KindNotFound) {
@@ -317,16 +332,24 @@ func (s *Service) waitFor(ctx context.Context, id string, timeout time.Duration,
 				return nil, cerr
 			}
 			if done {
+				if sl != nil && !sl.held {
+					if err := sl.acquire(ctx); err != nil {
+						return nil, err
+					}
+				}
 				return in, nil
 			}
 		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("timed out after %v", timeout)
+		if sl != nil {
+			sl.release()
 		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(s.d.PollInterval):
+		case <-deadline.C:
+			return nil, fmt.Errorf("timed out after %v", timeout)
+		case <-wake:
+		case <-recheck.C:
 		}
 	}
 }

@@ -38,6 +38,9 @@ type Deps struct {
 	Log            *slog.Logger
 	TracerProvider trace.TracerProvider
 	Version        string
+	// Concurrency is how many requests each of its endpoints serves at
+	// once (0: rpc.DefaultConcurrency).
+	Concurrency int
 	// StreamReplicas is the replication of the streams it declares (1 or 3).
 	StreamReplicas int
 }
@@ -102,7 +105,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("secrets: instance deletions consumer: %w", err)
 	}
-	s.rpc, err = rpc.New(d.NATS, subjects.Secrets, d.Version, "Flotilla secret broker", log, d.TracerProvider, d.Pool.Ping)
+	s.rpc, err = rpc.New(d.NATS, subjects.Secrets, d.Version, "Flotilla secret broker", log, d.TracerProvider, d.Pool.Ping, rpc.WithConcurrency(d.Concurrency))
 	if err != nil {
 		return nil, err
 	}

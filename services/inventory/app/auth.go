@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -30,8 +31,13 @@ const TokenPrefix = "flt_"
 var usernameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$`)
 
 // dummyHash is verified against when a user does not exist, so that a login
-// takes as long for an unknown user as for a wrong password.
-var dummyHash, _ = password.Hash("flotilla-dummy-password")
+// takes as long for an unknown user as for a wrong password. It is made on
+// first use, not at process start: argon2id costs ~40 ms and ~20 MB, which
+// every process built from this package (the agent included) would pay.
+var dummyHash = sync.OnceValue(func() string {
+	h, _ := password.Hash("flotilla-dummy-password")
+	return h
+})
 
 // InitialSetup creates the first admin user. It refuses to run twice.
 func (a *App) InitialSetup(ctx context.Context, username, pw string) error {
@@ -97,7 +103,7 @@ func (a *App) Login(ctx context.Context, username, pw, source string) (*authv1.L
 	u, err := adapters.UserByName(ctx, a.pool, username)
 	switch {
 	case errors.Is(err, adapters.ErrNoUser):
-		_ = password.Verify(pw, dummyHash) // as slow as a wrong password
+		_ = password.Verify(pw, dummyHash()) // as slow as a wrong password
 		rec.Reason = "no such user"
 	case err != nil:
 		return nil, err

@@ -199,6 +199,12 @@ func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
 				return errStaleProgress
 			}
 			in.AgentProgress = vocab.AgentProgress(vocab.Step(p.GetStep()), vocab.Progress(p.GetStatus()))
+			if p.GetNodeUrl() != "" {
+				if in.Addresses == nil {
+					in.Addresses = &inventoryv1.Addresses{}
+				}
+				in.Addresses.Url = p.GetNodeUrl()
+			}
 			if vocab.State(in.GetState()) == vocab.StateProvisioning {
 				switch vocab.Progress(p.GetStatus()) {
 				case vocab.ProgressFailed:

@@ -29,8 +29,8 @@ type Pinger interface {
 
 // Serve registers the inventory's endpoints on nc; stop the returned service
 // to stop taking requests.
-func Serve(nc *nats.Conn, a *app.App, db Pinger, log *slog.Logger, tp trace.TracerProvider, version string) (*rpc.Service, error) {
-	s, err := rpc.New(nc, subjects.Inventory, version, "Flotilla inventory: networks, templates, instances, users", log, tp, db.Ping)
+func Serve(nc *nats.Conn, a *app.App, db Pinger, log *slog.Logger, tp trace.TracerProvider, version string, opts ...rpc.Option) (*rpc.Service, error) {
+	s, err := rpc.New(nc, subjects.Inventory, version, "Flotilla inventory: networks, templates, instances, users", log, tp, db.Ping, opts...)
 	if err != nil {
 		return nil, err
 	}

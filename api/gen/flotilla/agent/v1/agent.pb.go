@@ -678,7 +678,11 @@ type Progress struct {
 	Status  string `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
 	Message string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
 	// For running-setup: the index of the setup action.
-	ActionIndex   int32 `protobuf:"varint,5,opt,name=action_index,json=actionIndex,proto3" json:"action_index,omitempty"`
+	ActionIndex int32 `protobuf:"varint,5,opt,name=action_index,json=actionIndex,proto3" json:"action_index,omitempty"`
+	// For starting and done, succeeded: the URL the node software serves,
+	// so the instance is running (and reachable) without waiting for the
+	// next heartbeat.
+	NodeUrl       string `protobuf:"bytes,6,opt,name=node_url,json=nodeUrl,proto3" json:"node_url,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -746,6 +750,13 @@ func (x *Progress) GetActionIndex() int32 {
 		return x.ActionIndex
 	}
 	return 0
+}
+
+func (x *Progress) GetNodeUrl() string {
+	if x != nil {
+		return x.NodeUrl
+	}
+	return ""
 }
 
 // SecretRequest asks for one of the instance's secrets by name.
@@ -1522,14 +1533,15 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\x06source\x18\x03 \x01(\tR\x06source\x12\x12\n" +
 	"\x04text\x18\x04 \x01(\tR\x04text\"<\n" +
 	"\bLogBatch\x120\n" +
-	"\x05lines\x18\x01 \x03(\v2\x1a.flotilla.agent.v1.LogLineR\x05lines\"\x92\x01\n" +
+	"\x05lines\x18\x01 \x03(\v2\x1a.flotilla.agent.v1.LogLineR\x05lines\"\xad\x01\n" +
 	"\bProgress\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x12\n" +
 	"\x04step\x18\x02 \x01(\tR\x04step\x12\x16\n" +
 	"\x06status\x18\x03 \x01(\tR\x06status\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12!\n" +
-	"\faction_index\x18\x05 \x01(\x05R\vactionIndex\"B\n" +
+	"\faction_index\x18\x05 \x01(\x05R\vactionIndex\x12\x19\n" +
+	"\bnode_url\x18\x06 \x01(\tR\anodeUrl\"B\n" +
 	"\rSecretRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x12\n" +
