@@ -69,6 +69,14 @@ var Streams = []StreamUse{{
 // Notices are subjects published without a stream, for live watchers.
 var Notices = []Publish{{agentgw, []string{subjects.AgentStatusAll()}}}
 
+// Watches are subjects a service follows live, with a plain subscription
+// (no consumer): it sees what is published from then on, and nothing else
+// of the stream they may belong to.
+var Watches = []Publish{
+	// Revoked tokens, to drop them from the gateways' verified-token caches.
+	{gateway, []string{subjects.Audit(subjects.NounUser, "*", subjects.VerbTokenRevoked)}},
+}
+
 // StreamsOf returns the streams service publishes to or consumes with a
 // durable consumer: the ones it may declare (create or update).
 func StreamsOf(service string) []string {

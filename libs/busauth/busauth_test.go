@@ -87,6 +87,44 @@ func TestOnlyTheAnsweringServiceHearsRequests(t *testing.T) {
 	}
 }
 
+// TestOnlyDeclaredWatchersFollowASubjectLive: a watched subject (revoked
+// tokens) may be subscribed to by the services that declare the watch
+// (and the observer, which reads every stream) and nobody else; a watcher
+// gets no other subject of the stream.
+func TestOnlyDeclaredWatchersFollowASubjectLive(t *testing.T) {
+	t.Parallel()
+	bus := testkit.SecureNATS(t)
+	others := []string{subjects.Audit(subjects.NounUser, "u-1", subjects.VerbLoginFailed), subjects.Audit(subjects.NounSecret, "i-1", subjects.VerbRead)}
+	for _, id := range busauth.Identities() {
+		t.Run(id, func(t *testing.T) {
+			t.Parallel()
+			nc, v := bus.Watch(t, id)
+			var watched []string
+			for _, w := range endpoints.Watches {
+				watched = append(watched, w.Subjects...)
+			}
+			for _, s := range append(slices.Clone(watched), others...) {
+				if _, err := nc.SubscribeSync(s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			v.Settle(t)
+			for _, w := range endpoints.Watches {
+				for _, s := range w.Subjects {
+					if refused, allowed := v.SubscribeRefused(s), w.Service == id; refused == allowed {
+						t.Errorf("%s subscribing to %s: refused=%v, want refused=%v", id, s, refused, !allowed)
+					}
+				}
+			}
+			for _, s := range others {
+				if !v.SubscribeRefused(s) {
+					t.Errorf("%s may subscribe to %s", id, s)
+				}
+			}
+		})
+	}
+}
+
 // TestNobodyMayListenEverywhereOrDestroyStreams: no identity may subscribe
 // to everything, to the default inbox or another identity's inbox, or
 // delete or purge a stream, its messages or a durable consumer.

@@ -113,6 +113,11 @@ func Permissions(identity string) (jwt.Permissions, error) {
 			pub = append(pub, n.Subjects...)
 		}
 	}
+	for _, w := range endpoints.Watches {
+		if w.Service == identity {
+			sub = append(sub, w.Subjects...)
+		}
+	}
 	if identity == Observer {
 		pub, deny = observer()
 		for _, n := range endpoints.Notices {

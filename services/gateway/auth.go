@@ -64,8 +64,8 @@ func actorFrom(ctx context.Context) vocab.Actor {
 	return vocab.System(subjects.Gateway)
 }
 
-// bearer extracts the token of an "Authorization: Bearer <token>" value.
-func bearer(header string) string {
+// bearerToken extracts the token of an "Authorization: Bearer <token>" value.
+func bearerToken(header string) string {
 	scheme, token, ok := strings.Cut(strings.TrimSpace(header), " ")
 	if !ok || !strings.EqualFold(scheme, "bearer") {
 		return ""
@@ -78,9 +78,13 @@ func (g *Gateway) authenticate(ctx context.Context, token string) (context.Conte
 	if token == "" {
 		return ctx, apierr.Unauthenticated("missing bearer token: log in with POST /api/v1/login and send \"Authorization: Bearer <token>\"")
 	}
-	u, err := call(ctx, g, endpoints.TokenVerify, &authv1.VerifyTokenRequest{Token: token})
-	if err != nil {
-		return ctx, err
+	u := g.tokens.get(token)
+	if u == nil {
+		var err error
+		if u, err = call(ctx, g, endpoints.TokenVerify, &authv1.VerifyTokenRequest{Token: token}); err != nil {
+			return ctx, err
+		}
+		g.tokens.put(token, u)
 	}
 	ctx = context.WithValue(ctx, tokenKey{}, token)
 	return context.WithValue(ctx, userKey{}, u), nil
@@ -108,7 +112,7 @@ func (g *Gateway) requireAuth(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		ctx, err := g.authenticate(r.Context(), bearer(r.Header.Get("Authorization")))
+		ctx, err := g.authenticate(r.Context(), bearerToken(r.Header.Get("Authorization")))
 		if err != nil {
 			g.writeError(w, r, err)
 			return
@@ -123,7 +127,7 @@ func (g *Gateway) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServer
 		md, _ := metadata.FromIncomingContext(ctx)
 		token := ""
 		if v := md.Get("authorization"); len(v) > 0 {
-			token = bearer(v[0])
+			token = bearerToken(v[0])
 		}
 		var err error
 		if ctx, err = g.authenticate(ctx, token); err != nil {
@@ -138,7 +142,7 @@ func (g *Gateway) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamSer
 	md, _ := metadata.FromIncomingContext(ss.Context())
 	token := ""
 	if v := md.Get("authorization"); len(v) > 0 {
-		token = bearer(v[0])
+		token = bearerToken(v[0])
 	}
 	if _, err := g.authenticate(ss.Context(), token); err != nil {
 		return apierr.GRPCStatus(ss.Context(), g.log, err)

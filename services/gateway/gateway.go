@@ -66,6 +66,10 @@ type Deps struct {
 	// LoginPolicy slows logins from an address after failures
 	// (SourceLoginPolicy when zero).
 	LoginPolicy attempts.Policy
+	// TokenCacheTTL is how long a verified bearer token is trusted without
+	// asking the inventory again (0: DefaultTokenCacheTTL; negative: ask
+	// every time). Revocations take effect at once either way.
+	TokenCacheTTL time.Duration
 	// TLS, when set, serves HTTP and gRPC over TLS with it (its
 	// certificates or GetCertificate); nil serves them in the clear.
 	TLS *tls.Config
@@ -87,6 +91,8 @@ type Gateway struct {
 	readTimeout     time.Duration
 	// logins counts failed logins by client address.
 	logins  *attempts.Limiter
+	tokens  *tokenCache
+	status  *statusCache
 	httpSrv *http.Server
 	grpcSrv *grpc.Server
 	mux     *runtime.ServeMux
@@ -121,6 +127,12 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 		policy = SourceLoginPolicy
 	}
 	g.logins = attempts.NewLimiter(policy, 100000, nil)
+	ttl := d.TokenCacheTTL
+	if ttl == 0 {
+		ttl = DefaultTokenCacheTTL
+	}
+	g.tokens = newTokenCache(ttl, time.Now)
+	g.status = &statusCache{}
 	g.bus = rpc.NewClient(d.NATS, subjects.Gateway, g.requestTimeout)
 	js, err := jetstream.New(d.NATS)
 	if err != nil {
@@ -292,6 +304,9 @@ func (g *Gateway) home(w http.ResponseWriter, _ *http.Request) {
 
 // Run serves HTTP and gRPC until ctx ends, then shuts both down gracefully.
 func (g *Gateway) Run(ctx context.Context) error {
+	if err := g.tokens.watch(ctx, g.deps.NATS); err != nil {
+		return fmt.Errorf("watch token revocations: %w", err)
+	}
 	eg, ctx := errgroup.WithContext(ctx)
 	eg.Go(func() error {
 		serve := g.httpSrv.Serve

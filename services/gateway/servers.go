@@ -20,6 +20,7 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/bearer"
 	"flotilla.dev/flotilla/libs/rpc"
 )
 
@@ -170,7 +171,11 @@ func (s authServer) Logout(ctx context.Context, _ *authv1.LogoutRequest) (*empty
 	if token == "" {
 		return nil, apierr.GRPCStatus(ctx, s.g.log, apierr.Unauthenticated("missing bearer token"))
 	}
-	return call(ctx, s.g, endpoints.TokenRevoke, &authv1.RevokeTokenRequest{Token: token})
+	out, err := call(ctx, s.g, endpoints.TokenRevoke, &authv1.RevokeTokenRequest{Token: token})
+	if err == nil {
+		s.g.tokens.drop(bearer.ID(token)) // here at once; elsewhere when the record goes by
+	}
+	return out, err
 }
 
 // systemServer reports health.
@@ -179,9 +184,15 @@ type systemServer struct {
 	g *Gateway
 }
 
-// GetStatus pings every service over the bus, in parallel, with a short timeout.
+// GetStatus reports the health of every service (see statusCache).
 func (s systemServer) GetStatus(ctx context.Context, _ *systemv1.GetStatusRequest) (*systemv1.Status, error) {
-	st := &systemv1.Status{Status: "ok", Version: s.g.version, Time: timestamppb.Now()}
+	return s.g.status.get(ctx, s.g.checkStatus), nil
+}
+
+// checkStatus pings every service over the bus, in parallel, with a short
+// timeout.
+func (g *Gateway) checkStatus(ctx context.Context) *systemv1.Status {
+	st := &systemv1.Status{Status: "ok", Version: g.version, Time: timestamppb.Now()}
 	comps := make([]*systemv1.ComponentStatus, len(subjects.Services))
 	var wg sync.WaitGroup
 	for i, name := range subjects.Services {
@@ -195,7 +206,7 @@ func (s systemServer) GetStatus(ctx context.Context, _ *systemv1.GetStatusReques
 			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			defer cancel()
 			ping, _ := endpoints.Ping(c.Name)
-			if _, err := rpc.Call(pctx, s.g.bus, ping, &systemv1.PingRequest{}); err != nil {
+			if _, err := rpc.Call(pctx, g.bus, ping, &systemv1.PingRequest{}); err != nil {
 				c.Status = "unavailable"
 				c.Message = apierr.Public(ctx, nil, err).Message
 			}
@@ -208,7 +219,7 @@ func (s systemServer) GetStatus(ctx context.Context, _ *systemv1.GetStatusReques
 		}
 	}
 	st.Components = comps
-	return st, nil
+	return st
 }
 
 func registerGRPC(s *grpc.Server, g *Gateway) {

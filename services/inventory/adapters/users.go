@@ -2,13 +2,14 @@ package adapters
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"flotilla.dev/flotilla/libs/bearer"
 )
 
 // User is a Flotilla user account.
@@ -65,16 +66,16 @@ func UserByName(ctx context.Context, q Querier, username string) (*User, error) 
 	return u, nil
 }
 
-// TokenDigest is how a bearer token is stored: its SHA-256 digest.
-func TokenDigest(token string) []byte {
-	d := sha256.Sum256([]byte(token))
+// tokenDigest is how a bearer token is stored.
+func tokenDigest(token string) []byte {
+	d := bearer.Digest(token)
 	return d[:]
 }
 
 // InsertToken stores a new token's digest for a user.
 func InsertToken(ctx context.Context, q Querier, token, userID string, now, expires time.Time) error {
 	if _, err := q.Exec(ctx, "INSERT INTO api_tokens (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
-		TokenDigest(token), userID, now, expires); err != nil {
+		tokenDigest(token), userID, now, expires); err != nil {
 		return fmt.Errorf("store token: %w", err)
 	}
 	return nil
@@ -86,7 +87,7 @@ func UserByToken(ctx context.Context, q Querier, token string, now time.Time) (*
 	var exp time.Time
 	err := q.QueryRow(ctx, `SELECT u.id::text, u.username, u.is_admin, u.created_at, t.expires_at
 		FROM api_tokens t JOIN users u ON u.id = t.user_id
-		WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND t.expires_at > $2`, TokenDigest(token), now).
+		WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND t.expires_at > $2`, tokenDigest(token), now).
 		Scan(&u.ID, &u.Username, &u.IsAdmin, &u.CreatedAt, &exp)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, time.Time{}, ErrNoUser
@@ -103,7 +104,7 @@ func RevokeToken(ctx context.Context, q Querier, token string, now time.Time) (*
 	u := &User{}
 	err := q.QueryRow(ctx, `UPDATE api_tokens t SET revoked_at = $2 FROM users u
 		WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND u.id = t.user_id
-		RETURNING u.id::text, u.username`, TokenDigest(token), now).Scan(&u.ID, &u.Username)
+		RETURNING u.id::text, u.username`, tokenDigest(token), now).Scan(&u.ID, &u.Username)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNoUser
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"regexp"
@@ -19,6 +18,7 @@ import (
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/attempts"
+	"flotilla.dev/flotilla/libs/bearer"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/outbox"
 	"flotilla.dev/flotilla/libs/password"
@@ -134,7 +134,7 @@ func (a *App) Login(ctx context.Context, username, pw, source string) (*authv1.L
 	}
 	token := TokenPrefix + base64.RawURLEncoding.EncodeToString(raw)
 	exp := now.Add(a.tokenTTL)
-	rec.Action, rec.TokenId, rec.Until = subjects.VerbTokenIssued, tokenID(token), timestamppb.New(exp)
+	rec.Action, rec.TokenId, rec.Until = subjects.VerbTokenIssued, bearer.ID(token), timestamppb.New(exp)
 	err = a.inTx(ctx, func(tx pgx.Tx) error {
 		if err := adapters.ClearLoginFailures(ctx, tx, username); err != nil {
 			return err
@@ -149,9 +149,6 @@ func (a *App) Login(ctx context.Context, username, pw, source string) (*authv1.L
 	}
 	return &authv1.LoginResponse{Token: token, ExpireTime: timestamppb.New(exp), Username: u.Username}, nil
 }
-
-// tokenID names a token in audit records without revealing it.
-func tokenID(token string) string { return hex.EncodeToString(adapters.TokenDigest(token)[:8]) }
 
 // audit writes an audit record to the outbox, for FLOTILLA_AUDIT, and logs
 // it (never a password or token: the record holds neither).
@@ -201,7 +198,7 @@ func (a *App) RevokeToken(ctx context.Context, token, source string) error {
 			return err
 		}
 		return a.audit(ctx, tx, &authv1.AuthAudit{Action: subjects.VerbTokenRevoked, Username: u.Username, UserId: u.ID,
-			Source: source, TokenId: tokenID(token), Time: timestamppb.New(now)})
+			Source: source, TokenId: bearer.ID(token), Time: timestamppb.New(now)})
 	})
 }
 

@@ -1,0 +1,151 @@
+package gateway
+
+import (
+	"context"
+	"crypto/sha256"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+
+	"flotilla.dev/flotilla/api/endpoints"
+	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/bearer"
+)
+
+// Verified tokens are kept briefly so an authenticated request does not
+// cost a round trip to the inventory each time.
+const (
+	// DefaultTokenCacheTTL is how long a verified token is trusted without
+	// asking the inventory again (never beyond its expiry).
+	DefaultTokenCacheTTL = 30 * time.Second
+	// tokenCacheMax bounds the cache; beyond it tokens are verified each time.
+	tokenCacheMax = 100000
+)
+
+// tokenCache keeps verified tokens by the id of their digest (never the
+// token). A revocation takes effect at once: the gateway that revoked the
+// token drops it before answering, and every gateway drops it when the
+// inventory's revocation record goes by on the bus (the watch is declared
+// in api/endpoints.Watches). A gateway that lost the bus for a moment may
+// have missed some, so it forgets everything when it reconnects.
+type tokenCache struct {
+	ttl time.Duration
+	now func() time.Time
+	mu  sync.Mutex
+	m   map[string]cachedToken // by bearer.ID
+}
+
+type cachedToken struct {
+	digest [sha256.Size]byte
+	user   *authv1.VerifyTokenResponse
+	until  time.Time
+}
+
+func newTokenCache(ttl time.Duration, now func() time.Time) *tokenCache {
+	return &tokenCache{ttl: ttl, now: now, m: map[string]cachedToken{}}
+}
+
+// get returns the user of a token verified less than ttl ago.
+func (c *tokenCache) get(token string) *authv1.VerifyTokenResponse {
+	if c.ttl <= 0 {
+		return nil
+	}
+	d := bearer.Digest(token)
+	id := bearer.IDOf(d)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[id]
+	if !ok || e.digest != d {
+		return nil
+	}
+	if !c.now().Before(e.until) {
+		delete(c.m, id)
+		return nil
+	}
+	return e.user
+}
+
+// put keeps a verified token until ttl from now or its expiry, whichever
+// comes first.
+func (c *tokenCache) put(token string, u *authv1.VerifyTokenResponse) {
+	if c.ttl <= 0 {
+		return
+	}
+	now := c.now()
+	until := now.Add(c.ttl)
+	if exp := u.GetExpireTime(); exp != nil && exp.AsTime().Before(until) {
+		until = exp.AsTime()
+	}
+	d := bearer.Digest(token)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= tokenCacheMax {
+		for id, e := range c.m {
+			if !now.Before(e.until) {
+				delete(c.m, id)
+			}
+		}
+		if len(c.m) >= tokenCacheMax {
+			return
+		}
+	}
+	c.m[bearer.IDOf(d)] = cachedToken{digest: d, user: proto.Clone(u).(*authv1.VerifyTokenResponse), until: until}
+}
+
+// drop forgets a token by its id.
+func (c *tokenCache) drop(id string) {
+	c.mu.Lock()
+	delete(c.m, id)
+	c.mu.Unlock()
+}
+
+// clear forgets every token.
+func (c *tokenCache) clear() {
+	c.mu.Lock()
+	clear(c.m)
+	c.mu.Unlock()
+}
+
+// watch drops revoked tokens as their records go by, and everything after
+// the connection was lost, until ctx ends.
+func (c *tokenCache) watch(ctx context.Context, nc *nats.Conn) error {
+	var subs []*nats.Subscription
+	for _, w := range endpoints.Watches {
+		if w.Service != subjects.Gateway {
+			continue
+		}
+		for _, subject := range w.Subjects {
+			sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
+				rec := &authv1.AuthAudit{}
+				if proto.Unmarshal(m.Data, rec) == nil && rec.GetTokenId() != "" {
+					c.drop(rec.GetTokenId())
+				}
+			})
+			if err != nil {
+				return err
+			}
+			subs = append(subs, sub)
+		}
+	}
+	status := nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CONNECTED)
+	go func() {
+		defer nc.RemoveStatusListener(status)
+		defer func() {
+			for _, s := range subs {
+				_ = s.Unsubscribe()
+			}
+		}()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-status:
+				c.clear()
+			}
+		}
+	}()
+	return nc.Flush()
+}
