@@ -12,6 +12,7 @@ package rpc
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -128,13 +129,64 @@ func (s *Service) pooled(h micro.Handler) micro.Handler {
 	return micro.HandlerFunc(func(r micro.Request) {
 		slots <- struct{}{}
 		s.inflight.Add(1)
+		req := &request{nc: s.nc, subject: r.Subject(), reply: r.Reply(), data: r.Data(), headers: r.Headers()}
 		go func() {
 			defer s.inflight.Done()
 			defer func() { <-slots }()
-			h.Handle(r)
+			h.Handle(req)
 		}()
 	})
 }
+
+// request is a micro.Request answered after the subscription's callback has
+// returned. (micro's own notes, when the callback returns, whether its reply
+// failed: answered later, that would race. Its statistics therefore count
+// no errors; Flotilla's logs and traces do.)
+type request struct {
+	nc             *nats.Conn
+	subject, reply string
+	data           []byte
+	headers        micro.Headers
+}
+
+func (r *request) Respond(data []byte, opts ...micro.RespondOpt) error {
+	return r.send(&nats.Msg{Data: data}, opts)
+}
+
+func (r *request) RespondJSON(v any, opts ...micro.RespondOpt) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return micro.ErrMarshalResponse
+	}
+	return r.Respond(data, opts...)
+}
+
+func (r *request) Error(code, description string, data []byte, opts ...micro.RespondOpt) error {
+	if code == "" || description == "" {
+		return fmt.Errorf("%w: error code and description", micro.ErrArgRequired)
+	}
+	m := &nats.Msg{Header: nats.Header{micro.ErrorHeader: {description}, micro.ErrorCodeHeader: {code}}, Data: data}
+	return r.send(m, opts)
+}
+
+func (r *request) send(m *nats.Msg, opts []micro.RespondOpt) error {
+	if r.reply == "" {
+		return nats.ErrMsgNoReply
+	}
+	for _, o := range opts {
+		o(m)
+	}
+	m.Subject = r.reply
+	if err := r.nc.PublishMsg(m); err != nil {
+		return fmt.Errorf("%w: %s", micro.ErrRespond, err)
+	}
+	return nil
+}
+
+func (r *request) Data() []byte           { return r.data }
+func (r *request) Headers() micro.Headers { return r.headers }
+func (r *request) Subject() string        { return r.subject }
+func (r *request) Reply() string          { return r.reply }
 
 // handler adapts f to a micro handler: continue the caller's trace, check
 // who calls (the last subject token, which NATS permissions vouch for) and

@@ -45,9 +45,14 @@ type Deps struct {
 	// AppOptions are passed to app.New (tests).
 	AppOptions []app.Option
 	// AgentStaleAfter is how long without a heartbeat before a connected
-	// agent is shown as disconnected (default 30 s: six missed heartbeats).
+	// agent is shown as disconnected (0: DefaultAgentStaleAfter).
 	AgentStaleAfter time.Duration
 }
+
+// DefaultAgentStaleAfter shows an agent whose heartbeats stopped (its
+// gateway died without a word) as disconnected within 30 s of its last
+// one: it is looked for every quarter of this.
+const DefaultAgentStaleAfter = 24 * time.Second
 
 // Service is a running inventory.
 type Service struct {
@@ -99,10 +104,10 @@ func (s *Service) Run(ctx context.Context) error {
 	defer func() { _ = s.svc.Stop() }()
 	stale := s.deps.AgentStaleAfter
 	if stale <= 0 {
-		stale = 30 * time.Second
+		stale = DefaultAgentStaleAfter
 	}
 	go func() {
-		t := time.NewTicker(stale / 3)
+		t := time.NewTicker(stale / 4)
 		defer t.Stop()
 		for {
 			select {
@@ -115,6 +120,29 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		}
 	}()
+	flushed := make(chan struct{})
+	go func() {
+		defer close(flushed)
+		t := time.NewTicker(app.HeartbeatFlushInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				// What is held is written before the process ends.
+				fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				defer cancel()
+				if err := s.app.FlushHeartbeats(fctx); err != nil {
+					s.deps.Log.WarnContext(ctx, "write heartbeats", "error", err)
+				}
+				return
+			case <-t.C:
+				if err := s.app.FlushHeartbeats(ctx); err != nil && ctx.Err() == nil {
+					s.deps.Log.WarnContext(ctx, "write heartbeats", "error", err)
+				}
+			}
+		}
+	}()
+	defer func() { <-flushed }()
 	go func() {
 		t := time.NewTicker(time.Hour)
 		defer t.Stop()
@@ -125,6 +153,9 @@ func (s *Service) Run(ctx context.Context) error {
 			case <-t.C:
 				if _, err := s.app.PurgeExpiredTokens(ctx); err != nil && ctx.Err() == nil {
 					s.deps.Log.WarnContext(ctx, "purge expired tokens", "error", err)
+				}
+				if _, err := s.app.SweepHeartbeats(ctx); err != nil && ctx.Err() == nil {
+					s.deps.Log.WarnContext(ctx, "sweep heartbeats", "error", err)
 				}
 			}
 		}

@@ -60,6 +60,8 @@ type App struct {
 	// afterWrite runs inside every write transaction after the change and its
 	// event are written; tests use it to force a rollback.
 	afterWrite func(ctx context.Context, tx pgx.Tx) error
+	// live keeps heartbeats off the instance rows (liveness.go).
+	live *liveness
 }
 
 // Option configures an App.
@@ -88,7 +90,7 @@ func WithAfterWrite(f func(ctx context.Context, tx pgx.Tx) error) Option {
 func New(pool *pgxpool.Pool, log *slog.Logger, opts ...Option) *App {
 	// PostgreSQL keeps microseconds: a value read back equals the one written.
 	now := func() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
-	a := &App{pool: pool, log: log, now: now, tokenTTL: 24 * time.Hour, loginPolicy: LoginPolicy}
+	a := &App{pool: pool, log: log, now: now, tokenTTL: 24 * time.Hour, loginPolicy: LoginPolicy, live: newLiveness()}
 	for _, o := range opts {
 		o(a)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,10 +41,16 @@ func newPool(t *testing.T) *pgxpool.Pool {
 	return pool
 }
 
-func newApp(t *testing.T) (*app.App, *inventoryv1.Instance) {
+func newApp(t *testing.T, opts ...app.Option) (*app.App, *inventoryv1.Instance) {
+	t.Helper()
+	return newAppOn(t, newPool(t), opts...)
+}
+
+// newAppOn is an App on pool with a network, a template and an instance.
+func newAppOn(t *testing.T, pool *pgxpool.Pool, opts ...app.Option) (*app.App, *inventoryv1.Instance) {
 	t.Helper()
 	ctx := context.Background()
-	a := app.New(newPool(t), slog.New(slog.DiscardHandler))
+	a := app.New(pool, slog.New(slog.DiscardHandler), opts...)
 	n, err := a.CreateNetwork(ctx, "test", &inventoryv1.Network{Name: "n", Provider: "local", HttpsStrategy: "none"})
 	if err != nil {
 		t.Fatal(err)
@@ -62,10 +69,13 @@ func newApp(t *testing.T) (*app.App, *inventoryv1.Instance) {
 func TestAgentsWithoutHeartbeatsAreShownDisconnected(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	a, in := newApp(t)
-	beat := func(at time.Time) {
+	var clock atomic.Int64
+	clock.Store(time.Now().UTC().Truncate(time.Microsecond).UnixMicro())
+	now := func() time.Time { return time.UnixMicro(clock.Load()).UTC() }
+	a, in := newApp(t, app.WithClock(now))
+	beat := func() {
 		t.Helper()
-		if err := a.Observe(ctx, &agentv1.AgentEvent{InstanceId: in.GetId(), Time: timestamppb.New(at),
+		if err := a.Observe(ctx, &agentv1.AgentEvent{InstanceId: in.GetId(), Time: timestamppb.New(now()),
 			Body: &agentv1.AgentEvent_Heartbeat{Heartbeat: &agentv1.Heartbeat{DiskUsedBytes: 1}}}); err != nil {
 			t.Fatal(err)
 		}
@@ -77,16 +87,19 @@ func TestAgentsWithoutHeartbeatsAreShownDisconnected(t *testing.T) {
 		}
 		return got.GetAgent().GetStatus()
 	}
-	beat(time.Now())
+	beat()
+	clock.Add((20 * time.Second).Microseconds())
+	beat() // held in memory, not on the row: it still counts
+	clock.Add((20 * time.Second).Microseconds())
 	if n, err := a.MarkStaleAgents(ctx, 30*time.Second); err != nil || n != 0 || status() != "connected" {
-		t.Fatalf("a fresh heartbeat was marked stale: %d %v %s", n, err, status())
+		t.Fatalf("an agent whose last heartbeat is 20 s old was marked stale: %d %v %s", n, err, status())
 	}
-	beat(time.Now().Add(-time.Minute))
+	clock.Add(time.Minute.Microseconds())
 	if n, err := a.MarkStaleAgents(ctx, 30*time.Second); err != nil || n != 1 || status() != "disconnected" {
 		t.Fatalf("a stale agent: %d %v %s", n, err, status())
 	}
 	// The next heartbeat brings it back.
-	beat(time.Now())
+	beat()
 	if status() != "connected" {
 		t.Fatalf("after a new heartbeat: %s", status())
 	}
@@ -94,6 +107,70 @@ func TestAgentsWithoutHeartbeatsAreShownDisconnected(t *testing.T) {
 	// version they read still works after heartbeats.
 	if _, err := a.UpdateInstance(ctx, "test", &inventoryv1.Instance{Id: in.GetId(), Version: in.GetVersion(), Name: "renamed"}, []string{"name"}); err != nil {
 		t.Fatalf("update after heartbeats: %v", err)
+	}
+}
+
+// TestHeartbeatsLeaveTheInstanceRowAlone: once an agent is shown connected,
+// heartbeats that change nothing an operator sees do not rewrite the
+// instance row (its update time stays), yet reads show the latest one —
+// from memory at once, from the liveness table after a flush (to another
+// inventory process too); a new agent version or disk usage beyond the step
+// is written to the row.
+func TestHeartbeatsLeaveTheInstanceRowAlone(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t)
+	a, in := newAppOn(t, pool)
+	other := app.New(pool, slog.New(slog.DiscardHandler))
+	const gib = 1 << 30
+	beat := func(at time.Time, used int64, version string) {
+		t.Helper()
+		if err := a.Observe(ctx, &agentv1.AgentEvent{InstanceId: in.GetId(), Time: timestamppb.New(at),
+			Body: &agentv1.AgentEvent_Heartbeat{Heartbeat: &agentv1.Heartbeat{DiskUsedBytes: used, DiskTotalBytes: 10 * gib, AgentVersion: version}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	get := func(a *app.App) *inventoryv1.Instance {
+		t.Helper()
+		got, err := a.GetInstance(ctx, in.GetId())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	t0 := time.Now().UTC().Truncate(time.Microsecond)
+	beat(t0, gib, "1.0.0")
+	written := get(a).GetUpdateTime().AsTime()
+	for i := 1; i <= 5; i++ {
+		beat(t0.Add(time.Duration(i)*time.Second), gib+int64(i)<<20, "1.0.0")
+	}
+	got := get(a)
+	if !got.GetUpdateTime().AsTime().Equal(written) {
+		t.Fatalf("heartbeats that changed nothing shown rewrote the row (update time %v, was %v)", got.GetUpdateTime().AsTime(), written)
+	}
+	if hb := got.GetAgent().GetLastHeartbeat().AsTime(); !hb.Equal(t0.Add(5 * time.Second)) {
+		t.Fatalf("last heartbeat shown = %v, want the latest, %v", hb, t0.Add(5*time.Second))
+	}
+	if got.GetDataDisk().GetUsedBytes() != gib+5<<20 {
+		t.Fatalf("disk used shown = %d, want the latest", got.GetDataDisk().GetUsedBytes())
+	}
+	if hb := get(other).GetAgent().GetLastHeartbeat().AsTime(); !hb.Equal(t0) {
+		t.Fatalf("before a flush another process sees %v, want the row's %v", hb, t0)
+	}
+	if err := a.FlushHeartbeats(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if hb := get(other).GetAgent().GetLastHeartbeat().AsTime(); !hb.Equal(t0.Add(5 * time.Second)) {
+		t.Fatalf("after a flush another process sees %v, want %v", hb, t0.Add(5*time.Second))
+	}
+
+	beat(t0.Add(6*time.Second), 3*gib, "1.0.0") // 2 GiB more: beyond the step
+	if got := get(other); got.GetUpdateTime().AsTime().Equal(written) || got.GetDataDisk().GetUsedBytes() != 3*gib {
+		t.Fatalf("disk usage beyond the step was not written to the row: %v", got.GetDataDisk())
+	}
+	beat(t0.Add(7*time.Second), 3*gib, "1.1.0")
+	if got := get(other); got.GetAgent().GetVersion() != "1.1.0" {
+		t.Fatalf("a new agent version was not written to the row: %v", got.GetAgent())
 	}
 }
 

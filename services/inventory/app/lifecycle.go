@@ -16,6 +16,7 @@ import (
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/outbox"
+	"flotilla.dev/flotilla/services/inventory/adapters"
 	"flotilla.dev/flotilla/services/inventory/domain"
 )
 
@@ -26,6 +27,7 @@ import (
 // that would interleave with another action in progress answers conflict.
 // version, if not 0, must match.
 func (a *App) Lifecycle(ctx context.Context, actor vocab.Actor, id string, action vocab.Action, version int64) (*inventoryv1.Instance, error) {
+	defer a.live.forget(id)
 	now := a.now()
 	var out *inventoryv1.Instance
 	err := a.inTx(ctx, func(tx pgx.Tx) error {
@@ -83,6 +85,7 @@ func (a *App) RecordState(ctx context.Context, actor vocab.Actor, r *inventoryv1
 	if r.GetState() != "" && !vocab.State(r.GetState()).Valid() {
 		return nil, apierr.Invalid("state", "%q is not an instance state", r.GetState())
 	}
+	defer a.live.forget(r.GetId())
 	now := a.now()
 	var out *inventoryv1.Instance
 	err := a.inTx(ctx, func(tx pgx.Tx) error {
@@ -146,8 +149,21 @@ func (a *App) RecordState(ctx context.Context, actor vocab.Actor, r *inventoryv1
 // Observe records what an agent reported through the agent gateway:
 // connects, disconnects, heartbeats and progress. Reports about an instance
 // that no longer exists are dropped.
+//
+// A heartbeat that changes nothing the instance row shows does not touch
+// it: see liveness.go.
 func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
 	now := a.now()
+	if hb := ev.GetHeartbeat(); hb != nil {
+		at := now
+		if ev.GetTime() != nil {
+			at = ev.GetTime().AsTime()
+		}
+		if done, err := a.heartbeat(ctx, ev.GetInstanceId(), hb, at); done || err != nil {
+			return err
+		}
+	}
+	var written *inventoryv1.Instance
 	err := a.inTx(ctx, func(tx pgx.Tx) error {
 		in := &inventoryv1.Instance{}
 		if err := InstanceTable.Get(ctx, tx, ev.GetInstanceId(), true, in); err != nil {
@@ -223,6 +239,7 @@ func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
 		if err := InstanceTable.UpdateObserved(ctx, tx, in, now); err != nil {
 			return err
 		}
+		written = in
 		if verb == "" {
 			return nil
 		}
@@ -231,7 +248,12 @@ func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
 	if apierr.Is(err, apierr.KindNotFound) || errors.Is(err, errStaleProgress) {
 		return nil
 	}
-	return err
+	if err != nil {
+		a.live.forget(ev.GetInstanceId())
+		return err
+	}
+	a.live.remember(written, now)
+	return nil
 }
 
 // errStaleProgress drops a progress report for a command other than the
@@ -243,15 +265,12 @@ var errStaleProgress = errors.New("progress for a command that is not the instan
 // died without saying so. A heartbeat that arrives later marks it connected
 // again. It returns how many it marked.
 func (a *App) MarkStaleAgents(ctx context.Context, staleAfter time.Duration) (int, error) {
-	rows, err := a.pool.Query(ctx, `SELECT id::text FROM instances
-		WHERE spec->'agent'->>'status' = $1 AND (spec->'agent'->>'lastHeartbeat')::timestamptz < $2`,
-		vocab.AgentConnected, a.now().Add(-staleAfter))
-	if err != nil {
-		return 0, fmt.Errorf("find stale agents: %w", err)
+	if err := a.FlushHeartbeats(ctx); err != nil {
+		return 0, err
 	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	ids, err := adapters.StaleAgents(ctx, a.pool, string(vocab.AgentConnected), a.now().Add(-staleAfter))
 	if err != nil {
-		return 0, fmt.Errorf("find stale agents: %w", err)
+		return 0, err
 	}
 	for _, id := range ids {
 		ev := &agentv1.AgentEvent{InstanceId: id, Time: timestamppb.New(a.now()),

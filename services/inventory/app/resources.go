@@ -144,16 +144,25 @@ func (a *App) CreateInstance(ctx context.Context, actor vocab.Actor, in *invento
 
 // GetInstance reads an instance.
 func (a *App) GetInstance(ctx context.Context, id string) (*inventoryv1.Instance, error) {
-	return get(ctx, a, instances, id)
+	in, err := get(ctx, a, instances, id)
+	if err != nil {
+		return nil, err
+	}
+	return in, a.withLiveness(ctx, in)
 }
 
 // ListInstances lists instances, oldest first.
 func (a *App) ListInstances(ctx context.Context, pageSize int32, pageToken string) ([]*inventoryv1.Instance, string, error) {
-	return list(ctx, a, instances, pageSize, pageToken)
+	ins, next, err := list(ctx, a, instances, pageSize, pageToken)
+	if err != nil {
+		return nil, "", err
+	}
+	return ins, next, a.withLiveness(ctx, ins...)
 }
 
 // UpdateInstance changes the masked fields of an instance at in's version.
 func (a *App) UpdateInstance(ctx context.Context, actor vocab.Actor, in *inventoryv1.Instance, mask []string) (*inventoryv1.Instance, error) {
+	defer a.live.forget(in.GetId())
 	return update(ctx, a, instances, actor, in, mask)
 }
 

@@ -1,0 +1,195 @@
+package app
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/vocab"
+	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/services/inventory/adapters"
+)
+
+// Heartbeats are kept off the instance row. An agent's heartbeat (every few
+// seconds, from every agent) that changes nothing an operator sees on the
+// instance — its status, agent version, node URL and address, and disk
+// usage within a step — is held in memory and written with the others in
+// one statement to the narrow instance_liveness table every
+// HeartbeatFlushInterval; reads of instances show the latest beat. Only a
+// heartbeat that changes what the row shows takes the row's lock and
+// rewrites it.
+const (
+	// HeartbeatFlushInterval is how often held heartbeats are written.
+	HeartbeatFlushInterval = 2 * time.Second
+	// knownFor is how long this process trusts what it last read or wrote
+	// of an instance's agent before reading the row again: with several
+	// inventory processes, another may have changed it meanwhile.
+	knownFor = 30 * time.Second
+	// diskStep is the smallest change of disk usage written to the row:
+	// the larger of 64 MiB and 1 % of the disk.
+	diskStep = 64 << 20
+)
+
+// liveness holds what this process knows of agents and their heartbeats
+// not yet written.
+type liveness struct {
+	mu      sync.Mutex
+	known   map[string]knownAgent
+	pending map[string]adapters.Beat
+}
+
+// knownAgent is what an instance row shows of its agent.
+type knownAgent struct {
+	status, version, url, privateIP string
+	diskUsed, diskTotal             int64
+	learnt                          time.Time
+}
+
+func newLiveness() *liveness {
+	return &liveness{known: map[string]knownAgent{}, pending: map[string]adapters.Beat{}}
+}
+
+// remember records what an instance row now shows.
+func (l *liveness) remember(in *inventoryv1.Instance, now time.Time) {
+	k := knownAgent{status: in.GetAgent().GetStatus(), version: in.GetAgent().GetVersion(), url: in.GetAddresses().GetUrl(),
+		privateIP: in.GetAddresses().GetPrivateIp(), diskUsed: in.GetDataDisk().GetUsedBytes(), diskTotal: in.GetDataDisk().GetTotalBytes(), learnt: now}
+	l.mu.Lock()
+	l.known[in.GetId()] = k
+	l.mu.Unlock()
+}
+
+// forget drops what is known of an instance: its row was changed.
+func (l *liveness) forget(id string) {
+	l.mu.Lock()
+	delete(l.known, id)
+	l.mu.Unlock()
+}
+
+func (l *liveness) knownOf(id string, now time.Time) (knownAgent, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	k, ok := l.known[id]
+	if ok && now.Sub(k.learnt) > knownFor {
+		delete(l.known, id)
+		return knownAgent{}, false
+	}
+	return k, ok
+}
+
+// hold keeps a beat for the next flush (the newest per instance).
+func (l *liveness) hold(b adapters.Beat) {
+	l.mu.Lock()
+	if cur, ok := l.pending[b.InstanceID]; !ok || cur.At.Before(b.At) {
+		l.pending[b.InstanceID] = b
+	}
+	l.mu.Unlock()
+}
+
+// take returns the held beats and forgets them.
+func (l *liveness) take() []adapters.Beat {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]adapters.Beat, 0, len(l.pending))
+	for _, b := range l.pending {
+		out = append(out, b)
+	}
+	clear(l.pending)
+	return out
+}
+
+// held returns the held beat of an instance.
+func (l *liveness) held(id string) (adapters.Beat, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.pending[id]
+	return b, ok
+}
+
+// changesRow says whether a heartbeat changes what the row shows.
+func (k knownAgent) changesRow(hb *agentv1.Heartbeat) bool {
+	step := max(int64(diskStep), k.diskTotal/100)
+	used := hb.GetDiskUsedBytes() - k.diskUsed
+	return k.status != string(vocab.AgentConnected) ||
+		(hb.GetAgentVersion() != "" && hb.GetAgentVersion() != k.version) ||
+		(hb.GetNodeUrl() != "" && hb.GetNodeUrl() != k.url) ||
+		(hb.GetPrivateIp() != "" && k.privateIP == "") ||
+		hb.GetDiskTotalBytes() != k.diskTotal || used > step || -used > step
+}
+
+// heartbeat takes a heartbeat off the row when it changes nothing the row
+// shows; it reports false when the caller must write the row.
+func (a *App) heartbeat(ctx context.Context, id string, hb *agentv1.Heartbeat, at time.Time) (bool, error) {
+	now := a.now()
+	k, ok := a.live.knownOf(id, now)
+	if !ok {
+		in := &inventoryv1.Instance{}
+		if err := InstanceTable.Get(ctx, a.pool, id, false, in); err != nil {
+			if apierr.Is(err, apierr.KindNotFound) {
+				return true, nil // deleted: dropped
+			}
+			return false, err
+		}
+		a.live.remember(in, now)
+		k, _ = a.live.knownOf(id, now)
+	}
+	if k.changesRow(hb) {
+		return false, nil
+	}
+	a.live.hold(adapters.Beat{InstanceID: id, At: at, DiskUsed: hb.GetDiskUsedBytes(), DiskTotal: hb.GetDiskTotalBytes()})
+	return true, nil
+}
+
+// FlushHeartbeats writes the heartbeats held since the last flush; beats
+// that could not be written are held again, unless newer ones came.
+func (a *App) FlushHeartbeats(ctx context.Context) error {
+	beats := a.live.take()
+	if err := adapters.UpsertBeats(ctx, a.pool, beats); err != nil {
+		for _, b := range beats {
+			a.live.hold(b)
+		}
+		return err
+	}
+	return nil
+}
+
+// withLiveness shows on instances their agents' latest heartbeats: those
+// written to the liveness table and those this process holds.
+func (a *App) withLiveness(ctx context.Context, ins ...*inventoryv1.Instance) error {
+	var ids []string
+	for _, in := range ins {
+		if in.GetAgent() != nil {
+			ids = append(ids, in.GetId())
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	beats, err := adapters.Beats(ctx, a.pool, ids)
+	if err != nil {
+		return err
+	}
+	for _, in := range ins {
+		b, ok := beats[in.GetId()]
+		if h, held := a.live.held(in.GetId()); held && (!ok || b.At.Before(h.At)) {
+			b, ok = h, true
+		}
+		if !ok || in.GetAgent() == nil || !in.GetAgent().GetLastHeartbeat().AsTime().Before(b.At) {
+			continue
+		}
+		in.Agent.LastHeartbeat = timestamppb.New(b.At)
+		if in.DataDisk == nil {
+			in.DataDisk = &inventoryv1.DataDisk{}
+		}
+		in.DataDisk.UsedBytes, in.DataDisk.TotalBytes = b.DiskUsed, b.DiskTotal
+	}
+	return nil
+}
+
+// SweepHeartbeats removes the heartbeats of deleted instances.
+func (a *App) SweepHeartbeats(ctx context.Context) (int64, error) {
+	return adapters.DeleteOrphanBeats(ctx, a.pool)
+}
