@@ -108,18 +108,24 @@ func (n *nodeRunner) launch(spec nodeSpec, env []string, addr string) (*exec.Cmd
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = n.a.cfg.DataDir
 	cmd.Env = environ(env, n.a.cfg.DataDir)
-	out := newLineWriter(func(l string) { n.a.logs.Add(SourceNode, n.a.mask.Mask(l)) })
-	cmd.Stdout, cmd.Stderr = out, out
+	out, err := newOutputPipe(func(l string) { n.a.logs.Add(SourceNode, n.a.mask.Mask(l)) })
+	if err != nil {
+		return nil, nil, fmt.Errorf("start node software %s: %w", argv[0], err)
+	}
+	cmd.Stdout, cmd.Stderr = out.W(), out.W()
 	ownProcessGroup(cmd, false)
 	cmd.WaitDelay = time.Second
 	if err := cmd.Start(); err != nil {
+		out.Abandon()
 		return nil, nil, fmt.Errorf("start node software %s: %w", argv[0], err)
 	}
+	out.Start()
 	exited := make(chan error, 1)
 	go func() {
 		err := cmd.Wait()
-		out.Close()
 		exited <- err
+		// What it printed last still reaches the logs, at the buffer's pace.
+		out.Wait(time.Second)
 	}()
 	return cmd, exited, nil
 }

@@ -123,7 +123,10 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	}
 	s.bus = rpc.NewClient(d.NATS, subjects.AgentGW, s.requestTimeout)
 	var err error
-	if s.js, err = jetstream.New(d.NATS); err != nil {
+	// Log lines are published without waiting for each acknowledgement; one
+	// that does not come within the request timeout fails its stream.
+	if s.js, err = jetstream.New(d.NATS, jetstream.WithPublishAsyncMaxPending(maxLogsPending),
+		jetstream.WithPublishAsyncTimeout(s.requestTimeout)); err != nil {
 		return nil, fmt.Errorf("agentgw: jetstream: %w", err)
 	}
 	if err := bus.EnsureStreams(ctx, s.js, d.StreamReplicas, endpoints.StreamsOf(subjects.AgentGW)...); err != nil {

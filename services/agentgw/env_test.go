@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -149,12 +150,12 @@ func (e *env) join(id string) *tls.Certificate {
 }
 
 // connect joins as id and opens a stream with hello.
-func (e *env) connect(id string) agentv1.AgentGateway_ConnectClient {
+func (e *env) connect(id string) *agentStream {
 	e.t.Helper()
 	return e.connectAs(e.join(id), &agentv1.Hello{AgentVersion: "test", VmId: "vm-" + id})
 }
 
-func (e *env) connectAs(cert *tls.Certificate, hello *agentv1.Hello) agentv1.AgentGateway_ConnectClient {
+func (e *env) connectAs(cert *tls.Certificate, hello *agentv1.Hello) *agentStream {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(e.t.Context())
 	e.t.Cleanup(cancel)
@@ -165,7 +166,35 @@ func (e *env) connectAs(cert *tls.Certificate, hello *agentv1.Hello) agentv1.Age
 	if err := stream.Send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Hello{Hello: hello}}); err != nil {
 		e.t.Fatal(err)
 	}
-	return stream
+	return &agentStream{AgentGateway_ConnectClient: stream}
+}
+
+// agentStream is an agent's end of a stream whose Recv passes over log
+// acknowledgements, recording them.
+type agentStream struct {
+	agentv1.AgentGateway_ConnectClient
+	mu   sync.Mutex
+	acks []uint64
+}
+
+// Recv returns the next message that is not a LogAck.
+func (s *agentStream) Recv() (*agentv1.GatewayMessage, error) {
+	for {
+		m, err := s.AgentGateway_ConnectClient.Recv()
+		if err != nil || m.GetLogAck() == nil {
+			return m, err
+		}
+		s.mu.Lock()
+		s.acks = append(s.acks, m.GetLogAck().GetSeq())
+		s.mu.Unlock()
+	}
+}
+
+// Acks returns the LogAcks received so far.
+func (s *agentStream) Acks() []uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.acks)
 }
 
 func newCSR(t *testing.T) (crypto.Signer, []byte) {
