@@ -34,7 +34,7 @@ import (
 // agent gateway on 127.0.0.1, with a recorder of what the gateway sends to
 // the inventory's lifecycle.observe.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	ca       *ca.Service
@@ -55,7 +55,7 @@ type envOptions struct {
 	services bool
 }
 
-func newEnv(t *testing.T, o envOptions) *env {
+func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
 	e := &env{t: t, bus: testkit.SecureNATS(t)}
 	// The test reads the streams as an operator's tools would, sends what
@@ -82,7 +82,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 }
 
 // testLog logs to t until the test ends, then discards.
-func testLog(t *testing.T) *slog.Logger {
+func testLog(t testing.TB) *slog.Logger {
 	w := &testWriter{t: t}
 	t.Cleanup(w.stop) // registered first, so it runs last
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -90,7 +90,7 @@ func testLog(t *testing.T) *slog.Logger {
 
 type testWriter struct {
 	mu   sync.Mutex
-	t    *testing.T
+	t    testing.TB
 	done bool
 }
 
@@ -197,7 +197,7 @@ func (s *agentStream) Acks() []uint64 {
 	return slices.Clone(s.acks)
 }
 
-func newCSR(t *testing.T) (crypto.Signer, []byte) {
+func newCSR(t testing.TB) (crypto.Signer, []byte) {
 	t.Helper()
 	key, err := pki.GenerateKey()
 	if err != nil {
@@ -210,7 +210,7 @@ func newCSR(t *testing.T) (crypto.Signer, []byte) {
 	return key, csr
 }
 
-func tlsCert(t *testing.T, certPEM []byte, key crypto.Signer) *tls.Certificate {
+func tlsCert(t testing.TB, certPEM []byte, key crypto.Signer) *tls.Certificate {
 	t.Helper()
 	certs, err := pki.ParseCertificatesPEM(certPEM)
 	if err != nil {
