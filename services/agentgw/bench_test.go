@@ -2,13 +2,10 @@ package agentgw_test
 
 import (
 	"fmt"
-	"strconv"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
@@ -90,13 +87,10 @@ func BenchmarkLogsJetStreamAsync(b *testing.B) {
 	b.ResetTimer()
 	start := time.Now()
 	for _, l := range lines {
-		data, err := proto.Marshal(l)
+		m, err := bus.LogLineMsg(id, l)
 		if err != nil {
 			b.Fatal(err)
 		}
-		m := nats.NewMsg(subjects.AgentLogs(id))
-		m.Header.Set(bus.HeaderMsgID, id+"-"+strconv.FormatUint(l.GetSeq(), 10))
-		m.Data = data
 		if _, err := js.PublishMsgAsync(m); err != nil {
 			b.Fatal(err)
 		}

@@ -3,18 +3,14 @@ package agentgw
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
-	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/msgcheck"
 )
@@ -31,21 +27,6 @@ const (
 	// (up to the request timeout).
 	maxLogsPending = 65536
 )
-
-// logMsg builds the bus message of one log line: its subject, the message
-// id "<instance-id>-<seq>" that lets JetStream drop a resent line, and the
-// line itself (an agentv1.LogLine) as the payload — no other header, so a
-// line costs little more than its text.
-func logMsg(id string, l *agentv1.LogLine) (*nats.Msg, error) {
-	data, err := proto.Marshal(l)
-	if err != nil {
-		return nil, fmt.Errorf("encode log line %d of %s: %w", l.GetSeq(), id, err)
-	}
-	m := nats.NewMsg(subjects.AgentLogs(id))
-	m.Header.Set(bus.HeaderMsgID, id+"-"+strconv.FormatUint(l.GetSeq(), 10))
-	m.Data = data
-	return m, nil
-}
 
 // cleanLogLine makes a line storable: a time if it has none, valid UTF-8
 // (a protobuf string must be, or nothing of the batch could be published),
@@ -112,7 +93,7 @@ func (p *logPublisher) Publish(ctx context.Context, lines []*agentv1.LogLine) er
 			continue // not a line of an agent: it could never be acknowledged
 		}
 		cleanLogLine(l, now)
-		m, err := logMsg(p.id, l)
+		m, err := bus.LogLineMsg(p.id, l)
 		if err != nil {
 			return err
 		}

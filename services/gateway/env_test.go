@@ -38,6 +38,7 @@ type env struct {
 	token    string
 	pool     *pgxpool.Pool
 	nc       *nats.Conn
+	bus      *testkit.Bus
 	spans    *tracetest.SpanRecorder
 }
 
@@ -74,7 +75,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		t.Fatal(err)
 	}
 	// The test reads the streams as an operator's tools would.
-	e := &env{t: t, base: "http://" + st.HTTPAddr, grpcAddr: st.GRPCAddr, pool: pool, nc: bus.Conn(t, busauth.Observer), spans: spans}
+	e := &env{t: t, base: "http://" + st.HTTPAddr, grpcAddr: st.GRPCAddr, pool: pool, nc: bus.Conn(t, busauth.Observer), bus: bus, spans: spans}
 	var login struct{ Token string }
 	if code := e.call("POST", "/api/v1/login", map[string]string{"username": adminUser, "password": adminPass}, &login, ""); code != 200 {
 		t.Fatalf("login: %d", code)
