@@ -67,6 +67,9 @@ type Deps struct {
 	// StreamReplicas is the replication of the agent log stream it
 	// declares (1 or 3).
 	StreamReplicas int
+	// RetentionInterval is how often the instances' log retention is
+	// enforced; 0 means DefaultRetentionInterval.
+	RetentionInterval time.Duration
 }
 
 // Service is the running agent gateway.
@@ -82,6 +85,7 @@ type Service struct {
 	serverNames    []string
 	requestTimeout time.Duration
 	observeRetry   time.Duration
+	retention      time.Duration
 
 	caPool *x509.CertPool
 	cert   atomic.Pointer[tls.Certificate]
@@ -110,6 +114,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		serverNames:    d.ServerNames,
 		requestTimeout: d.RequestTimeout,
 		observeRetry:   d.ObserveRetry,
+		retention:      d.RetentionInterval,
 		conns:          map[string]*agentConn{},
 	}
 	if len(s.serverNames) == 0 {
@@ -120,6 +125,9 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	}
 	if s.observeRetry <= 0 {
 		s.observeRetry = DefaultObserveRetry
+	}
+	if s.retention <= 0 {
+		s.retention = DefaultRetentionInterval
 	}
 	s.bus = rpc.NewClient(d.NATS, subjects.AgentGW, s.requestTimeout)
 	var err error
@@ -191,6 +199,10 @@ func (s *Service) Run(ctx context.Context) error {
 	})
 	eg.Go(func() error {
 		s.renewServerCert(gctx)
+		return nil
+	})
+	eg.Go(func() error {
+		s.enforceRetention(gctx, s.retention)
 		return nil
 	})
 	eg.Go(func() error {

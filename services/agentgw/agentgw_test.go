@@ -270,7 +270,7 @@ func readLogs(t *testing.T, e *env, id string, n int) []jetstream.Msg {
 }
 
 // readLogsNow reads the instance's log lines in the stream now.
-func readLogsNow(t *testing.T, e *env, id string) []jetstream.Msg {
+func readLogsNow(t testing.TB, e *env, id string) []jetstream.Msg {
 	t.Helper()
 	ctx := t.Context()
 	c, err := e.js.OrderedConsumer(ctx, subjects.AgentLogsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.AgentLogs(id)}})

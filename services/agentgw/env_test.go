@@ -27,6 +27,7 @@ import (
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
+	"flotilla.dev/flotilla/services/agentgw"
 	"flotilla.dev/flotilla/services/ca"
 )
 
@@ -38,6 +39,7 @@ type env struct {
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	ca       *ca.Service
+	gw       *agentgw.Service
 	addr     string
 	roots    *x509.CertPool
 	observed *testkit.Inventory
@@ -49,6 +51,8 @@ type env struct {
 
 type envOptions struct {
 	agentCertTTL time.Duration
+	// retentionInterval is how often log retention is enforced (0: the default).
+	retentionInterval time.Duration
 	// services starts the real inventory (on a fresh PostgreSQL database)
 	// and secrets services; the inventory then answers lifecycle.observe
 	// and nothing is recorded.
@@ -66,7 +70,8 @@ func newEnv(t testing.TB, o envOptions) *env {
 	if e.js, err = jetstream.New(e.nc); err != nil {
 		t.Fatal(err)
 	}
-	cfg := stacktest.OnBus(stack.Config{Services: []string{subjects.CA, subjects.AgentGW}, Log: testLog(t), AgentCertTTL: o.agentCertTTL}, e.bus)
+	cfg := stacktest.OnBus(stack.Config{Services: []string{subjects.CA, subjects.AgentGW}, Log: testLog(t), AgentCertTTL: o.agentCertTTL,
+		LogRetentionInterval: o.retentionInterval}, e.bus)
 	if o.services {
 		cfg.Services = append(cfg.Services, subjects.Inventory, subjects.Secrets)
 	} else {
@@ -74,7 +79,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		e.observed = testkit.FakeInventory(t, e.bus.Conn(t, subjects.Inventory))
 	}
 	st := stacktest.Start(t, cfg)
-	e.ca, e.addr = st.CA, st.AgentAddr
+	e.ca, e.gw, e.addr = st.CA, st.AgentGW, st.AgentAddr
 	e.roots = e.ca.Authority().Pool()
 	e.provisioner = rpc.NewClient(e.bus.Conn(t, subjects.Provisioner), subjects.Provisioner, 0)
 	e.operator = rpc.NewClient(e.bus.Conn(t, subjects.Gateway), subjects.Gateway, 0)

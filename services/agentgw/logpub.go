@@ -26,6 +26,8 @@ const (
 	// across every stream of one gateway; a publish finding it full waits
 	// (up to the request timeout).
 	maxLogsPending = 65536
+	// ackEvery bounds how many stored lines wait for a LogAck.
+	ackEvery = 512
 )
 
 // cleanLogLine makes a line storable: a time if it has none, valid UTF-8
@@ -115,22 +117,29 @@ func (p *logPublisher) Publish(ctx context.Context, lines []*agentv1.LogLine) er
 }
 
 // acknowledge waits for JetStream's acknowledgements in publishing order and
-// tells the agent how far its lines are stored: after a run of lines whose
-// acknowledgements were already in, one LogAck for the last of them.
+// tells the agent how far its lines are stored: one LogAck for the last of
+// a run of lines whose acknowledgements were already in, and at least one
+// every ackEvery lines, so the agent's buffer empties while lines flow.
 func (p *logPublisher) acknowledge() {
 	defer close(p.done)
 	var last uint64
-	unsent := false
+	unsent := 0 // lines acknowledged by JetStream and not yet to the agent
 	for {
+		if unsent >= ackEvery {
+			if !p.ack(last) {
+				return
+			}
+			unsent = 0
+		}
 		var next pending
 		select {
 		case next = <-p.queue:
 		default:
-			if unsent {
+			if unsent > 0 {
 				if !p.ack(last) {
 					return
 				}
-				unsent = false
+				unsent = 0
 			}
 			select {
 			case next = <-p.queue:
@@ -148,7 +157,7 @@ func (p *logPublisher) acknowledge() {
 		case <-p.stopped:
 			return
 		}
-		last, unsent = max(last, next.seq), true
+		last, unsent = max(last, next.seq), unsent+1
 		<-p.slots
 	}
 }

@@ -20,6 +20,7 @@ import (
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/bus"
 )
 
 // Limits of the log endpoint.
@@ -33,8 +34,6 @@ const (
 	// starts with.
 	defaultFollowLines = 200
 	maxFollowLines     = 10000
-	// logFetch is how many messages one pull asks for.
-	logFetch = 500
 )
 
 // Log orders.
@@ -164,54 +163,17 @@ type logReader struct {
 	subject string
 }
 
-// read delivers the instance's lines from the stream sequence start (or,
-// with start 0, from the time since) in order to each until it returns
-// false or nothing more is stored, through an ephemeral ordered consumer
-// that is deleted afterwards.
+// read hands the instance's lines from the stream sequence start (or,
+// with start 0, from the time since) to each, in order, until it returns
+// false or nothing more is stored.
 func (lr logReader) read(ctx context.Context, start uint64, since time.Time, each func(storedLine, uint64) bool) error {
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{lr.subject}}
-	switch {
-	case start > 0:
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start
-	case !since.IsZero():
-		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
-	}
-	cons, err := lr.stream.OrderedConsumer(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("log consumer: %w", err)
-	}
-	defer func() {
-		if name := cons.CachedInfo().Name; name != "" {
-			_ = lr.stream.DeleteConsumer(context.WithoutCancel(ctx), name)
+	return bus.ReadSubject(ctx, lr.stream, lr.subject, start, since, func(m jetstream.Msg, meta *jetstream.MsgMetadata) bool {
+		l, ok := decodeLogLine(m.Data())
+		if !ok {
+			return true
 		}
-	}()
-	for {
-		batch, err := cons.FetchNoWait(logFetch)
-		if err != nil {
-			return fmt.Errorf("read logs: %w", err)
-		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			meta, err := m.Metadata()
-			if err != nil {
-				continue
-			}
-			l, ok := decodeLogLine(m.Data())
-			if !ok {
-				continue
-			}
-			if !each(storedLine{seq: meta.Sequence.Stream, stored: meta.Timestamp, line: l}, meta.NumPending) {
-				return nil
-			}
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			return fmt.Errorf("read logs: %w", err)
-		}
-		if got == 0 {
-			return nil
-		}
-	}
+		return each(storedLine{seq: meta.Sequence.Stream, stored: meta.Timestamp, line: l}, meta.NumPending)
+	})
 }
 
 // oldest answers an ascending page: from the token's sequence, or since,

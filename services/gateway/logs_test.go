@@ -10,35 +10,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/types/known/timestamppb"
-
-	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	"flotilla.dev/flotilla/api/subjects"
-	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/testkit"
 )
 
 // storeLogs stores lines from..to of instance id as the agent gateway does.
 func (e *env) storeLogs(id string, from, to int) {
 	e.t.Helper()
-	js, err := jetstream.New(e.bus.Conn(e.t, subjects.AgentGW))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	for i := from; i <= to; i++ {
-		m, err := bus.LogLineMsg(id, &agentv1.LogLine{Seq: uint64(i), Time: timestamppb.Now(), Source: "setup", Text: fmt.Sprintf("line %d", i)})
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		if _, err := js.PublishMsgAsync(m); err != nil {
-			e.t.Fatal(err)
-		}
-	}
-	select {
-	case <-js.PublishAsyncComplete():
-	case <-time.After(30 * time.Second):
-		e.t.Fatal("log lines not stored")
-	}
+	testkit.StoreAgentLogs(e.t, e.bus.Conn(e.t, subjects.AgentGW), id, from, to)
 }
 
 // pageLogs follows nextPageToken through every page of query, and returns
