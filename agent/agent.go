@@ -97,6 +97,9 @@ func Run(ctx context.Context, cfg Config) error {
 		close(stopping)
 	}()
 	err = a.sessions(ctx, stopping)
+	// Nothing empties the log buffer any more: a program's output still
+	// waiting for room is let go.
+	a.logs.Close()
 	stopBG()
 	wg.Wait()
 	a.node.Stop()
@@ -152,7 +155,7 @@ func newAgent(cfg Config) (*agent, error) {
 func (a *agent) logf(ctx context.Context, format string, args ...any) {
 	text := fmt.Sprintf(format, args...)
 	a.cfg.Log.InfoContext(ctx, text)
-	a.logs.Add(SourceAgent, text)
+	a.logs.AddOwn(text)
 }
 
 // progress reports a step of a command.

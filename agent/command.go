@@ -61,7 +61,7 @@ actions, install and start the node software, and report heartbeats and logs.`,
 	f.StringArrayVar(&cfg.NodeBinary, "node-binary", nil, "command that runs the node software, one flag per word (default: this executable's node subcommand)")
 	f.StringVar(&cfg.PackageInstaller, "package-installer", DefaultPackageInstaller, `command that installs packages, followed by their names; "none" only logs them`)
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", DefaultHeartbeatInterval, "how often to send a heartbeat")
-	f.IntVar(&cfg.LogBufferLines, "log-buffer-lines", DefaultLogBufferLines, "log lines kept while they cannot be sent (the oldest are dropped)")
+	f.IntVar(&cfg.LogBufferLines, "log-buffer-lines", DefaultLogBufferLines, "log lines kept until the agent gateway acknowledges them (a program writing more waits)")
 	f.StringVar(&logLevel, "log-level", "info", "level of the agent's own log on standard error: debug, info, warn or error")
 	cmd.AddCommand(newNodeCommand())
 	return cmd

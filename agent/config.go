@@ -61,9 +61,9 @@ type Config struct {
 	// HeartbeatInterval is how often a heartbeat is sent
 	// (--heartbeat-interval); 0 means DefaultHeartbeatInterval.
 	HeartbeatInterval time.Duration
-	// LogBufferLines is how many log lines are kept while they cannot be
-	// sent (--log-buffer-lines); the oldest go first. 0 means
-	// DefaultLogBufferLines.
+	// LogBufferLines is how many log lines are kept until the gateway
+	// acknowledges them (--log-buffer-lines); a program writing more waits.
+	// 0 means DefaultLogBufferLines.
 	LogBufferLines int
 	// Version is the agent version reported to the gateway; empty means
 	// the package's Version.

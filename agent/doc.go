@@ -23,15 +23,18 @@
 // the state directory, so a repeated one only reports done again.
 //
 // Log lines (the agent's own, setup output and the node software's output)
-// go into a bounded buffer that drops the oldest when full and then says
-// how many it dropped. A line written to a stream is kept until it is known
-// to be stored: the stream then stayed healthy through a whole heartbeat
-// interval, or ended cleanly (the gateway has handled everything sent
-// before it closes). After a reconnect every unconfirmed line is sent
-// again; the gateway stores each as "<instance-id>-<seq>", and JetStream's
-// de-duplication drops the ones it already has. Sequence numbers start at
-// the agent's start time in microseconds, so they keep increasing across
-// restarts.
+// go into a bounded buffer. A program's output is never dropped: while the
+// buffer is full the agent stops reading the program's pipe, so the program
+// blocks on its next write. The agent's own lines never wait; past a reserve
+// beyond a full buffer they are dropped, and a line says how many. A line
+// written to a stream is kept until the gateway acknowledges it (LogAck:
+// JetStream stored every line up to that seq); with an older gateway, which
+// sends no LogAck, until the stream stayed healthy through a whole heartbeat
+// interval or ended cleanly. After a reconnect every line not yet stored is
+// sent again; the gateway stores each as "<instance-id>-<seq>", and
+// JetStream's de-duplication drops the ones it already has. Sequence numbers
+// start at the agent's start time in microseconds, so they keep increasing
+// across restarts.
 //
 // [RunNode] is the node software of the local provider: an HTTP(S) server
 // whose page names the instance. [NewCommand] is the `agent` command with

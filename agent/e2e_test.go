@@ -130,9 +130,15 @@ func (f *fleet) restartGateway() {
 
 // startAgent runs an agent for instance id until the test ends.
 func (f *fleet) startAgent(id string, heartbeat time.Duration) agent.Config {
-	t := f.t
+	f.t.Helper()
+	return runAgent(f.t, f.provisioner, f.ca, f.addr, id, heartbeat)
+}
+
+// runAgent runs an agent for instance id against the agent gateway at
+// addr until the test ends, bootstrapped as the provisioner would.
+func runAgent(t *testing.T, provisioner *rpc.Client, fleetCA *ca.Service, addr, id string, heartbeat time.Duration) agent.Config {
 	t.Helper()
-	tok, err := rpc.Call(t.Context(), f.provisioner, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: id})
+	tok, err := rpc.Call(t.Context(), provisioner, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: id})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,14 +146,14 @@ func (f *fleet) startAgent(id string, heartbeat time.Duration) agent.Config {
 	caFile, tokenFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "token")
 	// What the provisioner bootstraps an agent with: the agent gateway's
 	// intermediate and the fleet CA.
-	if err := os.WriteFile(caFile, f.ca.GatewayAuthority().CertificatePEM(), 0o644); err != nil {
+	if err := os.WriteFile(caFile, fleetCA.GatewayAuthority().CertificatePEM(), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(tokenFile, []byte(tok.GetToken()+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cfg := agent.Config{
-		GatewayAddr: f.addr, CAFile: caFile, TokenFile: tokenFile,
+		GatewayAddr: addr, CAFile: caFile, TokenFile: tokenFile,
 		StateDir: filepath.Join(dir, "state"), DataDir: filepath.Join(dir, "data"), DataDiskGB: 2, VMID: "vm-" + id,
 		NodeBinary: agent.NodeHelper(), PackageInstaller: agent.NoPackageInstaller,
 		HeartbeatInterval: heartbeat, Log: agent.NewTestLog(t),

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -19,22 +20,45 @@ const (
 	SourceNode  = "node"
 )
 
-// logBuffer holds the log lines not yet known to be stored, oldest first,
-// at most max of them (plus one notice of dropped lines).
+// Bounds of the log buffer besides its line count.
+const (
+	// logBufferBytes bounds the text the buffer holds for writers that
+	// wait (setup actions, the node software).
+	logBufferBytes = 8 << 20
+	// ownLinesReserve is how many of the agent's own lines may be kept
+	// beyond a full buffer; further ones are dropped and counted.
+	ownLinesReserve = 1000
+)
+
+// logBuffer holds the log lines not yet stored by JetStream, oldest first.
 //
-// A line is written to a stream (marked sent) and kept until it is
-// confirmed: the stream it was written on then stayed healthy through a
-// whole heartbeat interval, or ended cleanly (the gateway handled
-// everything before closing). A new stream resends every unconfirmed line;
-// the gateway stores each under "<instance-id>-<seq>", so JetStream drops
-// lines it already has.
+// Output of setup actions and the node software is never dropped: Add
+// waits while the buffer holds max lines (or logBufferBytes of text), so
+// the program writing the pipe blocks until lines are stored (back-pressure).
+// The agent's own lines (AddOwn) must never wait — the code that logs them
+// may be the code that empties the buffer — so they may go ownLinesReserve
+// lines beyond max; past that they are dropped, and the next line that fits
+// is preceded by one saying exactly how many were dropped.
+//
+// A line is written to a stream (marked sent) and kept until the gateway
+// acknowledges it (LogAck: JetStream stored every line up to its seq). A
+// gateway that does not acknowledge (an older version) is recognised by
+// never sending a LogAck on a stream; then lines are confirmed as before,
+// when the stream they were written on stayed healthy through a heartbeat
+// interval, or ended cleanly. A new stream resends every line not yet
+// acknowledged; the gateway stores each under "<instance-id>-<seq>", so
+// JetStream drops lines it already has.
 type logBuffer struct {
 	mu      sync.Mutex
+	room    *sync.Cond // signalled when lines are forgotten, or on close
 	max     int
 	lines   []*agentv1.LogLine
+	bytes   int // text held
 	nextSeq uint64
 	sent    uint64 // highest seq written on the current stream
-	dropped int    // lines dropped since the last notice
+	acking  bool   // the current stream's gateway acknowledges lines
+	dropped int    // own lines dropped since the last notice
+	closed  bool
 	notify  chan struct{}
 	now     func() time.Time
 }
@@ -43,38 +67,80 @@ type logBuffer struct {
 // at the current time in microseconds, so they keep increasing across agent
 // restarts and a restarted agent's lines are never taken for resent ones.
 func newLogBuffer(max int, now func() time.Time) *logBuffer {
-	return &logBuffer{max: max, nextSeq: uint64(now().UnixMicro()), notify: make(chan struct{}, 1), now: now}
+	b := &logBuffer{max: max, nextSeq: uint64(now().UnixMicro()), notify: make(chan struct{}, 1), now: now}
+	b.room = sync.NewCond(&b.mu)
+	return b
 }
 
-// Add appends a line, dropping the oldest when the buffer is full. What a
-// program printed is input like any other: bytes that are not UTF-8 become
-// U+FFFD (a log line is a protobuf string, which must be valid UTF-8, or
-// the stream breaks), and a line longer than maxLineText is split into
-// pieces, each but the last ending in a continuation marker.
+// Add appends a line of a program's output, waiting while the buffer is
+// full. What a program printed is input like any other: bytes that are not
+// UTF-8 become U+FFFD (a log line is a protobuf string, which must be valid
+// UTF-8, or the stream breaks), and a line longer than maxLineText is split
+// into pieces, each but the last ending in a continuation marker. After
+// Close it returns at once, keeping nothing.
 func (b *logBuffer) Add(source, text string) {
+	b.split(text, func(piece string) { b.add(source, piece, true) })
+}
+
+// AddOwn appends one of the agent's own lines without waiting: when the
+// buffer is full beyond its reserve, the line is dropped and counted.
+func (b *logBuffer) AddOwn(text string) {
+	b.split(text, func(piece string) { b.add(SourceAgent, piece, false) })
+}
+
+func (b *logBuffer) split(text string, add func(string)) {
 	text = strings.ToValidUTF8(text, "\uFFFD")
 	for len(text) > maxLineText {
 		cut := msgcheck.RuneCut(text, maxLineText-len(continued))
-		b.add(source, text[:cut]+continued)
+		add(text[:cut] + continued)
 		text = text[cut:]
 	}
-	b.add(source, text)
+	add(text)
 }
 
 // continued ends each piece of a split line but the last.
 const continued = " …(continued)"
 
-func (b *logBuffer) add(source, text string) {
+func (b *logBuffer) add(source, text string, wait bool) {
 	b.mu.Lock()
+	if wait {
+		for !b.closed && len(b.lines) > 0 && (len(b.lines) >= b.max || b.bytes >= logBufferBytes) {
+			b.room.Wait()
+		}
+		if b.closed {
+			b.mu.Unlock()
+			return
+		}
+	} else if len(b.lines) >= b.max+ownLinesReserve {
+		b.dropped++
+		b.mu.Unlock()
+		return
+	}
+	b.noticeDropped()
+	b.append(source, text)
+	b.mu.Unlock()
+	b.wake()
+}
+
+// append adds a line with the next sequence number; b.mu is held.
+func (b *logBuffer) append(source, text string) {
 	b.nextSeq++
 	b.lines = append(b.lines, &agentv1.LogLine{Seq: b.nextSeq, Time: timestamppb.New(b.now()), Source: source, Text: text})
-	if over := len(b.lines) - b.max; over > 0 {
-		b.dropped += over
-		clear(b.lines[:over])
-		b.lines = b.lines[over:] // append reallocates now and then, keeping only these
+	b.bytes += len(text)
+}
 
+// noticeDropped adds the line saying how many of the agent's own lines were
+// dropped, if some were and there is room again; b.mu is held.
+func (b *logBuffer) noticeDropped() {
+	if b.dropped == 0 || len(b.lines) >= b.max+ownLinesReserve {
+		return
 	}
-	b.mu.Unlock()
+	b.append(SourceAgent, fmt.Sprintf("%d of the agent's own log lines were dropped: its log buffer (%d lines and %d more of its own) was full while lines could not be stored",
+		b.dropped, b.max, ownLinesReserve))
+	b.dropped = 0
+}
+
+func (b *logBuffer) wake() {
 	select {
 	case b.notify <- struct{}{}:
 	default:
@@ -88,25 +154,14 @@ func (b *logBuffer) Notify() <-chan struct{} { return b.notify }
 const maxLineText = 16 << 10
 
 // Next returns up to n lines, of at most maxBytes of text together (but at
-// least one line), not yet written to the current stream. When lines were
-// dropped, a line saying how many is added first, as the newest.
+// least one line), not yet written to the current stream.
 func (b *logBuffer) Next(n, maxBytes int) []*agentv1.LogLine {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.dropped > 0 {
-		b.nextSeq++
-		b.lines = append(b.lines, &agentv1.LogLine{
-			Seq: b.nextSeq, Time: timestamppb.New(b.now()), Source: SourceAgent,
-			Text: fmt.Sprintf("%d log lines were dropped: the agent's log buffer (%d lines) was full while they could not be sent", b.dropped, b.max),
-		})
-		b.dropped = 0
-	}
+	i := sort.Search(len(b.lines), func(i int) bool { return b.lines[i].GetSeq() > b.sent })
 	var out []*agentv1.LogLine
 	size := 0
-	for _, l := range b.lines {
-		if l.Seq <= b.sent {
-			continue
-		}
+	for _, l := range b.lines[i:] {
 		size += len(l.Text)
 		if len(out) > 0 && size > maxBytes {
 			break
@@ -134,23 +189,61 @@ func (b *logBuffer) Sent() uint64 {
 	return b.sent
 }
 
+// Ack forgets every line up to seq, which JetStream stored, and records
+// that the current stream's gateway acknowledges lines.
+func (b *logBuffer) Ack(seq uint64) {
+	b.mu.Lock()
+	b.acking = true
+	b.mu.Unlock()
+	b.Confirm(seq)
+}
+
+// Acking reports whether the current stream's gateway acknowledges lines.
+func (b *logBuffer) Acking() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.acking
+}
+
 // Confirm forgets every line up to seq: it is stored.
 func (b *logBuffer) Confirm(seq uint64) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	i := 0
-	for i < len(b.lines) && b.lines[i].Seq <= seq {
-		i++
+	i := sort.Search(len(b.lines), func(i int) bool { return b.lines[i].GetSeq() > seq })
+	if i == 0 {
+		b.mu.Unlock()
+		return
+	}
+	for _, l := range b.lines[:i] {
+		b.bytes -= len(l.Text)
 	}
 	clear(b.lines[:i])
-	b.lines = b.lines[i:]
+	b.lines = b.lines[i:] // append reallocates now and then, keeping only these
+	had := b.dropped
+	b.noticeDropped()
+	added := had > 0 && b.dropped == 0
+	b.mu.Unlock()
+	b.room.Broadcast()
+	if added {
+		b.wake()
+	}
 }
 
-// Rewind makes every unconfirmed line unsent, for a new stream.
+// Rewind makes every line not yet stored unsent, for a new stream, whose
+// gateway is not yet known to acknowledge lines.
 func (b *logBuffer) Rewind() {
 	b.mu.Lock()
 	b.sent = 0
+	b.acking = false
 	b.mu.Unlock()
+}
+
+// Close makes Add return at once, keeping nothing: the agent is stopping
+// and nothing will empty the buffer any more.
+func (b *logBuffer) Close() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	b.room.Broadcast()
 }
 
 // Len returns how many lines are kept.

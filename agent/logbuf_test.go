@@ -1,7 +1,11 @@
 package agent
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,38 +24,123 @@ func texts(lines []*agentv1.LogLine) []string {
 	return out
 }
 
-func TestLogBufferDropsTheOldestAndSaysSo(t *testing.T) {
+// TestAFullLogBufferHoldsTheWriterBack: a program's output is never
+// dropped; its writer waits until lines are acknowledged, and memory stays
+// bounded.
+func TestAFullLogBufferHoldsTheWriterBack(t *testing.T) {
 	t.Parallel()
 	b := newLogBuffer(5, time.Now)
-	for i := range 12 {
-		b.Add(SourceSetup, fmt.Sprintf("line %d", i))
+	wrote := make(chan int, 100)
+	go func() {
+		for i := range 12 {
+			b.Add(SourceSetup, fmt.Sprintf("line %d", i))
+			wrote <- i
+		}
+		close(wrote)
+	}()
+	for range 5 {
+		<-wrote
+	}
+	select {
+	case i := <-wrote:
+		t.Fatalf("line %d was taken into a full buffer", i)
+	case <-time.After(100 * time.Millisecond):
 	}
 	if b.Len() != 5 {
 		t.Fatalf("buffer holds %d lines, want 5", b.Len())
 	}
-	got := b.Next(100, 1<<20)
-	want := []string{"line 7", "line 8", "line 9", "line 10", "line 11"}
-	if len(got) != 6 {
-		t.Fatalf("Next = %q, want the 5 newest lines and a notice", texts(got))
+	var got []string
+	for len(got) < 12 {
+		lines := b.Next(100, 1<<20)
+		if len(lines) == 0 {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		if b.Len() > 5 {
+			t.Fatalf("buffer holds %d lines, more than its 5", b.Len())
+		}
+		b.MarkSent(lines[len(lines)-1].GetSeq())
+		got = append(got, texts(lines)...)
+		b.Ack(lines[len(lines)-1].GetSeq())
 	}
-	for i, w := range want {
-		if got[i].GetText() != w {
-			t.Fatalf("Next = %q, want %q first", texts(got), want)
+	for i, g := range got {
+		if want := fmt.Sprintf("line %d", i); g != want {
+			t.Fatalf("line %d = %q, want %q (all: %q)", i, g, want, got)
 		}
 	}
-	notice := got[5]
-	if notice.GetSource() != SourceAgent || !strings.Contains(notice.GetText(), "7 log lines were dropped") {
-		t.Fatalf("notice = %v, want the agent saying 7 lines were dropped", notice)
+	for range wrote {
 	}
-	for i := 1; i < len(got); i++ {
-		if got[i].GetSeq() <= got[i-1].GetSeq() {
-			t.Fatalf("sequence numbers do not increase: %v", got)
-		}
+}
+
+// TestTheAgentsOwnLinesAreDroppedPastTheReserveAndCounted: the agent's own
+// lines never wait; past the reserve they are dropped, and a line says
+// exactly how many.
+func TestTheAgentsOwnLinesAreDroppedPastTheReserveAndCounted(t *testing.T) {
+	t.Parallel()
+	b := newLogBuffer(5, time.Now)
+	total := 5 + ownLinesReserve + 37
+	for i := range total {
+		b.AddOwn(fmt.Sprintf("own %d", i))
 	}
-	// The notice is said once.
-	b.MarkSent(notice.GetSeq())
-	if more := b.Next(100, 1<<20); len(more) != 0 {
-		t.Fatalf("Next after everything was sent = %q", texts(more))
+	if b.Len() != 5+ownLinesReserve {
+		t.Fatalf("buffer holds %d lines, want %d", b.Len(), 5+ownLinesReserve)
+	}
+	all := b.Next(1<<20, 1<<30)
+	b.MarkSent(all[len(all)-1].GetSeq())
+	b.Ack(all[9].GetSeq()) // room again: the notice comes first
+	next := b.Next(100, 1<<20)
+	if len(next) != 1 || !strings.Contains(next[0].GetText(), "37 of the agent's own log lines were dropped") {
+		t.Fatalf("after room was made Next = %q, want the notice of 37 dropped lines", texts(next))
+	}
+	b.AddOwn("after")
+	if more := b.Next(100, 1<<20); len(more) != 2 || more[1].GetText() != "after" {
+		t.Fatalf("Next = %q, want the notice then the new line", texts(more))
+	}
+}
+
+// TestLogBufferCloseLetsWritersGo: a writer waiting for room returns when
+// the agent stops.
+func TestLogBufferCloseLetsWritersGo(t *testing.T) {
+	t.Parallel()
+	b := newLogBuffer(1, time.Now)
+	b.Add(SourceNode, "first")
+	done := make(chan struct{})
+	go func() { b.Add(SourceNode, "second"); close(done) }()
+	time.Sleep(20 * time.Millisecond)
+	b.Close()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a writer still waits after Close")
+	}
+}
+
+// TestOnlyAcknowledgedLinesAreForgotten: with a gateway that acknowledges,
+// heartbeats confirm nothing; a line is forgotten only when acknowledged,
+// and a reconnect resends the rest under the same sequence numbers.
+func TestOnlyAcknowledgedLinesAreForgotten(t *testing.T) {
+	t.Parallel()
+	b := newLogBuffer(100, time.Now)
+	for i := range 6 {
+		b.Add(SourceSetup, fmt.Sprintf("line %d", i))
+	}
+	b.Ack(0) // the gateway says it acknowledges
+	if !b.Acking() {
+		t.Fatal("a LogAck did not mark the stream acknowledging")
+	}
+	sent := b.Next(100, 1<<20)
+	b.MarkSent(sent[5].GetSeq())
+	b.Ack(sent[2].GetSeq())
+	if b.Len() != 3 {
+		t.Fatalf("after an ack of 3 lines the buffer holds %d, want 3", b.Len())
+	}
+	b.Rewind()
+	if b.Acking() {
+		t.Fatal("a new stream is taken to acknowledge before it said so")
+	}
+	again := b.Next(100, 1<<20)
+	if strings.Join(texts(again), ",") != "line 3,line 4,line 5" || again[0].GetSeq() != sent[3].GetSeq() {
+		t.Fatalf("after a reconnect Next = %q", texts(again))
 	}
 }
 
@@ -147,5 +236,46 @@ func TestWhatAProgramPrintsIsMadeValid(t *testing.T) {
 	}
 	if len(lines) < 3 || joined.String() != long {
 		t.Fatalf("the long line came back in %d pieces, joined equal: %v", len(lines)-1, joined.String() == long)
+	}
+}
+
+// TestAChattyScriptIsSlowedDownNotCut: a script's output goes through a
+// pipe into the buffer; while the buffer is full the script blocks, and
+// once lines are acknowledged every line arrives, in order.
+func TestAChattyScriptIsSlowedDownNotCut(t *testing.T) {
+	t.Parallel()
+	b := newLogBuffer(50, time.Now)
+	dir := t.TempDir()
+	r := &setupRunner{dataDir: dir, installer: NoPackageInstaller, log: b.Add}
+	const n = 20000
+	done := make(chan error, 1)
+	go func() {
+		done <- r.command(context.Background(), []string{"sh", "-c", fmt.Sprintf("seq 1 %d; touch finished", n)}, "script")
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if _, err := os.Stat(filepath.Join(dir, "finished")); err == nil {
+		t.Fatal("the script finished although nothing took its lines: it was not held back")
+	}
+	if b.Len() != 50 {
+		t.Fatalf("the buffer holds %d lines, want its 50", b.Len())
+	}
+	next := 1
+	for next <= n {
+		lines := b.Next(500, 1<<20)
+		if len(lines) == 0 {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		for _, l := range lines {
+			if want := strconv.Itoa(next); l.GetText() != want {
+				t.Fatalf("line %d = %q", next, l.GetText())
+			}
+			next++
+		}
+		b.MarkSent(lines[len(lines)-1].GetSeq())
+		b.Ack(lines[len(lines)-1].GetSeq())
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

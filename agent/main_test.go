@@ -10,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"flotilla.dev/flotilla/libs/testkit"
 )
 
 // nodeHelperArg makes the test binary run the node software instead of the
@@ -29,7 +31,7 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	testkit.Main(m) // a test PostgreSQL for the tests with the whole stack
 }
 
 // NodeHelper is the command that runs the node software from this test

@@ -109,7 +109,7 @@ func (n *nodeRunner) launch(spec nodeSpec, env []string, addr string, output cha
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = n.a.cfg.DataDir
 	cmd.Env = environ(env, n.a.cfg.DataDir)
-	out := newLineWriter(func(l string) {
+	out, err := newOutputPipe(func(l string) {
 		n.a.logs.Add(SourceNode, n.a.mask.Mask(l))
 		if output != nil {
 			select {
@@ -118,17 +118,23 @@ func (n *nodeRunner) launch(spec nodeSpec, env []string, addr string, output cha
 			}
 		}
 	})
-	cmd.Stdout, cmd.Stderr = out, out
+	if err != nil {
+		return nil, nil, fmt.Errorf("start node software %s: %w", argv[0], err)
+	}
+	cmd.Stdout, cmd.Stderr = out.W(), out.W()
 	ownProcessGroup(cmd, false)
 	cmd.WaitDelay = time.Second
 	if err := cmd.Start(); err != nil {
+		out.Abandon()
 		return nil, nil, fmt.Errorf("start node software %s: %w", argv[0], err)
 	}
+	out.Start()
 	exited := make(chan error, 1)
 	go func() {
 		err := cmd.Wait()
-		out.Close()
 		exited <- err
+		// What it printed last still reaches the logs, at the buffer's pace.
+		out.Wait(time.Second)
 	}()
 	return cmd, exited, nil
 }

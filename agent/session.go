@@ -89,6 +89,7 @@ func (a *agent) session(stopping <-chan struct{}) (sessionEnd, error) {
 	if err != nil {
 		return endBroken, err
 	}
+	a.logs.Rewind() // every line not yet stored goes again
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -131,7 +132,6 @@ func (a *agent) session(stopping <-chan struct{}) (sessionEnd, error) {
 		}
 	}()
 
-	a.logs.Rewind() // every unconfirmed line goes again
 	hb := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer hb.Stop()
 	var mark uint64 // what had been sent at the previous heartbeat
@@ -152,9 +152,12 @@ func (a *agent) session(stopping <-chan struct{}) (sessionEnd, error) {
 				return endBroken, err
 			default:
 			}
-			// Still healthy a whole interval after they were written: the
-			// gateway has those lines.
-			a.logs.Confirm(mark)
+			// A gateway that does not acknowledge lines (an older one):
+			// still healthy a whole interval after they were written, it
+			// has those lines.
+			if !a.logs.Acking() {
+				a.logs.Confirm(mark)
+			}
 			mark = a.logs.Sent()
 			if err := stream.Send(a.heartbeat()); err != nil {
 				return endBroken, a.brokenWith(err, recvErr)
@@ -171,7 +174,8 @@ func (a *agent) session(stopping <-chan struct{}) (sessionEnd, error) {
 
 // closeCleanly sends what is waiting, half-closes the stream and waits for
 // the gateway to end it: a clean end means the gateway handled every
-// message, so every log line sent is confirmed.
+// message (a gateway that acknowledges lines sent its last LogAck before
+// ending the stream; for an older one every log line sent is confirmed).
 func (a *agent) closeCleanly(stream agentv1.AgentGateway_ConnectClient, recvErr <-chan error, end sessionEnd) (sessionEnd, error) {
 	if err := a.flush(stream); err != nil {
 		return end, err
@@ -182,7 +186,9 @@ func (a *agent) closeCleanly(stream agentv1.AgentGateway_ConnectClient, recvErr 
 	select {
 	case err := <-recvErr:
 		if errors.Is(err, io.EOF) {
-			a.logs.Confirm(a.logs.Sent())
+			if !a.logs.Acking() {
+				a.logs.Confirm(a.logs.Sent())
+			}
 			return end, nil
 		}
 		return end, err
@@ -235,6 +241,8 @@ func (a *agent) received(ctx context.Context, m *agentv1.GatewayMessage) {
 		a.answer(b.SecretResponse.GetRequestId(), m)
 	case *agentv1.GatewayMessage_ServerCertResponse:
 		a.answer(b.ServerCertResponse.GetRequestId(), m)
+	case *agentv1.GatewayMessage_LogAck:
+		a.logs.Ack(b.LogAck.GetSeq())
 	}
 }
 

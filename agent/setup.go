@@ -190,6 +190,11 @@ func environ(env []string, dataDir string) []string {
 	return append(out, DataDirEnv+"="+dataDir)
 }
 
+// setupWaitDelay is how long a killed script's process group has to exit,
+// and how long its output may stay idle after it exited before the pipe is
+// closed (a daemon it started keeps a copy open).
+const setupWaitDelay = 5 * time.Second
+
 // command runs argv in the data directory, its output going to the logs
 // line by line, with extra variables beside the setup's environment. A
 // non-zero exit is an error naming the code.
@@ -197,14 +202,29 @@ func (r *setupRunner) command(ctx context.Context, argv []string, what string, e
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = r.dataDir
 	cmd.Env = append(r.environ(), extra...)
-	stdout := newLineWriter(func(l string) { r.log(SourceSetup, l) })
-	stderr := newLineWriter(func(l string) { r.log(SourceSetup, l) })
-	cmd.Stdout, cmd.Stderr = stdout, stderr
+	stdout, err := newOutputPipe(func(l string) { r.log(SourceSetup, l) })
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	stderr, err := newOutputPipe(func(l string) { r.log(SourceSetup, l) })
+	if err != nil {
+		stdout.Abandon()
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	cmd.Stdout, cmd.Stderr = stdout.W(), stderr.W()
 	ownProcessGroup(cmd, true)
-	cmd.WaitDelay = 5 * time.Second
-	err := cmd.Run()
-	stdout.Close()
-	stderr.Close()
+	cmd.WaitDelay = setupWaitDelay
+	if err = cmd.Start(); err != nil {
+		stdout.Abandon()
+		stderr.Abandon()
+	} else {
+		stdout.Start()
+		stderr.Start()
+		err = cmd.Wait()
+		// Every line the script printed is logged before its action ends.
+		stdout.Wait(setupWaitDelay)
+		stderr.Wait(setupWaitDelay)
+	}
 	var exit *exec.ExitError
 	switch {
 	case err == nil:

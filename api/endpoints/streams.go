@@ -17,6 +17,9 @@ type StreamUse struct {
 	Publishers []Publish
 	Consumers  []Consumer
 	Readers    []string
+	// Purgers may purge the stream's messages (NATS cannot limit a purge
+	// to some subjects: a purger's code must). Nobody deletes a stream.
+	Purgers []string
 }
 
 // Publish is one service publishing subjects (patterns).
@@ -45,7 +48,10 @@ var Streams = []StreamUse{{
 }, {
 	Stream:     subjects.AgentLogsStream,
 	Publishers: []Publish{{agentgw, []string{subjects.AgentLogsAll()}}},
-	Readers:    []string{gateway},
+	// The agent gateway enforces each instance's log retention: it finds
+	// the first line to keep and purges that instance's subject below it.
+	Readers: []string{gateway, agentgw},
+	Purgers: []string{agentgw},
 }, {
 	Stream: subjects.AuditStream,
 	Publishers: []Publish{
@@ -103,6 +109,9 @@ func (u StreamUse) ConsumedBy(service string) string {
 	}
 	return ""
 }
+
+// PurgedBy reports whether service may purge the stream.
+func (u StreamUse) PurgedBy(service string) bool { return slices.Contains(u.Purgers, service) }
 
 // ReadBy reports whether service replays the stream.
 func (u StreamUse) ReadBy(service string) bool { return slices.Contains(u.Readers, service) }

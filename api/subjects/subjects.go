@@ -187,6 +187,17 @@ func AgentLogsAll() string { return Root + ".agent.*.logs" }
 // AgentLogs is the subject of one instance's log lines: "flotilla.agent.<id>.logs".
 func AgentLogs(instanceID string) string { return Root + ".agent." + instanceID + ".logs" }
 
+// AgentLogsInstance is the instance id of an AgentLogs subject, and whether
+// subject is one.
+func AgentLogsInstance(subject string) (string, bool) {
+	id, ok := strings.CutPrefix(subject, Root+".agent.")
+	if !ok {
+		return "", false
+	}
+	id, ok = strings.CutSuffix(id, ".logs")
+	return id, ok && id != "" && !strings.Contains(id, ".")
+}
+
 // AgentCommand is where a command for a connected agent is sent (request/reply,
 // answered by the agent gateway node the agent is connected to):
 // "flotilla.agent.<id>.cmd".

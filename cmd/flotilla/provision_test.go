@@ -154,7 +154,7 @@ func TestProvisionAnInstanceEndToEnd(t *testing.T) {
 	}
 
 	// Logs hold the setup output; the events replay the timeline.
-	logs := string(f.raw("/api/v1/instances/" + id + "/logs?lines=1000"))
+	logs := string(f.raw("/api/v1/instances/" + id + "/logs?pageSize=5000"))
 	for _, want := range []string{"hello from setup", "mode is dev"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("logs lack %q: %s", want, logs)

@@ -116,6 +116,9 @@ type Config struct {
 	// AgentGatewayAddr is the address the provisioner gives new agents;
 	// empty means this stack's agent gateway.
 	AgentGatewayAddr string
+	// LogRetentionInterval is how often the agent gateway enforces the
+	// instances' log retention (0: agentgw.DefaultRetentionInterval; tests).
+	LogRetentionInterval time.Duration
 
 	// CACertFile and CAKeyFile are the fleet CA (generated there when
 	// neither exists). AgentCertTTL is the agent certificates' lifetime
@@ -467,7 +470,8 @@ func (d deps) provisioner(ctx context.Context, nc *nats.Conn) (runner, error) {
 func (d deps) agentgw(ctx context.Context, nc *nats.Conn) (runner, error) {
 	c := d.cfg
 	s, err := agentgw.New(ctx, agentgw.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version, Concurrency: c.BusConcurrency,
-		Listener: d.agentL, ServerNames: c.agentServerNames(d.st.AgentAddr), StreamReplicas: c.StreamReplicas})
+		Listener: d.agentL, ServerNames: c.agentServerNames(d.st.AgentAddr), StreamReplicas: c.StreamReplicas,
+		RetentionInterval: c.LogRetentionInterval})
 	if err != nil {
 		return runner{}, err
 	}

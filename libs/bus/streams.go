@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
 )
 
@@ -62,12 +63,12 @@ func Streams(replicas int) []jetstream.StreamConfig {
 		Replicas:    replicas,
 	}, {
 		Name:              subjects.AgentLogsStream,
-		Description:       "Agent log lines, per instance subject, bounded by count and age",
+		Description:       "Agent log lines, per instance subject; each instance's logRetention is enforced below these ceilings",
 		Subjects:          []string{subjects.AgentLogsAll()},
 		Retention:         jetstream.LimitsPolicy,
 		Storage:           jetstream.FileStorage,
-		MaxAge:            7 * 24 * time.Hour,
-		MaxMsgsPerSubject: AgentLogLinesKept,
+		MaxAge:            AgentLogMaxAge,
+		MaxMsgsPerSubject: AgentLogMaxLines,
 		MaxBytes:          1 << 30,
 		Discard:           jetstream.DiscardOld,
 		Duplicates:        DuplicateWindow,
@@ -84,8 +85,31 @@ const (
 	EventsMaxBytes = 4 << 30
 )
 
-// AgentLogLinesKept is how many log lines (messages) are kept per instance.
-const AgentLogLinesKept = 10000
+// Agent log retention. The stream keeps at most AgentLogMaxLines lines per
+// instance and none older than AgentLogMaxAge (and 1 GiB in all, the oldest
+// of any instance dropped first); below that ceiling the agent gateway
+// enforces each instance's logRetention, whose unset fields mean the
+// defaults.
+const (
+	AgentLogMaxLines     = 1_000_000
+	AgentLogMaxAge       = 30 * 24 * time.Hour
+	AgentLogMinAge       = time.Minute
+	AgentLogDefaultLines = 100_000
+	AgentLogDefaultAge   = 7 * 24 * time.Hour
+)
+
+// AgentLogRetention returns how many lines of an instance are kept and for
+// how long: r's values, or the defaults for those unset (zero).
+func AgentLogRetention(r *inventoryv1.LogRetention) (maxLines uint64, maxAge time.Duration) {
+	maxLines, maxAge = AgentLogDefaultLines, AgentLogDefaultAge
+	if n := r.GetMaxLines(); n > 0 {
+		maxLines = uint64(n)
+	}
+	if d := r.GetMaxAge().AsDuration(); r.GetMaxAge() != nil && d > 0 {
+		maxAge = d
+	}
+	return maxLines, maxAge
+}
 
 // EnsureStreams creates or updates the named streams (every stream when
 // none is named); it is idempotent and safe to run from several services at

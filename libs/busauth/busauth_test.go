@@ -2,6 +2,7 @@ package busauth_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -127,7 +128,9 @@ func TestOnlyDeclaredWatchersFollowASubjectLive(t *testing.T) {
 
 // TestNobodyMayListenEverywhereOrDestroyStreams: no identity may subscribe
 // to everything, to the default inbox or another identity's inbox, or
-// delete or purge a stream, its messages or a durable consumer.
+// delete a stream, its messages or a durable consumer, or purge a stream —
+// but the agent gateway the agent-log stream (per-instance log retention),
+// which TestOnlyTheAgentGatewayPurgesAndOnlyAgentLogs covers.
 func TestNobodyMayListenEverywhereOrDestroyStreams(t *testing.T) {
 	t.Parallel()
 	bus := testkit.SecureNATS(t)
@@ -143,7 +146,10 @@ func TestNobodyMayListenEverywhereOrDestroyStreams(t *testing.T) {
 			}
 			var pubs []string
 			for _, u := range endpoints.Streams {
-				pubs = append(pubs, "$JS.API.STREAM.DELETE."+u.Stream, "$JS.API.STREAM.PURGE."+u.Stream, "$JS.API.STREAM.MSG.DELETE."+u.Stream)
+				pubs = append(pubs, "$JS.API.STREAM.DELETE."+u.Stream, "$JS.API.STREAM.MSG.DELETE."+u.Stream)
+				if !u.PurgedBy(id) {
+					pubs = append(pubs, "$JS.API.STREAM.PURGE."+u.Stream)
+				}
 				for _, c := range u.Consumers {
 					pubs = append(pubs, "$JS.API.CONSUMER.DELETE."+u.Stream+"."+c.Durable)
 				}
@@ -170,6 +176,47 @@ func TestNobodyMayListenEverywhereOrDestroyStreams(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestOnlyTheAgentGatewayPurgesAndOnlyAgentLogs: purging is granted to one
+// identity for one stream, and that identity still deletes nothing: no
+// stream (not even the one it purges), no message, and purges no other
+// stream, also one nobody declared.
+func TestOnlyTheAgentGatewayPurgesAndOnlyAgentLogs(t *testing.T) {
+	t.Parallel()
+	var purgers []string
+	for _, u := range endpoints.Streams {
+		for _, p := range u.Purgers {
+			purgers = append(purgers, p+" "+u.Stream)
+		}
+	}
+	if fmt.Sprint(purgers) != "[agentgw FLOTILLA_AGENT_LOGS]" {
+		t.Fatalf("purgers %v, want only the agent gateway on the agent-log stream", purgers)
+	}
+	bus := testkit.SecureNATS(t)
+	nc, v := bus.Watch(t, subjects.AgentGW)
+	allowed := "$JS.API.STREAM.PURGE." + subjects.AgentLogsStream
+	refused := []string{"$JS.API.STREAM.PURGE.SOMEONE_ELSES", "$JS.API.STREAM.DELETE." + subjects.AgentLogsStream,
+		"$JS.API.STREAM.MSG.DELETE." + subjects.AgentLogsStream}
+	for _, u := range endpoints.Streams {
+		if u.Stream != subjects.AgentLogsStream {
+			refused = append(refused, "$JS.API.STREAM.PURGE."+u.Stream)
+		}
+	}
+	for _, p := range append(refused, allowed) {
+		if err := nc.Publish(p, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v.Settle(t)
+	for _, p := range refused {
+		if !v.PublishRefused(p) {
+			t.Errorf("the agent gateway may publish to %s", p)
+		}
+	}
+	if v.PublishRefused(allowed) {
+		t.Errorf("the agent gateway may not purge %s: it cannot enforce log retention", subjects.AgentLogsStream)
 	}
 }
 

@@ -26,16 +26,31 @@ func InboxPrefix(identity string) string { return "_INBOX_" + identity }
 // jsAPI is a JetStream API subject.
 func jsAPI(format string, args ...any) string { return "$JS.API." + fmt.Sprintf(format, args...) }
 
-// denied is never allowed to anyone, whatever else a set allows: removing
-// streams, their messages, or the durable consumers the services depend on.
-// (Readers may delete the ephemeral consumers they replay with: an ordered
-// consumer deletes its previous one each time it resets.)
-func denied() []string {
+// denied is never allowed to identity, whatever else a set allows:
+// removing streams, their messages, or the durable consumers the services
+// depend on. (Readers may delete the ephemeral consumers they replay with:
+// an ordered consumer deletes its previous one each time it resets.) The
+// one exception is purging a stream declared purged by identity
+// (StreamUse.Purgers: the agent gateway, the agent-log stream); every
+// other stream's purge stays denied to it by name, and undeclared streams
+// are not in its allow list at all.
+func denied(identity string) []string {
 	d := []string{
 		jsAPI("STREAM.DELETE.>"),
-		jsAPI("STREAM.PURGE.>"),
 		jsAPI("STREAM.MSG.DELETE.>"),
 		jsAPI("CONSUMER.DURABLE.CREATE.>"),
+	}
+	purges := false
+	for _, u := range endpoints.Streams {
+		purges = purges || u.PurgedBy(identity)
+	}
+	if !purges {
+		d = append(d, jsAPI("STREAM.PURGE.>"))
+	}
+	for _, u := range endpoints.Streams {
+		if purges && !u.PurgedBy(identity) {
+			d = append(d, jsAPI("STREAM.PURGE.%s", u.Stream))
+		}
 	}
 	for _, u := range endpoints.Streams {
 		for _, c := range u.Consumers {
@@ -92,6 +107,9 @@ func Permissions(identity string) (jwt.Permissions, error) {
 				"$JS.ACK."+st+"."+durable+".>",
 				subjects.Poison(identity))
 		}
+		if u.PurgedBy(identity) {
+			pub = append(pub, jsAPI("STREAM.PURGE.%s", st))
+		}
 		if u.ReadBy(identity) {
 			pub = append(pub, jsAPI("STREAM.INFO.%s", st), jsAPI("STREAM.MSG.GET.%s", st),
 				jsAPI("DIRECT.GET.%s", st), jsAPI("DIRECT.GET.%s.>", st),
@@ -126,7 +144,7 @@ func Permissions(identity string) (jwt.Permissions, error) {
 	}
 	p := jwt.Permissions{}
 	p.Pub.Allow.Add(unique(pub)...)
-	p.Pub.Deny.Add(append(deny, denied()...)...)
+	p.Pub.Deny.Add(append(deny, denied(identity)...)...)
 	p.Sub.Allow.Add(unique(sub)...)
 	if serves {
 		// Reply to whoever sent a request, once, within a minute.

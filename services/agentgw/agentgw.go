@@ -70,6 +70,9 @@ type Deps struct {
 	// StreamReplicas is the replication of the agent log stream it
 	// declares (1 or 3).
 	StreamReplicas int
+	// RetentionInterval is how often the instances' log retention is
+	// enforced; 0 means DefaultRetentionInterval.
+	RetentionInterval time.Duration
 }
 
 // Service is the running agent gateway.
@@ -85,6 +88,7 @@ type Service struct {
 	serverNames    []string
 	requestTimeout time.Duration
 	observeRetry   time.Duration
+	retention      time.Duration
 
 	caPool *x509.CertPool
 	cert   atomic.Pointer[tls.Certificate]
@@ -113,6 +117,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		serverNames:    d.ServerNames,
 		requestTimeout: d.RequestTimeout,
 		observeRetry:   d.ObserveRetry,
+		retention:      d.RetentionInterval,
 		conns:          map[string]*agentConn{},
 	}
 	if len(s.serverNames) == 0 {
@@ -124,9 +129,15 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if s.observeRetry <= 0 {
 		s.observeRetry = DefaultObserveRetry
 	}
+	if s.retention <= 0 {
+		s.retention = DefaultRetentionInterval
+	}
 	s.bus = rpc.NewClient(d.NATS, subjects.AgentGW, s.requestTimeout)
 	var err error
-	if s.js, err = jetstream.New(d.NATS); err != nil {
+	// Log lines are published without waiting for each acknowledgement; one
+	// that does not come within the request timeout fails its stream.
+	if s.js, err = jetstream.New(d.NATS, jetstream.WithPublishAsyncMaxPending(maxLogsPending),
+		jetstream.WithPublishAsyncTimeout(s.requestTimeout)); err != nil {
 		return nil, fmt.Errorf("agentgw: jetstream: %w", err)
 	}
 	if err := bus.EnsureStreams(ctx, s.js, d.StreamReplicas, endpoints.StreamsOf(subjects.AgentGW)...); err != nil {
@@ -191,6 +202,10 @@ func (s *Service) Run(ctx context.Context) error {
 	})
 	eg.Go(func() error {
 		s.renewServerCert(gctx)
+		return nil
+	})
+	eg.Go(func() error {
+		s.enforceRetention(gctx, s.retention)
 		return nil
 	})
 	eg.Go(func() error {

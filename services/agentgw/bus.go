@@ -3,15 +3,10 @@ package agentgw
 import (
 	"context"
 	"errors"
-	"fmt"
 	"math/rand/v2"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
@@ -94,51 +89,4 @@ func (s *Service) deliver(ctx context.Context, ev *agentv1.AgentEvent, retry boo
 		}
 		wait = min(2*wait, 5*time.Second)
 	}
-}
-
-// publishLogs appends lines to the agent-log stream under the instance's
-// subject, each with the message id "<instance-id>-<seq>", and waits until
-// JetStream has stored (or de-duplicated) every one.
-func (s *Service) publishLogs(ctx context.Context, id string, lines []*agentv1.LogLine) error {
-	futures := make([]jetstream.PubAckFuture, 0, len(lines))
-	now := time.Now()
-	for _, l := range lines {
-		if l.GetSeq() == 0 {
-			s.log.WarnContext(ctx, "dropped an agent log line without a sequence number", "instance_id", id)
-			continue
-		}
-		if l.Time == nil {
-			l.Time = timestamppb.New(now)
-		}
-		// A line is stored as a protobuf string: valid UTF-8, or nothing of
-		// the agent's batch could be published.
-		l.Text = strings.ToValidUTF8(l.Text, "\uFFFD")
-		if len(l.Text) > maxLogText {
-			l.Text = l.Text[:msgcheck.RuneCut(l.Text, maxLogText)] + msgcheck.CutMarker
-		}
-		msg, err := bus.NewMessage(ctx, subjects.AgentLogs(id), "agent.log", vocab.Agent(id), l.GetTime().AsTime(), l)
-		if err != nil {
-			return err
-		}
-		msg.Header.Set(bus.HeaderMsgID, id+"-"+strconv.FormatUint(l.GetSeq(), 10))
-		f, err := s.js.PublishMsgAsync(&nats.Msg{Subject: msg.Subject, Header: msg.Header, Data: msg.Data})
-		if err != nil {
-			return fmt.Errorf("publish log line %d of %s: %w", l.GetSeq(), id, err)
-		}
-		futures = append(futures, f)
-	}
-	timeout := time.NewTimer(s.requestTimeout)
-	defer timeout.Stop()
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return fmt.Errorf("store log lines of %s: %w", id, err)
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timeout.C:
-			return fmt.Errorf("store log lines of %s: no acknowledgement from JetStream in %s", id, s.requestTimeout)
-		}
-	}
-	return nil
 }

@@ -55,6 +55,7 @@ type agentConn struct {
 	reason   string
 	replaced bool
 	sub      *nats.Subscription
+	logs     *logPublisher
 }
 
 // queuedEvent is an event waiting for the bus.
@@ -89,12 +90,20 @@ func (c *agentConn) closeReason() (string, bool) {
 	return c.reason, c.replaced
 }
 
-// send queues m for the agent unless the stream has ended.
-func (c *agentConn) send(m *agentv1.GatewayMessage) {
+// send queues m for the agent unless the stream has ended, which it
+// reports with false.
+func (c *agentConn) send(m *agentv1.GatewayMessage) bool {
 	select {
 	case c.out <- m:
+		return true
 	case <-c.closed:
+		return false
 	}
+}
+
+// ackLogs tells the agent that its log lines up to seq are stored.
+func (c *agentConn) ackLogs(seq uint64) bool {
+	return c.send(&agentv1.GatewayMessage{Body: &agentv1.GatewayMessage_LogAck{LogAck: &agentv1.LogAck{Seq: seq}}})
 }
 
 // event builds an AgentEvent about this agent, stamped now.
@@ -131,6 +140,11 @@ func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
 		requests: make(chan struct{}, maxRequests),
 		closed:   make(chan struct{}),
 	}
+	// First of all: this gateway acknowledges log lines, so the agent keeps
+	// each until its LogAck.
+	c.ackLogs(0)
+	c.logs = newLogPublisher(s.js, c.id, s.requestTimeout, c.ackLogs)
+	defer c.logs.Stop()
 	// Events outlive the stream (the last one says it ended), so they are
 	// sent under a context that the stream's end does not cancel.
 	evCtx := context.WithoutCancel(ctx)
@@ -191,6 +205,13 @@ loop:
 			}
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
+				// The agent sent everything: acknowledge its last lines
+				// once stored, then end the stream.
+				if err := s.finishLogs(ctx, stream, c); err != nil {
+					result, reason = status.Error(codes.Unavailable, "the agent gateway could not store every log line; reconnect and send them again"),
+						fmt.Sprintf("storing the last log lines failed: %v", err)
+					break loop
+				}
 				result, reason = nil, "the agent closed the stream"
 			} else {
 				result, reason = err, fmt.Sprintf("the stream broke: %v", err)
@@ -199,6 +220,12 @@ loop:
 					result = status.Error(codes.Unavailable, "the agent gateway could not store what the agent sent; reconnect and send it again")
 				}
 			}
+			break loop
+		case <-c.logs.Failed():
+			err := c.logs.Err()
+			s.log.WarnContext(ctx, "agent log lines not stored", "instance_id", c.id, "error", err)
+			result = status.Error(codes.Unavailable, "the agent gateway could not store what the agent sent; reconnect and send it again")
+			reason = fmt.Sprintf("storing log lines failed: %v", err)
 			break loop
 		case <-c.closed:
 			r, _ := c.closeReason()
@@ -230,6 +257,37 @@ loop:
 		close(c.events)
 	}()
 	return result
+}
+
+// finishLogs waits until every log line the agent sent is stored and
+// acknowledged, passing the acknowledgements (and anything else queued) on
+// to the agent.
+func (s *Service) finishLogs(ctx context.Context, stream agentv1.AgentGateway_ConnectServer, c *agentConn) error {
+	fctx, cancel := context.WithTimeout(ctx, s.requestTimeout)
+	defer cancel()
+	finished := make(chan error, 1)
+	go func() { finished <- c.logs.Finish(fctx) }()
+	for {
+		select {
+		case m := <-c.out:
+			if err := stream.Send(m); err != nil {
+				cancel()
+				<-finished
+				return err
+			}
+		case err := <-finished:
+			for {
+				select {
+				case m := <-c.out:
+					if err := stream.Send(m); err != nil {
+						return err
+					}
+				default:
+					return err
+				}
+			}
+		}
+	}
 }
 
 // errOlderCert refuses a stream whose certificate is older than the one the
@@ -317,7 +375,7 @@ func (s *Service) handle(ctx context.Context, c *agentConn, m *agentv1.AgentMess
 		ev.Body = &agentv1.AgentEvent_Progress{Progress: b.Progress}
 		c.events <- queuedEvent{ev: ev, retry: true}
 	case *agentv1.AgentMessage_Logs:
-		return s.publishLogs(ctx, c.id, b.Logs.GetLines())
+		return c.logs.Publish(ctx, b.Logs.GetLines())
 	case *agentv1.AgentMessage_SecretRequest:
 		s.goRequest(ctx, c, func() *agentv1.GatewayMessage { return s.readSecret(ctx, c.id, b.SecretRequest) })
 	case *agentv1.AgentMessage_ServerCertRequest:

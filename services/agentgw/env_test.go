@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +27,7 @@ import (
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
+	"flotilla.dev/flotilla/services/agentgw"
 	"flotilla.dev/flotilla/services/ca"
 )
 
@@ -33,10 +35,11 @@ import (
 // agent gateway on 127.0.0.1, with a recorder of what the gateway sends to
 // the inventory's lifecycle.observe.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	ca       *ca.Service
+	gw       *agentgw.Service
 	addr     string
 	roots    *x509.CertPool
 	observed *testkit.Inventory
@@ -48,13 +51,15 @@ type env struct {
 
 type envOptions struct {
 	agentCertTTL time.Duration
+	// retentionInterval is how often log retention is enforced (0: the default).
+	retentionInterval time.Duration
 	// services starts the real inventory (on a fresh PostgreSQL database)
 	// and secrets services; the inventory then answers lifecycle.observe
 	// and nothing is recorded.
 	services bool
 }
 
-func newEnv(t *testing.T, o envOptions) *env {
+func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
 	e := &env{t: t, bus: testkit.SecureNATS(t)}
 	// The test reads the streams as an operator's tools would, sends what
@@ -65,7 +70,8 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if e.js, err = jetstream.New(e.nc); err != nil {
 		t.Fatal(err)
 	}
-	cfg := stacktest.OnBus(stack.Config{Services: []string{subjects.CA, subjects.AgentGW}, Log: testLog(t), AgentCertTTL: o.agentCertTTL}, e.bus)
+	cfg := stacktest.OnBus(stack.Config{Services: []string{subjects.CA, subjects.AgentGW}, Log: testLog(t), AgentCertTTL: o.agentCertTTL,
+		LogRetentionInterval: o.retentionInterval}, e.bus)
 	if o.services {
 		cfg.Services = append(cfg.Services, subjects.Inventory, subjects.Secrets)
 	} else {
@@ -73,7 +79,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		e.observed = testkit.FakeInventory(t, e.bus.Conn(t, subjects.Inventory))
 	}
 	st := stacktest.Start(t, cfg)
-	e.ca, e.addr = st.CA, st.AgentAddr
+	e.ca, e.gw, e.addr = st.CA, st.AgentGW, st.AgentAddr
 	e.roots = e.ca.Authority().Pool()
 	e.provisioner = rpc.NewClient(e.bus.Conn(t, subjects.Provisioner), subjects.Provisioner, 0)
 	e.operator = rpc.NewClient(e.bus.Conn(t, subjects.Gateway), subjects.Gateway, 0)
@@ -81,7 +87,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 }
 
 // testLog logs to t until the test ends, then discards.
-func testLog(t *testing.T) *slog.Logger {
+func testLog(t testing.TB) *slog.Logger {
 	w := &testWriter{t: t}
 	t.Cleanup(w.stop) // registered first, so it runs last
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -89,7 +95,7 @@ func testLog(t *testing.T) *slog.Logger {
 
 type testWriter struct {
 	mu   sync.Mutex
-	t    *testing.T
+	t    testing.TB
 	done bool
 }
 
@@ -149,12 +155,12 @@ func (e *env) join(id string) *tls.Certificate {
 }
 
 // connect joins as id and opens a stream with hello.
-func (e *env) connect(id string) agentv1.AgentGateway_ConnectClient {
+func (e *env) connect(id string) *agentStream {
 	e.t.Helper()
 	return e.connectAs(e.join(id), &agentv1.Hello{AgentVersion: "test", VmId: "vm-" + id})
 }
 
-func (e *env) connectAs(cert *tls.Certificate, hello *agentv1.Hello) agentv1.AgentGateway_ConnectClient {
+func (e *env) connectAs(cert *tls.Certificate, hello *agentv1.Hello) *agentStream {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(e.t.Context())
 	e.t.Cleanup(cancel)
@@ -165,10 +171,38 @@ func (e *env) connectAs(cert *tls.Certificate, hello *agentv1.Hello) agentv1.Age
 	if err := stream.Send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Hello{Hello: hello}}); err != nil {
 		e.t.Fatal(err)
 	}
-	return stream
+	return &agentStream{AgentGateway_ConnectClient: stream}
 }
 
-func newCSR(t *testing.T) (crypto.Signer, []byte) {
+// agentStream is an agent's end of a stream whose Recv passes over log
+// acknowledgements, recording them.
+type agentStream struct {
+	agentv1.AgentGateway_ConnectClient
+	mu   sync.Mutex
+	acks []uint64
+}
+
+// Recv returns the next message that is not a LogAck.
+func (s *agentStream) Recv() (*agentv1.GatewayMessage, error) {
+	for {
+		m, err := s.AgentGateway_ConnectClient.Recv()
+		if err != nil || m.GetLogAck() == nil {
+			return m, err
+		}
+		s.mu.Lock()
+		s.acks = append(s.acks, m.GetLogAck().GetSeq())
+		s.mu.Unlock()
+	}
+}
+
+// Acks returns the LogAcks received so far.
+func (s *agentStream) Acks() []uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.acks)
+}
+
+func newCSR(t testing.TB) (crypto.Signer, []byte) {
 	t.Helper()
 	key, err := pki.GenerateKey()
 	if err != nil {
@@ -181,7 +215,7 @@ func newCSR(t *testing.T) (crypto.Signer, []byte) {
 	return key, csr
 }
 
-func tlsCert(t *testing.T, certPEM []byte, key crypto.Signer) *tls.Certificate {
+func tlsCert(t testing.TB, certPEM []byte, key crypto.Signer) *tls.Certificate {
 	t.Helper()
 	certs, err := pki.ParseCertificatesPEM(certPEM)
 	if err != nil {

@@ -191,6 +191,10 @@ func TestBadInputNamesTheFieldAndWritesNothing(t *testing.T) {
 		{"network that does not exist", "/api/v1/instances", reply{"name": "i1", "kind": "design", "templateId": tmpl["id"], "networkId": "nope"}, "networkId: network \"nope\" does not exist"},
 		{"bad SAN", "/api/v1/instances", reply{"name": "i1", "kind": "design", "templateId": tmpl["id"], "networkId": net["id"], "ssl": reply{"sans": []string{"bad name!"}}}, "ssl.sans[0]"},
 		{"SANs on a plain-HTTP network", "/api/v1/instances", reply{"name": "i1", "kind": "design", "templateId": tmpl["id"], "networkId": net["id"], "ssl": reply{"sans": []string{"x.example.com"}}}, "ssl: network \"net\" uses httpsStrategy \"none\""},
+		{"too many log lines kept", "/api/v1/instances", reply{"name": "i1", "kind": "design", "templateId": tmpl["id"], "networkId": net["id"], "logRetention": reply{"maxLines": 1000001}}, "logRetention.maxLines: 1000001 is out of range: must be between 1 and 1000000"},
+		{"negative log lines", "/api/v1/instances", reply{"name": "i1", "kind": "design", "templateId": tmpl["id"], "networkId": net["id"], "logRetention": reply{"maxLines": -5}}, "logRetention.maxLines"},
+		{"logs kept too long", "/api/v1/instances", reply{"name": "i1", "kind": "design", "templateId": tmpl["id"], "networkId": net["id"], "logRetention": reply{"maxAge": "2592001s"}}, "logRetention.maxAge: 720h0m1s is out of range"},
+		{"logs kept too briefly", "/api/v1/instances", reply{"name": "i1", "kind": "design", "templateId": tmpl["id"], "networkId": net["id"], "logRetention": reply{"maxAge": "30s"}}, "logRetention.maxAge"},
 		{"page size", "/api/v1/networks?pageSize=501", nil, "pageSize"},
 		{"page token", "/api/v1/networks?pageToken=garbage!", nil, "pageToken"},
 	}

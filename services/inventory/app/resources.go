@@ -65,6 +65,7 @@ func checkInstance(ctx context.Context, a *App, tx pgx.Tx, old, v *inventoryv1.I
 	if err := domain.ValidateInstance(v, a.reservedNames); err != nil {
 		return err
 	}
+	domain.FillLogRetention(v)
 	if old != nil && !vocab.State(old.GetState()).AtRest() &&
 		(old.GetTemplateId() != v.GetTemplateId() || old.GetNetworkId() != v.GetNetworkId() || old.GetKind() != v.GetKind()) {
 		return apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: kind, templateId and networkId can change only while it is %s or %s",

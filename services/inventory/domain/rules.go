@@ -5,14 +5,18 @@ package domain
 
 import (
 	"fmt"
+
 	"net/mail"
 	"path"
 	"regexp"
 	"strings"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/pki"
 )
 
@@ -275,7 +279,31 @@ func ValidateInstance(in *inventoryv1.Instance, reserved []string) error {
 			return apierr.Invalid(fmt.Sprintf("ssl.domains[%d]", i), "%q is not a DNS name", d)
 		}
 	}
+	return validateLogRetention(in.GetLogRetention())
+}
+
+// validateLogRetention checks an instance's log retention against the
+// agent-log stream's ceiling; zero values mean the defaults.
+func validateLogRetention(r *inventoryv1.LogRetention) error {
+	if n := r.GetMaxLines(); n < 0 || n > bus.AgentLogMaxLines {
+		return apierr.Invalid("logRetention.maxLines", "%d is out of range: must be between 1 and %d (0 means %d)",
+			n, bus.AgentLogMaxLines, bus.AgentLogDefaultLines)
+	}
+	if a := r.GetMaxAge(); a != nil {
+		d := a.AsDuration()
+		if err := a.CheckValid(); err != nil || (d != 0 && (d < bus.AgentLogMinAge || d > bus.AgentLogMaxAge)) {
+			return apierr.Invalid("logRetention.maxAge", "%s is out of range: must be between %s and %s (%d days); 0 means %s",
+				d, bus.AgentLogMinAge, bus.AgentLogMaxAge, int(bus.AgentLogMaxAge.Hours()/24), bus.AgentLogDefaultAge)
+		}
+	}
 	return nil
+}
+
+// FillLogRetention sets the unset fields of an instance's log retention to
+// the defaults, so the instance shows what applies.
+func FillLogRetention(in *inventoryv1.Instance) {
+	lines, age := bus.AgentLogRetention(in.GetLogRetention())
+	in.LogRetention = &inventoryv1.LogRetention{MaxLines: int32(lines), MaxAge: durationpb.New(age)}
 }
 
 // ValidatePlacement checks that an instance's template and network fit together

@@ -873,6 +873,7 @@ type GatewayMessage struct {
 	//	*GatewayMessage_Command
 	//	*GatewayMessage_SecretResponse
 	//	*GatewayMessage_ServerCertResponse
+	//	*GatewayMessage_LogAck
 	Body          isGatewayMessage_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -942,6 +943,15 @@ func (x *GatewayMessage) GetServerCertResponse() *ServerCertResponse {
 	return nil
 }
 
+func (x *GatewayMessage) GetLogAck() *LogAck {
+	if x != nil {
+		if x, ok := x.Body.(*GatewayMessage_LogAck); ok {
+			return x.LogAck
+		}
+	}
+	return nil
+}
+
 type isGatewayMessage_Body interface {
 	isGatewayMessage_Body()
 }
@@ -958,11 +968,67 @@ type GatewayMessage_ServerCertResponse struct {
 	ServerCertResponse *ServerCertResponse `protobuf:"bytes,3,opt,name=server_cert_response,json=serverCertResponse,proto3,oneof"`
 }
 
+type GatewayMessage_LogAck struct {
+	LogAck *LogAck `protobuf:"bytes,4,opt,name=log_ack,json=logAck,proto3,oneof"`
+}
+
 func (*GatewayMessage_Command) isGatewayMessage_Body() {}
 
 func (*GatewayMessage_SecretResponse) isGatewayMessage_Body() {}
 
 func (*GatewayMessage_ServerCertResponse) isGatewayMessage_Body() {}
+
+func (*GatewayMessage_LogAck) isGatewayMessage_Body() {}
+
+// LogAck tells the agent that JetStream stored (or already had) every log
+// line it sent on this stream up to seq: the agent may forget them. A
+// gateway that acknowledges logs sends LogAck{seq: 0} first on every stream,
+// so an agent knows to wait for acknowledgements (an older gateway sends
+// none, and its agents fall back to forgetting the lines a stream carried
+// once it stayed healthy for a heartbeat interval).
+type LogAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogAck) Reset() {
+	*x = LogAck{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogAck) ProtoMessage() {}
+
+func (x *LogAck) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogAck.ProtoReflect.Descriptor instead.
+func (*LogAck) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *LogAck) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
 
 // Command tells the agent what to make true. Commands are idempotent: the
 // agent remembers the last completed command id on the data disk.
@@ -980,7 +1046,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1058,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1071,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Command) GetId() string {
@@ -1075,7 +1141,7 @@ type Bootstrap struct {
 
 func (x *Bootstrap) Reset() {
 	*x = Bootstrap{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1087,7 +1153,7 @@ func (x *Bootstrap) String() string {
 func (*Bootstrap) ProtoMessage() {}
 
 func (x *Bootstrap) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1100,7 +1166,7 @@ func (x *Bootstrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bootstrap.ProtoReflect.Descriptor instead.
 func (*Bootstrap) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Bootstrap) GetInstanceName() string {
@@ -1154,7 +1220,7 @@ type StopNode struct {
 
 func (x *StopNode) Reset() {
 	*x = StopNode{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1166,7 +1232,7 @@ func (x *StopNode) String() string {
 func (*StopNode) ProtoMessage() {}
 
 func (x *StopNode) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1179,7 +1245,7 @@ func (x *StopNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopNode.ProtoReflect.Descriptor instead.
 func (*StopNode) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 type SecretResponse struct {
@@ -1193,7 +1259,7 @@ type SecretResponse struct {
 
 func (x *SecretResponse) Reset() {
 	*x = SecretResponse{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1205,7 +1271,7 @@ func (x *SecretResponse) String() string {
 func (*SecretResponse) ProtoMessage() {}
 
 func (x *SecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1218,7 +1284,7 @@ func (x *SecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretResponse.ProtoReflect.Descriptor instead.
 func (*SecretResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SecretResponse) GetRequestId() string {
@@ -1254,7 +1320,7 @@ type ServerCertResponse struct {
 
 func (x *ServerCertResponse) Reset() {
 	*x = ServerCertResponse{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1266,7 +1332,7 @@ func (x *ServerCertResponse) String() string {
 func (*ServerCertResponse) ProtoMessage() {}
 
 func (x *ServerCertResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1279,7 +1345,7 @@ func (x *ServerCertResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerCertResponse.ProtoReflect.Descriptor instead.
 func (*ServerCertResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ServerCertResponse) GetRequestId() string {
@@ -1329,7 +1395,7 @@ type AgentEvent struct {
 
 func (x *AgentEvent) Reset() {
 	*x = AgentEvent{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1341,7 +1407,7 @@ func (x *AgentEvent) String() string {
 func (*AgentEvent) ProtoMessage() {}
 
 func (x *AgentEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1354,7 +1420,7 @@ func (x *AgentEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentEvent.ProtoReflect.Descriptor instead.
 func (*AgentEvent) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AgentEvent) GetInstanceId() string {
@@ -1451,7 +1517,7 @@ type Disconnected struct {
 
 func (x *Disconnected) Reset() {
 	*x = Disconnected{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1463,7 +1529,7 @@ func (x *Disconnected) String() string {
 func (*Disconnected) ProtoMessage() {}
 
 func (x *Disconnected) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1476,7 +1542,7 @@ func (x *Disconnected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disconnected.ProtoReflect.Descriptor instead.
 func (*Disconnected) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Disconnected) GetReason() string {
@@ -1549,12 +1615,15 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\x11ServerCertRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x17\n" +
-	"\acsr_der\x18\x02 \x01(\fR\x06csrDer\"\xf9\x01\n" +
+	"\acsr_der\x18\x02 \x01(\fR\x06csrDer\"\xaf\x02\n" +
 	"\x0eGatewayMessage\x126\n" +
 	"\acommand\x18\x01 \x01(\v2\x1a.flotilla.agent.v1.CommandH\x00R\acommand\x12L\n" +
 	"\x0fsecret_response\x18\x02 \x01(\v2!.flotilla.agent.v1.SecretResponseH\x00R\x0esecretResponse\x12Y\n" +
-	"\x14server_cert_response\x18\x03 \x01(\v2%.flotilla.agent.v1.ServerCertResponseH\x00R\x12serverCertResponseB\x06\n" +
-	"\x04body\"\x9d\x01\n" +
+	"\x14server_cert_response\x18\x03 \x01(\v2%.flotilla.agent.v1.ServerCertResponseH\x00R\x12serverCertResponse\x124\n" +
+	"\alog_ack\x18\x04 \x01(\v2\x19.flotilla.agent.v1.LogAckH\x00R\x06logAckB\x06\n" +
+	"\x04body\"\x1a\n" +
+	"\x06LogAck\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\x9d\x01\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12<\n" +
 	"\tbootstrap\x18\x02 \x01(\v2\x1c.flotilla.agent.v1.BootstrapH\x00R\tbootstrap\x12:\n" +
@@ -1609,7 +1678,7 @@ func file_flotilla_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_flotilla_agent_v1_agent_proto_rawDescData
 }
 
-var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*JoinRequest)(nil),           // 0: flotilla.agent.v1.JoinRequest
 	(*JoinResponse)(nil),          // 1: flotilla.agent.v1.JoinResponse
@@ -1624,50 +1693,52 @@ var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*SecretRequest)(nil),         // 10: flotilla.agent.v1.SecretRequest
 	(*ServerCertRequest)(nil),     // 11: flotilla.agent.v1.ServerCertRequest
 	(*GatewayMessage)(nil),        // 12: flotilla.agent.v1.GatewayMessage
-	(*Command)(nil),               // 13: flotilla.agent.v1.Command
-	(*Bootstrap)(nil),             // 14: flotilla.agent.v1.Bootstrap
-	(*StopNode)(nil),              // 15: flotilla.agent.v1.StopNode
-	(*SecretResponse)(nil),        // 16: flotilla.agent.v1.SecretResponse
-	(*ServerCertResponse)(nil),    // 17: flotilla.agent.v1.ServerCertResponse
-	(*AgentEvent)(nil),            // 18: flotilla.agent.v1.AgentEvent
-	(*Disconnected)(nil),          // 19: flotilla.agent.v1.Disconnected
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
-	(*v1.SetupAction)(nil),        // 21: flotilla.inventory.v1.SetupAction
+	(*LogAck)(nil),                // 13: flotilla.agent.v1.LogAck
+	(*Command)(nil),               // 14: flotilla.agent.v1.Command
+	(*Bootstrap)(nil),             // 15: flotilla.agent.v1.Bootstrap
+	(*StopNode)(nil),              // 16: flotilla.agent.v1.StopNode
+	(*SecretResponse)(nil),        // 17: flotilla.agent.v1.SecretResponse
+	(*ServerCertResponse)(nil),    // 18: flotilla.agent.v1.ServerCertResponse
+	(*AgentEvent)(nil),            // 19: flotilla.agent.v1.AgentEvent
+	(*Disconnected)(nil),          // 20: flotilla.agent.v1.Disconnected
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(*v1.SetupAction)(nil),        // 22: flotilla.inventory.v1.SetupAction
 }
 var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
-	20, // 0: flotilla.agent.v1.JoinResponse.not_after:type_name -> google.protobuf.Timestamp
-	20, // 1: flotilla.agent.v1.RenewResponse.not_after:type_name -> google.protobuf.Timestamp
+	21, // 0: flotilla.agent.v1.JoinResponse.not_after:type_name -> google.protobuf.Timestamp
+	21, // 1: flotilla.agent.v1.RenewResponse.not_after:type_name -> google.protobuf.Timestamp
 	5,  // 2: flotilla.agent.v1.AgentMessage.hello:type_name -> flotilla.agent.v1.Hello
 	6,  // 3: flotilla.agent.v1.AgentMessage.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
 	8,  // 4: flotilla.agent.v1.AgentMessage.logs:type_name -> flotilla.agent.v1.LogBatch
 	9,  // 5: flotilla.agent.v1.AgentMessage.progress:type_name -> flotilla.agent.v1.Progress
 	10, // 6: flotilla.agent.v1.AgentMessage.secret_request:type_name -> flotilla.agent.v1.SecretRequest
 	11, // 7: flotilla.agent.v1.AgentMessage.server_cert_request:type_name -> flotilla.agent.v1.ServerCertRequest
-	20, // 8: flotilla.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	20, // 9: flotilla.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	21, // 8: flotilla.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	21, // 9: flotilla.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
 	7,  // 10: flotilla.agent.v1.LogBatch.lines:type_name -> flotilla.agent.v1.LogLine
-	13, // 11: flotilla.agent.v1.GatewayMessage.command:type_name -> flotilla.agent.v1.Command
-	16, // 12: flotilla.agent.v1.GatewayMessage.secret_response:type_name -> flotilla.agent.v1.SecretResponse
-	17, // 13: flotilla.agent.v1.GatewayMessage.server_cert_response:type_name -> flotilla.agent.v1.ServerCertResponse
-	14, // 14: flotilla.agent.v1.Command.bootstrap:type_name -> flotilla.agent.v1.Bootstrap
-	15, // 15: flotilla.agent.v1.Command.stop_node:type_name -> flotilla.agent.v1.StopNode
-	21, // 16: flotilla.agent.v1.Bootstrap.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
-	20, // 17: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
-	5,  // 18: flotilla.agent.v1.AgentEvent.connected:type_name -> flotilla.agent.v1.Hello
-	19, // 19: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
-	6,  // 20: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
-	9,  // 21: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
-	0,  // 22: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
-	2,  // 23: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
-	4,  // 24: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
-	1,  // 25: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
-	3,  // 26: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
-	12, // 27: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
-	25, // [25:28] is the sub-list for method output_type
-	22, // [22:25] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	14, // 11: flotilla.agent.v1.GatewayMessage.command:type_name -> flotilla.agent.v1.Command
+	17, // 12: flotilla.agent.v1.GatewayMessage.secret_response:type_name -> flotilla.agent.v1.SecretResponse
+	18, // 13: flotilla.agent.v1.GatewayMessage.server_cert_response:type_name -> flotilla.agent.v1.ServerCertResponse
+	13, // 14: flotilla.agent.v1.GatewayMessage.log_ack:type_name -> flotilla.agent.v1.LogAck
+	15, // 15: flotilla.agent.v1.Command.bootstrap:type_name -> flotilla.agent.v1.Bootstrap
+	16, // 16: flotilla.agent.v1.Command.stop_node:type_name -> flotilla.agent.v1.StopNode
+	22, // 17: flotilla.agent.v1.Bootstrap.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
+	21, // 18: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
+	5,  // 19: flotilla.agent.v1.AgentEvent.connected:type_name -> flotilla.agent.v1.Hello
+	20, // 20: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
+	6,  // 21: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
+	9,  // 22: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
+	0,  // 23: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
+	2,  // 24: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
+	4,  // 25: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
+	1,  // 26: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
+	3,  // 27: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
+	12, // 28: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
+	26, // [26:29] is the sub-list for method output_type
+	23, // [23:26] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_agent_v1_agent_proto_init() }
@@ -1687,12 +1758,13 @@ func file_flotilla_agent_v1_agent_proto_init() {
 		(*GatewayMessage_Command)(nil),
 		(*GatewayMessage_SecretResponse)(nil),
 		(*GatewayMessage_ServerCertResponse)(nil),
+		(*GatewayMessage_LogAck)(nil),
 	}
-	file_flotilla_agent_v1_agent_proto_msgTypes[13].OneofWrappers = []any{
+	file_flotilla_agent_v1_agent_proto_msgTypes[14].OneofWrappers = []any{
 		(*Command_Bootstrap)(nil),
 		(*Command_StopNode)(nil),
 	}
-	file_flotilla_agent_v1_agent_proto_msgTypes[18].OneofWrappers = []any{
+	file_flotilla_agent_v1_agent_proto_msgTypes[19].OneofWrappers = []any{
 		(*AgentEvent_Connected)(nil),
 		(*AgentEvent_Disconnected)(nil),
 		(*AgentEvent_Heartbeat)(nil),
@@ -1704,7 +1776,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_agent_v1_agent_proto_rawDesc), len(file_flotilla_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

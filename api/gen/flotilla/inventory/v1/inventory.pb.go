@@ -12,6 +12,7 @@ import (
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	emptypb "google.golang.org/protobuf/types/known/emptypb"
 	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -814,6 +815,231 @@ func (x *ListInstancesResponse) GetNextPageToken() string {
 	return ""
 }
 
+type ListInstanceLogsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Maximum number of lines, 1-5000; 0 means 500. A page also ends before
+	// its text reaches 1 MiB.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Token from a previous response's next_page_token (with the same order).
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// "asc": oldest first (the default); "desc": newest first.
+	Order string `protobuf:"bytes,4,opt,name=order,proto3" json:"order,omitempty"`
+	// Only lines stored at or after this time (RFC 3339, e.g. 2026-01-02T15:04:05Z).
+	Since string `protobuf:"bytes,5,opt,name=since,proto3" json:"since,omitempty"`
+	// REST only: answer with server-sent events that go on with new lines.
+	Follow bool `protobuf:"varint,6,opt,name=follow,proto3" json:"follow,omitempty"`
+	// With follow and without since: how many of the newest lines come
+	// first, 1-10000; 0 means 200.
+	Lines         int32 `protobuf:"varint,7,opt,name=lines,proto3" json:"lines,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInstanceLogsRequest) Reset() {
+	*x = ListInstanceLogsRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInstanceLogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInstanceLogsRequest) ProtoMessage() {}
+
+func (x *ListInstanceLogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInstanceLogsRequest.ProtoReflect.Descriptor instead.
+func (*ListInstanceLogsRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ListInstanceLogsRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ListInstanceLogsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListInstanceLogsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListInstanceLogsRequest) GetOrder() string {
+	if x != nil {
+		return x.Order
+	}
+	return ""
+}
+
+func (x *ListInstanceLogsRequest) GetSince() string {
+	if x != nil {
+		return x.Since
+	}
+	return ""
+}
+
+func (x *ListInstanceLogsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *ListInstanceLogsRequest) GetLines() int32 {
+	if x != nil {
+		return x.Lines
+	}
+	return 0
+}
+
+type ListInstanceLogsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Lines []*InstanceLogLine     `protobuf:"bytes,1,rep,name=lines,proto3" json:"lines,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInstanceLogsResponse) Reset() {
+	*x = ListInstanceLogsResponse{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInstanceLogsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInstanceLogsResponse) ProtoMessage() {}
+
+func (x *ListInstanceLogsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInstanceLogsResponse.ProtoReflect.Descriptor instead.
+func (*ListInstanceLogsResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ListInstanceLogsResponse) GetLines() []*InstanceLogLine {
+	if x != nil {
+		return x.Lines
+	}
+	return nil
+}
+
+func (x *ListInstanceLogsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// InstanceLogLine is one line of an instance's log output.
+type InstanceLogLine struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent's sequence number of the line: increasing for one agent.
+	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// When the agent read the line.
+	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// "agent", "setup" or "node".
+	Source        string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	Text          string `protobuf:"bytes,4,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstanceLogLine) Reset() {
+	*x = InstanceLogLine{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstanceLogLine) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstanceLogLine) ProtoMessage() {}
+
+func (x *InstanceLogLine) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstanceLogLine.ProtoReflect.Descriptor instead.
+func (*InstanceLogLine) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *InstanceLogLine) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *InstanceLogLine) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *InstanceLogLine) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *InstanceLogLine) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
 type UpdateInstanceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Instance      *Instance              `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
@@ -824,7 +1050,7 @@ type UpdateInstanceRequest struct {
 
 func (x *UpdateInstanceRequest) Reset() {
 	*x = UpdateInstanceRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[16]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -836,7 +1062,7 @@ func (x *UpdateInstanceRequest) String() string {
 func (*UpdateInstanceRequest) ProtoMessage() {}
 
 func (x *UpdateInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[16]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -849,7 +1075,7 @@ func (x *UpdateInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateInstanceRequest.ProtoReflect.Descriptor instead.
 func (*UpdateInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *UpdateInstanceRequest) GetInstance() *Instance {
@@ -876,7 +1102,7 @@ type DeleteInstanceRequest struct {
 
 func (x *DeleteInstanceRequest) Reset() {
 	*x = DeleteInstanceRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[17]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -888,7 +1114,7 @@ func (x *DeleteInstanceRequest) String() string {
 func (*DeleteInstanceRequest) ProtoMessage() {}
 
 func (x *DeleteInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[17]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -901,7 +1127,7 @@ func (x *DeleteInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteInstanceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeleteInstanceRequest) GetId() string {
@@ -928,7 +1154,7 @@ type InstanceActionRequest struct {
 
 func (x *InstanceActionRequest) Reset() {
 	*x = InstanceActionRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[18]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -940,7 +1166,7 @@ func (x *InstanceActionRequest) String() string {
 func (*InstanceActionRequest) ProtoMessage() {}
 
 func (x *InstanceActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[18]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -953,7 +1179,7 @@ func (x *InstanceActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceActionRequest.ProtoReflect.Descriptor instead.
 func (*InstanceActionRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *InstanceActionRequest) GetId() string {
@@ -975,7 +1201,7 @@ type LifecycleRequest struct {
 
 func (x *LifecycleRequest) Reset() {
 	*x = LifecycleRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[19]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -987,7 +1213,7 @@ func (x *LifecycleRequest) String() string {
 func (*LifecycleRequest) ProtoMessage() {}
 
 func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[19]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1000,7 +1226,7 @@ func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LifecycleRequest.ProtoReflect.Descriptor instead.
 func (*LifecycleRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *LifecycleRequest) GetId() string {
@@ -1041,7 +1267,7 @@ type RecordStateRequest struct {
 
 func (x *RecordStateRequest) Reset() {
 	*x = RecordStateRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[20]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1279,7 @@ func (x *RecordStateRequest) String() string {
 func (*RecordStateRequest) ProtoMessage() {}
 
 func (x *RecordStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[20]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1292,7 @@ func (x *RecordStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordStateRequest.ProtoReflect.Descriptor instead.
 func (*RecordStateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{20}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RecordStateRequest) GetId() string {
@@ -1143,7 +1369,7 @@ var File_flotilla_inventory_v1_inventory_proto protoreflect.FileDescriptor
 
 const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\n" +
-	"%flotilla/inventory/v1/inventory.proto\x12\x15flotilla.inventory.v1\x1a%flotilla/inventory/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\"P\n" +
+	"%flotilla/inventory/v1/inventory.proto\x12\x15flotilla.inventory.v1\x1a%flotilla/inventory/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n" +
 	"\x14CreateNetworkRequest\x128\n" +
 	"\anetwork\x18\x01 \x01(\v2\x1e.flotilla.inventory.v1.NetworkR\anetwork\"#\n" +
 	"\x11GetNetworkRequest\x12\x0e\n" +
@@ -1190,7 +1416,24 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\"~\n" +
 	"\x15ListInstancesResponse\x12=\n" +
 	"\tinstances\x18\x01 \x03(\v2\x1f.flotilla.inventory.v1.InstanceR\tinstances\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x91\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbf\x01\n" +
+	"\x17ListInstanceLogsRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12\x14\n" +
+	"\x05order\x18\x04 \x01(\tR\x05order\x12\x14\n" +
+	"\x05since\x18\x05 \x01(\tR\x05since\x12\x16\n" +
+	"\x06follow\x18\x06 \x01(\bR\x06follow\x12\x14\n" +
+	"\x05lines\x18\a \x01(\x05R\x05lines\"\x80\x01\n" +
+	"\x18ListInstanceLogsResponse\x12<\n" +
+	"\x05lines\x18\x01 \x03(\v2&.flotilla.inventory.v1.InstanceLogLineR\x05lines\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x7f\n" +
+	"\x0fInstanceLogLine\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source\x12\x12\n" +
+	"\x04text\x18\x04 \x01(\tR\x04text\"\x91\x01\n" +
 	"\x15UpdateInstanceRequest\x12;\n" +
 	"\binstance\x18\x01 \x01(\v2\x1f.flotilla.inventory.v1.InstanceR\binstance\x12;\n" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
@@ -1227,7 +1470,8 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\vGetTemplate\x12).flotilla.inventory.v1.GetTemplateRequest\x1a\x1f.flotilla.inventory.v1.Template\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/templates/{id}\x12\x85\x01\n" +
 	"\rListTemplates\x12+.flotilla.inventory.v1.ListTemplatesRequest\x1a,.flotilla.inventory.v1.ListTemplatesResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/templates\x12\x92\x01\n" +
 	"\x0eUpdateTemplate\x12,.flotilla.inventory.v1.UpdateTemplateRequest\x1a\x1f.flotilla.inventory.v1.Template\"1\x82\xd3\xe4\x93\x02+:\btemplate2\x1f/api/v1/templates/{template.id}\x12v\n" +
-	"\x0eDeleteTemplate\x12,.flotilla.inventory.v1.DeleteTemplateRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/templates/{id}2\xef\b\n" +
+	"\x0eDeleteTemplate\x12,.flotilla.inventory.v1.DeleteTemplateRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/templates/{id}2\x8a\n" +
+	"\n" +
 	"\x0fInstanceService\x12\x84\x01\n" +
 	"\x0eCreateInstance\x12,.flotilla.inventory.v1.CreateInstanceRequest\x1a\x1f.flotilla.inventory.v1.Instance\"#\x82\xd3\xe4\x93\x02\x1d:\binstance\"\x11/api/v1/instances\x12y\n" +
 	"\vGetInstance\x12).flotilla.inventory.v1.GetInstanceRequest\x1a\x1f.flotilla.inventory.v1.Instance\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/instances/{id}\x12\x85\x01\n" +
@@ -1236,7 +1480,8 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x0eDeleteInstance\x12,.flotilla.inventory.v1.DeleteInstanceRequest\x1a\x1f.flotilla.inventory.v1.Instance\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/instances/{id}\x12\x8f\x01\n" +
 	"\x11ProvisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"+\x82\xd3\xe4\x93\x02%:\x01*\" /api/v1/instances/{id}:provision\x12\x93\x01\n" +
 	"\x13DeprovisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/api/v1/instances/{id}:deprovision\x12\x93\x01\n" +
-	"\x13ReprovisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/api/v1/instances/{id}:reprovisionBAZ?flotilla.dev/flotilla/api/gen/flotilla/inventory/v1;inventoryv1b\x06proto3"
+	"\x13ReprovisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/api/v1/instances/{id}:reprovision\x12\x98\x01\n" +
+	"\x10ListInstanceLogs\x12..flotilla.inventory.v1.ListInstanceLogsRequest\x1a/.flotilla.inventory.v1.ListInstanceLogsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/api/v1/instances/{id}/logsBAZ?flotilla.dev/flotilla/api/gen/flotilla/inventory/v1;inventoryv1b\x06proto3"
 
 var (
 	file_flotilla_inventory_v1_inventory_proto_rawDescOnce sync.Once
@@ -1250,93 +1495,101 @@ func file_flotilla_inventory_v1_inventory_proto_rawDescGZIP() []byte {
 	return file_flotilla_inventory_v1_inventory_proto_rawDescData
 }
 
-var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
-	(*CreateNetworkRequest)(nil),  // 0: flotilla.inventory.v1.CreateNetworkRequest
-	(*GetNetworkRequest)(nil),     // 1: flotilla.inventory.v1.GetNetworkRequest
-	(*ListNetworksRequest)(nil),   // 2: flotilla.inventory.v1.ListNetworksRequest
-	(*ListNetworksResponse)(nil),  // 3: flotilla.inventory.v1.ListNetworksResponse
-	(*UpdateNetworkRequest)(nil),  // 4: flotilla.inventory.v1.UpdateNetworkRequest
-	(*DeleteNetworkRequest)(nil),  // 5: flotilla.inventory.v1.DeleteNetworkRequest
-	(*CreateTemplateRequest)(nil), // 6: flotilla.inventory.v1.CreateTemplateRequest
-	(*GetTemplateRequest)(nil),    // 7: flotilla.inventory.v1.GetTemplateRequest
-	(*ListTemplatesRequest)(nil),  // 8: flotilla.inventory.v1.ListTemplatesRequest
-	(*ListTemplatesResponse)(nil), // 9: flotilla.inventory.v1.ListTemplatesResponse
-	(*UpdateTemplateRequest)(nil), // 10: flotilla.inventory.v1.UpdateTemplateRequest
-	(*DeleteTemplateRequest)(nil), // 11: flotilla.inventory.v1.DeleteTemplateRequest
-	(*CreateInstanceRequest)(nil), // 12: flotilla.inventory.v1.CreateInstanceRequest
-	(*GetInstanceRequest)(nil),    // 13: flotilla.inventory.v1.GetInstanceRequest
-	(*ListInstancesRequest)(nil),  // 14: flotilla.inventory.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil), // 15: flotilla.inventory.v1.ListInstancesResponse
-	(*UpdateInstanceRequest)(nil), // 16: flotilla.inventory.v1.UpdateInstanceRequest
-	(*DeleteInstanceRequest)(nil), // 17: flotilla.inventory.v1.DeleteInstanceRequest
-	(*InstanceActionRequest)(nil), // 18: flotilla.inventory.v1.InstanceActionRequest
-	(*LifecycleRequest)(nil),      // 19: flotilla.inventory.v1.LifecycleRequest
-	(*RecordStateRequest)(nil),    // 20: flotilla.inventory.v1.RecordStateRequest
-	(*Network)(nil),               // 21: flotilla.inventory.v1.Network
-	(*fieldmaskpb.FieldMask)(nil), // 22: google.protobuf.FieldMask
-	(*Template)(nil),              // 23: flotilla.inventory.v1.Template
-	(*Instance)(nil),              // 24: flotilla.inventory.v1.Instance
-	(*DataDisk)(nil),              // 25: flotilla.inventory.v1.DataDisk
-	(*Addresses)(nil),             // 26: flotilla.inventory.v1.Addresses
-	(*emptypb.Empty)(nil),         // 27: google.protobuf.Empty
+	(*CreateNetworkRequest)(nil),     // 0: flotilla.inventory.v1.CreateNetworkRequest
+	(*GetNetworkRequest)(nil),        // 1: flotilla.inventory.v1.GetNetworkRequest
+	(*ListNetworksRequest)(nil),      // 2: flotilla.inventory.v1.ListNetworksRequest
+	(*ListNetworksResponse)(nil),     // 3: flotilla.inventory.v1.ListNetworksResponse
+	(*UpdateNetworkRequest)(nil),     // 4: flotilla.inventory.v1.UpdateNetworkRequest
+	(*DeleteNetworkRequest)(nil),     // 5: flotilla.inventory.v1.DeleteNetworkRequest
+	(*CreateTemplateRequest)(nil),    // 6: flotilla.inventory.v1.CreateTemplateRequest
+	(*GetTemplateRequest)(nil),       // 7: flotilla.inventory.v1.GetTemplateRequest
+	(*ListTemplatesRequest)(nil),     // 8: flotilla.inventory.v1.ListTemplatesRequest
+	(*ListTemplatesResponse)(nil),    // 9: flotilla.inventory.v1.ListTemplatesResponse
+	(*UpdateTemplateRequest)(nil),    // 10: flotilla.inventory.v1.UpdateTemplateRequest
+	(*DeleteTemplateRequest)(nil),    // 11: flotilla.inventory.v1.DeleteTemplateRequest
+	(*CreateInstanceRequest)(nil),    // 12: flotilla.inventory.v1.CreateInstanceRequest
+	(*GetInstanceRequest)(nil),       // 13: flotilla.inventory.v1.GetInstanceRequest
+	(*ListInstancesRequest)(nil),     // 14: flotilla.inventory.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),    // 15: flotilla.inventory.v1.ListInstancesResponse
+	(*ListInstanceLogsRequest)(nil),  // 16: flotilla.inventory.v1.ListInstanceLogsRequest
+	(*ListInstanceLogsResponse)(nil), // 17: flotilla.inventory.v1.ListInstanceLogsResponse
+	(*InstanceLogLine)(nil),          // 18: flotilla.inventory.v1.InstanceLogLine
+	(*UpdateInstanceRequest)(nil),    // 19: flotilla.inventory.v1.UpdateInstanceRequest
+	(*DeleteInstanceRequest)(nil),    // 20: flotilla.inventory.v1.DeleteInstanceRequest
+	(*InstanceActionRequest)(nil),    // 21: flotilla.inventory.v1.InstanceActionRequest
+	(*LifecycleRequest)(nil),         // 22: flotilla.inventory.v1.LifecycleRequest
+	(*RecordStateRequest)(nil),       // 23: flotilla.inventory.v1.RecordStateRequest
+	(*Network)(nil),                  // 24: flotilla.inventory.v1.Network
+	(*fieldmaskpb.FieldMask)(nil),    // 25: google.protobuf.FieldMask
+	(*Template)(nil),                 // 26: flotilla.inventory.v1.Template
+	(*Instance)(nil),                 // 27: flotilla.inventory.v1.Instance
+	(*timestamppb.Timestamp)(nil),    // 28: google.protobuf.Timestamp
+	(*DataDisk)(nil),                 // 29: flotilla.inventory.v1.DataDisk
+	(*Addresses)(nil),                // 30: flotilla.inventory.v1.Addresses
+	(*emptypb.Empty)(nil),            // 31: google.protobuf.Empty
 }
 var file_flotilla_inventory_v1_inventory_proto_depIdxs = []int32{
-	21, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	21, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
-	21, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	22, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
-	23, // 4: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	23, // 5: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
-	23, // 6: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	22, // 7: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
-	24, // 8: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	24, // 9: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
-	24, // 10: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	22, // 11: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	25, // 12: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
-	26, // 13: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
-	0,  // 14: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
-	1,  // 15: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
-	2,  // 16: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
-	4,  // 17: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
-	5,  // 18: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
-	6,  // 19: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
-	7,  // 20: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
-	8,  // 21: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
-	10, // 22: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
-	11, // 23: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
-	12, // 24: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
-	13, // 25: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
-	14, // 26: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
-	16, // 27: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
-	17, // 28: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
-	18, // 29: flotilla.inventory.v1.InstanceService.ProvisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	18, // 30: flotilla.inventory.v1.InstanceService.DeprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	18, // 31: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	21, // 32: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
-	21, // 33: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
-	3,  // 34: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
-	21, // 35: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
-	27, // 36: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
-	23, // 37: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
-	23, // 38: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
-	9,  // 39: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
-	23, // 40: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
-	27, // 41: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
-	24, // 42: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
-	24, // 43: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
-	15, // 44: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
-	24, // 45: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
-	24, // 46: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
-	24, // 47: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
-	24, // 48: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	24, // 49: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	32, // [32:50] is the sub-list for method output_type
-	14, // [14:32] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	24, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	24, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
+	24, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	25, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
+	26, // 4: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	26, // 5: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
+	26, // 6: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	25, // 7: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
+	27, // 8: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	27, // 9: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
+	18, // 10: flotilla.inventory.v1.ListInstanceLogsResponse.lines:type_name -> flotilla.inventory.v1.InstanceLogLine
+	28, // 11: flotilla.inventory.v1.InstanceLogLine.time:type_name -> google.protobuf.Timestamp
+	27, // 12: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	25, // 13: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	29, // 14: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
+	30, // 15: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
+	0,  // 16: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
+	1,  // 17: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
+	2,  // 18: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
+	4,  // 19: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
+	5,  // 20: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
+	6,  // 21: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
+	7,  // 22: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
+	8,  // 23: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
+	10, // 24: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
+	11, // 25: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
+	12, // 26: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
+	13, // 27: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
+	14, // 28: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
+	19, // 29: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
+	20, // 30: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
+	21, // 31: flotilla.inventory.v1.InstanceService.ProvisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	21, // 32: flotilla.inventory.v1.InstanceService.DeprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	21, // 33: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	16, // 34: flotilla.inventory.v1.InstanceService.ListInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
+	24, // 35: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
+	24, // 36: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
+	3,  // 37: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
+	24, // 38: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
+	31, // 39: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
+	26, // 40: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
+	26, // 41: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
+	9,  // 42: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
+	26, // 43: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
+	31, // 44: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
+	27, // 45: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
+	27, // 46: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
+	15, // 47: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
+	27, // 48: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
+	27, // 49: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
+	27, // 50: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
+	27, // 51: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	27, // 52: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	17, // 53: flotilla.inventory.v1.InstanceService.ListInstanceLogs:output_type -> flotilla.inventory.v1.ListInstanceLogsResponse
+	35, // [35:54] is the sub-list for method output_type
+	16, // [16:35] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_inventory_v1_inventory_proto_init() }
@@ -1351,7 +1604,7 @@ func file_flotilla_inventory_v1_inventory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_inventory_v1_inventory_proto_rawDesc), len(file_flotilla_inventory_v1_inventory_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -564,6 +564,7 @@ const (
 	InstanceService_ProvisionInstance_FullMethodName   = "/flotilla.inventory.v1.InstanceService/ProvisionInstance"
 	InstanceService_DeprovisionInstance_FullMethodName = "/flotilla.inventory.v1.InstanceService/DeprovisionInstance"
 	InstanceService_ReprovisionInstance_FullMethodName = "/flotilla.inventory.v1.InstanceService/ReprovisionInstance"
+	InstanceService_ListInstanceLogs_FullMethodName    = "/flotilla.inventory.v1.InstanceService/ListInstanceLogs"
 )
 
 // InstanceServiceClient is the client API for InstanceService service.
@@ -591,6 +592,12 @@ type InstanceServiceClient interface {
 	DeprovisionInstance(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
 	// ReprovisionInstance replaces the VM: deprovision then provision, same data disk.
 	ReprovisionInstance(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
+	// ListInstanceLogs pages through the instance's retained log output (agent,
+	// setup actions, node software), oldest first or newest first. Over REST,
+	// follow=true answers with server-sent events instead (text/event-stream:
+	// one "log" event per line, its data an InstanceLogLine as JSON, its id the
+	// line's seq), going on with new lines until the client goes away.
+	ListInstanceLogs(ctx context.Context, in *ListInstanceLogsRequest, opts ...grpc.CallOption) (*ListInstanceLogsResponse, error)
 }
 
 type instanceServiceClient struct {
@@ -681,6 +688,16 @@ func (c *instanceServiceClient) ReprovisionInstance(ctx context.Context, in *Ins
 	return out, nil
 }
 
+func (c *instanceServiceClient) ListInstanceLogs(ctx context.Context, in *ListInstanceLogsRequest, opts ...grpc.CallOption) (*ListInstanceLogsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListInstanceLogsResponse)
+	err := c.cc.Invoke(ctx, InstanceService_ListInstanceLogs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InstanceServiceServer is the server API for InstanceService service.
 // All implementations must embed UnimplementedInstanceServiceServer
 // for forward compatibility.
@@ -706,6 +723,12 @@ type InstanceServiceServer interface {
 	DeprovisionInstance(context.Context, *InstanceActionRequest) (*Instance, error)
 	// ReprovisionInstance replaces the VM: deprovision then provision, same data disk.
 	ReprovisionInstance(context.Context, *InstanceActionRequest) (*Instance, error)
+	// ListInstanceLogs pages through the instance's retained log output (agent,
+	// setup actions, node software), oldest first or newest first. Over REST,
+	// follow=true answers with server-sent events instead (text/event-stream:
+	// one "log" event per line, its data an InstanceLogLine as JSON, its id the
+	// line's seq), going on with new lines until the client goes away.
+	ListInstanceLogs(context.Context, *ListInstanceLogsRequest) (*ListInstanceLogsResponse, error)
 	mustEmbedUnimplementedInstanceServiceServer()
 }
 
@@ -739,6 +762,9 @@ func (UnimplementedInstanceServiceServer) DeprovisionInstance(context.Context, *
 }
 func (UnimplementedInstanceServiceServer) ReprovisionInstance(context.Context, *InstanceActionRequest) (*Instance, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReprovisionInstance not implemented")
+}
+func (UnimplementedInstanceServiceServer) ListInstanceLogs(context.Context, *ListInstanceLogsRequest) (*ListInstanceLogsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListInstanceLogs not implemented")
 }
 func (UnimplementedInstanceServiceServer) mustEmbedUnimplementedInstanceServiceServer() {}
 func (UnimplementedInstanceServiceServer) testEmbeddedByValue()                         {}
@@ -905,6 +931,24 @@ func _InstanceService_ReprovisionInstance_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InstanceService_ListInstanceLogs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListInstanceLogsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).ListInstanceLogs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_ListInstanceLogs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).ListInstanceLogs(ctx, req.(*ListInstanceLogsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // InstanceService_ServiceDesc is the grpc.ServiceDesc for InstanceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -943,6 +987,10 @@ var InstanceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReprovisionInstance",
 			Handler:    _InstanceService_ReprovisionInstance_Handler,
+		},
+		{
+			MethodName: "ListInstanceLogs",
+			Handler:    _InstanceService_ListInstanceLogs_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

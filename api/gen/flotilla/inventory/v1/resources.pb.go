@@ -10,6 +10,7 @@ import (
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -629,6 +630,8 @@ type Instance struct {
 	ReprovisionPending bool `protobuf:"varint,17,opt,name=reprovision_pending,json=reprovisionPending,proto3" json:"reprovision_pending,omitempty"`
 	// Last progress the agent reported: step and status, e.g. "installing/started".
 	AgentProgress string `protobuf:"bytes,18,opt,name=agent_progress,json=agentProgress,proto3" json:"agent_progress,omitempty"`
+	// How much of the instance's log output is kept; defaults are filled in.
+	LogRetention  *LogRetention `protobuf:"bytes,19,opt,name=log_retention,json=logRetention,proto3" json:"log_retention,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -789,6 +792,71 @@ func (x *Instance) GetAgentProgress() string {
 	return ""
 }
 
+func (x *Instance) GetLogRetention() *LogRetention {
+	if x != nil {
+		return x.LogRetention
+	}
+	return nil
+}
+
+// LogRetention bounds the log lines kept for an instance: lines beyond
+// max_lines (the oldest first) and lines older than max_age are removed,
+// within a minute or so.
+type LogRetention struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Most lines kept: 1 to 1000000; 0 means 100000.
+	MaxLines int32 `protobuf:"varint,1,opt,name=max_lines,json=maxLines,proto3" json:"max_lines,omitempty"`
+	// Oldest line kept, by the time it was stored: 1 minute to 30 days
+	// (e.g. "86400s"); unset or zero means 7 days.
+	MaxAge        *durationpb.Duration `protobuf:"bytes,2,opt,name=max_age,json=maxAge,proto3" json:"max_age,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogRetention) Reset() {
+	*x = LogRetention{}
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogRetention) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogRetention) ProtoMessage() {}
+
+func (x *LogRetention) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogRetention.ProtoReflect.Descriptor instead.
+func (*LogRetention) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *LogRetention) GetMaxLines() int32 {
+	if x != nil {
+		return x.MaxLines
+	}
+	return 0
+}
+
+func (x *LogRetention) GetMaxAge() *durationpb.Duration {
+	if x != nil {
+		return x.MaxAge
+	}
+	return nil
+}
+
 // SslSettings are an instance's TLS settings; which apply depends on the network's strategy.
 type SslSettings struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -806,7 +874,7 @@ type SslSettings struct {
 
 func (x *SslSettings) Reset() {
 	*x = SslSettings{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[7]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +886,7 @@ func (x *SslSettings) String() string {
 func (*SslSettings) ProtoMessage() {}
 
 func (x *SslSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[7]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +899,7 @@ func (x *SslSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SslSettings.ProtoReflect.Descriptor instead.
 func (*SslSettings) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SslSettings) GetSans() []string {
@@ -877,7 +945,7 @@ type Addresses struct {
 
 func (x *Addresses) Reset() {
 	*x = Addresses{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[8]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -889,7 +957,7 @@ func (x *Addresses) String() string {
 func (*Addresses) ProtoMessage() {}
 
 func (x *Addresses) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[8]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -902,7 +970,7 @@ func (x *Addresses) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Addresses.ProtoReflect.Descriptor instead.
 func (*Addresses) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Addresses) GetPrivateIp() string {
@@ -953,7 +1021,7 @@ type AgentStatus struct {
 
 func (x *AgentStatus) Reset() {
 	*x = AgentStatus{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[9]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -965,7 +1033,7 @@ func (x *AgentStatus) String() string {
 func (*AgentStatus) ProtoMessage() {}
 
 func (x *AgentStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[9]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -978,7 +1046,7 @@ func (x *AgentStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentStatus.ProtoReflect.Descriptor instead.
 func (*AgentStatus) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AgentStatus) GetStatus() string {
@@ -1015,7 +1083,7 @@ type DataDisk struct {
 
 func (x *DataDisk) Reset() {
 	*x = DataDisk{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[10]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1095,7 @@ func (x *DataDisk) String() string {
 func (*DataDisk) ProtoMessage() {}
 
 func (x *DataDisk) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[10]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1108,7 @@ func (x *DataDisk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataDisk.ProtoReflect.Descriptor instead.
 func (*DataDisk) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DataDisk) GetId() string {
@@ -1075,7 +1143,7 @@ var File_flotilla_inventory_v1_resources_proto protoreflect.FileDescriptor
 
 const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\n" +
-	"%flotilla/inventory/v1/resources.proto\x12\x15flotilla.inventory.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x03\n" +
+	"%flotilla/inventory/v1/resources.proto\x12\x15flotilla.inventory.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x03\n" +
 	"\aNetwork\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x17\n" +
 	"\x04name\x18\x02 \x01(\tB\x03\xe0A\x02R\x04name\x12\x1f\n" +
@@ -1133,7 +1201,7 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\x04mode\x18\x05 \x01(\tR\x04mode\x12\x12\n" +
 	"\x04name\x18\x06 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\a \x01(\tR\x05value\x12\x1a\n" +
-	"\bpackages\x18\b \x03(\tR\bpackages\"\x9f\x06\n" +
+	"\bpackages\x18\b \x03(\tR\bpackages\"\xe9\x06\n" +
 	"\bInstance\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x17\n" +
 	"\x04name\x18\x02 \x01(\tB\x03\xe0A\x02R\x04name\x12\x17\n" +
@@ -1157,7 +1225,11 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\vupdate_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"updateTime\x124\n" +
 	"\x13reprovision_pending\x18\x11 \x01(\bB\x03\xe0A\x03R\x12reprovisionPending\x12*\n" +
-	"\x0eagent_progress\x18\x12 \x01(\tB\x03\xe0A\x03R\ragentProgress\"\x8c\x01\n" +
+	"\x0eagent_progress\x18\x12 \x01(\tB\x03\xe0A\x03R\ragentProgress\x12H\n" +
+	"\rlog_retention\x18\x13 \x01(\v2#.flotilla.inventory.v1.LogRetentionR\flogRetention\"_\n" +
+	"\fLogRetention\x12\x1b\n" +
+	"\tmax_lines\x18\x01 \x01(\x05R\bmaxLines\x122\n" +
+	"\amax_age\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06maxAge\"\x8c\x01\n" +
 	"\vSslSettings\x12\x12\n" +
 	"\x04sans\x18\x01 \x03(\tR\x04sans\x12\x18\n" +
 	"\adomains\x18\x02 \x03(\tR\adomains\x12'\n" +
@@ -1196,7 +1268,7 @@ func file_flotilla_inventory_v1_resources_proto_rawDescGZIP() []byte {
 	return file_flotilla_inventory_v1_resources_proto_rawDescData
 }
 
-var file_flotilla_inventory_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_flotilla_inventory_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_flotilla_inventory_v1_resources_proto_goTypes = []any{
 	(*Network)(nil),               // 0: flotilla.inventory.v1.Network
 	(*AcmeSettings)(nil),          // 1: flotilla.inventory.v1.AcmeSettings
@@ -1205,35 +1277,39 @@ var file_flotilla_inventory_v1_resources_proto_goTypes = []any{
 	(*Template)(nil),              // 4: flotilla.inventory.v1.Template
 	(*SetupAction)(nil),           // 5: flotilla.inventory.v1.SetupAction
 	(*Instance)(nil),              // 6: flotilla.inventory.v1.Instance
-	(*SslSettings)(nil),           // 7: flotilla.inventory.v1.SslSettings
-	(*Addresses)(nil),             // 8: flotilla.inventory.v1.Addresses
-	(*AgentStatus)(nil),           // 9: flotilla.inventory.v1.AgentStatus
-	(*DataDisk)(nil),              // 10: flotilla.inventory.v1.DataDisk
-	nil,                           // 11: flotilla.inventory.v1.Template.TagsEntry
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*LogRetention)(nil),          // 7: flotilla.inventory.v1.LogRetention
+	(*SslSettings)(nil),           // 8: flotilla.inventory.v1.SslSettings
+	(*Addresses)(nil),             // 9: flotilla.inventory.v1.Addresses
+	(*AgentStatus)(nil),           // 10: flotilla.inventory.v1.AgentStatus
+	(*DataDisk)(nil),              // 11: flotilla.inventory.v1.DataDisk
+	nil,                           // 12: flotilla.inventory.v1.Template.TagsEntry
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
 }
 var file_flotilla_inventory_v1_resources_proto_depIdxs = []int32{
 	1,  // 0: flotilla.inventory.v1.Network.acme:type_name -> flotilla.inventory.v1.AcmeSettings
 	2,  // 1: flotilla.inventory.v1.Network.aws:type_name -> flotilla.inventory.v1.AwsNetworkSettings
 	3,  // 2: flotilla.inventory.v1.Network.dns:type_name -> flotilla.inventory.v1.DnsSettings
-	12, // 3: flotilla.inventory.v1.Network.create_time:type_name -> google.protobuf.Timestamp
-	12, // 4: flotilla.inventory.v1.Network.update_time:type_name -> google.protobuf.Timestamp
+	13, // 3: flotilla.inventory.v1.Network.create_time:type_name -> google.protobuf.Timestamp
+	13, // 4: flotilla.inventory.v1.Network.update_time:type_name -> google.protobuf.Timestamp
 	5,  // 5: flotilla.inventory.v1.Template.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
-	11, // 6: flotilla.inventory.v1.Template.tags:type_name -> flotilla.inventory.v1.Template.TagsEntry
-	12, // 7: flotilla.inventory.v1.Template.create_time:type_name -> google.protobuf.Timestamp
-	12, // 8: flotilla.inventory.v1.Template.update_time:type_name -> google.protobuf.Timestamp
-	7,  // 9: flotilla.inventory.v1.Instance.ssl:type_name -> flotilla.inventory.v1.SslSettings
-	8,  // 10: flotilla.inventory.v1.Instance.addresses:type_name -> flotilla.inventory.v1.Addresses
-	9,  // 11: flotilla.inventory.v1.Instance.agent:type_name -> flotilla.inventory.v1.AgentStatus
-	10, // 12: flotilla.inventory.v1.Instance.data_disk:type_name -> flotilla.inventory.v1.DataDisk
-	12, // 13: flotilla.inventory.v1.Instance.create_time:type_name -> google.protobuf.Timestamp
-	12, // 14: flotilla.inventory.v1.Instance.update_time:type_name -> google.protobuf.Timestamp
-	12, // 15: flotilla.inventory.v1.AgentStatus.last_heartbeat:type_name -> google.protobuf.Timestamp
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	12, // 6: flotilla.inventory.v1.Template.tags:type_name -> flotilla.inventory.v1.Template.TagsEntry
+	13, // 7: flotilla.inventory.v1.Template.create_time:type_name -> google.protobuf.Timestamp
+	13, // 8: flotilla.inventory.v1.Template.update_time:type_name -> google.protobuf.Timestamp
+	8,  // 9: flotilla.inventory.v1.Instance.ssl:type_name -> flotilla.inventory.v1.SslSettings
+	9,  // 10: flotilla.inventory.v1.Instance.addresses:type_name -> flotilla.inventory.v1.Addresses
+	10, // 11: flotilla.inventory.v1.Instance.agent:type_name -> flotilla.inventory.v1.AgentStatus
+	11, // 12: flotilla.inventory.v1.Instance.data_disk:type_name -> flotilla.inventory.v1.DataDisk
+	13, // 13: flotilla.inventory.v1.Instance.create_time:type_name -> google.protobuf.Timestamp
+	13, // 14: flotilla.inventory.v1.Instance.update_time:type_name -> google.protobuf.Timestamp
+	7,  // 15: flotilla.inventory.v1.Instance.log_retention:type_name -> flotilla.inventory.v1.LogRetention
+	14, // 16: flotilla.inventory.v1.LogRetention.max_age:type_name -> google.protobuf.Duration
+	13, // 17: flotilla.inventory.v1.AgentStatus.last_heartbeat:type_name -> google.protobuf.Timestamp
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_inventory_v1_resources_proto_init() }
@@ -1247,7 +1323,7 @@ func file_flotilla_inventory_v1_resources_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_inventory_v1_resources_proto_rawDesc), len(file_flotilla_inventory_v1_resources_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,208 @@
+package agentgw
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/msgcheck"
+)
+
+// Limits of log publishing.
+const (
+	// MaxLogsInFlight bounds the log lines of one agent stream published
+	// and not yet acknowledged by JetStream; the stream's next batch is read
+	// while earlier ones wait for their acknowledgements, until this many
+	// wait.
+	MaxLogsInFlight = 4096
+	// maxLogsPending bounds the lines awaiting JetStream's acknowledgement
+	// across every stream of one gateway; a publish finding it full waits
+	// (up to the request timeout).
+	maxLogsPending = 65536
+	// ackEvery bounds how many stored lines wait for a LogAck.
+	ackEvery = 512
+)
+
+// cleanLogLine makes a line storable: a time if it has none, valid UTF-8
+// (a protobuf string must be, or nothing of the batch could be published),
+// and at most maxLogText of text.
+func cleanLogLine(l *agentv1.LogLine, now time.Time) {
+	if l.Time == nil {
+		l.Time = timestamppb.New(now)
+	}
+	l.Text = strings.ToValidUTF8(l.Text, "\uFFFD")
+	if len(l.Text) > maxLogText {
+		l.Text = l.Text[:msgcheck.RuneCut(l.Text, maxLogText)] + msgcheck.CutMarker
+	}
+}
+
+// logPublisher publishes one agent stream's log lines to JetStream without
+// waiting for each batch's acknowledgements, and acknowledges them to the
+// agent (LogAck) in order, once JetStream has acknowledged every line up to
+// the one named.
+type logPublisher struct {
+	js jetstream.JetStream
+	id string
+	// timeout bounds a wait for room among the gateway's pending publishes.
+	timeout time.Duration
+	// ack sends a LogAck to the agent; it returns false once the stream ended.
+	ack func(seq uint64) bool
+
+	slots   chan struct{} // semaphore of MaxLogsInFlight
+	queue   chan pending  // published lines in order, for the acknowledger
+	done    chan struct{} // closed when the acknowledger has stopped
+	once    sync.Once
+	errMu   sync.Mutex
+	err     error
+	failed  chan struct{} // closed on the first failure
+	stopped chan struct{} // closed by stop: the stream ended
+}
+
+// pending is a published line waiting for JetStream's acknowledgement.
+type pending struct {
+	seq uint64
+	f   jetstream.PubAckFuture
+}
+
+// newLogPublisher starts the acknowledger of one agent stream.
+func newLogPublisher(js jetstream.JetStream, id string, timeout time.Duration, ack func(seq uint64) bool) *logPublisher {
+	p := &logPublisher{
+		js: js, id: id, timeout: timeout, ack: ack,
+		slots:   make(chan struct{}, MaxLogsInFlight),
+		queue:   make(chan pending, MaxLogsInFlight),
+		done:    make(chan struct{}),
+		failed:  make(chan struct{}),
+		stopped: make(chan struct{}),
+	}
+	go p.acknowledge()
+	return p
+}
+
+// Publish publishes lines asynchronously, waiting only for room among the
+// lines in flight. An error (publishing failed, or an earlier line was not
+// stored) ends the stream: the agent resends what was not acknowledged.
+func (p *logPublisher) Publish(ctx context.Context, lines []*agentv1.LogLine) error {
+	now := time.Now()
+	for _, l := range lines {
+		if l.GetSeq() == 0 {
+			continue // not a line of an agent: it could never be acknowledged
+		}
+		cleanLogLine(l, now)
+		m, err := bus.LogLineMsg(p.id, l)
+		if err != nil {
+			return err
+		}
+		select {
+		case p.slots <- struct{}{}:
+		case <-p.failed:
+			return p.Err()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		f, err := p.js.PublishMsgAsync(m, jetstream.WithStallWait(p.timeout))
+		if err != nil {
+			<-p.slots
+			return fmt.Errorf("publish log line %d of %s: %w", l.GetSeq(), p.id, err)
+		}
+		p.queue <- pending{seq: l.GetSeq(), f: f} // never full: a slot is held
+	}
+	return nil
+}
+
+// acknowledge waits for JetStream's acknowledgements in publishing order and
+// tells the agent how far its lines are stored: one LogAck for the last of
+// a run of lines whose acknowledgements were already in, and at least one
+// every ackEvery lines, so the agent's buffer empties while lines flow.
+func (p *logPublisher) acknowledge() {
+	defer close(p.done)
+	var last uint64
+	unsent := 0 // lines acknowledged by JetStream and not yet to the agent
+	for {
+		if unsent >= ackEvery {
+			if !p.ack(last) {
+				return
+			}
+			unsent = 0
+		}
+		var next pending
+		select {
+		case next = <-p.queue:
+		default:
+			if unsent > 0 {
+				if !p.ack(last) {
+					return
+				}
+				unsent = 0
+			}
+			select {
+			case next = <-p.queue:
+			case <-p.stopped:
+				return
+			}
+		}
+		// The JetStream context times out an acknowledgement that does not
+		// come (WithPublishAsyncTimeout).
+		select {
+		case <-next.f.Ok():
+		case err := <-next.f.Err():
+			p.fail(fmt.Errorf("store log line %d of %s: %w", next.seq, p.id, err))
+			return
+		case <-p.stopped:
+			return
+		}
+		last, unsent = max(last, next.seq), unsent+1
+		<-p.slots
+	}
+}
+
+func (p *logPublisher) fail(err error) {
+	p.errMu.Lock()
+	if p.err == nil {
+		p.err = err
+		close(p.failed)
+	}
+	p.errMu.Unlock()
+}
+
+// Err returns the failure that ends the stream, if any.
+func (p *logPublisher) Err() error {
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	return p.err
+}
+
+// Failed is closed when a line could not be stored.
+func (p *logPublisher) Failed() <-chan struct{} { return p.failed }
+
+// Finish waits until every line published so far is acknowledged to the
+// agent (nothing more may be published), or a failure, or the stream's end.
+func (p *logPublisher) Finish(ctx context.Context) error {
+	for {
+		if len(p.slots) == 0 && len(p.queue) == 0 {
+			// Let the acknowledger send its last LogAck, then stop it.
+			p.Stop()
+			<-p.done
+			return p.Err()
+		}
+		select {
+		case <-p.failed:
+			p.Stop()
+			return p.Err()
+		case <-ctx.Done():
+			p.Stop()
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// Stop ends the acknowledger; lines still in flight are not acknowledged
+// to the agent, which resends them on its next stream.
+func (p *logPublisher) Stop() { p.once.Do(func() { close(p.stopped) }) }

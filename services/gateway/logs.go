@@ -1,0 +1,408 @@
+package gateway
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"flotilla.dev/flotilla/api/endpoints"
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/bus"
+)
+
+// Limits of the log endpoint.
+const (
+	defaultLogPageSize = 500
+	maxLogPageSize     = 5000
+	// maxLogPageBytes ends a page before its text reaches 1 MiB (it holds
+	// at least one line), so a page fits a gRPC message.
+	maxLogPageBytes = 1 << 20
+	// defaultFollowLines and maxFollowLines: the newest lines a follow
+	// starts with.
+	defaultFollowLines = 200
+	maxFollowLines     = 10000
+)
+
+// Log orders.
+const (
+	orderAsc  = "asc"
+	orderDesc = "desc"
+)
+
+// logQuery is a checked ListInstanceLogsRequest.
+type logQuery struct {
+	id    string
+	size  int
+	desc  bool
+	since time.Time // zero: from the oldest line kept
+	// from is where the page token says to go on: for asc the first
+	// stream sequence to read, for desc the stream sequence to read below.
+	from uint64
+}
+
+// checkLogQuery validates a request, naming the field and the rule.
+func checkLogQuery(r *inventoryv1.ListInstanceLogsRequest) (logQuery, error) {
+	q := logQuery{id: r.GetId(), size: int(r.GetPageSize())}
+	if err := apierr.CheckID("id", q.id); err != nil {
+		return q, err
+	}
+	if q.size < 0 || q.size > maxLogPageSize {
+		return q, apierr.Invalid("pageSize", "%d is out of range: must be between 1 and %d (0 means %d)", q.size, maxLogPageSize, defaultLogPageSize)
+	}
+	if q.size == 0 {
+		q.size = defaultLogPageSize
+	}
+	switch r.GetOrder() {
+	case "", orderAsc:
+	case orderDesc:
+		q.desc = true
+	default:
+		return q, apierr.Invalid("order", "%q is not an order: must be %q (oldest first, the default) or %q (newest first)", r.GetOrder(), orderAsc, orderDesc)
+	}
+	if v := r.GetSince(); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return q, apierr.Invalid("since", "%q is not an RFC 3339 time such as 2026-01-02T15:04:05Z", v)
+		}
+		q.since = t
+	}
+	if v := r.GetPageToken(); v != "" {
+		from, err := decodeLogToken(v, q.desc)
+		if err != nil {
+			return q, err
+		}
+		q.from = from
+	}
+	if r.GetLines() != 0 && !r.GetFollow() {
+		return q, apierr.Invalid("lines", "applies only with follow=true: page with pageSize, and use order=desc for the newest lines")
+	}
+	return q, nil
+}
+
+// A page token is "asc:<seq>" or "desc:<seq>" (base64url): where the next
+// page starts in the stream, and the order it was issued for.
+func logToken(desc bool, seq uint64) string {
+	order := orderAsc
+	if desc {
+		order = orderDesc
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(order + ":" + strconv.FormatUint(seq, 10)))
+}
+
+func decodeLogToken(tok string, desc bool) (uint64, error) {
+	bad := apierr.Invalid("pageToken", "is not a token from a previous response")
+	raw, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return 0, bad
+	}
+	order, num, ok := strings.Cut(string(raw), ":")
+	seq, err := strconv.ParseUint(num, 10, 64)
+	if !ok || err != nil || seq == 0 || (order != orderAsc && order != orderDesc) {
+		return 0, bad
+	}
+	if want := map[bool]string{false: orderAsc, true: orderDesc}[desc]; order != want {
+		return 0, apierr.Invalid("pageToken", "was issued for order=%s: ask with the same order", order)
+	}
+	return seq, nil
+}
+
+// ListInstanceLogs pages through an instance's retained log lines.
+func (s instanceServer) ListInstanceLogs(ctx context.Context, r *inventoryv1.ListInstanceLogsRequest) (*inventoryv1.ListInstanceLogsResponse, error) {
+	if r.GetFollow() {
+		return nil, apierr.GRPCStatus(ctx, s.g.log, apierr.Invalid("follow", "server-sent events are served over REST only"))
+	}
+	resp, err := s.g.listLogs(ctx, r)
+	if err != nil {
+		return nil, apierr.GRPCStatus(ctx, s.g.log, err)
+	}
+	return resp, nil
+}
+
+func (g *Gateway) listLogs(ctx context.Context, r *inventoryv1.ListInstanceLogsRequest) (*inventoryv1.ListInstanceLogsResponse, error) {
+	q, err := checkLogQuery(r)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := call(ctx, g, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: q.id}); err != nil {
+		return nil, err
+	}
+	stream, err := g.js.Stream(ctx, subjects.AgentLogsStream)
+	if err != nil {
+		return nil, apierr.Unavailable("the agent log stream is not available: %v", err)
+	}
+	lr := logReader{stream: stream, subject: subjects.AgentLogs(q.id)}
+	if q.desc {
+		return lr.newest(ctx, q)
+	}
+	return lr.oldest(ctx, q)
+}
+
+// storedLine is a log line with where and when the stream stored it.
+type storedLine struct {
+	seq    uint64 // stream sequence
+	stored time.Time
+	line   *inventoryv1.InstanceLogLine
+}
+
+// logReader reads one instance's lines from the agent log stream.
+type logReader struct {
+	stream  jetstream.Stream
+	subject string
+}
+
+// read hands the instance's lines from the stream sequence start (or,
+// with start 0, from the time since) to each, in order, until it returns
+// false or nothing more is stored.
+func (lr logReader) read(ctx context.Context, start uint64, since time.Time, each func(storedLine, uint64) bool) error {
+	return bus.ReadSubject(ctx, lr.stream, lr.subject, start, since, func(m jetstream.Msg, meta *jetstream.MsgMetadata) bool {
+		l, ok := decodeLogLine(m.Data())
+		if !ok {
+			return true
+		}
+		return each(storedLine{seq: meta.Sequence.Stream, stored: meta.Timestamp, line: l}, meta.NumPending)
+	})
+}
+
+// oldest answers an ascending page: from the token's sequence, or since,
+// or the oldest line kept.
+func (lr logReader) oldest(ctx context.Context, q logQuery) (*inventoryv1.ListInstanceLogsResponse, error) {
+	resp := &inventoryv1.ListInstanceLogsResponse{Lines: []*inventoryv1.InstanceLogLine{}}
+	size := 0
+	err := lr.read(ctx, q.from, q.since, func(sl storedLine, pending uint64) bool {
+		if size += len(sl.line.GetText()); len(resp.Lines) > 0 && size > maxLogPageBytes {
+			resp.NextPageToken = logToken(false, sl.seq)
+			return false
+		}
+		resp.Lines = append(resp.Lines, sl.line)
+		if len(resp.Lines) == q.size {
+			if pending > 0 {
+				resp.NextPageToken = logToken(false, sl.seq+1)
+			}
+			return false
+		}
+		return true
+	})
+	return resp, err
+}
+
+// newest answers a descending page: the lines below the token's sequence
+// (or the newest), back to since.
+func (lr logReader) newest(ctx context.Context, q logQuery) (*inventoryv1.ListInstanceLogsResponse, error) {
+	page, next, err := lr.newestLines(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	resp := &inventoryv1.ListInstanceLogsResponse{Lines: make([]*inventoryv1.InstanceLogLine, 0, len(page))}
+	for _, sl := range page {
+		resp.Lines = append(resp.Lines, sl.line)
+	}
+	if next > 0 {
+		resp.NextPageToken = logToken(true, next)
+	}
+	return resp, nil
+}
+
+// newestLines returns a descending page, newest first, and the stream
+// sequence a next page reads below (0: none). A consumer reads forward
+// only, so it reads windows of the stream backwards, each twice the size
+// of the last, until it has a page and one line more (to know whether a
+// next page exists).
+func (lr logReader) newestLines(ctx context.Context, q logQuery) ([]storedLine, uint64, error) {
+	info, err := lr.stream.Info(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("log stream info: %w", err)
+	}
+	first, end := info.State.FirstSeq, info.State.LastSeq+1
+	if q.from > 0 {
+		end = min(end, q.from)
+	}
+	var got []storedLine // ascending
+	window := uint64(max(4*q.size, 1024))
+	done := false
+	for lo := end; lo > first && len(got) <= q.size && !done; window *= 2 {
+		start := lo - min(window, lo-first)
+		var part []storedLine
+		err := lr.read(ctx, start, time.Time{}, func(sl storedLine, _ uint64) bool {
+			if sl.seq >= lo {
+				return false
+			}
+			if sl.stored.Before(q.since) {
+				done = true // what lies before is older still
+				return true
+			}
+			part = append(part, sl)
+			return true
+		})
+		if err != nil {
+			return nil, 0, err
+		}
+		got = append(part, got...)
+		lo = start
+	}
+	var page []storedLine
+	size := 0
+	for i := len(got) - 1; i >= 0; i-- {
+		sl := got[i]
+		if len(page) == q.size || (len(page) > 0 && size+len(sl.line.GetText()) > maxLogPageBytes) {
+			return page, got[i+1].seq, nil
+		}
+		size += len(sl.line.GetText())
+		page = append(page, sl)
+	}
+	return page, 0, nil
+}
+
+// decodeLogLine decodes a stored line (an agentv1.LogLine) for the API.
+func decodeLogLine(data []byte) (*inventoryv1.InstanceLogLine, bool) {
+	l := &agentv1.LogLine{}
+	if proto.Unmarshal(data, l) != nil {
+		return nil, false
+	}
+	return &inventoryv1.InstanceLogLine{Seq: l.GetSeq(), Time: timestamppb.New(l.GetTime().AsTime()), Source: l.GetSource(), Text: l.GetText()}, true
+}
+
+// instanceLogs answers GET /api/v1/instances/{id}/logs: with follow=true
+// itself, as server-sent events; otherwise through the REST mapping of
+// ListInstanceLogs, like every other route.
+func (g *Gateway) instanceLogs(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Get("follow") != "true" {
+		g.mux.ServeHTTP(w, r)
+		return
+	}
+	ctx := r.Context()
+	id := r.PathValue("id")
+	if err := apierr.CheckID("id", id); err != nil {
+		g.writeError(w, r, err)
+		return
+	}
+	var since time.Time
+	if v := r.URL.Query().Get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			g.writeError(w, r, apierr.Invalid("since", "%q is not an RFC 3339 time such as 2026-01-02T15:04:05Z", v))
+			return
+		}
+		since = t
+	}
+	n := defaultFollowLines
+	if v := r.URL.Query().Get("lines"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 || n > maxFollowLines {
+			g.writeError(w, r, apierr.Invalid("lines", "must be a number between 1 and %d", maxFollowLines))
+			return
+		}
+	}
+	for _, p := range []string{"pageSize", "pageToken", "order"} {
+		if r.URL.Query().Has(p) {
+			g.writeError(w, r, apierr.Invalid(p, "does not apply with follow=true: a follow starts with the newest lines (lines) or at since"))
+			return
+		}
+	}
+	if _, err := call(ctx, g, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id}); err != nil {
+		g.writeError(w, r, err)
+		return
+	}
+	stream, err := g.js.Stream(ctx, subjects.AgentLogsStream)
+	if err != nil {
+		g.writeError(w, r, apierr.Unavailable("the agent log stream is not available: %v", err))
+		return
+	}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.AgentLogs(id)}}
+	if !since.IsZero() {
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
+	} else {
+		// Start n lines before the end: at the oldest of the newest n.
+		page, _, err := logReader{stream: stream, subject: subjects.AgentLogs(id)}.newestLines(ctx, logQuery{id: id, size: n})
+		if err != nil {
+			g.writeError(w, r, err)
+			return
+		}
+		if len(page) > 0 {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, page[len(page)-1].seq
+		} else {
+			cfg.DeliverPolicy = jetstream.DeliverNewPolicy
+		}
+	}
+	cons, err := stream.OrderedConsumer(ctx, cfg)
+	if err != nil {
+		g.writeError(w, r, fmt.Errorf("log consumer: %w", err))
+		return
+	}
+	g.followLogs(ctx, w, r, cons)
+}
+
+// followLogs sends the consumer's lines as server-sent events until the
+// client goes away.
+func (g *Gateway) followLogs(ctx context.Context, w http.ResponseWriter, r *http.Request, cons jetstream.Consumer) {
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		g.writeError(w, r, errors.New("streaming unsupported"))
+		return
+	}
+	// One iterator serves the backlog and then new lines.
+	msgs, err := cons.Messages()
+	if err != nil {
+		g.writeError(w, r, fmt.Errorf("follow logs: %w", err))
+		return
+	}
+	defer msgs.Stop()
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	flusher.Flush()
+	next := make(chan jetstream.Msg)
+	go func() {
+		defer close(next)
+		for {
+			m, err := msgs.Next()
+			if err != nil {
+				return
+			}
+			select {
+			case next <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	keepalive := time.NewTicker(15 * time.Second)
+	defer keepalive.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-keepalive.C:
+			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
+				return
+			}
+			flusher.Flush()
+		case m, ok := <-next:
+			if !ok {
+				return
+			}
+			l, ok := decodeLogLine(m.Data())
+			if !ok {
+				continue
+			}
+			b, _ := protojson.Marshal(l)
+			if _, err := fmt.Fprintf(w, "id: %d\nevent: log\ndata: %s\n\n", l.GetSeq(), b); err != nil {
+				return
+			}
+			flusher.Flush()
+		}
+	}
+}

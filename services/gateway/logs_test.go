@@ -1,0 +1,157 @@
+package gateway_test
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/testkit"
+)
+
+// storeLogs stores lines from..to of instance id as the agent gateway does.
+func (e *env) storeLogs(id string, from, to int) {
+	e.t.Helper()
+	testkit.StoreAgentLogs(e.t, e.bus.Conn(e.t, subjects.AgentGW), id, from, to)
+}
+
+// pageLogs follows nextPageToken through every page of query, and returns
+// the seq of every line and the number of pages.
+func (e *env) pageLogs(id, query string) ([]int, int) {
+	e.t.Helper()
+	var seqs []int
+	token, pages := "", 0
+	for {
+		page := e.must(200, "GET", "/api/v1/instances/"+id+"/logs?"+query+"&pageToken="+token, nil)
+		pages++
+		for _, l := range page["lines"].([]any) {
+			n, err := strconv.Atoi(l.(reply)["seq"].(string))
+			if err != nil {
+				e.t.Fatal(err)
+			}
+			if l.(reply)["text"] != fmt.Sprintf("line %d", n) {
+				e.t.Fatalf("line %d reads %q", n, l.(reply)["text"])
+			}
+			seqs = append(seqs, n)
+		}
+		token, _ = page["nextPageToken"].(string)
+		if token == "" {
+			return seqs, pages
+		}
+		if pages > 100 {
+			e.t.Fatal("paging does not end")
+		}
+	}
+}
+
+// seqRange is from..to, counting down when from > to.
+func seqRange(from, to int) []int {
+	var out []int
+	for i := from; ; {
+		out = append(out, i)
+		if i == to {
+			return out
+		}
+		if from < to {
+			i++
+		} else {
+			i--
+		}
+	}
+}
+
+func TestLogsArePagedOldestOrNewestFirstAndFromATime(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	id := e.instance("chatty", e.template("t"), e.network("n"))["id"].(string)
+	other := e.instance("quiet", e.template("t2"), e.network("n2"))["id"].(string)
+	e.storeLogs(id, 1, 1500)
+	e.storeLogs(other, 1, 30) // interleaved lines of another instance are never shown
+	time.Sleep(20 * time.Millisecond)
+	mid := time.Now().UTC()
+	time.Sleep(20 * time.Millisecond)
+	e.storeLogs(id, 1501, 2345)
+
+	if got, pages := e.pageLogs(id, "pageSize=1000"); pages != 3 || fmt.Sprint(got) != fmt.Sprint(seqRange(1, 2345)) {
+		t.Fatalf("oldest first: %d pages, %d lines (%v…)", pages, len(got), got[:min(5, len(got))])
+	}
+	if got, pages := e.pageLogs(id, "pageSize=700&order=desc"); pages != 4 || fmt.Sprint(got) != fmt.Sprint(seqRange(2345, 1)) {
+		t.Fatalf("newest first: %d pages, %d lines (%v…)", pages, len(got), got[:min(5, len(got))])
+	}
+	since := url.QueryEscape(mid.Format(time.RFC3339Nano))
+	if got, _ := e.pageLogs(id, "pageSize=300&since="+since); fmt.Sprint(got) != fmt.Sprint(seqRange(1501, 2345)) {
+		t.Fatalf("oldest first since the middle: %d lines (%v…)", len(got), got[:min(5, len(got))])
+	}
+	if got, _ := e.pageLogs(id, "pageSize=300&order=desc&since="+since); fmt.Sprint(got) != fmt.Sprint(seqRange(2345, 1501)) {
+		t.Fatalf("newest first since the middle: %d lines (%v…)", len(got), got[:min(5, len(got))])
+	}
+	if got, pages := e.pageLogs(other, "order=desc"); pages != 1 || fmt.Sprint(got) != fmt.Sprint(seqRange(30, 1)) {
+		t.Fatalf("the other instance: %d pages, %v", pages, got)
+	}
+	first := e.must(200, "GET", "/api/v1/instances/"+id+"/logs", nil)
+	if n := len(first["lines"].([]any)); n != 500 || first["nextPageToken"] == "" {
+		t.Fatalf("the default page holds %d lines, next %q; want 500 and a next page", n, first["nextPageToken"])
+	}
+
+	// Bad parameters name the field and the rule.
+	descToken := e.must(200, "GET", "/api/v1/instances/"+id+"/logs?order=desc&pageSize=1", nil)["nextPageToken"].(string)
+	for _, c := range []struct{ query, field, rule string }{
+		{"pageSize=5001", "pageSize", "between 1 and 5000"},
+		{"pageSize=-1", "pageSize", "between 1 and 5000"},
+		{"order=sideways", "order", `"asc"`},
+		{"since=yesterday", "since", "RFC 3339"},
+		{"pageToken=not-a-token", "pageToken", "previous response"},
+		{"pageToken=" + descToken, "pageToken", "order=desc"},
+		{"lines=10", "lines", "follow=true"},
+		{"follow=true&lines=0", "lines", "between 1 and 10000"},
+		{"follow=true&pageSize=10", "pageSize", "follow=true"},
+		{"follow=true&since=noon", "since", "RFC 3339"},
+	} {
+		got := reply{}
+		code := e.call("GET", "/api/v1/instances/"+id+"/logs?"+c.query, nil, &got, "")
+		if code != 400 || fieldOf(got) != c.field || !strings.Contains(fmt.Sprint(got["message"]), c.rule) {
+			t.Errorf("%s: %d %v, want 400 naming %s and %q", c.query, code, got, c.field, c.rule)
+		}
+	}
+	if code := e.call("GET", "/api/v1/instances/00000000-0000-0000-0000-000000000000/logs", nil, nil, ""); code != 404 {
+		t.Errorf("logs of no instance: %d, want 404", code)
+	}
+}
+
+func TestFollowingLogsStartsWithTheNewestAndGoesOn(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	id := e.instance("followed", e.template("t"), e.network("n"))["id"].(string)
+	e.storeLogs(id, 1, 50)
+	req, err := http.NewRequestWithContext(t.Context(), "GET", e.base+"/api/v1/instances/"+id+"/logs?follow=true&lines=2", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+e.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); resp.StatusCode != 200 || ct != "text/event-stream" {
+		t.Fatalf("follow: %d %s", resp.StatusCode, ct)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	var ids []string
+	for len(ids) < 3 && sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "id: "); ok {
+			ids = append(ids, v)
+			if len(ids) == 2 {
+				e.storeLogs(id, 51, 51)
+			}
+		}
+	}
+	if strings.Join(ids, ",") != "49,50,51" {
+		t.Fatalf("followed lines %v, want the newest two (49, 50) then the new one (51)", ids)
+	}
+}
