@@ -48,6 +48,7 @@ import (
 	"flotilla.dev/flotilla/services/inventory/app"
 	"flotilla.dev/flotilla/services/provisioner"
 	"flotilla.dev/flotilla/services/provisioner/driver"
+	"flotilla.dev/flotilla/services/provisioner/driver/external"
 	"flotilla.dev/flotilla/services/provisioner/driver/local"
 	"flotilla.dev/flotilla/services/secrets"
 )
@@ -425,7 +426,7 @@ func (d deps) secrets(ctx context.Context, nc *nats.Conn) (runner, error) {
 
 func (d deps) provisioner(ctx context.Context, nc *nats.Conn) (runner, error) {
 	c := d.cfg
-	var drivers []driver.Driver
+	drivers := []driver.Driver{external.New()} // always: it needs nothing of this host
 	if c.LocalRoot != "" {
 		cmd := c.AgentCommand
 		if len(cmd) == 0 {
