@@ -12,6 +12,7 @@ import (
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	emptypb "google.golang.org/protobuf/types/known/emptypb"
 	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -963,6 +964,153 @@ func (x *InstanceActionRequest) GetId() string {
 	return ""
 }
 
+// CreateInstanceJoinTokenRequest names the external instance whose agent
+// the token is for.
+type CreateInstanceJoinTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// How long the token is valid, 1-86400; 0 means 1 hour.
+	TtlSeconds    int64 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateInstanceJoinTokenRequest) Reset() {
+	*x = CreateInstanceJoinTokenRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateInstanceJoinTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateInstanceJoinTokenRequest) ProtoMessage() {}
+
+func (x *CreateInstanceJoinTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateInstanceJoinTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateInstanceJoinTokenRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *CreateInstanceJoinTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CreateInstanceJoinTokenRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+// InstanceJoinToken is everything an agent on an external machine starts
+// with: flotilla-agent --gateway <agent_gateway_addr> --ca-file <ca_certificate_pem
+// in a file> --token-file <token in a file> --vm-id <vm_id>.
+type InstanceJoinToken struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// The one-time token ("fjt_..."); shown once, never again.
+	Token      string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// The agent gateway's host:port.
+	AgentGatewayAddr string `protobuf:"bytes,4,opt,name=agent_gateway_addr,json=agentGatewayAddr,proto3" json:"agent_gateway_addr,omitempty"`
+	// The CA bundle the agent trusts for its gateway (the agent gateway's
+	// intermediate and the fleet CA), PEM.
+	CaCertificatePem string `protobuf:"bytes,5,opt,name=ca_certificate_pem,json=caCertificatePem,proto3" json:"ca_certificate_pem,omitempty"`
+	// The VM id the agent's certificate is bound to.
+	VmId          string `protobuf:"bytes,6,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstanceJoinToken) Reset() {
+	*x = InstanceJoinToken{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstanceJoinToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstanceJoinToken) ProtoMessage() {}
+
+func (x *InstanceJoinToken) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstanceJoinToken.ProtoReflect.Descriptor instead.
+func (*InstanceJoinToken) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *InstanceJoinToken) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *InstanceJoinToken) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *InstanceJoinToken) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *InstanceJoinToken) GetAgentGatewayAddr() string {
+	if x != nil {
+		return x.AgentGatewayAddr
+	}
+	return ""
+}
+
+func (x *InstanceJoinToken) GetCaCertificatePem() string {
+	if x != nil {
+		return x.CaCertificatePem
+	}
+	return ""
+}
+
+func (x *InstanceJoinToken) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
 // LifecycleRequest is a lifecycle action on the bus (gateway → inventory).
 type LifecycleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -975,7 +1123,7 @@ type LifecycleRequest struct {
 
 func (x *LifecycleRequest) Reset() {
 	*x = LifecycleRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[19]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -987,7 +1135,7 @@ func (x *LifecycleRequest) String() string {
 func (*LifecycleRequest) ProtoMessage() {}
 
 func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[19]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1000,7 +1148,7 @@ func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LifecycleRequest.ProtoReflect.Descriptor instead.
 func (*LifecycleRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LifecycleRequest) GetId() string {
@@ -1041,7 +1189,7 @@ type RecordStateRequest struct {
 
 func (x *RecordStateRequest) Reset() {
 	*x = RecordStateRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[20]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1201,7 @@ func (x *RecordStateRequest) String() string {
 func (*RecordStateRequest) ProtoMessage() {}
 
 func (x *RecordStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[20]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1214,7 @@ func (x *RecordStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordStateRequest.ProtoReflect.Descriptor instead.
 func (*RecordStateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{20}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RecordStateRequest) GetId() string {
@@ -1143,7 +1291,7 @@ var File_flotilla_inventory_v1_inventory_proto protoreflect.FileDescriptor
 
 const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\n" +
-	"%flotilla/inventory/v1/inventory.proto\x12\x15flotilla.inventory.v1\x1a%flotilla/inventory/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\"P\n" +
+	"%flotilla/inventory/v1/inventory.proto\x12\x15flotilla.inventory.v1\x1a%flotilla/inventory/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n" +
 	"\x14CreateNetworkRequest\x128\n" +
 	"\anetwork\x18\x01 \x01(\v2\x1e.flotilla.inventory.v1.NetworkR\anetwork\"#\n" +
 	"\x11GetNetworkRequest\x12\x0e\n" +
@@ -1199,7 +1347,20 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\"'\n" +
 	"\x15InstanceActionRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\":\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"Q\n" +
+	"\x1eCreateInstanceJoinTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
+	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
+	"ttlSeconds\"\xf8\x01\n" +
+	"\x11InstanceJoinToken\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12;\n" +
+	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12,\n" +
+	"\x12agent_gateway_addr\x18\x04 \x01(\tR\x10agentGatewayAddr\x12,\n" +
+	"\x12ca_certificate_pem\x18\x05 \x01(\tR\x10caCertificatePem\x12\x13\n" +
+	"\x05vm_id\x18\x06 \x01(\tR\x04vmId\":\n" +
 	"\x10LifecycleRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\tR\x06action\"\xce\x02\n" +
@@ -1227,7 +1388,8 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\vGetTemplate\x12).flotilla.inventory.v1.GetTemplateRequest\x1a\x1f.flotilla.inventory.v1.Template\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/templates/{id}\x12\x85\x01\n" +
 	"\rListTemplates\x12+.flotilla.inventory.v1.ListTemplatesRequest\x1a,.flotilla.inventory.v1.ListTemplatesResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/templates\x12\x92\x01\n" +
 	"\x0eUpdateTemplate\x12,.flotilla.inventory.v1.UpdateTemplateRequest\x1a\x1f.flotilla.inventory.v1.Template\"1\x82\xd3\xe4\x93\x02+:\btemplate2\x1f/api/v1/templates/{template.id}\x12v\n" +
-	"\x0eDeleteTemplate\x12,.flotilla.inventory.v1.DeleteTemplateRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/templates/{id}2\xef\b\n" +
+	"\x0eDeleteTemplate\x12,.flotilla.inventory.v1.DeleteTemplateRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/templates/{id}2\x99\n" +
+	"\n" +
 	"\x0fInstanceService\x12\x84\x01\n" +
 	"\x0eCreateInstance\x12,.flotilla.inventory.v1.CreateInstanceRequest\x1a\x1f.flotilla.inventory.v1.Instance\"#\x82\xd3\xe4\x93\x02\x1d:\binstance\"\x11/api/v1/instances\x12y\n" +
 	"\vGetInstance\x12).flotilla.inventory.v1.GetInstanceRequest\x1a\x1f.flotilla.inventory.v1.Instance\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/instances/{id}\x12\x85\x01\n" +
@@ -1236,7 +1398,8 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x0eDeleteInstance\x12,.flotilla.inventory.v1.DeleteInstanceRequest\x1a\x1f.flotilla.inventory.v1.Instance\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/instances/{id}\x12\x8f\x01\n" +
 	"\x11ProvisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"+\x82\xd3\xe4\x93\x02%:\x01*\" /api/v1/instances/{id}:provision\x12\x93\x01\n" +
 	"\x13DeprovisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/api/v1/instances/{id}:deprovision\x12\x93\x01\n" +
-	"\x13ReprovisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/api/v1/instances/{id}:reprovisionBAZ?flotilla.dev/flotilla/api/gen/flotilla/inventory/v1;inventoryv1b\x06proto3"
+	"\x13ReprovisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/api/v1/instances/{id}:reprovision\x12\xa7\x01\n" +
+	"\x17CreateInstanceJoinToken\x125.flotilla.inventory.v1.CreateInstanceJoinTokenRequest\x1a(.flotilla.inventory.v1.InstanceJoinToken\"+\x82\xd3\xe4\x93\x02%:\x01*\" /api/v1/instances/{id}:joinTokenBAZ?flotilla.dev/flotilla/api/gen/flotilla/inventory/v1;inventoryv1b\x06proto3"
 
 var (
 	file_flotilla_inventory_v1_inventory_proto_rawDescOnce sync.Once
@@ -1250,93 +1413,99 @@ func file_flotilla_inventory_v1_inventory_proto_rawDescGZIP() []byte {
 	return file_flotilla_inventory_v1_inventory_proto_rawDescData
 }
 
-var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
-	(*CreateNetworkRequest)(nil),  // 0: flotilla.inventory.v1.CreateNetworkRequest
-	(*GetNetworkRequest)(nil),     // 1: flotilla.inventory.v1.GetNetworkRequest
-	(*ListNetworksRequest)(nil),   // 2: flotilla.inventory.v1.ListNetworksRequest
-	(*ListNetworksResponse)(nil),  // 3: flotilla.inventory.v1.ListNetworksResponse
-	(*UpdateNetworkRequest)(nil),  // 4: flotilla.inventory.v1.UpdateNetworkRequest
-	(*DeleteNetworkRequest)(nil),  // 5: flotilla.inventory.v1.DeleteNetworkRequest
-	(*CreateTemplateRequest)(nil), // 6: flotilla.inventory.v1.CreateTemplateRequest
-	(*GetTemplateRequest)(nil),    // 7: flotilla.inventory.v1.GetTemplateRequest
-	(*ListTemplatesRequest)(nil),  // 8: flotilla.inventory.v1.ListTemplatesRequest
-	(*ListTemplatesResponse)(nil), // 9: flotilla.inventory.v1.ListTemplatesResponse
-	(*UpdateTemplateRequest)(nil), // 10: flotilla.inventory.v1.UpdateTemplateRequest
-	(*DeleteTemplateRequest)(nil), // 11: flotilla.inventory.v1.DeleteTemplateRequest
-	(*CreateInstanceRequest)(nil), // 12: flotilla.inventory.v1.CreateInstanceRequest
-	(*GetInstanceRequest)(nil),    // 13: flotilla.inventory.v1.GetInstanceRequest
-	(*ListInstancesRequest)(nil),  // 14: flotilla.inventory.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil), // 15: flotilla.inventory.v1.ListInstancesResponse
-	(*UpdateInstanceRequest)(nil), // 16: flotilla.inventory.v1.UpdateInstanceRequest
-	(*DeleteInstanceRequest)(nil), // 17: flotilla.inventory.v1.DeleteInstanceRequest
-	(*InstanceActionRequest)(nil), // 18: flotilla.inventory.v1.InstanceActionRequest
-	(*LifecycleRequest)(nil),      // 19: flotilla.inventory.v1.LifecycleRequest
-	(*RecordStateRequest)(nil),    // 20: flotilla.inventory.v1.RecordStateRequest
-	(*Network)(nil),               // 21: flotilla.inventory.v1.Network
-	(*fieldmaskpb.FieldMask)(nil), // 22: google.protobuf.FieldMask
-	(*Template)(nil),              // 23: flotilla.inventory.v1.Template
-	(*Instance)(nil),              // 24: flotilla.inventory.v1.Instance
-	(*DataDisk)(nil),              // 25: flotilla.inventory.v1.DataDisk
-	(*Addresses)(nil),             // 26: flotilla.inventory.v1.Addresses
-	(*emptypb.Empty)(nil),         // 27: google.protobuf.Empty
+	(*CreateNetworkRequest)(nil),           // 0: flotilla.inventory.v1.CreateNetworkRequest
+	(*GetNetworkRequest)(nil),              // 1: flotilla.inventory.v1.GetNetworkRequest
+	(*ListNetworksRequest)(nil),            // 2: flotilla.inventory.v1.ListNetworksRequest
+	(*ListNetworksResponse)(nil),           // 3: flotilla.inventory.v1.ListNetworksResponse
+	(*UpdateNetworkRequest)(nil),           // 4: flotilla.inventory.v1.UpdateNetworkRequest
+	(*DeleteNetworkRequest)(nil),           // 5: flotilla.inventory.v1.DeleteNetworkRequest
+	(*CreateTemplateRequest)(nil),          // 6: flotilla.inventory.v1.CreateTemplateRequest
+	(*GetTemplateRequest)(nil),             // 7: flotilla.inventory.v1.GetTemplateRequest
+	(*ListTemplatesRequest)(nil),           // 8: flotilla.inventory.v1.ListTemplatesRequest
+	(*ListTemplatesResponse)(nil),          // 9: flotilla.inventory.v1.ListTemplatesResponse
+	(*UpdateTemplateRequest)(nil),          // 10: flotilla.inventory.v1.UpdateTemplateRequest
+	(*DeleteTemplateRequest)(nil),          // 11: flotilla.inventory.v1.DeleteTemplateRequest
+	(*CreateInstanceRequest)(nil),          // 12: flotilla.inventory.v1.CreateInstanceRequest
+	(*GetInstanceRequest)(nil),             // 13: flotilla.inventory.v1.GetInstanceRequest
+	(*ListInstancesRequest)(nil),           // 14: flotilla.inventory.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),          // 15: flotilla.inventory.v1.ListInstancesResponse
+	(*UpdateInstanceRequest)(nil),          // 16: flotilla.inventory.v1.UpdateInstanceRequest
+	(*DeleteInstanceRequest)(nil),          // 17: flotilla.inventory.v1.DeleteInstanceRequest
+	(*InstanceActionRequest)(nil),          // 18: flotilla.inventory.v1.InstanceActionRequest
+	(*CreateInstanceJoinTokenRequest)(nil), // 19: flotilla.inventory.v1.CreateInstanceJoinTokenRequest
+	(*InstanceJoinToken)(nil),              // 20: flotilla.inventory.v1.InstanceJoinToken
+	(*LifecycleRequest)(nil),               // 21: flotilla.inventory.v1.LifecycleRequest
+	(*RecordStateRequest)(nil),             // 22: flotilla.inventory.v1.RecordStateRequest
+	(*Network)(nil),                        // 23: flotilla.inventory.v1.Network
+	(*fieldmaskpb.FieldMask)(nil),          // 24: google.protobuf.FieldMask
+	(*Template)(nil),                       // 25: flotilla.inventory.v1.Template
+	(*Instance)(nil),                       // 26: flotilla.inventory.v1.Instance
+	(*timestamppb.Timestamp)(nil),          // 27: google.protobuf.Timestamp
+	(*DataDisk)(nil),                       // 28: flotilla.inventory.v1.DataDisk
+	(*Addresses)(nil),                      // 29: flotilla.inventory.v1.Addresses
+	(*emptypb.Empty)(nil),                  // 30: google.protobuf.Empty
 }
 var file_flotilla_inventory_v1_inventory_proto_depIdxs = []int32{
-	21, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	21, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
-	21, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	22, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
-	23, // 4: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	23, // 5: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
-	23, // 6: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	22, // 7: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
-	24, // 8: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	24, // 9: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
-	24, // 10: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	22, // 11: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	25, // 12: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
-	26, // 13: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
-	0,  // 14: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
-	1,  // 15: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
-	2,  // 16: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
-	4,  // 17: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
-	5,  // 18: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
-	6,  // 19: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
-	7,  // 20: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
-	8,  // 21: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
-	10, // 22: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
-	11, // 23: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
-	12, // 24: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
-	13, // 25: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
-	14, // 26: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
-	16, // 27: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
-	17, // 28: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
-	18, // 29: flotilla.inventory.v1.InstanceService.ProvisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	18, // 30: flotilla.inventory.v1.InstanceService.DeprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	18, // 31: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	21, // 32: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
-	21, // 33: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
-	3,  // 34: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
-	21, // 35: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
-	27, // 36: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
-	23, // 37: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
-	23, // 38: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
-	9,  // 39: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
-	23, // 40: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
-	27, // 41: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
-	24, // 42: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
-	24, // 43: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
-	15, // 44: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
-	24, // 45: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
-	24, // 46: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
-	24, // 47: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
-	24, // 48: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	24, // 49: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	32, // [32:50] is the sub-list for method output_type
-	14, // [14:32] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	23, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	23, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
+	23, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	24, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
+	25, // 4: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	25, // 5: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
+	25, // 6: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	24, // 7: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
+	26, // 8: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	26, // 9: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
+	26, // 10: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	24, // 11: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	27, // 12: flotilla.inventory.v1.InstanceJoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	28, // 13: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
+	29, // 14: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
+	0,  // 15: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
+	1,  // 16: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
+	2,  // 17: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
+	4,  // 18: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
+	5,  // 19: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
+	6,  // 20: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
+	7,  // 21: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
+	8,  // 22: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
+	10, // 23: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
+	11, // 24: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
+	12, // 25: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
+	13, // 26: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
+	14, // 27: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
+	16, // 28: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
+	17, // 29: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
+	18, // 30: flotilla.inventory.v1.InstanceService.ProvisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	18, // 31: flotilla.inventory.v1.InstanceService.DeprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	18, // 32: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	19, // 33: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
+	23, // 34: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
+	23, // 35: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
+	3,  // 36: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
+	23, // 37: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
+	30, // 38: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
+	25, // 39: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
+	25, // 40: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
+	9,  // 41: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
+	25, // 42: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
+	30, // 43: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
+	26, // 44: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
+	26, // 45: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
+	15, // 46: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
+	26, // 47: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
+	26, // 48: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
+	26, // 49: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
+	26, // 50: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	26, // 51: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	20, // 52: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
+	34, // [34:53] is the sub-list for method output_type
+	15, // [15:34] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_inventory_v1_inventory_proto_init() }
@@ -1351,7 +1520,7 @@ func file_flotilla_inventory_v1_inventory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_inventory_v1_inventory_proto_rawDesc), len(file_flotilla_inventory_v1_inventory_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

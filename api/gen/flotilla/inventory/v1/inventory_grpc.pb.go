@@ -556,14 +556,15 @@ var TemplateService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	InstanceService_CreateInstance_FullMethodName      = "/flotilla.inventory.v1.InstanceService/CreateInstance"
-	InstanceService_GetInstance_FullMethodName         = "/flotilla.inventory.v1.InstanceService/GetInstance"
-	InstanceService_ListInstances_FullMethodName       = "/flotilla.inventory.v1.InstanceService/ListInstances"
-	InstanceService_UpdateInstance_FullMethodName      = "/flotilla.inventory.v1.InstanceService/UpdateInstance"
-	InstanceService_DeleteInstance_FullMethodName      = "/flotilla.inventory.v1.InstanceService/DeleteInstance"
-	InstanceService_ProvisionInstance_FullMethodName   = "/flotilla.inventory.v1.InstanceService/ProvisionInstance"
-	InstanceService_DeprovisionInstance_FullMethodName = "/flotilla.inventory.v1.InstanceService/DeprovisionInstance"
-	InstanceService_ReprovisionInstance_FullMethodName = "/flotilla.inventory.v1.InstanceService/ReprovisionInstance"
+	InstanceService_CreateInstance_FullMethodName          = "/flotilla.inventory.v1.InstanceService/CreateInstance"
+	InstanceService_GetInstance_FullMethodName             = "/flotilla.inventory.v1.InstanceService/GetInstance"
+	InstanceService_ListInstances_FullMethodName           = "/flotilla.inventory.v1.InstanceService/ListInstances"
+	InstanceService_UpdateInstance_FullMethodName          = "/flotilla.inventory.v1.InstanceService/UpdateInstance"
+	InstanceService_DeleteInstance_FullMethodName          = "/flotilla.inventory.v1.InstanceService/DeleteInstance"
+	InstanceService_ProvisionInstance_FullMethodName       = "/flotilla.inventory.v1.InstanceService/ProvisionInstance"
+	InstanceService_DeprovisionInstance_FullMethodName     = "/flotilla.inventory.v1.InstanceService/DeprovisionInstance"
+	InstanceService_ReprovisionInstance_FullMethodName     = "/flotilla.inventory.v1.InstanceService/ReprovisionInstance"
+	InstanceService_CreateInstanceJoinToken_FullMethodName = "/flotilla.inventory.v1.InstanceService/CreateInstanceJoinToken"
 )
 
 // InstanceServiceClient is the client API for InstanceService service.
@@ -591,6 +592,13 @@ type InstanceServiceClient interface {
 	DeprovisionInstance(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
 	// ReprovisionInstance replaces the VM: deprovision then provision, same data disk.
 	ReprovisionInstance(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
+	// CreateInstanceJoinToken mints a one-time join token for the agent of an
+	// instance of provider "external" that is being provisioned and waits for
+	// its agent, like `kubeadm token create`: start the agent on the machine
+	// with the token, the gateway address, the CA bundle and the VM id. The
+	// token appears only in this answer; Flotilla keeps its digest, and an
+	// audit record names who minted it.
+	CreateInstanceJoinToken(ctx context.Context, in *CreateInstanceJoinTokenRequest, opts ...grpc.CallOption) (*InstanceJoinToken, error)
 }
 
 type instanceServiceClient struct {
@@ -681,6 +689,16 @@ func (c *instanceServiceClient) ReprovisionInstance(ctx context.Context, in *Ins
 	return out, nil
 }
 
+func (c *instanceServiceClient) CreateInstanceJoinToken(ctx context.Context, in *CreateInstanceJoinTokenRequest, opts ...grpc.CallOption) (*InstanceJoinToken, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(InstanceJoinToken)
+	err := c.cc.Invoke(ctx, InstanceService_CreateInstanceJoinToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InstanceServiceServer is the server API for InstanceService service.
 // All implementations must embed UnimplementedInstanceServiceServer
 // for forward compatibility.
@@ -706,6 +724,13 @@ type InstanceServiceServer interface {
 	DeprovisionInstance(context.Context, *InstanceActionRequest) (*Instance, error)
 	// ReprovisionInstance replaces the VM: deprovision then provision, same data disk.
 	ReprovisionInstance(context.Context, *InstanceActionRequest) (*Instance, error)
+	// CreateInstanceJoinToken mints a one-time join token for the agent of an
+	// instance of provider "external" that is being provisioned and waits for
+	// its agent, like `kubeadm token create`: start the agent on the machine
+	// with the token, the gateway address, the CA bundle and the VM id. The
+	// token appears only in this answer; Flotilla keeps its digest, and an
+	// audit record names who minted it.
+	CreateInstanceJoinToken(context.Context, *CreateInstanceJoinTokenRequest) (*InstanceJoinToken, error)
 	mustEmbedUnimplementedInstanceServiceServer()
 }
 
@@ -739,6 +764,9 @@ func (UnimplementedInstanceServiceServer) DeprovisionInstance(context.Context, *
 }
 func (UnimplementedInstanceServiceServer) ReprovisionInstance(context.Context, *InstanceActionRequest) (*Instance, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReprovisionInstance not implemented")
+}
+func (UnimplementedInstanceServiceServer) CreateInstanceJoinToken(context.Context, *CreateInstanceJoinTokenRequest) (*InstanceJoinToken, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateInstanceJoinToken not implemented")
 }
 func (UnimplementedInstanceServiceServer) mustEmbedUnimplementedInstanceServiceServer() {}
 func (UnimplementedInstanceServiceServer) testEmbeddedByValue()                         {}
@@ -905,6 +933,24 @@ func _InstanceService_ReprovisionInstance_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InstanceService_CreateInstanceJoinToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateInstanceJoinTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).CreateInstanceJoinToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_CreateInstanceJoinToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).CreateInstanceJoinToken(ctx, req.(*CreateInstanceJoinTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // InstanceService_ServiceDesc is the grpc.ServiceDesc for InstanceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -943,6 +989,10 @@ var InstanceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReprovisionInstance",
 			Handler:    _InstanceService_ReprovisionInstance_Handler,
+		},
+		{
+			MethodName: "CreateInstanceJoinToken",
+			Handler:    _InstanceService_CreateInstanceJoinToken_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
