@@ -39,7 +39,7 @@ const (
 // reconnecting with jittered exponential backoff (reset after a stream that
 // stayed up for a heartbeat interval).
 func (a *agent) sessions(ctx context.Context, stopping <-chan struct{}) error {
-	bo := newBackoff()
+	bo := NewBackoff()
 	for {
 		select {
 		case <-stopping:
