@@ -370,7 +370,7 @@ func (a *agent) dialTCP(ctx context.Context, addr string) (net.Conn, error) {
 	return c, nil
 }
 
-// transient reports whether a failed call to the gateway may work later:
+// Transient reports whether a failed call to the gateway may work later:
 // the gateway or a service behind it is unreachable, not a refusal.
 func Transient(err error) bool {
 	s, ok := status.FromError(err)
