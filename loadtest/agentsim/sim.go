@@ -14,8 +14,11 @@ import (
 )
 
 // pollInterval is how often the instances are listed while agents are set
-// up and removed.
-const pollInterval = time.Second
+// up and removed: every second, and a millisecond more per agent beyond a
+// thousand, so listing them all stays a small part of the API's work.
+func (s *sim) pollInterval() time.Duration {
+	return max(time.Second, time.Duration(len(s.agents))*time.Millisecond)
+}
 
 // maxErrors is how many errors a Summary lists.
 const maxErrors = 10
@@ -260,7 +263,7 @@ func (s *sim) setUp(ctx context.Context, stop <-chan struct{}, agents *sync.Wait
 		case <-ctx.Done():
 			s.fail(fmt.Errorf("setup: not every agent was connected and running within %v", s.cfg.SetupTimeout))
 			return
-		case <-time.After(pollInterval):
+		case <-time.After(s.pollInterval()):
 		}
 	}
 }
@@ -363,7 +366,7 @@ func (s *sim) cleanUp(ctx context.Context) {
 		case <-ctx.Done():
 			s.fail(fmt.Errorf("clean up: instances of %s left after %v", s.run, s.cfg.SetupTimeout))
 			return
-		case <-time.After(pollInterval):
+		case <-time.After(s.pollInterval()):
 		}
 	}
 	if s.ownPlacement {
