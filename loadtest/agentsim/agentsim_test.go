@@ -32,10 +32,14 @@ func TestAgentsJoinRunAndSurviveAGatewayRestart(t *testing.T) {
 	dbURL := testkit.NewDatabase(t)
 	st := stacktest.Start(t, stacktest.OnBus(stack.Config{DatabaseURL: dbURL, AgentGatewayAddr: agentAddr,
 		Services: []string{subjects.Inventory, subjects.CA, subjects.Secrets, subjects.Provisioner, subjects.Gateway}}, bus))
-	gw := startAgentGateway(t, stacktest.OnBus(stack.Config{Services: []string{subjects.AgentGW}, AgentAddr: agentAddr}, bus))
+	gw, err := startAgentGateway(t, stacktest.OnBus(stack.Config{Services: []string{subjects.AgentGW}, AgentAddr: agentAddr}, bus))
+	if err != nil {
+		t.Fatal(err)
+	}
 	token := adminToken(t, dbURL, st.HTTPAddr)
 
 	restarted := make(chan struct{})
+	var restartErr error
 	cfg := agentsim.Config{
 		API: "http://" + st.HTTPAddr, Token: token, Agents: 20, Duration: 8 * time.Second, LogRate: 5,
 		Heartbeat: time.Second, Concurrency: 8, SetupTimeout: 2 * time.Minute,
@@ -44,7 +48,7 @@ func TestAgentsJoinRunAndSurviveAGatewayRestart(t *testing.T) {
 			go func() {
 				defer close(restarted)
 				time.Sleep(1500 * time.Millisecond)
-				gw = gw.restart(t)
+				gw, restartErr = gw.restart(t)
 			}()
 		},
 	}
@@ -53,6 +57,9 @@ func TestAgentsJoinRunAndSurviveAGatewayRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-restarted
+	if restartErr != nil {
+		t.Fatal(restartErr)
+	}
 	out, _ := json.Marshal(sum)
 	t.Logf("summary: %s", out)
 	want := int64(20 * 5 * 8) // agents × lines/s × s
@@ -94,17 +101,16 @@ type agentGateway struct {
 	done   chan error
 }
 
-func startAgentGateway(t *testing.T, cfg stack.Config) *agentGateway {
-	t.Helper()
+func startAgentGateway(t *testing.T, cfg stack.Config) (*agentGateway, error) {
 	st, err := stack.Start(t.Context(), cfg)
 	if err != nil {
-		t.Fatalf("start the agent gateway: %v", err)
+		return nil, fmt.Errorf("start the agent gateway: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &agentGateway{cfg: cfg, cancel: cancel, done: make(chan error, 1)}
 	go func() { g.done <- st.Run(ctx) }()
 	t.Cleanup(g.stop)
-	return g
+	return g, nil
 }
 
 func (g *agentGateway) stop() {
@@ -117,7 +123,7 @@ func (g *agentGateway) stop() {
 
 // restart stops the gateway (every agent's stream ends) and starts a new
 // one on the same address.
-func (g *agentGateway) restart(t *testing.T) *agentGateway {
+func (g *agentGateway) restart(t *testing.T) (*agentGateway, error) {
 	g.stop()
 	return startAgentGateway(t, g.cfg)
 }
