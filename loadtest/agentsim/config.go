@@ -143,10 +143,12 @@ type Summary struct {
 	ReconnectedAll   bool    `json:"reconnectedAll"`
 	// LinesSent counts distinct log lines (resent ones once);
 	// LinesResent the resends after reconnects; LinesStored the lines the
-	// logs API returns.
+	// logs API returns; LinesUnread the lines of agents whose lines could
+	// not be read back (the API failing), which are neither stored nor lost.
 	LinesSent      int64 `json:"linesSent"`
 	LinesResent    int64 `json:"linesResent"`
 	LinesStored    int64 `json:"linesStored"`
+	LinesUnread    int64 `json:"linesUnread"`
 	HeartbeatsSent int64 `json:"heartbeatsSent"`
 	// SetupSeconds is from the first create until every agent was
 	// connected and its instance running (or SetupTimeout);

@@ -295,17 +295,33 @@ func (s *sim) steady(ctx context.Context) {
 
 // countStored reads back, through the logs API, each agent's lines. A
 // read takes a while even for a few lines (the API waits up to 2 s for a
-// batch), so many go at once: they only read.
+// batch), so several go at once; one the API cannot answer now is tried
+// again, and the lines of one that never succeeds are counted as unread,
+// not as lost.
 func (s *sim) countStored(ctx context.Context) {
-	var stored atomic.Int64
-	s.parallel(ctx, MaxConcurrency, s.agents, func(a *simAgent) {
-		n, err := s.api.storedLines(ctx, a.id, int(min(a.highest.Load(), MaxLinesPerAgent)))
-		if err != nil {
-			s.fail(fmt.Errorf("read the lines of %s: %w", a.name, err))
+	var stored, unread atomic.Int64
+	s.parallel(ctx, min(MaxConcurrency, 4*s.cfg.Concurrency), s.agents, func(a *simAgent) {
+		want := int(min(a.highest.Load(), MaxLinesPerAgent))
+		wait := time.Second
+		for attempt := 1; ; attempt++ {
+			n, err := s.api.storedLines(ctx, a.id, want)
+			if err == nil {
+				stored.Add(n)
+				return
+			}
+			if st := statusOf(err); (st != 0 && st != 429 && st < 500) || attempt == 5 || ctx.Err() != nil {
+				s.fail(fmt.Errorf("read the lines of %s: %w", a.name, err))
+				unread.Add(int64(want))
+				return
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+			wait *= 2
 		}
-		stored.Add(n)
 	})
-	s.sum.LinesStored = stored.Load()
+	s.sum.LinesStored, s.sum.LinesUnread = stored.Load(), unread.Load()
 }
 
 // countStates counts the instances running and failed.
