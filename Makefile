@@ -24,8 +24,10 @@ run: build
 ## test: everything CI runs: generated code up to date, lint, all tests with -race
 test: check-generated lint test-go
 
+# The loadtest module (go.work ties it in) holds load drivers and their
+# smoke tests against a real stack.
 test-go:
-	$(GO) test $(TESTFLAGS) ./...
+	$(GO) test $(TESTFLAGS) ./... ./loadtest/...
 
 ## generate: regenerate protobuf, gRPC, gateway and OpenAPI code from api/proto
 generate:

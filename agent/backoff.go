@@ -11,22 +11,22 @@ const (
 	backoffCap  = 10 * time.Second
 )
 
-// backoff is exponential backoff with full jitter: the n-th wait is drawn
+// Backoff is exponential backoff with full jitter: the n-th wait is drawn
 // uniformly from [0, min(cap, base·2ⁿ)), so agents that lost the same
-// gateway do not come back in step.
-type backoff struct {
+// gateway do not come back in step. It is not safe for concurrent use.
+type Backoff struct {
 	base, cap time.Duration
 	attempt   int
 	rand      func(n int64) int64 // uniform in [0, n)
 }
 
-// newBackoff returns the agent's reconnect backoff: 200ms doubling up to 10s.
-func newBackoff() *backoff {
-	return &backoff{base: backoffBase, cap: backoffCap, rand: rand.Int64N}
+// NewBackoff returns the agent's reconnect backoff: 200ms doubling up to 10s.
+func NewBackoff() *Backoff {
+	return &Backoff{base: backoffBase, cap: backoffCap, rand: rand.Int64N}
 }
 
 // Next returns the next wait.
-func (b *backoff) Next() time.Duration {
+func (b *Backoff) Next() time.Duration {
 	ceiling := b.cap
 	if b.attempt < 30 { // beyond that base·2ⁿ overflows; the cap applies anyway
 		ceiling = min(b.cap, b.base<<b.attempt)
@@ -36,4 +36,4 @@ func (b *backoff) Next() time.Duration {
 }
 
 // Reset starts again from the base, after a connection that worked.
-func (b *backoff) Reset() { b.attempt = 0 }
+func (b *Backoff) Reset() { b.attempt = 0 }

@@ -8,7 +8,7 @@ import (
 func TestBackoffIsJitteredAndCapped(t *testing.T) {
 	t.Parallel()
 	// With the largest draw, the waits double from the base up to the cap.
-	top := &backoff{base: backoffBase, cap: backoffCap, rand: func(n int64) int64 { return n - 1 }}
+	top := &Backoff{base: backoffBase, cap: backoffCap, rand: func(n int64) int64 { return n - 1 }}
 	want := []time.Duration{200, 400, 800, 1600, 3200, 6400, 10000, 10000}
 	for i, w := range want {
 		if got := top.Next().Round(time.Millisecond); got != w*time.Millisecond {
@@ -30,7 +30,7 @@ func TestBackoffIsJitteredAndCapped(t *testing.T) {
 	seen := map[time.Duration]bool{}
 	var low, high bool
 	for range 200 {
-		b := newBackoff()
+		b := NewBackoff()
 		for range 6 {
 			b.Next()
 		}

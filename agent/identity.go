@@ -105,7 +105,7 @@ func loadCert(dir string, key crypto.Signer, roots *x509.CertPool, now time.Time
 	if err != nil {
 		return nil, err.Error()
 	}
-	tc, err := certificateFor(data, key, roots, now)
+	tc, err := CertificateFor(data, key, roots, now)
 	if err != nil {
 		return nil, fmt.Sprintf("the saved certificate %s is unusable: %v", path, err)
 	}
@@ -114,7 +114,7 @@ func loadCert(dir string, key crypto.Signer, roots *x509.CertPool, now time.Time
 
 // certificateFor parses a PEM certificate chain and checks that it
 // certifies key as an agent, chains to roots and is valid at now.
-func certificateFor(pemData []byte, key crypto.Signer, roots *x509.CertPool, now time.Time) (*tls.Certificate, error) {
+func CertificateFor(pemData []byte, key crypto.Signer, roots *x509.CertPool, now time.Time) (*tls.Certificate, error) {
 	certs, err := pki.ParseCertificatesPEM(pemData)
 	if err != nil {
 		return nil, err
@@ -155,7 +155,7 @@ func (a *agent) ensureCert(ctx context.Context) error {
 		return nil
 	}
 	a.logf(ctx, "joining the fleet: %s", why)
-	bo := newBackoff()
+	bo := NewBackoff()
 	for {
 		err := a.join(ctx)
 		if err == nil {
@@ -164,7 +164,7 @@ func (a *agent) ensureCert(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if !transient(err) {
+		if !Transient(err) {
 			return err
 		}
 		wait := bo.Next()
@@ -198,7 +198,7 @@ func (a *agent) join(ctx context.Context) error {
 		Token: token, CsrDer: csr, AgentVersion: a.cfg.Version,
 	})
 	if err != nil {
-		if !transient(err) {
+		if !Transient(err) {
 			return fmt.Errorf("join the fleet: the gateway refused the join token: %v", status.Convert(err).Message())
 		}
 		return fmt.Errorf("join the fleet: %w", err)
@@ -236,7 +236,7 @@ func (a *agent) token() (string, error) {
 // saveCert checks a certificate from the gateway, writes it (mode 0600)
 // and makes it the one presented from now on.
 func (a *agent) saveCert(pemData []byte) error {
-	tc, err := certificateFor(pemData, a.key, a.roots, time.Now())
+	tc, err := CertificateFor(pemData, a.key, a.roots, time.Now())
 	if err != nil {
 		return fmt.Errorf("certificate from the gateway: %w", err)
 	}
@@ -309,34 +309,51 @@ func (a *agent) renew(ctx context.Context) error {
 	return nil
 }
 
-// dial makes a client of the gateway: TLS 1.3, the bundle the agent was
-// given as its roots, the gateway's chain passing through the agent gateway
-// CA in it (when the bundle has one: a VM bootstrapped by an older manager
-// has only the fleet CA), and whatever certificate the agent holds at
+// dial makes a client of the gateway (GatewayTLSConfig, GatewayKeepalive)
+// with the bundle the agent was given and whatever certificate it holds at
 // handshake time.
 func (a *agent) dial() (*grpc.ClientConn, error) {
-	tlsCfg := &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		RootCAs:    a.roots,
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			if h := a.cert.Load(); h != nil {
-				return h.tls, nil
-			}
-			return &tls.Certificate{}, nil // none yet: Join needs none
-		},
-	}
-	if len(a.gatewayCAs) > 0 {
-		tlsCfg.VerifyConnection = pki.RequireGatewayCA(a.gatewayCAs)
-	}
+	tlsCfg := GatewayTLSConfig(a.roots, a.gatewayCAs, func() *tls.Certificate {
+		if h := a.cert.Load(); h != nil {
+			return h.tls
+		}
+		return nil
+	})
 	conn, err := grpc.NewClient(a.cfg.GatewayAddr,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithContextDialer(a.dialTCP),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 15 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WithKeepaliveParams(GatewayKeepalive),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("--gateway %s: %w", a.cfg.GatewayAddr, err)
 	}
 	return conn, nil
+}
+
+// GatewayKeepalive is how an agent keeps its connection to the gateway
+// checked while the stream is quiet.
+var GatewayKeepalive = keepalive.ClientParameters{Time: 15 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}
+
+// GatewayTLSConfig is how an agent meets its gateway: TLS 1.3, roots (the
+// bundle it was given) as its only roots, the gateway's chain passing
+// through one of gatewayCAs (when the bundle has one: a VM bootstrapped by
+// an older manager has only the fleet CA), and the certificate cert returns
+// at handshake time (nil: none yet, which Join needs none of).
+func GatewayTLSConfig(roots *x509.CertPool, gatewayCAs []*x509.Certificate, cert func() *tls.Certificate) *tls.Config {
+	tlsCfg := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		RootCAs:    roots,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			if c := cert(); c != nil {
+				return c, nil
+			}
+			return &tls.Certificate{}, nil
+		},
+	}
+	if len(gatewayCAs) > 0 {
+		tlsCfg.VerifyConnection = pki.RequireGatewayCA(gatewayCAs)
+	}
+	return tlsCfg
 }
 
 // dialTCP connects to the gateway and remembers the local address, which is
@@ -353,9 +370,9 @@ func (a *agent) dialTCP(ctx context.Context, addr string) (net.Conn, error) {
 	return c, nil
 }
 
-// transient reports whether a failed call to the gateway may work later:
+// Transient reports whether a failed call to the gateway may work later:
 // the gateway or a service behind it is unreachable, not a refusal.
-func transient(err error) bool {
+func Transient(err error) bool {
 	s, ok := status.FromError(err)
 	if !ok {
 		return false

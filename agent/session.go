@@ -39,7 +39,7 @@ const (
 // reconnecting with jittered exponential backoff (reset after a stream that
 // stayed up for a heartbeat interval).
 func (a *agent) sessions(ctx context.Context, stopping <-chan struct{}) error {
-	bo := newBackoff()
+	bo := NewBackoff()
 	for {
 		select {
 		case <-stopping:
@@ -120,17 +120,7 @@ func (a *agent) session(stopping <-chan struct{}) (sessionEnd, error) {
 		return endBroken, fmt.Errorf("open the stream: %w", err)
 	}
 
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			m, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			a.received(ctx, m)
-		}
-	}()
+	recvErr := Receive(stream, func(m *agentv1.GatewayMessage) { a.received(ctx, m) })
 
 	hb := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer hb.Stop()
@@ -173,27 +163,57 @@ func (a *agent) session(stopping <-chan struct{}) (sessionEnd, error) {
 }
 
 // closeCleanly sends what is waiting, half-closes the stream and waits for
-// the gateway to end it: a clean end means the gateway handled every
-// message (a gateway that acknowledges lines sent its last LogAck before
-// ending the stream; for an older one every log line sent is confirmed).
+// the gateway to end it (HalfClose): a clean end means the gateway handled
+// every message (a gateway that acknowledges lines sent its last LogAck
+// before ending the stream; for an older one every log line sent is
+// confirmed).
 func (a *agent) closeCleanly(stream agentv1.AgentGateway_ConnectClient, recvErr <-chan error, end sessionEnd) (sessionEnd, error) {
 	if err := a.flush(stream); err != nil {
 		return end, err
 	}
-	if err := stream.CloseSend(); err != nil {
+	if err := HalfClose(stream, recvErr, closeTimeout); err != nil {
 		return end, err
+	}
+	if !a.logs.Acking() {
+		a.logs.Confirm(a.logs.Sent())
+	}
+	return end, nil
+}
+
+// Receive reads stream in a goroutine of its own until it ends, handing
+// each message to handle, and returns the channel that gets the error the
+// stream ends with (io.EOF: the gateway ended it cleanly).
+func Receive(stream agentv1.AgentGateway_ConnectClient, handle func(*agentv1.GatewayMessage)) <-chan error {
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			handle(m)
+		}
+	}()
+	return recvErr
+}
+
+// HalfClose tells the gateway the agent sends nothing more on stream and
+// waits, at most timeout, for the gateway to end it; recvErr gets what the
+// stream's receiver ends with. Nil means the gateway ended the stream
+// cleanly, having handled every message sent on it.
+func HalfClose(stream agentv1.AgentGateway_ConnectClient, recvErr <-chan error, timeout time.Duration) error {
+	if err := stream.CloseSend(); err != nil {
+		return err
 	}
 	select {
 	case err := <-recvErr:
 		if errors.Is(err, io.EOF) {
-			if !a.logs.Acking() {
-				a.logs.Confirm(a.logs.Sent())
-			}
-			return end, nil
+			return nil
 		}
-		return end, err
-	case <-time.After(closeTimeout):
-		return end, errors.New("the gateway did not close the stream in time")
+		return err
+	case <-time.After(timeout):
+		return errors.New("the gateway did not close the stream in time")
 	}
 }
 

@@ -73,7 +73,7 @@ var (
 	TemplateCreate = endpoint[*inventoryv1.CreateTemplateRequest, *inventoryv1.Template](inventory, subjects.NounTemplate, subjects.VerbCreate,
 		"creates a template", gateway)
 	TemplateGet = endpoint[*inventoryv1.GetTemplateRequest, *inventoryv1.Template](inventory, subjects.NounTemplate, subjects.VerbGet,
-		"reads a template", gateway, provisioner)
+		"reads a template", gateway, provisioner, ca)
 	TemplateList = endpoint[*inventoryv1.ListTemplatesRequest, *inventoryv1.ListTemplatesResponse](inventory, subjects.NounTemplate, subjects.VerbList,
 		"lists templates, a page at a time", gateway)
 	TemplateUpdate = endpoint[*inventoryv1.UpdateTemplateRequest, *inventoryv1.Template](inventory, subjects.NounTemplate, subjects.VerbUpdate,
@@ -117,7 +117,7 @@ var (
 	CACertificateGet = endpoint[*cav1.GetCACertificateRequest, *cav1.CACertificate](ca, subjects.NounCertificate, subjects.VerbGet,
 		"returns the fleet CA certificate", gateway, provisioner, agentgw)
 	JoinTokenCreate = endpoint[*cav1.CreateJoinTokenRequest, *cav1.JoinToken](ca, subjects.NounJoinToken, subjects.VerbCreate,
-		"issues a one-time join token for a new VM's agent", provisioner)
+		"issues a one-time join token for a new VM's agent: to the provisioner, or to an operator for an external instance waiting for its agent", provisioner, gateway)
 	AgentJoin = endpoint[*cav1.JoinRequest, *cav1.AgentCertificate](ca, subjects.NounAgent, subjects.VerbJoin,
 		"consumes a join token and certifies the agent's CSR for the token's instance", agentgw)
 	AgentSign = endpoint[*cav1.SignAgentRequest, *cav1.AgentCertificate](ca, subjects.NounAgent, subjects.VerbSign,

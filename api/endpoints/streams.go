@@ -57,6 +57,7 @@ var Streams = []StreamUse{{
 	Publishers: []Publish{
 		{secrets, []string{subjects.Audit(subjects.NounSecret, "*", subjects.VerbRead)}},
 		{inventory, []string{subjects.Audit(subjects.NounUser, "*", "*")}},
+		{ca, []string{subjects.Audit(subjects.NounJoinToken, "*", subjects.VerbCreate)}},
 	},
 }, {
 	// Each service with durable consumers puts what it can never handle here.

@@ -231,6 +231,10 @@ type Provider string
 const (
 	ProviderLocal Provider = "local"
 	ProviderAWS   Provider = "aws"
+	// ProviderExternal is a machine Flotilla does not create: the operator
+	// starts the agent on it with a join token minted on demand
+	// (POST /api/v1/instances/{id}:joinToken).
+	ProviderExternal Provider = "external"
 )
 
 // HTTPSStrategy is how a network's instances serve HTTPS.

@@ -60,7 +60,8 @@ type EnvConfig struct {
 	// AgentServerNames are the names agents dial the agent gateway by (its
 	// certificate's SANs): the load balancer's name in a cluster.
 	AgentServerNames []string `env:"FLOTILLA_AGENT_SERVER_NAMES" envDefault:"localhost,127.0.0.1" envSeparator:","`
-	// AgentGatewayAddr is the address the provisioner gives new agents.
+	// AgentGatewayAddr is the address the provisioner gives new agents, and
+	// the gateway gives operators with join tokens for external instances.
 	AgentGatewayAddr string `env:"FLOTILLA_AGENT_GATEWAY_ADDR" envDefault:"127.0.0.1:7702"`
 	// LocalRoot enables the local provider, keeping its disks and VMs here.
 	LocalRoot string `env:"FLOTILLA_LOCAL_ROOT"`
@@ -124,6 +125,7 @@ func (c EnvConfig) Validate(service string) error {
 			errs = append(errs, fmt.Errorf("FLOTILLA_REQUEST_READ_TIMEOUT: %v must be at least 1s", c.RequestReadTimeout))
 		}
 		hostPort("FLOTILLA_GRPC_ADDR", c.GRPCAddr)
+		hostPort("FLOTILLA_AGENT_GATEWAY_ADDR", c.AgentGatewayAddr)
 		if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 			errs = append(errs, errors.New("FLOTILLA_TLS_CERT_FILE, FLOTILLA_TLS_KEY_FILE: give both or neither"))
 		}

@@ -49,6 +49,7 @@ import (
 	"flotilla.dev/flotilla/services/inventory/app"
 	"flotilla.dev/flotilla/services/provisioner"
 	"flotilla.dev/flotilla/services/provisioner/driver"
+	"flotilla.dev/flotilla/services/provisioner/driver/external"
 	"flotilla.dev/flotilla/services/provisioner/driver/local"
 	"flotilla.dev/flotilla/services/secrets"
 )
@@ -113,8 +114,9 @@ type Config struct {
 	// AgentServerNames are the names agents dial the agent gateway by (its
 	// certificate's SANs); empty means localhost and the listening address.
 	AgentServerNames []string
-	// AgentGatewayAddr is the address the provisioner gives new agents;
-	// empty means this stack's agent gateway.
+	// AgentGatewayAddr is the address the provisioner gives new agents,
+	// and the gateway gives operators with a join token for an external
+	// instance; empty means this stack's agent gateway.
 	AgentGatewayAddr string
 	// LogRetentionInterval is how often the agent gateway enforces the
 	// instances' log retention (0: agentgw.DefaultRetentionInterval; tests).
@@ -439,7 +441,7 @@ func (d deps) secrets(ctx context.Context, nc *nats.Conn) (runner, error) {
 
 func (d deps) provisioner(ctx context.Context, nc *nats.Conn) (runner, error) {
 	c := d.cfg
-	var drivers []driver.Driver
+	drivers := []driver.Driver{external.New()} // always: it needs nothing of this host
 	if c.LocalRoot != "" {
 		cmd := c.AgentCommand
 		if len(cmd) == 0 {
@@ -454,12 +456,8 @@ func (d deps) provisioner(ctx context.Context, nc *nats.Conn) (runner, error) {
 		}
 		drivers = append(drivers, drv)
 	}
-	addr := c.AgentGatewayAddr
-	if addr == "" {
-		addr = reachable(d.st.AgentAddr)
-	}
 	s, err := provisioner.New(ctx, provisioner.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version, Concurrency: c.BusConcurrency,
-		Drivers: drivers, AgentGatewayAddr: addr, StreamReplicas: c.StreamReplicas, Workers: c.ProvisionerWorkers, Recheck: c.ProvisionerRecheck})
+		Drivers: drivers, AgentGatewayAddr: d.agentGatewayAddr(), StreamReplicas: c.StreamReplicas, Workers: c.ProvisionerWorkers, Recheck: c.ProvisionerRecheck})
 	if err != nil {
 		return runner{}, err
 	}
@@ -484,7 +482,7 @@ func (d deps) gateway(ctx context.Context, nc *nats.Conn, httpL, grpcL net.Liste
 	c := d.cfg
 	g, err := gateway.New(ctx, gateway.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version,
 		HTTPListener: httpL, GRPCListener: grpcL, MaxRequestBytes: c.MaxRequestBytes, RequestReadTimeout: c.RequestReadTimeout,
-		LoginPolicy: c.SourceLoginPolicy, TLS: c.APITLS})
+		LoginPolicy: c.SourceLoginPolicy, TLS: c.APITLS, AgentGatewayAddr: d.agentGatewayAddr()})
 	if err != nil {
 		return runner{}, err
 	}
@@ -496,8 +494,15 @@ func (d deps) gateway(ctx context.Context, nc *nats.Conn, httpL, grpcL net.Liste
 	return runner{subjects.Gateway, g.Run}, nil
 }
 
-// reachable turns a listening address into one a process on this host can
-// dial: an unspecified IP (0.0.0.0, ::) becomes loopback.
+// agentGatewayAddr is where agents are told to connect:
+// Config.AgentGatewayAddr, or this stack's agent gateway.
+func (d deps) agentGatewayAddr() string {
+	if d.cfg.AgentGatewayAddr != "" {
+		return d.cfg.AgentGatewayAddr
+	}
+	return reachable(d.st.AgentAddr)
+}
+
 // agentServerNames are the agent gateway's names: AgentServerNames, or
 // localhost and the host of addr (where it listens). The inventory and the
 // CA keep them off instances' certificates.
@@ -509,6 +514,8 @@ func (c *Config) agentServerNames(addr string) []string {
 	return []string{"localhost", host}
 }
 
+// reachable turns a listening address into one a process on this host can
+// dial: an unspecified IP (0.0.0.0, ::) becomes loopback.
 func reachable(addr string) string {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {

@@ -28,7 +28,8 @@ import (
 // one shared bus token allowed before each service had an identity of its
 // own: forging agent commands and lifecycle records, reading another
 // instance's secrets, having the CA sign foreign names or join tokens for
-// instances that are not being provisioned. Each is refused by the bus
+// instances that are not being provisioned (or, for an operator, that are
+// not external machines waiting for their agent). Each is refused by the bus
 // (the identity may not publish there) or, for an identity that may call
 // the endpoint, by the service (it may not act for that instance).
 func TestAnAttackersProbesAreRefused(t *testing.T) {
@@ -69,10 +70,12 @@ func TestAnAttackersProbesAreRefused(t *testing.T) {
 		subjects.Gateway: {endpoints.AgentCommand.At(a).Info().CallSubject(subjects.Gateway), endpoints.AgentCommand.At(a).Info().CallSubject(subjects.Provisioner),
 			endpoints.LifecycleObserve.Info().CallSubject(subjects.Gateway), endpoints.LifecycleObserve.Info().CallSubject(subjects.AgentGW),
 			endpoints.LifecycleRecord.Info().CallSubject(subjects.Gateway), endpoints.SecretRead.Info().CallSubject(subjects.Gateway),
-			endpoints.ServerSign.Info().CallSubject(subjects.Gateway), endpoints.JoinTokenCreate.Info().CallSubject(subjects.Gateway)},
+			endpoints.ServerSign.Info().CallSubject(subjects.Gateway), endpoints.JoinTokenCreate.Info().CallSubject(subjects.Provisioner)},
 		subjects.AgentGW: {endpoints.LifecycleRecord.Info().CallSubject(subjects.AgentGW), endpoints.LifecycleRecord.Info().CallSubject(subjects.Provisioner),
 			endpoints.AgentCommand.At(a).Info().CallSubject(subjects.AgentGW), endpoints.JoinTokenCreate.Info().CallSubject(subjects.AgentGW)},
-		busauth.Observer: {endpoints.InstanceGet.Info().CallSubject(busauth.Observer), endpoints.SecretRead.Info().CallSubject(subjects.AgentGW),
+		subjects.Secrets:   {endpoints.JoinTokenCreate.Info().CallSubject(subjects.Secrets), endpoints.JoinTokenCreate.Info().CallSubject(subjects.Gateway)},
+		subjects.Inventory: {endpoints.JoinTokenCreate.Info().CallSubject(subjects.Inventory)},
+		busauth.Observer: {endpoints.InstanceGet.Info().CallSubject(busauth.Observer), endpoints.JoinTokenCreate.Info().CallSubject(busauth.Observer), endpoints.SecretRead.Info().CallSubject(subjects.AgentGW),
 			endpoints.AgentCommand.At(a).Info().CallSubject(subjects.Provisioner)},
 	}
 	bootstrap, _ := proto.Marshal(&agentv1.Command{Id: "x", Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{
@@ -117,6 +120,12 @@ func TestAnAttackersProbesAreRefused(t *testing.T) {
 	if _, err := rpc.Call(ctx, provisioner, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: a}); err != nil {
 		t.Fatalf("join token for an instance being provisioned: %v", err)
 	}
+	// The gateway may ask only for an operator, and only for an external
+	// instance waiting for its agent.
+	_, err = rpc.Call(ctx, gateway, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: a})
+	wantReason(t, "join token for the gateway itself", err, apierr.ReasonPermissionDenied)
+	_, err = rpc.Call(ctx, gateway, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: a}, admin)
+	wantReason(t, "join token for an operator, for a local instance", err, apierr.ReasonUnsupported)
 
 	// The forged read is on the audit stream, as an attempt.
 	js, err := jetstream.New(bus.Conn(t, busauth.Observer))

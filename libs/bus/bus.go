@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -110,4 +111,22 @@ func DecodeEvent(data []byte) (*eventsv1.Event, error) {
 		return nil, fmt.Errorf("decode event: %w", err)
 	}
 	return ev, nil
+}
+
+// AuditTimeout bounds the wait for JetStream to store an audit record.
+const AuditTimeout = 5 * time.Second
+
+// PublishAudit publishes an audit record (a NewMessage of rec) into the
+// audit stream and waits, at most AuditTimeout, for JetStream to store it:
+// whoever must not act unaudited acts only once it returns nil.
+func PublishAudit(ctx context.Context, js jetstream.JetStream, subject, typ string, actor vocab.Actor, now time.Time, rec proto.Message) error {
+	msg, err := NewMessage(ctx, subject, typ, actor, now, rec)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, AuditTimeout)
+	defer cancel()
+	_, err = js.PublishMsg(ctx, &nats.Msg{Subject: msg.Subject, Header: msg.Header, Data: msg.Data},
+		jetstream.WithExpectStream(subjects.AuditStream))
+	return err
 }

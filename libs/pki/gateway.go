@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 )
 
 // GatewayCACommonName is the subject CN of the agent gateway's intermediate
@@ -103,4 +105,14 @@ func RequireGatewayCA(cas []*x509.Certificate) func(tls.ConnectionState) error {
 		}
 		return errors.New("the server's certificate was not issued by the agent gateway CA: it is not the agent gateway")
 	}
+}
+
+// AgentBundle is the CA bundle a new agent is given with its join token: the
+// agent gateway's intermediate (with the fleet CA), so the agent accepts no
+// other server as its gateway; from a CA without one, the fleet CA alone.
+func AgentBundle(c *cav1.CACertificate) string {
+	if c.GetAgentGatewayCaPem() != "" {
+		return c.GetAgentGatewayCaPem()
+	}
+	return c.GetCertificatePem()
 }

@@ -95,6 +95,9 @@ type Service struct {
 
 	mu    sync.Mutex
 	conns map[string]*agentConn // instance id → its current stream
+	// stopping refuses new streams once closeAll has run: an agent that
+	// reconnects at once must not find the stopping gateway again.
+	stopping bool
 
 	// workers are the per-stream event senders, which may outlive their
 	// stream by up to ObserveRetry.
@@ -307,9 +310,11 @@ func callWaiting[Req, Resp proto.Message](ctx context.Context, s *Service, ep en
 	}
 }
 
-// closeAll ends every agent stream.
+// closeAll ends every agent stream and refuses new ones from then on, so
+// the graceful stop does not wait for streams opened meanwhile.
 func (s *Service) closeAll(reason string) {
 	s.mu.Lock()
+	s.stopping = true
 	conns := make([]*agentConn, 0, len(s.conns))
 	for _, c := range s.conns {
 		conns = append(conns, c)

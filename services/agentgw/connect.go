@@ -166,6 +166,9 @@ func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
 			s.log.InfoContext(ctx, "agent refused", "instance_id", c.id, "error", err, "remote", peerAddr(ctx))
 			return status.Error(codes.PermissionDenied, err.Error())
 		}
+		if errors.Is(err, errStopping) {
+			return status.Error(codes.Unavailable, err.Error())
+		}
 		s.log.ErrorContext(ctx, "subscribe to agent commands", "instance_id", c.id, "error", err)
 		return status.Error(codes.Unavailable, "the agent gateway cannot take commands for this agent now; reconnect shortly")
 	}
@@ -295,11 +298,19 @@ func (s *Service) finishLogs(ctx context.Context, stream agentv1.AgentGateway_Co
 // the agent's place.
 var errOlderCert = errors.New("a newer certificate of this agent is connected: an older one cannot replace it")
 
+// errStopping refuses a stream that arrives while the gateway stops.
+var errStopping = errors.New("the agent gateway is shutting down: reconnect shortly")
+
 // register makes c the agent's stream, replacing (closing) an older one,
 // and subscribes to the agent's commands. A stream whose certificate was
-// issued before the current stream's is refused (errOlderCert).
+// issued before the current stream's is refused (errOlderCert), and any
+// once the gateway stops (errStopping).
 func (s *Service) register(c *agentConn) error {
 	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		return errStopping
+	}
 	if old := s.conns[c.id]; old != nil {
 		if c.issued.Before(old.issued) {
 			s.mu.Unlock()

@@ -32,6 +32,7 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
 )
@@ -86,10 +87,11 @@ func GatewayCAFiles(certFile, keyFile string) (cert, key string) {
 	return filepath.Join(filepath.Dir(certFile), "agentgw-ca.crt"), filepath.Join(filepath.Dir(keyFile), "agentgw-ca.key")
 }
 
-// Instances reads instances, to check what is asked for one against its
-// spec and state.
+// Instances reads instances and their templates, to check what is asked
+// for one against its spec, provider and state.
 type Instances interface {
 	GetInstance(ctx context.Context, id string) (*inventoryv1.Instance, error)
+	GetTemplate(ctx context.Context, id string) (*inventoryv1.Template, error)
 }
 
 // busInstances reads instances from the inventory.
@@ -97,6 +99,10 @@ type busInstances struct{ c *rpc.Client }
 
 func (b busInstances) GetInstance(ctx context.Context, id string) (*inventoryv1.Instance, error) {
 	return rpc.Call(ctx, b.c, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id})
+}
+
+func (b busInstances) GetTemplate(ctx context.Context, id string) (*inventoryv1.Template, error) {
+	return rpc.Call(ctx, b.c, endpoints.TemplateGet, &inventoryv1.GetTemplateRequest{Id: id})
 }
 
 // Service is the running ca service.
@@ -109,6 +115,7 @@ type Service struct {
 	gatewayAuth  *pki.Authority
 	gatewayNames []string
 	tokens       *joinTokens
+	js           jetstream.JetStream
 	certs        *agentCerts
 	log          *slog.Logger
 	now          func() time.Time
@@ -171,9 +178,13 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ca: jetstream: %w", err)
 	}
+	s.js = js
 	replicas := d.Replicas
 	if replicas == 0 {
 		replicas = 1
+	}
+	if err := bus.EnsureStreams(ctx, js, replicas, endpoints.StreamsOf(subjects.CA)...); err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
 	}
 	if s.tokens, err = newJoinTokens(ctx, js, replicas); err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
@@ -258,19 +269,14 @@ func (s *Service) getCACertificate(_ context.Context, _ vocab.Actor, _ *cav1.Get
 	}, nil
 }
 
-// createJoinToken answers jointoken.create: only for an instance that
-// exists and is being provisioned.
+// createJoinToken answers jointoken.create: for the provisioner, only for
+// an instance that exists and is being provisioned; for an operator (through
+// the gateway), only for an instance of provider external that has its VM id
+// and waits for its agent. Every token is audited before it is handed out.
 func (s *Service) createJoinToken(ctx context.Context, actor vocab.Actor, req *cav1.CreateJoinTokenRequest) (*cav1.JoinToken, error) {
 	id := req.GetInstanceId()
 	if err := pki.CheckInstanceID(id); err != nil {
 		return nil, apierr.Invalid("instanceId", "%s", err)
-	}
-	inst, err := s.instance(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	if st := vocab.State(inst.GetState()); st != vocab.StateProvisioning {
-		return nil, apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: join tokens are issued only while it is being provisioned", id, st)
 	}
 	ttl := DefaultJoinTokenTTL
 	if secs := req.GetTtlSeconds(); secs != 0 {
@@ -280,13 +286,71 @@ func (s *Service) createJoinToken(ctx context.Context, actor vocab.Actor, req *c
 		}
 		ttl = time.Duration(secs) * time.Second
 	}
+	inst, err := s.instance(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case actor == vocab.System(subjects.Provisioner):
+		if st := vocab.State(inst.GetState()); st != vocab.StateProvisioning {
+			return nil, apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: join tokens are issued only while it is being provisioned", id, st)
+		}
+	case actor.Kind() == vocab.ActorUser:
+		if err := s.awaitsExternalAgent(ctx, inst); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, apierr.PermissionDenied("%s may not ask for join tokens: the provisioner may, and operators for external instances", actor)
+	}
 	expire := s.now().Add(ttl)
 	token, err := s.tokens.create(ctx, id, expire)
 	if err != nil {
 		return nil, err
 	}
-	s.log.InfoContext(ctx, "join token created", "instance_id", id, "expire_time", expire, "actor", actor)
-	return &cav1.JoinToken{Token: token, ExpireTime: timestamppb.New(expire)}, nil
+	if err := s.auditJoinToken(ctx, actor, inst, token, expire); err != nil {
+		return nil, err
+	}
+	s.log.InfoContext(ctx, "join token created", "instance_id", id, "token_id", tokenID(token), "expire_time", expire, "actor", actor)
+	return &cav1.JoinToken{Token: token, ExpireTime: timestamppb.New(expire), VmId: inst.GetVmId()}, nil
+}
+
+// awaitsExternalAgent refuses, naming the rule, unless inst is of provider
+// external, being provisioned, with its VM id recorded and no agent yet
+// past its join: the only time an operator may mint its agent a token.
+func (s *Service) awaitsExternalAgent(ctx context.Context, inst *inventoryv1.Instance) error {
+	tmpl, err := s.instances.GetTemplate(ctx, inst.GetTemplateId())
+	if err != nil {
+		return fmt.Errorf("read the template of instance %s: %w", inst.GetId(), err)
+	}
+	if p := vocab.Provider(tmpl.GetProvider()); p != vocab.ProviderExternal {
+		return apierr.Unsupported("", "instance %q runs on provider %q: join tokens are minted on demand only for provider %q (the provisioner bootstraps the agents of the others)",
+			inst.GetId(), p, vocab.ProviderExternal)
+	}
+	st, step := vocab.State(inst.GetState()), vocab.Step(inst.GetStateDetail())
+	if st != vocab.StateProvisioning || inst.GetVmId() == "" || (step != vocab.StepLaunchingVM && step != vocab.StepWaitingForAgent) {
+		return apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s (%s): join tokens are minted only while it is being provisioned and waits for its agent; provision it, then ask again",
+			inst.GetId(), st, inst.GetStateDetail())
+	}
+	return nil
+}
+
+// auditJoinToken writes the audit record of a token issued and waits for
+// JetStream to store it: no record, no token.
+func (s *Service) auditJoinToken(ctx context.Context, actor vocab.Actor, inst *inventoryv1.Instance, token string, expire time.Time) error {
+	now := s.now()
+	rec := &cav1.JoinTokenAudit{InstanceId: inst.GetId(), VmId: inst.GetVmId(), Actor: string(actor), TokenId: tokenID(token),
+		ExpireTime: timestamppb.New(expire), Time: timestamppb.New(now)}
+	if actor.Kind() == vocab.ActorUser {
+		rec.Source = rpc.Source(ctx)
+	}
+	err := bus.PublishAudit(ctx, s.js, subjects.Audit(subjects.NounJoinToken, inst.GetId(), subjects.VerbCreate),
+		subjects.EventType(subjects.NounJoinToken, subjects.VerbCreate), actor, now, rec)
+	if err != nil {
+		e := apierr.Unavailable("the audit log cannot record this join token now, so it is not issued; try again shortly")
+		e.Err = fmt.Errorf("audit join token for %s: %w", inst.GetId(), err)
+		return e
+	}
+	return nil
 }
 
 // joinAgent answers agent.join: it consumes the token, then certifies the

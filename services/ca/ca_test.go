@@ -87,10 +87,30 @@ func newEnv(t *testing.T) *env {
 }
 
 // instances is the inventory as the CA sees it: an instance not put here
-// exists and is being provisioned on VM vmOf(id), with no names of its own.
+// exists and is being provisioned on VM vmOf(id), with no names of its own;
+// a template not put here is of provider local.
 type instances struct {
-	mu sync.Mutex
-	m  map[string]*inventoryv1.Instance
+	mu        sync.Mutex
+	m         map[string]*inventoryv1.Instance
+	templates map[string]*inventoryv1.Template
+}
+
+func (i *instances) putTemplate(t *inventoryv1.Template) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.templates == nil {
+		i.templates = map[string]*inventoryv1.Template{}
+	}
+	i.templates[t.GetId()] = t
+}
+
+func (i *instances) GetTemplate(_ context.Context, id string) (*inventoryv1.Template, error) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if t, ok := i.templates[id]; ok {
+		return t, nil
+	}
+	return &inventoryv1.Template{Id: id, Provider: string(vocab.ProviderLocal)}, nil
 }
 
 func (i *instances) put(in *inventoryv1.Instance) {

@@ -140,6 +140,10 @@ func tokenKey(token string) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// tokenID names a token in logs and audit records without revealing it:
+// the first 16 hex digits of its SHA-256 (as bearer tokens are named).
+func tokenID(token string) string { return tokenKey(token)[:16] }
+
 // wellFormed reports whether token looks like one create made.
 func wellFormed(token string) bool {
 	body, ok := strings.CutPrefix(token, JoinTokenPrefix)

@@ -73,6 +73,9 @@ type Deps struct {
 	// TLS, when set, serves HTTP and gRPC over TLS with it (its
 	// certificates or GetCertificate); nil serves them in the clear.
 	TLS *tls.Config
+	// AgentGatewayAddr is the agent gateway's host:port, handed to
+	// operators with the join tokens they mint for external instances.
+	AgentGatewayAddr string
 }
 
 // SourceLoginPolicy is how failed logins from one client address slow its

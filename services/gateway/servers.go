@@ -21,6 +21,7 @@ import (
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bearer"
+	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
 )
 
@@ -116,6 +117,26 @@ func (s instanceServer) DeprovisionInstance(ctx context.Context, r *inventoryv1.
 
 func (s instanceServer) ReprovisionInstance(ctx context.Context, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
 	return s.lifecycle(ctx, r.GetId(), vocab.ActionReprovision)
+}
+
+// CreateInstanceJoinToken has the CA mint a join token for the operator
+// (the CA decides whether the instance may have one: external, waiting for
+// its agent) and adds what the agent starts with besides: the agent
+// gateway's address and the CA bundle. The token is in this answer only.
+func (s instanceServer) CreateInstanceJoinToken(ctx context.Context, r *inventoryv1.CreateInstanceJoinTokenRequest) (*inventoryv1.InstanceJoinToken, error) {
+	if err := apierr.CheckID("id", r.GetId()); err != nil {
+		return nil, apierr.GRPCStatus(ctx, s.g.log, err)
+	}
+	tok, err := call(ctx, s.g, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: r.GetId(), TtlSeconds: r.GetTtlSeconds()})
+	if err != nil {
+		return nil, err
+	}
+	ca, err := call(ctx, s.g, endpoints.CACertificateGet, &cav1.GetCACertificateRequest{})
+	if err != nil {
+		return nil, err
+	}
+	return &inventoryv1.InstanceJoinToken{InstanceId: r.GetId(), Token: tok.GetToken(), ExpireTime: tok.GetExpireTime(),
+		AgentGatewayAddr: s.g.deps.AgentGatewayAddr, CaCertificatePem: pki.AgentBundle(ca), VmId: tok.GetVmId()}, nil
 }
 
 // secretServer forwards to the secret broker; values go in and never come out.

@@ -15,6 +15,7 @@ import (
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/failpoint"
+	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/services/provisioner/driver"
 )
@@ -132,7 +133,7 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 	vm, err := drv.EnsureVM(ctx, driver.VMSpec{
 		ID: vmID, InstanceID: id, InstanceName: in.GetName(), DiskID: disk.GetId(), DiskSizeGB: disk.GetSizeGb(),
 		Image: tmpl.GetImage(), InstanceType: tmpl.GetInstanceType(), Tags: tmpl.GetTags(),
-		Bootstrap: driver.Bootstrap{GatewayAddr: s.d.AgentGatewayAddr, JoinToken: token.GetToken(), CAPEM: agentTrust(caCert)},
+		Bootstrap: driver.Bootstrap{GatewayAddr: s.d.AgentGatewayAddr, JoinToken: token.GetToken(), CAPEM: pki.AgentBundle(caCert)},
 	})
 	if err != nil {
 		return fail(vocab.StepLaunchingVM, err)
@@ -372,14 +373,4 @@ func (s *Service) sendCommand(ctx context.Context, id string, cmd *agentv1.Comma
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-}
-
-// agentTrust is the CA bundle a new agent is given: the agent gateway's
-// intermediate (with the fleet CA), so the agent accepts no other server
-// as its gateway; from a CA without one, the fleet CA alone.
-func agentTrust(c *cav1.CACertificate) string {
-	if c.GetAgentGatewayCaPem() != "" {
-		return c.GetAgentGatewayCaPem()
-	}
-	return c.GetCertificatePem()
 }

@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -39,8 +37,6 @@ const (
 	putAttempts = 5
 	// inventoryTimeout bounds the instance lookup of a create.
 	inventoryTimeout = 5 * time.Second
-	// auditTimeout bounds the wait for JetStream to acknowledge an audit record.
-	auditTimeout = 5 * time.Second
 )
 
 // Reasons recorded in SecretAccess audit records.
@@ -209,15 +205,8 @@ func (s *Service) lookup(ctx context.Context, requester, name string) (*secretsv
 // audit publishes one SecretAccess record to the audit stream and waits for
 // JetStream to store it.
 func (s *Service) audit(ctx context.Context, a *secretsv1.SecretAccess) error {
-	subject := subjects.Audit(subjects.NounSecret, a.GetRequesterInstanceId(), subjects.VerbRead)
-	msg, err := bus.NewMessage(ctx, subject, subjects.EventType(subjects.NounSecret, subjects.VerbRead),
-		vocab.Agent(a.GetRequesterInstanceId()), a.GetTime().AsTime(), a)
-	if err == nil {
-		pctx, cancel := context.WithTimeout(ctx, auditTimeout)
-		defer cancel()
-		_, err = s.js.PublishMsg(pctx, &nats.Msg{Subject: msg.Subject, Header: msg.Header, Data: msg.Data},
-			jetstream.WithExpectStream(subjects.AuditStream))
-	}
+	err := bus.PublishAudit(ctx, s.js, subjects.Audit(subjects.NounSecret, a.GetRequesterInstanceId(), subjects.VerbRead),
+		subjects.EventType(subjects.NounSecret, subjects.VerbRead), vocab.Agent(a.GetRequesterInstanceId()), a.GetTime().AsTime(), a)
 	if err != nil {
 		s.log.ErrorContext(ctx, "audit record not written: secret read refused", "requester_instance_id", a.GetRequesterInstanceId(), "name", a.GetName(), "error", err)
 		e := apierr.Unavailable("the audit log cannot record this read now, so the secret is not released; try again shortly")

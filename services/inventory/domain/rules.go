@@ -37,7 +37,7 @@ const (
 )
 
 var (
-	providers  = []vocab.Provider{vocab.ProviderLocal, vocab.ProviderAWS}
+	providers  = []vocab.Provider{vocab.ProviderLocal, vocab.ProviderAWS, vocab.ProviderExternal}
 	strategies = []vocab.HTTPSStrategy{vocab.HTTPSNone, vocab.HTTPSSelfSigned, vocab.HTTPSCustomCertificate, vocab.HTTPSACME}
 	kinds      = []string{KindDesign, KindAutomation, KindDeployer}
 	actions    = []vocab.SetupAction{vocab.SetupScript, vocab.SetupFile, vocab.SetupEnv, vocab.SetupPackages}

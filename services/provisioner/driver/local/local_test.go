@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"flotilla.dev/flotilla/services/provisioner/driver"
+	"flotilla.dev/flotilla/services/provisioner/driver/drivertest"
 )
 
 // fakeAgent stands for the agent binary: a real long-running process that
@@ -48,6 +49,10 @@ func reachableDir(t *testing.T) string {
 		}
 	}
 	return d
+}
+
+func TestLocalDriverKeepsTheDriverContract(t *testing.T) {
+	drivertest.Run(t, newDriver(t, reachableDir(t)))
 }
 
 func TestLocalDriverIsIdempotentAndSurvivesARestart(t *testing.T) {

@@ -132,7 +132,9 @@ func (x *CACertificate) GetAgentGatewayCaPem() string {
 }
 
 // CreateJoinTokenRequest asks for a one-time token an agent exchanges for its
-// identity certificate (bus only; the provisioner asks when launching a VM).
+// identity certificate (bus only): the provisioner asks when launching a VM;
+// the gateway asks for an operator, for an instance of provider "external"
+// that waits for its agent (POST /api/v1/instances/{id}:joinToken).
 type CreateJoinTokenRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	InstanceId string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
@@ -188,9 +190,11 @@ func (x *CreateJoinTokenRequest) GetTtlSeconds() int64 {
 
 // JoinToken is a one-time join token. It is returned once and stored only as a digest.
 type JoinToken struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Token      string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// The VM the instance has now, which the agent's certificate will name.
+	VmId          string `protobuf:"bytes,3,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -239,6 +243,111 @@ func (x *JoinToken) GetExpireTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *JoinToken) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
+// JoinTokenAudit is the audit record of a join token issued (subject
+// flotilla.audit.jointoken.<instance id>.create), written before the token
+// is handed out. It never holds the token: token_id names it by the first 16
+// hex digits of its SHA-256.
+type JoinTokenAudit struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	VmId       string                 `protobuf:"bytes,2,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	// Who asked: "system:provisioner", or "user:<name>" through the gateway.
+	Actor string `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
+	// The operator's client address as the gateway saw it; empty for the provisioner.
+	Source        string                 `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
+	TokenId       string                 `protobuf:"bytes,5,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinTokenAudit) Reset() {
+	*x = JoinTokenAudit{}
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinTokenAudit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinTokenAudit) ProtoMessage() {}
+
+func (x *JoinTokenAudit) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinTokenAudit.ProtoReflect.Descriptor instead.
+func (*JoinTokenAudit) Descriptor() ([]byte, []int) {
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *JoinTokenAudit) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *JoinTokenAudit) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
+func (x *JoinTokenAudit) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *JoinTokenAudit) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *JoinTokenAudit) GetTokenId() string {
+	if x != nil {
+		return x.TokenId
+	}
+	return ""
+}
+
+func (x *JoinTokenAudit) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *JoinTokenAudit) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
 // JoinRequest exchanges a join token and a CSR for an agent certificate (bus only).
 type JoinRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -251,7 +360,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[4]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -263,7 +372,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[4]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -276,7 +385,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{4}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *JoinRequest) GetToken() string {
@@ -309,7 +418,7 @@ type SignAgentRequest struct {
 
 func (x *SignAgentRequest) Reset() {
 	*x = SignAgentRequest{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[5]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -321,7 +430,7 @@ func (x *SignAgentRequest) String() string {
 func (*SignAgentRequest) ProtoMessage() {}
 
 func (x *SignAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[5]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -334,7 +443,7 @@ func (x *SignAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignAgentRequest.ProtoReflect.Descriptor instead.
 func (*SignAgentRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{5}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SignAgentRequest) GetInstanceId() string {
@@ -381,7 +490,7 @@ type CheckAgentRequest struct {
 
 func (x *CheckAgentRequest) Reset() {
 	*x = CheckAgentRequest{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[6]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -393,7 +502,7 @@ func (x *CheckAgentRequest) String() string {
 func (*CheckAgentRequest) ProtoMessage() {}
 
 func (x *CheckAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[6]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -406,7 +515,7 @@ func (x *CheckAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckAgentRequest.ProtoReflect.Descriptor instead.
 func (*CheckAgentRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CheckAgentRequest) GetInstanceId() string {
@@ -443,7 +552,7 @@ type AgentCertRecord struct {
 
 func (x *AgentCertRecord) Reset() {
 	*x = AgentCertRecord{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[7]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -455,7 +564,7 @@ func (x *AgentCertRecord) String() string {
 func (*AgentCertRecord) ProtoMessage() {}
 
 func (x *AgentCertRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[7]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -468,7 +577,7 @@ func (x *AgentCertRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentCertRecord.ProtoReflect.Descriptor instead.
 func (*AgentCertRecord) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AgentCertRecord) GetVmId() string {
@@ -498,7 +607,7 @@ type AgentCertificate struct {
 
 func (x *AgentCertificate) Reset() {
 	*x = AgentCertificate{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[8]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -510,7 +619,7 @@ func (x *AgentCertificate) String() string {
 func (*AgentCertificate) ProtoMessage() {}
 
 func (x *AgentCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[8]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -523,7 +632,7 @@ func (x *AgentCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentCertificate.ProtoReflect.Descriptor instead.
 func (*AgentCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AgentCertificate) GetInstanceId() string {
@@ -567,7 +676,7 @@ type SignServerRequest struct {
 
 func (x *SignServerRequest) Reset() {
 	*x = SignServerRequest{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[9]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -579,7 +688,7 @@ func (x *SignServerRequest) String() string {
 func (*SignServerRequest) ProtoMessage() {}
 
 func (x *SignServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[9]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -592,7 +701,7 @@ func (x *SignServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignServerRequest.ProtoReflect.Descriptor instead.
 func (*SignServerRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SignServerRequest) GetInstanceId() string {
@@ -628,7 +737,7 @@ type ServerCertificate struct {
 
 func (x *ServerCertificate) Reset() {
 	*x = ServerCertificate{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[10]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -640,7 +749,7 @@ func (x *ServerCertificate) String() string {
 func (*ServerCertificate) ProtoMessage() {}
 
 func (x *ServerCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[10]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -653,7 +762,7 @@ func (x *ServerCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerCertificate.ProtoReflect.Descriptor instead.
 func (*ServerCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ServerCertificate) GetCertificatePem() string {
@@ -692,11 +801,22 @@ const file_flotilla_ca_v1_ca_proto_rawDesc = "" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
-	"ttlSeconds\"^\n" +
+	"ttlSeconds\"s\n" +
 	"\tJoinToken\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12;\n" +
 	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"<\n" +
+	"expireTime\x12\x13\n" +
+	"\x05vm_id\x18\x03 \x01(\tR\x04vmId\"\xfc\x01\n" +
+	"\x0eJoinTokenAudit\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\x12\x13\n" +
+	"\x05vm_id\x18\x02 \x01(\tR\x04vmId\x12\x14\n" +
+	"\x05actor\x18\x03 \x01(\tR\x05actor\x12\x16\n" +
+	"\x06source\x18\x04 \x01(\tR\x06source\x12\x19\n" +
+	"\btoken_id\x18\x05 \x01(\tR\atokenId\x12;\n" +
+	"\vexpire_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12.\n" +
+	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"<\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
 	"\acsr_der\x18\x02 \x01(\fR\x06csrDer\"y\n" +
@@ -745,33 +865,36 @@ func file_flotilla_ca_v1_ca_proto_rawDescGZIP() []byte {
 	return file_flotilla_ca_v1_ca_proto_rawDescData
 }
 
-var file_flotilla_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_flotilla_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_flotilla_ca_v1_ca_proto_goTypes = []any{
 	(*GetCACertificateRequest)(nil), // 0: flotilla.ca.v1.GetCACertificateRequest
 	(*CACertificate)(nil),           // 1: flotilla.ca.v1.CACertificate
 	(*CreateJoinTokenRequest)(nil),  // 2: flotilla.ca.v1.CreateJoinTokenRequest
 	(*JoinToken)(nil),               // 3: flotilla.ca.v1.JoinToken
-	(*JoinRequest)(nil),             // 4: flotilla.ca.v1.JoinRequest
-	(*SignAgentRequest)(nil),        // 5: flotilla.ca.v1.SignAgentRequest
-	(*CheckAgentRequest)(nil),       // 6: flotilla.ca.v1.CheckAgentRequest
-	(*AgentCertRecord)(nil),         // 7: flotilla.ca.v1.AgentCertRecord
-	(*AgentCertificate)(nil),        // 8: flotilla.ca.v1.AgentCertificate
-	(*SignServerRequest)(nil),       // 9: flotilla.ca.v1.SignServerRequest
-	(*ServerCertificate)(nil),       // 10: flotilla.ca.v1.ServerCertificate
-	(*timestamppb.Timestamp)(nil),   // 11: google.protobuf.Timestamp
+	(*JoinTokenAudit)(nil),          // 4: flotilla.ca.v1.JoinTokenAudit
+	(*JoinRequest)(nil),             // 5: flotilla.ca.v1.JoinRequest
+	(*SignAgentRequest)(nil),        // 6: flotilla.ca.v1.SignAgentRequest
+	(*CheckAgentRequest)(nil),       // 7: flotilla.ca.v1.CheckAgentRequest
+	(*AgentCertRecord)(nil),         // 8: flotilla.ca.v1.AgentCertRecord
+	(*AgentCertificate)(nil),        // 9: flotilla.ca.v1.AgentCertificate
+	(*SignServerRequest)(nil),       // 10: flotilla.ca.v1.SignServerRequest
+	(*ServerCertificate)(nil),       // 11: flotilla.ca.v1.ServerCertificate
+	(*timestamppb.Timestamp)(nil),   // 12: google.protobuf.Timestamp
 }
 var file_flotilla_ca_v1_ca_proto_depIdxs = []int32{
-	11, // 0: flotilla.ca.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
-	11, // 1: flotilla.ca.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	11, // 2: flotilla.ca.v1.AgentCertificate.not_after:type_name -> google.protobuf.Timestamp
-	11, // 3: flotilla.ca.v1.ServerCertificate.not_after:type_name -> google.protobuf.Timestamp
-	0,  // 4: flotilla.ca.v1.CAService.GetCACertificate:input_type -> flotilla.ca.v1.GetCACertificateRequest
-	1,  // 5: flotilla.ca.v1.CAService.GetCACertificate:output_type -> flotilla.ca.v1.CACertificate
-	5,  // [5:6] is the sub-list for method output_type
-	4,  // [4:5] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	12, // 0: flotilla.ca.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
+	12, // 1: flotilla.ca.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	12, // 2: flotilla.ca.v1.JoinTokenAudit.expire_time:type_name -> google.protobuf.Timestamp
+	12, // 3: flotilla.ca.v1.JoinTokenAudit.time:type_name -> google.protobuf.Timestamp
+	12, // 4: flotilla.ca.v1.AgentCertificate.not_after:type_name -> google.protobuf.Timestamp
+	12, // 5: flotilla.ca.v1.ServerCertificate.not_after:type_name -> google.protobuf.Timestamp
+	0,  // 6: flotilla.ca.v1.CAService.GetCACertificate:input_type -> flotilla.ca.v1.GetCACertificateRequest
+	1,  // 7: flotilla.ca.v1.CAService.GetCACertificate:output_type -> flotilla.ca.v1.CACertificate
+	7,  // [7:8] is the sub-list for method output_type
+	6,  // [6:7] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_ca_v1_ca_proto_init() }
@@ -785,7 +908,7 @@ func file_flotilla_ca_v1_ca_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_ca_v1_ca_proto_rawDesc), len(file_flotilla_ca_v1_ca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1189,6 +1189,153 @@ func (x *InstanceActionRequest) GetId() string {
 	return ""
 }
 
+// CreateInstanceJoinTokenRequest names the external instance whose agent
+// the token is for.
+type CreateInstanceJoinTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// How long the token is valid, 1-86400; 0 means 1 hour.
+	TtlSeconds    int64 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateInstanceJoinTokenRequest) Reset() {
+	*x = CreateInstanceJoinTokenRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateInstanceJoinTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateInstanceJoinTokenRequest) ProtoMessage() {}
+
+func (x *CreateInstanceJoinTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateInstanceJoinTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateInstanceJoinTokenRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *CreateInstanceJoinTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CreateInstanceJoinTokenRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+// InstanceJoinToken is everything an agent on an external machine starts
+// with: flotilla-agent --gateway <agent_gateway_addr> --ca-file <ca_certificate_pem
+// in a file> --token-file <token in a file> --vm-id <vm_id>.
+type InstanceJoinToken struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// The one-time token ("fjt_..."); shown once, never again.
+	Token      string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// The agent gateway's host:port.
+	AgentGatewayAddr string `protobuf:"bytes,4,opt,name=agent_gateway_addr,json=agentGatewayAddr,proto3" json:"agent_gateway_addr,omitempty"`
+	// The CA bundle the agent trusts for its gateway (the agent gateway's
+	// intermediate and the fleet CA), PEM.
+	CaCertificatePem string `protobuf:"bytes,5,opt,name=ca_certificate_pem,json=caCertificatePem,proto3" json:"ca_certificate_pem,omitempty"`
+	// The VM id the agent's certificate is bound to.
+	VmId          string `protobuf:"bytes,6,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstanceJoinToken) Reset() {
+	*x = InstanceJoinToken{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstanceJoinToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstanceJoinToken) ProtoMessage() {}
+
+func (x *InstanceJoinToken) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstanceJoinToken.ProtoReflect.Descriptor instead.
+func (*InstanceJoinToken) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *InstanceJoinToken) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *InstanceJoinToken) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *InstanceJoinToken) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *InstanceJoinToken) GetAgentGatewayAddr() string {
+	if x != nil {
+		return x.AgentGatewayAddr
+	}
+	return ""
+}
+
+func (x *InstanceJoinToken) GetCaCertificatePem() string {
+	if x != nil {
+		return x.CaCertificatePem
+	}
+	return ""
+}
+
+func (x *InstanceJoinToken) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
 // LifecycleRequest is a lifecycle action on the bus (gateway → inventory).
 type LifecycleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1201,7 +1348,7 @@ type LifecycleRequest struct {
 
 func (x *LifecycleRequest) Reset() {
 	*x = LifecycleRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[22]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1213,7 +1360,7 @@ func (x *LifecycleRequest) String() string {
 func (*LifecycleRequest) ProtoMessage() {}
 
 func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[22]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1226,7 +1373,7 @@ func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LifecycleRequest.ProtoReflect.Descriptor instead.
 func (*LifecycleRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{22}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *LifecycleRequest) GetId() string {
@@ -1267,7 +1414,7 @@ type RecordStateRequest struct {
 
 func (x *RecordStateRequest) Reset() {
 	*x = RecordStateRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[23]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1279,7 +1426,7 @@ func (x *RecordStateRequest) String() string {
 func (*RecordStateRequest) ProtoMessage() {}
 
 func (x *RecordStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[23]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1292,7 +1439,7 @@ func (x *RecordStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordStateRequest.ProtoReflect.Descriptor instead.
 func (*RecordStateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{23}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RecordStateRequest) GetId() string {
@@ -1442,7 +1589,20 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\"'\n" +
 	"\x15InstanceActionRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\":\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"Q\n" +
+	"\x1eCreateInstanceJoinTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
+	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
+	"ttlSeconds\"\xf8\x01\n" +
+	"\x11InstanceJoinToken\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12;\n" +
+	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12,\n" +
+	"\x12agent_gateway_addr\x18\x04 \x01(\tR\x10agentGatewayAddr\x12,\n" +
+	"\x12ca_certificate_pem\x18\x05 \x01(\tR\x10caCertificatePem\x12\x13\n" +
+	"\x05vm_id\x18\x06 \x01(\tR\x04vmId\":\n" +
 	"\x10LifecycleRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\tR\x06action\"\xce\x02\n" +
@@ -1470,8 +1630,7 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\vGetTemplate\x12).flotilla.inventory.v1.GetTemplateRequest\x1a\x1f.flotilla.inventory.v1.Template\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/templates/{id}\x12\x85\x01\n" +
 	"\rListTemplates\x12+.flotilla.inventory.v1.ListTemplatesRequest\x1a,.flotilla.inventory.v1.ListTemplatesResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/templates\x12\x92\x01\n" +
 	"\x0eUpdateTemplate\x12,.flotilla.inventory.v1.UpdateTemplateRequest\x1a\x1f.flotilla.inventory.v1.Template\"1\x82\xd3\xe4\x93\x02+:\btemplate2\x1f/api/v1/templates/{template.id}\x12v\n" +
-	"\x0eDeleteTemplate\x12,.flotilla.inventory.v1.DeleteTemplateRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/templates/{id}2\x8a\n" +
-	"\n" +
+	"\x0eDeleteTemplate\x12,.flotilla.inventory.v1.DeleteTemplateRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/templates/{id}2\xb4\v\n" +
 	"\x0fInstanceService\x12\x84\x01\n" +
 	"\x0eCreateInstance\x12,.flotilla.inventory.v1.CreateInstanceRequest\x1a\x1f.flotilla.inventory.v1.Instance\"#\x82\xd3\xe4\x93\x02\x1d:\binstance\"\x11/api/v1/instances\x12y\n" +
 	"\vGetInstance\x12).flotilla.inventory.v1.GetInstanceRequest\x1a\x1f.flotilla.inventory.v1.Instance\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/instances/{id}\x12\x85\x01\n" +
@@ -1481,7 +1640,8 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x11ProvisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"+\x82\xd3\xe4\x93\x02%:\x01*\" /api/v1/instances/{id}:provision\x12\x93\x01\n" +
 	"\x13DeprovisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/api/v1/instances/{id}:deprovision\x12\x93\x01\n" +
 	"\x13ReprovisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/api/v1/instances/{id}:reprovision\x12\x98\x01\n" +
-	"\x10ListInstanceLogs\x12..flotilla.inventory.v1.ListInstanceLogsRequest\x1a/.flotilla.inventory.v1.ListInstanceLogsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/api/v1/instances/{id}/logsBAZ?flotilla.dev/flotilla/api/gen/flotilla/inventory/v1;inventoryv1b\x06proto3"
+	"\x10ListInstanceLogs\x12..flotilla.inventory.v1.ListInstanceLogsRequest\x1a/.flotilla.inventory.v1.ListInstanceLogsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/api/v1/instances/{id}/logs\x12\xa7\x01\n" +
+	"\x17CreateInstanceJoinToken\x125.flotilla.inventory.v1.CreateInstanceJoinTokenRequest\x1a(.flotilla.inventory.v1.InstanceJoinToken\"+\x82\xd3\xe4\x93\x02%:\x01*\" /api/v1/instances/{id}:joinTokenBAZ?flotilla.dev/flotilla/api/gen/flotilla/inventory/v1;inventoryv1b\x06proto3"
 
 var (
 	file_flotilla_inventory_v1_inventory_proto_rawDescOnce sync.Once
@@ -1495,101 +1655,106 @@ func file_flotilla_inventory_v1_inventory_proto_rawDescGZIP() []byte {
 	return file_flotilla_inventory_v1_inventory_proto_rawDescData
 }
 
-var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
-	(*CreateNetworkRequest)(nil),     // 0: flotilla.inventory.v1.CreateNetworkRequest
-	(*GetNetworkRequest)(nil),        // 1: flotilla.inventory.v1.GetNetworkRequest
-	(*ListNetworksRequest)(nil),      // 2: flotilla.inventory.v1.ListNetworksRequest
-	(*ListNetworksResponse)(nil),     // 3: flotilla.inventory.v1.ListNetworksResponse
-	(*UpdateNetworkRequest)(nil),     // 4: flotilla.inventory.v1.UpdateNetworkRequest
-	(*DeleteNetworkRequest)(nil),     // 5: flotilla.inventory.v1.DeleteNetworkRequest
-	(*CreateTemplateRequest)(nil),    // 6: flotilla.inventory.v1.CreateTemplateRequest
-	(*GetTemplateRequest)(nil),       // 7: flotilla.inventory.v1.GetTemplateRequest
-	(*ListTemplatesRequest)(nil),     // 8: flotilla.inventory.v1.ListTemplatesRequest
-	(*ListTemplatesResponse)(nil),    // 9: flotilla.inventory.v1.ListTemplatesResponse
-	(*UpdateTemplateRequest)(nil),    // 10: flotilla.inventory.v1.UpdateTemplateRequest
-	(*DeleteTemplateRequest)(nil),    // 11: flotilla.inventory.v1.DeleteTemplateRequest
-	(*CreateInstanceRequest)(nil),    // 12: flotilla.inventory.v1.CreateInstanceRequest
-	(*GetInstanceRequest)(nil),       // 13: flotilla.inventory.v1.GetInstanceRequest
-	(*ListInstancesRequest)(nil),     // 14: flotilla.inventory.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),    // 15: flotilla.inventory.v1.ListInstancesResponse
-	(*ListInstanceLogsRequest)(nil),  // 16: flotilla.inventory.v1.ListInstanceLogsRequest
-	(*ListInstanceLogsResponse)(nil), // 17: flotilla.inventory.v1.ListInstanceLogsResponse
-	(*InstanceLogLine)(nil),          // 18: flotilla.inventory.v1.InstanceLogLine
-	(*UpdateInstanceRequest)(nil),    // 19: flotilla.inventory.v1.UpdateInstanceRequest
-	(*DeleteInstanceRequest)(nil),    // 20: flotilla.inventory.v1.DeleteInstanceRequest
-	(*InstanceActionRequest)(nil),    // 21: flotilla.inventory.v1.InstanceActionRequest
-	(*LifecycleRequest)(nil),         // 22: flotilla.inventory.v1.LifecycleRequest
-	(*RecordStateRequest)(nil),       // 23: flotilla.inventory.v1.RecordStateRequest
-	(*Network)(nil),                  // 24: flotilla.inventory.v1.Network
-	(*fieldmaskpb.FieldMask)(nil),    // 25: google.protobuf.FieldMask
-	(*Template)(nil),                 // 26: flotilla.inventory.v1.Template
-	(*Instance)(nil),                 // 27: flotilla.inventory.v1.Instance
-	(*timestamppb.Timestamp)(nil),    // 28: google.protobuf.Timestamp
-	(*DataDisk)(nil),                 // 29: flotilla.inventory.v1.DataDisk
-	(*Addresses)(nil),                // 30: flotilla.inventory.v1.Addresses
-	(*emptypb.Empty)(nil),            // 31: google.protobuf.Empty
+	(*CreateNetworkRequest)(nil),           // 0: flotilla.inventory.v1.CreateNetworkRequest
+	(*GetNetworkRequest)(nil),              // 1: flotilla.inventory.v1.GetNetworkRequest
+	(*ListNetworksRequest)(nil),            // 2: flotilla.inventory.v1.ListNetworksRequest
+	(*ListNetworksResponse)(nil),           // 3: flotilla.inventory.v1.ListNetworksResponse
+	(*UpdateNetworkRequest)(nil),           // 4: flotilla.inventory.v1.UpdateNetworkRequest
+	(*DeleteNetworkRequest)(nil),           // 5: flotilla.inventory.v1.DeleteNetworkRequest
+	(*CreateTemplateRequest)(nil),          // 6: flotilla.inventory.v1.CreateTemplateRequest
+	(*GetTemplateRequest)(nil),             // 7: flotilla.inventory.v1.GetTemplateRequest
+	(*ListTemplatesRequest)(nil),           // 8: flotilla.inventory.v1.ListTemplatesRequest
+	(*ListTemplatesResponse)(nil),          // 9: flotilla.inventory.v1.ListTemplatesResponse
+	(*UpdateTemplateRequest)(nil),          // 10: flotilla.inventory.v1.UpdateTemplateRequest
+	(*DeleteTemplateRequest)(nil),          // 11: flotilla.inventory.v1.DeleteTemplateRequest
+	(*CreateInstanceRequest)(nil),          // 12: flotilla.inventory.v1.CreateInstanceRequest
+	(*GetInstanceRequest)(nil),             // 13: flotilla.inventory.v1.GetInstanceRequest
+	(*ListInstancesRequest)(nil),           // 14: flotilla.inventory.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),          // 15: flotilla.inventory.v1.ListInstancesResponse
+	(*ListInstanceLogsRequest)(nil),        // 16: flotilla.inventory.v1.ListInstanceLogsRequest
+	(*ListInstanceLogsResponse)(nil),       // 17: flotilla.inventory.v1.ListInstanceLogsResponse
+	(*InstanceLogLine)(nil),                // 18: flotilla.inventory.v1.InstanceLogLine
+	(*UpdateInstanceRequest)(nil),          // 19: flotilla.inventory.v1.UpdateInstanceRequest
+	(*DeleteInstanceRequest)(nil),          // 20: flotilla.inventory.v1.DeleteInstanceRequest
+	(*InstanceActionRequest)(nil),          // 21: flotilla.inventory.v1.InstanceActionRequest
+	(*CreateInstanceJoinTokenRequest)(nil), // 22: flotilla.inventory.v1.CreateInstanceJoinTokenRequest
+	(*InstanceJoinToken)(nil),              // 23: flotilla.inventory.v1.InstanceJoinToken
+	(*LifecycleRequest)(nil),               // 24: flotilla.inventory.v1.LifecycleRequest
+	(*RecordStateRequest)(nil),             // 25: flotilla.inventory.v1.RecordStateRequest
+	(*Network)(nil),                        // 26: flotilla.inventory.v1.Network
+	(*fieldmaskpb.FieldMask)(nil),          // 27: google.protobuf.FieldMask
+	(*Template)(nil),                       // 28: flotilla.inventory.v1.Template
+	(*Instance)(nil),                       // 29: flotilla.inventory.v1.Instance
+	(*timestamppb.Timestamp)(nil),          // 30: google.protobuf.Timestamp
+	(*DataDisk)(nil),                       // 31: flotilla.inventory.v1.DataDisk
+	(*Addresses)(nil),                      // 32: flotilla.inventory.v1.Addresses
+	(*emptypb.Empty)(nil),                  // 33: google.protobuf.Empty
 }
 var file_flotilla_inventory_v1_inventory_proto_depIdxs = []int32{
-	24, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	24, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
-	24, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	25, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
-	26, // 4: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	26, // 5: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
-	26, // 6: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	25, // 7: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
-	27, // 8: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	27, // 9: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
+	26, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	26, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
+	26, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	27, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
+	28, // 4: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	28, // 5: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
+	28, // 6: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	27, // 7: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
+	29, // 8: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	29, // 9: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
 	18, // 10: flotilla.inventory.v1.ListInstanceLogsResponse.lines:type_name -> flotilla.inventory.v1.InstanceLogLine
-	28, // 11: flotilla.inventory.v1.InstanceLogLine.time:type_name -> google.protobuf.Timestamp
-	27, // 12: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	25, // 13: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	29, // 14: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
-	30, // 15: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
-	0,  // 16: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
-	1,  // 17: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
-	2,  // 18: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
-	4,  // 19: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
-	5,  // 20: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
-	6,  // 21: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
-	7,  // 22: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
-	8,  // 23: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
-	10, // 24: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
-	11, // 25: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
-	12, // 26: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
-	13, // 27: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
-	14, // 28: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
-	19, // 29: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
-	20, // 30: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
-	21, // 31: flotilla.inventory.v1.InstanceService.ProvisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	21, // 32: flotilla.inventory.v1.InstanceService.DeprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	21, // 33: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	16, // 34: flotilla.inventory.v1.InstanceService.ListInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
-	24, // 35: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
-	24, // 36: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
-	3,  // 37: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
-	24, // 38: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
-	31, // 39: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
-	26, // 40: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
-	26, // 41: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
-	9,  // 42: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
-	26, // 43: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
-	31, // 44: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
-	27, // 45: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
-	27, // 46: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
-	15, // 47: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
-	27, // 48: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
-	27, // 49: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
-	27, // 50: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
-	27, // 51: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	27, // 52: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	17, // 53: flotilla.inventory.v1.InstanceService.ListInstanceLogs:output_type -> flotilla.inventory.v1.ListInstanceLogsResponse
-	35, // [35:54] is the sub-list for method output_type
-	16, // [16:35] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	30, // 11: flotilla.inventory.v1.InstanceLogLine.time:type_name -> google.protobuf.Timestamp
+	29, // 12: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	27, // 13: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	30, // 14: flotilla.inventory.v1.InstanceJoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	31, // 15: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
+	32, // 16: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
+	0,  // 17: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
+	1,  // 18: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
+	2,  // 19: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
+	4,  // 20: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
+	5,  // 21: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
+	6,  // 22: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
+	7,  // 23: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
+	8,  // 24: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
+	10, // 25: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
+	11, // 26: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
+	12, // 27: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
+	13, // 28: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
+	14, // 29: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
+	19, // 30: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
+	20, // 31: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
+	21, // 32: flotilla.inventory.v1.InstanceService.ProvisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	21, // 33: flotilla.inventory.v1.InstanceService.DeprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	21, // 34: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	16, // 35: flotilla.inventory.v1.InstanceService.ListInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
+	22, // 36: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
+	26, // 37: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
+	26, // 38: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
+	3,  // 39: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
+	26, // 40: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
+	33, // 41: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
+	28, // 42: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
+	28, // 43: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
+	9,  // 44: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
+	28, // 45: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
+	33, // 46: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
+	29, // 47: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
+	29, // 48: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
+	15, // 49: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
+	29, // 50: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
+	29, // 51: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
+	29, // 52: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
+	29, // 53: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	29, // 54: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	17, // 55: flotilla.inventory.v1.InstanceService.ListInstanceLogs:output_type -> flotilla.inventory.v1.ListInstanceLogsResponse
+	23, // 56: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
+	37, // [37:57] is the sub-list for method output_type
+	17, // [17:37] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_inventory_v1_inventory_proto_init() }
@@ -1604,7 +1769,7 @@ func file_flotilla_inventory_v1_inventory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_inventory_v1_inventory_proto_rawDesc), len(file_flotilla_inventory_v1_inventory_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -556,15 +556,16 @@ var TemplateService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	InstanceService_CreateInstance_FullMethodName      = "/flotilla.inventory.v1.InstanceService/CreateInstance"
-	InstanceService_GetInstance_FullMethodName         = "/flotilla.inventory.v1.InstanceService/GetInstance"
-	InstanceService_ListInstances_FullMethodName       = "/flotilla.inventory.v1.InstanceService/ListInstances"
-	InstanceService_UpdateInstance_FullMethodName      = "/flotilla.inventory.v1.InstanceService/UpdateInstance"
-	InstanceService_DeleteInstance_FullMethodName      = "/flotilla.inventory.v1.InstanceService/DeleteInstance"
-	InstanceService_ProvisionInstance_FullMethodName   = "/flotilla.inventory.v1.InstanceService/ProvisionInstance"
-	InstanceService_DeprovisionInstance_FullMethodName = "/flotilla.inventory.v1.InstanceService/DeprovisionInstance"
-	InstanceService_ReprovisionInstance_FullMethodName = "/flotilla.inventory.v1.InstanceService/ReprovisionInstance"
-	InstanceService_ListInstanceLogs_FullMethodName    = "/flotilla.inventory.v1.InstanceService/ListInstanceLogs"
+	InstanceService_CreateInstance_FullMethodName          = "/flotilla.inventory.v1.InstanceService/CreateInstance"
+	InstanceService_GetInstance_FullMethodName             = "/flotilla.inventory.v1.InstanceService/GetInstance"
+	InstanceService_ListInstances_FullMethodName           = "/flotilla.inventory.v1.InstanceService/ListInstances"
+	InstanceService_UpdateInstance_FullMethodName          = "/flotilla.inventory.v1.InstanceService/UpdateInstance"
+	InstanceService_DeleteInstance_FullMethodName          = "/flotilla.inventory.v1.InstanceService/DeleteInstance"
+	InstanceService_ProvisionInstance_FullMethodName       = "/flotilla.inventory.v1.InstanceService/ProvisionInstance"
+	InstanceService_DeprovisionInstance_FullMethodName     = "/flotilla.inventory.v1.InstanceService/DeprovisionInstance"
+	InstanceService_ReprovisionInstance_FullMethodName     = "/flotilla.inventory.v1.InstanceService/ReprovisionInstance"
+	InstanceService_ListInstanceLogs_FullMethodName        = "/flotilla.inventory.v1.InstanceService/ListInstanceLogs"
+	InstanceService_CreateInstanceJoinToken_FullMethodName = "/flotilla.inventory.v1.InstanceService/CreateInstanceJoinToken"
 )
 
 // InstanceServiceClient is the client API for InstanceService service.
@@ -598,6 +599,13 @@ type InstanceServiceClient interface {
 	// one "log" event per line, its data an InstanceLogLine as JSON, its id the
 	// line's seq), going on with new lines until the client goes away.
 	ListInstanceLogs(ctx context.Context, in *ListInstanceLogsRequest, opts ...grpc.CallOption) (*ListInstanceLogsResponse, error)
+	// CreateInstanceJoinToken mints a one-time join token for the agent of an
+	// instance of provider "external" that is being provisioned and waits for
+	// its agent, like `kubeadm token create`: start the agent on the machine
+	// with the token, the gateway address, the CA bundle and the VM id. The
+	// token appears only in this answer; Flotilla keeps its digest, and an
+	// audit record names who minted it.
+	CreateInstanceJoinToken(ctx context.Context, in *CreateInstanceJoinTokenRequest, opts ...grpc.CallOption) (*InstanceJoinToken, error)
 }
 
 type instanceServiceClient struct {
@@ -698,6 +706,16 @@ func (c *instanceServiceClient) ListInstanceLogs(ctx context.Context, in *ListIn
 	return out, nil
 }
 
+func (c *instanceServiceClient) CreateInstanceJoinToken(ctx context.Context, in *CreateInstanceJoinTokenRequest, opts ...grpc.CallOption) (*InstanceJoinToken, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(InstanceJoinToken)
+	err := c.cc.Invoke(ctx, InstanceService_CreateInstanceJoinToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InstanceServiceServer is the server API for InstanceService service.
 // All implementations must embed UnimplementedInstanceServiceServer
 // for forward compatibility.
@@ -729,6 +747,13 @@ type InstanceServiceServer interface {
 	// one "log" event per line, its data an InstanceLogLine as JSON, its id the
 	// line's seq), going on with new lines until the client goes away.
 	ListInstanceLogs(context.Context, *ListInstanceLogsRequest) (*ListInstanceLogsResponse, error)
+	// CreateInstanceJoinToken mints a one-time join token for the agent of an
+	// instance of provider "external" that is being provisioned and waits for
+	// its agent, like `kubeadm token create`: start the agent on the machine
+	// with the token, the gateway address, the CA bundle and the VM id. The
+	// token appears only in this answer; Flotilla keeps its digest, and an
+	// audit record names who minted it.
+	CreateInstanceJoinToken(context.Context, *CreateInstanceJoinTokenRequest) (*InstanceJoinToken, error)
 	mustEmbedUnimplementedInstanceServiceServer()
 }
 
@@ -765,6 +790,9 @@ func (UnimplementedInstanceServiceServer) ReprovisionInstance(context.Context, *
 }
 func (UnimplementedInstanceServiceServer) ListInstanceLogs(context.Context, *ListInstanceLogsRequest) (*ListInstanceLogsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListInstanceLogs not implemented")
+}
+func (UnimplementedInstanceServiceServer) CreateInstanceJoinToken(context.Context, *CreateInstanceJoinTokenRequest) (*InstanceJoinToken, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateInstanceJoinToken not implemented")
 }
 func (UnimplementedInstanceServiceServer) mustEmbedUnimplementedInstanceServiceServer() {}
 func (UnimplementedInstanceServiceServer) testEmbeddedByValue()                         {}
@@ -949,6 +977,24 @@ func _InstanceService_ListInstanceLogs_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InstanceService_CreateInstanceJoinToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateInstanceJoinTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).CreateInstanceJoinToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_CreateInstanceJoinToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).CreateInstanceJoinToken(ctx, req.(*CreateInstanceJoinTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // InstanceService_ServiceDesc is the grpc.ServiceDesc for InstanceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -991,6 +1037,10 @@ var InstanceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListInstanceLogs",
 			Handler:    _InstanceService_ListInstanceLogs_Handler,
+		},
+		{
+			MethodName: "CreateInstanceJoinToken",
+			Handler:    _InstanceService_CreateInstanceJoinToken_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

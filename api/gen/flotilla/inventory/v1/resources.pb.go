@@ -32,7 +32,7 @@ type Network struct {
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Unique name among networks: 1-63 characters, lowercase letters, digits and '-'.
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	// Cloud provider: "local" or "aws".
+	// Cloud provider: "local", "aws" or "external" (a machine the operator starts the agent on).
 	Provider string `protobuf:"bytes,3,opt,name=provider,proto3" json:"provider,omitempty"`
 	// HTTPS strategy for instances: "none", "self-signed", "custom-certificate" or "acme".
 	HttpsStrategy string `protobuf:"bytes,4,opt,name=https_strategy,json=httpsStrategy,proto3" json:"https_strategy,omitempty"`
@@ -351,7 +351,7 @@ type Template struct {
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Unique name among templates.
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	// Cloud provider: "local" or "aws".
+	// Cloud provider: "local", "aws" or "external" (a machine the operator starts the agent on).
 	Provider string `protobuf:"bytes,3,opt,name=provider,proto3" json:"provider,omitempty"`
 	// Image (AMI id for aws; node software version for local).
 	Image string `protobuf:"bytes,4,opt,name=image,proto3" json:"image,omitempty"`

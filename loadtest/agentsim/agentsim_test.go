@@ -1,0 +1,153 @@
+package agentsim_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/internal/stack/stacktest"
+	"flotilla.dev/flotilla/libs/testkit"
+	"flotilla.dev/flotilla/loadtest/agentsim"
+	"flotilla.dev/flotilla/services/inventory"
+)
+
+func TestMain(m *testing.M) { testkit.Main(m) }
+
+// Twenty simulated agents join through real tokens, the real CA and a real
+// agent gateway, their instances reach running, and when the agent gateway
+// restarts mid-run they all come back and no line they sent is lost; then
+// everything they created is gone.
+func TestAgentsJoinRunAndSurviveAGatewayRestart(t *testing.T) {
+	bus := testkit.SecureNATS(t)
+	agentAddr := fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(t))
+	dbURL := testkit.NewDatabase(t)
+	st := stacktest.Start(t, stacktest.OnBus(stack.Config{DatabaseURL: dbURL, AgentGatewayAddr: agentAddr,
+		Services: []string{subjects.Inventory, subjects.CA, subjects.Secrets, subjects.Provisioner, subjects.Gateway}}, bus))
+	gw, err := startAgentGateway(t, stacktest.OnBus(stack.Config{Services: []string{subjects.AgentGW}, AgentAddr: agentAddr}, bus))
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := adminToken(t, dbURL, st.HTTPAddr)
+
+	restarted := make(chan struct{})
+	var restartErr error
+	cfg := agentsim.Config{
+		API: "http://" + st.HTTPAddr, Token: token, Agents: 20, Duration: 8 * time.Second, LogRate: 5,
+		Heartbeat: time.Second, Concurrency: 8, SetupTimeout: 2 * time.Minute,
+		Log: slog.New(slog.NewTextHandler(t.Output(), nil)),
+		Steady: func() {
+			go func() {
+				defer close(restarted)
+				time.Sleep(1500 * time.Millisecond)
+				gw, restartErr = gw.restart(t)
+			}()
+		},
+	}
+	sum, err := agentsim.Run(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-restarted
+	if restartErr != nil {
+		t.Fatal(restartErr)
+	}
+	out, _ := json.Marshal(sum)
+	t.Logf("summary: %s", out)
+	want := int64(20 * 5 * 8) // agents × lines/s × s
+	if sum.Created != 20 || sum.Joined != 20 || sum.JoinFailures != 0 || sum.Connected != 20 || sum.Running != 20 || sum.Failed != 0 {
+		t.Errorf("not every agent made it: %s", out)
+	}
+	if sum.LinesSent != want || sum.LinesStored != sum.LinesSent {
+		t.Errorf("lines sent %d, stored %d; want %d and %d", sum.LinesSent, sum.LinesStored, want, want)
+	}
+	if sum.Outages < 1 || sum.Disconnects < 20 || sum.ReconnectSeconds <= 0 || !sum.ReconnectedAll {
+		t.Errorf("the gateway restart does not show as an outage every agent came back from: %s", out)
+	}
+	if sum.HeartbeatsSent < 20*8 || !sum.CleanedUp || len(sum.Errors) > 0 {
+		t.Errorf("summary: %s", out)
+	}
+}
+
+// Settings out of bounds are refused before anything is created, each
+// naming its setting; so is a target that is not this machine.
+func TestBadSettingsAreRefused(t *testing.T) {
+	t.Parallel()
+	_, err := agentsim.Run(t.Context(), agentsim.Config{API: "http://192.0.2.1:7700", Agents: 0, Duration: 2 * time.Hour,
+		LogRate: 100, Heartbeat: time.Millisecond, Network: "n"})
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{"api: \"192.0.2.1\" is not this machine", "token: ", "agents: 0", "duration: 2h0m0s", "log-rate: 100 lines/s for 2h0m0s",
+		"heartbeat: 1ms", "network, template: "} {
+		if !bytes.Contains([]byte(err.Error()), []byte(want)) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+}
+
+// agentGateway is an agent gateway the test stops and starts again.
+type agentGateway struct {
+	cfg    stack.Config
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startAgentGateway(t *testing.T, cfg stack.Config) (*agentGateway, error) {
+	st, err := stack.Start(t.Context(), cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start the agent gateway: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &agentGateway{cfg: cfg, cancel: cancel, done: make(chan error, 1)}
+	go func() { g.done <- st.Run(ctx) }()
+	t.Cleanup(g.stop)
+	return g, nil
+}
+
+func (g *agentGateway) stop() {
+	if g.cancel != nil {
+		g.cancel()
+		<-g.done
+		g.cancel = nil
+	}
+}
+
+// restart stops the gateway (every agent's stream ends) and starts a new
+// one on the same address.
+func (g *agentGateway) restart(t *testing.T) (*agentGateway, error) {
+	g.stop()
+	return startAgentGateway(t, g.cfg)
+}
+
+// adminToken sets up the first admin and logs in.
+func adminToken(t *testing.T, dbURL, httpAddr string) string {
+	t.Helper()
+	pool, err := pgxpool.New(t.Context(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if err := inventory.InitialSetup(t.Context(), pool, nil, "admin", "S3cret-pass"); err != nil {
+		t.Fatal(err)
+	}
+	body, _ := json.Marshal(map[string]string{"username": "admin", "password": "S3cret-pass"})
+	resp, err := http.Post("http://"+httpAddr+"/api/v1/login", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var login struct{ Token string }
+	if err := json.NewDecoder(resp.Body).Decode(&login); err != nil || login.Token == "" {
+		t.Fatalf("login: %d %v", resp.StatusCode, err)
+	}
+	return login.Token
+}
