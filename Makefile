@@ -9,7 +9,7 @@ PORT     ?= 7700
 # go test flags; CI uses the defaults.
 TESTFLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all build run test test-go check-generated generate lint fmt clean
+.PHONY: all build run test test-go check-generated generate lint fmt clean bench bench-short
 
 all: build
 
@@ -28,6 +28,14 @@ test: check-generated lint test-go
 # smoke tests against a real stack.
 test-go:
 	$(GO) test $(TESTFLAGS) ./... ./loadtest/...
+
+## bench: measure a real flotilla up beside references (docs/benchmarks.md); JSON lines, BENCH_OUT=file keeps them
+bench:
+	scripts/bench.sh
+
+## bench-short: the same, briefly and smaller (CI runs it so the benchmarks cannot rot)
+bench-short:
+	BENCH_SHORT=1 BENCH_IDLE_WAIT=2 scripts/bench.sh
 
 ## generate: regenerate protobuf, gRPC, gateway and OpenAPI code from api/proto
 generate:

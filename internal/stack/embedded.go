@@ -164,6 +164,7 @@ func embeddedConfig(s *datadir.Settings, d datadir.Dir, ns *server.Server, log *
 		GRPCAddr:        s.Addr(datadir.OffsetGRPC),
 		MaxRequestBytes: s.MaxRequestBytes,
 		MetricsAddr:     s.Addr(datadir.OffsetMetrics),
+		Profiling:       os.Getenv("FLOTILLA_PPROF") == "true",
 		AgentAddr:       s.Addr(datadir.OffsetAgentGW),
 		CACertFile:      caCert,
 		CAKeyFile:       caKey,

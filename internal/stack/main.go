@@ -50,6 +50,8 @@ type EnvConfig struct {
 	MaxRequestBytes    int64         `env:"FLOTILLA_MAX_REQUEST_BYTES" envDefault:"1048576"`
 	RequestReadTimeout time.Duration `env:"FLOTILLA_REQUEST_READ_TIMEOUT" envDefault:"30s"`
 	MetricsAddr        string        `env:"FLOTILLA_METRICS_ADDR"`
+	// Profiling serves /debug/pprof/ on the metrics address.
+	Profiling bool `env:"FLOTILLA_PPROF"`
 	// BusConcurrency is how many requests each endpoint serves at once.
 	BusConcurrency int    `env:"FLOTILLA_BUS_CONCURRENCY" envDefault:"32"`
 	KMSKeyFile     string `env:"FLOTILLA_KMS_KEY_FILE"`
@@ -172,6 +174,7 @@ func (c EnvConfig) Config(service string) Config {
 		RequestReadTimeout: c.RequestReadTimeout,
 		MetricsAddr:        c.MetricsAddr,
 		BusConcurrency:     c.BusConcurrency,
+		Profiling:          c.Profiling,
 		AgentAddr:          c.AgentAddr,
 		AgentServerNames:   c.AgentServerNames,
 		AgentGatewayAddr:   c.AgentGatewayAddr,

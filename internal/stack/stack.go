@@ -88,6 +88,8 @@ type Config struct {
 	// DatabaseWait is how long to wait for PostgreSQL to accept connections
 	// (default 60 s).
 	DatabaseWait time.Duration
+	// Profiling serves Go's profiles at /debug/pprof/ beside /metrics.
+	Profiling bool
 	// BusConcurrency is how many requests each endpoint of each service
 	// serves at once (0: rpc.DefaultConcurrency); the database pool is
 	// sized to match.
@@ -332,7 +334,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		st.ownerPool = nil
 	}
 	if st.metricsL != nil {
-		st.metrics = telemetry.NewMetricsServer()
+		st.metrics = telemetry.NewMetricsServer(cfg.Profiling)
 	}
 	return st, nil
 }

@@ -161,6 +161,7 @@ func BenchmarkWriteAndForward(b *testing.B) {
 				b.Error(err)
 				return
 			}
+			e.f.Wake()
 		}
 	})
 	for e.streamed(b) < uint64(b.N) {

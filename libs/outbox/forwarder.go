@@ -35,6 +35,7 @@ type Forwarder struct {
 	batch   int
 	schema  wmsql.DefaultPostgreSQLSchema
 	timeout time.Duration
+	wake    chan struct{}
 }
 
 // NewForwarder returns a forwarder publishing up to batch rows per
@@ -43,15 +44,27 @@ func NewForwarder(pool *pgxpool.Pool, js jetstream.JetStream, log *slog.Logger, 
 	if batch <= 0 {
 		batch = DefaultBatch
 	}
-	return &Forwarder{pool: pool, js: js, log: log, batch: batch, schema: newSchema(batch), timeout: 10 * time.Second}
+	return &Forwarder{pool: pool, js: js, log: log, batch: batch, schema: newSchema(batch), timeout: 10 * time.Second,
+		wake: make(chan struct{}, 1)}
 }
 
-// Run forwards until ctx ends: woken by NOTIFY when a writer commits, and
+// Wake tells the forwarder that a transaction that wrote to the outbox has
+// committed; the writer calls it after the commit. (Not a PostgreSQL
+// NOTIFY inside the transaction: every notifying commit takes one global
+// lock, which would make the writers commit one at a time.) A write by
+// another process is forwarded by that process's forwarder, or by this one
+// within a second.
+func (f *Forwarder) Wake() {
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run forwards until ctx ends: woken by Wake when a writer commits, and
 // every second as a safety net. While rows wait behind a transaction that
 // is still running it looks again soon, backing off to once a second.
 func (f *Forwarder) Run(ctx context.Context) error {
-	wake := make(chan struct{}, 1)
-	go f.listen(ctx, wake)
 	var backoff time.Duration
 	for {
 		wait := time.Second
@@ -72,7 +85,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			t.Stop()
 			return nil
-		case <-wake:
+		case <-f.wake:
 		case <-t.C:
 		}
 		t.Stop()
@@ -228,42 +241,6 @@ func natsMsg(r wmsql.Row) (*nats.Msg, error) {
 	m.Header.Set(bus.HeaderMsgID, string(r.UUID))
 	m.Data = r.Payload
 	return m, nil
-}
-
-// listen wakes the forwarder when a writer commits (NOTIFY).
-func (f *Forwarder) listen(ctx context.Context, wake chan<- struct{}) {
-	for ctx.Err() == nil {
-		conn, err := f.pool.Acquire(ctx)
-		if err != nil {
-			sleep(ctx, time.Second)
-			continue
-		}
-		if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
-			conn.Release()
-			sleep(ctx, time.Second)
-			continue
-		}
-		for {
-			if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
-				break
-			}
-			select {
-			case wake <- struct{}{}:
-			default:
-			}
-		}
-		// The connection may be mid-LISTEN; do not return it to the pool.
-		_ = conn.Hijack().Close(context.Background())
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
 
 // isSerializationFailure reports a repeatable-read conflict: another

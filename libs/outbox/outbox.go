@@ -47,9 +47,6 @@ const (
 	consumerGroup = "jetstream"
 )
 
-// notifyChannel is the PostgreSQL NOTIFY channel that wakes the forwarder.
-const notifyChannel = "flotilla_outbox"
-
 // DefaultBatch is how many rows the forwarder publishes per transaction.
 const DefaultBatch = 500
 
@@ -100,9 +97,6 @@ func Write(ctx context.Context, tx pgx.Tx, msgs ...bus.Message) error {
 	}
 	if err := pub.Publish(topic, wm...); err != nil {
 		return fmt.Errorf("write outbox: %w", err)
-	}
-	if _, err := tx.Exec(ctx, "SELECT pg_notify($1, '')", notifyChannel); err != nil {
-		return fmt.Errorf("notify outbox: %w", err)
 	}
 	return nil
 }

@@ -86,12 +86,13 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if err := bus.EnsureStreams(ctx, js, d.StreamReplicas, endpoints.StreamsOf(subjects.Inventory)...); err != nil {
 		return nil, err
 	}
-	a := app.New(d.Pool, log, d.AppOptions...)
+	fwd := outbox.NewForwarder(d.Pool, js, log, 0)
+	a := app.New(d.Pool, log, append([]app.Option{app.WithCommitted(fwd.Wake)}, d.AppOptions...)...)
 	svc, err := ports.Serve(d.NATS, a, d.Pool, log, d.TracerProvider, d.Version, rpc.WithConcurrency(d.Concurrency))
 	if err != nil {
 		return nil, err
 	}
-	return &Service{deps: d, app: a, fwd: outbox.NewForwarder(d.Pool, js, log, 0), svc: svc}, nil
+	return &Service{deps: d, app: a, fwd: fwd, svc: svc}, nil
 }
 
 // App returns the application layer (for the CLI and tests).

@@ -62,6 +62,9 @@ type App struct {
 	afterWrite func(ctx context.Context, tx pgx.Tx) error
 	// live keeps heartbeats off the instance rows (liveness.go).
 	live *liveness
+	// committed runs after every write transaction commits (the outbox
+	// forwarder's Wake).
+	committed func()
 }
 
 // Option configures an App.
@@ -79,6 +82,11 @@ func WithLoginPolicy(p attempts.Policy) Option { return func(a *App) { a.loginPo
 // WithReservedNames sets the agent gateway's names, which no instance's
 // ssl.sans may hold.
 func WithReservedNames(names []string) Option { return func(a *App) { a.reservedNames = names } }
+
+// WithCommitted runs f after every write transaction commits: the outbox
+// forwarder's Wake, so what a transaction wrote to the outbox goes out at
+// once.
+func WithCommitted(f func()) Option { return func(a *App) { a.committed = f } }
 
 // WithAfterWrite runs f inside every write transaction, after the change and
 // its outbox row; an error from f rolls both back. For tests.
@@ -119,7 +127,7 @@ type kind[T resource] struct {
 
 // inTx runs f in a transaction and commits unless f or the test hook fails.
 func (a *App) inTx(ctx context.Context, f func(tx pgx.Tx) error) error {
-	return pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
 		if err := f(tx); err != nil {
 			return err
 		}
@@ -128,6 +136,10 @@ func (a *App) inTx(ctx context.Context, f func(tx pgx.Tx) error) error {
 		}
 		return nil
 	})
+	if err == nil && a.committed != nil {
+		a.committed()
+	}
+	return err
 }
 
 // emit writes the event for a change of v to the outbox, inside tx.
