@@ -27,6 +27,7 @@ import (
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/every"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
 )
@@ -208,7 +209,8 @@ func (s *Service) Run(ctx context.Context) error {
 		return nil
 	})
 	eg.Go(func() error {
-		s.enforceRetention(gctx, s.retention)
+		// Several gateways may do it at once: a purge is idempotent.
+		every.Run(gctx, s.retention, s.log, "enforce log retention", s.EnforceRetention)
 		return nil
 	})
 	eg.Go(func() error {

@@ -20,24 +20,6 @@ import (
 // instances' log retention.
 const DefaultRetentionInterval = time.Minute
 
-// enforceRetention applies every instance's log retention each interval
-// until ctx ends. Several gateways may do it at once: a purge is
-// idempotent.
-func (s *Service) enforceRetention(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := s.EnforceRetention(ctx); err != nil && ctx.Err() == nil {
-			s.log.WarnContext(ctx, "enforce log retention", "error", err)
-		}
-	}
-}
-
 // EnforceRetention removes, for every instance with lines in the agent-log
 // stream, the lines beyond its logRetention: the oldest past maxLines and
 // those stored more than maxAge ago. An instance the inventory does not

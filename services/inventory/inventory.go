@@ -19,6 +19,7 @@ import (
 	"flotilla.dev/flotilla/api/endpoints"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/every"
 	"flotilla.dev/flotilla/libs/outbox"
 	"flotilla.dev/flotilla/libs/pgstore"
 	"flotilla.dev/flotilla/libs/rpc"
@@ -107,60 +108,31 @@ func (s *Service) Run(ctx context.Context) error {
 	if stale <= 0 {
 		stale = DefaultAgentStaleAfter
 	}
-	go func() {
-		t := time.NewTicker(stale / 4)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if _, err := s.app.MarkStaleAgents(ctx, stale); err != nil && ctx.Err() == nil {
-					s.deps.Log.WarnContext(ctx, "mark stale agents", "error", err)
-				}
-			}
-		}
-	}()
+	log := s.deps.Log
+	go every.Run(ctx, stale/4, log, "mark stale agents", func(ctx context.Context) error {
+		_, err := s.app.MarkStaleAgents(ctx, stale)
+		return err
+	})
+	go every.Run(ctx, time.Hour, log, "purge expired tokens", func(ctx context.Context) error {
+		_, err := s.app.PurgeExpiredTokens(ctx)
+		return err
+	})
+	go every.Run(ctx, time.Hour, log, "sweep heartbeats", func(ctx context.Context) error {
+		_, err := s.app.SweepHeartbeats(ctx)
+		return err
+	})
 	flushed := make(chan struct{})
 	go func() {
 		defer close(flushed)
-		t := time.NewTicker(app.HeartbeatFlushInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				// What is held is written before the process ends.
-				fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-				defer cancel()
-				if err := s.app.FlushHeartbeats(fctx); err != nil {
-					s.deps.Log.WarnContext(ctx, "write heartbeats", "error", err)
-				}
-				return
-			case <-t.C:
-				if err := s.app.FlushHeartbeats(ctx); err != nil && ctx.Err() == nil {
-					s.deps.Log.WarnContext(ctx, "write heartbeats", "error", err)
-				}
-			}
+		every.Run(ctx, app.HeartbeatFlushInterval, log, "write heartbeats", s.app.FlushHeartbeats)
+		// What is held is written before the process ends.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := s.app.FlushHeartbeats(fctx); err != nil {
+			log.WarnContext(ctx, "write heartbeats", "error", err)
 		}
 	}()
 	defer func() { <-flushed }()
-	go func() {
-		t := time.NewTicker(time.Hour)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if _, err := s.app.PurgeExpiredTokens(ctx); err != nil && ctx.Err() == nil {
-					s.deps.Log.WarnContext(ctx, "purge expired tokens", "error", err)
-				}
-				if _, err := s.app.SweepHeartbeats(ctx); err != nil && ctx.Err() == nil {
-					s.deps.Log.WarnContext(ctx, "sweep heartbeats", "error", err)
-				}
-			}
-		}
-	}()
 	return s.fwd.Run(ctx)
 }
 
