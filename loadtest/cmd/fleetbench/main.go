@@ -19,6 +19,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -245,7 +246,7 @@ func (b *bench) throughputPer(f func(worker int, i int64) error) (float64, time.
 				t0 := time.Now()
 				if err := f(w, next.Add(1)); err != nil {
 					mu.Lock()
-					firstErr = cmpOr(firstErr, err)
+					firstErr = cmp.Or(firstErr, err)
 					mu.Unlock()
 					return
 				}
@@ -265,13 +266,6 @@ func (b *bench) throughputPer(f func(worker int, i int64) error) (float64, time.
 	}
 	slices.Sort(lat)
 	return float64(len(lat)) / time.Since(start).Seconds(), lat[len(lat)/2], nil
-}
-
-func cmpOr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }
 
 // provisionOne provisions n instances one after another.
