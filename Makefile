@@ -9,13 +9,21 @@ PORT     ?= 7700
 # go test flags; CI uses the defaults.
 TESTFLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all build run test test-go check-generated generate lint fmt clean bench bench-short
+.PHONY: all build run test test-go check-generated generate lint fmt clean bench bench-short cluster cluster-down
 
 all: build
 
 ## build: compile every binary into bin/
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
+	$(GO) build -o bin/nats-server github.com/nats-io/nats-server/v2
+
+## cluster: a three-host cluster on this machine behind HAProxy (root; docs/ha.md); `make cluster-down` stops it
+cluster: build
+	deployments/cluster/local-cluster up
+
+cluster-down:
+	deployments/cluster/local-cluster down
 
 ## run: build and start Flotilla on $(DATA_DIR) (embedded NATS + managed PostgreSQL)
 run: build
