@@ -71,6 +71,12 @@ var Streams = []StreamUse{{
 	Stream:     subjects.KVStream(subjects.AgentCertsBucket),
 	Publishers: []Publish{{ca, []string{subjects.KVAll(subjects.AgentCertsBucket)}}},
 	Readers:    []string{ca},
+}, {
+	// A provisioner holds an instance's lease while it works on it, so two
+	// provisioner processes never work on one instance at once.
+	Stream:     subjects.KVStream(subjects.ProvisionerLeasesBucket),
+	Publishers: []Publish{{provisioner, []string{subjects.KVAll(subjects.ProvisionerLeasesBucket)}}},
+	Readers:    []string{provisioner},
 }}
 
 // Notices are subjects published without a stream, for live watchers.

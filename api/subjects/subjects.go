@@ -172,6 +172,11 @@ const JoinTokensBucket = "flotilla_join_tokens"
 // certificates still current, per instance.
 const AgentCertsBucket = "flotilla_agent_certs"
 
+// ProvisionerLeasesBucket is the provisioners' JetStream key-value bucket
+// of per-instance leases: key = instance id, value = the provisioner
+// process working on it.
+const ProvisionerLeasesBucket = "flotilla_provisioner_leases"
+
 // KVStream is the stream behind a key-value bucket: "KV_<bucket>".
 func KVStream(bucket string) string { return "KV_" + bucket }
 

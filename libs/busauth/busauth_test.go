@@ -126,6 +126,56 @@ func TestOnlyDeclaredWatchersFollowASubjectLive(t *testing.T) {
 	}
 }
 
+// TestOnlyItsServicesUseAKeyValueBucket: each key-value bucket is written,
+// declared and read only by the services declared for it (the observer
+// reads them all): the CA's join tokens and agent certificates, the
+// provisioners' leases.
+func TestOnlyItsServicesUseAKeyValueBucket(t *testing.T) {
+	t.Parallel()
+	var buckets []endpoints.StreamUse
+	for _, u := range endpoints.Streams {
+		if strings.HasPrefix(u.Stream, "KV_") {
+			buckets = append(buckets, u)
+		}
+	}
+	leases := subjects.KVStream(subjects.ProvisionerLeasesBucket)
+	if i := slices.IndexFunc(buckets, func(u endpoints.StreamUse) bool { return u.Stream == leases }); i < 0 ||
+		fmt.Sprint(buckets[i].Publishers, buckets[i].Readers) != fmt.Sprintf("[{provisioner [%s]}] [provisioner]", subjects.KVAll(subjects.ProvisionerLeasesBucket)) {
+		t.Fatalf("the lease bucket is not the provisioner's alone: %v", buckets)
+	}
+	bus := testkit.SecureNATS(t)
+	for _, id := range busauth.Identities() {
+		t.Run(id, func(t *testing.T) {
+			t.Parallel()
+			nc, v := bus.Watch(t, id)
+			type probe struct {
+				subject string
+				allowed bool
+			}
+			var probes []probe
+			for _, u := range buckets {
+				key := "$KV." + strings.TrimPrefix(u.Stream, "KV_") + ".i-1"
+				writes := u.PublishedBy(id)
+				probes = append(probes,
+					probe{key, writes},
+					probe{"$JS.API.STREAM.CREATE." + u.Stream, writes},
+					probe{"$JS.API.DIRECT.GET." + u.Stream + "." + key, u.ReadBy(id) || id == busauth.Observer})
+			}
+			for _, p := range probes {
+				if err := nc.Publish(p.subject, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			v.Settle(t)
+			for _, p := range probes {
+				if refused := v.PublishRefused(p.subject); refused == p.allowed {
+					t.Errorf("%s publishing to %s: refused=%v, want refused=%v", id, p.subject, refused, !p.allowed)
+				}
+			}
+		})
+	}
+}
+
 // TestNobodyMayListenEverywhereOrDestroyStreams: no identity may subscribe
 // to everything, to the default inbox or another identity's inbox, or
 // delete a stream, its messages or a durable consumer, or purge a stream —

@@ -7,6 +7,9 @@
 // Every cloud resource is named by an id recorded in the inventory before
 // the driver is asked to create it, so a provisioner killed at any point and
 // started again finds the disk and VM it made instead of making new ones.
+//
+// Several provisioner processes share the work queue; an instance's lease
+// (lease.go) keeps them from working on one instance at once.
 package provisioner
 
 import (
@@ -73,7 +76,18 @@ type Service struct {
 	slots   chan struct{}
 	js      jetstream.JetStream
 	wakers  *wakers
+	leases  *leases
 }
+
+// Retries of an instance another provisioner holds the lease of.
+const (
+	// leasedRedelivery is how soon a work message is redelivered when the
+	// instance's lease is held elsewhere.
+	leasedRedelivery = 2 * time.Second
+	// leasedRetry is how often resync looks again at an instance whose
+	// lease is held elsewhere.
+	leasedRetry = 5 * time.Second
+)
 
 // New declares the streams and the work-queue consumer and registers the
 // service on the bus.
@@ -101,6 +115,10 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if err := bus.EnsureStreams(ctx, js, d.StreamReplicas, endpoints.StreamsOf(subjects.Provisioner)...); err != nil {
 		return nil, err
 	}
+	lz, err := newLeases(ctx, js, d.StreamReplicas, LeaseTTL, holderID(), log)
+	if err != nil {
+		return nil, err
+	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, subjects.ProvisioningStream, jetstream.ConsumerConfig{
 		Durable:       subjects.ProvisioningConsumer,
 		Description:   "The provisioner's work queue",
@@ -115,7 +133,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	}
 	s := &Service{d: d, log: log, tracer: d.TracerProvider.Tracer("flotilla.dev/flotilla/services/provisioner"),
 		cons: cons, drivers: map[string]driver.Driver{}, bus: rpc.NewClient(d.NATS, subjects.Provisioner, 0),
-		slots: make(chan struct{}, d.Workers), js: js, wakers: newWakers()}
+		slots: make(chan struct{}, d.Workers), js: js, wakers: newWakers(), leases: lz}
 	for _, drv := range d.Drivers {
 		s.drivers[drv.Name()] = drv
 	}
@@ -164,6 +182,9 @@ func (s *Service) Run(ctx context.Context) error {
 	return nil
 }
 
+// resync resumes every instance left in a transitional state. One whose
+// lease another provisioner holds is being worked on there: resume looks
+// again every leasedRetry until it takes the lease (see resume).
 func (s *Service) resync(ctx context.Context, wg *sync.WaitGroup) {
 	token := ""
 	for {
@@ -181,12 +202,41 @@ func (s *Service) resync(ctx context.Context, wg *sync.WaitGroup) {
 			wg.Add(1)
 			go func(id string) {
 				defer wg.Done()
-				s.log.InfoContext(ctx, "resuming interrupted work", "instance", id)
-				_ = s.reconcileLocked(ctx, id)
+				s.resume(ctx, id)
 			}(in.GetId())
 		}
 		if token = resp.GetNextPageToken(); token == "" {
 			return
+		}
+	}
+}
+
+// resume reconciles an instance resync found in a transitional state.
+//
+// If another provisioner holds its lease, that one is working on it, and
+// resume does not: it looks again every leasedRetry until it takes the
+// lease — the holder finished (the reconcile then finds the instance
+// settled and does nothing), or died and its lease expired after LeaseTTL —
+// and resumes the work itself. The work queue would bring the instance back
+// too (its message stays unacknowledged until a reconcile of it finishes,
+// and is redelivered after the ack wait if its holder dies), but resync does
+// not rely on that: whatever resync saw in a transitional state is worked
+// on until it is settled, by someone, without waiting for a redelivery, and
+// without a periodic resync listing every instance. It also takes the work
+// over if it loses the lease it took. Other failures are left to the work
+// queue's redelivery, as before.
+func (s *Service) resume(ctx context.Context, id string) {
+	s.log.InfoContext(ctx, "resuming interrupted work", "instance", id)
+	for {
+		err := s.reconcileLocked(ctx, id)
+		if !errors.Is(err, errLeased) && !errors.Is(err, errLeaseLost) {
+			return
+		}
+		s.log.DebugContext(ctx, "resync: another provisioner is on it; looking again later", "instance", id, "error", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(leasedRetry):
 		}
 	}
 }
@@ -222,6 +272,13 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		if ctx.Err() != nil {
 			return // shutting down: the message is redelivered to whoever runs next
 		}
+		if errors.Is(err, errLeased) {
+			// The holder is working on it; this comes back once it is done
+			// (and finds nothing to do) or its lease has expired.
+			s.log.DebugContext(ctx, "another provisioner is on it; redelivering later", "instance", req.GetId(), "error", err)
+			_ = m.NakWithDelay(leasedRedelivery)
+			return
+		}
 		s.log.WarnContext(ctx, "reconcile failed; will retry", "instance", req.GetId(), "error", err)
 		_ = m.NakWithDelay(5 * time.Second)
 		return
@@ -230,7 +287,11 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 }
 
 // reconcileLocked reconciles one instance at a time per instance, in a
-// worker slot (see Run).
+// worker slot (see Run): in this process under the instance's mutex, across
+// processes under its lease, taken once the work has a slot and held until
+// it ends, waits included. It returns errLeased, doing nothing, when another
+// process holds the lease, and an error wrapping errLeaseLost when the
+// lease was lost while it worked (the work stopped there).
 func (s *Service) reconcileLocked(ctx context.Context, id string) error {
 	mu, _ := s.locks.LoadOrStore(id, &sync.Mutex{})
 	mu.(*sync.Mutex).Lock()
@@ -240,7 +301,18 @@ func (s *Service) reconcileLocked(ctx context.Context, id string) error {
 		return err
 	}
 	defer sl.release()
-	return s.reconcile(withSlot(ctx, sl), id)
+	lctx, release, err := s.leases.hold(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer release()
+	s.log.InfoContext(ctx, "work started", "instance", id, "holder", s.leases.holder)
+	err = s.reconcile(withSlot(lctx, sl), id)
+	s.log.InfoContext(ctx, "work ended", "instance", id, "holder", s.leases.holder)
+	if cause := context.Cause(lctx); errors.Is(cause, errLeaseLost) && ctx.Err() == nil {
+		return fmt.Errorf("reconcile %s: %w", id, cause)
+	}
+	return err
 }
 
 // slot is a worker slot held by one goroutine's reconcile. A wait releases

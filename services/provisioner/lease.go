@@ -1,0 +1,185 @@
+package provisioner
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"flotilla.dev/flotilla/api/subjects"
+)
+
+// Leases keep two provisioner processes from working on one instance at
+// once. A provisioner takes an instance's lease (a key-value Create: it
+// fails while a live lease exists) before it works on the instance, renews
+// it while it works, waits included (an Update at the revision it holds),
+// and releases it when done (a Delete at that revision). The bucket keeps
+// each write for LeaseTTL: a lease whose holder died, or lost the bus, is
+// gone LeaseTTL after its last renewal, and anyone may take it again.
+//
+// Why the bucket's age limit and not a per-key TTL: the server supports
+// per-message TTLs, but the client's Update writes without one, so a
+// renewed key would never expire; a bucket-wide MaxAge expires every write,
+// renewals included, LeaseTTL after it was made.
+//
+// A holder that cannot renew stops working on the instance before its
+// lease can have expired (leaseGiveUp after its last renewal), and one that
+// finds its lease changed or gone stops at once: the context of its work is
+// cancelled with errLeaseLost. Nothing fences a write already in flight
+// when that happens (a driver call, a record); the steps are idempotent.
+
+// LeasesBucket is the key-value bucket of the provisioners' leases.
+const LeasesBucket = subjects.ProvisionerLeasesBucket
+
+// LeaseTTL is how long a lease outlives its holder's last renewal.
+const LeaseTTL = 30 * time.Second
+
+// errLeased says another provisioner holds the instance's lease: it is
+// working on the instance.
+var errLeased = errors.New("another provisioner is working on the instance")
+
+// errLeaseLost says the holder lost its lease while it worked: it expired
+// (renewals failed) or someone else holds it now.
+var errLeaseLost = errors.New("lease lost")
+
+// leases takes, renews and releases instance leases for one process.
+type leases struct {
+	kv     jetstream.KeyValue
+	holder string
+	ttl    time.Duration
+	log    *slog.Logger
+}
+
+// newLeases declares the bucket, idempotently, with writes kept for ttl,
+// and returns the leases of holder.
+func newLeases(ctx context.Context, js jetstream.JetStream, replicas int, ttl time.Duration, holder string, log *slog.Logger) (*leases, error) {
+	if replicas < 1 {
+		replicas = 1
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:       LeasesBucket,
+		Description:  "Flotilla provisioner leases: which provisioner process works on an instance",
+		History:      1,
+		TTL:          ttl,
+		MaxValueSize: 256,
+		Storage:      jetstream.FileStorage,
+		Replicas:     replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("declare key-value bucket %s: %w", LeasesBucket, err)
+	}
+	return &leases{kv: kv, holder: holder, ttl: ttl, log: log}, nil
+}
+
+// holderID names this process: host, pid and a random suffix, so a
+// restarted process never takes its predecessor's leases for its own.
+func holderID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown"
+	}
+	b := make([]byte, 4)
+	_, _ = rand.Read(b) // never fails
+	return host + "-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(b)
+}
+
+// renewEvery is how often a holder renews: three times per TTL.
+func (l *leases) renewEvery() time.Duration { return l.ttl / 3 }
+
+// giveUp is how long after its last renewal a holder that cannot renew
+// stops working: a third of the TTL before the lease may expire.
+func (l *leases) giveUp() time.Duration { return l.ttl * 2 / 3 }
+
+// hold takes the lease of instance id and keeps it until release is
+// called. The returned context is ctx, cancelled with errLeaseLost (see
+// context.Cause) if the lease is lost meanwhile. A lease another process
+// holds is errLeased.
+func (l *leases) hold(ctx context.Context, id string) (context.Context, func(), error) {
+	rev, err := l.kv.Create(ctx, id, []byte(l.holder))
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		holder := "?"
+		if e, gerr := l.kv.Get(ctx, id); gerr == nil {
+			holder = string(e.Value())
+		}
+		return nil, nil, fmt.Errorf("%w (%s)", errLeased, holder)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("take the lease of %s: %w", id, err)
+	}
+	lctx, cancel := context.WithCancelCause(ctx)
+	stop, done := make(chan struct{}), make(chan struct{})
+	var held lease
+	held.rev = rev
+	go func() {
+		defer close(done)
+		if err := l.keep(id, &held, stop); err != nil {
+			l.log.WarnContext(ctx, "lease lost; stopping work on the instance", "instance", id, "error", err)
+			cancel(fmt.Errorf("%w: %w", errLeaseLost, err))
+		}
+	}()
+	var once sync.Once
+	release := func() {
+		once.Do(func() {
+			close(stop)
+			<-done
+			cancel(nil)
+			if held.lost {
+				return
+			}
+			rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer rcancel()
+			if err := l.kv.Delete(rctx, id, jetstream.LastRevision(held.rev)); err != nil {
+				// It expires by itself within the TTL.
+				l.log.WarnContext(ctx, "release lease", "instance", id, "error", err)
+			}
+		})
+	}
+	return lctx, release, nil
+}
+
+// lease is the revision a holder holds, and whether it lost it; only the
+// goroutine running keep touches it until release has waited for keep.
+type lease struct {
+	rev  uint64
+	lost bool
+}
+
+// keep renews the lease until stop is closed. It returns nil then, or the
+// reason the lease is lost: a renewal refused (the key changed or expired),
+// or no renewal for giveUp.
+func (l *leases) keep(id string, held *lease, stop <-chan struct{}) error {
+	last := time.Now() // the last renewal (or the take) began no earlier
+	wait := l.renewEvery()
+	for {
+		select {
+		case <-stop:
+			return nil
+		case <-time.After(wait):
+		}
+		began := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), l.renewEvery())
+		rev, err := l.kv.Update(ctx, id, []byte(l.holder), held.rev)
+		cancel()
+		switch {
+		case err == nil:
+			held.rev, last, wait = rev, began, l.renewEvery()
+			continue
+		case errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound):
+			held.lost = true
+			return fmt.Errorf("renew the lease of %s: %w", id, err)
+		case time.Since(last) >= l.giveUp():
+			held.lost = true
+			return fmt.Errorf("no renewal of the lease of %s for %v: %w", id, time.Since(last).Round(time.Second), err)
+		}
+		l.log.Warn("renew lease; retrying", "instance", id, "error", err)
+		wait = min(time.Second, l.renewEvery())
+	}
+}
