@@ -77,7 +77,28 @@ var Streams = []StreamUse{{
 	Stream:     subjects.KVStream(subjects.ProvisionerLeasesBucket),
 	Publishers: []Publish{{provisioner, []string{subjects.KVAll(subjects.ProvisionerLeasesBucket)}}},
 	Readers:    []string{provisioner},
+}, {
+	// Every service process writes its own heartbeat, under its service's
+	// name only; the gateway reads them all (GET /api/v1/cluster).
+	Stream:     subjects.KVStream(subjects.ManagersBucket),
+	Publishers: managerPublishers(),
+	Readers:    []string{gateway},
 }}
+
+// managerPublishers lets each service write its own processes' keys in the
+// managers' bucket.
+func managerPublishers() []Publish {
+	out := make([]Publish, 0, len(subjects.Services))
+	for _, s := range subjects.Services {
+		out = append(out, Publish{s, []string{subjects.ManagerKeys(s)}})
+	}
+	return out
+}
+
+// Inspectors may read the information (configuration, replicas, leader) of
+// every stream, for the cluster status; they read no message of a stream
+// not declared for them.
+var Inspectors = []string{gateway}
 
 // Notices are subjects published without a stream, for live watchers.
 var Notices = []Publish{{agentgw, []string{subjects.AgentStatusAll()}}}

@@ -177,6 +177,36 @@ const AgentCertsBucket = "flotilla_agent_certs"
 // process working on it.
 const ProvisionerLeasesBucket = "flotilla_provisioner_leases"
 
+// ManagersBucket is the JetStream key-value bucket of manager heartbeats:
+// one key per running service process (libs/membership).
+const ManagersBucket = "flotilla_managers"
+
+// ManagerKey is a service process's key in ManagersBucket:
+// "<service>.<host>.<process id>", host and id reduced to letters, digits,
+// '-' and '_'.
+func ManagerKey(service, host, processID string) string {
+	return service + "." + keyToken(host) + "." + keyToken(processID)
+}
+
+// ManagerKeys matches every key of one service's processes in
+// ManagersBucket, as a subject: "$KV.flotilla_managers.<service>.>".
+func ManagerKeys(service string) string { return "$KV." + ManagersBucket + "." + service + ".>" }
+
+// keyToken makes s one token of a NATS subject and key: every character
+// but an ASCII letter, digit, '-' or '_' becomes '-' ("" becomes "-").
+func keyToken(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			b[i] = '-'
+		}
+	}
+	if len(b) == 0 {
+		return "-"
+	}
+	return string(b)
+}
+
 // KVStream is the stream behind a key-value bucket: "KV_<bucket>".
 func KVStream(bucket string) string { return "KV_" + bucket }
 

@@ -1,5 +1,6 @@
 // Command flotilla is Flotilla's command-line tool: `flotilla up` runs the
-// whole of Flotilla in one process, and `flotilla admin` bootstraps it.
+// whole of Flotilla in one process, `flotilla admin` bootstraps it, and
+// `flotilla cluster` inspects a running one through its API.
 package main
 
 import (
@@ -38,6 +39,6 @@ func newRoot() *cobra.Command {
 	agent.Version = version
 	agentCmd := agent.NewCommand()
 	agentCmd.Hidden = true // started by the local provider, not by operators
-	root.AddCommand(newUp(), newAdmin(), agentCmd)
+	root.AddCommand(newUp(), newAdmin(), newCluster(), agentCmd)
 	return root
 }

@@ -314,6 +314,24 @@ func TestUpServesRestartsWithItsDataAndStopsCleanly(t *testing.T) {
 	if code, out := up.do(t, "POST", "/api/v1/networks", token, `{"name":"lab","provider":"local","httpsStrategy":"none"}`); code != 200 {
 		t.Fatalf("create network: %d %v", code, out)
 	}
+	// flotilla up is one manager process running six services, one NATS
+	// server leading alone, one standalone database.
+	var cl struct {
+		Managers []managerJSON
+		Brokers  []struct {
+			Name       string
+			MetaLeader bool
+		}
+		Databases []struct{ Role string }
+	}
+	status := flotillaCLI(t, nil, "cluster", "status", "-o", "json", "--server", up.url(""), "--token", token)
+	if err := json.Unmarshal([]byte(status), &cl); err != nil {
+		t.Fatal(err)
+	}
+	if len(cl.Managers) != 6 || cl.Managers[0].Pid != up.cmd.Process.Pid || len(cl.Brokers) != 1 || cl.Brokers[0].Name != "flotilla" ||
+		!cl.Brokers[0].MetaLeader || len(cl.Databases) != 1 || cl.Databases[0].Role != "standalone" {
+		t.Fatalf("flotilla up's cluster status:\n%s", status)
+	}
 
 	pid := postmasterPID(t, dir)
 	up.stop(t)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -47,6 +48,7 @@ func TestServiceBinariesRunAgainstExternalNATSAndPostgres(t *testing.T) {
 		"FLOTILLA_GRPC_ADDR=127.0.0.1:"+strconv.Itoa(ports[1]),
 		"FLOTILLA_AGENT_ADDR=127.0.0.1:"+strconv.Itoa(ports[2]),
 	)
+	stops := map[string]func(){}
 	for _, name := range []string{"inventory", "ca", "secrets", "provisioner", "agentgw", "gateway"} {
 		// Each binary connects as itself: --creds or FLOTILLA_NATS_CREDS.
 		cmd := exec.Command(filepath.Join(bin, "flotilla-"+name), "--creds", bus.Creds[name])
@@ -56,20 +58,24 @@ func TestServiceBinariesRunAgainstExternalNATSAndPostgres(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() {
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			done := make(chan error, 1)
-			go func() { done <- cmd.Wait() }()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("flotilla-%s exited with %v:\n%s", name, err, out)
+		var once sync.Once
+		stops[name] = func() {
+			once.Do(func() {
+				_ = cmd.Process.Signal(syscall.SIGTERM)
+				done := make(chan error, 1)
+				go func() { done <- cmd.Wait() }()
+				select {
+				case err := <-done:
+					if err != nil {
+						t.Errorf("flotilla-%s exited with %v:\n%s", name, err, out)
+					}
+				case <-time.After(30 * time.Second):
+					_ = cmd.Process.Kill()
+					t.Errorf("flotilla-%s did not stop on SIGTERM", name)
 				}
-			case <-time.After(30 * time.Second):
-				_ = cmd.Process.Kill()
-				t.Errorf("flotilla-%s did not stop on SIGTERM", name)
-			}
-		})
+			})
+		}
+		t.Cleanup(stops[name])
 	}
 	up := &upProc{base: ports[0]}
 	deadline := time.Now().Add(60 * time.Second)
@@ -98,6 +104,7 @@ func TestServiceBinariesRunAgainstExternalNATSAndPostgres(t *testing.T) {
 	if code, out := up.do(t, "POST", "/api/v1/networks", token, `{"name":"lab","provider":"local","httpsStrategy":"none"}`); code != 200 {
 		t.Fatalf("create network through the service binaries: %d %v", code, out)
 	}
+	checkClusterCommands(t, up.url(""), token, stops["provisioner"])
 	// A missing setting is named at start.
 	cmd := exec.Command(filepath.Join(bin, "flotilla-inventory"))
 	cmd.Env = []string{"FLOTILLA_NATS_URL=nats://127.0.0.1:1", "FLOTILLA_STREAM_REPLICAS=2"}

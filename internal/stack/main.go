@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -71,10 +72,17 @@ type EnvConfig struct {
 	// empty means flotilla-agent beside this executable.
 	AgentCommand   string `env:"FLOTILLA_AGENT_COMMAND"`
 	StreamReplicas int    `env:"FLOTILLA_STREAM_REPLICAS" envDefault:"1"`
-	LogLevel       string `env:"FLOTILLA_LOG_LEVEL" envDefault:"info"`
-	LogJSON        bool   `env:"FLOTILLA_LOG_JSON"`
-	OTLPEndpoint   string `env:"OTEL_EXPORTER_OTLP_ENDPOINT"`
-	OTLPProtocol   string `env:"OTEL_EXPORTER_OTLP_PROTOCOL"`
+	// NATSMonitorURLs are the NATS servers' monitoring endpoints
+	// (http://host:8222, comma-separated): the gateway reports the servers
+	// and the JetStream meta leader from them in GET /api/v1/cluster.
+	NATSMonitorURLs []string `env:"FLOTILLA_NATS_MONITOR_URLS" envSeparator:","`
+	// PatroniURLs are Patroni's REST APIs (http://host:8008,
+	// comma-separated): the gateway reports the PostgreSQL members from them.
+	PatroniURLs  []string `env:"FLOTILLA_PATRONI_URLS" envSeparator:","`
+	LogLevel     string   `env:"FLOTILLA_LOG_LEVEL" envDefault:"info"`
+	LogJSON      bool     `env:"FLOTILLA_LOG_JSON"`
+	OTLPEndpoint string   `env:"OTEL_EXPORTER_OTLP_ENDPOINT"`
+	OTLPProtocol string   `env:"OTEL_EXPORTER_OTLP_PROTOCOL"`
 }
 
 // Validate reports every problem at once for a binary running service,
@@ -146,6 +154,13 @@ func (c EnvConfig) Validate(service string) error {
 	if c.MetricsAddr != "" {
 		hostPort("FLOTILLA_METRICS_ADDR", c.MetricsAddr)
 	}
+	for name, urls := range map[string][]string{"FLOTILLA_NATS_MONITOR_URLS": c.NATSMonitorURLs, "FLOTILLA_PATRONI_URLS": c.PatroniURLs} {
+		for _, u := range urls {
+			if err := checkHTTPURL(u); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			}
+		}
+	}
 	if c.BusConcurrency < 1 || c.BusConcurrency > 1024 {
 		errs = append(errs, fmt.Errorf("FLOTILLA_BUS_CONCURRENCY: must be between 1 and 1024, got %d", c.BusConcurrency))
 	}
@@ -183,6 +198,8 @@ func (c EnvConfig) Config(service string) Config {
 		KMSKeyFile:         c.KMSKeyFile,
 		LocalRoot:          c.LocalRoot,
 		AgentCommand:       strings.Fields(c.AgentCommand),
+		NATSMonitorURLs:    c.NATSMonitorURLs,
+		PatroniURLs:        c.PatroniURLs,
 	}
 }
 
@@ -273,4 +290,17 @@ func checkPlainAPIAddr(addr string) error {
 		return nil
 	}
 	return fmt.Errorf("%q is reachable from other hosts, and the API would be served without TLS", addr)
+}
+
+// checkHTTPURL refuses anything but an absolute http or https URL with a
+// host, such as http://10.0.0.1:8222.
+func checkHTTPURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%q is not a URL: %w", raw, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+		return fmt.Errorf("%q is not an http:// or https:// URL with a host", raw)
+	}
+	return nil
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
@@ -38,6 +39,7 @@ import (
 	"flotilla.dev/flotilla/libs/attempts"
 	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/kms"
+	"flotilla.dev/flotilla/libs/membership"
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/pgstore"
 	"flotilla.dev/flotilla/libs/rpc"
@@ -147,6 +149,19 @@ type Config struct {
 	ProvisionerWorkers int
 	ProvisionerRecheck time.Duration
 
+	// NATSMonitorURLs are the NATS servers' monitoring endpoints
+	// (http://host:8222) and PatroniURLs the Patroni REST APIs
+	// (http://host:8008) the gateway asks for the cluster status; empty:
+	// what its bus connection sees, and the one database.
+	NATSMonitorURLs, PatroniURLs []string
+	// MemberInterval, MemberTTL and MemberHealthyWithin tune the managers'
+	// heartbeats (0: libs/membership's defaults, 5 s, 30 s and 15 s; tests
+	// shorten them).
+	MemberInterval, MemberTTL, MemberHealthyWithin time.Duration
+	// HostName is the host the services are listed under in the managers'
+	// bucket (empty: os.Hostname; tests name other hosts).
+	HostName string
+
 	// InventoryOptions and AgentStaleAfter tune the inventory (tests).
 	InventoryOptions []app.Option
 	AgentStaleAfter  time.Duration
@@ -223,6 +238,8 @@ type Stack struct {
 	ownerPool *pgxpool.Pool
 	conns     []*nats.Conn
 	runners   []runner
+	// members are the services' heartbeats in the managers' bucket.
+	members []*membership.Member
 	// listeners not yet owned by a service (closed by close).
 	listeners []net.Listener
 	metrics   *http.Server
@@ -327,6 +344,9 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("start %s: %w", name, err)
 		}
+		if r, err = st.join(ctx, nc, r); err != nil {
+			return nil, fmt.Errorf("start %s: %w", name, err)
+		}
 		st.runners = append(st.runners, r)
 	}
 	if st.ownerPool != nil {
@@ -337,6 +357,36 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		st.metrics = telemetry.NewMetricsServer(cfg.Profiling)
 	}
 	return st, nil
+}
+
+// join lists r's service in the managers' bucket (libs/membership) and
+// returns r heartbeating while it runs: its key is deleted when the service
+// stops, and expires if the process dies.
+func (st *Stack) join(ctx context.Context, nc *nats.Conn, r runner) (runner, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return runner{}, fmt.Errorf("jetstream: %w", err)
+	}
+	m, err := membership.Join(ctx, js, membership.Config{Service: r.name, Version: st.cfg.Version, Host: st.cfg.HostName,
+		Interval: st.cfg.MemberInterval, TTL: st.cfg.MemberTTL, Replicas: st.cfg.StreamReplicas, Log: st.log.With("service", r.name)})
+	if err != nil {
+		return runner{}, err
+	}
+	st.members = append(st.members, m)
+	run := r.run
+	r.run = func(ctx context.Context) error {
+		hctx, cancel := context.WithCancel(ctx)
+		beating := make(chan struct{})
+		go func() {
+			defer close(beating)
+			m.Run(hctx)
+		}()
+		err := run(ctx)
+		cancel()
+		<-beating
+		return err
+	}
+	return r, nil
 }
 
 // listen opens a listener for the setting name.
@@ -484,7 +534,8 @@ func (d deps) gateway(ctx context.Context, nc *nats.Conn, httpL, grpcL net.Liste
 	c := d.cfg
 	g, err := gateway.New(ctx, gateway.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version,
 		HTTPListener: httpL, GRPCListener: grpcL, MaxRequestBytes: c.MaxRequestBytes, RequestReadTimeout: c.RequestReadTimeout,
-		LoginPolicy: c.SourceLoginPolicy, TLS: c.APITLS, AgentGatewayAddr: d.agentGatewayAddr()})
+		LoginPolicy: c.SourceLoginPolicy, TLS: c.APITLS, AgentGatewayAddr: d.agentGatewayAddr(),
+		NATSMonitorURLs: c.NATSMonitorURLs, PatroniURLs: c.PatroniURLs, MemberHealthyWithin: c.MemberHealthyWithin})
 	if err != nil {
 		return runner{}, err
 	}
@@ -596,6 +647,11 @@ func (st *Stack) close() {
 	}
 	for _, l := range st.listeners {
 		_ = l.Close()
+	}
+	for _, m := range st.members { // left already, unless Start failed
+		lctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		m.Leave(lctx)
+		cancel()
 	}
 	for i := len(st.conns) - 1; i >= 0; i-- {
 		if err := st.conns[i].Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {

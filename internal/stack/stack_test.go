@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -201,5 +202,35 @@ func TestServicesWorkWithARoleThatOnlyReadsAndWritesRows(t *testing.T) {
 	var n int
 	if err := svc.QueryRow(ctx, "SELECT count(*) FROM networks").Scan(&n); err != nil || n != 1 {
 		t.Errorf("the service role reads networks: %d %v", n, err)
+	}
+}
+
+// TestEnvConfigNamesBadClusterStatusURLs: the gateway's monitoring and
+// Patroni URLs must be http or https URLs with a host; each bad one is
+// named with its variable.
+func TestEnvConfigNamesBadClusterStatusURLs(t *testing.T) {
+	t.Parallel()
+	creds := filepath.Join(t.TempDir(), "gateway.creds")
+	if err := os.WriteFile(creds, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ec := stack.EnvConfig{NATSURL: "nats://127.0.0.1:4222", NATSCreds: creds, HTTPAddr: "127.0.0.1:7700", GRPCAddr: "127.0.0.1:7701",
+		AgentGatewayAddr: "127.0.0.1:7702", MaxRequestBytes: 1 << 20, RequestReadTimeout: time.Minute, BusConcurrency: 32,
+		StreamReplicas: 3, LogLevel: "info",
+		NATSMonitorURLs: []string{"http://10.0.0.1:8222", "https://nats-2:8222"},
+		PatroniURLs:     []string{"http://10.0.0.1:8008"}}
+	if err := ec.Validate(subjects.Gateway); err != nil {
+		t.Fatalf("good URLs refused: %v", err)
+	}
+	if cfg := ec.Config(subjects.Gateway); len(cfg.NATSMonitorURLs) != 2 || len(cfg.PatroniURLs) != 1 {
+		t.Fatalf("URLs not passed on: %v %v", cfg.NATSMonitorURLs, cfg.PatroniURLs)
+	}
+	ec.NATSMonitorURLs = []string{"nats://10.0.0.1:4222", "10.0.0.2:8222"}
+	ec.PatroniURLs = []string{"http://"}
+	err := ec.Validate(subjects.Gateway)
+	for _, want := range []string{`FLOTILLA_NATS_MONITOR_URLS: "nats://10.0.0.1:4222"`, `FLOTILLA_NATS_MONITOR_URLS: "10.0.0.2:8222"`, `FLOTILLA_PATRONI_URLS: "http://"`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not name %s", err, want)
+		}
 	}
 }

@@ -26,6 +26,23 @@ func ReadSubject(ctx context.Context, stream jetstream.Stream, subject string, f
 	case !since.IsZero():
 		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
 	}
+	return read(ctx, stream, cfg, each)
+}
+
+// ReadLatest hands the last message stored on each subject matching
+// subject (a pattern) in stream to each, until each returns false: a
+// key-value bucket's current entries, deleted ones included (their
+// KV-Operation header says so). It reads through an ephemeral ordered
+// consumer, which it deletes afterwards.
+func ReadLatest(ctx context.Context, stream jetstream.Stream, subject string, each func(jetstream.Msg, *jetstream.MsgMetadata) bool) error {
+	return read(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject},
+		DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy}, each)
+}
+
+// read hands each message cfg's ordered consumer delivers to each, until
+// each returns false or nothing more is stored.
+func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedConsumerConfig, each func(jetstream.Msg, *jetstream.MsgMetadata) bool) error {
+	subject := cfg.FilterSubjects[0]
 	cons, err := stream.OrderedConsumer(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("consumer on %s: %w", subject, err)

@@ -3,6 +3,7 @@ package busauth_test
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -37,6 +38,20 @@ func callSubjects() map[string]endpoints.Info {
 	return out
 }
 
+// tryPublish publishes to each subject as identity and returns what the
+// server refused, once it has answered all.
+func tryPublish(t *testing.T, bus *testkit.Bus, identity string, subjects []string) *testkit.Violations {
+	t.Helper()
+	nc, v := bus.Watch(t, identity)
+	for _, s := range subjects {
+		if err := nc.Publish(s, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v.Settle(t)
+	return v
+}
+
 // TestOnlyDeclaredCallersMayCallAnEndpoint publishes, as every identity, to
 // every endpoint under every identity's name: the server refuses all but an
 // identity calling an endpoint it is declared for, under its own name.
@@ -47,13 +62,7 @@ func TestOnlyDeclaredCallersMayCallAnEndpoint(t *testing.T) {
 	for _, id := range busauth.Identities() {
 		t.Run(id, func(t *testing.T) {
 			t.Parallel()
-			nc, v := bus.Watch(t, id)
-			for subject := range calls {
-				if err := nc.Publish(subject, nil); err != nil {
-					t.Fatal(err)
-				}
-			}
-			v.Settle(t)
+			v := tryPublish(t, bus, id, slices.Collect(maps.Keys(calls)))
 			for subject, ep := range calls {
 				allowed := ep.CalledBy(id) && strings.HasSuffix(subject, "."+id)
 				if refused := v.PublishRefused(subject); refused == allowed {
@@ -408,5 +417,62 @@ func TestCredentialsFitTheProtocolLine(t *testing.T) {
 	conf, err := a.ServerConfig()
 	if err != nil || !strings.Contains(conf, "max_control_line: ") {
 		t.Errorf("the server configuration does not raise the protocol line: %v", err)
+	}
+}
+
+// TestEachServiceWritesOnlyItsOwnHeartbeats: every service may put and
+// delete keys of its own processes in the managers' bucket, none another
+// service's, and the observer none.
+func TestEachServiceWritesOnlyItsOwnHeartbeats(t *testing.T) {
+	t.Parallel()
+	bus := testkit.SecureNATS(t)
+	keys := map[string]string{} // subject → the service whose key it is
+	for _, svc := range subjects.Services {
+		keys["$KV."+subjects.ManagersBucket+"."+subjects.ManagerKey(svc, "host-1", "p1")] = svc
+	}
+	for _, id := range busauth.Identities() {
+		t.Run(id, func(t *testing.T) {
+			t.Parallel()
+			v := tryPublish(t, bus, id, slices.Collect(maps.Keys(keys)))
+			for subject, owner := range keys {
+				if refused, allowed := v.PublishRefused(subject), owner == id; refused == allowed {
+					t.Errorf("%s writing %s: refused=%v, want refused=%v", id, subject, refused, !allowed)
+				}
+			}
+		})
+	}
+}
+
+// TestOnlyTheGatewayInspectsEveryStream: the gateway reads every stream's
+// information (replicas and leader, for GET /api/v1/cluster); another
+// identity only that of the streams it uses; and the gateway reads no
+// message of a stream not declared for it.
+func TestOnlyTheGatewayInspectsEveryStream(t *testing.T) {
+	t.Parallel()
+	bus := testkit.SecureNATS(t)
+	for _, id := range busauth.Identities() {
+		t.Run(id, func(t *testing.T) {
+			t.Parallel()
+			var tries []string
+			for _, u := range endpoints.Streams {
+				tries = append(tries, "$JS.API.STREAM.INFO."+u.Stream, "$JS.API.DIRECT.GET."+u.Stream)
+			}
+			v := tryPublish(t, bus, id, tries)
+			for _, u := range endpoints.Streams {
+				uses := u.PublishedBy(id) || u.ConsumedBy(id) != "" || u.ReadBy(id)
+				info := "$JS.API.STREAM.INFO." + u.Stream
+				allowed := uses || slices.Contains(endpoints.Inspectors, id) || id == busauth.Observer
+				if refused := v.PublishRefused(info); refused == allowed {
+					t.Errorf("%s asking %s: refused=%v, want refused=%v", id, info, refused, !allowed)
+				}
+				get := "$JS.API.DIRECT.GET." + u.Stream
+				if refused, allowed := v.PublishRefused(get), u.ReadBy(id) || id == busauth.Observer; refused == allowed {
+					t.Errorf("%s reading %s: refused=%v, want refused=%v", id, get, refused, !allowed)
+				}
+			}
+		})
+	}
+	if !slices.Equal(endpoints.Inspectors, []string{subjects.Gateway}) {
+		t.Fatalf("inspectors %v, want only the gateway", endpoints.Inspectors)
 	}
 }

@@ -110,6 +110,9 @@ func Permissions(identity string) (jwt.Permissions, error) {
 		if u.PurgedBy(identity) {
 			pub = append(pub, jsAPI("STREAM.PURGE.%s", st))
 		}
+		if slices.Contains(endpoints.Inspectors, identity) {
+			pub = append(pub, jsAPI("STREAM.INFO.%s", st))
+		}
 		if u.ReadBy(identity) {
 			pub = append(pub, jsAPI("STREAM.INFO.%s", st), jsAPI("STREAM.MSG.GET.%s", st),
 				jsAPI("DIRECT.GET.%s", st), jsAPI("DIRECT.GET.%s.>", st),

@@ -87,8 +87,11 @@ type Bus struct {
 	Creds map[string]string
 	// TLS, for a bus started with SecureNATSOverTLS, is what a client
 	// connects with: the server's CA and a client certificate.
-	TLS       *tls.Config
-	authority *busauth.Authority
+	TLS *tls.Config
+	// MonitorURL, for a bus started with SecureNATSMonitored, is the
+	// server's HTTP monitoring endpoint (http://127.0.0.1:<port>).
+	MonitorURL string
+	authority  *busauth.Authority
 }
 
 // SecureNATS starts a Bus for tb, shut down when tb ends.
@@ -108,6 +111,19 @@ func secureNATS(tb testing.TB, opts *server.Options) *Bus {
 	}
 	ns := Serve(tb, opts)
 	return &Bus{Server: ns, URL: ns.ClientURL(), Creds: auth.Files(), authority: auth}
+}
+
+// SecureNATSMonitored is SecureNATS with the server's HTTP monitoring
+// endpoint (/varz, /jsz, ...) on a random port of 127.0.0.1, Bus.MonitorURL.
+func SecureNATSMonitored(tb testing.TB) *Bus {
+	tb.Helper()
+	b := secureNATS(tb, &server.Options{JetStream: true, StoreDir: tb.TempDir(), HTTPHost: "127.0.0.1", HTTPPort: -1})
+	addr := b.Server.MonitorAddr()
+	if addr == nil {
+		tb.Fatal("testkit: nats-server has no monitoring address")
+	}
+	b.MonitorURL = "http://" + addr.String()
+	return b
 }
 
 // SecureNATSOverTLS is SecureNATS accepting only TLS connections that

@@ -49,6 +49,9 @@ type envOptions struct {
 	only []string
 	// config changes the stack's configuration.
 	config func(*stack.Config)
+	// monitored serves the NATS server's monitoring endpoint
+	// (env.bus.MonitorURL) and gives it to the gateway.
+	monitored bool
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -57,8 +60,14 @@ func newEnv(t *testing.T, o envOptions) *env {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
 	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 	bus := testkit.SecureNATS(t)
+	if o.monitored {
+		bus = testkit.SecureNATSMonitored(t)
+	}
 	dbURL := testkit.NewDatabase(t)
 	cfg := stacktest.OnBus(stack.Config{Version: "1.2.3", TracerProvider: tp, DatabaseURL: dbURL, InventoryOptions: o.appOptions}, bus)
+	if o.monitored {
+		cfg.NATSMonitorURLs = []string{bus.MonitorURL}
+	}
 	if o.config != nil {
 		o.config(&cfg)
 	}

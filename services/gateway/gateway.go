@@ -76,6 +76,13 @@ type Deps struct {
 	// AgentGatewayAddr is the agent gateway's host:port, handed to
 	// operators with the join tokens they mint for external instances.
 	AgentGatewayAddr string
+	// NATSMonitorURLs are the NATS servers' monitoring endpoints and
+	// PatroniURLs Patroni's REST APIs, for GET /api/v1/cluster (empty:
+	// what the bus connection sees, and the one database).
+	NATSMonitorURLs, PatroniURLs []string
+	// MemberHealthyWithin is how recent a manager's heartbeat must be for
+	// it to be reported healthy (0: membership.HealthyWithin).
+	MemberHealthyWithin time.Duration
 }
 
 // SourceLoginPolicy is how failed logins from one client address slow its
@@ -95,7 +102,10 @@ type Gateway struct {
 	// logins counts failed logins by client address.
 	logins  *attempts.Limiter
 	tokens  *tokenCache
-	status  *statusCache
+	status  *freshCache[*systemv1.Status]
+	cluster *freshCache[*systemv1.Cluster]
+	// web asks the NATS monitoring endpoints and Patroni.
+	web     *http.Client
 	httpSrv *http.Server
 	grpcSrv *grpc.Server
 	mux     *runtime.ServeMux
@@ -135,7 +145,9 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 		ttl = DefaultTokenCacheTTL
 	}
 	g.tokens = newTokenCache(ttl, time.Now)
-	g.status = &statusCache{}
+	g.status = newFreshCache[*systemv1.Status](statusFresh)
+	g.cluster = newFreshCache[*systemv1.Cluster](clusterFresh)
+	g.web = &http.Client{Timeout: clusterCheckTimeout}
 	g.bus = rpc.NewClient(d.NATS, subjects.Gateway, g.requestTimeout)
 	js, err := jetstream.New(d.NATS)
 	if err != nil {

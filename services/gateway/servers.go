@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"sync"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -22,7 +21,6 @@ import (
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bearer"
 	"flotilla.dev/flotilla/libs/pki"
-	"flotilla.dev/flotilla/libs/rpc"
 )
 
 // networkServer implements the public NetworkService by forwarding to the inventory.
@@ -205,7 +203,8 @@ type systemServer struct {
 	g *Gateway
 }
 
-// GetStatus reports the health of every service (see statusCache).
+// GetStatus reports the health of every service (checkStatus), one round
+// of pings for every caller within statusFresh.
 func (s systemServer) GetStatus(ctx context.Context, _ *systemv1.GetStatusRequest) (*systemv1.Status, error) {
 	return s.g.status.get(ctx, s.g.checkStatus), nil
 }
@@ -217,21 +216,16 @@ func (g *Gateway) checkStatus(ctx context.Context) *systemv1.Status {
 	comps := make([]*systemv1.ComponentStatus, len(subjects.Services))
 	var wg sync.WaitGroup
 	for i, name := range subjects.Services {
-		comps[i] = &systemv1.ComponentStatus{Name: name, Status: "ok"}
+		c := &systemv1.ComponentStatus{Name: name, Status: "ok"}
+		comps[i] = c
 		if name == subjects.Gateway {
 			continue // answering this request is proof enough
 		}
-		wg.Add(1)
-		go func(c *systemv1.ComponentStatus) {
-			defer wg.Done()
-			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			defer cancel()
-			ping, _ := endpoints.Ping(c.Name)
-			if _, err := rpc.Call(pctx, g.bus, ping, &systemv1.PingRequest{}); err != nil {
-				c.Status = "unavailable"
-				c.Message = apierr.Public(ctx, nil, err).Message
+		wg.Go(func() {
+			if err := g.ping(ctx, c.Name); err != nil {
+				c.Status, c.Message = "unavailable", err.Error()
 			}
-		}(comps[i])
+		})
 	}
 	wg.Wait()
 	for _, c := range comps {

@@ -6,31 +6,40 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
-
-	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
 )
 
 // statusFresh is how long a status answer is served again: load balancers
 // and monitors ask every second or two each, and one round of pings serves
-// them all.
-const statusFresh = time.Second
+// them all. clusterFresh is the same for the cluster status, whose round
+// (streams, monitoring endpoints, Patroni) costs more.
+const (
+	statusFresh  = time.Second
+	clusterFresh = 2 * time.Second
+)
 
-// statusCache keeps the last status for statusFresh, and lets one check run
-// at a time: requests that arrive while it runs wait for its answer.
-type statusCache struct {
+// freshCache keeps the last answer of a check for fresh, and lets one check
+// run at a time: requests that arrive while it runs wait for its answer.
+// Callers get copies.
+type freshCache[T proto.Message] struct {
+	fresh   time.Duration
 	mu      sync.Mutex
-	last    *systemv1.Status
+	last    T
+	have    bool
 	at      time.Time
 	running chan struct{} // closed when the check under way is done
 }
 
-func (c *statusCache) get(ctx context.Context, check func(context.Context) *systemv1.Status) *systemv1.Status {
+func newFreshCache[T proto.Message](fresh time.Duration) *freshCache[T] {
+	return &freshCache[T]{fresh: fresh}
+}
+
+func (c *freshCache[T]) get(ctx context.Context, check func(context.Context) T) T {
 	for {
 		c.mu.Lock()
-		if c.last != nil && time.Since(c.at) < statusFresh {
-			st := c.last
+		if c.have && time.Since(c.at) < c.fresh {
+			last := c.last
 			c.mu.Unlock()
-			return proto.Clone(st).(*systemv1.Status)
+			return proto.Clone(last).(T)
 		}
 		if wait := c.running; wait != nil {
 			c.mu.Unlock()
@@ -45,11 +54,11 @@ func (c *statusCache) get(ctx context.Context, check func(context.Context) *syst
 		c.running = done
 		c.mu.Unlock()
 		// The check outlives a caller that goes away: others may wait on it.
-		st := check(context.WithoutCancel(ctx))
+		answer := check(context.WithoutCancel(ctx))
 		c.mu.Lock()
-		c.last, c.at, c.running = st, time.Now(), nil
+		c.last, c.have, c.at, c.running = answer, true, time.Now(), nil
 		c.mu.Unlock()
 		close(done)
-		return proto.Clone(st).(*systemv1.Status)
+		return proto.Clone(answer).(T)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -56,18 +57,37 @@ func Start(t testing.TB, cfg stack.Config) *stack.Stack {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- st.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("stacktest: a service stopped with an error: %v", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("stacktest: a service stopped with an error: %v", err)
+				}
+			case <-time.After(2 * time.Minute):
+				t.Error("stacktest: the stack did not stop within 2 minutes")
 			}
-		case <-time.After(2 * time.Minute):
-			t.Error("stacktest: the stack did not stop within 2 minutes")
-		}
-	})
+		})
+	}
+	t.Cleanup(stop)
+	stops.Store(st, stop)
 	return st
+}
+
+// stops holds each started stack's stop function.
+var stops sync.Map
+
+// Stop stops a stack Start started, as SIGTERM stops a process, and waits
+// for it; the test's end would otherwise.
+func Stop(t testing.TB, st *stack.Stack) {
+	t.Helper()
+	stop, ok := stops.LoadAndDelete(st)
+	if !ok {
+		t.Fatal("stacktest: Stop of a stack not started by Start, or stopped already")
+	}
+	stop.(func())()
 }
 
 // OnBus points cfg at bus, each service with its own credentials.

@@ -11,6 +11,7 @@ import (
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -282,11 +283,602 @@ func (x *PingResponse) GetVersion() string {
 	return ""
 }
 
+type GetClusterRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetClusterRequest) Reset() {
+	*x = GetClusterRequest{}
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetClusterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetClusterRequest) ProtoMessage() {}
+
+func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
+func (*GetClusterRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{5}
+}
+
+// Cluster is what one gateway sees of the cluster, gathered at most once a
+// second or so and shared by every caller.
+type Cluster struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Time  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	// Every service process with a heartbeat in the managers' bucket, by name.
+	Managers []*Manager `protobuf:"bytes,2,rep,name=managers,proto3" json:"managers,omitempty"`
+	// Every NATS server known: from the monitoring endpoints when the gateway
+	// has them (FLOTILLA_NATS_MONITOR_URLS), otherwise from the streams'
+	// replica sets and the server the gateway is connected to.
+	Brokers []*Broker `protobuf:"bytes,3,rep,name=brokers,proto3" json:"brokers,omitempty"`
+	// Every Flotilla stream (key-value buckets included) and its replicas.
+	Streams []*StreamReplication `protobuf:"bytes,4,rep,name=streams,proto3" json:"streams,omitempty"`
+	// Every PostgreSQL member: Patroni's view (FLOTILLA_PATRONI_URLS), or the
+	// one database, "standalone".
+	Databases []*Database `protobuf:"bytes,5,rep,name=databases,proto3" json:"databases,omitempty"`
+	// What could not be found out (a monitoring endpoint or Patroni that did
+	// not answer, a stream whose information could not be read).
+	Warnings      []string `protobuf:"bytes,6,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Cluster) Reset() {
+	*x = Cluster{}
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Cluster) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Cluster) ProtoMessage() {}
+
+func (x *Cluster) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
+func (*Cluster) Descriptor() ([]byte, []int) {
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Cluster) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *Cluster) GetManagers() []*Manager {
+	if x != nil {
+		return x.Managers
+	}
+	return nil
+}
+
+func (x *Cluster) GetBrokers() []*Broker {
+	if x != nil {
+		return x.Brokers
+	}
+	return nil
+}
+
+func (x *Cluster) GetStreams() []*StreamReplication {
+	if x != nil {
+		return x.Streams
+	}
+	return nil
+}
+
+func (x *Cluster) GetDatabases() []*Database {
+	if x != nil {
+		return x.Databases
+	}
+	return nil
+}
+
+func (x *Cluster) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
+// Manager is one service process's membership: the value of its key in the
+// managers' key-value bucket, written every few seconds (heartbeat) and
+// deleted on a clean stop; a dead process's key expires.
+type Manager struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the member's key: "<service>.<host>.<process id>".
+	Name         string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Service      string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	Host         string                 `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
+	Version      string                 `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	Pid          int32                  `protobuf:"varint,5,opt,name=pid,proto3" json:"pid,omitempty"`
+	StartTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	LastSeenTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
+	// healthy is set in GetCluster's answer (last seen within 15 s), never
+	// stored.
+	Healthy       bool `protobuf:"varint,8,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Manager) Reset() {
+	*x = Manager{}
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Manager) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Manager) ProtoMessage() {}
+
+func (x *Manager) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Manager.ProtoReflect.Descriptor instead.
+func (*Manager) Descriptor() ([]byte, []int) {
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Manager) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Manager) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *Manager) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *Manager) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Manager) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *Manager) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *Manager) GetLastSeenTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSeenTime
+	}
+	return nil
+}
+
+func (x *Manager) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+// Broker is one NATS server.
+type Broker struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The monitoring URL it answered on, when known.
+	Url     string `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
+	Version string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	// meta_leader: the JetStream meta leader (assigns streams to servers).
+	MetaLeader bool `protobuf:"varint,4,opt,name=meta_leader,json=metaLeader,proto3" json:"meta_leader,omitempty"`
+	// healthy: it answered its monitoring endpoint, or, without one, no
+	// stream reports it offline.
+	Healthy       bool   `protobuf:"varint,5,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	Message       string `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Broker) Reset() {
+	*x = Broker{}
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Broker) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Broker) ProtoMessage() {}
+
+func (x *Broker) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Broker.ProtoReflect.Descriptor instead.
+func (*Broker) Descriptor() ([]byte, []int) {
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Broker) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Broker) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *Broker) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Broker) GetMetaLeader() bool {
+	if x != nil {
+		return x.MetaLeader
+	}
+	return false
+}
+
+func (x *Broker) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *Broker) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+// StreamReplication is where one stream lives.
+type StreamReplication struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The NATS cluster's name ("" for a single server).
+	Cluster string `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// The server that leads the stream's replica set ("" while it has none).
+	Leader string `protobuf:"bytes,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	// The other servers holding a replica.
+	Replicas      []*StreamReplica `protobuf:"bytes,4,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	Messages      uint64           `protobuf:"varint,5,opt,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamReplication) Reset() {
+	*x = StreamReplication{}
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamReplication) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamReplication) ProtoMessage() {}
+
+func (x *StreamReplication) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamReplication.ProtoReflect.Descriptor instead.
+func (*StreamReplication) Descriptor() ([]byte, []int) {
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *StreamReplication) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *StreamReplication) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *StreamReplication) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *StreamReplication) GetReplicas() []*StreamReplica {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *StreamReplication) GetMessages() uint64 {
+	if x != nil {
+		return x.Messages
+	}
+	return 0
+}
+
+// StreamReplica is a follower of a stream's leader.
+type StreamReplica struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// current: caught up with the leader.
+	Current bool `protobuf:"varint,2,opt,name=current,proto3" json:"current,omitempty"`
+	// active: how long ago the leader last heard from it.
+	Active *durationpb.Duration `protobuf:"bytes,3,opt,name=active,proto3" json:"active,omitempty"`
+	// lag: how many operations it is behind the leader.
+	Lag           uint64 `protobuf:"varint,4,opt,name=lag,proto3" json:"lag,omitempty"`
+	Offline       bool   `protobuf:"varint,5,opt,name=offline,proto3" json:"offline,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamReplica) Reset() {
+	*x = StreamReplica{}
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamReplica) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamReplica) ProtoMessage() {}
+
+func (x *StreamReplica) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamReplica.ProtoReflect.Descriptor instead.
+func (*StreamReplica) Descriptor() ([]byte, []int) {
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *StreamReplica) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *StreamReplica) GetCurrent() bool {
+	if x != nil {
+		return x.Current
+	}
+	return false
+}
+
+func (x *StreamReplica) GetActive() *durationpb.Duration {
+	if x != nil {
+		return x.Active
+	}
+	return nil
+}
+
+func (x *StreamReplica) GetLag() uint64 {
+	if x != nil {
+		return x.Lag
+	}
+	return 0
+}
+
+func (x *StreamReplica) GetOffline() bool {
+	if x != nil {
+		return x.Offline
+	}
+	return false
+}
+
+// Database is one PostgreSQL member.
+type Database struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// "leader", "replica", "sync_standby", ... as Patroni says; "standalone"
+	// without Patroni.
+	Role string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	// Patroni's state ("running", "streaming", "stopped", ...).
+	State string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	Host  string `protobuf:"bytes,4,opt,name=host,proto3" json:"host,omitempty"`
+	Port  int32  `protobuf:"varint,5,opt,name=port,proto3" json:"port,omitempty"`
+	// lag_bytes: how far behind the leader its replay is, when Patroni knows.
+	LagBytes      *int64 `protobuf:"varint,6,opt,name=lag_bytes,json=lagBytes,proto3,oneof" json:"lag_bytes,omitempty"`
+	Healthy       bool   `protobuf:"varint,7,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	Message       string `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Database) Reset() {
+	*x = Database{}
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Database) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Database) ProtoMessage() {}
+
+func (x *Database) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Database.ProtoReflect.Descriptor instead.
+func (*Database) Descriptor() ([]byte, []int) {
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Database) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Database) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *Database) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Database) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *Database) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *Database) GetLagBytes() int64 {
+	if x != nil && x.LagBytes != nil {
+		return *x.LagBytes
+	}
+	return 0
+}
+
+func (x *Database) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *Database) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_flotilla_system_v1_system_proto protoreflect.FileDescriptor
 
 const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\n" +
-	"\x1fflotilla/system/v1/system.proto\x12\x12flotilla.system.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\x12\n" +
+	"\x1fflotilla/system/v1/system.proto\x12\x12flotilla.system.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\x12\n" +
 	"\x10GetStatusRequest\"\xaf\x01\n" +
 	"\x06Status\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12\x18\n" +
@@ -302,9 +894,60 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\vPingRequest\"B\n" +
 	"\fPingResponse\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion2v\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\"\x13\n" +
+	"\x11GetClusterRequest\"\xc1\x02\n" +
+	"\aCluster\x12.\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x127\n" +
+	"\bmanagers\x18\x02 \x03(\v2\x1b.flotilla.system.v1.ManagerR\bmanagers\x124\n" +
+	"\abrokers\x18\x03 \x03(\v2\x1a.flotilla.system.v1.BrokerR\abrokers\x12?\n" +
+	"\astreams\x18\x04 \x03(\v2%.flotilla.system.v1.StreamReplicationR\astreams\x12:\n" +
+	"\tdatabases\x18\x05 \x03(\v2\x1c.flotilla.system.v1.DatabaseR\tdatabases\x12\x1a\n" +
+	"\bwarnings\x18\x06 \x03(\tR\bwarnings\"\x8e\x02\n" +
+	"\aManager\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x12\n" +
+	"\x04host\x18\x03 \x01(\tR\x04host\x12\x18\n" +
+	"\aversion\x18\x04 \x01(\tR\aversion\x12\x10\n" +
+	"\x03pid\x18\x05 \x01(\x05R\x03pid\x129\n" +
+	"\n" +
+	"start_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x12@\n" +
+	"\x0elast_seen_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x12\x18\n" +
+	"\ahealthy\x18\b \x01(\bR\ahealthy\"\x9d\x01\n" +
+	"\x06Broker\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03url\x18\x02 \x01(\tR\x03url\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12\x1f\n" +
+	"\vmeta_leader\x18\x04 \x01(\bR\n" +
+	"metaLeader\x12\x18\n" +
+	"\ahealthy\x18\x05 \x01(\bR\ahealthy\x12\x18\n" +
+	"\amessage\x18\x06 \x01(\tR\amessage\"\xb4\x01\n" +
+	"\x11StreamReplication\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\acluster\x18\x02 \x01(\tR\acluster\x12\x16\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\x12=\n" +
+	"\breplicas\x18\x04 \x03(\v2!.flotilla.system.v1.StreamReplicaR\breplicas\x12\x1a\n" +
+	"\bmessages\x18\x05 \x01(\x04R\bmessages\"\x9c\x01\n" +
+	"\rStreamReplica\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\acurrent\x18\x02 \x01(\bR\acurrent\x121\n" +
+	"\x06active\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06active\x12\x10\n" +
+	"\x03lag\x18\x04 \x01(\x04R\x03lag\x12\x18\n" +
+	"\aoffline\x18\x05 \x01(\bR\aoffline\"\xd4\x01\n" +
+	"\bDatabase\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x12\n" +
+	"\x04host\x18\x04 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x05 \x01(\x05R\x04port\x12 \n" +
+	"\tlag_bytes\x18\x06 \x01(\x03H\x00R\blagBytes\x88\x01\x01\x12\x18\n" +
+	"\ahealthy\x18\a \x01(\bR\ahealthy\x12\x18\n" +
+	"\amessage\x18\b \x01(\tR\amessageB\f\n" +
+	"\n" +
+	"_lag_bytes2\xe1\x01\n" +
 	"\rSystemService\x12e\n" +
-	"\tGetStatus\x12$.flotilla.system.v1.GetStatusRequest\x1a\x1a.flotilla.system.v1.Status\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/statusB\xbf\x02\x92A\x80\x02\x12\x95\x01\n" +
+	"\tGetStatus\x12$.flotilla.system.v1.GetStatusRequest\x1a\x1a.flotilla.system.v1.Status\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/status\x12i\n" +
+	"\n" +
+	"GetCluster\x12%.flotilla.system.v1.GetClusterRequest\x1a\x1b.flotilla.system.v1.Cluster\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/v1/clusterB\xbf\x02\x92A\x80\x02\x12\x95\x01\n" +
 	"\fFlotilla API\x12\x80\x01Provision and operate fleets of instances. Log in with POST /api/v1/login and send the token as \"Authorization: Bearer <token>\".2\x02v1ZX\n" +
 	"V\n" +
 	"\x06bearer\x12L\b\x02\x127\"Bearer \" followed by the token from POST /api/v1/login\x1a\rAuthorization \x02b\f\n" +
@@ -324,25 +967,44 @@ func file_flotilla_system_v1_system_proto_rawDescGZIP() []byte {
 	return file_flotilla_system_v1_system_proto_rawDescData
 }
 
-var file_flotilla_system_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_flotilla_system_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_flotilla_system_v1_system_proto_goTypes = []any{
 	(*GetStatusRequest)(nil),      // 0: flotilla.system.v1.GetStatusRequest
 	(*Status)(nil),                // 1: flotilla.system.v1.Status
 	(*ComponentStatus)(nil),       // 2: flotilla.system.v1.ComponentStatus
 	(*PingRequest)(nil),           // 3: flotilla.system.v1.PingRequest
 	(*PingResponse)(nil),          // 4: flotilla.system.v1.PingResponse
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*GetClusterRequest)(nil),     // 5: flotilla.system.v1.GetClusterRequest
+	(*Cluster)(nil),               // 6: flotilla.system.v1.Cluster
+	(*Manager)(nil),               // 7: flotilla.system.v1.Manager
+	(*Broker)(nil),                // 8: flotilla.system.v1.Broker
+	(*StreamReplication)(nil),     // 9: flotilla.system.v1.StreamReplication
+	(*StreamReplica)(nil),         // 10: flotilla.system.v1.StreamReplica
+	(*Database)(nil),              // 11: flotilla.system.v1.Database
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
 }
 var file_flotilla_system_v1_system_proto_depIdxs = []int32{
-	5, // 0: flotilla.system.v1.Status.time:type_name -> google.protobuf.Timestamp
-	2, // 1: flotilla.system.v1.Status.components:type_name -> flotilla.system.v1.ComponentStatus
-	0, // 2: flotilla.system.v1.SystemService.GetStatus:input_type -> flotilla.system.v1.GetStatusRequest
-	1, // 3: flotilla.system.v1.SystemService.GetStatus:output_type -> flotilla.system.v1.Status
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	12, // 0: flotilla.system.v1.Status.time:type_name -> google.protobuf.Timestamp
+	2,  // 1: flotilla.system.v1.Status.components:type_name -> flotilla.system.v1.ComponentStatus
+	12, // 2: flotilla.system.v1.Cluster.time:type_name -> google.protobuf.Timestamp
+	7,  // 3: flotilla.system.v1.Cluster.managers:type_name -> flotilla.system.v1.Manager
+	8,  // 4: flotilla.system.v1.Cluster.brokers:type_name -> flotilla.system.v1.Broker
+	9,  // 5: flotilla.system.v1.Cluster.streams:type_name -> flotilla.system.v1.StreamReplication
+	11, // 6: flotilla.system.v1.Cluster.databases:type_name -> flotilla.system.v1.Database
+	12, // 7: flotilla.system.v1.Manager.start_time:type_name -> google.protobuf.Timestamp
+	12, // 8: flotilla.system.v1.Manager.last_seen_time:type_name -> google.protobuf.Timestamp
+	10, // 9: flotilla.system.v1.StreamReplication.replicas:type_name -> flotilla.system.v1.StreamReplica
+	13, // 10: flotilla.system.v1.StreamReplica.active:type_name -> google.protobuf.Duration
+	0,  // 11: flotilla.system.v1.SystemService.GetStatus:input_type -> flotilla.system.v1.GetStatusRequest
+	5,  // 12: flotilla.system.v1.SystemService.GetCluster:input_type -> flotilla.system.v1.GetClusterRequest
+	1,  // 13: flotilla.system.v1.SystemService.GetStatus:output_type -> flotilla.system.v1.Status
+	6,  // 14: flotilla.system.v1.SystemService.GetCluster:output_type -> flotilla.system.v1.Cluster
+	13, // [13:15] is the sub-list for method output_type
+	11, // [11:13] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_system_v1_system_proto_init() }
@@ -350,13 +1012,14 @@ func file_flotilla_system_v1_system_proto_init() {
 	if File_flotilla_system_v1_system_proto != nil {
 		return
 	}
+	file_flotilla_system_v1_system_proto_msgTypes[11].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_system_v1_system_proto_rawDesc), len(file_flotilla_system_v1_system_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

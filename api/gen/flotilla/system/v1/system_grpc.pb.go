@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	SystemService_GetStatus_FullMethodName = "/flotilla.system.v1.SystemService/GetStatus"
+	SystemService_GetStatus_FullMethodName  = "/flotilla.system.v1.SystemService/GetStatus"
+	SystemService_GetCluster_FullMethodName = "/flotilla.system.v1.SystemService/GetCluster"
 )
 
 // SystemServiceClient is the client API for SystemService service.
@@ -30,6 +31,10 @@ const (
 type SystemServiceClient interface {
 	// GetStatus is the health check for load balancers; it needs no authentication.
 	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*Status, error)
+	// GetCluster lists the cluster's members: every service process (the
+	// managers' heartbeats), every NATS server and how each stream is
+	// replicated, and every PostgreSQL member (from Patroni when configured).
+	GetCluster(ctx context.Context, in *GetClusterRequest, opts ...grpc.CallOption) (*Cluster, error)
 }
 
 type systemServiceClient struct {
@@ -50,6 +55,16 @@ func (c *systemServiceClient) GetStatus(ctx context.Context, in *GetStatusReques
 	return out, nil
 }
 
+func (c *systemServiceClient) GetCluster(ctx context.Context, in *GetClusterRequest, opts ...grpc.CallOption) (*Cluster, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Cluster)
+	err := c.cc.Invoke(ctx, SystemService_GetCluster_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SystemServiceServer is the server API for SystemService service.
 // All implementations must embed UnimplementedSystemServiceServer
 // for forward compatibility.
@@ -58,6 +73,10 @@ func (c *systemServiceClient) GetStatus(ctx context.Context, in *GetStatusReques
 type SystemServiceServer interface {
 	// GetStatus is the health check for load balancers; it needs no authentication.
 	GetStatus(context.Context, *GetStatusRequest) (*Status, error)
+	// GetCluster lists the cluster's members: every service process (the
+	// managers' heartbeats), every NATS server and how each stream is
+	// replicated, and every PostgreSQL member (from Patroni when configured).
+	GetCluster(context.Context, *GetClusterRequest) (*Cluster, error)
 	mustEmbedUnimplementedSystemServiceServer()
 }
 
@@ -70,6 +89,9 @@ type UnimplementedSystemServiceServer struct{}
 
 func (UnimplementedSystemServiceServer) GetStatus(context.Context, *GetStatusRequest) (*Status, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetStatus not implemented")
+}
+func (UnimplementedSystemServiceServer) GetCluster(context.Context, *GetClusterRequest) (*Cluster, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCluster not implemented")
 }
 func (UnimplementedSystemServiceServer) mustEmbedUnimplementedSystemServiceServer() {}
 func (UnimplementedSystemServiceServer) testEmbeddedByValue()                       {}
@@ -110,6 +132,24 @@ func _SystemService_GetStatus_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SystemService_GetCluster_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetClusterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SystemServiceServer).GetCluster(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SystemService_GetCluster_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SystemServiceServer).GetCluster(ctx, req.(*GetClusterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SystemService_ServiceDesc is the grpc.ServiceDesc for SystemService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -120,6 +160,10 @@ var SystemService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetStatus",
 			Handler:    _SystemService_GetStatus_Handler,
+		},
+		{
+			MethodName: "GetCluster",
+			Handler:    _SystemService_GetCluster_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
+)
+
+// apiClient is the small client of the commands that ask a running
+// Flotilla's API: where (--server), as whom (--token, FLOTILLA_TOKEN), and
+// how to print (-o).
+type apiClient struct {
+	server, token, caFile, output string
+}
+
+// tokenEnv names the environment variable the API token may come from.
+const tokenEnv = "FLOTILLA_TOKEN"
+
+func (c *apiClient) flags(cmd *cobra.Command) {
+	f := cmd.PersistentFlags()
+	f.StringVar(&c.server, "server", "http://127.0.0.1:7700", "the Flotilla API's URL")
+	f.StringVar(&c.token, "token", "", "a bearer token from POST /api/v1/login (default $"+tokenEnv+")")
+	f.StringVar(&c.caFile, "ca-file", "", "PEM certificates to verify an https server with (default: the system's)")
+	f.StringVarP(&c.output, "output", "o", "table", "output format: table or json")
+}
+
+// get reads an API path into out.
+func (c *apiClient) get(ctx context.Context, path string, out proto.Message) error {
+	if c.output != "table" && c.output != "json" {
+		return fmt.Errorf("--output: %q is not table or json", c.output)
+	}
+	token := cmp.Or(c.token, os.Getenv(tokenEnv))
+	if token == "" {
+		return fmt.Errorf("no API token: give --token or set %s (a token from POST /api/v1/login)", tokenEnv)
+	}
+	client := &http.Client{Timeout: 30 * time.Second}
+	if c.caFile != "" {
+		pem, err := os.ReadFile(c.caFile)
+		if err != nil {
+			return fmt.Errorf("--ca-file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--ca-file: %s holds no PEM certificate", c.caFile)
+		}
+		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(c.server, "/")+path, nil)
+	if err != nil {
+		return fmt.Errorf("--server: %w", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("GET %s: %w", path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Reason, Message string }
+		if json.Unmarshal(body, &e) != nil || e.Message == "" {
+			return fmt.Errorf("GET %s: %s", path, resp.Status)
+		}
+		return fmt.Errorf("GET %s: %s: %s (%s)", path, resp.Status, e.Message, e.Reason)
+	}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(body, out); err != nil {
+		return fmt.Errorf("GET %s: %w", path, err)
+	}
+	return nil
+}
+
+// printJSON writes m as indented JSON, named as the API names it.
+func printJSON(w io.Writer, m proto.Message) error {
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: true}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
+
+func newCluster() *cobra.Command {
+	c := &apiClient{}
+	cluster := &cobra.Command{Use: "cluster", Short: "Inspect a running Flotilla cluster: its managers, NATS servers and databases"}
+	c.flags(cluster)
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "Show every manager process, NATS server, stream replica set and database (GET /api/v1/cluster)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return c.showCluster(cmd, func(cl *systemv1.Cluster) *systemv1.Cluster { return cl },
+				section{"MANAGERS", managerRows}, section{"BROKERS", brokerRows}, section{"STREAMS", streamRows},
+				section{"DATABASES", databaseRows}, section{"WARNINGS", warningRows})
+		},
+	}
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the manager processes (every service of every host) and whether they are healthy",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return c.showCluster(cmd, func(cl *systemv1.Cluster) *systemv1.Cluster {
+				return &systemv1.Cluster{Time: cl.GetTime(), Managers: cl.GetManagers()}
+			}, section{"", managerRows})
+		},
+	}
+	managers := &cobra.Command{Use: "managers", Short: "The manager processes"}
+	managers.AddCommand(list)
+	cluster.AddCommand(status, managers)
+	return cluster
+}
+
+// section is one table of the cluster status: its title ("" for none)
+// and its header and rows.
+type section struct {
+	title string
+	rows  func(*systemv1.Cluster) [][]string
+}
+
+// showCluster asks for the cluster status and prints the part pick keeps,
+// as JSON or as the tables of sections.
+func (c *apiClient) showCluster(cmd *cobra.Command, pick func(*systemv1.Cluster) *systemv1.Cluster, sections ...section) error {
+	cl := &systemv1.Cluster{}
+	if err := c.get(cmd.Context(), "/api/v1/cluster", cl); err != nil {
+		return err
+	}
+	cl = pick(cl)
+	if c.output == "json" {
+		return printJSON(cmd.OutOrStdout(), cl)
+	}
+	return printSections(cmd.OutOrStdout(), cl, sections...)
+}
+
+func printSections(w io.Writer, cl *systemv1.Cluster, sections ...section) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for i, s := range sections {
+		rows := s.rows(cl)
+		if s.title == "WARNINGS" && len(rows) == 0 {
+			continue
+		}
+		if i > 0 {
+			fmt.Fprintln(tw)
+		}
+		if s.title != "" {
+			fmt.Fprintln(tw, s.title)
+		}
+		for _, r := range rows {
+			fmt.Fprintln(tw, strings.Join(r, "\t"))
+		}
+	}
+	return tw.Flush()
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func managerRows(cl *systemv1.Cluster) [][]string {
+	rows := [][]string{{"NAME", "SERVICE", "HOST", "VERSION", "PID", "HEALTHY", "LAST SEEN"}}
+	now := cl.GetTime().AsTime()
+	for _, m := range cl.GetManagers() {
+		ago := now.Sub(m.GetLastSeenTime().AsTime()).Round(100 * time.Millisecond)
+		rows = append(rows, []string{m.GetName(), m.GetService(), m.GetHost(), m.GetVersion(), strconv.Itoa(int(m.GetPid())),
+			yesNo(m.GetHealthy()), max(ago, 0).String() + " ago"})
+	}
+	return rows
+}
+
+func brokerRows(cl *systemv1.Cluster) [][]string {
+	rows := [][]string{{"NAME", "META LEADER", "HEALTHY", "VERSION", "URL", "MESSAGE"}}
+	for _, b := range cl.GetBrokers() {
+		rows = append(rows, []string{b.GetName(), yesNo(b.GetMetaLeader()), yesNo(b.GetHealthy()), dash(b.GetVersion()), dash(b.GetUrl()), b.GetMessage()})
+	}
+	return rows
+}
+
+func streamRows(cl *systemv1.Cluster) [][]string {
+	rows := [][]string{{"STREAM", "LEADER", "MESSAGES", "REPLICAS (current, lag, active)"}}
+	for _, s := range cl.GetStreams() {
+		var reps []string
+		for _, r := range s.GetReplicas() {
+			state := "current"
+			switch {
+			case r.GetOffline():
+				state = "offline"
+			case !r.GetCurrent():
+				state = "behind"
+			}
+			reps = append(reps, fmt.Sprintf("%s (%s, lag %d, %v ago)", r.GetName(), state, r.GetLag(), r.GetActive().AsDuration().Round(time.Millisecond)))
+		}
+		rows = append(rows, []string{s.GetName(), dash(s.GetLeader()), strconv.FormatUint(s.GetMessages(), 10), dash(strings.Join(reps, ", "))})
+	}
+	return rows
+}
+
+func databaseRows(cl *systemv1.Cluster) [][]string {
+	rows := [][]string{{"NAME", "ROLE", "STATE", "HOST", "LAG", "HEALTHY", "MESSAGE"}}
+	for _, d := range cl.GetDatabases() {
+		host := d.GetHost()
+		if host != "" && d.GetPort() != 0 {
+			host += ":" + strconv.Itoa(int(d.GetPort()))
+		}
+		lag := "-"
+		if d.LagBytes != nil {
+			lag = strconv.FormatInt(d.GetLagBytes(), 10) + " B"
+		}
+		rows = append(rows, []string{d.GetName(), d.GetRole(), dash(d.GetState()), dash(host), lag, yesNo(d.GetHealthy()), d.GetMessage()})
+	}
+	return rows
+}
+
+func warningRows(cl *systemv1.Cluster) [][]string {
+	var rows [][]string
+	for _, w := range cl.GetWarnings() {
+		rows = append(rows, []string{"- " + w})
+	}
+	return rows
+}
+
+func dash(s string) string { return cmp.Or(s, "-") }

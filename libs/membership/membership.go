@@ -1,0 +1,210 @@
+// Package membership keeps the cluster's list of running service processes
+// (managers) in a JetStream key-value bucket, subjects.ManagersBucket: each
+// process writes its own key ("<service>.<host>.<process id>", a
+// systemv1.Manager) every Interval, deletes it when it stops cleanly, and a
+// process that dies leaves a key the bucket's TTL expires. internal/stack
+// runs one Member per service it starts (so `flotilla up` has six, one
+// process); the gateway reads them all with List for GET /api/v1/cluster.
+package membership
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/every"
+)
+
+// Defaults: a heartbeat every DefaultInterval; a member last seen more
+// than HealthyWithin ago is reported unhealthy, and its key expires
+// DefaultTTL after its last heartbeat.
+const (
+	DefaultInterval = 5 * time.Second
+	HealthyWithin   = 15 * time.Second
+	DefaultTTL      = 30 * time.Second
+)
+
+// processID names this process among others of the same host: random, so
+// a restarted process (or one in another container with the same host
+// name and pid) is a new member.
+var processID = func() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b) // never fails
+	return hex.EncodeToString(b)
+}()
+
+// Config is one member's settings.
+type Config struct {
+	Service string
+	Version string
+	// Host defaults to os.Hostname.
+	Host string
+	// Interval is how often the member writes its heartbeat
+	// (DefaultInterval); TTL is the bucket's: how long a key outlives its
+	// last heartbeat (DefaultTTL). Every process of a cluster must use the
+	// same TTL: each declares the bucket.
+	Interval, TTL time.Duration
+	// Replicas is the bucket's replication (FLOTILLA_STREAM_REPLICAS).
+	Replicas int
+	Log      *slog.Logger
+}
+
+// kvOperation is the header JetStream's key-value store marks a deleted or
+// purged key with.
+const kvOperation = "KV-Operation"
+
+// Member is one service process's membership.
+type Member struct {
+	kv       jetstream.KeyValue
+	rec      *systemv1.Manager
+	interval time.Duration
+	log      *slog.Logger
+	left     sync.Once
+}
+
+// DeclareBucket creates or updates the managers' bucket, with keys
+// expiring ttl after their last write.
+func DeclareBucket(ctx context.Context, js jetstream.JetStream, replicas int, ttl time.Duration) (jetstream.KeyValue, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:       subjects.ManagersBucket,
+		Description:  "Flotilla managers: one heartbeat per running service process, expiring when it stops",
+		History:      1,
+		TTL:          ttl,
+		MaxValueSize: 4096,
+		Storage:      jetstream.FileStorage,
+		Replicas:     max(replicas, 1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("declare key-value bucket %s: %w", subjects.ManagersBucket, err)
+	}
+	return kv, nil
+}
+
+// Join declares the bucket and writes the member's first heartbeat: when
+// it returns, the process is listed. Run keeps it listed.
+func Join(ctx context.Context, js jetstream.JetStream, cfg Config) (*Member, error) {
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultInterval
+	}
+	if cfg.TTL <= 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.Host == "" {
+		cfg.Host, _ = os.Hostname()
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	kv, err := DeclareBucket(ctx, js, cfg.Replicas, cfg.TTL)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	m := &Member{kv: kv, interval: cfg.Interval, log: cfg.Log, rec: &systemv1.Manager{
+		Name:      subjects.ManagerKey(cfg.Service, cfg.Host, processID),
+		Service:   cfg.Service,
+		Host:      cfg.Host,
+		Version:   cfg.Version,
+		Pid:       int32(os.Getpid()),
+		StartTime: timestamppb.New(now),
+	}}
+	if err := m.beat(ctx); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Name is the member's key.
+func (m *Member) Name() string { return m.rec.GetName() }
+
+// beat writes the heartbeat.
+func (m *Member) beat(ctx context.Context) error {
+	m.rec.LastSeenTime = timestamppb.Now()
+	data, err := proto.Marshal(m.rec)
+	if err != nil {
+		return err
+	}
+	if _, err := m.kv.Put(ctx, m.rec.GetName(), data); err != nil {
+		return fmt.Errorf("heartbeat %s: %w", m.rec.GetName(), err)
+	}
+	return nil
+}
+
+// Run writes a heartbeat every interval until ctx ends, then leaves. A
+// heartbeat that fails is logged and tried again at the next.
+func (m *Member) Run(ctx context.Context) {
+	every.Run(ctx, m.interval, m.log, "membership heartbeat", func(ctx context.Context) error {
+		bctx, cancel := context.WithTimeout(ctx, m.interval)
+		defer cancel()
+		return m.beat(bctx)
+	})
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	m.Leave(lctx)
+}
+
+// Leave deletes the member's key (once): the process is no longer listed.
+func (m *Member) Leave(ctx context.Context) {
+	m.left.Do(func() {
+		if err := m.kv.Delete(ctx, m.rec.GetName()); err != nil {
+			m.log.WarnContext(ctx, "leave the managers' bucket: the key expires by itself", "member", m.rec.GetName(), "error", err)
+		}
+	})
+}
+
+// List returns every member in the bucket, healthy when last seen within
+// healthyWithin of now (0: HealthyWithin), ordered by name. No bucket
+// (nothing joined yet) is an empty list.
+func List(ctx context.Context, js jetstream.JetStream, now time.Time, healthyWithin time.Duration) ([]*systemv1.Manager, error) {
+	if healthyWithin <= 0 {
+		healthyWithin = HealthyWithin
+	}
+	stream, err := js.Stream(ctx, subjects.KVStream(subjects.ManagersBucket))
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("managers' bucket: %w", err)
+	}
+	var out []*systemv1.Manager
+	var bad []string
+	prefix := "$KV." + subjects.ManagersBucket + "."
+	err = bus.ReadLatest(ctx, stream, subjects.KVAll(subjects.ManagersBucket), func(msg jetstream.Msg, _ *jetstream.MsgMetadata) bool {
+		key := strings.TrimPrefix(msg.Subject(), prefix)
+		if msg.Headers().Get(kvOperation) != "" { // DEL or PURGE: the process left
+			return true
+		}
+		m := &systemv1.Manager{}
+		if err := proto.Unmarshal(msg.Data(), m); err != nil {
+			bad = append(bad, key)
+			return true
+		}
+		m.Name = key
+		m.Healthy = now.Sub(m.GetLastSeenTime().AsTime()) <= healthyWithin
+		out = append(out, m)
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(out, func(a, b *systemv1.Manager) int { return strings.Compare(a.GetName(), b.GetName()) })
+	if len(bad) > 0 {
+		return out, fmt.Errorf("managers' bucket: undecodable entries %s", strings.Join(bad, ", "))
+	}
+	return out, nil
+}
