@@ -14,6 +14,7 @@ import (
 
 	"flotilla.dev/flotilla/internal/stack"
 	"flotilla.dev/flotilla/libs/datadir"
+	"flotilla.dev/flotilla/libs/kms"
 	"flotilla.dev/flotilla/services/inventory"
 )
 
@@ -65,6 +66,34 @@ func newAdmin() *cobra.Command {
 	setup.Flags().IntVar(&port, "port", datadir.DefaultBasePort, "base port, as for `flotilla up` (saved in the settings)")
 	setup.Flags().StringVar(&dbURL, "database-url", "", "an external PostgreSQL, as for `flotilla up` (saved in the settings)")
 	setup.Flags().BoolVar(&passwordStdin, "password-stdin", false, "read the password from standard input")
-	admin.AddCommand(setup, newBusCredentials())
+	admin.AddCommand(setup, newBusCredentials(), newKMSKey())
 	return admin
+}
+
+// newKMSKey creates the master key file a cluster's secret brokers share:
+// they load it (FLOTILLA_KMS_KEY_FILE) and never create one, so that a
+// manager missing it fails instead of encrypting with a key of its own.
+func newKMSKey() *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "kms-key --file FILE",
+		Short: "Create the secret brokers' master key file, keeping one that exists",
+		Long: `Every secret broker of a cluster loads the same master key
+(FLOTILLA_KMS_KEY_FILE) and none creates one. Create it once (mode 0600, in a
+directory only its owner may write), then copy it to every manager that runs
+flotilla-secrets. An existing key file is kept, and checked. flotilla up
+creates its own (<data-dir>/keys/master.key).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			k, err := kms.OpenLocal(file)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "master key %s in %s (mode 0600): give every secret broker FLOTILLA_KMS_KEY_FILE=%s\n", k.KeyID(), file, file)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&file, "file", "", "the master key file (required)")
+	_ = cmd.MarkFlagRequired("file")
+	return cmd
 }
