@@ -66,38 +66,34 @@ func newAdmin() *cobra.Command {
 	setup.Flags().IntVar(&port, "port", datadir.DefaultBasePort, "base port, as for `flotilla up` (saved in the settings)")
 	setup.Flags().StringVar(&dbURL, "database-url", "", "an external PostgreSQL, as for `flotilla up` (saved in the settings)")
 	setup.Flags().BoolVar(&passwordStdin, "password-stdin", false, "read the password from standard input")
-	admin.AddCommand(setup, newBusCredentials(), newMasterKey())
+	admin.AddCommand(setup, newBusCredentials(), newKMSKey())
 	return admin
 }
 
-// newMasterKey creates the KMS master key file a cluster's secret brokers
-// share. Each of them only loads it (FLOTILLA_KMS_KEY_FILE), so a broker
-// given no file, or the wrong path, fails instead of sealing secrets with a
-// key of its own.
-func newMasterKey() *cobra.Command {
+// newKMSKey creates the master key file a cluster's secret brokers share:
+// they load it (FLOTILLA_KMS_KEY_FILE) and never create one, so that a
+// manager missing it fails instead of encrypting with a key of its own.
+func newKMSKey() *cobra.Command {
 	var file string
 	cmd := &cobra.Command{
-		Use:   "master-key --file PATH",
-		Short: "Create the KMS master key file every secrets service of a cluster shares (keeps an existing one)",
-		Long: `Create the local KMS master key (32 random bytes, mode 0600, in a directory
-created 0700) that seals every secret's data key, once, for a cluster: copy it
-to each host that runs flotilla-secrets and point FLOTILLA_KMS_KEY_FILE at it.
-An existing key file is checked and kept, never replaced: replacing it would
-make every stored secret unreadable. flotilla up makes its own.`,
-		Example: "  flotilla admin master-key --file /etc/flotilla/keys/master.key",
-		Args:    cobra.NoArgs,
+		Use:   "kms-key --file FILE",
+		Short: "Create the secret brokers' master key file, keeping one that exists",
+		Long: `Every secret broker of a cluster loads the same master key
+(FLOTILLA_KMS_KEY_FILE) and none creates one. Create it once (mode 0600, in a
+directory only its owner may write), then copy it to every manager that runs
+flotilla-secrets. An existing key file is kept, and checked. flotilla up
+creates its own (<data-dir>/keys/master.key).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if file == "" {
-				return errors.New("--file: is required: where to write the key")
-			}
 			k, err := kms.OpenLocal(file)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "master key %s in %s\n", k.KeyID(), k.Path())
+			fmt.Fprintf(cmd.OutOrStdout(), "master key %s in %s (mode 0600): give every secret broker FLOTILLA_KMS_KEY_FILE=%s\n", k.KeyID(), file, file)
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&file, "file", "", "the key file to create")
+	cmd.Flags().StringVar(&file, "file", "", "the master key file (required)")
+	_ = cmd.MarkFlagRequired("file")
 	return cmd
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +12,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"flotilla.dev/flotilla/libs/busauth"
-	"flotilla.dev/flotilla/libs/kms"
 	"flotilla.dev/flotilla/libs/testkit"
 )
 
@@ -82,40 +80,5 @@ func TestBusCredentialsForACluster(t *testing.T) {
 
 	if p := run("permissions", "observer"); !strings.Contains(p, "$JS.API.STREAM.INFO.*") || strings.Contains(p, "flotilla.svc.") {
 		t.Fatalf("observer permissions:\n%s", p)
-	}
-}
-
-// TestMasterKeyIsCreatedOnceAndKept: a cluster's secret brokers share one
-// key file that `flotilla admin master-key` makes; running it again keeps
-// the key (replacing it would make every secret unreadable).
-func TestMasterKeyIsCreatedOnceAndKept(t *testing.T) {
-	t.Parallel()
-	file := filepath.Join(t.TempDir(), "keys", "master.key")
-	run := func() string {
-		out, err := exec.Command(binary, "admin", "master-key", "--file", file).CombinedOutput()
-		if err != nil {
-			t.Fatalf("master-key: %v\n%s", err, out)
-		}
-		return string(out)
-	}
-	first := run()
-	key, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("key file mode: %v %v", fi.Mode(), err)
-	}
-	if second := run(); second != first {
-		t.Errorf("second run says %q, first %q: the same key should be named", second, first)
-	}
-	if again, _ := os.ReadFile(file); !bytes.Equal(again, key) {
-		t.Error("a second run replaced the key")
-	}
-	if _, err := kms.LoadLocal(file); err != nil {
-		t.Errorf("the secrets service could not load the key: %v", err)
-	}
-	if out, err := exec.Command(binary, "admin", "master-key").CombinedOutput(); err == nil || !strings.Contains(string(out), "--file") {
-		t.Errorf("without --file: %v, %s; want an error naming --file", err, out)
 	}
 }

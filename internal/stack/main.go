@@ -66,7 +66,8 @@ type EnvConfig struct {
 	// AgentGatewayAddr is the address the provisioner gives new agents, and
 	// the gateway gives operators with join tokens for external instances.
 	AgentGatewayAddr string `env:"FLOTILLA_AGENT_GATEWAY_ADDR" envDefault:"127.0.0.1:7702"`
-	// LocalRoot enables the local provider, keeping its disks and VMs here.
+	// LocalRoot enables the local provider, keeping its disks and VMs here;
+	// without it the provisioner runs the external provider alone.
 	LocalRoot string `env:"FLOTILLA_LOCAL_ROOT"`
 	// AgentCommand starts a local-provider agent (words separated by spaces);
 	// empty means flotilla-agent beside this executable.
@@ -85,9 +86,84 @@ type EnvConfig struct {
 	OTLPProtocol string   `env:"OTEL_EXPORTER_OTLP_PROTOCOL"`
 }
 
+// LoadEnvConfig reads the settings of flotilla-<service> as the binary does:
+// environ (nil: the process's environment), then the command line args over
+// it (--creds FILE is FLOTILLA_NATS_CREDS). It does not validate them.
+func LoadEnvConfig(service string, environ map[string]string, args []string) (EnvConfig, error) {
+	var ec EnvConfig
+	if err := env.ParseWithOptions(&ec, env.Options{Environment: environ}); err != nil {
+		return ec, err
+	}
+	return ec, parseFlags(&ec, service, args)
+}
+
 // Validate reports every problem at once for a binary running service,
-// naming the environment variable.
+// naming the environment variable: the settings (ValidateSettings) and the
+// files they name on this host (CheckFiles).
 func (c EnvConfig) Validate(service string) error {
+	return errors.Join(c.ValidateSettings(service), c.CheckFiles(service))
+}
+
+// ConfigFile is a file or directory a setting names.
+type ConfigFile struct {
+	// Var is the environment variable that names it.
+	Var  string
+	Path string
+	// Given means it must exist before the service starts (credentials,
+	// keys an operator supplies); otherwise the service creates it when
+	// missing (the fleet CA, the local provider's root) and must be able to
+	// write where it lives.
+	Given bool
+}
+
+// Files lists the files and directories service reads or writes that the
+// settings name, those not set left out.
+func (c EnvConfig) Files(service string) []ConfigFile {
+	var fs []ConfigFile
+	add := func(name, path string, given bool) {
+		if path != "" {
+			fs = append(fs, ConfigFile{Var: name, Path: path, Given: given})
+		}
+	}
+	add("FLOTILLA_NATS_CREDS", c.NATSCreds, true)
+	add("FLOTILLA_NATS_CA_FILE", c.NATSCAFile, true)
+	add("FLOTILLA_NATS_CERT_FILE", c.NATSCertFile, true)
+	add("FLOTILLA_NATS_KEY_FILE", c.NATSKeyFile, true)
+	switch service {
+	case subjects.Gateway:
+		add("FLOTILLA_TLS_CERT_FILE", c.TLSCertFile, true)
+		add("FLOTILLA_TLS_KEY_FILE", c.TLSKeyFile, true)
+	case subjects.Secrets:
+		add("FLOTILLA_KMS_KEY_FILE", c.KMSKeyFile, true)
+	case subjects.CA:
+		// Generated there at first start when neither exists.
+		add("FLOTILLA_CA_CERT_FILE", c.CACertFile, false)
+		add("FLOTILLA_CA_KEY_FILE", c.CAKeyFile, false)
+	case subjects.Provisioner:
+		add("FLOTILLA_LOCAL_ROOT", c.LocalRoot, false)
+	}
+	return fs
+}
+
+// CheckFiles reports every file service must be given (Files) that does
+// not exist on this host, naming the environment variable.
+func (c EnvConfig) CheckFiles(service string) error {
+	var errs []error
+	for _, f := range c.Files(service) {
+		if !f.Given {
+			continue
+		}
+		if _, err := os.Stat(f.Path); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", f.Var, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ValidateSettings reports every problem with the settings for a binary
+// running service, naming the environment variable, without looking at the
+// files they name (CheckFiles).
+func (c EnvConfig) ValidateSettings(service string) error {
 	var errs []error
 	if c.NATSURL == "" {
 		errs = append(errs, errors.New("FLOTILLA_NATS_URL: is required"))
@@ -100,8 +176,6 @@ func (c EnvConfig) Validate(service string) error {
 	}
 	if c.NATSCreds == "" {
 		errs = append(errs, errors.New("FLOTILLA_NATS_CREDS: is required: the service's bus credentials file (flotilla admin bus-credentials)"))
-	} else if _, err := os.Stat(c.NATSCreds); err != nil {
-		errs = append(errs, fmt.Errorf("FLOTILLA_NATS_CREDS: %w", err))
 	}
 	hostPort := func(name, v string) {
 		if _, _, err := net.SplitHostPort(v); err != nil {
@@ -209,11 +283,7 @@ func (c EnvConfig) Config(service string) Config {
 func Main(service, version string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	var ec EnvConfig
-	err := env.Parse(&ec)
-	if err == nil {
-		err = parseFlags(&ec, service, os.Args[1:])
-	}
+	ec, err := LoadEnvConfig(service, nil, os.Args[1:])
 	if err == nil {
 		err = ec.Validate(service)
 	}
