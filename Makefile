@@ -9,7 +9,7 @@ PORT     ?= 7700
 # go test flags; CI uses the defaults.
 TESTFLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all build run test test-go check-generated generate lint fmt clean bench bench-short cluster cluster-down
+.PHONY: all build run test test-go check-generated generate lint fmt clean bench bench-short cluster cluster-down test-ha
 
 all: build
 
@@ -24,6 +24,10 @@ cluster: build
 
 cluster-down:
 	deployments/cluster/local-cluster down
+
+## test-ha: the cluster under load and faults (root; measured failover, docs/ha.md); FLOTILLA_HA_REPORT=file keeps the figures
+test-ha:
+	FLOTILLA_HA_TEST=1 $(GO) test -race -count=1 -timeout 25m -v -run TestFailoverUnderLoad ./deployments/cluster/hatest/
 
 ## run: build and start Flotilla on $(DATA_DIR) (embedded NATS + managed PostgreSQL)
 run: build

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/caarlos0/env/v11"
 	"gopkg.in/yaml.v3"
 
 	"flotilla.dev/flotilla/api/subjects"
@@ -58,8 +57,8 @@ func TestRenderedConfigsAreAcceptedByTheirPrograms(t *testing.T) {
 				for k, v := range vars {
 					e[k] = v
 				}
-				var ec stack.EnvConfig
-				if err := env.ParseWithOptions(&ec, env.Options{Environment: e}); err != nil {
+				ec, err := stack.LoadEnvConfig(svc, e, nil)
+				if err != nil {
 					t.Fatalf("%s: %v", svc, err)
 				}
 				if err := ec.Validate(svc); err != nil {
@@ -70,6 +69,9 @@ func TestRenderedConfigsAreAcceptedByTheirPrograms(t *testing.T) {
 				}
 				if n := len(strings.Split(ec.NATSURL, ",")); n != 3 {
 					t.Errorf("%s: FLOTILLA_NATS_URL names %d servers, want all 3: %s", svc, n, ec.NATSURL)
+				}
+				if svc == subjects.Gateway && (len(ec.NATSMonitorURLs) != 3 || len(ec.PatroniURLs) != 3) {
+					t.Errorf("gateway: FLOTILLA_NATS_MONITOR_URLS %v, FLOTILLA_PATRONI_URLS %v: want every host's, for GET /api/v1/cluster", ec.NATSMonitorURLs, ec.PatroniURLs)
 				}
 			}
 		})

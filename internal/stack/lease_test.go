@@ -30,18 +30,7 @@ import (
 
 // provisionerBinary builds flotilla-provisioner once, with the race
 // detector: a provisioner process that races exits non-zero.
-var provisionerBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "flotilla-provisioner-bin")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "flotilla-provisioner")
-	out, err := exec.Command("go", "build", "-race", "-o", bin, "flotilla.dev/flotilla/cmd/flotilla-provisioner").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("build flotilla-provisioner: %w\n%s", err, out)
-	}
-	return bin, nil
-})
+var provisionerBinary = builtBinary("flotilla-provisioner", true)
 
 // provisionerProc is a flotilla-provisioner process.
 type provisionerProc struct {

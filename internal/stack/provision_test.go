@@ -1,6 +1,7 @@
 package stack_test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,30 +22,33 @@ import (
 	"flotilla.dev/flotilla/libs/testkit"
 )
 
-// agentBinary builds flotilla-agent once, in a directory every local VM's
-// user may read (local VMs run as users of their own when tests run as root).
-var agentBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "flotilla-agent-bin")
-	if err != nil {
-		return "", err
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "flotilla-agent")
-	out, err := exec.Command("go", "build", "-o", bin, "flotilla.dev/flotilla/cmd/flotilla-agent").CombinedOutput()
-	if err != nil {
-		return "", &buildError{out: string(out), err: err}
-	}
-	return bin, nil
-})
+// agentBinary builds flotilla-agent once.
+var agentBinary = builtBinary("flotilla-agent", false)
 
-type buildError struct {
-	out string
-	err error
+// builtBinary builds cmd/<name> once (with the race detector if race: a
+// process that races exits non-zero), in a directory every local VM's user
+// may read (local VMs run as users of their own when tests run as root).
+func builtBinary(name string, race bool) func() (string, error) {
+	return sync.OnceValues(func() (string, error) {
+		dir, err := os.MkdirTemp("", name+"-bin")
+		if err != nil {
+			return "", err
+		}
+		if err := os.Chmod(dir, 0o755); err != nil {
+			return "", err
+		}
+		bin := filepath.Join(dir, name)
+		args := []string{"build", "-o", bin}
+		if race {
+			args = append(args, "-race")
+		}
+		out, err := exec.Command("go", append(args, "flotilla.dev/flotilla/cmd/"+name)...).CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("build %s: %w\n%s", name, err, out)
+		}
+		return bin, nil
+	})
 }
-
-func (e *buildError) Error() string { return "build flotilla-agent: " + e.err.Error() + "\n" + e.out }
 
 // localRoot is a directory for the local provider's disks and VMs that
 // every local VM's user can traverse.

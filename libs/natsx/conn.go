@@ -42,8 +42,13 @@ func connectOptions(name string, extra []nats.Option) []nats.Option {
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second),
 		nats.ReconnectJitter(500*time.Millisecond, 2*time.Second),
-		nats.PingInterval(20 * time.Second),
-		nats.MaxPingsOutstanding(3),
+		// A server cut off without a word (a partitioned host) is given up
+		// after about 10 s, and the next one in the list is tried.
+		nats.PingInterval(5 * time.Second),
+		nats.MaxPingsOutstanding(2),
+		// The servers in the order given: a cluster host lists its own
+		// first, so a service talks to the server beside it while it is up.
+		nats.DontRandomize(),
 	}
 	return append(opts, extra...)
 }

@@ -442,6 +442,12 @@ func TestAnOldCertificateCannotTakeTheAgentsPlace(t *testing.T) {
 	if _, err := again.Recv(); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "deprovisioned") {
 		t.Fatalf("connecting for a deprovisioned instance: %v", err)
 	}
+	// Even a stream the checks refuse heard first that this gateway
+	// acknowledges lines: an agent whose stream waits on a slow check never
+	// takes it for an older gateway and forgets lines it sent meanwhile.
+	if acks := again.Acks(); len(acks) != 1 || acks[0] != 0 {
+		t.Errorf("LogAcks on a refused stream: %v, want [0] before the refusal", acks)
+	}
 	if _, err := e.client(renewed).Renew(t.Context(), &agentv1.RenewRequest{CsrDer: csr}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("renewing for a deprovisioned instance: %v", err)
 	}

@@ -125,6 +125,15 @@ func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
 	if hello == nil {
 		return status.Error(codes.InvalidArgument, "the first message of a stream must be hello")
 	}
+	// First of all, before any check that may take a while: this gateway
+	// acknowledges log lines, so the agent keeps each until its LogAck. An
+	// agent that hears nothing takes the gateway for an older one, which
+	// does not, and forgets the lines a stream carried once it stayed up
+	// for a heartbeat interval: lines sent while a slow check was under way
+	// would be lost.
+	if err := stream.Send(&agentv1.GatewayMessage{Body: &agentv1.GatewayMessage_LogAck{LogAck: &agentv1.LogAck{}}}); err != nil {
+		return err
+	}
 	// The certificate verified; is it still current (instance live, VM
 	// current, not replaced by a newer one)?
 	if _, err := rpc.Call(ctx, s.bus, endpoints.AgentCheck, &cav1.CheckAgentRequest{InstanceId: who.instanceID,
@@ -140,9 +149,6 @@ func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
 		requests: make(chan struct{}, maxRequests),
 		closed:   make(chan struct{}),
 	}
-	// First of all: this gateway acknowledges log lines, so the agent keeps
-	// each until its LogAck.
-	c.ackLogs(0)
 	c.logs = newLogPublisher(s.js, c.id, s.requestTimeout, c.ackLogs)
 	defer c.logs.Stop()
 	// Events outlive the stream (the last one says it ended), so they are
