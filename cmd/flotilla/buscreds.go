@@ -61,6 +61,7 @@ include nats-auth.conf in every NATS server's configuration.`,
 				fmt.Fprintf(out, "  %-12s %s\n", id, a.Creds(id))
 			}
 			fmt.Fprintf(out, "NATS servers: include %s in their configuration\n", filepath.Join(a.Dir(), ServerConfigFile))
+			fmt.Fprintf(out, "NATS system account (flotilla cluster brokers remove; keep it on this host): %s\n", a.SystemCreds())
 			return nil
 		},
 	})

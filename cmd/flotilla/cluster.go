@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,11 +16,13 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
+	"flotilla.dev/flotilla/libs/natsx"
 )
 
 // apiClient is the small client of the commands that ask a running
@@ -124,8 +127,95 @@ func newCluster() *cobra.Command {
 	}
 	managers := &cobra.Command{Use: "managers", Short: "The manager processes"}
 	managers.AddCommand(list)
-	cluster.AddCommand(status, managers)
+	cluster.AddCommand(status, managers, newBrokers(c))
 	return cluster
+}
+
+// newBrokers is `flotilla cluster brokers`: the NATS servers, listed through
+// the API and removed from JetStream through the NATS system account.
+func newBrokers(c *apiClient) *cobra.Command {
+	brokers := &cobra.Command{Use: "brokers", Short: "The NATS servers: list them, remove one that is gone"}
+	brokers.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List the NATS servers (meta leader, health) and every stream's replicas",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return c.showCluster(cmd, func(cl *systemv1.Cluster) *systemv1.Cluster {
+				return &systemv1.Cluster{Time: cl.GetTime(), Brokers: cl.GetBrokers(), Streams: cl.GetStreams(), Warnings: cl.GetWarnings()}
+			}, section{"", brokerRows}, section{"STREAMS", streamRows}, section{"WARNINGS", warningRows})
+		},
+	})
+	var natsURL, creds, natsCA string
+	remove := &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Remove a NATS server that is gone from JetStream, so its stream replicas are placed on the others",
+		Long: `Remove the NATS server NAME (its server_name) from the JetStream meta group: the
+streams that had a replica on it get one on another server. Do it once the server
+is stopped for good (a server that comes back under the same name rejoins as new).
+It speaks to the NATS servers directly as the system account's user: the
+system.creds that flotilla admin bus-credentials writes beside the services'
+credentials. To add a server back, see docs/ha.md.`,
+		Example: `  flotilla cluster brokers remove h3 --nats tls://10.77.0.11:4222 \
+    --creds /etc/flotilla/bus/system.creds --nats-ca-file /etc/flotilla/nats-ca.crt`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if creds == "" {
+				return errors.New("--creds: is required: the NATS system account's credentials (system.creds from flotilla admin bus-credentials)")
+			}
+			opts := []nats.Option{nats.UserCredentials(creds), nats.Name("flotilla cluster brokers remove"), nats.Timeout(10 * time.Second)}
+			if natsCA != "" {
+				tlsConfig, err := natsx.ClientTLS(natsCA, "", "")
+				if err != nil {
+					return fmt.Errorf("--nats-ca-file: %w", err)
+				}
+				opts = append(opts, nats.Secure(tlsConfig))
+			}
+			nc, err := nats.Connect(natsURL, opts...)
+			if err != nil {
+				return fmt.Errorf("connect to %s: %w", natsURL, err)
+			}
+			defer nc.Close()
+			if err := removeBroker(cmd.Context(), nc, args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s from JetStream; its stream replicas are placed on the other servers\n", args[0])
+			return nil
+		},
+	}
+	remove.Flags().StringVar(&natsURL, "nats", "nats://127.0.0.1:4222", "a NATS server of the cluster (comma-separated for several)")
+	remove.Flags().StringVar(&creds, "creds", "", "the NATS system account's credentials (system.creds)")
+	remove.Flags().StringVar(&natsCA, "nats-ca-file", "", "the CA to verify TLS servers with (tls:// URLs)")
+	brokers.AddCommand(remove)
+	return brokers
+}
+
+// removeBroker asks the JetStream meta leader to remove the server named
+// name from the meta group ($JS.API.SERVER.REMOVE, system account only).
+func removeBroker(ctx context.Context, nc *nats.Conn, name string) error {
+	req, _ := json.Marshal(map[string]string{"peer": name})
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	msg, err := nc.RequestWithContext(ctx, "$JS.API.SERVER.REMOVE", req)
+	if err != nil {
+		return fmt.Errorf("remove %s: %w (are these the system account's credentials, and is JetStream clustered?)", name, err)
+	}
+	var resp struct {
+		Success bool
+		Error   *struct {
+			Code        int
+			Description string
+		}
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return fmt.Errorf("remove %s: %w", name, err)
+	}
+	if resp.Error != nil {
+		return fmt.Errorf("remove %s: %s (%d)", name, resp.Error.Description, resp.Error.Code)
+	}
+	if !resp.Success {
+		return fmt.Errorf("remove %s: the server did not say it succeeded", name)
+	}
+	return nil
 }
 
 // section is one table of the cluster status: its title ("" for none)

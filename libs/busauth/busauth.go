@@ -54,6 +54,11 @@ const (
 	accountJWTFile   = "account.jwt"
 )
 
+// SystemCredsFile is, in an authority's directory, the credentials of a
+// user of the NATS system account: for an operator administering the NATS
+// servers (flotilla cluster brokers remove), never for a service.
+const SystemCredsFile = "system.creds"
+
 // CredsFile is where identity's credentials are kept in dir.
 func CredsFile(dir, identity string) string { return filepath.Join(dir, identity+".creds") }
 
@@ -101,8 +106,20 @@ func LoadOrCreate(dir string) (*Authority, error) {
 			}
 		}
 	}
+	if _, err := os.Stat(a.SystemCreds()); errors.Is(err, os.ErrNotExist) {
+		creds, err := mint(a.system, "system", jwt.Permissions{})
+		if err != nil {
+			return nil, err
+		}
+		if err := writeFile(a.SystemCreds(), creds); err != nil {
+			return nil, err
+		}
+	}
 	return a, nil
 }
+
+// SystemCreds is the file of the system account's user (SystemCredsFile).
+func (a *Authority) SystemCreds() string { return filepath.Join(a.dir, SystemCredsFile) }
 
 // Dir is where the authority keeps its keys and credentials.
 func (a *Authority) Dir() string { return a.dir }
@@ -153,6 +170,12 @@ func (a *Authority) writeCreds(identity string) error {
 // theirs from Permissions; tests mint others (a user with empty
 // permissions may do anything).
 func (a *Authority) Mint(name string, perms jwt.Permissions) ([]byte, error) {
+	return mint(a.account, name, perms)
+}
+
+// mint signs a user of account named name, with a fresh key and perms, and
+// returns its .creds content.
+func mint(account nkeys.KeyPair, name string, perms jwt.Permissions) ([]byte, error) {
 	user, err := nkeys.CreateUser()
 	if err != nil {
 		return nil, err
@@ -162,7 +185,7 @@ func (a *Authority) Mint(name string, perms jwt.Permissions) ([]byte, error) {
 	uc := jwt.NewUserClaims(pub)
 	uc.Name = name
 	uc.Permissions = perms
-	token, err := uc.Encode(a.account)
+	token, err := uc.Encode(account)
 	if err != nil {
 		return nil, fmt.Errorf("bus credentials: sign %s: %w", name, err)
 	}

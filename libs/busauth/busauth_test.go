@@ -138,7 +138,7 @@ func TestOnlyDeclaredWatchersFollowASubjectLive(t *testing.T) {
 // TestOnlyItsServicesUseAKeyValueBucket: each key-value bucket is written,
 // declared and read only by the services declared for it (the observer
 // reads them all): the CA's join tokens and agent certificates, the
-// provisioners' leases.
+// provisioners' leases, the managers' heartbeats.
 func TestOnlyItsServicesUseAKeyValueBucket(t *testing.T) {
 	t.Parallel()
 	var buckets []endpoints.StreamUse
@@ -164,6 +164,11 @@ func TestOnlyItsServicesUseAKeyValueBucket(t *testing.T) {
 			var probes []probe
 			for _, u := range buckets {
 				key := "$KV." + strings.TrimPrefix(u.Stream, "KV_") + ".i-1"
+				if u.Stream == subjects.KVStream(subjects.ManagersBucket) {
+					// A service writes only its own processes' heartbeats
+					// (TestEachServiceWritesOnlyItsOwnHeartbeats).
+					key = "$KV." + subjects.ManagersBucket + "." + subjects.ManagerKey(id, "host-1", "p-1")
+				}
 				writes := u.PublishedBy(id)
 				probes = append(probes,
 					probe{key, writes},

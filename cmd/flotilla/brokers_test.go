@@ -1,0 +1,95 @@
+package main
+
+import (
+	"fmt"
+	"net/url"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"flotilla.dev/flotilla/libs/busauth"
+	"flotilla.dev/flotilla/libs/testkit"
+)
+
+// TestBrokersRemoveTakesAGoneServerOutOfJetStream runs a three-server
+// JetStream cluster trusting a bus authority, stops one server for good and
+// removes it with `flotilla cluster brokers remove` and the system
+// account's credentials: the meta group forgets it. A service's
+// credentials, or none, cannot.
+func TestBrokersRemoveTakesAGoneServerOutOfJetStream(t *testing.T) {
+	t.Parallel()
+	auth, err := busauth.LoadOrCreate(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports := testkit.FreePorts(t, 6)
+	names := []string{"b1", "b2", "b3"}
+	var routes []*url.URL
+	for i := range names {
+		routes = append(routes, &url.URL{Scheme: "nats-route", Host: fmt.Sprintf("127.0.0.1:%d", ports[3+i])})
+	}
+	servers := make([]*server.Server, len(names))
+	for i, name := range names {
+		opts := &server.Options{ServerName: name, Host: "127.0.0.1", Port: ports[i], NoSigs: true,
+			JetStream: true, StoreDir: t.TempDir(), Routes: routes,
+			Cluster: server.ClusterOpts{Name: "flotilla-test", Host: "127.0.0.1", Port: ports[3+i]}}
+		if err := auth.Configure(opts); err != nil {
+			t.Fatal(err)
+		}
+		s, err := server.NewServer(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Start()
+		t.Cleanup(s.Shutdown)
+		servers[i] = s
+	}
+	peers := func(s *server.Server) []string {
+		jsz, err := s.Jsz(&server.JSzOptions{})
+		if err != nil || jsz.Meta == nil {
+			return nil
+		}
+		// The replicas are the peers besides the server asked.
+		out := []string{s.Name()}
+		for _, r := range jsz.Meta.Replicas {
+			out = append(out, r.Name)
+		}
+		slices.Sort(out)
+		return slices.Compact(out)
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); !ok(); time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 30 s; meta group seen from b1: %v", what, peers(servers[0]))
+			}
+		}
+	}
+	waitFor("a meta group of three", func() bool { return slices.Equal(peers(servers[0]), names) })
+
+	servers[2].Shutdown()
+	servers[2].WaitForShutdown()
+	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", ports[0])
+	// Only the system account may.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{}, "--creds"},
+		{[]string{"--creds", auth.Creds("gateway")}, "remove b3"},
+	} {
+		out, err := exec.Command(binary, append([]string{"cluster", "brokers", "remove", "b3", "--nats", natsURL}, c.args...)...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.want) {
+			t.Errorf("brokers remove %v: %v, %s; want an error naming %q", c.args, err, out, c.want)
+		}
+	}
+	out := flotillaCLI(t, nil, "cluster", "brokers", "remove", "b3", "--nats", natsURL, "--creds", auth.SystemCreds())
+	if !strings.Contains(out, "removed b3") {
+		t.Errorf("brokers remove: %q", out)
+	}
+	waitFor("b3 gone from the meta group", func() bool { return slices.Equal(peers(servers[0]), names[:2]) })
+}
