@@ -452,3 +452,71 @@ func TestAnOldCertificateCannotTakeTheAgentsPlace(t *testing.T) {
 		t.Fatalf("renewing for a deprovisioned instance: %v", err)
 	}
 }
+
+// TestLinesWaitOnTheStreamWhileJetStreamCannotStoreThem: while the agent
+// log stream cannot store a line (here it is gone for a moment; in a
+// cluster, a stream electing a leader), the gateway publishes it again
+// instead of ending the agent's stream, and the agent's lines land, in
+// order, once it can.
+func TestLinesWaitOnTheStreamWhileJetStreamCannotStoreThem(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	const id = "inst-waiting"
+	stream := e.connect(id)
+	e.observed.WaitFor(t, 10*time.Second, "connected", func(ev *agentv1.AgentEvent) bool { return ev.GetConnected() != nil })
+	admin, err := jetstream.New(e.bus.Unrestricted(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := admin.Stream(t.Context(), subjects.AgentLogsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.DeleteStream(t.Context(), subjects.AgentLogsStream); err != nil {
+		t.Fatal(err)
+	}
+	line := func(seq uint64) *agentv1.AgentMessage {
+		return &agentv1.AgentMessage{Body: &agentv1.AgentMessage_Logs{Logs: &agentv1.LogBatch{Lines: []*agentv1.LogLine{
+			{Seq: seq, Source: "setup", Text: fmt.Sprintf("line %d", seq)}}}}}
+	}
+	for seq := uint64(1); seq <= 3; seq++ {
+		if err := stream.Send(line(seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(time.Second) // publishes fail, and are tried again
+	if _, err := admin.CreateStream(t.Context(), cfg.CachedInfo().Config); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(line(4)); err != nil {
+		t.Fatal(err)
+	}
+	var texts []string
+	for deadline := time.Now().Add(30 * time.Second); len(texts) < 4; {
+		if time.Now().After(deadline) {
+			t.Fatalf("stored %q within 30 s of the stream's return, want 4 lines", texts)
+		}
+		texts = texts[:0]
+		for _, m := range readLogsNow(t, e, id) {
+			l := &agentv1.LogLine{}
+			if err := proto.Unmarshal(m.Data(), l); err != nil {
+				t.Fatal(err)
+			}
+			texts = append(texts, l.GetText())
+		}
+	}
+	if want := []string{"line 1", "line 2", "line 3", "line 4"}; !slices.Equal(texts, want) {
+		t.Errorf("stored %q, want %q", texts, want)
+	}
+	// The agent's stream is still the one it opened: a command reaches it.
+	cmd := &agentv1.Command{Id: "after-the-wait", Action: &agentv1.Command_StopNode{StopNode: &agentv1.StopNode{}}}
+	if _, err := rpc.Call(t.Context(), e.provisioner, endpoints.AgentCommand.At(id), cmd); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := stream.Recv(); err != nil || got.GetCommand().GetId() != "after-the-wait" {
+		t.Fatalf("the agent's stream after the wait: %v, %v", got, err)
+	}
+	if acks := stream.Acks(); len(acks) == 0 || acks[len(acks)-1] != 4 {
+		t.Errorf("LogAcks %v: want the last for line 4", acks)
+	}
+}

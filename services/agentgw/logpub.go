@@ -28,6 +28,9 @@ const (
 	maxLogsPending = 65536
 	// ackEvery bounds how many stored lines wait for a LogAck.
 	ackEvery = 512
+	// republishFor is how long a line JetStream did not store is published
+	// again before the agent's stream ends over it.
+	republishFor = time.Minute
 )
 
 // cleanLogLine makes a line storable: a time if it has none, valid UTF-8
@@ -55,6 +58,9 @@ type logPublisher struct {
 	// ack sends a LogAck to the agent; it returns false once the stream ended.
 	ack func(seq uint64) bool
 
+	// gate keeps new lines back while an earlier one is published again
+	// (republish holds it), so they land after it, in order.
+	gate    sync.RWMutex
 	slots   chan struct{} // semaphore of MaxLogsInFlight
 	queue   chan pending  // published lines in order, for the acknowledger
 	done    chan struct{} // closed when the acknowledger has stopped
@@ -106,7 +112,9 @@ func (p *logPublisher) Publish(ctx context.Context, lines []*agentv1.LogLine) er
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+		p.gate.RLock()
 		f, err := p.js.PublishMsgAsync(m, jetstream.WithStallWait(p.timeout))
+		p.gate.RUnlock()
 		if err != nil {
 			<-p.slots
 			return fmt.Errorf("publish log line %d of %s: %w", l.GetSeq(), p.id, err)
@@ -124,7 +132,19 @@ func (p *logPublisher) acknowledge() {
 	defer close(p.done)
 	var last uint64
 	unsent := 0 // lines acknowledged by JetStream and not yet to the agent
+	// held: the gate is closed to new lines since one had to be published
+	// again; it opens once every line published before it closed is stored.
+	held := false
+	defer func() {
+		if held {
+			p.gate.Unlock()
+		}
+	}()
 	for {
+		if held && len(p.queue) == 0 {
+			p.gate.Unlock()
+			held = false
+		}
 		if unsent >= ackEvery {
 			if !p.ack(last) {
 				return
@@ -152,14 +172,47 @@ func (p *logPublisher) acknowledge() {
 		select {
 		case <-next.f.Ok():
 		case err := <-next.f.Err():
-			p.fail(fmt.Errorf("store log line %d of %s: %w", next.seq, p.id, err))
-			return
+			if !held {
+				p.gate.Lock()
+				held = true
+			}
+			if err = p.republish(next, err); err != nil {
+				p.fail(fmt.Errorf("store log line %d of %s: %w", next.seq, p.id, err))
+				return
+			}
 		case <-p.stopped:
 			return
 		}
 		last, unsent = max(last, next.seq), unsent+1
 		<-p.slots
 	}
+}
+
+// republish stores a line JetStream did not acknowledge — a stream without
+// a leader for a moment, a server restarting — by publishing it again with
+// its message id (JetStream drops a copy), waiting longer between tries,
+// for up to republishFor. The lines after it wait for it, so the agent's
+// stream stays up and its lines stay in order instead of the agent
+// reconnecting again and again while the stream elects a leader. It returns
+// the last error when it gives up (the stream then ends, and the agent
+// resends) or the stream ended.
+func (p *logPublisher) republish(next pending, err error) error {
+	wait := 100 * time.Millisecond
+	for deadline := time.Now().Add(republishFor); time.Now().Before(deadline); {
+		select {
+		case <-p.stopped:
+			return err
+		case <-time.After(wait):
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
+		_, err = p.js.PublishMsg(ctx, next.f.Msg())
+		cancel()
+		if err == nil {
+			return nil
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+	return err
 }
 
 func (p *logPublisher) fail(err error) {
