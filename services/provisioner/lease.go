@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -80,7 +82,8 @@ func newLeases(ctx context.Context, js jetstream.JetStream, replicas int, ttl ti
 }
 
 // holderID names this process: host, pid and a random suffix, so a
-// restarted process never takes its predecessor's leases for its own.
+// restarted process never takes its predecessor's leases for its own
+// (it takes them over, knowing that process gone: goneFromThisHost).
 func holderID() string {
 	host, err := os.Hostname()
 	if err != nil || host == "" {
@@ -89,6 +92,23 @@ func holderID() string {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b) // never fails
 	return host + "-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(b)
+}
+
+// goneFromThisHost says whether holder (a holderID) names a process of this
+// host that no longer runs. Host names are unique in a cluster; a pid
+// reused since reads as running, and that lease expires as usual.
+func goneFromThisHost(holder string) bool {
+	rest := holder[:max(strings.LastIndex(holder, "-"), 0)] // without the random suffix
+	i := strings.LastIndex(rest, "-")
+	if i < 0 {
+		return false
+	}
+	pid, err := strconv.Atoi(rest[i+1:])
+	host, herr := os.Hostname()
+	if err != nil || pid <= 0 || pid == os.Getpid() || herr != nil || rest[:i] != host {
+		return false
+	}
+	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }
 
 // renewEvery is how often a holder renews: three times per TTL.
@@ -108,8 +128,18 @@ func (l *leases) hold(ctx context.Context, id string) (context.Context, func(), 
 		holder := "?"
 		if e, gerr := l.kv.Get(ctx, id); gerr == nil {
 			holder = string(e.Value())
+			// A holder of this host that is gone (a provisioner that
+			// crashed and was started again): take its lease now, at the
+			// revision read, rather than LeaseTTL later.
+			if goneFromThisHost(holder) {
+				if rev, err = l.kv.Update(ctx, id, []byte(l.holder), e.Revision()); err == nil {
+					l.log.InfoContext(ctx, "took over the lease of a provisioner that is gone", "instance", id, "holder", holder)
+				}
+			}
 		}
-		return nil, nil, fmt.Errorf("%w (%s)", errLeased, holder)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w (%s)", errLeased, holder)
+		}
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("take the lease of %s: %w", id, err)

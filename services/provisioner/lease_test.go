@@ -3,7 +3,10 @@ package provisioner
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -123,6 +126,46 @@ func TestADeadHoldersLeaseExpires(t *testing.T) {
 	}
 	if h := holderOf(t, kv, "i-1"); h != "b" {
 		t.Fatalf("the lease is %q's, not b's", h)
+	}
+}
+
+// TestALeaseOfAProcessGoneFromThisHostIsTakenAtOnce: a provisioner started
+// again after a crash takes over its predecessor's leases at once (that
+// process is not running on this host), not a TTL later; the lease of a
+// process still running here, or of another host's, it leaves alone.
+func TestALeaseOfAProcessGoneFromThisHostIsTakenAtOnce(t *testing.T) {
+	t.Parallel()
+	_, b, kv, _ := twoHolders(t, time.Hour)
+	ctx := t.Context()
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	holders := map[string]string{
+		"gone":       fmt.Sprintf("%s-%d-0a0b0c0d", host, gone.Process.Pid),
+		"running":    fmt.Sprintf("%s-%d-0a0b0c0d", host, os.Getppid()),
+		"other-host": fmt.Sprintf("%s-elsewhere-%d-0a0b0c0d", host, gone.Process.Pid),
+		"not-an-id":  "a",
+	}
+	for name, holder := range holders {
+		if _, err := kv.Create(ctx, name, []byte(holder)); err != nil {
+			t.Fatal(err)
+		}
+		_, release, err := b.hold(ctx, name)
+		if name == "gone" {
+			if err != nil {
+				t.Fatalf("the lease of a process gone from this host (%s): %v", holder, err)
+			}
+			release()
+			continue
+		}
+		if !errors.Is(err, errLeased) || holderOf(t, kv, name) != holder {
+			t.Errorf("%s: took %s's lease (%v), want it left alone", name, holder, err)
+		}
 	}
 }
 
