@@ -21,6 +21,7 @@ import (
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/pki"
+	"flotilla.dev/flotilla/loadtest/apiclient"
 )
 
 // Stream limits, as the real agent's.
@@ -83,7 +84,7 @@ func (f *fleet) gateway(tok joinToken) error {
 	if err != nil {
 		return fmt.Errorf("agentGatewayAddr %q: %w", tok.AgentGatewayAddr, err)
 	}
-	if err := loopback("agentGatewayAddr", host); err != nil {
+	if err := apiclient.Loopback("agentGatewayAddr", host); err != nil {
 		return err
 	}
 	if f.roots, err = pki.CertPool([]byte(tok.CACertificatePEM)); err != nil {

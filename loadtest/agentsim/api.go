@@ -1,89 +1,24 @@
 package agentsim
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"time"
+
+	"flotilla.dev/flotilla/loadtest/apiclient"
 )
 
 // api is a client of Flotilla's REST API with an operator's bearer token.
-type api struct {
-	base  string
-	token string
-	http  *http.Client
-}
+type api struct{ *apiclient.Client }
 
 func newAPI(base, token string) *api {
-	return &api{base: base, token: token, http: &http.Client{Timeout: 60 * time.Second,
-		Transport: &http.Transport{MaxIdleConnsPerHost: MaxConcurrency, MaxConnsPerHost: MaxConcurrency}}}
-}
-
-// apiError is an error answer of the API.
-type apiError struct {
-	Status  int
-	Reason  string `json:"reason"`
-	Message string `json:"message"`
-}
-
-func (e *apiError) Error() string { return fmt.Sprintf("%d %s: %s", e.Status, e.Reason, e.Message) }
-
-// statusOf returns the HTTP status of an API error, or 0.
-func statusOf(err error) int {
-	var e *apiError
-	if errors.As(err, &e) {
-		return e.Status
-	}
-	return 0
-}
-
-// do sends body (nil, or a value to encode as JSON) and decodes a
-// successful answer into out (if not nil).
-func (c *api) do(ctx context.Context, method, path string, body, out any) error {
-	var r io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		r = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, r)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	if resp.StatusCode >= 300 {
-		e := &apiError{Status: resp.StatusCode}
-		if json.Unmarshal(data, e) != nil || e.Message == "" {
-			e.Message = string(data)
-		}
-		return fmt.Errorf("%s %s: %w", method, path, e)
-	}
-	if out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("%s %s: decode the answer: %w", method, path, err)
-		}
-	}
-	return nil
+	c := apiclient.New(base, MaxConcurrency, 60*time.Second)
+	c.HTTP.Transport.(*http.Transport).MaxConnsPerHost = MaxConcurrency
+	c.Token = token
+	return &api{c}
 }
 
 // resource is what agentsim reads of a network, template or instance.
@@ -109,7 +44,7 @@ func (c *api) list(ctx context.Context, collection string, f func(resource)) err
 		if token != "" {
 			q.Set("pageToken", token)
 		}
-		if err := c.do(ctx, "GET", "/api/v1/"+collection+"?"+q.Encode(), nil, &page); err != nil {
+		if err := c.Do(ctx, "GET", "/api/v1/"+collection+"?"+q.Encode(), nil, &page); err != nil {
 			return err
 		}
 		var items []resource
@@ -157,7 +92,7 @@ func (c *api) storedLines(ctx context.Context, id string, want int) (int64, erro
 		if token != "" {
 			q.Set("pageToken", token)
 		}
-		if err := c.do(ctx, "GET", "/api/v1/instances/"+id+"/logs?"+q.Encode(), nil, &out); err != nil {
+		if err := c.Do(ctx, "GET", "/api/v1/instances/"+id+"/logs?"+q.Encode(), nil, &out); err != nil {
 			return 0, err
 		}
 		for _, l := range out.Lines {
@@ -169,16 +104,4 @@ func (c *api) storedLines(ctx context.Context, id string, want int) (int64, erro
 			return int64(len(seen)), nil
 		}
 	}
-}
-
-// loopback refuses an address that is not this machine: agentsim's load
-// goes nowhere else.
-func loopback(what, host string) error {
-	if host == "localhost" {
-		return nil
-	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
-		return nil
-	}
-	return fmt.Errorf("%s: %q is not this machine (localhost or 127.0.0.0/8); agentsim loads only loopback targets", what, host)
 }

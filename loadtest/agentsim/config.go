@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/loadtest/apiclient"
 )
 
 // Limits on what one run may ask for.
@@ -70,7 +71,7 @@ func (c Config) Validate() error {
 	var errs []error
 	if u, err := url.Parse(c.API); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		errs = append(errs, fmt.Errorf("api: %q is not an http(s) URL", c.API))
-	} else if err := loopback("api", u.Hostname()); err != nil {
+	} else if err := apiclient.Loopback("api", u.Hostname()); err != nil {
 		errs = append(errs, err)
 	}
 	if c.Token == "" {

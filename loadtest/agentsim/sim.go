@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"flotilla.dev/flotilla/api/vocab"
+	"flotilla.dev/flotilla/loadtest/apiclient"
 )
 
 // pollInterval is how often the instances are listed while agents are set
@@ -117,12 +118,12 @@ func (s *sim) fail(err error) {
 func (s *sim) placement(ctx context.Context) error {
 	if s.cfg.Network == "" {
 		var n, t resource
-		err := s.api.do(ctx, "POST", "/api/v1/networks", map[string]any{"name": s.run, "provider": vocab.ProviderExternal, "httpsStrategy": vocab.HTTPSNone}, &n)
+		err := s.api.Do(ctx, "POST", "/api/v1/networks", map[string]any{"name": s.run, "provider": vocab.ProviderExternal, "httpsStrategy": vocab.HTTPSNone}, &n)
 		if err != nil {
 			return fmt.Errorf("create a network: %w", err)
 		}
 		s.netID, s.ownPlacement = n.ID, true
-		if err := s.api.do(ctx, "POST", "/api/v1/templates", map[string]any{"name": s.run, "provider": vocab.ProviderExternal, "dataDiskGb": 1, "image": version}, &t); err != nil {
+		if err := s.api.Do(ctx, "POST", "/api/v1/templates", map[string]any{"name": s.run, "provider": vocab.ProviderExternal, "dataDiskGb": 1, "image": version}, &t); err != nil {
 			return fmt.Errorf("create a template: %w", err)
 		}
 		s.tmplID = t.ID
@@ -177,10 +178,10 @@ func (s *sim) create(ctx context.Context) {
 	}
 	s.parallel(ctx, s.cfg.Concurrency, all, func(a *simAgent) {
 		var in resource
-		err := s.api.do(ctx, "POST", "/api/v1/instances", map[string]any{"name": a.name, "kind": "design", "templateId": s.tmplID, "networkId": s.netID}, &in)
+		err := s.api.Do(ctx, "POST", "/api/v1/instances", map[string]any{"name": a.name, "kind": "design", "templateId": s.tmplID, "networkId": s.netID}, &in)
 		if err == nil {
 			a.id = in.ID
-			err = s.api.do(ctx, "POST", "/api/v1/instances/"+url.PathEscape(in.ID)+":provision", map[string]any{}, nil)
+			err = s.api.Do(ctx, "POST", "/api/v1/instances/"+url.PathEscape(in.ID)+":provision", map[string]any{}, nil)
 		}
 		if err != nil {
 			a.failed = true
@@ -271,7 +272,7 @@ func (s *sim) setUp(ctx context.Context, stop <-chan struct{}, agents *sync.Wait
 // mintAndJoin mints the instance's join token through the API and joins.
 func (s *sim) mintAndJoin(ctx context.Context, a *simAgent) error {
 	var tok joinToken
-	if err := s.api.do(ctx, "POST", "/api/v1/instances/"+url.PathEscape(a.id)+":joinToken", map[string]any{}, &tok); err != nil {
+	if err := s.api.Do(ctx, "POST", "/api/v1/instances/"+url.PathEscape(a.id)+":joinToken", map[string]any{}, &tok); err != nil {
 		return err
 	}
 	return a.join(ctx, tok)
@@ -309,7 +310,7 @@ func (s *sim) countStored(ctx context.Context) {
 				stored.Add(n)
 				return
 			}
-			if st := statusOf(err); (st != 0 && st != 429 && st < 500) || attempt == 5 || ctx.Err() != nil {
+			if st := apiclient.StatusOf(err); (st != 0 && st != 429 && st < 500) || attempt == 5 || ctx.Err() != nil {
 				s.fail(fmt.Errorf("read the lines of %s: %w", a.name, err))
 				unread.Add(int64(want))
 				return
@@ -370,8 +371,8 @@ func (s *sim) cleanUp(ctx context.Context) {
 		}
 		act := func(method, action string) func(*simAgent) {
 			return func(a *simAgent) {
-				err := s.api.do(ctx, method, "/api/v1/instances/"+url.PathEscape(a.id)+action, nil, nil)
-				if err != nil && statusOf(err) != 404 && statusOf(err) != 409 {
+				err := s.api.Do(ctx, method, "/api/v1/instances/"+url.PathEscape(a.id)+action, nil, nil)
+				if err != nil && apiclient.StatusOf(err) != 404 && apiclient.StatusOf(err) != 409 {
 					s.fail(fmt.Errorf("clean up %s: %w", a.name, err))
 				}
 			}
@@ -387,7 +388,7 @@ func (s *sim) cleanUp(ctx context.Context) {
 	}
 	if s.ownPlacement {
 		for _, p := range []string{"/api/v1/templates/" + s.tmplID, "/api/v1/networks/" + s.netID} {
-			if err := s.api.do(ctx, "DELETE", p, nil, nil); err != nil {
+			if err := s.api.Do(ctx, "DELETE", p, nil, nil); err != nil {
 				s.fail(fmt.Errorf("clean up: %w", err))
 				return
 			}

@@ -8,20 +8,16 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
+	"context"
 	"flag"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
-	"net/url"
 	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"flotilla.dev/flotilla/loadtest/apiclient"
 )
 
 func main() {
@@ -40,63 +36,15 @@ func main() {
 	}
 }
 
-type client struct {
-	base  string
-	token string
-	http  *http.Client
-}
-
-func (cl *client) do(method, path string, body any, out any) (int, error) {
-	var r io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return 0, err
-		}
-		r = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, cl.base+path, r)
-	if err != nil {
-		return 0, err
-	}
-	if cl.token != "" {
-		req.Header.Set("Authorization", "Bearer "+cl.token)
-	}
-	resp, err := cl.http.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return resp.StatusCode, err
-	}
-	if out != nil && resp.StatusCode < 300 {
-		if err := json.Unmarshal(data, out); err != nil {
-			return resp.StatusCode, err
-		}
-	}
-	if resp.StatusCode >= 300 {
-		return resp.StatusCode, fmt.Errorf("%s %s: %d %s", method, path, resp.StatusCode, data)
-	}
-	return resp.StatusCode, nil
-}
-
 func run(target, user, password string, n, c int, maxTime time.Duration) error {
-	u, err := url.Parse(target)
-	if err != nil {
+	if err := apiclient.Loopback("-url", target); err != nil {
 		return err
 	}
-	ip := net.ParseIP(u.Hostname())
-	if u.Hostname() != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return errors.New("-url must point at this machine (localhost or 127.0.0.0/8)")
-	}
-	cl := &client{base: target, http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: c}}}
-	var login struct{ Token string }
-	if _, err := cl.do("POST", "/api/v1/login", map[string]string{"username": user, "password": password}, &login); err != nil {
+	ctx := context.Background()
+	cl := apiclient.New(target, c, 30*time.Second)
+	if err := cl.Login(ctx, user, password); err != nil {
 		return err
 	}
-	cl.token = login.Token
 
 	ops := []string{"create", "get", "list", "delete"}
 	lat := map[string][]time.Duration{}
@@ -121,12 +69,12 @@ func run(target, user, password string, n, c int, maxTime time.Duration) error {
 					f  func() error
 				}{
 					{"create", func() error {
-						_, err := cl.do("POST", "/api/v1/networks", map[string]string{"name": fmt.Sprintf("load-%s-%d", run, i), "provider": "local", "httpsStrategy": "none"}, &created)
+						err := cl.Do(ctx, "POST", "/api/v1/networks", map[string]string{"name": fmt.Sprintf("load-%s-%d", run, i), "provider": "local", "httpsStrategy": "none"}, &created)
 						return err
 					}},
-					{"get", func() error { _, err := cl.do("GET", "/api/v1/networks/"+created.ID, nil, nil); return err }},
-					{"list", func() error { _, err := cl.do("GET", "/api/v1/networks?pageSize=20", nil, nil); return err }},
-					{"delete", func() error { _, err := cl.do("DELETE", "/api/v1/networks/"+created.ID, nil, nil); return err }},
+					{"get", func() error { return cl.Do(ctx, "GET", "/api/v1/networks/"+created.ID, nil, nil) }},
+					{"list", func() error { return cl.Do(ctx, "GET", "/api/v1/networks?pageSize=20", nil, nil) }},
+					{"delete", func() error { return cl.Do(ctx, "DELETE", "/api/v1/networks/"+created.ID, nil, nil) }},
 				}
 				for _, s := range steps {
 					t0 := time.Now()

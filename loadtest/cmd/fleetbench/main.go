@@ -18,7 +18,6 @@
 package main
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -28,7 +27,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"slices"
 	"sync"
@@ -36,6 +34,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"flotilla.dev/flotilla/loadtest/apiclient"
 )
 
 func main() {
@@ -52,7 +52,7 @@ func main() {
 		hold     = flag.Duration("hold", 0, "keep the instances running this long after the last figure, before cleaning up (at most 1m), e.g. to measure the agents")
 	)
 	flag.Parse()
-	b := &bench{workers: min(max(*workers, 1), 64), dur: min(*dur, 2*time.Minute), timeout: min(*timeout, 10*time.Minute), hold: min(*hold, time.Minute)}
+	b := &bench{ctx: context.Background(), workers: min(max(*workers, 1), 64), dur: min(*dur, 2*time.Minute), timeout: min(*timeout, 10*time.Minute), hold: min(*hold, time.Minute)}
 	if err := b.run(*api, *user, *password, *pg, min(*one, 50), min(*many, 200)); err != nil {
 		fmt.Fprintln(os.Stderr, "fleetbench:", err)
 		os.Exit(1)
@@ -60,7 +60,8 @@ func main() {
 }
 
 type bench struct {
-	cl      *client
+	ctx     context.Context
+	cl      *apiclient.Client
 	workers int
 	dur     time.Duration
 	timeout time.Duration
@@ -68,19 +69,8 @@ type bench struct {
 	tag     string
 }
 
-func loopback(what, raw string) error {
-	host := raw
-	if u, err := url.Parse(raw); err == nil && u.Host != "" {
-		host = u.Hostname()
-	}
-	if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
-		return nil
-	}
-	return fmt.Errorf("%s must point at this machine (localhost or 127.0.0.0/8), not %q", what, host)
-}
-
 func (b *bench) run(api, user, password, pg string, one, many int) error {
-	if err := loopback("-api", api); err != nil {
+	if err := apiclient.Loopback("-api", api); err != nil {
 		return err
 	}
 	if pg != "" {
@@ -88,16 +78,14 @@ func (b *bench) run(api, user, password, pg string, one, many int) error {
 		if err != nil {
 			return fmt.Errorf("-pg: %w", err)
 		}
-		if err := loopback("-pg", cfg.Host); err != nil {
+		if err := apiclient.Loopback("-pg", cfg.Host); err != nil {
 			return err
 		}
 	}
-	b.cl = &client{base: api, http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
-	var login struct{ Token string }
-	if err := b.cl.do("POST", "/api/v1/login", map[string]string{"username": user, "password": password}, &login); err != nil {
+	b.cl = apiclient.New(api, 64, 30*time.Second)
+	if err := b.cl.Login(b.ctx, user, password); err != nil {
 		return err
 	}
-	b.cl.token = login.Token
 	b.tag = fmt.Sprintf("fb%x", time.Now().UnixNano()&0xffffffff)
 
 	netID, tmplID, err := b.placement()
@@ -138,10 +126,10 @@ func report(fields map[string]any) {
 
 func (b *bench) placement() (string, string, error) {
 	var n, t struct{ ID string }
-	if err := b.cl.do("POST", "/api/v1/networks", map[string]any{"name": b.tag, "provider": "local", "httpsStrategy": "none"}, &n); err != nil {
+	if err := b.cl.Do(b.ctx, "POST", "/api/v1/networks", map[string]any{"name": b.tag, "provider": "local", "httpsStrategy": "none"}, &n); err != nil {
 		return "", "", err
 	}
-	if err := b.cl.do("POST", "/api/v1/templates", map[string]any{"name": b.tag, "provider": "local", "dataDiskGb": 1}, &t); err != nil {
+	if err := b.cl.Do(b.ctx, "POST", "/api/v1/templates", map[string]any{"name": b.tag, "provider": "local", "dataDiskGb": 1}, &t); err != nil {
 		return "", "", err
 	}
 	return n.ID, t.ID, nil
@@ -163,12 +151,12 @@ func (b *bench) get(netID, tmplID string) error {
 	}), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = hello.Serve(l) }()
 	defer hello.Close()
-	ref := &client{base: "http://" + l.Addr().String(), http: b.cl.http}
-	refRate, _, err := b.throughput(func(int64) error { return ref.do("GET", "/", nil, nil) })
+	ref := &apiclient.Client{Base: "http://" + l.Addr().String(), HTTP: b.cl.HTTP}
+	refRate, _, err := b.throughput(func(int64) error { return ref.Do(b.ctx, "GET", "/", nil, nil) })
 	if err != nil {
 		return err
 	}
-	rate, p50, err := b.throughput(func(int64) error { return b.cl.do("GET", "/api/v1/instances/"+id, nil, nil) })
+	rate, p50, err := b.throughput(func(int64) error { return b.cl.Do(b.ctx, "GET", "/api/v1/instances/"+id, nil, nil) })
 	if err != nil {
 		return err
 	}
@@ -208,7 +196,7 @@ func (b *bench) write(pg string) error {
 	var created []string
 	rate, p50, err := b.throughput(func(i int64) error {
 		var n struct{ ID string }
-		if err := b.cl.do("POST", "/api/v1/networks", map[string]any{"name": fmt.Sprintf("%s-w%d", b.tag, i), "provider": "local", "httpsStrategy": "none"}, &n); err != nil {
+		if err := b.cl.Do(b.ctx, "POST", "/api/v1/networks", map[string]any{"name": fmt.Sprintf("%s-w%d", b.tag, i), "provider": "local", "httpsStrategy": "none"}, &n); err != nil {
 			return err
 		}
 		mu.Lock()
@@ -221,7 +209,7 @@ func (b *bench) write(pg string) error {
 	}
 	report(map[string]any{"figure": "write", "what": "POST /api/v1/networks", "perSecond": round(rate), "p50ms": ms(p50),
 		"reference": "single-row INSERT commits to the same PostgreSQL", "referencePerSecond": round(refRate), "ratio": round2(rate / refRate), "workers": b.workers})
-	b.parallel(len(created), func(i int) error { return b.cl.do("DELETE", "/api/v1/networks/"+created[i], nil, nil) })
+	b.parallel(len(created), func(i int) error { return b.cl.Do(b.ctx, "DELETE", "/api/v1/networks/"+created[i], nil, nil) })
 	return nil
 }
 
@@ -277,7 +265,7 @@ func (b *bench) provisionOne(netID, tmplID string, n int) error {
 			return err
 		}
 		t0 := time.Now()
-		if err := b.cl.do("POST", "/api/v1/instances/"+id+":provision", map[string]any{}, nil); err != nil {
+		if err := b.cl.Do(b.ctx, "POST", "/api/v1/instances/"+id+":provision", map[string]any{}, nil); err != nil {
 			return err
 		}
 		if err := b.waitRunning([]string{id}, 5*time.Millisecond); err != nil {
@@ -303,7 +291,7 @@ func (b *bench) provisionMany(netID, tmplID string, n int) error {
 	}
 	t0 := time.Now()
 	if err := b.parallel(n, func(i int) error {
-		return b.cl.do("POST", "/api/v1/instances/"+ids[i]+":provision", map[string]any{}, nil)
+		return b.cl.Do(b.ctx, "POST", "/api/v1/instances/"+ids[i]+":provision", map[string]any{}, nil)
 	}); err != nil {
 		return err
 	}
@@ -323,7 +311,7 @@ func (b *bench) waitRunning(ids []string, pause time.Duration) error {
 		var still []string
 		for _, id := range left {
 			var in struct{ State, StateDetail string }
-			if err := b.cl.do("GET", "/api/v1/instances/"+id, nil, &in); err != nil {
+			if err := b.cl.Do(b.ctx, "GET", "/api/v1/instances/"+id, nil, &in); err != nil {
 				return err
 			}
 			switch in.State {
@@ -347,7 +335,7 @@ func (b *bench) waitRunning(ids []string, pause time.Duration) error {
 
 func (b *bench) createInstance(netID, tmplID, name string) (string, error) {
 	var in struct{ ID string }
-	err := b.cl.do("POST", "/api/v1/instances", map[string]any{"name": name, "kind": "design", "templateId": tmplID, "networkId": netID}, &in)
+	err := b.cl.Do(b.ctx, "POST", "/api/v1/instances", map[string]any{"name": name, "kind": "design", "templateId": tmplID, "networkId": netID}, &in)
 	return in.ID, err
 }
 
@@ -359,7 +347,7 @@ func (b *bench) cleanup(netID, tmplID string) {
 			ID, Name, TemplateID string
 		}
 	}
-	if err := b.cl.do("GET", "/api/v1/instances?pageSize=500", nil, &page); err != nil {
+	if err := b.cl.Do(b.ctx, "GET", "/api/v1/instances?pageSize=500", nil, &page); err != nil {
 		fmt.Fprintln(os.Stderr, "fleetbench: cleanup:", err)
 		return
 	}
@@ -369,18 +357,18 @@ func (b *bench) cleanup(netID, tmplID string) {
 			mine = append(mine, in.ID)
 		}
 	}
-	_ = b.parallel(len(mine), func(i int) error { return b.cl.do("DELETE", "/api/v1/instances/"+mine[i], nil, nil) })
+	_ = b.parallel(len(mine), func(i int) error { return b.cl.Do(b.ctx, "DELETE", "/api/v1/instances/"+mine[i], nil, nil) })
 	deadline := time.Now().Add(2 * time.Minute)
 	for _, id := range mine {
 		for time.Now().Before(deadline) {
-			if err := b.cl.do("GET", "/api/v1/instances/"+id, nil, nil); err != nil {
+			if err := b.cl.Do(b.ctx, "GET", "/api/v1/instances/"+id, nil, nil); err != nil {
 				break // gone
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
 	}
-	_ = b.cl.do("DELETE", "/api/v1/templates/"+tmplID, nil, nil)
-	_ = b.cl.do("DELETE", "/api/v1/networks/"+netID, nil, nil)
+	_ = b.cl.Do(b.ctx, "DELETE", "/api/v1/templates/"+tmplID, nil, nil)
+	_ = b.cl.Do(b.ctx, "DELETE", "/api/v1/networks/"+netID, nil, nil)
 }
 
 // parallel runs f(0..n-1) from 16 workers and returns the first error.
@@ -400,46 +388,6 @@ func (b *bench) parallel(n int, f func(i int) error) error {
 	wg.Wait()
 	if err, ok := first.Load().(error); ok {
 		return err
-	}
-	return nil
-}
-
-type client struct {
-	base  string
-	token string
-	http  *http.Client
-}
-
-func (cl *client) do(method, path string, body, out any) error {
-	var r io.Reader
-	if body != nil {
-		data, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		r = bytes.NewReader(data)
-	}
-	req, err := http.NewRequest(method, cl.base+path, r)
-	if err != nil {
-		return err
-	}
-	if cl.token != "" {
-		req.Header.Set("Authorization", "Bearer "+cl.token)
-	}
-	resp, err := cl.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode >= 300 {
-		return fmt.Errorf("%s %s: %d %s", method, path, resp.StatusCode, bytes.TrimSpace(data))
-	}
-	if out != nil {
-		return json.Unmarshal(data, out)
 	}
 	return nil
 }
