@@ -332,6 +332,12 @@ func TestUpServesRestartsWithItsDataAndStopsCleanly(t *testing.T) {
 		!cl.Brokers[0].MetaLeader || len(cl.Databases) != 1 || cl.Databases[0].Role != "standalone" {
 		t.Fatalf("flotilla up's cluster status:\n%s", status)
 	}
+	// brokers list: the NATS server, then every stream's replicas.
+	brokers := flotillaCLI(t, nil, "cluster", "brokers", "list", "--server", up.url(""), "--token", token)
+	if lines := strings.Split(brokers, "\n"); len(lines) < 4 || !strings.HasPrefix(lines[0], "NAME") ||
+		!strings.HasPrefix(lines[1], "flotilla ") || !strings.Contains(brokers, "STREAMS") || !strings.Contains(brokers, "FLOTILLA_EVENTS") {
+		t.Fatalf("flotilla up's brokers list:\n%s", brokers)
+	}
 
 	pid := postmasterPID(t, dir)
 	up.stop(t)

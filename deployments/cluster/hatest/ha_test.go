@@ -319,7 +319,7 @@ func (c *cluster) waitHealthy(t *testing.T, within time.Duration) {
 	}
 }
 
-var live = func(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
+func live(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
 
 // checkOneVMPerInstance: every live local VM is the recorded VM of exactly
 // one instance, and every instance's recorded VM is live.
