@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -126,7 +127,11 @@ func (d *Driver) EnsureDisk(_ context.Context, spec driver.DiskSpec) (driver.Dis
 	return driver.Disk{ID: spec.ID, SizeGB: spec.SizeGB}, nil
 }
 
-// freeUID returns a user id no disk has: one above the highest in use.
+// freeUID claims a user id no disk has had: from one above the highest in
+// use, the first whose claim (the directory Root/uids/<uid>) this process
+// creates. Creating a directory is atomic, so provisioner processes sharing
+// a root (a cluster's hosts on one machine) never give two disks one user;
+// claims are kept, so no new disk gets an old disk's user either.
 func (d *Driver) freeUID() (int, error) {
 	entries, err := os.ReadDir(filepath.Join(d.cfg.Root, "disks"))
 	if err != nil {
@@ -138,7 +143,19 @@ func (d *Driver) freeUID() (int, error) {
 			next = uid + 1
 		}
 	}
-	return next, nil
+	claims := filepath.Join(d.cfg.Root, "uids")
+	if err := os.MkdirAll(claims, 0o700); err != nil {
+		return 0, err
+	}
+	for uid := next; ; uid++ {
+		err := os.Mkdir(filepath.Join(claims, strconv.Itoa(uid)), 0o700)
+		if err == nil {
+			return uid, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return 0, fmt.Errorf("claim user id %d: %w", uid, err)
+		}
+	}
 }
 
 // adopt gives a disk a user of its own and hands it everything on it.

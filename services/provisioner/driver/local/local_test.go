@@ -2,11 +2,13 @@ package local
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -141,6 +143,58 @@ func TestLocalDriverIsIdempotentAndSurvivesARestart(t *testing.T) {
 // TestEachDiskHasItsOwnUser: as root, each data disk gets a user id of its
 // own; the VM's agent runs as it, with a clean environment, and can read
 // neither the manager's files nor another disk.
+// TestProvisionersSharingARootNeverGiveTwoDisksOneUser: drivers of several
+// provisioner processes on one root (a cluster's hosts on one machine)
+// allocating disks at once give each its own user; a user is not given
+// again once its disk is deleted.
+func TestProvisionersSharingARootNeverGiveTwoDisksOneUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("isolation needs root")
+	}
+	t.Parallel()
+	ctx := context.Background()
+	root := reachableDir(t)
+	drivers := []*Driver{newDriver(t, root), newDriver(t, root), newDriver(t, root)}
+	const disks = 30
+	var wg sync.WaitGroup
+	for i := range disks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := drivers[i%len(drivers)].EnsureDisk(ctx, driver.DiskSpec{ID: fmt.Sprintf("disk-%d", i), SizeGB: 1}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	owners := map[int]string{}
+	for i := range disks {
+		id := fmt.Sprintf("disk-%d", i)
+		uid, ok := drivers[0].owner(drivers[0].diskDir(id))
+		if !ok || uid < FirstVMUID {
+			t.Fatalf("%s: owner %d", id, uid)
+		}
+		if other, dup := owners[uid]; dup {
+			t.Errorf("%s and %s have one user, %d", id, other, uid)
+		}
+		owners[uid] = id
+	}
+	highest := FirstVMUID + disks - 1
+	for i := range disks {
+		if uid, _ := drivers[0].owner(drivers[0].diskDir(fmt.Sprintf("disk-%d", i))); uid == highest {
+			if err := drivers[1].DeleteDisk(ctx, fmt.Sprintf("disk-%d", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := drivers[2].EnsureDisk(ctx, driver.DiskSpec{ID: "disk-new", SizeGB: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if uid, _ := drivers[2].owner(drivers[2].diskDir("disk-new")); uid <= highest {
+		t.Errorf("a new disk got user %d, given before (the highest was %d)", uid, highest)
+	}
+}
+
 func TestEachDiskHasItsOwnUser(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("isolation needs root; TestWithoutRootVMsAreNotIsolated covers the rest")
