@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -421,8 +422,7 @@ func TestComposeNATSServers(t *testing.T) {
 					t.Errorf("service %s: %s does not include the bus authority's %s", name, conf, serverConfigFile)
 					continue
 				}
-				fs := flag.NewFlagSet("nats-server", flag.ContinueOnError)
-				opts, err := server.ConfigureOptions(fs, args, nil, nil, nil)
+				opts, err := configureNATS(args)
 				if err != nil {
 					t.Errorf("service %s: nats-server %v: %v", name, s.argv, err)
 					continue
@@ -472,6 +472,17 @@ func writeFile(t *testing.T, name string, data []byte) {
 	if err := os.WriteFile(name, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// natsFlags serializes server.ConfigureOptions, which stores what it parsed
+// in the package variable server.FlagSnapshot.
+var natsFlags sync.Mutex
+
+// configureNATS parses a nats-server command line as the server does.
+func configureNATS(args []string) (*server.Options, error) {
+	natsFlags.Lock()
+	defer natsFlags.Unlock()
+	return server.ConfigureOptions(flag.NewFlagSet("nats-server", flag.ContinueOnError), args, nil, nil, nil)
 }
 
 // embeddedNATSVersion is the major.minor of the nats-server module in
