@@ -79,9 +79,11 @@ var Streams = []StreamUse{{
 	Readers:    []string{provisioner},
 }, {
 	// Every service process writes its own heartbeat, under its service's
-	// name only; the gateway reads them all (GET /api/v1/cluster).
+	// name only; the gateway reads them all (GET /api/v1/cluster) and
+	// deletes those of managers that are gone (flotilla cluster managers
+	// remove).
 	Stream:     subjects.KVStream(subjects.ManagersBucket),
-	Publishers: managerPublishers(),
+	Publishers: append(managerPublishers(), Publish{gateway, []string{subjects.KVAll(subjects.ManagersBucket)}}),
 	Readers:    []string{gateway},
 }}
 

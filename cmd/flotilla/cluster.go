@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
 	"flotilla.dev/flotilla/libs/natsx"
@@ -45,6 +47,12 @@ func (c *apiClient) flags(cmd *cobra.Command) {
 
 // get reads an API path into out.
 func (c *apiClient) get(ctx context.Context, path string, out proto.Message) error {
+	return c.do(ctx, http.MethodGet, path, out)
+}
+
+// do sends a request without a body to an API path and reads the answer
+// into out.
+func (c *apiClient) do(ctx context.Context, method, path string, out proto.Message) error {
 	if c.output != "table" && c.output != "json" {
 		return fmt.Errorf("--output: %q is not table or json", c.output)
 	}
@@ -64,7 +72,7 @@ func (c *apiClient) get(ctx context.Context, path string, out proto.Message) err
 		}
 		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(c.server, "/")+path, nil)
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.server, "/")+path, nil)
 	if err != nil {
 		return fmt.Errorf("--server: %w", err)
 	}
@@ -76,17 +84,17 @@ func (c *apiClient) get(ctx context.Context, path string, out proto.Message) err
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("GET %s: %w", path, err)
+		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		var e struct{ Reason, Message string }
 		if json.Unmarshal(body, &e) != nil || e.Message == "" {
-			return fmt.Errorf("GET %s: %s", path, resp.Status)
+			return fmt.Errorf("%s %s: %s", method, path, resp.Status)
 		}
-		return fmt.Errorf("GET %s: %s: %s (%s)", path, resp.Status, e.Message, e.Reason)
+		return fmt.Errorf("%s %s: %s: %s (%s)", method, path, resp.Status, e.Message, e.Reason)
 	}
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(body, out); err != nil {
-		return fmt.Errorf("GET %s: %w", path, err)
+		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	return nil
 }
@@ -125,8 +133,30 @@ func newCluster() *cobra.Command {
 			}, section{"", managerRows})
 		},
 	}
-	managers := &cobra.Command{Use: "managers", Short: "The manager processes"}
-	managers.AddCommand(list)
+	remove := &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Take a host's managers (or one manager) that are gone off the list, before their heartbeats expire",
+		Long: `Take managers that are gone off the cluster's list at once, rather than when
+their heartbeats expire (30 s). NAME is a host (every manager listed under
+it) or one manager's key (<service>.<host>.<process id>). A manager seen in
+the last 15 s is running and is refused: stop its services first.`,
+		Example: `  # h3 was shut down for good:
+  flotilla cluster managers remove h3 --server https://flotilla.example:7700 --ca-file ca.crt`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var resp systemv1.RemoveManagersResponse
+			if err := c.do(cmd.Context(), http.MethodDelete, "/api/v1/cluster/managers/"+url.PathEscape(args[0]), &resp); err != nil {
+				return err
+			}
+			if c.output == "json" {
+				return printJSON(cmd.OutOrStdout(), &resp)
+			}
+			return printSections(cmd.OutOrStdout(), &systemv1.Cluster{Time: timestamppb.Now(), Managers: resp.GetRemoved()},
+				section{"REMOVED", managerRows})
+		},
+	}
+	managers := &cobra.Command{Use: "managers", Short: "The manager processes: list them, remove those that are gone"}
+	managers.AddCommand(list, remove)
 	cluster.AddCommand(status, managers, newBrokers(c))
 	return cluster
 }

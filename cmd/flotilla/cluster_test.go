@@ -84,6 +84,17 @@ func checkClusterCommands(t *testing.T, server, token string, stopProvisioner fu
 		t.Fatalf("managers list with a wrong token: %v %s", err, b)
 	}
 
+	// Removing a host whose managers run is refused, naming them; an
+	// unknown host is not found.
+	cmd = exec.Command(binary, "cluster", "managers", "remove", st.Managers[0].Host, "--server", server, "--token", token)
+	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "409") || !strings.Contains(string(b), st.Managers[0].Name) {
+		t.Fatalf("managers remove of a running host: %v %s", err, b)
+	}
+	cmd = exec.Command(binary, "cluster", "managers", "remove", "no-such-host", "--server", server, "--token", token)
+	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "404") {
+		t.Fatalf("managers remove of an unknown host: %v %s", err, b)
+	}
+
 	// A cleanly stopped process leaves the list at once (within the
 	// gateway's two-second cache).
 	stopProvisioner()

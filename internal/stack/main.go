@@ -79,11 +79,14 @@ type EnvConfig struct {
 	NATSMonitorURLs []string `env:"FLOTILLA_NATS_MONITOR_URLS" envSeparator:","`
 	// PatroniURLs are Patroni's REST APIs (http://host:8008,
 	// comma-separated): the gateway reports the PostgreSQL members from them.
-	PatroniURLs  []string `env:"FLOTILLA_PATRONI_URLS" envSeparator:","`
-	LogLevel     string   `env:"FLOTILLA_LOG_LEVEL" envDefault:"info"`
-	LogJSON      bool     `env:"FLOTILLA_LOG_JSON"`
-	OTLPEndpoint string   `env:"OTEL_EXPORTER_OTLP_ENDPOINT"`
-	OTLPProtocol string   `env:"OTEL_EXPORTER_OTLP_PROTOCOL"`
+	PatroniURLs []string `env:"FLOTILLA_PATRONI_URLS" envSeparator:","`
+	// HostName is the host the process is listed under in the cluster's
+	// managers (default: the machine's host name).
+	HostName     string `env:"FLOTILLA_HOST_NAME"`
+	LogLevel     string `env:"FLOTILLA_LOG_LEVEL" envDefault:"info"`
+	LogJSON      bool   `env:"FLOTILLA_LOG_JSON"`
+	OTLPEndpoint string `env:"OTEL_EXPORTER_OTLP_ENDPOINT"`
+	OTLPProtocol string `env:"OTEL_EXPORTER_OTLP_PROTOCOL"`
 }
 
 // LoadEnvConfig reads the settings of flotilla-<service> as the binary does:
@@ -274,6 +277,7 @@ func (c EnvConfig) Config(service string) Config {
 		AgentCommand:       strings.Fields(c.AgentCommand),
 		NATSMonitorURLs:    c.NATSMonitorURLs,
 		PatroniURLs:        c.PatroniURLs,
+		HostName:           c.HostName,
 	}
 }
 

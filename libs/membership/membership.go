@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -171,6 +172,22 @@ func (m *Member) Leave(ctx context.Context) {
 // healthyWithin of now (0: HealthyWithin), ordered by name. No bucket
 // (nothing joined yet) is an empty list.
 func List(ctx context.Context, js jetstream.JetStream, now time.Time, healthyWithin time.Duration) ([]*systemv1.Manager, error) {
+	entries, err := read(ctx, js, now, healthyWithin)
+	out := make([]*systemv1.Manager, len(entries))
+	for i, e := range entries {
+		out[i] = e.m
+	}
+	return out, err
+}
+
+// entry is a member as read, with its key's revision.
+type entry struct {
+	m   *systemv1.Manager
+	rev uint64
+}
+
+// read reads every member's latest heartbeat (see List).
+func read(ctx context.Context, js jetstream.JetStream, now time.Time, healthyWithin time.Duration) ([]entry, error) {
 	if healthyWithin <= 0 {
 		healthyWithin = HealthyWithin
 	}
@@ -181,11 +198,13 @@ func List(ctx context.Context, js jetstream.JetStream, now time.Time, healthyWit
 	if err != nil {
 		return nil, fmt.Errorf("managers' bucket: %w", err)
 	}
-	var out []*systemv1.Manager
+	// A heartbeat written while reading comes too: the latest wins.
+	latest := map[string]entry{}
 	var bad []string
 	prefix := "$KV." + subjects.ManagersBucket + "."
-	err = bus.ReadLatest(ctx, stream, subjects.KVAll(subjects.ManagersBucket), func(msg jetstream.Msg, _ *jetstream.MsgMetadata) bool {
+	err = bus.ReadLatest(ctx, stream, subjects.KVAll(subjects.ManagersBucket), func(msg jetstream.Msg, meta *jetstream.MsgMetadata) bool {
 		key := strings.TrimPrefix(msg.Subject(), prefix)
+		delete(latest, key)
 		if msg.Headers().Get(kvOperation) != "" { // DEL or PURGE: the process left
 			return true
 		}
@@ -196,15 +215,79 @@ func List(ctx context.Context, js jetstream.JetStream, now time.Time, healthyWit
 		}
 		m.Name = key
 		m.Healthy = now.Sub(m.GetLastSeenTime().AsTime()) <= healthyWithin
-		out = append(out, m)
+		latest[key] = entry{m: m, rev: meta.Sequence.Stream}
 		return true
 	})
+	out := slices.Collect(maps.Values(latest))
 	if err != nil {
 		return nil, err
 	}
-	slices.SortFunc(out, func(a, b *systemv1.Manager) int { return strings.Compare(a.GetName(), b.GetName()) })
+	slices.SortFunc(out, func(a, b entry) int { return strings.Compare(a.m.GetName(), b.m.GetName()) })
 	if len(bad) > 0 {
 		return out, fmt.Errorf("managers' bucket: undecodable entries %s", strings.Join(bad, ", "))
 	}
 	return out, nil
+}
+
+// ErrNoSuchManager says no manager is listed under the name Remove was
+// given; ErrRunning that one of them is running (seen within the healthy
+// window).
+var (
+	ErrNoSuchManager = errors.New("no manager is listed under that name")
+	ErrRunning       = errors.New("manager is running")
+)
+
+// Remove deletes the keys of the managers named name — every manager of a
+// host, or the one whose key it is — so they are listed no more, and
+// returns them. It removes none when one of them is healthy (ErrRunning,
+// naming it): a running process would list itself again at its next
+// heartbeat. Each key is deleted at the revision read, so a heartbeat
+// written since keeps its manager listed.
+func Remove(ctx context.Context, js jetstream.JetStream, name string, now time.Time, healthyWithin time.Duration) ([]*systemv1.Manager, error) {
+	entries, err := read(ctx, js, now, healthyWithin)
+	if err != nil {
+		return nil, err
+	}
+	var match []entry
+	for _, e := range entries {
+		if e.m.GetName() == name || e.m.GetHost() == name {
+			match = append(match, e)
+		}
+	}
+	if len(match) == 0 {
+		return nil, fmt.Errorf("%w: %q", ErrNoSuchManager, name)
+	}
+	var running []string
+	for _, e := range match {
+		if e.m.GetHealthy() {
+			running = append(running, fmt.Sprintf("%s (seen %s ago)", e.m.GetName(), now.Sub(e.m.GetLastSeenTime().AsTime()).Round(time.Second)))
+		}
+	}
+	if len(running) > 0 {
+		return nil, fmt.Errorf("%w: %s: stop its services first, or wait until it has not been seen for %s", ErrRunning, strings.Join(running, ", "), healthyWithin)
+	}
+	kv, err := js.KeyValue(ctx, subjects.ManagersBucket)
+	if err != nil {
+		return nil, fmt.Errorf("managers' bucket: %w", err)
+	}
+	out := make([]*systemv1.Manager, 0, len(match))
+	for _, e := range match {
+		err := kv.Delete(ctx, e.m.GetName(), jetstream.LastRevision(e.rev))
+		if isRevisionMismatch(err) { // a heartbeat since: it runs again
+			continue
+		}
+		if err != nil {
+			return out, fmt.Errorf("remove manager %s: %w", e.m.GetName(), err)
+		}
+		out = append(out, e.m)
+	}
+	return out, nil
+}
+
+// isRevisionMismatch says a write at a revision found the key written
+// since.
+func isRevisionMismatch(err error) bool {
+	var api *jetstream.APIError
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) ||
+		errors.As(err, &api) && api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }

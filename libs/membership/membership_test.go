@@ -2,6 +2,7 @@ package membership_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -61,5 +62,60 @@ func TestAMemberIsListedWhileItRunsAndNotAfter(t *testing.T) {
 	<-done
 	if got, err := membership.List(ctx, reader, time.Now(), 0); err != nil || len(got) != 0 {
 		t.Fatalf("after a clean stop: %v %v", got, err)
+	}
+}
+
+// TestRemoveTakesGoneManagersOffTheList: a host's managers are removed
+// together, by host or by key, only once none of them is running, and
+// only by a service allowed to (the gateway).
+func TestRemoveTakesGoneManagersOffTheList(t *testing.T) {
+	t.Parallel()
+	bus := testkit.SecureNATS(t)
+	ctx := context.Background()
+	var names []string
+	for _, svc := range []string{subjects.CA, subjects.Inventory} {
+		js, err := jetstream.New(bus.Conn(t, svc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := membership.Join(ctx, js, membership.Config{Service: svc, Host: "h9", Interval: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, m.Name())
+	}
+	other, err := jetstream.New(bus.Conn(t, subjects.Secrets))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := membership.Join(ctx, other, membership.Config{Service: subjects.Secrets, Host: "h8", Interval: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	gw, err := jetstream.New(bus.Conn(t, subjects.Gateway))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := membership.Remove(ctx, gw, "h9", time.Now(), 0); !errors.Is(err, membership.ErrRunning) || !strings.Contains(err.Error(), names[0]) {
+		t.Fatalf("remove running managers: %v, want ErrRunning naming %s", err, names[0])
+	}
+	if _, err := membership.Remove(ctx, gw, "h7", time.Now(), 0); !errors.Is(err, membership.ErrNoSuchManager) {
+		t.Fatalf("remove an unknown host: %v", err)
+	}
+	// A minute later (as the clock of the asker reads) they are gone.
+	later := time.Now().Add(time.Minute)
+	if _, err := membership.Remove(ctx, other, "h9", later, 0); err == nil {
+		t.Fatal("the secret broker removed other services' managers: only the gateway may")
+	}
+	removed, err := membership.Remove(ctx, gw, names[1], later, 0)
+	if err != nil || len(removed) != 1 || removed[0].GetName() != names[1] {
+		t.Fatalf("remove %s: %v %v", names[1], removed, err)
+	}
+	removed, err = membership.Remove(ctx, gw, "h9", later, 0)
+	if err != nil || len(removed) != 1 || removed[0].GetName() != names[0] {
+		t.Fatalf("remove h9: %v %v", removed, err)
+	}
+	left, err := membership.List(ctx, gw, time.Now(), 0)
+	if err != nil || len(left) != 1 || left[0].GetHost() != "h8" {
+		t.Fatalf("left: %v %v", left, err)
 	}
 }

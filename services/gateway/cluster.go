@@ -43,6 +43,27 @@ func (s systemServer) GetCluster(ctx context.Context, _ *systemv1.GetClusterRequ
 	return s.g.cluster.get(ctx, s.g.checkCluster), nil
 }
 
+// RemoveManagers takes managers that are gone off the list (see
+// membership.Remove).
+func (s systemServer) RemoveManagers(ctx context.Context, req *systemv1.RemoveManagersRequest) (*systemv1.RemoveManagersResponse, error) {
+	name := req.GetName()
+	if name == "" {
+		return nil, apierr.Invalid("name", "is required: a host, or a manager's key (<service>.<host>.<process id>)")
+	}
+	removed, err := membership.Remove(ctx, s.g.js, name, time.Now(), s.g.deps.MemberHealthyWithin)
+	switch {
+	case errors.Is(err, membership.ErrNoSuchManager):
+		return nil, apierr.NotFound("manager", name)
+	case errors.Is(err, membership.ErrRunning):
+		return nil, apierr.Conflict(apierr.ReasonInvalidState, "%v", err)
+	case err != nil:
+		return nil, err
+	}
+	s.g.cluster.forget()
+	s.g.log.InfoContext(ctx, "managers removed", "name", name, "count", len(removed))
+	return &systemv1.RemoveManagersResponse{Removed: removed}, nil
+}
+
 // checkCluster gathers, in parallel, the managers from their heartbeats,
 // the NATS servers and the streams' replicas, and the databases. What it
 // cannot find out becomes a warning, never an error: an operator asks

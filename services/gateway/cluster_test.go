@@ -238,6 +238,54 @@ func TestClusterShowsASilentMemberUnhealthyThenForgetsIt(t *testing.T) {
 	}
 }
 
+// TestRemoveManagersTakesAGoneHostOffTheList: DELETE
+// /api/v1/cluster/managers/{host} refuses while the host's managers beat,
+// removes them at once when they are silent (before their keys expire),
+// and knows no host it has removed.
+func TestRemoveManagersTakesAGoneHostOffTheList(t *testing.T) {
+	t.Parallel()
+	const (
+		interval = 200 * time.Millisecond
+		healthy  = 1500 * time.Millisecond
+	)
+	e := newEnv(t, envOptions{only: []string{}, config: func(c *stack.Config) {
+		c.MemberInterval, c.MemberHealthyWithin = interval, healthy
+	}})
+	nc := e.bus.Conn(t, subjects.Provisioner)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead, err := membership.Join(context.Background(), js, membership.Config{Service: subjects.Provisioner, Host: "h3", Interval: interval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var apiErr struct{ Reason, Message string }
+	if code := e.call("DELETE", "/api/v1/cluster/managers/h3", nil, &apiErr, ""); code != http.StatusConflict ||
+		apiErr.Reason != "invalid_state" || !strings.Contains(apiErr.Message, dead.Name()) {
+		t.Fatalf("remove a running manager: %d %+v", code, apiErr)
+	}
+	nc.Close() // it dies: no more heartbeats
+	time.Sleep(healthy + interval)
+	var resp struct{ Removed []struct{ Name, Host string } }
+	if code := e.call("DELETE", "/api/v1/cluster/managers/h3", nil, &resp, ""); code != 200 ||
+		len(resp.Removed) != 1 || resp.Removed[0].Name != dead.Name() || resp.Removed[0].Host != "h3" {
+		t.Fatalf("remove h3: %d %+v", code, resp)
+	}
+	// At once, not when the key expires (30 s).
+	for _, m := range e.cluster().GetManagers() {
+		if m.GetHost() == "h3" {
+			t.Fatalf("h3 still listed after its removal: %v", m)
+		}
+	}
+	if code := e.call("DELETE", "/api/v1/cluster/managers/h3", nil, &apiErr, ""); code != http.StatusNotFound {
+		t.Fatalf("remove h3 again: %d %+v", code, apiErr)
+	}
+	if code := e.call("DELETE", "/api/v1/cluster/managers/h3", nil, nil, "-"); code != http.StatusUnauthorized {
+		t.Fatalf("remove without a token: %d", code)
+	}
+}
+
 // TestClusterNamesBrokersFromTheirMonitoringEndpoints: with monitoring
 // URLs the gateway lists the server behind each, with its version and
 // whether it leads the JetStream meta group; one that does not answer is

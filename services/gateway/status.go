@@ -62,3 +62,11 @@ func (c *freshCache[T]) get(ctx context.Context, check func(context.Context) T) 
 		return proto.Clone(answer).(T)
 	}
 }
+
+// forget drops the last answer: the next get checks again (a change this
+// gateway made, which its callers expect to see).
+func (c *freshCache[T]) forget() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.have = false
+}

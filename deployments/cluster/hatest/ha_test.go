@@ -10,6 +10,8 @@ package hatest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -72,6 +75,10 @@ type figures struct {
 	// SettledSeconds: from the fault's end until every instance was running
 	// with its agent connected.
 	SettledSeconds float64 `json:"settledSeconds"`
+	// RejoinedSeconds (a host removed and added back): from its start
+	// until its NATS server held a replica of every stream and its six
+	// managers were healthy.
+	RejoinedSeconds float64 `json:"rejoinedSeconds,omitempty"`
 }
 
 func TestFailoverUnderLoad(t *testing.T) {
@@ -150,6 +157,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 		report = append(report, fig)
 		c.checkOneVMPerInstance(t, api, ids)
 	}
+	report = append(report, c.removeAndAddBack(t, api, w, ids, "h3"))
 	acked := w.stop()
 	// Every write the API acknowledged is there.
 	for _, id := range acked {
@@ -168,6 +176,70 @@ func TestFailoverUnderLoad(t *testing.T) {
 		}
 	}
 	logReport(t, report)
+}
+
+// removeAndAddBack plays a host lost for good: `local-cluster remove`
+// (SIGKILL, then flotilla cluster managers remove and brokers remove), a
+// check that the cluster no longer lists it while it carries on with two,
+// then `local-cluster start` adding it back: its managers are listed again
+// and its NATS server is given a replica of every stream again (NATS
+// admits a removed server's name after five minutes).
+func (c *cluster) removeAndAddBack(t *testing.T, api *client, w *writer, ids []string, host string) figures {
+	t.Helper()
+	api.waitAllRunning(t, ids, 3*time.Minute)
+	fig := figures{Fault: "host lost for good: removed (managers, NATS server), then added back"}
+	t.Logf("fault: %s", fig.Fault)
+	start := time.Now()
+	c.run(t, "remove", host)
+	cl := api.clusterView(t)
+	for _, m := range cl.Managers {
+		if m.Host == host {
+			t.Errorf("after remove %s: manager %s of %s still listed", host, m.Name, host)
+		}
+	}
+	for _, s := range cl.Streams {
+		for _, r := range s.Replicas {
+			if r.Name == host {
+				t.Errorf("after remove %s: stream %s still has a replica on it", host, s.Name)
+			}
+		}
+	}
+	settled := api.waitAllRunning(t, ids, settleWithin) // agents of its VMs moved to the others
+	fig.SettledSeconds = settled.Sub(start).Seconds()
+	c.run(t, "start", host)
+	started := time.Now()
+	deadline := started.Add(8 * time.Minute)
+	for {
+		cl := api.clusterView(t)
+		managers, streams := 0, 0
+		for _, m := range cl.Managers {
+			if m.Host == host && m.Healthy {
+				managers++
+			}
+		}
+		for _, s := range cl.Streams {
+			if s.Leader == host || slices.ContainsFunc(s.Replicas, func(r replicaView) bool { return r.Name == host && r.Current }) {
+				streams++
+			}
+		}
+		if managers == 6 && len(cl.Streams) > 0 && streams == len(cl.Streams) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s added back: after %v, %d of its managers healthy (want 6), a replica of %d of %d streams", host,
+				time.Since(started).Round(time.Second), managers, streams, len(cl.Streams))
+		}
+		time.Sleep(5 * time.Second)
+	}
+	fig.RejoinedSeconds = time.Since(started).Seconds()
+	c.waitHealthy(t, 2*time.Minute)
+	api.waitAllRunning(t, ids, settleWithin)
+	time.Sleep(3 * time.Second)
+	fig.APIUnavailableSeconds, fig.FailedWrites = w.outage(start, time.Now())
+	fig.AgentsLost, fig.AgentsBackSeconds = api.agentsReconnected(t, ids, start)
+	t.Logf("figures: %+v", fig)
+	c.checkOneVMPerInstance(t, api, ids)
+	return fig
 }
 
 // --- the cluster ---------------------------------------------------------------------
@@ -233,8 +305,9 @@ func (c *cluster) run(t *testing.T, args ...string) []byte {
 }
 
 type status struct {
-	API   string
-	Hosts []struct {
+	API       string
+	APICaFile string
+	Hosts     []struct {
 		Name       string
 		Network    string
 		Components []struct {
@@ -363,7 +436,19 @@ type client struct {
 func (c *cluster) login(t *testing.T) *client {
 	t.Helper()
 	s := c.status(t)
-	api := &client{base: s.API + "/api/v1", http: &http.Client{Timeout: 10 * time.Second}}
+	pem, err := os.ReadFile(s.APICaFile)
+	if err != nil {
+		t.Fatalf("the API's CA: %v", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		t.Fatalf("the API's CA: %s holds no certificate", s.APICaFile)
+	}
+	api := &client{base: s.API + "/api/v1", http: &http.Client{Timeout: 10 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}}
+	if !strings.HasPrefix(s.API, "https://") {
+		t.Fatalf("the API through HAProxy is %s: want https", s.API)
+	}
 	var resp struct{ Token string }
 	if code, body := api.do("POST", "/login", map[string]string{"username": "admin", "password": adminPassword}); code != 200 {
 		t.Fatalf("login: %d %s", code, body)
@@ -519,28 +604,47 @@ func (a *client) agentsReconnected(t *testing.T, ids []string, start time.Time) 
 // checkClusterView: GET /api/v1/cluster shows every service process of the
 // three hosts, the three NATS servers with one meta leader, and the three
 // PostgreSQL members with one leader.
+type clusterView struct {
+	Managers []struct {
+		Name    string
+		Service string
+		Host    string
+		Healthy bool
+	}
+	Brokers []struct {
+		Name       string
+		MetaLeader bool
+		Healthy    bool
+	}
+	Streams []struct {
+		Name     string
+		Leader   string
+		Replicas []replicaView
+	}
+	Databases []struct {
+		Name    string
+		Role    string
+		Healthy bool
+	}
+}
+
+type replicaView struct {
+	Name    string
+	Current bool
+}
+
+func (a *client) clusterView(t *testing.T) clusterView {
+	t.Helper()
+	var cl clusterView
+	a.mustGet(t, "/cluster", &cl)
+	return cl
+}
+
 func (a *client) checkClusterView(t *testing.T) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		var cl struct {
-			Managers []struct {
-				Service string
-				Host    string
-				Healthy bool
-			}
-			Brokers []struct {
-				Name       string
-				MetaLeader bool
-				Healthy    bool
-			}
-			Databases []struct {
-				Name    string
-				Role    string
-				Healthy bool
-			}
-		}
-		a.mustGet(t, "/cluster", &cl)
+		cl := a.clusterView(t)
 		managers, leaders, pgLeaders := 0, 0, 0
 		for _, m := range cl.Managers {
 			if m.Healthy {
@@ -715,6 +819,11 @@ func logReport(t *testing.T, report []figures) {
 			agents = fmt.Sprintf("%d, %.1f s", f.AgentsLost, f.AgentsBackSeconds)
 		}
 		fmt.Fprintf(&b, "| %s | %.1f s | %d | %s | %s | %.1f s |\n", f.Fault, f.APIUnavailableSeconds, f.FailedWrites, agents, leader, max(f.SettledSeconds, 0))
+	}
+	for _, f := range report {
+		if f.RejoinedSeconds > 0 {
+			fmt.Fprintf(&b, "\n%s: back in every stream's replicas, its managers healthy, %.0f s after its start (NATS admits a removed server's name again five minutes after its removal).\n", f.Fault, f.RejoinedSeconds)
+		}
 	}
 	t.Logf("figures:\n%s", b.String())
 	if path := os.Getenv("FLOTILLA_HA_REPORT"); path != "" {

@@ -319,6 +319,96 @@ func (*GetClusterRequest) Descriptor() ([]byte, []int) {
 	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{5}
 }
 
+type RemoveManagersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A host name, or a manager's key ("<service>.<host>.<process id>").
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveManagersRequest) Reset() {
+	*x = RemoveManagersRequest{}
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveManagersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveManagersRequest) ProtoMessage() {}
+
+func (x *RemoveManagersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveManagersRequest.ProtoReflect.Descriptor instead.
+func (*RemoveManagersRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RemoveManagersRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RemoveManagersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The managers taken off the list.
+	Removed       []*Manager `protobuf:"bytes,1,rep,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveManagersResponse) Reset() {
+	*x = RemoveManagersResponse{}
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveManagersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveManagersResponse) ProtoMessage() {}
+
+func (x *RemoveManagersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveManagersResponse.ProtoReflect.Descriptor instead.
+func (*RemoveManagersResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RemoveManagersResponse) GetRemoved() []*Manager {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
 // Cluster is what one gateway sees of the cluster, gathered at most once a
 // second or so and shared by every caller.
 type Cluster struct {
@@ -344,7 +434,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[6]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -356,7 +446,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[6]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -369,7 +459,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Cluster) GetTime() *timestamppb.Timestamp {
@@ -436,7 +526,7 @@ type Manager struct {
 
 func (x *Manager) Reset() {
 	*x = Manager{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[7]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -448,7 +538,7 @@ func (x *Manager) String() string {
 func (*Manager) ProtoMessage() {}
 
 func (x *Manager) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[7]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -461,7 +551,7 @@ func (x *Manager) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Manager.ProtoReflect.Descriptor instead.
 func (*Manager) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Manager) GetName() string {
@@ -539,7 +629,7 @@ type Broker struct {
 
 func (x *Broker) Reset() {
 	*x = Broker{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[8]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +641,7 @@ func (x *Broker) String() string {
 func (*Broker) ProtoMessage() {}
 
 func (x *Broker) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[8]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +654,7 @@ func (x *Broker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Broker.ProtoReflect.Descriptor instead.
 func (*Broker) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Broker) GetName() string {
@@ -626,7 +716,7 @@ type StreamReplication struct {
 
 func (x *StreamReplication) Reset() {
 	*x = StreamReplication{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[9]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +728,7 @@ func (x *StreamReplication) String() string {
 func (*StreamReplication) ProtoMessage() {}
 
 func (x *StreamReplication) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[9]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +741,7 @@ func (x *StreamReplication) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamReplication.ProtoReflect.Descriptor instead.
 func (*StreamReplication) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StreamReplication) GetName() string {
@@ -706,7 +796,7 @@ type StreamReplica struct {
 
 func (x *StreamReplica) Reset() {
 	*x = StreamReplica{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[10]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +808,7 @@ func (x *StreamReplica) String() string {
 func (*StreamReplica) ProtoMessage() {}
 
 func (x *StreamReplica) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[10]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +821,7 @@ func (x *StreamReplica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamReplica.ProtoReflect.Descriptor instead.
 func (*StreamReplica) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StreamReplica) GetName() string {
@@ -790,7 +880,7 @@ type Database struct {
 
 func (x *Database) Reset() {
 	*x = Database{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[11]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -802,7 +892,7 @@ func (x *Database) String() string {
 func (*Database) ProtoMessage() {}
 
 func (x *Database) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[11]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -815,7 +905,7 @@ func (x *Database) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Database.ProtoReflect.Descriptor instead.
 func (*Database) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Database) GetName() string {
@@ -878,7 +968,7 @@ var File_flotilla_system_v1_system_proto protoreflect.FileDescriptor
 
 const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\n" +
-	"\x1fflotilla/system/v1/system.proto\x12\x12flotilla.system.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\x12\n" +
+	"\x1fflotilla/system/v1/system.proto\x12\x12flotilla.system.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\x12\n" +
 	"\x10GetStatusRequest\"\xaf\x01\n" +
 	"\x06Status\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12\x18\n" +
@@ -895,7 +985,11 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\fPingResponse\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\"\x13\n" +
-	"\x11GetClusterRequest\"\xc1\x02\n" +
+	"\x11GetClusterRequest\"0\n" +
+	"\x15RemoveManagersRequest\x12\x17\n" +
+	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\"O\n" +
+	"\x16RemoveManagersResponse\x125\n" +
+	"\aremoved\x18\x01 \x03(\v2\x1b.flotilla.system.v1.ManagerR\aremoved\"\xc1\x02\n" +
 	"\aCluster\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x127\n" +
 	"\bmanagers\x18\x02 \x03(\v2\x1b.flotilla.system.v1.ManagerR\bmanagers\x124\n" +
@@ -943,11 +1037,12 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\ahealthy\x18\a \x01(\bR\ahealthy\x12\x18\n" +
 	"\amessage\x18\b \x01(\tR\amessageB\f\n" +
 	"\n" +
-	"_lag_bytes2\xe1\x01\n" +
+	"_lag_bytes2\xf4\x02\n" +
 	"\rSystemService\x12e\n" +
 	"\tGetStatus\x12$.flotilla.system.v1.GetStatusRequest\x1a\x1a.flotilla.system.v1.Status\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/status\x12i\n" +
 	"\n" +
-	"GetCluster\x12%.flotilla.system.v1.GetClusterRequest\x1a\x1b.flotilla.system.v1.Cluster\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/v1/clusterB\xbf\x02\x92A\x80\x02\x12\x95\x01\n" +
+	"GetCluster\x12%.flotilla.system.v1.GetClusterRequest\x1a\x1b.flotilla.system.v1.Cluster\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/v1/cluster\x12\x90\x01\n" +
+	"\x0eRemoveManagers\x12).flotilla.system.v1.RemoveManagersRequest\x1a*.flotilla.system.v1.RemoveManagersResponse\"'\x82\xd3\xe4\x93\x02!*\x1f/api/v1/cluster/managers/{name}B\xbf\x02\x92A\x80\x02\x12\x95\x01\n" +
 	"\fFlotilla API\x12\x80\x01Provision and operate fleets of instances. Log in with POST /api/v1/login and send the token as \"Authorization: Bearer <token>\".2\x02v1ZX\n" +
 	"V\n" +
 	"\x06bearer\x12L\b\x02\x127\"Bearer \" followed by the token from POST /api/v1/login\x1a\rAuthorization \x02b\f\n" +
@@ -967,44 +1062,49 @@ func file_flotilla_system_v1_system_proto_rawDescGZIP() []byte {
 	return file_flotilla_system_v1_system_proto_rawDescData
 }
 
-var file_flotilla_system_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_flotilla_system_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_flotilla_system_v1_system_proto_goTypes = []any{
-	(*GetStatusRequest)(nil),      // 0: flotilla.system.v1.GetStatusRequest
-	(*Status)(nil),                // 1: flotilla.system.v1.Status
-	(*ComponentStatus)(nil),       // 2: flotilla.system.v1.ComponentStatus
-	(*PingRequest)(nil),           // 3: flotilla.system.v1.PingRequest
-	(*PingResponse)(nil),          // 4: flotilla.system.v1.PingResponse
-	(*GetClusterRequest)(nil),     // 5: flotilla.system.v1.GetClusterRequest
-	(*Cluster)(nil),               // 6: flotilla.system.v1.Cluster
-	(*Manager)(nil),               // 7: flotilla.system.v1.Manager
-	(*Broker)(nil),                // 8: flotilla.system.v1.Broker
-	(*StreamReplication)(nil),     // 9: flotilla.system.v1.StreamReplication
-	(*StreamReplica)(nil),         // 10: flotilla.system.v1.StreamReplica
-	(*Database)(nil),              // 11: flotilla.system.v1.Database
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
+	(*GetStatusRequest)(nil),       // 0: flotilla.system.v1.GetStatusRequest
+	(*Status)(nil),                 // 1: flotilla.system.v1.Status
+	(*ComponentStatus)(nil),        // 2: flotilla.system.v1.ComponentStatus
+	(*PingRequest)(nil),            // 3: flotilla.system.v1.PingRequest
+	(*PingResponse)(nil),           // 4: flotilla.system.v1.PingResponse
+	(*GetClusterRequest)(nil),      // 5: flotilla.system.v1.GetClusterRequest
+	(*RemoveManagersRequest)(nil),  // 6: flotilla.system.v1.RemoveManagersRequest
+	(*RemoveManagersResponse)(nil), // 7: flotilla.system.v1.RemoveManagersResponse
+	(*Cluster)(nil),                // 8: flotilla.system.v1.Cluster
+	(*Manager)(nil),                // 9: flotilla.system.v1.Manager
+	(*Broker)(nil),                 // 10: flotilla.system.v1.Broker
+	(*StreamReplication)(nil),      // 11: flotilla.system.v1.StreamReplication
+	(*StreamReplica)(nil),          // 12: flotilla.system.v1.StreamReplica
+	(*Database)(nil),               // 13: flotilla.system.v1.Database
+	(*timestamppb.Timestamp)(nil),  // 14: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 15: google.protobuf.Duration
 }
 var file_flotilla_system_v1_system_proto_depIdxs = []int32{
-	12, // 0: flotilla.system.v1.Status.time:type_name -> google.protobuf.Timestamp
+	14, // 0: flotilla.system.v1.Status.time:type_name -> google.protobuf.Timestamp
 	2,  // 1: flotilla.system.v1.Status.components:type_name -> flotilla.system.v1.ComponentStatus
-	12, // 2: flotilla.system.v1.Cluster.time:type_name -> google.protobuf.Timestamp
-	7,  // 3: flotilla.system.v1.Cluster.managers:type_name -> flotilla.system.v1.Manager
-	8,  // 4: flotilla.system.v1.Cluster.brokers:type_name -> flotilla.system.v1.Broker
-	9,  // 5: flotilla.system.v1.Cluster.streams:type_name -> flotilla.system.v1.StreamReplication
-	11, // 6: flotilla.system.v1.Cluster.databases:type_name -> flotilla.system.v1.Database
-	12, // 7: flotilla.system.v1.Manager.start_time:type_name -> google.protobuf.Timestamp
-	12, // 8: flotilla.system.v1.Manager.last_seen_time:type_name -> google.protobuf.Timestamp
-	10, // 9: flotilla.system.v1.StreamReplication.replicas:type_name -> flotilla.system.v1.StreamReplica
-	13, // 10: flotilla.system.v1.StreamReplica.active:type_name -> google.protobuf.Duration
-	0,  // 11: flotilla.system.v1.SystemService.GetStatus:input_type -> flotilla.system.v1.GetStatusRequest
-	5,  // 12: flotilla.system.v1.SystemService.GetCluster:input_type -> flotilla.system.v1.GetClusterRequest
-	1,  // 13: flotilla.system.v1.SystemService.GetStatus:output_type -> flotilla.system.v1.Status
-	6,  // 14: flotilla.system.v1.SystemService.GetCluster:output_type -> flotilla.system.v1.Cluster
-	13, // [13:15] is the sub-list for method output_type
-	11, // [11:13] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	9,  // 2: flotilla.system.v1.RemoveManagersResponse.removed:type_name -> flotilla.system.v1.Manager
+	14, // 3: flotilla.system.v1.Cluster.time:type_name -> google.protobuf.Timestamp
+	9,  // 4: flotilla.system.v1.Cluster.managers:type_name -> flotilla.system.v1.Manager
+	10, // 5: flotilla.system.v1.Cluster.brokers:type_name -> flotilla.system.v1.Broker
+	11, // 6: flotilla.system.v1.Cluster.streams:type_name -> flotilla.system.v1.StreamReplication
+	13, // 7: flotilla.system.v1.Cluster.databases:type_name -> flotilla.system.v1.Database
+	14, // 8: flotilla.system.v1.Manager.start_time:type_name -> google.protobuf.Timestamp
+	14, // 9: flotilla.system.v1.Manager.last_seen_time:type_name -> google.protobuf.Timestamp
+	12, // 10: flotilla.system.v1.StreamReplication.replicas:type_name -> flotilla.system.v1.StreamReplica
+	15, // 11: flotilla.system.v1.StreamReplica.active:type_name -> google.protobuf.Duration
+	0,  // 12: flotilla.system.v1.SystemService.GetStatus:input_type -> flotilla.system.v1.GetStatusRequest
+	5,  // 13: flotilla.system.v1.SystemService.GetCluster:input_type -> flotilla.system.v1.GetClusterRequest
+	6,  // 14: flotilla.system.v1.SystemService.RemoveManagers:input_type -> flotilla.system.v1.RemoveManagersRequest
+	1,  // 15: flotilla.system.v1.SystemService.GetStatus:output_type -> flotilla.system.v1.Status
+	8,  // 16: flotilla.system.v1.SystemService.GetCluster:output_type -> flotilla.system.v1.Cluster
+	7,  // 17: flotilla.system.v1.SystemService.RemoveManagers:output_type -> flotilla.system.v1.RemoveManagersResponse
+	15, // [15:18] is the sub-list for method output_type
+	12, // [12:15] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_system_v1_system_proto_init() }
@@ -1012,14 +1112,14 @@ func file_flotilla_system_v1_system_proto_init() {
 	if File_flotilla_system_v1_system_proto != nil {
 		return
 	}
-	file_flotilla_system_v1_system_proto_msgTypes[11].OneofWrappers = []any{}
+	file_flotilla_system_v1_system_proto_msgTypes[13].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_system_v1_system_proto_rawDesc), len(file_flotilla_system_v1_system_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

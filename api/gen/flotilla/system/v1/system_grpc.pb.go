@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	SystemService_GetStatus_FullMethodName  = "/flotilla.system.v1.SystemService/GetStatus"
-	SystemService_GetCluster_FullMethodName = "/flotilla.system.v1.SystemService/GetCluster"
+	SystemService_GetStatus_FullMethodName      = "/flotilla.system.v1.SystemService/GetStatus"
+	SystemService_GetCluster_FullMethodName     = "/flotilla.system.v1.SystemService/GetCluster"
+	SystemService_RemoveManagers_FullMethodName = "/flotilla.system.v1.SystemService/RemoveManagers"
 )
 
 // SystemServiceClient is the client API for SystemService service.
@@ -35,6 +36,12 @@ type SystemServiceClient interface {
 	// managers' heartbeats), every NATS server and how each stream is
 	// replicated, and every PostgreSQL member (from Patroni when configured).
 	GetCluster(ctx context.Context, in *GetClusterRequest, opts ...grpc.CallOption) (*Cluster, error)
+	// RemoveManagers takes managers that are gone off the cluster's list at
+	// once, rather than when their heartbeats expire (30 s): name is a host
+	// (every manager listed under it) or one manager's key. A manager seen
+	// within 15 s is running: it is refused (FAILED_PRECONDITION), since it
+	// would list itself again; stop its services first.
+	RemoveManagers(ctx context.Context, in *RemoveManagersRequest, opts ...grpc.CallOption) (*RemoveManagersResponse, error)
 }
 
 type systemServiceClient struct {
@@ -65,6 +72,16 @@ func (c *systemServiceClient) GetCluster(ctx context.Context, in *GetClusterRequ
 	return out, nil
 }
 
+func (c *systemServiceClient) RemoveManagers(ctx context.Context, in *RemoveManagersRequest, opts ...grpc.CallOption) (*RemoveManagersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveManagersResponse)
+	err := c.cc.Invoke(ctx, SystemService_RemoveManagers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SystemServiceServer is the server API for SystemService service.
 // All implementations must embed UnimplementedSystemServiceServer
 // for forward compatibility.
@@ -77,6 +94,12 @@ type SystemServiceServer interface {
 	// managers' heartbeats), every NATS server and how each stream is
 	// replicated, and every PostgreSQL member (from Patroni when configured).
 	GetCluster(context.Context, *GetClusterRequest) (*Cluster, error)
+	// RemoveManagers takes managers that are gone off the cluster's list at
+	// once, rather than when their heartbeats expire (30 s): name is a host
+	// (every manager listed under it) or one manager's key. A manager seen
+	// within 15 s is running: it is refused (FAILED_PRECONDITION), since it
+	// would list itself again; stop its services first.
+	RemoveManagers(context.Context, *RemoveManagersRequest) (*RemoveManagersResponse, error)
 	mustEmbedUnimplementedSystemServiceServer()
 }
 
@@ -92,6 +115,9 @@ func (UnimplementedSystemServiceServer) GetStatus(context.Context, *GetStatusReq
 }
 func (UnimplementedSystemServiceServer) GetCluster(context.Context, *GetClusterRequest) (*Cluster, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCluster not implemented")
+}
+func (UnimplementedSystemServiceServer) RemoveManagers(context.Context, *RemoveManagersRequest) (*RemoveManagersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveManagers not implemented")
 }
 func (UnimplementedSystemServiceServer) mustEmbedUnimplementedSystemServiceServer() {}
 func (UnimplementedSystemServiceServer) testEmbeddedByValue()                       {}
@@ -150,6 +176,24 @@ func _SystemService_GetCluster_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SystemService_RemoveManagers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveManagersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SystemServiceServer).RemoveManagers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SystemService_RemoveManagers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SystemServiceServer).RemoveManagers(ctx, req.(*RemoveManagersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SystemService_ServiceDesc is the grpc.ServiceDesc for SystemService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -164,6 +208,10 @@ var SystemService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetCluster",
 			Handler:    _SystemService_GetCluster_Handler,
+		},
+		{
+			MethodName: "RemoveManagers",
+			Handler:    _SystemService_RemoveManagers_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
