@@ -130,7 +130,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, replicas int, na
 			if err == nil {
 				break
 			}
-			if !errors.Is(err, nats.ErrNoResponders) || time.Now().After(deadline) {
+			if !jetStreamNotReady(ctx, err) || time.Now().After(deadline) {
 				return fmt.Errorf("declare stream %s: %w", cfg.Name, err)
 			}
 			select {
@@ -144,4 +144,29 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, replicas int, na
 }
 
 // jetStreamWait is how long EnsureStreams waits for JetStream to answer.
-const jetStreamWait = 30 * time.Second
+const jetStreamWait = 60 * time.Second
+
+// JetStream API error codes (nats-server's errors.json) the client module
+// does not name.
+const (
+	jsClusterNoPeers      jetstream.ErrorCode = 10005 // "no suitable peers for placement"
+	jsClusterNotAvailable jetstream.ErrorCode = 10008 // "JetStream system temporarily unavailable"
+)
+
+// jetStreamNotReady says err is JetStream not ready yet, worth asking
+// again: no server answering its API, a request that timed out while ctx
+// has time left (a cluster electing its leaders, a loaded machine), or the
+// cluster saying it is not available or has no peers for the stream yet
+// (servers still joining).
+func jetStreamNotReady(ctx context.Context, err error) bool {
+	var api *jetstream.APIError
+	switch {
+	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse):
+		return true
+	case ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)):
+		return true
+	case errors.As(err, &api):
+		return api.ErrorCode == jsClusterNotAvailable || api.ErrorCode == jsClusterNoPeers
+	}
+	return false
+}
