@@ -68,6 +68,24 @@ var (
 		"deletes a network no instance uses", gateway)
 )
 
+// Inventory: cloud accounts.
+var (
+	CloudAccountCreate = endpoint[*inventoryv1.CreateCloudAccountRequest, *inventoryv1.CloudAccount](inventory, subjects.NounCloudAccount, subjects.VerbCreate,
+		"creates a cloud account, its secret key handed to the secret broker", gateway)
+	CloudAccountGet = endpoint[*inventoryv1.GetCloudAccountRequest, *inventoryv1.CloudAccount](inventory, subjects.NounCloudAccount, subjects.VerbGet,
+		"reads a cloud account (never its secret key)", gateway, provisioner)
+	CloudAccountList = endpoint[*inventoryv1.ListCloudAccountsRequest, *inventoryv1.ListCloudAccountsResponse](inventory, subjects.NounCloudAccount, subjects.VerbList,
+		"lists cloud accounts, a page at a time", gateway)
+	CloudAccountUpdate = endpoint[*inventoryv1.UpdateCloudAccountRequest, *inventoryv1.CloudAccount](inventory, subjects.NounCloudAccount, subjects.VerbUpdate,
+		"changes a cloud account at the version read", gateway)
+	CloudAccountDelete = endpoint[*inventoryv1.DeleteCloudAccountRequest, *emptypb.Empty](inventory, subjects.NounCloudAccount, subjects.VerbDelete,
+		"deletes a cloud account no network uses, and its secret key", gateway)
+	// CloudAccountVerify is answered by the provisioner: the one service
+	// that reads cloud accounts' secret keys and calls the clouds.
+	CloudAccountVerify = endpoint[*inventoryv1.VerifyCloudAccountRequest, *inventoryv1.CloudAccountVerification](provisioner, subjects.NounCloudAccount, subjects.VerbVerify,
+		"signs in with a cloud account's credentials and reports who the cloud says it is", gateway)
+)
+
 // Inventory: templates.
 var (
 	TemplateCreate = endpoint[*inventoryv1.CreateTemplateRequest, *inventoryv1.Template](inventory, subjects.NounTemplate, subjects.VerbCreate,
@@ -138,6 +156,12 @@ var (
 		"deletes one of an instance's secrets", gateway)
 	SecretRead = endpoint[*secretsv1.ReadSecretRequest, *secretsv1.ReadSecretResponse](secrets, subjects.NounSecret, subjects.VerbRead,
 		"releases a secret's value to its instance's agent, audited", agentgw)
+	CloudKeyPut = endpoint[*secretsv1.PutCloudKeyRequest, *secretsv1.PutCloudKeyResponse](secrets, subjects.NounCloudKey, subjects.VerbPut,
+		"stores a cloud account's secret key, encrypted", inventory)
+	CloudKeyDelete = endpoint[*secretsv1.DeleteCloudKeyRequest, *emptypb.Empty](secrets, subjects.NounCloudKey, subjects.VerbDelete,
+		"forgets a cloud account's secret key", inventory)
+	CloudKeyRead = endpoint[*secretsv1.ReadCloudKeyRequest, *secretsv1.ReadCloudKeyResponse](secrets, subjects.NounCloudKey, subjects.VerbRead,
+		"releases a cloud account's secret key to the provisioner, audited", provisioner)
 )
 
 // Agent gateway.

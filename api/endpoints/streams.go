@@ -55,7 +55,7 @@ var Streams = []StreamUse{{
 }, {
 	Stream: subjects.AuditStream,
 	Publishers: []Publish{
-		{secrets, []string{subjects.Audit(subjects.NounSecret, "*", subjects.VerbRead)}},
+		{secrets, []string{subjects.Audit(subjects.NounSecret, "*", subjects.VerbRead), subjects.Audit(subjects.NounCloudKey, "*", subjects.VerbRead)}},
 		{inventory, []string{subjects.Audit(subjects.NounUser, "*", "*")}},
 		{ca, []string{subjects.Audit(subjects.NounJoinToken, "*", subjects.VerbCreate)}},
 	},

@@ -47,11 +47,12 @@ const (
 
 // Nouns used in endpoint and event subjects.
 const (
-	NounNetwork  = "network"
-	NounTemplate = "template"
-	NounInstance = "instance"
-	NounUser     = "user"
-	NounToken    = "token"
+	NounNetwork      = "network"
+	NounCloudAccount = "cloudaccount"
+	NounTemplate     = "template"
+	NounInstance     = "instance"
+	NounUser         = "user"
+	NounToken        = "token"
 )
 
 // Auth verbs on the inventory's token endpoints: "flotilla.svc.inventory.token.<verb>".
@@ -111,6 +112,7 @@ const (
 	NounAgent       = "agent"       // ca: agent.join, agent.sign
 	NounServer      = "server"      // ca: server.sign
 	NounSecret      = "secret"      // secrets: secret.create/list/delete/read
+	NounCloudKey    = "cloudkey"    // secrets: cloudkey.put/delete/read
 	NounLifecycle   = "lifecycle"   // inventory: lifecycle.request, lifecycle.observe, lifecycle.record
 
 	VerbJoin    = "join"
@@ -120,6 +122,7 @@ const (
 	VerbObserve = "observe"
 	VerbRecord  = "record"
 	VerbCheck   = "check"
+	VerbPut     = "put"
 )
 
 // AuditStream is the JetStream stream of audit records (long retention).

@@ -142,6 +142,9 @@ type Config struct {
 	// and VMs there; AgentCommand starts a local VM's agent.
 	LocalRoot    string
 	AgentCommand []string
+	// AgentBinary is the flotilla-agent the gateway serves to new cloud VMs
+	// (default: the one beside this executable, if any).
+	AgentBinary string
 	// ProvisionerWorkers bounds how many instances the provisioner works on
 	// at once (0: its default); ProvisionerRecheck is how often its waits
 	// look without an event (0: its default; tests lengthen it to prove
@@ -534,7 +537,7 @@ func (d deps) gateway(ctx context.Context, nc *nats.Conn, httpL, grpcL net.Liste
 	c := d.cfg
 	g, err := gateway.New(ctx, gateway.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version,
 		HTTPListener: httpL, GRPCListener: grpcL, MaxRequestBytes: c.MaxRequestBytes, RequestReadTimeout: c.RequestReadTimeout,
-		LoginPolicy: c.SourceLoginPolicy, TLS: c.APITLS, AgentGatewayAddr: d.agentGatewayAddr(),
+		LoginPolicy: c.SourceLoginPolicy, TLS: c.APITLS, AgentGatewayAddr: d.agentGatewayAddr(), AgentBinary: c.agentBinary(),
 		NATSMonitorURLs: c.NATSMonitorURLs, PatroniURLs: c.PatroniURLs, MemberHealthyWithin: c.MemberHealthyWithin})
 	if err != nil {
 		return runner{}, err
@@ -689,6 +692,22 @@ func localAgentCommand(orSelf bool) ([]string, error) {
 		return []string{beside}, nil
 	}
 	return []string{exe, "agent"}, nil
+}
+
+// agentBinary is the flotilla-agent the gateway serves to new cloud VMs:
+// AgentBinary, or the one beside this executable ("" when there is none).
+func (c *Config) agentBinary() string {
+	if c.AgentBinary != "" {
+		return c.AgentBinary
+	}
+	cmd, err := localAgentCommand(false)
+	if err != nil {
+		return ""
+	}
+	if st, err := os.Stat(cmd[0]); err != nil || !st.Mode().IsRegular() {
+		return ""
+	}
+	return cmd[0]
 }
 
 // databaseConns sizes the services' PostgreSQL pool to their bus

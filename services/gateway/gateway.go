@@ -54,6 +54,9 @@ type Deps struct {
 	Version        string
 	// HTTPListener serves REST, the OpenAPI document and (later) the console.
 	HTTPListener net.Listener
+	// AgentBinary is the flotilla-agent of this version, served to new
+	// cloud VMs at AgentDownloadPath ("": none).
+	AgentBinary string
 	// GRPCListener serves the gRPC API; nil disables it.
 	GRPCListener net.Listener
 	// RequestTimeout bounds each call to a backing service (default 15s).
@@ -217,6 +220,9 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
 			return inventoryv1.RegisterNetworkServiceHandlerServer(ctx, m, networkServer{g: g})
 		},
 		func(ctx context.Context, m *runtime.ServeMux) error {
+			return inventoryv1.RegisterCloudAccountServiceHandlerServer(ctx, m, cloudAccountServer{g: g})
+		},
+		func(ctx context.Context, m *runtime.ServeMux) error {
 			return inventoryv1.RegisterTemplateServiceHandlerServer(ctx, m, templateServer{g: g})
 		},
 		func(ctx context.Context, m *runtime.ServeMux) error {
@@ -251,6 +257,7 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
 	root.Handle("/api/", mux)
 	root.HandleFunc("/api", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) })
 	root.HandleFunc("GET /{$}", g.home)
+	root.Handle("GET "+AgentDownloadPath(g.version), &agentDownload{path: g.deps.AgentBinary})
 	return otelhttp.NewHandler(g.requireAuth(g.limitBody(root)), "gateway",
 		otelhttp.WithTracerProvider(g.deps.TracerProvider),
 		otelhttp.WithPropagators(natsx.Propagator),

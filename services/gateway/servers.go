@@ -197,6 +197,37 @@ func (s authServer) Logout(ctx context.Context, _ *authv1.LogoutRequest) (*empty
 	return out, err
 }
 
+// cloudAccountServer implements the public CloudAccountService: the
+// inventory keeps the accounts, the provisioner verifies them.
+type cloudAccountServer struct {
+	inventoryv1.UnimplementedCloudAccountServiceServer
+	g *Gateway
+}
+
+func (s cloudAccountServer) CreateCloudAccount(ctx context.Context, r *inventoryv1.CreateCloudAccountRequest) (*inventoryv1.CloudAccount, error) {
+	return call(ctx, s.g, endpoints.CloudAccountCreate, r)
+}
+
+func (s cloudAccountServer) GetCloudAccount(ctx context.Context, r *inventoryv1.GetCloudAccountRequest) (*inventoryv1.CloudAccount, error) {
+	return call(ctx, s.g, endpoints.CloudAccountGet, r)
+}
+
+func (s cloudAccountServer) ListCloudAccounts(ctx context.Context, r *inventoryv1.ListCloudAccountsRequest) (*inventoryv1.ListCloudAccountsResponse, error) {
+	return call(ctx, s.g, endpoints.CloudAccountList, r)
+}
+
+func (s cloudAccountServer) UpdateCloudAccount(ctx context.Context, r *inventoryv1.UpdateCloudAccountRequest) (*inventoryv1.CloudAccount, error) {
+	return call(ctx, s.g, endpoints.CloudAccountUpdate, r)
+}
+
+func (s cloudAccountServer) DeleteCloudAccount(ctx context.Context, r *inventoryv1.DeleteCloudAccountRequest) (*emptypb.Empty, error) {
+	return call(ctx, s.g, endpoints.CloudAccountDelete, r)
+}
+
+func (s cloudAccountServer) VerifyCloudAccount(ctx context.Context, r *inventoryv1.VerifyCloudAccountRequest) (*inventoryv1.CloudAccountVerification, error) {
+	return call(ctx, s.g, endpoints.CloudAccountVerify, r)
+}
+
 // systemServer reports health.
 type systemServer struct {
 	systemv1.UnimplementedSystemServiceServer
@@ -239,6 +270,7 @@ func (g *Gateway) checkStatus(ctx context.Context) *systemv1.Status {
 
 func registerGRPC(s *grpc.Server, g *Gateway) {
 	inventoryv1.RegisterNetworkServiceServer(s, networkServer{g: g})
+	inventoryv1.RegisterCloudAccountServiceServer(s, cloudAccountServer{g: g})
 	inventoryv1.RegisterTemplateServiceServer(s, templateServer{g: g})
 	inventoryv1.RegisterInstanceServiceServer(s, instanceServer{g: g})
 	authv1.RegisterAuthServiceServer(s, authServer{g: g})

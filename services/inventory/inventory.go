@@ -88,7 +88,8 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		return nil, err
 	}
 	fwd := outbox.NewForwarder(d.Pool, js, log, 0)
-	a := app.New(d.Pool, log, append([]app.Option{app.WithCommitted(fwd.Wake)}, d.AppOptions...)...)
+	keys := adapters.CloudKeys{Client: rpc.NewClient(d.NATS, subjects.Inventory, 0)}
+	a := app.New(d.Pool, log, append([]app.Option{app.WithCommitted(fwd.Wake), app.WithCloudKeys(keys)}, d.AppOptions...)...)
 	svc, err := ports.Serve(d.NATS, a, d.Pool, log, d.TracerProvider, d.Version, rpc.WithConcurrency(d.Concurrency))
 	if err != nil {
 		return nil, err

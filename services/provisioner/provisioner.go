@@ -65,18 +65,20 @@ type Deps struct {
 
 // Service is the running provisioner.
 type Service struct {
-	d       Deps
-	log     *slog.Logger
-	tracer  trace.Tracer
-	rpc     *rpc.Service
-	bus     *rpc.Client
-	cons    jetstream.Consumer
-	drivers map[string]driver.Driver
-	locks   sync.Map // instance id → *sync.Mutex
-	slots   chan struct{}
-	js      jetstream.JetStream
-	wakers  *wakers
-	leases  *leases
+	d      Deps
+	log    *slog.Logger
+	tracer trace.Tracer
+	rpc    *rpc.Service
+	bus    *rpc.Client
+	// accounts resolves cloud accounts (their secret keys included).
+	accounts busAccounts
+	cons     jetstream.Consumer
+	drivers  map[string]driver.Driver
+	locks    sync.Map // instance id → *sync.Mutex
+	slots    chan struct{}
+	js       jetstream.JetStream
+	wakers   *wakers
+	leases   *leases
 }
 
 // Retries of an instance another provisioner holds the lease of.
@@ -138,6 +140,13 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		s.drivers[drv.Name()] = drv
 	}
 	if s.rpc, err = rpc.New(d.NATS, subjects.Provisioner, d.Version, "Flotilla provisioner", log, d.TracerProvider, nil, rpc.WithConcurrency(d.Concurrency)); err != nil {
+		return nil, err
+	}
+	s.accounts = busAccounts{c: s.bus}
+	if err := rpc.Handle(s.rpc, endpoints.CloudAccountVerify, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.VerifyCloudAccountRequest) (*inventoryv1.CloudAccountVerification, error) {
+		return s.accounts.verify(ctx, r.GetId())
+	}); err != nil {
+		_ = s.rpc.Stop()
 		return nil, err
 	}
 	return s, nil

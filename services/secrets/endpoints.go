@@ -216,6 +216,20 @@ func (s *Service) audit(ctx context.Context, a *secretsv1.SecretAccess) error {
 	return nil
 }
 
+// auditCloudKey records a read of a cloud account's secret key; like a
+// secret's, the key is released only once the record is stored.
+func (s *Service) auditCloudKey(ctx context.Context, a *secretsv1.SecretAccess, accountID string, actor vocab.Actor) error {
+	err := bus.PublishAudit(ctx, s.js, subjects.Audit(subjects.NounCloudKey, accountID, subjects.VerbRead),
+		subjects.EventType(subjects.NounCloudKey, subjects.VerbRead), actor, a.GetTime().AsTime(), a)
+	if err != nil {
+		s.log.ErrorContext(ctx, "audit record not written: cloud key read refused", "cloud_account_id", accountID, "error", err)
+		e := apierr.Unavailable("the audit log cannot record this read now, so the key is not released; try again shortly")
+		e.Err = err
+		return e
+	}
+	return nil
+}
+
 // checkInstance asks the inventory whether the instance exists.
 func (s *Service) checkInstance(ctx context.Context, instanceID string) error {
 	_, err := rpc.Call(ctx, s.bus, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: instanceID}, rpc.Timeout(inventoryTimeout))
@@ -232,13 +246,17 @@ func (s *Service) checkInstance(ctx context.Context, instanceID string) error {
 }
 
 // parseInstanceID checks that v is a UUID and returns its canonical form.
-func parseInstanceID(field, v string) (string, error) {
+func parseInstanceID(field, v string) (string, error) { return parseID(field, "an instance id", v) }
+
+// parseID checks and canonicalises the id (what: "an instance id") in
+// field.
+func parseID(field, what, v string) (string, error) {
 	if v == "" {
 		return "", apierr.Invalid(field, "is required")
 	}
 	id, err := uuid.Parse(v)
 	if err != nil || id == uuid.Nil {
-		return "", apierr.Invalid(field, "must be an instance id (a UUID)")
+		return "", apierr.Invalid(field, "must be %s (a UUID)", what)
 	}
 	return id.String(), nil
 }

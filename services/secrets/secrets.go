@@ -114,6 +114,9 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		rpc.Handle(s.rpc, endpoints.SecretList, s.list),
 		rpc.Handle(s.rpc, endpoints.SecretDelete, s.delete),
 		rpc.Handle(s.rpc, endpoints.SecretRead, s.read),
+		rpc.Handle(s.rpc, endpoints.CloudKeyPut, s.putCloudKey),
+		rpc.Handle(s.rpc, endpoints.CloudKeyDelete, s.deleteCloudKey),
+		rpc.Handle(s.rpc, endpoints.CloudKeyRead, s.readCloudKey),
 	); err != nil {
 		_ = s.rpc.Stop()
 		return nil, err

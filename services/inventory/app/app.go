@@ -65,6 +65,8 @@ type App struct {
 	// committed runs after every write transaction commits (the outbox
 	// forwarder's Wake).
 	committed func()
+	// cloudKeys keeps cloud accounts' secret keys (WithCloudKeys).
+	cloudKeys CloudKeys
 }
 
 // Option configures an App.
@@ -123,6 +125,9 @@ type kind[T resource] struct {
 	check func(ctx context.Context, a *App, tx pgx.Tx, old, v T) error
 	// beforeDelete refuses to delete old while something depends on it.
 	beforeDelete func(ctx context.Context, tx pgx.Tx, old T) error
+	// stored, if set, runs in the transaction after the row is written
+	// (created or changed), before the commit: its error undoes the write.
+	stored func(ctx context.Context, v T) error
 }
 
 // inTx runs f in a transaction and commits unless f or the test hook fails.
@@ -171,6 +176,11 @@ func create[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Acto
 		}
 		if err := k.table.Insert(ctx, tx, v, now); err != nil {
 			return err
+		}
+		if k.stored != nil {
+			if err := k.stored(ctx, v); err != nil {
+				return err
+			}
 		}
 		return a.emit(ctx, tx, k.table.Noun, vocab.VerbCreated, actor, v, now)
 	})
@@ -236,12 +246,17 @@ func update[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Acto
 		if err := k.check(ctx, a, tx, cur, next); err != nil {
 			return err
 		}
-		if proto.Equal(cur, next) {
+		if proto.Equal(cur, next) && k.stored == nil {
 			out = cur // nothing changed: no new version, no event
 			return nil
 		}
 		if err := k.table.Update(ctx, tx, next, now); err != nil {
 			return err
+		}
+		if k.stored != nil {
+			if err := k.stored(ctx, next); err != nil {
+				return err
+			}
 		}
 		out = next
 		return a.emit(ctx, tx, k.table.Noun, vocab.VerbUpdated, actor, next, now)

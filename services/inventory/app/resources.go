@@ -32,8 +32,11 @@ var (
 var networks = kind[*inventoryv1.Network]{
 	table: NetworkTable,
 	new:   func() *inventoryv1.Network { return &inventoryv1.Network{} },
-	check: func(_ context.Context, _ *App, _ pgx.Tx, _, v *inventoryv1.Network) error {
-		return domain.ValidateNetwork(v)
+	check: func(ctx context.Context, _ *App, tx pgx.Tx, _, v *inventoryv1.Network) error {
+		if err := domain.ValidateNetwork(v); err != nil {
+			return err
+		}
+		return checkCloudAccount(ctx, tx, v)
 	},
 	beforeDelete: func(ctx context.Context, tx pgx.Tx, old *inventoryv1.Network) error {
 		return usedBy(ctx, tx, "network", old.GetName(), "network_id", old.GetId())

@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"net/mail"
+	"net/url"
 	"path"
 	"regexp"
 	"strings"
@@ -126,6 +127,12 @@ func ValidateNetwork(n *inventoryv1.Network) error {
 	if vocab.Provider(n.GetProvider()) == vocab.ProviderAWS && n.GetAws().GetSubnetId() == "" {
 		return apierr.Invalid("aws.subnetId", "is required with provider %q", vocab.ProviderAWS)
 	}
+	switch {
+	case vocab.Provider(n.GetProvider()) == vocab.ProviderAWS && n.GetCloudAccountId() == "":
+		return apierr.Invalid("cloudAccountId", "is required with provider %q: the cloud account instances are launched with", vocab.ProviderAWS)
+	case vocab.Provider(n.GetProvider()) != vocab.ProviderAWS && n.GetCloudAccountId() != "":
+		return apierr.Invalid("cloudAccountId", "is only allowed with provider %q", vocab.ProviderAWS)
+	}
 	if p := n.GetDns().GetHostnamePattern(); p != "" {
 		if !strings.Contains(p, "{name}") && !strings.Contains(p, "{id}") {
 			return apierr.Invalid("dns.hostnamePattern", "must contain {name} or {id}")
@@ -134,6 +141,61 @@ func ValidateNetwork(n *inventoryv1.Network) error {
 		if !dnsLabelRE.MatchString(probe) || len(probe) > 253 {
 			return apierr.Invalid("dns.hostnamePattern", "%q does not form a valid DNS name", p)
 		}
+	}
+	return nil
+}
+
+// cloudProviders are the providers a cloud account may be of.
+var cloudProviders = []vocab.Provider{vocab.ProviderAWS}
+
+var (
+	accessKeyRE = regexp.MustCompile(`^[A-Z0-9]{16,128}$`)
+	roleARNRE   = regexp.MustCompile(`^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$`)
+)
+
+// ValidateCloudAccount checks every field of a cloud account. keyStored
+// says whether a secret access key is given or already kept for it.
+func ValidateCloudAccount(a *inventoryv1.CloudAccount, keyStored bool) error {
+	if err := ValidateName("name", a.GetName()); err != nil {
+		return err
+	}
+	if err := oneOf("provider", a.GetProvider(), cloudProviders); err != nil {
+		return err
+	}
+	aws := a.GetAws()
+	if aws == nil {
+		return apierr.Invalid("aws", "is required with provider %q (region, and how to sign in)", vocab.ProviderAWS)
+	}
+	if aws.GetRegion() == "" {
+		return apierr.Invalid("aws.region", "is required")
+	}
+	if err := match("aws.region", aws.GetRegion(), regionRE, "a region such as eu-west-1"); err != nil {
+		return err
+	}
+	if u := aws.GetEndpointUrl(); u != "" {
+		p, err := url.Parse(u)
+		if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" || p.User != nil {
+			return apierr.Invalid("aws.endpointUrl", "%q is not an http or https URL without credentials", u)
+		}
+	}
+	c := aws.GetCredentials()
+	if err := match("aws.credentials.accessKeyId", c.GetAccessKeyId(), accessKeyRE, "an access key id (16-128 capital letters and digits)"); err != nil {
+		return err
+	}
+	switch {
+	case c.GetAccessKeyId() != "" && !keyStored:
+		return apierr.Invalid("aws.credentials.secretAccessKey", "is required with accessKeyId")
+	case c.GetAccessKeyId() == "" && c.GetSecretAccessKey() != "":
+		return apierr.Invalid("aws.credentials.accessKeyId", "is required with secretAccessKey")
+	}
+	if err := match("aws.credentials.roleArn", c.GetRoleArn(), roleARNRE, "arn:aws:iam::<12-digit account>:role/<name>"); err != nil {
+		return err
+	}
+	if c.GetExternalId() != "" && c.GetRoleArn() == "" {
+		return apierr.Invalid("aws.credentials.externalId", "is only used with roleArn")
+	}
+	if len(c.GetExternalId()) > 1224 {
+		return apierr.Invalid("aws.credentials.externalId", "is longer than 1224 characters")
 	}
 	return nil
 }

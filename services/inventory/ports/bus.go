@@ -51,6 +51,22 @@ func Serve(nc *nats.Conn, a *app.App, db Pinger, log *slog.Logger, tp trace.Trac
 		rpc.Handle(s, endpoints.NetworkDelete, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.DeleteNetworkRequest) (*emptypb.Empty, error) {
 			return &emptypb.Empty{}, a.DeleteNetwork(ctx, actor, r.GetId(), r.GetVersion())
 		}),
+		rpc.Handle(s, endpoints.CloudAccountCreate, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.CreateCloudAccountRequest) (*inventoryv1.CloudAccount, error) {
+			return a.CreateCloudAccount(ctx, actor, r.GetCloudAccount())
+		}),
+		rpc.Handle(s, endpoints.CloudAccountGet, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.GetCloudAccountRequest) (*inventoryv1.CloudAccount, error) {
+			return a.GetCloudAccount(ctx, r.GetId())
+		}),
+		rpc.Handle(s, endpoints.CloudAccountList, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.ListCloudAccountsRequest) (*inventoryv1.ListCloudAccountsResponse, error) {
+			items, next, err := a.ListCloudAccounts(ctx, r.GetPageSize(), r.GetPageToken())
+			return &inventoryv1.ListCloudAccountsResponse{CloudAccounts: items, NextPageToken: next}, err
+		}),
+		rpc.Handle(s, endpoints.CloudAccountUpdate, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.UpdateCloudAccountRequest) (*inventoryv1.CloudAccount, error) {
+			return a.UpdateCloudAccount(ctx, actor, r.GetCloudAccount(), r.GetUpdateMask().GetPaths())
+		}),
+		rpc.Handle(s, endpoints.CloudAccountDelete, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.DeleteCloudAccountRequest) (*emptypb.Empty, error) {
+			return &emptypb.Empty{}, a.DeleteCloudAccount(ctx, actor, r.GetId(), r.GetVersion())
+		}),
 		rpc.Handle(s, endpoints.TemplateCreate, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.CreateTemplateRequest) (*inventoryv1.Template, error) {
 			return a.CreateTemplate(ctx, actor, r.GetTemplate())
 		}),

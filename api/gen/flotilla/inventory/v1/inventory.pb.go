@@ -327,6 +327,442 @@ func (x *DeleteNetworkRequest) GetVersion() int64 {
 	return 0
 }
 
+type CreateCloudAccountRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CloudAccount  *CloudAccount          `protobuf:"bytes,1,opt,name=cloud_account,json=cloudAccount,proto3" json:"cloud_account,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateCloudAccountRequest) Reset() {
+	*x = CreateCloudAccountRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateCloudAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateCloudAccountRequest) ProtoMessage() {}
+
+func (x *CreateCloudAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateCloudAccountRequest.ProtoReflect.Descriptor instead.
+func (*CreateCloudAccountRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *CreateCloudAccountRequest) GetCloudAccount() *CloudAccount {
+	if x != nil {
+		return x.CloudAccount
+	}
+	return nil
+}
+
+type GetCloudAccountRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCloudAccountRequest) Reset() {
+	*x = GetCloudAccountRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCloudAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCloudAccountRequest) ProtoMessage() {}
+
+func (x *GetCloudAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCloudAccountRequest.ProtoReflect.Descriptor instead.
+func (*GetCloudAccountRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GetCloudAccountRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ListCloudAccountsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Maximum number of results, 1-500; 0 means 50.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Token from a previous response's next_page_token.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCloudAccountsRequest) Reset() {
+	*x = ListCloudAccountsRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCloudAccountsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCloudAccountsRequest) ProtoMessage() {}
+
+func (x *ListCloudAccountsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCloudAccountsRequest.ProtoReflect.Descriptor instead.
+func (*ListCloudAccountsRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ListCloudAccountsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListCloudAccountsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListCloudAccountsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CloudAccounts []*CloudAccount        `protobuf:"bytes,1,rep,name=cloud_accounts,json=cloudAccounts,proto3" json:"cloud_accounts,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCloudAccountsResponse) Reset() {
+	*x = ListCloudAccountsResponse{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCloudAccountsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCloudAccountsResponse) ProtoMessage() {}
+
+func (x *ListCloudAccountsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCloudAccountsResponse.ProtoReflect.Descriptor instead.
+func (*ListCloudAccountsResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ListCloudAccountsResponse) GetCloudAccounts() []*CloudAccount {
+	if x != nil {
+		return x.CloudAccounts
+	}
+	return nil
+}
+
+func (x *ListCloudAccountsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type UpdateCloudAccountRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The account, with id and the version it was read at.
+	CloudAccount *CloudAccount `protobuf:"bytes,1,opt,name=cloud_account,json=cloudAccount,proto3" json:"cloud_account,omitempty"`
+	// Fields to change; over REST it is the set of fields present in the body.
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateCloudAccountRequest) Reset() {
+	*x = UpdateCloudAccountRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateCloudAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateCloudAccountRequest) ProtoMessage() {}
+
+func (x *UpdateCloudAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateCloudAccountRequest.ProtoReflect.Descriptor instead.
+func (*UpdateCloudAccountRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *UpdateCloudAccountRequest) GetCloudAccount() *CloudAccount {
+	if x != nil {
+		return x.CloudAccount
+	}
+	return nil
+}
+
+func (x *UpdateCloudAccountRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+type DeleteCloudAccountRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// If set, the delete only happens at this version.
+	Version       int64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteCloudAccountRequest) Reset() {
+	*x = DeleteCloudAccountRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteCloudAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteCloudAccountRequest) ProtoMessage() {}
+
+func (x *DeleteCloudAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteCloudAccountRequest.ProtoReflect.Descriptor instead.
+func (*DeleteCloudAccountRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DeleteCloudAccountRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DeleteCloudAccountRequest) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type VerifyCloudAccountRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyCloudAccountRequest) Reset() {
+	*x = VerifyCloudAccountRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyCloudAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyCloudAccountRequest) ProtoMessage() {}
+
+func (x *VerifyCloudAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyCloudAccountRequest.ProtoReflect.Descriptor instead.
+func (*VerifyCloudAccountRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *VerifyCloudAccountRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// CloudAccountVerification is what the cloud answered to the account's
+// credentials.
+type CloudAccountVerification struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	CloudAccountId string                 `protobuf:"bytes,1,opt,name=cloud_account_id,json=cloudAccountId,proto3" json:"cloud_account_id,omitempty"`
+	// ok: the cloud accepted the credentials.
+	Ok bool `protobuf:"varint,2,opt,name=ok,proto3" json:"ok,omitempty"`
+	// The cloud's account number, and the identity signed in (AWS: the
+	// caller's ARN, an assumed role's session when a role is used).
+	Account  string `protobuf:"bytes,3,opt,name=account,proto3" json:"account,omitempty"`
+	Identity string `protobuf:"bytes,4,opt,name=identity,proto3" json:"identity,omitempty"`
+	// Why not, naming the cloud's error code ("InvalidClientTokenId: …").
+	Message       string                 `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
+	CheckTime     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=check_time,json=checkTime,proto3" json:"check_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloudAccountVerification) Reset() {
+	*x = CloudAccountVerification{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloudAccountVerification) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloudAccountVerification) ProtoMessage() {}
+
+func (x *CloudAccountVerification) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloudAccountVerification.ProtoReflect.Descriptor instead.
+func (*CloudAccountVerification) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CloudAccountVerification) GetCloudAccountId() string {
+	if x != nil {
+		return x.CloudAccountId
+	}
+	return ""
+}
+
+func (x *CloudAccountVerification) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *CloudAccountVerification) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
+}
+
+func (x *CloudAccountVerification) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *CloudAccountVerification) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *CloudAccountVerification) GetCheckTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CheckTime
+	}
+	return nil
+}
+
 type CreateTemplateRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Template      *Template              `protobuf:"bytes,1,opt,name=template,proto3" json:"template,omitempty"`
@@ -336,7 +772,7 @@ type CreateTemplateRequest struct {
 
 func (x *CreateTemplateRequest) Reset() {
 	*x = CreateTemplateRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[6]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -348,7 +784,7 @@ func (x *CreateTemplateRequest) String() string {
 func (*CreateTemplateRequest) ProtoMessage() {}
 
 func (x *CreateTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[6]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -361,7 +797,7 @@ func (x *CreateTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTemplateRequest.ProtoReflect.Descriptor instead.
 func (*CreateTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateTemplateRequest) GetTemplate() *Template {
@@ -380,7 +816,7 @@ type GetTemplateRequest struct {
 
 func (x *GetTemplateRequest) Reset() {
 	*x = GetTemplateRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[7]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -392,7 +828,7 @@ func (x *GetTemplateRequest) String() string {
 func (*GetTemplateRequest) ProtoMessage() {}
 
 func (x *GetTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[7]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -405,7 +841,7 @@ func (x *GetTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTemplateRequest.ProtoReflect.Descriptor instead.
 func (*GetTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetTemplateRequest) GetId() string {
@@ -425,7 +861,7 @@ type ListTemplatesRequest struct {
 
 func (x *ListTemplatesRequest) Reset() {
 	*x = ListTemplatesRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[8]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -437,7 +873,7 @@ func (x *ListTemplatesRequest) String() string {
 func (*ListTemplatesRequest) ProtoMessage() {}
 
 func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[8]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -450,7 +886,7 @@ func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesRequest.ProtoReflect.Descriptor instead.
 func (*ListTemplatesRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListTemplatesRequest) GetPageSize() int32 {
@@ -477,7 +913,7 @@ type ListTemplatesResponse struct {
 
 func (x *ListTemplatesResponse) Reset() {
 	*x = ListTemplatesResponse{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[9]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -489,7 +925,7 @@ func (x *ListTemplatesResponse) String() string {
 func (*ListTemplatesResponse) ProtoMessage() {}
 
 func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[9]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -502,7 +938,7 @@ func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesResponse.ProtoReflect.Descriptor instead.
 func (*ListTemplatesResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListTemplatesResponse) GetTemplates() []*Template {
@@ -529,7 +965,7 @@ type UpdateTemplateRequest struct {
 
 func (x *UpdateTemplateRequest) Reset() {
 	*x = UpdateTemplateRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[10]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -541,7 +977,7 @@ func (x *UpdateTemplateRequest) String() string {
 func (*UpdateTemplateRequest) ProtoMessage() {}
 
 func (x *UpdateTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[10]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -554,7 +990,7 @@ func (x *UpdateTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateTemplateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *UpdateTemplateRequest) GetTemplate() *Template {
@@ -581,7 +1017,7 @@ type DeleteTemplateRequest struct {
 
 func (x *DeleteTemplateRequest) Reset() {
 	*x = DeleteTemplateRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[11]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -593,7 +1029,7 @@ func (x *DeleteTemplateRequest) String() string {
 func (*DeleteTemplateRequest) ProtoMessage() {}
 
 func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[11]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -606,7 +1042,7 @@ func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTemplateRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DeleteTemplateRequest) GetId() string {
@@ -632,7 +1068,7 @@ type CreateInstanceRequest struct {
 
 func (x *CreateInstanceRequest) Reset() {
 	*x = CreateInstanceRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[12]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -644,7 +1080,7 @@ func (x *CreateInstanceRequest) String() string {
 func (*CreateInstanceRequest) ProtoMessage() {}
 
 func (x *CreateInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[12]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -657,7 +1093,7 @@ func (x *CreateInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateInstanceRequest.ProtoReflect.Descriptor instead.
 func (*CreateInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CreateInstanceRequest) GetInstance() *Instance {
@@ -676,7 +1112,7 @@ type GetInstanceRequest struct {
 
 func (x *GetInstanceRequest) Reset() {
 	*x = GetInstanceRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[13]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -688,7 +1124,7 @@ func (x *GetInstanceRequest) String() string {
 func (*GetInstanceRequest) ProtoMessage() {}
 
 func (x *GetInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[13]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -701,7 +1137,7 @@ func (x *GetInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInstanceRequest.ProtoReflect.Descriptor instead.
 func (*GetInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetInstanceRequest) GetId() string {
@@ -721,7 +1157,7 @@ type ListInstancesRequest struct {
 
 func (x *ListInstancesRequest) Reset() {
 	*x = ListInstancesRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[14]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -733,7 +1169,7 @@ func (x *ListInstancesRequest) String() string {
 func (*ListInstancesRequest) ProtoMessage() {}
 
 func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[14]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -746,7 +1182,7 @@ func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListInstancesRequest) GetPageSize() int32 {
@@ -773,7 +1209,7 @@ type ListInstancesResponse struct {
 
 func (x *ListInstancesResponse) Reset() {
 	*x = ListInstancesResponse{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[15]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -785,7 +1221,7 @@ func (x *ListInstancesResponse) String() string {
 func (*ListInstancesResponse) ProtoMessage() {}
 
 func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[15]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -798,7 +1234,7 @@ func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListInstancesResponse) GetInstances() []*Instance {
@@ -838,7 +1274,7 @@ type ListInstanceLogsRequest struct {
 
 func (x *ListInstanceLogsRequest) Reset() {
 	*x = ListInstanceLogsRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[16]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -850,7 +1286,7 @@ func (x *ListInstanceLogsRequest) String() string {
 func (*ListInstanceLogsRequest) ProtoMessage() {}
 
 func (x *ListInstanceLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[16]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -863,7 +1299,7 @@ func (x *ListInstanceLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstanceLogsRequest.ProtoReflect.Descriptor instead.
 func (*ListInstanceLogsRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListInstanceLogsRequest) GetId() string {
@@ -926,7 +1362,7 @@ type ListInstanceLogsResponse struct {
 
 func (x *ListInstanceLogsResponse) Reset() {
 	*x = ListInstanceLogsResponse{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[17]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -938,7 +1374,7 @@ func (x *ListInstanceLogsResponse) String() string {
 func (*ListInstanceLogsResponse) ProtoMessage() {}
 
 func (x *ListInstanceLogsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[17]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -951,7 +1387,7 @@ func (x *ListInstanceLogsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstanceLogsResponse.ProtoReflect.Descriptor instead.
 func (*ListInstanceLogsResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListInstanceLogsResponse) GetLines() []*InstanceLogLine {
@@ -984,7 +1420,7 @@ type InstanceLogLine struct {
 
 func (x *InstanceLogLine) Reset() {
 	*x = InstanceLogLine{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[18]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1432,7 @@ func (x *InstanceLogLine) String() string {
 func (*InstanceLogLine) ProtoMessage() {}
 
 func (x *InstanceLogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[18]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1445,7 @@ func (x *InstanceLogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceLogLine.ProtoReflect.Descriptor instead.
 func (*InstanceLogLine) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *InstanceLogLine) GetSeq() uint64 {
@@ -1050,7 +1486,7 @@ type UpdateInstanceRequest struct {
 
 func (x *UpdateInstanceRequest) Reset() {
 	*x = UpdateInstanceRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[19]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +1498,7 @@ func (x *UpdateInstanceRequest) String() string {
 func (*UpdateInstanceRequest) ProtoMessage() {}
 
 func (x *UpdateInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[19]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,7 +1511,7 @@ func (x *UpdateInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateInstanceRequest.ProtoReflect.Descriptor instead.
 func (*UpdateInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *UpdateInstanceRequest) GetInstance() *Instance {
@@ -1102,7 +1538,7 @@ type DeleteInstanceRequest struct {
 
 func (x *DeleteInstanceRequest) Reset() {
 	*x = DeleteInstanceRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[20]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1550,7 @@ func (x *DeleteInstanceRequest) String() string {
 func (*DeleteInstanceRequest) ProtoMessage() {}
 
 func (x *DeleteInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[20]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1563,7 @@ func (x *DeleteInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteInstanceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{20}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteInstanceRequest) GetId() string {
@@ -1154,7 +1590,7 @@ type InstanceActionRequest struct {
 
 func (x *InstanceActionRequest) Reset() {
 	*x = InstanceActionRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[21]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1166,7 +1602,7 @@ func (x *InstanceActionRequest) String() string {
 func (*InstanceActionRequest) ProtoMessage() {}
 
 func (x *InstanceActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[21]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1179,7 +1615,7 @@ func (x *InstanceActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceActionRequest.ProtoReflect.Descriptor instead.
 func (*InstanceActionRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{21}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *InstanceActionRequest) GetId() string {
@@ -1202,7 +1638,7 @@ type CreateInstanceJoinTokenRequest struct {
 
 func (x *CreateInstanceJoinTokenRequest) Reset() {
 	*x = CreateInstanceJoinTokenRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[22]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1214,7 +1650,7 @@ func (x *CreateInstanceJoinTokenRequest) String() string {
 func (*CreateInstanceJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateInstanceJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[22]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1227,7 +1663,7 @@ func (x *CreateInstanceJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateInstanceJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateInstanceJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{22}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CreateInstanceJoinTokenRequest) GetId() string {
@@ -1266,7 +1702,7 @@ type InstanceJoinToken struct {
 
 func (x *InstanceJoinToken) Reset() {
 	*x = InstanceJoinToken{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[23]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1278,7 +1714,7 @@ func (x *InstanceJoinToken) String() string {
 func (*InstanceJoinToken) ProtoMessage() {}
 
 func (x *InstanceJoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[23]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1291,7 +1727,7 @@ func (x *InstanceJoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceJoinToken.ProtoReflect.Descriptor instead.
 func (*InstanceJoinToken) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{23}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *InstanceJoinToken) GetInstanceId() string {
@@ -1348,7 +1784,7 @@ type LifecycleRequest struct {
 
 func (x *LifecycleRequest) Reset() {
 	*x = LifecycleRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[24]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1360,7 +1796,7 @@ func (x *LifecycleRequest) String() string {
 func (*LifecycleRequest) ProtoMessage() {}
 
 func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[24]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1373,7 +1809,7 @@ func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LifecycleRequest.ProtoReflect.Descriptor instead.
 func (*LifecycleRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{24}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *LifecycleRequest) GetId() string {
@@ -1414,7 +1850,7 @@ type RecordStateRequest struct {
 
 func (x *RecordStateRequest) Reset() {
 	*x = RecordStateRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[25]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1426,7 +1862,7 @@ func (x *RecordStateRequest) String() string {
 func (*RecordStateRequest) ProtoMessage() {}
 
 func (x *RecordStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[25]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1439,7 +1875,7 @@ func (x *RecordStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordStateRequest.ProtoReflect.Descriptor instead.
 func (*RecordStateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{25}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RecordStateRequest) GetId() string {
@@ -1534,7 +1970,35 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"updateMask\"@\n" +
 	"\x14DeleteNetworkRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x03R\aversion\"T\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\"e\n" +
+	"\x19CreateCloudAccountRequest\x12H\n" +
+	"\rcloud_account\x18\x01 \x01(\v2#.flotilla.inventory.v1.CloudAccountR\fcloudAccount\"(\n" +
+	"\x16GetCloudAccountRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"V\n" +
+	"\x18ListCloudAccountsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\x8f\x01\n" +
+	"\x19ListCloudAccountsResponse\x12J\n" +
+	"\x0ecloud_accounts\x18\x01 \x03(\v2#.flotilla.inventory.v1.CloudAccountR\rcloudAccounts\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa2\x01\n" +
+	"\x19UpdateCloudAccountRequest\x12H\n" +
+	"\rcloud_account\x18\x01 \x01(\v2#.flotilla.inventory.v1.CloudAccountR\fcloudAccount\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"E\n" +
+	"\x19DeleteCloudAccountRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\"+\n" +
+	"\x19VerifyCloudAccountRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xdf\x01\n" +
+	"\x18CloudAccountVerification\x12(\n" +
+	"\x10cloud_account_id\x18\x01 \x01(\tR\x0ecloudAccountId\x12\x0e\n" +
+	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x18\n" +
+	"\aaccount\x18\x03 \x01(\tR\aaccount\x12\x1a\n" +
+	"\bidentity\x18\x04 \x01(\tR\bidentity\x12\x18\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\x129\n" +
+	"\n" +
+	"check_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcheckTime\"T\n" +
 	"\x15CreateTemplateRequest\x12;\n" +
 	"\btemplate\x18\x01 \x01(\v2\x1f.flotilla.inventory.v1.TemplateR\btemplate\"$\n" +
 	"\x12GetTemplateRequest\x12\x0e\n" +
@@ -1624,7 +2088,14 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"GetNetwork\x12(.flotilla.inventory.v1.GetNetworkRequest\x1a\x1e.flotilla.inventory.v1.Network\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/networks/{id}\x12\x81\x01\n" +
 	"\fListNetworks\x12*.flotilla.inventory.v1.ListNetworksRequest\x1a+.flotilla.inventory.v1.ListNetworksResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/api/v1/networks\x12\x8c\x01\n" +
 	"\rUpdateNetwork\x12+.flotilla.inventory.v1.UpdateNetworkRequest\x1a\x1e.flotilla.inventory.v1.Network\".\x82\xd3\xe4\x93\x02(:\anetwork2\x1d/api/v1/networks/{network.id}\x12s\n" +
-	"\rDeleteNetwork\x12+.flotilla.inventory.v1.DeleteNetworkRequest\x1a\x16.google.protobuf.Empty\"\x1d\x82\xd3\xe4\x93\x02\x17*\x15/api/v1/networks/{id}2\xa8\x05\n" +
+	"\rDeleteNetwork\x12+.flotilla.inventory.v1.DeleteNetworkRequest\x1a\x16.google.protobuf.Empty\"\x1d\x82\xd3\xe4\x93\x02\x17*\x15/api/v1/networks/{id}2\xb7\a\n" +
+	"\x13CloudAccountService\x12\x9a\x01\n" +
+	"\x12CreateCloudAccount\x120.flotilla.inventory.v1.CreateCloudAccountRequest\x1a#.flotilla.inventory.v1.CloudAccount\"-\x82\xd3\xe4\x93\x02':\rcloud_account\"\x16/api/v1/cloud-accounts\x12\x8a\x01\n" +
+	"\x0fGetCloudAccount\x12-.flotilla.inventory.v1.GetCloudAccountRequest\x1a#.flotilla.inventory.v1.CloudAccount\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/api/v1/cloud-accounts/{id}\x12\x96\x01\n" +
+	"\x11ListCloudAccounts\x12/.flotilla.inventory.v1.ListCloudAccountsRequest\x1a0.flotilla.inventory.v1.ListCloudAccountsResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/cloud-accounts\x12\xad\x01\n" +
+	"\x12UpdateCloudAccount\x120.flotilla.inventory.v1.UpdateCloudAccountRequest\x1a#.flotilla.inventory.v1.CloudAccount\"@\x82\xd3\xe4\x93\x02::\rcloud_account2)/api/v1/cloud-accounts/{cloud_account.id}\x12\x83\x01\n" +
+	"\x12DeleteCloudAccount\x120.flotilla.inventory.v1.DeleteCloudAccountRequest\x1a\x16.google.protobuf.Empty\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/api/v1/cloud-accounts/{id}\x12\xa6\x01\n" +
+	"\x12VerifyCloudAccount\x120.flotilla.inventory.v1.VerifyCloudAccountRequest\x1a/.flotilla.inventory.v1.CloudAccountVerification\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/api/v1/cloud-accounts/{id}:verify2\xa8\x05\n" +
 	"\x0fTemplateService\x12\x84\x01\n" +
 	"\x0eCreateTemplate\x12,.flotilla.inventory.v1.CreateTemplateRequest\x1a\x1f.flotilla.inventory.v1.Template\"#\x82\xd3\xe4\x93\x02\x1d:\btemplate\"\x11/api/v1/templates\x12y\n" +
 	"\vGetTemplate\x12).flotilla.inventory.v1.GetTemplateRequest\x1a\x1f.flotilla.inventory.v1.Template\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/templates/{id}\x12\x85\x01\n" +
@@ -1655,7 +2126,7 @@ func file_flotilla_inventory_v1_inventory_proto_rawDescGZIP() []byte {
 	return file_flotilla_inventory_v1_inventory_proto_rawDescData
 }
 
-var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
 	(*CreateNetworkRequest)(nil),           // 0: flotilla.inventory.v1.CreateNetworkRequest
 	(*GetNetworkRequest)(nil),              // 1: flotilla.inventory.v1.GetNetworkRequest
@@ -1663,98 +2134,124 @@ var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
 	(*ListNetworksResponse)(nil),           // 3: flotilla.inventory.v1.ListNetworksResponse
 	(*UpdateNetworkRequest)(nil),           // 4: flotilla.inventory.v1.UpdateNetworkRequest
 	(*DeleteNetworkRequest)(nil),           // 5: flotilla.inventory.v1.DeleteNetworkRequest
-	(*CreateTemplateRequest)(nil),          // 6: flotilla.inventory.v1.CreateTemplateRequest
-	(*GetTemplateRequest)(nil),             // 7: flotilla.inventory.v1.GetTemplateRequest
-	(*ListTemplatesRequest)(nil),           // 8: flotilla.inventory.v1.ListTemplatesRequest
-	(*ListTemplatesResponse)(nil),          // 9: flotilla.inventory.v1.ListTemplatesResponse
-	(*UpdateTemplateRequest)(nil),          // 10: flotilla.inventory.v1.UpdateTemplateRequest
-	(*DeleteTemplateRequest)(nil),          // 11: flotilla.inventory.v1.DeleteTemplateRequest
-	(*CreateInstanceRequest)(nil),          // 12: flotilla.inventory.v1.CreateInstanceRequest
-	(*GetInstanceRequest)(nil),             // 13: flotilla.inventory.v1.GetInstanceRequest
-	(*ListInstancesRequest)(nil),           // 14: flotilla.inventory.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),          // 15: flotilla.inventory.v1.ListInstancesResponse
-	(*ListInstanceLogsRequest)(nil),        // 16: flotilla.inventory.v1.ListInstanceLogsRequest
-	(*ListInstanceLogsResponse)(nil),       // 17: flotilla.inventory.v1.ListInstanceLogsResponse
-	(*InstanceLogLine)(nil),                // 18: flotilla.inventory.v1.InstanceLogLine
-	(*UpdateInstanceRequest)(nil),          // 19: flotilla.inventory.v1.UpdateInstanceRequest
-	(*DeleteInstanceRequest)(nil),          // 20: flotilla.inventory.v1.DeleteInstanceRequest
-	(*InstanceActionRequest)(nil),          // 21: flotilla.inventory.v1.InstanceActionRequest
-	(*CreateInstanceJoinTokenRequest)(nil), // 22: flotilla.inventory.v1.CreateInstanceJoinTokenRequest
-	(*InstanceJoinToken)(nil),              // 23: flotilla.inventory.v1.InstanceJoinToken
-	(*LifecycleRequest)(nil),               // 24: flotilla.inventory.v1.LifecycleRequest
-	(*RecordStateRequest)(nil),             // 25: flotilla.inventory.v1.RecordStateRequest
-	(*Network)(nil),                        // 26: flotilla.inventory.v1.Network
-	(*fieldmaskpb.FieldMask)(nil),          // 27: google.protobuf.FieldMask
-	(*Template)(nil),                       // 28: flotilla.inventory.v1.Template
-	(*Instance)(nil),                       // 29: flotilla.inventory.v1.Instance
-	(*timestamppb.Timestamp)(nil),          // 30: google.protobuf.Timestamp
-	(*DataDisk)(nil),                       // 31: flotilla.inventory.v1.DataDisk
-	(*Addresses)(nil),                      // 32: flotilla.inventory.v1.Addresses
-	(*emptypb.Empty)(nil),                  // 33: google.protobuf.Empty
+	(*CreateCloudAccountRequest)(nil),      // 6: flotilla.inventory.v1.CreateCloudAccountRequest
+	(*GetCloudAccountRequest)(nil),         // 7: flotilla.inventory.v1.GetCloudAccountRequest
+	(*ListCloudAccountsRequest)(nil),       // 8: flotilla.inventory.v1.ListCloudAccountsRequest
+	(*ListCloudAccountsResponse)(nil),      // 9: flotilla.inventory.v1.ListCloudAccountsResponse
+	(*UpdateCloudAccountRequest)(nil),      // 10: flotilla.inventory.v1.UpdateCloudAccountRequest
+	(*DeleteCloudAccountRequest)(nil),      // 11: flotilla.inventory.v1.DeleteCloudAccountRequest
+	(*VerifyCloudAccountRequest)(nil),      // 12: flotilla.inventory.v1.VerifyCloudAccountRequest
+	(*CloudAccountVerification)(nil),       // 13: flotilla.inventory.v1.CloudAccountVerification
+	(*CreateTemplateRequest)(nil),          // 14: flotilla.inventory.v1.CreateTemplateRequest
+	(*GetTemplateRequest)(nil),             // 15: flotilla.inventory.v1.GetTemplateRequest
+	(*ListTemplatesRequest)(nil),           // 16: flotilla.inventory.v1.ListTemplatesRequest
+	(*ListTemplatesResponse)(nil),          // 17: flotilla.inventory.v1.ListTemplatesResponse
+	(*UpdateTemplateRequest)(nil),          // 18: flotilla.inventory.v1.UpdateTemplateRequest
+	(*DeleteTemplateRequest)(nil),          // 19: flotilla.inventory.v1.DeleteTemplateRequest
+	(*CreateInstanceRequest)(nil),          // 20: flotilla.inventory.v1.CreateInstanceRequest
+	(*GetInstanceRequest)(nil),             // 21: flotilla.inventory.v1.GetInstanceRequest
+	(*ListInstancesRequest)(nil),           // 22: flotilla.inventory.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),          // 23: flotilla.inventory.v1.ListInstancesResponse
+	(*ListInstanceLogsRequest)(nil),        // 24: flotilla.inventory.v1.ListInstanceLogsRequest
+	(*ListInstanceLogsResponse)(nil),       // 25: flotilla.inventory.v1.ListInstanceLogsResponse
+	(*InstanceLogLine)(nil),                // 26: flotilla.inventory.v1.InstanceLogLine
+	(*UpdateInstanceRequest)(nil),          // 27: flotilla.inventory.v1.UpdateInstanceRequest
+	(*DeleteInstanceRequest)(nil),          // 28: flotilla.inventory.v1.DeleteInstanceRequest
+	(*InstanceActionRequest)(nil),          // 29: flotilla.inventory.v1.InstanceActionRequest
+	(*CreateInstanceJoinTokenRequest)(nil), // 30: flotilla.inventory.v1.CreateInstanceJoinTokenRequest
+	(*InstanceJoinToken)(nil),              // 31: flotilla.inventory.v1.InstanceJoinToken
+	(*LifecycleRequest)(nil),               // 32: flotilla.inventory.v1.LifecycleRequest
+	(*RecordStateRequest)(nil),             // 33: flotilla.inventory.v1.RecordStateRequest
+	(*Network)(nil),                        // 34: flotilla.inventory.v1.Network
+	(*fieldmaskpb.FieldMask)(nil),          // 35: google.protobuf.FieldMask
+	(*CloudAccount)(nil),                   // 36: flotilla.inventory.v1.CloudAccount
+	(*timestamppb.Timestamp)(nil),          // 37: google.protobuf.Timestamp
+	(*Template)(nil),                       // 38: flotilla.inventory.v1.Template
+	(*Instance)(nil),                       // 39: flotilla.inventory.v1.Instance
+	(*DataDisk)(nil),                       // 40: flotilla.inventory.v1.DataDisk
+	(*Addresses)(nil),                      // 41: flotilla.inventory.v1.Addresses
+	(*emptypb.Empty)(nil),                  // 42: google.protobuf.Empty
 }
 var file_flotilla_inventory_v1_inventory_proto_depIdxs = []int32{
-	26, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	26, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
-	26, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	27, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
-	28, // 4: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	28, // 5: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
-	28, // 6: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	27, // 7: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
-	29, // 8: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	29, // 9: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
-	18, // 10: flotilla.inventory.v1.ListInstanceLogsResponse.lines:type_name -> flotilla.inventory.v1.InstanceLogLine
-	30, // 11: flotilla.inventory.v1.InstanceLogLine.time:type_name -> google.protobuf.Timestamp
-	29, // 12: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	27, // 13: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	30, // 14: flotilla.inventory.v1.InstanceJoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	31, // 15: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
-	32, // 16: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
-	0,  // 17: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
-	1,  // 18: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
-	2,  // 19: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
-	4,  // 20: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
-	5,  // 21: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
-	6,  // 22: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
-	7,  // 23: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
-	8,  // 24: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
-	10, // 25: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
-	11, // 26: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
-	12, // 27: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
-	13, // 28: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
-	14, // 29: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
-	19, // 30: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
-	20, // 31: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
-	21, // 32: flotilla.inventory.v1.InstanceService.ProvisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	21, // 33: flotilla.inventory.v1.InstanceService.DeprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	21, // 34: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	16, // 35: flotilla.inventory.v1.InstanceService.ListInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
-	22, // 36: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
-	26, // 37: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
-	26, // 38: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
-	3,  // 39: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
-	26, // 40: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
-	33, // 41: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
-	28, // 42: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
-	28, // 43: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
-	9,  // 44: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
-	28, // 45: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
-	33, // 46: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
-	29, // 47: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
-	29, // 48: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
-	15, // 49: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
-	29, // 50: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
-	29, // 51: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
-	29, // 52: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
-	29, // 53: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	29, // 54: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	17, // 55: flotilla.inventory.v1.InstanceService.ListInstanceLogs:output_type -> flotilla.inventory.v1.ListInstanceLogsResponse
-	23, // 56: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
-	37, // [37:57] is the sub-list for method output_type
-	17, // [17:37] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	34, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	34, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
+	34, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	35, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
+	36, // 4: flotilla.inventory.v1.CreateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
+	36, // 5: flotilla.inventory.v1.ListCloudAccountsResponse.cloud_accounts:type_name -> flotilla.inventory.v1.CloudAccount
+	36, // 6: flotilla.inventory.v1.UpdateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
+	35, // 7: flotilla.inventory.v1.UpdateCloudAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
+	37, // 8: flotilla.inventory.v1.CloudAccountVerification.check_time:type_name -> google.protobuf.Timestamp
+	38, // 9: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	38, // 10: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
+	38, // 11: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	35, // 12: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
+	39, // 13: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	39, // 14: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
+	26, // 15: flotilla.inventory.v1.ListInstanceLogsResponse.lines:type_name -> flotilla.inventory.v1.InstanceLogLine
+	37, // 16: flotilla.inventory.v1.InstanceLogLine.time:type_name -> google.protobuf.Timestamp
+	39, // 17: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	35, // 18: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	37, // 19: flotilla.inventory.v1.InstanceJoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	40, // 20: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
+	41, // 21: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
+	0,  // 22: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
+	1,  // 23: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
+	2,  // 24: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
+	4,  // 25: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
+	5,  // 26: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
+	6,  // 27: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:input_type -> flotilla.inventory.v1.CreateCloudAccountRequest
+	7,  // 28: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:input_type -> flotilla.inventory.v1.GetCloudAccountRequest
+	8,  // 29: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:input_type -> flotilla.inventory.v1.ListCloudAccountsRequest
+	10, // 30: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:input_type -> flotilla.inventory.v1.UpdateCloudAccountRequest
+	11, // 31: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:input_type -> flotilla.inventory.v1.DeleteCloudAccountRequest
+	12, // 32: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:input_type -> flotilla.inventory.v1.VerifyCloudAccountRequest
+	14, // 33: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
+	15, // 34: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
+	16, // 35: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
+	18, // 36: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
+	19, // 37: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
+	20, // 38: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
+	21, // 39: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
+	22, // 40: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
+	27, // 41: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
+	28, // 42: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
+	29, // 43: flotilla.inventory.v1.InstanceService.ProvisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	29, // 44: flotilla.inventory.v1.InstanceService.DeprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	29, // 45: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	24, // 46: flotilla.inventory.v1.InstanceService.ListInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
+	30, // 47: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
+	34, // 48: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
+	34, // 49: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
+	3,  // 50: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
+	34, // 51: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
+	42, // 52: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
+	36, // 53: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	36, // 54: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	9,  // 55: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:output_type -> flotilla.inventory.v1.ListCloudAccountsResponse
+	36, // 56: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	42, // 57: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:output_type -> google.protobuf.Empty
+	13, // 58: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:output_type -> flotilla.inventory.v1.CloudAccountVerification
+	38, // 59: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
+	38, // 60: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
+	17, // 61: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
+	38, // 62: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
+	42, // 63: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
+	39, // 64: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
+	39, // 65: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
+	23, // 66: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
+	39, // 67: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
+	39, // 68: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
+	39, // 69: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
+	39, // 70: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	39, // 71: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	25, // 72: flotilla.inventory.v1.InstanceService.ListInstanceLogs:output_type -> flotilla.inventory.v1.ListInstanceLogsResponse
+	31, // 73: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
+	48, // [48:74] is the sub-list for method output_type
+	22, // [22:48] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_inventory_v1_inventory_proto_init() }
@@ -1769,9 +2266,9 @@ func file_flotilla_inventory_v1_inventory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_inventory_v1_inventory_proto_rawDesc), len(file_flotilla_inventory_v1_inventory_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   34,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   4,
 		},
 		GoTypes:           file_flotilla_inventory_v1_inventory_proto_goTypes,
 		DependencyIndexes: file_flotilla_inventory_v1_inventory_proto_depIdxs,

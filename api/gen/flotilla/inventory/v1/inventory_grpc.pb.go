@@ -288,6 +288,320 @@ var NetworkService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
+	CloudAccountService_CreateCloudAccount_FullMethodName = "/flotilla.inventory.v1.CloudAccountService/CreateCloudAccount"
+	CloudAccountService_GetCloudAccount_FullMethodName    = "/flotilla.inventory.v1.CloudAccountService/GetCloudAccount"
+	CloudAccountService_ListCloudAccounts_FullMethodName  = "/flotilla.inventory.v1.CloudAccountService/ListCloudAccounts"
+	CloudAccountService_UpdateCloudAccount_FullMethodName = "/flotilla.inventory.v1.CloudAccountService/UpdateCloudAccount"
+	CloudAccountService_DeleteCloudAccount_FullMethodName = "/flotilla.inventory.v1.CloudAccountService/DeleteCloudAccount"
+	CloudAccountService_VerifyCloudAccount_FullMethodName = "/flotilla.inventory.v1.CloudAccountService/VerifyCloudAccount"
+)
+
+// CloudAccountServiceClient is the client API for CloudAccountService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// CloudAccountService manages the cloud accounts networks launch into: a
+// provider, its region and endpoint, and how Flotilla signs in. A secret
+// key goes in and never comes back out: the secret broker keeps it.
+type CloudAccountServiceClient interface {
+	// CreateCloudAccount creates a cloud account.
+	CreateCloudAccount(ctx context.Context, in *CreateCloudAccountRequest, opts ...grpc.CallOption) (*CloudAccount, error)
+	// GetCloudAccount reads one cloud account.
+	GetCloudAccount(ctx context.Context, in *GetCloudAccountRequest, opts ...grpc.CallOption) (*CloudAccount, error)
+	// ListCloudAccounts lists cloud accounts, ordered by creation.
+	ListCloudAccounts(ctx context.Context, in *ListCloudAccountsRequest, opts ...grpc.CallOption) (*ListCloudAccountsResponse, error)
+	// UpdateCloudAccount changes the fields present in the body; cloud_account.version must match.
+	UpdateCloudAccount(ctx context.Context, in *UpdateCloudAccountRequest, opts ...grpc.CallOption) (*CloudAccount, error)
+	// DeleteCloudAccount deletes a cloud account no network uses, and its secret key.
+	DeleteCloudAccount(ctx context.Context, in *DeleteCloudAccountRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	// VerifyCloudAccount signs in with the account's credentials and asks
+	// the cloud who it is (AWS: STS GetCallerIdentity).
+	VerifyCloudAccount(ctx context.Context, in *VerifyCloudAccountRequest, opts ...grpc.CallOption) (*CloudAccountVerification, error)
+}
+
+type cloudAccountServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewCloudAccountServiceClient(cc grpc.ClientConnInterface) CloudAccountServiceClient {
+	return &cloudAccountServiceClient{cc}
+}
+
+func (c *cloudAccountServiceClient) CreateCloudAccount(ctx context.Context, in *CreateCloudAccountRequest, opts ...grpc.CallOption) (*CloudAccount, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CloudAccount)
+	err := c.cc.Invoke(ctx, CloudAccountService_CreateCloudAccount_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cloudAccountServiceClient) GetCloudAccount(ctx context.Context, in *GetCloudAccountRequest, opts ...grpc.CallOption) (*CloudAccount, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CloudAccount)
+	err := c.cc.Invoke(ctx, CloudAccountService_GetCloudAccount_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cloudAccountServiceClient) ListCloudAccounts(ctx context.Context, in *ListCloudAccountsRequest, opts ...grpc.CallOption) (*ListCloudAccountsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCloudAccountsResponse)
+	err := c.cc.Invoke(ctx, CloudAccountService_ListCloudAccounts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cloudAccountServiceClient) UpdateCloudAccount(ctx context.Context, in *UpdateCloudAccountRequest, opts ...grpc.CallOption) (*CloudAccount, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CloudAccount)
+	err := c.cc.Invoke(ctx, CloudAccountService_UpdateCloudAccount_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cloudAccountServiceClient) DeleteCloudAccount(ctx context.Context, in *DeleteCloudAccountRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(emptypb.Empty)
+	err := c.cc.Invoke(ctx, CloudAccountService_DeleteCloudAccount_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cloudAccountServiceClient) VerifyCloudAccount(ctx context.Context, in *VerifyCloudAccountRequest, opts ...grpc.CallOption) (*CloudAccountVerification, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CloudAccountVerification)
+	err := c.cc.Invoke(ctx, CloudAccountService_VerifyCloudAccount_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// CloudAccountServiceServer is the server API for CloudAccountService service.
+// All implementations must embed UnimplementedCloudAccountServiceServer
+// for forward compatibility.
+//
+// CloudAccountService manages the cloud accounts networks launch into: a
+// provider, its region and endpoint, and how Flotilla signs in. A secret
+// key goes in and never comes back out: the secret broker keeps it.
+type CloudAccountServiceServer interface {
+	// CreateCloudAccount creates a cloud account.
+	CreateCloudAccount(context.Context, *CreateCloudAccountRequest) (*CloudAccount, error)
+	// GetCloudAccount reads one cloud account.
+	GetCloudAccount(context.Context, *GetCloudAccountRequest) (*CloudAccount, error)
+	// ListCloudAccounts lists cloud accounts, ordered by creation.
+	ListCloudAccounts(context.Context, *ListCloudAccountsRequest) (*ListCloudAccountsResponse, error)
+	// UpdateCloudAccount changes the fields present in the body; cloud_account.version must match.
+	UpdateCloudAccount(context.Context, *UpdateCloudAccountRequest) (*CloudAccount, error)
+	// DeleteCloudAccount deletes a cloud account no network uses, and its secret key.
+	DeleteCloudAccount(context.Context, *DeleteCloudAccountRequest) (*emptypb.Empty, error)
+	// VerifyCloudAccount signs in with the account's credentials and asks
+	// the cloud who it is (AWS: STS GetCallerIdentity).
+	VerifyCloudAccount(context.Context, *VerifyCloudAccountRequest) (*CloudAccountVerification, error)
+	mustEmbedUnimplementedCloudAccountServiceServer()
+}
+
+// UnimplementedCloudAccountServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedCloudAccountServiceServer struct{}
+
+func (UnimplementedCloudAccountServiceServer) CreateCloudAccount(context.Context, *CreateCloudAccountRequest) (*CloudAccount, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateCloudAccount not implemented")
+}
+func (UnimplementedCloudAccountServiceServer) GetCloudAccount(context.Context, *GetCloudAccountRequest) (*CloudAccount, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCloudAccount not implemented")
+}
+func (UnimplementedCloudAccountServiceServer) ListCloudAccounts(context.Context, *ListCloudAccountsRequest) (*ListCloudAccountsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCloudAccounts not implemented")
+}
+func (UnimplementedCloudAccountServiceServer) UpdateCloudAccount(context.Context, *UpdateCloudAccountRequest) (*CloudAccount, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateCloudAccount not implemented")
+}
+func (UnimplementedCloudAccountServiceServer) DeleteCloudAccount(context.Context, *DeleteCloudAccountRequest) (*emptypb.Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteCloudAccount not implemented")
+}
+func (UnimplementedCloudAccountServiceServer) VerifyCloudAccount(context.Context, *VerifyCloudAccountRequest) (*CloudAccountVerification, error) {
+	return nil, status.Error(codes.Unimplemented, "method VerifyCloudAccount not implemented")
+}
+func (UnimplementedCloudAccountServiceServer) mustEmbedUnimplementedCloudAccountServiceServer() {}
+func (UnimplementedCloudAccountServiceServer) testEmbeddedByValue()                             {}
+
+// UnsafeCloudAccountServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to CloudAccountServiceServer will
+// result in compilation errors.
+type UnsafeCloudAccountServiceServer interface {
+	mustEmbedUnimplementedCloudAccountServiceServer()
+}
+
+func RegisterCloudAccountServiceServer(s grpc.ServiceRegistrar, srv CloudAccountServiceServer) {
+	// If the following call panics, it indicates UnimplementedCloudAccountServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&CloudAccountService_ServiceDesc, srv)
+}
+
+func _CloudAccountService_CreateCloudAccount_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateCloudAccountRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CloudAccountServiceServer).CreateCloudAccount(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CloudAccountService_CreateCloudAccount_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CloudAccountServiceServer).CreateCloudAccount(ctx, req.(*CreateCloudAccountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CloudAccountService_GetCloudAccount_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCloudAccountRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CloudAccountServiceServer).GetCloudAccount(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CloudAccountService_GetCloudAccount_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CloudAccountServiceServer).GetCloudAccount(ctx, req.(*GetCloudAccountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CloudAccountService_ListCloudAccounts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCloudAccountsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CloudAccountServiceServer).ListCloudAccounts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CloudAccountService_ListCloudAccounts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CloudAccountServiceServer).ListCloudAccounts(ctx, req.(*ListCloudAccountsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CloudAccountService_UpdateCloudAccount_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateCloudAccountRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CloudAccountServiceServer).UpdateCloudAccount(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CloudAccountService_UpdateCloudAccount_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CloudAccountServiceServer).UpdateCloudAccount(ctx, req.(*UpdateCloudAccountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CloudAccountService_DeleteCloudAccount_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteCloudAccountRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CloudAccountServiceServer).DeleteCloudAccount(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CloudAccountService_DeleteCloudAccount_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CloudAccountServiceServer).DeleteCloudAccount(ctx, req.(*DeleteCloudAccountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CloudAccountService_VerifyCloudAccount_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VerifyCloudAccountRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CloudAccountServiceServer).VerifyCloudAccount(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CloudAccountService_VerifyCloudAccount_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CloudAccountServiceServer).VerifyCloudAccount(ctx, req.(*VerifyCloudAccountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// CloudAccountService_ServiceDesc is the grpc.ServiceDesc for CloudAccountService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var CloudAccountService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "flotilla.inventory.v1.CloudAccountService",
+	HandlerType: (*CloudAccountServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "CreateCloudAccount",
+			Handler:    _CloudAccountService_CreateCloudAccount_Handler,
+		},
+		{
+			MethodName: "GetCloudAccount",
+			Handler:    _CloudAccountService_GetCloudAccount_Handler,
+		},
+		{
+			MethodName: "ListCloudAccounts",
+			Handler:    _CloudAccountService_ListCloudAccounts_Handler,
+		},
+		{
+			MethodName: "UpdateCloudAccount",
+			Handler:    _CloudAccountService_UpdateCloudAccount_Handler,
+		},
+		{
+			MethodName: "DeleteCloudAccount",
+			Handler:    _CloudAccountService_DeleteCloudAccount_Handler,
+		},
+		{
+			MethodName: "VerifyCloudAccount",
+			Handler:    _CloudAccountService_VerifyCloudAccount_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "flotilla/inventory/v1/inventory.proto",
+}
+
+const (
 	TemplateService_CreateTemplate_FullMethodName = "/flotilla.inventory.v1.TemplateService/CreateTemplate"
 	TemplateService_GetTemplate_FullMethodName    = "/flotilla.inventory.v1.TemplateService/GetTemplate"
 	TemplateService_ListTemplates_FullMethodName  = "/flotilla.inventory.v1.TemplateService/ListTemplates"

@@ -45,11 +45,13 @@ type Network struct {
 	// Whether instances get a public IP address.
 	AssignPublicIp bool `protobuf:"varint,8,opt,name=assign_public_ip,json=assignPublicIp,proto3" json:"assign_public_ip,omitempty"`
 	// Version for optimistic concurrency: send the version you read with an update.
-	Version       int64                  `protobuf:"varint,9,opt,name=version,proto3" json:"version,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Version    int64                  `protobuf:"varint,9,opt,name=version,proto3" json:"version,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// The cloud account instances are launched with (provider "aws": required).
+	CloudAccountId string `protobuf:"bytes,12,opt,name=cloud_account_id,json=cloudAccountId,proto3" json:"cloud_account_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Network) Reset() {
@@ -159,6 +161,257 @@ func (x *Network) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Network) GetCloudAccountId() string {
+	if x != nil {
+		return x.CloudAccountId
+	}
+	return ""
+}
+
+// CloudAccount is how Flotilla reaches one cloud account.
+type CloudAccount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Server-assigned identifier.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Unique name among cloud accounts: 1-63 characters, lowercase letters, digits and '-'.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Cloud provider: "aws".
+	Provider string `protobuf:"bytes,3,opt,name=provider,proto3" json:"provider,omitempty"`
+	// AWS settings, with the "aws" provider.
+	Aws *AwsAccountSettings `protobuf:"bytes,4,opt,name=aws,proto3" json:"aws,omitempty"`
+	// Version for optimistic concurrency: send the version you read with an update.
+	Version       int64                  `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloudAccount) Reset() {
+	*x = CloudAccount{}
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloudAccount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloudAccount) ProtoMessage() {}
+
+func (x *CloudAccount) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloudAccount.ProtoReflect.Descriptor instead.
+func (*CloudAccount) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CloudAccount) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CloudAccount) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CloudAccount) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *CloudAccount) GetAws() *AwsAccountSettings {
+	if x != nil {
+		return x.Aws
+	}
+	return nil
+}
+
+func (x *CloudAccount) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *CloudAccount) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *CloudAccount) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+// AwsAccountSettings: where and as whom Flotilla calls AWS.
+type AwsAccountSettings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Region, e.g. "eu-west-1".
+	Region string `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	// Endpoint URL replacing AWS's own (a private endpoint; tests); empty: AWS's.
+	EndpointUrl string `protobuf:"bytes,2,opt,name=endpoint_url,json=endpointUrl,proto3" json:"endpoint_url,omitempty"`
+	// How Flotilla signs in. Empty: the default credential chain of the
+	// manager's host (environment, shared files, instance profile).
+	Credentials   *AwsCredentials `protobuf:"bytes,3,opt,name=credentials,proto3" json:"credentials,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AwsAccountSettings) Reset() {
+	*x = AwsAccountSettings{}
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AwsAccountSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AwsAccountSettings) ProtoMessage() {}
+
+func (x *AwsAccountSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AwsAccountSettings.ProtoReflect.Descriptor instead.
+func (*AwsAccountSettings) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AwsAccountSettings) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *AwsAccountSettings) GetEndpointUrl() string {
+	if x != nil {
+		return x.EndpointUrl
+	}
+	return ""
+}
+
+func (x *AwsAccountSettings) GetCredentials() *AwsCredentials {
+	if x != nil {
+		return x.Credentials
+	}
+	return nil
+}
+
+// AwsCredentials: static keys, a role to assume, or both (the role
+// assumed with the keys).
+type AwsCredentials struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	AccessKeyId string                 `protobuf:"bytes,1,opt,name=access_key_id,json=accessKeyId,proto3" json:"access_key_id,omitempty"`
+	// Write-only: kept by the secret broker, never returned.
+	SecretAccessKey string `protobuf:"bytes,2,opt,name=secret_access_key,json=secretAccessKey,proto3" json:"secret_access_key,omitempty"`
+	// A role to assume through STS, and its external id.
+	RoleArn    string `protobuf:"bytes,3,opt,name=role_arn,json=roleArn,proto3" json:"role_arn,omitempty"`
+	ExternalId string `protobuf:"bytes,4,opt,name=external_id,json=externalId,proto3" json:"external_id,omitempty"`
+	// Whether a secret access key is stored (the key itself never is returned).
+	SecretAccessKeySet bool `protobuf:"varint,5,opt,name=secret_access_key_set,json=secretAccessKeySet,proto3" json:"secret_access_key_set,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *AwsCredentials) Reset() {
+	*x = AwsCredentials{}
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AwsCredentials) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AwsCredentials) ProtoMessage() {}
+
+func (x *AwsCredentials) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AwsCredentials.ProtoReflect.Descriptor instead.
+func (*AwsCredentials) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AwsCredentials) GetAccessKeyId() string {
+	if x != nil {
+		return x.AccessKeyId
+	}
+	return ""
+}
+
+func (x *AwsCredentials) GetSecretAccessKey() string {
+	if x != nil {
+		return x.SecretAccessKey
+	}
+	return ""
+}
+
+func (x *AwsCredentials) GetRoleArn() string {
+	if x != nil {
+		return x.RoleArn
+	}
+	return ""
+}
+
+func (x *AwsCredentials) GetExternalId() string {
+	if x != nil {
+		return x.ExternalId
+	}
+	return ""
+}
+
+func (x *AwsCredentials) GetSecretAccessKeySet() bool {
+	if x != nil {
+		return x.SecretAccessKeySet
+	}
+	return false
+}
+
 // AcmeSettings configure certificates from an ACME CA.
 type AcmeSettings struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -172,7 +425,7 @@ type AcmeSettings struct {
 
 func (x *AcmeSettings) Reset() {
 	*x = AcmeSettings{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[1]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -184,7 +437,7 @@ func (x *AcmeSettings) String() string {
 func (*AcmeSettings) ProtoMessage() {}
 
 func (x *AcmeSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[1]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -197,7 +450,7 @@ func (x *AcmeSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcmeSettings.ProtoReflect.Descriptor instead.
 func (*AcmeSettings) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{1}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AcmeSettings) GetContactEmail() string {
@@ -227,7 +480,7 @@ type AwsNetworkSettings struct {
 
 func (x *AwsNetworkSettings) Reset() {
 	*x = AwsNetworkSettings{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[2]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -239,7 +492,7 @@ func (x *AwsNetworkSettings) String() string {
 func (*AwsNetworkSettings) ProtoMessage() {}
 
 func (x *AwsNetworkSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[2]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -252,7 +505,7 @@ func (x *AwsNetworkSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AwsNetworkSettings.ProtoReflect.Descriptor instead.
 func (*AwsNetworkSettings) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{2}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AwsNetworkSettings) GetVpcId() string {
@@ -296,7 +549,7 @@ type DnsSettings struct {
 
 func (x *DnsSettings) Reset() {
 	*x = DnsSettings{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[3]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -308,7 +561,7 @@ func (x *DnsSettings) String() string {
 func (*DnsSettings) ProtoMessage() {}
 
 func (x *DnsSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[3]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -321,7 +574,7 @@ func (x *DnsSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DnsSettings.ProtoReflect.Descriptor instead.
 func (*DnsSettings) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{3}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DnsSettings) GetPrivateZoneId() string {
@@ -376,7 +629,7 @@ type Template struct {
 
 func (x *Template) Reset() {
 	*x = Template{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[4]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -388,7 +641,7 @@ func (x *Template) String() string {
 func (*Template) ProtoMessage() {}
 
 func (x *Template) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[4]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -401,7 +654,7 @@ func (x *Template) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Template.ProtoReflect.Descriptor instead.
 func (*Template) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{4}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Template) GetId() string {
@@ -517,7 +770,7 @@ type SetupAction struct {
 
 func (x *SetupAction) Reset() {
 	*x = SetupAction{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[5]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -529,7 +782,7 @@ func (x *SetupAction) String() string {
 func (*SetupAction) ProtoMessage() {}
 
 func (x *SetupAction) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[5]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -542,7 +795,7 @@ func (x *SetupAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetupAction.ProtoReflect.Descriptor instead.
 func (*SetupAction) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{5}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SetupAction) GetType() string {
@@ -638,7 +891,7 @@ type Instance struct {
 
 func (x *Instance) Reset() {
 	*x = Instance{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[6]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +903,7 @@ func (x *Instance) String() string {
 func (*Instance) ProtoMessage() {}
 
 func (x *Instance) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[6]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +916,7 @@ func (x *Instance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Instance.ProtoReflect.Descriptor instead.
 func (*Instance) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Instance) GetId() string {
@@ -815,7 +1068,7 @@ type LogRetention struct {
 
 func (x *LogRetention) Reset() {
 	*x = LogRetention{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[7]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +1080,7 @@ func (x *LogRetention) String() string {
 func (*LogRetention) ProtoMessage() {}
 
 func (x *LogRetention) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[7]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +1093,7 @@ func (x *LogRetention) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRetention.ProtoReflect.Descriptor instead.
 func (*LogRetention) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LogRetention) GetMaxLines() int32 {
@@ -874,7 +1127,7 @@ type SslSettings struct {
 
 func (x *SslSettings) Reset() {
 	*x = SslSettings{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[8]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -886,7 +1139,7 @@ func (x *SslSettings) String() string {
 func (*SslSettings) ProtoMessage() {}
 
 func (x *SslSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[8]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -899,7 +1152,7 @@ func (x *SslSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SslSettings.ProtoReflect.Descriptor instead.
 func (*SslSettings) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SslSettings) GetSans() []string {
@@ -945,7 +1198,7 @@ type Addresses struct {
 
 func (x *Addresses) Reset() {
 	*x = Addresses{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[9]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1210,7 @@ func (x *Addresses) String() string {
 func (*Addresses) ProtoMessage() {}
 
 func (x *Addresses) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[9]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1223,7 @@ func (x *Addresses) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Addresses.ProtoReflect.Descriptor instead.
 func (*Addresses) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Addresses) GetPrivateIp() string {
@@ -1021,7 +1274,7 @@ type AgentStatus struct {
 
 func (x *AgentStatus) Reset() {
 	*x = AgentStatus{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[10]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1286,7 @@ func (x *AgentStatus) String() string {
 func (*AgentStatus) ProtoMessage() {}
 
 func (x *AgentStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[10]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1299,7 @@ func (x *AgentStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentStatus.ProtoReflect.Descriptor instead.
 func (*AgentStatus) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AgentStatus) GetStatus() string {
@@ -1083,7 +1336,7 @@ type DataDisk struct {
 
 func (x *DataDisk) Reset() {
 	*x = DataDisk{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[11]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1348,7 @@ func (x *DataDisk) String() string {
 func (*DataDisk) ProtoMessage() {}
 
 func (x *DataDisk) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[11]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1361,7 @@ func (x *DataDisk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataDisk.ProtoReflect.Descriptor instead.
 func (*DataDisk) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DataDisk) GetId() string {
@@ -1143,7 +1396,7 @@ var File_flotilla_inventory_v1_resources_proto protoreflect.FileDescriptor
 
 const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\n" +
-	"%flotilla/inventory/v1/resources.proto\x12\x15flotilla.inventory.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x03\n" +
+	"%flotilla/inventory/v1/resources.proto\x12\x15flotilla.inventory.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x04\n" +
 	"\aNetwork\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x17\n" +
 	"\x04name\x18\x02 \x01(\tB\x03\xe0A\x02R\x04name\x12\x1f\n" +
@@ -1158,7 +1411,29 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"createTime\x12@\n" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
-	"updateTime\"X\n" +
+	"updateTime\x12(\n" +
+	"\x10cloud_account_id\x18\f \x01(\tR\x0ecloudAccountId\"\xb8\x02\n" +
+	"\fCloudAccount\x12\x13\n" +
+	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x17\n" +
+	"\x04name\x18\x02 \x01(\tB\x03\xe0A\x02R\x04name\x12\x1f\n" +
+	"\bprovider\x18\x03 \x01(\tB\x03\xe0A\x02R\bprovider\x12;\n" +
+	"\x03aws\x18\x04 \x01(\v2).flotilla.inventory.v1.AwsAccountSettingsR\x03aws\x12\x18\n" +
+	"\aversion\x18\x05 \x01(\x03R\aversion\x12@\n" +
+	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
+	"createTime\x12@\n" +
+	"\vupdate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
+	"updateTime\"\x98\x01\n" +
+	"\x12AwsAccountSettings\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\x12!\n" +
+	"\fendpoint_url\x18\x02 \x01(\tR\vendpointUrl\x12G\n" +
+	"\vcredentials\x18\x03 \x01(\v2%.flotilla.inventory.v1.AwsCredentialsR\vcredentials\"\xd9\x01\n" +
+	"\x0eAwsCredentials\x12\"\n" +
+	"\raccess_key_id\x18\x01 \x01(\tR\vaccessKeyId\x12/\n" +
+	"\x11secret_access_key\x18\x02 \x01(\tB\x03\xe0A\x04R\x0fsecretAccessKey\x12\x19\n" +
+	"\brole_arn\x18\x03 \x01(\tR\aroleArn\x12\x1f\n" +
+	"\vexternal_id\x18\x04 \x01(\tR\n" +
+	"externalId\x126\n" +
+	"\x15secret_access_key_set\x18\x05 \x01(\bB\x03\xe0A\x03R\x12secretAccessKeySet\"X\n" +
 	"\fAcmeSettings\x12#\n" +
 	"\rcontact_email\x18\x01 \x01(\tR\fcontactEmail\x12#\n" +
 	"\rdirectory_url\x18\x02 \x01(\tR\fdirectoryUrl\"\x8e\x01\n" +
@@ -1268,48 +1543,55 @@ func file_flotilla_inventory_v1_resources_proto_rawDescGZIP() []byte {
 	return file_flotilla_inventory_v1_resources_proto_rawDescData
 }
 
-var file_flotilla_inventory_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_flotilla_inventory_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_flotilla_inventory_v1_resources_proto_goTypes = []any{
 	(*Network)(nil),               // 0: flotilla.inventory.v1.Network
-	(*AcmeSettings)(nil),          // 1: flotilla.inventory.v1.AcmeSettings
-	(*AwsNetworkSettings)(nil),    // 2: flotilla.inventory.v1.AwsNetworkSettings
-	(*DnsSettings)(nil),           // 3: flotilla.inventory.v1.DnsSettings
-	(*Template)(nil),              // 4: flotilla.inventory.v1.Template
-	(*SetupAction)(nil),           // 5: flotilla.inventory.v1.SetupAction
-	(*Instance)(nil),              // 6: flotilla.inventory.v1.Instance
-	(*LogRetention)(nil),          // 7: flotilla.inventory.v1.LogRetention
-	(*SslSettings)(nil),           // 8: flotilla.inventory.v1.SslSettings
-	(*Addresses)(nil),             // 9: flotilla.inventory.v1.Addresses
-	(*AgentStatus)(nil),           // 10: flotilla.inventory.v1.AgentStatus
-	(*DataDisk)(nil),              // 11: flotilla.inventory.v1.DataDisk
-	nil,                           // 12: flotilla.inventory.v1.Template.TagsEntry
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
+	(*CloudAccount)(nil),          // 1: flotilla.inventory.v1.CloudAccount
+	(*AwsAccountSettings)(nil),    // 2: flotilla.inventory.v1.AwsAccountSettings
+	(*AwsCredentials)(nil),        // 3: flotilla.inventory.v1.AwsCredentials
+	(*AcmeSettings)(nil),          // 4: flotilla.inventory.v1.AcmeSettings
+	(*AwsNetworkSettings)(nil),    // 5: flotilla.inventory.v1.AwsNetworkSettings
+	(*DnsSettings)(nil),           // 6: flotilla.inventory.v1.DnsSettings
+	(*Template)(nil),              // 7: flotilla.inventory.v1.Template
+	(*SetupAction)(nil),           // 8: flotilla.inventory.v1.SetupAction
+	(*Instance)(nil),              // 9: flotilla.inventory.v1.Instance
+	(*LogRetention)(nil),          // 10: flotilla.inventory.v1.LogRetention
+	(*SslSettings)(nil),           // 11: flotilla.inventory.v1.SslSettings
+	(*Addresses)(nil),             // 12: flotilla.inventory.v1.Addresses
+	(*AgentStatus)(nil),           // 13: flotilla.inventory.v1.AgentStatus
+	(*DataDisk)(nil),              // 14: flotilla.inventory.v1.DataDisk
+	nil,                           // 15: flotilla.inventory.v1.Template.TagsEntry
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
 }
 var file_flotilla_inventory_v1_resources_proto_depIdxs = []int32{
-	1,  // 0: flotilla.inventory.v1.Network.acme:type_name -> flotilla.inventory.v1.AcmeSettings
-	2,  // 1: flotilla.inventory.v1.Network.aws:type_name -> flotilla.inventory.v1.AwsNetworkSettings
-	3,  // 2: flotilla.inventory.v1.Network.dns:type_name -> flotilla.inventory.v1.DnsSettings
-	13, // 3: flotilla.inventory.v1.Network.create_time:type_name -> google.protobuf.Timestamp
-	13, // 4: flotilla.inventory.v1.Network.update_time:type_name -> google.protobuf.Timestamp
-	5,  // 5: flotilla.inventory.v1.Template.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
-	12, // 6: flotilla.inventory.v1.Template.tags:type_name -> flotilla.inventory.v1.Template.TagsEntry
-	13, // 7: flotilla.inventory.v1.Template.create_time:type_name -> google.protobuf.Timestamp
-	13, // 8: flotilla.inventory.v1.Template.update_time:type_name -> google.protobuf.Timestamp
-	8,  // 9: flotilla.inventory.v1.Instance.ssl:type_name -> flotilla.inventory.v1.SslSettings
-	9,  // 10: flotilla.inventory.v1.Instance.addresses:type_name -> flotilla.inventory.v1.Addresses
-	10, // 11: flotilla.inventory.v1.Instance.agent:type_name -> flotilla.inventory.v1.AgentStatus
-	11, // 12: flotilla.inventory.v1.Instance.data_disk:type_name -> flotilla.inventory.v1.DataDisk
-	13, // 13: flotilla.inventory.v1.Instance.create_time:type_name -> google.protobuf.Timestamp
-	13, // 14: flotilla.inventory.v1.Instance.update_time:type_name -> google.protobuf.Timestamp
-	7,  // 15: flotilla.inventory.v1.Instance.log_retention:type_name -> flotilla.inventory.v1.LogRetention
-	14, // 16: flotilla.inventory.v1.LogRetention.max_age:type_name -> google.protobuf.Duration
-	13, // 17: flotilla.inventory.v1.AgentStatus.last_heartbeat:type_name -> google.protobuf.Timestamp
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	4,  // 0: flotilla.inventory.v1.Network.acme:type_name -> flotilla.inventory.v1.AcmeSettings
+	5,  // 1: flotilla.inventory.v1.Network.aws:type_name -> flotilla.inventory.v1.AwsNetworkSettings
+	6,  // 2: flotilla.inventory.v1.Network.dns:type_name -> flotilla.inventory.v1.DnsSettings
+	16, // 3: flotilla.inventory.v1.Network.create_time:type_name -> google.protobuf.Timestamp
+	16, // 4: flotilla.inventory.v1.Network.update_time:type_name -> google.protobuf.Timestamp
+	2,  // 5: flotilla.inventory.v1.CloudAccount.aws:type_name -> flotilla.inventory.v1.AwsAccountSettings
+	16, // 6: flotilla.inventory.v1.CloudAccount.create_time:type_name -> google.protobuf.Timestamp
+	16, // 7: flotilla.inventory.v1.CloudAccount.update_time:type_name -> google.protobuf.Timestamp
+	3,  // 8: flotilla.inventory.v1.AwsAccountSettings.credentials:type_name -> flotilla.inventory.v1.AwsCredentials
+	8,  // 9: flotilla.inventory.v1.Template.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
+	15, // 10: flotilla.inventory.v1.Template.tags:type_name -> flotilla.inventory.v1.Template.TagsEntry
+	16, // 11: flotilla.inventory.v1.Template.create_time:type_name -> google.protobuf.Timestamp
+	16, // 12: flotilla.inventory.v1.Template.update_time:type_name -> google.protobuf.Timestamp
+	11, // 13: flotilla.inventory.v1.Instance.ssl:type_name -> flotilla.inventory.v1.SslSettings
+	12, // 14: flotilla.inventory.v1.Instance.addresses:type_name -> flotilla.inventory.v1.Addresses
+	13, // 15: flotilla.inventory.v1.Instance.agent:type_name -> flotilla.inventory.v1.AgentStatus
+	14, // 16: flotilla.inventory.v1.Instance.data_disk:type_name -> flotilla.inventory.v1.DataDisk
+	16, // 17: flotilla.inventory.v1.Instance.create_time:type_name -> google.protobuf.Timestamp
+	16, // 18: flotilla.inventory.v1.Instance.update_time:type_name -> google.protobuf.Timestamp
+	10, // 19: flotilla.inventory.v1.Instance.log_retention:type_name -> flotilla.inventory.v1.LogRetention
+	17, // 20: flotilla.inventory.v1.LogRetention.max_age:type_name -> google.protobuf.Duration
+	16, // 21: flotilla.inventory.v1.AgentStatus.last_heartbeat:type_name -> google.protobuf.Timestamp
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_inventory_v1_resources_proto_init() }
@@ -1323,7 +1605,7 @@ func file_flotilla_inventory_v1_resources_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_inventory_v1_resources_proto_rawDesc), len(file_flotilla_inventory_v1_resources_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -506,6 +506,248 @@ func (x *SecretAccess) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// PutCloudKeyRequest stores (or replaces) a cloud account's secret key
+// (bus only: the inventory, as it writes the account).
+type PutCloudKeyRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	CloudAccountId string                 `protobuf:"bytes,1,opt,name=cloud_account_id,json=cloudAccountId,proto3" json:"cloud_account_id,omitempty"`
+	Value          string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PutCloudKeyRequest) Reset() {
+	*x = PutCloudKeyRequest{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutCloudKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutCloudKeyRequest) ProtoMessage() {}
+
+func (x *PutCloudKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutCloudKeyRequest.ProtoReflect.Descriptor instead.
+func (*PutCloudKeyRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *PutCloudKeyRequest) GetCloudAccountId() string {
+	if x != nil {
+		return x.CloudAccountId
+	}
+	return ""
+}
+
+func (x *PutCloudKeyRequest) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+type PutCloudKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       int64                  `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutCloudKeyResponse) Reset() {
+	*x = PutCloudKeyResponse{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutCloudKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutCloudKeyResponse) ProtoMessage() {}
+
+func (x *PutCloudKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutCloudKeyResponse.ProtoReflect.Descriptor instead.
+func (*PutCloudKeyResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *PutCloudKeyResponse) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+// DeleteCloudKeyRequest forgets a cloud account's secret key (bus only: the
+// inventory); a missing key is not an error.
+type DeleteCloudKeyRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	CloudAccountId string                 `protobuf:"bytes,1,opt,name=cloud_account_id,json=cloudAccountId,proto3" json:"cloud_account_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DeleteCloudKeyRequest) Reset() {
+	*x = DeleteCloudKeyRequest{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteCloudKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteCloudKeyRequest) ProtoMessage() {}
+
+func (x *DeleteCloudKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteCloudKeyRequest.ProtoReflect.Descriptor instead.
+func (*DeleteCloudKeyRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *DeleteCloudKeyRequest) GetCloudAccountId() string {
+	if x != nil {
+		return x.CloudAccountId
+	}
+	return ""
+}
+
+// ReadCloudKeyRequest reads a cloud account's secret key (bus only: the
+// provisioner, to call the cloud).
+type ReadCloudKeyRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	CloudAccountId string                 `protobuf:"bytes,1,opt,name=cloud_account_id,json=cloudAccountId,proto3" json:"cloud_account_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ReadCloudKeyRequest) Reset() {
+	*x = ReadCloudKeyRequest{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadCloudKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadCloudKeyRequest) ProtoMessage() {}
+
+func (x *ReadCloudKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadCloudKeyRequest.ProtoReflect.Descriptor instead.
+func (*ReadCloudKeyRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ReadCloudKeyRequest) GetCloudAccountId() string {
+	if x != nil {
+		return x.CloudAccountId
+	}
+	return ""
+}
+
+type ReadCloudKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Value         string                 `protobuf:"bytes,1,opt,name=value,proto3" json:"value,omitempty"`
+	Version       int64                  `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadCloudKeyResponse) Reset() {
+	*x = ReadCloudKeyResponse{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadCloudKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadCloudKeyResponse) ProtoMessage() {}
+
+func (x *ReadCloudKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadCloudKeyResponse.ProtoReflect.Descriptor instead.
+func (*ReadCloudKeyResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ReadCloudKeyResponse) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *ReadCloudKeyResponse) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
 var File_flotilla_secrets_v1_secrets_proto protoreflect.FileDescriptor
 
 const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
@@ -549,7 +791,19 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x18\n" +
 	"\aallowed\x18\x04 \x01(\bR\aallowed\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12.\n" +
-	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x04time2\xba\x03\n" +
+	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"T\n" +
+	"\x12PutCloudKeyRequest\x12(\n" +
+	"\x10cloud_account_id\x18\x01 \x01(\tR\x0ecloudAccountId\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"/\n" +
+	"\x13PutCloudKeyResponse\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x03R\aversion\"A\n" +
+	"\x15DeleteCloudKeyRequest\x12(\n" +
+	"\x10cloud_account_id\x18\x01 \x01(\tR\x0ecloudAccountId\"?\n" +
+	"\x13ReadCloudKeyRequest\x12(\n" +
+	"\x10cloud_account_id\x18\x01 \x01(\tR\x0ecloudAccountId\"F\n" +
+	"\x14ReadCloudKeyResponse\x12\x14\n" +
+	"\x05value\x18\x01 \x01(\tR\x05value\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion2\xba\x03\n" +
 	"\rSecretService\x12\x89\x01\n" +
 	"\fCreateSecret\x12(.flotilla.secrets.v1.CreateSecretRequest\x1a\x1b.flotilla.secrets.v1.Secret\"2\x82\xd3\xe4\x93\x02,:\x01*\"'/api/v1/instances/{instance_id}/secrets\x12\x91\x01\n" +
 	"\vListSecrets\x12'.flotilla.secrets.v1.ListSecretsRequest\x1a(.flotilla.secrets.v1.ListSecretsResponse\"/\x82\xd3\xe4\x93\x02)\x12'/api/v1/instances/{instance_id}/secrets\x12\x88\x01\n" +
@@ -567,7 +821,7 @@ func file_flotilla_secrets_v1_secrets_proto_rawDescGZIP() []byte {
 	return file_flotilla_secrets_v1_secrets_proto_rawDescData
 }
 
-var file_flotilla_secrets_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_flotilla_secrets_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_flotilla_secrets_v1_secrets_proto_goTypes = []any{
 	(*Secret)(nil),                // 0: flotilla.secrets.v1.Secret
 	(*CreateSecretRequest)(nil),   // 1: flotilla.secrets.v1.CreateSecretRequest
@@ -577,25 +831,30 @@ var file_flotilla_secrets_v1_secrets_proto_goTypes = []any{
 	(*ReadSecretRequest)(nil),     // 5: flotilla.secrets.v1.ReadSecretRequest
 	(*ReadSecretResponse)(nil),    // 6: flotilla.secrets.v1.ReadSecretResponse
 	(*SecretAccess)(nil),          // 7: flotilla.secrets.v1.SecretAccess
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),         // 9: google.protobuf.Empty
+	(*PutCloudKeyRequest)(nil),    // 8: flotilla.secrets.v1.PutCloudKeyRequest
+	(*PutCloudKeyResponse)(nil),   // 9: flotilla.secrets.v1.PutCloudKeyResponse
+	(*DeleteCloudKeyRequest)(nil), // 10: flotilla.secrets.v1.DeleteCloudKeyRequest
+	(*ReadCloudKeyRequest)(nil),   // 11: flotilla.secrets.v1.ReadCloudKeyRequest
+	(*ReadCloudKeyResponse)(nil),  // 12: flotilla.secrets.v1.ReadCloudKeyResponse
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),         // 14: google.protobuf.Empty
 }
 var file_flotilla_secrets_v1_secrets_proto_depIdxs = []int32{
-	8, // 0: flotilla.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
-	8, // 1: flotilla.secrets.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
-	0, // 2: flotilla.secrets.v1.ListSecretsResponse.secrets:type_name -> flotilla.secrets.v1.Secret
-	8, // 3: flotilla.secrets.v1.SecretAccess.time:type_name -> google.protobuf.Timestamp
-	1, // 4: flotilla.secrets.v1.SecretService.CreateSecret:input_type -> flotilla.secrets.v1.CreateSecretRequest
-	2, // 5: flotilla.secrets.v1.SecretService.ListSecrets:input_type -> flotilla.secrets.v1.ListSecretsRequest
-	4, // 6: flotilla.secrets.v1.SecretService.DeleteSecret:input_type -> flotilla.secrets.v1.DeleteSecretRequest
-	0, // 7: flotilla.secrets.v1.SecretService.CreateSecret:output_type -> flotilla.secrets.v1.Secret
-	3, // 8: flotilla.secrets.v1.SecretService.ListSecrets:output_type -> flotilla.secrets.v1.ListSecretsResponse
-	9, // 9: flotilla.secrets.v1.SecretService.DeleteSecret:output_type -> google.protobuf.Empty
-	7, // [7:10] is the sub-list for method output_type
-	4, // [4:7] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	13, // 0: flotilla.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
+	13, // 1: flotilla.secrets.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
+	0,  // 2: flotilla.secrets.v1.ListSecretsResponse.secrets:type_name -> flotilla.secrets.v1.Secret
+	13, // 3: flotilla.secrets.v1.SecretAccess.time:type_name -> google.protobuf.Timestamp
+	1,  // 4: flotilla.secrets.v1.SecretService.CreateSecret:input_type -> flotilla.secrets.v1.CreateSecretRequest
+	2,  // 5: flotilla.secrets.v1.SecretService.ListSecrets:input_type -> flotilla.secrets.v1.ListSecretsRequest
+	4,  // 6: flotilla.secrets.v1.SecretService.DeleteSecret:input_type -> flotilla.secrets.v1.DeleteSecretRequest
+	0,  // 7: flotilla.secrets.v1.SecretService.CreateSecret:output_type -> flotilla.secrets.v1.Secret
+	3,  // 8: flotilla.secrets.v1.SecretService.ListSecrets:output_type -> flotilla.secrets.v1.ListSecretsResponse
+	14, // 9: flotilla.secrets.v1.SecretService.DeleteSecret:output_type -> google.protobuf.Empty
+	7,  // [7:10] is the sub-list for method output_type
+	4,  // [4:7] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_secrets_v1_secrets_proto_init() }
@@ -609,7 +868,7 @@ func file_flotilla_secrets_v1_secrets_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_secrets_v1_secrets_proto_rawDesc), len(file_flotilla_secrets_v1_secrets_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
