@@ -2,11 +2,11 @@
 // its key management system: the envelope-encryption half that Flotilla's
 // secret broker does not do itself.
 //
-// A caller encrypts each value under a fresh random data key of its own, asks
-// the KMS to wrap (encrypt) that data key, and stores only the wrapped form
-// next to the ciphertext together with the KeyID that wrapped it. To read the
-// value back it asks the KMS to unwrap the data key, naming the key id it
-// stored. An implementation reports a data key wrapped by another master key
+// A caller encrypts each value under a fresh random data key (from
+// GenerateDataKey, or one of its own wrapped with Encrypt), and stores only
+// the wrapped form of the key next to the ciphertext, together with the KeyID
+// that wrapped it. To read the value back it asks the KMS to unwrap the data
+// key, naming the key id it stored. An implementation reports a data key wrapped by another master key
 // as ErrWrongKey and a wrapped key that fails authentication as ErrTampered,
 // so a misconfigured or altered store is an error, never garbage.
 //
