@@ -1,8 +1,8 @@
 // Command flotilla-secrets runs Flotilla's secret broker on its own, against
 // an external NATS (FLOTILLA_NATS_URL) and PostgreSQL (FLOTILLA_DATABASE_URL),
 // with the master key in FLOTILLA_KMS_KEY_FILE (shared by every manager; it is
-// never created here). See internal/stack.EnvConfig for every
-// setting.
+// never created here), or an AWS KMS key (FLOTILLA_KMS_PROVIDER=aws,
+// FLOTILLA_KMS_AWS_*). See internal/stack.EnvConfig for every setting.
 package main
 
 import (

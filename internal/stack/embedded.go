@@ -16,6 +16,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"flotilla.dev/flotilla/libs/awsx"
 	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/datadir"
 	"flotilla.dev/flotilla/libs/natsx"
@@ -152,7 +153,7 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (_ *Embedded, err err
 }
 
 func embeddedConfig(s *datadir.Settings, d datadir.Dir, ns *server.Server, log *slog.Logger, tel *telemetry.Telemetry, version, caCert, caKey string, agentCmd []string) Config {
-	return Config{
+	c := Config{
 		Version:         version,
 		Log:             log,
 		TracerProvider:  tel.TracerProvider(),
@@ -173,6 +174,26 @@ func embeddedConfig(s *datadir.Settings, d datadir.Dir, ns *server.Server, log *
 		LocalRoot:       string(d),
 		AgentCommand:    agentCmd,
 	}
+	c.KMSAWS = embeddedKMS(s)
+	return c
+}
+
+// embeddedKMS is the AWS KMS key the settings choose, nil for the local
+// master key. With it, <dir>/keys/master.key stays the previous key, read
+// only and never created (Config.OpenKMS).
+func embeddedKMS(s *datadir.Settings) *AWSKMS {
+	if s.KMS == nil || s.KMS.Provider != datadir.KMSAWS {
+		return nil
+	}
+	return &AWSKMS{KeyID: s.KMS.KeyID, Account: awsx.Account{
+		Region: s.KMS.Region, EndpointURL: s.KMS.EndpointURL, RoleARN: s.KMS.RoleARN,
+	}}
+}
+
+// EmbeddedKMSConfig is the KMS part of the configuration `flotilla up`
+// runs with from the data directory's settings (for OpenKMS).
+func EmbeddedKMSConfig(s *datadir.Settings, d datadir.Dir) Config {
+	return Config{KMSKeyFile: d.Path("keys", "master.key"), CreateKMSKey: true, KMSAWS: embeddedKMS(s)}
 }
 
 // apiTLS is the API's TLS configuration from the settings; nil for none.
@@ -277,6 +298,11 @@ func (e *Embedded) close(ctx context.Context) error {
 // or not `flotilla up` is running on it: a managed PostgreSQL that is not
 // running is started for the duration of f and stopped again.
 func WithDatabase(ctx context.Context, dataDir string, o datadir.Overrides, f func(ctx context.Context, pool *pgxpool.Pool) error) error {
+	return withDatabase(ctx, dataDir, o, func(ctx context.Context, _ *datadir.Settings, pool *pgxpool.Pool) error { return f(ctx, pool) })
+}
+
+// withDatabase is WithDatabase, also handing f the data directory's settings.
+func withDatabase(ctx context.Context, dataDir string, o datadir.Overrides, f func(ctx context.Context, s *datadir.Settings, pool *pgxpool.Pool) error) error {
 	d := datadir.Dir(dataDir)
 	s, err := datadir.Prepare(d, o)
 	if err != nil {
@@ -299,7 +325,7 @@ func WithDatabase(ctx context.Context, dataDir string, o datadir.Overrides, f fu
 		return err
 	}
 	defer pool.Close()
-	return f(ctx, pool)
+	return f(ctx, s, pool)
 }
 
 // warnOnly passes on warnings and errors only (the NATS server's start-up

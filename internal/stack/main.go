@@ -54,10 +54,21 @@ type EnvConfig struct {
 	// Profiling serves /debug/pprof/ on the metrics address.
 	Profiling bool `env:"FLOTILLA_PPROF"`
 	// BusConcurrency is how many requests each endpoint serves at once.
-	BusConcurrency int    `env:"FLOTILLA_BUS_CONCURRENCY" envDefault:"32"`
-	KMSKeyFile     string `env:"FLOTILLA_KMS_KEY_FILE"`
-	CACertFile     string `env:"FLOTILLA_CA_CERT_FILE"`
-	CAKeyFile      string `env:"FLOTILLA_CA_KEY_FILE"`
+	BusConcurrency int `env:"FLOTILLA_BUS_CONCURRENCY" envDefault:"32"`
+	// KMSProvider chooses what wraps the secrets' data keys: "local" (the
+	// master key in KMSKeyFile) or "aws" (the AWS KMS key KMSAWSKeyID, with
+	// the host's default AWS credentials or the role KMSAWSRoleARN; a
+	// KMSKeyFile given then is the previous local key, read only).
+	KMSProvider string `env:"FLOTILLA_KMS_PROVIDER" envDefault:"local"`
+	KMSKeyFile  string `env:"FLOTILLA_KMS_KEY_FILE"`
+	KMSAWSKeyID string `env:"FLOTILLA_KMS_AWS_KEY_ID"`
+	// KMSAWSRegion, KMSAWSEndpointURL (a private endpoint; "" for AWS's)
+	// and KMSAWSRoleARN locate and sign in to the AWS key.
+	KMSAWSRegion      string `env:"FLOTILLA_KMS_AWS_REGION"`
+	KMSAWSEndpointURL string `env:"FLOTILLA_KMS_AWS_ENDPOINT_URL"`
+	KMSAWSRoleARN     string `env:"FLOTILLA_KMS_AWS_ROLE_ARN"`
+	CACertFile        string `env:"FLOTILLA_CA_CERT_FILE"`
+	CAKeyFile         string `env:"FLOTILLA_CA_KEY_FILE"`
 	// AgentAddr is where the agent gateway listens for agents.
 	AgentAddr string `env:"FLOTILLA_AGENT_ADDR" envDefault:":7702"`
 	// AgentServerNames are the names agents dial the agent gateway by (its
@@ -194,8 +205,8 @@ func (c EnvConfig) ValidateSettings(service string) error {
 		if c.DatabaseURL == "" {
 			errs = append(errs, errors.New("FLOTILLA_DATABASE_URL: is required by this service"))
 		}
-		if c.KMSKeyFile == "" {
-			errs = append(errs, errors.New("FLOTILLA_KMS_KEY_FILE: is required by this service (the master key file every manager shares)"))
+		if err := c.validateKMS(); err != nil {
+			errs = append(errs, err)
 		}
 	case subjects.CA:
 		if c.CACertFile == "" || c.CAKeyFile == "" {
@@ -273,6 +284,7 @@ func (c EnvConfig) Config(service string) Config {
 		CACertFile:         c.CACertFile,
 		CAKeyFile:          c.CAKeyFile,
 		KMSKeyFile:         c.KMSKeyFile,
+		KMSAWS:             c.kmsAWS(),
 		LocalRoot:          c.LocalRoot,
 		AgentCommand:       strings.Fields(c.AgentCommand),
 		NATSMonitorURLs:    c.NATSMonitorURLs,

@@ -38,7 +38,6 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/attempts"
 	"flotilla.dev/flotilla/libs/busauth"
-	"flotilla.dev/flotilla/libs/kms"
 	"flotilla.dev/flotilla/libs/membership"
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/pgstore"
@@ -137,6 +136,10 @@ type Config struct {
 	// cluster shares one key).
 	KMSKeyFile   string
 	CreateKMSKey bool
+	// KMSAWS, when set, wraps new data keys with an AWS KMS key instead;
+	// KMSKeyFile is then optional: the previous local master key, read
+	// only, kept until every secret is rewrapped (see OpenKMS).
+	KMSAWS *AWSKMS
 
 	// LocalRoot enables the provisioner's local provider, keeping its disks
 	// and VMs there; AgentCommand starts a local VM's agent.
@@ -210,8 +213,13 @@ func (c *Config) Validate() error {
 	if c.runs(subjects.CA) && (c.CACertFile == "" || c.CAKeyFile == "") {
 		errs = append(errs, errors.New("stack.Config.CACertFile, CAKeyFile: are required by the CA"))
 	}
-	if c.runs(subjects.Secrets) && c.KMSKeyFile == "" {
-		errs = append(errs, errors.New("stack.Config.KMSKeyFile: is required by the secret broker"))
+	if c.runs(subjects.Secrets) && c.KMSKeyFile == "" && c.KMSAWS == nil {
+		errs = append(errs, errors.New("stack.Config.KMSKeyFile: is required by the secret broker (or KMSAWS)"))
+	}
+	if c.KMSAWS != nil {
+		if err := c.KMSAWS.validate("stack.Config.KMSAWS."); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.StreamReplicas != 0 && c.StreamReplicas != 1 && c.StreamReplicas != 3 {
 		errs = append(errs, fmt.Errorf("stack.Config.StreamReplicas: must be 1 or 3, got %d", c.StreamReplicas))
@@ -473,15 +481,7 @@ func (d deps) ca(ctx context.Context, nc *nats.Conn) (runner, error) {
 
 func (d deps) secrets(ctx context.Context, nc *nats.Conn) (runner, error) {
 	c := d.cfg
-	var (
-		k   *kms.Local
-		err error
-	)
-	if c.CreateKMSKey {
-		k, err = kms.OpenLocal(c.KMSKeyFile)
-	} else {
-		k, err = kms.LoadLocal(c.KMSKeyFile)
-	}
+	k, err := c.OpenKMS(ctx)
 	if err != nil {
 		return runner{}, err
 	}

@@ -26,6 +26,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 )
 
 // DefaultBasePort is the first of the consecutive ports Flotilla uses.
@@ -79,6 +80,64 @@ type Settings struct {
 	// APIServerNames are the names the fleet CA's API certificate carries
 	// (empty: localhost, 127.0.0.1, bindAddress and this host's name).
 	APIServerNames []string `json:"apiServerNames,omitempty"`
+	// KMS chooses what wraps the secrets' data keys; nil means the local
+	// master key (<dir>/keys/master.key).
+	KMS *KMSSettings `json:"kms,omitempty"`
+}
+
+// KMSSettings choose what wraps the secrets' data keys.
+//
+// With provider "aws" new data keys are wrapped by the AWS KMS key KeyID,
+// signing in with the host's default AWS credentials (environment, shared
+// files, instance profile) or the role RoleARN; the local master key, when
+// there is one, stays as the previous key to read what it wrapped until
+// `flotilla admin rewrap-secrets` has rewrapped everything.
+type KMSSettings struct {
+	// Provider is "local" (the default) or "aws".
+	Provider string `json:"provider"`
+	// KeyID is the AWS key's id, ARN or alias ("alias/flotilla-secrets").
+	KeyID string `json:"keyId,omitempty"`
+	// Region is the AWS region of the key.
+	Region string `json:"region,omitempty"`
+	// EndpointURL replaces AWS KMS's endpoint (a private endpoint).
+	EndpointURL string `json:"endpointUrl,omitempty"`
+	// RoleARN is a role to assume with the host's credentials.
+	RoleARN string `json:"roleArn,omitempty"`
+}
+
+// The KMS providers (KMSSettings.Provider).
+const (
+	KMSLocal = "local"
+	KMSAWS   = "aws"
+)
+
+// validate reports every problem, naming each field as kms.<field>.
+func (k *KMSSettings) validate() []error {
+	var errs []error
+	switch k.Provider {
+	case "", KMSLocal:
+		if k.KeyID != "" || k.Region != "" || k.EndpointURL != "" || k.RoleARN != "" {
+			errs = append(errs, errors.New(`kms.keyId, kms.region, kms.endpointUrl, kms.roleArn: apply only when kms.provider is "aws"`))
+		}
+	case KMSAWS:
+		if k.KeyID == "" {
+			errs = append(errs, errors.New(`kms.keyId: is required when kms.provider is "aws" (a key id, key ARN or alias/NAME)`))
+		}
+		if k.Region == "" {
+			errs = append(errs, errors.New(`kms.region: is required when kms.provider is "aws"`))
+		}
+		if k.EndpointURL != "" {
+			if u, err := url.Parse(k.EndpointURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				errs = append(errs, fmt.Errorf("kms.endpointUrl: %q is not an http:// or https:// URL with a host", k.EndpointURL))
+			}
+		}
+		if k.RoleARN != "" && !strings.HasPrefix(k.RoleARN, "arn:") {
+			errs = append(errs, fmt.Errorf("kms.roleArn: %q is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)", k.RoleARN))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("kms.provider: %q is not %q or %q", k.Provider, KMSLocal, KMSAWS))
+	}
+	return errs
 }
 
 // The ways of serving the API over TLS (Settings.APITLS).
@@ -141,6 +200,9 @@ func (s *Settings) Validate() error {
 	}
 	if (s.CACertFile == "") != (s.CAKeyFile == "") {
 		errs = append(errs, errors.New("caCertFile, caKeyFile: give both or neither"))
+	}
+	if s.KMS != nil {
+		errs = append(errs, s.KMS.validate()...)
 	}
 	return errors.Join(errs...)
 }

@@ -53,3 +53,34 @@ func TestValidateNamesSettings(t *testing.T) {
 		}
 	}
 }
+
+func TestValidateNamesTheKMSSettings(t *testing.T) {
+	t.Parallel()
+	good := Settings{BasePort: DefaultBasePort, BindAddress: "127.0.0.1", DatabaseURL: "postgres://db/flotilla"}
+	for _, k := range []*KMSSettings{nil, {Provider: "local"}, {Provider: "aws", KeyID: "alias/flotilla", Region: "eu-west-1"},
+		{Provider: "aws", KeyID: "k", Region: "eu-west-1", EndpointURL: "https://kms.internal", RoleARN: "arn:aws:iam::1:role/f"}} {
+		s := good
+		s.KMS = k
+		if err := s.Validate(); err != nil {
+			t.Errorf("kms %+v refused: %v", k, err)
+		}
+	}
+	for _, c := range []struct {
+		kms  KMSSettings
+		want []string
+	}{
+		{KMSSettings{Provider: "vault"}, []string{`kms.provider: "vault" is not "local" or "aws"`}},
+		{KMSSettings{Provider: "aws"}, []string{"kms.keyId: is required", "kms.region: is required"}},
+		{KMSSettings{Provider: "aws", KeyID: "k", Region: "r", EndpointURL: "ftp://x", RoleARN: "role"}, []string{`kms.endpointUrl: "ftp://x"`, `kms.roleArn: "role" is not a role ARN`}},
+		{KMSSettings{Provider: "local", KeyID: "k"}, []string{`apply only when kms.provider is "aws"`}},
+	} {
+		s := good
+		s.KMS = &c.kms
+		err := s.Validate()
+		for _, w := range c.want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("kms %+v: error %v does not say %q", c.kms, err, w)
+			}
+		}
+	}
+}

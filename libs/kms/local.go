@@ -18,16 +18,24 @@ import (
 // KeySize is the size of a local master key in bytes: an AES-256 key.
 const KeySize = 32
 
-// localFormat is the first byte of every key Local wraps, so the format can
-// change later without guessing.
-const localFormat byte = 1
+// The first byte of every key Local wraps names its format, so the format
+// can change without guessing.
+const (
+	// localFormatV1 authenticates the key id only. Local wrote it before
+	// data keys had an encryption context; Decrypt still opens it (the
+	// context then goes unchecked) until the store is rewrapped.
+	localFormatV1 byte = 1
+	// localFormat authenticates the key id and the encryption context.
+	localFormat byte = 2
+)
 
 // keyIDPrefix starts every Local key id.
 const keyIDPrefix = "local:"
 
 // Local is a KMS whose master key is KeySize random bytes in a file on the
 // manager. It wraps data keys with AES-256-GCM under a random 96-bit nonce,
-// authenticating its key id with them, and is safe for concurrent use.
+// authenticating its key id and the encryption context with them, and is
+// safe for concurrent use.
 //
 // Anyone who can read the file can unwrap every data key: keep it on the
 // manager's disk only, and back it up apart from the database, since secrets
@@ -103,10 +111,29 @@ func (l *Local) KeyID() string { return l.keyID }
 // Path returns the master key file's path.
 func (l *Local) Path() string { return l.path }
 
-// Encrypt wraps dataKey (1 to MaxDataKeySize bytes) under the master key.
-func (l *Local) Encrypt(_ context.Context, dataKey []byte) ([]byte, error) {
-	if len(dataKey) == 0 || len(dataKey) > MaxDataKeySize {
-		return nil, fmt.Errorf("kms: data key must be 1 to %d bytes, got %d", MaxDataKeySize, len(dataKey))
+// GenerateDataKey returns a fresh random data key of size bytes and the
+// same key wrapped under the master key with ec.
+func (l *Local) GenerateDataKey(ctx context.Context, size int, ec EncryptionContext) ([]byte, []byte, error) {
+	if err := checkDataKeySize(size); err != nil {
+		return nil, nil, err
+	}
+	dataKey := make([]byte, size)
+	if _, err := rand.Read(dataKey); err != nil {
+		return nil, nil, fmt.Errorf("kms: generate data key: %w", err)
+	}
+	wrapped, err := l.Encrypt(ctx, dataKey, ec)
+	if err != nil {
+		clear(dataKey)
+		return nil, nil, err
+	}
+	return dataKey, wrapped, nil
+}
+
+// Encrypt wraps dataKey (1 to MaxDataKeySize bytes) under the master key,
+// binding ec to it.
+func (l *Local) Encrypt(_ context.Context, dataKey []byte, ec EncryptionContext) ([]byte, error) {
+	if err := checkDataKeySize(len(dataKey)); err != nil {
+		return nil, err
 	}
 	ns := l.aead.NonceSize()
 	out := make([]byte, 1+ns, 1+ns+len(dataKey)+l.aead.Overhead())
@@ -114,24 +141,35 @@ func (l *Local) Encrypt(_ context.Context, dataKey []byte) ([]byte, error) {
 	if _, err := rand.Read(out[1:]); err != nil {
 		return nil, fmt.Errorf("kms: nonce: %w", err)
 	}
-	return l.aead.Seal(out, out[1:], dataKey, []byte(l.keyID)), nil
+	return l.aead.Seal(out, out[1:], dataKey, l.aad(localFormat, ec)), nil
 }
 
 // Decrypt unwraps a data key that Encrypt wrapped under the master key named
-// keyID.
-func (l *Local) Decrypt(_ context.Context, keyID string, wrapped []byte) ([]byte, error) {
+// keyID with ec. A key wrapped in the first format (before encryption
+// contexts) opens whatever ec is.
+func (l *Local) Decrypt(_ context.Context, keyID string, wrapped []byte, ec EncryptionContext) ([]byte, error) {
 	if keyID != l.keyID {
 		return nil, fmt.Errorf("%w: it names key %q but the master key in %s is %q", ErrWrongKey, keyID, l.path, l.keyID)
 	}
 	ns := l.aead.NonceSize()
-	if len(wrapped) < 1+ns+l.aead.Overhead() || wrapped[0] != localFormat {
-		return nil, fmt.Errorf("%w: not a wrapped key of format %d", ErrTampered, localFormat)
+	if len(wrapped) < 1+ns+l.aead.Overhead() || (wrapped[0] != localFormat && wrapped[0] != localFormatV1) {
+		return nil, fmt.Errorf("%w: not a wrapped key of format %d or %d", ErrTampered, localFormatV1, localFormat)
 	}
-	key, err := l.aead.Open(nil, wrapped[1:1+ns], wrapped[1+ns:], []byte(l.keyID))
+	key, err := l.aead.Open(nil, wrapped[1:1+ns], wrapped[1+ns:], l.aad(wrapped[0], ec))
 	if err != nil {
 		return nil, ErrTampered
 	}
 	return key, nil
+}
+
+// aad is what a wrapped key of format authenticates besides itself: the key
+// id, and from localFormat on the encryption context after a NUL (key ids
+// hold none).
+func (l *Local) aad(format byte, ec EncryptionContext) []byte {
+	if format == localFormatV1 {
+		return []byte(l.keyID)
+	}
+	return append(append([]byte(l.keyID), 0), ec.encode()...)
 }
 
 // readKeyFile checks the key file's permissions and size and returns the key.

@@ -3,6 +3,8 @@ package kms_test
 import (
 	"bytes"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
 	"errors"
 	"os"
 	"path/filepath"
@@ -32,11 +34,11 @@ func TestLocalRoundTrip(t *testing.T) {
 		t.Fatalf("key id %q does not look like local:<16 hex digits>", l.KeyID())
 	}
 	dataKey := bytes.Repeat([]byte{0x42}, 32)
-	w1, err := l.Encrypt(ctx, dataKey)
+	w1, err := l.Encrypt(ctx, dataKey, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w2, err := l.Encrypt(ctx, dataKey)
+	w2, err := l.Encrypt(ctx, dataKey, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +48,7 @@ func TestLocalRoundTrip(t *testing.T) {
 	if bytes.Contains(w1, dataKey[:8]) {
 		t.Fatal("wrapped key contains the plaintext key")
 	}
-	got, err := l.Decrypt(ctx, l.KeyID(), w1)
+	got, err := l.Decrypt(ctx, l.KeyID(), w1, nil)
 	if err != nil || !bytes.Equal(got, dataKey) {
 		t.Fatalf("decrypt: %x, %v", got, err)
 	}
@@ -59,12 +61,12 @@ func TestLocalRoundTrip(t *testing.T) {
 	if again.KeyID() != l.KeyID() {
 		t.Fatalf("reopened key id %s, want %s", again.KeyID(), l.KeyID())
 	}
-	if got, err := again.Decrypt(ctx, l.KeyID(), w2); err != nil || !bytes.Equal(got, dataKey) {
+	if got, err := again.Decrypt(ctx, l.KeyID(), w2, nil); err != nil || !bytes.Equal(got, dataKey) {
 		t.Fatalf("decrypt with the reopened key: %x, %v", got, err)
 	}
 
 	for _, bad := range [][]byte{nil, make([]byte, kms.MaxDataKeySize+1)} {
-		if _, err := l.Encrypt(ctx, bad); err == nil {
+		if _, err := l.Encrypt(ctx, bad, nil); err == nil {
 			t.Fatalf("Encrypt accepted a %d-byte data key", len(bad))
 		}
 	}
@@ -74,19 +76,19 @@ func TestLocalDetectsTampering(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	l, _ := openNew(t)
-	w, err := l.Encrypt(ctx, make([]byte, 32))
+	w, err := l.Encrypt(ctx, make([]byte, 32), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := range w {
 		bad := bytes.Clone(w)
 		bad[i] ^= 0x01
-		if _, err := l.Decrypt(ctx, l.KeyID(), bad); !errors.Is(err, kms.ErrTampered) {
+		if _, err := l.Decrypt(ctx, l.KeyID(), bad, nil); !errors.Is(err, kms.ErrTampered) {
 			t.Fatalf("flipping a bit of byte %d: got %v, want ErrTampered", i, err)
 		}
 	}
 	for _, bad := range [][]byte{nil, w[:10], w[:len(w)-1]} {
-		if _, err := l.Decrypt(ctx, l.KeyID(), bad); !errors.Is(err, kms.ErrTampered) {
+		if _, err := l.Decrypt(ctx, l.KeyID(), bad, nil); !errors.Is(err, kms.ErrTampered) {
 			t.Fatalf("a %d-byte wrapped key: got %v, want ErrTampered", len(bad), err)
 		}
 	}
@@ -100,12 +102,12 @@ func TestLocalDetectsTheWrongMasterKey(t *testing.T) {
 	if a.KeyID() == b.KeyID() {
 		t.Fatal("two fresh master keys have the same id")
 	}
-	w, err := a.Encrypt(ctx, make([]byte, 32))
+	w, err := a.Encrypt(ctx, make([]byte, 32), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Decrypting with b a key wrapped by a: the stored key id gives it away.
-	_, err = b.Decrypt(ctx, a.KeyID(), w)
+	_, err = b.Decrypt(ctx, a.KeyID(), w, nil)
 	if !errors.Is(err, kms.ErrWrongKey) {
 		t.Fatalf("got %v, want ErrWrongKey", err)
 	}
@@ -116,7 +118,7 @@ func TestLocalDetectsTheWrongMasterKey(t *testing.T) {
 	}
 	// Even if the stored id were rewritten to match, the key id is bound to
 	// the wrapped key, so b cannot be fooled into returning garbage.
-	if _, err := b.Decrypt(ctx, b.KeyID(), w); !errors.Is(err, kms.ErrTampered) {
+	if _, err := b.Decrypt(ctx, b.KeyID(), w, nil); !errors.Is(err, kms.ErrTampered) {
 		t.Fatalf("a's wrapped key under b's id: got %v, want ErrTampered", err)
 	}
 }
@@ -275,5 +277,67 @@ func writeFile(t *testing.T, path string, data []byte, perm os.FileMode) {
 	}
 	if err := os.Chmod(path, perm); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestLocalBindsTheEncryptionContext(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	l, _ := openNew(t)
+	ec := kms.EncryptionContext{"flotilla:instance-id": "i-1", "flotilla:secret-name": "db"}
+	dataKey, w, err := l.GenerateDataKey(ctx, 32, ec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dataKey) != 32 || bytes.Contains(w, dataKey[:8]) {
+		t.Fatalf("GenerateDataKey gave a %d-byte key, or one readable in the wrapped form", len(dataKey))
+	}
+	if got, err := l.Decrypt(ctx, l.KeyID(), w, ec); err != nil || !bytes.Equal(got, dataKey) {
+		t.Fatalf("decrypt with the same context: %v", err)
+	}
+	for _, other := range []kms.EncryptionContext{
+		nil,
+		{"flotilla:instance-id": "i-2", "flotilla:secret-name": "db"},
+		{"flotilla:instance-id": "i-1", "flotilla:secret-name": "db2"},
+		{"flotilla:instance-id": "i-1"},
+		{"flotilla:instance-id": "i-1", "flotilla:secret-name": "db", "x": ""},
+		// Shifting a boundary between key and value must not collide.
+		{"flotilla:instance-id": "i-1flotilla:secret-name", "": "db"},
+	} {
+		if _, err := l.Decrypt(ctx, l.KeyID(), w, other); !errors.Is(err, kms.ErrTampered) {
+			t.Fatalf("decrypt with context %v: got %v, want ErrTampered", other, err)
+		}
+	}
+}
+
+// TestLocalOpensTheFirstFormat: keys wrapped before encryption contexts
+// (format 1: only the key id authenticated) stay readable, whatever context
+// the reader gives, until they are rewrapped.
+func TestLocalOpensTheFirstFormat(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	l, path := openNew(t)
+	master, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := aes.NewCipher(master)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gcm, err := cipher.NewGCM(block)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dataKey := bytes.Repeat([]byte{7}, 32)
+	nonce := bytes.Repeat([]byte{9}, gcm.NonceSize())
+	v1 := gcm.Seal(append([]byte{1}, nonce...), nonce, dataKey, []byte(l.KeyID()))
+	got, err := l.Decrypt(ctx, l.KeyID(), v1, kms.EncryptionContext{"flotilla:instance-id": "i-1"})
+	if err != nil || !bytes.Equal(got, dataKey) {
+		t.Fatalf("decrypt a format-1 wrapped key: %v", err)
+	}
+	v1[0] = 3
+	if _, err := l.Decrypt(ctx, l.KeyID(), v1, nil); !errors.Is(err, kms.ErrTampered) {
+		t.Fatalf("an unknown format: got %v, want ErrTampered", err)
 	}
 }

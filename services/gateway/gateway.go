@@ -257,7 +257,9 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
 	root.Handle("/api/", mux)
 	root.HandleFunc("/api", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) })
 	root.HandleFunc("GET /{$}", g.home)
-	root.Handle("GET "+AgentDownloadPath(g.version), &agentDownload{path: g.deps.AgentBinary})
+	if g.version != "" {
+		root.Handle("GET "+AgentDownloadPath(g.version), &agentDownload{path: g.deps.AgentBinary})
+	}
 	return otelhttp.NewHandler(g.requireAuth(g.limitBody(root)), "gateway",
 		otelhttp.WithTracerProvider(g.deps.TracerProvider),
 		otelhttp.WithPropagators(natsx.Propagator),

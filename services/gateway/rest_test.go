@@ -112,8 +112,9 @@ func TestLogoutRevokesTheToken(t *testing.T) {
 func TestNetworkLifecycle(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})
+	acc := e.must(200, "POST", "/api/v1/cloud-accounts", reply{"name": "lab-aws", "provider": "aws", "aws": reply{"region": "eu-west-1"}})
 	n := e.must(200, "POST", "/api/v1/networks", reply{
-		"name": "lab", "provider": "aws", "httpsStrategy": "self-signed",
+		"name": "lab", "provider": "aws", "httpsStrategy": "self-signed", "cloudAccountId": acc["id"],
 		"aws": reply{"vpcId": "vpc-0123456789abcdef0", "subnetId": "subnet-0123abcd", "securityGroupIds": []string{"sg-0123abcd"}, "region": "eu-west-1"},
 		"dns": reply{"privateZoneId": "Z1", "hostnamePattern": "{name}.lab.example.com"}, "assignPublicIp": true,
 	})

@@ -23,12 +23,12 @@ const cloudKeyAuditName = "cloud-account-secret-key"
 // MaxCloudKeySize bounds a cloud account's secret key, in bytes.
 const MaxCloudKeySize = 4096
 
-// cloudKeyAAD binds a stored cloud key's ciphertext to its account and
-// version.
-func cloudKeyAAD(accountID string, version int64) []byte {
+// cloudKeyBinding binds a stored cloud key's ciphertext to its account
+// and version, its data key to its account.
+func cloudKeyBinding(accountID string, version int64) binding {
 	aad := append([]byte("flotilla cloud key v1\x00"), accountID...)
 	aad = append(aad, 0)
-	return binary.BigEndian.AppendUint64(aad, uint64(version))
+	return binding{aad: binary.BigEndian.AppendUint64(aad, uint64(version)), ec: cloudKeyContext(accountID)}
 }
 
 // putCloudKey seals a cloud account's secret key, replacing the one kept
@@ -54,7 +54,7 @@ func (s *Service) putCloudKey(ctx context.Context, _ vocab.Actor, r *secretsv1.P
 			return nil, fmt.Errorf("read the key of cloud account %s: %w", id, err)
 		}
 		version++
-		sl, err := seal(ctx, s.kms, value, cloudKeyAAD(id, version))
+		sl, err := seal(ctx, s.kms, value, cloudKeyBinding(id, version))
 		if err != nil {
 			return nil, fmt.Errorf("seal the key of cloud account %s: %w", id, err)
 		}
@@ -111,7 +111,7 @@ func (s *Service) readCloudKey(ctx context.Context, actor vocab.Actor, r *secret
 	if err != nil {
 		return nil, fmt.Errorf("read the key of cloud account %s: %w", id, err)
 	}
-	value, err := open(ctx, s.kms, sl, cloudKeyAAD(id, version))
+	value, err := open(ctx, s.kms, sl, cloudKeyBinding(id, version))
 	if err != nil {
 		return nil, fmt.Errorf("read the key of cloud account %s: %w", id, err)
 	}

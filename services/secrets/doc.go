@@ -7,8 +7,10 @@
 // that key, with the instance id, name and version as additional
 // authenticated data, so a ciphertext cannot be moved to another secret or
 // replayed as another version. The data key is stored only wrapped by a
-// libs/kms key (a local master key file, or AWS KMS later), together with
-// that key's id, so a wrong master key is reported as such.
+// libs/kms key (a local master key file, or an AWS KMS key), with the
+// instance id and name as its encryption context, together with that key's
+// id, so a wrong master key is reported as such. Rewrap moves every data
+// key to the key now configured (flotilla admin rewrap-secrets).
 //
 // State lives in the broker's own PostgreSQL table, secrets, created by its
 // own embedded goose migrations recorded in their own version table

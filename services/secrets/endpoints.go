@@ -76,7 +76,7 @@ func (s *Service) create(ctx context.Context, actor vocab.Actor, r *secretsv1.Cr
 			return nil, err
 		}
 		row := &storedSecret{instanceID: instanceID, name: name, version: current + 1, updatedAt: s.now().UTC().Truncate(time.Microsecond)}
-		if row.sealed, err = seal(ctx, s.kms, value, secretAAD(instanceID, name, row.version)); err != nil {
+		if row.sealed, err = seal(ctx, s.kms, value, secretBinding(instanceID, name, row.version)); err != nil {
 			return nil, fmt.Errorf("seal secret %q of instance %s: %w", name, instanceID, err)
 		}
 		stored, err := s.store.put(ctx, row)
@@ -193,7 +193,7 @@ func (s *Service) lookup(ctx context.Context, requester, name string) (*secretsv
 	if !found {
 		return nil, reasonNotBound, denied
 	}
-	value, err := open(ctx, s.kms, row.sealed, secretAAD(row.instanceID, row.name, row.version))
+	value, err := open(ctx, s.kms, row.sealed, secretBinding(row.instanceID, row.name, row.version))
 	if err != nil {
 		// Internal: the caller gets an error id, the log the cause (never
 		// the value, which nobody has).

@@ -45,11 +45,13 @@ type env struct {
 	kms     *kms.Local
 	// keyFile is the master key every broker of the test shares.
 	keyFile string
-	logs    *testkit.Buffer
-	spans   *tracetest.SpanRecorder
-	a, b    string // instance ids
-	log     *slog.Logger
-	tp      trace.TracerProvider
+	// broker is the secret broker newEnv started.
+	broker *stack.Stack
+	logs   *testkit.Buffer
+	spans  *tracetest.SpanRecorder
+	a, b   string // instance ids
+	log    *slog.Logger
+	tp     trace.TracerProvider
 	// inventory is the real inventory's application layer.
 	inventory interface {
 		DeleteInstance(ctx context.Context, actor vocab.Actor, id string, version int64) (*inventoryv1.Instance, error)
@@ -78,7 +80,10 @@ func newEnv(t *testing.T) *env {
 	if e.kms, err = kms.OpenLocal(e.keyFile); err != nil {
 		t.Fatal(err)
 	}
-	st := stacktest.Start(t, e.config(subjects.Inventory, subjects.Secrets))
+	// Two stacks, so that a test can stop the broker as one manager's
+	// would be stopped in a rolling restart, and the inventory go on.
+	st := stacktest.Start(t, e.config(subjects.Inventory))
+	e.broker = stacktest.Start(t, e.config(subjects.Secrets))
 
 	app := st.Inventory.App()
 	e.inventory = app

@@ -42,15 +42,48 @@ func secretAAD(instanceID, name string, version int64) []byte {
 	return binary.BigEndian.AppendUint64(aad, uint64(version))
 }
 
-// seal encrypts value under a fresh random data key, bound to aad, and wraps
-// the data key with k. The data key is zeroed before seal returns; value
-// stays the caller's.
-func seal(ctx context.Context, k kms.KMS, value, aad []byte) (sealed, error) {
-	dataKey := make([]byte, dataKeySize)
-	defer clear(dataKey)
-	if _, err := rand.Read(dataKey); err != nil {
-		return sealed{}, fmt.Errorf("generate data key: %w", err)
+// Keys of the encryption contexts data keys are wrapped with.
+const (
+	contextInstanceID   = "flotilla:instance-id"
+	contextSecretName   = "flotilla:secret-name"
+	contextCloudAccount = "flotilla:cloud-account-id"
+)
+
+// binding is what a sealed value is bound to: its ciphertext to aad, its
+// wrapped data key to ec (the KMS encryption context). A value moved to
+// another row fails to open.
+type binding struct {
+	aad []byte
+	ec  kms.EncryptionContext
+}
+
+// dataKeyContext is the encryption context of a secret's data key: its
+// instance id and name, so a wrapped key moved to another secret does not
+// unwrap (the version is left out: it is bound to the ciphertext, and a
+// rewrap must not depend on it).
+func dataKeyContext(instanceID, name string) kms.EncryptionContext {
+	return kms.EncryptionContext{contextInstanceID: instanceID, contextSecretName: name}
+}
+
+// secretBinding binds version of secret name of instanceID: the ciphertext
+// to all three (secretAAD), the data key to the first two.
+func secretBinding(instanceID, name string, version int64) binding {
+	return binding{aad: secretAAD(instanceID, name, version), ec: dataKeyContext(instanceID, name)}
+}
+
+// cloudKeyContext is the encryption context of a cloud account's key.
+func cloudKeyContext(accountID string) kms.EncryptionContext {
+	return kms.EncryptionContext{contextCloudAccount: accountID}
+}
+
+// seal encrypts value under a fresh data key from k, bound as b says. The
+// data key is zeroed before seal returns; value stays the caller's.
+func seal(ctx context.Context, k kms.KMS, value []byte, b binding) (sealed, error) {
+	dataKey, wrapped, err := k.GenerateDataKey(ctx, dataKeySize, b.ec)
+	if err != nil {
+		return sealed{}, fmt.Errorf("generate a data key with %s: %w", k.KeyID(), err)
 	}
+	defer clear(dataKey)
 	aead, err := newGCM(dataKey)
 	if err != nil {
 		return sealed{}, err
@@ -59,23 +92,19 @@ func seal(ctx context.Context, k kms.KMS, value, aad []byte) (sealed, error) {
 	if _, err := rand.Read(nonce); err != nil {
 		return sealed{}, fmt.Errorf("generate nonce: %w", err)
 	}
-	wrapped, err := k.Encrypt(ctx, dataKey)
-	if err != nil {
-		return sealed{}, fmt.Errorf("wrap data key with %s: %w", k.KeyID(), err)
-	}
 	return sealed{
-		ciphertext: aead.Seal(nil, nonce, value, aad),
+		ciphertext: aead.Seal(nil, nonce, value, b.aad),
 		nonce:      nonce,
 		wrappedKey: wrapped,
 		kmsKeyID:   k.KeyID(),
 	}, nil
 }
 
-// open unwraps the data key with k and decrypts s, checking aad. The caller
-// owns (and should zero) the value returned. Errors wrap errOpen and name no
-// part of the value or key.
-func open(ctx context.Context, k kms.KMS, s sealed, aad []byte) ([]byte, error) {
-	dataKey, err := k.Decrypt(ctx, s.kmsKeyID, s.wrappedKey)
+// open unwraps the data key with k and decrypts s, bound as b says. The
+// caller owns (and should zero) the value returned. Errors wrap errOpen
+// and name no part of the value or key.
+func open(ctx context.Context, k kms.KMS, s sealed, b binding) ([]byte, error) {
+	dataKey, err := k.Decrypt(ctx, s.kmsKeyID, s.wrappedKey, b.ec)
 	if err != nil {
 		return nil, fmt.Errorf("%w: unwrap data key: %w", errOpen, err)
 	}
@@ -87,7 +116,7 @@ func open(ctx context.Context, k kms.KMS, s sealed, aad []byte) ([]byte, error) 
 	if len(s.nonce) != aead.NonceSize() {
 		return nil, fmt.Errorf("%w: nonce is %d bytes, want %d", errOpen, len(s.nonce), aead.NonceSize())
 	}
-	value, err := aead.Open(nil, s.nonce, s.ciphertext, aad)
+	value, err := aead.Open(nil, s.nonce, s.ciphertext, b.aad)
 	if err != nil {
 		return nil, fmt.Errorf("%w: ciphertext failed authentication (altered, moved from another secret, or corrupted)", errOpen)
 	}

@@ -33,7 +33,8 @@ type Deps struct {
 	MigrationPool *pgxpool.Pool
 	// NATS carries the endpoints, the inventory lookups and the audit records.
 	NATS *nats.Conn
-	// KMS wraps every secret's data key; its KeyID is stored with each secret.
+	// KMS wraps every secret's data key; its KeyID is stored with each
+	// secret. A kms.Keyring also unwraps what previous keys wrapped.
 	KMS            kms.KMS
 	Log            *slog.Logger
 	TracerProvider trace.TracerProvider
@@ -121,7 +122,12 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		_ = s.rpc.Stop()
 		return nil, err
 	}
-	log.InfoContext(ctx, "secret broker ready", "kms_key_id", d.KMS.KeyID())
+	attrs := []any{"kms_key_id", d.KMS.KeyID()}
+	if r, ok := d.KMS.(interface{ KeyIDs() []string }); ok && len(r.KeyIDs()) > 1 {
+		// Previous keys, still read until `flotilla admin rewrap-secrets`.
+		attrs = append(attrs, "kms_previous_key_ids", r.KeyIDs()[1:])
+	}
+	log.InfoContext(ctx, "secret broker ready", attrs...)
 	return s, nil
 }
 

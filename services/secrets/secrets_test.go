@@ -267,6 +267,13 @@ func TestTamperedSecretsFailToDecrypt(t *testing.T) {
 		FROM secrets f WHERE f.instance_id = $1 AND f.name = 'moved-from' AND t.instance_id = $1 AND t.name = 'moved-to'`, e.a)
 	mustFail("moved-to", "a ciphertext moved from another secret")
 
+	// The data key alone, moved: its encryption context names another secret.
+	e.mustCreate(e.a, "key-from", "value-key-from")
+	e.mustCreate(e.a, "key-to", "value-key-to")
+	exec(`UPDATE secrets t SET wrapped_key = f.wrapped_key
+		FROM secrets f WHERE f.instance_id = $1 AND f.name = 'key-from' AND t.instance_id = $1 AND t.name = 'key-to'`, e.a)
+	mustFail("key-to", "a wrapped data key moved from another secret")
+
 	e.mustCreate(e.a, "bumped", "value-bumped")
 	exec(`UPDATE secrets SET version = version + 1 WHERE instance_id = $1 AND name = 'bumped'`, e.a)
 	mustFail("bumped", "a ciphertext under another version")
@@ -281,12 +288,12 @@ func TestTamperedSecretsFailToDecrypt(t *testing.T) {
 
 	// The log has the cause, next to the error id, and never the value.
 	logs := string(e.logs.Bytes())
-	for _, want := range []string{"failed authentication", "different master key"} {
+	for _, want := range []string{"failed authentication", "different master key", "wrapped data key failed authentication"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("the log does not explain the failure (%q)", want)
 		}
 	}
-	for _, v := range []string{"value-flipped", "value-moved", "value-kept", "value-bumped", "value-rewrapped", "value-other-key"} {
+	for _, v := range []string{"value-flipped", "value-moved", "value-kept", "value-key-from", "value-key-to", "value-bumped", "value-rewrapped", "value-other-key"} {
 		if strings.Contains(logs, v) {
 			t.Errorf("the log shows the value %q", v)
 		}

@@ -44,7 +44,7 @@ func Start(t testing.TB, cfg stack.Config) *stack.Stack {
 	if cfg.CACertFile == "" {
 		cfg.CACertFile, cfg.CAKeyFile = filepath.Join(dir, "ca", "ca.crt"), filepath.Join(dir, "ca", "ca.key")
 	}
-	if cfg.KMSKeyFile == "" {
+	if cfg.KMSKeyFile == "" && cfg.KMSAWS == nil {
 		cfg.KMSKeyFile, cfg.CreateKMSKey = filepath.Join(dir, "keys", "master.key"), true
 	}
 	if cfg.DatabaseWait == 0 {

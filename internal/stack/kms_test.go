@@ -1,0 +1,167 @@
+package stack_test
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/libs/awsx"
+	"flotilla.dev/flotilla/libs/datadir"
+	"flotilla.dev/flotilla/libs/kms"
+	"flotilla.dev/flotilla/libs/testkit"
+)
+
+// TestEnvConfigChoosesTheKMS: FLOTILLA_KMS_PROVIDER picks the local key
+// (the default) or an AWS key, and each broken rule names its variable.
+func TestEnvConfigChoosesTheKMS(t *testing.T) {
+	t.Parallel()
+	base := map[string]string{"FLOTILLA_NATS_CREDS": "/x.creds", "FLOTILLA_DATABASE_URL": "postgres://db/flotilla"}
+	with := func(kv ...string) map[string]string {
+		m := map[string]string{}
+		for k, v := range base {
+			m[k] = v
+		}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	load := func(environ map[string]string) stack.EnvConfig {
+		t.Helper()
+		ec, err := stack.LoadEnvConfig(subjects.Secrets, environ, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ec
+	}
+
+	ec := load(with("FLOTILLA_KMS_KEY_FILE", "/k"))
+	if err := ec.ValidateSettings(subjects.Secrets); err != nil {
+		t.Fatalf("the local key: %v", err)
+	}
+	if cfg := ec.Config(subjects.Secrets); cfg.KMSAWS != nil || cfg.KMSKeyFile != "/k" || ec.KMSProvider != "local" {
+		t.Fatalf("the default provider is not local: %+v", cfg.KMSAWS)
+	}
+
+	ec = load(with("FLOTILLA_KMS_PROVIDER", "aws", "FLOTILLA_KMS_AWS_KEY_ID", "alias/flotilla", "FLOTILLA_KMS_AWS_REGION", "eu-west-1",
+		"FLOTILLA_KMS_AWS_ENDPOINT_URL", "https://kms.internal:443", "FLOTILLA_KMS_AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/flotilla",
+		"FLOTILLA_KMS_KEY_FILE", "/previous.key"))
+	if err := ec.ValidateSettings(subjects.Secrets); err != nil {
+		t.Fatalf("an AWS key: %v", err)
+	}
+	cfg := ec.Config(subjects.Secrets)
+	want := stack.AWSKMS{KeyID: "alias/flotilla", Account: awsx.Account{Region: "eu-west-1", EndpointURL: "https://kms.internal:443",
+		RoleARN: "arn:aws:iam::123456789012:role/flotilla"}}
+	if cfg.KMSAWS == nil || *cfg.KMSAWS != want || cfg.KMSKeyFile != "/previous.key" {
+		t.Fatalf("the AWS key is not passed on: %+v, previous %q", cfg.KMSAWS, cfg.KMSKeyFile)
+	}
+	if err := ec.ValidateSettings(subjects.Secrets); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, c := range []struct {
+		env  map[string]string
+		want []string
+	}{
+		{with(), []string{"FLOTILLA_KMS_KEY_FILE: is required"}},
+		{with("FLOTILLA_KMS_PROVIDER", "vault"), []string{`FLOTILLA_KMS_PROVIDER: "vault" is not local or aws`}},
+		{with("FLOTILLA_KMS_PROVIDER", "aws"), []string{"FLOTILLA_KMS_AWS_KEY_ID: is required", "FLOTILLA_KMS_AWS_REGION: is required"}},
+		{with("FLOTILLA_KMS_PROVIDER", "aws", "FLOTILLA_KMS_AWS_KEY_ID", "k", "FLOTILLA_KMS_AWS_REGION", "eu-west-1",
+			"FLOTILLA_KMS_AWS_ENDPOINT_URL", "kms.internal", "FLOTILLA_KMS_AWS_ROLE_ARN", "flotilla"),
+			[]string{`FLOTILLA_KMS_AWS_ENDPOINT_URL: "kms.internal" is not an http`, `FLOTILLA_KMS_AWS_ROLE_ARN: "flotilla" is not a role ARN`}},
+		{with("FLOTILLA_KMS_KEY_FILE", "/k", "FLOTILLA_KMS_AWS_KEY_ID", "k"), []string{"FLOTILLA_KMS_AWS_KEY_ID: is set, but FLOTILLA_KMS_PROVIDER is local"}},
+	} {
+		err := load(c.env).ValidateSettings(subjects.Secrets)
+		for _, w := range c.want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("settings %v: error %v does not say %q", c.env, err, w)
+			}
+		}
+	}
+
+	// The stack's own configuration names its fields too.
+	err := (&stack.Config{Services: []string{subjects.Secrets}, NATSURL: "nats://x", NATSCreds: map[string]string{subjects.Secrets: "x"},
+		DatabaseURL: "postgres://db", KMSAWS: &stack.AWSKMS{}}).Validate()
+	for _, w := range []string{"stack.Config.KMSAWS.KeyID: is required", "stack.Config.KMSAWS.Account: region: is required"} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("error %v does not say %q", err, w)
+		}
+	}
+}
+
+// TestOpenKMSKeepsThePreviousLocalKey: with an AWS key, the local master
+// key (when there is one) still unwraps what it wrapped; a missing one is
+// an error unless the stack may create keys (flotilla up had none).
+func TestOpenKMSKeepsThePreviousLocalKey(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	m := testkit.StartMoto(t)
+	sdk, err := awsx.Config(ctx, m.Account())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := awskms.NewFromConfig(sdk).CreateKey(ctx, &awskms.CreateKeyInput{KeyUsage: types.KeyUsageTypeEncryptDecrypt, KeySpec: types.KeySpecSymmetricDefault})
+	if err != nil {
+		t.Fatal(err)
+	}
+	arn := aws.ToString(out.KeyMetadata.Arn)
+	keyFile := filepath.Join(t.TempDir(), "keys", "master.key")
+	local, err := kms.OpenLocal(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ec := kms.EncryptionContext{"flotilla:instance-id": "i", "flotilla:secret-name": "n"}
+	dataKey, wrapped, err := local.GenerateDataKey(ctx, 32, ec)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	cfg := stack.Config{KMSKeyFile: keyFile, KMSAWS: &stack.AWSKMS{Account: m.Account(), KeyID: arn}}
+	k, err := cfg.OpenKMS(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.KeyID() != arn {
+		t.Fatalf("wraps under %s, want %s", k.KeyID(), arn)
+	}
+	if got, err := k.Decrypt(ctx, local.KeyID(), wrapped, ec); err != nil || string(got) != string(dataKey) {
+		t.Fatalf("the previous local key does not unwrap: %v", err)
+	}
+
+	cfg.KMSKeyFile = filepath.Join(t.TempDir(), "none.key")
+	if _, err := cfg.OpenKMS(ctx); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "previous local master key") {
+		t.Fatalf("a missing previous key: got %v", err)
+	}
+	cfg.CreateKMSKey = true
+	k, err = cfg.OpenKMS(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids := k.(*kms.Keyring).KeyIDs(); !slices.Equal(ids, []string{arn}) {
+		t.Fatalf("keys held %v, want the AWS key alone", ids)
+	}
+	if _, err := os.Stat(cfg.KMSKeyFile); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a local key was created beside the AWS key: %v", err)
+	}
+
+	// flotilla up's settings choose the same.
+	s := &datadir.Settings{KMS: &datadir.KMSSettings{Provider: "aws", KeyID: arn, Region: testkit.MotoRegion, EndpointURL: m.URL}}
+	ecfg := stack.EmbeddedKMSConfig(s, datadir.Dir("/data"))
+	if ecfg.KMSAWS == nil || ecfg.KMSAWS.KeyID != arn || ecfg.KMSAWS.Account.EndpointURL != m.URL || ecfg.KMSKeyFile != "/data/keys/master.key" {
+		t.Fatalf("settings kms not passed on: %+v", ecfg)
+	}
+	if ecfg := stack.EmbeddedKMSConfig(&datadir.Settings{}, datadir.Dir("/data")); ecfg.KMSAWS != nil {
+		t.Fatal("no kms settings chose AWS")
+	}
+}
