@@ -47,6 +47,9 @@ type DiskSpec struct {
 // Network is where a cloud driver places a VM: the network's provider
 // settings as the provisioner read them. Local drivers ignore it.
 type Network struct {
+	// ID is the network's id in the inventory: what a security group the
+	// driver makes for it is tagged and named with.
+	ID string
 	// VPCID is the VPC the VM runs in (aws).
 	VPCID string
 	// SubnetID is the subnet the VM runs in; its availability zone is the
