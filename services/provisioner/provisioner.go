@@ -51,7 +51,14 @@ type Deps struct {
 	Drivers []driver.Driver
 	// AgentGatewayAddr is the host:port agents connect to.
 	AgentGatewayAddr string
-	StreamReplicas   int
+	// CloudAccounts resolves an aws network's cloud account, whose driver
+	// the provisioner makes when no aws driver is in Drivers (nil: none).
+	CloudAccounts CloudAccounts
+	// AgentURL is where a cloud VM downloads the agent binary of this
+	// version (the gateway's public path), and AgentSHA256 its SHA-256 in
+	// hex; cloud drivers need both (the local driver starts its agent itself).
+	AgentURL, AgentSHA256 string
+	StreamReplicas        int
 	// Workers is how many instances are reconciled at once (default 8).
 	Workers int
 	// AgentTimeout bounds waiting for a new VM's agent (default 3 min).
@@ -77,6 +84,7 @@ type Service struct {
 	js      jetstream.JetStream
 	wakers  *wakers
 	leases  *leases
+	clouds  clouds
 }
 
 // Retries of an instance another provisioner holds the lease of.

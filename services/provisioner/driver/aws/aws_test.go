@@ -19,6 +19,7 @@ import (
 	"flotilla.dev/flotilla/libs/testkit"
 	"flotilla.dev/flotilla/services/provisioner/driver"
 	awsdriver "flotilla.dev/flotilla/services/provisioner/driver/aws"
+	"flotilla.dev/flotilla/services/provisioner/driver/drivertest"
 )
 
 const testCA = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----"
@@ -412,4 +413,16 @@ func TestBadCredentials(t *testing.T) {
 	if !strings.Contains(err.Error(), awsx.Code(err)+": ") {
 		t.Errorf("error %q does not name its code", err)
 	}
+}
+
+// TestContract runs the drivers' shared suite on moto.
+func TestContract(t *testing.T) {
+	t.Parallel()
+	c := newCloud(t)
+	drivertest.RunWith(t, c.driver(t, nil), func(disk *driver.DiskSpec, vm *driver.VMSpec) {
+		disk.Network = c.network
+		spec := c.vmSpec(vm.ID, vm.InstanceID, vm.DiskID)
+		spec.InstanceName = vm.InstanceName
+		*vm = spec
+	})
 }
