@@ -2,9 +2,15 @@ package aws_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +25,7 @@ import (
 	"flotilla.dev/flotilla/libs/testkit"
 	"flotilla.dev/flotilla/services/provisioner/driver"
 	awsdriver "flotilla.dev/flotilla/services/provisioner/driver/aws"
+	"flotilla.dev/flotilla/services/provisioner/driver/bootstrap"
 	"flotilla.dev/flotilla/services/provisioner/driver/drivertest"
 )
 
@@ -353,18 +360,20 @@ func TestResumeAfterACrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	spec := c.vmSpec("vm-c", "inst-c", disk.ID)
+	spec.Bootstrap.AgentURL, spec.Bootstrap.AgentSHA256 = serveAgent(t)
 	crash := errors.New("crashed after RunInstances")
 	awsdriver.SetAfterRun(d, func() error { return crash })
-	if _, err := d.EnsureVM(ctx, c.vmSpec("vm-c", "inst-c", disk.ID)); !errors.Is(err, crash) {
+	if _, err := d.EnsureVM(ctx, spec); !errors.Is(err, crash) {
 		t.Fatalf("EnsureVM with a crash: %v", err)
 	}
 	awsdriver.SetAfterRun(d, nil)
 	restarted := c.driver(t, nil) // a new provisioner process
-	vm, err := restarted.EnsureVM(ctx, c.vmSpec("vm-c", "inst-c", disk.ID))
+	vm, err := restarted.EnsureVM(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := restarted.EnsureVM(ctx, c.vmSpec("vm-c", "inst-c", disk.ID)); err != nil {
+	if _, err := restarted.EnsureVM(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
 	insts := c.liveInstances(t, "vm-c")
@@ -373,6 +382,57 @@ func TestResumeAfterACrash(t *testing.T) {
 	}
 	if n := len(c.addresses(t, "vm-c")); n != 1 {
 		t.Errorf("%d Elastic IPs of vm-c, want 1", n)
+	}
+	playVM(t, c, vm.ID)
+}
+
+// fakeAgent records its arguments in $FAKE_AGENT_OUT.
+const fakeAgent = "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done >\"$FAKE_AGENT_OUT.tmp\"\nmv \"$FAKE_AGENT_OUT.tmp\" \"$FAKE_AGENT_OUT\"\n"
+
+// serveAgent serves fakeAgent as the manager serves the agent binary.
+func serveAgent(t *testing.T) (url, sum string) {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(fakeAgent)) }))
+	t.Cleanup(srv.Close)
+	h := sha256.Sum256([]byte(fakeAgent))
+	return srv.URL + "/agent/flotilla-agent", hex.EncodeToString(h[:])
+}
+
+// playVM runs the instance's user data, read back from EC2, as its VM
+// would at boot (in a scratch root, without systemd), and checks the
+// agent was started with its join token and CA bundle.
+func playVM(t *testing.T, c *cloud, iid string) {
+	t.Helper()
+	ud, err := c.ec2.DescribeInstanceAttribute(t.Context(), &ec2.DescribeInstanceAttributeInput{InstanceId: awssdk.String(iid), Attribute: types.InstanceAttributeNameUserData})
+	if err != nil {
+		t.Fatal(err)
+	}
+	script, err := base64.StdEncoding.DecodeString(awssdk.ToString(ud.UserData.Value))
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, out := t.TempDir(), filepath.Join(t.TempDir(), "args")
+	cmd := exec.Command("sh", "-c", string(script))
+	cmd.Env = []string{"PATH=" + testkit.VMPath(t), "FLOTILLA_VM_ROOT=" + root, "FLOTILLA_METADATA_URL=", "FAKE_AGENT_OUT=" + out}
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("user data: %v\n%s", err, b)
+	}
+	var args []byte
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if args, err = os.ReadFile(out); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("the agent was not started: %v", err)
+	}
+	for _, want := range []string{"--gateway\nagents.fleet.example:7702\n", "--token-file\n" + root + bootstrap.TokenFile + "\n", "--vm-id\nvm-c\n"} {
+		if !strings.Contains(string(args), want) {
+			t.Errorf("agent arguments lack %q:\n%s", want, args)
+		}
+	}
+	if b, err := os.ReadFile(root + bootstrap.TokenFile); err != nil || string(b) != "fjt_secret\n" {
+		t.Errorf("join token file: %q, %v", b, err)
 	}
 }
 

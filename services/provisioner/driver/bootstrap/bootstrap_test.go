@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"flotilla.dev/flotilla/libs/testkit"
 	"flotilla.dev/flotilla/services/provisioner/driver"
 	"flotilla.dev/flotilla/services/provisioner/driver/bootstrap"
 )
@@ -21,23 +22,6 @@ const testCA = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----
 // fakeAgent records its arguments in $FAKE_AGENT_OUT, as the agent would
 // be started.
 const fakeAgent = "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done >\"$FAKE_AGENT_OUT.tmp\"\nmv \"$FAKE_AGENT_OUT.tmp\" \"$FAKE_AGENT_OUT\"\n"
-
-// vmPath is a directory of the few tools the script needs, without
-// systemctl: the VM a test plays has no systemd.
-func vmPath(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	for _, tool := range []string{"sh", "curl", "sha256sum", "cut", "mkdir", "chmod", "rm", "mv", "dirname", "sleep", "nohup"} {
-		p, err := exec.LookPath(tool)
-		if err != nil {
-			t.Fatalf("%s is needed to play a VM: %v", tool, err)
-		}
-		if err := os.Symlink(p, filepath.Join(dir, tool)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
 
 func serveAgent(t *testing.T) (url, sum string) {
 	t.Helper()
@@ -62,7 +46,7 @@ func spec(url, sum string) driver.VMSpec {
 func run(t *testing.T, script, root, out string) ([]byte, error) {
 	t.Helper()
 	cmd := exec.Command("sh", "-c", script)
-	cmd.Env = []string{"PATH=" + vmPath(t), "FLOTILLA_VM_ROOT=" + root, "FLOTILLA_METADATA_URL=", "FAKE_AGENT_OUT=" + out}
+	cmd.Env = []string{"PATH=" + testkit.VMPath(t), "FLOTILLA_VM_ROOT=" + root, "FLOTILLA_METADATA_URL=", "FAKE_AGENT_OUT=" + out}
 	return cmd.CombinedOutput()
 }
 
