@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -48,7 +49,8 @@ const (
 	TagDiskID     = "flotilla:disk-id"
 	TagNetworkID  = "flotilla:network-id"
 	// TagPrivateDNS and TagPublicDNS on an instance name the records made
-	// for it ("<zone id> <name>"), so DeleteVM removes them.
+	// for it ("<zone id> <name> <address>"), so DeleteVM removes them (and
+	// leaves the name alone once it points at another VM's address).
 	TagPrivateDNS = "flotilla:dns-private"
 	TagPublicDNS  = "flotilla:dns-public"
 )
@@ -771,7 +773,7 @@ func (d *Driver) ensureRecords(ctx context.Context, spec driver.VMSpec, inst *ty
 			continue
 		}
 		zone := strings.TrimPrefix(r.zone, "/hostedzone/")
-		value := zone + " " + name
+		value := zone + " " + name + " " + r.ip
 		if tag(inst.Tags, r.key) != value {
 			if _, err := d.ec2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{vm.ID},
 				Tags: []types.Tag{{Key: awssdk.String(r.key), Value: awssdk.String(value)}}}); err != nil {
@@ -789,13 +791,15 @@ func (d *Driver) ensureRecords(ctx context.Context, spec driver.VMSpec, inst *ty
 	return name, nil
 }
 
-// deleteRecord deletes the A record a DNS tag ("<zone> <name>") names,
-// if it still exists.
+// deleteRecord deletes the A record a DNS tag ("<zone> <name> <address>")
+// names, if it still exists and still points at that address (a later VM
+// of the instance, with the same name, has its own).
 func (d *Driver) deleteRecord(ctx context.Context, value string) error {
-	zone, name, ok := strings.Cut(value, " ")
-	if !ok {
+	f := strings.Fields(value)
+	if len(f) != 3 {
 		return nil
 	}
+	zone, name, ip := f[0], f[1], f[2]
 	out, err := d.r53.ListResourceRecordSets(ctx, &route53.ListResourceRecordSetsInput{HostedZoneId: awssdk.String(zone),
 		StartRecordName: awssdk.String(name), StartRecordType: r53types.RRTypeA, MaxItems: awssdk.Int32(1)})
 	if notFound(err) {
@@ -805,7 +809,8 @@ func (d *Driver) deleteRecord(ctx context.Context, value string) error {
 		return failed(err, "find DNS record %s in zone %s", name, zone)
 	}
 	for _, rs := range out.ResourceRecordSets {
-		if strings.TrimSuffix(awssdk.ToString(rs.Name), ".") != strings.TrimSuffix(name, ".") || rs.Type != r53types.RRTypeA {
+		if strings.TrimSuffix(awssdk.ToString(rs.Name), ".") != strings.TrimSuffix(name, ".") || rs.Type != r53types.RRTypeA ||
+			!slices.ContainsFunc(rs.ResourceRecords, func(r r53types.ResourceRecord) bool { return awssdk.ToString(r.Value) == ip }) {
 			continue
 		}
 		if err := d.changeRecord(ctx, r53types.ChangeActionDelete, zone, &rs); err != nil {

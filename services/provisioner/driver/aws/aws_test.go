@@ -225,6 +225,16 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("the second VM is the first: %s", vm.ID)
 	}
 	checkRunning(t, c, vm2, disk.ID, spec2)
+	// Deleting the first VM again (a retried step) leaves the name, now
+	// the second VM's, alone.
+	if err := d.DeleteVM(ctx, vm.ID); err != nil {
+		t.Fatal(err)
+	}
+	if vm2.PrivateIP != vm.PrivateIP {
+		if got := c.record(t, c.network.PrivateZoneID, "web-1.fleet.example"); got != vm2.PrivateIP {
+			t.Errorf("after deleting the first VM again, the private record is %q, want the second VM's %s", got, vm2.PrivateIP)
+		}
+	}
 
 	// Delete: VM, then the disk (by its recorded disk id or volume id alike).
 	if err := d.DeleteVM(ctx, "vm-2"); err != nil {
