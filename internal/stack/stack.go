@@ -148,6 +148,15 @@ type Config struct {
 	// that events alone drive provisioning).
 	ProvisionerWorkers int
 	ProvisionerRecheck time.Duration
+	// ProvisionerAgentTimeout bounds waiting for a new VM's agent (0: the
+	// provisioner's default).
+	ProvisionerAgentTimeout time.Duration
+	// CloudAccounts resolves an aws network's cloud account for the
+	// provisioner's aws driver (nil: aws networks fail "not supported").
+	CloudAccounts provisioner.CloudAccounts
+	// AgentURL and AgentSHA256 are where a cloud VM downloads the agent
+	// binary and its SHA-256 (hex), written into its user data.
+	AgentURL, AgentSHA256 string
 
 	// NATSMonitorURLs are the NATS servers' monitoring endpoints
 	// (http://host:8222) and PatroniURLs the Patroni REST APIs
@@ -509,7 +518,8 @@ func (d deps) provisioner(ctx context.Context, nc *nats.Conn) (runner, error) {
 		drivers = append(drivers, drv)
 	}
 	s, err := provisioner.New(ctx, provisioner.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version, Concurrency: c.BusConcurrency,
-		Drivers: drivers, AgentGatewayAddr: d.agentGatewayAddr(), StreamReplicas: c.StreamReplicas, Workers: c.ProvisionerWorkers, Recheck: c.ProvisionerRecheck})
+		Drivers: drivers, AgentGatewayAddr: d.agentGatewayAddr(), StreamReplicas: c.StreamReplicas, Workers: c.ProvisionerWorkers, Recheck: c.ProvisionerRecheck,
+		AgentTimeout: c.ProvisionerAgentTimeout, CloudAccounts: c.CloudAccounts, AgentURL: c.AgentURL, AgentSHA256: c.AgentSHA256})
 	if err != nil {
 		return runner{}, err
 	}
