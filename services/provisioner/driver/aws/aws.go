@@ -722,8 +722,11 @@ func (d *Driver) ensureSecurityGroup(ctx context.Context, n driver.Network) (str
 	case awsx.Code(err) == "InvalidGroup.Duplicate":
 		byName, err := d.ec2.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{Filters: []types.Filter{
 			filter("vpc-id", n.VPCID), filter("group-name", name)}})
-		if err != nil || len(byName.SecurityGroups) == 0 {
+		if err != nil {
 			return "", failed(err, "find security group %s", name)
+		}
+		if len(byName.SecurityGroups) == 0 {
+			return "", fmt.Errorf("find security group %s: AWS says it exists in %s, and lists none", name, n.VPCID)
 		}
 		gid = awssdk.ToString(byName.SecurityGroups[0].GroupId)
 	case err != nil:
