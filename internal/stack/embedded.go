@@ -175,6 +175,12 @@ func embeddedConfig(s *datadir.Settings, d datadir.Dir, ns *server.Server, log *
 		AgentCommand:    agentCmd,
 	}
 	c.KMSAWS = embeddedKMS(s)
+	// Cloud VMs download the agent from this API: a reachable address of it.
+	scheme := "http"
+	if s.APITLS != "" {
+		scheme = "https"
+	}
+	c.PublicURL = scheme + "://" + reachable(c.HTTPAddr)
 	return c
 }
 

@@ -91,6 +91,9 @@ type EnvConfig struct {
 	// PatroniURLs are Patroni's REST APIs (http://host:8008,
 	// comma-separated): the gateway reports the PostgreSQL members from them.
 	PatroniURLs []string `env:"FLOTILLA_PATRONI_URLS" envSeparator:","`
+	// PublicURL is the API's URL as cloud VMs reach it: they download the
+	// agent there (gateway.AgentDownloadPath).
+	PublicURL string `env:"FLOTILLA_PUBLIC_URL"`
 	// HostName is the host the process is listed under in the cluster's
 	// managers (default: the machine's host name).
 	HostName     string `env:"FLOTILLA_HOST_NAME"`
@@ -236,6 +239,11 @@ func (c EnvConfig) ValidateSettings(service string) error {
 		}
 	case subjects.Provisioner:
 		hostPort("FLOTILLA_AGENT_GATEWAY_ADDR", c.AgentGatewayAddr)
+		if c.PublicURL != "" {
+			if err := checkHTTPURL(c.PublicURL); err != nil {
+				errs = append(errs, fmt.Errorf("FLOTILLA_PUBLIC_URL: %w", err))
+			}
+		}
 	default:
 		errs = append(errs, fmt.Errorf("%q is not a Flotilla service", service))
 	}
@@ -290,6 +298,7 @@ func (c EnvConfig) Config(service string) Config {
 		NATSMonitorURLs:    c.NATSMonitorURLs,
 		PatroniURLs:        c.PatroniURLs,
 		HostName:           c.HostName,
+		PublicURL:          c.PublicURL,
 	}
 }
 

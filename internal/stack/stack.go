@@ -154,6 +154,20 @@ type Config struct {
 	// that events alone drive provisioning).
 	ProvisionerWorkers int
 	ProvisionerRecheck time.Duration
+	// ProvisionerAgentTimeout bounds waiting for a new VM's agent (0: the
+	// provisioner's default).
+	ProvisionerAgentTimeout time.Duration
+	// CloudAccounts resolves an aws network's cloud account for the
+	// provisioner's aws driver (nil: the cloud account the network names).
+	CloudAccounts provisioner.CloudAccounts
+	// AgentURL and AgentSHA256 are where a cloud VM downloads the agent
+	// binary and its SHA-256 (hex), written into its user data (default:
+	// PublicURL + the gateway's download path, and the SHA-256 of
+	// AgentBinary).
+	AgentURL, AgentSHA256 string
+	// PublicURL is the API's URL as cloud VMs reach it (e.g.
+	// https://flotilla.example.com:7700): they download the agent there.
+	PublicURL string
 
 	// NATSMonitorURLs are the NATS servers' monitoring endpoints
 	// (http://host:8222) and PatroniURLs the Patroni REST APIs
@@ -511,8 +525,13 @@ func (d deps) provisioner(ctx context.Context, nc *nats.Conn) (runner, error) {
 		}
 		drivers = append(drivers, drv)
 	}
+	agentURL, agentSum, err := c.agentDownload()
+	if err != nil {
+		return runner{}, err
+	}
 	s, err := provisioner.New(ctx, provisioner.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version, Concurrency: c.BusConcurrency,
-		Drivers: drivers, AgentGatewayAddr: d.agentGatewayAddr(), StreamReplicas: c.StreamReplicas, Workers: c.ProvisionerWorkers, Recheck: c.ProvisionerRecheck})
+		Drivers: drivers, AgentGatewayAddr: d.agentGatewayAddr(), StreamReplicas: c.StreamReplicas, Workers: c.ProvisionerWorkers, Recheck: c.ProvisionerRecheck,
+		AgentTimeout: c.ProvisionerAgentTimeout, CloudAccounts: c.CloudAccounts, AgentURL: agentURL, AgentSHA256: agentSum})
 	if err != nil {
 		return runner{}, err
 	}
@@ -708,6 +727,26 @@ func (c *Config) agentBinary() string {
 		return ""
 	}
 	return cmd[0]
+}
+
+// agentDownload is where cloud VMs download the agent and its SHA-256:
+// AgentURL and AgentSHA256, or the gateway's download path under
+// PublicURL and the SHA-256 of AgentBinary ("" when either is unknown: an
+// aws provision then fails naming what is missing).
+func (c *Config) agentDownload() (string, string, error) {
+	url, sum := c.AgentURL, c.AgentSHA256
+	if url == "" && c.PublicURL != "" && c.Version != "" {
+		url = strings.TrimRight(c.PublicURL, "/") + gateway.AgentDownloadPath(c.Version)
+	}
+	if sum == "" {
+		if bin := c.agentBinary(); bin != "" {
+			var err error
+			if sum, err = gateway.FileSHA256(bin); err != nil {
+				return "", "", fmt.Errorf("the agent served to cloud VMs: %w", err)
+			}
+		}
+	}
+	return url, sum, nil
 }
 
 // databaseConns sizes the services' PostgreSQL pool to their bus

@@ -101,3 +101,22 @@ func TestActionNames(t *testing.T) {
 		}
 	}
 }
+
+func TestNotAllowed(t *testing.T) {
+	t.Parallel()
+	policy := []byte(`{"Version":"2012-10-17","Statement":[
+	 {"Effect":"Allow","Action":["ec2:RunInstances","ec2:Describe*"],"Resource":"*"},
+	 {"Effect":"Allow","Action":"route53:ChangeResourceRecordSets","Resource":"*"},
+	 {"Effect":"Deny","Action":"ec2:TerminateInstances","Resource":"*"}]}`)
+	got, err := awsx.NotAllowed(policy, []string{"ec2:RunInstances", "ec2:DescribeVolumes", "EC2:describeinstances",
+		"route53:ChangeResourceRecordSets", "ec2:TerminateInstances", "kms:Decrypt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "ec2:TerminateInstances,kms:Decrypt"; strings.Join(got, ",") != want {
+		t.Errorf("NotAllowed = %v, want %s", got, want)
+	}
+	if _, err := awsx.NotAllowed([]byte(`{"Version":"2008-10-17","Statement":[]}`), nil); err == nil || !strings.Contains(err.Error(), "Version") {
+		t.Errorf("an old policy version: %v", err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -124,6 +125,13 @@ func TestAWSWrapsWithTheEncryptionContext(t *testing.T) {
 	want := []string{"kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKey"}
 	if got := actions.List(); !slices.Equal(got, want) {
 		t.Errorf("recorded AWS actions %v, want %v", got, want)
+	}
+	policy, err := os.ReadFile("../../deployments/aws/iam-policy.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if missing, err := awsx.NotAllowed(policy, actions.List()); err != nil || len(missing) > 0 {
+		t.Errorf("deployments/aws/iam-policy.json does not allow %v, which AWS KMS for secrets called (%v)", missing, err)
 	}
 }
 

@@ -20,14 +20,18 @@ type Moto struct {
 	URL string
 }
 
+// MotoAuth makes moto check every request's signature and access key, as
+// AWS does (by default it accepts any): with it, Account's keys are refused.
+const MotoAuth = "INITIAL_NO_AUTH_ACTION_COUNT=0"
+
 // MotoRegion is the region tests use; moto serves every region.
 const MotoRegion = "eu-west-1"
 
 // StartMoto starts a moto_server of the test's own, with AMI validation on
 // (an unknown image fails as on AWS), and stops it when the test ends. A
 // missing moto_server fails the test, never skips it: CI must run these
-// tests.
-func StartMoto(tb testing.TB) *Moto {
+// tests. env adds moto's settings ("NAME=value"), e.g. MotoAuth.
+func StartMoto(tb testing.TB, env ...string) *Moto {
 	tb.Helper()
 	bin, err := exec.LookPath("moto_server")
 	if err != nil {
@@ -35,7 +39,7 @@ func StartMoto(tb testing.TB) *Moto {
 	}
 	port := FreePort(tb)
 	cmd := exec.Command(bin, "-H", "127.0.0.1", "-p", strconv.Itoa(port))
-	cmd.Env = append(os.Environ(), "MOTO_ENABLE_AMI_VALIDATION=true")
+	cmd.Env = append(append(os.Environ(), "MOTO_ENABLE_AMI_VALIDATION=true"), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	out := &Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out

@@ -51,7 +51,16 @@ type Deps struct {
 	Drivers []driver.Driver
 	// AgentGatewayAddr is the host:port agents connect to.
 	AgentGatewayAddr string
-	StreamReplicas   int
+	// CloudAccounts resolves an aws network's cloud account, whose driver
+	// the provisioner makes when no aws driver is in Drivers (nil: the
+	// account the network names, read from the inventory, its secret key
+	// from the secret broker).
+	CloudAccounts CloudAccounts
+	// AgentURL is where a cloud VM downloads the agent binary of this
+	// version (the gateway's public path), and AgentSHA256 its SHA-256 in
+	// hex; cloud drivers need both (the local driver starts its agent itself).
+	AgentURL, AgentSHA256 string
+	StreamReplicas        int
 	// Workers is how many instances are reconciled at once (default 8).
 	Workers int
 	// AgentTimeout bounds waiting for a new VM's agent (default 3 min).
@@ -79,6 +88,7 @@ type Service struct {
 	js       jetstream.JetStream
 	wakers   *wakers
 	leases   *leases
+	clouds   clouds
 }
 
 // Retries of an instance another provisioner holds the lease of.
@@ -143,6 +153,9 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		return nil, err
 	}
 	s.accounts = busAccounts{c: s.bus}
+	if s.d.CloudAccounts == nil {
+		s.d.CloudAccounts = s.accounts
+	}
 	if err := rpc.Handle(s.rpc, endpoints.CloudAccountVerify, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.VerifyCloudAccountRequest) (*inventoryv1.CloudAccountVerification, error) {
 		return s.accounts.verify(ctx, r.GetId())
 	}); err != nil {

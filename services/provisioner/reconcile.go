@@ -75,10 +75,11 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 	if err != nil {
 		return err
 	}
-	drv, ok := s.drivers[tmpl.GetProvider()]
-	if !ok {
-		return fail(vocab.StepAllocatingDisk, fmt.Errorf("provider %q is not supported yet", tmpl.GetProvider()))
+	drv, err := s.driverFor(ctx, tmpl, netw)
+	if err != nil {
+		return fail(vocab.StepAllocatingDisk, err)
 	}
+	place := networkOf(tmpl, netw)
 	if in.GetReprovisionPending() {
 		if in.GetVmId() != "" {
 			if _, err := s.record(ctx, step(id, vocab.StateDeprovisioning, vocab.StepStoppingVM)); err != nil {
@@ -106,8 +107,19 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 		return err
 	}
 	failpoint.Hit("provisioner.disk-recorded")
-	if _, err := drv.EnsureDisk(ctx, driver.DiskSpec{ID: disk.GetId(), InstanceID: id, SizeGB: disk.GetSizeGb(), Tags: tmpl.GetTags()}); err != nil {
+	made, err := drv.EnsureDisk(ctx, driver.DiskSpec{ID: disk.GetId(), InstanceID: id, SizeGB: disk.GetSizeGb(), Tags: tmpl.GetTags(), Network: place})
+	if err != nil {
 		return fail(vocab.StepAllocatingDisk, err)
+	}
+	if made.ID != disk.GetId() {
+		// The cloud's own id (an EBS volume id) replaces the one chosen:
+		// the driver finds the disk by either.
+		disk = &inventoryv1.DataDisk{Id: made.ID, SizeGb: disk.GetSizeGb()}
+		r := step(id, vocab.StateProvisioning, vocab.StepAllocatingDisk)
+		r.DataDisk = disk
+		if _, err := s.record(ctx, r); err != nil {
+			return err
+		}
 	}
 	failpoint.Hit("provisioner.disk-allocated")
 
@@ -133,18 +145,25 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 	vm, err := drv.EnsureVM(ctx, driver.VMSpec{
 		ID: vmID, InstanceID: id, InstanceName: in.GetName(), DiskID: disk.GetId(), DiskSizeGB: disk.GetSizeGb(),
 		Image: tmpl.GetImage(), InstanceType: tmpl.GetInstanceType(), Tags: tmpl.GetTags(),
-		Bootstrap: driver.Bootstrap{GatewayAddr: s.d.AgentGatewayAddr, JoinToken: token.GetToken(), CAPEM: pki.AgentBundle(caCert)},
+		Bootstrap: driver.Bootstrap{GatewayAddr: s.d.AgentGatewayAddr, JoinToken: token.GetToken(), CAPEM: pki.AgentBundle(caCert),
+			AgentURL: s.d.AgentURL, AgentSHA256: s.d.AgentSHA256, ManagerVersion: s.d.Version},
+		Network: place, InstanceProfile: tmpl.GetInstanceProfile(), SSHKeyName: tmpl.GetSshKeyName(),
 	})
 	if err != nil {
 		return fail(vocab.StepLaunchingVM, err)
 	}
 	failpoint.Hit("provisioner.vm-launched")
-	addrs := &inventoryv1.Addresses{PrivateIp: vm.PrivateIP, PrivateDns: vm.PrivateDNS, PublicIp: vm.PublicIP}
-	if in.GetAddresses().GetUrl() != "" && in.GetVmId() == vmID {
+	addrs := &inventoryv1.Addresses{PrivateIp: vm.PrivateIP, PrivateDns: vm.PrivateDNS, PublicIp: vm.PublicIP, PublicDns: vm.PublicDNS}
+	if in.GetAddresses().GetUrl() != "" && in.GetVmId() == vm.ID {
 		addrs.Url = in.GetAddresses().GetUrl()
 	}
 	r = step(id, vocab.StateProvisioning, vocab.StepWaitingForAgent)
 	r.Addresses, r.Event = addrs, string(vocab.VerbVMLaunched)
+	if vm.ID != vmID {
+		// The cloud's own id (an EC2 instance id) replaces the one chosen:
+		// the driver finds the VM by either.
+		r.VmId, vmID = vm.ID, vm.ID
+	}
 	if _, err := s.record(ctx, r); err != nil {
 		return err
 	}
@@ -163,7 +182,7 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 	}
 	cmd := &agentv1.Command{Id: vmID, Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{
 		InstanceName: in.GetName(), SetupActions: tmpl.GetSetupActions(), NodeVersion: nodeVersion(tmpl),
-		HttpsStrategy: netw.GetHttpsStrategy(), Sans: in.GetSsl().GetSans(),
+		HttpsStrategy: netw.GetHttpsStrategy(), Sans: in.GetSsl().GetSans(), NodePort: place.NodePort,
 	}}}
 	if err := s.sendCommand(ctx, id, cmd, s.d.AgentTimeout); err != nil {
 		return fail(vocab.StepRunningSetup, err)
@@ -242,13 +261,13 @@ func (s *Service) remove(ctx context.Context, in *inventoryv1.Instance) error {
 }
 
 func (s *Service) driverOf(ctx context.Context, in *inventoryv1.Instance) (driver.Driver, error) {
-	t, err := rpc.Call(ctx, s.bus, endpoints.TemplateGet, &inventoryv1.GetTemplateRequest{Id: in.GetTemplateId()})
+	t, n, err := s.placement(ctx, in)
 	if err != nil {
 		return nil, err
 	}
-	drv, ok := s.drivers[t.GetProvider()]
-	if !ok {
-		return nil, fail(vocab.StepStoppingVM, fmt.Errorf("provider %q is not supported yet", t.GetProvider()))
+	drv, err := s.driverFor(ctx, t, n)
+	if err != nil {
+		return nil, fail(vocab.StepStoppingVM, err)
 	}
 	return drv, nil
 }

@@ -14,6 +14,11 @@ import (
 var ErrNotFound = errors.New("not found")
 
 // Driver creates and destroys an instance's cloud resources.
+//
+// Ensure calls return the resource's id. A driver may return the cloud's
+// own id (an EC2 instance id, an EBS volume id) instead of the one the
+// provisioner chose: the provisioner then records the returned id, and
+// every later call with either id finds the same resource.
 type Driver interface {
 	// Name is the provider name, e.g. "local" or "aws".
 	Name() string
@@ -34,6 +39,36 @@ type DiskSpec struct {
 	InstanceID string
 	SizeGB     int32
 	Tags       map[string]string
+	// Network is where the disk's VM will run (a cloud disk is made in
+	// the availability zone of the network's subnet).
+	Network Network
+}
+
+// Network is where a cloud driver places a VM: the network's provider
+// settings as the provisioner read them. Local drivers ignore it.
+type Network struct {
+	// ID is the network's id in the inventory: what a security group the
+	// driver makes for it is tagged and named with.
+	ID string
+	// VPCID is the VPC the VM runs in (aws).
+	VPCID string
+	// SubnetID is the subnet the VM runs in; its availability zone is the
+	// data disk's.
+	SubnetID string
+	// SecurityGroupIDs are the VM's security groups; none means the driver
+	// makes (once per VPC and port) a group that opens NodePort.
+	SecurityGroupIDs []string
+	// AssignPublicIP gives the VM a public address (an Elastic IP on aws).
+	AssignPublicIP bool
+	// NodePort is the TCP port the node software serves on (0: the driver's default).
+	NodePort int32
+	// PrivateZoneID and PublicZoneID are DNS zones (Route53 hosted zone
+	// ids on aws): the VM's name gets an A record of its private address
+	// in the first and of its public address in the second.
+	PrivateZoneID, PublicZoneID string
+	// HostnamePattern forms the VM's name: {name} is the instance's name,
+	// {id} its id, e.g. "{name}.fleet.example". Empty: no DNS records.
+	HostnamePattern string
 }
 
 // Disk is a data disk.
@@ -53,6 +88,12 @@ type VMSpec struct {
 	InstanceType string
 	Tags         map[string]string
 	Bootstrap    Bootstrap
+	// Network is where the VM runs.
+	Network Network
+	// InstanceProfile is the IAM instance profile the VM runs as (aws; optional).
+	InstanceProfile string
+	// SSHKeyName is the key pair an operator logs in with (aws; optional).
+	SSHKeyName string
 }
 
 // Bootstrap is what a new VM's agent starts with.
@@ -63,6 +104,14 @@ type Bootstrap struct {
 	JoinToken string
 	// CAPEM is the fleet CA certificate the agent trusts.
 	CAPEM string
+	// AgentURL is where a cloud VM downloads the agent binary (the
+	// gateway's public path of this manager's version).
+	AgentURL string
+	// AgentSHA256 is the binary's SHA-256, hex: a download that does not
+	// match is never run.
+	AgentSHA256 string
+	// ManagerVersion is the manager's version, which the agent's matches.
+	ManagerVersion string
 }
 
 // VM is a launched VM.
@@ -71,4 +120,7 @@ type VM struct {
 	PrivateIP  string
 	PrivateDNS string
 	PublicIP   string
+	PublicDNS  string
+	// Hostname is the name the driver recorded in DNS ("" when none).
+	Hostname string
 }

@@ -1,7 +1,9 @@
 // Package drivertest is the contract every cloud driver keeps, as one suite
 // run against each implementation: resources are named by the ids the
 // provisioner chose, making one twice finds the first, and destroying what
-// is missing is not an error.
+// is missing is not an error. A driver may answer with the cloud's own id
+// instead; the provisioner records it, so the suite checks that the
+// returned id finds the same resource as the chosen one.
 package drivertest
 
 import (
@@ -17,42 +19,37 @@ import (
 // with fresh ids and destroys them again.
 func Run(t *testing.T, d driver.Driver) {
 	t.Helper()
+	RunWith(t, d, nil)
+}
+
+// RunWith is Run with place filling in what the driver needs beyond the
+// contract's ids (a cloud driver: network, image, instance type, bootstrap).
+func RunWith(t *testing.T, d driver.Driver, place func(*driver.DiskSpec, *driver.VMSpec)) {
+	t.Helper()
 	ctx := context.Background()
 	suffix := uuid.NewString()[:8]
 	disk := driver.DiskSpec{ID: "disk-" + suffix, InstanceID: "i-" + suffix, SizeGB: 1}
 	vm := driver.VMSpec{ID: "vm-" + suffix, InstanceID: disk.InstanceID, InstanceName: "contract-" + suffix,
 		DiskID: disk.ID, DiskSizeGB: disk.SizeGB,
 		Bootstrap: driver.Bootstrap{GatewayAddr: "127.0.0.1:1", JoinToken: "fjt_contract", CAPEM: "-"}}
+	if place != nil {
+		place(&disk, &vm)
+	}
 
 	if d.Name() == "" {
 		t.Error("Name() is empty")
 	}
-	for i := range 2 {
-		got, err := d.EnsureDisk(ctx, disk)
-		if err != nil {
-			t.Fatalf("EnsureDisk (call %d): %v", i+1, err)
-		}
-		if got.ID != disk.ID || got.SizeGB != disk.SizeGB {
-			t.Errorf("EnsureDisk (call %d) = %+v; want id %s, %d GiB", i+1, got, disk.ID, disk.SizeGB)
-		}
-	}
-	for i := range 2 {
-		got, err := d.EnsureVM(ctx, vm)
-		if err != nil {
-			t.Fatalf("EnsureVM (call %d): %v", i+1, err)
-		}
-		if got.ID != vm.ID {
-			t.Errorf("EnsureVM (call %d) = %+v; want id %s", i+1, got, vm.ID)
+	diskID := ensureDisk(t, ctx, d, disk)
+	vm.DiskID = diskID
+	vmID := ensureVM(t, ctx, d, vm)
+	for _, id := range []string{vmID, vm.ID} {
+		if err := d.DeleteVM(ctx, id); err != nil {
+			t.Errorf("DeleteVM(%s): %v", id, err)
 		}
 	}
-	for i := range 2 {
-		if err := d.DeleteVM(ctx, vm.ID); err != nil {
-			t.Errorf("DeleteVM (call %d): %v", i+1, err)
-		}
-	}
-	for i := range 2 {
-		if err := d.DeleteDisk(ctx, disk.ID); err != nil {
-			t.Errorf("DeleteDisk (call %d): %v", i+1, err)
+	for _, id := range []string{diskID, disk.ID} {
+		if err := d.DeleteDisk(ctx, id); err != nil {
+			t.Errorf("DeleteDisk(%s): %v", id, err)
 		}
 	}
 	if err := d.DeleteVM(ctx, "vm-never-"+suffix); err != nil {
@@ -61,4 +58,53 @@ func Run(t *testing.T, d driver.Driver) {
 	if err := d.DeleteDisk(ctx, "disk-never-"+suffix); err != nil {
 		t.Errorf("DeleteDisk of a disk that never existed: %v", err)
 	}
+}
+
+// ensureDisk makes the disk twice by its chosen id and once by the id
+// returned, and returns that id.
+func ensureDisk(t *testing.T, ctx context.Context, d driver.Driver, disk driver.DiskSpec) string {
+	t.Helper()
+	got, err := d.EnsureDisk(ctx, disk)
+	if err != nil {
+		t.Fatalf("EnsureDisk: %v", err)
+	}
+	if got.ID == "" || got.SizeGB != disk.SizeGB {
+		t.Fatalf("EnsureDisk = %+v; want an id and %d GiB", got, disk.SizeGB)
+	}
+	for _, id := range []string{disk.ID, got.ID} {
+		again := disk
+		again.ID = id
+		g, err := d.EnsureDisk(ctx, again)
+		if err != nil {
+			t.Fatalf("EnsureDisk(%s) again: %v", id, err)
+		}
+		if g.ID != got.ID {
+			t.Errorf("EnsureDisk(%s) again = %+v; want the disk %s", id, g, got.ID)
+		}
+	}
+	return got.ID
+}
+
+// ensureVM is ensureDisk for the VM.
+func ensureVM(t *testing.T, ctx context.Context, d driver.Driver, vm driver.VMSpec) string {
+	t.Helper()
+	got, err := d.EnsureVM(ctx, vm)
+	if err != nil {
+		t.Fatalf("EnsureVM: %v", err)
+	}
+	if got.ID == "" {
+		t.Fatalf("EnsureVM = %+v; want an id", got)
+	}
+	for _, id := range []string{vm.ID, got.ID} {
+		again := vm
+		again.ID = id
+		g, err := d.EnsureVM(ctx, again)
+		if err != nil {
+			t.Fatalf("EnsureVM(%s) again: %v", id, err)
+		}
+		if g.ID != got.ID {
+			t.Errorf("EnsureVM(%s) again = %+v; want the VM %s", id, g, got.ID)
+		}
+	}
+	return got.ID
 }
