@@ -59,7 +59,7 @@ var (
 	NetworkCreate = endpoint[*inventoryv1.CreateNetworkRequest, *inventoryv1.Network](inventory, subjects.NounNetwork, subjects.VerbCreate,
 		"creates a network", gateway)
 	NetworkGet = endpoint[*inventoryv1.GetNetworkRequest, *inventoryv1.Network](inventory, subjects.NounNetwork, subjects.VerbGet,
-		"reads a network", gateway, provisioner)
+		"reads a network", gateway, provisioner, ca)
 	NetworkList = endpoint[*inventoryv1.ListNetworksRequest, *inventoryv1.ListNetworksResponse](inventory, subjects.NounNetwork, subjects.VerbList,
 		"lists networks, a page at a time", gateway)
 	NetworkUpdate = endpoint[*inventoryv1.UpdateNetworkRequest, *inventoryv1.Network](inventory, subjects.NounNetwork, subjects.VerbUpdate,
@@ -126,6 +126,8 @@ var (
 		"says whether an agent certificate is current: instance live, VM current, not superseded", agentgw)
 	ServerSign = endpoint[*cav1.SignServerRequest, *cav1.ServerCertificate](ca, subjects.NounServer, subjects.VerbSign,
 		"certifies an instance's (or the agent gateway's) HTTPS key for its names", agentgw)
+	CustomCertGet = endpoint[*cav1.GetCustomCertificateRequest, *cav1.CustomCertificate](ca, subjects.NounCustomCert, subjects.VerbGet,
+		"resolves an instance's custom certificate and its private key (secret broker or AWS Secrets Manager) for its agent", agentgw)
 )
 
 // Secrets.
@@ -138,6 +140,10 @@ var (
 		"deletes one of an instance's secrets", gateway)
 	SecretRead = endpoint[*secretsv1.ReadSecretRequest, *secretsv1.ReadSecretResponse](secrets, subjects.NounSecret, subjects.VerbRead,
 		"releases a secret's value to its instance's agent, audited", agentgw)
+	CertKeyCreate = endpoint[*secretsv1.StoreCertificateKeyRequest, *secretsv1.CertificateKey](secrets, subjects.NounCertKey, subjects.VerbCreate,
+		"stores an uploaded TLS private key of a network or an instance, encrypted", inventory)
+	CertKeyRead = endpoint[*secretsv1.ReadCertificateKeyRequest, *secretsv1.ReadCertificateKeyResponse](secrets, subjects.NounCertKey, subjects.VerbRead,
+		"releases a stored TLS private key for an instance's custom certificate, audited", ca)
 )
 
 // Agent gateway.
@@ -146,5 +152,5 @@ var (
 	// agent is connected to (no queue group: no responders means the agent
 	// is not connected). Bind it to an instance with At.
 	AgentCommand = declare[*agentv1.Command, *emptypb.Empty](agentgw, "agent.command", subjects.AgentCommand("*"),
-		"queues a command for a connected agent", provisioner)
+		"queues a command for a connected agent", provisioner, gateway)
 )

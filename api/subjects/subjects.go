@@ -112,6 +112,8 @@ const (
 	NounServer      = "server"      // ca: server.sign
 	NounSecret      = "secret"      // secrets: secret.create/list/delete/read
 	NounLifecycle   = "lifecycle"   // inventory: lifecycle.request, lifecycle.observe, lifecycle.record
+	NounCustomCert  = "customcert"  // ca: customcert.get
+	NounCertKey     = "certkey"     // secrets: certkey.create/read
 
 	VerbJoin    = "join"
 	VerbSign    = "sign"

@@ -114,6 +114,8 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		rpc.Handle(s.rpc, endpoints.SecretList, s.list),
 		rpc.Handle(s.rpc, endpoints.SecretDelete, s.delete),
 		rpc.Handle(s.rpc, endpoints.SecretRead, s.read),
+		rpc.Handle(s.rpc, endpoints.CertKeyCreate, s.createCertKey),
+		rpc.Handle(s.rpc, endpoints.CertKeyRead, s.readCertKey),
 	); err != nil {
 		_ = s.rpc.Stop()
 		return nil, err

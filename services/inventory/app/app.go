@@ -65,6 +65,8 @@ type App struct {
 	// committed runs after every write transaction commits (the outbox
 	// forwarder's Wake).
 	committed func()
+	// keys keeps uploaded TLS private keys (certkeys.go).
+	keys KeyStore
 }
 
 // Option configures an App.

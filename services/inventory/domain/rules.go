@@ -10,6 +10,7 @@ import (
 	"path"
 	"regexp"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -90,8 +91,16 @@ func ValidateNetwork(n *inventoryv1.Network) error {
 		return err
 	}
 	strategy := vocab.HTTPSStrategy(n.GetHttpsStrategy())
-	if strategy == vocab.HTTPSCustomCertificate || strategy == vocab.HTTPSACME {
-		return apierr.Unsupported("httpsStrategy", "%q is not supported yet: use %q or %q", strategy, vocab.HTTPSNone, vocab.HTTPSSelfSigned)
+	if strategy == vocab.HTTPSACME {
+		return apierr.Unsupported("httpsStrategy", "%q is not supported yet: use %q, %q or %q", strategy, vocab.HTTPSNone, vocab.HTTPSSelfSigned, vocab.HTTPSCustomCertificate)
+	}
+	if cc := NetworkCertificate(n); !cc.Empty() {
+		if strategy != vocab.HTTPSCustomCertificate {
+			return apierr.Invalid("customCertificate", "is only allowed with httpsStrategy %q", vocab.HTTPSCustomCertificate)
+		}
+		if err := cc.Validate(nil, time.Now()); err != nil {
+			return err
+		}
 	}
 	if strategy == vocab.HTTPSACME {
 		email := n.GetAcme().GetContactEmail()
@@ -314,15 +323,18 @@ func ValidatePlacement(in *inventoryv1.Instance, t *inventoryv1.Template, n *inv
 			t.GetName(), t.GetProvider(), n.GetName(), n.GetProvider())
 	}
 	ssl := in.GetSsl()
+	custom := !InstanceCertificate(in).Empty()
 	switch vocab.HTTPSStrategy(n.GetHttpsStrategy()) {
 	case vocab.HTTPSNone:
-		if len(ssl.GetSans())+len(ssl.GetDomains()) > 0 || ssl.GetCertificatePem() != "" || ssl.GetPrivateKeyRef() != "" {
+		if len(ssl.GetSans())+len(ssl.GetDomains()) > 0 || custom {
 			return apierr.Invalid("ssl", "network %q uses httpsStrategy %q: no SSL settings apply", n.GetName(), vocab.HTTPSNone)
 		}
 	case vocab.HTTPSSelfSigned:
-		if len(ssl.GetDomains()) > 0 || ssl.GetCertificatePem() != "" || ssl.GetPrivateKeyRef() != "" {
+		if len(ssl.GetDomains()) > 0 || custom {
 			return apierr.Invalid("ssl", "network %q uses httpsStrategy %q: only ssl.sans applies", n.GetName(), vocab.HTTPSSelfSigned)
 		}
+	case vocab.HTTPSCustomCertificate:
+		return validateInstanceCertificate(in, n, time.Now())
 	}
 	return nil
 }

@@ -45,11 +45,14 @@ type Network struct {
 	// Whether instances get a public IP address.
 	AssignPublicIp bool `protobuf:"varint,8,opt,name=assign_public_ip,json=assignPublicIp,proto3" json:"assign_public_ip,omitempty"`
 	// Version for optimistic concurrency: send the version you read with an update.
-	Version       int64                  `protobuf:"varint,9,opt,name=version,proto3" json:"version,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Version    int64                  `protobuf:"varint,9,opt,name=version,proto3" json:"version,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// The certificate of the "custom-certificate" strategy; an instance's
+	// ssl settings may override it.
+	CustomCertificate *CustomCertificate `protobuf:"bytes,12,opt,name=custom_certificate,json=customCertificate,proto3" json:"custom_certificate,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Network) Reset() {
@@ -159,6 +162,90 @@ func (x *Network) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Network) GetCustomCertificate() *CustomCertificate {
+	if x != nil {
+		return x.CustomCertificate
+	}
+	return nil
+}
+
+// CustomCertificate is an operator's certificate chain and where its private
+// key is: uploaded (private_key_pem, stored encrypted by the secret broker and
+// never returned; private_key_id names the stored copy) or an AWS Secrets
+// Manager secret id (private_key_ref), read when an instance is provisioned
+// and on :refresh-certificate.
+type CustomCertificate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// PEM certificate chain, leaf first.
+	CertificatePem string `protobuf:"bytes,1,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	// PEM private key of the leaf; write-only.
+	PrivateKeyPem string `protobuf:"bytes,2,opt,name=private_key_pem,json=privateKeyPem,proto3" json:"private_key_pem,omitempty"`
+	// AWS Secrets Manager secret id (name or ARN) holding the PEM private key.
+	PrivateKeyRef string `protobuf:"bytes,3,opt,name=private_key_ref,json=privateKeyRef,proto3" json:"private_key_ref,omitempty"`
+	// Id of the uploaded key as the secret broker stores it.
+	PrivateKeyId  string `protobuf:"bytes,4,opt,name=private_key_id,json=privateKeyId,proto3" json:"private_key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CustomCertificate) Reset() {
+	*x = CustomCertificate{}
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CustomCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CustomCertificate) ProtoMessage() {}
+
+func (x *CustomCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CustomCertificate.ProtoReflect.Descriptor instead.
+func (*CustomCertificate) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CustomCertificate) GetCertificatePem() string {
+	if x != nil {
+		return x.CertificatePem
+	}
+	return ""
+}
+
+func (x *CustomCertificate) GetPrivateKeyPem() string {
+	if x != nil {
+		return x.PrivateKeyPem
+	}
+	return ""
+}
+
+func (x *CustomCertificate) GetPrivateKeyRef() string {
+	if x != nil {
+		return x.PrivateKeyRef
+	}
+	return ""
+}
+
+func (x *CustomCertificate) GetPrivateKeyId() string {
+	if x != nil {
+		return x.PrivateKeyId
+	}
+	return ""
+}
+
 // AcmeSettings configure certificates from an ACME CA.
 type AcmeSettings struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -172,7 +259,7 @@ type AcmeSettings struct {
 
 func (x *AcmeSettings) Reset() {
 	*x = AcmeSettings{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[1]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -184,7 +271,7 @@ func (x *AcmeSettings) String() string {
 func (*AcmeSettings) ProtoMessage() {}
 
 func (x *AcmeSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[1]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -197,7 +284,7 @@ func (x *AcmeSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcmeSettings.ProtoReflect.Descriptor instead.
 func (*AcmeSettings) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{1}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *AcmeSettings) GetContactEmail() string {
@@ -227,7 +314,7 @@ type AwsNetworkSettings struct {
 
 func (x *AwsNetworkSettings) Reset() {
 	*x = AwsNetworkSettings{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[2]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -239,7 +326,7 @@ func (x *AwsNetworkSettings) String() string {
 func (*AwsNetworkSettings) ProtoMessage() {}
 
 func (x *AwsNetworkSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[2]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -252,7 +339,7 @@ func (x *AwsNetworkSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AwsNetworkSettings.ProtoReflect.Descriptor instead.
 func (*AwsNetworkSettings) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{2}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AwsNetworkSettings) GetVpcId() string {
@@ -296,7 +383,7 @@ type DnsSettings struct {
 
 func (x *DnsSettings) Reset() {
 	*x = DnsSettings{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[3]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -308,7 +395,7 @@ func (x *DnsSettings) String() string {
 func (*DnsSettings) ProtoMessage() {}
 
 func (x *DnsSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[3]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -321,7 +408,7 @@ func (x *DnsSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DnsSettings.ProtoReflect.Descriptor instead.
 func (*DnsSettings) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{3}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *DnsSettings) GetPrivateZoneId() string {
@@ -376,7 +463,7 @@ type Template struct {
 
 func (x *Template) Reset() {
 	*x = Template{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[4]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -388,7 +475,7 @@ func (x *Template) String() string {
 func (*Template) ProtoMessage() {}
 
 func (x *Template) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[4]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -401,7 +488,7 @@ func (x *Template) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Template.ProtoReflect.Descriptor instead.
 func (*Template) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{4}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Template) GetId() string {
@@ -517,7 +604,7 @@ type SetupAction struct {
 
 func (x *SetupAction) Reset() {
 	*x = SetupAction{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[5]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -529,7 +616,7 @@ func (x *SetupAction) String() string {
 func (*SetupAction) ProtoMessage() {}
 
 func (x *SetupAction) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[5]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -542,7 +629,7 @@ func (x *SetupAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetupAction.ProtoReflect.Descriptor instead.
 func (*SetupAction) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{5}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SetupAction) GetType() string {
@@ -638,7 +725,7 @@ type Instance struct {
 
 func (x *Instance) Reset() {
 	*x = Instance{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[6]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +737,7 @@ func (x *Instance) String() string {
 func (*Instance) ProtoMessage() {}
 
 func (x *Instance) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[6]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +750,7 @@ func (x *Instance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Instance.ProtoReflect.Descriptor instead.
 func (*Instance) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Instance) GetId() string {
@@ -815,7 +902,7 @@ type LogRetention struct {
 
 func (x *LogRetention) Reset() {
 	*x = LogRetention{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[7]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +914,7 @@ func (x *LogRetention) String() string {
 func (*LogRetention) ProtoMessage() {}
 
 func (x *LogRetention) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[7]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +927,7 @@ func (x *LogRetention) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRetention.ProtoReflect.Descriptor instead.
 func (*LogRetention) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LogRetention) GetMaxLines() int32 {
@@ -862,19 +949,25 @@ type SslSettings struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Extra subject alternative names (DNS names or IP addresses) for "self-signed".
 	Sans []string `protobuf:"bytes,1,rep,name=sans,proto3" json:"sans,omitempty"`
+	// With "custom-certificate", certificate_pem with private_key_pem or
+	// private_key_ref replace the network's certificate for this instance.
 	// Domains to order certificates for with "acme".
 	Domains []string `protobuf:"bytes,2,rep,name=domains,proto3" json:"domains,omitempty"`
 	// PEM certificate chain for "custom-certificate".
 	CertificatePem string `protobuf:"bytes,3,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
-	// Cloud secret store reference of the private key for "custom-certificate".
+	// AWS Secrets Manager secret id of the private key for "custom-certificate".
 	PrivateKeyRef string `protobuf:"bytes,4,opt,name=private_key_ref,json=privateKeyRef,proto3" json:"private_key_ref,omitempty"`
+	// PEM private key for "custom-certificate"; write-only, stored encrypted.
+	PrivateKeyPem string `protobuf:"bytes,5,opt,name=private_key_pem,json=privateKeyPem,proto3" json:"private_key_pem,omitempty"`
+	// Id of the uploaded key as the secret broker stores it.
+	PrivateKeyId  string `protobuf:"bytes,6,opt,name=private_key_id,json=privateKeyId,proto3" json:"private_key_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SslSettings) Reset() {
 	*x = SslSettings{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[8]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -886,7 +979,7 @@ func (x *SslSettings) String() string {
 func (*SslSettings) ProtoMessage() {}
 
 func (x *SslSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[8]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -899,7 +992,7 @@ func (x *SslSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SslSettings.ProtoReflect.Descriptor instead.
 func (*SslSettings) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SslSettings) GetSans() []string {
@@ -930,6 +1023,20 @@ func (x *SslSettings) GetPrivateKeyRef() string {
 	return ""
 }
 
+func (x *SslSettings) GetPrivateKeyPem() string {
+	if x != nil {
+		return x.PrivateKeyPem
+	}
+	return ""
+}
+
+func (x *SslSettings) GetPrivateKeyId() string {
+	if x != nil {
+		return x.PrivateKeyId
+	}
+	return ""
+}
+
 // Addresses are where an instance can be reached.
 type Addresses struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -945,7 +1052,7 @@ type Addresses struct {
 
 func (x *Addresses) Reset() {
 	*x = Addresses{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[9]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1064,7 @@ func (x *Addresses) String() string {
 func (*Addresses) ProtoMessage() {}
 
 func (x *Addresses) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[9]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1077,7 @@ func (x *Addresses) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Addresses.ProtoReflect.Descriptor instead.
 func (*Addresses) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Addresses) GetPrivateIp() string {
@@ -1021,7 +1128,7 @@ type AgentStatus struct {
 
 func (x *AgentStatus) Reset() {
 	*x = AgentStatus{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[10]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1140,7 @@ func (x *AgentStatus) String() string {
 func (*AgentStatus) ProtoMessage() {}
 
 func (x *AgentStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[10]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1153,7 @@ func (x *AgentStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentStatus.ProtoReflect.Descriptor instead.
 func (*AgentStatus) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AgentStatus) GetStatus() string {
@@ -1083,7 +1190,7 @@ type DataDisk struct {
 
 func (x *DataDisk) Reset() {
 	*x = DataDisk{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[11]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1202,7 @@ func (x *DataDisk) String() string {
 func (*DataDisk) ProtoMessage() {}
 
 func (x *DataDisk) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[11]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1215,7 @@ func (x *DataDisk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataDisk.ProtoReflect.Descriptor instead.
 func (*DataDisk) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DataDisk) GetId() string {
@@ -1143,7 +1250,7 @@ var File_flotilla_inventory_v1_resources_proto protoreflect.FileDescriptor
 
 const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\n" +
-	"%flotilla/inventory/v1/resources.proto\x12\x15flotilla.inventory.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x03\n" +
+	"%flotilla/inventory/v1/resources.proto\x12\x15flotilla.inventory.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x04\n" +
 	"\aNetwork\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x17\n" +
 	"\x04name\x18\x02 \x01(\tB\x03\xe0A\x02R\x04name\x12\x1f\n" +
@@ -1158,7 +1265,13 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"createTime\x12@\n" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
-	"updateTime\"X\n" +
+	"updateTime\x12W\n" +
+	"\x12custom_certificate\x18\f \x01(\v2(.flotilla.inventory.v1.CustomCertificateR\x11customCertificate\"\xbc\x01\n" +
+	"\x11CustomCertificate\x12'\n" +
+	"\x0fcertificate_pem\x18\x01 \x01(\tR\x0ecertificatePem\x12+\n" +
+	"\x0fprivate_key_pem\x18\x02 \x01(\tB\x03\xe0A\x04R\rprivateKeyPem\x12&\n" +
+	"\x0fprivate_key_ref\x18\x03 \x01(\tR\rprivateKeyRef\x12)\n" +
+	"\x0eprivate_key_id\x18\x04 \x01(\tB\x03\xe0A\x03R\fprivateKeyId\"X\n" +
 	"\fAcmeSettings\x12#\n" +
 	"\rcontact_email\x18\x01 \x01(\tR\fcontactEmail\x12#\n" +
 	"\rdirectory_url\x18\x02 \x01(\tR\fdirectoryUrl\"\x8e\x01\n" +
@@ -1229,12 +1342,14 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\rlog_retention\x18\x13 \x01(\v2#.flotilla.inventory.v1.LogRetentionR\flogRetention\"_\n" +
 	"\fLogRetention\x12\x1b\n" +
 	"\tmax_lines\x18\x01 \x01(\x05R\bmaxLines\x122\n" +
-	"\amax_age\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06maxAge\"\x8c\x01\n" +
+	"\amax_age\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06maxAge\"\xe4\x01\n" +
 	"\vSslSettings\x12\x12\n" +
 	"\x04sans\x18\x01 \x03(\tR\x04sans\x12\x18\n" +
 	"\adomains\x18\x02 \x03(\tR\adomains\x12'\n" +
 	"\x0fcertificate_pem\x18\x03 \x01(\tR\x0ecertificatePem\x12&\n" +
-	"\x0fprivate_key_ref\x18\x04 \x01(\tR\rprivateKeyRef\"\x99\x01\n" +
+	"\x0fprivate_key_ref\x18\x04 \x01(\tR\rprivateKeyRef\x12+\n" +
+	"\x0fprivate_key_pem\x18\x05 \x01(\tB\x03\xe0A\x04R\rprivateKeyPem\x12)\n" +
+	"\x0eprivate_key_id\x18\x06 \x01(\tB\x03\xe0A\x03R\fprivateKeyId\"\x99\x01\n" +
 	"\tAddresses\x12\x1d\n" +
 	"\n" +
 	"private_ip\x18\x01 \x01(\tR\tprivateIp\x12\x1b\n" +
@@ -1268,48 +1383,50 @@ func file_flotilla_inventory_v1_resources_proto_rawDescGZIP() []byte {
 	return file_flotilla_inventory_v1_resources_proto_rawDescData
 }
 
-var file_flotilla_inventory_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_flotilla_inventory_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_flotilla_inventory_v1_resources_proto_goTypes = []any{
 	(*Network)(nil),               // 0: flotilla.inventory.v1.Network
-	(*AcmeSettings)(nil),          // 1: flotilla.inventory.v1.AcmeSettings
-	(*AwsNetworkSettings)(nil),    // 2: flotilla.inventory.v1.AwsNetworkSettings
-	(*DnsSettings)(nil),           // 3: flotilla.inventory.v1.DnsSettings
-	(*Template)(nil),              // 4: flotilla.inventory.v1.Template
-	(*SetupAction)(nil),           // 5: flotilla.inventory.v1.SetupAction
-	(*Instance)(nil),              // 6: flotilla.inventory.v1.Instance
-	(*LogRetention)(nil),          // 7: flotilla.inventory.v1.LogRetention
-	(*SslSettings)(nil),           // 8: flotilla.inventory.v1.SslSettings
-	(*Addresses)(nil),             // 9: flotilla.inventory.v1.Addresses
-	(*AgentStatus)(nil),           // 10: flotilla.inventory.v1.AgentStatus
-	(*DataDisk)(nil),              // 11: flotilla.inventory.v1.DataDisk
-	nil,                           // 12: flotilla.inventory.v1.Template.TagsEntry
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
+	(*CustomCertificate)(nil),     // 1: flotilla.inventory.v1.CustomCertificate
+	(*AcmeSettings)(nil),          // 2: flotilla.inventory.v1.AcmeSettings
+	(*AwsNetworkSettings)(nil),    // 3: flotilla.inventory.v1.AwsNetworkSettings
+	(*DnsSettings)(nil),           // 4: flotilla.inventory.v1.DnsSettings
+	(*Template)(nil),              // 5: flotilla.inventory.v1.Template
+	(*SetupAction)(nil),           // 6: flotilla.inventory.v1.SetupAction
+	(*Instance)(nil),              // 7: flotilla.inventory.v1.Instance
+	(*LogRetention)(nil),          // 8: flotilla.inventory.v1.LogRetention
+	(*SslSettings)(nil),           // 9: flotilla.inventory.v1.SslSettings
+	(*Addresses)(nil),             // 10: flotilla.inventory.v1.Addresses
+	(*AgentStatus)(nil),           // 11: flotilla.inventory.v1.AgentStatus
+	(*DataDisk)(nil),              // 12: flotilla.inventory.v1.DataDisk
+	nil,                           // 13: flotilla.inventory.v1.Template.TagsEntry
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 15: google.protobuf.Duration
 }
 var file_flotilla_inventory_v1_resources_proto_depIdxs = []int32{
-	1,  // 0: flotilla.inventory.v1.Network.acme:type_name -> flotilla.inventory.v1.AcmeSettings
-	2,  // 1: flotilla.inventory.v1.Network.aws:type_name -> flotilla.inventory.v1.AwsNetworkSettings
-	3,  // 2: flotilla.inventory.v1.Network.dns:type_name -> flotilla.inventory.v1.DnsSettings
-	13, // 3: flotilla.inventory.v1.Network.create_time:type_name -> google.protobuf.Timestamp
-	13, // 4: flotilla.inventory.v1.Network.update_time:type_name -> google.protobuf.Timestamp
-	5,  // 5: flotilla.inventory.v1.Template.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
-	12, // 6: flotilla.inventory.v1.Template.tags:type_name -> flotilla.inventory.v1.Template.TagsEntry
-	13, // 7: flotilla.inventory.v1.Template.create_time:type_name -> google.protobuf.Timestamp
-	13, // 8: flotilla.inventory.v1.Template.update_time:type_name -> google.protobuf.Timestamp
-	8,  // 9: flotilla.inventory.v1.Instance.ssl:type_name -> flotilla.inventory.v1.SslSettings
-	9,  // 10: flotilla.inventory.v1.Instance.addresses:type_name -> flotilla.inventory.v1.Addresses
-	10, // 11: flotilla.inventory.v1.Instance.agent:type_name -> flotilla.inventory.v1.AgentStatus
-	11, // 12: flotilla.inventory.v1.Instance.data_disk:type_name -> flotilla.inventory.v1.DataDisk
-	13, // 13: flotilla.inventory.v1.Instance.create_time:type_name -> google.protobuf.Timestamp
-	13, // 14: flotilla.inventory.v1.Instance.update_time:type_name -> google.protobuf.Timestamp
-	7,  // 15: flotilla.inventory.v1.Instance.log_retention:type_name -> flotilla.inventory.v1.LogRetention
-	14, // 16: flotilla.inventory.v1.LogRetention.max_age:type_name -> google.protobuf.Duration
-	13, // 17: flotilla.inventory.v1.AgentStatus.last_heartbeat:type_name -> google.protobuf.Timestamp
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	2,  // 0: flotilla.inventory.v1.Network.acme:type_name -> flotilla.inventory.v1.AcmeSettings
+	3,  // 1: flotilla.inventory.v1.Network.aws:type_name -> flotilla.inventory.v1.AwsNetworkSettings
+	4,  // 2: flotilla.inventory.v1.Network.dns:type_name -> flotilla.inventory.v1.DnsSettings
+	14, // 3: flotilla.inventory.v1.Network.create_time:type_name -> google.protobuf.Timestamp
+	14, // 4: flotilla.inventory.v1.Network.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 5: flotilla.inventory.v1.Network.custom_certificate:type_name -> flotilla.inventory.v1.CustomCertificate
+	6,  // 6: flotilla.inventory.v1.Template.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
+	13, // 7: flotilla.inventory.v1.Template.tags:type_name -> flotilla.inventory.v1.Template.TagsEntry
+	14, // 8: flotilla.inventory.v1.Template.create_time:type_name -> google.protobuf.Timestamp
+	14, // 9: flotilla.inventory.v1.Template.update_time:type_name -> google.protobuf.Timestamp
+	9,  // 10: flotilla.inventory.v1.Instance.ssl:type_name -> flotilla.inventory.v1.SslSettings
+	10, // 11: flotilla.inventory.v1.Instance.addresses:type_name -> flotilla.inventory.v1.Addresses
+	11, // 12: flotilla.inventory.v1.Instance.agent:type_name -> flotilla.inventory.v1.AgentStatus
+	12, // 13: flotilla.inventory.v1.Instance.data_disk:type_name -> flotilla.inventory.v1.DataDisk
+	14, // 14: flotilla.inventory.v1.Instance.create_time:type_name -> google.protobuf.Timestamp
+	14, // 15: flotilla.inventory.v1.Instance.update_time:type_name -> google.protobuf.Timestamp
+	8,  // 16: flotilla.inventory.v1.Instance.log_retention:type_name -> flotilla.inventory.v1.LogRetention
+	15, // 17: flotilla.inventory.v1.LogRetention.max_age:type_name -> google.protobuf.Duration
+	14, // 18: flotilla.inventory.v1.AgentStatus.last_heartbeat:type_name -> google.protobuf.Timestamp
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_inventory_v1_resources_proto_init() }
@@ -1323,7 +1440,7 @@ func file_flotilla_inventory_v1_resources_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_inventory_v1_resources_proto_rawDesc), len(file_flotilla_inventory_v1_resources_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
