@@ -170,8 +170,12 @@ func (a *agent) nodeSpec(ctx context.Context, st state, b *agentv1.Bootstrap, en
 		if err := a.customCertificate(ctx, &spec); err != nil {
 			return spec, err
 		}
+	case vocab.HTTPSACME:
+		if err := a.acmeCertificate(ctx, &spec, b.GetAcme()); err != nil {
+			return spec, err
+		}
 	default:
-		return spec, fmt.Errorf("HTTPS strategy %q is not supported by this agent (none, self-signed, custom-certificate)", b.GetHttpsStrategy())
+		return spec, fmt.Errorf("HTTPS strategy %q is not supported by this agent (none, self-signed, custom-certificate, acme)", b.GetHttpsStrategy())
 	}
 	return spec, nil
 }
@@ -229,6 +233,11 @@ func (a *agent) refreshCertificate(ctx context.Context, id string) {
 	st := a.state.Get()
 	if st.Node == nil || st.Node.CertFile == "" {
 		a.logf(ctx, "command %s: refresh-certificate: the node software serves no certificate here; ignored", id)
+		return
+	}
+	if st.Node.ACME != nil {
+		a.logf(ctx, "command %s: renewing the ACME certificate now", id)
+		a.kickACME(true)
 		return
 	}
 	spec := *st.Node

@@ -146,11 +146,17 @@ var (
 		"releases a stored TLS private key for an instance's custom certificate, audited", ca)
 )
 
+// Provisioner.
+var (
+	CertificateRefresh = endpoint[*inventoryv1.InstanceActionRequest, *inventoryv1.Instance](provisioner, subjects.NounCustomCert, subjects.VerbRefresh,
+		"has a running instance's agent fetch its custom certificate again, or renew its ACME certificate now", gateway)
+)
+
 // Agent gateway.
 var (
 	// AgentCommand is answered by the agent gateway node the instance's
 	// agent is connected to (no queue group: no responders means the agent
 	// is not connected). Bind it to an instance with At.
 	AgentCommand = declare[*agentv1.Command, *emptypb.Empty](agentgw, "agent.command", subjects.AgentCommand("*"),
-		"queues a command for a connected agent", provisioner, gateway)
+		"queues a command for a connected agent", provisioner)
 )

@@ -112,7 +112,7 @@ const (
 	NounServer      = "server"      // ca: server.sign
 	NounSecret      = "secret"      // secrets: secret.create/list/delete/read
 	NounLifecycle   = "lifecycle"   // inventory: lifecycle.request, lifecycle.observe, lifecycle.record
-	NounCustomCert  = "customcert"  // ca: customcert.get
+	NounCustomCert  = "customcert"  // ca: customcert.get; provisioner: customcert.refresh
 	NounCertKey     = "certkey"     // secrets: certkey.create/read
 
 	VerbJoin    = "join"
@@ -122,6 +122,7 @@ const (
 	VerbObserve = "observe"
 	VerbRecord  = "record"
 	VerbCheck   = "check"
+	VerbRefresh = "refresh"
 )
 
 // AuditStream is the JetStream stream of audit records (long retention).

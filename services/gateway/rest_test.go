@@ -169,7 +169,7 @@ func TestBadInputNamesTheFieldAndWritesNothing(t *testing.T) {
 		{"bad name", "/api/v1/networks", reply{"name": "Lab Net", "provider": "local", "httpsStrategy": "none"}, "name:"},
 		{"unknown provider", "/api/v1/networks", reply{"name": "n1", "provider": "gcp", "httpsStrategy": "none"}, "provider: \"gcp\" is not one of local, aws"},
 		{"unknown strategy", "/api/v1/networks", reply{"name": "n1", "provider": "local", "httpsStrategy": "tls"}, "httpsStrategy: \"tls\" is not one of"},
-		{"acme not yet", "/api/v1/networks", reply{"name": "n1", "provider": "local", "httpsStrategy": "acme"}, "httpsStrategy: \"acme\" is not supported yet"},
+		{"acme without a contact", "/api/v1/networks", reply{"name": "n1", "provider": "local", "httpsStrategy": "acme"}, "acme.contactEmail: is required"},
 		{"custom certificate on another strategy", "/api/v1/networks", reply{"name": "n1", "provider": "local", "httpsStrategy": "none", "customCertificate": reply{"privateKeyRef": "k"}}, "customCertificate: is only allowed"},
 		{"acme settings without acme", "/api/v1/networks", reply{"name": "n1", "provider": "local", "httpsStrategy": "none", "acme": reply{"contactEmail": "a@b.c"}}, "acme: is only allowed"},
 		{"aws settings on local", "/api/v1/networks", reply{"name": "n1", "provider": "local", "httpsStrategy": "none", "aws": reply{"subnetId": "subnet-12345678"}}, "aws: is only allowed"},

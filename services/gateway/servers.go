@@ -4,7 +4,6 @@ import (
 	"context"
 	"sync"
 
-	"github.com/google/uuid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -12,7 +11,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"flotilla.dev/flotilla/api/endpoints"
-	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -119,34 +117,13 @@ func (s instanceServer) ReprovisionInstance(ctx context.Context, r *inventoryv1.
 	return s.lifecycle(ctx, r.GetId(), vocab.ActionReprovision)
 }
 
-// RefreshCertificate has the instance's agent fetch its custom certificate
-// and key again; the node software serves them without a restart. The
-// instance must use "custom-certificate" and its agent be connected.
+// RefreshCertificate asks the provisioner, which alone commands agents, to
+// have the instance's agent fetch its certificate again.
 func (s instanceServer) RefreshCertificate(ctx context.Context, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
 	if err := apierr.CheckID("id", r.GetId()); err != nil {
 		return nil, apierr.GRPCStatus(ctx, s.g.log, err)
 	}
-	in, err := call(ctx, s.g, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: r.GetId()})
-	if err != nil {
-		return nil, err
-	}
-	n, err := call(ctx, s.g, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: in.GetNetworkId()})
-	if err != nil {
-		return nil, err
-	}
-	if vocab.HTTPSStrategy(n.GetHttpsStrategy()) != vocab.HTTPSCustomCertificate {
-		return nil, apierr.GRPCStatus(ctx, s.g.log, apierr.Invalid("id", "instance %q is on network %q, whose httpsStrategy is %q, not %q",
-			in.GetName(), n.GetName(), n.GetHttpsStrategy(), vocab.HTTPSCustomCertificate))
-	}
-	if vocab.State(in.GetState()) != vocab.StateRunning {
-		return nil, apierr.GRPCStatus(ctx, s.g.log, apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: its certificate is refreshed while it is %s",
-			in.GetName(), in.GetState(), vocab.StateRunning))
-	}
-	cmd := &agentv1.Command{Id: "refresh-certificate-" + uuid.NewString(), Action: &agentv1.Command_RefreshCertificate{RefreshCertificate: &agentv1.RefreshCertificate{}}}
-	if _, err := call(ctx, s.g, endpoints.AgentCommand.At(in.GetId()), cmd); err != nil {
-		return nil, err
-	}
-	return in, nil
+	return call(ctx, s.g, endpoints.CertificateRefresh, r)
 }
 
 // CreateInstanceJoinToken has the CA mint a join token for the operator

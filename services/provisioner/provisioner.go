@@ -140,6 +140,10 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if s.rpc, err = rpc.New(d.NATS, subjects.Provisioner, d.Version, "Flotilla provisioner", log, d.TracerProvider, nil, rpc.WithConcurrency(d.Concurrency)); err != nil {
 		return nil, err
 	}
+	if err := rpc.Handle(s.rpc, endpoints.CertificateRefresh, s.refreshCertificate); err != nil {
+		_ = s.rpc.Stop()
+		return nil, err
+	}
 	return s, nil
 }
 

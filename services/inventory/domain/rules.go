@@ -91,9 +91,6 @@ func ValidateNetwork(n *inventoryv1.Network) error {
 		return err
 	}
 	strategy := vocab.HTTPSStrategy(n.GetHttpsStrategy())
-	if strategy == vocab.HTTPSACME {
-		return apierr.Unsupported("httpsStrategy", "%q is not supported yet: use %q, %q or %q", strategy, vocab.HTTPSNone, vocab.HTTPSSelfSigned, vocab.HTTPSCustomCertificate)
-	}
 	if cc := NetworkCertificate(n); !cc.Empty() {
 		if strategy != vocab.HTTPSCustomCertificate {
 			return apierr.Invalid("customCertificate", "is only allowed with httpsStrategy %q", vocab.HTTPSCustomCertificate)
@@ -110,7 +107,10 @@ func ValidateNetwork(n *inventoryv1.Network) error {
 		if a, err := mail.ParseAddress(email); err != nil || a.Address != email {
 			return apierr.Invalid("acme.contactEmail", "%q is not an e-mail address", email)
 		}
-	} else if n.GetAcme().GetContactEmail() != "" || n.GetAcme().GetDirectoryUrl() != "" {
+		if err := validateACME(n.GetAcme()); err != nil {
+			return err
+		}
+	} else if n.GetAcme().GetContactEmail() != "" || n.GetAcme().GetDirectoryUrl() != "" || n.GetAcme().GetHttpPort() != 0 || n.GetAcme().GetDirectoryCaPem() != "" {
 		return apierr.Invalid("acme", "is only allowed with httpsStrategy %q", vocab.HTTPSACME)
 	}
 	if aws := n.GetAws(); aws != nil {
@@ -335,6 +335,11 @@ func ValidatePlacement(in *inventoryv1.Instance, t *inventoryv1.Template, n *inv
 		}
 	case vocab.HTTPSCustomCertificate:
 		return validateInstanceCertificate(in, n, time.Now())
+	case vocab.HTTPSACME:
+		if custom || len(ssl.GetSans()) > 0 {
+			return apierr.Invalid("ssl", "network %q uses httpsStrategy %q: only ssl.domains applies", n.GetName(), vocab.HTTPSACME)
+		}
+		return validateACMEDomains(in, n)
 	}
 	return nil
 }

@@ -2,6 +2,8 @@ package domain
 
 import (
 	"errors"
+	"fmt"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -121,6 +123,58 @@ func validateInstanceCertificate(in *inventoryv1.Instance, n *inventoryv1.Networ
 	}
 	if err := pki.CheckCustomNames(chain[0], names); err != nil {
 		return apierr.Invalid("ssl.sans", "network %q's certificate %v; give the instance its own certificate (ssl.certificatePem)", n.GetName(), errors.Unwrap(err))
+	}
+	return nil
+}
+
+// LetsEncryptDirectory is the ACME directory used when a network names none.
+const LetsEncryptDirectory = "https://acme-v02.api.letsencrypt.org/directory"
+
+// validateACME checks a network's ACME settings beyond the contact e-mail.
+func validateACME(a *inventoryv1.AcmeSettings) error {
+	if u := a.GetDirectoryUrl(); u != "" {
+		p, err := url.Parse(u)
+		if err != nil || (p.Scheme != "https" && p.Scheme != "http") || p.Host == "" {
+			return apierr.Invalid("acme.directoryUrl", "%q is not an http or https URL", u)
+		}
+	}
+	if p := a.GetHttpPort(); p < 0 || p > 65535 {
+		return apierr.Invalid("acme.httpPort", "%d is out of range: must be between 1 and 65535 (0 means 80)", p)
+	}
+	if c := a.GetDirectoryCaPem(); c != "" {
+		if _, err := pki.ParseCertificatesPEM([]byte(c)); err != nil {
+			return apierr.Invalid("acme.directoryCaPem", "%v", err)
+		}
+	}
+	return nil
+}
+
+// ACMEDomains are the names an instance's ACME certificate is ordered for:
+// its ssl.domains, else its host name from the network's pattern.
+func ACMEDomains(in *inventoryv1.Instance, n *inventoryv1.Network) []string {
+	if d := in.GetSsl().GetDomains(); len(d) > 0 {
+		return d
+	}
+	return InstanceHostNames(&inventoryv1.Instance{Id: in.GetId(), Name: in.GetName()}, n)
+}
+
+// validateACMEDomains checks an ACME instance's domains: at least one, DNS
+// names only (HTTP-01 validates no IP address and no wildcard).
+func validateACMEDomains(in *inventoryv1.Instance, n *inventoryv1.Network) error {
+	if len(in.GetSsl().GetDomains()) > MaxSANs {
+		return apierr.Invalid("ssl.domains", "at most %d are allowed", MaxSANs)
+	}
+	for i, d := range in.GetSsl().GetDomains() {
+		name, ip, err := pki.ParseServerName(d)
+		switch {
+		case err != nil:
+			return apierr.Invalid(fmt.Sprintf("ssl.domains[%d]", i), "%q %v", d, err)
+		case ip != nil || strings.HasPrefix(name, "*."):
+			return apierr.Invalid(fmt.Sprintf("ssl.domains[%d]", i), "%q: ACME over HTTP-01 certifies DNS names only, no address or wildcard", d)
+		}
+	}
+	if len(ACMEDomains(in, n)) == 0 {
+		return apierr.Invalid("ssl.domains", "is required: network %q has no dns.hostnamePattern to name the instance by", n.GetName())
 	}
 	return nil
 }

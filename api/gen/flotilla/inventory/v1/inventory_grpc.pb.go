@@ -595,8 +595,8 @@ type InstanceServiceClient interface {
 	// ReprovisionInstance replaces the VM: deprovision then provision, same data disk.
 	ReprovisionInstance(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
 	// RefreshCertificate has the instance's agent fetch its custom certificate
-	// and key again (an AWS Secrets Manager key is read anew) and the node
-	// software serve them without a restart.
+	// and key again (an AWS Secrets Manager key is read anew), or renew its
+	// ACME certificate now, and the node software serve them without a restart.
 	RefreshCertificate(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
 	// ListInstanceLogs pages through the instance's retained log output (agent,
 	// setup actions, node software), oldest first or newest first. Over REST,
@@ -757,8 +757,8 @@ type InstanceServiceServer interface {
 	// ReprovisionInstance replaces the VM: deprovision then provision, same data disk.
 	ReprovisionInstance(context.Context, *InstanceActionRequest) (*Instance, error)
 	// RefreshCertificate has the instance's agent fetch its custom certificate
-	// and key again (an AWS Secrets Manager key is read anew) and the node
-	// software serve them without a restart.
+	// and key again (an AWS Secrets Manager key is read anew), or renew its
+	// ACME certificate now, and the node software serve them without a restart.
 	RefreshCertificate(context.Context, *InstanceActionRequest) (*Instance, error)
 	// ListInstanceLogs pages through the instance's retained log output (agent,
 	// setup actions, node software), oldest first or newest first. Over REST,

@@ -251,10 +251,17 @@ type AcmeSettings struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Contact e-mail registered with the ACME account.
 	ContactEmail string `protobuf:"bytes,1,opt,name=contact_email,json=contactEmail,proto3" json:"contact_email,omitempty"`
-	// ACME directory URL; empty means the production Let's Encrypt directory.
-	DirectoryUrl  string `protobuf:"bytes,2,opt,name=directory_url,json=directoryUrl,proto3" json:"directory_url,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// ACME directory URL; empty means the production Let's Encrypt directory
+	// (https://acme-v02.api.letsencrypt.org/directory); Let's Encrypt staging
+	// or any ACME server's directory may be given.
+	DirectoryUrl string `protobuf:"bytes,2,opt,name=directory_url,json=directoryUrl,proto3" json:"directory_url,omitempty"`
+	// TCP port the agent answers HTTP-01 challenges on; 0 means 80.
+	HttpPort int32 `protobuf:"varint,3,opt,name=http_port,json=httpPort,proto3" json:"http_port,omitempty"`
+	// PEM roots to trust for the directory URL (a private ACME server);
+	// empty means the system's.
+	DirectoryCaPem string `protobuf:"bytes,4,opt,name=directory_ca_pem,json=directoryCaPem,proto3" json:"directory_ca_pem,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AcmeSettings) Reset() {
@@ -297,6 +304,20 @@ func (x *AcmeSettings) GetContactEmail() string {
 func (x *AcmeSettings) GetDirectoryUrl() string {
 	if x != nil {
 		return x.DirectoryUrl
+	}
+	return ""
+}
+
+func (x *AcmeSettings) GetHttpPort() int32 {
+	if x != nil {
+		return x.HttpPort
+	}
+	return 0
+}
+
+func (x *AcmeSettings) GetDirectoryCaPem() string {
+	if x != nil {
+		return x.DirectoryCaPem
 	}
 	return ""
 }
@@ -1271,10 +1292,12 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\x0fcertificate_pem\x18\x01 \x01(\tR\x0ecertificatePem\x12+\n" +
 	"\x0fprivate_key_pem\x18\x02 \x01(\tB\x03\xe0A\x04R\rprivateKeyPem\x12&\n" +
 	"\x0fprivate_key_ref\x18\x03 \x01(\tR\rprivateKeyRef\x12)\n" +
-	"\x0eprivate_key_id\x18\x04 \x01(\tB\x03\xe0A\x03R\fprivateKeyId\"X\n" +
+	"\x0eprivate_key_id\x18\x04 \x01(\tB\x03\xe0A\x03R\fprivateKeyId\"\x9f\x01\n" +
 	"\fAcmeSettings\x12#\n" +
 	"\rcontact_email\x18\x01 \x01(\tR\fcontactEmail\x12#\n" +
-	"\rdirectory_url\x18\x02 \x01(\tR\fdirectoryUrl\"\x8e\x01\n" +
+	"\rdirectory_url\x18\x02 \x01(\tR\fdirectoryUrl\x12\x1b\n" +
+	"\thttp_port\x18\x03 \x01(\x05R\bhttpPort\x12(\n" +
+	"\x10directory_ca_pem\x18\x04 \x01(\tR\x0edirectoryCaPem\"\x8e\x01\n" +
 	"\x12AwsNetworkSettings\x12\x15\n" +
 	"\x06vpc_id\x18\x01 \x01(\tR\x05vpcId\x12\x1b\n" +
 	"\tsubnet_id\x18\x02 \x01(\tR\bsubnetId\x12,\n" +
