@@ -158,8 +158,16 @@ func TestCustomCertificateEndToEnd(t *testing.T) {
 	one := f.instance("one", net, tmpl, `,"ssl":{"sans":["node.test"]}`)
 	// The other instance overrides it with a key in AWS Secrets Manager.
 	two := f.instance("b", net, tmpl, fmt.Sprintf(`,"ssl":{"certificatePem":%s,"privateKeyRef":"fleet/tls/b"}`, jsonString(b.chain)))
+	// A reference to a secret that does not exist fails the provision,
+	// naming the field and AWS's error code.
+	missing := f.instance("m", net, tmpl, fmt.Sprintf(`,"ssl":{"certificatePem":%s,"privateKeyRef":"fleet/tls/missing"}`, jsonString(a.chain)))
 	f.api(200, "POST", "/api/v1/instances/"+one+":provision", "")
 	f.api(200, "POST", "/api/v1/instances/"+two+":provision", "")
+	f.api(200, "POST", "/api/v1/instances/"+missing+":provision", "")
+	failed := f.waitState(missing, "failed", 3*time.Minute)
+	if d := fmt.Sprint(failed["stateDetail"]); !strings.Contains(d, "privateKeyRef") || !strings.Contains(d, "ResourceNotFoundException") {
+		t.Errorf("a missing Secrets Manager secret: stateDetail %q", d)
+	}
 	in1 := f.waitState(one, "running", 3*time.Minute)
 	in2 := f.waitState(two, "running", 3*time.Minute)
 	url1, url2 := in1["addresses"].(map[string]any)["url"].(string), in2["addresses"].(map[string]any)["url"].(string)
