@@ -20,6 +20,7 @@ import (
 	"github.com/go-acme/lego/v4/registration"
 
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/pki"
 )
 
@@ -224,12 +225,15 @@ func (a *agent) acmeLoop(ctx context.Context) {
 			err = a.writeNodeTLS(&s, certPEM, keyPEM)
 			clear(keyPEM)
 		}
+		cmdID := a.state.Get().CompletedCommandID
 		if err != nil {
 			retryAt = time.Now().Add(acmeRetry)
 			a.logf(ctx, "renewing the ACME certificate failed, trying again in %s: %v", acmeRetry, err)
+			a.progress(ctx, cmdID, vocab.StepRenewingCertificate, vocab.ProgressFailed, fmt.Sprintf("ACME: %v (retrying in %s)", err, acmeRetry), 0)
 			continue
 		}
 		retryAt = time.Time{}
 		a.logf(ctx, "renewed the node software's ACME certificate (%s)", certSummary(certPEM))
+		a.progress(ctx, cmdID, vocab.StepRenewingCertificate, vocab.ProgressSucceeded, "ACME: "+certSummary(certPEM), 0)
 	}
 }

@@ -243,9 +243,11 @@ func (a *agent) refreshCertificate(ctx context.Context, id string) {
 	spec := *st.Node
 	if err := a.customCertificate(ctx, &spec); err != nil {
 		a.logf(ctx, "command %s: refresh-certificate failed: %v", id, err)
+		a.progress(ctx, st.CompletedCommandID, vocab.StepRenewingCertificate, vocab.ProgressFailed, err.Error(), 0)
 		return
 	}
 	a.logf(ctx, "command %s: refreshed the custom certificate", id)
+	a.progress(ctx, st.CompletedCommandID, vocab.StepRenewingCertificate, vocab.ProgressSucceeded, "custom certificate installed", 0)
 }
 
 // serverCertificate makes the node software's HTTPS key, has the fleet CA

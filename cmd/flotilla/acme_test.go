@@ -65,4 +65,31 @@ func TestACMEEndToEnd(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// The renewal is in the instance's timeline; the instance still runs.
+	deadline = time.Now().Add(30 * time.Second)
+	for !strings.Contains(string(f.raw("/api/v1/instances/"+id+"/events")), "renewing-certificate/succeeded") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no renewal in the timeline: %s", f.raw("/api/v1/instances/"+id+"/events"))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if in := f.api(200, "GET", "/api/v1/instances/"+id, ""); in["state"] != "running" {
+		t.Fatalf("after a renewal the instance is %v", in["state"])
+	}
+
+	// A failing renewal (the ACME server is gone) is in the timeline too,
+	// and the node keeps serving its certificate.
+	p.Close()
+	f.api(200, "POST", "/api/v1/instances/"+id+":refresh-certificate", "")
+	deadline = time.Now().Add(60 * time.Second)
+	for !strings.Contains(string(f.raw("/api/v1/instances/"+id+"/events")), "renewing-certificate/failed") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no failed renewal in the timeline: %s", f.raw("/api/v1/instances/"+id+"/events"))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if in := f.api(200, "GET", "/api/v1/instances/"+id, ""); in["state"] != "running" {
+		t.Fatalf("after a failed renewal the instance is %v", in["state"])
+	}
+	_ = leaf()
 }

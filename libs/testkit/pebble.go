@@ -29,7 +29,12 @@ type Pebble struct {
 	Roots *x509.CertPool
 	// HTTPPort is where Pebble validates HTTP-01 challenges.
 	HTTPPort int
+
+	srv *httptest.Server
 }
+
+// Close stops the ACME server before the test ends (to make orders fail).
+func (p *Pebble) Close() { p.srv.Close() }
 
 // StartPebble starts Pebble validating HTTP-01 on httpPort, without the
 // validation delays and bad-nonce rejections it makes by default, and
@@ -65,5 +70,6 @@ func StartPebble(tb testing.TB, httpPort int) *Pebble {
 		DirectoryCAPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})),
 		Roots:          roots,
 		HTTPPort:       httpPort,
+		srv:            srv,
 	}
 }
