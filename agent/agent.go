@@ -48,6 +48,10 @@ type agent struct {
 	pending   map[string]chan *agentv1.GatewayMessage
 	lostMu    sync.Mutex
 	lost      chan struct{} // closed when the current stream ends
+
+	// acmeKick wakes acmeLoop; acmeForce makes it renew at once.
+	acmeKick  chan struct{}
+	acmeForce atomic.Bool
 }
 
 // Run runs the agent until ctx ends: it joins the fleet if it has no valid
@@ -82,6 +86,7 @@ func Run(ctx context.Context, cfg Config) error {
 	wg.Go(func() { a.statsLoop(bg) })
 	wg.Go(func() { a.renewLoop(bg) })
 	wg.Go(func() { a.commandLoop(bg) })
+	wg.Go(func() { a.acmeLoop(bg) })
 	if st := a.state.Get(); st.CompletedCommandID != "" && st.Node != nil && !st.Node.Stopped {
 		wg.Go(func() {
 			if _, err := a.node.Start(bg, *st.Node); err != nil {
@@ -142,6 +147,7 @@ func newAgent(cfg Config) (*agent, error) {
 		mask:       &masker{},
 		cycle:      make(chan struct{}, 1),
 		pending:    map[string]chan *agentv1.GatewayMessage{},
+		acmeKick:   make(chan struct{}, 1),
 		lost:       make(chan struct{}),
 	}
 	a.node = &nodeRunner{a: a}

@@ -30,6 +30,8 @@ func (a *agent) commandLoop(ctx context.Context) {
 			a.bootstrap(ctx, cmd.GetId(), act.Bootstrap)
 		case *agentv1.Command_StopNode:
 			a.stopNode(ctx, cmd.GetId())
+		case *agentv1.Command_RefreshCertificate:
+			a.refreshCertificate(ctx, cmd.GetId())
 		default:
 			a.logf(ctx, "command %s has no action this agent knows; ignored", cmd.GetId())
 		}
@@ -164,10 +166,88 @@ func (a *agent) nodeSpec(ctx context.Context, st state, b *agentv1.Bootstrap, en
 		if err := a.serverCertificate(ctx, &spec); err != nil {
 			return spec, err
 		}
+	case vocab.HTTPSCustomCertificate:
+		if err := a.customCertificate(ctx, &spec); err != nil {
+			return spec, err
+		}
+	case vocab.HTTPSACME:
+		if err := a.acmeCertificate(ctx, &spec, b.GetAcme()); err != nil {
+			return spec, err
+		}
 	default:
-		return spec, fmt.Errorf("HTTPS strategy %q is not supported by this agent (none, self-signed)", b.GetHttpsStrategy())
+		return spec, fmt.Errorf("HTTPS strategy %q is not supported by this agent (none, self-signed, custom-certificate, acme)", b.GetHttpsStrategy())
 	}
 	return spec, nil
+}
+
+// customCertificate fetches the instance's custom certificate chain and
+// private key through the gateway (the CA resolves the key from the secret
+// broker or AWS Secrets Manager) and writes both, mode 0600, where the node
+// software reads them: it serves a replaced pair from its next handshake.
+func (a *agent) customCertificate(ctx context.Context, spec *nodeSpec) error {
+	resp, err := a.request(ctx, func(id string) *agentv1.AgentMessage {
+		return &agentv1.AgentMessage{Body: &agentv1.AgentMessage_ServerCertRequest{
+			ServerCertRequest: &agentv1.ServerCertRequest{RequestId: id, Custom: true}}}
+	})
+	if err != nil {
+		return fmt.Errorf("custom certificate: %w", err)
+	}
+	r := resp.GetServerCertResponse()
+	if r.GetError() != "" {
+		return fmt.Errorf("custom certificate: %s", r.GetError())
+	}
+	keyPEM := []byte(r.GetPrivateKeyPem())
+	defer clear(keyPEM)
+	if _, err := tls.X509KeyPair([]byte(r.GetCertificatePem()), keyPEM); err != nil {
+		return fmt.Errorf("custom certificate from the gateway: %w", err)
+	}
+	if err := a.writeNodeTLS(spec, []byte(r.GetCertificatePem()), keyPEM); err != nil {
+		return err
+	}
+	a.logf(ctx, "installed the node software's custom certificate")
+	return nil
+}
+
+// writeNodeTLS writes the node software's certificate chain and key, mode
+// 0600, each replaced atomically (the key first: the node reloads when the
+// certificate changes).
+func (a *agent) writeNodeTLS(spec *nodeSpec, certPEM, keyPEM []byte) error {
+	dir := filepath.Join(a.cfg.StateDir, nodeDirName)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	spec.CertFile, spec.KeyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := writeFileAtomic(spec.KeyFile, keyPEM, 0o600); err != nil {
+		return fmt.Errorf("save server key: %w", err)
+	}
+	if err := writeFileAtomic(spec.CertFile, certPEM, 0o600); err != nil {
+		return fmt.Errorf("save server certificate: %w", err)
+	}
+	return nil
+}
+
+// refreshCertificate fetches the custom certificate and key again (on the
+// operator's :refresh-certificate); the running node software serves them
+// from its next handshake, without a restart.
+func (a *agent) refreshCertificate(ctx context.Context, id string) {
+	st := a.state.Get()
+	if st.Node == nil || st.Node.CertFile == "" {
+		a.logf(ctx, "command %s: refresh-certificate: the node software serves no certificate here; ignored", id)
+		return
+	}
+	if st.Node.ACME != nil {
+		a.logf(ctx, "command %s: renewing the ACME certificate now", id)
+		a.kickACME(true)
+		return
+	}
+	spec := *st.Node
+	if err := a.customCertificate(ctx, &spec); err != nil {
+		a.logf(ctx, "command %s: refresh-certificate failed: %v", id, err)
+		a.progress(ctx, st.CompletedCommandID, vocab.StepRenewingCertificate, vocab.ProgressFailed, err.Error(), 0)
+		return
+	}
+	a.logf(ctx, "command %s: refreshed the custom certificate", id)
+	a.progress(ctx, st.CompletedCommandID, vocab.StepRenewingCertificate, vocab.ProgressSucceeded, "custom certificate installed", 0)
 }
 
 // serverCertificate makes the node software's HTTPS key, has the fleet CA
@@ -200,16 +280,8 @@ func (a *agent) serverCertificate(ctx context.Context, spec *nodeSpec) error {
 	if _, err := tls.X509KeyPair([]byte(r.GetCertificatePem()), keyPEM); err != nil {
 		return fmt.Errorf("server certificate from the gateway: %w", err)
 	}
-	dir := filepath.Join(a.cfg.StateDir, nodeDirName)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := a.writeNodeTLS(spec, []byte(r.GetCertificatePem()), keyPEM); err != nil {
 		return err
-	}
-	spec.CertFile, spec.KeyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	if err := writeFileAtomic(spec.KeyFile, keyPEM, 0o600); err != nil {
-		return fmt.Errorf("save server key: %w", err)
-	}
-	if err := writeFileAtomic(spec.CertFile, []byte(r.GetCertificatePem()), 0o600); err != nil {
-		return fmt.Errorf("save server certificate: %w", err)
 	}
 	a.logf(ctx, "got the node software's server certificate from the fleet CA")
 	return nil

@@ -293,11 +293,11 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 	}
 	srv := &http.Server{Handler: nodeHandler(cfg.InstanceName, out), ReadHeaderTimeout: 10 * time.Second}
 	if cfg.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+		kp, err := NewKeyPairFiles(cfg.CertFile, cfg.KeyFile)
 		if err != nil {
 			return fmt.Errorf("--cert-file, --key-file: %w", err)
 		}
-		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: kp.GetCertificate}
 	}
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

@@ -42,6 +42,8 @@ type nodeSpec struct {
 	Env []string `json:"env,omitempty"`
 	// Stopped is set by StopNode: the agent does not start it at restart.
 	Stopped bool `json:"stopped,omitempty"`
+	// ACME is the order of an "acme" certificate, renewed by acmeLoop.
+	ACME *acmeSpec `json:"acme,omitempty"`
 }
 
 // stateStore is the state file, rewritten whole (write, sync, rename) on

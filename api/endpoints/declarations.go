@@ -59,7 +59,7 @@ var (
 	NetworkCreate = endpoint[*inventoryv1.CreateNetworkRequest, *inventoryv1.Network](inventory, subjects.NounNetwork, subjects.VerbCreate,
 		"creates a network", gateway)
 	NetworkGet = endpoint[*inventoryv1.GetNetworkRequest, *inventoryv1.Network](inventory, subjects.NounNetwork, subjects.VerbGet,
-		"reads a network", gateway, provisioner)
+		"reads a network", gateway, provisioner, ca)
 	NetworkList = endpoint[*inventoryv1.ListNetworksRequest, *inventoryv1.ListNetworksResponse](inventory, subjects.NounNetwork, subjects.VerbList,
 		"lists networks, a page at a time", gateway)
 	NetworkUpdate = endpoint[*inventoryv1.UpdateNetworkRequest, *inventoryv1.Network](inventory, subjects.NounNetwork, subjects.VerbUpdate,
@@ -144,6 +144,8 @@ var (
 		"says whether an agent certificate is current: instance live, VM current, not superseded", agentgw)
 	ServerSign = endpoint[*cav1.SignServerRequest, *cav1.ServerCertificate](ca, subjects.NounServer, subjects.VerbSign,
 		"certifies an instance's (or the agent gateway's) HTTPS key for its names", agentgw)
+	CustomCertGet = endpoint[*cav1.GetCustomCertificateRequest, *cav1.CustomCertificate](ca, subjects.NounCustomCert, subjects.VerbGet,
+		"resolves an instance's custom certificate and its private key (secret broker or AWS Secrets Manager) for its agent", agentgw)
 )
 
 // Secrets.
@@ -162,6 +164,16 @@ var (
 		"forgets a cloud account's secret key", inventory)
 	CloudKeyRead = endpoint[*secretsv1.ReadCloudKeyRequest, *secretsv1.ReadCloudKeyResponse](secrets, subjects.NounCloudKey, subjects.VerbRead,
 		"releases a cloud account's secret key to the provisioner, audited", provisioner)
+	CertKeyCreate = endpoint[*secretsv1.StoreCertificateKeyRequest, *secretsv1.CertificateKey](secrets, subjects.NounCertKey, subjects.VerbCreate,
+		"stores an uploaded TLS private key of a network or an instance, encrypted", inventory)
+	CertKeyRead = endpoint[*secretsv1.ReadCertificateKeyRequest, *secretsv1.ReadCertificateKeyResponse](secrets, subjects.NounCertKey, subjects.VerbRead,
+		"releases a stored TLS private key for an instance's custom certificate, audited", ca)
+)
+
+// Provisioner.
+var (
+	CertificateRefresh = endpoint[*inventoryv1.InstanceActionRequest, *inventoryv1.Instance](provisioner, subjects.NounCustomCert, subjects.VerbRefresh,
+		"has a running instance's agent fetch its custom certificate again, or renew its ACME certificate now", gateway)
 )
 
 // Agent gateway.

@@ -114,6 +114,8 @@ const (
 	NounSecret      = "secret"      // secrets: secret.create/list/delete/read
 	NounCloudKey    = "cloudkey"    // secrets: cloudkey.put/delete/read
 	NounLifecycle   = "lifecycle"   // inventory: lifecycle.request, lifecycle.observe, lifecycle.record
+	NounCustomCert  = "customcert"  // ca: customcert.get; provisioner: customcert.refresh
+	NounCertKey     = "certkey"     // secrets: certkey.create/read
 
 	VerbJoin    = "join"
 	VerbSign    = "sign"
@@ -123,6 +125,7 @@ const (
 	VerbRecord  = "record"
 	VerbCheck   = "check"
 	VerbPut     = "put"
+	VerbRefresh = "refresh"
 )
 
 // AuditStream is the JetStream stream of audit records (long retention).

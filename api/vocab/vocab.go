@@ -102,6 +102,10 @@ const (
 	StepDone         Step = "done"
 	StepStoppingVM   Step = "stopping-vm"
 	StepDeletingDisk Step = "deleting-disk"
+	// StepRenewingCertificate is the agent renewing (acme) or fetching
+	// again (custom-certificate) a running node's certificate; its result
+	// is in the instance's timeline, and a failure leaves it running.
+	StepRenewingCertificate Step = "renewing-certificate"
 )
 
 // Progress is the status of a step an agent reports.

@@ -171,6 +171,7 @@ func embeddedConfig(s *datadir.Settings, d datadir.Dir, ns *server.Server, log *
 		CAKeyFile:       caKey,
 		KMSKeyFile:      d.Path("keys", "master.key"),
 		CreateKMSKey:    true,
+		SecretsManager:  secretsManager(os.Getenv("FLOTILLA_SECRETS_MANAGER_REGION"), os.Getenv("FLOTILLA_SECRETS_MANAGER_ENDPOINT_URL")),
 		LocalRoot:       string(d),
 		AgentCommand:    agentCmd,
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/awsx"
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/telemetry"
@@ -69,6 +70,11 @@ type EnvConfig struct {
 	KMSAWSRoleARN     string `env:"FLOTILLA_KMS_AWS_ROLE_ARN"`
 	CACertFile        string `env:"FLOTILLA_CA_CERT_FILE"`
 	CAKeyFile         string `env:"FLOTILLA_CA_KEY_FILE"`
+	// SecretsManagerRegion (and SecretsManagerEndpointURL) is the AWS
+	// Secrets Manager the CA reads referenced certificate keys in, with the
+	// host's default credential chain.
+	SecretsManagerRegion      string `env:"FLOTILLA_SECRETS_MANAGER_REGION"`
+	SecretsManagerEndpointURL string `env:"FLOTILLA_SECRETS_MANAGER_ENDPOINT_URL"`
 	// AgentAddr is where the agent gateway listens for agents.
 	AgentAddr string `env:"FLOTILLA_AGENT_ADDR" envDefault:":7702"`
 	// AgentServerNames are the names agents dial the agent gateway by (its
@@ -293,6 +299,7 @@ func (c EnvConfig) Config(service string) Config {
 		CAKeyFile:          c.CAKeyFile,
 		KMSKeyFile:         c.KMSKeyFile,
 		KMSAWS:             c.kmsAWS(),
+		SecretsManager:     secretsManager(c.SecretsManagerRegion, c.SecretsManagerEndpointURL),
 		LocalRoot:          c.LocalRoot,
 		AgentCommand:       strings.Fields(c.AgentCommand),
 		NATSMonitorURLs:    c.NATSMonitorURLs,
@@ -398,4 +405,12 @@ func checkHTTPURL(raw string) error {
 		return fmt.Errorf("%q is not an http:// or https:// URL with a host", raw)
 	}
 	return nil
+}
+
+// secretsManager is the account of FLOTILLA_SECRETS_MANAGER_REGION, if set.
+func secretsManager(region, endpoint string) *awsx.Account {
+	if region == "" {
+		return nil
+	}
+	return &awsx.Account{Region: region, EndpointURL: endpoint}
 }

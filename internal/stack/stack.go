@@ -28,6 +28,8 @@ import (
 	"strings"
 	"time"
 
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -37,6 +39,7 @@ import (
 
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/attempts"
+	"flotilla.dev/flotilla/libs/awsx"
 	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/membership"
 	"flotilla.dev/flotilla/libs/natsx"
@@ -130,6 +133,10 @@ type Config struct {
 	// (0: the CA's default).
 	CACertFile, CAKeyFile string
 	AgentCertTTL          time.Duration
+	// SecretsManager is the AWS account in which the CA reads the private
+	// keys custom certificates reference (privateKeyRef), for every
+	// network until networks name their cloud account; nil: none.
+	SecretsManager *awsx.Account
 
 	// KMSKeyFile is the local master key; CreateKMSKey makes one when the
 	// file does not exist (`flotilla up`), otherwise it must exist (a
@@ -485,7 +492,7 @@ func (d deps) ca(ctx context.Context, nc *nats.Conn) (runner, error) {
 	c := d.cfg
 	s, err := ca.New(ctx, ca.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version, Concurrency: c.BusConcurrency,
 		CertFile: c.CACertFile, KeyFile: c.CAKeyFile, Replicas: c.StreamReplicas, AgentCertTTL: c.AgentCertTTL,
-		GatewayNames: c.agentServerNames(c.AgentAddr)})
+		GatewayNames: c.agentServerNames(c.AgentAddr), CloudAccount: c.cloudAccount()})
 	if err != nil {
 		return runner{}, err
 	}
@@ -759,4 +766,14 @@ func (c *Config) databaseConns() int {
 		n = rpc.DefaultConcurrency
 	}
 	return n + 4
+}
+
+// cloudAccount is the CA's seam to cloud accounts: for now every network's
+// referenced certificate keys are read in the one configured account.
+func (c Config) cloudAccount() ca.CloudAccountOf {
+	if c.SecretsManager == nil {
+		return nil
+	}
+	acct := *c.SecretsManager
+	return func(context.Context, *inventoryv1.Network) (awsx.Account, error) { return acct, nil }
 }

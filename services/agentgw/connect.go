@@ -442,6 +442,16 @@ func (s *Service) serverCert(ctx context.Context, id string, req *agentv1.Server
 		s.log.InfoContext(ctx, "agent server certificate refused", "instance_id", id, "error", resp.Error)
 		return reply
 	}
+	if req.GetCustom() {
+		// The operator's certificate and key, resolved by the CA for the
+		// instance the agent's certificate names; the key is not logged.
+		cc, err := rpc.Call(ctx, s.bus, endpoints.CustomCertGet, &cav1.GetCustomCertificateRequest{InstanceId: id}, rpc.As(vocab.Agent(id)))
+		if err != nil {
+			return fail(err)
+		}
+		resp.CertificatePem, resp.PrivateKeyPem = cc.GetCertificatePem(), cc.GetPrivateKeyPem()
+		return reply
+	}
 	inst, err := rpc.Call(ctx, s.bus, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id}, rpc.As(vocab.Agent(id)))
 	if err != nil {
 		return fail(err)

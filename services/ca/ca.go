@@ -32,6 +32,7 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/awsx"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
@@ -79,6 +80,12 @@ type Deps struct {
 	// GatewayNames are the agent gateway's names, which no instance's
 	// server certificate may carry.
 	GatewayNames []string
+	// CloudAccount gives the AWS account of a network, to read the private
+	// keys its custom certificates reference in AWS Secrets Manager; nil
+	// means such references cannot be resolved.
+	CloudAccount CloudAccountOf
+	// AWSOptions adjust every AWS configuration (tests record the actions).
+	AWSOptions []awsx.Option
 }
 
 // GatewayCAFiles are where the agent gateway's intermediate CA is kept:
@@ -121,6 +128,11 @@ type Service struct {
 	now          func() time.Time
 	agentTTL     time.Duration
 	serverTTL    time.Duration
+	// bus reads networks and stored keys; cloudAccount and awsOpts read
+	// keys from AWS Secrets Manager (custom.go).
+	bus          *rpc.Client
+	cloudAccount CloudAccountOf
+	awsOpts      []awsx.Option
 }
 
 // New loads or creates the CA's key material, declares the join-token
@@ -137,6 +149,9 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		agentTTL:     d.AgentCertTTL,
 		serverTTL:    d.ServerCertTTL,
 		gatewayNames: d.GatewayNames,
+		bus:          rpc.NewClient(d.NATS, subjects.CA, 0),
+		cloudAccount: d.CloudAccount,
+		awsOpts:      d.AWSOptions,
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -204,6 +219,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		func() error { return rpc.Handle(s.rpc, endpoints.AgentSign, s.signAgent) },
 		func() error { return rpc.Handle(s.rpc, endpoints.AgentCheck, s.checkAgent) },
 		func() error { return rpc.Handle(s.rpc, endpoints.ServerSign, s.signServer) },
+		func() error { return rpc.Handle(s.rpc, endpoints.CustomCertGet, s.getCustomCertificate) },
 	} {
 		if err := add(); err != nil {
 			_ = s.rpc.Stop()

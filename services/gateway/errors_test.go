@@ -42,7 +42,7 @@ func TestErrorsCarryAStableReason(t *testing.T) {
 		{"bad field", "POST", "/api/v1/templates", reply{"name": "t2", "provider": "local", "dataDiskGb": 0}, "", 400, "invalid_field", "dataDiskGb"},
 		{"nested field", "POST", "/api/v1/templates", reply{"name": "t2", "provider": "local", "dataDiskGb": 1, "setupActions": []reply{{"type": "file", "path": "../x"}}}, "", 400, "invalid_field", "setupActions[0].path"},
 		{"malformed body", "POST", "/api/v1/networks", `{"name":`, "", 400, "malformed_request", ""},
-		{"not yet", "POST", "/api/v1/networks", reply{"name": "n2", "provider": "local", "httpsStrategy": "acme"}, "", 400, "unsupported", "httpsStrategy"},
+		{"acme without a contact", "POST", "/api/v1/networks", reply{"name": "n2", "provider": "local", "httpsStrategy": "acme"}, "", 400, "invalid_field", "acme.contactEmail"},
 		{"missing", "GET", "/api/v1/networks/0190c3e1-0000-7000-8000-000000000000", nil, "", 404, "not_found", ""},
 		{"malformed id", "GET", "/api/v1/networks/nope", nil, "", 400, "invalid_field", "id"},
 		{"loopback SAN", "POST", "/api/v1/instances", reply{"name": "db-2", "kind": "design", "templateId": tmpl["id"], "networkId": net["id"],

@@ -117,6 +117,15 @@ func (s instanceServer) ReprovisionInstance(ctx context.Context, r *inventoryv1.
 	return s.lifecycle(ctx, r.GetId(), vocab.ActionReprovision)
 }
 
+// RefreshCertificate asks the provisioner, which alone commands agents, to
+// have the instance's agent fetch its certificate again.
+func (s instanceServer) RefreshCertificate(ctx context.Context, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
+	if err := apierr.CheckID("id", r.GetId()); err != nil {
+		return nil, apierr.GRPCStatus(ctx, s.g.log, err)
+	}
+	return call(ctx, s.g, endpoints.CertificateRefresh, r)
+}
+
 // CreateInstanceJoinToken has the CA mint a join token for the operator
 // (the CA decides whether the instance may have one: external, waiting for
 // its agent) and adds what the agent starts with besides: the agent

@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"time"
 
+	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
+
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -88,8 +90,13 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		return nil, err
 	}
 	fwd := outbox.NewForwarder(d.Pool, js, log, 0)
-	keys := adapters.CloudKeys{Client: rpc.NewClient(d.NATS, subjects.Inventory, 0)}
-	a := app.New(d.Pool, log, append([]app.Option{app.WithCommitted(fwd.Wake), app.WithCloudKeys(keys)}, d.AppOptions...)...)
+	bus := rpc.NewClient(d.NATS, subjects.Inventory, 0)
+	storeKey := func(ctx context.Context, keyPEM string) (string, error) {
+		k, err := rpc.Call(ctx, bus, endpoints.CertKeyCreate, &secretsv1.StoreCertificateKeyRequest{PrivateKeyPem: keyPEM})
+		return k.GetId(), err
+	}
+	a := app.New(d.Pool, log, append([]app.Option{app.WithCommitted(fwd.Wake), app.WithCloudKeys(adapters.CloudKeys{Client: bus}),
+		app.WithKeyStore(storeKey)}, d.AppOptions...)...)
 	svc, err := ports.Serve(d.NATS, a, d.Pool, log, d.TracerProvider, d.Version, rpc.WithConcurrency(d.Concurrency))
 	if err != nil {
 		return nil, err

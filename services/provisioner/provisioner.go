@@ -156,9 +156,12 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if s.d.CloudAccounts == nil {
 		s.d.CloudAccounts = s.accounts
 	}
-	if err := rpc.Handle(s.rpc, endpoints.CloudAccountVerify, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.VerifyCloudAccountRequest) (*inventoryv1.CloudAccountVerification, error) {
-		return s.accounts.verify(ctx, r.GetId())
-	}); err != nil {
+	if err := errors.Join(
+		rpc.Handle(s.rpc, endpoints.CloudAccountVerify, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.VerifyCloudAccountRequest) (*inventoryv1.CloudAccountVerification, error) {
+			return s.accounts.verify(ctx, r.GetId())
+		}),
+		rpc.Handle(s.rpc, endpoints.CertificateRefresh, s.refreshCertificate),
+	); err != nil {
 		_ = s.rpc.Stop()
 		return nil, err
 	}

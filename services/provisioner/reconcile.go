@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -183,6 +184,7 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 	cmd := &agentv1.Command{Id: vmID, Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{
 		InstanceName: in.GetName(), SetupActions: tmpl.GetSetupActions(), NodeVersion: nodeVersion(tmpl),
 		HttpsStrategy: netw.GetHttpsStrategy(), Sans: in.GetSsl().GetSans(), NodePort: place.NodePort,
+		Acme: acmeOrder(in, netw),
 	}}}
 	if err := s.sendCommand(ctx, id, cmd, s.d.AgentTimeout); err != nil {
 		return fail(vocab.StepRunningSetup, err)
@@ -393,3 +395,25 @@ func (s *Service) sendCommand(ctx context.Context, id string, cmd *agentv1.Comma
 		}
 	}
 }
+
+// acmeOrder is the ACME order of an instance on an "acme" network: the
+// network's settings (Let's Encrypt when it names no directory) and the
+// instance's ssl.domains, else its host name from the network's pattern.
+func acmeOrder(in *inventoryv1.Instance, n *inventoryv1.Network) *agentv1.AcmeOrder {
+	if vocab.HTTPSStrategy(n.GetHttpsStrategy()) != vocab.HTTPSACME {
+		return nil
+	}
+	a := n.GetAcme()
+	o := &agentv1.AcmeOrder{DirectoryUrl: a.GetDirectoryUrl(), ContactEmail: a.GetContactEmail(), Domains: in.GetSsl().GetDomains(),
+		HttpPort: a.GetHttpPort(), DirectoryCaPem: a.GetDirectoryCaPem()}
+	if o.DirectoryUrl == "" {
+		o.DirectoryUrl = LetsEncryptDirectory
+	}
+	if p := n.GetDns().GetHostnamePattern(); len(o.Domains) == 0 && p != "" {
+		o.Domains = []string{strings.NewReplacer("{name}", in.GetName(), "{id}", in.GetId()).Replace(p)}
+	}
+	return o
+}
+
+// LetsEncryptDirectory is the ACME directory of a network that names none.
+const LetsEncryptDirectory = "https://acme-v02.api.letsencrypt.org/directory"

@@ -47,6 +47,7 @@ const (
 	contextInstanceID   = "flotilla:instance-id"
 	contextSecretName   = "flotilla:secret-name"
 	contextCloudAccount = "flotilla:cloud-account-id"
+	contextCertKey      = "flotilla:certificate-key-id"
 )
 
 // binding is what a sealed value is bound to: its ciphertext to aad, its
@@ -74,6 +75,11 @@ func secretBinding(instanceID, name string, version int64) binding {
 // cloudKeyContext is the encryption context of a cloud account's key.
 func cloudKeyContext(accountID string) kms.EncryptionContext {
 	return kms.EncryptionContext{contextCloudAccount: accountID}
+}
+
+// certKeyContext is the encryption context of a stored TLS key.
+func certKeyContext(id string) kms.EncryptionContext {
+	return kms.EncryptionContext{contextCertKey: id}
 }
 
 // seal encrypts value under a fresh data key from k, bound as b says. The

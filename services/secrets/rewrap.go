@@ -86,6 +86,8 @@ var sealedTables = []sealedTable{
 		context: func(k []string) kms.EncryptionContext { return dataKeyContext(k[0], k[1]) }},
 	{name: "cloud_keys", key: []string{"cloud_account_id"},
 		context: func(k []string) kms.EncryptionContext { return cloudKeyContext(k[0]) }},
+	{name: "certificate_keys", key: []string{"id"},
+		context: func(k []string) kms.EncryptionContext { return certKeyContext(k[0]) }},
 }
 
 // sealedRow is what Rewrap reads of a row: its key, and what it rewrites

@@ -118,6 +118,8 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		rpc.Handle(s.rpc, endpoints.CloudKeyPut, s.putCloudKey),
 		rpc.Handle(s.rpc, endpoints.CloudKeyDelete, s.deleteCloudKey),
 		rpc.Handle(s.rpc, endpoints.CloudKeyRead, s.readCloudKey),
+		rpc.Handle(s.rpc, endpoints.CertKeyCreate, s.createCertKey),
+		rpc.Handle(s.rpc, endpoints.CertKeyRead, s.readCertKey),
 	); err != nil {
 		_ = s.rpc.Stop()
 		return nil, err

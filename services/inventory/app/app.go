@@ -67,6 +67,8 @@ type App struct {
 	committed func()
 	// cloudKeys keeps cloud accounts' secret keys (WithCloudKeys).
 	cloudKeys CloudKeys
+	// keys keeps uploaded TLS private keys (certkeys.go).
+	keys KeyStore
 }
 
 // Option configures an App.

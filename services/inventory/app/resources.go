@@ -93,6 +93,10 @@ func checkInstance(ctx context.Context, a *App, tx pgx.Tx, old, v *inventoryv1.I
 
 // CreateNetwork creates a network.
 func (a *App) CreateNetwork(ctx context.Context, actor vocab.Actor, n *inventoryv1.Network) (*inventoryv1.Network, error) {
+	n, err := a.sealNetworkKey(ctx, n, nil)
+	if err != nil {
+		return nil, err
+	}
 	return create(ctx, a, networks, actor, n)
 }
 
@@ -108,7 +112,14 @@ func (a *App) ListNetworks(ctx context.Context, pageSize int32, pageToken string
 
 // UpdateNetwork changes the masked fields of a network at n's version.
 func (a *App) UpdateNetwork(ctx context.Context, actor vocab.Actor, n *inventoryv1.Network, mask []string) (*inventoryv1.Network, error) {
-	return update(ctx, a, networks, actor, n, mask)
+	cur, err := a.GetNetwork(ctx, n.GetId())
+	if err != nil {
+		return nil, err
+	}
+	if n, err = a.sealNetworkKey(ctx, n, cur); err != nil {
+		return nil, err
+	}
+	return update(ctx, a, networks, actor, n, keyMask(mask))
 }
 
 // DeleteNetwork deletes a network no instance uses.
@@ -143,6 +154,10 @@ func (a *App) DeleteTemplate(ctx context.Context, actor vocab.Actor, id string, 
 
 // CreateInstance creates an instance record in state "created".
 func (a *App) CreateInstance(ctx context.Context, actor vocab.Actor, in *inventoryv1.Instance) (*inventoryv1.Instance, error) {
+	in, err := a.sealInstanceKey(ctx, in, nil)
+	if err != nil {
+		return nil, err
+	}
 	return create(ctx, a, instances, actor, in)
 }
 
@@ -167,7 +182,14 @@ func (a *App) ListInstances(ctx context.Context, pageSize int32, pageToken strin
 // UpdateInstance changes the masked fields of an instance at in's version.
 func (a *App) UpdateInstance(ctx context.Context, actor vocab.Actor, in *inventoryv1.Instance, mask []string) (*inventoryv1.Instance, error) {
 	defer a.live.forget(in.GetId())
-	return update(ctx, a, instances, actor, in, mask)
+	cur, err := get(ctx, a, instances, in.GetId())
+	if err != nil {
+		return nil, err
+	}
+	if in, err = a.sealInstanceKey(ctx, in, cur); err != nil {
+		return nil, err
+	}
+	return update(ctx, a, instances, actor, in, keyMask(mask))
 }
 
 // DeleteInstance deletes an instance: at once if it was never provisioned,

@@ -11,6 +11,7 @@ import (
 	"path"
 	"regexp"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -91,8 +92,13 @@ func ValidateNetwork(n *inventoryv1.Network) error {
 		return err
 	}
 	strategy := vocab.HTTPSStrategy(n.GetHttpsStrategy())
-	if strategy == vocab.HTTPSCustomCertificate || strategy == vocab.HTTPSACME {
-		return apierr.Unsupported("httpsStrategy", "%q is not supported yet: use %q or %q", strategy, vocab.HTTPSNone, vocab.HTTPSSelfSigned)
+	if cc := NetworkCertificate(n); !cc.Empty() {
+		if strategy != vocab.HTTPSCustomCertificate {
+			return apierr.Invalid("customCertificate", "is only allowed with httpsStrategy %q", vocab.HTTPSCustomCertificate)
+		}
+		if err := cc.Validate(nil, time.Now()); err != nil {
+			return err
+		}
 	}
 	if strategy == vocab.HTTPSACME {
 		email := n.GetAcme().GetContactEmail()
@@ -102,7 +108,10 @@ func ValidateNetwork(n *inventoryv1.Network) error {
 		if a, err := mail.ParseAddress(email); err != nil || a.Address != email {
 			return apierr.Invalid("acme.contactEmail", "%q is not an e-mail address", email)
 		}
-	} else if n.GetAcme().GetContactEmail() != "" || n.GetAcme().GetDirectoryUrl() != "" {
+		if err := validateACME(n.GetAcme()); err != nil {
+			return err
+		}
+	} else if n.GetAcme().GetContactEmail() != "" || n.GetAcme().GetDirectoryUrl() != "" || n.GetAcme().GetHttpPort() != 0 || n.GetAcme().GetDirectoryCaPem() != "" {
 		return apierr.Invalid("acme", "is only allowed with httpsStrategy %q", vocab.HTTPSACME)
 	}
 	if aws := n.GetAws(); aws != nil {
@@ -376,15 +385,23 @@ func ValidatePlacement(in *inventoryv1.Instance, t *inventoryv1.Template, n *inv
 			t.GetName(), t.GetProvider(), n.GetName(), n.GetProvider())
 	}
 	ssl := in.GetSsl()
+	custom := !InstanceCertificate(in).Empty()
 	switch vocab.HTTPSStrategy(n.GetHttpsStrategy()) {
 	case vocab.HTTPSNone:
-		if len(ssl.GetSans())+len(ssl.GetDomains()) > 0 || ssl.GetCertificatePem() != "" || ssl.GetPrivateKeyRef() != "" {
+		if len(ssl.GetSans())+len(ssl.GetDomains()) > 0 || custom {
 			return apierr.Invalid("ssl", "network %q uses httpsStrategy %q: no SSL settings apply", n.GetName(), vocab.HTTPSNone)
 		}
 	case vocab.HTTPSSelfSigned:
-		if len(ssl.GetDomains()) > 0 || ssl.GetCertificatePem() != "" || ssl.GetPrivateKeyRef() != "" {
+		if len(ssl.GetDomains()) > 0 || custom {
 			return apierr.Invalid("ssl", "network %q uses httpsStrategy %q: only ssl.sans applies", n.GetName(), vocab.HTTPSSelfSigned)
 		}
+	case vocab.HTTPSCustomCertificate:
+		return validateInstanceCertificate(in, n, time.Now())
+	case vocab.HTTPSACME:
+		if custom || len(ssl.GetSans()) > 0 {
+			return apierr.Invalid("ssl", "network %q uses httpsStrategy %q: only ssl.domains applies", n.GetName(), vocab.HTTPSACME)
+		}
+		return validateACMEDomains(in, n)
 	}
 	return nil
 }

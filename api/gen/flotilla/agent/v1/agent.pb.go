@@ -814,9 +814,12 @@ func (x *SecretRequest) GetName() string {
 
 // ServerCertRequest asks for the instance's HTTPS server certificate.
 type ServerCertRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	CsrDer        []byte                 `protobuf:"bytes,2,opt,name=csr_der,json=csrDer,proto3" json:"csr_der,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	CsrDer    []byte                 `protobuf:"bytes,2,opt,name=csr_der,json=csrDer,proto3" json:"csr_der,omitempty"`
+	// Ask for the instance's custom certificate and its private key instead
+	// of signing csr_der.
+	Custom        bool `protobuf:"varint,3,opt,name=custom,proto3" json:"custom,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -863,6 +866,13 @@ func (x *ServerCertRequest) GetCsrDer() []byte {
 		return x.CsrDer
 	}
 	return nil
+}
+
+func (x *ServerCertRequest) GetCustom() bool {
+	if x != nil {
+		return x.Custom
+	}
+	return false
 }
 
 // GatewayMessage is one message to the agent.
@@ -1039,6 +1049,7 @@ type Command struct {
 	//
 	//	*Command_Bootstrap
 	//	*Command_StopNode
+	//	*Command_RefreshCertificate
 	Action        isCommand_Action `protobuf_oneof:"action"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1106,6 +1117,15 @@ func (x *Command) GetStopNode() *StopNode {
 	return nil
 }
 
+func (x *Command) GetRefreshCertificate() *RefreshCertificate {
+	if x != nil {
+		if x, ok := x.Action.(*Command_RefreshCertificate); ok {
+			return x.RefreshCertificate
+		}
+	}
+	return nil
+}
+
 type isCommand_Action interface {
 	isCommand_Action()
 }
@@ -1118,9 +1138,15 @@ type Command_StopNode struct {
 	StopNode *StopNode `protobuf:"bytes,3,opt,name=stop_node,json=stopNode,proto3,oneof"`
 }
 
+type Command_RefreshCertificate struct {
+	RefreshCertificate *RefreshCertificate `protobuf:"bytes,4,opt,name=refresh_certificate,json=refreshCertificate,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Action() {}
 
 func (*Command_StopNode) isCommand_Action() {}
+
+func (*Command_RefreshCertificate) isCommand_Action() {}
 
 // Bootstrap runs the setup actions, installs and starts the node software.
 type Bootstrap struct {
@@ -1129,12 +1155,14 @@ type Bootstrap struct {
 	SetupActions []*v1.SetupAction      `protobuf:"bytes,2,rep,name=setup_actions,json=setupActions,proto3" json:"setup_actions,omitempty"`
 	// Node software version to install.
 	NodeVersion string `protobuf:"bytes,3,opt,name=node_version,json=nodeVersion,proto3" json:"node_version,omitempty"`
-	// "none" or "self-signed" (more later).
+	// "none", "self-signed", "custom-certificate" or "acme".
 	HttpsStrategy string `protobuf:"bytes,4,opt,name=https_strategy,json=httpsStrategy,proto3" json:"https_strategy,omitempty"`
 	// SANs for the server certificate (self-signed).
 	Sans []string `protobuf:"bytes,5,rep,name=sans,proto3" json:"sans,omitempty"`
 	// TCP port the node software listens on (0: the agent picks one).
-	NodePort      int32 `protobuf:"varint,6,opt,name=node_port,json=nodePort,proto3" json:"node_port,omitempty"`
+	NodePort int32 `protobuf:"varint,6,opt,name=node_port,json=nodePort,proto3" json:"node_port,omitempty"`
+	// The ACME order, with "acme".
+	Acme          *AcmeOrder `protobuf:"bytes,7,opt,name=acme,proto3" json:"acme,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1211,6 +1239,92 @@ func (x *Bootstrap) GetNodePort() int32 {
 	return 0
 }
 
+func (x *Bootstrap) GetAcme() *AcmeOrder {
+	if x != nil {
+		return x.Acme
+	}
+	return nil
+}
+
+// AcmeOrder is what the agent orders its node software's certificate with:
+// the network's ACME settings and the instance's domains. The agent answers
+// HTTP-01 on http_port and renews at two thirds of the lifetime.
+type AcmeOrder struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	DirectoryUrl   string                 `protobuf:"bytes,1,opt,name=directory_url,json=directoryUrl,proto3" json:"directory_url,omitempty"`
+	ContactEmail   string                 `protobuf:"bytes,2,opt,name=contact_email,json=contactEmail,proto3" json:"contact_email,omitempty"`
+	Domains        []string               `protobuf:"bytes,3,rep,name=domains,proto3" json:"domains,omitempty"`
+	HttpPort       int32                  `protobuf:"varint,4,opt,name=http_port,json=httpPort,proto3" json:"http_port,omitempty"`
+	DirectoryCaPem string                 `protobuf:"bytes,5,opt,name=directory_ca_pem,json=directoryCaPem,proto3" json:"directory_ca_pem,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AcmeOrder) Reset() {
+	*x = AcmeOrder{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcmeOrder) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcmeOrder) ProtoMessage() {}
+
+func (x *AcmeOrder) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcmeOrder.ProtoReflect.Descriptor instead.
+func (*AcmeOrder) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *AcmeOrder) GetDirectoryUrl() string {
+	if x != nil {
+		return x.DirectoryUrl
+	}
+	return ""
+}
+
+func (x *AcmeOrder) GetContactEmail() string {
+	if x != nil {
+		return x.ContactEmail
+	}
+	return ""
+}
+
+func (x *AcmeOrder) GetDomains() []string {
+	if x != nil {
+		return x.Domains
+	}
+	return nil
+}
+
+func (x *AcmeOrder) GetHttpPort() int32 {
+	if x != nil {
+		return x.HttpPort
+	}
+	return 0
+}
+
+func (x *AcmeOrder) GetDirectoryCaPem() string {
+	if x != nil {
+		return x.DirectoryCaPem
+	}
+	return ""
+}
+
 // StopNode stops the node software (before a deprovision).
 type StopNode struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1220,7 +1334,7 @@ type StopNode struct {
 
 func (x *StopNode) Reset() {
 	*x = StopNode{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1232,7 +1346,7 @@ func (x *StopNode) String() string {
 func (*StopNode) ProtoMessage() {}
 
 func (x *StopNode) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1245,7 +1359,45 @@ func (x *StopNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopNode.ProtoReflect.Descriptor instead.
 func (*StopNode) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+}
+
+// RefreshCertificate fetches the custom certificate and key again; the node
+// software serves them from its next handshake.
+type RefreshCertificate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefreshCertificate) Reset() {
+	*x = RefreshCertificate{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshCertificate) ProtoMessage() {}
+
+func (x *RefreshCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshCertificate.ProtoReflect.Descriptor instead.
+func (*RefreshCertificate) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 type SecretResponse struct {
@@ -1259,7 +1411,7 @@ type SecretResponse struct {
 
 func (x *SecretResponse) Reset() {
 	*x = SecretResponse{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1423,7 @@ func (x *SecretResponse) String() string {
 func (*SecretResponse) ProtoMessage() {}
 
 func (x *SecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1436,7 @@ func (x *SecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretResponse.ProtoReflect.Descriptor instead.
 func (*SecretResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SecretResponse) GetRequestId() string {
@@ -1314,13 +1466,15 @@ type ServerCertResponse struct {
 	CertificatePem string                 `protobuf:"bytes,2,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
 	CaPem          string                 `protobuf:"bytes,3,opt,name=ca_pem,json=caPem,proto3" json:"ca_pem,omitempty"`
 	Error          string                 `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The private key, for a custom certificate only.
+	PrivateKeyPem string `protobuf:"bytes,5,opt,name=private_key_pem,json=privateKeyPem,proto3" json:"private_key_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServerCertResponse) Reset() {
 	*x = ServerCertResponse{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1486,7 @@ func (x *ServerCertResponse) String() string {
 func (*ServerCertResponse) ProtoMessage() {}
 
 func (x *ServerCertResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1499,7 @@ func (x *ServerCertResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerCertResponse.ProtoReflect.Descriptor instead.
 func (*ServerCertResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ServerCertResponse) GetRequestId() string {
@@ -1376,6 +1530,13 @@ func (x *ServerCertResponse) GetError() string {
 	return ""
 }
 
+func (x *ServerCertResponse) GetPrivateKeyPem() string {
+	if x != nil {
+		return x.PrivateKeyPem
+	}
+	return ""
+}
+
 // AgentEvent is what the agent gateway puts on the bus about an agent
 // (subjects.AgentStatus): connected, disconnected, heartbeats and progress.
 type AgentEvent struct {
@@ -1395,7 +1556,7 @@ type AgentEvent struct {
 
 func (x *AgentEvent) Reset() {
 	*x = AgentEvent{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1407,7 +1568,7 @@ func (x *AgentEvent) String() string {
 func (*AgentEvent) ProtoMessage() {}
 
 func (x *AgentEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1420,7 +1581,7 @@ func (x *AgentEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentEvent.ProtoReflect.Descriptor instead.
 func (*AgentEvent) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AgentEvent) GetInstanceId() string {
@@ -1517,7 +1678,7 @@ type Disconnected struct {
 
 func (x *Disconnected) Reset() {
 	*x = Disconnected{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1690,7 @@ func (x *Disconnected) String() string {
 func (*Disconnected) ProtoMessage() {}
 
 func (x *Disconnected) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1703,7 @@ func (x *Disconnected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disconnected.ProtoReflect.Descriptor instead.
 func (*Disconnected) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Disconnected) GetReason() string {
@@ -1611,11 +1772,12 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\rSecretRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"K\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"c\n" +
 	"\x11ServerCertRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x17\n" +
-	"\acsr_der\x18\x02 \x01(\fR\x06csrDer\"\xaf\x02\n" +
+	"\acsr_der\x18\x02 \x01(\fR\x06csrDer\x12\x16\n" +
+	"\x06custom\x18\x03 \x01(\bR\x06custom\"\xaf\x02\n" +
 	"\x0eGatewayMessage\x126\n" +
 	"\acommand\x18\x01 \x01(\v2\x1a.flotilla.agent.v1.CommandH\x00R\acommand\x12L\n" +
 	"\x0fsecret_response\x18\x02 \x01(\v2!.flotilla.agent.v1.SecretResponseH\x00R\x0esecretResponse\x12Y\n" +
@@ -1623,32 +1785,42 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\alog_ack\x18\x04 \x01(\v2\x19.flotilla.agent.v1.LogAckH\x00R\x06logAckB\x06\n" +
 	"\x04body\"\x1a\n" +
 	"\x06LogAck\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\x9d\x01\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xf7\x01\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12<\n" +
 	"\tbootstrap\x18\x02 \x01(\v2\x1c.flotilla.agent.v1.BootstrapH\x00R\tbootstrap\x12:\n" +
-	"\tstop_node\x18\x03 \x01(\v2\x1b.flotilla.agent.v1.StopNodeH\x00R\bstopNodeB\b\n" +
-	"\x06action\"\xf4\x01\n" +
+	"\tstop_node\x18\x03 \x01(\v2\x1b.flotilla.agent.v1.StopNodeH\x00R\bstopNode\x12X\n" +
+	"\x13refresh_certificate\x18\x04 \x01(\v2%.flotilla.agent.v1.RefreshCertificateH\x00R\x12refreshCertificateB\b\n" +
+	"\x06action\"\xa6\x02\n" +
 	"\tBootstrap\x12#\n" +
 	"\rinstance_name\x18\x01 \x01(\tR\finstanceName\x12G\n" +
 	"\rsetup_actions\x18\x02 \x03(\v2\".flotilla.inventory.v1.SetupActionR\fsetupActions\x12!\n" +
 	"\fnode_version\x18\x03 \x01(\tR\vnodeVersion\x12%\n" +
 	"\x0ehttps_strategy\x18\x04 \x01(\tR\rhttpsStrategy\x12\x12\n" +
 	"\x04sans\x18\x05 \x03(\tR\x04sans\x12\x1b\n" +
-	"\tnode_port\x18\x06 \x01(\x05R\bnodePort\"\n" +
+	"\tnode_port\x18\x06 \x01(\x05R\bnodePort\x120\n" +
+	"\x04acme\x18\a \x01(\v2\x1c.flotilla.agent.v1.AcmeOrderR\x04acme\"\xb6\x01\n" +
+	"\tAcmeOrder\x12#\n" +
+	"\rdirectory_url\x18\x01 \x01(\tR\fdirectoryUrl\x12#\n" +
+	"\rcontact_email\x18\x02 \x01(\tR\fcontactEmail\x12\x18\n" +
+	"\adomains\x18\x03 \x03(\tR\adomains\x12\x1b\n" +
+	"\thttp_port\x18\x04 \x01(\x05R\bhttpPort\x12(\n" +
+	"\x10directory_ca_pem\x18\x05 \x01(\tR\x0edirectoryCaPem\"\n" +
 	"\n" +
-	"\bStopNode\"[\n" +
+	"\bStopNode\"\x14\n" +
+	"\x12RefreshCertificate\"[\n" +
 	"\x0eSecretResponse\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error\"\x89\x01\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\xb1\x01\n" +
 	"\x12ServerCertResponse\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12'\n" +
 	"\x0fcertificate_pem\x18\x02 \x01(\tR\x0ecertificatePem\x12\x15\n" +
 	"\x06ca_pem\x18\x03 \x01(\tR\x05caPem\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"\xdf\x02\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12&\n" +
+	"\x0fprivate_key_pem\x18\x05 \x01(\tR\rprivateKeyPem\"\xdf\x02\n" +
 	"\n" +
 	"AgentEvent\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
@@ -1678,7 +1850,7 @@ func file_flotilla_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_flotilla_agent_v1_agent_proto_rawDescData
 }
 
-var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*JoinRequest)(nil),           // 0: flotilla.agent.v1.JoinRequest
 	(*JoinResponse)(nil),          // 1: flotilla.agent.v1.JoinResponse
@@ -1696,49 +1868,53 @@ var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*LogAck)(nil),                // 13: flotilla.agent.v1.LogAck
 	(*Command)(nil),               // 14: flotilla.agent.v1.Command
 	(*Bootstrap)(nil),             // 15: flotilla.agent.v1.Bootstrap
-	(*StopNode)(nil),              // 16: flotilla.agent.v1.StopNode
-	(*SecretResponse)(nil),        // 17: flotilla.agent.v1.SecretResponse
-	(*ServerCertResponse)(nil),    // 18: flotilla.agent.v1.ServerCertResponse
-	(*AgentEvent)(nil),            // 19: flotilla.agent.v1.AgentEvent
-	(*Disconnected)(nil),          // 20: flotilla.agent.v1.Disconnected
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
-	(*v1.SetupAction)(nil),        // 22: flotilla.inventory.v1.SetupAction
+	(*AcmeOrder)(nil),             // 16: flotilla.agent.v1.AcmeOrder
+	(*StopNode)(nil),              // 17: flotilla.agent.v1.StopNode
+	(*RefreshCertificate)(nil),    // 18: flotilla.agent.v1.RefreshCertificate
+	(*SecretResponse)(nil),        // 19: flotilla.agent.v1.SecretResponse
+	(*ServerCertResponse)(nil),    // 20: flotilla.agent.v1.ServerCertResponse
+	(*AgentEvent)(nil),            // 21: flotilla.agent.v1.AgentEvent
+	(*Disconnected)(nil),          // 22: flotilla.agent.v1.Disconnected
+	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
+	(*v1.SetupAction)(nil),        // 24: flotilla.inventory.v1.SetupAction
 }
 var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
-	21, // 0: flotilla.agent.v1.JoinResponse.not_after:type_name -> google.protobuf.Timestamp
-	21, // 1: flotilla.agent.v1.RenewResponse.not_after:type_name -> google.protobuf.Timestamp
+	23, // 0: flotilla.agent.v1.JoinResponse.not_after:type_name -> google.protobuf.Timestamp
+	23, // 1: flotilla.agent.v1.RenewResponse.not_after:type_name -> google.protobuf.Timestamp
 	5,  // 2: flotilla.agent.v1.AgentMessage.hello:type_name -> flotilla.agent.v1.Hello
 	6,  // 3: flotilla.agent.v1.AgentMessage.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
 	8,  // 4: flotilla.agent.v1.AgentMessage.logs:type_name -> flotilla.agent.v1.LogBatch
 	9,  // 5: flotilla.agent.v1.AgentMessage.progress:type_name -> flotilla.agent.v1.Progress
 	10, // 6: flotilla.agent.v1.AgentMessage.secret_request:type_name -> flotilla.agent.v1.SecretRequest
 	11, // 7: flotilla.agent.v1.AgentMessage.server_cert_request:type_name -> flotilla.agent.v1.ServerCertRequest
-	21, // 8: flotilla.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	21, // 9: flotilla.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	23, // 8: flotilla.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	23, // 9: flotilla.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
 	7,  // 10: flotilla.agent.v1.LogBatch.lines:type_name -> flotilla.agent.v1.LogLine
 	14, // 11: flotilla.agent.v1.GatewayMessage.command:type_name -> flotilla.agent.v1.Command
-	17, // 12: flotilla.agent.v1.GatewayMessage.secret_response:type_name -> flotilla.agent.v1.SecretResponse
-	18, // 13: flotilla.agent.v1.GatewayMessage.server_cert_response:type_name -> flotilla.agent.v1.ServerCertResponse
+	19, // 12: flotilla.agent.v1.GatewayMessage.secret_response:type_name -> flotilla.agent.v1.SecretResponse
+	20, // 13: flotilla.agent.v1.GatewayMessage.server_cert_response:type_name -> flotilla.agent.v1.ServerCertResponse
 	13, // 14: flotilla.agent.v1.GatewayMessage.log_ack:type_name -> flotilla.agent.v1.LogAck
 	15, // 15: flotilla.agent.v1.Command.bootstrap:type_name -> flotilla.agent.v1.Bootstrap
-	16, // 16: flotilla.agent.v1.Command.stop_node:type_name -> flotilla.agent.v1.StopNode
-	22, // 17: flotilla.agent.v1.Bootstrap.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
-	21, // 18: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
-	5,  // 19: flotilla.agent.v1.AgentEvent.connected:type_name -> flotilla.agent.v1.Hello
-	20, // 20: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
-	6,  // 21: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
-	9,  // 22: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
-	0,  // 23: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
-	2,  // 24: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
-	4,  // 25: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
-	1,  // 26: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
-	3,  // 27: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
-	12, // 28: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
-	26, // [26:29] is the sub-list for method output_type
-	23, // [23:26] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	17, // 16: flotilla.agent.v1.Command.stop_node:type_name -> flotilla.agent.v1.StopNode
+	18, // 17: flotilla.agent.v1.Command.refresh_certificate:type_name -> flotilla.agent.v1.RefreshCertificate
+	24, // 18: flotilla.agent.v1.Bootstrap.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
+	16, // 19: flotilla.agent.v1.Bootstrap.acme:type_name -> flotilla.agent.v1.AcmeOrder
+	23, // 20: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
+	5,  // 21: flotilla.agent.v1.AgentEvent.connected:type_name -> flotilla.agent.v1.Hello
+	22, // 22: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
+	6,  // 23: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
+	9,  // 24: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
+	0,  // 25: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
+	2,  // 26: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
+	4,  // 27: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
+	1,  // 28: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
+	3,  // 29: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
+	12, // 30: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
+	28, // [28:31] is the sub-list for method output_type
+	25, // [25:28] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_agent_v1_agent_proto_init() }
@@ -1763,8 +1939,9 @@ func file_flotilla_agent_v1_agent_proto_init() {
 	file_flotilla_agent_v1_agent_proto_msgTypes[14].OneofWrappers = []any{
 		(*Command_Bootstrap)(nil),
 		(*Command_StopNode)(nil),
+		(*Command_RefreshCertificate)(nil),
 	}
-	file_flotilla_agent_v1_agent_proto_msgTypes[19].OneofWrappers = []any{
+	file_flotilla_agent_v1_agent_proto_msgTypes[21].OneofWrappers = []any{
 		(*AgentEvent_Connected)(nil),
 		(*AgentEvent_Disconnected)(nil),
 		(*AgentEvent_Heartbeat)(nil),
@@ -1776,7 +1953,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_agent_v1_agent_proto_rawDesc), len(file_flotilla_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -786,6 +786,114 @@ func (x *ServerCertificate) GetNotAfter() *timestamppb.Timestamp {
 	return nil
 }
 
+// GetCustomCertificateRequest names the instance whose custom certificate
+// its agent asks for (the agent gateway fills it from the agent's identity).
+type GetCustomCertificateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId    string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCustomCertificateRequest) Reset() {
+	*x = GetCustomCertificateRequest{}
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCustomCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCustomCertificateRequest) ProtoMessage() {}
+
+func (x *GetCustomCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCustomCertificateRequest.ProtoReflect.Descriptor instead.
+func (*GetCustomCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GetCustomCertificateRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+// CustomCertificate is an instance's custom certificate chain with its
+// private key, resolved from the secret broker or AWS Secrets Manager.
+type CustomCertificate struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	CertificatePem string                 `protobuf:"bytes,1,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	PrivateKeyPem  string                 `protobuf:"bytes,2,opt,name=private_key_pem,json=privateKeyPem,proto3" json:"private_key_pem,omitempty"`
+	NotAfter       *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CustomCertificate) Reset() {
+	*x = CustomCertificate{}
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CustomCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CustomCertificate) ProtoMessage() {}
+
+func (x *CustomCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CustomCertificate.ProtoReflect.Descriptor instead.
+func (*CustomCertificate) Descriptor() ([]byte, []int) {
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CustomCertificate) GetCertificatePem() string {
+	if x != nil {
+		return x.CertificatePem
+	}
+	return ""
+}
+
+func (x *CustomCertificate) GetPrivateKeyPem() string {
+	if x != nil {
+		return x.PrivateKeyPem
+	}
+	return ""
+}
+
+func (x *CustomCertificate) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
 var File_flotilla_ca_v1_ca_proto protoreflect.FileDescriptor
 
 const file_flotilla_ca_v1_ca_proto_rawDesc = "" +
@@ -848,6 +956,13 @@ const file_flotilla_ca_v1_ca_proto_rawDesc = "" +
 	"\x11ServerCertificate\x12'\n" +
 	"\x0fcertificate_pem\x18\x01 \x01(\tR\x0ecertificatePem\x12\x15\n" +
 	"\x06ca_pem\x18\x02 \x01(\tR\x05caPem\x127\n" +
+	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\">\n" +
+	"\x1bGetCustomCertificateRequest\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\"\x9d\x01\n" +
+	"\x11CustomCertificate\x12'\n" +
+	"\x0fcertificate_pem\x18\x01 \x01(\tR\x0ecertificatePem\x12&\n" +
+	"\x0fprivate_key_pem\x18\x02 \x01(\tR\rprivateKeyPem\x127\n" +
 	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter2{\n" +
 	"\tCAService\x12n\n" +
 	"\x10GetCACertificate\x12'.flotilla.ca.v1.GetCACertificateRequest\x1a\x1d.flotilla.ca.v1.CACertificate\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
@@ -865,36 +980,39 @@ func file_flotilla_ca_v1_ca_proto_rawDescGZIP() []byte {
 	return file_flotilla_ca_v1_ca_proto_rawDescData
 }
 
-var file_flotilla_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_flotilla_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_flotilla_ca_v1_ca_proto_goTypes = []any{
-	(*GetCACertificateRequest)(nil), // 0: flotilla.ca.v1.GetCACertificateRequest
-	(*CACertificate)(nil),           // 1: flotilla.ca.v1.CACertificate
-	(*CreateJoinTokenRequest)(nil),  // 2: flotilla.ca.v1.CreateJoinTokenRequest
-	(*JoinToken)(nil),               // 3: flotilla.ca.v1.JoinToken
-	(*JoinTokenAudit)(nil),          // 4: flotilla.ca.v1.JoinTokenAudit
-	(*JoinRequest)(nil),             // 5: flotilla.ca.v1.JoinRequest
-	(*SignAgentRequest)(nil),        // 6: flotilla.ca.v1.SignAgentRequest
-	(*CheckAgentRequest)(nil),       // 7: flotilla.ca.v1.CheckAgentRequest
-	(*AgentCertRecord)(nil),         // 8: flotilla.ca.v1.AgentCertRecord
-	(*AgentCertificate)(nil),        // 9: flotilla.ca.v1.AgentCertificate
-	(*SignServerRequest)(nil),       // 10: flotilla.ca.v1.SignServerRequest
-	(*ServerCertificate)(nil),       // 11: flotilla.ca.v1.ServerCertificate
-	(*timestamppb.Timestamp)(nil),   // 12: google.protobuf.Timestamp
+	(*GetCACertificateRequest)(nil),     // 0: flotilla.ca.v1.GetCACertificateRequest
+	(*CACertificate)(nil),               // 1: flotilla.ca.v1.CACertificate
+	(*CreateJoinTokenRequest)(nil),      // 2: flotilla.ca.v1.CreateJoinTokenRequest
+	(*JoinToken)(nil),                   // 3: flotilla.ca.v1.JoinToken
+	(*JoinTokenAudit)(nil),              // 4: flotilla.ca.v1.JoinTokenAudit
+	(*JoinRequest)(nil),                 // 5: flotilla.ca.v1.JoinRequest
+	(*SignAgentRequest)(nil),            // 6: flotilla.ca.v1.SignAgentRequest
+	(*CheckAgentRequest)(nil),           // 7: flotilla.ca.v1.CheckAgentRequest
+	(*AgentCertRecord)(nil),             // 8: flotilla.ca.v1.AgentCertRecord
+	(*AgentCertificate)(nil),            // 9: flotilla.ca.v1.AgentCertificate
+	(*SignServerRequest)(nil),           // 10: flotilla.ca.v1.SignServerRequest
+	(*ServerCertificate)(nil),           // 11: flotilla.ca.v1.ServerCertificate
+	(*GetCustomCertificateRequest)(nil), // 12: flotilla.ca.v1.GetCustomCertificateRequest
+	(*CustomCertificate)(nil),           // 13: flotilla.ca.v1.CustomCertificate
+	(*timestamppb.Timestamp)(nil),       // 14: google.protobuf.Timestamp
 }
 var file_flotilla_ca_v1_ca_proto_depIdxs = []int32{
-	12, // 0: flotilla.ca.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
-	12, // 1: flotilla.ca.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	12, // 2: flotilla.ca.v1.JoinTokenAudit.expire_time:type_name -> google.protobuf.Timestamp
-	12, // 3: flotilla.ca.v1.JoinTokenAudit.time:type_name -> google.protobuf.Timestamp
-	12, // 4: flotilla.ca.v1.AgentCertificate.not_after:type_name -> google.protobuf.Timestamp
-	12, // 5: flotilla.ca.v1.ServerCertificate.not_after:type_name -> google.protobuf.Timestamp
-	0,  // 6: flotilla.ca.v1.CAService.GetCACertificate:input_type -> flotilla.ca.v1.GetCACertificateRequest
-	1,  // 7: flotilla.ca.v1.CAService.GetCACertificate:output_type -> flotilla.ca.v1.CACertificate
-	7,  // [7:8] is the sub-list for method output_type
-	6,  // [6:7] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	14, // 0: flotilla.ca.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
+	14, // 1: flotilla.ca.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	14, // 2: flotilla.ca.v1.JoinTokenAudit.expire_time:type_name -> google.protobuf.Timestamp
+	14, // 3: flotilla.ca.v1.JoinTokenAudit.time:type_name -> google.protobuf.Timestamp
+	14, // 4: flotilla.ca.v1.AgentCertificate.not_after:type_name -> google.protobuf.Timestamp
+	14, // 5: flotilla.ca.v1.ServerCertificate.not_after:type_name -> google.protobuf.Timestamp
+	14, // 6: flotilla.ca.v1.CustomCertificate.not_after:type_name -> google.protobuf.Timestamp
+	0,  // 7: flotilla.ca.v1.CAService.GetCACertificate:input_type -> flotilla.ca.v1.GetCACertificateRequest
+	1,  // 8: flotilla.ca.v1.CAService.GetCACertificate:output_type -> flotilla.ca.v1.CACertificate
+	8,  // [8:9] is the sub-list for method output_type
+	7,  // [7:8] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_ca_v1_ca_proto_init() }
@@ -908,7 +1026,7 @@ func file_flotilla_ca_v1_ca_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_ca_v1_ca_proto_rawDesc), len(file_flotilla_ca_v1_ca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -878,6 +878,7 @@ const (
 	InstanceService_ProvisionInstance_FullMethodName       = "/flotilla.inventory.v1.InstanceService/ProvisionInstance"
 	InstanceService_DeprovisionInstance_FullMethodName     = "/flotilla.inventory.v1.InstanceService/DeprovisionInstance"
 	InstanceService_ReprovisionInstance_FullMethodName     = "/flotilla.inventory.v1.InstanceService/ReprovisionInstance"
+	InstanceService_RefreshCertificate_FullMethodName      = "/flotilla.inventory.v1.InstanceService/RefreshCertificate"
 	InstanceService_ListInstanceLogs_FullMethodName        = "/flotilla.inventory.v1.InstanceService/ListInstanceLogs"
 	InstanceService_CreateInstanceJoinToken_FullMethodName = "/flotilla.inventory.v1.InstanceService/CreateInstanceJoinToken"
 )
@@ -907,6 +908,10 @@ type InstanceServiceClient interface {
 	DeprovisionInstance(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
 	// ReprovisionInstance replaces the VM: deprovision then provision, same data disk.
 	ReprovisionInstance(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
+	// RefreshCertificate has the instance's agent fetch its custom certificate
+	// and key again (an AWS Secrets Manager key is read anew), or renew its
+	// ACME certificate now, and the node software serve them without a restart.
+	RefreshCertificate(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
 	// ListInstanceLogs pages through the instance's retained log output (agent,
 	// setup actions, node software), oldest first or newest first. Over REST,
 	// follow=true answers with server-sent events instead (text/event-stream:
@@ -1010,6 +1015,16 @@ func (c *instanceServiceClient) ReprovisionInstance(ctx context.Context, in *Ins
 	return out, nil
 }
 
+func (c *instanceServiceClient) RefreshCertificate(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Instance)
+	err := c.cc.Invoke(ctx, InstanceService_RefreshCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *instanceServiceClient) ListInstanceLogs(ctx context.Context, in *ListInstanceLogsRequest, opts ...grpc.CallOption) (*ListInstanceLogsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListInstanceLogsResponse)
@@ -1055,6 +1070,10 @@ type InstanceServiceServer interface {
 	DeprovisionInstance(context.Context, *InstanceActionRequest) (*Instance, error)
 	// ReprovisionInstance replaces the VM: deprovision then provision, same data disk.
 	ReprovisionInstance(context.Context, *InstanceActionRequest) (*Instance, error)
+	// RefreshCertificate has the instance's agent fetch its custom certificate
+	// and key again (an AWS Secrets Manager key is read anew), or renew its
+	// ACME certificate now, and the node software serve them without a restart.
+	RefreshCertificate(context.Context, *InstanceActionRequest) (*Instance, error)
 	// ListInstanceLogs pages through the instance's retained log output (agent,
 	// setup actions, node software), oldest first or newest first. Over REST,
 	// follow=true answers with server-sent events instead (text/event-stream:
@@ -1101,6 +1120,9 @@ func (UnimplementedInstanceServiceServer) DeprovisionInstance(context.Context, *
 }
 func (UnimplementedInstanceServiceServer) ReprovisionInstance(context.Context, *InstanceActionRequest) (*Instance, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReprovisionInstance not implemented")
+}
+func (UnimplementedInstanceServiceServer) RefreshCertificate(context.Context, *InstanceActionRequest) (*Instance, error) {
+	return nil, status.Error(codes.Unimplemented, "method RefreshCertificate not implemented")
 }
 func (UnimplementedInstanceServiceServer) ListInstanceLogs(context.Context, *ListInstanceLogsRequest) (*ListInstanceLogsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListInstanceLogs not implemented")
@@ -1273,6 +1295,24 @@ func _InstanceService_ReprovisionInstance_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InstanceService_RefreshCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InstanceActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).RefreshCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_RefreshCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).RefreshCertificate(ctx, req.(*InstanceActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _InstanceService_ListInstanceLogs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListInstanceLogsRequest)
 	if err := dec(in); err != nil {
@@ -1347,6 +1387,10 @@ var InstanceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReprovisionInstance",
 			Handler:    _InstanceService_ReprovisionInstance_Handler,
+		},
+		{
+			MethodName: "RefreshCertificate",
+			Handler:    _InstanceService_RefreshCertificate_Handler,
 		},
 		{
 			MethodName: "ListInstanceLogs",

@@ -50,8 +50,11 @@ type Network struct {
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// The cloud account instances are launched with (provider "aws": required).
 	CloudAccountId string `protobuf:"bytes,12,opt,name=cloud_account_id,json=cloudAccountId,proto3" json:"cloud_account_id,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The certificate of the "custom-certificate" strategy; an instance's
+	// ssl settings may override it.
+	CustomCertificate *CustomCertificate `protobuf:"bytes,13,opt,name=custom_certificate,json=customCertificate,proto3" json:"custom_certificate,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Network) Reset() {
@@ -166,6 +169,13 @@ func (x *Network) GetCloudAccountId() string {
 		return x.CloudAccountId
 	}
 	return ""
+}
+
+func (x *Network) GetCustomCertificate() *CustomCertificate {
+	if x != nil {
+		return x.CustomCertificate
+	}
+	return nil
 }
 
 // CloudAccount is how Flotilla reaches one cloud account.
@@ -412,20 +422,104 @@ func (x *AwsCredentials) GetSecretAccessKeySet() bool {
 	return false
 }
 
+// CustomCertificate is an operator's certificate chain and where its private
+// key is: uploaded (private_key_pem, stored encrypted by the secret broker and
+// never returned; private_key_id names the stored copy) or an AWS Secrets
+// Manager secret id (private_key_ref), read when an instance is provisioned
+// and on :refresh-certificate.
+type CustomCertificate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// PEM certificate chain, leaf first.
+	CertificatePem string `protobuf:"bytes,1,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	// PEM private key of the leaf; write-only.
+	PrivateKeyPem string `protobuf:"bytes,2,opt,name=private_key_pem,json=privateKeyPem,proto3" json:"private_key_pem,omitempty"`
+	// AWS Secrets Manager secret id (name or ARN) holding the PEM private key.
+	PrivateKeyRef string `protobuf:"bytes,3,opt,name=private_key_ref,json=privateKeyRef,proto3" json:"private_key_ref,omitempty"`
+	// Id of the uploaded key as the secret broker stores it.
+	PrivateKeyId  string `protobuf:"bytes,4,opt,name=private_key_id,json=privateKeyId,proto3" json:"private_key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CustomCertificate) Reset() {
+	*x = CustomCertificate{}
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CustomCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CustomCertificate) ProtoMessage() {}
+
+func (x *CustomCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CustomCertificate.ProtoReflect.Descriptor instead.
+func (*CustomCertificate) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *CustomCertificate) GetCertificatePem() string {
+	if x != nil {
+		return x.CertificatePem
+	}
+	return ""
+}
+
+func (x *CustomCertificate) GetPrivateKeyPem() string {
+	if x != nil {
+		return x.PrivateKeyPem
+	}
+	return ""
+}
+
+func (x *CustomCertificate) GetPrivateKeyRef() string {
+	if x != nil {
+		return x.PrivateKeyRef
+	}
+	return ""
+}
+
+func (x *CustomCertificate) GetPrivateKeyId() string {
+	if x != nil {
+		return x.PrivateKeyId
+	}
+	return ""
+}
+
 // AcmeSettings configure certificates from an ACME CA.
 type AcmeSettings struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Contact e-mail registered with the ACME account.
 	ContactEmail string `protobuf:"bytes,1,opt,name=contact_email,json=contactEmail,proto3" json:"contact_email,omitempty"`
-	// ACME directory URL; empty means the production Let's Encrypt directory.
-	DirectoryUrl  string `protobuf:"bytes,2,opt,name=directory_url,json=directoryUrl,proto3" json:"directory_url,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// ACME directory URL; empty means the production Let's Encrypt directory
+	// (https://acme-v02.api.letsencrypt.org/directory); Let's Encrypt staging
+	// or any ACME server's directory may be given.
+	DirectoryUrl string `protobuf:"bytes,2,opt,name=directory_url,json=directoryUrl,proto3" json:"directory_url,omitempty"`
+	// TCP port the agent answers HTTP-01 challenges on; 0 means 80.
+	HttpPort int32 `protobuf:"varint,3,opt,name=http_port,json=httpPort,proto3" json:"http_port,omitempty"`
+	// PEM roots to trust for the directory URL (a private ACME server);
+	// empty means the system's.
+	DirectoryCaPem string `protobuf:"bytes,4,opt,name=directory_ca_pem,json=directoryCaPem,proto3" json:"directory_ca_pem,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AcmeSettings) Reset() {
 	*x = AcmeSettings{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[4]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -437,7 +531,7 @@ func (x *AcmeSettings) String() string {
 func (*AcmeSettings) ProtoMessage() {}
 
 func (x *AcmeSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[4]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -450,7 +544,7 @@ func (x *AcmeSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcmeSettings.ProtoReflect.Descriptor instead.
 func (*AcmeSettings) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{4}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AcmeSettings) GetContactEmail() string {
@@ -463,6 +557,20 @@ func (x *AcmeSettings) GetContactEmail() string {
 func (x *AcmeSettings) GetDirectoryUrl() string {
 	if x != nil {
 		return x.DirectoryUrl
+	}
+	return ""
+}
+
+func (x *AcmeSettings) GetHttpPort() int32 {
+	if x != nil {
+		return x.HttpPort
+	}
+	return 0
+}
+
+func (x *AcmeSettings) GetDirectoryCaPem() string {
+	if x != nil {
+		return x.DirectoryCaPem
 	}
 	return ""
 }
@@ -480,7 +588,7 @@ type AwsNetworkSettings struct {
 
 func (x *AwsNetworkSettings) Reset() {
 	*x = AwsNetworkSettings{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[5]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -492,7 +600,7 @@ func (x *AwsNetworkSettings) String() string {
 func (*AwsNetworkSettings) ProtoMessage() {}
 
 func (x *AwsNetworkSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[5]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -505,7 +613,7 @@ func (x *AwsNetworkSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AwsNetworkSettings.ProtoReflect.Descriptor instead.
 func (*AwsNetworkSettings) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{5}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AwsNetworkSettings) GetVpcId() string {
@@ -549,7 +657,7 @@ type DnsSettings struct {
 
 func (x *DnsSettings) Reset() {
 	*x = DnsSettings{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[6]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -561,7 +669,7 @@ func (x *DnsSettings) String() string {
 func (*DnsSettings) ProtoMessage() {}
 
 func (x *DnsSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[6]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -574,7 +682,7 @@ func (x *DnsSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DnsSettings.ProtoReflect.Descriptor instead.
 func (*DnsSettings) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DnsSettings) GetPrivateZoneId() string {
@@ -629,7 +737,7 @@ type Template struct {
 
 func (x *Template) Reset() {
 	*x = Template{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[7]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +749,7 @@ func (x *Template) String() string {
 func (*Template) ProtoMessage() {}
 
 func (x *Template) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[7]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +762,7 @@ func (x *Template) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Template.ProtoReflect.Descriptor instead.
 func (*Template) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Template) GetId() string {
@@ -770,7 +878,7 @@ type SetupAction struct {
 
 func (x *SetupAction) Reset() {
 	*x = SetupAction{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[8]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -782,7 +890,7 @@ func (x *SetupAction) String() string {
 func (*SetupAction) ProtoMessage() {}
 
 func (x *SetupAction) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[8]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -795,7 +903,7 @@ func (x *SetupAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetupAction.ProtoReflect.Descriptor instead.
 func (*SetupAction) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SetupAction) GetType() string {
@@ -891,7 +999,7 @@ type Instance struct {
 
 func (x *Instance) Reset() {
 	*x = Instance{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[9]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -903,7 +1011,7 @@ func (x *Instance) String() string {
 func (*Instance) ProtoMessage() {}
 
 func (x *Instance) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[9]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -916,7 +1024,7 @@ func (x *Instance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Instance.ProtoReflect.Descriptor instead.
 func (*Instance) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Instance) GetId() string {
@@ -1068,7 +1176,7 @@ type LogRetention struct {
 
 func (x *LogRetention) Reset() {
 	*x = LogRetention{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[10]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1188,7 @@ func (x *LogRetention) String() string {
 func (*LogRetention) ProtoMessage() {}
 
 func (x *LogRetention) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[10]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1201,7 @@ func (x *LogRetention) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRetention.ProtoReflect.Descriptor instead.
 func (*LogRetention) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LogRetention) GetMaxLines() int32 {
@@ -1115,19 +1223,25 @@ type SslSettings struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Extra subject alternative names (DNS names or IP addresses) for "self-signed".
 	Sans []string `protobuf:"bytes,1,rep,name=sans,proto3" json:"sans,omitempty"`
+	// With "custom-certificate", certificate_pem with private_key_pem or
+	// private_key_ref replace the network's certificate for this instance.
 	// Domains to order certificates for with "acme".
 	Domains []string `protobuf:"bytes,2,rep,name=domains,proto3" json:"domains,omitempty"`
 	// PEM certificate chain for "custom-certificate".
 	CertificatePem string `protobuf:"bytes,3,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
-	// Cloud secret store reference of the private key for "custom-certificate".
+	// AWS Secrets Manager secret id of the private key for "custom-certificate".
 	PrivateKeyRef string `protobuf:"bytes,4,opt,name=private_key_ref,json=privateKeyRef,proto3" json:"private_key_ref,omitempty"`
+	// PEM private key for "custom-certificate"; write-only, stored encrypted.
+	PrivateKeyPem string `protobuf:"bytes,5,opt,name=private_key_pem,json=privateKeyPem,proto3" json:"private_key_pem,omitempty"`
+	// Id of the uploaded key as the secret broker stores it.
+	PrivateKeyId  string `protobuf:"bytes,6,opt,name=private_key_id,json=privateKeyId,proto3" json:"private_key_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SslSettings) Reset() {
 	*x = SslSettings{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[11]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1139,7 +1253,7 @@ func (x *SslSettings) String() string {
 func (*SslSettings) ProtoMessage() {}
 
 func (x *SslSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[11]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1152,7 +1266,7 @@ func (x *SslSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SslSettings.ProtoReflect.Descriptor instead.
 func (*SslSettings) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SslSettings) GetSans() []string {
@@ -1183,6 +1297,20 @@ func (x *SslSettings) GetPrivateKeyRef() string {
 	return ""
 }
 
+func (x *SslSettings) GetPrivateKeyPem() string {
+	if x != nil {
+		return x.PrivateKeyPem
+	}
+	return ""
+}
+
+func (x *SslSettings) GetPrivateKeyId() string {
+	if x != nil {
+		return x.PrivateKeyId
+	}
+	return ""
+}
+
 // Addresses are where an instance can be reached.
 type Addresses struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -1198,7 +1326,7 @@ type Addresses struct {
 
 func (x *Addresses) Reset() {
 	*x = Addresses{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[12]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1338,7 @@ func (x *Addresses) String() string {
 func (*Addresses) ProtoMessage() {}
 
 func (x *Addresses) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[12]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1351,7 @@ func (x *Addresses) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Addresses.ProtoReflect.Descriptor instead.
 func (*Addresses) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Addresses) GetPrivateIp() string {
@@ -1274,7 +1402,7 @@ type AgentStatus struct {
 
 func (x *AgentStatus) Reset() {
 	*x = AgentStatus{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[13]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1414,7 @@ func (x *AgentStatus) String() string {
 func (*AgentStatus) ProtoMessage() {}
 
 func (x *AgentStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[13]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1427,7 @@ func (x *AgentStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentStatus.ProtoReflect.Descriptor instead.
 func (*AgentStatus) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AgentStatus) GetStatus() string {
@@ -1336,7 +1464,7 @@ type DataDisk struct {
 
 func (x *DataDisk) Reset() {
 	*x = DataDisk{}
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[14]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1348,7 +1476,7 @@ func (x *DataDisk) String() string {
 func (*DataDisk) ProtoMessage() {}
 
 func (x *DataDisk) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[14]
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1361,7 +1489,7 @@ func (x *DataDisk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataDisk.ProtoReflect.Descriptor instead.
 func (*DataDisk) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DataDisk) GetId() string {
@@ -1396,7 +1524,7 @@ var File_flotilla_inventory_v1_resources_proto protoreflect.FileDescriptor
 
 const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\n" +
-	"%flotilla/inventory/v1/resources.proto\x12\x15flotilla.inventory.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x04\n" +
+	"%flotilla/inventory/v1/resources.proto\x12\x15flotilla.inventory.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\x04\n" +
 	"\aNetwork\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x17\n" +
 	"\x04name\x18\x02 \x01(\tB\x03\xe0A\x02R\x04name\x12\x1f\n" +
@@ -1412,7 +1540,8 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"createTime\x12@\n" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"updateTime\x12(\n" +
-	"\x10cloud_account_id\x18\f \x01(\tR\x0ecloudAccountId\"\xb8\x02\n" +
+	"\x10cloud_account_id\x18\f \x01(\tR\x0ecloudAccountId\x12W\n" +
+	"\x12custom_certificate\x18\r \x01(\v2(.flotilla.inventory.v1.CustomCertificateR\x11customCertificate\"\xb8\x02\n" +
 	"\fCloudAccount\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x17\n" +
 	"\x04name\x18\x02 \x01(\tB\x03\xe0A\x02R\x04name\x12\x1f\n" +
@@ -1433,10 +1562,17 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\brole_arn\x18\x03 \x01(\tR\aroleArn\x12\x1f\n" +
 	"\vexternal_id\x18\x04 \x01(\tR\n" +
 	"externalId\x126\n" +
-	"\x15secret_access_key_set\x18\x05 \x01(\bB\x03\xe0A\x03R\x12secretAccessKeySet\"X\n" +
+	"\x15secret_access_key_set\x18\x05 \x01(\bB\x03\xe0A\x03R\x12secretAccessKeySet\"\xbc\x01\n" +
+	"\x11CustomCertificate\x12'\n" +
+	"\x0fcertificate_pem\x18\x01 \x01(\tR\x0ecertificatePem\x12+\n" +
+	"\x0fprivate_key_pem\x18\x02 \x01(\tB\x03\xe0A\x04R\rprivateKeyPem\x12&\n" +
+	"\x0fprivate_key_ref\x18\x03 \x01(\tR\rprivateKeyRef\x12)\n" +
+	"\x0eprivate_key_id\x18\x04 \x01(\tB\x03\xe0A\x03R\fprivateKeyId\"\x9f\x01\n" +
 	"\fAcmeSettings\x12#\n" +
 	"\rcontact_email\x18\x01 \x01(\tR\fcontactEmail\x12#\n" +
-	"\rdirectory_url\x18\x02 \x01(\tR\fdirectoryUrl\"\x8e\x01\n" +
+	"\rdirectory_url\x18\x02 \x01(\tR\fdirectoryUrl\x12\x1b\n" +
+	"\thttp_port\x18\x03 \x01(\x05R\bhttpPort\x12(\n" +
+	"\x10directory_ca_pem\x18\x04 \x01(\tR\x0edirectoryCaPem\"\x8e\x01\n" +
 	"\x12AwsNetworkSettings\x12\x15\n" +
 	"\x06vpc_id\x18\x01 \x01(\tR\x05vpcId\x12\x1b\n" +
 	"\tsubnet_id\x18\x02 \x01(\tR\bsubnetId\x12,\n" +
@@ -1504,12 +1640,14 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\rlog_retention\x18\x13 \x01(\v2#.flotilla.inventory.v1.LogRetentionR\flogRetention\"_\n" +
 	"\fLogRetention\x12\x1b\n" +
 	"\tmax_lines\x18\x01 \x01(\x05R\bmaxLines\x122\n" +
-	"\amax_age\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06maxAge\"\x8c\x01\n" +
+	"\amax_age\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06maxAge\"\xe4\x01\n" +
 	"\vSslSettings\x12\x12\n" +
 	"\x04sans\x18\x01 \x03(\tR\x04sans\x12\x18\n" +
 	"\adomains\x18\x02 \x03(\tR\adomains\x12'\n" +
 	"\x0fcertificate_pem\x18\x03 \x01(\tR\x0ecertificatePem\x12&\n" +
-	"\x0fprivate_key_ref\x18\x04 \x01(\tR\rprivateKeyRef\"\x99\x01\n" +
+	"\x0fprivate_key_ref\x18\x04 \x01(\tR\rprivateKeyRef\x12+\n" +
+	"\x0fprivate_key_pem\x18\x05 \x01(\tB\x03\xe0A\x04R\rprivateKeyPem\x12)\n" +
+	"\x0eprivate_key_id\x18\x06 \x01(\tB\x03\xe0A\x03R\fprivateKeyId\"\x99\x01\n" +
 	"\tAddresses\x12\x1d\n" +
 	"\n" +
 	"private_ip\x18\x01 \x01(\tR\tprivateIp\x12\x1b\n" +
@@ -1543,55 +1681,57 @@ func file_flotilla_inventory_v1_resources_proto_rawDescGZIP() []byte {
 	return file_flotilla_inventory_v1_resources_proto_rawDescData
 }
 
-var file_flotilla_inventory_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_flotilla_inventory_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_flotilla_inventory_v1_resources_proto_goTypes = []any{
 	(*Network)(nil),               // 0: flotilla.inventory.v1.Network
 	(*CloudAccount)(nil),          // 1: flotilla.inventory.v1.CloudAccount
 	(*AwsAccountSettings)(nil),    // 2: flotilla.inventory.v1.AwsAccountSettings
 	(*AwsCredentials)(nil),        // 3: flotilla.inventory.v1.AwsCredentials
-	(*AcmeSettings)(nil),          // 4: flotilla.inventory.v1.AcmeSettings
-	(*AwsNetworkSettings)(nil),    // 5: flotilla.inventory.v1.AwsNetworkSettings
-	(*DnsSettings)(nil),           // 6: flotilla.inventory.v1.DnsSettings
-	(*Template)(nil),              // 7: flotilla.inventory.v1.Template
-	(*SetupAction)(nil),           // 8: flotilla.inventory.v1.SetupAction
-	(*Instance)(nil),              // 9: flotilla.inventory.v1.Instance
-	(*LogRetention)(nil),          // 10: flotilla.inventory.v1.LogRetention
-	(*SslSettings)(nil),           // 11: flotilla.inventory.v1.SslSettings
-	(*Addresses)(nil),             // 12: flotilla.inventory.v1.Addresses
-	(*AgentStatus)(nil),           // 13: flotilla.inventory.v1.AgentStatus
-	(*DataDisk)(nil),              // 14: flotilla.inventory.v1.DataDisk
-	nil,                           // 15: flotilla.inventory.v1.Template.TagsEntry
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
+	(*CustomCertificate)(nil),     // 4: flotilla.inventory.v1.CustomCertificate
+	(*AcmeSettings)(nil),          // 5: flotilla.inventory.v1.AcmeSettings
+	(*AwsNetworkSettings)(nil),    // 6: flotilla.inventory.v1.AwsNetworkSettings
+	(*DnsSettings)(nil),           // 7: flotilla.inventory.v1.DnsSettings
+	(*Template)(nil),              // 8: flotilla.inventory.v1.Template
+	(*SetupAction)(nil),           // 9: flotilla.inventory.v1.SetupAction
+	(*Instance)(nil),              // 10: flotilla.inventory.v1.Instance
+	(*LogRetention)(nil),          // 11: flotilla.inventory.v1.LogRetention
+	(*SslSettings)(nil),           // 12: flotilla.inventory.v1.SslSettings
+	(*Addresses)(nil),             // 13: flotilla.inventory.v1.Addresses
+	(*AgentStatus)(nil),           // 14: flotilla.inventory.v1.AgentStatus
+	(*DataDisk)(nil),              // 15: flotilla.inventory.v1.DataDisk
+	nil,                           // 16: flotilla.inventory.v1.Template.TagsEntry
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
 }
 var file_flotilla_inventory_v1_resources_proto_depIdxs = []int32{
-	4,  // 0: flotilla.inventory.v1.Network.acme:type_name -> flotilla.inventory.v1.AcmeSettings
-	5,  // 1: flotilla.inventory.v1.Network.aws:type_name -> flotilla.inventory.v1.AwsNetworkSettings
-	6,  // 2: flotilla.inventory.v1.Network.dns:type_name -> flotilla.inventory.v1.DnsSettings
-	16, // 3: flotilla.inventory.v1.Network.create_time:type_name -> google.protobuf.Timestamp
-	16, // 4: flotilla.inventory.v1.Network.update_time:type_name -> google.protobuf.Timestamp
-	2,  // 5: flotilla.inventory.v1.CloudAccount.aws:type_name -> flotilla.inventory.v1.AwsAccountSettings
-	16, // 6: flotilla.inventory.v1.CloudAccount.create_time:type_name -> google.protobuf.Timestamp
-	16, // 7: flotilla.inventory.v1.CloudAccount.update_time:type_name -> google.protobuf.Timestamp
-	3,  // 8: flotilla.inventory.v1.AwsAccountSettings.credentials:type_name -> flotilla.inventory.v1.AwsCredentials
-	8,  // 9: flotilla.inventory.v1.Template.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
-	15, // 10: flotilla.inventory.v1.Template.tags:type_name -> flotilla.inventory.v1.Template.TagsEntry
-	16, // 11: flotilla.inventory.v1.Template.create_time:type_name -> google.protobuf.Timestamp
-	16, // 12: flotilla.inventory.v1.Template.update_time:type_name -> google.protobuf.Timestamp
-	11, // 13: flotilla.inventory.v1.Instance.ssl:type_name -> flotilla.inventory.v1.SslSettings
-	12, // 14: flotilla.inventory.v1.Instance.addresses:type_name -> flotilla.inventory.v1.Addresses
-	13, // 15: flotilla.inventory.v1.Instance.agent:type_name -> flotilla.inventory.v1.AgentStatus
-	14, // 16: flotilla.inventory.v1.Instance.data_disk:type_name -> flotilla.inventory.v1.DataDisk
-	16, // 17: flotilla.inventory.v1.Instance.create_time:type_name -> google.protobuf.Timestamp
-	16, // 18: flotilla.inventory.v1.Instance.update_time:type_name -> google.protobuf.Timestamp
-	10, // 19: flotilla.inventory.v1.Instance.log_retention:type_name -> flotilla.inventory.v1.LogRetention
-	17, // 20: flotilla.inventory.v1.LogRetention.max_age:type_name -> google.protobuf.Duration
-	16, // 21: flotilla.inventory.v1.AgentStatus.last_heartbeat:type_name -> google.protobuf.Timestamp
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	5,  // 0: flotilla.inventory.v1.Network.acme:type_name -> flotilla.inventory.v1.AcmeSettings
+	6,  // 1: flotilla.inventory.v1.Network.aws:type_name -> flotilla.inventory.v1.AwsNetworkSettings
+	7,  // 2: flotilla.inventory.v1.Network.dns:type_name -> flotilla.inventory.v1.DnsSettings
+	17, // 3: flotilla.inventory.v1.Network.create_time:type_name -> google.protobuf.Timestamp
+	17, // 4: flotilla.inventory.v1.Network.update_time:type_name -> google.protobuf.Timestamp
+	4,  // 5: flotilla.inventory.v1.Network.custom_certificate:type_name -> flotilla.inventory.v1.CustomCertificate
+	2,  // 6: flotilla.inventory.v1.CloudAccount.aws:type_name -> flotilla.inventory.v1.AwsAccountSettings
+	17, // 7: flotilla.inventory.v1.CloudAccount.create_time:type_name -> google.protobuf.Timestamp
+	17, // 8: flotilla.inventory.v1.CloudAccount.update_time:type_name -> google.protobuf.Timestamp
+	3,  // 9: flotilla.inventory.v1.AwsAccountSettings.credentials:type_name -> flotilla.inventory.v1.AwsCredentials
+	9,  // 10: flotilla.inventory.v1.Template.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
+	16, // 11: flotilla.inventory.v1.Template.tags:type_name -> flotilla.inventory.v1.Template.TagsEntry
+	17, // 12: flotilla.inventory.v1.Template.create_time:type_name -> google.protobuf.Timestamp
+	17, // 13: flotilla.inventory.v1.Template.update_time:type_name -> google.protobuf.Timestamp
+	12, // 14: flotilla.inventory.v1.Instance.ssl:type_name -> flotilla.inventory.v1.SslSettings
+	13, // 15: flotilla.inventory.v1.Instance.addresses:type_name -> flotilla.inventory.v1.Addresses
+	14, // 16: flotilla.inventory.v1.Instance.agent:type_name -> flotilla.inventory.v1.AgentStatus
+	15, // 17: flotilla.inventory.v1.Instance.data_disk:type_name -> flotilla.inventory.v1.DataDisk
+	17, // 18: flotilla.inventory.v1.Instance.create_time:type_name -> google.protobuf.Timestamp
+	17, // 19: flotilla.inventory.v1.Instance.update_time:type_name -> google.protobuf.Timestamp
+	11, // 20: flotilla.inventory.v1.Instance.log_retention:type_name -> flotilla.inventory.v1.LogRetention
+	18, // 21: flotilla.inventory.v1.LogRetention.max_age:type_name -> google.protobuf.Duration
+	17, // 22: flotilla.inventory.v1.AgentStatus.last_heartbeat:type_name -> google.protobuf.Timestamp
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_inventory_v1_resources_proto_init() }
@@ -1605,7 +1745,7 @@ func file_flotilla_inventory_v1_resources_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_inventory_v1_resources_proto_rawDesc), len(file_flotilla_inventory_v1_resources_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -748,6 +748,196 @@ func (x *ReadCloudKeyResponse) GetVersion() int64 {
 	return 0
 }
 
+// StoreCertificateKeyRequest is the inventory handing over an uploaded TLS
+// private key (bus only); the broker keeps it encrypted.
+type StoreCertificateKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PrivateKeyPem string                 `protobuf:"bytes,1,opt,name=private_key_pem,json=privateKeyPem,proto3" json:"private_key_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StoreCertificateKeyRequest) Reset() {
+	*x = StoreCertificateKeyRequest{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StoreCertificateKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StoreCertificateKeyRequest) ProtoMessage() {}
+
+func (x *StoreCertificateKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StoreCertificateKeyRequest.ProtoReflect.Descriptor instead.
+func (*StoreCertificateKeyRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *StoreCertificateKeyRequest) GetPrivateKeyPem() string {
+	if x != nil {
+		return x.PrivateKeyPem
+	}
+	return ""
+}
+
+// CertificateKey names a stored TLS private key.
+type CertificateKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertificateKey) Reset() {
+	*x = CertificateKey{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertificateKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertificateKey) ProtoMessage() {}
+
+func (x *CertificateKey) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertificateKey.ProtoReflect.Descriptor instead.
+func (*CertificateKey) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CertificateKey) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// ReadCertificateKeyRequest is the CA reading a stored TLS private key for
+// an instance's agent (bus only); the read is audited.
+type ReadCertificateKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	InstanceId    string                 `protobuf:"bytes,2,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadCertificateKeyRequest) Reset() {
+	*x = ReadCertificateKeyRequest{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadCertificateKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadCertificateKeyRequest) ProtoMessage() {}
+
+func (x *ReadCertificateKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadCertificateKeyRequest.ProtoReflect.Descriptor instead.
+func (*ReadCertificateKeyRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ReadCertificateKeyRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ReadCertificateKeyRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+// ReadCertificateKeyResponse carries the PEM private key to the CA.
+type ReadCertificateKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PrivateKeyPem string                 `protobuf:"bytes,1,opt,name=private_key_pem,json=privateKeyPem,proto3" json:"private_key_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadCertificateKeyResponse) Reset() {
+	*x = ReadCertificateKeyResponse{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadCertificateKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadCertificateKeyResponse) ProtoMessage() {}
+
+func (x *ReadCertificateKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadCertificateKeyResponse.ProtoReflect.Descriptor instead.
+func (*ReadCertificateKeyResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ReadCertificateKeyResponse) GetPrivateKeyPem() string {
+	if x != nil {
+		return x.PrivateKeyPem
+	}
+	return ""
+}
+
 var File_flotilla_secrets_v1_secrets_proto protoreflect.FileDescriptor
 
 const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
@@ -803,7 +993,17 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x10cloud_account_id\x18\x01 \x01(\tR\x0ecloudAccountId\"F\n" +
 	"\x14ReadCloudKeyResponse\x12\x14\n" +
 	"\x05value\x18\x01 \x01(\tR\x05value\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x03R\aversion2\xba\x03\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\"D\n" +
+	"\x1aStoreCertificateKeyRequest\x12&\n" +
+	"\x0fprivate_key_pem\x18\x01 \x01(\tR\rprivateKeyPem\" \n" +
+	"\x0eCertificateKey\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"L\n" +
+	"\x19ReadCertificateKeyRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
+	"\vinstance_id\x18\x02 \x01(\tR\n" +
+	"instanceId\"D\n" +
+	"\x1aReadCertificateKeyResponse\x12&\n" +
+	"\x0fprivate_key_pem\x18\x01 \x01(\tR\rprivateKeyPem2\xba\x03\n" +
 	"\rSecretService\x12\x89\x01\n" +
 	"\fCreateSecret\x12(.flotilla.secrets.v1.CreateSecretRequest\x1a\x1b.flotilla.secrets.v1.Secret\"2\x82\xd3\xe4\x93\x02,:\x01*\"'/api/v1/instances/{instance_id}/secrets\x12\x91\x01\n" +
 	"\vListSecrets\x12'.flotilla.secrets.v1.ListSecretsRequest\x1a(.flotilla.secrets.v1.ListSecretsResponse\"/\x82\xd3\xe4\x93\x02)\x12'/api/v1/instances/{instance_id}/secrets\x12\x88\x01\n" +
@@ -821,35 +1021,39 @@ func file_flotilla_secrets_v1_secrets_proto_rawDescGZIP() []byte {
 	return file_flotilla_secrets_v1_secrets_proto_rawDescData
 }
 
-var file_flotilla_secrets_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_flotilla_secrets_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_flotilla_secrets_v1_secrets_proto_goTypes = []any{
-	(*Secret)(nil),                // 0: flotilla.secrets.v1.Secret
-	(*CreateSecretRequest)(nil),   // 1: flotilla.secrets.v1.CreateSecretRequest
-	(*ListSecretsRequest)(nil),    // 2: flotilla.secrets.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),   // 3: flotilla.secrets.v1.ListSecretsResponse
-	(*DeleteSecretRequest)(nil),   // 4: flotilla.secrets.v1.DeleteSecretRequest
-	(*ReadSecretRequest)(nil),     // 5: flotilla.secrets.v1.ReadSecretRequest
-	(*ReadSecretResponse)(nil),    // 6: flotilla.secrets.v1.ReadSecretResponse
-	(*SecretAccess)(nil),          // 7: flotilla.secrets.v1.SecretAccess
-	(*PutCloudKeyRequest)(nil),    // 8: flotilla.secrets.v1.PutCloudKeyRequest
-	(*PutCloudKeyResponse)(nil),   // 9: flotilla.secrets.v1.PutCloudKeyResponse
-	(*DeleteCloudKeyRequest)(nil), // 10: flotilla.secrets.v1.DeleteCloudKeyRequest
-	(*ReadCloudKeyRequest)(nil),   // 11: flotilla.secrets.v1.ReadCloudKeyRequest
-	(*ReadCloudKeyResponse)(nil),  // 12: flotilla.secrets.v1.ReadCloudKeyResponse
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),         // 14: google.protobuf.Empty
+	(*Secret)(nil),                     // 0: flotilla.secrets.v1.Secret
+	(*CreateSecretRequest)(nil),        // 1: flotilla.secrets.v1.CreateSecretRequest
+	(*ListSecretsRequest)(nil),         // 2: flotilla.secrets.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),        // 3: flotilla.secrets.v1.ListSecretsResponse
+	(*DeleteSecretRequest)(nil),        // 4: flotilla.secrets.v1.DeleteSecretRequest
+	(*ReadSecretRequest)(nil),          // 5: flotilla.secrets.v1.ReadSecretRequest
+	(*ReadSecretResponse)(nil),         // 6: flotilla.secrets.v1.ReadSecretResponse
+	(*SecretAccess)(nil),               // 7: flotilla.secrets.v1.SecretAccess
+	(*PutCloudKeyRequest)(nil),         // 8: flotilla.secrets.v1.PutCloudKeyRequest
+	(*PutCloudKeyResponse)(nil),        // 9: flotilla.secrets.v1.PutCloudKeyResponse
+	(*DeleteCloudKeyRequest)(nil),      // 10: flotilla.secrets.v1.DeleteCloudKeyRequest
+	(*ReadCloudKeyRequest)(nil),        // 11: flotilla.secrets.v1.ReadCloudKeyRequest
+	(*ReadCloudKeyResponse)(nil),       // 12: flotilla.secrets.v1.ReadCloudKeyResponse
+	(*StoreCertificateKeyRequest)(nil), // 13: flotilla.secrets.v1.StoreCertificateKeyRequest
+	(*CertificateKey)(nil),             // 14: flotilla.secrets.v1.CertificateKey
+	(*ReadCertificateKeyRequest)(nil),  // 15: flotilla.secrets.v1.ReadCertificateKeyRequest
+	(*ReadCertificateKeyResponse)(nil), // 16: flotilla.secrets.v1.ReadCertificateKeyResponse
+	(*timestamppb.Timestamp)(nil),      // 17: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),              // 18: google.protobuf.Empty
 }
 var file_flotilla_secrets_v1_secrets_proto_depIdxs = []int32{
-	13, // 0: flotilla.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
-	13, // 1: flotilla.secrets.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
+	17, // 0: flotilla.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
+	17, // 1: flotilla.secrets.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: flotilla.secrets.v1.ListSecretsResponse.secrets:type_name -> flotilla.secrets.v1.Secret
-	13, // 3: flotilla.secrets.v1.SecretAccess.time:type_name -> google.protobuf.Timestamp
+	17, // 3: flotilla.secrets.v1.SecretAccess.time:type_name -> google.protobuf.Timestamp
 	1,  // 4: flotilla.secrets.v1.SecretService.CreateSecret:input_type -> flotilla.secrets.v1.CreateSecretRequest
 	2,  // 5: flotilla.secrets.v1.SecretService.ListSecrets:input_type -> flotilla.secrets.v1.ListSecretsRequest
 	4,  // 6: flotilla.secrets.v1.SecretService.DeleteSecret:input_type -> flotilla.secrets.v1.DeleteSecretRequest
 	0,  // 7: flotilla.secrets.v1.SecretService.CreateSecret:output_type -> flotilla.secrets.v1.Secret
 	3,  // 8: flotilla.secrets.v1.SecretService.ListSecrets:output_type -> flotilla.secrets.v1.ListSecretsResponse
-	14, // 9: flotilla.secrets.v1.SecretService.DeleteSecret:output_type -> google.protobuf.Empty
+	18, // 9: flotilla.secrets.v1.SecretService.DeleteSecret:output_type -> google.protobuf.Empty
 	7,  // [7:10] is the sub-list for method output_type
 	4,  // [4:7] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
@@ -868,7 +1072,7 @@ func file_flotilla_secrets_v1_secrets_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_secrets_v1_secrets_proto_rawDesc), len(file_flotilla_secrets_v1_secrets_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,99 @@
+package domain
+
+import (
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/pki"
+)
+
+func issue(t *testing.T, ca *pki.Authority, now time.Time, names ...string) (chain, key string) {
+	t.Helper()
+	k, err := pki.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := ca.Issue(k.Public(), pki.ServerProfile(names[0], names, []net.IP{net.ParseIP("10.0.0.1")}, now, 24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, err := pki.EncodePrivateKeyPEM(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(iss.PEM) + string(ca.CertificatePEM()), string(kp)
+}
+
+// TestCustomCertificateRulesNameTheField: every rule of a custom
+// certificate refuses with the field that breaks it.
+func TestCustomCertificateRulesNameTheField(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	ca, err := pki.GenerateCA(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, key := issue(t, ca, now, "web.example.test")
+	_, otherKey := issue(t, ca, now, "web.example.test")
+	for _, tc := range []struct {
+		name  string
+		c     CustomCertificate
+		names []string
+		field string
+	}{
+		{"fine", CustomCertificate{CertificatePEM: chain, PrivateKeyPEM: key}, []string{"web.example.test", "10.0.0.1"}, ""},
+		{"fine by reference", CustomCertificate{CertificatePEM: chain, PrivateKeyRef: "arn:aws:secretsmanager:eu-west-1:123456789012:secret:tls/web-AbCdEf"}, nil, ""},
+		{"no certificate", CustomCertificate{PrivateKeyPEM: key}, nil, "ssl.certificatePem"},
+		{"no key", CustomCertificate{CertificatePEM: chain}, nil, "ssl.privateKeyPem"},
+		{"two keys", CustomCertificate{CertificatePEM: chain, PrivateKeyPEM: key, PrivateKeyRef: "tls/web"}, nil, "ssl.privateKeyRef"},
+		{"bad reference", CustomCertificate{CertificatePEM: chain, PrivateKeyRef: "tls web!"}, nil, "ssl.privateKeyRef"},
+		{"another key", CustomCertificate{CertificatePEM: chain, PrivateKeyPEM: otherKey}, nil, "ssl.privateKeyPem"},
+		{"key not PEM", CustomCertificate{CertificatePEM: chain, PrivateKeyPEM: "secret"}, nil, "ssl.privateKeyPem"},
+		{"leaf alone, private root", CustomCertificate{CertificatePEM: chain[:strings.Index(chain, "-----END CERTIFICATE-----")+26], PrivateKeyPEM: key}, nil, "ssl.certificatePem"},
+		{"name not covered", CustomCertificate{CertificatePEM: chain, PrivateKeyPEM: key}, []string{"db.example.test"}, "ssl.certificatePem"},
+	} {
+		tc.c.Field = "ssl"
+		err := tc.c.Validate(tc.names, now)
+		if tc.field == "" {
+			if err != nil {
+				t.Errorf("%s: %v", tc.name, err)
+			}
+			continue
+		}
+		if err == nil || !strings.HasPrefix(err.Error(), tc.field+":") || !apierr.Is(err, apierr.KindInvalid) {
+			t.Errorf("%s: %v; want invalid %s", tc.name, err, tc.field)
+		}
+		if err != nil && strings.Contains(err.Error(), "PRIVATE KEY-----\n") {
+			t.Errorf("%s: the error quotes the key", tc.name)
+		}
+	}
+	// Expired, checked at a later time.
+	c := CustomCertificate{Field: "customCertificate", CertificatePEM: chain, PrivateKeyPEM: key}
+	if err := c.Validate(nil, now.Add(48*time.Hour)); err == nil || !strings.Contains(err.Error(), "customCertificate.certificatePem: the certificate expired") {
+		t.Errorf("expired: %v", err)
+	}
+}
+
+// TestACMEDomains: ssl.domains, else the host name from the pattern; no
+// address or wildcard.
+func TestACMEDomains(t *testing.T) {
+	t.Parallel()
+	n := &inventoryv1.Network{Name: "pub", HttpsStrategy: "acme", Dns: &inventoryv1.DnsSettings{HostnamePattern: "{name}.example.test"}}
+	in := &inventoryv1.Instance{Name: "web"}
+	if d := ACMEDomains(in, n); len(d) != 1 || d[0] != "web.example.test" {
+		t.Fatalf("domains from the pattern: %v", d)
+	}
+	for raw, field := range map[string]string{"10.0.0.1": "ssl.domains[0]", "*.example.test": "ssl.domains[0]", "bad name!": "ssl.domains[0]"} {
+		in := &inventoryv1.Instance{Name: "web", Ssl: &inventoryv1.SslSettings{Domains: []string{raw}}}
+		if err := validateACMEDomains(in, n); err == nil || !strings.HasPrefix(err.Error(), field+":") {
+			t.Errorf("%q: %v", raw, err)
+		}
+	}
+	if err := validateACMEDomains(in, &inventoryv1.Network{Name: "bare"}); err == nil || !strings.HasPrefix(err.Error(), "ssl.domains:") {
+		t.Errorf("no domain at all: %v", err)
+	}
+}

@@ -1,0 +1,45 @@
+package provisioner
+
+import (
+	"context"
+
+	"github.com/google/uuid"
+
+	"flotilla.dev/flotilla/api/endpoints"
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/vocab"
+	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/rpc"
+)
+
+// refreshCertificate is an operator's :refresh-certificate: the running
+// instance's agent fetches its custom certificate and key again (the CA
+// reads an AWS Secrets Manager key anew), or renews its ACME certificate
+// now; the node software serves the new pair without a restart. Only this
+// one command can be asked for: the gateway never commands agents itself.
+func (s *Service) refreshCertificate(ctx context.Context, actor vocab.Actor, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
+	in, err := rpc.Call(ctx, s.bus, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: r.GetId()})
+	if err != nil {
+		return nil, err
+	}
+	n, err := rpc.Call(ctx, s.bus, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: in.GetNetworkId()})
+	if err != nil {
+		return nil, err
+	}
+	if st := vocab.HTTPSStrategy(n.GetHttpsStrategy()); st != vocab.HTTPSCustomCertificate && st != vocab.HTTPSACME {
+		return nil, apierr.Invalid("id", "instance %q is on network %q, whose httpsStrategy is %q, not %q or %q",
+			in.GetName(), n.GetName(), n.GetHttpsStrategy(), vocab.HTTPSCustomCertificate, vocab.HTTPSACME)
+	}
+	if vocab.State(in.GetState()) != vocab.StateRunning {
+		return nil, apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: its certificate is refreshed while it is %s",
+			in.GetName(), in.GetState(), vocab.StateRunning)
+	}
+	cmd := &agentv1.Command{Id: "refresh-certificate-" + uuid.NewString(),
+		Action: &agentv1.Command_RefreshCertificate{RefreshCertificate: &agentv1.RefreshCertificate{}}}
+	if _, err := rpc.Call(ctx, s.bus, endpoints.AgentCommand.At(in.GetId()), cmd, rpc.As(Actor)); err != nil {
+		return nil, err
+	}
+	s.log.InfoContext(ctx, "certificate refresh sent to the agent", "instance_id", in.GetId(), "actor", actor)
+	return in, nil
+}
