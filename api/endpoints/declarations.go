@@ -73,7 +73,7 @@ var (
 	CloudAccountCreate = endpoint[*inventoryv1.CreateCloudAccountRequest, *inventoryv1.CloudAccount](inventory, subjects.NounCloudAccount, subjects.VerbCreate,
 		"creates a cloud account, its secret key handed to the secret broker", gateway)
 	CloudAccountGet = endpoint[*inventoryv1.GetCloudAccountRequest, *inventoryv1.CloudAccount](inventory, subjects.NounCloudAccount, subjects.VerbGet,
-		"reads a cloud account (never its secret key)", gateway, provisioner)
+		"reads a cloud account (never its secret key)", gateway, provisioner, ca)
 	CloudAccountList = endpoint[*inventoryv1.ListCloudAccountsRequest, *inventoryv1.ListCloudAccountsResponse](inventory, subjects.NounCloudAccount, subjects.VerbList,
 		"lists cloud accounts, a page at a time", gateway)
 	CloudAccountUpdate = endpoint[*inventoryv1.UpdateCloudAccountRequest, *inventoryv1.CloudAccount](inventory, subjects.NounCloudAccount, subjects.VerbUpdate,
@@ -163,7 +163,7 @@ var (
 	CloudKeyDelete = endpoint[*secretsv1.DeleteCloudKeyRequest, *emptypb.Empty](secrets, subjects.NounCloudKey, subjects.VerbDelete,
 		"forgets a cloud account's secret key", inventory)
 	CloudKeyRead = endpoint[*secretsv1.ReadCloudKeyRequest, *secretsv1.ReadCloudKeyResponse](secrets, subjects.NounCloudKey, subjects.VerbRead,
-		"releases a cloud account's secret key to the provisioner, audited", provisioner)
+		"releases a cloud account's secret key to the services that call its cloud (the provisioner; the CA, for keys in AWS Secrets Manager), audited", provisioner, ca)
 	CertKeyCreate = endpoint[*secretsv1.StoreCertificateKeyRequest, *secretsv1.CertificateKey](secrets, subjects.NounCertKey, subjects.VerbCreate,
 		"stores an uploaded TLS private key of a network or an instance, encrypted", inventory)
 	CertKeyRead = endpoint[*secretsv1.ReadCertificateKeyRequest, *secretsv1.ReadCertificateKeyResponse](secrets, subjects.NounCertKey, subjects.VerbRead,

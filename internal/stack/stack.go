@@ -38,9 +38,11 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/attempts"
 	"flotilla.dev/flotilla/libs/awsx"
 	"flotilla.dev/flotilla/libs/busauth"
+	"flotilla.dev/flotilla/libs/cloudaccount"
 	"flotilla.dev/flotilla/libs/membership"
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/pgstore"
@@ -492,7 +494,7 @@ func (d deps) ca(ctx context.Context, nc *nats.Conn) (runner, error) {
 	c := d.cfg
 	s, err := ca.New(ctx, ca.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version, Concurrency: c.BusConcurrency,
 		CertFile: c.CACertFile, KeyFile: c.CAKeyFile, Replicas: c.StreamReplicas, AgentCertTTL: c.AgentCertTTL,
-		GatewayNames: c.agentServerNames(c.AgentAddr), CloudAccount: c.cloudAccount()})
+		GatewayNames: c.agentServerNames(c.AgentAddr), CloudAccount: c.cloudAccount(nc)})
 	if err != nil {
 		return runner{}, err
 	}
@@ -768,12 +770,19 @@ func (c *Config) databaseConns() int {
 	return n + 4
 }
 
-// cloudAccount is the CA's seam to cloud accounts: for now every network's
-// referenced certificate keys are read in the one configured account.
-func (c Config) cloudAccount() ca.CloudAccountOf {
-	if c.SecretsManager == nil {
-		return nil
+// cloudAccount is where the CA reads the certificate keys a network
+// references in AWS Secrets Manager: the network's cloud account, or for
+// a network naming none (a local or external one), the account
+// SecretsManager configures.
+func (c Config) cloudAccount(nc *nats.Conn) ca.CloudAccountOf {
+	accounts := cloudaccount.Resolver{Client: rpc.NewClient(nc, subjects.CA, 0)}
+	return func(ctx context.Context, n *inventoryv1.Network) (awsx.Account, error) {
+		if n.GetCloudAccountId() != "" {
+			return accounts.OfNetwork(ctx, n)
+		}
+		if c.SecretsManager == nil {
+			return awsx.Account{}, apierr.Invalid("privateKeyRef", "network %q names no cloud account, and no AWS Secrets Manager is configured (FLOTILLA_SECRETS_MANAGER_REGION)", n.GetName())
+		}
+		return *c.SecretsManager, nil
 	}
-	acct := *c.SecretsManager
-	return func(context.Context, *inventoryv1.Network) (awsx.Account, error) { return acct, nil }
 }

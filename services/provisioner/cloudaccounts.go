@@ -2,57 +2,25 @@ package provisioner
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"flotilla.dev/flotilla/api/endpoints"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
-	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
-	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/awsx"
-	"flotilla.dev/flotilla/libs/rpc"
+	"flotilla.dev/flotilla/libs/cloudaccount"
 )
 
-// busAccounts resolves cloud accounts over the bus: the account from the
-// inventory, its secret key from the secret broker (released to the
-// provisioner alone). The key lives only in memory, in the SDK
-// configuration built from it.
-type busAccounts struct{ c *rpc.Client }
-
-// account is the AWS account with id.
-func (b busAccounts) account(ctx context.Context, id string) (*inventoryv1.CloudAccount, awsx.Account, error) {
-	acc, err := rpc.Call(ctx, b.c, endpoints.CloudAccountGet, &inventoryv1.GetCloudAccountRequest{Id: id})
-	if err != nil {
-		return nil, awsx.Account{}, err
-	}
-	if acc.GetProvider() != string(vocab.ProviderAWS) {
-		return acc, awsx.Account{}, fmt.Errorf("cloud account %q is of provider %q, not %q", acc.GetName(), acc.GetProvider(), vocab.ProviderAWS)
-	}
-	s, c := acc.GetAws(), acc.GetAws().GetCredentials()
-	out := awsx.Account{Region: s.GetRegion(), EndpointURL: s.GetEndpointUrl(), AccessKeyID: c.GetAccessKeyId(),
-		RoleARN: c.GetRoleArn(), ExternalID: c.GetExternalId()}
-	if c.GetSecretAccessKeySet() {
-		key, err := rpc.Call(ctx, b.c, endpoints.CloudKeyRead, &secretsv1.ReadCloudKeyRequest{CloudAccountId: id})
-		if err != nil {
-			return acc, awsx.Account{}, fmt.Errorf("the secret key of cloud account %q: %w", acc.GetName(), err)
-		}
-		out.SecretAccessKey = key.GetValue()
-	}
-	return acc, out, nil
-}
+// busAccounts resolves cloud accounts over the bus (cloudaccount.Resolver)
+// for the drivers and verifies them.
+type busAccounts struct{ r cloudaccount.Resolver }
 
 // Account is the AWS account network n launches its instances with.
 func (b busAccounts) Account(ctx context.Context, n *inventoryv1.Network) (awsx.Account, error) {
-	if n.GetCloudAccountId() == "" {
-		return awsx.Account{}, fmt.Errorf("network %q names no cloud account (cloudAccountId)", n.GetName())
-	}
-	_, a, err := b.account(ctx, n.GetCloudAccountId())
-	return a, err
+	return b.r.OfNetwork(ctx, n)
 }
 
 // verifyTimeout bounds the sign-in and the question a verification asks.
@@ -65,7 +33,7 @@ func (b busAccounts) verify(ctx context.Context, id string) (*inventoryv1.CloudA
 	if err := apierr.CheckID("id", id); err != nil {
 		return nil, err
 	}
-	_, a, err := b.account(ctx, id)
+	_, a, err := b.r.Get(ctx, id)
 	if err != nil {
 		return nil, err
 	}

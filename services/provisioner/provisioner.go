@@ -30,6 +30,7 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/cloudaccount"
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/services/provisioner/driver"
@@ -152,7 +153,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if s.rpc, err = rpc.New(d.NATS, subjects.Provisioner, d.Version, "Flotilla provisioner", log, d.TracerProvider, nil, rpc.WithConcurrency(d.Concurrency)); err != nil {
 		return nil, err
 	}
-	s.accounts = busAccounts{c: s.bus}
+	s.accounts = busAccounts{r: cloudaccount.Resolver{Client: s.bus}}
 	if s.d.CloudAccounts == nil {
 		s.d.CloudAccounts = s.accounts
 	}
