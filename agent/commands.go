@@ -149,7 +149,7 @@ func (a *agent) install(version string) error {
 // one it had, or a free one), the setup's environment and, for
 // self-signed HTTPS, a key and a certificate from the fleet CA.
 func (a *agent) nodeSpec(ctx context.Context, st state, b *agentv1.Bootstrap, env []string) (nodeSpec, error) {
-	spec := nodeSpec{InstanceName: b.GetInstanceName(), NodeVersion: b.GetNodeVersion(), Port: int(b.GetNodePort()), Env: env}
+	spec := nodeSpec{InstanceName: b.GetInstanceName(), NodeVersion: b.GetNodeVersion(), Port: int(b.GetNodePort()), Host: b.GetNodeHost(), Env: env}
 	if spec.Port == 0 && st.Node != nil {
 		spec.Port = st.Node.Port
 	}

@@ -77,15 +77,22 @@ func (n *nodeRunner) Start(ctx context.Context, spec nodeSpec) (string, error) {
 		}
 		env[i] = v
 	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(spec.Port))
-	p := &nodeProc{url: scheme + "://" + addr + "/", stop: make(chan struct{}), done: make(chan struct{})}
+	// A local VM's node listens on loopback, where its clients are; a cloud
+	// VM's on every interface, named by the host clients reach it at. The
+	// agent checks it on loopback either way.
+	port := strconv.Itoa(spec.Port)
+	addr, probe := net.JoinHostPort("127.0.0.1", port), scheme+"://"+net.JoinHostPort("127.0.0.1", port)+"/"
+	p := &nodeProc{url: probe, stop: make(chan struct{}), done: make(chan struct{})}
+	if spec.Host != "" {
+		addr, p.url = net.JoinHostPort("", port), scheme+"://"+net.JoinHostPort(spec.Host, port)+"/"
+	}
 	output := make(chan struct{}, 1)
 	cmd, exited, err := n.launch(spec, env, addr, output)
 	if err != nil {
 		return "", err
 	}
 	p.cmd = cmd
-	if err := waitReady(ctx, p.url, exited, output); err != nil {
+	if err := waitReady(ctx, probe, exited, output); err != nil {
 		_ = signalGroup(cmd, syscall.SIGKILL)
 		<-exited
 		return "", fmt.Errorf("node software did not start: %w", err)

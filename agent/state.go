@@ -33,6 +33,9 @@ type nodeSpec struct {
 	InstanceName string `json:"instanceName"`
 	NodeVersion  string `json:"nodeVersion,omitempty"`
 	Port         int    `json:"port"`
+	// Host is the host clients reach the node at ("": 127.0.0.1, where it
+	// then listens; set, it listens on every interface).
+	Host string `json:"host,omitempty"`
 	// CertFile and KeyFile are set for HTTPS.
 	CertFile string `json:"certFile,omitempty"`
 	KeyFile  string `json:"keyFile,omitempty"`

@@ -1,7 +1,18 @@
 package stack_test
 
 import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -178,5 +189,232 @@ func TestAWSProvisioningRecordsAWSIds(t *testing.T) {
 	got = waitFor("failed", func(in *inventoryv1.Instance) bool { return in.GetState() == string(vocab.StateFailed) })
 	if d := got.GetStateDetail(); !strings.HasPrefix(d, string(vocab.StepLaunchingVM)+": ") || !strings.Contains(d, "InvalidAMIID.NotFound: ") {
 		t.Errorf("failed with %q; want the launching-vm step and InvalidAMIID.NotFound", d)
+	}
+}
+
+// TestAWSInstanceRunsAndKeepsItsDisk is the AWS lifecycle end to end on
+// moto, with the test playing each EC2 instance: it reads the user data
+// back from EC2 and runs it with sh in a scratch root (FLOTILLA_VM_ROOT),
+// answering the metadata service's instance id, so the real agent is
+// downloaded from the gateway (SHA-256 checked), joins with its one-time
+// token and reaches running over mutual TLS. Deprovisioning terminates
+// the VM, keeps the volume detached and removes the DNS record;
+// provisioning again attaches the same volume, as does reprovisioning;
+// deleting removes volume and record.
+func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	agent, err := agentBinary()
+	must(t, err)
+	m := testkit.StartMoto(t)
+	cfg, err := awsx.Config(ctx, m.Account())
+	must(t, err)
+	ec := ec2.NewFromConfig(cfg)
+	r53 := route53.NewFromConfig(cfg)
+	vpc, err := ec.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: awssdk.String("10.31.0.0/16")})
+	must(t, err)
+	subnet, err := ec.CreateSubnet(ctx, &ec2.CreateSubnetInput{VpcId: vpc.Vpc.VpcId, CidrBlock: awssdk.String("10.31.1.0/24")})
+	must(t, err)
+	zone, err := r53.CreateHostedZone(ctx, &route53.CreateHostedZoneInput{Name: awssdk.String("fleet.example"),
+		CallerReference: awssdk.String("running"), HostedZoneConfig: &r53types.HostedZoneConfig{PrivateZone: true},
+		VPC: &r53types.VPC{VPCId: vpc.Vpc.VpcId, VPCRegion: r53types.VPCRegion(testkit.MotoRegion)}})
+	must(t, err)
+	images, err := ec.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"amazon"}})
+	must(t, err)
+
+	// The metadata service the played VM asks its instance id.
+	var current atomic.Value
+	current.Store("")
+	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/latest/api/token":
+			_, _ = io.WriteString(w, "imds-token")
+		case "/latest/meta-data/instance-id":
+			_, _ = io.WriteString(w, current.Load().(string))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(imds.Close)
+
+	port := testkit.FreePort(t)
+	bus := testkit.SecureNATS(t)
+	stacktest.Start(t, stacktest.OnBus(stack.Config{
+		HTTPAddr: fmt.Sprintf("127.0.0.1:%d", port), PublicURL: fmt.Sprintf("http://127.0.0.1:%d", port),
+		AgentBinary: agent, Version: "1.2.3",
+	}, bus))
+	gateway := rpc.NewClient(bus.Conn(t, subjects.Gateway), subjects.Gateway, 10*time.Second)
+	admin := rpc.As(vocab.User("admin"))
+	acct := m.Account()
+	acc, err := rpc.Call(ctx, gateway, endpoints.CloudAccountCreate, &inventoryv1.CreateCloudAccountRequest{CloudAccount: &inventoryv1.CloudAccount{
+		Name: "lab-aws", Provider: "aws", Aws: &inventoryv1.AwsAccountSettings{Region: acct.Region, EndpointUrl: acct.EndpointURL,
+			Credentials: &inventoryv1.AwsCredentials{AccessKeyId: acct.AccessKeyID, SecretAccessKey: acct.SecretAccessKey}}}}, admin)
+	must(t, err)
+	n, err := rpc.Call(ctx, gateway, endpoints.NetworkCreate, &inventoryv1.CreateNetworkRequest{Network: &inventoryv1.Network{
+		Name: "vpc-a", Provider: "aws", HttpsStrategy: "none", CloudAccountId: acc.GetId(),
+		Aws: &inventoryv1.AwsNetworkSettings{VpcId: awssdk.ToString(vpc.Vpc.VpcId), SubnetId: awssdk.ToString(subnet.Subnet.SubnetId)},
+		Dns: &inventoryv1.DnsSettings{PrivateZoneId: awssdk.ToString(zone.HostedZone.Id), HostnamePattern: "{name}.fleet.example"}}}, admin)
+	must(t, err)
+	tpl, err := rpc.Call(ctx, gateway, endpoints.TemplateCreate, &inventoryv1.CreateTemplateRequest{Template: &inventoryv1.Template{
+		Name: "std", Provider: "aws", Image: awssdk.ToString(images.Images[0].ImageId), InstanceType: "t3.micro", DataDiskGb: 2,
+		SetupActions: []*inventoryv1.SetupAction{{Type: "script", Script: "echo set up on $(hostname)"}}}}, admin)
+	must(t, err)
+	in, err := rpc.Call(ctx, gateway, endpoints.InstanceCreate, &inventoryv1.CreateInstanceRequest{Instance: &inventoryv1.Instance{
+		Name: "web-1", Kind: "design", TemplateId: tpl.GetId(), NetworkId: n.GetId()}}, admin)
+	must(t, err)
+	id := in.GetId()
+
+	get := func() *inventoryv1.Instance {
+		t.Helper()
+		got, err := rpc.Call(ctx, gateway, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id}, admin)
+		must(t, err)
+		return got
+	}
+	waitFor := func(what string, ok func(*inventoryv1.Instance) bool) *inventoryv1.Instance {
+		t.Helper()
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			got := get()
+			if ok(got) {
+				return got
+			}
+			if vocab.State(got.GetState()) == vocab.StateFailed || time.Now().After(deadline) {
+				t.Fatalf("instance never %s: %s %s", what, got.GetState(), got.GetStateDetail())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	lifecycle := func(a vocab.Action) {
+		t.Helper()
+		_, err := rpc.Call(ctx, gateway, endpoints.LifecycleRequest, &inventoryv1.LifecycleRequest{Id: id, Action: string(a)}, admin)
+		must(t, err)
+	}
+	record := func() []string {
+		t.Helper()
+		out, err := r53.ListResourceRecordSets(ctx, &route53.ListResourceRecordSetsInput{HostedZoneId: zone.HostedZone.Id})
+		must(t, err)
+		var values []string
+		for _, rs := range out.ResourceRecordSets {
+			if strings.TrimSuffix(awssdk.ToString(rs.Name), ".") == "web-1.fleet.example" && rs.Type == r53types.RRTypeA {
+				for _, v := range rs.ResourceRecords {
+					values = append(values, awssdk.ToString(v.Value))
+				}
+			}
+		}
+		return values
+	}
+	volumeOf := func(vid string) *types.Volume {
+		t.Helper()
+		out, err := ec.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{vid}})
+		if awsx.Code(err) == "InvalidVolume.NotFound" || (err == nil && len(out.Volumes) == 0) {
+			return nil
+		}
+		must(t, err)
+		return &out.Volumes[0]
+	}
+	// boot plays the EC2 instance the instance waits for: its user data,
+	// run as cloud-init would, in a root of its own.
+	boot := func() string {
+		t.Helper()
+		got := waitFor("waiting for its agent", func(in *inventoryv1.Instance) bool {
+			return in.GetStateDetail() == string(vocab.StepWaitingForAgent) && strings.HasPrefix(in.GetVmId(), "i-")
+		})
+		vmID := got.GetVmId()
+		attr, err := ec.DescribeInstanceAttribute(ctx, &ec2.DescribeInstanceAttributeInput{InstanceId: awssdk.String(vmID),
+			Attribute: types.InstanceAttributeNameUserData})
+		must(t, err)
+		script, err := base64.StdEncoding.DecodeString(awssdk.ToString(attr.UserData.Value))
+		must(t, err)
+		current.Store(vmID)
+		root := t.TempDir()
+		cmd := exec.Command("sh", "-s")
+		cmd.Stdin = bytes.NewReader(script)
+		cmd.Env = append(os.Environ(), "FLOTILLA_VM_ROOT="+root, "FLOTILLA_METADATA_URL="+imds.URL)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		out, err := cmd.CombinedOutput()
+		t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+		if err != nil {
+			t.Fatalf("user data of %s: %v\n%s", vmID, err, out)
+		}
+		if b, err := os.ReadFile(filepath.Join(root, "usr/local/bin/flotilla-agent")); err != nil || len(b) == 0 {
+			t.Fatalf("the agent was not installed from the gateway: %v", err)
+		}
+		return vmID
+	}
+
+	// Provision: running, through the played VM's agent.
+	lifecycle(vocab.ActionProvision)
+	vm1 := boot()
+	got := waitFor("running", func(in *inventoryv1.Instance) bool { return vocab.State(in.GetState()) == vocab.StateRunning })
+	volID := got.GetDataDisk().GetId()
+	if got.GetVmId() != vm1 || !strings.HasPrefix(volID, "vol-") || got.GetAgent().GetStatus() != string(vocab.AgentConnected) {
+		t.Fatalf("running: vmId %q (want %s), dataDisk.id %q, agent %v", got.GetVmId(), vm1, volID, got.GetAgent())
+	}
+	if u := got.GetAddresses().GetUrl(); !strings.Contains(u, "web-1.fleet.example:443") {
+		t.Errorf("node URL %q: want the instance's DNS name and the node port", u)
+	}
+	if ips := record(); len(ips) != 1 || ips[0] != got.GetAddresses().GetPrivateIp() {
+		t.Errorf("DNS record %v, want the private address %s", ips, got.GetAddresses().GetPrivateIp())
+	}
+	if v := volumeOf(volID); v == nil || len(v.Attachments) != 1 || awssdk.ToString(v.Attachments[0].InstanceId) != vm1 {
+		t.Fatalf("volume %s: %+v; want attached to %s", volID, v, vm1)
+	}
+
+	// Deprovision: the VM terminated, the volume kept and detached, the
+	// record gone.
+	lifecycle(vocab.ActionDeprovision)
+	waitFor("deprovisioned", func(in *inventoryv1.Instance) bool { return vocab.State(in.GetState()) == vocab.StateDeprovisioned })
+	st, err := ec.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{vm1}})
+	must(t, err)
+	if s := st.Reservations[0].Instances[0].State.Name; s != types.InstanceStateNameTerminated && s != types.InstanceStateNameShuttingDown {
+		t.Errorf("VM %s after deprovisioning: %s", vm1, s)
+	}
+	if v := volumeOf(volID); v == nil || v.State != types.VolumeStateAvailable {
+		t.Errorf("volume %s after deprovisioning: %+v; want kept and detached", volID, v)
+	}
+	if ips := record(); len(ips) != 0 {
+		t.Errorf("DNS record after deprovisioning: %v", ips)
+	}
+
+	// Provision again: a new VM, the same volume.
+	lifecycle(vocab.ActionProvision)
+	vm2 := boot()
+	got = waitFor("running again", func(in *inventoryv1.Instance) bool { return vocab.State(in.GetState()) == vocab.StateRunning })
+	if vm2 == vm1 || got.GetDataDisk().GetId() != volID {
+		t.Fatalf("provisioned again: VM %s (first %s), volume %s (want %s)", vm2, vm1, got.GetDataDisk().GetId(), volID)
+	}
+	if v := volumeOf(volID); v == nil || len(v.Attachments) != 1 || awssdk.ToString(v.Attachments[0].InstanceId) != vm2 {
+		t.Fatalf("volume %s: %+v; want attached to %s", volID, v, vm2)
+	}
+
+	// Reprovision: the VM replaced, the volume kept.
+	lifecycle(vocab.ActionReprovision)
+	vm3 := boot()
+	got = waitFor("running after reprovisioning", func(in *inventoryv1.Instance) bool {
+		return vocab.State(in.GetState()) == vocab.StateRunning && in.GetVmId() == vm3
+	})
+	if vm3 == vm2 || got.GetDataDisk().GetId() != volID {
+		t.Fatalf("reprovisioned: VM %s (before %s), volume %s (want %s)", vm3, vm2, got.GetDataDisk().GetId(), volID)
+	}
+
+	// Delete (once deprovisioned): the VM, the volume and the record go.
+	lifecycle(vocab.ActionDeprovision)
+	waitFor("deprovisioned", func(in *inventoryv1.Instance) bool { return vocab.State(in.GetState()) == vocab.StateDeprovisioned })
+	lifecycle(vocab.ActionDelete)
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if _, err := rpc.Call(ctx, gateway, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id}, admin); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("instance not deleted")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if v := volumeOf(volID); v != nil && v.State != types.VolumeStateDeleted {
+		t.Errorf("volume %s after deleting the instance: %s", volID, v.State)
+	}
+	if ips := record(); len(ips) != 0 {
+		t.Errorf("DNS record after deleting: %v", ips)
 	}
 }

@@ -1,9 +1,11 @@
 package provisioner
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -184,7 +186,7 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 	cmd := &agentv1.Command{Id: vmID, Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{
 		InstanceName: in.GetName(), SetupActions: tmpl.GetSetupActions(), NodeVersion: nodeVersion(tmpl),
 		HttpsStrategy: netw.GetHttpsStrategy(), Sans: in.GetSsl().GetSans(), NodePort: place.NodePort,
-		Acme: acmeOrder(in, netw),
+		Acme: acmeOrder(in, netw), NodeHost: nodeHost(vm),
 	}}}
 	if err := s.sendCommand(ctx, id, cmd, s.d.AgentTimeout); err != nil {
 		return fail(vocab.StepRunningSetup, err)
@@ -203,6 +205,18 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 	}
 	_, err = s.record(ctx, &inventoryv1.RecordStateRequest{Id: id, State: string(vocab.StateRunning), Event: string(vocab.VerbRunning)})
 	return err
+}
+
+// nodeHost is the host clients reach a cloud VM's node software at: its
+// DNS name, else its public address, else its private one. A VM on this
+// machine (local) has none: its node listens on loopback, where its
+// clients are.
+func nodeHost(vm driver.VM) string {
+	h := cmp.Or(vm.Hostname, vm.PublicIP, vm.PrivateIP)
+	if ip := net.ParseIP(h); h == "localhost" || ip != nil && ip.IsLoopback() {
+		return ""
+	}
+	return h
 }
 
 func nodeVersion(t *inventoryv1.Template) string {

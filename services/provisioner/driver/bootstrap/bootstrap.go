@@ -201,7 +201,9 @@ set -- --gateway "$GATEWAY" --ca-file "$CA_FILE" --token-file "$TOKEN_FILE" \
 	echo 'WantedBy=multi-user.target'
 } >"$UNIT"
 
-if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+# systemd manages the real root only: a scratch root (FLOTILLA_VM_ROOT) runs
+# the agent by itself.
+if [ -z "$ROOT" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
 	systemctl daemon-reload
 	systemctl enable {{.UnitName}}
 	systemctl restart {{.UnitName}}

@@ -1162,7 +1162,11 @@ type Bootstrap struct {
 	// TCP port the node software listens on (0: the agent picks one).
 	NodePort int32 `protobuf:"varint,6,opt,name=node_port,json=nodePort,proto3" json:"node_port,omitempty"`
 	// The ACME order, with "acme".
-	Acme          *AcmeOrder `protobuf:"bytes,7,opt,name=acme,proto3" json:"acme,omitempty"`
+	Acme *AcmeOrder `protobuf:"bytes,7,opt,name=acme,proto3" json:"acme,omitempty"`
+	// The host clients reach the node software at: a cloud VM's DNS name or
+	// address. Set, the node listens on every interface and its URL names
+	// this host; empty (a local VM), it listens on 127.0.0.1.
+	NodeHost      string `protobuf:"bytes,8,opt,name=node_host,json=nodeHost,proto3" json:"node_host,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1244,6 +1248,13 @@ func (x *Bootstrap) GetAcme() *AcmeOrder {
 		return x.Acme
 	}
 	return nil
+}
+
+func (x *Bootstrap) GetNodeHost() string {
+	if x != nil {
+		return x.NodeHost
+	}
+	return ""
 }
 
 // AcmeOrder is what the agent orders its node software's certificate with:
@@ -1791,7 +1802,7 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\tbootstrap\x18\x02 \x01(\v2\x1c.flotilla.agent.v1.BootstrapH\x00R\tbootstrap\x12:\n" +
 	"\tstop_node\x18\x03 \x01(\v2\x1b.flotilla.agent.v1.StopNodeH\x00R\bstopNode\x12X\n" +
 	"\x13refresh_certificate\x18\x04 \x01(\v2%.flotilla.agent.v1.RefreshCertificateH\x00R\x12refreshCertificateB\b\n" +
-	"\x06action\"\xa6\x02\n" +
+	"\x06action\"\xc3\x02\n" +
 	"\tBootstrap\x12#\n" +
 	"\rinstance_name\x18\x01 \x01(\tR\finstanceName\x12G\n" +
 	"\rsetup_actions\x18\x02 \x03(\v2\".flotilla.inventory.v1.SetupActionR\fsetupActions\x12!\n" +
@@ -1799,7 +1810,8 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\x0ehttps_strategy\x18\x04 \x01(\tR\rhttpsStrategy\x12\x12\n" +
 	"\x04sans\x18\x05 \x03(\tR\x04sans\x12\x1b\n" +
 	"\tnode_port\x18\x06 \x01(\x05R\bnodePort\x120\n" +
-	"\x04acme\x18\a \x01(\v2\x1c.flotilla.agent.v1.AcmeOrderR\x04acme\"\xb6\x01\n" +
+	"\x04acme\x18\a \x01(\v2\x1c.flotilla.agent.v1.AcmeOrderR\x04acme\x12\x1b\n" +
+	"\tnode_host\x18\b \x01(\tR\bnodeHost\"\xb6\x01\n" +
 	"\tAcmeOrder\x12#\n" +
 	"\rdirectory_url\x18\x01 \x01(\tR\fdirectoryUrl\x12#\n" +
 	"\rcontact_email\x18\x02 \x01(\tR\fcontactEmail\x12\x18\n" +
