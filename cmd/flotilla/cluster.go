@@ -223,11 +223,26 @@ credentials. To add a server back, see docs/ha.md.`,
 // name from the meta group ($JS.API.SERVER.REMOVE, system account only).
 func removeBroker(ctx context.Context, nc *nats.Conn, name string) error {
 	req, _ := json.Marshal(map[string]string{"peer": name})
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	// Only the JetStream meta leader answers: while the servers left elect
+	// one (the gone server may have led), ask again, for a minute.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	msg, err := nc.RequestWithContext(ctx, "$JS.API.SERVER.REMOVE", req)
-	if err != nil {
-		return fmt.Errorf("remove %s: %w (are these the system account's credentials, and is JetStream clustered?)", name, err)
+	var msg *nats.Msg
+	for {
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		var err error
+		msg, err = nc.RequestWithContext(rctx, "$JS.API.SERVER.REMOVE", req)
+		rcancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil || !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders)) {
+			return fmt.Errorf("remove %s: %w (are these the system account's credentials, and is JetStream clustered?)", name, err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
 	}
 	var resp struct {
 		Success bool

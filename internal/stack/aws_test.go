@@ -34,6 +34,54 @@ import (
 	awsdriver "flotilla.dev/flotilla/services/provisioner/driver/aws"
 )
 
+// awsLab is an AWS account on moto (a VPC, a subnet, a private zone
+// fleet.example) and a Flotilla stack with a cloud account for it (its
+// secret key kept by the secret broker, read by the provisioner) and a
+// network "vpc-a" in it.
+type awsLab struct {
+	ec      *ec2.Client
+	r53     *route53.Client
+	zone    *route53.CreateHostedZoneOutput
+	images  *ec2.DescribeImagesOutput
+	gateway *rpc.Client
+	admin   rpc.CallOption
+	network *inventoryv1.Network
+}
+
+func newAWSLab(t *testing.T, cfg stack.Config, assignPublicIP bool) *awsLab {
+	t.Helper()
+	ctx := t.Context()
+	m := testkit.StartMoto(t)
+	acfg, err := awsx.Config(ctx, m.Account())
+	must(t, err)
+	lab := &awsLab{ec: ec2.NewFromConfig(acfg), r53: route53.NewFromConfig(acfg), admin: rpc.As(vocab.User("admin"))}
+	vpc, err := lab.ec.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: awssdk.String("10.30.0.0/16")})
+	must(t, err)
+	subnet, err := lab.ec.CreateSubnet(ctx, &ec2.CreateSubnetInput{VpcId: vpc.Vpc.VpcId, CidrBlock: awssdk.String("10.30.1.0/24")})
+	must(t, err)
+	lab.zone, err = lab.r53.CreateHostedZone(ctx, &route53.CreateHostedZoneInput{Name: awssdk.String("fleet.example"),
+		CallerReference: awssdk.String("stack"), HostedZoneConfig: &r53types.HostedZoneConfig{PrivateZone: true},
+		VPC: &r53types.VPC{VPCId: vpc.Vpc.VpcId, VPCRegion: r53types.VPCRegion(testkit.MotoRegion)}})
+	must(t, err)
+	lab.images, err = lab.ec.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"amazon"}})
+	must(t, err)
+
+	bus := testkit.SecureNATS(t)
+	stacktest.Start(t, stacktest.OnBus(cfg, bus))
+	lab.gateway = rpc.NewClient(bus.Conn(t, subjects.Gateway), subjects.Gateway, 10*time.Second)
+	acct := m.Account()
+	acc, err := rpc.Call(ctx, lab.gateway, endpoints.CloudAccountCreate, &inventoryv1.CreateCloudAccountRequest{CloudAccount: &inventoryv1.CloudAccount{
+		Name: "lab-aws", Provider: "aws", Aws: &inventoryv1.AwsAccountSettings{Region: acct.Region, EndpointUrl: acct.EndpointURL,
+			Credentials: &inventoryv1.AwsCredentials{AccessKeyId: acct.AccessKeyID, SecretAccessKey: acct.SecretAccessKey}}}}, lab.admin)
+	must(t, err)
+	lab.network, err = rpc.Call(ctx, lab.gateway, endpoints.NetworkCreate, &inventoryv1.CreateNetworkRequest{Network: &inventoryv1.Network{
+		Name: "vpc-a", Provider: "aws", HttpsStrategy: "none", AssignPublicIp: assignPublicIP, CloudAccountId: acc.GetId(),
+		Aws: &inventoryv1.AwsNetworkSettings{VpcId: awssdk.ToString(vpc.Vpc.VpcId), SubnetId: awssdk.ToString(subnet.Subnet.SubnetId)},
+		Dns: &inventoryv1.DnsSettings{PrivateZoneId: awssdk.ToString(lab.zone.HostedZone.Id), HostnamePattern: "{name}.fleet.example"}}}, lab.admin)
+	must(t, err)
+	return lab
+}
+
 // TestAWSProvisioningRecordsAWSIds provisions an aws instance on moto
 // through the stack: the instance records the EBS volume id as its data
 // disk and the EC2 instance id as its VM, deprovisioning terminates the VM
@@ -43,40 +91,12 @@ import (
 func TestAWSProvisioningRecordsAWSIds(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	m := testkit.StartMoto(t)
-	cfg, err := awsx.Config(ctx, m.Account())
-	must(t, err)
-	ec := ec2.NewFromConfig(cfg)
-	vpc, err := ec.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: awssdk.String("10.30.0.0/16")})
-	must(t, err)
-	subnet, err := ec.CreateSubnet(ctx, &ec2.CreateSubnetInput{VpcId: vpc.Vpc.VpcId, CidrBlock: awssdk.String("10.30.1.0/24")})
-	must(t, err)
-	zone, err := route53.NewFromConfig(cfg).CreateHostedZone(ctx, &route53.CreateHostedZoneInput{Name: awssdk.String("fleet.example"),
-		CallerReference: awssdk.String("stack"), HostedZoneConfig: &r53types.HostedZoneConfig{PrivateZone: true},
-		VPC: &r53types.VPC{VPCId: vpc.Vpc.VpcId, VPCRegion: r53types.VPCRegion(testkit.MotoRegion)}})
-	must(t, err)
-	images, err := ec.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"amazon"}})
-	must(t, err)
-
-	bus := testkit.SecureNATS(t)
-	stacktest.Start(t, stacktest.OnBus(stack.Config{
+	lab := newAWSLab(t, stack.Config{
 		ProvisionerAgentTimeout: 3 * time.Second,
 		AgentURL:                "https://manager.fleet.example/agent/flotilla-agent", AgentSHA256: strings.Repeat("0f", 32),
-	}, bus))
-	gateway := rpc.NewClient(bus.Conn(t, subjects.Gateway), subjects.Gateway, 10*time.Second)
-	admin := rpc.As(vocab.User("admin"))
-	// The cloud account, its secret key kept by the secret broker and read
-	// by the provisioner.
-	acct := m.Account()
-	acc, err := rpc.Call(ctx, gateway, endpoints.CloudAccountCreate, &inventoryv1.CreateCloudAccountRequest{CloudAccount: &inventoryv1.CloudAccount{
-		Name: "lab-aws", Provider: "aws", Aws: &inventoryv1.AwsAccountSettings{Region: acct.Region, EndpointUrl: acct.EndpointURL,
-			Credentials: &inventoryv1.AwsCredentials{AccessKeyId: acct.AccessKeyID, SecretAccessKey: acct.SecretAccessKey}}}}, admin)
-	must(t, err)
-	n, err := rpc.Call(ctx, gateway, endpoints.NetworkCreate, &inventoryv1.CreateNetworkRequest{Network: &inventoryv1.Network{
-		Name: "vpc-a", Provider: "aws", HttpsStrategy: "none", AssignPublicIp: true, CloudAccountId: acc.GetId(),
-		Aws: &inventoryv1.AwsNetworkSettings{VpcId: awssdk.ToString(vpc.Vpc.VpcId), SubnetId: awssdk.ToString(subnet.Subnet.SubnetId)},
-		Dns: &inventoryv1.DnsSettings{PrivateZoneId: awssdk.ToString(zone.HostedZone.Id), HostnamePattern: "{name}.fleet.example"}}}, admin)
-	must(t, err)
+	}, true)
+	ec, gateway, admin, n := lab.ec, lab.gateway, lab.admin, lab.network
+	images := lab.images
 	tpl, err := rpc.Call(ctx, gateway, endpoints.TemplateCreate, &inventoryv1.CreateTemplateRequest{Template: &inventoryv1.Template{
 		Name: "std", Provider: "aws", Image: awssdk.ToString(images.Images[0].ImageId), InstanceType: "t3.micro", DataDiskGb: 2}}, admin)
 	must(t, err)
@@ -206,22 +226,6 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 	ctx := t.Context()
 	agent, err := agentBinary()
 	must(t, err)
-	m := testkit.StartMoto(t)
-	cfg, err := awsx.Config(ctx, m.Account())
-	must(t, err)
-	ec := ec2.NewFromConfig(cfg)
-	r53 := route53.NewFromConfig(cfg)
-	vpc, err := ec.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: awssdk.String("10.31.0.0/16")})
-	must(t, err)
-	subnet, err := ec.CreateSubnet(ctx, &ec2.CreateSubnetInput{VpcId: vpc.Vpc.VpcId, CidrBlock: awssdk.String("10.31.1.0/24")})
-	must(t, err)
-	zone, err := r53.CreateHostedZone(ctx, &route53.CreateHostedZoneInput{Name: awssdk.String("fleet.example"),
-		CallerReference: awssdk.String("running"), HostedZoneConfig: &r53types.HostedZoneConfig{PrivateZone: true},
-		VPC: &r53types.VPC{VPCId: vpc.Vpc.VpcId, VPCRegion: r53types.VPCRegion(testkit.MotoRegion)}})
-	must(t, err)
-	images, err := ec.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"amazon"}})
-	must(t, err)
-
 	// The metadata service the played VM asks its instance id.
 	var current atomic.Value
 	current.Store("")
@@ -238,23 +242,11 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 	t.Cleanup(imds.Close)
 
 	port := testkit.FreePort(t)
-	bus := testkit.SecureNATS(t)
-	stacktest.Start(t, stacktest.OnBus(stack.Config{
+	lab := newAWSLab(t, stack.Config{
 		HTTPAddr: fmt.Sprintf("127.0.0.1:%d", port), PublicURL: fmt.Sprintf("http://127.0.0.1:%d", port),
 		AgentBinary: agent, Version: "1.2.3",
-	}, bus))
-	gateway := rpc.NewClient(bus.Conn(t, subjects.Gateway), subjects.Gateway, 10*time.Second)
-	admin := rpc.As(vocab.User("admin"))
-	acct := m.Account()
-	acc, err := rpc.Call(ctx, gateway, endpoints.CloudAccountCreate, &inventoryv1.CreateCloudAccountRequest{CloudAccount: &inventoryv1.CloudAccount{
-		Name: "lab-aws", Provider: "aws", Aws: &inventoryv1.AwsAccountSettings{Region: acct.Region, EndpointUrl: acct.EndpointURL,
-			Credentials: &inventoryv1.AwsCredentials{AccessKeyId: acct.AccessKeyID, SecretAccessKey: acct.SecretAccessKey}}}}, admin)
-	must(t, err)
-	n, err := rpc.Call(ctx, gateway, endpoints.NetworkCreate, &inventoryv1.CreateNetworkRequest{Network: &inventoryv1.Network{
-		Name: "vpc-a", Provider: "aws", HttpsStrategy: "none", CloudAccountId: acc.GetId(),
-		Aws: &inventoryv1.AwsNetworkSettings{VpcId: awssdk.ToString(vpc.Vpc.VpcId), SubnetId: awssdk.ToString(subnet.Subnet.SubnetId)},
-		Dns: &inventoryv1.DnsSettings{PrivateZoneId: awssdk.ToString(zone.HostedZone.Id), HostnamePattern: "{name}.fleet.example"}}}, admin)
-	must(t, err)
+	}, false)
+	ec, r53, zone, images, gateway, admin, n := lab.ec, lab.r53, lab.zone, lab.images, lab.gateway, lab.admin, lab.network
 	tpl, err := rpc.Call(ctx, gateway, endpoints.TemplateCreate, &inventoryv1.CreateTemplateRequest{Template: &inventoryv1.Template{
 		Name: "std", Provider: "aws", Image: awssdk.ToString(images.Images[0].ImageId), InstanceType: "t3.micro", DataDiskGb: 2,
 		SetupActions: []*inventoryv1.SetupAction{{Type: "script", Script: "echo set up on $(hostname)"}}}}, admin)
