@@ -124,26 +124,51 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, replicas int, na
 		if len(names) > 0 && !slices.Contains(names, cfg.Name) {
 			continue
 		}
-		deadline := time.Now().Add(jetStreamWait)
-		for {
+		if err := waitJetStream(ctx, func() error {
 			_, err := js.CreateOrUpdateStream(ctx, cfg)
-			if err == nil {
-				break
-			}
-			if !jetStreamNotReady(ctx, err) || time.Now().After(deadline) {
-				return fmt.Errorf("declare stream %s: %w", cfg.Name, err)
-			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("declare stream %s: %w", cfg.Name, err)
-			case <-time.After(200 * time.Millisecond):
-			}
+			return err
+		}); err != nil {
+			return fmt.Errorf("declare stream %s: %w", cfg.Name, err)
 		}
 	}
 	return nil
 }
 
-// jetStreamWait is how long EnsureStreams waits for JetStream to answer.
+// DeclareKeyValue creates or updates a key-value bucket, waiting for
+// JetStream as EnsureStreams does.
+func DeclareKeyValue(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	var kv jetstream.KeyValue
+	err := waitJetStream(ctx, func() error {
+		var err error
+		kv, err = js.CreateOrUpdateKeyValue(ctx, cfg)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("declare key-value bucket %s: %w", cfg.Bucket, err)
+	}
+	return kv, nil
+}
+
+// waitJetStream runs declare until it succeeds, fails for a reason other
+// than JetStream not being ready (jetStreamNotReady), or jetStreamWait
+// has passed.
+func waitJetStream(ctx context.Context, declare func() error) error {
+	deadline := time.Now().Add(jetStreamWait)
+	for {
+		err := declare()
+		if err == nil || !jetStreamNotReady(ctx, err) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// jetStreamWait is how long EnsureStreams and DeclareKeyValue wait for
+// JetStream to answer.
 const jetStreamWait = 60 * time.Second
 
 // JetStream API error codes (nats-server's errors.json) the client module

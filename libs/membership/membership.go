@@ -81,7 +81,7 @@ type Member struct {
 // DeclareBucket creates or updates the managers' bucket, with keys
 // expiring ttl after their last write.
 func DeclareBucket(ctx context.Context, js jetstream.JetStream, replicas int, ttl time.Duration) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := bus.DeclareKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:       subjects.ManagersBucket,
 		Description:  "Flotilla managers: one heartbeat per running service process, expiring when it stops",
 		History:      1,
@@ -91,7 +91,7 @@ func DeclareBucket(ctx context.Context, js jetstream.JetStream, replicas int, tt
 		Replicas:     max(replicas, 1),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("declare key-value bucket %s: %w", subjects.ManagersBucket, err)
+		return nil, err
 	}
 	return kv, nil
 }

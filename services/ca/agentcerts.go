@@ -15,6 +15,7 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/bus"
 )
 
 // An agent certificate is current while its instance exists and is not
@@ -36,7 +37,7 @@ type agentCerts struct {
 }
 
 func newAgentCerts(ctx context.Context, js jetstream.JetStream, replicas int) (*agentCerts, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := bus.DeclareKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:       AgentCertsBucket,
 		Description:  "Flotilla agent certificates still current, per instance: the VM and the serials",
 		History:      1,
@@ -45,7 +46,7 @@ func newAgentCerts(ctx context.Context, js jetstream.JetStream, replicas int) (*
 		Replicas:     replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("declare key-value bucket %s: %w", AgentCertsBucket, err)
+		return nil, err
 	}
 	return &agentCerts{kv: kv}, nil
 }

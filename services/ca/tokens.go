@@ -16,6 +16,7 @@ import (
 
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/bus"
 )
 
 // Join tokens.
@@ -58,7 +59,7 @@ type tokenRecord struct {
 
 // newJoinTokens declares the bucket, idempotently.
 func newJoinTokens(ctx context.Context, js jetstream.JetStream, replicas int) (*joinTokens, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := bus.DeclareKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:       JoinTokensBucket,
 		Description:  "Flotilla join tokens (SHA-256 digests), consumed once by agent.join",
 		History:      1,
@@ -68,7 +69,7 @@ func newJoinTokens(ctx context.Context, js jetstream.JetStream, replicas int) (*
 		Replicas:     replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("declare key-value bucket %s: %w", JoinTokensBucket, err)
+		return nil, err
 	}
 	return &joinTokens{kv: kv}, nil
 }

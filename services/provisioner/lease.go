@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/bus"
 )
 
 // Leases keep two provisioner processes from working on one instance at
@@ -66,7 +67,7 @@ func newLeases(ctx context.Context, js jetstream.JetStream, replicas int, ttl ti
 	if replicas < 1 {
 		replicas = 1
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := bus.DeclareKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:       LeasesBucket,
 		Description:  "Flotilla provisioner leases: which provisioner process works on an instance",
 		History:      1,
@@ -76,7 +77,7 @@ func newLeases(ctx context.Context, js jetstream.JetStream, replicas int, ttl ti
 		Replicas:     replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("declare key-value bucket %s: %w", LeasesBucket, err)
+		return nil, err
 	}
 	return &leases{kv: kv, holder: holder, ttl: ttl, log: log}, nil
 }
