@@ -9,10 +9,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/google/uuid"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
@@ -21,6 +23,7 @@ import (
 	"flotilla.dev/flotilla/internal/stack/stacktest"
 	"flotilla.dev/flotilla/libs/awsx"
 	"flotilla.dev/flotilla/libs/kms"
+	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
 	"flotilla.dev/flotilla/services/secrets"
 )
@@ -274,5 +277,38 @@ func TestRewrapReportsWhatItCannotUnwrap(t *testing.T) {
 	}
 	if !strings.Contains(e.logs.String(), "cannot rewrap a data key") {
 		t.Error("the failure is not logged")
+	}
+}
+
+// TestRewrapCoversEveryTableOfSealedValues: cloud accounts' keys and
+// certificates' keys are rewrapped along with secrets.
+func TestRewrapCoversEveryTableOfSealedValues(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	account := uuid.NewString()
+	inventory := rpc.NewClient(e.bus.Conn(t, subjects.Inventory), subjects.Inventory, 10*time.Second) // stores both, as itself
+	if _, err := rpc.Call(ctx, inventory, endpoints.CloudKeyPut, &secretsv1.PutCloudKeyRequest{CloudAccountId: account, Value: "aws-secret-key"}); err != nil {
+		t.Fatal(err)
+	}
+	cert, err := rpc.Call(ctx, inventory, endpoints.CertKeyCreate, &secretsv1.StoreCertificateKeyRequest{PrivateKeyPem: "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := kms.OpenLocal(t.TempDir() + "/new.key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := secrets.Rewrap(ctx, e.pool, kms.NewKeyring(other, e.kms), secrets.RewrapOptions{Log: e.log}); err != nil {
+		t.Fatal(err)
+	}
+	for table, where := range map[string][]any{
+		"cloud_keys":       {"cloud_account_id = $1", account},
+		"certificate_keys": {"id = $1", cert.GetId()},
+	} {
+		var keyID string
+		if err := e.pool.QueryRow(ctx, "SELECT kms_key_id FROM "+table+" WHERE "+where[0].(string), where[1]).Scan(&keyID); err != nil || keyID != other.KeyID() {
+			t.Errorf("%s after the rewrap: key %q, %v; want %s", table, keyID, err, other.KeyID())
+		}
 	}
 }
