@@ -51,25 +51,39 @@ func EnsureServiceRole(ctx context.Context, q Querier, role, password, database 
 	return nil
 }
 
+// grantLockID is the advisory lock GrantService holds while it grants: the
+// services of a cluster start at once, and two GRANTs racing on one catalog
+// row fail with "tuple concurrently updated".
+const grantLockID = 0x666c6f74696c6c61 // "flotilla"
+
 // GrantService lets the role service connects as read and write the rows
 // of every table, and use every sequence, in the public schema, as the
 // owner's migrations left them: nothing more (no DDL, no TRUNCATE). Run it
-// after every migration, as the owner. Nothing is done when both pools
-// connect as the same role.
+// after every migration, as the owner; concurrent calls take turns. Nothing
+// is done when both pools connect as the same role.
 func GrantService(ctx context.Context, owner, service *pgxpool.Pool) error {
 	role := service.Config().ConnConfig.User
 	if role == owner.Config().ConnConfig.User {
 		return nil
 	}
 	r := pgx.Identifier{role}.Sanitize()
-	for _, stmt := range []string{
-		"GRANT USAGE ON SCHEMA public TO " + r,
-		"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO " + r,
-		"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO " + r,
-	} {
-		if _, err := owner.Exec(ctx, stmt); err != nil {
-			return fmt.Errorf("grant role %s the use of the tables: %w", role, err)
+	err := pgx.BeginFunc(ctx, owner, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(grantLockID)); err != nil {
+			return err
 		}
+		for _, stmt := range []string{
+			"GRANT USAGE ON SCHEMA public TO " + r,
+			"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO " + r,
+			"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO " + r,
+		} {
+			if _, err := tx.Exec(ctx, stmt); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("grant role %s the use of the tables: %w", role, err)
 	}
 	return nil
 }
