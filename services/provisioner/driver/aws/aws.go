@@ -81,10 +81,6 @@ type Driver struct {
 	ec2 *ec2.Client
 	r53 *route53.Client
 	cfg Config
-
-	// afterRun, when set (tests), runs right after RunInstances; an error
-	// ends EnsureVM as a crash there would.
-	afterRun func() error
 }
 
 // New is a driver for the account a (see awsx.Config; opts e.g. record
@@ -338,11 +334,6 @@ func (d *Driver) EnsureVM(ctx context.Context, spec driver.VMSpec) (driver.VM, e
 	if inst == nil {
 		if inst, err = d.launch(ctx, spec); err != nil {
 			return driver.VM{}, err
-		}
-		if d.afterRun != nil {
-			if err := d.afterRun(); err != nil {
-				return driver.VM{}, err
-			}
 		}
 	} else {
 		d.cfg.Log.InfoContext(ctx, "EC2 instance found; adopting it", "vm", spec.ID, "instance", awssdk.ToString(inst.InstanceId))
@@ -698,59 +689,78 @@ func (d *Driver) ensureSecurityGroup(ctx context.Context, n driver.Network) (str
 		return "", errors.New("network.aws.securityGroupIds: none given, and making one needs network.aws.vpcId")
 	}
 	name := "flotilla-" + n.ID
-	find := func() (string, error) {
-		out, err := d.ec2.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{Filters: []types.Filter{
-			filter("vpc-id", n.VPCID), filter("tag:"+TagNetworkID, n.ID)}})
+	find := func(f types.Filter) (*types.SecurityGroup, error) {
+		out, err := d.ec2.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{Filters: []types.Filter{filter("vpc-id", n.VPCID), f}})
 		if err != nil {
-			return "", failed(err, "find the security group of network %s", n.ID)
+			return nil, failed(err, "find the security group of network %s", n.ID)
 		}
 		if len(out.SecurityGroups) == 0 {
-			return "", nil
+			return nil, nil
 		}
-		return awssdk.ToString(out.SecurityGroups[0].GroupId), nil
+		return &out.SecurityGroups[0], nil
 	}
-	gid, err := find()
-	if err != nil || gid != "" {
-		return gid, err
+	sg, err := find(filter("tag:"+TagNetworkID, n.ID))
+	if err != nil {
+		return "", err
 	}
-	out, err := d.ec2.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{
-		GroupName: awssdk.String(name), VpcId: awssdk.String(n.VPCID),
-		Description:       awssdk.String("Flotilla network " + n.ID + ": the node's port in, everything out"),
-		TagSpecifications: tagsOf(types.ResourceTypeSecurityGroup, map[string]string{TagNetworkID: n.ID, "Name": name}),
-	})
-	switch {
-	case awsx.Code(err) == "InvalidGroup.Duplicate":
-		byName, err := d.ec2.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{Filters: []types.Filter{
-			filter("vpc-id", n.VPCID), filter("group-name", name)}})
-		if err != nil {
-			return "", failed(err, "find security group %s", name)
+	if sg == nil {
+		out, err := d.ec2.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{
+			GroupName: awssdk.String(name), VpcId: awssdk.String(n.VPCID),
+			Description:       awssdk.String("Flotilla network " + n.ID + ": the node's port in, everything out"),
+			TagSpecifications: tagsOf(types.ResourceTypeSecurityGroup, map[string]string{TagNetworkID: n.ID, "Name": name}),
+		})
+		switch {
+		case awsx.Code(err) == "InvalidGroup.Duplicate":
+			if sg, err = find(filter("group-name", name)); err != nil {
+				return "", err
+			}
+			if sg == nil {
+				return "", fmt.Errorf("find security group %s: AWS says it exists in %s, and lists none", name, n.VPCID)
+			}
+		case err != nil:
+			return "", failed(err, "create the security group of network %s", n.ID)
+		default:
+			sg = &types.SecurityGroup{GroupId: out.GroupId}
+			d.cfg.Log.InfoContext(ctx, "security group created", "network", n.ID, "group", awssdk.ToString(out.GroupId))
 		}
-		if len(byName.SecurityGroups) == 0 {
-			return "", fmt.Errorf("find security group %s: AWS says it exists in %s, and lists none", name, n.VPCID)
-		}
-		gid = awssdk.ToString(byName.SecurityGroups[0].GroupId)
-	case err != nil:
-		return "", failed(err, "create the security group of network %s", n.ID)
-	default:
-		gid = awssdk.ToString(out.GroupId)
-		d.cfg.Log.InfoContext(ctx, "security group created", "network", n.ID, "group", gid)
 	}
+	// The rules are checked on every call: a crash between making the
+	// group and opening it leaves a group without them.
+	gid := awssdk.ToString(sg.GroupId)
 	port := n.NodePort
 	if port == 0 {
 		port = DefaultNodePort
 	}
 	anywhere := []types.IpRange{{CidrIp: awssdk.String("0.0.0.0/0")}}
-	_, err = d.ec2.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: awssdk.String(gid),
-		IpPermissions: []types.IpPermission{{IpProtocol: awssdk.String("tcp"), FromPort: awssdk.Int32(port), ToPort: awssdk.Int32(port), IpRanges: anywhere}}})
-	if err != nil && awsx.Code(err) != "InvalidPermission.Duplicate" {
-		return "", failed(err, "open port %d in security group %s", port, gid)
+	nodePort := types.IpPermission{IpProtocol: awssdk.String("tcp"), FromPort: awssdk.Int32(port), ToPort: awssdk.Int32(port), IpRanges: anywhere}
+	if !opens(sg.IpPermissions, nodePort) {
+		_, err = d.ec2.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: sg.GroupId,
+			IpPermissions: []types.IpPermission{nodePort}})
+		if err != nil && awsx.Code(err) != "InvalidPermission.Duplicate" {
+			return "", failed(err, "open port %d in security group %s", port, gid)
+		}
 	}
-	_, err = d.ec2.AuthorizeSecurityGroupEgress(ctx, &ec2.AuthorizeSecurityGroupEgressInput{GroupId: awssdk.String(gid),
-		IpPermissions: []types.IpPermission{{IpProtocol: awssdk.String("-1"), IpRanges: anywhere}}})
-	if err != nil && awsx.Code(err) != "InvalidPermission.Duplicate" {
-		return "", failed(err, "allow egress from security group %s", gid)
+	everything := types.IpPermission{IpProtocol: awssdk.String("-1"), IpRanges: anywhere}
+	if !opens(sg.IpPermissionsEgress, everything) {
+		_, err = d.ec2.AuthorizeSecurityGroupEgress(ctx, &ec2.AuthorizeSecurityGroupEgressInput{GroupId: sg.GroupId,
+			IpPermissions: []types.IpPermission{everything}})
+		if err != nil && awsx.Code(err) != "InvalidPermission.Duplicate" {
+			return "", failed(err, "allow egress from security group %s", gid)
+		}
 	}
 	return gid, nil
+}
+
+// opens reports whether perms has a rule for want's protocol and ports
+// open to want's first address range.
+func opens(perms []types.IpPermission, want types.IpPermission) bool {
+	return slices.ContainsFunc(perms, func(p types.IpPermission) bool {
+		return awssdk.ToString(p.IpProtocol) == awssdk.ToString(want.IpProtocol) &&
+			awssdk.ToInt32(p.FromPort) == awssdk.ToInt32(want.FromPort) && awssdk.ToInt32(p.ToPort) == awssdk.ToInt32(want.ToPort) &&
+			slices.ContainsFunc(p.IpRanges, func(r types.IpRange) bool {
+				return awssdk.ToString(r.CidrIp) == awssdk.ToString(want.IpRanges[0].CidrIp)
+			})
+	})
 }
 
 // ---- DNS ----

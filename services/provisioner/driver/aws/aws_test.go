@@ -6,20 +6,25 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	awsmiddleware "github.com/aws/aws-sdk-go-v2/aws/middleware"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/route53"
 	r53types "github.com/aws/aws-sdk-go-v2/service/route53/types"
+	"github.com/aws/smithy-go/middleware"
 
 	"flotilla.dev/flotilla/libs/awsx"
 	"flotilla.dev/flotilla/libs/testkit"
@@ -82,9 +87,8 @@ func newCloud(t *testing.T) *cloud {
 }
 
 // driver is an aws driver on the cloud, recording its actions in rec.
-func (c *cloud) driver(t *testing.T, rec *awsx.Actions) *awsdriver.Driver {
+func (c *cloud) driver(t *testing.T, rec *awsx.Actions, opts ...awsx.Option) *awsdriver.Driver {
 	t.Helper()
-	var opts []awsx.Option
 	if rec != nil {
 		opts = append(opts, awsx.WithActions(rec))
 	}
@@ -146,6 +150,28 @@ func (c *cloud) record(t *testing.T, zone, name string) string {
 		}
 	}
 	return ""
+}
+
+// volumesTagged are the volumes tagged with the disk id.
+func (c *cloud) volumesTagged(t *testing.T, diskID string) []types.Volume {
+	t.Helper()
+	out, err := c.ec2.DescribeVolumes(t.Context(), &ec2.DescribeVolumesInput{Filters: []types.Filter{
+		{Name: awssdk.String("tag:" + awsdriver.TagDiskID), Values: []string{diskID}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.Volumes
+}
+
+// securityGroupsOf are the security groups tagged with the network id.
+func (c *cloud) securityGroupsOf(t *testing.T, networkID string) []types.SecurityGroup {
+	t.Helper()
+	out, err := c.ec2.DescribeSecurityGroups(t.Context(), &ec2.DescribeSecurityGroupsInput{Filters: []types.Filter{
+		{Name: awssdk.String("tag:" + awsdriver.TagNetworkID), Values: []string{networkID}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.SecurityGroups
 }
 
 func (c *cloud) addresses(t *testing.T, vmID string) []types.Address {
@@ -358,42 +384,99 @@ func checkDeleted(t *testing.T, c *cloud, vm driver.VM, vmID, volID string) {
 	}
 }
 
-// TestResumeAfterACrash: the provisioner dies right after RunInstances;
-// EnsureVM again (the VM id recorded, the instance id not) adopts the
-// instance instead of launching another.
-func TestResumeAfterACrash(t *testing.T) {
+// crashAfter is an awsx option that fails the first call of operation
+// after AWS has carried it out, as a provisioner dying between a call and
+// recording its result would: the call's effect is there, the caller never
+// learns it. The error is crash.
+func crashAfter(operation string, crash error) awsx.Option {
+	var once sync.Once
+	return func(c *awssdk.Config) {
+		c.APIOptions = append(c.APIOptions, func(stack *middleware.Stack) error {
+			return stack.Initialize.Add(middleware.InitializeMiddlewareFunc("TestCrashAfter",
+				func(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
+					out, md, err := next.HandleInitialize(ctx, in)
+					if err == nil && awsmiddleware.GetOperationName(ctx) == operation {
+						once.Do(func() { err = crash })
+					}
+					return out, md, err
+				}), middleware.After)
+		})
+	}
+}
+
+// TestResumeAfterACrashAtEachStep: for every AWS call that creates or
+// changes something while an instance is provisioned, the provisioner
+// dies right after AWS carried it out; a new provisioner process provisions
+// the same instance again (the ids it recorded before the crash: VM and
+// disk ids, not AWS's). Afterwards there is exactly one EC2 instance, one
+// volume, one security group, one Elastic IP and one DNS record for it,
+// counted by tag, and the volume is attached to the instance.
+func TestResumeAfterACrashAtEachStep(t *testing.T) {
 	t.Parallel()
 	c := newCloud(t)
-	d := c.driver(t, nil)
-	ctx := t.Context()
-	disk, err := d.EnsureDisk(ctx, driver.DiskSpec{ID: "disk-c", InstanceID: "inst-c", SizeGB: 4, Network: c.network})
-	if err != nil {
-		t.Fatal(err)
+	agentURL, agentSum := serveAgent(t)
+	steps := []string{"CreateVolume", "CreateSecurityGroup", "AuthorizeSecurityGroupIngress",
+		"RunInstances", "AttachVolume", "AllocateAddress", "AssociateAddress", "CreateTags", "ChangeResourceRecordSets"}
+	for i, op := range steps {
+		t.Run(op, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			n := c.network
+			n.ID = "net-crash-" + op // a security group of its own
+			name := fmt.Sprintf("crash-%d", i)
+			vmID, instID, diskID := "vm-"+name, "inst-"+name, "disk-"+name
+			provision := func(d *awsdriver.Driver) (driver.VM, error) {
+				disk, err := d.EnsureDisk(ctx, driver.DiskSpec{ID: diskID, InstanceID: instID, SizeGB: 4, Network: n})
+				if err != nil {
+					return driver.VM{}, err
+				}
+				spec := c.vmSpec(vmID, instID, disk.ID)
+				spec.InstanceName, spec.Network = name, n
+				spec.Bootstrap.AgentURL, spec.Bootstrap.AgentSHA256 = agentURL, agentSum
+				return d.EnsureVM(ctx, spec)
+			}
+			crash := errors.New("crashed after " + op)
+			if _, err := provision(c.driver(t, nil, crashAfter(op, crash))); !errors.Is(err, crash) {
+				t.Fatalf("provisioning with a crash after %s: %v; want the crash", op, err)
+			}
+			restarted := c.driver(t, nil) // a new provisioner process
+			vm, err := provision(restarted)
+			if err != nil {
+				t.Fatalf("provisioning again after the crash: %v", err)
+			}
+			if again, err := provision(restarted); err != nil || again.ID != vm.ID {
+				t.Fatalf("provisioning once more: %v, %v; want %s again", again.ID, err, vm.ID)
+			}
+
+			if insts := c.liveInstances(t, vmID); len(insts) != 1 || awssdk.ToString(insts[0].InstanceId) != vm.ID {
+				t.Errorf("%d live EC2 instances tagged %s, want exactly one (%s)", len(insts), vmID, vm.ID)
+			}
+			vols := c.volumesTagged(t, diskID)
+			if len(vols) != 1 {
+				t.Fatalf("%d volumes tagged %s, want exactly one", len(vols), diskID)
+			}
+			if a := vols[0].Attachments; len(a) != 1 || awssdk.ToString(a[0].InstanceId) != vm.ID {
+				t.Errorf("volume %s attachments %+v; want attached to %s", awssdk.ToString(vols[0].VolumeId), a, vm.ID)
+			}
+			if addrs := c.addresses(t, vmID); len(addrs) != 1 || awssdk.ToString(addrs[0].InstanceId) != vm.ID {
+				t.Errorf("Elastic IPs of %s: %+v; want one, associated with %s", vmID, addrs, vm.ID)
+			}
+			if got := c.record(t, n.PrivateZoneID, name+".fleet.example"); got != vm.PrivateIP {
+				t.Errorf("DNS record of %s: %q, want %s", name, got, vm.PrivateIP)
+			}
+			if got := c.record(t, n.PublicZoneID, name+".fleet.example"); got != vm.PublicIP {
+				t.Errorf("public DNS record of %s: %q, want %s", name, got, vm.PublicIP)
+			}
+			sgs := c.securityGroupsOf(t, n.ID)
+			if len(sgs) != 1 {
+				t.Fatalf("%d security groups for network %s, want one", len(sgs), n.ID)
+			}
+			if !slices.ContainsFunc(sgs[0].IpPermissions, func(p types.IpPermission) bool { return awssdk.ToInt32(p.FromPort) == n.NodePort }) {
+				t.Errorf("security group %s does not open the node's port %d: %+v", awssdk.ToString(sgs[0].GroupId), n.NodePort, sgs[0].IpPermissions)
+			}
+			playVM(t, c, vm.ID, vmID)
+		})
 	}
-	spec := c.vmSpec("vm-c", "inst-c", disk.ID)
-	spec.Bootstrap.AgentURL, spec.Bootstrap.AgentSHA256 = serveAgent(t)
-	crash := errors.New("crashed after RunInstances")
-	awsdriver.SetAfterRun(d, func() error { return crash })
-	if _, err := d.EnsureVM(ctx, spec); !errors.Is(err, crash) {
-		t.Fatalf("EnsureVM with a crash: %v", err)
-	}
-	awsdriver.SetAfterRun(d, nil)
-	restarted := c.driver(t, nil) // a new provisioner process
-	vm, err := restarted.EnsureVM(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := restarted.EnsureVM(ctx, spec); err != nil {
-		t.Fatal(err)
-	}
-	insts := c.liveInstances(t, "vm-c")
-	if len(insts) != 1 || awssdk.ToString(insts[0].InstanceId) != vm.ID {
-		t.Errorf("%d live instances tagged vm-c, want exactly one (%s)", len(insts), vm.ID)
-	}
-	if n := len(c.addresses(t, "vm-c")); n != 1 {
-		t.Errorf("%d Elastic IPs of vm-c, want 1", n)
-	}
-	playVM(t, c, vm.ID)
 }
 
 // fakeAgent records its arguments in $FAKE_AGENT_OUT.
@@ -411,7 +494,7 @@ func serveAgent(t *testing.T) (url, sum string) {
 // playVM runs the instance's user data, read back from EC2, as its VM
 // would at boot (in a scratch root, without systemd), and checks the
 // agent was started with its join token and CA bundle.
-func playVM(t *testing.T, c *cloud, iid string) {
+func playVM(t *testing.T, c *cloud, iid, vmID string) {
 	t.Helper()
 	ud, err := c.ec2.DescribeInstanceAttribute(t.Context(), &ec2.DescribeInstanceAttributeInput{InstanceId: awssdk.String(iid), Attribute: types.InstanceAttributeNameUserData})
 	if err != nil {
@@ -436,7 +519,7 @@ func playVM(t *testing.T, c *cloud, iid string) {
 	if err != nil {
 		t.Fatalf("the agent was not started: %v", err)
 	}
-	for _, want := range []string{"--gateway\nagents.fleet.example:7702\n", "--token-file\n" + root + bootstrap.TokenFile + "\n", "--vm-id\nvm-c\n"} {
+	for _, want := range []string{"--gateway\nagents.fleet.example:7702\n", "--token-file\n" + root + bootstrap.TokenFile + "\n", "--vm-id\n" + vmID + "\n"} {
 		if !strings.Contains(string(args), want) {
 			t.Errorf("agent arguments lack %q:\n%s", want, args)
 		}
