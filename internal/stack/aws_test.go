@@ -410,3 +410,63 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 		t.Errorf("DNS record after deleting: %v", ips)
 	}
 }
+
+// TestAWSBadCredentialsFailTheStep: an account whose keys AWS refuses
+// (moto checking signatures) is reported by :verify, and provisioning an
+// instance in it ends in failed, the step naming AWS's error code; the
+// instance can be provisioned again, and fails the same way, with no
+// step left hanging.
+func TestAWSBadCredentialsFailTheStep(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	m := testkit.StartMoto(t, testkit.MotoAuth)
+	bus := testkit.SecureNATS(t)
+	stacktest.Start(t, stacktest.OnBus(stack.Config{
+		AgentURL: "https://manager.fleet.example/agent/flotilla-agent", AgentSHA256: strings.Repeat("0f", 32),
+	}, bus))
+	gateway := rpc.NewClient(bus.Conn(t, subjects.Gateway), subjects.Gateway, 10*time.Second)
+	admin := rpc.As(vocab.User("admin"))
+	acct := m.Account()
+	acc, err := rpc.Call(ctx, gateway, endpoints.CloudAccountCreate, &inventoryv1.CreateCloudAccountRequest{CloudAccount: &inventoryv1.CloudAccount{
+		Name: "refused", Provider: "aws", Aws: &inventoryv1.AwsAccountSettings{Region: acct.Region, EndpointUrl: acct.EndpointURL,
+			Credentials: &inventoryv1.AwsCredentials{AccessKeyId: acct.AccessKeyID, SecretAccessKey: acct.SecretAccessKey}}}}, admin)
+	must(t, err)
+	v, err := rpc.Call(ctx, gateway, endpoints.CloudAccountVerify, &inventoryv1.VerifyCloudAccountRequest{Id: acc.GetId()}, admin)
+	must(t, err)
+	if v.GetOk() || !strings.Contains(v.GetMessage(), "InvalidClientTokenId: ") {
+		t.Errorf("verify: ok %v, message %q; want refused with InvalidClientTokenId named", v.GetOk(), v.GetMessage())
+	}
+	n, err := rpc.Call(ctx, gateway, endpoints.NetworkCreate, &inventoryv1.CreateNetworkRequest{Network: &inventoryv1.Network{
+		Name: "vpc-r", Provider: "aws", HttpsStrategy: "none", CloudAccountId: acc.GetId(),
+		Aws: &inventoryv1.AwsNetworkSettings{VpcId: "vpc-0a1b2c3d", SubnetId: "subnet-0a1b2c3d", SecurityGroupIds: []string{"sg-0a1b2c3d"}}}}, admin)
+	must(t, err)
+	tpl, err := rpc.Call(ctx, gateway, endpoints.TemplateCreate, &inventoryv1.CreateTemplateRequest{Template: &inventoryv1.Template{
+		Name: "std", Provider: "aws", Image: "ami-0a1b2c3d4e5f60718", InstanceType: "t3.micro", DataDiskGb: 2}}, admin)
+	must(t, err)
+	in, err := rpc.Call(ctx, gateway, endpoints.InstanceCreate, &inventoryv1.CreateInstanceRequest{Instance: &inventoryv1.Instance{
+		Name: "web-r", Kind: "design", TemplateId: tpl.GetId(), NetworkId: n.GetId()}}, admin)
+	must(t, err)
+	for round := 1; round <= 2; round++ {
+		_, err := rpc.Call(ctx, gateway, endpoints.LifecycleRequest, &inventoryv1.LifecycleRequest{Id: in.GetId(), Action: string(vocab.ActionProvision)}, admin)
+		must(t, err)
+		var got *inventoryv1.Instance
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			got, err = rpc.Call(ctx, gateway, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: in.GetId()}, admin)
+			must(t, err)
+			if got.GetState() == string(vocab.StateFailed) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: instance %s %q, never failed", round, got.GetState(), got.GetStateDetail())
+			}
+		}
+		d := got.GetStateDetail()
+		// EC2 names refused keys AuthFailure (STS: InvalidClientTokenId).
+		if !strings.HasPrefix(d, string(vocab.StepAllocatingDisk)+": ") || !strings.Contains(d, "AuthFailure: ") {
+			t.Errorf("round %d: failed with %q; want the %s step naming AuthFailure", round, d, vocab.StepAllocatingDisk)
+		}
+		if got.GetVmId() != "" && strings.HasPrefix(got.GetVmId(), "i-") {
+			t.Errorf("round %d: vmId %q recorded though AWS refused every call", round, got.GetVmId())
+		}
+	}
+}
