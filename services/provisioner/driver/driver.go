@@ -112,6 +112,11 @@ type Bootstrap struct {
 	AgentSHA256 string
 	// ManagerVersion is the manager's version, which the agent's matches.
 	ManagerVersion string
+	// DataDevices are the names the data disk's block device may have on
+	// the VM (the driver knows them: EBS volumes appear under their volume
+	// id on NVMe instances, at the attachment's device name on others).
+	// The agent formats the disk when it is empty and mounts it.
+	DataDevices []string
 }
 
 // VM is a launched VM.

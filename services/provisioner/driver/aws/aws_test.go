@@ -519,7 +519,7 @@ func playVM(t *testing.T, c *cloud, iid, vmID string) {
 	if err != nil {
 		t.Fatalf("the agent was not started: %v", err)
 	}
-	for _, want := range []string{"--gateway\nagents.fleet.example:7702\n", "--token-file\n" + root + bootstrap.TokenFile + "\n", "--vm-id\n" + vmID + "\n"} {
+	for _, want := range []string{"--gateway\nagents.fleet.example:7702\n", "--token-file\n" + root + bootstrap.TokenFile + "\n", "--vm-id\n" + vmID + "\n", "--data-device\n" + root + awsdriver.DataDevice + "\n"} {
 		if !strings.Contains(string(args), want) {
 			t.Errorf("agent arguments lack %q:\n%s", want, args)
 		}
