@@ -371,6 +371,9 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 	if u := got.GetAddresses().GetUrl(); !strings.Contains(u, "web-1.fleet.example:443") {
 		t.Errorf("node URL %q: want the instance's DNS name and the node port", u)
 	}
+	if h := got.GetAddresses().GetHostname(); h != "web-1.fleet.example" {
+		t.Errorf("addresses.hostname %q: want the DNS record's name (a self-signed certificate carries it)", h)
+	}
 	if ips := record(); len(ips) != 1 || ips[0] != got.GetAddresses().GetPrivateIp() {
 		t.Errorf("DNS record %v, want the private address %s", ips, got.GetAddresses().GetPrivateIp())
 	}

@@ -156,7 +156,7 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 		return fail(vocab.StepLaunchingVM, err)
 	}
 	failpoint.Hit("provisioner.vm-launched")
-	addrs := &inventoryv1.Addresses{PrivateIp: vm.PrivateIP, PrivateDns: vm.PrivateDNS, PublicIp: vm.PublicIP, PublicDns: vm.PublicDNS}
+	addrs := &inventoryv1.Addresses{PrivateIp: vm.PrivateIP, PrivateDns: vm.PrivateDNS, PublicIp: vm.PublicIP, PublicDns: vm.PublicDNS, Hostname: vm.Hostname}
 	if in.GetAddresses().GetUrl() != "" && in.GetVmId() == vm.ID {
 		addrs.Url = in.GetAddresses().GetUrl()
 	}
