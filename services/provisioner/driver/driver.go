@@ -94,6 +94,12 @@ type VMSpec struct {
 	InstanceProfile string
 	// SSHKeyName is the key pair an operator logs in with (aws; optional).
 	SSHKeyName string
+	// Launched, when set, is told the cloud's own id of the VM as soon as
+	// the cloud has it (launched or found again), before EnsureVM waits for
+	// it to run: the VM may boot and its agent join before EnsureVM
+	// returns, and the agent's certificate names the VM id the instance
+	// has recorded then. An error ends EnsureVM.
+	Launched func(ctx context.Context, cloudID string) error
 }
 
 // Bootstrap is what a new VM's agent starts with.

@@ -346,6 +346,11 @@ func (d *Driver) EnsureVM(ctx context.Context, spec driver.VMSpec) (driver.VM, e
 		d.cfg.Log.InfoContext(ctx, "EC2 instance found; adopting it", "vm", spec.ID, "instance", awssdk.ToString(inst.InstanceId))
 	}
 	iid := awssdk.ToString(inst.InstanceId)
+	if spec.Launched != nil {
+		if err := spec.Launched(ctx, iid); err != nil {
+			return driver.VM{}, err
+		}
+	}
 	vmTag := tag(inst.Tags, TagVMID)
 	if vmTag == "" {
 		vmTag = spec.ID
