@@ -11,10 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -172,12 +169,8 @@ func TestFollowingLogsOverGRPC(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	id := e.instance("followed-grpc", e.template("t"), e.network("n"))["id"].(string)
 	e.storeLogs(id, 1, 20)
-	conn, err := grpc.NewClient(e.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+e.token), 30*time.Second)
+	conn, authed := e.grpcConn(t.Context())
+	ctx, cancel := context.WithTimeout(authed, 30*time.Second)
 	defer cancel()
 	instances := inventoryv1.NewInstanceServiceClient(conn)
 	stream, err := instances.FollowInstanceLogs(ctx, &inventoryv1.ListInstanceLogsRequest{Id: id, Lines: 3})
@@ -247,12 +240,7 @@ func TestEventsArePagedOverRESTAndGRPC(t *testing.T) {
 		t.Errorf("pageSize 20000: %d, want 400", code)
 	}
 
-	conn, err := grpc.NewClient(e.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+e.token)
+	conn, ctx := e.grpcConn(t.Context())
 	resp, err := inventoryv1.NewInstanceServiceClient(conn).ListInstanceEvents(ctx, &inventoryv1.ListInstanceEventsRequest{Id: id})
 	if err != nil {
 		t.Fatal(err)
