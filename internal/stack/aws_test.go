@@ -46,6 +46,11 @@ type awsLab struct {
 	gateway *rpc.Client
 	admin   rpc.CallOption
 	network *inventoryv1.Network
+	bus     *testkit.Bus
+	// imds is the metadata service played VMs ask their instance id;
+	// current is the id it answers (the VM played last).
+	imds    *httptest.Server
+	current atomic.Value
 }
 
 func newAWSLab(t *testing.T, cfg stack.Config, assignPublicIP bool) *awsLab {
@@ -55,6 +60,18 @@ func newAWSLab(t *testing.T, cfg stack.Config, assignPublicIP bool) *awsLab {
 	acfg, err := awsx.Config(ctx, m.Account())
 	must(t, err)
 	lab := &awsLab{ec: ec2.NewFromConfig(acfg), r53: route53.NewFromConfig(acfg), admin: rpc.As(vocab.User("admin"))}
+	lab.current.Store("")
+	lab.imds = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/latest/api/token":
+			_, _ = io.WriteString(w, "imds-token")
+		case "/latest/meta-data/instance-id":
+			_, _ = io.WriteString(w, lab.current.Load().(string))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(lab.imds.Close)
 	vpc, err := lab.ec.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: awssdk.String("10.30.0.0/16")})
 	must(t, err)
 	subnet, err := lab.ec.CreateSubnet(ctx, &ec2.CreateSubnetInput{VpcId: vpc.Vpc.VpcId, CidrBlock: awssdk.String("10.30.1.0/24")})
@@ -66,7 +83,8 @@ func newAWSLab(t *testing.T, cfg stack.Config, assignPublicIP bool) *awsLab {
 	lab.images, err = lab.ec.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"amazon"}})
 	must(t, err)
 
-	bus := testkit.SecureNATS(t)
+	lab.bus = testkit.SecureNATS(t)
+	bus := lab.bus
 	stacktest.Start(t, stacktest.OnBus(cfg, bus))
 	lab.gateway = rpc.NewClient(bus.Conn(t, subjects.Gateway), subjects.Gateway, 10*time.Second)
 	acct := m.Account()
@@ -80,6 +98,33 @@ func newAWSLab(t *testing.T, cfg stack.Config, assignPublicIP bool) *awsLab {
 		Dns: &inventoryv1.DnsSettings{PrivateZoneId: awssdk.ToString(lab.zone.HostedZone.Id), HostnamePattern: "{name}.fleet.example"}}}, lab.admin)
 	must(t, err)
 	return lab
+}
+
+// play plays EC2 instance vmID as cloud-init would: its user data, read
+// back from EC2, run with sh in a root of its own, the metadata service
+// answering its id; the agent it installs runs until the test ends.
+func (lab *awsLab) play(t *testing.T, vmID string) {
+	t.Helper()
+	ctx := t.Context()
+	attr, err := lab.ec.DescribeInstanceAttribute(ctx, &ec2.DescribeInstanceAttributeInput{InstanceId: awssdk.String(vmID),
+		Attribute: types.InstanceAttributeNameUserData})
+	must(t, err)
+	script, err := base64.StdEncoding.DecodeString(awssdk.ToString(attr.UserData.Value))
+	must(t, err)
+	lab.current.Store(vmID)
+	root := t.TempDir()
+	cmd := exec.Command("sh", "-s")
+	cmd.Stdin = bytes.NewReader(script)
+	cmd.Env = append(os.Environ(), "FLOTILLA_VM_ROOT="+root, "FLOTILLA_METADATA_URL="+lab.imds.URL)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := cmd.CombinedOutput()
+	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	if err != nil {
+		t.Fatalf("user data of %s: %v\n%s", vmID, err, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "usr/local/bin/flotilla-agent")); err != nil || len(b) == 0 {
+		t.Fatalf("the agent was not installed from the gateway: %v", err)
+	}
 }
 
 // TestAWSProvisioningRecordsAWSIds provisions an aws instance on moto
@@ -226,21 +271,6 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 	ctx := t.Context()
 	agent, err := agentBinary()
 	must(t, err)
-	// The metadata service the played VM asks its instance id.
-	var current atomic.Value
-	current.Store("")
-	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/latest/api/token":
-			_, _ = io.WriteString(w, "imds-token")
-		case "/latest/meta-data/instance-id":
-			_, _ = io.WriteString(w, current.Load().(string))
-		default:
-			http.NotFound(w, r)
-		}
-	}))
-	t.Cleanup(imds.Close)
-
 	port := testkit.FreePort(t)
 	lab := newAWSLab(t, stack.Config{
 		HTTPAddr: fmt.Sprintf("127.0.0.1:%d", port), PublicURL: fmt.Sprintf("http://127.0.0.1:%d", port),
@@ -311,27 +341,8 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 		got := waitFor("waiting for its agent", func(in *inventoryv1.Instance) bool {
 			return in.GetStateDetail() == string(vocab.StepWaitingForAgent) && strings.HasPrefix(in.GetVmId(), "i-")
 		})
-		vmID := got.GetVmId()
-		attr, err := ec.DescribeInstanceAttribute(ctx, &ec2.DescribeInstanceAttributeInput{InstanceId: awssdk.String(vmID),
-			Attribute: types.InstanceAttributeNameUserData})
-		must(t, err)
-		script, err := base64.StdEncoding.DecodeString(awssdk.ToString(attr.UserData.Value))
-		must(t, err)
-		current.Store(vmID)
-		root := t.TempDir()
-		cmd := exec.Command("sh", "-s")
-		cmd.Stdin = bytes.NewReader(script)
-		cmd.Env = append(os.Environ(), "FLOTILLA_VM_ROOT="+root, "FLOTILLA_METADATA_URL="+imds.URL)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		out, err := cmd.CombinedOutput()
-		t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
-		if err != nil {
-			t.Fatalf("user data of %s: %v\n%s", vmID, err, out)
-		}
-		if b, err := os.ReadFile(filepath.Join(root, "usr/local/bin/flotilla-agent")); err != nil || len(b) == 0 {
-			t.Fatalf("the agent was not installed from the gateway: %v", err)
-		}
-		return vmID
+		lab.play(t, got.GetVmId())
+		return got.GetVmId()
 	}
 
 	// Provision: running, through the played VM's agent.

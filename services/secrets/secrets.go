@@ -8,12 +8,15 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"flotilla.dev/flotilla/api/endpoints"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/bus"
@@ -106,6 +109,15 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("secrets: instance deletions consumer: %w", err)
 	}
+	err = s.events.Handle(ctx, subjects.EventsStream, subjects.EntityVerbEvents(subjects.NounNetwork, string(vocab.VerbDeleted)),
+		jetstream.ConsumerConfig{
+			Durable:       subjects.SecretsNetworkCleanupConsumer,
+			Description:   "The secret broker removes the keys of deleted networks",
+			DeliverPolicy: jetstream.DeliverNewPolicy,
+		}, s.removeNetworkSecrets)
+	if err != nil {
+		return nil, fmt.Errorf("secrets: network deletions consumer: %w", err)
+	}
 	s.rpc, err = rpc.New(d.NATS, subjects.Secrets, d.Version, "Flotilla secret broker", log, d.TracerProvider, d.Pool.Ping, rpc.WithConcurrency(d.Concurrency))
 	if err != nil {
 		return nil, err
@@ -120,6 +132,9 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		rpc.Handle(s.rpc, endpoints.CloudKeyRead, s.readCloudKey),
 		rpc.Handle(s.rpc, endpoints.CertKeyCreate, s.createCertKey),
 		rpc.Handle(s.rpc, endpoints.CertKeyRead, s.readCertKey),
+		rpc.Handle(s.rpc, endpoints.ACMEAccountKeyGet, s.getACMEAccountKey),
+		rpc.Handle(s.rpc, endpoints.ACMECertKeyPut, s.putACMECertificate),
+		rpc.Handle(s.rpc, endpoints.ACMECertKeyRead, s.readACMECertificate),
 	); err != nil {
 		_ = s.rpc.Stop()
 		return nil, err
@@ -140,25 +155,102 @@ func (s *Service) Run(ctx context.Context) error {
 	return errors.Join(err, s.rpc.Stop())
 }
 
-// removeInstanceSecrets handles an instance.deleted event: the instance's
-// secrets go with it. A malformed event can never be handled and goes to
-// the poison stream; a database failure is retried.
+// removeInstanceSecrets handles an instance.deleted event: what the broker
+// keeps for the instance goes with it: its secrets, the ACME certificate
+// kept for it and the uploaded key of its own custom certificate (named in
+// the event, which carries the instance as it was). A malformed event can
+// never be handled and goes to the poison stream; a database failure is
+// retried.
 func (s *Service) removeInstanceSecrets(msg *message.Message) error {
 	ctx := msg.Context()
-	ev, err := bus.DecodeEvent(msg.Payload)
-	if err == nil && ev.GetEntityId() == "" {
-		err = errors.New("the event names no instance")
-	}
+	id, data, err := s.deleted(msg)
 	if err != nil {
-		s.log.ErrorContext(ctx, "a malformed instance deletion goes to the poison stream", "message_id", msg.UUID, "error", err)
-		return events.Permanent(err)
+		return err
 	}
-	n, err := s.store.deleteInstance(ctx, ev.GetEntityId())
+	in := &inventoryv1.Instance{}
+	if data != nil && data.UnmarshalTo(in) != nil {
+		in = &inventoryv1.Instance{}
+	}
+	n, err := s.store.deleteInstance(ctx, id)
 	if err != nil {
-		return fmt.Errorf("remove the secrets of deleted instance %s: %w", ev.GetEntityId(), err)
+		return fmt.Errorf("remove the secrets of deleted instance %s: %w", id, err)
 	}
-	if n > 0 {
-		s.log.InfoContext(ctx, "removed the secrets of a deleted instance", "instance_id", ev.GetEntityId(), "secrets", n)
+	certs, err := s.deleteRows(ctx, `DELETE FROM acme_certificates WHERE instance_id = $1`, id)
+	if err != nil {
+		return fmt.Errorf("remove the ACME certificate of deleted instance %s: %w", id, err)
+	}
+	keys, err := s.deleteCertKey(ctx, in.GetSsl().GetPrivateKeyId())
+	if err != nil {
+		return fmt.Errorf("remove the certificate key of deleted instance %s: %w", id, err)
+	}
+	if n+certs+keys > 0 {
+		s.log.InfoContext(ctx, "removed what was kept for a deleted instance", "instance_id", id, "secrets", n,
+			"acme_certificates", certs, "certificate_keys", keys)
 	}
 	return nil
+}
+
+// removeNetworkSecrets handles a network.deleted event: the network's ACME
+// account key and the uploaded key of its custom certificate go with it.
+func (s *Service) removeNetworkSecrets(msg *message.Message) error {
+	ctx := msg.Context()
+	id, data, err := s.deleted(msg)
+	if err != nil {
+		return err
+	}
+	nw := &inventoryv1.Network{}
+	if data != nil && data.UnmarshalTo(nw) != nil {
+		nw = &inventoryv1.Network{}
+	}
+	accounts, err := s.deleteRows(ctx, `DELETE FROM acme_accounts WHERE network_id = $1`, id)
+	if err != nil {
+		return fmt.Errorf("remove the ACME account of deleted network %s: %w", id, err)
+	}
+	// A network is deleted once no instance uses it: none should be left.
+	certs, err := s.deleteRows(ctx, `DELETE FROM acme_certificates WHERE network_id = $1`, id)
+	if err != nil {
+		return fmt.Errorf("remove the ACME certificates of deleted network %s: %w", id, err)
+	}
+	keys, err := s.deleteCertKey(ctx, nw.GetCustomCertificate().GetPrivateKeyId())
+	if err != nil {
+		return fmt.Errorf("remove the certificate key of deleted network %s: %w", id, err)
+	}
+	if accounts+certs+keys > 0 {
+		s.log.InfoContext(ctx, "removed what was kept for a deleted network", "network_id", id, "acme_accounts", accounts,
+			"acme_certificates", certs, "certificate_keys", keys)
+	}
+	return nil
+}
+
+// deleted decodes an entity deletion: the entity's id and the entity as it
+// was (nil when the event carries none). A malformed event is permanent.
+func (s *Service) deleted(msg *message.Message) (string, *anypb.Any, error) {
+	ev, err := bus.DecodeEvent(msg.Payload)
+	if err == nil && ev.GetEntityId() == "" {
+		err = errors.New("the event names no entity")
+	}
+	var id string
+	if err == nil {
+		id, err = parseID("entityId", "an id", ev.GetEntityId())
+	}
+	if err != nil {
+		s.log.ErrorContext(msg.Context(), "a malformed deletion goes to the poison stream", "message_id", msg.UUID, "error", err)
+		return "", nil, events.Permanent(err)
+	}
+	return id, ev.GetData(), nil
+}
+
+// deleteRows runs a DELETE of one id and reports how many rows went.
+func (s *Service) deleteRows(ctx context.Context, query, id string) (int64, error) {
+	tag, err := s.store.pool.Exec(ctx, query, id)
+	return tag.RowsAffected(), err
+}
+
+// deleteCertKey deletes an uploaded certificate key by its id ("" or not
+// an id: none).
+func (s *Service) deleteCertKey(ctx context.Context, id string) (int64, error) {
+	if _, err := uuid.Parse(id); err != nil {
+		return 0, nil
+	}
+	return s.deleteRows(ctx, `DELETE FROM certificate_keys WHERE id = $1`, id)
 }

@@ -1625,6 +1625,71 @@ func (x *InstanceActionRequest) GetId() string {
 	return ""
 }
 
+// DnsChallengeRequest is the agent gateway asking the provisioner, for an
+// instance's agent, to write (put) or delete the DNS-01 TXT record
+// _acme-challenge.<domain> with value in the Route53 zone of the
+// instance's network (bus only). Only the instance's ACME domains may be
+// named.
+type DnsChallengeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId    string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	Domain        string                 `protobuf:"bytes,2,opt,name=domain,proto3" json:"domain,omitempty"`
+	Value         string                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DnsChallengeRequest) Reset() {
+	*x = DnsChallengeRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DnsChallengeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DnsChallengeRequest) ProtoMessage() {}
+
+func (x *DnsChallengeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DnsChallengeRequest.ProtoReflect.Descriptor instead.
+func (*DnsChallengeRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *DnsChallengeRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *DnsChallengeRequest) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *DnsChallengeRequest) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
 // CreateInstanceJoinTokenRequest names the external instance whose agent
 // the token is for.
 type CreateInstanceJoinTokenRequest struct {
@@ -1638,7 +1703,7 @@ type CreateInstanceJoinTokenRequest struct {
 
 func (x *CreateInstanceJoinTokenRequest) Reset() {
 	*x = CreateInstanceJoinTokenRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[30]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1650,7 +1715,7 @@ func (x *CreateInstanceJoinTokenRequest) String() string {
 func (*CreateInstanceJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateInstanceJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[30]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1663,7 +1728,7 @@ func (x *CreateInstanceJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateInstanceJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateInstanceJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{30}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CreateInstanceJoinTokenRequest) GetId() string {
@@ -1702,7 +1767,7 @@ type InstanceJoinToken struct {
 
 func (x *InstanceJoinToken) Reset() {
 	*x = InstanceJoinToken{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[31]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1714,7 +1779,7 @@ func (x *InstanceJoinToken) String() string {
 func (*InstanceJoinToken) ProtoMessage() {}
 
 func (x *InstanceJoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[31]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1727,7 +1792,7 @@ func (x *InstanceJoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceJoinToken.ProtoReflect.Descriptor instead.
 func (*InstanceJoinToken) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{31}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *InstanceJoinToken) GetInstanceId() string {
@@ -1784,7 +1849,7 @@ type LifecycleRequest struct {
 
 func (x *LifecycleRequest) Reset() {
 	*x = LifecycleRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +1861,7 @@ func (x *LifecycleRequest) String() string {
 func (*LifecycleRequest) ProtoMessage() {}
 
 func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +1874,7 @@ func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LifecycleRequest.ProtoReflect.Descriptor instead.
 func (*LifecycleRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{32}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *LifecycleRequest) GetId() string {
@@ -1850,7 +1915,7 @@ type RecordStateRequest struct {
 
 func (x *RecordStateRequest) Reset() {
 	*x = RecordStateRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1862,7 +1927,7 @@ func (x *RecordStateRequest) String() string {
 func (*RecordStateRequest) ProtoMessage() {}
 
 func (x *RecordStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1875,7 +1940,7 @@ func (x *RecordStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordStateRequest.ProtoReflect.Descriptor instead.
 func (*RecordStateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{33}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RecordStateRequest) GetId() string {
@@ -2053,7 +2118,12 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\"'\n" +
 	"\x15InstanceActionRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"Q\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"d\n" +
+	"\x13DnsChallengeRequest\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\x12\x16\n" +
+	"\x06domain\x18\x02 \x01(\tR\x06domain\x12\x14\n" +
+	"\x05value\x18\x03 \x01(\tR\x05value\"Q\n" +
 	"\x1eCreateInstanceJoinTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
@@ -2127,7 +2197,7 @@ func file_flotilla_inventory_v1_inventory_proto_rawDescGZIP() []byte {
 	return file_flotilla_inventory_v1_inventory_proto_rawDescData
 }
 
-var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
 	(*CreateNetworkRequest)(nil),           // 0: flotilla.inventory.v1.CreateNetworkRequest
 	(*GetNetworkRequest)(nil),              // 1: flotilla.inventory.v1.GetNetworkRequest
@@ -2159,43 +2229,44 @@ var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
 	(*UpdateInstanceRequest)(nil),          // 27: flotilla.inventory.v1.UpdateInstanceRequest
 	(*DeleteInstanceRequest)(nil),          // 28: flotilla.inventory.v1.DeleteInstanceRequest
 	(*InstanceActionRequest)(nil),          // 29: flotilla.inventory.v1.InstanceActionRequest
-	(*CreateInstanceJoinTokenRequest)(nil), // 30: flotilla.inventory.v1.CreateInstanceJoinTokenRequest
-	(*InstanceJoinToken)(nil),              // 31: flotilla.inventory.v1.InstanceJoinToken
-	(*LifecycleRequest)(nil),               // 32: flotilla.inventory.v1.LifecycleRequest
-	(*RecordStateRequest)(nil),             // 33: flotilla.inventory.v1.RecordStateRequest
-	(*Network)(nil),                        // 34: flotilla.inventory.v1.Network
-	(*fieldmaskpb.FieldMask)(nil),          // 35: google.protobuf.FieldMask
-	(*CloudAccount)(nil),                   // 36: flotilla.inventory.v1.CloudAccount
-	(*timestamppb.Timestamp)(nil),          // 37: google.protobuf.Timestamp
-	(*Template)(nil),                       // 38: flotilla.inventory.v1.Template
-	(*Instance)(nil),                       // 39: flotilla.inventory.v1.Instance
-	(*DataDisk)(nil),                       // 40: flotilla.inventory.v1.DataDisk
-	(*Addresses)(nil),                      // 41: flotilla.inventory.v1.Addresses
-	(*emptypb.Empty)(nil),                  // 42: google.protobuf.Empty
+	(*DnsChallengeRequest)(nil),            // 30: flotilla.inventory.v1.DnsChallengeRequest
+	(*CreateInstanceJoinTokenRequest)(nil), // 31: flotilla.inventory.v1.CreateInstanceJoinTokenRequest
+	(*InstanceJoinToken)(nil),              // 32: flotilla.inventory.v1.InstanceJoinToken
+	(*LifecycleRequest)(nil),               // 33: flotilla.inventory.v1.LifecycleRequest
+	(*RecordStateRequest)(nil),             // 34: flotilla.inventory.v1.RecordStateRequest
+	(*Network)(nil),                        // 35: flotilla.inventory.v1.Network
+	(*fieldmaskpb.FieldMask)(nil),          // 36: google.protobuf.FieldMask
+	(*CloudAccount)(nil),                   // 37: flotilla.inventory.v1.CloudAccount
+	(*timestamppb.Timestamp)(nil),          // 38: google.protobuf.Timestamp
+	(*Template)(nil),                       // 39: flotilla.inventory.v1.Template
+	(*Instance)(nil),                       // 40: flotilla.inventory.v1.Instance
+	(*DataDisk)(nil),                       // 41: flotilla.inventory.v1.DataDisk
+	(*Addresses)(nil),                      // 42: flotilla.inventory.v1.Addresses
+	(*emptypb.Empty)(nil),                  // 43: google.protobuf.Empty
 }
 var file_flotilla_inventory_v1_inventory_proto_depIdxs = []int32{
-	34, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	34, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
-	34, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	35, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
-	36, // 4: flotilla.inventory.v1.CreateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
-	36, // 5: flotilla.inventory.v1.ListCloudAccountsResponse.cloud_accounts:type_name -> flotilla.inventory.v1.CloudAccount
-	36, // 6: flotilla.inventory.v1.UpdateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
-	35, // 7: flotilla.inventory.v1.UpdateCloudAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
-	37, // 8: flotilla.inventory.v1.CloudAccountVerification.check_time:type_name -> google.protobuf.Timestamp
-	38, // 9: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	38, // 10: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
-	38, // 11: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	35, // 12: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
-	39, // 13: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	39, // 14: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
+	35, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	35, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
+	35, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	36, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
+	37, // 4: flotilla.inventory.v1.CreateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
+	37, // 5: flotilla.inventory.v1.ListCloudAccountsResponse.cloud_accounts:type_name -> flotilla.inventory.v1.CloudAccount
+	37, // 6: flotilla.inventory.v1.UpdateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
+	36, // 7: flotilla.inventory.v1.UpdateCloudAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
+	38, // 8: flotilla.inventory.v1.CloudAccountVerification.check_time:type_name -> google.protobuf.Timestamp
+	39, // 9: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	39, // 10: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
+	39, // 11: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	36, // 12: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
+	40, // 13: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	40, // 14: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
 	26, // 15: flotilla.inventory.v1.ListInstanceLogsResponse.lines:type_name -> flotilla.inventory.v1.InstanceLogLine
-	37, // 16: flotilla.inventory.v1.InstanceLogLine.time:type_name -> google.protobuf.Timestamp
-	39, // 17: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	35, // 18: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	37, // 19: flotilla.inventory.v1.InstanceJoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	40, // 20: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
-	41, // 21: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
+	38, // 16: flotilla.inventory.v1.InstanceLogLine.time:type_name -> google.protobuf.Timestamp
+	40, // 17: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	36, // 18: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	38, // 19: flotilla.inventory.v1.InstanceJoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	41, // 20: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
+	42, // 21: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
 	0,  // 22: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
 	1,  // 23: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
 	2,  // 24: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
@@ -2222,34 +2293,34 @@ var file_flotilla_inventory_v1_inventory_proto_depIdxs = []int32{
 	29, // 45: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
 	29, // 46: flotilla.inventory.v1.InstanceService.RefreshCertificate:input_type -> flotilla.inventory.v1.InstanceActionRequest
 	24, // 47: flotilla.inventory.v1.InstanceService.ListInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
-	30, // 48: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
-	34, // 49: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
-	34, // 50: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
+	31, // 48: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
+	35, // 49: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
+	35, // 50: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
 	3,  // 51: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
-	34, // 52: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
-	42, // 53: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
-	36, // 54: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	36, // 55: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	35, // 52: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
+	43, // 53: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
+	37, // 54: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	37, // 55: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
 	9,  // 56: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:output_type -> flotilla.inventory.v1.ListCloudAccountsResponse
-	36, // 57: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	42, // 58: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:output_type -> google.protobuf.Empty
+	37, // 57: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	43, // 58: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:output_type -> google.protobuf.Empty
 	13, // 59: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:output_type -> flotilla.inventory.v1.CloudAccountVerification
-	38, // 60: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
-	38, // 61: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
+	39, // 60: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
+	39, // 61: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
 	17, // 62: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
-	38, // 63: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
-	42, // 64: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
-	39, // 65: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
-	39, // 66: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
+	39, // 63: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
+	43, // 64: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
+	40, // 65: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
+	40, // 66: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
 	23, // 67: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
-	39, // 68: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
-	39, // 69: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
-	39, // 70: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
-	39, // 71: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	39, // 72: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	39, // 73: flotilla.inventory.v1.InstanceService.RefreshCertificate:output_type -> flotilla.inventory.v1.Instance
+	40, // 68: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
+	40, // 69: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
+	40, // 70: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
+	40, // 71: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	40, // 72: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	40, // 73: flotilla.inventory.v1.InstanceService.RefreshCertificate:output_type -> flotilla.inventory.v1.Instance
 	25, // 74: flotilla.inventory.v1.InstanceService.ListInstanceLogs:output_type -> flotilla.inventory.v1.ListInstanceLogsResponse
-	31, // 75: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
+	32, // 75: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
 	49, // [49:76] is the sub-list for method output_type
 	22, // [22:49] is the sub-list for method input_type
 	22, // [22:22] is the sub-list for extension type_name
@@ -2269,7 +2340,7 @@ func file_flotilla_inventory_v1_inventory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_inventory_v1_inventory_proto_rawDesc), len(file_flotilla_inventory_v1_inventory_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   4,
 		},
