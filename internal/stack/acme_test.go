@@ -82,39 +82,8 @@ func TestACMEOverDNS01OnAWS(t *testing.T) {
 	must(t, err)
 	id := in.GetId()
 
-	get := func() *inventoryv1.Instance {
-		t.Helper()
-		got, err := rpc.Call(ctx, lab.gateway, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id}, lab.admin)
-		must(t, err)
-		return got
-	}
-	waitFor := func(what string, ok func(*inventoryv1.Instance) bool) *inventoryv1.Instance {
-		t.Helper()
-		deadline := time.Now().Add(2 * time.Minute)
-		for {
-			got := get()
-			if ok(got) {
-				return got
-			}
-			if vocab.State(got.GetState()) == vocab.StateFailed || time.Now().After(deadline) {
-				t.Fatalf("instance never %s: %s %s", what, got.GetState(), got.GetStateDetail())
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	lifecycle := func(a vocab.Action) {
-		t.Helper()
-		_, err := rpc.Call(ctx, lab.gateway, endpoints.LifecycleRequest, &inventoryv1.LifecycleRequest{Id: id, Action: string(a)}, lab.admin)
-		must(t, err)
-	}
-	boot := func(after string) string {
-		t.Helper()
-		got := waitFor("waiting for its agent", func(in *inventoryv1.Instance) bool {
-			return in.GetStateDetail() == string(vocab.StepWaitingForAgent) && strings.HasPrefix(in.GetVmId(), "i-") && in.GetVmId() != after
-		})
-		lab.play(t, got.GetVmId())
-		return got.GetVmId()
-	}
+	li := lab.instance(t, id)
+	waitFor, lifecycle, boot := li.waitFor, li.lifecycle, li.boot
 	// leaf fetches the instance's URL as curl --cacert <Pebble's root>
 	// would (the name resolving to this host, where the played VM's node
 	// listens) and returns the certificate it was served.

@@ -100,6 +100,59 @@ func newAWSLab(t *testing.T, cfg stack.Config, assignPublicIP bool) *awsLab {
 	return lab
 }
 
+// labInstance drives one of the lab's instances through the gateway, as
+// its operator.
+type labInstance struct {
+	t   *testing.T
+	lab *awsLab
+	id  string
+}
+
+func (lab *awsLab) instance(t *testing.T, id string) *labInstance {
+	return &labInstance{t: t, lab: lab, id: id}
+}
+
+func (i *labInstance) get() *inventoryv1.Instance {
+	i.t.Helper()
+	got, err := rpc.Call(i.t.Context(), i.lab.gateway, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: i.id}, i.lab.admin)
+	must(i.t, err)
+	return got
+}
+
+// waitFor waits (2 minutes at most) until ok holds for the instance, and
+// fails the test if it fails first.
+func (i *labInstance) waitFor(what string, ok func(*inventoryv1.Instance) bool) *inventoryv1.Instance {
+	i.t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		got := i.get()
+		if ok(got) {
+			return got
+		}
+		if vocab.State(got.GetState()) == vocab.StateFailed || time.Now().After(deadline) {
+			i.t.Fatalf("instance never %s: %s %s", what, got.GetState(), got.GetStateDetail())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (i *labInstance) lifecycle(a vocab.Action) {
+	i.t.Helper()
+	_, err := rpc.Call(i.t.Context(), i.lab.gateway, endpoints.LifecycleRequest, &inventoryv1.LifecycleRequest{Id: i.id, Action: string(a)}, i.lab.admin)
+	must(i.t, err)
+}
+
+// boot waits until the instance waits for the agent of an EC2 instance
+// (other than after, if given) and plays that VM (play); it returns its id.
+func (i *labInstance) boot(after string) string {
+	i.t.Helper()
+	got := i.waitFor("waiting for its agent", func(in *inventoryv1.Instance) bool {
+		return in.GetStateDetail() == string(vocab.StepWaitingForAgent) && strings.HasPrefix(in.GetVmId(), "i-") && in.GetVmId() != after
+	})
+	i.lab.play(i.t, got.GetVmId())
+	return got.GetVmId()
+}
+
 // play plays EC2 instance vmID as cloud-init would: its user data, read
 // back from EC2, run with sh in a root of its own, the metadata service
 // answering its id; the agent it installs runs until the test ends.
@@ -286,31 +339,8 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 	must(t, err)
 	id := in.GetId()
 
-	get := func() *inventoryv1.Instance {
-		t.Helper()
-		got, err := rpc.Call(ctx, gateway, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id}, admin)
-		must(t, err)
-		return got
-	}
-	waitFor := func(what string, ok func(*inventoryv1.Instance) bool) *inventoryv1.Instance {
-		t.Helper()
-		deadline := time.Now().Add(90 * time.Second)
-		for {
-			got := get()
-			if ok(got) {
-				return got
-			}
-			if vocab.State(got.GetState()) == vocab.StateFailed || time.Now().After(deadline) {
-				t.Fatalf("instance never %s: %s %s", what, got.GetState(), got.GetStateDetail())
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	lifecycle := func(a vocab.Action) {
-		t.Helper()
-		_, err := rpc.Call(ctx, gateway, endpoints.LifecycleRequest, &inventoryv1.LifecycleRequest{Id: id, Action: string(a)}, admin)
-		must(t, err)
-	}
+	li := lab.instance(t, id)
+	waitFor, lifecycle := li.waitFor, li.lifecycle
 	record := func() []string {
 		t.Helper()
 		out, err := r53.ListResourceRecordSets(ctx, &route53.ListResourceRecordSetsInput{HostedZoneId: zone.HostedZone.Id})
@@ -334,16 +364,7 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 		must(t, err)
 		return &out.Volumes[0]
 	}
-	// boot plays the EC2 instance the instance waits for: its user data,
-	// run as cloud-init would, in a root of its own.
-	boot := func() string {
-		t.Helper()
-		got := waitFor("waiting for its agent", func(in *inventoryv1.Instance) bool {
-			return in.GetStateDetail() == string(vocab.StepWaitingForAgent) && strings.HasPrefix(in.GetVmId(), "i-")
-		})
-		lab.play(t, got.GetVmId())
-		return got.GetVmId()
-	}
+	boot := func() string { return li.boot("") }
 
 	// Provision: running, through the played VM's agent.
 	lifecycle(vocab.ActionProvision)

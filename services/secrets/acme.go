@@ -67,17 +67,12 @@ func (s *Service) getACMEAccountKey(ctx context.Context, actor vocab.Actor, r *s
 	if err != nil {
 		return nil, fmt.Errorf("ACME account key of network %s: %w", networkID, err)
 	}
-	value, err := open(ctx, s.kms, sl, acmeAccountBinding(networkID))
+	value, err := s.release(ctx, "ACME account key of network "+networkID, sl, acmeAccountBinding(networkID), access,
+		fmt.Sprintf("ACME account of network %s, read by %s", networkID, actor))
 	if err != nil {
-		access.Reason = reasonUndecryptable
-		_ = s.audit(ctx, access)
-		return nil, fmt.Errorf("ACME account key of network %s: %w", networkID, err)
-	}
-	defer clear(value)
-	access.Allowed, access.Reason = true, fmt.Sprintf("ACME account of network %s, read by %s", networkID, actor)
-	if err := s.audit(ctx, access); err != nil {
 		return nil, err
 	}
+	defer clear(value)
 	return &secretsv1.AcmeAccountKey{PrivateKeyPem: string(value)}, nil
 }
 
@@ -201,17 +196,12 @@ func (s *Service) readACMECertificate(ctx context.Context, actor vocab.Actor, r 
 	if err != nil {
 		return nil, fmt.Errorf("read the ACME certificate of instance %s: %w", instanceID, err)
 	}
-	value, err := open(ctx, s.kms, sl, acmeCertBinding(instanceID, out.CertificatePem))
+	value, err := s.release(ctx, "read the ACME certificate of instance "+instanceID, sl, acmeCertBinding(instanceID, out.CertificatePem), access,
+		fmt.Sprintf("ACME certificate of the instance, read by %s", actor))
 	if err != nil {
-		access.Reason = reasonUndecryptable
-		_ = s.audit(ctx, access)
-		return nil, fmt.Errorf("read the ACME certificate of instance %s: %w", instanceID, err)
-	}
-	defer clear(value)
-	access.Allowed, access.Reason = true, fmt.Sprintf("ACME certificate of the instance, read by %s", actor)
-	if err := s.audit(ctx, access); err != nil {
 		return nil, err
 	}
+	defer clear(value)
 	out.PrivateKeyPem, out.NotAfter = string(value), timestamppb.New(notAfter)
 	return out, nil
 }

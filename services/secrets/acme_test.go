@@ -3,6 +3,7 @@ package secrets_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -249,4 +250,56 @@ func TestKeysGoWithTheirInstanceAndNetwork(t *testing.T) {
 	if count(`SELECT count(*) FROM acme_accounts`) == 0 {
 		t.Fatal("another network's account key went too")
 	}
+}
+
+// TestACMEKeysLeakNowhere: a network's ACME account key and the key of an
+// instance's kept certificate are in no database row or dump, stream
+// message, log line or span; only the replies to the CA carry them.
+func TestACMEKeysLeakNowhere(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	ca := rpc.NewClient(e.bus.Conn(t, subjects.CA), subjects.CA, 10*time.Second)
+	acct, err := rpc.Call(ctx, ca, endpoints.ACMEAccountKeyGet, &secretsv1.GetAcmeAccountKeyRequest{NetworkId: uuid.NewString(), InstanceId: e.a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := issue(t, "a.fleet.test")
+	if _, err := rpc.Call(ctx, ca, endpoints.ACMECertKeyPut, &secretsv1.PutAcmeCertificateRequest{InstanceId: e.a, NetworkId: uuid.NewString(),
+		DirectoryUrl: "https://acme.test/dir", CertificatePem: c.chain, PrivateKeyPem: c.key}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := rpc.Call(ctx, ca, endpoints.ACMECertKeyRead, &secretsv1.ReadAcmeCertificateRequest{InstanceId: e.a}); err != nil || got.GetPrivateKeyPem() != c.key {
+		t.Fatalf("read back: %v", err)
+	}
+	// A stretch of each key's PEM body, distinctive enough to be a leak.
+	needles := map[string][]byte{"the account key": keyBody(t, acct.GetPrivateKeyPem()), "the certificate's key": keyBody(t, c.key)}
+	check := func(where string, data []byte) {
+		t.Helper()
+		for what, needle := range needles {
+			if bytes.Contains(data, needle) {
+				t.Errorf("%s leaks into %s", what, where)
+			}
+		}
+	}
+	check("pg_dump", e.pgDump())
+	for name := range e.js.StreamNames(ctx).Name() {
+		for _, m := range e.streamMessages(name) {
+			check(fmt.Sprintf("stream %s message %d", name, m.Sequence), append(m.Data, fmt.Sprint(m.Header)...))
+		}
+	}
+	check("the log", e.logs.Bytes())
+	for _, s := range e.spans.Ended() {
+		check("span "+s.Name(), spanText(s))
+	}
+}
+
+// keyBody is 40 characters from the middle of a PEM key's base64 body.
+func keyBody(t *testing.T, keyPEM string) []byte {
+	t.Helper()
+	body := strings.Join(strings.Split(keyPEM, "\n")[1:3], "")
+	if len(body) < 60 {
+		t.Fatalf("a short key: %q", keyPEM)
+	}
+	return []byte(body[10:50])
 }

@@ -80,16 +80,11 @@ func (s *Service) readCertKey(ctx context.Context, actor vocab.Actor, r *secrets
 	if err != nil {
 		return nil, fmt.Errorf("read certificate key %s: %w", id, err)
 	}
-	value, err := open(ctx, s.kms, sl, certKeyBinding(id.String()))
+	value, err := s.release(ctx, "read certificate key "+id.String(), sl, certKeyBinding(id.String()), access,
+		fmt.Sprintf("custom certificate of the instance, read by %s", actor))
 	if err != nil {
-		access.Reason = reasonUndecryptable
-		_ = s.audit(ctx, access)
-		return nil, fmt.Errorf("read certificate key %s: %w", id, err)
-	}
-	defer clear(value)
-	access.Allowed, access.Reason = true, fmt.Sprintf("custom certificate of the instance, read by %s", actor)
-	if err := s.audit(ctx, access); err != nil {
 		return nil, err
 	}
+	defer clear(value)
 	return &secretsv1.ReadCertificateKeyResponse{PrivateKeyPem: string(value)}, nil
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/proto"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -149,7 +149,8 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 }
 
 // Run serves until ctx ends, then stops taking requests; requests in flight
-// finish. It also removes the secrets of every instance that is deleted.
+// finish. It also removes what it keeps for every instance and network that
+// is deleted.
 func (s *Service) Run(ctx context.Context) error {
 	err := s.events.Run(ctx)
 	return errors.Join(err, s.rpc.Stop())
@@ -162,69 +163,62 @@ func (s *Service) Run(ctx context.Context) error {
 // never be handled and goes to the poison stream; a database failure is
 // retried.
 func (s *Service) removeInstanceSecrets(msg *message.Message) error {
-	ctx := msg.Context()
-	id, data, err := s.deleted(msg)
+	in := &inventoryv1.Instance{}
+	id, err := s.deleted(msg, in)
 	if err != nil {
 		return err
 	}
-	in := &inventoryv1.Instance{}
-	if data != nil && data.UnmarshalTo(in) != nil {
-		in = &inventoryv1.Instance{}
-	}
-	n, err := s.store.deleteInstance(ctx, id)
-	if err != nil {
-		return fmt.Errorf("remove the secrets of deleted instance %s: %w", id, err)
-	}
-	certs, err := s.deleteRows(ctx, `DELETE FROM acme_certificates WHERE instance_id = $1`, id)
-	if err != nil {
-		return fmt.Errorf("remove the ACME certificate of deleted instance %s: %w", id, err)
-	}
-	keys, err := s.deleteCertKey(ctx, in.GetSsl().GetPrivateKeyId())
-	if err != nil {
-		return fmt.Errorf("remove the certificate key of deleted instance %s: %w", id, err)
-	}
-	if n+certs+keys > 0 {
-		s.log.InfoContext(ctx, "removed what was kept for a deleted instance", "instance_id", id, "secrets", n,
-			"acme_certificates", certs, "certificate_keys", keys)
-	}
-	return nil
+	return s.removeKept(msg.Context(), "instance", id, in.GetSsl().GetPrivateKeyId(),
+		keptBy{"secrets", "instance_id"}, keptBy{"acme_certificates", "instance_id"})
 }
 
 // removeNetworkSecrets handles a network.deleted event: the network's ACME
-// account key and the uploaded key of its custom certificate go with it.
+// account key and the uploaded key of its custom certificate go with it
+// (and ACME certificates of its instances, though a network is deleted
+// only once no instance uses it).
 func (s *Service) removeNetworkSecrets(msg *message.Message) error {
-	ctx := msg.Context()
-	id, data, err := s.deleted(msg)
+	nw := &inventoryv1.Network{}
+	id, err := s.deleted(msg, nw)
 	if err != nil {
 		return err
 	}
-	nw := &inventoryv1.Network{}
-	if data != nil && data.UnmarshalTo(nw) != nil {
-		nw = &inventoryv1.Network{}
+	return s.removeKept(msg.Context(), "network", id, nw.GetCustomCertificate().GetPrivateKeyId(),
+		keptBy{"acme_accounts", "network_id"}, keptBy{"acme_certificates", "network_id"})
+}
+
+// keptBy names rows the broker keeps for an entity: a table and the
+// column holding the entity's id.
+type keptBy struct{ table, column string }
+
+// removeKept deletes what the broker keeps for the deleted entity kind id:
+// its rows in each table, and the uploaded certificate key keyID (none
+// when ""), and logs what went.
+func (s *Service) removeKept(ctx context.Context, kind, id, keyID string, tables ...keptBy) error {
+	attrs, total := []any{kind + "_id", id}, int64(0)
+	for _, t := range tables {
+		tag, err := s.store.pool.Exec(ctx, "DELETE FROM "+t.table+" WHERE "+t.column+" = $1", id)
+		if err != nil {
+			return fmt.Errorf("remove the %s rows of deleted %s %s: %w", t.table, kind, id, err)
+		}
+		attrs, total = append(attrs, t.table, tag.RowsAffected()), total+tag.RowsAffected()
 	}
-	accounts, err := s.deleteRows(ctx, `DELETE FROM acme_accounts WHERE network_id = $1`, id)
-	if err != nil {
-		return fmt.Errorf("remove the ACME account of deleted network %s: %w", id, err)
+	if _, err := uuid.Parse(keyID); err == nil {
+		tag, err := s.store.pool.Exec(ctx, `DELETE FROM certificate_keys WHERE id = $1`, keyID)
+		if err != nil {
+			return fmt.Errorf("remove the certificate key of deleted %s %s: %w", kind, id, err)
+		}
+		attrs, total = append(attrs, "certificate_keys", tag.RowsAffected()), total+tag.RowsAffected()
 	}
-	// A network is deleted once no instance uses it: none should be left.
-	certs, err := s.deleteRows(ctx, `DELETE FROM acme_certificates WHERE network_id = $1`, id)
-	if err != nil {
-		return fmt.Errorf("remove the ACME certificates of deleted network %s: %w", id, err)
-	}
-	keys, err := s.deleteCertKey(ctx, nw.GetCustomCertificate().GetPrivateKeyId())
-	if err != nil {
-		return fmt.Errorf("remove the certificate key of deleted network %s: %w", id, err)
-	}
-	if accounts+certs+keys > 0 {
-		s.log.InfoContext(ctx, "removed what was kept for a deleted network", "network_id", id, "acme_accounts", accounts,
-			"acme_certificates", certs, "certificate_keys", keys)
+	if total > 0 {
+		s.log.InfoContext(ctx, "removed what was kept for a deleted "+kind, attrs...)
 	}
 	return nil
 }
 
-// deleted decodes an entity deletion: the entity's id and the entity as it
-// was (nil when the event carries none). A malformed event is permanent.
-func (s *Service) deleted(msg *message.Message) (string, *anypb.Any, error) {
+// deleted decodes an entity deletion: it returns the entity's id and
+// fills entity with the entity as it was (left empty when the event
+// carries another type or none). A malformed event is permanent.
+func (s *Service) deleted(msg *message.Message, entity proto.Message) (string, error) {
 	ev, err := bus.DecodeEvent(msg.Payload)
 	if err == nil && ev.GetEntityId() == "" {
 		err = errors.New("the event names no entity")
@@ -235,22 +229,10 @@ func (s *Service) deleted(msg *message.Message) (string, *anypb.Any, error) {
 	}
 	if err != nil {
 		s.log.ErrorContext(msg.Context(), "a malformed deletion goes to the poison stream", "message_id", msg.UUID, "error", err)
-		return "", nil, events.Permanent(err)
+		return "", events.Permanent(err)
 	}
-	return id, ev.GetData(), nil
-}
-
-// deleteRows runs a DELETE of one id and reports how many rows went.
-func (s *Service) deleteRows(ctx context.Context, query, id string) (int64, error) {
-	tag, err := s.store.pool.Exec(ctx, query, id)
-	return tag.RowsAffected(), err
-}
-
-// deleteCertKey deletes an uploaded certificate key by its id ("" or not
-// an id: none).
-func (s *Service) deleteCertKey(ctx context.Context, id string) (int64, error) {
-	if _, err := uuid.Parse(id); err != nil {
-		return 0, nil
+	if d := ev.GetData(); d != nil && d.UnmarshalTo(entity) != nil {
+		proto.Reset(entity)
 	}
-	return s.deleteRows(ctx, `DELETE FROM certificate_keys WHERE id = $1`, id)
+	return id, nil
 }
