@@ -174,6 +174,8 @@ var (
 		"stores an uploaded TLS private key of a network or an instance, encrypted", inventory)
 	CertKeyRead = endpoint[*secretsv1.ReadCertificateKeyRequest, *secretsv1.ReadCertificateKeyResponse](secrets, subjects.NounCertKey, subjects.VerbRead,
 		"releases a stored TLS private key for an instance's custom certificate, audited", ca)
+	CertKeyDelete = endpoint[*secretsv1.DeleteCertificateKeyRequest, *emptypb.Empty](secrets, subjects.NounCertKey, subjects.VerbDelete,
+		"forgets a stored TLS private key no network or instance names any more (replaced, or stored for a change not made)", inventory)
 	ACMEAccountKeyGet = endpoint[*secretsv1.GetAcmeAccountKeyRequest, *secretsv1.AcmeAccountKey](secrets, subjects.NounACMEAccount, subjects.VerbGet,
 		"releases a network's ACME account key for an instance's agent, made and sealed the first time, audited", ca)
 	ACMECertKeyPut = endpoint[*secretsv1.PutAcmeCertificateRequest, *emptypb.Empty](secrets, subjects.NounACMECert, subjects.VerbPut,

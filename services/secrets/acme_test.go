@@ -173,10 +173,12 @@ func TestACMECertificatesAreKeptSealedAndBound(t *testing.T) {
 	}
 }
 
-// TestKeysGoWithTheirInstanceAndNetwork: deleting an instance removes its
-// ACME certificate and the uploaded key of its own custom certificate;
-// deleting its network then removes the network's ACME account key and
-// the uploaded key of the network's custom certificate. Others stay.
+// TestKeysGoWithTheirInstanceAndNetwork: an uploaded key replaced by
+// another, or uploaded with a change that is refused, is not kept;
+// deleting an instance removes its ACME certificate and the uploaded key
+// of its own custom certificate; deleting its network then removes the
+// network's ACME account key and the uploaded key of the network's custom
+// certificate. Others stay.
 func TestKeysGoWithTheirInstanceAndNetwork(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -196,6 +198,37 @@ func TestKeysGoWithTheirInstanceAndNetwork(t *testing.T) {
 	netKey, ownKey := nw.GetCustomCertificate().GetPrivateKeyId(), in.GetSsl().GetPrivateKeyId()
 	if netKey == "" || ownKey == "" {
 		t.Fatalf("uploaded keys not stored: %q %q", netKey, ownKey)
+	}
+	keys := func() int {
+		t.Helper()
+		var n int
+		if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM certificate_keys`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// The network's certificate replaced: its old key is forgotten.
+	replacement := issue(t, "net.fleet.test")
+	nw, err = e.inventory.UpdateNetwork(ctx, "user:test", &inventoryv1.Network{Id: nw.GetId(), Version: nw.GetVersion(),
+		CustomCertificate: &inventoryv1.CustomCertificate{CertificatePem: replacement.chain, PrivateKeyPem: replacement.key}}, []string{"customCertificate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldNetKey := netKey
+	if netKey = nw.GetCustomCertificate().GetPrivateKeyId(); netKey == oldNetKey || netKey == "" {
+		t.Fatalf("the replaced key's id %q, before %q", netKey, oldNetKey)
+	}
+	if n := keys(); n != 2 {
+		t.Fatalf("%d certificate keys kept, want the network's new one and the instance's", n)
+	}
+	// A change refused (at a version no longer current) keeps no key.
+	_, err = e.inventory.UpdateInstance(ctx, "user:test", &inventoryv1.Instance{Id: in.GetId(), Version: in.GetVersion() + 7,
+		Ssl: &inventoryv1.SslSettings{CertificatePem: replacement.chain, PrivateKeyPem: replacement.key}}, []string{"ssl"})
+	if !apierr.Is(err, apierr.KindConflict) {
+		t.Fatalf("an update at a stale version: %v", err)
+	}
+	if n := keys(); n != 2 {
+		t.Fatalf("%d certificate keys kept after a refused change, want 2", n)
 	}
 	// What the ACME strategy keeps, for the instance, its network and
 	// another instance of another network.

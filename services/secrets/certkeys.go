@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
@@ -87,4 +88,21 @@ func (s *Service) readCertKey(ctx context.Context, actor vocab.Actor, r *secrets
 	}
 	defer clear(value)
 	return &secretsv1.ReadCertificateKeyResponse{PrivateKeyPem: string(value)}, nil
+}
+
+// deleteCertKey forgets a stored TLS private key that no network or
+// instance names any more; none stored is fine.
+func (s *Service) deleteCertKey(ctx context.Context, _ vocab.Actor, r *secretsv1.DeleteCertificateKeyRequest) (*emptypb.Empty, error) {
+	id, err := uuid.Parse(r.GetId())
+	if err != nil {
+		return nil, apierr.Invalid("id", "must be a certificate key id (a UUID)")
+	}
+	tag, err := s.store.pool.Exec(ctx, `DELETE FROM certificate_keys WHERE id = $1`, id.String())
+	if err != nil {
+		return nil, fmt.Errorf("delete certificate key %s: %w", id, err)
+	}
+	if tag.RowsAffected() > 0 {
+		s.log.InfoContext(ctx, "forgot a TLS private key no record names", "certificate_key_id", id.String())
+	}
+	return &emptypb.Empty{}, nil
 }

@@ -57,7 +57,9 @@ type env struct {
 	// inventory is the real inventory's application layer.
 	inventory interface {
 		CreateNetwork(ctx context.Context, actor vocab.Actor, n *inventoryv1.Network) (*inventoryv1.Network, error)
+		UpdateNetwork(ctx context.Context, actor vocab.Actor, n *inventoryv1.Network, mask []string) (*inventoryv1.Network, error)
 		DeleteNetwork(ctx context.Context, actor vocab.Actor, id string, version int64) error
+		UpdateInstance(ctx context.Context, actor vocab.Actor, in *inventoryv1.Instance, mask []string) (*inventoryv1.Instance, error)
 		CreateInstance(ctx context.Context, actor vocab.Actor, in *inventoryv1.Instance) (*inventoryv1.Instance, error)
 		DeleteInstance(ctx context.Context, actor vocab.Actor, id string, version int64) (*inventoryv1.Instance, error)
 	}

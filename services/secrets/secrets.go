@@ -132,6 +132,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		rpc.Handle(s.rpc, endpoints.CloudKeyRead, s.readCloudKey),
 		rpc.Handle(s.rpc, endpoints.CertKeyCreate, s.createCertKey),
 		rpc.Handle(s.rpc, endpoints.CertKeyRead, s.readCertKey),
+		rpc.Handle(s.rpc, endpoints.CertKeyDelete, s.deleteCertKey),
 		rpc.Handle(s.rpc, endpoints.ACMEAccountKeyGet, s.getACMEAccountKey),
 		rpc.Handle(s.rpc, endpoints.ACMECertKeyPut, s.putACMECertificate),
 		rpc.Handle(s.rpc, endpoints.ACMECertKeyRead, s.readACMECertificate),

@@ -839,6 +839,52 @@ func (x *CertificateKey) GetId() string {
 	return ""
 }
 
+// DeleteCertificateKeyRequest is the inventory forgetting a stored TLS
+// private key that no network or instance names any more (bus only).
+type DeleteCertificateKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteCertificateKeyRequest) Reset() {
+	*x = DeleteCertificateKeyRequest{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteCertificateKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteCertificateKeyRequest) ProtoMessage() {}
+
+func (x *DeleteCertificateKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteCertificateKeyRequest.ProtoReflect.Descriptor instead.
+func (*DeleteCertificateKeyRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DeleteCertificateKeyRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 // ReadCertificateKeyRequest is the CA reading a stored TLS private key for
 // an instance's agent (bus only); the read is audited.
 type ReadCertificateKeyRequest struct {
@@ -851,7 +897,7 @@ type ReadCertificateKeyRequest struct {
 
 func (x *ReadCertificateKeyRequest) Reset() {
 	*x = ReadCertificateKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -863,7 +909,7 @@ func (x *ReadCertificateKeyRequest) String() string {
 func (*ReadCertificateKeyRequest) ProtoMessage() {}
 
 func (x *ReadCertificateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -876,7 +922,7 @@ func (x *ReadCertificateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadCertificateKeyRequest.ProtoReflect.Descriptor instead.
 func (*ReadCertificateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReadCertificateKeyRequest) GetId() string {
@@ -903,7 +949,7 @@ type ReadCertificateKeyResponse struct {
 
 func (x *ReadCertificateKeyResponse) Reset() {
 	*x = ReadCertificateKeyResponse{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +961,7 @@ func (x *ReadCertificateKeyResponse) String() string {
 func (*ReadCertificateKeyResponse) ProtoMessage() {}
 
 func (x *ReadCertificateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +974,7 @@ func (x *ReadCertificateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadCertificateKeyResponse.ProtoReflect.Descriptor instead.
 func (*ReadCertificateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReadCertificateKeyResponse) GetPrivateKeyPem() string {
@@ -952,7 +998,7 @@ type GetAcmeAccountKeyRequest struct {
 
 func (x *GetAcmeAccountKeyRequest) Reset() {
 	*x = GetAcmeAccountKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -964,7 +1010,7 @@ func (x *GetAcmeAccountKeyRequest) String() string {
 func (*GetAcmeAccountKeyRequest) ProtoMessage() {}
 
 func (x *GetAcmeAccountKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -977,7 +1023,7 @@ func (x *GetAcmeAccountKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAcmeAccountKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetAcmeAccountKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetAcmeAccountKeyRequest) GetNetworkId() string {
@@ -1004,7 +1050,7 @@ type AcmeAccountKey struct {
 
 func (x *AcmeAccountKey) Reset() {
 	*x = AcmeAccountKey{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1016,7 +1062,7 @@ func (x *AcmeAccountKey) String() string {
 func (*AcmeAccountKey) ProtoMessage() {}
 
 func (x *AcmeAccountKey) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1029,7 +1075,7 @@ func (x *AcmeAccountKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcmeAccountKey.ProtoReflect.Descriptor instead.
 func (*AcmeAccountKey) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AcmeAccountKey) GetPrivateKeyPem() string {
@@ -1056,7 +1102,7 @@ type PutAcmeCertificateRequest struct {
 
 func (x *PutAcmeCertificateRequest) Reset() {
 	*x = PutAcmeCertificateRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1068,7 +1114,7 @@ func (x *PutAcmeCertificateRequest) String() string {
 func (*PutAcmeCertificateRequest) ProtoMessage() {}
 
 func (x *PutAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1081,7 +1127,7 @@ func (x *PutAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAcmeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*PutAcmeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PutAcmeCertificateRequest) GetInstanceId() string {
@@ -1130,7 +1176,7 @@ type ReadAcmeCertificateRequest struct {
 
 func (x *ReadAcmeCertificateRequest) Reset() {
 	*x = ReadAcmeCertificateRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1142,7 +1188,7 @@ func (x *ReadAcmeCertificateRequest) String() string {
 func (*ReadAcmeCertificateRequest) ProtoMessage() {}
 
 func (x *ReadAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1155,7 +1201,7 @@ func (x *ReadAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAcmeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*ReadAcmeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{20}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ReadAcmeCertificateRequest) GetInstanceId() string {
@@ -1178,7 +1224,7 @@ type AcmeCertificate struct {
 
 func (x *AcmeCertificate) Reset() {
 	*x = AcmeCertificate{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1190,7 +1236,7 @@ func (x *AcmeCertificate) String() string {
 func (*AcmeCertificate) ProtoMessage() {}
 
 func (x *AcmeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1203,7 +1249,7 @@ func (x *AcmeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcmeCertificate.ProtoReflect.Descriptor instead.
 func (*AcmeCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{21}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AcmeCertificate) GetDirectoryUrl() string {
@@ -1293,6 +1339,8 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x1aStoreCertificateKeyRequest\x12&\n" +
 	"\x0fprivate_key_pem\x18\x01 \x01(\tR\rprivateKeyPem\" \n" +
 	"\x0eCertificateKey\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"-\n" +
+	"\x1bDeleteCertificateKeyRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"L\n" +
 	"\x19ReadCertificateKeyRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
@@ -1340,45 +1388,46 @@ func file_flotilla_secrets_v1_secrets_proto_rawDescGZIP() []byte {
 	return file_flotilla_secrets_v1_secrets_proto_rawDescData
 }
 
-var file_flotilla_secrets_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_flotilla_secrets_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_flotilla_secrets_v1_secrets_proto_goTypes = []any{
-	(*Secret)(nil),                     // 0: flotilla.secrets.v1.Secret
-	(*CreateSecretRequest)(nil),        // 1: flotilla.secrets.v1.CreateSecretRequest
-	(*ListSecretsRequest)(nil),         // 2: flotilla.secrets.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),        // 3: flotilla.secrets.v1.ListSecretsResponse
-	(*DeleteSecretRequest)(nil),        // 4: flotilla.secrets.v1.DeleteSecretRequest
-	(*ReadSecretRequest)(nil),          // 5: flotilla.secrets.v1.ReadSecretRequest
-	(*ReadSecretResponse)(nil),         // 6: flotilla.secrets.v1.ReadSecretResponse
-	(*SecretAccess)(nil),               // 7: flotilla.secrets.v1.SecretAccess
-	(*PutCloudKeyRequest)(nil),         // 8: flotilla.secrets.v1.PutCloudKeyRequest
-	(*PutCloudKeyResponse)(nil),        // 9: flotilla.secrets.v1.PutCloudKeyResponse
-	(*DeleteCloudKeyRequest)(nil),      // 10: flotilla.secrets.v1.DeleteCloudKeyRequest
-	(*ReadCloudKeyRequest)(nil),        // 11: flotilla.secrets.v1.ReadCloudKeyRequest
-	(*ReadCloudKeyResponse)(nil),       // 12: flotilla.secrets.v1.ReadCloudKeyResponse
-	(*StoreCertificateKeyRequest)(nil), // 13: flotilla.secrets.v1.StoreCertificateKeyRequest
-	(*CertificateKey)(nil),             // 14: flotilla.secrets.v1.CertificateKey
-	(*ReadCertificateKeyRequest)(nil),  // 15: flotilla.secrets.v1.ReadCertificateKeyRequest
-	(*ReadCertificateKeyResponse)(nil), // 16: flotilla.secrets.v1.ReadCertificateKeyResponse
-	(*GetAcmeAccountKeyRequest)(nil),   // 17: flotilla.secrets.v1.GetAcmeAccountKeyRequest
-	(*AcmeAccountKey)(nil),             // 18: flotilla.secrets.v1.AcmeAccountKey
-	(*PutAcmeCertificateRequest)(nil),  // 19: flotilla.secrets.v1.PutAcmeCertificateRequest
-	(*ReadAcmeCertificateRequest)(nil), // 20: flotilla.secrets.v1.ReadAcmeCertificateRequest
-	(*AcmeCertificate)(nil),            // 21: flotilla.secrets.v1.AcmeCertificate
-	(*timestamppb.Timestamp)(nil),      // 22: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),              // 23: google.protobuf.Empty
+	(*Secret)(nil),                      // 0: flotilla.secrets.v1.Secret
+	(*CreateSecretRequest)(nil),         // 1: flotilla.secrets.v1.CreateSecretRequest
+	(*ListSecretsRequest)(nil),          // 2: flotilla.secrets.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),         // 3: flotilla.secrets.v1.ListSecretsResponse
+	(*DeleteSecretRequest)(nil),         // 4: flotilla.secrets.v1.DeleteSecretRequest
+	(*ReadSecretRequest)(nil),           // 5: flotilla.secrets.v1.ReadSecretRequest
+	(*ReadSecretResponse)(nil),          // 6: flotilla.secrets.v1.ReadSecretResponse
+	(*SecretAccess)(nil),                // 7: flotilla.secrets.v1.SecretAccess
+	(*PutCloudKeyRequest)(nil),          // 8: flotilla.secrets.v1.PutCloudKeyRequest
+	(*PutCloudKeyResponse)(nil),         // 9: flotilla.secrets.v1.PutCloudKeyResponse
+	(*DeleteCloudKeyRequest)(nil),       // 10: flotilla.secrets.v1.DeleteCloudKeyRequest
+	(*ReadCloudKeyRequest)(nil),         // 11: flotilla.secrets.v1.ReadCloudKeyRequest
+	(*ReadCloudKeyResponse)(nil),        // 12: flotilla.secrets.v1.ReadCloudKeyResponse
+	(*StoreCertificateKeyRequest)(nil),  // 13: flotilla.secrets.v1.StoreCertificateKeyRequest
+	(*CertificateKey)(nil),              // 14: flotilla.secrets.v1.CertificateKey
+	(*DeleteCertificateKeyRequest)(nil), // 15: flotilla.secrets.v1.DeleteCertificateKeyRequest
+	(*ReadCertificateKeyRequest)(nil),   // 16: flotilla.secrets.v1.ReadCertificateKeyRequest
+	(*ReadCertificateKeyResponse)(nil),  // 17: flotilla.secrets.v1.ReadCertificateKeyResponse
+	(*GetAcmeAccountKeyRequest)(nil),    // 18: flotilla.secrets.v1.GetAcmeAccountKeyRequest
+	(*AcmeAccountKey)(nil),              // 19: flotilla.secrets.v1.AcmeAccountKey
+	(*PutAcmeCertificateRequest)(nil),   // 20: flotilla.secrets.v1.PutAcmeCertificateRequest
+	(*ReadAcmeCertificateRequest)(nil),  // 21: flotilla.secrets.v1.ReadAcmeCertificateRequest
+	(*AcmeCertificate)(nil),             // 22: flotilla.secrets.v1.AcmeCertificate
+	(*timestamppb.Timestamp)(nil),       // 23: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),               // 24: google.protobuf.Empty
 }
 var file_flotilla_secrets_v1_secrets_proto_depIdxs = []int32{
-	22, // 0: flotilla.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
-	22, // 1: flotilla.secrets.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
+	23, // 0: flotilla.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
+	23, // 1: flotilla.secrets.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: flotilla.secrets.v1.ListSecretsResponse.secrets:type_name -> flotilla.secrets.v1.Secret
-	22, // 3: flotilla.secrets.v1.SecretAccess.time:type_name -> google.protobuf.Timestamp
-	22, // 4: flotilla.secrets.v1.AcmeCertificate.not_after:type_name -> google.protobuf.Timestamp
+	23, // 3: flotilla.secrets.v1.SecretAccess.time:type_name -> google.protobuf.Timestamp
+	23, // 4: flotilla.secrets.v1.AcmeCertificate.not_after:type_name -> google.protobuf.Timestamp
 	1,  // 5: flotilla.secrets.v1.SecretService.CreateSecret:input_type -> flotilla.secrets.v1.CreateSecretRequest
 	2,  // 6: flotilla.secrets.v1.SecretService.ListSecrets:input_type -> flotilla.secrets.v1.ListSecretsRequest
 	4,  // 7: flotilla.secrets.v1.SecretService.DeleteSecret:input_type -> flotilla.secrets.v1.DeleteSecretRequest
 	0,  // 8: flotilla.secrets.v1.SecretService.CreateSecret:output_type -> flotilla.secrets.v1.Secret
 	3,  // 9: flotilla.secrets.v1.SecretService.ListSecrets:output_type -> flotilla.secrets.v1.ListSecretsResponse
-	23, // 10: flotilla.secrets.v1.SecretService.DeleteSecret:output_type -> google.protobuf.Empty
+	24, // 10: flotilla.secrets.v1.SecretService.DeleteSecret:output_type -> google.protobuf.Empty
 	8,  // [8:11] is the sub-list for method output_type
 	5,  // [5:8] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
@@ -1397,7 +1446,7 @@ func file_flotilla_secrets_v1_secrets_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_secrets_v1_secrets_proto_rawDesc), len(file_flotilla_secrets_v1_secrets_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
