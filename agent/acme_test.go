@@ -5,12 +5,18 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"maps"
 	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/testkit"
 )
 
@@ -70,6 +76,157 @@ func TestACMEIssuesAndRenewsWithoutARestart(t *testing.T) {
 	}
 	if !strings.Contains(ta.logText(SourceAgent), "renewed the node software's ACME certificate") {
 		t.Errorf("no renewal in the logs:\n%s", ta.logText(SourceAgent))
+	}
+	// The account key came from the manager and stays off the disk; the
+	// renewed certificate went to the manager to keep.
+	if _, err := os.Stat(filepath.Join(ta.cfg.StateDir, acmeAccountKeyFile)); !os.IsNotExist(err) {
+		t.Errorf("an ACME account key file in the state directory: %v", err)
+	}
+	if kept := ta.acme.kept(t); !kept.Equal(renewed) {
+		t.Errorf("the manager keeps serial %v, the node serves %v", kept.SerialNumber, renewed.SerialNumber)
+	}
+}
+
+// TestACMEDNS01ThroughTheManager: with acme.challenge dns-01 the agent has
+// the manager write the TXT record (here a stand-in that a DNS server
+// answers from, as the manager writes Route53 and Pebble asks DNS); Pebble
+// validates it, the node serves the certificate, the record is removed
+// afterwards and the manager keeps the certificate. A new VM of the
+// instance gets that certificate back and orders nothing, even with the
+// ACME server gone.
+func TestACMEDNS01ThroughTheManager(t *testing.T) {
+	t.Parallel()
+	ta := newTestAgent(t)
+	dns := testkit.StartDNS(t, ta.acme.TXT)
+	p := testkit.StartPebbleWith(t, testkit.PebbleOptions{DNSAddr: dns.Addr})
+	order := &agentv1.AcmeOrder{DirectoryUrl: p.DirectoryURL, ContactEmail: "ops@fleet.test", Domains: []string{"node.test"},
+		DirectoryCaPem: p.DirectoryCAPEM, Challenge: "dns-01", DnsResolvers: []string{dns.Addr}}
+	b := &agentv1.Bootstrap{InstanceName: "dns-1", NodeVersion: "1.2.3", HttpsStrategy: "acme", Acme: order}
+	ta.bootstrap(t.Context(), "cmd-acme", b)
+	want := []string{"installing started", "installing succeeded", "starting started", "starting succeeded", "done succeeded"}
+	if got := ta.steps(t); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("progress %q, want %q (last: %v)\n%s", got, want, ta.lastProgress(), ta.logText(SourceAgent))
+	}
+	addr := strings.TrimSuffix(strings.TrimPrefix(ta.node.URL(), "https://"), "/")
+	served := leafAt(t, addr, p.Roots)
+	if got := ta.acme.asked(); got["dns-01 put _acme-challenge.node.test"] != 1 || got["dns-01 remove _acme-challenge.node.test"] != 1 {
+		t.Errorf("DNS-01 records asked of the manager: %v; want one written and removed", got)
+	}
+	if v, _ := ta.acme.TXT("_acme-challenge.node.test"); len(v) != 0 {
+		t.Errorf("the TXT record is left after the order: %v", v)
+	}
+	if kept := ta.acme.kept(t); !kept.Equal(served) {
+		t.Fatalf("the manager keeps serial %v, the node serves %v", kept.SerialNumber, served.SerialNumber)
+	}
+
+	// A new VM of the instance: the kept certificate, no order (the ACME
+	// server is gone).
+	p.Close()
+	again := newTestAgent(t)
+	again.mu.Lock()
+	again.acme = ta.acme
+	again.mu.Unlock()
+	before := ta.acme.asked()["account key"]
+	again.bootstrap(t.Context(), "cmd-acme", b)
+	if got := again.steps(t); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("new VM: progress %q, want %q (last: %v)\n%s", got, want, again.lastProgress(), again.logText(SourceAgent))
+	}
+	addr = strings.TrimSuffix(strings.TrimPrefix(again.node.URL(), "https://"), "/")
+	if got := leafAt(t, addr, p.Roots); !got.Equal(served) {
+		t.Errorf("the new VM serves serial %v, want the kept %v", got.SerialNumber, served.SerialNumber)
+	}
+	if n := ta.acme.asked()["account key"]; n != before {
+		t.Errorf("the new VM asked for the account key (ordered): %d times", n-before)
+	}
+	if !strings.Contains(again.logText(SourceAgent), "installed the ACME certificate the manager kept") {
+		t.Errorf("logs:\n%s", again.logText(SourceAgent))
+	}
+}
+
+// acmeManager plays the manager's ACME part for a test agent: the
+// network's account key, the certificate kept for the instance and the
+// DNS-01 records, counting what is asked.
+type acmeManager struct {
+	mu         sync.Mutex
+	accountKey string
+	certPEM    string
+	keyPEM     string
+	records    map[string][]string
+	counts     map[string]int
+}
+
+func newACMEManager(t *testing.T) *acmeManager {
+	t.Helper()
+	key, err := pki.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemKey, err := pki.EncodePrivateKeyPEM(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &acmeManager{accountKey: string(pemKey), records: map[string][]string{}, counts: map[string]int{}}
+}
+
+// answer answers one ACME request as the manager would.
+func (m *acmeManager) answer(r *agentv1.AcmeRequest) *agentv1.AcmeResponse {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := &agentv1.AcmeResponse{RequestId: r.GetRequestId()}
+	switch a := r.GetAction().(type) {
+	case *agentv1.AcmeRequest_AccountKey:
+		m.counts["account key"]++
+		out.PrivateKeyPem = m.accountKey
+	case *agentv1.AcmeRequest_StoredCertificate:
+		m.counts["kept certificate"]++
+		out.CertificatePem, out.PrivateKeyPem = m.certPEM, m.keyPEM
+	case *agentv1.AcmeRequest_StoreCertificate:
+		m.counts["keep certificate"]++
+		m.certPEM, m.keyPEM = a.StoreCertificate.GetCertificatePem(), a.StoreCertificate.GetPrivateKeyPem()
+	case *agentv1.AcmeRequest_DnsChallenge:
+		name := "_acme-challenge." + a.DnsChallenge.GetDomain()
+		if a.DnsChallenge.GetRemove() {
+			m.counts["dns-01 remove "+name]++
+			delete(m.records, name)
+		} else {
+			m.counts["dns-01 put "+name]++
+			m.records[name] = []string{a.DnsChallenge.GetValue()}
+		}
+	default:
+		out.Error = "action: is required"
+	}
+	return out
+}
+
+// TXT answers the DNS server's TXT questions from the records written.
+func (m *acmeManager) TXT(name string) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.records[name]), nil
+}
+
+// asked counts the requests by kind.
+func (m *acmeManager) asked() map[string]int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return maps.Clone(m.counts)
+}
+
+// kept is the leaf of the certificate the manager keeps.
+func (m *acmeManager) kept(t *testing.T) *x509.Certificate {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m.mu.Lock()
+		certPEM := m.certPEM
+		m.mu.Unlock()
+		if certs, err := pki.ParseCertificatesPEM([]byte(certPEM)); err == nil {
+			return certs[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the manager keeps no certificate")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

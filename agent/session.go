@@ -261,6 +261,8 @@ func (a *agent) received(ctx context.Context, m *agentv1.GatewayMessage) {
 		a.answer(b.SecretResponse.GetRequestId(), m)
 	case *agentv1.GatewayMessage_ServerCertResponse:
 		a.answer(b.ServerCertResponse.GetRequestId(), m)
+	case *agentv1.GatewayMessage_AcmeResponse:
+		a.answer(b.AcmeResponse.GetRequestId(), m)
 	case *agentv1.GatewayMessage_LogAck:
 		a.logs.Ack(b.LogAck.GetSeq())
 	}

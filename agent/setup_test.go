@@ -28,6 +28,8 @@ type testAgent struct {
 	*agent
 	ca      *pki.Authority
 	secrets map[string]string
+	// acme plays the manager's ACME part (acme_test.go); guarded by mu.
+	acme *acmeManager
 
 	mu       sync.Mutex
 	progress []*agentv1.Progress
@@ -55,7 +57,7 @@ func newTestAgent(t *testing.T) *testAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ta := &testAgent{agent: a, ca: ca, secrets: map[string]string{}}
+	ta := &testAgent{agent: a, ca: ca, secrets: map[string]string{}, acme: newACMEManager(t)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go ta.serve(ctx, done)
@@ -99,6 +101,9 @@ func (ta *testAgent) serve(ctx context.Context, done chan struct{}) {
 					r.Error = err.Error()
 				}
 				ta.answer(r.RequestId, &agentv1.GatewayMessage{Body: &agentv1.GatewayMessage_ServerCertResponse{ServerCertResponse: r}})
+			case *agentv1.AgentMessage_AcmeRequest:
+				r := ta.acme.answer(b.AcmeRequest)
+				ta.answer(r.RequestId, &agentv1.GatewayMessage{Body: &agentv1.GatewayMessage_AcmeResponse{AcmeResponse: r}})
 			}
 		}
 		ta.mu.Unlock()

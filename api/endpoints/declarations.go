@@ -146,6 +146,12 @@ var (
 		"certifies an instance's (or the agent gateway's) HTTPS key for its names", agentgw)
 	CustomCertGet = endpoint[*cav1.GetCustomCertificateRequest, *cav1.CustomCertificate](ca, subjects.NounCustomCert, subjects.VerbGet,
 		"resolves an instance's custom certificate and its private key (secret broker or AWS Secrets Manager) for its agent", agentgw)
+	ACMEAccountGet = endpoint[*cav1.GetAcmeAccountRequest, *cav1.AcmeAccountKey](ca, subjects.NounACMEAccount, subjects.VerbGet,
+		"gives an instance's agent the ACME account key of its network (kept by the secret broker)", agentgw)
+	ACMECertGet = endpoint[*cav1.GetAcmeCertificateRequest, *cav1.AcmeCertificate](ca, subjects.NounACMECert, subjects.VerbGet,
+		"gives an instance's agent the ACME certificate kept for it, if still good for its domains", agentgw)
+	ACMECertPut = endpoint[*cav1.PutAcmeCertificateRequest, *emptypb.Empty](ca, subjects.NounACMECert, subjects.VerbPut,
+		"checks an instance's newly issued ACME certificate against its domains and has the secret broker keep it", agentgw)
 )
 
 // Secrets.
@@ -168,12 +174,24 @@ var (
 		"stores an uploaded TLS private key of a network or an instance, encrypted", inventory)
 	CertKeyRead = endpoint[*secretsv1.ReadCertificateKeyRequest, *secretsv1.ReadCertificateKeyResponse](secrets, subjects.NounCertKey, subjects.VerbRead,
 		"releases a stored TLS private key for an instance's custom certificate, audited", ca)
+	CertKeyDelete = endpoint[*secretsv1.DeleteCertificateKeyRequest, *emptypb.Empty](secrets, subjects.NounCertKey, subjects.VerbDelete,
+		"forgets a stored TLS private key no network or instance names any more (replaced, or stored for a change not made)", inventory)
+	ACMEAccountKeyGet = endpoint[*secretsv1.GetAcmeAccountKeyRequest, *secretsv1.AcmeAccountKey](secrets, subjects.NounACMEAccount, subjects.VerbGet,
+		"releases a network's ACME account key for an instance's agent, made and sealed the first time, audited", ca)
+	ACMECertKeyPut = endpoint[*secretsv1.PutAcmeCertificateRequest, *emptypb.Empty](secrets, subjects.NounACMECert, subjects.VerbPut,
+		"keeps an instance's ACME certificate and its key, encrypted", ca)
+	ACMECertKeyRead = endpoint[*secretsv1.ReadAcmeCertificateRequest, *secretsv1.AcmeCertificate](secrets, subjects.NounACMECert, subjects.VerbRead,
+		"releases the ACME certificate and key kept for an instance, audited", ca)
 )
 
 // Provisioner.
 var (
 	CertificateRefresh = endpoint[*inventoryv1.InstanceActionRequest, *inventoryv1.Instance](provisioner, subjects.NounCustomCert, subjects.VerbRefresh,
 		"has a running instance's agent fetch its custom certificate again, or renew its ACME certificate now", gateway)
+	DNSChallengePut = endpoint[*inventoryv1.DnsChallengeRequest, *emptypb.Empty](provisioner, subjects.NounDNSChallenge, subjects.VerbPut,
+		"writes the DNS-01 TXT record of one of an instance's ACME domains in its network's Route53 zone, for its agent", agentgw)
+	DNSChallengeDelete = endpoint[*inventoryv1.DnsChallengeRequest, *emptypb.Empty](provisioner, subjects.NounDNSChallenge, subjects.VerbDelete,
+		"deletes the DNS-01 TXT record of one of an instance's ACME domains, for its agent", agentgw)
 )
 
 // Agent gateway.

@@ -38,7 +38,8 @@ type Consumer struct {
 var Streams = []StreamUse{{
 	Stream:     subjects.EventsStream,
 	Publishers: []Publish{{inventory, []string{subjects.EventsAll()}}},
-	Consumers:  []Consumer{{secrets, subjects.SecretsCleanupConsumer}},
+	// The secret broker removes what it keeps for deleted instances and networks.
+	Consumers: []Consumer{{secrets, subjects.SecretsCleanupConsumer}, {secrets, subjects.SecretsNetworkCleanupConsumer}},
 	// The provisioner follows instance events to wake its waits.
 	Readers: []string{gateway, provisioner},
 }, {
@@ -118,7 +119,7 @@ var Watches = []Publish{
 func StreamsOf(service string) []string {
 	var out []string
 	for _, u := range Streams {
-		if u.PublishedBy(service) || u.ConsumedBy(service) != "" {
+		if u.PublishedBy(service) || len(u.ConsumedBy(service)) > 0 {
 			out = append(out, u.Stream)
 		}
 	}
@@ -130,14 +131,15 @@ func (u StreamUse) PublishedBy(service string) bool {
 	return slices.ContainsFunc(u.Publishers, func(p Publish) bool { return p.Service == service })
 }
 
-// ConsumedBy returns service's durable consumer on the stream, or "".
-func (u StreamUse) ConsumedBy(service string) string {
+// ConsumedBy returns service's durable consumers on the stream (none: nil).
+func (u StreamUse) ConsumedBy(service string) []string {
+	var out []string
 	for _, c := range u.Consumers {
 		if c.Service == service {
-			return c.Durable
+			out = append(out, c.Durable)
 		}
 	}
-	return ""
+	return out
 }
 
 // PurgedBy reports whether service may purge the stream.

@@ -102,20 +102,27 @@ func EntityVerbEvents(entity, verb string) string {
 // instance deletions on EventsStream.
 const SecretsCleanupConsumer = "secrets-instance-deleted"
 
+// SecretsNetworkCleanupConsumer is the secret broker's durable consumer of
+// network deletions on EventsStream.
+const SecretsNetworkCleanupConsumer = "secrets-network-deleted"
+
 // EventType is the dotted type of an event, "<entity>.<verb>", e.g. "network.updated".
 func EventType(entity, verb string) string { return entity + "." + verb }
 
 // Nouns and verbs of the issue-3 services' endpoints.
 const (
-	NounCertificate = "certificate" // ca: certificate.get
-	NounJoinToken   = "jointoken"   // ca: jointoken.create
-	NounAgent       = "agent"       // ca: agent.join, agent.sign
-	NounServer      = "server"      // ca: server.sign
-	NounSecret      = "secret"      // secrets: secret.create/list/delete/read
-	NounCloudKey    = "cloudkey"    // secrets: cloudkey.put/delete/read
-	NounLifecycle   = "lifecycle"   // inventory: lifecycle.request, lifecycle.observe, lifecycle.record
-	NounCustomCert  = "customcert"  // ca: customcert.get; provisioner: customcert.refresh
-	NounCertKey     = "certkey"     // secrets: certkey.create/read
+	NounCertificate  = "certificate"  // ca: certificate.get
+	NounJoinToken    = "jointoken"    // ca: jointoken.create
+	NounAgent        = "agent"        // ca: agent.join, agent.sign
+	NounServer       = "server"       // ca: server.sign
+	NounSecret       = "secret"       // secrets: secret.create/list/delete/read
+	NounCloudKey     = "cloudkey"     // secrets: cloudkey.put/delete/read
+	NounLifecycle    = "lifecycle"    // inventory: lifecycle.request, lifecycle.observe, lifecycle.record
+	NounCustomCert   = "customcert"   // ca: customcert.get; provisioner: customcert.refresh
+	NounCertKey      = "certkey"      // secrets: certkey.create/read
+	NounACMEAccount  = "acmeaccount"  // ca, secrets: acmeaccount.get
+	NounACMECert     = "acmecert"     // ca: acmecert.get/put; secrets: acmecert.put/read
+	NounDNSChallenge = "dnschallenge" // provisioner: dnschallenge.put/delete
 
 	VerbJoin    = "join"
 	VerbSign    = "sign"

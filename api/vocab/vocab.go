@@ -252,6 +252,20 @@ const (
 	HTTPSACME              HTTPSStrategy = "acme"
 )
 
+// ACMEChallenge is how an ACME server checks that an "acme" network's
+// instance controls its domains.
+type ACMEChallenge string
+
+// ACME challenges.
+const (
+	// ACMEHTTP01: the agent answers on the network's acme.httpPort (the
+	// default when a network names none).
+	ACMEHTTP01 ACMEChallenge = "http-01"
+	// ACMEDNS01: the manager writes a TXT record in the network's Route53
+	// zone on the agent's behalf.
+	ACMEDNS01 ACMEChallenge = "dns-01"
+)
+
 // SetupAction is the type of one of a template's setup actions, run by the
 // agent in order.
 type SetupAction string

@@ -26,6 +26,10 @@ func TestACMEEndToEnd(t *testing.T) {
 		{`{"name":"a1","provider":"local","httpsStrategy":"acme"}`, "acme.contactEmail"},
 		{`{"name":"a1","provider":"local","httpsStrategy":"acme","acme":{"contactEmail":"ops@fleet.test","directoryUrl":"ftp://x"}}`, "acme.directoryUrl"},
 		{`{"name":"a1","provider":"local","httpsStrategy":"acme","acme":{"contactEmail":"ops@fleet.test","httpPort":70000}}`, "acme.httpPort"},
+		{`{"name":"a1","provider":"local","httpsStrategy":"acme","acme":{"contactEmail":"ops@fleet.test","challenge":"tls-alpn-01"}}`, "acme.challenge"},
+		// DNS-01 records are written in the network's Route53 zone: aws only.
+		{`{"name":"a1","provider":"local","httpsStrategy":"acme","acme":{"contactEmail":"ops@fleet.test","challenge":"dns-01"}}`, "acme.challenge"},
+		{`{"name":"a1","provider":"local","httpsStrategy":"acme","acme":{"contactEmail":"ops@fleet.test","dnsResolvers":["127.0.0.1"]}}`, "acme.dnsResolvers"},
 	} {
 		code, out := f.do(t, "POST", "/api/v1/networks", f.token, tc.body)
 		if code != 400 || !strings.HasPrefix(fmt.Sprint(out["message"]), tc.field+":") {

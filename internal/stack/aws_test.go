@@ -47,6 +47,17 @@ type awsLab struct {
 	gateway *rpc.Client
 	admin   rpc.CallOption
 	network *inventoryv1.Network
+	bus     *testkit.Bus
+	// imds is the metadata service played VMs ask their instance id;
+	// current is the id it answers (the VM played last).
+	imds    *httptest.Server
+	current atomic.Value
+	// disk is the instance's EBS volume as played VMs see it (a loop
+	// device, made by the first play); vmRoot is the root of the VM played
+	// last, and stop stops it (halt).
+	disk   string
+	vmRoot string
+	stop   func()
 }
 
 func newAWSLab(t *testing.T, cfg stack.Config, assignPublicIP bool) *awsLab {
@@ -56,6 +67,18 @@ func newAWSLab(t *testing.T, cfg stack.Config, assignPublicIP bool) *awsLab {
 	acfg, err := awsx.Config(ctx, m.Account())
 	must(t, err)
 	lab := &awsLab{ec: ec2.NewFromConfig(acfg), r53: route53.NewFromConfig(acfg), admin: rpc.As(vocab.User("admin"))}
+	lab.current.Store("")
+	lab.imds = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/latest/api/token":
+			_, _ = io.WriteString(w, "imds-token")
+		case "/latest/meta-data/instance-id":
+			_, _ = io.WriteString(w, lab.current.Load().(string))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(lab.imds.Close)
 	vpc, err := lab.ec.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: awssdk.String("10.30.0.0/16")})
 	must(t, err)
 	subnet, err := lab.ec.CreateSubnet(ctx, &ec2.CreateSubnetInput{VpcId: vpc.Vpc.VpcId, CidrBlock: awssdk.String("10.30.1.0/24")})
@@ -67,7 +90,8 @@ func newAWSLab(t *testing.T, cfg stack.Config, assignPublicIP bool) *awsLab {
 	lab.images, err = lab.ec.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"amazon"}})
 	must(t, err)
 
-	bus := testkit.SecureNATS(t)
+	lab.bus = testkit.SecureNATS(t)
+	bus := lab.bus
 	stacktest.Start(t, stacktest.OnBus(cfg, bus))
 	lab.gateway = rpc.NewClient(bus.Conn(t, subjects.Gateway), subjects.Gateway, 10*time.Second)
 	acct := m.Account()
@@ -81,6 +105,116 @@ func newAWSLab(t *testing.T, cfg stack.Config, assignPublicIP bool) *awsLab {
 		Dns: &inventoryv1.DnsSettings{PrivateZoneId: awssdk.ToString(lab.zone.HostedZone.Id), HostnamePattern: "{name}.fleet.example"}}}, lab.admin)
 	must(t, err)
 	return lab
+}
+
+// labInstance drives one of the lab's instances through the gateway, as
+// its operator.
+type labInstance struct {
+	t   *testing.T
+	lab *awsLab
+	id  string
+}
+
+func (lab *awsLab) instance(t *testing.T, id string) *labInstance {
+	return &labInstance{t: t, lab: lab, id: id}
+}
+
+func (i *labInstance) get() *inventoryv1.Instance {
+	i.t.Helper()
+	got, err := rpc.Call(i.t.Context(), i.lab.gateway, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: i.id}, i.lab.admin)
+	must(i.t, err)
+	return got
+}
+
+// waitFor waits (2 minutes at most) until ok holds for the instance, and
+// fails the test if it fails first.
+func (i *labInstance) waitFor(what string, ok func(*inventoryv1.Instance) bool) *inventoryv1.Instance {
+	i.t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		got := i.get()
+		if ok(got) {
+			return got
+		}
+		if vocab.State(got.GetState()) == vocab.StateFailed || time.Now().After(deadline) {
+			i.t.Fatalf("instance never %s: %s %s", what, got.GetState(), got.GetStateDetail())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (i *labInstance) lifecycle(a vocab.Action) {
+	i.t.Helper()
+	_, err := rpc.Call(i.t.Context(), i.lab.gateway, endpoints.LifecycleRequest, &inventoryv1.LifecycleRequest{Id: i.id, Action: string(a)}, i.lab.admin)
+	must(i.t, err)
+}
+
+// boot waits until the instance waits for the agent of an EC2 instance
+// (other than after, if given) and plays that VM (play); it returns its id.
+func (i *labInstance) boot(after string) string {
+	i.t.Helper()
+	got := i.waitFor("waiting for its agent", func(in *inventoryv1.Instance) bool {
+		return in.GetStateDetail() == string(vocab.StepWaitingForAgent) && strings.HasPrefix(in.GetVmId(), "i-") && in.GetVmId() != after
+	})
+	i.lab.play(i.t, got.GetVmId())
+	return got.GetVmId()
+}
+
+// halt stops the VM played last, as terminating it does: its agent and
+// node killed, the data disk unmounted.
+func (lab *awsLab) halt() {
+	if lab.stop != nil {
+		lab.stop()
+		lab.stop = nil
+	}
+}
+
+// play plays EC2 instance vmID as cloud-init would: its user data, read
+// back from EC2, run with sh in a root of its own, the metadata service
+// answering its id, the instance's EBS volume a loop device at the device
+// name it is attached at (the agent formats it when empty and mounts it);
+// the agent it installs runs until the next VM is played, halt, or the
+// end of the test.
+func (lab *awsLab) play(t *testing.T, vmID string) {
+	t.Helper()
+	ctx := t.Context()
+	attr, err := lab.ec.DescribeInstanceAttribute(ctx, &ec2.DescribeInstanceAttributeInput{InstanceId: awssdk.String(vmID),
+		Attribute: types.InstanceAttributeNameUserData})
+	must(t, err)
+	script, err := base64.StdEncoding.DecodeString(awssdk.ToString(attr.UserData.Value))
+	must(t, err)
+	lab.current.Store(vmID)
+	lab.halt() // the VM before it was terminated
+	if lab.disk == "" {
+		lab.disk = testkit.LoopDevice(t, 64)
+		t.Cleanup(lab.halt)
+	}
+	root := t.TempDir()
+	lab.vmRoot = root
+	must(t, os.MkdirAll(filepath.Join(root, "dev"), 0o755))
+	must(t, os.Symlink(lab.disk, filepath.Join(root, awsdriver.DataDevice)))
+	cmd := exec.Command("sh", "-s")
+	cmd.Stdin = bytes.NewReader(script)
+	cmd.Env = append(os.Environ(), "FLOTILLA_VM_ROOT="+root, "FLOTILLA_METADATA_URL="+lab.imds.URL)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := cmd.CombinedOutput()
+	lab.stop = func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		pid, _ := os.ReadFile(filepath.Join(root, "var/lib/flotilla/agent.pid"))
+		if p, err := strconv.Atoi(strings.TrimSpace(string(pid))); err == nil {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+			for i := 0; i < 100 && syscall.Kill(p, 0) == nil; i++ {
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		_ = exec.Command("umount", "--lazy", filepath.Join(root, "var/lib/flotilla/data")).Run()
+	}
+	if err != nil {
+		t.Fatalf("user data of %s: %v\n%s", vmID, err, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "usr/local/bin/flotilla-agent")); err != nil || len(b) == 0 {
+		t.Fatalf("the agent was not installed from the gateway: %v", err)
+	}
 }
 
 // TestAWSProvisioningRecordsAWSIds provisions an aws instance on moto
@@ -227,21 +361,6 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 	ctx := t.Context()
 	agent, err := agentBinary()
 	must(t, err)
-	// The metadata service the played VM asks its instance id.
-	var current atomic.Value
-	current.Store("")
-	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/latest/api/token":
-			_, _ = io.WriteString(w, "imds-token")
-		case "/latest/meta-data/instance-id":
-			_, _ = io.WriteString(w, current.Load().(string))
-		default:
-			http.NotFound(w, r)
-		}
-	}))
-	t.Cleanup(imds.Close)
-
 	port := testkit.FreePort(t)
 	lab := newAWSLab(t, stack.Config{
 		HTTPAddr: fmt.Sprintf("127.0.0.1:%d", port), PublicURL: fmt.Sprintf("http://127.0.0.1:%d", port),
@@ -257,31 +376,8 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 	must(t, err)
 	id := in.GetId()
 
-	get := func() *inventoryv1.Instance {
-		t.Helper()
-		got, err := rpc.Call(ctx, gateway, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id}, admin)
-		must(t, err)
-		return got
-	}
-	waitFor := func(what string, ok func(*inventoryv1.Instance) bool) *inventoryv1.Instance {
-		t.Helper()
-		deadline := time.Now().Add(90 * time.Second)
-		for {
-			got := get()
-			if ok(got) {
-				return got
-			}
-			if vocab.State(got.GetState()) == vocab.StateFailed || time.Now().After(deadline) {
-				t.Fatalf("instance never %s: %s %s", what, got.GetState(), got.GetStateDetail())
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	lifecycle := func(a vocab.Action) {
-		t.Helper()
-		_, err := rpc.Call(ctx, gateway, endpoints.LifecycleRequest, &inventoryv1.LifecycleRequest{Id: id, Action: string(a)}, admin)
-		must(t, err)
-	}
+	li := lab.instance(t, id)
+	waitFor, lifecycle := li.waitFor, li.lifecycle
 	record := func() []string {
 		t.Helper()
 		out, err := r53.ListResourceRecordSets(ctx, &route53.ListResourceRecordSetsInput{HostedZoneId: zone.HostedZone.Id})
@@ -305,60 +401,7 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 		must(t, err)
 		return &out.Volumes[0]
 	}
-	// The EBS volume as the played VMs see it: a loop device, which the
-	// agent formats when it is empty and mounts.
-	disk := testkit.LoopDevice(t, 64)
-	var halt func()   // stops the VM played last, as terminating it does
-	var vmRoot string // the root of the VM played last
-	defer func() {
-		if halt != nil {
-			halt()
-		}
-	}()
-	// boot plays the EC2 instance the instance waits for: its user data,
-	// run as cloud-init would, in a root of its own, with the volume at the
-	// device name it is attached at.
-	boot := func() string {
-		t.Helper()
-		got := waitFor("waiting for its agent", func(in *inventoryv1.Instance) bool {
-			return in.GetStateDetail() == string(vocab.StepWaitingForAgent) && strings.HasPrefix(in.GetVmId(), "i-")
-		})
-		vmID := got.GetVmId()
-		attr, err := ec.DescribeInstanceAttribute(ctx, &ec2.DescribeInstanceAttributeInput{InstanceId: awssdk.String(vmID),
-			Attribute: types.InstanceAttributeNameUserData})
-		must(t, err)
-		script, err := base64.StdEncoding.DecodeString(awssdk.ToString(attr.UserData.Value))
-		must(t, err)
-		current.Store(vmID)
-		root := t.TempDir()
-		vmRoot = root
-		must(t, os.MkdirAll(filepath.Join(root, "dev"), 0o755))
-		must(t, os.Symlink(disk, filepath.Join(root, awsdriver.DataDevice)))
-		cmd := exec.Command("sh", "-s")
-		cmd.Stdin = bytes.NewReader(script)
-		cmd.Env = append(os.Environ(), "FLOTILLA_VM_ROOT="+root, "FLOTILLA_METADATA_URL="+imds.URL)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		out, err := cmd.CombinedOutput()
-		halt = func() {
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			pid, _ := os.ReadFile(filepath.Join(root, "var/lib/flotilla/agent.pid"))
-			if p, err := strconv.Atoi(strings.TrimSpace(string(pid))); err == nil {
-				_ = syscall.Kill(p, syscall.SIGKILL)
-				for i := 0; i < 100 && syscall.Kill(p, 0) == nil; i++ {
-					time.Sleep(20 * time.Millisecond)
-				}
-			}
-			_ = exec.Command("umount", "--lazy", filepath.Join(root, "var/lib/flotilla/data")).Run()
-			halt = nil
-		}
-		if err != nil {
-			t.Fatalf("user data of %s: %v\n%s", vmID, err, out)
-		}
-		if b, err := os.ReadFile(filepath.Join(root, "usr/local/bin/flotilla-agent")); err != nil || len(b) == 0 {
-			t.Fatalf("the agent was not installed from the gateway: %v", err)
-		}
-		return vmID
-	}
+	boot := func() string { return li.boot("") }
 
 	// Provision: running, through the played VM's agent.
 	lifecycle(vocab.ActionProvision)
@@ -396,7 +439,7 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 	if ips := record(); len(ips) != 0 {
 		t.Errorf("DNS record after deprovisioning: %v", ips)
 	}
-	halt()
+	lab.halt()
 
 	// Provision again: a new VM, the same volume.
 	lifecycle(vocab.ActionProvision)
@@ -411,11 +454,7 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 
 	// Reprovision: the VM replaced, the volume kept.
 	lifecycle(vocab.ActionReprovision)
-	waitFor("a new VM", func(in *inventoryv1.Instance) bool {
-		return strings.HasPrefix(in.GetVmId(), "i-") && in.GetVmId() != vm2
-	})
-	halt()
-	vm3 := boot()
+	vm3 := li.boot(vm2)
 	got = waitFor("running after reprovisioning", func(in *inventoryv1.Instance) bool {
 		return vocab.State(in.GetState()) == vocab.StateRunning && in.GetVmId() == vm3
 	})
@@ -424,7 +463,7 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 	}
 	// The volume was formatted once, by the first VM's agent, and each VM's
 	// setup wrote on it: the third VM sees all three.
-	boots, err := os.ReadFile(filepath.Join(vmRoot, "var/lib/flotilla/data/boots"))
+	boots, err := os.ReadFile(filepath.Join(lab.vmRoot, "var/lib/flotilla/data/boots"))
 	must(t, err)
 	if n := strings.Count(string(boots), "set up\n"); n != 3 {
 		t.Errorf("the data disk records %d setups, want 3, one per VM (formatted again, or not mounted?): %q", n, boots)

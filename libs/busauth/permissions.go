@@ -88,7 +88,8 @@ func Permissions(identity string) (jwt.Permissions, error) {
 	usesJetStream := false
 	for _, u := range endpoints.Streams {
 		st := u.Stream
-		if u.PublishedBy(identity) || u.ConsumedBy(identity) != "" || u.ReadBy(identity) {
+		durables := u.ConsumedBy(identity)
+		if u.PublishedBy(identity) || len(durables) > 0 || u.ReadBy(identity) {
 			usesJetStream = true
 		}
 		for _, p := range u.Publishers {
@@ -96,16 +97,17 @@ func Permissions(identity string) (jwt.Permissions, error) {
 				pub = append(pub, p.Subjects...)
 			}
 		}
-		durable := u.ConsumedBy(identity)
-		if u.PublishedBy(identity) || durable != "" {
+		if u.PublishedBy(identity) || len(durables) > 0 {
 			pub = append(pub, jsAPI("STREAM.INFO.%s", st), jsAPI("STREAM.CREATE.%s", st), jsAPI("STREAM.UPDATE.%s", st))
 		}
-		if durable != "" {
+		for _, durable := range durables {
 			pub = append(pub,
 				jsAPI("CONSUMER.CREATE.%s.%s", st, durable), jsAPI("CONSUMER.CREATE.%s.%s.>", st, durable),
 				jsAPI("CONSUMER.INFO.%s.%s", st, durable), jsAPI("CONSUMER.MSG.NEXT.%s.%s", st, durable),
-				"$JS.ACK."+st+"."+durable+".>",
-				subjects.Poison(identity))
+				"$JS.ACK."+st+"."+durable+".>")
+		}
+		if len(durables) > 0 {
+			pub = append(pub, subjects.Poison(identity))
 		}
 		if u.PurgedBy(identity) {
 			pub = append(pub, jsAPI("STREAM.PURGE.%s", st))

@@ -15,6 +15,43 @@ import (
 // certificate is issued for.
 const GatewayInstanceID = "agentgw"
 
+// InstanceHostName is an instance's name from its network's
+// dns.hostnamePattern, {name} and {id} filled in: "" when the network has
+// no pattern, or when the pattern needs the id and the instance has none yet.
+func InstanceHostName(in *inventoryv1.Instance, n *inventoryv1.Network) string {
+	p := n.GetDns().GetHostnamePattern()
+	if p == "" || in.GetId() == "" && strings.Contains(p, "{id}") {
+		return ""
+	}
+	return strings.NewReplacer("{name}", in.GetName(), "{id}", in.GetId()).Replace(p)
+}
+
+// ACMEDomains are the names an instance's ACME certificate is ordered for:
+// its ssl.domains, else its host name from the network's pattern. They are
+// the only names its agent may have DNS-01 records written for, and a
+// certificate kept for it must be for.
+func ACMEDomains(in *inventoryv1.Instance, n *inventoryv1.Network) []string {
+	if d := in.GetSsl().GetDomains(); len(d) > 0 {
+		return d
+	}
+	if h := InstanceHostName(in, n); h != "" {
+		return []string{h}
+	}
+	return nil
+}
+
+// LetsEncryptDirectory is the ACME directory of a network that names none.
+const LetsEncryptDirectory = "https://acme-v02.api.letsencrypt.org/directory"
+
+// ACMEDirectory is the ACME directory of an "acme" network: its own, else
+// Let's Encrypt's.
+func ACMEDirectory(n *inventoryv1.Network) string {
+	if u := n.GetAcme().GetDirectoryUrl(); u != "" {
+		return u
+	}
+	return LetsEncryptDirectory
+}
+
 // InstanceServerNames are the names an instance's HTTPS server certificate
 // may carry, normalised (ParseServerName), without repeats: its SSL SANs
 // that CheckInstanceName accepts (reserved: the agent gateway's names), then

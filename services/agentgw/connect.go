@@ -397,6 +397,8 @@ func (s *Service) handle(ctx context.Context, c *agentConn, m *agentv1.AgentMess
 		s.goRequest(ctx, c, func() *agentv1.GatewayMessage { return s.readSecret(ctx, c.id, b.SecretRequest) })
 	case *agentv1.AgentMessage_ServerCertRequest:
 		s.goRequest(ctx, c, func() *agentv1.GatewayMessage { return s.serverCert(ctx, c.id, b.ServerCertRequest) })
+	case *agentv1.AgentMessage_AcmeRequest:
+		s.goRequest(ctx, c, func() *agentv1.GatewayMessage { return s.acme(ctx, c.id, b.AcmeRequest) })
 	case *agentv1.AgentMessage_Hello:
 		s.log.WarnContext(ctx, "ignored a second hello on a stream", "instance_id", c.id)
 	}

@@ -220,6 +220,9 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		func() error { return rpc.Handle(s.rpc, endpoints.AgentCheck, s.checkAgent) },
 		func() error { return rpc.Handle(s.rpc, endpoints.ServerSign, s.signServer) },
 		func() error { return rpc.Handle(s.rpc, endpoints.CustomCertGet, s.getCustomCertificate) },
+		func() error { return rpc.Handle(s.rpc, endpoints.ACMEAccountGet, s.getACMEAccount) },
+		func() error { return rpc.Handle(s.rpc, endpoints.ACMECertGet, s.getACMECertificate) },
+		func() error { return rpc.Handle(s.rpc, endpoints.ACMECertPut, s.putACMECertificate) },
 	} {
 		if err := add(); err != nil {
 			_ = s.rpc.Stop()

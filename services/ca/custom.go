@@ -34,22 +34,9 @@ type CloudAccountOf func(ctx context.Context, n *inventoryv1.Network) (awsx.Acco
 // The key must match the certificate. Nothing of the key is logged.
 func (s *Service) getCustomCertificate(ctx context.Context, actor vocab.Actor, req *cav1.GetCustomCertificateRequest) (*cav1.CustomCertificate, error) {
 	id := req.GetInstanceId()
-	if err := pki.CheckInstanceID(id); err != nil {
-		return nil, apierr.Invalid("instanceId", "%s", err)
-	}
-	if err := actsFor(actor, id); err != nil {
-		return nil, err
-	}
-	inst, err := s.instance(ctx, id)
+	inst, netw, err := s.instanceOn(ctx, actor, id, vocab.HTTPSCustomCertificate)
 	if err != nil {
 		return nil, err
-	}
-	netw, err := rpc.Call(ctx, s.bus, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: inst.GetNetworkId()})
-	if err != nil {
-		return nil, fmt.Errorf("network of instance %s: %w", id, err)
-	}
-	if vocab.HTTPSStrategy(netw.GetHttpsStrategy()) != vocab.HTTPSCustomCertificate {
-		return nil, apierr.Invalid("instanceId", "network %q uses httpsStrategy %q, not %q", netw.GetName(), netw.GetHttpsStrategy(), vocab.HTTPSCustomCertificate)
 	}
 	cc := customOf(inst, netw)
 	chain, err := pki.ParseCertificatesPEM([]byte(cc.CertificatePEM))

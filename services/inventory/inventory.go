@@ -96,7 +96,10 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		return k.GetId(), err
 	}
 	a := app.New(d.Pool, log, append([]app.Option{app.WithCommitted(fwd.Wake), app.WithCloudKeys(adapters.CloudKeys{Client: bus}),
-		app.WithKeyStore(storeKey)}, d.AppOptions...)...)
+		app.WithKeyStore(storeKey), app.WithKeyDrop(func(ctx context.Context, id string) error {
+			_, err := rpc.Call(ctx, bus, endpoints.CertKeyDelete, &secretsv1.DeleteCertificateKeyRequest{Id: id})
+			return err
+		})}, d.AppOptions...)...)
 	svc, err := ports.Serve(d.NATS, a, d.Pool, log, d.TracerProvider, d.Version, rpc.WithConcurrency(d.Concurrency))
 	if err != nil {
 		return nil, err

@@ -36,6 +36,14 @@ func (s *Service) driverFor(ctx context.Context, t *inventoryv1.Template, n *inv
 	if t.GetProvider() != awsdriver.Name || s.d.CloudAccounts == nil {
 		return nil, fmt.Errorf("provider %q is not supported yet", t.GetProvider())
 	}
+	return s.awsDriver(ctx, n)
+}
+
+// awsDriver is the aws driver of network n's cloud account.
+func (s *Service) awsDriver(ctx context.Context, n *inventoryv1.Network) (*awsdriver.Driver, error) {
+	if s.d.CloudAccounts == nil {
+		return nil, fmt.Errorf("network %s: no cloud accounts are configured", n.GetId())
+	}
 	acct, err := s.d.CloudAccounts.Account(ctx, n)
 	if err != nil {
 		return nil, fmt.Errorf("cloud account of network %s: %w", n.GetId(), err)

@@ -162,6 +162,8 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 			return s.accounts.verify(ctx, r.GetId())
 		}),
 		rpc.Handle(s.rpc, endpoints.CertificateRefresh, s.refreshCertificate),
+		rpc.Handle(s.rpc, endpoints.DNSChallengePut, s.dnsChallenge(true)),
+		rpc.Handle(s.rpc, endpoints.DNSChallengeDelete, s.dnsChallenge(false)),
 	); err != nil {
 		_ = s.rpc.Stop()
 		return nil, err

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -432,16 +431,6 @@ func acmeOrder(in *inventoryv1.Instance, n *inventoryv1.Network) *agentv1.AcmeOr
 		return nil
 	}
 	a := n.GetAcme()
-	o := &agentv1.AcmeOrder{DirectoryUrl: a.GetDirectoryUrl(), ContactEmail: a.GetContactEmail(), Domains: in.GetSsl().GetDomains(),
-		HttpPort: a.GetHttpPort(), DirectoryCaPem: a.GetDirectoryCaPem()}
-	if o.DirectoryUrl == "" {
-		o.DirectoryUrl = LetsEncryptDirectory
-	}
-	if p := n.GetDns().GetHostnamePattern(); len(o.Domains) == 0 && p != "" {
-		o.Domains = []string{strings.NewReplacer("{name}", in.GetName(), "{id}", in.GetId()).Replace(p)}
-	}
-	return o
+	return &agentv1.AcmeOrder{DirectoryUrl: pki.ACMEDirectory(n), ContactEmail: a.GetContactEmail(), Domains: pki.ACMEDomains(in, n),
+		HttpPort: a.GetHttpPort(), DirectoryCaPem: a.GetDirectoryCaPem(), Challenge: a.GetChallenge(), DnsResolvers: a.GetDnsResolvers()}
 }
-
-// LetsEncryptDirectory is the ACME directory of a network that names none.
-const LetsEncryptDirectory = "https://acme-v02.api.letsencrypt.org/directory"

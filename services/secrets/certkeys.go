@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
@@ -80,16 +81,28 @@ func (s *Service) readCertKey(ctx context.Context, actor vocab.Actor, r *secrets
 	if err != nil {
 		return nil, fmt.Errorf("read certificate key %s: %w", id, err)
 	}
-	value, err := open(ctx, s.kms, sl, certKeyBinding(id.String()))
+	value, err := s.release(ctx, "read certificate key "+id.String(), sl, certKeyBinding(id.String()), access,
+		fmt.Sprintf("custom certificate of the instance, read by %s", actor))
 	if err != nil {
-		access.Reason = reasonUndecryptable
-		_ = s.audit(ctx, access)
-		return nil, fmt.Errorf("read certificate key %s: %w", id, err)
-	}
-	defer clear(value)
-	access.Allowed, access.Reason = true, fmt.Sprintf("custom certificate of the instance, read by %s", actor)
-	if err := s.audit(ctx, access); err != nil {
 		return nil, err
 	}
+	defer clear(value)
 	return &secretsv1.ReadCertificateKeyResponse{PrivateKeyPem: string(value)}, nil
+}
+
+// deleteCertKey forgets a stored TLS private key that no network or
+// instance names any more; none stored is fine.
+func (s *Service) deleteCertKey(ctx context.Context, _ vocab.Actor, r *secretsv1.DeleteCertificateKeyRequest) (*emptypb.Empty, error) {
+	id, err := uuid.Parse(r.GetId())
+	if err != nil {
+		return nil, apierr.Invalid("id", "must be a certificate key id (a UUID)")
+	}
+	tag, err := s.store.pool.Exec(ctx, `DELETE FROM certificate_keys WHERE id = $1`, id.String())
+	if err != nil {
+		return nil, fmt.Errorf("delete certificate key %s: %w", id, err)
+	}
+	if tag.RowsAffected() > 0 {
+		s.log.InfoContext(ctx, "forgot a TLS private key no record names", "certificate_key_id", id.String())
+	}
+	return &emptypb.Empty{}, nil
 }

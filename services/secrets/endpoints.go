@@ -216,6 +216,25 @@ func (s *Service) audit(ctx context.Context, a *secretsv1.SecretAccess) error {
 	return nil
 }
 
+// release opens sl, bound as b, for a read audited as access: the record
+// (allowed, for reason) is stored before the value is returned, and a
+// value that does not open is audited as such (what names it in the
+// error). The caller owns, and should clear, the value.
+func (s *Service) release(ctx context.Context, what string, sl sealed, b binding, access *secretsv1.SecretAccess, reason string) ([]byte, error) {
+	value, err := open(ctx, s.kms, sl, b)
+	if err != nil {
+		access.Reason = reasonUndecryptable
+		_ = s.audit(ctx, access)
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	access.Allowed, access.Reason = true, reason
+	if err := s.audit(ctx, access); err != nil {
+		clear(value)
+		return nil, err
+	}
+	return value, nil
+}
+
 // auditCloudKey records a read of a cloud account's secret key; like a
 // secret's, the key is released only once the record is stored.
 func (s *Service) auditCloudKey(ctx context.Context, a *secretsv1.SecretAccess, accountID string, actor vocab.Actor) error {

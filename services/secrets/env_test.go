@@ -50,10 +50,17 @@ type env struct {
 	logs   *testkit.Buffer
 	spans  *tracetest.SpanRecorder
 	a, b   string // instance ids
-	log    *slog.Logger
-	tp     trace.TracerProvider
+	// template is the template a and b are made from.
+	template string
+	log      *slog.Logger
+	tp       trace.TracerProvider
 	// inventory is the real inventory's application layer.
 	inventory interface {
+		CreateNetwork(ctx context.Context, actor vocab.Actor, n *inventoryv1.Network) (*inventoryv1.Network, error)
+		UpdateNetwork(ctx context.Context, actor vocab.Actor, n *inventoryv1.Network, mask []string) (*inventoryv1.Network, error)
+		DeleteNetwork(ctx context.Context, actor vocab.Actor, id string, version int64) error
+		UpdateInstance(ctx context.Context, actor vocab.Actor, in *inventoryv1.Instance, mask []string) (*inventoryv1.Instance, error)
+		CreateInstance(ctx context.Context, actor vocab.Actor, in *inventoryv1.Instance) (*inventoryv1.Instance, error)
 		DeleteInstance(ctx context.Context, actor vocab.Actor, id string, version int64) (*inventoryv1.Instance, error)
 	}
 }
@@ -95,6 +102,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.template = tpl.GetId()
 	for _, in := range []struct {
 		name string
 		id   *string

@@ -48,6 +48,8 @@ const (
 	contextSecretName   = "flotilla:secret-name"
 	contextCloudAccount = "flotilla:cloud-account-id"
 	contextCertKey      = "flotilla:certificate-key-id"
+	contextACMEAccount  = "flotilla:acme-account-network-id"
+	contextACMECert     = "flotilla:acme-certificate-instance-id"
 )
 
 // binding is what a sealed value is bound to: its ciphertext to aad, its
@@ -80,6 +82,18 @@ func cloudKeyContext(accountID string) kms.EncryptionContext {
 // certKeyContext is the encryption context of a stored TLS key.
 func certKeyContext(id string) kms.EncryptionContext {
 	return kms.EncryptionContext{contextCertKey: id}
+}
+
+// acmeAccountContext is the encryption context of a network's ACME
+// account key.
+func acmeAccountContext(networkID string) kms.EncryptionContext {
+	return kms.EncryptionContext{contextACMEAccount: networkID}
+}
+
+// acmeCertContext is the encryption context of the key of an instance's
+// ACME certificate.
+func acmeCertContext(instanceID string) kms.EncryptionContext {
+	return kms.EncryptionContext{contextACMECert: instanceID}
 }
 
 // seal encrypts value under a fresh data key from k, bound as b says. The

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/protobuf/proto"
 
 	"flotilla.dev/flotilla/api/endpoints"
@@ -113,20 +114,7 @@ func TestTheValueLeaksNowhere(t *testing.T) {
 	}
 
 	// A full dump of the database.
-	bin, err := pgmanaged.FindBinDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	dump, err := exec.CommandContext(dctx, filepath.Join(bin, "pg_dump"), "--no-password", "--dbname="+e.dbURL).Output()
-	if err != nil {
-		t.Fatalf("pg_dump: %v", err)
-	}
-	if !bytes.Contains(dump, []byte("CREATE TABLE public.secrets")) || !bytes.Contains(dump, []byte("COPY public.secrets")) {
-		t.Fatalf("pg_dump output does not hold the secrets table (%d bytes)", len(dump))
-	}
-	assertNoLeak(t, "pg_dump", dump)
+	assertNoLeak(t, "pg_dump", e.pgDump())
 
 	// Every message on every stream, headers and payload.
 	var streams, audits int
@@ -156,20 +144,45 @@ func TestTheValueLeaksNowhere(t *testing.T) {
 	var sawRead bool
 	for _, s := range spans {
 		sawRead = sawRead || s.Name() == "secrets ReadSecretRequest"
-		var b strings.Builder
-		fmt.Fprintln(&b, s.Name(), s.Status().Description)
-		for _, a := range s.Attributes() {
-			fmt.Fprintln(&b, a.Key, a.Value.String())
-		}
-		for _, ev := range s.Events() {
-			fmt.Fprintln(&b, ev.Name)
-			for _, a := range ev.Attributes {
-				fmt.Fprintln(&b, a.Key, a.Value.String())
-			}
-		}
-		assertNoLeak(t, "span "+s.Name(), []byte(b.String()))
+		assertNoLeak(t, "span "+s.Name(), spanText(s))
 	}
 	if !sawRead {
 		t.Fatalf("no secret.read span among %d spans", len(spans))
 	}
+}
+
+// pgDump is a full dump of e's database (pg_dump), which holds the
+// secrets table.
+func (e *env) pgDump() []byte {
+	e.t.Helper()
+	bin, err := pgmanaged.FindBinDir()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dump, err := exec.CommandContext(ctx, filepath.Join(bin, "pg_dump"), "--no-password", "--dbname="+e.dbURL).Output()
+	if err != nil {
+		e.t.Fatalf("pg_dump: %v", err)
+	}
+	if !bytes.Contains(dump, []byte("CREATE TABLE public.secrets")) || !bytes.Contains(dump, []byte("COPY public.secrets")) {
+		e.t.Fatalf("pg_dump output does not hold the secrets table (%d bytes)", len(dump))
+	}
+	return dump
+}
+
+// spanText is everything a span says: name, status, attributes, events.
+func spanText(s sdktrace.ReadOnlySpan) []byte {
+	var b strings.Builder
+	fmt.Fprintln(&b, s.Name(), s.Status().Description)
+	for _, a := range s.Attributes() {
+		fmt.Fprintln(&b, a.Key, a.Value.String())
+	}
+	for _, ev := range s.Events() {
+		fmt.Fprintln(&b, ev.Name)
+		for _, a := range ev.Attributes {
+			fmt.Fprintln(&b, a.Key, a.Value.String())
+		}
+	}
+	return []byte(b.String())
 }

@@ -88,6 +88,10 @@ var sealedTables = []sealedTable{
 		context: func(k []string) kms.EncryptionContext { return cloudKeyContext(k[0]) }},
 	{name: "certificate_keys", key: []string{"id"},
 		context: func(k []string) kms.EncryptionContext { return certKeyContext(k[0]) }},
+	{name: "acme_accounts", key: []string{"network_id"},
+		context: func(k []string) kms.EncryptionContext { return acmeAccountContext(k[0]) }},
+	{name: "acme_certificates", key: []string{"instance_id"},
+		context: func(k []string) kms.EncryptionContext { return acmeCertContext(k[0]) }},
 }
 
 // sealedRow is what Rewrap reads of a row: its key, and what it rewrites

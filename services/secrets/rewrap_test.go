@@ -280,8 +280,9 @@ func TestRewrapReportsWhatItCannotUnwrap(t *testing.T) {
 	}
 }
 
-// TestRewrapCoversEveryTableOfSealedValues: cloud accounts' keys and
-// certificates' keys are rewrapped along with secrets.
+// TestRewrapCoversEveryTableOfSealedValues: cloud accounts' keys,
+// certificates' keys, networks' ACME account keys and the keys of
+// instances' ACME certificates are rewrapped along with secrets.
 func TestRewrapCoversEveryTableOfSealedValues(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -295,6 +296,18 @@ func TestRewrapCoversEveryTableOfSealedValues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The CA has the broker make a network's ACME account key and keep an
+	// instance's ACME certificate.
+	ca := rpc.NewClient(e.bus.Conn(t, subjects.CA), subjects.CA, 10*time.Second)
+	network := uuid.NewString()
+	if _, err := rpc.Call(ctx, ca, endpoints.ACMEAccountKeyGet, &secretsv1.GetAcmeAccountKeyRequest{NetworkId: network, InstanceId: e.a}); err != nil {
+		t.Fatal(err)
+	}
+	acmeCert := issue(t, "a.fleet.test")
+	if _, err := rpc.Call(ctx, ca, endpoints.ACMECertKeyPut, &secretsv1.PutAcmeCertificateRequest{InstanceId: e.a, NetworkId: network,
+		DirectoryUrl: "https://acme.test/dir", CertificatePem: acmeCert.chain, PrivateKeyPem: acmeCert.key}); err != nil {
+		t.Fatal(err)
+	}
 	other, err := kms.OpenLocal(t.TempDir() + "/new.key")
 	if err != nil {
 		t.Fatal(err)
@@ -303,8 +316,10 @@ func TestRewrapCoversEveryTableOfSealedValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	for table, where := range map[string][]any{
-		"cloud_keys":       {"cloud_account_id = $1", account},
-		"certificate_keys": {"id = $1", cert.GetId()},
+		"cloud_keys":        {"cloud_account_id = $1", account},
+		"certificate_keys":  {"id = $1", cert.GetId()},
+		"acme_accounts":     {"network_id = $1", network},
+		"acme_certificates": {"instance_id = $1", e.a},
 	} {
 		var keyID string
 		if err := e.pool.QueryRow(ctx, "SELECT kms_key_id FROM "+table+" WHERE "+where[0].(string), where[1]).Scan(&keyID); err != nil || keyID != other.KeyID() {

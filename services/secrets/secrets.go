@@ -8,12 +8,15 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
 
 	"flotilla.dev/flotilla/api/endpoints"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/bus"
@@ -106,6 +109,15 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("secrets: instance deletions consumer: %w", err)
 	}
+	err = s.events.Handle(ctx, subjects.EventsStream, subjects.EntityVerbEvents(subjects.NounNetwork, string(vocab.VerbDeleted)),
+		jetstream.ConsumerConfig{
+			Durable:       subjects.SecretsNetworkCleanupConsumer,
+			Description:   "The secret broker removes the keys of deleted networks",
+			DeliverPolicy: jetstream.DeliverNewPolicy,
+		}, s.removeNetworkSecrets)
+	if err != nil {
+		return nil, fmt.Errorf("secrets: network deletions consumer: %w", err)
+	}
 	s.rpc, err = rpc.New(d.NATS, subjects.Secrets, d.Version, "Flotilla secret broker", log, d.TracerProvider, d.Pool.Ping, rpc.WithConcurrency(d.Concurrency))
 	if err != nil {
 		return nil, err
@@ -120,6 +132,10 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		rpc.Handle(s.rpc, endpoints.CloudKeyRead, s.readCloudKey),
 		rpc.Handle(s.rpc, endpoints.CertKeyCreate, s.createCertKey),
 		rpc.Handle(s.rpc, endpoints.CertKeyRead, s.readCertKey),
+		rpc.Handle(s.rpc, endpoints.CertKeyDelete, s.deleteCertKey),
+		rpc.Handle(s.rpc, endpoints.ACMEAccountKeyGet, s.getACMEAccountKey),
+		rpc.Handle(s.rpc, endpoints.ACMECertKeyPut, s.putACMECertificate),
+		rpc.Handle(s.rpc, endpoints.ACMECertKeyRead, s.readACMECertificate),
 	); err != nil {
 		_ = s.rpc.Stop()
 		return nil, err
@@ -134,31 +150,90 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 }
 
 // Run serves until ctx ends, then stops taking requests; requests in flight
-// finish. It also removes the secrets of every instance that is deleted.
+// finish. It also removes what it keeps for every instance and network that
+// is deleted.
 func (s *Service) Run(ctx context.Context) error {
 	err := s.events.Run(ctx)
 	return errors.Join(err, s.rpc.Stop())
 }
 
-// removeInstanceSecrets handles an instance.deleted event: the instance's
-// secrets go with it. A malformed event can never be handled and goes to
-// the poison stream; a database failure is retried.
+// removeInstanceSecrets handles an instance.deleted event: what the broker
+// keeps for the instance goes with it: its secrets, the ACME certificate
+// kept for it and the uploaded key of its own custom certificate (named in
+// the event, which carries the instance as it was). A malformed event can
+// never be handled and goes to the poison stream; a database failure is
+// retried.
 func (s *Service) removeInstanceSecrets(msg *message.Message) error {
-	ctx := msg.Context()
-	ev, err := bus.DecodeEvent(msg.Payload)
-	if err == nil && ev.GetEntityId() == "" {
-		err = errors.New("the event names no instance")
-	}
+	in := &inventoryv1.Instance{}
+	id, err := s.deleted(msg, in)
 	if err != nil {
-		s.log.ErrorContext(ctx, "a malformed instance deletion goes to the poison stream", "message_id", msg.UUID, "error", err)
-		return events.Permanent(err)
+		return err
 	}
-	n, err := s.store.deleteInstance(ctx, ev.GetEntityId())
+	return s.removeKept(msg.Context(), "instance", id, in.GetSsl().GetPrivateKeyId(),
+		keptBy{"secrets", "instance_id"}, keptBy{"acme_certificates", "instance_id"})
+}
+
+// removeNetworkSecrets handles a network.deleted event: the network's ACME
+// account key and the uploaded key of its custom certificate go with it
+// (and ACME certificates of its instances, though a network is deleted
+// only once no instance uses it).
+func (s *Service) removeNetworkSecrets(msg *message.Message) error {
+	nw := &inventoryv1.Network{}
+	id, err := s.deleted(msg, nw)
 	if err != nil {
-		return fmt.Errorf("remove the secrets of deleted instance %s: %w", ev.GetEntityId(), err)
+		return err
 	}
-	if n > 0 {
-		s.log.InfoContext(ctx, "removed the secrets of a deleted instance", "instance_id", ev.GetEntityId(), "secrets", n)
+	return s.removeKept(msg.Context(), "network", id, nw.GetCustomCertificate().GetPrivateKeyId(),
+		keptBy{"acme_accounts", "network_id"}, keptBy{"acme_certificates", "network_id"})
+}
+
+// keptBy names rows the broker keeps for an entity: a table and the
+// column holding the entity's id.
+type keptBy struct{ table, column string }
+
+// removeKept deletes what the broker keeps for the deleted entity kind id:
+// its rows in each table, and the uploaded certificate key keyID (none
+// when ""), and logs what went.
+func (s *Service) removeKept(ctx context.Context, kind, id, keyID string, tables ...keptBy) error {
+	attrs, total := []any{kind + "_id", id}, int64(0)
+	for _, t := range tables {
+		tag, err := s.store.pool.Exec(ctx, "DELETE FROM "+t.table+" WHERE "+t.column+" = $1", id)
+		if err != nil {
+			return fmt.Errorf("remove the %s rows of deleted %s %s: %w", t.table, kind, id, err)
+		}
+		attrs, total = append(attrs, t.table, tag.RowsAffected()), total+tag.RowsAffected()
+	}
+	if _, err := uuid.Parse(keyID); err == nil {
+		tag, err := s.store.pool.Exec(ctx, `DELETE FROM certificate_keys WHERE id = $1`, keyID)
+		if err != nil {
+			return fmt.Errorf("remove the certificate key of deleted %s %s: %w", kind, id, err)
+		}
+		attrs, total = append(attrs, "certificate_keys", tag.RowsAffected()), total+tag.RowsAffected()
+	}
+	if total > 0 {
+		s.log.InfoContext(ctx, "removed what was kept for a deleted "+kind, attrs...)
 	}
 	return nil
+}
+
+// deleted decodes an entity deletion: it returns the entity's id and
+// fills entity with the entity as it was (left empty when the event
+// carries another type or none). A malformed event is permanent.
+func (s *Service) deleted(msg *message.Message, entity proto.Message) (string, error) {
+	ev, err := bus.DecodeEvent(msg.Payload)
+	if err == nil && ev.GetEntityId() == "" {
+		err = errors.New("the event names no entity")
+	}
+	var id string
+	if err == nil {
+		id, err = parseID("entityId", "an id", ev.GetEntityId())
+	}
+	if err != nil {
+		s.log.ErrorContext(msg.Context(), "a malformed deletion goes to the poison stream", "message_id", msg.UUID, "error", err)
+		return "", events.Permanent(err)
+	}
+	if d := ev.GetData(); d != nil && d.UnmarshalTo(entity) != nil {
+		proto.Reset(entity)
+	}
+	return id, nil
 }

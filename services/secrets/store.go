@@ -127,12 +127,3 @@ func (st store) delete(ctx context.Context, instanceID, name string) (bool, erro
 	}
 	return tag.RowsAffected() > 0, nil
 }
-
-// deleteInstance removes every secret bound to an instance and reports how many.
-func (st store) deleteInstance(ctx context.Context, instanceID string) (int64, error) {
-	tag, err := st.pool.Exec(ctx, "DELETE FROM secrets WHERE instance_id = $1", instanceID)
-	if err != nil {
-		return 0, fmt.Errorf("delete secrets of instance %s: %w", instanceID, err)
-	}
-	return tag.RowsAffected(), nil
-}

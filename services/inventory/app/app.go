@@ -67,8 +67,10 @@ type App struct {
 	committed func()
 	// cloudKeys keeps cloud accounts' secret keys (WithCloudKeys).
 	cloudKeys CloudKeys
-	// keys keeps uploaded TLS private keys (certkeys.go).
-	keys KeyStore
+	// keys keeps uploaded TLS private keys (certkeys.go); dropKey forgets
+	// those no record names any more.
+	keys    KeyStore
+	dropKey KeyDrop
 }
 
 // Option configures an App.

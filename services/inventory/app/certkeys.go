@@ -20,6 +20,78 @@ type KeyStore func(ctx context.Context, privateKeyPEM string) (id string, err er
 // WithKeyStore sets where uploaded TLS private keys go.
 func WithKeyStore(k KeyStore) Option { return func(a *App) { a.keys = k } }
 
+// KeyDrop forgets a stored TLS private key by its id (the secret broker).
+type KeyDrop func(ctx context.Context, id string) error
+
+// WithKeyDrop sets how stored TLS private keys that no record names any
+// more are forgotten.
+func WithKeyDrop(d KeyDrop) Option { return func(a *App) { a.dropKey = d } }
+
+// dropKeys forgets the stored keys among ids that are not named (the key
+// id the record names now): a key replaced by a new upload or dropped with
+// the certificate, or one stored for a change that was not made. After the
+// commit, best effort: a failure is logged and leaves a sealed row behind.
+// (Deleted networks' and instances' keys are forgotten by the secret
+// broker itself, from their deletion events.)
+func (a *App) dropKeys(ctx context.Context, named string, ids ...string) {
+	if a.dropKey == nil {
+		return
+	}
+	for _, id := range ids {
+		if id == "" || id == named {
+			continue
+		}
+		if err := a.dropKey(ctx, id); err != nil {
+			a.log.WarnContext(ctx, "a stored TLS private key that no record names was not forgotten", "certificate_key_id", id, "error", err)
+		}
+	}
+}
+
+// keyIDOf is the stored key id a network or an instance names ("" for none).
+func keyIDOf(v any) string {
+	switch r := v.(type) {
+	case *inventoryv1.Network:
+		return r.GetCustomCertificate().GetPrivateKeyId()
+	case *inventoryv1.Instance:
+		return r.GetSsl().GetPrivateKeyId()
+	}
+	return ""
+}
+
+// afterKeyedWrite forgets the keys a write of a network or an instance left
+// unnamed: before is the record as read before the write (nil for a
+// create), sent the record as sent (its uploaded key stored), out and err
+// what the write returned; reread reads the record again after a failed
+// update, whose outcome is then taken from the database.
+func afterKeyedWrite[T interface{ comparable }](ctx context.Context, a *App, before, sent, out T, err error, reread func() (T, error)) {
+	var zero T
+	named := keyIDOf(out)
+	switch {
+	case err == nil:
+	case before == zero:
+		// A create refused names nothing: its key was stored for nothing.
+		// (Any other failure, a commit that may have happened, forgets
+		// nothing.)
+		switch apierr.KindOf(err) {
+		case apierr.KindInvalid, apierr.KindConflict, apierr.KindNotFound, apierr.KindPermissionDenied:
+			named = ""
+		default:
+			return
+		}
+	default:
+		now, gerr := reread()
+		if gerr != nil {
+			return // unknown: forget nothing
+		}
+		named = keyIDOf(now)
+	}
+	var was string
+	if before != zero {
+		was = keyIDOf(before)
+	}
+	a.dropKeys(ctx, named, was, keyIDOf(sent))
+}
+
 // customCert is a custom certificate's fields inside a network or an
 // instance, to fill the stored key's id in.
 type customCert interface {

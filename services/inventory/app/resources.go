@@ -97,7 +97,9 @@ func (a *App) CreateNetwork(ctx context.Context, actor vocab.Actor, n *inventory
 	if err != nil {
 		return nil, err
 	}
-	return create(ctx, a, networks, actor, n)
+	out, err := create(ctx, a, networks, actor, n)
+	afterKeyedWrite(ctx, a, nil, n, out, err, nil)
+	return out, err
 }
 
 // GetNetwork reads a network.
@@ -119,7 +121,9 @@ func (a *App) UpdateNetwork(ctx context.Context, actor vocab.Actor, n *inventory
 	if n, err = a.sealNetworkKey(ctx, n, cur); err != nil {
 		return nil, err
 	}
-	return update(ctx, a, networks, actor, n, keyMask(mask))
+	out, err := update(ctx, a, networks, actor, n, keyMask(mask))
+	afterKeyedWrite(ctx, a, cur, n, out, err, func() (*inventoryv1.Network, error) { return a.GetNetwork(ctx, n.GetId()) })
+	return out, err
 }
 
 // DeleteNetwork deletes a network no instance uses.
@@ -158,7 +162,9 @@ func (a *App) CreateInstance(ctx context.Context, actor vocab.Actor, in *invento
 	if err != nil {
 		return nil, err
 	}
-	return create(ctx, a, instances, actor, in)
+	out, err := create(ctx, a, instances, actor, in)
+	afterKeyedWrite(ctx, a, nil, in, out, err, nil)
+	return out, err
 }
 
 // GetInstance reads an instance.
@@ -189,7 +195,9 @@ func (a *App) UpdateInstance(ctx context.Context, actor vocab.Actor, in *invento
 	if in, err = a.sealInstanceKey(ctx, in, cur); err != nil {
 		return nil, err
 	}
-	return update(ctx, a, instances, actor, in, keyMask(mask))
+	out, err := update(ctx, a, instances, actor, in, keyMask(mask))
+	afterKeyedWrite(ctx, a, cur, in, out, err, func() (*inventoryv1.Instance, error) { return get(ctx, a, instances, in.GetId()) })
+	return out, err
 }
 
 // DeleteInstance deletes an instance: at once if it was never provisioned,

@@ -111,7 +111,8 @@ func ValidateNetwork(n *inventoryv1.Network) error {
 		if err := validateACME(n.GetAcme()); err != nil {
 			return err
 		}
-	} else if n.GetAcme().GetContactEmail() != "" || n.GetAcme().GetDirectoryUrl() != "" || n.GetAcme().GetHttpPort() != 0 || n.GetAcme().GetDirectoryCaPem() != "" {
+	} else if a := n.GetAcme(); a.GetContactEmail() != "" || a.GetDirectoryUrl() != "" || a.GetHttpPort() != 0 || a.GetDirectoryCaPem() != "" ||
+		a.GetChallenge() != "" || len(a.GetDnsResolvers()) > 0 {
 		return apierr.Invalid("acme", "is only allowed with httpsStrategy %q", vocab.HTTPSACME)
 	}
 	if aws := n.GetAws(); aws != nil {
@@ -150,6 +151,9 @@ func ValidateNetwork(n *inventoryv1.Network) error {
 		if !dnsLabelRE.MatchString(probe) || len(probe) > 253 {
 			return apierr.Invalid("dns.hostnamePattern", "%q does not form a valid DNS name", p)
 		}
+	}
+	if strategy == vocab.HTTPSACME {
+		return validateACMEChallenge(n)
 	}
 	return nil
 }

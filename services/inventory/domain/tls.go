@@ -3,8 +3,10 @@ package domain
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -95,8 +97,8 @@ func (c CustomCertificate) invalid(err error) error {
 // pattern filled in (a pattern with {id} only once the id is known).
 func InstanceHostNames(in *inventoryv1.Instance, n *inventoryv1.Network) []string {
 	names := append([]string(nil), in.GetSsl().GetSans()...)
-	if p := n.GetDns().GetHostnamePattern(); p != "" && (in.GetId() != "" || !strings.Contains(p, "{id}")) {
-		names = append(names, strings.NewReplacer("{name}", in.GetName(), "{id}", in.GetId()).Replace(p))
+	if h := pki.InstanceHostName(in, n); h != "" {
+		names = append(names, h)
 	}
 	return names
 }
@@ -127,9 +129,6 @@ func validateInstanceCertificate(in *inventoryv1.Instance, n *inventoryv1.Networ
 	return nil
 }
 
-// LetsEncryptDirectory is the ACME directory used when a network names none.
-const LetsEncryptDirectory = "https://acme-v02.api.letsencrypt.org/directory"
-
 // validateACME checks a network's ACME settings beyond the contact e-mail.
 func validateACME(a *inventoryv1.AcmeSettings) error {
 	if u := a.GetDirectoryUrl(); u != "" {
@@ -149,13 +148,66 @@ func validateACME(a *inventoryv1.AcmeSettings) error {
 	return nil
 }
 
-// ACMEDomains are the names an instance's ACME certificate is ordered for:
-// its ssl.domains, else its host name from the network's pattern.
-func ACMEDomains(in *inventoryv1.Instance, n *inventoryv1.Network) []string {
-	if d := in.GetSsl().GetDomains(); len(d) > 0 {
-		return d
+// MaxDNSResolvers bounds a network's acme.dnsResolvers.
+const MaxDNSResolvers = 10
+
+// acmeChallenges are the values of acme.challenge (empty means http-01).
+var acmeChallenges = []vocab.ACMEChallenge{vocab.ACMEHTTP01, vocab.ACMEDNS01}
+
+// validateACMEChallenge checks an "acme" network's challenge: DNS-01 has
+// the manager write the TXT records in the network's Route53 zone with its
+// cloud account, so it needs provider aws (which needs the account) and a
+// zone; its resolvers are DNS servers to ask.
+func validateACMEChallenge(n *inventoryv1.Network) error {
+	a := n.GetAcme()
+	if a.GetChallenge() != "" {
+		if err := oneOf("acme.challenge", a.GetChallenge(), acmeChallenges); err != nil {
+			return err
+		}
 	}
-	return InstanceHostNames(&inventoryv1.Instance{Id: in.GetId(), Name: in.GetName()}, n)
+	if vocab.ACMEChallenge(a.GetChallenge()) != vocab.ACMEDNS01 {
+		if len(a.GetDnsResolvers()) > 0 {
+			return apierr.Invalid("acme.dnsResolvers", "is only allowed with acme.challenge %q", vocab.ACMEDNS01)
+		}
+		return nil
+	}
+	if vocab.Provider(n.GetProvider()) != vocab.ProviderAWS {
+		return apierr.Invalid("acme.challenge", "%q needs provider %q: the manager writes the TXT records in the network's Route53 zone, with its cloud account",
+			vocab.ACMEDNS01, vocab.ProviderAWS)
+	}
+	if n.GetCloudAccountId() == "" {
+		return apierr.Invalid("cloudAccountId", "is required with acme.challenge %q: the account the TXT records are written with", vocab.ACMEDNS01)
+	}
+	if n.GetDns().GetPublicZoneId() == "" && n.GetDns().GetPrivateZoneId() == "" {
+		return apierr.Invalid("dns.publicZoneId", "is required with acme.challenge %q (or dns.privateZoneId): the Route53 zone the TXT records are written to", vocab.ACMEDNS01)
+	}
+	if len(a.GetDnsResolvers()) > MaxDNSResolvers {
+		return apierr.Invalid("acme.dnsResolvers", "at most %d are allowed", MaxDNSResolvers)
+	}
+	for i, r := range a.GetDnsResolvers() {
+		if err := checkResolver(r); err != nil {
+			return apierr.Invalid(fmt.Sprintf("acme.dnsResolvers[%d]", i), "%q %v", r, err)
+		}
+	}
+	return nil
+}
+
+// checkResolver checks a DNS resolver's address: "host" or "host:port",
+// the host an IP address or a DNS name, the port 1-65535.
+func checkResolver(r string) error {
+	host, port := r, ""
+	if h, p, err := net.SplitHostPort(r); err == nil {
+		host, port = h, p
+	}
+	if _, _, err := pki.ParseServerName(host); err != nil || strings.HasPrefix(host, "*") {
+		return errors.New(`must be "host" or "host:port", the host an IP address or a DNS name`)
+	}
+	if port != "" {
+		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+			return errors.New("has a port out of range: must be between 1 and 65535")
+		}
+	}
+	return nil
 }
 
 // validateACMEDomains checks an ACME instance's domains: at least one, DNS
@@ -170,10 +222,10 @@ func validateACMEDomains(in *inventoryv1.Instance, n *inventoryv1.Network) error
 		case err != nil:
 			return apierr.Invalid(fmt.Sprintf("ssl.domains[%d]", i), "%q %v", d, err)
 		case ip != nil || strings.HasPrefix(name, "*."):
-			return apierr.Invalid(fmt.Sprintf("ssl.domains[%d]", i), "%q: ACME over HTTP-01 certifies DNS names only, no address or wildcard", d)
+			return apierr.Invalid(fmt.Sprintf("ssl.domains[%d]", i), "%q: an ACME certificate here is for DNS names only, no address or wildcard", d)
 		}
 	}
-	if len(ACMEDomains(in, n)) == 0 {
+	if len(pki.ACMEDomains(in, n)) == 0 {
 		return apierr.Invalid("ssl.domains", "is required: network %q has no dns.hostnamePattern to name the instance by", n.GetName())
 	}
 	return nil

@@ -84,7 +84,7 @@ func TestACMEDomains(t *testing.T) {
 	t.Parallel()
 	n := &inventoryv1.Network{Name: "pub", HttpsStrategy: "acme", Dns: &inventoryv1.DnsSettings{HostnamePattern: "{name}.example.test"}}
 	in := &inventoryv1.Instance{Name: "web"}
-	if d := ACMEDomains(in, n); len(d) != 1 || d[0] != "web.example.test" {
+	if d := pki.ACMEDomains(in, n); len(d) != 1 || d[0] != "web.example.test" {
 		t.Fatalf("domains from the pattern: %v", d)
 	}
 	for raw, field := range map[string]string{"10.0.0.1": "ssl.domains[0]", "*.example.test": "ssl.domains[0]", "bad name!": "ssl.domains[0]"} {
@@ -95,5 +95,43 @@ func TestACMEDomains(t *testing.T) {
 	}
 	if err := validateACMEDomains(in, &inventoryv1.Network{Name: "bare"}); err == nil || !strings.HasPrefix(err.Error(), "ssl.domains:") {
 		t.Errorf("no domain at all: %v", err)
+	}
+}
+
+// TestACMEChallengeRulesNameTheField: dns-01 needs an aws network with a
+// cloud account and a Route53 zone; resolvers are DNS servers, with dns-01
+// only; each refusal names the field and the rule.
+func TestACMEChallengeRulesNameTheField(t *testing.T) {
+	t.Parallel()
+	acme := func(challenge string, resolvers ...string) *inventoryv1.AcmeSettings {
+		return &inventoryv1.AcmeSettings{ContactEmail: "ops@example.test", Challenge: challenge, DnsResolvers: resolvers}
+	}
+	aws := func(a *inventoryv1.AcmeSettings, zone string) *inventoryv1.Network {
+		return &inventoryv1.Network{Name: "pub", Provider: "aws", HttpsStrategy: "acme", Acme: a, CloudAccountId: "0f9d4a7e-8d2f-4b8e-9d51-2b7c1c1e0a01",
+			Aws: &inventoryv1.AwsNetworkSettings{SubnetId: "subnet-0123456789abcdef0"}, Dns: &inventoryv1.DnsSettings{PublicZoneId: zone, HostnamePattern: "{name}.example.test"}}
+	}
+	for _, tc := range []struct {
+		name  string
+		n     *inventoryv1.Network
+		field string // "" when valid
+	}{
+		{"dns-01 on aws with a zone", aws(acme("dns-01"), "Z1"), ""},
+		{"dns-01 with resolvers", aws(acme("dns-01", "127.0.0.1:5353", "ns.example.test"), "Z1"), ""},
+		{"http-01 named", aws(acme("http-01"), ""), ""},
+		{"unknown challenge", aws(acme("tls-alpn-01"), "Z1"), "acme.challenge"},
+		{"dns-01 without a zone", aws(acme("dns-01"), ""), "dns.publicZoneId"},
+		{"dns-01 on local", &inventoryv1.Network{Name: "lab", Provider: "local", HttpsStrategy: "acme", Acme: acme("dns-01")}, "acme.challenge"},
+		{"resolvers with http-01", aws(acme("", "127.0.0.1"), "Z1"), "acme.dnsResolvers"},
+		{"a bad resolver", aws(acme("dns-01", "not a host!"), "Z1"), "acme.dnsResolvers[0]"},
+		{"a bad port", aws(acme("dns-01", "127.0.0.1:99999"), "Z1"), "acme.dnsResolvers[0]"},
+		{"challenge without acme", &inventoryv1.Network{Name: "lab", Provider: "local", HttpsStrategy: "none", Acme: &inventoryv1.AcmeSettings{Challenge: "dns-01"}}, "acme"},
+	} {
+		err := ValidateNetwork(tc.n)
+		switch {
+		case tc.field == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.field != "" && (err == nil || !strings.HasPrefix(err.Error(), tc.field+":")):
+			t.Errorf("%s: %v, want an error naming %s", tc.name, err, tc.field)
+		}
 	}
 }

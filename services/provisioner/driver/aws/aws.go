@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -834,9 +835,15 @@ func (d *Driver) deleteRecord(ctx context.Context, value string) error {
 	if len(f) != 3 {
 		return nil
 	}
-	zone, name, ip := f[0], f[1], f[2]
+	return d.deleteRecordHolding(ctx, f[0], f[1], r53types.RRTypeA, f[2])
+}
+
+// deleteRecordHolding deletes the record of name and type in zone if it
+// still exists and holds value; none (or one holding other values) is
+// left as it is.
+func (d *Driver) deleteRecordHolding(ctx context.Context, zone, name string, typ r53types.RRType, value string) error {
 	out, err := d.r53.ListResourceRecordSets(ctx, &route53.ListResourceRecordSetsInput{HostedZoneId: awssdk.String(zone),
-		StartRecordName: awssdk.String(name), StartRecordType: r53types.RRTypeA, MaxItems: awssdk.Int32(1)})
+		StartRecordName: awssdk.String(name), StartRecordType: typ, MaxItems: awssdk.Int32(1)})
 	if notFound(err) {
 		return nil
 	}
@@ -844,16 +851,51 @@ func (d *Driver) deleteRecord(ctx context.Context, value string) error {
 		return failed(err, "find DNS record %s in zone %s", name, zone)
 	}
 	for _, rs := range out.ResourceRecordSets {
-		if strings.TrimSuffix(awssdk.ToString(rs.Name), ".") != strings.TrimSuffix(name, ".") || rs.Type != r53types.RRTypeA ||
-			!slices.ContainsFunc(rs.ResourceRecords, func(r r53types.ResourceRecord) bool { return awssdk.ToString(r.Value) == ip }) {
+		if strings.TrimSuffix(awssdk.ToString(rs.Name), ".") != strings.TrimSuffix(name, ".") || rs.Type != typ ||
+			!slices.ContainsFunc(rs.ResourceRecords, func(r r53types.ResourceRecord) bool { return awssdk.ToString(r.Value) == value }) {
 			continue
 		}
 		if err := d.changeRecord(ctx, r53types.ChangeActionDelete, zone, &rs); err != nil {
 			return err
 		}
-		d.cfg.Log.InfoContext(ctx, "DNS record deleted", "zone", zone, "name", name)
+		d.cfg.Log.InfoContext(ctx, "DNS record deleted", "zone", zone, "name", name, "type", typ)
 	}
 	return nil
+}
+
+// ---- ACME DNS-01 ----
+
+// challengeTTL is the TTL of DNS-01 TXT records, in seconds: short, so a
+// resolver that looked before the record was written looks again soon.
+const challengeTTL = 60
+
+// ChallengeName is the name of domain's DNS-01 TXT record.
+func ChallengeName(domain string) string { return "_acme-challenge." + strings.TrimSuffix(domain, ".") }
+
+// challengeValue is value as Route53 holds a TXT string: quoted.
+func challengeValue(value string) string { return strconv.Quote(value) }
+
+// PutChallenge writes domain's DNS-01 record in zone: the TXT record
+// _acme-challenge.<domain> holding value (an UPSERT, so a value left from
+// an earlier order is replaced). value is what the ACME server expects
+// (the key authorization's digest, base64url): no quotes to escape.
+func (d *Driver) PutChallenge(ctx context.Context, zone, domain, value string) error {
+	zone = strings.TrimPrefix(zone, "/hostedzone/")
+	name := ChallengeName(domain)
+	if err := d.changeRecord(ctx, r53types.ChangeActionUpsert, zone, &r53types.ResourceRecordSet{
+		Name: awssdk.String(name), Type: r53types.RRTypeTxt, TTL: awssdk.Int64(challengeTTL),
+		ResourceRecords: []r53types.ResourceRecord{{Value: awssdk.String(challengeValue(value))}},
+	}); err != nil {
+		return err
+	}
+	d.cfg.Log.InfoContext(ctx, "DNS-01 record written", "zone", zone, "name", name)
+	return nil
+}
+
+// DeleteChallenge deletes domain's DNS-01 record from zone if it still
+// holds value (a later order's record is left alone); none is fine.
+func (d *Driver) DeleteChallenge(ctx context.Context, zone, domain, value string) error {
+	return d.deleteRecordHolding(ctx, strings.TrimPrefix(zone, "/hostedzone/"), ChallengeName(domain), r53types.RRTypeTxt, challengeValue(value))
 }
 
 func (d *Driver) changeRecord(ctx context.Context, action r53types.ChangeAction, zone string, rs *r53types.ResourceRecordSet) error {

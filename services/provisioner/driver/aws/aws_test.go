@@ -290,6 +290,13 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("volume %s is %s after DeleteDisk", disk.ID, v.State)
 	}
 
+	checkPolicy(t, &rec)
+}
+
+// checkPolicy fails t if deployments/aws/iam-policy.json does not allow
+// an action rec recorded.
+func checkPolicy(t *testing.T, rec *awsx.Actions) {
+	t.Helper()
 	policy, err := os.ReadFile("../../../../deployments/aws/iam-policy.json")
 	if err != nil {
 		t.Fatal(err)
@@ -302,6 +309,52 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("deployments/aws/iam-policy.json does not allow %v, which the driver called", missing)
 	}
 	t.Logf("actions called: %v", rec.List())
+}
+
+// TestChallengeRecords: the DNS-01 TXT record of a domain is written
+// (replacing an earlier order's value), deleted only while it holds the
+// value deleted, and deleting it again is no error; every action called is
+// in the IAM policy.
+func TestChallengeRecords(t *testing.T) {
+	t.Parallel()
+	c := newCloud(t)
+	var rec awsx.Actions
+	d := c.driver(t, &rec)
+	ctx := t.Context()
+	zone := c.network.PublicZoneID
+	lookup := testkit.Route53TXT(ctx, c.r53, zone)
+	txt := func() []string {
+		t.Helper()
+		values, err := lookup("_acme-challenge.web-1.fleet.example")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return values
+	}
+	if err := d.PutChallenge(ctx, zone, "web-1.fleet.example", "first-value"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.PutChallenge(ctx, zone, "web-1.fleet.example.", "second_value-2"); err != nil {
+		t.Fatal(err)
+	}
+	if got := txt(); !slices.Equal(got, []string{"second_value-2"}) {
+		t.Fatalf("TXT record %v, want the second value alone", got)
+	}
+	if err := d.DeleteChallenge(ctx, zone, "web-1.fleet.example", "first-value"); err != nil {
+		t.Fatal(err)
+	}
+	if got := txt(); len(got) != 1 {
+		t.Fatalf("deleting the first order's value removed the second's: %v", got)
+	}
+	for range 2 {
+		if err := d.DeleteChallenge(ctx, zone, "web-1.fleet.example", "second_value-2"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := txt(); len(got) != 0 {
+		t.Fatalf("TXT record %v after deleting it", got)
+	}
+	checkPolicy(t, &rec)
 }
 
 func checkRunning(t *testing.T, c *cloud, vm driver.VM, volID string, spec driver.VMSpec) {

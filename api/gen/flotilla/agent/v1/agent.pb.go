@@ -259,6 +259,7 @@ type AgentMessage struct {
 	//	*AgentMessage_Progress
 	//	*AgentMessage_SecretRequest
 	//	*AgentMessage_ServerCertRequest
+	//	*AgentMessage_AcmeRequest
 	Body          isAgentMessage_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -355,6 +356,15 @@ func (x *AgentMessage) GetServerCertRequest() *ServerCertRequest {
 	return nil
 }
 
+func (x *AgentMessage) GetAcmeRequest() *AcmeRequest {
+	if x != nil {
+		if x, ok := x.Body.(*AgentMessage_AcmeRequest); ok {
+			return x.AcmeRequest
+		}
+	}
+	return nil
+}
+
 type isAgentMessage_Body interface {
 	isAgentMessage_Body()
 }
@@ -383,6 +393,10 @@ type AgentMessage_ServerCertRequest struct {
 	ServerCertRequest *ServerCertRequest `protobuf:"bytes,6,opt,name=server_cert_request,json=serverCertRequest,proto3,oneof"`
 }
 
+type AgentMessage_AcmeRequest struct {
+	AcmeRequest *AcmeRequest `protobuf:"bytes,7,opt,name=acme_request,json=acmeRequest,proto3,oneof"`
+}
+
 func (*AgentMessage_Hello) isAgentMessage_Body() {}
 
 func (*AgentMessage_Heartbeat) isAgentMessage_Body() {}
@@ -394,6 +408,8 @@ func (*AgentMessage_Progress) isAgentMessage_Body() {}
 func (*AgentMessage_SecretRequest) isAgentMessage_Body() {}
 
 func (*AgentMessage_ServerCertRequest) isAgentMessage_Body() {}
+
+func (*AgentMessage_AcmeRequest) isAgentMessage_Body() {}
 
 // Hello opens a stream.
 type Hello struct {
@@ -884,6 +900,7 @@ type GatewayMessage struct {
 	//	*GatewayMessage_SecretResponse
 	//	*GatewayMessage_ServerCertResponse
 	//	*GatewayMessage_LogAck
+	//	*GatewayMessage_AcmeResponse
 	Body          isGatewayMessage_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -962,6 +979,15 @@ func (x *GatewayMessage) GetLogAck() *LogAck {
 	return nil
 }
 
+func (x *GatewayMessage) GetAcmeResponse() *AcmeResponse {
+	if x != nil {
+		if x, ok := x.Body.(*GatewayMessage_AcmeResponse); ok {
+			return x.AcmeResponse
+		}
+	}
+	return nil
+}
+
 type isGatewayMessage_Body interface {
 	isGatewayMessage_Body()
 }
@@ -982,6 +1008,10 @@ type GatewayMessage_LogAck struct {
 	LogAck *LogAck `protobuf:"bytes,4,opt,name=log_ack,json=logAck,proto3,oneof"`
 }
 
+type GatewayMessage_AcmeResponse struct {
+	AcmeResponse *AcmeResponse `protobuf:"bytes,5,opt,name=acme_response,json=acmeResponse,proto3,oneof"`
+}
+
 func (*GatewayMessage_Command) isGatewayMessage_Body() {}
 
 func (*GatewayMessage_SecretResponse) isGatewayMessage_Body() {}
@@ -989,6 +1019,8 @@ func (*GatewayMessage_SecretResponse) isGatewayMessage_Body() {}
 func (*GatewayMessage_ServerCertResponse) isGatewayMessage_Body() {}
 
 func (*GatewayMessage_LogAck) isGatewayMessage_Body() {}
+
+func (*GatewayMessage_AcmeResponse) isGatewayMessage_Body() {}
 
 // LogAck tells the agent that JetStream stored (or already had) every log
 // line it sent on this stream up to seq: the agent may forget them. A
@@ -1259,7 +1291,8 @@ func (x *Bootstrap) GetNodeHost() string {
 
 // AcmeOrder is what the agent orders its node software's certificate with:
 // the network's ACME settings and the instance's domains. The agent answers
-// HTTP-01 on http_port and renews at two thirds of the lifetime.
+// HTTP-01 on http_port, or has the manager write DNS-01's TXT records
+// (AcmeRequest.dns_challenge), and renews at two thirds of the lifetime.
 type AcmeOrder struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	DirectoryUrl   string                 `protobuf:"bytes,1,opt,name=directory_url,json=directoryUrl,proto3" json:"directory_url,omitempty"`
@@ -1267,8 +1300,14 @@ type AcmeOrder struct {
 	Domains        []string               `protobuf:"bytes,3,rep,name=domains,proto3" json:"domains,omitempty"`
 	HttpPort       int32                  `protobuf:"varint,4,opt,name=http_port,json=httpPort,proto3" json:"http_port,omitempty"`
 	DirectoryCaPem string                 `protobuf:"bytes,5,opt,name=directory_ca_pem,json=directoryCaPem,proto3" json:"directory_ca_pem,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// "http-01" (or empty) or "dns-01".
+	Challenge string `protobuf:"bytes,6,opt,name=challenge,proto3" json:"challenge,omitempty"`
+	// With dns-01: the resolvers that must see the TXT record before the ACME
+	// server is told to look (empty: the system's, then the zone's
+	// authoritative nameservers).
+	DnsResolvers  []string `protobuf:"bytes,7,rep,name=dns_resolvers,json=dnsResolvers,proto3" json:"dns_resolvers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AcmeOrder) Reset() {
@@ -1336,6 +1375,409 @@ func (x *AcmeOrder) GetDirectoryCaPem() string {
 	return ""
 }
 
+func (x *AcmeOrder) GetChallenge() string {
+	if x != nil {
+		return x.Challenge
+	}
+	return ""
+}
+
+func (x *AcmeOrder) GetDnsResolvers() []string {
+	if x != nil {
+		return x.DnsResolvers
+	}
+	return nil
+}
+
+// AcmeRequest is what the agent asks the manager while it orders or renews
+// its ACME certificate; the instance is the one its certificate names. The
+// answer is an AcmeResponse with the same request_id.
+type AcmeRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Types that are valid to be assigned to Action:
+	//
+	//	*AcmeRequest_AccountKey
+	//	*AcmeRequest_StoredCertificate
+	//	*AcmeRequest_StoreCertificate
+	//	*AcmeRequest_DnsChallenge
+	Action        isAcmeRequest_Action `protobuf_oneof:"action"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcmeRequest) Reset() {
+	*x = AcmeRequest{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcmeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcmeRequest) ProtoMessage() {}
+
+func (x *AcmeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcmeRequest.ProtoReflect.Descriptor instead.
+func (*AcmeRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *AcmeRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *AcmeRequest) GetAction() isAcmeRequest_Action {
+	if x != nil {
+		return x.Action
+	}
+	return nil
+}
+
+func (x *AcmeRequest) GetAccountKey() *AcmeAccountKeyRequest {
+	if x != nil {
+		if x, ok := x.Action.(*AcmeRequest_AccountKey); ok {
+			return x.AccountKey
+		}
+	}
+	return nil
+}
+
+func (x *AcmeRequest) GetStoredCertificate() *AcmeStoredCertificateRequest {
+	if x != nil {
+		if x, ok := x.Action.(*AcmeRequest_StoredCertificate); ok {
+			return x.StoredCertificate
+		}
+	}
+	return nil
+}
+
+func (x *AcmeRequest) GetStoreCertificate() *AcmeCertificate {
+	if x != nil {
+		if x, ok := x.Action.(*AcmeRequest_StoreCertificate); ok {
+			return x.StoreCertificate
+		}
+	}
+	return nil
+}
+
+func (x *AcmeRequest) GetDnsChallenge() *AcmeDnsChallenge {
+	if x != nil {
+		if x, ok := x.Action.(*AcmeRequest_DnsChallenge); ok {
+			return x.DnsChallenge
+		}
+	}
+	return nil
+}
+
+type isAcmeRequest_Action interface {
+	isAcmeRequest_Action()
+}
+
+type AcmeRequest_AccountKey struct {
+	// The network's ACME account key (one account per network, its key
+	// sealed by the secret broker).
+	AccountKey *AcmeAccountKeyRequest `protobuf:"bytes,2,opt,name=account_key,json=accountKey,proto3,oneof"`
+}
+
+type AcmeRequest_StoredCertificate struct {
+	// The certificate the manager keeps for the instance, if it is still
+	// good for the instance's domains (so a new VM of the instance need
+	// not order again).
+	StoredCertificate *AcmeStoredCertificateRequest `protobuf:"bytes,3,opt,name=stored_certificate,json=storedCertificate,proto3,oneof"`
+}
+
+type AcmeRequest_StoreCertificate struct {
+	// A newly issued certificate and its key, for the manager to keep
+	// (sealed by the secret broker).
+	StoreCertificate *AcmeCertificate `protobuf:"bytes,4,opt,name=store_certificate,json=storeCertificate,proto3,oneof"`
+}
+
+type AcmeRequest_DnsChallenge struct {
+	// Write (or, with remove, delete) the DNS-01 TXT record of a domain.
+	DnsChallenge *AcmeDnsChallenge `protobuf:"bytes,5,opt,name=dns_challenge,json=dnsChallenge,proto3,oneof"`
+}
+
+func (*AcmeRequest_AccountKey) isAcmeRequest_Action() {}
+
+func (*AcmeRequest_StoredCertificate) isAcmeRequest_Action() {}
+
+func (*AcmeRequest_StoreCertificate) isAcmeRequest_Action() {}
+
+func (*AcmeRequest_DnsChallenge) isAcmeRequest_Action() {}
+
+type AcmeAccountKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcmeAccountKeyRequest) Reset() {
+	*x = AcmeAccountKeyRequest{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcmeAccountKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcmeAccountKeyRequest) ProtoMessage() {}
+
+func (x *AcmeAccountKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcmeAccountKeyRequest.ProtoReflect.Descriptor instead.
+func (*AcmeAccountKeyRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+}
+
+type AcmeStoredCertificateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcmeStoredCertificateRequest) Reset() {
+	*x = AcmeStoredCertificateRequest{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcmeStoredCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcmeStoredCertificateRequest) ProtoMessage() {}
+
+func (x *AcmeStoredCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcmeStoredCertificateRequest.ProtoReflect.Descriptor instead.
+func (*AcmeStoredCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+}
+
+// AcmeCertificate is an issued chain (leaf first) and its private key, PEM.
+type AcmeCertificate struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	CertificatePem string                 `protobuf:"bytes,1,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	PrivateKeyPem  string                 `protobuf:"bytes,2,opt,name=private_key_pem,json=privateKeyPem,proto3" json:"private_key_pem,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AcmeCertificate) Reset() {
+	*x = AcmeCertificate{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcmeCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcmeCertificate) ProtoMessage() {}
+
+func (x *AcmeCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcmeCertificate.ProtoReflect.Descriptor instead.
+func (*AcmeCertificate) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *AcmeCertificate) GetCertificatePem() string {
+	if x != nil {
+		return x.CertificatePem
+	}
+	return ""
+}
+
+func (x *AcmeCertificate) GetPrivateKeyPem() string {
+	if x != nil {
+		return x.PrivateKeyPem
+	}
+	return ""
+}
+
+// AcmeDnsChallenge is the TXT record _acme-challenge.<domain> with value.
+type AcmeDnsChallenge struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Domain        string                 `protobuf:"bytes,1,opt,name=domain,proto3" json:"domain,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Remove        bool                   `protobuf:"varint,3,opt,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcmeDnsChallenge) Reset() {
+	*x = AcmeDnsChallenge{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcmeDnsChallenge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcmeDnsChallenge) ProtoMessage() {}
+
+func (x *AcmeDnsChallenge) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcmeDnsChallenge.ProtoReflect.Descriptor instead.
+func (*AcmeDnsChallenge) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *AcmeDnsChallenge) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *AcmeDnsChallenge) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *AcmeDnsChallenge) GetRemove() bool {
+	if x != nil {
+		return x.Remove
+	}
+	return false
+}
+
+// AcmeResponse answers an AcmeRequest: error, or for account_key the key,
+// for stored_certificate the chain and key (both empty: none is kept).
+type AcmeResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	RequestId      string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Error          string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	PrivateKeyPem  string                 `protobuf:"bytes,3,opt,name=private_key_pem,json=privateKeyPem,proto3" json:"private_key_pem,omitempty"`
+	CertificatePem string                 `protobuf:"bytes,4,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AcmeResponse) Reset() {
+	*x = AcmeResponse{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcmeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcmeResponse) ProtoMessage() {}
+
+func (x *AcmeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcmeResponse.ProtoReflect.Descriptor instead.
+func (*AcmeResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *AcmeResponse) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *AcmeResponse) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *AcmeResponse) GetPrivateKeyPem() string {
+	if x != nil {
+		return x.PrivateKeyPem
+	}
+	return ""
+}
+
+func (x *AcmeResponse) GetCertificatePem() string {
+	if x != nil {
+		return x.CertificatePem
+	}
+	return ""
+}
+
 // StopNode stops the node software (before a deprovision).
 type StopNode struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1345,7 +1787,7 @@ type StopNode struct {
 
 func (x *StopNode) Reset() {
 	*x = StopNode{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1357,7 +1799,7 @@ func (x *StopNode) String() string {
 func (*StopNode) ProtoMessage() {}
 
 func (x *StopNode) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1370,7 +1812,7 @@ func (x *StopNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopNode.ProtoReflect.Descriptor instead.
 func (*StopNode) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 // RefreshCertificate fetches the custom certificate and key again; the node
@@ -1383,7 +1825,7 @@ type RefreshCertificate struct {
 
 func (x *RefreshCertificate) Reset() {
 	*x = RefreshCertificate{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1395,7 +1837,7 @@ func (x *RefreshCertificate) String() string {
 func (*RefreshCertificate) ProtoMessage() {}
 
 func (x *RefreshCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1408,7 +1850,7 @@ func (x *RefreshCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshCertificate.ProtoReflect.Descriptor instead.
 func (*RefreshCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 type SecretResponse struct {
@@ -1422,7 +1864,7 @@ type SecretResponse struct {
 
 func (x *SecretResponse) Reset() {
 	*x = SecretResponse{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1434,7 +1876,7 @@ func (x *SecretResponse) String() string {
 func (*SecretResponse) ProtoMessage() {}
 
 func (x *SecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1447,7 +1889,7 @@ func (x *SecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretResponse.ProtoReflect.Descriptor instead.
 func (*SecretResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SecretResponse) GetRequestId() string {
@@ -1485,7 +1927,7 @@ type ServerCertResponse struct {
 
 func (x *ServerCertResponse) Reset() {
 	*x = ServerCertResponse{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1497,7 +1939,7 @@ func (x *ServerCertResponse) String() string {
 func (*ServerCertResponse) ProtoMessage() {}
 
 func (x *ServerCertResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1510,7 +1952,7 @@ func (x *ServerCertResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerCertResponse.ProtoReflect.Descriptor instead.
 func (*ServerCertResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ServerCertResponse) GetRequestId() string {
@@ -1567,7 +2009,7 @@ type AgentEvent struct {
 
 func (x *AgentEvent) Reset() {
 	*x = AgentEvent{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1579,7 +2021,7 @@ func (x *AgentEvent) String() string {
 func (*AgentEvent) ProtoMessage() {}
 
 func (x *AgentEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1592,7 +2034,7 @@ func (x *AgentEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentEvent.ProtoReflect.Descriptor instead.
 func (*AgentEvent) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AgentEvent) GetInstanceId() string {
@@ -1689,7 +2131,7 @@ type Disconnected struct {
 
 func (x *Disconnected) Reset() {
 	*x = Disconnected{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +2143,7 @@ func (x *Disconnected) String() string {
 func (*Disconnected) ProtoMessage() {}
 
 func (x *Disconnected) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +2156,7 @@ func (x *Disconnected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disconnected.ProtoReflect.Descriptor instead.
 func (*Disconnected) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Disconnected) GetReason() string {
@@ -1743,14 +2185,15 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\acsr_der\x18\x01 \x01(\fR\x06csrDer\"q\n" +
 	"\rRenewResponse\x12'\n" +
 	"\x0fcertificate_pem\x18\x01 \x01(\tR\x0ecertificatePem\x127\n" +
-	"\tnot_after\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"\x97\x03\n" +
+	"\tnot_after\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"\xdc\x03\n" +
 	"\fAgentMessage\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.flotilla.agent.v1.HelloH\x00R\x05hello\x12<\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x1c.flotilla.agent.v1.HeartbeatH\x00R\theartbeat\x121\n" +
 	"\x04logs\x18\x03 \x01(\v2\x1b.flotilla.agent.v1.LogBatchH\x00R\x04logs\x129\n" +
 	"\bprogress\x18\x04 \x01(\v2\x1b.flotilla.agent.v1.ProgressH\x00R\bprogress\x12I\n" +
 	"\x0esecret_request\x18\x05 \x01(\v2 .flotilla.agent.v1.SecretRequestH\x00R\rsecretRequest\x12V\n" +
-	"\x13server_cert_request\x18\x06 \x01(\v2$.flotilla.agent.v1.ServerCertRequestH\x00R\x11serverCertRequestB\x06\n" +
+	"\x13server_cert_request\x18\x06 \x01(\v2$.flotilla.agent.v1.ServerCertRequestH\x00R\x11serverCertRequest\x12C\n" +
+	"\facme_request\x18\a \x01(\v2\x1e.flotilla.agent.v1.AcmeRequestH\x00R\vacmeRequestB\x06\n" +
 	"\x04body\"s\n" +
 	"\x05Hello\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x13\n" +
@@ -1788,12 +2231,13 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x17\n" +
 	"\acsr_der\x18\x02 \x01(\fR\x06csrDer\x12\x16\n" +
-	"\x06custom\x18\x03 \x01(\bR\x06custom\"\xaf\x02\n" +
+	"\x06custom\x18\x03 \x01(\bR\x06custom\"\xf7\x02\n" +
 	"\x0eGatewayMessage\x126\n" +
 	"\acommand\x18\x01 \x01(\v2\x1a.flotilla.agent.v1.CommandH\x00R\acommand\x12L\n" +
 	"\x0fsecret_response\x18\x02 \x01(\v2!.flotilla.agent.v1.SecretResponseH\x00R\x0esecretResponse\x12Y\n" +
 	"\x14server_cert_response\x18\x03 \x01(\v2%.flotilla.agent.v1.ServerCertResponseH\x00R\x12serverCertResponse\x124\n" +
-	"\alog_ack\x18\x04 \x01(\v2\x19.flotilla.agent.v1.LogAckH\x00R\x06logAckB\x06\n" +
+	"\alog_ack\x18\x04 \x01(\v2\x19.flotilla.agent.v1.LogAckH\x00R\x06logAck\x12F\n" +
+	"\racme_response\x18\x05 \x01(\v2\x1f.flotilla.agent.v1.AcmeResponseH\x00R\facmeResponseB\x06\n" +
 	"\x04body\"\x1a\n" +
 	"\x06LogAck\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xf7\x01\n" +
@@ -1811,13 +2255,39 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\x04sans\x18\x05 \x03(\tR\x04sans\x12\x1b\n" +
 	"\tnode_port\x18\x06 \x01(\x05R\bnodePort\x120\n" +
 	"\x04acme\x18\a \x01(\v2\x1c.flotilla.agent.v1.AcmeOrderR\x04acme\x12\x1b\n" +
-	"\tnode_host\x18\b \x01(\tR\bnodeHost\"\xb6\x01\n" +
+	"\tnode_host\x18\b \x01(\tR\bnodeHost\"\xf9\x01\n" +
 	"\tAcmeOrder\x12#\n" +
 	"\rdirectory_url\x18\x01 \x01(\tR\fdirectoryUrl\x12#\n" +
 	"\rcontact_email\x18\x02 \x01(\tR\fcontactEmail\x12\x18\n" +
 	"\adomains\x18\x03 \x03(\tR\adomains\x12\x1b\n" +
 	"\thttp_port\x18\x04 \x01(\x05R\bhttpPort\x12(\n" +
-	"\x10directory_ca_pem\x18\x05 \x01(\tR\x0edirectoryCaPem\"\n" +
+	"\x10directory_ca_pem\x18\x05 \x01(\tR\x0edirectoryCaPem\x12\x1c\n" +
+	"\tchallenge\x18\x06 \x01(\tR\tchallenge\x12#\n" +
+	"\rdns_resolvers\x18\a \x03(\tR\fdnsResolvers\"\x84\x03\n" +
+	"\vAcmeRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12K\n" +
+	"\vaccount_key\x18\x02 \x01(\v2(.flotilla.agent.v1.AcmeAccountKeyRequestH\x00R\n" +
+	"accountKey\x12`\n" +
+	"\x12stored_certificate\x18\x03 \x01(\v2/.flotilla.agent.v1.AcmeStoredCertificateRequestH\x00R\x11storedCertificate\x12Q\n" +
+	"\x11store_certificate\x18\x04 \x01(\v2\".flotilla.agent.v1.AcmeCertificateH\x00R\x10storeCertificate\x12J\n" +
+	"\rdns_challenge\x18\x05 \x01(\v2#.flotilla.agent.v1.AcmeDnsChallengeH\x00R\fdnsChallengeB\b\n" +
+	"\x06action\"\x17\n" +
+	"\x15AcmeAccountKeyRequest\"\x1e\n" +
+	"\x1cAcmeStoredCertificateRequest\"b\n" +
+	"\x0fAcmeCertificate\x12'\n" +
+	"\x0fcertificate_pem\x18\x01 \x01(\tR\x0ecertificatePem\x12&\n" +
+	"\x0fprivate_key_pem\x18\x02 \x01(\tR\rprivateKeyPem\"X\n" +
+	"\x10AcmeDnsChallenge\x12\x16\n" +
+	"\x06domain\x18\x01 \x01(\tR\x06domain\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\x12\x16\n" +
+	"\x06remove\x18\x03 \x01(\bR\x06remove\"\x94\x01\n" +
+	"\fAcmeResponse\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12&\n" +
+	"\x0fprivate_key_pem\x18\x03 \x01(\tR\rprivateKeyPem\x12'\n" +
+	"\x0fcertificate_pem\x18\x04 \x01(\tR\x0ecertificatePem\"\n" +
 	"\n" +
 	"\bStopNode\"\x14\n" +
 	"\x12RefreshCertificate\"[\n" +
@@ -1862,71 +2332,83 @@ func file_flotilla_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_flotilla_agent_v1_agent_proto_rawDescData
 }
 
-var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_flotilla_agent_v1_agent_proto_goTypes = []any{
-	(*JoinRequest)(nil),           // 0: flotilla.agent.v1.JoinRequest
-	(*JoinResponse)(nil),          // 1: flotilla.agent.v1.JoinResponse
-	(*RenewRequest)(nil),          // 2: flotilla.agent.v1.RenewRequest
-	(*RenewResponse)(nil),         // 3: flotilla.agent.v1.RenewResponse
-	(*AgentMessage)(nil),          // 4: flotilla.agent.v1.AgentMessage
-	(*Hello)(nil),                 // 5: flotilla.agent.v1.Hello
-	(*Heartbeat)(nil),             // 6: flotilla.agent.v1.Heartbeat
-	(*LogLine)(nil),               // 7: flotilla.agent.v1.LogLine
-	(*LogBatch)(nil),              // 8: flotilla.agent.v1.LogBatch
-	(*Progress)(nil),              // 9: flotilla.agent.v1.Progress
-	(*SecretRequest)(nil),         // 10: flotilla.agent.v1.SecretRequest
-	(*ServerCertRequest)(nil),     // 11: flotilla.agent.v1.ServerCertRequest
-	(*GatewayMessage)(nil),        // 12: flotilla.agent.v1.GatewayMessage
-	(*LogAck)(nil),                // 13: flotilla.agent.v1.LogAck
-	(*Command)(nil),               // 14: flotilla.agent.v1.Command
-	(*Bootstrap)(nil),             // 15: flotilla.agent.v1.Bootstrap
-	(*AcmeOrder)(nil),             // 16: flotilla.agent.v1.AcmeOrder
-	(*StopNode)(nil),              // 17: flotilla.agent.v1.StopNode
-	(*RefreshCertificate)(nil),    // 18: flotilla.agent.v1.RefreshCertificate
-	(*SecretResponse)(nil),        // 19: flotilla.agent.v1.SecretResponse
-	(*ServerCertResponse)(nil),    // 20: flotilla.agent.v1.ServerCertResponse
-	(*AgentEvent)(nil),            // 21: flotilla.agent.v1.AgentEvent
-	(*Disconnected)(nil),          // 22: flotilla.agent.v1.Disconnected
-	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
-	(*v1.SetupAction)(nil),        // 24: flotilla.inventory.v1.SetupAction
+	(*JoinRequest)(nil),                  // 0: flotilla.agent.v1.JoinRequest
+	(*JoinResponse)(nil),                 // 1: flotilla.agent.v1.JoinResponse
+	(*RenewRequest)(nil),                 // 2: flotilla.agent.v1.RenewRequest
+	(*RenewResponse)(nil),                // 3: flotilla.agent.v1.RenewResponse
+	(*AgentMessage)(nil),                 // 4: flotilla.agent.v1.AgentMessage
+	(*Hello)(nil),                        // 5: flotilla.agent.v1.Hello
+	(*Heartbeat)(nil),                    // 6: flotilla.agent.v1.Heartbeat
+	(*LogLine)(nil),                      // 7: flotilla.agent.v1.LogLine
+	(*LogBatch)(nil),                     // 8: flotilla.agent.v1.LogBatch
+	(*Progress)(nil),                     // 9: flotilla.agent.v1.Progress
+	(*SecretRequest)(nil),                // 10: flotilla.agent.v1.SecretRequest
+	(*ServerCertRequest)(nil),            // 11: flotilla.agent.v1.ServerCertRequest
+	(*GatewayMessage)(nil),               // 12: flotilla.agent.v1.GatewayMessage
+	(*LogAck)(nil),                       // 13: flotilla.agent.v1.LogAck
+	(*Command)(nil),                      // 14: flotilla.agent.v1.Command
+	(*Bootstrap)(nil),                    // 15: flotilla.agent.v1.Bootstrap
+	(*AcmeOrder)(nil),                    // 16: flotilla.agent.v1.AcmeOrder
+	(*AcmeRequest)(nil),                  // 17: flotilla.agent.v1.AcmeRequest
+	(*AcmeAccountKeyRequest)(nil),        // 18: flotilla.agent.v1.AcmeAccountKeyRequest
+	(*AcmeStoredCertificateRequest)(nil), // 19: flotilla.agent.v1.AcmeStoredCertificateRequest
+	(*AcmeCertificate)(nil),              // 20: flotilla.agent.v1.AcmeCertificate
+	(*AcmeDnsChallenge)(nil),             // 21: flotilla.agent.v1.AcmeDnsChallenge
+	(*AcmeResponse)(nil),                 // 22: flotilla.agent.v1.AcmeResponse
+	(*StopNode)(nil),                     // 23: flotilla.agent.v1.StopNode
+	(*RefreshCertificate)(nil),           // 24: flotilla.agent.v1.RefreshCertificate
+	(*SecretResponse)(nil),               // 25: flotilla.agent.v1.SecretResponse
+	(*ServerCertResponse)(nil),           // 26: flotilla.agent.v1.ServerCertResponse
+	(*AgentEvent)(nil),                   // 27: flotilla.agent.v1.AgentEvent
+	(*Disconnected)(nil),                 // 28: flotilla.agent.v1.Disconnected
+	(*timestamppb.Timestamp)(nil),        // 29: google.protobuf.Timestamp
+	(*v1.SetupAction)(nil),               // 30: flotilla.inventory.v1.SetupAction
 }
 var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
-	23, // 0: flotilla.agent.v1.JoinResponse.not_after:type_name -> google.protobuf.Timestamp
-	23, // 1: flotilla.agent.v1.RenewResponse.not_after:type_name -> google.protobuf.Timestamp
+	29, // 0: flotilla.agent.v1.JoinResponse.not_after:type_name -> google.protobuf.Timestamp
+	29, // 1: flotilla.agent.v1.RenewResponse.not_after:type_name -> google.protobuf.Timestamp
 	5,  // 2: flotilla.agent.v1.AgentMessage.hello:type_name -> flotilla.agent.v1.Hello
 	6,  // 3: flotilla.agent.v1.AgentMessage.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
 	8,  // 4: flotilla.agent.v1.AgentMessage.logs:type_name -> flotilla.agent.v1.LogBatch
 	9,  // 5: flotilla.agent.v1.AgentMessage.progress:type_name -> flotilla.agent.v1.Progress
 	10, // 6: flotilla.agent.v1.AgentMessage.secret_request:type_name -> flotilla.agent.v1.SecretRequest
 	11, // 7: flotilla.agent.v1.AgentMessage.server_cert_request:type_name -> flotilla.agent.v1.ServerCertRequest
-	23, // 8: flotilla.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	23, // 9: flotilla.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	7,  // 10: flotilla.agent.v1.LogBatch.lines:type_name -> flotilla.agent.v1.LogLine
-	14, // 11: flotilla.agent.v1.GatewayMessage.command:type_name -> flotilla.agent.v1.Command
-	19, // 12: flotilla.agent.v1.GatewayMessage.secret_response:type_name -> flotilla.agent.v1.SecretResponse
-	20, // 13: flotilla.agent.v1.GatewayMessage.server_cert_response:type_name -> flotilla.agent.v1.ServerCertResponse
-	13, // 14: flotilla.agent.v1.GatewayMessage.log_ack:type_name -> flotilla.agent.v1.LogAck
-	15, // 15: flotilla.agent.v1.Command.bootstrap:type_name -> flotilla.agent.v1.Bootstrap
-	17, // 16: flotilla.agent.v1.Command.stop_node:type_name -> flotilla.agent.v1.StopNode
-	18, // 17: flotilla.agent.v1.Command.refresh_certificate:type_name -> flotilla.agent.v1.RefreshCertificate
-	24, // 18: flotilla.agent.v1.Bootstrap.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
-	16, // 19: flotilla.agent.v1.Bootstrap.acme:type_name -> flotilla.agent.v1.AcmeOrder
-	23, // 20: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
-	5,  // 21: flotilla.agent.v1.AgentEvent.connected:type_name -> flotilla.agent.v1.Hello
-	22, // 22: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
-	6,  // 23: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
-	9,  // 24: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
-	0,  // 25: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
-	2,  // 26: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
-	4,  // 27: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
-	1,  // 28: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
-	3,  // 29: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
-	12, // 30: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
-	28, // [28:31] is the sub-list for method output_type
-	25, // [25:28] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	17, // 8: flotilla.agent.v1.AgentMessage.acme_request:type_name -> flotilla.agent.v1.AcmeRequest
+	29, // 9: flotilla.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	29, // 10: flotilla.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	7,  // 11: flotilla.agent.v1.LogBatch.lines:type_name -> flotilla.agent.v1.LogLine
+	14, // 12: flotilla.agent.v1.GatewayMessage.command:type_name -> flotilla.agent.v1.Command
+	25, // 13: flotilla.agent.v1.GatewayMessage.secret_response:type_name -> flotilla.agent.v1.SecretResponse
+	26, // 14: flotilla.agent.v1.GatewayMessage.server_cert_response:type_name -> flotilla.agent.v1.ServerCertResponse
+	13, // 15: flotilla.agent.v1.GatewayMessage.log_ack:type_name -> flotilla.agent.v1.LogAck
+	22, // 16: flotilla.agent.v1.GatewayMessage.acme_response:type_name -> flotilla.agent.v1.AcmeResponse
+	15, // 17: flotilla.agent.v1.Command.bootstrap:type_name -> flotilla.agent.v1.Bootstrap
+	23, // 18: flotilla.agent.v1.Command.stop_node:type_name -> flotilla.agent.v1.StopNode
+	24, // 19: flotilla.agent.v1.Command.refresh_certificate:type_name -> flotilla.agent.v1.RefreshCertificate
+	30, // 20: flotilla.agent.v1.Bootstrap.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
+	16, // 21: flotilla.agent.v1.Bootstrap.acme:type_name -> flotilla.agent.v1.AcmeOrder
+	18, // 22: flotilla.agent.v1.AcmeRequest.account_key:type_name -> flotilla.agent.v1.AcmeAccountKeyRequest
+	19, // 23: flotilla.agent.v1.AcmeRequest.stored_certificate:type_name -> flotilla.agent.v1.AcmeStoredCertificateRequest
+	20, // 24: flotilla.agent.v1.AcmeRequest.store_certificate:type_name -> flotilla.agent.v1.AcmeCertificate
+	21, // 25: flotilla.agent.v1.AcmeRequest.dns_challenge:type_name -> flotilla.agent.v1.AcmeDnsChallenge
+	29, // 26: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
+	5,  // 27: flotilla.agent.v1.AgentEvent.connected:type_name -> flotilla.agent.v1.Hello
+	28, // 28: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
+	6,  // 29: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
+	9,  // 30: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
+	0,  // 31: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
+	2,  // 32: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
+	4,  // 33: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
+	1,  // 34: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
+	3,  // 35: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
+	12, // 36: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
+	34, // [34:37] is the sub-list for method output_type
+	31, // [31:34] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_agent_v1_agent_proto_init() }
@@ -1941,19 +2423,27 @@ func file_flotilla_agent_v1_agent_proto_init() {
 		(*AgentMessage_Progress)(nil),
 		(*AgentMessage_SecretRequest)(nil),
 		(*AgentMessage_ServerCertRequest)(nil),
+		(*AgentMessage_AcmeRequest)(nil),
 	}
 	file_flotilla_agent_v1_agent_proto_msgTypes[12].OneofWrappers = []any{
 		(*GatewayMessage_Command)(nil),
 		(*GatewayMessage_SecretResponse)(nil),
 		(*GatewayMessage_ServerCertResponse)(nil),
 		(*GatewayMessage_LogAck)(nil),
+		(*GatewayMessage_AcmeResponse)(nil),
 	}
 	file_flotilla_agent_v1_agent_proto_msgTypes[14].OneofWrappers = []any{
 		(*Command_Bootstrap)(nil),
 		(*Command_StopNode)(nil),
 		(*Command_RefreshCertificate)(nil),
 	}
-	file_flotilla_agent_v1_agent_proto_msgTypes[21].OneofWrappers = []any{
+	file_flotilla_agent_v1_agent_proto_msgTypes[17].OneofWrappers = []any{
+		(*AcmeRequest_AccountKey)(nil),
+		(*AcmeRequest_StoredCertificate)(nil),
+		(*AcmeRequest_StoreCertificate)(nil),
+		(*AcmeRequest_DnsChallenge)(nil),
+	}
+	file_flotilla_agent_v1_agent_proto_msgTypes[27].OneofWrappers = []any{
 		(*AgentEvent_Connected)(nil),
 		(*AgentEvent_Disconnected)(nil),
 		(*AgentEvent_Heartbeat)(nil),
@@ -1965,7 +2455,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_agent_v1_agent_proto_rawDesc), len(file_flotilla_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

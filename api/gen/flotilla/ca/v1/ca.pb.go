@@ -894,6 +894,266 @@ func (x *CustomCertificate) GetNotAfter() *timestamppb.Timestamp {
 	return nil
 }
 
+// GetAcmeAccountRequest is the agent gateway asking, for an instance's
+// agent, the ACME account key of the instance's network (bus only).
+type GetAcmeAccountRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId    string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAcmeAccountRequest) Reset() {
+	*x = GetAcmeAccountRequest{}
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAcmeAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAcmeAccountRequest) ProtoMessage() {}
+
+func (x *GetAcmeAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAcmeAccountRequest.ProtoReflect.Descriptor instead.
+func (*GetAcmeAccountRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GetAcmeAccountRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+// AcmeAccountKey is a network's ACME account key, PEM.
+type AcmeAccountKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PrivateKeyPem string                 `protobuf:"bytes,1,opt,name=private_key_pem,json=privateKeyPem,proto3" json:"private_key_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcmeAccountKey) Reset() {
+	*x = AcmeAccountKey{}
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcmeAccountKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcmeAccountKey) ProtoMessage() {}
+
+func (x *AcmeAccountKey) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcmeAccountKey.ProtoReflect.Descriptor instead.
+func (*AcmeAccountKey) Descriptor() ([]byte, []int) {
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *AcmeAccountKey) GetPrivateKeyPem() string {
+	if x != nil {
+		return x.PrivateKeyPem
+	}
+	return ""
+}
+
+// GetAcmeCertificateRequest is the agent gateway asking, for an instance's
+// agent, the ACME certificate kept for the instance (bus only).
+type GetAcmeCertificateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId    string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAcmeCertificateRequest) Reset() {
+	*x = GetAcmeCertificateRequest{}
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAcmeCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAcmeCertificateRequest) ProtoMessage() {}
+
+func (x *GetAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAcmeCertificateRequest.ProtoReflect.Descriptor instead.
+func (*GetAcmeCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GetAcmeCertificateRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+// PutAcmeCertificateRequest hands the CA an instance's newly issued ACME
+// certificate (chain, leaf first) and its key, to keep (bus only).
+type PutAcmeCertificateRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId     string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	CertificatePem string                 `protobuf:"bytes,2,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	PrivateKeyPem  string                 `protobuf:"bytes,3,opt,name=private_key_pem,json=privateKeyPem,proto3" json:"private_key_pem,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PutAcmeCertificateRequest) Reset() {
+	*x = PutAcmeCertificateRequest{}
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutAcmeCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutAcmeCertificateRequest) ProtoMessage() {}
+
+func (x *PutAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutAcmeCertificateRequest.ProtoReflect.Descriptor instead.
+func (*PutAcmeCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *PutAcmeCertificateRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *PutAcmeCertificateRequest) GetCertificatePem() string {
+	if x != nil {
+		return x.CertificatePem
+	}
+	return ""
+}
+
+func (x *PutAcmeCertificateRequest) GetPrivateKeyPem() string {
+	if x != nil {
+		return x.PrivateKeyPem
+	}
+	return ""
+}
+
+// AcmeCertificate is an instance's ACME certificate chain and its key.
+type AcmeCertificate struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	CertificatePem string                 `protobuf:"bytes,1,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	PrivateKeyPem  string                 `protobuf:"bytes,2,opt,name=private_key_pem,json=privateKeyPem,proto3" json:"private_key_pem,omitempty"`
+	NotAfter       *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AcmeCertificate) Reset() {
+	*x = AcmeCertificate{}
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcmeCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcmeCertificate) ProtoMessage() {}
+
+func (x *AcmeCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcmeCertificate.ProtoReflect.Descriptor instead.
+func (*AcmeCertificate) Descriptor() ([]byte, []int) {
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *AcmeCertificate) GetCertificatePem() string {
+	if x != nil {
+		return x.CertificatePem
+	}
+	return ""
+}
+
+func (x *AcmeCertificate) GetPrivateKeyPem() string {
+	if x != nil {
+		return x.PrivateKeyPem
+	}
+	return ""
+}
+
+func (x *AcmeCertificate) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
 var File_flotilla_ca_v1_ca_proto protoreflect.FileDescriptor
 
 const file_flotilla_ca_v1_ca_proto_rawDesc = "" +
@@ -963,6 +1223,23 @@ const file_flotilla_ca_v1_ca_proto_rawDesc = "" +
 	"\x11CustomCertificate\x12'\n" +
 	"\x0fcertificate_pem\x18\x01 \x01(\tR\x0ecertificatePem\x12&\n" +
 	"\x0fprivate_key_pem\x18\x02 \x01(\tR\rprivateKeyPem\x127\n" +
+	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"8\n" +
+	"\x15GetAcmeAccountRequest\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\"8\n" +
+	"\x0eAcmeAccountKey\x12&\n" +
+	"\x0fprivate_key_pem\x18\x01 \x01(\tR\rprivateKeyPem\"<\n" +
+	"\x19GetAcmeCertificateRequest\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\"\x8d\x01\n" +
+	"\x19PutAcmeCertificateRequest\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\x12'\n" +
+	"\x0fcertificate_pem\x18\x02 \x01(\tR\x0ecertificatePem\x12&\n" +
+	"\x0fprivate_key_pem\x18\x03 \x01(\tR\rprivateKeyPem\"\x9b\x01\n" +
+	"\x0fAcmeCertificate\x12'\n" +
+	"\x0fcertificate_pem\x18\x01 \x01(\tR\x0ecertificatePem\x12&\n" +
+	"\x0fprivate_key_pem\x18\x02 \x01(\tR\rprivateKeyPem\x127\n" +
 	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter2{\n" +
 	"\tCAService\x12n\n" +
 	"\x10GetCACertificate\x12'.flotilla.ca.v1.GetCACertificateRequest\x1a\x1d.flotilla.ca.v1.CACertificate\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
@@ -980,7 +1257,7 @@ func file_flotilla_ca_v1_ca_proto_rawDescGZIP() []byte {
 	return file_flotilla_ca_v1_ca_proto_rawDescData
 }
 
-var file_flotilla_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_flotilla_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_flotilla_ca_v1_ca_proto_goTypes = []any{
 	(*GetCACertificateRequest)(nil),     // 0: flotilla.ca.v1.GetCACertificateRequest
 	(*CACertificate)(nil),               // 1: flotilla.ca.v1.CACertificate
@@ -996,23 +1273,29 @@ var file_flotilla_ca_v1_ca_proto_goTypes = []any{
 	(*ServerCertificate)(nil),           // 11: flotilla.ca.v1.ServerCertificate
 	(*GetCustomCertificateRequest)(nil), // 12: flotilla.ca.v1.GetCustomCertificateRequest
 	(*CustomCertificate)(nil),           // 13: flotilla.ca.v1.CustomCertificate
-	(*timestamppb.Timestamp)(nil),       // 14: google.protobuf.Timestamp
+	(*GetAcmeAccountRequest)(nil),       // 14: flotilla.ca.v1.GetAcmeAccountRequest
+	(*AcmeAccountKey)(nil),              // 15: flotilla.ca.v1.AcmeAccountKey
+	(*GetAcmeCertificateRequest)(nil),   // 16: flotilla.ca.v1.GetAcmeCertificateRequest
+	(*PutAcmeCertificateRequest)(nil),   // 17: flotilla.ca.v1.PutAcmeCertificateRequest
+	(*AcmeCertificate)(nil),             // 18: flotilla.ca.v1.AcmeCertificate
+	(*timestamppb.Timestamp)(nil),       // 19: google.protobuf.Timestamp
 }
 var file_flotilla_ca_v1_ca_proto_depIdxs = []int32{
-	14, // 0: flotilla.ca.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
-	14, // 1: flotilla.ca.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	14, // 2: flotilla.ca.v1.JoinTokenAudit.expire_time:type_name -> google.protobuf.Timestamp
-	14, // 3: flotilla.ca.v1.JoinTokenAudit.time:type_name -> google.protobuf.Timestamp
-	14, // 4: flotilla.ca.v1.AgentCertificate.not_after:type_name -> google.protobuf.Timestamp
-	14, // 5: flotilla.ca.v1.ServerCertificate.not_after:type_name -> google.protobuf.Timestamp
-	14, // 6: flotilla.ca.v1.CustomCertificate.not_after:type_name -> google.protobuf.Timestamp
-	0,  // 7: flotilla.ca.v1.CAService.GetCACertificate:input_type -> flotilla.ca.v1.GetCACertificateRequest
-	1,  // 8: flotilla.ca.v1.CAService.GetCACertificate:output_type -> flotilla.ca.v1.CACertificate
-	8,  // [8:9] is the sub-list for method output_type
-	7,  // [7:8] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	19, // 0: flotilla.ca.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
+	19, // 1: flotilla.ca.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	19, // 2: flotilla.ca.v1.JoinTokenAudit.expire_time:type_name -> google.protobuf.Timestamp
+	19, // 3: flotilla.ca.v1.JoinTokenAudit.time:type_name -> google.protobuf.Timestamp
+	19, // 4: flotilla.ca.v1.AgentCertificate.not_after:type_name -> google.protobuf.Timestamp
+	19, // 5: flotilla.ca.v1.ServerCertificate.not_after:type_name -> google.protobuf.Timestamp
+	19, // 6: flotilla.ca.v1.CustomCertificate.not_after:type_name -> google.protobuf.Timestamp
+	19, // 7: flotilla.ca.v1.AcmeCertificate.not_after:type_name -> google.protobuf.Timestamp
+	0,  // 8: flotilla.ca.v1.CAService.GetCACertificate:input_type -> flotilla.ca.v1.GetCACertificateRequest
+	1,  // 9: flotilla.ca.v1.CAService.GetCACertificate:output_type -> flotilla.ca.v1.CACertificate
+	9,  // [9:10] is the sub-list for method output_type
+	8,  // [8:9] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_ca_v1_ca_proto_init() }
@@ -1026,7 +1309,7 @@ func file_flotilla_ca_v1_ca_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_ca_v1_ca_proto_rawDesc), len(file_flotilla_ca_v1_ca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

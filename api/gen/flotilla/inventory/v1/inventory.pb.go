@@ -1750,6 +1750,71 @@ func (x *InstanceActionRequest) GetId() string {
 	return ""
 }
 
+// DnsChallengeRequest is the agent gateway asking the provisioner, for an
+// instance's agent, to write (put) or delete the DNS-01 TXT record
+// _acme-challenge.<domain> with value in the Route53 zone of the
+// instance's network (bus only). Only the instance's ACME domains may be
+// named.
+type DnsChallengeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId    string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	Domain        string                 `protobuf:"bytes,2,opt,name=domain,proto3" json:"domain,omitempty"`
+	Value         string                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DnsChallengeRequest) Reset() {
+	*x = DnsChallengeRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DnsChallengeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DnsChallengeRequest) ProtoMessage() {}
+
+func (x *DnsChallengeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DnsChallengeRequest.ProtoReflect.Descriptor instead.
+func (*DnsChallengeRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *DnsChallengeRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *DnsChallengeRequest) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *DnsChallengeRequest) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
 // CreateInstanceJoinTokenRequest names the external instance whose agent
 // the token is for.
 type CreateInstanceJoinTokenRequest struct {
@@ -1763,7 +1828,7 @@ type CreateInstanceJoinTokenRequest struct {
 
 func (x *CreateInstanceJoinTokenRequest) Reset() {
 	*x = CreateInstanceJoinTokenRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1775,7 +1840,7 @@ func (x *CreateInstanceJoinTokenRequest) String() string {
 func (*CreateInstanceJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateInstanceJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1788,7 +1853,7 @@ func (x *CreateInstanceJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateInstanceJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateInstanceJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{32}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CreateInstanceJoinTokenRequest) GetId() string {
@@ -1827,7 +1892,7 @@ type InstanceJoinToken struct {
 
 func (x *InstanceJoinToken) Reset() {
 	*x = InstanceJoinToken{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1839,7 +1904,7 @@ func (x *InstanceJoinToken) String() string {
 func (*InstanceJoinToken) ProtoMessage() {}
 
 func (x *InstanceJoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1852,7 +1917,7 @@ func (x *InstanceJoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceJoinToken.ProtoReflect.Descriptor instead.
 func (*InstanceJoinToken) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{33}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *InstanceJoinToken) GetInstanceId() string {
@@ -1909,7 +1974,7 @@ type LifecycleRequest struct {
 
 func (x *LifecycleRequest) Reset() {
 	*x = LifecycleRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[34]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1921,7 +1986,7 @@ func (x *LifecycleRequest) String() string {
 func (*LifecycleRequest) ProtoMessage() {}
 
 func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[34]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1934,7 +1999,7 @@ func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LifecycleRequest.ProtoReflect.Descriptor instead.
 func (*LifecycleRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{34}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *LifecycleRequest) GetId() string {
@@ -1975,7 +2040,7 @@ type RecordStateRequest struct {
 
 func (x *RecordStateRequest) Reset() {
 	*x = RecordStateRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[35]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1987,7 +2052,7 @@ func (x *RecordStateRequest) String() string {
 func (*RecordStateRequest) ProtoMessage() {}
 
 func (x *RecordStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[35]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2000,7 +2065,7 @@ func (x *RecordStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordStateRequest.ProtoReflect.Descriptor instead.
 func (*RecordStateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{35}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RecordStateRequest) GetId() string {
@@ -2187,7 +2252,12 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\"'\n" +
 	"\x15InstanceActionRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"Q\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"d\n" +
+	"\x13DnsChallengeRequest\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\x12\x16\n" +
+	"\x06domain\x18\x02 \x01(\tR\x06domain\x12\x14\n" +
+	"\x05value\x18\x03 \x01(\tR\x05value\"Q\n" +
 	"\x1eCreateInstanceJoinTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
@@ -2263,7 +2333,7 @@ func file_flotilla_inventory_v1_inventory_proto_rawDescGZIP() []byte {
 	return file_flotilla_inventory_v1_inventory_proto_rawDescData
 }
 
-var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
 	(*CreateNetworkRequest)(nil),           // 0: flotilla.inventory.v1.CreateNetworkRequest
 	(*GetNetworkRequest)(nil),              // 1: flotilla.inventory.v1.GetNetworkRequest
@@ -2297,45 +2367,46 @@ var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
 	(*UpdateInstanceRequest)(nil),          // 29: flotilla.inventory.v1.UpdateInstanceRequest
 	(*DeleteInstanceRequest)(nil),          // 30: flotilla.inventory.v1.DeleteInstanceRequest
 	(*InstanceActionRequest)(nil),          // 31: flotilla.inventory.v1.InstanceActionRequest
-	(*CreateInstanceJoinTokenRequest)(nil), // 32: flotilla.inventory.v1.CreateInstanceJoinTokenRequest
-	(*InstanceJoinToken)(nil),              // 33: flotilla.inventory.v1.InstanceJoinToken
-	(*LifecycleRequest)(nil),               // 34: flotilla.inventory.v1.LifecycleRequest
-	(*RecordStateRequest)(nil),             // 35: flotilla.inventory.v1.RecordStateRequest
-	(*Network)(nil),                        // 36: flotilla.inventory.v1.Network
-	(*fieldmaskpb.FieldMask)(nil),          // 37: google.protobuf.FieldMask
-	(*CloudAccount)(nil),                   // 38: flotilla.inventory.v1.CloudAccount
-	(*timestamppb.Timestamp)(nil),          // 39: google.protobuf.Timestamp
-	(*Template)(nil),                       // 40: flotilla.inventory.v1.Template
-	(*Instance)(nil),                       // 41: flotilla.inventory.v1.Instance
-	(*v1.Event)(nil),                       // 42: flotilla.events.v1.Event
-	(*DataDisk)(nil),                       // 43: flotilla.inventory.v1.DataDisk
-	(*Addresses)(nil),                      // 44: flotilla.inventory.v1.Addresses
-	(*emptypb.Empty)(nil),                  // 45: google.protobuf.Empty
+	(*DnsChallengeRequest)(nil),            // 32: flotilla.inventory.v1.DnsChallengeRequest
+	(*CreateInstanceJoinTokenRequest)(nil), // 33: flotilla.inventory.v1.CreateInstanceJoinTokenRequest
+	(*InstanceJoinToken)(nil),              // 34: flotilla.inventory.v1.InstanceJoinToken
+	(*LifecycleRequest)(nil),               // 35: flotilla.inventory.v1.LifecycleRequest
+	(*RecordStateRequest)(nil),             // 36: flotilla.inventory.v1.RecordStateRequest
+	(*Network)(nil),                        // 37: flotilla.inventory.v1.Network
+	(*fieldmaskpb.FieldMask)(nil),          // 38: google.protobuf.FieldMask
+	(*CloudAccount)(nil),                   // 39: flotilla.inventory.v1.CloudAccount
+	(*timestamppb.Timestamp)(nil),          // 40: google.protobuf.Timestamp
+	(*Template)(nil),                       // 41: flotilla.inventory.v1.Template
+	(*Instance)(nil),                       // 42: flotilla.inventory.v1.Instance
+	(*v1.Event)(nil),                       // 43: flotilla.events.v1.Event
+	(*DataDisk)(nil),                       // 44: flotilla.inventory.v1.DataDisk
+	(*Addresses)(nil),                      // 45: flotilla.inventory.v1.Addresses
+	(*emptypb.Empty)(nil),                  // 46: google.protobuf.Empty
 }
 var file_flotilla_inventory_v1_inventory_proto_depIdxs = []int32{
-	36, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	36, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
-	36, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	37, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
-	38, // 4: flotilla.inventory.v1.CreateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
-	38, // 5: flotilla.inventory.v1.ListCloudAccountsResponse.cloud_accounts:type_name -> flotilla.inventory.v1.CloudAccount
-	38, // 6: flotilla.inventory.v1.UpdateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
-	37, // 7: flotilla.inventory.v1.UpdateCloudAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
-	39, // 8: flotilla.inventory.v1.CloudAccountVerification.check_time:type_name -> google.protobuf.Timestamp
-	40, // 9: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	40, // 10: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
-	40, // 11: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	37, // 12: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
-	41, // 13: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	41, // 14: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
+	37, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	37, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
+	37, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	38, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
+	39, // 4: flotilla.inventory.v1.CreateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
+	39, // 5: flotilla.inventory.v1.ListCloudAccountsResponse.cloud_accounts:type_name -> flotilla.inventory.v1.CloudAccount
+	39, // 6: flotilla.inventory.v1.UpdateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
+	38, // 7: flotilla.inventory.v1.UpdateCloudAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
+	40, // 8: flotilla.inventory.v1.CloudAccountVerification.check_time:type_name -> google.protobuf.Timestamp
+	41, // 9: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	41, // 10: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
+	41, // 11: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	38, // 12: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
+	42, // 13: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	42, // 14: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
 	28, // 15: flotilla.inventory.v1.ListInstanceLogsResponse.lines:type_name -> flotilla.inventory.v1.InstanceLogLine
-	42, // 16: flotilla.inventory.v1.ListInstanceEventsResponse.events:type_name -> flotilla.events.v1.Event
-	39, // 17: flotilla.inventory.v1.InstanceLogLine.time:type_name -> google.protobuf.Timestamp
-	41, // 18: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	37, // 19: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	39, // 20: flotilla.inventory.v1.InstanceJoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	43, // 21: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
-	44, // 22: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
+	43, // 16: flotilla.inventory.v1.ListInstanceEventsResponse.events:type_name -> flotilla.events.v1.Event
+	40, // 17: flotilla.inventory.v1.InstanceLogLine.time:type_name -> google.protobuf.Timestamp
+	42, // 18: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	38, // 19: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	40, // 20: flotilla.inventory.v1.InstanceJoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	44, // 21: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
+	45, // 22: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
 	0,  // 23: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
 	1,  // 24: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
 	2,  // 25: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
@@ -2364,36 +2435,36 @@ var file_flotilla_inventory_v1_inventory_proto_depIdxs = []int32{
 	24, // 48: flotilla.inventory.v1.InstanceService.ListInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
 	24, // 49: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
 	26, // 50: flotilla.inventory.v1.InstanceService.ListInstanceEvents:input_type -> flotilla.inventory.v1.ListInstanceEventsRequest
-	32, // 51: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
-	36, // 52: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
-	36, // 53: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
+	33, // 51: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
+	37, // 52: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
+	37, // 53: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
 	3,  // 54: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
-	36, // 55: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
-	45, // 56: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
-	38, // 57: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	38, // 58: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	37, // 55: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
+	46, // 56: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
+	39, // 57: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	39, // 58: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
 	9,  // 59: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:output_type -> flotilla.inventory.v1.ListCloudAccountsResponse
-	38, // 60: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	45, // 61: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:output_type -> google.protobuf.Empty
+	39, // 60: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	46, // 61: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:output_type -> google.protobuf.Empty
 	13, // 62: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:output_type -> flotilla.inventory.v1.CloudAccountVerification
-	40, // 63: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
-	40, // 64: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
+	41, // 63: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
+	41, // 64: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
 	17, // 65: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
-	40, // 66: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
-	45, // 67: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
-	41, // 68: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
-	41, // 69: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
+	41, // 66: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
+	46, // 67: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
+	42, // 68: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
+	42, // 69: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
 	23, // 70: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
-	41, // 71: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
-	41, // 72: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
-	41, // 73: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
-	41, // 74: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	41, // 75: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	41, // 76: flotilla.inventory.v1.InstanceService.RefreshCertificate:output_type -> flotilla.inventory.v1.Instance
+	42, // 71: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
+	42, // 72: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
+	42, // 73: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
+	42, // 74: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	42, // 75: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	42, // 76: flotilla.inventory.v1.InstanceService.RefreshCertificate:output_type -> flotilla.inventory.v1.Instance
 	25, // 77: flotilla.inventory.v1.InstanceService.ListInstanceLogs:output_type -> flotilla.inventory.v1.ListInstanceLogsResponse
 	28, // 78: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:output_type -> flotilla.inventory.v1.InstanceLogLine
 	27, // 79: flotilla.inventory.v1.InstanceService.ListInstanceEvents:output_type -> flotilla.inventory.v1.ListInstanceEventsResponse
-	33, // 80: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
+	34, // 80: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
 	52, // [52:81] is the sub-list for method output_type
 	23, // [23:52] is the sub-list for method input_type
 	23, // [23:23] is the sub-list for extension type_name
@@ -2413,7 +2484,7 @@ func file_flotilla_inventory_v1_inventory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_inventory_v1_inventory_proto_rawDesc), len(file_flotilla_inventory_v1_inventory_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   36,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -513,8 +513,21 @@ type AcmeSettings struct {
 	// PEM roots to trust for the directory URL (a private ACME server);
 	// empty means the system's.
 	DirectoryCaPem string `protobuf:"bytes,4,opt,name=directory_ca_pem,json=directoryCaPem,proto3" json:"directory_ca_pem,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// How the ACME server checks the instance controls its domains:
+	// "http-01" (the default when empty: the agent answers on http_port) or
+	// "dns-01" (a TXT record _acme-challenge.<domain> in the network's
+	// Route53 zone, written by the manager with the network's cloud account;
+	// needs provider "aws", cloudAccountId and dns.publicZoneId or
+	// dns.privateZoneId).
+	Challenge string `protobuf:"bytes,5,opt,name=challenge,proto3" json:"challenge,omitempty"`
+	// With "dns-01": the DNS resolvers ("host" or "host:port") the agent asks
+	// whether the challenge's TXT record is visible before the ACME server is
+	// told to look; when set, only they are asked, not the zone's
+	// authoritative nameservers. Empty: the agent's system resolvers, then
+	// the zone's authoritative nameservers.
+	DnsResolvers  []string `protobuf:"bytes,6,rep,name=dns_resolvers,json=dnsResolvers,proto3" json:"dns_resolvers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AcmeSettings) Reset() {
@@ -573,6 +586,20 @@ func (x *AcmeSettings) GetDirectoryCaPem() string {
 		return x.DirectoryCaPem
 	}
 	return ""
+}
+
+func (x *AcmeSettings) GetChallenge() string {
+	if x != nil {
+		return x.Challenge
+	}
+	return ""
+}
+
+func (x *AcmeSettings) GetDnsResolvers() []string {
+	if x != nil {
+		return x.DnsResolvers
+	}
+	return nil
 }
 
 // AwsNetworkSettings name the AWS network an instance is launched into.
@@ -1577,12 +1604,14 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\x0fcertificate_pem\x18\x01 \x01(\tR\x0ecertificatePem\x12+\n" +
 	"\x0fprivate_key_pem\x18\x02 \x01(\tB\x03\xe0A\x04R\rprivateKeyPem\x12&\n" +
 	"\x0fprivate_key_ref\x18\x03 \x01(\tR\rprivateKeyRef\x12)\n" +
-	"\x0eprivate_key_id\x18\x04 \x01(\tB\x03\xe0A\x03R\fprivateKeyId\"\x9f\x01\n" +
+	"\x0eprivate_key_id\x18\x04 \x01(\tB\x03\xe0A\x03R\fprivateKeyId\"\xe2\x01\n" +
 	"\fAcmeSettings\x12#\n" +
 	"\rcontact_email\x18\x01 \x01(\tR\fcontactEmail\x12#\n" +
 	"\rdirectory_url\x18\x02 \x01(\tR\fdirectoryUrl\x12\x1b\n" +
 	"\thttp_port\x18\x03 \x01(\x05R\bhttpPort\x12(\n" +
-	"\x10directory_ca_pem\x18\x04 \x01(\tR\x0edirectoryCaPem\"\x8e\x01\n" +
+	"\x10directory_ca_pem\x18\x04 \x01(\tR\x0edirectoryCaPem\x12\x1c\n" +
+	"\tchallenge\x18\x05 \x01(\tR\tchallenge\x12#\n" +
+	"\rdns_resolvers\x18\x06 \x03(\tR\fdnsResolvers\"\x8e\x01\n" +
 	"\x12AwsNetworkSettings\x12\x15\n" +
 	"\x06vpc_id\x18\x01 \x01(\tR\x05vpcId\x12\x1b\n" +
 	"\tsubnet_id\x18\x02 \x01(\tR\bsubnetId\x12,\n" +

@@ -839,6 +839,52 @@ func (x *CertificateKey) GetId() string {
 	return ""
 }
 
+// DeleteCertificateKeyRequest is the inventory forgetting a stored TLS
+// private key that no network or instance names any more (bus only).
+type DeleteCertificateKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteCertificateKeyRequest) Reset() {
+	*x = DeleteCertificateKeyRequest{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteCertificateKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteCertificateKeyRequest) ProtoMessage() {}
+
+func (x *DeleteCertificateKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteCertificateKeyRequest.ProtoReflect.Descriptor instead.
+func (*DeleteCertificateKeyRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DeleteCertificateKeyRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 // ReadCertificateKeyRequest is the CA reading a stored TLS private key for
 // an instance's agent (bus only); the read is audited.
 type ReadCertificateKeyRequest struct {
@@ -851,7 +897,7 @@ type ReadCertificateKeyRequest struct {
 
 func (x *ReadCertificateKeyRequest) Reset() {
 	*x = ReadCertificateKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -863,7 +909,7 @@ func (x *ReadCertificateKeyRequest) String() string {
 func (*ReadCertificateKeyRequest) ProtoMessage() {}
 
 func (x *ReadCertificateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -876,7 +922,7 @@ func (x *ReadCertificateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadCertificateKeyRequest.ProtoReflect.Descriptor instead.
 func (*ReadCertificateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReadCertificateKeyRequest) GetId() string {
@@ -903,7 +949,7 @@ type ReadCertificateKeyResponse struct {
 
 func (x *ReadCertificateKeyResponse) Reset() {
 	*x = ReadCertificateKeyResponse{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +961,7 @@ func (x *ReadCertificateKeyResponse) String() string {
 func (*ReadCertificateKeyResponse) ProtoMessage() {}
 
 func (x *ReadCertificateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +974,7 @@ func (x *ReadCertificateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadCertificateKeyResponse.ProtoReflect.Descriptor instead.
 func (*ReadCertificateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReadCertificateKeyResponse) GetPrivateKeyPem() string {
@@ -936,6 +982,302 @@ func (x *ReadCertificateKeyResponse) GetPrivateKeyPem() string {
 		return x.PrivateKeyPem
 	}
 	return ""
+}
+
+// GetAcmeAccountKeyRequest is the CA reading, for an instance's agent, the
+// ACME account key of the instance's network (bus only). The broker makes
+// the key (ECDSA P-256) and seals it the first time; every read is audited
+// for the instance.
+type GetAcmeAccountKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NetworkId     string                 `protobuf:"bytes,1,opt,name=network_id,json=networkId,proto3" json:"network_id,omitempty"`
+	InstanceId    string                 `protobuf:"bytes,2,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAcmeAccountKeyRequest) Reset() {
+	*x = GetAcmeAccountKeyRequest{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAcmeAccountKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAcmeAccountKeyRequest) ProtoMessage() {}
+
+func (x *GetAcmeAccountKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAcmeAccountKeyRequest.ProtoReflect.Descriptor instead.
+func (*GetAcmeAccountKeyRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *GetAcmeAccountKeyRequest) GetNetworkId() string {
+	if x != nil {
+		return x.NetworkId
+	}
+	return ""
+}
+
+func (x *GetAcmeAccountKeyRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+// AcmeAccountKey carries a network's ACME account key to the CA.
+type AcmeAccountKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PrivateKeyPem string                 `protobuf:"bytes,1,opt,name=private_key_pem,json=privateKeyPem,proto3" json:"private_key_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcmeAccountKey) Reset() {
+	*x = AcmeAccountKey{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcmeAccountKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcmeAccountKey) ProtoMessage() {}
+
+func (x *AcmeAccountKey) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcmeAccountKey.ProtoReflect.Descriptor instead.
+func (*AcmeAccountKey) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *AcmeAccountKey) GetPrivateKeyPem() string {
+	if x != nil {
+		return x.PrivateKeyPem
+	}
+	return ""
+}
+
+// PutAcmeCertificateRequest is the CA handing the broker an instance's
+// ACME certificate and key to keep (bus only): the key is sealed, the
+// certificate (public) kept beside it. It replaces the one kept.
+type PutAcmeCertificateRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	NetworkId  string                 `protobuf:"bytes,2,opt,name=network_id,json=networkId,proto3" json:"network_id,omitempty"`
+	// The ACME directory that issued it.
+	DirectoryUrl   string `protobuf:"bytes,3,opt,name=directory_url,json=directoryUrl,proto3" json:"directory_url,omitempty"`
+	CertificatePem string `protobuf:"bytes,4,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	PrivateKeyPem  string `protobuf:"bytes,5,opt,name=private_key_pem,json=privateKeyPem,proto3" json:"private_key_pem,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PutAcmeCertificateRequest) Reset() {
+	*x = PutAcmeCertificateRequest{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutAcmeCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutAcmeCertificateRequest) ProtoMessage() {}
+
+func (x *PutAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutAcmeCertificateRequest.ProtoReflect.Descriptor instead.
+func (*PutAcmeCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *PutAcmeCertificateRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *PutAcmeCertificateRequest) GetNetworkId() string {
+	if x != nil {
+		return x.NetworkId
+	}
+	return ""
+}
+
+func (x *PutAcmeCertificateRequest) GetDirectoryUrl() string {
+	if x != nil {
+		return x.DirectoryUrl
+	}
+	return ""
+}
+
+func (x *PutAcmeCertificateRequest) GetCertificatePem() string {
+	if x != nil {
+		return x.CertificatePem
+	}
+	return ""
+}
+
+func (x *PutAcmeCertificateRequest) GetPrivateKeyPem() string {
+	if x != nil {
+		return x.PrivateKeyPem
+	}
+	return ""
+}
+
+// ReadAcmeCertificateRequest is the CA reading the ACME certificate kept
+// for an instance, for its agent (bus only); the read is audited.
+type ReadAcmeCertificateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId    string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadAcmeCertificateRequest) Reset() {
+	*x = ReadAcmeCertificateRequest{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadAcmeCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadAcmeCertificateRequest) ProtoMessage() {}
+
+func (x *ReadAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadAcmeCertificateRequest.ProtoReflect.Descriptor instead.
+func (*ReadAcmeCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ReadAcmeCertificateRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+// AcmeCertificate is an instance's kept ACME certificate and its key.
+type AcmeCertificate struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	DirectoryUrl   string                 `protobuf:"bytes,1,opt,name=directory_url,json=directoryUrl,proto3" json:"directory_url,omitempty"`
+	CertificatePem string                 `protobuf:"bytes,2,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	PrivateKeyPem  string                 `protobuf:"bytes,3,opt,name=private_key_pem,json=privateKeyPem,proto3" json:"private_key_pem,omitempty"`
+	NotAfter       *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AcmeCertificate) Reset() {
+	*x = AcmeCertificate{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcmeCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcmeCertificate) ProtoMessage() {}
+
+func (x *AcmeCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcmeCertificate.ProtoReflect.Descriptor instead.
+func (*AcmeCertificate) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *AcmeCertificate) GetDirectoryUrl() string {
+	if x != nil {
+		return x.DirectoryUrl
+	}
+	return ""
+}
+
+func (x *AcmeCertificate) GetCertificatePem() string {
+	if x != nil {
+		return x.CertificatePem
+	}
+	return ""
+}
+
+func (x *AcmeCertificate) GetPrivateKeyPem() string {
+	if x != nil {
+		return x.PrivateKeyPem
+	}
+	return ""
+}
+
+func (x *AcmeCertificate) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
 }
 
 var File_flotilla_secrets_v1_secrets_proto protoreflect.FileDescriptor
@@ -997,13 +1339,38 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x1aStoreCertificateKeyRequest\x12&\n" +
 	"\x0fprivate_key_pem\x18\x01 \x01(\tR\rprivateKeyPem\" \n" +
 	"\x0eCertificateKey\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"-\n" +
+	"\x1bDeleteCertificateKeyRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"L\n" +
 	"\x19ReadCertificateKeyRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
 	"instanceId\"D\n" +
 	"\x1aReadCertificateKeyResponse\x12&\n" +
-	"\x0fprivate_key_pem\x18\x01 \x01(\tR\rprivateKeyPem2\xba\x03\n" +
+	"\x0fprivate_key_pem\x18\x01 \x01(\tR\rprivateKeyPem\"Z\n" +
+	"\x18GetAcmeAccountKeyRequest\x12\x1d\n" +
+	"\n" +
+	"network_id\x18\x01 \x01(\tR\tnetworkId\x12\x1f\n" +
+	"\vinstance_id\x18\x02 \x01(\tR\n" +
+	"instanceId\"8\n" +
+	"\x0eAcmeAccountKey\x12&\n" +
+	"\x0fprivate_key_pem\x18\x01 \x01(\tR\rprivateKeyPem\"\xd1\x01\n" +
+	"\x19PutAcmeCertificateRequest\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\x12\x1d\n" +
+	"\n" +
+	"network_id\x18\x02 \x01(\tR\tnetworkId\x12#\n" +
+	"\rdirectory_url\x18\x03 \x01(\tR\fdirectoryUrl\x12'\n" +
+	"\x0fcertificate_pem\x18\x04 \x01(\tR\x0ecertificatePem\x12&\n" +
+	"\x0fprivate_key_pem\x18\x05 \x01(\tR\rprivateKeyPem\"=\n" +
+	"\x1aReadAcmeCertificateRequest\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\"\xc0\x01\n" +
+	"\x0fAcmeCertificate\x12#\n" +
+	"\rdirectory_url\x18\x01 \x01(\tR\fdirectoryUrl\x12'\n" +
+	"\x0fcertificate_pem\x18\x02 \x01(\tR\x0ecertificatePem\x12&\n" +
+	"\x0fprivate_key_pem\x18\x03 \x01(\tR\rprivateKeyPem\x127\n" +
+	"\tnot_after\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter2\xba\x03\n" +
 	"\rSecretService\x12\x89\x01\n" +
 	"\fCreateSecret\x12(.flotilla.secrets.v1.CreateSecretRequest\x1a\x1b.flotilla.secrets.v1.Secret\"2\x82\xd3\xe4\x93\x02,:\x01*\"'/api/v1/instances/{instance_id}/secrets\x12\x91\x01\n" +
 	"\vListSecrets\x12'.flotilla.secrets.v1.ListSecretsRequest\x1a(.flotilla.secrets.v1.ListSecretsResponse\"/\x82\xd3\xe4\x93\x02)\x12'/api/v1/instances/{instance_id}/secrets\x12\x88\x01\n" +
@@ -1021,44 +1388,51 @@ func file_flotilla_secrets_v1_secrets_proto_rawDescGZIP() []byte {
 	return file_flotilla_secrets_v1_secrets_proto_rawDescData
 }
 
-var file_flotilla_secrets_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_flotilla_secrets_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_flotilla_secrets_v1_secrets_proto_goTypes = []any{
-	(*Secret)(nil),                     // 0: flotilla.secrets.v1.Secret
-	(*CreateSecretRequest)(nil),        // 1: flotilla.secrets.v1.CreateSecretRequest
-	(*ListSecretsRequest)(nil),         // 2: flotilla.secrets.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),        // 3: flotilla.secrets.v1.ListSecretsResponse
-	(*DeleteSecretRequest)(nil),        // 4: flotilla.secrets.v1.DeleteSecretRequest
-	(*ReadSecretRequest)(nil),          // 5: flotilla.secrets.v1.ReadSecretRequest
-	(*ReadSecretResponse)(nil),         // 6: flotilla.secrets.v1.ReadSecretResponse
-	(*SecretAccess)(nil),               // 7: flotilla.secrets.v1.SecretAccess
-	(*PutCloudKeyRequest)(nil),         // 8: flotilla.secrets.v1.PutCloudKeyRequest
-	(*PutCloudKeyResponse)(nil),        // 9: flotilla.secrets.v1.PutCloudKeyResponse
-	(*DeleteCloudKeyRequest)(nil),      // 10: flotilla.secrets.v1.DeleteCloudKeyRequest
-	(*ReadCloudKeyRequest)(nil),        // 11: flotilla.secrets.v1.ReadCloudKeyRequest
-	(*ReadCloudKeyResponse)(nil),       // 12: flotilla.secrets.v1.ReadCloudKeyResponse
-	(*StoreCertificateKeyRequest)(nil), // 13: flotilla.secrets.v1.StoreCertificateKeyRequest
-	(*CertificateKey)(nil),             // 14: flotilla.secrets.v1.CertificateKey
-	(*ReadCertificateKeyRequest)(nil),  // 15: flotilla.secrets.v1.ReadCertificateKeyRequest
-	(*ReadCertificateKeyResponse)(nil), // 16: flotilla.secrets.v1.ReadCertificateKeyResponse
-	(*timestamppb.Timestamp)(nil),      // 17: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),              // 18: google.protobuf.Empty
+	(*Secret)(nil),                      // 0: flotilla.secrets.v1.Secret
+	(*CreateSecretRequest)(nil),         // 1: flotilla.secrets.v1.CreateSecretRequest
+	(*ListSecretsRequest)(nil),          // 2: flotilla.secrets.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),         // 3: flotilla.secrets.v1.ListSecretsResponse
+	(*DeleteSecretRequest)(nil),         // 4: flotilla.secrets.v1.DeleteSecretRequest
+	(*ReadSecretRequest)(nil),           // 5: flotilla.secrets.v1.ReadSecretRequest
+	(*ReadSecretResponse)(nil),          // 6: flotilla.secrets.v1.ReadSecretResponse
+	(*SecretAccess)(nil),                // 7: flotilla.secrets.v1.SecretAccess
+	(*PutCloudKeyRequest)(nil),          // 8: flotilla.secrets.v1.PutCloudKeyRequest
+	(*PutCloudKeyResponse)(nil),         // 9: flotilla.secrets.v1.PutCloudKeyResponse
+	(*DeleteCloudKeyRequest)(nil),       // 10: flotilla.secrets.v1.DeleteCloudKeyRequest
+	(*ReadCloudKeyRequest)(nil),         // 11: flotilla.secrets.v1.ReadCloudKeyRequest
+	(*ReadCloudKeyResponse)(nil),        // 12: flotilla.secrets.v1.ReadCloudKeyResponse
+	(*StoreCertificateKeyRequest)(nil),  // 13: flotilla.secrets.v1.StoreCertificateKeyRequest
+	(*CertificateKey)(nil),              // 14: flotilla.secrets.v1.CertificateKey
+	(*DeleteCertificateKeyRequest)(nil), // 15: flotilla.secrets.v1.DeleteCertificateKeyRequest
+	(*ReadCertificateKeyRequest)(nil),   // 16: flotilla.secrets.v1.ReadCertificateKeyRequest
+	(*ReadCertificateKeyResponse)(nil),  // 17: flotilla.secrets.v1.ReadCertificateKeyResponse
+	(*GetAcmeAccountKeyRequest)(nil),    // 18: flotilla.secrets.v1.GetAcmeAccountKeyRequest
+	(*AcmeAccountKey)(nil),              // 19: flotilla.secrets.v1.AcmeAccountKey
+	(*PutAcmeCertificateRequest)(nil),   // 20: flotilla.secrets.v1.PutAcmeCertificateRequest
+	(*ReadAcmeCertificateRequest)(nil),  // 21: flotilla.secrets.v1.ReadAcmeCertificateRequest
+	(*AcmeCertificate)(nil),             // 22: flotilla.secrets.v1.AcmeCertificate
+	(*timestamppb.Timestamp)(nil),       // 23: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),               // 24: google.protobuf.Empty
 }
 var file_flotilla_secrets_v1_secrets_proto_depIdxs = []int32{
-	17, // 0: flotilla.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
-	17, // 1: flotilla.secrets.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
+	23, // 0: flotilla.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
+	23, // 1: flotilla.secrets.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: flotilla.secrets.v1.ListSecretsResponse.secrets:type_name -> flotilla.secrets.v1.Secret
-	17, // 3: flotilla.secrets.v1.SecretAccess.time:type_name -> google.protobuf.Timestamp
-	1,  // 4: flotilla.secrets.v1.SecretService.CreateSecret:input_type -> flotilla.secrets.v1.CreateSecretRequest
-	2,  // 5: flotilla.secrets.v1.SecretService.ListSecrets:input_type -> flotilla.secrets.v1.ListSecretsRequest
-	4,  // 6: flotilla.secrets.v1.SecretService.DeleteSecret:input_type -> flotilla.secrets.v1.DeleteSecretRequest
-	0,  // 7: flotilla.secrets.v1.SecretService.CreateSecret:output_type -> flotilla.secrets.v1.Secret
-	3,  // 8: flotilla.secrets.v1.SecretService.ListSecrets:output_type -> flotilla.secrets.v1.ListSecretsResponse
-	18, // 9: flotilla.secrets.v1.SecretService.DeleteSecret:output_type -> google.protobuf.Empty
-	7,  // [7:10] is the sub-list for method output_type
-	4,  // [4:7] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	23, // 3: flotilla.secrets.v1.SecretAccess.time:type_name -> google.protobuf.Timestamp
+	23, // 4: flotilla.secrets.v1.AcmeCertificate.not_after:type_name -> google.protobuf.Timestamp
+	1,  // 5: flotilla.secrets.v1.SecretService.CreateSecret:input_type -> flotilla.secrets.v1.CreateSecretRequest
+	2,  // 6: flotilla.secrets.v1.SecretService.ListSecrets:input_type -> flotilla.secrets.v1.ListSecretsRequest
+	4,  // 7: flotilla.secrets.v1.SecretService.DeleteSecret:input_type -> flotilla.secrets.v1.DeleteSecretRequest
+	0,  // 8: flotilla.secrets.v1.SecretService.CreateSecret:output_type -> flotilla.secrets.v1.Secret
+	3,  // 9: flotilla.secrets.v1.SecretService.ListSecrets:output_type -> flotilla.secrets.v1.ListSecretsResponse
+	24, // 10: flotilla.secrets.v1.SecretService.DeleteSecret:output_type -> google.protobuf.Empty
+	8,  // [8:11] is the sub-list for method output_type
+	5,  // [5:8] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_secrets_v1_secrets_proto_init() }
@@ -1072,7 +1446,7 @@ func file_flotilla_secrets_v1_secrets_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_secrets_v1_secrets_proto_rawDesc), len(file_flotilla_secrets_v1_secrets_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
