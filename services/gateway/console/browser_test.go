@@ -58,6 +58,7 @@ func (b *browser) do(what string, actions ...chromedp.Action[chromedp.Void]) {
 	b.t.Helper()
 	ctx, cancel := context.WithTimeout(b.ctx, 60*time.Second)
 	defer cancel()
+	defer func(start time.Time) { b.t.Logf("%s: %v", what, time.Since(start).Round(time.Millisecond)) }(time.Now())
 	if err := chromedp.Do(ctx, actions...); err != nil {
 		b.shot("failed-" + strings.ReplaceAll(what, " ", "-"))
 		b.t.Fatalf("%s: %v", what, err)
@@ -81,6 +82,7 @@ func (b *browser) waitFor(what, expr string, timeout time.Duration) {
 	b.t.Helper()
 	ctx, cancel := context.WithTimeout(b.ctx, timeout+5*time.Second)
 	defer cancel()
+	defer func(start time.Time) { b.t.Logf("%s: %v", what, time.Since(start).Round(time.Millisecond)) }(time.Now())
 	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(timeout), chromedp.WithPollingInterval(100*time.Millisecond))); err != nil {
 		b.shot("failed-" + strings.ReplaceAll(what, " ", "-"))
 		b.t.Fatalf("waiting for %s (%s): %v", what, expr, err)
@@ -107,6 +109,15 @@ func (b *browser) shot(name string) {
 	}
 	if err := os.WriteFile(filepath.Join(b.shots, "console-"+name+".png"), png, 0o644); err != nil {
 		b.t.Fatal(err)
+	}
+}
+
+// submit clicks what sends a form (or follows a link) and waits for the
+// page it leads to.
+func submit(sel string) chromedp.Action[chromedp.Void] {
+	return func(ctx context.Context, _ *chromedp.Target) (chromedp.Void, error) {
+		_, err := chromedp.RunResponse(ctx, chromedp.Click(chromedp.CSS(sel)))
+		return chromedp.Void{}, err
 	}
 }
 
@@ -137,12 +148,12 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.do("open the console", chromedp.Navigate(e.base+"/networks"), chromedp.WaitVisible(chromedp.CSS("#username")))
 	b.shot("login")
 	b.do("log in", fill(map[string]string{"#username": adminUser, "#password": adminPass}),
-		chromedp.Click(chromedp.CSS("form[action='/login'] button[type=submit]")), chromedp.WaitVisible(chromedp.CSS("a[href='/networks/new']")))
+		submit("form[action='/login'] button[type=submit]"), chromedp.WaitVisible(chromedp.CSS("a[href='/networks/new']")))
 
 	// A bad form: the API's error is next to its field, which has the focus.
-	b.do("bad network", chromedp.Click(chromedp.CSS("a[href='/networks/new']")), chromedp.WaitVisible(chromedp.CSS("#f-name")),
+	b.do("bad network", submit("a[href='/networks/new']"), chromedp.WaitVisible(chromedp.CSS("#f-name")),
 		fill(map[string]string{"#f-name": "Bad Name", "#f-provider": "local", "#f-httpsStrategy": "none"}),
-		chromedp.Click(chromedp.CSS(".formbuttons button.primary")), chromedp.WaitVisible(chromedp.CSS("#f-name-err")))
+		submit(".formbuttons button.primary"), chromedp.WaitVisible(chromedp.CSS("#f-name-err")))
 	if msg := b.text("#f-name-err"); !strings.HasPrefix(msg, "name: ") {
 		t.Fatalf("the field error reads %q", msg)
 	}
@@ -152,32 +163,32 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.shot("form-error")
 
 	// A network, a template with ordered setup actions, an instance.
-	b.do("create network", fill(map[string]string{"#f-name": "lab"}), chromedp.Click(chromedp.CSS(".formbuttons button.primary")),
+	b.do("create network", fill(map[string]string{"#f-name": "lab"}), submit(".formbuttons button.primary"),
 		chromedp.WaitVisible(chromedp.CSS("a[href^='/instances/new?networkId=']")))
 	b.shot("networks")
 	b.do("new template", chromedp.Navigate(e.base+"/templates/new"), chromedp.WaitVisible(chromedp.CSS("#f-name")),
 		fill(map[string]string{"#f-name": "small", "#f-provider": "local", "#f-dataDiskGb": "1"}),
-		chromedp.Click(chromedp.CSS("button[name=op][value=add]")), chromedp.WaitVisible(chromedp.CSS("#f-setupActions-0-script")),
+		submit("button[name=op][value=add]"), chromedp.WaitVisible(chromedp.CSS("#f-setupActions-0-script")),
 		fill(map[string]string{"#f-setupActions-0-script": "echo hello from setup; echo \"mode is $MODE\""}),
-		chromedp.Click(chromedp.CSS("button[name=op][value=add]")), chromedp.WaitVisible(chromedp.CSS("#f-setupActions-1-type")))
+		submit("button[name=op][value=add]"), chromedp.WaitVisible(chromedp.CSS("#f-setupActions-1-type")))
 	// Choosing a type shows that type's inputs (a script does the rest).
 	b.do("env action", chromedp.SetValue(chromedp.CSS("#f-setupActions-1-type"), "env"),
 		chromedp.Evaluate[chromedp.Void]("document.querySelector('#f-setupActions-1-type').dispatchEvent(new Event('change'))"),
 		chromedp.WaitVisible(chromedp.CSS("#f-setupActions-1-name")),
 		fill(map[string]string{"#f-setupActions-1-name": "MODE", "#f-setupActions-1-value": "lab"}),
-		chromedp.Click(chromedp.CSS("button[name=op][value='up:1']")), chromedp.WaitVisible(chromedp.CSS("#f-setupActions-1-script")))
+		submit("button[name=op][value='up:1']"), chromedp.WaitVisible(chromedp.CSS("#f-setupActions-1-script")))
 	if v := eval[string](b, "document.querySelector('#f-setupActions-0-name').value"); v != "MODE" {
 		t.Fatalf("after moving the env action up, the first action's variable is %q", v)
 	}
 	b.shot("template-form")
-	b.do("create template", chromedp.Click(chromedp.CSS(".formbuttons button.primary")), chromedp.WaitVisible(chromedp.CSS("a[href^='/instances/new?templateId=']")))
-	b.do("new instance", chromedp.Click(chromedp.CSS("a[href^='/instances/new?templateId=']")), chromedp.WaitVisible(chromedp.CSS("#f-name")))
+	b.do("create template", submit(".formbuttons button.primary"), chromedp.WaitVisible(chromedp.CSS("a[href^='/instances/new?templateId=']")))
+	b.do("new instance", submit("a[href^='/instances/new?templateId=']"), chromedp.WaitVisible(chromedp.CSS("#f-name")))
 	network := eval[string](b, "[...document.querySelectorAll('#f-networkId option')].find(o => o.textContent.startsWith('lab')).value")
 	b.do("create instance", fill(map[string]string{"#f-name": "web-1", "#f-kind": "design", "#f-networkId": network}),
-		chromedp.Click(chromedp.CSS(".formbuttons button.primary")), chromedp.WaitVisible(chromedp.CSS("#instance[data-id]")))
+		submit(".formbuttons button.primary"), chromedp.WaitVisible(chromedp.CSS("#instance[data-id]")))
 
 	// Provision: the page follows it to running without a reload.
-	b.do("provision", chromedp.Click(chromedp.CSS("form[action$='/provision'] button")), chromedp.WaitVisible(chromedp.CSS("#instance[data-id]")))
+	b.do("provision", submit("form[action$='/provision'] button"), chromedp.WaitVisible(chromedp.CSS("#instance[data-id]")))
 	b.do("mark the page", chromedp.Evaluate[chromedp.Void]("window.notReloaded = true"))
 	b.waitFor("running", "document.querySelector('#instance [data-bind=state]').textContent === 'running'", 3*time.Minute)
 	b.waitFor("the node URL", "!!document.querySelector('a[data-bind=url]:not([hidden])')", 30*time.Second)
@@ -190,6 +201,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if strings.Trim(strings.ReplaceAll(steps, "done", ""), ",") != "" {
 		t.Fatalf("steps once running: %s", steps)
 	}
+	b.shot("instance")
 	timeline := b.text("#timeline")
 	for _, verb := range []string{"provision-requested", "vm-launched", "running"} {
 		if !strings.Contains(timeline, verb) {
@@ -208,7 +220,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if p := eval[string](b, "document.querySelector('#log-pause').getAttribute('aria-pressed')"); p != "true" {
 		t.Fatalf("pause pressed: %s", p)
 	}
-	b.shot("instance")
+	b.shot("instance-logs-search")
 
 	// The list and the overview show it live too.
 	b.do("instances", chromedp.Navigate(e.base+"/instances"), chromedp.WaitVisible(chromedp.CSS("tr[data-id]")))
@@ -230,7 +242,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Fatalf("the confirmation says:\n%s", txt)
 	}
 	b.shot("confirm-deprovision")
-	b.do("confirm", chromedp.Click(chromedp.CSS(".confirm button[type=submit]")), chromedp.WaitVisible(chromedp.CSS("#instance[data-id]")),
+	b.do("confirm", submit(".confirm button[type=submit]"), chromedp.WaitVisible(chromedp.CSS("#instance[data-id]")),
 		chromedp.Evaluate[chromedp.Void]("window.notReloaded = true"))
 	b.waitFor("deprovisioned", "document.querySelector('#instance [data-bind=state]').textContent === 'deprovisioned'", 2*time.Minute)
 	if !eval[bool](b, "window.notReloaded === true") {

@@ -57,7 +57,10 @@ type formField struct {
 // belong to (an error naming it is shown at the group).
 type fieldset struct {
 	Legend, Path, Help string
-	Fields             []*formField
+	// When ("provider=aws") shows the group only while the form's field
+	// has that value (the script hides and disables it otherwise).
+	When   string
+	Fields []*formField
 }
 
 // form is a create or edit form of one API resource.

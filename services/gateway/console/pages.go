@@ -528,22 +528,22 @@ func (c *Console) addSecret(w http.ResponseWriter, r *http.Request, s *session) 
 
 // networks serves GET /networks.
 func (c *Console) networks(w http.ResponseWriter, r *http.Request, s *session) {
-	nets, err := listAll(s.api, "/api/v1/networks", (*inventoryv1.ListNetworksResponse).GetNetworks)
-	if err != nil {
-		c.fail(w, r, s, err)
-		return
-	}
-	c.render(w, r, s, http.StatusOK, "networks", "Networks", nets)
+	listPage(c, w, r, s, "/api/v1/networks", (*inventoryv1.ListNetworksResponse).GetNetworks, "networks", "Networks")
 }
 
 // templates serves GET /templates.
 func (c *Console) templates(w http.ResponseWriter, r *http.Request, s *session) {
-	tpls, err := listAll(s.api, "/api/v1/templates", (*inventoryv1.ListTemplatesResponse).GetTemplates)
+	listPage(c, w, r, s, "/api/v1/templates", (*inventoryv1.ListTemplatesResponse).GetTemplates, "templates", "Templates")
+}
+
+// listPage renders the page name with every item of the list endpoint path.
+func listPage[R any, P page[R], T any](c *Console, w http.ResponseWriter, r *http.Request, s *session, path string, items func(P) []T, name, title string) {
+	all, err := listAll(s.api, path, items)
 	if err != nil {
 		c.fail(w, r, s, err)
 		return
 	}
-	c.render(w, r, s, http.StatusOK, "templates", "Templates", tpls)
+	c.render(w, r, s, http.StatusOK, name, title, all)
 }
 
 // deleteData is a network's or template's delete confirmation.

@@ -59,7 +59,7 @@ var networkResource = resource{
 				{Path: "assignPublicIp", Label: "Assign public IP addresses", Kind: kindCheckbox},
 				{Path: "cloudAccountId", Label: "Cloud account", Kind: kindSelect, Options: acc, Help: "Required with provider aws."},
 			}},
-			{Legend: "AWS network", Path: "aws", Help: "Provider aws only.", Fields: []*formField{
+			{Legend: "AWS network", Path: "aws", Help: "Provider aws only.", When: "provider=aws", Fields: []*formField{
 				{Path: "aws.subnetId", Label: "Subnet id", Kind: kindText, Help: "subnet-…"},
 				{Path: "aws.vpcId", Label: "VPC id", Kind: kindText, Help: "vpc-…"},
 				{Path: "aws.securityGroupIds", Label: "Security group ids", Kind: kindList, Help: "One per line; none: one is made that opens the node's port."},
@@ -70,13 +70,13 @@ var networkResource = resource{
 				{Path: "dns.privateZoneId", Label: "Private zone id", Kind: kindText},
 				{Path: "dns.publicZoneId", Label: "Public zone id", Kind: kindText},
 			}},
-			{Legend: "ACME", Path: "acme", Help: "HTTPS strategy acme only.", Fields: []*formField{
+			{Legend: "ACME", Path: "acme", Help: "HTTPS strategy acme only.", When: "httpsStrategy=acme", Fields: []*formField{
 				{Path: "acme.contactEmail", Label: "Contact e-mail", Kind: kindText},
 				{Path: "acme.directoryUrl", Label: "Directory URL", Kind: kindText, Help: "Empty: Let's Encrypt."},
 				{Path: "acme.httpPort", Label: "HTTP-01 port", Kind: kindNumber, Help: "Empty: 80."},
 				{Path: "acme.directoryCaPem", Label: "Directory CA (PEM)", Kind: kindTextarea},
 			}},
-			{Legend: "Custom certificate", Path: "customCertificate", Help: "HTTPS strategy custom-certificate only.", Fields: []*formField{
+			{Legend: "Custom certificate", Path: "customCertificate", Help: "HTTPS strategy custom-certificate only.", When: "httpsStrategy=custom-certificate", Fields: []*formField{
 				{Path: "customCertificate.certificatePem", Label: "Certificate chain (PEM)", Kind: kindTextarea},
 				{Path: "customCertificate.privateKeyPem", Label: "Private key (PEM)", Kind: kindSecret, StoredPath: "customCertificate.privateKeyId",
 					Help: "Write-only: kept encrypted, never shown again."},

@@ -18,6 +18,7 @@ import (
 var funcs = template.FuncMap{
 	"ts":        tsISO,
 	"ago":       ago,
+	"clock":     clock,
 	"bytes":     humanBytes,
 	"short":     shortID,
 	"join":      strings.Join,
@@ -43,6 +44,11 @@ func tsISO(t *timestamppb.Timestamp) string {
 		return ""
 	}
 	return t.AsTime().UTC().Format(time.RFC3339)
+}
+
+// clock is the time of day of t, to the millisecond (UTC), for log lines.
+func clock(t *timestamppb.Timestamp) string {
+	return t.AsTime().UTC().Format("15:04:05.000")
 }
 
 // ago says how long ago t was, coarsely ("never" when unset).

@@ -42,13 +42,31 @@
     $$("time[data-ago]").forEach(function (el) { el.textContent = ago(el.getAttribute("datetime")); });
   }
 
+  // --- Event streams. A browser allows few connections to a host, so every
+  // stream is closed when the page goes away (a page kept for Back would
+  // otherwise hold its streams open and starve the next page's requests),
+  // and a page shown again from that cache is loaded afresh. ---
+  var streams = [];
+  function openStream(url) {
+    var es = new EventSource(url);
+    streams.push(es);
+    return es;
+  }
+  window.addEventListener("pagehide", function () {
+    streams.forEach(function (es) { es.close(); });
+    streams = [];
+  });
+  window.addEventListener("pageshow", function (e) {
+    if (e.persisted) { location.reload(); }
+  });
+
   // --- A live feed: an EventSource on an API stream, with its status shown. ---
   function feed(url, name, onMessage, onOpen) {
     var status = $$("[data-live-status]");
     var set = function (text, cls) {
       status.forEach(function (el) { el.textContent = text; el.className = "live " + (cls || ""); });
     };
-    var es = new EventSource(url);
+    var es = openStream(url);
     es.addEventListener("open", function () { set("live", "on"); if (onOpen) { onOpen(); } });
     es.addEventListener("error", function () { set("reconnecting…", "off"); });
     es.addEventListener(name, function (m) {
@@ -268,8 +286,9 @@
     var scroll = function () { if (follow.checked) { list.scrollTop = list.scrollHeight; } };
     var show = function (line) {
       var li = el("li");
-      var t = el("time", "", line.time || "");
+      var t = el("time", "", (line.time || "").slice(11, 23));
       t.setAttribute("datetime", line.time || "");
+      t.setAttribute("title", line.time || "");
       li.appendChild(t);
       li.appendChild(document.createTextNode(" "));
       li.appendChild(el("span", "src", line.source || ""));
@@ -280,7 +299,7 @@
       while (list.children.length > max) { list.removeChild(list.firstChild); }
     };
     var started = false;
-    var es = new EventSource(box.getAttribute("data-src"));
+    var es = openStream(box.getAttribute("data-src"));
     es.addEventListener("open", function () {
       // A (re)connected follow starts again with the newest lines.
       list.textContent = "";
@@ -330,6 +349,16 @@
       var target = document.getElementById(f.getAttribute("data-focus"));
       if (target) { target.focus(); }
     }
+    // A group that applies to one provider or strategy shows only then
+    // (disabled, it is not sent); one with an error always shows.
+    $$("fieldset[data-when]").forEach(function (set) {
+      var rule = set.getAttribute("data-when").split("="), form = set.form || set.closest("form");
+      var ctl = form && form.elements.namedItem(rule[0]);
+      if (!ctl || $(".field-error", set)) { return; }
+      var update = function () { set.hidden = set.disabled = ctl.value !== rule[1]; };
+      ctl.addEventListener("change", update);
+      update();
+    });
     $$(".setup-action").forEach(function (row) {
       var sel = $("select", row);
       if (!sel) { return; }
