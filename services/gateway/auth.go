@@ -159,8 +159,17 @@ func (g *Gateway) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamSer
 	if v := md.Get("authorization"); len(v) > 0 {
 		token = bearerToken(v[0])
 	}
-	if _, err := g.authenticate(ss.Context(), token); err != nil {
+	ctx, err := g.authenticate(ss.Context(), token)
+	if err != nil {
 		return apierr.GRPCStatus(ss.Context(), g.log, err)
 	}
-	return handler(srv, ss)
+	return handler(srv, authedStream{ServerStream: ss, ctx: ctx})
 }
+
+// authedStream is a server stream whose context carries the caller.
+type authedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s authedStream) Context() context.Context { return s.ctx }

@@ -20,8 +20,6 @@ import (
 
 // Limits of the event endpoints.
 const (
-	// maxEvents bounds an answer of every event since a time.
-	maxEvents = 10000
 	// defaultFeedEvents and maxFeedEvents: the newest events the fleet's
 	// feed answers (or starts a follow with).
 	defaultFeedEvents = 50
@@ -38,21 +36,18 @@ var feedEntities = []string{subjects.NounInstance, subjects.NounNetwork, subject
 // eventQuery is a checked request for events.
 type eventQuery struct {
 	since time.Time // zero: from the oldest kept
-	// newest, when positive or zero with newestSet, asks for only the newest
-	// events (at or after since); otherwise every event since.
-	newest    int
-	newestSet bool
-	follow    bool
+	// newest is how many of the newest events (at or after since) come first.
+	newest int
+	follow bool
 	// after resumes a follow after this stream sequence (the Last-Event-ID
 	// an EventSource sends when it reconnects).
 	after uint64
 }
 
 // parseEventQuery reads since, limit, follow and Last-Event-ID (header or
-// lastEventId parameter), naming the field of a bad one. defaultNewest < 0
-// means every event since, unless limit is given.
-func parseEventQuery(r *http.Request, defaultNewest int) (eventQuery, error) {
-	q := eventQuery{newest: defaultNewest, newestSet: defaultNewest >= 0}
+// lastEventId parameter), naming the field of a bad one.
+func parseEventQuery(r *http.Request) (eventQuery, error) {
+	q := eventQuery{newest: defaultFeedEvents}
 	v := r.URL.Query()
 	if s := v.Get("since"); s != "" {
 		t, err := time.Parse(time.RFC3339, s)
@@ -66,7 +61,7 @@ func parseEventQuery(r *http.Request, defaultNewest int) (eventQuery, error) {
 		if err != nil || n < 0 || n > maxFeedEvents {
 			return q, apierr.Invalid("limit", "must be a number between 0 and %d: how many of the newest events", maxFeedEvents)
 		}
-		q.newest, q.newestSet = n, true
+		q.newest = n
 	}
 	switch s := v.Get("follow"); s {
 	case "", "false":
@@ -89,30 +84,19 @@ func parseEventQuery(r *http.Request, defaultNewest int) (eventQuery, error) {
 	return q, nil
 }
 
-// instanceEvents answers GET /api/v1/instances/{id}/events: the instance's
-// timeline replayed from the events stream, oldest first (since=RFC3339
-// from a time, limit=N the newest N); with follow=true as server-sent
-// events that go on with new ones. It works for deleted instances too:
-// history is kept.
-func (g *Gateway) instanceEvents(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	if err := apierr.CheckID("id", id); err != nil {
-		g.writeError(w, r, err)
-		return
-	}
-	q, err := parseEventQuery(r, -1)
-	if err != nil {
-		g.writeError(w, r, err)
-		return
-	}
-	g.serveEvents(w, r, subjects.EntityEvents(subjects.NounInstance, id), q)
-}
-
 // fleetEvents answers GET /api/v1/events: the newest events of one kind of
 // entity (entity=instance, the default; network, template, cloudaccount),
-// oldest first (limit=N, default 50); with follow=true as server-sent
-// events that go on with new ones: the console's live feed.
+// or of one of them (id=), oldest first (limit=N, default 50, from
+// since=RFC3339); with follow=true as server-sent events that go on with
+// new ones: the console's live feeds.
 func (g *Gateway) fleetEvents(w http.ResponseWriter, r *http.Request) {
+	id := r.URL.Query().Get("id")
+	if id == "" {
+		id = "*"
+	} else if err := apierr.CheckID("id", id); err != nil {
+		g.writeError(w, r, err)
+		return
+	}
 	entity := r.URL.Query().Get("entity")
 	if entity == "" {
 		entity = subjects.NounInstance
@@ -121,12 +105,12 @@ func (g *Gateway) fleetEvents(w http.ResponseWriter, r *http.Request) {
 		g.writeError(w, r, apierr.Invalid("entity", "%q is not one of %v", entity, feedEntities))
 		return
 	}
-	q, err := parseEventQuery(r, defaultFeedEvents)
+	q, err := parseEventQuery(r)
 	if err != nil {
 		g.writeError(w, r, err)
 		return
 	}
-	g.serveEvents(w, r, subjects.EntityEvents(entity, "*"), q)
+	g.serveEvents(w, r, subjects.EntityEvents(entity, id), q)
 }
 
 // serveEvents answers q for the events on filter: a JSON list, or a
@@ -141,12 +125,11 @@ func (g *Gateway) serveEvents(w http.ResponseWriter, r *http.Request, filter str
 		g.writeError(w, r, apierr.Unavailable("the events stream is not available: %v", err))
 		return
 	}
-	var start uint64 // the stream sequence a follow starts at (0: since)
+	var start uint64 // the stream sequence a follow starts at
 	var out []json.RawMessage
-	switch {
-	case q.after > 0:
+	if q.after > 0 {
 		start = q.after + 1
-	case q.newestSet:
+	} else {
 		var seqs []uint64
 		if q.newest > 0 {
 			err := bus.ReadBackwards(rctx, stream, filter, 0, uint64(max(8*q.newest, 1024)), func(m jetstream.Msg, meta *jetstream.MsgMetadata) bool {
@@ -175,17 +158,6 @@ func (g *Gateway) serveEvents(w http.ResponseWriter, r *http.Request, filter str
 			}
 			start = info.State.LastSeq + 1
 		}
-	case !q.follow:
-		err := bus.ReadSubject(rctx, stream, filter, 0, q.since, func(m jetstream.Msg, _ *jetstream.MsgMetadata) bool {
-			if b, ok := encodeEvent(m.Data()); ok {
-				out = append(out, b)
-			}
-			return len(out) < maxEvents
-		})
-		if err != nil {
-			g.writeError(w, r, fmt.Errorf("read events: %w", err))
-			return
-		}
 	}
 	if !q.follow {
 		if out == nil {
@@ -194,14 +166,8 @@ func (g *Gateway) serveEvents(w http.ResponseWriter, r *http.Request, filter str
 		writeJSON(w, map[string]any{"events": out})
 		return
 	}
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}}
-	switch {
-	case start > 0:
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start
-	case !q.since.IsZero():
-		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &q.since
-	}
-	cons, err := stream.OrderedConsumer(ctx, cfg)
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter},
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: start})
 	if err != nil {
 		g.writeError(w, r, fmt.Errorf("events consumer: %w", err))
 		return
@@ -244,56 +210,31 @@ func (g *Gateway) serveSSE(ctx context.Context, w http.ResponseWriter, r *http.R
 		g.writeError(w, r, errors.New("streaming unsupported"))
 		return
 	}
-	// One iterator serves the backlog and then new messages.
-	msgs, err := cons.Messages()
-	if err != nil {
-		g.writeError(w, r, fmt.Errorf("follow: %w", err))
-		return
-	}
-	defer msgs.Stop()
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	flusher.Flush()
-	next := make(chan jetstream.Msg)
-	go func() {
-		defer close(next)
-		for {
-			m, err := msgs.Next()
-			if err != nil {
-				return
-			}
-			select {
-			case next <- m:
-			case <-ctx.Done():
-				return
-			}
+	_ = follow(ctx, cons, func(m jetstream.Msg) error {
+		ev, ok := encode(m)
+		if !ok {
+			return nil
 		}
-	}()
-	keepalive := time.NewTicker(sseKeepAlive)
-	defer keepalive.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-keepalive.C:
-			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
-				return
-			}
-			flusher.Flush()
-		case m, ok := <-next:
-			if !ok {
-				return
-			}
-			ev, ok := encode(m)
-			if !ok {
-				continue
-			}
-			if _, err := fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", ev.id, ev.event, ev.data); err != nil {
-				return
-			}
-			flusher.Flush()
+		if _, err := fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", ev.id, ev.event, ev.data); err != nil {
+			return err
 		}
-	}
+		flusher.Flush()
+		return nil
+	}, func() error {
+		if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
+			return err
+		}
+		flusher.Flush()
+		return nil
+	})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
 }

@@ -254,7 +254,6 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
 	})
 	root.HandleFunc("GET /api/v1/ca/certificate", g.caPEM)
 	root.HandleFunc("GET /api/v1/instances/{id}/logs", g.instanceLogs)
-	root.HandleFunc("GET /api/v1/instances/{id}/events", g.instanceEvents)
 	root.HandleFunc("GET /api/v1/events", g.fleetEvents)
 	root.Handle("/api/", mux)
 	root.HandleFunc("/api", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) })

@@ -9,7 +9,7 @@
 // (Secure over TLS); every form carries a token derived from it and must
 // come from this site. The browser's scripts only read: the live state
 // badges, the timeline and the logs follow the API's server-sent event
-// streams (/api/v1/events, /api/v1/instances/{id}/events and
+// streams (/api/v1/events, also narrowed to one instance with id=, and
 // /api/v1/instances/{id}/logs with follow=true), which the gateway lets
 // the session cookie read (SessionToken). Pages carry a
 // Content-Security-Policy that allows no inline script or style.

@@ -312,7 +312,7 @@ func (c *Console) instance(w http.ResponseWriter, r *http.Request, s *session) {
 	}
 	d.Secrets = sec.GetSecrets()
 	var err error
-	if d.Events, err = s.events("/api/v1/instances/"+id+"/events", 100); err != nil {
+	if d.Events, err = s.events("/api/v1/events?id="+id, 100); err != nil {
 		c.fail(w, r, s, err)
 		return
 	}
