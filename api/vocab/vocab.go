@@ -108,6 +108,11 @@ const (
 	StepRenewingCertificate Step = "renewing-certificate"
 )
 
+// ProvisionSteps are the steps of provisioning, in order (an instance's
+// stateDetail while it is provisioning).
+var ProvisionSteps = []Step{StepQueued, StepAllocatingDisk, StepLaunchingVM, StepWaitingForAgent,
+	StepRunningSetup, StepInstalling, StepStarting}
+
 // Progress is the status of a step an agent reports.
 type Progress string
 
@@ -241,6 +246,9 @@ const (
 	ProviderExternal Provider = "external"
 )
 
+// Providers lists every provider a network or template may name.
+var Providers = []Provider{ProviderLocal, ProviderAWS, ProviderExternal}
+
 // HTTPSStrategy is how a network's instances serve HTTPS.
 type HTTPSStrategy string
 
@@ -266,6 +274,9 @@ const (
 	ACMEDNS01 ACMEChallenge = "dns-01"
 )
 
+// HTTPSStrategies lists every HTTPS strategy.
+var HTTPSStrategies = []HTTPSStrategy{HTTPSNone, HTTPSSelfSigned, HTTPSCustomCertificate, HTTPSACME}
+
 // SetupAction is the type of one of a template's setup actions, run by the
 // agent in order.
 type SetupAction string
@@ -277,3 +288,19 @@ const (
 	SetupEnv      SetupAction = "env"
 	SetupPackages SetupAction = "packages"
 )
+
+// SetupActions lists every setup action type.
+var SetupActions = []SetupAction{SetupScript, SetupFile, SetupEnv, SetupPackages}
+
+// InstanceKind is what an instance is for.
+type InstanceKind string
+
+// Instance kinds.
+const (
+	KindDesign     InstanceKind = "design"
+	KindAutomation InstanceKind = "automation"
+	KindDeployer   InstanceKind = "deployer"
+)
+
+// InstanceKinds lists every instance kind.
+var InstanceKinds = []InstanceKind{KindDesign, KindAutomation, KindDeployer}

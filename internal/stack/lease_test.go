@@ -30,7 +30,7 @@ import (
 
 // provisionerBinary builds flotilla-provisioner once, with the race
 // detector: a provisioner process that races exits non-zero.
-var provisionerBinary = builtBinary("flotilla-provisioner", true)
+var provisionerBinary = testkit.BuiltBinary("flotilla-provisioner", true)
 
 // provisionerProc is a flotilla-provisioner process.
 type provisionerProc struct {

@@ -1,11 +1,6 @@
 package stack_test
 
 import (
-	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,44 +18,10 @@ import (
 )
 
 // agentBinary builds flotilla-agent once.
-var agentBinary = builtBinary("flotilla-agent", false)
+var agentBinary = testkit.BuiltBinary("flotilla-agent", false)
 
-// builtBinary builds cmd/<name> once (with the race detector if race: a
-// process that races exits non-zero), in a directory every local VM's user
-// may read (local VMs run as users of their own when tests run as root).
-func builtBinary(name string, race bool) func() (string, error) {
-	return sync.OnceValues(func() (string, error) {
-		dir, err := os.MkdirTemp("", name+"-bin")
-		if err != nil {
-			return "", err
-		}
-		if err := os.Chmod(dir, 0o755); err != nil {
-			return "", err
-		}
-		bin := filepath.Join(dir, name)
-		args := []string{"build", "-o", bin}
-		if race {
-			args = append(args, "-race")
-		}
-		out, err := exec.Command("go", append(args, "flotilla.dev/flotilla/cmd/"+name)...).CombinedOutput()
-		if err != nil {
-			return "", fmt.Errorf("build %s: %w\n%s", name, err, out)
-		}
-		return bin, nil
-	})
-}
-
-// localRoot is a directory for the local provider's disks and VMs that
-// every local VM's user can traverse.
-func localRoot(t *testing.T) string {
-	d := t.TempDir()
-	for _, p := range []string{d, filepath.Dir(d)} {
-		must(t, os.Chmod(p, 0o755))
-	}
-	root := filepath.Join(d, "local")
-	t.Cleanup(func() { testkit.KillLocalVMs(root) })
-	return root
-}
+// localRoot is a directory for the local provider's disks and VMs.
+func localRoot(t *testing.T) string { return testkit.LocalRoot(t) }
 
 // TestProvisioningFollowsEventsAlone provisions local instances with a
 // provisioner that never looks on its own (its safety-net recheck is an

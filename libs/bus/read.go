@@ -39,6 +39,50 @@ func ReadLatest(ctx context.Context, stream jetstream.Stream, subject string, ea
 		DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy}, each)
 }
 
+// ReadBackwards hands the messages stored on subject in stream below stream
+// sequence end (0: all of them) to each, newest first, until each returns
+// false or the oldest is handed. A consumer reads forward only, so it reads
+// windows of the stream backwards, window (at least 1) sequences first and
+// each window twice the size of the last, and hands each window's messages
+// in reverse.
+func ReadBackwards(ctx context.Context, stream jetstream.Stream, subject string, end uint64, window uint64,
+	each func(jetstream.Msg, *jetstream.MsgMetadata) bool) error {
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("stream info: %w", err)
+	}
+	first := max(info.State.FirstSeq, 1)
+	if last := info.State.LastSeq + 1; end == 0 || end > last {
+		end = last
+	}
+	type stored struct {
+		m    jetstream.Msg
+		meta *jetstream.MsgMetadata
+	}
+	window = max(window, 1)
+	for lo := end; lo > first; window *= 2 {
+		start := lo - min(window, lo-first)
+		var part []stored
+		err := ReadSubject(ctx, stream, subject, start, time.Time{}, func(m jetstream.Msg, meta *jetstream.MsgMetadata) bool {
+			if meta.Sequence.Stream >= lo {
+				return false
+			}
+			part = append(part, stored{m, meta})
+			return true
+		})
+		if err != nil {
+			return err
+		}
+		for i := len(part) - 1; i >= 0; i-- {
+			if !each(part[i].m, part[i].meta) {
+				return nil
+			}
+		}
+		lo = start
+	}
+	return nil
+}
+
 // read hands each message cfg's ordered consumer delivers to each, until
 // each returns false or nothing more is stored.
 func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedConsumerConfig, each func(jetstream.Msg, *jetstream.MsgMetadata) bool) error {

@@ -15,6 +15,7 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/services/gateway/console"
 )
 
 type (
@@ -112,13 +113,27 @@ func (g *Gateway) requireAuth(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		ctx, err := g.authenticate(r.Context(), bearerToken(r.Header.Get("Authorization")))
+		ctx, err := g.authenticate(r.Context(), requestToken(r))
 		if err != nil {
 			g.writeError(w, r, err)
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+// requestToken is a REST request's bearer token: its Authorization header,
+// or for a read (GET, HEAD) without one, the web console's session cookie
+// (the console's live feeds and downloads). A change needs the header: the
+// console makes its changes in process with it, after checking its form.
+func requestToken(r *http.Request) string {
+	if t := bearerToken(r.Header.Get("Authorization")); t != "" {
+		return t
+	}
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		return console.SessionToken(r)
+	}
+	return ""
 }
 
 // unaryAuth is the gRPC counterpart of requireAuth.

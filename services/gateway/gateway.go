@@ -44,6 +44,7 @@ import (
 	"flotilla.dev/flotilla/libs/attempts"
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/rpc"
+	"flotilla.dev/flotilla/services/gateway/console"
 )
 
 // Deps are what the gateway is built from; the caller owns them.
@@ -52,7 +53,7 @@ type Deps struct {
 	Log            *slog.Logger
 	TracerProvider trace.TracerProvider
 	Version        string
-	// HTTPListener serves REST, the OpenAPI document and (later) the console.
+	// HTTPListener serves REST, the OpenAPI document and the web console.
 	HTTPListener net.Listener
 	// AgentBinary is the flotilla-agent of this version, served to new
 	// cloud VMs at AgentDownloadPath ("": none).
@@ -253,17 +254,26 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
 	})
 	root.HandleFunc("GET /api/v1/ca/certificate", g.caPEM)
 	root.HandleFunc("GET /api/v1/instances/{id}/logs", g.instanceLogs)
+	root.HandleFunc("GET /api/v1/events", g.fleetEvents)
 	root.Handle("/api/", mux)
 	root.HandleFunc("/api", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) })
-	root.HandleFunc("GET /{$}", g.home)
 	if g.version != "" {
 		root.Handle("GET "+AgentDownloadPath(g.version), &agentDownload{path: g.deps.AgentBinary})
 	}
-	return otelhttp.NewHandler(g.requireAuth(g.limitBody(root)), "gateway",
+	// The console calls the API through the whole handler, as any client.
+	var api http.Handler
+	con, err := console.New(console.Deps{Log: g.log, Version: g.version,
+		API: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { api.ServeHTTP(w, r) })})
+	if err != nil {
+		return nil, err
+	}
+	root.Handle("/", con)
+	api = otelhttp.NewHandler(g.requireAuth(g.limitBody(root)), "gateway",
 		otelhttp.WithTracerProvider(g.deps.TracerProvider),
 		otelhttp.WithPropagators(natsx.Propagator),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.URL.Path }),
-	), nil
+	)
+	return api, nil
 }
 
 // statusCode answers a degraded status with 503, so load balancers take this
@@ -318,11 +328,6 @@ type restErrorBody struct {
 // middleware, the logs and events endpoints).
 func (g *Gateway) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	g.restError(r.Context(), g.mux, jsonCodec, w, r, err)
-}
-
-func (g *Gateway) home(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	_, _ = fmt.Fprintf(w, "Flotilla %s\n\nAPI: /api/v1 (OpenAPI document at /api/v1/openapi.json)\nHealth: /api/v1/status\n", g.version)
 }
 
 // Run serves HTTP and gRPC until ctx ends, then shuts both down gracefully.

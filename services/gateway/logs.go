@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -216,53 +215,33 @@ func (lr logReader) newest(ctx context.Context, q logQuery) (*inventoryv1.ListIn
 }
 
 // newestLines returns a descending page, newest first, and the stream
-// sequence a next page reads below (0: none). A consumer reads forward
-// only, so it reads windows of the stream backwards, each twice the size
-// of the last, until it has a page and one line more (to know whether a
-// next page exists).
+// sequence a next page reads below (0: none): it reads the stream
+// backwards until it has a page and one line more (to know whether a next
+// page exists), or reaches a line stored before since.
 func (lr logReader) newestLines(ctx context.Context, q logQuery) ([]storedLine, uint64, error) {
-	info, err := lr.stream.Info(ctx)
-	if err != nil {
-		return nil, 0, fmt.Errorf("log stream info: %w", err)
-	}
-	first, end := info.State.FirstSeq, info.State.LastSeq+1
-	if q.from > 0 {
-		end = min(end, q.from)
-	}
-	var got []storedLine // ascending
-	window := uint64(max(4*q.size, 1024))
-	done := false
-	for lo := end; lo > first && len(got) <= q.size && !done; window *= 2 {
-		start := lo - min(window, lo-first)
-		var part []storedLine
-		err := lr.read(ctx, start, time.Time{}, func(sl storedLine, _ uint64) bool {
-			if sl.seq >= lo {
-				return false
-			}
-			if sl.stored.Before(q.since) {
-				done = true // what lies before is older still
-				return true
-			}
-			part = append(part, sl)
-			return true
-		})
-		if err != nil {
-			return nil, 0, err
-		}
-		got = append(part, got...)
-		lo = start
-	}
 	var page []storedLine
+	var next uint64
 	size := 0
-	for i := len(got) - 1; i >= 0; i-- {
-		sl := got[i]
-		if len(page) == q.size || (len(page) > 0 && size+len(sl.line.GetText()) > maxLogPageBytes) {
-			return page, got[i+1].seq, nil
+	err := bus.ReadBackwards(ctx, lr.stream, lr.subject, q.from, uint64(max(4*q.size, 1024)), func(m jetstream.Msg, meta *jetstream.MsgMetadata) bool {
+		if meta.Timestamp.Before(q.since) {
+			return false // what lies before is older still
 		}
-		size += len(sl.line.GetText())
-		page = append(page, sl)
+		l, ok := decodeLogLine(m.Data())
+		if !ok {
+			return true
+		}
+		if len(page) == q.size || (len(page) > 0 && size+len(l.GetText()) > maxLogPageBytes) {
+			next = page[len(page)-1].seq
+			return false
+		}
+		size += len(l.GetText())
+		page = append(page, storedLine{seq: meta.Sequence.Stream, stored: meta.Timestamp, line: l})
+		return true
+	})
+	if err != nil {
+		return nil, 0, err
 	}
-	return page, 0, nil
+	return page, next, nil
 }
 
 // decodeLogLine decodes a stored line (an agentv1.LogLine) for the API.
@@ -304,29 +283,13 @@ func (g *Gateway) instanceLogs(w http.ResponseWriter, r *http.Request) {
 		g.writeError(w, r, err)
 		return
 	}
-	flusher, ok := w.(http.Flusher)
-	if !ok {
-		g.writeError(w, r, errors.New("streaming unsupported"))
-		return
-	}
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.Header().Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	flusher.Flush()
-	_ = followLines(ctx, cons, func(l *inventoryv1.InstanceLogLine) error {
+	g.serveSSE(ctx, w, r, cons, func(m jetstream.Msg) (sseEvent, bool) {
+		l, ok := decodeLogLine(m.Data())
+		if !ok {
+			return sseEvent{}, false
+		}
 		b, _ := protojson.Marshal(l)
-		if _, err := fmt.Fprintf(w, "id: %d\nevent: log\ndata: %s\n\n", l.GetSeq(), b); err != nil {
-			return err
-		}
-		flusher.Flush()
-		return nil
-	}, func() error {
-		if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
-			return err
-		}
-		flusher.Flush()
-		return nil
+		return sseEvent{id: strconv.FormatUint(l.GetSeq(), 10), event: "log", data: b}, true
 	})
 }
 
@@ -405,10 +368,22 @@ func (g *Gateway) openFollow(ctx context.Context, r *inventoryv1.ListInstanceLog
 // first, then new lines as they are stored, and calls keepalive (when not
 // nil) every 15 s without a line, until ctx ends or either fails.
 func followLines(ctx context.Context, cons jetstream.Consumer, send func(*inventoryv1.InstanceLogLine) error, keepalive func() error) error {
-	// One iterator serves the backlog and then new lines.
+	return follow(ctx, cons, func(m jetstream.Msg) error {
+		if l, ok := decodeLogLine(m.Data()); ok {
+			return send(l)
+		}
+		return nil
+	}, keepalive)
+}
+
+// follow hands each of the consumer's messages to send, the backlog first,
+// then new ones as they are stored, and calls keepalive (when not nil)
+// every sseKeepAlive without a message, until ctx ends or either fails.
+func follow(ctx context.Context, cons jetstream.Consumer, send func(jetstream.Msg) error, keepalive func() error) error {
+	// One iterator serves the backlog and then new messages.
 	msgs, err := cons.Messages()
 	if err != nil {
-		return fmt.Errorf("follow logs: %w", err)
+		return fmt.Errorf("follow: %w", err)
 	}
 	defer msgs.Stop()
 	next := make(chan jetstream.Msg)
@@ -426,7 +401,7 @@ func followLines(ctx context.Context, cons jetstream.Consumer, send func(*invent
 			}
 		}
 	}()
-	tick := time.NewTicker(15 * time.Second)
+	tick := time.NewTicker(sseKeepAlive)
 	defer tick.Stop()
 	for {
 		select {
@@ -442,11 +417,7 @@ func followLines(ctx context.Context, cons jetstream.Consumer, send func(*invent
 			if !ok {
 				return nil
 			}
-			l, ok := decodeLogLine(m.Data())
-			if !ok {
-				continue
-			}
-			if err := send(l); err != nil {
+			if err := send(m); err != nil {
 				return err
 			}
 		}

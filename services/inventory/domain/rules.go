@@ -22,13 +22,6 @@ import (
 	"flotilla.dev/flotilla/libs/pki"
 )
 
-// Instance kinds.
-const (
-	KindDesign     = "design"
-	KindAutomation = "automation"
-	KindDeployer   = "deployer"
-)
-
 // Limits on resource fields.
 const (
 	MinDataDiskGB   = 1
@@ -39,11 +32,6 @@ const (
 )
 
 var (
-	providers  = []vocab.Provider{vocab.ProviderLocal, vocab.ProviderAWS, vocab.ProviderExternal}
-	strategies = []vocab.HTTPSStrategy{vocab.HTTPSNone, vocab.HTTPSSelfSigned, vocab.HTTPSCustomCertificate, vocab.HTTPSACME}
-	kinds      = []string{KindDesign, KindAutomation, KindDeployer}
-	actions    = []vocab.SetupAction{vocab.SetupScript, vocab.SetupFile, vocab.SetupEnv, vocab.SetupPackages}
-
 	nameRE     = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 	envNameRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	modeRE     = regexp.MustCompile(`^0?[0-7]{3}$`)
@@ -85,10 +73,10 @@ func ValidateNetwork(n *inventoryv1.Network) error {
 	if err := ValidateName("name", n.GetName()); err != nil {
 		return err
 	}
-	if err := oneOf("provider", n.GetProvider(), providers); err != nil {
+	if err := oneOf("provider", n.GetProvider(), vocab.Providers); err != nil {
 		return err
 	}
-	if err := oneOf("httpsStrategy", n.GetHttpsStrategy(), strategies); err != nil {
+	if err := oneOf("httpsStrategy", n.GetHttpsStrategy(), vocab.HTTPSStrategies); err != nil {
 		return err
 	}
 	strategy := vocab.HTTPSStrategy(n.GetHttpsStrategy())
@@ -225,7 +213,7 @@ func ValidateTemplate(t *inventoryv1.Template) error {
 	if err := ValidateName("name", t.GetName()); err != nil {
 		return err
 	}
-	if err := oneOf("provider", t.GetProvider(), providers); err != nil {
+	if err := oneOf("provider", t.GetProvider(), vocab.Providers); err != nil {
 		return err
 	}
 	if vocab.Provider(t.GetProvider()) == vocab.ProviderAWS {
@@ -262,7 +250,7 @@ func ValidateTemplate(t *inventoryv1.Template) error {
 }
 
 func validateAction(field string, a *inventoryv1.SetupAction) error {
-	if err := oneOf(field+".type", a.GetType(), actions); err != nil {
+	if err := oneOf(field+".type", a.GetType(), vocab.SetupActions); err != nil {
 		return err
 	}
 	used := map[string]bool{
@@ -331,7 +319,7 @@ func ValidateInstance(in *inventoryv1.Instance, reserved []string) error {
 	if err := ValidateName("name", in.GetName()); err != nil {
 		return err
 	}
-	if err := oneOf("kind", in.GetKind(), kinds); err != nil {
+	if err := oneOf("kind", in.GetKind(), vocab.InstanceKinds); err != nil {
 		return err
 	}
 	if in.GetTemplateId() == "" {

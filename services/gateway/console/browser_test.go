@@ -1,0 +1,265 @@
+package console_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// browser is a headless Chromium on a fresh profile, driven by chromedp.
+type browser struct {
+	t     *testing.T
+	ctx   context.Context
+	base  string
+	shots string
+}
+
+// newBrowser starts Chromium (Debian's chromium package; a missing one
+// fails the test: CI installs it) on a fresh profile.
+func newBrowser(t *testing.T, base string) *browser {
+	t.Helper()
+	exe, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatalf("chromium is missing (%v): the browser tests need Debian's chromium package: apt-get install -y chromium", err)
+	}
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(exe), chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 900),
+		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun, chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true), chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("disable-features", "Translate,OptimizationHints,MediaRouter"),
+	}
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(actx, chromedp.WithErrorf(t.Logf))
+	t.Cleanup(func() { cancel(); cancelAlloc() })
+	shots := os.Getenv("FLOTILLA_SCREENSHOTS")
+	if shots == "" {
+		shots = t.TempDir()
+	} else if err := os.MkdirAll(shots, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b := &browser{t: t, ctx: ctx, base: base, shots: shots}
+	// The first run starts the browser, which lives as long as its context:
+	// this one, not a shorter one of a step.
+	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	return b
+}
+
+// do runs actions, failing the test with what was being done.
+func (b *browser) do(what string, actions ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 60*time.Second)
+	defer cancel()
+	defer func(start time.Time) { b.t.Logf("%s: %v", what, time.Since(start).Round(time.Millisecond)) }(time.Now())
+	if err := chromedp.Do(ctx, actions...); err != nil {
+		b.shot("failed-" + strings.ReplaceAll(what, " ", "-"))
+		b.t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// text returns the text of the element sel.
+func (b *browser) text(sel string) string {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	defer cancel()
+	s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+	if err != nil {
+		b.t.Fatalf("text of %s: %v", sel, err)
+	}
+	return s
+}
+
+// waitFor waits until a JavaScript expression is true.
+func (b *browser) waitFor(what, expr string, timeout time.Duration) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, timeout+5*time.Second)
+	defer cancel()
+	defer func(start time.Time) { b.t.Logf("%s: %v", what, time.Since(start).Round(time.Millisecond)) }(time.Now())
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(timeout), chromedp.WithPollingInterval(100*time.Millisecond))); err != nil {
+		b.shot("failed-" + strings.ReplaceAll(what, " ", "-"))
+		b.t.Fatalf("waiting for %s (%s): %v", what, expr, err)
+	}
+}
+
+// eval evaluates a JavaScript expression.
+func eval[T any](b *browser, expr string) T {
+	b.t.Helper()
+	v, err := chromedp.Run(b.ctx, chromedp.Evaluate[T](expr))
+	if err != nil {
+		b.t.Fatalf("evaluate %s: %v", expr, err)
+	}
+	return v
+}
+
+// shot saves a screenshot of the page as console-<name>.png.
+func (b *browser) shot(name string) {
+	b.t.Helper()
+	png, err := chromedp.Run(b.ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		b.t.Logf("screenshot %s: %v", name, err)
+		return
+	}
+	if err := os.WriteFile(filepath.Join(b.shots, "console-"+name+".png"), png, 0o644); err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+// submit clicks what sends a form (or follows a link) and waits for the
+// page it leads to.
+func submit(sel string) chromedp.Action[chromedp.Void] {
+	return func(ctx context.Context, _ *chromedp.Target) (chromedp.Void, error) {
+		_, err := chromedp.RunResponse(ctx, chromedp.Click(chromedp.CSS(sel)))
+		return chromedp.Void{}, err
+	}
+}
+
+// fill types into the inputs named (CSS selector → value) and picks
+// select options by value.
+func fill(fields map[string]string) chromedp.Action[chromedp.Void] {
+	var acts []chromedp.Action[chromedp.Void]
+	for sel, v := range fields {
+		acts = append(acts, chromedp.SetValue(chromedp.CSS(sel), v))
+	}
+	return func(ctx context.Context, _ *chromedp.Target) (chromedp.Void, error) {
+		return chromedp.Void{}, chromedp.Do(ctx, acts...)
+	}
+}
+
+// TestConsoleInBrowser drives the console in headless Chromium against a
+// real Flotilla whose local instances run real agents: log in; create a
+// network, a template and an instance through the forms; see a field
+// error; provision and watch the instance reach running without a reload,
+// its logs streaming; deprovision after the confirmation. Each page's
+// screenshot is kept (FLOTILLA_SCREENSHOTS names the directory).
+func TestConsoleInBrowser(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, true)
+	b := newBrowser(t, e.base)
+
+	// Log in: any page leads to the form, and back after it.
+	b.do("open the console", chromedp.Navigate(e.base+"/networks"), chromedp.WaitVisible(chromedp.CSS("#username")))
+	b.shot("login")
+	b.do("log in", fill(map[string]string{"#username": adminUser, "#password": adminPass}),
+		submit("form[action='/login'] button[type=submit]"), chromedp.WaitVisible(chromedp.CSS("a[href='/networks/new']")))
+
+	// A bad form: the API's error is next to its field, which has the focus.
+	b.do("bad network", submit("a[href='/networks/new']"), chromedp.WaitVisible(chromedp.CSS("#f-name")),
+		fill(map[string]string{"#f-name": "Bad Name", "#f-provider": "local", "#f-httpsStrategy": "none"}),
+		submit(".formbuttons button.primary"), chromedp.WaitVisible(chromedp.CSS("#f-name-err")))
+	if msg := b.text("#f-name-err"); !strings.HasPrefix(msg, "name: ") {
+		t.Fatalf("the field error reads %q", msg)
+	}
+	if focused := eval[string](b, "document.activeElement.id"); focused != "f-name" {
+		t.Fatalf("the focus is on %q, not the field in error", focused)
+	}
+	b.shot("form-error")
+
+	// A network, a template with ordered setup actions, an instance.
+	b.do("create network", fill(map[string]string{"#f-name": "lab"}), submit(".formbuttons button.primary"),
+		chromedp.WaitVisible(chromedp.CSS("a[href^='/instances/new?networkId=']")))
+	b.shot("networks")
+	b.do("new template", chromedp.Navigate(e.base+"/templates/new"), chromedp.WaitVisible(chromedp.CSS("#f-name")),
+		fill(map[string]string{"#f-name": "small", "#f-provider": "local", "#f-dataDiskGb": "1"}),
+		submit("button[name=op][value=add]"), chromedp.WaitVisible(chromedp.CSS("#f-setupActions-0-script")),
+		fill(map[string]string{"#f-setupActions-0-script": "echo hello from setup; echo \"mode is $MODE\""}),
+		submit("button[name=op][value=add]"), chromedp.WaitVisible(chromedp.CSS("#f-setupActions-1-type")))
+	// Choosing a type shows that type's inputs (a script does the rest).
+	b.do("env action", chromedp.SetValue(chromedp.CSS("#f-setupActions-1-type"), "env"),
+		chromedp.Evaluate[chromedp.Void]("document.querySelector('#f-setupActions-1-type').dispatchEvent(new Event('change'))"),
+		chromedp.WaitVisible(chromedp.CSS("#f-setupActions-1-name")),
+		fill(map[string]string{"#f-setupActions-1-name": "MODE", "#f-setupActions-1-value": "lab"}),
+		submit("button[name=op][value='up:1']"), chromedp.WaitVisible(chromedp.CSS("#f-setupActions-1-script")))
+	if v := eval[string](b, "document.querySelector('#f-setupActions-0-name').value"); v != "MODE" {
+		t.Fatalf("after moving the env action up, the first action's variable is %q", v)
+	}
+	b.shot("template-form")
+	b.do("create template", submit(".formbuttons button.primary"), chromedp.WaitVisible(chromedp.CSS("a[href^='/instances/new?templateId=']")))
+	b.do("new instance", submit("a[href^='/instances/new?templateId=']"), chromedp.WaitVisible(chromedp.CSS("#f-name")))
+	network := eval[string](b, "[...document.querySelectorAll('#f-networkId option')].find(o => o.textContent.startsWith('lab')).value")
+	b.do("create instance", fill(map[string]string{"#f-name": "web-1", "#f-kind": "design", "#f-networkId": network}),
+		submit(".formbuttons button.primary"), chromedp.WaitVisible(chromedp.CSS("#instance[data-id]")))
+
+	// Provision: the page follows it to running without a reload.
+	b.do("provision", submit("form[action$='/provision'] button"), chromedp.WaitVisible(chromedp.CSS("#instance[data-id]")))
+	b.do("mark the page", chromedp.Evaluate[chromedp.Void]("window.notReloaded = true"))
+	b.waitFor("running", "document.querySelector('#instance [data-bind=state]').textContent === 'running'", 3*time.Minute)
+	b.waitFor("the node URL", "!!document.querySelector('a[data-bind=url]:not([hidden])')", 30*time.Second)
+	b.waitFor("the setup output in the logs", "[...document.querySelectorAll('#log-lines li')].some(l => l.textContent.includes('mode is lab'))", 60*time.Second)
+	b.waitFor("a heartbeat", "document.querySelector('[data-bind=\"agent.status\"]').textContent === 'connected'", 30*time.Second)
+	if !eval[bool](b, "window.notReloaded === true") {
+		t.Fatal("the page was reloaded")
+	}
+	steps := eval[string](b, "[...document.querySelectorAll('.steps li')].map(l => l.className).join(',')")
+	if strings.Trim(strings.ReplaceAll(steps, "done", ""), ",") != "" {
+		t.Fatalf("steps once running: %s", steps)
+	}
+	b.shot("instance")
+	timeline := b.text("#timeline")
+	for _, verb := range []string{"provision-requested", "vm-launched", "running"} {
+		if !strings.Contains(timeline, verb) {
+			t.Fatalf("the timeline lacks %s:\n%s", verb, timeline)
+		}
+	}
+	// Search the logs, pause them.
+	b.do("search logs", chromedp.SendKeys(chromedp.CSS("#log-search"), "hello from"))
+	b.waitFor("the search", "document.querySelector('#log-matches').textContent.includes('match')", 10*time.Second)
+	hidden := eval[int](b, "document.querySelectorAll('#log-lines li[hidden]').length")
+	shown := eval[int](b, "document.querySelectorAll('#log-lines li:not([hidden])').length")
+	if shown < 1 || hidden < 1 {
+		t.Fatalf("searching the logs shows %d lines and hides %d", shown, hidden)
+	}
+	b.do("pause logs", chromedp.Click(chromedp.CSS("#log-pause")))
+	if p := eval[string](b, "document.querySelector('#log-pause').getAttribute('aria-pressed')"); p != "true" {
+		t.Fatalf("pause pressed: %s", p)
+	}
+	b.shot("instance-logs-search")
+
+	// The list and the overview show it live too.
+	b.do("instances", chromedp.Navigate(e.base+"/instances"), chromedp.WaitVisible(chromedp.CSS("tr[data-id]")))
+	if s := b.text("tr[data-id] [data-bind=state]"); s != "running" {
+		t.Fatalf("the list shows %q", s)
+	}
+	b.shot("instances")
+	b.do("overview", chromedp.Navigate(e.base+"/"), chromedp.WaitVisible(chromedp.CSS("#recent li")))
+	if n := b.text("[data-count=running]"); n != "1" {
+		t.Fatalf("the overview counts %s running", n)
+	}
+	b.waitFor("the live feed", "document.querySelector('[data-live-status]').textContent === 'live'", 10*time.Second)
+	b.shot("overview")
+
+	// Deprovision: the confirmation names the VM it destroys.
+	id := eval[string](b, "document.querySelector('#recent a[href^=\"/instances/\"]').getAttribute('href')")
+	b.do("deprovision", chromedp.Navigate(e.base+id+"/deprovision"), chromedp.WaitVisible(chromedp.CSS(".confirm")))
+	if txt := b.text(".confirm"); !strings.Contains(txt, "This destroys") || !strings.Contains(txt, "its VM vm-") || !strings.Contains(txt, "data disk") {
+		t.Fatalf("the confirmation says:\n%s", txt)
+	}
+	b.shot("confirm-deprovision")
+	b.do("confirm", submit(".confirm button[type=submit]"), chromedp.WaitVisible(chromedp.CSS("#instance[data-id]")),
+		chromedp.Evaluate[chromedp.Void]("window.notReloaded = true"))
+	b.waitFor("deprovisioned", "document.querySelector('#instance [data-bind=state]').textContent === 'deprovisioned'", 2*time.Minute)
+	if !eval[bool](b, "window.notReloaded === true") {
+		t.Fatal("the page was reloaded")
+	}
+
+	// Dark theme and a phone's screen.
+	b.do("dark theme", chromedp.Click(chromedp.CSS("#theme-toggle")))
+	if th := eval[string](b, "document.documentElement.getAttribute('data-theme')"); th != "dark" {
+		t.Fatalf("the theme toggle set %q", th)
+	}
+	b.shot("instance-dark")
+	b.do("phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2)), chromedp.Navigate(e.base+"/instances"),
+		chromedp.WaitVisible(chromedp.CSS("tr[data-id]")))
+	if w := eval[int](b, "document.documentElement.scrollWidth"); w > 400 {
+		t.Fatalf("the instances page is %d px wide on a 390 px screen", w)
+	}
+	b.shot("phone-instances")
+	t.Logf("screenshots in %s", b.shots)
+}

@@ -1,0 +1,138 @@
+package console_test
+
+import (
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/internal/stack/stacktest"
+	"flotilla.dev/flotilla/libs/testkit"
+	"flotilla.dev/flotilla/services/inventory"
+)
+
+func TestMain(m *testing.M) { testkit.Main(m) }
+
+const (
+	adminUser = "admin"
+	adminPass = "S3cret-pass"
+)
+
+// agentBinary builds flotilla-agent once, for local VMs.
+var agentBinary = testkit.BuiltBinary("flotilla-agent", false)
+
+// env is one Flotilla (every service, on real NATS and PostgreSQL) with an
+// admin user, and a browser-like HTTP client that keeps cookies.
+type env struct {
+	t      *testing.T
+	base   string
+	client *http.Client
+}
+
+// newEnv starts a stack; with vms, its local provider runs real agents.
+func newEnv(t *testing.T, vms bool) *env {
+	t.Helper()
+	dbURL := testkit.NewDatabase(t)
+	cfg := stack.Config{Version: "0.0.0-test", DatabaseURL: dbURL,
+		Log: slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelError}))}
+	if vms {
+		agent, err := agentBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.LocalRoot, cfg.AgentCommand = testkit.LocalRoot(t), []string{agent, "--heartbeat-interval", "2s"}
+	}
+	st := stacktest.Start(t, cfg)
+	pool, err := pgxpool.New(t.Context(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if err := inventory.InitialSetup(t.Context(), pool, nil, adminUser, adminPass); err != nil {
+		t.Fatal(err)
+	}
+	jar, _ := cookiejar.New(nil)
+	return &env{t: t, base: "http://" + st.HTTPAddr, client: &http.Client{Jar: jar,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+}
+
+// testLog writes the stack's errors into the test's log.
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(b []byte) (int, error) {
+	l.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
+
+// page is an answer: status, headers, body.
+type page struct {
+	status int
+	header http.Header
+	body   string
+}
+
+// do sends a request (form: a POST form) with extra headers.
+func (e *env) do(method, path string, form url.Values, header map[string]string) page {
+	e.t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, err := http.NewRequestWithContext(e.t.Context(), method, e.base+path, body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := e.client.Do(req)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return page{status: resp.StatusCode, header: resp.Header, body: string(b)}
+}
+
+func (e *env) get(path string) page { return e.do("GET", path, nil, nil) }
+
+// must asserts a page's status.
+func (p page) must(t *testing.T, status int, what string) page {
+	t.Helper()
+	if p.status != status {
+		t.Fatalf("%s: status %d, want %d\n%s", what, p.status, status, p.body)
+	}
+	return p
+}
+
+var csrfRE = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// csrf is the form token of the session, read from a page.
+func (e *env) csrf() string {
+	e.t.Helper()
+	m := csrfRE.FindStringSubmatch(e.get("/networks").must(e.t, 200, "networks").body)
+	if m == nil {
+		e.t.Fatal("no csrf token on the page")
+	}
+	return m[1]
+}
+
+// post sends a console form with the session's token.
+func (e *env) post(path string, form url.Values) page {
+	e.t.Helper()
+	form.Set("csrf", e.csrf())
+	return e.do("POST", path, form, nil)
+}

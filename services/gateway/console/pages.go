@@ -1,0 +1,623 @@
+package console
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
+	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
+	"flotilla.dev/flotilla/api/vocab"
+)
+
+// apiEvent is an event as the API answers it; Data is the instance after
+// the change (the fields the console shows).
+type apiEvent struct {
+	ID       string    `json:"id"`
+	Type     string    `json:"type"`
+	EntityID string    `json:"entityId"`
+	Actor    string    `json:"actor"`
+	Time     time.Time `json:"time"`
+	Data     struct {
+		Name        string `json:"name"`
+		State       string `json:"state"`
+		StateDetail string `json:"stateDetail"`
+	} `json:"data"`
+}
+
+// Verb is the event's verb ("provision-requested").
+func (e apiEvent) Verb() string {
+	_, v, _ := strings.Cut(e.Type, ".")
+	return v
+}
+
+// Ago says how long ago it happened.
+func (e apiEvent) Ago() string { return sinceText(time.Since(e.Time)) }
+
+// ISO is its time for a <time> element.
+func (e apiEvent) ISO() string { return e.Time.UTC().Format(time.RFC3339) }
+
+// events reads the newest n events at path, newest first.
+func (s *session) events(path string, n int) ([]apiEvent, error) {
+	var resp struct {
+		Events []apiEvent `json:"events"`
+	}
+	sep := "?"
+	if strings.Contains(path, "?") {
+		sep = "&"
+	}
+	if err := s.api.get(path+sep+"limit="+strconv.Itoa(n), &resp); err != nil {
+		return nil, err
+	}
+	slices.Reverse(resp.Events)
+	return resp.Events, nil
+}
+
+func (s *session) instances() ([]*inventoryv1.Instance, error) {
+	return listAll(s.api, "/api/v1/instances", (*inventoryv1.ListInstancesResponse).GetInstances)
+}
+
+// stateCount is how many instances are in one state.
+type stateCount struct {
+	State string
+	N     int
+}
+
+// overviewData is the overview page's.
+type overviewData struct {
+	Total           int
+	States          []stateCount
+	AgentsConnected int
+	AgentsExpected  int
+	Failures        []*inventoryv1.Instance
+	Events          []apiEvent
+	Status          *systemv1.Status
+	// StateOf maps each instance to its state, for the live counts.
+	StateOf map[string]string
+}
+
+// overview serves GET /: instances by state, agents, failures, recent events.
+func (c *Console) overview(w http.ResponseWriter, r *http.Request, s *session) {
+	ins, err := s.instances()
+	if err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	d := overviewData{Total: len(ins), StateOf: map[string]string{}, Status: &systemv1.Status{}}
+	counts := map[string]int{}
+	for _, in := range ins {
+		counts[in.GetState()]++
+		d.StateOf[in.GetId()] = in.GetState()
+		if in.GetVmId() != "" {
+			d.AgentsExpected++
+			if in.GetAgent().GetStatus() == string(vocab.AgentConnected) {
+				d.AgentsConnected++
+			}
+		}
+		if in.GetState() == string(vocab.StateFailed) {
+			d.Failures = append(d.Failures, in)
+		}
+	}
+	for _, st := range vocab.States {
+		if st != vocab.StateDeleted {
+			d.States = append(d.States, stateCount{State: string(st), N: counts[string(st)]})
+		}
+	}
+	if d.Events, err = s.events("/api/v1/events", 15); err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	if err := s.api.get("/api/v1/status", d.Status); err != nil {
+		var ae *apiError
+		if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable {
+			c.fail(w, r, s, err)
+			return
+		}
+		d.Status.Status = "degraded"
+	}
+	c.render(w, r, s, http.StatusOK, "overview", "Overview", d)
+}
+
+// instanceFilter is the instances page's search.
+type instanceFilter struct {
+	Q, State, Kind, Network, Template string
+}
+
+func (f instanceFilter) match(in *inventoryv1.Instance) bool {
+	if f.State != "" && in.GetState() != f.State || f.Kind != "" && in.GetKind() != f.Kind ||
+		f.Network != "" && in.GetNetworkId() != f.Network || f.Template != "" && in.GetTemplateId() != f.Template {
+		return false
+	}
+	if f.Q == "" {
+		return true
+	}
+	q := strings.ToLower(f.Q)
+	a := in.GetAddresses()
+	for _, v := range []string{in.GetName(), in.GetId(), in.GetVmId(), a.GetPrivateIp(), a.GetPublicIp(), a.GetPrivateDns(), a.GetPublicDns(), a.GetUrl()} {
+		if v != "" && strings.Contains(strings.ToLower(v), q) {
+			return true
+		}
+	}
+	return false
+}
+
+// instanceRow is one line of the instances page.
+type instanceRow struct {
+	In                *inventoryv1.Instance
+	Network, Template string
+}
+
+// instancesData is the instances page's.
+type instancesData struct {
+	Filter              instanceFilter
+	Rows                []instanceRow
+	Total, Matched      int
+	States, Kinds       []string
+	Networks, Templates []option
+	Page, Pages         int
+	PrevURL, NextURL    string
+}
+
+// instancesPerPage is how many rows the instances page shows at once.
+const instancesPerPage = 100
+
+// instances serves GET /instances: search, filters, live states, bulk actions.
+func (c *Console) instances(w http.ResponseWriter, r *http.Request, s *session) {
+	q := r.URL.Query()
+	d := instancesData{Filter: instanceFilter{Q: strings.TrimSpace(q.Get("q")), State: q.Get("state"), Kind: q.Get("kind"),
+		Network: q.Get("network"), Template: q.Get("template")}}
+	ins, err := s.instances()
+	if err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	nets, err := listAll(s.api, "/api/v1/networks", (*inventoryv1.ListNetworksResponse).GetNetworks)
+	if err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	tpls, err := listAll(s.api, "/api/v1/templates", (*inventoryv1.ListTemplatesResponse).GetTemplates)
+	if err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	netName, tplName := map[string]string{}, map[string]string{}
+	for _, n := range nets {
+		netName[n.GetId()] = n.GetName()
+		d.Networks = append(d.Networks, option{Value: n.GetId(), Label: n.GetName()})
+	}
+	for _, t := range tpls {
+		tplName[t.GetId()] = t.GetName()
+		d.Templates = append(d.Templates, option{Value: t.GetId(), Label: t.GetName()})
+	}
+	for _, st := range vocab.States {
+		if st != vocab.StateDeleted {
+			d.States = append(d.States, string(st))
+		}
+	}
+	for _, k := range vocab.InstanceKinds {
+		d.Kinds = append(d.Kinds, string(k))
+	}
+	slices.SortFunc(ins, func(a, b *inventoryv1.Instance) int { return strings.Compare(a.GetName(), b.GetName()) })
+	var matched []instanceRow
+	for _, in := range ins {
+		if d.Filter.match(in) {
+			matched = append(matched, instanceRow{In: in, Network: netName[in.GetNetworkId()], Template: tplName[in.GetTemplateId()]})
+		}
+	}
+	d.Total, d.Matched = len(ins), len(matched)
+	d.Pages = max(1, (len(matched)+instancesPerPage-1)/instancesPerPage)
+	d.Page, _ = strconv.Atoi(q.Get("page"))
+	d.Page = min(max(d.Page, 1), d.Pages)
+	from := (d.Page - 1) * instancesPerPage
+	d.Rows = matched[from:min(from+instancesPerPage, len(matched))]
+	pageURL := func(p int) string {
+		v := url.Values{}
+		for k, x := range q {
+			v[k] = x
+		}
+		v.Set("page", strconv.Itoa(p))
+		return "/instances?" + v.Encode()
+	}
+	if d.Page > 1 {
+		d.PrevURL = pageURL(d.Page - 1)
+	}
+	if d.Page < d.Pages {
+		d.NextURL = pageURL(d.Page + 1)
+	}
+	c.render(w, r, s, http.StatusOK, "instances", "Instances", d)
+}
+
+// consequence is what an action does to an instance, in words.
+type consequence struct {
+	Action   string
+	Button   string
+	Does     string
+	Destroys []string
+	Keeps    []string
+	// Danger actions destroy something; TypeName asks for the instance's
+	// name before a delete.
+	Danger, TypeName bool
+}
+
+// consequences names what action does to in: what it destroys and keeps.
+func consequences(in *inventoryv1.Instance, action vocab.Action, secrets []string) consequence {
+	disk := "its data disk"
+	if id := in.GetDataDisk().GetId(); id != "" {
+		disk = fmt.Sprintf("its data disk %s (%d GiB)", id, in.GetDataDisk().GetSizeGb())
+	}
+	vm := "its VM"
+	if in.GetVmId() != "" {
+		vm = "its VM " + in.GetVmId()
+	}
+	c := consequence{Action: string(action)}
+	switch action {
+	case vocab.ActionProvision:
+		c.Button, c.Does = "Provision", "launches a VM, attaches "+disk+" (allocated if new), and installs and starts the node software."
+	case vocab.ActionDeprovision:
+		c.Button, c.Does, c.Danger = "Deprovision", "stops the instance.", true
+		c.Destroys = []string{vm + " and everything on its system disk"}
+		c.Keeps = []string{disk + " (billed as storage)", "its settings, secrets and history"}
+	case vocab.ActionReprovision:
+		c.Button, c.Does, c.Danger = "Reprovision", "replaces the VM with a new one on the same data disk.", true
+		c.Destroys = []string{vm + " and everything on its system disk"}
+		c.Keeps = []string{disk, "its settings, secrets and history"}
+	case vocab.ActionDelete:
+		c.Button, c.Does, c.Danger, c.TypeName = "Delete", "removes the instance for good.", true, true
+		if in.GetVmId() != "" {
+			c.Destroys = append(c.Destroys, vm)
+		}
+		c.Destroys = append(c.Destroys, disk+" and all the data on it")
+		if len(secrets) > 0 {
+			c.Destroys = append(c.Destroys, "its secrets: "+strings.Join(secrets, ", "))
+		}
+		c.Keeps = []string{"its history (the timeline of its events)"}
+	}
+	return c
+}
+
+// instanceData is the instance page's.
+type instanceData struct {
+	In       *inventoryv1.Instance
+	Network  *inventoryv1.Network
+	Template *inventoryv1.Template
+	Secrets  []*secretsv1.Secret
+	Events   []apiEvent
+	Logs     []*inventoryv1.InstanceLogLine
+	Actions  []consequence
+}
+
+// instance serves GET /instances/{id}: the instance's dashboard.
+func (c *Console) instance(w http.ResponseWriter, r *http.Request, s *session) {
+	id := url.PathEscape(r.PathValue("id"))
+	d := instanceData{In: &inventoryv1.Instance{}, Network: &inventoryv1.Network{}, Template: &inventoryv1.Template{}}
+	if err := s.api.get("/api/v1/instances/"+id, d.In); err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	// The network and template may be unreadable; the page shows their ids.
+	_ = s.api.get("/api/v1/networks/"+url.PathEscape(d.In.GetNetworkId()), d.Network)
+	_ = s.api.get("/api/v1/templates/"+url.PathEscape(d.In.GetTemplateId()), d.Template)
+	sec := &secretsv1.ListSecretsResponse{}
+	if err := s.api.get("/api/v1/instances/"+id+"/secrets", sec); err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	d.Secrets = sec.GetSecrets()
+	var err error
+	if d.Events, err = s.events("/api/v1/events?id="+id, 100); err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	logs := &inventoryv1.ListInstanceLogsResponse{}
+	if err := s.api.get("/api/v1/instances/"+id+"/logs?order=desc&pageSize=100", logs); err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	d.Logs = logs.GetLines()
+	slices.Reverse(d.Logs)
+	for _, a := range vocab.Actions {
+		d.Actions = append(d.Actions, consequences(d.In, a, nil))
+	}
+	c.render(w, r, s, http.StatusOK, "instance", d.In.GetName(), d)
+}
+
+// confirmData is the confirmation page's.
+type confirmData struct {
+	In    *inventoryv1.Instance
+	C     consequence
+	Error string
+}
+
+// secretNames lists an instance's secrets' names.
+func (s *session) secretNames(id string) ([]string, error) {
+	sec := &secretsv1.ListSecretsResponse{}
+	if err := s.api.get("/api/v1/instances/"+url.PathEscape(id)+"/secrets", sec); err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, x := range sec.GetSecrets() {
+		names = append(names, x.GetName())
+	}
+	return names, nil
+}
+
+// confirmAction serves GET /instances/{id}/{action}: what the action will
+// destroy, and the button that does it.
+func (c *Console) confirmAction(w http.ResponseWriter, r *http.Request, s *session) {
+	action := vocab.Action(r.PathValue("action"))
+	if !action.Valid() {
+		c.render(w, r, s, http.StatusNotFound, "error", "Not found", errorData{Message: "There is no page at " + r.URL.Path + "."})
+		return
+	}
+	in := &inventoryv1.Instance{}
+	if err := s.api.get("/api/v1/instances/"+url.PathEscape(r.PathValue("id")), in); err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	names, err := s.secretNames(in.GetId())
+	if err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	c.render(w, r, s, http.StatusOK, "confirm", fmt.Sprintf("%s %s?", consequences(in, action, nil).Button, in.GetName()),
+		confirmData{In: in, C: consequences(in, action, names)})
+}
+
+// apply asks the API for a lifecycle action on in.
+func (s *session) apply(in *inventoryv1.Instance, action vocab.Action) error {
+	path := "/api/v1/instances/" + url.PathEscape(in.GetId())
+	if action == vocab.ActionDelete {
+		return s.api.do(http.MethodDelete, path+"?version="+strconv.FormatInt(in.GetVersion(), 10), nil, nil)
+	}
+	return s.api.do(http.MethodPost, path+":"+string(action), struct{}{}, nil)
+}
+
+// instanceAction serves POST /instances/{id}/{action}: provision,
+// deprovision, reprovision or delete (the confirmation names the instance).
+func (c *Console) instanceAction(w http.ResponseWriter, r *http.Request, s *session) {
+	action := vocab.Action(r.PathValue("action"))
+	if !action.Valid() {
+		c.render(w, r, s, http.StatusNotFound, "error", "Not found", errorData{Message: "There is no such action."})
+		return
+	}
+	in := &inventoryv1.Instance{}
+	if err := s.api.get("/api/v1/instances/"+url.PathEscape(r.PathValue("id")), in); err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	page := "/instances/" + url.PathEscape(in.GetId())
+	if action == vocab.ActionDelete && r.PostFormValue("confirmName") != in.GetName() {
+		names, _ := s.secretNames(in.GetId())
+		c.render(w, r, s, http.StatusBadRequest, "confirm", "Delete "+in.GetName()+"?", confirmData{In: in, C: consequences(in, action, names),
+			Error: "Type the instance's name, " + in.GetName() + ", to delete it."})
+		return
+	}
+	if v := r.PostFormValue("version"); v != "" && action == vocab.ActionDelete {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+			in.Version = n
+		}
+	}
+	if err := s.apply(in, action); err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) && ae.Status != http.StatusUnauthorized {
+			redirect(w, r, page, fmt.Sprintf("%s %s: %s", consequences(in, action, nil).Button, in.GetName(), ae.Message))
+			return
+		}
+		c.fail(w, r, s, err)
+		return
+	}
+	if action == vocab.ActionDelete {
+		redirect(w, r, "/instances", fmt.Sprintf("%s is being deleted.", in.GetName()))
+		return
+	}
+	redirect(w, r, page, fmt.Sprintf("%s: %s requested.", in.GetName(), action))
+}
+
+// bulkData is the bulk confirmation page's.
+type bulkData struct {
+	Action    consequence
+	Instances []*inventoryv1.Instance
+	Effects   []consequence
+}
+
+// bulk serves POST /instances/bulk: first a confirmation naming what each
+// instance loses, then (confirm=yes) the action on each, reported in one
+// message.
+func (c *Console) bulk(w http.ResponseWriter, r *http.Request, s *session) {
+	if err := r.ParseForm(); err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	action := vocab.Action(r.PostFormValue("action"))
+	ids := r.PostForm["id"]
+	if !action.Valid() || len(ids) == 0 {
+		redirect(w, r, "/instances", "Choose an action and at least one instance.")
+		return
+	}
+	var ins []*inventoryv1.Instance
+	for _, id := range ids {
+		in := &inventoryv1.Instance{}
+		if err := s.api.get("/api/v1/instances/"+url.PathEscape(id), in); err != nil {
+			c.fail(w, r, s, err)
+			return
+		}
+		ins = append(ins, in)
+	}
+	if r.PostFormValue("confirm") != "yes" {
+		d := bulkData{Action: consequences(&inventoryv1.Instance{}, action, nil), Instances: ins}
+		for _, in := range ins {
+			d.Effects = append(d.Effects, consequences(in, action, nil))
+		}
+		c.render(w, r, s, http.StatusOK, "bulk", fmt.Sprintf("%s %d instances?", d.Action.Button, len(ins)), d)
+		return
+	}
+	var done, failed []string
+	for _, in := range ins {
+		if err := s.apply(in, action); err != nil {
+			failed = append(failed, in.GetName()+" ("+err.Error()+")")
+			continue
+		}
+		done = append(done, in.GetName())
+	}
+	msg := fmt.Sprintf("%s requested for %d instances", action, len(done))
+	if len(done) > 0 {
+		msg += ": " + strings.Join(done, ", ")
+	}
+	msg += "."
+	if len(failed) > 0 {
+		msg += " Refused: " + strings.Join(failed, "; ") + "."
+	}
+	redirect(w, r, "/instances", msg)
+}
+
+// downloadLogs serves GET /instances/{id}/logs.txt: every line the log
+// stream keeps for the instance, oldest first, as text.
+func (c *Console) downloadLogs(w http.ResponseWriter, r *http.Request, s *session) {
+	id := url.PathEscape(r.PathValue("id"))
+	in := &inventoryv1.Instance{}
+	if err := s.api.get("/api/v1/instances/"+id, in); err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="%s-logs.txt"`, in.GetName()))
+	token := ""
+	for range 100000 {
+		page := &inventoryv1.ListInstanceLogsResponse{}
+		if err := s.api.get("/api/v1/instances/"+id+"/logs?pageSize=5000&pageToken="+url.QueryEscape(token), page); err != nil {
+			c.log.Warn("console: log download cut short", "instance", in.GetId(), "err", err)
+			return
+		}
+		for _, l := range page.GetLines() {
+			if _, err := fmt.Fprintf(w, "%s %-5s %s\n", l.GetTime().AsTime().UTC().Format(time.RFC3339Nano), l.GetSource(), l.GetText()); err != nil {
+				return
+			}
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			return
+		}
+	}
+}
+
+// addSecret serves POST /instances/{id}/secrets: stores a secret for the
+// instance's agent. The value goes to the API and is never shown.
+func (c *Console) addSecret(w http.ResponseWriter, r *http.Request, s *session) {
+	id := r.PathValue("id")
+	page := "/instances/" + url.PathEscape(id) + "#secrets"
+	name := strings.TrimSpace(r.PostFormValue("name"))
+	err := s.api.do(http.MethodPost, "/api/v1/instances/"+url.PathEscape(id)+"/secrets",
+		&secretsv1.CreateSecretRequest{InstanceId: id, Name: name, Value: r.PostFormValue("value")}, nil)
+	var ae *apiError
+	switch {
+	case err == nil:
+		redirect(w, r, page, "The secret "+name+" is stored.")
+	case errors.As(err, &ae) && ae.Status != http.StatusUnauthorized:
+		redirect(w, r, page, "The secret was not stored: "+ae.Message)
+	default:
+		c.fail(w, r, s, err)
+	}
+}
+
+// networks serves GET /networks.
+func (c *Console) networks(w http.ResponseWriter, r *http.Request, s *session) {
+	listPage(c, w, r, s, "/api/v1/networks", (*inventoryv1.ListNetworksResponse).GetNetworks, "networks", "Networks")
+}
+
+// templates serves GET /templates.
+func (c *Console) templates(w http.ResponseWriter, r *http.Request, s *session) {
+	listPage(c, w, r, s, "/api/v1/templates", (*inventoryv1.ListTemplatesResponse).GetTemplates, "templates", "Templates")
+}
+
+// listPage renders the page name with every item of the list endpoint path.
+func listPage[R any, P page[R], T any](c *Console, w http.ResponseWriter, r *http.Request, s *session, path string, items func(P) []T, name, title string) {
+	all, err := listAll(s.api, path, items)
+	if err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	c.render(w, r, s, http.StatusOK, name, title, all)
+}
+
+// deleteData is a network's or template's delete confirmation.
+type deleteData struct {
+	Noun, Name, ID, Version, Action, Cancel string
+}
+
+// resourceOf is the network or template resource of a /networks/… or
+// /templates/… path.
+func resourceOf(r *http.Request) resource {
+	if strings.HasPrefix(r.URL.Path, "/templates/") {
+		return templateResource
+	}
+	return networkResource
+}
+
+// confirmDelete serves GET /networks/{id}/delete and /templates/{id}/delete.
+func (c *Console) confirmDelete(w http.ResponseWriter, r *http.Request, s *session) {
+	res := resourceOf(r)
+	rec := res.new()
+	id := url.PathEscape(r.PathValue("id"))
+	if err := s.api.get(res.apiPath+"/"+id, rec); err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	f := &form{}
+	_ = f.fill(rec)
+	d := deleteData{Noun: res.noun, Name: fieldOf(rec, "name"), ID: r.PathValue("id"), Version: f.Version,
+		Action: res.listPath + "/" + id + "/delete", Cancel: res.listPath}
+	c.render(w, r, s, http.StatusOK, "delete", "Delete "+d.Name+"?", d)
+}
+
+// deleteResource serves POST /networks/{id}/delete and /templates/{id}/delete.
+func (c *Console) deleteResource(w http.ResponseWriter, r *http.Request, s *session) {
+	res := resourceOf(r)
+	id := url.PathEscape(r.PathValue("id"))
+	name := r.PostFormValue("name")
+	err := s.api.do(http.MethodDelete, res.apiPath+"/"+id+"?version="+url.QueryEscape(r.PostFormValue("version")), nil, nil)
+	var ae *apiError
+	switch {
+	case err == nil:
+		redirect(w, r, res.listPath, fmt.Sprintf("The %s %s is deleted.", res.noun, name))
+	case errors.As(err, &ae) && ae.Status != http.StatusUnauthorized:
+		redirect(w, r, res.listPath, fmt.Sprintf("The %s %s was not deleted: %s", res.noun, name, ae.Message))
+	default:
+		c.fail(w, r, s, err)
+	}
+}
+
+// cluster serves GET /cluster: the managers, brokers, streams and databases.
+func (c *Console) cluster(w http.ResponseWriter, r *http.Request, s *session) {
+	cl := &systemv1.Cluster{}
+	if err := s.api.get("/api/v1/cluster", cl); err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	hosts := map[string]bool{}
+	for _, m := range cl.GetManagers() {
+		hosts[m.GetHost()] = true
+	}
+	c.render(w, r, s, http.StatusOK, "cluster", "Cluster", struct {
+		C     *systemv1.Cluster
+		Hosts int
+	}{cl, len(hosts)})
+}
+
+// caCertificate serves GET /ca.pem: the fleet CA certificate as a file.
+func (c *Console) caCertificate(w http.ResponseWriter, r *http.Request, s *session) {
+	ca := &cav1.CACertificate{}
+	if err := s.api.get("/api/v1/ca", ca); err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.Header().Set("Content-Disposition", `attachment; filename="flotilla-ca.pem"`)
+	_, _ = w.Write([]byte(ca.GetCertificatePem()))
+}

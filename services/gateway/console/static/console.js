@@ -1,0 +1,383 @@
+// Flotilla console: live updates (server-sent events from the API), the
+// log viewer, the theme toggle and small form helpers. Pages work without
+// it; it only makes them live. Everything it writes into the page goes
+// through textContent or attributes, never HTML.
+(function () {
+  "use strict";
+
+  var $ = function (sel, root) { return (root || document).querySelector(sel); };
+  var $$ = function (sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); };
+
+  // --- Theme: system, dark or light, kept in localStorage. ---
+  function initTheme() {
+    var btn = $("#theme-toggle");
+    if (!btn) { return; }
+    var order = ["system", "dark", "light"];
+    var cur = document.documentElement.getAttribute("data-theme") || "system";
+    var show = function () { btn.textContent = "Theme: " + cur; };
+    btn.hidden = false;
+    show();
+    btn.addEventListener("click", function () {
+      cur = order[(order.indexOf(cur) + 1) % order.length];
+      try {
+        if (cur === "system") { localStorage.removeItem("flotilla-theme"); } else { localStorage.setItem("flotilla-theme", cur); }
+      } catch (e) { /* the choice lasts for this page only */ }
+      if (cur === "system") { document.documentElement.removeAttribute("data-theme"); } else { document.documentElement.setAttribute("data-theme", cur); }
+      show();
+    });
+  }
+
+  // --- Times: "12 s ago", kept current. ---
+  function ago(iso) {
+    var t = Date.parse(iso);
+    if (!iso || isNaN(t)) { return "never"; }
+    var s = Math.max(0, (Date.now() - t) / 1000);
+    if (s < 5) { return "just now"; }
+    if (s < 60) { return Math.floor(s) + " s ago"; }
+    if (s < 3600) { return Math.floor(s / 60) + " min ago"; }
+    if (s < 172800) { return Math.floor(s / 3600) + " h ago"; }
+    return Math.floor(s / 86400) + " days ago";
+  }
+  function refreshTimes() {
+    $$("time[data-ago]").forEach(function (el) { el.textContent = ago(el.getAttribute("datetime")); });
+  }
+
+  // --- Event streams. A browser allows few connections to a host, so every
+  // stream is closed when the page goes away (a page kept for Back would
+  // otherwise hold its streams open and starve the next page's requests),
+  // and a page shown again from that cache is loaded afresh. ---
+  var streams = [];
+  function openStream(url) {
+    var es = new EventSource(url);
+    streams.push(es);
+    return es;
+  }
+  window.addEventListener("pagehide", function () {
+    streams.forEach(function (es) { es.close(); });
+    streams = [];
+  });
+  window.addEventListener("pageshow", function (e) {
+    if (e.persisted) { location.reload(); }
+  });
+
+  // --- A live feed: an EventSource on an API stream, with its status shown. ---
+  function feed(url, name, onMessage, onOpen) {
+    var status = $$("[data-live-status]");
+    var set = function (text, cls) {
+      status.forEach(function (el) { el.textContent = text; el.className = "live " + (cls || ""); });
+    };
+    var es = openStream(url);
+    es.addEventListener("open", function () { set("live", "on"); if (onOpen) { onOpen(); } });
+    es.addEventListener("error", function () { set("reconnecting…", "off"); });
+    es.addEventListener(name, function (m) {
+      var data;
+      try { data = JSON.parse(m.data); } catch (e) { return; }
+      onMessage(data);
+    });
+    return es;
+  }
+
+  function verbOf(ev) { var i = (ev.type || "").indexOf("."); return i < 0 ? ev.type : ev.type.slice(i + 1); }
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) { e.className = cls; }
+    if (text !== undefined) { e.textContent = text; }
+    return e;
+  }
+  function badge(state) { return el("span", "badge s-" + state, state); }
+
+  // eventItem builds one line of a timeline, as the server renders it.
+  function eventItem(ev) {
+    var d = ev.data || {};
+    var li = el("li");
+    li.setAttribute("data-event-id", ev.id);
+    var t = el("time", "", ago(ev.time));
+    t.setAttribute("datetime", ev.time);
+    t.setAttribute("title", ev.time);
+    t.setAttribute("data-ago", "");
+    li.appendChild(t);
+    li.appendChild(document.createTextNode(" "));
+    var a = el("a", "", d.name || String(ev.entityId).split("-")[0]);
+    a.href = "/instances/" + encodeURIComponent(ev.entityId);
+    li.appendChild(a);
+    li.appendChild(document.createTextNode(" "));
+    li.appendChild(el("span", "verb", verbOf(ev)));
+    if (d.state) {
+      li.appendChild(document.createTextNode(" → "));
+      li.appendChild(badge(d.state));
+    }
+    if (d.stateDetail) {
+      li.appendChild(document.createTextNode(" "));
+      li.appendChild(el("span", "muted", d.stateDetail));
+    }
+    li.appendChild(document.createTextNode(" "));
+    li.appendChild(el("span", "actor", "by " + ev.actor));
+    return li;
+  }
+
+  // addEvent puts ev at the top of list (newest first) unless it is there.
+  function addEvent(list, ev) {
+    if (!list || !ev.id || list.querySelector('[data-event-id="' + CSS.escape(ev.id) + '"]')) { return false; }
+    var empty = $(".empty", list);
+    if (empty) { empty.remove(); }
+    list.insertBefore(eventItem(ev), list.firstChild);
+    var max = parseInt(list.getAttribute("data-max") || "100", 10);
+    while (list.children.length > max) { list.removeChild(list.lastChild); }
+    return true;
+  }
+
+  // --- Overview: counts by state and recent events. ---
+  function initOverview() {
+    var list = $("#recent[data-feed]");
+    if (!list) { return; }
+    var states = {};
+    try { states = JSON.parse($("#fleet-states").textContent) || {}; } catch (e) { states = {}; }
+    var bump = function (state, by) {
+      var n = $('[data-count="' + CSS.escape(state) + '"]');
+      if (n) { n.textContent = String(Math.max(0, parseInt(n.textContent, 10) + by)); }
+    };
+    var setTotal = function () {
+      var t = $("[data-total]");
+      if (t) { t.textContent = String(Object.keys(states).length); }
+    };
+    feed(list.getAttribute("data-feed"), "event", function (ev) {
+      addEvent(list, ev);
+      var id = ev.entityId, d = ev.data || {};
+      if (states[id]) { bump(states[id], -1); delete states[id]; }
+      if (verbOf(ev) !== "deleted" && d.state) { states[id] = d.state; bump(d.state, 1); }
+      setTotal();
+    });
+  }
+
+  // --- Instances list: live state badges. ---
+  function initList() {
+    var table = $("table[data-feed]");
+    if (!table) { return; }
+    var all = $("#select-all");
+    if (all) {
+      all.hidden = false;
+      all.addEventListener("change", function () {
+        $$('input[name="id"]', table).forEach(function (c) { c.checked = all.checked; });
+      });
+    }
+    feed(table.getAttribute("data-feed"), "event", function (ev) {
+      var row = $('tr[data-id="' + CSS.escape(ev.entityId) + '"]', table);
+      var d = ev.data || {};
+      if (!row) {
+        if (verbOf(ev) === "created") { $("#fleet-changed").hidden = false; }
+        return;
+      }
+      var state = verbOf(ev) === "deleted" ? "deleted" : d.state;
+      setBadge($('[data-bind="state"]', row), state);
+      setText($('[data-bind="stateDetail"]', row), d.stateDetail, "");
+      setText($('[data-bind="agent.status"]', row), (d.agent || {}).status, "—");
+    });
+  }
+
+  function setBadge(e, state) {
+    if (e && state) { e.textContent = state; e.className = "badge s-" + state; }
+  }
+  function setText(e, v, none) {
+    if (e) { e.textContent = (v === undefined || v === null || v === "") ? none : String(v); }
+  }
+  function path(obj, p) {
+    return p.split(".").reduce(function (o, k) { return o && o[k]; }, obj);
+  }
+  function safeURL(u) {
+    try {
+      var x = new URL(u);
+      return (x.protocol === "http:" || x.protocol === "https:") ? x.href : "";
+    } catch (e) { return ""; }
+  }
+  function bytes(n) {
+    n = Number(n) || 0;
+    if (n < 1024) { return n + " B"; }
+    var units = "KMGTPE", i = -1;
+    do { n /= 1024; i++; } while (n >= 1024 && i < units.length - 1);
+    return n.toFixed(1) + " " + units[i] + "iB";
+  }
+
+  // applyInstance shows an instance as the API answers it.
+  function applyInstance(root, inst) {
+    $$('[data-bind="state"]', root).forEach(function (e) { setBadge(e, inst.state); });
+    ["stateDetail", "desiredState", "agentProgress", "addresses.privateIp", "addresses.publicIp", "addresses.privateDns",
+      "addresses.publicDns", "vmId", "dataDisk.id", "agent.status", "agent.version"].forEach(function (p) {
+      setText($('[data-bind="' + p + '"]', root), path(inst, p), "—");
+    });
+    var link = $('[data-bind="url"]', root), none = $('[data-bind="url-none"]', root);
+    var u = safeURL(path(inst, "addresses.url") || "");
+    if (link) {
+      link.hidden = !u;
+      if (u) { link.href = u; link.textContent = u; } else { link.removeAttribute("href"); }
+    }
+    if (none) { none.hidden = !!u; }
+    var hb = $('[data-bind="agent.lastHeartbeat"]', root);
+    if (hb) {
+      var t = path(inst, "agent.lastHeartbeat") || "";
+      hb.setAttribute("datetime", t);
+      hb.textContent = ago(t);
+    }
+    var used = Number(path(inst, "dataDisk.usedBytes")) || 0, total = Number(path(inst, "dataDisk.totalBytes")) || 0;
+    var meter = $('[data-bind="disk"]', root);
+    if (meter) { meter.value = total > 0 ? Math.min(used / total, 1) : 0; }
+    setText($('[data-bind="disk-text"]', root), total > 0 ? bytes(used) + " of " + bytes(total) : "", "unknown");
+    var steps = $$('[data-bind="steps"] li', root), cur = -1, detail = inst.stateDetail || "";
+    steps.forEach(function (li, i) {
+      var s = li.getAttribute("data-step");
+      if (detail === s || detail.indexOf(s + ":") === 0) { cur = i; }
+    });
+    var done = 0;
+    steps.forEach(function (li, i) {
+      var st = "todo";
+      if (inst.state === "running") { st = "done"; }
+      else if ((inst.state === "provisioning" || inst.state === "failed") && cur >= 0 && i < cur) { st = "done"; }
+      else if (inst.state === "provisioning" && i === cur) { st = "current"; }
+      else if (inst.state === "failed" && i === cur) { st = "failed"; }
+      li.className = st;
+      if (st === "current") { li.setAttribute("aria-current", "step"); } else { li.removeAttribute("aria-current"); }
+      if (st === "done") { done++; }
+    });
+    var prog = $('[data-bind="progress"]', root);
+    if (prog) { prog.value = done; }
+  }
+
+  // --- The instance page: state, timeline, logs. ---
+  function initInstance() {
+    var head = $("#instance[data-feed]");
+    if (!head) { return; }
+    var id = head.getAttribute("data-id");
+    var main = $("#main");
+    var pending = null;
+    var refresh = function () {
+      pending = null;
+      fetch("/api/v1/instances/" + encodeURIComponent(id), { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (inst) { if (inst) { applyInstance(main, inst); } })
+        .catch(function () { /* the next event or tick tries again */ });
+    };
+    var soon = function () { if (!pending) { pending = setTimeout(refresh, 250); } };
+    var timeline = $("#timeline");
+    feed(head.getAttribute("data-feed"), "event", function (ev) {
+      if (addEvent(timeline, ev)) { soon(); }
+    }, soon);
+    setInterval(refresh, 10000);
+    initLogs();
+  }
+
+  function initLogs() {
+    var box = $("#logs[data-src]");
+    if (!box) { return; }
+    var list = $("#log-lines"), follow = $("#log-follow"), pauseBtn = $("#log-pause"), search = $("#log-search");
+    var status = $("[data-log-status]", box), matches = $("#log-matches");
+    var paused = false, held = [], max = 5000;
+    pauseBtn.hidden = false;
+    search.hidden = false;
+    var setStatus = function (text) { status.textContent = text; };
+    var query = function () { return search.value.trim().toLowerCase(); };
+    var filter = function (li, q) {
+      li.hidden = q !== "" && li.textContent.toLowerCase().indexOf(q) < 0;
+    };
+    var count = function () {
+      var q = query();
+      if (!q) { matches.textContent = ""; return; }
+      var n = $$("li:not([hidden])", list).length;
+      matches.textContent = n + (n === 1 ? " line matches" : " lines match");
+    };
+    var scroll = function () { if (follow.checked) { list.scrollTop = list.scrollHeight; } };
+    var show = function (line) {
+      var li = el("li");
+      var t = el("time", "", (line.time || "").slice(11, 23));
+      t.setAttribute("datetime", line.time || "");
+      t.setAttribute("title", line.time || "");
+      li.appendChild(t);
+      li.appendChild(document.createTextNode(" "));
+      li.appendChild(el("span", "src", line.source || ""));
+      li.appendChild(document.createTextNode(" "));
+      li.appendChild(el("span", "txt", line.text || ""));
+      filter(li, query());
+      list.appendChild(li);
+      while (list.children.length > max) { list.removeChild(list.firstChild); }
+    };
+    var started = false;
+    var es = openStream(box.getAttribute("data-src"));
+    es.addEventListener("open", function () {
+      // A (re)connected follow starts again with the newest lines.
+      list.textContent = "";
+      held = [];
+      started = true;
+      setStatus(paused ? "paused" : "live");
+    });
+    es.addEventListener("error", function () { setStatus("reconnecting…"); });
+    es.addEventListener("log", function (m) {
+      var line;
+      try { line = JSON.parse(m.data); } catch (e) { return; }
+      if (!started) { return; }
+      if (paused) {
+        held.push(line);
+        if (held.length > max) { held.shift(); }
+        setStatus("paused: " + held.length + " new line" + (held.length === 1 ? "" : "s"));
+        return;
+      }
+      show(line);
+      count();
+      scroll();
+    });
+    pauseBtn.addEventListener("click", function () {
+      paused = !paused;
+      pauseBtn.textContent = paused ? "Resume" : "Pause";
+      pauseBtn.setAttribute("aria-pressed", paused ? "true" : "false");
+      if (!paused) {
+        held.forEach(show);
+        held = [];
+        count();
+        scroll();
+      }
+      setStatus(paused ? "paused" : "live");
+    });
+    search.addEventListener("input", function () {
+      var q = query();
+      $$("li", list).forEach(function (li) { filter(li, q); });
+      count();
+    });
+    follow.addEventListener("change", scroll);
+  }
+
+  // --- Forms. ---
+  function initForms() {
+    var f = $("form[data-focus]");
+    if (f) {
+      var target = document.getElementById(f.getAttribute("data-focus"));
+      if (target) { target.focus(); }
+    }
+    // A group that applies to one provider or strategy shows only then
+    // (disabled, it is not sent); one with an error always shows.
+    $$("fieldset[data-when]").forEach(function (set) {
+      var rule = set.getAttribute("data-when").split("="), form = set.form || set.closest("form");
+      var ctl = form && form.elements.namedItem(rule[0]);
+      if (!ctl || $(".field-error", set)) { return; }
+      var update = function () { set.hidden = set.disabled = ctl.value !== rule[1]; };
+      ctl.addEventListener("change", update);
+      update();
+    });
+    $$(".setup-action").forEach(function (row) {
+      var sel = $("select", row);
+      if (!sel) { return; }
+      sel.addEventListener("change", function () {
+        row.setAttribute("data-type", sel.value);
+        $$(".setup-fields", row).forEach(function (g) {
+          g.classList.toggle("other", g.getAttribute("data-for") !== sel.value);
+        });
+      });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    initTheme();
+    initForms();
+    initOverview();
+    initList();
+    initInstance();
+    refreshTimes();
+    setInterval(refreshTimes, 15000);
+  });
+})();
