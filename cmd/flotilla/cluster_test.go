@@ -87,11 +87,11 @@ func checkClusterCommands(t *testing.T, server, token string, stopProvisioner fu
 	// Removing a host whose managers run is refused, naming them; an
 	// unknown host is not found.
 	cmd = exec.Command(binary, "cluster", "managers", "remove", st.Managers[0].Host, "--server", server, "--token", token)
-	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "409") || !strings.Contains(string(b), st.Managers[0].Name) {
+	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "invalid_state") || !strings.Contains(string(b), st.Managers[0].Name) {
 		t.Fatalf("managers remove of a running host: %v %s", err, b)
 	}
 	cmd = exec.Command(binary, "cluster", "managers", "remove", "no-such-host", "--server", server, "--token", token)
-	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "404") {
+	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "not_found") {
 		t.Fatalf("managers remove of an unknown host: %v %s", err, b)
 	}
 

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -17,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	eventsv1 "flotilla.dev/flotilla/api/gen/flotilla/events/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 )
 
@@ -177,20 +177,6 @@ func (s *session) follow(ctx context.Context, path string, each func(*inventoryv
 	return fmt.Errorf("follow logs: the server closed the stream")
 }
 
-// timelineEvent is an event of an instance's timeline as the API answers
-// it; data is the instance after the change.
-type timelineEvent struct {
-	Type          string    `json:"type"`
-	Actor         string    `json:"actor"`
-	Time          time.Time `json:"time"`
-	EntityVersion string    `json:"entityVersion"`
-	Data          struct {
-		State         string `json:"state"`
-		StateDetail   string `json:"stateDetail"`
-		AgentProgress string `json:"agentProgress"`
-	} `json:"data"`
-}
-
 // eventsCommand is `flotilla instances events NAME`.
 func eventsCommand(opts *clientOptions) *cobra.Command {
 	var since string
@@ -220,39 +206,44 @@ failed, deleted. A deleted instance's history is kept: give its id.`,
 			} else if !isID(id) || !isNotFound(err) {
 				return err // a deleted instance's id is still asked
 			}
-			body, err := s.send(ctx, http.MethodGet, instances.path()+"/"+id+"/events?"+q.Encode(), nil)
-			if err != nil {
-				return err
+			all := &inventoryv1.ListInstanceEventsResponse{}
+			q.Set("pageSize", "10000")
+			for {
+				page := &inventoryv1.ListInstanceEventsResponse{}
+				if err := s.call(ctx, http.MethodGet, instancesPath+"/"+id+"/events?"+q.Encode(), nil, page); err != nil {
+					return err
+				}
+				all.Events = append(all.Events, page.GetEvents()...)
+				if page.GetNextPageToken() == "" {
+					break
+				}
+				q.Set("pageToken", page.GetNextPageToken())
 			}
-			return printTimeline(cmd.OutOrStdout(), format, body)
+			if format != formatTable {
+				return writeMessage(cmd.OutOrStdout(), format, all)
+			}
+			return writeTable(cmd.OutOrStdout(), timelineRows(all.GetEvents()))
 		},
 	}
 	cmd.Flags().StringVar(&since, "since", "", "only events since a time (RFC 3339) or for a while (10m, 2h)")
 	return cmd
 }
 
-// printTimeline prints the API's answer of an instance's events.
-func printTimeline(w io.Writer, format string, body []byte) error {
-	switch format {
-	case formatJSON:
-		return writeJSON(w, body)
-	case formatYAML:
-		return writeYAML(w, body)
-	}
-	var tl struct{ Events []timelineEvent }
-	if err := json.Unmarshal(body, &tl); err != nil {
-		return fmt.Errorf("events: decode the answer: %w", err)
-	}
+// timelineRows are an instance's events as table rows: when, what, who,
+// and the instance's state after it.
+func timelineRows(events []*eventsv1.Event) [][]string {
 	rows := [][]string{{"TIME", "EVENT", "ACTOR", "STATE", "DETAIL"}}
-	for _, e := range tl.Events {
-		detail := e.Data.StateDetail
-		if strings.HasSuffix(e.Type, ".progress") {
-			detail = e.Data.AgentProgress
+	for _, e := range events {
+		in := &inventoryv1.Instance{}
+		_ = e.GetData().UnmarshalTo(in)
+		detail := in.GetStateDetail()
+		if strings.HasSuffix(e.GetType(), ".progress") {
+			detail = in.GetAgentProgress()
 		}
-		rows = append(rows, []string{e.Time.Local().Format("2006-01-02T15:04:05.000Z07:00"), strings.TrimPrefix(e.Type, "instance."),
-			dash(e.Actor), dash(e.Data.State), dash(detail)})
+		rows = append(rows, []string{e.GetTime().AsTime().Local().Format("2006-01-02T15:04:05.000Z07:00"),
+			strings.TrimPrefix(e.GetType(), "instance."), dash(e.GetActor()), dash(in.GetState()), dash(detail)})
 	}
-	return writeTable(w, rows)
+	return rows
 }
 
 // newCA is `flotilla ca`.
