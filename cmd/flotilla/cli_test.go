@@ -208,9 +208,9 @@ networkId: lab
 			DataDiskGb int    `yaml:"dataDiskGb"`
 		} `yaml:"templates"`
 	}
-	if out := c.ok("templates", "list", "-o", "yaml"); yaml.Unmarshal([]byte(out), &asYAML) != nil || len(asYAML.Templates) != 2 ||
+	if out := c.ok("templates", "list", "-o", "yaml", "--page-size", "1"); yaml.Unmarshal([]byte(out), &asYAML) != nil || len(asYAML.Templates) != 2 ||
 		asYAML.Templates[1].Name != "broken" || asYAML.Templates[1].DataDiskGb != 1 {
-		t.Fatalf("templates list -o yaml:\n%s", out)
+		t.Fatalf("templates list -o yaml, a page of one at a time:\n%s", out)
 	}
 
 	// apply: a change at the version read; the same file again is stale

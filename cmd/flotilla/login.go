@@ -44,9 +44,11 @@ input with --password-stdin.
 For an https server, the CA to verify it with is pinned in the context: the
 one given with --ca-file, or else, at the first login, the certificate chain
 the server presents is shown with its SHA-256 fingerprints and trusted (on a
-terminal, once you say so): compare them with the server's (for flotilla up:
-openssl x509 -noout -fingerprint -sha256 -in <data-dir>/ca/ca.crt). A
-certificate that chains to the system's roots needs no pinning. When the
+terminal, once you say so): compare them with what the server itself serves
+(on the server: openssl s_client -connect 127.0.0.1:PORT </dev/null |
+openssl x509 -noout -fingerprint -sha256), or give the CA file instead (for
+flotilla up --tls: <data-dir>/ca/ca.crt). A certificate that chains to the
+system's roots needs no pinning. When the
 server's certificate is from the fleet CA, the fleet CA is pinned, so the
 server's renewed certificates keep verifying. Logging in again to the same
 server keeps the pinned CA unless --ca-file gives another.`,

@@ -98,6 +98,8 @@ func (r *resource) itemsField() protoreflect.FieldDescriptor {
 type session struct {
 	*apiClient
 	lists map[*resource][]proto.Message
+	// pageSize is how many items a list request asks for.
+	pageSize int
 }
 
 // session resolves the client for a command.
@@ -106,7 +108,7 @@ func (o *clientOptions) session() (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &session{apiClient: c, lists: map[*resource][]proto.Message{}}, nil
+	return &session{apiClient: c, lists: map[*resource][]proto.Message{}, pageSize: 500}, nil
 }
 
 // start resolves the output format asked for cmd and opens a session.
@@ -131,7 +133,7 @@ func (s *session) all(ctx context.Context, r *resource) ([]proto.Message, error)
 	f := r.itemsField()
 	token := ""
 	for {
-		q := url.Values{"pageSize": {"500"}}
+		q := url.Values{"pageSize": {strconv.Itoa(s.pageSize)}}
 		if token != "" {
 			q.Set("pageToken", token)
 		}
@@ -333,7 +335,8 @@ func (r *resource) command(opts *clientOptions, more ...*cobra.Command) *cobra.C
 }
 
 func (r *resource) listCommand(opts *clientOptions) *cobra.Command {
-	return &cobra.Command{
+	var pageSize int
+	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   fmt.Sprintf("List every %s (all pages)", r.singular),
@@ -341,10 +344,14 @@ func (r *resource) listCommand(opts *clientOptions) *cobra.Command {
 			r.itemsField().JSONName(), r.nameJSON()),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if pageSize < 1 || pageSize > 500 {
+				return fmt.Errorf("--page-size: %d is not between 1 and 500", pageSize)
+			}
 			s, format, err := opts.start(cmd)
 			if err != nil {
 				return err
 			}
+			s.pageSize = pageSize
 			items, err := s.all(cmd.Context(), r)
 			if err != nil {
 				return err
@@ -352,6 +359,8 @@ func (r *resource) listCommand(opts *clientOptions) *cobra.Command {
 			return s.printItems(cmd.Context(), cmd.OutOrStdout(), format, r, items)
 		},
 	}
+	cmd.Flags().IntVar(&pageSize, "page-size", 500, "how many to ask for in each request (1-500); every page is read")
+	return cmd
 }
 
 func (r *resource) getCommand(opts *clientOptions) *cobra.Command {
@@ -445,9 +454,10 @@ API refuses it and nothing is overwritten.`, r.singular, r.plural, r.singular),
 					}
 					return r.report(w, opts, it, "created")
 				}
-				read := cur.ProtoReflect().Get(cur.ProtoReflect().Descriptor().Fields().ByName("version")).Int()
 				if _, ok := d.fields["version"]; !ok {
-					d.fields["version"] = strconv.FormatInt(read, 10)
+					if read, ok := versionOf(cur); ok {
+						d.fields["version"] = strconv.FormatInt(read, 10)
+					}
 				}
 				body, err := d.body()
 				if err != nil {
@@ -520,9 +530,21 @@ func (r *resource) report(w io.Writer, opts *clientOptions, it proto.Message, wh
 	if opts.output == formatJSON || opts.output == formatYAML {
 		return writeMessage(w, opts.output, it)
 	}
-	_, err := fmt.Fprintf(w, "%s %s %s (id %s, version %d)\n", r.singular, stringField(it, r.nameJSON()), what,
-		stringField(it, "id"), it.ProtoReflect().Get(it.ProtoReflect().Descriptor().Fields().ByName("version")).Int())
+	line := fmt.Sprintf("%s %s %s (id %s", r.singular, stringField(it, r.nameJSON()), what, stringField(it, "id"))
+	if v, ok := versionOf(it); ok {
+		line += fmt.Sprintf(", version %d", v)
+	}
+	_, err := fmt.Fprintln(w, line+")")
 	return err
+}
+
+// versionOf returns an item's version, if its kind has one.
+func versionOf(m proto.Message) (int64, bool) {
+	v, fd, ok := field(m.ProtoReflect(), "version")
+	if !ok || fd.Kind() != protoreflect.Int64Kind {
+		return 0, false
+	}
+	return v.Int(), true
 }
 
 func (r *resource) deleteCommand(opts *clientOptions) *cobra.Command {
