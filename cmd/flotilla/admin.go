@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
@@ -19,7 +17,8 @@ import (
 )
 
 func newAdmin() *cobra.Command {
-	admin := &cobra.Command{Use: "admin", Short: "Administer a Flotilla data directory"}
+	admin := &cobra.Command{Use: "admin", Short: "Administer a Flotilla data directory",
+		Example: "  flotilla admin initial-setup admin --password-stdin --data-dir ./.flotilla"}
 	var (
 		dir           string
 		port          int
@@ -29,7 +28,9 @@ func newAdmin() *cobra.Command {
 	setup := &cobra.Command{
 		Use:   "initial-setup USER [PASSWORD]",
 		Short: "Create the first admin user (once; works whether or not `flotilla up` is running)",
-		Args:  cobra.RangeArgs(1, 2),
+		Example: `  flotilla admin initial-setup admin 'S3cret-pass' --data-dir ./.flotilla
+  echo "$PASSWORD" | flotilla admin initial-setup admin --password-stdin --data-dir /var/lib/flotilla`,
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			user := args[0]
 			var pw string
@@ -39,11 +40,10 @@ func newAdmin() *cobra.Command {
 			case len(args) == 2:
 				pw = args[1]
 			case passwordStdin:
-				line, err := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
-				if err != nil && line == "" {
-					return fmt.Errorf("read password from standard input: %w", err)
+				var err error
+				if pw, err = readPassword(cmd, true); err != nil {
+					return err
 				}
-				pw = strings.TrimRight(line, "\r\n")
 			default:
 				return errors.New("a password is required: flotilla admin initial-setup USER PASSWORD (or --password-stdin)")
 			}
@@ -76,8 +76,9 @@ func newAdmin() *cobra.Command {
 func newKMSKey() *cobra.Command {
 	var file string
 	cmd := &cobra.Command{
-		Use:   "kms-key --file FILE",
-		Short: "Create the secret brokers' master key file, keeping one that exists",
+		Use:     "kms-key --file FILE",
+		Short:   "Create the secret brokers' master key file, keeping one that exists",
+		Example: "  flotilla admin kms-key --file /etc/flotilla/master.key   # then copy it to every manager running flotilla-secrets",
 		Long: `Every secret broker of a cluster loads the same master key
 (FLOTILLA_KMS_KEY_FILE) and none creates one. Create it once (mode 0600, in a
 directory only its owner may write), then copy it to every manager that runs

@@ -31,6 +31,8 @@ flotilla up keeps them in <data-dir>/config/bus. For a cluster, keep an
 authority directory on an administration host (--dir), copy each service's
 .creds file to the hosts that run it (FLOTILLA_NATS_CREDS or --creds), and
 include nats-auth.conf in every NATS server's configuration.`,
+		Example: `  flotilla admin bus-credentials init --dir /etc/flotilla/bus
+  flotilla admin bus-credentials permissions provisioner --data-dir ./.flotilla`,
 	}
 	cmd.PersistentFlags().StringVar(&dir, "dir", "", "authority directory (default: <data-dir>/config/bus)")
 	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", "./.flotilla", "data directory of `flotilla up`")
@@ -47,9 +49,10 @@ include nats-auth.conf in every NATS server's configuration.`,
 	}
 
 	cmd.AddCommand(&cobra.Command{
-		Use:   "init",
-		Short: "Create the authority (operator, accounts) and every identity's .creds file, keeping what exists",
-		Args:  cobra.NoArgs,
+		Use:     "init",
+		Short:   "Create the authority (operator, accounts) and every identity's .creds file, keeping what exists",
+		Example: "  flotilla admin bus-credentials init --dir /etc/flotilla/bus",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			a, err := authority()
 			if err != nil {
@@ -66,8 +69,9 @@ include nats-auth.conf in every NATS server's configuration.`,
 		},
 	})
 	cmd.AddCommand(&cobra.Command{
-		Use:   "rotate IDENTITY",
-		Short: "Replace an identity's credentials with a new key and revoke the old one",
+		Use:     "rotate IDENTITY",
+		Short:   "Replace an identity's credentials with a new key and revoke the old one",
+		Example: "  flotilla admin bus-credentials rotate inventory --dir /etc/flotilla/bus   # then copy inventory.creds to its hosts",
 		Long: `Replace IDENTITY's .creds file with a new key and revoke the old key in the
 account. Then: give the service the new file and restart it; reload every NATS
 server (nats-auth.conf changed), after which the old credentials are refused.
@@ -93,9 +97,10 @@ With flotilla up, restart it.`,
 		},
 	})
 	cmd.AddCommand(&cobra.Command{
-		Use:   "permissions IDENTITY",
-		Short: "Show what an identity may publish and subscribe to",
-		Args:  cobra.ExactArgs(1),
+		Use:     "permissions IDENTITY",
+		Short:   "Show what an identity may publish and subscribe to",
+		Example: "  flotilla admin bus-credentials permissions gateway --data-dir ./.flotilla",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p, err := busauth.Permissions(args[0])
 			if err != nil {

@@ -3,15 +3,12 @@ package main
 import (
 	"cmp"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -19,104 +16,24 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
 	"flotilla.dev/flotilla/libs/natsx"
 )
 
-// apiClient is the small client of the commands that ask a running
-// Flotilla's API: where (--server), as whom (--token, FLOTILLA_TOKEN), and
-// how to print (-o).
-type apiClient struct {
-	server, token, caFile, output string
-}
-
-// tokenEnv names the environment variable the API token may come from.
-const tokenEnv = "FLOTILLA_TOKEN"
-
-func (c *apiClient) flags(cmd *cobra.Command) {
-	f := cmd.PersistentFlags()
-	f.StringVar(&c.server, "server", "http://127.0.0.1:7700", "the Flotilla API's URL")
-	f.StringVar(&c.token, "token", "", "a bearer token from POST /api/v1/login (default $"+tokenEnv+")")
-	f.StringVar(&c.caFile, "ca-file", "", "PEM certificates to verify an https server with (default: the system's)")
-	f.StringVarP(&c.output, "output", "o", "table", "output format: table or json")
-}
-
-// get reads an API path into out.
-func (c *apiClient) get(ctx context.Context, path string, out proto.Message) error {
-	return c.do(ctx, http.MethodGet, path, out)
-}
-
-// do sends a request without a body to an API path and reads the answer
-// into out.
-func (c *apiClient) do(ctx context.Context, method, path string, out proto.Message) error {
-	if c.output != "table" && c.output != "json" {
-		return fmt.Errorf("--output: %q is not table or json", c.output)
+func newCluster(c *clientOptions) *cobra.Command {
+	cluster := &cobra.Command{
+		Use:     "cluster",
+		Short:   "Inspect a running Flotilla cluster: its managers, NATS servers and databases",
+		Example: "  flotilla cluster status\n  flotilla cluster managers list -o json",
 	}
-	token := cmp.Or(c.token, os.Getenv(tokenEnv))
-	if token == "" {
-		return fmt.Errorf("no API token: give --token or set %s (a token from POST /api/v1/login)", tokenEnv)
-	}
-	client := &http.Client{Timeout: 30 * time.Second}
-	if c.caFile != "" {
-		pem, err := os.ReadFile(c.caFile)
-		if err != nil {
-			return fmt.Errorf("--ca-file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("--ca-file: %s holds no PEM certificate", c.caFile)
-		}
-		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
-	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.server, "/")+path, nil)
-	if err != nil {
-		return fmt.Errorf("--server: %w", err)
-	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e struct{ Reason, Message string }
-		if json.Unmarshal(body, &e) != nil || e.Message == "" {
-			return fmt.Errorf("%s %s: %s", method, path, resp.Status)
-		}
-		return fmt.Errorf("%s %s: %s: %s (%s)", method, path, resp.Status, e.Message, e.Reason)
-	}
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(body, out); err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	return nil
-}
-
-// printJSON writes m as indented JSON, named as the API names it.
-func printJSON(w io.Writer, m proto.Message) error {
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: true}.Marshal(m)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(w, "%s\n", b)
-	return err
-}
-
-func newCluster() *cobra.Command {
-	c := &apiClient{}
-	cluster := &cobra.Command{Use: "cluster", Short: "Inspect a running Flotilla cluster: its managers, NATS servers and databases"}
 	c.flags(cluster)
 	status := &cobra.Command{
-		Use:   "status",
-		Short: "Show every manager process, NATS server, stream replica set and database (GET /api/v1/cluster)",
-		Args:  cobra.NoArgs,
+		Use:     "status",
+		Short:   "Show every manager process, NATS server, stream replica set and database (GET /api/v1/cluster)",
+		Example: "  flotilla cluster status\n  FLOTILLA_TOKEN=$TOKEN flotilla cluster status --server https://10.77.0.1:7700 --ca-file api-ca.crt",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return c.showCluster(cmd, func(cl *systemv1.Cluster) *systemv1.Cluster { return cl },
 				section{"MANAGERS", managerRows}, section{"BROKERS", brokerRows}, section{"STREAMS", streamRows},
@@ -124,9 +41,10 @@ func newCluster() *cobra.Command {
 		},
 	}
 	list := &cobra.Command{
-		Use:   "list",
-		Short: "List the manager processes (every service of every host) and whether they are healthy",
-		Args:  cobra.NoArgs,
+		Use:     "list",
+		Short:   "List the manager processes (every service of every host) and whether they are healthy",
+		Example: "  flotilla cluster managers list",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return c.showCluster(cmd, func(cl *systemv1.Cluster) *systemv1.Cluster {
 				return &systemv1.Cluster{Time: cl.GetTime(), Managers: cl.GetManagers()}
@@ -144,18 +62,23 @@ the last 15 s is running and is refused: stop its services first.`,
   flotilla cluster managers remove h3 --server https://flotilla.example:7700 --ca-file ca.crt`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var resp systemv1.RemoveManagersResponse
-			if err := c.do(cmd.Context(), http.MethodDelete, "/api/v1/cluster/managers/"+url.PathEscape(args[0]), &resp); err != nil {
+			s, format, err := c.start(cmd)
+			if err != nil {
 				return err
 			}
-			if c.output == "json" {
-				return printJSON(cmd.OutOrStdout(), &resp)
+			var resp systemv1.RemoveManagersResponse
+			if err := s.call(cmd.Context(), http.MethodDelete, "/api/v1/cluster/managers/"+url.PathEscape(args[0]), nil, &resp); err != nil {
+				return err
+			}
+			if format != formatTable {
+				return writeMessage(cmd.OutOrStdout(), format, &resp)
 			}
 			return printSections(cmd.OutOrStdout(), &systemv1.Cluster{Time: timestamppb.Now(), Managers: resp.GetRemoved()},
 				section{"REMOVED", managerRows})
 		},
 	}
-	managers := &cobra.Command{Use: "managers", Short: "The manager processes: list them, remove those that are gone"}
+	managers := &cobra.Command{Use: "managers", Short: "The manager processes: list them, remove those that are gone",
+		Example: "  flotilla cluster managers list\n  flotilla cluster managers remove h3"}
 	managers.AddCommand(list, remove)
 	cluster.AddCommand(status, managers, newBrokers(c))
 	return cluster
@@ -163,12 +86,14 @@ the last 15 s is running and is refused: stop its services first.`,
 
 // newBrokers is `flotilla cluster brokers`: the NATS servers, listed through
 // the API and removed from JetStream through the NATS system account.
-func newBrokers(c *apiClient) *cobra.Command {
-	brokers := &cobra.Command{Use: "brokers", Short: "The NATS servers: list them, remove one that is gone"}
+func newBrokers(c *clientOptions) *cobra.Command {
+	brokers := &cobra.Command{Use: "brokers", Short: "The NATS servers: list them, remove one that is gone",
+		Example: "  flotilla cluster brokers list"}
 	brokers.AddCommand(&cobra.Command{
-		Use:   "list",
-		Short: "List the NATS servers (meta leader, health) and every stream's replicas",
-		Args:  cobra.NoArgs,
+		Use:     "list",
+		Short:   "List the NATS servers (meta leader, health) and every stream's replicas",
+		Example: "  flotilla cluster brokers list",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return c.showCluster(cmd, func(cl *systemv1.Cluster) *systemv1.Cluster {
 				return &systemv1.Cluster{Time: cl.GetTime(), Brokers: cl.GetBrokers(), Streams: cl.GetStreams(), Warnings: cl.GetWarnings()}
@@ -272,14 +197,18 @@ type section struct {
 
 // showCluster asks for the cluster status and prints the part pick keeps,
 // as JSON or as the tables of sections.
-func (c *apiClient) showCluster(cmd *cobra.Command, pick func(*systemv1.Cluster) *systemv1.Cluster, sections ...section) error {
+func (c *clientOptions) showCluster(cmd *cobra.Command, pick func(*systemv1.Cluster) *systemv1.Cluster, sections ...section) error {
+	s, format, err := c.start(cmd)
+	if err != nil {
+		return err
+	}
 	cl := &systemv1.Cluster{}
-	if err := c.get(cmd.Context(), "/api/v1/cluster", cl); err != nil {
+	if err := s.call(cmd.Context(), http.MethodGet, "/api/v1/cluster", nil, cl); err != nil {
 		return err
 	}
 	cl = pick(cl)
-	if c.output == "json" {
-		return printJSON(cmd.OutOrStdout(), cl)
+	if format != formatTable {
+		return writeMessage(cmd.OutOrStdout(), format, cl)
 	}
 	return printSections(cmd.OutOrStdout(), cl, sections...)
 }

@@ -1,6 +1,8 @@
 // Command flotilla is Flotilla's command-line tool: `flotilla up` runs the
-// whole of Flotilla in one process, `flotilla admin` bootstraps it, and
-// `flotilla cluster` inspects a running one through its API.
+// whole of Flotilla in one process, `flotilla admin` bootstraps it, and the
+// client commands (`login`, `networks`, `templates`, `instances`,
+// `cloud-accounts`, `ca`, `cluster`, ...) drive a running one through its
+// REST API.
 package main
 
 import (
@@ -30,15 +32,42 @@ func main() {
 
 func newRoot() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "flotilla",
-		Short:         "Flotilla provisions and runs fleets of data-platform instances",
-		Version:       version,
+		Use:     "flotilla",
+		Short:   "Flotilla provisions and runs fleets of data-platform instances",
+		Version: version,
+		Example: `  flotilla up --data-dir ./.flotilla                       # run Flotilla here
+  flotilla login --server http://127.0.0.1:7700 --username admin
+  flotilla instances list`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	agent.Version = version
 	agentCmd := agent.NewCommand()
 	agentCmd.Hidden = true // started by the local provider, not by operators
-	root.AddCommand(newUp(), newAdmin(), newCluster(), agentCmd)
+	opts := &clientOptions{}
+	root.AddCommand(newUp(), newAdmin(), newLogin(), newLogout(opts), newContext(), newCA(opts), newCluster(opts), agentCmd)
+	root.AddCommand(newResourceCommands(opts)...)
+	addCompletion(root)
 	return root
+}
+
+// addCompletion adds cobra's `completion bash|zsh|fish|powershell`, with
+// examples of installing each script.
+func addCompletion(root *cobra.Command) {
+	root.InitDefaultCompletionCmd()
+	examples := map[string]string{
+		"bash":       "  source <(flotilla completion bash)                       # this shell\n  flotilla completion bash > /etc/bash_completion.d/flotilla   # every new one",
+		"zsh":        "  flotilla completion zsh > \"${fpath[1]}/_flotilla\"",
+		"fish":       "  flotilla completion fish > ~/.config/fish/completions/flotilla.fish",
+		"powershell": "  flotilla completion powershell | Out-String | Invoke-Expression",
+	}
+	for _, c := range root.Commands() {
+		if c.Name() != "completion" {
+			continue
+		}
+		c.Example = "  source <(flotilla completion bash)\n  flotilla completion zsh > \"${fpath[1]}/_flotilla\""
+		for _, sh := range c.Commands() {
+			sh.Example = examples[sh.Name()]
+		}
+	}
 }

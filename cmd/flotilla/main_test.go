@@ -42,6 +42,12 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "flotilla")
+	// The client commands the tests run read no developer's login: an
+	// empty configuration unless a test names its own.
+	os.Setenv(configEnv, filepath.Join(dir, "no-config.yaml"))
+	for _, v := range []string{serverEnv, tokenEnv, caFileEnv} {
+		os.Unsetenv(v)
+	}
 	build := exec.Command("go", "build", "-race", "-o", binary, ".")
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
@@ -107,6 +113,33 @@ func startUp(t *testing.T, dir string, base int, env ...string) *upProc {
 // is reached over HTTPS.
 func startUpWith(t *testing.T, dir string, base int, args []string, env ...string) *upProc {
 	t.Helper()
+	u, err := launchUp(t, dir, base, args, env...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// startUpFree starts flotilla up on a free base port, and on another if
+// one of its ports was taken meanwhile (freeBase only found them free).
+func startUpFree(t *testing.T, dir string, args []string, env ...string) *upProc {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		u, err := launchUp(t, dir, freeBase(t), args, env...)
+		if err == nil {
+			return u
+		}
+		if attempt == 5 || !strings.Contains(u.out.String(), "address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("flotilla up on base port %d: a port was taken meanwhile; trying another", u.base)
+	}
+}
+
+// launchUp starts flotilla up and waits until its API answers; an error
+// says why it did not (its output included).
+func launchUp(t *testing.T, dir string, base int, args []string, env ...string) (*upProc, error) {
+	t.Helper()
 	u := &upProc{out: &testkit.Buffer{}, base: base, tls: slices.Contains(args, "--tls") || slices.Contains(args, "--tls-cert"),
 		caFile: filepath.Join(dir, "ca", "ca.crt"), done: make(chan struct{})}
 	if i := slices.Index(args, "--tls-cert"); i >= 0 {
@@ -116,7 +149,7 @@ func startUpWith(t *testing.T, dir string, base int, args []string, env ...strin
 	u.cmd.Env = append(os.Environ(), env...)
 	u.cmd.Stdout, u.cmd.Stderr = u.out, u.out
 	if err := u.cmd.Start(); err != nil {
-		t.Fatal(err)
+		return u, err
 	}
 	go func() { u.err = u.cmd.Wait(); close(u.done) }()
 	t.Cleanup(func() {
@@ -137,16 +170,16 @@ func startUpWith(t *testing.T, dir string, base int, args []string, env ...strin
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return u
+				return u, nil
 			}
 		}
 		select {
 		case <-u.done:
-			t.Fatalf("flotilla up exited: %v\n%s", u.err, u.out)
+			return u, fmt.Errorf("flotilla up exited: %v\n%s", u.err, u.out)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("flotilla up not ready:\n%s", u.out)
+			return u, fmt.Errorf("flotilla up not ready:\n%s", u.out)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -333,7 +366,7 @@ func TestUpServesRestartsWithItsDataAndStopsCleanly(t *testing.T) {
 		t.Fatalf("flotilla up's cluster status:\n%s", status)
 	}
 	// brokers list: the NATS server, then every stream's replicas.
-	brokers := flotillaCLI(t, nil, "cluster", "brokers", "list", "--server", up.url(""), "--token", token)
+	brokers := flotillaCLI(t, nil, "cluster", "brokers", "list", "-o", "table", "--server", up.url(""), "--token", token)
 	if lines := strings.Split(brokers, "\n"); len(lines) < 4 || !strings.HasPrefix(lines[0], "NAME") ||
 		!strings.HasPrefix(lines[1], "flotilla ") || !strings.Contains(brokers, "STREAMS") || !strings.Contains(brokers, "FLOTILLA_EVENTS") {
 		t.Fatalf("flotilla up's brokers list:\n%s", brokers)

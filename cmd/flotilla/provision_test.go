@@ -42,7 +42,7 @@ func newFleet(t *testing.T) *fleet {
 	if out, err := admin(dir, "admin", "S3cret-pass", "--port", strconv.Itoa(base)); err != nil {
 		t.Fatalf("initial-setup: %v\n%s", err, out)
 	}
-	f := &fleet{upProc: startUp(t, dir, base), t: t, dir: dir}
+	f := &fleet{upProc: startUpFree(t, dir, nil), t: t, dir: dir}
 	f.token = f.login(t)
 	t.Cleanup(func() { testkit.KillLocalVMs(dir) })
 	return f

@@ -54,6 +54,8 @@ address and this host's name; apiServerNames in the settings lists
 others) or --tls-cert and --tls-key (your own, re-read when they change);
 the choice is saved in the settings. --insecure-http serves a non-loopback
 bindAddress in the clear, for a proxy in front that terminates TLS.`,
+		Example: `  flotilla up                                   # ./.flotilla, API at http://127.0.0.1:7700
+  flotilla up --data-dir /var/lib/flotilla --tls  # the API over TLS from the fleet CA`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var ec envConfig

@@ -1,0 +1,447 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"flotilla.dev/flotilla/libs/pki"
+	"flotilla.dev/flotilla/libs/testkit"
+)
+
+// cli runs the client commands as an operator would, with a configuration
+// file of its own.
+type cli struct {
+	t      *testing.T
+	config string
+	env    []string
+}
+
+func newCLI(t *testing.T, env ...string) *cli {
+	return &cli{t: t, config: filepath.Join(t.TempDir(), "flotilla", "config.yaml"), env: env}
+}
+
+// run runs flotilla with args, stdin (when not empty) and extra env.
+func (c *cli) run(stdin string, env []string, args ...string) (stdout, stderr string, err error) {
+	c.t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(append(os.Environ(), configEnv+"="+c.config), append(c.env, env...)...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	return out.String(), errOut.String(), err
+}
+
+// ok runs flotilla and requires it to succeed; it returns standard output.
+func (c *cli) ok(args ...string) string {
+	c.t.Helper()
+	return c.okIn("", args...)
+}
+
+func (c *cli) okIn(stdin string, args ...string) string {
+	c.t.Helper()
+	out, errOut, err := c.run(stdin, nil, args...)
+	if err != nil {
+		c.t.Fatalf("flotilla %s: %v\n%s%s", strings.Join(args, " "), err, out, errOut)
+	}
+	return out
+}
+
+// fails runs flotilla and requires it to exit non-zero with stderr
+// holding every one of wants; it returns stdout and stderr.
+func (c *cli) fails(stdin string, wants []string, args ...string) (string, string) {
+	c.t.Helper()
+	out, errOut, err := c.run(stdin, nil, args...)
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) {
+		c.t.Fatalf("flotilla %s: %v, want a non-zero exit\n%s%s", strings.Join(args, " "), err, out, errOut)
+	}
+	for _, w := range wants {
+		if !strings.Contains(errOut, w) {
+			c.t.Fatalf("flotilla %s: stderr lacks %q:\n%s%s", strings.Join(args, " "), w, out, errOut)
+		}
+	}
+	return out, errOut
+}
+
+// writeFile writes a file of the test.
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestCLI drives a real `flotilla up`, its API over TLS, with the client
+// commands alone: log in (trusting the server's CA on first use), create a
+// network, templates and instances from YAML files, list them in every
+// format, apply changes (a stale one is refused), provision and follow
+// an instance to running, read its logs and timeline, deprovision and
+// delete it; a failing setup script fails the provision naming its step.
+func TestCLI(t *testing.T) {
+	t.Parallel()
+	dir := dataDir(t)
+	up := startUpFree(t, dir, []string{"--tls"})
+	t.Cleanup(func() { testkit.KillLocalVMs(dir) })
+	if out, err := admin(dir, "admin", "S3cret-pass"); err != nil {
+		t.Fatalf("initial-setup: %v\n%s", err, out)
+	}
+	fleetCA, err := os.ReadFile(filepath.Join(dir, "ca", "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCerts, err := pki.ParseCertificatesPEM(fleetCA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := up.url("")
+	c := newCLI(t)
+
+	// Not logged in: said plainly, before anything is asked.
+	c.fails("", []string{"not logged in to", "flotilla login"}, "networks", "list")
+
+	// The first login shows the server's chain, trusts it, and pins the
+	// fleet CA that issued it; the token is kept readable by its owner only.
+	out, errOut, err := c.run("S3cret-pass\n", nil, "login", "--server", server, "--username", "admin", "--password-stdin")
+	if err != nil {
+		t.Fatalf("login: %v\n%s%s", err, out, errOut)
+	}
+	if !strings.Contains(errOut, "SHA-256") || !strings.Contains(errOut, "pinned that CA") || !strings.Contains(errOut, fingerprint(caCerts[0])) {
+		t.Fatalf("the first login does not show the chain and the fleet CA pinned (%s):\n%s", fingerprint(caCerts[0]), errOut)
+	}
+	if fi, err := os.Stat(c.config); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("config file: %v %v", fi, err)
+	}
+	cfg, _ := os.ReadFile(c.config)
+	if !strings.Contains(string(cfg), "token: flt_") || !strings.Contains(string(cfg), "BEGIN CERTIFICATE") {
+		t.Fatalf("config file lacks the token or the pinned CA:\n%s", cfg)
+	}
+	// A CA the server's certificate is not from is refused.
+	other, err := pki.GenerateCA(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.fails("S3cret-pass\n", []string{"certificate", "--ca-file"}, "login", "--server", strings.Replace(server, "127.0.0.1", "localhost", 1),
+		"--username", "admin", "--password-stdin", "--ca-file", writeFile(t, "other-ca.pem", string(other.CertificatePEM())), "--context", "wrong")
+
+	// Bad input: the API's message naming the field.
+	c.fails("name: huge\nprovider: local\ndataDiskGb: 0\n", []string{"dataDiskGb", "field dataDiskGb", "invalid_field"}, "templates", "create", "-f", "-")
+	c.fails("name: odd\nprovider: local\ndataDiskGb: 1\ncolour: blue\n", []string{"colour: unknown field (line 4)"}, "templates", "create", "-f", "-")
+
+	// Create from YAML files; the instance names its template and network.
+	c.ok("networks", "create", "-f", writeFile(t, "network.yaml", "name: lab\nprovider: local\nhttpsStrategy: self-signed\n"))
+	c.ok("templates", "create", "-f", writeFile(t, "templates.yaml", `name: small
+provider: local
+dataDiskGb: 1
+setupActions:
+  - type: script
+    script: |
+      echo hello from setup
+  - {type: file, path: conf/app.env, content: "MODE=dev\n", mode: 0644}
+  - {type: file, path: conf/db.env, content: "PASSWORD=${secret:db-password}"}
+---
+name: broken
+provider: local
+dataDiskGb: 1
+setupActions:
+  - {type: script, script: "echo about to fail; exit 3"}
+`))
+	created := c.ok("instances", "create", "-o", "json", "-f", writeFile(t, "instances.yaml", `name: web-1
+kind: design
+templateId: small
+networkId: lab
+ssl: {sans: [web-1.lab.test]}
+---
+name: bad-1
+kind: design
+templateId: broken
+networkId: lab
+`))
+	if !strings.Contains(created, `"name": "bad-1"`) || !strings.Contains(created, `"state": "created"`) {
+		t.Fatalf("instances create -o json:\n%s", created)
+	}
+
+	// A secret for web-1's setup: the value never comes back.
+	c.okIn("s3cret-value\n", "instances", "secrets", "set", "web-1", "db-password")
+	if out := c.ok("instances", "secrets", "list", "web-1", "-o", "table"); !strings.Contains(out, "db-password") || strings.Contains(out, "s3cret-value") {
+		t.Fatalf("secrets list:\n%s", out)
+	}
+
+	// list in every format.
+	table := c.ok("templates", "list", "-o", "table")
+	if lines := strings.Split(strings.TrimSpace(table), "\n"); len(lines) != 3 || !strings.HasPrefix(lines[0], "NAME") ||
+		!strings.HasPrefix(lines[1], "small ") || !strings.HasPrefix(lines[2], "broken ") {
+		t.Fatalf("templates list table:\n%s", table)
+	}
+	if table := c.ok("instances", "list", "-o", "table"); !strings.Contains(table, "web-1") || !strings.Contains(table, " small ") || !strings.Contains(table, " lab ") {
+		t.Fatalf("instances list table (template and network by name):\n%s", table)
+	}
+	var asJSON struct {
+		Templates []struct {
+			Name         string
+			SetupActions []struct{ Mode string }
+		}
+	}
+	if out := c.ok("templates", "list"); json.Unmarshal([]byte(out), &asJSON) != nil || len(asJSON.Templates) != 2 ||
+		asJSON.Templates[0].SetupActions[1].Mode != "0644" {
+		t.Fatalf("templates list (json when not on a terminal):\n%s", out)
+	}
+	var asYAML struct {
+		Templates []struct {
+			Name       string `yaml:"name"`
+			DataDiskGb int    `yaml:"dataDiskGb"`
+		} `yaml:"templates"`
+	}
+	if out := c.ok("templates", "list", "-o", "yaml", "--page-size", "1"); yaml.Unmarshal([]byte(out), &asYAML) != nil || len(asYAML.Templates) != 2 ||
+		asYAML.Templates[1].Name != "broken" || asYAML.Templates[1].DataDiskGb != 1 {
+		t.Fatalf("templates list -o yaml, a page of one at a time:\n%s", out)
+	}
+
+	// apply: a change at the version read; the same file again is stale
+	// and refused, and the change made meanwhile is kept.
+	read := c.ok("networks", "get", "lab", "-o", "yaml")
+	if !strings.Contains(read, `version: "1"`) {
+		t.Fatalf("networks get -o yaml:\n%s", read)
+	}
+	edited := writeFile(t, "lab.yaml", strings.Replace(read, "httpsStrategy: self-signed", "httpsStrategy: self-signed\nassignPublicIp: true", 1))
+	c.ok("networks", "apply", "-f", edited)
+	c.okIn("name: lab\nassignPublicIp: false\n", "networks", "apply", "-f", "-") // no version: the one just read
+	c.fails("", []string{"version_mismatch", "version 1"}, "networks", "apply", "-f", edited)
+	var lab struct {
+		AssignPublicIP bool `json:"assignPublicIp"`
+		Version        string
+	}
+	if out := c.ok("networks", "get", "lab", "-o", "json"); json.Unmarshal([]byte(out), &lab) != nil || lab.AssignPublicIP || lab.Version != "3" {
+		t.Fatalf("after a stale apply: %s", out)
+	}
+	// apply creates what does not exist.
+	if out := c.okIn("name: lab-2\nprovider: local\nhttpsStrategy: none\n", "networks", "apply", "-f", "-"); !strings.Contains(out, "network lab-2 created") {
+		t.Fatalf("apply of a new network: %s", out)
+	}
+	c.ok("networks", "delete", "lab-2")
+	c.fails("", []string{`no network named "lab-2"`}, "networks", "get", "lab-2")
+
+	// The fleet CA certificate.
+	if pem := c.ok("ca", "cert"); pem != string(fleetCA) {
+		t.Fatalf("ca cert:\n%s\nwant the data directory's:\n%s", pem, fleetCA)
+	}
+
+	// A second context with the CA given; logout revokes its token only.
+	local := strings.Replace(server, "127.0.0.1", "localhost", 1)
+	caFile := filepath.Join(dir, "ca", "ca.crt")
+	c.okIn("S3cret-pass\n", "login", "--server", local, "--username", "admin", "--password-stdin", "--ca-file", caFile, "--context", "second")
+	var contexts struct {
+		Contexts []struct {
+			Name     string
+			Current  bool
+			LoggedIn bool
+		}
+	}
+	if out := c.ok("context", "list"); json.Unmarshal([]byte(out), &contexts) != nil || len(contexts.Contexts) != 2 ||
+		contexts.Contexts[1].Name != "second" || !contexts.Contexts[1].Current {
+		t.Fatalf("context list:\n%s", out)
+	}
+	token := contextToken(t, c.config, "second")
+	c.ok("logout")
+	c.fails("", []string{"not logged in to " + local}, "networks", "list")
+	c.fails("", []string{"unauthenticated", "log in again"}, "networks", "list", "--token", token)
+	c.ok("context", "use", up.url("")[len("https://"):])
+	// The environment overrides the stored context, for automation.
+	auto := newCLI(t, serverEnv+"="+server, tokenEnv+"="+contextToken(t, c.config, up.url("")[len("https://"):]), caFileEnv+"="+caFile)
+	if out := auto.ok("networks", "list", "-o", "table"); !strings.Contains(out, "lab ") {
+		t.Fatalf("networks list with %s and %s:\n%s", serverEnv, tokenEnv, out)
+	}
+	c.ok("context", "delete", "second")
+
+	// The lifecycle, two instances at once (the subtests run once this
+	// function has returned, in the current context: the first).
+	// A failing setup script fails the provision at its step, with the reason.
+	t.Run("a failing provision names its step", func(t *testing.T) {
+		t.Parallel()
+		c := &cli{t: t, config: c.config}
+		out, _ := c.fails("", []string{"provision of bad-1 failed at running-setup", "exited with code 3"}, "instances", "provision", "bad-1", "--wait")
+		if !strings.Contains(out, "bad-1: running-setup failed") {
+			t.Fatalf("provision --wait shows no failed step:\n%s", out)
+		}
+	})
+
+	t.Run("an external instance's join token", func(t *testing.T) {
+		t.Parallel()
+		c := &cli{t: t, config: c.config}
+		c.okIn("name: ext\nprovider: external\nhttpsStrategy: none\n", "networks", "create", "-f", "-")
+		c.okIn("name: ext\nprovider: external\ndataDiskGb: 1\n", "templates", "create", "-f", "-")
+		c.okIn("name: edge-1\nkind: design\ntemplateId: ext\nnetworkId: ext\n", "instances", "create", "-f", "-")
+		c.ok("instances", "provision", "edge-1")
+		deadline := time.Now().Add(time.Minute)
+		for instanceJSON(t, c, "edge-1").StateDetail != "waiting-for-agent" {
+			if time.Now().After(deadline) {
+				t.Fatal("edge-1 never waited for its agent")
+			}
+		}
+		caOut := filepath.Join(t.TempDir(), "ca.pem")
+		out := c.ok("instances", "join-token", "edge-1", "--ttl", "10m", "--write-ca", caOut, "-o", "table")
+		if !strings.Contains(out, "fjt_") || !strings.Contains(out, "flotilla-agent --gateway 127.0.0.1:") {
+			t.Fatalf("join-token:\n%s", out)
+		}
+		if pem, err := os.ReadFile(caOut); err != nil || !strings.HasPrefix(string(pem), "-----BEGIN CERTIFICATE-----") {
+			t.Fatalf("join-token --write-ca: %q %v", pem, err)
+		}
+		// While it waits for its agent, another action is refused, with the API's reason.
+		c.fails("", []string{"lifecycle_busy"}, "instances", "deprovision", "edge-1")
+	})
+
+	t.Run("provision, logs, events, deprovision, delete", func(t *testing.T) {
+		t.Parallel()
+		c := &cli{t: t, config: c.config}
+		out := c.ok("instances", "provision", "web-1", "--wait")
+		for _, want := range []string{"Provisioning web-1", "allocating-disk done", "running-setup done", "web-1: running: https://"} {
+			if !strings.Contains(out, want) {
+				t.Fatalf("provision --wait lacks %q:\n%s", want, out)
+			}
+		}
+		in := instanceJSON(t, c, "web-1")
+		if b, err := os.ReadFile(filepath.Join(dir, "disks", in.DataDisk.ID, "conf", "db.env")); err != nil || string(b) != "PASSWORD=s3cret-value" {
+			t.Fatalf("the secret set with the CLI in the setup's file: %q %v", b, err)
+		}
+		if logs := c.ok("instances", "logs", "web-1"); !strings.Contains(logs, "hello from setup") {
+			t.Fatalf("instances logs:\n%s", logs)
+		}
+		if logs := c.ok("instances", "logs", "web-1", "--tail", "1", "-o", "json"); strings.Count(logs, "\n") != 1 || !strings.HasPrefix(logs, `{"seq":`) {
+			t.Fatalf("instances logs --tail 1 -o json:\n%s", logs)
+		}
+		followLogs(t, c)
+		var timeline struct{ Events []struct{ Type string } }
+		if out := c.ok("instances", "events", "web-1"); json.Unmarshal([]byte(out), &timeline) != nil ||
+			!slices.ContainsFunc(timeline.Events, func(e struct{ Type string }) bool { return e.Type == "instance.running" }) {
+			t.Fatalf("instances events:\n%s", out)
+		}
+		if table := c.ok("instances", "events", "web-1", "-o", "table"); !strings.Contains(table, "provision-requested") || !strings.Contains(table, "user:admin") {
+			t.Fatalf("instances events -o table:\n%s", table)
+		}
+		id := in.ID
+		if out := c.ok("instances", "deprovision", id, "--wait"); !strings.Contains(out, "web-1: deprovisioned") {
+			t.Fatalf("deprovision --wait (by id):\n%s", out)
+		}
+		if out := c.ok("instances", "delete", "web-1", "--wait"); !strings.Contains(out, "deleting-disk done") || !strings.Contains(out, "web-1: deleted") {
+			t.Fatalf("delete --wait:\n%s", out)
+		}
+		c.fails("", []string{`no instance named "web-1"`}, "instances", "get", "web-1")
+		// The history stays: by id.
+		if out := c.ok("instances", "events", id, "-o", "table"); !strings.Contains(out, "deprovisioned") {
+			t.Fatalf("events of a deleted instance:\n%s", out)
+		}
+	})
+
+}
+
+// followLogs follows web-1's logs and sees a line the node software logs
+// when asked, then interrupts the follow, which exits cleanly.
+func followLogs(t *testing.T, c *cli) {
+	t.Helper()
+	cmd := exec.Command(binary, "instances", "logs", "web-1", "-f", "--tail", "1")
+	cmd.Env = append(os.Environ(), configEnv+"="+c.config)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	select {
+	case l, ok := <-lines:
+		if !ok {
+			t.Fatalf("logs -f ended: %s", stderr.String())
+		}
+		_ = l // the newest line kept
+	case <-time.After(30 * time.Second):
+		t.Fatal("logs -f printed nothing")
+	}
+	// A new line: a reprovision's output would do, but a request to the
+	// node software is logged at once.
+	url := instanceJSON(t, c, "web-1").Addresses.URL
+	client := fleetClient(t, []byte(c.ok("ca", "cert")))
+	go func() {
+		if resp, err := client.Get(url + "from-cli-follow"); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	deadline := time.After(30 * time.Second)
+	for seen := false; !seen; {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("logs -f ended: %s", stderr.String())
+			}
+			seen = strings.Contains(l, "from-cli-follow")
+		case <-deadline:
+			t.Fatal("logs -f did not show the new line")
+		}
+	}
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("logs -f after an interrupt: %v %s", err, stderr.String())
+	}
+}
+
+// instanceJSON reads an instance with flotilla instances get -o json.
+func instanceJSON(t *testing.T, c *cli, name string) (in struct {
+	ID          string
+	StateDetail string
+	Addresses   struct {
+		URL string
+	}
+	DataDisk struct {
+		ID string
+	}
+}) {
+	t.Helper()
+	out := c.ok("instances", "get", name, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &in); err != nil || in.ID == "" {
+		t.Fatalf("instances get %s -o json: %v\n%s", name, err, out)
+	}
+	return in
+}
+
+// contextToken reads a context's token from a configuration file.
+func contextToken(t *testing.T, config, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg cliConfig
+	if err := yaml.Unmarshal(data, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if x := cfg.context(name); x != nil && x.Token != "" {
+		return x.Token
+	}
+	t.Fatalf("no token for context %s in:\n%s", name, data)
+	return ""
+}

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	eventsv1 "flotilla.dev/flotilla/api/gen/flotilla/events/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+)
+
+// logsCommand is `flotilla instances logs NAME [-f]`.
+func logsCommand(opts *clientOptions) *cobra.Command {
+	var (
+		follow bool
+		tail   int
+		since  string
+	)
+	cmd := &cobra.Command{
+		Use:   "logs NAME|ID",
+		Short: "Print an instance's log output (agent, setup actions, node software); -f follows it",
+		Long: `Print the log lines Flotilla keeps for an instance, oldest first: the
+agent's, its setup actions' and the node software's output. --tail N prints
+the newest N; -f goes on printing new lines as they come (server-sent
+events) until interrupted, starting with the newest 200 (or --tail, or
+--since). -o json prints one JSON object per line.`,
+		Example: `  flotilla instances logs web-1
+  flotilla instances logs web-1 --tail 50
+  flotilla instances logs web-1 -f --since 10m`,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: instances.completeNames(opts),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			asJSON := opts.output == formatJSON
+			if opts.output != "" && !asJSON && opts.output != formatTable {
+				return fmt.Errorf("--output: logs print as text (table) or json, not %q", opts.output)
+			}
+			q, err := sinceQuery(since)
+			if err != nil {
+				return err
+			}
+			s, err := opts.session()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			in, err := s.find(ctx, instances, args[0])
+			if err != nil {
+				return err
+			}
+			path := instances.path() + "/" + stringField(in, "id") + "/logs"
+			out := bufio.NewWriter(cmd.OutOrStdout())
+			defer out.Flush()
+			print := func(l *inventoryv1.InstanceLogLine) {
+				if asJSON {
+					var b bytes.Buffer
+					raw, _ := protojson.Marshal(l)
+					_ = json.Compact(&b, raw) // protojson varies its spacing
+					fmt.Fprintf(out, "%s\n", b.Bytes())
+					return
+				}
+				fmt.Fprintf(out, "%s %-5s %s\n", l.GetTime().AsTime().Local().Format("2006-01-02T15:04:05.000Z07:00"), l.GetSource(), l.GetText())
+			}
+			if follow {
+				q.Set("follow", "true")
+				if tail > 0 {
+					q.Set("lines", strconv.Itoa(tail))
+				}
+				return s.follow(ctx, path+"?"+q.Encode(), func(l *inventoryv1.InstanceLogLine) {
+					print(l)
+					out.Flush()
+				})
+			}
+			if tail > 0 {
+				q.Set("order", "desc")
+				q.Set("pageSize", strconv.Itoa(tail))
+				page := &inventoryv1.ListInstanceLogsResponse{}
+				if err := s.call(ctx, http.MethodGet, path+"?"+q.Encode(), nil, page); err != nil {
+					return err
+				}
+				lines := page.GetLines()
+				slices.Reverse(lines)
+				for _, l := range lines {
+					print(l)
+				}
+				return nil
+			}
+			q.Set("pageSize", "5000")
+			for {
+				page := &inventoryv1.ListInstanceLogsResponse{}
+				if err := s.call(ctx, http.MethodGet, path+"?"+q.Encode(), nil, page); err != nil {
+					return err
+				}
+				for _, l := range page.GetLines() {
+					print(l)
+				}
+				if page.GetNextPageToken() == "" {
+					return nil
+				}
+				q.Set("pageToken", page.GetNextPageToken())
+			}
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "go on printing new lines until interrupted")
+	cmd.Flags().IntVar(&tail, "tail", 0, "print only the newest N lines (with -f: start with them; 1-10000)")
+	cmd.Flags().StringVar(&since, "since", "", "only lines since a time (RFC 3339) or for a while (10m, 2h)")
+	return cmd
+}
+
+// sinceQuery is the query of --since: since=<RFC 3339 time>, from an RFC
+// 3339 time or a duration back from now; empty without it.
+func sinceQuery(v string) (url.Values, error) {
+	q := url.Values{}
+	if v == "" {
+		return q, nil
+	}
+	if d, err := time.ParseDuration(v); err == nil {
+		q.Set("since", time.Now().Add(-d).UTC().Format(time.RFC3339))
+	} else if t, err := time.Parse(time.RFC3339, v); err == nil {
+		q.Set("since", t.UTC().Format(time.RFC3339))
+	} else {
+		return nil, fmt.Errorf("--since: %q is neither an RFC 3339 time (2026-01-02T15:04:05Z) nor a duration (10m)", v)
+	}
+	return q, nil
+}
+
+// follow reads the server-sent events of path, handing each log line to
+// each, until the context ends (then it returns nil) or the server closes
+// the stream.
+func (s *session) follow(ctx context.Context, path string, each func(*inventoryv1.InstanceLogLine)) error {
+	resp, err := s.request(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 8<<20)
+	var event string
+	var data strings.Builder
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "":
+			if event == "log" && data.Len() > 0 {
+				l := &inventoryv1.InstanceLogLine{}
+				if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal([]byte(data.String()), l); err == nil {
+					each(l)
+				}
+			}
+			event = ""
+			data.Reset()
+		case strings.HasPrefix(line, "event:"):
+			event = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
+		case strings.HasPrefix(line, "data:"):
+			if data.Len() > 0 {
+				data.WriteByte('\n')
+			}
+			data.WriteString(strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " "))
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("follow logs: %w", err)
+	}
+	return fmt.Errorf("follow logs: the server closed the stream")
+}
+
+// eventsCommand is `flotilla instances events NAME`.
+func eventsCommand(opts *clientOptions) *cobra.Command {
+	var since string
+	cmd := &cobra.Command{
+		Use:   "events NAME|ID",
+		Short: "Print an instance's timeline: every change and step, oldest first",
+		Long: `Print an instance's timeline, replayed from the events stream: created,
+each lifecycle action asked, each provisioning step and agent report, running,
+failed, deleted. A deleted instance's history is kept: give its id.`,
+		Example: `  flotilla instances events web-1
+  flotilla instances events web-1 --since 1h -o json`,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: instances.completeNames(opts),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			q, err := sinceQuery(since)
+			if err != nil {
+				return err
+			}
+			s, format, err := opts.start(cmd)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			id := args[0]
+			if in, err := s.find(ctx, instances, args[0]); err == nil {
+				id = stringField(in, "id")
+			} else if !isID(id) || !isNotFound(err) {
+				return err // a deleted instance's id is still asked
+			}
+			all := &inventoryv1.ListInstanceEventsResponse{}
+			q.Set("pageSize", "10000")
+			for {
+				page := &inventoryv1.ListInstanceEventsResponse{}
+				if err := s.call(ctx, http.MethodGet, instancesPath+"/"+id+"/events?"+q.Encode(), nil, page); err != nil {
+					return err
+				}
+				all.Events = append(all.Events, page.GetEvents()...)
+				if page.GetNextPageToken() == "" {
+					break
+				}
+				q.Set("pageToken", page.GetNextPageToken())
+			}
+			if format != formatTable {
+				return writeMessage(cmd.OutOrStdout(), format, all)
+			}
+			return writeTable(cmd.OutOrStdout(), timelineRows(all.GetEvents()))
+		},
+	}
+	cmd.Flags().StringVar(&since, "since", "", "only events since a time (RFC 3339) or for a while (10m, 2h)")
+	return cmd
+}
+
+// timelineRows are an instance's events as table rows: when, what, who,
+// and the instance's state after it.
+func timelineRows(events []*eventsv1.Event) [][]string {
+	rows := [][]string{{"TIME", "EVENT", "ACTOR", "STATE", "DETAIL"}}
+	for _, e := range events {
+		in := &inventoryv1.Instance{}
+		_ = e.GetData().UnmarshalTo(in)
+		detail := in.GetStateDetail()
+		if strings.HasSuffix(e.GetType(), ".progress") {
+			detail = in.GetAgentProgress()
+		}
+		rows = append(rows, []string{e.GetTime().AsTime().Local().Format("2006-01-02T15:04:05.000Z07:00"),
+			strings.TrimPrefix(e.GetType(), "instance."), dash(e.GetActor()), dash(in.GetState()), dash(detail)})
+	}
+	return rows
+}
+
+// newCA is `flotilla ca`.
+func newCA(opts *clientOptions) *cobra.Command {
+	ca := &cobra.Command{
+		Use:     "ca",
+		Short:   "The fleet CA: its certificate, to verify instances' and agents' certificates with",
+		Example: "  flotilla ca cert > fleet-ca.pem",
+	}
+	opts.flags(ca)
+	ca.AddCommand(&cobra.Command{
+		Use:   "cert",
+		Short: "Print the fleet CA certificate (PEM)",
+		Example: `  flotilla ca cert > fleet-ca.pem
+  curl --cacert fleet-ca.pem "$(flotilla instances get web-1 -o json | jq -r .addresses.url)"`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := opts.session()
+			if err != nil {
+				return err
+			}
+			pem, err := s.send(cmd.Context(), http.MethodGet, "/api/v1/ca/certificate", nil)
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(pem)
+			return err
+		},
+	})
+	return ca
+}

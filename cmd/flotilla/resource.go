@@ -1,0 +1,678 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// resource describes one collection of the API (/api/v1/<plural>) for the
+// generic commands: list, get, create, apply and delete. A new collection
+// is a resource value and one AddCommand:
+//
+//	var users = &resource{plural: "users", singular: "user", nameField: "username",
+//		item: &authv1.User{}, list: &authv1.ListUsersResponse{},
+//		columns: columns("NAME=username", "ADMIN=isAdmin", "CREATED=createTime")}
+//	root.AddCommand(users.command(opts))
+type resource struct {
+	// plural is the command's and the path's name ("cloud-accounts");
+	// singular names one in messages ("cloud account").
+	plural, singular string
+	aliases          []string
+	// item and list are zero values of the resource's message and of its
+	// list answer (one repeated field of items and next_page_token).
+	item, list proto.Message
+	// nameField is the JSON name of the field that names an item uniquely
+	// ("name" when empty).
+	nameField string
+	columns   []column
+	// refs are the fields of a file that hold another resource's id: a
+	// name may be given there instead.
+	refs map[string]*resource
+	// noUpdate: the API has no PATCH for it, so there is no apply.
+	noUpdate bool
+	// example is a file create and apply take, shown in their help.
+	example string
+	// deleted, when set, is called after each delete with the API's answer;
+	// with it, delete has --wait (for resources the server removes in the
+	// background).
+	deleted func(ctx context.Context, s *session, answer []byte, wait waitOptions, w io.Writer) error
+}
+
+// column is a table column: a header and the JSON path of the field it
+// shows ("agent.status"); with ref, the field holds the id of an item of
+// ref, shown by its name.
+type column struct {
+	header, path string
+	ref          *resource
+}
+
+// columns makes columns of "HEADER=path" pairs.
+func columns(specs ...string) []column {
+	out := make([]column, len(specs))
+	for i, s := range specs {
+		h, p, _ := strings.Cut(s, "=")
+		out[i] = column{header: h, path: p}
+	}
+	return out
+}
+
+func (r *resource) path() string { return "/api/v1/" + r.plural }
+
+func (r *resource) nameJSON() string {
+	if r.nameField == "" {
+		return "name"
+	}
+	return r.nameField
+}
+
+// newItem returns an empty item.
+func (r *resource) newItem() proto.Message { return r.item.ProtoReflect().New().Interface() }
+
+// itemsField is the list answer's repeated field of items.
+func (r *resource) itemsField() protoreflect.FieldDescriptor {
+	fields := r.list.ProtoReflect().Descriptor().Fields()
+	for i := range fields.Len() {
+		if f := fields.Get(i); f.IsList() && f.Message() != nil && f.Message().FullName() == r.item.ProtoReflect().Descriptor().FullName() {
+			return f
+		}
+	}
+	panic("resource " + r.plural + ": the list message has no repeated field of items")
+}
+
+// session is one command's use of the API: the client, and the lists it
+// read to find items by name (read once per command).
+type session struct {
+	*apiClient
+	lists map[*resource][]proto.Message
+	// pageSize is how many items a list request asks for.
+	pageSize int
+}
+
+// session resolves the client for a command.
+func (o *clientOptions) session() (*session, error) {
+	c, err := o.client()
+	if err != nil {
+		return nil, err
+	}
+	return &session{apiClient: c, lists: map[*resource][]proto.Message{}, pageSize: 500}, nil
+}
+
+// start resolves the output format asked for cmd and opens a session.
+func (o *clientOptions) start(cmd *cobra.Command) (*session, string, error) {
+	format, err := o.format(cmd.OutOrStdout())
+	if err != nil {
+		return nil, "", err
+	}
+	s, err := o.session()
+	if err != nil {
+		return nil, "", err
+	}
+	return s, format, nil
+}
+
+// all reads every item of r, page by page.
+func (s *session) all(ctx context.Context, r *resource) ([]proto.Message, error) {
+	if items, ok := s.lists[r]; ok {
+		return items, nil
+	}
+	var items []proto.Message
+	f := r.itemsField()
+	token := ""
+	for {
+		q := url.Values{"pageSize": {strconv.Itoa(s.pageSize)}}
+		if token != "" {
+			q.Set("pageToken", token)
+		}
+		page := r.list.ProtoReflect().New().Interface()
+		if err := s.call(ctx, http.MethodGet, r.path()+"?"+q.Encode(), nil, page); err != nil {
+			return nil, err
+		}
+		l := page.ProtoReflect().Get(f).List()
+		for i := range l.Len() {
+			items = append(items, l.Get(i).Message().Interface())
+		}
+		token = stringField(page, "nextPageToken")
+		if token == "" {
+			break
+		}
+	}
+	s.lists[r] = items
+	return items, nil
+}
+
+// find returns the item of r named nameOrID, or with that id.
+func (s *session) find(ctx context.Context, r *resource, nameOrID string) (proto.Message, error) {
+	if isID(nameOrID) {
+		it := r.newItem()
+		err := s.call(ctx, http.MethodGet, r.path()+"/"+nameOrID, nil, it)
+		if err == nil {
+			return it, nil
+		}
+		if !isNotFound(err) {
+			return nil, err
+		}
+	}
+	it, err := s.byName(ctx, r, nameOrID)
+	if err != nil {
+		return nil, err
+	}
+	if it == nil {
+		return nil, &apiError{Status: http.StatusNotFound, Reason: "not_found", Message: fmt.Sprintf("no %s named %q", r.singular, nameOrID)}
+	}
+	return it, nil
+}
+
+// byName returns the item of r named name, or nil.
+func (s *session) byName(ctx context.Context, r *resource, name string) (proto.Message, error) {
+	items, err := s.all(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	for _, it := range items {
+		if stringField(it, r.nameJSON()) == name {
+			return it, nil
+		}
+	}
+	return nil, nil
+}
+
+// nameOf returns the name of the item of r with id, or the id itself when
+// there is none.
+func (s *session) nameOf(ctx context.Context, r *resource, id string) string {
+	items, err := s.all(ctx, r)
+	if err != nil {
+		return id
+	}
+	for _, it := range items {
+		if stringField(it, "id") == id {
+			return stringField(it, r.nameJSON())
+		}
+	}
+	return id
+}
+
+// isID reports whether s has the form of a server-assigned id (a UUID).
+func isID(s string) bool {
+	_, err := uuid.Parse(s)
+	return err == nil && len(s) == 36
+}
+
+// field returns the value at a JSON path ("agent.status") of m, and its
+// descriptor; ok is false when the path names no field.
+func field(m protoreflect.Message, path string) (protoreflect.Value, protoreflect.FieldDescriptor, bool) {
+	segs := strings.Split(path, ".")
+	for i, seg := range segs {
+		fd := m.Descriptor().Fields().ByJSONName(seg)
+		if fd == nil {
+			return protoreflect.Value{}, nil, false
+		}
+		if i == len(segs)-1 {
+			return m.Get(fd), fd, true
+		}
+		if fd.Message() == nil || fd.IsList() || fd.IsMap() {
+			return protoreflect.Value{}, nil, false
+		}
+		m = m.Get(fd).Message()
+	}
+	return protoreflect.Value{}, nil, false
+}
+
+// stringField returns a string field at a JSON path of m, "" if none.
+func stringField(m proto.Message, path string) string {
+	v, fd, ok := field(m.ProtoReflect(), path)
+	if !ok || fd.Kind() != protoreflect.StringKind || fd.IsList() {
+		return ""
+	}
+	return v.String()
+}
+
+// cell formats one field for a table.
+func (s *session) cell(ctx context.Context, m proto.Message, c column) string {
+	v, fd, ok := field(m.ProtoReflect(), c.path)
+	if !ok {
+		return "-"
+	}
+	switch {
+	case fd.IsList():
+		return strconv.Itoa(v.List().Len())
+	case fd.IsMap():
+		return strconv.Itoa(v.Map().Len())
+	}
+	switch fd.Kind() {
+	case protoreflect.StringKind:
+		if c.ref != nil && v.String() != "" {
+			return s.nameOf(ctx, c.ref, v.String())
+		}
+		return dash(v.String())
+	case protoreflect.BoolKind:
+		return yesNo(v.Bool())
+	case protoreflect.MessageKind:
+		switch t := v.Message().Interface().(type) {
+		case *timestamppb.Timestamp:
+			if !v.Message().IsValid() {
+				return "-"
+			}
+			return ago(t.AsTime())
+		case *durationpb.Duration:
+			return t.AsDuration().String()
+		}
+		return "-"
+	}
+	return fmt.Sprint(v.Interface())
+}
+
+// ago says how long ago t was, briefly.
+func ago(t time.Time) string {
+	d := time.Since(t)
+	switch {
+	case d < time.Minute:
+		return strconv.Itoa(int(d.Seconds())) + "s ago"
+	case d < time.Hour:
+		return strconv.Itoa(int(d.Minutes())) + "m ago"
+	case d < 48*time.Hour:
+		return strconv.Itoa(int(d.Hours())) + "h ago"
+	}
+	return strconv.Itoa(int(d.Hours()/24)) + "d ago"
+}
+
+// printItems prints items of r as a table, or as the API's list answer
+// holding them all (json, yaml).
+func (s *session) printItems(ctx context.Context, w io.Writer, format string, r *resource, items []proto.Message) error {
+	if format != formatTable {
+		list := r.list.ProtoReflect().New()
+		l := list.Mutable(r.itemsField()).List()
+		for _, it := range items {
+			l.Append(protoreflect.ValueOfMessage(it.ProtoReflect()))
+		}
+		return writeMessage(w, format, list.Interface())
+	}
+	rows := make([][]string, 0, len(items)+1)
+	var head []string
+	for _, c := range r.columns {
+		head = append(head, c.header)
+	}
+	rows = append(rows, head)
+	for _, it := range items {
+		var row []string
+		for _, c := range r.columns {
+			row = append(row, s.cell(ctx, it, c))
+		}
+		rows = append(rows, row)
+	}
+	return writeTable(w, rows)
+}
+
+// command is `flotilla <plural>` with its verbs.
+func (r *resource) command(opts *clientOptions, more ...*cobra.Command) *cobra.Command {
+	group := &cobra.Command{
+		Use:     r.plural,
+		Aliases: r.aliases,
+		Short:   fmt.Sprintf("List, show, create, change and delete %ss", r.singular),
+		Example: fmt.Sprintf("  flotilla %s list\n  flotilla %s get NAME -o yaml", r.plural, r.plural),
+	}
+	opts.flags(group)
+	group.AddCommand(r.listCommand(opts), r.getCommand(opts), r.createCommand(opts))
+	if !r.noUpdate {
+		group.AddCommand(r.applyCommand(opts))
+	}
+	group.AddCommand(r.deleteCommand(opts))
+	group.AddCommand(more...)
+	return group
+}
+
+func (r *resource) listCommand(opts *clientOptions) *cobra.Command {
+	var pageSize int
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   fmt.Sprintf("List every %s (all pages)", r.singular),
+		Example: fmt.Sprintf("  flotilla %s list\n  flotilla %s list -o json | jq -r '.%s[].%s'", r.plural, r.plural,
+			r.itemsField().JSONName(), r.nameJSON()),
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if pageSize < 1 || pageSize > 500 {
+				return fmt.Errorf("--page-size: %d is not between 1 and 500", pageSize)
+			}
+			s, format, err := opts.start(cmd)
+			if err != nil {
+				return err
+			}
+			s.pageSize = pageSize
+			items, err := s.all(cmd.Context(), r)
+			if err != nil {
+				return err
+			}
+			return s.printItems(cmd.Context(), cmd.OutOrStdout(), format, r, items)
+		},
+	}
+	cmd.Flags().IntVar(&pageSize, "page-size", 500, "how many to ask for in each request (1-500); every page is read")
+	return cmd
+}
+
+func (r *resource) getCommand(opts *clientOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:               "get NAME|ID...",
+		Short:             fmt.Sprintf("Show %ss by name or id", r.singular),
+		Example:           fmt.Sprintf("  flotilla %s get NAME\n  flotilla %s get NAME -o yaml > %s.yaml   # edit, then: flotilla %s apply -f %s.yaml", r.plural, r.plural, r.singularWord(), r.plural, r.singularWord()),
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: r.completeNames(opts),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, format, err := opts.start(cmd)
+			if err != nil {
+				return err
+			}
+			var items []proto.Message
+			for _, a := range args {
+				it, err := s.find(cmd.Context(), r, a)
+				if err != nil {
+					return err
+				}
+				items = append(items, it)
+			}
+			if len(items) == 1 && format != formatTable {
+				return writeMessage(cmd.OutOrStdout(), format, items[0])
+			}
+			return s.printItems(cmd.Context(), cmd.OutOrStdout(), format, r, items)
+		},
+	}
+}
+
+// singularWord is the singular as one word ("cloud-account").
+func (r *resource) singularWord() string { return strings.ReplaceAll(r.singular, " ", "-") }
+
+func (r *resource) createCommand(opts *clientOptions) *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "create -f FILE",
+		Short: fmt.Sprintf("Create %ss from a YAML or JSON file (- for standard input)", r.singular),
+		Long: fmt.Sprintf(`Create %ss from a file: YAML or JSON with the API's field names (see
+/api/v1/openapi.json), several YAML documents for several. Fields that hold
+another resource's id may name it instead.`, r.singular),
+		Example: r.fileExample("create"),
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return r.eachDoc(cmd, opts, file, func(ctx context.Context, s *session, d *document, w io.Writer) error {
+				body, err := d.body()
+				if err != nil {
+					return err
+				}
+				it := r.newItem()
+				if err := s.call(ctx, http.MethodPost, r.path(), body, it); err != nil {
+					return fmt.Errorf("%s: create %s %q: %w", d.where, r.singular, d.name, err)
+				}
+				return r.report(w, opts, it, "created")
+			})
+		},
+	}
+	fileFlag(cmd, &file)
+	return cmd
+}
+
+func (r *resource) applyCommand(opts *clientOptions) *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "apply -f FILE",
+		Short: fmt.Sprintf("Create %ss from a file, or change those that exist (by name)", r.singular),
+		Long: fmt.Sprintf(`Create each %s of a YAML or JSON file (- for standard input) that does not
+exist, and change the fields the file sets of each that does, found by name.
+A change is made at the version the file holds (as flotilla %s get -o yaml
+writes it) or else at the version just read: if the %s changed since, the
+API refuses it and nothing is overwritten.`, r.singular, r.plural, r.singular),
+		Example: r.fileExample("apply"),
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return r.eachDoc(cmd, opts, file, func(ctx context.Context, s *session, d *document, w io.Writer) error {
+				if d.name == "" {
+					return fmt.Errorf("%s: %s: is required to apply (it finds the %s to change)", d.where, r.nameJSON(), r.singular)
+				}
+				cur, err := s.byName(ctx, r, d.name)
+				if err != nil {
+					return err
+				}
+				it := r.newItem()
+				if cur == nil {
+					body, err := d.body()
+					if err != nil {
+						return err
+					}
+					if err := s.call(ctx, http.MethodPost, r.path(), body, it); err != nil {
+						return fmt.Errorf("%s: create %s %q: %w", d.where, r.singular, d.name, err)
+					}
+					return r.report(w, opts, it, "created")
+				}
+				if _, ok := d.fields["version"]; !ok {
+					if read, ok := versionOf(cur); ok {
+						d.fields["version"] = strconv.FormatInt(read, 10)
+					}
+				}
+				body, err := d.body()
+				if err != nil {
+					return err
+				}
+				if err := s.call(ctx, http.MethodPatch, r.path()+"/"+stringField(cur, "id"), body, it); err != nil {
+					return fmt.Errorf("%s: change %s %q at version %v: %w", d.where, r.singular, d.name, d.fields["version"], err)
+				}
+				return r.report(w, opts, it, "changed")
+			})
+		},
+	}
+	fileFlag(cmd, &file)
+	return cmd
+}
+
+func fileFlag(cmd *cobra.Command, file *string) {
+	cmd.Flags().StringVarP(file, "filename", "f", "", "the YAML or JSON file (- for standard input)")
+	_ = cmd.MarkFlagRequired("filename")
+	_ = cmd.MarkFlagFilename("filename", "yaml", "yml", "json")
+}
+
+func (r *resource) fileExample(verb string) string {
+	var b strings.Builder
+	if r.example != "" {
+		fmt.Fprintf(&b, "  cat > %s.yaml <<EOF\n", r.singularWord())
+		for l := range strings.Lines(r.example) {
+			b.WriteString("  " + l)
+		}
+		b.WriteString("  EOF\n")
+	}
+	fmt.Fprintf(&b, "  flotilla %s %s -f %s.yaml", r.plural, verb, r.singularWord())
+	if verb == "apply" {
+		fmt.Fprintf(&b, "\n  flotilla %s get NAME -o yaml > %s.yaml   # edit it, then apply: refused if it changed meanwhile", r.plural, r.singularWord())
+	}
+	return b.String()
+}
+
+// eachDoc reads the documents of file and does each in turn, stopping at
+// the first error.
+func (r *resource) eachDoc(cmd *cobra.Command, opts *clientOptions, file string,
+	do func(context.Context, *session, *document, io.Writer) error,
+) error {
+	if opts.output != "" {
+		if _, err := opts.format(cmd.OutOrStdout()); err != nil {
+			return err
+		}
+	}
+	docs, err := readDocuments(file, cmd.InOrStdin(), r)
+	if err != nil {
+		return err
+	}
+	s, err := opts.session()
+	if err != nil {
+		return err
+	}
+	for _, d := range docs {
+		if err := d.resolveRefs(cmd.Context(), s, r); err != nil {
+			return err
+		}
+		if err := do(cmd.Context(), s, d, cmd.OutOrStdout()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// report prints what create or apply did: the item (-o json|yaml) or a line.
+func (r *resource) report(w io.Writer, opts *clientOptions, it proto.Message, what string) error {
+	if opts.output == formatJSON || opts.output == formatYAML {
+		return writeMessage(w, opts.output, it)
+	}
+	line := fmt.Sprintf("%s %s %s (id %s", r.singular, stringField(it, r.nameJSON()), what, stringField(it, "id"))
+	if v, ok := versionOf(it); ok {
+		line += fmt.Sprintf(", version %d", v)
+	}
+	_, err := fmt.Fprintln(w, line+")")
+	return err
+}
+
+// versionOf returns an item's version, if its kind has one.
+func versionOf(m proto.Message) (int64, bool) {
+	v, fd, ok := field(m.ProtoReflect(), "version")
+	if !ok || fd.Kind() != protoreflect.Int64Kind {
+		return 0, false
+	}
+	return v.Int(), true
+}
+
+func (r *resource) deleteCommand(opts *clientOptions) *cobra.Command {
+	var wait waitOptions
+	cmd := &cobra.Command{
+		Use:               "delete NAME|ID...",
+		Aliases:           []string{"rm"},
+		Short:             fmt.Sprintf("Delete %ss by name or id", r.singular),
+		Example:           fmt.Sprintf("  flotilla %s delete NAME", r.plural),
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: r.completeNames(opts),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := opts.session()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			for _, a := range args {
+				it, err := s.find(ctx, r, a)
+				if err != nil {
+					return err
+				}
+				name := stringField(it, r.nameJSON())
+				answer, err := s.send(ctx, http.MethodDelete, r.path()+"/"+stringField(it, "id"), nil)
+				if err != nil {
+					return fmt.Errorf("delete %s %q: %w", r.singular, name, err)
+				}
+				if r.deleted != nil {
+					if err := r.deleted(ctx, s, answer, wait, cmd.OutOrStdout()); err != nil {
+						return err
+					}
+					continue
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s %s deleted\n", r.singular, name)
+			}
+			return nil
+		},
+	}
+	if r.deleted != nil {
+		wait.flags(cmd, "until it is gone")
+		cmd.Example += " --wait"
+	}
+	return cmd
+}
+
+// completeNames completes the names of r's items (for shells).
+func (r *resource) completeNames(opts *clientOptions) cobra.CompletionFunc {
+	return func(cmd *cobra.Command, _ []string, prefix string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		s, err := opts.session()
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		ctx, cancel := context.WithTimeout(cmd.Context(), 3*time.Second)
+		defer cancel()
+		items, err := s.all(ctx, r)
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		var out []cobra.Completion
+		for _, it := range items {
+			if n := stringField(it, r.nameJSON()); strings.HasPrefix(n, prefix) {
+				out = append(out, n)
+			}
+		}
+		return out, cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
+// jsonBody encodes a request body.
+func jsonBody(v any) []byte {
+	b, _ := json.Marshal(v)
+	return b
+}
+
+// action is a command that asks the API to act on items of r
+// (POST <path>/<id>:<verb>) and prints each answer: as line says (table),
+// or the whole answer (json, yaml).
+type action struct {
+	verb, short, example string
+	// answer is a zero value of the answer; body, when set, is the request
+	// body (default {}); line says what the answer about item means.
+	answer proto.Message
+	body   func() []byte
+	line   func(item, answer proto.Message) string
+	// after, when set, is called with each answer whatever the format.
+	after func(answer proto.Message) error
+}
+
+func (r *resource) actionCommand(opts *clientOptions, a action) *cobra.Command {
+	return &cobra.Command{
+		Use:               a.verb + " NAME|ID...",
+		Short:             a.short,
+		Example:           a.example,
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: r.completeNames(opts),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, format, err := opts.start(cmd)
+			if err != nil {
+				return err
+			}
+			for _, arg := range args {
+				it, err := s.find(cmd.Context(), r, arg)
+				if err != nil {
+					return err
+				}
+				name := stringField(it, r.nameJSON())
+				body := []byte("{}")
+				if a.body != nil {
+					body = a.body()
+				}
+				answer := a.answer.ProtoReflect().New().Interface()
+				if err := s.call(cmd.Context(), http.MethodPost, r.path()+"/"+stringField(it, "id")+":"+a.verb, body, answer); err != nil {
+					return fmt.Errorf("%s %s: %w", a.verb, name, err)
+				}
+				if a.after != nil {
+					if err := a.after(answer); err != nil {
+						return err
+					}
+				}
+				if format != formatTable {
+					if err := writeMessage(cmd.OutOrStdout(), format, answer); err != nil {
+						return err
+					}
+					continue
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), a.line(it, answer))
+			}
+			return nil
+		},
+	}
+}

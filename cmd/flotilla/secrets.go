@@ -1,0 +1,138 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
+)
+
+// secretsCommand is `flotilla instances secrets`: the secrets bound to an
+// instance, which only its agent can read.
+func secretsCommand(opts *clientOptions) *cobra.Command {
+	group := &cobra.Command{
+		Use:   "secrets",
+		Short: "An instance's secrets: set, list (names only), delete; only its agent reads their values",
+		Long: `Secrets bound to an instance, kept encrypted: its agent alone reads their
+values, in setup actions (${secret:NAME} in a file's content) and in the node
+software's configuration. Their values never come back out of the API.`,
+		Example: `  flotilla instances secrets set web-1 db-password < password.txt
+  flotilla instances secrets list web-1`,
+	}
+	var fromFile string
+	set := &cobra.Command{
+		Use:   "set INSTANCE NAME",
+		Short: "Store or replace a secret of an instance: the value from standard input, a file, or the terminal (no echo)",
+		Example: `  flotilla instances secrets set web-1 db-password            # asks for the value
+  printf %s "$DB_PASSWORD" | flotilla instances secrets set web-1 db-password
+  flotilla instances secrets set web-1 tls-key --from-file key.pem`,
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: instances.completeNames(opts),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			value, err := readSecretValue(cmd, fromFile)
+			if err != nil {
+				return err
+			}
+			s, id, _, err := instanceSession(cmd, opts, args[0])
+			if err != nil {
+				return err
+			}
+			var sec secretsv1.Secret
+			if err := s.call(cmd.Context(), http.MethodPost, instancesPath+"/"+id+"/secrets",
+				jsonBody(map[string]string{"name": args[1], "value": value}), &sec); err != nil {
+				return fmt.Errorf("set secret %s of %s: %w", args[1], args[0], err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "secret %s of %s set (version %d)\n", sec.GetName(), args[0], sec.GetVersion())
+			return nil
+		},
+	}
+	set.Flags().StringVar(&fromFile, "from-file", "", "read the value from this file (as it is, newlines included)")
+	list := &cobra.Command{
+		Use:               "list INSTANCE",
+		Aliases:           []string{"ls"},
+		Short:             "List an instance's secrets: names, versions and times, never values",
+		Example:           "  flotilla instances secrets list web-1",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: instances.completeNames(opts),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, id, format, err := instanceSession(cmd, opts, args[0])
+			if err != nil {
+				return err
+			}
+			var resp secretsv1.ListSecretsResponse
+			if err := s.call(cmd.Context(), http.MethodGet, instancesPath+"/"+id+"/secrets", nil, &resp); err != nil {
+				return err
+			}
+			if format != formatTable {
+				return writeMessage(cmd.OutOrStdout(), format, &resp)
+			}
+			rows := [][]string{{"NAME", "VERSION", "UPDATED", "KMS KEY"}}
+			for _, sec := range resp.GetSecrets() {
+				rows = append(rows, []string{sec.GetName(), fmt.Sprint(sec.GetVersion()), ago(sec.GetUpdateTime().AsTime()), dash(sec.GetKmsKeyId())})
+			}
+			return writeTable(cmd.OutOrStdout(), rows)
+		},
+	}
+	del := &cobra.Command{
+		Use:               "delete INSTANCE NAME",
+		Aliases:           []string{"rm"},
+		Short:             "Delete one of an instance's secrets",
+		Example:           "  flotilla instances secrets delete web-1 db-password",
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: instances.completeNames(opts),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, id, _, err := instanceSession(cmd, opts, args[0])
+			if err != nil {
+				return err
+			}
+			if err := s.call(cmd.Context(), http.MethodDelete, instancesPath+"/"+id+"/secrets/"+url.PathEscape(args[1]), nil, nil); err != nil {
+				return fmt.Errorf("delete secret %s of %s: %w", args[1], args[0], err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "secret %s of %s deleted\n", args[1], args[0])
+			return nil
+		},
+	}
+	group.AddCommand(set, list, del)
+	return group
+}
+
+// instanceSession opens a session and finds an instance by name or id; it
+// returns the session, the instance's id and the output format.
+func instanceSession(cmd *cobra.Command, opts *clientOptions, nameOrID string) (*session, string, string, error) {
+	s, format, err := opts.start(cmd)
+	if err != nil {
+		return nil, "", "", err
+	}
+	in, err := s.find(cmd.Context(), instances, nameOrID)
+	if err != nil {
+		return nil, "", "", err
+	}
+	return s, stringField(in, "id"), format, nil
+}
+
+// readSecretValue reads a secret's value: from a file, from the terminal
+// without echo, or from standard input (one trailing newline dropped).
+func readSecretValue(cmd *cobra.Command, fromFile string) (string, error) {
+	if fromFile != "" {
+		b, err := os.ReadFile(fromFile)
+		return string(b), err
+	}
+	if v, ok, err := askHidden(cmd, "Value"); ok {
+		return v, err
+	}
+	b, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 1<<20))
+	if err != nil {
+		return "", fmt.Errorf("read the value from standard input: %w", err)
+	}
+	if len(b) == 0 {
+		return "", errors.New("no value: give it on standard input, with --from-file, or on a terminal")
+	}
+	return strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r"), nil
+}
