@@ -33,6 +33,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	auditv1 "flotilla.dev/flotilla/api/gen/flotilla/audit/v1"
 	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -115,6 +116,8 @@ type Gateway struct {
 	js      jetstream.JetStream
 	bus     *rpc.Client
 	deps    Deps
+	// routes is every route with who may call it (access.go).
+	routes *routeTable
 }
 
 // New builds the gateway's HTTP and gRPC servers; Run serves them.
@@ -157,7 +160,7 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	g.js = js
-	h, err := g.handler(ctx)
+	h, restOnly, err := g.handler(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -176,6 +179,9 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 		grpc.ChainStreamInterceptor(g.streamAuth),
 	)...)
 	registerGRPC(g.grpcSrv, g)
+	if g.routes, err = buildRoutes(g.grpcSrv.GetServiceInfo(), restOnly); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	return g, nil
 }
 
@@ -207,12 +213,15 @@ func (c bodyCodec) NewDecoder(r io.Reader) runtime.Decoder {
 	})
 }
 
-// handler assembles the HTTP routes.
-func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
+// handler assembles the HTTP routes, and names those under /api/ that
+// only REST serves (the others are the gRPC services' HTTP rules).
+func (g *Gateway) handler(ctx context.Context) (http.Handler, []string, error) {
 	mux := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonCodec),
 		runtime.WithErrorHandler(g.restError),
 		runtime.WithForwardResponseOption(statusCode),
+		runtime.WithForwardResponseOption(noteResponse),
+		runtime.WithMiddlewares(g.guardGateway),
 	)
 	g.mux = mux
 	regs := []func(context.Context, *runtime.ServeMux) error{
@@ -240,13 +249,25 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
 		func(ctx context.Context, m *runtime.ServeMux) error {
 			return cav1.RegisterCAServiceHandlerServer(ctx, m, caServer{g: g})
 		},
+		func(ctx context.Context, m *runtime.ServeMux) error {
+			return authv1.RegisterUserServiceHandlerServer(ctx, m, userServer{g: g})
+		},
+		func(ctx context.Context, m *runtime.ServeMux) error {
+			return authv1.RegisterTokenServiceHandlerServer(ctx, m, tokenServer{g: g})
+		},
+		func(ctx context.Context, m *runtime.ServeMux) error {
+			return auditv1.RegisterAuditServiceHandlerServer(ctx, m, auditServer{g: g})
+		},
 	}
 	for _, r := range regs {
 		if err := r(ctx, mux); err != nil {
-			return nil, fmt.Errorf("register REST handlers: %w", err)
+			return nil, nil, fmt.Errorf("register REST handlers: %w", err)
 		}
 	}
-	root := http.NewServeMux()
+	// Every route under /api/ the root mux serves itself is checked
+	// against the access table (guardedMux); the rest of /api/ goes to
+	// grpc-gateway, whose middleware checks its routes.
+	root := &guardedMux{ServeMux: http.NewServeMux(), g: g}
 	root.HandleFunc("GET /api/v1/openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(openapi.JSON())
@@ -254,8 +275,8 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
 	root.HandleFunc("GET /api/v1/ca/certificate", g.caPEM)
 	root.HandleFunc("GET /api/v1/instances/{id}/logs", g.instanceLogs)
 	root.HandleFunc("GET /api/v1/instances/{id}/events", g.instanceEvents)
-	root.Handle("/api/", mux)
-	root.HandleFunc("/api", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) })
+	root.ServeMux.Handle("/api/", mux)
+	root.ServeMux.HandleFunc("/api", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) })
 	root.HandleFunc("GET /{$}", g.home)
 	if g.version != "" {
 		root.Handle("GET "+AgentDownloadPath(g.version), &agentDownload{path: g.deps.AgentBinary})
@@ -264,7 +285,30 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
 		otelhttp.WithTracerProvider(g.deps.TracerProvider),
 		otelhttp.WithPropagators(natsx.Propagator),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.URL.Path }),
-	), nil
+	), root.api, nil
+}
+
+// guardedMux is the gateway's root mux: a route it serves under /api/ is
+// checked against the access table (and audited) before its handler runs.
+type guardedMux struct {
+	*http.ServeMux
+	g *Gateway
+	// api are the patterns under /api/ it serves.
+	api []string
+}
+
+// Handle serves pattern with h, guarded when it is under /api/.
+func (m *guardedMux) Handle(pattern string, h http.Handler) {
+	if _, path, _ := strings.Cut(pattern, " "); strings.HasPrefix(path, "/api/") {
+		m.api = append(m.api, pattern)
+		h = m.g.guardREST(pattern, h)
+	}
+	m.ServeMux.Handle(pattern, h)
+}
+
+// HandleFunc serves pattern with f, guarded when it is under /api/.
+func (m *guardedMux) HandleFunc(pattern string, f func(http.ResponseWriter, *http.Request)) {
+	m.Handle(pattern, http.HandlerFunc(f))
 }
 
 // statusCode answers a degraded status with 503, so load balancers take this
@@ -293,6 +337,7 @@ func (g *Gateway) restError(ctx context.Context, _ *runtime.ServeMux, _ runtime.
 		httpStatus = runtime.HTTPStatusFromCode(st.Code())
 	}
 	e := apierr.FromStatus(st)
+	noteError(ctx, e.Reason)
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(e.RetryAfter.Seconds()))))
 	}
