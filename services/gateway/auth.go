@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"flotilla.dev/flotilla/api/endpoints"
@@ -212,18 +213,18 @@ func (g *Gateway) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServer
 		return nil, apierr.GRPCStatus(ctx, g.log, apierr.PermissionDenied("%s is not in the gateway's access table", info.FullMethod))
 	}
 	if rt.rule.public {
-		return handler(ctx, req)
+		resp, err := handler(ctx, req)
+		return resp, g.grpcError(ctx, err)
 	}
 	ctx, err := g.authenticate(ctx, grpcToken(ctx))
 	if err != nil {
 		return nil, apierr.GRPCStatus(ctx, g.log, err)
 	}
 	var resp any
-	if err = authorize(ctx, rt); err != nil {
-		err = apierr.GRPCStatus(ctx, g.log, err)
-	} else {
+	if err = authorize(ctx, rt); err == nil {
 		resp, err = handler(ctx, req)
 	}
+	err = g.grpcError(ctx, err)
 	if rt.mutating {
 		c := callRecord{rt: rt}
 		if m, ok := req.(proto.Message); ok {
@@ -238,6 +239,15 @@ func (g *Gateway) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServer
 		g.audit(ctx, c)
 	}
 	return resp, err
+}
+
+// grpcError makes a gRPC status of an error that is not one yet (a
+// handler's own), as REST maps it.
+func (g *Gateway) grpcError(ctx context.Context, err error) error {
+	if _, isStatus := status.FromError(err); err != nil && !isStatus {
+		return apierr.GRPCStatus(ctx, g.log, err)
+	}
+	return err
 }
 
 // streamAuth guards streaming gRPC methods the same way.

@@ -97,3 +97,54 @@ func TestUpgradeKeepsUnforwardedEvents(t *testing.T) {
 		t.Error("payload changed in the upgrade")
 	}
 }
+
+// TestUpgradeKeepsAdminsAndTheirSessions starts from the schema before
+// roles, with an admin logged in, upgrades: the admin is an admin, still
+// logged in with the same token, at version 1.
+func TestUpgradeKeepsAdminsAndTheirSessions(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, testkit.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := outbox.Migrate(ctx, pool, nil); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := stdlib.OpenDBFromPool(pool)
+	defer db.Close()
+	p, err := goose.NewProvider(goose.DialectPostgres, db, dir, goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(ctx, 5); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	id := NewID()
+	if _, err := pool.Exec(ctx, "INSERT INTO users (id, username, password_hash, is_admin, created_at) VALUES ($1, 'root', 'h', true, $2)", id, now); err != nil {
+		t.Fatal(err)
+	}
+	const token = "flt_an-old-session"
+	if _, err := pool.Exec(ctx, "INSERT INTO api_tokens (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+		tokenDigest(token), id, now, now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := Migrate(ctx, pool, nil); err != nil {
+		t.Fatal(err)
+	}
+	u, tok, err := UserByToken(ctx, pool, token, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.ID != id || u.Role != vocab.RoleAdmin || u.Version != 1 || !u.UpdatedAt.Equal(now) || u.MustChangePassword ||
+		tok.Kind != TokenSession || tok.ID == "" {
+		t.Fatalf("after the upgrade: %+v %+v", u, tok)
+	}
+}

@@ -134,6 +134,9 @@ func auditRow(m AuditMessage) (*adapters.AuditRow, error) {
 		r.Detail = joinDetail(optional("user=", rec.GetUsername()), optional("role=", rec.GetRole()), optional("token=", rec.GetTokenId()),
 			optional("", nonResult(rec)))
 	}
+	if actor := vocab.Actor(r.Actor); r.Username == "" && actor.Kind() == vocab.ActorUser {
+		r.Username = actor.Name()
+	}
 	if r.At.IsZero() && recTime != nil {
 		r.At = recTime.AsTime().UTC()
 	}
