@@ -20,6 +20,9 @@ type StreamUse struct {
 	// Purgers may purge the stream's messages (NATS cannot limit a purge
 	// to some subjects: a purger's code must). Nobody deletes a stream.
 	Purgers []string
+	// PublishOnly are publishers that may not declare (create or update)
+	// the stream.
+	PublishOnly []string
 }
 
 // Publish is one service publishing subjects (patterns).
@@ -61,6 +64,9 @@ var Streams = []StreamUse{{
 		// Every mutating API call, allowed or refused.
 		{gateway, []string{subjects.Audit(subjects.NounAPI, "*", subjects.VerbCall)}},
 	},
+	// The gateway, which faces the network, may not redefine the stream
+	// (its retention): it publishes once the others have declared it.
+	PublishOnly: []string{gateway},
 	// The inventory projects every record into PostgreSQL for
 	// GET /api/v1/audit.
 	Consumers: []Consumer{{inventory, subjects.AuditProjectionConsumer}},
@@ -132,16 +138,24 @@ func UserTokenWatches() []string {
 	return out
 }
 
-// StreamsOf returns the streams service publishes to or consumes with a
-// durable consumer: the ones it may declare (create or update).
+// StreamsOf returns the streams service declares (creates or updates):
+// those it publishes to (unless PublishOnly) or consumes with a durable
+// consumer.
 func StreamsOf(service string) []string {
 	var out []string
 	for _, u := range Streams {
-		if u.PublishedBy(service) || u.ConsumedBy(service) != "" {
+		if u.DeclaredBy(service) {
 			out = append(out, u.Stream)
 		}
 	}
 	return out
+}
+
+// DeclaredBy reports whether service may declare (create or update) the
+// stream: it consumes it with a durable consumer, or publishes into it and
+// is not PublishOnly.
+func (u StreamUse) DeclaredBy(service string) bool {
+	return u.ConsumedBy(service) != "" || u.PublishedBy(service) && !slices.Contains(u.PublishOnly, service)
 }
 
 // PublishedBy reports whether service publishes into the stream.

@@ -484,3 +484,39 @@ func TestOnlyTheGatewayInspectsEveryStream(t *testing.T) {
 		t.Fatalf("inspectors %v, want only the gateway", endpoints.Inspectors)
 	}
 }
+
+// TestOnlyItsDeclarersDefineAStream: a stream is created or updated (its
+// subjects, its retention) only by the services declared to declare it —
+// not by a publish-only publisher such as the gateway, which faces the
+// network and writes API calls into the audit stream.
+func TestOnlyItsDeclarersDefineAStream(t *testing.T) {
+	t.Parallel()
+	bus := testkit.SecureNATS(t)
+	audit := slices.IndexFunc(endpoints.Streams, func(u endpoints.StreamUse) bool { return u.Stream == subjects.AuditStream })
+	if u := endpoints.Streams[audit]; !u.PublishedBy(subjects.Gateway) || u.DeclaredBy(subjects.Gateway) {
+		t.Fatalf("the gateway should publish into %s without declaring it: %+v", subjects.AuditStream, u)
+	}
+	for _, id := range busauth.Identities() {
+		t.Run(id, func(t *testing.T) {
+			t.Parallel()
+			nc, v := bus.Watch(t, id)
+			var probes []string
+			for _, u := range endpoints.Streams {
+				probes = append(probes, "$JS.API.STREAM.CREATE."+u.Stream, "$JS.API.STREAM.UPDATE."+u.Stream)
+			}
+			for _, p := range probes {
+				if err := nc.Publish(p, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			v.Settle(t)
+			for i, p := range probes {
+				u := endpoints.Streams[i/2]
+				allowed := u.DeclaredBy(id)
+				if refused := v.PublishRefused(p); refused == allowed {
+					t.Errorf("%s publishing to %s: refused=%v, want refused=%v", id, p, refused, !allowed)
+				}
+			}
+		})
+	}
+}

@@ -97,7 +97,7 @@ func Permissions(identity string) (jwt.Permissions, error) {
 			}
 		}
 		durable := u.ConsumedBy(identity)
-		if u.PublishedBy(identity) || durable != "" {
+		if u.DeclaredBy(identity) {
 			pub = append(pub, jsAPI("STREAM.INFO.%s", st), jsAPI("STREAM.CREATE.%s", st), jsAPI("STREAM.UPDATE.%s", st))
 		}
 		if durable != "" {

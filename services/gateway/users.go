@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"flotilla.dev/flotilla/api/endpoints"
@@ -32,27 +33,15 @@ func (s userServer) ListUsers(ctx context.Context, r *authv1.ListUsersRequest) (
 }
 
 func (s userServer) UpdateUser(ctx context.Context, r *authv1.UpdateUserRequest) (*authv1.User, error) {
-	u, err := call(ctx, s.g, endpoints.UserUpdate, r)
-	if err == nil {
-		s.g.tokens.dropUser(r.GetId())
-	}
-	return u, err
+	return changeUser(ctx, s.g, endpoints.UserUpdate, r, r.GetId())
 }
 
 func (s userServer) DeleteUser(ctx context.Context, r *authv1.DeleteUserRequest) (*emptypb.Empty, error) {
-	out, err := call(ctx, s.g, endpoints.UserDelete, r)
-	if err == nil {
-		s.g.tokens.dropUser(r.GetId())
-	}
-	return out, err
+	return changeUser(ctx, s.g, endpoints.UserDelete, r, r.GetId())
 }
 
 func (s userServer) ResetPassword(ctx context.Context, r *authv1.ResetPasswordRequest) (*authv1.ResetPasswordResponse, error) {
-	out, err := call(ctx, s.g, endpoints.UserResetPassword, r)
-	if err == nil {
-		s.g.tokens.dropUser(r.GetId())
-	}
-	return out, err
+	return changeUser(ctx, s.g, endpoints.UserResetPassword, r, r.GetId())
 }
 
 // GetCurrentUser reads the user the request's token belongs to.
@@ -63,11 +52,17 @@ func (s userServer) GetCurrentUser(ctx context.Context, _ *authv1.GetCurrentUser
 // ChangePassword changes the caller's own password; the inventory keeps
 // the session it is made with and ends the others.
 func (s userServer) ChangePassword(ctx context.Context, r *authv1.ChangePasswordRequest) (*emptypb.Empty, error) {
-	out, err := call(ctx, s.g, endpoints.UserChangePassword, r)
+	return changeUser(ctx, s.g, endpoints.UserChangePassword, r, userFrom(ctx).GetUserId())
+}
+
+// changeUser calls an endpoint that changes user userID and, once it has,
+// forgets what this gateway cached of the user's tokens.
+func changeUser[Req, Resp proto.Message](ctx context.Context, g *Gateway, ep endpoints.Endpoint[Req, Resp], req Req, userID string) (Resp, error) {
+	resp, err := call(ctx, g, ep, req)
 	if err == nil {
-		s.g.tokens.dropUser(userFrom(ctx).GetUserId())
+		g.tokens.dropUser(userID)
 	}
-	return out, err
+	return resp, err
 }
 
 // tokenServer implements the public TokenService by forwarding to the inventory.

@@ -132,8 +132,9 @@ func TestAdminsManageUsers(t *testing.T) {
 }
 
 // TestResetPasswordForcesAChange: an admin's reset answers a temporary
-// password once and ends the user's sessions; logged in with it, the user
-// may only read themselves, change it and log out until they change it;
+// password once and ends the user's sessions (their API tokens work on);
+// logged in with it, the user may only read themselves, change it and log
+// out until they change it;
 // changing it (the current one checked, the new one named on error) ends
 // their other sessions and keeps this one.
 func TestResetPasswordForcesAChange(t *testing.T) {
@@ -141,6 +142,7 @@ func TestResetPasswordForcesAChange(t *testing.T) {
 	e := newEnv(t, envOptions{only: []string{}})
 	carolID, oldSession := e.user("carol", "operator")
 	other := e.login("carol", "carol-pass")
+	automation := e.mustAs(oldSession, 200, "POST", "/api/v1/tokens", reply{"name": "ci", "role": "viewer"})["token"].(string)
 
 	reset := e.must(200, "POST", "/api/v1/users/"+carolID+":reset-password", reply{})
 	temporary, _ := reset["temporaryPassword"].(string)
@@ -154,6 +156,9 @@ func TestResetPasswordForcesAChange(t *testing.T) {
 	}
 	if code, _ := e.as("-", "POST", "/api/v1/login", reply{"username": "carol", "password": "carol-pass"}); code != 401 {
 		t.Fatalf("the old password after a reset: %d", code)
+	}
+	if code, _ := e.as(automation, "GET", "/api/v1/networks", nil); code != 200 {
+		t.Fatalf("carol's API token after the reset: %d, want it working", code)
 	}
 	var login reply
 	if code := e.call("POST", "/api/v1/login", reply{"username": "carol", "password": temporary}, &login, "-"); code != 200 || login["passwordChangeRequired"] != true || login["role"] != "operator" {

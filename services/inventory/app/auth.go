@@ -171,8 +171,8 @@ func (a *App) audit(ctx context.Context, tx pgx.Tx, rec *authv1.AuthAudit) error
 
 // VerifyToken returns the user a live bearer token belongs to, the
 // token's effective role (a session's is its user's; an API token's the
-// lesser of its own and its user's) and whether the user must change
-// their password first. An API token's use is noted, to be written with
+// lesser of its own and its user's) and, for a login session, whether the
+// user must change their password first. An API token's use is noted, to be written with
 // the others (FlushTokenUse).
 func (a *App) VerifyToken(ctx context.Context, token string) (*authv1.VerifyTokenResponse, error) {
 	if token == "" {
@@ -187,7 +187,10 @@ func (a *App) VerifyToken(ctx context.Context, token string) (*authv1.VerifyToke
 		return nil, err
 	}
 	resp := &authv1.VerifyTokenResponse{UserId: u.ID, Username: u.Username, ExpireTime: timestamppb.New(t.ExpiresAt),
-		Role: string(u.Role), TokenId: t.BearerID(), Kind: string(t.Kind), PasswordChangeRequired: u.MustChangePassword}
+		Role: string(u.Role), TokenId: t.BearerID(), Kind: string(t.Kind)}
+	// A reset password holds the user's logins back until they change it;
+	// their API tokens go on working (an admin revokes those one by one).
+	resp.PasswordChangeRequired = u.MustChangePassword && t.Kind == adapters.TokenSession
 	if t.Kind == adapters.TokenAPI {
 		resp.Role, resp.ApiTokenId = string(t.Role.Lesser(u.Role)), t.ID
 		a.tokenUse.note(t.ID, now)

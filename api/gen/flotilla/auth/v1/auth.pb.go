@@ -1148,7 +1148,8 @@ type VerifyTokenResponse struct {
 	TokenId string `protobuf:"bytes,5,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
 	// "session" (a login) or "api" (an API token).
 	Kind string `protobuf:"bytes,6,opt,name=kind,proto3" json:"kind,omitempty"`
-	// The user must change the password an admin set before doing anything else.
+	// A login session of a user who must change the password an admin set
+	// before doing anything else (never set for an API token).
 	PasswordChangeRequired bool `protobuf:"varint,7,opt,name=password_change_required,json=passwordChangeRequired,proto3" json:"password_change_required,omitempty"`
 	// The API token's id (kind "api" only).
 	ApiTokenId    string `protobuf:"bytes,8,opt,name=api_token_id,json=apiTokenId,proto3" json:"api_token_id,omitempty"`
