@@ -1,6 +1,7 @@
 package busauth_test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"maps"
@@ -519,4 +520,62 @@ func TestOnlyItsDeclarersDefineAStream(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestOlderCredentialsGetThisReleasesPermissions: credentials minted with
+// other permissions (an older release's) are signed again with this
+// build's when the authority is opened, keeping their key; ones already
+// current are left as they are.
+func TestOlderCredentialsGetThisReleasesPermissions(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "bus")
+	auth, err := busauth.LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	current, _ := os.ReadFile(auth.Creds(subjects.CA))
+	older, err := auth.Mint(subjects.Gateway, jwt.Permissions{Pub: jwt.Permission{Allow: jwt.StringList{"flotilla.old"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(auth.Creds(subjects.Gateway), older, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := busauth.LoadOrCreate(dir); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := os.ReadFile(auth.Creds(subjects.CA)); !bytes.Equal(again, current) {
+		t.Error("current credentials were rewritten")
+	}
+	data, _ := os.ReadFile(auth.Creds(subjects.Gateway))
+	token, err := jwt.ParseDecoratedJWT(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims, err := jwt.DecodeUserClaims(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := busauth.Permissions(subjects.Gateway)
+	if fmt.Sprint(claims.Permissions) != fmt.Sprint(want) {
+		t.Errorf("refreshed permissions:\n%v\nwant\n%v", claims.Permissions, want)
+	}
+	oldKey, _ := jwt.ParseDecoratedNKey(older)
+	newKey, _ := jwt.ParseDecoratedNKey(data)
+	oldPub, _ := oldKey.PublicKey()
+	newPub, _ := newKey.PublicKey()
+	if oldPub != newPub || claims.Subject != oldPub {
+		t.Errorf("the key changed: %s → %s (subject %s)", oldPub, newPub, claims.Subject)
+	}
+	// The refreshed credentials connect and may do this release's work.
+	opts := &server.Options{}
+	if err := auth.Configure(opts); err != nil {
+		t.Fatal(err)
+	}
+	ns := testkit.Serve(t, opts)
+	nc, err := nats.Connect(ns.ClientURL(), busauth.ConnectOptions(subjects.Gateway, auth.Creds(subjects.Gateway))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
 }
