@@ -236,11 +236,9 @@ func (a *App) ListAudit(ctx context.Context, r *auditv1.ListAuditRecordsRequest)
 		return nil, err
 	}
 	out := &auditv1.ListAuditRecordsResponse{}
-	if len(rows) > n {
-		rows = rows[:n]
-		last := rows[n-1]
-		out.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(last.At.UTC().Format(time.RFC3339Nano) + " " + last.ID))
-	}
+	rows, out.NextPageToken = page(rows, n, func(last *adapters.AuditRow) string {
+		return base64.RawURLEncoding.EncodeToString([]byte(last.At.UTC().Format(time.RFC3339Nano) + " " + last.ID))
+	})
 	for _, row := range rows {
 		out.Records = append(out.Records, &auditv1.AuditRecord{Id: row.ID, Time: timestamppb.New(row.At), Kind: row.Kind,
 			Action: row.Action, Actor: row.Actor, Username: row.Username, UserId: row.UserID, Role: row.Role, Target: row.Target,

@@ -167,10 +167,7 @@ func (a *App) ListAPITokens(ctx context.Context, c Caller, pageSize int32, pageT
 		return nil, err
 	}
 	out := &authv1.ListTokensResponse{}
-	if len(ts) > n {
-		ts = ts[:n]
-		out.NextPageToken = adapters.PageToken(ts[n-1].ID)
-	}
+	ts, out.NextPageToken = page(ts, n, func(t *adapters.Token) string { return adapters.PageToken(t.ID) })
 	for _, t := range ts {
 		if at, ok := a.tokenUse.get(t.ID); ok && at.After(t.LastUsedAt) {
 			t.LastUsedAt = at

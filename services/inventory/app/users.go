@@ -63,6 +63,15 @@ func pageSizeOf(pageSize int32) (int, error) {
 	return int(pageSize), nil
 }
 
+// page keeps the first n of items read n+1 at a time, and the token of
+// the next page (from the last kept) when there were more.
+func page[T any](items []T, n int, token func(last T) string) ([]T, string) {
+	if len(items) <= n {
+		return items, ""
+	}
+	return items[:n], token(items[n-1])
+}
+
 // userProto is what the API and events show of a user: never the password.
 func userProto(u *adapters.User) *authv1.User {
 	return &authv1.User{Id: u.ID, Username: u.Username, Role: string(u.Role), Version: u.Version,
@@ -152,10 +161,7 @@ func (a *App) ListUsers(ctx context.Context, pageSize int32, pageToken string) (
 		return nil, err
 	}
 	out := &authv1.ListUsersResponse{}
-	if len(us) > n {
-		us = us[:n]
-		out.NextPageToken = adapters.PageToken(us[n-1].ID)
-	}
+	us, out.NextPageToken = page(us, n, func(u *adapters.User) string { return adapters.PageToken(u.ID) })
 	for _, u := range us {
 		out.Users = append(out.Users, userProto(u))
 	}
