@@ -74,6 +74,15 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	a.logf(ctx, "flotilla agent %s starting: gateway %s, VM %s, data disk %s", cfg.Version, cfg.GatewayAddr, cfg.VMID, cfg.DataDir)
+	if len(cfg.DataDevices) > 0 {
+		logf := func(format string, args ...any) { a.logf(ctx, format, args...) }
+		if err := mountDataDisk(ctx, cfg.DataDevices, cfg.DataDir, cfg.DataDeviceWait, logf); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
 	if err := a.ensureCert(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil

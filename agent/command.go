@@ -57,6 +57,8 @@ actions, install and start the node software, and report heartbeats and logs.`,
 	f.StringVar(&cfg.StateDir, "state-dir", "", "directory for the agent's key, certificate and state, mode 0700 (required)")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "root of the instance's data disk (required)")
 	f.IntVar(&cfg.DataDiskGB, "data-disk-gb", 0, "size of the data disk in GiB (required)")
+	f.StringArrayVar(&cfg.DataDevices, "data-device", nil, "block device of the data disk, repeated for each name it may have: formatted when empty, mounted at --data-dir")
+	f.DurationVar(&cfg.DataDeviceWait, "data-device-wait", DefaultDataDeviceWait, "how long to wait for --data-device to appear")
 	f.StringVar(&cfg.VMID, "vm-id", "", "the provider's id of this VM (required)")
 	f.StringArrayVar(&cfg.NodeBinary, "node-binary", nil, "command that runs the node software, one flag per word (default: this executable's node subcommand)")
 	f.StringVar(&cfg.PackageInstaller, "package-installer", DefaultPackageInstaller, `command that installs packages, followed by their names; "none" only logs them`)

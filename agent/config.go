@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -47,6 +48,14 @@ type Config struct {
 	DataDir string
 	// DataDiskGB is the data disk's size in GiB (--data-disk-gb).
 	DataDiskGB int
+	// DataDevices are the names the data disk's block device may have
+	// (--data-device, repeated; a cloud names one disk several ways). When
+	// given, the agent waits for the first to appear, formats it if it holds
+	// nothing at all, and mounts it at DataDir before anything else.
+	DataDevices []string
+	// DataDeviceWait bounds that wait (--data-device-wait); 0 means
+	// DefaultDataDeviceWait.
+	DataDeviceWait time.Duration
 	// VMID is the provider's id of the VM the agent runs on (--vm-id).
 	VMID string
 	// NodeBinary is the command that runs the node software (--node-binary,
@@ -97,6 +106,14 @@ func (c Config) Validate() error {
 	if c.DataDiskGB <= 0 {
 		errs = append(errs, fmt.Errorf("--data-disk-gb: must be at least 1, got %d", c.DataDiskGB))
 	}
+	for _, d := range c.DataDevices {
+		if !strings.HasPrefix(d, "/") {
+			errs = append(errs, fmt.Errorf("--data-device: %q is not an absolute path", d))
+		}
+	}
+	if c.DataDeviceWait < 0 {
+		errs = append(errs, fmt.Errorf("--data-device-wait: must be positive, got %s", c.DataDeviceWait))
+	}
 	if c.VMID == "" {
 		errs = append(errs, errors.New("--vm-id: is required"))
 	}
@@ -123,6 +140,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.PackageInstaller == "" {
 		c.PackageInstaller = DefaultPackageInstaller
+	}
+	if c.DataDeviceWait == 0 {
+		c.DataDeviceWait = DefaultDataDeviceWait
 	}
 	if c.HeartbeatInterval == 0 {
 		c.HeartbeatInterval = DefaultHeartbeatInterval

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -249,7 +250,7 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 	ec, r53, zone, images, gateway, admin, n := lab.ec, lab.r53, lab.zone, lab.images, lab.gateway, lab.admin, lab.network
 	tpl, err := rpc.Call(ctx, gateway, endpoints.TemplateCreate, &inventoryv1.CreateTemplateRequest{Template: &inventoryv1.Template{
 		Name: "std", Provider: "aws", Image: awssdk.ToString(images.Images[0].ImageId), InstanceType: "t3.micro", DataDiskGb: 2,
-		SetupActions: []*inventoryv1.SetupAction{{Type: "script", Script: "echo set up on $(hostname)"}}}}, admin)
+		SetupActions: []*inventoryv1.SetupAction{{Type: "script", Script: "echo set up on $(hostname); echo set up >> boots"}}}}, admin)
 	must(t, err)
 	in, err := rpc.Call(ctx, gateway, endpoints.InstanceCreate, &inventoryv1.CreateInstanceRequest{Instance: &inventoryv1.Instance{
 		Name: "web-1", Kind: "design", TemplateId: tpl.GetId(), NetworkId: n.GetId()}}, admin)
@@ -304,8 +305,19 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 		must(t, err)
 		return &out.Volumes[0]
 	}
+	// The EBS volume as the played VMs see it: a loop device, which the
+	// agent formats when it is empty and mounts.
+	disk := testkit.LoopDevice(t, 64)
+	var halt func()   // stops the VM played last, as terminating it does
+	var vmRoot string // the root of the VM played last
+	defer func() {
+		if halt != nil {
+			halt()
+		}
+	}()
 	// boot plays the EC2 instance the instance waits for: its user data,
-	// run as cloud-init would, in a root of its own.
+	// run as cloud-init would, in a root of its own, with the volume at the
+	// device name it is attached at.
 	boot := func() string {
 		t.Helper()
 		got := waitFor("waiting for its agent", func(in *inventoryv1.Instance) bool {
@@ -319,12 +331,26 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 		must(t, err)
 		current.Store(vmID)
 		root := t.TempDir()
+		vmRoot = root
+		must(t, os.MkdirAll(filepath.Join(root, "dev"), 0o755))
+		must(t, os.Symlink(disk, filepath.Join(root, awsdriver.DataDevice)))
 		cmd := exec.Command("sh", "-s")
 		cmd.Stdin = bytes.NewReader(script)
 		cmd.Env = append(os.Environ(), "FLOTILLA_VM_ROOT="+root, "FLOTILLA_METADATA_URL="+imds.URL)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		out, err := cmd.CombinedOutput()
-		t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+		halt = func() {
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			pid, _ := os.ReadFile(filepath.Join(root, "var/lib/flotilla/agent.pid"))
+			if p, err := strconv.Atoi(strings.TrimSpace(string(pid))); err == nil {
+				_ = syscall.Kill(p, syscall.SIGKILL)
+				for i := 0; i < 100 && syscall.Kill(p, 0) == nil; i++ {
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+			_ = exec.Command("umount", "--lazy", filepath.Join(root, "var/lib/flotilla/data")).Run()
+			halt = nil
+		}
 		if err != nil {
 			t.Fatalf("user data of %s: %v\n%s", vmID, err, out)
 		}
@@ -344,6 +370,9 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 	}
 	if u := got.GetAddresses().GetUrl(); !strings.Contains(u, "web-1.fleet.example:443") {
 		t.Errorf("node URL %q: want the instance's DNS name and the node port", u)
+	}
+	if h := got.GetAddresses().GetHostname(); h != "web-1.fleet.example" {
+		t.Errorf("addresses.hostname %q: want the DNS record's name (a self-signed certificate carries it)", h)
 	}
 	if ips := record(); len(ips) != 1 || ips[0] != got.GetAddresses().GetPrivateIp() {
 		t.Errorf("DNS record %v, want the private address %s", ips, got.GetAddresses().GetPrivateIp())
@@ -367,6 +396,7 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 	if ips := record(); len(ips) != 0 {
 		t.Errorf("DNS record after deprovisioning: %v", ips)
 	}
+	halt()
 
 	// Provision again: a new VM, the same volume.
 	lifecycle(vocab.ActionProvision)
@@ -381,12 +411,23 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 
 	// Reprovision: the VM replaced, the volume kept.
 	lifecycle(vocab.ActionReprovision)
+	waitFor("a new VM", func(in *inventoryv1.Instance) bool {
+		return strings.HasPrefix(in.GetVmId(), "i-") && in.GetVmId() != vm2
+	})
+	halt()
 	vm3 := boot()
 	got = waitFor("running after reprovisioning", func(in *inventoryv1.Instance) bool {
 		return vocab.State(in.GetState()) == vocab.StateRunning && in.GetVmId() == vm3
 	})
 	if vm3 == vm2 || got.GetDataDisk().GetId() != volID {
 		t.Fatalf("reprovisioned: VM %s (before %s), volume %s (want %s)", vm3, vm2, got.GetDataDisk().GetId(), volID)
+	}
+	// The volume was formatted once, by the first VM's agent, and each VM's
+	// setup wrote on it: the third VM sees all three.
+	boots, err := os.ReadFile(filepath.Join(vmRoot, "var/lib/flotilla/data/boots"))
+	must(t, err)
+	if n := strings.Count(string(boots), "set up\n"); n != 3 {
+		t.Errorf("the data disk records %d setups, want 3, one per VM (formatted again, or not mounted?): %q", n, boots)
 	}
 
 	// Delete (once deprovisioned): the VM, the volume and the record go.

@@ -192,7 +192,7 @@ func embeddedKMS(s *datadir.Settings) *AWSKMS {
 	if s.KMS == nil || s.KMS.Provider != datadir.KMSAWS {
 		return nil
 	}
-	return &AWSKMS{KeyID: s.KMS.KeyID, Account: awsx.Account{
+	return &AWSKMS{KeyID: s.KMS.KeyID, CloudAccountID: s.KMS.CloudAccountID, Account: awsx.Account{
 		Region: s.KMS.Region, EndpointURL: s.KMS.EndpointURL, RoleARN: s.KMS.RoleARN,
 	}}
 }

@@ -13,11 +13,14 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/awsx"
 	"flotilla.dev/flotilla/libs/datadir"
 	"flotilla.dev/flotilla/libs/kms"
 	"flotilla.dev/flotilla/libs/pgstore"
+	inventoryapp "flotilla.dev/flotilla/services/inventory/app"
 	"flotilla.dev/flotilla/services/secrets"
 )
 
@@ -33,6 +36,11 @@ type AWSKMS struct {
 	// Account is where the key is: its region, an optional endpoint, and
 	// the credentials (the host's default chain, or a role to assume).
 	Account awsx.Account
+	// CloudAccountID, when set, names the cloud account whose region,
+	// endpoint and role Account takes (resolveAccount). Its credentials must
+	// not be static keys: the secret broker keeps those sealed under this
+	// very key.
+	CloudAccountID string
 	// KeyID is the key's id, ARN, or alias ("alias/flotilla-secrets").
 	KeyID string
 	// Actions records the AWS actions called (tests; nil: none).
@@ -45,10 +53,39 @@ func (a *AWSKMS) validate(prefix string) error {
 	if a.KeyID == "" {
 		errs = append(errs, fmt.Errorf("%sKeyID: is required", prefix))
 	}
-	if err := a.Account.Validate(); err != nil {
-		errs = append(errs, fmt.Errorf("%sAccount: %w", prefix, err))
+	if a.CloudAccountID == "" {
+		if err := a.Account.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("%sAccount: %w", prefix, err))
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// resolveAccount fills Account in from the cloud account CloudAccountID
+// names, read from the inventory's table in the database q reaches (the
+// secret broker starts before the inventory answers on the bus). Nothing
+// is done without CloudAccountID.
+func (a *AWSKMS) resolveAccount(ctx context.Context, q pgstore.Querier, field string) error {
+	if a == nil || a.CloudAccountID == "" {
+		return nil
+	}
+	var acc inventoryv1.CloudAccount
+	if err := inventoryapp.CloudAccountTable.Get(ctx, q, a.CloudAccountID, false, &acc); err != nil {
+		if apierr.Is(err, apierr.KindNotFound) {
+			return fmt.Errorf("%s: no cloud account has id %q", field, a.CloudAccountID)
+		}
+		return fmt.Errorf("%s: read cloud account %q: %w", field, a.CloudAccountID, err)
+	}
+	s, c := acc.GetAws(), acc.GetAws().GetCredentials()
+	switch {
+	case acc.GetProvider() != KMSProviderAWS:
+		return fmt.Errorf("%s: cloud account %q is of provider %q, not aws", field, acc.GetName(), acc.GetProvider())
+	case c.GetAccessKeyId() != "":
+		return fmt.Errorf("%s: cloud account %q signs in with static keys, which the secret broker keeps sealed under this KMS key: "+
+			"give the KMS an account that uses the host's credentials or a role (roleArn)", field, acc.GetName())
+	}
+	a.Account = awsx.Account{Region: s.GetRegion(), EndpointURL: s.GetEndpointUrl(), RoleARN: c.GetRoleArn(), ExternalID: c.GetExternalId()}
+	return nil
 }
 
 // OpenKMS opens what wraps the secrets' data keys, as the secret broker
@@ -95,6 +132,7 @@ func (c EnvConfig) validateKMS() error {
 	awsVars := map[string]string{
 		"FLOTILLA_KMS_AWS_KEY_ID": c.KMSAWSKeyID, "FLOTILLA_KMS_AWS_REGION": c.KMSAWSRegion,
 		"FLOTILLA_KMS_AWS_ENDPOINT_URL": c.KMSAWSEndpointURL, "FLOTILLA_KMS_AWS_ROLE_ARN": c.KMSAWSRoleARN,
+		"FLOTILLA_KMS_AWS_CLOUD_ACCOUNT_ID": c.KMSAWSCloudAccountID,
 	}
 	switch c.KMSProvider {
 	case KMSProviderLocal:
@@ -110,8 +148,14 @@ func (c EnvConfig) validateKMS() error {
 		if c.KMSAWSKeyID == "" {
 			errs = append(errs, errors.New("FLOTILLA_KMS_AWS_KEY_ID: is required with FLOTILLA_KMS_PROVIDER=aws (a key id, key ARN or alias/NAME)"))
 		}
-		if c.KMSAWSRegion == "" {
-			errs = append(errs, errors.New("FLOTILLA_KMS_AWS_REGION: is required with FLOTILLA_KMS_PROVIDER=aws"))
+		if c.KMSAWSCloudAccountID != "" {
+			for _, name := range []string{"FLOTILLA_KMS_AWS_REGION", "FLOTILLA_KMS_AWS_ENDPOINT_URL", "FLOTILLA_KMS_AWS_ROLE_ARN"} {
+				if awsVars[name] != "" {
+					errs = append(errs, fmt.Errorf("%s: comes from the cloud account FLOTILLA_KMS_AWS_CLOUD_ACCOUNT_ID names: unset it", name))
+				}
+			}
+		} else if c.KMSAWSRegion == "" {
+			errs = append(errs, errors.New("FLOTILLA_KMS_AWS_REGION: is required with FLOTILLA_KMS_PROVIDER=aws (or FLOTILLA_KMS_AWS_CLOUD_ACCOUNT_ID)"))
 		}
 		if c.KMSAWSEndpointURL != "" {
 			if err := checkHTTPURL(c.KMSAWSEndpointURL); err != nil {
@@ -132,7 +176,7 @@ func (c EnvConfig) kmsAWS() *AWSKMS {
 	if c.KMSProvider != KMSProviderAWS {
 		return nil
 	}
-	return &AWSKMS{KeyID: c.KMSAWSKeyID, Account: awsx.Account{
+	return &AWSKMS{KeyID: c.KMSAWSKeyID, CloudAccountID: c.KMSAWSCloudAccountID, Account: awsx.Account{
 		Region: c.KMSAWSRegion, EndpointURL: c.KMSAWSEndpointURL, RoleARN: c.KMSAWSRoleARN,
 	}}
 }
@@ -177,6 +221,9 @@ func RewrapSecretsInDataDir(ctx context.Context, dataDir string, ov datadir.Over
 }
 
 func rewrap(ctx context.Context, pool *pgxpool.Pool, cfg *Config, o secrets.RewrapOptions) (secrets.RewrapReport, string, error) {
+	if err := cfg.KMSAWS.resolveAccount(ctx, pool, "kms.cloudAccountId"); err != nil {
+		return secrets.RewrapReport{}, "", err
+	}
 	k, err := cfg.OpenKMS(ctx)
 	if err != nil {
 		return secrets.RewrapReport{}, "", err

@@ -9,17 +9,24 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 
+	"flotilla.dev/flotilla/api/endpoints"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/internal/stack/stacktest"
 	"flotilla.dev/flotilla/libs/awsx"
 	"flotilla.dev/flotilla/libs/datadir"
 	"flotilla.dev/flotilla/libs/kms"
+	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
+	"flotilla.dev/flotilla/services/secrets"
 )
 
 // TestEnvConfigChoosesTheKMS: FLOTILLA_KMS_PROVIDER picks the local key
@@ -163,5 +170,63 @@ func TestOpenKMSKeepsThePreviousLocalKey(t *testing.T) {
 	}
 	if ecfg := stack.EmbeddedKMSConfig(&datadir.Settings{}, datadir.Dir("/data")); ecfg.KMSAWS != nil {
 		t.Fatal("no kms settings chose AWS")
+	}
+}
+
+// TestKMSOfACloudAccount: kms.cloudAccountId (FLOTILLA_KMS_AWS_CLOUD_ACCOUNT_ID)
+// takes the AWS key's region, endpoint and role from a cloud account. An
+// account with static keys is refused, naming the setting: the broker
+// keeps those keys sealed under this very KMS key. With an account of the
+// host's credentials, rewrap-secrets moves every data key under the AWS
+// key, and the stack's broker then unwraps with it: the provisioner reads
+// the static-key account's sealed key to verify it.
+func TestKMSOfACloudAccount(t *testing.T) {
+	// The host's credentials (moto accepts any): the environment's.
+	t.Setenv("AWS_ACCESS_KEY_ID", "testing")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "testing")
+	ctx := t.Context()
+	m := testkit.StartMoto(t)
+	sdk, err := awsx.Config(ctx, m.Account())
+	must(t, err)
+	out, err := awskms.NewFromConfig(sdk).CreateKey(ctx, &awskms.CreateKeyInput{KeyUsage: types.KeyUsageTypeEncryptDecrypt, KeySpec: types.KeySpecSymmetricDefault})
+	must(t, err)
+	arn := aws.ToString(out.KeyMetadata.Arn)
+
+	bus := testkit.SecureNATS(t)
+	db := testkit.NewDatabase(t)
+	keyFile := filepath.Join(t.TempDir(), "keys", "master.key")
+	st := stacktest.Start(t, stacktest.OnBus(stack.Config{DatabaseURL: db, KMSKeyFile: keyFile, CreateKMSKey: true}, bus))
+	gateway := rpc.NewClient(bus.Conn(t, subjects.Gateway), subjects.Gateway, 10*time.Second)
+	admin := rpc.As(vocab.User("admin"))
+	account := func(name string, creds *inventoryv1.AwsCredentials) string {
+		t.Helper()
+		acc, err := rpc.Call(ctx, gateway, endpoints.CloudAccountCreate, &inventoryv1.CreateCloudAccountRequest{CloudAccount: &inventoryv1.CloudAccount{
+			Name: name, Provider: "aws", Aws: &inventoryv1.AwsAccountSettings{Region: testkit.MotoRegion, EndpointUrl: m.URL, Credentials: creds}}}, admin)
+		must(t, err)
+		return acc.GetId()
+	}
+	hostCreds := account("kms-home", nil)
+	withKeys := account("with-keys", &inventoryv1.AwsCredentials{AccessKeyId: "AKIAEXAMPLEKEY0001", SecretAccessKey: "sealed-under-the-kms"})
+	stacktest.Stop(t, st)
+
+	env := func(acc string) map[string]string {
+		return map[string]string{"FLOTILLA_DATABASE_URL": db, "FLOTILLA_KMS_PROVIDER": "aws", "FLOTILLA_KMS_AWS_KEY_ID": arn,
+			"FLOTILLA_KMS_AWS_CLOUD_ACCOUNT_ID": acc, "FLOTILLA_KMS_KEY_FILE": keyFile}
+	}
+	_, _, err = stack.RewrapSecretsFromEnv(ctx, env(withKeys), secrets.RewrapOptions{})
+	if err == nil || !strings.Contains(err.Error(), "kms.cloudAccountId: ") || !strings.Contains(err.Error(), "static keys") {
+		t.Fatalf("KMS of an account with static keys: %v; want refused naming kms.cloudAccountId", err)
+	}
+	rep, keyID, err := stack.RewrapSecretsFromEnv(ctx, env(hostCreds), secrets.RewrapOptions{})
+	must(t, err)
+	if keyID != arn || rep.Rewrapped < 1 || rep.Remaining != 0 {
+		t.Fatalf("rewrap under the account's key: %+v under %s; want the sealed cloud key under %s", rep, keyID, arn)
+	}
+
+	stacktest.Start(t, stacktest.OnBus(stack.Config{DatabaseURL: db, KMSAWS: &stack.AWSKMS{KeyID: arn, CloudAccountID: hostCreds}}, bus))
+	v, err := rpc.Call(ctx, gateway, endpoints.CloudAccountVerify, &inventoryv1.VerifyCloudAccountRequest{Id: withKeys}, admin)
+	must(t, err)
+	if !v.GetOk() {
+		t.Errorf("verify with the key unwrapped by the account's KMS key: %q", v.GetMessage())
 	}
 }

@@ -68,8 +68,11 @@ type EnvConfig struct {
 	KMSAWSRegion      string `env:"FLOTILLA_KMS_AWS_REGION"`
 	KMSAWSEndpointURL string `env:"FLOTILLA_KMS_AWS_ENDPOINT_URL"`
 	KMSAWSRoleARN     string `env:"FLOTILLA_KMS_AWS_ROLE_ARN"`
-	CACertFile        string `env:"FLOTILLA_CA_CERT_FILE"`
-	CAKeyFile         string `env:"FLOTILLA_CA_KEY_FILE"`
+	// KMSAWSCloudAccountID takes region, endpoint and role from a cloud
+	// account instead (one without static keys).
+	KMSAWSCloudAccountID string `env:"FLOTILLA_KMS_AWS_CLOUD_ACCOUNT_ID"`
+	CACertFile           string `env:"FLOTILLA_CA_CERT_FILE"`
+	CAKeyFile            string `env:"FLOTILLA_CA_KEY_FILE"`
 	// SecretsManagerRegion (and SecretsManagerEndpointURL) is the AWS
 	// Secrets Manager the CA reads referenced certificate keys in, with the
 	// host's default credential chain.

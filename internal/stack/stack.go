@@ -504,6 +504,9 @@ func (d deps) ca(ctx context.Context, nc *nats.Conn) (runner, error) {
 
 func (d deps) secrets(ctx context.Context, nc *nats.Conn) (runner, error) {
 	c := d.cfg
+	if err := c.KMSAWS.resolveAccount(ctx, d.st.pool, "kms.cloudAccountId"); err != nil {
+		return runner{}, err
+	}
 	k, err := c.OpenKMS(ctx)
 	if err != nil {
 		return runner{}, err

@@ -27,6 +27,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/google/uuid"
 )
 
 // DefaultBasePort is the first of the consecutive ports Flotilla uses.
@@ -103,6 +105,10 @@ type KMSSettings struct {
 	EndpointURL string `json:"endpointUrl,omitempty"`
 	// RoleARN is a role to assume with the host's credentials.
 	RoleARN string `json:"roleArn,omitempty"`
+	// CloudAccountID takes region, endpoint and role from that cloud
+	// account instead (one signing in with the host's credentials or a
+	// role: static keys are kept sealed under this very key).
+	CloudAccountID string `json:"cloudAccountId,omitempty"`
 }
 
 // The KMS providers (KMSSettings.Provider).
@@ -116,15 +122,24 @@ func (k *KMSSettings) validate() []error {
 	var errs []error
 	switch k.Provider {
 	case "", KMSLocal:
-		if k.KeyID != "" || k.Region != "" || k.EndpointURL != "" || k.RoleARN != "" {
-			errs = append(errs, errors.New(`kms.keyId, kms.region, kms.endpointUrl, kms.roleArn: apply only when kms.provider is "aws"`))
+		if k.KeyID != "" || k.Region != "" || k.EndpointURL != "" || k.RoleARN != "" || k.CloudAccountID != "" {
+			errs = append(errs, errors.New(`kms.keyId, kms.region, kms.endpointUrl, kms.roleArn, kms.cloudAccountId: apply only when kms.provider is "aws"`))
 		}
 	case KMSAWS:
 		if k.KeyID == "" {
 			errs = append(errs, errors.New(`kms.keyId: is required when kms.provider is "aws" (a key id, key ARN or alias/NAME)`))
 		}
-		if k.Region == "" {
-			errs = append(errs, errors.New(`kms.region: is required when kms.provider is "aws"`))
+		if k.CloudAccountID != "" {
+			if _, err := uuid.Parse(k.CloudAccountID); err != nil {
+				errs = append(errs, fmt.Errorf("kms.cloudAccountId: %q is not a cloud account id (a UUID)", k.CloudAccountID))
+			}
+			for _, f := range []struct{ name, value string }{{"kms.region", k.Region}, {"kms.endpointUrl", k.EndpointURL}, {"kms.roleArn", k.RoleARN}} {
+				if f.value != "" {
+					errs = append(errs, fmt.Errorf("%s: comes from the cloud account kms.cloudAccountId names: leave it out", f.name))
+				}
+			}
+		} else if k.Region == "" {
+			errs = append(errs, errors.New(`kms.region: is required when kms.provider is "aws" (or kms.cloudAccountId)`))
 		}
 		if k.EndpointURL != "" {
 			if u, err := url.Parse(k.EndpointURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

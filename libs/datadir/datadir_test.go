@@ -73,6 +73,10 @@ func TestValidateNamesTheKMSSettings(t *testing.T) {
 		{KMSSettings{Provider: "aws"}, []string{"kms.keyId: is required", "kms.region: is required"}},
 		{KMSSettings{Provider: "aws", KeyID: "k", Region: "r", EndpointURL: "ftp://x", RoleARN: "role"}, []string{`kms.endpointUrl: "ftp://x"`, `kms.roleArn: "role" is not a role ARN`}},
 		{KMSSettings{Provider: "local", KeyID: "k"}, []string{`apply only when kms.provider is "aws"`}},
+		{KMSSettings{Provider: "local", CloudAccountID: "0190c1d2-0000-7000-8000-000000000001"}, []string{`apply only when kms.provider is "aws"`}},
+		{KMSSettings{Provider: "aws", KeyID: "k", CloudAccountID: "lab"}, []string{`kms.cloudAccountId: "lab" is not a cloud account id`}},
+		{KMSSettings{Provider: "aws", KeyID: "k", CloudAccountID: "0190c1d2-0000-7000-8000-000000000001", Region: "r", RoleARN: "arn:aws:iam::1:role/x"},
+			[]string{"kms.region: comes from the cloud account kms.cloudAccountId names", "kms.roleArn: comes from the cloud account"}},
 	} {
 		s := good
 		s.KMS = &c.kms

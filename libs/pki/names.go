@@ -18,7 +18,8 @@ const GatewayInstanceID = "agentgw"
 // InstanceServerNames are the names an instance's HTTPS server certificate
 // may carry, normalised (ParseServerName), without repeats: its SSL SANs
 // that CheckInstanceName accepts (reserved: the agent gateway's names), then
-// its private IP and private DNS name as its provider assigned them (on the
+// the addresses its provider and the network's DNS gave it: its DNS name
+// (hostname), public DNS name and IP, private IP and DNS name (on the
 // local provider, the host's loopback: such a certificate cannot pass for
 // the agent gateway, whose certificate comes from a CA of its own). The
 // agent gateway asks for these and the CA signs no other name, so an agent
@@ -34,7 +35,8 @@ func InstanceServerNames(inst *inventoryv1.Instance, reserved []string) []string
 		n, _, err := CheckInstanceName(raw, reserved)
 		add(n, err)
 	}
-	for _, raw := range []string{inst.GetAddresses().GetPrivateIp(), inst.GetAddresses().GetPrivateDns()} {
+	a := inst.GetAddresses()
+	for _, raw := range []string{a.GetHostname(), a.GetPublicDns(), a.GetPublicIp(), a.GetPrivateIp(), a.GetPrivateDns()} {
 		if raw != "" {
 			n, _, err := ParseServerName(raw)
 			add(n, err)

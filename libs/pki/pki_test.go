@@ -358,6 +358,14 @@ func TestInstanceNamesStayOffTheManagersHost(t *testing.T) {
 	if got := pki.InstanceServerNames(in, reserved); !slices.Equal(got, []string{"n.example.com", "127.0.0.1", "ip-10-0-0-5.internal"}) {
 		t.Errorf("instance server names %v", got)
 	}
+	// A cloud VM: its DNS record's name and public addresses too, so the
+	// node's URL (named after the first of them) verifies.
+	in.Addresses = &inventoryv1.Addresses{Hostname: "web-1.fleet.example", PublicDns: "ec2-3-4-5-6.compute.example", PublicIp: "3.4.5.6",
+		PrivateIp: "10.0.0.5", PrivateDns: "ip-10-0-0-5.internal"}
+	if got := pki.InstanceServerNames(in, reserved); !slices.Equal(got, []string{"n.example.com", "web-1.fleet.example",
+		"ec2-3-4-5-6.compute.example", "3.4.5.6", "10.0.0.5", "ip-10-0-0-5.internal"}) {
+		t.Errorf("instance server names %v", got)
+	}
 }
 
 func TestTheAgentGatewayHasACAOfItsOwn(t *testing.T) {

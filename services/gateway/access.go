@@ -45,7 +45,7 @@ var (
 // gateway serves under /api/, "METHOD /path" as the protos' google.api.http
 // rules (or the mux's pattern, for a route served only over REST) spell
 // it, to the least role allowed. A gRPC method is checked as the route of
-// its HTTP rule. The gateway refuses to start with a route the table does
+// its HTTP rule; one without (served over gRPC only) by its full name. The gateway refuses to start with a route the table does
 // not name, so a new endpoint cannot go unchecked; TestEveryRouteAndRole
 // calls every route with every role.
 var rules = map[string]access{
@@ -54,26 +54,27 @@ var rules = map[string]access{
 	"GET /api/v1/openapi.json": public,
 
 	// Every user: their own account and tokens, and reading the fleet.
-	"POST /api/v1/logout":                         {min: vocab.RoleViewer, pending: true},
-	"GET /api/v1/users/me":                        {min: vocab.RoleViewer, pending: true},
-	"POST /api/v1/users/me:change-password":       {min: vocab.RoleViewer, pending: true, session: true},
-	"POST /api/v1/tokens":                         {min: vocab.RoleViewer, session: true},
-	"GET /api/v1/tokens":                          viewer,
-	"DELETE /api/v1/tokens/{id}":                  viewer,
-	"GET /api/v1/networks":                        viewer,
-	"GET /api/v1/networks/{id}":                   viewer,
-	"GET /api/v1/templates":                       viewer,
-	"GET /api/v1/templates/{id}":                  viewer,
-	"GET /api/v1/instances":                       viewer,
-	"GET /api/v1/instances/{id}":                  viewer,
-	"GET /api/v1/instances/{id}/logs":             viewer,
-	"GET /api/v1/instances/{id}/events":           viewer,
-	"GET /api/v1/instances/{instance_id}/secrets": viewer, // names only, below operator (ListSecrets)
-	"GET /api/v1/cloud-accounts":                  viewer,
-	"GET /api/v1/cloud-accounts/{id}":             viewer,
-	"GET /api/v1/ca":                              viewer,
-	"GET /api/v1/ca/certificate":                  viewer,
-	"GET /api/v1/cluster":                         viewer,
+	"POST /api/v1/logout":                                       {min: vocab.RoleViewer, pending: true},
+	"GET /api/v1/users/me":                                      {min: vocab.RoleViewer, pending: true},
+	"POST /api/v1/users/me:change-password":                     {min: vocab.RoleViewer, pending: true, session: true},
+	"POST /api/v1/tokens":                                       {min: vocab.RoleViewer, session: true},
+	"GET /api/v1/tokens":                                        viewer,
+	"DELETE /api/v1/tokens/{id}":                                viewer,
+	"GET /api/v1/networks":                                      viewer,
+	"GET /api/v1/networks/{id}":                                 viewer,
+	"GET /api/v1/templates":                                     viewer,
+	"GET /api/v1/templates/{id}":                                viewer,
+	"GET /api/v1/instances":                                     viewer,
+	"GET /api/v1/instances/{id}":                                viewer,
+	"/flotilla.inventory.v1.InstanceService/FollowInstanceLogs": viewer, // gRPC only (REST: logs?follow=true)
+	"GET /api/v1/instances/{id}/logs":                           viewer,
+	"GET /api/v1/instances/{id}/events":                         viewer,
+	"GET /api/v1/instances/{instance_id}/secrets":               viewer, // names only, below operator (ListSecrets)
+	"GET /api/v1/cloud-accounts":                                viewer,
+	"GET /api/v1/cloud-accounts/{id}":                           viewer,
+	"GET /api/v1/ca":                                            viewer,
+	"GET /api/v1/ca/certificate":                                viewer,
+	"GET /api/v1/cluster":                                       viewer,
 
 	// Operators run the fleet.
 	"POST /api/v1/networks":                                 operator,

@@ -5,11 +5,11 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -40,26 +40,27 @@ var policy = map[string]string{
 	"POST /api/v1/login":       "public",
 	"GET /api/v1/openapi.json": "public",
 
-	"POST /api/v1/logout":                         "viewer",
-	"GET /api/v1/users/me":                        "viewer",
-	"POST /api/v1/users/me:change-password":       "viewer+session",
-	"POST /api/v1/tokens":                         "viewer+session",
-	"GET /api/v1/tokens":                          "viewer",
-	"DELETE /api/v1/tokens/{id}":                  "viewer",
-	"GET /api/v1/networks":                        "viewer",
-	"GET /api/v1/networks/{id}":                   "viewer",
-	"GET /api/v1/templates":                       "viewer",
-	"GET /api/v1/templates/{id}":                  "viewer",
-	"GET /api/v1/instances":                       "viewer",
-	"GET /api/v1/instances/{id}":                  "viewer",
-	"GET /api/v1/instances/{id}/logs":             "viewer",
-	"GET /api/v1/instances/{id}/events":           "viewer",
-	"GET /api/v1/instances/{instance_id}/secrets": "viewer",
-	"GET /api/v1/cloud-accounts":                  "viewer",
-	"GET /api/v1/cloud-accounts/{id}":             "viewer",
-	"GET /api/v1/ca":                              "viewer",
-	"GET /api/v1/ca/certificate":                  "viewer",
-	"GET /api/v1/cluster":                         "viewer",
+	"POST /api/v1/logout":                                       "viewer",
+	"GET /api/v1/users/me":                                      "viewer",
+	"POST /api/v1/users/me:change-password":                     "viewer+session",
+	"POST /api/v1/tokens":                                       "viewer+session",
+	"GET /api/v1/tokens":                                        "viewer",
+	"DELETE /api/v1/tokens/{id}":                                "viewer",
+	"GET /api/v1/networks":                                      "viewer",
+	"GET /api/v1/networks/{id}":                                 "viewer",
+	"GET /api/v1/templates":                                     "viewer",
+	"GET /api/v1/templates/{id}":                                "viewer",
+	"GET /api/v1/instances":                                     "viewer",
+	"GET /api/v1/instances/{id}":                                "viewer",
+	"GET /api/v1/instances/{id}/logs":                           "viewer",
+	"/flotilla.inventory.v1.InstanceService/FollowInstanceLogs": "viewer",
+	"GET /api/v1/instances/{id}/events":                         "viewer",
+	"GET /api/v1/instances/{instance_id}/secrets":               "viewer",
+	"GET /api/v1/cloud-accounts":                                "viewer",
+	"GET /api/v1/cloud-accounts/{id}":                           "viewer",
+	"GET /api/v1/ca":                                            "viewer",
+	"GET /api/v1/ca/certificate":                                "viewer",
+	"GET /api/v1/cluster":                                       "viewer",
 
 	"POST /api/v1/networks":                                 "operator",
 	"PATCH /api/v1/networks/{network.id}":                   "operator",
@@ -156,13 +157,9 @@ func TestEveryRouteAndRole(t *testing.T) {
 			t.Errorf("the access table names %s, which the gateway does not serve", k)
 		}
 	}
-	conn, err := grpc.NewClient(e.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn, _ := e.grpcConn(context.Background())
 	for _, r := range routes {
-		verb, path, _ := strings.Cut(r.Route, " ")
+		verb, path, rest := strings.Cut(r.Route, " ")
 		// Ids the API has never seen: an allowed call finds nothing (or
 		// refuses the empty body), a refused one never gets that far.
 		path = pathVariable.ReplaceAllStringFunc(path, func(v string) string {
@@ -175,6 +172,10 @@ func TestEveryRouteAndRole(t *testing.T) {
 			token := c.token
 			if strings.HasSuffix(r.Route, "/logout") {
 				token = c.login() // logging out ends the session
+			}
+			if !rest { // served over gRPC only
+				checkGRPC(t, conn, r, c, token)
+				continue
 			}
 			var body any
 			if verb != "GET" {
@@ -195,22 +196,30 @@ func TestEveryRouteAndRole(t *testing.T) {
 			if strings.HasSuffix(r.Route, "/logout") {
 				token = c.login()
 			}
-			err := invoke(t, conn, r.Method, token)
-			if c.allowed(r.Route) {
-				switch status.Code(err) {
-				case codes.PermissionDenied, codes.Unauthenticated:
-					t.Errorf("gRPC %s as %s: %v, want it allowed", r.Method, c.name, err)
-				case codes.Unknown, codes.Internal:
-					t.Errorf("gRPC %s as %s with an empty request: %v, want a Flotilla error", r.Method, c.name, err)
-				}
-			} else if status.Code(err) != codes.PermissionDenied {
-				t.Errorf("gRPC %s as %s: %v, want PermissionDenied", r.Method, c.name, err)
-			}
+			checkGRPC(t, conn, r, c, token)
 		}
 	}
 }
 
-// invoke calls a gRPC method with an empty request and the token.
+// checkGRPC calls the route's gRPC method as the caller: refused with
+// PermissionDenied exactly when the policy does not allow it.
+func checkGRPC(t *testing.T, conn *grpc.ClientConn, r gateway.RouteAccess, c caller, token string) {
+	t.Helper()
+	err := invoke(t, conn, r.Method, token)
+	if c.allowed(r.Route) {
+		switch status.Code(err) {
+		case codes.PermissionDenied, codes.Unauthenticated:
+			t.Errorf("gRPC %s as %s: %v, want it allowed", r.Method, c.name, err)
+		case codes.Unknown, codes.Internal:
+			t.Errorf("gRPC %s as %s with an empty request: %v, want a Flotilla error", r.Method, c.name, err)
+		}
+	} else if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("gRPC %s as %s: %v, want PermissionDenied", r.Method, c.name, err)
+	}
+}
+
+// invoke calls a gRPC method with an empty request and the token (a
+// server stream: until its first answer or error).
 func invoke(t *testing.T, conn *grpc.ClientConn, method, token string) error {
 	t.Helper()
 	service, name, _ := strings.Cut(strings.TrimPrefix(method, "/"), "/")
@@ -219,6 +228,21 @@ func invoke(t *testing.T, conn *grpc.ClientConn, method, token string) error {
 		t.Fatal(err)
 	}
 	md := d.(protoreflect.ServiceDescriptor).Methods().ByName(protoreflect.Name(name))
-	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token)
-	return conn.Invoke(ctx, method, dynamicpb.NewMessage(md.Input()), dynamicpb.NewMessage(md.Output()))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	if !md.IsStreamingServer() {
+		return conn.Invoke(ctx, method, dynamicpb.NewMessage(md.Input()), dynamicpb.NewMessage(md.Output()))
+	}
+	st, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, method)
+	if err == nil {
+		err = st.SendMsg(dynamicpb.NewMessage(md.Input()))
+	}
+	if err == nil {
+		err = st.CloseSend()
+	}
+	if err == nil {
+		err = st.RecvMsg(dynamicpb.NewMessage(md.Output()))
+	}
+	return err
 }

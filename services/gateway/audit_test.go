@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -43,11 +41,7 @@ func TestTheAuditTrail(t *testing.T) {
 	if code, out := e.as(olga, "POST", "/api/v1/instances/"+instanceID+"/secrets", reply{"name": "db-password", "value": secretValue}); code != 404 {
 		t.Fatalf("a secret for no instance: %d %v", code, out)
 	}
-	conn, err := grpc.NewClient(e.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn, _ := e.grpcConn(context.Background())
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+olga)
 	if _, err := inventoryv1.NewNetworkServiceClient(conn).DeleteNetwork(ctx, &inventoryv1.DeleteNetworkRequest{Id: netID}); err != nil {
 		t.Fatal(err)

@@ -274,7 +274,6 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, []string, error) {
 	})
 	root.HandleFunc("GET /api/v1/ca/certificate", g.caPEM)
 	root.HandleFunc("GET /api/v1/instances/{id}/logs", g.instanceLogs)
-	root.HandleFunc("GET /api/v1/instances/{id}/events", g.instanceEvents)
 	root.ServeMux.Handle("/api/", mux)
 	root.ServeMux.HandleFunc("/api", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) })
 	root.HandleFunc("GET /{$}", g.home)

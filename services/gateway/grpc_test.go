@@ -50,3 +50,15 @@ func TestTheSameAPIOverGRPC(t *testing.T) {
 		t.Fatalf("network made over gRPC, read over REST: %v", got)
 	}
 }
+
+// grpcConn is a gRPC connection to the gateway, closed when the test ends,
+// and ctx carrying the env's bearer token.
+func (e *env) grpcConn(ctx context.Context) (*grpc.ClientConn, context.Context) {
+	e.t.Helper()
+	conn, err := grpc.NewClient(e.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _ = conn.Close() })
+	return conn, metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+e.token)
+}

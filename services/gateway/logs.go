@@ -278,47 +278,106 @@ func decodeLogLine(data []byte) (*inventoryv1.InstanceLogLine, bool) {
 // itself, as server-sent events; otherwise through the REST mapping of
 // ListInstanceLogs, like every other route.
 func (g *Gateway) instanceLogs(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Query().Get("follow") != "true" {
+	q := r.URL.Query()
+	if q.Get("follow") != "true" {
 		g.mux.ServeHTTP(w, r)
 		return
 	}
-	ctx := r.Context()
-	id := r.PathValue("id")
-	if err := apierr.CheckID("id", id); err != nil {
-		g.writeError(w, r, err)
-		return
-	}
-	var since time.Time
-	if v := r.URL.Query().Get("since"); v != "" {
-		t, err := time.Parse(time.RFC3339, v)
-		if err != nil {
-			g.writeError(w, r, apierr.Invalid("since", "%q is not an RFC 3339 time such as 2026-01-02T15:04:05Z", v))
-			return
-		}
-		since = t
-	}
-	n := defaultFollowLines
-	if v := r.URL.Query().Get("lines"); v != "" {
-		var err error
-		if n, err = strconv.Atoi(v); err != nil || n < 1 || n > maxFollowLines {
+	req := &inventoryv1.ListInstanceLogsRequest{Id: r.PathValue("id"), Since: q.Get("since"), Follow: true}
+	if v := q.Get("lines"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxFollowLines {
 			g.writeError(w, r, apierr.Invalid("lines", "must be a number between 1 and %d", maxFollowLines))
 			return
 		}
+		req.Lines = int32(n)
 	}
 	for _, p := range []string{"pageSize", "pageToken", "order"} {
-		if r.URL.Query().Has(p) {
+		if q.Has(p) {
 			g.writeError(w, r, apierr.Invalid(p, "does not apply with follow=true: a follow starts with the newest lines (lines) or at since"))
 			return
 		}
 	}
-	if _, err := call(ctx, g, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id}); err != nil {
+	ctx := r.Context()
+	cons, err := g.openFollow(ctx, req)
+	if err != nil {
 		g.writeError(w, r, err)
 		return
 	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		g.writeError(w, r, errors.New("streaming unsupported"))
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	flusher.Flush()
+	_ = followLines(ctx, cons, func(l *inventoryv1.InstanceLogLine) error {
+		b, _ := protojson.Marshal(l)
+		if _, err := fmt.Fprintf(w, "id: %d\nevent: log\ndata: %s\n\n", l.GetSeq(), b); err != nil {
+			return err
+		}
+		flusher.Flush()
+		return nil
+	}, func() error {
+		if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
+			return err
+		}
+		flusher.Flush()
+		return nil
+	})
+}
+
+// FollowInstanceLogs is the gRPC form of a follow.
+func (s instanceServer) FollowInstanceLogs(r *inventoryv1.ListInstanceLogsRequest, stream inventoryv1.InstanceService_FollowInstanceLogsServer) error {
+	ctx := stream.Context()
+	for field, set := range map[string]bool{"pageSize": r.GetPageSize() != 0, "pageToken": r.GetPageToken() != "", "order": r.GetOrder() != ""} {
+		if set {
+			return apierr.GRPCStatus(ctx, s.g.log, apierr.Invalid(field, "does not apply to a follow: it starts with the newest lines (lines) or at since"))
+		}
+	}
+	cons, err := s.g.openFollow(ctx, r)
+	if err != nil {
+		return apierr.GRPCStatus(ctx, s.g.log, err)
+	}
+	err = followLines(ctx, cons, stream.Send, nil)
+	if ctx.Err() != nil {
+		return nil // the client went away
+	}
+	return err
+}
+
+// openFollow checks a follow's instance, since and lines, and opens an
+// ordered consumer of its log lines starting at since, or at the oldest of
+// the newest lines (200 when lines is 0), then going on with new ones.
+func (g *Gateway) openFollow(ctx context.Context, r *inventoryv1.ListInstanceLogsRequest) (jetstream.Consumer, error) {
+	id := r.GetId()
+	if err := apierr.CheckID("id", id); err != nil {
+		return nil, err
+	}
+	var since time.Time
+	if v := r.GetSince(); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return nil, apierr.Invalid("since", "%q is not an RFC 3339 time such as 2026-01-02T15:04:05Z", v)
+		}
+		since = t
+	}
+	n := int(r.GetLines())
+	if n < 0 || n > maxFollowLines {
+		return nil, apierr.Invalid("lines", "must be a number between 1 and %d (0 means %d)", maxFollowLines, defaultFollowLines)
+	}
+	if n == 0 {
+		n = defaultFollowLines
+	}
+	if _, err := call(ctx, g, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id}); err != nil {
+		return nil, err
+	}
 	stream, err := g.js.Stream(ctx, subjects.AgentLogsStream)
 	if err != nil {
-		g.writeError(w, r, apierr.Unavailable("the agent log stream is not available: %v", err))
-		return
+		return nil, apierr.Unavailable("the agent log stream is not available: %v", err)
 	}
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.AgentLogs(id)}}
 	if !since.IsZero() {
@@ -327,8 +386,7 @@ func (g *Gateway) instanceLogs(w http.ResponseWriter, r *http.Request) {
 		// Start n lines before the end: at the oldest of the newest n.
 		page, _, err := logReader{stream: stream, subject: subjects.AgentLogs(id)}.newestLines(ctx, logQuery{id: id, size: n})
 		if err != nil {
-			g.writeError(w, r, err)
-			return
+			return nil, err
 		}
 		if len(page) > 0 {
 			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, page[len(page)-1].seq
@@ -338,32 +396,21 @@ func (g *Gateway) instanceLogs(w http.ResponseWriter, r *http.Request) {
 	}
 	cons, err := stream.OrderedConsumer(ctx, cfg)
 	if err != nil {
-		g.writeError(w, r, fmt.Errorf("log consumer: %w", err))
-		return
+		return nil, fmt.Errorf("log consumer: %w", err)
 	}
-	g.followLogs(ctx, w, r, cons)
+	return cons, nil
 }
 
-// followLogs sends the consumer's lines as server-sent events until the
-// client goes away.
-func (g *Gateway) followLogs(ctx context.Context, w http.ResponseWriter, r *http.Request, cons jetstream.Consumer) {
-	flusher, ok := w.(http.Flusher)
-	if !ok {
-		g.writeError(w, r, errors.New("streaming unsupported"))
-		return
-	}
+// followLines hands each of the consumer's lines to send, the backlog
+// first, then new lines as they are stored, and calls keepalive (when not
+// nil) every 15 s without a line, until ctx ends or either fails.
+func followLines(ctx context.Context, cons jetstream.Consumer, send func(*inventoryv1.InstanceLogLine) error, keepalive func() error) error {
 	// One iterator serves the backlog and then new lines.
 	msgs, err := cons.Messages()
 	if err != nil {
-		g.writeError(w, r, fmt.Errorf("follow logs: %w", err))
-		return
+		return fmt.Errorf("follow logs: %w", err)
 	}
 	defer msgs.Stop()
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.Header().Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	flusher.Flush()
 	next := make(chan jetstream.Msg)
 	go func() {
 		defer close(next)
@@ -379,30 +426,29 @@ func (g *Gateway) followLogs(ctx context.Context, w http.ResponseWriter, r *http
 			}
 		}
 	}()
-	keepalive := time.NewTicker(15 * time.Second)
-	defer keepalive.Stop()
+	tick := time.NewTicker(15 * time.Second)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return
-		case <-keepalive.C:
-			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
-				return
+			return ctx.Err()
+		case <-tick.C:
+			if keepalive != nil {
+				if err := keepalive(); err != nil {
+					return err
+				}
 			}
-			flusher.Flush()
 		case m, ok := <-next:
 			if !ok {
-				return
+				return nil
 			}
 			l, ok := decodeLogLine(m.Data())
 			if !ok {
 				continue
 			}
-			b, _ := protojson.Marshal(l)
-			if _, err := fmt.Fprintf(w, "id: %d\nevent: log\ndata: %s\n\n", l.GetSeq(), b); err != nil {
-				return
+			if err := send(l); err != nil {
+				return err
 			}
-			flusher.Flush()
 		}
 	}
 }

@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -10,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/testkit"
 )
@@ -153,5 +158,94 @@ func TestFollowingLogsStartsWithTheNewestAndGoesOn(t *testing.T) {
 	}
 	if strings.Join(ids, ",") != "49,50,51" {
 		t.Fatalf("followed lines %v, want the newest two (49, 50) then the new one (51)", ids)
+	}
+}
+
+// TestFollowingLogsOverGRPC: FollowInstanceLogs streams the newest lines,
+// then new ones, to a gRPC client; paging settings are refused, naming
+// the field.
+func TestFollowingLogsOverGRPC(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	id := e.instance("followed-grpc", e.template("t"), e.network("n"))["id"].(string)
+	e.storeLogs(id, 1, 20)
+	conn, authed := e.grpcConn(t.Context())
+	ctx, cancel := context.WithTimeout(authed, 30*time.Second)
+	defer cancel()
+	instances := inventoryv1.NewInstanceServiceClient(conn)
+	stream, err := instances.FollowInstanceLogs(ctx, &inventoryv1.ListInstanceLogsRequest{Id: id, Lines: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []string
+	for len(seqs) < 4 {
+		l, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("after %v: %v", seqs, err)
+		}
+		seqs = append(seqs, strconv.FormatUint(l.GetSeq(), 10))
+		if len(seqs) == 3 {
+			e.storeLogs(id, 21, 21)
+		}
+	}
+	if strings.Join(seqs, ",") != "18,19,20,21" {
+		t.Fatalf("followed %v, want the newest three then the new one", seqs)
+	}
+	bad, err := instances.FollowInstanceLogs(ctx, &inventoryv1.ListInstanceLogsRequest{Id: id, PageSize: 10})
+	if err == nil {
+		_, err = bad.Recv()
+	}
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "pageSize") {
+		t.Errorf("a follow with pageSize: %v; want invalid, naming pageSize", err)
+	}
+	anon, err := instances.FollowInstanceLogs(context.Background(), &inventoryv1.ListInstanceLogsRequest{Id: id})
+	if err == nil {
+		_, err = anon.Recv()
+	}
+	if status.Code(err) != codes.Unauthenticated {
+		t.Errorf("a follow without a token: %v", err)
+	}
+}
+
+// TestEventsArePagedOverRESTAndGRPC: the timeline is a declared list like
+// the others: pageSize and nextPageToken walk it, oldest first, and gRPC
+// answers the same.
+func TestEventsArePagedOverRESTAndGRPC(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	in := e.instance("timeline", e.template("t"), e.network("n"))
+	id := in["id"].(string)
+	version := in["version"].(string)
+	for i := range 4 {
+		got := e.must(200, "PATCH", "/api/v1/instances/"+id, map[string]any{"version": version, "name": fmt.Sprintf("timeline-%d", i)})
+		version = got["version"].(string)
+	}
+	var types []string
+	token, pages := "", 0
+	for {
+		page := e.must(200, "GET", "/api/v1/instances/"+id+"/events?pageSize=2&pageToken="+token, nil)
+		pages++
+		for _, x := range page["events"].([]any) {
+			types = append(types, x.(reply)["type"].(string))
+		}
+		if token, _ = page["nextPageToken"].(string); token == "" || pages > 10 {
+			break
+		}
+	}
+	want := "instance.created,instance.updated,instance.updated,instance.updated,instance.updated"
+	if strings.Join(types, ",") != want || pages != 3 {
+		t.Fatalf("timeline over %d pages: %v; want %s over 3", pages, types, want)
+	}
+	if code := e.call("GET", "/api/v1/instances/"+id+"/events?pageSize=20000", nil, &reply{}, ""); code != 400 {
+		t.Errorf("pageSize 20000: %d, want 400", code)
+	}
+
+	conn, ctx := e.grpcConn(t.Context())
+	resp, err := inventoryv1.NewInstanceServiceClient(conn).ListInstanceEvents(ctx, &inventoryv1.ListInstanceEventsRequest{Id: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetEvents()) != 5 || resp.GetEvents()[0].GetEntityId() != id || resp.GetNextPageToken() != "" {
+		t.Errorf("over gRPC: %d events, next %q", len(resp.GetEvents()), resp.GetNextPageToken())
 	}
 }

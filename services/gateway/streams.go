@@ -2,24 +2,21 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
+	"encoding/base64"
 	"fmt"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
-)
-
-// Limits of the log and event endpoints.
-const (
-	maxEvents = 10000
 )
 
 // caPEM serves GET /api/v1/ca/certificate: the fleet CA certificate as a PEM
@@ -35,67 +32,87 @@ func (g *Gateway) caPEM(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write([]byte(c.GetCertificatePem()))
 }
 
-// instanceEvents answers GET /api/v1/instances/{id}/events[?since=RFC3339]:
-// the instance's timeline replayed from the events stream, oldest first. It
-// works for deleted instances too: history is kept.
-func (g *Gateway) instanceEvents(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+// Limits of ListInstanceEvents' pages.
+const (
+	defaultEventPageSize = 1000
+	maxEventPageSize     = 10000
+)
+
+// ListInstanceEvents pages through the instance's timeline.
+func (s instanceServer) ListInstanceEvents(ctx context.Context, r *inventoryv1.ListInstanceEventsRequest) (*inventoryv1.ListInstanceEventsResponse, error) {
+	resp, err := s.g.listEvents(ctx, r)
+	if err != nil {
+		return nil, apierr.GRPCStatus(ctx, s.g.log, err)
+	}
+	return resp, nil
+}
+
+// listEvents replays a page of the instance's events from the events
+// stream, oldest first. A page token is "events:<seq>" (base64url): the
+// stream sequence the next page starts at.
+func (g *Gateway) listEvents(ctx context.Context, r *inventoryv1.ListInstanceEventsRequest) (*inventoryv1.ListInstanceEventsResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	id := r.PathValue("id")
+	id := r.GetId()
 	if err := apierr.CheckID("id", id); err != nil {
-		g.writeError(w, r, err)
-		return
+		return nil, err
+	}
+	size := int(r.GetPageSize())
+	if size < 0 || size > maxEventPageSize {
+		return nil, apierr.Invalid("pageSize", "%d is out of range: must be between 1 and %d (0 means %d)", size, maxEventPageSize, defaultEventPageSize)
+	}
+	if size == 0 {
+		size = defaultEventPageSize
 	}
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.EntityEvents(subjects.NounInstance, id)}}
-	if v := r.URL.Query().Get("since"); v != "" {
+	if v := r.GetSince(); v != "" {
 		since, err := time.Parse(time.RFC3339, v)
 		if err != nil {
-			g.writeError(w, r, apierr.Invalid("since", "%q is not an RFC 3339 time such as 2026-01-02T15:04:05Z", v))
-			return
+			return nil, apierr.Invalid("since", "%q is not an RFC 3339 time such as 2026-01-02T15:04:05Z", v)
 		}
 		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
 	}
+	if v := r.GetPageToken(); v != "" {
+		raw, err := base64.RawURLEncoding.DecodeString(v)
+		num, ok := strings.CutPrefix(string(raw), "events:")
+		seq, perr := strconv.ParseUint(num, 10, 64)
+		if err != nil || !ok || perr != nil || seq == 0 {
+			return nil, apierr.Invalid("pageToken", "is not a token from a previous response")
+		}
+		// The token carries on where its page ended, since or not.
+		cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = jetstream.DeliverByStartSequencePolicy, seq, nil
+	}
 	stream, err := g.js.Stream(ctx, subjects.EventsStream)
 	if err != nil {
-		g.writeError(w, r, apierr.Unavailable("the events stream is not available: %v", err))
-		return
+		return nil, apierr.Unavailable("the events stream is not available: %v", err)
 	}
 	cons, err := stream.OrderedConsumer(ctx, cfg)
 	if err != nil {
-		g.writeError(w, r, fmt.Errorf("events consumer: %w", err))
-		return
+		return nil, fmt.Errorf("events consumer: %w", err)
 	}
-	var out []json.RawMessage
-	for len(out) < maxEvents {
-		batch, err := cons.FetchNoWait(500)
+	resp := &inventoryv1.ListInstanceEventsResponse{}
+	var last uint64
+	for len(resp.Events) < size {
+		batch, err := cons.FetchNoWait(min(500, size-len(resp.Events)))
 		if err != nil {
-			g.writeError(w, r, fmt.Errorf("read events: %w", err))
-			return
+			return nil, fmt.Errorf("read events: %w", err)
 		}
 		got := 0
 		for m := range batch.Messages() {
 			got++
-			ev, err := bus.DecodeEvent(m.Data())
-			if err != nil {
-				continue
+			if md, err := m.Metadata(); err == nil {
+				last = md.Sequence.Stream
 			}
-			b, err := protojson.Marshal(ev)
-			if err != nil {
-				continue
+			if ev, err := bus.DecodeEvent(m.Data()); err == nil {
+				resp.Events = append(resp.Events, ev)
 			}
-			out = append(out, b)
 		}
 		if got == 0 {
 			break
 		}
 	}
-	if out == nil {
-		out = []json.RawMessage{}
+	if len(resp.Events) == size && last > 0 {
+		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte("events:" + strconv.FormatUint(last+1, 10)))
 	}
-	writeJSON(w, map[string]any{"events": out})
-}
-
-func writeJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(v)
+	return resp, nil
 }

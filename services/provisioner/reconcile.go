@@ -151,12 +151,26 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 		Bootstrap: driver.Bootstrap{GatewayAddr: s.d.AgentGatewayAddr, JoinToken: token.GetToken(), CAPEM: pki.AgentBundle(caCert),
 			AgentURL: s.d.AgentURL, AgentSHA256: s.d.AgentSHA256, ManagerVersion: s.d.Version},
 		Network: place, InstanceProfile: tmpl.GetInstanceProfile(), SSHKeyName: tmpl.GetSshKeyName(),
+		Launched: func(ctx context.Context, cloudID string) error {
+			if cloudID == vmID {
+				return nil
+			}
+			// The cloud's id replaces the one chosen at once: the VM's
+			// agent may join while the VM is still being set up.
+			r := step(id, vocab.StateProvisioning, vocab.StepLaunchingVM)
+			r.VmId = cloudID
+			if _, err := s.record(ctx, r); err != nil {
+				return err
+			}
+			vmID = cloudID
+			return nil
+		},
 	})
 	if err != nil {
 		return fail(vocab.StepLaunchingVM, err)
 	}
 	failpoint.Hit("provisioner.vm-launched")
-	addrs := &inventoryv1.Addresses{PrivateIp: vm.PrivateIP, PrivateDns: vm.PrivateDNS, PublicIp: vm.PublicIP, PublicDns: vm.PublicDNS}
+	addrs := &inventoryv1.Addresses{PrivateIp: vm.PrivateIP, PrivateDns: vm.PrivateDNS, PublicIp: vm.PublicIP, PublicDns: vm.PublicDNS, Hostname: vm.Hostname}
 	if in.GetAddresses().GetUrl() != "" && in.GetVmId() == vm.ID {
 		addrs.Url = in.GetAddresses().GetUrl()
 	}

@@ -94,6 +94,12 @@ type VMSpec struct {
 	InstanceProfile string
 	// SSHKeyName is the key pair an operator logs in with (aws; optional).
 	SSHKeyName string
+	// Launched, when set, is told the cloud's own id of the VM as soon as
+	// the cloud has it (launched or found again), before EnsureVM waits for
+	// it to run: the VM may boot and its agent join before EnsureVM
+	// returns, and the agent's certificate names the VM id the instance
+	// has recorded then. An error ends EnsureVM.
+	Launched func(ctx context.Context, cloudID string) error
 }
 
 // Bootstrap is what a new VM's agent starts with.
@@ -112,6 +118,11 @@ type Bootstrap struct {
 	AgentSHA256 string
 	// ManagerVersion is the manager's version, which the agent's matches.
 	ManagerVersion string
+	// DataDevices are the names the data disk's block device may have on
+	// the VM (the driver knows them: EBS volumes appear under their volume
+	// id on NVMe instances, at the attachment's device name on others).
+	// The agent formats the disk when it is empty and mounts it.
+	DataDevices []string
 }
 
 // VM is a launched VM.

@@ -58,6 +58,13 @@ const (
 // DataDevice is where the data disk is attached.
 const DataDevice = "/dev/sdf"
 
+// DataDevices are the names the data disk attached at DataDevice has on
+// the VM: on NVMe instances (Nitro) the volume appears under its id
+// without the dash, on others at the device name (or its xvd alias).
+func DataDevices(volumeID string) []string {
+	return []string{"/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_" + strings.ReplaceAll(volumeID, "-", ""), DataDevice, "/dev/xvdf"}
+}
+
 // DefaultNodePort is the node software's port when the network names none.
 const DefaultNodePort = 443
 
@@ -339,6 +346,11 @@ func (d *Driver) EnsureVM(ctx context.Context, spec driver.VMSpec) (driver.VM, e
 		d.cfg.Log.InfoContext(ctx, "EC2 instance found; adopting it", "vm", spec.ID, "instance", awssdk.ToString(inst.InstanceId))
 	}
 	iid := awssdk.ToString(inst.InstanceId)
+	if spec.Launched != nil {
+		if err := spec.Launched(ctx, iid); err != nil {
+			return driver.VM{}, err
+		}
+	}
 	vmTag := tag(inst.Tags, TagVMID)
 	if vmTag == "" {
 		vmTag = spec.ID
@@ -378,6 +390,16 @@ func (d *Driver) launch(ctx context.Context, spec driver.VMSpec) (*types.Instanc
 	}
 	if spec.Network.SubnetID == "" {
 		errs = append(errs, errors.New("network.aws.subnetId: is required for aws"))
+	}
+	if spec.DiskID != "" {
+		vol, err := d.findVolume(ctx, spec.DiskID)
+		if err != nil {
+			return nil, err
+		}
+		if vol == nil {
+			return nil, fmt.Errorf("launch vm %s: data disk %s does not exist", spec.ID, spec.DiskID)
+		}
+		spec.Bootstrap.DataDevices = DataDevices(awssdk.ToString(vol.VolumeId))
 	}
 	userData, err := bootstrap.Script(spec)
 	if err != nil {

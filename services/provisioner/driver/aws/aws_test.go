@@ -211,6 +211,16 @@ func TestLifecycle(t *testing.T) {
 	}
 
 	spec := c.vmSpec("vm-1", "inst-1", disk.ID)
+	// The EC2 id is told at once, before the VM is waited for and set up
+	// (the volume attached): its agent may join meanwhile.
+	var launched []string
+	spec.Launched = func(_ context.Context, iid string) error {
+		launched = append(launched, iid)
+		if v := c.volume(t, disk.ID); len(v.Attachments) != 0 {
+			t.Errorf("Launched(%s) told after the volume was attached", iid)
+		}
+		return nil
+	}
 	vm, err := d.EnsureVM(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
@@ -218,6 +228,10 @@ func TestLifecycle(t *testing.T) {
 	if !strings.HasPrefix(vm.ID, "i-") || vm.PrivateIP == "" || vm.PublicIP == "" || vm.Hostname != "web-1.fleet.example" {
 		t.Fatalf("EnsureVM = %+v; want an instance id, both addresses and its host name", vm)
 	}
+	if len(launched) != 1 || launched[0] != vm.ID {
+		t.Errorf("Launched told %v, want %s once", launched, vm.ID)
+	}
+	spec.Launched = nil
 	checkRunning(t, c, vm, disk.ID, spec)
 
 	// Again, by the recorded instance id and by the VM id: the same VM.
@@ -519,7 +533,7 @@ func playVM(t *testing.T, c *cloud, iid, vmID string) {
 	if err != nil {
 		t.Fatalf("the agent was not started: %v", err)
 	}
-	for _, want := range []string{"--gateway\nagents.fleet.example:7702\n", "--token-file\n" + root + bootstrap.TokenFile + "\n", "--vm-id\n" + vmID + "\n"} {
+	for _, want := range []string{"--gateway\nagents.fleet.example:7702\n", "--token-file\n" + root + bootstrap.TokenFile + "\n", "--vm-id\n" + vmID + "\n", "--data-device\n" + root + awsdriver.DataDevice + "\n"} {
 		if !strings.Contains(string(args), want) {
 			t.Errorf("agent arguments lack %q:\n%s", want, args)
 		}

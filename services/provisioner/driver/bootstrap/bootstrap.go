@@ -65,6 +65,13 @@ func Script(spec driver.VMSpec) (string, error) {
 	if spec.ID == "" {
 		errs = append(errs, errors.New("vm.id: is required"))
 	}
+	var devices []string
+	for _, d := range b.DataDevices {
+		if !strings.HasPrefix(d, "/dev/") {
+			errs = append(errs, fmt.Errorf("bootstrap.dataDevices: %q is not a path under /dev", d))
+		}
+		devices = append(devices, quote(d))
+	}
 	if spec.DiskSizeGB <= 0 {
 		errs = append(errs, fmt.Errorf("vm.diskSizeGb: %d is not a positive size", spec.DiskSizeGB))
 	}
@@ -72,8 +79,9 @@ func Script(spec driver.VMSpec) (string, error) {
 		return "", err
 	}
 	var out bytes.Buffer
-	err := script.Execute(&out, map[string]string{
-		"AgentURL": quote(b.AgentURL), "SHA256": quote(strings.ToLower(b.AgentSHA256)),
+	err := script.Execute(&out, map[string]any{
+		"DataDevices": devices,
+		"AgentURL":    quote(b.AgentURL), "SHA256": quote(strings.ToLower(b.AgentSHA256)),
 		"Version": quote(b.ManagerVersion), "Gateway": quote(b.GatewayAddr), "VMID": quote(spec.ID),
 		"DiskGB": quote(strconv.Itoa(int(spec.DiskSizeGB))), "Token": quote(b.JoinToken), "CA": quote(b.CAPEM),
 		"Metadata":  metadataURL,
@@ -182,6 +190,9 @@ umask 022
 
 set -- --gateway "$GATEWAY" --ca-file "$CA_FILE" --token-file "$TOKEN_FILE" \
 	--state-dir "$STATE_DIR" --data-dir "$DATA_DIR" --data-disk-gb "$DATA_DISK_GB" --vm-id "$VM_ID"
+{{- range .DataDevices}}
+set -- "$@" --data-device "$ROOT"{{.}}
+{{- end}}
 
 # The unit starts the agent at every boot and again whenever it stops.
 {

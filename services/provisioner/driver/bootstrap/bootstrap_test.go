@@ -40,7 +40,8 @@ func serveAgent(t *testing.T) (url, sum string) {
 func spec(url, sum string) driver.VMSpec {
 	return driver.VMSpec{ID: "vm-1234", DiskSizeGB: 20, Bootstrap: driver.Bootstrap{
 		GatewayAddr: "agents.fleet.example:7702", JoinToken: "fjt_it's-secret", CAPEM: testCA,
-		AgentURL: url, AgentSHA256: sum, ManagerVersion: "v1.2.3"}}
+		AgentURL: url, AgentSHA256: sum, ManagerVersion: "v1.2.3",
+		DataDevices: []string{"/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0abc", "/dev/sdf"}}}
 }
 
 func run(t *testing.T, script, root, out string) ([]byte, error) {
@@ -75,7 +76,8 @@ func TestScriptInstallsAndStartsTheAgent(t *testing.T) {
 	}
 	want := []string{"--gateway", "agents.fleet.example:7702", "--ca-file", root + bootstrap.CAFile,
 		"--token-file", root + bootstrap.TokenFile, "--state-dir", root + bootstrap.StateDir,
-		"--data-dir", root + bootstrap.DataDir, "--data-disk-gb", "20", "--vm-id", "vm-1234"}
+		"--data-dir", root + bootstrap.DataDir, "--data-disk-gb", "20", "--vm-id", "vm-1234",
+		"--data-device", root + "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0abc", "--data-device", root + "/dev/sdf"}
 	if got := strings.Fields(string(args)); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("agent arguments\n%q\nwant\n%q", got, want)
 	}
@@ -135,11 +137,11 @@ func TestScriptRefusesAWrongChecksum(t *testing.T) {
 
 func TestScriptNamesMissingFields(t *testing.T) {
 	t.Parallel()
-	_, err := bootstrap.Script(driver.VMSpec{ID: "vm-1", DiskSizeGB: 1, Bootstrap: driver.Bootstrap{AgentURL: "ftp://x", AgentSHA256: "12"}})
+	_, err := bootstrap.Script(driver.VMSpec{ID: "vm-1", DiskSizeGB: 1, Bootstrap: driver.Bootstrap{AgentURL: "ftp://x", AgentSHA256: "12", DataDevices: []string{"sdf"}}})
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, field := range []string{"bootstrap.agentUrl", "bootstrap.agentSha256", "bootstrap.gatewayAddr", "bootstrap.joinToken", "bootstrap.caPem"} {
+	for _, field := range []string{"bootstrap.agentUrl", "bootstrap.agentSha256", "bootstrap.gatewayAddr", "bootstrap.joinToken", "bootstrap.caPem", "bootstrap.dataDevices"} {
 		if !strings.Contains(err.Error(), field) {
 			t.Errorf("error does not name %s: %v", field, err)
 		}

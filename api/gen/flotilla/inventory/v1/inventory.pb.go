@@ -7,6 +7,7 @@
 package inventoryv1
 
 import (
+	v1 "flotilla.dev/flotilla/api/gen/flotilla/events/v1"
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -1404,6 +1405,130 @@ func (x *ListInstanceLogsResponse) GetNextPageToken() string {
 	return ""
 }
 
+type ListInstanceEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Only events at or after this time (RFC 3339, e.g. 2026-01-02T15:04:05Z).
+	Since string `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	// Maximum number of events, 1-10000; 0 means 1000.
+	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Token from a previous response's next_page_token.
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInstanceEventsRequest) Reset() {
+	*x = ListInstanceEventsRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInstanceEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInstanceEventsRequest) ProtoMessage() {}
+
+func (x *ListInstanceEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInstanceEventsRequest.ProtoReflect.Descriptor instead.
+func (*ListInstanceEventsRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListInstanceEventsRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ListInstanceEventsRequest) GetSince() string {
+	if x != nil {
+		return x.Since
+	}
+	return ""
+}
+
+func (x *ListInstanceEventsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListInstanceEventsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListInstanceEventsResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Events []*v1.Event            `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInstanceEventsResponse) Reset() {
+	*x = ListInstanceEventsResponse{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInstanceEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInstanceEventsResponse) ProtoMessage() {}
+
+func (x *ListInstanceEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInstanceEventsResponse.ProtoReflect.Descriptor instead.
+func (*ListInstanceEventsResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ListInstanceEventsResponse) GetEvents() []*v1.Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *ListInstanceEventsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 // InstanceLogLine is one line of an instance's log output.
 type InstanceLogLine struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1420,7 +1545,7 @@ type InstanceLogLine struct {
 
 func (x *InstanceLogLine) Reset() {
 	*x = InstanceLogLine{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[26]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +1557,7 @@ func (x *InstanceLogLine) String() string {
 func (*InstanceLogLine) ProtoMessage() {}
 
 func (x *InstanceLogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[26]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +1570,7 @@ func (x *InstanceLogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceLogLine.ProtoReflect.Descriptor instead.
 func (*InstanceLogLine) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{26}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *InstanceLogLine) GetSeq() uint64 {
@@ -1486,7 +1611,7 @@ type UpdateInstanceRequest struct {
 
 func (x *UpdateInstanceRequest) Reset() {
 	*x = UpdateInstanceRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[27]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1498,7 +1623,7 @@ func (x *UpdateInstanceRequest) String() string {
 func (*UpdateInstanceRequest) ProtoMessage() {}
 
 func (x *UpdateInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[27]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1511,7 +1636,7 @@ func (x *UpdateInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateInstanceRequest.ProtoReflect.Descriptor instead.
 func (*UpdateInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{27}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UpdateInstanceRequest) GetInstance() *Instance {
@@ -1538,7 +1663,7 @@ type DeleteInstanceRequest struct {
 
 func (x *DeleteInstanceRequest) Reset() {
 	*x = DeleteInstanceRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[28]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1550,7 +1675,7 @@ func (x *DeleteInstanceRequest) String() string {
 func (*DeleteInstanceRequest) ProtoMessage() {}
 
 func (x *DeleteInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[28]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1563,7 +1688,7 @@ func (x *DeleteInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteInstanceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{28}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteInstanceRequest) GetId() string {
@@ -1590,7 +1715,7 @@ type InstanceActionRequest struct {
 
 func (x *InstanceActionRequest) Reset() {
 	*x = InstanceActionRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[29]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1602,7 +1727,7 @@ func (x *InstanceActionRequest) String() string {
 func (*InstanceActionRequest) ProtoMessage() {}
 
 func (x *InstanceActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[29]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1615,7 +1740,7 @@ func (x *InstanceActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceActionRequest.ProtoReflect.Descriptor instead.
 func (*InstanceActionRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{29}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *InstanceActionRequest) GetId() string {
@@ -1638,7 +1763,7 @@ type CreateInstanceJoinTokenRequest struct {
 
 func (x *CreateInstanceJoinTokenRequest) Reset() {
 	*x = CreateInstanceJoinTokenRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[30]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1650,7 +1775,7 @@ func (x *CreateInstanceJoinTokenRequest) String() string {
 func (*CreateInstanceJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateInstanceJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[30]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1663,7 +1788,7 @@ func (x *CreateInstanceJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateInstanceJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateInstanceJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{30}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CreateInstanceJoinTokenRequest) GetId() string {
@@ -1702,7 +1827,7 @@ type InstanceJoinToken struct {
 
 func (x *InstanceJoinToken) Reset() {
 	*x = InstanceJoinToken{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[31]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1714,7 +1839,7 @@ func (x *InstanceJoinToken) String() string {
 func (*InstanceJoinToken) ProtoMessage() {}
 
 func (x *InstanceJoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[31]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1727,7 +1852,7 @@ func (x *InstanceJoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceJoinToken.ProtoReflect.Descriptor instead.
 func (*InstanceJoinToken) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{31}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *InstanceJoinToken) GetInstanceId() string {
@@ -1784,7 +1909,7 @@ type LifecycleRequest struct {
 
 func (x *LifecycleRequest) Reset() {
 	*x = LifecycleRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +1921,7 @@ func (x *LifecycleRequest) String() string {
 func (*LifecycleRequest) ProtoMessage() {}
 
 func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +1934,7 @@ func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LifecycleRequest.ProtoReflect.Descriptor instead.
 func (*LifecycleRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{32}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *LifecycleRequest) GetId() string {
@@ -1850,7 +1975,7 @@ type RecordStateRequest struct {
 
 func (x *RecordStateRequest) Reset() {
 	*x = RecordStateRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1862,7 +1987,7 @@ func (x *RecordStateRequest) String() string {
 func (*RecordStateRequest) ProtoMessage() {}
 
 func (x *RecordStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1875,7 +2000,7 @@ func (x *RecordStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordStateRequest.ProtoReflect.Descriptor instead.
 func (*RecordStateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{33}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RecordStateRequest) GetId() string {
@@ -1952,7 +2077,7 @@ var File_flotilla_inventory_v1_inventory_proto protoreflect.FileDescriptor
 
 const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\n" +
-	"%flotilla/inventory/v1/inventory.proto\x12\x15flotilla.inventory.v1\x1a%flotilla/inventory/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n" +
+	"%flotilla/inventory/v1/inventory.proto\x12\x15flotilla.inventory.v1\x1a\x1fflotilla/events/v1/events.proto\x1a%flotilla/inventory/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n" +
 	"\x14CreateNetworkRequest\x128\n" +
 	"\anetwork\x18\x01 \x01(\v2\x1e.flotilla.inventory.v1.NetworkR\anetwork\"#\n" +
 	"\x11GetNetworkRequest\x12\x0e\n" +
@@ -2039,6 +2164,15 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x05lines\x18\a \x01(\x05R\x05lines\"\x80\x01\n" +
 	"\x18ListInstanceLogsResponse\x12<\n" +
 	"\x05lines\x18\x01 \x03(\v2&.flotilla.inventory.v1.InstanceLogLineR\x05lines\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"}\n" +
+	"\x19ListInstanceEventsRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05since\x18\x02 \x01(\tR\x05since\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"w\n" +
+	"\x1aListInstanceEventsResponse\x121\n" +
+	"\x06events\x18\x01 \x03(\v2\x19.flotilla.events.v1.EventR\x06events\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x7f\n" +
 	"\x0fInstanceLogLine\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
@@ -2101,7 +2235,7 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\vGetTemplate\x12).flotilla.inventory.v1.GetTemplateRequest\x1a\x1f.flotilla.inventory.v1.Template\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/templates/{id}\x12\x85\x01\n" +
 	"\rListTemplates\x12+.flotilla.inventory.v1.ListTemplatesRequest\x1a,.flotilla.inventory.v1.ListTemplatesResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/templates\x12\x92\x01\n" +
 	"\x0eUpdateTemplate\x12,.flotilla.inventory.v1.UpdateTemplateRequest\x1a\x1f.flotilla.inventory.v1.Template\"1\x82\xd3\xe4\x93\x02+:\btemplate2\x1f/api/v1/templates/{template.id}\x12v\n" +
-	"\x0eDeleteTemplate\x12,.flotilla.inventory.v1.DeleteTemplateRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/templates/{id}2\xd1\f\n" +
+	"\x0eDeleteTemplate\x12,.flotilla.inventory.v1.DeleteTemplateRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/templates/{id}2\xe4\x0e\n" +
 	"\x0fInstanceService\x12\x84\x01\n" +
 	"\x0eCreateInstance\x12,.flotilla.inventory.v1.CreateInstanceRequest\x1a\x1f.flotilla.inventory.v1.Instance\"#\x82\xd3\xe4\x93\x02\x1d:\binstance\"\x11/api/v1/instances\x12y\n" +
 	"\vGetInstance\x12).flotilla.inventory.v1.GetInstanceRequest\x1a\x1f.flotilla.inventory.v1.Instance\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/instances/{id}\x12\x85\x01\n" +
@@ -2112,7 +2246,9 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x13DeprovisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/api/v1/instances/{id}:deprovision\x12\x93\x01\n" +
 	"\x13ReprovisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/api/v1/instances/{id}:reprovision\x12\x9a\x01\n" +
 	"\x12RefreshCertificate\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"5\x82\xd3\xe4\x93\x02/:\x01*\"*/api/v1/instances/{id}:refresh-certificate\x12\x98\x01\n" +
-	"\x10ListInstanceLogs\x12..flotilla.inventory.v1.ListInstanceLogsRequest\x1a/.flotilla.inventory.v1.ListInstanceLogsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/api/v1/instances/{id}/logs\x12\xa7\x01\n" +
+	"\x10ListInstanceLogs\x12..flotilla.inventory.v1.ListInstanceLogsRequest\x1a/.flotilla.inventory.v1.ListInstanceLogsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/api/v1/instances/{id}/logs\x12n\n" +
+	"\x12FollowInstanceLogs\x12..flotilla.inventory.v1.ListInstanceLogsRequest\x1a&.flotilla.inventory.v1.InstanceLogLine0\x01\x12\xa0\x01\n" +
+	"\x12ListInstanceEvents\x120.flotilla.inventory.v1.ListInstanceEventsRequest\x1a1.flotilla.inventory.v1.ListInstanceEventsResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/api/v1/instances/{id}/events\x12\xa7\x01\n" +
 	"\x17CreateInstanceJoinToken\x125.flotilla.inventory.v1.CreateInstanceJoinTokenRequest\x1a(.flotilla.inventory.v1.InstanceJoinToken\"+\x82\xd3\xe4\x93\x02%:\x01*\" /api/v1/instances/{id}:joinTokenBAZ?flotilla.dev/flotilla/api/gen/flotilla/inventory/v1;inventoryv1b\x06proto3"
 
 var (
@@ -2127,7 +2263,7 @@ func file_flotilla_inventory_v1_inventory_proto_rawDescGZIP() []byte {
 	return file_flotilla_inventory_v1_inventory_proto_rawDescData
 }
 
-var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
 	(*CreateNetworkRequest)(nil),           // 0: flotilla.inventory.v1.CreateNetworkRequest
 	(*GetNetworkRequest)(nil),              // 1: flotilla.inventory.v1.GetNetworkRequest
@@ -2155,106 +2291,114 @@ var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
 	(*ListInstancesResponse)(nil),          // 23: flotilla.inventory.v1.ListInstancesResponse
 	(*ListInstanceLogsRequest)(nil),        // 24: flotilla.inventory.v1.ListInstanceLogsRequest
 	(*ListInstanceLogsResponse)(nil),       // 25: flotilla.inventory.v1.ListInstanceLogsResponse
-	(*InstanceLogLine)(nil),                // 26: flotilla.inventory.v1.InstanceLogLine
-	(*UpdateInstanceRequest)(nil),          // 27: flotilla.inventory.v1.UpdateInstanceRequest
-	(*DeleteInstanceRequest)(nil),          // 28: flotilla.inventory.v1.DeleteInstanceRequest
-	(*InstanceActionRequest)(nil),          // 29: flotilla.inventory.v1.InstanceActionRequest
-	(*CreateInstanceJoinTokenRequest)(nil), // 30: flotilla.inventory.v1.CreateInstanceJoinTokenRequest
-	(*InstanceJoinToken)(nil),              // 31: flotilla.inventory.v1.InstanceJoinToken
-	(*LifecycleRequest)(nil),               // 32: flotilla.inventory.v1.LifecycleRequest
-	(*RecordStateRequest)(nil),             // 33: flotilla.inventory.v1.RecordStateRequest
-	(*Network)(nil),                        // 34: flotilla.inventory.v1.Network
-	(*fieldmaskpb.FieldMask)(nil),          // 35: google.protobuf.FieldMask
-	(*CloudAccount)(nil),                   // 36: flotilla.inventory.v1.CloudAccount
-	(*timestamppb.Timestamp)(nil),          // 37: google.protobuf.Timestamp
-	(*Template)(nil),                       // 38: flotilla.inventory.v1.Template
-	(*Instance)(nil),                       // 39: flotilla.inventory.v1.Instance
-	(*DataDisk)(nil),                       // 40: flotilla.inventory.v1.DataDisk
-	(*Addresses)(nil),                      // 41: flotilla.inventory.v1.Addresses
-	(*emptypb.Empty)(nil),                  // 42: google.protobuf.Empty
+	(*ListInstanceEventsRequest)(nil),      // 26: flotilla.inventory.v1.ListInstanceEventsRequest
+	(*ListInstanceEventsResponse)(nil),     // 27: flotilla.inventory.v1.ListInstanceEventsResponse
+	(*InstanceLogLine)(nil),                // 28: flotilla.inventory.v1.InstanceLogLine
+	(*UpdateInstanceRequest)(nil),          // 29: flotilla.inventory.v1.UpdateInstanceRequest
+	(*DeleteInstanceRequest)(nil),          // 30: flotilla.inventory.v1.DeleteInstanceRequest
+	(*InstanceActionRequest)(nil),          // 31: flotilla.inventory.v1.InstanceActionRequest
+	(*CreateInstanceJoinTokenRequest)(nil), // 32: flotilla.inventory.v1.CreateInstanceJoinTokenRequest
+	(*InstanceJoinToken)(nil),              // 33: flotilla.inventory.v1.InstanceJoinToken
+	(*LifecycleRequest)(nil),               // 34: flotilla.inventory.v1.LifecycleRequest
+	(*RecordStateRequest)(nil),             // 35: flotilla.inventory.v1.RecordStateRequest
+	(*Network)(nil),                        // 36: flotilla.inventory.v1.Network
+	(*fieldmaskpb.FieldMask)(nil),          // 37: google.protobuf.FieldMask
+	(*CloudAccount)(nil),                   // 38: flotilla.inventory.v1.CloudAccount
+	(*timestamppb.Timestamp)(nil),          // 39: google.protobuf.Timestamp
+	(*Template)(nil),                       // 40: flotilla.inventory.v1.Template
+	(*Instance)(nil),                       // 41: flotilla.inventory.v1.Instance
+	(*v1.Event)(nil),                       // 42: flotilla.events.v1.Event
+	(*DataDisk)(nil),                       // 43: flotilla.inventory.v1.DataDisk
+	(*Addresses)(nil),                      // 44: flotilla.inventory.v1.Addresses
+	(*emptypb.Empty)(nil),                  // 45: google.protobuf.Empty
 }
 var file_flotilla_inventory_v1_inventory_proto_depIdxs = []int32{
-	34, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	34, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
-	34, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	35, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
-	36, // 4: flotilla.inventory.v1.CreateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
-	36, // 5: flotilla.inventory.v1.ListCloudAccountsResponse.cloud_accounts:type_name -> flotilla.inventory.v1.CloudAccount
-	36, // 6: flotilla.inventory.v1.UpdateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
-	35, // 7: flotilla.inventory.v1.UpdateCloudAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
-	37, // 8: flotilla.inventory.v1.CloudAccountVerification.check_time:type_name -> google.protobuf.Timestamp
-	38, // 9: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	38, // 10: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
-	38, // 11: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	35, // 12: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
-	39, // 13: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	39, // 14: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
-	26, // 15: flotilla.inventory.v1.ListInstanceLogsResponse.lines:type_name -> flotilla.inventory.v1.InstanceLogLine
-	37, // 16: flotilla.inventory.v1.InstanceLogLine.time:type_name -> google.protobuf.Timestamp
-	39, // 17: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	35, // 18: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	37, // 19: flotilla.inventory.v1.InstanceJoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	40, // 20: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
-	41, // 21: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
-	0,  // 22: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
-	1,  // 23: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
-	2,  // 24: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
-	4,  // 25: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
-	5,  // 26: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
-	6,  // 27: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:input_type -> flotilla.inventory.v1.CreateCloudAccountRequest
-	7,  // 28: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:input_type -> flotilla.inventory.v1.GetCloudAccountRequest
-	8,  // 29: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:input_type -> flotilla.inventory.v1.ListCloudAccountsRequest
-	10, // 30: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:input_type -> flotilla.inventory.v1.UpdateCloudAccountRequest
-	11, // 31: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:input_type -> flotilla.inventory.v1.DeleteCloudAccountRequest
-	12, // 32: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:input_type -> flotilla.inventory.v1.VerifyCloudAccountRequest
-	14, // 33: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
-	15, // 34: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
-	16, // 35: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
-	18, // 36: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
-	19, // 37: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
-	20, // 38: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
-	21, // 39: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
-	22, // 40: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
-	27, // 41: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
-	28, // 42: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
-	29, // 43: flotilla.inventory.v1.InstanceService.ProvisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	29, // 44: flotilla.inventory.v1.InstanceService.DeprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	29, // 45: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	29, // 46: flotilla.inventory.v1.InstanceService.RefreshCertificate:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	24, // 47: flotilla.inventory.v1.InstanceService.ListInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
-	30, // 48: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
-	34, // 49: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
-	34, // 50: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
-	3,  // 51: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
-	34, // 52: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
-	42, // 53: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
-	36, // 54: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	36, // 55: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	9,  // 56: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:output_type -> flotilla.inventory.v1.ListCloudAccountsResponse
-	36, // 57: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	42, // 58: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:output_type -> google.protobuf.Empty
-	13, // 59: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:output_type -> flotilla.inventory.v1.CloudAccountVerification
-	38, // 60: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
-	38, // 61: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
-	17, // 62: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
-	38, // 63: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
-	42, // 64: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
-	39, // 65: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
-	39, // 66: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
-	23, // 67: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
-	39, // 68: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
-	39, // 69: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
-	39, // 70: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
-	39, // 71: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	39, // 72: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	39, // 73: flotilla.inventory.v1.InstanceService.RefreshCertificate:output_type -> flotilla.inventory.v1.Instance
-	25, // 74: flotilla.inventory.v1.InstanceService.ListInstanceLogs:output_type -> flotilla.inventory.v1.ListInstanceLogsResponse
-	31, // 75: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
-	49, // [49:76] is the sub-list for method output_type
-	22, // [22:49] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	36, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	36, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
+	36, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	37, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
+	38, // 4: flotilla.inventory.v1.CreateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
+	38, // 5: flotilla.inventory.v1.ListCloudAccountsResponse.cloud_accounts:type_name -> flotilla.inventory.v1.CloudAccount
+	38, // 6: flotilla.inventory.v1.UpdateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
+	37, // 7: flotilla.inventory.v1.UpdateCloudAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
+	39, // 8: flotilla.inventory.v1.CloudAccountVerification.check_time:type_name -> google.protobuf.Timestamp
+	40, // 9: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	40, // 10: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
+	40, // 11: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	37, // 12: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
+	41, // 13: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	41, // 14: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
+	28, // 15: flotilla.inventory.v1.ListInstanceLogsResponse.lines:type_name -> flotilla.inventory.v1.InstanceLogLine
+	42, // 16: flotilla.inventory.v1.ListInstanceEventsResponse.events:type_name -> flotilla.events.v1.Event
+	39, // 17: flotilla.inventory.v1.InstanceLogLine.time:type_name -> google.protobuf.Timestamp
+	41, // 18: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	37, // 19: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	39, // 20: flotilla.inventory.v1.InstanceJoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	43, // 21: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
+	44, // 22: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
+	0,  // 23: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
+	1,  // 24: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
+	2,  // 25: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
+	4,  // 26: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
+	5,  // 27: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
+	6,  // 28: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:input_type -> flotilla.inventory.v1.CreateCloudAccountRequest
+	7,  // 29: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:input_type -> flotilla.inventory.v1.GetCloudAccountRequest
+	8,  // 30: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:input_type -> flotilla.inventory.v1.ListCloudAccountsRequest
+	10, // 31: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:input_type -> flotilla.inventory.v1.UpdateCloudAccountRequest
+	11, // 32: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:input_type -> flotilla.inventory.v1.DeleteCloudAccountRequest
+	12, // 33: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:input_type -> flotilla.inventory.v1.VerifyCloudAccountRequest
+	14, // 34: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
+	15, // 35: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
+	16, // 36: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
+	18, // 37: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
+	19, // 38: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
+	20, // 39: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
+	21, // 40: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
+	22, // 41: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
+	29, // 42: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
+	30, // 43: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
+	31, // 44: flotilla.inventory.v1.InstanceService.ProvisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	31, // 45: flotilla.inventory.v1.InstanceService.DeprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	31, // 46: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	31, // 47: flotilla.inventory.v1.InstanceService.RefreshCertificate:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	24, // 48: flotilla.inventory.v1.InstanceService.ListInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
+	24, // 49: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
+	26, // 50: flotilla.inventory.v1.InstanceService.ListInstanceEvents:input_type -> flotilla.inventory.v1.ListInstanceEventsRequest
+	32, // 51: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
+	36, // 52: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
+	36, // 53: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
+	3,  // 54: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
+	36, // 55: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
+	45, // 56: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
+	38, // 57: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	38, // 58: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	9,  // 59: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:output_type -> flotilla.inventory.v1.ListCloudAccountsResponse
+	38, // 60: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	45, // 61: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:output_type -> google.protobuf.Empty
+	13, // 62: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:output_type -> flotilla.inventory.v1.CloudAccountVerification
+	40, // 63: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
+	40, // 64: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
+	17, // 65: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
+	40, // 66: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
+	45, // 67: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
+	41, // 68: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
+	41, // 69: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
+	23, // 70: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
+	41, // 71: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
+	41, // 72: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
+	41, // 73: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
+	41, // 74: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	41, // 75: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	41, // 76: flotilla.inventory.v1.InstanceService.RefreshCertificate:output_type -> flotilla.inventory.v1.Instance
+	25, // 77: flotilla.inventory.v1.InstanceService.ListInstanceLogs:output_type -> flotilla.inventory.v1.ListInstanceLogsResponse
+	28, // 78: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:output_type -> flotilla.inventory.v1.InstanceLogLine
+	27, // 79: flotilla.inventory.v1.InstanceService.ListInstanceEvents:output_type -> flotilla.inventory.v1.ListInstanceEventsResponse
+	33, // 80: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
+	52, // [52:81] is the sub-list for method output_type
+	23, // [23:52] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_inventory_v1_inventory_proto_init() }
@@ -2269,7 +2413,7 @@ func file_flotilla_inventory_v1_inventory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_inventory_v1_inventory_proto_rawDesc), len(file_flotilla_inventory_v1_inventory_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

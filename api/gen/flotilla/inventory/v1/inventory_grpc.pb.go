@@ -880,6 +880,8 @@ const (
 	InstanceService_ReprovisionInstance_FullMethodName     = "/flotilla.inventory.v1.InstanceService/ReprovisionInstance"
 	InstanceService_RefreshCertificate_FullMethodName      = "/flotilla.inventory.v1.InstanceService/RefreshCertificate"
 	InstanceService_ListInstanceLogs_FullMethodName        = "/flotilla.inventory.v1.InstanceService/ListInstanceLogs"
+	InstanceService_FollowInstanceLogs_FullMethodName      = "/flotilla.inventory.v1.InstanceService/FollowInstanceLogs"
+	InstanceService_ListInstanceEvents_FullMethodName      = "/flotilla.inventory.v1.InstanceService/ListInstanceEvents"
 	InstanceService_CreateInstanceJoinToken_FullMethodName = "/flotilla.inventory.v1.InstanceService/CreateInstanceJoinToken"
 )
 
@@ -918,6 +920,17 @@ type InstanceServiceClient interface {
 	// one "log" event per line, its data an InstanceLogLine as JSON, its id the
 	// line's seq), going on with new lines until the client goes away.
 	ListInstanceLogs(ctx context.Context, in *ListInstanceLogsRequest, opts ...grpc.CallOption) (*ListInstanceLogsResponse, error)
+	// FollowInstanceLogs streams the instance's log lines over gRPC: first the
+	// newest `lines` (or every line stored since `since`), then each new line
+	// as it is stored, until the client cancels. page_size, page_token and
+	// order do not apply. Over REST the same is ListInstanceLogs with
+	// follow=true (server-sent events).
+	FollowInstanceLogs(ctx context.Context, in *ListInstanceLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[InstanceLogLine], error)
+	// ListInstanceEvents pages through the instance's timeline, oldest first:
+	// every event about it (created, updated, lifecycle requested, state
+	// changes, agent progress, deleted), replayed from the events stream.
+	// It answers for deleted instances too: history is kept.
+	ListInstanceEvents(ctx context.Context, in *ListInstanceEventsRequest, opts ...grpc.CallOption) (*ListInstanceEventsResponse, error)
 	// CreateInstanceJoinToken mints a one-time join token for the agent of an
 	// instance of provider "external" that is being provisioned and waits for
 	// its agent, like `kubeadm token create`: start the agent on the machine
@@ -1035,6 +1048,35 @@ func (c *instanceServiceClient) ListInstanceLogs(ctx context.Context, in *ListIn
 	return out, nil
 }
 
+func (c *instanceServiceClient) FollowInstanceLogs(ctx context.Context, in *ListInstanceLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[InstanceLogLine], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &InstanceService_ServiceDesc.Streams[0], InstanceService_FollowInstanceLogs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ListInstanceLogsRequest, InstanceLogLine]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type InstanceService_FollowInstanceLogsClient = grpc.ServerStreamingClient[InstanceLogLine]
+
+func (c *instanceServiceClient) ListInstanceEvents(ctx context.Context, in *ListInstanceEventsRequest, opts ...grpc.CallOption) (*ListInstanceEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListInstanceEventsResponse)
+	err := c.cc.Invoke(ctx, InstanceService_ListInstanceEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *instanceServiceClient) CreateInstanceJoinToken(ctx context.Context, in *CreateInstanceJoinTokenRequest, opts ...grpc.CallOption) (*InstanceJoinToken, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(InstanceJoinToken)
@@ -1080,6 +1122,17 @@ type InstanceServiceServer interface {
 	// one "log" event per line, its data an InstanceLogLine as JSON, its id the
 	// line's seq), going on with new lines until the client goes away.
 	ListInstanceLogs(context.Context, *ListInstanceLogsRequest) (*ListInstanceLogsResponse, error)
+	// FollowInstanceLogs streams the instance's log lines over gRPC: first the
+	// newest `lines` (or every line stored since `since`), then each new line
+	// as it is stored, until the client cancels. page_size, page_token and
+	// order do not apply. Over REST the same is ListInstanceLogs with
+	// follow=true (server-sent events).
+	FollowInstanceLogs(*ListInstanceLogsRequest, grpc.ServerStreamingServer[InstanceLogLine]) error
+	// ListInstanceEvents pages through the instance's timeline, oldest first:
+	// every event about it (created, updated, lifecycle requested, state
+	// changes, agent progress, deleted), replayed from the events stream.
+	// It answers for deleted instances too: history is kept.
+	ListInstanceEvents(context.Context, *ListInstanceEventsRequest) (*ListInstanceEventsResponse, error)
 	// CreateInstanceJoinToken mints a one-time join token for the agent of an
 	// instance of provider "external" that is being provisioned and waits for
 	// its agent, like `kubeadm token create`: start the agent on the machine
@@ -1126,6 +1179,12 @@ func (UnimplementedInstanceServiceServer) RefreshCertificate(context.Context, *I
 }
 func (UnimplementedInstanceServiceServer) ListInstanceLogs(context.Context, *ListInstanceLogsRequest) (*ListInstanceLogsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListInstanceLogs not implemented")
+}
+func (UnimplementedInstanceServiceServer) FollowInstanceLogs(*ListInstanceLogsRequest, grpc.ServerStreamingServer[InstanceLogLine]) error {
+	return status.Error(codes.Unimplemented, "method FollowInstanceLogs not implemented")
+}
+func (UnimplementedInstanceServiceServer) ListInstanceEvents(context.Context, *ListInstanceEventsRequest) (*ListInstanceEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListInstanceEvents not implemented")
 }
 func (UnimplementedInstanceServiceServer) CreateInstanceJoinToken(context.Context, *CreateInstanceJoinTokenRequest) (*InstanceJoinToken, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateInstanceJoinToken not implemented")
@@ -1331,6 +1390,35 @@ func _InstanceService_ListInstanceLogs_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InstanceService_FollowInstanceLogs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ListInstanceLogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(InstanceServiceServer).FollowInstanceLogs(m, &grpc.GenericServerStream[ListInstanceLogsRequest, InstanceLogLine]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type InstanceService_FollowInstanceLogsServer = grpc.ServerStreamingServer[InstanceLogLine]
+
+func _InstanceService_ListInstanceEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListInstanceEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).ListInstanceEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_ListInstanceEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).ListInstanceEvents(ctx, req.(*ListInstanceEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _InstanceService_CreateInstanceJoinToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CreateInstanceJoinTokenRequest)
 	if err := dec(in); err != nil {
@@ -1397,10 +1485,20 @@ var InstanceService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _InstanceService_ListInstanceLogs_Handler,
 		},
 		{
+			MethodName: "ListInstanceEvents",
+			Handler:    _InstanceService_ListInstanceEvents_Handler,
+		},
+		{
 			MethodName: "CreateInstanceJoinToken",
 			Handler:    _InstanceService_CreateInstanceJoinToken_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "FollowInstanceLogs",
+			Handler:       _InstanceService_FollowInstanceLogs_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "flotilla/inventory/v1/inventory.proto",
 }

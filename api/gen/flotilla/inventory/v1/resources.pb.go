@@ -1319,7 +1319,10 @@ type Addresses struct {
 	PrivateDns string                 `protobuf:"bytes,3,opt,name=private_dns,json=privateDns,proto3" json:"private_dns,omitempty"`
 	PublicDns  string                 `protobuf:"bytes,4,opt,name=public_dns,json=publicDns,proto3" json:"public_dns,omitempty"`
 	// URL of the node software.
-	Url           string `protobuf:"bytes,5,opt,name=url,proto3" json:"url,omitempty"`
+	Url string `protobuf:"bytes,5,opt,name=url,proto3" json:"url,omitempty"`
+	// The name the network's DNS gives the VM (a Route53 record from the
+	// network's hostnamePattern); empty without one.
+	Hostname      string `protobuf:"bytes,6,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1385,6 +1388,13 @@ func (x *Addresses) GetPublicDns() string {
 func (x *Addresses) GetUrl() string {
 	if x != nil {
 		return x.Url
+	}
+	return ""
+}
+
+func (x *Addresses) GetHostname() string {
+	if x != nil {
+		return x.Hostname
 	}
 	return ""
 }
@@ -1647,7 +1657,7 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\x0fcertificate_pem\x18\x03 \x01(\tR\x0ecertificatePem\x12&\n" +
 	"\x0fprivate_key_ref\x18\x04 \x01(\tR\rprivateKeyRef\x12+\n" +
 	"\x0fprivate_key_pem\x18\x05 \x01(\tB\x03\xe0A\x04R\rprivateKeyPem\x12)\n" +
-	"\x0eprivate_key_id\x18\x06 \x01(\tB\x03\xe0A\x03R\fprivateKeyId\"\x99\x01\n" +
+	"\x0eprivate_key_id\x18\x06 \x01(\tB\x03\xe0A\x03R\fprivateKeyId\"\xb5\x01\n" +
 	"\tAddresses\x12\x1d\n" +
 	"\n" +
 	"private_ip\x18\x01 \x01(\tR\tprivateIp\x12\x1b\n" +
@@ -1656,7 +1666,8 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"privateDns\x12\x1d\n" +
 	"\n" +
 	"public_dns\x18\x04 \x01(\tR\tpublicDns\x12\x10\n" +
-	"\x03url\x18\x05 \x01(\tR\x03url\"\x82\x01\n" +
+	"\x03url\x18\x05 \x01(\tR\x03url\x12\x1a\n" +
+	"\bhostname\x18\x06 \x01(\tR\bhostname\"\x82\x01\n" +
 	"\vAgentStatus\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12A\n" +
 	"\x0elast_heartbeat\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12\x18\n" +
