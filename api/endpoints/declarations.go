@@ -5,6 +5,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	auditv1 "flotilla.dev/flotilla/api/gen/flotilla/audit/v1"
 	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -128,6 +129,33 @@ var (
 		"resolves a bearer token to its user", gateway)
 	TokenRevoke = endpoint[*authv1.RevokeTokenRequest, *emptypb.Empty](inventory, subjects.NounToken, subjects.VerbRevoke,
 		"revokes a bearer token (logout)", gateway)
+
+	UserCreate = endpoint[*authv1.CreateUserRequest, *authv1.User](inventory, subjects.NounUser, subjects.VerbCreate,
+		"creates a user with a password and a role", gateway)
+	UserGet = endpoint[*authv1.GetUserRequest, *authv1.User](inventory, subjects.NounUser, subjects.VerbGet,
+		"reads a user (never a password)", gateway)
+	UserList = endpoint[*authv1.ListUsersRequest, *authv1.ListUsersResponse](inventory, subjects.NounUser, subjects.VerbList,
+		"lists users, a page at a time", gateway)
+	UserUpdate = endpoint[*authv1.UpdateUserRequest, *authv1.User](inventory, subjects.NounUser, subjects.VerbUpdate,
+		"changes a user's role at the version read, never the last admin's", gateway)
+	UserDelete = endpoint[*authv1.DeleteUserRequest, *emptypb.Empty](inventory, subjects.NounUser, subjects.VerbDelete,
+		"deletes a user and their tokens, never the last admin", gateway)
+	UserResetPassword = endpoint[*authv1.ResetPasswordRequest, *authv1.ResetPasswordResponse](inventory, subjects.NounUser, subjects.VerbResetPassword,
+		"gives a user a temporary password to change at the next login, ending their sessions", gateway)
+	UserChangePassword = endpoint[*authv1.ChangePasswordRequest, *emptypb.Empty](inventory, subjects.NounUser, subjects.VerbChangePassword,
+		"changes the calling user's own password, ending their other sessions", gateway)
+
+	APITokenCreate = endpoint[*authv1.CreateTokenRequest, *authv1.CreateTokenResponse](inventory, subjects.NounAPIToken, subjects.VerbCreate,
+		"issues an API token for the calling user, its role at most theirs", gateway)
+	APITokenList = endpoint[*authv1.ListTokensRequest, *authv1.ListTokensResponse](inventory, subjects.NounAPIToken, subjects.VerbList,
+		"lists live API tokens: every user's to an admin, one's own to anyone else", gateway)
+	// APITokenDelete answers the revoked token, so the gateway can drop it
+	// from its cache before answering its client.
+	APITokenDelete = endpoint[*authv1.DeleteTokenRequest, *authv1.ApiToken](inventory, subjects.NounAPIToken, subjects.VerbDelete,
+		"revokes an API token: one's own, or anyone's to an admin", gateway)
+
+	AuditList = endpoint[*auditv1.ListAuditRecordsRequest, *auditv1.ListAuditRecordsResponse](inventory, subjects.NounAudit, subjects.VerbList,
+		"lists the audit trail's records, newest first, by user, target and time", gateway)
 )
 
 // CA.

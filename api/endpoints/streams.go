@@ -20,6 +20,9 @@ type StreamUse struct {
 	// Purgers may purge the stream's messages (NATS cannot limit a purge
 	// to some subjects: a purger's code must). Nobody deletes a stream.
 	Purgers []string
+	// PublishOnly are publishers that may not declare (create or update)
+	// the stream.
+	PublishOnly []string
 }
 
 // Publish is one service publishing subjects (patterns).
@@ -59,11 +62,19 @@ var Streams = []StreamUse{{
 		{secrets, []string{subjects.Audit(subjects.NounSecret, "*", subjects.VerbRead), subjects.Audit(subjects.NounCloudKey, "*", subjects.VerbRead)}},
 		{inventory, []string{subjects.Audit(subjects.NounUser, "*", "*")}},
 		{ca, []string{subjects.Audit(subjects.NounJoinToken, "*", subjects.VerbCreate)}},
+		// Every mutating API call, allowed or refused.
+		{gateway, []string{subjects.Audit(subjects.NounAPI, "*", subjects.VerbCall)}},
 	},
+	// The gateway, which faces the network, may not redefine the stream
+	// (its retention): it publishes once the others have declared it.
+	PublishOnly: []string{gateway},
+	// The inventory projects every record into PostgreSQL for
+	// GET /api/v1/audit.
+	Consumers: []Consumer{{inventory, subjects.AuditProjectionConsumer}},
 }, {
 	// Each service with durable consumers puts what it can never handle here.
 	Stream:     subjects.PoisonStream,
-	Publishers: []Publish{{secrets, []string{subjects.Poison(secrets)}}},
+	Publishers: []Publish{{secrets, []string{subjects.Poison(secrets)}}, {inventory, []string{subjects.Poison(inventory)}}},
 }, {
 	Stream:     subjects.KVStream(subjects.JoinTokensBucket),
 	Publishers: []Publish{{ca, []string{subjects.KVAll(subjects.JoinTokensBucket)}}},
@@ -110,20 +121,42 @@ var Notices = []Publish{{agentgw, []string{subjects.AgentStatusAll()}}}
 // (no consumer): it sees what is published from then on, and nothing else
 // of the stream they may belong to.
 var Watches = []Publish{
-	// Revoked tokens, to drop them from the gateways' verified-token caches.
-	{gateway, []string{subjects.Audit(subjects.NounUser, "*", subjects.VerbTokenRevoked)}},
+	// Revoked tokens, and users whose tokens must be verified again (a
+	// role changed, a password reset or changed, a user deleted), to drop
+	// them from the gateways' verified-token caches.
+	{gateway, UserTokenWatches()},
 }
 
-// StreamsOf returns the streams service publishes to or consumes with a
-// durable consumer: the ones it may declare (create or update).
+// UserTokenWatches are the audit records after which a gateway may no
+// longer trust what it cached about a token (its id in the record) or
+// about every token of a user (the user's id in the subject).
+func UserTokenWatches() []string {
+	out := []string{}
+	for _, verb := range []string{subjects.VerbTokenRevoked, subjects.VerbRoleChanged, subjects.VerbPasswordReset,
+		subjects.VerbPasswordChanged, subjects.VerbUserDeleted} {
+		out = append(out, subjects.Audit(subjects.NounUser, "*", verb))
+	}
+	return out
+}
+
+// StreamsOf returns the streams service declares (creates or updates):
+// those it publishes to (unless PublishOnly) or consumes with a durable
+// consumer.
 func StreamsOf(service string) []string {
 	var out []string
 	for _, u := range Streams {
-		if u.PublishedBy(service) || len(u.ConsumedBy(service)) > 0 {
+		if u.DeclaredBy(service) {
 			out = append(out, u.Stream)
 		}
 	}
 	return out
+}
+
+// DeclaredBy reports whether service may declare (create or update) the
+// stream: it consumes it with a durable consumer, or publishes into it and
+// is not PublishOnly.
+func (u StreamUse) DeclaredBy(service string) bool {
+	return len(u.ConsumedBy(service)) > 0 || u.PublishedBy(service) && !slices.Contains(u.PublishOnly, service)
 }
 
 // PublishedBy reports whether service publishes into the stream.

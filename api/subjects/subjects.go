@@ -53,6 +53,8 @@ const (
 	NounInstance     = "instance"
 	NounUser         = "user"
 	NounToken        = "token"
+	NounAPIToken     = "apitoken"
+	NounAudit        = "audit"
 )
 
 // Auth verbs on the inventory's token endpoints: "flotilla.svc.inventory.token.<verb>".
@@ -60,6 +62,13 @@ const (
 	VerbLogin  = "login"
 	VerbVerify = "verify"
 	VerbRevoke = "revoke"
+)
+
+// Verbs of the inventory's user endpoints:
+// "flotilla.svc.inventory.user.<verb>".
+const (
+	VerbResetPassword  = "reset-password"
+	VerbChangePassword = "change-password"
 )
 
 // EventsStream is the JetStream stream of domain events (long retention, replayable).
@@ -153,7 +162,27 @@ const (
 	VerbTokenIssued  = "token-issued"
 	VerbTokenRevoked = "token-revoked"
 	UnknownUser      = "unknown"
+	// An API token issued; a user created by an admin, their role changed,
+	// their password reset by an admin or changed by themselves, deleted.
+	VerbTokenCreated    = "token-created"
+	VerbUserCreated     = "user-created"
+	VerbRoleChanged     = "role-changed"
+	VerbPasswordReset   = "password-reset"
+	VerbPasswordChanged = "password-changed"
+	VerbUserDeleted     = "user-deleted"
 )
+
+// NounAPI and VerbCall name the gateway's audit records of mutating API
+// calls: Audit(NounAPI, <user id>, VerbCall), "flotilla.audit.api.<user id>.call".
+const (
+	NounAPI  = "api"
+	VerbCall = "call"
+)
+
+// AuditProjectionConsumer is the inventory's durable consumer of
+// AuditStream: it writes every record into the audit_records table that
+// GET /api/v1/audit queries.
+const AuditProjectionConsumer = "inventory-audit"
 
 // ProvisioningStream is the work-queue stream of provisioning work.
 const ProvisioningStream = "FLOTILLA_PROVISIONING"

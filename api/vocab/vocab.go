@@ -304,3 +304,45 @@ const (
 
 // InstanceKinds lists every instance kind.
 var InstanceKinds = []InstanceKind{KindDesign, KindAutomation, KindDeployer}
+
+// Role is what a user (or an API token) may do through the API; each role
+// may do everything the roles below it may.
+type Role string
+
+// Roles, from the least to the most allowed.
+const (
+	// RoleViewer reads everything but the secrets' metadata beyond their
+	// names, and changes nothing but its own password and API tokens.
+	RoleViewer Role = "viewer"
+	// RoleOperator also runs the fleet: networks, templates, instances and
+	// their lifecycle, secrets (create and delete), cloud accounts read.
+	RoleOperator Role = "operator"
+	// RoleAdmin may do everything: users, cloud accounts, the audit trail,
+	// the cluster's managers.
+	RoleAdmin Role = "admin"
+)
+
+// Roles lists every role, the least allowed first.
+var Roles = []Role{RoleViewer, RoleOperator, RoleAdmin}
+
+// Valid reports whether r is a known role.
+func (r Role) Valid() bool { return slices.Contains(Roles, r) }
+
+// AtLeast reports whether r may do what min may; an unknown role may
+// nothing.
+func (r Role) AtLeast(min Role) bool {
+	i, j := slices.Index(Roles, r), slices.Index(Roles, min)
+	return i >= 0 && j >= 0 && i >= j
+}
+
+// Lesser returns the less allowed of r and o (an unknown role counts as
+// the least).
+func (r Role) Lesser(o Role) Role {
+	if r.AtLeast(o) {
+		return o
+	}
+	if !o.Valid() {
+		return o
+	}
+	return r
+}

@@ -136,6 +136,12 @@ func PermissionDenied(format string, args ...any) *Error {
 	return newError(ReasonPermissionDenied, format, args)
 }
 
+// PasswordChangeRequired reports a caller who must change the password an
+// admin set before doing anything else.
+func PasswordChangeRequired(format string, args ...any) *Error {
+	return newError(ReasonPasswordChangeRequired, format, args)
+}
+
 // Unavailable reports a dependency that cannot be reached now; retrying may work.
 func Unavailable(format string, args ...any) *Error {
 	return newError(ReasonUnavailable, format, args)

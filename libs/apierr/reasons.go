@@ -38,12 +38,17 @@ const (
 	// ReasonConcurrentChange: another request changed the same thing at the
 	// same moment; retrying is safe.
 	ReasonConcurrentChange Reason = "concurrent_change"
+	// ReasonLastAdmin: the change would leave no admin.
+	ReasonLastAdmin Reason = "last_admin"
 
 	// ReasonUnauthenticated: no valid credential (missing, wrong, expired or
 	// revoked token; wrong user name or password).
 	ReasonUnauthenticated Reason = "unauthenticated"
 	// ReasonPermissionDenied: the caller is known but may not do this.
 	ReasonPermissionDenied Reason = "permission_denied"
+	// ReasonPasswordChangeRequired: an admin reset the user's password;
+	// they must change it before doing anything else.
+	ReasonPasswordChangeRequired Reason = "password_change_required"
 	// ReasonTooManyAttempts: too many failed attempts (logins); wait
 	// RetryAfter before the next.
 	ReasonTooManyAttempts Reason = "too_many_attempts"
@@ -76,8 +81,10 @@ var reasons = []ReasonInfo{
 	{ReasonLifecycleBusy, KindConflict, "another lifecycle action is in progress on the instance: wait until it finishes"},
 	{ReasonInvalidState, KindConflict, "the resource's state does not allow this (delete a running instance; change the template of a provisioned one)"},
 	{ReasonConcurrentChange, KindConflict, "another request changed the same thing at the same moment; retrying is safe"},
+	{ReasonLastAdmin, KindConflict, "the change (a role, a deletion) would leave no admin: make another user admin first"},
 	{ReasonUnauthenticated, KindUnauthenticated, "no valid credential: missing, invalid, expired or revoked token, or wrong user name or password"},
-	{ReasonPermissionDenied, KindPermissionDenied, "the caller is known but may not do this"},
+	{ReasonPermissionDenied, KindPermissionDenied, "the caller is known but its role (or its kind of token) may not do this"},
+	{ReasonPasswordChangeRequired, KindPermissionDenied, "an admin reset the user's password: change it (`POST /api/v1/users/me:change-password`) before anything else"},
 	{ReasonTooManyAttempts, KindExhausted, "too many failed attempts (logins) for this user or from this address: wait as long as Retry-After (RetryInfo in gRPC) says"},
 	{ReasonUnavailable, KindUnavailable, "a service or dependency cannot be reached now; retry later"},
 	{ReasonInternal, KindInternal, "something failed inside Flotilla; the message carries an error id the server log has the detail for"},

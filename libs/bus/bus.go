@@ -33,7 +33,12 @@ const (
 	HeaderActor = "Flotilla-Actor"
 	// HeaderSource is the address of the API client a request is made for,
 	// as the gateway saw it (for login throttling and audit records).
-	HeaderSource        = "Flotilla-Source"
+	HeaderSource = "Flotilla-Source"
+	// HeaderRole and HeaderTokenID are the role and the token id (bearer.ID)
+	// of the API credential a request is made with, as the gateway verified
+	// them (trusted from the gateway only).
+	HeaderRole          = "Flotilla-Role"
+	HeaderTokenID       = "Flotilla-Token-Id"
 	HeaderTime          = "Flotilla-Time"
 	HeaderSchemaVersion = "Flotilla-Schema-Version"
 	HeaderType          = "Flotilla-Type"

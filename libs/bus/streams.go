@@ -37,11 +37,11 @@ func Streams(replicas int) []jetstream.StreamConfig {
 		Discard:     jetstream.DiscardOld,
 	}, {
 		Name:        subjects.AuditStream,
-		Description: "Flotilla audit records: every secret read, failed login and token issued or revoked, kept for a year",
+		Description: "Flotilla audit records: every mutating API call, secret read, login, token and user change, kept for a year",
 		Subjects:    []string{subjects.AuditAll()},
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
-		MaxAge:      365 * 24 * time.Hour,
+		MaxAge:      AuditMaxAge,
 		Duplicates:  DuplicateWindow,
 		Replicas:    replicas,
 	}, {
@@ -84,6 +84,10 @@ const (
 	EventsMaxAge   = 90 * 24 * time.Hour
 	EventsMaxBytes = 4 << 30
 )
+
+// AuditMaxAge is how long the audit stream keeps a record (and the
+// inventory's projection of it, GET /api/v1/audit).
+const AuditMaxAge = 365 * 24 * time.Hour
 
 // Agent log retention. The stream keeps at most AgentLogMaxLines lines per
 // instance and none older than AgentLogMaxAge (and 1 GiB in all, the oldest

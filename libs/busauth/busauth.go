@@ -19,6 +19,7 @@ package busauth
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -63,8 +64,9 @@ const SystemCredsFile = "system.creds"
 func CredsFile(dir, identity string) string { return filepath.Join(dir, identity+".creds") }
 
 // LoadOrCreate opens the authority kept in dir, or creates one there with
-// credentials for every identity. Existing credentials are kept; missing
-// ones are minted.
+// credentials for every identity. Existing credentials keep their keys,
+// and get the permissions of this build if theirs differ (a new release
+// that declares more or less); missing ones are minted.
 func LoadOrCreate(dir string) (*Authority, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("bus credentials: %w", err)
@@ -100,10 +102,14 @@ func LoadOrCreate(dir string) (*Authority, error) {
 		}
 	}
 	for _, id := range Identities() {
-		if _, err := os.Stat(CredsFile(dir, id)); errors.Is(err, os.ErrNotExist) {
-			if err := a.writeCreds(id); err != nil {
-				return nil, err
-			}
+		_, err := os.Stat(CredsFile(dir, id))
+		if errors.Is(err, os.ErrNotExist) {
+			err = a.writeCreds(id)
+		} else if err == nil {
+			err = a.refreshCreds(id)
+		}
+		if err != nil {
+			return nil, err
 		}
 	}
 	if _, err := os.Stat(a.SystemCreds()); errors.Is(err, os.ErrNotExist) {
@@ -149,6 +155,50 @@ func (a *Authority) Rotate(identity string) error {
 	}
 	a.accountClaims.RevokeAt(claims.Subject, time.Now().Add(time.Second))
 	return a.saveAccount()
+}
+
+// refreshCreds signs identity's user again, with the same key, when the
+// permissions in its .creds file are not Permissions(identity).
+func (a *Authority) refreshCreds(identity string) error {
+	path := a.Creds(identity)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("bus credentials: %w", err)
+	}
+	token, err := jwt.ParseDecoratedJWT(data)
+	if err != nil {
+		return fmt.Errorf("bus credentials: %s: %w", path, err)
+	}
+	claims, err := jwt.DecodeUserClaims(token)
+	if err != nil {
+		return fmt.Errorf("bus credentials: %s: %w", path, err)
+	}
+	perms, err := Permissions(identity)
+	if err != nil {
+		return err
+	}
+	have, _ := json.Marshal(claims.Permissions)
+	want, _ := json.Marshal(perms)
+	if bytes.Equal(have, want) {
+		return nil
+	}
+	key, err := jwt.ParseDecoratedNKey(data)
+	if err != nil {
+		return fmt.Errorf("bus credentials: %s: %w", path, err)
+	}
+	seed, err := key.Seed()
+	if err != nil {
+		return fmt.Errorf("bus credentials: %s: %w", path, err)
+	}
+	claims.Permissions = perms
+	if token, err = claims.Encode(a.account); err != nil {
+		return fmt.Errorf("bus credentials: sign %s: %w", identity, err)
+	}
+	creds, err := jwt.FormatUserConfig(token, seed)
+	if err != nil {
+		return err
+	}
+	return writeFile(path, creds)
 }
 
 // writeCreds mints a user for identity with a fresh key and writes its

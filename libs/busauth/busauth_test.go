@@ -1,6 +1,7 @@
 package busauth_test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"maps"
@@ -483,4 +484,98 @@ func TestOnlyTheGatewayInspectsEveryStream(t *testing.T) {
 	if !slices.Equal(endpoints.Inspectors, []string{subjects.Gateway}) {
 		t.Fatalf("inspectors %v, want only the gateway", endpoints.Inspectors)
 	}
+}
+
+// TestOnlyItsDeclarersDefineAStream: a stream is created or updated (its
+// subjects, its retention) only by the services declared to declare it —
+// not by a publish-only publisher such as the gateway, which faces the
+// network and writes API calls into the audit stream.
+func TestOnlyItsDeclarersDefineAStream(t *testing.T) {
+	t.Parallel()
+	bus := testkit.SecureNATS(t)
+	audit := slices.IndexFunc(endpoints.Streams, func(u endpoints.StreamUse) bool { return u.Stream == subjects.AuditStream })
+	if u := endpoints.Streams[audit]; !u.PublishedBy(subjects.Gateway) || u.DeclaredBy(subjects.Gateway) {
+		t.Fatalf("the gateway should publish into %s without declaring it: %+v", subjects.AuditStream, u)
+	}
+	for _, id := range busauth.Identities() {
+		t.Run(id, func(t *testing.T) {
+			t.Parallel()
+			nc, v := bus.Watch(t, id)
+			var probes []string
+			for _, u := range endpoints.Streams {
+				probes = append(probes, "$JS.API.STREAM.CREATE."+u.Stream, "$JS.API.STREAM.UPDATE."+u.Stream)
+			}
+			for _, p := range probes {
+				if err := nc.Publish(p, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			v.Settle(t)
+			for i, p := range probes {
+				u := endpoints.Streams[i/2]
+				allowed := u.DeclaredBy(id)
+				if refused := v.PublishRefused(p); refused == allowed {
+					t.Errorf("%s publishing to %s: refused=%v, want refused=%v", id, p, refused, !allowed)
+				}
+			}
+		})
+	}
+}
+
+// TestOlderCredentialsGetThisReleasesPermissions: credentials minted with
+// other permissions (an older release's) are signed again with this
+// build's when the authority is opened, keeping their key; ones already
+// current are left as they are.
+func TestOlderCredentialsGetThisReleasesPermissions(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "bus")
+	auth, err := busauth.LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	current, _ := os.ReadFile(auth.Creds(subjects.CA))
+	older, err := auth.Mint(subjects.Gateway, jwt.Permissions{Pub: jwt.Permission{Allow: jwt.StringList{"flotilla.old"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(auth.Creds(subjects.Gateway), older, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := busauth.LoadOrCreate(dir); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := os.ReadFile(auth.Creds(subjects.CA)); !bytes.Equal(again, current) {
+		t.Error("current credentials were rewritten")
+	}
+	data, _ := os.ReadFile(auth.Creds(subjects.Gateway))
+	token, err := jwt.ParseDecoratedJWT(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims, err := jwt.DecodeUserClaims(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := busauth.Permissions(subjects.Gateway)
+	if fmt.Sprint(claims.Permissions) != fmt.Sprint(want) {
+		t.Errorf("refreshed permissions:\n%v\nwant\n%v", claims.Permissions, want)
+	}
+	oldKey, _ := jwt.ParseDecoratedNKey(older)
+	newKey, _ := jwt.ParseDecoratedNKey(data)
+	oldPub, _ := oldKey.PublicKey()
+	newPub, _ := newKey.PublicKey()
+	if oldPub != newPub || claims.Subject != oldPub {
+		t.Errorf("the key changed: %s → %s (subject %s)", oldPub, newPub, claims.Subject)
+	}
+	// The refreshed credentials connect and may do this release's work.
+	opts := &server.Options{}
+	if err := auth.Configure(opts); err != nil {
+		t.Fatal(err)
+	}
+	ns := testkit.Serve(t, opts)
+	nc, err := nats.Connect(ns.ClientURL(), busauth.ConnectOptions(subjects.Gateway, auth.Creds(subjects.Gateway))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
 }

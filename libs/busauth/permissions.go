@@ -97,7 +97,7 @@ func Permissions(identity string) (jwt.Permissions, error) {
 				pub = append(pub, p.Subjects...)
 			}
 		}
-		if u.PublishedBy(identity) || len(durables) > 0 {
+		if u.DeclaredBy(identity) {
 			pub = append(pub, jsAPI("STREAM.INFO.%s", st), jsAPI("STREAM.CREATE.%s", st), jsAPI("STREAM.UPDATE.%s", st))
 		}
 		for _, durable := range durables {

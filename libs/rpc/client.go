@@ -45,6 +45,7 @@ type CallOption func(*callOptions)
 type callOptions struct {
 	actor   vocab.Actor
 	source  string
+	cred    Credential
 	timeout time.Duration
 }
 
@@ -55,6 +56,11 @@ func As(actor vocab.Actor) CallOption { return func(o *callOptions) { o.actor = 
 // ForClient names the address of the API client the call is made for
 // (the gateway's calls); the service reads it with Source.
 func ForClient(addr string) CallOption { return func(o *callOptions) { o.source = addr } }
+
+// WithCredential names the role and token id of the API credential the
+// call is made with (the gateway's calls); the service reads them with
+// CredentialOf.
+func WithCredential(c Credential) CallOption { return func(o *callOptions) { o.cred = c } }
 
 // Timeout bounds this call instead of the client's timeout.
 func Timeout(d time.Duration) CallOption { return func(o *callOptions) { o.timeout = d } }
@@ -81,6 +87,12 @@ func Call[Req, Resp proto.Message](ctx context.Context, c *Client, ep endpoints.
 	hdr.Set(bus.HeaderActor, string(o.actor))
 	if o.source != "" {
 		hdr.Set(bus.HeaderSource, o.source)
+	}
+	if o.cred.Role != "" {
+		hdr.Set(bus.HeaderRole, string(o.cred.Role))
+	}
+	if o.cred.TokenID != "" {
+		hdr.Set(bus.HeaderTokenID, o.cred.TokenID)
 	}
 	resp := ep.NewResponse()
 	if err := natsx.Request(ctx, c.nc, info.CallSubject(c.service), req, resp, hdr); err != nil {

@@ -206,8 +206,13 @@ func handler[Req, Resp proto.Message](tp trace.TracerProvider, log *slog.Logger,
 			}
 		}
 		if err == nil {
-			if src := r.Headers().Get(bus.HeaderSource); src != "" && callerOf(r.Subject()) == subjects.Gateway {
-				ctx = context.WithValue(ctx, sourceKey{}, src) // only the gateway has API clients
+			if callerOf(r.Subject()) == subjects.Gateway { // only the gateway has API clients
+				if src := r.Headers().Get(bus.HeaderSource); src != "" {
+					ctx = context.WithValue(ctx, sourceKey{}, src)
+				}
+				if role := r.Headers().Get(bus.HeaderRole); role != "" {
+					ctx = context.WithValue(ctx, credentialKey{}, Credential{Role: vocab.Role(role), TokenID: r.Headers().Get(bus.HeaderTokenID)})
+				}
 			}
 			resp, err = f(ctx, actor, req)
 		}
@@ -240,6 +245,23 @@ type sourceKey struct{}
 func Source(ctx context.Context) string {
 	s, _ := ctx.Value(sourceKey{}).(string)
 	return s
+}
+
+type credentialKey struct{}
+
+// Credential is the API credential a request was made with, as the
+// gateway verified it: its effective role and the token's id.
+type Credential struct {
+	Role    vocab.Role
+	TokenID string
+}
+
+// CredentialOf is the credential of the API client a request was made
+// for, as the gateway named it (WithCredential); zero for requests that
+// are not a client's.
+func CredentialOf(ctx context.Context) Credential {
+	c, _ := ctx.Value(credentialKey{}).(Credential)
+	return c
 }
 
 // authorize checks a request to the endpoint: the caller named by the last

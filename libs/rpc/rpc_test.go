@@ -274,3 +274,37 @@ func TestAnEndpointServesRequestsConcurrentlyUpToItsPool(t *testing.T) {
 		t.Fatalf("at most %d requests were served at once, want 3 (the pool)", got)
 	}
 }
+
+// TestOnlyTheGatewayNamesAClientsCredentialAndAddress: the role, token id
+// and address a call names reach the handler from the gateway, and are
+// ignored from any other caller (none has API clients).
+func TestOnlyTheGatewayNamesAClientsCredentialAndAddress(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	type seen struct {
+		cred   rpc.Credential
+		source string
+	}
+	var got atomic.Value
+	serve(t, testkit.NATSConn(t, ns), endpoints.NetworkGet, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+		got.Store(seen{rpc.CredentialOf(ctx), rpc.Source(ctx)})
+		return &inventoryv1.Network{Id: r.GetId()}, nil
+	})
+	cred := rpc.Credential{Role: vocab.RoleOperator, TokenID: "0123456789abcdef"}
+	for _, c := range []struct {
+		caller string
+		want   seen
+	}{
+		{subjects.Gateway, seen{cred, "192.0.2.1"}},
+		{subjects.Provisioner, seen{}},
+	} {
+		client := rpc.NewClient(testkit.NATSConn(t, ns), c.caller, 0)
+		if _, err := rpc.Call(t.Context(), client, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: "n-1"},
+			rpc.WithCredential(cred), rpc.ForClient("192.0.2.1")); err != nil {
+			t.Fatal(err)
+		}
+		if s := got.Load().(seen); s != c.want {
+			t.Errorf("called by %s, the handler saw %+v, want %+v", c.caller, s, c.want)
+		}
+	}
+}

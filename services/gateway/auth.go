@@ -6,9 +6,12 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
@@ -91,25 +94,18 @@ func (g *Gateway) authenticate(ctx context.Context, token string) (context.Conte
 	return context.WithValue(ctx, userKey{}, u), nil
 }
 
-// publicPaths answer without a token.
-var publicPaths = map[string]bool{
-	"/api/v1/status":       true,
-	"/api/v1/login":        true,
-	"/api/v1/openapi.json": true,
-}
-
-// publicMethods are the gRPC methods that need no token.
-var publicMethods = map[string]bool{
-	"/flotilla.system.v1.SystemService/GetStatus": true,
-	"/flotilla.auth.v1.AuthService/Login":         true,
-}
-
-// requireAuth rejects /api/v1 requests without a valid bearer token, except
-// the public paths, and puts the user in the request context.
+// requireAuth authenticates every /api/ request but those of the public
+// routes (literal paths, from the access table) and puts the user in the
+// request's context; what the user may call is checked once the request
+// is routed (guardREST, guardGateway).
 func (g *Gateway) requireAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(context.WithValue(r.Context(), clientKey{}, hostOf(r.RemoteAddr)))
-		if publicPaths[r.URL.Path] || !strings.HasPrefix(r.URL.Path, "/api/") {
+		method := r.Method
+		if method == http.MethodHead {
+			method = http.MethodGet // as the mux routes it
+		}
+		if !strings.HasPrefix(r.URL.Path, "/api/") || g.routes.public[method+" "+r.URL.Path] {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -136,40 +132,162 @@ func requestToken(r *http.Request) string {
 	return ""
 }
 
-// unaryAuth is the gRPC counterpart of requireAuth.
-func (g *Gateway) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if !publicMethods[info.FullMethod] {
-		md, _ := metadata.FromIncomingContext(ctx)
-		token := ""
-		if v := md.Get("authorization"); len(v) > 0 {
-			token = bearerToken(v[0])
+// guardREST checks a route the root mux serves (pattern) against the
+// access table before its handler runs, and audits it if it changes
+// anything.
+func (g *Gateway) guardREST(pattern string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rt := g.routes.byKey[pattern] // New refuses a pattern without a rule
+		values := make([]string, len(rt.vars))
+		for i, v := range rt.vars {
+			values[i] = r.PathValue(v)
 		}
-		var err error
-		if ctx, err = g.authenticate(ctx, token); err != nil {
-			return nil, apierr.GRPCStatus(ctx, g.log, err)
+		g.serveGuarded(w, r, rt, values, next.ServeHTTP)
+	})
+}
+
+// guardGateway is the grpc-gateway middleware that checks each route it
+// serves against the access table, and audits it if it changes anything.
+func (g *Gateway) guardGateway(next runtime.HandlerFunc) runtime.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
+		pat, _ := runtime.HTTPPattern(r.Context())
+		rt := g.routes.byKey[restKey(r.Method, pat.String())]
+		if rt == nil {
+			// Every route has a rule (New checks): this one was not built
+			// from the services the gateway registered.
+			g.writeError(w, r, apierr.PermissionDenied("%s %s is not in the gateway's access table", r.Method, pat.String()))
+			return
 		}
+		values := make([]string, len(rt.vars))
+		for i, v := range rt.vars {
+			values[i] = params[v]
+		}
+		g.serveGuarded(w, r, rt, values, func(w http.ResponseWriter, r *http.Request) { next(w, r, params) })
 	}
-	return handler(ctx, req)
+}
+
+// serveGuarded serves a routed REST request if its user may call the
+// route, and audits a mutating one, refused or not.
+func (g *Gateway) serveGuarded(w http.ResponseWriter, r *http.Request, rt *route, values []string, serve http.HandlerFunc) {
+	note := &callNote{}
+	r = r.WithContext(context.WithValue(r.Context(), noteKey{}, note))
+	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	if err := authorize(r.Context(), rt); err != nil {
+		g.writeError(sw, r, err)
+	} else {
+		serve(sw, r)
+	}
+	g.audit(r.Context(), callRecord{rt: rt, values: values, created: note.created, status: sw.status, reason: note.reason})
+}
+
+// statusWriter remembers the status a handler answered.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	wrote  bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if !w.wrote {
+		w.status, w.wrote = code, true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	w.wrote = true
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection (flushes for
+// server-sent events, deadlines).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Flush passes a flush on (streamed answers).
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		w.wrote = true
+		f.Flush()
+	}
+}
+
+// grpcToken is the bearer token of a gRPC call's metadata.
+func grpcToken(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get("authorization"); len(v) > 0 {
+		return bearerToken(v[0])
+	}
+	return ""
+}
+
+// unaryAuth is the gRPC counterpart of requireAuth and the guards: the
+// same table, by the route of the method's HTTP rule.
+func (g *Gateway) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	rt := g.routes.byMethod[info.FullMethod]
+	if rt == nil {
+		return nil, apierr.GRPCStatus(ctx, g.log, apierr.PermissionDenied("%s is not in the gateway's access table", info.FullMethod))
+	}
+	if rt.rule.public {
+		resp, err := handler(ctx, req)
+		return resp, g.grpcError(ctx, err)
+	}
+	ctx, err := g.authenticate(ctx, grpcToken(ctx))
+	if err != nil {
+		return nil, apierr.GRPCStatus(ctx, g.log, err)
+	}
+	var resp any
+	if err = authorize(ctx, rt); err == nil {
+		resp, err = handler(ctx, req)
+	}
+	err = g.grpcError(ctx, err)
+	if rt.mutating {
+		c := callRecord{rt: rt}
+		if m, ok := req.(proto.Message); ok {
+			for _, v := range rt.vars {
+				c.values = append(c.values, fieldValue(m, v))
+			}
+		}
+		if m, ok := resp.(proto.Message); ok && err == nil {
+			c.created = idOf(m)
+		}
+		c.status, c.reason = grpcResult(err)
+		g.audit(ctx, c)
+	}
+	return resp, err
+}
+
+// grpcError makes a gRPC status of an error that is not one yet (a
+// handler's own), as REST maps it.
+func (g *Gateway) grpcError(ctx context.Context, err error) error {
+	if _, isStatus := status.FromError(err); err != nil && !isStatus {
+		return apierr.GRPCStatus(ctx, g.log, err)
+	}
+	return err
 }
 
 // streamAuth guards streaming gRPC methods the same way.
 func (g *Gateway) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	md, _ := metadata.FromIncomingContext(ss.Context())
-	token := ""
-	if v := md.Get("authorization"); len(v) > 0 {
-		token = bearerToken(v[0])
+	ctx := ss.Context()
+	rt := g.routes.byMethod[info.FullMethod]
+	if rt == nil {
+		return apierr.GRPCStatus(ctx, g.log, apierr.PermissionDenied("%s is not in the gateway's access table", info.FullMethod))
 	}
-	ctx, err := g.authenticate(ss.Context(), token)
-	if err != nil {
-		return apierr.GRPCStatus(ss.Context(), g.log, err)
+	if !rt.rule.public {
+		var err error
+		if ctx, err = g.authenticate(ctx, grpcToken(ctx)); err == nil {
+			err = authorize(ctx, rt)
+		}
+		if err != nil {
+			return apierr.GRPCStatus(ctx, g.log, err)
+		}
 	}
-	return handler(srv, authedStream{ServerStream: ss, ctx: ctx})
+	return handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
 }
 
-// authedStream is a server stream whose context carries the caller.
-type authedStream struct {
+// contextStream is a server stream with the authenticated user in its context.
+type contextStream struct {
 	grpc.ServerStream
 	ctx context.Context
 }
 
-func (s authedStream) Context() context.Context { return s.ctx }
+func (s *contextStream) Context() context.Context { return s.ctx }

@@ -18,6 +18,7 @@ import (
 	"flotilla.dev/flotilla/internal/stack/stacktest"
 	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/testkit"
+	"flotilla.dev/flotilla/services/gateway"
 	"flotilla.dev/flotilla/services/inventory"
 	"flotilla.dev/flotilla/services/inventory/app"
 )
@@ -40,6 +41,7 @@ type env struct {
 	nc       *nats.Conn
 	bus      *testkit.Bus
 	spans    *tracetest.SpanRecorder
+	gw       *gateway.Gateway
 }
 
 type envOptions struct {
@@ -84,7 +86,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		t.Fatal(err)
 	}
 	// The test reads the streams as an operator's tools would.
-	e := &env{t: t, base: "http://" + st.HTTPAddr, grpcAddr: st.GRPCAddr, pool: pool, nc: bus.Conn(t, busauth.Observer), bus: bus, spans: spans}
+	e := &env{t: t, base: "http://" + st.HTTPAddr, grpcAddr: st.GRPCAddr, pool: pool, nc: bus.Conn(t, busauth.Observer), bus: bus, spans: spans, gw: st.Gateway}
 	var login struct{ Token string }
 	if code := e.call("POST", "/api/v1/login", map[string]string{"username": adminUser, "password": adminPass}, &login, ""); code != 200 {
 		t.Fatalf("login: %d", code)
@@ -100,6 +102,18 @@ type reply = map[string]any
 // value to encode) with the given token ("" for e.token, "-" for none), decodes
 // the JSON answer into out (if not nil) and returns the HTTP status.
 func (e *env) call(method, path string, body any, out any, token string) int {
+	e.t.Helper()
+	code, data := e.send(method, path, body, token)
+	if out != nil && len(data) > 0 {
+		if err := json.Unmarshal(data, out); err != nil {
+			e.t.Fatalf("%s %s: decode %q: %v", method, path, data, err)
+		}
+	}
+	return code
+}
+
+// send sends a request as call does and returns the status and the body.
+func (e *env) send(method, path string, body any, token string) (int, []byte) {
 	e.t.Helper()
 	var r io.Reader
 	switch b := body.(type) {
@@ -135,12 +149,7 @@ func (e *env) call(method, path string, body any, out any, token string) int {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if out != nil && len(data) > 0 {
-		if err := json.Unmarshal(data, out); err != nil {
-			e.t.Fatalf("%s %s: decode %q: %v", method, path, data, err)
-		}
-	}
-	return resp.StatusCode
+	return resp.StatusCode, data
 }
 
 // must sends a request that must answer want, and returns the JSON reply.
@@ -148,6 +157,45 @@ func (e *env) must(want int, method, path string, body any) reply {
 	e.t.Helper()
 	out := reply{}
 	if code := e.call(method, path, body, &out, ""); code != want {
+		e.t.Fatalf("%s %s: status %d, want %d: %v", method, path, code, want, out)
+	}
+	return out
+}
+
+// login logs a user in and returns the token.
+func (e *env) login(username, password string) string {
+	e.t.Helper()
+	var out struct{ Token string }
+	if code := e.call("POST", "/api/v1/login", reply{"username": username, "password": password}, &out, "-"); code != 200 || out.Token == "" {
+		e.t.Fatalf("login as %s: %d", username, code)
+	}
+	return out.Token
+}
+
+// user has the admin create a user with the given role (password
+// username+"-pass") and returns its id and a login token of theirs.
+func (e *env) user(username, role string) (id, token string) {
+	e.t.Helper()
+	u := e.must(200, "POST", "/api/v1/users", reply{"username": username, "password": username + "-pass", "role": role})
+	return u["id"].(string), e.login(username, username+"-pass")
+}
+
+// as sends a request with token and returns the status and the answer,
+// decoded if it is a JSON object.
+func (e *env) as(token, method, path string, body any) (int, reply) {
+	e.t.Helper()
+	code, data := e.send(method, path, body, token)
+	out := reply{}
+	_ = json.Unmarshal(data, &out)
+	return code, out
+}
+
+// mustAs sends a request with token that must answer want, and returns
+// the JSON reply.
+func (e *env) mustAs(token string, want int, method, path string, body any) reply {
+	e.t.Helper()
+	code, out := e.as(token, method, path, body)
+	if code != want {
 		e.t.Fatalf("%s %s: status %d, want %d: %v", method, path, code, want, out)
 	}
 	return out

@@ -33,6 +33,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	auditv1 "flotilla.dev/flotilla/api/gen/flotilla/audit/v1"
 	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -116,6 +117,8 @@ type Gateway struct {
 	js      jetstream.JetStream
 	bus     *rpc.Client
 	deps    Deps
+	// routes is every route with who may call it (access.go).
+	routes *routeTable
 }
 
 // New builds the gateway's HTTP and gRPC servers; Run serves them.
@@ -158,7 +161,7 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	g.js = js
-	h, err := g.handler(ctx)
+	h, restOnly, err := g.handler(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -177,6 +180,9 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 		grpc.ChainStreamInterceptor(g.streamAuth),
 	)...)
 	registerGRPC(g.grpcSrv, g)
+	if g.routes, err = buildRoutes(g.grpcSrv.GetServiceInfo(), restOnly); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	return g, nil
 }
 
@@ -208,12 +214,15 @@ func (c bodyCodec) NewDecoder(r io.Reader) runtime.Decoder {
 	})
 }
 
-// handler assembles the HTTP routes.
-func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
+// handler assembles the HTTP routes, and names those under /api/ that
+// only REST serves (the others are the gRPC services' HTTP rules).
+func (g *Gateway) handler(ctx context.Context) (http.Handler, []string, error) {
 	mux := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonCodec),
 		runtime.WithErrorHandler(g.restError),
 		runtime.WithForwardResponseOption(statusCode),
+		runtime.WithForwardResponseOption(noteResponse),
+		runtime.WithMiddlewares(g.guardGateway),
 	)
 	g.mux = mux
 	regs := []func(context.Context, *runtime.ServeMux) error{
@@ -241,13 +250,25 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
 		func(ctx context.Context, m *runtime.ServeMux) error {
 			return cav1.RegisterCAServiceHandlerServer(ctx, m, caServer{g: g})
 		},
+		func(ctx context.Context, m *runtime.ServeMux) error {
+			return authv1.RegisterUserServiceHandlerServer(ctx, m, userServer{g: g})
+		},
+		func(ctx context.Context, m *runtime.ServeMux) error {
+			return authv1.RegisterTokenServiceHandlerServer(ctx, m, tokenServer{g: g})
+		},
+		func(ctx context.Context, m *runtime.ServeMux) error {
+			return auditv1.RegisterAuditServiceHandlerServer(ctx, m, auditServer{g: g})
+		},
 	}
 	for _, r := range regs {
 		if err := r(ctx, mux); err != nil {
-			return nil, fmt.Errorf("register REST handlers: %w", err)
+			return nil, nil, fmt.Errorf("register REST handlers: %w", err)
 		}
 	}
-	root := http.NewServeMux()
+	// Every route under /api/ the root mux serves itself is checked
+	// against the access table (guardedMux); the rest of /api/ goes to
+	// grpc-gateway, whose middleware checks its routes.
+	root := &guardedMux{ServeMux: http.NewServeMux(), g: g}
 	root.HandleFunc("GET /api/v1/openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(openapi.JSON())
@@ -255,8 +276,8 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
 	root.HandleFunc("GET /api/v1/ca/certificate", g.caPEM)
 	root.HandleFunc("GET /api/v1/instances/{id}/logs", g.instanceLogs)
 	root.HandleFunc("GET /api/v1/events", g.fleetEvents)
-	root.Handle("/api/", mux)
-	root.HandleFunc("/api", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) })
+	root.ServeMux.Handle("/api/", mux)
+	root.ServeMux.HandleFunc("/api", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) })
 	if g.version != "" {
 		root.Handle("GET "+AgentDownloadPath(g.version), &agentDownload{path: g.deps.AgentBinary})
 	}
@@ -265,7 +286,7 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
 	con, err := console.New(console.Deps{Log: g.log, Version: g.version,
 		API: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { api.ServeHTTP(w, r) })})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	root.Handle("/", con)
 	api = otelhttp.NewHandler(g.requireAuth(g.limitBody(root)), "gateway",
@@ -273,7 +294,30 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, error) {
 		otelhttp.WithPropagators(natsx.Propagator),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.URL.Path }),
 	)
-	return api, nil
+	return api, root.api, nil
+}
+
+// guardedMux is the gateway's root mux: a route it serves under /api/ is
+// checked against the access table (and audited) before its handler runs.
+type guardedMux struct {
+	*http.ServeMux
+	g *Gateway
+	// api are the patterns under /api/ it serves.
+	api []string
+}
+
+// Handle serves pattern with h, guarded when it is under /api/.
+func (m *guardedMux) Handle(pattern string, h http.Handler) {
+	if _, path, _ := strings.Cut(pattern, " "); strings.HasPrefix(path, "/api/") {
+		m.api = append(m.api, pattern)
+		h = m.g.guardREST(pattern, h)
+	}
+	m.ServeMux.Handle(pattern, h)
+}
+
+// HandleFunc serves pattern with f, guarded when it is under /api/.
+func (m *guardedMux) HandleFunc(pattern string, f func(http.ResponseWriter, *http.Request)) {
+	m.Handle(pattern, http.HandlerFunc(f))
 }
 
 // statusCode answers a degraded status with 503, so load balancers take this
@@ -302,6 +346,7 @@ func (g *Gateway) restError(ctx context.Context, _ *runtime.ServeMux, _ runtime.
 		httpStatus = runtime.HTTPStatusFromCode(st.Code())
 	}
 	e := apierr.FromStatus(st)
+	noteError(ctx, e.Reason)
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(e.RetryAfter.Seconds()))))
 	}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"flotilla.dev/flotilla/api/endpoints"
+	auditv1 "flotilla.dev/flotilla/api/gen/flotilla/audit/v1"
 	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -156,8 +157,17 @@ func (s secretServer) CreateSecret(ctx context.Context, r *secretsv1.CreateSecre
 	return call(ctx, s.g, endpoints.SecretCreate, r)
 }
 
+// ListSecrets lists an instance's secrets; below an operator, by name only.
 func (s secretServer) ListSecrets(ctx context.Context, r *secretsv1.ListSecretsRequest) (*secretsv1.ListSecretsResponse, error) {
-	return call(ctx, s.g, endpoints.SecretList, r)
+	out, err := call(ctx, s.g, endpoints.SecretList, r)
+	if err != nil || vocab.Role(userFrom(ctx).GetRole()).AtLeast(vocab.RoleOperator) {
+		return out, err
+	}
+	names := &secretsv1.ListSecretsResponse{}
+	for _, sec := range out.GetSecrets() {
+		names.Secrets = append(names.Secrets, &secretsv1.Secret{InstanceId: sec.GetInstanceId(), Name: sec.GetName()})
+	}
+	return names, nil
 }
 
 func (s secretServer) DeleteSecret(ctx context.Context, r *secretsv1.DeleteSecretRequest) (*emptypb.Empty, error) {
@@ -286,4 +296,7 @@ func registerGRPC(s *grpc.Server, g *Gateway) {
 	systemv1.RegisterSystemServiceServer(s, systemServer{g: g})
 	secretsv1.RegisterSecretServiceServer(s, secretServer{g: g})
 	cav1.RegisterCAServiceServer(s, caServer{g: g})
+	authv1.RegisterUserServiceServer(s, userServer{g: g})
+	authv1.RegisterTokenServiceServer(s, tokenServer{g: g})
+	auditv1.RegisterAuditServiceServer(s, auditServer{g: g})
 }

@@ -102,6 +102,22 @@ func (c *tokenCache) drop(id string) {
 	c.mu.Unlock()
 }
 
+// dropUser forgets every token of a user (their role changed, their
+// password was reset or changed, they were deleted): each is verified
+// again at its next use.
+func (c *tokenCache) dropUser(userID string) {
+	if userID == "" {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, e := range c.m {
+		if e.user.GetUserId() == userID {
+			delete(c.m, id)
+		}
+	}
+}
+
 // clear forgets every token.
 func (c *tokenCache) clear() {
 	c.mu.Lock()
@@ -109,8 +125,9 @@ func (c *tokenCache) clear() {
 	c.mu.Unlock()
 }
 
-// watch drops revoked tokens as their records go by, and everything after
-// the connection was lost, until ctx ends.
+// watch drops revoked tokens, and the tokens of users who changed, as
+// their records go by, and everything after the connection was lost,
+// until ctx ends.
 func (c *tokenCache) watch(ctx context.Context, nc *nats.Conn) error {
 	var subs []*nats.Subscription
 	for _, w := range endpoints.Watches {
@@ -120,8 +137,13 @@ func (c *tokenCache) watch(ctx context.Context, nc *nats.Conn) error {
 		for _, subject := range w.Subjects {
 			sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
 				rec := &authv1.AuthAudit{}
-				if proto.Unmarshal(m.Data, rec) == nil && rec.GetTokenId() != "" {
+				if proto.Unmarshal(m.Data, rec) != nil {
+					return
+				}
+				if rec.GetAction() == subjects.VerbTokenRevoked {
 					c.drop(rec.GetTokenId())
+				} else {
+					c.dropUser(rec.GetUserId())
 				}
 			})
 			if err != nil {

@@ -11,16 +11,18 @@ import (
 	"log/slog"
 	"time"
 
-	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
-
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/errgroup"
 
 	"flotilla.dev/flotilla/api/endpoints"
+	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/events"
 	"flotilla.dev/flotilla/libs/every"
 	"flotilla.dev/flotilla/libs/outbox"
 	"flotilla.dev/flotilla/libs/pgstore"
@@ -59,10 +61,11 @@ const DefaultAgentStaleAfter = 24 * time.Second
 
 // Service is a running inventory.
 type Service struct {
-	deps Deps
-	app  *app.App
-	fwd  *outbox.Forwarder
-	svc  *rpc.Service
+	deps   Deps
+	app    *app.App
+	fwd    *outbox.Forwarder
+	svc    *rpc.Service
+	events *events.Router
 }
 
 // New migrates the schema, declares the streams and registers the endpoints.
@@ -100,21 +103,54 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 			_, err := rpc.Call(ctx, bus, endpoints.CertKeyDelete, &secretsv1.DeleteCertificateKeyRequest{Id: id})
 			return err
 		})}, d.AppOptions...)...)
+	// The audit trail's projection: a durable consumer from the stream's
+	// first record, shared by every inventory process, so each record is
+	// written once (and again harmlessly, by id, if redelivered).
+	router, err := events.NewRouter(js, subjects.Inventory, log, d.TracerProvider)
+	if err != nil {
+		return nil, fmt.Errorf("inventory: %w", err)
+	}
+	err = router.Handle(ctx, subjects.AuditStream, subjects.AuditAll(), jetstream.ConsumerConfig{
+		Durable:       subjects.AuditProjectionConsumer,
+		Description:   "The inventory writes every audit record into PostgreSQL for GET /api/v1/audit",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	}, projectAudit(a, log))
+	if err != nil {
+		return nil, fmt.Errorf("inventory: audit consumer: %w", err)
+	}
 	svc, err := ports.Serve(d.NATS, a, d.Pool, log, d.TracerProvider, d.Version, rpc.WithConcurrency(d.Concurrency))
 	if err != nil {
 		return nil, err
 	}
-	return &Service{deps: d, app: a, fwd: fwd, svc: svc}, nil
+	return &Service{deps: d, app: a, fwd: fwd, svc: svc, events: router}, nil
+}
+
+// projectAudit handles one record of the audit stream; one that can never
+// be decoded goes to the poison stream.
+func projectAudit(a *app.App, log *slog.Logger) events.Handler {
+	return func(msg *message.Message) error {
+		err := a.ProjectAudit(msg.Context(), app.AuditMessage{ID: msg.UUID, Subject: msg.Metadata.Get(bus.HeaderSubject),
+			Header: msg.Metadata.Get, Data: msg.Payload})
+		if errors.Is(err, app.ErrMalformedAudit) {
+			log.ErrorContext(msg.Context(), "a malformed audit record goes to the poison stream", "message_id", msg.UUID, "error", err)
+			return events.Permanent(err)
+		}
+		return err
+	}
 }
 
 // App returns the application layer (for the CLI and tests).
 func (s *Service) App() *app.App { return s.app }
 
-// Run forwards the outbox, marks agents whose heartbeats stopped as
-// disconnected and purges expired tokens until ctx ends, then stops taking
-// requests.
+// Run forwards the outbox, projects the audit stream into PostgreSQL,
+// marks agents whose heartbeats stopped as disconnected, writes held
+// heartbeats and API tokens' last uses, and purges expired tokens and
+// audit records until ctx ends, then stops taking requests.
 func (s *Service) Run(ctx context.Context) error {
 	defer func() { _ = s.svc.Stop() }()
+	// Whichever of the forwarder and the audit projection stops first
+	// stops everything.
+	eg, ctx := errgroup.WithContext(ctx)
 	stale := s.deps.AgentStaleAfter
 	if stale <= 0 {
 		stale = DefaultAgentStaleAfter
@@ -128,23 +164,36 @@ func (s *Service) Run(ctx context.Context) error {
 		_, err := s.app.PurgeExpiredTokens(ctx)
 		return err
 	})
+	go every.Run(ctx, time.Hour, log, "purge old audit records", func(ctx context.Context) error {
+		_, err := s.app.PurgeAudit(ctx)
+		return err
+	})
+	defer flushing(ctx, log, app.TokenUseFlushInterval, "write API tokens' last use", s.app.FlushTokenUse)()
 	go every.Run(ctx, time.Hour, log, "sweep heartbeats", func(ctx context.Context) error {
 		_, err := s.app.SweepHeartbeats(ctx)
 		return err
 	})
-	flushed := make(chan struct{})
+	// What is held is written before the process ends.
+	defer flushing(ctx, log, app.HeartbeatFlushInterval, "write heartbeats", s.app.FlushHeartbeats)()
+	eg.Go(func() error { return s.fwd.Run(ctx) })
+	eg.Go(func() error { return s.events.Run(ctx) })
+	return eg.Wait()
+}
+
+// flushing runs flush every interval until ctx ends, and once more then;
+// the function it returns waits for that last one.
+func flushing(ctx context.Context, log *slog.Logger, interval time.Duration, what string, flush func(context.Context) error) (wait func()) {
+	done := make(chan struct{})
 	go func() {
-		defer close(flushed)
-		every.Run(ctx, app.HeartbeatFlushInterval, log, "write heartbeats", s.app.FlushHeartbeats)
-		// What is held is written before the process ends.
+		defer close(done)
+		every.Run(ctx, interval, log, what, flush)
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		if err := s.app.FlushHeartbeats(fctx); err != nil {
-			log.WarnContext(ctx, "write heartbeats", "error", err)
+		if err := flush(fctx); err != nil {
+			log.WarnContext(ctx, what, "error", err)
 		}
 	}()
-	defer func() { <-flushed }()
-	return s.fwd.Run(ctx)
+	return func() { <-done }
 }
 
 // InitialSetup migrates the schema if needed and creates the first admin

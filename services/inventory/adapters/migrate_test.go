@@ -22,19 +22,19 @@ import (
 
 func TestMain(m *testing.M) { testkit.Main(m) }
 
-// TestUpgradeKeepsUnforwardedEvents starts from the first schema, whose
-// outbox table holds a committed but not yet forwarded event, upgrades, and
-// forwards: the event reaches the stream unchanged.
-func TestUpgradeKeepsUnforwardedEvents(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, testkit.NewDatabase(t))
+// schemaAt is a database of the test's own with the inventory's schema as
+// migration version left it (beside the outbox's, which Migrate always
+// brings up to date first).
+func schemaAt(t *testing.T, version int64) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(t.Context(), testkit.NewDatabase(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-
-	// The schema as the first release left it.
+	if err := outbox.Migrate(t.Context(), pool, nil); err != nil {
+		t.Fatal(err)
+	}
 	dir, err := fs.Sub(migrations, "migrations")
 	if err != nil {
 		t.Fatal(err)
@@ -45,9 +45,20 @@ func TestUpgradeKeepsUnforwardedEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.UpTo(ctx, 1); err != nil {
+	if _, err := p.UpTo(t.Context(), version); err != nil {
 		t.Fatal(err)
 	}
+	return pool
+}
+
+// TestUpgradeKeepsUnforwardedEvents starts from the first schema, whose
+// outbox table holds a committed but not yet forwarded event, upgrades, and
+// forwards: the event reaches the stream unchanged.
+func TestUpgradeKeepsUnforwardedEvents(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	// The schema as the first release left it.
+	pool := schemaAt(t, 1)
 	msg, err := bus.NewEvent(ctx, subjects.NounNetwork, "n-old", vocab.VerbCreated, vocab.User("ada"), 1, time.Now(), &systemv1.PingResponse{Service: "old"})
 	if err != nil {
 		t.Fatal(err)
@@ -95,5 +106,36 @@ func TestUpgradeKeepsUnforwardedEvents(t *testing.T) {
 	}
 	if string(got.Data) != string(msg.Data) {
 		t.Error("payload changed in the upgrade")
+	}
+}
+
+// TestUpgradeKeepsAdminsAndTheirSessions starts from the schema before
+// roles, with an admin logged in, upgrades: the admin is an admin, still
+// logged in with the same token, at version 1.
+func TestUpgradeKeepsAdminsAndTheirSessions(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := schemaAt(t, 5) // before roles
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	id := NewID()
+	if _, err := pool.Exec(ctx, "INSERT INTO users (id, username, password_hash, is_admin, created_at) VALUES ($1, 'root', 'h', true, $2)", id, now); err != nil {
+		t.Fatal(err)
+	}
+	const token = "flt_an-old-session"
+	if _, err := pool.Exec(ctx, "INSERT INTO api_tokens (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+		tokenDigest(token), id, now, now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := Migrate(ctx, pool, nil); err != nil {
+		t.Fatal(err)
+	}
+	u, tok, err := UserByToken(ctx, pool, token, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.ID != id || u.Role != vocab.RoleAdmin || u.Version != 1 || !u.UpdatedAt.Equal(now) || u.MustChangePassword ||
+		tok.Kind != TokenSession || tok.ID == "" {
+		t.Fatalf("after the upgrade: %+v %+v", u, tok)
 	}
 }

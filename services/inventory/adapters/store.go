@@ -189,16 +189,9 @@ func (t Table) Delete(ctx context.Context, tx pgx.Tx, id string, version int64) 
 // the resource that would take its encoded size over maxBytes; it holds at
 // least one.
 func (t Table) List(ctx context.Context, q Querier, pageToken string, limit, maxBytes int, newMsg func() proto.Message) ([]proto.Message, string, error) {
-	after := "00000000-0000-0000-0000-000000000000"
-	if pageToken != "" {
-		raw, err := base64.RawURLEncoding.DecodeString(pageToken)
-		if err != nil {
-			return nil, "", apierr.Invalid("pageToken", "is not a token from a previous response")
-		}
-		if _, err := uuid.Parse(string(raw)); err != nil {
-			return nil, "", apierr.Invalid("pageToken", "is not a token from a previous response")
-		}
-		after = string(raw)
+	after, err := PageAfter(pageToken)
+	if err != nil {
+		return nil, "", err
 	}
 	rows, err := q.Query(ctx, "SELECT spec, id::text, version, created_at, updated_at FROM "+t.Name+
 		" WHERE id > $1 ORDER BY id LIMIT $2", after, limit+1)
@@ -230,10 +223,30 @@ func (t Table) List(ctx context.Context, q Querier, pageToken string, limit, max
 		out, full = out[:limit], true
 	}
 	if full {
-		next = base64.RawURLEncoding.EncodeToString([]byte(getString(out[len(out)-1], "id")))
+		next = PageToken(getString(out[len(out)-1], "id"))
 	}
 	return out, next, nil
 }
+
+// PageAfter is the id a list page token says to go on after (the nil
+// UUID for the first page); a token not from a previous answer is invalid
+// input naming pageToken.
+func PageAfter(pageToken string) (string, error) {
+	if pageToken == "" {
+		return "00000000-0000-0000-0000-000000000000", nil
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(pageToken)
+	if err == nil {
+		_, err = uuid.Parse(string(raw))
+	}
+	if err != nil {
+		return "", apierr.Invalid("pageToken", "is not a token from a previous response")
+	}
+	return string(raw), nil
+}
+
+// PageToken is the token of the page after the item with this id.
+func PageToken(lastID string) string { return base64.RawURLEncoding.EncodeToString([]byte(lastID)) }
 
 func (t Table) extra(m proto.Message) []Column {
 	if t.Extra == nil {

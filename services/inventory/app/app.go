@@ -71,6 +71,8 @@ type App struct {
 	// those no record names any more.
 	keys    KeyStore
 	dropKey KeyDrop
+	// tokenUse holds API tokens' last uses until they are written.
+	tokenUse tokenUses
 }
 
 // Option configures an App.
@@ -204,13 +206,11 @@ func get[T resource](ctx context.Context, a *App, k kind[T], id string) (T, erro
 }
 
 func list[T resource](ctx context.Context, a *App, k kind[T], pageSize int32, pageToken string) ([]T, string, error) {
-	if pageSize < 0 || pageSize > MaxPageSize {
-		return nil, "", apierr.Invalid("pageSize", "%d is out of range: must be between 1 and %d (0 means %d)", pageSize, MaxPageSize, DefaultPageSize)
+	n, err := pageSizeOf(pageSize)
+	if err != nil {
+		return nil, "", err
 	}
-	if pageSize == 0 {
-		pageSize = DefaultPageSize
-	}
-	ms, next, err := k.table.List(ctx, a.pool, pageToken, int(pageSize), MaxPageBytes, func() proto.Message { return k.new() })
+	ms, next, err := k.table.List(ctx, a.pool, pageToken, n, MaxPageBytes, func() proto.Message { return k.new() })
 	if err != nil {
 		return nil, "", err
 	}

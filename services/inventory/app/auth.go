@@ -2,8 +2,6 @@ package app
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"regexp"
@@ -41,18 +39,18 @@ var dummyHash = sync.OnceValue(func() string {
 
 // InitialSetup creates the first admin user. It refuses to run twice.
 func (a *App) InitialSetup(ctx context.Context, username, pw string) error {
-	if !usernameRE.MatchString(username) {
-		return apierr.Invalid("username", "%q must be 1-64 letters, digits or . _ @ -, starting with a letter or digit", username)
+	if err := checkUsername(username); err != nil {
+		return err
 	}
-	if len(pw) < password.MinLength {
-		return apierr.Invalid("password", "must be at least %d characters", password.MinLength)
+	if err := checkPassword("password", pw); err != nil {
+		return err
 	}
 	hash, err := password.Hash(pw)
 	if err != nil {
 		return err
 	}
 	now := a.now()
-	u := &adapters.User{ID: adapters.NewID(), Username: username, PasswordHash: hash, IsAdmin: true, CreatedAt: now}
+	u := &adapters.User{ID: adapters.NewID(), Username: username, PasswordHash: hash, Role: vocab.RoleAdmin, CreatedAt: now}
 	return a.inTx(ctx, func(tx pgx.Tx) error {
 		if err := adapters.CreateFirstAdmin(ctx, tx, u); err != nil {
 			if errors.Is(err, adapters.ErrAdminExists) {
@@ -60,12 +58,7 @@ func (a *App) InitialSetup(ctx context.Context, username, pw string) error {
 			}
 			return err
 		}
-		msg, err := bus.NewEvent(ctx, subjects.NounUser, u.ID, vocab.VerbCreated, vocab.System("initial-setup"), 1, now,
-			&authv1.User{Id: u.ID, Username: u.Username, IsAdmin: true, CreateTime: timestamppb.New(now)})
-		if err != nil {
-			return err
-		}
-		return outbox.Write(ctx, tx, msg)
+		return a.emitUser(ctx, tx, vocab.VerbCreated, vocab.System("initial-setup"), u)
 	})
 }
 
@@ -128,18 +121,18 @@ func (a *App) Login(ctx context.Context, username, pw, source string) (*authv1.L
 		}
 		return nil, apierr.Unauthenticated("invalid user name or password")
 	}
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
+	token, err := newToken()
+	if err != nil {
 		return nil, err
 	}
-	token := TokenPrefix + base64.RawURLEncoding.EncodeToString(raw)
 	exp := now.Add(a.tokenTTL)
 	rec.Action, rec.TokenId, rec.Until = subjects.VerbTokenIssued, bearer.ID(token), timestamppb.New(exp)
 	err = a.inTx(ctx, func(tx pgx.Tx) error {
 		if err := adapters.ClearLoginFailures(ctx, tx, username); err != nil {
 			return err
 		}
-		if err := adapters.InsertToken(ctx, tx, token, u.ID, now, exp); err != nil {
+		t := &adapters.Token{ID: adapters.NewID(), UserID: u.ID, Kind: adapters.TokenSession, CreatedAt: now, ExpiresAt: exp}
+		if err := adapters.InsertToken(ctx, tx, token, t); err != nil {
 			return err
 		}
 		return a.audit(ctx, tx, rec)
@@ -147,18 +140,24 @@ func (a *App) Login(ctx context.Context, username, pw, source string) (*authv1.L
 	if err != nil {
 		return nil, err
 	}
-	return &authv1.LoginResponse{Token: token, ExpireTime: timestamppb.New(exp), Username: u.Username}, nil
+	return &authv1.LoginResponse{Token: token, ExpireTime: timestamppb.New(exp), Username: u.Username, Role: string(u.Role),
+		PasswordChangeRequired: u.MustChangePassword}, nil
 }
 
 // audit writes an audit record to the outbox, for FLOTILLA_AUDIT, and logs
-// it (never a password or token: the record holds neither).
+// it (never a password or token: the record holds neither). Its actor is
+// rec.Actor, or the inventory itself (a login).
 func (a *App) audit(ctx context.Context, tx pgx.Tx, rec *authv1.AuthAudit) error {
 	id := rec.GetUserId()
 	if id == "" {
 		id = subjects.UnknownUser
 	}
+	actor := vocab.Actor(rec.GetActor())
+	if actor == "" {
+		actor = vocab.System(subjects.Inventory)
+	}
 	msg, err := bus.NewMessage(ctx, subjects.Audit(subjects.NounUser, id, rec.GetAction()), "user."+rec.GetAction(),
-		vocab.System(subjects.Inventory), rec.GetTime().AsTime(), rec)
+		actor, rec.GetTime().AsTime(), rec)
 	if err != nil {
 		return err
 	}
@@ -166,23 +165,37 @@ func (a *App) audit(ctx context.Context, tx pgx.Tx, rec *authv1.AuthAudit) error
 		return err
 	}
 	a.log.InfoContext(ctx, "auth: "+rec.GetAction(), "username", rec.GetUsername(), "user_id", rec.GetUserId(),
-		"source", rec.GetSource(), "reason", rec.GetReason(), "token_id", rec.GetTokenId())
+		"source", rec.GetSource(), "reason", rec.GetReason(), "token_id", rec.GetTokenId(), "actor", rec.GetActor(), "role", rec.GetRole())
 	return nil
 }
 
-// VerifyToken returns the user a live bearer token belongs to.
+// VerifyToken returns the user a live bearer token belongs to, the
+// token's effective role (a session's is its user's; an API token's the
+// lesser of its own and its user's) and, for a login session, whether the
+// user must change their password first. An API token's use is noted, to be written with
+// the others (FlushTokenUse).
 func (a *App) VerifyToken(ctx context.Context, token string) (*authv1.VerifyTokenResponse, error) {
 	if token == "" {
 		return nil, apierr.Unauthenticated("a bearer token is required")
 	}
-	u, exp, err := adapters.UserByToken(ctx, a.pool, token, a.now())
+	now := a.now()
+	u, t, err := adapters.UserByToken(ctx, a.pool, token, now)
 	if errors.Is(err, adapters.ErrNoUser) {
 		return nil, apierr.Unauthenticated("the bearer token is invalid, expired or revoked: log in again")
 	}
 	if err != nil {
 		return nil, err
 	}
-	return &authv1.VerifyTokenResponse{UserId: u.ID, Username: u.Username, ExpireTime: timestamppb.New(exp)}, nil
+	resp := &authv1.VerifyTokenResponse{UserId: u.ID, Username: u.Username, ExpireTime: timestamppb.New(t.ExpiresAt),
+		Role: string(u.Role), TokenId: t.BearerID(), Kind: string(t.Kind)}
+	// A reset password holds the user's logins back until they change it;
+	// their API tokens go on working (an admin revokes those one by one).
+	resp.PasswordChangeRequired = u.MustChangePassword && t.Kind == adapters.TokenSession
+	if t.Kind == adapters.TokenAPI {
+		resp.Role, resp.ApiTokenId = string(t.Role.Lesser(u.Role)), t.ID
+		a.tokenUse.note(t.ID, now)
+	}
+	return resp, nil
 }
 
 // RevokeToken revokes a bearer token and writes the audit record of it;

@@ -13,6 +13,7 @@ import (
 
 	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	auditv1 "flotilla.dev/flotilla/api/gen/flotilla/audit/v1"
 	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
@@ -25,6 +26,13 @@ import (
 // Pinger checks a dependency is reachable (the PostgreSQL pool).
 type Pinger interface {
 	Ping(ctx context.Context) error
+}
+
+// caller is who makes a request: the actor, and what the gateway says of
+// the API client it is made for.
+func caller(ctx context.Context, actor vocab.Actor) app.Caller {
+	cred := rpc.CredentialOf(ctx)
+	return app.Caller{Actor: actor, Source: rpc.Source(ctx), Role: cred.Role, TokenID: cred.TokenID}
 }
 
 // Serve registers the inventory's endpoints on nc; stop the returned service
@@ -121,6 +129,39 @@ func Serve(nc *nats.Conn, a *app.App, db Pinger, log *slog.Logger, tp trace.Trac
 		}),
 		rpc.Handle(s, endpoints.TokenRevoke, func(ctx context.Context, _ vocab.Actor, r *authv1.RevokeTokenRequest) (*emptypb.Empty, error) {
 			return &emptypb.Empty{}, a.RevokeToken(ctx, r.GetToken(), rpc.Source(ctx))
+		}),
+		rpc.Handle(s, endpoints.UserCreate, func(ctx context.Context, actor vocab.Actor, r *authv1.CreateUserRequest) (*authv1.User, error) {
+			return a.CreateUser(ctx, caller(ctx, actor), r)
+		}),
+		rpc.Handle(s, endpoints.UserGet, func(ctx context.Context, _ vocab.Actor, r *authv1.GetUserRequest) (*authv1.User, error) {
+			return a.GetUser(ctx, r.GetId())
+		}),
+		rpc.Handle(s, endpoints.UserList, func(ctx context.Context, _ vocab.Actor, r *authv1.ListUsersRequest) (*authv1.ListUsersResponse, error) {
+			return a.ListUsers(ctx, r.GetPageSize(), r.GetPageToken())
+		}),
+		rpc.Handle(s, endpoints.UserUpdate, func(ctx context.Context, actor vocab.Actor, r *authv1.UpdateUserRequest) (*authv1.User, error) {
+			return a.UpdateUser(ctx, caller(ctx, actor), r)
+		}),
+		rpc.Handle(s, endpoints.UserDelete, func(ctx context.Context, actor vocab.Actor, r *authv1.DeleteUserRequest) (*emptypb.Empty, error) {
+			return &emptypb.Empty{}, a.DeleteUser(ctx, caller(ctx, actor), r.GetId(), r.GetVersion())
+		}),
+		rpc.Handle(s, endpoints.UserResetPassword, func(ctx context.Context, actor vocab.Actor, r *authv1.ResetPasswordRequest) (*authv1.ResetPasswordResponse, error) {
+			return a.ResetPassword(ctx, caller(ctx, actor), r.GetId())
+		}),
+		rpc.Handle(s, endpoints.UserChangePassword, func(ctx context.Context, actor vocab.Actor, r *authv1.ChangePasswordRequest) (*emptypb.Empty, error) {
+			return &emptypb.Empty{}, a.ChangePassword(ctx, caller(ctx, actor), r)
+		}),
+		rpc.Handle(s, endpoints.APITokenCreate, func(ctx context.Context, actor vocab.Actor, r *authv1.CreateTokenRequest) (*authv1.CreateTokenResponse, error) {
+			return a.CreateAPIToken(ctx, caller(ctx, actor), r)
+		}),
+		rpc.Handle(s, endpoints.APITokenList, func(ctx context.Context, actor vocab.Actor, r *authv1.ListTokensRequest) (*authv1.ListTokensResponse, error) {
+			return a.ListAPITokens(ctx, caller(ctx, actor), r.GetPageSize(), r.GetPageToken())
+		}),
+		rpc.Handle(s, endpoints.APITokenDelete, func(ctx context.Context, actor vocab.Actor, r *authv1.DeleteTokenRequest) (*authv1.ApiToken, error) {
+			return a.RevokeAPIToken(ctx, caller(ctx, actor), r.GetId())
+		}),
+		rpc.Handle(s, endpoints.AuditList, func(ctx context.Context, _ vocab.Actor, r *auditv1.ListAuditRecordsRequest) (*auditv1.ListAuditRecordsResponse, error) {
+			return a.ListAudit(ctx, r)
 		}),
 	}
 	if err := errors.Join(errs...); err != nil {

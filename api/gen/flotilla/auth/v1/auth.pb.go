@@ -10,6 +10,7 @@ import (
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	emptypb "google.golang.org/protobuf/types/known/emptypb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
@@ -79,11 +80,17 @@ func (x *LoginRequest) GetPassword() string {
 type LoginResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Bearer token for the Authorization header.
-	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
-	Username      string                 `protobuf:"bytes,3,opt,name=username,proto3" json:"username,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Token      string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	Username   string                 `protobuf:"bytes,3,opt,name=username,proto3" json:"username,omitempty"`
+	// The user's role: "admin", "operator" or "viewer".
+	Role string `protobuf:"bytes,4,opt,name=role,proto3" json:"role,omitempty"`
+	// The password was set by an admin (:reset-password): until the user
+	// changes it (POST /api/v1/users/me:change-password), the token may do
+	// nothing else but read the user and log out.
+	PasswordChangeRequired bool `protobuf:"varint,5,opt,name=password_change_required,json=passwordChangeRequired,proto3" json:"password_change_required,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *LoginResponse) Reset() {
@@ -137,6 +144,20 @@ func (x *LoginResponse) GetUsername() string {
 	return ""
 }
 
+func (x *LoginResponse) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *LoginResponse) GetPasswordChangeRequired() bool {
+	if x != nil {
+		return x.PasswordChangeRequired
+	}
+	return false
+}
+
 type LogoutRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -173,6 +194,901 @@ func (*LogoutRequest) Descriptor() ([]byte, []int) {
 	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{2}
 }
 
+type CreateUserRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Username string                 `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
+	// At least 8 characters; write-only.
+	Password string `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	// "admin", "operator" or "viewer".
+	Role          string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateUserRequest) Reset() {
+	*x = CreateUserRequest{}
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateUserRequest) ProtoMessage() {}
+
+func (x *CreateUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateUserRequest.ProtoReflect.Descriptor instead.
+func (*CreateUserRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CreateUserRequest) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *CreateUserRequest) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *CreateUserRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+type GetUserRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUserRequest) Reset() {
+	*x = GetUserRequest{}
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUserRequest) ProtoMessage() {}
+
+func (x *GetUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUserRequest.ProtoReflect.Descriptor instead.
+func (*GetUserRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *GetUserRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type GetCurrentUserRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCurrentUserRequest) Reset() {
+	*x = GetCurrentUserRequest{}
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCurrentUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCurrentUserRequest) ProtoMessage() {}
+
+func (x *GetCurrentUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCurrentUserRequest.ProtoReflect.Descriptor instead.
+func (*GetCurrentUserRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{5}
+}
+
+type ListUsersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Maximum number of results, 1-500; 0 means 50.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Token from a previous response's next_page_token.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListUsersRequest) Reset() {
+	*x = ListUsersRequest{}
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUsersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUsersRequest) ProtoMessage() {}
+
+func (x *ListUsersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUsersRequest.ProtoReflect.Descriptor instead.
+func (*ListUsersRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ListUsersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListUsersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListUsersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Users []*User                `protobuf:"bytes,1,rep,name=users,proto3" json:"users,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListUsersResponse) Reset() {
+	*x = ListUsersResponse{}
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUsersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUsersResponse) ProtoMessage() {}
+
+func (x *ListUsersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUsersResponse.ProtoReflect.Descriptor instead.
+func (*ListUsersResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ListUsersResponse) GetUsers() []*User {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+func (x *ListUsersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type UpdateUserRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The version read; required.
+	Version int64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// The new role: "admin", "operator" or "viewer".
+	Role          string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateUserRequest) Reset() {
+	*x = UpdateUserRequest{}
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateUserRequest) ProtoMessage() {}
+
+func (x *UpdateUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateUserRequest.ProtoReflect.Descriptor instead.
+func (*UpdateUserRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *UpdateUserRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *UpdateUserRequest) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *UpdateUserRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+type DeleteUserRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// If set, the delete only happens at this version.
+	Version       int64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteUserRequest) Reset() {
+	*x = DeleteUserRequest{}
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteUserRequest) ProtoMessage() {}
+
+func (x *DeleteUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteUserRequest.ProtoReflect.Descriptor instead.
+func (*DeleteUserRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *DeleteUserRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DeleteUserRequest) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type ResetPasswordRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResetPasswordRequest) Reset() {
+	*x = ResetPasswordRequest{}
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetPasswordRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetPasswordRequest) ProtoMessage() {}
+
+func (x *ResetPasswordRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetPasswordRequest.ProtoReflect.Descriptor instead.
+func (*ResetPasswordRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ResetPasswordRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ResetPasswordResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	User  *User                  `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	// The temporary password, shown only in this answer: the user logs in
+	// with it and must then choose their own.
+	TemporaryPassword string `protobuf:"bytes,2,opt,name=temporary_password,json=temporaryPassword,proto3" json:"temporary_password,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *ResetPasswordResponse) Reset() {
+	*x = ResetPasswordResponse{}
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetPasswordResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetPasswordResponse) ProtoMessage() {}
+
+func (x *ResetPasswordResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetPasswordResponse.ProtoReflect.Descriptor instead.
+func (*ResetPasswordResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ResetPasswordResponse) GetUser() *User {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+func (x *ResetPasswordResponse) GetTemporaryPassword() string {
+	if x != nil {
+		return x.TemporaryPassword
+	}
+	return ""
+}
+
+type ChangePasswordRequest struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	CurrentPassword string                 `protobuf:"bytes,1,opt,name=current_password,json=currentPassword,proto3" json:"current_password,omitempty"`
+	// At least 8 characters, not the current one.
+	NewPassword   string `protobuf:"bytes,2,opt,name=new_password,json=newPassword,proto3" json:"new_password,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangePasswordRequest) Reset() {
+	*x = ChangePasswordRequest{}
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangePasswordRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangePasswordRequest) ProtoMessage() {}
+
+func (x *ChangePasswordRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangePasswordRequest.ProtoReflect.Descriptor instead.
+func (*ChangePasswordRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ChangePasswordRequest) GetCurrentPassword() string {
+	if x != nil {
+		return x.CurrentPassword
+	}
+	return ""
+}
+
+func (x *ChangePasswordRequest) GetNewPassword() string {
+	if x != nil {
+		return x.NewPassword
+	}
+	return ""
+}
+
+// ApiToken is an API token as listed: never the token itself.
+type ApiToken struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// "admin", "operator" or "viewer": never more than its user's role (the
+	// lesser of the two applies).
+	Role       string                 `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	UserId     string                 `protobuf:"bytes,4,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Username   string                 `protobuf:"bytes,5,opt,name=username,proto3" json:"username,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// About when it was last used (within a minute or so); empty if never.
+	LastUseTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=last_use_time,json=lastUseTime,proto3" json:"last_use_time,omitempty"`
+	// The token's id in audit records: 16 hex digits of its SHA-256.
+	TokenId       string `protobuf:"bytes,9,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApiToken) Reset() {
+	*x = ApiToken{}
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApiToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApiToken) ProtoMessage() {}
+
+func (x *ApiToken) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApiToken.ProtoReflect.Descriptor instead.
+func (*ApiToken) Descriptor() ([]byte, []int) {
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ApiToken) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ApiToken) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ApiToken) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *ApiToken) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *ApiToken) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *ApiToken) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *ApiToken) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *ApiToken) GetLastUseTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastUseTime
+	}
+	return nil
+}
+
+func (x *ApiToken) GetTokenId() string {
+	if x != nil {
+		return x.TokenId
+	}
+	return ""
+}
+
+type CreateTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1-64 characters, unique among the user's live API tokens.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// "admin", "operator" or "viewer", at most the creator's role.
+	Role string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	// How long the token lives, 1 minute to 365 days ("86400s"); 0: 30 days.
+	ExpiresIn     *durationpb.Duration `protobuf:"bytes,3,opt,name=expires_in,json=expiresIn,proto3" json:"expires_in,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenRequest) Reset() {
+	*x = CreateTokenRequest{}
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenRequest) ProtoMessage() {}
+
+func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CreateTokenRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateTokenRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *CreateTokenRequest) GetExpiresIn() *durationpb.Duration {
+	if x != nil {
+		return x.ExpiresIn
+	}
+	return nil
+}
+
+type CreateTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The bearer token, shown only in this answer.
+	Token         string    `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ApiToken      *ApiToken `protobuf:"bytes,2,opt,name=api_token,json=apiToken,proto3" json:"api_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenResponse) Reset() {
+	*x = CreateTokenResponse{}
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenResponse) ProtoMessage() {}
+
+func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CreateTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CreateTokenResponse) GetApiToken() *ApiToken {
+	if x != nil {
+		return x.ApiToken
+	}
+	return nil
+}
+
+type ListTokensRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Maximum number of results, 1-500; 0 means 50.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Token from a previous response's next_page_token.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensRequest) Reset() {
+	*x = ListTokensRequest{}
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensRequest) ProtoMessage() {}
+
+func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListTokensRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ListTokensRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListTokensRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListTokensResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Tokens []*ApiToken            `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensResponse) Reset() {
+	*x = ListTokensResponse{}
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensResponse) ProtoMessage() {}
+
+func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListTokensResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ListTokensResponse) GetTokens() []*ApiToken {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+func (x *ListTokensResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type DeleteTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTokenRequest) Reset() {
+	*x = DeleteTokenRequest{}
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTokenRequest) ProtoMessage() {}
+
+func (x *DeleteTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTokenRequest.ProtoReflect.Descriptor instead.
+func (*DeleteTokenRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *DeleteTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 // VerifyTokenRequest asks which user a bearer token belongs to (bus only).
 type VerifyTokenRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -183,7 +1099,7 @@ type VerifyTokenRequest struct {
 
 func (x *VerifyTokenRequest) Reset() {
 	*x = VerifyTokenRequest{}
-	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[3]
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -195,7 +1111,7 @@ func (x *VerifyTokenRequest) String() string {
 func (*VerifyTokenRequest) ProtoMessage() {}
 
 func (x *VerifyTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[3]
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -208,7 +1124,7 @@ func (x *VerifyTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyTokenRequest.ProtoReflect.Descriptor instead.
 func (*VerifyTokenRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{3}
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *VerifyTokenRequest) GetToken() string {
@@ -218,19 +1134,32 @@ func (x *VerifyTokenRequest) GetToken() string {
 	return ""
 }
 
-// VerifyTokenResponse names the user a valid token belongs to.
+// VerifyTokenResponse names the user a valid token belongs to, and what
+// the token may do.
 type VerifyTokenResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	Username      string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
-	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	UserId     string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Username   string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// The token's effective role: the user's, or for an API token the lesser
+	// of the token's and the user's.
+	Role string `protobuf:"bytes,4,opt,name=role,proto3" json:"role,omitempty"`
+	// The token's id in audit records: 16 hex digits of its SHA-256.
+	TokenId string `protobuf:"bytes,5,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	// "session" (a login) or "api" (an API token).
+	Kind string `protobuf:"bytes,6,opt,name=kind,proto3" json:"kind,omitempty"`
+	// A login session of a user who must change the password an admin set
+	// before doing anything else (never set for an API token).
+	PasswordChangeRequired bool `protobuf:"varint,7,opt,name=password_change_required,json=passwordChangeRequired,proto3" json:"password_change_required,omitempty"`
+	// The API token's id (kind "api" only).
+	ApiTokenId    string `protobuf:"bytes,8,opt,name=api_token_id,json=apiTokenId,proto3" json:"api_token_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VerifyTokenResponse) Reset() {
 	*x = VerifyTokenResponse{}
-	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[4]
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -242,7 +1171,7 @@ func (x *VerifyTokenResponse) String() string {
 func (*VerifyTokenResponse) ProtoMessage() {}
 
 func (x *VerifyTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[4]
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -255,7 +1184,7 @@ func (x *VerifyTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyTokenResponse.ProtoReflect.Descriptor instead.
 func (*VerifyTokenResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{4}
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *VerifyTokenResponse) GetUserId() string {
@@ -279,6 +1208,41 @@ func (x *VerifyTokenResponse) GetExpireTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *VerifyTokenResponse) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *VerifyTokenResponse) GetTokenId() string {
+	if x != nil {
+		return x.TokenId
+	}
+	return ""
+}
+
+func (x *VerifyTokenResponse) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *VerifyTokenResponse) GetPasswordChangeRequired() bool {
+	if x != nil {
+		return x.PasswordChangeRequired
+	}
+	return false
+}
+
+func (x *VerifyTokenResponse) GetApiTokenId() string {
+	if x != nil {
+		return x.ApiTokenId
+	}
+	return ""
+}
+
 // RevokeTokenRequest revokes a bearer token (bus only).
 type RevokeTokenRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -289,7 +1253,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[5]
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -301,7 +1265,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[5]
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -314,7 +1278,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{5}
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RevokeTokenRequest) GetToken() string {
@@ -324,20 +1288,27 @@ func (x *RevokeTokenRequest) GetToken() string {
 	return ""
 }
 
-// User is a Flotilla user account as events describe it (never with a password).
+// User is a Flotilla user account (never with a password).
 type User struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Username      string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
-	IsAdmin       bool                   `protobuf:"varint,3,opt,name=is_admin,json=isAdmin,proto3" json:"is_admin,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// 1-64 letters, digits or . _ @ -, starting with a letter or digit.
+	Username   string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// "admin", "operator" or "viewer".
+	Role string `protobuf:"bytes,5,opt,name=role,proto3" json:"role,omitempty"`
+	// Increases with every change; PATCH and DELETE may name the version read.
+	Version    int64                  `protobuf:"varint,6,opt,name=version,proto3" json:"version,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// The password was set by an admin and must be changed at the next login.
+	PasswordChangeRequired bool `protobuf:"varint,8,opt,name=password_change_required,json=passwordChangeRequired,proto3" json:"password_change_required,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *User) Reset() {
 	*x = User{}
-	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[6]
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -349,7 +1320,7 @@ func (x *User) String() string {
 func (*User) ProtoMessage() {}
 
 func (x *User) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[6]
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -362,7 +1333,7 @@ func (x *User) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use User.ProtoReflect.Descriptor instead.
 func (*User) Descriptor() ([]byte, []int) {
-	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *User) GetId() string {
@@ -379,18 +1350,39 @@ func (x *User) GetUsername() string {
 	return ""
 }
 
-func (x *User) GetIsAdmin() bool {
-	if x != nil {
-		return x.IsAdmin
-	}
-	return false
-}
-
 func (x *User) GetCreateTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.CreateTime
 	}
 	return nil
+}
+
+func (x *User) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *User) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *User) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *User) GetPasswordChangeRequired() bool {
+	if x != nil {
+		return x.PasswordChangeRequired
+	}
+	return false
 }
 
 // AuthAudit is the audit record of a failed or refused login, or of a bearer
@@ -399,7 +1391,10 @@ func (x *User) GetCreateTime() *timestamppb.Timestamp {
 // its revocation can be matched.
 type AuthAudit struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// "login-failed", "login-refused" (while locked out), "token-issued" or "token-revoked".
+	// "login-failed", "login-refused" (while locked out), "token-issued" (a
+	// login), "token-revoked" (a logout, or an API token revoked),
+	// "token-created" (an API token), "user-created", "role-changed",
+	// "password-reset", "password-changed" or "user-deleted".
 	Action   string `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
 	Username string `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
 	// Empty for a user name that does not exist.
@@ -411,14 +1406,21 @@ type AuthAudit struct {
 	TokenId string                 `protobuf:"bytes,6,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
 	Time    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time,proto3" json:"time,omitempty"`
 	// When an issued token expires; when a refused login may be tried again.
-	Until         *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=until,proto3" json:"until,omitempty"`
+	Until *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=until,proto3" json:"until,omitempty"`
+	// Who did it, when not the user themselves: "user:<name>" of the admin
+	// who created, changed, reset or deleted the user.
+	Actor string `protobuf:"bytes,9,opt,name=actor,proto3" json:"actor,omitempty"`
+	// The role given (user-created, role-changed, token-created).
+	Role string `protobuf:"bytes,10,opt,name=role,proto3" json:"role,omitempty"`
+	// The API token's id (token-created, and token-revoked of an API token).
+	ApiTokenId    string `protobuf:"bytes,11,opt,name=api_token_id,json=apiTokenId,proto3" json:"api_token_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AuthAudit) Reset() {
 	*x = AuthAudit{}
-	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[7]
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -430,7 +1432,7 @@ func (x *AuthAudit) String() string {
 func (*AuthAudit) ProtoMessage() {}
 
 func (x *AuthAudit) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[7]
+	mi := &file_flotilla_auth_v1_auth_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -443,7 +1445,7 @@ func (x *AuthAudit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthAudit.ProtoReflect.Descriptor instead.
 func (*AuthAudit) Descriptor() ([]byte, []int) {
-	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_auth_v1_auth_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *AuthAudit) GetAction() string {
@@ -502,35 +1504,126 @@ func (x *AuthAudit) GetUntil() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *AuthAudit) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *AuthAudit) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *AuthAudit) GetApiTokenId() string {
+	if x != nil {
+		return x.ApiTokenId
+	}
+	return ""
+}
+
 var File_flotilla_auth_v1_auth_proto protoreflect.FileDescriptor
 
 const file_flotilla_auth_v1_auth_proto_rawDesc = "" +
 	"\n" +
-	"\x1bflotilla/auth/v1/auth.proto\x12\x10flotilla.auth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n" +
+	"\x1bflotilla/auth/v1/auth.proto\x12\x10flotilla.auth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"K\n" +
 	"\fLoginRequest\x12\x1a\n" +
-	"\busername\x18\x01 \x01(\tR\busername\x12\x1a\n" +
-	"\bpassword\x18\x02 \x01(\tR\bpassword\"~\n" +
+	"\busername\x18\x01 \x01(\tR\busername\x12\x1f\n" +
+	"\bpassword\x18\x02 \x01(\tB\x03\xe0A\x04R\bpassword\"\xcc\x01\n" +
 	"\rLoginResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12;\n" +
 	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\x12\x1a\n" +
-	"\busername\x18\x03 \x01(\tR\busername\"\x0f\n" +
-	"\rLogoutRequest\"*\n" +
+	"\busername\x18\x03 \x01(\tR\busername\x12\x12\n" +
+	"\x04role\x18\x04 \x01(\tR\x04role\x128\n" +
+	"\x18password_change_required\x18\x05 \x01(\bR\x16passwordChangeRequired\"\x0f\n" +
+	"\rLogoutRequest\"d\n" +
+	"\x11CreateUserRequest\x12\x1a\n" +
+	"\busername\x18\x01 \x01(\tR\busername\x12\x1f\n" +
+	"\bpassword\x18\x02 \x01(\tB\x03\xe0A\x04R\bpassword\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\" \n" +
+	"\x0eGetUserRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x17\n" +
+	"\x15GetCurrentUserRequest\"N\n" +
+	"\x10ListUsersRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"i\n" +
+	"\x11ListUsersResponse\x12,\n" +
+	"\x05users\x18\x01 \x03(\v2\x16.flotilla.auth.v1.UserR\x05users\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"Q\n" +
+	"\x11UpdateUserRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\"=\n" +
+	"\x11DeleteUserRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\"&\n" +
+	"\x14ResetPasswordRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"w\n" +
+	"\x15ResetPasswordResponse\x12*\n" +
+	"\x04user\x18\x01 \x01(\v2\x16.flotilla.auth.v1.UserR\x04user\x122\n" +
+	"\x12temporary_password\x18\x02 \x01(\tB\x03\xe0A\x03R\x11temporaryPassword\"o\n" +
+	"\x15ChangePasswordRequest\x12.\n" +
+	"\x10current_password\x18\x01 \x01(\tB\x03\xe0A\x04R\x0fcurrentPassword\x12&\n" +
+	"\fnew_password\x18\x02 \x01(\tB\x03\xe0A\x04R\vnewPassword\"\xcc\x02\n" +
+	"\bApiToken\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\x12\x17\n" +
+	"\auser_id\x18\x04 \x01(\tR\x06userId\x12\x1a\n" +
+	"\busername\x18\x05 \x01(\tR\busername\x12;\n" +
+	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vexpire_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12>\n" +
+	"\rlast_use_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vlastUseTime\x12\x19\n" +
+	"\btoken_id\x18\t \x01(\tR\atokenId\"v\n" +
+	"\x12CreateTokenRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x128\n" +
+	"\n" +
+	"expires_in\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\texpiresIn\"i\n" +
+	"\x13CreateTokenResponse\x12\x19\n" +
+	"\x05token\x18\x01 \x01(\tB\x03\xe0A\x03R\x05token\x127\n" +
+	"\tapi_token\x18\x02 \x01(\v2\x1a.flotilla.auth.v1.ApiTokenR\bapiToken\"O\n" +
+	"\x11ListTokensRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"p\n" +
+	"\x12ListTokensResponse\x122\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x1a.flotilla.auth.v1.ApiTokenR\x06tokens\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"$\n" +
+	"\x12DeleteTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"*\n" +
 	"\x12VerifyTokenRequest\x12\x14\n" +
-	"\x05token\x18\x01 \x01(\tR\x05token\"\x87\x01\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\"\xa6\x02\n" +
 	"\x13VerifyTokenResponse\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12;\n" +
 	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"*\n" +
+	"expireTime\x12\x12\n" +
+	"\x04role\x18\x04 \x01(\tR\x04role\x12\x19\n" +
+	"\btoken_id\x18\x05 \x01(\tR\atokenId\x12\x12\n" +
+	"\x04kind\x18\x06 \x01(\tR\x04kind\x128\n" +
+	"\x18password_change_required\x18\a \x01(\bR\x16passwordChangeRequired\x12 \n" +
+	"\fapi_token_id\x18\b \x01(\tR\n" +
+	"apiTokenId\"*\n" +
 	"\x12RevokeTokenRequest\x12\x14\n" +
-	"\x05token\x18\x01 \x01(\tR\x05token\"\x8a\x01\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\"\xa4\x02\n" +
 	"\x04User\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
-	"\busername\x18\x02 \x01(\tR\busername\x12\x19\n" +
-	"\bis_admin\x18\x03 \x01(\bR\aisAdmin\x12;\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12;\n" +
 	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\x85\x02\n" +
+	"createTime\x12\x12\n" +
+	"\x04role\x18\x05 \x01(\tR\x04role\x12\x18\n" +
+	"\aversion\x18\x06 \x01(\x03R\aversion\x12;\n" +
+	"\vupdate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x128\n" +
+	"\x18password_change_required\x18\b \x01(\bR\x16passwordChangeRequiredJ\x04\b\x03\x10\x04R\bis_admin\"\xd1\x02\n" +
 	"\tAuthAudit\x12\x16\n" +
 	"\x06action\x18\x01 \x01(\tR\x06action\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x17\n" +
@@ -539,10 +1632,32 @@ const file_flotilla_auth_v1_auth_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x19\n" +
 	"\btoken_id\x18\x06 \x01(\tR\atokenId\x12.\n" +
 	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x120\n" +
-	"\x05until\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x05until2\xcf\x01\n" +
+	"\x05until\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12\x14\n" +
+	"\x05actor\x18\t \x01(\tR\x05actor\x12\x12\n" +
+	"\x04role\x18\n" +
+	" \x01(\tR\x04role\x12 \n" +
+	"\fapi_token_id\x18\v \x01(\tR\n" +
+	"apiTokenId2\xcf\x01\n" +
 	"\vAuthService\x12b\n" +
 	"\x05Login\x12\x1e.flotilla.auth.v1.LoginRequest\x1a\x1f.flotilla.auth.v1.LoginResponse\"\x18\x82\xd3\xe4\x93\x02\x12:\x01*\"\r/api/v1/login\x12\\\n" +
-	"\x06Logout\x12\x1f.flotilla.auth.v1.LogoutRequest\x1a\x16.google.protobuf.Empty\"\x19\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/api/v1/logoutB7Z5flotilla.dev/flotilla/api/gen/flotilla/auth/v1;authv1b\x06proto3"
+	"\x06Logout\x12\x1f.flotilla.auth.v1.LogoutRequest\x1a\x16.google.protobuf.Empty\"\x19\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/api/v1/logout2\x8f\a\n" +
+	"\vUserService\x12c\n" +
+	"\n" +
+	"CreateUser\x12#.flotilla.auth.v1.CreateUserRequest\x1a\x16.flotilla.auth.v1.User\"\x18\x82\xd3\xe4\x93\x02\x12:\x01*\"\r/api/v1/users\x12_\n" +
+	"\aGetUser\x12 .flotilla.auth.v1.GetUserRequest\x1a\x16.flotilla.auth.v1.User\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/users/{id}\x12k\n" +
+	"\tListUsers\x12\".flotilla.auth.v1.ListUsersRequest\x1a#.flotilla.auth.v1.ListUsersResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/users\x12h\n" +
+	"\n" +
+	"UpdateUser\x12#.flotilla.auth.v1.UpdateUserRequest\x1a\x16.flotilla.auth.v1.User\"\x1d\x82\xd3\xe4\x93\x02\x17:\x01*2\x12/api/v1/users/{id}\x12e\n" +
+	"\n" +
+	"DeleteUser\x12#.flotilla.auth.v1.DeleteUserRequest\x1a\x16.google.protobuf.Empty\"\x1a\x82\xd3\xe4\x93\x02\x14*\x12/api/v1/users/{id}\x12\x8e\x01\n" +
+	"\rResetPassword\x12&.flotilla.auth.v1.ResetPasswordRequest\x1a'.flotilla.auth.v1.ResetPasswordResponse\",\x82\xd3\xe4\x93\x02&:\x01*\"!/api/v1/users/{id}:reset-password\x12k\n" +
+	"\x0eGetCurrentUser\x12'.flotilla.auth.v1.GetCurrentUserRequest\x1a\x16.flotilla.auth.v1.User\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/api/v1/users/me\x12~\n" +
+	"\x0eChangePassword\x12'.flotilla.auth.v1.ChangePasswordRequest\x1a\x16.google.protobuf.Empty\"+\x82\xd3\xe4\x93\x02%:\x01*\" /api/v1/users/me:change-password2\xe0\x02\n" +
+	"\fTokenService\x12u\n" +
+	"\vCreateToken\x12$.flotilla.auth.v1.CreateTokenRequest\x1a%.flotilla.auth.v1.CreateTokenResponse\"\x19\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/api/v1/tokens\x12o\n" +
+	"\n" +
+	"ListTokens\x12#.flotilla.auth.v1.ListTokensRequest\x1a$.flotilla.auth.v1.ListTokensResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/tokens\x12h\n" +
+	"\vDeleteToken\x12$.flotilla.auth.v1.DeleteTokenRequest\x1a\x16.google.protobuf.Empty\"\x1b\x82\xd3\xe4\x93\x02\x15*\x13/api/v1/tokens/{id}B7Z5flotilla.dev/flotilla/api/gen/flotilla/auth/v1;authv1b\x06proto3"
 
 var (
 	file_flotilla_auth_v1_auth_proto_rawDescOnce sync.Once
@@ -556,34 +1671,82 @@ func file_flotilla_auth_v1_auth_proto_rawDescGZIP() []byte {
 	return file_flotilla_auth_v1_auth_proto_rawDescData
 }
 
-var file_flotilla_auth_v1_auth_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_flotilla_auth_v1_auth_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_flotilla_auth_v1_auth_proto_goTypes = []any{
 	(*LoginRequest)(nil),          // 0: flotilla.auth.v1.LoginRequest
 	(*LoginResponse)(nil),         // 1: flotilla.auth.v1.LoginResponse
 	(*LogoutRequest)(nil),         // 2: flotilla.auth.v1.LogoutRequest
-	(*VerifyTokenRequest)(nil),    // 3: flotilla.auth.v1.VerifyTokenRequest
-	(*VerifyTokenResponse)(nil),   // 4: flotilla.auth.v1.VerifyTokenResponse
-	(*RevokeTokenRequest)(nil),    // 5: flotilla.auth.v1.RevokeTokenRequest
-	(*User)(nil),                  // 6: flotilla.auth.v1.User
-	(*AuthAudit)(nil),             // 7: flotilla.auth.v1.AuthAudit
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),         // 9: google.protobuf.Empty
+	(*CreateUserRequest)(nil),     // 3: flotilla.auth.v1.CreateUserRequest
+	(*GetUserRequest)(nil),        // 4: flotilla.auth.v1.GetUserRequest
+	(*GetCurrentUserRequest)(nil), // 5: flotilla.auth.v1.GetCurrentUserRequest
+	(*ListUsersRequest)(nil),      // 6: flotilla.auth.v1.ListUsersRequest
+	(*ListUsersResponse)(nil),     // 7: flotilla.auth.v1.ListUsersResponse
+	(*UpdateUserRequest)(nil),     // 8: flotilla.auth.v1.UpdateUserRequest
+	(*DeleteUserRequest)(nil),     // 9: flotilla.auth.v1.DeleteUserRequest
+	(*ResetPasswordRequest)(nil),  // 10: flotilla.auth.v1.ResetPasswordRequest
+	(*ResetPasswordResponse)(nil), // 11: flotilla.auth.v1.ResetPasswordResponse
+	(*ChangePasswordRequest)(nil), // 12: flotilla.auth.v1.ChangePasswordRequest
+	(*ApiToken)(nil),              // 13: flotilla.auth.v1.ApiToken
+	(*CreateTokenRequest)(nil),    // 14: flotilla.auth.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),   // 15: flotilla.auth.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),     // 16: flotilla.auth.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),    // 17: flotilla.auth.v1.ListTokensResponse
+	(*DeleteTokenRequest)(nil),    // 18: flotilla.auth.v1.DeleteTokenRequest
+	(*VerifyTokenRequest)(nil),    // 19: flotilla.auth.v1.VerifyTokenRequest
+	(*VerifyTokenResponse)(nil),   // 20: flotilla.auth.v1.VerifyTokenResponse
+	(*RevokeTokenRequest)(nil),    // 21: flotilla.auth.v1.RevokeTokenRequest
+	(*User)(nil),                  // 22: flotilla.auth.v1.User
+	(*AuthAudit)(nil),             // 23: flotilla.auth.v1.AuthAudit
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
+	(*emptypb.Empty)(nil),         // 26: google.protobuf.Empty
 }
 var file_flotilla_auth_v1_auth_proto_depIdxs = []int32{
-	8, // 0: flotilla.auth.v1.LoginResponse.expire_time:type_name -> google.protobuf.Timestamp
-	8, // 1: flotilla.auth.v1.VerifyTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	8, // 2: flotilla.auth.v1.User.create_time:type_name -> google.protobuf.Timestamp
-	8, // 3: flotilla.auth.v1.AuthAudit.time:type_name -> google.protobuf.Timestamp
-	8, // 4: flotilla.auth.v1.AuthAudit.until:type_name -> google.protobuf.Timestamp
-	0, // 5: flotilla.auth.v1.AuthService.Login:input_type -> flotilla.auth.v1.LoginRequest
-	2, // 6: flotilla.auth.v1.AuthService.Logout:input_type -> flotilla.auth.v1.LogoutRequest
-	1, // 7: flotilla.auth.v1.AuthService.Login:output_type -> flotilla.auth.v1.LoginResponse
-	9, // 8: flotilla.auth.v1.AuthService.Logout:output_type -> google.protobuf.Empty
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	24, // 0: flotilla.auth.v1.LoginResponse.expire_time:type_name -> google.protobuf.Timestamp
+	22, // 1: flotilla.auth.v1.ListUsersResponse.users:type_name -> flotilla.auth.v1.User
+	22, // 2: flotilla.auth.v1.ResetPasswordResponse.user:type_name -> flotilla.auth.v1.User
+	24, // 3: flotilla.auth.v1.ApiToken.create_time:type_name -> google.protobuf.Timestamp
+	24, // 4: flotilla.auth.v1.ApiToken.expire_time:type_name -> google.protobuf.Timestamp
+	24, // 5: flotilla.auth.v1.ApiToken.last_use_time:type_name -> google.protobuf.Timestamp
+	25, // 6: flotilla.auth.v1.CreateTokenRequest.expires_in:type_name -> google.protobuf.Duration
+	13, // 7: flotilla.auth.v1.CreateTokenResponse.api_token:type_name -> flotilla.auth.v1.ApiToken
+	13, // 8: flotilla.auth.v1.ListTokensResponse.tokens:type_name -> flotilla.auth.v1.ApiToken
+	24, // 9: flotilla.auth.v1.VerifyTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	24, // 10: flotilla.auth.v1.User.create_time:type_name -> google.protobuf.Timestamp
+	24, // 11: flotilla.auth.v1.User.update_time:type_name -> google.protobuf.Timestamp
+	24, // 12: flotilla.auth.v1.AuthAudit.time:type_name -> google.protobuf.Timestamp
+	24, // 13: flotilla.auth.v1.AuthAudit.until:type_name -> google.protobuf.Timestamp
+	0,  // 14: flotilla.auth.v1.AuthService.Login:input_type -> flotilla.auth.v1.LoginRequest
+	2,  // 15: flotilla.auth.v1.AuthService.Logout:input_type -> flotilla.auth.v1.LogoutRequest
+	3,  // 16: flotilla.auth.v1.UserService.CreateUser:input_type -> flotilla.auth.v1.CreateUserRequest
+	4,  // 17: flotilla.auth.v1.UserService.GetUser:input_type -> flotilla.auth.v1.GetUserRequest
+	6,  // 18: flotilla.auth.v1.UserService.ListUsers:input_type -> flotilla.auth.v1.ListUsersRequest
+	8,  // 19: flotilla.auth.v1.UserService.UpdateUser:input_type -> flotilla.auth.v1.UpdateUserRequest
+	9,  // 20: flotilla.auth.v1.UserService.DeleteUser:input_type -> flotilla.auth.v1.DeleteUserRequest
+	10, // 21: flotilla.auth.v1.UserService.ResetPassword:input_type -> flotilla.auth.v1.ResetPasswordRequest
+	5,  // 22: flotilla.auth.v1.UserService.GetCurrentUser:input_type -> flotilla.auth.v1.GetCurrentUserRequest
+	12, // 23: flotilla.auth.v1.UserService.ChangePassword:input_type -> flotilla.auth.v1.ChangePasswordRequest
+	14, // 24: flotilla.auth.v1.TokenService.CreateToken:input_type -> flotilla.auth.v1.CreateTokenRequest
+	16, // 25: flotilla.auth.v1.TokenService.ListTokens:input_type -> flotilla.auth.v1.ListTokensRequest
+	18, // 26: flotilla.auth.v1.TokenService.DeleteToken:input_type -> flotilla.auth.v1.DeleteTokenRequest
+	1,  // 27: flotilla.auth.v1.AuthService.Login:output_type -> flotilla.auth.v1.LoginResponse
+	26, // 28: flotilla.auth.v1.AuthService.Logout:output_type -> google.protobuf.Empty
+	22, // 29: flotilla.auth.v1.UserService.CreateUser:output_type -> flotilla.auth.v1.User
+	22, // 30: flotilla.auth.v1.UserService.GetUser:output_type -> flotilla.auth.v1.User
+	7,  // 31: flotilla.auth.v1.UserService.ListUsers:output_type -> flotilla.auth.v1.ListUsersResponse
+	22, // 32: flotilla.auth.v1.UserService.UpdateUser:output_type -> flotilla.auth.v1.User
+	26, // 33: flotilla.auth.v1.UserService.DeleteUser:output_type -> google.protobuf.Empty
+	11, // 34: flotilla.auth.v1.UserService.ResetPassword:output_type -> flotilla.auth.v1.ResetPasswordResponse
+	22, // 35: flotilla.auth.v1.UserService.GetCurrentUser:output_type -> flotilla.auth.v1.User
+	26, // 36: flotilla.auth.v1.UserService.ChangePassword:output_type -> google.protobuf.Empty
+	15, // 37: flotilla.auth.v1.TokenService.CreateToken:output_type -> flotilla.auth.v1.CreateTokenResponse
+	17, // 38: flotilla.auth.v1.TokenService.ListTokens:output_type -> flotilla.auth.v1.ListTokensResponse
+	26, // 39: flotilla.auth.v1.TokenService.DeleteToken:output_type -> google.protobuf.Empty
+	27, // [27:40] is the sub-list for method output_type
+	14, // [14:27] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_auth_v1_auth_proto_init() }
@@ -597,9 +1760,9 @@ func file_flotilla_auth_v1_auth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_auth_v1_auth_proto_rawDesc), len(file_flotilla_auth_v1_auth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   24,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   3,
 		},
 		GoTypes:           file_flotilla_auth_v1_auth_proto_goTypes,
 		DependencyIndexes: file_flotilla_auth_v1_auth_proto_depIdxs,
