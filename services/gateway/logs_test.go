@@ -220,6 +220,17 @@ func TestEventsArePagedOverRESTAndGRPC(t *testing.T) {
 		got := e.must(200, "PATCH", "/api/v1/instances/"+id, map[string]any{"version": version, "name": fmt.Sprintf("timeline-%d", i)})
 		version = got["version"].(string)
 	}
+	// The events reach the stream through the outbox, shortly after the
+	// writes: wait for the fifth.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		all := e.must(200, "GET", "/api/v1/instances/"+id+"/events", nil)
+		if len(all["events"].([]any)) >= 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the timeline never held 5 events: %v", all)
+		}
+	}
 	var types []string
 	token, pages := "", 0
 	for {
