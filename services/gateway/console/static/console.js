@@ -141,7 +141,8 @@
       if (t) { t.textContent = String(Object.keys(states).length); }
     };
     feed(list.getAttribute("data-feed"), "event", function (ev) {
-      addEvent(list, ev);
+      // An event already listed was counted when the page was made.
+      if (!addEvent(list, ev)) { return; }
       var id = ev.entityId, d = ev.data || {};
       if (states[id]) { bump(states[id], -1); delete states[id]; }
       if (verbOf(ev) !== "deleted" && d.state) { states[id] = d.state; bump(d.state, 1); }
