@@ -15,6 +15,10 @@ const (
 	DefaultPackageInstaller  = "apt-get install -y"
 	DefaultHeartbeatInterval = 5 * time.Second
 	DefaultLogBufferLines    = 10000
+	// DefaultDataDeviceWait is how long the agent waits for its data
+	// device to appear: a cloud attaches the disk while the VM boots,
+	// sometimes after.
+	DefaultDataDeviceWait = 5 * time.Minute
 	// NoPackageInstaller is the PackageInstaller that installs nothing: it
 	// logs the packages it would install (the local provider uses it).
 	NoPackageInstaller = "none"

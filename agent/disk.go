@@ -17,10 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DefaultDataDeviceWait is how long the agent waits for its data device to
-// appear: a cloud attaches the disk while the VM boots, sometimes after.
-const DefaultDataDeviceWait = 5 * time.Minute
-
 // dataFSType is the file system an empty data disk is given.
 const dataFSType = "ext4"
 

@@ -8,9 +8,6 @@ import (
 	"time"
 )
 
-// DefaultDataDeviceWait is how long the agent waits for its data device.
-const DefaultDataDeviceWait = 5 * time.Minute
-
 // mountDataDisk: mounting a data device is done on Linux only.
 func mountDataDisk(context.Context, []string, string, time.Duration, func(string, ...any)) error {
 	return errors.New("--data-device: mounting a data disk is supported on Linux only")

@@ -439,7 +439,6 @@ func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 	if ips := record(); len(ips) != 0 {
 		t.Errorf("DNS record after deprovisioning: %v", ips)
 	}
-	lab.halt()
 
 	// Provision again: a new VM, the same volume.
 	lifecycle(vocab.ActionProvision)
