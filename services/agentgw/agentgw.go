@@ -224,7 +224,8 @@ func (s *Service) Run(ctx context.Context) error {
 		case <-time.After(time.Until(deadline)):
 			s.grpc.Stop()
 		}
-		// Let the streams' last events (disconnected) reach the bus.
+		// Let the streams' last events (progress, log acknowledgements'
+		// reports) reach the bus.
 		done := make(chan struct{})
 		go func() { s.workers.Wait(); close(done) }()
 		select {

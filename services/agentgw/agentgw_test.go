@@ -22,6 +22,7 @@ import (
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
+	"flotilla.dev/flotilla/internal/stack/stacktest"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/msgcheck"
 	"flotilla.dev/flotilla/libs/pki"
@@ -150,6 +151,29 @@ func TestCommandsReachTheConnectedAgentOnly(t *testing.T) {
 	_, err = rpc.Call(t.Context(), e.provisioner, ep, cmd)
 	if !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("command after the agent left: %v, want no responders", err)
+	}
+}
+
+// TestAStoppingGatewayReportsNoDisconnects: the streams a stopping gateway
+// ends report no disconnect (their agents reconnect to a gateway at once;
+// the inventory marks an agent that cannot as disconnected once its
+// heartbeats are missed), so a restart costs the inventory nothing.
+func TestAStoppingGatewayReportsNoDisconnects(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	const id = "inst-gateway-stops"
+	stream := e.connect(id)
+	e.observed.WaitFor(t, 10*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetInstanceId() == id && ev.GetConnected() != nil
+	})
+	stacktest.Stop(t, e.stack) // returns once the gateway's queued events are sent
+	if _, err := stream.Recv(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "shutting down") {
+		t.Fatalf("the stream as the gateway stopped: %v", err)
+	}
+	for _, ev := range e.observed.Events() {
+		if ev.GetDisconnected() != nil {
+			t.Fatalf("a stopping gateway reported a disconnect: %v", ev)
+		}
 	}
 }
 

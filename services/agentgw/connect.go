@@ -256,9 +256,13 @@ loop:
 		defer s.workers.Done()
 		// Once the receiver has stopped, nothing else is queued: the
 		// disconnect is the stream's last event. A replaced stream sends
-		// none, since the agent is connected through the newer one.
+		// none, since the agent is connected through the newer one; nor
+		// does a stream the gateway ends as it stops: its agent reconnects
+		// to a gateway at once, which the inventory takes as a heartbeat,
+		// and an agent that cannot is shown disconnected once its
+		// heartbeats are missed (the inventory's AgentStaleAfter).
 		<-recvDone
-		if !replaced {
+		if !replaced && !s.isStopping() {
 			ev := c.event()
 			ev.Body = &agentv1.AgentEvent_Disconnected{Disconnected: &agentv1.Disconnected{Reason: reason}}
 			c.events <- queuedEvent{ev: ev, retry: true, unlessConnected: true}
@@ -306,6 +310,13 @@ var errOlderCert = errors.New("a newer certificate of this agent is connected: a
 
 // errStopping refuses a stream that arrives while the gateway stops.
 var errStopping = errors.New("the agent gateway is shutting down: reconnect shortly")
+
+// isStopping reports whether the gateway is ending its streams to stop.
+func (s *Service) isStopping() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopping
+}
 
 // register makes c the agent's stream, replacing (closing) an older one,
 // and subscribes to the agent's commands. A stream whose certificate was

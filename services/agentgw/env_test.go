@@ -44,6 +44,7 @@ type env struct {
 	roots    *x509.CertPool
 	observed *testkit.Inventory
 	bus      *testkit.Bus
+	stack    *stack.Stack
 	// provisioner calls as the provisioner (join tokens, agent commands),
 	// operator as the gateway does for an operator.
 	provisioner, operator *rpc.Client
@@ -79,6 +80,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		e.observed = testkit.FakeInventory(t, e.bus.Conn(t, subjects.Inventory))
 	}
 	st := stacktest.Start(t, cfg)
+	e.stack = st
 	e.ca, e.gw, e.addr = st.CA, st.AgentGW, st.AgentAddr
 	e.roots = e.ca.Authority().Pool()
 	e.provisioner = rpc.NewClient(e.bus.Conn(t, subjects.Provisioner), subjects.Provisioner, 0)

@@ -174,6 +174,53 @@ func TestHeartbeatsLeaveTheInstanceRowAlone(t *testing.T) {
 	}
 }
 
+// TestAReconnectOfAConnectedAgentLeavesTheRowAlone: when an agent's
+// gateway restarts and the agent connects again before anyone saw it gone,
+// its new stream is a heartbeat, not a row write (nor a timeline event);
+// a reconnect after a disconnect, or with a new version, is written.
+func TestAReconnectOfAConnectedAgentLeavesTheRowAlone(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a, in := newApp(t)
+	const gib = 1 << 30
+	observe := func(at time.Time, ev *agentv1.AgentEvent) *inventoryv1.Instance {
+		t.Helper()
+		ev.InstanceId, ev.Time = in.GetId(), timestamppb.New(at)
+		if err := a.Observe(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+		got, err := a.GetInstance(ctx, in.GetId())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	connected := func(version string) *agentv1.AgentEvent {
+		return &agentv1.AgentEvent{Body: &agentv1.AgentEvent_Connected{Connected: &agentv1.Hello{AgentVersion: version}}}
+	}
+	t0 := time.Now().UTC().Truncate(time.Microsecond)
+	observe(t0, connected("1.0.0"))
+	got := observe(t0.Add(time.Second), &agentv1.AgentEvent{Body: &agentv1.AgentEvent_Heartbeat{Heartbeat: &agentv1.Heartbeat{DiskUsedBytes: gib, DiskTotalBytes: 10 * gib}}})
+	written := got.GetUpdateTime().AsTime()
+
+	got = observe(t0.Add(3*time.Second), connected("1.0.0"))
+	if !got.GetUpdateTime().AsTime().Equal(written) {
+		t.Fatalf("a reconnect of a connected agent rewrote the row (update time %v, was %v)", got.GetUpdateTime().AsTime(), written)
+	}
+	if hb := got.GetAgent().GetLastHeartbeat().AsTime(); !hb.Equal(t0.Add(3*time.Second)) || got.GetDataDisk().GetUsedBytes() != gib {
+		t.Fatalf("after the reconnect: last heartbeat %v (want %v), disk %v", hb, t0.Add(3*time.Second), got.GetDataDisk())
+	}
+
+	observe(t0.Add(4*time.Second), &agentv1.AgentEvent{Body: &agentv1.AgentEvent_Disconnected{Disconnected: &agentv1.Disconnected{Reason: "gone"}}})
+	got = observe(t0.Add(5*time.Second), connected("1.0.0"))
+	if got.GetAgent().GetStatus() != "connected" || got.GetUpdateTime().AsTime().Equal(written) {
+		t.Fatalf("a reconnect after a disconnect was not written: %v", got.GetAgent())
+	}
+	if got = observe(t0.Add(6*time.Second), connected("1.1.0")); got.GetAgent().GetVersion() != "1.1.0" {
+		t.Fatalf("a reconnect with a new version was not written: %v", got.GetAgent())
+	}
+}
+
 func TestProgressCountsOnlyForTheInstancesCurrentCommand(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

@@ -151,15 +151,21 @@ func (a *App) RecordState(ctx context.Context, actor vocab.Actor, r *inventoryv1
 // that no longer exists are dropped.
 //
 // A heartbeat that changes nothing the instance row shows does not touch
-// it: see liveness.go.
+// it, nor does a new stream of an agent the row shows connected already
+// (its gateway restarted): see liveness.go.
 func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
 	now := a.now()
+	at := now
+	if ev.GetTime() != nil {
+		at = ev.GetTime().AsTime()
+	}
 	if hb := ev.GetHeartbeat(); hb != nil {
-		at := now
-		if ev.GetTime() != nil {
-			at = ev.GetTime().AsTime()
-		}
 		if done, err := a.heartbeat(ctx, ev.GetInstanceId(), hb, at); done || err != nil {
+			return err
+		}
+	}
+	if hello := ev.GetConnected(); hello != nil {
+		if done, err := a.reconnected(ctx, ev.GetInstanceId(), hello, at); done || err != nil {
 			return err
 		}
 	}

@@ -120,26 +120,59 @@ func (k knownAgent) changesRow(hb *agentv1.Heartbeat) bool {
 		hb.GetDiskTotalBytes() != k.diskTotal || used > step || -used > step
 }
 
+// knownAgent returns what the instance row shows of its agent, from memory
+// when this process learnt it recently; found is false when the instance
+// is gone.
+func (a *App) knownAgent(ctx context.Context, id string) (k knownAgent, found bool, err error) {
+	now := a.now()
+	if k, ok := a.live.knownOf(id, now); ok {
+		return k, true, nil
+	}
+	in := &inventoryv1.Instance{}
+	if err := InstanceTable.Get(ctx, a.pool, id, false, in); err != nil {
+		if apierr.Is(err, apierr.KindNotFound) {
+			return knownAgent{}, false, nil
+		}
+		return knownAgent{}, false, err
+	}
+	a.live.remember(in, now)
+	k, _ = a.live.knownOf(id, now)
+	return k, true, nil
+}
+
 // heartbeat takes a heartbeat off the row when it changes nothing the row
 // shows; it reports false when the caller must write the row.
 func (a *App) heartbeat(ctx context.Context, id string, hb *agentv1.Heartbeat, at time.Time) (bool, error) {
-	now := a.now()
-	k, ok := a.live.knownOf(id, now)
-	if !ok {
-		in := &inventoryv1.Instance{}
-		if err := InstanceTable.Get(ctx, a.pool, id, false, in); err != nil {
-			if apierr.Is(err, apierr.KindNotFound) {
-				return true, nil // deleted: dropped
-			}
-			return false, err
-		}
-		a.live.remember(in, now)
-		k, _ = a.live.knownOf(id, now)
+	k, found, err := a.knownAgent(ctx, id)
+	if err != nil || !found {
+		return !found && err == nil, err // deleted: dropped
 	}
 	if k.changesRow(hb) {
 		return false, nil
 	}
 	a.live.hold(adapters.Beat{InstanceID: id, At: at, DiskUsed: hb.GetDiskUsedBytes(), DiskTotal: hb.GetDiskTotalBytes()})
+	return true, nil
+}
+
+// reconnected takes an agent's new stream off the row when the row shows
+// the agent connected already, at the same version: its agent gateway
+// restarted, or it moved to another gateway, before anyone saw it gone.
+// Like a heartbeat, the stream's start is held as the agent's latest beat
+// (its disk usage as last known); it reports false when the caller must
+// write the row (and the agent-connected event).
+func (a *App) reconnected(ctx context.Context, id string, hello *agentv1.Hello, at time.Time) (bool, error) {
+	k, found, err := a.knownAgent(ctx, id)
+	if err != nil || !found {
+		return !found && err == nil, err
+	}
+	if k.status != string(vocab.AgentConnected) || hello.GetAgentVersion() != k.version {
+		return false, nil
+	}
+	b := adapters.Beat{InstanceID: id, At: at, DiskUsed: k.diskUsed, DiskTotal: k.diskTotal}
+	if h, ok := a.live.held(id); ok {
+		b.DiskUsed, b.DiskTotal = h.DiskUsed, h.DiskTotal
+	}
+	a.live.hold(b)
 	return true, nil
 }
 
