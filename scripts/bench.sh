@@ -127,6 +127,10 @@ if [[ -n $short ]]; then n=1000; else n=20000; fi
 go test -run '^$' -bench . -benchtime "${n}x" -count 1 ./libs/outbox/ | grep -E '^Benchmark' | while read -r line; do
 	emit "{\"figure\":\"go-bench\",\"line\":\"$line\"}"
 done
+if [[ -n $short ]]; then n=50; else n=10000; fi
+(cd loadtest && FLOTILLA_BENCH_AGENTS=$n go test -run '^$' -bench 'AgentGatewayRestart' -benchtime 1x -count 1 -timeout 2h ./agentsim/) | grep -E '^Benchmark' | while read -r line; do
+	emit "{\"figure\":\"go-bench\",\"agents\":$n,\"line\":\"$line\"}"
+done
 if [[ -n $short ]]; then n=20000; else n=1000000; fi
 FLOTILLA_BENCH_EVENTS=$n go test -run '^$' -bench 'Replay' -benchtime 1x -count 1 ./services/gateway/overview/ | grep -E '^Benchmark' | while read -r line; do
 	emit "{\"figure\":\"go-bench\",\"events\":$n,\"line\":\"$line\"}"

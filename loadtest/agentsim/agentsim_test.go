@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -77,6 +79,67 @@ func TestAgentsJoinRunAndSurviveAGatewayRestart(t *testing.T) {
 	}
 }
 
+// BenchmarkAgentGatewayRestart measures what the goal of "Fast and at
+// scale" names: FLOTILLA_BENCH_AGENTS simulated agents (default 200)
+// connected to one agent gateway, heartbeats every 10 s and a line every
+// 10 s each; 20 s into the steady phase the agent gateway alone stops
+// (SIGTERM's way) and starts again on the same address while the other
+// services run on. It reports the longest outage (first stream lost →
+// every agent connected again) and the lines lost (sent, not stored).
+//
+//	FLOTILLA_BENCH_AGENTS=10000 go test -run '^$' -bench AgentGatewayRestart -benchtime 1x -timeout 1h ./loadtest/agentsim/
+func BenchmarkAgentGatewayRestart(b *testing.B) {
+	agents := 200
+	if v := os.Getenv("FLOTILLA_BENCH_AGENTS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > agentsim.MaxAgents {
+			b.Fatalf("FLOTILLA_BENCH_AGENTS=%q: want 1 to %d", v, agentsim.MaxAgents)
+		}
+		agents = n
+	}
+	for b.Loop() {
+		bus := testkit.SecureNATS(b)
+		agentAddr := fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(b))
+		dbURL := testkit.NewDatabase(b)
+		st := stacktest.Start(b, stacktest.OnBus(stack.Config{DatabaseURL: dbURL, AgentGatewayAddr: agentAddr,
+			Services: []string{subjects.Inventory, subjects.CA, subjects.Secrets, subjects.Provisioner, subjects.Gateway}}, bus))
+		gw, err := startAgentGateway(b, stacktest.OnBus(stack.Config{Services: []string{subjects.AgentGW}, AgentAddr: agentAddr}, bus))
+		if err != nil {
+			b.Fatal(err)
+		}
+		restarted := make(chan error, 1)
+		cfg := agentsim.Config{
+			API: "http://" + st.HTTPAddr, Token: adminToken(b, dbURL, st.HTTPAddr), Agents: agents, Duration: 60 * time.Second,
+			LogRate: 0.1, Heartbeat: 10 * time.Second, Concurrency: 64, SetupTimeout: time.Hour,
+			Log: slog.New(slog.DiscardHandler),
+			Steady: func() {
+				go func() {
+					time.Sleep(20 * time.Second)
+					var err error
+					gw, err = gw.restart(b)
+					restarted <- err
+				}()
+			},
+		}
+		sum, err := agentsim.Run(b.Context(), cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := <-restarted; err != nil {
+			b.Fatal(err)
+		}
+		out, _ := json.Marshal(sum)
+		b.Logf("summary: %s", out)
+		if !sum.ReconnectedAll || sum.Outages < 1 {
+			b.Errorf("not every agent came back: %s", out)
+		}
+		b.ReportMetric(float64(sum.Agents), "agents")
+		b.ReportMetric(sum.ReconnectSeconds, "reconnect-s")
+		b.ReportMetric(float64(sum.LinesSent-sum.LinesStored-sum.LinesUnread), "lines-lost")
+		b.ReportMetric(sum.SetupSeconds, "setup-s")
+	}
+}
+
 // Settings out of bounds are refused before anything is created, each
 // naming its setting; so is a target that is not this machine.
 func TestBadSettingsAreRefused(t *testing.T) {
@@ -101,7 +164,7 @@ type agentGateway struct {
 	done   chan error
 }
 
-func startAgentGateway(t *testing.T, cfg stack.Config) (*agentGateway, error) {
+func startAgentGateway(t testing.TB, cfg stack.Config) (*agentGateway, error) {
 	st, err := stack.Start(t.Context(), cfg)
 	if err != nil {
 		return nil, fmt.Errorf("start the agent gateway: %w", err)
@@ -123,13 +186,13 @@ func (g *agentGateway) stop() {
 
 // restart stops the gateway (every agent's stream ends) and starts a new
 // one on the same address.
-func (g *agentGateway) restart(t *testing.T) (*agentGateway, error) {
+func (g *agentGateway) restart(t testing.TB) (*agentGateway, error) {
 	g.stop()
 	return startAgentGateway(t, g.cfg)
 }
 
 // adminToken sets up the first admin and logs in.
-func adminToken(t *testing.T, dbURL, httpAddr string) string {
+func adminToken(t testing.TB, dbURL, httpAddr string) string {
 	t.Helper()
 	pool, err := pgxpool.New(t.Context(), dbURL)
 	if err != nil {
