@@ -51,7 +51,9 @@ type Config struct {
 	// SpanProcessors are added to the tracer provider besides the exporter
 	// (tests pass a tracetest.SpanRecorder).
 	SpanProcessors []sdktrace.SpanProcessor
-	// Sampler overrides the default sampler, ParentBased(AlwaysSample).
+	// Sampler overrides the default sampler: ParentBased(AlwaysSample)
+	// when spans go somewhere (an OTLP endpoint or span processors), else
+	// ParentBased(NeverSample): ids without recording.
 	Sampler sdktrace.Sampler
 }
 
@@ -119,7 +121,13 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 
 	sampler := cfg.Sampler
 	if sampler == nil {
-		sampler = sdktrace.ParentBased(sdktrace.AlwaysSample())
+		// Spans nobody receives are not recorded: they still carry trace
+		// and span ids (to logs, audit records and other processes), at
+		// no more cost than making the ids.
+		sampler = sdktrace.ParentBased(sdktrace.NeverSample())
+		if cfg.OTLPEndpoint != "" || len(cfg.SpanProcessors) > 0 {
+			sampler = sdktrace.ParentBased(sdktrace.AlwaysSample())
+		}
 	}
 	opts := []sdktrace.TracerProviderOption{
 		sdktrace.WithResource(res),

@@ -210,6 +210,27 @@ func TestExportsOverGRPC(t *testing.T) {
 	got.check(t, "grpc-op", "provisioner")
 }
 
+// TestSpansNobodyReceivesAreNotRecorded: without an endpoint or span
+// processors a span is not recorded, yet has ids for logs and audit
+// records, and its children share its trace.
+func TestSpansNobodyReceivesAreNotRecorded(t *testing.T) {
+	tel, err := telemetry.Setup(t.Context(), telemetry.Config{ServiceName: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tel.Shutdown(context.Background()) })
+	ctx, span := tel.TracerProvider().Tracer("test").Start(t.Context(), "op")
+	defer span.End()
+	_, child := tel.TracerProvider().Tracer("test").Start(ctx, "child")
+	defer child.End()
+	if span.IsRecording() || child.IsRecording() {
+		t.Error("a span nobody receives is recorded")
+	}
+	if !span.SpanContext().IsValid() || child.SpanContext().TraceID() != span.SpanContext().TraceID() {
+		t.Errorf("ids: %v, child %v", span.SpanContext(), child.SpanContext())
+	}
+}
+
 func TestSpanContextReachesLogs(t *testing.T) {
 	tel, err := telemetry.Setup(t.Context(), telemetry.Config{ServiceName: "x"})
 	if err != nil {
