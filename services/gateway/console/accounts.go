@@ -43,7 +43,7 @@ var userResource = resource{
 }
 
 var tokenResource = resource{
-	noun: "API token", apiPath: "/api/v1/tokens", listPath: "/tokens",
+	noun: "API token", apiPath: "/api/v1/tokens", listPath: "/tokens", createOnly: true,
 	new:    func() proto.Message { return &authv1.CreateTokenResponse{} },
 	remove: removal{verb: "Revoke", done: "revoked", does: "Whatever uses the token is refused from now on, by every gateway."},
 	find:   findToken,
@@ -93,32 +93,9 @@ var cloudAccountResource = resource{
 	},
 }
 
-func (c *Console) userForm(w http.ResponseWriter, r *http.Request, s *session) {
-	c.editForm(w, r, s, userResource)
-}
-
-func (c *Console) tokenForm(w http.ResponseWriter, r *http.Request, s *session) {
-	c.editForm(w, r, s, tokenResource)
-}
-
-func (c *Console) cloudAccountForm(w http.ResponseWriter, r *http.Request, s *session) {
-	c.editForm(w, r, s, cloudAccountResource)
-}
-
-// usersData is the users page's.
-type usersData struct {
-	Users []*authv1.User
-	Me    string
-}
-
 // users serves GET /users (admins; the API refuses anyone else).
 func (c *Console) users(w http.ResponseWriter, r *http.Request, s *session) {
-	us, err := listAll(s.api, "/api/v1/users", (*authv1.ListUsersResponse).GetUsers)
-	if err != nil {
-		c.fail(w, r, s, err)
-		return
-	}
-	c.render(w, r, s, http.StatusOK, "users", "Users", usersData{Users: us, Me: s.me.GetId()})
+	listPage(c, w, r, s, "/api/v1/users", (*authv1.ListUsersResponse).GetUsers, "users", "Users")
 }
 
 // confirmReset serves GET /users/{id}/reset-password: what a reset does,
@@ -164,21 +141,9 @@ func (c *Console) resetPassword(w http.ResponseWriter, r *http.Request, s *sessi
 	})
 }
 
-// tokensData is the API tokens page's.
-type tokensData struct {
-	Tokens []*authv1.ApiToken
-	// AllUsers: the list has every user's tokens (an admin's).
-	AllUsers bool
-}
-
 // tokens serves GET /tokens: the user's API tokens (an admin's: everyone's).
 func (c *Console) tokens(w http.ResponseWriter, r *http.Request, s *session) {
-	ts, err := listAll(s.api, "/api/v1/tokens", (*authv1.ListTokensResponse).GetTokens)
-	if err != nil {
-		c.fail(w, r, s, err)
-		return
-	}
-	c.render(w, r, s, http.StatusOK, "tokens", "API tokens", tokensData{Tokens: ts, AllUsers: s.admin()})
+	listPage(c, w, r, s, "/api/v1/tokens", (*authv1.ListTokensResponse).GetTokens, "tokens", "API tokens")
 }
 
 // findToken reads one of the tokens the user may list (the API has no GET

@@ -78,52 +78,23 @@ func New(d Deps) (*Console, error) {
 	m.HandleFunc("GET /{$}", c.authed(c.overview))
 	m.HandleFunc("GET /instances", c.authed(c.instances))
 	m.HandleFunc("POST /instances/bulk", c.authed(c.bulk))
-	m.HandleFunc("GET /instances/new", c.authed(c.instanceForm))
-	m.HandleFunc("POST /instances/new", c.authed(c.instanceForm))
 	m.HandleFunc("GET /instances/{id}", c.authed(c.instance))
-	m.HandleFunc("GET /instances/{id}/edit", c.authed(c.instanceForm))
-	m.HandleFunc("POST /instances/{id}/edit", c.authed(c.instanceForm))
 	m.HandleFunc("GET /instances/{id}/logs.txt", c.authed(c.downloadLogs))
 	m.HandleFunc("GET /instances/{id}/{action}", c.authed(c.confirmAction))
 	m.HandleFunc("POST /instances/{id}/{action}", c.authed(c.instanceAction))
 	m.HandleFunc("POST /instances/{id}/secrets", c.authed(c.addSecret))
 	m.HandleFunc("GET /networks", c.authed(c.networks))
-	m.HandleFunc("GET /networks/new", c.authed(c.networkForm))
-	m.HandleFunc("POST /networks/new", c.authed(c.networkForm))
-	m.HandleFunc("GET /networks/{id}/edit", c.authed(c.networkForm))
-	m.HandleFunc("POST /networks/{id}/edit", c.authed(c.networkForm))
-	m.HandleFunc("GET /networks/{id}/delete", c.authed(c.confirmDelete))
-	m.HandleFunc("POST /networks/{id}/delete", c.authed(c.deleteResource))
 	m.HandleFunc("GET /templates", c.authed(c.templates))
-	m.HandleFunc("GET /templates/new", c.authed(c.templateForm))
-	m.HandleFunc("POST /templates/new", c.authed(c.templateForm))
-	m.HandleFunc("GET /templates/{id}/edit", c.authed(c.templateForm))
-	m.HandleFunc("POST /templates/{id}/edit", c.authed(c.templateForm))
-	m.HandleFunc("GET /templates/{id}/delete", c.authed(c.confirmDelete))
-	m.HandleFunc("POST /templates/{id}/delete", c.authed(c.deleteResource))
 	m.HandleFunc("GET /cloud-accounts", c.authed(c.cloudAccounts))
-	m.HandleFunc("GET /cloud-accounts/new", c.authed(c.cloudAccountForm))
-	m.HandleFunc("POST /cloud-accounts/new", c.authed(c.cloudAccountForm))
-	m.HandleFunc("GET /cloud-accounts/{id}/edit", c.authed(c.cloudAccountForm))
-	m.HandleFunc("POST /cloud-accounts/{id}/edit", c.authed(c.cloudAccountForm))
 	m.HandleFunc("POST /cloud-accounts/{id}/verify", c.authed(c.verifyCloudAccount))
-	m.HandleFunc("GET /cloud-accounts/{id}/delete", c.authed(c.confirmDelete))
-	m.HandleFunc("POST /cloud-accounts/{id}/delete", c.authed(c.deleteResource))
 	m.HandleFunc("GET /cluster", c.authed(c.cluster))
 	m.HandleFunc("GET /users", c.authed(c.users))
-	m.HandleFunc("GET /users/new", c.authed(c.userForm))
-	m.HandleFunc("POST /users/new", c.authed(c.userForm))
-	m.HandleFunc("GET /users/{id}/edit", c.authed(c.userForm))
-	m.HandleFunc("POST /users/{id}/edit", c.authed(c.userForm))
 	m.HandleFunc("GET /users/{id}/reset-password", c.authed(c.confirmReset))
 	m.HandleFunc("POST /users/{id}/reset-password", c.authed(c.resetPassword))
-	m.HandleFunc("GET /users/{id}/delete", c.authed(c.confirmDelete))
-	m.HandleFunc("POST /users/{id}/delete", c.authed(c.deleteResource))
 	m.HandleFunc("GET /tokens", c.authed(c.tokens))
-	m.HandleFunc("GET /tokens/new", c.authed(c.tokenForm))
-	m.HandleFunc("POST /tokens/new", c.authed(c.tokenForm))
-	m.HandleFunc("GET /tokens/{id}/delete", c.authed(c.confirmDelete))
-	m.HandleFunc("POST /tokens/{id}/delete", c.authed(c.deleteResource))
+	for _, res := range []resource{instanceResource, networkResource, templateResource, cloudAccountResource, userResource, tokenResource} {
+		c.handleForms(m, res)
+	}
 	m.HandleFunc("GET /audit", c.authed(c.audit))
 	m.HandleFunc("GET /account", c.authed(c.account))
 	m.HandleFunc("POST /account", c.authed(c.account))
@@ -133,6 +104,23 @@ func New(d Deps) (*Console, error) {
 	})
 	c.mux = m
 	return c, nil
+}
+
+// handleForms routes res's forms under its list path: new, edit (unless
+// it is made only), and when it can be removed the confirmation and the
+// removal.
+func (c *Console) handleForms(m *http.ServeMux, res resource) {
+	form := c.authed(func(w http.ResponseWriter, r *http.Request, s *session) { c.editForm(w, r, s, res) })
+	m.HandleFunc("GET "+res.listPath+"/new", form)
+	m.HandleFunc("POST "+res.listPath+"/new", form)
+	if !res.createOnly {
+		m.HandleFunc("GET "+res.listPath+"/{id}/edit", form)
+		m.HandleFunc("POST "+res.listPath+"/{id}/edit", form)
+	}
+	if res.remove.verb != "" {
+		m.HandleFunc("GET "+res.listPath+"/{id}/delete", c.authed(func(w http.ResponseWriter, r *http.Request, s *session) { c.confirmDelete(w, r, s, res) }))
+		m.HandleFunc("POST "+res.listPath+"/{id}/delete", c.authed(func(w http.ResponseWriter, r *http.Request, s *session) { c.deleteResource(w, r, s, res) }))
+	}
 }
 
 // ServeHTTP serves the console's pages and files, with headers that keep

@@ -545,25 +545,9 @@ type deleteData struct {
 	ID, Version, Action, Cancel string
 }
 
-// resources are the kinds of record the console deletes through
-// confirmDelete and deleteResource.
-var resources = []*resource{&networkResource, &templateResource, &userResource, &tokenResource, &cloudAccountResource}
-
-// resourceOf is the resource of a path under its list path
-// (/networks/…, /users/…).
-func resourceOf(r *http.Request) resource {
-	for _, res := range resources {
-		if strings.HasPrefix(r.URL.Path, res.listPath+"/") {
-			return *res
-		}
-	}
-	return networkResource
-}
-
 // confirmDelete serves GET {list path}/{id}/delete: what deleting (or
 // revoking) the record does, named, and the button.
-func (c *Console) confirmDelete(w http.ResponseWriter, r *http.Request, s *session) {
-	res := resourceOf(r)
+func (c *Console) confirmDelete(w http.ResponseWriter, r *http.Request, s *session, res resource) {
 	rec, err := res.get(s, r.PathValue("id"))
 	if err != nil {
 		c.fail(w, r, s, err)
@@ -577,8 +561,7 @@ func (c *Console) confirmDelete(w http.ResponseWriter, r *http.Request, s *sessi
 }
 
 // deleteResource serves POST {list path}/{id}/delete.
-func (c *Console) deleteResource(w http.ResponseWriter, r *http.Request, s *session) {
-	res := resourceOf(r)
+func (c *Console) deleteResource(w http.ResponseWriter, r *http.Request, s *session, res resource) {
 	path := res.apiPath + "/" + url.PathEscape(r.PathValue("id"))
 	if v := r.PostFormValue("version"); v != "" {
 		path += "?version=" + url.QueryEscape(v)

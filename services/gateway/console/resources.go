@@ -28,6 +28,8 @@ type resource struct {
 	done func(rec proto.Message) string
 	// actions: the form edits setup actions too.
 	actions bool
+	// createOnly records are made and removed, never edited (API tokens).
+	createOnly bool
 	// nameField names a record by its proto field ("" is "name").
 	nameField string
 	// remove is how a record goes: its confirmation and flash.
@@ -185,18 +187,6 @@ var instanceResource = resource{
 			}},
 		}, nil
 	},
-}
-
-func (c *Console) networkForm(w http.ResponseWriter, r *http.Request, s *session) {
-	c.editForm(w, r, s, networkResource)
-}
-
-func (c *Console) templateForm(w http.ResponseWriter, r *http.Request, s *session) {
-	c.editForm(w, r, s, templateResource)
-}
-
-func (c *Console) instanceForm(w http.ResponseWriter, r *http.Request, s *session) {
-	c.editForm(w, r, s, instanceResource)
 }
 
 // editForm serves a resource's new (no id) or edit form: GET shows it

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
-	"flotilla.dev/flotilla/api/vocab"
 )
 
 // Cookies the console sets. Every one is HttpOnly and SameSite=Strict,
@@ -197,10 +196,6 @@ type session struct {
 	me  *authv1.User
 	api client
 }
-
-// admin reports whether the user is an admin (for what a page offers;
-// the API checks every call).
-func (s *session) admin() bool { return vocab.Role(s.me.GetRole()) == vocab.RoleAdmin }
 
 // choosePassword is what a user whose password an admin reset is told.
 const choosePassword = "An admin reset your password: choose your own to go on."
