@@ -26,7 +26,8 @@ func (e *apiError) Error() string { return e.Message }
 
 // Reasons of API errors the console acts on (docs/errors.md).
 const (
-	reasonVersionMismatch = "version_mismatch"
+	reasonVersionMismatch        = "version_mismatch"
+	reasonPasswordChangeRequired = "password_change_required"
 )
 
 // client calls the gateway's REST API in process, as the user whose token

@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"flotilla.dev/flotilla/api/vocab"
 )
 
 //go:embed templates/*.html
@@ -55,10 +57,10 @@ func New(d Deps) (*Console, error) {
 	}
 	for _, n := range names {
 		page := strings.TrimSuffix(strings.TrimPrefix(n, "templates/"), ".html")
-		if page == "layout" {
+		if page == "layout" || page == "fields" {
 			continue
 		}
-		t, err := template.New(page).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", n)
+		t, err := template.New(page).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/fields.html", n)
 		if err != nil {
 			return nil, fmt.Errorf("console template %s: %w", page, err)
 		}
@@ -76,36 +78,49 @@ func New(d Deps) (*Console, error) {
 	m.HandleFunc("GET /{$}", c.authed(c.overview))
 	m.HandleFunc("GET /instances", c.authed(c.instances))
 	m.HandleFunc("POST /instances/bulk", c.authed(c.bulk))
-	m.HandleFunc("GET /instances/new", c.authed(c.instanceForm))
-	m.HandleFunc("POST /instances/new", c.authed(c.instanceForm))
 	m.HandleFunc("GET /instances/{id}", c.authed(c.instance))
-	m.HandleFunc("GET /instances/{id}/edit", c.authed(c.instanceForm))
-	m.HandleFunc("POST /instances/{id}/edit", c.authed(c.instanceForm))
 	m.HandleFunc("GET /instances/{id}/logs.txt", c.authed(c.downloadLogs))
 	m.HandleFunc("GET /instances/{id}/{action}", c.authed(c.confirmAction))
 	m.HandleFunc("POST /instances/{id}/{action}", c.authed(c.instanceAction))
 	m.HandleFunc("POST /instances/{id}/secrets", c.authed(c.addSecret))
 	m.HandleFunc("GET /networks", c.authed(c.networks))
-	m.HandleFunc("GET /networks/new", c.authed(c.networkForm))
-	m.HandleFunc("POST /networks/new", c.authed(c.networkForm))
-	m.HandleFunc("GET /networks/{id}/edit", c.authed(c.networkForm))
-	m.HandleFunc("POST /networks/{id}/edit", c.authed(c.networkForm))
-	m.HandleFunc("GET /networks/{id}/delete", c.authed(c.confirmDelete))
-	m.HandleFunc("POST /networks/{id}/delete", c.authed(c.deleteResource))
 	m.HandleFunc("GET /templates", c.authed(c.templates))
-	m.HandleFunc("GET /templates/new", c.authed(c.templateForm))
-	m.HandleFunc("POST /templates/new", c.authed(c.templateForm))
-	m.HandleFunc("GET /templates/{id}/edit", c.authed(c.templateForm))
-	m.HandleFunc("POST /templates/{id}/edit", c.authed(c.templateForm))
-	m.HandleFunc("GET /templates/{id}/delete", c.authed(c.confirmDelete))
-	m.HandleFunc("POST /templates/{id}/delete", c.authed(c.deleteResource))
+	m.HandleFunc("GET /cloud-accounts", c.authed(c.cloudAccounts))
+	m.HandleFunc("POST /cloud-accounts/{id}/verify", c.authed(c.verifyCloudAccount))
 	m.HandleFunc("GET /cluster", c.authed(c.cluster))
+	m.HandleFunc("GET /users", c.authed(c.users))
+	m.HandleFunc("GET /users/{id}/reset-password", c.authed(c.confirmReset))
+	m.HandleFunc("POST /users/{id}/reset-password", c.authed(c.resetPassword))
+	m.HandleFunc("GET /tokens", c.authed(c.tokens))
+	for _, res := range []resource{instanceResource, networkResource, templateResource, cloudAccountResource, userResource, tokenResource} {
+		c.handleForms(m, res)
+	}
+	m.HandleFunc("GET /audit", c.authed(c.audit))
+	m.HandleFunc("GET /account", c.authed(c.account))
+	m.HandleFunc("POST /account", c.authed(c.account))
 	m.HandleFunc("GET /ca.pem", c.authed(c.caCertificate))
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		c.render(w, r, nil, http.StatusNotFound, "error", "Not found", errorData{Message: "There is no page at " + r.URL.Path + "."})
 	})
 	c.mux = m
 	return c, nil
+}
+
+// handleForms routes res's forms under its list path: new, edit (unless
+// it is made only), and when it can be removed the confirmation and the
+// removal.
+func (c *Console) handleForms(m *http.ServeMux, res resource) {
+	form := c.authed(func(w http.ResponseWriter, r *http.Request, s *session) { c.editForm(w, r, s, res) })
+	m.HandleFunc("GET "+res.listPath+"/new", form)
+	m.HandleFunc("POST "+res.listPath+"/new", form)
+	if !res.createOnly {
+		m.HandleFunc("GET "+res.listPath+"/{id}/edit", form)
+		m.HandleFunc("POST "+res.listPath+"/{id}/edit", form)
+	}
+	if res.remove.verb != "" {
+		m.HandleFunc("GET "+res.listPath+"/{id}/delete", c.authed(func(w http.ResponseWriter, r *http.Request, s *session) { c.confirmDelete(w, r, s, res) }))
+		m.HandleFunc("POST "+res.listPath+"/{id}/delete", c.authed(func(w http.ResponseWriter, r *http.Request, s *session) { c.deleteResource(w, r, s, res) }))
+	}
 }
 
 // ServeHTTP serves the console's pages and files, with headers that keep
@@ -133,6 +148,7 @@ type view struct {
 	Title   string
 	Page    string
 	User    string
+	Role    string
 	CSRF    string
 	Flash   string
 	Version string
@@ -140,36 +156,29 @@ type view struct {
 	Data    any
 }
 
-// navItem is one entry of the navigation; one without Href is a place kept
-// for a page still to come.
+// Can reports whether the logged-in user's role is at least role: the
+// pages show only what the API would let them do (the API still checks).
+func (v view) Can(role string) bool { return vocab.Role(v.Role).AtLeast(vocab.Role(role)) }
+
+// navItem is one entry of the navigation: Key is the first segment of
+// the paths it covers ("" for the overview); Admin entries are shown to
+// admins only.
 type navItem struct {
 	Key, Label, Href string
-	Current          bool
+	Admin, Current   bool
 }
 
-// nav is the console's navigation, in order. Users and API tokens have
-// their places here; their pages come with their API.
+// nav is the console's navigation, in order.
 var nav = []navItem{
-	{Key: "overview", Label: "Overview", Href: "/"},
+	{Key: "", Label: "Overview", Href: "/"},
 	{Key: "instances", Label: "Instances", Href: "/instances"},
 	{Key: "networks", Label: "Networks", Href: "/networks"},
 	{Key: "templates", Label: "Templates", Href: "/templates"},
+	{Key: "cloud-accounts", Label: "Cloud accounts", Href: "/cloud-accounts"},
 	{Key: "cluster", Label: "Cluster", Href: "/cluster"},
-	{Key: "users", Label: "Users"},
-	{Key: "tokens", Label: "API tokens"},
-}
-
-// section names the navigation entry a page belongs to.
-func section(page string) string {
-	switch {
-	case strings.HasPrefix(page, "instance"), page == "confirm", page == "bulk":
-		return "instances"
-	case strings.HasPrefix(page, "network"):
-		return "networks"
-	case strings.HasPrefix(page, "template"):
-		return "templates"
-	}
-	return page
+	{Key: "users", Label: "Users", Href: "/users", Admin: true},
+	{Key: "audit", Label: "Audit", Href: "/audit", Admin: true},
+	{Key: "tokens", Label: "API tokens", Href: "/tokens"},
 }
 
 // render writes page inside the layout with status. s is nil on pages
@@ -183,9 +192,12 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, s *session, sta
 	}
 	v := view{Title: title, Page: page, Version: c.version, Data: data, Flash: takeFlash(w, r)}
 	if s != nil {
-		v.User, v.CSRF = s.user, s.csrf
-		cur := section(page)
+		v.User, v.Role, v.CSRF = s.me.GetUsername(), s.me.GetRole(), s.csrf
+		cur, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
 		for _, n := range nav {
+			if n.Admin && !v.Can(string(vocab.RoleAdmin)) {
+				continue
+			}
 			n.Current = n.Key == cur
 			v.Nav = append(v.Nav, n)
 		}
@@ -214,6 +226,10 @@ type errorData struct {
 func (c *Console) fail(w http.ResponseWriter, r *http.Request, s *session, err error) {
 	var ae *apiError
 	if errors.As(err, &ae) {
+		if ae.Reason == reasonPasswordChangeRequired {
+			redirect(w, r, "/account", choosePassword)
+			return
+		}
 		if ae.Status == http.StatusUnauthorized {
 			clearCookie(w, r, sessionCookie)
 			next := r.URL.RequestURI()

@@ -120,10 +120,11 @@ func (p page) must(t *testing.T, status int, what string) page {
 
 var csrfRE = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
 
-// csrf is the form token of the session, read from a page.
+// csrf is the form token of the session, read from a page every user
+// may open.
 func (e *env) csrf() string {
 	e.t.Helper()
-	m := csrfRE.FindStringSubmatch(e.get("/networks").must(e.t, 200, "networks").body)
+	m := csrfRE.FindStringSubmatch(e.get("/account").must(e.t, 200, "account").body)
 	if m == nil {
 		e.t.Fatal("no csrf token on the page")
 	}
@@ -135,4 +136,19 @@ func (e *env) post(path string, form url.Values) page {
 	e.t.Helper()
 	form.Set("csrf", e.csrf())
 	return e.do("POST", path, form, nil)
+}
+
+// login sends the login form as user.
+func (e *env) login(user, pass string) page {
+	e.t.Helper()
+	return e.do("POST", "/login", url.Values{"username": {user}, "password": {pass}}, nil)
+}
+
+// as is another browser on the same Flotilla, logged in as user.
+func (e *env) as(user, pass string) *env {
+	e.t.Helper()
+	jar, _ := cookiejar.New(nil)
+	o := &env{t: e.t, base: e.base, client: &http.Client{Jar: jar, CheckRedirect: e.client.CheckRedirect}}
+	o.login(user, pass).must(e.t, http.StatusSeeOther, "log in as "+user)
+	return o
 }

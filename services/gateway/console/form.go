@@ -29,6 +29,8 @@ const (
 	kindList fieldKind = "list"
 	// kindSecret is write-only: never filled in, sent only when entered.
 	kindSecret fieldKind = "secret"
+	// kindPassword is a one-line kindSecret: a password or a secret key.
+	kindPassword fieldKind = "password"
 	// kindTags is key=value per line: a JSON object.
 	kindTags fieldKind = "tags"
 	// kindDuration is "7d", "12h", "30m" or "90s": a JSON duration.
@@ -51,6 +53,11 @@ type formField struct {
 	// (its id); Stored is whether it is.
 	StoredPath string
 	Stored     bool
+	// Create fields are set when a record is made only: an edit form
+	// neither shows nor sends them (a user's name and first password).
+	Create bool
+	// Autocomplete is the input's autocomplete hint, when it needs one.
+	Autocomplete string
 }
 
 // fieldset is a group of fields; Path, when set, is the JSON object they
@@ -82,6 +89,20 @@ type form struct {
 	ErrPath string
 	Stale   bool
 	Reload  string
+}
+
+// editable is sets without the fields set only at creation (and without
+// the groups left empty).
+func editable(sets []*fieldset) []*fieldset {
+	var out []*fieldset
+	for _, set := range sets {
+		kept := *set
+		kept.Fields = slices.DeleteFunc(slices.Clone(set.Fields), func(fd *formField) bool { return fd.Create })
+		if len(kept.Fields) > 0 {
+			out = append(out, &kept)
+		}
+	}
+	return out
 }
 
 func (f *form) fields() []*formField {
@@ -177,7 +198,7 @@ func (f *form) fill(rec proto.Message) error {
 		v, _ := lookup(m, fd.Path)
 		if fd.StoredPath != "" {
 			s, _ := lookup(m, fd.StoredPath)
-			fd.Stored = s != nil && s != ""
+			fd.Stored = s != nil && s != "" && s != false
 		}
 		fd.Value = inputText(fd.Kind, v)
 	}
@@ -229,7 +250,7 @@ func inputText(k fieldKind, v any) string {
 		}
 		return strings.Join(lines, "\n")
 	case string:
-		if k == kindSecret {
+		if k == kindSecret || k == kindPassword {
 			return ""
 		}
 		if k == kindDuration {
@@ -281,7 +302,7 @@ func (f *form) read(value func(string) string) {
 	f.Version = value("version")
 	for _, fd := range f.fields() {
 		fd.Value = strings.TrimSpace(strings.ReplaceAll(value(fd.Path), "\r\n", "\n"))
-		if fd.Kind == kindSecret || fd.Kind == kindTextarea {
+		if fd.Kind == kindSecret || fd.Kind == kindPassword || fd.Kind == kindTextarea {
 			fd.Value = strings.ReplaceAll(value(fd.Path), "\r\n", "\n")
 		}
 	}
@@ -362,7 +383,7 @@ func jsonValue(fd *formField) (any, error) {
 			tags[strings.TrimSpace(k)] = strings.TrimSpace(v)
 		}
 		return tags, nil
-	case kindSecret:
+	case kindSecret, kindPassword:
 		if strings.TrimSpace(s) == "" {
 			return nil, nil
 		}

@@ -515,15 +515,7 @@ func (c *Console) addSecret(w http.ResponseWriter, r *http.Request, s *session) 
 	name := strings.TrimSpace(r.PostFormValue("name"))
 	err := s.api.do(http.MethodPost, "/api/v1/instances/"+url.PathEscape(id)+"/secrets",
 		&secretsv1.CreateSecretRequest{InstanceId: id, Name: name, Value: r.PostFormValue("value")}, nil)
-	var ae *apiError
-	switch {
-	case err == nil:
-		redirect(w, r, page, "The secret "+name+" is stored.")
-	case errors.As(err, &ae) && ae.Status != http.StatusUnauthorized:
-		redirect(w, r, page, "The secret was not stored: "+ae.Message)
-	default:
-		c.fail(w, r, s, err)
-	}
+	c.done(w, r, s, err, page, "The secret "+name+" is stored.", "The secret was not stored")
 }
 
 // networks serves GET /networks.
@@ -546,48 +538,49 @@ func listPage[R any, P page[R], T any](c *Console, w http.ResponseWriter, r *htt
 	c.render(w, r, s, http.StatusOK, name, title, all)
 }
 
-// deleteData is a network's or template's delete confirmation.
+// deleteData is a confirmation that removes or resets a record: "Delete
+// the network lab?", what it does, and the button.
 type deleteData struct {
-	Noun, Name, ID, Version, Action, Cancel string
+	Verb, Noun, Name, Does      string
+	ID, Version, Action, Cancel string
 }
 
-// resourceOf is the network or template resource of a /networks/… or
-// /templates/… path.
-func resourceOf(r *http.Request) resource {
-	if strings.HasPrefix(r.URL.Path, "/templates/") {
-		return templateResource
-	}
-	return networkResource
-}
-
-// confirmDelete serves GET /networks/{id}/delete and /templates/{id}/delete.
-func (c *Console) confirmDelete(w http.ResponseWriter, r *http.Request, s *session) {
-	res := resourceOf(r)
-	rec := res.new()
-	id := url.PathEscape(r.PathValue("id"))
-	if err := s.api.get(res.apiPath+"/"+id, rec); err != nil {
+// confirmDelete serves GET {list path}/{id}/delete: what deleting (or
+// revoking) the record does, named, and the button.
+func (c *Console) confirmDelete(w http.ResponseWriter, r *http.Request, s *session, res resource) {
+	rec, err := res.get(s, r.PathValue("id"))
+	if err != nil {
 		c.fail(w, r, s, err)
 		return
 	}
 	f := &form{}
 	_ = f.fill(rec)
-	d := deleteData{Noun: res.noun, Name: fieldOf(rec, "name"), ID: r.PathValue("id"), Version: f.Version,
-		Action: res.listPath + "/" + id + "/delete", Cancel: res.listPath}
-	c.render(w, r, s, http.StatusOK, "delete", "Delete "+d.Name+"?", d)
+	d := deleteData{Verb: res.remove.verb, Noun: res.noun, Name: res.nameOf(rec), Does: res.remove.does, ID: r.PathValue("id"), Version: f.Version,
+		Action: res.listPath + "/" + url.PathEscape(r.PathValue("id")) + "/delete", Cancel: res.listPath}
+	c.render(w, r, s, http.StatusOK, "delete", d.Verb+" "+d.Name+"?", d)
 }
 
-// deleteResource serves POST /networks/{id}/delete and /templates/{id}/delete.
-func (c *Console) deleteResource(w http.ResponseWriter, r *http.Request, s *session) {
-	res := resourceOf(r)
-	id := url.PathEscape(r.PathValue("id"))
-	name := r.PostFormValue("name")
-	err := s.api.do(http.MethodDelete, res.apiPath+"/"+id+"?version="+url.QueryEscape(r.PostFormValue("version")), nil, nil)
+// deleteResource serves POST {list path}/{id}/delete.
+func (c *Console) deleteResource(w http.ResponseWriter, r *http.Request, s *session, res resource) {
+	path := res.apiPath + "/" + url.PathEscape(r.PathValue("id"))
+	if v := r.PostFormValue("version"); v != "" {
+		path += "?version=" + url.QueryEscape(v)
+	}
+	err := s.api.do(http.MethodDelete, path, nil, nil)
+	c.done(w, r, s, err, res.listPath, fmt.Sprintf("The %s %s is %s.", res.noun, r.PostFormValue("name"), res.remove.done),
+		fmt.Sprintf("The %s %s was not %s", res.noun, r.PostFormValue("name"), res.remove.done))
+}
+
+// done ends a change a form asked for: on success the browser goes to
+// page with ok; an API refusal goes there with refused and the API's
+// reason; an ended session or a failure is c.fail's.
+func (c *Console) done(w http.ResponseWriter, r *http.Request, s *session, err error, page, ok, refused string) {
 	var ae *apiError
 	switch {
 	case err == nil:
-		redirect(w, r, res.listPath, fmt.Sprintf("The %s %s is deleted.", res.noun, name))
-	case errors.As(err, &ae) && ae.Status != http.StatusUnauthorized:
-		redirect(w, r, res.listPath, fmt.Sprintf("The %s %s was not deleted: %s", res.noun, name, ae.Message))
+		redirect(w, r, page, ok)
+	case errors.As(err, &ae) && ae.Status != http.StatusUnauthorized && ae.Reason != reasonPasswordChangeRequired:
+		redirect(w, r, page, refused+": "+ae.Message)
 	default:
 		c.fail(w, r, s, err)
 	}

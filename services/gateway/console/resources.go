@@ -28,6 +28,43 @@ type resource struct {
 	done func(rec proto.Message) string
 	// actions: the form edits setup actions too.
 	actions bool
+	// createOnly records are made and removed, never edited (API tokens).
+	createOnly bool
+	// nameField names a record by its proto field ("" is "name").
+	nameField string
+	// remove is how a record goes: its confirmation and flash.
+	remove removal
+	// find reads one record ("": GET apiPath/{id}).
+	find func(s *session, id string) (proto.Message, error)
+	// saved, when set, shows what a save answered instead of going to
+	// done (an API token, shown once).
+	saved func(c *Console, w http.ResponseWriter, r *http.Request, s *session, rec proto.Message)
+}
+
+// removal is what removing a record is called and does.
+type removal struct {
+	verb, done string // "Delete", "deleted"
+	does       string // what the confirmation says happens
+}
+
+// deletion is how networks, templates, users and cloud accounts go.
+func deletion(does string) removal { return removal{verb: "Delete", done: "deleted", does: does} }
+
+// nameOf is the name a record goes by.
+func (res resource) nameOf(rec proto.Message) string {
+	if res.nameField != "" {
+		return fieldOf(rec, res.nameField)
+	}
+	return fieldOf(rec, "name")
+}
+
+// get reads the record id.
+func (res resource) get(s *session, id string) (proto.Message, error) {
+	if res.find != nil {
+		return res.find(s, id)
+	}
+	rec := res.new()
+	return rec, s.api.get(res.apiPath+"/"+url.PathEscape(id), rec)
 }
 
 func words[T ~string](ws []T) []option {
@@ -40,8 +77,9 @@ func words[T ~string](ws []T) []option {
 
 var networkResource = resource{
 	noun: "network", apiPath: "/api/v1/networks", listPath: "/networks",
-	new:  func() proto.Message { return &inventoryv1.Network{} },
-	done: func(proto.Message) string { return "/networks" },
+	new:    func() proto.Message { return &inventoryv1.Network{} },
+	done:   func(proto.Message) string { return "/networks" },
+	remove: deletion("The network is removed. It cannot be deleted while an instance uses it."),
 	sets: func(s *session) ([]*fieldset, error) {
 		accounts, err := listAll(s.api, "/api/v1/cloud-accounts", (*inventoryv1.ListCloudAccountsResponse).GetCloudAccounts)
 		if err != nil {
@@ -88,8 +126,9 @@ var networkResource = resource{
 
 var templateResource = resource{
 	noun: "template", apiPath: "/api/v1/templates", listPath: "/templates", actions: true,
-	new:  func() proto.Message { return &inventoryv1.Template{} },
-	done: func(proto.Message) string { return "/templates" },
+	new:    func() proto.Message { return &inventoryv1.Template{} },
+	done:   func(proto.Message) string { return "/templates" },
+	remove: deletion("The template is removed. It cannot be deleted while an instance uses it."),
 	sets: func(*session) ([]*fieldset, error) {
 		return []*fieldset{
 			{Legend: "Template", Fields: []*formField{
@@ -150,18 +189,6 @@ var instanceResource = resource{
 	},
 }
 
-func (c *Console) networkForm(w http.ResponseWriter, r *http.Request, s *session) {
-	c.editForm(w, r, s, networkResource)
-}
-
-func (c *Console) templateForm(w http.ResponseWriter, r *http.Request, s *session) {
-	c.editForm(w, r, s, templateResource)
-}
-
-func (c *Console) instanceForm(w http.ResponseWriter, r *http.Request, s *session) {
-	c.editForm(w, r, s, instanceResource)
-}
-
 // editForm serves a resource's new (no id) or edit form: GET shows it
 // (filled from the API), POST saves it through the API, showing the API's
 // error beside the field it names, or that the record changed meanwhile.
@@ -171,6 +198,9 @@ func (c *Console) editForm(w http.ResponseWriter, r *http.Request, s *session, r
 	if err != nil {
 		c.fail(w, r, s, err)
 		return
+	}
+	if id != "" {
+		sets = editable(sets)
 	}
 	f := &form{Sets: sets, HasActions: res.actions, Cancel: res.listPath, Title: "New " + res.noun, Submit: "Create " + res.noun, Action: res.listPath + "/new"}
 	if id != "" {
@@ -182,8 +212,8 @@ func (c *Console) editForm(w http.ResponseWriter, r *http.Request, s *session, r
 	}
 	if r.Method == http.MethodGet {
 		if id != "" {
-			rec := res.new()
-			if err := s.api.get(res.apiPath+"/"+url.PathEscape(id), rec); err != nil {
+			rec, err := res.get(s, id)
+			if err != nil {
 				c.fail(w, r, s, err)
 				return
 			}
@@ -194,7 +224,7 @@ func (c *Console) editForm(w http.ResponseWriter, r *http.Request, s *session, r
 			if t, ok := rec.(*inventoryv1.Template); ok {
 				f.Actions = actionRows(t.GetSetupActions())
 			}
-			f.Title += " " + f.field("name").Value
+			f.Title += " " + res.nameOf(rec)
 		} else {
 			c.defaults(f, r)
 		}
@@ -226,8 +256,12 @@ func (c *Console) editForm(w http.ResponseWriter, r *http.Request, s *session, r
 		} else {
 			err = s.api.do(http.MethodPatch, res.apiPath+"/"+url.PathEscape(id), body, rec)
 		}
+		if err == nil && res.saved != nil {
+			res.saved(c, w, r, s, rec)
+			return
+		}
 		if err == nil {
-			redirect(w, r, res.done(rec), fmt.Sprintf("The %s %s is saved.", res.noun, fieldOf(rec, "name")))
+			redirect(w, r, res.done(rec), fmt.Sprintf("The %s %s is saved.", res.noun, res.nameOf(rec)))
 			return
 		}
 		if !errors.As(err, &ferr) || ferr.Status == http.StatusUnauthorized {

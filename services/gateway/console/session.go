@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,8 +19,6 @@ import (
 const (
 	// sessionCookie holds the user's API bearer token.
 	sessionCookie = "flotilla_session"
-	// userCookie holds the user name, for display only.
-	userCookie = "flotilla_user"
 	// flashCookie carries a one-line message to the next page.
 	flashCookie = "flotilla_flash"
 	// maxTokenLen bounds what SessionToken accepts as a token.
@@ -167,9 +166,11 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		c.render(w, r, nil, status, "login", "Log in", d)
 		return
 	}
-	exp := resp.GetExpireTime().AsTime()
-	setCookie(w, r, sessionCookie, resp.GetToken(), exp)
-	setCookie(w, r, userCookie, resp.GetUsername(), exp)
+	setCookie(w, r, sessionCookie, resp.GetToken(), resp.GetExpireTime().AsTime())
+	if resp.GetPasswordChangeRequired() {
+		redirect(w, r, "/account", choosePassword)
+		return
+	}
 	http.Redirect(w, r, d.Next, http.StatusSeeOther)
 }
 
@@ -184,20 +185,30 @@ func (c *Console) logout(w http.ResponseWriter, r *http.Request, s *session) {
 		}
 	}
 	clearCookie(w, r, sessionCookie)
-	clearCookie(w, r, userCookie)
 	setFlash(w, r, "You are logged out.")
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
 }
 
 // session is a logged-in user's request.
 type session struct {
-	token, user, csrf string
-	api               client
+	token, csrf string
+	// me is the user, as the API reads them (GET /api/v1/users/me).
+	me  *authv1.User
+	api client
 }
+
+// choosePassword is what a user whose password an admin reset is told.
+const choosePassword = "An admin reset your password: choose your own to go on."
+
+// pendingPaths are the pages a user whose password an admin reset may
+// open before choosing their own.
+var pendingPaths = []string{"/account", "/logout"}
 
 // authed wraps a page that needs a session: without one the browser goes
 // to the login page (and back after it); a POST must carry the session's
-// form token and come from this site.
+// form token and come from this site. The page knows the user (GET
+// /api/v1/users/me); one who must change the password an admin set is
+// sent to their account page.
 func (c *Console) authed(h func(http.ResponseWriter, *http.Request, *session)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		token := SessionToken(r)
@@ -209,15 +220,20 @@ func (c *Console) authed(h func(http.ResponseWriter, *http.Request, *session)) h
 			http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
 			return
 		}
-		s := &session{token: token, csrf: csrfToken(token), api: client{api: c.api, r: r, token: token}}
-		if ck, err := r.Cookie(userCookie); err == nil {
-			s.user = ck.Value
+		s := &session{token: token, csrf: csrfToken(token), api: client{api: c.api, r: r, token: token}, me: &authv1.User{}}
+		if err := s.api.get("/api/v1/users/me", s.me); err != nil {
+			c.fail(w, r, s, err)
+			return
 		}
 		if r.Method == http.MethodPost {
 			if err := checkForm(r, token); err != nil {
 				c.render(w, r, s, http.StatusForbidden, "error", "Refused", errorData{Message: err.Error()})
 				return
 			}
+		}
+		if s.me.GetPasswordChangeRequired() && !slices.Contains(pendingPaths, r.URL.Path) {
+			redirect(w, r, "/account", choosePassword)
+			return
 		}
 		h(w, r, s)
 	}

@@ -17,6 +17,7 @@ import (
 // funcs are the helpers every template may call.
 var funcs = template.FuncMap{
 	"ts":        tsISO,
+	"utc":       utc,
 	"ago":       ago,
 	"clock":     clock,
 	"bytes":     humanBytes,
@@ -44,6 +45,17 @@ func tsISO(t *timestamppb.Timestamp) string {
 		return ""
 	}
 	return t.AsTime().UTC().Format(time.RFC3339)
+}
+
+// timeLayout is how a page writes a time in full.
+const timeLayout = "2006-01-02 15:04:05 UTC"
+
+// utc writes t in full, in UTC ("—" when unset).
+func utc(t *timestamppb.Timestamp) string {
+	if tsISO(t) == "" {
+		return "—"
+	}
+	return t.AsTime().UTC().Format(timeLayout)
 }
 
 // clock is the time of day of t, to the millisecond (UTC), for log lines.

@@ -372,9 +372,33 @@
     });
   }
 
+  // --- A secret shown once: selected whole on focus, copied with a button
+  // (where the browser lets a page write to the clipboard). ---
+  function initOnce() {
+    $$("input[data-select-all]").forEach(function (el) {
+      el.addEventListener("focus", function () { el.select(); });
+    });
+    $$("button[data-copy]").forEach(function (btn) {
+      var src = document.getElementById(btn.getAttribute("data-copy"));
+      var status = $("[data-copy-status]");
+      if (!src || !navigator.clipboard || !window.isSecureContext) { return; }
+      btn.hidden = false;
+      btn.addEventListener("click", function () {
+        navigator.clipboard.writeText(src.value).then(function () {
+          btn.textContent = "Copied";
+          if (status) { status.textContent = "Copied to the clipboard."; }
+        }, function () {
+          src.focus();
+          if (status) { status.textContent = "The browser did not allow copying: it is selected, copy it yourself."; }
+        });
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     initTheme();
     initForms();
+    initOnce();
     initOverview();
     initList();
     initInstance();
