@@ -306,6 +306,11 @@ networkId: lab
 		c.fails("", []string{"lifecycle_busy"}, "instances", "deprovision", "edge-1")
 	})
 
+	t.Run("users, roles, tokens and audit", func(t *testing.T) {
+		t.Parallel()
+		testUsersTokensAudit(t, &cli{t: t, config: c.config}, server, caFile)
+	})
+
 	t.Run("provision, logs, events, deprovision, delete", func(t *testing.T) {
 		t.Parallel()
 		c := &cli{t: t, config: c.config}

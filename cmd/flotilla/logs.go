@@ -121,17 +121,23 @@ events) until interrupted, starting with the newest 200 (or --tail, or
 // 3339 time or a duration back from now; empty without it.
 func sinceQuery(v string) (url.Values, error) {
 	q := url.Values{}
+	return q, setTimeQuery(q, "since", v)
+}
+
+// setTimeQuery sets q's param to the time of its flag's value v: an RFC
+// 3339 time, or a duration back from now (10m, 2h); nothing when v is empty.
+func setTimeQuery(q url.Values, param, v string) error {
 	if v == "" {
-		return q, nil
+		return nil
 	}
 	if d, err := time.ParseDuration(v); err == nil {
-		q.Set("since", time.Now().Add(-d).UTC().Format(time.RFC3339))
+		q.Set(param, time.Now().Add(-d).UTC().Format(time.RFC3339))
 	} else if t, err := time.Parse(time.RFC3339, v); err == nil {
-		q.Set("since", t.UTC().Format(time.RFC3339))
+		q.Set(param, t.UTC().Format(time.RFC3339))
 	} else {
-		return nil, fmt.Errorf("--since: %q is neither an RFC 3339 time (2026-01-02T15:04:05Z) nor a duration (10m)", v)
+		return fmt.Errorf("--%s: %q is neither an RFC 3339 time (2026-01-02T15:04:05Z) nor a duration back from now (10m)", param, v)
 	}
-	return q, nil
+	return nil
 }
 
 // follow reads the server-sent events of path, handing each log line to
