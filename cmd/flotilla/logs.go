@@ -2,10 +2,8 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -65,10 +63,7 @@ events) until interrupted, starting with the newest 200 (or --tail, or
 			defer out.Flush()
 			print := func(l *inventoryv1.InstanceLogLine) {
 				if asJSON {
-					var b bytes.Buffer
-					raw, _ := protojson.Marshal(l)
-					_ = json.Compact(&b, raw) // protojson varies its spacing
-					fmt.Fprintf(out, "%s\n", b.Bytes())
+					writeJSONLine(out, l)
 					return
 				}
 				fmt.Fprintf(out, "%s %-5s %s\n", l.GetTime().AsTime().Local().Format("2006-01-02T15:04:05.000Z07:00"), l.GetSource(), l.GetText())
@@ -300,10 +295,7 @@ per line. An instance's whole timeline is flotilla instances events NAME.`,
 						fmt.Fprintln(cmd.OutOrStdout(), strings.Join(row, "  "))
 						return
 					}
-					var b bytes.Buffer
-					raw, _ := protojson.Marshal(e)
-					_ = json.Compact(&b, raw) // protojson varies its spacing
-					fmt.Fprintf(cmd.OutOrStdout(), "%s\n", b.Bytes())
+					writeJSONLine(cmd.OutOrStdout(), e)
 				})
 			}
 			all := &inventoryv1.ListInstanceEventsResponse{}

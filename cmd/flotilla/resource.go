@@ -536,10 +536,8 @@ func (r *resource) fileExample(verb string) string {
 func (r *resource) eachDoc(cmd *cobra.Command, opts *clientOptions, file string,
 	do func(context.Context, *session, *document, io.Writer) error,
 ) error {
-	if opts.output != "" {
-		if _, err := opts.format(cmd.OutOrStdout()); err != nil {
-			return err
-		}
+	if err := opts.checkOutput(cmd.OutOrStdout()); err != nil {
+		return err
 	}
 	docs, err := readDocuments(file, cmd.InOrStdin(), r)
 	if err != nil {

@@ -53,10 +53,8 @@ only its SHA-256, so it is never shown again. Use it as FLOTILLA_TOKEN (or
 			if err := checkRoleFlag("--role", role); err != nil {
 				return err
 			}
-			if opts.output != "" {
-				if _, err := opts.format(cmd.OutOrStdout()); err != nil {
-					return err
-				}
+			if err := opts.checkOutput(cmd.OutOrStdout()); err != nil {
+				return err
 			}
 			s, err := opts.session()
 			if err != nil {
