@@ -110,11 +110,20 @@ func NewRouter(js jetstream.JetStream, service string, log *slog.Logger, tp trac
 	return rt, nil
 }
 
+// HandlerOption changes how one handler is fed.
+type HandlerOption func(*Subscriber)
+
+// InFlight lets up to n of the consumer's messages be handled at once, in
+// no particular order: for handlers whose effects commute, such as a
+// projection that writes each record by its id. Without it a handler gets
+// the next message once the last one is settled, in stream order.
+func InFlight(n int) HandlerOption { return func(s *Subscriber) { s.inFlight = n } }
+
 // Handle declares a durable consumer on stream for the subjects filter
 // matches (cfg gives its name and delivery policy) and routes its messages
 // to h. The consumer exists when Handle returns, so events published from
 // then on wait for the handler even before Run.
-func (r *Router) Handle(ctx context.Context, stream, filter string, cfg jetstream.ConsumerConfig, h Handler) error {
+func (r *Router) Handle(ctx context.Context, stream, filter string, cfg jetstream.ConsumerConfig, h Handler, opts ...HandlerOption) error {
 	cfg.FilterSubject = filter
 	if cfg.AckPolicy == jetstream.AckNonePolicy {
 		cfg.AckPolicy = jetstream.AckExplicitPolicy
@@ -128,6 +137,9 @@ func (r *Router) Handle(ctx context.Context, stream, filter string, cfg jetstrea
 		return fmt.Errorf("%s: declare consumer %s on %s: %w", r.service, cfg.Durable, stream, err)
 	}
 	sub := &Subscriber{cons: cons, log: r.log, redelay: r.redelay, closing: make(chan struct{})}
+	for _, o := range opts {
+		o(sub)
+	}
 	r.router.AddConsumerHandler(cfg.Durable, filter, sub, message.NoPublishHandlerFunc(h))
 	return nil
 }

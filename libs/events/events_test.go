@@ -3,6 +3,7 @@ package events_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -46,14 +47,14 @@ func newEnv(t *testing.T) *env {
 
 // router declares one handler for network events and runs it until the
 // test ends; start false declares it without running it.
-func (e *env) router(h events.Handler, start bool) func() {
+func (e *env) router(h events.Handler, start bool, opts ...events.HandlerOption) func() {
 	e.t.Helper()
 	r, err := events.NewRouter(e.js, subjects.Secrets, slog.New(slog.DiscardHandler), e.tp, events.WithRedeliveryDelay(200*time.Millisecond))
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	if err := r.Handle(e.t.Context(), subjects.EventsStream, subjects.EntityVerbEvents(subjects.NounNetwork, string(vocab.VerbCreated)),
-		jetstream.ConsumerConfig{Durable: "test-consumer"}, h); err != nil {
+		jetstream.ConsumerConfig{Durable: "test-consumer"}, h, opts...); err != nil {
 		e.t.Fatal(err)
 	}
 	run := func() {
@@ -240,4 +241,42 @@ func TestEventsWaitForTheirHandler(t *testing.T) {
 	}
 	run()
 	waitFor(t, "the early event to be handled", func() bool { return handled.Load() == 1 })
+}
+
+// TestInFlightHandlesSeveralAtOnce: with InFlight(n) the handler has n
+// messages at once (a handler that waits for n callers only finishes
+// because of that), never more, and every message is acknowledged.
+func TestInFlightHandlesSeveralAtOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const n, total = 4, 40
+	var now, most, handled atomic.Int32
+	gate := make(chan struct{})
+	var once sync.Once
+	e.router(func(*message.Message) error {
+		cur := now.Add(1)
+		defer now.Add(-1)
+		for m := most.Load(); cur > m && !most.CompareAndSwap(m, cur); m = most.Load() {
+		}
+		if cur == n {
+			once.Do(func() { close(gate) })
+		}
+		select {
+		case <-gate:
+		case <-time.After(10 * time.Second):
+			return events.Permanent(errors.New("the other handlers never came"))
+		}
+		handled.Add(1)
+		return nil
+	}, true, events.InFlight(n))
+	for i := range total {
+		e.publish(fmt.Sprintf("n-%d", i))
+	}
+	waitFor(t, "every message handled and acknowledged", func() bool {
+		p, a := e.unsettled()
+		return handled.Load() >= total && p == 0 && a == 0
+	})
+	if m := most.Load(); m != n {
+		t.Fatalf("at most %d handled at once, want %d", m, n)
+	}
 }

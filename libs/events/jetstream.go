@@ -20,18 +20,19 @@ import (
 const defaultRedeliveryDelay = 5 * time.Second
 
 // Subscriber is a watermill subscriber over one durable JetStream consumer.
-// It hands over one message at a time and acknowledges it (waiting for the
-// server's confirmation) when the handler succeeds, or asks for redelivery
-// after its redelivery delay when it fails. Closing it stops the consumer, never the
-// connection.
+// It hands over one message at a time (or up to inFlight at once) and
+// acknowledges each (waiting for the server's confirmation) when the
+// handler succeeds, or asks for redelivery after its redelivery delay when
+// it fails. Closing it stops the consumer, never the connection.
 type Subscriber struct {
-	cons    jetstream.Consumer
-	log     *slog.Logger
-	redelay time.Duration
-	mu      sync.Mutex
-	closing chan struct{}
-	closed  bool
-	wg      sync.WaitGroup
+	cons     jetstream.Consumer
+	log      *slog.Logger
+	redelay  time.Duration
+	inFlight int
+	mu       sync.Mutex
+	closing  chan struct{}
+	closed   bool
+	wg       sync.WaitGroup
 }
 
 var _ message.Subscriber = (*Subscriber)(nil)
@@ -39,7 +40,27 @@ var _ message.Subscriber = (*Subscriber)(nil)
 // Subscribe starts consuming; topic is the consumer's filter (informational).
 func (s *Subscriber) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
 	out := make(chan *message.Message)
-	cc, err := s.cons.Consume(func(m jetstream.Msg) { s.deliver(ctx, m, out) }, jetstream.PullMaxMessages(16))
+	n := max(s.inFlight, 1)
+	slots := make(chan struct{}, n)
+	var delivering sync.WaitGroup
+	handle := func(m jetstream.Msg) {
+		if n == 1 {
+			s.deliver(ctx, m, out)
+			return
+		}
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		case <-s.closing:
+			return
+		}
+		delivering.Go(func() {
+			defer func() { <-slots }()
+			s.deliver(ctx, m, out)
+		})
+	}
+	cc, err := s.cons.Consume(handle, jetstream.PullMaxMessages(max(16, 2*n)))
 	if err != nil {
 		return nil, fmt.Errorf("consume %s: %w", s.cons.CachedInfo().Name, err)
 	}
@@ -52,6 +73,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, _ string) (<-chan *message.M
 		}
 		cc.Stop()
 		<-cc.Closed()
+		delivering.Wait() // each returns on ctx or closing; none may send on a closed out
 		close(out)
 	}()
 	return out, nil

@@ -203,18 +203,27 @@ type sseEvent struct {
 
 // serveSSE sends what the consumer delivers, each message as the event
 // encode makes of it (those it declines are skipped), until the client
-// goes away, with a comment every sseKeepAlive while idle.
+// goes away or its token is withdrawn (then a last comment says so), with a
+// comment every sseKeepAlive while idle.
 func (g *Gateway) serveSSE(ctx context.Context, w http.ResponseWriter, r *http.Request, cons jetstream.Consumer, encode func(jetstream.Msg) (sseEvent, bool)) {
 	flusher, ok := w.(http.Flusher)
 	if !ok {
 		g.writeError(w, r, errors.New("streaming unsupported"))
 		return
 	}
+	ctx, release := g.tokens.hold(ctx)
+	defer release()
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	flusher.Flush()
+	defer func() {
+		if errors.Is(context.Cause(ctx), errTokenWithdrawn) {
+			_, _ = fmt.Fprintf(w, ": %v\n\n", errTokenWithdrawn)
+			flusher.Flush()
+		}
+	}()
 	_ = follow(ctx, cons, func(m jetstream.Msg) error {
 		ev, ok := encode(m)
 		if !ok {

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -305,7 +306,12 @@ func (s instanceServer) FollowInstanceLogs(r *inventoryv1.ListInstanceLogsReques
 	if err != nil {
 		return apierr.GRPCStatus(ctx, s.g.log, err)
 	}
+	ctx, release := s.g.tokens.hold(ctx)
+	defer release()
 	err = followLines(ctx, cons, stream.Send, nil)
+	if errors.Is(context.Cause(ctx), errTokenWithdrawn) {
+		return apierr.GRPCStatus(ctx, s.g.log, apierr.Unauthenticated("%v", errTokenWithdrawn))
+	}
 	if ctx.Err() != nil {
 		return nil // the client went away
 	}

@@ -163,7 +163,7 @@ func TestFollowingLogsStartsWithTheNewestAndGoesOn(t *testing.T) {
 
 // TestFollowingLogsOverGRPC: FollowInstanceLogs streams the newest lines,
 // then new ones, to a gRPC client; paging settings are refused, naming
-// the field.
+// the field; logging out ends the follow.
 func TestFollowingLogsOverGRPC(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})
@@ -204,6 +204,12 @@ func TestFollowingLogsOverGRPC(t *testing.T) {
 	}
 	if status.Code(err) != codes.Unauthenticated {
 		t.Errorf("a follow without a token: %v", err)
+	}
+
+	// Logging out ends the follows of the session.
+	e.must(200, "POST", "/api/v1/logout", reply{})
+	if _, err := stream.Recv(); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "revoked") {
+		t.Errorf("a follow after its session logged out: %v; want unauthenticated, saying the token was revoked", err)
 	}
 }
 

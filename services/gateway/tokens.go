@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"sync"
 	"time"
 
@@ -36,7 +37,21 @@ type tokenCache struct {
 	now func() time.Time
 	mu  sync.Mutex
 	m   map[string]cachedToken // by bearer.ID
+	// held are the open streams (log follows, the event feed), each ended
+	// when its token is revoked or its user changes.
+	held map[*heldStream]struct{}
 }
+
+// heldStream is one open stream's token and user, and how to end it.
+type heldStream struct {
+	tokenID, userID string
+	cancel          context.CancelCauseFunc
+}
+
+// errTokenWithdrawn ends a stream whose token was revoked, or whose user's
+// role or password changed or who was deleted: the client reconnects and
+// its token is verified again.
+var errTokenWithdrawn = errors.New("the stream's token was revoked, or its user changed: authenticate again")
 
 type cachedToken struct {
 	digest [sha256.Size]byte
@@ -45,7 +60,7 @@ type cachedToken struct {
 }
 
 func newTokenCache(ttl time.Duration, now func() time.Time) *tokenCache {
-	return &tokenCache{ttl: ttl, now: now, m: map[string]cachedToken{}}
+	return &tokenCache{ttl: ttl, now: now, m: map[string]cachedToken{}, held: map[*heldStream]struct{}{}}
 }
 
 // get returns the user of a token verified less than ttl ago.
@@ -95,16 +110,47 @@ func (c *tokenCache) put(token string, u *authv1.VerifyTokenResponse) {
 	c.m[bearer.IDOf(d)] = cachedToken{digest: d, user: proto.Clone(u).(*authv1.VerifyTokenResponse), until: until}
 }
 
-// drop forgets a token by its id.
+// hold ties a stream to the token that authenticated it (in ctx): the
+// context it returns ends, with errTokenWithdrawn as its cause, when the
+// token is dropped for a revocation or its user changes, or after a lost
+// bus (a revocation may have gone by unseen). release, when the stream
+// ends, forgets it.
+func (c *tokenCache) hold(ctx context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	token, _ := ctx.Value(tokenKey{}).(string)
+	h := &heldStream{tokenID: bearer.ID(token), userID: userFrom(ctx).GetUserId(), cancel: cancel}
+	c.mu.Lock()
+	c.held[h] = struct{}{}
+	c.mu.Unlock()
+	return ctx, func() {
+		c.mu.Lock()
+		delete(c.held, h)
+		c.mu.Unlock()
+		cancel(nil)
+	}
+}
+
+// endHeld ends the held streams match selects; c.mu is held.
+func (c *tokenCache) endHeld(match func(*heldStream) bool) {
+	for h := range c.held {
+		if match(h) {
+			h.cancel(errTokenWithdrawn)
+			delete(c.held, h)
+		}
+	}
+}
+
+// drop forgets a token by its id and ends its streams.
 func (c *tokenCache) drop(id string) {
 	c.mu.Lock()
 	delete(c.m, id)
+	c.endHeld(func(h *heldStream) bool { return h.tokenID == id })
 	c.mu.Unlock()
 }
 
 // dropUser forgets every token of a user (their role changed, their
-// password was reset or changed, they were deleted): each is verified
-// again at its next use.
+// password was reset or changed, they were deleted) and ends their
+// streams: each token is verified again at its next use.
 func (c *tokenCache) dropUser(userID string) {
 	if userID == "" {
 		return
@@ -116,12 +162,14 @@ func (c *tokenCache) dropUser(userID string) {
 			delete(c.m, id)
 		}
 	}
+	c.endHeld(func(h *heldStream) bool { return h.userID == userID })
 }
 
-// clear forgets every token.
+// clear forgets every token and ends every stream.
 func (c *tokenCache) clear() {
 	c.mu.Lock()
 	clear(c.m)
+	c.endHeld(func(*heldStream) bool { return true })
 	c.mu.Unlock()
 }
 

@@ -105,7 +105,9 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		})}, d.AppOptions...)...)
 	// The audit trail's projection: a durable consumer from the stream's
 	// first record, shared by every inventory process, so each record is
-	// written once (and again harmlessly, by id, if redelivered).
+	// written once (and again harmlessly, by id, if redelivered). Records
+	// are handled auditInFlight at a time and their rows written together
+	// (app.ProjectAudit), so the trail keeps up with the API's writes.
 	router, err := events.NewRouter(js, subjects.Inventory, log, d.TracerProvider)
 	if err != nil {
 		return nil, fmt.Errorf("inventory: %w", err)
@@ -114,7 +116,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		Durable:       subjects.AuditProjectionConsumer,
 		Description:   "The inventory writes every audit record into PostgreSQL for GET /api/v1/audit",
 		DeliverPolicy: jetstream.DeliverAllPolicy,
-	}, projectAudit(a, log))
+	}, projectAudit(a, log), events.InFlight(auditInFlight))
 	if err != nil {
 		return nil, fmt.Errorf("inventory: audit consumer: %w", err)
 	}
@@ -124,6 +126,9 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	}
 	return &Service{deps: d, app: a, fwd: fwd, svc: svc, events: router}, nil
 }
+
+// auditInFlight is how many audit records the projection handles at once.
+const auditInFlight = 256
 
 // projectAudit handles one record of the audit stream; one that can never
 // be decoded goes to the poison stream.

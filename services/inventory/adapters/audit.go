@@ -21,16 +21,46 @@ type AuditRow struct {
 	Detail                  string
 }
 
-// InsertAuditRow writes a record unless one with its id is there already
-// (a redelivery), and reports whether it wrote it.
-func InsertAuditRow(ctx context.Context, q Querier, r *AuditRow) (bool, error) {
-	tag, err := q.Exec(ctx, `INSERT INTO audit_records (id, at, kind, action, actor, username, user_id, role, target, status, result, source, trace_id, detail)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (id) DO NOTHING`,
-		r.ID, r.At, r.Kind, r.Action, r.Actor, r.Username, r.UserID, r.Role, r.Target, r.Status, r.Result, r.Source, r.TraceID, r.Detail)
-	if err != nil {
-		return false, fmt.Errorf("record audit %s: %w", r.ID, err)
+// auditColumns are the columns InsertAuditRows writes, in order.
+const auditColumns = 14
+
+// MaxAuditRowsPerInsert bounds one InsertAuditRows statement (PostgreSQL
+// takes at most 65 535 parameters).
+const MaxAuditRowsPerInsert = 1000
+
+// InsertAuditRows writes records in one statement, skipping any whose id
+// is there already (a redelivered record changes nothing), and returns how
+// many it wrote. At most MaxAuditRowsPerInsert rows.
+func InsertAuditRows(ctx context.Context, q Querier, rows []*AuditRow) (int64, error) {
+	if len(rows) == 0 {
+		return 0, nil
 	}
-	return tag.RowsAffected() == 1, nil
+	if len(rows) > MaxAuditRowsPerInsert {
+		return 0, fmt.Errorf("record audit: %d rows in one statement, at most %d", len(rows), MaxAuditRowsPerInsert)
+	}
+	var b strings.Builder
+	b.WriteString(`INSERT INTO audit_records (id, at, kind, action, actor, username, user_id, role, target, status, result, source, trace_id, detail) VALUES `)
+	args := make([]any, 0, len(rows)*auditColumns)
+	for i, r := range rows {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('(')
+		for c := range auditColumns {
+			if c > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString("$" + strconv.Itoa(i*auditColumns+c+1))
+		}
+		b.WriteByte(')')
+		args = append(args, r.ID, r.At, r.Kind, r.Action, r.Actor, r.Username, r.UserID, r.Role, r.Target, r.Status, r.Result, r.Source, r.TraceID, r.Detail)
+	}
+	b.WriteString(` ON CONFLICT (id) DO NOTHING`)
+	tag, err := q.Exec(ctx, b.String(), args...)
+	if err != nil {
+		return 0, fmt.Errorf("record %d audit records (first %s): %w", len(rows), rows[0].ID, err)
+	}
+	return tag.RowsAffected(), nil
 }
 
 // AuditFilter selects audit records: each set field narrows the list.

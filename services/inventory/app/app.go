@@ -62,6 +62,8 @@ type App struct {
 	afterWrite func(ctx context.Context, tx pgx.Tx) error
 	// live keeps heartbeats off the instance rows (liveness.go).
 	live *liveness
+	// auditRows writes projected audit records in batches (audit.go).
+	auditRows auditWriter
 	// committed runs after every write transaction commits (the outbox
 	// forwarder's Wake).
 	committed func()

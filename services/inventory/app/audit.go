@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -44,8 +45,65 @@ func (a *App) ProjectAudit(ctx context.Context, m AuditMessage) error {
 	if err != nil {
 		return fmt.Errorf("%w %s on %s: %v", ErrMalformedAudit, m.ID, m.Subject, err)
 	}
-	_, err = adapters.InsertAuditRow(ctx, a.pool, row)
-	return err
+	return a.auditRows.write(ctx, a, row)
+}
+
+// auditWriter writes the rows of concurrent ProjectAudit calls together:
+// the first caller to find no write running writes every row waiting (up
+// to adapters.MaxAuditRowsPerInsert at a time, in one statement and one
+// commit) and then whatever arrived meanwhile; the others wait for the
+// write that carried their row. Under load the audit trail costs one
+// commit per batch rather than one per record.
+type auditWriter struct {
+	mu      sync.Mutex
+	pending []*auditWait
+	writing bool
+}
+
+type auditWait struct {
+	row  *adapters.AuditRow
+	done chan error
+}
+
+// auditWriteTimeout bounds one batch's write, whichever caller runs it.
+const auditWriteTimeout = 30 * time.Second
+
+func (w *auditWriter) write(ctx context.Context, a *App, row *adapters.AuditRow) error {
+	me := &auditWait{row: row, done: make(chan error, 1)}
+	w.mu.Lock()
+	w.pending = append(w.pending, me)
+	if w.writing {
+		w.mu.Unlock()
+		select {
+		case err := <-me.done:
+			return err
+		case <-ctx.Done():
+			return ctx.Err() // the row may still be written; a redelivery then changes nothing
+		}
+	}
+	w.writing = true
+	// The batch is everyone's: one caller's cancellation must not fail the
+	// others' rows.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditWriteTimeout)
+	defer cancel()
+	for len(w.pending) > 0 {
+		batch := w.pending[:min(len(w.pending), adapters.MaxAuditRowsPerInsert)]
+		w.pending = w.pending[len(batch):]
+		w.mu.Unlock()
+		rows := make([]*adapters.AuditRow, len(batch))
+		for i, b := range batch {
+			rows[i] = b.row
+		}
+		_, err := adapters.InsertAuditRows(wctx, a.pool, rows)
+		for _, b := range batch {
+			b.done <- err
+		}
+		w.mu.Lock()
+	}
+	w.writing = false
+	w.pending = nil
+	w.mu.Unlock()
+	return <-me.done
 }
 
 // auditRow maps a record to its row.

@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -223,5 +224,57 @@ func TestTheAuditProjection(t *testing.T) {
 	bad.ID, bad.Data = "bad-1", []byte{0xff, 0xff}
 	if err := a.ProjectAudit(ctx, bad); err == nil {
 		t.Fatal("a malformed record was projected")
+	}
+}
+
+// TestAuditRecordsProjectedAtOnceAreEachWrittenOnce: records projected by
+// many handlers at once (the audit consumer handles several at a time, and
+// their rows are written together) are each written once, redeliveries
+// among them included, and every caller hears its own row's outcome.
+func TestAuditRecordsProjectedAtOnceAreEachWrittenOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a := app.New(newPool(t), slog.New(slog.DiscardHandler))
+	at := time.Now().UTC().Truncate(time.Microsecond)
+	const records = 1500 // more than one statement's worth
+	msgs := make([]app.AuditMessage, records)
+	for i := range msgs {
+		target := fmt.Sprintf("w-%04d", i)
+		msgs[i] = auditMessage(t, "flotilla.audit.widget."+target+".spun", "widget.spun", vocab.System("load"), at.Add(time.Duration(i)*time.Millisecond), &authv1.User{})
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*records)
+	for i := range 2 * records { // each twice, the second a redelivery racing the first
+		wg.Go(func() { errs <- a.ProjectAudit(ctx, msgs[i%records]) })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]int{}
+	req := &auditv1.ListAuditRecordsRequest{PageSize: 500}
+	for {
+		page, err := a.ListAudit(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range page.GetRecords() {
+			seen[r.GetTarget()]++
+		}
+		if page.GetNextPageToken() == "" {
+			break
+		}
+		req.PageToken = page.GetNextPageToken()
+	}
+	if len(seen) != records {
+		t.Fatalf("%d records listed, want %d", len(seen), records)
+	}
+	for target, n := range seen {
+		if n != 1 {
+			t.Errorf("%s listed %d times", target, n)
+		}
 	}
 }
