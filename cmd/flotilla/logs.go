@@ -139,7 +139,8 @@ func setTimeQuery(q url.Values, param, v string) error {
 
 // followEvents reads the server-sent events of path, handing the data of each
 // of the kind named event to each, decoded as a T, until the context ends
-// (then it returns nil) or the server closes the stream.
+// (then it returns nil) or the server closes the stream (an error, with
+// the server's last comment other than a keep-alive: why it closed it).
 func followEvents[T any, PT interface {
 	*T
 	proto.Message
@@ -151,7 +152,7 @@ func followEvents[T any, PT interface {
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 8<<20)
-	var kind string
+	var kind, why string
 	var data strings.Builder
 	for sc.Scan() {
 		line := sc.Text()
@@ -172,6 +173,8 @@ func followEvents[T any, PT interface {
 				data.WriteByte('\n')
 			}
 			data.WriteString(strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " "))
+		case strings.HasPrefix(line, ":") && strings.TrimSpace(line[1:]) != "keep-alive":
+			why = strings.TrimSpace(line[1:])
 		}
 	}
 	if ctx.Err() != nil {
@@ -179,6 +182,9 @@ func followEvents[T any, PT interface {
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("follow %ss: %w", event, err)
+	}
+	if why != "" {
+		return fmt.Errorf("follow %ss: the server closed the stream: %s", event, why)
 	}
 	return fmt.Errorf("follow %ss: the server closed the stream", event)
 }

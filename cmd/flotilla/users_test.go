@@ -1,7 +1,12 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -119,10 +124,44 @@ func testUsersTokensAudit(t *testing.T, admin *cli, server, caFile string) {
 	if i < 0 {
 		t.Fatalf("tokens list -o json has no ci of admin: %+v", list.Tokens)
 	}
+	// A follow of the fleet's events with the token, open as it is revoked,
+	// ends saying why.
+	feed := exec.Command(binary, "events", "-f", "--limit", "1", "-o", "json")
+	feed.Env = append(append(os.Environ(), configEnv+"="+bot.config), bot.env...)
+	var feedErr bytes.Buffer
+	feed.Stderr = &feedErr
+	feedOut, err := feed.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := feed.Start(); err != nil {
+		t.Fatal(err)
+	}
+	on, ended := make(chan struct{}), make(chan error, 1)
+	go func() {
+		_, _ = bufio.NewReader(feedOut).ReadString('\n') // the newest instance event: the follow is on
+		close(on)
+		_, _ = io.Copy(io.Discard, feedOut)
+		ended <- feed.Wait()
+	}()
+	t.Cleanup(func() { _ = feed.Process.Kill() })
+	select {
+	case <-on:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("events -f printed nothing: %s", feedErr.String())
+	}
 	if out := admin.ok("tokens", "revoke", list.Tokens[i].ID, "report"); !strings.Contains(out, "API token ci revoked") || !strings.Contains(out, "API token report revoked") {
 		t.Fatalf("tokens revoke:\n%s", out)
 	}
 	bot.fails("", []string{"unauthenticated"}, "instances", "list")
+	select {
+	case err := <-ended:
+		if err == nil || !strings.Contains(feedErr.String(), "token was revoked") {
+			t.Fatalf("events -f with a token revoked meanwhile: %v\n%s", err, feedErr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("events -f goes on after its token was revoked")
+	}
 	a.ok("tokens", "revoke", "ci") // a viewer's own: the only ci they see
 
 	// The audit trail: by who acted, and by what it was about (projected
