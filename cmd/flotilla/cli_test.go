@@ -236,6 +236,23 @@ networkId: lab
 	}
 	c.ok("networks", "delete", "lab-2")
 	c.fails("", []string{`no network named "lab-2"`}, "networks", "get", "lab-2")
+	// The fleet's event feed (forwarded to the stream in the background):
+	// the newest network event is lab-2's deletion; lab's are named.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		var feed struct{ Events []struct{ Type string } }
+		out := c.ok("events", "--entity", "network", "--limit", "1")
+		if json.Unmarshal([]byte(out), &feed) == nil && len(feed.Events) == 1 && feed.Events[0].Type == "network.deleted" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("events --entity network --limit 1 (the newest: lab-2 deleted):\n%s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if out := c.ok("events", "--entity", "network", "lab", "-o", "table"); !strings.Contains(out, "network.created") ||
+		strings.Count(out, " lab ") != 3 || strings.Contains(out, "lab-2") {
+		t.Fatalf("events --entity network lab (created, then changed twice):\n%s", out)
+	}
 
 	// The fleet CA certificate.
 	if pem := c.ok("ca", "cert"); pem != string(fleetCA) {
@@ -304,6 +321,11 @@ networkId: lab
 		}
 		// While it waits for its agent, another action is refused, with the API's reason.
 		c.fails("", []string{"lifecycle_busy"}, "instances", "deprovision", "edge-1")
+	})
+
+	t.Run("users, roles, tokens and audit", func(t *testing.T) {
+		t.Parallel()
+		testUsersTokensAudit(t, &cli{t: t, config: c.config}, server, caFile)
 	})
 
 	t.Run("provision, logs, events, deprovision, delete", func(t *testing.T) {

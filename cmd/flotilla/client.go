@@ -18,6 +18,8 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+
+	"flotilla.dev/flotilla/libs/apierr"
 )
 
 // requestTimeout bounds one API request (not a followed stream).
@@ -138,8 +140,11 @@ func (e *apiError) Error() string {
 	if len(notes) > 0 {
 		msg += " (" + strings.Join(notes, ", ") + ")"
 	}
-	if e.Status == http.StatusUnauthorized {
+	switch {
+	case e.Status == http.StatusUnauthorized:
 		msg += "; log in again with flotilla login"
+	case e.Reason == string(apierr.ReasonPasswordChangeRequired):
+		msg += "; change it with flotilla password"
 	}
 	return msg
 }

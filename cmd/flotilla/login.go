@@ -131,6 +131,9 @@ server keeps the pinned CA unless --ca-file gives another.`,
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Logged in to %s as %s (context %s); the token is valid until %s.\n",
 				server, x.Username, ctxName, x.TokenExpires.Local().Format(time.RFC1123))
+			if resp.GetPasswordChangeRequired() {
+				fmt.Fprintln(cmd.OutOrStdout(), mustChangePassword)
+			}
 			return nil
 		},
 	}
@@ -146,18 +149,50 @@ server keeps the pinned CA unless --ca-file gives another.`,
 // readPassword reads the password from standard input (--password-stdin)
 // or asks for it on the terminal without echo.
 func readPassword(cmd *cobra.Command, fromStdin bool) (string, error) {
+	pw, err := readPasswords(cmd, fromStdin, false, "Password")
+	if err != nil {
+		return "", err
+	}
+	return pw[0], nil
+}
+
+// readPasswords reads one password per prompt: from standard input, a
+// line each (--password-stdin), or asked on the terminal without echo,
+// where with confirmNew the last (a new password) is asked twice.
+func readPasswords(cmd *cobra.Command, fromStdin, confirmNew bool, prompts ...string) ([]string, error) {
+	out := make([]string, len(prompts))
 	if fromStdin {
-		line, err := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
-		if err != nil && line == "" {
-			return "", fmt.Errorf("read the password from standard input: %w", err)
+		in := bufio.NewReader(cmd.InOrStdin())
+		for i, p := range prompts {
+			line, err := in.ReadString('\n')
+			if err != nil && line == "" {
+				return nil, fmt.Errorf("read the %s from standard input (%s, a line each): %w", strings.ToLower(p),
+					strings.ToLower(strings.Join(prompts, ", then ")), err)
+			}
+			out[i] = strings.TrimRight(line, "\r\n")
 		}
-		return strings.TrimRight(line, "\r\n"), nil
+		return out, nil
 	}
-	pw, ok, err := askHidden(cmd, "Password")
-	if !ok {
-		return "", errors.New("no terminal to ask the password on: give it on standard input with --password-stdin")
+	for i, p := range prompts {
+		pw, ok, err := askHidden(cmd, p)
+		if !ok {
+			return nil, fmt.Errorf("no terminal to ask the %s on: give it on standard input with --password-stdin", strings.ToLower(p))
+		}
+		if err != nil {
+			return nil, err
+		}
+		out[i] = pw
 	}
-	return pw, err
+	if last := len(prompts) - 1; confirmNew && last >= 0 {
+		again, _, err := askHidden(cmd, prompts[last]+" again")
+		if err != nil {
+			return nil, err
+		}
+		if again != out[last] {
+			return nil, errors.New("the two new passwords differ: nothing was changed")
+		}
+	}
+	return out, nil
 }
 
 // askHidden asks for a value on the terminal without echo; ok is false

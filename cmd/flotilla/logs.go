@@ -2,9 +2,8 @@ package main
 
 import (
 	"bufio"
-	"bytes"
+	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	eventsv1 "flotilla.dev/flotilla/api/gen/flotilla/events/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -63,10 +63,7 @@ events) until interrupted, starting with the newest 200 (or --tail, or
 			defer out.Flush()
 			print := func(l *inventoryv1.InstanceLogLine) {
 				if asJSON {
-					var b bytes.Buffer
-					raw, _ := protojson.Marshal(l)
-					_ = json.Compact(&b, raw) // protojson varies its spacing
-					fmt.Fprintf(out, "%s\n", b.Bytes())
+					writeJSONLine(out, l)
 					return
 				}
 				fmt.Fprintf(out, "%s %-5s %s\n", l.GetTime().AsTime().Local().Format("2006-01-02T15:04:05.000Z07:00"), l.GetSource(), l.GetText())
@@ -76,7 +73,7 @@ events) until interrupted, starting with the newest 200 (or --tail, or
 				if tail > 0 {
 					q.Set("lines", strconv.Itoa(tail))
 				}
-				return s.follow(ctx, path+"?"+q.Encode(), func(l *inventoryv1.InstanceLogLine) {
+				return followEvents(ctx, s, path+"?"+q.Encode(), "log", func(l *inventoryv1.InstanceLogLine) {
 					print(l)
 					out.Flush()
 				})
@@ -121,23 +118,33 @@ events) until interrupted, starting with the newest 200 (or --tail, or
 // 3339 time or a duration back from now; empty without it.
 func sinceQuery(v string) (url.Values, error) {
 	q := url.Values{}
-	if v == "" {
-		return q, nil
-	}
-	if d, err := time.ParseDuration(v); err == nil {
-		q.Set("since", time.Now().Add(-d).UTC().Format(time.RFC3339))
-	} else if t, err := time.Parse(time.RFC3339, v); err == nil {
-		q.Set("since", t.UTC().Format(time.RFC3339))
-	} else {
-		return nil, fmt.Errorf("--since: %q is neither an RFC 3339 time (2026-01-02T15:04:05Z) nor a duration (10m)", v)
-	}
-	return q, nil
+	return q, setTimeQuery(q, "since", v)
 }
 
-// follow reads the server-sent events of path, handing each log line to
-// each, until the context ends (then it returns nil) or the server closes
-// the stream.
-func (s *session) follow(ctx context.Context, path string, each func(*inventoryv1.InstanceLogLine)) error {
+// setTimeQuery sets q's param to the time of its flag's value v: an RFC
+// 3339 time, or a duration back from now (10m, 2h); nothing when v is empty.
+func setTimeQuery(q url.Values, param, v string) error {
+	if v == "" {
+		return nil
+	}
+	if d, err := time.ParseDuration(v); err == nil {
+		q.Set(param, time.Now().Add(-d).UTC().Format(time.RFC3339))
+	} else if t, err := time.Parse(time.RFC3339, v); err == nil {
+		q.Set(param, t.UTC().Format(time.RFC3339))
+	} else {
+		return fmt.Errorf("--%s: %q is neither an RFC 3339 time (2026-01-02T15:04:05Z) nor a duration back from now (10m)", param, v)
+	}
+	return nil
+}
+
+// followEvents reads the server-sent events of path, handing the data of each
+// of the kind named event to each, decoded as a T, until the context ends
+// (then it returns nil) or the server closes the stream (an error, with
+// the server's last comment other than a keep-alive: why it closed it).
+func followEvents[T any, PT interface {
+	*T
+	proto.Message
+}](ctx context.Context, s *session, path, event string, each func(PT)) error {
 	resp, err := s.request(ctx, http.MethodGet, path, nil)
 	if err != nil {
 		return err
@@ -145,36 +152,41 @@ func (s *session) follow(ctx context.Context, path string, each func(*inventoryv
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 8<<20)
-	var event string
+	var kind, why string
 	var data strings.Builder
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
 		case line == "":
-			if event == "log" && data.Len() > 0 {
-				l := &inventoryv1.InstanceLogLine{}
-				if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal([]byte(data.String()), l); err == nil {
-					each(l)
+			if kind == event && data.Len() > 0 {
+				m := PT(new(T))
+				if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal([]byte(data.String()), m); err == nil {
+					each(m)
 				}
 			}
-			event = ""
+			kind = ""
 			data.Reset()
 		case strings.HasPrefix(line, "event:"):
-			event = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
+			kind = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
 		case strings.HasPrefix(line, "data:"):
 			if data.Len() > 0 {
 				data.WriteByte('\n')
 			}
 			data.WriteString(strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " "))
+		case strings.HasPrefix(line, ":") && strings.TrimSpace(line[1:]) != "keep-alive":
+			why = strings.TrimSpace(line[1:])
 		}
 	}
 	if ctx.Err() != nil {
 		return nil
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("follow logs: %w", err)
+		return fmt.Errorf("follow %ss: %w", event, err)
 	}
-	return fmt.Errorf("follow logs: the server closed the stream")
+	if why != "" {
+		return fmt.Errorf("follow %ss: the server closed the stream: %s", event, why)
+	}
+	return fmt.Errorf("follow %ss: the server closed the stream", event)
 }
 
 // eventsCommand is `flotilla instances events NAME`.
@@ -222,26 +234,120 @@ failed, deleted. A deleted instance's history is kept: give its id.`,
 			if format != formatTable {
 				return writeMessage(cmd.OutOrStdout(), format, all)
 			}
-			return writeTable(cmd.OutOrStdout(), timelineRows(all.GetEvents()))
+			return writeTable(cmd.OutOrStdout(), timelineRows(all.GetEvents(), false))
 		},
 	}
 	cmd.Flags().StringVar(&since, "since", "", "only events since a time (RFC 3339) or for a while (10m, 2h)")
 	return cmd
 }
 
-// timelineRows are an instance's events as table rows: when, what, who,
-// and the instance's state after it.
-func timelineRows(events []*eventsv1.Event) [][]string {
-	rows := [][]string{{"TIME", "EVENT", "ACTOR", "STATE", "DETAIL"}}
+// feedEntities are the kinds of entity the fleet's event feed serves, as
+// --entity names them, and their resources.
+var feedEntities = map[string]*resource{"instance": instances, "network": networks, "template": templates, "cloud-account": cloudAccounts}
+
+// fleetEventsCommand is `flotilla events`: the fleet's event feed.
+func fleetEventsCommand(opts *clientOptions) *cobra.Command {
+	var (
+		entity, since string
+		limit         int
+		followFeed    bool
+	)
+	cmd := &cobra.Command{
+		Use:   "events [NAME|ID]",
+		Short: "Print the fleet's newest events (of instances, or of networks, templates or cloud accounts); -f follows new ones",
+		Long: `Print the newest events of the fleet, oldest first (GET /api/v1/events): of
+every instance (--entity instance, the default), network, template or cloud
+account, or of the one named. -f goes on printing new ones as they happen
+(server-sent events) until interrupted; -o json then prints one JSON object
+per line. An instance's whole timeline is flotilla instances events NAME.`,
+		Example: `  flotilla events --limit 20
+  flotilla events -f
+  flotilla events --entity network lab -o json`,
+		Args: cobra.MaximumNArgs(1),
+		ValidArgsFunction: func(cmd *cobra.Command, args []string, prefix string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			if r := feedEntities[entity]; r != nil && len(args) == 0 {
+				return r.completeNames(opts)(cmd, args, prefix)
+			}
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r := feedEntities[entity]
+			if r == nil {
+				return fmt.Errorf("--entity: %q is not instance, network, template or cloud-account", entity)
+			}
+			q, err := sinceQuery(since)
+			if err != nil {
+				return err
+			}
+			q.Set("entity", strings.ReplaceAll(entity, "-", ""))
+			q.Set("limit", strconv.Itoa(limit))
+			s, format, err := opts.start(cmd)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			if len(args) == 1 {
+				it, err := s.find(ctx, r, args[0])
+				if err != nil {
+					return err
+				}
+				q.Set("id", stringField(it, "id"))
+			}
+			if followFeed {
+				q.Set("follow", "true")
+				return followEvents(ctx, s, "/api/v1/events?"+q.Encode(), "event", func(e *eventsv1.Event) {
+					if format == formatTable {
+						row := timelineRows([]*eventsv1.Event{e}, true)[1]
+						fmt.Fprintln(cmd.OutOrStdout(), strings.Join(row, "  "))
+						return
+					}
+					writeJSONLine(cmd.OutOrStdout(), e)
+				})
+			}
+			all := &inventoryv1.ListInstanceEventsResponse{}
+			if err := s.call(ctx, http.MethodGet, "/api/v1/events?"+q.Encode(), nil, all); err != nil {
+				return err
+			}
+			if format != formatTable {
+				return writeMessage(cmd.OutOrStdout(), format, all)
+			}
+			return writeTable(cmd.OutOrStdout(), timelineRows(all.GetEvents(), true))
+		},
+	}
+	opts.flags(cmd)
+	cmd.Flags().StringVar(&entity, "entity", "instance", "the kind of entity: instance, network, template or cloud-account")
+	cmd.Flags().IntVar(&limit, "limit", 50, "how many of the newest events to print (0-1000; with -f: to start with)")
+	cmd.Flags().BoolVarP(&followFeed, "follow", "f", false, "go on printing new events until interrupted")
+	cmd.Flags().StringVar(&since, "since", "", "only events since a time (RFC 3339) or for a while (10m, 2h)")
+	_ = cmd.RegisterFlagCompletionFunc("entity", cobra.FixedCompletions([]string{"instance", "network", "template", "cloud-account"}, cobra.ShellCompDirectiveNoFileComp))
+	return cmd
+}
+
+// timelineRows are events as table rows: when, what, who (with named, the
+// name of what it was about), and an instance's state after it.
+func timelineRows(events []*eventsv1.Event, named bool) [][]string {
+	head := []string{"TIME", "EVENT", "ACTOR", "STATE", "DETAIL"}
+	if named {
+		head = slices.Insert(head, 2, "NAME")
+	}
+	rows := [][]string{head}
 	for _, e := range events {
-		in := &inventoryv1.Instance{}
-		_ = e.GetData().UnmarshalTo(in)
+		data, _ := e.GetData().UnmarshalNew()
+		in, _ := data.(*inventoryv1.Instance)
 		detail := in.GetStateDetail()
 		if strings.HasSuffix(e.GetType(), ".progress") {
 			detail = in.GetAgentProgress()
 		}
-		rows = append(rows, []string{e.GetTime().AsTime().Local().Format("2006-01-02T15:04:05.000Z07:00"),
-			strings.TrimPrefix(e.GetType(), "instance."), dash(e.GetActor()), dash(in.GetState()), dash(detail)})
+		row := []string{e.GetTime().AsTime().Local().Format("2006-01-02T15:04:05.000Z07:00"),
+			strings.TrimPrefix(e.GetType(), "instance."), dash(e.GetActor()), dash(in.GetState()), dash(detail)}
+		if named {
+			name := e.GetEntityId()
+			if data != nil {
+				name = cmp.Or(stringField(data, "name"), name)
+			}
+			row = slices.Insert(row, 2, name)
+		}
+		rows = append(rows, row)
 	}
 	return rows
 }

@@ -1,7 +1,7 @@
 // Command flotilla is Flotilla's command-line tool: `flotilla up` runs the
 // whole of Flotilla in one process, `flotilla admin` bootstraps it, and the
 // client commands (`login`, `networks`, `templates`, `instances`,
-// `cloud-accounts`, `ca`, `cluster`, ...) drive a running one through its
+// `cloud-accounts`, `users`, `tokens`, `audit`, `ca`, `cluster`, ...) drive a running one through its
 // REST API.
 package main
 
@@ -47,6 +47,7 @@ func newRoot() *cobra.Command {
 	opts := &clientOptions{}
 	root.AddCommand(newUp(), newAdmin(), newLogin(), newLogout(opts), newContext(), newCA(opts), newCluster(opts), agentCmd)
 	root.AddCommand(newResourceCommands(opts)...)
+	root.AddCommand(usersCommand(opts), tokensCommand(opts), auditCommand(opts), fleetEventsCommand(opts), passwordCommand(opts), whoamiCommand(opts))
 	addCompletion(root)
 	return root
 }

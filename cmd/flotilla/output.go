@@ -43,6 +43,16 @@ func (o *clientOptions) format(w io.Writer) (string, error) {
 	return "", fmt.Errorf("--output: %q is not table, json or yaml", o.output)
 }
 
+// checkOutput checks -o when given, for a command whose output without it
+// is its own (a line, a token) whatever the terminal.
+func (o *clientOptions) checkOutput(w io.Writer) error {
+	if o.output == "" {
+		return nil
+	}
+	_, err := o.format(w)
+	return err
+}
+
 // writeMessage writes m as JSON named as the API names it (every field,
 // as the API answers), or as YAML (only the fields set, ready to edit and
 // apply).
@@ -59,6 +69,15 @@ func writeMessage(w io.Writer, format string, m proto.Message) error {
 		return err
 	}
 	return writeJSON(w, b)
+}
+
+// writeJSONLine writes m as one line of JSON (a followed stream's item).
+func writeJSONLine(w io.Writer, m proto.Message) {
+	var b bytes.Buffer
+	raw, _ := protojson.Marshal(m)
+	_ = json.Compact(&b, raw) // protojson varies its spacing
+	b.WriteByte('\n')
+	_, _ = w.Write(b.Bytes())
 }
 
 // writeJSON writes a JSON document indented, the same way each time

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -23,10 +24,13 @@ import (
 // generic commands: list, get, create, apply and delete. A new collection
 // is a resource value and one AddCommand:
 //
-//	var users = &resource{plural: "users", singular: "user", nameField: "username",
-//		item: &authv1.User{}, list: &authv1.ListUsersResponse{},
-//		columns: columns("NAME=username", "ADMIN=isAdmin", "CREATED=createTime")}
-//	root.AddCommand(users.command(opts))
+//	var templates = &resource{plural: "templates", singular: "template",
+//		item: &inventoryv1.Template{}, list: &inventoryv1.ListTemplatesResponse{},
+//		columns: columns("NAME=name", "IMAGE=image", "VERSION=version", "ID=id")}
+//	root.AddCommand(templates.command(opts))
+//
+// A collection with verbs of its own (users, tokens) picks the generic
+// ones it keeps and adds its own with group.
 type resource struct {
 	// plural is the command's and the path's name ("cloud-accounts");
 	// singular names one in messages ("cloud account").
@@ -44,6 +48,11 @@ type resource struct {
 	refs map[string]*resource
 	// noUpdate: the API has no PATCH for it, so there is no apply.
 	noUpdate bool
+	// noGet: the API has no GET <path>/<id>; an id is looked up in the list.
+	noGet bool
+	// deleteVerb is the command that deletes one ("revoke"; "delete" when
+	// empty).
+	deleteVerb string
 	// example is a file create and apply take, shown in their help.
 	example string
 	// deleted, when set, is called after each delete with the API's answer;
@@ -154,9 +163,11 @@ func (s *session) all(ctx context.Context, r *resource) ([]proto.Message, error)
 	return items, nil
 }
 
-// find returns the item of r named nameOrID, or with that id.
+// find returns the item of r named nameOrID, or with that id. A name
+// several items have (API tokens of different users) is refused: the id
+// tells them apart.
 func (s *session) find(ctx context.Context, r *resource, nameOrID string) (proto.Message, error) {
-	if isID(nameOrID) {
+	if isID(nameOrID) && !r.noGet {
 		it := r.newItem()
 		err := s.call(ctx, http.MethodGet, r.path()+"/"+nameOrID, nil, it)
 		if err == nil {
@@ -166,14 +177,30 @@ func (s *session) find(ctx context.Context, r *resource, nameOrID string) (proto
 			return nil, err
 		}
 	}
-	it, err := s.byName(ctx, r, nameOrID)
+	items, err := s.all(ctx, r)
 	if err != nil {
 		return nil, err
 	}
-	if it == nil {
-		return nil, &apiError{Status: http.StatusNotFound, Reason: "not_found", Message: fmt.Sprintf("no %s named %q", r.singular, nameOrID)}
+	var named []proto.Message
+	for _, it := range items {
+		if r.noGet && stringField(it, "id") == nameOrID {
+			return it, nil
+		}
+		if stringField(it, r.nameJSON()) == nameOrID {
+			named = append(named, it)
+		}
 	}
-	return it, nil
+	switch len(named) {
+	case 0:
+		return nil, &apiError{Status: http.StatusNotFound, Reason: "not_found", Message: fmt.Sprintf("no %s named %q", r.singular, nameOrID)}
+	case 1:
+		return named[0], nil
+	}
+	ids := make([]string, len(named))
+	for i, it := range named {
+		ids[i] = stringField(it, "id")
+	}
+	return nil, fmt.Errorf("%d %ss are named %q: give the id of one (%s)", len(named), r.singular, nameOrID, strings.Join(ids, ", "))
 }
 
 // byName returns the item of r named name, or nil.
@@ -275,18 +302,25 @@ func (s *session) cell(ctx context.Context, m proto.Message, c column) string {
 	return fmt.Sprint(v.Interface())
 }
 
-// ago says how long ago t was, briefly.
+// ago says how long ago t was, or how soon it is (an expiry), briefly.
 func ago(t time.Time) string {
-	d := time.Since(t)
+	if d := time.Until(t); d > 0 {
+		return "in " + span(d)
+	}
+	return span(time.Since(t)) + " ago"
+}
+
+// span is a duration in its largest whole unit: 42s, 5m, 12h, 30d.
+func span(d time.Duration) string {
 	switch {
 	case d < time.Minute:
-		return strconv.Itoa(int(d.Seconds())) + "s ago"
+		return strconv.Itoa(int(d.Seconds())) + "s"
 	case d < time.Hour:
-		return strconv.Itoa(int(d.Minutes())) + "m ago"
+		return strconv.Itoa(int(d.Minutes())) + "m"
 	case d < 48*time.Hour:
-		return strconv.Itoa(int(d.Hours())) + "h ago"
+		return strconv.Itoa(int(d.Hours())) + "h"
 	}
-	return strconv.Itoa(int(d.Hours()/24)) + "d ago"
+	return strconv.Itoa(int(d.Hours()/24)) + "d"
 }
 
 // printItems prints items of r as a table, or as the API's list answer
@@ -316,21 +350,22 @@ func (s *session) printItems(ctx context.Context, w io.Writer, format string, r 
 	return writeTable(w, rows)
 }
 
-// command is `flotilla <plural>` with its verbs.
+// command is `flotilla <plural>` with the generic verbs, then more.
 func (r *resource) command(opts *clientOptions, more ...*cobra.Command) *cobra.Command {
-	group := &cobra.Command{
-		Use:     r.plural,
-		Aliases: r.aliases,
-		Short:   fmt.Sprintf("List, show, create, change and delete %ss", r.singular),
-		Example: fmt.Sprintf("  flotilla %s list\n  flotilla %s get NAME -o yaml", r.plural, r.plural),
-	}
-	opts.flags(group)
-	group.AddCommand(r.listCommand(opts), r.getCommand(opts), r.createCommand(opts))
+	verbs := []*cobra.Command{r.listCommand(opts), r.getCommand(opts), r.createCommand(opts)}
 	if !r.noUpdate {
-		group.AddCommand(r.applyCommand(opts))
+		verbs = append(verbs, r.applyCommand(opts))
 	}
-	group.AddCommand(r.deleteCommand(opts))
-	group.AddCommand(more...)
+	verbs = append(verbs, r.deleteCommand(opts))
+	return r.group(opts, fmt.Sprintf("List, show, create, change and delete %ss", r.singular),
+		fmt.Sprintf("  flotilla %s list\n  flotilla %s get NAME -o yaml", r.plural, r.plural), append(verbs, more...)...)
+}
+
+// group is `flotilla <plural>` with the verbs given, and the client flags.
+func (r *resource) group(opts *clientOptions, short, example string, verbs ...*cobra.Command) *cobra.Command {
+	group := &cobra.Command{Use: r.plural, Aliases: r.aliases, Short: short, Example: example}
+	opts.flags(group)
+	group.AddCommand(verbs...)
 	return group
 }
 
@@ -501,10 +536,8 @@ func (r *resource) fileExample(verb string) string {
 func (r *resource) eachDoc(cmd *cobra.Command, opts *clientOptions, file string,
 	do func(context.Context, *session, *document, io.Writer) error,
 ) error {
-	if opts.output != "" {
-		if _, err := opts.format(cmd.OutOrStdout()); err != nil {
-			return err
-		}
+	if err := opts.checkOutput(cmd.OutOrStdout()); err != nil {
+		return err
 	}
 	docs, err := readDocuments(file, cmd.InOrStdin(), r)
 	if err != nil {
@@ -549,11 +582,15 @@ func versionOf(m proto.Message) (int64, bool) {
 
 func (r *resource) deleteCommand(opts *clientOptions) *cobra.Command {
 	var wait waitOptions
+	verb, aliases := cmp.Or(r.deleteVerb, "delete"), []string{"rm"}
+	if verb != "delete" {
+		aliases = append(aliases, "delete")
+	}
 	cmd := &cobra.Command{
-		Use:               "delete NAME|ID...",
-		Aliases:           []string{"rm"},
-		Short:             fmt.Sprintf("Delete %ss by name or id", r.singular),
-		Example:           fmt.Sprintf("  flotilla %s delete NAME", r.plural),
+		Use:               verb + " NAME|ID...",
+		Aliases:           aliases,
+		Short:             fmt.Sprintf("%s %ss by name or id", strings.ToUpper(verb[:1])+verb[1:], r.singular),
+		Example:           fmt.Sprintf("  flotilla %s %s NAME", r.plural, verb),
 		Args:              cobra.MinimumNArgs(1),
 		ValidArgsFunction: r.completeNames(opts),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -570,7 +607,7 @@ func (r *resource) deleteCommand(opts *clientOptions) *cobra.Command {
 				name := stringField(it, r.nameJSON())
 				answer, err := s.send(ctx, http.MethodDelete, r.path()+"/"+stringField(it, "id"), nil)
 				if err != nil {
-					return fmt.Errorf("delete %s %q: %w", r.singular, name, err)
+					return fmt.Errorf("%s %s %q: %w", verb, r.singular, name, err)
 				}
 				if r.deleted != nil {
 					if err := r.deleted(ctx, s, answer, wait, cmd.OutOrStdout()); err != nil {
@@ -578,7 +615,7 @@ func (r *resource) deleteCommand(opts *clientOptions) *cobra.Command {
 					}
 					continue
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s %s deleted\n", r.singular, name)
+				fmt.Fprintf(cmd.OutOrStdout(), "%s %s %sd\n", r.singular, name, verb)
 			}
 			return nil
 		},
