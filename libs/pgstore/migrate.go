@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"log/slog"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
@@ -28,7 +29,17 @@ type Schema struct {
 
 // Migrate applies every pending migration of the schema, in order.
 // Migrations are embedded in the binaries and never edited once released.
+// It holds the schema lock (schemaLockID) throughout, on a connection of
+// its own, so no GrantService runs while the catalog changes.
 func Migrate(ctx context.Context, pool *pgxpool.Pool, s Schema, log *slog.Logger) error {
+	held, err := pgx.ConnectConfig(ctx, pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return fmt.Errorf("%s migration: connect: %w", s.Name, err)
+	}
+	defer held.Close(context.WithoutCancel(ctx)) // ends the session, and with it the lock
+	if _, err := held.Exec(ctx, "SELECT pg_advisory_lock($1)", int64(schemaLockID)); err != nil {
+		return fmt.Errorf("%s migration: take the schema lock: %w", s.Name, err)
+	}
 	db := stdlib.OpenDBFromPool(pool)
 	defer db.Close()
 	var lockOpts []lock.SessionLockerOption

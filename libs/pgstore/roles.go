@@ -3,6 +3,8 @@ package pgstore
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -51,15 +53,18 @@ func EnsureServiceRole(ctx context.Context, q Querier, role, password, database 
 	return nil
 }
 
-// grantLockID is the advisory lock GrantService holds while it grants: the
-// services of a cluster start at once, and two GRANTs racing on one catalog
-// row fail with "tuple concurrently updated".
-const grantLockID = 0x666c6f74696c6c61 // "flotilla"
+// schemaLockID is the advisory lock under which the catalog changes: each
+// Migrate holds it while it applies migrations, and GrantService while it
+// grants. The services of a cluster start at once, and a GRANT racing
+// another GRANT, or a migration's ALTER TABLE, on one catalog row fails
+// with "tuple concurrently updated".
+const schemaLockID = 0x666c6f74696c6c61 // "flotilla"
 
 // GrantService lets the role service connects as read and write the rows
 // of every table, and use every sequence, in the public schema, as the
 // owner's migrations left them: nothing more (no DDL, no TRUNCATE). Run it
-// after every migration, as the owner; concurrent calls take turns. Nothing
+// after every migration, as the owner; concurrent calls, and migrations,
+// take turns (schemaLockID). Nothing
 // is done when both pools connect as the same role.
 func GrantService(ctx context.Context, owner, service *pgxpool.Pool) error {
 	role := service.Config().ConnConfig.User
@@ -67,25 +72,37 @@ func GrantService(ctx context.Context, owner, service *pgxpool.Pool) error {
 		return nil
 	}
 	r := pgx.Identifier{role}.Sanitize()
-	err := pgx.BeginFunc(ctx, owner, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(grantLockID)); err != nil {
-			return err
-		}
-		for _, stmt := range []string{
-			"GRANT USAGE ON SCHEMA public TO " + r,
-			"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO " + r,
-			"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO " + r,
-		} {
-			if _, err := tx.Exec(ctx, stmt); err != nil {
+	// The lock is tried, not waited for: a wait would hold one of the
+	// pool's connections, which a migration in this process may need.
+	for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		var locked bool
+		err := pgx.BeginFunc(ctx, owner, func(tx pgx.Tx) error {
+			if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", int64(schemaLockID)).Scan(&locked); err != nil || !locked {
 				return err
 			}
+			for _, stmt := range []string{
+				"GRANT USAGE ON SCHEMA public TO " + r,
+				"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO " + r,
+				"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO " + r,
+			} {
+				if _, err := tx.Exec(ctx, stmt); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("grant role %s the use of the tables: %w", role, err)
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("grant role %s the use of the tables: %w", role, err)
+		if locked {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("grant role %s the use of the tables: waiting for a migration or another grant: %w", role, ctx.Err())
+		case <-time.After(rand.N(wait) + wait/2):
+		}
 	}
-	return nil
 }
 
 // IsSuperuser reports whether the pool connects as a superuser.

@@ -2,10 +2,12 @@ package pgstore_test
 
 import (
 	"context"
+	"fmt"
 	"net/url"
 	"strings"
 	"sync"
 	"testing"
+	"testing/fstest"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -16,9 +18,11 @@ import (
 func TestMain(m *testing.M) { testkit.Main(m) }
 
 // Every service runs GrantService after its migrations, and in a cluster
-// they start at once: concurrent grants on the same tables must all
-// succeed. PostgreSQL answers two GRANTs racing on one catalog row with
-// "tuple concurrently updated"; an inventory exited on it at startup.
+// they start at once: concurrent grants on the same tables, while another
+// service's migrations alter them, must all succeed. PostgreSQL answers a
+// GRANT racing another GRANT, or an ALTER TABLE, on one catalog row with
+// "tuple concurrently updated"; an inventory, then a secret broker, exited
+// on it at startup.
 func TestGrantServiceConcurrently(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -59,7 +63,19 @@ func TestGrantServiceConcurrently(t *testing.T) {
 
 	const services, rounds = 6, 5
 	var wg sync.WaitGroup
-	errs := make(chan error, services*rounds)
+	errs := make(chan error, services*rounds+1)
+	// Meanwhile another service's migrations alter the tables whose
+	// catalog rows the grants change.
+	migrations := fstest.MapFS{}
+	for i := range 30 {
+		migrations[fmt.Sprintf("%05d_add_x%d.sql", i+1, i)] = &fstest.MapFile{
+			Data: fmt.Appendf(nil, "-- +goose Up\nALTER TABLE b ADD COLUMN x%d int;\n", i)}
+	}
+	wg.Go(func() {
+		if err := pgstore.Migrate(ctx, owner, pgstore.Schema{Name: "churn", Migrations: migrations, VersionTable: "churn_versions", LockID: 4242}, nil); err != nil {
+			errs <- err
+		}
+	})
 	for range services {
 		wg.Go(func() {
 			for range rounds {
