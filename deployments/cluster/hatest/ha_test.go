@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -572,23 +573,33 @@ func (a *client) waitAllRunning(t *testing.T, ids []string, within time.Duration
 
 // agentsReconnected counts the instances whose agent connected again since
 // start (its stream broke: its agent gateway died, or the gateway ended it),
-// and returns how long after start the last of them did, from the
-// instances' timelines.
+// and returns how long after start the last of them did, from the agents'
+// own words in the instances' logs ("connected to the agent gateway …",
+// which each agent logs as a stream opens). The timelines do not tell: a
+// stream that opens again while the instance still shows its agent
+// connected records no event.
 func (a *client) agentsReconnected(t *testing.T, ids []string, start time.Time) (int, float64) {
 	t.Helper()
 	n, last := 0, start
 	for _, id := range ids {
-		var tl struct {
-			Events []struct {
-				Type string
-				Time time.Time
-			}
-		}
-		a.mustGet(t, "/instances/"+id+"/events?since="+start.UTC().Format(time.RFC3339Nano), &tl)
 		var at time.Time
-		for _, e := range tl.Events {
-			if e.Type == "instance.agent-connected" && e.Time.After(start) {
-				at = e.Time // the last reconnection counts
+		for token := ""; ; {
+			var page struct {
+				Lines []struct {
+					Time time.Time
+					Text string
+				}
+				NextPageToken string
+			}
+			a.mustGet(t, "/instances/"+id+"/logs?order=asc&pageSize=1000&since="+url.QueryEscape(start.UTC().Format(time.RFC3339))+
+				"&pageToken="+url.QueryEscape(token), &page)
+			for _, l := range page.Lines {
+				if strings.HasPrefix(l.Text, "connected to the agent gateway") && l.Time.After(start) {
+					at = l.Time // the last reconnection counts
+				}
+			}
+			if token = page.NextPageToken; token == "" {
+				break
 			}
 		}
 		if !at.IsZero() {
