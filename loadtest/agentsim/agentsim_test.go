@@ -29,21 +29,12 @@ func TestMain(m *testing.M) { testkit.Main(m) }
 // restarts mid-run they all come back and no line they sent is lost; then
 // everything they created is gone.
 func TestAgentsJoinRunAndSurviveAGatewayRestart(t *testing.T) {
-	bus := testkit.SecureNATS(t)
-	agentAddr := fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(t))
-	dbURL := testkit.NewDatabase(t)
-	st := stacktest.Start(t, stacktest.OnBus(stack.Config{DatabaseURL: dbURL, AgentGatewayAddr: agentAddr,
-		Services: []string{subjects.Inventory, subjects.CA, subjects.Secrets, subjects.Provisioner, subjects.Gateway}}, bus))
-	gw, err := startAgentGateway(t, stacktest.OnBus(stack.Config{Services: []string{subjects.AgentGW}, AgentAddr: agentAddr}, bus))
-	if err != nil {
-		t.Fatal(err)
-	}
-	token := adminToken(t, dbURL, st.HTTPAddr)
+	api, token, gw := startFleetManager(t)
 
 	restarted := make(chan struct{})
 	var restartErr error
 	cfg := agentsim.Config{
-		API: "http://" + st.HTTPAddr, Token: token, Agents: 20, Duration: 8 * time.Second, LogRate: 5,
+		API: api, Token: token, Agents: 20, Duration: 8 * time.Second, LogRate: 5,
 		Heartbeat: time.Second, Concurrency: 8, SetupTimeout: 2 * time.Minute,
 		Log: slog.New(slog.NewTextHandler(t.Output(), nil)),
 		Steady: func() {
@@ -98,18 +89,10 @@ func BenchmarkAgentGatewayRestart(b *testing.B) {
 		agents = n
 	}
 	for b.Loop() {
-		bus := testkit.SecureNATS(b)
-		agentAddr := fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(b))
-		dbURL := testkit.NewDatabase(b)
-		st := stacktest.Start(b, stacktest.OnBus(stack.Config{DatabaseURL: dbURL, AgentGatewayAddr: agentAddr,
-			Services: []string{subjects.Inventory, subjects.CA, subjects.Secrets, subjects.Provisioner, subjects.Gateway}}, bus))
-		gw, err := startAgentGateway(b, stacktest.OnBus(stack.Config{Services: []string{subjects.AgentGW}, AgentAddr: agentAddr}, bus))
-		if err != nil {
-			b.Fatal(err)
-		}
+		api, token, gw := startFleetManager(b)
 		restarted := make(chan error, 1)
 		cfg := agentsim.Config{
-			API: "http://" + st.HTTPAddr, Token: adminToken(b, dbURL, st.HTTPAddr), Agents: agents, Duration: 60 * time.Second,
+			API: api, Token: token, Agents: agents, Duration: 60 * time.Second,
 			LogRate: 0.1, Heartbeat: 10 * time.Second, Concurrency: 64, SetupTimeout: time.Hour,
 			Log: slog.New(slog.DiscardHandler),
 			Steady: func() {
@@ -155,6 +138,23 @@ func TestBadSettingsAreRefused(t *testing.T) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
 	}
+}
+
+// startFleetManager starts every service but the agent gateway on one
+// bus, and the agent gateway apart (so it can be restarted alone); it
+// returns the API's base URL, an admin's token and the agent gateway.
+func startFleetManager(tb testing.TB) (api, token string, gw *agentGateway) {
+	tb.Helper()
+	bus := testkit.SecureNATS(tb)
+	agentAddr := fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(tb))
+	dbURL := testkit.NewDatabase(tb)
+	st := stacktest.Start(tb, stacktest.OnBus(stack.Config{DatabaseURL: dbURL, AgentGatewayAddr: agentAddr,
+		Services: []string{subjects.Inventory, subjects.CA, subjects.Secrets, subjects.Provisioner, subjects.Gateway}}, bus))
+	gw, err := startAgentGateway(tb, stacktest.OnBus(stack.Config{Services: []string{subjects.AgentGW}, AgentAddr: agentAddr}, bus))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return "http://" + st.HTTPAddr, adminToken(tb, dbURL, st.HTTPAddr), gw
 }
 
 // agentGateway is an agent gateway the test stops and starts again.

@@ -205,7 +205,7 @@ func TestEachDiskHasItsOwnUser(t *testing.T) {
 	if err := os.WriteFile(secret, []byte("k"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	probe := `id -u > $HOME/uid; env > $HOME/env; cat ` + secret + ` > $HOME/stolen 2>&1; ls ` + filepath.Join(root, "disks", "disk-a") + ` > $HOME/peek 2>&1; sleep 300`
+	probe := `id -u > $HOME/uid; env > $HOME/env; cat ` + secret + ` > $HOME/stolen 2>&1; ls ` + filepath.Join(root, "disks", "disk-a") + ` > $HOME/peek 2>&1; touch $HOME/probed; sleep 300`
 	d, err := New(Config{Root: root, AgentCommand: []string{"/bin/sh", "-c", probe, "agent"}, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -242,7 +242,9 @@ func TestEachDiskHasItsOwnUser(t *testing.T) {
 	home := d.diskDir("disk-b")
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if data, err := os.ReadFile(filepath.Join(home, "peek")); err == nil && len(data) > 0 {
+		// Once probed exists every probe's output is whole (ls writes its
+		// error in several pieces).
+		if _, err := os.Stat(filepath.Join(home, "probed")); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
