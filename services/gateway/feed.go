@@ -203,7 +203,7 @@ type sseEvent struct {
 
 // serveSSE sends what the consumer delivers, each message as the event
 // encode makes of it (those it declines are skipped), until the client
-// goes away or its token is withdrawn (then a last comment says so), with a
+// goes away or the token cache ends it (then a last comment says why), with a
 // comment every sseKeepAlive while idle.
 func (g *Gateway) serveSSE(ctx context.Context, w http.ResponseWriter, r *http.Request, cons jetstream.Consumer, encode func(jetstream.Msg) (sseEvent, bool)) {
 	flusher, ok := w.(http.Flusher)
@@ -219,8 +219,8 @@ func (g *Gateway) serveSSE(ctx context.Context, w http.ResponseWriter, r *http.R
 	w.WriteHeader(http.StatusOK)
 	flusher.Flush()
 	defer func() {
-		if errors.Is(context.Cause(ctx), errTokenWithdrawn) {
-			_, _ = fmt.Fprintf(w, ": %v\n\n", errTokenWithdrawn)
+		if why := streamEnded(ctx); why != nil {
+			_, _ = fmt.Fprintf(w, ": %v\n\n", why)
 			flusher.Flush()
 		}
 	}()

@@ -309,8 +309,11 @@ func (s instanceServer) FollowInstanceLogs(r *inventoryv1.ListInstanceLogsReques
 	ctx, release := s.g.tokens.hold(ctx)
 	defer release()
 	err = followLines(ctx, cons, stream.Send, nil)
-	if errors.Is(context.Cause(ctx), errTokenWithdrawn) {
-		return apierr.GRPCStatus(ctx, s.g.log, apierr.Unauthenticated("%v", errTokenWithdrawn))
+	switch why := streamEnded(ctx); {
+	case errors.Is(why, errTokenWithdrawn):
+		return apierr.GRPCStatus(ctx, s.g.log, apierr.Unauthenticated("%v", why))
+	case why != nil:
+		return apierr.GRPCStatus(ctx, s.g.log, apierr.Unavailable("%v", why))
 	}
 	if ctx.Err() != nil {
 		return nil // the client went away

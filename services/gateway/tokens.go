@@ -53,6 +53,20 @@ type heldStream struct {
 // its token is verified again.
 var errTokenWithdrawn = errors.New("the stream's token was revoked, or its user changed: authenticate again")
 
+// errBusLost ends every stream after the gateway lost the bus for a
+// moment: a revocation may have gone by unseen, so the client reconnects
+// and its token is verified again.
+var errBusLost = errors.New("the gateway lost the bus for a moment: reconnect")
+
+// streamEnded says why a held stream's context ended, if the cache ended
+// it (errTokenWithdrawn or errBusLost); nil otherwise.
+func streamEnded(ctx context.Context) error {
+	if c := context.Cause(ctx); errors.Is(c, errTokenWithdrawn) || errors.Is(c, errBusLost) {
+		return c
+	}
+	return nil
+}
+
 type cachedToken struct {
 	digest [sha256.Size]byte
 	user   *authv1.VerifyTokenResponse
@@ -112,8 +126,8 @@ func (c *tokenCache) put(token string, u *authv1.VerifyTokenResponse) {
 
 // hold ties a stream to the token that authenticated it (in ctx): the
 // context it returns ends, with errTokenWithdrawn as its cause, when the
-// token is dropped for a revocation or its user changes, or after a lost
-// bus (a revocation may have gone by unseen). release, when the stream
+// token is dropped for a revocation or its user changes, and with
+// errBusLost after a lost bus (a revocation may have gone by unseen). release, when the stream
 // ends, forgets it.
 func (c *tokenCache) hold(ctx context.Context) (context.Context, func()) {
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -130,11 +144,11 @@ func (c *tokenCache) hold(ctx context.Context) (context.Context, func()) {
 	}
 }
 
-// endHeld ends the held streams match selects; c.mu is held.
-func (c *tokenCache) endHeld(match func(*heldStream) bool) {
+// endHeld ends the held streams match selects, for cause; c.mu is held.
+func (c *tokenCache) endHeld(cause error, match func(*heldStream) bool) {
 	for h := range c.held {
 		if match(h) {
-			h.cancel(errTokenWithdrawn)
+			h.cancel(cause)
 			delete(c.held, h)
 		}
 	}
@@ -144,7 +158,7 @@ func (c *tokenCache) endHeld(match func(*heldStream) bool) {
 func (c *tokenCache) drop(id string) {
 	c.mu.Lock()
 	delete(c.m, id)
-	c.endHeld(func(h *heldStream) bool { return h.tokenID == id })
+	c.endHeld(errTokenWithdrawn, func(h *heldStream) bool { return h.tokenID == id })
 	c.mu.Unlock()
 }
 
@@ -162,14 +176,14 @@ func (c *tokenCache) dropUser(userID string) {
 			delete(c.m, id)
 		}
 	}
-	c.endHeld(func(h *heldStream) bool { return h.userID == userID })
+	c.endHeld(errTokenWithdrawn, func(h *heldStream) bool { return h.userID == userID })
 }
 
 // clear forgets every token and ends every stream.
 func (c *tokenCache) clear() {
 	c.mu.Lock()
 	clear(c.m)
-	c.endHeld(func(*heldStream) bool { return true })
+	c.endHeld(errBusLost, func(*heldStream) bool { return true })
 	c.mu.Unlock()
 }
 

@@ -178,10 +178,7 @@ func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
 		if in.Agent == nil {
 			in.Agent = &inventoryv1.AgentStatus{}
 		}
-		at := ev.GetTime()
-		if at == nil {
-			at = timestamppb.New(now)
-		}
+		at := timestamppb.New(at)
 		var verb vocab.Verb
 		switch b := ev.GetBody().(type) {
 		case *agentv1.AgentEvent_Connected:
