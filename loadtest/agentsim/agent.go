@@ -63,10 +63,11 @@ type fleet struct {
 	expected, connected                        atomic.Int64
 	heartbeats, resent, disconnects, joinFails atomic.Int64
 
-	mu          sync.Mutex
-	outageStart time.Time
-	outages     int
-	longest     time.Duration
+	mu           sync.Mutex
+	streamErrors map[string]int
+	outageStart  time.Time
+	outages      int
+	longest      time.Duration
 }
 
 // gateway takes the agent gateway's address and CA bundle from the first
@@ -148,6 +149,30 @@ func (f *fleet) down() {
 		f.outageStart = time.Now()
 		f.outages++
 	}
+}
+
+// maxStreamErrors is how many kinds of stream error a Summary counts apart.
+const maxStreamErrors = 20
+
+// streamFailed counts why a stream failed, while agents are meant to be
+// connected.
+func (f *fleet) streamFailed(err error) {
+	if err == nil || !f.steady.Load() || f.ending.Load() {
+		return
+	}
+	why := err.Error()
+	if len(why) > 160 {
+		why = why[:160]
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.streamErrors == nil {
+		f.streamErrors = map[string]int{}
+	}
+	if _, ok := f.streamErrors[why]; !ok && len(f.streamErrors) >= maxStreamErrors {
+		why = "other"
+	}
+	f.streamErrors[why]++
 }
 
 // due is how many lines an agent has made by now: LogRate per second from
@@ -236,10 +261,11 @@ func (a *simAgent) run(ctx context.Context, stop <-chan struct{}) {
 	var final <-chan time.Time
 	for {
 		start := time.Now()
-		done, _ := a.session(ctx, stop)
+		done, err := a.session(ctx, stop)
 		if done || ctx.Err() != nil {
 			return
 		}
+		a.f.streamFailed(err)
 		if final == nil {
 			select {
 			case <-stop:

@@ -1,6 +1,7 @@
 package agentsim_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -8,6 +9,8 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
+	"runtime/pprof"
 	"strconv"
 	"testing"
 	"time"
@@ -22,7 +25,12 @@ import (
 	"flotilla.dev/flotilla/services/inventory"
 )
 
-func TestMain(m *testing.M) { testkit.Main(m) }
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(childAgentsEnv); spec != "" {
+		os.Exit(runChildAgents(spec))
+	}
+	testkit.Main(m)
+}
 
 // Twenty simulated agents join through real tokens, the real CA and a real
 // agent gateway, their instances reach running, and when the agent gateway
@@ -88,23 +96,20 @@ func BenchmarkAgentGatewayRestart(b *testing.B) {
 		}
 		agents = n
 	}
+	if err := agentsim.RaiseFileLimit(uint64(agents) + 4096); err != nil {
+		b.Fatal(err)
+	}
 	for b.Loop() {
 		api, token, gw := startFleetManager(b)
 		restarted := make(chan error, 1)
-		cfg := agentsim.Config{
-			API: api, Token: token, Agents: agents, Duration: 60 * time.Second,
-			LogRate: 0.1, Heartbeat: 10 * time.Second, Concurrency: 64, SetupTimeout: time.Hour,
-			Log: slog.New(slog.DiscardHandler),
-			Steady: func() {
-				go func() {
-					time.Sleep(20 * time.Second)
-					var err error
-					gw, err = gw.restart(b)
-					restarted <- err
-				}()
-			},
-		}
-		sum, err := agentsim.Run(b.Context(), cfg)
+		sum, err := runAgentsApart(b, api, token, agents, func() {
+			time.Sleep(20 * time.Second)
+			stopProfile := profileCPU(b, 30*time.Second)
+			defer stopProfile()
+			var err error
+			gw, err = gw.restart(b)
+			restarted <- err
+		})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -121,6 +126,108 @@ func BenchmarkAgentGatewayRestart(b *testing.B) {
 		b.ReportMetric(float64(sum.LinesSent-sum.LinesStored-sum.LinesUnread), "lines-lost")
 		b.ReportMetric(sum.SetupSeconds, "setup-s")
 	}
+}
+
+// profileCPU profiles this process (every service) for up to d into the
+// file FLOTILLA_BENCH_CPUPROFILE names, if it names one; the returned
+// function waits until it is written.
+func profileCPU(b *testing.B, d time.Duration) func() {
+	path := os.Getenv("FLOTILLA_BENCH_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		b.Error(err)
+		return func() {}
+	}
+	done := time.After(d)
+	return func() {
+		<-done
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}
+}
+
+// The benchmark's agents run in a process of their own, this test binary
+// started again with childAgentsEnv set: each connection has an end in the
+// agents' process and one in the agent gateway's, and 10 000 of each do not
+// fit under one process's open-file limit on every machine.
+const (
+	childAgentsEnv = "FLOTILLA_AGENTSIM_CHILD" // "API TOKEN AGENTS"
+	// steadyMark is the line the agents' process prints on stderr when
+	// every agent is connected and the steady phase begins.
+	steadyMark = "agentsim-child: steady"
+)
+
+// benchConfig is the benchmark's run: heartbeats every 10 s, a line every
+// 10 s per agent, a minute of steady phase.
+func benchConfig(api, token string, agents int) agentsim.Config {
+	return agentsim.Config{
+		API: api, Token: token, Agents: agents, Duration: 60 * time.Second,
+		LogRate: 0.1, Heartbeat: 10 * time.Second, Concurrency: 64, SetupTimeout: time.Hour,
+		// Its progress goes to stderr: a run of thousands takes minutes.
+		Log: slog.New(slog.NewTextHandler(os.Stderr, nil)),
+	}
+}
+
+// runAgentsApart runs the agents in a child process and calls steady (in a
+// goroutine of its own) when their steady phase begins; it returns their
+// summary.
+func runAgentsApart(b *testing.B, api, token string, agents int, steady func()) (agentsim.Summary, error) {
+	cmd := exec.CommandContext(b.Context(), os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %d", childAgentsEnv, api, token, agents))
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return agentsim.Summary{}, err
+	}
+	if err := cmd.Start(); err != nil {
+		return agentsim.Summary{}, fmt.Errorf("start the agents' process: %w", err)
+	}
+	lines := bufio.NewScanner(stderr)
+	for lines.Scan() {
+		if lines.Text() == steadyMark {
+			go steady()
+			continue
+		}
+		fmt.Fprintln(os.Stderr, lines.Text())
+	}
+	if err := cmd.Wait(); err != nil {
+		return agentsim.Summary{}, fmt.Errorf("the agents' process: %w", err)
+	}
+	var sum agentsim.Summary
+	if err := json.Unmarshal(stdout.Bytes(), &sum); err != nil {
+		return sum, fmt.Errorf("the agents' summary %q: %w", stdout.String(), err)
+	}
+	return sum, nil
+}
+
+// runChildAgents is the agents' process: it runs the benchmark's agents
+// against the API and token childAgentsEnv names and prints their summary
+// on stdout.
+func runChildAgents(spec string) int {
+	var api, token string
+	var agents int
+	if _, err := fmt.Sscanf(spec, "%s %s %d", &api, &token, &agents); err != nil {
+		fmt.Fprintf(os.Stderr, "%s=%q: %v\n", childAgentsEnv, spec, err)
+		return 2
+	}
+	cfg := benchConfig(api, token, agents)
+	cfg.Steady = func() { fmt.Fprintln(os.Stderr, steadyMark) }
+	sum, err := agentsim.Run(context.Background(), cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(sum); err != nil {
+		return 1
+	}
+	return 0
 }
 
 // Settings out of bounds are refused before anything is created, each
@@ -187,8 +294,12 @@ func (g *agentGateway) stop() {
 // restart stops the gateway (every agent's stream ends) and starts a new
 // one on the same address.
 func (g *agentGateway) restart(t testing.TB) (*agentGateway, error) {
+	t0 := time.Now()
 	g.stop()
-	return startAgentGateway(t, g.cfg)
+	t1 := time.Now()
+	ng, err := startAgentGateway(t, g.cfg)
+	fmt.Fprintf(os.Stderr, "the agent gateway stopped in %v and started in %v\n", t1.Sub(t0).Round(time.Millisecond), time.Since(t1).Round(time.Millisecond))
+	return ng, err
 }
 
 // adminToken sets up the first admin and logs in.

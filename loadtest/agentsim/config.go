@@ -163,4 +163,8 @@ type Summary struct {
 	CleanedUp bool `json:"cleanedUp"`
 	// Errors are the first few errors met.
 	Errors []string `json:"errors,omitempty"`
+	// StreamErrors counts why agents' streams failed to open or broke
+	// while agents were meant to be connected, by error (the first
+	// maxStreamErrors kinds; the rest under "other").
+	StreamErrors map[string]int `json:"streamErrors,omitempty"`
 }

@@ -2,5 +2,5 @@
 
 package agentsim
 
-// raiseFileLimit does nothing where there is no such limit to raise.
-func raiseFileLimit() error { return nil }
+// RaiseFileLimit does nothing where there is no such limit to raise.
+func RaiseFileLimit(uint64) error { return nil }

@@ -34,8 +34,9 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		return Summary{}, err
 	}
 	cfg = cfg.withDefaults()
-	if err := raiseFileLimit(); err != nil {
-		cfg.Log.Warn("cannot raise the open file limit", "error", err)
+	// A connection per agent, and some to spare.
+	if err := RaiseFileLimit(uint64(cfg.Agents) + 1024); err != nil {
+		cfg.Log.Warn("not every agent may be able to connect", "error", err)
 	}
 	s := &sim{cfg: cfg, api: newAPI(cfg.API, cfg.Token), f: &fleet{cfg: cfg},
 		sum: Summary{Agents: cfg.Agents, LogRatePerAgent: cfg.LogRate, HeartbeatSeconds: cfg.Heartbeat.Seconds()}}
@@ -72,6 +73,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	}
 	s.f.mu.Lock()
 	s.sum.Outages = s.f.outages
+	s.sum.StreamErrors = s.f.streamErrors
 	s.sum.ReconnectSeconds = s.f.longest.Seconds()
 	s.sum.ReconnectedAll = s.f.outageStart.IsZero()
 	s.f.mu.Unlock()
@@ -287,9 +289,22 @@ func (s *sim) steady(ctx context.Context) {
 	s.f.logStart, s.f.logEnd = start, start.Add(s.cfg.Duration)
 	s.f.steady.Store(true)
 	s.cfg.Log.Info("agents connected; sending heartbeats and lines", "connected", s.f.connected.Load(), "duration", s.cfg.Duration)
-	select {
-	case <-ctx.Done():
-	case <-time.After(s.cfg.Duration):
+	end := time.After(s.cfg.Duration)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+		case <-end:
+		case <-tick.C:
+			// While not every agent is connected, say how many are,
+			// every second.
+			if n, want := s.f.connected.Load(), s.f.expected.Load(); n < want {
+				s.cfg.Log.Info("agents reconnecting", "connected", n, "of", want, "since", time.Since(start).Round(time.Second))
+			}
+			continue
+		}
+		break
 	}
 	s.sum.DurationSeconds = time.Since(start).Seconds()
 }

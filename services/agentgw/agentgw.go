@@ -42,6 +42,9 @@ const (
 	DefaultObserveRetry   = 30 * time.Second
 	// stopTimeout caps the graceful stop of the gRPC server.
 	stopTimeout = 10 * time.Second
+	// stopGrace is how long a stopping gateway leaves its connections
+	// open after their streams ended, for the streams' last messages.
+	stopGrace = 500 * time.Millisecond
 )
 
 // Deps are what the service is built from; the caller owns them, except
@@ -78,6 +81,8 @@ type Deps struct {
 
 // Service is the running agent gateway.
 type Service struct {
+	// checks are the turns of new streams' certificate checks.
+	checks         chan struct{}
 	nc             *nats.Conn
 	js             jetstream.JetStream
 	log            *slog.Logger
@@ -96,7 +101,7 @@ type Service struct {
 
 	mu    sync.Mutex
 	conns map[string]*agentConn // instance id → its current stream
-	// stopping refuses new streams once closeAll has run: an agent that
+	// stopping refuses new streams once the gateway stops: an agent that
 	// reconnects at once must not find the stopping gateway again.
 	stopping bool
 
@@ -114,6 +119,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		return nil, errors.New("agentgw: NATS, Log, TracerProvider and Listener are required")
 	}
 	s := &Service{
+		checks:         make(chan struct{}, maxChecks),
 		nc:             d.NATS,
 		log:            d.Log.With("service", subjects.AgentGW),
 		tp:             d.TracerProvider,
@@ -216,12 +222,23 @@ func (s *Service) Run(ctx context.Context) error {
 	eg.Go(func() error {
 		<-gctx.Done()
 		deadline := time.Now().Add(stopTimeout)
-		s.closeAll("the agent gateway is shutting down")
+		// New streams are refused, and the listener closes, before the
+		// streams end: their agents come back to another gateway, or to
+		// this one's successor, instead of each handshaking with this
+		// one as it stops, which with thousands of agents held the stop
+		// up for seconds.
+		s.markStopping()
 		stopped := make(chan struct{})
 		go func() { s.grpc.GracefulStop(); close(stopped) }()
+		s.closeAll("the agent gateway is shutting down")
+		// Once every stream has ended, what is left is each agent closing
+		// its connection, which the graceful stop would wait for (with
+		// thousands of agents, for seconds): their last messages get a
+		// moment to go out, then the connections close.
+		s.awaitStreamsEnded(deadline)
 		select {
 		case <-stopped:
-		case <-time.After(time.Until(deadline)):
+		case <-time.After(min(stopGrace, time.Until(deadline))):
 			s.grpc.Stop()
 		}
 		// Let the streams' last events (progress, log acknowledgements'
@@ -313,11 +330,25 @@ func callWaiting[Req, Resp proto.Message](ctx context.Context, s *Service, ep en
 	}
 }
 
-// closeAll ends every agent stream and refuses new ones from then on, so
-// the graceful stop does not wait for streams opened meanwhile.
+// awaitStreamsEnded waits until no agent stream is registered, or until
+// deadline.
+func (s *Service) awaitStreamsEnded(deadline time.Time) {
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		n := len(s.conns)
+		s.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// closeAll ends every agent stream; markStopping, called first, has the
+// gateway refuse new ones, so the graceful stop does not wait for streams
+// opened meanwhile.
 func (s *Service) closeAll(reason string) {
 	s.mu.Lock()
-	s.stopping = true
 	conns := make([]*agentConn, 0, len(s.conns))
 	for _, c := range s.conns {
 		conns = append(conns, c)

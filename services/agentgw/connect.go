@@ -38,6 +38,13 @@ const (
 	maxRequests = 8
 	// commandQueueWait is how long a command waits for room in a full queue.
 	commandQueueWait = 5 * time.Second
+	// maxChecks bounds the new streams' certificate checks in flight to
+	// the CA at once. When thousands of agents come back together (their
+	// gateway restarted), the others wait their turn on their open
+	// streams: with every check asked at once, the CA's queue grew longer
+	// than a check may take, thousands timed out together, and each of
+	// their agents came back for another handshake and another check.
+	maxChecks = 64
 )
 
 // agentConn is one agent's stream.
@@ -115,6 +122,9 @@ func (c *agentConn) event() *agentv1.AgentEvent {
 // up, the stream breaks, a newer stream replaces it, its certificate
 // expires or the gateway stops.
 func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
+	if s.isStopping() {
+		return status.Error(codes.Unavailable, errStopping.Error())
+	}
 	ctx := stream.Context()
 	who := identityFrom(ctx)
 	first, err := stream.Recv()
@@ -136,8 +146,7 @@ func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
 	}
 	// The certificate verified; is it still current (instance live, VM
 	// current, not replaced by a newer one)?
-	if _, err := rpc.Call(ctx, s.bus, endpoints.AgentCheck, &cav1.CheckAgentRequest{InstanceId: who.instanceID,
-		VmId: pki.AgentVMID(who.cert), Serial: pki.Serial(who.cert)}, rpc.As(vocab.Agent(who.instanceID))); err != nil {
+	if err := s.checkAgent(ctx, who); err != nil {
 		s.log.InfoContext(ctx, "agent refused", "instance_id", who.instanceID, "serial", pki.Serial(who.cert), "error", err, "remote", peerAddr(ctx))
 		return apierr.GRPCStatus(ctx, s.log, err)
 	}
@@ -303,6 +312,20 @@ func (s *Service) finishLogs(ctx context.Context, stream agentv1.AgentGateway_Co
 	}
 }
 
+// checkAgent asks the CA whether who's certificate is current, once one of
+// the maxChecks turns is free.
+func (s *Service) checkAgent(ctx context.Context, who identity) error {
+	select {
+	case s.checks <- struct{}{}:
+		defer func() { <-s.checks }()
+	case <-ctx.Done():
+		return apierr.Unavailable("the agent gateway was still checking other agents when the stream ended")
+	}
+	_, err := rpc.Call(ctx, s.bus, endpoints.AgentCheck, &cav1.CheckAgentRequest{InstanceId: who.instanceID,
+		VmId: pki.AgentVMID(who.cert), Serial: pki.Serial(who.cert)}, rpc.As(vocab.Agent(who.instanceID)))
+	return err
+}
+
 // errOlderCert refuses a stream whose certificate is older than the one the
 // agent's current stream presents: a copy of an old certificate cannot take
 // the agent's place.
@@ -310,6 +333,13 @@ var errOlderCert = errors.New("a newer certificate of this agent is connected: a
 
 // errStopping refuses a stream that arrives while the gateway stops.
 var errStopping = errors.New("the agent gateway is shutting down: reconnect shortly")
+
+// markStopping makes the gateway refuse new streams: it is stopping.
+func (s *Service) markStopping() {
+	s.mu.Lock()
+	s.stopping = true
+	s.mu.Unlock()
+}
 
 // isStopping reports whether the gateway is ending its streams to stop.
 func (s *Service) isStopping() bool {
