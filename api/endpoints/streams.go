@@ -125,6 +125,15 @@ var Watches = []Publish{
 	// role changed, a password reset or changed, a user deleted), to drop
 	// them from the gateways' verified-token caches.
 	{gateway, UserTokenWatches()},
+	// Every instance event, to drop the gateways' copies of instances
+	// read lately.
+	{gateway, InstanceWatches()},
+}
+
+// InstanceWatches are the events after which a gateway may no longer
+// trust its copy of an instance (its id in the subject).
+func InstanceWatches() []string {
+	return []string{subjects.EntityEvents(subjects.NounInstance, "*")}
 }
 
 // UserTokenWatches are the audit records after which a gateway may no

@@ -110,6 +110,10 @@ type Config struct {
 	// (0: the gateway's defaults, 1 MiB and 30 s).
 	MaxRequestBytes    int64
 	RequestReadTimeout time.Duration
+	// InstanceReadTTL is how long the gateway answers an instance's reads
+	// from the copy it read last, unless its event says it changed first
+	// (0: gateway.DefaultInstanceReadTTL; negative: read every time).
+	InstanceReadTTL time.Duration
 	// SourceLoginPolicy slows logins from a client address after failures
 	// (zero: gateway.SourceLoginPolicy; per user name it is the inventory's,
 	// app.WithLoginPolicy).
@@ -569,7 +573,8 @@ func (d deps) gateway(ctx context.Context, nc *nats.Conn, httpL, grpcL net.Liste
 	g, err := gateway.New(ctx, gateway.Deps{NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider, Version: c.Version,
 		HTTPListener: httpL, GRPCListener: grpcL, MaxRequestBytes: c.MaxRequestBytes, RequestReadTimeout: c.RequestReadTimeout,
 		LoginPolicy: c.SourceLoginPolicy, TLS: c.APITLS, AgentGatewayAddr: d.agentGatewayAddr(), AgentBinary: c.agentBinary(),
-		NATSMonitorURLs: c.NATSMonitorURLs, PatroniURLs: c.PatroniURLs, MemberHealthyWithin: c.MemberHealthyWithin})
+		NATSMonitorURLs: c.NATSMonitorURLs, PatroniURLs: c.PatroniURLs, MemberHealthyWithin: c.MemberHealthyWithin,
+		InstanceReadTTL: c.InstanceReadTTL})
 	if err != nil {
 		return runner{}, err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -199,6 +200,18 @@ func (e *env) mustAs(token string, want int, method, path string, body any) repl
 		e.t.Fatalf("%s %s: status %d, want %d: %v", method, path, code, want, out)
 	}
 	return out
+}
+
+// served counts the spans ended so far whose names start with prefix
+// (a service's span of a request it answered: "inventory PingRequest").
+func (e *env) served(prefix string) int {
+	n := 0
+	for _, s := range e.spans.Ended() {
+		if strings.HasPrefix(s.Name(), prefix) {
+			n++
+		}
+	}
+	return n
 }
 
 func (e *env) network(name string) reply {

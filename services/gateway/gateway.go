@@ -1,8 +1,9 @@
 // Package gateway is Flotilla's public API: REST+JSON (through grpc-gateway)
 // and gRPC under /api/v1, the OpenAPI document, authentication with bearer
-// tokens, and the status endpoint load balancers check. It holds no state and
-// never touches the database: every call is forwarded over the bus to the
-// service that owns the data.
+// tokens, and the status endpoint load balancers check. It never touches the
+// database: every call is forwarded over the bus to the service that owns the
+// data, and what it caches (verified tokens, instances read lately) is
+// dropped by the events it watches.
 package gateway
 
 import (
@@ -75,6 +76,10 @@ type Deps struct {
 	// asking the inventory again (0: DefaultTokenCacheTTL; negative: ask
 	// every time). Revocations take effect at once either way.
 	TokenCacheTTL time.Duration
+	// InstanceReadTTL is how long GET /instances/{id} is answered from
+	// the copy the gateway read last, unless the instance's event says it
+	// changed first (0: DefaultInstanceReadTTL; negative: read every time).
+	InstanceReadTTL time.Duration
 	// TLS, when set, serves HTTP and gRPC over TLS with it (its
 	// certificates or GetCertificate); nil serves them in the clear.
 	TLS *tls.Config
@@ -105,10 +110,12 @@ type Gateway struct {
 	maxRequestBytes int64
 	readTimeout     time.Duration
 	// logins counts failed logins by client address.
-	logins  *attempts.Limiter
-	tokens  *tokenCache
-	status  *freshCache[*systemv1.Status]
-	cluster *freshCache[*systemv1.Cluster]
+	logins *attempts.Limiter
+	tokens *tokenCache
+	// instances are the instances read lately (instances.go).
+	instances *instanceCache
+	status    *freshCache[*systemv1.Status]
+	cluster   *freshCache[*systemv1.Cluster]
 	// web asks the NATS monitoring endpoints and Patroni.
 	web     *http.Client
 	httpSrv *http.Server
@@ -152,6 +159,11 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 		ttl = DefaultTokenCacheTTL
 	}
 	g.tokens = newTokenCache(ttl, time.Now)
+	readTTL := d.InstanceReadTTL
+	if readTTL == 0 {
+		readTTL = DefaultInstanceReadTTL
+	}
+	g.instances = newInstanceCache(readTTL, time.Now)
 	g.status = newFreshCache[*systemv1.Status](statusFresh)
 	g.cluster = newFreshCache[*systemv1.Cluster](clusterFresh)
 	g.web = &http.Client{Timeout: clusterCheckTimeout}
@@ -379,6 +391,9 @@ func (g *Gateway) writeError(w http.ResponseWriter, r *http.Request, err error) 
 func (g *Gateway) Run(ctx context.Context) error {
 	if err := g.tokens.watch(ctx, g.deps.NATS); err != nil {
 		return fmt.Errorf("watch token revocations: %w", err)
+	}
+	if err := g.instances.watch(ctx, g.deps.NATS); err != nil {
+		return fmt.Errorf("watch instance events: %w", err)
 	}
 	eg, ctx := errgroup.WithContext(ctx)
 	eg.Go(func() error {

@@ -86,8 +86,26 @@ func (s instanceServer) CreateInstance(ctx context.Context, r *inventoryv1.Creat
 	return call(ctx, s.g, endpoints.InstanceCreate, r)
 }
 
+// GetInstance answers from the copy this gateway read last, while it is
+// fresh (see instanceCache), else from the inventory.
 func (s instanceServer) GetInstance(ctx context.Context, r *inventoryv1.GetInstanceRequest) (*inventoryv1.Instance, error) {
-	return call(ctx, s.g, endpoints.InstanceGet, r)
+	if in := s.g.instances.get(r.GetId()); in != nil {
+		return in, nil
+	}
+	mark := s.g.instances.begin()
+	in, err := call(ctx, s.g, endpoints.InstanceGet, r)
+	if err == nil {
+		s.g.instances.put(in, mark)
+	}
+	return in, err
+}
+
+// changed forgets this gateway's copy of instance id, which a call it
+// forwarded has just changed (or may have): the caller's next read sees
+// the change.
+func (s instanceServer) changed(id string, in *inventoryv1.Instance, err error) (*inventoryv1.Instance, error) {
+	s.g.instances.drop(id)
+	return in, err
 }
 
 func (s instanceServer) ListInstances(ctx context.Context, r *inventoryv1.ListInstancesRequest) (*inventoryv1.ListInstancesResponse, error) {
@@ -95,15 +113,18 @@ func (s instanceServer) ListInstances(ctx context.Context, r *inventoryv1.ListIn
 }
 
 func (s instanceServer) UpdateInstance(ctx context.Context, r *inventoryv1.UpdateInstanceRequest) (*inventoryv1.Instance, error) {
-	return call(ctx, s.g, endpoints.InstanceUpdate, r)
+	in, err := call(ctx, s.g, endpoints.InstanceUpdate, r)
+	return s.changed(r.GetInstance().GetId(), in, err)
 }
 
 func (s instanceServer) DeleteInstance(ctx context.Context, r *inventoryv1.DeleteInstanceRequest) (*inventoryv1.Instance, error) {
-	return call(ctx, s.g, endpoints.InstanceDelete, r)
+	in, err := call(ctx, s.g, endpoints.InstanceDelete, r)
+	return s.changed(r.GetId(), in, err)
 }
 
 func (s instanceServer) lifecycle(ctx context.Context, id string, action vocab.Action) (*inventoryv1.Instance, error) {
-	return call(ctx, s.g, endpoints.LifecycleRequest, &inventoryv1.LifecycleRequest{Id: id, Action: string(action)})
+	in, err := call(ctx, s.g, endpoints.LifecycleRequest, &inventoryv1.LifecycleRequest{Id: id, Action: string(action)})
+	return s.changed(id, in, err)
 }
 
 func (s instanceServer) ProvisionInstance(ctx context.Context, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
@@ -124,7 +145,8 @@ func (s instanceServer) RefreshCertificate(ctx context.Context, r *inventoryv1.I
 	if err := apierr.CheckID("id", r.GetId()); err != nil {
 		return nil, apierr.GRPCStatus(ctx, s.g.log, err)
 	}
-	return call(ctx, s.g, endpoints.CertificateRefresh, r)
+	in, err := call(ctx, s.g, endpoints.CertificateRefresh, r)
+	return s.changed(r.GetId(), in, err)
 }
 
 // CreateInstanceJoinToken has the CA mint a join token for the operator

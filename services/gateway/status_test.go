@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"strings"
 	"sync"
 	"testing"
 )
@@ -12,15 +11,7 @@ import (
 func TestStatusIsOneRoundOfPingsForManyCallers(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{only: []string{}})
-	pings := func() int {
-		n := 0
-		for _, s := range e.spans.Ended() {
-			if strings.HasPrefix(s.Name(), "inventory PingRequest") {
-				n++
-			}
-		}
-		return n
-	}
+	pings := func() int { return e.served("inventory PingRequest") }
 	// Only the inventory runs: the status is degraded (503), and still
 	// answered from one round of pings.
 	e.call("GET", "/api/v1/status", nil, nil, "-")

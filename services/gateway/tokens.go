@@ -191,45 +191,15 @@ func (c *tokenCache) clear() {
 // their records go by, and everything after the connection was lost,
 // until ctx ends.
 func (c *tokenCache) watch(ctx context.Context, nc *nats.Conn) error {
-	var subs []*nats.Subscription
-	for _, w := range endpoints.Watches {
-		if w.Service != subjects.Gateway {
-			continue
+	return watchBus(ctx, nc, endpoints.UserTokenWatches(), func(m *nats.Msg) {
+		rec := &authv1.AuthAudit{}
+		if proto.Unmarshal(m.Data, rec) != nil {
+			return
 		}
-		for _, subject := range w.Subjects {
-			sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
-				rec := &authv1.AuthAudit{}
-				if proto.Unmarshal(m.Data, rec) != nil {
-					return
-				}
-				if rec.GetAction() == subjects.VerbTokenRevoked {
-					c.drop(rec.GetTokenId())
-				} else {
-					c.dropUser(rec.GetUserId())
-				}
-			})
-			if err != nil {
-				return err
-			}
-			subs = append(subs, sub)
+		if rec.GetAction() == subjects.VerbTokenRevoked {
+			c.drop(rec.GetTokenId())
+		} else {
+			c.dropUser(rec.GetUserId())
 		}
-	}
-	status := nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CONNECTED)
-	go func() {
-		defer nc.RemoveStatusListener(status)
-		defer func() {
-			for _, s := range subs {
-				_ = s.Unsubscribe()
-			}
-		}()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-status:
-				c.clear()
-			}
-		}
-	}()
-	return nc.Flush()
+	}, c.clear, nil)
 }

@@ -19,15 +19,7 @@ func TestVerifiedTokensAreCachedAndRevocationsReachEveryGateway(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{only: []string{}})
 	other := stacktest.Start(t, stacktest.OnBus(stack.Config{Services: []string{subjects.Gateway}}, e.bus))
-	verifications := func() int {
-		n := 0
-		for _, s := range e.spans.Ended() {
-			if strings.HasPrefix(s.Name(), "inventory VerifyTokenRequest") {
-				n++
-			}
-		}
-		return n
-	}
+	verifications := func() int { return e.served("inventory VerifyTokenRequest") }
 
 	before := verifications()
 	for range 5 {
