@@ -308,13 +308,26 @@ func (a *simAgent) session(ctx context.Context, stop <-chan struct{}) (bool, err
 		err = a.heartbeat(stream)
 	}
 	if !opening.Stop() || err != nil {
-		return false, fmt.Errorf("open the stream: %w", errors.Join(err, sctx.Err()))
+		if err = errors.Join(err, sctx.Err()); err == nil {
+			err = fmt.Errorf("not open within %v", connectTimeout)
+		}
+		return false, fmt.Errorf("open the stream: %w", err)
 	}
 	f.up()
 	defer f.down()
 
 	cmds := make(chan *agentv1.Command, 4)
+	// A gateway that acknowledges lines says so first (LogAck 0); then a
+	// line counts as stored once acknowledged, as the real agent has it.
+	var acks atomic.Bool
+	var acked atomic.Uint64
 	recvErr := agent.Receive(stream, func(m *agentv1.GatewayMessage) {
+		if la := m.GetLogAck(); la != nil {
+			acks.Store(true)
+			if la.GetSeq() > acked.Load() {
+				acked.Store(la.GetSeq())
+			}
+		}
 		if c := m.GetCommand(); c != nil {
 			select {
 			case cmds <- c:
@@ -354,9 +367,13 @@ func (a *simAgent) session(ctx context.Context, stop <-chan struct{}) (bool, err
 				return false, err
 			default:
 			}
-			// Still healthy a whole interval after they were sent: the
-			// gateway has those lines (the real agent's rule).
-			a.confirmed, mark = mark, a.sent
+			if acks.Load() {
+				a.confirmed = max(a.confirmed, min(acked.Load(), a.sent))
+			} else {
+				// An older gateway's: still healthy a whole interval after
+				// they were sent, it has those lines.
+				a.confirmed, mark = mark, a.sent
+			}
 			if err := a.heartbeat(stream); err != nil {
 				return false, err
 			}
