@@ -292,19 +292,20 @@ func (s *sim) steady(ctx context.Context) {
 	end := time.After(s.cfg.Duration)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+wait:
 	for {
 		select {
 		case <-ctx.Done():
+			break wait
 		case <-end:
+			break wait
 		case <-tick.C:
 			// While not every agent is connected, say how many are,
 			// every second.
 			if n, want := s.f.connected.Load(), s.f.expected.Load(); n < want {
 				s.cfg.Log.Info("agents reconnecting", "connected", n, "of", want, "since", time.Since(start).Round(time.Second))
 			}
-			continue
 		}
-		break
 	}
 	s.sum.DurationSeconds = time.Since(start).Seconds()
 }

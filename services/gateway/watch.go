@@ -7,6 +7,10 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
+// watchPending is how many messages a watch may hold unhandled before
+// NATS drops the next ones (and the watch resets).
+const watchPending = 65536
+
 // watchBus subscribes on to subjects (plain subscriptions, declared in
 // api/endpoints.Watches) until ctx ends. What the gateway keeps from them
 // is only as good as the messages it saw, so reset is called whenever some
@@ -22,11 +26,14 @@ func watchBus(ctx context.Context, nc *nats.Conn, subjects []string, on nats.Msg
 	}
 	for _, subject := range subjects {
 		sub, err := nc.Subscribe(subject, on)
+		if err == nil {
+			subs = append(subs, sub)
+			err = sub.SetPendingLimits(watchPending, -1)
+		}
 		if err != nil {
 			unsubscribe()
 			return err
 		}
-		subs = append(subs, sub)
 	}
 	status := nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CONNECTED)
 	go func() {
