@@ -17,6 +17,7 @@ import (
 
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/failpoint"
+	"flotilla.dev/flotilla/libs/pgstore"
 )
 
 // forwarderLock is the advisory lock held while forwarding a batch, so that
@@ -119,49 +120,48 @@ func (f *Forwarder) drain(ctx context.Context) (pending bool, err error) {
 // last row of the acknowledged prefix is committed with the deletion of the
 // forwarded rows. A publish that fails ends the batch there: the rest is
 // published again next time (JetStream drops what it already has).
+//
+// The transaction is a pgstore.Tx: its BEGIN travels with the lock, and the
+// offset and the deletion with its COMMIT, three round trips in all.
 func (f *Forwarder) Forward(ctx context.Context) (n int, err error) {
-	tx, err := f.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
-	if err != nil {
-		return 0, fmt.Errorf("forward outbox: %w", err)
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	var pubErr error
+	err = pgstore.InTxWith(ctx, f.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead}, func(tx *pgstore.Tx) error {
+		var locked bool
+		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", int64(forwarderLock)).Scan(&locked); err != nil {
+			return fmt.Errorf("forward outbox: %w", err)
+		}
+		if !locked {
+			return nil // another forwarder is at work
+		}
+		rows, err := f.selectBatch(ctx, tx)
+		if err != nil || len(rows) == 0 {
+			return err
+		}
+		n, pubErr = f.publish(ctx, rows)
+		if n == 0 {
+			return pubErr
+		}
+		failpoint.Hit(FailpointPublished)
 
-	var locked bool
-	if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", int64(forwarderLock)).Scan(&locked); err != nil {
-		return 0, fmt.Errorf("forward outbox: %w", err)
-	}
-	if !locked {
-		return 0, nil // another forwarder is at work
-	}
-	rows, err := f.selectBatch(ctx, tx)
-	if err != nil || len(rows) == 0 {
+		ack, err := offsets.AckMessageQuery(wmsql.AckMessageQueryParams{Topic: topic, ConsumerGroup: consumerGroup,
+			LastRow: rows[n-1], Rows: rows[:n]})
+		if err != nil {
+			return err
+		}
+		tx.ExecLater(func(err error) error { return fmt.Errorf("record outbox offset: %w", err) }, ack.Query, ack.Args...)
+		// Every row up to the acknowledged one is on the stream: rows of
+		// older transactions were all visible (they had ended) and came
+		// earlier.
+		tx.ExecLater(func(err error) error { return fmt.Errorf("delete forwarded outbox rows: %w", err) },
+			`DELETE FROM `+MessagesTable+` m USING `+OffsetsTable+` o
+			WHERE o.consumer_group = $1 AND (m.transaction_id < o.last_processed_transaction_id
+				OR (m.transaction_id = o.last_processed_transaction_id AND m."offset" <= o.offset_acked))`, consumerGroup)
+		return nil
+	})
+	if err != nil {
 		return 0, err
 	}
-	acked, pubErr := f.publish(ctx, rows)
-	if acked == 0 {
-		return 0, pubErr
-	}
-	failpoint.Hit(FailpointPublished)
-
-	ack, err := offsets.AckMessageQuery(wmsql.AckMessageQueryParams{Topic: topic, ConsumerGroup: consumerGroup,
-		LastRow: rows[acked-1], Rows: rows[:acked]})
-	if err != nil {
-		return 0, err
-	}
-	if _, err := tx.Exec(ctx, ack.Query, ack.Args...); err != nil {
-		return 0, fmt.Errorf("record outbox offset: %w", err)
-	}
-	// Every row up to the acknowledged one is on the stream: rows of older
-	// transactions were all visible (they had ended) and came earlier.
-	if _, err := tx.Exec(ctx, `DELETE FROM `+MessagesTable+` m USING `+OffsetsTable+` o
-		WHERE o.consumer_group = $1 AND (m.transaction_id < o.last_processed_transaction_id
-			OR (m.transaction_id = o.last_processed_transaction_id AND m."offset" <= o.offset_acked))`, consumerGroup); err != nil {
-		return 0, fmt.Errorf("delete forwarded outbox rows: %w", err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return 0, fmt.Errorf("commit outbox offset: %w", err)
-	}
-	return acked, pubErr
+	return n, pubErr
 }
 
 // selectBatch reads the next rows with watermill-sql's snapshot-safe query.

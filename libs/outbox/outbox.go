@@ -1,7 +1,7 @@
 // Package outbox is Flotilla's transactional outbox, built on watermill-sql:
 // a service writes the messages that describe a change (domain events,
 // provisioning work) into PostgreSQL in the same transaction as the change
-// (Write, watermill-sql's publisher on a pgx transaction), and a Forwarder
+// (Write, with watermill-sql's insert), and a Forwarder
 // publishes them to JetStream afterwards. A committed change is never
 // missing from the stream; a rolled-back one never appears.
 //
@@ -29,7 +29,6 @@ import (
 	"io/fs"
 	"log/slog"
 
-	"github.com/ThreeDotsLabs/watermill"
 	wmsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
@@ -79,27 +78,29 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
 		VersionTable: "outbox_schema_version", LockID: 0x666c6f746f6d6967}, log)
 }
 
-// Write adds msgs to the outbox inside tx, through watermill-sql's
-// publisher: they reach JetStream if and only if tx commits, in the order
-// given. The forwarder is woken when tx commits.
+// Write adds msgs to the outbox inside tx, with the insert of
+// watermill-sql's schema: they reach JetStream if and only if tx commits, in
+// the order given. On a pgstore.Tx the insert waits to travel with the
+// transaction's next statement or its commit. The forwarder is woken when
+// tx commits.
 func Write(ctx context.Context, tx pgx.Tx, msgs ...bus.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	pub, err := wmsql.NewPublisher(wmsql.TxFromPgx(tx), wmsql.PublisherConfig{SchemaAdapter: newSchema(DefaultBatch)}, watermill.NopLogger{})
-	if err != nil {
-		return fmt.Errorf("outbox publisher: %w", err)
-	}
 	wm := make([]*message.Message, len(msgs))
 	for i, m := range msgs {
 		wm[i] = toWatermill(m)
-		wm[i].SetContext(ctx)
 	}
-	if err := pub.Publish(topic, wm...); err != nil {
+	q, err := insertSchema.InsertQuery(wmsql.InsertQueryParams{Topic: topic, Msgs: wm})
+	if err != nil {
 		return fmt.Errorf("write outbox: %w", err)
 	}
-	return nil
+	return pgstore.ExecLater(ctx, tx, func(err error) error { return fmt.Errorf("write outbox: %w", err) }, q.Query, q.Args...)
 }
+
+// insertSchema is the schema Write inserts with (the batch size is the
+// forwarder's concern).
+var insertSchema = newSchema(DefaultBatch)
 
 // toWatermill stores a bus message as a watermill message: its id as the
 // UUID, its headers (first values) and subject as metadata.

@@ -1,6 +1,7 @@
 // Package pgstore opens Flotilla's PostgreSQL connection pools: traced with
 // OpenTelemetry (statements, never their parameters, which may hold secrets)
-// and checked with a ping before they are handed out.
+// and checked with a ping before they are handed out. Its Tx is a
+// transaction that sends its writes in as few round trips as it can.
 package pgstore
 
 import (

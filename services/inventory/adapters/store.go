@@ -72,10 +72,8 @@ func (t Table) Insert(ctx context.Context, tx pgx.Tx, m proto.Message, now time.
 		ph[i] = fmt.Sprintf("$%d", i+1)
 	}
 	sql := fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", t.Name, strings.Join(cols, ", "), strings.Join(ph, ", "))
-	if _, err := tx.Exec(ctx, sql, args...); err != nil {
-		return t.mapWriteError(err, m)
-	}
-	return nil
+	name, id := getString(m, "name"), getString(m, "id")
+	return pgstore.ExecLater(ctx, tx, func(err error) error { return t.writeError(err, name, id) }, sql, args...)
 }
 
 // Get reads one resource into m. With forUpdate the row stays locked until the
@@ -136,14 +134,16 @@ func (t Table) Update(ctx context.Context, tx pgx.Tx, m proto.Message, now time.
 		sets = append(sets, fmt.Sprintf("%s = $%d", c.Name, len(args)))
 	}
 	sql := fmt.Sprintf("UPDATE %s SET %s WHERE id = $1 AND version = $2", t.Name, strings.Join(sets, ", "))
-	tag, err := tx.Exec(ctx, sql, args...)
-	if err != nil {
-		return t.mapWriteError(err, m)
-	}
-	if tag.RowsAffected() == 0 {
-		return apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q changed since version %d: read it again and retry", t.Noun, id, prev)
-	}
-	return nil
+	name := getString(m, "name")
+	return pgstore.ExecLaterThen(ctx, tx, func(tag pgconn.CommandTag, err error) error {
+		if err != nil {
+			return t.writeError(err, name, id)
+		}
+		if tag.RowsAffected() == 0 {
+			return apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q changed since version %d: read it again and retry", t.Noun, id, prev)
+		}
+		return nil
+	}, sql, args...)
 }
 
 // UpdateObserved writes m over the stored resource without a new version:
@@ -162,26 +162,25 @@ func (t Table) UpdateObserved(ctx context.Context, tx pgx.Tx, m proto.Message, n
 		args = append(args, c.Value)
 		sets = append(sets, fmt.Sprintf("%s = $%d", c.Name, len(args)))
 	}
-	if _, err := tx.Exec(ctx, fmt.Sprintf("UPDATE %s SET %s WHERE id = $1", t.Name, strings.Join(sets, ", ")), args...); err != nil {
-		return t.mapWriteError(err, m)
-	}
-	return nil
+	name, id := getString(m, "name"), getString(m, "id")
+	return pgstore.ExecLater(ctx, tx, func(err error) error { return t.writeError(err, name, id) }, fmt.Sprintf("UPDATE %s SET %s WHERE id = $1", t.Name, strings.Join(sets, ", ")), args...)
 }
 
 // Delete removes a resource if it is still at the given version (0: any version).
 func (t Table) Delete(ctx context.Context, tx pgx.Tx, id string, version int64) error {
-	tag, err := tx.Exec(ctx, "DELETE FROM "+t.Name+" WHERE id = $1 AND ($2 = 0 OR version = $2)", id, version)
-	if err != nil {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "23503" {
-			return apierr.Conflict(apierr.ReasonInUse, "%s %q is in use", t.Noun, id)
+	return pgstore.ExecLaterThen(ctx, tx, func(tag pgconn.CommandTag, err error) error {
+		if err != nil {
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && pgErr.Code == "23503" {
+				return apierr.Conflict(apierr.ReasonInUse, "%s %q is in use", t.Noun, id)
+			}
+			return fmt.Errorf("delete %s %s: %w", t.Noun, id, err)
 		}
-		return fmt.Errorf("delete %s %s: %w", t.Noun, id, err)
-	}
-	if tag.RowsAffected() == 0 {
-		return apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q changed since version %d: read it again and retry", t.Noun, id, version)
-	}
-	return nil
+		if tag.RowsAffected() == 0 {
+			return apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q changed since version %d: read it again and retry", t.Noun, id, version)
+		}
+		return nil
+	}, "DELETE FROM "+t.Name+" WHERE id = $1 AND ($2 = 0 OR version = $2)", id, version)
 }
 
 // List returns up to limit resources after the page token, oldest first, and
@@ -255,17 +254,19 @@ func (t Table) extra(m proto.Message) []Column {
 	return t.Extra(m)
 }
 
-func (t Table) mapWriteError(err error, m proto.Message) error {
+// writeError names what a failed write of the resource with this name
+// and id ran into.
+func (t Table) writeError(err error, name, id string) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
 		case "23505": // unique_violation
 			if strings.Contains(pgErr.ConstraintName, "name") {
-				return apierr.Conflict(apierr.ReasonAlreadyExists, "%s name %q is already in use", t.Noun, getString(m, "name"))
+				return apierr.Conflict(apierr.ReasonAlreadyExists, "%s name %q is already in use", t.Noun, name)
 			}
-			return apierr.Conflict(apierr.ReasonAlreadyExists, "%s %q already exists", t.Noun, getString(m, "id"))
+			return apierr.Conflict(apierr.ReasonAlreadyExists, "%s %q already exists", t.Noun, id)
 		case "23503": // foreign_key_violation: a referenced row vanished meanwhile
-			return apierr.Conflict(apierr.ReasonConcurrentChange, "%s %q refers to something that no longer exists: %s", t.Noun, getString(m, "name"), pgErr.ConstraintName)
+			return apierr.Conflict(apierr.ReasonConcurrentChange, "%s %q refers to something that no longer exists: %s", t.Noun, name, pgErr.ConstraintName)
 		}
 	}
 	return fmt.Errorf("write %s: %w", t.Noun, err)

@@ -21,6 +21,7 @@ import (
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/msgcheck"
 	"flotilla.dev/flotilla/libs/outbox"
+	"flotilla.dev/flotilla/libs/pgstore"
 	"flotilla.dev/flotilla/services/inventory/adapters"
 )
 
@@ -133,14 +134,18 @@ type kind[T resource] struct {
 	check func(ctx context.Context, a *App, tx pgx.Tx, old, v T) error
 	// beforeDelete refuses to delete old while something depends on it.
 	beforeDelete func(ctx context.Context, tx pgx.Tx, old T) error
-	// stored, if set, runs in the transaction after the row is written
-	// (created or changed), before the commit: its error undoes the write.
+	// stored, if set, runs in the transaction after the row's write
+	// (create or change) is queued, before the commit: its error undoes
+	// the write.
 	stored func(ctx context.Context, v T) error
 }
 
 // inTx runs f in a transaction and commits unless f or the test hook fails.
+// The transaction is a pgstore.Tx: the row writes and the outbox message
+// travel with its commit (or its next read), so a write is one or two
+// round trips to PostgreSQL rather than four or five.
 func (a *App) inTx(ctx context.Context, f func(tx pgx.Tx) error) error {
-	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+	err := pgstore.InTx(ctx, a.pool, func(tx *pgstore.Tx) error {
 		if err := f(tx); err != nil {
 			return err
 		}
