@@ -3,20 +3,21 @@ package agent
 import (
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"flotilla.dev/flotilla/agent/node"
 )
 
 // NewCommand returns the `agent` command, which runs the agent (Run) with
 // its settings as flags, and its `node` subcommand, which runs the node
-// software (RunNode). cmd/flotilla-agent is this command on its own;
+// software (node.Run). cmd/flotilla-agent is this command on its own;
 // `flotilla agent` mounts the same one.
 //
-// Unless --node-binary is given, the node software is this executable's own
-// node subcommand, found by the command's path: `flotilla-agent node` or
-// `flotilla agent node`.
+// Unless --node-binary is given, the node software is flotilla-node beside
+// this executable, or else its own node subcommand, found by the command's
+// path: `flotilla-agent node` or `flotilla agent node`.
 func NewCommand() *cobra.Command {
 	var (
 		cfg      Config
@@ -38,13 +39,11 @@ actions, install and start the node software, and report heartbeats and logs.`,
 			}
 			cfg.Log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 			if len(cfg.NodeBinary) == 0 {
-				exe, err := os.Executable()
-				if err != nil {
-					return fmt.Errorf("--node-binary: not given, and this executable's path is unknown: %w", err)
-				}
 				// The words after the program name in "flotilla agent", say.
-				words := strings.Fields(cmd.CommandPath())[1:]
-				cfg.NodeBinary = append(append([]string{exe}, words...), "node")
+				var err error
+				if cfg.NodeBinary, err = defaultNodeBinary(strings.Fields(cmd.CommandPath())[1:]...); err != nil {
+					return err
+				}
 			}
 			return Run(cmd.Context(), cfg)
 		},
@@ -72,7 +71,7 @@ actions, install and start the node software, and report heartbeats and logs.`,
 // newNodeCommand returns the `node` subcommand: the node software of the
 // local provider.
 func newNodeCommand() *cobra.Command {
-	var cfg NodeConfig
+	var cfg node.Config
 	cmd := &cobra.Command{
 		Use:           "node",
 		Short:         "Run the node software of the local provider: a page naming the instance",
@@ -81,7 +80,7 @@ func newNodeCommand() *cobra.Command {
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Stdout = cmd.OutOrStdout()
-			return RunNode(cmd.Context(), cfg)
+			return node.Run(cmd.Context(), cfg)
 		},
 	}
 	f := cmd.Flags()

@@ -43,9 +43,10 @@ emit() {
 
 echo "bench: building" >&2
 # Into the work directory, which every local VM's user can read (the
-# checkout may not be), flotilla-agent beside flotilla as `make run` has it.
+# checkout may not be), flotilla-agent and flotilla-node beside flotilla as
+# `make run` has them.
 mkdir -m 755 "$work/bin"
-go build -ldflags "-X main.version=0.1.0-bench" -o "$work/bin/" ./cmd/flotilla ./cmd/flotilla-agent
+go build -ldflags "-X main.version=0.1.0-bench" -o "$work/bin/" ./cmd/flotilla ./cmd/flotilla-agent ./cmd/flotilla-node
 (cd loadtest && GOWORK=off go build -o "$work/fleetbench" ./cmd/fleetbench)
 flotilla=$work/bin/flotilla
 

@@ -714,8 +714,8 @@ func (st *Stack) close() {
 
 // localAgentCommand is the command that starts a local VM's agent when none
 // is configured: flotilla-agent beside this executable, the small binary
-// (about a third of the memory of the whole flotilla binary, for the agent
-// and for the node software it runs as "flotilla-agent node"). When it is
+// (about a third of the memory of the whole flotilla binary; the agent runs
+// the node software from flotilla-node beside it, smaller still). When it is
 // not there and orSelf is set (flotilla up, whose binary has an agent
 // command too), this executable's "agent" command.
 func localAgentCommand(orSelf bool) ([]string, error) {

@@ -13,7 +13,8 @@ import (
 // per test process (with the race detector if race: a process that races
 // exits non-zero) and returns its path, in a directory every local VM's
 // user may read (local VMs run as users of their own when tests run as
-// root).
+// root). The binaries it runs from beside itself are built there too, as
+// `make build` has them: flotilla-node beside flotilla-agent.
 func BuiltBinary(name string, race bool) func() (string, error) {
 	return sync.OnceValues(func() (string, error) {
 		dir, err := os.MkdirTemp("", name+"-bin")
@@ -23,18 +24,23 @@ func BuiltBinary(name string, race bool) func() (string, error) {
 		if err := os.Chmod(dir, 0o755); err != nil {
 			return "", err
 		}
-		bin := filepath.Join(dir, name)
-		args := []string{"build", "-o", bin}
+		args := []string{"build", "-o", dir + string(filepath.Separator)}
 		if race {
 			args = append(args, "-race")
 		}
-		out, err := exec.Command("go", append(args, "flotilla.dev/flotilla/cmd/"+name)...).CombinedOutput()
+		for _, n := range append([]string{name}, besides[name]...) {
+			args = append(args, "flotilla.dev/flotilla/cmd/"+n)
+		}
+		out, err := exec.Command("go", args...).CombinedOutput()
 		if err != nil {
 			return "", fmt.Errorf("build %s: %w\n%s", name, err, out)
 		}
-		return bin, nil
+		return filepath.Join(dir, name), nil
 	})
 }
+
+// besides names the binaries each one runs from beside itself.
+var besides = map[string][]string{"flotilla-agent": {"flotilla-node"}}
 
 // LocalRoot is a directory for the local provider's disks and VMs that
 // every local VM's user can traverse; the VMs started under it are killed
