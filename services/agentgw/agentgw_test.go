@@ -23,6 +23,7 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/internal/stack/stacktest"
+	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/msgcheck"
 	"flotilla.dev/flotilla/libs/pki"
@@ -117,7 +118,9 @@ func TestCommandsReachTheConnectedAgentOnly(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	const id = "inst-cmd"
 	ep := endpoints.AgentCommand.At(id)
-	cmd := &agentv1.Command{Id: "cmd-1", Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{InstanceName: "alpha"}}}
+	// A bootstrap is named after the VM it sets up (e.connect's agent
+	// says it runs on "vm-" + id).
+	cmd := &agentv1.Command{Id: "vm-" + id, Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{InstanceName: "alpha"}}}
 
 	_, err := rpc.Call(t.Context(), e.provisioner, ep, cmd)
 	if !errors.Is(err, nats.ErrNoResponders) {
@@ -128,6 +131,12 @@ func TestCommandsReachTheConnectedAgentOnly(t *testing.T) {
 	e.observed.WaitFor(t, 10*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
 		return ev.GetInstanceId() == id && ev.GetConnected() != nil
 	})
+	// The agent of another VM of the instance (the one a re-provision
+	// replaces, still going) is not given the new VM's bootstrap.
+	forNext := &agentv1.Command{Id: "vm-next", Action: cmd.GetAction().(*agentv1.Command_Bootstrap)}
+	if _, err := rpc.Call(t.Context(), e.provisioner, ep, forNext); !apierr.Is(err, apierr.KindUnavailable) || !strings.Contains(err.Error(), "vm-next") {
+		t.Fatalf("bootstrap of another VM: %v, want unavailable naming the VM", err)
+	}
 	if _, err := rpc.Call(t.Context(), e.provisioner, ep, cmd); err != nil {
 		t.Fatalf("command to a connected agent: %v", err)
 	}

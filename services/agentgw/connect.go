@@ -50,6 +50,9 @@ const (
 // agentConn is one agent's stream.
 type agentConn struct {
 	id string
+	// vmID is the VM the agent says it runs on (its hello), "" if it did
+	// not say.
+	vmID string
 	// issued is when the stream's certificate was issued (its NotBefore).
 	issued   time.Time
 	out      chan *agentv1.GatewayMessage
@@ -152,6 +155,7 @@ func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
 	}
 	c := &agentConn{
 		id:       who.instanceID,
+		vmID:     hello.GetVmId(),
 		issued:   who.cert.NotBefore,
 		out:      make(chan *agentv1.GatewayMessage, outQueue),
 		events:   make(chan queuedEvent, eventQueue),
@@ -401,9 +405,18 @@ func (s *Service) unregister(c *agentConn) {
 // the command for the agent and answers once it is queued, or refuses a
 // command without an id, or one that cannot be queued because the stream
 // is going away or stays full.
+//
+// A bootstrap is named after the VM it sets up, and goes to that VM's
+// agent only. While a re-provisioned instance's new VM boots, the old VM's
+// agent may still be connected (a terminated VM takes a while to go); it
+// is refused the bootstrap as unavailable, and the provisioner tries again
+// until the new VM's agent connects.
 func (c *agentConn) command(_ context.Context, _ vocab.Actor, cmd *agentv1.Command) (*emptypb.Empty, error) {
 	if cmd.GetId() == "" {
 		return nil, apierr.Invalid("id", "is required")
+	}
+	if cmd.GetBootstrap() != nil && c.vmID != "" && cmd.GetId() != c.vmID {
+		return nil, apierr.Unavailable("the connected agent runs on VM %s, not on VM %s that the bootstrap is for; try again once that VM's agent connects", c.vmID, cmd.GetId())
 	}
 	timer := time.NewTimer(commandQueueWait)
 	defer timer.Stop()
