@@ -16,7 +16,8 @@ import (
 // answer. Writes queued with ExecLater travel with the next statement or
 // with the COMMIT. So a transaction that only writes (a row and its outbox
 // message) is one round trip, against four as BEGIN, INSERT, INSERT,
-// COMMIT; one that reads a row first and then writes is two.
+// COMMIT; one that reads a row first and then writes is two (three when a
+// write's result must be judged before the COMMIT, see ExecLaterThen).
 //
 // Tx implements pgx.Tx, so code written for a pgx transaction runs on it
 // unchanged and sees its own earlier writes: every statement sent at once
