@@ -83,10 +83,6 @@ func newNodeCommand() *cobra.Command {
 			return node.Run(cmd.Context(), cfg)
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "host:port to serve on")
-	f.StringVar(&cfg.InstanceName, "instance-name", "", "name of the instance the page shows (required)")
-	f.StringVar(&cfg.CertFile, "cert-file", "", "PEM certificate chain: serve HTTPS")
-	f.StringVar(&cfg.KeyFile, "key-file", "", "PEM private key of --cert-file")
+	cfg.Bind(cmd.Flags())
 	return cmd
 }

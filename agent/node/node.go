@@ -33,6 +33,17 @@ type Config struct {
 	Stdout io.Writer
 }
 
+// Bind declares c's flags on fs: a flag.FlagSet (cmd/flotilla-node) or a
+// cobra command's pflag.FlagSet (`flotilla-agent node`).
+func (c *Config) Bind(fs interface {
+	StringVar(p *string, name, value, usage string)
+}) {
+	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8080", "host:port to serve on")
+	fs.StringVar(&c.InstanceName, "instance-name", "", "name of the instance the page shows (required)")
+	fs.StringVar(&c.CertFile, "cert-file", "", "PEM certificate chain: serve HTTPS")
+	fs.StringVar(&c.KeyFile, "key-file", "", "PEM private key of --cert-file")
+}
+
 // Validate reports every problem at once, naming the flag.
 func (c Config) Validate() error {
 	var errs []error

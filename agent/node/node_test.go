@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"crypto/tls"
+	"flag"
 	"io"
 	"net/http"
 	"os"
@@ -96,5 +97,20 @@ func TestNodeConfigNamesItsFlags(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), flag) {
 			t.Errorf("Validate() = %v, want it to name %s", err, flag)
 		}
+	}
+}
+
+// The flags the agent starts the node software with (agent/node.go's
+// launch) are the ones Bind declares.
+func TestBindTakesTheAgentsFlags(t *testing.T) {
+	t.Parallel()
+	var c node.Config
+	fs := flag.NewFlagSet("flotilla-node", flag.ContinueOnError)
+	c.Bind(fs)
+	if err := fs.Parse([]string{"--listen", "0.0.0.0:8443", "--instance-name", "web-1", "--cert-file", "c.pem", "--key-file", "k.pem"}); err != nil {
+		t.Fatal(err)
+	}
+	if want := (node.Config{Listen: "0.0.0.0:8443", InstanceName: "web-1", CertFile: "c.pem", KeyFile: "k.pem"}); c != want {
+		t.Fatalf("parsed %+v, want %+v", c, want)
 	}
 }

@@ -20,10 +20,7 @@ import (
 func main() {
 	var cfg node.Config
 	f := flag.NewFlagSet("flotilla-node", flag.ExitOnError)
-	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "host:port to serve on")
-	f.StringVar(&cfg.InstanceName, "instance-name", "", "name of the instance the page shows (required)")
-	f.StringVar(&cfg.CertFile, "cert-file", "", "PEM certificate chain: serve HTTPS")
-	f.StringVar(&cfg.KeyFile, "key-file", "", "PEM private key of --cert-file")
+	cfg.Bind(f)
 	_ = f.Parse(os.Args[1:]) // ExitOnError
 	if f.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "flotilla-node: unexpected argument %q\n", f.Arg(0))

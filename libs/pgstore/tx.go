@@ -111,35 +111,43 @@ func (t *Tx) ExecLaterThen(check func(pgconn.CommandTag, error) error, sql strin
 	t.queue = append(t.queue, later{sql: sql, args: args, check: check, then: true})
 }
 
-// batch starts a batch with BEGIN (unless sent) and the queued writes.
-func (t *Tx) batch() *pgx.Batch {
+// send sends, as one pipeline, BEGIN if begin, the queued writes and then
+// sql (unless ""). It reads BEGIN's result and judges the writes', and
+// returns the results with sql's next to read; the caller closes them.
+// On a failure it closes them itself.
+func (t *Tx) send(ctx context.Context, begin bool, sql string, args ...any) (pgx.BatchResults, error) {
 	b := &pgx.Batch{}
-	if t.tx == nil {
+	if begin {
 		b.BeginTx(t.opts)
-	}
-	for _, w := range t.queue {
-		b.Queue(w.sql, w.args...)
-	}
-	return b
-}
-
-// results reads the results of what batch queued, in order: BEGIN's and
-// the queued writes', each judged by its check.
-func (t *Tx) results(br pgx.BatchResults) error {
-	if t.tx == nil {
-		if _, err := br.Exec(); err != nil {
-			return err
-		}
-		t.tx = br.Tx()
 	}
 	q := t.queue
 	t.queue = nil
 	for _, w := range q {
-		if err := w.check(br.Exec()); err != nil {
-			return err
-		}
+		b.Queue(w.sql, w.args...)
 	}
-	return nil
+	if sql != "" {
+		b.Queue(sql, args...)
+	}
+	br := t.conn.SendBatch(ctx, b)
+	err := func() error {
+		if begin {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+			t.tx = br.Tx()
+		}
+		for _, w := range q {
+			if err := w.check(br.Exec()); err != nil {
+				return err
+			}
+		}
+		return nil
+	}()
+	if err != nil {
+		_ = br.Close() // its error repeats err
+		return nil, err
+	}
+	return br, nil
 }
 
 // flush sends BEGIN (unless sent) and the queued writes, if any wait.
@@ -150,19 +158,11 @@ func (t *Tx) flush(ctx context.Context) error {
 	if t.tx != nil && len(t.queue) == 0 {
 		return nil
 	}
-	br := t.conn.SendBatch(ctx, t.batch())
-	err := t.results(br)
-	return errors.Join(err, closeUnlessFailed(br, err))
-}
-
-// closeUnlessFailed closes br and returns its error when nothing failed
-// before (after a failure, br's error repeats it).
-func closeUnlessFailed(br pgx.BatchResults, failed error) error {
-	err := br.Close()
-	if failed != nil {
-		return nil
+	br, err := t.send(ctx, t.tx == nil, "")
+	if err != nil {
+		return err
 	}
-	return err
+	return br.Close()
 }
 
 // Exec runs sql after the queued writes, in the same round trip.
@@ -173,15 +173,21 @@ func (t *Tx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandT
 	if t.tx != nil && len(t.queue) == 0 {
 		return t.tx.Exec(ctx, sql, args...)
 	}
-	b := t.batch()
-	b.Queue(sql, args...)
-	br := t.conn.SendBatch(ctx, b)
-	if err := t.results(br); err != nil {
-		_ = br.Close()
+	br, err := t.send(ctx, t.tx == nil, sql, args...)
+	if err != nil {
 		return pgconn.CommandTag{}, err
 	}
 	ct, err := br.Exec()
-	return ct, errors.Join(err, closeUnlessFailed(br, err))
+	return ct, closeAfter(br, err)
+}
+
+// closeAfter closes br and returns err, or else br's error (after a
+// failure, br's error repeats it).
+func closeAfter(br pgx.BatchResults, err error) error {
+	if cerr := br.Close(); err == nil {
+		return cerr
+	}
+	return err
 }
 
 // QueryRow reads one row after the queued writes, in the same round trip.
@@ -192,24 +198,18 @@ func (t *Tx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
 	if t.tx != nil && len(t.queue) == 0 {
 		return t.tx.QueryRow(ctx, sql, args...)
 	}
-	b := t.batch()
-	b.Queue(sql, args...)
-	return &batchRow{t: t, br: t.conn.SendBatch(ctx, b)}
+	br, err := t.send(ctx, t.tx == nil, sql, args...)
+	if err != nil {
+		return errRow{err}
+	}
+	return batchRow{br}
 }
 
 // batchRow is the row that QueryRow sent behind BEGIN or queued writes.
-type batchRow struct {
-	t  *Tx
-	br pgx.BatchResults
-}
+type batchRow struct{ br pgx.BatchResults }
 
-func (r *batchRow) Scan(dest ...any) error {
-	if err := r.t.results(r.br); err != nil {
-		_ = r.br.Close()
-		return err
-	}
-	err := r.br.QueryRow().Scan(dest...)
-	return errors.Join(err, closeUnlessFailed(r.br, err))
+func (r batchRow) Scan(dest ...any) error {
+	return closeAfter(r.br, r.br.QueryRow().Scan(dest...))
 }
 
 // errRow is a row that fails.
@@ -285,46 +285,30 @@ func (t *Tx) Commit(ctx context.Context) error {
 	}
 	// Writes alone run as the implicit transaction of their pipeline,
 	// unless opts ask for something else of the transaction.
-	b := &pgx.Batch{}
 	begin := t.tx == nil && t.opts != (pgx.TxOptions{})
-	if begin {
-		b.BeginTx(t.opts)
+	commit := ""
+	if begin || t.tx != nil {
+		commit = "COMMIT"
 	}
-	for _, w := range t.queue {
-		b.Queue(w.sql, w.args...)
+	br, err := t.send(ctx, begin, commit)
+	if err == nil {
+		var cerr error
+		if commit != "" {
+			cerr = committed(br.Exec())
+		}
+		err = closeAfter(br, cerr)
 	}
-	explicit := begin || t.tx != nil
-	if explicit {
-		b.Queue("COMMIT")
-	}
-	q := t.queue
-	t.queue = nil
-	br := t.conn.SendBatch(ctx, b)
-	err := func() error {
-		if begin {
-			if _, err := br.Exec(); err != nil {
-				return err
-			}
-		}
-		for _, w := range q {
-			if err := w.check(br.Exec()); err != nil {
-				return err
-			}
-		}
-		if explicit {
-			ct, err := br.Exec()
-			if err != nil {
-				return err
-			}
-			if ct.String() == "ROLLBACK" {
-				return pgx.ErrTxCommitRollback
-			}
-		}
-		return nil
-	}()
-	err = errors.Join(err, closeUnlessFailed(br, err))
 	if err != nil {
 		_ = t.abort(ctx)
+	}
+	return err
+}
+
+// committed is COMMIT's result: a transaction that had failed answers
+// ROLLBACK.
+func committed(ct pgconn.CommandTag, err error) error {
+	if err == nil && ct.String() == "ROLLBACK" {
+		return pgx.ErrTxCommitRollback
 	}
 	return err
 }

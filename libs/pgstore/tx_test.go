@@ -57,12 +57,25 @@ func txPool(t *testing.T) (*pgxpool.Pool, *sends) {
 // accept names no error.
 func accept(err error) error { return err }
 
-func count(t *testing.T, pool *pgxpool.Pool) (rows, xacts int) {
+// run runs f in a pgstore.Tx on pool (one connection, counted by s) and
+// returns how many round trips it took and InTx's error.
+func run(pool *pgxpool.Pool, s *sends, f func(tx *pgstore.Tx) error) (int64, error) {
+	before := s.n.Load()
+	err := pgstore.InTx(context.Background(), pool, f)
+	return s.n.Load() - before, err
+}
+
+// wantRows fails the test unless table t holds rows rows, written by
+// xacts transactions (xacts < 0: any number).
+func wantRows(t *testing.T, pool *pgxpool.Pool, rows, xacts int) {
 	t.Helper()
-	if err := pool.QueryRow(t.Context(), "SELECT count(*), count(DISTINCT xact) FROM t").Scan(&rows, &xacts); err != nil {
+	var n, x int
+	if err := pool.QueryRow(t.Context(), "SELECT count(*), count(DISTINCT xact) FROM t").Scan(&n, &x); err != nil {
 		t.Fatal(err)
 	}
-	return rows, xacts
+	if n != rows || xacts >= 0 && x != xacts {
+		t.Fatalf("%d rows from %d transactions, want %d from %d", n, x, rows, xacts)
+	}
 }
 
 // A transaction that only writes is one round trip, and its writes are
@@ -72,24 +85,19 @@ func TestTxOfWritesAloneIsOneRoundTripAndAtomic(t *testing.T) {
 	ctx := t.Context()
 	pool, s := txPool(t)
 
-	before := s.n.Load()
-	if err := pgstore.InTx(ctx, pool, func(tx *pgstore.Tx) error {
+	trips, err := run(pool, s, func(tx *pgstore.Tx) error {
 		tx.ExecLater(accept, "INSERT INTO t (id, v) VALUES (1, 'a')")
 		return pgstore.ExecLater(ctx, tx, accept, "INSERT INTO t (id, v) VALUES (2, 'b')")
-	}); err != nil {
-		t.Fatal(err)
+	})
+	if err != nil || trips != 1 {
+		t.Fatalf("a transaction of two writes: %v in %d round trips, want 1", err, trips)
 	}
-	if got := s.n.Load() - before; got != 1 {
-		t.Errorf("a transaction of two writes took %d round trips, want 1", got)
-	}
-	if rows, xacts := count(t, pool); rows != 2 || xacts != 1 {
-		t.Fatalf("%d rows from %d transactions, want 2 from 1", rows, xacts)
-	}
+	wantRows(t, pool, 2, 1)
 
 	// The second write breaks the key: the first is not kept, and the
 	// check's verdict is the commit's error.
 	refused := errors.New("id taken")
-	err := pgstore.InTx(ctx, pool, func(tx *pgstore.Tx) error {
+	_, err = run(pool, s, func(tx *pgstore.Tx) error {
 		tx.ExecLater(accept, "INSERT INTO t (id, v) VALUES (3, 'c')")
 		tx.ExecLater(func(err error) error {
 			var pgErr *pgconn.PgError
@@ -103,52 +111,48 @@ func TestTxOfWritesAloneIsOneRoundTripAndAtomic(t *testing.T) {
 	if !errors.Is(err, refused) {
 		t.Fatalf("commit: %v, want the check's error", err)
 	}
-	if rows, _ := count(t, pool); rows != 2 {
-		t.Fatalf("%d rows after a refused transaction, want 2", rows)
-	}
+	wantRows(t, pool, 2, 1)
 
 	// A check can refuse a write the server accepted (no row matched):
-	// the COMMIT then waits for its verdict, one round trip more.
+	// the COMMIT then waits for its verdict, one round trip more (the
+	// writes, then COMMIT or ROLLBACK).
 	stale := errors.New("stale")
-	before = s.n.Load()
-	err = pgstore.InTx(ctx, pool, func(tx *pgstore.Tx) error {
-		tx.ExecLater(accept, "INSERT INTO t (id, v) VALUES (4, 'd')")
-		tx.ExecLaterThen(func(tag pgconn.CommandTag, err error) error {
-			if err == nil && tag.RowsAffected() == 0 {
-				return stale
-			}
-			return err
-		}, "UPDATE t SET v = 'x' WHERE id = 99")
+	judged := func(where string) func(tx *pgstore.Tx) error {
+		return func(tx *pgstore.Tx) error {
+			tx.ExecLater(accept, "INSERT INTO t (id, v) VALUES (4, 'd')")
+			tx.ExecLaterThen(func(tag pgconn.CommandTag, err error) error {
+				if err == nil && tag.RowsAffected() != 1 {
+					return stale
+				}
+				return err
+			}, "UPDATE t SET v = 'x' WHERE "+where)
+			return nil
+		}
+	}
+	if trips, err := run(pool, s, judged("id = 99")); !errors.Is(err, stale) || trips != 2 {
+		t.Fatalf("a judged write refused: %v in %d round trips, want the check's error in 2", err, trips)
+	}
+	wantRows(t, pool, 2, 1)
+	if trips, err := run(pool, s, judged("id = 4")); err != nil || trips != 2 {
+		t.Fatalf("a judged write accepted: %v in %d round trips, want 2", err, trips)
+	}
+	wantRows(t, pool, 3, 2)
+}
+
+// The options of InTxWith hold for a transaction of writes alone too,
+// though it needs no read: here a read-only one refuses them.
+func TestTxOptionsHoldWithoutARead(t *testing.T) {
+	t.Parallel()
+	pool, _ := txPool(t)
+	err := pgstore.InTxWith(t.Context(), pool, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx *pgstore.Tx) error {
+		tx.ExecLater(accept, "INSERT INTO t (id, v) VALUES (1, 'a')")
 		return nil
 	})
-	if !errors.Is(err, stale) {
-		t.Fatalf("commit: %v, want the check's error", err)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "25006" { // read_only_sql_transaction
+		t.Fatalf("a write in a read-only transaction: %v, want refused", err)
 	}
-	if got := s.n.Load() - before; got != 2 {
-		t.Errorf("a transaction with a judged write, refused, took %d round trips, want 2 (the writes, ROLLBACK)", got)
-	}
-	if rows, _ := count(t, pool); rows != 2 {
-		t.Fatalf("%d rows after a refused transaction, want 2", rows)
-	}
-	before = s.n.Load()
-	if err := pgstore.InTx(ctx, pool, func(tx *pgstore.Tx) error {
-		tx.ExecLater(accept, "INSERT INTO t (id, v) VALUES (4, 'd')")
-		tx.ExecLaterThen(func(tag pgconn.CommandTag, err error) error {
-			if err == nil && tag.RowsAffected() != 1 {
-				return stale
-			}
-			return err
-		}, "UPDATE t SET v = 'x' WHERE id = 4")
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if got := s.n.Load() - before; got != 2 {
-		t.Errorf("a transaction with a judged write took %d round trips, want 2 (the writes, COMMIT)", got)
-	}
-	if rows, xacts := count(t, pool); rows != 3 || xacts != 2 {
-		t.Fatalf("%d rows from %d transactions, want 3 from 2", rows, xacts)
-	}
+	wantRows(t, pool, 0, 0)
 }
 
 // A read goes with BEGIN and the writes queued before it, sees them, and
@@ -158,8 +162,7 @@ func TestTxReadSeesQueuedWritesAndCommitCarriesTheRest(t *testing.T) {
 	ctx := t.Context()
 	pool, s := txPool(t)
 
-	before := s.n.Load()
-	if err := pgstore.InTx(ctx, pool, func(tx *pgstore.Tx) error {
+	trips, err := run(pool, s, func(tx *pgstore.Tx) error {
 		tx.ExecLater(accept, "INSERT INTO t (id, v) VALUES (1, 'a')")
 		var v string
 		if err := tx.QueryRow(ctx, "SELECT v FROM t WHERE id = 1").Scan(&v); err != nil {
@@ -170,15 +173,11 @@ func TestTxReadSeesQueuedWritesAndCommitCarriesTheRest(t *testing.T) {
 		}
 		tx.ExecLater(accept, "INSERT INTO t (id, v) VALUES (2, 'b')")
 		return nil
-	}); err != nil {
-		t.Fatal(err)
+	})
+	if err != nil || trips != 2 {
+		t.Fatalf("write, read, write: %v in %d round trips, want 2", err, trips)
 	}
-	if got := s.n.Load() - before; got != 2 {
-		t.Errorf("write, read, write took %d round trips, want 2", got)
-	}
-	if rows, xacts := count(t, pool); rows != 2 || xacts != 1 {
-		t.Fatalf("%d rows from %d transactions, want 2 from 1", rows, xacts)
-	}
+	wantRows(t, pool, 2, 1)
 
 	// Statements of every kind after queued writes see them; a read that
 	// finds nothing says so.
@@ -211,7 +210,7 @@ func TestTxReadSeesQueuedWritesAndCommitCarriesTheRest(t *testing.T) {
 	// A write refused while a read waits behind it fails the read, and
 	// nothing of the transaction is kept.
 	refused := errors.New("refused")
-	err := pgstore.InTx(ctx, pool, func(tx *pgstore.Tx) error {
+	err = pgstore.InTx(ctx, pool, func(tx *pgstore.Tx) error {
 		tx.ExecLater(accept, "INSERT INTO t (id, v) VALUES (5, 'e')")
 		tx.ExecLater(func(error) error { return refused }, "INSERT INTO t (id, v) VALUES (1, 'again')")
 		return tx.QueryRow(ctx, "SELECT v FROM t WHERE id = 5").Scan(new(string))
@@ -219,9 +218,7 @@ func TestTxReadSeesQueuedWritesAndCommitCarriesTheRest(t *testing.T) {
 	if !errors.Is(err, refused) {
 		t.Fatalf("read behind a refused write: %v, want the check's error", err)
 	}
-	if rows, _ := count(t, pool); rows != 4 {
-		t.Fatalf("%d rows, want 4", rows)
-	}
+	wantRows(t, pool, 4, -1)
 	// The connection is clean again: the pool's one connection serves
 	// the next transaction.
 	if err := pgstore.InTx(ctx, pool, func(tx *pgstore.Tx) error {
@@ -250,9 +247,7 @@ func TestTxRollsBackQueuedAndSentWrites(t *testing.T) {
 	if !errors.Is(err, failed) {
 		t.Fatalf("InTx: %v, want the function's error", err)
 	}
-	if rows, _ := count(t, pool); rows != 0 {
-		t.Fatalf("%d rows after a rollback, want 0", rows)
-	}
+	wantRows(t, pool, 0, 0)
 	// Used after its end, a Tx says so.
 	var kept *pgstore.Tx
 	if err := pgstore.InTx(ctx, pool, func(tx *pgstore.Tx) error { kept = tx; return nil }); err != nil {
