@@ -151,16 +151,13 @@ func (i *labInstance) lifecycle(a vocab.Action) {
 
 // boot waits until the instance waits for the agent of an EC2 instance
 // (other than after, if given) and plays that VM (play); it returns its id.
-// While a VM before it still runs (played VMs stop only when the next one
-// is played), that VM's agent counts as connected, so the provisioner may
-// be at running-setup already, its bootstrap refused to that agent until
-// the new VM's agent connects.
+// A VM before it may still run (played VMs stop only when the next one is
+// played), its agent connected: the provisioner waits for the new VM's
+// own agent all the same.
 func (i *labInstance) boot(after string) string {
 	i.t.Helper()
 	got := i.waitFor("waiting for its agent", func(in *inventoryv1.Instance) bool {
-		step := vocab.Step(in.GetStateDetail())
-		return (step == vocab.StepWaitingForAgent || step == vocab.StepRunningSetup) &&
-			strings.HasPrefix(in.GetVmId(), "i-") && in.GetVmId() != after
+		return in.GetStateDetail() == string(vocab.StepWaitingForAgent) && strings.HasPrefix(in.GetVmId(), "i-") && in.GetVmId() != after
 	})
 	i.lab.play(i.t, got.GetVmId())
 	return got.GetVmId()

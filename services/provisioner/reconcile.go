@@ -184,9 +184,11 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 		return err
 	}
 
-	// Agent: wait for it, then have it set up, install and start the node software.
+	// Agent: wait for the new VM's own (an earlier VM's may still be
+	// connected), then have it set up, install and start the node software.
 	if _, err := s.waitFor(ctx, id, s.d.AgentTimeout, func(in *inventoryv1.Instance) (bool, error) {
-		return vocab.AgentStatus(in.GetAgent().GetStatus()) == vocab.AgentConnected, nil
+		a := in.GetAgent()
+		return vocab.AgentStatus(a.GetStatus()) == vocab.AgentConnected && a.GetVmId() == vmID, nil
 	}); err != nil {
 		if errors.Is(err, errSuperseded) {
 			return nil

@@ -177,7 +177,9 @@ func TestHeartbeatsLeaveTheInstanceRowAlone(t *testing.T) {
 // TestAReconnectOfAConnectedAgentLeavesTheRowAlone: when an agent's
 // gateway restarts and the agent connects again before anyone saw it gone,
 // its new stream is a heartbeat, not a row write (nor a timeline event);
-// a reconnect after a disconnect, or with a new version, is written.
+// a reconnect after a disconnect, with a new version, or from another VM
+// (a re-provisioned instance's new one) is written, and the row names the
+// VM whose agent connected.
 func TestAReconnectOfAConnectedAgentLeavesTheRowAlone(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -195,9 +197,10 @@ func TestAReconnectOfAConnectedAgentLeavesTheRowAlone(t *testing.T) {
 		}
 		return got
 	}
-	connected := func(version string) *agentv1.AgentEvent {
-		return &agentv1.AgentEvent{Body: &agentv1.AgentEvent_Connected{Connected: &agentv1.Hello{AgentVersion: version}}}
+	connectedFrom := func(vm, version string) *agentv1.AgentEvent {
+		return &agentv1.AgentEvent{Body: &agentv1.AgentEvent_Connected{Connected: &agentv1.Hello{AgentVersion: version, VmId: vm}}}
 	}
+	connected := func(version string) *agentv1.AgentEvent { return connectedFrom("vm-1", version) }
 	t0 := time.Now().UTC().Truncate(time.Microsecond)
 	observe(t0, connected("1.0.0"))
 	got := observe(t0.Add(time.Second), &agentv1.AgentEvent{Body: &agentv1.AgentEvent_Heartbeat{Heartbeat: &agentv1.Heartbeat{DiskUsedBytes: gib, DiskTotalBytes: 10 * gib}}})
@@ -218,6 +221,12 @@ func TestAReconnectOfAConnectedAgentLeavesTheRowAlone(t *testing.T) {
 	}
 	if got = observe(t0.Add(6*time.Second), connected("1.1.0")); got.GetAgent().GetVersion() != "1.1.0" {
 		t.Fatalf("a reconnect with a new version was not written: %v", got.GetAgent())
+	}
+	if got.GetAgent().GetVmId() != "vm-1" {
+		t.Fatalf("the row names the agent's VM %q, want vm-1", got.GetAgent().GetVmId())
+	}
+	if got = observe(t0.Add(7*time.Second), connectedFrom("vm-2", "1.1.0")); got.GetAgent().GetVmId() != "vm-2" {
+		t.Fatalf("a connect from another VM was not written: %v", got.GetAgent())
 	}
 }
 

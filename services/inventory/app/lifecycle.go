@@ -183,6 +183,7 @@ func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
 		switch b := ev.GetBody().(type) {
 		case *agentv1.AgentEvent_Connected:
 			in.Agent.Status, in.Agent.Version, in.Agent.LastHeartbeat = string(vocab.AgentConnected), b.Connected.GetAgentVersion(), at
+			in.Agent.VmId = b.Connected.GetVmId()
 			verb = vocab.VerbAgentConnected
 		case *agentv1.AgentEvent_Disconnected:
 			in.Agent.Status = string(vocab.AgentDisconnected)

@@ -44,9 +44,9 @@ type liveness struct {
 
 // knownAgent is what an instance row shows of its agent.
 type knownAgent struct {
-	status, version, url, privateIP string
-	diskUsed, diskTotal             int64
-	learnt                          time.Time
+	status, version, vmID, url, privateIP string
+	diskUsed, diskTotal                   int64
+	learnt                                time.Time
 }
 
 func newLiveness() *liveness {
@@ -55,7 +55,7 @@ func newLiveness() *liveness {
 
 // remember records what an instance row now shows.
 func (l *liveness) remember(in *inventoryv1.Instance, now time.Time) {
-	k := knownAgent{status: in.GetAgent().GetStatus(), version: in.GetAgent().GetVersion(), url: in.GetAddresses().GetUrl(),
+	k := knownAgent{status: in.GetAgent().GetStatus(), version: in.GetAgent().GetVersion(), vmID: in.GetAgent().GetVmId(), url: in.GetAddresses().GetUrl(),
 		privateIP: in.GetAddresses().GetPrivateIp(), diskUsed: in.GetDataDisk().GetUsedBytes(), diskTotal: in.GetDataDisk().GetTotalBytes(), learnt: now}
 	l.mu.Lock()
 	l.known[in.GetId()] = k
@@ -155,7 +155,7 @@ func (a *App) heartbeat(ctx context.Context, id string, hb *agentv1.Heartbeat, a
 }
 
 // reconnected takes an agent's new stream off the row when the row shows
-// the agent connected already, at the same version: its agent gateway
+// the agent connected already, at the same version on the same VM: its agent gateway
 // restarted, or it moved to another gateway, before anyone saw it gone.
 // Like a heartbeat, the stream's start is held as the agent's latest beat
 // (its disk usage as last known); it reports false when the caller must
@@ -165,7 +165,7 @@ func (a *App) reconnected(ctx context.Context, id string, hello *agentv1.Hello, 
 	if err != nil || !found {
 		return !found && err == nil, err
 	}
-	if k.status != string(vocab.AgentConnected) || hello.GetAgentVersion() != k.version {
+	if k.status != string(vocab.AgentConnected) || hello.GetAgentVersion() != k.version || hello.GetVmId() != k.vmID {
 		return false, nil
 	}
 	b := adapters.Beat{InstanceID: id, At: at, DiskUsed: k.diskUsed, DiskTotal: k.diskTotal}

@@ -1433,6 +1433,10 @@ type AgentStatus struct {
 	Status        string                 `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
 	LastHeartbeat *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=last_heartbeat,json=lastHeartbeat,proto3" json:"last_heartbeat,omitempty"`
 	Version       string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	// The VM the agent runs on, as it named it when its stream opened: while
+	// a re-provisioned instance's new VM boots, the old VM's agent may still
+	// be the one connected.
+	VmId          string `protobuf:"bytes,4,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1484,6 +1488,13 @@ func (x *AgentStatus) GetLastHeartbeat() *timestamppb.Timestamp {
 func (x *AgentStatus) GetVersion() string {
 	if x != nil {
 		return x.Version
+	}
+	return ""
+}
+
+func (x *AgentStatus) GetVmId() string {
+	if x != nil {
+		return x.VmId
 	}
 	return ""
 }
@@ -1696,11 +1707,12 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\n" +
 	"public_dns\x18\x04 \x01(\tR\tpublicDns\x12\x10\n" +
 	"\x03url\x18\x05 \x01(\tR\x03url\x12\x1a\n" +
-	"\bhostname\x18\x06 \x01(\tR\bhostname\"\x82\x01\n" +
+	"\bhostname\x18\x06 \x01(\tR\bhostname\"\x97\x01\n" +
 	"\vAgentStatus\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12A\n" +
 	"\x0elast_heartbeat\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\tR\aversion\"s\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12\x13\n" +
+	"\x05vm_id\x18\x04 \x01(\tR\x04vmId\"s\n" +
 	"\bDataDisk\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\asize_gb\x18\x02 \x01(\x05R\x06sizeGb\x12\x1d\n" +
