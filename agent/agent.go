@@ -36,6 +36,10 @@ type agent struct {
 	node       *nodeRunner
 	mask       *masker
 
+	// tlsSessions are the TLS sessions of its certificate, resumed when
+	// it connects again.
+	tlsSessions *SessionCache
+
 	privateIP atomic.Pointer[string]
 	diskUsed  atomic.Int64
 	load1     atomic.Uint64 // math.Float64bits
@@ -160,6 +164,7 @@ func newAgent(cfg Config) (*agent, error) {
 		lost:       make(chan struct{}),
 	}
 	a.node = &nodeRunner{a: a}
+	a.tlsSessions = NewSessionCache(a.tlsCert)
 	if created {
 		a.logf(context.Background(), "generated the agent key")
 	}

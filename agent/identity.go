@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -309,16 +310,79 @@ func (a *agent) renew(ctx context.Context) error {
 	return nil
 }
 
-// dial makes a client of the gateway (GatewayTLSConfig, GatewayKeepalive)
-// with the bundle the agent was given and whatever certificate it holds at
-// handshake time.
-func (a *agent) dial() (*grpc.ClientConn, error) {
-	tlsCfg := GatewayTLSConfig(a.roots, a.gatewayCAs, func() *tls.Certificate {
-		if h := a.cert.Load(); h != nil {
-			return h.tls
-		}
+// tlsCert is the certificate the agent holds, if any.
+func (a *agent) tlsCert() *tls.Certificate {
+	if h := a.cert.Load(); h != nil {
+		return h.tls
+	}
+	return nil
+}
+
+// SessionCache keeps an agent's TLS sessions with its gateway, so that a
+// reconnect — the gateway restarted, or the agent moved to another behind
+// the same address — resumes the session instead of a full handshake. A
+// session speaks for the certificate it was made with, so the cache holds
+// only the sessions of the certificate cert returns: when cert returns
+// another (renewed, or joined again) the earlier ones are dropped, and
+// with none (joining) nothing is kept. Forget drops them too: the gateway
+// refused the certificate a session carries.
+type SessionCache struct {
+	cert     func() *tls.Certificate
+	mu       sync.Mutex
+	of       *tls.Certificate
+	sessions tls.ClientSessionCache
+}
+
+// NewSessionCache returns an empty cache of the sessions of the
+// certificate cert returns.
+func NewSessionCache(cert func() *tls.Certificate) *SessionCache {
+	return &SessionCache{cert: cert}
+}
+
+// current returns the sessions of the certificate held now (nil: none).
+// The caller holds c.mu.
+func (c *SessionCache) current() tls.ClientSessionCache {
+	cert := c.cert()
+	if cert == nil {
 		return nil
-	})
+	}
+	if cert != c.of || c.sessions == nil {
+		c.of, c.sessions = cert, tls.NewLRUClientSessionCache(4)
+	}
+	return c.sessions
+}
+
+// Get implements tls.ClientSessionCache.
+func (c *SessionCache) Get(key string) (*tls.ClientSessionState, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.current(); s != nil {
+		return s.Get(key)
+	}
+	return nil, false
+}
+
+// Put implements tls.ClientSessionCache.
+func (c *SessionCache) Put(key string, cs *tls.ClientSessionState) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.current(); s != nil {
+		s.Put(key, cs)
+	}
+}
+
+// Forget drops every session.
+func (c *SessionCache) Forget() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sessions = nil
+}
+
+// dial makes a client of the gateway (GatewayTLSConfig, GatewayKeepalive)
+// with the bundle the agent was given, whatever certificate it holds at
+// handshake time, and its sessions.
+func (a *agent) dial() (*grpc.ClientConn, error) {
+	tlsCfg := GatewayTLSConfig(a.roots, a.gatewayCAs, a.tlsCert, a.tlsSessions)
 	conn, err := grpc.NewClient(a.cfg.GatewayAddr,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithContextDialer(a.dialTCP),
@@ -337,12 +401,14 @@ var GatewayKeepalive = keepalive.ClientParameters{Time: 15 * time.Second, Timeou
 // GatewayTLSConfig is how an agent meets its gateway: TLS 1.3, roots (the
 // bundle it was given) as its only roots, the gateway's chain passing
 // through one of gatewayCAs (when the bundle has one: a VM bootstrapped by
-// an older manager has only the fleet CA), and the certificate cert returns
-// at handshake time (nil: none yet, which Join needs none of).
-func GatewayTLSConfig(roots *x509.CertPool, gatewayCAs []*x509.Certificate, cert func() *tls.Certificate) *tls.Config {
+// an older manager has only the fleet CA), the certificate cert returns at
+// handshake time (nil: none yet, which Join needs none of), and the
+// sessions it may resume (nil: none).
+func GatewayTLSConfig(roots *x509.CertPool, gatewayCAs []*x509.Certificate, cert func() *tls.Certificate, sessions tls.ClientSessionCache) *tls.Config {
 	tlsCfg := &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		RootCAs:    roots,
+		MinVersion:         tls.VersionTLS13,
+		RootCAs:            roots,
+		ClientSessionCache: sessions,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			if c := cert(); c != nil {
 				return c, nil

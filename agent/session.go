@@ -8,6 +8,8 @@ import (
 	"math"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
@@ -58,6 +60,11 @@ func (a *agent) sessions(ctx context.Context, stopping <-chan struct{}) error {
 		start := time.Now()
 		end, err := a.session(stopping)
 		a.streamEnded()
+		if c := status.Code(err); c == codes.Unauthenticated || c == codes.PermissionDenied {
+			// Perhaps for the certificate a resumed session carried: the
+			// next stream makes a new session.
+			a.tlsSessions.Forget()
+		}
 		switch end {
 		case endStopped:
 			return nil

@@ -172,6 +172,8 @@ var (
 		"says whether an agent certificate is current: instance live, VM current, not superseded", agentgw)
 	ServerSign = endpoint[*cav1.SignServerRequest, *cav1.ServerCertificate](ca, subjects.NounServer, subjects.VerbSign,
 		"certifies an instance's (or the agent gateway's) HTTPS key for its names", agentgw)
+	TicketKeysGet = endpoint[*cav1.GetTicketKeysRequest, *cav1.TicketKeys](ca, subjects.NounTicketKeys, subjects.VerbGet,
+		"gives the agent gateways the keys of their TLS session tickets, the same for each", agentgw)
 	CustomCertGet = endpoint[*cav1.GetCustomCertificateRequest, *cav1.CustomCertificate](ca, subjects.NounCustomCert, subjects.VerbGet,
 		"resolves an instance's custom certificate and its private key (secret broker or AWS Secrets Manager) for its agent", agentgw)
 	ACMEAccountGet = endpoint[*cav1.GetAcmeAccountRequest, *cav1.AcmeAccountKey](ca, subjects.NounACMEAccount, subjects.VerbGet,

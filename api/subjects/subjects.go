@@ -132,6 +132,7 @@ const (
 	NounACMEAccount  = "acmeaccount"  // ca, secrets: acmeaccount.get
 	NounACMECert     = "acmecert"     // ca: acmecert.get/put; secrets: acmecert.put/read
 	NounDNSChallenge = "dnschallenge" // provisioner: dnschallenge.put/delete
+	NounTicketKeys   = "ticketkeys"   // ca: ticketkeys.get
 
 	VerbJoin    = "join"
 	VerbSign    = "sign"

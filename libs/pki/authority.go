@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -213,6 +214,18 @@ func (a *Authority) Pool() *x509.CertPool {
 // Fingerprint returns the SHA-256 fingerprint of the signing certificate,
 // lowercase hex.
 func (a *Authority) Fingerprint() string { return Fingerprint(a.cert) }
+
+// DeriveKey derives a 32-byte secret for purpose from the authority's
+// private key (HKDF-SHA256): every process holding the key derives the
+// same one, and a secret says nothing of the key or of another purpose's.
+// It fails for a private key it cannot read.
+func (a *Authority) DeriveKey(purpose string) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(a.signer)
+	if err != nil {
+		return nil, fmt.Errorf("derive a key from the CA key of %q: %w", a.cert.Subject.CommonName, err)
+	}
+	return hkdf.Key(sha256.New, der, nil, purpose, 32)
+}
 
 // Fingerprint returns the SHA-256 digest of cert's DER encoding, lowercase hex.
 func Fingerprint(cert *x509.Certificate) string {

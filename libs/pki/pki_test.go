@@ -407,6 +407,37 @@ func TestTheAgentGatewayHasACAOfItsOwn(t *testing.T) {
 	}
 }
 
+// A derived key is the same from every copy of the CA's files, differs by
+// purpose and by CA, and is 32 bytes.
+func TestDerivedKeysFollowTheCAKeyAndThePurpose(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
+	a, _, err := pki.LoadOrCreate(certFile, keyFile, now)
+	must(t, err)
+	copyOf, created, err := pki.LoadOrCreate(certFile, keyFile, now)
+	must(t, err)
+	other, err := pki.GenerateCA(now)
+	must(t, err)
+	derive := func(a *pki.Authority, purpose string) []byte {
+		t.Helper()
+		k, err := a.DeriveKey(purpose)
+		must(t, err)
+		if len(k) != 32 {
+			t.Fatalf("%d bytes", len(k))
+		}
+		return k
+	}
+	k := derive(a, "tickets 1")
+	if created || !bytes.Equal(derive(copyOf, "tickets 1"), k) {
+		t.Error("the same CA files derive another key")
+	}
+	if bytes.Equal(derive(a, "tickets 2"), k) || bytes.Equal(derive(other, "tickets 1"), k) {
+		t.Error("another purpose, or another CA, derives the same key")
+	}
+}
+
 func TestServingCertificatesRenewAndReload(t *testing.T) {
 	t.Parallel()
 	now := time.Now()

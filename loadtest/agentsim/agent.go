@@ -96,7 +96,7 @@ func (f *fleet) gateway(tok joinToken) error {
 		return fmt.Errorf("caCertificatePem: %w", err)
 	}
 	f.gatewayCAs = pki.GatewayCAs(certs)
-	conn, err := f.dial(tok.AgentGatewayAddr, credentials.NewTLS(agent.GatewayTLSConfig(f.roots, f.gatewayCAs, func() *tls.Certificate { return nil })))
+	conn, err := f.dial(tok.AgentGatewayAddr, credentials.NewTLS(agent.GatewayTLSConfig(f.roots, f.gatewayCAs, func() *tls.Certificate { return nil }, nil)))
 	if err != nil {
 		return err
 	}
@@ -239,7 +239,8 @@ func (a *simAgent) join(ctx context.Context, tok joinToken) error {
 				return fmt.Errorf("certificate from the gateway: %w", err)
 			}
 			a.vmID = tok.VMID
-			a.creds = credentials.NewTLS(agent.GatewayTLSConfig(f.roots, f.gatewayCAs, func() *tls.Certificate { return cert }))
+			held := func() *tls.Certificate { return cert }
+			a.creds = credentials.NewTLS(agent.GatewayTLSConfig(f.roots, f.gatewayCAs, held, agent.NewSessionCache(held)))
 			return nil
 		}
 		if !agent.Transient(err) || attempt == 5 || ctx.Err() != nil {

@@ -18,7 +18,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 
@@ -98,6 +97,11 @@ type Service struct {
 
 	caPool *x509.CertPool
 	cert   atomic.Pointer[tls.Certificate]
+	// tlsConfig is what agents' handshakes run on (serverTLS); its
+	// session ticket keys come from the CA (keepTicketKeys), to be asked
+	// for again at ticketKeysNext.
+	tlsConfig      *tls.Config
+	ticketKeysNext time.Time
 
 	mu    sync.Mutex
 	conns map[string]*agentConn // instance id → its current stream
@@ -167,7 +171,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	}
 	s.cert.Store(cert)
 
-	tlsCfg := &tls.Config{
+	s.tlsConfig = &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		// Join needs no certificate; the interceptor requires one for
 		// everything else. A certificate that is given must verify.
@@ -177,8 +181,11 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 			return s.cert.Load(), nil
 		},
 	}
+	// The keys before the first agent: after a restart, thousands of
+	// agents come back at once, and resume only with them.
+	s.ticketKeysNext = s.refreshTicketKeys(ctx)
 	s.grpc = grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.Creds(serverTLS(s.tlsConfig)),
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(d.TracerProvider))),
 		grpc.ChainUnaryInterceptor(s.unaryAuth),
 		grpc.ChainStreamInterceptor(s.streamAuth),
@@ -212,6 +219,10 @@ func (s *Service) Run(ctx context.Context) error {
 	})
 	eg.Go(func() error {
 		s.renewServerCert(gctx)
+		return nil
+	})
+	eg.Go(func() error {
+		s.keepTicketKeys(gctx, s.ticketKeysNext)
 		return nil
 	})
 	eg.Go(func() error {

@@ -219,6 +219,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		func() error { return rpc.Handle(s.rpc, endpoints.AgentSign, s.signAgent) },
 		func() error { return rpc.Handle(s.rpc, endpoints.AgentCheck, s.checkAgent) },
 		func() error { return rpc.Handle(s.rpc, endpoints.ServerSign, s.signServer) },
+		func() error { return rpc.Handle(s.rpc, endpoints.TicketKeysGet, s.getTicketKeys) },
 		func() error { return rpc.Handle(s.rpc, endpoints.CustomCertGet, s.getCustomCertificate) },
 		func() error { return rpc.Handle(s.rpc, endpoints.ACMEAccountGet, s.getACMEAccount) },
 		func() error { return rpc.Handle(s.rpc, endpoints.ACMECertGet, s.getACMECertificate) },
@@ -522,6 +523,32 @@ func (s *Service) signServer(ctx context.Context, actor vocab.Actor, req *cav1.S
 		CaPem:          string(s.auth.CertificatePEM()),
 		NotAfter:       timestamppb.New(iss.Certificate.NotAfter),
 	}, nil
+}
+
+// The agent gateways' TLS session ticket keys: a new one each day, each
+// kept for as long as a ticket may live (seven days in TLS 1.3), so a
+// ticket sealed on any of those days still opens.
+const (
+	ticketKeyPeriod = 24 * time.Hour
+	ticketKeysKept  = 8
+)
+
+// getTicketKeys answers ticketkeys.get: the agent gateways' session ticket
+// keys, newest first, derived from the agent gateway CA's key (which every
+// manager shares), so every gateway, restarted or not, opens the tickets
+// of every other. Only the agent gateway may call it (its declaration).
+func (s *Service) getTicketKeys(context.Context, vocab.Actor, *cav1.GetTicketKeysRequest) (*cav1.TicketKeys, error) {
+	period := int64(ticketKeyPeriod / time.Second)
+	day := s.now().Unix() / period
+	out := &cav1.TicketKeys{RefreshTime: timestamppb.New(time.Unix((day+1)*period, 0))}
+	for d := day; d > day-ticketKeysKept; d-- {
+		k, err := s.gatewayAuth.DeriveKey(fmt.Sprintf("flotilla agent gateway TLS session tickets, day %d", d))
+		if err != nil {
+			return nil, err
+		}
+		out.Keys = append(out.Keys, k)
+	}
+	return out, nil
 }
 
 // actsFor refuses unless actor is the agent of instance id.

@@ -843,6 +843,51 @@ func TestRepliesCarryNoPrivateKey(t *testing.T) {
 	}
 }
 
+// The agent gateways' session ticket keys: eight of 32 bytes, the same
+// from every CA with the same files, a new one each day (the others moving
+// down by one), given to the agent gateway only and never logged.
+func TestTicketKeysAreSharedAndRollDaily(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.start(t)
+	other := newEnv(t) // another manager: its own bus, the same CA files
+	other.certFile, other.keyFile, other.clock = e.certFile, e.keyFile, e.clock
+	other.start(t)
+	keys := func(e *env) *cav1.TicketKeys {
+		t.Helper()
+		got := &cav1.TicketKeys{}
+		must(t, call(t, e.nc, endpoints.TicketKeysGet, &cav1.GetTicketKeysRequest{}, got))
+		return got
+	}
+	first := keys(e)
+	if len(first.GetKeys()) != 8 {
+		t.Fatalf("%d keys, want 8", len(first.GetKeys()))
+	}
+	for i, k := range first.GetKeys() {
+		if len(k) != 32 || slices.ContainsFunc(first.GetKeys()[:i], func(o []byte) bool { return bytes.Equal(o, k) }) {
+			t.Fatalf("key %d: %d bytes, or the same as an earlier one", i, len(k))
+		}
+	}
+	if next := e.clock.Now().UTC().Truncate(24 * time.Hour).Add(24 * time.Hour); !first.GetRefreshTime().AsTime().Equal(next) {
+		t.Errorf("refresh time %v, want the next day's start, %v", first.GetRefreshTime().AsTime(), next)
+	}
+	if !proto.Equal(keys(other), first) {
+		t.Error("another CA with the same files gives other keys")
+	}
+	e.clock.Advance(24 * time.Hour)
+	second := keys(e)
+	if bytes.Equal(second.GetKeys()[0], first.GetKeys()[0]) || !slices.EqualFunc(second.GetKeys()[1:], first.GetKeys()[:7], bytes.Equal) {
+		t.Error("a day later, the keys did not move down by one under a new one")
+	}
+	_, err := rpc.Call(t.Context(), rpc.NewClient(e.nc, subjects.Gateway, 10*time.Second), endpoints.TicketKeysGet, &cav1.GetTicketKeysRequest{})
+	wantError(t, err, apierr.KindPermissionDenied, "gateway may not call")
+	for _, k := range append(first.GetKeys(), second.GetKeys()...) {
+		if strings.Contains(e.logs.String(), hex.EncodeToString(k)) || bytes.Contains([]byte(e.logs.String()), k) {
+			t.Error("a ticket key is in the log")
+		}
+	}
+}
+
 func TestNewNeedsTheCAFiles(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)

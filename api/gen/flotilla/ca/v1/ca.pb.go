@@ -786,6 +786,104 @@ func (x *ServerCertificate) GetNotAfter() *timestamppb.Timestamp {
 	return nil
 }
 
+// GetTicketKeysRequest asks for the keys of the agent gateways' TLS session
+// tickets (bus only; the agent gateway asks).
+type GetTicketKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTicketKeysRequest) Reset() {
+	*x = GetTicketKeysRequest{}
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTicketKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTicketKeysRequest) ProtoMessage() {}
+
+func (x *GetTicketKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTicketKeysRequest.ProtoReflect.Descriptor instead.
+func (*GetTicketKeysRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{12}
+}
+
+// TicketKeys are the keys every agent gateway seals and opens TLS session
+// tickets with, so that an agent resumes its session with any gateway, or
+// with one that restarted, instead of a full handshake. The CA derives them
+// from the agent gateway's intermediate CA key, one a day: every CA replica
+// gives the same keys on the same day.
+type TicketKeys struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 32 bytes each, newest first: the first seals new tickets, each opens
+	// them (as many days as a session ticket lives).
+	Keys [][]byte `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	// When the keys change next: ask again then.
+	RefreshTime   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=refresh_time,json=refreshTime,proto3" json:"refresh_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TicketKeys) Reset() {
+	*x = TicketKeys{}
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TicketKeys) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TicketKeys) ProtoMessage() {}
+
+func (x *TicketKeys) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TicketKeys.ProtoReflect.Descriptor instead.
+func (*TicketKeys) Descriptor() ([]byte, []int) {
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *TicketKeys) GetKeys() [][]byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *TicketKeys) GetRefreshTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RefreshTime
+	}
+	return nil
+}
+
 // GetCustomCertificateRequest names the instance whose custom certificate
 // its agent asks for (the agent gateway fills it from the agent's identity).
 type GetCustomCertificateRequest struct {
@@ -797,7 +895,7 @@ type GetCustomCertificateRequest struct {
 
 func (x *GetCustomCertificateRequest) Reset() {
 	*x = GetCustomCertificateRequest{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[12]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -809,7 +907,7 @@ func (x *GetCustomCertificateRequest) String() string {
 func (*GetCustomCertificateRequest) ProtoMessage() {}
 
 func (x *GetCustomCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[12]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -822,7 +920,7 @@ func (x *GetCustomCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCustomCertificateRequest.ProtoReflect.Descriptor instead.
 func (*GetCustomCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetCustomCertificateRequest) GetInstanceId() string {
@@ -845,7 +943,7 @@ type CustomCertificate struct {
 
 func (x *CustomCertificate) Reset() {
 	*x = CustomCertificate{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[13]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +955,7 @@ func (x *CustomCertificate) String() string {
 func (*CustomCertificate) ProtoMessage() {}
 
 func (x *CustomCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[13]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +968,7 @@ func (x *CustomCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CustomCertificate.ProtoReflect.Descriptor instead.
 func (*CustomCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CustomCertificate) GetCertificatePem() string {
@@ -905,7 +1003,7 @@ type GetAcmeAccountRequest struct {
 
 func (x *GetAcmeAccountRequest) Reset() {
 	*x = GetAcmeAccountRequest{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[14]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -917,7 +1015,7 @@ func (x *GetAcmeAccountRequest) String() string {
 func (*GetAcmeAccountRequest) ProtoMessage() {}
 
 func (x *GetAcmeAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[14]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -930,7 +1028,7 @@ func (x *GetAcmeAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAcmeAccountRequest.ProtoReflect.Descriptor instead.
 func (*GetAcmeAccountRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetAcmeAccountRequest) GetInstanceId() string {
@@ -950,7 +1048,7 @@ type AcmeAccountKey struct {
 
 func (x *AcmeAccountKey) Reset() {
 	*x = AcmeAccountKey{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[15]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -962,7 +1060,7 @@ func (x *AcmeAccountKey) String() string {
 func (*AcmeAccountKey) ProtoMessage() {}
 
 func (x *AcmeAccountKey) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[15]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -975,7 +1073,7 @@ func (x *AcmeAccountKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcmeAccountKey.ProtoReflect.Descriptor instead.
 func (*AcmeAccountKey) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AcmeAccountKey) GetPrivateKeyPem() string {
@@ -996,7 +1094,7 @@ type GetAcmeCertificateRequest struct {
 
 func (x *GetAcmeCertificateRequest) Reset() {
 	*x = GetAcmeCertificateRequest{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[16]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1008,7 +1106,7 @@ func (x *GetAcmeCertificateRequest) String() string {
 func (*GetAcmeCertificateRequest) ProtoMessage() {}
 
 func (x *GetAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[16]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1021,7 +1119,7 @@ func (x *GetAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAcmeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*GetAcmeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetAcmeCertificateRequest) GetInstanceId() string {
@@ -1044,7 +1142,7 @@ type PutAcmeCertificateRequest struct {
 
 func (x *PutAcmeCertificateRequest) Reset() {
 	*x = PutAcmeCertificateRequest{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[17]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1056,7 +1154,7 @@ func (x *PutAcmeCertificateRequest) String() string {
 func (*PutAcmeCertificateRequest) ProtoMessage() {}
 
 func (x *PutAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[17]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1069,7 +1167,7 @@ func (x *PutAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAcmeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*PutAcmeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PutAcmeCertificateRequest) GetInstanceId() string {
@@ -1105,7 +1203,7 @@ type AcmeCertificate struct {
 
 func (x *AcmeCertificate) Reset() {
 	*x = AcmeCertificate{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[18]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1117,7 +1215,7 @@ func (x *AcmeCertificate) String() string {
 func (*AcmeCertificate) ProtoMessage() {}
 
 func (x *AcmeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[18]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1130,7 +1228,7 @@ func (x *AcmeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcmeCertificate.ProtoReflect.Descriptor instead.
 func (*AcmeCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AcmeCertificate) GetCertificatePem() string {
@@ -1216,7 +1314,12 @@ const file_flotilla_ca_v1_ca_proto_rawDesc = "" +
 	"\x11ServerCertificate\x12'\n" +
 	"\x0fcertificate_pem\x18\x01 \x01(\tR\x0ecertificatePem\x12\x15\n" +
 	"\x06ca_pem\x18\x02 \x01(\tR\x05caPem\x127\n" +
-	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\">\n" +
+	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"\x16\n" +
+	"\x14GetTicketKeysRequest\"_\n" +
+	"\n" +
+	"TicketKeys\x12\x12\n" +
+	"\x04keys\x18\x01 \x03(\fR\x04keys\x12=\n" +
+	"\frefresh_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vrefreshTime\">\n" +
 	"\x1bGetCustomCertificateRequest\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\"\x9d\x01\n" +
@@ -1257,7 +1360,7 @@ func file_flotilla_ca_v1_ca_proto_rawDescGZIP() []byte {
 	return file_flotilla_ca_v1_ca_proto_rawDescData
 }
 
-var file_flotilla_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_flotilla_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_flotilla_ca_v1_ca_proto_goTypes = []any{
 	(*GetCACertificateRequest)(nil),     // 0: flotilla.ca.v1.GetCACertificateRequest
 	(*CACertificate)(nil),               // 1: flotilla.ca.v1.CACertificate
@@ -1271,31 +1374,34 @@ var file_flotilla_ca_v1_ca_proto_goTypes = []any{
 	(*AgentCertificate)(nil),            // 9: flotilla.ca.v1.AgentCertificate
 	(*SignServerRequest)(nil),           // 10: flotilla.ca.v1.SignServerRequest
 	(*ServerCertificate)(nil),           // 11: flotilla.ca.v1.ServerCertificate
-	(*GetCustomCertificateRequest)(nil), // 12: flotilla.ca.v1.GetCustomCertificateRequest
-	(*CustomCertificate)(nil),           // 13: flotilla.ca.v1.CustomCertificate
-	(*GetAcmeAccountRequest)(nil),       // 14: flotilla.ca.v1.GetAcmeAccountRequest
-	(*AcmeAccountKey)(nil),              // 15: flotilla.ca.v1.AcmeAccountKey
-	(*GetAcmeCertificateRequest)(nil),   // 16: flotilla.ca.v1.GetAcmeCertificateRequest
-	(*PutAcmeCertificateRequest)(nil),   // 17: flotilla.ca.v1.PutAcmeCertificateRequest
-	(*AcmeCertificate)(nil),             // 18: flotilla.ca.v1.AcmeCertificate
-	(*timestamppb.Timestamp)(nil),       // 19: google.protobuf.Timestamp
+	(*GetTicketKeysRequest)(nil),        // 12: flotilla.ca.v1.GetTicketKeysRequest
+	(*TicketKeys)(nil),                  // 13: flotilla.ca.v1.TicketKeys
+	(*GetCustomCertificateRequest)(nil), // 14: flotilla.ca.v1.GetCustomCertificateRequest
+	(*CustomCertificate)(nil),           // 15: flotilla.ca.v1.CustomCertificate
+	(*GetAcmeAccountRequest)(nil),       // 16: flotilla.ca.v1.GetAcmeAccountRequest
+	(*AcmeAccountKey)(nil),              // 17: flotilla.ca.v1.AcmeAccountKey
+	(*GetAcmeCertificateRequest)(nil),   // 18: flotilla.ca.v1.GetAcmeCertificateRequest
+	(*PutAcmeCertificateRequest)(nil),   // 19: flotilla.ca.v1.PutAcmeCertificateRequest
+	(*AcmeCertificate)(nil),             // 20: flotilla.ca.v1.AcmeCertificate
+	(*timestamppb.Timestamp)(nil),       // 21: google.protobuf.Timestamp
 }
 var file_flotilla_ca_v1_ca_proto_depIdxs = []int32{
-	19, // 0: flotilla.ca.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
-	19, // 1: flotilla.ca.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	19, // 2: flotilla.ca.v1.JoinTokenAudit.expire_time:type_name -> google.protobuf.Timestamp
-	19, // 3: flotilla.ca.v1.JoinTokenAudit.time:type_name -> google.protobuf.Timestamp
-	19, // 4: flotilla.ca.v1.AgentCertificate.not_after:type_name -> google.protobuf.Timestamp
-	19, // 5: flotilla.ca.v1.ServerCertificate.not_after:type_name -> google.protobuf.Timestamp
-	19, // 6: flotilla.ca.v1.CustomCertificate.not_after:type_name -> google.protobuf.Timestamp
-	19, // 7: flotilla.ca.v1.AcmeCertificate.not_after:type_name -> google.protobuf.Timestamp
-	0,  // 8: flotilla.ca.v1.CAService.GetCACertificate:input_type -> flotilla.ca.v1.GetCACertificateRequest
-	1,  // 9: flotilla.ca.v1.CAService.GetCACertificate:output_type -> flotilla.ca.v1.CACertificate
-	9,  // [9:10] is the sub-list for method output_type
-	8,  // [8:9] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	21, // 0: flotilla.ca.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
+	21, // 1: flotilla.ca.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	21, // 2: flotilla.ca.v1.JoinTokenAudit.expire_time:type_name -> google.protobuf.Timestamp
+	21, // 3: flotilla.ca.v1.JoinTokenAudit.time:type_name -> google.protobuf.Timestamp
+	21, // 4: flotilla.ca.v1.AgentCertificate.not_after:type_name -> google.protobuf.Timestamp
+	21, // 5: flotilla.ca.v1.ServerCertificate.not_after:type_name -> google.protobuf.Timestamp
+	21, // 6: flotilla.ca.v1.TicketKeys.refresh_time:type_name -> google.protobuf.Timestamp
+	21, // 7: flotilla.ca.v1.CustomCertificate.not_after:type_name -> google.protobuf.Timestamp
+	21, // 8: flotilla.ca.v1.AcmeCertificate.not_after:type_name -> google.protobuf.Timestamp
+	0,  // 9: flotilla.ca.v1.CAService.GetCACertificate:input_type -> flotilla.ca.v1.GetCACertificateRequest
+	1,  // 10: flotilla.ca.v1.CAService.GetCACertificate:output_type -> flotilla.ca.v1.CACertificate
+	10, // [10:11] is the sub-list for method output_type
+	9,  // [9:10] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_ca_v1_ca_proto_init() }
@@ -1309,7 +1415,7 @@ func file_flotilla_ca_v1_ca_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_ca_v1_ca_proto_rawDesc), len(file_flotilla_ca_v1_ca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
