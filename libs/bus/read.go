@@ -85,8 +85,20 @@ func ReadBackwards(ctx context.Context, stream jetstream.Stream, subject string,
 
 // read hands each message cfg's ordered consumer delivers to each, until
 // each returns false or nothing more is stored.
+//
+// A fetch that finds nothing is not taken for the end on its word: on a
+// busy server a new consumer's first fetches have answered "no messages"
+// while it had some (an instance's log lines read back as none, or only
+// the first few, right after they were stored). So read asks the stream
+// for the subject's last message first, and reads until it has had that
+// one, asking again (and waiting a little longer each time) only while a
+// fetch finds nothing before it: the last may have been removed meanwhile.
 func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedConsumerConfig, each func(jetstream.Msg, *jetstream.MsgMetadata) bool) error {
 	subject := cfg.FilterSubjects[0]
+	last, err := lastToRead(ctx, stream, cfg)
+	if err != nil || last == 0 {
+		return err
+	}
 	cons, err := stream.OrderedConsumer(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("consumer on %s: %w", subject, err)
@@ -96,6 +108,8 @@ func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedCon
 			_ = stream.DeleteConsumer(context.WithoutCancel(ctx), name)
 		}
 	}()
+	var seen uint64 // the stream sequence of the last message handed over
+	wait := 5 * time.Millisecond
 	for {
 		batch, err := cons.FetchNoWait(readBatch)
 		if err != nil {
@@ -108,6 +122,7 @@ func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedCon
 			if err != nil {
 				continue
 			}
+			seen = meta.Sequence.Stream
 			if !each(m, meta) {
 				return nil
 			}
@@ -115,8 +130,40 @@ func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedCon
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
 			return fmt.Errorf("read %s: %w", subject, err)
 		}
-		if got == 0 {
+		if got > 0 {
+			continue
+		}
+		if seen >= last {
 			return nil
 		}
+		if last, err = lastToRead(ctx, stream, cfg); err != nil || seen >= last {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("read %s: %w", subject, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 500*time.Millisecond)
 	}
+}
+
+// lastToRead returns the stream sequence of the last message stored on
+// cfg's subject if cfg's consumer is to deliver it, else 0: nothing is
+// stored, or all of it lies before where cfg starts.
+func lastToRead(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedConsumerConfig) (uint64, error) {
+	subject := cfg.FilterSubjects[0]
+	m, err := stream.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("last message on %s: %w", subject, err)
+	}
+	switch {
+	case cfg.DeliverPolicy == jetstream.DeliverByStartSequencePolicy && m.Sequence < cfg.OptStartSeq,
+		cfg.DeliverPolicy == jetstream.DeliverByStartTimePolicy && m.Time.Before(*cfg.OptStartTime):
+		return 0, nil
+	}
+	return m.Sequence, nil
 }

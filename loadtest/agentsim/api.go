@@ -72,11 +72,15 @@ type joinToken struct {
 	VMID             string `json:"vmId"`
 }
 
+// maxMissingNamed is how many lines an agent misses that storedLines names.
+const maxMissingNamed = 10
+
 // storedLines counts the distinct sequence numbers of agentsim's lines the
-// logs API returns for an instance, paging through everything kept.
-func (c *api) storedLines(ctx context.Context, id string, want int) (int64, error) {
+// logs API returns for an instance, paging through everything kept, and
+// names the first few of lines 1 to want it does not return.
+func (c *api) storedLines(ctx context.Context, id string, want int) (int64, []uint64, error) {
 	if want <= 0 {
-		return 0, nil
+		return 0, nil, nil
 	}
 	seen := make(map[uint64]struct{}, want)
 	token := ""
@@ -93,7 +97,7 @@ func (c *api) storedLines(ctx context.Context, id string, want int) (int64, erro
 			q.Set("pageToken", token)
 		}
 		if err := c.Do(ctx, "GET", "/api/v1/instances/"+id+"/logs?"+q.Encode(), nil, &out); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		for _, l := range out.Lines {
 			if l.Text == lineText(l.Seq) {
@@ -101,7 +105,13 @@ func (c *api) storedLines(ctx context.Context, id string, want int) (int64, erro
 			}
 		}
 		if token = out.NextPageToken; token == "" {
-			return int64(len(seen)), nil
+			var missing []uint64
+			for seq := uint64(1); seq <= uint64(want) && len(missing) < maxMissingNamed; seq++ {
+				if _, ok := seen[seq]; !ok {
+					missing = append(missing, seq)
+				}
+			}
+			return int64(len(seen)), missing, nil
 		}
 	}
 }

@@ -144,8 +144,10 @@ type Summary struct {
 	ReconnectedAll   bool    `json:"reconnectedAll"`
 	// LinesSent counts distinct log lines (resent ones once);
 	// LinesResent the resends after reconnects; LinesStored the lines the
-	// logs API returns; LinesUnread the lines of agents whose lines could
-	// not be read back (the API failing), which are neither stored nor lost.
+	// logs API returns (an agent's read again 5 s later when some were
+	// missing, and the first answer named in Errors); LinesUnread the
+	// lines of agents whose lines could not be read back (the API
+	// failing), which are neither stored nor lost.
 	LinesSent      int64 `json:"linesSent"`
 	LinesResent    int64 `json:"linesResent"`
 	LinesStored    int64 `json:"linesStored"`

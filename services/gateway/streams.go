@@ -64,14 +64,14 @@ func (g *Gateway) listEvents(ctx context.Context, r *inventoryv1.ListInstanceEve
 	if size == 0 {
 		size = defaultEventPageSize
 	}
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.EntityEvents(subjects.NounInstance, id)}}
+	var since time.Time
 	if v := r.GetSince(); v != "" {
-		since, err := time.Parse(time.RFC3339, v)
-		if err != nil {
+		var err error
+		if since, err = time.Parse(time.RFC3339, v); err != nil {
 			return nil, apierr.Invalid("since", "%q is not an RFC 3339 time such as 2026-01-02T15:04:05Z", v)
 		}
-		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
 	}
+	var from uint64 // the token carries on where its page ended, since or not
 	if v := r.GetPageToken(); v != "" {
 		raw, err := base64.RawURLEncoding.DecodeString(v)
 		num, ok := strings.CutPrefix(string(raw), "events:")
@@ -79,37 +79,23 @@ func (g *Gateway) listEvents(ctx context.Context, r *inventoryv1.ListInstanceEve
 		if err != nil || !ok || perr != nil || seq == 0 {
 			return nil, apierr.Invalid("pageToken", "is not a token from a previous response")
 		}
-		// The token carries on where its page ended, since or not.
-		cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = jetstream.DeliverByStartSequencePolicy, seq, nil
+		from = seq
 	}
 	stream, err := g.js.Stream(ctx, subjects.EventsStream)
 	if err != nil {
 		return nil, apierr.Unavailable("the events stream is not available: %v", err)
 	}
-	cons, err := stream.OrderedConsumer(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("events consumer: %w", err)
-	}
 	resp := &inventoryv1.ListInstanceEventsResponse{}
 	var last uint64
-	for len(resp.Events) < size {
-		batch, err := cons.FetchNoWait(min(500, size-len(resp.Events)))
-		if err != nil {
-			return nil, fmt.Errorf("read events: %w", err)
+	err = bus.ReadSubject(ctx, stream, subjects.EntityEvents(subjects.NounInstance, id), from, since, func(m jetstream.Msg, md *jetstream.MsgMetadata) bool {
+		last = md.Sequence.Stream
+		if ev, err := bus.DecodeEvent(m.Data()); err == nil {
+			resp.Events = append(resp.Events, ev)
 		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			if md, err := m.Metadata(); err == nil {
-				last = md.Sequence.Stream
-			}
-			if ev, err := bus.DecodeEvent(m.Data()); err == nil {
-				resp.Events = append(resp.Events, ev)
-			}
-		}
-		if got == 0 {
-			break
-		}
+		return len(resp.Events) < size
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read events: %w", err)
 	}
 	if len(resp.Events) == size && last > 0 {
 		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte("events:" + strconv.FormatUint(last+1, 10)))
