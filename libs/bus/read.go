@@ -9,8 +9,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// readBatch is how many messages ReadSubject asks for at a time.
-const readBatch = 500
+// readBatch is how many messages ReadSubject asks for at a time;
+// readPatience how long a read waits at most for messages a fetch did not
+// find (see read).
+const (
+	readBatch    = 500
+	readPatience = 3 * time.Second
+)
 
 // ReadSubject hands each message stored on subject in stream to each, in
 // order, with its metadata, until each returns false or nothing more is
@@ -93,6 +98,10 @@ func ReadBackwards(ctx context.Context, stream jetstream.Stream, subject string,
 // for the subject's last message first, and reads until it has had that
 // one, asking again (and waiting a little longer each time) only while a
 // fetch finds nothing before it: the last may have been removed meanwhile.
+// It waits so at most readPatience in all, then ends with what it read, as
+// it did before: a read must not hang on a last message its consumer never
+// delivers (a replica answering for the last message where the consumer
+// reads another, in a cluster that is losing a server).
 func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedConsumerConfig, each func(jetstream.Msg, *jetstream.MsgMetadata) bool) error {
 	subject := cfg.FilterSubjects[0]
 	last, err := lastToRead(ctx, stream, cfg)
@@ -108,8 +117,9 @@ func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedCon
 			_ = stream.DeleteConsumer(context.WithoutCancel(ctx), name)
 		}
 	}()
-	var seen uint64 // the stream sequence of the last message handed over
+	var seen uint64 // the highest stream sequence handed over
 	wait := 5 * time.Millisecond
+	patience := time.Now().Add(readPatience)
 	for {
 		batch, err := cons.FetchNoWait(readBatch)
 		if err != nil {
@@ -122,7 +132,7 @@ func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedCon
 			if err != nil {
 				continue
 			}
-			seen = meta.Sequence.Stream
+			seen = max(seen, meta.Sequence.Stream)
 			if !each(m, meta) {
 				return nil
 			}
@@ -133,7 +143,7 @@ func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedCon
 		if got > 0 {
 			continue
 		}
-		if seen >= last {
+		if seen >= last || time.Now().After(patience) {
 			return nil
 		}
 		if last, err = lastToRead(ctx, stream, cfg); err != nil || seen >= last {
