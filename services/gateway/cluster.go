@@ -57,7 +57,10 @@ func (s systemServer) RemoveManagers(ctx context.Context, req *systemv1.RemoveMa
 	case errors.Is(err, membership.ErrRunning):
 		return nil, apierr.Conflict(apierr.ReasonInvalidState, "%v", err)
 	case err != nil:
-		return nil, err
+		// The managers' bucket cannot be read or written now: a server
+		// that held its stream's leader is gone and the others are
+		// electing one, as when a host is lost.
+		return nil, apierr.Unavailable("the managers' list cannot be changed now (its stream may be electing a leader); try again: %v", err)
 	}
 	s.g.cluster.forget()
 	s.g.log.InfoContext(ctx, "managers removed", "name", name, "count", len(removed))
