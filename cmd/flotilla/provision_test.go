@@ -186,10 +186,11 @@ func TestProvisionAnInstanceEndToEnd(t *testing.T) {
 	if err := json.Unmarshal(f.raw("/api/v1/instances/"+id+"/events"), &timeline); err != nil {
 		t.Fatal(err)
 	}
-	// since= skips what came before.
+	// since= skips what came before. It takes fractional seconds: the
+	// whole timeline may fall within one second.
 	cut := timeline.Events[len(timeline.Events)-1].Time
 	var recent struct{ Events []struct{ Type string } }
-	if err := json.Unmarshal(f.raw("/api/v1/instances/"+id+"/events?since="+cut.UTC().Format(time.RFC3339)), &recent); err != nil {
+	if err := json.Unmarshal(f.raw("/api/v1/instances/"+id+"/events?since="+cut.UTC().Format(time.RFC3339Nano)), &recent); err != nil {
 		t.Fatal(err)
 	}
 	if len(recent.Events) == 0 || len(recent.Events) >= len(timeline.Events) {
