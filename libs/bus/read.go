@@ -98,10 +98,9 @@ func ReadBackwards(ctx context.Context, stream jetstream.Stream, subject string,
 // for the subject's last message first, and reads until it has had that
 // one, asking again (and waiting a little longer each time) only while a
 // fetch finds nothing before it: the last may have been removed meanwhile.
-// It waits so at most readPatience in all, then ends with what it read, as
-// it did before: a read must not hang on a last message its consumer never
-// delivers (a replica answering for the last message where the consumer
-// reads another, in a cluster that is losing a server).
+// It waits so at most readPatience in all, then ends with what it read:
+// a read must not hang, should its consumer never deliver that last
+// message.
 func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedConsumerConfig, each func(jetstream.Msg, *jetstream.MsgMetadata) bool) error {
 	subject := cfg.FilterSubjects[0]
 	last, err := lastToRead(ctx, stream, cfg)

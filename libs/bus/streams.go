@@ -182,17 +182,21 @@ const (
 	jsClusterNotAvailable jetstream.ErrorCode = 10008 // "JetStream system temporarily unavailable"
 )
 
-// jetStreamNotReady says err is JetStream not ready yet, worth asking
-// again: no server answering its API, a request that timed out while ctx
-// has time left (a cluster electing its leaders, a loaded machine), or the
-// cluster saying it is not available or has no peers for the stream yet
-// (servers still joining).
+// jetStreamNotReady says err is JetStream not ready yet (Unanswered) while
+// ctx has time left to ask again.
 func jetStreamNotReady(ctx context.Context, err error) bool {
+	return ctx.Err() == nil && Unanswered(err)
+}
+
+// Unanswered says err is JetStream not answering now, worth asking again
+// later: no server answering its API, a request that timed out (a cluster
+// electing its leaders, a loaded machine), or the cluster saying it is not
+// available or has no peers for the stream yet (servers still joining).
+func Unanswered(err error) bool {
 	var api *jetstream.APIError
 	switch {
-	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse):
-		return true
-	case ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)):
+	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse),
+		errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
 		return true
 	case errors.As(err, &api):
 		return api.ErrorCode == jsClusterNotAvailable || api.ErrorCode == jsClusterNoPeers

@@ -2,10 +2,13 @@ package bus_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"flotilla.dev/flotilla/api/subjects"
@@ -62,5 +65,28 @@ func TestStreamsAreDeclaredOnceJetStreamAnswers(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("declare streams once JetStream answers: %v", err)
+	}
+}
+
+// Unanswered tells JetStream not answering now (worth asking again) from a
+// refusal.
+func TestUnansweredIsJetStreamNotAnsweringNow(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("consumer on x: %w", context.DeadlineExceeded), true},
+		{fmt.Errorf("read: %w", nats.ErrNoResponders), true},
+		{nats.ErrTimeout, true},
+		{jetstream.ErrNoStreamResponse, true},
+		{&jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}, true},
+		{&jetstream.APIError{Code: 403, ErrorCode: 10100, Description: "permission denied"}, false},
+		{jetstream.ErrKeyNotFound, false},
+		{errors.New("undecodable entries"), false},
+	} {
+		if got := bus.Unanswered(c.err); got != c.want {
+			t.Errorf("Unanswered(%v) = %v, want %v", c.err, got, c.want)
+		}
 	}
 }

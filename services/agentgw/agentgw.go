@@ -173,6 +173,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 
 	s.tlsConfig = &tls.Config{
 		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{"h2"}, // gRPC
 		// Join needs no certificate; the interceptor requires one for
 		// everything else. A certificate that is given must verify.
 		ClientAuth: tls.VerifyClientCertIfGiven,

@@ -19,6 +19,9 @@ import (
 type identity struct {
 	instanceID string
 	cert       *x509.Certificate
+	// resumed says the call came over a resumed TLS session (see
+	// tickets.go).
+	resumed bool
 }
 
 type identityKey struct{}
@@ -48,7 +51,7 @@ func (s *Service) authenticate(ctx context.Context, method string) (context.Cont
 	if err != nil {
 		return nil, status.Errorf(codes.Unauthenticated, "an agent certificate from the fleet CA is required: %v", err)
 	}
-	return context.WithValue(ctx, identityKey{}, identity{instanceID: id, cert: info.State.VerifiedChains[0][0]}), nil
+	return context.WithValue(ctx, identityKey{}, identity{instanceID: id, cert: info.State.VerifiedChains[0][0], resumed: info.State.DidResume}), nil
 }
 
 func (s *Service) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

@@ -192,7 +192,7 @@ func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
 		return status.Error(codes.Unavailable, "the agent gateway cannot take commands for this agent now; reconnect shortly")
 	}
 	s.log.InfoContext(ctx, "agent connected", "instance_id", c.id, "agent_version", hello.GetAgentVersion(),
-		"vm_id", hello.GetVmId(), "completed_command_id", hello.GetCompletedCommandId(), "remote", peerAddr(ctx), "tls_resumed", resumed(ctx))
+		"vm_id", hello.GetVmId(), "completed_command_id", hello.GetCompletedCommandId(), "remote", peerAddr(ctx), "tls_resumed", who.resumed)
 	ev := c.event()
 	ev.Body = &agentv1.AgentEvent_Connected{Connected: hello}
 	c.events <- queuedEvent{ev: ev, retry: true}

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
@@ -33,9 +32,9 @@ const (
 
 // serverTLS returns the transport credentials agents meet: the handshake
 // runs on cfg, whose session ticket keys change as the CA rolls them
-// (credentials.NewTLS would work on a copy of cfg).
+// (credentials.NewTLS would work on a copy of cfg, and add "h2" to the
+// copy's NextProtos: cfg must name it).
 func serverTLS(cfg *tls.Config) credentials.TransportCredentials {
-	cfg.NextProtos = []string{"h2"}
 	return credentials.NewTLS(&tls.Config{
 		MinVersion:         cfg.MinVersion,
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return cfg, nil },
@@ -93,14 +92,4 @@ func (s *Service) keepTicketKeys(ctx context.Context, next time.Time) {
 		}
 		next = s.refreshTicketKeys(ctx)
 	}
-}
-
-// resumed reports whether the call in ctx came over a resumed TLS session.
-func resumed(ctx context.Context) bool {
-	if p, ok := peer.FromContext(ctx); ok {
-		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {
-			return info.State.DidResume
-		}
-	}
-	return false
 }

@@ -22,6 +22,7 @@ import (
 	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/membership"
 	"flotilla.dev/flotilla/libs/rpc"
 )
@@ -56,11 +57,13 @@ func (s systemServer) RemoveManagers(ctx context.Context, req *systemv1.RemoveMa
 		return nil, apierr.NotFound("manager", name)
 	case errors.Is(err, membership.ErrRunning):
 		return nil, apierr.Conflict(apierr.ReasonInvalidState, "%v", err)
-	case err != nil:
+	case bus.Unanswered(err):
 		// The managers' bucket cannot be read or written now: a server
 		// that held its stream's leader is gone and the others are
 		// electing one, as when a host is lost.
 		return nil, apierr.Unavailable("the managers' list cannot be changed now (its stream may be electing a leader); try again: %v", err)
+	case err != nil:
+		return nil, err
 	}
 	s.g.cluster.forget()
 	s.g.log.InfoContext(ctx, "managers removed", "name", name, "count", len(removed))
