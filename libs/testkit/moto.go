@@ -49,7 +49,11 @@ func StartMoto(tb testing.TB, env ...string) *Moto {
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
 	tb.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		select {
+		case <-done: // reaped: its pid may be another process's now
+		default:
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		}
 		<-done
 	})
 	m := &Moto{URL: fmt.Sprintf("http://127.0.0.1:%d", port)}

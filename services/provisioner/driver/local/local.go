@@ -269,16 +269,39 @@ func (d *Driver) EnsureVM(_ context.Context, spec driver.VMSpec) (driver.VM, err
 	if d.isolate {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(diskUID), Gid: uint32(diskUID), Groups: []uint32{}}
 	}
-	if err := cmd.Start(); err != nil {
+	if err := start(cmd); err != nil {
 		return driver.VM{}, fmt.Errorf("launch vm %s: start agent: %w", spec.ID, err)
 	}
-	go func() { _ = cmd.Wait() }() // reap it while this manager lives
 	if err := os.WriteFile(filepath.Join(dir, "agent.pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
 		_ = cmd.Process.Kill()
 		return driver.VM{}, fmt.Errorf("launch vm %s: %w", spec.ID, err)
 	}
 	d.cfg.Log.Info("local VM launched", "vm", spec.ID, "pid", cmd.Process.Pid, "disk", spec.DiskID, "isolated", d.isolate, "uid", diskUID)
 	return vm, nil
+}
+
+// start starts cmd, reaps it while this manager lives, and returns once its
+// exec is through. Until then the kernel shows the process with an empty
+// command line, by which running would take the VM for gone (and a second
+// EnsureVM start another); cmd.Start may return before that.
+func start(cmd *exec.Cmd) error {
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	cmdline := fmt.Sprintf("/proc/%d/cmdline", cmd.Process.Pid)
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		select {
+		case <-exited:
+			return nil
+		default:
+		}
+		if b, err := os.ReadFile(cmdline); err != nil || len(b) > 0 {
+			return nil
+		}
+	}
+	return nil
 }
 
 // agentArgs are the bootstrap flags of a local VM's agent.
@@ -295,10 +318,14 @@ func agentArgs(vmDir, diskDir string, spec driver.VMSpec) []string {
 	}
 }
 
-// running reports whether the VM's agent process is alive: its pid file names
-// a live process whose command line carries the VM id.
-func (d *Driver) running(id string) (int, bool) {
-	b, err := os.ReadFile(filepath.Join(d.vmDir(id), "agent.pid"))
+// running reports whether the VM's agent process is alive.
+func (d *Driver) running(id string) (int, bool) { return agentPID(d.vmDir(id), id) }
+
+// agentPID reads a VM's agent pid from its pid file, if that names a live
+// process whose command line carries the VM id: a pid on its own may have
+// been given to another process since.
+func agentPID(dir, id string) (int, bool) {
+	b, err := os.ReadFile(filepath.Join(dir, "agent.pid"))
 	if err != nil {
 		return 0, false
 	}
@@ -353,4 +380,17 @@ func (d *Driver) DeleteVM(_ context.Context, id string) error {
 func (d *Driver) Running(id string) bool {
 	_, ok := d.running(id)
 	return ok
+}
+
+// KillAll SIGKILLs the process group of every VM under root whose agent
+// still runs, and no other: VMs outlive the manager that started them, as
+// real ones do, so a test must stop them, and a pid file left by a VM that
+// stopped may name a pid given since to another process.
+func KillAll(root string) {
+	dirs, _ := filepath.Glob(filepath.Join(root, "vms", "*"))
+	for _, dir := range dirs {
+		if pid, ok := agentPID(dir, filepath.Base(dir)); ok {
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+		}
+	}
 }

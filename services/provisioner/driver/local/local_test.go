@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -57,6 +58,27 @@ func TestLocalDriverKeepsTheDriverContract(t *testing.T) {
 	drivertest.Run(t, newDriver(t, reachableDir(t)))
 }
 
+// TestStartReturnsOnceTheExecIsThrough: the kernel shows a process's command
+// line only once its exec is through, which may be after exec.Cmd.Start
+// returned; the driver knows its VMs by their command line, so an EnsureVM
+// right behind a launch would start a second VM if start did not wait.
+func TestStartReturnsOnceTheExecIsThrough(t *testing.T) {
+	t.Parallel()
+	for i := range 300 {
+		mark := fmt.Sprintf("vm-%d", i)
+		cmd := exec.Command("/bin/sh", "-c", "sleep 60", "agent", "--vm-id", mark)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := start(cmd); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", cmd.Process.Pid))
+		_ = cmd.Process.Kill()
+		if err != nil || !strings.Contains(string(b), mark) {
+			t.Fatalf("launch %d: command line %q (%v) right after start", i, b, err)
+		}
+	}
+}
+
 func TestLocalDriverIsIdempotentAndSurvivesARestart(t *testing.T) {
 	ctx := context.Background()
 	root := reachableDir(t)
@@ -79,7 +101,7 @@ func TestLocalDriverIsIdempotentAndSurvivesARestart(t *testing.T) {
 		t.Fatalf("launch: %v %v", vm, err)
 	}
 	pid := pidOf(t, root, "vm-1")
-	t.Cleanup(func() { _ = syscall.Kill(-pid, syscall.SIGKILL) })
+	t.Cleanup(func() { KillAll(root) })
 	fi, err := os.Stat(filepath.Join(root, "vms", "vm-1", "join-token"))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("join token file: %v %v", fi, err)
@@ -121,8 +143,6 @@ func TestLocalDriverIsIdempotentAndSurvivesARestart(t *testing.T) {
 	if _, err := restarted.EnsureVM(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	pid2 := pidOf(t, root, "vm-2")
-	t.Cleanup(func() { _ = syscall.Kill(-pid2, syscall.SIGKILL) })
 	if err := restarted.DeleteVM(ctx, "vm-2"); err != nil {
 		t.Fatal(err)
 	}
@@ -230,15 +250,13 @@ func TestEachDiskHasItsOwnUser(t *testing.T) {
 	if _, err := d.EnsureVM(ctx, driver.VMSpec{ID: "vm-old", DiskID: "disk-old", Bootstrap: driver.Bootstrap{JoinToken: "t", CAPEM: "p"}}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = syscall.Kill(-pidOf(t, root, "vm-old"), syscall.SIGKILL) })
+	t.Cleanup(func() { KillAll(root) })
 	if u, _ := d.owner(filepath.Join(old, "sub")); u < FirstVMUID || u == a || u == b {
 		t.Errorf("the old disk's files belong to %d", u)
 	}
 	if _, err := d.EnsureVM(ctx, driver.VMSpec{ID: "vm-b", DiskID: "disk-b", Bootstrap: driver.Bootstrap{JoinToken: "t", CAPEM: "p"}}); err != nil {
 		t.Fatal(err)
 	}
-	pid := pidOf(t, root, "vm-b")
-	t.Cleanup(func() { _ = syscall.Kill(-pid, syscall.SIGKILL) })
 	home := d.diskDir("disk-b")
 	deadline := time.Now().Add(5 * time.Second)
 	for {
