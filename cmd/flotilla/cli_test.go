@@ -17,7 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"flotilla.dev/flotilla/libs/pki"
-	"flotilla.dev/flotilla/libs/testkit"
+	"flotilla.dev/flotilla/services/provisioner/driver/local"
 )
 
 // cli runs the client commands as an operator would, with a configuration
@@ -98,7 +98,7 @@ func TestCLI(t *testing.T) {
 	t.Parallel()
 	dir := dataDir(t)
 	up := startUpFree(t, dir, []string{"--tls"})
-	t.Cleanup(func() { testkit.KillLocalVMs(dir) })
+	t.Cleanup(func() { local.KillAll(dir) })
 	if out, err := admin(dir, "admin", "S3cret-pass"); err != nil {
 		t.Fatalf("initial-setup: %v\n%s", err, out)
 	}

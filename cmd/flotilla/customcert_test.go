@@ -20,6 +20,7 @@ import (
 	"flotilla.dev/flotilla/libs/awsx"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/testkit"
+	"flotilla.dev/flotilla/services/provisioner/driver/local"
 )
 
 // operatorCert is a certificate an operator brings: chain (leaf then the
@@ -110,7 +111,7 @@ func TestCustomCertificateEndToEnd(t *testing.T) {
 		"FLOTILLA_SECRETS_MANAGER_REGION="+acct.Region, "FLOTILLA_SECRETS_MANAGER_ENDPOINT_URL="+acct.EndpointURL,
 		"AWS_ACCESS_KEY_ID="+acct.AccessKeyID, "AWS_SECRET_ACCESS_KEY="+acct.SecretAccessKey), t: t, dir: dir}
 	f.token = f.login(t)
-	t.Cleanup(func() { testkit.KillLocalVMs(dir) })
+	t.Cleanup(func() { local.KillAll(dir) })
 
 	network := func(cert, key string) string {
 		return fmt.Sprintf(`{"name":"tls-lab","provider":"local","httpsStrategy":"custom-certificate","dns":{"hostnamePattern":"{name}.fleet.test"},"customCertificate":{"certificatePem":%s,"privateKeyPem":%s}}`,

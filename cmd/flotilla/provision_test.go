@@ -25,7 +25,7 @@ import (
 	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/datadir"
 	"flotilla.dev/flotilla/libs/pgmanaged"
-	"flotilla.dev/flotilla/libs/testkit"
+	"flotilla.dev/flotilla/services/provisioner/driver/local"
 )
 
 // fleet is a running `flotilla up` with an admin logged in.
@@ -44,7 +44,7 @@ func newFleet(t *testing.T) *fleet {
 	}
 	f := &fleet{upProc: startUpFree(t, dir, nil), t: t, dir: dir}
 	f.token = f.login(t)
-	t.Cleanup(func() { testkit.KillLocalVMs(dir) })
+	t.Cleanup(func() { local.KillAll(dir) })
 	return f
 }
 

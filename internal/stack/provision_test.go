@@ -15,13 +15,18 @@ import (
 	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
+	"flotilla.dev/flotilla/services/provisioner/driver/local"
 )
 
 // agentBinary builds flotilla-agent once.
 var agentBinary = testkit.BuiltBinary("flotilla-agent", false)
 
 // localRoot is a directory for the local provider's disks and VMs.
-func localRoot(t *testing.T) string { return testkit.LocalRoot(t) }
+func localRoot(t *testing.T) string {
+	root := testkit.LocalRoot(t)
+	t.Cleanup(func() { local.KillAll(root) })
+	return root
+}
 
 // TestProvisioningFollowsEventsAlone provisions local instances with a
 // provisioner that never looks on its own (its safety-net recheck is an

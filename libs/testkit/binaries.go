@@ -43,8 +43,8 @@ func BuiltBinary(name string, race bool) func() (string, error) {
 var besides = map[string][]string{"flotilla-agent": {"flotilla-node"}}
 
 // LocalRoot is a directory for the local provider's disks and VMs that
-// every local VM's user can traverse; the VMs started under it are killed
-// when the test ends.
+// every local VM's user can traverse. VMs outlive the manager that started
+// them, as real ones do: the test stops them with local.KillAll.
 func LocalRoot(tb testing.TB) string {
 	tb.Helper()
 	d := tb.TempDir()
@@ -53,7 +53,5 @@ func LocalRoot(tb testing.TB) string {
 			tb.Fatal(err)
 		}
 	}
-	root := filepath.Join(d, "local")
-	tb.Cleanup(func() { KillLocalVMs(root) })
-	return root
+	return filepath.Join(d, "local")
 }

@@ -16,6 +16,7 @@ import (
 	"flotilla.dev/flotilla/internal/stack/stacktest"
 	"flotilla.dev/flotilla/libs/testkit"
 	"flotilla.dev/flotilla/services/inventory"
+	"flotilla.dev/flotilla/services/provisioner/driver/local"
 )
 
 func TestMain(m *testing.M) { testkit.Main(m) }
@@ -48,6 +49,7 @@ func newEnv(t *testing.T, vms bool) *env {
 			t.Fatal(err)
 		}
 		cfg.LocalRoot, cfg.AgentCommand = testkit.LocalRoot(t), []string{agent, "--heartbeat-interval", "2s"}
+		t.Cleanup(func() { local.KillAll(cfg.LocalRoot) })
 	}
 	st := stacktest.Start(t, cfg)
 	pool, err := pgxpool.New(t.Context(), dbURL)
