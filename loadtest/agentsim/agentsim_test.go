@@ -10,8 +10,10 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -102,12 +104,22 @@ func BenchmarkAgentGatewayRestart(b *testing.B) {
 	for b.Loop() {
 		api, token, gw := startFleetManager(b)
 		restarted := make(chan error, 1)
-		sum, err := runAgentsApart(b, api, token, agents, func() {
+		var heapPerAgent, servicesCores, agentsCores float64
+		heapBefore := heapInUse()
+		sum, err := runAgentsApart(b, api, token, agents, func(agentsPID int) {
 			time.Sleep(20 * time.Second)
+			heapPerAgent = (float64(heapInUse()) - float64(heapBefore)) / float64(agents)
 			stopProfile := profileCPU(b, 30*time.Second)
-			defer stopProfile()
+			services, agentsCPU, t0 := cpuSeconds(os.Getpid()), cpuSeconds(agentsPID), time.Now()
 			var err error
 			gw, err = gw.restart(b)
+			// What each process used while the agents came back: on this
+			// machine they share its cores.
+			time.Sleep(time.Until(t0.Add(30 * time.Second)))
+			elapsed := time.Since(t0).Seconds()
+			servicesCores = (cpuSeconds(os.Getpid()) - services) / elapsed
+			agentsCores = (cpuSeconds(agentsPID) - agentsCPU) / elapsed
+			stopProfile()
 			restarted <- err
 		})
 		if err != nil {
@@ -125,6 +137,9 @@ func BenchmarkAgentGatewayRestart(b *testing.B) {
 		b.ReportMetric(sum.ReconnectSeconds, "reconnect-s")
 		b.ReportMetric(float64(sum.LinesSent-sum.LinesStored-sum.LinesUnread), "lines-lost")
 		b.ReportMetric(sum.SetupSeconds, "setup-s")
+		b.ReportMetric(heapPerAgent/1024, "services-heap-KB/agent")
+		b.ReportMetric(servicesCores, "services-cores-after-restart")
+		b.ReportMetric(agentsCores, "agents-cores-after-restart")
 	}
 }
 
@@ -152,6 +167,40 @@ func profileCPU(b *testing.B, d time.Duration) func() {
 	}
 }
 
+// heapInUse is this process's heap in use (every service's) after a
+// collection; it writes a heap profile to the file
+// FLOTILLA_BENCH_HEAPPROFILE names, if it names one.
+func heapInUse() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	if path := os.Getenv("FLOTILLA_BENCH_HEAPPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			_ = pprof.WriteHeapProfile(f)
+			_ = f.Close()
+		}
+	}
+	return m.HeapInuse
+}
+
+// cpuSeconds is the CPU time process pid has used so far (user and
+// system), or 0 if it cannot be read.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// After the command name in parentheses: state is field 3, utime 14
+	// and stime 15, in clock ticks (100 a second on Linux).
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100
+}
+
 // The benchmark's agents run in a process of their own, this test binary
 // started again with childAgentsEnv set: each connection has an end in the
 // agents' process and one in the agent gateway's, and 10 000 of each do not
@@ -177,7 +226,7 @@ func benchConfig(api, token string, agents int) agentsim.Config {
 // runAgentsApart runs the agents in a child process and calls steady (in a
 // goroutine of its own) when their steady phase begins; it returns their
 // summary.
-func runAgentsApart(b *testing.B, api, token string, agents int, steady func()) (agentsim.Summary, error) {
+func runAgentsApart(b *testing.B, api, token string, agents int, steady func(agentsPID int)) (agentsim.Summary, error) {
 	cmd := exec.CommandContext(b.Context(), os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %d", childAgentsEnv, api, token, agents))
 	var stdout bytes.Buffer
@@ -192,7 +241,7 @@ func runAgentsApart(b *testing.B, api, token string, agents int, steady func()) 
 	lines := bufio.NewScanner(stderr)
 	for lines.Scan() {
 		if lines.Text() == steadyMark {
-			go steady()
+			go steady(cmd.Process.Pid)
 			continue
 		}
 		fmt.Fprintln(os.Stderr, lines.Text())

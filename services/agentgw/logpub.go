@@ -62,7 +62,7 @@ type logPublisher struct {
 	// (republish holds it), so they land after it, in order.
 	gate    sync.RWMutex
 	slots   chan struct{} // semaphore of MaxLogsInFlight
-	queue   chan pending  // published lines in order, for the acknowledger
+	queue   pendingLines  // published lines in order, for the acknowledger
 	done    chan struct{} // closed when the acknowledger has stopped
 	once    sync.Once
 	errMu   sync.Mutex
@@ -77,12 +77,67 @@ type pending struct {
 	f   jetstream.PubAckFuture
 }
 
+// pendingLines is the queue of published lines waiting for JetStream's
+// acknowledgement. It holds memory only while lines wait: a gateway keeps
+// one for each of its thousands of agents, nearly all quiet, and a channel
+// of MaxLogsInFlight would hold ~100 KB each for the stream's life (and a
+// restart's reconnects would allocate them all at once).
+type pendingLines struct {
+	mu    sync.Mutex
+	lines []pending
+	head  int           // lines[head:] wait
+	ready chan struct{} // a token after a push, for the acknowledger
+}
+
+func (q *pendingLines) push(l pending) {
+	q.mu.Lock()
+	if len(q.lines) == cap(q.lines) && q.head > 0 {
+		// Full, with taken lines in front (it never emptied): move the
+		// waiting ones down rather than grow.
+		n := copy(q.lines, q.lines[q.head:])
+		clear(q.lines[n:])
+		q.lines, q.head = q.lines[:n], 0
+	}
+	q.lines = append(q.lines, l)
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
+// pop takes the oldest line, if one waits.
+func (q *pendingLines) pop() (pending, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head == len(q.lines) {
+		// Empty: start again at the front, and let a large array go.
+		q.head = 0
+		if cap(q.lines) > 64 {
+			q.lines = nil
+		} else {
+			q.lines = q.lines[:0]
+		}
+		return pending{}, false
+	}
+	l := q.lines[q.head]
+	q.lines[q.head] = pending{}
+	q.head++
+	return l, true
+}
+
+func (q *pendingLines) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.lines) - q.head
+}
+
 // newLogPublisher starts the acknowledger of one agent stream.
 func newLogPublisher(js jetstream.JetStream, id string, timeout time.Duration, ack func(seq uint64) bool) *logPublisher {
 	p := &logPublisher{
 		js: js, id: id, timeout: timeout, ack: ack,
 		slots:   make(chan struct{}, MaxLogsInFlight),
-		queue:   make(chan pending, MaxLogsInFlight),
+		queue:   pendingLines{ready: make(chan struct{}, 1)},
 		done:    make(chan struct{}),
 		failed:  make(chan struct{}),
 		stopped: make(chan struct{}),
@@ -119,7 +174,7 @@ func (p *logPublisher) Publish(ctx context.Context, lines []*agentv1.LogLine) er
 			<-p.slots
 			return fmt.Errorf("publish log line %d of %s: %w", l.GetSeq(), p.id, err)
 		}
-		p.queue <- pending{seq: l.GetSeq(), f: f} // never full: a slot is held
+		p.queue.push(pending{seq: l.GetSeq(), f: f})
 	}
 	return nil
 }
@@ -141,7 +196,7 @@ func (p *logPublisher) acknowledge() {
 		}
 	}()
 	for {
-		if held && len(p.queue) == 0 {
+		if held && p.queue.len() == 0 {
 			p.gate.Unlock()
 			held = false
 		}
@@ -151,21 +206,20 @@ func (p *logPublisher) acknowledge() {
 			}
 			unsent = 0
 		}
-		var next pending
-		select {
-		case next = <-p.queue:
-		default:
-			if unsent > 0 {
-				if !p.ack(last) {
-					return
-				}
-				unsent = 0
+		next, ok := p.queue.pop()
+		if !ok && unsent > 0 {
+			if !p.ack(last) {
+				return
 			}
+			unsent = 0
+		}
+		for !ok {
 			select {
-			case next = <-p.queue:
+			case <-p.queue.ready:
 			case <-p.stopped:
 				return
 			}
+			next, ok = p.queue.pop()
 		}
 		// The JetStream context times out an acknowledgement that does not
 		// come (WithPublishAsyncTimeout).
@@ -238,7 +292,7 @@ func (p *logPublisher) Failed() <-chan struct{} { return p.failed }
 // agent (nothing more may be published), or a failure, or the stream's end.
 func (p *logPublisher) Finish(ctx context.Context) error {
 	for {
-		if len(p.slots) == 0 && len(p.queue) == 0 {
+		if len(p.slots) == 0 && p.queue.len() == 0 {
 			// Let the acknowledger send its last LogAck, then stop it.
 			p.Stop()
 			<-p.done

@@ -2,12 +2,9 @@ package agentgw
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"math/rand/v2"
 	"time"
-
-	"google.golang.org/grpc/credentials"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
@@ -29,17 +26,6 @@ const (
 	ticketKeysRetry  = time.Minute
 	ticketKeysJitter = 30 * time.Second
 )
-
-// serverTLS returns the transport credentials agents meet: the handshake
-// runs on cfg, whose session ticket keys change as the CA rolls them
-// (credentials.NewTLS would work on a copy of cfg, and add "h2" to the
-// copy's NextProtos: cfg must name it).
-func serverTLS(cfg *tls.Config) credentials.TransportCredentials {
-	return credentials.NewTLS(&tls.Config{
-		MinVersion:         cfg.MinVersion,
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return cfg, nil },
-	})
-}
 
 // loadTicketKeys sets the session ticket keys from the CA; it returns when
 // to ask again.

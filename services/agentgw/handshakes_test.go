@@ -1,0 +1,114 @@
+package agentgw
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"math/big"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// writeOnly stands for a socket: writes succeed.
+type writeOnly struct{ net.Conn }
+
+func (writeOnly) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestHandshakesTakeTurnsBetweenHelloAndAnswer: at most cap(slots)
+// handshakes hold a turn at once, from the hello (acquire) to the gateway's
+// answer (its first write); the others wait, and each gets its turn.
+func TestHandshakesTakeTurnsBetweenHelloAndAnswer(t *testing.T) {
+	t.Parallel()
+	slots := make(chan struct{}, 4)
+	var computing, most atomic.Int32
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 12 {
+		wg.Go(func() {
+			c := &handshakeConn{Conn: writeOnly{}, slots: slots}
+			defer c.release()
+			if err := c.acquire(); err != nil {
+				t.Error(err)
+				return
+			}
+			n := computing.Add(1)
+			for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+			}
+			<-release
+			computing.Add(-1)
+			_, _ = c.Write([]byte("server hello")) // gives the turn back
+			<-time.After(10 * time.Millisecond) // the client's side: no turn held
+		})
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for computing.Load() < 4 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // room for a fifth, if the bound let one through
+	if n := computing.Load(); n != 4 {
+		t.Fatalf("%d handshakes computing, want 4", n)
+	}
+	close(release)
+	wg.Wait()
+	if m := most.Load(); m != 4 {
+		t.Fatalf("at most %d handshakes at once, want 4", m)
+	}
+	if len(slots) != 0 {
+		t.Fatalf("%d turns still held", len(slots))
+	}
+}
+
+// TestTLSHandshakesThroughTheBoundAllComplete: more real handshakes at once
+// than the bound all complete, a connection that never says hello holds no
+// turn meanwhile, and every turn is given back.
+func TestTLSHandshakesThroughTheBoundAllComplete(t *testing.T) {
+	t.Parallel()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"agentgw"}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := serverTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}).Clone()
+	slots := creds.(boundedHandshakes).slots
+	if cap(slots) != maxHandshakes {
+		t.Fatalf("%d handshakes at once, want %d", cap(slots), maxHandshakes)
+	}
+	silentServer, silentClient := net.Pipe()
+	defer silentClient.Close()
+	go func() { _, _, _ = creds.ServerHandshake(silentServer) }()
+
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	for range maxHandshakes + 44 {
+		server, client := net.Pipe()
+		wg.Go(func() {
+			defer server.Close()
+			if _, _, err := creds.ServerHandshake(server); err != nil {
+				failed.Add(1)
+			}
+		})
+		wg.Go(func() {
+			defer client.Close()
+			c := tls.Client(client, &tls.Config{ServerName: "agentgw", InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+			if err := c.Handshake(); err != nil {
+				failed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Fatalf("%d sides of %d handshakes failed", n, maxHandshakes+44)
+	}
+	if len(slots) != 0 {
+		t.Fatalf("%d turns still held after every handshake ended (one connection silent)", len(slots))
+	}
+}
