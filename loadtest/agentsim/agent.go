@@ -112,7 +112,6 @@ func (f *fleet) dial(addr string, creds credentials.TransportCredentials) (*grpc
 		grpc.WithKeepaliveParams(agent.GatewayKeepalive),
 		grpc.WithReadBufferSize(8<<10),
 		grpc.WithWriteBufferSize(8<<10),
-		grpc.WithSharedWriteBuffer(true),
 	)
 }
 

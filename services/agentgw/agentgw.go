@@ -193,13 +193,11 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		// Thousands of connections, nearly all quiet between heartbeats: small
-		// read buffers, and a write buffer each only while it writes. (The
-		// defaults, 32 KiB each held for the connection's life, are a
-		// quarter of what an agent costs and what a restart's reconnects
-		// allocate at once.)
+		// buffers (gRPC holds a write buffer only while it writes). The
+		// defaults, 32 KiB each, are allocated for every connection a
+		// restart brings back at once.
 		grpc.ReadBufferSize(8<<10),
 		grpc.WriteBufferSize(8<<10),
-		grpc.SharedWriteBuffer(true),
 		// Run waits for the streams' event senders once every handler has
 		// returned, so Stop must not return before them.
 		grpc.WaitForHandlers(true),

@@ -42,7 +42,7 @@ func TestHandshakesTakeTurnsBetweenHelloAndAnswer(t *testing.T) {
 			<-release
 			computing.Add(-1)
 			_, _ = c.Write([]byte("server hello")) // gives the turn back
-			<-time.After(10 * time.Millisecond) // the client's side: no turn held
+			<-time.After(10 * time.Millisecond)    // the client's side: no turn held
 		})
 	}
 	deadline := time.Now().Add(5 * time.Second)
