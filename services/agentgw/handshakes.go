@@ -14,9 +14,9 @@ import (
 // serverTLS returns the transport credentials agents meet: the handshake
 // runs on cfg, whose session ticket keys change as the CA rolls them
 // (credentials.NewTLS would work on a copy of cfg, and add "h2" to the
-// copy's NextProtos: cfg must name it).
+// copy's NextProtos: cfg must name it), and takes its turn among the
+// gateway's handshakes.
 func serverTLS(cfg *tls.Config) credentials.TransportCredentials {
-	slots := make(chan struct{}, maxHandshakes)
 	return boundedHandshakes{
 		TransportCredentials: credentials.NewTLS(&tls.Config{
 			MinVersion: cfg.MinVersion,
@@ -29,7 +29,7 @@ func serverTLS(cfg *tls.Config) credentials.TransportCredentials {
 				return cfg, nil
 			},
 		}),
-		slots: slots,
+		slots: make(chan struct{}, maxHandshakes),
 	}
 }
 
@@ -44,7 +44,7 @@ func serverTLS(cfg *tls.Config) credentials.TransportCredentials {
 // ClientHello until the gateway has written its answer (ServerHello to
 // Finished): the key exchange and the signature. Nothing a client does or
 // fails to do holds a turn: a connection that never says hello, or never
-// finishes its side, waits without one.
+// finishes its side, holds none.
 const (
 	maxHandshakes = 256
 	handshakeWait = 10 * time.Second
