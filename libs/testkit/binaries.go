@@ -9,6 +9,23 @@ import (
 	"testing"
 )
 
+// builtDirs are the directories BuiltBinary built into; Run removes them
+// once the tests are over.
+var builtDirs struct {
+	sync.Mutex
+	dirs []string
+}
+
+// removeBuilt removes the directories of the binaries built so far.
+func removeBuilt() {
+	builtDirs.Lock()
+	defer builtDirs.Unlock()
+	for _, d := range builtDirs.dirs {
+		_ = os.RemoveAll(d)
+	}
+	builtDirs.dirs = nil
+}
+
 // BuiltBinary returns a function that builds cmd/<name> of this module once
 // per test process (with the race detector if race: a process that races
 // exits non-zero) and returns its path, in a directory every local VM's
@@ -21,6 +38,9 @@ func BuiltBinary(name string, race bool) func() (string, error) {
 		if err != nil {
 			return "", err
 		}
+		builtDirs.Lock()
+		builtDirs.dirs = append(builtDirs.dirs, dir)
+		builtDirs.Unlock()
 		if err := os.Chmod(dir, 0o755); err != nil {
 			return "", err
 		}

@@ -236,6 +236,7 @@ func Run(m *testing.M) int {
 	mp := &mainPostgres{}
 	current.Store(mp)
 	code := m.Run()
+	removeBuilt()
 	mp.once.Do(func() { mp.err = errTestsOver })
 	if mp.pg != nil {
 		if err := mp.pg.Stop(); err != nil {
