@@ -109,6 +109,7 @@ func BenchmarkAgentGatewayRestart(b *testing.B) {
 		sum, err := runAgentsApart(b, api, token, agents, func(agentsPID int) {
 			time.Sleep(20 * time.Second)
 			heapPerAgent = (float64(heapInUse()) - float64(heapBefore)) / float64(agents)
+			profileHeap(b)
 			stopProfile := profileCPU(b, 30*time.Second)
 			services, agentsCPU, t0 := cpuSeconds(os.Getpid()), cpuSeconds(agentsPID), time.Now()
 			var err error
@@ -168,19 +169,31 @@ func profileCPU(b *testing.B, d time.Duration) func() {
 }
 
 // heapInUse is this process's heap in use (every service's) after a
-// collection; it writes a heap profile to the file
-// FLOTILLA_BENCH_HEAPPROFILE names, if it names one.
+// collection.
 func heapInUse() uint64 {
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	if path := os.Getenv("FLOTILLA_BENCH_HEAPPROFILE"); path != "" {
-		if f, err := os.Create(path); err == nil {
-			_ = pprof.WriteHeapProfile(f)
-			_ = f.Close()
+	return m.HeapInuse
+}
+
+// profileHeap writes a heap profile of this process into the file
+// FLOTILLA_BENCH_HEAPPROFILE names, if it names one.
+func profileHeap(b *testing.B) {
+	path := os.Getenv("FLOTILLA_BENCH_HEAPPROFILE")
+	if path == "" {
+		return
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.WriteHeapProfile(f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
 		}
 	}
-	return m.HeapInuse
+	if err != nil {
+		b.Error(err)
+	}
 }
 
 // cpuSeconds is the CPU time process pid has used so far (user and

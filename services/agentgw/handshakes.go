@@ -30,6 +30,7 @@ func serverTLS(cfg *tls.Config) credentials.TransportCredentials {
 			},
 		}),
 		slots: make(chan struct{}, maxHandshakes),
+		wait:  handshakeWait,
 	}
 }
 
@@ -50,40 +51,40 @@ const (
 	handshakeWait = 10 * time.Second
 )
 
-// errBusy refuses a handshake that waited handshakeWait for its turn.
+// errBusy refuses a handshake that waited its longest for its turn.
 var errBusy = errors.New("the agent gateway is busy with other agents' handshakes: try again shortly")
 
 // boundedHandshakes gives each server handshake a handshakeConn, through
-// which it takes its turn among slots.
+// which it takes its turn among slots, waiting up to wait.
 type boundedHandshakes struct {
 	credentials.TransportCredentials
 	slots chan struct{}
+	wait  time.Duration
 }
 
 func (b boundedHandshakes) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	hc := &handshakeConn{Conn: c, slots: b.slots}
+	hc := &handshakeConn{Conn: c, slots: b.slots, wait: b.wait}
 	defer hc.release()
 	return b.TransportCredentials.ServerHandshake(hc)
 }
 
 func (b boundedHandshakes) Clone() credentials.TransportCredentials {
-	return boundedHandshakes{TransportCredentials: b.TransportCredentials.Clone(), slots: b.slots}
+	return boundedHandshakes{TransportCredentials: b.TransportCredentials.Clone(), slots: b.slots, wait: b.wait}
 }
 
 // handshakeConn is a connection whose handshake takes a turn (acquire, once
-// the ClientHello is read) and gives it back with its first write (the
-// gateway's answer) or when the handshake ends.
+// the ClientHello is read: crypto/tls asks GetConfigForClient once per
+// handshake) and gives it back with its first write (the gateway's answer)
+// or when the handshake ends.
 type handshakeConn struct {
 	net.Conn
 	slots chan struct{}
+	wait  time.Duration
 	held  atomic.Bool
 }
 
 func (c *handshakeConn) acquire() error {
-	if c.held.Load() {
-		return nil // a second ClientHello, after a HelloRetryRequest
-	}
-	t := time.NewTimer(handshakeWait)
+	t := time.NewTimer(c.wait)
 	defer t.Stop()
 	select {
 	case c.slots <- struct{}{}:

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"math/big"
 	"net"
 	"sync"
@@ -21,16 +22,18 @@ func (writeOnly) Write(p []byte) (int, error) { return len(p), nil }
 
 // TestHandshakesTakeTurnsBetweenHelloAndAnswer: at most cap(slots)
 // handshakes hold a turn at once, from the hello (acquire) to the gateway's
-// answer (its first write); the others wait, and each gets its turn.
+// answer (its first write); the others wait, and each gets its turn. The
+// client's side after the answer holds none: the turns come back while
+// every handshake still waits for its client.
 func TestHandshakesTakeTurnsBetweenHelloAndAnswer(t *testing.T) {
 	t.Parallel()
 	slots := make(chan struct{}, 4)
-	var computing, most atomic.Int32
-	release := make(chan struct{})
+	var computing, most, answered atomic.Int32
+	release, finish := make(chan struct{}), make(chan struct{})
 	var wg sync.WaitGroup
 	for range 12 {
 		wg.Go(func() {
-			c := &handshakeConn{Conn: writeOnly{}, slots: slots}
+			c := &handshakeConn{Conn: writeOnly{}, slots: slots, wait: time.Minute}
 			defer c.release()
 			if err := c.acquire(); err != nil {
 				t.Error(err)
@@ -42,24 +45,57 @@ func TestHandshakesTakeTurnsBetweenHelloAndAnswer(t *testing.T) {
 			<-release
 			computing.Add(-1)
 			_, _ = c.Write([]byte("server hello")) // gives the turn back
-			<-time.After(10 * time.Millisecond)    // the client's side: no turn held
+			answered.Add(1)
+			<-finish // the client's side, which holds no turn
 		})
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for computing.Load() < 4 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				close(finish)
+				t.Fatalf("%s: %d computing, %d answered, %d turns held", what, computing.Load(), answered.Load(), len(slots))
+			}
+		}
 	}
+	waitFor("4 handshakes computing", func() bool { return computing.Load() == 4 })
 	time.Sleep(50 * time.Millisecond) // room for a fifth, if the bound let one through
 	if n := computing.Load(); n != 4 {
 		t.Fatalf("%d handshakes computing, want 4", n)
 	}
 	close(release)
+	waitFor("every handshake answered while its client is still at it", func() bool { return answered.Load() == 12 })
+	if len(slots) != 0 {
+		t.Fatalf("%d turns held by handshakes that answered", len(slots))
+	}
+	close(finish)
 	wg.Wait()
 	if m := most.Load(); m != 4 {
 		t.Fatalf("at most %d handshakes at once, want 4", m)
 	}
+}
+
+// TestAHandshakeThatWaitsTooLongForItsTurnIsRefused: with every turn held
+// for longer than a handshake may wait, it is refused (and the agent comes
+// back after its backoff) rather than waiting on.
+func TestAHandshakeThatWaitsTooLongForItsTurnIsRefused(t *testing.T) {
+	t.Parallel()
+	if handshakeWait != 10*time.Second || serverTLS(&tls.Config{}).(boundedHandshakes).wait != handshakeWait {
+		t.Fatalf("the gateway's handshakes wait %s for a turn, want 10 s", serverTLS(&tls.Config{}).(boundedHandshakes).wait)
+	}
+	slots := make(chan struct{}, 1)
+	slots <- struct{}{} // held by another handshake
+	c := &handshakeConn{Conn: writeOnly{}, slots: slots, wait: 20 * time.Millisecond}
+	if err := c.acquire(); !errors.Is(err, errBusy) {
+		t.Fatalf("waiting for a turn that does not come: %v, want %v", err, errBusy)
+	}
+	<-slots
+	if err := c.acquire(); err != nil {
+		t.Fatalf("a free turn: %v", err)
+	}
+	c.release()
 	if len(slots) != 0 {
-		t.Fatalf("%d turns still held", len(slots))
+		t.Fatal("the turn was not given back")
 	}
 }
 
