@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -259,3 +261,51 @@ func roundTrip(t *testing.T, c *tls.Conn, r *bufio.Reader) {
 type nopWriter struct{}
 
 func (nopWriter) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestTheNodeNeverGetsTheHTTP01Port: with HTTP-01 the agent answers every
+// renewal on the network's HTTP port while the node serves, so the port it
+// picks for the node is never that one, not even when the kernel offers it
+// or the node had it before; an asked-for port and other strategies keep
+// theirs.
+func TestTheNodeNeverGetsTheHTTP01Port(t *testing.T) {
+	t.Parallel()
+	offered, err := listenAnyPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	acmePort := offered.Addr().(*net.TCPAddr).Port
+	// The kernel first offers the HTTP-01 port, then any.
+	first := true
+	listen := func() (net.Listener, error) {
+		if first {
+			first = false
+			return offered, nil
+		}
+		return listenAnyPort()
+	}
+	acme := &agentv1.Bootstrap{HttpsStrategy: "acme", Acme: &agentv1.AcmeOrder{HttpPort: int32(acmePort)}}
+	got, err := nodePort(acme, state{}, listen)
+	if err != nil || got == acmePort || got == 0 {
+		t.Fatalf("a picked port: %d, %v; want one other than the HTTP-01 port %d", got, err, acmePort)
+	}
+	if _, err := offered.Accept(); err == nil || !errors.Is(err, net.ErrClosed) {
+		t.Errorf("the refused offer is still open (%v)", err)
+	}
+	had := state{Node: &nodeSpec{Port: acmePort}}
+	if got, err := nodePort(acme, had, listenAnyPort); err != nil || got == acmePort {
+		t.Errorf("a node that had the HTTP-01 port keeps it: %d, %v", got, err)
+	}
+	for _, tc := range []struct {
+		name string
+		b    *agentv1.Bootstrap
+		want int
+	}{
+		{"asked for", &agentv1.Bootstrap{NodePort: 8443, HttpsStrategy: "acme", Acme: &agentv1.AcmeOrder{HttpPort: 8443}}, 8443},
+		{"dns-01", &agentv1.Bootstrap{HttpsStrategy: "acme", Acme: &agentv1.AcmeOrder{HttpPort: int32(acmePort), Challenge: "dns-01"}}, acmePort},
+		{"self-signed", &agentv1.Bootstrap{HttpsStrategy: "self-signed"}, acmePort},
+	} {
+		if got, err := nodePort(tc.b, had, listenAnyPort); err != nil || got != tc.want {
+			t.Errorf("%s: port %d, %v; want %d", tc.name, got, err, tc.want)
+		}
+	}
+}

@@ -149,17 +149,11 @@ func (a *agent) install(version string) error {
 // one it had, or a free one), the setup's environment and, for
 // self-signed HTTPS, a key and a certificate from the fleet CA.
 func (a *agent) nodeSpec(ctx context.Context, st state, b *agentv1.Bootstrap, env []string) (nodeSpec, error) {
-	spec := nodeSpec{InstanceName: b.GetInstanceName(), NodeVersion: b.GetNodeVersion(), Port: int(b.GetNodePort()), Host: b.GetNodeHost(), Env: env}
-	if spec.Port == 0 && st.Node != nil {
-		spec.Port = st.Node.Port
+	port, err := nodePort(b, st, listenAnyPort)
+	if err != nil {
+		return nodeSpec{}, err
 	}
-	if spec.Port == 0 {
-		port, err := freePort()
-		if err != nil {
-			return spec, err
-		}
-		spec.Port = port
-	}
+	spec := nodeSpec{InstanceName: b.GetInstanceName(), NodeVersion: b.GetNodeVersion(), Port: port, Host: b.GetNodeHost(), Env: env}
 	switch vocab.HTTPSStrategy(b.GetHttpsStrategy()) {
 	case "", vocab.HTTPSNone:
 	case vocab.HTTPSSelfSigned:
@@ -306,12 +300,42 @@ func (a *agent) fetchSecret(ctx context.Context, name string) (string, error) {
 	return v, nil
 }
 
-// freePort returns a TCP port of 127.0.0.1 that is free now.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port for the node software: %w", err)
+// nodePort is the node software's port: the one the bootstrap asks for,
+// else the one it had, else a free one. HTTP-01 answers on its own port at
+// every renewal while the node serves, so a port the agent picks is never
+// that one.
+func nodePort(b *agentv1.Bootstrap, st state, listen func() (net.Listener, error)) (int, error) {
+	if p := int(b.GetNodePort()); p != 0 {
+		return p, nil
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	taken := 0
+	if vocab.HTTPSStrategy(b.GetHttpsStrategy()) == vocab.HTTPSACME {
+		if o := acmeSpecOf(b.GetAcme()); !o.dns01() {
+			taken = o.HTTPPort
+		}
+	}
+	if st.Node != nil && st.Node.Port != 0 && st.Node.Port != taken {
+		return st.Node.Port, nil
+	}
+	// A listener whose port is taken stays open until another is in hand,
+	// so the next try cannot be given it again.
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
+			l.Close()
+		}
+	}()
+	for {
+		l, err := listen()
+		if err != nil {
+			return 0, fmt.Errorf("find a free port for the node software: %w", err)
+		}
+		held = append(held, l)
+		if port := l.Addr().(*net.TCPAddr).Port; port != taken {
+			return port, nil
+		}
+	}
 }
+
+// listenAnyPort listens on a port of 127.0.0.1 that is free now.
+func listenAnyPort() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }
