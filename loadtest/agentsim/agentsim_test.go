@@ -14,10 +14,12 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/internal/stack"
@@ -85,8 +87,12 @@ func TestAgentsJoinRunAndSurviveAGatewayRestart(t *testing.T) {
 // connected to one agent gateway, heartbeats every 10 s and a line every
 // 10 s each; 20 s into the steady phase the agent gateway alone stops
 // (SIGTERM's way) and starts again on the same address while the other
-// services run on. It reports the longest outage (first stream lost →
-// every agent connected again) and the lines lost (sent, not stored).
+// services run on. It reports the longest outage as the agents see it
+// (first stream lost → every agent connected again, reconnect-s), the time
+// until the gateway had every stream checked and registered again
+// (registered-s: only then can it reach every agent), and the lines lost
+// (sent, not stored). Each second after the restart it prints what the
+// gateway's metrics say (streams, handshakes and their times).
 //
 //	FLOTILLA_BENCH_AGENTS=10000 go test -run '^$' -bench AgentGatewayRestart -benchtime 1x -timeout 1h ./loadtest/agentsim/
 func BenchmarkAgentGatewayRestart(b *testing.B) {
@@ -105,6 +111,7 @@ func BenchmarkAgentGatewayRestart(b *testing.B) {
 		api, token, gw := startFleetManager(b)
 		restarted := make(chan error, 1)
 		var heapPerAgent, servicesCores, agentsCores float64
+		registered := make(chan float64, 1)
 		heapBefore := heapInUse()
 		sum, err := runAgentsApart(b, api, token, agents, func(agentsPID int) {
 			time.Sleep(20 * time.Second)
@@ -112,6 +119,8 @@ func BenchmarkAgentGatewayRestart(b *testing.B) {
 			profileHeap(b)
 			stopProfile := profileCPU(b, 30*time.Second)
 			services, agentsCPU, t0 := cpuSeconds(os.Getpid()), cpuSeconds(agentsPID), time.Now()
+			go traceGateway(t0, 30*time.Second)
+			go func() { registered <- streamsBack(t0, agents, 39*time.Second) }()
 			var err error
 			gw, err = gw.restart(b)
 			// What each process used while the agents came back: on this
@@ -136,6 +145,7 @@ func BenchmarkAgentGatewayRestart(b *testing.B) {
 		}
 		b.ReportMetric(float64(sum.Agents), "agents")
 		b.ReportMetric(sum.ReconnectSeconds, "reconnect-s")
+		b.ReportMetric(<-registered, "registered-s")
 		b.ReportMetric(float64(sum.LinesSent-sum.LinesStored-sum.LinesUnread), "lines-lost")
 		b.ReportMetric(sum.SetupSeconds, "setup-s")
 		b.ReportMetric(heapPerAgent/1024, "services-heap-KB/agent")
@@ -319,11 +329,37 @@ func startFleetManager(tb testing.TB) (api, token string, gw *agentGateway) {
 	dbURL := testkit.NewDatabase(tb)
 	st := stacktest.Start(tb, stacktest.OnBus(stack.Config{DatabaseURL: dbURL, AgentGatewayAddr: agentAddr,
 		Services: []string{subjects.Inventory, subjects.CA, subjects.Secrets, subjects.Provisioner, subjects.Gateway}}, bus))
-	gw, err := startAgentGateway(tb, stacktest.OnBus(stack.Config{Services: []string{subjects.AgentGW}, AgentAddr: agentAddr}, bus))
+	// The gateway's own log says where its stop spends its time.
+	stopLog := &lastLine{match: []byte("agent gateway stopped")}
+	gw, err := startAgentGateway(tb, stacktest.OnBus(stack.Config{Services: []string{subjects.AgentGW}, AgentAddr: agentAddr,
+		Log: slog.New(slog.NewTextHandler(stopLog, nil))}, bus))
 	if err != nil {
 		tb.Fatal(err)
 	}
+	gw.stopLog = stopLog
 	return "http://" + st.HTTPAddr, adminToken(tb, dbURL, st.HTTPAddr), gw
+}
+
+// lastLine keeps the last log line written to it that holds match.
+type lastLine struct {
+	match []byte
+	mu    sync.Mutex
+	line  string
+}
+
+func (l *lastLine) Write(p []byte) (int, error) {
+	if bytes.Contains(p, l.match) {
+		l.mu.Lock()
+		l.line = string(p)
+		l.mu.Unlock()
+	}
+	return len(p), nil
+}
+
+func (l *lastLine) last() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.line
 }
 
 // agentGateway is an agent gateway the test stops and starts again.
@@ -331,6 +367,8 @@ type agentGateway struct {
 	cfg    stack.Config
 	cancel context.CancelFunc
 	done   chan error
+	// stopLog, when set, has the gateway's account of its last stop.
+	stopLog *lastLine
 }
 
 func startAgentGateway(t testing.TB, cfg stack.Config) (*agentGateway, error) {
@@ -360,7 +398,13 @@ func (g *agentGateway) restart(t testing.TB) (*agentGateway, error) {
 	g.stop()
 	t1 := time.Now()
 	ng, err := startAgentGateway(t, g.cfg)
+	if ng != nil {
+		ng.stopLog = g.stopLog
+	}
 	fmt.Fprintf(os.Stderr, "the agent gateway stopped in %v and started in %v\n", t1.Sub(t0).Round(time.Millisecond), time.Since(t1).Round(time.Millisecond))
+	if g.stopLog != nil {
+		fmt.Fprintf(os.Stderr, "its log: %s", g.stopLog.last())
+	}
 	return ng, err
 }
 
@@ -386,4 +430,73 @@ func adminToken(t testing.TB, dbURL, httpAddr string) string {
 		t.Fatalf("login: %d %v", resp.StatusCode, err)
 	}
 	return login.Token
+}
+
+// streamsBack is how long after t0 the agent gateway had every agent's
+// stream registered again (flotilla_agentgw_streams back at n), or -1 if
+// it had not within d. An agent counts itself connected once it has sent
+// its hello; the gateway can reach it (commands, the inventory's
+// "connected") only once it has checked the agent's certificate with the
+// CA and registered the stream, which is what this measures.
+func streamsBack(t0 time.Time, n int, d time.Duration) float64 {
+	left := false
+	for time.Since(t0) < d {
+		switch streams := gatewayMetrics()["flotilla_agentgw_streams"]; {
+		case streams < float64(n):
+			left = true
+		case left:
+			return time.Since(t0).Seconds()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return -1
+}
+
+// traceGateway prints, every second for d from t0, what the agent
+// gateway's metrics say happened in that second: its open streams, the
+// handshakes that ended (ok, busy, failed) and their mean time from accept
+// and mean wait for a turn.
+func traceGateway(t0 time.Time, d time.Duration) {
+	prev := gatewayMetrics()
+	for t := time.NewTicker(time.Second); time.Since(t0) < d; {
+		<-t.C
+		cur := gatewayMetrics()
+		mean := func(sum, count string) float64 {
+			if n := cur[count] - prev[count]; n > 0 {
+				return (cur[sum] - prev[sum]) / n
+			}
+			return 0
+		}
+		fmt.Fprintf(os.Stderr, "gateway t=%.0fs streams=%.0f handshakes ok=%.0f busy=%.0f failed=%.0f mean=%.3fs turn-wait=%.3fs\n",
+			time.Since(t0).Seconds(), cur["flotilla_agentgw_streams"],
+			cur["ok"]-prev["ok"], cur["busy"]-prev["busy"], cur["failed"]-prev["failed"],
+			mean("flotilla_agentgw_handshake_seconds_sum", "flotilla_agentgw_handshake_seconds_count"),
+			mean("flotilla_agentgw_handshake_turn_wait_seconds_sum", "flotilla_agentgw_handshake_turn_wait_seconds_count"))
+		prev = cur
+	}
+}
+
+// gatewayMetrics reads the agent gateway's metrics from this process's
+// registry: gauges by name, handshakes by result, histograms' _sum and
+// _count.
+func gatewayMetrics() map[string]float64 {
+	out := map[string]float64{}
+	families, _ := prometheus.DefaultGatherer.Gather()
+	for _, f := range families {
+		if !strings.HasPrefix(f.GetName(), "flotilla_agentgw_") {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			switch {
+			case m.GetGauge() != nil:
+				out[f.GetName()] = m.GetGauge().GetValue()
+			case m.GetCounter() != nil && len(m.GetLabel()) == 1:
+				out[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			case m.GetHistogram() != nil:
+				out[f.GetName()+"_sum"] = m.GetHistogram().GetSampleSum()
+				out[f.GetName()+"_count"] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return out
 }

@@ -245,20 +245,24 @@ func (s *Service) Run(ctx context.Context) error {
 		// this one's successor, instead of each handshaking with this
 		// one as it stops, which with thousands of agents held the stop
 		// up for seconds.
+		t0 := time.Now()
 		s.markStopping()
 		stopped := make(chan struct{})
 		go func() { s.grpc.GracefulStop(); close(stopped) }()
-		s.closeAll("the agent gateway is shutting down")
+		streams := s.closeAll("the agent gateway is shutting down")
+		t1 := time.Now()
 		// Once every stream has ended, what is left is each agent closing
 		// its connection, which the graceful stop would wait for (with
 		// thousands of agents, for seconds): their last messages get a
 		// moment to go out, then the connections close.
 		s.awaitStreamsEnded(deadline)
+		t2 := time.Now()
 		select {
 		case <-stopped:
 		case <-time.After(min(stopGrace, time.Until(deadline))):
 			s.grpc.Stop()
 		}
+		t3 := time.Now()
 		// Let the streams' last events (progress, log acknowledgements'
 		// reports) reach the bus.
 		done := make(chan struct{})
@@ -268,6 +272,10 @@ func (s *Service) Run(ctx context.Context) error {
 		case <-time.After(time.Until(deadline)):
 			s.log.Warn("agent events still being sent at shutdown")
 		}
+		// Where a slow stop spends its time.
+		s.log.Info("agent gateway stopped", "streams", streams,
+			"streams_told_s", t1.Sub(t0).Seconds(), "streams_ended_s", t2.Sub(t1).Seconds(),
+			"connections_closed_s", t3.Sub(t2).Seconds(), "events_sent_s", time.Since(t3).Seconds())
 		return nil
 	})
 	return eg.Wait()
@@ -362,10 +370,10 @@ func (s *Service) awaitStreamsEnded(deadline time.Time) {
 	}
 }
 
-// closeAll ends every agent stream; markStopping, called first, has the
+// closeAll ends every agent stream and says how many there were; markStopping, called first, has the
 // gateway refuse new ones, so the graceful stop does not wait for streams
 // opened meanwhile.
-func (s *Service) closeAll(reason string) {
+func (s *Service) closeAll(reason string) int {
 	s.mu.Lock()
 	conns := make([]*agentConn, 0, len(s.conns))
 	for _, c := range s.conns {
@@ -375,4 +383,5 @@ func (s *Service) closeAll(reason string) {
 	for _, c := range conns {
 		c.close(reason, false)
 	}
+	return len(conns)
 }

@@ -28,6 +28,7 @@ import (
 	"flotilla.dev/flotilla/libs/msgcheck"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
+	"flotilla.dev/flotilla/services/agentgw"
 )
 
 func TestJoinNeedsNoCertificateButConnectDoes(t *testing.T) {
@@ -551,5 +552,43 @@ func TestLinesWaitOnTheStreamWhileJetStreamCannotStoreThem(t *testing.T) {
 	}
 	if acks := stream.Acks(); len(acks) == 0 || acks[len(acks)-1] != 4 {
 		t.Errorf("LogAcks %v: want the last for line 4", acks)
+	}
+}
+
+// TestTheStreamsGaugeCountsOpenStreams: flotilla_agentgw_streams goes up
+// when an agent's stream opens, stays when a newer stream replaces it, and
+// goes down when it ends. Not parallel: the gauge is the process's, and
+// parallel tests wait until this one is over.
+func TestTheStreamsGaugeCountsOpenStreams(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	before := agentgw.OpenStreams()
+	const id = "inst-gauge"
+	cert := e.join(id)
+	first := e.connectAs(cert, &agentv1.Hello{VmId: "vm-1"})
+	e.observed.WaitFor(t, 10*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetConnected().GetVmId() == "vm-1"
+	})
+	if got := agentgw.OpenStreams(); got != before+1 {
+		t.Fatalf("with a stream open the gauge is %v, want %v", got, before+1)
+	}
+	second := e.connectAs(cert, &agentv1.Hello{VmId: "vm-2"})
+	if _, err := first.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("the replaced stream: %v", err)
+	}
+	e.observed.WaitFor(t, 10*time.Second, "connected again", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetConnected().GetVmId() == "vm-2"
+	})
+	if got := agentgw.OpenStreams(); got != before+1 {
+		t.Fatalf("with the stream replaced the gauge is %v, want %v", got, before+1)
+	}
+	if err := second.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for agentgw.OpenStreams() != before {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the stream ended the gauge is %v, want %v", agentgw.OpenStreams(), before)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -362,7 +362,8 @@ func (s *Service) register(c *agentConn) error {
 		s.mu.Unlock()
 		return errStopping
 	}
-	if old := s.conns[c.id]; old != nil {
+	old := s.conns[c.id]
+	if old != nil {
 		if c.issued.Before(old.issued) {
 			s.mu.Unlock()
 			return errOlderCert
@@ -375,6 +376,9 @@ func (s *Service) register(c *agentConn) error {
 		c.sub = sub
 		c.mu.Unlock()
 		s.conns[c.id] = c
+		if old == nil {
+			metrics.streams.Inc()
+		}
 	}
 	s.mu.Unlock()
 	if err != nil {
@@ -398,6 +402,7 @@ func (s *Service) unregister(c *agentConn) {
 	defer s.mu.Unlock()
 	if s.conns[c.id] == c {
 		delete(s.conns, c.id)
+		metrics.streams.Dec()
 	}
 }
 

@@ -63,9 +63,20 @@ type boundedHandshakes struct {
 }
 
 func (b boundedHandshakes) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	start := time.Now()
 	hc := &handshakeConn{Conn: c, slots: b.slots, wait: b.wait}
 	defer hc.release()
-	return b.TransportCredentials.ServerHandshake(hc)
+	conn, info, err := b.TransportCredentials.ServerHandshake(hc)
+	metrics.handshakeTime.Observe(time.Since(start).Seconds())
+	switch {
+	case err == nil:
+		metrics.handshakes.WithLabelValues("ok").Inc()
+	case errors.Is(err, errBusy):
+		metrics.handshakes.WithLabelValues("busy").Inc()
+	default:
+		metrics.handshakes.WithLabelValues("failed").Inc()
+	}
+	return conn, info, err
 }
 
 func (b boundedHandshakes) Clone() credentials.TransportCredentials {
@@ -84,8 +95,10 @@ type handshakeConn struct {
 }
 
 func (c *handshakeConn) acquire() error {
+	start := time.Now()
 	t := time.NewTimer(c.wait)
 	defer t.Stop()
+	defer func() { metrics.handshakeTurns.Observe(time.Since(start).Seconds()) }()
 	select {
 	case c.slots <- struct{}{}:
 		c.held.Store(true)

@@ -13,6 +13,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // writeOnly stands for a socket: writes succeed.
@@ -97,6 +101,22 @@ func TestAHandshakeThatWaitsTooLongForItsTurnIsRefused(t *testing.T) {
 	if len(slots) != 0 {
 		t.Fatal("the turn was not given back")
 	}
+
+	// Through the credentials, the refusal fails the handshake and is
+	// counted as busy.
+	busy := testutil.ToFloat64(metrics.handshakes.WithLabelValues("busy"))
+	slots <- struct{}{}
+	creds := serverTLS(&tls.Config{}).(boundedHandshakes)
+	creds.slots, creds.wait = slots, 20*time.Millisecond
+	server, client := net.Pipe()
+	defer client.Close()
+	go func() { _ = tls.Client(client, &tls.Config{InsecureSkipVerify: true}).Handshake() }()
+	if _, _, err := creds.ServerHandshake(server); !errors.Is(err, errBusy) {
+		t.Fatalf("a handshake without a turn: %v, want %v", err, errBusy)
+	}
+	if got := testutil.ToFloat64(metrics.handshakes.WithLabelValues("busy")); got < busy+1 {
+		t.Errorf("flotilla_agentgw_handshakes_total{result=busy} %v, want at least %v", got, busy+1)
+	}
 }
 
 // TestTLSHandshakesThroughTheBoundAllComplete: more real handshakes at once
@@ -122,6 +142,7 @@ func TestTLSHandshakesThroughTheBoundAllComplete(t *testing.T) {
 	defer silentClient.Close()
 	go func() { _, _, _ = creds.ServerHandshake(silentServer) }()
 
+	ok, timed, turns := testutil.ToFloat64(metrics.handshakes.WithLabelValues("ok")), histogramCount(t, metrics.handshakeTime), histogramCount(t, metrics.handshakeTurns)
 	var wg sync.WaitGroup
 	var failed atomic.Int32
 	for range maxHandshakes + 44 {
@@ -147,4 +168,25 @@ func TestTLSHandshakesThroughTheBoundAllComplete(t *testing.T) {
 	if len(slots) != 0 {
 		t.Fatalf("%d turns still held after every handshake ended (one connection silent)", len(slots))
 	}
+	// Counted in the metrics (other tests' handshakes may add to them).
+	const n = maxHandshakes + 44
+	if got := testutil.ToFloat64(metrics.handshakes.WithLabelValues("ok")); got < ok+n {
+		t.Errorf("flotilla_agentgw_handshakes_total{result=ok} %v, want at least %v", got, ok+n)
+	}
+	if got := histogramCount(t, metrics.handshakeTime); got < timed+n {
+		t.Errorf("flotilla_agentgw_handshake_seconds counted %d, want at least %d", got, timed+n)
+	}
+	if got := histogramCount(t, metrics.handshakeTurns); got < turns+n {
+		t.Errorf("flotilla_agentgw_handshake_turn_wait_seconds counted %d, want at least %d", got, turns+n)
+	}
+}
+
+// histogramCount is how many observations h has.
+func histogramCount(t *testing.T, h prometheus.Histogram) uint64 {
+	t.Helper()
+	var m dto.Metric
+	if err := h.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetHistogram().GetSampleCount()
 }
