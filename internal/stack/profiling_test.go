@@ -1,7 +1,9 @@
 package stack_test
 
 import (
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 
 	"flotilla.dev/flotilla/api/subjects"
@@ -27,6 +29,27 @@ func TestProfilesAreServedOnlyWhenAsked(t *testing.T) {
 			t.Errorf("profiling=%v: /metrics: %v %v", profiling, resp, err)
 		} else {
 			resp.Body.Close()
+		}
+	}
+}
+
+// TestTheAgentGatewaysMetricsAreServed: a process running an agent gateway
+// serves its streams and handshakes metrics on the metrics address.
+func TestTheAgentGatewaysMetricsAreServed(t *testing.T) {
+	t.Parallel()
+	st := stacktest.Start(t, stack.Config{Services: []string{subjects.Inventory, subjects.CA, subjects.AgentGW}, MetricsAddr: "127.0.0.1:0"})
+	resp, err := http.Get("http://" + st.MetricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"flotilla_agentgw_streams", "flotilla_agentgw_handshake_seconds_count", "flotilla_agentgw_check_seconds_count"} {
+		if !strings.Contains(string(body), "\n"+name+" ") {
+			t.Errorf("/metrics has no %s", name)
 		}
 	}
 }

@@ -110,11 +110,15 @@ func BenchmarkAgentGatewayRestart(b *testing.B) {
 	for b.Loop() {
 		api, token, gw := startFleetManager(b)
 		restarted := make(chan error, 1)
-		var heapPerAgent, servicesCores, agentsCores float64
+		var heapPerAgent, steadyCores, servicesCores, agentsCores float64
 		registered := make(chan float64, 1)
 		heapBefore := heapInUse()
 		sum, err := runAgentsApart(b, api, token, agents, func(agentsPID int) {
+			// The steady phase's first 20 s: what every service but the
+			// agents costs while they heartbeat and log.
+			steady, steadyAt := cpuSeconds(os.Getpid()), time.Now()
 			time.Sleep(20 * time.Second)
+			steadyCores = (cpuSeconds(os.Getpid()) - steady) / time.Since(steadyAt).Seconds()
 			heapPerAgent = (float64(heapInUse()) - float64(heapBefore)) / float64(agents)
 			profileHeap(b)
 			stopProfile := profileCPU(b, 30*time.Second)
@@ -149,6 +153,7 @@ func BenchmarkAgentGatewayRestart(b *testing.B) {
 		b.ReportMetric(float64(sum.LinesSent-sum.LinesStored-sum.LinesUnread), "lines-lost")
 		b.ReportMetric(sum.SetupSeconds, "setup-s")
 		b.ReportMetric(heapPerAgent/1024, "services-heap-KB/agent")
+		b.ReportMetric(steadyCores, "services-cores-steady")
 		b.ReportMetric(servicesCores, "services-cores-after-restart")
 		b.ReportMetric(agentsCores, "agents-cores-after-restart")
 	}
@@ -455,7 +460,8 @@ func streamsBack(t0 time.Time, n int, d time.Duration) float64 {
 // traceGateway prints, every second for d from t0, what the agent
 // gateway's metrics say happened in that second: its open streams, the
 // handshakes that ended (ok, busy, failed) and their mean time from accept
-// and mean wait for a turn.
+// and mean wait for a turn, and the CA's certificate checks answered, their
+// mean time and mean wait for a turn.
 func traceGateway(t0 time.Time, d time.Duration) {
 	prev := gatewayMetrics()
 	for t := time.NewTicker(time.Second); time.Since(t0) < d; {
@@ -467,11 +473,14 @@ func traceGateway(t0 time.Time, d time.Duration) {
 			}
 			return 0
 		}
-		fmt.Fprintf(os.Stderr, "gateway t=%.0fs streams=%.0f handshakes ok=%.0f busy=%.0f failed=%.0f mean=%.3fs turn-wait=%.3fs\n",
+		fmt.Fprintf(os.Stderr, "gateway t=%.0fs streams=%.0f handshakes ok=%.0f busy=%.0f failed=%.0f mean=%.3fs turn-wait=%.3fs checks=%.0f mean=%.3fs turn-wait=%.3fs\n",
 			time.Since(t0).Seconds(), cur["flotilla_agentgw_streams"],
 			cur["ok"]-prev["ok"], cur["busy"]-prev["busy"], cur["failed"]-prev["failed"],
 			mean("flotilla_agentgw_handshake_seconds_sum", "flotilla_agentgw_handshake_seconds_count"),
-			mean("flotilla_agentgw_handshake_turn_wait_seconds_sum", "flotilla_agentgw_handshake_turn_wait_seconds_count"))
+			mean("flotilla_agentgw_handshake_turn_wait_seconds_sum", "flotilla_agentgw_handshake_turn_wait_seconds_count"),
+			cur["flotilla_agentgw_check_seconds_count"]-prev["flotilla_agentgw_check_seconds_count"],
+			mean("flotilla_agentgw_check_seconds_sum", "flotilla_agentgw_check_seconds_count"),
+			mean("flotilla_agentgw_check_turn_wait_seconds_sum", "flotilla_agentgw_check_turn_wait_seconds_count"))
 		prev = cur
 	}
 }

@@ -119,6 +119,7 @@ type Service struct {
 // service must answer on the bus (New waits up to RequestTimeout for it to
 // appear).
 func New(ctx context.Context, d Deps) (*Service, error) {
+	registerMetrics()
 	if d.NATS == nil || d.Log == nil || d.TracerProvider == nil || d.Listener == nil {
 		return nil, errors.New("agentgw: NATS, Log, TracerProvider and Listener are required")
 	}

@@ -557,11 +557,13 @@ func TestLinesWaitOnTheStreamWhileJetStreamCannotStoreThem(t *testing.T) {
 
 // TestTheStreamsGaugeCountsOpenStreams: flotilla_agentgw_streams goes up
 // when an agent's stream opens, stays when a newer stream replaces it, and
-// goes down when it ends. Not parallel: the gauge is the process's, and
-// parallel tests wait until this one is over.
+// goes down when it ends; each stream's certificate check is counted. Not
+// parallel: the metrics are the process's, and parallel tests wait until
+// this one is over.
 func TestTheStreamsGaugeCountsOpenStreams(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	before := agentgw.OpenStreams()
+	checked, turns := agentgw.ChecksAnswered()
 	const id = "inst-gauge"
 	cert := e.join(id)
 	first := e.connectAs(cert, &agentv1.Hello{VmId: "vm-1"})
@@ -580,6 +582,9 @@ func TestTheStreamsGaugeCountsOpenStreams(t *testing.T) {
 	})
 	if got := agentgw.OpenStreams(); got != before+1 {
 		t.Fatalf("with the stream replaced the gauge is %v, want %v", got, before+1)
+	}
+	if c, tu := agentgw.ChecksAnswered(); c != checked+2 || tu != turns+2 {
+		t.Errorf("checks answered %d and turns %d after two streams, want %d and %d", c, tu, checked+2, turns+2)
 	}
 	if err := second.CloseSend(); err != nil {
 		t.Fatal(err)

@@ -319,14 +319,19 @@ func (s *Service) finishLogs(ctx context.Context, stream agentv1.AgentGateway_Co
 // checkAgent asks the CA whether who's certificate is current, once one of
 // the maxChecks turns is free.
 func (s *Service) checkAgent(ctx context.Context, who identity) error {
+	start := time.Now()
 	select {
 	case s.checks <- struct{}{}:
 		defer func() { <-s.checks }()
+		metrics.checkTurns.Observe(time.Since(start).Seconds())
 	case <-ctx.Done():
+		metrics.checkTurns.Observe(time.Since(start).Seconds())
 		return apierr.Unavailable("the agent gateway was still checking other agents when the stream ended")
 	}
+	asked := time.Now()
 	_, err := rpc.Call(ctx, s.bus, endpoints.AgentCheck, &cav1.CheckAgentRequest{InstanceId: who.instanceID,
 		VmId: pki.AgentVMID(who.cert), Serial: pki.Serial(who.cert)}, rpc.As(vocab.Agent(who.instanceID)))
+	metrics.checkTime.Observe(time.Since(asked).Seconds())
 	return err
 }
 

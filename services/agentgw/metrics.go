@@ -1,17 +1,21 @@
 package agentgw
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The agent gateway's metrics, on the process's Prometheus registry (the
-// metrics port's /metrics). Every gateway of a process counts into the same
+// metrics port's /metrics) once it runs a gateway. Every gateway of a process counts into the same
 // series: a process runs one, except in tests.
 var metrics = struct {
 	streams        prometheus.Gauge
 	handshakes     *prometheus.CounterVec
 	handshakeTime  prometheus.Histogram
 	handshakeTurns prometheus.Histogram
+	checkTurns     prometheus.Histogram
+	checkTime      prometheus.Histogram
 }{
 	streams: prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "flotilla_agentgw_streams",
@@ -21,22 +25,28 @@ var metrics = struct {
 		Name: "flotilla_agentgw_handshakes_total",
 		Help: "TLS handshakes with agents by result: ok, busy (refused after waiting its longest for a turn), failed (anything else).",
 	}, []string{"result"}),
-	handshakeTime: prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name:    "flotilla_agentgw_handshake_seconds",
-		Help:    "Time from a connection's accept to the end of its TLS handshake, whatever its result.",
-		Buckets: handshakeBuckets,
-	}),
-	handshakeTurns: prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name:    "flotilla_agentgw_handshake_turn_wait_seconds",
-		Help:    "Time a handshake waited for its turn, from its ClientHello (at most 256 are computed at once).",
-		Buckets: handshakeBuckets,
-	}),
+	handshakeTime: histogram("flotilla_agentgw_handshake_seconds",
+		"Time from a connection's accept to the end of its TLS handshake, whatever its result."),
+	handshakeTurns: histogram("flotilla_agentgw_handshake_turn_wait_seconds",
+		"Time a handshake waited for its turn, from its ClientHello (at most 256 are computed at once)."),
+	checkTurns: histogram("flotilla_agentgw_check_turn_wait_seconds",
+		"Time a new stream waited for its turn to have the agent's certificate checked by the CA (at most 64 checks in flight)."),
+	checkTime: histogram("flotilla_agentgw_check_seconds",
+		"Time the CA took to answer a new stream's certificate check, whatever its answer."),
 }
 
-// handshakeBuckets span a resumed handshake on an idle gateway (about a
-// millisecond) to the longest wait for a turn and beyond.
+// handshakeBuckets span a resumed handshake or a check on an idle gateway
+// (about a millisecond) to the longest wait for a turn and beyond.
 var handshakeBuckets = []float64{.001, .005, .025, .1, .25, .5, 1, 2.5, 5, 10, 15, 30}
 
-func init() {
-	prometheus.MustRegister(metrics.streams, metrics.handshakes, metrics.handshakeTime, metrics.handshakeTurns)
+// histogram is a histogram of durations over handshakeBuckets.
+func histogram(name, help string) prometheus.Histogram {
+	return prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: handshakeBuckets})
 }
+
+// registerMetrics puts the metrics on the process's registry, once: only a
+// process that runs an agent gateway shows them.
+var registerMetrics = sync.OnceFunc(func() {
+	prometheus.MustRegister(metrics.streams, metrics.handshakes, metrics.handshakeTime, metrics.handshakeTurns,
+		metrics.checkTurns, metrics.checkTime)
+})
