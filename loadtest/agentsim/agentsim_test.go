@@ -464,8 +464,10 @@ func streamsBack(t0 time.Time, n int, d time.Duration) float64 {
 // mean time and mean wait for a turn.
 func traceGateway(t0 time.Time, d time.Duration) {
 	prev := gatewayMetrics()
-	for t := time.NewTicker(time.Second); time.Since(t0) < d; {
-		<-t.C
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for time.Since(t0) < d {
+		<-tick.C
 		cur := gatewayMetrics()
 		mean := func(sum, count string) float64 {
 			if n := cur[count] - prev[count]; n > 0 {
@@ -475,7 +477,7 @@ func traceGateway(t0 time.Time, d time.Duration) {
 		}
 		fmt.Fprintf(os.Stderr, "gateway t=%.0fs streams=%.0f handshakes ok=%.0f busy=%.0f failed=%.0f mean=%.3fs turn-wait=%.3fs checks=%.0f mean=%.3fs turn-wait=%.3fs\n",
 			time.Since(t0).Seconds(), cur["flotilla_agentgw_streams"],
-			cur["ok"]-prev["ok"], cur["busy"]-prev["busy"], cur["failed"]-prev["failed"],
+			cur[handshakes+"ok"]-prev[handshakes+"ok"], cur[handshakes+"busy"]-prev[handshakes+"busy"], cur[handshakes+"failed"]-prev[handshakes+"failed"],
 			mean("flotilla_agentgw_handshake_seconds_sum", "flotilla_agentgw_handshake_seconds_count"),
 			mean("flotilla_agentgw_handshake_turn_wait_seconds_sum", "flotilla_agentgw_handshake_turn_wait_seconds_count"),
 			cur["flotilla_agentgw_check_seconds_count"]-prev["flotilla_agentgw_check_seconds_count"],
@@ -485,9 +487,12 @@ func traceGateway(t0 time.Time, d time.Duration) {
 	}
 }
 
+// handshakes prefixes the handshakes counted by result in gatewayMetrics.
+const handshakes = "flotilla_agentgw_handshakes_total/"
+
 // gatewayMetrics reads the agent gateway's metrics from this process's
-// registry: gauges by name, handshakes by result, histograms' _sum and
-// _count.
+// registry: gauges by name, counters by name/label value, histograms'
+// _sum and _count.
 func gatewayMetrics() map[string]float64 {
 	out := map[string]float64{}
 	families, _ := prometheus.DefaultGatherer.Gather()
@@ -500,7 +505,7 @@ func gatewayMetrics() map[string]float64 {
 			case m.GetGauge() != nil:
 				out[f.GetName()] = m.GetGauge().GetValue()
 			case m.GetCounter() != nil && len(m.GetLabel()) == 1:
-				out[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+				out[f.GetName()+"/"+m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
 			case m.GetHistogram() != nil:
 				out[f.GetName()+"_sum"] = m.GetHistogram().GetSampleSum()
 				out[f.GetName()+"_count"] = float64(m.GetHistogram().GetSampleCount())

@@ -371,9 +371,9 @@ func (s *Service) awaitStreamsEnded(deadline time.Time) {
 	}
 }
 
-// closeAll ends every agent stream and says how many there were; markStopping, called first, has the
-// gateway refuse new ones, so the graceful stop does not wait for streams
-// opened meanwhile.
+// closeAll ends every agent stream and says how many there were;
+// markStopping, called first, has the gateway refuse new ones, so the
+// graceful stop does not wait for streams opened meanwhile.
 func (s *Service) closeAll(reason string) int {
 	s.mu.Lock()
 	conns := make([]*agentConn, 0, len(s.conns))

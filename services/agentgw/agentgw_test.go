@@ -167,7 +167,8 @@ func TestCommandsReachTheConnectedAgentOnly(t *testing.T) {
 // TestAStoppingGatewayReportsNoDisconnects: the streams a stopping gateway
 // ends report no disconnect (their agents reconnect to a gateway at once;
 // the inventory marks an agent that cannot as disconnected once its
-// heartbeats are missed), so a restart costs the inventory nothing.
+// heartbeats are missed), so a restart costs the inventory nothing; the
+// gateway logs where its stop spent its time.
 func TestAStoppingGatewayReportsNoDisconnects(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})
@@ -183,6 +184,13 @@ func TestAStoppingGatewayReportsNoDisconnects(t *testing.T) {
 	for _, ev := range e.observed.Events() {
 		if ev.GetDisconnected() != nil {
 			t.Fatalf("a stopping gateway reported a disconnect: %v", ev)
+		}
+	}
+	// Its log says how many streams it ended and where the stop's time went.
+	stopped := e.log.line(`msg="agent gateway stopped"`)
+	for _, want := range []string{"streams=1 ", "streams_told_s=", "streams_ended_s=", "connections_closed_s=", "events_sent_s="} {
+		if !strings.Contains(stopped, want) {
+			t.Errorf("the stop's log line %q does not say %q", stopped, want)
 		}
 	}
 }

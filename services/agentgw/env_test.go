@@ -43,8 +43,10 @@ type env struct {
 	addr     string
 	roots    *x509.CertPool
 	observed *testkit.Inventory
-	bus      *testkit.Bus
-	stack    *stack.Stack
+	// log has what the services logged.
+	log   *testWriter
+	bus   *testkit.Bus
+	stack *stack.Stack
 	// provisioner calls as the provisioner (join tokens, agent commands),
 	// operator as the gateway does for an operator.
 	provisioner, operator *rpc.Client
@@ -71,7 +73,8 @@ func newEnv(t testing.TB, o envOptions) *env {
 	if e.js, err = jetstream.New(e.nc); err != nil {
 		t.Fatal(err)
 	}
-	cfg := stacktest.OnBus(stack.Config{Services: []string{subjects.CA, subjects.AgentGW}, Log: testLog(t), AgentCertTTL: o.agentCertTTL,
+	e.log = newTestWriter(t)
+	cfg := stacktest.OnBus(stack.Config{Services: []string{subjects.CA, subjects.AgentGW}, Log: e.log.logger(), AgentCertTTL: o.agentCertTTL,
 		LogRetentionInterval: o.retentionInterval}, e.bus)
 	if o.services {
 		cfg.Services = append(cfg.Services, subjects.Inventory, subjects.Secrets)
@@ -89,25 +92,47 @@ func newEnv(t testing.TB, o envOptions) *env {
 }
 
 // testLog logs to t until the test ends, then discards.
-func testLog(t testing.TB) *slog.Logger {
-	w := &testWriter{t: t}
-	t.Cleanup(w.stop) // registered first, so it runs last
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+func testLog(t testing.TB) *slog.Logger { return newTestWriter(t).logger() }
+
+// testWriter passes log lines to t until the test ends, and keeps them.
+type testWriter struct {
+	mu    sync.Mutex
+	t     testing.TB
+	done  bool
+	lines []string
 }
 
-type testWriter struct {
-	mu   sync.Mutex
-	t    testing.TB
-	done bool
+func newTestWriter(t testing.TB) *testWriter {
+	w := &testWriter{t: t}
+	t.Cleanup(w.stop) // registered first, so it runs last
+	return w
+}
+
+func (w *testWriter) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 func (w *testWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !w.done {
-		w.t.Log(strings.TrimSuffix(string(p), "\n"))
+		line := strings.TrimSuffix(string(p), "\n")
+		w.t.Log(line)
+		w.lines = append(w.lines, line)
 	}
 	return len(p), nil
+}
+
+// line returns the first line logged that holds s, or "".
+func (w *testWriter) line(s string) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, l := range w.lines {
+		if strings.Contains(l, s) {
+			return l
+		}
+	}
+	return ""
 }
 
 func (w *testWriter) stop() {

@@ -20,10 +20,12 @@ func OpenStreams() float64 { return testutil.ToFloat64(metrics.streams) }
 // ChecksAnswered is how many certificate checks the CA answered
 // (flotilla_agentgw_check_seconds' count), and how many waited for a turn.
 func ChecksAnswered() (answered, turns uint64) {
-	count := func(h prometheus.Histogram) uint64 {
-		var m dto.Metric
-		_ = h.Write(&m)
-		return m.GetHistogram().GetSampleCount()
-	}
-	return count(metrics.checkTime), count(metrics.checkTurns)
+	return sampleCount(metrics.checkTime), sampleCount(metrics.checkTurns)
+}
+
+// sampleCount is how many observations h has.
+func sampleCount(h prometheus.Histogram) uint64 {
+	var m dto.Metric
+	_ = h.Write(&m)
+	return m.GetHistogram().GetSampleCount()
 }
