@@ -47,36 +47,37 @@ func (s *Service) putCloudKey(ctx context.Context, _ vocab.Actor, r *secretsv1.P
 	if len(value) > MaxCloudKeySize {
 		return nil, apierr.Invalid("value", "must be at most %d bytes", MaxCloudKeySize)
 	}
-	for range putAttempts {
-		var version int64
-		err := s.store.pool.QueryRow(ctx, `SELECT version FROM cloud_keys WHERE cloud_account_id = $1`, id).Scan(&version)
+	var version int64
+	var kmsKeyID string
+	err = s.store.inTurn(ctx, "cloud key "+id, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `SELECT version FROM cloud_keys WHERE cloud_account_id = $1`, id).Scan(&version)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return nil, fmt.Errorf("read the key of cloud account %s: %w", id, err)
+			return fmt.Errorf("read the key of cloud account %s: %w", id, err)
 		}
 		version++
 		sl, err := seal(ctx, s.kms, value, cloudKeyBinding(id, version))
 		if err != nil {
-			return nil, fmt.Errorf("seal the key of cloud account %s: %w", id, err)
+			return fmt.Errorf("seal the key of cloud account %s: %w", id, err)
 		}
+		kmsKeyID = sl.kmsKeyID
 		now := s.now().UTC().Truncate(time.Microsecond)
-		tag, err := s.store.pool.Exec(ctx, `
+		_, err = tx.Exec(ctx, `
 			INSERT INTO cloud_keys AS k (cloud_account_id, version, ciphertext, nonce, wrapped_key, kms_key_id, created_at, updated_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
 			ON CONFLICT (cloud_account_id) DO UPDATE SET
 				version = EXCLUDED.version, ciphertext = EXCLUDED.ciphertext, nonce = EXCLUDED.nonce,
-				wrapped_key = EXCLUDED.wrapped_key, kms_key_id = EXCLUDED.kms_key_id, updated_at = EXCLUDED.updated_at
-			WHERE k.version = EXCLUDED.version - 1`,
+				wrapped_key = EXCLUDED.wrapped_key, kms_key_id = EXCLUDED.kms_key_id, updated_at = EXCLUDED.updated_at`,
 			id, version, sl.ciphertext, sl.nonce, sl.wrappedKey, sl.kmsKeyID, now)
 		if err != nil {
-			return nil, fmt.Errorf("store the key of cloud account %s: %w", id, err)
+			return fmt.Errorf("store the key of cloud account %s: %w", id, err)
 		}
-		if tag.RowsAffected() == 1 {
-			s.log.InfoContext(ctx, "stored a cloud account's secret key", "cloud_account_id", id, "version", version, "kms_key_id", sl.kmsKeyID)
-			return &secretsv1.PutCloudKeyResponse{Version: version}, nil
-		}
-		// Another writer stored a version meanwhile: seal again after it.
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, apierr.Conflict(apierr.ReasonConcurrentChange, "the key of cloud account %s keeps changing: try again", id)
+	s.log.InfoContext(ctx, "stored a cloud account's secret key", "cloud_account_id", id, "version", version, "kms_key_id", kmsKeyID)
+	return &secretsv1.PutCloudKeyResponse{Version: version}, nil
 }
 
 // deleteCloudKey forgets a cloud account's secret key; none kept is fine.

@@ -32,9 +32,6 @@ const (
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
 
 const (
-	// putAttempts bounds the retries of a create that races another writer
-	// of the same secret.
-	putAttempts = 5
 	// inventoryTimeout bounds the instance lookup of a create.
 	inventoryTimeout = 5 * time.Second
 )
@@ -70,27 +67,18 @@ func (s *Service) create(ctx context.Context, actor vocab.Actor, r *secretsv1.Cr
 
 	value := []byte(r.GetValue())
 	defer clear(value)
-	for attempt := 1; ; attempt++ {
-		current, err := s.store.version(ctx, instanceID, name)
+	row, err := s.store.replace(ctx, instanceID, name, s.now().UTC().Truncate(time.Microsecond), func(version int64) (sealed, error) {
+		sl, err := seal(ctx, s.kms, value, secretBinding(instanceID, name, version))
 		if err != nil {
-			return nil, err
+			return sealed{}, fmt.Errorf("seal secret %q of instance %s: %w", name, instanceID, err)
 		}
-		row := &storedSecret{instanceID: instanceID, name: name, version: current + 1, updatedAt: s.now().UTC().Truncate(time.Microsecond)}
-		if row.sealed, err = seal(ctx, s.kms, value, secretBinding(instanceID, name, row.version)); err != nil {
-			return nil, fmt.Errorf("seal secret %q of instance %s: %w", name, instanceID, err)
-		}
-		stored, err := s.store.put(ctx, row)
-		if err != nil {
-			return nil, err
-		}
-		if stored {
-			s.log.InfoContext(ctx, "secret stored", "instance_id", instanceID, "name", name, "version", row.version, "kms_key_id", row.sealed.kmsKeyID, "actor", actor)
-			return row.metadata(), nil
-		}
-		if attempt == putAttempts {
-			return nil, apierr.Conflict(apierr.ReasonConcurrentChange, "secret %q of instance %s is being changed by another request; try again", name, instanceID)
-		}
+		return sl, nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	s.log.InfoContext(ctx, "secret stored", "instance_id", instanceID, "name", name, "version", row.version, "kms_key_id", row.sealed.kmsKeyID, "actor", actor)
+	return row.metadata(), nil
 }
 
 // list returns an instance's secrets' metadata, ordered by name.

@@ -18,6 +18,7 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/services/secrets"
 )
 
@@ -327,28 +328,43 @@ func TestMigrationsKeepTheirOwnVersionTable(t *testing.T) {
 	}
 }
 
+// TestConcurrentReplacesTakeDistinctVersions: writers of one secret, or
+// of one cloud account's key, spread over two brokers take turns: every
+// write succeeds with its own version, none is refused for racing another.
 func TestConcurrentReplacesTakeDistinctVersions(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	e.startBroker() // two brokers sharing the requests, as in a cluster
-	const writers = 12
-	versions := make([]int64, writers)
-	var wg sync.WaitGroup
-	for i := range writers {
-		wg.Go(func() {
-			s, err := e.create(e.a, "contended", fmt.Sprintf("value-%d", i))
-			if err != nil {
-				t.Errorf("writer %d: %v", i, err)
-				return
+	inventory := rpc.NewClient(e.bus.Conn(t, subjects.Inventory), subjects.Inventory, 10*time.Second)
+	account := uuid.NewString()
+	const writers = 32
+	for _, kind := range []string{"secret", "cloud key"} {
+		versions := make([]int64, writers)
+		var wg sync.WaitGroup
+		for i := range writers {
+			wg.Go(func() {
+				value := fmt.Sprintf("value-%d", i)
+				if kind == "secret" {
+					s, err := e.create(e.a, "contended", value)
+					versions[i] = s.GetVersion()
+					if err != nil {
+						t.Errorf("%s writer %d: %v", kind, i, err)
+					}
+					return
+				}
+				r, err := rpc.Call(context.Background(), inventory, endpoints.CloudKeyPut, &secretsv1.PutCloudKeyRequest{CloudAccountId: account, Value: value})
+				versions[i] = r.GetVersion()
+				if err != nil {
+					t.Errorf("%s writer %d: %v", kind, i, err)
+				}
+			})
+		}
+		wg.Wait()
+		slices.Sort(versions)
+		for i, v := range versions {
+			if v != int64(i+1) {
+				t.Fatalf("%s versions %v, want 1..%d each once", kind, versions, writers)
 			}
-			versions[i] = s.GetVersion()
-		})
-	}
-	wg.Wait()
-	slices.Sort(versions)
-	for i, v := range versions {
-		if v != int64(i+1) {
-			t.Fatalf("versions %v, want 1..%d each once", versions, writers)
 		}
 	}
 	got, err := e.read(e.a, "contended")

@@ -40,45 +40,58 @@ func (r storedSecret) metadata() *secretsv1.Secret {
 	}
 }
 
-// version returns the current version of a secret, or 0 when there is none.
-func (st store) version(ctx context.Context, instanceID, name string) (int64, error) {
-	var v int64
-	err := st.pool.QueryRow(ctx, `SELECT version FROM secrets WHERE instance_id = $1 AND name = $2`, instanceID, name).Scan(&v)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("read version of secret %q of instance %s: %w", name, instanceID, err)
-	}
-	return v, nil
+// writerLockClass is the first key of the advisory locks under which the
+// writers of one stored value take turns. PostgreSQL keeps two-key locks
+// apart from the one-key locks of the migrations and the outbox.
+const writerLockClass = 0x5ec0
+
+// inTurn runs fn in a transaction holding the advisory lock named key, so
+// that writers of one value queue behind each other instead of racing: each
+// reads the version the last one wrote and writes the next. A waiting writer
+// holds only its own connection; the holder needs no other.
+func (st store) inTurn(ctx context.Context, key string, fn func(pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, st.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, int32(writerLockClass), key); err != nil {
+			return fmt.Errorf("wait for the writers of %s: %w", key, err)
+		}
+		return fn(tx)
+	})
 }
 
-// put writes r if r.version is one more than the stored version (or 1 and
-// there is none), setting r.createdAt. It reports false, writing nothing,
-// when another writer got there first; the caller re-reads the version and
-// seals again, since the version is bound to the ciphertext.
-func (st store) put(ctx context.Context, r *storedSecret) (bool, error) {
-	err := st.pool.QueryRow(ctx, `
-		INSERT INTO secrets AS s (instance_id, name, version, ciphertext, nonce, wrapped_key, kms_key_id, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
-		ON CONFLICT (instance_id, name) DO UPDATE SET
-			version     = EXCLUDED.version,
-			ciphertext  = EXCLUDED.ciphertext,
-			nonce       = EXCLUDED.nonce,
-			wrapped_key = EXCLUDED.wrapped_key,
-			kms_key_id  = EXCLUDED.kms_key_id,
-			updated_at  = EXCLUDED.updated_at
-		WHERE s.version = EXCLUDED.version - 1
-		RETURNING created_at`,
-		r.instanceID, r.name, r.version, r.sealed.ciphertext, r.sealed.nonce, r.sealed.wrappedKey, r.sealed.kmsKeyID, r.updatedAt,
-	).Scan(&r.createdAt)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("store secret %q of instance %s: %w", r.name, r.instanceID, err)
-	}
-	return true, nil
+// replace stores the next version of a secret (1 when there is none),
+// sealed by seal for that version, since the version is bound to the
+// ciphertext. Writers of one secret take turns, so none fails for racing
+// another and no two get the same version.
+func (st store) replace(ctx context.Context, instanceID, name string, at time.Time, seal func(version int64) (sealed, error)) (storedSecret, error) {
+	r := storedSecret{instanceID: instanceID, name: name, updatedAt: at}
+	err := st.inTurn(ctx, "secret "+instanceID+"/"+name, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `SELECT version FROM secrets WHERE instance_id = $1 AND name = $2`, instanceID, name).Scan(&r.version)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("read version of secret %q of instance %s: %w", name, instanceID, err)
+		}
+		r.version++
+		if r.sealed, err = seal(r.version); err != nil {
+			return err
+		}
+		err = tx.QueryRow(ctx, `
+			INSERT INTO secrets AS s (instance_id, name, version, ciphertext, nonce, wrapped_key, kms_key_id, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+			ON CONFLICT (instance_id, name) DO UPDATE SET
+				version     = EXCLUDED.version,
+				ciphertext  = EXCLUDED.ciphertext,
+				nonce       = EXCLUDED.nonce,
+				wrapped_key = EXCLUDED.wrapped_key,
+				kms_key_id  = EXCLUDED.kms_key_id,
+				updated_at  = EXCLUDED.updated_at
+			RETURNING created_at`,
+			r.instanceID, r.name, r.version, r.sealed.ciphertext, r.sealed.nonce, r.sealed.wrappedKey, r.sealed.kmsKeyID, r.updatedAt,
+		).Scan(&r.createdAt)
+		if err != nil {
+			return fmt.Errorf("store secret %q of instance %s: %w", name, instanceID, err)
+		}
+		return nil
+	})
+	return r, err
 }
 
 // get reads one secret, reporting false when there is none.
@@ -121,9 +134,14 @@ func (st store) list(ctx context.Context, instanceID string) ([]*secretsv1.Secre
 
 // delete removes one secret, reporting false when there was none.
 func (st store) delete(ctx context.Context, instanceID, name string) (bool, error) {
-	tag, err := st.pool.Exec(ctx, `DELETE FROM secrets WHERE instance_id = $1 AND name = $2`, instanceID, name)
-	if err != nil {
-		return false, fmt.Errorf("delete secret %q of instance %s: %w", name, instanceID, err)
-	}
-	return tag.RowsAffected() > 0, nil
+	var deleted bool
+	err := st.inTurn(ctx, "secret "+instanceID+"/"+name, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `DELETE FROM secrets WHERE instance_id = $1 AND name = $2`, instanceID, name)
+		if err != nil {
+			return fmt.Errorf("delete secret %q of instance %s: %w", name, instanceID, err)
+		}
+		deleted = tag.RowsAffected() > 0
+		return nil
+	})
+	return deleted, err
 }
