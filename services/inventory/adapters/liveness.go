@@ -67,7 +67,8 @@ func StaleAgents(ctx context.Context, q Querier, connected string, t time.Time) 
 	rows, err := q.Query(ctx, `SELECT i.id::text FROM instances i
 		LEFT JOIN instance_liveness l ON l.instance_id = i.id
 		WHERE i.spec->'agent'->>'status' = $1
-		  AND GREATEST((i.spec->'agent'->>'lastHeartbeat')::timestamptz, l.last_heartbeat) < $2`, connected, t)
+		  AND GREATEST((i.spec->'agent'->>'lastHeartbeat')::timestamptz, l.last_heartbeat) < $2
+		ORDER BY i.id`, connected, t)
 	if err != nil {
 		return nil, fmt.Errorf("find stale agents: %w", err)
 	}

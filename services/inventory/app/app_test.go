@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -107,6 +108,87 @@ func TestAgentsWithoutHeartbeatsAreShownDisconnected(t *testing.T) {
 	// version they read still works after heartbeats.
 	if _, err := a.UpdateInstance(ctx, "test", &inventoryv1.Instance{Id: in.GetId(), Version: in.GetVersion(), Name: "renamed"}, []string{"name"}); err != nil {
 		t.Fatalf("update after heartbeats: %v", err)
+	}
+}
+
+// TestAStaleSweepMarksEachAgentOnce: a gateway that died leaves hundreds
+// of agents without heartbeats; two inventory replicas sweeping at once
+// mark each disconnected exactly once (more agents than one batch), and a
+// disconnect reported for an agent shown disconnected already records
+// nothing new.
+func TestAStaleSweepMarksEachAgentOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	var clock atomic.Int64
+	clock.Store(time.Now().UTC().Truncate(time.Microsecond).UnixMicro())
+	now := func() time.Time { return time.UnixMicro(clock.Load()).UTC() }
+	pool := newPool(t)
+	a, first := newAppOn(t, pool, app.WithClock(now))
+	other := app.New(pool, slog.New(slog.DiscardHandler), app.WithClock(now))
+	const agents = 300 // more than one of the sweep's transactions
+	ids := []string{first.GetId()}
+	for i := 1; i < agents; i++ {
+		in, err := a.CreateInstance(ctx, "test", &inventoryv1.Instance{Name: fmt.Sprintf("i%d", i), Kind: "design",
+			TemplateId: first.GetTemplateId(), NetworkId: first.GetNetworkId()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, in.GetId())
+	}
+	for _, id := range ids {
+		if err := a.Observe(ctx, &agentv1.AgentEvent{InstanceId: id, Time: timestamppb.New(now()),
+			Body: &agentv1.AgentEvent_Heartbeat{Heartbeat: &agentv1.Heartbeat{DiskUsedBytes: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock.Add(time.Minute.Microseconds())
+	marked := make(chan int, 2)
+	for _, sweeper := range []*app.App{a, other} {
+		go func() {
+			n, err := sweeper.MarkStaleAgents(ctx, 30*time.Second)
+			if err != nil {
+				t.Errorf("sweep: %v", err)
+			}
+			marked <- n
+		}()
+	}
+	if n := <-marked + <-marked; n != agents {
+		t.Errorf("the two sweeps marked %d agents, want %d", n, agents)
+	}
+	// The gateway's own report of a stream's end comes after the sweep.
+	if err := other.Observe(ctx, &agentv1.AgentEvent{InstanceId: first.GetId(), Time: timestamppb.New(now()),
+		Body: &agentv1.AgentEvent_Disconnected{Disconnected: &agentv1.Disconnected{Reason: "stream ended"}}}); err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]int{}
+	rows, err := pool.Query(ctx, `SELECT metadata->>'Flotilla-Subject' FROM outbox_messages
+		WHERE metadata->>'Flotilla-Subject' LIKE '%.agent-disconnected'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subjects, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range subjects {
+		counts[s]++
+	}
+	for _, id := range ids {
+		got, err := a.GetInstance(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.GetAgent().GetStatus() != "disconnected" {
+			t.Errorf("instance %s: agent %s after the sweep", id, got.GetAgent().GetStatus())
+		}
+	}
+	if len(counts) != agents {
+		t.Errorf("disconnected events for %d instances, want %d", len(counts), agents)
+	}
+	for s, n := range counts {
+		if n != 1 {
+			t.Errorf("%s: %d events, want 1", s, n)
+		}
 	}
 }
 

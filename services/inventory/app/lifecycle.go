@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -170,86 +171,11 @@ func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
 		}
 	}
 	var written *inventoryv1.Instance
-	err := a.inTx(ctx, func(tx pgx.Tx) error {
-		in := &inventoryv1.Instance{}
-		if err := InstanceTable.Get(ctx, tx, ev.GetInstanceId(), true, in); err != nil {
-			return err
-		}
-		if in.Agent == nil {
-			in.Agent = &inventoryv1.AgentStatus{}
-		}
-		at := timestamppb.New(at)
-		var verb vocab.Verb
-		switch b := ev.GetBody().(type) {
-		case *agentv1.AgentEvent_Connected:
-			in.Agent.Status, in.Agent.Version, in.Agent.LastHeartbeat = string(vocab.AgentConnected), b.Connected.GetAgentVersion(), at
-			in.Agent.VmId = b.Connected.GetVmId()
-			verb = vocab.VerbAgentConnected
-		case *agentv1.AgentEvent_Disconnected:
-			in.Agent.Status = string(vocab.AgentDisconnected)
-			verb = vocab.VerbAgentDisconnected
-		case *agentv1.AgentEvent_Heartbeat:
-			hb := b.Heartbeat
-			in.Agent.Status, in.Agent.LastHeartbeat = string(vocab.AgentConnected), at
-			if hb.GetAgentVersion() != "" {
-				in.Agent.Version = hb.GetAgentVersion()
-			}
-			if in.DataDisk == nil {
-				in.DataDisk = &inventoryv1.DataDisk{}
-			}
-			in.DataDisk.UsedBytes, in.DataDisk.TotalBytes = hb.GetDiskUsedBytes(), hb.GetDiskTotalBytes()
-			if hb.GetNodeUrl() != "" || hb.GetPrivateIp() != "" {
-				if in.Addresses == nil {
-					in.Addresses = &inventoryv1.Addresses{}
-				}
-				if hb.GetNodeUrl() != "" {
-					in.Addresses.Url = hb.GetNodeUrl()
-				}
-				if hb.GetPrivateIp() != "" && in.Addresses.PrivateIp == "" {
-					in.Addresses.PrivateIp = hb.GetPrivateIp()
-				}
-			}
-		case *agentv1.AgentEvent_Progress:
-			p := b.Progress
-			// Progress counts only for the command that set up the
-			// instance's current VM (the provisioner names the command
-			// after it): a re-provision cannot be shown as done by what
-			// the previous run's agent reports late.
-			if p.GetCommandId() == "" || p.GetCommandId() != in.GetVmId() {
-				return errStaleProgress
-			}
-			in.AgentProgress = vocab.AgentProgress(vocab.Step(p.GetStep()), vocab.Progress(p.GetStatus()))
-			if p.GetNodeUrl() != "" {
-				if in.Addresses == nil {
-					in.Addresses = &inventoryv1.Addresses{}
-				}
-				in.Addresses.Url = p.GetNodeUrl()
-			}
-			if vocab.State(in.GetState()) == vocab.StateProvisioning {
-				switch vocab.Progress(p.GetStatus()) {
-				case vocab.ProgressFailed:
-					in.State, in.StateDetail = string(vocab.StateFailed), fmt.Sprintf("%s: %s", p.GetStep(), p.GetMessage())
-				case vocab.ProgressStarted:
-					in.StateDetail = p.GetStep()
-				}
-			}
-			verb = vocab.VerbProgress
-		default:
-			return apierr.Invalid("body", "empty agent event")
-		}
-		if err := checkSize(subjects.NounInstance, in); err != nil {
-			return err
-		}
-		if err := InstanceTable.UpdateObserved(ctx, tx, in, now); err != nil {
-			return err
-		}
-		written = in
-		if verb == "" {
-			return nil
-		}
-		return a.emit(ctx, tx, subjects.NounInstance, verb, vocab.Agent(in.GetId()), in, now)
+	err := a.inTx(ctx, func(tx pgx.Tx) (err error) {
+		written, err = a.observeRow(ctx, tx, ev, at, now)
+		return err
 	})
-	if apierr.Is(err, apierr.KindNotFound) || errors.Is(err, errStaleProgress) {
+	if apierr.Is(err, apierr.KindNotFound) || errors.Is(err, errStaleProgress) || errors.Is(err, errNothingNew) {
 		return nil
 	}
 	if err != nil {
@@ -260,14 +186,109 @@ func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
 	return nil
 }
 
+// observeRow writes what ev reports to its instance's row, inside tx, and
+// returns the row as written.
+func (a *App) observeRow(ctx context.Context, tx pgx.Tx, ev *agentv1.AgentEvent, at, now time.Time) (*inventoryv1.Instance, error) {
+	in := &inventoryv1.Instance{}
+	if err := InstanceTable.Get(ctx, tx, ev.GetInstanceId(), true, in); err != nil {
+		return nil, err
+	}
+	if in.Agent == nil {
+		in.Agent = &inventoryv1.AgentStatus{}
+	}
+	seen := timestamppb.New(at)
+	var verb vocab.Verb
+	switch b := ev.GetBody().(type) {
+	case *agentv1.AgentEvent_Connected:
+		in.Agent.Status, in.Agent.Version, in.Agent.LastHeartbeat = string(vocab.AgentConnected), b.Connected.GetAgentVersion(), seen
+		in.Agent.VmId = b.Connected.GetVmId()
+		verb = vocab.VerbAgentConnected
+	case *agentv1.AgentEvent_Disconnected:
+		if in.Agent.Status != string(vocab.AgentConnected) {
+			return nil, errNothingNew // shown disconnected already
+		}
+		in.Agent.Status = string(vocab.AgentDisconnected)
+		verb = vocab.VerbAgentDisconnected
+	case *agentv1.AgentEvent_Heartbeat:
+		hb := b.Heartbeat
+		in.Agent.Status, in.Agent.LastHeartbeat = string(vocab.AgentConnected), seen
+		if hb.GetAgentVersion() != "" {
+			in.Agent.Version = hb.GetAgentVersion()
+		}
+		if in.DataDisk == nil {
+			in.DataDisk = &inventoryv1.DataDisk{}
+		}
+		in.DataDisk.UsedBytes, in.DataDisk.TotalBytes = hb.GetDiskUsedBytes(), hb.GetDiskTotalBytes()
+		if hb.GetNodeUrl() != "" || hb.GetPrivateIp() != "" {
+			if in.Addresses == nil {
+				in.Addresses = &inventoryv1.Addresses{}
+			}
+			if hb.GetNodeUrl() != "" {
+				in.Addresses.Url = hb.GetNodeUrl()
+			}
+			if hb.GetPrivateIp() != "" && in.Addresses.PrivateIp == "" {
+				in.Addresses.PrivateIp = hb.GetPrivateIp()
+			}
+		}
+	case *agentv1.AgentEvent_Progress:
+		p := b.Progress
+		// Progress counts only for the command that set up the
+		// instance's current VM (the provisioner names the command
+		// after it): a re-provision cannot be shown as done by what
+		// the previous run's agent reports late.
+		if p.GetCommandId() == "" || p.GetCommandId() != in.GetVmId() {
+			return nil, errStaleProgress
+		}
+		in.AgentProgress = vocab.AgentProgress(vocab.Step(p.GetStep()), vocab.Progress(p.GetStatus()))
+		if p.GetNodeUrl() != "" {
+			if in.Addresses == nil {
+				in.Addresses = &inventoryv1.Addresses{}
+			}
+			in.Addresses.Url = p.GetNodeUrl()
+		}
+		if vocab.State(in.GetState()) == vocab.StateProvisioning {
+			switch vocab.Progress(p.GetStatus()) {
+			case vocab.ProgressFailed:
+				in.State, in.StateDetail = string(vocab.StateFailed), fmt.Sprintf("%s: %s", p.GetStep(), p.GetMessage())
+			case vocab.ProgressStarted:
+				in.StateDetail = p.GetStep()
+			}
+		}
+		verb = vocab.VerbProgress
+	default:
+		return nil, apierr.Invalid("body", "empty agent event")
+	}
+	if err := checkSize(subjects.NounInstance, in); err != nil {
+		return nil, err
+	}
+	if err := InstanceTable.UpdateObserved(ctx, tx, in, now); err != nil {
+		return nil, err
+	}
+	if verb == "" {
+		return in, nil
+	}
+	return in, a.emit(ctx, tx, subjects.NounInstance, verb, vocab.Agent(in.GetId()), in, now)
+}
+
 // errStaleProgress drops a progress report for a command other than the
 // instance's current one.
 var errStaleProgress = errors.New("progress for a command that is not the instance's current one")
 
+// staleBatch is how many stale agents one transaction of the sweep marks:
+// a gateway that died leaves thousands at once, and one commit each would
+// compete with their reconnects.
+const staleBatch = 256
+
+// errNothingNew drops a report that changes nothing: a disconnect of an
+// agent shown disconnected already.
+var errNothingNew = errors.New("the report changes nothing shown")
+
 // MarkStaleAgents records as disconnected every agent that is shown as
 // connected but has sent no heartbeat for staleAfter: its gateway may have
 // died without saying so. A heartbeat that arrives later marks it connected
-// again. It returns how many it marked.
+// again. It marks them staleBatch to a transaction, in the order of their
+// ids (so that sweeps of two replicas cannot deadlock), skips those another
+// sweep marked meanwhile, and returns how many it marked.
 func (a *App) MarkStaleAgents(ctx context.Context, staleAfter time.Duration) (int, error) {
 	if err := a.FlushHeartbeats(ctx); err != nil {
 		return 0, err
@@ -276,13 +297,37 @@ func (a *App) MarkStaleAgents(ctx context.Context, staleAfter time.Duration) (in
 	if err != nil {
 		return 0, err
 	}
-	for _, id := range ids {
-		ev := &agentv1.AgentEvent{InstanceId: id, Time: timestamppb.New(a.now()),
-			Body: &agentv1.AgentEvent_Disconnected{Disconnected: &agentv1.Disconnected{
-				Reason: fmt.Sprintf("no heartbeat for %v", staleAfter)}}}
-		if err := a.Observe(ctx, ev); err != nil {
-			return 0, err
+	reason := fmt.Sprintf("no heartbeat for %v", staleAfter)
+	marked := 0
+	for batch := range slices.Chunk(ids, staleBatch) {
+		now := a.now()
+		var written []*inventoryv1.Instance
+		err := a.inTx(ctx, func(tx pgx.Tx) error {
+			written = written[:0]
+			for _, id := range batch {
+				ev := &agentv1.AgentEvent{InstanceId: id, Time: timestamppb.New(now),
+					Body: &agentv1.AgentEvent_Disconnected{Disconnected: &agentv1.Disconnected{Reason: reason}}}
+				in, err := a.observeRow(ctx, tx, ev, now, now)
+				if apierr.Is(err, apierr.KindNotFound) || errors.Is(err, errNothingNew) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				written = append(written, in)
+			}
+			return nil
+		})
+		if err != nil {
+			for _, id := range batch {
+				a.live.forget(id)
+			}
+			return marked, err
 		}
+		for _, in := range written {
+			a.live.remember(in, now)
+		}
+		marked += len(written)
 	}
-	return len(ids), nil
+	return marked, nil
 }
