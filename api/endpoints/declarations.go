@@ -24,6 +24,10 @@ const (
 	agentgw     = subjects.AgentGW
 )
 
+// MaxBatch bounds the items of one request to the endpoints that take many
+// at once (agent.check-many, instance.get-many).
+const MaxBatch = 256
+
 // endpoint declares "<noun>.<verb>" of service at subjects.Endpoint.
 func endpoint[Req, Resp proto.Message](service, noun, verb, doc string, callers ...string) Endpoint[Req, Resp] {
 	return declare[Req, Resp](service, noun+"."+verb, subjects.Endpoint(service, noun, verb), doc, callers...)
@@ -107,6 +111,8 @@ var (
 		"creates an instance record (state created)", gateway)
 	InstanceGet = endpoint[*inventoryv1.GetInstanceRequest, *inventoryv1.Instance](inventory, subjects.NounInstance, subjects.VerbGet,
 		"reads an instance", gateway, provisioner, ca, secrets, agentgw)
+	InstanceGetMany = endpoint[*inventoryv1.GetInstancesRequest, *inventoryv1.GetInstancesResponse](inventory, subjects.NounInstance, subjects.VerbGetMany,
+		"reads up to 256 instances at once, leaving out those that do not exist", ca)
 	InstanceList = endpoint[*inventoryv1.ListInstancesRequest, *inventoryv1.ListInstancesResponse](inventory, subjects.NounInstance, subjects.VerbList,
 		"lists instances, a page at a time", gateway, provisioner)
 	InstanceUpdate = endpoint[*inventoryv1.UpdateInstanceRequest, *inventoryv1.Instance](inventory, subjects.NounInstance, subjects.VerbUpdate,
@@ -168,8 +174,8 @@ var (
 		"consumes a join token and certifies the agent's CSR for the token's instance", agentgw)
 	AgentSign = endpoint[*cav1.SignAgentRequest, *cav1.AgentCertificate](ca, subjects.NounAgent, subjects.VerbSign,
 		"renews an agent's current certificate, for the same VM", agentgw)
-	AgentCheck = endpoint[*cav1.CheckAgentRequest, *emptypb.Empty](ca, subjects.NounAgent, subjects.VerbCheck,
-		"says whether an agent certificate is current: instance live, VM current, not superseded", agentgw)
+	AgentCheckMany = endpoint[*cav1.CheckAgentsRequest, *cav1.CheckAgentsResponse](ca, subjects.NounAgent, subjects.VerbCheckMany,
+		"says of each of up to 256 agent certificates whether it is current: instance live, VM current, not superseded", agentgw)
 	ServerSign = endpoint[*cav1.SignServerRequest, *cav1.ServerCertificate](ca, subjects.NounServer, subjects.VerbSign,
 		"certifies an instance's (or the agent gateway's) HTTPS key for its names", agentgw)
 	TicketKeysGet = endpoint[*cav1.GetTicketKeysRequest, *cav1.TicketKeys](ca, subjects.NounTicketKeys, subjects.VerbGet,

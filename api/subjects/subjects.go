@@ -38,11 +38,12 @@ func Ping(service string) string { return ServiceGroup(service) + ".ping" }
 
 // Inventory endpoints, "flotilla.svc.inventory.<noun>.<verb>".
 const (
-	VerbCreate = "create"
-	VerbGet    = "get"
-	VerbList   = "list"
-	VerbUpdate = "update"
-	VerbDelete = "delete"
+	VerbCreate  = "create"
+	VerbGet     = "get"
+	VerbGetMany = "get-many"
+	VerbList    = "list"
+	VerbUpdate  = "update"
+	VerbDelete  = "delete"
 )
 
 // Nouns used in endpoint and event subjects.
@@ -134,15 +135,15 @@ const (
 	NounDNSChallenge = "dnschallenge" // provisioner: dnschallenge.put/delete
 	NounTicketKeys   = "ticketkeys"   // ca: ticketkeys.get
 
-	VerbJoin    = "join"
-	VerbSign    = "sign"
-	VerbRead    = "read"
-	VerbRequest = "request"
-	VerbObserve = "observe"
-	VerbRecord  = "record"
-	VerbCheck   = "check"
-	VerbPut     = "put"
-	VerbRefresh = "refresh"
+	VerbJoin      = "join"
+	VerbSign      = "sign"
+	VerbRead      = "read"
+	VerbRequest   = "request"
+	VerbObserve   = "observe"
+	VerbRecord    = "record"
+	VerbCheckMany = "check-many"
+	VerbPut       = "put"
+	VerbRefresh   = "refresh"
 )
 
 // AuditStream is the JetStream stream of audit records (long retention).

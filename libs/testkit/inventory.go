@@ -17,10 +17,10 @@ import (
 )
 
 // Inventory plays the inventory's part for tests of the agent gateway and
-// the agent, which need no database: it answers instance.get with an
-// instance being provisioned on VM FakeVM(id) (any id exists) unless the
-// test Set or Removed it, and lifecycle.observe with an empty reply,
-// recording every agent event it is sent.
+// the agent, which need no database: it answers instance.get and
+// instance.get-many with an instance being provisioned on VM FakeVM(id)
+// (any id exists) unless the test Set or Removed it, and lifecycle.observe
+// with an empty reply, recording every agent event it is sent.
 type Inventory struct {
 	mu        sync.Mutex
 	events    []*agentv1.AgentEvent
@@ -90,6 +90,17 @@ func FakeInventory(tb testing.TB, nc *nats.Conn) *Inventory {
 				return
 			}
 			reply(m, in)
+		},
+		endpoints.InstanceGetMany.Info().ServeSubject(): func(m *nats.Msg) {
+			req := &inventoryv1.GetInstancesRequest{}
+			_ = proto.Unmarshal(m.Data, req)
+			resp := &inventoryv1.GetInstancesResponse{}
+			for _, id := range req.GetIds() {
+				if in, ok := inv.instance(id); ok {
+					resp.Instances = append(resp.Instances, in)
+				}
+			}
+			reply(m, resp)
 		},
 	}
 	for subject, h := range subs {

@@ -80,8 +80,8 @@ type Deps struct {
 
 // Service is the running agent gateway.
 type Service struct {
-	// checks are the turns of new streams' certificate checks.
-	checks         chan struct{}
+	// checks batches new streams' certificate checks (checks.go).
+	checks         checks
 	nc             *nats.Conn
 	js             jetstream.JetStream
 	log            *slog.Logger
@@ -124,7 +124,6 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		return nil, errors.New("agentgw: NATS, Log, TracerProvider and Listener are required")
 	}
 	s := &Service{
-		checks:         make(chan struct{}, maxChecks),
 		nc:             d.NATS,
 		log:            d.Log.With("service", subjects.AgentGW),
 		tp:             d.TracerProvider,

@@ -28,6 +28,7 @@ import (
 	"flotilla.dev/flotilla/libs/msgcheck"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
+	"flotilla.dev/flotilla/libs/testkit"
 	"flotilla.dev/flotilla/services/agentgw"
 )
 
@@ -603,5 +604,45 @@ func TestTheStreamsGaugeCountsOpenStreams(t *testing.T) {
 			t.Fatalf("after the stream ended the gauge is %v, want %v", agentgw.OpenStreams(), before)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestChecksOfStreamsArrivingTogetherGoInOneBatch: the certificate checks
+// of streams that arrive while the CA is busy go in one agent.check-many;
+// each stream gets its own answer (a deleted instance's agent is refused,
+// the others are served). Not parallel: it reads the process's metrics.
+func TestChecksOfStreamsArrivingTogetherGoInOneBatch(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	const agents = 12
+	certs := make([]*tls.Certificate, agents)
+	for i := range certs {
+		certs[i] = e.join(fmt.Sprintf("inst-batch-%d", i))
+	}
+	e.observed.Remove("inst-batch-0")
+	batches, checks := agentgw.CheckBatches()
+	release := e.gw.HoldChecks()
+	streams := make([]*agentStream, agents)
+	for i, cert := range certs {
+		streams[i] = e.connectAs(cert, &agentv1.Hello{AgentVersion: "test", VmId: testkit.FakeVM(fmt.Sprintf("inst-batch-%d", i))})
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for e.gw.QueuedChecks() < agents {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d checks queued", e.gw.QueuedChecks(), agents)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	release()
+	if _, err := streams[0].Recv(); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "was deleted") {
+		t.Errorf("the deleted instance's agent: %v; want permission denied, the instance was deleted", err)
+	}
+	for i := 1; i < agents; i++ {
+		id := fmt.Sprintf("inst-batch-%d", i)
+		e.observed.WaitFor(t, 10*time.Second, "connected "+id, func(ev *agentv1.AgentEvent) bool {
+			return ev.GetInstanceId() == id && ev.GetConnected() != nil
+		})
+	}
+	if b, c := agentgw.CheckBatches(); b != batches+1 || c != checks+agents {
+		t.Errorf("%d batches carried %v checks, want 1 carrying %d", b-batches, c-checks, agents)
 	}
 }

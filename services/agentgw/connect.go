@@ -38,13 +38,6 @@ const (
 	maxRequests = 8
 	// commandQueueWait is how long a command waits for room in a full queue.
 	commandQueueWait = 5 * time.Second
-	// maxChecks bounds the new streams' certificate checks in flight to
-	// the CA at once. When thousands of agents come back together (their
-	// gateway restarted), the others wait their turn on their open
-	// streams: with every check asked at once, the CA's queue grew longer
-	// than a check may take, thousands timed out together, and each of
-	// their agents came back for another handshake and another check.
-	maxChecks = 64
 )
 
 // agentConn is one agent's stream.
@@ -314,25 +307,6 @@ func (s *Service) finishLogs(ctx context.Context, stream agentv1.AgentGateway_Co
 			}
 		}
 	}
-}
-
-// checkAgent asks the CA whether who's certificate is current, once one of
-// the maxChecks turns is free.
-func (s *Service) checkAgent(ctx context.Context, who identity) error {
-	start := time.Now()
-	select {
-	case s.checks <- struct{}{}:
-		defer func() { <-s.checks }()
-		metrics.checkTurns.Observe(time.Since(start).Seconds())
-	case <-ctx.Done():
-		metrics.checkTurns.Observe(time.Since(start).Seconds())
-		return apierr.Unavailable("the agent gateway was still checking other agents when the stream ended")
-	}
-	asked := time.Now()
-	_, err := rpc.Call(ctx, s.bus, endpoints.AgentCheck, &cav1.CheckAgentRequest{InstanceId: who.instanceID,
-		VmId: pki.AgentVMID(who.cert), Serial: pki.Serial(who.cert)}, rpc.As(vocab.Agent(who.instanceID)))
-	metrics.checkTime.Observe(time.Since(asked).Seconds())
-	return err
 }
 
 // errOlderCert refuses a stream whose certificate is older than the one the

@@ -23,6 +23,36 @@ func ChecksAnswered() (answered, turns uint64) {
 	return sampleCount(metrics.checkTime), sampleCount(metrics.checkTurns)
 }
 
+// HoldChecks makes new streams' certificate checks queue as if every
+// batch were in flight; the function returned sends what queued, in as few
+// batches as the bound allows.
+func (s *Service) HoldChecks() (release func()) {
+	s.checks.mu.Lock()
+	s.checks.running += maxCheckBatches
+	s.checks.mu.Unlock()
+	return func() {
+		s.checks.mu.Lock()
+		s.checks.running -= maxCheckBatches - 1 // one batch runner goes
+		s.checks.mu.Unlock()
+		go s.runChecks()
+	}
+}
+
+// QueuedChecks is how many checks wait to join a batch.
+func (s *Service) QueuedChecks() int {
+	s.checks.mu.Lock()
+	defer s.checks.mu.Unlock()
+	return len(s.checks.queue)
+}
+
+// CheckBatches is how many batches of checks went to the CA, and how many
+// checks they carried (flotilla_agentgw_check_batch_size's count and sum).
+func CheckBatches() (batches uint64, checks float64) {
+	var m dto.Metric
+	_ = metrics.checkBatch.Write(&m)
+	return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
+}
+
 // sampleCount is how many observations h has.
 func sampleCount(h prometheus.Histogram) uint64 {
 	var m dto.Metric

@@ -16,6 +16,7 @@ var metrics = struct {
 	handshakeTurns prometheus.Histogram
 	checkTurns     prometheus.Histogram
 	checkTime      prometheus.Histogram
+	checkBatch     prometheus.Histogram
 }{
 	streams: prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "flotilla_agentgw_streams",
@@ -30,9 +31,11 @@ var metrics = struct {
 	handshakeTurns: histogram("flotilla_agentgw_handshake_turn_wait_seconds",
 		"Time a handshake waited for its turn, from its ClientHello (at most 256 are computed at once)."),
 	checkTurns: histogram("flotilla_agentgw_check_turn_wait_seconds",
-		"Time a new stream waited for its turn to have the agent's certificate checked by the CA (at most 64 checks in flight)."),
+		"Time a new stream's certificate check waited to join a batch to the CA (at most 4 batches of up to 256 in flight)."),
 	checkTime: histogram("flotilla_agentgw_check_seconds",
-		"Time the CA took to answer a new stream's certificate check, whatever its answer."),
+		"Time the CA took to answer the batch of a new stream's certificate check, whatever its answer."),
+	checkBatch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flotilla_agentgw_check_batch_size",
+		Help: "Certificate checks in each batch the agent gateway sent the CA.", Buckets: []float64{1, 2, 4, 16, 64, 128, 256}}),
 }
 
 // handshakeBuckets span a resumed handshake or a check on an idle gateway
@@ -48,5 +51,5 @@ func histogram(name, help string) prometheus.Histogram {
 // process that runs an agent gateway shows them.
 var registerMetrics = sync.OnceFunc(func() {
 	prometheus.MustRegister(metrics.streams, metrics.handshakes, metrics.handshakeTime, metrics.handshakeTurns,
-		metrics.checkTurns, metrics.checkTime)
+		metrics.checkTurns, metrics.checkTime, metrics.checkBatch)
 })

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/emptypb"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
@@ -121,18 +123,27 @@ var errConcurrentCert = apierr.Conflict(apierr.ReasonConcurrentChange, "the agen
 // before certificates did) is current only while the CA keeps no record
 // for the instance.
 func (s *Service) current(ctx context.Context, id, vm, serial string) (*cav1.AgentCertRecord, uint64, string, error) {
+	inst, err := s.instances.GetInstance(ctx, id)
+	if apierr.Is(err, apierr.KindNotFound) {
+		inst, err = nil, nil
+	}
+	if err != nil {
+		return nil, 0, "", err
+	}
+	return s.currentOf(ctx, inst, id, vm, serial)
+}
+
+// currentOf is current with the instance read already (nil: it does not
+// exist).
+func (s *Service) currentOf(ctx context.Context, inst *inventoryv1.Instance, id, vm, serial string) (*cav1.AgentCertRecord, uint64, string, error) {
 	revoked := func(format string, args ...any) error {
 		return apierr.PermissionDenied("the agent certificate %s of instance %s is no longer valid: "+format, append([]any{serial, id}, args...)...)
 	}
-	inst, err := s.instances.GetInstance(ctx, id)
-	if apierr.Is(err, apierr.KindNotFound) {
+	if inst == nil {
 		if err := s.certs.forget(ctx, id); err != nil {
 			return nil, 0, "", err
 		}
 		return nil, 0, "", revoked("the instance was deleted")
-	}
-	if err != nil {
-		return nil, 0, "", err
 	}
 	if err := liveVM(inst, vm); err != nil {
 		return nil, 0, "", revoked("%s", err)
@@ -163,30 +174,82 @@ func liveVM(inst *inventoryv1.Instance, vm string) error {
 	return nil
 }
 
-// checkAgent answers agent.check for the agent gateway, before it serves
-// an agent's stream. A check with the newest certificate revokes the ones
-// it replaced.
-func (s *Service) checkAgent(ctx context.Context, actor vocab.Actor, req *cav1.CheckAgentRequest) (*emptypb.Empty, error) {
-	id := req.GetInstanceId()
-	if err := actsFor(actor, id); err != nil {
-		return nil, err
+// checkConcurrency bounds the agents of one batch checked at once (each
+// reads its record from the key-value bucket).
+const checkConcurrency = 32
+
+// checkAgents answers agent.check-many for the agent gateway, before it
+// serves the streams of the agents named: it reads their instances in one
+// request to the inventory and says of each agent whether its certificate
+// is current. A check with the newest certificate revokes the ones it
+// replaced.
+func (s *Service) checkAgents(ctx context.Context, actor vocab.Actor, req *cav1.CheckAgentsRequest) (*cav1.CheckAgentsResponse, error) {
+	if actor != vocab.System(subjects.AgentGW) {
+		return nil, apierr.PermissionDenied("%s may not check agents' certificates: the agent gateway checks those of its streams", actor)
 	}
-	for range 3 {
-		rec, rev, _, err := s.current(ctx, id, req.GetVmId(), req.GetSerial())
+	agents := req.GetAgents()
+	if len(agents) > endpoints.MaxBatch {
+		return nil, apierr.Invalid("agents", "must name at most %d agents, got %d", endpoints.MaxBatch, len(agents))
+	}
+	results := make([]*cav1.CheckAgentResult, len(agents))
+	var ids []string
+	for _, a := range agents {
+		if !slices.Contains(ids, a.GetInstanceId()) {
+			ids = append(ids, a.GetInstanceId())
+		}
+	}
+	found := map[string]*inventoryv1.Instance{}
+	if len(ids) > 0 {
+		ins, err := s.instances.GetInstances(ctx, ids)
 		if err != nil {
 			return nil, err
 		}
+		for _, in := range ins {
+			found[in.GetId()] = in
+		}
+	}
+	var g errgroup.Group
+	g.SetLimit(checkConcurrency)
+	for i, a := range agents {
+		g.Go(func() error {
+			results[i] = checkResult(ctx, s.log, s.checkAgent(ctx, found[a.GetInstanceId()], a))
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return &cav1.CheckAgentsResponse{Results: results}, nil
+}
+
+// checkAgent checks one agent's certificate, inst being its instance (nil:
+// it does not exist).
+func (s *Service) checkAgent(ctx context.Context, inst *inventoryv1.Instance, req *cav1.CheckAgentRequest) error {
+	id := req.GetInstanceId()
+	for range 3 {
+		rec, rev, _, err := s.currentOf(ctx, inst, id, req.GetVmId(), req.GetSerial())
+		if err != nil {
+			return err
+		}
 		serials := rec.GetSerials()
 		if len(serials) < 2 || serials[len(serials)-1] != req.GetSerial() {
-			return &emptypb.Empty{}, nil
+			return nil
 		}
 		err = s.certs.put(ctx, id, &cav1.AgentCertRecord{VmId: rec.GetVmId(), Serials: []string{req.GetSerial()}}, rev)
 		if !errors.Is(err, errConcurrentCert) {
 			if err == nil {
 				s.log.InfoContext(ctx, "agent certificates revoked: the agent uses its newer one", "instance_id", id, "revoked", serials[:len(serials)-1])
 			}
-			return &emptypb.Empty{}, err
+			return err
 		}
 	}
-	return nil, errConcurrentCert
+	return errConcurrentCert
+}
+
+// checkResult is the answer for one agent of a batch: err as the caller
+// may see it (an internal error is logged and named by an id).
+func checkResult(ctx context.Context, log *slog.Logger, err error) *cav1.CheckAgentResult {
+	if err == nil {
+		return &cav1.CheckAgentResult{}
+	}
+	e := apierr.Public(ctx, log, err)
+	return &cav1.CheckAgentResult{ErrorKind: string(e.Kind), ErrorReason: string(e.Reason), ErrorMessage: e.Message}
 }

@@ -98,6 +98,9 @@ func GatewayCAFiles(certFile, keyFile string) (cert, key string) {
 // for one against its spec, provider and state.
 type Instances interface {
 	GetInstance(ctx context.Context, id string) (*inventoryv1.Instance, error)
+	// GetInstances reads many instances at once, leaving out those that
+	// do not exist.
+	GetInstances(ctx context.Context, ids []string) ([]*inventoryv1.Instance, error)
 	GetTemplate(ctx context.Context, id string) (*inventoryv1.Template, error)
 }
 
@@ -106,6 +109,11 @@ type busInstances struct{ c *rpc.Client }
 
 func (b busInstances) GetInstance(ctx context.Context, id string) (*inventoryv1.Instance, error) {
 	return rpc.Call(ctx, b.c, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id})
+}
+
+func (b busInstances) GetInstances(ctx context.Context, ids []string) ([]*inventoryv1.Instance, error) {
+	r, err := rpc.Call(ctx, b.c, endpoints.InstanceGetMany, &inventoryv1.GetInstancesRequest{Ids: ids})
+	return r.GetInstances(), err
 }
 
 func (b busInstances) GetTemplate(ctx context.Context, id string) (*inventoryv1.Template, error) {
@@ -217,7 +225,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		func() error { return rpc.Handle(s.rpc, endpoints.JoinTokenCreate, s.createJoinToken) },
 		func() error { return rpc.Handle(s.rpc, endpoints.AgentJoin, s.joinAgent) },
 		func() error { return rpc.Handle(s.rpc, endpoints.AgentSign, s.signAgent) },
-		func() error { return rpc.Handle(s.rpc, endpoints.AgentCheck, s.checkAgent) },
+		func() error { return rpc.Handle(s.rpc, endpoints.AgentCheckMany, s.checkAgents) },
 		func() error { return rpc.Handle(s.rpc, endpoints.ServerSign, s.signServer) },
 		func() error { return rpc.Handle(s.rpc, endpoints.TicketKeysGet, s.getTicketKeys) },
 		func() error { return rpc.Handle(s.rpc, endpoints.CustomCertGet, s.getCustomCertificate) },

@@ -33,7 +33,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/emptypb"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
@@ -139,6 +138,21 @@ func (i *instances) GetInstance(_ context.Context, id string) (*inventoryv1.Inst
 	return in, nil
 }
 
+func (i *instances) GetInstances(ctx context.Context, ids []string) ([]*inventoryv1.Instance, error) {
+	var out []*inventoryv1.Instance
+	for _, id := range ids {
+		in, err := i.GetInstance(ctx, id)
+		if apierr.Is(err, apierr.KindNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, in)
+	}
+	return out, nil
+}
+
 func (e *env) deps(t *testing.T) ca.Deps {
 	return ca.Deps{
 		NATS:           e.nc,
@@ -185,6 +199,26 @@ func call[Req, Resp proto.Message](t *testing.T, nc *nats.Conn, ep endpoints.End
 		proto.Merge(resp, got)
 	}
 	return err
+}
+
+// checkAgents asks agent.check-many about agents, as the agent gateway
+// does, and returns each one's answer as an error (nil: current).
+func checkAgents(t *testing.T, nc *nats.Conn, agents ...*cav1.CheckAgentRequest) []error {
+	t.Helper()
+	got, err := rpc.Call(t.Context(), rpc.NewClient(nc, subjects.AgentGW, 10*time.Second), endpoints.AgentCheckMany, &cav1.CheckAgentsRequest{Agents: agents})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.GetResults()) != len(agents) {
+		t.Fatalf("%d results for %d agents", len(got.GetResults()), len(agents))
+	}
+	errs := make([]error, len(agents))
+	for i, r := range got.GetResults() {
+		if r.GetErrorKind() != "" {
+			errs[i] = apierr.FromBus(r.GetErrorKind(), r.GetErrorMessage(), map[string][]string{apierr.HeaderReason: {r.GetErrorReason()}})
+		}
+	}
+	return errs
 }
 
 func must(t *testing.T, err error) {
@@ -634,7 +668,7 @@ func TestAgentCertificatesHaveALifecycle(t *testing.T) {
 		return held{pki.AgentVMID(cert), pki.Serial(cert)}
 	}
 	check := func(h held) error {
-		return call(t, e.nc, endpoints.AgentCheck, &cav1.CheckAgentRequest{InstanceId: id, VmId: h.vm, Serial: h.serial}, &emptypb.Empty{})
+		return checkAgents(t, e.nc, &cav1.CheckAgentRequest{InstanceId: id, VmId: h.vm, Serial: h.serial})[0]
 	}
 	renew := func(h held) (held, error) {
 		got := &cav1.AgentCertificate{}
@@ -691,10 +725,52 @@ func TestAgentCertificatesHaveALifecycle(t *testing.T) {
 	e.instances.put(&inventoryv1.Instance{Id: id, State: string(vocab.StateRunning), VmId: "vm-new"})
 	refused("the record went with the instance", check(third), "no record")
 
-	// Only the agent gateway, for the agent itself, may ask.
-	_, err = rpc.Call(t.Context(), rpc.NewClient(e.nc, subjects.AgentGW, 0), endpoints.AgentCheck,
-		&cav1.CheckAgentRequest{InstanceId: id, VmId: third.vm, Serial: third.serial}, rpc.As(vocab.Agent(instanceID())))
-	refused("a check for another agent", err, "may not ask")
+	// Only the agent gateway, for itself, may ask: not for an agent.
+	_, err = rpc.Call(t.Context(), rpc.NewClient(e.nc, subjects.AgentGW, 0), endpoints.AgentCheckMany,
+		&cav1.CheckAgentsRequest{Agents: []*cav1.CheckAgentRequest{{InstanceId: id, VmId: third.vm, Serial: third.serial}}}, rpc.As(vocab.Agent(id)))
+	refused("a check as an agent", err, "may not check")
+}
+
+// TestAgentChecksComeInBatches: one agent.check-many answers each agent in
+// order — current, revoked, deleted, the same agent twice — and refuses a
+// batch over the bound as a whole.
+func TestAgentChecksComeInBatches(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.start(t)
+	type agent struct{ id, vm, serial string }
+	joinOne := func() agent {
+		id := instanceID()
+		c, err := join(t, e.nc, createToken(t, e.nc, id, 0).GetToken(), csrFor(t, newKey(t)))
+		must(t, err)
+		cert := parsePEM(t, c.GetCertificatePem())[0]
+		return agent{id, pki.AgentVMID(cert), pki.Serial(cert)}
+	}
+	current, other, deleted := joinOne(), joinOne(), joinOne()
+	e.instances.gone(deleted.id)
+	req := func(a agent) *cav1.CheckAgentRequest {
+		return &cav1.CheckAgentRequest{InstanceId: a.id, VmId: a.vm, Serial: a.serial}
+	}
+	errs := checkAgents(t, e.nc, req(current), req(agent{other.id, other.vm, "abc"}), req(deleted), req(other), req(current))
+	for i, want := range []string{"", "a newer certificate replaced it", "was deleted", "", ""} {
+		switch err := errs[i]; {
+		case want == "" && err != nil:
+			t.Errorf("agent %d: %v; want current", i, err)
+		case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
+			t.Errorf("agent %d: %v; want an error saying %q", i, err, want)
+		}
+	}
+	if !apierr.Is(errs[1], apierr.KindPermissionDenied) || !apierr.Is(errs[2], apierr.KindPermissionDenied) {
+		t.Errorf("kinds: %v, %v", errs[1], errs[2])
+	}
+	many := make([]*cav1.CheckAgentRequest, endpoints.MaxBatch+1)
+	for i := range many {
+		many[i] = req(current)
+	}
+	_, err := rpc.Call(t.Context(), rpc.NewClient(e.nc, subjects.AgentGW, 0), endpoints.AgentCheckMany, &cav1.CheckAgentsRequest{Agents: many})
+	if !apierr.Is(err, apierr.KindInvalid) || !strings.Contains(err.Error(), "at most 256") {
+		t.Errorf("a batch over the bound: %v", err)
+	}
 }
 
 func TestServerCertificate(t *testing.T) {

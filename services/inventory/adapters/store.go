@@ -96,6 +96,33 @@ func (t Table) Get(ctx context.Context, q Querier, id string, forUpdate bool, m 
 	return nil
 }
 
+// GetMany reads the resources named by ids, leaving out those that do not
+// exist, in no particular order.
+func (t Table) GetMany(ctx context.Context, q Querier, ids []string, newMsg func() proto.Message) ([]proto.Message, error) {
+	for i, id := range ids {
+		if err := apierr.CheckID(fmt.Sprintf("ids[%d]", i), id); err != nil {
+			return nil, err
+		}
+	}
+	rows, err := q.Query(ctx, "SELECT spec, id::text, version, created_at, updated_at FROM "+t.Name+" WHERE id = ANY($1::uuid[])", ids)
+	if err != nil {
+		return nil, fmt.Errorf("read %d %ss: %w", len(ids), t.Noun, err)
+	}
+	defer rows.Close()
+	var out []proto.Message
+	for rows.Next() {
+		m := newMsg()
+		if err := t.scan(rows, m); err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read %d %ss: %w", len(ids), t.Noun, err)
+	}
+	return out, nil
+}
+
 func (t Table) scan(row pgx.Row, m proto.Message) error {
 	var (
 		spec                 []byte

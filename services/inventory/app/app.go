@@ -218,14 +218,23 @@ func list[T resource](ctx context.Context, a *App, k kind[T], pageSize int32, pa
 		return nil, "", err
 	}
 	ms, next, err := k.table.List(ctx, a.pool, pageToken, n, MaxPageBytes, func() proto.Message { return k.new() })
-	if err != nil {
-		return nil, "", err
-	}
+	return as[T](ms), next, err
+}
+
+// getMany reads the resources of kind k named by ids, leaving out those
+// that do not exist.
+func getMany[T resource](ctx context.Context, a *App, k kind[T], ids []string) ([]T, error) {
+	ms, err := k.table.GetMany(ctx, a.pool, ids, func() proto.Message { return k.new() })
+	return as[T](ms), err
+}
+
+// as types the messages read from k's table.
+func as[T resource](ms []proto.Message) []T {
 	out := make([]T, len(ms))
 	for i, m := range ms {
 		out[i] = m.(T)
 	}
-	return out, next, nil
+	return out
 }
 
 func update[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Actor, v T, mask []string) (T, error) {

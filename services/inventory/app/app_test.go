@@ -506,3 +506,51 @@ func TestObservedStateCannotOutgrowTheBus(t *testing.T) {
 		t.Errorf("the instance after refused updates: %v", err)
 	}
 }
+
+// TestGetInstancesReadsManyAtOnce: instance.get-many's read returns the
+// instances that exist among those asked for, with their latest
+// heartbeats, and refuses a bad id or too many ids naming the field.
+func TestGetInstancesReadsManyAtOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a, in := newApp(t)
+	second, err := a.CreateInstance(ctx, "test", &inventoryv1.Instance{Name: "second", Kind: "design", TemplateId: in.GetTemplateId(), NetworkId: in.GetNetworkId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	beat := time.Now().UTC().Truncate(time.Microsecond)
+	for _, id := range []string{in.GetId(), second.GetId()} {
+		if err := a.Observe(ctx, &agentv1.AgentEvent{InstanceId: id, Time: timestamppb.New(beat),
+			Body: &agentv1.AgentEvent_Heartbeat{Heartbeat: &agentv1.Heartbeat{DiskUsedBytes: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	missing := "0190c3e1-0000-7000-8000-000000000000"
+	got, err := a.GetInstances(ctx, []string{second.GetId(), missing, in.GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]string{}
+	for _, g := range got {
+		names[g.GetId()] = g.GetName()
+		if !g.GetAgent().GetLastHeartbeat().AsTime().Equal(beat) {
+			t.Errorf("%s: last heartbeat %v, want %v", g.GetName(), g.GetAgent().GetLastHeartbeat().AsTime(), beat)
+		}
+	}
+	if len(got) != 2 || names[in.GetId()] != "i" || names[second.GetId()] != "second" {
+		t.Errorf("got %v; want i and second, without the missing one", names)
+	}
+	field := func(err error) string {
+		var e *apierr.Error
+		if errors.As(err, &e) && e.Kind == apierr.KindInvalid {
+			return e.Field
+		}
+		return ""
+	}
+	if _, err := a.GetInstances(ctx, []string{in.GetId(), "nope"}); field(err) != "ids[1]" {
+		t.Errorf("a bad id: %v; want an error naming ids[1]", err)
+	}
+	if _, err := a.GetInstances(ctx, make([]string, 257)); field(err) != "ids" {
+		t.Errorf("257 ids: %v; want an error naming ids", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
@@ -174,6 +175,19 @@ func (a *App) GetInstance(ctx context.Context, id string) (*inventoryv1.Instance
 		return nil, err
 	}
 	return in, a.withLiveness(ctx, in)
+}
+
+// GetInstances reads the instances named by ids, leaving out those that do
+// not exist, in no particular order.
+func (a *App) GetInstances(ctx context.Context, ids []string) ([]*inventoryv1.Instance, error) {
+	if len(ids) > endpoints.MaxBatch {
+		return nil, apierr.Invalid("ids", "must hold at most %d ids, got %d", endpoints.MaxBatch, len(ids))
+	}
+	ins, err := getMany(ctx, a, instances, ids)
+	if err != nil {
+		return nil, err
+	}
+	return ins, a.withLiveness(ctx, ins...)
 }
 
 // ListInstances lists instances, oldest first.

@@ -97,6 +97,10 @@ func Serve(nc *nats.Conn, a *app.App, db Pinger, log *slog.Logger, tp trace.Trac
 		rpc.Handle(s, endpoints.InstanceGet, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.GetInstanceRequest) (*inventoryv1.Instance, error) {
 			return a.GetInstance(ctx, r.GetId())
 		}),
+		rpc.Handle(s, endpoints.InstanceGetMany, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.GetInstancesRequest) (*inventoryv1.GetInstancesResponse, error) {
+			items, err := a.GetInstances(ctx, r.GetIds())
+			return &inventoryv1.GetInstancesResponse{Instances: items}, err
+		}),
 		rpc.Handle(s, endpoints.InstanceList, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.ListInstancesRequest) (*inventoryv1.ListInstancesResponse, error) {
 			items, next, err := a.ListInstances(ctx, r.GetPageSize(), r.GetPageToken())
 			return &inventoryv1.ListInstancesResponse{Instances: items, NextPageToken: next}, err

@@ -474,10 +474,11 @@ func (x *SignAgentRequest) GetSerial() string {
 	return ""
 }
 
-// CheckAgentRequest asks whether an agent certificate is still current
-// (bus only; agentgw asks before it serves a stream): its instance exists
-// and is not deprovisioned, the VM it names is the instance's current one,
-// and it has not been revoked by a newer one.
+// CheckAgentRequest names one agent certificate to check: is it still
+// current (the agent gateway asks before it serves a stream, see
+// CheckAgentsRequest)? Its instance exists and is not deprovisioned, the VM
+// it names is the instance's current one, and it has not been revoked by a
+// newer one.
 type CheckAgentRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	InstanceId string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
@@ -539,6 +540,162 @@ func (x *CheckAgentRequest) GetSerial() string {
 	return ""
 }
 
+// CheckAgentsRequest checks many agent certificates at once (bus only): the
+// agent gateway batches the checks of the new streams waiting for one, so
+// thousands of agents coming back together cost a few requests.
+type CheckAgentsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most 256, each an agent whose certificate the gateway verified.
+	Agents        []*CheckAgentRequest `protobuf:"bytes,1,rep,name=agents,proto3" json:"agents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckAgentsRequest) Reset() {
+	*x = CheckAgentsRequest{}
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckAgentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckAgentsRequest) ProtoMessage() {}
+
+func (x *CheckAgentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckAgentsRequest.ProtoReflect.Descriptor instead.
+func (*CheckAgentsRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CheckAgentsRequest) GetAgents() []*CheckAgentRequest {
+	if x != nil {
+		return x.Agents
+	}
+	return nil
+}
+
+// CheckAgentsResponse answers each agent of a CheckAgentsRequest, in order.
+type CheckAgentsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*CheckAgentResult    `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckAgentsResponse) Reset() {
+	*x = CheckAgentsResponse{}
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckAgentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckAgentsResponse) ProtoMessage() {}
+
+func (x *CheckAgentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckAgentsResponse.ProtoReflect.Descriptor instead.
+func (*CheckAgentsResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *CheckAgentsResponse) GetResults() []*CheckAgentResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// CheckAgentResult is one agent's answer: no error when its certificate is
+// current, else why not, as a bus error would say it (kind, reason and
+// message; see libs/apierr).
+type CheckAgentResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ErrorKind     string                 `protobuf:"bytes,1,opt,name=error_kind,json=errorKind,proto3" json:"error_kind,omitempty"`
+	ErrorReason   string                 `protobuf:"bytes,2,opt,name=error_reason,json=errorReason,proto3" json:"error_reason,omitempty"`
+	ErrorMessage  string                 `protobuf:"bytes,3,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckAgentResult) Reset() {
+	*x = CheckAgentResult{}
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckAgentResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckAgentResult) ProtoMessage() {}
+
+func (x *CheckAgentResult) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckAgentResult.ProtoReflect.Descriptor instead.
+func (*CheckAgentResult) Descriptor() ([]byte, []int) {
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *CheckAgentResult) GetErrorKind() string {
+	if x != nil {
+		return x.ErrorKind
+	}
+	return ""
+}
+
+func (x *CheckAgentResult) GetErrorReason() string {
+	if x != nil {
+		return x.ErrorReason
+	}
+	return ""
+}
+
+func (x *CheckAgentResult) GetErrorMessage() string {
+	if x != nil {
+		return x.ErrorMessage
+	}
+	return ""
+}
+
 // AgentCertRecord is what the CA keeps per instance of the agent
 // certificates it issued (key-value bucket flotilla_agent_certs, key =
 // instance id): the VM they are bound to and the serials still current.
@@ -552,7 +709,7 @@ type AgentCertRecord struct {
 
 func (x *AgentCertRecord) Reset() {
 	*x = AgentCertRecord{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[8]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -564,7 +721,7 @@ func (x *AgentCertRecord) String() string {
 func (*AgentCertRecord) ProtoMessage() {}
 
 func (x *AgentCertRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[8]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -577,7 +734,7 @@ func (x *AgentCertRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentCertRecord.ProtoReflect.Descriptor instead.
 func (*AgentCertRecord) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AgentCertRecord) GetVmId() string {
@@ -607,7 +764,7 @@ type AgentCertificate struct {
 
 func (x *AgentCertificate) Reset() {
 	*x = AgentCertificate{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[9]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -619,7 +776,7 @@ func (x *AgentCertificate) String() string {
 func (*AgentCertificate) ProtoMessage() {}
 
 func (x *AgentCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[9]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -632,7 +789,7 @@ func (x *AgentCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentCertificate.ProtoReflect.Descriptor instead.
 func (*AgentCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AgentCertificate) GetInstanceId() string {
@@ -676,7 +833,7 @@ type SignServerRequest struct {
 
 func (x *SignServerRequest) Reset() {
 	*x = SignServerRequest{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[10]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -688,7 +845,7 @@ func (x *SignServerRequest) String() string {
 func (*SignServerRequest) ProtoMessage() {}
 
 func (x *SignServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[10]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -701,7 +858,7 @@ func (x *SignServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignServerRequest.ProtoReflect.Descriptor instead.
 func (*SignServerRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SignServerRequest) GetInstanceId() string {
@@ -737,7 +894,7 @@ type ServerCertificate struct {
 
 func (x *ServerCertificate) Reset() {
 	*x = ServerCertificate{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[11]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -749,7 +906,7 @@ func (x *ServerCertificate) String() string {
 func (*ServerCertificate) ProtoMessage() {}
 
 func (x *ServerCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[11]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -762,7 +919,7 @@ func (x *ServerCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerCertificate.ProtoReflect.Descriptor instead.
 func (*ServerCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ServerCertificate) GetCertificatePem() string {
@@ -796,7 +953,7 @@ type GetTicketKeysRequest struct {
 
 func (x *GetTicketKeysRequest) Reset() {
 	*x = GetTicketKeysRequest{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[12]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -808,7 +965,7 @@ func (x *GetTicketKeysRequest) String() string {
 func (*GetTicketKeysRequest) ProtoMessage() {}
 
 func (x *GetTicketKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[12]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -821,7 +978,7 @@ func (x *GetTicketKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTicketKeysRequest.ProtoReflect.Descriptor instead.
 func (*GetTicketKeysRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{15}
 }
 
 // TicketKeys are the keys every agent gateway seals and opens TLS session
@@ -842,7 +999,7 @@ type TicketKeys struct {
 
 func (x *TicketKeys) Reset() {
 	*x = TicketKeys{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[13]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -854,7 +1011,7 @@ func (x *TicketKeys) String() string {
 func (*TicketKeys) ProtoMessage() {}
 
 func (x *TicketKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[13]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -867,7 +1024,7 @@ func (x *TicketKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TicketKeys.ProtoReflect.Descriptor instead.
 func (*TicketKeys) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TicketKeys) GetKeys() [][]byte {
@@ -895,7 +1052,7 @@ type GetCustomCertificateRequest struct {
 
 func (x *GetCustomCertificateRequest) Reset() {
 	*x = GetCustomCertificateRequest{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[14]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -907,7 +1064,7 @@ func (x *GetCustomCertificateRequest) String() string {
 func (*GetCustomCertificateRequest) ProtoMessage() {}
 
 func (x *GetCustomCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[14]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -920,7 +1077,7 @@ func (x *GetCustomCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCustomCertificateRequest.ProtoReflect.Descriptor instead.
 func (*GetCustomCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetCustomCertificateRequest) GetInstanceId() string {
@@ -943,7 +1100,7 @@ type CustomCertificate struct {
 
 func (x *CustomCertificate) Reset() {
 	*x = CustomCertificate{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[15]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1112,7 @@ func (x *CustomCertificate) String() string {
 func (*CustomCertificate) ProtoMessage() {}
 
 func (x *CustomCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[15]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1125,7 @@ func (x *CustomCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CustomCertificate.ProtoReflect.Descriptor instead.
 func (*CustomCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CustomCertificate) GetCertificatePem() string {
@@ -1003,7 +1160,7 @@ type GetAcmeAccountRequest struct {
 
 func (x *GetAcmeAccountRequest) Reset() {
 	*x = GetAcmeAccountRequest{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[16]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1015,7 +1172,7 @@ func (x *GetAcmeAccountRequest) String() string {
 func (*GetAcmeAccountRequest) ProtoMessage() {}
 
 func (x *GetAcmeAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[16]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1028,7 +1185,7 @@ func (x *GetAcmeAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAcmeAccountRequest.ProtoReflect.Descriptor instead.
 func (*GetAcmeAccountRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetAcmeAccountRequest) GetInstanceId() string {
@@ -1048,7 +1205,7 @@ type AcmeAccountKey struct {
 
 func (x *AcmeAccountKey) Reset() {
 	*x = AcmeAccountKey{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[17]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1217,7 @@ func (x *AcmeAccountKey) String() string {
 func (*AcmeAccountKey) ProtoMessage() {}
 
 func (x *AcmeAccountKey) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[17]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1230,7 @@ func (x *AcmeAccountKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcmeAccountKey.ProtoReflect.Descriptor instead.
 func (*AcmeAccountKey) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AcmeAccountKey) GetPrivateKeyPem() string {
@@ -1094,7 +1251,7 @@ type GetAcmeCertificateRequest struct {
 
 func (x *GetAcmeCertificateRequest) Reset() {
 	*x = GetAcmeCertificateRequest{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[18]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1263,7 @@ func (x *GetAcmeCertificateRequest) String() string {
 func (*GetAcmeCertificateRequest) ProtoMessage() {}
 
 func (x *GetAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[18]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1276,7 @@ func (x *GetAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAcmeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*GetAcmeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetAcmeCertificateRequest) GetInstanceId() string {
@@ -1142,7 +1299,7 @@ type PutAcmeCertificateRequest struct {
 
 func (x *PutAcmeCertificateRequest) Reset() {
 	*x = PutAcmeCertificateRequest{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[19]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1154,7 +1311,7 @@ func (x *PutAcmeCertificateRequest) String() string {
 func (*PutAcmeCertificateRequest) ProtoMessage() {}
 
 func (x *PutAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[19]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1167,7 +1324,7 @@ func (x *PutAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAcmeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*PutAcmeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PutAcmeCertificateRequest) GetInstanceId() string {
@@ -1203,7 +1360,7 @@ type AcmeCertificate struct {
 
 func (x *AcmeCertificate) Reset() {
 	*x = AcmeCertificate{}
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[20]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1215,7 +1372,7 @@ func (x *AcmeCertificate) String() string {
 func (*AcmeCertificate) ProtoMessage() {}
 
 func (x *AcmeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[20]
+	mi := &file_flotilla_ca_v1_ca_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1228,7 +1385,7 @@ func (x *AcmeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcmeCertificate.ProtoReflect.Descriptor instead.
 func (*AcmeCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{20}
+	return file_flotilla_ca_v1_ca_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *AcmeCertificate) GetCertificatePem() string {
@@ -1296,7 +1453,16 @@ const file_flotilla_ca_v1_ca_proto_rawDesc = "" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x13\n" +
 	"\x05vm_id\x18\x02 \x01(\tR\x04vmId\x12\x16\n" +
-	"\x06serial\x18\x03 \x01(\tR\x06serial\"@\n" +
+	"\x06serial\x18\x03 \x01(\tR\x06serial\"O\n" +
+	"\x12CheckAgentsRequest\x129\n" +
+	"\x06agents\x18\x01 \x03(\v2!.flotilla.ca.v1.CheckAgentRequestR\x06agents\"Q\n" +
+	"\x13CheckAgentsResponse\x12:\n" +
+	"\aresults\x18\x01 \x03(\v2 .flotilla.ca.v1.CheckAgentResultR\aresults\"y\n" +
+	"\x10CheckAgentResult\x12\x1d\n" +
+	"\n" +
+	"error_kind\x18\x01 \x01(\tR\terrorKind\x12!\n" +
+	"\ferror_reason\x18\x02 \x01(\tR\verrorReason\x12#\n" +
+	"\rerror_message\x18\x03 \x01(\tR\ferrorMessage\"@\n" +
 	"\x0fAgentCertRecord\x12\x13\n" +
 	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x12\x18\n" +
 	"\aserials\x18\x02 \x03(\tR\aserials\"\xac\x01\n" +
@@ -1360,7 +1526,7 @@ func file_flotilla_ca_v1_ca_proto_rawDescGZIP() []byte {
 	return file_flotilla_ca_v1_ca_proto_rawDescData
 }
 
-var file_flotilla_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_flotilla_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_flotilla_ca_v1_ca_proto_goTypes = []any{
 	(*GetCACertificateRequest)(nil),     // 0: flotilla.ca.v1.GetCACertificateRequest
 	(*CACertificate)(nil),               // 1: flotilla.ca.v1.CACertificate
@@ -1370,38 +1536,43 @@ var file_flotilla_ca_v1_ca_proto_goTypes = []any{
 	(*JoinRequest)(nil),                 // 5: flotilla.ca.v1.JoinRequest
 	(*SignAgentRequest)(nil),            // 6: flotilla.ca.v1.SignAgentRequest
 	(*CheckAgentRequest)(nil),           // 7: flotilla.ca.v1.CheckAgentRequest
-	(*AgentCertRecord)(nil),             // 8: flotilla.ca.v1.AgentCertRecord
-	(*AgentCertificate)(nil),            // 9: flotilla.ca.v1.AgentCertificate
-	(*SignServerRequest)(nil),           // 10: flotilla.ca.v1.SignServerRequest
-	(*ServerCertificate)(nil),           // 11: flotilla.ca.v1.ServerCertificate
-	(*GetTicketKeysRequest)(nil),        // 12: flotilla.ca.v1.GetTicketKeysRequest
-	(*TicketKeys)(nil),                  // 13: flotilla.ca.v1.TicketKeys
-	(*GetCustomCertificateRequest)(nil), // 14: flotilla.ca.v1.GetCustomCertificateRequest
-	(*CustomCertificate)(nil),           // 15: flotilla.ca.v1.CustomCertificate
-	(*GetAcmeAccountRequest)(nil),       // 16: flotilla.ca.v1.GetAcmeAccountRequest
-	(*AcmeAccountKey)(nil),              // 17: flotilla.ca.v1.AcmeAccountKey
-	(*GetAcmeCertificateRequest)(nil),   // 18: flotilla.ca.v1.GetAcmeCertificateRequest
-	(*PutAcmeCertificateRequest)(nil),   // 19: flotilla.ca.v1.PutAcmeCertificateRequest
-	(*AcmeCertificate)(nil),             // 20: flotilla.ca.v1.AcmeCertificate
-	(*timestamppb.Timestamp)(nil),       // 21: google.protobuf.Timestamp
+	(*CheckAgentsRequest)(nil),          // 8: flotilla.ca.v1.CheckAgentsRequest
+	(*CheckAgentsResponse)(nil),         // 9: flotilla.ca.v1.CheckAgentsResponse
+	(*CheckAgentResult)(nil),            // 10: flotilla.ca.v1.CheckAgentResult
+	(*AgentCertRecord)(nil),             // 11: flotilla.ca.v1.AgentCertRecord
+	(*AgentCertificate)(nil),            // 12: flotilla.ca.v1.AgentCertificate
+	(*SignServerRequest)(nil),           // 13: flotilla.ca.v1.SignServerRequest
+	(*ServerCertificate)(nil),           // 14: flotilla.ca.v1.ServerCertificate
+	(*GetTicketKeysRequest)(nil),        // 15: flotilla.ca.v1.GetTicketKeysRequest
+	(*TicketKeys)(nil),                  // 16: flotilla.ca.v1.TicketKeys
+	(*GetCustomCertificateRequest)(nil), // 17: flotilla.ca.v1.GetCustomCertificateRequest
+	(*CustomCertificate)(nil),           // 18: flotilla.ca.v1.CustomCertificate
+	(*GetAcmeAccountRequest)(nil),       // 19: flotilla.ca.v1.GetAcmeAccountRequest
+	(*AcmeAccountKey)(nil),              // 20: flotilla.ca.v1.AcmeAccountKey
+	(*GetAcmeCertificateRequest)(nil),   // 21: flotilla.ca.v1.GetAcmeCertificateRequest
+	(*PutAcmeCertificateRequest)(nil),   // 22: flotilla.ca.v1.PutAcmeCertificateRequest
+	(*AcmeCertificate)(nil),             // 23: flotilla.ca.v1.AcmeCertificate
+	(*timestamppb.Timestamp)(nil),       // 24: google.protobuf.Timestamp
 }
 var file_flotilla_ca_v1_ca_proto_depIdxs = []int32{
-	21, // 0: flotilla.ca.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
-	21, // 1: flotilla.ca.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	21, // 2: flotilla.ca.v1.JoinTokenAudit.expire_time:type_name -> google.protobuf.Timestamp
-	21, // 3: flotilla.ca.v1.JoinTokenAudit.time:type_name -> google.protobuf.Timestamp
-	21, // 4: flotilla.ca.v1.AgentCertificate.not_after:type_name -> google.protobuf.Timestamp
-	21, // 5: flotilla.ca.v1.ServerCertificate.not_after:type_name -> google.protobuf.Timestamp
-	21, // 6: flotilla.ca.v1.TicketKeys.refresh_time:type_name -> google.protobuf.Timestamp
-	21, // 7: flotilla.ca.v1.CustomCertificate.not_after:type_name -> google.protobuf.Timestamp
-	21, // 8: flotilla.ca.v1.AcmeCertificate.not_after:type_name -> google.protobuf.Timestamp
-	0,  // 9: flotilla.ca.v1.CAService.GetCACertificate:input_type -> flotilla.ca.v1.GetCACertificateRequest
-	1,  // 10: flotilla.ca.v1.CAService.GetCACertificate:output_type -> flotilla.ca.v1.CACertificate
-	10, // [10:11] is the sub-list for method output_type
-	9,  // [9:10] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	24, // 0: flotilla.ca.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
+	24, // 1: flotilla.ca.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	24, // 2: flotilla.ca.v1.JoinTokenAudit.expire_time:type_name -> google.protobuf.Timestamp
+	24, // 3: flotilla.ca.v1.JoinTokenAudit.time:type_name -> google.protobuf.Timestamp
+	7,  // 4: flotilla.ca.v1.CheckAgentsRequest.agents:type_name -> flotilla.ca.v1.CheckAgentRequest
+	10, // 5: flotilla.ca.v1.CheckAgentsResponse.results:type_name -> flotilla.ca.v1.CheckAgentResult
+	24, // 6: flotilla.ca.v1.AgentCertificate.not_after:type_name -> google.protobuf.Timestamp
+	24, // 7: flotilla.ca.v1.ServerCertificate.not_after:type_name -> google.protobuf.Timestamp
+	24, // 8: flotilla.ca.v1.TicketKeys.refresh_time:type_name -> google.protobuf.Timestamp
+	24, // 9: flotilla.ca.v1.CustomCertificate.not_after:type_name -> google.protobuf.Timestamp
+	24, // 10: flotilla.ca.v1.AcmeCertificate.not_after:type_name -> google.protobuf.Timestamp
+	0,  // 11: flotilla.ca.v1.CAService.GetCACertificate:input_type -> flotilla.ca.v1.GetCACertificateRequest
+	1,  // 12: flotilla.ca.v1.CAService.GetCACertificate:output_type -> flotilla.ca.v1.CACertificate
+	12, // [12:13] is the sub-list for method output_type
+	11, // [11:12] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_ca_v1_ca_proto_init() }
@@ -1415,7 +1586,7 @@ func file_flotilla_ca_v1_ca_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_ca_v1_ca_proto_rawDesc), len(file_flotilla_ca_v1_ca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1148,6 +1148,99 @@ func (x *GetInstanceRequest) GetId() string {
 	return ""
 }
 
+// GetInstancesRequest reads many instances at once (bus only: the CA reads
+// the instances of a batch of agent certificate checks).
+type GetInstancesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most 256 ids.
+	Ids           []string `protobuf:"bytes,1,rep,name=ids,proto3" json:"ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetInstancesRequest) Reset() {
+	*x = GetInstancesRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetInstancesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetInstancesRequest) ProtoMessage() {}
+
+func (x *GetInstancesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetInstancesRequest.ProtoReflect.Descriptor instead.
+func (*GetInstancesRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GetInstancesRequest) GetIds() []string {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+// GetInstancesResponse holds the instances that exist among those asked
+// for, in no particular order.
+type GetInstancesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Instances     []*Instance            `protobuf:"bytes,1,rep,name=instances,proto3" json:"instances,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetInstancesResponse) Reset() {
+	*x = GetInstancesResponse{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetInstancesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetInstancesResponse) ProtoMessage() {}
+
+func (x *GetInstancesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetInstancesResponse.ProtoReflect.Descriptor instead.
+func (*GetInstancesResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *GetInstancesResponse) GetInstances() []*Instance {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
+
 type ListInstancesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PageSize      int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
@@ -1158,7 +1251,7 @@ type ListInstancesRequest struct {
 
 func (x *ListInstancesRequest) Reset() {
 	*x = ListInstancesRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[22]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1263,7 @@ func (x *ListInstancesRequest) String() string {
 func (*ListInstancesRequest) ProtoMessage() {}
 
 func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[22]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1276,7 @@ func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{22}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListInstancesRequest) GetPageSize() int32 {
@@ -1210,7 +1303,7 @@ type ListInstancesResponse struct {
 
 func (x *ListInstancesResponse) Reset() {
 	*x = ListInstancesResponse{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[23]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1222,7 +1315,7 @@ func (x *ListInstancesResponse) String() string {
 func (*ListInstancesResponse) ProtoMessage() {}
 
 func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[23]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1235,7 +1328,7 @@ func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{23}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListInstancesResponse) GetInstances() []*Instance {
@@ -1275,7 +1368,7 @@ type ListInstanceLogsRequest struct {
 
 func (x *ListInstanceLogsRequest) Reset() {
 	*x = ListInstanceLogsRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[24]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1287,7 +1380,7 @@ func (x *ListInstanceLogsRequest) String() string {
 func (*ListInstanceLogsRequest) ProtoMessage() {}
 
 func (x *ListInstanceLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[24]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1300,7 +1393,7 @@ func (x *ListInstanceLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstanceLogsRequest.ProtoReflect.Descriptor instead.
 func (*ListInstanceLogsRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{24}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListInstanceLogsRequest) GetId() string {
@@ -1363,7 +1456,7 @@ type ListInstanceLogsResponse struct {
 
 func (x *ListInstanceLogsResponse) Reset() {
 	*x = ListInstanceLogsResponse{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[25]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1375,7 +1468,7 @@ func (x *ListInstanceLogsResponse) String() string {
 func (*ListInstanceLogsResponse) ProtoMessage() {}
 
 func (x *ListInstanceLogsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[25]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1388,7 +1481,7 @@ func (x *ListInstanceLogsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstanceLogsResponse.ProtoReflect.Descriptor instead.
 func (*ListInstanceLogsResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{25}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListInstanceLogsResponse) GetLines() []*InstanceLogLine {
@@ -1420,7 +1513,7 @@ type ListInstanceEventsRequest struct {
 
 func (x *ListInstanceEventsRequest) Reset() {
 	*x = ListInstanceEventsRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[26]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +1525,7 @@ func (x *ListInstanceEventsRequest) String() string {
 func (*ListInstanceEventsRequest) ProtoMessage() {}
 
 func (x *ListInstanceEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[26]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +1538,7 @@ func (x *ListInstanceEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstanceEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListInstanceEventsRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{26}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListInstanceEventsRequest) GetId() string {
@@ -1487,7 +1580,7 @@ type ListInstanceEventsResponse struct {
 
 func (x *ListInstanceEventsResponse) Reset() {
 	*x = ListInstanceEventsResponse{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[27]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1499,7 +1592,7 @@ func (x *ListInstanceEventsResponse) String() string {
 func (*ListInstanceEventsResponse) ProtoMessage() {}
 
 func (x *ListInstanceEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[27]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1512,7 +1605,7 @@ func (x *ListInstanceEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstanceEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListInstanceEventsResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{27}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListInstanceEventsResponse) GetEvents() []*v1.Event {
@@ -1545,7 +1638,7 @@ type InstanceLogLine struct {
 
 func (x *InstanceLogLine) Reset() {
 	*x = InstanceLogLine{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[28]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1557,7 +1650,7 @@ func (x *InstanceLogLine) String() string {
 func (*InstanceLogLine) ProtoMessage() {}
 
 func (x *InstanceLogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[28]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1570,7 +1663,7 @@ func (x *InstanceLogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceLogLine.ProtoReflect.Descriptor instead.
 func (*InstanceLogLine) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{28}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *InstanceLogLine) GetSeq() uint64 {
@@ -1611,7 +1704,7 @@ type UpdateInstanceRequest struct {
 
 func (x *UpdateInstanceRequest) Reset() {
 	*x = UpdateInstanceRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[29]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1623,7 +1716,7 @@ func (x *UpdateInstanceRequest) String() string {
 func (*UpdateInstanceRequest) ProtoMessage() {}
 
 func (x *UpdateInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[29]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1636,7 +1729,7 @@ func (x *UpdateInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateInstanceRequest.ProtoReflect.Descriptor instead.
 func (*UpdateInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{29}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *UpdateInstanceRequest) GetInstance() *Instance {
@@ -1663,7 +1756,7 @@ type DeleteInstanceRequest struct {
 
 func (x *DeleteInstanceRequest) Reset() {
 	*x = DeleteInstanceRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[30]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1675,7 +1768,7 @@ func (x *DeleteInstanceRequest) String() string {
 func (*DeleteInstanceRequest) ProtoMessage() {}
 
 func (x *DeleteInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[30]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1688,7 +1781,7 @@ func (x *DeleteInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteInstanceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{30}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteInstanceRequest) GetId() string {
@@ -1715,7 +1808,7 @@ type InstanceActionRequest struct {
 
 func (x *InstanceActionRequest) Reset() {
 	*x = InstanceActionRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[31]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1727,7 +1820,7 @@ func (x *InstanceActionRequest) String() string {
 func (*InstanceActionRequest) ProtoMessage() {}
 
 func (x *InstanceActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[31]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1740,7 +1833,7 @@ func (x *InstanceActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceActionRequest.ProtoReflect.Descriptor instead.
 func (*InstanceActionRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{31}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *InstanceActionRequest) GetId() string {
@@ -1766,7 +1859,7 @@ type DnsChallengeRequest struct {
 
 func (x *DnsChallengeRequest) Reset() {
 	*x = DnsChallengeRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1778,7 +1871,7 @@ func (x *DnsChallengeRequest) String() string {
 func (*DnsChallengeRequest) ProtoMessage() {}
 
 func (x *DnsChallengeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[32]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1791,7 +1884,7 @@ func (x *DnsChallengeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DnsChallengeRequest.ProtoReflect.Descriptor instead.
 func (*DnsChallengeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{32}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DnsChallengeRequest) GetInstanceId() string {
@@ -1828,7 +1921,7 @@ type CreateInstanceJoinTokenRequest struct {
 
 func (x *CreateInstanceJoinTokenRequest) Reset() {
 	*x = CreateInstanceJoinTokenRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1840,7 +1933,7 @@ func (x *CreateInstanceJoinTokenRequest) String() string {
 func (*CreateInstanceJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateInstanceJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[33]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1853,7 +1946,7 @@ func (x *CreateInstanceJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateInstanceJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateInstanceJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{33}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CreateInstanceJoinTokenRequest) GetId() string {
@@ -1892,7 +1985,7 @@ type InstanceJoinToken struct {
 
 func (x *InstanceJoinToken) Reset() {
 	*x = InstanceJoinToken{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[34]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1904,7 +1997,7 @@ func (x *InstanceJoinToken) String() string {
 func (*InstanceJoinToken) ProtoMessage() {}
 
 func (x *InstanceJoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[34]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1917,7 +2010,7 @@ func (x *InstanceJoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceJoinToken.ProtoReflect.Descriptor instead.
 func (*InstanceJoinToken) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{34}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *InstanceJoinToken) GetInstanceId() string {
@@ -1974,7 +2067,7 @@ type LifecycleRequest struct {
 
 func (x *LifecycleRequest) Reset() {
 	*x = LifecycleRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[35]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1986,7 +2079,7 @@ func (x *LifecycleRequest) String() string {
 func (*LifecycleRequest) ProtoMessage() {}
 
 func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[35]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1999,7 +2092,7 @@ func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LifecycleRequest.ProtoReflect.Descriptor instead.
 func (*LifecycleRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{35}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *LifecycleRequest) GetId() string {
@@ -2040,7 +2133,7 @@ type RecordStateRequest struct {
 
 func (x *RecordStateRequest) Reset() {
 	*x = RecordStateRequest{}
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[36]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2052,7 +2145,7 @@ func (x *RecordStateRequest) String() string {
 func (*RecordStateRequest) ProtoMessage() {}
 
 func (x *RecordStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[36]
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2065,7 +2158,7 @@ func (x *RecordStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordStateRequest.ProtoReflect.Descriptor instead.
 func (*RecordStateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{36}
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RecordStateRequest) GetId() string {
@@ -2210,7 +2303,11 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x15CreateInstanceRequest\x12;\n" +
 	"\binstance\x18\x01 \x01(\v2\x1f.flotilla.inventory.v1.InstanceR\binstance\"$\n" +
 	"\x12GetInstanceRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"R\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"'\n" +
+	"\x13GetInstancesRequest\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\tR\x03ids\"U\n" +
+	"\x14GetInstancesResponse\x12=\n" +
+	"\tinstances\x18\x01 \x03(\v2\x1f.flotilla.inventory.v1.InstanceR\tinstances\"R\n" +
 	"\x14ListInstancesRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -2333,7 +2430,7 @@ func file_flotilla_inventory_v1_inventory_proto_rawDescGZIP() []byte {
 	return file_flotilla_inventory_v1_inventory_proto_rawDescData
 }
 
-var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
 	(*CreateNetworkRequest)(nil),           // 0: flotilla.inventory.v1.CreateNetworkRequest
 	(*GetNetworkRequest)(nil),              // 1: flotilla.inventory.v1.GetNetworkRequest
@@ -2357,119 +2454,122 @@ var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
 	(*DeleteTemplateRequest)(nil),          // 19: flotilla.inventory.v1.DeleteTemplateRequest
 	(*CreateInstanceRequest)(nil),          // 20: flotilla.inventory.v1.CreateInstanceRequest
 	(*GetInstanceRequest)(nil),             // 21: flotilla.inventory.v1.GetInstanceRequest
-	(*ListInstancesRequest)(nil),           // 22: flotilla.inventory.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),          // 23: flotilla.inventory.v1.ListInstancesResponse
-	(*ListInstanceLogsRequest)(nil),        // 24: flotilla.inventory.v1.ListInstanceLogsRequest
-	(*ListInstanceLogsResponse)(nil),       // 25: flotilla.inventory.v1.ListInstanceLogsResponse
-	(*ListInstanceEventsRequest)(nil),      // 26: flotilla.inventory.v1.ListInstanceEventsRequest
-	(*ListInstanceEventsResponse)(nil),     // 27: flotilla.inventory.v1.ListInstanceEventsResponse
-	(*InstanceLogLine)(nil),                // 28: flotilla.inventory.v1.InstanceLogLine
-	(*UpdateInstanceRequest)(nil),          // 29: flotilla.inventory.v1.UpdateInstanceRequest
-	(*DeleteInstanceRequest)(nil),          // 30: flotilla.inventory.v1.DeleteInstanceRequest
-	(*InstanceActionRequest)(nil),          // 31: flotilla.inventory.v1.InstanceActionRequest
-	(*DnsChallengeRequest)(nil),            // 32: flotilla.inventory.v1.DnsChallengeRequest
-	(*CreateInstanceJoinTokenRequest)(nil), // 33: flotilla.inventory.v1.CreateInstanceJoinTokenRequest
-	(*InstanceJoinToken)(nil),              // 34: flotilla.inventory.v1.InstanceJoinToken
-	(*LifecycleRequest)(nil),               // 35: flotilla.inventory.v1.LifecycleRequest
-	(*RecordStateRequest)(nil),             // 36: flotilla.inventory.v1.RecordStateRequest
-	(*Network)(nil),                        // 37: flotilla.inventory.v1.Network
-	(*fieldmaskpb.FieldMask)(nil),          // 38: google.protobuf.FieldMask
-	(*CloudAccount)(nil),                   // 39: flotilla.inventory.v1.CloudAccount
-	(*timestamppb.Timestamp)(nil),          // 40: google.protobuf.Timestamp
-	(*Template)(nil),                       // 41: flotilla.inventory.v1.Template
-	(*Instance)(nil),                       // 42: flotilla.inventory.v1.Instance
-	(*v1.Event)(nil),                       // 43: flotilla.events.v1.Event
-	(*DataDisk)(nil),                       // 44: flotilla.inventory.v1.DataDisk
-	(*Addresses)(nil),                      // 45: flotilla.inventory.v1.Addresses
-	(*emptypb.Empty)(nil),                  // 46: google.protobuf.Empty
+	(*GetInstancesRequest)(nil),            // 22: flotilla.inventory.v1.GetInstancesRequest
+	(*GetInstancesResponse)(nil),           // 23: flotilla.inventory.v1.GetInstancesResponse
+	(*ListInstancesRequest)(nil),           // 24: flotilla.inventory.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),          // 25: flotilla.inventory.v1.ListInstancesResponse
+	(*ListInstanceLogsRequest)(nil),        // 26: flotilla.inventory.v1.ListInstanceLogsRequest
+	(*ListInstanceLogsResponse)(nil),       // 27: flotilla.inventory.v1.ListInstanceLogsResponse
+	(*ListInstanceEventsRequest)(nil),      // 28: flotilla.inventory.v1.ListInstanceEventsRequest
+	(*ListInstanceEventsResponse)(nil),     // 29: flotilla.inventory.v1.ListInstanceEventsResponse
+	(*InstanceLogLine)(nil),                // 30: flotilla.inventory.v1.InstanceLogLine
+	(*UpdateInstanceRequest)(nil),          // 31: flotilla.inventory.v1.UpdateInstanceRequest
+	(*DeleteInstanceRequest)(nil),          // 32: flotilla.inventory.v1.DeleteInstanceRequest
+	(*InstanceActionRequest)(nil),          // 33: flotilla.inventory.v1.InstanceActionRequest
+	(*DnsChallengeRequest)(nil),            // 34: flotilla.inventory.v1.DnsChallengeRequest
+	(*CreateInstanceJoinTokenRequest)(nil), // 35: flotilla.inventory.v1.CreateInstanceJoinTokenRequest
+	(*InstanceJoinToken)(nil),              // 36: flotilla.inventory.v1.InstanceJoinToken
+	(*LifecycleRequest)(nil),               // 37: flotilla.inventory.v1.LifecycleRequest
+	(*RecordStateRequest)(nil),             // 38: flotilla.inventory.v1.RecordStateRequest
+	(*Network)(nil),                        // 39: flotilla.inventory.v1.Network
+	(*fieldmaskpb.FieldMask)(nil),          // 40: google.protobuf.FieldMask
+	(*CloudAccount)(nil),                   // 41: flotilla.inventory.v1.CloudAccount
+	(*timestamppb.Timestamp)(nil),          // 42: google.protobuf.Timestamp
+	(*Template)(nil),                       // 43: flotilla.inventory.v1.Template
+	(*Instance)(nil),                       // 44: flotilla.inventory.v1.Instance
+	(*v1.Event)(nil),                       // 45: flotilla.events.v1.Event
+	(*DataDisk)(nil),                       // 46: flotilla.inventory.v1.DataDisk
+	(*Addresses)(nil),                      // 47: flotilla.inventory.v1.Addresses
+	(*emptypb.Empty)(nil),                  // 48: google.protobuf.Empty
 }
 var file_flotilla_inventory_v1_inventory_proto_depIdxs = []int32{
-	37, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	37, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
-	37, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	38, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
-	39, // 4: flotilla.inventory.v1.CreateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
-	39, // 5: flotilla.inventory.v1.ListCloudAccountsResponse.cloud_accounts:type_name -> flotilla.inventory.v1.CloudAccount
-	39, // 6: flotilla.inventory.v1.UpdateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
-	38, // 7: flotilla.inventory.v1.UpdateCloudAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
-	40, // 8: flotilla.inventory.v1.CloudAccountVerification.check_time:type_name -> google.protobuf.Timestamp
-	41, // 9: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	41, // 10: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
-	41, // 11: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	38, // 12: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
-	42, // 13: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	42, // 14: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
-	28, // 15: flotilla.inventory.v1.ListInstanceLogsResponse.lines:type_name -> flotilla.inventory.v1.InstanceLogLine
-	43, // 16: flotilla.inventory.v1.ListInstanceEventsResponse.events:type_name -> flotilla.events.v1.Event
-	40, // 17: flotilla.inventory.v1.InstanceLogLine.time:type_name -> google.protobuf.Timestamp
-	42, // 18: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	38, // 19: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	40, // 20: flotilla.inventory.v1.InstanceJoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	44, // 21: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
-	45, // 22: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
-	0,  // 23: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
-	1,  // 24: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
-	2,  // 25: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
-	4,  // 26: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
-	5,  // 27: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
-	6,  // 28: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:input_type -> flotilla.inventory.v1.CreateCloudAccountRequest
-	7,  // 29: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:input_type -> flotilla.inventory.v1.GetCloudAccountRequest
-	8,  // 30: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:input_type -> flotilla.inventory.v1.ListCloudAccountsRequest
-	10, // 31: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:input_type -> flotilla.inventory.v1.UpdateCloudAccountRequest
-	11, // 32: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:input_type -> flotilla.inventory.v1.DeleteCloudAccountRequest
-	12, // 33: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:input_type -> flotilla.inventory.v1.VerifyCloudAccountRequest
-	14, // 34: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
-	15, // 35: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
-	16, // 36: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
-	18, // 37: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
-	19, // 38: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
-	20, // 39: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
-	21, // 40: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
-	22, // 41: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
-	29, // 42: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
-	30, // 43: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
-	31, // 44: flotilla.inventory.v1.InstanceService.ProvisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	31, // 45: flotilla.inventory.v1.InstanceService.DeprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	31, // 46: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	31, // 47: flotilla.inventory.v1.InstanceService.RefreshCertificate:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	24, // 48: flotilla.inventory.v1.InstanceService.ListInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
-	24, // 49: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
-	26, // 50: flotilla.inventory.v1.InstanceService.ListInstanceEvents:input_type -> flotilla.inventory.v1.ListInstanceEventsRequest
-	33, // 51: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
-	37, // 52: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
-	37, // 53: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
-	3,  // 54: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
-	37, // 55: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
-	46, // 56: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
-	39, // 57: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	39, // 58: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	9,  // 59: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:output_type -> flotilla.inventory.v1.ListCloudAccountsResponse
-	39, // 60: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	46, // 61: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:output_type -> google.protobuf.Empty
-	13, // 62: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:output_type -> flotilla.inventory.v1.CloudAccountVerification
-	41, // 63: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
-	41, // 64: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
-	17, // 65: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
-	41, // 66: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
-	46, // 67: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
-	42, // 68: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
-	42, // 69: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
-	23, // 70: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
-	42, // 71: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
-	42, // 72: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
-	42, // 73: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
-	42, // 74: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	42, // 75: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	42, // 76: flotilla.inventory.v1.InstanceService.RefreshCertificate:output_type -> flotilla.inventory.v1.Instance
-	25, // 77: flotilla.inventory.v1.InstanceService.ListInstanceLogs:output_type -> flotilla.inventory.v1.ListInstanceLogsResponse
-	28, // 78: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:output_type -> flotilla.inventory.v1.InstanceLogLine
-	27, // 79: flotilla.inventory.v1.InstanceService.ListInstanceEvents:output_type -> flotilla.inventory.v1.ListInstanceEventsResponse
-	34, // 80: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
-	52, // [52:81] is the sub-list for method output_type
-	23, // [23:52] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	39, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	39, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
+	39, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	40, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
+	41, // 4: flotilla.inventory.v1.CreateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
+	41, // 5: flotilla.inventory.v1.ListCloudAccountsResponse.cloud_accounts:type_name -> flotilla.inventory.v1.CloudAccount
+	41, // 6: flotilla.inventory.v1.UpdateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
+	40, // 7: flotilla.inventory.v1.UpdateCloudAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
+	42, // 8: flotilla.inventory.v1.CloudAccountVerification.check_time:type_name -> google.protobuf.Timestamp
+	43, // 9: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	43, // 10: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
+	43, // 11: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	40, // 12: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
+	44, // 13: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	44, // 14: flotilla.inventory.v1.GetInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
+	44, // 15: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
+	30, // 16: flotilla.inventory.v1.ListInstanceLogsResponse.lines:type_name -> flotilla.inventory.v1.InstanceLogLine
+	45, // 17: flotilla.inventory.v1.ListInstanceEventsResponse.events:type_name -> flotilla.events.v1.Event
+	42, // 18: flotilla.inventory.v1.InstanceLogLine.time:type_name -> google.protobuf.Timestamp
+	44, // 19: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	40, // 20: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	42, // 21: flotilla.inventory.v1.InstanceJoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	46, // 22: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
+	47, // 23: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
+	0,  // 24: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
+	1,  // 25: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
+	2,  // 26: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
+	4,  // 27: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
+	5,  // 28: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
+	6,  // 29: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:input_type -> flotilla.inventory.v1.CreateCloudAccountRequest
+	7,  // 30: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:input_type -> flotilla.inventory.v1.GetCloudAccountRequest
+	8,  // 31: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:input_type -> flotilla.inventory.v1.ListCloudAccountsRequest
+	10, // 32: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:input_type -> flotilla.inventory.v1.UpdateCloudAccountRequest
+	11, // 33: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:input_type -> flotilla.inventory.v1.DeleteCloudAccountRequest
+	12, // 34: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:input_type -> flotilla.inventory.v1.VerifyCloudAccountRequest
+	14, // 35: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
+	15, // 36: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
+	16, // 37: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
+	18, // 38: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
+	19, // 39: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
+	20, // 40: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
+	21, // 41: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
+	24, // 42: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
+	31, // 43: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
+	32, // 44: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
+	33, // 45: flotilla.inventory.v1.InstanceService.ProvisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	33, // 46: flotilla.inventory.v1.InstanceService.DeprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	33, // 47: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	33, // 48: flotilla.inventory.v1.InstanceService.RefreshCertificate:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	26, // 49: flotilla.inventory.v1.InstanceService.ListInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
+	26, // 50: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
+	28, // 51: flotilla.inventory.v1.InstanceService.ListInstanceEvents:input_type -> flotilla.inventory.v1.ListInstanceEventsRequest
+	35, // 52: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
+	39, // 53: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
+	39, // 54: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
+	3,  // 55: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
+	39, // 56: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
+	48, // 57: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
+	41, // 58: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	41, // 59: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	9,  // 60: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:output_type -> flotilla.inventory.v1.ListCloudAccountsResponse
+	41, // 61: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	48, // 62: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:output_type -> google.protobuf.Empty
+	13, // 63: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:output_type -> flotilla.inventory.v1.CloudAccountVerification
+	43, // 64: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
+	43, // 65: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
+	17, // 66: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
+	43, // 67: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
+	48, // 68: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
+	44, // 69: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
+	44, // 70: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
+	25, // 71: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
+	44, // 72: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
+	44, // 73: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
+	44, // 74: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
+	44, // 75: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	44, // 76: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	44, // 77: flotilla.inventory.v1.InstanceService.RefreshCertificate:output_type -> flotilla.inventory.v1.Instance
+	27, // 78: flotilla.inventory.v1.InstanceService.ListInstanceLogs:output_type -> flotilla.inventory.v1.ListInstanceLogsResponse
+	30, // 79: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:output_type -> flotilla.inventory.v1.InstanceLogLine
+	29, // 80: flotilla.inventory.v1.InstanceService.ListInstanceEvents:output_type -> flotilla.inventory.v1.ListInstanceEventsResponse
+	36, // 81: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
+	53, // [53:82] is the sub-list for method output_type
+	24, // [24:53] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_inventory_v1_inventory_proto_init() }
@@ -2484,7 +2584,7 @@ func file_flotilla_inventory_v1_inventory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_inventory_v1_inventory_proto_rawDesc), len(file_flotilla_inventory_v1_inventory_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   37,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   4,
 		},
