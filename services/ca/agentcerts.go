@@ -174,10 +174,6 @@ func liveVM(inst *inventoryv1.Instance, vm string) error {
 	return nil
 }
 
-// checkConcurrency bounds the agents of one batch checked at once (each
-// reads its record from the key-value bucket).
-const checkConcurrency = 32
-
 // checkAgents answers agent.check-many for the agent gateway, before it
 // serves the streams of the agents named: it reads their instances in one
 // request to the inventory and says of each agent whether its certificate
@@ -208,8 +204,10 @@ func (s *Service) checkAgents(ctx context.Context, actor vocab.Actor, req *cav1.
 			found[in.GetId()] = in
 		}
 	}
+	// Every agent of the batch at once (at most endpoints.MaxBatch): each
+	// waits for its record from the key-value bucket, and under load a
+	// few rounds of those took seconds.
 	var g errgroup.Group
-	g.SetLimit(checkConcurrency)
 	for i, a := range agents {
 		g.Go(func() error {
 			results[i] = checkResult(ctx, s.log, s.checkAgent(ctx, found[a.GetInstanceId()], a))
