@@ -67,12 +67,23 @@ func newAppOn(t *testing.T, pool *pgxpool.Pool, opts ...app.Option) (*app.App, *
 	return a, in
 }
 
+// testClock is a clock that starts now and moves only when advanced.
+type testClock struct{ micros atomic.Int64 }
+
+func newTestClock() *testClock {
+	c := &testClock{}
+	c.micros.Store(time.Now().UTC().Truncate(time.Microsecond).UnixMicro())
+	return c
+}
+
+func (c *testClock) now() time.Time          { return time.UnixMicro(c.micros.Load()).UTC() }
+func (c *testClock) advance(d time.Duration) { c.micros.Add(d.Microseconds()) }
+
 func TestAgentsWithoutHeartbeatsAreShownDisconnected(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	var clock atomic.Int64
-	clock.Store(time.Now().UTC().Truncate(time.Microsecond).UnixMicro())
-	now := func() time.Time { return time.UnixMicro(clock.Load()).UTC() }
+	clock := newTestClock()
+	now := clock.now
 	a, in := newApp(t, app.WithClock(now))
 	beat := func() {
 		t.Helper()
@@ -89,13 +100,13 @@ func TestAgentsWithoutHeartbeatsAreShownDisconnected(t *testing.T) {
 		return got.GetAgent().GetStatus()
 	}
 	beat()
-	clock.Add((20 * time.Second).Microseconds())
+	clock.advance(20 * time.Second)
 	beat() // held in memory, not on the row: it still counts
-	clock.Add((20 * time.Second).Microseconds())
+	clock.advance(20 * time.Second)
 	if n, err := a.MarkStaleAgents(ctx, 30*time.Second); err != nil || n != 0 || status() != "connected" {
 		t.Fatalf("an agent whose last heartbeat is 20 s old was marked stale: %d %v %s", n, err, status())
 	}
-	clock.Add(time.Minute.Microseconds())
+	clock.advance(time.Minute)
 	if n, err := a.MarkStaleAgents(ctx, 30*time.Second); err != nil || n != 1 || status() != "disconnected" {
 		t.Fatalf("a stale agent: %d %v %s", n, err, status())
 	}
@@ -119,9 +130,8 @@ func TestAgentsWithoutHeartbeatsAreShownDisconnected(t *testing.T) {
 func TestAStaleSweepMarksEachAgentOnce(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	var clock atomic.Int64
-	clock.Store(time.Now().UTC().Truncate(time.Microsecond).UnixMicro())
-	now := func() time.Time { return time.UnixMicro(clock.Load()).UTC() }
+	clock := newTestClock()
+	now := clock.now
 	pool := newPool(t)
 	a, first := newAppOn(t, pool, app.WithClock(now))
 	other := app.New(pool, slog.New(slog.DiscardHandler), app.WithClock(now))
@@ -141,7 +151,7 @@ func TestAStaleSweepMarksEachAgentOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	clock.Add(time.Minute.Microseconds())
+	clock.advance(time.Minute)
 	marked := make(chan int, 2)
 	for _, sweeper := range []*app.App{a, other} {
 		go func() {

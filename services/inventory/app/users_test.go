@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -85,9 +84,8 @@ func TestTheLastAdminStaysWhenTwoAdminsDemoteEachOtherAtOnce(t *testing.T) {
 func TestAPITokensExpireAndTheirUseIsWrittenInBatches(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	var clock atomic.Int64
-	clock.Store(time.Now().UTC().Truncate(time.Microsecond).UnixMicro())
-	now := func() time.Time { return time.UnixMicro(clock.Load()).UTC() }
+	clock := newTestClock()
+	now := clock.now
 	pool := newPool(t)
 	a := app.New(pool, slog.New(slog.DiscardHandler), app.WithClock(now))
 	if err := a.InitialSetup(ctx, "root", "root-pass"); err != nil {
@@ -124,7 +122,7 @@ func TestAPITokensExpireAndTheirUseIsWrittenInBatches(t *testing.T) {
 		t.Fatalf("after a flush: listed %v, stored %v", listed, stored)
 	}
 
-	clock.Add((9 * time.Minute).Microseconds())
+	clock.advance(9 * time.Minute)
 	if _, err := a.VerifyToken(ctx, made.GetToken()); err != nil {
 		t.Fatalf("nine minutes on: %v", err)
 	}
@@ -134,7 +132,7 @@ func TestAPITokensExpireAndTheirUseIsWrittenInBatches(t *testing.T) {
 	if _, stored := lastUse(); !stored.Equal(now()) {
 		t.Fatalf("the later use: stored %v, want %v", stored, now())
 	}
-	clock.Add((2 * time.Minute).Microseconds())
+	clock.advance(2 * time.Minute)
 	if _, err := a.VerifyToken(ctx, made.GetToken()); !apierr.Is(err, apierr.KindUnauthenticated) {
 		t.Fatalf("eleven minutes on: %v", err)
 	}
