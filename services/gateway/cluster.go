@@ -51,6 +51,11 @@ func (s systemServer) RemoveManagers(ctx context.Context, req *systemv1.RemoveMa
 	if name == "" {
 		return nil, apierr.Invalid("name", "is required: a host, or a manager's key (<service>.<host>.<process id>)")
 	}
+	// Bounded like a call to a backing service: while the bucket's stream
+	// has no leader (a host was just lost) its read can wait on, and the
+	// operator is better told to try again than kept waiting.
+	ctx, cancel := context.WithTimeout(ctx, s.g.requestTimeout)
+	defer cancel()
 	removed, err := membership.Remove(ctx, s.g.js, name, time.Now(), s.g.deps.MemberHealthyWithin)
 	switch {
 	case errors.Is(err, membership.ErrNoSuchManager):
