@@ -73,6 +73,21 @@ func TestBrokersRemoveTakesAGoneServerOutOfJetStream(t *testing.T) {
 
 	servers[2].Shutdown()
 	servers[2].WaitForShutdown()
+	// Only the meta leader answers a removal: the two left must have one
+	// (b3 may have led). Once, in a loaded make test, the removal went
+	// unanswered for the command's whole minute; waiting for the leader
+	// first says, if it fails again, whether the election was missing.
+	leader := func(s *server.Server) string {
+		jsz, err := s.Jsz(&server.JSzOptions{})
+		if err != nil || jsz.Meta == nil {
+			return ""
+		}
+		return jsz.Meta.Leader
+	}
+	waitFor("a meta leader among the two left", func() bool {
+		l := leader(servers[0])
+		return l != "" && l != "b3" && l == leader(servers[1])
+	})
 	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", ports[0])
 	// Only the system account may.
 	for _, c := range []struct {
