@@ -29,8 +29,9 @@ import (
 // the choice in the settings, and answers nothing in the clear.
 func TestTheAPIServesTLSWhenAsked(t *testing.T) {
 	t.Parallel()
-	dir, base := dataDir(t), freeBase(t)
-	u := startUpWith(t, dir, base, []string{"--tls"})
+	dir := dataDir(t)
+	u := startUpFree(t, dir, []string{"--tls"})
+	base := u.base
 	resp, err := u.client().Get(u.url("/api/v1/status"))
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +76,7 @@ func TestTheAPIServesTLSWhenAsked(t *testing.T) {
 // the operator's own certificate, saved in the settings.
 func TestTheAPIServesTheOperatorsCertificate(t *testing.T) {
 	t.Parallel()
-	dir, base := dataDir(t), freeBase(t)
+	dir := dataDir(t)
 	now := time.Now()
 	ca, err := pki.GenerateCA(now)
 	if err != nil {
@@ -100,7 +101,7 @@ func TestTheAPIServesTheOperatorsCertificate(t *testing.T) {
 	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	u := startUpWith(t, dir, base, []string{"--tls-cert", certFile, "--tls-key", keyFile})
+	u := startUpFree(t, dir, []string{"--tls-cert", certFile, "--tls-key", keyFile})
 	resp, err := u.client().Get(u.url("/api/v1/status"))
 	if err != nil {
 		t.Fatal(err)
