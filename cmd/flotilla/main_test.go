@@ -69,11 +69,22 @@ func dataDir(t *testing.T) string {
 	return filepath.Join(d, "data")
 }
 
-// freeBase finds a base port whose six consecutive ports are free.
+// freeBase finds a base port whose six consecutive ports are free, below
+// the kernel's ephemeral range: there no connection or ":0" listener of
+// another test takes one between the choice and flotilla up's bind (one
+// did, at 48566).
 func freeBase(t *testing.T) int {
 	t.Helper()
+	ephemeral := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if low, err := strconv.Atoi(f[0]); err == nil && low > 10100 {
+				ephemeral = low
+			}
+		}
+	}
 	for range 100 {
-		base := 20000 + rand.IntN(30000)
+		base := 10000 + rand.IntN(ephemeral-6-10000)
 		ok := true
 		for p := base; p < base+6 && ok; p++ {
 			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
