@@ -87,7 +87,7 @@ func (s *Service) nextChecks() []*pendingCheck {
 			batch = append(batch, p)
 		}
 	}
-	if len(batch) == 0 && len(s.checks.queue) == 0 {
+	if len(batch) == 0 { // the queue is empty
 		s.checks.queue = nil // let the backing array go after a burst
 		s.checks.running--
 		return nil
@@ -102,9 +102,9 @@ func (s *Service) sendChecks(batch []*pendingCheck) {
 		req.Agents[i] = p.req
 	}
 	asked := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), s.requestTimeout)
-	resp, err := rpc.Call(ctx, s.bus, endpoints.AgentCheckMany, req)
-	cancel()
+	// Not any one stream's context: the batch serves them all (the bus
+	// client bounds it by the request timeout).
+	resp, err := rpc.Call(context.Background(), s.bus, endpoints.AgentCheckMany, req)
 	took := time.Since(asked).Seconds()
 	metrics.checkBatch.Observe(float64(len(batch)))
 	if err == nil && len(resp.GetResults()) != len(batch) {

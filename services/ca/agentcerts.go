@@ -187,13 +187,12 @@ func (s *Service) checkAgents(ctx context.Context, actor vocab.Actor, req *cav1.
 	if len(agents) > endpoints.MaxBatch {
 		return nil, apierr.Invalid("agents", "must name at most %d agents, got %d", endpoints.MaxBatch, len(agents))
 	}
-	results := make([]*cav1.CheckAgentResult, len(agents))
-	var ids []string
-	for _, a := range agents {
-		if !slices.Contains(ids, a.GetInstanceId()) {
-			ids = append(ids, a.GetInstanceId())
-		}
+	ids := make([]string, len(agents))
+	for i, a := range agents {
+		ids[i] = a.GetInstanceId()
 	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids) // an agent may come twice
 	found := map[string]*inventoryv1.Instance{}
 	if len(ids) > 0 {
 		ins, err := s.instances.GetInstances(ctx, ids)
@@ -204,6 +203,7 @@ func (s *Service) checkAgents(ctx context.Context, actor vocab.Actor, req *cav1.
 			found[in.GetId()] = in
 		}
 	}
+	results := make([]*cav1.CheckAgentResult, len(agents))
 	// Every agent of the batch at once (at most endpoints.MaxBatch): each
 	// waits for its record from the key-value bucket, and under load a
 	// few rounds of those took seconds.

@@ -352,7 +352,7 @@ func TestConcurrentReplacesTakeDistinctVersions(t *testing.T) {
 					}
 					return
 				}
-				r, err := rpc.Call(context.Background(), inventory, endpoints.CloudKeyPut, &secretsv1.PutCloudKeyRequest{CloudAccountId: account, Value: value})
+				r, err := rpc.Call(t.Context(), inventory, endpoints.CloudKeyPut, &secretsv1.PutCloudKeyRequest{CloudAccountId: account, Value: value})
 				versions[i] = r.GetVersion()
 				if err != nil {
 					t.Errorf("%s writer %d: %v", kind, i, err)

@@ -58,13 +58,16 @@ func (st store) inTurn(ctx context.Context, key string, fn func(pgx.Tx) error) e
 	})
 }
 
+// secretLock names the turn of one secret's writers (see inTurn).
+func secretLock(instanceID, name string) string { return "secret " + instanceID + "/" + name }
+
 // replace stores the next version of a secret (1 when there is none),
 // sealed by seal for that version, since the version is bound to the
 // ciphertext. Writers of one secret take turns, so none fails for racing
 // another and no two get the same version.
 func (st store) replace(ctx context.Context, instanceID, name string, at time.Time, seal func(version int64) (sealed, error)) (storedSecret, error) {
 	r := storedSecret{instanceID: instanceID, name: name, updatedAt: at}
-	err := st.inTurn(ctx, "secret "+instanceID+"/"+name, func(tx pgx.Tx) error {
+	err := st.inTurn(ctx, secretLock(instanceID, name), func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `SELECT version FROM secrets WHERE instance_id = $1 AND name = $2`, instanceID, name).Scan(&r.version)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("read version of secret %q of instance %s: %w", name, instanceID, err)
@@ -135,7 +138,7 @@ func (st store) list(ctx context.Context, instanceID string) ([]*secretsv1.Secre
 // delete removes one secret, reporting false when there was none.
 func (st store) delete(ctx context.Context, instanceID, name string) (bool, error) {
 	var deleted bool
-	err := st.inTurn(ctx, "secret "+instanceID+"/"+name, func(tx pgx.Tx) error {
+	err := st.inTurn(ctx, secretLock(instanceID, name), func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `DELETE FROM secrets WHERE instance_id = $1 AND name = $2`, instanceID, name)
 		if err != nil {
 			return fmt.Errorf("delete secret %q of instance %s: %w", name, instanceID, err)
