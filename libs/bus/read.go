@@ -7,7 +7,14 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"flotilla.dev/flotilla/libs/apierr"
 )
+
+// ErrIncomplete ends a read whose consumer did not deliver, within
+// readPatience, everything stored on the subject (see read): what was read
+// is not the whole. It is an unavailable error: try again.
+var ErrIncomplete = apierr.Unavailable("the message stream did not deliver everything it holds in time; try again")
 
 // readBatch is how many messages ReadSubject asks for at a time;
 // readPatience how long a read waits at most for messages a fetch did not
@@ -98,9 +105,10 @@ func ReadBackwards(ctx context.Context, stream jetstream.Stream, subject string,
 // for the subject's last message first, and reads until it has had that
 // one, asking again (and waiting a little longer each time) only while a
 // fetch finds nothing before it: the last may have been removed meanwhile.
-// It waits so at most readPatience in all, then ends with what it read:
+// It waits so at most readPatience in all, then ends with ErrIncomplete:
 // a read must not hang, should its consumer never deliver that last
-// message.
+// message, nor pass off part of what is stored as the whole (a page of an
+// instance's log read back as empty, a list of managers missing some).
 func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedConsumerConfig, each func(jetstream.Msg, *jetstream.MsgMetadata) bool) error {
 	subject := cfg.FilterSubjects[0]
 	last, err := lastToRead(ctx, stream, cfg)
@@ -142,11 +150,14 @@ func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedCon
 		if got > 0 {
 			continue
 		}
-		if seen >= last || time.Now().After(patience) {
+		if seen >= last {
 			return nil
 		}
 		if last, err = lastToRead(ctx, stream, cfg); err != nil || seen >= last {
 			return err
+		}
+		if time.Now().After(patience) {
+			return fmt.Errorf("read %s: delivered up to stream sequence %d of %d: %w", subject, seen, last, ErrIncomplete)
 		}
 		select {
 		case <-ctx.Done():

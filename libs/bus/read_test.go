@@ -2,12 +2,15 @@ package bus_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/testkit"
 )
@@ -72,4 +75,74 @@ func TestReadSubjectReadsToTheSubjectsLastMessage(t *testing.T) {
 	if n := count("read.a.*", 0, time.Time{}); n != 1199 {
 		t.Errorf("read %d after the last was removed, want 1199", n)
 	}
+}
+
+// A read whose consumer does not deliver everything stored on the subject
+// in time ends with ErrIncomplete, an unavailable error, and not with the
+// part it read passed off as the whole: a log page read back as empty
+// while its lines were stored (agentsim's read-back after 10 000 agents,
+// on a loaded server). Here the stream's consumers deliver nothing after
+// the first fetch.
+func TestAReadNotDeliveredInFullIsUnavailable(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js, err := jetstream.New(testkit.NATSConn(t, testkit.NATS(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "STALLS", Subjects: []string{"stalls.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 600 { // more than one fetch
+		if _, err := js.Publish(ctx, "stalls.a", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An empty consumer's fetch stands for the stalled ones: a consumer of
+	// a subject nothing is stored on.
+	idle, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"stalls.none"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	started := time.Now()
+	err = bus.ReadSubject(ctx, stallingStream{Stream: stream, idle: idle}, "stalls.a", 0, time.Time{},
+		func(jetstream.Msg, *jetstream.MsgMetadata) bool { n++; return true })
+	if !errors.Is(err, bus.ErrIncomplete) || !apierr.Is(err, apierr.KindUnavailable) || !bus.Unanswered(err) {
+		t.Fatalf("read %d of 600, then err = %v; want ErrIncomplete, unavailable", n, err)
+	}
+	if n != 500 || !strings.Contains(err.Error(), "of 600") {
+		t.Errorf("read %d (want the first fetch's 500), err %v", n, err)
+	}
+	if took := time.Since(started); took > 10*time.Second {
+		t.Errorf("the read gave up after %v", took)
+	}
+}
+
+// stallingStream is a stream whose ordered consumers deliver their first
+// fetch and then nothing (each further fetch is idle's).
+type stallingStream struct {
+	jetstream.Stream
+	idle jetstream.Consumer
+}
+
+func (s stallingStream) OrderedConsumer(ctx context.Context, cfg jetstream.OrderedConsumerConfig) (jetstream.Consumer, error) {
+	c, err := s.Stream.OrderedConsumer(ctx, cfg)
+	return &stallingConsumer{Consumer: c, idle: s.idle}, err
+}
+
+type stallingConsumer struct {
+	jetstream.Consumer
+	idle    jetstream.Consumer
+	fetched bool
+}
+
+func (c *stallingConsumer) FetchNoWait(batch int) (jetstream.MessageBatch, error) {
+	if c.fetched {
+		return c.idle.FetchNoWait(batch)
+	}
+	c.fetched = true
+	return c.Consumer.FetchNoWait(batch)
 }
