@@ -24,16 +24,7 @@ import (
 // lines.)
 func TestReadSubjectReadsToTheSubjectsLastMessage(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	js, err := jetstream.New(testkit.NATSConn(t, testkit.NATS(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "READ", Subjects: []string{"read.>"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, js, stream := newStream(t, "READ", "read.>")
 	var seqs []uint64
 	for i := range 1200 { // more than one fetch
 		a, err := js.Publish(ctx, fmt.Sprintf("read.a.%d", i%3), []byte("x"))
@@ -85,16 +76,7 @@ func TestReadSubjectReadsToTheSubjectsLastMessage(t *testing.T) {
 // the first fetch.
 func TestAReadNotDeliveredInFullIsUnavailable(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	js, err := jetstream.New(testkit.NATSConn(t, testkit.NATS(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "STALLS", Subjects: []string{"stalls.>"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, js, stream := newStream(t, "STALLS", "stalls.>")
 	for range 600 { // more than one fetch
 		if _, err := js.Publish(ctx, "stalls.a", []byte("x")); err != nil {
 			t.Fatal(err)
@@ -145,4 +127,21 @@ func (c *stallingConsumer) FetchNoWait(batch int) (jetstream.MessageBatch, error
 	}
 	c.fetched = true
 	return c.Consumer.FetchNoWait(batch)
+}
+
+// newStream creates a stream named name of subjects on a NATS server of
+// its own, and returns a context for the test's calls (30 s).
+func newStream(t *testing.T, name, subjects string) (context.Context, jetstream.JetStream, jetstream.Stream) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	js, err := jetstream.New(testkit.NATSConn(t, testkit.NATS(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subjects}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, js, stream
 }
