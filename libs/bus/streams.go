@@ -190,14 +190,13 @@ func jetStreamNotReady(ctx context.Context, err error) bool {
 
 // Unanswered says err is JetStream not answering now, worth asking again
 // later: no server answering its API, a request that timed out (a cluster
-// electing its leaders, a loaded machine), a read its consumer did not
-// deliver in full in time (ErrIncomplete), or the cluster saying it is not
+// electing its leaders, a loaded machine), or the cluster saying it is not
 // available or has no peers for the stream yet (servers still joining).
 func Unanswered(err error) bool {
 	var api *jetstream.APIError
 	switch {
 	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse),
-		errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout), errors.Is(err, ErrIncomplete):
+		errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
 		return true
 	case errors.As(err, &api):
 		return api.ErrorCode == jsClusterNotAvailable || api.ErrorCode == jsClusterNoPeers
