@@ -27,11 +27,11 @@ const (
 // ReadSubject hands each message stored on subject in stream to each, in
 // order, with its metadata, until each returns false or nothing more is
 // stored: from stream sequence from, or (from 0) from the time since, or
-// (both zero) from the oldest. It reads through an ephemeral ordered
-// consumer, which it deletes afterwards.
+// (both zero) from the oldest. It reads through an ephemeral consumer,
+// which it deletes afterwards.
 func ReadSubject(ctx context.Context, stream jetstream.Stream, subject string, from uint64, since time.Time,
 	each func(jetstream.Msg, *jetstream.MsgMetadata) bool) error {
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}}
+	cfg := readConfig(subject)
 	switch {
 	case from > 0:
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
@@ -44,11 +44,20 @@ func ReadSubject(ctx context.Context, stream jetstream.Stream, subject string, f
 // ReadLatest hands the last message stored on each subject matching
 // subject (a pattern) in stream to each, until each returns false: a
 // key-value bucket's current entries, deleted ones included (their
-// KV-Operation header says so). It reads through an ephemeral ordered
-// consumer, which it deletes afterwards.
+// KV-Operation header says so). It reads through an ephemeral consumer,
+// which it deletes afterwards.
 func ReadLatest(ctx context.Context, stream jetstream.Stream, subject string, each func(jetstream.Msg, *jetstream.MsgMetadata) bool) error {
-	return read(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject},
-		DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy}, each)
+	cfg := readConfig(subject)
+	cfg.DeliverPolicy = jetstream.DeliverLastPerSubjectPolicy
+	return read(ctx, stream, cfg, each)
+}
+
+// readConfig is the configuration of a read's consumer of subject: one
+// replica in memory, no acknowledgements, removed by the server should
+// the reader not delete it.
+func readConfig(subject string) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{FilterSubject: subject, AckPolicy: jetstream.AckNonePolicy,
+		Replicas: 1, MemoryStorage: true, InactiveThreshold: time.Minute}
 }
 
 // ReadBackwards hands the messages stored on subject in stream below stream
@@ -95,8 +104,16 @@ func ReadBackwards(ctx context.Context, stream jetstream.Stream, subject string,
 	return nil
 }
 
-// read hands each message cfg's ordered consumer delivers to each, until
-// each returns false or nothing more is stored.
+// read hands each message cfg's consumer delivers to each, until each
+// returns false or nothing more is stored.
+//
+// It reads through a plain ephemeral consumer, not nats.go's ordered one:
+// that one recreates its server-side consumer at every fetch, retrying
+// without end and deaf to ctx, which held a request (removing a lost
+// host's managers) past every deadline while a stream elected a leader.
+// What the ordered consumer is for, no message skipped, read checks
+// itself: each delivery's consumer sequence follows the last one, else
+// the consumer is created again after the last message handed over.
 //
 // A fetch that finds nothing is not taken for the end on its word: on a
 // busy server a new consumer's first fetches have answered "no messages"
@@ -109,36 +126,54 @@ func ReadBackwards(ctx context.Context, stream jetstream.Stream, subject string,
 // a read must not hang, should its consumer never deliver that last
 // message, nor pass off part of what is stored as the whole (a page of an
 // instance's log read back as empty, a list of managers missing some).
-func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedConsumerConfig, each func(jetstream.Msg, *jetstream.MsgMetadata) bool) error {
-	subject := cfg.FilterSubjects[0]
+func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.ConsumerConfig, each func(jetstream.Msg, *jetstream.MsgMetadata) bool) error {
+	subject := cfg.FilterSubject
 	last, err := lastToRead(ctx, stream, cfg)
 	if err != nil || last == 0 {
 		return err
 	}
-	cons, err := stream.OrderedConsumer(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("consumer on %s: %w", subject, err)
-	}
-	defer func() {
-		if name := cons.CachedInfo().Name; name != "" {
-			_ = stream.DeleteConsumer(context.WithoutCancel(ctx), name)
+	var cons jetstream.Consumer
+	drop := func() {
+		if cons == nil {
+			return
 		}
-	}()
-	var seen uint64 // the highest stream sequence handed over
+		// Bounded, so a lost server does not hold the reader: the consumer
+		// goes by itself after its InactiveThreshold.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = stream.DeleteConsumer(dctx, cons.CachedInfo().Name)
+		cons = nil
+	}
+	defer drop()
+	var seen, delivered uint64 // the highest stream sequence handed over; the consumer's deliveries
 	wait := 5 * time.Millisecond
 	patience := time.Now().Add(readPatience)
 	for {
+		if cons == nil {
+			if cons, err = stream.CreateConsumer(ctx, cfg); err != nil {
+				return fmt.Errorf("consumer on %s: %w", subject, err)
+			}
+			delivered = 0
+		}
 		batch, err := cons.FetchNoWait(readBatch)
 		if err != nil {
 			return fmt.Errorf("read %s: %w", subject, err)
 		}
-		got := 0
+		got, gap := 0, false
 		for m := range batch.Messages() {
-			got++
+			if gap {
+				continue // drained: the consumer is created again below
+			}
 			meta, err := m.Metadata()
 			if err != nil {
 				continue
 			}
+			if meta.Sequence.Consumer != delivered+1 {
+				gap = true
+				continue
+			}
+			delivered = meta.Sequence.Consumer
+			got++
 			seen = max(seen, meta.Sequence.Stream)
 			if !each(m, meta) {
 				return nil
@@ -147,11 +182,16 @@ func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedCon
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
 			return fmt.Errorf("read %s: %w", subject, err)
 		}
-		if got > 0 {
+		if gap {
+			drop()
+			cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = jetstream.DeliverByStartSequencePolicy, seen+1, nil
 			continue
 		}
 		if seen >= last {
 			return nil
+		}
+		if got > 0 {
+			continue
 		}
 		if last, err = lastToRead(ctx, stream, cfg); err != nil || seen >= last {
 			return err
@@ -171,8 +211,8 @@ func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedCon
 // lastToRead returns the stream sequence of the last message stored on
 // cfg's subject if cfg's consumer is to deliver it, else 0: nothing is
 // stored, or all of it lies before where cfg starts.
-func lastToRead(ctx context.Context, stream jetstream.Stream, cfg jetstream.OrderedConsumerConfig) (uint64, error) {
-	subject := cfg.FilterSubjects[0]
+func lastToRead(ctx context.Context, stream jetstream.Stream, cfg jetstream.ConsumerConfig) (uint64, error) {
+	subject := cfg.FilterSubject
 	m, err := stream.GetLastMsgForSubject(ctx, subject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, nil

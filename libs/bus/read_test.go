@@ -84,7 +84,7 @@ func TestAReadNotDeliveredInFullIsUnavailable(t *testing.T) {
 	}
 	// An empty consumer's fetch stands for the stalled ones: a consumer of
 	// a subject nothing is stored on.
-	idle, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"stalls.none"}})
+	idle, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{FilterSubject: "stalls.none", AckPolicy: jetstream.AckNonePolicy})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,15 +103,127 @@ func TestAReadNotDeliveredInFullIsUnavailable(t *testing.T) {
 	}
 }
 
-// stallingStream is a stream whose ordered consumers deliver their first
-// fetch and then nothing (each further fetch is idle's).
+// A read whose server goes away in the middle ends by itself within its
+// context, with an error: not a page passed off as the whole, and not a
+// wait without end. (nats.go's ordered consumer, which reads used to go
+// through, recreated its consumer at every fetch and retried that without
+// end and without regard to the context: removing a lost host's managers
+// waited on it while the managers' stream had no leader.)
+func TestAReadWhoseServerGoesAwayEnds(t *testing.T) {
+	t.Parallel()
+	srv := testkit.NATS(t)
+	js, err := jetstream.New(testkit.NATSConn(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "GOES", Subjects: []string{"goes.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 600 { // more than one fetch
+		if _, err := js.Publish(ctx, "goes.a", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	done := make(chan error, 1)
+	go func() {
+		done <- bus.ReadSubject(ctx, stream, "goes.a", 0, time.Time{}, func(jetstream.Msg, *jetstream.MsgMetadata) bool {
+			if n++; n == 500 { // the first fetch's last
+				srv.Shutdown()
+			}
+			return true
+		})
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Errorf("read %d of 600 and ended without an error, its server gone", n)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the read, its context ended 15 s ago, has not ended (%d of 600 read)", n)
+	}
+}
+
+// A message its consumer skipped (lost on its way, as a slow reader's
+// can be) is read all the same, in its place: the read notices the gap in
+// the consumer's deliveries and reads on from the last message it handed.
+func TestAReadNoticesAMessageSkipped(t *testing.T) {
+	t.Parallel()
+	ctx, js, stream := newStream(t, "SKIPS", "skips.>")
+	for range 600 {
+		if _, err := js.Publish(ctx, "skips.a", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var seqs []uint64
+	err := bus.ReadSubject(ctx, skippingStream{Stream: stream}, "skips.a", 0, time.Time{},
+		func(_ jetstream.Msg, meta *jetstream.MsgMetadata) bool {
+			seqs = append(seqs, meta.Sequence.Stream)
+			return true
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, seq := range seqs {
+		if seq != uint64(i+1) {
+			t.Fatalf("read %d messages, the %dth at stream sequence %d: want 1 to 600 in order", len(seqs), i+1, seq)
+		}
+	}
+	if len(seqs) != 600 {
+		t.Errorf("read %d of 600", len(seqs))
+	}
+}
+
+// skippingStream is a stream whose consumers' first fetch loses its
+// hundredth message.
+type skippingStream struct{ jetstream.Stream }
+
+func (s skippingStream) CreateConsumer(ctx context.Context, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	c, err := s.Stream.CreateConsumer(ctx, cfg)
+	return &skippingConsumer{Consumer: c}, err
+}
+
+type skippingConsumer struct {
+	jetstream.Consumer
+	fetched bool
+}
+
+func (c *skippingConsumer) FetchNoWait(batch int) (jetstream.MessageBatch, error) {
+	b, err := c.Consumer.FetchNoWait(batch)
+	if err != nil || c.fetched {
+		return b, err
+	}
+	c.fetched = true
+	out := make(chan jetstream.Msg, batch)
+	i := 0
+	for m := range b.Messages() {
+		if i++; i != 100 {
+			out <- m
+		}
+	}
+	close(out)
+	return skippedBatch{MessageBatch: b, msgs: out}, nil
+}
+
+type skippedBatch struct {
+	jetstream.MessageBatch
+	msgs chan jetstream.Msg
+}
+
+func (b skippedBatch) Messages() <-chan jetstream.Msg { return b.msgs }
+
+// stallingStream is a stream whose consumers deliver their first fetch
+// and then nothing (each further fetch is idle's).
 type stallingStream struct {
 	jetstream.Stream
 	idle jetstream.Consumer
 }
 
-func (s stallingStream) OrderedConsumer(ctx context.Context, cfg jetstream.OrderedConsumerConfig) (jetstream.Consumer, error) {
-	c, err := s.Stream.OrderedConsumer(ctx, cfg)
+func (s stallingStream) CreateConsumer(ctx context.Context, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	c, err := s.Stream.CreateConsumer(ctx, cfg)
 	return &stallingConsumer{Consumer: c, idle: s.idle}, err
 }
 

@@ -118,7 +118,7 @@ func Permissions(identity string) (jwt.Permissions, error) {
 		if u.ReadBy(identity) {
 			pub = append(pub, jsAPI("STREAM.INFO.%s", st), jsAPI("STREAM.MSG.GET.%s", st),
 				jsAPI("DIRECT.GET.%s", st), jsAPI("DIRECT.GET.%s.>", st),
-				// Ephemeral, ordered consumers: any name but a durable's.
+				// Ephemeral consumers (reads, ordered follows): any name but a durable's.
 				jsAPI("CONSUMER.CREATE.%s.*", st), jsAPI("CONSUMER.CREATE.%s.*.>", st),
 				jsAPI("CONSUMER.INFO.%s.*", st), jsAPI("CONSUMER.MSG.NEXT.%s.*", st), jsAPI("CONSUMER.DELETE.%s.*", st))
 			for _, c := range u.Consumers {
