@@ -76,6 +76,7 @@ var rules = map[string]access{
 	"GET /api/v1/ca":                                            viewer,
 	"GET /api/v1/ca/certificate":                                viewer,
 	"GET /api/v1/cluster":                                       viewer,
+	"GET /api/v1/overview":                                      viewer,
 
 	// Operators run the fleet.
 	"POST /api/v1/networks":                                 operator,

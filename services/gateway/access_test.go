@@ -62,6 +62,7 @@ var policy = map[string]string{
 	"GET /api/v1/ca":                                            "viewer",
 	"GET /api/v1/ca/certificate":                                "viewer",
 	"GET /api/v1/cluster":                                       "viewer",
+	"GET /api/v1/overview":                                      "viewer",
 
 	"POST /api/v1/networks":                                 "operator",
 	"PATCH /api/v1/networks/{network.id}":                   "operator",

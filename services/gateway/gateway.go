@@ -47,6 +47,7 @@ import (
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/services/gateway/console"
+	"flotilla.dev/flotilla/services/gateway/overview"
 )
 
 // Deps are what the gateway is built from; the caller owns them.
@@ -116,6 +117,8 @@ type Gateway struct {
 	instances *instanceCache
 	status    *freshCache[*systemv1.Status]
 	cluster   *freshCache[*systemv1.Cluster]
+	// overview is the fleet overview (fleet.go).
+	overview *overview.Overview
 	// web asks the NATS monitoring endpoints and Patroni.
 	web     *http.Client
 	httpSrv *http.Server
@@ -166,6 +169,7 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 	g.instances = newInstanceCache(readTTL, time.Now)
 	g.status = newFreshCache[*systemv1.Status](statusFresh)
 	g.cluster = newFreshCache[*systemv1.Cluster](clusterFresh)
+	g.overview = overview.New()
 	g.web = &http.Client{Timeout: clusterCheckTimeout}
 	g.bus = rpc.NewClient(d.NATS, subjects.Gateway, g.requestTimeout)
 	js, err := jetstream.New(d.NATS)
@@ -396,6 +400,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return fmt.Errorf("watch instance events: %w", err)
 	}
 	eg, ctx := errgroup.WithContext(ctx)
+	eg.Go(func() error { g.keepOverview(ctx); return nil })
 	eg.Go(func() error {
 		serve := g.httpSrv.Serve
 		if g.httpSrv.TLSConfig != nil {

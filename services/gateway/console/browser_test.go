@@ -2,6 +2,8 @@ package console_test
 
 import (
 	"context"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -232,10 +234,22 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.do("overview", chromedp.Navigate(e.base+"/"), chromedp.WaitVisible(chromedp.CSS("#recent li")))
 	b.waitFor("one running in the overview", "document.querySelector('[data-count=running]').textContent === '1'", 10*time.Second)
 	b.waitFor("the live feed", "document.querySelector('[data-live-status]').textContent === 'live'", 10*time.Second)
+	// An instance created elsewhere is counted without a reload.
+	b.do("mark the overview", chromedp.Evaluate[chromedp.Void]("window.notReloaded = true"))
+	other := e.as(adminUser, adminPass)
+	_, tpls := other.api("GET", "/api/v1/templates", nil)
+	tpl := tpls["templates"].([]any)[0].(map[string]any)["id"].(string)
+	other.post("/instances/new", url.Values{"name": {"web-2"}, "kind": {"design"}, "templateId": {tpl}, "networkId": {network}}).
+		must(t, http.StatusSeeOther, "create a second instance")
+	b.waitFor("one created in the overview", "document.querySelector('[data-count=created]').textContent === '1' && "+
+		"document.querySelector('[data-total]').textContent === '2'", 10*time.Second)
+	if !eval[bool](b, "window.notReloaded === true") {
+		t.Fatal("the overview was reloaded")
+	}
 	b.shot("overview")
 
 	// Deprovision: the confirmation names the VM it destroys.
-	id := eval[string](b, "document.querySelector('#recent a[href^=\"/instances/\"]').getAttribute('href')")
+	id := eval[string](b, "[...document.querySelectorAll('#recent a[href^=\"/instances/\"]')].find(a => a.textContent.includes('web-1')).getAttribute('href')")
 	b.do("deprovision", chromedp.Navigate(e.base+id+"/deprovision"), chromedp.WaitVisible(chromedp.CSS(".confirm")))
 	if txt := b.text(".confirm"); !strings.Contains(txt, "This destroys") || !strings.Contains(txt, "its VM vm-") || !strings.Contains(txt, "data disk") {
 		t.Fatalf("the confirmation says:\n%s", txt)

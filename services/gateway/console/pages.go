@@ -67,62 +67,66 @@ func (s *session) instances() ([]*inventoryv1.Instance, error) {
 // stateCount is how many instances are in one state.
 type stateCount struct {
 	State string
-	N     int
+	N     int64
 }
 
 // overviewData is the overview page's.
 type overviewData struct {
-	Total           int
+	Total           int64
 	States          []stateCount
-	AgentsConnected int
-	AgentsExpected  int
-	Failures        []*inventoryv1.Instance
-	Events          []apiEvent
-	Status          *systemv1.Status
-	// StateOf maps each instance to its state, for the live counts.
-	StateOf map[string]string
+	AgentsConnected int64
+	AgentsExpected  int64
+	// Failures are failed instances by name, the first of FailedCount;
+	// MoreFailures says there are more than those.
+	Failures     []*systemv1.FailedInstance
+	FailedCount  int64
+	MoreFailures bool
+	// Building: the gateway is still building the fleet overview (it just
+	// started); the counts are not shown.
+	Building bool
+	Events   []apiEvent
+	Status   *systemv1.Status
 }
 
-// overview serves GET /: instances by state, agents, failures, recent events.
+// overview serves GET /: instances by state, agents, failures (the fleet
+// overview the gateway keeps, GET /api/v1/overview), recent events.
 func (c *Console) overview(w http.ResponseWriter, r *http.Request, s *session) {
-	ins, err := s.instances()
-	if err != nil {
+	ov := &systemv1.Overview{}
+	d := overviewData{Status: &systemv1.Status{}}
+	switch err := s.api.get("/api/v1/overview", ov); {
+	case unavailable(err):
+		d.Building = true
+	case err != nil:
 		c.fail(w, r, s, err)
 		return
 	}
-	d := overviewData{Total: len(ins), StateOf: map[string]string{}, Status: &systemv1.Status{}}
-	counts := map[string]int{}
-	for _, in := range ins {
-		counts[in.GetState()]++
-		d.StateOf[in.GetId()] = in.GetState()
-		if in.GetVmId() != "" {
-			d.AgentsExpected++
-			if in.GetAgent().GetStatus() == string(vocab.AgentConnected) {
-				d.AgentsConnected++
-			}
-		}
-		if in.GetState() == string(vocab.StateFailed) {
-			d.Failures = append(d.Failures, in)
-		}
-	}
+	d.Total, d.AgentsConnected, d.AgentsExpected = ov.GetInstances(), ov.GetAgentsConnected(), ov.GetAgentsExpected()
+	d.Failures, d.FailedCount = ov.GetFailures(), ov.GetStates()[string(vocab.StateFailed)]
+	d.MoreFailures = d.FailedCount > int64(len(d.Failures))
 	for _, st := range vocab.States {
 		if st != vocab.StateDeleted {
-			d.States = append(d.States, stateCount{State: string(st), N: counts[string(st)]})
+			d.States = append(d.States, stateCount{State: string(st), N: ov.GetStates()[string(st)]})
 		}
 	}
+	var err error
 	if d.Events, err = s.events("/api/v1/events", 15); err != nil {
 		c.fail(w, r, s, err)
 		return
 	}
 	if err := s.api.get("/api/v1/status", d.Status); err != nil {
-		var ae *apiError
-		if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable {
+		if !unavailable(err) {
 			c.fail(w, r, s, err)
 			return
 		}
 		d.Status.Status = "degraded"
 	}
 	c.render(w, r, s, http.StatusOK, "overview", "Overview", d)
+}
+
+// unavailable says err is the API's 503: try again.
+func unavailable(err error) bool {
+	var ae *apiError
+	return errors.As(err, &ae) && ae.Status == http.StatusServiceUnavailable
 }
 
 // instanceFilter is the instances page's search.

@@ -1,14 +1,20 @@
 // Package overview is the fleet overview's read model: how many instances
-// are in each state, rebuilt by replaying the instance events of
-// FLOTILLA_EVENTS (each carries the instance after the change) and kept
-// current by following them. It holds no database: the event stream is its
-// source, so any gateway can rebuild it at start.
+// are in each state, how many of their agents are connected, and which
+// instances failed. Each gateway keeps its own (Keep): it replays the
+// instance events of FLOTILLA_EVENTS (each carries the instance after the
+// change) from the start and follows them, and fills in, from one listing
+// of the instances, those no event in the stream speaks of (the stream
+// keeps 90 days: an instance unchanged for longer has none). It holds no
+// database of its own.
 package overview
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -21,29 +27,94 @@ import (
 	"flotilla.dev/flotilla/api/vocab"
 )
 
+// MaxFailures is how many failed instances a Snapshot names (by name);
+// its counts count them all.
+const MaxFailures = 20
+
+// ErrNotReady says the overview has not yet replayed the events stored
+// when it started, or not yet listed the instances: its counts would be
+// short.
+var ErrNotReady = errors.New("the fleet overview is still being built from the instance events")
+
 // Overview counts instances by state.
 type Overview struct {
 	mu     sync.Mutex
-	state  map[string]string // instance id → state
-	counts map[string]int    // state → instances
-	seq    uint64            // last stream sequence applied
+	inst   map[string]instance // id → what the overview needs of it
+	counts map[string]int      // state → instances
+	// expected and connected count the instances with a VM, and those of
+	// them whose agent is connected.
+	expected, connected int
+	seq                 uint64 // last stream sequence applied
+	// evented holds the instances an event was applied for (deleted ones
+	// too) while the listing is under way: the listing fills in only the
+	// others. Nil once it is done.
+	evented map[string]bool
+	// replayed: every event stored at the start applied; listed: the
+	// instances listed. Ready when both.
+	replayed, listed bool
+	ready            chan struct{}
 }
 
-// New returns an empty overview.
+// instance is what the overview keeps of one.
+type instance struct {
+	name, state, detail string
+	vm, connected       bool
+}
+
+// Failure is a failed instance as a Snapshot names it.
+type Failure struct {
+	ID, Name, Detail string
+}
+
+// Snapshot is the overview at one moment.
+type Snapshot struct {
+	// States counts the instances in each state (none: left out).
+	States map[string]int
+	// Instances is how many there are.
+	Instances int
+	// AgentsExpected counts the instances with a VM; AgentsConnected those
+	// of them whose agent has a stream to an agent gateway.
+	AgentsExpected, AgentsConnected int
+	// Failures are failed instances by name, at most MaxFailures.
+	Failures []Failure
+	// Sequence is the stream sequence of the last event applied.
+	Sequence uint64
+}
+
+// New returns an empty overview, not ready.
 func New() *Overview {
-	return &Overview{state: map[string]string{}, counts: map[string]int{}}
+	return &Overview{inst: map[string]instance{}, counts: map[string]int{}, evented: map[string]bool{}, ready: make(chan struct{})}
 }
 
-// Counts returns how many instances are in each state.
-func (o *Overview) Counts() map[string]int {
+// Ready is closed once the overview is ready: every event stored when
+// Keep started applied, and the instances listed.
+func (o *Overview) Ready() <-chan struct{} { return o.ready }
+
+// Snapshot returns the overview now, or ErrNotReady.
+func (o *Overview) Snapshot() (Snapshot, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return maps.Clone(o.counts)
+	if !o.replayed || !o.listed {
+		return Snapshot{}, ErrNotReady
+	}
+	s := Snapshot{States: maps.Clone(o.counts), Instances: len(o.inst), AgentsExpected: o.expected,
+		AgentsConnected: o.connected, Sequence: o.seq}
+	if o.counts[string(vocab.StateFailed)] > 0 {
+		for id, in := range o.inst {
+			if in.state == string(vocab.StateFailed) {
+				s.Failures = append(s.Failures, Failure{ID: id, Name: in.name, Detail: in.detail})
+			}
+		}
+		slices.SortFunc(s.Failures, func(a, b Failure) int { return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID)) })
+		s.Failures = s.Failures[:min(len(s.Failures), MaxFailures)]
+	}
+	return s, nil
 }
 
 // Apply takes one instance event (its subject and encoded envelope) at
 // stream sequence seq; events at or before the last one applied are
-// skipped, so replays and redeliveries change nothing.
+// skipped, so replays and redeliveries change nothing. Events of other
+// entities are ignored.
 func (o *Overview) Apply(seq uint64, subject string, data []byte) error {
 	entity, id, verb, ok := subjects.ParseEvent(subject)
 	if !ok || entity != subjects.NounInstance {
@@ -63,57 +134,144 @@ func (o *Overview) Apply(seq uint64, subject string, data []byte) error {
 		return nil
 	}
 	o.seq = seq
-	if old, ok := o.state[id]; ok {
-		o.counts[old]--
-		if o.counts[old] == 0 {
-			delete(o.counts, old)
-		}
+	if o.evented != nil {
+		o.evented[id] = true
 	}
 	if vocab.Verb(verb) == vocab.VerbDeleted {
-		delete(o.state, id)
-		return nil
+		o.set(id, nil)
+	} else {
+		o.set(id, in)
 	}
-	o.state[id] = in.GetState()
-	o.counts[in.GetState()]++
 	return nil
 }
 
-// Rebuild replays every instance event the stream holds now, from the
-// start, and returns how many it applied. It ends at the event that was
-// the last when it was delivered (the consumer says none were pending), or
-// when the stream offers nothing for a second.
-func (o *Overview) Rebuild(ctx context.Context, js jetstream.JetStream) (int, error) {
+// fill takes one listed instance, unless an event spoke of it: the event
+// stream orders every change, a listing does not.
+func (o *Overview) fill(in *inventoryv1.Instance) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.evented[in.GetId()] {
+		o.set(in.GetId(), in)
+	}
+}
+
+// set replaces what the overview holds of instance id with in (nil: it
+// is gone), keeping the counts. The caller holds mu.
+func (o *Overview) set(id string, in *inventoryv1.Instance) {
+	if old, ok := o.inst[id]; ok {
+		o.counts[old.state]--
+		if o.counts[old.state] == 0 {
+			delete(o.counts, old.state)
+		}
+		o.count(old, -1)
+		delete(o.inst, id)
+	}
+	if in == nil {
+		return
+	}
+	n := instance{name: in.GetName(), state: in.GetState(), detail: in.GetStateDetail(), vm: in.GetVmId() != "",
+		connected: in.GetVmId() != "" && in.GetAgent().GetStatus() == string(vocab.AgentConnected)}
+	o.inst[id] = n
+	o.counts[n.state]++
+	o.count(n, 1)
+}
+
+func (o *Overview) count(in instance, by int) {
+	if in.vm {
+		o.expected += by
+	}
+	if in.connected {
+		o.connected += by
+	}
+}
+
+// mark records that the replay (replayed) or the listing (listed) is done,
+// and closes Ready when both are.
+func (o *Overview) mark(replayed, listed bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	was := o.replayed && o.listed
+	o.replayed, o.listed = o.replayed || replayed, o.listed || listed
+	if o.listed {
+		o.evented = nil
+	}
+	if !was && o.replayed && o.listed {
+		close(o.ready)
+	}
+}
+
+// Lister hands every instance to each, page by page.
+type Lister func(ctx context.Context, each func(*inventoryv1.Instance)) error
+
+// Keep builds the overview and keeps it current until ctx ends: it
+// replays every instance event from the start of FLOTILLA_EVENTS and
+// follows new ones, while list (retried until it succeeds) fills in the
+// instances no event speaks of. What goes wrong is handed to onErr and
+// retried: the consumer's creation (the stream may not exist yet, or be
+// electing a leader), an event it cannot decode (skipped), the listing.
+// It returns when ctx ends.
+func (o *Overview) Keep(ctx context.Context, js jetstream.JetStream, list Lister, onErr func(error)) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		retry(ctx, func() error {
+			err := list(ctx, o.fill)
+			if err == nil {
+				o.mark(false, true)
+			}
+			return err
+		}, func(err error) { onErr(fmt.Errorf("list instances: %w", err)) })
+	})
+	var cc jetstream.ConsumeContext
+	retry(ctx, func() (err error) {
+		cc, err = o.consume(ctx, js, onErr)
+		return err
+	}, func(err error) { onErr(fmt.Errorf("replay instance events: %w", err)) })
+	<-ctx.Done()
+	if cc != nil {
+		cc.Stop()
+	}
+}
+
+// consume starts the ordered consumer that replays and follows the
+// instance events into the overview.
+func (o *Overview) consume(ctx context.Context, js jetstream.JetStream, onErr func(error)) (jetstream.ConsumeContext, error) {
 	cons, err := js.OrderedConsumer(ctx, subjects.EventsStream, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{subjects.EntityEvents(subjects.NounInstance, "*")}})
 	if err != nil {
-		return 0, fmt.Errorf("replay events: %w", err)
+		return nil, err
 	}
-	n := 0
-	for {
-		batch, err := cons.Fetch(4096, jetstream.FetchMaxWait(time.Second))
+	if cons.CachedInfo().NumPending == 0 {
+		o.mark(true, false)
+	}
+	return cons.Consume(func(m jetstream.Msg) {
+		meta, err := m.Metadata()
 		if err != nil {
-			return n, fmt.Errorf("replay events: %w", err)
+			onErr(fmt.Errorf("instance event: %w", err))
+			return
 		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			meta, err := m.Metadata()
-			if err != nil {
-				return n, err
-			}
-			if err := o.Apply(meta.Sequence.Stream, m.Subject(), m.Data()); err != nil {
-				return n, err
-			}
-			n++
-			if meta.NumPending == 0 {
-				return n, nil
-			}
+		if err := o.Apply(meta.Sequence.Stream, m.Subject(), m.Data()); err != nil {
+			onErr(err)
 		}
-		if err := batch.Error(); err != nil {
-			return n, fmt.Errorf("replay events: %w", err)
+		if meta.NumPending == 0 {
+			o.mark(true, false)
 		}
-		if got == 0 {
-			return n, nil
+	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { onErr(fmt.Errorf("instance events: %w", err)) }))
+}
+
+// retry calls f until it succeeds or ctx ends, handing each failure to
+// onErr and waiting longer after each (1 s, doubling up to 30 s).
+func retry(ctx context.Context, f func() error, onErr func(error)) {
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		err := f()
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		onErr(err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
 		}
 	}
 }

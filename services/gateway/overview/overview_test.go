@@ -2,10 +2,13 @@ package overview_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
+	"reflect"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,18 +63,68 @@ func publish(tb testing.TB, js jetstream.JetStream, events []bus.Message) {
 
 func instanceEvent(tb testing.TB, id string, verb vocab.Verb, state vocab.State) bus.Message {
 	tb.Helper()
-	m, err := bus.NewEvent(context.Background(), subjects.NounInstance, id, verb, vocab.System("test"), 1, time.Now(),
-		&inventoryv1.Instance{Id: id, Name: id, State: string(state)})
+	return event(tb, verb, &inventoryv1.Instance{Id: id, Name: id, State: string(state)})
+}
+
+func event(tb testing.TB, verb vocab.Verb, in *inventoryv1.Instance) bus.Message {
+	tb.Helper()
+	m, err := bus.NewEvent(context.Background(), subjects.NounInstance, in.GetId(), verb, vocab.System("test"), 1, time.Now(), in)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	return m
 }
 
+// keep runs o.Keep with list until the test ends, failing the test on an
+// error it reports.
+func keep(tb testing.TB, o *overview.Overview, js jetstream.JetStream, list overview.Lister) {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		o.Keep(ctx, js, list, func(err error) {
+			if !strings.Contains(err.Error(), "listing fails once") {
+				tb.Errorf("keep: %v", err)
+			}
+		})
+	}()
+	tb.Cleanup(func() {
+		cancel()
+		<-done
+	})
+}
+
+func listing(ins ...*inventoryv1.Instance) overview.Lister {
+	return func(_ context.Context, each func(*inventoryv1.Instance)) error {
+		for _, in := range ins {
+			each(in)
+		}
+		return nil
+	}
+}
+
+// waitFor waits until the overview's snapshot satisfies ok, and returns it.
+func waitFor(t *testing.T, o *overview.Overview, what string, ok func(overview.Snapshot) bool) overview.Snapshot {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s, err := o.Snapshot()
+		if err == nil && ok(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: the overview is %+v (%v)", what, s, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestTheOverviewCountsInstancesByStateFromTheirEvents: created, moved
-// through states and deleted, instances are counted by their latest state;
-// other entities' events count for nothing, and applying an event twice
-// changes nothing.
+// through states and deleted, instances are counted by their latest state,
+// their agents and failures with them; other entities' events count for
+// nothing, and an event applied twice changes nothing. Once built, the
+// overview follows new events.
 func TestTheOverviewCountsInstancesByStateFromTheirEvents(t *testing.T) {
 	t.Parallel()
 	js := eventsStream(t)
@@ -79,6 +132,8 @@ func TestTheOverviewCountsInstancesByStateFromTheirEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	connected := &inventoryv1.Instance{Id: "a", Name: "alpha", State: string(vocab.StateRunning), VmId: "vm-a",
+		Agent: &inventoryv1.AgentStatus{Status: string(vocab.AgentConnected)}}
 	publish(t, js, []bus.Message{
 		instanceEvent(t, "a", vocab.VerbCreated, vocab.StateCreated),
 		instanceEvent(t, "b", vocab.VerbCreated, vocab.StateCreated),
@@ -86,24 +141,115 @@ func TestTheOverviewCountsInstancesByStateFromTheirEvents(t *testing.T) {
 		netEv,
 		instanceEvent(t, "a", vocab.ActionProvision.Requested(), vocab.StateProvisioning),
 		instanceEvent(t, "b", vocab.ActionProvision.Requested(), vocab.StateProvisioning),
-		instanceEvent(t, "a", vocab.VerbRunning, vocab.StateRunning),
+		event(t, vocab.VerbAgentConnected, connected),
+		event(t, vocab.VerbFailed, &inventoryv1.Instance{Id: "b", Name: "beta", State: string(vocab.StateFailed), VmId: "vm-b",
+			StateDetail: "setup exited with 2", Agent: &inventoryv1.AgentStatus{Status: string(vocab.AgentDisconnected)}}),
 		instanceEvent(t, "c", vocab.VerbDeleted, vocab.StateDeleted),
 	})
 	o := overview.New()
-	n, err := o.Rebuild(t.Context(), js)
+	keep(t, o, js, listing())
+	<-o.Ready()
+	s, err := o.Snapshot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]int{string(vocab.StateRunning): 1, string(vocab.StateProvisioning): 1}
-	if got := o.Counts(); n != 7 || !maps.Equal(got, want) {
-		t.Fatalf("after replaying %d events: %v, want 7 events and %v", n, got, want)
+	want := overview.Snapshot{States: map[string]int{string(vocab.StateRunning): 1, string(vocab.StateFailed): 1}, Instances: 2,
+		AgentsExpected: 2, AgentsConnected: 1, Failures: []overview.Failure{{ID: "b", Name: "beta", Detail: "setup exited with 2"}}, Sequence: 9}
+	if !reflect.DeepEqual(s, want) {
+		t.Fatalf("after the replay: %+v, want %+v", s, want)
 	}
-	// Replaying again from the start skips what was applied.
-	if _, err := o.Rebuild(t.Context(), js); err != nil {
+	// An event applied again (a redelivery) changes nothing.
+	again := instanceEvent(t, "a", vocab.ActionProvision.Requested(), vocab.StateProvisioning)
+	if err := o.Apply(5, again.Subject, again.Data); err != nil {
 		t.Fatal(err)
 	}
-	if got := o.Counts(); !maps.Equal(got, want) {
-		t.Fatalf("after a second replay: %v, want %v", got, want)
+	if s, _ := o.Snapshot(); !reflect.DeepEqual(s, want) {
+		t.Fatalf("after an old event again: %+v, want %+v", s, want)
+	}
+	// New events are followed.
+	publish(t, js, []bus.Message{instanceEvent(t, "d", vocab.VerbCreated, vocab.StateCreated), instanceEvent(t, "b", vocab.VerbDeleted, vocab.StateDeleted)})
+	s = waitFor(t, o, "d created and b deleted", func(s overview.Snapshot) bool { return s.Sequence == 11 })
+	if want := map[string]int{string(vocab.StateRunning): 1, string(vocab.StateCreated): 1}; !maps.Equal(s.States, want) || s.Instances != 2 ||
+		s.AgentsExpected != 1 || s.AgentsConnected != 1 || len(s.Failures) != 0 {
+		t.Fatalf("after following: %+v, want %v, 2 instances, 1 of 1 agents, no failures", s, want)
+	}
+}
+
+// Instances no event in the stream speaks of (older than its 90 days) are
+// counted from a listing of them, which is retried until it succeeds; a
+// listed instance an event speaks of is counted as its last event says,
+// whatever the listing, which may have read it before or after. The
+// overview is not ready until both are done.
+func TestTheOverviewFillsInInstancesWithoutEventsFromAListing(t *testing.T) {
+	t.Parallel()
+	js := eventsStream(t)
+	publish(t, js, []bus.Message{
+		instanceEvent(t, "evented", vocab.VerbCreated, vocab.StateCreated),
+		instanceEvent(t, "evented", vocab.VerbRunning, vocab.StateRunning),
+		instanceEvent(t, "gone", vocab.VerbDeleted, vocab.StateDeleted),
+	})
+	release := make(chan struct{})
+	calls := 0
+	list := func(ctx context.Context, each func(*inventoryv1.Instance)) error {
+		if calls++; calls == 1 {
+			return errors.New("listing fails once")
+		}
+		<-release
+		return listing(
+			&inventoryv1.Instance{Id: "old", Name: "old", State: string(vocab.StateRunning), VmId: "vm-old"},
+			&inventoryv1.Instance{Id: "evented", Name: "evented", State: string(vocab.StateProvisioning)}, // read before its last event
+			&inventoryv1.Instance{Id: "gone", Name: "gone", State: string(vocab.StateDeprovisioning)},     // read before it was deleted
+		)(ctx, each)
+	}
+	o := overview.New()
+	keep(t, o, js, list)
+	time.Sleep(1500 * time.Millisecond) // the replay is done, the listing retried and waiting
+	if _, err := o.Snapshot(); !errors.Is(err, overview.ErrNotReady) {
+		t.Fatalf("before the listing: err = %v, want ErrNotReady", err)
+	}
+	close(release)
+	<-o.Ready()
+	s, err := o.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]int{string(vocab.StateRunning): 2}; !maps.Equal(s.States, want) || s.Instances != 2 || s.AgentsExpected != 1 {
+		t.Fatalf("after the listing: %+v, want %v, 2 instances, 1 agent expected", s, want)
+	}
+	// Once listed, an event for a listed instance counts as for any other.
+	publish(t, js, []bus.Message{instanceEvent(t, "old", vocab.VerbDeleted, vocab.StateDeleted)})
+	waitFor(t, o, "old deleted", func(s overview.Snapshot) bool { return s.Instances == 1 && s.AgentsExpected == 0 })
+}
+
+// A gateway may start before the events stream exists (the inventory
+// creates it): the overview's consumer is retried until it does.
+func TestTheOverviewWaitsForTheEventsStream(t *testing.T) {
+	t.Parallel()
+	js, err := jetstream.New(testkit.NATSConn(t, testkit.NATS(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := overview.New()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	var errs []error
+	go func() {
+		defer close(done)
+		o.Keep(ctx, js, listing(), func(err error) { errs = append(errs, err) })
+	}()
+	time.Sleep(500 * time.Millisecond)
+	if _, err := o.Snapshot(); !errors.Is(err, overview.ErrNotReady) {
+		t.Fatalf("without the stream: err = %v, want ErrNotReady", err)
+	}
+	if err := bus.EnsureStreams(t.Context(), js, 1, subjects.EventsStream); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, js, []bus.Message{instanceEvent(t, "a", vocab.VerbCreated, vocab.StateCreated)})
+	s := waitFor(t, o, "the instance created once the stream exists", func(s overview.Snapshot) bool { return s.Instances == 1 })
+	cancel()
+	<-done
+	if s.States[string(vocab.StateCreated)] != 1 || len(errs) == 0 || !strings.Contains(errs[0].Error(), "replay instance events") {
+		t.Fatalf("overview %+v, errors reported %v: want one created, and the missing stream reported", s, errs)
 	}
 }
 
@@ -146,15 +292,17 @@ func BenchmarkReplayRaw(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		for seen := 0; seen < n; {
-			batch, err := cons.Fetch(4096, jetstream.FetchMaxWait(time.Second))
-			if err != nil {
-				b.Fatal(err)
+		seen, done := 0, make(chan struct{})
+		cc, err := cons.Consume(func(jetstream.Msg) {
+			if seen++; seen == n {
+				close(done)
 			}
-			for range batch.Messages() {
-				seen++
-			}
+		})
+		if err != nil {
+			b.Fatal(err)
 		}
+		<-done
+		cc.Stop()
 	}
 	b.ReportMetric(float64(n*b.N)/time.Since(start).Seconds(), "events/s")
 }
@@ -164,9 +312,13 @@ func BenchmarkReplayOverview(b *testing.B) {
 	b.ResetTimer()
 	start := time.Now()
 	for range b.N {
-		got, err := overview.New().Rebuild(b.Context(), js)
-		if err != nil || got != n {
-			b.Fatalf("rebuilt from %d events (%v), want %d", got, err, n)
+		o := overview.New()
+		ctx, cancel := context.WithCancel(b.Context())
+		go o.Keep(ctx, js, listing(), func(err error) { b.Error(err) })
+		<-o.Ready()
+		cancel()
+		if s, err := o.Snapshot(); err != nil || s.Sequence != uint64(n) {
+			b.Fatalf("rebuilt up to event %d (%v), want %d", s.Sequence, err, n)
 		}
 	}
 	b.ReportMetric(float64(n*b.N)/time.Since(start).Seconds(), "events/s")

@@ -127,27 +127,42 @@
   }
 
   // --- Overview: counts by state and recent events. ---
+  // The counts are the gateway's fleet overview (GET /api/v1/overview),
+  // read again after instance events, one read at a time.
   function initOverview() {
     var list = $("#recent[data-feed]");
-    if (!list) { return; }
-    var states = {};
-    try { states = JSON.parse($("#fleet-states").textContent) || {}; } catch (e) { states = {}; }
-    var bump = function (state, by) {
-      var n = $('[data-count="' + CSS.escape(state) + '"]');
-      if (n) { n.textContent = String(Math.max(0, parseInt(n.textContent, 10) + by)); }
+    var section = $("[data-overview]");
+    if (!list || !section) { return; }
+    var inFlight = false, again = false;
+    var text = function (sel, v) { var e = $(sel); if (e) { e.textContent = String(v); } };
+    var show = function (ov) {
+      var states = ov.states || {};
+      $$("[data-count]").forEach(function (n) { n.textContent = String(parseInt(states[n.getAttribute("data-count")] || "0", 10)); });
+      text("[data-total]", parseInt(ov.instances || "0", 10));
+      text("[data-agents-connected]", parseInt(ov.agentsConnected || "0", 10));
+      text("[data-agents-expected]", parseInt(ov.agentsExpected || "0", 10));
+      var building = $("[data-building]");
+      if (building) { building.remove(); }
     };
-    var setTotal = function () {
-      var t = $("[data-total]");
-      if (t) { t.textContent = String(Object.keys(states).length); }
+    var refresh = function () {
+      if (inFlight) { again = true; return; }
+      inFlight = true;
+      fetch(section.getAttribute("data-overview"), { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (r) {
+          if (r.status === 503) { setTimeout(refresh, 2000); return null; } // still being built
+          return r.ok ? r.json() : null;
+        })
+        .then(function (ov) { if (ov) { show(ov); } })
+        .catch(function () {})
+        .then(function () {
+          inFlight = false;
+          if (again) { again = false; refresh(); }
+        });
     };
     feed(list.getAttribute("data-feed"), "event", function (ev) {
-      // An event already listed was counted when the page was made.
-      if (!addEvent(list, ev)) { return; }
-      var id = ev.entityId, d = ev.data || {};
-      if (states[id]) { bump(states[id], -1); delete states[id]; }
-      if (verbOf(ev) !== "deleted" && d.state) { states[id] = d.state; bump(d.state, 1); }
-      setTotal();
-    });
+      addEvent(list, ev);
+      if ((ev.type || "").indexOf("instance.") === 0) { refresh(); }
+    }, refresh);
   }
 
   // --- Instances list: live state badges. ---

@@ -193,6 +193,203 @@ func (x *ComponentStatus) GetMessage() string {
 	return ""
 }
 
+type GetOverviewRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOverviewRequest) Reset() {
+	*x = GetOverviewRequest{}
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOverviewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOverviewRequest) ProtoMessage() {}
+
+func (x *GetOverviewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOverviewRequest.ProtoReflect.Descriptor instead.
+func (*GetOverviewRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{3}
+}
+
+// Overview is the fleet at a glance.
+type Overview struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many instances are in each state; a state with none is left out.
+	States map[string]int64 `protobuf:"bytes,1,rep,name=states,proto3" json:"states,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// How many instances there are.
+	Instances int64 `protobuf:"varint,2,opt,name=instances,proto3" json:"instances,omitempty"`
+	// How many instances have a VM, and so an agent.
+	AgentsExpected int64 `protobuf:"varint,3,opt,name=agents_expected,json=agentsExpected,proto3" json:"agents_expected,omitempty"`
+	// How many of those agents have a stream to an agent gateway.
+	AgentsConnected int64 `protobuf:"varint,4,opt,name=agents_connected,json=agentsConnected,proto3" json:"agents_connected,omitempty"`
+	// Failed instances by name, at most 20 (states["failed"] counts them all).
+	Failures []*FailedInstance `protobuf:"bytes,5,rep,name=failures,proto3" json:"failures,omitempty"`
+	// The stream sequence of the last instance event counted.
+	Sequence      uint64                 `protobuf:"varint,6,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Overview) Reset() {
+	*x = Overview{}
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Overview) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Overview) ProtoMessage() {}
+
+func (x *Overview) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Overview.ProtoReflect.Descriptor instead.
+func (*Overview) Descriptor() ([]byte, []int) {
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Overview) GetStates() map[string]int64 {
+	if x != nil {
+		return x.States
+	}
+	return nil
+}
+
+func (x *Overview) GetInstances() int64 {
+	if x != nil {
+		return x.Instances
+	}
+	return 0
+}
+
+func (x *Overview) GetAgentsExpected() int64 {
+	if x != nil {
+		return x.AgentsExpected
+	}
+	return 0
+}
+
+func (x *Overview) GetAgentsConnected() int64 {
+	if x != nil {
+		return x.AgentsConnected
+	}
+	return 0
+}
+
+func (x *Overview) GetFailures() []*FailedInstance {
+	if x != nil {
+		return x.Failures
+	}
+	return nil
+}
+
+func (x *Overview) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *Overview) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+// FailedInstance is a failed instance as the overview names it.
+type FailedInstance struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Why it failed.
+	StateDetail   string `protobuf:"bytes,3,opt,name=state_detail,json=stateDetail,proto3" json:"state_detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailedInstance) Reset() {
+	*x = FailedInstance{}
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailedInstance) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailedInstance) ProtoMessage() {}
+
+func (x *FailedInstance) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailedInstance.ProtoReflect.Descriptor instead.
+func (*FailedInstance) Descriptor() ([]byte, []int) {
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *FailedInstance) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *FailedInstance) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FailedInstance) GetStateDetail() string {
+	if x != nil {
+		return x.StateDetail
+	}
+	return ""
+}
+
 // PingRequest asks a service whether it is ready (bus only).
 type PingRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -202,7 +399,7 @@ type PingRequest struct {
 
 func (x *PingRequest) Reset() {
 	*x = PingRequest{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[3]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -214,7 +411,7 @@ func (x *PingRequest) String() string {
 func (*PingRequest) ProtoMessage() {}
 
 func (x *PingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[3]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -227,7 +424,7 @@ func (x *PingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingRequest.ProtoReflect.Descriptor instead.
 func (*PingRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{3}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{6}
 }
 
 // PingResponse answers a PingRequest.
@@ -241,7 +438,7 @@ type PingResponse struct {
 
 func (x *PingResponse) Reset() {
 	*x = PingResponse{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[4]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -253,7 +450,7 @@ func (x *PingResponse) String() string {
 func (*PingResponse) ProtoMessage() {}
 
 func (x *PingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[4]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -266,7 +463,7 @@ func (x *PingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingResponse.ProtoReflect.Descriptor instead.
 func (*PingResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{4}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PingResponse) GetService() string {
@@ -291,7 +488,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[5]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -303,7 +500,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[5]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -316,7 +513,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{5}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{8}
 }
 
 type RemoveManagersRequest struct {
@@ -329,7 +526,7 @@ type RemoveManagersRequest struct {
 
 func (x *RemoveManagersRequest) Reset() {
 	*x = RemoveManagersRequest{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[6]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -341,7 +538,7 @@ func (x *RemoveManagersRequest) String() string {
 func (*RemoveManagersRequest) ProtoMessage() {}
 
 func (x *RemoveManagersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[6]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -354,7 +551,7 @@ func (x *RemoveManagersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveManagersRequest.ProtoReflect.Descriptor instead.
 func (*RemoveManagersRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RemoveManagersRequest) GetName() string {
@@ -374,7 +571,7 @@ type RemoveManagersResponse struct {
 
 func (x *RemoveManagersResponse) Reset() {
 	*x = RemoveManagersResponse{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[7]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -386,7 +583,7 @@ func (x *RemoveManagersResponse) String() string {
 func (*RemoveManagersResponse) ProtoMessage() {}
 
 func (x *RemoveManagersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[7]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -399,7 +596,7 @@ func (x *RemoveManagersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveManagersResponse.ProtoReflect.Descriptor instead.
 func (*RemoveManagersResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RemoveManagersResponse) GetRemoved() []*Manager {
@@ -434,7 +631,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[8]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +643,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[8]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +656,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Cluster) GetTime() *timestamppb.Timestamp {
@@ -526,7 +723,7 @@ type Manager struct {
 
 func (x *Manager) Reset() {
 	*x = Manager{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[9]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -538,7 +735,7 @@ func (x *Manager) String() string {
 func (*Manager) ProtoMessage() {}
 
 func (x *Manager) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[9]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -551,7 +748,7 @@ func (x *Manager) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Manager.ProtoReflect.Descriptor instead.
 func (*Manager) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Manager) GetName() string {
@@ -629,7 +826,7 @@ type Broker struct {
 
 func (x *Broker) Reset() {
 	*x = Broker{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[10]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +838,7 @@ func (x *Broker) String() string {
 func (*Broker) ProtoMessage() {}
 
 func (x *Broker) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[10]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +851,7 @@ func (x *Broker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Broker.ProtoReflect.Descriptor instead.
 func (*Broker) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Broker) GetName() string {
@@ -716,7 +913,7 @@ type StreamReplication struct {
 
 func (x *StreamReplication) Reset() {
 	*x = StreamReplication{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[11]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +925,7 @@ func (x *StreamReplication) String() string {
 func (*StreamReplication) ProtoMessage() {}
 
 func (x *StreamReplication) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[11]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +938,7 @@ func (x *StreamReplication) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamReplication.ProtoReflect.Descriptor instead.
 func (*StreamReplication) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StreamReplication) GetName() string {
@@ -796,7 +993,7 @@ type StreamReplica struct {
 
 func (x *StreamReplica) Reset() {
 	*x = StreamReplica{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[12]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -808,7 +1005,7 @@ func (x *StreamReplica) String() string {
 func (*StreamReplica) ProtoMessage() {}
 
 func (x *StreamReplica) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[12]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -821,7 +1018,7 @@ func (x *StreamReplica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamReplica.ProtoReflect.Descriptor instead.
 func (*StreamReplica) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StreamReplica) GetName() string {
@@ -880,7 +1077,7 @@ type Database struct {
 
 func (x *Database) Reset() {
 	*x = Database{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[13]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +1089,7 @@ func (x *Database) String() string {
 func (*Database) ProtoMessage() {}
 
 func (x *Database) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[13]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +1102,7 @@ func (x *Database) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Database.ProtoReflect.Descriptor instead.
 func (*Database) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Database) GetName() string {
@@ -980,7 +1177,23 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\x0fComponentStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\r\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\x14\n" +
+	"\x12GetOverviewRequest\"\x85\x03\n" +
+	"\bOverview\x12@\n" +
+	"\x06states\x18\x01 \x03(\v2(.flotilla.system.v1.Overview.StatesEntryR\x06states\x12\x1c\n" +
+	"\tinstances\x18\x02 \x01(\x03R\tinstances\x12'\n" +
+	"\x0fagents_expected\x18\x03 \x01(\x03R\x0eagentsExpected\x12)\n" +
+	"\x10agents_connected\x18\x04 \x01(\x03R\x0fagentsConnected\x12>\n" +
+	"\bfailures\x18\x05 \x03(\v2\".flotilla.system.v1.FailedInstanceR\bfailures\x12\x1a\n" +
+	"\bsequence\x18\x06 \x01(\x04R\bsequence\x12.\n" +
+	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x1a9\n" +
+	"\vStatesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"W\n" +
+	"\x0eFailedInstance\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12!\n" +
+	"\fstate_detail\x18\x03 \x01(\tR\vstateDetail\"\r\n" +
 	"\vPingRequest\"B\n" +
 	"\fPingResponse\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
@@ -1037,11 +1250,12 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\ahealthy\x18\a \x01(\bR\ahealthy\x12\x18\n" +
 	"\amessage\x18\b \x01(\tR\amessageB\f\n" +
 	"\n" +
-	"_lag_bytes2\xf4\x02\n" +
+	"_lag_bytes2\xe3\x03\n" +
 	"\rSystemService\x12e\n" +
 	"\tGetStatus\x12$.flotilla.system.v1.GetStatusRequest\x1a\x1a.flotilla.system.v1.Status\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/status\x12i\n" +
 	"\n" +
-	"GetCluster\x12%.flotilla.system.v1.GetClusterRequest\x1a\x1b.flotilla.system.v1.Cluster\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/v1/cluster\x12\x90\x01\n" +
+	"GetCluster\x12%.flotilla.system.v1.GetClusterRequest\x1a\x1b.flotilla.system.v1.Cluster\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/v1/cluster\x12m\n" +
+	"\vGetOverview\x12&.flotilla.system.v1.GetOverviewRequest\x1a\x1c.flotilla.system.v1.Overview\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/api/v1/overview\x12\x90\x01\n" +
 	"\x0eRemoveManagers\x12).flotilla.system.v1.RemoveManagersRequest\x1a*.flotilla.system.v1.RemoveManagersResponse\"'\x82\xd3\xe4\x93\x02!*\x1f/api/v1/cluster/managers/{name}B\xbf\x02\x92A\x80\x02\x12\x95\x01\n" +
 	"\fFlotilla API\x12\x80\x01Provision and operate fleets of instances. Log in with POST /api/v1/login and send the token as \"Authorization: Bearer <token>\".2\x02v1ZX\n" +
 	"V\n" +
@@ -1062,49 +1276,58 @@ func file_flotilla_system_v1_system_proto_rawDescGZIP() []byte {
 	return file_flotilla_system_v1_system_proto_rawDescData
 }
 
-var file_flotilla_system_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_flotilla_system_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_flotilla_system_v1_system_proto_goTypes = []any{
 	(*GetStatusRequest)(nil),       // 0: flotilla.system.v1.GetStatusRequest
 	(*Status)(nil),                 // 1: flotilla.system.v1.Status
 	(*ComponentStatus)(nil),        // 2: flotilla.system.v1.ComponentStatus
-	(*PingRequest)(nil),            // 3: flotilla.system.v1.PingRequest
-	(*PingResponse)(nil),           // 4: flotilla.system.v1.PingResponse
-	(*GetClusterRequest)(nil),      // 5: flotilla.system.v1.GetClusterRequest
-	(*RemoveManagersRequest)(nil),  // 6: flotilla.system.v1.RemoveManagersRequest
-	(*RemoveManagersResponse)(nil), // 7: flotilla.system.v1.RemoveManagersResponse
-	(*Cluster)(nil),                // 8: flotilla.system.v1.Cluster
-	(*Manager)(nil),                // 9: flotilla.system.v1.Manager
-	(*Broker)(nil),                 // 10: flotilla.system.v1.Broker
-	(*StreamReplication)(nil),      // 11: flotilla.system.v1.StreamReplication
-	(*StreamReplica)(nil),          // 12: flotilla.system.v1.StreamReplica
-	(*Database)(nil),               // 13: flotilla.system.v1.Database
-	(*timestamppb.Timestamp)(nil),  // 14: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 15: google.protobuf.Duration
+	(*GetOverviewRequest)(nil),     // 3: flotilla.system.v1.GetOverviewRequest
+	(*Overview)(nil),               // 4: flotilla.system.v1.Overview
+	(*FailedInstance)(nil),         // 5: flotilla.system.v1.FailedInstance
+	(*PingRequest)(nil),            // 6: flotilla.system.v1.PingRequest
+	(*PingResponse)(nil),           // 7: flotilla.system.v1.PingResponse
+	(*GetClusterRequest)(nil),      // 8: flotilla.system.v1.GetClusterRequest
+	(*RemoveManagersRequest)(nil),  // 9: flotilla.system.v1.RemoveManagersRequest
+	(*RemoveManagersResponse)(nil), // 10: flotilla.system.v1.RemoveManagersResponse
+	(*Cluster)(nil),                // 11: flotilla.system.v1.Cluster
+	(*Manager)(nil),                // 12: flotilla.system.v1.Manager
+	(*Broker)(nil),                 // 13: flotilla.system.v1.Broker
+	(*StreamReplication)(nil),      // 14: flotilla.system.v1.StreamReplication
+	(*StreamReplica)(nil),          // 15: flotilla.system.v1.StreamReplica
+	(*Database)(nil),               // 16: flotilla.system.v1.Database
+	nil,                            // 17: flotilla.system.v1.Overview.StatesEntry
+	(*timestamppb.Timestamp)(nil),  // 18: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 19: google.protobuf.Duration
 }
 var file_flotilla_system_v1_system_proto_depIdxs = []int32{
-	14, // 0: flotilla.system.v1.Status.time:type_name -> google.protobuf.Timestamp
+	18, // 0: flotilla.system.v1.Status.time:type_name -> google.protobuf.Timestamp
 	2,  // 1: flotilla.system.v1.Status.components:type_name -> flotilla.system.v1.ComponentStatus
-	9,  // 2: flotilla.system.v1.RemoveManagersResponse.removed:type_name -> flotilla.system.v1.Manager
-	14, // 3: flotilla.system.v1.Cluster.time:type_name -> google.protobuf.Timestamp
-	9,  // 4: flotilla.system.v1.Cluster.managers:type_name -> flotilla.system.v1.Manager
-	10, // 5: flotilla.system.v1.Cluster.brokers:type_name -> flotilla.system.v1.Broker
-	11, // 6: flotilla.system.v1.Cluster.streams:type_name -> flotilla.system.v1.StreamReplication
-	13, // 7: flotilla.system.v1.Cluster.databases:type_name -> flotilla.system.v1.Database
-	14, // 8: flotilla.system.v1.Manager.start_time:type_name -> google.protobuf.Timestamp
-	14, // 9: flotilla.system.v1.Manager.last_seen_time:type_name -> google.protobuf.Timestamp
-	12, // 10: flotilla.system.v1.StreamReplication.replicas:type_name -> flotilla.system.v1.StreamReplica
-	15, // 11: flotilla.system.v1.StreamReplica.active:type_name -> google.protobuf.Duration
-	0,  // 12: flotilla.system.v1.SystemService.GetStatus:input_type -> flotilla.system.v1.GetStatusRequest
-	5,  // 13: flotilla.system.v1.SystemService.GetCluster:input_type -> flotilla.system.v1.GetClusterRequest
-	6,  // 14: flotilla.system.v1.SystemService.RemoveManagers:input_type -> flotilla.system.v1.RemoveManagersRequest
-	1,  // 15: flotilla.system.v1.SystemService.GetStatus:output_type -> flotilla.system.v1.Status
-	8,  // 16: flotilla.system.v1.SystemService.GetCluster:output_type -> flotilla.system.v1.Cluster
-	7,  // 17: flotilla.system.v1.SystemService.RemoveManagers:output_type -> flotilla.system.v1.RemoveManagersResponse
-	15, // [15:18] is the sub-list for method output_type
-	12, // [12:15] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	17, // 2: flotilla.system.v1.Overview.states:type_name -> flotilla.system.v1.Overview.StatesEntry
+	5,  // 3: flotilla.system.v1.Overview.failures:type_name -> flotilla.system.v1.FailedInstance
+	18, // 4: flotilla.system.v1.Overview.time:type_name -> google.protobuf.Timestamp
+	12, // 5: flotilla.system.v1.RemoveManagersResponse.removed:type_name -> flotilla.system.v1.Manager
+	18, // 6: flotilla.system.v1.Cluster.time:type_name -> google.protobuf.Timestamp
+	12, // 7: flotilla.system.v1.Cluster.managers:type_name -> flotilla.system.v1.Manager
+	13, // 8: flotilla.system.v1.Cluster.brokers:type_name -> flotilla.system.v1.Broker
+	14, // 9: flotilla.system.v1.Cluster.streams:type_name -> flotilla.system.v1.StreamReplication
+	16, // 10: flotilla.system.v1.Cluster.databases:type_name -> flotilla.system.v1.Database
+	18, // 11: flotilla.system.v1.Manager.start_time:type_name -> google.protobuf.Timestamp
+	18, // 12: flotilla.system.v1.Manager.last_seen_time:type_name -> google.protobuf.Timestamp
+	15, // 13: flotilla.system.v1.StreamReplication.replicas:type_name -> flotilla.system.v1.StreamReplica
+	19, // 14: flotilla.system.v1.StreamReplica.active:type_name -> google.protobuf.Duration
+	0,  // 15: flotilla.system.v1.SystemService.GetStatus:input_type -> flotilla.system.v1.GetStatusRequest
+	8,  // 16: flotilla.system.v1.SystemService.GetCluster:input_type -> flotilla.system.v1.GetClusterRequest
+	3,  // 17: flotilla.system.v1.SystemService.GetOverview:input_type -> flotilla.system.v1.GetOverviewRequest
+	9,  // 18: flotilla.system.v1.SystemService.RemoveManagers:input_type -> flotilla.system.v1.RemoveManagersRequest
+	1,  // 19: flotilla.system.v1.SystemService.GetStatus:output_type -> flotilla.system.v1.Status
+	11, // 20: flotilla.system.v1.SystemService.GetCluster:output_type -> flotilla.system.v1.Cluster
+	4,  // 21: flotilla.system.v1.SystemService.GetOverview:output_type -> flotilla.system.v1.Overview
+	10, // 22: flotilla.system.v1.SystemService.RemoveManagers:output_type -> flotilla.system.v1.RemoveManagersResponse
+	19, // [19:23] is the sub-list for method output_type
+	15, // [15:19] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_system_v1_system_proto_init() }
@@ -1112,14 +1335,14 @@ func file_flotilla_system_v1_system_proto_init() {
 	if File_flotilla_system_v1_system_proto != nil {
 		return
 	}
-	file_flotilla_system_v1_system_proto_msgTypes[13].OneofWrappers = []any{}
+	file_flotilla_system_v1_system_proto_msgTypes[16].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_system_v1_system_proto_rawDesc), len(file_flotilla_system_v1_system_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

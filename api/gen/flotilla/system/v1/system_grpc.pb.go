@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	SystemService_GetStatus_FullMethodName      = "/flotilla.system.v1.SystemService/GetStatus"
 	SystemService_GetCluster_FullMethodName     = "/flotilla.system.v1.SystemService/GetCluster"
+	SystemService_GetOverview_FullMethodName    = "/flotilla.system.v1.SystemService/GetOverview"
 	SystemService_RemoveManagers_FullMethodName = "/flotilla.system.v1.SystemService/RemoveManagers"
 )
 
@@ -36,6 +37,12 @@ type SystemServiceClient interface {
 	// managers' heartbeats), every NATS server and how each stream is
 	// replicated, and every PostgreSQL member (from Patroni when configured).
 	GetCluster(ctx context.Context, in *GetClusterRequest, opts ...grpc.CallOption) (*Cluster, error)
+	// GetOverview is the fleet at a glance: how many instances are in each
+	// state, how many of their agents are connected, and the failed ones.
+	// Each gateway keeps it from the instance events; while it is still
+	// building it (replaying the events stored when it started, and listing
+	// the instances once), it answers UNAVAILABLE.
+	GetOverview(ctx context.Context, in *GetOverviewRequest, opts ...grpc.CallOption) (*Overview, error)
 	// RemoveManagers takes managers that are gone off the cluster's list at
 	// once, rather than when their heartbeats expire (30 s): name is a host
 	// (every manager listed under it) or one manager's key. A manager seen
@@ -72,6 +79,16 @@ func (c *systemServiceClient) GetCluster(ctx context.Context, in *GetClusterRequ
 	return out, nil
 }
 
+func (c *systemServiceClient) GetOverview(ctx context.Context, in *GetOverviewRequest, opts ...grpc.CallOption) (*Overview, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Overview)
+	err := c.cc.Invoke(ctx, SystemService_GetOverview_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *systemServiceClient) RemoveManagers(ctx context.Context, in *RemoveManagersRequest, opts ...grpc.CallOption) (*RemoveManagersResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RemoveManagersResponse)
@@ -94,6 +111,12 @@ type SystemServiceServer interface {
 	// managers' heartbeats), every NATS server and how each stream is
 	// replicated, and every PostgreSQL member (from Patroni when configured).
 	GetCluster(context.Context, *GetClusterRequest) (*Cluster, error)
+	// GetOverview is the fleet at a glance: how many instances are in each
+	// state, how many of their agents are connected, and the failed ones.
+	// Each gateway keeps it from the instance events; while it is still
+	// building it (replaying the events stored when it started, and listing
+	// the instances once), it answers UNAVAILABLE.
+	GetOverview(context.Context, *GetOverviewRequest) (*Overview, error)
 	// RemoveManagers takes managers that are gone off the cluster's list at
 	// once, rather than when their heartbeats expire (30 s): name is a host
 	// (every manager listed under it) or one manager's key. A manager seen
@@ -115,6 +138,9 @@ func (UnimplementedSystemServiceServer) GetStatus(context.Context, *GetStatusReq
 }
 func (UnimplementedSystemServiceServer) GetCluster(context.Context, *GetClusterRequest) (*Cluster, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCluster not implemented")
+}
+func (UnimplementedSystemServiceServer) GetOverview(context.Context, *GetOverviewRequest) (*Overview, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetOverview not implemented")
 }
 func (UnimplementedSystemServiceServer) RemoveManagers(context.Context, *RemoveManagersRequest) (*RemoveManagersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveManagers not implemented")
@@ -176,6 +202,24 @@ func _SystemService_GetCluster_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SystemService_GetOverview_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetOverviewRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SystemServiceServer).GetOverview(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SystemService_GetOverview_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SystemServiceServer).GetOverview(ctx, req.(*GetOverviewRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _SystemService_RemoveManagers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RemoveManagersRequest)
 	if err := dec(in); err != nil {
@@ -208,6 +252,10 @@ var SystemService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetCluster",
 			Handler:    _SystemService_GetCluster_Handler,
+		},
+		{
+			MethodName: "GetOverview",
+			Handler:    _SystemService_GetOverview_Handler,
 		},
 		{
 			MethodName: "RemoveManagers",
