@@ -296,6 +296,16 @@ networkId: lab
 		if !strings.Contains(out, "bad-1: running-setup failed") {
 			t.Fatalf("provision --wait shows no failed step:\n%s", out)
 		}
+		// The fleet overview names it among the failed, with why.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			out = c.ok("overview", "-o", "table")
+			if strings.Contains(out, "FAILED") && strings.Contains(out, "bad-1") && strings.Contains(out, "exited with code 3") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the overview does not name bad-1 as failed:\n%s", out)
+			}
+		}
 	})
 
 	t.Run("an external instance's join token", func(t *testing.T) {

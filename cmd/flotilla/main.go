@@ -47,7 +47,7 @@ func newRoot() *cobra.Command {
 	opts := &clientOptions{}
 	root.AddCommand(newUp(), newAdmin(), newLogin(), newLogout(opts), newContext(), newCA(opts), newCluster(opts), agentCmd)
 	root.AddCommand(newResourceCommands(opts)...)
-	root.AddCommand(usersCommand(opts), tokensCommand(opts), auditCommand(opts), fleetEventsCommand(opts), passwordCommand(opts), whoamiCommand(opts))
+	root.AddCommand(usersCommand(opts), tokensCommand(opts), auditCommand(opts), fleetEventsCommand(opts), overviewCommand(opts), passwordCommand(opts), whoamiCommand(opts))
 	addCompletion(root)
 	return root
 }
