@@ -11,6 +11,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/membership"
 	"flotilla.dev/flotilla/libs/testkit"
 )
@@ -117,5 +119,39 @@ func TestRemoveTakesGoneManagersOffTheList(t *testing.T) {
 	left, err := membership.List(ctx, gw, time.Now(), 0)
 	if err != nil || len(left) != 1 || left[0].GetHost() != "h8" {
 		t.Fatalf("left: %v %v", left, err)
+	}
+}
+
+// While JetStream does not answer (its server is gone; in a cluster, the
+// bucket's stream electing a leader), Remove ends within its context with
+// an error the gateway answers as unavailable (503, try again), which
+// `local-cluster remove` retries: not a wait without end, and not "no
+// such manager" from a list read short. (A server lost in the middle of
+// the read is bus's TestAReadWhoseServerGoesAwayEnds.)
+func TestRemoveWhileJetStreamDoesNotAnswerEndsRetryable(t *testing.T) {
+	t.Parallel()
+	srv := testkit.NATS(t)
+	js, err := jetstream.New(testkit.NATSConn(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := membership.Join(context.Background(), js, membership.Config{Service: subjects.CA, Host: "h9", Interval: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	srv.Shutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := membership.Remove(ctx, js, "h9", time.Now().Add(time.Minute), 0)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !bus.Unanswered(err) && !apierr.Is(err, apierr.KindUnavailable) {
+			t.Fatalf("remove without JetStream: %v, want an error to try again on", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("remove without JetStream has not ended 12 s after its context")
 	}
 }
