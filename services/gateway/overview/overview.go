@@ -42,8 +42,9 @@ type Overview struct {
 	inst   map[string]instance // id → what the overview needs of it
 	counts map[string]int      // state → instances
 	// expected and connected count the instances with a VM, and those of
-	// them whose agent is connected.
+	// them whose agent is connected; failed holds the failed ones.
 	expected, connected int
+	failed              map[string]bool
 	seq                 uint64 // last stream sequence applied
 	// evented holds the instances an event was applied for (deleted ones
 	// too) while the listing is under way: the listing fills in only the
@@ -83,7 +84,8 @@ type Snapshot struct {
 
 // New returns an empty overview, not ready.
 func New() *Overview {
-	return &Overview{inst: map[string]instance{}, counts: map[string]int{}, evented: map[string]bool{}, ready: make(chan struct{})}
+	return &Overview{inst: map[string]instance{}, counts: map[string]int{}, failed: map[string]bool{}, evented: map[string]bool{},
+		ready: make(chan struct{})}
 }
 
 // Ready is closed once the overview is ready: every event stored when
@@ -99,15 +101,12 @@ func (o *Overview) Snapshot() (Snapshot, error) {
 	}
 	s := Snapshot{States: maps.Clone(o.counts), Instances: len(o.inst), AgentsExpected: o.expected,
 		AgentsConnected: o.connected, Sequence: o.seq}
-	if o.counts[string(vocab.StateFailed)] > 0 {
-		for id, in := range o.inst {
-			if in.state == string(vocab.StateFailed) {
-				s.Failures = append(s.Failures, Failure{ID: id, Name: in.name, Detail: in.detail})
-			}
-		}
-		slices.SortFunc(s.Failures, func(a, b Failure) int { return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID)) })
-		s.Failures = s.Failures[:min(len(s.Failures), MaxFailures)]
+	for id := range o.failed {
+		in := o.inst[id]
+		s.Failures = append(s.Failures, Failure{ID: id, Name: in.name, Detail: in.detail})
 	}
+	slices.SortFunc(s.Failures, func(a, b Failure) int { return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID)) })
+	s.Failures = s.Failures[:min(len(s.Failures), MaxFailures)]
 	return s, nil
 }
 
@@ -159,11 +158,7 @@ func (o *Overview) fill(in *inventoryv1.Instance) {
 // is gone), keeping the counts. The caller holds mu.
 func (o *Overview) set(id string, in *inventoryv1.Instance) {
 	if old, ok := o.inst[id]; ok {
-		o.counts[old.state]--
-		if o.counts[old.state] == 0 {
-			delete(o.counts, old.state)
-		}
-		o.count(old, -1)
+		o.count(id, old, -1)
 		delete(o.inst, id)
 	}
 	if in == nil {
@@ -172,16 +167,26 @@ func (o *Overview) set(id string, in *inventoryv1.Instance) {
 	n := instance{name: in.GetName(), state: in.GetState(), detail: in.GetStateDetail(), vm: in.GetVmId() != "",
 		connected: in.GetVmId() != "" && in.GetAgent().GetStatus() == string(vocab.AgentConnected)}
 	o.inst[id] = n
-	o.counts[n.state]++
-	o.count(n, 1)
+	o.count(id, n, 1)
 }
 
-func (o *Overview) count(in instance, by int) {
+// count adds instance id (by 1) to the tallies, or takes it off (by -1).
+func (o *Overview) count(id string, in instance, by int) {
+	if o.counts[in.state] += by; o.counts[in.state] == 0 {
+		delete(o.counts, in.state)
+	}
 	if in.vm {
 		o.expected += by
 	}
 	if in.connected {
 		o.connected += by
+	}
+	if in.state == string(vocab.StateFailed) {
+		if by > 0 {
+			o.failed[id] = true
+		} else {
+			delete(o.failed, id)
+		}
 	}
 }
 
