@@ -136,3 +136,7 @@ if [[ -n $short ]]; then n=20000; else n=1000000; fi
 FLOTILLA_BENCH_EVENTS=$n go test -run '^$' -bench 'Replay' -benchtime 1x -count 1 ./services/gateway/overview/ | grep -E '^Benchmark' | while read -r line; do
 	emit "{\"figure\":\"go-bench\",\"events\":$n,\"line\":\"$line\"}"
 done
+if [[ -n $short ]]; then n=300; else n=10000; fi
+FLOTILLA_BENCH_INSTANCES=$n go test -run '^$' -bench 'TheInstancesPage' -benchtime 20x -count 1 -timeout 30m ./services/gateway/console/ | grep -E '^Benchmark' | while read -r line; do
+	emit "{\"figure\":\"go-bench\",\"instances\":$n,\"line\":\"$line\"}"
+done

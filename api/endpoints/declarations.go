@@ -114,7 +114,7 @@ var (
 	InstanceGetMany = endpoint[*inventoryv1.GetInstancesRequest, *inventoryv1.GetInstancesResponse](inventory, subjects.NounInstance, subjects.VerbGetMany,
 		"reads up to 256 instances at once, leaving out those that do not exist", ca)
 	InstanceList = endpoint[*inventoryv1.ListInstancesRequest, *inventoryv1.ListInstancesResponse](inventory, subjects.NounInstance, subjects.VerbList,
-		"lists instances, a page at a time", gateway, provisioner)
+		"lists instances a page at a time, filtered (state, kind, network, template, a search), by age or name, counted", gateway, provisioner)
 	InstanceUpdate = endpoint[*inventoryv1.UpdateInstanceRequest, *inventoryv1.Instance](inventory, subjects.NounInstance, subjects.VerbUpdate,
 		"changes an instance's settings at the version read", gateway)
 	InstanceDelete = endpoint[*inventoryv1.DeleteInstanceRequest, *inventoryv1.Instance](inventory, subjects.NounInstance, subjects.VerbDelete,

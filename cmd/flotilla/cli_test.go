@@ -192,6 +192,15 @@ networkId: lab
 	if table := c.ok("instances", "list", "-o", "table"); !strings.Contains(table, "web-1") || !strings.Contains(table, " small ") || !strings.Contains(table, " lab ") {
 		t.Fatalf("instances list table (template and network by name):\n%s", table)
 	}
+	// Filters the API applies, a network and a template by name.
+	if table := c.ok("instances", "list", "--network", "lab", "--template", "broken", "--sort", "name", "-o", "table"); !strings.Contains(table, "bad-1") || strings.Contains(table, "web-1") {
+		t.Fatalf("instances list --network lab --template broken:\n%s", table)
+	}
+	if table := c.ok("instances", "list", "--query", "WEB", "--kind", "design", "-o", "table"); !strings.Contains(table, "web-1") || strings.Contains(table, "bad-1") {
+		t.Fatalf("instances list --query WEB --kind design:\n%s", table)
+	}
+	c.fails("", []string{`state: "sleeping" is not one of`}, "instances", "list", "--state", "sleeping")
+	c.fails("", []string{"--network", `no network named "nowhere"`}, "instances", "list", "--network", "nowhere")
 	var asJSON struct {
 		Templates []struct {
 			Name         string
@@ -305,6 +314,9 @@ networkId: lab
 			if time.Now().After(deadline) {
 				t.Fatalf("the overview does not name bad-1 as failed:\n%s", out)
 			}
+		}
+		if out := c.ok("instances", "list", "--state", "failed", "-o", "table"); !strings.Contains(out, "bad-1") || strings.Contains(out, "web-1") {
+			t.Fatalf("instances list --state failed:\n%s", out)
 		}
 	})
 

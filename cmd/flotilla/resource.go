@@ -50,6 +50,13 @@ type resource struct {
 	noUpdate bool
 	// noGet: the API has no GET <path>/<id>; an id is looked up in the list.
 	noGet bool
+	// searchable: the list takes query=TEXT and lets through only the
+	// items whose name (among other fields) holds it.
+	searchable bool
+	// filters are list's flags that the API filters by, shown in use by
+	// listExample.
+	filters     []listFilter
+	listExample string
 	// deleteVerb is the command that deletes one ("revoke"; "delete" when
 	// empty).
 	deleteVerb string
@@ -138,11 +145,25 @@ func (s *session) all(ctx context.Context, r *resource) ([]proto.Message, error)
 	if items, ok := s.lists[r]; ok {
 		return items, nil
 	}
+	items, err := s.list(ctx, r, nil)
+	if err != nil {
+		return nil, err
+	}
+	s.lists[r] = items
+	return items, nil
+}
+
+// list reads every page of r's list that the query parameters filter
+// lets through.
+func (s *session) list(ctx context.Context, r *resource, filter url.Values) ([]proto.Message, error) {
 	var items []proto.Message
 	f := r.itemsField()
 	token := ""
 	for {
 		q := url.Values{"pageSize": {strconv.Itoa(s.pageSize)}}
+		for k, v := range filter {
+			q[k] = v
+		}
 		if token != "" {
 			q.Set("pageToken", token)
 		}
@@ -156,12 +177,23 @@ func (s *session) all(ctx context.Context, r *resource) ([]proto.Message, error)
 		}
 		token = stringField(page, "nextPageToken")
 		if token == "" {
-			break
+			return items, nil
 		}
 	}
-	s.lists[r] = items
-	return items, nil
 }
+
+// named reads the items of r that may be named name: those whose name
+// holds it, where r's list searches (so a name is found in one short
+// list, not among every item), else all.
+func (s *session) named(ctx context.Context, r *resource, name string) ([]proto.Message, error) {
+	if _, read := s.lists[r]; read || !r.searchable || len(name) > maxSearch {
+		return s.all(ctx, r)
+	}
+	return s.list(ctx, r, url.Values{"query": {name}})
+}
+
+// maxSearch is the longest query=TEXT a list takes.
+const maxSearch = 200
 
 // find returns the item of r named nameOrID, or with that id. A name
 // several items have (API tokens of different users) is refused: the id
@@ -177,7 +209,7 @@ func (s *session) find(ctx context.Context, r *resource, nameOrID string) (proto
 			return nil, err
 		}
 	}
-	items, err := s.all(ctx, r)
+	items, err := s.named(ctx, r, nameOrID)
 	if err != nil {
 		return nil, err
 	}
@@ -205,7 +237,7 @@ func (s *session) find(ctx context.Context, r *resource, nameOrID string) (proto
 
 // byName returns the item of r named name, or nil.
 func (s *session) byName(ctx context.Context, r *resource, name string) (proto.Message, error) {
-	items, err := s.all(ctx, r)
+	items, err := s.named(ctx, r, name)
 	if err != nil {
 		return nil, err
 	}
@@ -369,15 +401,29 @@ func (r *resource) group(opts *clientOptions, short, example string, verbs ...*c
 	return group
 }
 
+// listFilter is a flag of list that the API filters by: its value is
+// the query parameter param, or the id of the ref named by it.
+type listFilter struct {
+	flag, param, usage string
+	ref                *resource
+}
+
 func (r *resource) listCommand(opts *clientOptions) *cobra.Command {
 	var pageSize int
+	values := make([]string, len(r.filters))
+	example := fmt.Sprintf("  flotilla %s list\n  flotilla %s list -o json | jq -r '.%s[].%s'", r.plural, r.plural,
+		r.itemsField().JSONName(), r.nameJSON())
+	short := fmt.Sprintf("List every %s (all pages)", r.singular)
+	if len(r.filters) > 0 {
+		short = fmt.Sprintf("List every %s, or those the filters let through (all pages)", r.singular)
+		example += "\n" + r.listExample
+	}
 	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
-		Short:   fmt.Sprintf("List every %s (all pages)", r.singular),
-		Example: fmt.Sprintf("  flotilla %s list\n  flotilla %s list -o json | jq -r '.%s[].%s'", r.plural, r.plural,
-			r.itemsField().JSONName(), r.nameJSON()),
-		Args: cobra.NoArgs,
+		Short:   short,
+		Example: example,
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if pageSize < 1 || pageSize > 500 {
 				return fmt.Errorf("--page-size: %d is not between 1 and 500", pageSize)
@@ -387,7 +433,22 @@ func (r *resource) listCommand(opts *clientOptions) *cobra.Command {
 				return err
 			}
 			s.pageSize = pageSize
-			items, err := s.all(cmd.Context(), r)
+			filter := url.Values{}
+			for i, f := range r.filters {
+				v := values[i]
+				if v == "" {
+					continue
+				}
+				if f.ref != nil {
+					it, err := s.find(cmd.Context(), f.ref, v)
+					if err != nil {
+						return fmt.Errorf("--%s: %w", f.flag, err)
+					}
+					v = stringField(it, "id")
+				}
+				filter.Set(f.param, v)
+			}
+			items, err := s.list(cmd.Context(), r, filter)
 			if err != nil {
 				return err
 			}
@@ -395,6 +456,9 @@ func (r *resource) listCommand(opts *clientOptions) *cobra.Command {
 		},
 	}
 	cmd.Flags().IntVar(&pageSize, "page-size", 500, "how many to ask for in each request (1-500); every page is read")
+	for i, f := range r.filters {
+		cmd.Flags().StringVar(&values[i], f.flag, "", f.usage)
+	}
 	return cmd
 }
 

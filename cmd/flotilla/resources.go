@@ -60,8 +60,19 @@ setupActions:
 			column{header: "NETWORK", path: "networkId", ref: networks},
 			column{header: "AGENT", path: "agent.status"}, column{header: "URL", path: "addresses.url"},
 			column{header: "ID", path: "id"}),
-		refs:    map[string]*resource{"templateId": templates, "networkId": networks},
-		deleted: instanceDeleted,
+		refs:       map[string]*resource{"templateId": templates, "networkId": networks},
+		deleted:    instanceDeleted,
+		searchable: true,
+		filters: []listFilter{
+			{flag: "state", param: "state", usage: "only instances in this state (running, failed, ...)"},
+			{flag: "kind", param: "kind", usage: "only instances of this kind (design, automation or deployer)"},
+			{flag: "network", param: "networkId", usage: "only instances in this network (a name or an id)", ref: networks},
+			{flag: "template", param: "templateId", usage: "only instances made from this template (a name or an id)", ref: templates},
+			{flag: "query", param: "query", usage: "only instances whose name, id, VM id or an address holds this text (any case)"},
+			{flag: "sort", param: "orderBy", usage: `"name" to list by name; oldest first without it`},
+		},
+		listExample: `  flotilla instances list --state failed --network lab
+  flotilla instances list --query 10.0.3 --sort name`,
 		example: `name: web-1
 kind: design
 templateId: small     # a name or an id

@@ -198,6 +198,10 @@ func TestBadInputNamesTheFieldAndWritesNothing(t *testing.T) {
 		{"logs kept too briefly", "/api/v1/instances", reply{"name": "i1", "kind": "design", "templateId": tmpl["id"], "networkId": net["id"], "logRetention": reply{"maxAge": "30s"}}, "logRetention.maxAge"},
 		{"page size", "/api/v1/networks?pageSize=501", nil, "pageSize"},
 		{"page token", "/api/v1/networks?pageToken=garbage!", nil, "pageToken"},
+		{"unknown state filter", "/api/v1/instances?state=sleeping", nil, `state: "sleeping" is not one of`},
+		{"network filter not an id", "/api/v1/instances?networkId=lab", nil, "networkId"},
+		{"unknown order", "/api/v1/instances?orderBy=age", nil, "orderBy"},
+		{"skip too far", "/api/v1/instances?skip=1000001", nil, "skip"},
 	}
 	for _, c := range cases {
 		method := "POST"
@@ -216,6 +220,12 @@ func TestBadInputNamesTheFieldAndWritesNothing(t *testing.T) {
 	for path, want := range map[string]int{"/api/v1/networks": 1, "/api/v1/templates": 1, "/api/v1/instances": 0} {
 		l := e.must(200, "GET", path, nil)
 		for k, v := range l {
+			if k == "totalSize" {
+				if v != float64(want) {
+					t.Errorf("%s counts %v items after rejected requests, want %d", path, v, want)
+				}
+				continue
+			}
 			if k != "nextPageToken" && len(v.([]any)) != want {
 				t.Errorf("%s has %d items after rejected requests, want %d", path, len(v.([]any)), want)
 			}

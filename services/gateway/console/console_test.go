@@ -3,6 +3,7 @@ package console_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -226,4 +227,57 @@ func mustURL(t *testing.T, s string) *url.URL {
 		t.Fatal(err)
 	}
 	return u
+}
+
+// TestTheInstancesPageShowsOnePageOfTheFilteredList: the instances page
+// asks the API for the one page it shows, by name, with the search and
+// filters applied there; it counts the matches and every instance, and a
+// page past the last shows the last.
+func TestTheInstancesPageShowsOnePageOfTheFilteredList(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false)
+	e.login(adminUser, adminPass)
+	e.post("/networks/new", url.Values{"name": {"lab"}, "provider": {"local"}, "httpsStrategy": {"none"}}).must(t, http.StatusSeeOther, "create network")
+	e.post("/templates/new", url.Values{"name": {"small"}, "provider": {"local"}, "dataDiskGb": {"1"}, "actionCount": {"0"}}).
+		must(t, http.StatusSeeOther, "create template")
+	_, nets := e.api("GET", "/api/v1/networks", nil)
+	_, tpls := e.api("GET", "/api/v1/templates", nil)
+	netID := nets["networks"].([]any)[0].(map[string]any)["id"].(string)
+	tplID := tpls["templates"].([]any)[0].(map[string]any)["id"].(string)
+	create := func(name, kind string) {
+		e.post("/instances/new", url.Values{"name": {name}, "kind": {kind}, "templateId": {tplID}, "networkId": {netID}}).
+			must(t, http.StatusSeeOther, "create "+name)
+	}
+	// Created in reverse, so the page's order is the API's by name.
+	for i := 104; i >= 0; i-- {
+		create(fmt.Sprintf("web-%03d", i), "design")
+	}
+	for i := range 3 {
+		create(fmt.Sprintf("db-%d", i), "automation")
+	}
+	rowRE := regexp.MustCompile(`<th scope="row"><a href="/instances/[^"]+">([^<]+)</a>`)
+	check := func(path, count, pager string, first, last string, n int) {
+		t.Helper()
+		p := e.get(path).must(t, 200, path)
+		rows := rowRE.FindAllStringSubmatch(p.body, -1)
+		if len(rows) != n || n > 0 && (rows[0][1] != first || rows[len(rows)-1][1] != last) {
+			var names []string
+			for _, r := range rows {
+				names = append(names, r[1])
+			}
+			t.Errorf("%s: rows %v; want %d from %s to %s", path, names, n, first, last)
+		}
+		if !strings.Contains(p.body, "<small>("+count+")</small>") || pager != "" && !strings.Contains(p.body, pager) {
+			t.Errorf("%s: want the count (%s) and %q:\n%s", path, count, pager, p.body)
+		}
+	}
+	check("/instances", "108", "Page 1 of 2", "db-0", "web-096", 100)
+	check("/instances?page=2", "108", "Page 2 of 2", "web-097", "web-104", 8)
+	check("/instances?page=9", "108", "Page 2 of 2", "web-097", "web-104", 8)
+	check("/instances?kind=automation", "3 of 108", "", "db-0", "db-2", 3)
+	check("/instances?q=WEB-10", "5 of 108", "", "web-100", "web-104", 5)
+	check("/instances?q=nothing-like-it", "0 of 108", "No instance matches", "", "", 0)
+	if p := e.get("/instances?state=sleeping"); p.status != http.StatusBadRequest || !strings.Contains(p.body, "state") {
+		t.Errorf("an unknown state: %d\n%s", p.status, p.body)
+	}
 }

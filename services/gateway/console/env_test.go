@@ -32,13 +32,13 @@ var agentBinary = testkit.BuiltBinary("flotilla-agent", false)
 // env is one Flotilla (every service, on real NATS and PostgreSQL) with an
 // admin user, and a browser-like HTTP client that keeps cookies.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	base   string
 	client *http.Client
 }
 
 // newEnv starts a stack; with vms, its local provider runs real agents.
-func newEnv(t *testing.T, vms bool) *env {
+func newEnv(t testing.TB, vms bool) *env {
 	t.Helper()
 	dbURL := testkit.NewDatabase(t)
 	cfg := stack.Config{Version: "0.0.0-test", DatabaseURL: dbURL,
@@ -66,7 +66,7 @@ func newEnv(t *testing.T, vms bool) *env {
 }
 
 // testLog writes the stack's errors into the test's log.
-type testLog struct{ t *testing.T }
+type testLog struct{ t testing.TB }
 
 func (l testLog) Write(b []byte) (int, error) {
 	l.t.Log(strings.TrimSpace(string(b)))
@@ -112,7 +112,7 @@ func (e *env) do(method, path string, form url.Values, header map[string]string)
 func (e *env) get(path string) page { return e.do("GET", path, nil, nil) }
 
 // must asserts a page's status.
-func (p page) must(t *testing.T, status int, what string) page {
+func (p page) must(t testing.TB, status int, what string) page {
 	t.Helper()
 	if p.status != status {
 		t.Fatalf("%s: status %d, want %d\n%s", what, p.status, status, p.body)

@@ -60,8 +60,21 @@ func (s *session) events(path string, n int) ([]apiEvent, error) {
 	return resp.Events, nil
 }
 
-func (s *session) instances() ([]*inventoryv1.Instance, error) {
-	return listAll(s.api, "/api/v1/instances", (*inventoryv1.ListInstancesResponse).GetInstances)
+// instancePage reads page p (from 1) of the instances f lets through, by
+// name, instancesPerPage to a page. Past the last page it reads the last.
+func (s *session) instancePage(f instanceFilter, p int) (*inventoryv1.ListInstancesResponse, error) {
+	q := f.query()
+	q.Set("orderBy", "name")
+	q.Set("pageSize", strconv.Itoa(instancesPerPage))
+	q.Set("skip", strconv.Itoa((p-1)*instancesPerPage))
+	resp := &inventoryv1.ListInstancesResponse{}
+	if err := s.api.get("/api/v1/instances?"+q.Encode(), resp); err != nil {
+		return nil, err
+	}
+	if last := (int(resp.GetTotalSize())-1)/instancesPerPage + 1; p > last && resp.GetTotalSize() > 0 {
+		return s.instancePage(f, last)
+	}
+	return resp, nil
 }
 
 // stateCount is how many instances are in one state.
@@ -129,27 +142,21 @@ func unavailable(err error) bool {
 	return errors.As(err, &ae) && ae.Status == http.StatusServiceUnavailable
 }
 
-// instanceFilter is the instances page's search.
+// instanceFilter is the instances page's search: the API's filters of
+// GET /api/v1/instances.
 type instanceFilter struct {
 	Q, State, Kind, Network, Template string
 }
 
-func (f instanceFilter) match(in *inventoryv1.Instance) bool {
-	if f.State != "" && in.GetState() != f.State || f.Kind != "" && in.GetKind() != f.Kind ||
-		f.Network != "" && in.GetNetworkId() != f.Network || f.Template != "" && in.GetTemplateId() != f.Template {
-		return false
-	}
-	if f.Q == "" {
-		return true
-	}
-	q := strings.ToLower(f.Q)
-	a := in.GetAddresses()
-	for _, v := range []string{in.GetName(), in.GetId(), in.GetVmId(), a.GetPrivateIp(), a.GetPublicIp(), a.GetPrivateDns(), a.GetPublicDns(), a.GetUrl()} {
-		if v != "" && strings.Contains(strings.ToLower(v), q) {
-			return true
+// query is f as the API's query parameters.
+func (f instanceFilter) query() url.Values {
+	v := url.Values{}
+	for k, x := range map[string]string{"query": f.Q, "state": f.State, "kind": f.Kind, "networkId": f.Network, "templateId": f.Template} {
+		if x != "" {
+			v.Set(k, x)
 		}
 	}
-	return false
+	return v
 }
 
 // instanceRow is one line of the instances page.
@@ -169,18 +176,36 @@ type instancesData struct {
 	PrevURL, NextURL    string
 }
 
-// instancesPerPage is how many rows the instances page shows at once.
-const instancesPerPage = 100
+// instancesPerPage is how many rows the instances page shows at once;
+// maxInstancePage is the last page it reaches (the API skips at most a
+// million instances).
+const (
+	instancesPerPage = 100
+	maxInstancePage  = 10_000
+)
 
 // instances serves GET /instances: search, filters, live states, bulk actions.
 func (c *Console) instances(w http.ResponseWriter, r *http.Request, s *session) {
 	q := r.URL.Query()
 	d := instancesData{Filter: instanceFilter{Q: strings.TrimSpace(q.Get("q")), State: q.Get("state"), Kind: q.Get("kind"),
 		Network: q.Get("network"), Template: q.Get("template")}}
-	ins, err := s.instances()
+	// One page of the filtered list, by name, from the API; and how many
+	// instances there are in all when a filter leaves some out.
+	d.Page, _ = strconv.Atoi(q.Get("page"))
+	d.Page = min(max(d.Page, 1), maxInstancePage)
+	ins, err := s.instancePage(d.Filter, d.Page)
 	if err != nil {
 		c.fail(w, r, s, err)
 		return
+	}
+	d.Matched, d.Total = int(ins.GetTotalSize()), int(ins.GetTotalSize())
+	if len(d.Filter.query()) > 0 {
+		all := &inventoryv1.ListInstancesResponse{}
+		if err := s.api.get("/api/v1/instances?pageSize=1", all); err != nil {
+			c.fail(w, r, s, err)
+			return
+		}
+		d.Total = int(all.GetTotalSize())
 	}
 	nets, err := listAll(s.api, "/api/v1/networks", (*inventoryv1.ListNetworksResponse).GetNetworks)
 	if err != nil {
@@ -209,19 +234,11 @@ func (c *Console) instances(w http.ResponseWriter, r *http.Request, s *session) 
 	for _, k := range vocab.InstanceKinds {
 		d.Kinds = append(d.Kinds, string(k))
 	}
-	slices.SortFunc(ins, func(a, b *inventoryv1.Instance) int { return strings.Compare(a.GetName(), b.GetName()) })
-	var matched []instanceRow
-	for _, in := range ins {
-		if d.Filter.match(in) {
-			matched = append(matched, instanceRow{In: in, Network: netName[in.GetNetworkId()], Template: tplName[in.GetTemplateId()]})
-		}
+	for _, in := range ins.GetInstances() {
+		d.Rows = append(d.Rows, instanceRow{In: in, Network: netName[in.GetNetworkId()], Template: tplName[in.GetTemplateId()]})
 	}
-	d.Total, d.Matched = len(ins), len(matched)
-	d.Pages = max(1, (len(matched)+instancesPerPage-1)/instancesPerPage)
-	d.Page, _ = strconv.Atoi(q.Get("page"))
-	d.Page = min(max(d.Page, 1), d.Pages)
-	from := (d.Page - 1) * instancesPerPage
-	d.Rows = matched[from:min(from+instancesPerPage, len(matched))]
+	d.Pages = max(1, (d.Matched+instancesPerPage-1)/instancesPerPage)
+	d.Page = min(d.Page, d.Pages) // instancePage read the last
 	pageURL := func(p int) string {
 		v := url.Values{}
 		for k, x := range q {

@@ -2,9 +2,12 @@ package adapters
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -210,17 +213,83 @@ func (t Table) Delete(ctx context.Context, tx pgx.Tx, id string, version int64) 
 	}, "DELETE FROM "+t.Name+" WHERE id = $1 AND ($2 = 0 OR version = $2)", id, version)
 }
 
-// List returns up to limit resources after the page token, oldest first, and
-// the token of the next page ("" on the last page). A page also ends before
-// the resource that would take its encoded size over maxBytes; it holds at
-// least one.
-func (t Table) List(ctx context.Context, q Querier, pageToken string, limit, maxBytes int, newMsg func() proto.Message) ([]proto.Message, string, error) {
-	after, err := PageAfter(pageToken)
-	if err != nil {
-		return nil, "", err
+// ListQuery narrows and orders a list (Table.List); its zero value lists
+// every resource, oldest first.
+type ListQuery struct {
+	// Where are conditions on the table's columns, all of which a resource
+	// must meet.
+	Where []Cond
+	// ByName orders by name, byte by byte, instead of oldest first.
+	ByName bool
+	// Skip leaves out this many resources before the page (after the page
+	// token's).
+	Skip int
+}
+
+// Cond is one SQL condition; it writes each of its Args as ?.
+type Cond struct {
+	SQL  string
+	Args []any
+}
+
+// where is q's conditions as SQL (with "WHERE" if there are any) and their
+// arguments, numbered from $(len(args)+1).
+func (q ListQuery) where(args []any) (string, []any) {
+	var parts []string
+	for _, c := range q.Where {
+		sql := c.SQL
+		for _, a := range c.Args {
+			args = append(args, a)
+			sql = strings.Replace(sql, "?", fmt.Sprintf("$%d", len(args)), 1)
+		}
+		parts = append(parts, "("+sql+")")
 	}
-	rows, err := q.Query(ctx, "SELECT spec, id::text, version, created_at, updated_at FROM "+t.Name+
-		" WHERE id > $1 ORDER BY id LIMIT $2", after, limit+1)
+	if len(parts) == 0 {
+		return "", args
+	}
+	return " WHERE " + strings.Join(parts, " AND "), args
+}
+
+// digest names q's conditions and order (not its Skip) in its page tokens,
+// so a token is not taken for a list it did not come from. "" for the zero
+// query, whose tokens are the resource's id alone.
+func (q ListQuery) digest() string {
+	if len(q.Where) == 0 && !q.ByName {
+		return ""
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%t", q.ByName)
+	for _, c := range q.Where {
+		fmt.Fprintf(h, "\x00%s", c.SQL)
+		for _, a := range c.Args {
+			fmt.Fprintf(h, "\x00%v", a)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// List returns up to limit resources that meet q after the page token, in
+// q's order, and the token of the next page ("" on the last page). A page
+// also ends before the resource that would take its encoded size over
+// maxBytes; it holds at least one.
+func (t Table) List(ctx context.Context, db Querier, q ListQuery, pageToken string, limit, maxBytes int, newMsg func() proto.Message) ([]proto.Message, string, error) {
+	key, order := "id", "id"
+	if q.ByName {
+		key, order = `name COLLATE "C"`, "name"
+	}
+	var args []any
+	digest := q.digest()
+	if pageToken != "" {
+		after, err := pageAfter(pageToken, digest)
+		if err != nil {
+			return nil, "", err
+		}
+		q.Where = append(slices.Clip(q.Where), Cond{SQL: key + " > ?", Args: []any{after}})
+	}
+	where, args := q.where(args)
+	args = append(args, limit+1, q.Skip)
+	rows, err := db.Query(ctx, fmt.Sprintf("SELECT spec, id::text, version, created_at, updated_at FROM %s%s ORDER BY %s LIMIT $%d OFFSET $%d",
+		t.Name, where, key, len(args)-1, len(args)), args...)
 	if err != nil {
 		return nil, "", fmt.Errorf("list %s: %w", t.Name, err)
 	}
@@ -249,9 +318,19 @@ func (t Table) List(ctx context.Context, q Querier, pageToken string, limit, max
 		out, full = out[:limit], true
 	}
 	if full {
-		next = PageToken(getString(out[len(out)-1], "id"))
+		next = tokenAfter(getString(out[len(out)-1], order), digest)
 	}
 	return out, next, nil
+}
+
+// Count is how many resources meet q's conditions.
+func (t Table) Count(ctx context.Context, db Querier, q ListQuery) (int64, error) {
+	where, args := q.where(nil)
+	var n int64
+	if err := db.QueryRow(ctx, "SELECT count(*) FROM "+t.Name+where, args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count %s: %w", t.Name, err)
+	}
+	return n, nil
 }
 
 // PageAfter is the id a list page token says to go on after (the nil
@@ -261,18 +340,44 @@ func PageAfter(pageToken string) (string, error) {
 	if pageToken == "" {
 		return "00000000-0000-0000-0000-000000000000", nil
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(pageToken)
-	if err == nil {
-		_, err = uuid.Parse(string(raw))
-	}
+	return pageAfter(pageToken, "")
+}
+
+// pageAfter is the key a page token of the list named by digest says to go
+// on after.
+func pageAfter(token, digest string) (string, error) {
+	bad := apierr.Invalid("pageToken", "is not a token from a previous response")
+	raw, err := base64.RawURLEncoding.DecodeString(token)
 	if err != nil {
-		return "", apierr.Invalid("pageToken", "is not a token from a previous response")
+		return "", bad
 	}
-	return string(raw), nil
+	key := string(raw)
+	if digest == "" {
+		if _, err := uuid.Parse(key); err != nil {
+			return "", bad
+		}
+		return key, nil
+	}
+	d, key, ok := strings.Cut(key, ":")
+	if !ok {
+		return "", bad
+	}
+	if d != digest {
+		return "", apierr.Invalid("pageToken", "comes from a list with other filters or another order: ask again with the same ones, or without the token")
+	}
+	return key, nil
 }
 
 // PageToken is the token of the page after the item with this id.
-func PageToken(lastID string) string { return base64.RawURLEncoding.EncodeToString([]byte(lastID)) }
+func PageToken(lastID string) string { return tokenAfter(lastID, "") }
+
+// tokenAfter is the token of the page after key in the list named by digest.
+func tokenAfter(key, digest string) string {
+	if digest != "" {
+		key = digest + ":" + key
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(key))
+}
 
 func (t Table) extra(m proto.Message) []Column {
 	if t.Extra == nil {

@@ -212,12 +212,12 @@ func get[T resource](ctx context.Context, a *App, k kind[T], id string) (T, erro
 	return v, nil
 }
 
-func list[T resource](ctx context.Context, a *App, k kind[T], pageSize int32, pageToken string) ([]T, string, error) {
+func list[T resource](ctx context.Context, a *App, k kind[T], q adapters.ListQuery, pageSize int32, pageToken string) ([]T, string, error) {
 	n, err := pageSizeOf(pageSize)
 	if err != nil {
 		return nil, "", err
 	}
-	ms, next, err := k.table.List(ctx, a.pool, pageToken, n, MaxPageBytes, func() proto.Message { return k.new() })
+	ms, next, err := k.table.List(ctx, a.pool, q, pageToken, n, MaxPageBytes, func() proto.Message { return k.new() })
 	return as[T](ms), next, err
 }
 

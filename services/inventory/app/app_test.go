@@ -564,3 +564,144 @@ func TestGetInstancesReadsManyAtOnce(t *testing.T) {
 		t.Errorf("257 ids: %v; want an error naming ids", err)
 	}
 }
+
+// TestInstanceListsFilterSearchAndOrder: a list of instances is narrowed
+// by state, kind, network, template and a search of names, ids and
+// addresses, ordered by name or oldest first, paged through with tokens
+// bound to its filters, skipped into, and counted across its pages; bad
+// filters name their field.
+func TestInstanceListsFilterSearchAndOrder(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a, first := newApp(t) // "i", design, created
+	net2, err := a.CreateNetwork(ctx, "test", &inventoryv1.Network{Name: "n2", Provider: "local", HttpsStrategy: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tpl2, err := a.CreateTemplate(ctx, "test", &inventoryv1.Template{Name: "t2", Provider: "local", DataDiskGb: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Names out of creation order, so the two orders differ.
+	mk := func(name, kind, net, tpl string) *inventoryv1.Instance {
+		t.Helper()
+		in, err := a.CreateInstance(ctx, "test", &inventoryv1.Instance{Name: name, Kind: kind, TemplateId: tpl, NetworkId: net})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
+	zeta := mk("zeta", "automation", first.GetNetworkId(), first.GetTemplateId())
+	alpha := mk("alpha", "design", net2.GetId(), first.GetTemplateId())
+	mk("a-b", "deployer", first.GetNetworkId(), tpl2.GetId())
+	axb := mk("axb", "design", first.GetNetworkId(), first.GetTemplateId())
+	// A DNS name with LIKE's wildcards in it, and one they would match.
+	if _, err := a.RecordState(ctx, "test", &inventoryv1.RecordStateRequest{Id: zeta.GetId(), State: "failed", StateDetail: "no room",
+		Addresses: &inventoryv1.Addresses{PrivateDns: "ip_10%.internal"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.RecordState(ctx, "test", &inventoryv1.RecordStateRequest{Id: axb.GetId(), Addresses: &inventoryv1.Addresses{PrivateDns: "ipx10y.internal"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.RecordState(ctx, "test", &inventoryv1.RecordStateRequest{Id: alpha.GetId(), State: "running", VmId: "vm-77",
+		Addresses: &inventoryv1.Addresses{PrivateIp: "10.9.8.7", Url: "https://Alpha.example:8443"}}); err != nil {
+		t.Fatal(err)
+	}
+	names := func(r *inventoryv1.ListInstancesRequest) ([]string, int32) {
+		t.Helper()
+		resp, err := a.ListInstances(ctx, r)
+		if err != nil {
+			t.Fatalf("%v: %v", r, err)
+		}
+		var out []string
+		for _, in := range resp.GetInstances() {
+			out = append(out, in.GetName())
+		}
+		return out, resp.GetTotalSize()
+	}
+	for _, c := range []struct {
+		name  string
+		r     *inventoryv1.ListInstancesRequest
+		want  string
+		total int32
+	}{
+		{"everything, oldest first", &inventoryv1.ListInstancesRequest{}, "i zeta alpha a-b axb", 5},
+		{"by name", &inventoryv1.ListInstancesRequest{OrderBy: "name"}, "a-b alpha axb i zeta", 5},
+		{"a state", &inventoryv1.ListInstancesRequest{State: "failed"}, "zeta", 1},
+		{"a kind", &inventoryv1.ListInstancesRequest{Kind: "design", OrderBy: "name"}, "alpha axb i", 3},
+		{"a network", &inventoryv1.ListInstancesRequest{NetworkId: net2.GetId()}, "alpha", 1},
+		{"a template", &inventoryv1.ListInstancesRequest{TemplateId: tpl2.GetId()}, "a-b", 1},
+		{"two filters", &inventoryv1.ListInstancesRequest{Kind: "design", NetworkId: first.GetNetworkId(), OrderBy: "name"}, "axb i", 2},
+		{"wildcards are text", &inventoryv1.ListInstancesRequest{Query: "p_10%"}, "zeta", 1},
+		{"a VM id", &inventoryv1.ListInstancesRequest{Query: "VM-77"}, "alpha", 1},
+		{"an address", &inventoryv1.ListInstancesRequest{Query: " 10.9.8 "}, "alpha", 1},
+		{"the node's URL, any case", &inventoryv1.ListInstancesRequest{Query: "alpha.EXAMPLE"}, "alpha", 1},
+		{"an id", &inventoryv1.ListInstancesRequest{Query: zeta.GetId()[24:]}, "zeta", 1},
+		{"nothing matches", &inventoryv1.ListInstancesRequest{Query: "nowhere"}, "", 0},
+		{"skipped into", &inventoryv1.ListInstancesRequest{OrderBy: "name", Skip: 3}, "i zeta", 5},
+	} {
+		if got, total := names(c.r); strings.Join(got, " ") != c.want || total != c.total {
+			t.Errorf("%s: %q (total %d); want %q (total %d)", c.name, got, total, c.want, c.total)
+		}
+	}
+
+	// Paging by name, two at a time, with the filter kept.
+	var got []string
+	r := &inventoryv1.ListInstancesRequest{OrderBy: "name", NetworkId: first.GetNetworkId(), PageSize: 2}
+	for pages := 0; ; pages++ {
+		resp, err := a.ListInstances(ctx, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.GetTotalSize() != 4 {
+			t.Errorf("page %d: total %d; want 4", pages, resp.GetTotalSize())
+		}
+		for _, in := range resp.GetInstances() {
+			got = append(got, in.GetName())
+		}
+		if resp.GetNextPageToken() == "" {
+			break
+		}
+		if pages > 3 {
+			t.Fatal("paging does not end")
+		}
+		// The token belongs to this filter and order.
+		for _, other := range []*inventoryv1.ListInstancesRequest{
+			{OrderBy: "name", NetworkId: net2.GetId(), PageToken: resp.GetNextPageToken()},
+			{NetworkId: first.GetNetworkId(), PageToken: resp.GetNextPageToken()},
+		} {
+			if _, err := a.ListInstances(ctx, other); fieldOf(err) != "pageToken" {
+				t.Errorf("a token with another filter or order: %v; want an error naming pageToken", err)
+			}
+		}
+		r.PageToken = resp.GetNextPageToken()
+	}
+	if strings.Join(got, " ") != "a-b axb i zeta" {
+		t.Errorf("paged by name: %q", got)
+	}
+
+	for field, r := range map[string]*inventoryv1.ListInstancesRequest{
+		"state":      {State: "sleeping"},
+		"kind":       {Kind: "robot"},
+		"networkId":  {NetworkId: "n2"},
+		"templateId": {TemplateId: "t"},
+		"query":      {Query: strings.Repeat("x", 201)},
+		"orderBy":    {OrderBy: "age"},
+		"skip":       {Skip: -1},
+		"pageSize":   {PageSize: 501},
+		"pageToken":  {PageToken: "not-a-token"},
+	} {
+		if _, err := a.ListInstances(ctx, r); fieldOf(err) != field {
+			t.Errorf("%v: %v; want an error naming %s", r, err, field)
+		}
+	}
+}
+
+// fieldOf is the field an invalid-input error names ("" for any other).
+func fieldOf(err error) string {
+	var e *apierr.Error
+	if errors.As(err, &e) && e.Kind == apierr.KindInvalid {
+		return e.Field
+	}
+	return ""
+}

@@ -118,7 +118,7 @@ func (a *App) GetCloudAccount(ctx context.Context, id string) (*inventoryv1.Clou
 
 // ListCloudAccounts lists cloud accounts, oldest first.
 func (a *App) ListCloudAccounts(ctx context.Context, pageSize int32, pageToken string) ([]*inventoryv1.CloudAccount, string, error) {
-	return list(ctx, a, cloudAccounts, pageSize, pageToken)
+	return list(ctx, a, cloudAccounts, adapters.ListQuery{}, pageSize, pageToken)
 }
 
 // UpdateCloudAccount changes the masked fields of a cloud account at its

@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"math"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
@@ -110,7 +112,7 @@ func (a *App) GetNetwork(ctx context.Context, id string) (*inventoryv1.Network, 
 
 // ListNetworks lists networks, oldest first.
 func (a *App) ListNetworks(ctx context.Context, pageSize int32, pageToken string) ([]*inventoryv1.Network, string, error) {
-	return list(ctx, a, networks, pageSize, pageToken)
+	return list(ctx, a, networks, adapters.ListQuery{}, pageSize, pageToken)
 }
 
 // UpdateNetwork changes the masked fields of a network at n's version.
@@ -144,7 +146,7 @@ func (a *App) GetTemplate(ctx context.Context, id string) (*inventoryv1.Template
 
 // ListTemplates lists templates, oldest first.
 func (a *App) ListTemplates(ctx context.Context, pageSize int32, pageToken string) ([]*inventoryv1.Template, string, error) {
-	return list(ctx, a, templates, pageSize, pageToken)
+	return list(ctx, a, templates, adapters.ListQuery{}, pageSize, pageToken)
 }
 
 // UpdateTemplate changes the masked fields of a template at t's version.
@@ -190,13 +192,24 @@ func (a *App) GetInstances(ctx context.Context, ids []string) ([]*inventoryv1.In
 	return ins, a.withLiveness(ctx, ins...)
 }
 
-// ListInstances lists instances, oldest first.
-func (a *App) ListInstances(ctx context.Context, pageSize int32, pageToken string) ([]*inventoryv1.Instance, string, error) {
-	ins, next, err := list(ctx, a, instances, pageSize, pageToken)
-	if err != nil {
-		return nil, "", err
+// ListInstances lists the instances r's filters let through, oldest first
+// or by name, and says how many there are in all pages.
+func (a *App) ListInstances(ctx context.Context, r *inventoryv1.ListInstancesRequest) (*inventoryv1.ListInstancesResponse, error) {
+	if err := domain.ValidateInstanceList(r); err != nil {
+		return nil, err
 	}
-	return ins, next, a.withLiveness(ctx, ins...)
+	q := adapters.InstanceFilter{State: r.GetState(), Kind: r.GetKind(), NetworkID: r.GetNetworkId(), TemplateID: r.GetTemplateId(),
+		Text: strings.TrimSpace(r.GetQuery()), ByName: r.GetOrderBy() == "name", Skip: int(r.GetSkip())}.Query()
+	ins, next, err := list(ctx, a, instances, q, r.GetPageSize(), r.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	total, err := instances.table.Count(ctx, a.pool, q)
+	if err != nil {
+		return nil, err
+	}
+	return &inventoryv1.ListInstancesResponse{Instances: ins, NextPageToken: next, TotalSize: int32(min(total, math.MaxInt32))},
+		a.withLiveness(ctx, ins...)
 }
 
 // UpdateInstance changes the masked fields of an instance at in's version.

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -55,6 +56,46 @@ func oneOf[T ~string](field, v string, allowed []T) error {
 		return apierr.Invalid(field, "is required (one of %s)", strings.Join(words, ", "))
 	}
 	return apierr.Invalid(field, "%q is not one of %s", v, strings.Join(words, ", "))
+}
+
+// Bounds of an instance list's search.
+const (
+	MaxInstanceQuery = 200
+	MaxInstanceSkip  = 1_000_000
+)
+
+// ValidateInstanceList checks a list of instances' filters, order and skip.
+func ValidateInstanceList(r *inventoryv1.ListInstancesRequest) error {
+	if v := r.GetState(); v != "" {
+		if err := oneOf("state", v, vocab.States); err != nil {
+			return err
+		}
+	}
+	if v := r.GetKind(); v != "" {
+		if err := oneOf("kind", v, vocab.InstanceKinds); err != nil {
+			return err
+		}
+	}
+	if v := r.GetNetworkId(); v != "" {
+		if err := apierr.CheckID("networkId", v); err != nil {
+			return err
+		}
+	}
+	if v := r.GetTemplateId(); v != "" {
+		if err := apierr.CheckID("templateId", v); err != nil {
+			return err
+		}
+	}
+	if n := utf8.RuneCountInString(strings.TrimSpace(r.GetQuery())); n > MaxInstanceQuery {
+		return apierr.Invalid("query", "is %d characters long; at most %d are allowed", n, MaxInstanceQuery)
+	}
+	if v := r.GetOrderBy(); v != "" && v != "name" {
+		return apierr.Invalid("orderBy", "%q is not an order: use \"name\", or leave it out for the oldest first", v)
+	}
+	if v := r.GetSkip(); v < 0 || v > MaxInstanceSkip {
+		return apierr.Invalid("skip", "%d is out of range: must be between 0 and %d", v, MaxInstanceSkip)
+	}
+	return nil
 }
 
 // ValidateName checks a resource name.

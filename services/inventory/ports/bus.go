@@ -102,8 +102,7 @@ func Serve(nc *nats.Conn, a *app.App, db Pinger, log *slog.Logger, tp trace.Trac
 			return &inventoryv1.GetInstancesResponse{Instances: items}, err
 		}),
 		rpc.Handle(s, endpoints.InstanceList, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.ListInstancesRequest) (*inventoryv1.ListInstancesResponse, error) {
-			items, next, err := a.ListInstances(ctx, r.GetPageSize(), r.GetPageToken())
-			return &inventoryv1.ListInstancesResponse{Instances: items, NextPageToken: next}, err
+			return a.ListInstances(ctx, r)
 		}),
 		rpc.Handle(s, endpoints.InstanceUpdate, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.UpdateInstanceRequest) (*inventoryv1.Instance, error) {
 			return a.UpdateInstance(ctx, actor, r.GetInstance(), r.GetUpdateMask().GetPaths())

@@ -1242,9 +1242,29 @@ func (x *GetInstancesResponse) GetInstances() []*Instance {
 }
 
 type ListInstancesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	PageSize      int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Maximum number of instances, 1-500; 0 means 50.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Token from a previous response's next_page_token, asked with the same
+	// filters and order.
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only instances in this state ("running", "failed", ...).
+	State string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	// Only instances of this kind ("design", "automation" or "deployer").
+	Kind string `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Only instances in this network.
+	NetworkId string `protobuf:"bytes,5,opt,name=network_id,json=networkId,proto3" json:"network_id,omitempty"`
+	// Only instances made from this template.
+	TemplateId string `protobuf:"bytes,6,opt,name=template_id,json=templateId,proto3" json:"template_id,omitempty"`
+	// Only instances whose name, id, VM id or one of whose addresses (IPs,
+	// DNS names, hostname, node URL) holds this text, ignoring case; at most
+	// 200 characters.
+	Query string `protobuf:"bytes,7,opt,name=query,proto3" json:"query,omitempty"`
+	// "" (oldest first) or "name" (by name, byte by byte).
+	OrderBy string `protobuf:"bytes,8,opt,name=order_by,json=orderBy,proto3" json:"order_by,omitempty"`
+	// How many matching instances to leave out before the page (after the
+	// page token's position, if one is given), at most 1000000.
+	Skip          int32 `protobuf:"varint,9,opt,name=skip,proto3" json:"skip,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1293,10 +1313,61 @@ func (x *ListInstancesRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListInstancesRequest) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *ListInstancesRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ListInstancesRequest) GetNetworkId() string {
+	if x != nil {
+		return x.NetworkId
+	}
+	return ""
+}
+
+func (x *ListInstancesRequest) GetTemplateId() string {
+	if x != nil {
+		return x.TemplateId
+	}
+	return ""
+}
+
+func (x *ListInstancesRequest) GetQuery() string {
+	if x != nil {
+		return x.Query
+	}
+	return ""
+}
+
+func (x *ListInstancesRequest) GetOrderBy() string {
+	if x != nil {
+		return x.OrderBy
+	}
+	return ""
+}
+
+func (x *ListInstancesRequest) GetSkip() int32 {
+	if x != nil {
+		return x.Skip
+	}
+	return 0
+}
+
 type ListInstancesResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Instances     []*Instance            `protobuf:"bytes,1,rep,name=instances,proto3" json:"instances,omitempty"`
 	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// How many instances match the filters, across all pages.
+	TotalSize     int32 `protobuf:"varint,3,opt,name=total_size,json=totalSize,proto3" json:"total_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1343,6 +1414,13 @@ func (x *ListInstancesResponse) GetNextPageToken() string {
 		return x.NextPageToken
 	}
 	return ""
+}
+
+func (x *ListInstancesResponse) GetTotalSize() int32 {
+	if x != nil {
+		return x.TotalSize
+	}
+	return 0
 }
 
 type ListInstanceLogsRequest struct {
@@ -2307,14 +2385,25 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x13GetInstancesRequest\x12\x10\n" +
 	"\x03ids\x18\x01 \x03(\tR\x03ids\"U\n" +
 	"\x14GetInstancesResponse\x12=\n" +
-	"\tinstances\x18\x01 \x03(\v2\x1f.flotilla.inventory.v1.InstanceR\tinstances\"R\n" +
+	"\tinstances\x18\x01 \x03(\v2\x1f.flotilla.inventory.v1.InstanceR\tinstances\"\x81\x02\n" +
 	"\x14ListInstancesRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"~\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x12\n" +
+	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x1d\n" +
+	"\n" +
+	"network_id\x18\x05 \x01(\tR\tnetworkId\x12\x1f\n" +
+	"\vtemplate_id\x18\x06 \x01(\tR\n" +
+	"templateId\x12\x14\n" +
+	"\x05query\x18\a \x01(\tR\x05query\x12\x19\n" +
+	"\border_by\x18\b \x01(\tR\aorderBy\x12\x12\n" +
+	"\x04skip\x18\t \x01(\x05R\x04skip\"\x9d\x01\n" +
 	"\x15ListInstancesResponse\x12=\n" +
 	"\tinstances\x18\x01 \x03(\v2\x1f.flotilla.inventory.v1.InstanceR\tinstances\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbf\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1d\n" +
+	"\n" +
+	"total_size\x18\x03 \x01(\x05R\ttotalSize\"\xbf\x01\n" +
 	"\x17ListInstanceLogsRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +

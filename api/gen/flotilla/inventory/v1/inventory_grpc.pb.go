@@ -895,7 +895,8 @@ type InstanceServiceClient interface {
 	CreateInstance(ctx context.Context, in *CreateInstanceRequest, opts ...grpc.CallOption) (*Instance, error)
 	// GetInstance reads one instance.
 	GetInstance(ctx context.Context, in *GetInstanceRequest, opts ...grpc.CallOption) (*Instance, error)
-	// ListInstances lists instances, ordered by creation.
+	// ListInstances lists instances, oldest first or by name, narrowed by
+	// state, kind, network, template and a search of names, ids and addresses.
 	ListInstances(ctx context.Context, in *ListInstancesRequest, opts ...grpc.CallOption) (*ListInstancesResponse, error)
 	// UpdateInstance changes the fields present in the body; instance.version must match.
 	UpdateInstance(ctx context.Context, in *UpdateInstanceRequest, opts ...grpc.CallOption) (*Instance, error)
@@ -1097,7 +1098,8 @@ type InstanceServiceServer interface {
 	CreateInstance(context.Context, *CreateInstanceRequest) (*Instance, error)
 	// GetInstance reads one instance.
 	GetInstance(context.Context, *GetInstanceRequest) (*Instance, error)
-	// ListInstances lists instances, ordered by creation.
+	// ListInstances lists instances, oldest first or by name, narrowed by
+	// state, kind, network, template and a search of names, ids and addresses.
 	ListInstances(context.Context, *ListInstancesRequest) (*ListInstancesResponse, error)
 	// UpdateInstance changes the fields present in the body; instance.version must match.
 	UpdateInstance(context.Context, *UpdateInstanceRequest) (*Instance, error)
