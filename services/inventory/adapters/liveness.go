@@ -88,3 +88,29 @@ func DeleteOrphanBeats(ctx context.Context, q Querier) (int64, error) {
 	}
 	return tag.RowsAffected(), nil
 }
+
+// UpdateTimes reads when the instances ids' rows were last written, by
+// instance id; an instance that no longer exists is left out.
+func UpdateTimes(ctx context.Context, q Querier, ids []string) (map[string]time.Time, error) {
+	out := make(map[string]time.Time, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	rows, err := q.Query(ctx, `SELECT id::text, updated_at FROM instances WHERE id = ANY($1::uuid[])`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("read when %d instances changed: %w", len(ids), err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var at time.Time
+		if err := rows.Scan(&id, &at); err != nil {
+			return nil, fmt.Errorf("read when %d instances changed: %w", len(ids), err)
+		}
+		out[id] = at
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read when %d instances changed: %w", len(ids), err)
+	}
+	return out, nil
+}

@@ -705,3 +705,97 @@ func fieldOf(err error) string {
 	}
 	return ""
 }
+
+// rowReads counts the reads of one instance's row (the spec) a pool's
+// connections send.
+type rowReads struct {
+	id string
+	n  atomic.Int64
+}
+
+func (r *rowReads) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	if strings.HasPrefix(d.SQL, "SELECT spec") && len(d.Args) > 0 && d.Args[0] == r.id {
+		r.n.Add(1)
+	}
+	return ctx
+}
+
+func (r *rowReads) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// TestSteadyHeartbeatsReadTheRowOnce: an agent that keeps beating has its
+// instance row read once, not again every little while (each flush
+// confirms in one query, for every agent whose beats it wrote, that their
+// rows are as they were); a change another inventory process makes to the
+// row is noticed at the next flush, and the next heartbeat after it is
+// written to the row.
+func TestSteadyHeartbeatsReadTheRowOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := testkit.NewDatabase(t)
+	clock := newTestClock()
+	cfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reads := &rowReads{}
+	cfg.ConnConfig.Tracer = reads
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := adapters.Migrate(ctx, pool, nil); err != nil {
+		t.Fatal(err)
+	}
+	a, in := newAppOn(t, pool, app.WithClock(clock.now))
+	other := app.New(pool, slog.New(slog.DiscardHandler), app.WithClock(clock.now))
+	reads.id = in.GetId()
+	observe := func(a *app.App, ev *agentv1.AgentEvent) {
+		t.Helper()
+		ev.InstanceId, ev.Time = in.GetId(), timestamppb.New(clock.now())
+		if err := a.Observe(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	beat := func() {
+		observe(a, &agentv1.AgentEvent{Body: &agentv1.AgentEvent_Heartbeat{Heartbeat: &agentv1.Heartbeat{DiskUsedBytes: 1, DiskTotalBytes: 1 << 30}}})
+	}
+	status := func() string {
+		t.Helper()
+		got, err := other.GetInstance(ctx, in.GetId())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.GetAgent().GetStatus()
+	}
+	flush := func() {
+		t.Helper()
+		if err := a.FlushHeartbeats(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	observe(a, &agentv1.AgentEvent{Body: &agentv1.AgentEvent_Connected{Connected: &agentv1.Hello{AgentVersion: "1.0.0", VmId: "vm-1"}}})
+	beat() // the first beat writes the disk's size to the row
+	start := reads.n.Load()
+	for range 60 { // ten minutes of beats every 10 s, a flush after each
+		clock.advance(10 * time.Second)
+		beat()
+		flush()
+	}
+	if n := reads.n.Load() - start; n != 0 {
+		t.Errorf("ten minutes of steady heartbeats read the instance row %d times; want none", n)
+	}
+
+	// Another inventory process marks the agent disconnected (it saw no
+	// beat); this one's next beat is held, its flush notices the change,
+	// and the beat after that is written.
+	clock.advance(10 * time.Second)
+	observe(other, &agentv1.AgentEvent{Body: &agentv1.AgentEvent_Disconnected{Disconnected: &agentv1.Disconnected{Reason: "no heartbeat"}}})
+	beat()
+	flush()
+	clock.advance(10 * time.Second)
+	beat()
+	if s := status(); s != "connected" {
+		t.Fatalf("after another process marked it disconnected, a flush and a beat: %s; want connected", s)
+	}
+}

@@ -26,9 +26,13 @@ const (
 	// HeartbeatFlushInterval is how often held heartbeats are written.
 	HeartbeatFlushInterval = 2 * time.Second
 	// knownFor is how long this process trusts what it last read or wrote
-	// of an instance's agent before reading the row again: with several
-	// inventory processes, another may have changed it meanwhile.
-	knownFor = 30 * time.Second
+	// of an instance's agent, unconfirmed, before reading the row again:
+	// with several inventory processes, another may have changed it
+	// meanwhile. Each flush confirms what is known of the agents whose
+	// beats it wrote (one query: is each row as it was when learnt?), so
+	// an agent that keeps beating here is read once, and a change another
+	// process made is noticed at the next flush after a beat.
+	knownFor = 2 * time.Minute
 	// diskStep is the smallest change of disk usage written to the row:
 	// the larger of 64 MiB and 1 % of the disk.
 	diskStep = 64 << 20
@@ -42,11 +46,13 @@ type liveness struct {
 	pending map[string]adapters.Beat
 }
 
-// knownAgent is what an instance row shows of its agent.
+// knownAgent is what an instance row shows of its agent, as of the row's
+// update time updated; learnt is when this process read, wrote or last
+// confirmed it.
 type knownAgent struct {
 	status, version, vmID, url, privateIP string
 	diskUsed, diskTotal                   int64
-	learnt                                time.Time
+	updated, learnt                       time.Time
 }
 
 func newLiveness() *liveness {
@@ -56,7 +62,8 @@ func newLiveness() *liveness {
 // remember records what an instance row now shows.
 func (l *liveness) remember(in *inventoryv1.Instance, now time.Time) {
 	k := knownAgent{status: in.GetAgent().GetStatus(), version: in.GetAgent().GetVersion(), vmID: in.GetAgent().GetVmId(), url: in.GetAddresses().GetUrl(),
-		privateIP: in.GetAddresses().GetPrivateIp(), diskUsed: in.GetDataDisk().GetUsedBytes(), diskTotal: in.GetDataDisk().GetTotalBytes(), learnt: now}
+		privateIP: in.GetAddresses().GetPrivateIp(), diskUsed: in.GetDataDisk().GetUsedBytes(), diskTotal: in.GetDataDisk().GetTotalBytes(),
+		updated: in.GetUpdateTime().AsTime(), learnt: now}
 	l.mu.Lock()
 	l.known[in.GetId()] = k
 	l.mu.Unlock()
@@ -78,6 +85,27 @@ func (l *liveness) knownOf(id string, now time.Time) (knownAgent, bool) {
 		return knownAgent{}, false
 	}
 	return k, ok
+}
+
+// confirm keeps what is known of the agents of ids whose rows are as they
+// were when it was learnt (updated: each row's update time, read after
+// learnt), from now, and forgets the rest: another process changed their
+// rows, or deleted them.
+func (l *liveness) confirm(ids []string, updated map[string]time.Time, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, id := range ids {
+		k, ok := l.known[id]
+		if !ok {
+			continue
+		}
+		if u, found := updated[id]; found && u.Equal(k.updated) {
+			k.learnt = now
+			l.known[id] = k
+		} else {
+			delete(l.known, id)
+		}
+	}
 }
 
 // hold keeps a beat for the next flush (the newest per instance).
@@ -178,6 +206,8 @@ func (a *App) reconnected(ctx context.Context, id string, hello *agentv1.Hello, 
 
 // FlushHeartbeats writes the heartbeats held since the last flush; beats
 // that could not be written are held again, unless newer ones came.
+//
+// It then confirms what this process knows of those agents (see knownFor).
 func (a *App) FlushHeartbeats(ctx context.Context) error {
 	beats := a.live.take()
 	if err := adapters.UpsertBeats(ctx, a.pool, beats); err != nil {
@@ -186,6 +216,19 @@ func (a *App) FlushHeartbeats(ctx context.Context) error {
 		}
 		return err
 	}
+	if len(beats) == 0 {
+		return nil
+	}
+	ids := make([]string, len(beats))
+	for i, b := range beats {
+		ids[i] = b.InstanceID
+	}
+	now := a.now()
+	updated, err := adapters.UpdateTimes(ctx, a.pool, ids)
+	if err != nil {
+		return err // what is known expires unconfirmed
+	}
+	a.live.confirm(ids, updated, now)
 	return nil
 }
 
