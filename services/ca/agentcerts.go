@@ -36,6 +36,7 @@ const AgentCertsBucket = subjects.AgentCertsBucket
 // bucket.
 type agentCerts struct {
 	kv jetstream.KeyValue
+	js jetstream.JetStream
 }
 
 func newAgentCerts(ctx context.Context, js jetstream.JetStream, replicas int) (*agentCerts, error) {
@@ -50,13 +51,15 @@ func newAgentCerts(ctx context.Context, js jetstream.JetStream, replicas int) (*
 	if err != nil {
 		return nil, err
 	}
-	return &agentCerts{kv: kv}, nil
+	return &agentCerts{kv: kv, js: js}, nil
 }
 
 // get returns the instance's record and its revision; a missing record is
-// nil at revision 0.
+// nil at revision 0. It reads from the bucket's leader: a replica a moment
+// behind would still show a serial just revoked, or no record for a VM
+// that just joined.
 func (c *agentCerts) get(ctx context.Context, id string) (*cav1.AgentCertRecord, uint64, error) {
-	e, err := c.kv.Get(ctx, id)
+	val, rev, err := bus.GetLatest(ctx, c.js, AgentCertsBucket, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, nil
 	}
@@ -64,10 +67,10 @@ func (c *agentCerts) get(ctx context.Context, id string) (*cav1.AgentCertRecord,
 		return nil, 0, fmt.Errorf("read agent certificates of %s: %w", id, err)
 	}
 	rec := &cav1.AgentCertRecord{}
-	if err := proto.Unmarshal(e.Value(), rec); err != nil {
+	if err := proto.Unmarshal(val, rec); err != nil {
 		return nil, 0, fmt.Errorf("decode agent certificates of %s: %w", id, err)
 	}
-	return rec, e.Revision(), nil
+	return rec, rev, nil
 }
 
 // put stores rec if the record is still at revision (0: absent); a

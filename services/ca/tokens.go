@@ -46,6 +46,7 @@ var errBadToken = apierr.Unauthenticated("join token is invalid, expired or alre
 // joinTokens keeps join tokens in a KV bucket.
 type joinTokens struct {
 	kv jetstream.KeyValue
+	js jetstream.JetStream
 }
 
 // tokenRecord is a stored join token.
@@ -71,7 +72,7 @@ func newJoinTokens(ctx context.Context, js jetstream.JetStream, replicas int) (*
 	if err != nil {
 		return nil, err
 	}
-	return &joinTokens{kv: kv}, nil
+	return &joinTokens{kv: kv, js: js}, nil
 }
 
 // create stores a new token for instanceID and returns it.
@@ -95,7 +96,8 @@ func (t *joinTokens) lookup(ctx context.Context, token string) (*tokenRecord, er
 		return nil, errBadToken
 	}
 	key := tokenKey(token)
-	e, err := t.kv.Get(ctx, key)
+	// From the leader: a token minted a moment ago is there.
+	val, rev, err := bus.GetLatest(ctx, t.js, JoinTokensBucket, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, errBadToken
 	}
@@ -103,10 +105,10 @@ func (t *joinTokens) lookup(ctx context.Context, token string) (*tokenRecord, er
 		return nil, fmt.Errorf("look up join token: %w", err)
 	}
 	var rec tokenRecord
-	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+	if err := json.Unmarshal(val, &rec); err != nil {
 		return nil, fmt.Errorf("decode join token %s: %w", key, err)
 	}
-	rec.key, rec.revision = key, e.Revision()
+	rec.key, rec.revision = key, rev
 	return &rec, nil
 }
 
