@@ -11,8 +11,10 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"flotilla.dev/flotilla/agent"
 	"flotilla.dev/flotilla/api/endpoints"
@@ -38,6 +40,15 @@ type api struct {
 // test unless the status is 200.
 func (a *api) do(method, path string, body, out any) {
 	a.t.Helper()
+	if code := a.call(method, path, body, out); code != 200 {
+		a.t.Fatalf("%s %s: %d, unavailable", method, path, code)
+	}
+}
+
+// call is do that answers the API's 503 (unavailable: try again) as its
+// status instead of failing the test.
+func (a *api) call(method, path string, body, out any) int {
+	a.t.Helper()
 	var data []byte
 	if body != nil {
 		var err error
@@ -61,6 +72,10 @@ func (a *api) do(method, path string, body, out any) {
 	if err := json.NewDecoder(resp.Body).Decode(&raw); err != nil {
 		a.t.Fatalf("%s %s: %d, undecodable answer: %v", method, path, resp.StatusCode, err)
 	}
+	if resp.StatusCode == http.StatusServiceUnavailable {
+		a.t.Logf("%s %s: %d %s (trying again)", method, path, resp.StatusCode, raw)
+		return resp.StatusCode
+	}
 	if resp.StatusCode != 200 {
 		a.t.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, raw)
 	}
@@ -69,6 +84,7 @@ func (a *api) do(method, path string, body, out any) {
 			a.t.Fatal(err)
 		}
 	}
+	return resp.StatusCode
 }
 
 type apiLine struct {
@@ -92,6 +108,12 @@ func (a *api) logs(grpcAddr, id string) []*inventoryv1.InstanceLogLine {
 	req := &inventoryv1.ListInstanceLogsRequest{Id: id, PageSize: 5000}
 	for {
 		page, err := client.ListInstanceLogs(ctx, req)
+		for tries := 0; status.Code(err) == codes.Unavailable && tries < 50; tries++ {
+			// A read the stream did not deliver in time: try again, as
+			// the answer says.
+			time.Sleep(200 * time.Millisecond)
+			page, err = client.ListInstanceLogs(ctx, req)
+		}
 		if err != nil {
 			a.t.Fatal(err)
 		}
@@ -157,7 +179,9 @@ func TestAHundredThousandLinesFromOneScriptAllReachTheAPI(t *testing.T) {
 	start := time.Now()
 	waitFor(t, 90*time.Second, "the script's last line in the API", func() bool {
 		var page struct{ Lines []apiLine }
-		op.do("GET", "/api/v1/instances/"+id+"/logs?order=desc&pageSize=200", nil, &page)
+		if op.call("GET", "/api/v1/instances/"+id+"/logs?order=desc&pageSize=200", nil, &page) != 200 {
+			return false // not delivered in time while the lines pour in: try again
+		}
 		for _, l := range page.Lines {
 			if l.Source == agent.SourceSetup && l.Text == strconv.Itoa(n) {
 				return true
