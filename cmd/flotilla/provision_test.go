@@ -58,20 +58,29 @@ func (f *fleet) api(want int, method, path, body string) map[string]any {
 	return out
 }
 
+// raw GETs path and returns the answer's body; anything but 200 fails the
+// test, but a 503 (a log read the stream did not deliver in time) is tried
+// again, as the answer says, for up to 10 s.
 func (f *fleet) raw(path string) []byte {
 	f.t.Helper()
-	req, _ := http.NewRequest("GET", f.url(path), nil)
-	req.Header.Set("Authorization", "Bearer "+f.token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		f.t.Fatal(err)
+	for tries := 0; ; tries++ {
+		req, _ := http.NewRequest("GET", f.url(path), nil)
+		req.Header.Set("Authorization", "Bearer "+f.token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusServiceUnavailable && tries < 40 {
+			time.Sleep(250 * time.Millisecond)
+			continue
+		}
+		if resp.StatusCode != 200 {
+			f.t.Fatalf("GET %s: %d %s", path, resp.StatusCode, b)
+		}
+		return b
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		f.t.Fatalf("GET %s: %d %s", path, resp.StatusCode, b)
-	}
-	return b
 }
 
 // waitState polls the instance until it reaches state (failing on "failed").
