@@ -201,6 +201,7 @@ networkId: lab
 	}
 	c.fails("", []string{`state: "sleeping" is not one of`}, "instances", "list", "--state", "sleeping")
 	c.fails("", []string{"--network", `no network named "nowhere"`}, "instances", "list", "--network", "nowhere")
+	c.fails("", []string{"no instance named"}, "instances", "get", strings.Repeat("x", 201)) // longer than a search may be
 	var asJSON struct {
 		Templates []struct {
 			Name         string

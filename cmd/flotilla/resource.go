@@ -186,8 +186,11 @@ func (s *session) list(ctx context.Context, r *resource, filter url.Values) ([]p
 // holds it, where r's list searches (so a name is found in one short
 // list, not among every item), else all.
 func (s *session) named(ctx context.Context, r *resource, name string) ([]proto.Message, error) {
-	if _, read := s.lists[r]; read || !r.searchable || len(name) > maxSearch {
+	switch _, read := s.lists[r]; {
+	case read || !r.searchable:
 		return s.all(ctx, r)
+	case len(name) > maxSearch:
+		return nil, nil // longer than any name, and than a search may be
 	}
 	return s.list(ctx, r, url.Values{"query": {name}})
 }

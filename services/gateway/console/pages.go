@@ -61,7 +61,7 @@ func (s *session) events(path string, n int) ([]apiEvent, error) {
 }
 
 // instancePage reads page p (from 1) of the instances f lets through, by
-// name, instancesPerPage to a page. Past the last page it reads the last.
+// name, instancesPerPage to a page.
 func (s *session) instancePage(f instanceFilter, p int) (*inventoryv1.ListInstancesResponse, error) {
 	q := f.query()
 	q.Set("orderBy", "name")
@@ -70,9 +70,6 @@ func (s *session) instancePage(f instanceFilter, p int) (*inventoryv1.ListInstan
 	resp := &inventoryv1.ListInstancesResponse{}
 	if err := s.api.get("/api/v1/instances?"+q.Encode(), resp); err != nil {
 		return nil, err
-	}
-	if last := (int(resp.GetTotalSize())-1)/instancesPerPage + 1; p > last && resp.GetTotalSize() > 0 {
-		return s.instancePage(f, last)
 	}
 	return resp, nil
 }
@@ -199,6 +196,14 @@ func (c *Console) instances(w http.ResponseWriter, r *http.Request, s *session) 
 		return
 	}
 	d.Matched, d.Total = int(ins.GetTotalSize()), int(ins.GetTotalSize())
+	d.Pages = max(1, (d.Matched+instancesPerPage-1)/instancesPerPage)
+	if d.Page > d.Pages { // past the last page: show the last
+		d.Page = d.Pages
+		if ins, err = s.instancePage(d.Filter, d.Page); err != nil {
+			c.fail(w, r, s, err)
+			return
+		}
+	}
 	if len(d.Filter.query()) > 0 {
 		all := &inventoryv1.ListInstancesResponse{}
 		if err := s.api.get("/api/v1/instances?pageSize=1", all); err != nil {
@@ -237,8 +242,6 @@ func (c *Console) instances(w http.ResponseWriter, r *http.Request, s *session) 
 	for _, in := range ins.GetInstances() {
 		d.Rows = append(d.Rows, instanceRow{In: in, Network: netName[in.GetNetworkId()], Template: tplName[in.GetTemplateId()]})
 	}
-	d.Pages = max(1, (d.Matched+instancesPerPage-1)/instancesPerPage)
-	d.Page = min(d.Page, d.Pages) // instancePage read the last
 	pageURL := func(p int) string {
 		v := url.Values{}
 		for k, x := range q {
