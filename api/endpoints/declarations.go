@@ -25,7 +25,7 @@ const (
 )
 
 // MaxBatch bounds the items of one request to the endpoints that take many
-// at once (agent.check-many, instance.get-many).
+// at once (agent.check-many, instance.get-many, lifecycle.observe-many).
 const MaxBatch = 256
 
 // endpoint declares "<noun>.<verb>" of service at subjects.Endpoint.
@@ -124,7 +124,9 @@ var (
 	LifecycleRecord = endpoint[*inventoryv1.RecordStateRequest, *inventoryv1.Instance](inventory, subjects.NounLifecycle, subjects.VerbRecord,
 		"records observed state the provisioner has made true", provisioner)
 	LifecycleObserve = endpoint[*agentv1.AgentEvent, *emptypb.Empty](inventory, subjects.NounLifecycle, subjects.VerbObserve,
-		"records an agent's connect, disconnect, heartbeat or progress", agentgw)
+		"records an agent's connect, disconnect, heartbeat or progress, reported for that agent (the form a gateway of an earlier release sends)", agentgw)
+	LifecycleObserveMany = endpoint[*agentv1.AgentEvents, *agentv1.AgentEventResults](inventory, subjects.NounLifecycle, subjects.VerbObserveMany,
+		"records up to 256 agent events (connects, disconnects, heartbeats, progress) from the agent gateway, each agent's in order", agentgw)
 )
 
 // Inventory: users and tokens.

@@ -127,7 +127,7 @@ const (
 	NounServer       = "server"       // ca: server.sign
 	NounSecret       = "secret"       // secrets: secret.create/list/delete/read
 	NounCloudKey     = "cloudkey"     // secrets: cloudkey.put/delete/read
-	NounLifecycle    = "lifecycle"    // inventory: lifecycle.request, lifecycle.observe, lifecycle.record
+	NounLifecycle    = "lifecycle"    // inventory: lifecycle.request, lifecycle.observe(-many), lifecycle.record
 	NounCustomCert   = "customcert"   // ca: customcert.get; provisioner: customcert.refresh
 	NounCertKey      = "certkey"      // secrets: certkey.create/read
 	NounACMEAccount  = "acmeaccount"  // ca, secrets: acmeaccount.get
@@ -135,15 +135,16 @@ const (
 	NounDNSChallenge = "dnschallenge" // provisioner: dnschallenge.put/delete
 	NounTicketKeys   = "ticketkeys"   // ca: ticketkeys.get
 
-	VerbJoin      = "join"
-	VerbSign      = "sign"
-	VerbRead      = "read"
-	VerbRequest   = "request"
-	VerbObserve   = "observe"
-	VerbRecord    = "record"
-	VerbCheckMany = "check-many"
-	VerbPut       = "put"
-	VerbRefresh   = "refresh"
+	VerbJoin        = "join"
+	VerbSign        = "sign"
+	VerbRead        = "read"
+	VerbRequest     = "request"
+	VerbObserve     = "observe"
+	VerbObserveMany = "observe-many"
+	VerbRecord      = "record"
+	VerbCheckMany   = "check-many"
+	VerbPut         = "put"
+	VerbRefresh     = "refresh"
 )
 
 // AuditStream is the JetStream stream of audit records (long retention).

@@ -69,6 +69,7 @@ func TestAnAttackersProbesAreRefused(t *testing.T) {
 	probes := map[string][]string{
 		subjects.Gateway: {endpoints.AgentCommand.At(a).Info().CallSubject(subjects.Gateway), endpoints.AgentCommand.At(a).Info().CallSubject(subjects.Provisioner),
 			endpoints.LifecycleObserve.Info().CallSubject(subjects.Gateway), endpoints.LifecycleObserve.Info().CallSubject(subjects.AgentGW),
+			endpoints.LifecycleObserveMany.Info().CallSubject(subjects.Gateway), endpoints.LifecycleObserveMany.Info().CallSubject(subjects.AgentGW),
 			endpoints.LifecycleRecord.Info().CallSubject(subjects.Gateway), endpoints.SecretRead.Info().CallSubject(subjects.Gateway),
 			endpoints.ServerSign.Info().CallSubject(subjects.Gateway), endpoints.JoinTokenCreate.Info().CallSubject(subjects.Provisioner)},
 		subjects.AgentGW: {endpoints.LifecycleRecord.Info().CallSubject(subjects.AgentGW), endpoints.LifecycleRecord.Info().CallSubject(subjects.Provisioner),
@@ -101,6 +102,10 @@ func TestAnAttackersProbesAreRefused(t *testing.T) {
 	_, err = rpc.Call(ctx, agentgw, endpoints.LifecycleObserve, &agentv1.AgentEvent{InstanceId: b,
 		Body: &agentv1.AgentEvent_Progress{Progress: &agentv1.Progress{Step: "done", Status: "failed"}}}, asA)
 	wantReason(t, "observe for another instance", err, apierr.ReasonPermissionDenied)
+	// Batches of events are the gateway's own report, never an agent's.
+	_, err = rpc.Call(ctx, agentgw, endpoints.LifecycleObserveMany, &agentv1.AgentEvents{Events: []*agentv1.AgentEvent{{InstanceId: b,
+		Body: &agentv1.AgentEvent_Progress{Progress: &agentv1.Progress{Step: "done", Status: "failed"}}}}}, asA)
+	wantReason(t, "a batch of events reported as an agent", err, apierr.ReasonPermissionDenied)
 	_, err = rpc.Call(ctx, agentgw, endpoints.AgentSign, &cav1.SignAgentRequest{InstanceId: b, CsrDer: csr(t)}, asA)
 	wantReason(t, "agent certificate for another instance", err, apierr.ReasonPermissionDenied)
 	_, err = rpc.Call(ctx, agentgw, endpoints.ServerSign, &cav1.SignServerRequest{InstanceId: a, CsrDer: csr(t), Sans: []string{"www.example.com"}}, asA)

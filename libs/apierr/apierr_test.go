@@ -135,3 +135,23 @@ func TestReasonsAreDocumented(t *testing.T) {
 		}
 	}
 }
+
+// TestABatchItemsErrorCrossesTheBus: one item's error in a batch's answer
+// comes back with its kind, reason and message; no error stays none, and
+// an internal error's detail stays behind.
+func TestABatchItemsErrorCrossesTheBus(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	if k, r, m := ItemParts(ctx, nil, nil); k != "" || r != "" || m != "" || FromItem(k, r, m) != nil {
+		t.Fatalf("no error: %q %q %q", k, r, m)
+	}
+	var e *Error
+	if err := FromItem(ItemParts(ctx, nil, PermissionDenied("instance %s was deleted", "i-1"))); !errors.As(err, &e) ||
+		e.Kind != KindPermissionDenied || e.Reason != ReasonPermissionDenied || e.Message != "instance i-1 was deleted" {
+		t.Errorf("permission denied: %+v", err)
+	}
+	if err := FromItem(ItemParts(ctx, nil, errors.New("secret detail"))); !errors.As(err, &e) ||
+		e.Kind != KindInternal || strings.Contains(e.Message, "secret") {
+		t.Errorf("internal: %+v", err)
+	}
+}

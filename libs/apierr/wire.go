@@ -135,3 +135,24 @@ func (e *Error) BusHeaders() map[string][]string {
 	}
 	return h
 }
+
+// ItemParts is err as one item of a batch's answer says it (kind, reason
+// and message; the endpoints that take many items answer each so): all
+// empty for nil, and an internal error logged and named by an id, as
+// Public does.
+func ItemParts(ctx context.Context, log *slog.Logger, err error) (kind, reason, message string) {
+	if err == nil {
+		return "", "", ""
+	}
+	e := Public(ctx, log, err)
+	return string(e.Kind), string(e.Reason), e.Message
+}
+
+// FromItem rebuilds one item's error from a batch's answer (see
+// ItemParts): nil when kind is empty.
+func FromItem(kind, reason, message string) error {
+	if kind == "" {
+		return nil
+	}
+	return FromBus(kind, message, map[string][]string{HeaderReason: {reason}})
+}

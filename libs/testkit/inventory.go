@@ -20,10 +20,12 @@ import (
 // the agent, which need no database: it answers instance.get and
 // instance.get-many with an instance being provisioned on VM FakeVM(id)
 // (any id exists) unless the test Set or Removed it, and lifecycle.observe
-// with an empty reply, recording every agent event it is sent.
+// and lifecycle.observe-many taking every event, recording every agent
+// event it is sent.
 type Inventory struct {
 	mu        sync.Mutex
 	events    []*agentv1.AgentEvent
+	batches   [][]*agentv1.AgentEvent          // each observe-many request's
 	instances map[string]*inventoryv1.Instance // nil: removed
 }
 
@@ -76,6 +78,22 @@ func FakeInventory(tb testing.TB, nc *nats.Conn) *Inventory {
 			inv.mu.Unlock()
 			_ = m.Respond(nil)
 		},
+		endpoints.LifecycleObserveMany.Info().ServeSubject(): func(m *nats.Msg) {
+			req := &agentv1.AgentEvents{}
+			if err := proto.Unmarshal(m.Data, req); err != nil {
+				tb.Errorf("testkit: lifecycle.observe-many got malformed AgentEvents: %v", err)
+				return
+			}
+			inv.mu.Lock()
+			inv.events = append(inv.events, req.GetEvents()...)
+			inv.batches = append(inv.batches, req.GetEvents())
+			inv.mu.Unlock()
+			resp := &agentv1.AgentEventResults{Results: make([]*agentv1.AgentEventResult, len(req.GetEvents()))}
+			for i := range resp.Results {
+				resp.Results[i] = &agentv1.AgentEventResult{}
+			}
+			reply(m, resp)
+		},
 		endpoints.InstanceGet.Info().ServeSubject(): func(m *nats.Msg) {
 			req := &inventoryv1.GetInstanceRequest{}
 			_ = proto.Unmarshal(m.Data, req)
@@ -121,6 +139,14 @@ func (inv *Inventory) Events() []*agentv1.AgentEvent {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	return append([]*agentv1.AgentEvent(nil), inv.events...)
+}
+
+// Batches returns the events of each lifecycle.observe-many request so
+// far, request by request.
+func (inv *Inventory) Batches() [][]*agentv1.AgentEvent {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	return append([][]*agentv1.AgentEvent(nil), inv.batches...)
 }
 
 // Count returns how many recorded events satisfy ok.

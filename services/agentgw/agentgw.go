@@ -80,8 +80,10 @@ type Deps struct {
 
 // Service is the running agent gateway.
 type Service struct {
-	// checks batches new streams' certificate checks (checks.go).
-	checks         checks
+	// checks batches new streams' certificate checks (checks.go), events
+	// the agents' events to the inventory (bus.go).
+	checks         *batcher[*cav1.CheckAgentRequest]
+	events         *batcher[*agentv1.AgentEvent]
 	nc             *nats.Conn
 	js             jetstream.JetStream
 	log            *slog.Logger
@@ -134,6 +136,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		retention:      d.RetentionInterval,
 		conns:          map[string]*agentConn{},
 	}
+	s.checks, s.events = s.newChecks(), s.newEvents()
 	if len(s.serverNames) == 0 {
 		s.serverNames = []string{"localhost", "127.0.0.1"}
 	}

@@ -646,3 +646,71 @@ func TestChecksOfStreamsArrivingTogetherGoInOneBatch(t *testing.T) {
 		t.Errorf("%d batches carried %v checks, want 1 carrying %d", b-batches, c-checks, agents)
 	}
 }
+
+// TestEventsOfAgentsArrivingTogetherGoInOneBatch: the connects of agents
+// that arrive while the inventory is busy go to it in one
+// lifecycle.observe-many, and each agent's events reach it in the order
+// the agent sent them.
+func TestEventsOfAgentsArrivingTogetherGoInOneBatch(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	const agents = 20
+	ids := make([]string, agents)
+	certs := make([]*tls.Certificate, agents)
+	for i := range certs {
+		ids[i] = fmt.Sprintf("inst-events-%d", i)
+		certs[i] = e.join(ids[i])
+	}
+	release := e.gw.HoldEvents()
+	steps := []string{"running-setup", "installing", "starting"}
+	for i, cert := range certs {
+		s := e.connectAs(cert, &agentv1.Hello{AgentVersion: "test", VmId: testkit.FakeVM(ids[i])})
+		for _, step := range steps {
+			if err := s.Send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Progress{Progress: &agentv1.Progress{CommandId: "c", Step: step, Status: "started"}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for e.gw.QueuedEvents() < agents { // each stream's connect; its progress waits behind it
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d connects queued", e.gw.QueuedEvents(), agents)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	release()
+	for _, id := range ids {
+		e.observed.WaitFor(t, 10*time.Second, "the last progress of "+id, func(ev *agentv1.AgentEvent) bool {
+			return ev.GetInstanceId() == id && ev.GetProgress().GetStep() == steps[len(steps)-1]
+		})
+	}
+	connects := 0
+	for _, batch := range e.observed.Batches() {
+		n := 0
+		for _, ev := range batch {
+			if ev.GetConnected() != nil {
+				n++
+			}
+		}
+		connects = max(connects, n)
+	}
+	if connects != agents {
+		t.Errorf("the most connects in one batch: %d, want all %d", connects, agents)
+	}
+	for _, id := range ids {
+		var got []string
+		for _, ev := range e.observed.Events() {
+			if ev.GetInstanceId() != id {
+				continue
+			}
+			if ev.GetConnected() != nil {
+				got = append(got, "connected")
+			} else if p := ev.GetProgress(); p != nil {
+				got = append(got, p.GetStep())
+			}
+		}
+		if want := append([]string{"connected"}, steps...); !slices.Equal(got, want) {
+			t.Errorf("%s's events reached the inventory as %v, want %v", id, got, want)
+		}
+	}
+}

@@ -53,9 +53,11 @@ func eventType(ev *agentv1.AgentEvent) string {
 }
 
 // deliver puts an agent event on the bus: published on the agent's status
-// subject for live watchers, then sent to the inventory's lifecycle.observe,
-// retried for up to ObserveRetry when retry is set. A failure is logged:
-// the agent carries on either way.
+// subject for live watchers, then sent to the inventory in the next batch
+// of events (lifecycle.observe-many), retried for up to ObserveRetry when
+// retry is set. A failure is logged: the agent carries on either way. Each
+// stream delivers its events one at a time, so an agent's events reach the
+// inventory in order.
 func (s *Service) deliver(ctx context.Context, ev *agentv1.AgentEvent, retry bool) {
 	// What an agent reports is text a program printed: a NUL byte in it is
 	// shown, not a reason for the inventory to refuse the event, and no
@@ -74,7 +76,7 @@ func (s *Service) deliver(ctx context.Context, ev *agentv1.AgentEvent, retry boo
 	deadline := time.Now().Add(s.observeRetry)
 	wait := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		_, err := rpc.Call(ctx, s.bus, endpoints.LifecycleObserve, ev, rpc.As(vocab.Agent(id)))
+		err := s.events.do(ctx, ev)
 		if err == nil {
 			return
 		}
@@ -89,4 +91,25 @@ func (s *Service) deliver(ctx context.Context, ev *agentv1.AgentEvent, retry boo
 		}
 		wait = min(2*wait, 5*time.Second)
 	}
+}
+
+// maxEventBatches bounds the batches of agent events in flight to the
+// inventory at once. In the steady state most batches carry an event or
+// two; after a gateway restart, thousands of agents' connects and first
+// heartbeats go 256 to a request.
+const maxEventBatches = 4
+
+// newEvents batches the agents' events to the inventory.
+func (s *Service) newEvents() *batcher[*agentv1.AgentEvent] {
+	return &batcher[*agentv1.AgentEvent]{flights: maxEventBatches, send: s.sendEvents}
+}
+
+// sendEvents reports a batch of agent events to the inventory and answers
+// each.
+func (s *Service) sendEvents(batch []*agentv1.AgentEvent) []error {
+	// The gateway reports as itself: it verified each agent's certificate.
+	resp, err := rpc.Call(context.Background(), s.bus, endpoints.LifecycleObserveMany, &agentv1.AgentEvents{Events: batch})
+	return answers(len(batch), resp.GetResults(), err, "the inventory", func(r *agentv1.AgentEventResult) error {
+		return apierr.FromItem(r.GetErrorKind(), r.GetErrorReason(), r.GetErrorMessage())
+	})
 }

@@ -2,7 +2,6 @@ package agentgw
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"flotilla.dev/flotilla/api/endpoints"
@@ -22,109 +21,38 @@ import (
 // back for another handshake and another check.
 const maxCheckBatches = 4
 
-// checks batches the certificate checks of new streams: a check joins the
-// queue, and the batches in flight (started on demand, at most
-// maxCheckBatches) take whatever is queued when they go, so a lone check
-// goes at once, alone.
-type checks struct {
-	mu      sync.Mutex
-	queue   []*pendingCheck
-	running int
-}
-
-// pendingCheck is one stream's check, waiting for its answer.
-type pendingCheck struct {
-	ctx    context.Context // the stream's
-	req    *cav1.CheckAgentRequest
-	queued time.Time
-	done   chan error // buffered: the batch never waits for the stream
+// newChecks batches the certificate checks of new streams: each waits on
+// its open stream to join a batch to the CA (agent.check-many).
+func (s *Service) newChecks() *batcher[*cav1.CheckAgentRequest] {
+	return &batcher[*cav1.CheckAgentRequest]{
+		flights: maxCheckBatches,
+		send:    s.sendChecks,
+		waited:  func(d time.Duration) { metrics.checkTurns.Observe(d.Seconds()) },
+	}
 }
 
 // checkAgent asks the CA whether who's certificate is current, in the
 // next batch that goes.
 func (s *Service) checkAgent(ctx context.Context, who identity) error {
-	p := &pendingCheck{ctx: ctx, queued: time.Now(), done: make(chan error, 1),
-		req: &cav1.CheckAgentRequest{InstanceId: who.instanceID, VmId: pki.AgentVMID(who.cert), Serial: pki.Serial(who.cert)}}
-	s.checks.mu.Lock()
-	s.checks.queue = append(s.checks.queue, p)
-	if s.checks.running < maxCheckBatches {
-		s.checks.running++
-		go s.runChecks()
-	}
-	s.checks.mu.Unlock()
-	select {
-	case err := <-p.done:
-		return err
-	case <-ctx.Done():
+	err := s.checks.do(ctx, &cav1.CheckAgentRequest{InstanceId: who.instanceID, VmId: pki.AgentVMID(who.cert), Serial: pki.Serial(who.cert)})
+	if err != nil && ctx.Err() != nil {
 		return apierr.Unavailable("the agent gateway was still checking other agents when the stream ended")
 	}
+	return err
 }
 
-// runChecks sends batches of the queued checks until none is left.
-func (s *Service) runChecks() {
-	for {
-		batch := s.nextChecks()
-		if batch == nil {
-			return
-		}
-		s.sendChecks(batch)
-	}
-}
-
-// nextChecks takes up to endpoints.MaxBatch queued checks whose streams
-// are still open, or returns nil (and counts this batch runner out) when
-// none is queued.
-func (s *Service) nextChecks() []*pendingCheck {
-	s.checks.mu.Lock()
-	defer s.checks.mu.Unlock()
-	var batch []*pendingCheck
-	for len(s.checks.queue) > 0 && len(batch) < endpoints.MaxBatch {
-		p := s.checks.queue[0]
-		s.checks.queue[0] = nil
-		s.checks.queue = s.checks.queue[1:]
-		metrics.checkTurns.Observe(time.Since(p.queued).Seconds())
-		if p.ctx.Err() == nil {
-			batch = append(batch, p)
-		}
-	}
-	if len(batch) == 0 { // the queue is empty
-		s.checks.queue = nil // let the backing array go after a burst
-		s.checks.running--
-		return nil
-	}
-	return batch
-}
-
-// sendChecks asks the CA about a batch and gives each check its answer.
-func (s *Service) sendChecks(batch []*pendingCheck) {
-	req := &cav1.CheckAgentsRequest{Agents: make([]*cav1.CheckAgentRequest, len(batch))}
-	for i, p := range batch {
-		req.Agents[i] = p.req
-	}
+// sendChecks asks the CA about a batch and answers each check.
+func (s *Service) sendChecks(batch []*cav1.CheckAgentRequest) []error {
 	asked := time.Now()
 	// Not any one stream's context: the batch serves them all (the bus
 	// client bounds it by the request timeout).
-	resp, err := rpc.Call(context.Background(), s.bus, endpoints.AgentCheckMany, req)
+	resp, err := rpc.Call(context.Background(), s.bus, endpoints.AgentCheckMany, &cav1.CheckAgentsRequest{Agents: batch})
 	took := time.Since(asked).Seconds()
 	metrics.checkBatch.Observe(float64(len(batch)))
-	if err == nil && len(resp.GetResults()) != len(batch) {
-		err = apierr.Unavailable("the CA answered %d of %d certificate checks", len(resp.GetResults()), len(batch))
-	}
-	for i, p := range batch {
+	for range batch {
 		metrics.checkTime.Observe(took)
-		if err != nil {
-			p.done <- err
-			continue
-		}
-		p.done <- checkAnswer(resp.GetResults()[i])
 	}
-}
-
-// checkAnswer is one agent's answer as an error: nil when its certificate
-// is current.
-func checkAnswer(r *cav1.CheckAgentResult) error {
-	if r.GetErrorKind() == "" {
-		return nil
-	}
-	return apierr.FromBus(r.GetErrorKind(), r.GetErrorMessage(), map[string][]string{apierr.HeaderReason: {r.GetErrorReason()}})
+	return answers(len(batch), resp.GetResults(), err, "the CA's certificate check", func(r *cav1.CheckAgentResult) error {
+		return apierr.FromItem(r.GetErrorKind(), r.GetErrorReason(), r.GetErrorMessage())
+	})
 }

@@ -14,8 +14,8 @@
 // while the agent is connected nowhere gets "no responders"), forwards
 // every command down the stream, and puts what the agent reports on the
 // bus: connects, heartbeats, progress and disconnects as agent.v1.AgentEvent
-// to the inventory's lifecycle.observe endpoint and to the agent's status
-// subject, and log lines to the agent-log stream with the message id
+// to the agent's status subject and, in batches of many agents' events, to
+// the inventory's lifecycle.observe-many endpoint, and log lines to the agent-log stream with the message id
 // "<instance-id>-<seq>", so lines an agent sends again after a reconnect are
 // dropped by JetStream's de-duplication. Secret and server-certificate
 // requests are answered from the secrets service and the CA, for the

@@ -26,23 +26,33 @@ func ChecksAnswered() (answered, turns uint64) {
 // HoldChecks makes new streams' certificate checks queue as if every
 // batch were in flight; the function returned sends what queued, in as few
 // batches as the bound allows.
-func (s *Service) HoldChecks() (release func()) {
-	s.checks.mu.Lock()
-	s.checks.running += maxCheckBatches
-	s.checks.mu.Unlock()
+func (s *Service) HoldChecks() (release func()) { return hold(s.checks) }
+
+// HoldEvents does the same with the agents' events to the inventory.
+func (s *Service) HoldEvents() (release func()) { return hold(s.events) }
+
+// QueuedChecks is how many checks wait to join a batch.
+func (s *Service) QueuedChecks() int { return queued(s.checks) }
+
+// QueuedEvents is how many agent events wait to join a batch.
+func (s *Service) QueuedEvents() int { return queued(s.events) }
+
+func hold[T any](b *batcher[T]) (release func()) {
+	b.mu.Lock()
+	b.running += b.flights
+	b.mu.Unlock()
 	return func() {
-		s.checks.mu.Lock()
-		s.checks.running -= maxCheckBatches - 1 // one batch runner goes
-		s.checks.mu.Unlock()
-		go s.runChecks()
+		b.mu.Lock()
+		b.running -= b.flights - 1 // one batch runner goes
+		b.mu.Unlock()
+		go b.run()
 	}
 }
 
-// QueuedChecks is how many checks wait to join a batch.
-func (s *Service) QueuedChecks() int {
-	s.checks.mu.Lock()
-	defer s.checks.mu.Unlock()
-	return len(s.checks.queue)
+func queued[T any](b *batcher[T]) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.queue)
 }
 
 // CheckBatches is how many batches of checks went to the CA, and how many

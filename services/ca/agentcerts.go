@@ -73,6 +73,36 @@ func (c *agentCerts) get(ctx context.Context, id string) (*cav1.AgentCertRecord,
 	return rec, rev, nil
 }
 
+// certRead is an instance's record as read, with its revision (a nil
+// record at revision 0: there is none).
+type certRead struct {
+	rec *cav1.AgentCertRecord
+	rev uint64
+}
+
+// getMany reads the records of ids as get reads each, in two requests
+// instead of one per id (bus.GetLatestMany).
+func (c *agentCerts) getMany(ctx context.Context, ids []string) (map[string]certRead, error) {
+	got, err := bus.GetLatestMany(ctx, c.js, AgentCertsBucket, ids)
+	if err != nil {
+		return nil, fmt.Errorf("read agent certificates: %w", err)
+	}
+	out := make(map[string]certRead, len(ids))
+	for _, id := range ids {
+		e, ok := got[id]
+		if !ok {
+			out[id] = certRead{}
+			continue
+		}
+		rec := &cav1.AgentCertRecord{}
+		if err := proto.Unmarshal(e.Value, rec); err != nil {
+			return nil, fmt.Errorf("decode agent certificates of %s: %w", id, err)
+		}
+		out[id] = certRead{rec: rec, rev: e.Revision}
+	}
+	return out, nil
+}
+
 // put stores rec if the record is still at revision (0: absent); a
 // concurrent change is a conflict the caller may retry.
 func (c *agentCerts) put(ctx context.Context, id string, rec *cav1.AgentCertRecord, revision uint64) error {
@@ -133,12 +163,12 @@ func (s *Service) current(ctx context.Context, id, vm, serial string) (*cav1.Age
 	if err != nil {
 		return nil, 0, "", err
 	}
-	return s.currentOf(ctx, inst, id, vm, serial)
+	return s.currentOf(ctx, inst, id, vm, serial, nil)
 }
 
 // currentOf is current with the instance read already (nil: it does not
-// exist).
-func (s *Service) currentOf(ctx context.Context, inst *inventoryv1.Instance, id, vm, serial string) (*cav1.AgentCertRecord, uint64, string, error) {
+// exist), and its record too if read is set.
+func (s *Service) currentOf(ctx context.Context, inst *inventoryv1.Instance, id, vm, serial string, read *certRead) (*cav1.AgentCertRecord, uint64, string, error) {
 	revoked := func(format string, args ...any) error {
 		return apierr.PermissionDenied("the agent certificate %s of instance %s is no longer valid: "+format, append([]any{serial, id}, args...)...)
 	}
@@ -151,10 +181,14 @@ func (s *Service) currentOf(ctx context.Context, inst *inventoryv1.Instance, id,
 	if err := liveVM(inst, vm); err != nil {
 		return nil, 0, "", revoked("%s", err)
 	}
-	rec, rev, err := s.certs.get(ctx, id)
-	if err != nil {
-		return nil, 0, "", err
+	if read == nil {
+		rec, rev, err := s.certs.get(ctx, id)
+		if err != nil {
+			return nil, 0, "", err
+		}
+		read = &certRead{rec: rec, rev: rev}
 	}
+	rec, rev := read.rec, read.rev
 	switch {
 	case rec == nil && vm == "":
 		return nil, 0, inst.GetVmId(), nil // issued before certificates named their VM
@@ -206,14 +240,29 @@ func (s *Service) checkAgents(ctx context.Context, actor vocab.Actor, req *cav1.
 			found[in.GetId()] = in
 		}
 	}
+	// The records of the batch's live instances, read together: one
+	// request each was thousands of requests through the JetStream API
+	// when thousands of agents came back at once. If that read fails, each
+	// agent's check reads its own.
+	live := make([]string, 0, len(found))
+	for id := range found {
+		live = append(live, id)
+	}
+	records, err := s.certs.getMany(ctx, live)
+	if err != nil {
+		s.log.WarnContext(ctx, "agent certificate records not read together; reading each", "agents", len(live), "error", err)
+	}
 	results := make([]*cav1.CheckAgentResult, len(agents))
-	// Every agent of the batch at once (at most endpoints.MaxBatch): each
-	// waits for its record from the key-value bucket, and under load a
-	// few rounds of those took seconds.
+	// Every agent of the batch at once (at most endpoints.MaxBatch): the
+	// few that need it write their record.
 	var g errgroup.Group
 	for i, a := range agents {
 		g.Go(func() error {
-			results[i] = checkResult(ctx, s.log, s.checkAgent(ctx, found[a.GetInstanceId()], a))
+			var read *certRead
+			if r, ok := records[a.GetInstanceId()]; ok {
+				read = &r
+			}
+			results[i] = checkResult(ctx, s.log, s.checkAgent(ctx, found[a.GetInstanceId()], a, read))
 			return nil
 		})
 	}
@@ -222,11 +271,12 @@ func (s *Service) checkAgents(ctx context.Context, actor vocab.Actor, req *cav1.
 }
 
 // checkAgent checks one agent's certificate, inst being its instance (nil:
-// it does not exist).
-func (s *Service) checkAgent(ctx context.Context, inst *inventoryv1.Instance, req *cav1.CheckAgentRequest) error {
+// it does not exist), with its record as read already if read is set.
+func (s *Service) checkAgent(ctx context.Context, inst *inventoryv1.Instance, req *cav1.CheckAgentRequest, read *certRead) error {
 	id := req.GetInstanceId()
 	for range 3 {
-		rec, rev, _, err := s.currentOf(ctx, inst, id, req.GetVmId(), req.GetSerial())
+		rec, rev, _, err := s.currentOf(ctx, inst, id, req.GetVmId(), req.GetSerial(), read)
+		read = nil // after a conflict, read it again
 		if err != nil {
 			return err
 		}
@@ -248,9 +298,6 @@ func (s *Service) checkAgent(ctx context.Context, inst *inventoryv1.Instance, re
 // checkResult is the answer for one agent of a batch: err as the caller
 // may see it (an internal error is logged and named by an id).
 func checkResult(ctx context.Context, log *slog.Logger, err error) *cav1.CheckAgentResult {
-	if err == nil {
-		return &cav1.CheckAgentResult{}
-	}
-	e := apierr.Public(ctx, log, err)
-	return &cav1.CheckAgentResult{ErrorKind: string(e.Kind), ErrorReason: string(e.Reason), ErrorMessage: e.Message}
+	kind, reason, message := apierr.ItemParts(ctx, log, err)
+	return &cav1.CheckAgentResult{ErrorKind: kind, ErrorReason: reason, ErrorMessage: message}
 }

@@ -799,3 +799,74 @@ func TestSteadyHeartbeatsReadTheRowOnce(t *testing.T) {
 		t.Fatalf("after another process marked it disconnected, a flush and a beat: %s; want connected", s)
 	}
 }
+
+// TestABatchOfAgentEventsKeepsEachAgentsOrder: the agent gateway reports
+// many agents' events in one request; each agent's are recorded in the
+// order given, each event has its own answer, and a batch too large is
+// refused naming the field.
+func TestABatchOfAgentEventsKeepsEachAgentsOrder(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a, first := newApp(t)
+	second, err := a.CreateInstance(ctx, "test", &inventoryv1.Instance{Name: "i2", Kind: "design", TemplateId: first.GetTemplateId(), NetworkId: first.GetNetworkId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now()
+	event := func(id string, body func(*agentv1.AgentEvent)) *agentv1.AgentEvent {
+		at = at.Add(time.Millisecond)
+		ev := &agentv1.AgentEvent{InstanceId: id, Time: timestamppb.New(at)}
+		body(ev)
+		return ev
+	}
+	connected := func(ev *agentv1.AgentEvent) {
+		ev.Body = &agentv1.AgentEvent_Connected{Connected: &agentv1.Hello{AgentVersion: "1.0.0", VmId: "vm-1"}}
+	}
+	disconnected := func(ev *agentv1.AgentEvent) {
+		ev.Body = &agentv1.AgentEvent_Disconnected{Disconnected: &agentv1.Disconnected{Reason: "gone"}}
+	}
+	heartbeat := func(ev *agentv1.AgentEvent) {
+		ev.Body = &agentv1.AgentEvent_Heartbeat{Heartbeat: &agentv1.Heartbeat{AgentVersion: "1.0.0", DiskUsedBytes: 1}}
+	}
+	errs, err := a.ObserveMany(ctx, []*agentv1.AgentEvent{
+		event(first.GetId(), connected),
+		event(second.GetId(), connected),
+		event(first.GetId(), disconnected), // after its connect: the agent is shown disconnected
+		event(second.GetId(), heartbeat),
+		event("", heartbeat),
+		event("0190c3e1-0000-7000-8000-000000000000", heartbeat), // gone: nothing to record
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(errs) != 6 {
+		t.Fatalf("%d answers for 6 events", len(errs))
+	}
+	for i, err := range errs {
+		var e *apierr.Error
+		switch {
+		case i == 4 && (!errors.As(err, &e) || e.Kind != apierr.KindInvalid || e.Field != "events[4].instanceId"):
+			t.Errorf("an event without an instance id: %v; want invalid, naming events[4].instanceId", err)
+		case i != 4 && err != nil:
+			t.Errorf("event %d: %v", i, err)
+		}
+	}
+	for id, want := range map[string]string{first.GetId(): "disconnected", second.GetId(): "connected"} {
+		got, err := a.GetInstance(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.GetAgent().GetStatus() != want {
+			t.Errorf("instance %s: agent %q, want %q", got.GetName(), got.GetAgent().GetStatus(), want)
+		}
+	}
+
+	tooMany := make([]*agentv1.AgentEvent, 257)
+	for i := range tooMany {
+		tooMany[i] = event(first.GetId(), heartbeat)
+	}
+	var e *apierr.Error
+	if _, err := a.ObserveMany(ctx, tooMany); !errors.As(err, &e) || e.Field != "events" {
+		t.Errorf("257 events: %v; want invalid, naming events", err)
+	}
+}

@@ -8,8 +8,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
@@ -184,6 +186,47 @@ func (a *App) Observe(ctx context.Context, ev *agentv1.AgentEvent) error {
 	}
 	a.live.remember(written, now)
 	return nil
+}
+
+// observeParallel bounds how many agents' events of one batch are recorded
+// at once (each agent's in order).
+const observeParallel = 8
+
+// ObserveMany records a batch of agent events (lifecycle.observe-many) and
+// answers each, in order (nil: taken, as Observe takes it). One agent's
+// events are recorded one after another in the order given, different
+// agents' side by side. A batch of more than endpoints.MaxBatch is refused
+// whole; an event without an instance id is refused alone.
+func (a *App) ObserveMany(ctx context.Context, events []*agentv1.AgentEvent) ([]error, error) {
+	if len(events) > endpoints.MaxBatch {
+		return nil, apierr.Invalid("events", "must hold at most %d events, got %d", endpoints.MaxBatch, len(events))
+	}
+	errs := make([]error, len(events))
+	byAgent := map[string][]int{}
+	var agents []string
+	for i, ev := range events {
+		id := ev.GetInstanceId()
+		if id == "" {
+			errs[i] = apierr.Invalid(fmt.Sprintf("events[%d].instanceId", i), "is required")
+			continue
+		}
+		if _, seen := byAgent[id]; !seen {
+			agents = append(agents, id)
+		}
+		byAgent[id] = append(byAgent[id], i)
+	}
+	var g errgroup.Group
+	g.SetLimit(observeParallel)
+	for _, id := range agents {
+		g.Go(func() error {
+			for _, i := range byAgent[id] {
+				errs[i] = a.Observe(ctx, events[i])
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return errs, nil
 }
 
 // observeRow writes what ev reports to its instance's row, inside tx, and

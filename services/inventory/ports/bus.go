@@ -124,6 +124,23 @@ func Serve(nc *nats.Conn, a *app.App, db Pinger, log *slog.Logger, tp trace.Trac
 			}
 			return &emptypb.Empty{}, a.Observe(ctx, r)
 		}),
+		rpc.Handle(s, endpoints.LifecycleObserveMany, func(ctx context.Context, actor vocab.Actor, r *agentv1.AgentEvents) (*agentv1.AgentEventResults, error) {
+			// The agent gateway reports as itself, for the agents whose
+			// certificates it verified; no one reports a batch for an agent.
+			if actor != vocab.System(subjects.AgentGW) {
+				return nil, apierr.PermissionDenied("%s may not report agents' events in batches: the agent gateway reports them as itself", actor)
+			}
+			errs, err := a.ObserveMany(ctx, r.GetEvents())
+			if err != nil {
+				return nil, err
+			}
+			resp := &agentv1.AgentEventResults{Results: make([]*agentv1.AgentEventResult, len(errs))}
+			for i, err := range errs {
+				kind, reason, message := apierr.ItemParts(ctx, log, err)
+				resp.Results[i] = &agentv1.AgentEventResult{ErrorKind: kind, ErrorReason: reason, ErrorMessage: message}
+			}
+			return resp, nil
+		}),
 		rpc.Handle(s, endpoints.TokenLogin, func(ctx context.Context, _ vocab.Actor, r *authv1.LoginRequest) (*authv1.LoginResponse, error) {
 			return a.Login(ctx, r.GetUsername(), r.GetPassword(), rpc.Source(ctx))
 		}),

@@ -2166,6 +2166,162 @@ func (x *Disconnected) GetReason() string {
 	return ""
 }
 
+// AgentEvents is a batch of agent events the agent gateway reports at once
+// (lifecycle.observe-many): at most 256, each about an agent whose
+// certificate the gateway verified, one agent's events in the order they
+// happened.
+type AgentEvents struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Events        []*AgentEvent          `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentEvents) Reset() {
+	*x = AgentEvents{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentEvents) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentEvents) ProtoMessage() {}
+
+func (x *AgentEvents) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentEvents.ProtoReflect.Descriptor instead.
+func (*AgentEvents) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *AgentEvents) GetEvents() []*AgentEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// AgentEventResults answers each event of an AgentEvents, in order.
+type AgentEventResults struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*AgentEventResult    `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentEventResults) Reset() {
+	*x = AgentEventResults{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentEventResults) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentEventResults) ProtoMessage() {}
+
+func (x *AgentEventResults) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentEventResults.ProtoReflect.Descriptor instead.
+func (*AgentEventResults) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *AgentEventResults) GetResults() []*AgentEventResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// AgentEventResult is one event's answer: no error when the inventory took
+// it, else why not, as a bus error would say it (kind, reason and message;
+// see libs/apierr).
+type AgentEventResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ErrorKind     string                 `protobuf:"bytes,1,opt,name=error_kind,json=errorKind,proto3" json:"error_kind,omitempty"`
+	ErrorReason   string                 `protobuf:"bytes,2,opt,name=error_reason,json=errorReason,proto3" json:"error_reason,omitempty"`
+	ErrorMessage  string                 `protobuf:"bytes,3,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentEventResult) Reset() {
+	*x = AgentEventResult{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentEventResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentEventResult) ProtoMessage() {}
+
+func (x *AgentEventResult) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentEventResult.ProtoReflect.Descriptor instead.
+func (*AgentEventResult) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *AgentEventResult) GetErrorKind() string {
+	if x != nil {
+		return x.ErrorKind
+	}
+	return ""
+}
+
+func (x *AgentEventResult) GetErrorReason() string {
+	if x != nil {
+		return x.ErrorReason
+	}
+	return ""
+}
+
+func (x *AgentEventResult) GetErrorMessage() string {
+	if x != nil {
+		return x.ErrorMessage
+	}
+	return ""
+}
+
 var File_flotilla_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
@@ -2314,7 +2470,16 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\bprogress\x18\x06 \x01(\v2\x1b.flotilla.agent.v1.ProgressH\x00R\bprogressB\x06\n" +
 	"\x04body\"&\n" +
 	"\fDisconnected\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason2\xf6\x01\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"D\n" +
+	"\vAgentEvents\x125\n" +
+	"\x06events\x18\x01 \x03(\v2\x1d.flotilla.agent.v1.AgentEventR\x06events\"R\n" +
+	"\x11AgentEventResults\x12=\n" +
+	"\aresults\x18\x01 \x03(\v2#.flotilla.agent.v1.AgentEventResultR\aresults\"y\n" +
+	"\x10AgentEventResult\x12\x1d\n" +
+	"\n" +
+	"error_kind\x18\x01 \x01(\tR\terrorKind\x12!\n" +
+	"\ferror_reason\x18\x02 \x01(\tR\verrorReason\x12#\n" +
+	"\rerror_message\x18\x03 \x01(\tR\ferrorMessage2\xf6\x01\n" +
 	"\fAgentGateway\x12G\n" +
 	"\x04Join\x12\x1e.flotilla.agent.v1.JoinRequest\x1a\x1f.flotilla.agent.v1.JoinResponse\x12J\n" +
 	"\x05Renew\x12\x1f.flotilla.agent.v1.RenewRequest\x1a .flotilla.agent.v1.RenewResponse\x12Q\n" +
@@ -2332,7 +2497,7 @@ func file_flotilla_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_flotilla_agent_v1_agent_proto_rawDescData
 }
 
-var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*JoinRequest)(nil),                  // 0: flotilla.agent.v1.JoinRequest
 	(*JoinResponse)(nil),                 // 1: flotilla.agent.v1.JoinResponse
@@ -2363,12 +2528,15 @@ var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*ServerCertResponse)(nil),           // 26: flotilla.agent.v1.ServerCertResponse
 	(*AgentEvent)(nil),                   // 27: flotilla.agent.v1.AgentEvent
 	(*Disconnected)(nil),                 // 28: flotilla.agent.v1.Disconnected
-	(*timestamppb.Timestamp)(nil),        // 29: google.protobuf.Timestamp
-	(*v1.SetupAction)(nil),               // 30: flotilla.inventory.v1.SetupAction
+	(*AgentEvents)(nil),                  // 29: flotilla.agent.v1.AgentEvents
+	(*AgentEventResults)(nil),            // 30: flotilla.agent.v1.AgentEventResults
+	(*AgentEventResult)(nil),             // 31: flotilla.agent.v1.AgentEventResult
+	(*timestamppb.Timestamp)(nil),        // 32: google.protobuf.Timestamp
+	(*v1.SetupAction)(nil),               // 33: flotilla.inventory.v1.SetupAction
 }
 var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
-	29, // 0: flotilla.agent.v1.JoinResponse.not_after:type_name -> google.protobuf.Timestamp
-	29, // 1: flotilla.agent.v1.RenewResponse.not_after:type_name -> google.protobuf.Timestamp
+	32, // 0: flotilla.agent.v1.JoinResponse.not_after:type_name -> google.protobuf.Timestamp
+	32, // 1: flotilla.agent.v1.RenewResponse.not_after:type_name -> google.protobuf.Timestamp
 	5,  // 2: flotilla.agent.v1.AgentMessage.hello:type_name -> flotilla.agent.v1.Hello
 	6,  // 3: flotilla.agent.v1.AgentMessage.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
 	8,  // 4: flotilla.agent.v1.AgentMessage.logs:type_name -> flotilla.agent.v1.LogBatch
@@ -2376,8 +2544,8 @@ var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
 	10, // 6: flotilla.agent.v1.AgentMessage.secret_request:type_name -> flotilla.agent.v1.SecretRequest
 	11, // 7: flotilla.agent.v1.AgentMessage.server_cert_request:type_name -> flotilla.agent.v1.ServerCertRequest
 	17, // 8: flotilla.agent.v1.AgentMessage.acme_request:type_name -> flotilla.agent.v1.AcmeRequest
-	29, // 9: flotilla.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	29, // 10: flotilla.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	32, // 9: flotilla.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	32, // 10: flotilla.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
 	7,  // 11: flotilla.agent.v1.LogBatch.lines:type_name -> flotilla.agent.v1.LogLine
 	14, // 12: flotilla.agent.v1.GatewayMessage.command:type_name -> flotilla.agent.v1.Command
 	25, // 13: flotilla.agent.v1.GatewayMessage.secret_response:type_name -> flotilla.agent.v1.SecretResponse
@@ -2387,28 +2555,30 @@ var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
 	15, // 17: flotilla.agent.v1.Command.bootstrap:type_name -> flotilla.agent.v1.Bootstrap
 	23, // 18: flotilla.agent.v1.Command.stop_node:type_name -> flotilla.agent.v1.StopNode
 	24, // 19: flotilla.agent.v1.Command.refresh_certificate:type_name -> flotilla.agent.v1.RefreshCertificate
-	30, // 20: flotilla.agent.v1.Bootstrap.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
+	33, // 20: flotilla.agent.v1.Bootstrap.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
 	16, // 21: flotilla.agent.v1.Bootstrap.acme:type_name -> flotilla.agent.v1.AcmeOrder
 	18, // 22: flotilla.agent.v1.AcmeRequest.account_key:type_name -> flotilla.agent.v1.AcmeAccountKeyRequest
 	19, // 23: flotilla.agent.v1.AcmeRequest.stored_certificate:type_name -> flotilla.agent.v1.AcmeStoredCertificateRequest
 	20, // 24: flotilla.agent.v1.AcmeRequest.store_certificate:type_name -> flotilla.agent.v1.AcmeCertificate
 	21, // 25: flotilla.agent.v1.AcmeRequest.dns_challenge:type_name -> flotilla.agent.v1.AcmeDnsChallenge
-	29, // 26: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
+	32, // 26: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
 	5,  // 27: flotilla.agent.v1.AgentEvent.connected:type_name -> flotilla.agent.v1.Hello
 	28, // 28: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
 	6,  // 29: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
 	9,  // 30: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
-	0,  // 31: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
-	2,  // 32: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
-	4,  // 33: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
-	1,  // 34: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
-	3,  // 35: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
-	12, // 36: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
-	34, // [34:37] is the sub-list for method output_type
-	31, // [31:34] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	27, // 31: flotilla.agent.v1.AgentEvents.events:type_name -> flotilla.agent.v1.AgentEvent
+	31, // 32: flotilla.agent.v1.AgentEventResults.results:type_name -> flotilla.agent.v1.AgentEventResult
+	0,  // 33: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
+	2,  // 34: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
+	4,  // 35: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
+	1,  // 36: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
+	3,  // 37: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
+	12, // 38: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
+	36, // [36:39] is the sub-list for method output_type
+	33, // [33:36] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_agent_v1_agent_proto_init() }
@@ -2455,7 +2625,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_agent_v1_agent_proto_rawDesc), len(file_flotilla_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
