@@ -102,12 +102,16 @@ type Entry struct {
 	Revision uint64
 }
 
+// ErrReadEach is GetLatestMany's answer when it could not read the keys
+// together (the replica that answered had not reached the leader's last
+// sequence, or the batched read failed): read each key with GetLatest.
+var ErrReadEach = errors.New("the keys could not be read together from a replica as current as the stream's leader")
+
 // GetLatestMany reads keys in the key-value bucket as GetLatest reads each
 // (what the last acknowledged write left), in two requests instead of one
 // per key: the stream leader's last sequence, then one direct get of every
 // key's last value, which any replica may answer, and which counts only
-// if that replica had reached the leader's sequence. Otherwise, or if the
-// batched read fails, every key is read from the leader with GetLatest. A
+// if that replica had reached the leader's sequence (else ErrReadEach). A
 // key missing, deleted or purged is absent from the map.
 func GetLatestMany(ctx context.Context, js jetstream.JetStream, bucket string, keys []string) (map[string]Entry, error) {
 	if len(keys) == 0 {
@@ -117,10 +121,11 @@ func GetLatestMany(ctx context.Context, js jetstream.JetStream, bucket string, k
 	if err != nil {
 		return nil, err
 	}
-	if got, ok := getMany(ctx, js, bucket, keys, synced); ok {
-		return got, nil
+	got, ok := getMany(ctx, js, bucket, keys, synced)
+	if !ok {
+		return nil, ErrReadEach
 	}
-	return getEach(ctx, js, bucket, keys)
+	return got, nil
 }
 
 // lastRevision is the last sequence of the bucket's stream, asked of its
@@ -131,22 +136,6 @@ func lastRevision(ctx context.Context, js jetstream.JetStream, bucket string) (u
 		return 0, nil
 	}
 	return rev, err
-}
-
-// getEach reads keys one by one from the stream leader.
-func getEach(ctx context.Context, js jetstream.JetStream, bucket string, keys []string) (map[string]Entry, error) {
-	got := make(map[string]Entry, len(keys))
-	for _, k := range keys {
-		v, rev, err := GetLatest(ctx, js, bucket, k)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-		case err != nil:
-			return nil, err
-		default:
-			got[k] = Entry{Value: v, Revision: rev}
-		}
-	}
-	return got, nil
 }
 
 // getMany reads keys' last values in one batched direct get, and reports

@@ -54,25 +54,6 @@ func newAgentCerts(ctx context.Context, js jetstream.JetStream, replicas int) (*
 	return &agentCerts{kv: kv, js: js}, nil
 }
 
-// get returns the instance's record and its revision; a missing record is
-// nil at revision 0. It reads from the bucket's leader: a replica a moment
-// behind would still show a serial just revoked, or no record for a VM
-// that just joined.
-func (c *agentCerts) get(ctx context.Context, id string) (*cav1.AgentCertRecord, uint64, error) {
-	val, rev, err := bus.GetLatest(ctx, c.js, AgentCertsBucket, id)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, 0, nil
-	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("read agent certificates of %s: %w", id, err)
-	}
-	rec := &cav1.AgentCertRecord{}
-	if err := proto.Unmarshal(val, rec); err != nil {
-		return nil, 0, fmt.Errorf("decode agent certificates of %s: %w", id, err)
-	}
-	return rec, rev, nil
-}
-
 // certRead is an instance's record as read, with its revision (a nil
 // record at revision 0: there is none).
 type certRead struct {
@@ -80,8 +61,23 @@ type certRead struct {
 	rev uint64
 }
 
+// get returns the instance's record and its revision. It reads from the
+// bucket's leader: a replica a moment behind would still show a serial
+// just revoked, or no record for a VM that just joined.
+func (c *agentCerts) get(ctx context.Context, id string) (certRead, error) {
+	val, rev, err := bus.GetLatest(ctx, c.js, AgentCertsBucket, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return certRead{}, nil
+	}
+	if err != nil {
+		return certRead{}, fmt.Errorf("read agent certificates of %s: %w", id, err)
+	}
+	return decodeCert(id, bus.Entry{Value: val, Revision: rev})
+}
+
 // getMany reads the records of ids as get reads each, in two requests
-// instead of one per id (bus.GetLatestMany).
+// instead of one per id (bus.GetLatestMany); bus.ErrReadEach when they
+// could not be read together (read each with get).
 func (c *agentCerts) getMany(ctx context.Context, ids []string) (map[string]certRead, error) {
 	got, err := bus.GetLatestMany(ctx, c.js, AgentCertsBucket, ids)
 	if err != nil {
@@ -94,13 +90,20 @@ func (c *agentCerts) getMany(ctx context.Context, ids []string) (map[string]cert
 			out[id] = certRead{}
 			continue
 		}
-		rec := &cav1.AgentCertRecord{}
-		if err := proto.Unmarshal(e.Value, rec); err != nil {
-			return nil, fmt.Errorf("decode agent certificates of %s: %w", id, err)
+		if out[id], err = decodeCert(id, e); err != nil {
+			return nil, err
 		}
-		out[id] = certRead{rec: rec, rev: e.Revision}
 	}
 	return out, nil
+}
+
+// decodeCert is the record of instance id as the bucket holds it.
+func decodeCert(id string, e bus.Entry) (certRead, error) {
+	rec := &cav1.AgentCertRecord{}
+	if err := proto.Unmarshal(e.Value, rec); err != nil {
+		return certRead{}, fmt.Errorf("decode agent certificates of %s: %w", id, err)
+	}
+	return certRead{rec: rec, rev: e.Revision}, nil
 }
 
 // put stores rec if the record is still at revision (0: absent); a
@@ -182,11 +185,11 @@ func (s *Service) currentOf(ctx context.Context, inst *inventoryv1.Instance, id,
 		return nil, 0, "", revoked("%s", err)
 	}
 	if read == nil {
-		rec, rev, err := s.certs.get(ctx, id)
+		r, err := s.certs.get(ctx, id)
 		if err != nil {
 			return nil, 0, "", err
 		}
-		read = &certRead{rec: rec, rev: rev}
+		read = &r
 	}
 	rec, rev := read.rec, read.rev
 	switch {
@@ -242,14 +245,15 @@ func (s *Service) checkAgents(ctx context.Context, actor vocab.Actor, req *cav1.
 	}
 	// The records of the batch's live instances, read together: one
 	// request each was thousands of requests through the JetStream API
-	// when thousands of agents came back at once. If that read fails, each
-	// agent's check reads its own.
+	// when thousands of agents came back at once. If that read fails or
+	// comes from a replica behind, each agent's check reads its own, all
+	// at once.
 	live := make([]string, 0, len(found))
 	for id := range found {
 		live = append(live, id)
 	}
 	records, err := s.certs.getMany(ctx, live)
-	if err != nil {
+	if err != nil && !errors.Is(err, bus.ErrReadEach) {
 		s.log.WarnContext(ctx, "agent certificate records not read together; reading each", "agents", len(live), "error", err)
 	}
 	results := make([]*cav1.CheckAgentResult, len(agents))
