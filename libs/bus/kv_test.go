@@ -134,7 +134,7 @@ func TestGetLatestManyReadsEveryKeyInTwoRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	leader, err := watch.SubscribeSync("$JS.API.STREAM.MSG.GET.KV_many")
+	leader, err := watch.SubscribeSync("$JS.API.STREAM.INFO.KV_many")
 	if err != nil {
 		t.Fatal(err)
 	}
