@@ -121,8 +121,8 @@ func TestCommandsReachTheConnectedAgentOnly(t *testing.T) {
 	const id = "inst-cmd"
 	ep := endpoints.AgentCommand.At(id)
 	// A bootstrap is named after the VM it sets up (e.connect's agent
-	// says it runs on "vm-" + id).
-	cmd := &agentv1.Command{Id: "vm-" + id, Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{InstanceName: "alpha"}}}
+	// runs on the one its certificate names: its instance's).
+	cmd := &agentv1.Command{Id: testkit.FakeVM(id), Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{InstanceName: "alpha"}}}
 
 	_, err := rpc.Call(t.Context(), e.provisioner, ep, cmd)
 	if !errors.Is(err, nats.ErrNoResponders) {
@@ -201,18 +201,18 @@ func TestANewerStreamReplacesTheOlder(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	const id = "inst-twice"
 	cert := e.join(id)
-	older := e.connectAs(cert, &agentv1.Hello{VmId: "vm-1"})
+	older := e.connectAs(cert, &agentv1.Hello{AgentVersion: "vm-1"})
 	e.observed.WaitFor(t, 10*time.Second, "first connected", func(ev *agentv1.AgentEvent) bool {
-		return ev.GetConnected().GetVmId() == "vm-1"
+		return ev.GetConnected().GetAgentVersion() == "vm-1"
 	})
-	newer := e.connectAs(cert, &agentv1.Hello{VmId: "vm-2"})
+	newer := e.connectAs(cert, &agentv1.Hello{AgentVersion: "vm-2"})
 	if _, err := older.Recv(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "newer") {
 		t.Fatalf("older stream: %v, want it closed as replaced", err)
 	}
 	// Commands go to the agent once its newer stream is registered, as the
 	// provisioner sends them only to an agent recorded as connected.
 	e.observed.WaitFor(t, 10*time.Second, "second connected", func(ev *agentv1.AgentEvent) bool {
-		return ev.GetConnected().GetVmId() == "vm-2"
+		return ev.GetConnected().GetAgentVersion() == "vm-2"
 	})
 	cmd := &agentv1.Command{Id: "cmd-2", Action: &agentv1.Command_StopNode{StopNode: &agentv1.StopNode{}}}
 	if _, err := rpc.Call(t.Context(), e.provisioner, endpoints.AgentCommand.At(id), cmd); err != nil {
@@ -335,16 +335,24 @@ func TestTheInstanceIsTheCertificates(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})
 	const id, other = "inst-me", "inst-other"
-	status := e.nc
-	sub, err := status.SubscribeSync(subjects.AgentStatusAll())
+	sub, err := e.nc.SubscribeSync(subjects.AgentStatusAll())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := status.Flush(); err != nil {
+	if err := e.nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	// The hello names another instance as its VM; it changes nothing.
-	stream := e.connectAs(e.join(id), &agentv1.Hello{AgentVersion: "test", VmId: other})
+	cert := e.join(id)
+	// A hello that names another VM than the certificate's is refused.
+	liar := e.connectAs(cert, &agentv1.Hello{AgentVersion: "test", VmId: testkit.FakeVM(other)})
+	if _, err := liar.Recv(); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "hello.vmId") {
+		t.Fatalf("a hello naming another VM: %v, want permission denied naming hello.vmId", err)
+	}
+	// One that names none runs on the certificate's.
+	stream := e.connectAs(cert, &agentv1.Hello{AgentVersion: "test"})
+	if c := e.observed.WaitFor(t, 10*time.Second, "connected", func(ev *agentv1.AgentEvent) bool { return ev.GetConnected() != nil }); c.GetConnected().GetVmId() != testkit.FakeVM(id) {
+		t.Errorf("connected from VM %q, want the certificate's %q", c.GetConnected().GetVmId(), testkit.FakeVM(id))
+	}
 	for _, m := range []*agentv1.AgentMessage{
 		{Body: &agentv1.AgentMessage_Heartbeat{Heartbeat: &agentv1.Heartbeat{DiskUsedBytes: 42, AgentVersion: "test", NodeUrl: "https://" + strings.Repeat("n", 10000)}}},
 		{Body: &agentv1.AgentMessage_Progress{Progress: &agentv1.Progress{CommandId: "c", Step: "done", Status: "failed", Message: "exit 1: \x00\x01"}}},
@@ -436,9 +444,9 @@ func TestRenewKeepsTheIdentity(t *testing.T) {
 	if got, err := pki.AgentInstanceID(renewed.Leaf); err != nil || got != id {
 		t.Fatalf("renewed certificate is for %q (%v), want %q", got, err, id)
 	}
-	e.connectAs(renewed, &agentv1.Hello{VmId: "renewed"})
+	e.connectAs(renewed, &agentv1.Hello{AgentVersion: "renewed"})
 	e.observed.WaitFor(t, 10*time.Second, "connected with the renewed certificate", func(ev *agentv1.AgentEvent) bool {
-		return ev.GetInstanceId() == id && ev.GetConnected().GetVmId() == "renewed"
+		return ev.GetInstanceId() == id && ev.GetConnected().GetAgentVersion() == "renewed"
 	})
 }
 
@@ -451,21 +459,21 @@ func TestAnOldCertificateCannotTakeTheAgentsPlace(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	const id = "inst-stolen"
 	old := e.join(id)
-	first := e.connectAs(old, &agentv1.Hello{VmId: "first"})
-	e.observed.WaitFor(t, 10*time.Second, "first connected", func(ev *agentv1.AgentEvent) bool { return ev.GetConnected().GetVmId() == "first" })
+	first := e.connectAs(old, &agentv1.Hello{AgentVersion: "first"})
+	e.observed.WaitFor(t, 10*time.Second, "first connected", func(ev *agentv1.AgentEvent) bool { return ev.GetConnected().GetAgentVersion() == "first" })
 	key, csr := newCSR(t)
 	resp, err := e.client(old).Renew(t.Context(), &agentv1.RenewRequest{CsrDer: csr})
 	if err != nil {
 		t.Fatal(err)
 	}
 	renewed := tlsCert(t, []byte(resp.GetCertificatePem()), key)
-	current := e.connectAs(renewed, &agentv1.Hello{VmId: "renewed"})
+	current := e.connectAs(renewed, &agentv1.Hello{AgentVersion: "renewed"})
 	if _, err := first.Recv(); status.Code(err) != codes.Unavailable {
 		t.Fatalf("the stream with the renewed certificate: %v, want it replaced", err)
 	}
-	e.observed.WaitFor(t, 10*time.Second, "connected with the renewed certificate", func(ev *agentv1.AgentEvent) bool { return ev.GetConnected().GetVmId() == "renewed" })
+	e.observed.WaitFor(t, 10*time.Second, "connected with the renewed certificate", func(ev *agentv1.AgentEvent) bool { return ev.GetConnected().GetAgentVersion() == "renewed" })
 
-	stolen := e.connectAs(old, &agentv1.Hello{VmId: "thief"})
+	stolen := e.connectAs(old, &agentv1.Hello{AgentVersion: "thief"})
 	if _, err := stolen.Recv(); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "newer certificate") {
 		t.Fatalf("a copy of the renewed certificate: %v, want permission denied", err)
 	}
@@ -481,7 +489,7 @@ func TestAnOldCertificateCannotTakeTheAgentsPlace(t *testing.T) {
 	}
 
 	e.observed.Set(&inventoryv1.Instance{Id: id, State: string(vocab.StateDeprovisioned)})
-	again := e.connectAs(renewed, &agentv1.Hello{VmId: "after"})
+	again := e.connectAs(renewed, &agentv1.Hello{AgentVersion: "after"})
 	if _, err := again.Recv(); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "deprovisioned") {
 		t.Fatalf("connecting for a deprovisioned instance: %v", err)
 	}
@@ -575,19 +583,19 @@ func TestTheStreamsGaugeCountsOpenStreams(t *testing.T) {
 	checked, turns := agentgw.ChecksAnswered()
 	const id = "inst-gauge"
 	cert := e.join(id)
-	first := e.connectAs(cert, &agentv1.Hello{VmId: "vm-1"})
+	first := e.connectAs(cert, &agentv1.Hello{AgentVersion: "vm-1"})
 	e.observed.WaitFor(t, 10*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
-		return ev.GetConnected().GetVmId() == "vm-1"
+		return ev.GetConnected().GetAgentVersion() == "vm-1"
 	})
 	if got := agentgw.OpenStreams(); got != before+1 {
 		t.Fatalf("with a stream open the gauge is %v, want %v", got, before+1)
 	}
-	second := e.connectAs(cert, &agentv1.Hello{VmId: "vm-2"})
+	second := e.connectAs(cert, &agentv1.Hello{AgentVersion: "vm-2"})
 	if _, err := first.Recv(); status.Code(err) != codes.Unavailable {
 		t.Fatalf("the replaced stream: %v", err)
 	}
 	e.observed.WaitFor(t, 10*time.Second, "connected again", func(ev *agentv1.AgentEvent) bool {
-		return ev.GetConnected().GetVmId() == "vm-2"
+		return ev.GetConnected().GetAgentVersion() == "vm-2"
 	})
 	if got := agentgw.OpenStreams(); got != before+1 {
 		t.Fatalf("with the stream replaced the gauge is %v, want %v", got, before+1)

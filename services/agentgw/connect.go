@@ -43,8 +43,9 @@ const (
 // agentConn is one agent's stream.
 type agentConn struct {
 	id string
-	// vmID is the VM the agent says it runs on (its hello), "" if it did
-	// not say.
+	// vmID is the VM the agent runs on (its certificate's, or for a
+	// certificate from before they named their VM, its hello's), "" if
+	// neither says.
 	vmID string
 	// issued is when the stream's certificate was issued (its NotBefore).
 	issued   time.Time
@@ -130,6 +131,17 @@ func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
 	hello := first.GetHello()
 	if hello == nil {
 		return status.Error(codes.InvalidArgument, "the first message of a stream must be hello")
+	}
+	// The VM an agent runs on is its certificate's, which the CA bound to
+	// the VM its join token was for: a hello cannot say otherwise, and one
+	// that says nothing is taken to mean it.
+	if vm := pki.AgentVMID(who.cert); vm != "" {
+		if said := hello.GetVmId(); said != "" && said != vm {
+			s.log.WarnContext(ctx, "agent refused: its hello names another VM than its certificate", "instance_id", who.instanceID,
+				"vm_id", vm, "hello_vm_id", said, "remote", peerAddr(ctx))
+			return status.Errorf(codes.PermissionDenied, "hello.vmId: %q is not the VM this agent's certificate is bound to (%s)", said, vm)
+		}
+		hello.VmId = vm
 	}
 	// First of all, before any check that may take a while: this gateway
 	// acknowledges log lines, so the agent keeps each until its LogAck. An

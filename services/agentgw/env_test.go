@@ -181,10 +181,11 @@ func (e *env) join(id string) *tls.Certificate {
 	return tlsCert(e.t, []byte(resp.GetCertificatePem()), key)
 }
 
-// connect joins as id and opens a stream with hello.
+// connect joins as id and opens a stream with hello, naming no VM: the
+// gateway takes its certificate's.
 func (e *env) connect(id string) *agentStream {
 	e.t.Helper()
-	return e.connectAs(e.join(id), &agentv1.Hello{AgentVersion: "test", VmId: "vm-" + id})
+	return e.connectAs(e.join(id), &agentv1.Hello{AgentVersion: "test"})
 }
 
 func (e *env) connectAs(cert *tls.Certificate, hello *agentv1.Hello) *agentStream {

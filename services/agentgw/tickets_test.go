@@ -49,7 +49,7 @@ func TestAgentsResumeTheirTLSSessionWithAnyGateway(t *testing.T) {
 		t.Fatal("the stream to the other gateway did not resume the session")
 	}
 	e.observed.WaitFor(t, 10*time.Second, "connected through the resumed session", func(ev *agentv1.AgentEvent) bool {
-		return ev.GetInstanceId() == id && ev.GetConnected().GetVmId() == "second"
+		return ev.GetInstanceId() == id && ev.GetConnected().GetAgentVersion() == "second"
 	})
 	second.CloseSend()
 
@@ -69,7 +69,7 @@ func TestAgentsResumeTheirTLSSessionWithAnyGateway(t *testing.T) {
 		t.Fatal("the renewed certificate's stream resumed a session of the certificate before")
 	}
 	e.observed.WaitFor(t, 10*time.Second, "connected with the renewed certificate", func(ev *agentv1.AgentEvent) bool {
-		return ev.GetConnected().GetVmId() == "renewed"
+		return ev.GetConnected().GetAgentVersion() == "renewed"
 	})
 	stale, resumed := e.openStream(e.addr, func() *tls.Certificate { return old }, oldSessions, "stale")
 	if !resumed {
@@ -81,10 +81,10 @@ func TestAgentsResumeTheirTLSSessionWithAnyGateway(t *testing.T) {
 }
 
 // openStream opens a stream to the gateway at addr as an agent does
-// (agent.GatewayTLSConfig, with sessions), says hello from vm and reads
+// (agent.GatewayTLSConfig, with sessions), says hello as version and reads
 // the gateway's first message, by when the TLS session ticket has come; it
 // reports whether the stream's TLS session was resumed.
-func (e *env) openStream(addr string, cert func() *tls.Certificate, sessions tls.ClientSessionCache, vm string) (*agentStream, bool) {
+func (e *env) openStream(addr string, cert func() *tls.Certificate, sessions tls.ClientSessionCache, version string) (*agentStream, bool) {
 	e.t.Helper()
 	cfg := agent.GatewayTLSConfig(e.roots, []*x509.Certificate{e.ca.GatewayAuthority().Certificate()}, cert, sessions)
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
@@ -96,13 +96,13 @@ func (e *env) openStream(addr string, cert func() *tls.Certificate, sessions tls
 	e.t.Cleanup(cancel)
 	stream, err := agentv1.NewAgentGatewayClient(conn).Connect(ctx)
 	if err == nil {
-		err = stream.Send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Hello{Hello: &agentv1.Hello{AgentVersion: "test", VmId: vm}}})
+		err = stream.Send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Hello{Hello: &agentv1.Hello{AgentVersion: version}}})
 	}
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	if _, err := stream.Recv(); err != nil {
-		e.t.Fatalf("the gateway's first message to %s: %v", vm, err)
+		e.t.Fatalf("the gateway's first message to %s: %v", version, err)
 	}
 	p, ok := peer.FromContext(stream.Context())
 	if !ok {
