@@ -117,11 +117,13 @@ func BenchmarkAgentGatewayRestart(b *testing.B) {
 			// The steady phase's first 20 s: what every service but the
 			// agents costs while they heartbeat and log.
 			steady, steadyAt := cpuSeconds(os.Getpid()), time.Now()
+			stopSteadyProfile := profileCPU(b, "FLOTILLA_BENCH_STEADY_CPUPROFILE", 20*time.Second)
 			time.Sleep(20 * time.Second)
+			stopSteadyProfile()
 			steadyCores = (cpuSeconds(os.Getpid()) - steady) / time.Since(steadyAt).Seconds()
 			heapPerAgent = (float64(heapInUse()) - float64(heapBefore)) / float64(agents)
 			profileHeap(b)
-			stopProfile := profileCPU(b, 30*time.Second)
+			stopProfile := profileCPU(b, "FLOTILLA_BENCH_CPUPROFILE", 30*time.Second)
 			services, agentsCPU, t0 := cpuSeconds(os.Getpid()), cpuSeconds(agentsPID), time.Now()
 			go traceGateway(t0, 30*time.Second)
 			go func() { registered <- streamsBack(t0, agents, 39*time.Second) }()
@@ -159,11 +161,12 @@ func BenchmarkAgentGatewayRestart(b *testing.B) {
 	}
 }
 
-// profileCPU profiles this process (every service) for up to d into the
-// file FLOTILLA_BENCH_CPUPROFILE names, if it names one; the returned
-// function waits until it is written.
-func profileCPU(b *testing.B, d time.Duration) func() {
-	path := os.Getenv("FLOTILLA_BENCH_CPUPROFILE")
+// profileCPU profiles this process for up to d into the file the
+// environment variable env names, if it names one; the returned function
+// waits until it is written. In the benchmark's process that is every
+// service; in the agents' process, the agents.
+func profileCPU(tb testing.TB, env string, d time.Duration) func() {
+	path := os.Getenv(env)
 	if path == "" {
 		return func() {}
 	}
@@ -172,7 +175,11 @@ func profileCPU(b *testing.B, d time.Duration) func() {
 		err = pprof.StartCPUProfile(f)
 	}
 	if err != nil {
-		b.Error(err)
+		if tb != nil {
+			tb.Error(err)
+		} else {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", env, err)
+		}
 		return func() {}
 	}
 	done := time.After(d)
@@ -303,7 +310,16 @@ func runChildAgents(spec string) int {
 		return 2
 	}
 	cfg := benchConfig(api, token, agents)
-	cfg.Steady = func() { fmt.Fprintln(os.Stderr, steadyMark) }
+	cfg.Steady = func() {
+		fmt.Fprintln(os.Stderr, steadyMark)
+		// The agents' side of the restart: the benchmark stops the
+		// gateway 20 s into the steady phase and profiles the services
+		// for the 30 s after.
+		go func() {
+			time.Sleep(20 * time.Second)
+			profileCPU(nil, "FLOTILLA_BENCH_AGENTS_CPUPROFILE", 30*time.Second)()
+		}()
+	}
 	sum, err := agentsim.Run(context.Background(), cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
