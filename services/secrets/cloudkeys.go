@@ -49,7 +49,7 @@ func (s *Service) putCloudKey(ctx context.Context, _ vocab.Actor, r *secretsv1.P
 	}
 	var version int64
 	var kmsKeyID string
-	err = s.store.inTurn(ctx, "cloud key "+id, func(tx pgx.Tx) error {
+	err = s.store.inTurn(ctx, cloudKeyLock(id), func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `SELECT version FROM cloud_keys WHERE cloud_account_id = $1`, id).Scan(&version)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("read the key of cloud account %s: %w", id, err)
@@ -81,16 +81,28 @@ func (s *Service) putCloudKey(ctx context.Context, _ vocab.Actor, r *secretsv1.P
 }
 
 // deleteCloudKey forgets a cloud account's secret key; none kept is fine.
+// It takes its turn with the key's writers: a put under way stores its
+// version before the key is forgotten, never after.
 func (s *Service) deleteCloudKey(ctx context.Context, _ vocab.Actor, r *secretsv1.DeleteCloudKeyRequest) (*emptypb.Empty, error) {
 	id, err := parseID("cloudAccountId", "a cloud account id", r.GetCloudAccountId())
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.store.pool.Exec(ctx, `DELETE FROM cloud_keys WHERE cloud_account_id = $1`, id); err != nil {
-		return nil, fmt.Errorf("delete the key of cloud account %s: %w", id, err)
+	err = s.store.inTurn(ctx, cloudKeyLock(id), func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM cloud_keys WHERE cloud_account_id = $1`, id); err != nil {
+			return fmt.Errorf("delete the key of cloud account %s: %w", id, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return &emptypb.Empty{}, nil
 }
+
+// cloudKeyLock names the turn of one cloud account's key's writers (see
+// inTurn).
+func cloudKeyLock(accountID string) string { return "cloud key " + accountID }
 
 // readCloudKey opens a cloud account's secret key for the provisioner,
 // which signs its calls to the cloud with it. Every read is audited.

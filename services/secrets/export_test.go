@@ -21,3 +21,17 @@ func RewrapStale(ctx context.Context, pool *pgxpool.Pool, k kms.KMS, instanceID,
 	between()
 	return rewrapOne(ctx, pool, k, sealedTables[0], r)
 }
+
+// HoldCloudKeyTurn takes the turn of a cloud account's key's writers, as a
+// put under way holds it, until the returned function is called.
+func HoldCloudKeyTurn(ctx context.Context, pool *pgxpool.Pool, accountID string) (release func(), err error) {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, int32(writerLockClass), cloudKeyLock(accountID)); err != nil {
+		_ = tx.Rollback(ctx)
+		return nil, err
+	}
+	return func() { _ = tx.Commit(ctx) }, nil
+}

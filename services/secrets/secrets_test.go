@@ -373,6 +373,42 @@ func TestConcurrentReplacesTakeDistinctVersions(t *testing.T) {
 	}
 }
 
+// TestDeletingACloudKeyWaitsForItsWriters: a delete takes its turn with
+// the key's writers, so a put under way is not stored after the key was
+// forgotten.
+func TestDeletingACloudKeyWaitsForItsWriters(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	inventory := rpc.NewClient(e.bus.Conn(t, subjects.Inventory), subjects.Inventory, 10*time.Second)
+	account := uuid.NewString()
+	if _, err := rpc.Call(t.Context(), inventory, endpoints.CloudKeyPut, &secretsv1.PutCloudKeyRequest{CloudAccountId: account, Value: "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	release, err := secrets.HoldCloudKeyTurn(t.Context(), e.pool, account)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deleted := make(chan error, 1)
+	go func() {
+		_, err := rpc.Call(t.Context(), inventory, endpoints.CloudKeyDelete, &secretsv1.DeleteCloudKeyRequest{CloudAccountId: account})
+		deleted <- err
+	}()
+	select {
+	case err := <-deleted:
+		release()
+		t.Fatalf("the delete did not wait for the writer holding the key's turn: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	release()
+	if err := <-deleted; err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := e.pool.QueryRow(t.Context(), `SELECT count(*) FROM cloud_keys WHERE cloud_account_id = $1`, account).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d keys of the deleted account kept, %v", n, err)
+	}
+}
+
 func TestSecretsGoWithTheirInstance(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
