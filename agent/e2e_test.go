@@ -154,7 +154,7 @@ func runAgent(t *testing.T, provisioner *rpc.Client, fleetCA *ca.Service, addr, 
 	}
 	cfg := agent.Config{
 		GatewayAddr: addr, CAFile: caFile, TokenFile: tokenFile,
-		StateDir: filepath.Join(dir, "state"), DataDir: filepath.Join(dir, "data"), DataDiskGB: 2, VMID: "vm-" + id,
+		StateDir: filepath.Join(dir, "state"), DataDir: filepath.Join(dir, "data"), DataDiskGB: 2, VMID: tok.GetVmId(),
 		NodeBinary: agent.NodeHelper(), PackageInstaller: agent.NoPackageInstaller,
 		HeartbeatInterval: heartbeat, Log: agent.NewTestLog(t),
 	}
@@ -241,12 +241,12 @@ func TestAgentJoinsBootstrapsAndSurvivesAGatewayRestart(t *testing.T) {
 	cfg := f.startAgent(id, 200*time.Millisecond)
 
 	f.observed.WaitFor(t, 15*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
-		return ev.GetInstanceId() == id && ev.GetConnected().GetVmId() == "vm-"+id
+		return ev.GetInstanceId() == id && ev.GetConnected().GetVmId() == testkit.FakeVM(id)
 	})
 	if _, err := os.Stat(filepath.Join(cfg.StateDir, "agent.crt")); err != nil {
 		t.Fatalf("the agent saved no certificate: %v", err)
 	}
-	f.command(id, &agentv1.Command{Id: "vm-" + id, Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{
+	f.command(id, &agentv1.Command{Id: testkit.FakeVM(id), Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{
 		InstanceName: "alpha",
 		NodeVersion:  "local-1",
 		SetupActions: []*inventoryv1.SetupAction{
@@ -257,7 +257,7 @@ func TestAgentJoinsBootstrapsAndSurvivesAGatewayRestart(t *testing.T) {
 	}}})
 	done := f.observed.WaitFor(t, 20*time.Second, "done", func(ev *agentv1.AgentEvent) bool {
 		p := ev.GetProgress()
-		return p.GetCommandId() == "vm-"+id && (p.GetStep() == "done" || p.GetStatus() == "failed")
+		return p.GetCommandId() == testkit.FakeVM(id) && (p.GetStep() == "done" || p.GetStatus() == "failed")
 	})
 	if done.GetProgress().GetStatus() != "succeeded" {
 		t.Fatalf("bootstrap ended with %v", done.GetProgress())
@@ -309,8 +309,8 @@ func TestAgentJoinsBootstrapsAndSurvivesAGatewayRestart(t *testing.T) {
 		return ev.GetConnected() != nil && f.observed.Count(func(ev *agentv1.AgentEvent) bool { return ev.GetConnected() != nil }) > connects
 	})
 	reconnected := f.observed.Events()
-	if last := reconnected[len(reconnected)-1]; last.GetConnected() != nil && last.GetConnected().GetCompletedCommandId() != "vm-"+id {
-		t.Errorf("hello after the reconnect = %v, want completed command %s", last.GetConnected(), "vm-"+id)
+	if last := reconnected[len(reconnected)-1]; last.GetConnected() != nil && last.GetConnected().GetCompletedCommandId() != testkit.FakeVM(id) {
+		t.Errorf("hello after the reconnect = %v, want completed command %s", last.GetConnected(), testkit.FakeVM(id))
 	}
 	visit(6)
 	lines := f.waitLogs(id, "every visit", func(lines []*agentv1.LogLine) bool {
@@ -329,10 +329,10 @@ func TestAgentJoinsBootstrapsAndSurvivesAGatewayRestart(t *testing.T) {
 		seen[l.GetSeq()] = true
 	}
 	// The agent still takes commands on the new gateway.
-	f.command(id, &agentv1.Command{Id: "vm-" + id, Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{InstanceName: "alpha"}}})
+	f.command(id, &agentv1.Command{Id: testkit.FakeVM(id), Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{InstanceName: "alpha"}}})
 	f.observed.WaitFor(t, 10*time.Second, "done again", func(ev *agentv1.AgentEvent) bool {
 		p := ev.GetProgress()
-		return p.GetCommandId() == "vm-"+id && p.GetStep() == "done" && ev.GetTime().AsTime().After(time.Now().Add(-5*time.Second))
+		return p.GetCommandId() == testkit.FakeVM(id) && p.GetStep() == "done" && ev.GetTime().AsTime().After(time.Now().Add(-5*time.Second))
 	})
 }
 
@@ -347,14 +347,14 @@ func TestRandomBytesFromAScriptBreakNothing(t *testing.T) {
 	f.observed.WaitFor(t, 15*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
 		return ev.GetInstanceId() == id && ev.GetConnected() != nil
 	})
-	f.command(id, &agentv1.Command{Id: "vm-" + id, Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{
+	f.command(id, &agentv1.Command{Id: testkit.FakeVM(id), Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{
 		InstanceName: "alpha",
 		SetupActions: []*inventoryv1.SetupAction{{Type: "script",
 			Script: `head -c 64 /dev/urandom; printf '\xff\xfe\n'; head -c 40000 /dev/urandom | tr -d '\n'; echo; echo after-the-garbage`}},
 	}}})
 	done := f.observed.WaitFor(t, 20*time.Second, "done", func(ev *agentv1.AgentEvent) bool {
 		p := ev.GetProgress()
-		return p.GetCommandId() == "vm-"+id && (p.GetStep() == "done" || p.GetStatus() == "failed")
+		return p.GetCommandId() == testkit.FakeVM(id) && (p.GetStep() == "done" || p.GetStatus() == "failed")
 	})
 	if done.GetProgress().GetStatus() != "succeeded" {
 		t.Fatalf("bootstrap ended with %v", done.GetProgress())
