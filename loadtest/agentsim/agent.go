@@ -55,6 +55,9 @@ type fleet struct {
 	roots      *x509.CertPool
 	gatewayCAs []*x509.Certificate
 	joinConn   *grpc.ClientConn // Join needs no client certificate: one connection serves every join
+	// opening holds a turn for each agent opening its stream (nil: no
+	// bound; see Config.Opening).
+	opening chan struct{}
 
 	// logStart and logEnd are when lines are made; set before steady.
 	logStart, logEnd time.Time
@@ -68,6 +71,14 @@ type fleet struct {
 	outageStart  time.Time
 	outages      int
 	longest      time.Duration
+}
+
+func newFleet(cfg Config) *fleet {
+	f := &fleet{cfg: cfg}
+	if cfg.Opening > 0 {
+		f.opening = make(chan struct{}, cfg.Opening)
+	}
+	return f
 }
 
 // gateway takes the agent gateway's address and CA bundle from the first
@@ -291,6 +302,21 @@ func (a *simAgent) run(ctx context.Context, stop <-chan struct{}) {
 // to close cleanly with every line delivered (true).
 func (a *simAgent) session(ctx context.Context, stop <-chan struct{}) (bool, error) {
 	f := a.f
+	if f.opening != nil {
+		select {
+		case f.opening <- struct{}{}:
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}
+	turnEnded := false
+	endTurn := func() {
+		if f.opening != nil && !turnEnded {
+			turnEnded = true
+			<-f.opening
+		}
+	}
+	defer endTurn()
 	conn, err := f.dial(f.gwAddr, a.creds)
 	if err != nil {
 		return false, err
@@ -307,6 +333,7 @@ func (a *simAgent) session(ctx context.Context, stop <-chan struct{}) (bool, err
 	if err == nil {
 		err = a.heartbeat(stream)
 	}
+	endTurn()
 	if !opening.Stop() || err != nil {
 		if err = errors.Join(err, sctx.Err()); err == nil {
 			err = fmt.Errorf("not open within %v", connectTimeout)

@@ -48,6 +48,7 @@ func TestAgentsJoinRunAndSurviveAGatewayRestart(t *testing.T) {
 	cfg := agentsim.Config{
 		API: api, Token: token, Agents: 20, Duration: 8 * time.Second, LogRate: 5,
 		Heartbeat: time.Second, Concurrency: 8, SetupTimeout: 2 * time.Minute,
+		Opening: 4, // at most four open their stream at once
 		Log: slog.New(slog.NewTextHandler(t.Output(), nil)),
 		Steady: func() {
 			go func() {
@@ -250,11 +251,20 @@ const (
 )
 
 // benchConfig is the benchmark's run: heartbeats every 10 s, a line every
-// 10 s per agent, a minute of steady phase.
+// 10 s per agent, a minute of steady phase; FLOTILLA_BENCH_OPENING, if
+// set, bounds the agents opening their stream at once (Config.Opening).
 func benchConfig(api, token string, agents int) agentsim.Config {
+	opening := 0
+	if v := os.Getenv("FLOTILLA_BENCH_OPENING"); v != "" {
+		var err error
+		if opening, err = strconv.Atoi(v); err != nil {
+			opening = -1 // refused, naming the setting
+		}
+	}
 	return agentsim.Config{
 		API: api, Token: token, Agents: agents, Duration: 60 * time.Second,
 		LogRate: 0.1, Heartbeat: 10 * time.Second, Concurrency: 64, SetupTimeout: time.Hour,
+		Opening: opening,
 		// Its progress goes to stderr: a run of thousands takes minutes.
 		Log: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 	}
@@ -336,12 +346,12 @@ func runChildAgents(spec string) int {
 func TestBadSettingsAreRefused(t *testing.T) {
 	t.Parallel()
 	_, err := agentsim.Run(t.Context(), agentsim.Config{API: "http://192.0.2.1:7700", Agents: 0, Duration: 2 * time.Hour,
-		LogRate: 100, Heartbeat: time.Millisecond, Network: "n"})
+		LogRate: 100, Heartbeat: time.Millisecond, Network: "n", Opening: -1})
 	if err == nil {
 		t.Fatal("no error")
 	}
 	for _, want := range []string{"api: \"192.0.2.1\" is not this machine", "token: ", "agents: 0", "duration: 2h0m0s", "log-rate: 100 lines/s for 2h0m0s",
-		"heartbeat: 1ms", "network, template: "} {
+		"heartbeat: 1ms", "opening: -1", "network, template: "} {
 		if !bytes.Contains([]byte(err.Error()), []byte(want)) {
 			t.Errorf("error %q does not say %q", err, want)
 		}

@@ -55,6 +55,13 @@ type Config struct {
 	// Concurrency bounds the API calls and joins in flight
 	// (1..MaxConcurrency; 0: DefaultConcurrency).
 	Concurrency int
+	// Opening bounds how many agents of this process open a stream at
+	// once: dial, TLS handshake, hello and first heartbeat (0..Agents; 0:
+	// no bound). Each real agent opens its stream on a machine of its own;
+	// thousands simulated in one process on a few cores all handshake at
+	// once, interleaved by the scheduler, and each takes seconds. A bound
+	// lets the ones opening finish first, as a real agent would.
+	Opening int
 	// SetupTimeout bounds creating, provisioning and joining every agent
 	// (0: DefaultSetupTimeout); the run goes on with the agents that made it.
 	SetupTimeout time.Duration
@@ -93,6 +100,9 @@ func (c Config) Validate() error {
 	}
 	if c.Concurrency < 0 || c.Concurrency > MaxConcurrency {
 		errs = append(errs, fmt.Errorf("concurrency: %d must be between 1 and %d", c.Concurrency, MaxConcurrency))
+	}
+	if c.Opening < 0 || c.Opening > MaxAgents {
+		errs = append(errs, fmt.Errorf("opening: %d must be between 0 (no bound) and %d", c.Opening, MaxAgents))
 	}
 	if c.SetupTimeout < 0 || c.SetupTimeout > MaxSetupTimeout {
 		errs = append(errs, fmt.Errorf("setup-timeout: %v must be at most %v", c.SetupTimeout, MaxSetupTimeout))

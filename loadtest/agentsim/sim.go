@@ -38,7 +38,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	if err := RaiseFileLimit(uint64(cfg.Agents) + 1024); err != nil {
 		cfg.Log.Warn("not every agent may be able to connect", "error", err)
 	}
-	s := &sim{cfg: cfg, api: newAPI(cfg.API, cfg.Token), f: &fleet{cfg: cfg},
+	s := &sim{cfg: cfg, api: newAPI(cfg.API, cfg.Token), f: newFleet(cfg),
 		sum: Summary{Agents: cfg.Agents, LogRatePerAgent: cfg.LogRate, HeartbeatSeconds: cfg.Heartbeat.Seconds()}}
 	defer s.f.close()
 	b := make([]byte, 3)

@@ -39,6 +39,7 @@ func main() {
 	flag.StringVar(&cfg.Template, "template", "", "an existing template of provider external (with --network)")
 	flag.BoolVar(&cfg.Keep, "keep", false, "leave the instances (and the run's network and template) in place")
 	flag.IntVar(&cfg.Concurrency, "concurrency", agentsim.DefaultConcurrency, "API calls and joins in flight")
+	flag.IntVar(&cfg.Opening, "opening", 0, "agents opening their stream (dial, TLS handshake, hello) at once; 0: no bound")
 	flag.DurationVar(&cfg.SetupTimeout, "setup-timeout", agentsim.DefaultSetupTimeout, "bound on setting every agent up, and on removing them")
 	flag.Parse()
 	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
