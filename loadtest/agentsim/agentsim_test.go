@@ -49,7 +49,7 @@ func TestAgentsJoinRunAndSurviveAGatewayRestart(t *testing.T) {
 		API: api, Token: token, Agents: 20, Duration: 8 * time.Second, LogRate: 5,
 		Heartbeat: time.Second, Concurrency: 8, SetupTimeout: 2 * time.Minute,
 		Opening: 4, // at most four open their stream at once
-		Log: slog.New(slog.NewTextHandler(t.Output(), nil)),
+		Log:     slog.New(slog.NewTextHandler(t.Output(), nil)),
 		Steady: func() {
 			go func() {
 				defer close(restarted)
