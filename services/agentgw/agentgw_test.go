@@ -201,18 +201,18 @@ func TestANewerStreamReplacesTheOlder(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	const id = "inst-twice"
 	cert := e.join(id)
-	older := e.connectAs(cert, &agentv1.Hello{AgentVersion: "vm-1"})
+	older := e.connectAs(cert, &agentv1.Hello{AgentVersion: "first"})
 	e.observed.WaitFor(t, 10*time.Second, "first connected", func(ev *agentv1.AgentEvent) bool {
-		return ev.GetConnected().GetAgentVersion() == "vm-1"
+		return ev.GetConnected().GetAgentVersion() == "first"
 	})
-	newer := e.connectAs(cert, &agentv1.Hello{AgentVersion: "vm-2"})
+	newer := e.connectAs(cert, &agentv1.Hello{AgentVersion: "second"})
 	if _, err := older.Recv(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "newer") {
 		t.Fatalf("older stream: %v, want it closed as replaced", err)
 	}
 	// Commands go to the agent once its newer stream is registered, as the
 	// provisioner sends them only to an agent recorded as connected.
 	e.observed.WaitFor(t, 10*time.Second, "second connected", func(ev *agentv1.AgentEvent) bool {
-		return ev.GetConnected().GetAgentVersion() == "vm-2"
+		return ev.GetConnected().GetAgentVersion() == "second"
 	})
 	cmd := &agentv1.Command{Id: "cmd-2", Action: &agentv1.Command_StopNode{StopNode: &agentv1.StopNode{}}}
 	if _, err := rpc.Call(t.Context(), e.provisioner, endpoints.AgentCommand.At(id), cmd); err != nil {
@@ -583,19 +583,19 @@ func TestTheStreamsGaugeCountsOpenStreams(t *testing.T) {
 	checked, turns := agentgw.ChecksAnswered()
 	const id = "inst-gauge"
 	cert := e.join(id)
-	first := e.connectAs(cert, &agentv1.Hello{AgentVersion: "vm-1"})
+	first := e.connectAs(cert, &agentv1.Hello{AgentVersion: "first"})
 	e.observed.WaitFor(t, 10*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
-		return ev.GetConnected().GetAgentVersion() == "vm-1"
+		return ev.GetConnected().GetAgentVersion() == "first"
 	})
 	if got := agentgw.OpenStreams(); got != before+1 {
 		t.Fatalf("with a stream open the gauge is %v, want %v", got, before+1)
 	}
-	second := e.connectAs(cert, &agentv1.Hello{AgentVersion: "vm-2"})
+	second := e.connectAs(cert, &agentv1.Hello{AgentVersion: "second"})
 	if _, err := first.Recv(); status.Code(err) != codes.Unavailable {
 		t.Fatalf("the replaced stream: %v", err)
 	}
 	e.observed.WaitFor(t, 10*time.Second, "connected again", func(ev *agentv1.AgentEvent) bool {
-		return ev.GetConnected().GetAgentVersion() == "vm-2"
+		return ev.GetConnected().GetAgentVersion() == "second"
 	})
 	if got := agentgw.OpenStreams(); got != before+1 {
 		t.Fatalf("with the stream replaced the gauge is %v, want %v", got, before+1)
