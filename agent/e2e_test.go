@@ -34,6 +34,7 @@ import (
 	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/internal/stack"
 	"flotilla.dev/flotilla/internal/stack/stacktest"
 	"flotilla.dev/flotilla/libs/pki"
@@ -56,6 +57,8 @@ type fleet struct {
 
 	mu     sync.Mutex
 	stopGW func()
+	// gwLogs, if set, gets the log of every gateway started after.
+	gwLogs *testkit.Buffer
 }
 
 func newFleet(t *testing.T, agentCertTTL time.Duration) *fleet {
@@ -88,8 +91,14 @@ func (f *fleet) startGateway(addr string) {
 	t.Helper()
 	var st *stack.Stack
 	var err error
+	log := agent.NewTestLog(t)
+	f.mu.Lock()
+	if f.gwLogs != nil {
+		log = slog.New(slog.NewTextHandler(f.gwLogs, nil))
+	}
+	f.mu.Unlock()
 	for range 50 { // the old listener's port may take a moment to be free
-		st, err = stack.Start(t.Context(), stacktest.OnBus(stack.Config{Services: []string{subjects.AgentGW}, Log: agent.NewTestLog(t),
+		st, err = stack.Start(t.Context(), stacktest.OnBus(stack.Config{Services: []string{subjects.AgentGW}, Log: log,
 			AgentAddr: addr}, f.bus))
 		if err == nil {
 			break
@@ -339,6 +348,63 @@ func TestAgentJoinsBootstrapsAndSurvivesAGatewayRestart(t *testing.T) {
 // TestRandomBytesFromAScriptBreakNothing: a setup script printing binary
 // garbage (not UTF-8, no newlines for a while) does not break the agent's
 // stream: the bootstrap succeeds and the lines are stored.
+// TestARefusedAgentForgetsItsTLSSessions: an agent the gateway refuses
+// (here: its instance deprovisioned) drops its TLS sessions, so its next
+// stream makes a new one instead of resuming what a refused stream held.
+func TestARefusedAgentForgetsItsTLSSessions(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, time.Hour)
+	const id = "inst-forget"
+	logs := &testkit.Buffer{}
+	f.mu.Lock()
+	f.gwLogs = logs
+	f.mu.Unlock()
+	f.restartGateway() // from here on, its log is read
+	// connects lists, in order, whether each of the agent's streams the
+	// gateway served resumed a TLS session.
+	connects := func() []bool {
+		var out []bool
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, `msg="agent connected"`) && strings.Contains(l, "instance_id="+id) {
+				out = append(out, strings.Contains(l, "tls_resumed=true"))
+			}
+		}
+		return out
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 20s; the gateway's log:\n%s", what, logs.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	f.startAgent(id, 200*time.Millisecond)
+	waitFor("the first stream", func() bool { return len(connects()) == 1 })
+	f.restartGateway()
+	waitFor("a stream after the restart", func() bool { return len(connects()) == 2 })
+	if !connects()[1] {
+		t.Fatal("the stream after a restart did not resume its TLS session: nothing here would show it forgotten")
+	}
+
+	// Refused: the instance is deprovisioned, and the gateway restarts so
+	// the agent comes back (resuming) and hears it.
+	f.observed.Set(&inventoryv1.Instance{Id: id, State: string(vocab.StateDeprovisioned)})
+	f.restartGateway()
+	waitFor("a refusal", func() bool {
+		return strings.Contains(logs.String(), `msg="agent refused" service=agentgw instance_id=`+id)
+	})
+	served := len(connects())
+	f.observed.Set(&inventoryv1.Instance{Id: id, Name: id, State: string(vocab.StateProvisioning), VmId: testkit.FakeVM(id)})
+	waitFor("a stream once the instance is back", func() bool { return len(connects()) > served })
+	if connects()[served] {
+		t.Error("the first stream after a refusal resumed a TLS session the agent held when it was refused")
+	}
+}
+
 func TestRandomBytesFromAScriptBreakNothing(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t, 0)
