@@ -205,7 +205,7 @@ var (
 	CloudKeyPut = endpoint[*secretsv1.PutCloudKeyRequest, *secretsv1.PutCloudKeyResponse](secrets, subjects.NounCloudKey, subjects.VerbPut,
 		"stores a cloud account's secret key, encrypted", inventory)
 	CloudKeyDelete = endpoint[*secretsv1.DeleteCloudKeyRequest, *emptypb.Empty](secrets, subjects.NounCloudKey, subjects.VerbDelete,
-		"forgets a cloud account's secret key", inventory)
+		"forgets a cloud account's secret key, asked before any account is deleted; refuses the account the broker's KMS key is reached through", inventory)
 	CloudKeyRead = endpoint[*secretsv1.ReadCloudKeyRequest, *secretsv1.ReadCloudKeyResponse](secrets, subjects.NounCloudKey, subjects.VerbRead,
 		"releases a cloud account's secret key to the services that call its cloud (the provisioner; the CA, for keys in AWS Secrets Manager), audited", provisioner, ca)
 	CertKeyCreate = endpoint[*secretsv1.StoreCertificateKeyRequest, *secretsv1.CertificateKey](secrets, subjects.NounCertKey, subjects.VerbCreate,

@@ -21,6 +21,7 @@ import (
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/internal/stack"
 	"flotilla.dev/flotilla/internal/stack/stacktest"
+	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/awsx"
 	"flotilla.dev/flotilla/libs/datadir"
 	"flotilla.dev/flotilla/libs/kms"
@@ -228,5 +229,18 @@ func TestKMSOfACloudAccount(t *testing.T) {
 	must(t, err)
 	if !v.GetOk() {
 		t.Errorf("verify with the key unwrapped by the account's KMS key: %q", v.GetMessage())
+	}
+
+	// The account the KMS key is reached through cannot be deleted: no
+	// secret could be opened without it. Another can.
+	_, err = rpc.Call(ctx, gateway, endpoints.CloudAccountDelete, &inventoryv1.DeleteCloudAccountRequest{Id: hostCreds}, admin)
+	if apierr.ReasonOf(err) != apierr.ReasonInUse || !strings.Contains(err.Error(), "kms.cloudAccountId") {
+		t.Fatalf("delete the KMS key's account: %v; want in_use naming kms.cloudAccountId", err)
+	}
+	if _, err := rpc.Call(ctx, gateway, endpoints.CloudAccountGet, &inventoryv1.GetCloudAccountRequest{Id: hostCreds}, admin); err != nil {
+		t.Fatalf("the refused account: %v", err)
+	}
+	if _, err := rpc.Call(ctx, gateway, endpoints.CloudAccountDelete, &inventoryv1.DeleteCloudAccountRequest{Id: withKeys}, admin); err != nil {
+		t.Fatalf("delete another account: %v", err)
 	}
 }

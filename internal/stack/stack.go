@@ -515,7 +515,11 @@ func (d deps) secrets(ctx context.Context, nc *nats.Conn) (runner, error) {
 	if err != nil {
 		return runner{}, err
 	}
-	s, err := secrets.New(ctx, secrets.Deps{Pool: d.st.pool, MigrationPool: d.st.ownerPool, NATS: nc, KMS: k, Log: c.Log, TracerProvider: c.TracerProvider,
+	var kmsAccount string
+	if c.KMSAWS != nil {
+		kmsAccount = c.KMSAWS.CloudAccountID
+	}
+	s, err := secrets.New(ctx, secrets.Deps{Pool: d.st.pool, MigrationPool: d.st.ownerPool, NATS: nc, KMS: k, KMSCloudAccountID: kmsAccount, Log: c.Log, TracerProvider: c.TracerProvider,
 		Version: c.Version, Concurrency: c.BusConcurrency, StreamReplicas: c.StreamReplicas})
 	if err != nil {
 		return runner{}, err

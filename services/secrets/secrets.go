@@ -38,10 +38,14 @@ type Deps struct {
 	NATS *nats.Conn
 	// KMS wraps every secret's data key; its KeyID is stored with each
 	// secret. A kms.Keyring also unwraps what previous keys wrapped.
-	KMS            kms.KMS
-	Log            *slog.Logger
-	TracerProvider trace.TracerProvider
-	Version        string
+	KMS kms.KMS
+	// KMSCloudAccountID is the cloud account KMS is reached through
+	// (kms.cloudAccountId), if any: the broker refuses to forget it, so
+	// the inventory does not delete it.
+	KMSCloudAccountID string
+	Log               *slog.Logger
+	TracerProvider    trace.TracerProvider
+	Version           string
 	// Concurrency is how many requests each of its endpoints serves at
 	// once (0: rpc.DefaultConcurrency).
 	Concurrency int
@@ -58,6 +62,8 @@ type Service struct {
 	rpc   *rpc.Service
 	bus   *rpc.Client
 	now   func() time.Time
+	// kmsAccount is Deps.KMSCloudAccountID.
+	kmsAccount string
 	// events removes the secrets of deleted instances.
 	events *events.Router
 }
@@ -88,12 +94,13 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		return nil, fmt.Errorf("secrets: %w", err)
 	}
 	s := &Service{
-		log:   log,
-		js:    js,
-		kms:   d.KMS,
-		store: store{pool: d.Pool},
-		bus:   rpc.NewClient(d.NATS, subjects.Secrets, 0),
-		now:   time.Now,
+		kmsAccount: d.KMSCloudAccountID,
+		log:        log,
+		js:         js,
+		kms:        d.KMS,
+		store:      store{pool: d.Pool},
+		bus:        rpc.NewClient(d.NATS, subjects.Secrets, 0),
+		now:        time.Now,
 	}
 	// Secrets go with their instance. A durable consumer, so a deletion that
 	// happens while the broker is down is handled when it comes back.

@@ -147,7 +147,9 @@ func (a *App) UpdateCloudAccount(ctx context.Context, actor vocab.Actor, acc *in
 }
 
 // DeleteCloudAccount deletes a cloud account no network uses; its secret
-// key is forgotten in the same transaction.
+// key is forgotten in the same transaction. The secret broker is asked
+// for every account, with a key or not: it refuses the one its KMS key is
+// reached through, and the account stays.
 func (a *App) DeleteCloudAccount(ctx context.Context, actor vocab.Actor, id string, version int64) error {
 	k := cloudAccounts
 	inner := k.beforeDelete
@@ -155,11 +157,11 @@ func (a *App) DeleteCloudAccount(ctx context.Context, actor vocab.Actor, id stri
 		if err := inner(ctx, tx, old); err != nil {
 			return err
 		}
-		if !old.GetAws().GetCredentials().GetSecretAccessKeySet() {
-			return nil
-		}
 		if a.cloudKeys == nil {
-			return errors.New("the secret broker is not configured: the account's secret key cannot be forgotten")
+			if old.GetAws().GetCredentials().GetSecretAccessKeySet() {
+				return errors.New("the secret broker is not configured: the account's secret key cannot be forgotten")
+			}
+			return nil
 		}
 		return a.cloudKeys.Delete(ctx, old.GetId())
 	}
