@@ -43,10 +43,7 @@ type acmeSpec struct {
 }
 
 func acmeSpecOf(o *agentv1.AcmeOrder) *acmeSpec {
-	port := int(o.GetHttpPort())
-	if port == 0 {
-		port = 80
-	}
+	port := int(vocab.ACMEHTTPPort(o.GetHttpPort()))
 	return &acmeSpec{DirectoryURL: o.GetDirectoryUrl(), ContactEmail: o.GetContactEmail(), Domains: o.GetDomains(),
 		HTTPPort: port, DirectoryCAPEM: o.GetDirectoryCaPem(), Challenge: o.GetChallenge(), DNSResolvers: o.GetDnsResolvers()}
 }

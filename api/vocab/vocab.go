@@ -274,6 +274,25 @@ const (
 	ACMEDNS01 ACMEChallenge = "dns-01"
 )
 
+// Ports the product fixes.
+const (
+	// DefaultACMEHTTPPort is where an agent answers HTTP-01 when the
+	// network's acme.httpPort is 0.
+	DefaultACMEHTTPPort = 80
+	// AWSNodePort is where the node software of an aws network's VMs
+	// serves (the port the network's security group opens).
+	AWSNodePort = 443
+)
+
+// ACMEHTTPPort is the port an agent answers HTTP-01 on, given a network's
+// acme.httpPort.
+func ACMEHTTPPort(httpPort int32) int32 {
+	if httpPort == 0 {
+		return DefaultACMEHTTPPort
+	}
+	return httpPort
+}
+
 // HTTPSStrategies lists every HTTPS strategy.
 var HTTPSStrategies = []HTTPSStrategy{HTTPSNone, HTTPSSelfSigned, HTTPSCustomCertificate, HTTPSACME}
 

@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/awsx"
 	"flotilla.dev/flotilla/services/provisioner/driver"
 	awsdriver "flotilla.dev/flotilla/services/provisioner/driver/aws"
@@ -75,6 +76,10 @@ func networkOf(t *inventoryv1.Template, n *inventoryv1.Network) driver.Network {
 	if t.GetProvider() == awsdriver.Name {
 		// A cloud VM's node listens where its security group lets clients in.
 		out.NodePort = awsdriver.DefaultNodePort
+		// So does its agent, for the ACME server's HTTP-01 challenges.
+		if vocab.HTTPSStrategy(n.GetHttpsStrategy()) == vocab.HTTPSACME && vocab.ACMEChallenge(n.GetAcme().GetChallenge()) != vocab.ACMEDNS01 {
+			out.ChallengePort = vocab.ACMEHTTPPort(n.GetAcme().GetHttpPort())
+		}
 	}
 	return out
 }

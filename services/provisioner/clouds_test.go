@@ -57,7 +57,24 @@ func TestDriverFor(t *testing.T) {
 		Aws: &inventoryv1.AwsNetworkSettings{VpcId: "vpc-1", SubnetId: "subnet-1", SecurityGroupIds: []string{"sg-1"}},
 		Dns: &inventoryv1.DnsSettings{PrivateZoneId: "Z1", PublicZoneId: "Z2", HostnamePattern: "{name}.fleet.example"}})
 	if n.ID != "n1" || n.VPCID != "vpc-1" || n.SubnetID != "subnet-1" || len(n.SecurityGroupIDs) != 1 || !n.AssignPublicIP ||
-		n.PrivateZoneID != "Z1" || n.PublicZoneID != "Z2" || n.HostnamePattern != "{name}.fleet.example" || n.NodePort != awsdriver.DefaultNodePort {
+		n.PrivateZoneID != "Z1" || n.PublicZoneID != "Z2" || n.HostnamePattern != "{name}.fleet.example" || n.NodePort != awsdriver.DefaultNodePort ||
+		n.ChallengePort != 0 {
 		t.Errorf("networkOf = %+v", n)
+	}
+	// An "acme" network's agents answer HTTP-01 on its httpPort (80 when
+	// none); with DNS-01, or on another provider, no port is opened for them.
+	for _, c := range []struct {
+		t    *inventoryv1.Template
+		acme *inventoryv1.AcmeSettings
+		want int32
+	}{
+		{awsT, &inventoryv1.AcmeSettings{}, 80},
+		{awsT, &inventoryv1.AcmeSettings{Challenge: "http-01", HttpPort: 8080}, 8080},
+		{awsT, &inventoryv1.AcmeSettings{Challenge: "dns-01"}, 0},
+		{&inventoryv1.Template{Provider: "local"}, &inventoryv1.AcmeSettings{}, 0},
+	} {
+		if got := networkOf(c.t, &inventoryv1.Network{HttpsStrategy: "acme", Acme: c.acme}).ChallengePort; got != c.want {
+			t.Errorf("%s network, acme %v: challenge port %d, want %d", c.t.GetProvider(), c.acme, got, c.want)
+		}
 	}
 }

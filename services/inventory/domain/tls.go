@@ -169,6 +169,10 @@ func validateACMEChallenge(n *inventoryv1.Network) error {
 		if len(a.GetDnsResolvers()) > 0 {
 			return apierr.Invalid("acme.dnsResolvers", "is only allowed with acme.challenge %q", vocab.ACMEDNS01)
 		}
+		if p := vocab.ACMEHTTPPort(a.GetHttpPort()); vocab.Provider(n.GetProvider()) == vocab.ProviderAWS && p == vocab.AWSNodePort {
+			return apierr.Invalid("acme.httpPort", "%d is the port the node of an %q network's VM serves on: HTTP-01 needs another (0 means %d)",
+				p, vocab.ProviderAWS, vocab.DefaultACMEHTTPPort)
+		}
 		return nil
 	}
 	if vocab.Provider(n.GetProvider()) != vocab.ProviderAWS {

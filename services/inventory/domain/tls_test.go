@@ -100,7 +100,8 @@ func TestACMEDomains(t *testing.T) {
 
 // TestACMEChallengeRulesNameTheField: dns-01 needs an aws network with a
 // cloud account and a Route53 zone; resolvers are DNS servers, with dns-01
-// only; each refusal names the field and the rule.
+// only; http-01 on an aws network cannot use its nodes' port; each refusal
+// names the field and the rule.
 func TestACMEChallengeRulesNameTheField(t *testing.T) {
 	t.Parallel()
 	acme := func(challenge string, resolvers ...string) *inventoryv1.AcmeSettings {
@@ -125,6 +126,11 @@ func TestACMEChallengeRulesNameTheField(t *testing.T) {
 		{"a bad resolver", aws(acme("dns-01", "not a host!"), "Z1"), "acme.dnsResolvers[0]"},
 		{"a bad port", aws(acme("dns-01", "127.0.0.1:99999"), "Z1"), "acme.dnsResolvers[0]"},
 		{"challenge without acme", &inventoryv1.Network{Name: "lab", Provider: "local", HttpsStrategy: "none", Acme: &inventoryv1.AcmeSettings{Challenge: "dns-01"}}, "acme"},
+		// An aws VM's node serves on 443: HTTP-01 cannot be answered there.
+		{"http-01 on the node's port", aws(&inventoryv1.AcmeSettings{ContactEmail: "ops@example.test", HttpPort: 443}, ""), "acme.httpPort"},
+		{"http-01 on another port", aws(&inventoryv1.AcmeSettings{ContactEmail: "ops@example.test", HttpPort: 8080}, ""), ""},
+		{"dns-01 with port 443 named", aws(&inventoryv1.AcmeSettings{ContactEmail: "ops@example.test", Challenge: "dns-01", HttpPort: 443}, "Z1"), ""},
+		{"443 on local", &inventoryv1.Network{Name: "lab", Provider: "local", HttpsStrategy: "acme", Acme: &inventoryv1.AcmeSettings{ContactEmail: "ops@example.test", HttpPort: 443}}, ""},
 	} {
 		err := ValidateNetwork(tc.n)
 		switch {

@@ -56,12 +56,16 @@ type Network struct {
 	// data disk's.
 	SubnetID string
 	// SecurityGroupIDs are the VM's security groups; none means the driver
-	// makes (once per VPC and port) a group that opens NodePort.
+	// makes (once per network) a group that opens NodePort, and
+	// ChallengePort if set.
 	SecurityGroupIDs []string
 	// AssignPublicIP gives the VM a public address (an Elastic IP on aws).
 	AssignPublicIP bool
 	// NodePort is the TCP port the node software serves on (0: the driver's default).
 	NodePort int32
+	// ChallengePort is the TCP port the agent answers ACME HTTP-01
+	// challenges on, for an "acme" network that uses them (0: none).
+	ChallengePort int32
 	// PrivateZoneID and PublicZoneID are DNS zones (Route53 hosted zone
 	// ids on aws): the VM's name gets an A record of its private address
 	// in the first and of its public address in the second.

@@ -35,6 +35,7 @@ import (
 	r53types "github.com/aws/aws-sdk-go-v2/service/route53/types"
 	"github.com/aws/smithy-go"
 
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/awsx"
 	"flotilla.dev/flotilla/services/provisioner/driver"
 	"flotilla.dev/flotilla/services/provisioner/driver/bootstrap"
@@ -67,7 +68,7 @@ func DataDevices(volumeID string) []string {
 }
 
 // DefaultNodePort is the node software's port when the network names none.
-const DefaultNodePort = 443
+const DefaultNodePort = vocab.AWSNodePort
 
 // recordTTL is the TTL of the A records, in seconds.
 const recordTTL = 60
@@ -729,7 +730,7 @@ func (d *Driver) ensureSecurityGroup(ctx context.Context, n driver.Network) (str
 	if sg == nil {
 		out, err := d.ec2.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{
 			GroupName: awssdk.String(name), VpcId: awssdk.String(n.VPCID),
-			Description:       awssdk.String("Flotilla network " + n.ID + ": the node's port in, everything out"),
+			Description:       awssdk.String("Flotilla network " + n.ID + ": the node's port in (and HTTP-01's, for acme), everything out"),
 			TagSpecifications: tagsOf(types.ResourceTypeSecurityGroup, map[string]string{TagNetworkID: n.ID, "Name": name}),
 		})
 		switch {
@@ -755,12 +756,19 @@ func (d *Driver) ensureSecurityGroup(ctx context.Context, n driver.Network) (str
 		port = DefaultNodePort
 	}
 	anywhere := []types.IpRange{{CidrIp: awssdk.String("0.0.0.0/0")}}
-	nodePort := types.IpPermission{IpProtocol: awssdk.String("tcp"), FromPort: awssdk.Int32(port), ToPort: awssdk.Int32(port), IpRanges: anywhere}
-	if !opens(sg.IpPermissions, nodePort) {
+	ports := []int32{port}
+	if n.ChallengePort != 0 && n.ChallengePort != port {
+		ports = append(ports, n.ChallengePort)
+	}
+	for _, p := range ports {
+		in := types.IpPermission{IpProtocol: awssdk.String("tcp"), FromPort: awssdk.Int32(p), ToPort: awssdk.Int32(p), IpRanges: anywhere}
+		if opens(sg.IpPermissions, in) {
+			continue
+		}
 		_, err = d.ec2.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: sg.GroupId,
-			IpPermissions: []types.IpPermission{nodePort}})
+			IpPermissions: []types.IpPermission{in}})
 		if err != nil && awsx.Code(err) != "InvalidPermission.Duplicate" {
-			return "", failed(err, "open port %d in security group %s", port, gid)
+			return "", failed(err, "open port %d in security group %s", p, gid)
 		}
 	}
 	everything := types.IpPermission{IpProtocol: awssdk.String("-1"), IpRanges: anywhere}

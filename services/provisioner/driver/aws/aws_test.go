@@ -189,6 +189,7 @@ func (c *cloud) addresses(t *testing.T, vmID string) []types.Address {
 func TestLifecycle(t *testing.T) {
 	t.Parallel()
 	c := newCloud(t)
+	c.network.ChallengePort = 8080 // an "acme" network answering HTTP-01 there
 	var rec awsx.Actions
 	d := c.driver(t, &rec)
 	ctx := t.Context()
@@ -387,12 +388,19 @@ func checkRunning(t *testing.T, c *cloud, vm driver.VM, volID string, spec drive
 		t.Fatal(err)
 	}
 	sg := sgs.SecurityGroups[0]
-	open := false
-	for _, p := range sg.IpPermissions {
-		open = open || (awssdk.ToInt32(p.FromPort) == 8443 && awssdk.ToString(p.IpProtocol) == "tcp")
+	want := []int32{spec.Network.NodePort}
+	if p := spec.Network.ChallengePort; p != 0 {
+		want = append(want, p) // the agent's, for HTTP-01
 	}
-	if !open || len(sg.IpPermissionsEgress) == 0 {
-		t.Errorf("security group %s: ingress %+v, egress %+v; want port 8443 in and egress", awssdk.ToString(sg.GroupId), sg.IpPermissions, sg.IpPermissionsEgress)
+	for _, port := range want {
+		if !slices.ContainsFunc(sg.IpPermissions, func(p types.IpPermission) bool {
+			return awssdk.ToInt32(p.FromPort) == port && awssdk.ToString(p.IpProtocol) == "tcp"
+		}) {
+			t.Errorf("security group %s: ingress %+v; want port %d in", awssdk.ToString(sg.GroupId), sg.IpPermissions, port)
+		}
+	}
+	if len(sg.IpPermissionsEgress) == 0 {
+		t.Errorf("security group %s: no egress", awssdk.ToString(sg.GroupId))
 	}
 	// The user data is the bootstrap script.
 	ud, err := c.ec2.DescribeInstanceAttribute(ctx, &ec2.DescribeInstanceAttributeInput{InstanceId: awssdk.String(vm.ID), Attribute: types.InstanceAttributeNameUserData})
