@@ -17,6 +17,7 @@ import (
 
 	"flotilla.dev/flotilla/api/endpoints"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/internal/stack"
@@ -239,6 +240,12 @@ func TestKMSOfACloudAccount(t *testing.T) {
 	}
 	if _, err := rpc.Call(ctx, gateway, endpoints.CloudAccountGet, &inventoryv1.GetCloudAccountRequest{Id: hostCreds}, admin); err != nil {
 		t.Fatalf("the refused account: %v", err)
+	}
+	// Forgetting its key (none kept), as an update of the account does,
+	// is no deletion of the account: not refused.
+	inventory := rpc.NewClient(bus.Conn(t, subjects.Inventory), subjects.Inventory, 10*time.Second)
+	if _, err := rpc.Call(ctx, inventory, endpoints.CloudKeyDelete, &secretsv1.DeleteCloudKeyRequest{CloudAccountId: hostCreds}); err != nil {
+		t.Fatalf("forget the KMS key's account's key: %v", err)
 	}
 	if _, err := rpc.Call(ctx, gateway, endpoints.CloudAccountDelete, &inventoryv1.DeleteCloudAccountRequest{Id: withKeys}, admin); err != nil {
 		t.Fatalf("delete another account: %v", err)

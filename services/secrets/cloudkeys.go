@@ -83,14 +83,15 @@ func (s *Service) putCloudKey(ctx context.Context, _ vocab.Actor, r *secretsv1.P
 // deleteCloudKey forgets a cloud account's secret key; none kept is fine.
 // It takes its turn with the key's writers: a put under way stores its
 // version before the key is forgotten, never after. The inventory asks it
-// before it deletes any account, and it refuses the account the broker
-// reaches its KMS key through: without it, no secret could be opened.
+// before it deletes any account (AccountDeleted), and it refuses to see
+// the account its KMS key is reached through deleted: without it, no
+// secret could be opened.
 func (s *Service) deleteCloudKey(ctx context.Context, _ vocab.Actor, r *secretsv1.DeleteCloudKeyRequest) (*emptypb.Empty, error) {
 	id, err := parseID("cloudAccountId", "a cloud account id", r.GetCloudAccountId())
 	if err != nil {
 		return nil, err
 	}
-	if id == s.kmsAccount {
+	if r.GetAccountDeleted() && id == s.kmsAccount {
 		return nil, apierr.Conflict(apierr.ReasonInUse, "cloud account %s is the one the secret brokers reach their KMS key through (kms.cloudAccountId, FLOTILLA_KMS_AWS_CLOUD_ACCOUNT_ID): give the KMS key another account, or none, before deleting it", id)
 	}
 	err = s.store.inTurn(ctx, cloudKeyLock(id), func(tx pgx.Tx) error {

@@ -3,6 +3,7 @@ package secrets
 import (
 	"context"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"flotilla.dev/flotilla/libs/kms"
@@ -25,13 +26,18 @@ func RewrapStale(ctx context.Context, pool *pgxpool.Pool, k kms.KMS, instanceID,
 // HoldCloudKeyTurn takes the turn of a cloud account's key's writers, as a
 // put under way holds it, until the returned function is called.
 func HoldCloudKeyTurn(ctx context.Context, pool *pgxpool.Pool, accountID string) (release func(), err error) {
-	tx, err := pool.Begin(ctx)
-	if err != nil {
+	held, done, ended := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() {
+		ended <- store{pool: pool}.inTurn(ctx, cloudKeyLock(accountID), func(pgx.Tx) error {
+			close(held)
+			<-done
+			return nil
+		})
+	}()
+	select {
+	case <-held:
+		return func() { close(done); <-ended }, nil
+	case err := <-ended:
 		return nil, err
 	}
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, int32(writerLockClass), cloudKeyLock(accountID)); err != nil {
-		_ = tx.Rollback(ctx)
-		return nil, err
-	}
-	return func() { _ = tx.Commit(ctx) }, nil
 }

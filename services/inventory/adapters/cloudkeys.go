@@ -19,7 +19,9 @@ func (k CloudKeys) Put(ctx context.Context, accountID, key string) error {
 }
 
 // Delete forgets the account's key; a missing key is not an error.
-func (k CloudKeys) Delete(ctx context.Context, accountID string) error {
-	_, err := rpc.Call(ctx, k.Client, endpoints.CloudKeyDelete, &secretsv1.DeleteCloudKeyRequest{CloudAccountId: accountID})
+// accountDeleted says the account goes too, which the broker refuses for
+// the account its KMS key is reached through.
+func (k CloudKeys) Delete(ctx context.Context, accountID string, accountDeleted bool) error {
+	_, err := rpc.Call(ctx, k.Client, endpoints.CloudKeyDelete, &secretsv1.DeleteCloudKeyRequest{CloudAccountId: accountID, AccountDeleted: accountDeleted})
 	return err
 }

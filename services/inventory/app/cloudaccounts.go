@@ -22,7 +22,10 @@ import (
 // account (a refusal undoes the write) and never stores or emits it.
 type CloudKeys interface {
 	Put(ctx context.Context, accountID, key string) error
-	Delete(ctx context.Context, accountID string) error
+	// Delete forgets the account's key; accountDeleted says the account
+	// goes too (refused for the account the secret brokers' KMS key is
+	// reached through).
+	Delete(ctx context.Context, accountID string, accountDeleted bool) error
 }
 
 // WithCloudKeys sets where cloud accounts' secret keys go. Without it an
@@ -139,7 +142,7 @@ func (a *App) UpdateCloudAccount(ctx context.Context, actor vocab.Actor, acc *in
 	}
 	if out.GetAws().GetCredentials().GetAccessKeyId() == "" && a.cloudKeys != nil {
 		// Keys no longer used: forget any kept (idempotent).
-		if err := a.cloudKeys.Delete(ctx, out.GetId()); err != nil {
+		if err := a.cloudKeys.Delete(ctx, out.GetId(), false); err != nil {
 			a.log.WarnContext(ctx, "forget the secret key of a cloud account that no longer uses one", "cloudAccount", out.GetId(), "error", err)
 		}
 	}
@@ -163,7 +166,7 @@ func (a *App) DeleteCloudAccount(ctx context.Context, actor vocab.Actor, id stri
 			}
 			return nil
 		}
-		return a.cloudKeys.Delete(ctx, old.GetId())
+		return a.cloudKeys.Delete(ctx, old.GetId(), true)
 	}
 	return remove(ctx, a, k, actor, id, version)
 }

@@ -609,6 +609,9 @@ func (x *PutCloudKeyResponse) GetVersion() int64 {
 type DeleteCloudKeyRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	CloudAccountId string                 `protobuf:"bytes,1,opt,name=cloud_account_id,json=cloudAccountId,proto3" json:"cloud_account_id,omitempty"`
+	// The account itself is being deleted (not only its key forgotten): the
+	// broker refuses the account its KMS key is reached through.
+	AccountDeleted bool `protobuf:"varint,2,opt,name=account_deleted,json=accountDeleted,proto3" json:"account_deleted,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -648,6 +651,13 @@ func (x *DeleteCloudKeyRequest) GetCloudAccountId() string {
 		return x.CloudAccountId
 	}
 	return ""
+}
+
+func (x *DeleteCloudKeyRequest) GetAccountDeleted() bool {
+	if x != nil {
+		return x.AccountDeleted
+	}
+	return false
 }
 
 // ReadCloudKeyRequest reads a cloud account's secret key (bus only: the
@@ -1328,9 +1338,10 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x10cloud_account_id\x18\x01 \x01(\tR\x0ecloudAccountId\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"/\n" +
 	"\x13PutCloudKeyResponse\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\x03R\aversion\"A\n" +
+	"\aversion\x18\x01 \x01(\x03R\aversion\"j\n" +
 	"\x15DeleteCloudKeyRequest\x12(\n" +
-	"\x10cloud_account_id\x18\x01 \x01(\tR\x0ecloudAccountId\"?\n" +
+	"\x10cloud_account_id\x18\x01 \x01(\tR\x0ecloudAccountId\x12'\n" +
+	"\x0faccount_deleted\x18\x02 \x01(\bR\x0eaccountDeleted\"?\n" +
 	"\x13ReadCloudKeyRequest\x12(\n" +
 	"\x10cloud_account_id\x18\x01 \x01(\tR\x0ecloudAccountId\"F\n" +
 	"\x14ReadCloudKeyResponse\x12\x14\n" +
