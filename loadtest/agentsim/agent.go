@@ -81,6 +81,20 @@ func newFleet(cfg Config) *fleet {
 	return f
 }
 
+// takeTurn waits for a turn to open a stream (at once without a bound);
+// the returned function ends it, and may be called more than once.
+func (f *fleet) takeTurn(ctx context.Context) (func(), error) {
+	if f.opening == nil {
+		return func() {}, nil
+	}
+	select {
+	case f.opening <- struct{}{}:
+		return sync.OnceFunc(func() { <-f.opening }), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
 // gateway takes the agent gateway's address and CA bundle from the first
 // join token; every later token must name the same.
 func (f *fleet) gateway(tok joinToken) error {
@@ -302,19 +316,9 @@ func (a *simAgent) run(ctx context.Context, stop <-chan struct{}) {
 // to close cleanly with every line delivered (true).
 func (a *simAgent) session(ctx context.Context, stop <-chan struct{}) (bool, error) {
 	f := a.f
-	if f.opening != nil {
-		select {
-		case f.opening <- struct{}{}:
-		case <-ctx.Done():
-			return false, ctx.Err()
-		}
-	}
-	turnEnded := false
-	endTurn := func() {
-		if f.opening != nil && !turnEnded {
-			turnEnded = true
-			<-f.opening
-		}
+	endTurn, err := f.takeTurn(ctx)
+	if err != nil {
+		return false, err
 	}
 	defer endTurn()
 	conn, err := f.dial(f.gwAddr, a.creds)

@@ -56,8 +56,8 @@ type Config struct {
 	// (1..MaxConcurrency; 0: DefaultConcurrency).
 	Concurrency int
 	// Opening bounds how many agents of this process open a stream at
-	// once: dial, TLS handshake, hello and first heartbeat (0..Agents; 0:
-	// no bound). Each real agent opens its stream on a machine of its own;
+	// once: dial, TLS handshake, hello and first heartbeat (0..MaxAgents;
+	// 0: no bound). Each real agent opens its stream on a machine of its own;
 	// thousands simulated in one process on a few cores all handshake at
 	// once, interleaved by the scheduler, and each takes seconds. A bound
 	// lets the ones opening finish first, as a real agent would.
