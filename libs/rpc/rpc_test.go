@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -158,7 +159,9 @@ func TestPerInstanceEndpointsReachOnlyTheirSubscriber(t *testing.T) {
 	gwConn := testkit.NATSConn(t, ns)
 	log, tp := slog.New(slog.DiscardHandler), noop.NewTracerProvider()
 	got := make(chan string, 2)
-	sub, err := rpc.Subscribe(gwConn, subjects.AgentGW, endpoints.AgentCommand.At("i-1"), log, tp,
+	subs := rpc.NewSubscriber(gwConn)
+	defer subs.Close()
+	sub, err := rpc.Subscribe(subs, subjects.AgentGW, endpoints.AgentCommand.At("i-1"), log, tp,
 		func(_ context.Context, _ vocab.Actor, c *agentv1.Command) (*emptypb.Empty, error) {
 			if c.GetId() == "" {
 				return nil, apierr.Invalid("id", "is required")
@@ -172,7 +175,7 @@ func TestPerInstanceEndpointsReachOnlyTheirSubscriber(t *testing.T) {
 	if err := gwConn.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := rpc.Subscribe(gwConn, subjects.AgentGW, endpoints.AgentCommand, log, tp,
+	if _, err := rpc.Subscribe(subs, subjects.AgentGW, endpoints.AgentCommand, log, tp,
 		func(context.Context, vocab.Actor, *agentv1.Command) (*emptypb.Empty, error) { return nil, nil }); err == nil {
 		t.Fatal("an unbound per-instance endpoint was subscribed")
 	}
@@ -191,6 +194,70 @@ func TestPerInstanceEndpointsReachOnlyTheirSubscriber(t *testing.T) {
 		t.Fatalf("command for an instance nobody serves: %v", err)
 	}
 	_ = sub.Unsubscribe()
+}
+
+// Not parallel: it counts the process's goroutines.
+func TestSubscriptionsShareTheirSubscribersGoroutine(t *testing.T) {
+	ns := testkit.NATS(t)
+	gwConn := testkit.NATSConn(t, ns)
+	log, tp := slog.New(slog.DiscardHandler), noop.NewTracerProvider()
+	subs := rpc.NewSubscriber(gwConn)
+	defer subs.Close()
+	release := make(chan struct{})
+	answer := func(c *agentv1.Command) (*emptypb.Empty, error) {
+		if c.GetId() == "slow" {
+			<-release
+		}
+		return &emptypb.Empty{}, nil
+	}
+	before := runtime.NumGoroutine()
+	const n = 200
+	held := make([]*rpc.Subscription, n)
+	for i := range held {
+		sub, err := rpc.Subscribe(subs, subjects.AgentGW, endpoints.AgentCommand.At(fmt.Sprintf("i-%d", i)), log, tp,
+			func(_ context.Context, _ vocab.Actor, c *agentv1.Command) (*emptypb.Empty, error) { return answer(c) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		held[i] = sub
+	}
+	if err := gwConn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if grown := runtime.NumGoroutine() - before; grown > n/10 {
+		t.Errorf("%d subscriptions added %d goroutines", n, grown)
+	}
+
+	// A request that takes its time holds up no other.
+	prov := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Provisioner, 0)
+	slow := make(chan error, 1)
+	go func() {
+		_, err := rpc.Call(t.Context(), prov, endpoints.AgentCommand.At("i-0"), &agentv1.Command{Id: "slow"})
+		slow <- err
+	}()
+	for _, at := range []string{"i-0", "i-1"} {
+		if _, err := rpc.Call(t.Context(), prov, endpoints.AgentCommand.At(at), &agentv1.Command{Id: "quick"}); err != nil {
+			t.Fatalf("a request to %s behind a slow one: %v", at, err)
+		}
+	}
+	close(release)
+	if err := <-slow; err != nil {
+		t.Fatal(err)
+	}
+
+	// An endpoint unsubscribed has no responders.
+	if err := held[1].Unsubscribe(); err != nil {
+		t.Fatal(err)
+	}
+	if err := gwConn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rpc.Call(t.Context(), prov, endpoints.AgentCommand.At("i-1"), &agentv1.Command{Id: "c"}); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("a command for an unsubscribed endpoint: %v", err)
+	}
+	if _, err := rpc.Call(t.Context(), prov, endpoints.AgentCommand.At("i-2"), &agentv1.Command{Id: "c"}); err != nil {
+		t.Fatalf("another endpoint: %v", err)
+	}
 }
 
 func TestHandleRefusesAnotherServicesEndpoint(t *testing.T) {

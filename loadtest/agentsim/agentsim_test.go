@@ -111,9 +111,10 @@ func BenchmarkAgentGatewayRestart(b *testing.B) {
 	for b.Loop() {
 		api, token, gw := startFleetManager(b)
 		restarted := make(chan error, 1)
-		var heapPerAgent, steadyCores, servicesCores, agentsCores float64
+		var heapPerAgent, stackPerAgent, goroutinesPerAgent, steadyCores, servicesCores, agentsCores, allocPerAgent, gcCycles float64
 		registered := make(chan float64, 1)
 		heapBefore := heapInUse()
+		stacksBefore, goroutinesBefore := memStats().StackInuse, runtime.NumGoroutine()
 		sum, err := runAgentsApart(b, api, token, agents, func(agentsPID int) {
 			// The steady phase's first 20 s: what every service but the
 			// agents costs while they heartbeat and log.
@@ -123,7 +124,10 @@ func BenchmarkAgentGatewayRestart(b *testing.B) {
 			stopSteadyProfile()
 			steadyCores = (cpuSeconds(os.Getpid()) - steady) / time.Since(steadyAt).Seconds()
 			heapPerAgent = (float64(heapInUse()) - float64(heapBefore)) / float64(agents)
-			profileHeap(b)
+			stackPerAgent = (float64(memStats().StackInuse) - float64(stacksBefore)) / float64(agents)
+			goroutinesPerAgent = float64(runtime.NumGoroutine()-goroutinesBefore) / float64(agents)
+			profileHeap(b, "")
+			allocs := memStats()
 			stopProfile := profileCPU(b, "FLOTILLA_BENCH_CPUPROFILE", 30*time.Second)
 			services, agentsCPU, t0 := cpuSeconds(os.Getpid()), cpuSeconds(agentsPID), time.Now()
 			go traceGateway(t0, 30*time.Second)
@@ -136,6 +140,10 @@ func BenchmarkAgentGatewayRestart(b *testing.B) {
 			elapsed := time.Since(t0).Seconds()
 			servicesCores = (cpuSeconds(os.Getpid()) - services) / elapsed
 			agentsCores = (cpuSeconds(agentsPID) - agentsCPU) / elapsed
+			after := memStats()
+			allocPerAgent = float64(after.TotalAlloc-allocs.TotalAlloc) / float64(agents)
+			gcCycles = float64(after.NumGC - allocs.NumGC)
+			profileHeap(b, ".after")
 			stopProfile()
 			restarted <- err
 		})
@@ -156,9 +164,13 @@ func BenchmarkAgentGatewayRestart(b *testing.B) {
 		b.ReportMetric(float64(sum.LinesSent-sum.LinesStored-sum.LinesUnread), "lines-lost")
 		b.ReportMetric(sum.SetupSeconds, "setup-s")
 		b.ReportMetric(heapPerAgent/1024, "services-heap-KB/agent")
+		b.ReportMetric(stackPerAgent/1024, "services-stacks-KB/agent")
+		b.ReportMetric(goroutinesPerAgent, "services-goroutines/agent")
 		b.ReportMetric(steadyCores, "services-cores-steady")
 		b.ReportMetric(servicesCores, "services-cores-after-restart")
 		b.ReportMetric(agentsCores, "agents-cores-after-restart")
+		b.ReportMetric(allocPerAgent/1024, "services-alloc-KB/agent-after-restart")
+		b.ReportMetric(gcCycles, "services-gcs-after-restart")
 	}
 }
 
@@ -200,13 +212,23 @@ func heapInUse() uint64 {
 	return m.HeapInuse
 }
 
+// memStats is this process's memory statistics, without a collection.
+func memStats() runtime.MemStats {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m
+}
+
 // profileHeap writes a heap profile of this process into the file
-// FLOTILLA_BENCH_HEAPPROFILE names, if it names one.
-func profileHeap(b *testing.B) {
+// FLOTILLA_BENCH_HEAPPROFILE names with suffix appended, if it names one:
+// the profile before the restart and the one after (".after") tell, by
+// their allocations' difference, what the restart allocated.
+func profileHeap(b *testing.B, suffix string) {
 	path := os.Getenv("FLOTILLA_BENCH_HEAPPROFILE")
 	if path == "" {
 		return
 	}
+	path += suffix
 	f, err := os.Create(path)
 	if err == nil {
 		err = pprof.WriteHeapProfile(f)

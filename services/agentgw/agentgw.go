@@ -105,6 +105,9 @@ type Service struct {
 	tlsConfig      *tls.Config
 	ticketKeysNext time.Time
 
+	// commands serves each connected agent's command endpoint.
+	commands *rpc.Subscriber
+
 	mu    sync.Mutex
 	conns map[string]*agentConn // instance id → its current stream
 	// stopping refuses new streams once the gateway stops: an agent that
@@ -210,6 +213,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if s.rpc, err = rpc.New(d.NATS, subjects.AgentGW, d.Version, "Flotilla agent gateway", s.log, d.TracerProvider, nil, rpc.WithConcurrency(d.Concurrency)); err != nil {
 		return nil, err
 	}
+	s.commands = rpc.NewSubscriber(s.nc)
 	s.log.InfoContext(ctx, "agent gateway ready", "addr", d.Listener.Addr().String(),
 		"server_names", s.serverNames, "certificate_not_after", cert.Leaf.NotAfter)
 	return s, nil
@@ -220,6 +224,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 // taking bus requests.
 func (s *Service) Run(ctx context.Context) error {
 	defer func() { _ = s.rpc.Stop() }()
+	defer s.commands.Close()
 	eg, gctx := errgroup.WithContext(ctx)
 	eg.Go(func() error {
 		if err := s.grpc.Serve(s.listener); err != nil && !errors.Is(err, grpc.ErrServerStopped) {

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -48,9 +47,13 @@ type agentConn struct {
 	// neither says.
 	vmID string
 	// issued is when the stream's certificate was issued (its NotBefore).
-	issued   time.Time
-	out      chan *agentv1.GatewayMessage
+	issued time.Time
+	out    chan *agentv1.GatewayMessage
+	// events wait here for the bus; sending says a sender delivers them
+	// (drainEvents), evCtx is what they are sent under.
 	events   chan queuedEvent
+	sending  onDemand
+	evCtx    context.Context
 	requests chan struct{} // semaphore of maxRequests
 
 	closed   chan struct{}
@@ -58,7 +61,7 @@ type agentConn struct {
 	mu       sync.Mutex
 	reason   string
 	replaced bool
-	sub      *nats.Subscription
+	sub      *rpc.Subscription
 	logs     *logPublisher
 }
 
@@ -166,26 +169,14 @@ func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
 		events:   make(chan queuedEvent, eventQueue),
 		requests: make(chan struct{}, maxRequests),
 		closed:   make(chan struct{}),
+		// Events outlive the stream (the last one says it ended), so they
+		// are sent under a context that the stream's end does not cancel.
+		evCtx: context.WithoutCancel(ctx),
 	}
 	c.logs = newLogPublisher(s.js, c.id, s.requestTimeout, c.ackLogs)
 	defer c.logs.Stop()
-	// Events outlive the stream (the last one says it ended), so they are
-	// sent under a context that the stream's end does not cancel.
-	evCtx := context.WithoutCancel(ctx)
-	s.workers.Add(1)
-	go func() {
-		defer s.workers.Done()
-		for q := range c.events {
-			if q.unlessConnected && s.connected(c.id) {
-				s.log.DebugContext(evCtx, "not reporting a disconnect: the agent is connected again", "instance_id", c.id)
-				continue
-			}
-			s.deliver(evCtx, q.ev, q.retry)
-		}
-	}()
 
 	if err := s.register(c); err != nil {
-		close(c.events)
 		if errors.Is(err, errOlderCert) {
 			s.log.InfoContext(ctx, "agent refused", "instance_id", c.id, "error", err, "remote", peerAddr(ctx))
 			return status.Error(codes.PermissionDenied, err.Error())
@@ -200,7 +191,7 @@ func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
 		"vm_id", hello.GetVmId(), "completed_command_id", hello.GetCompletedCommandId(), "remote", peerAddr(ctx), "tls_resumed", who.resumed)
 	ev := c.event()
 	ev.Body = &agentv1.AgentEvent_Connected{Connected: hello}
-	c.events <- queuedEvent{ev: ev, retry: true}
+	s.queueEvent(c, queuedEvent{ev: ev, retry: true}, true)
 
 	recvDone := make(chan struct{})
 	recvErr := make(chan error, 1)
@@ -283,11 +274,51 @@ loop:
 		if !replaced && !s.isStopping() {
 			ev := c.event()
 			ev.Body = &agentv1.AgentEvent_Disconnected{Disconnected: &agentv1.Disconnected{Reason: reason}}
-			c.events <- queuedEvent{ev: ev, retry: true, unlessConnected: true}
+			s.queueEvent(c, queuedEvent{ev: ev, retry: true, unlessConnected: true}, true)
 		}
-		close(c.events)
 	}()
 	return result
+}
+
+// queueEvent queues an event of c's for the bus, waiting for room if wait
+// is set (else reporting a full queue with false), and has a sender
+// deliver it.
+func (s *Service) queueEvent(c *agentConn, q queuedEvent, wait bool) bool {
+	if wait {
+		c.events <- q
+	} else {
+		select {
+		case c.events <- q:
+		default:
+			return false
+		}
+	}
+	c.sending.start(func() {
+		s.workers.Add(1)
+		go s.drainEvents(c)
+	})
+	return true
+}
+
+// drainEvents delivers c's queued events, one at a time and in order (so an
+// agent's events reach the inventory in order), until none waits.
+func (s *Service) drainEvents(c *agentConn) {
+	defer s.workers.Done()
+	for {
+		select {
+		case q := <-c.events:
+			if q.unlessConnected && s.connected(c.id) {
+				s.log.DebugContext(c.evCtx, "not reporting a disconnect: the agent is connected again", "instance_id", c.id)
+				continue
+			}
+			s.deliver(c.evCtx, q.ev, q.retry)
+			continue
+		default:
+		}
+		if !c.sending.stop(func() bool { return len(c.events) > 0 }) {
+			return
+		}
+	}
 }
 
 // finishLogs waits until every log line the agent sent is stored and
@@ -361,7 +392,7 @@ func (s *Service) register(c *agentConn) error {
 		}
 		old.close("replaced by a newer stream of the same agent", true)
 	}
-	sub, err := rpc.Subscribe(s.nc, subjects.AgentGW, endpoints.AgentCommand.At(c.id), s.log, s.tp, c.command)
+	sub, err := rpc.Subscribe(s.commands, subjects.AgentGW, endpoints.AgentCommand.At(c.id), s.log, s.tp, c.command)
 	if err == nil {
 		c.mu.Lock()
 		c.sub = sub
@@ -432,15 +463,13 @@ func (s *Service) handle(ctx context.Context, c *agentConn, m *agentv1.AgentMess
 	case *agentv1.AgentMessage_Heartbeat:
 		ev := c.event()
 		ev.Body = &agentv1.AgentEvent_Heartbeat{Heartbeat: b.Heartbeat}
-		select {
-		case c.events <- queuedEvent{ev: ev}:
-		default:
+		if !s.queueEvent(c, queuedEvent{ev: ev}, false) {
 			s.log.WarnContext(ctx, "dropped a heartbeat: the bus is behind", "instance_id", c.id)
 		}
 	case *agentv1.AgentMessage_Progress:
 		ev := c.event()
 		ev.Body = &agentv1.AgentEvent_Progress{Progress: b.Progress}
-		c.events <- queuedEvent{ev: ev, retry: true}
+		s.queueEvent(c, queuedEvent{ev: ev, retry: true}, true)
 	case *agentv1.AgentMessage_Logs:
 		return c.logs.Publish(ctx, b.Logs.GetLines())
 	case *agentv1.AgentMessage_SecretRequest:

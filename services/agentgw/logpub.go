@@ -60,11 +60,16 @@ type logPublisher struct {
 
 	// gate keeps new lines back while an earlier one is published again
 	// (republish holds it), so they land after it, in order.
-	gate    sync.RWMutex
-	slots   chan struct{} // semaphore of MaxLogsInFlight
-	queue   pendingLines  // published lines in order, for the acknowledger
-	done    chan struct{} // closed when the acknowledger has stopped
-	once    sync.Once
+	gate  sync.RWMutex
+	slots chan struct{} // semaphore of MaxLogsInFlight
+	queue pendingLines  // published lines in order, for the acknowledger
+	once  sync.Once
+	// The acknowledger runs only while lines wait; what it has
+	// acknowledged is kept between its runs.
+	acking  onDemand
+	runs    sync.WaitGroup
+	last    uint64 // the last line acknowledged by JetStream
+	unsent  int    // lines acknowledged by JetStream and not yet to the agent
 	errMu   sync.Mutex
 	err     error
 	failed  chan struct{} // closed on the first failure
@@ -85,8 +90,7 @@ type pending struct {
 type pendingLines struct {
 	mu    sync.Mutex
 	lines []pending
-	head  int           // lines[head:] wait
-	ready chan struct{} // a token after a push, for the acknowledger
+	head  int // lines[head:] wait
 }
 
 func (q *pendingLines) push(l pending) {
@@ -100,10 +104,6 @@ func (q *pendingLines) push(l pending) {
 	}
 	q.lines = append(q.lines, l)
 	q.mu.Unlock()
-	select {
-	case q.ready <- struct{}{}:
-	default:
-	}
 }
 
 // pop takes the oldest line, if one waits.
@@ -132,17 +132,14 @@ func (q *pendingLines) len() int {
 	return len(q.lines) - q.head
 }
 
-// newLogPublisher starts the acknowledger of one agent stream.
+// newLogPublisher makes the publisher of one agent stream's lines.
 func newLogPublisher(js jetstream.JetStream, id string, timeout time.Duration, ack func(seq uint64) bool) *logPublisher {
 	p := &logPublisher{
 		js: js, id: id, timeout: timeout, ack: ack,
 		slots:   make(chan struct{}, MaxLogsInFlight),
-		queue:   pendingLines{ready: make(chan struct{}, 1)},
-		done:    make(chan struct{}),
 		failed:  make(chan struct{}),
 		stopped: make(chan struct{}),
 	}
-	go p.acknowledge()
 	return p
 }
 
@@ -175,6 +172,10 @@ func (p *logPublisher) Publish(ctx context.Context, lines []*agentv1.LogLine) er
 			return fmt.Errorf("publish log line %d of %s: %w", l.GetSeq(), p.id, err)
 		}
 		p.queue.push(pending{seq: l.GetSeq(), f: f})
+		p.acking.start(func() {
+			p.runs.Add(1)
+			go p.acknowledge()
+		})
 	}
 	return nil
 }
@@ -182,11 +183,11 @@ func (p *logPublisher) Publish(ctx context.Context, lines []*agentv1.LogLine) er
 // acknowledge waits for JetStream's acknowledgements in publishing order and
 // tells the agent how far its lines are stored: one LogAck for the last of
 // a run of lines whose acknowledgements were already in, and at least one
-// every ackEvery lines, so the agent's buffer empties while lines flow.
+// every ackEvery lines, so the agent's buffer empties while lines flow. It
+// returns once every line published is acknowledged to the agent, or the
+// stream ended.
 func (p *logPublisher) acknowledge() {
-	defer close(p.done)
-	var last uint64
-	unsent := 0 // lines acknowledged by JetStream and not yet to the agent
+	defer p.runs.Done()
 	// held: the gate is closed to new lines since one had to be published
 	// again; it opens once every line published before it closed is stored.
 	held := false
@@ -200,26 +201,24 @@ func (p *logPublisher) acknowledge() {
 			p.gate.Unlock()
 			held = false
 		}
-		if unsent >= ackEvery {
-			if !p.ack(last) {
+		if p.unsent >= ackEvery {
+			if !p.ack(p.last) {
 				return
 			}
-			unsent = 0
+			p.unsent = 0
 		}
 		next, ok := p.queue.pop()
-		if !ok && unsent > 0 {
-			if !p.ack(last) {
+		if !ok {
+			if p.unsent > 0 {
+				if !p.ack(p.last) {
+					return
+				}
+				p.unsent = 0
+			}
+			if !p.acking.stop(func() bool { return p.queue.len() > 0 }) {
 				return
 			}
-			unsent = 0
-		}
-		for !ok {
-			select {
-			case <-p.queue.ready:
-			case <-p.stopped:
-				return
-			}
-			next, ok = p.queue.pop()
+			continue
 		}
 		// The JetStream context times out an acknowledgement that does not
 		// come (WithPublishAsyncTimeout).
@@ -237,7 +236,7 @@ func (p *logPublisher) acknowledge() {
 		case <-p.stopped:
 			return
 		}
-		last, unsent = max(last, next.seq), unsent+1
+		p.last, p.unsent = max(p.last, next.seq), p.unsent+1
 		<-p.slots
 	}
 }
@@ -293,9 +292,9 @@ func (p *logPublisher) Failed() <-chan struct{} { return p.failed }
 func (p *logPublisher) Finish(ctx context.Context) error {
 	for {
 		if len(p.slots) == 0 && p.queue.len() == 0 {
-			// Let the acknowledger send its last LogAck, then stop it.
+			// Let the acknowledger send its last LogAck.
+			p.runs.Wait()
 			p.Stop()
-			<-p.done
 			return p.Err()
 		}
 		select {
