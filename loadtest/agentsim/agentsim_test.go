@@ -92,8 +92,11 @@ func TestAgentsJoinRunAndSurviveAGatewayRestart(t *testing.T) {
 // (first stream lost → every agent connected again, reconnect-s), the time
 // until the gateway had every stream checked and registered again
 // (registered-s: only then can it reach every agent), and the lines lost
-// (sent, not stored). Each second after the restart it prints what the
-// gateway's metrics say (streams, handshakes and their times).
+// (sent, not stored); and what the services hold per agent in the steady
+// phase (heap, goroutines and their stacks) and what they used, allocated
+// and collected in the 30 s after the restart. Each second after the
+// restart it prints what the gateway's metrics say (streams, handshakes
+// and their times).
 //
 //	FLOTILLA_BENCH_AGENTS=10000 go test -run '^$' -bench AgentGatewayRestart -benchtime 1x -timeout 1h ./loadtest/agentsim/
 func BenchmarkAgentGatewayRestart(b *testing.B) {
