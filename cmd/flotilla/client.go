@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/cookiejar"
 	"os"
 	"strings"
 	"time"
@@ -105,7 +106,11 @@ func (o *clientOptions) client() (*apiClient, error) {
 }
 
 // httpClient verifies https servers with caPEM, or the system's roots when
-// it is empty.
+// it is empty. It keeps the cookies a server sets for as long as the
+// command runs: behind HAProxy, the FLOTILLA_GATEWAY cookie keeps a
+// command's requests on one gateway, so a read after a change sees it
+// (another gateway may answer from a copy the change's event has not yet
+// reached).
 func httpClient(caPEM []byte) (*http.Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
@@ -116,7 +121,11 @@ func httpClient(caPEM []byte) (*http.Client, error) {
 		}
 		tr.TLSClientConfig.RootCAs = pool
 	}
-	return &http.Client{Transport: tr}, nil
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: tr, Jar: jar}, nil
 }
 
 // apiError is an error answer of the API: {"code","reason","message","field"}.
