@@ -345,9 +345,6 @@ func TestAgentJoinsBootstrapsAndSurvivesAGatewayRestart(t *testing.T) {
 	})
 }
 
-// TestRandomBytesFromAScriptBreakNothing: a setup script printing binary
-// garbage (not UTF-8, no newlines for a while) does not break the agent's
-// stream: the bootstrap succeeds and the lines are stored.
 // TestARefusedAgentForgetsItsTLSSessions: an agent the gateway refuses
 // (here: its instance deprovisioned) drops its TLS sessions, so its next
 // stream makes a new one instead of resuming what a refused stream held.
@@ -371,21 +368,16 @@ func TestARefusedAgentForgetsItsTLSSessions(t *testing.T) {
 		}
 		return out
 	}
-	waitFor := func(what string, ok func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for !ok() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not within 20s; the gateway's log:\n%s", what, logs.String())
-			}
-			time.Sleep(20 * time.Millisecond)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the gateway's log:\n%s", logs.String())
 		}
-	}
+	})
 
 	f.startAgent(id, 200*time.Millisecond)
-	waitFor("the first stream", func() bool { return len(connects()) == 1 })
+	testkit.WaitFor(t, 20*time.Second, "the first stream", func() bool { return len(connects()) == 1 })
 	f.restartGateway()
-	waitFor("a stream after the restart", func() bool { return len(connects()) == 2 })
+	testkit.WaitFor(t, 20*time.Second, "a stream after the restart", func() bool { return len(connects()) == 2 })
 	if !connects()[1] {
 		t.Fatal("the stream after a restart did not resume its TLS session: nothing here would show it forgotten")
 	}
@@ -394,17 +386,20 @@ func TestARefusedAgentForgetsItsTLSSessions(t *testing.T) {
 	// the agent comes back (resuming) and hears it.
 	f.observed.Set(&inventoryv1.Instance{Id: id, State: string(vocab.StateDeprovisioned)})
 	f.restartGateway()
-	waitFor("a refusal", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "a refusal", func() bool {
 		return strings.Contains(logs.String(), `msg="agent refused" service=agentgw instance_id=`+id)
 	})
 	served := len(connects())
 	f.observed.Set(&inventoryv1.Instance{Id: id, Name: id, State: string(vocab.StateProvisioning), VmId: testkit.FakeVM(id)})
-	waitFor("a stream once the instance is back", func() bool { return len(connects()) > served })
+	testkit.WaitFor(t, 20*time.Second, "a stream once the instance is back", func() bool { return len(connects()) > served })
 	if connects()[served] {
 		t.Error("the first stream after a refusal resumed a TLS session the agent held when it was refused")
 	}
 }
 
+// TestRandomBytesFromAScriptBreakNothing: a setup script printing binary
+// garbage (not UTF-8, no newlines for a while) does not break the agent's
+// stream: the bootstrap succeeds and the lines are stored.
 func TestRandomBytesFromAScriptBreakNothing(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t, 0)
@@ -547,22 +542,10 @@ func TestAnAgentTalksOnlyToTheAgentGateway(t *testing.T) {
 		return logs
 	}
 	logs := run(f.ca.GatewayAuthority().CertificatePEM())
-	waitFor(t, 20*time.Second, "the agent to refuse the impostor", func() bool { return strings.Contains(logs.String(), "not the agent gateway") })
+	testkit.WaitFor(t, 20*time.Second, "the agent to refuse the impostor", func() bool { return strings.Contains(logs.String(), "not the agent gateway") })
 	if got := imp.heard(); len(got) != 0 {
 		t.Fatalf("the impostor heard join tokens %q", got)
 	}
 	run(f.ca.Authority().CertificatePEM())
-	waitFor(t, 20*time.Second, "an agent with the fleet CA alone to be fooled", func() bool { return len(imp.heard()) > 0 })
-}
-
-// waitFor polls ok until it holds, failing the test after d.
-func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 20*time.Second, "an agent with the fleet CA alone to be fooled", func() bool { return len(imp.heard()) > 0 })
 }

@@ -162,7 +162,7 @@ func TestAHundredThousandLinesFromOneScriptAllReachTheAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	runAgent(t, provisioner, st.CA, st.AgentAddr, id, time.Second)
-	waitFor(t, 20*time.Second, "the agent connected", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "the agent connected", func() bool {
 		var in struct{ Agent struct{ Status string } }
 		op.do("GET", "/api/v1/instances/"+id, nil, &in)
 		return in.Agent.Status == "connected"
@@ -177,7 +177,7 @@ func TestAHundredThousandLinesFromOneScriptAllReachTheAPI(t *testing.T) {
 	// agent forgets a line only when JetStream acknowledged every line up
 	// to it.
 	start := time.Now()
-	waitFor(t, 90*time.Second, "the script's last line in the API", func() bool {
+	testkit.WaitFor(t, 90*time.Second, "the script's last line in the API", func() bool {
 		var page struct{ Lines []apiLine }
 		if op.call("GET", "/api/v1/instances/"+id+"/logs?order=desc&pageSize=200", nil, &page) != 200 {
 			return false // not delivered in time while the lines pour in: try again

@@ -104,17 +104,6 @@ func (e *env) unsettled() (pending uint64, ackPending int) {
 	return info.NumPending, info.NumAckPending
 }
 
-func waitFor(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestAHandledEventIsAcknowledgedInItsTrace: the handler sees the event,
 // its span continues the publisher's trace, and the consumer is settled.
 func TestAHandledEventIsAcknowledgedInItsTrace(t *testing.T) {
@@ -126,7 +115,7 @@ func TestAHandledEventIsAcknowledgedInItsTrace(t *testing.T) {
 		return nil
 	}, true)
 	m, parent := e.publish("n-1")
-	waitFor(t, "the event to be handled and acknowledged", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "the event to be handled and acknowledged", func() bool {
 		p, a := e.unsettled()
 		return got.Load() != nil && p == 0 && a == 0
 	})
@@ -146,7 +135,7 @@ func TestAHandledEventIsAcknowledgedInItsTrace(t *testing.T) {
 		}
 	}
 	// The span ends after the handler returns; give it a moment.
-	waitFor(t, "the handler span to end", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "the handler span to end", func() bool {
 		for _, s := range e.spans.Ended() {
 			if s.SpanContext().SpanID() == sc.SpanID() {
 				return true
@@ -175,7 +164,7 @@ func TestTransientFailuresAreRetriedThenRedelivered(t *testing.T) {
 		return nil
 	}, true)
 	m, _ := e.publish("n-2")
-	waitFor(t, "the event to be handled after a redelivery", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "the event to be handled after a redelivery", func() bool {
 		p, a := e.unsettled()
 		mu.Lock()
 		defer mu.Unlock()
@@ -206,7 +195,7 @@ func TestPoisonGoesAsideAndIsAcknowledged(t *testing.T) {
 	}, true)
 	bad, _ := e.publish("bad")
 	e.publish("good")
-	waitFor(t, "both events settled", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "both events settled", func() bool {
 		p, a := e.unsettled()
 		return handled.Load() == 1 && p == 0 && a == 0
 	})
@@ -240,7 +229,7 @@ func TestEventsWaitForTheirHandler(t *testing.T) {
 		t.Fatal("handled before the router ran")
 	}
 	run()
-	waitFor(t, "the early event to be handled", func() bool { return handled.Load() == 1 })
+	testkit.WaitFor(t, 15*time.Second, "the early event to be handled", func() bool { return handled.Load() == 1 })
 }
 
 // TestInFlightHandlesSeveralAtOnce: with InFlight(n) the handler has n
@@ -272,7 +261,7 @@ func TestInFlightHandlesSeveralAtOnce(t *testing.T) {
 	for i := range total {
 		e.publish(fmt.Sprintf("n-%d", i))
 	}
-	waitFor(t, "every message handled and acknowledged", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "every message handled and acknowledged", func() bool {
 		p, a := e.unsettled()
 		return handled.Load() >= total && p == 0 && a == 0
 	})

@@ -21,9 +21,10 @@ import (
 // up no other subscription's (nor its own next request: requests sent
 // without waiting for an answer are handled in any order).
 type Subscriber struct {
-	nc   *nats.Conn
-	msgs chan *nats.Msg
-	done chan struct{}
+	nc    *nats.Conn
+	msgs  chan *nats.Msg
+	done  chan struct{}
+	close sync.Once
 
 	mu       sync.RWMutex
 	handlers map[*nats.Subscription]micro.Handler
@@ -67,13 +68,7 @@ func (s *Subscriber) dispatch() {
 
 // Close stops serving: requests received from then on are dropped.
 // Subscriptions still held should be unsubscribed first.
-func (s *Subscriber) Close() {
-	select {
-	case <-s.done:
-	default:
-		close(s.done)
-	}
-}
+func (s *Subscriber) Close() { s.close.Do(func() { close(s.done) }) }
 
 // Subscription is one endpoint a Subscriber serves.
 type Subscription struct {

@@ -110,8 +110,8 @@ func TestTheAcknowledgerRunsWhileLinesWaitOnly(t *testing.T) {
 		if round%10 == 0 {
 			publish(100)
 		}
-		waitFor(t, allAcknowledged)
-		waitFor(t, func() bool { return p.acking.idle() })
+		testkit.WaitFor(t, 10*time.Second, "every line acknowledged", allAcknowledged)
+		testkit.WaitFor(t, 10*time.Second, "the acknowledger to stop", p.acking.idle)
 		if n := p.queue.len(); n != 0 {
 			t.Fatalf("round %d: %d lines left waiting with no acknowledger", round, n)
 		}
@@ -125,16 +125,5 @@ func TestTheAcknowledgerRunsWhileLinesWaitOnly(t *testing.T) {
 	mu.Unlock()
 	if err := p.Finish(ctx); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// waitFor waits up to 10 s for cond.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatal("timed out")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
