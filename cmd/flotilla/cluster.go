@@ -117,7 +117,18 @@ credentials. To add a server back, see docs/ha.md.`,
 			if creds == "" {
 				return errors.New("--creds: is required: the NATS system account's credentials (system.creds from flotilla admin bus-credentials)")
 			}
-			opts := []nats.Option{nats.UserCredentials(creds), nats.Name("flotilla cluster brokers remove"), nats.Timeout(10 * time.Second)}
+			// Credentials that may not ask the server get no answer, only
+			// the server's permissions violation: it ends the wait at once.
+			denied := make(chan error, 1)
+			opts := []nats.Option{nats.UserCredentials(creds), nats.Name("flotilla cluster brokers remove"), nats.Timeout(10 * time.Second),
+				nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+					if errors.Is(err, nats.ErrPermissionViolation) {
+						select {
+						case denied <- err:
+						default:
+						}
+					}
+				})}
 			if natsCA != "" {
 				tlsConfig, err := natsx.ClientTLS(natsCA, "", "")
 				if err != nil {
@@ -130,7 +141,7 @@ credentials. To add a server back, see docs/ha.md.`,
 				return fmt.Errorf("connect to %s: %w", natsURL, err)
 			}
 			defer nc.Close()
-			if err := removeBroker(cmd.Context(), nc, args[0]); err != nil {
+			if err := removeBroker(cmd.Context(), nc, args[0], denied); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "removed %s from JetStream; its stream replicas are placed on the other servers\n", args[0])
@@ -146,12 +157,23 @@ credentials. To add a server back, see docs/ha.md.`,
 
 // removeBroker asks the JetStream meta leader to remove the server named
 // name from the meta group ($JS.API.SERVER.REMOVE, system account only).
-func removeBroker(ctx context.Context, nc *nats.Conn, name string) error {
+// denied carries the server's refusal of the request's subject (the
+// connection's permissions violations), which no answer follows.
+func removeBroker(ctx context.Context, nc *nats.Conn, name string, denied <-chan error) error {
 	req, _ := json.Marshal(map[string]string{"peer": name})
 	// Only the JetStream meta leader answers: while the servers left elect
 	// one (the gone server may have led), ask again, for a minute.
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	ctx, refuse := context.WithCancelCause(ctx)
+	defer refuse(nil)
+	go func() {
+		select {
+		case err := <-denied:
+			refuse(err)
+		case <-ctx.Done():
+		}
+	}()
 	var msg *nats.Msg
 	for {
 		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
@@ -160,6 +182,9 @@ func removeBroker(ctx context.Context, nc *nats.Conn, name string) error {
 		rcancel()
 		if err == nil {
 			break
+		}
+		if cause := context.Cause(ctx); errors.Is(cause, nats.ErrPermissionViolation) {
+			return fmt.Errorf("remove %s: the server refused these credentials (%w): --creds must be the system account's (system.creds)", name, cause)
 		}
 		if ctx.Err() != nil || !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders)) {
 			return fmt.Errorf("remove %s: %w (are these the system account's credentials, and is JetStream clustered?)", name, err)
