@@ -7,16 +7,18 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 )
 
 // BenchmarkTheInstancesPage measures a view of the instances page (a
-// middle page, by name; and a search) with FLOTILLA_BENCH_INSTANCES
+// middle page, by name; a search many match, and one that finds one) with FLOTILLA_BENCH_INSTANCES
 // instances (default 1 000), beside its reference in the same run: the
 // API's own read of one page of 100 instances, which the page view
-// makes, with the page's other reads and its rendering on top.
+// makes, with the page's other reads and its rendering on top; and the
+// API's own search for one instance.
 func BenchmarkTheInstancesPage(b *testing.B) {
 	n := 1000
 	if v := os.Getenv("FLOTILLA_BENCH_INSTANCES"); v != "" {
@@ -31,12 +33,14 @@ func BenchmarkTheInstancesPage(b *testing.B) {
 	for _, c := range []struct{ name, path string }{
 		{"page", fmt.Sprintf("/instances?page=%d", page)},
 		{"search", "/instances?q=bench-00"},
+		{"search-one", fmt.Sprintf("/instances?q=bench-%05d", n/2)},
 		{"api-page-reference", fmt.Sprintf("/api/v1/instances?orderBy=name&pageSize=100&skip=%d", (page-1)*100)},
+		{"api-search-one", fmt.Sprintf("/api/v1/instances?orderBy=name&pageSize=100&query=bench-%05d", n/2)},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			for b.Loop() {
 				req, _ := http.NewRequestWithContext(b.Context(), "GET", e.base+c.path, nil)
-				if c.name == "api-page-reference" {
+				if strings.HasPrefix(c.name, "api-") {
 					req.Header.Set("Authorization", "Bearer "+token)
 				}
 				resp, err := e.client.Do(req)

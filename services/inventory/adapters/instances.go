@@ -13,6 +13,8 @@ type InstanceFilter struct {
 }
 
 // instanceText are the instances' columns and spec fields Text searches.
+// instance_search_text (migration 00008) joins the same fields, one to a
+// line, for the trigram index a search reads first.
 var instanceText = []string{
 	"name", "id::text", "spec->>'vmId'",
 	"spec->'addresses'->>'privateIp'", "spec->'addresses'->>'publicIp'",
@@ -34,12 +36,15 @@ func (f InstanceFilter) Query() ListQuery {
 	add("template_id = ?::uuid", f.TemplateID)
 	if f.Text != "" {
 		like := "%" + likeEscaper.Replace(f.Text) + "%"
+		// The joined text first, which the index answers; then each field,
+		// so that text spanning two of them does not match.
 		ors := make([]string, len(instanceText))
-		args := make([]any, len(instanceText))
+		args := []any{like}
 		for i, col := range instanceText {
-			ors[i], args[i] = col+" ILIKE ?", like
+			ors[i] = col + " ILIKE ?"
+			args = append(args, like)
 		}
-		q.Where = append(q.Where, Cond{SQL: strings.Join(ors, " OR "), Args: args})
+		q.Where = append(q.Where, Cond{SQL: "instance_search_text(name, id, spec) ILIKE ? AND (" + strings.Join(ors, " OR ") + ")", Args: args})
 	}
 	return q
 }

@@ -1,0 +1,195 @@
+package adapters
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"flotilla.dev/flotilla/libs/testkit"
+)
+
+// TestInstanceSearchFindsEachFieldThroughItsIndex: a search finds an
+// instance by a piece of each searched field alone, ignoring case; text
+// spanning two fields finds nothing; and the search can be answered from
+// the trigram index rather than by reading every instance.
+func TestInstanceSearchFindsEachFieldThroughItsIndex(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, testkit.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := Migrate(ctx, pool, nil); err != nil {
+		t.Fatal(err)
+	}
+	insert := instancesOf(t, pool)
+	// One instance per searched field, "Needle-<field>" in that field only.
+	type row struct{ id, name, spec string }
+	address := func(key string) func(string) string {
+		return func(v string) string { return fmt.Sprintf(`{"addresses": {%q: %q}}`, key, v) }
+	}
+	cases := map[string]func(needle string) row{
+		"name":     func(v string) row { return row{uuid.NewString(), v, "{}"} },
+		"id::text": func(string) row { return row{"5eed5eed-0000-4000-8000-00000000abcd", "by-id", "{}"} },
+		"spec->>'vmId'": func(v string) row {
+			return row{uuid.NewString(), "by-vm", fmt.Sprintf(`{"vmId": %q}`, v)}
+		},
+	}
+	for _, key := range []string{"privateIp", "publicIp", "privateDns", "publicDns", "hostname", "url"} {
+		f := address(key)
+		cases["spec->'addresses'->>'"+key+"'"] = func(v string) row { return row{uuid.NewString(), "by-" + key, f(v)} }
+	}
+	want := map[string]string{} // search text → the name found
+	for _, field := range instanceText {
+		mk, ok := cases[field]
+		if !ok {
+			t.Fatalf("searched field %s has no case here (and instance_search_text may lack it)", field)
+		}
+		needle := "Needle-" + strings.NewReplacer("'", "", ">", "", "-", "", ":", "").Replace(field)
+		r := mk(needle)
+		insert(r.id, r.name, r.spec)
+		if field == "id::text" {
+			needle = "0000ABCD"
+		}
+		want[strings.ToUpper(needle)] = r.name
+	}
+	search := func(text string) []string { return searchNames(t, pool, text) }
+	for text, name := range want {
+		if got := search(text); len(got) != 1 || got[0] != name {
+			t.Errorf("search %q: %v; want %s", text, got, name)
+		}
+	}
+	// The name's end and the id's start are neighbours in the joined
+	// text, and in no field.
+	if got := search("by-id\n5eed"); len(got) != 0 {
+		t.Errorf("text spanning two fields: %v; want nothing", got)
+	}
+
+	// With a table this small PostgreSQL would scan it: forbid the scan
+	// to see that the index answers the search's condition.
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, "SET LOCAL enable_seqscan = off"); err != nil {
+		t.Fatal(err)
+	}
+	where, args := InstanceFilter{Text: "needle"}.Query().where(nil)
+	rows, err := tx.Query(ctx, "EXPLAIN SELECT name FROM instances"+where, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plan []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, line)
+	}
+	rows.Close()
+	if !strings.Contains(strings.Join(plan, "\n"), "instances_search") {
+		t.Errorf("the search does not read the trigram index:\n%s", strings.Join(plan, "\n"))
+	}
+}
+
+// TestInstanceSearchWithoutTrigrams: a database whose owner may not create
+// the pg_trgm extension still migrates, without the index, and its search
+// finds what it finds with it.
+func TestInstanceSearchWithoutTrigrams(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := testkit.NewDatabase(t)
+	admin, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(admin.Close)
+	// A role that may create tables in the schema, not extensions in the
+	// database.
+	role := "noext_" + strings.ReplaceAll(uuid.NewString()[:8], "-", "")
+	if _, err := admin.Exec(ctx, "CREATE ROLE "+role+" LOGIN PASSWORD 'no-extensions'"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, q := range []string{"DROP OWNED BY " + role, "DROP ROLE " + role} {
+			if _, err := admin.Exec(context.Background(), q); err != nil {
+				t.Errorf("%s: %v", q, err)
+			}
+		}
+	})
+	if _, err := admin.Exec(ctx, "GRANT USAGE, CREATE ON SCHEMA public TO "+role); err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(role, "no-extensions")
+	pool, err := pgxpool.New(ctx, u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := Migrate(ctx, pool, nil); err != nil {
+		t.Fatalf("migrating without pg_trgm: %v", err)
+	}
+	var indexed bool
+	if err := pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE indexname = 'instances_search')").Scan(&indexed); err != nil {
+		t.Fatal(err)
+	}
+	if indexed {
+		t.Fatal("the trigram index exists, yet the role may not create pg_trgm: this test tests nothing")
+	}
+	insert := instancesOf(t, pool)
+	insert(uuid.NewString(), "web-17", `{"addresses": {"hostname": "web-17.Fleet.example"}}`)
+	insert(uuid.NewString(), "db-1", "{}")
+	for text, want := range map[string]string{"WEB-1": "web-17", "fleet.EX": "web-17", "db-": "db-1"} {
+		if got := searchNames(t, pool, text); len(got) != 1 || got[0] != want {
+			t.Errorf("search %q without the index: %v; want %s", text, got, want)
+		}
+	}
+}
+
+// instancesOf makes a network and a template in pool's schema and returns
+// a function that inserts an instance of them.
+func instancesOf(t *testing.T, pool *pgxpool.Pool) func(id, name, spec string) {
+	t.Helper()
+	netID, tplID := uuid.NewString(), uuid.NewString()
+	for table, id := range map[string]string{"networks": netID, "templates": tplID} {
+		if _, err := pool.Exec(t.Context(), "INSERT INTO "+table+" (id, name, spec, version, created_at, updated_at) VALUES ($1, 'x', '{}', 1, now(), now())", id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return func(id, name, spec string) {
+		t.Helper()
+		if _, err := pool.Exec(t.Context(), `INSERT INTO instances (id, name, template_id, network_id, state, desired_state, spec, version, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, 'running', 'running', $5, 1, now(), now())`, id, name, tplID, netID, spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// searchNames are the names of the instances a search for text finds, in
+// name order.
+func searchNames(t *testing.T, pool *pgxpool.Pool, text string) []string {
+	t.Helper()
+	where, args := InstanceFilter{Text: text}.Query().where(nil)
+	rows, err := pool.Query(t.Context(), "SELECT name FROM instances"+where+" ORDER BY name", args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
