@@ -1,8 +1,10 @@
 package adapters
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 	"testing"
@@ -102,8 +104,9 @@ func TestInstanceSearchFindsEachFieldThroughItsIndex(t *testing.T) {
 }
 
 // TestInstanceSearchWithoutTrigrams: a database whose owner may not create
-// the pg_trgm extension still migrates, without the index, and its search
-// finds what it finds with it.
+// the pg_trgm extension still migrates, without the index, saying so, and
+// its search finds what it finds with it; once an administrator installs
+// the extension, the next start makes the index.
 func TestInstanceSearchWithoutTrigrams(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -139,15 +142,23 @@ func TestInstanceSearchWithoutTrigrams(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	if err := Migrate(ctx, pool, nil); err != nil {
+	var logs bytes.Buffer
+	if err := Migrate(ctx, pool, slog.New(slog.NewTextHandler(&logs, nil))); err != nil {
 		t.Fatalf("migrating without pg_trgm: %v", err)
 	}
-	var indexed bool
-	if err := pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE indexname = 'instances_search')").Scan(&indexed); err != nil {
-		t.Fatal(err)
+	indexed := func() bool {
+		t.Helper()
+		var ok bool
+		if err := pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE indexname = 'instances_search')").Scan(&ok); err != nil {
+			t.Fatal(err)
+		}
+		return ok
 	}
-	if indexed {
+	if indexed() {
 		t.Fatal("the trigram index exists, yet the role may not create pg_trgm: this test tests nothing")
+	}
+	if !strings.Contains(logs.String(), "pg_trgm") {
+		t.Errorf("the migration did not say the search has no index; its log:\n%s", logs.String())
 	}
 	insert := instancesOf(t, pool)
 	insert(uuid.NewString(), "web-17", `{"addresses": {"hostname": "web-17.Fleet.example"}}`)
@@ -156,6 +167,25 @@ func TestInstanceSearchWithoutTrigrams(t *testing.T) {
 		if got := searchNames(t, pool, text); len(got) != 1 || got[0] != want {
 			t.Errorf("search %q without the index: %v; want %s", text, got, want)
 		}
+	}
+
+	// An administrator installs the extension; the next start makes the
+	// index, and says nothing of its absence.
+	if _, err := admin.Exec(ctx, "CREATE EXTENSION pg_trgm"); err != nil {
+		t.Fatal(err)
+	}
+	logs.Reset()
+	if err := Migrate(ctx, pool, slog.New(slog.NewTextHandler(&logs, nil))); err != nil {
+		t.Fatal(err)
+	}
+	if !indexed() {
+		t.Error("the start after pg_trgm was installed made no index")
+	}
+	if strings.Contains(logs.String(), "pg_trgm") {
+		t.Errorf("the start with the index still warns:\n%s", logs.String())
+	}
+	if got := searchNames(t, pool, "WEB-1"); len(got) != 1 || got[0] != "web-17" {
+		t.Errorf("search with the index made later: %v", got)
 	}
 }
 

@@ -5,6 +5,7 @@ package adapters
 import (
 	"context"
 	"embed"
+	"fmt"
 	"io/fs"
 	"log/slog"
 
@@ -28,5 +29,19 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	return pgstore.Migrate(ctx, pool, pgstore.Schema{Name: "inventory", Migrations: dir}, log)
+	if err := pgstore.Migrate(ctx, pool, pgstore.Schema{Name: "inventory", Migrations: dir}, log); err != nil {
+		return err
+	}
+	// The instance search's trigram index (migration 8), made now if the
+	// pg_trgm extension has become available since.
+	var indexed bool
+	if err := pool.QueryRow(ctx, "SELECT instance_search_index()").Scan(&indexed); err != nil {
+		return fmt.Errorf("instance search index: %w", err)
+	}
+	if !indexed && log != nil {
+		log.WarnContext(ctx, "instance search reads the whole instances table: PostgreSQL's pg_trgm extension could not be created "+
+			"(it is in PostgreSQL's contrib modules; the database's owner needs the CREATE privilege on the database, or an administrator runs "+
+			"CREATE EXTENSION pg_trgm in it); the search's index is made at the next start once it can be")
+	}
+	return nil
 }
