@@ -164,6 +164,8 @@ const (
 	VerbLoginRefused = "login-refused"
 	VerbTokenIssued  = "token-issued"
 	VerbTokenRevoked = "token-revoked"
+	// VerbTokenRefused: a revoked token was presented.
+	VerbTokenRefused = "token-refused"
 	UnknownUser      = "unknown"
 	// An API token issued; a user created by an admin, their role changed,
 	// their password reset by an admin or changed by themselves, deleted.

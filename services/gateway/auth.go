@@ -85,7 +85,7 @@ func (g *Gateway) authenticate(ctx context.Context, token string) (context.Conte
 	u := g.tokens.get(token)
 	if u == nil {
 		var err error
-		if u, err = call(ctx, g, endpoints.TokenVerify, &authv1.VerifyTokenRequest{Token: token}); err != nil {
+		if u, err = call(ctx, g, endpoints.TokenVerify, &authv1.VerifyTokenRequest{Token: token, Source: clientAddr(ctx)}); err != nil {
 			return ctx, err
 		}
 		g.tokens.put(token, u)

@@ -19,9 +19,9 @@ import (
 
 // TestLoginsAreThrottledAndAudited: failed logins for one user, and from
 // one address, make the next wait (429 with Retry-After, the password not
-// checked); failures, refusals and tokens issued and revoked are audit
-// records on FLOTILLA_AUDIT naming the user and the address, never holding
-// a password or a token.
+// checked); failures, refusals, tokens issued and revoked, and a revoked
+// token presented are audit records on FLOTILLA_AUDIT naming the user and
+// the address, never holding a password or a token.
 func TestLoginsAreThrottledAndAudited(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{only: []string{},
@@ -72,8 +72,15 @@ func TestLoginsAreThrottledAndAudited(t *testing.T) {
 		t.Fatalf("login from a locked-out address: %d %v Retry-After %q", code, out, h.Get("Retry-After"))
 	}
 
-	// Logging out revokes the token env logged in with.
+	// Logging out revokes the token env logged in with; presented again,
+	// it is refused and recorded, naming its user and the client's
+	// address (once: the second try within ten minutes is not).
 	e.must(200, "POST", "/api/v1/logout", reply{})
+	for range 2 {
+		if code := e.call("GET", "/api/v1/networks", nil, nil, ""); code != 401 {
+			t.Fatalf("a logged-out token: %d, want 401", code)
+		}
+	}
 
 	var got []string
 	issued := ""
@@ -106,6 +113,7 @@ func TestLoginsAreThrottledAndAudited(t *testing.T) {
 		"login-refused:admin:3 failed logins in a row",
 		"login-failed:eve:no such user", "login-failed:mallory:no such user",
 		"token-revoked:admin:",
+		"token-refused:admin:revoked",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("audit records:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

@@ -264,6 +264,25 @@ func UserByToken(ctx context.Context, q Querier, token string, now time.Time) (*
 	return u, t, nil
 }
 
+// RevokedToken is the token of that bearer value if it was revoked (its
+// id, kind and whose it is); a token never issued, or one that is not
+// revoked, is ErrNoUser.
+func RevokedToken(ctx context.Context, q Querier, token string) (*Token, error) {
+	t := &Token{Digest: tokenDigest(token)}
+	var kind string
+	err := q.QueryRow(ctx, `SELECT t.id::text, t.kind, u.id::text, u.username
+		FROM api_tokens t JOIN users u ON u.id = t.user_id
+		WHERE t.token_hash = $1 AND t.revoked_at IS NOT NULL`, t.Digest).Scan(&t.ID, &kind, &t.UserID, &t.Username)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNoUser
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read token: %w", err)
+	}
+	t.Kind = TokenKind(kind)
+	return t, nil
+}
+
 // RevokeToken marks a token revoked and returns whose it was; an unknown or
 // already revoked token is ErrNoUser.
 func RevokeToken(ctx context.Context, q Querier, token string, now time.Time) (*User, error) {

@@ -76,6 +76,8 @@ type App struct {
 	dropKey KeyDrop
 	// tokenUse holds API tokens' last uses until they are written.
 	tokenUse tokenUses
+	// refused remembers the revoked tokens presented lately (auditRefused).
+	refused refusals
 }
 
 // Option configures an App.

@@ -186,7 +186,7 @@ func auditRow(m AuditMessage) (*adapters.AuditRow, error) {
 			}
 		}
 		r.Result = "ok"
-		if rec.GetAction() == subjects.VerbLoginFailed || rec.GetAction() == subjects.VerbLoginRefused {
+		if refusal(rec) {
 			r.Result = rec.GetReason()
 		}
 		r.Detail = joinDetail(optional("user=", rec.GetUsername()), optional("role=", rec.GetRole()), optional("token=", rec.GetTokenId()),
@@ -207,9 +207,19 @@ func auditRow(m AuditMessage) (*adapters.AuditRow, error) {
 	return r, nil
 }
 
+// refusal says whether an auth record is of something refused, its reason
+// its result: a login failed or refused, a revoked token presented.
+func refusal(rec *authv1.AuthAudit) bool {
+	switch rec.GetAction() {
+	case subjects.VerbLoginFailed, subjects.VerbLoginRefused, subjects.VerbTokenRefused:
+		return true
+	}
+	return false
+}
+
 // nonResult is an auth record's reason where it is not its result.
 func nonResult(rec *authv1.AuthAudit) string {
-	if rec.GetAction() == subjects.VerbLoginFailed || rec.GetAction() == subjects.VerbLoginRefused {
+	if refusal(rec) {
 		return ""
 	}
 	return rec.GetReason()

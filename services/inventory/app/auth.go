@@ -173,14 +173,17 @@ func (a *App) audit(ctx context.Context, tx pgx.Tx, rec *authv1.AuthAudit) error
 // token's effective role (a session's is its user's; an API token's the
 // lesser of its own and its user's) and, for a login session, whether the
 // user must change their password first. An API token's use is noted, to be written with
-// the others (FlushTokenUse).
-func (a *App) VerifyToken(ctx context.Context, token string) (*authv1.VerifyTokenResponse, error) {
+// the others (FlushTokenUse). A revoked token presented is an audit record
+// (token-refused, naming source, the client's address), at most once per
+// token in RefusedTokenQuiet.
+func (a *App) VerifyToken(ctx context.Context, token, source string) (*authv1.VerifyTokenResponse, error) {
 	if token == "" {
 		return nil, apierr.Unauthenticated("a bearer token is required")
 	}
 	now := a.now()
 	u, t, err := adapters.UserByToken(ctx, a.pool, token, now)
 	if errors.Is(err, adapters.ErrNoUser) {
+		a.auditRefused(ctx, token, source, now)
 		return nil, apierr.Unauthenticated("the bearer token is invalid, expired or revoked: log in again")
 	}
 	if err != nil {
@@ -196,6 +199,63 @@ func (a *App) VerifyToken(ctx context.Context, token string) (*authv1.VerifyToke
 		a.tokenUse.note(t.ID, now)
 	}
 	return resp, nil
+}
+
+// RefusedTokenQuiet is how long after the audit record of a revoked token
+// presented the same token's next refusals go unrecorded (by this
+// inventory), so a client that keeps trying does not flood the trail.
+const RefusedTokenQuiet = 10 * time.Minute
+
+// auditRefused writes the audit record of a revoked token presented, unless
+// one of the same token was written within RefusedTokenQuiet. A token never
+// issued, or expired, is no record: there is nobody to name, or nothing to
+// warn of. What fails is logged; the caller is refused all the same.
+func (a *App) auditRefused(ctx context.Context, token, source string, now time.Time) {
+	t, err := adapters.RevokedToken(ctx, a.pool, token)
+	if errors.Is(err, adapters.ErrNoUser) {
+		return
+	}
+	if err == nil && !a.refused.first(t.ID, now) {
+		return
+	}
+	if err == nil {
+		rec := &authv1.AuthAudit{Action: subjects.VerbTokenRefused, Username: t.Username, UserId: t.UserID, Source: source,
+			Reason: "revoked", TokenId: bearer.ID(token), Time: timestamppb.New(now)}
+		if t.Kind == adapters.TokenAPI {
+			rec.ApiTokenId = t.ID
+		}
+		err = a.inTx(ctx, func(tx pgx.Tx) error { return a.audit(ctx, tx, rec) })
+	}
+	if err != nil {
+		a.log.WarnContext(ctx, "audit record of a revoked token presented not written", "source", source, "error", err)
+	}
+}
+
+// refusals are when each revoked token presented was last recorded.
+type refusals struct {
+	mu sync.Mutex
+	m  map[string]time.Time // by token id
+}
+
+// first says whether a refusal of token id at now is the first in
+// RefusedTokenQuiet, and if so remembers it.
+func (r *refusals) first(id string, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if at, ok := r.m[id]; ok && now.Sub(at) < RefusedTokenQuiet {
+		return false
+	}
+	if r.m == nil || len(r.m) >= 4096 {
+		fresh := map[string]time.Time{}
+		for k, at := range r.m {
+			if now.Sub(at) < RefusedTokenQuiet {
+				fresh[k] = at
+			}
+		}
+		r.m = fresh
+	}
+	r.m[id] = now
+	return true
 }
 
 // RevokeToken revokes a bearer token and writes the audit record of it;

@@ -96,7 +96,7 @@ func TestAPITokensExpireAndTheirUseIsWrittenInBatches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := a.VerifyToken(ctx, made.GetToken())
+	v, err := a.VerifyToken(ctx, made.GetToken(), "")
 	if err != nil || v.GetRole() != "operator" || v.GetKind() != "api" || v.GetApiTokenId() != made.GetApiToken().GetId() {
 		t.Fatalf("verify: %v %v", v, err)
 	}
@@ -123,7 +123,7 @@ func TestAPITokensExpireAndTheirUseIsWrittenInBatches(t *testing.T) {
 	}
 
 	clock.advance(9 * time.Minute)
-	if _, err := a.VerifyToken(ctx, made.GetToken()); err != nil {
+	if _, err := a.VerifyToken(ctx, made.GetToken(), ""); err != nil {
 		t.Fatalf("nine minutes on: %v", err)
 	}
 	if err := a.FlushTokenUse(ctx); err != nil {
@@ -133,7 +133,7 @@ func TestAPITokensExpireAndTheirUseIsWrittenInBatches(t *testing.T) {
 		t.Fatalf("the later use: stored %v, want %v", stored, now())
 	}
 	clock.advance(2 * time.Minute)
-	if _, err := a.VerifyToken(ctx, made.GetToken()); !apierr.Is(err, apierr.KindUnauthenticated) {
+	if _, err := a.VerifyToken(ctx, made.GetToken(), ""); !apierr.Is(err, apierr.KindUnauthenticated) {
 		t.Fatalf("eleven minutes on: %v", err)
 	}
 	if l, _ := a.ListAPITokens(ctx, root, 0, ""); len(l.GetTokens()) != 0 {
@@ -274,5 +274,92 @@ func TestAuditRecordsProjectedAtOnceAreEachWrittenOnce(t *testing.T) {
 		if n != 1 {
 			t.Errorf("%s listed %d times", target, n)
 		}
+	}
+}
+
+// TestARevokedTokenPresentedIsAnAuditRecord: a logged-out session or a
+// revoked API token presented again is refused and recorded, naming its
+// user and the client's address, once per token in RefusedTokenQuiet; a
+// token never issued is refused without a record; the trail shows the
+// record's result as "revoked".
+func TestARevokedTokenPresentedIsAnAuditRecord(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	clock := newTestClock()
+	pool := newPool(t)
+	a := app.New(pool, slog.New(slog.DiscardHandler), app.WithClock(clock.now))
+	if err := a.InitialSetup(ctx, "root", "root-pass"); err != nil {
+		t.Fatal(err)
+	}
+	session, err := a.Login(ctx, "root", "root-pass", "10.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := a.CreateAPIToken(ctx, as("root", vocab.RoleAdmin), &authv1.CreateTokenRequest{Name: "ci", Role: "viewer", ExpiresIn: durationpb.New(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.RevokeToken(ctx, session.GetToken(), "10.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.RevokeToken(ctx, api.GetToken(), "10.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	refused := func(token, source string) {
+		t.Helper()
+		if _, err := a.VerifyToken(ctx, token, source); !apierr.Is(err, apierr.KindUnauthenticated) {
+			t.Fatalf("verify %s…: %v; want unauthenticated", token[:6], err)
+		}
+	}
+	refused(session.GetToken(), "10.0.0.9")
+	refused(session.GetToken(), "10.0.0.9") // within the quiet time: no second record
+	refused(api.GetToken(), "10.0.0.8")
+	refused(app.TokenPrefix+"never-issued", "10.0.0.7")
+	clock.advance(app.RefusedTokenQuiet + time.Second)
+	refused(session.GetToken(), "10.0.0.6")
+
+	rows, err := pool.Query(ctx, `SELECT metadata->>'Flotilla-Subject', payload FROM outbox_messages
+		WHERE metadata->>'Flotilla-Subject' LIKE '%.token-refused' ORDER BY "offset"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	var msgs []app.AuditMessage
+	for rows.Next() {
+		var subject string
+		var payload []byte
+		if err := rows.Scan(&subject, &payload); err != nil {
+			t.Fatal(err)
+		}
+		rec := &authv1.AuthAudit{}
+		if err := proto.Unmarshal(payload, rec); err != nil {
+			t.Fatal(err)
+		}
+		if subject != subjects.Audit(subjects.NounUser, rec.GetUserId(), subjects.VerbTokenRefused) || rec.GetUsername() != "root" || rec.GetReason() != "revoked" {
+			t.Errorf("record %s: %v", subject, rec)
+		}
+		got = append(got, fmt.Sprintf("%s api=%t", rec.GetSource(), rec.GetApiTokenId() == api.GetApiToken().GetId()))
+		msgs = append(msgs, auditMessage(t, subject, "user.token-refused", vocab.System("inventory"), rec.GetTime().AsTime(), rec))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"10.0.0.9 api=false", "10.0.0.8 api=true", "10.0.0.6 api=false"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("token-refused records: %v; want %v", got, want)
+	}
+	for _, m := range msgs {
+		if err := a.ProjectAudit(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	trail, err := a.ListAudit(ctx, &auditv1.ListAuditRecordsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(trail.GetRecords()) != 3 {
+		t.Fatalf("the trail: %v", trail)
+	}
+	if r := trail.GetRecords()[0]; r.GetAction() != "token-refused" || r.GetResult() != "revoked" || r.GetSource() != "10.0.0.6" || r.GetUsername() != "root" {
+		t.Errorf("the trail's newest record: %v", r)
 	}
 }

@@ -145,7 +145,7 @@ func Serve(nc *nats.Conn, a *app.App, db Pinger, log *slog.Logger, tp trace.Trac
 			return a.Login(ctx, r.GetUsername(), r.GetPassword(), rpc.Source(ctx))
 		}),
 		rpc.Handle(s, endpoints.TokenVerify, func(ctx context.Context, _ vocab.Actor, r *authv1.VerifyTokenRequest) (*authv1.VerifyTokenResponse, error) {
-			return a.VerifyToken(ctx, r.GetToken())
+			return a.VerifyToken(ctx, r.GetToken(), r.GetSource())
 		}),
 		rpc.Handle(s, endpoints.TokenRevoke, func(ctx context.Context, _ vocab.Actor, r *authv1.RevokeTokenRequest) (*emptypb.Empty, error) {
 			return &emptypb.Empty{}, a.RevokeToken(ctx, r.GetToken(), rpc.Source(ctx))

@@ -1091,8 +1091,11 @@ func (x *DeleteTokenRequest) GetId() string {
 
 // VerifyTokenRequest asks which user a bearer token belongs to (bus only).
 type VerifyTokenRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// The client's address as the gateway saw it, for the audit record of a
+	// revoked token presented ("token-refused").
+	Source        string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1130,6 +1133,13 @@ func (*VerifyTokenRequest) Descriptor() ([]byte, []int) {
 func (x *VerifyTokenRequest) GetToken() string {
 	if x != nil {
 		return x.Token
+	}
+	return ""
+}
+
+func (x *VerifyTokenRequest) GetSource() string {
+	if x != nil {
+		return x.Source
 	}
 	return ""
 }
@@ -1393,6 +1403,8 @@ type AuthAudit struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "login-failed", "login-refused" (while locked out), "token-issued" (a
 	// login), "token-revoked" (a logout, or an API token revoked),
+	// "token-refused" (a revoked token presented: at most once per token in
+	// ten minutes from each inventory),
 	// "token-created" (an API token), "user-created", "role-changed",
 	// "password-reset", "password-changed" or "user-deleted".
 	Action   string `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
@@ -1598,9 +1610,10 @@ const file_flotilla_auth_v1_auth_proto_rawDesc = "" +
 	"\x06tokens\x18\x01 \x03(\v2\x1a.flotilla.auth.v1.ApiTokenR\x06tokens\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"$\n" +
 	"\x12DeleteTokenRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"*\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"B\n" +
 	"\x12VerifyTokenRequest\x12\x14\n" +
-	"\x05token\x18\x01 \x01(\tR\x05token\"\xa6\x02\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\tR\x06source\"\xa6\x02\n" +
 	"\x13VerifyTokenResponse\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12;\n" +
