@@ -70,6 +70,11 @@ func TestRenderedConfigsAreAcceptedByTheirPrograms(t *testing.T) {
 				if n := len(strings.Split(ec.NATSURL, ",")); n != 3 {
 					t.Errorf("%s: FLOTILLA_NATS_URL names %d servers, want all 3: %s", svc, n, ec.NATSURL)
 				}
+				for _, u := range []string{ec.DatabaseURL, ec.DatabaseOwnerURL} {
+					if !strings.Contains(u, "sslmode=verify-full") || !strings.Contains(u, "sslrootcert=") {
+						t.Errorf("%s: database URL %q: want TLS, verifying the leader (sslmode=verify-full, sslrootcert)", svc, u)
+					}
+				}
 				if svc == subjects.Gateway && (len(ec.NATSMonitorURLs) != 3 || len(ec.PatroniURLs) != 3) {
 					t.Errorf("gateway: FLOTILLA_NATS_MONITOR_URLS %v, FLOTILLA_PATRONI_URLS %v: want every host's, for GET /api/v1/cluster", ec.NATSMonitorURLs, ec.PatroniURLs)
 				}
@@ -88,7 +93,7 @@ func TestRenderedConfigsAreAcceptedByTheirPrograms(t *testing.T) {
 			}
 			var p struct {
 				Name      string
-				Etcd      struct{ Hosts string } // the v2 API: not etcd3
+				Etcd      struct{ Hosts, Protocol, Cacert, Cert, Key string } // the v2 API: not etcd3
 				Etcd3     any                    `yaml:"etcd3"`
 				Bootstrap struct {
 					DCS struct {
@@ -100,7 +105,10 @@ func TestRenderedConfigsAreAcceptedByTheirPrograms(t *testing.T) {
 					} `yaml:"dcs"`
 				}
 				PostgreSQL struct {
-					Listen string
+					Listen         string
+					Parameters     map[string]string
+					PgHBA          []string                     `yaml:"pg_hba"`
+					Authentication map[string]map[string]string `yaml:"authentication"`
 				} `yaml:"postgresql"`
 			}
 			if err := yaml.Unmarshal(raw, &p); err != nil {
@@ -109,14 +117,46 @@ func TestRenderedConfigsAreAcceptedByTheirPrograms(t *testing.T) {
 			if p.Name != h || strings.Count(p.Etcd.Hosts, ":2379") != 3 || p.Etcd3 != nil {
 				t.Errorf("name %q, etcd hosts %q, etcd3 %v: want this host, three v2 etcd members, no etcd3", p.Name, p.Etcd.Hosts, p.Etcd3)
 			}
+			if p.Etcd.Protocol != "https" || !fileExists(p.Etcd.Cacert) || !fileExists(p.Etcd.Cert) || !fileExists(p.Etcd.Key) {
+				t.Errorf("etcd %+v: want https, the etcd CA and a client certificate", p.Etcd)
+			}
 			if !p.Bootstrap.DCS.SynchronousMode || !p.Bootstrap.DCS.PostgreSQLOptions.UsePgRewind || p.Bootstrap.DCS.TTL == 0 {
 				t.Errorf("dcs %+v: synchronous mode (no acknowledged write lost) and pg_rewind are required", p.Bootstrap.DCS)
+			}
+			// PostgreSQL over TLS only, each side verifying the other's name.
+			pg := p.PostgreSQL
+			if pg.Parameters["ssl"] != "on" || !fileExists(pg.Parameters["ssl_cert_file"]) || !fileExists(pg.Parameters["ssl_key_file"]) {
+				t.Errorf("parameters %v: want ssl on, with its certificate and key", pg.Parameters)
+			}
+			for _, rule := range pg.PgHBA {
+				if !strings.HasPrefix(rule, "local ") && !strings.HasPrefix(rule, "hostssl ") {
+					t.Errorf("pg_hba %q: a network connection must be hostssl", rule)
+				}
+			}
+			for _, who := range []string{"superuser", "replication", "rewind"} {
+				if a := pg.Authentication[who]; a["sslmode"] != "verify-full" || !fileExists(a["sslrootcert"]) {
+					t.Errorf("authentication.%s: sslmode %q, sslrootcert %q: want verify-full against the cluster's PostgreSQL CA", who, a["sslmode"], a["sslrootcert"])
+				}
 			}
 		})
 		t.Run(h+"/etcd", func(t *testing.T) {
 			vars := readEnvFile(t, filepath.Join(hd, "etcd.env"))
-			if vars["ETCD_ENABLE_V2"] != "true" || vars["ETCD_NAME"] != h || strings.Count(vars["ETCD_INITIAL_CLUSTER"], "=http://") != 3 {
+			if vars["ETCD_ENABLE_V2"] != "true" || vars["ETCD_NAME"] != h || strings.Count(vars["ETCD_INITIAL_CLUSTER"], "=https://") != 3 {
 				t.Errorf("etcd.env: %v", vars)
+			}
+			// Clients and peers over mutual TLS.
+			for _, k := range []string{"ETCD_LISTEN_CLIENT_URLS", "ETCD_ADVERTISE_CLIENT_URLS", "ETCD_LISTEN_PEER_URLS", "ETCD_INITIAL_ADVERTISE_PEER_URLS"} {
+				if !strings.HasPrefix(vars[k], "https://") {
+					t.Errorf("etcd.env: %s=%s: want https", k, vars[k])
+				}
+			}
+			for _, k := range []string{"ETCD_CERT_FILE", "ETCD_KEY_FILE", "ETCD_TRUSTED_CA_FILE", "ETCD_PEER_CERT_FILE", "ETCD_PEER_KEY_FILE", "ETCD_PEER_TRUSTED_CA_FILE"} {
+				if !fileExists(vars[k]) {
+					t.Errorf("etcd.env: %s=%q: no such file", k, vars[k])
+				}
+			}
+			if vars["ETCD_CLIENT_CERT_AUTH"] != "true" || vars["ETCD_PEER_CLIENT_CERT_AUTH"] != "true" {
+				t.Errorf("etcd.env: clients and peers must show certificates: %v", vars)
 			}
 		})
 	}
@@ -129,6 +169,11 @@ func TestRenderedConfigsAreAcceptedByTheirPrograms(t *testing.T) {
 			t.Fatalf("haproxy -c: %v\n%s", err, out)
 		}
 	})
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return path != "" && err == nil
 }
 
 // readEnvFile reads NAME=VALUE lines, as systemd's EnvironmentFile and
