@@ -57,13 +57,14 @@ generate:
 check-generated:
 	scripts/check-generated.sh
 
-## lint: gofmt, go.mod and go.sum tidy, go vet (both modules), staticcheck (pinned in tools/go.mod)
+## lint: gofmt, go.mod and go.sum tidy, go vet (both modules; also as for macOS, where developers build and test), staticcheck (pinned in tools/go.mod)
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^api/gen/')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	@GOWORK=off $(GO) mod tidy -diff || { echo "go.mod or go.sum is not tidy: run go mod tidy"; exit 1; }
 	@cd loadtest && GOWORK=off $(GO) mod tidy -diff || { echo "loadtest/go.mod or go.sum is not tidy: run (cd loadtest && GOWORK=off go mod tidy)"; exit 1; }
 	$(GO) vet ./... ./loadtest/...
+	GOOS=darwin GOARCH=arm64 $(GO) vet ./... ./loadtest/...
 	GOWORK=off $(GO) tool -modfile=tools/go.mod staticcheck ./...
 
 fmt:

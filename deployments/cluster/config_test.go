@@ -94,7 +94,7 @@ func TestRenderedConfigsAreAcceptedByTheirPrograms(t *testing.T) {
 			var p struct {
 				Name      string
 				Etcd      struct{ Hosts, Protocol, Cacert, Cert, Key string } // the v2 API: not etcd3
-				Etcd3     any                    `yaml:"etcd3"`
+				Etcd3     any                                                 `yaml:"etcd3"`
 				Bootstrap struct {
 					DCS struct {
 						TTL               int  `yaml:"ttl"`
