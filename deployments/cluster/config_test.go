@@ -75,6 +75,9 @@ func TestRenderedConfigsAreAcceptedByTheirPrograms(t *testing.T) {
 						t.Errorf("%s: database URL %q: want TLS, verifying the leader (sslmode=verify-full, sslrootcert)", svc, u)
 					}
 				}
+				if svc == subjects.Gateway && len(ec.TrustedProxies) != 1 {
+					t.Errorf("gateway: FLOTILLA_TRUSTED_PROXIES %v: want HAProxy's address, so logins are limited per client", ec.TrustedProxies)
+				}
 				if svc == subjects.Gateway && (len(ec.NATSMonitorURLs) != 3 || len(ec.PatroniURLs) != 3) {
 					t.Errorf("gateway: FLOTILLA_NATS_MONITOR_URLS %v, FLOTILLA_PATRONI_URLS %v: want every host's, for GET /api/v1/cluster", ec.NATSMonitorURLs, ec.PatroniURLs)
 				}

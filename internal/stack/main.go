@@ -22,6 +22,7 @@ import (
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/telemetry"
+	"flotilla.dev/flotilla/services/gateway"
 )
 
 // EnvConfig is every setting a per-service binary (cmd/flotilla-<svc>) reads,
@@ -100,6 +101,11 @@ type EnvConfig struct {
 	// PatroniURLs are Patroni's REST APIs (http://host:8008,
 	// comma-separated): the gateway reports the PostgreSQL members from them.
 	PatroniURLs []string `env:"FLOTILLA_PATRONI_URLS" envSeparator:","`
+	// TrustedProxies are the reverse proxies in front of the gateway
+	// (addresses or CIDR prefixes, comma-separated) whose X-Forwarded-For
+	// names the client: its address for the per-address login limit and
+	// in audit records (empty: the connection's peer, always).
+	TrustedProxies []string `env:"FLOTILLA_TRUSTED_PROXIES" envSeparator:","`
 	// PublicURL is the API's URL as cloud VMs reach it: they download the
 	// agent there (gateway.AgentDownloadPath).
 	PublicURL string `env:"FLOTILLA_PUBLIC_URL"`
@@ -236,6 +242,9 @@ func (c EnvConfig) ValidateSettings(service string) error {
 		}
 		hostPort("FLOTILLA_GRPC_ADDR", c.GRPCAddr)
 		hostPort("FLOTILLA_AGENT_GATEWAY_ADDR", c.AgentGatewayAddr)
+		if _, err := gateway.ParseProxies(c.TrustedProxies); err != nil {
+			errs = append(errs, fmt.Errorf("FLOTILLA_TRUSTED_PROXIES: %w", err))
+		}
 		if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 			errs = append(errs, errors.New("FLOTILLA_TLS_CERT_FILE, FLOTILLA_TLS_KEY_FILE: give both or neither"))
 		}
@@ -307,6 +316,7 @@ func (c EnvConfig) Config(service string) Config {
 		AgentCommand:       strings.Fields(c.AgentCommand),
 		NATSMonitorURLs:    c.NATSMonitorURLs,
 		PatroniURLs:        c.PatroniURLs,
+		TrustedProxies:     trustedProxies(c.TrustedProxies),
 		HostName:           c.HostName,
 		PublicURL:          c.PublicURL,
 	}
@@ -416,4 +426,16 @@ func secretsManager(region, endpoint string) *awsx.Account {
 		return nil
 	}
 	return &awsx.Account{Region: region, EndpointURL: endpoint}
+}
+
+// trustedProxies are the proxies ValidateSettings accepted (an entry it
+// refuses is left out).
+func trustedProxies(entries []string) gateway.Proxies {
+	var out gateway.Proxies
+	for _, e := range entries {
+		if p, err := gateway.ParseProxies([]string{e}); err == nil {
+			out = append(out, p...)
+		}
+	}
+	return out
 }

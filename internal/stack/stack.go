@@ -187,6 +187,9 @@ type Config struct {
 	// (http://host:8008) the gateway asks for the cluster status; empty:
 	// what its bus connection sees, and the one database.
 	NATSMonitorURLs, PatroniURLs []string
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For the
+	// gateway believes (gateway.Proxies).
+	TrustedProxies gateway.Proxies
 	// MemberInterval, MemberTTL and MemberHealthyWithin tune the managers'
 	// heartbeats (0: libs/membership's defaults, 5 s, 30 s and 15 s; tests
 	// shorten them).
@@ -578,6 +581,7 @@ func (d deps) gateway(ctx context.Context, nc *nats.Conn, httpL, grpcL net.Liste
 		HTTPListener: httpL, GRPCListener: grpcL, MaxRequestBytes: c.MaxRequestBytes, RequestReadTimeout: c.RequestReadTimeout,
 		LoginPolicy: c.SourceLoginPolicy, TLS: c.APITLS, AgentGatewayAddr: d.agentGatewayAddr(), AgentBinary: c.agentBinary(),
 		NATSMonitorURLs: c.NATSMonitorURLs, PatroniURLs: c.PatroniURLs, MemberHealthyWithin: c.MemberHealthyWithin,
+		TrustedProxies:  c.TrustedProxies,
 		InstanceReadTTL: c.InstanceReadTTL})
 	if err != nil {
 		return runner{}, err

@@ -27,8 +27,9 @@ type (
 	clientKey struct{}
 )
 
-// clientAddr is the address (IP) a request came from: for REST, what the
-// HTTP middleware saw; for gRPC, the peer. Behind a proxy it is the proxy's.
+// clientAddr is the address (IP) a request came from, as the HTTP
+// middleware or the gRPC interceptors found it: the peer's, or behind a
+// trusted proxy the one the proxy saw (Proxies); else the gRPC peer's.
 func clientAddr(ctx context.Context) string {
 	if a, ok := ctx.Value(clientKey{}).(string); ok {
 		return a
@@ -100,7 +101,7 @@ func (g *Gateway) authenticate(ctx context.Context, token string) (context.Conte
 // is routed (guardREST, guardGateway).
 func (g *Gateway) requireAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r = r.WithContext(context.WithValue(r.Context(), clientKey{}, hostOf(r.RemoteAddr)))
+		r = r.WithContext(context.WithValue(r.Context(), clientKey{}, g.proxies.client(r.RemoteAddr, r.Header.Values("X-Forwarded-For"))))
 		method := r.Method
 		if method == http.MethodHead {
 			method = http.MethodGet // as the mux routes it
@@ -223,6 +224,7 @@ func grpcToken(ctx context.Context) string {
 // unaryAuth is the gRPC counterpart of requireAuth and the guards: the
 // same table, by the route of the method's HTTP rule.
 func (g *Gateway) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	ctx = g.grpcClient(ctx)
 	rt := g.routes.byMethod[info.FullMethod]
 	if rt == nil {
 		return nil, apierr.GRPCStatus(ctx, g.log, apierr.PermissionDenied("%s is not in the gateway's access table", info.FullMethod))
@@ -267,7 +269,7 @@ func (g *Gateway) grpcError(ctx context.Context, err error) error {
 
 // streamAuth guards streaming gRPC methods the same way.
 func (g *Gateway) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	ctx := ss.Context()
+	ctx := g.grpcClient(ss.Context())
 	rt := g.routes.byMethod[info.FullMethod]
 	if rt == nil {
 		return apierr.GRPCStatus(ctx, g.log, apierr.PermissionDenied("%s is not in the gateway's access table", info.FullMethod))

@@ -94,6 +94,9 @@ type Deps struct {
 	// MemberHealthyWithin is how recent a manager's heartbeat must be for
 	// it to be reported healthy (0: membership.HealthyWithin).
 	MemberHealthyWithin time.Duration
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For names
+	// the client (none: every request's client is its peer).
+	TrustedProxies Proxies
 }
 
 // SourceLoginPolicy is how failed logins from one client address slow its
@@ -112,7 +115,9 @@ type Gateway struct {
 	readTimeout     time.Duration
 	// logins counts failed logins by client address.
 	logins *attempts.Limiter
-	tokens *tokenCache
+	// proxies are the trusted reverse proxies (proxies.go).
+	proxies Proxies
+	tokens  *tokenCache
 	// instances are the instances read lately (instances.go).
 	instances *instanceCache
 	status    *freshCache[*systemv1.Status]
@@ -141,6 +146,7 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 		version:        d.Version,
 		requestTimeout: d.RequestTimeout,
 		deps:           d,
+		proxies:        d.TrustedProxies,
 	}
 	if g.requestTimeout == 0 {
 		g.requestTimeout = 15 * time.Second

@@ -3,7 +3,9 @@ package gateway_test
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,6 +16,7 @@ import (
 	authv1 "flotilla.dev/flotilla/api/gen/flotilla/auth/v1"
 	"flotilla.dev/flotilla/internal/stack"
 	"flotilla.dev/flotilla/libs/attempts"
+	"flotilla.dev/flotilla/services/gateway"
 	"flotilla.dev/flotilla/services/inventory/app"
 )
 
@@ -117,5 +120,86 @@ func TestLoginsAreThrottledAndAudited(t *testing.T) {
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("audit records:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestClientsBehindATrustedProxyAreCountedApart: behind a trusted proxy
+// (here every request comes from 127.0.0.1, as through HAProxy), failed
+// logins are counted per address the proxy forwards, so one client's
+// guesses lock out that client, not everyone behind the proxy; and the
+// audit records name the forwarded address. The same header from a peer
+// that is not trusted counts for nothing (TestLoginsAreThrottledAndAudited:
+// the gateway there trusts no proxy).
+func TestClientsBehindATrustedProxyAreCountedApart(t *testing.T) {
+	t.Parallel()
+	proxies, err := gateway.ParseProxies([]string{"127.0.0.0/8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, envOptions{only: []string{}, config: func(c *stack.Config) {
+		c.SourceLoginPolicy = attempts.Policy{Free: 2, Base: time.Minute, Max: time.Hour, Forget: time.Hour}
+		c.TrustedProxies = proxies
+	}})
+	login := func(from, user, pw string) (int, reply) {
+		t.Helper()
+		body, _ := json.Marshal(reply{"username": user, "password": pw})
+		req, _ := http.NewRequestWithContext(t.Context(), "POST", e.base+"/api/v1/login", bytes.NewReader(body))
+		req.Header.Set("X-Forwarded-For", from)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		out := reply{}
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out
+	}
+	for _, user := range []string{"eve", "mallory", "trent"} {
+		if code, out := login("203.0.113.7", user, "guess"); code != 401 {
+			t.Fatalf("a guess from 203.0.113.7: %d %v", code, out)
+		}
+	}
+	if code, out := login("203.0.113.7", adminUser, adminPass); code != 429 || !strings.Contains(out["message"].(string), "203.0.113.7") {
+		t.Fatalf("203.0.113.7 after three failures: %d %v; want 429 naming it", code, out)
+	}
+	if code, out := login("203.0.113.8", adminUser, adminPass); code != 200 {
+		t.Fatalf("another client behind the same proxy: %d %v; want 200", code, out)
+	}
+	// The web console's login form passes the forwarded address on.
+	consoleLogin := func(from string) (int, string) {
+		t.Helper()
+		form := url.Values{"username": {adminUser}, "password": {adminPass}}
+		req, _ := http.NewRequestWithContext(t.Context(), "POST", e.base+"/login", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("X-Forwarded-For", from)
+		resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, page := consoleLogin("203.0.113.7"); code == http.StatusSeeOther || !strings.Contains(page, "203.0.113.7") {
+		t.Errorf("the console's login from 203.0.113.7, locked out: %d; want a page naming the address", code)
+	}
+	if code, _ := consoleLogin("203.0.113.9"); code != http.StatusSeeOther {
+		t.Errorf("the console's login from 203.0.113.9: %d; want 303", code)
+	}
+	sources := map[string]string{}
+	for _, m := range e.read(t, "FLOTILLA_AUDIT", "flotilla.audit.user.>") {
+		rec := &authv1.AuthAudit{}
+		if err := proto.Unmarshal(m.Data(), rec); err != nil {
+			t.Fatal(err)
+		}
+		sources[rec.GetAction()+":"+rec.GetUsername()] = rec.GetSource()
+	}
+	if sources["login-failed:eve"] != "203.0.113.7" || sources["token-issued:"+adminUser] == "" {
+		t.Errorf("audit sources %v: want the forwarded addresses", sources)
+	}
+	for k, src := range sources {
+		if src == "127.0.0.1" {
+			t.Errorf("audit record %s names the proxy, not the client", k)
+		}
 	}
 }

@@ -98,6 +98,11 @@ func (c client) raw(method, path string, body []byte) (int, []byte, http.Header,
 		return 0, nil, nil, err
 	}
 	req.RemoteAddr, req.Host, req.TLS = c.r.RemoteAddr, c.r.Host, c.r.TLS
+	// The client as a trusted proxy forwarded it: the API decides whether
+	// to believe it, as for any request.
+	for _, v := range c.r.Header.Values("X-Forwarded-For") {
+		req.Header.Add("X-Forwarded-For", v)
+	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
