@@ -75,14 +75,7 @@ func dataDir(t *testing.T) string {
 // did, at 48566).
 func freeBase(t *testing.T) int {
 	t.Helper()
-	ephemeral := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if low, err := strconv.Atoi(f[0]); err == nil && low > 10100 {
-				ephemeral = low
-			}
-		}
-	}
+	ephemeral := testkit.EphemeralLow()
 	for range 100 {
 		base := 10000 + rand.IntN(ephemeral-6-10000)
 		ok := true

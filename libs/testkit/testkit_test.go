@@ -135,3 +135,24 @@ func TestFreePorts(t *testing.T) {
 		t.Fatalf("FreePort = %d", p)
 	}
 }
+
+// TestFreePortsAreBelowTheEphemeralRange: the ports handed out are
+// distinct, bindable and below the range outgoing connections take their
+// source ports from, so none is taken that way before its test binds it.
+func TestFreePortsAreBelowTheEphemeralRange(t *testing.T) {
+	t.Parallel()
+	ports := testkit.FreePorts(t, 20)
+	seen := map[int]bool{}
+	for _, p := range ports {
+		if p < 10000 || p >= testkit.EphemeralLow() || seen[p] {
+			t.Errorf("port %d: want distinct ports in [10000, %d)", p, testkit.EphemeralLow())
+		}
+		seen[p] = true
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			t.Errorf("port %d: %v", p, err)
+			continue
+		}
+		ln.Close()
+	}
+}
