@@ -118,15 +118,14 @@ credentials. To add a server back, see docs/ha.md.`,
 				return errors.New("--creds: is required: the NATS system account's credentials (system.creds from flotilla admin bus-credentials)")
 			}
 			// Credentials that may not ask the server get no answer, only
-			// the server's permissions violation: it ends the wait at once.
-			denied := make(chan error, 1)
+			// the server's permissions violation: it ends the wait at once,
+			// as the context's cause.
+			ctx, refuse := context.WithCancelCause(cmd.Context())
+			defer refuse(nil)
 			opts := []nats.Option{nats.UserCredentials(creds), nats.Name("flotilla cluster brokers remove"), nats.Timeout(10 * time.Second),
 				nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 					if errors.Is(err, nats.ErrPermissionViolation) {
-						select {
-						case denied <- err:
-						default:
-						}
+						refuse(err)
 					}
 				})}
 			if natsCA != "" {
@@ -141,7 +140,7 @@ credentials. To add a server back, see docs/ha.md.`,
 				return fmt.Errorf("connect to %s: %w", natsURL, err)
 			}
 			defer nc.Close()
-			if err := removeBroker(cmd.Context(), nc, args[0], denied); err != nil {
+			if err := removeBroker(ctx, nc, args[0]); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "removed %s from JetStream; its stream replicas are placed on the other servers\n", args[0])
@@ -157,23 +156,14 @@ credentials. To add a server back, see docs/ha.md.`,
 
 // removeBroker asks the JetStream meta leader to remove the server named
 // name from the meta group ($JS.API.SERVER.REMOVE, system account only).
-// denied carries the server's refusal of the request's subject (the
-// connection's permissions violations), which no answer follows.
-func removeBroker(ctx context.Context, nc *nats.Conn, name string, denied <-chan error) error {
+// A ctx cancelled with a permissions violation as its cause is the server
+// refusing the request's subject, which no answer follows.
+func removeBroker(ctx context.Context, nc *nats.Conn, name string) error {
 	req, _ := json.Marshal(map[string]string{"peer": name})
 	// Only the JetStream meta leader answers: while the servers left elect
 	// one (the gone server may have led), ask again, for a minute.
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	ctx, refuse := context.WithCancelCause(ctx)
-	defer refuse(nil)
-	go func() {
-		select {
-		case err := <-denied:
-			refuse(err)
-		case <-ctx.Done():
-		}
-	}()
 	var msg *nats.Msg
 	for {
 		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)

@@ -428,14 +428,9 @@ func secretsManager(region, endpoint string) *awsx.Account {
 	return &awsx.Account{Region: region, EndpointURL: endpoint}
 }
 
-// trustedProxies are the proxies ValidateSettings accepted (an entry it
-// refuses is left out).
+// trustedProxies are the proxies of FLOTILLA_TRUSTED_PROXIES, which
+// ValidateSettings checked; a list it refuses trusts nobody.
 func trustedProxies(entries []string) gateway.Proxies {
-	var out gateway.Proxies
-	for _, e := range entries {
-		if p, err := gateway.ParseProxies([]string{e}); err == nil {
-			out = append(out, p...)
-		}
-	}
-	return out
+	p, _ := gateway.ParseProxies(entries)
+	return p
 }

@@ -206,8 +206,8 @@ func TestServicesWorkWithARoleThatOnlyReadsAndWritesRows(t *testing.T) {
 }
 
 // TestEnvConfigNamesBadClusterStatusURLs: the gateway's monitoring and
-// Patroni URLs must be http or https URLs with a host; each bad one is
-// named with its variable.
+// Patroni URLs must be http or https URLs with a host, its trusted proxies
+// addresses or CIDR prefixes; each bad one is named with its variable.
 func TestEnvConfigNamesBadClusterStatusURLs(t *testing.T) {
 	t.Parallel()
 	creds := filepath.Join(t.TempDir(), "gateway.creds")
@@ -218,17 +218,19 @@ func TestEnvConfigNamesBadClusterStatusURLs(t *testing.T) {
 		AgentGatewayAddr: "127.0.0.1:7702", MaxRequestBytes: 1 << 20, RequestReadTimeout: time.Minute, BusConcurrency: 32,
 		StreamReplicas: 3, LogLevel: "info",
 		NATSMonitorURLs: []string{"http://10.0.0.1:8222", "https://nats-2:8222"},
-		PatroniURLs:     []string{"http://10.0.0.1:8008"}}
+		PatroniURLs:     []string{"http://10.0.0.1:8008"}, TrustedProxies: []string{"10.77.0.1", "10.0.0.0/8"}}
 	if err := ec.Validate(subjects.Gateway); err != nil {
 		t.Fatalf("good URLs refused: %v", err)
 	}
-	if cfg := ec.Config(subjects.Gateway); len(cfg.NATSMonitorURLs) != 2 || len(cfg.PatroniURLs) != 1 {
-		t.Fatalf("URLs not passed on: %v %v", cfg.NATSMonitorURLs, cfg.PatroniURLs)
+	if cfg := ec.Config(subjects.Gateway); len(cfg.NATSMonitorURLs) != 2 || len(cfg.PatroniURLs) != 1 || len(cfg.TrustedProxies) != 2 {
+		t.Fatalf("settings not passed on: %v %v %v", cfg.NATSMonitorURLs, cfg.PatroniURLs, cfg.TrustedProxies)
 	}
 	ec.NATSMonitorURLs = []string{"nats://10.0.0.1:4222", "10.0.0.2:8222"}
 	ec.PatroniURLs = []string{"http://"}
+	ec.TrustedProxies = []string{"10.77.0.1", "haproxy.internal"}
 	err := ec.Validate(subjects.Gateway)
-	for _, want := range []string{`FLOTILLA_NATS_MONITOR_URLS: "nats://10.0.0.1:4222"`, `FLOTILLA_NATS_MONITOR_URLS: "10.0.0.2:8222"`, `FLOTILLA_PATRONI_URLS: "http://"`} {
+	for _, want := range []string{`FLOTILLA_NATS_MONITOR_URLS: "nats://10.0.0.1:4222"`, `FLOTILLA_NATS_MONITOR_URLS: "10.0.0.2:8222"`, `FLOTILLA_PATRONI_URLS: "http://"`,
+		`FLOTILLA_TRUSTED_PROXIES: "haproxy.internal"`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v does not name %s", err, want)
 		}

@@ -9,7 +9,6 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -28,16 +27,11 @@ type (
 )
 
 // clientAddr is the address (IP) a request came from, as the HTTP
-// middleware or the gRPC interceptors found it: the peer's, or behind a
-// trusted proxy the one the proxy saw (Proxies); else the gRPC peer's.
+// middleware (requireAuth) or the gRPC interceptors (grpcClient) found it:
+// the peer's, or behind a trusted proxy the one the proxy saw (Proxies).
 func clientAddr(ctx context.Context) string {
-	if a, ok := ctx.Value(clientKey{}).(string); ok {
-		return a
-	}
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		return hostOf(p.Addr.String())
-	}
-	return ""
+	a, _ := ctx.Value(clientKey{}).(string)
+	return a
 }
 
 func hostOf(addr string) string {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 
@@ -32,40 +33,36 @@ func TestInstanceSearchFindsEachFieldThroughItsIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	insert := instancesOf(t, pool)
-	// One instance per searched field, "Needle-<field>" in that field only.
-	type row struct{ id, name, spec string }
-	address := func(key string) func(string) string {
-		return func(v string) string { return fmt.Sprintf(`{"addresses": {%q: %q}}`, key, v) }
+	// One instance per searched field, a needle in that field only, found
+	// by a piece of it in another case.
+	addr := func(key string) string { return fmt.Sprintf(`{"addresses": {%q: "Needle-%s"}}`, key, key) }
+	type fieldCase struct{ field, id, name, spec, search string }
+	cases := []fieldCase{
+		{"name", "", "Needle-name", "{}", "NEEDLE-NAM"},
+		{"id::text", "5eed5eed-0000-4000-8000-00000000abcd", "by-id", "{}", "0000ABCD"},
+		{"spec->>'vmId'", "", "by-vm", `{"vmId": "Needle-vm"}`, "NEEDLE-VM"},
+		{"spec->'addresses'->>'privateIp'", "", "by-private-ip", addr("privateIp"), "needle-privateip"},
+		{"spec->'addresses'->>'publicIp'", "", "by-public-ip", addr("publicIp"), "needle-publicip"},
+		{"spec->'addresses'->>'privateDns'", "", "by-private-dns", addr("privateDns"), "needle-privatedns"},
+		{"spec->'addresses'->>'publicDns'", "", "by-public-dns", addr("publicDns"), "needle-publicdns"},
+		{"spec->'addresses'->>'hostname'", "", "by-hostname", addr("hostname"), "needle-hostname"},
+		{"spec->'addresses'->>'url'", "", "by-url", addr("url"), "needle-url"},
 	}
-	cases := map[string]func(needle string) row{
-		"name":     func(v string) row { return row{uuid.NewString(), v, "{}"} },
-		"id::text": func(string) row { return row{"5eed5eed-0000-4000-8000-00000000abcd", "by-id", "{}"} },
-		"spec->>'vmId'": func(v string) row {
-			return row{uuid.NewString(), "by-vm", fmt.Sprintf(`{"vmId": %q}`, v)}
-		},
-	}
-	for _, key := range []string{"privateIp", "publicIp", "privateDns", "publicDns", "hostname", "url"} {
-		f := address(key)
-		cases["spec->'addresses'->>'"+key+"'"] = func(v string) row { return row{uuid.NewString(), "by-" + key, f(v)} }
-	}
-	want := map[string]string{} // search text → the name found
 	for _, field := range instanceText {
-		mk, ok := cases[field]
-		if !ok {
+		if !slices.ContainsFunc(cases, func(c fieldCase) bool { return c.field == field }) {
 			t.Fatalf("searched field %s has no case here (and instance_search_text may lack it)", field)
 		}
-		needle := "Needle-" + strings.NewReplacer("'", "", ">", "", "-", "", ":", "").Replace(field)
-		r := mk(needle)
-		insert(r.id, r.name, r.spec)
-		if field == "id::text" {
-			needle = "0000ABCD"
+	}
+	for _, r := range cases {
+		if r.id == "" {
+			r.id = uuid.NewString()
 		}
-		want[strings.ToUpper(needle)] = r.name
+		insert(r.id, r.name, r.spec)
 	}
 	search := func(text string) []string { return searchNames(t, pool, text) }
-	for text, name := range want {
-		if got := search(text); len(got) != 1 || got[0] != name {
-			t.Errorf("search %q: %v; want %s", text, got, name)
+	for _, r := range cases {
+		if got := search(r.search); len(got) != 1 || got[0] != r.name {
+			t.Errorf("search %q (%s): %v; want %s", r.search, r.field, got, r.name)
 		}
 	}
 	// The name's end and the id's start are neighbours in the joined

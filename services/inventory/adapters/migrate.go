@@ -32,8 +32,8 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
 	if err := pgstore.Migrate(ctx, pool, pgstore.Schema{Name: "inventory", Migrations: dir}, log); err != nil {
 		return err
 	}
-	// The instance search's trigram index (migration 8), made now if the
-	// pg_trgm extension has become available since.
+	// The instance search's trigram index (instance_search_index, migration
+	// 8): made at the first start that can have pg_trgm, kept after.
 	var indexed bool
 	if err := pool.QueryRow(ctx, "SELECT instance_search_index()").Scan(&indexed); err != nil {
 		return fmt.Errorf("instance search index: %w", err)

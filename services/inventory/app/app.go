@@ -76,8 +76,9 @@ type App struct {
 	dropKey KeyDrop
 	// tokenUse holds API tokens' last uses until they are written.
 	tokenUse tokenUses
-	// refused remembers the revoked tokens presented lately (auditRefused).
-	refused refusals
+	// refused holds the revoked tokens presented and recorded lately
+	// (auditRefused).
+	refused *attempts.Limiter
 }
 
 // Option configures an App.
@@ -115,6 +116,7 @@ func New(pool *pgxpool.Pool, log *slog.Logger, opts ...Option) *App {
 	for _, o := range opts {
 		o(a)
 	}
+	a.refused = attempts.NewLimiter(refusedTokenPolicy, 4096, a.now)
 	return a
 }
 

@@ -206,19 +206,24 @@ func (a *App) VerifyToken(ctx context.Context, token, source string) (*authv1.Ve
 // inventory), so a client that keeps trying does not flood the trail.
 const RefusedTokenQuiet = 10 * time.Minute
 
+// refusedTokenPolicy makes a Limiter of the tokens recorded lately: one
+// "failure" (a record) holds the token back for RefusedTokenQuiet.
+var refusedTokenPolicy = attempts.Policy{Base: RefusedTokenQuiet, Max: RefusedTokenQuiet, Forget: RefusedTokenQuiet}
+
 // auditRefused writes the audit record of a revoked token presented, unless
 // one of the same token was written within RefusedTokenQuiet. A token never
 // issued, or expired, is no record: there is nobody to name, or nothing to
 // warn of. What fails is logged; the caller is refused all the same.
 func (a *App) auditRefused(ctx context.Context, token, source string, now time.Time) {
 	t, err := adapters.RevokedToken(ctx, a.pool, token)
-	if errors.Is(err, adapters.ErrNoUser) {
+	switch {
+	case errors.Is(err, adapters.ErrNoUser):
 		return
-	}
-	if err == nil && !a.refused.first(t.ID, now) {
-		return
-	}
-	if err == nil {
+	case err == nil:
+		if a.refused.RetryAfter(t.ID) > 0 {
+			return
+		}
+		a.refused.Fail(t.ID)
 		rec := &authv1.AuthAudit{Action: subjects.VerbTokenRefused, Username: t.Username, UserId: t.UserID, Source: source,
 			Reason: "revoked", TokenId: bearer.ID(token), Time: timestamppb.New(now)}
 		if t.Kind == adapters.TokenAPI {
@@ -229,33 +234,6 @@ func (a *App) auditRefused(ctx context.Context, token, source string, now time.T
 	if err != nil {
 		a.log.WarnContext(ctx, "audit record of a revoked token presented not written", "source", source, "error", err)
 	}
-}
-
-// refusals are when each revoked token presented was last recorded.
-type refusals struct {
-	mu sync.Mutex
-	m  map[string]time.Time // by token id
-}
-
-// first says whether a refusal of token id at now is the first in
-// RefusedTokenQuiet, and if so remembers it.
-func (r *refusals) first(id string, now time.Time) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if at, ok := r.m[id]; ok && now.Sub(at) < RefusedTokenQuiet {
-		return false
-	}
-	if r.m == nil || len(r.m) >= 4096 {
-		fresh := map[string]time.Time{}
-		for k, at := range r.m {
-			if now.Sub(at) < RefusedTokenQuiet {
-				fresh[k] = at
-			}
-		}
-		r.m = fresh
-	}
-	r.m[id] = now
-	return true
 }
 
 // RevokeToken revokes a bearer token and writes the audit record of it;

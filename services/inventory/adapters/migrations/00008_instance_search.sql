@@ -19,8 +19,8 @@ CREATE FUNCTION instance_search_text(name text, id uuid, spec jsonb) RETURNS tex
         || E'\n' || coalesce(spec->'addresses'->>'url', '') $$;
 
 -- instance_search_index makes the index if it can and says whether it
--- exists. The migration calls it, and so does every start of the inventory
--- (adapters.Migrate): an extension installed later brings the index then.
+-- exists. Every start of the inventory calls it after the migrations
+-- (adapters.Migrate), so an extension installed later brings the index then.
 -- +goose StatementBegin
 CREATE FUNCTION instance_search_index() RETURNS boolean
     LANGUAGE plpgsql
@@ -53,7 +53,6 @@ BEGIN
     RETURN true;
 END $$;
 -- +goose StatementEnd
-SELECT instance_search_index();
 
 -- +goose Down
 DROP INDEX IF EXISTS instances_search;
