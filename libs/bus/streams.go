@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"time"
 
@@ -128,29 +129,76 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, replicas int, na
 		if len(names) > 0 && !slices.Contains(names, cfg.Name) {
 			continue
 		}
-		if err := waitJetStream(ctx, func() error {
-			_, err := js.CreateOrUpdateStream(ctx, cfg)
-			return err
-		}); err != nil {
+		if err := waitJetStream(ctx, func() error { return declareStream(ctx, js, cfg) }); err != nil {
 			return fmt.Errorf("declare stream %s: %w", cfg.Name, err)
 		}
 	}
 	return nil
 }
 
+// declareStream creates cfg's stream, or updates it when a field cfg sets
+// differs. A stream already as declared is left alone: every service
+// declares its streams at each start, and an update rewrites the stream's
+// configuration under the readers of it (nats-server 2.15 reads a file
+// store's name without its lock while UpdateConfig writes it: a data race
+// the race detector reports in a test binary that embeds the server).
+func declareStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) error {
+	s, err := js.Stream(ctx, cfg.Name)
+	if err == nil && declared(cfg, s.CachedInfo().Config) {
+		return nil
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return err
+	}
+	_, err = js.CreateOrUpdateStream(ctx, cfg)
+	return err
+}
+
+// declared says have, a stream's or bucket's configuration as the server
+// reports it, has every field want sets (the fields want leaves zero take
+// the server's defaults, which differ from zero).
+func declared[C jetstream.StreamConfig | jetstream.KeyValueConfig](want, have C) bool {
+	w, h := reflect.ValueOf(want), reflect.ValueOf(have)
+	for i := range w.NumField() {
+		if f := w.Field(i); !f.IsZero() && !reflect.DeepEqual(f.Interface(), h.Field(i).Interface()) {
+			return false
+		}
+	}
+	return true
+}
+
 // DeclareKeyValue creates or updates a key-value bucket, waiting for
-// JetStream as EnsureStreams does.
+// JetStream as EnsureStreams does; a bucket already as declared is left
+// alone, as a stream is.
 func DeclareKeyValue(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	var kv jetstream.KeyValue
 	err := waitJetStream(ctx, func() error {
 		var err error
-		kv, err = js.CreateOrUpdateKeyValue(ctx, cfg)
+		kv, err = declareKeyValue(ctx, js, cfg)
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("declare key-value bucket %s: %w", cfg.Bucket, err)
 	}
 	return kv, nil
+}
+
+// declareKeyValue creates cfg's bucket, or updates it when a field cfg sets
+// differs (as declareStream).
+func declareKeyValue(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	if err == nil {
+		st, err := kv.Status(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if have, ok := st.(*jetstream.KeyValueBucketStatus); ok && declared(cfg, have.Config()) {
+			return kv, nil
+		}
+	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, err
+	}
+	return js.CreateOrUpdateKeyValue(ctx, cfg)
 }
 
 // waitJetStream runs declare until it succeeds, fails for a reason other

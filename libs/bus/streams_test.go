@@ -90,3 +90,70 @@ func TestUnansweredIsJetStreamNotAnsweringNow(t *testing.T) {
 		}
 	}
 }
+
+// Every service declares its streams and buckets at each start: one
+// already as declared is not updated again (an update rewrites the stream's
+// configuration under its readers), and one that differs is brought back.
+func TestStreamsAreUpdatedOnlyWhenTheyDiffer(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	nc := testkit.NATSConn(t, testkit.NATS(t))
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bucket := jetstream.KeyValueConfig{Bucket: "leases", History: 1, TTL: time.Minute, MaxValueSize: 256, Storage: jetstream.FileStorage}
+	declare := func() {
+		t.Helper()
+		if err := bus.EnsureStreams(ctx, js, 1); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bus.DeclareKeyValue(ctx, js, bucket); err != nil {
+			t.Fatal(err)
+		}
+	}
+	declare()
+	updated, err := nc.SubscribeSync("$JS.EVENT.ADVISORY.STREAM.UPDATED.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Unchanged: no update. The server sends its advisories in order, so
+	// an update here would come before the one below.
+	declare()
+	// Changed by hand (one advisory), then brought back (a second).
+	s, err := js.Stream(ctx, subjects.EventsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := s.CachedInfo().Config
+	changed.MaxAge = time.Hour
+	if _, err := js.UpdateStream(ctx, changed); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.EnsureStreams(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	want := "$JS.EVENT.ADVISORY.STREAM.UPDATED." + subjects.EventsStream
+	for i := range 2 {
+		m, err := updated.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("update advisory %d: %v", i+1, err)
+		}
+		if m.Subject != want {
+			t.Fatalf("update advisory %d is %s, want %s: a stream already as declared was updated", i+1, m.Subject, want)
+		}
+	}
+	if m, err := updated.NextMsg(300 * time.Millisecond); err == nil {
+		t.Fatalf("an update more than expected: %s", m.Subject)
+	}
+	s, err = js.Stream(ctx, subjects.EventsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.CachedInfo().Config.MaxAge; got != bus.EventsMaxAge {
+		t.Fatalf("events stream's age after a start: %v, want %v", got, bus.EventsMaxAge)
+	}
+}
