@@ -277,6 +277,7 @@ func startCluster(t *testing.T) *cluster {
 		if t.Failed() {
 			t.Logf("cluster logs kept in %s", dir)
 			c.run(t, "status")
+			t.Logf("HAProxy's last notices and refusals:\n%s", haproxyNotices(filepath.Join(dir, "haproxy.log"), 60))
 		}
 		cmd := exec.Command(c.script, "down")
 		cmd.Env = c.env
@@ -291,6 +292,27 @@ func startCluster(t *testing.T) *cluster {
 	c.run(t, "up")
 	t.Logf("local-cluster up took %v", time.Since(start).Round(time.Second))
 	return c
+}
+
+// haproxyNotices returns the last n lines of HAProxy's log that are not a
+// request answered with success: servers taken out and brought back,
+// requests refused or failed. What CI keeps of a failed run is the test's
+// output, not the cluster's directory.
+func haproxyNotices(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	// An HTTP request's line (option httplog) with a 2xx or 3xx status, or
+	// a TCP connection's (no tcplog: one line per connection).
+	ok := regexp.MustCompile(`^\S+ \[[^\]]+\] \S+ \S+ [-+0-9/]+ [23]\d\d |Connect from `)
+	var kept []string
+	for l := range strings.Lines(string(b)) {
+		if !ok.MatchString(l) {
+			kept = append(kept, l)
+		}
+	}
+	return strings.Join(kept[max(len(kept)-n, 0):], "")
 }
 
 func (c *cluster) run(t *testing.T, args ...string) []byte {
