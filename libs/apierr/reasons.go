@@ -40,6 +40,9 @@ const (
 	ReasonConcurrentChange Reason = "concurrent_change"
 	// ReasonLastAdmin: the change would leave no admin.
 	ReasonLastAdmin Reason = "last_admin"
+	// ReasonLeaseSuperseded: a provisioner's record came under a lease of
+	// the instance older than the newest one (between services only).
+	ReasonLeaseSuperseded Reason = "lease_superseded"
 
 	// ReasonUnauthenticated: no valid credential (missing, wrong, expired or
 	// revoked token; wrong user name or password).
@@ -82,6 +85,7 @@ var reasons = []ReasonInfo{
 	{ReasonInvalidState, KindConflict, "the resource's state does not allow this (delete a running instance; change the template of a provisioned one)"},
 	{ReasonConcurrentChange, KindConflict, "another request changed the same thing at the same moment; retrying is safe"},
 	{ReasonLastAdmin, KindConflict, "the change (a role, a deletion) would leave no admin: make another user admin first"},
+	{ReasonLeaseSuperseded, KindConflict, "(between services) a provisioner recorded a step under a lease of the instance that another provisioner has taken over since: the record is refused, and the newer holder's work stands"},
 	{ReasonUnauthenticated, KindUnauthenticated, "no valid credential: missing, invalid, expired or revoked token, or wrong user name or password"},
 	{ReasonPermissionDenied, KindPermissionDenied, "the caller is known but its role (or its kind of token) may not do this"},
 	{ReasonPasswordChangeRequired, KindPermissionDenied, "an admin reset the user's password: change it (`POST /api/v1/users/me:change-password`) before anything else"},

@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/bus"
 )
@@ -36,8 +37,16 @@ import (
 // A holder that cannot renew stops working on the instance before its
 // lease can have expired (leaseGiveUp after its last renewal), and one that
 // finds its lease changed or gone stops at once: the context of its work is
-// cancelled with errLeaseLost. Nothing fences a write already in flight
-// when that happens (a driver call, a record); the steps are idempotent.
+// cancelled with errLeaseLost.
+//
+// A holder can still lose its lease without knowing in time: a process
+// paused (or starved) past the lease's life goes on where it stopped. Its
+// records are fenced: each carries the lease as a token (the bucket's
+// creation time, then the revision it was taken at: a lease taken later is
+// greater), and the inventory refuses a record under an older lease than
+// the newest it has seen of the instance (lease_superseded), which the
+// holder takes for its lease lost. A driver call in flight is not fenced;
+// driver steps are idempotent, by ids recorded before the calls.
 
 // LeasesBucket is the key-value bucket of the provisioners' leases.
 const LeasesBucket = subjects.ProvisionerLeasesBucket
@@ -124,6 +133,13 @@ func (l *leases) giveUp() time.Duration { return l.ttl * 2 / 3 }
 // context.Cause) if the lease is lost meanwhile. A lease another process
 // holds is errLeased.
 func (l *leases) hold(ctx context.Context, id string) (context.Context, func(), error) {
+	// The epoch is read before the take: were the bucket made again in
+	// between, the lease would carry the older epoch, and be refused rather
+	// than outrank the leases of the new bucket.
+	epoch, err := l.epoch(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
 	rev, err := l.kv.Create(ctx, id, []byte(l.holder))
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		holder := "?"
@@ -145,7 +161,7 @@ func (l *leases) hold(ctx context.Context, id string) (context.Context, func(), 
 	if err != nil {
 		return nil, nil, fmt.Errorf("take the lease of %s: %w", id, err)
 	}
-	lctx, cancel := context.WithCancelCause(ctx)
+	lctx, cancel := context.WithCancelCause(context.WithValue(ctx, fenceKey{}, &inventoryv1.LeaseFence{Epoch: epoch, Revision: rev}))
 	stop, done := make(chan struct{}), make(chan struct{})
 	var held lease
 	held.rev = rev
@@ -174,6 +190,29 @@ func (l *leases) hold(ctx context.Context, id string) (context.Context, func(), 
 		})
 	}
 	return lctx, release, nil
+}
+
+// epoch is when the bucket was made, in Unix nanoseconds: the first part
+// of a lease's fencing token.
+func (l *leases) epoch(ctx context.Context) (int64, error) {
+	st, err := l.kv.Status(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("read the lease bucket's status: %w", err)
+	}
+	b, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok || b.StreamInfo() == nil {
+		return 0, fmt.Errorf("the lease bucket's status (%T) names no creation time", st)
+	}
+	return b.StreamInfo().Created.UnixNano(), nil
+}
+
+type fenceKey struct{}
+
+// fenceOf returns the lease ctx's work holds (hold's context), as a
+// fencing token for the records it makes; nil outside a lease.
+func fenceOf(ctx context.Context) *inventoryv1.LeaseFence {
+	f, _ := ctx.Value(fenceKey{}).(*inventoryv1.LeaseFence)
+	return f
 }
 
 // lease is the revision a holder holds, and whether it lost it; only the

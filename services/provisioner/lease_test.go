@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -20,7 +21,12 @@ import (
 // writes are kept for ttl, each on its own connection (a's is aConn).
 func twoHolders(t *testing.T, ttl time.Duration) (a, b *leases, kv jetstream.KeyValue, aConn *nats.Conn) {
 	t.Helper()
-	ns := testkit.NATS(t)
+	return twoHoldersOn(t, testkit.NATS(t), ttl)
+}
+
+// twoHoldersOn is twoHolders on the server ns.
+func twoHoldersOn(t *testing.T, ns *server.Server, ttl time.Duration) (a, b *leases, kv jetstream.KeyValue, aConn *nats.Conn) {
+	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	open := func(holder string) (*leases, *nats.Conn) {
 		nc := testkit.NATSConn(t, ns)

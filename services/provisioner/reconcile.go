@@ -325,8 +325,13 @@ func step(id string, state vocab.State, detail vocab.Step) *inventoryv1.RecordSt
 }
 
 // record writes observed state through the inventory, retrying while the
-// inventory is briefly unreachable.
+// inventory is briefly unreachable. The record carries the lease ctx's work
+// holds; one the inventory refuses as made under a superseded lease is an
+// error wrapping errLeaseLost.
 func (s *Service) record(ctx context.Context, r *inventoryv1.RecordStateRequest) (*inventoryv1.Instance, error) {
+	if r.Lease == nil {
+		r.Lease = fenceOf(ctx)
+	}
 	backoff := 100 * time.Millisecond
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -334,6 +339,8 @@ func (s *Service) record(ctx context.Context, r *inventoryv1.RecordStateRequest)
 		switch {
 		case err == nil:
 			return out, nil
+		case apierr.ReasonOf(err) == apierr.ReasonLeaseSuperseded:
+			return nil, fmt.Errorf("record state of %s: %w: %w", r.GetId(), errLeaseLost, err)
 		case !apierr.Is(err, apierr.KindUnavailable):
 			return nil, err
 		case time.Now().After(deadline) || ctx.Err() != nil:

@@ -870,3 +870,67 @@ func TestABatchOfAgentEventsKeepsEachAgentsOrder(t *testing.T) {
 		t.Errorf("257 events: %v; want invalid, naming events", err)
 	}
 }
+
+// TestRecordsUnderASupersededLeaseAreRefused: a provisioner's record carries
+// its lease of the instance; once a record came under a newer lease (the
+// instance's work taken over), one under an older lease changes nothing
+// and answers lease_superseded, whichever of the two arrives later.
+func TestRecordsUnderASupersededLeaseAreRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t)
+	a, in := newAppOn(t, pool)
+	id := in.GetId()
+	lease := func(epoch int64, rev uint64) *inventoryv1.LeaseFence {
+		return &inventoryv1.LeaseFence{Epoch: epoch, Revision: rev}
+	}
+	record := func(state vocab.State, l *inventoryv1.LeaseFence) error {
+		_, err := a.RecordState(ctx, vocab.System("provisioner"), &inventoryv1.RecordStateRequest{Id: id,
+			State: string(state), StateDetail: fmt.Sprintf("under %v", l), Event: string(vocab.VerbFailed), Lease: l})
+		return err
+	}
+	stateIs := func(want vocab.State, detail string) {
+		t.Helper()
+		got, err := a.GetInstance(ctx, id)
+		if err != nil || got.GetState() != string(want) || !strings.Contains(got.GetStateDetail(), detail) {
+			t.Fatalf("instance %s/%q (%v), want %s with %q", got.GetState(), got.GetStateDetail(), err, want, detail)
+		}
+	}
+	const e1, e2 = 1_700_000_000_000_000_000, 1_800_000_000_000_000_000
+	for _, c := range []struct {
+		what  string
+		state vocab.State
+		lease *inventoryv1.LeaseFence
+		ok    bool
+	}{
+		{"the first holder", vocab.StateProvisioning, lease(e1, 5), true},
+		{"a holder that took over", vocab.StateRunning, lease(e1, 9), true},
+		{"the first holder again, resumed after a pause", vocab.StateFailed, lease(e1, 5), false},
+		{"the newer holder again", vocab.StateProvisioning, lease(e1, 9), true},
+		{"a record without a lease (not checked)", vocab.StateProvisioning, nil, true},
+		{"a holder under a bucket made again (its revisions start over)", vocab.StateRunning, lease(e2, 1), true},
+		{"a holder under the old bucket", vocab.StateFailed, lease(e1, 100), false},
+	} {
+		err := record(c.state, c.lease)
+		if c.ok != (err == nil) || (!c.ok && apierr.ReasonOf(err) != apierr.ReasonLeaseSuperseded) {
+			t.Fatalf("%s: %v", c.what, err)
+		}
+		if c.ok {
+			stateIs(c.state, fmt.Sprint(c.lease))
+		} else {
+			stateIs(vocab.StateRunning, "") // the refused record changed nothing
+		}
+	}
+	if err := record(vocab.StateFailed, lease(e2, 0)); apierr.ReasonOf(err) != apierr.ReasonInvalidField || !strings.Contains(err.Error(), "lease.revision") {
+		t.Fatalf("a lease without a revision: %v", err)
+	}
+	// The instance removed, its newest lease goes with it.
+	if _, err := a.RecordState(ctx, vocab.System("provisioner"), &inventoryv1.RecordStateRequest{Id: id,
+		State: string(vocab.StateDeleted), Remove: true, Lease: lease(e2, 2)}); err != nil {
+		t.Fatal(err)
+	}
+	var left int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM instance_leases`).Scan(&left); err != nil || left != 0 {
+		t.Fatalf("leases left after the instance's removal: %d (%v)", left, err)
+	}
+}

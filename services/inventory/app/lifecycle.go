@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -99,6 +100,9 @@ func (a *App) RecordState(ctx context.Context, actor vocab.Actor, r *inventoryv1
 		if r.GetVersion() != 0 && r.GetVersion() != in.GetVersion() {
 			return apierr.Conflict(apierr.ReasonVersionMismatch, "instance %q is at version %d, not %d", r.GetId(), in.GetVersion(), r.GetVersion())
 		}
+		if err := fenceLease(ctx, tx, r); err != nil {
+			return err
+		}
 		if r.GetRemove() {
 			if err := InstanceTable.Delete(ctx, tx, in.GetId(), 0); err != nil {
 				return err
@@ -147,6 +151,28 @@ func (a *App) RecordState(ctx context.Context, actor vocab.Actor, r *inventoryv1
 		return a.emit(ctx, tx, subjects.NounInstance, vocab.Verb(r.GetEvent()), actor, in, now)
 	})
 	return out, err
+}
+
+// fenceLease refuses r if it comes under an older provisioner lease of its
+// instance than the newest a record came under, and otherwise makes r's
+// lease the newest. tx holds the instance's row lock, so two records of
+// one instance are fenced one after the other.
+func fenceLease(ctx context.Context, tx pgx.Tx, r *inventoryv1.RecordStateRequest) error {
+	f := r.GetLease()
+	if f == nil {
+		return nil
+	}
+	if f.GetRevision() == 0 || f.GetRevision() > math.MaxInt64 {
+		return apierr.Invalid("lease.revision", "must be between 1 and %d, got %d", int64(math.MaxInt64), f.GetRevision())
+	}
+	l := adapters.Lease{Epoch: f.GetEpoch(), Revision: int64(f.GetRevision())}
+	ok, newest, err := adapters.FenceLease(ctx, tx, r.GetId(), l)
+	if err != nil || ok {
+		return err
+	}
+	return apierr.Conflict(apierr.ReasonLeaseSuperseded,
+		"instance %q is worked on under a newer provisioner lease (epoch %d, revision %d) than this record's (epoch %d, revision %d)",
+		r.GetId(), newest.Epoch, newest.Revision, l.Epoch, l.Revision)
 }
 
 // Observe records what an agent reported through the agent gateway:

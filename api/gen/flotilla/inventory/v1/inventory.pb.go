@@ -2204,7 +2204,14 @@ type RecordStateRequest struct {
 	// Fields to reset to empty: "vm_id", "addresses", "agent", "reprovision".
 	Clear []string `protobuf:"bytes,9,rep,name=clear,proto3" json:"clear,omitempty"`
 	// With state "deleted": remove the instance record (history stays on the stream).
-	Remove        bool `protobuf:"varint,10,opt,name=remove,proto3" json:"remove,omitempty"`
+	Remove bool `protobuf:"varint,10,opt,name=remove,proto3" json:"remove,omitempty"`
+	// The provisioner's lease of the instance, a fencing token: a record made
+	// under an older lease than the newest a record of the instance came
+	// under is refused (conflict, reason lease_superseded), so a provisioner
+	// that lost its lease without knowing (paused past the lease's life)
+	// cannot overwrite the work of the one that took it over. Unset: not
+	// checked.
+	Lease         *LeaseFence `protobuf:"bytes,11,opt,name=lease,proto3" json:"lease,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2307,6 +2314,70 @@ func (x *RecordStateRequest) GetRemove() bool {
 		return x.Remove
 	}
 	return false
+}
+
+func (x *RecordStateRequest) GetLease() *LeaseFence {
+	if x != nil {
+		return x.Lease
+	}
+	return nil
+}
+
+// LeaseFence orders a provisioner's leases of one instance: a lease taken
+// later has a greater (epoch, revision).
+type LeaseFence struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When the lease bucket was made (Unix nanoseconds): a bucket made again
+	// starts its revisions over, under a later epoch.
+	Epoch int64 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The bucket's revision at which the lease was taken.
+	Revision      uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseFence) Reset() {
+	*x = LeaseFence{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseFence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseFence) ProtoMessage() {}
+
+func (x *LeaseFence) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseFence.ProtoReflect.Descriptor instead.
+func (*LeaseFence) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *LeaseFence) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *LeaseFence) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 var File_flotilla_inventory_v1_inventory_proto protoreflect.FileDescriptor
@@ -2459,7 +2530,7 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x05vm_id\x18\x06 \x01(\tR\x04vmId\":\n" +
 	"\x10LifecycleRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
-	"\x06action\x18\x02 \x01(\tR\x06action\"\xce\x02\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\"\x87\x03\n" +
 	"\x12RecordStateRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12\x14\n" +
@@ -2471,7 +2542,12 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\taddresses\x18\b \x01(\v2 .flotilla.inventory.v1.AddressesR\taddresses\x12\x14\n" +
 	"\x05clear\x18\t \x03(\tR\x05clear\x12\x16\n" +
 	"\x06remove\x18\n" +
-	" \x01(\bR\x06remove2\x90\x05\n" +
+	" \x01(\bR\x06remove\x127\n" +
+	"\x05lease\x18\v \x01(\v2!.flotilla.inventory.v1.LeaseFenceR\x05lease\">\n" +
+	"\n" +
+	"LeaseFence\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x03R\x05epoch\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision2\x90\x05\n" +
 	"\x0eNetworkService\x12\x7f\n" +
 	"\rCreateNetwork\x12+.flotilla.inventory.v1.CreateNetworkRequest\x1a\x1e.flotilla.inventory.v1.Network\"!\x82\xd3\xe4\x93\x02\x1b:\anetwork\"\x10/api/v1/networks\x12u\n" +
 	"\n" +
@@ -2519,7 +2595,7 @@ func file_flotilla_inventory_v1_inventory_proto_rawDescGZIP() []byte {
 	return file_flotilla_inventory_v1_inventory_proto_rawDescData
 }
 
-var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
 	(*CreateNetworkRequest)(nil),           // 0: flotilla.inventory.v1.CreateNetworkRequest
 	(*GetNetworkRequest)(nil),              // 1: flotilla.inventory.v1.GetNetworkRequest
@@ -2560,105 +2636,107 @@ var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
 	(*InstanceJoinToken)(nil),              // 36: flotilla.inventory.v1.InstanceJoinToken
 	(*LifecycleRequest)(nil),               // 37: flotilla.inventory.v1.LifecycleRequest
 	(*RecordStateRequest)(nil),             // 38: flotilla.inventory.v1.RecordStateRequest
-	(*Network)(nil),                        // 39: flotilla.inventory.v1.Network
-	(*fieldmaskpb.FieldMask)(nil),          // 40: google.protobuf.FieldMask
-	(*CloudAccount)(nil),                   // 41: flotilla.inventory.v1.CloudAccount
-	(*timestamppb.Timestamp)(nil),          // 42: google.protobuf.Timestamp
-	(*Template)(nil),                       // 43: flotilla.inventory.v1.Template
-	(*Instance)(nil),                       // 44: flotilla.inventory.v1.Instance
-	(*v1.Event)(nil),                       // 45: flotilla.events.v1.Event
-	(*DataDisk)(nil),                       // 46: flotilla.inventory.v1.DataDisk
-	(*Addresses)(nil),                      // 47: flotilla.inventory.v1.Addresses
-	(*emptypb.Empty)(nil),                  // 48: google.protobuf.Empty
+	(*LeaseFence)(nil),                     // 39: flotilla.inventory.v1.LeaseFence
+	(*Network)(nil),                        // 40: flotilla.inventory.v1.Network
+	(*fieldmaskpb.FieldMask)(nil),          // 41: google.protobuf.FieldMask
+	(*CloudAccount)(nil),                   // 42: flotilla.inventory.v1.CloudAccount
+	(*timestamppb.Timestamp)(nil),          // 43: google.protobuf.Timestamp
+	(*Template)(nil),                       // 44: flotilla.inventory.v1.Template
+	(*Instance)(nil),                       // 45: flotilla.inventory.v1.Instance
+	(*v1.Event)(nil),                       // 46: flotilla.events.v1.Event
+	(*DataDisk)(nil),                       // 47: flotilla.inventory.v1.DataDisk
+	(*Addresses)(nil),                      // 48: flotilla.inventory.v1.Addresses
+	(*emptypb.Empty)(nil),                  // 49: google.protobuf.Empty
 }
 var file_flotilla_inventory_v1_inventory_proto_depIdxs = []int32{
-	39, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	39, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
-	39, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	40, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
-	41, // 4: flotilla.inventory.v1.CreateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
-	41, // 5: flotilla.inventory.v1.ListCloudAccountsResponse.cloud_accounts:type_name -> flotilla.inventory.v1.CloudAccount
-	41, // 6: flotilla.inventory.v1.UpdateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
-	40, // 7: flotilla.inventory.v1.UpdateCloudAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
-	42, // 8: flotilla.inventory.v1.CloudAccountVerification.check_time:type_name -> google.protobuf.Timestamp
-	43, // 9: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	43, // 10: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
-	43, // 11: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	40, // 12: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
-	44, // 13: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	44, // 14: flotilla.inventory.v1.GetInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
-	44, // 15: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
+	40, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	40, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
+	40, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	41, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
+	42, // 4: flotilla.inventory.v1.CreateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
+	42, // 5: flotilla.inventory.v1.ListCloudAccountsResponse.cloud_accounts:type_name -> flotilla.inventory.v1.CloudAccount
+	42, // 6: flotilla.inventory.v1.UpdateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
+	41, // 7: flotilla.inventory.v1.UpdateCloudAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
+	43, // 8: flotilla.inventory.v1.CloudAccountVerification.check_time:type_name -> google.protobuf.Timestamp
+	44, // 9: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	44, // 10: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
+	44, // 11: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	41, // 12: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
+	45, // 13: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	45, // 14: flotilla.inventory.v1.GetInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
+	45, // 15: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
 	30, // 16: flotilla.inventory.v1.ListInstanceLogsResponse.lines:type_name -> flotilla.inventory.v1.InstanceLogLine
-	45, // 17: flotilla.inventory.v1.ListInstanceEventsResponse.events:type_name -> flotilla.events.v1.Event
-	42, // 18: flotilla.inventory.v1.InstanceLogLine.time:type_name -> google.protobuf.Timestamp
-	44, // 19: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	40, // 20: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	42, // 21: flotilla.inventory.v1.InstanceJoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	46, // 22: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
-	47, // 23: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
-	0,  // 24: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
-	1,  // 25: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
-	2,  // 26: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
-	4,  // 27: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
-	5,  // 28: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
-	6,  // 29: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:input_type -> flotilla.inventory.v1.CreateCloudAccountRequest
-	7,  // 30: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:input_type -> flotilla.inventory.v1.GetCloudAccountRequest
-	8,  // 31: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:input_type -> flotilla.inventory.v1.ListCloudAccountsRequest
-	10, // 32: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:input_type -> flotilla.inventory.v1.UpdateCloudAccountRequest
-	11, // 33: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:input_type -> flotilla.inventory.v1.DeleteCloudAccountRequest
-	12, // 34: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:input_type -> flotilla.inventory.v1.VerifyCloudAccountRequest
-	14, // 35: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
-	15, // 36: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
-	16, // 37: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
-	18, // 38: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
-	19, // 39: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
-	20, // 40: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
-	21, // 41: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
-	24, // 42: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
-	31, // 43: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
-	32, // 44: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
-	33, // 45: flotilla.inventory.v1.InstanceService.ProvisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	33, // 46: flotilla.inventory.v1.InstanceService.DeprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	33, // 47: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	33, // 48: flotilla.inventory.v1.InstanceService.RefreshCertificate:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	26, // 49: flotilla.inventory.v1.InstanceService.ListInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
-	26, // 50: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
-	28, // 51: flotilla.inventory.v1.InstanceService.ListInstanceEvents:input_type -> flotilla.inventory.v1.ListInstanceEventsRequest
-	35, // 52: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
-	39, // 53: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
-	39, // 54: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
-	3,  // 55: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
-	39, // 56: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
-	48, // 57: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
-	41, // 58: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	41, // 59: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	9,  // 60: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:output_type -> flotilla.inventory.v1.ListCloudAccountsResponse
-	41, // 61: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	48, // 62: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:output_type -> google.protobuf.Empty
-	13, // 63: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:output_type -> flotilla.inventory.v1.CloudAccountVerification
-	43, // 64: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
-	43, // 65: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
-	17, // 66: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
-	43, // 67: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
-	48, // 68: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
-	44, // 69: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
-	44, // 70: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
-	25, // 71: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
-	44, // 72: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
-	44, // 73: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
-	44, // 74: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
-	44, // 75: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	44, // 76: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	44, // 77: flotilla.inventory.v1.InstanceService.RefreshCertificate:output_type -> flotilla.inventory.v1.Instance
-	27, // 78: flotilla.inventory.v1.InstanceService.ListInstanceLogs:output_type -> flotilla.inventory.v1.ListInstanceLogsResponse
-	30, // 79: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:output_type -> flotilla.inventory.v1.InstanceLogLine
-	29, // 80: flotilla.inventory.v1.InstanceService.ListInstanceEvents:output_type -> flotilla.inventory.v1.ListInstanceEventsResponse
-	36, // 81: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
-	53, // [53:82] is the sub-list for method output_type
-	24, // [24:53] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	46, // 17: flotilla.inventory.v1.ListInstanceEventsResponse.events:type_name -> flotilla.events.v1.Event
+	43, // 18: flotilla.inventory.v1.InstanceLogLine.time:type_name -> google.protobuf.Timestamp
+	45, // 19: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	41, // 20: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	43, // 21: flotilla.inventory.v1.InstanceJoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	47, // 22: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
+	48, // 23: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
+	39, // 24: flotilla.inventory.v1.RecordStateRequest.lease:type_name -> flotilla.inventory.v1.LeaseFence
+	0,  // 25: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
+	1,  // 26: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
+	2,  // 27: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
+	4,  // 28: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
+	5,  // 29: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
+	6,  // 30: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:input_type -> flotilla.inventory.v1.CreateCloudAccountRequest
+	7,  // 31: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:input_type -> flotilla.inventory.v1.GetCloudAccountRequest
+	8,  // 32: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:input_type -> flotilla.inventory.v1.ListCloudAccountsRequest
+	10, // 33: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:input_type -> flotilla.inventory.v1.UpdateCloudAccountRequest
+	11, // 34: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:input_type -> flotilla.inventory.v1.DeleteCloudAccountRequest
+	12, // 35: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:input_type -> flotilla.inventory.v1.VerifyCloudAccountRequest
+	14, // 36: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
+	15, // 37: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
+	16, // 38: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
+	18, // 39: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
+	19, // 40: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
+	20, // 41: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
+	21, // 42: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
+	24, // 43: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
+	31, // 44: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
+	32, // 45: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
+	33, // 46: flotilla.inventory.v1.InstanceService.ProvisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	33, // 47: flotilla.inventory.v1.InstanceService.DeprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	33, // 48: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	33, // 49: flotilla.inventory.v1.InstanceService.RefreshCertificate:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	26, // 50: flotilla.inventory.v1.InstanceService.ListInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
+	26, // 51: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
+	28, // 52: flotilla.inventory.v1.InstanceService.ListInstanceEvents:input_type -> flotilla.inventory.v1.ListInstanceEventsRequest
+	35, // 53: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
+	40, // 54: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
+	40, // 55: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
+	3,  // 56: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
+	40, // 57: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
+	49, // 58: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
+	42, // 59: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	42, // 60: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	9,  // 61: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:output_type -> flotilla.inventory.v1.ListCloudAccountsResponse
+	42, // 62: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	49, // 63: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:output_type -> google.protobuf.Empty
+	13, // 64: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:output_type -> flotilla.inventory.v1.CloudAccountVerification
+	44, // 65: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
+	44, // 66: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
+	17, // 67: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
+	44, // 68: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
+	49, // 69: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
+	45, // 70: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
+	45, // 71: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
+	25, // 72: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
+	45, // 73: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
+	45, // 74: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
+	45, // 75: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
+	45, // 76: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	45, // 77: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	45, // 78: flotilla.inventory.v1.InstanceService.RefreshCertificate:output_type -> flotilla.inventory.v1.Instance
+	27, // 79: flotilla.inventory.v1.InstanceService.ListInstanceLogs:output_type -> flotilla.inventory.v1.ListInstanceLogsResponse
+	30, // 80: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:output_type -> flotilla.inventory.v1.InstanceLogLine
+	29, // 81: flotilla.inventory.v1.InstanceService.ListInstanceEvents:output_type -> flotilla.inventory.v1.ListInstanceEventsResponse
+	36, // 82: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
+	54, // [54:83] is the sub-list for method output_type
+	25, // [25:54] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_inventory_v1_inventory_proto_init() }
@@ -2673,7 +2751,7 @@ func file_flotilla_inventory_v1_inventory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_inventory_v1_inventory_proto_rawDesc), len(file_flotilla_inventory_v1_inventory_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   39,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   4,
 		},
