@@ -24,6 +24,7 @@ import (
 	"flotilla.dev/flotilla/libs/pgstore"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/telemetry"
+	"flotilla.dev/flotilla/services/gateway"
 )
 
 // EmbeddedOptions configure Flotilla in one process (`flotilla up`).
@@ -76,6 +77,10 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (_ *Embedded, err err
 		if err := checkPlainAPIAddr(settings.Addr(datadir.OffsetHTTP)); err != nil {
 			return nil, fmt.Errorf("bindAddress in %s: %w: start with --tls (a certificate from the fleet CA), --tls-cert and --tls-key, or --insecure-http", d.SettingsFile(), err)
 		}
+	}
+	proxies, err := gateway.ParseProxies(settings.TrustedProxies)
+	if err != nil {
+		return nil, fmt.Errorf("settings in %s: trustedProxies: %w", d.SettingsFile(), err)
 	}
 	e := &Embedded{Settings: settings, Dir: d, log: o.Log}
 	defer func() {
@@ -137,6 +142,7 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (_ *Embedded, err err
 	caCert, caKey := settings.CAFiles(d)
 	cfg := embeddedConfig(settings, d, ns, o.Log, tel, o.Version, caCert, caKey, cmd)
 	cfg.NATSCreds = auth.Files()
+	cfg.TrustedProxies = proxies
 	if settings.ManagedPostgres {
 		// The services read and write rows as the service role; the
 		// superuser, which owns the schema, only migrates it.

@@ -85,6 +85,11 @@ type Settings struct {
 	// KMS chooses what wraps the secrets' data keys; nil means the local
 	// master key (<dir>/keys/master.key).
 	KMS *KMSSettings `json:"kms,omitempty"`
+	// TrustedProxies are the reverse proxies in front of the API
+	// (addresses or CIDR prefixes) whose X-Forwarded-For names the client,
+	// for the per-address login limit and the audit records (empty: none;
+	// checked at start, gateway.ParseProxies).
+	TrustedProxies []string `json:"trustedProxies,omitempty"`
 }
 
 // KMSSettings choose what wraps the secrets' data keys.
