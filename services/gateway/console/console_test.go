@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // api calls the REST API with the session cookie alone (as the console's
@@ -231,8 +232,8 @@ func mustURL(t *testing.T, s string) *url.URL {
 
 // TestTheInstancesPageShowsOnePageOfTheFilteredList: the instances page
 // asks the API for the one page it shows, by name, with the search and
-// filters applied there; it counts the matches and every instance, and a
-// page past the last shows the last.
+// filters applied there; it counts the matches and, from the fleet
+// overview, every instance; and a page past the last shows the last.
 func TestTheInstancesPageShowsOnePageOfTheFilteredList(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false)
@@ -254,6 +255,15 @@ func TestTheInstancesPageShowsOnePageOfTheFilteredList(t *testing.T) {
 	}
 	for i := range 3 {
 		create(fmt.Sprintf("db-%d", i), "automation")
+	}
+	// A filtered page's "of N" is the fleet overview's count, which
+	// trails the creations by their events' delivery.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, ov := e.api("GET", "/api/v1/overview", nil); ov["instances"] == "108" {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the overview counts %v instances, want 108", ov["instances"])
+		}
 	}
 	rowRE := regexp.MustCompile(`<th scope="row"><a href="/instances/[^"]+">([^<]+)</a>`)
 	check := func(path, count, pager string, first, last string, n int) {

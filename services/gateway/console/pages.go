@@ -187,7 +187,7 @@ func (c *Console) instances(w http.ResponseWriter, r *http.Request, s *session) 
 	d := instancesData{Filter: instanceFilter{Q: strings.TrimSpace(q.Get("q")), State: q.Get("state"), Kind: q.Get("kind"),
 		Network: q.Get("network"), Template: q.Get("template")}}
 	// One page of the filtered list, by name, from the API; and how many
-	// instances there are in all when a filter leaves some out.
+	// instances there are in all when a filter leaves some out (below).
 	d.Page, _ = strconv.Atoi(q.Get("page"))
 	d.Page = min(max(d.Page, 1), maxInstancePage)
 	ins, err := s.instancePage(d.Filter, d.Page)
@@ -205,12 +205,19 @@ func (c *Console) instances(w http.ResponseWriter, r *http.Request, s *session) 
 		}
 	}
 	if len(d.Filter.query()) > 0 {
-		all := &inventoryv1.ListInstancesResponse{}
-		if err := s.api.get("/api/v1/instances?pageSize=1", all); err != nil {
+		// How many in all, from the fleet overview the gateway keeps: a
+		// count of the whole table would cost more than the filtered page
+		// at scale. The overview trails a change by its event's delivery,
+		// and while it is being built the page shows the matches alone.
+		ov := &systemv1.Overview{}
+		switch err := s.api.get("/api/v1/overview", ov); {
+		case unavailable(err):
+		case err != nil:
 			c.fail(w, r, s, err)
 			return
+		default:
+			d.Total = max(int(ov.GetInstances()), d.Matched)
 		}
-		d.Total = int(all.GetTotalSize())
 	}
 	nets, err := listAll(s.api, "/api/v1/networks", (*inventoryv1.ListNetworksResponse).GetNetworks)
 	if err != nil {
