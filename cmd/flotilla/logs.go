@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -73,7 +75,7 @@ events) until interrupted, starting with the newest 200 (or --tail, or
 				if tail > 0 {
 					q.Set("lines", strconv.Itoa(tail))
 				}
-				return followEvents(ctx, s, path+"?"+q.Encode(), "log", func(l *inventoryv1.InstanceLogLine) {
+				return followEvents(ctx, s, cmd.ErrOrStderr(), path+"?"+q.Encode(), "log", func(l *inventoryv1.InstanceLogLine) {
 					print(l)
 					out.Flush()
 				})
@@ -139,21 +141,87 @@ func setTimeQuery(q url.Values, param, v string) error {
 
 // followEvents reads the server-sent events of path, handing the data of each
 // of the kind named event to each, decoded as a T, until the context ends
-// (then it returns nil) or the server closes the stream (an error, with
-// the server's last comment other than a keep-alive: why it closed it).
+// (then it returns nil). When the stream ends or breaks (a gateway stopped,
+// a proxy's connection cut) it says so on notice and follows again after
+// the last event it handed over (lastEventId), every reconnectMax at the
+// latest, until interrupted; an answer that retrying will not change (the
+// session ended, the instance deleted) ends it with that error, as does a
+// first request that fails.
 func followEvents[T any, PT interface {
 	*T
 	proto.Message
-}](ctx context.Context, s *session, path, event string, each func(PT)) error {
+}](ctx context.Context, s *session, notice io.Writer, path, event string, each func(PT)) error {
+	var last string // the id of the last event handed over
+	wait := reconnectMin
+	for first := true; ; first = false {
+		target := path
+		if last != "" {
+			target += "&lastEventId=" + url.QueryEscape(last)
+		}
+		got, err := followOnce(ctx, s, target, event, &last, each)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case first && got == 0 && !streamBroke(err), !retryable(err):
+			return err
+		}
+		if got > 0 {
+			wait = reconnectMin
+		}
+		fmt.Fprintf(notice, "flotilla: %v; following again in %v\n", err, wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, reconnectMax)
+	}
+}
+
+// A follow that broke is asked again after reconnectMin, then twice as
+// long each time nothing came, up to reconnectMax.
+const (
+	reconnectMin = 500 * time.Millisecond
+	reconnectMax = 5 * time.Second
+)
+
+// errStreamEnded is a follow's stream ending (the server closed it, or
+// the connection broke) rather than a refusal.
+var errStreamEnded = errors.New("the stream ended")
+
+// streamBroke says err is a stream that was open and ended.
+func streamBroke(err error) bool { return errors.Is(err, errStreamEnded) }
+
+// retryable says a follow that ended with err may be asked again: any
+// stream that ended, no answer (the server unreachable), or an answer
+// saying the server cannot serve now (5xx, 429); not a refusal of the
+// request itself.
+func retryable(err error) bool {
+	var e *apiError
+	if errors.As(err, &e) {
+		return e.Status >= 500 || e.Status == http.StatusTooManyRequests
+	}
+	return err != nil
+}
+
+// followOnce reads one follow's stream until it ends, handing each event
+// over and keeping its id in last; it says how many it handed over. The
+// stream's end is an error wrapping errStreamEnded, with the server's last
+// comment other than a keep-alive: why it closed it.
+func followOnce[T any, PT interface {
+	*T
+	proto.Message
+}](ctx context.Context, s *session, path, event string, last *string, each func(PT)) (int, error) {
 	resp, err := s.request(ctx, http.MethodGet, path, nil)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 8<<20)
-	var kind, why string
+	var kind, id, why string
 	var data strings.Builder
+	got := 0
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
@@ -162,12 +230,18 @@ func followEvents[T any, PT interface {
 				m := PT(new(T))
 				if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal([]byte(data.String()), m); err == nil {
 					each(m)
+					got++
+				}
+				if id != "" {
+					*last = id
 				}
 			}
-			kind = ""
+			kind, id = "", ""
 			data.Reset()
 		case strings.HasPrefix(line, "event:"):
 			kind = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
+		case strings.HasPrefix(line, "id:"):
+			id = strings.TrimSpace(strings.TrimPrefix(line, "id:"))
 		case strings.HasPrefix(line, "data:"):
 			if data.Len() > 0 {
 				data.WriteByte('\n')
@@ -177,16 +251,13 @@ func followEvents[T any, PT interface {
 			why = strings.TrimSpace(line[1:])
 		}
 	}
-	if ctx.Err() != nil {
-		return nil
+	switch err := sc.Err(); {
+	case err != nil:
+		return got, fmt.Errorf("follow %ss: %w: %w", event, errStreamEnded, err)
+	case why != "":
+		return got, fmt.Errorf("follow %ss: %w: the server closed it: %s", event, errStreamEnded, why)
 	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("follow %ss: %w", event, err)
-	}
-	if why != "" {
-		return fmt.Errorf("follow %ss: the server closed the stream: %s", event, why)
-	}
-	return fmt.Errorf("follow %ss: the server closed the stream", event)
+	return got, fmt.Errorf("follow %ss: %w: the server closed it", event, errStreamEnded)
 }
 
 // eventsCommand is `flotilla instances events NAME`.
@@ -295,7 +366,7 @@ per line. An instance's whole timeline is flotilla instances events NAME.`,
 			}
 			if followFeed {
 				q.Set("follow", "true")
-				return followEvents(ctx, s, "/api/v1/events?"+q.Encode(), "event", func(e *eventsv1.Event) {
+				return followEvents(ctx, s, cmd.ErrOrStderr(), "/api/v1/events?"+q.Encode(), "event", func(e *eventsv1.Event) {
 					if format == formatTable {
 						row := timelineRows([]*eventsv1.Event{e}, true)[1]
 						fmt.Fprintln(cmd.OutOrStdout(), strings.Join(row, "  "))

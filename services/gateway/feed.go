@@ -70,18 +70,32 @@ func parseEventQuery(r *http.Request) (eventQuery, error) {
 	default:
 		return q, apierr.Invalid("follow", "%q is not true or false", s)
 	}
+	after, err := lastEventID(r, q.follow)
+	if err != nil {
+		return q, err
+	}
+	q.after = after
+	return q, nil
+}
+
+// lastEventID reads the Last-Event-ID header (or the lastEventId
+// parameter) of a follow, which resumes it after that event: the stream
+// sequence a server-sent event's id gives, which an EventSource sends back
+// when it reconnects. 0: none. It is refused on a request that is not a
+// follow, and when it is not such an id.
+func lastEventID(r *http.Request, follow bool) (uint64, error) {
 	last := r.Header.Get("Last-Event-ID")
 	if last == "" {
-		last = v.Get("lastEventId")
+		last = r.URL.Query().Get("lastEventId")
 	}
-	if last != "" {
-		n, err := strconv.ParseUint(last, 10, 64)
-		if err != nil || !q.follow {
-			return q, apierr.Invalid("lastEventId", "resumes a follow: the id of the last event received")
-		}
-		q.after = n
+	if last == "" {
+		return 0, nil
 	}
-	return q, nil
+	n, err := strconv.ParseUint(last, 10, 64)
+	if err != nil || !follow {
+		return 0, apierr.Invalid("lastEventId", "resumes a follow: the id of the last event received")
+	}
+	return n, nil
 }
 
 // fleetEvents answers GET /api/v1/events: the newest events of one kind of

@@ -260,6 +260,10 @@ func decodeLogLine(data []byte) (*inventoryv1.InstanceLogLine, bool) {
 func (g *Gateway) instanceLogs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	if q.Get("follow") != "true" {
+		if _, err := lastEventID(r, false); err != nil {
+			g.writeError(w, r, err)
+			return
+		}
 		g.mux.ServeHTTP(w, r)
 		return
 	}
@@ -278,19 +282,28 @@ func (g *Gateway) instanceLogs(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	ctx := r.Context()
-	cons, err := g.openFollow(ctx, req)
+	after, err := lastEventID(r, true)
 	if err != nil {
 		g.writeError(w, r, err)
 		return
 	}
+	ctx := r.Context()
+	cons, err := g.openFollow(ctx, req, after)
+	if err != nil {
+		g.writeError(w, r, err)
+		return
+	}
+	// An event's id is the line's stream sequence, after which a follow
+	// resumes (Last-Event-ID): a reconnecting client misses no line and
+	// gets none twice.
 	g.serveSSE(ctx, w, r, cons, func(m jetstream.Msg) (sseEvent, bool) {
 		l, ok := decodeLogLine(m.Data())
-		if !ok {
+		meta, err := m.Metadata()
+		if !ok || err != nil {
 			return sseEvent{}, false
 		}
 		b, _ := protojson.Marshal(l)
-		return sseEvent{id: strconv.FormatUint(l.GetSeq(), 10), event: "log", data: b}, true
+		return sseEvent{id: strconv.FormatUint(meta.Sequence.Stream, 10), event: "log", data: b}, true
 	})
 }
 
@@ -302,7 +315,7 @@ func (s instanceServer) FollowInstanceLogs(r *inventoryv1.ListInstanceLogsReques
 			return apierr.GRPCStatus(ctx, s.g.log, apierr.Invalid(field, "does not apply to a follow: it starts with the newest lines (lines) or at since"))
 		}
 	}
-	cons, err := s.g.openFollow(ctx, r)
+	cons, err := s.g.openFollow(ctx, r, 0)
 	if err != nil {
 		return apierr.GRPCStatus(ctx, s.g.log, err)
 	}
@@ -322,9 +335,10 @@ func (s instanceServer) FollowInstanceLogs(r *inventoryv1.ListInstanceLogsReques
 }
 
 // openFollow checks a follow's instance, since and lines, and opens an
-// ordered consumer of its log lines starting at since, or at the oldest of
-// the newest lines (200 when lines is 0), then going on with new ones.
-func (g *Gateway) openFollow(ctx context.Context, r *inventoryv1.ListInstanceLogsRequest) (jetstream.Consumer, error) {
+// ordered consumer of its log lines starting after the stream sequence
+// after (a resumed follow), else at since, or at the oldest of the newest
+// lines (200 when lines is 0), then going on with new ones.
+func (g *Gateway) openFollow(ctx context.Context, r *inventoryv1.ListInstanceLogsRequest, after uint64) (jetstream.Consumer, error) {
 	id := r.GetId()
 	if err := apierr.CheckID("id", id); err != nil {
 		return nil, err
@@ -352,9 +366,12 @@ func (g *Gateway) openFollow(ctx context.Context, r *inventoryv1.ListInstanceLog
 		return nil, apierr.Unavailable("the agent log stream is not available: %v", err)
 	}
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.AgentLogs(id)}}
-	if !since.IsZero() {
+	switch {
+	case after > 0:
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, after+1
+	case !since.IsZero():
 		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
-	} else {
+	default:
 		// Start n lines before the end: at the oldest of the newest n.
 		page, _, err := logReader{stream: stream, subject: subjects.AgentLogs(id)}.newestLines(ctx, logQuery{id: id, size: n})
 		if err != nil {

@@ -1,10 +1,8 @@
 package gateway_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -128,36 +126,49 @@ func TestLogsArePagedOldestOrNewestFirstAndFromATime(t *testing.T) {
 	}
 }
 
+// TestFollowingLogsStartsWithTheNewestAndGoesOn: a follow starts with the
+// newest lines and goes on with new ones; each event's id is the line's
+// stream sequence, after which a follow resumes (Last-Event-ID, as an
+// EventSource sends when it reconnects): the lines stored meanwhile come,
+// none of those already seen.
 func TestFollowingLogsStartsWithTheNewestAndGoesOn(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})
-	id := e.instance("followed", e.template("t"), e.network("n"))["id"].(string)
+	tmpl, netw := e.template("t"), e.network("n")
+	id := e.instance("followed", tmpl, netw)["id"].(string)
+	other := e.instance("other", tmpl, netw)["id"].(string)
+	e.storeLogs(other, 1, 7) // so stream sequences are not the lines' own
 	e.storeLogs(id, 1, 50)
-	req, err := http.NewRequestWithContext(t.Context(), "GET", e.base+"/api/v1/instances/"+id+"/logs?follow=true&lines=2", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+e.token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if ct := resp.Header.Get("Content-Type"); resp.StatusCode != 200 || ct != "text/event-stream" {
-		t.Fatalf("follow: %d %s", resp.StatusCode, ct)
-	}
-	sc := bufio.NewScanner(resp.Body)
-	var ids []string
-	for len(ids) < 3 && sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "id: "); ok {
-			ids = append(ids, v)
-			if len(ids) == 2 {
-				e.storeLogs(id, 51, 51)
-			}
+	s := e.follow("/api/v1/instances/"+id+"/logs?follow=true&lines=2", nil)
+	var seqs []string
+	var last string
+	for len(seqs) < 3 {
+		ev, l := s.next()
+		seqs, last = append(seqs, l["seq"].(string)), ev
+		if len(seqs) == 2 {
+			e.storeLogs(id, 51, 51)
 		}
 	}
-	if strings.Join(ids, ",") != "49,50,51" {
-		t.Fatalf("followed lines %v, want the newest two (49, 50) then the new one (51)", ids)
+	if strings.Join(seqs, ",") != "49,50,51" || last != "58" {
+		t.Fatalf("followed lines %v (the last event's id %s), want the newest two (49, 50) then the new one (51), id 58", seqs, last)
+	}
+	s.resp.Body.Close()
+	e.storeLogs(other, 8, 8)
+	e.storeLogs(id, 52, 53) // while nobody follows
+	s = e.follow("/api/v1/instances/"+id+"/logs?follow=true", map[string]string{"Last-Event-ID": last})
+	seqs = seqs[:0]
+	for len(seqs) < 2 {
+		_, l := s.next()
+		seqs = append(seqs, l["seq"].(string))
+	}
+	if strings.Join(seqs, ",") != "52,53" {
+		t.Fatalf("a follow resumed after line 51: %v, want 52, 53", seqs)
+	}
+	for _, q := range []string{"follow=true&lastEventId=latest", "lastEventId=58"} {
+		got := reply{}
+		if code := e.call("GET", "/api/v1/instances/"+id+"/logs?"+q, nil, &got, ""); code != 400 || fieldOf(got) != "lastEventId" {
+			t.Errorf("%s: %d %v, want 400 naming lastEventId", q, code, got)
+		}
 	}
 }
 

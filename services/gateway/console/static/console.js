@@ -314,20 +314,16 @@
       list.appendChild(li);
       while (list.children.length > max) { list.removeChild(list.firstChild); }
     };
-    var started = false;
     var es = openStream(box.getAttribute("data-src"));
     es.addEventListener("open", function () {
-      // A (re)connected follow starts again with the newest lines.
-      list.textContent = "";
-      held = [];
-      started = true;
+      // A reconnected follow resumes after the last line received (the
+      // browser sends its id, Last-Event-ID): the lines shown stay.
       setStatus(paused ? "paused" : "live");
     });
     es.addEventListener("error", function () { setStatus("reconnecting…"); });
     es.addEventListener("log", function (m) {
       var line;
       try { line = JSON.parse(m.data); } catch (e) { return; }
-      if (!started) { return; }
       if (paused) {
         held.push(line);
         if (held.length > max) { held.shift(); }

@@ -919,7 +919,8 @@ type InstanceServiceClient interface {
 	// setup actions, node software), oldest first or newest first. Over REST,
 	// follow=true answers with server-sent events instead (text/event-stream:
 	// one "log" event per line, its data an InstanceLogLine as JSON, its id the
-	// line's seq), going on with new lines until the client goes away.
+	// line's stream sequence, after which a follow given Last-Event-ID or
+	// lastEventId resumes), going on with new lines until the client goes away.
 	ListInstanceLogs(ctx context.Context, in *ListInstanceLogsRequest, opts ...grpc.CallOption) (*ListInstanceLogsResponse, error)
 	// FollowInstanceLogs streams the instance's log lines over gRPC: first the
 	// newest `lines` (or every line stored since `since`), then each new line
@@ -1122,7 +1123,8 @@ type InstanceServiceServer interface {
 	// setup actions, node software), oldest first or newest first. Over REST,
 	// follow=true answers with server-sent events instead (text/event-stream:
 	// one "log" event per line, its data an InstanceLogLine as JSON, its id the
-	// line's seq), going on with new lines until the client goes away.
+	// line's stream sequence, after which a follow given Last-Event-ID or
+	// lastEventId resumes), going on with new lines until the client goes away.
 	ListInstanceLogs(context.Context, *ListInstanceLogsRequest) (*ListInstanceLogsResponse, error)
 	// FollowInstanceLogs streams the instance's log lines over gRPC: first the
 	// newest `lines` (or every line stored since `since`), then each new line

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"flotilla.dev/flotilla/libs/testkit"
+)
+
+// cutAfterFirstEvent passes a stream's bytes on until one whole event
+// (its blank line) has gone through, then breaks the stream, as a gateway
+// that dies or a proxy that drops the connection does.
+type cutAfterFirstEvent struct {
+	body io.ReadCloser
+	seen bytes.Buffer
+}
+
+func (c *cutAfterFirstEvent) Read(p []byte) (int, error) {
+	if bytes.Contains(c.seen.Bytes(), []byte("\n\n")) && bytes.Contains(c.seen.Bytes(), []byte("data:")) {
+		return 0, io.ErrUnexpectedEOF
+	}
+	n, err := c.body.Read(p)
+	c.seen.Write(p[:n])
+	return n, err
+}
+
+func (c *cutAfterFirstEvent) Close() error { return c.body.Close() }
+
+// TestAFollowGoesOnAfterItsStreamBreaks: `flotilla events -f` whose stream
+// breaks (the proxy in front of the API cuts the first one after its first
+// event) says so, follows again after the last event it printed, and
+// prints every event once: none lost, none twice.
+func TestAFollowGoesOnAfterItsStreamBreaks(t *testing.T) {
+	t.Parallel()
+	dir := dataDir(t)
+	up := startUpFree(t, dir, nil)
+	if out, err := admin(dir, "admin", "S3cret-pass"); err != nil {
+		t.Fatalf("initial-setup: %v\n%s", err, out)
+	}
+	target, _ := url.Parse(up.url(""))
+	var follows, cut atomic.Int32
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.FlushInterval = -1
+	proxy.ModifyResponse = func(resp *http.Response) error {
+		if resp.Request.URL.Query().Get("follow") == "true" && follows.Add(1) == 1 {
+			cut.Add(1)
+			resp.Body = &cutAfterFirstEvent{body: resp.Body}
+		}
+		return nil
+	}
+	front := httptest.NewServer(proxy)
+	t.Cleanup(front.Close)
+
+	c := newCLI(t)
+	if out, errOut, err := c.run("S3cret-pass\n", nil, "login", "--server", front.URL, "--username", "admin", "--password-stdin"); err != nil {
+		t.Fatalf("login: %v\n%s%s", err, out, errOut)
+	}
+	c.okIn("name: net-1\nprovider: local\nhttpsStrategy: none\n", "networks", "create", "-f", "-")
+
+	var out, errOut testkit.Buffer
+	follow := exec.Command(binary, "events", "--entity", "network", "--limit", "1", "-f", "-o", "json")
+	follow.Env = append(follow.Environ(), configEnv+"="+c.config)
+	follow.Stdout, follow.Stderr = &out, &errOut
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = follow.Process.Kill(); _ = follow.Wait() })
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); !ok(); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 20 s\nstdout:\n%s\nstderr:\n%s", what, out.String(), errOut.String())
+			}
+		}
+	}
+	waitFor("the first event, then a second follow", func() bool {
+		return strings.Contains(out.String(), "net-1") && follows.Load() >= 2
+	})
+	for _, name := range []string{"net-2", "net-3"} {
+		c.okIn("name: "+name+"\nprovider: local\nhttpsStrategy: none\n", "networks", "create", "-f", "-")
+		waitFor(name+"'s event", func() bool { return strings.Contains(out.String(), name) })
+	}
+	printed := out.String()
+	for _, name := range []string{"net-1", "net-2", "net-3"} {
+		if n := strings.Count(printed, `"`+name+`"`); n != 1 {
+			t.Errorf("%s's event printed %d times, want once:\n%s", name, n, printed)
+		}
+	}
+	if cut.Load() != 1 || !strings.Contains(errOut.String(), "following again") {
+		t.Errorf("the broken stream (%d cut) is not said on stderr:\n%s", cut.Load(), errOut.String())
+	}
+}
