@@ -38,7 +38,8 @@ func (c *cutAfterFirstEvent) Close() error { return c.body.Close() }
 // TestAFollowGoesOnAfterItsStreamBreaks: `flotilla events -f` whose stream
 // breaks (the proxy in front of the API cuts the first one after its first
 // event) says so, follows again after the last event it printed, and
-// prints every event once: none lost, none twice.
+// prints every event once: none lost, none twice; a refusal (the session
+// ended) ends it.
 func TestAFollowGoesOnAfterItsStreamBreaks(t *testing.T) {
 	t.Parallel()
 	dir := dataDir(t)
@@ -73,7 +74,7 @@ func TestAFollowGoesOnAfterItsStreamBreaks(t *testing.T) {
 	if err := follow.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = follow.Process.Kill(); _ = follow.Wait() })
+	t.Cleanup(func() { _ = follow.Process.Kill() })
 	waitFor := func(what string, ok func() bool) {
 		t.Helper()
 		for deadline := time.Now().Add(20 * time.Second); !ok(); time.Sleep(50 * time.Millisecond) {
@@ -97,5 +98,18 @@ func TestAFollowGoesOnAfterItsStreamBreaks(t *testing.T) {
 	}
 	if cut.Load() != 1 || !strings.Contains(errOut.String(), "following again") {
 		t.Errorf("the broken stream (%d cut) is not said on stderr:\n%s", cut.Load(), errOut.String())
+	}
+	// A refusal ends it: logged out, the stream ends and the follow asked
+	// again is refused; the command says so and exits, not asking again.
+	c.ok("logout")
+	exited := make(chan error, 1)
+	go func() { exited <- follow.Wait() }()
+	select {
+	case err := <-exited:
+		if err == nil || !strings.Contains(errOut.String(), "log in again") {
+			t.Fatalf("the follow after a logout: %v, want a failure saying to log in again:\n%s", err, errOut.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the follow goes on after a logout:\n%s", errOut.String())
 	}
 }

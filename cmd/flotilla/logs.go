@@ -162,8 +162,8 @@ func followEvents[T any, PT interface {
 		switch {
 		case ctx.Err() != nil:
 			return nil
-		case first && got == 0 && !streamBroke(err), !retryable(err):
-			return err
+		case first && !errors.Is(err, errStreamEnded), !retryable(err):
+			return err // the first request refused or unanswered, or a refusal
 		}
 		if got > 0 {
 			wait = reconnectMin
@@ -188,9 +188,6 @@ const (
 // errStreamEnded is a follow's stream ending (the server closed it, or
 // the connection broke) rather than a refusal.
 var errStreamEnded = errors.New("the stream ended")
-
-// streamBroke says err is a stream that was open and ended.
-func streamBroke(err error) bool { return errors.Is(err, errStreamEnded) }
 
 // retryable says a follow that ended with err may be asked again: any
 // stream that ended, no answer (the server unreachable), or an answer

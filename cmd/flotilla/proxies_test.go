@@ -3,7 +3,9 @@ package main
 import (
 	"encoding/json"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -30,6 +32,9 @@ func TestUpTrustsTheProxiesItsSettingsName(t *testing.T) {
 	out, err := exec.Command(binary, "up", "--data-dir", dir).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "trustedProxies") || !strings.Contains(string(out), "proxy.example") {
 		t.Fatalf("up with a host name among the trusted proxies: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "postgres")); err == nil {
+		t.Error("the refused start created the database")
 	}
 	s.TrustedProxies = []string{"127.0.0.1"} // the test is the proxy
 	if err := datadir.Save(d, s); err != nil {

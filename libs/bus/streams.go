@@ -188,17 +188,31 @@ func DeclareKeyValue(ctx context.Context, js jetstream.JetStream, cfg jetstream.
 func declareKeyValue(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	kv, err := js.KeyValue(ctx, cfg.Bucket)
 	if err == nil {
-		st, err := kv.Status(ctx)
+		have, err := BucketStatus(ctx, kv)
 		if err != nil {
 			return nil, err
 		}
-		if have, ok := st.(*jetstream.KeyValueBucketStatus); ok && declared(cfg, have.Config()) {
+		if declared(cfg, have.Config()) {
 			return kv, nil
 		}
 	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, err
 	}
 	return js.CreateOrUpdateKeyValue(ctx, cfg)
+}
+
+// BucketStatus reads a key-value bucket's status with its stream's
+// information (its configuration, its creation time).
+func BucketStatus(ctx context.Context, kv jetstream.KeyValue) (*jetstream.KeyValueBucketStatus, error) {
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("the status of bucket %s: %w", kv.Bucket(), err)
+	}
+	b, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok || b.StreamInfo() == nil {
+		return nil, fmt.Errorf("the status of bucket %s (%T) holds no stream information", kv.Bucket(), st)
+	}
+	return b, nil
 }
 
 // waitJetStream runs declare until it succeeds, fails for a reason other

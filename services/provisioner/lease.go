@@ -195,15 +195,11 @@ func (l *leases) hold(ctx context.Context, id string) (context.Context, func(), 
 // epoch is when the bucket was made, in Unix nanoseconds: the first part
 // of a lease's fencing token.
 func (l *leases) epoch(ctx context.Context) (int64, error) {
-	st, err := l.kv.Status(ctx)
+	st, err := bus.BucketStatus(ctx, l.kv)
 	if err != nil {
-		return 0, fmt.Errorf("read the lease bucket's status: %w", err)
+		return 0, err
 	}
-	b, ok := st.(*jetstream.KeyValueBucketStatus)
-	if !ok || b.StreamInfo() == nil {
-		return 0, fmt.Errorf("the lease bucket's status (%T) names no creation time", st)
-	}
-	return b.StreamInfo().Created.UnixNano(), nil
+	return st.StreamInfo().Created.UnixNano(), nil
 }
 
 type fenceKey struct{}

@@ -25,8 +25,10 @@ func FenceLease(ctx context.Context, q Querier, id string, l Lease) (ok bool, ne
 		WHERE (f.epoch, f.revision) <= (excluded.epoch, excluded.revision)
 		RETURNING true`, id, l.Epoch, l.Revision).Scan(&ok)
 	if errors.Is(err, pgx.ErrNoRows) {
-		err = q.QueryRow(ctx, `SELECT epoch, revision FROM instance_leases WHERE instance_id = $1`, id).Scan(&newest.Epoch, &newest.Revision)
-		return false, newest, err
+		if err := q.QueryRow(ctx, `SELECT epoch, revision FROM instance_leases WHERE instance_id = $1`, id).Scan(&newest.Epoch, &newest.Revision); err != nil {
+			return false, Lease{}, fmt.Errorf("read the newest lease of %s: %w", id, err)
+		}
+		return false, newest, nil
 	}
 	if err != nil {
 		return false, Lease{}, fmt.Errorf("fence the lease of %s: %w", id, err)
