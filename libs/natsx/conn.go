@@ -21,6 +21,7 @@ func Connect(url, name string, opts ...nats.Option) (*nats.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to nats %s as %s: %w", url, name, err)
 	}
+	watch(nc)
 	return nc, nil
 }
 
@@ -33,6 +34,7 @@ func ConnectInProcess(ns *server.Server, name string, opts ...nats.Option) (*nat
 	if err != nil {
 		return nil, fmt.Errorf("connect to in-process nats as %s: %w", name, err)
 	}
+	watch(nc)
 	return nc, nil
 }
 

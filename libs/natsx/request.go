@@ -56,7 +56,11 @@ func (e *ServiceError) Error() string {
 //
 // A reply carrying micro's error headers returns a *ServiceError. When no
 // service subscribes to subject the error wraps nats.ErrNoResponders
-// (errors.Is(err, nats.ErrNoResponders)); a timeout wraps ctx's error.
+// (errors.Is(err, nats.ErrNoResponders)); a timeout wraps ctx's error. On a
+// connection made by Connect or ConnectInProcess, a request that was
+// waiting for its reply when the connection was lost, and has none
+// LostReplyGrace after it is back, wraps ErrConnectionLost instead of
+// waiting out its timeout.
 func Request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto.Message, hdr ...nats.Header) (err error) {
 	ctx, span := tracerFrom(ctx).Start(ctx, "nats.request "+subject,
 		trace.WithSpanKind(trace.SpanKindClient),
@@ -95,7 +99,12 @@ func Request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto
 		ctx, cancel = context.WithTimeout(ctx, DefaultTimeout)
 		defer cancel()
 	}
+	ctx, release := bound(ctx, nc)
+	defer release()
 	reply, err := nc.RequestMsgWithContext(ctx, msg)
+	if cause := context.Cause(ctx); err != nil && errors.Is(cause, ErrConnectionLost) {
+		return fmt.Errorf("nats request %s: %w", subject, cause)
+	}
 	if errors.Is(err, nats.ErrNoResponders) {
 		return fmt.Errorf("nats request %s: no service is listening: %w", subject, err)
 	}

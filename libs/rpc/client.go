@@ -68,7 +68,8 @@ func Timeout(d time.Duration) CallOption { return func(o *callOptions) { o.timeo
 // Call sends req to the endpoint and returns its reply. Every failure is an
 // *apierr.Error: the service's error as it sent it (kind, reason, field,
 // message); unavailable when no instance of the service listens or none
-// answers in time; permission denied when c's service is not one of the
+// answers in time, or when the bus connection was lost while the call
+// waited for its answer (natsx.ErrConnectionLost); permission denied when c's service is not one of the
 // endpoint's declared callers (nothing is sent). A closed connection or an
 // undecodable reply is an internal error wrapping the cause.
 func Call[Req, Resp proto.Message](ctx context.Context, c *Client, ep endpoints.Endpoint[Req, Resp], req Req, opts ...CallOption) (Resp, error) {
@@ -113,6 +114,10 @@ func clientError(service string, err error) error {
 		return e
 	case errors.Is(err, nats.ErrNoResponders):
 		e := apierr.Unavailable("the %s service is not available; try again shortly", service)
+		e.Err = err
+		return e
+	case errors.Is(err, natsx.ErrConnectionLost):
+		e := apierr.Unavailable("the bus connection was lost before the %s service answered, so the request may or may not have taken effect; try again shortly", service)
 		e.Err = err
 		return e
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):

@@ -24,6 +24,7 @@ import (
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
 )
@@ -125,6 +126,37 @@ func TestNobodyListeningIsUnavailable(t *testing.T) {
 	_, err := rpc.Call(t.Context(), gw, endpoints.PingSecrets, &systemv1.PingRequest{})
 	if !apierr.Is(err, apierr.KindUnavailable) || !errors.Is(err, nats.ErrNoResponders) || !strings.Contains(err.Error(), "secrets") {
 		t.Fatalf("no responders: %v", err)
+	}
+}
+
+// A call whose answer was sent while the caller's bus connection was down
+// is unavailable (it may or may not have taken effect) soon after the
+// connection is back, not at the end of its timeout.
+func TestACallWhoseAnswerWasLostIsUnavailable(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	came, answer := make(chan struct{}), make(chan struct{})
+	serve(t, testkit.NATSConn(t, ns), endpoints.NetworkGet, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+		close(came)
+		<-answer
+		return &inventoryv1.Network{Id: r.GetId()}, nil
+	})
+	nc, err := natsx.Connect(ns.ClientURL(), t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	done := make(chan error, 1)
+	go func() {
+		_, err := rpc.Call(t.Context(), rpc.NewClient(nc, subjects.Gateway, time.Minute), endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: "n-1"})
+		done <- err
+	}()
+	<-came
+	testkit.DropConnection(t, ns, nc)
+	close(answer)
+	err = <-done
+	if !apierr.Is(err, apierr.KindUnavailable) || !errors.Is(err, natsx.ErrConnectionLost) || !strings.Contains(err.Error(), "may or may not have taken effect") {
+		t.Fatalf("a lost answer: %v", err)
 	}
 }
 

@@ -62,6 +62,21 @@ func Serve(tb testing.TB, opts *server.Options) *server.Server {
 	return ns
 }
 
+// DropConnection has ns drop nc's connection, as a server killed or cut
+// off would, and waits until nc knows it; nc comes back by itself after
+// its reconnect wait.
+func DropConnection(tb testing.TB, ns *server.Server, nc *nats.Conn) {
+	tb.Helper()
+	id, err := nc.GetClientID()
+	if err != nil {
+		tb.Fatalf("testkit: the connection's id: %v", err)
+	}
+	if err := ns.DisconnectClientByID(id); err != nil {
+		tb.Fatalf("testkit: drop connection %d: %v", id, err)
+	}
+	WaitFor(tb, 5*time.Second, "the client to notice its connection dropped", func() bool { return nc.Status() != nats.CONNECTED })
+}
+
 // NATSConn connects to ns, named after the test, and closes the connection
 // when tb ends.
 func NATSConn(tb testing.TB, ns *server.Server, opts ...nats.Option) *nats.Conn {

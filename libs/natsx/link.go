@@ -1,0 +1,96 @@
+package natsx
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// ErrConnectionLost is the cause of a Request that was waiting for its
+// reply when its connection to the bus was lost, and had none LostReplyGrace
+// after the connection came back: the reply was most likely sent while the
+// client was away, and the request may or may not have been handled.
+var ErrConnectionLost = errors.New("the bus connection was lost while the request waited for its reply; it may or may not have been handled")
+
+// LostReplyGrace is how long a Request sent before its connection was lost
+// still waits for its reply once the connection is back. A reply the
+// service sends after this client subscribed again still arrives; one it
+// sent while the client was away never will, and without this bound the
+// request would wait out its whole timeout (10 s by default) for it.
+const LostReplyGrace = 2 * time.Second
+
+// links holds the watch of every connection made by Connect or
+// ConnectInProcess (*nats.Conn → *link), until the connection closes.
+var links sync.Map
+
+// link follows one connection's status: requests register on the current
+// epoch, which ends (with ErrConnectionLost) LostReplyGrace after the
+// connection came back from a loss that happened while it was current.
+type link struct {
+	epoch atomic.Pointer[epoch]
+}
+
+type epoch struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+}
+
+func newEpoch() *epoch {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	return &epoch{ctx: ctx, cancel: cancel}
+}
+
+// watch starts following nc's status for Request.
+func watch(nc *nats.Conn) {
+	l := &link{}
+	l.epoch.Store(newEpoch())
+	ch := nc.StatusChanged(nats.CONNECTED, nats.RECONNECTING, nats.DISCONNECTED, nats.CLOSED)
+	links.Store(nc, l)
+	go l.follow(nc, ch)
+}
+
+// follow ends the epochs of requests sent before a loss once the
+// connection has been back for LostReplyGrace, and every epoch when the
+// connection closes.
+func (l *link) follow(nc *nats.Conn, ch chan nats.Status) {
+	defer links.Delete(nc)
+	var lost []*epoch // sent before the connection was lost, waiting for it to come back
+	for s := range ch {
+		switch s {
+		case nats.RECONNECTING, nats.DISCONNECTED:
+			// Requests made from now on wait in the client's buffer and
+			// are sent when the connection is back: a new epoch.
+			if len(lost) == 0 {
+				lost = append(lost, l.epoch.Swap(newEpoch()))
+			}
+		case nats.CONNECTED:
+			for _, e := range lost {
+				time.AfterFunc(LostReplyGrace, func() { e.cancel(ErrConnectionLost) })
+			}
+			lost = nil
+		case nats.CLOSED:
+			for _, e := range append(lost, l.epoch.Load()) {
+				e.cancel(nats.ErrConnectionClosed)
+			}
+			nc.RemoveStatusListener(ch)
+			return
+		}
+	}
+}
+
+// bound returns ctx ended when the epoch nc is in ends, and a function that
+// releases it; ctx itself when nc is not watched.
+func bound(ctx context.Context, nc *nats.Conn) (context.Context, func()) {
+	v, ok := links.Load(nc)
+	if !ok {
+		return ctx, func() {}
+	}
+	e := v.(*link).epoch.Load()
+	ctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(e.ctx, func() { cancel(context.Cause(e.ctx)) })
+	return ctx, func() { stop(); cancel(nil) }
+}
