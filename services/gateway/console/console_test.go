@@ -238,13 +238,7 @@ func TestTheInstancesPageShowsOnePageOfTheFilteredList(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false)
 	e.login(adminUser, adminPass)
-	e.post("/networks/new", url.Values{"name": {"lab"}, "provider": {"local"}, "httpsStrategy": {"none"}}).must(t, http.StatusSeeOther, "create network")
-	e.post("/templates/new", url.Values{"name": {"small"}, "provider": {"local"}, "dataDiskGb": {"1"}, "actionCount": {"0"}}).
-		must(t, http.StatusSeeOther, "create template")
-	_, nets := e.api("GET", "/api/v1/networks", nil)
-	_, tpls := e.api("GET", "/api/v1/templates", nil)
-	netID := nets["networks"].([]any)[0].(map[string]any)["id"].(string)
-	tplID := tpls["templates"].([]any)[0].(map[string]any)["id"].(string)
+	netID, tplID := e.networkAndTemplate()
 	create := func(name, kind string) {
 		e.post("/instances/new", url.Values{"name": {name}, "kind": {kind}, "templateId": {tplID}, "networkId": {netID}}).
 			must(t, http.StatusSeeOther, "create "+name)
@@ -290,4 +284,16 @@ func TestTheInstancesPageShowsOnePageOfTheFilteredList(t *testing.T) {
 	if p := e.get("/instances?state=sleeping"); p.status != http.StatusBadRequest || !strings.Contains(p.body, "state") {
 		t.Errorf("an unknown state: %d\n%s", p.status, p.body)
 	}
+}
+
+// networkAndTemplate creates a local network "lab" and a template "small"
+// through the console, and returns their ids.
+func (e *env) networkAndTemplate() (netID, tplID string) {
+	e.t.Helper()
+	e.post("/networks/new", url.Values{"name": {"lab"}, "provider": {"local"}, "httpsStrategy": {"none"}}).must(e.t, http.StatusSeeOther, "create network")
+	e.post("/templates/new", url.Values{"name": {"small"}, "provider": {"local"}, "dataDiskGb": {"1"}, "actionCount": {"0"}}).
+		must(e.t, http.StatusSeeOther, "create template")
+	_, nets := e.api("GET", "/api/v1/networks", nil)
+	_, tpls := e.api("GET", "/api/v1/templates", nil)
+	return nets["networks"].([]any)[0].(map[string]any)["id"].(string), tpls["templates"].([]any)[0].(map[string]any)["id"].(string)
 }
