@@ -89,6 +89,9 @@ func checkLogQuery(r *inventoryv1.ListInstanceLogsRequest) (logQuery, error) {
 	if r.GetLines() != 0 && !r.GetFollow() {
 		return q, apierr.Invalid("lines", "applies only with follow=true: page with pageSize, and use order=desc for the newest lines")
 	}
+	if r.GetAfter() != 0 {
+		return q, apierr.Invalid("after", "applies only to a follow (follow=true): page with pageToken")
+	}
 	return q, nil
 }
 
@@ -150,13 +153,6 @@ func (g *Gateway) listLogs(ctx context.Context, r *inventoryv1.ListInstanceLogsR
 	return lr.oldest(ctx, q)
 }
 
-// storedLine is a log line with where and when the stream stored it.
-type storedLine struct {
-	seq    uint64 // stream sequence
-	stored time.Time
-	line   *inventoryv1.InstanceLogLine
-}
-
 // logReader reads one instance's lines from the agent log stream.
 type logReader struct {
 	stream  jetstream.Stream
@@ -166,13 +162,13 @@ type logReader struct {
 // read hands the instance's lines from the stream sequence start (or,
 // with start 0, from the time since) to each, in order, until it returns
 // false or nothing more is stored.
-func (lr logReader) read(ctx context.Context, start uint64, since time.Time, each func(storedLine, uint64) bool) error {
+func (lr logReader) read(ctx context.Context, start uint64, since time.Time, each func(*inventoryv1.InstanceLogLine, uint64) bool) error {
 	return bus.ReadSubject(ctx, lr.stream, lr.subject, start, since, func(m jetstream.Msg, meta *jetstream.MsgMetadata) bool {
-		l, ok := decodeLogLine(m.Data())
+		l, ok := decodeLogLine(m.Data(), meta.Sequence.Stream)
 		if !ok {
 			return true
 		}
-		return each(storedLine{seq: meta.Sequence.Stream, stored: meta.Timestamp, line: l}, meta.NumPending)
+		return each(l, meta.NumPending)
 	})
 }
 
@@ -181,15 +177,15 @@ func (lr logReader) read(ctx context.Context, start uint64, since time.Time, eac
 func (lr logReader) oldest(ctx context.Context, q logQuery) (*inventoryv1.ListInstanceLogsResponse, error) {
 	resp := &inventoryv1.ListInstanceLogsResponse{Lines: []*inventoryv1.InstanceLogLine{}}
 	size := 0
-	err := lr.read(ctx, q.from, q.since, func(sl storedLine, pending uint64) bool {
-		if size += len(sl.line.GetText()); len(resp.Lines) > 0 && size > maxLogPageBytes {
-			resp.NextPageToken = logToken(false, sl.seq)
+	err := lr.read(ctx, q.from, q.since, func(l *inventoryv1.InstanceLogLine, pending uint64) bool {
+		if size += len(l.GetText()); len(resp.Lines) > 0 && size > maxLogPageBytes {
+			resp.NextPageToken = logToken(false, l.GetCursor())
 			return false
 		}
-		resp.Lines = append(resp.Lines, sl.line)
+		resp.Lines = append(resp.Lines, l)
 		if len(resp.Lines) == q.size {
 			if pending > 0 {
-				resp.NextPageToken = logToken(false, sl.seq+1)
+				resp.NextPageToken = logToken(false, l.GetCursor()+1)
 			}
 			return false
 		}
@@ -205,10 +201,7 @@ func (lr logReader) newest(ctx context.Context, q logQuery) (*inventoryv1.ListIn
 	if err != nil {
 		return nil, err
 	}
-	resp := &inventoryv1.ListInstanceLogsResponse{Lines: make([]*inventoryv1.InstanceLogLine, 0, len(page))}
-	for _, sl := range page {
-		resp.Lines = append(resp.Lines, sl.line)
-	}
+	resp := &inventoryv1.ListInstanceLogsResponse{Lines: page}
 	if next > 0 {
 		resp.NextPageToken = logToken(true, next)
 	}
@@ -219,24 +212,24 @@ func (lr logReader) newest(ctx context.Context, q logQuery) (*inventoryv1.ListIn
 // sequence a next page reads below (0: none): it reads the stream
 // backwards until it has a page and one line more (to know whether a next
 // page exists), or reaches a line stored before since.
-func (lr logReader) newestLines(ctx context.Context, q logQuery) ([]storedLine, uint64, error) {
-	var page []storedLine
+func (lr logReader) newestLines(ctx context.Context, q logQuery) ([]*inventoryv1.InstanceLogLine, uint64, error) {
+	page := []*inventoryv1.InstanceLogLine{}
 	var next uint64
 	size := 0
 	err := bus.ReadBackwards(ctx, lr.stream, lr.subject, q.from, uint64(max(4*q.size, 1024)), func(m jetstream.Msg, meta *jetstream.MsgMetadata) bool {
 		if meta.Timestamp.Before(q.since) {
 			return false // what lies before is older still
 		}
-		l, ok := decodeLogLine(m.Data())
+		l, ok := decodeLogLine(m.Data(), meta.Sequence.Stream)
 		if !ok {
 			return true
 		}
 		if len(page) == q.size || (len(page) > 0 && size+len(l.GetText()) > maxLogPageBytes) {
-			next = page[len(page)-1].seq
+			next = page[len(page)-1].GetCursor()
 			return false
 		}
 		size += len(l.GetText())
-		page = append(page, storedLine{seq: meta.Sequence.Stream, stored: meta.Timestamp, line: l})
+		page = append(page, l)
 		return true
 	})
 	if err != nil {
@@ -245,13 +238,23 @@ func (lr logReader) newestLines(ctx context.Context, q logQuery) ([]storedLine, 
 	return page, next, nil
 }
 
-// decodeLogLine decodes a stored line (an agentv1.LogLine) for the API.
-func decodeLogLine(data []byte) (*inventoryv1.InstanceLogLine, bool) {
+// decodeLogLine decodes a line stored at the stream sequence cursor (an
+// agentv1.LogLine) for the API.
+func decodeLogLine(data []byte, cursor uint64) (*inventoryv1.InstanceLogLine, bool) {
 	l := &agentv1.LogLine{}
 	if proto.Unmarshal(data, l) != nil {
 		return nil, false
 	}
-	return &inventoryv1.InstanceLogLine{Seq: l.GetSeq(), Time: timestamppb.New(l.GetTime().AsTime()), Source: l.GetSource(), Text: l.GetText()}, true
+	return &inventoryv1.InstanceLogLine{Seq: l.GetSeq(), Time: timestamppb.New(l.GetTime().AsTime()), Source: l.GetSource(), Text: l.GetText(), Cursor: cursor}, true
+}
+
+// decodeLogMsg decodes a line read from the stream.
+func decodeLogMsg(m jetstream.Msg) (*inventoryv1.InstanceLogLine, bool) {
+	meta, err := m.Metadata()
+	if err != nil {
+		return nil, false
+	}
+	return decodeLogLine(m.Data(), meta.Sequence.Stream)
 }
 
 // instanceLogs answers GET /api/v1/instances/{id}/logs: with follow=true
@@ -282,13 +285,26 @@ func (g *Gateway) instanceLogs(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	after, err := lastEventID(r, true)
+	if v := q.Get("after"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			g.writeError(w, r, apierr.Invalid("after", "%q is not a line's cursor: a follow resumes after the cursor of the last line it got", v))
+			return
+		}
+		req.After = n
+	}
+	// A reconnecting EventSource says where it got to, which comes before
+	// the after of the URL it opened.
+	last, err := lastEventID(r, true)
 	if err != nil {
 		g.writeError(w, r, err)
 		return
 	}
+	if last > 0 {
+		req.After = last
+	}
 	ctx := r.Context()
-	cons, err := g.openFollow(ctx, req, after)
+	cons, err := g.openFollow(ctx, req)
 	if err != nil {
 		g.writeError(w, r, err)
 		return
@@ -297,13 +313,12 @@ func (g *Gateway) instanceLogs(w http.ResponseWriter, r *http.Request) {
 	// resumes (Last-Event-ID): a reconnecting client misses no line and
 	// gets none twice.
 	g.serveSSE(ctx, w, r, cons, func(m jetstream.Msg) (sseEvent, bool) {
-		l, ok := decodeLogLine(m.Data())
-		meta, err := m.Metadata()
-		if !ok || err != nil {
+		l, ok := decodeLogMsg(m)
+		if !ok {
 			return sseEvent{}, false
 		}
 		b, _ := protojson.Marshal(l)
-		return sseEvent{id: strconv.FormatUint(meta.Sequence.Stream, 10), event: "log", data: b}, true
+		return sseEvent{id: strconv.FormatUint(l.GetCursor(), 10), event: "log", data: b}, true
 	})
 }
 
@@ -315,7 +330,7 @@ func (s instanceServer) FollowInstanceLogs(r *inventoryv1.ListInstanceLogsReques
 			return apierr.GRPCStatus(ctx, s.g.log, apierr.Invalid(field, "does not apply to a follow: it starts with the newest lines (lines) or at since"))
 		}
 	}
-	cons, err := s.g.openFollow(ctx, r, 0)
+	cons, err := s.g.openFollow(ctx, r)
 	if err != nil {
 		return apierr.GRPCStatus(ctx, s.g.log, err)
 	}
@@ -335,10 +350,12 @@ func (s instanceServer) FollowInstanceLogs(r *inventoryv1.ListInstanceLogsReques
 }
 
 // openFollow checks a follow's instance, since and lines, and opens an
-// ordered consumer of its log lines starting after the stream sequence
-// after (a resumed follow), else at since, or at the oldest of the newest
-// lines (200 when lines is 0), then going on with new ones.
-func (g *Gateway) openFollow(ctx context.Context, r *inventoryv1.ListInstanceLogsRequest, after uint64) (jetstream.Consumer, error) {
+// ordered consumer of its log lines starting after the line whose cursor
+// (stream sequence) is r.after (a resumed follow), else at since, or at
+// the oldest of the newest lines (200 when lines is 0), then going on with
+// new ones.
+func (g *Gateway) openFollow(ctx context.Context, r *inventoryv1.ListInstanceLogsRequest) (jetstream.Consumer, error) {
+	after := r.GetAfter()
 	id := r.GetId()
 	if err := apierr.CheckID("id", id); err != nil {
 		return nil, err
@@ -378,7 +395,7 @@ func (g *Gateway) openFollow(ctx context.Context, r *inventoryv1.ListInstanceLog
 			return nil, err
 		}
 		if len(page) > 0 {
-			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, page[len(page)-1].seq
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, page[len(page)-1].GetCursor()
 		} else {
 			cfg.DeliverPolicy = jetstream.DeliverNewPolicy
 		}
@@ -395,7 +412,7 @@ func (g *Gateway) openFollow(ctx context.Context, r *inventoryv1.ListInstanceLog
 // nil) every 15 s without a line, until ctx ends or either fails.
 func followLines(ctx context.Context, cons jetstream.Consumer, send func(*inventoryv1.InstanceLogLine) error, keepalive func() error) error {
 	return follow(ctx, cons, func(m jetstream.Msg) error {
-		if l, ok := decodeLogLine(m.Data()); ok {
+		if l, ok := decodeLogMsg(m); ok {
 			return send(l)
 		}
 		return nil

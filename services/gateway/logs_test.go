@@ -144,6 +144,9 @@ func TestFollowingLogsStartsWithTheNewestAndGoesOn(t *testing.T) {
 	var last string
 	for len(seqs) < 3 {
 		ev, l := s.next()
+		if l["cursor"] != ev {
+			t.Fatalf("line %v came as event %s: its cursor is not its event id", l, ev)
+		}
 		seqs, last = append(seqs, l["seq"].(string)), ev
 		if len(seqs) == 2 {
 			e.storeLogs(id, 51, 51)
@@ -164,10 +167,31 @@ func TestFollowingLogsStartsWithTheNewestAndGoesOn(t *testing.T) {
 	if strings.Join(seqs, ",") != "52,53" {
 		t.Fatalf("a follow resumed after line 51: %v, want 52, 53", seqs)
 	}
-	for _, q := range []string{"follow=true&lastEventId=latest", "lastEventId=58"} {
+	s.resp.Body.Close()
+	// after in the URL says the same; a reconnecting EventSource's
+	// Last-Event-ID comes before it.
+	for _, c := range []struct {
+		query  string
+		header map[string]string
+	}{
+		{"follow=true&after=" + last, nil},
+		{"follow=true&after=1", map[string]string{"Last-Event-ID": last}},
+	} {
+		s = e.follow("/api/v1/instances/"+id+"/logs?"+c.query, c.header)
+		if _, l := s.next(); l["seq"] != "52" {
+			t.Errorf("%s %v: the first line is %v, want 52", c.query, c.header, l)
+		}
+		s.resp.Body.Close()
+	}
+	for _, c := range []struct{ query, field string }{
+		{"follow=true&lastEventId=latest", "lastEventId"},
+		{"lastEventId=58", "lastEventId"},
+		{"follow=true&after=latest", "after"},
+		{"after=58", "after"},
+	} {
 		got := reply{}
-		if code := e.call("GET", "/api/v1/instances/"+id+"/logs?"+q, nil, &got, ""); code != 400 || fieldOf(got) != "lastEventId" {
-			t.Errorf("%s: %d %v, want 400 naming lastEventId", q, code, got)
+		if code := e.call("GET", "/api/v1/instances/"+id+"/logs?"+c.query, nil, &got, ""); code != 400 || fieldOf(got) != c.field {
+			t.Errorf("%s: %d %v, want 400 naming %s", c.query, code, got, c.field)
 		}
 	}
 }
@@ -189,18 +213,35 @@ func TestFollowingLogsOverGRPC(t *testing.T) {
 		t.Fatal(err)
 	}
 	var seqs []string
+	var cursor uint64
 	for len(seqs) < 4 {
 		l, err := stream.Recv()
 		if err != nil {
 			t.Fatalf("after %v: %v", seqs, err)
 		}
 		seqs = append(seqs, strconv.FormatUint(l.GetSeq(), 10))
+		if l.GetCursor() <= cursor {
+			t.Fatalf("line %d's cursor %d does not follow the one before (%d)", l.GetSeq(), l.GetCursor(), cursor)
+		}
+		cursor = l.GetCursor()
 		if len(seqs) == 3 {
 			e.storeLogs(id, 21, 21)
 		}
 	}
 	if strings.Join(seqs, ",") != "18,19,20,21" {
 		t.Fatalf("followed %v, want the newest three then the new one", seqs)
+	}
+	// A follow given the cursor of the last line it got goes on after it.
+	resumed, err := instances.FollowInstanceLogs(ctx, &inventoryv1.ListInstanceLogsRequest{Id: id, After: cursor})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.storeLogs(id, 22, 22)
+	if l, err := resumed.Recv(); err != nil || l.GetSeq() != 22 || l.GetCursor() <= cursor {
+		t.Errorf("a follow after line 21 (cursor %d) first got %v, %v; want line 22 with a greater cursor", cursor, l, err)
+	}
+	if l, err := stream.Recv(); err != nil || l.GetSeq() != 22 {
+		t.Errorf("the first follow then got %v, %v; want line 22 too", l, err)
 	}
 	bad, err := instances.FollowInstanceLogs(ctx, &inventoryv1.ListInstanceLogsRequest{Id: id, PageSize: 10})
 	if err == nil {

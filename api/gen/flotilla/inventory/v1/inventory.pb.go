@@ -1439,7 +1439,12 @@ type ListInstanceLogsRequest struct {
 	Follow bool `protobuf:"varint,6,opt,name=follow,proto3" json:"follow,omitempty"`
 	// With follow and without since: how many of the newest lines come
 	// first, 1-10000; 0 means 200.
-	Lines         int32 `protobuf:"varint,7,opt,name=lines,proto3" json:"lines,omitempty"`
+	Lines int32 `protobuf:"varint,7,opt,name=lines,proto3" json:"lines,omitempty"`
+	// A follow only: start after the line with this cursor instead, missing
+	// none stored since and repeating none (a follow resumed after its stream
+	// broke). Over REST a Last-Event-ID header (or lastEventId), which an
+	// EventSource sends when it reconnects, says the same and comes first.
+	After         uint64 `protobuf:"varint,8,opt,name=after,proto3" json:"after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1519,6 +1524,13 @@ func (x *ListInstanceLogsRequest) GetFollow() bool {
 func (x *ListInstanceLogsRequest) GetLines() int32 {
 	if x != nil {
 		return x.Lines
+	}
+	return 0
+}
+
+func (x *ListInstanceLogsRequest) GetAfter() uint64 {
+	if x != nil {
+		return x.After
 	}
 	return 0
 }
@@ -1708,8 +1720,12 @@ type InstanceLogLine struct {
 	// When the agent read the line.
 	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
 	// "agent", "setup" or "node".
-	Source        string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
-	Text          string `protobuf:"bytes,4,opt,name=text,proto3" json:"text,omitempty"`
+	Source string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	Text   string `protobuf:"bytes,4,opt,name=text,proto3" json:"text,omitempty"`
+	// Where the line is kept (its log stream sequence): greater for every
+	// line stored later. A follow given it as `after` resumes after this
+	// line; over REST it is also the line's server-sent event id.
+	Cursor        uint64 `protobuf:"varint,5,opt,name=cursor,proto3" json:"cursor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1770,6 +1786,13 @@ func (x *InstanceLogLine) GetText() string {
 		return x.Text
 	}
 	return ""
+}
+
+func (x *InstanceLogLine) GetCursor() uint64 {
+	if x != nil {
+		return x.Cursor
+	}
+	return 0
 }
 
 type UpdateInstanceRequest struct {
@@ -2474,7 +2497,7 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\tinstances\x18\x01 \x03(\v2\x1f.flotilla.inventory.v1.InstanceR\tinstances\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1d\n" +
 	"\n" +
-	"total_size\x18\x03 \x01(\x05R\ttotalSize\"\xbf\x01\n" +
+	"total_size\x18\x03 \x01(\x05R\ttotalSize\"\xd5\x01\n" +
 	"\x17ListInstanceLogsRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -2483,7 +2506,8 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x05order\x18\x04 \x01(\tR\x05order\x12\x14\n" +
 	"\x05since\x18\x05 \x01(\tR\x05since\x12\x16\n" +
 	"\x06follow\x18\x06 \x01(\bR\x06follow\x12\x14\n" +
-	"\x05lines\x18\a \x01(\x05R\x05lines\"\x80\x01\n" +
+	"\x05lines\x18\a \x01(\x05R\x05lines\x12\x14\n" +
+	"\x05after\x18\b \x01(\x04R\x05after\"\x80\x01\n" +
 	"\x18ListInstanceLogsResponse\x12<\n" +
 	"\x05lines\x18\x01 \x03(\v2&.flotilla.inventory.v1.InstanceLogLineR\x05lines\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"}\n" +
@@ -2495,12 +2519,13 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"page_token\x18\x04 \x01(\tR\tpageToken\"w\n" +
 	"\x1aListInstanceEventsResponse\x121\n" +
 	"\x06events\x18\x01 \x03(\v2\x19.flotilla.events.v1.EventR\x06events\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x7f\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x97\x01\n" +
 	"\x0fInstanceLogLine\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
 	"\x06source\x18\x03 \x01(\tR\x06source\x12\x12\n" +
-	"\x04text\x18\x04 \x01(\tR\x04text\"\x91\x01\n" +
+	"\x04text\x18\x04 \x01(\tR\x04text\x12\x16\n" +
+	"\x06cursor\x18\x05 \x01(\x04R\x06cursor\"\x91\x01\n" +
 	"\x15UpdateInstanceRequest\x12;\n" +
 	"\binstance\x18\x01 \x01(\v2\x1f.flotilla.inventory.v1.InstanceR\binstance\x12;\n" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +

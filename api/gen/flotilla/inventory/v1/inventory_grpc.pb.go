@@ -923,9 +923,9 @@ type InstanceServiceClient interface {
 	// lastEventId resumes), going on with new lines until the client goes away.
 	ListInstanceLogs(ctx context.Context, in *ListInstanceLogsRequest, opts ...grpc.CallOption) (*ListInstanceLogsResponse, error)
 	// FollowInstanceLogs streams the instance's log lines over gRPC: first the
-	// newest `lines` (or every line stored since `since`), then each new line
-	// as it is stored, until the client cancels. page_size, page_token and
-	// order do not apply. Over REST the same is ListInstanceLogs with
+	// newest `lines` (or every line stored since `since`, or after the line
+	// whose cursor is `after`), then each new line as it is stored, until the
+	// client cancels. page_size, page_token and order do not apply. Over REST the same is ListInstanceLogs with
 	// follow=true (server-sent events).
 	FollowInstanceLogs(ctx context.Context, in *ListInstanceLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[InstanceLogLine], error)
 	// ListInstanceEvents pages through the instance's timeline, oldest first:
@@ -1127,9 +1127,9 @@ type InstanceServiceServer interface {
 	// lastEventId resumes), going on with new lines until the client goes away.
 	ListInstanceLogs(context.Context, *ListInstanceLogsRequest) (*ListInstanceLogsResponse, error)
 	// FollowInstanceLogs streams the instance's log lines over gRPC: first the
-	// newest `lines` (or every line stored since `since`), then each new line
-	// as it is stored, until the client cancels. page_size, page_token and
-	// order do not apply. Over REST the same is ListInstanceLogs with
+	// newest `lines` (or every line stored since `since`, or after the line
+	// whose cursor is `after`), then each new line as it is stored, until the
+	// client cancels. page_size, page_token and order do not apply. Over REST the same is ListInstanceLogs with
 	// follow=true (server-sent events).
 	FollowInstanceLogs(*ListInstanceLogsRequest, grpc.ServerStreamingServer[InstanceLogLine]) error
 	// ListInstanceEvents pages through the instance's timeline, oldest first:
