@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/testkit"
 )
 
 // browser is a headless Chromium on a fresh profile, driven by chromedp.
@@ -347,4 +350,41 @@ func TestConsoleAdminInBrowser(t *testing.T) {
 	}
 	b.shot("phone-audit")
 	t.Logf("screenshots in %s", b.shots)
+}
+
+// TestTheLogViewerKeepsItsLinesWhenItsStreamBreaks: the instance page's
+// log viewer whose stream breaks (a proxy in front of the console cuts it
+// after its first line) reconnects, resuming after the last line it got:
+// every line shows once, in order, the first kept, and new lines go on
+// coming.
+func TestTheLogViewerKeepsItsLinesWhenItsStreamBreaks(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false)
+	e.login(adminUser, adminPass)
+	netID, tplID := e.networkAndTemplate()
+	e.post("/instances/new", url.Values{"name": {"chatty"}, "kind": {"design"}, "templateId": {tplID}, "networkId": {netID}}).
+		must(t, http.StatusSeeOther, "create chatty")
+	_, list := e.api("GET", "/api/v1/instances", nil)
+	id := list["instances"].([]any)[0].(map[string]any)["id"].(string)
+	agentgw := e.bus.Conn(t, subjects.AgentGW)
+	testkit.StoreAgentLogs(t, agentgw, id, 1, 3)
+
+	front, follows := testkit.BreakingProxy(t, e.base, "/api/v1/instances/"+id+"/logs")
+	b := newBrowser(t, front)
+	b.do("log in", chromedp.Navigate(front+"/"), chromedp.WaitVisible(chromedp.CSS("#username")),
+		fill(map[string]string{"#username": adminUser, "#password": adminPass}),
+		submit("form[action='/login'] button[type=submit]"), chromedp.WaitVisible(chromedp.CSS("nav a[href='/users']")))
+	lines := "[...document.querySelectorAll('#log-lines li .txt')].map(l => l.textContent).join(',')"
+	// The page comes with the newest lines; its follow starts with them
+	// again, in their place, and breaks after the first; the browser
+	// follows again after it (in about 3 s).
+	b.do("the instance page", chromedp.Navigate(front+"/instances/"+id), chromedp.WaitVisible(chromedp.CSS("#log-lines")))
+	testkit.WaitFor(t, 20*time.Second, "the viewer to follow again", func() bool { return follows.Load() == 2 })
+	b.waitFor("the lines after the stream broke", lines+" === 'line 1,line 2,line 3'", 20*time.Second)
+	testkit.StoreAgentLogs(t, agentgw, id, 4, 4)
+	b.waitFor("a new line", lines+" === 'line 1,line 2,line 3,line 4'", 20*time.Second)
+	if n := follows.Load(); n != 2 {
+		t.Errorf("the viewer opened %d follows, want 2: the one broken after its first line, and the one resuming after it", n)
+	}
+	b.shot("log-viewer-resumed")
 }

@@ -35,14 +35,15 @@ type env struct {
 	t      testing.TB
 	base   string
 	client *http.Client
+	bus    *testkit.Bus // the stack's NATS, to act as another service would
 }
 
 // newEnv starts a stack; with vms, its local provider runs real agents.
 func newEnv(t testing.TB, vms bool) *env {
 	t.Helper()
-	dbURL := testkit.NewDatabase(t)
-	cfg := stack.Config{Version: "0.0.0-test", DatabaseURL: dbURL,
-		Log: slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelError}))}
+	dbURL, bus := testkit.NewDatabase(t), testkit.SecureNATS(t)
+	cfg := stacktest.OnBus(stack.Config{Version: "0.0.0-test", DatabaseURL: dbURL,
+		Log: slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelError}))}, bus)
 	if vms {
 		agent, err := agentBinary()
 		if err != nil {
@@ -61,7 +62,7 @@ func newEnv(t testing.TB, vms bool) *env {
 		t.Fatal(err)
 	}
 	jar, _ := cookiejar.New(nil)
-	return &env{t: t, base: "http://" + st.HTTPAddr, client: &http.Client{Jar: jar,
+	return &env{t: t, base: "http://" + st.HTTPAddr, bus: bus, client: &http.Client{Jar: jar,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 }
 

@@ -314,10 +314,17 @@
       list.appendChild(li);
       while (list.children.length > max) { list.removeChild(list.firstChild); }
     };
+    var opened = false;
     var es = openStream(box.getAttribute("data-src"));
     es.addEventListener("open", function () {
-      // A reconnected follow resumes after the last line received (the
-      // browser sends its id, Last-Event-ID): the lines shown stay.
+      // The follow starts with the newest lines, which take the place of
+      // those the page came with. A reconnected follow resumes after the
+      // last line received (the browser sends its id, Last-Event-ID): the
+      // lines shown stay.
+      if (!opened) {
+        list.textContent = "";
+        opened = true;
+      }
       setStatus(paused ? "paused" : "live");
     });
     es.addEventListener("error", function () { setStatus("reconnecting…"); });
