@@ -18,7 +18,8 @@ import (
 // instances (default 1 000), beside its reference in the same run: the
 // API's own read of one page of 100 instances, which the page view
 // makes, with the page's other reads and its rendering on top; and the
-// API's own search for one instance.
+// API's own search for one instance. The API's middle page oldest first
+// (its default order) is measured too.
 func BenchmarkTheInstancesPage(b *testing.B) {
 	n := 1000
 	if v := os.Getenv("FLOTILLA_BENCH_INSTANCES"); v != "" {
@@ -35,6 +36,7 @@ func BenchmarkTheInstancesPage(b *testing.B) {
 		{"search", "/instances?q=bench-00"},
 		{"search-one", fmt.Sprintf("/instances?q=bench-%05d", n/2)},
 		{"api-page-reference", fmt.Sprintf("/api/v1/instances?orderBy=name&pageSize=100&skip=%d", (page-1)*100)},
+		{"api-page-oldest-first", fmt.Sprintf("/api/v1/instances?pageSize=100&skip=%d", (page-1)*100)},
 		{"api-search-one", fmt.Sprintf("/api/v1/instances?orderBy=name&pageSize=100&query=bench-%05d", n/2)},
 	} {
 		b.Run(c.name, func(b *testing.B) {

@@ -23,15 +23,7 @@ import (
 // the trigram index rather than by reading every instance.
 func TestInstanceSearchFindsEachFieldThroughItsIndex(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, testkit.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if err := Migrate(ctx, pool, nil); err != nil {
-		t.Fatal(err)
-	}
+	pool := migrated(t, 0)
 	insert := instancesOf(t, pool)
 	// One instance per searched field, a needle in that field only, found
 	// by a piece of it in another case.
@@ -73,30 +65,10 @@ func TestInstanceSearchFindsEachFieldThroughItsIndex(t *testing.T) {
 
 	// With a table this small PostgreSQL would scan it: forbid the scan
 	// to see that the index answers the search's condition.
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, "SET LOCAL enable_seqscan = off"); err != nil {
-		t.Fatal(err)
-	}
 	where, args := InstanceFilter{Text: "needle"}.Query().where(nil)
-	rows, err := tx.Query(ctx, "EXPLAIN SELECT name FROM instances"+where, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var plan []string
-	for rows.Next() {
-		var line string
-		if err := rows.Scan(&line); err != nil {
-			t.Fatal(err)
-		}
-		plan = append(plan, line)
-	}
-	rows.Close()
-	if !strings.Contains(strings.Join(plan, "\n"), "instances_search") {
-		t.Errorf("the search does not read the trigram index:\n%s", strings.Join(plan, "\n"))
+	plan := explain(t, pool, "SELECT name FROM instances"+where, args)
+	if !strings.Contains(plan, "instances_search") {
+		t.Errorf("the search does not read the trigram index:\n%s", plan)
 	}
 }
 

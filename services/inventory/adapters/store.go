@@ -273,23 +273,15 @@ func (q ListQuery) digest() string {
 // also ends before the resource that would take its encoded size over
 // maxBytes; it holds at least one.
 func (t Table) List(ctx context.Context, db Querier, q ListQuery, pageToken string, limit, maxBytes int, newMsg func() proto.Message) ([]proto.Message, string, error) {
-	key, order := "id", "id"
+	sql, args, err := t.listSQL(q, pageToken, limit+1)
+	if err != nil {
+		return nil, "", err
+	}
+	order := "id"
 	if q.ByName {
-		key, order = `name COLLATE "C"`, "name"
+		order = "name"
 	}
-	var args []any
-	digest := q.digest()
-	if pageToken != "" {
-		after, err := pageAfter(pageToken, digest)
-		if err != nil {
-			return nil, "", err
-		}
-		q.Where = append(slices.Clip(q.Where), Cond{SQL: key + " > ?", Args: []any{after}})
-	}
-	where, args := q.where(args)
-	args = append(args, limit+1, q.Skip)
-	rows, err := db.Query(ctx, fmt.Sprintf("SELECT spec, id::text, version, created_at, updated_at FROM %s%s ORDER BY %s LIMIT $%d OFFSET $%d",
-		t.Name, where, key, len(args)-1, len(args)), args...)
+	rows, err := db.Query(ctx, sql, planned(args)...)
 	if err != nil {
 		return nil, "", fmt.Errorf("list %s: %w", t.Name, err)
 	}
@@ -318,16 +310,61 @@ func (t Table) List(ctx context.Context, db Querier, q ListQuery, pageToken stri
 		out, full = out[:limit], true
 	}
 	if full {
-		next = tokenAfter(getString(out[len(out)-1], order), digest)
+		next = tokenAfter(getString(out[len(out)-1], order), q.digest())
 	}
 	return out, next, nil
+}
+
+// listSQL is the query of a list page: up to limit resources that meet q
+// after the page token's, in q's order.
+func (t Table) listSQL(q ListQuery, pageToken string, limit int) (string, []any, error) {
+	// The key names the table's column: a bare "id" in ORDER BY would be
+	// the output column id::text, which no index orders, so every page
+	// would sort the whole table.
+	key := t.Name + ".id"
+	if q.ByName {
+		key = t.Name + `.name COLLATE "C"`
+	}
+	if pageToken != "" {
+		after, err := pageAfter(pageToken, q.digest())
+		if err != nil {
+			return "", nil, err
+		}
+		q.Where = append(slices.Clip(q.Where), Cond{SQL: key + " > ?", Args: []any{after}})
+	}
+	where, args := q.where(nil)
+	if q.Skip > 0 {
+		// The page starts at the key Skip resources on, which a walk of
+		// the key's index finds without reading the rows it passes (where
+		// no condition needs them), instead of an OFFSET that reads each.
+		args = append(args, q.Skip)
+		start := fmt.Sprintf("%s >= (SELECT %s FROM %s%s ORDER BY %s OFFSET $%d LIMIT 1)", key, key, t.Name, where, key, len(args))
+		if where == "" {
+			where = " WHERE " + start
+		} else {
+			where += " AND " + start
+		}
+	}
+	args = append(args, limit)
+	return fmt.Sprintf("SELECT spec, id::text, version, created_at, updated_at FROM %s%s ORDER BY %s LIMIT $%d",
+		t.Name, where, key, len(args)), args, nil
+}
+
+// planned has a list's query planned for the values of args each time (an
+// unnamed statement, described first for its parameters' types), not by a
+// plan cached for the statement: how a search is best answered depends on
+// how many rows its text matches, and a generic plan cached after texts
+// that match many (walk the name index, stop at a page) read the whole
+// table for a text that matches one.
+func planned(args []any) []any {
+	return append([]any{pgx.QueryExecModeDescribeExec}, args...)
 }
 
 // Count is how many resources meet q's conditions.
 func (t Table) Count(ctx context.Context, db Querier, q ListQuery) (int64, error) {
 	where, args := q.where(nil)
 	var n int64
-	if err := db.QueryRow(ctx, "SELECT count(*) FROM "+t.Name+where, args...).Scan(&n); err != nil {
+	if err := db.QueryRow(ctx, "SELECT count(*) FROM "+t.Name+where, planned(args)...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count %s: %w", t.Name, err)
 	}
 	return n, nil

@@ -119,7 +119,7 @@ func UserByID(ctx context.Context, q Querier, id string, forUpdate bool) (*User,
 
 // ListUsers returns up to limit users with ids after after, oldest first.
 func ListUsers(ctx context.Context, q Querier, after string, limit int) ([]*User, error) {
-	rows, err := q.Query(ctx, "SELECT "+userColumns+" FROM users WHERE id > $1 ORDER BY id LIMIT $2", after, limit)
+	rows, err := q.Query(ctx, "SELECT "+userColumns+" FROM users WHERE id > $1 ORDER BY users.id LIMIT $2", after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("list users: %w", err)
 	}

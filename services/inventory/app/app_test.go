@@ -639,6 +639,9 @@ func TestInstanceListsFilterSearchAndOrder(t *testing.T) {
 		{"an id", &inventoryv1.ListInstancesRequest{Query: zeta.GetId()[24:]}, "zeta", 1},
 		{"nothing matches", &inventoryv1.ListInstancesRequest{Query: "nowhere"}, "", 0},
 		{"skipped into", &inventoryv1.ListInstancesRequest{OrderBy: "name", Skip: 3}, "i zeta", 5},
+		{"skipped into, oldest first", &inventoryv1.ListInstancesRequest{Skip: 2}, "alpha a-b axb", 5},
+		{"skipped into a filter", &inventoryv1.ListInstancesRequest{Kind: "design", OrderBy: "name", Skip: 1}, "axb i", 3},
+		{"skipped past the end", &inventoryv1.ListInstancesRequest{OrderBy: "name", Skip: 9}, "", 5},
 	} {
 		if got, total := names(c.r); strings.Join(got, " ") != c.want || total != c.total {
 			t.Errorf("%s: %q (total %d); want %q (total %d)", c.name, got, total, c.want, c.total)
@@ -678,6 +681,14 @@ func TestInstanceListsFilterSearchAndOrder(t *testing.T) {
 	}
 	if strings.Join(got, " ") != "a-b axb i zeta" {
 		t.Errorf("paged by name: %q", got)
+	}
+	// A skip counts from the page token's place.
+	page, err := a.ListInstances(ctx, &inventoryv1.ListInstancesRequest{OrderBy: "name", PageSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := names(&inventoryv1.ListInstancesRequest{OrderBy: "name", PageToken: page.GetNextPageToken(), Skip: 1}); strings.Join(got, " ") != "i zeta" {
+		t.Errorf("after the first page of two, skipping one: %q; want i zeta", got)
 	}
 
 	for field, r := range map[string]*inventoryv1.ListInstancesRequest{
