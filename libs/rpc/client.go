@@ -69,9 +69,10 @@ func Timeout(d time.Duration) CallOption { return func(o *callOptions) { o.timeo
 // *apierr.Error: the service's error as it sent it (kind, reason, field,
 // message); unavailable when no instance of the service listens or none
 // answers in time, or when the bus connection was lost while the call
-// waited for its answer (natsx.ErrConnectionLost); permission denied when c's service is not one of the
-// endpoint's declared callers (nothing is sent). A closed connection or an
-// undecodable reply is an internal error wrapping the cause.
+// waited for its answer (natsx.ErrConnectionLost); permission denied when
+// c's service is not one of the endpoint's declared callers (nothing is
+// sent). A closed connection or an undecodable reply is an internal error
+// wrapping the cause.
 func Call[Req, Resp proto.Message](ctx context.Context, c *Client, ep endpoints.Endpoint[Req, Resp], req Req, opts ...CallOption) (Resp, error) {
 	var zero Resp
 	info := ep.Info()
