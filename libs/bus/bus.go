@@ -122,7 +122,8 @@ func DecodeEvent(data []byte) (*eventsv1.Event, error) {
 const AuditTimeout = 5 * time.Second
 
 // PublishAudit publishes an audit record (a NewMessage of rec) into the
-// audit stream and waits, at most AuditTimeout, for JetStream to store it:
+// audit stream and waits, at most AuditTimeout, for JetStream to store it
+// (less when the connection is lost meanwhile: see natsx.Bounded):
 // whoever must not act unaudited acts only once it returns nil.
 func PublishAudit(ctx context.Context, js jetstream.JetStream, subject, typ string, actor vocab.Actor, now time.Time, rec proto.Message) error {
 	msg, err := NewMessage(ctx, subject, typ, actor, now, rec)
@@ -131,7 +132,9 @@ func PublishAudit(ctx context.Context, js jetstream.JetStream, subject, typ stri
 	}
 	ctx, cancel := context.WithTimeout(ctx, AuditTimeout)
 	defer cancel()
-	_, err = js.PublishMsg(ctx, &nats.Msg{Subject: msg.Subject, Header: msg.Header, Data: msg.Data},
-		jetstream.WithExpectStream(subjects.AuditStream))
-	return err
+	return natsx.Bounded(ctx, js.Conn(), func(ctx context.Context) error {
+		_, err := js.PublishMsg(ctx, &nats.Msg{Subject: msg.Subject, Header: msg.Header, Data: msg.Data},
+			jetstream.WithExpectStream(subjects.AuditStream))
+		return err
+	})
 }

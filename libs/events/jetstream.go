@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/natsx"
 )
 
 // defaultRedeliveryDelay is how long a message that failed every retry
@@ -155,7 +156,10 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 		m.Header.Set(bus.HeaderMsgID, msg.UUID)
 		m.Data = msg.Payload
 		ctx, cancel := context.WithTimeout(msg.Context(), 10*time.Second)
-		_, err := p.js.PublishMsg(ctx, m)
+		err := natsx.Bounded(ctx, p.js.Conn(), func(ctx context.Context) error {
+			_, err := p.js.PublishMsg(ctx, m)
+			return err
+		})
 		cancel()
 		if err != nil {
 			return fmt.Errorf("publish to %s: %w", topic, err)

@@ -3,6 +3,7 @@ package natsx
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,15 +83,24 @@ func (l *link) follow(nc *nats.Conn, ch chan nats.Status) {
 	}
 }
 
-// bound returns ctx ended when the epoch nc is in ends, and a function that
-// releases it; ctx itself when nc is not watched.
-func bound(ctx context.Context, nc *nats.Conn) (context.Context, func()) {
+// Bounded runs do, a request on nc (a JetStream publish, say), with a
+// context that ends as Request's does when nc loses its connection: a
+// request sent before the loss and unanswered LostReplyGrace after the
+// connection is back fails wrapping ErrConnectionLost. On a connection not
+// made by Connect or ConnectInProcess it runs do with ctx.
+func Bounded(ctx context.Context, nc *nats.Conn, do func(context.Context) error) error {
 	v, ok := links.Load(nc)
 	if !ok {
-		return ctx, func() {}
+		return do(ctx)
 	}
 	e := v.(*link).epoch.Load()
 	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	stop := context.AfterFunc(e.ctx, func() { cancel(context.Cause(e.ctx)) })
-	return ctx, func() { stop(); cancel(nil) }
+	defer stop()
+	err := do(ctx)
+	if cause := context.Cause(ctx); err != nil && errors.Is(cause, ErrConnectionLost) {
+		return fmt.Errorf("%w (%v)", cause, err)
+	}
+	return err
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -105,5 +106,34 @@ func TestARequestMadeWhileDisconnectedIsNotCutShort(t *testing.T) {
 	close(answer)
 	if err := <-done; err != nil {
 		t.Fatalf("Request error = %v, want the reply", err)
+	}
+}
+
+// A JetStream publish run through Bounded whose acknowledgement was lost
+// with the connection fails as ErrConnectionLost once the connection is
+// back, rather than at its timeout. (The "stream" here is a responder
+// that holds the publish, so the acknowledgement comes when the test says.)
+func TestAPublishWhoseAckWasLostFailsOnceTheConnectionIsBack(t *testing.T) {
+	t.Parallel()
+	subject, came, answer := held(t)
+	nc := connect(t)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		done <- natsx.Bounded(ctx, nc, func(ctx context.Context) error {
+			_, err := js.Publish(ctx, subject, []byte("audit"))
+			return err
+		})
+	}()
+	<-came
+	testkit.DropConnection(t, srv, nc)
+	close(answer)
+	if err := <-done; !errors.Is(err, natsx.ErrConnectionLost) {
+		t.Fatalf("publish error = %v, want ErrConnectionLost", err)
 	}
 }

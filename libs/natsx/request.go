@@ -99,11 +99,13 @@ func Request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto
 		ctx, cancel = context.WithTimeout(ctx, DefaultTimeout)
 		defer cancel()
 	}
-	ctx, release := bound(ctx, nc)
-	defer release()
-	reply, err := nc.RequestMsgWithContext(ctx, msg)
-	if cause := context.Cause(ctx); err != nil && errors.Is(cause, ErrConnectionLost) {
-		return fmt.Errorf("nats request %s: %w", subject, cause)
+	var reply *nats.Msg
+	err = Bounded(ctx, nc, func(ctx context.Context) (err error) {
+		reply, err = nc.RequestMsgWithContext(ctx, msg)
+		return err
+	})
+	if errors.Is(err, ErrConnectionLost) {
+		return fmt.Errorf("nats request %s: %w", subject, err)
 	}
 	if errors.Is(err, nats.ErrNoResponders) {
 		return fmt.Errorf("nats request %s: no service is listening: %w", subject, err)
