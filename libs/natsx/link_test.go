@@ -32,27 +32,35 @@ func held(t *testing.T) (subject string, came <-chan struct{}, answer chan<- str
 	return subject, c, a
 }
 
-// request sends a request on nc in the background, with a timeout well
-// past the grace a lost reply is given.
-func request(t *testing.T, nc *nats.Conn, subject string) <-chan error {
+// inBackground runs send with a timeout well past the grace a lost
+// reply is given, and hands back its error.
+func inBackground(t *testing.T, send func(context.Context) error) <-chan error {
 	t.Helper()
 	done := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 		defer cancel()
-		done <- natsx.Request(ctx, nc, subject, wrapperspb.String("x"), nil)
+		done <- send(ctx)
 	}()
 	return done
 }
 
-// interrupted is a request its service has received when the requester's
-// connection drops (it comes back by itself after its reconnect wait, 1 s
-// and a jitter); answer has the service reply.
-func interrupted(t *testing.T) (nc *nats.Conn, done <-chan error, answer chan<- struct{}) {
+// request sends a request to subject on nc in the background.
+func request(t *testing.T, nc *nats.Conn, subject string) <-chan error {
+	return inBackground(t, func(ctx context.Context) error {
+		return natsx.Request(ctx, nc, subject, wrapperspb.String("x"), nil)
+	})
+}
+
+// interrupted is a request (sent by send, in the background) its service
+// has received when the requester's connection drops (it comes back by
+// itself after its reconnect wait, 1 s and a jitter); answer has the
+// service reply.
+func interrupted(t *testing.T, send func(*testing.T, *nats.Conn, string) <-chan error) (nc *nats.Conn, done <-chan error, answer chan<- struct{}) {
 	t.Helper()
 	subject, came, answer := held(t)
 	nc = connect(t)
-	done = request(t, nc, subject)
+	done = send(t, nc, subject)
 	<-came
 	testkit.DropConnection(t, srv, nc)
 	return nc, done, answer
@@ -63,7 +71,7 @@ func interrupted(t *testing.T) (nc *nats.Conn, done <-chan error, answer chan<- 
 // rather than waiting out its 30 s timeout for a reply that cannot come.
 func TestARequestWhoseReplyWasLostFailsOnceTheConnectionIsBack(t *testing.T) {
 	t.Parallel()
-	nc, done, answer := interrupted(t)
+	nc, done, answer := interrupted(t, request)
 	close(answer) // to no one: the requester is away
 	start := time.Now()
 	err := <-done
@@ -80,7 +88,7 @@ func TestARequestWhoseReplyWasLostFailsOnceTheConnectionIsBack(t *testing.T) {
 // service sends once the requester is back (within the grace).
 func TestARequestAnsweredAfterItsConnectionCameBackGetsTheReply(t *testing.T) {
 	t.Parallel()
-	nc, done, answer := interrupted(t)
+	nc, done, answer := interrupted(t, request)
 	testkit.WaitFor(t, 10*time.Second, "the client to reconnect", func() bool { return nc.Status() == nats.CONNECTED })
 	// The server has the client's subscriptions again once it answers a ping.
 	if err := nc.Flush(); err != nil {
@@ -115,23 +123,19 @@ func TestARequestMadeWhileDisconnectedIsNotCutShort(t *testing.T) {
 // that holds the publish, so the acknowledgement comes when the test says.)
 func TestAPublishWhoseAckWasLostFailsOnceTheConnectionIsBack(t *testing.T) {
 	t.Parallel()
-	subject, came, answer := held(t)
-	nc := connect(t)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-		defer cancel()
-		done <- natsx.Bounded(ctx, nc, func(ctx context.Context) error {
-			_, err := js.Publish(ctx, subject, []byte("audit"))
-			return err
+	publish := func(t *testing.T, nc *nats.Conn, subject string) <-chan error {
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return inBackground(t, func(ctx context.Context) error {
+			return natsx.Bounded(ctx, nc, func(ctx context.Context) error {
+				_, err := js.Publish(ctx, subject, []byte("audit"))
+				return err
+			})
 		})
-	}()
-	<-came
-	testkit.DropConnection(t, srv, nc)
+	}
+	_, done, answer := interrupted(t, publish)
 	close(answer)
 	if err := <-done; !errors.Is(err, natsx.ErrConnectionLost) {
 		t.Fatalf("publish error = %v, want ErrConnectionLost", err)

@@ -118,6 +118,14 @@ func (b *browser) shot(name string) {
 	}
 }
 
+// logIn logs in as the admin from the console's front page.
+func (b *browser) logIn() {
+	b.t.Helper()
+	b.do("log in", chromedp.Navigate(b.base+"/"), chromedp.WaitVisible(chromedp.CSS("#username")),
+		fill(map[string]string{"#username": adminUser, "#password": adminPass}),
+		submit("form[action='/login'] button[type=submit]"), chromedp.WaitVisible(chromedp.CSS("nav a[href='/users']")))
+}
+
 // submit clicks what sends a form (or follows a link) and waits for the
 // page it leads to.
 func submit(sel string) chromedp.Action[chromedp.Void] {
@@ -290,9 +298,7 @@ func TestConsoleAdminInBrowser(t *testing.T) {
 	e := newEnv(t, false)
 	b := newBrowser(t, e.base)
 
-	b.do("log in", chromedp.Navigate(e.base+"/"), chromedp.WaitVisible(chromedp.CSS("#username")),
-		fill(map[string]string{"#username": adminUser, "#password": adminPass}),
-		submit("form[action='/login'] button[type=submit]"), chromedp.WaitVisible(chromedp.CSS("nav a[href='/users']")))
+	b.logIn()
 	if who := b.text(".who"); !strings.Contains(who, adminUser) || !strings.Contains(who, "admin") {
 		t.Fatalf("the header names %q", who)
 	}
@@ -371,9 +377,7 @@ func TestTheLogViewerKeepsItsLinesWhenItsStreamBreaks(t *testing.T) {
 
 	front, follows := testkit.BreakingProxy(t, e.base, "/api/v1/instances/"+id+"/logs")
 	b := newBrowser(t, front)
-	b.do("log in", chromedp.Navigate(front+"/"), chromedp.WaitVisible(chromedp.CSS("#username")),
-		fill(map[string]string{"#username": adminUser, "#password": adminPass}),
-		submit("form[action='/login'] button[type=submit]"), chromedp.WaitVisible(chromedp.CSS("nav a[href='/users']")))
+	b.logIn()
 	lines := "[...document.querySelectorAll('#log-lines li .txt')].map(l => l.textContent).join(',')"
 	// The page comes with the newest lines; its follow starts with them
 	// again, in their place, and breaks after the first; the browser
