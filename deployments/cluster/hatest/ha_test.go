@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -134,7 +135,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 		if i > 0 {
 			api.waitAllRunning(t, ids, 3*time.Minute) // a steady start for each fault
 		}
-		t.Logf("fault: %s", f.name)
+		t.Logf("fault: %s (leaders before: %s)", f.name, api.clusterView(t).leaders())
 		before := c.status(t)
 		start := time.Now()
 		recover := f.inject(t, c)
@@ -155,6 +156,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 		fig.APIUnavailableSeconds, fig.FailedWrites = w.outage(start, time.Now())
 		fig.AgentsLost, fig.AgentsBackSeconds = api.agentsReconnected(t, ids, start)
 		t.Logf("figures: %+v", fig)
+		w.logSlowOrFailed(t, start)
 		report = append(report, fig)
 		c.checkOneVMPerInstance(t, api, ids)
 	}
@@ -189,7 +191,7 @@ func (c *cluster) removeAndAddBack(t *testing.T, api *client, w *writer, ids []s
 	t.Helper()
 	api.waitAllRunning(t, ids, 3*time.Minute)
 	fig := figures{Fault: "host lost for good: removed (managers, NATS server), then added back"}
-	t.Logf("fault: %s", fig.Fault)
+	t.Logf("fault: %s (leaders before: %s)", fig.Fault, api.clusterView(t).leaders())
 	start := time.Now()
 	c.run(t, "remove", host)
 	cl := api.clusterView(t)
@@ -239,6 +241,7 @@ func (c *cluster) removeAndAddBack(t *testing.T, api *client, w *writer, ids []s
 	fig.APIUnavailableSeconds, fig.FailedWrites = w.outage(start, time.Now())
 	fig.AgentsLost, fig.AgentsBackSeconds = api.agentsReconnected(t, ids, start)
 	t.Logf("figures: %+v", fig)
+	w.logSlowOrFailed(t, start)
 	c.checkOneVMPerInstance(t, api, ids)
 	return fig
 }
@@ -483,6 +486,13 @@ func (c *cluster) login(t *testing.T) *client {
 }
 
 func (a *client) do(method, path string, body any) (int, []byte) {
+	code, _, b := a.doAt(method, path, body)
+	return code, b
+}
+
+// doAt is do that also says which gateway HAProxy sent the request to (the
+// server its cookie names; "" when HAProxy answered itself).
+func (a *client) doAt(method, path string, body any) (code int, gateway string, _ []byte) {
 	var r io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
@@ -490,18 +500,23 @@ func (a *client) do(method, path string, body any) (int, []byte) {
 	}
 	req, err := http.NewRequestWithContext(context.Background(), method, a.base+path, r)
 	if err != nil {
-		return 0, []byte(err.Error())
+		return 0, "", []byte(err.Error())
 	}
 	if a.token != "" {
 		req.Header.Set("Authorization", "Bearer "+a.token)
 	}
 	resp, err := a.http.Do(req)
 	if err != nil {
-		return 0, []byte(err.Error())
+		return 0, "", []byte(err.Error())
 	}
 	defer resp.Body.Close()
+	for _, c := range resp.Cookies() {
+		if c.Name == "FLOTILLA_GATEWAY" {
+			gateway = c.Value
+		}
+	}
 	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, b
+	return resp.StatusCode, gateway, b
 }
 
 func (a *client) mustDo(t *testing.T, method, path string, body any, want int) []byte {
@@ -661,6 +676,30 @@ type clusterView struct {
 	}
 }
 
+// leaders says which host leads what: the PostgreSQL leader, the
+// JetStream meta leader, and each stream's leader.
+func (cl clusterView) leaders() string {
+	var b strings.Builder
+	for _, d := range cl.Databases {
+		if d.Role == "leader" {
+			fmt.Fprintf(&b, "PostgreSQL %s; ", d.Name)
+		}
+	}
+	for _, br := range cl.Brokers {
+		if br.MetaLeader {
+			fmt.Fprintf(&b, "JetStream meta %s; ", br.Name)
+		}
+	}
+	byHost := map[string][]string{}
+	for _, s := range cl.Streams {
+		byHost[s.Leader] = append(byHost[s.Leader], s.Name)
+	}
+	for _, h := range slices.Sorted(maps.Keys(byHost)) {
+		fmt.Fprintf(&b, "%s leads %s; ", h, strings.Join(byHost[h], " "))
+	}
+	return strings.TrimSuffix(b.String(), "; ")
+}
+
 type replicaView struct {
 	Name    string
 	Current bool
@@ -758,8 +797,15 @@ func (a *client) checkTicks(t *testing.T, id string, final bool) bool {
 // --- the writer ----------------------------------------------------------------------------
 
 type write struct {
-	at time.Time
-	ok bool
+	at   time.Time
+	took time.Duration
+	ok   bool
+	// What came back: the status (0 when no answer), the gateway HAProxy
+	// chose (its cookie; none when HAProxy answered itself), and the start
+	// of the body or the error.
+	code    int
+	gateway string
+	said    string
 }
 
 type writer struct {
@@ -784,11 +830,13 @@ func startWriter(t *testing.T, api *client) *writer {
 				return
 			case <-tick.C:
 			}
-			code, body := api.do("POST", "/networks", map[string]any{"name": fmt.Sprintf("w-%06d", n), "provider": "local", "httpsStrategy": "none"})
+			sent := time.Now()
+			code, gateway, body := api.doAt("POST", "/networks", map[string]any{"name": fmt.Sprintf("w-%06d", n), "provider": "local", "httpsStrategy": "none"})
 			var v struct{ ID string }
 			ok := code == http.StatusOK && json.Unmarshal(body, &v) == nil && v.ID != ""
 			w.mu.Lock()
-			w.writes = append(w.writes, write{at: time.Now(), ok: ok})
+			w.writes = append(w.writes, write{at: time.Now(), took: time.Since(sent), ok: ok, code: code, gateway: gateway,
+				said: string(body[:min(len(body), 160)])})
 			if ok {
 				w.acked = append(w.acked, v.ID)
 			}
@@ -829,6 +877,34 @@ func (w *writer) outage(from, to time.Time) (float64, int) {
 		return 0, 0
 	}
 	return longest.Seconds(), failed
+}
+
+// logSlowOrFailed logs the writes since the fault's start that failed or
+// were slow (the first 40).
+func (w *writer) logSlowOrFailed(t *testing.T, start time.Time) {
+	t.Helper()
+	notes := w.slowOrFailed(start, time.Now())
+	if len(notes) == 0 {
+		return
+	}
+	t.Logf("%d writes failed or took over a second:\n%s", len(notes), strings.Join(notes[:min(len(notes), 40)], "\n"))
+}
+
+// slowOrFailed describes the writes within [from, to] that failed or took
+// over a second, when each was sent (from from) and what came back: what
+// a fault's figures come down to, in the test's log.
+func (w *writer) slowOrFailed(from, to time.Time) []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []string
+	for _, wr := range w.writes {
+		if wr.at.Before(from) || wr.at.After(to) || (wr.ok && wr.took < time.Second) {
+			continue
+		}
+		out = append(out, fmt.Sprintf("sent at +%.1f s, %s after: %d from %q %q",
+			wr.at.Add(-wr.took).Sub(from).Seconds(), wr.took.Round(10*time.Millisecond), wr.code, wr.gateway, wr.said))
+	}
+	return out
 }
 
 func (w *writer) stop() []string {
