@@ -11,9 +11,9 @@ import (
 
 // TestAFollowGoesOnAfterItsStreamBreaks: `flotilla events -f` whose stream
 // breaks (the proxy in front of the API cuts the first one after its first
-// event) says so, follows again after the last event it printed, and
-// prints every event once: none lost, none twice; a refusal (the session
-// ended) ends it.
+// event, and answers the next 503, as a load balancer with no gateway up)
+// says so, follows again after the last event it printed, and prints every
+// event once: none lost, none twice; a refusal (the session ended) ends it.
 func TestAFollowGoesOnAfterItsStreamBreaks(t *testing.T) {
 	t.Parallel()
 	dir := dataDir(t)
@@ -21,7 +21,7 @@ func TestAFollowGoesOnAfterItsStreamBreaks(t *testing.T) {
 	if out, err := admin(dir, "admin", "S3cret-pass"); err != nil {
 		t.Fatalf("initial-setup: %v\n%s", err, out)
 	}
-	front, follows := testkit.BreakingProxy(t, up.url(""), "/api/v1/events")
+	front, follows := testkit.BreakingProxy(t, up.url(""), "/api/v1/events", 1)
 
 	c := newCLI(t)
 	if out, errOut, err := c.run("S3cret-pass\n", nil, "login", "--server", front, "--username", "admin", "--password-stdin"); err != nil {
@@ -45,8 +45,8 @@ func TestAFollowGoesOnAfterItsStreamBreaks(t *testing.T) {
 			}
 		}
 	}
-	waitFor("the first event, then a second follow", func() bool {
-		return strings.Contains(out.String(), "net-1") && follows.Load() >= 2
+	waitFor("the first event, then a refused follow and a third", func() bool {
+		return strings.Contains(out.String(), "net-1") && follows.Load() >= 3
 	})
 	for _, name := range []string{"net-2", "net-3"} {
 		c.okIn("name: "+name+"\nprovider: local\nhttpsStrategy: none\n", "networks", "create", "-f", "-")

@@ -7,6 +7,8 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 )
@@ -14,10 +16,12 @@ import (
 // BreakingProxy stands in front of the HTTP server at target and breaks
 // the first follow of path (a request for it with follow=true) after its
 // first whole server-sent event, as a gateway that dies or a proxy that
-// drops the connection would; every other request, and every later
-// follow, goes through whole. It returns the proxy's URL and counts the
-// follows of path it saw. It closes when tb ends.
-func BreakingProxy(tb testing.TB, target, path string) (string, *atomic.Int32) {
+// drops the connection would; the next refusals follows of path are
+// answered 503 by the proxy itself, as HAProxy does while no gateway is up.
+// Every other request, and every later follow, goes through whole. It
+// returns the proxy's URL and counts the follows of path it saw. It closes
+// when tb ends.
+func BreakingProxy(tb testing.TB, target, path string, refusals int) (string, *atomic.Int32) {
 	tb.Helper()
 	u, err := url.Parse(target)
 	if err != nil {
@@ -27,8 +31,18 @@ func BreakingProxy(tb testing.TB, target, path string) (string, *atomic.Int32) {
 	proxy := httputil.NewSingleHostReverseProxy(u)
 	proxy.FlushInterval = -1
 	proxy.ModifyResponse = func(resp *http.Response) error {
-		if resp.Request.URL.Path == path && resp.Request.URL.Query().Get("follow") == "true" && follows.Add(1) == 1 {
+		if resp.Request.URL.Path != path || resp.Request.URL.Query().Get("follow") != "true" {
+			return nil
+		}
+		switch n := int(follows.Add(1)); {
+		case n == 1:
 			resp.Body = &breakAfterFirstEvent{body: resp.Body}
+		case n <= 1+refusals:
+			_ = resp.Body.Close()
+			const page = "<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n</body></html>\n"
+			resp.StatusCode, resp.Status = http.StatusServiceUnavailable, "503 Service Unavailable"
+			resp.Header = http.Header{"Content-Type": {"text/html"}, "Content-Length": {strconv.Itoa(len(page))}}
+			resp.Body, resp.ContentLength = io.NopCloser(strings.NewReader(page)), int64(len(page))
 		}
 		return nil
 	}

@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
 	"os"
@@ -365,6 +366,23 @@ func TestConsoleAdminInBrowser(t *testing.T) {
 // coming.
 func TestTheLogViewerKeepsItsLinesWhenItsStreamBreaks(t *testing.T) {
 	t.Parallel()
+	logViewerAcrossABreak(t, 0)
+}
+
+// TestTheLogViewerFollowsAgainWhenItsReconnectIsRefused: as above, but the
+// browser's own reconnect is answered 503 (no gateway up behind the load
+// balancer), after which an EventSource gives up for good; the viewer
+// opens its follow again, resuming after the last line it got.
+func TestTheLogViewerFollowsAgainWhenItsReconnectIsRefused(t *testing.T) {
+	t.Parallel()
+	logViewerAcrossABreak(t, 1)
+}
+
+// logViewerAcrossABreak shows an instance's log lines 1–3 in the console
+// through a proxy that breaks the viewer's follow after its first line
+// and refuses the next refusals follows, then stores line 4: the viewer
+// must show each line once, in order.
+func logViewerAcrossABreak(t *testing.T, refusals int) {
 	e := newEnv(t, false)
 	e.login(adminUser, adminPass)
 	netID, tplID := e.networkAndTemplate()
@@ -375,20 +393,22 @@ func TestTheLogViewerKeepsItsLinesWhenItsStreamBreaks(t *testing.T) {
 	agentgw := e.bus.Conn(t, subjects.AgentGW)
 	testkit.StoreAgentLogs(t, agentgw, id, 1, 3)
 
-	front, follows := testkit.BreakingProxy(t, e.base, "/api/v1/instances/"+id+"/logs")
+	front, follows := testkit.BreakingProxy(t, e.base, "/api/v1/instances/"+id+"/logs", refusals)
 	b := newBrowser(t, front)
 	b.logIn()
 	lines := "[...document.querySelectorAll('#log-lines li .txt')].map(l => l.textContent).join(',')"
 	// The page comes with the newest lines; its follow starts with them
 	// again, in their place, and breaks after the first; the browser
-	// follows again after it (in about 3 s).
+	// follows again after it (in about 3 s), and the viewer after a
+	// refusal (in 1 s, then 2).
+	want := int32(2 + refusals)
 	b.do("the instance page", chromedp.Navigate(front+"/instances/"+id), chromedp.WaitVisible(chromedp.CSS("#log-lines")))
-	testkit.WaitFor(t, 20*time.Second, "the viewer to follow again", func() bool { return follows.Load() == 2 })
+	testkit.WaitFor(t, 20*time.Second, "the viewer to follow again", func() bool { return follows.Load() == want })
 	b.waitFor("the lines after the stream broke", lines+" === 'line 1,line 2,line 3'", 20*time.Second)
 	testkit.StoreAgentLogs(t, agentgw, id, 4, 4)
 	b.waitFor("a new line", lines+" === 'line 1,line 2,line 3,line 4'", 20*time.Second)
-	if n := follows.Load(); n != 2 {
-		t.Errorf("the viewer opened %d follows, want 2: the one broken after its first line, and the one resuming after it", n)
+	if n := follows.Load(); n != want {
+		t.Errorf("the viewer opened %d follows, want %d: the one broken after its first line, %d refused, and the one resuming after it", n, want, refusals)
 	}
-	b.shot("log-viewer-resumed")
+	b.shot(fmt.Sprintf("log-viewer-resumed-%d", refusals))
 }

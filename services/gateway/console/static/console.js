@@ -45,36 +45,74 @@
   // --- Event streams. A browser allows few connections to a host, so every
   // stream is closed when the page goes away (a page kept for Back would
   // otherwise hold its streams open and starve the next page's requests),
-  // and a page shown again from that cache is loaded afresh. ---
+  // and a page shown again from that cache is loaded afresh.
+  // The browser reconnects an EventSource by itself when its connection
+  // breaks, resuming after the last event (Last-Event-ID), but gives up for
+  // good when a reconnect is answered with an error status: a load balancer's
+  // 503 while no gateway is up, say. A stream that gave up is opened again
+  // after a pause (1 s, twice as long each time up to 30 s), resuming after
+  // the last event received (its id as lastEventId in the URL: the events
+  // and the logs follows both take it). ---
   var streams = [];
-  function openStream(url) {
-    var es = new EventSource(url);
-    streams.push(es);
-    return es;
+  function openStream(url, on) {
+    var s = { es: null, last: "", timer: null, closed: false };
+    var wait = 1000;
+    var connect = function () {
+      var u = url;
+      if (s.last) { u += (u.indexOf("?") < 0 ? "?" : "&") + "lastEventId=" + encodeURIComponent(s.last); }
+      var es = s.es = new EventSource(u);
+      es.addEventListener("open", function () {
+        wait = 1000;
+        if (on.open) { on.open(); }
+      });
+      es.addEventListener("error", function () {
+        if (on.error) { on.error(); }
+        if (es.readyState === EventSource.CLOSED && !s.closed) {
+          s.timer = setTimeout(connect, wait);
+          wait = Math.min(2 * wait, 30000);
+        }
+      });
+      Object.keys(on.events).forEach(function (name) {
+        es.addEventListener(name, function (m) {
+          if (m.lastEventId) { s.last = m.lastEventId; }
+          on.events[name](m);
+        });
+      });
+    };
+    s.close = function () {
+      s.closed = true;
+      clearTimeout(s.timer);
+      if (s.es) { s.es.close(); }
+    };
+    connect();
+    streams.push(s);
+    return s;
   }
   window.addEventListener("pagehide", function () {
-    streams.forEach(function (es) { es.close(); });
+    streams.forEach(function (s) { s.close(); });
     streams = [];
   });
   window.addEventListener("pageshow", function (e) {
     if (e.persisted) { location.reload(); }
   });
 
-  // --- A live feed: an EventSource on an API stream, with its status shown. ---
+  // --- A live feed: a stream of the API's events, with its status shown. ---
   function feed(url, name, onMessage, onOpen) {
     var status = $$("[data-live-status]");
     var set = function (text, cls) {
       status.forEach(function (el) { el.textContent = text; el.className = "live " + (cls || ""); });
     };
-    var es = openStream(url);
-    es.addEventListener("open", function () { set("live", "on"); if (onOpen) { onOpen(); } });
-    es.addEventListener("error", function () { set("reconnecting…", "off"); });
-    es.addEventListener(name, function (m) {
+    var events = {};
+    events[name] = function (m) {
       var data;
       try { data = JSON.parse(m.data); } catch (e) { return; }
       onMessage(data);
+    };
+    openStream(url, {
+      open: function () { set("live", "on"); if (onOpen) { onOpen(); } },
+      error: function () { set("reconnecting…", "off"); },
+      events: events
     });
-    return es;
   }
 
   function verbOf(ev) { var i = (ev.type || "").indexOf("."); return i < 0 ? ev.type : ev.type.slice(i + 1); }
@@ -315,31 +353,34 @@
       while (list.children.length > max) { list.removeChild(list.firstChild); }
     };
     var opened = false;
-    var es = openStream(box.getAttribute("data-src"));
-    es.addEventListener("open", function () {
-      // The follow starts with the newest lines, which take the place of
-      // those the page came with. A reconnected follow resumes after the
-      // last line received (the browser sends its id, Last-Event-ID): the
-      // lines shown stay.
-      if (!opened) {
-        list.textContent = "";
-        opened = true;
+    openStream(box.getAttribute("data-src"), {
+      open: function () {
+        // The follow starts with the newest lines, which take the place of
+        // those the page came with. A follow opened again resumes after the
+        // last line received (its cursor: Last-Event-ID, or lastEventId in
+        // the URL): the lines shown stay.
+        if (!opened) {
+          list.textContent = "";
+          opened = true;
+        }
+        setStatus(paused ? "paused" : "live");
+      },
+      error: function () { setStatus("reconnecting…"); },
+      events: {
+        log: function (m) {
+          var line;
+          try { line = JSON.parse(m.data); } catch (e) { return; }
+          if (paused) {
+            held.push(line);
+            if (held.length > max) { held.shift(); }
+            setStatus("paused: " + held.length + " new line" + (held.length === 1 ? "" : "s"));
+            return;
+          }
+          show(line);
+          count();
+          scroll();
+        }
       }
-      setStatus(paused ? "paused" : "live");
-    });
-    es.addEventListener("error", function () { setStatus("reconnecting…"); });
-    es.addEventListener("log", function (m) {
-      var line;
-      try { line = JSON.parse(m.data); } catch (e) { return; }
-      if (paused) {
-        held.push(line);
-        if (held.length > max) { held.shift(); }
-        setStatus("paused: " + held.length + " new line" + (held.length === 1 ? "" : "s"));
-        return;
-      }
-      show(line);
-      count();
-      scroll();
     });
     pauseBtn.addEventListener("click", function () {
       paused = !paused;
