@@ -817,11 +817,16 @@ type writer struct {
 }
 
 // startWriter creates a network every writeInterval through HAProxy, each
-// with its own name, and records what was acknowledged.
+// with its own name, and records what was acknowledged. Each write is sent
+// at its time, whether or not the ones before were answered: a request held
+// by a gateway that was cut off does not keep the writes after it from
+// telling whether the API answers.
 func startWriter(t *testing.T, api *client) *writer {
 	w := &writer{stopc: make(chan struct{}), done: make(chan struct{})}
 	go func() {
+		var inFlight sync.WaitGroup
 		defer close(w.done)
+		defer inFlight.Wait()
 		tick := time.NewTicker(writeInterval)
 		defer tick.Stop()
 		for n := 0; ; n++ {
@@ -830,17 +835,19 @@ func startWriter(t *testing.T, api *client) *writer {
 				return
 			case <-tick.C:
 			}
-			sent := time.Now()
-			code, gateway, body := api.doAt("POST", "/networks", map[string]any{"name": fmt.Sprintf("w-%06d", n), "provider": "local", "httpsStrategy": "none"})
-			var v struct{ ID string }
-			ok := code == http.StatusOK && json.Unmarshal(body, &v) == nil && v.ID != ""
-			w.mu.Lock()
-			w.writes = append(w.writes, write{at: time.Now(), took: time.Since(sent), ok: ok, code: code, gateway: gateway,
-				said: string(body[:min(len(body), 160)])})
-			if ok {
-				w.acked = append(w.acked, v.ID)
-			}
-			w.mu.Unlock()
+			inFlight.Go(func() {
+				sent := time.Now()
+				code, gateway, body := api.doAt("POST", "/networks", map[string]any{"name": fmt.Sprintf("w-%06d", n), "provider": "local", "httpsStrategy": "none"})
+				var v struct{ ID string }
+				ok := code == http.StatusOK && json.Unmarshal(body, &v) == nil && v.ID != ""
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				w.writes = append(w.writes, write{at: time.Now(), took: time.Since(sent), ok: ok, code: code, gateway: gateway,
+					said: string(body[:min(len(body), 160)])})
+				if ok {
+					w.acked = append(w.acked, v.ID)
+				}
+			})
 		}
 	}()
 	t.Cleanup(func() {
