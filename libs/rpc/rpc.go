@@ -43,6 +43,8 @@ type Service struct {
 	tp          trace.TracerProvider
 	concurrency int
 	inflight    sync.WaitGroup
+	// ready is the service's readiness check (New's), nil if it has none.
+	ready func(context.Context) error
 }
 
 // DefaultConcurrency is how many requests each endpoint serves at once
@@ -81,7 +83,7 @@ func New(nc *nats.Conn, name, version, description string, log *slog.Logger, tp 
 	if err != nil {
 		return nil, fmt.Errorf("add %s service: %w", name, err)
 	}
-	s := &Service{nc: nc, name: name, svc: svc, log: log, tp: tp, concurrency: DefaultConcurrency}
+	s := &Service{nc: nc, name: name, svc: svc, log: log, tp: tp, concurrency: DefaultConcurrency, ready: ready}
 	for _, o := range opts {
 		o(s)
 	}
@@ -108,10 +110,43 @@ func Handle[Req, Resp proto.Message](s *Service, ep endpoints.Endpoint[Req, Resp
 		return fmt.Errorf("rpc: %s cannot serve %s.%s (%s)", s.name, info.Service, info.Name, info.Subject)
 	}
 	name := strings.ReplaceAll(info.Name, ".", "_")
+	if s.ready != nil {
+		f = unavailableWhileNotReady(s, f)
+	}
 	if err := s.svc.AddEndpoint(name, s.pooled(handler(s.tp, s.log, s.name, ep, f)), micro.WithEndpointSubject(info.ServeSubject())); err != nil {
 		return fmt.Errorf("add endpoint %s: %w", info.Subject, err)
 	}
 	return flush(s.nc, s.name)
+}
+
+// readyCheckTimeout bounds the readiness check made after a request failed.
+const readyCheckTimeout = 2 * time.Second
+
+// unavailableWhileNotReady answers an internal error of f as unavailable
+// when the service is not ready just then (its readiness check fails: its
+// database unreachable while PostgreSQL fails over, say): the error came
+// from that, and the caller may try again shortly, rather than take it for
+// a fault in Flotilla. A request that changes something may or may not have
+// done so: the error says it. The cause is logged as a warning.
+func unavailableWhileNotReady[Req, Resp proto.Message](s *Service, f Func[Req, Resp]) Func[Req, Resp] {
+	return func(ctx context.Context, actor vocab.Actor, req Req) (Resp, error) {
+		resp, err := f(ctx, actor, req)
+		if err == nil || apierr.KindOf(err) != apierr.KindInternal {
+			return resp, err
+		}
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), readyCheckTimeout)
+		defer cancel()
+		rerr := s.ready(rctx)
+		if rerr == nil {
+			return resp, err
+		}
+		s.log.WarnContext(ctx, "a request failed while the service was not ready; answered unavailable",
+			"service", s.name, "error", err, "not_ready", rerr)
+		e := apierr.Unavailable("the %s service is not ready just now (GET /api/v1/status says why): "+
+			"try again shortly; a change asked for may or may not have been made", s.name)
+		e.Err = err
+		return resp, e
+	}
 }
 
 // Stop stops taking requests and waits for the requests in flight.

@@ -185,6 +185,54 @@ func TestPingAnswersWhenReady(t *testing.T) {
 	}
 }
 
+// TestAnInternalErrorWhileNotReadyIsUnavailable: a request that fails
+// with an internal error while its service is not ready (its database
+// unreachable) is answered unavailable, try again, without the cause; the
+// same error while it is ready stays internal, and an error the service
+// chose keeps its kind either way.
+func TestAnInternalErrorWhileNotReadyIsUnavailable(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	ready := atomic.Bool{}
+	s, err := rpc.New(testkit.NATSConn(t, ns), subjects.Inventory, "1.0.0", "test inventory", slog.New(slog.DiscardHandler), noop.NewTracerProvider(),
+		func(context.Context) error {
+			if !ready.Load() {
+				return errors.New("failed to connect to `user=flotilla_inventory database=flotilla`: 10.0.0.7:5432: server closed the connection unexpectedly")
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop() })
+	err = rpc.Handle(s, endpoints.NetworkUpdate, func(_ context.Context, _ vocab.Actor, r *inventoryv1.UpdateNetworkRequest) (*inventoryv1.Network, error) {
+		if r.GetNetwork().GetName() == "stale" {
+			return nil, apierr.Conflict(apierr.ReasonVersionMismatch, "network %q is at version 3, not 2", "stale")
+		}
+		return nil, errors.New("commit: failed to receive message: unexpected EOF")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Gateway, 0)
+	update := func(name string) error {
+		_, err := rpc.Call(t.Context(), gw, endpoints.NetworkUpdate, &inventoryv1.UpdateNetworkRequest{Network: &inventoryv1.Network{Name: name}})
+		return err
+	}
+	err = update("write")
+	if !apierr.Is(err, apierr.KindUnavailable) || !strings.Contains(err.Error(), "try again") ||
+		strings.Contains(err.Error(), "EOF") || strings.Contains(err.Error(), "10.0.0.7") {
+		t.Errorf("a write failing while not ready: %v; want unavailable, try again, no cause", err)
+	}
+	if err := update("stale"); !apierr.Is(err, apierr.KindConflict) {
+		t.Errorf("a conflict while not ready: %v; want the conflict", err)
+	}
+	ready.Store(true)
+	if err := update("write"); !apierr.Is(err, apierr.KindInternal) {
+		t.Errorf("a write failing while ready: %v; want an internal error", err)
+	}
+}
+
 func TestPerInstanceEndpointsReachOnlyTheirSubscriber(t *testing.T) {
 	t.Parallel()
 	ns := testkit.NATS(t)

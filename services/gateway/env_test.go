@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -43,6 +44,9 @@ type env struct {
 	bus      *testkit.Bus
 	spans    *tracetest.SpanRecorder
 	gw       *gateway.Gateway
+	// db is the proxy the services reach PostgreSQL through, with
+	// envOptions.dbProxy.
+	db *testkit.TCPProxy
 }
 
 type envOptions struct {
@@ -55,6 +59,9 @@ type envOptions struct {
 	// monitored serves the NATS server's monitoring endpoint
 	// (env.bus.MonitorURL) and gives it to the gateway.
 	monitored bool
+	// dbProxy has the services reach PostgreSQL through a proxy the test
+	// can cut (env.db).
+	dbProxy bool
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -67,7 +74,17 @@ func newEnv(t *testing.T, o envOptions) *env {
 		bus = testkit.SecureNATSMonitored(t)
 	}
 	dbURL := testkit.NewDatabase(t)
-	cfg := stacktest.OnBus(stack.Config{Version: "1.2.3", TracerProvider: tp, DatabaseURL: dbURL, InventoryOptions: o.appOptions}, bus)
+	servicesDB, db := dbURL, (*testkit.TCPProxy)(nil)
+	if o.dbProxy {
+		u, err := url.Parse(dbURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		db = testkit.NewTCPProxy(t, u.Host)
+		u.Host = db.Addr
+		servicesDB = u.String()
+	}
+	cfg := stacktest.OnBus(stack.Config{Version: "1.2.3", TracerProvider: tp, DatabaseURL: servicesDB, InventoryOptions: o.appOptions}, bus)
 	if o.monitored {
 		cfg.NATSMonitorURLs = []string{bus.MonitorURL}
 	}
@@ -87,7 +104,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		t.Fatal(err)
 	}
 	// The test reads the streams as an operator's tools would.
-	e := &env{t: t, base: "http://" + st.HTTPAddr, grpcAddr: st.GRPCAddr, pool: pool, nc: bus.Conn(t, busauth.Observer), bus: bus, spans: spans, gw: st.Gateway}
+	e := &env{t: t, base: "http://" + st.HTTPAddr, grpcAddr: st.GRPCAddr, pool: pool, nc: bus.Conn(t, busauth.Observer), bus: bus, spans: spans, gw: st.Gateway, db: db}
 	var login struct{ Token string }
 	if code := e.call("POST", "/api/v1/login", map[string]string{"username": adminUser, "password": adminPass}, &login, ""); code != 200 {
 		t.Fatalf("login: %d", code)

@@ -2,8 +2,10 @@ package gateway_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -12,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/libs/testkit"
 )
 
 // TestErrorsCarryAStableReason drives the API into each kind of refusal a
@@ -101,4 +104,36 @@ func TestErrorsCarryAStableReason(t *testing.T) {
 func fieldOf(r reply) string {
 	f, _ := r["field"].(string)
 	return f
+}
+
+// TestRequestsWhileTheDatabaseIsOutOfReachAreUnavailable: with PostgreSQL
+// out of reach (the services' way to it cut, as HAProxy's while PostgreSQL
+// fails over), a write and a read are answered 503 unavailable, try again
+// — not an internal error, which would say Flotilla is at fault — and once
+// it is back, writes go through again.
+func TestRequestsWhileTheDatabaseIsOutOfReachAreUnavailable(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{dbProxy: true})
+	network := func(name string) map[string]any {
+		return map[string]any{"name": name, "provider": "local", "httpsStrategy": "none"}
+	}
+	e.must(200, "POST", "/api/v1/networks", network("before"))
+	e.db.Cut()
+	for _, r := range []struct {
+		method, path string
+		body         any
+	}{{"POST", "/api/v1/networks", network("during")}, {"GET", "/api/v1/networks", nil}} {
+		out := reply{}
+		code := e.call(r.method, r.path, r.body, &out, "")
+		if msg, _ := out["message"].(string); code != 503 || out["reason"] != "unavailable" ||
+			!strings.Contains(msg, "inventory service is not ready") || !strings.Contains(msg, "try again") {
+			t.Errorf("%s %s with the database out of reach: %d %v; want 503, unavailable, try again", r.method, r.path, code, out)
+		}
+	}
+	e.db.Restore()
+	tries := 0
+	testkit.WaitFor(t, 20*time.Second, "writes to go through again", func() bool {
+		tries++
+		return e.call("POST", "/api/v1/networks", network(fmt.Sprintf("after-%d", tries)), nil, "") == 200
+	})
 }
