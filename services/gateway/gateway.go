@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -121,7 +122,10 @@ type Gateway struct {
 	// instances are the instances read lately (instances.go).
 	instances *instanceCache
 	status    *freshCache[*systemv1.Status]
-	cluster   *freshCache[*systemv1.Cluster]
+	// lastStatus is the status last checked ("ok", "degraded"), for
+	// noteStatus.
+	lastStatus atomic.Value
+	cluster    *freshCache[*systemv1.Cluster]
 	// overview is the fleet overview (fleet.go).
 	overview *overview.Overview
 	// web asks the NATS monitoring endpoints and Patroni.

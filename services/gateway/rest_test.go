@@ -3,9 +3,14 @@ package gateway_test
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
+
+	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/libs/testkit"
 )
 
 func TestStatusAnswersWithoutTokenAndReportsEveryService(t *testing.T) {
@@ -29,15 +34,33 @@ func TestStatusAnswersWithoutTokenAndReportsEveryService(t *testing.T) {
 	}
 }
 
+// TestStatusIsDegradedWhenAServiceIsMissing: with the provisioner missing
+// the status is degraded, answered 503 for a load balancer, and the gateway
+// says so in its log once, naming the service, however often it is asked.
 func TestStatusIsDegradedWhenAServiceIsMissing(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOptions{only: []string{"ca", "secrets", "agentgw"}})
-	st := reply{}
-	if code := e.call("GET", "/api/v1/status", nil, &st, "-"); code != 503 {
-		t.Fatalf("status code %d, want 503 for a load balancer: %v", code, st)
+	var logs testkit.Buffer
+	e := newEnv(t, envOptions{only: []string{"ca", "secrets", "agentgw"}, config: func(c *stack.Config) {
+		c.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	}})
+	for range 2 {
+		st := reply{}
+		if code := e.call("GET", "/api/v1/status", nil, &st, "-"); code != 503 {
+			t.Fatalf("status code %d, want 503 for a load balancer: %v", code, st)
+		}
+		if st["status"] != "degraded" || !strings.Contains(fmt.Sprint(st["components"]), "provisioner service is not available") {
+			t.Fatalf("status %v", st)
+		}
+		time.Sleep(1100 * time.Millisecond) // past the status kept for a second: pinged again
 	}
-	if st["status"] != "degraded" || !strings.Contains(fmt.Sprint(st["components"]), "provisioner service is not available") {
-		t.Fatalf("status %v", st)
+	var said []string
+	for l := range strings.Lines(logs.String()) {
+		if strings.Contains(l, "status degraded") {
+			said = append(said, l)
+		}
+	}
+	if len(said) != 1 || !strings.Contains(said[0], "provisioner: ") || strings.Contains(said[0], "inventory: ") {
+		t.Fatalf("the gateway logged %q; want one warning naming the provisioner, and only it", said)
 	}
 }
 

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"strings"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -300,13 +301,32 @@ func (g *Gateway) checkStatus(ctx context.Context) *systemv1.Status {
 		})
 	}
 	wg.Wait()
+	var down []string
 	for _, c := range comps {
 		if c.Status != "ok" {
 			st.Status = "degraded"
+			down = append(down, c.Name+": "+c.Message)
 		}
 	}
 	st.Components = comps
+	g.noteStatus(ctx, st.Status, down)
 	return st
+}
+
+// noteStatus logs the gateway's status when it changes: a warning naming
+// the services that did not answer when it turns degraded (a load balancer
+// takes the gateway out on it, and says when; this says why), and a line
+// when it is ok again. A status that stays the same is not logged again.
+func (g *Gateway) noteStatus(ctx context.Context, status string, down []string) {
+	was, _ := g.lastStatus.Swap(status).(string)
+	switch {
+	case status == was, status == "ok" && was == "":
+	case status == "ok":
+		g.log.InfoContext(ctx, "status ok again: every service answers")
+	default:
+		g.log.WarnContext(ctx, "status "+status+": load balancers take this gateway out until every service answers",
+			"unavailable", strings.Join(down, "; "))
+	}
 }
 
 func registerGRPC(s *grpc.Server, g *Gateway) {
