@@ -676,13 +676,16 @@ type clusterView struct {
 	}
 }
 
-// leaders says which host leads what: the PostgreSQL leader, the
-// JetStream meta leader, and each stream's leader.
+// leaders says which host leads what: the PostgreSQL leader and its
+// synchronous standby (every commit waits for it), the JetStream meta
+// leader, and each stream's leader.
 func (cl clusterView) leaders() string {
 	var b strings.Builder
-	for _, d := range cl.Databases {
-		if d.Role == "leader" {
-			fmt.Fprintf(&b, "PostgreSQL %s; ", d.Name)
+	for _, role := range []string{"leader", "sync_standby"} {
+		for _, d := range cl.Databases {
+			if d.Role == role {
+				fmt.Fprintf(&b, "PostgreSQL %s %s; ", strings.ReplaceAll(role, "_", " "), d.Name)
+			}
 		}
 	}
 	for _, br := range cl.Brokers {
