@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/protobuf/proto"
@@ -160,14 +161,15 @@ func TestACallWhoseAnswerWasLostIsUnavailable(t *testing.T) {
 	}
 }
 
-func TestPingAnswersWhenReady(t *testing.T) {
-	t.Parallel()
-	ns := testkit.NATS(t)
-	ready := atomic.Bool{}
-	s, err := rpc.New(testkit.NATSConn(t, ns), subjects.CA, "2.0.0", "test ca", slog.New(slog.DiscardHandler), noop.NewTracerProvider(),
+// readiness starts service name (version 2.0.0) whose readiness check
+// fails saying notReady until the test sets the flag it returns.
+func readiness(t *testing.T, ns *server.Server, name, notReady string) (*rpc.Service, *atomic.Bool) {
+	t.Helper()
+	ready := &atomic.Bool{}
+	s, err := rpc.New(testkit.NATSConn(t, ns), name, "2.0.0", "test "+name, slog.New(slog.DiscardHandler), noop.NewTracerProvider(),
 		func(context.Context) error {
 			if !ready.Load() {
-				return errors.New("the CA certificate expired")
+				return errors.New(notReady)
 			}
 			return nil
 		})
@@ -175,6 +177,13 @@ func TestPingAnswersWhenReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Stop() })
+	return s, ready
+}
+
+func TestPingAnswersWhenReady(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	_, ready := readiness(t, ns, subjects.CA, "the CA certificate expired")
 	gw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Gateway, 0)
 	if _, err := rpc.Call(t.Context(), gw, endpoints.PingCA, &systemv1.PingRequest{}); !apierr.Is(err, apierr.KindUnavailable) || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("ping while not ready: %v", err)
@@ -193,19 +202,9 @@ func TestPingAnswersWhenReady(t *testing.T) {
 func TestAnInternalErrorWhileNotReadyIsUnavailable(t *testing.T) {
 	t.Parallel()
 	ns := testkit.NATS(t)
-	ready := atomic.Bool{}
-	s, err := rpc.New(testkit.NATSConn(t, ns), subjects.Inventory, "1.0.0", "test inventory", slog.New(slog.DiscardHandler), noop.NewTracerProvider(),
-		func(context.Context) error {
-			if !ready.Load() {
-				return errors.New("failed to connect to `user=flotilla_inventory database=flotilla`: 10.0.0.7:5432: server closed the connection unexpectedly")
-			}
-			return nil
-		})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Stop() })
-	err = rpc.Handle(s, endpoints.NetworkUpdate, func(_ context.Context, _ vocab.Actor, r *inventoryv1.UpdateNetworkRequest) (*inventoryv1.Network, error) {
+	s, ready := readiness(t, ns, subjects.Inventory,
+		"failed to connect to `user=flotilla_inventory database=flotilla`: 10.0.0.7:5432: server closed the connection unexpectedly")
+	err := rpc.Handle(s, endpoints.NetworkUpdate, func(_ context.Context, _ vocab.Actor, r *inventoryv1.UpdateNetworkRequest) (*inventoryv1.Network, error) {
 		if r.GetNetwork().GetName() == "stale" {
 			return nil, apierr.Conflict(apierr.ReasonVersionMismatch, "network %q is at version 3, not 2", "stale")
 		}
