@@ -274,6 +274,9 @@ type Stack struct {
 	cfg  Config
 	log  *slog.Logger
 	pool *pgxpool.Pool
+	// health answers the inventory's and the secret broker's readiness
+	// checks (pgstore.HealthPool).
+	health *pgxpool.Pool
 	// ownerPool migrates the schema while the services start; closed once
 	// they have.
 	ownerPool *pgxpool.Pool
@@ -347,6 +350,9 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 
 	if cfg.runs(subjects.Inventory) || cfg.runs(subjects.Secrets) {
 		if st.pool, err = pgstore.Open(ctx, cfg.DatabaseURL, cfg.TracerProvider, cfg.DatabaseWait, cfg.databaseConns()); err != nil {
+			return nil, err
+		}
+		if st.health, err = pgstore.HealthPool(ctx, st.pool); err != nil {
 			return nil, err
 		}
 		if super, err := pgstore.IsSuperuser(ctx, st.pool); err != nil {
@@ -487,7 +493,7 @@ type deps struct {
 
 func (d deps) inventory(ctx context.Context, nc *nats.Conn) (runner, error) {
 	c := d.cfg
-	s, err := inventory.New(ctx, inventory.Deps{Pool: d.st.pool, MigrationPool: d.st.ownerPool, NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider,
+	s, err := inventory.New(ctx, inventory.Deps{Pool: d.st.pool, MigrationPool: d.st.ownerPool, HealthPool: d.st.health, NATS: nc, Log: c.Log, TracerProvider: c.TracerProvider,
 		Version: c.Version, Concurrency: c.BusConcurrency, StreamReplicas: c.StreamReplicas, AgentStaleAfter: c.AgentStaleAfter,
 		AppOptions: append([]app.Option{app.WithReservedNames(c.agentServerNames(c.AgentAddr))}, c.InventoryOptions...)})
 	if err != nil {
@@ -522,7 +528,7 @@ func (d deps) secrets(ctx context.Context, nc *nats.Conn) (runner, error) {
 	if c.KMSAWS != nil {
 		kmsAccount = c.KMSAWS.CloudAccountID
 	}
-	s, err := secrets.New(ctx, secrets.Deps{Pool: d.st.pool, MigrationPool: d.st.ownerPool, NATS: nc, KMS: k, KMSCloudAccountID: kmsAccount, Log: c.Log, TracerProvider: c.TracerProvider,
+	s, err := secrets.New(ctx, secrets.Deps{Pool: d.st.pool, MigrationPool: d.st.ownerPool, HealthPool: d.st.health, NATS: nc, KMS: k, KMSCloudAccountID: kmsAccount, Log: c.Log, TracerProvider: c.TracerProvider,
 		Version: c.Version, Concurrency: c.BusConcurrency, StreamReplicas: c.StreamReplicas})
 	if err != nil {
 		return runner{}, err
@@ -714,6 +720,9 @@ func (st *Stack) close() {
 	}
 	if st.ownerPool != nil {
 		st.ownerPool.Close()
+	}
+	if st.health != nil {
+		st.health.Close()
 	}
 	if st.pool != nil {
 		st.pool.Close()

@@ -56,3 +56,20 @@ func Open(ctx context.Context, url string, tp trace.TracerProvider, wait time.Du
 		}
 	}
 }
+
+// HealthPool opens a pool of one connection with pool's settings, for a
+// service's readiness check: a ping through it tells whether PostgreSQL
+// answers even while every connection of pool is taken — commits waiting
+// for a synchronous standby that was cut off, a burst of slow requests —
+// when the service is busy, not down, and a load balancer should not take
+// every gateway out for it. The caller closes it.
+func HealthPool(ctx context.Context, pool *pgxpool.Pool) (*pgxpool.Pool, error) {
+	cfg := pool.Config()
+	cfg.MaxConns, cfg.MinConns = 1, 0
+	cfg.ConnConfig.RuntimeParams["application_name"] = "flotilla-health"
+	health, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("database health pool: %w", err)
+	}
+	return health, nil
+}

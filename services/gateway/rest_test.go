@@ -371,3 +371,52 @@ func TestInstanceMustFitItsNetwork(t *testing.T) {
 		t.Fatalf("sans: %v", in["ssl"])
 	}
 }
+
+// TestStatusStaysOkWhileEveryDatabaseConnectionIsBusy: requests that wait
+// in PostgreSQL (here on a lock the test holds; in a cluster, commits
+// waiting for a synchronous standby that was cut off) take every
+// connection of the services' pool; the status still answers ok, since
+// PostgreSQL does (the readiness pings have a connection of their own), so
+// a load balancer keeps every gateway rather than take them all out for a
+// wait that ends by itself; and once it ends the requests are answered.
+func TestStatusStaysOkWhileEveryDatabaseConnectionIsBusy(t *testing.T) {
+	t.Parallel()
+	// Each endpoint serves 2 requests at once, over a pool of 6.
+	e := newEnv(t, envOptions{config: func(c *stack.Config) { c.BusConcurrency = 2 }})
+	lock, err := e.pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback(t.Context())
+	if _, err := lock.Exec(t.Context(), "LOCK TABLE networks IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	codes := make(chan int, 12)
+	for i := range 4 {
+		go func() {
+			codes <- e.call("POST", "/api/v1/networks", map[string]any{"name": fmt.Sprintf("busy-%d", i), "provider": "local", "httpsStrategy": "none"}, nil, "")
+		}()
+		go func() { codes <- e.call("GET", "/api/v1/networks", nil, nil, "") }()
+		go func() { codes <- e.call("GET", "/api/v1/networks/00000000-0000-0000-0000-000000000000", nil, nil, "") }()
+	}
+	testkit.WaitFor(t, 10*time.Second, "six of the services' connections waiting on the lock", func() bool {
+		var n int
+		if err := e.pool.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND application_name = 'flotilla' AND wait_event_type = 'Lock'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n >= 6
+	})
+	st := reply{}
+	if code := e.call("GET", "/api/v1/status", nil, &st, "-"); code != 200 {
+		t.Errorf("status with every connection busy: %d %v; want 200", code, st)
+	}
+	if err := lock.Rollback(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for range 12 {
+		if code := <-codes; code != 200 && code != 404 {
+			t.Errorf("a request that waited on the lock: %d", code)
+		}
+	}
+}

@@ -37,7 +37,10 @@ type Deps struct {
 	Pool *pgxpool.Pool
 	// MigrationPool connects as the role that owns the schema, to migrate
 	// it and grant Pool's role the use of its rows; nil means Pool.
-	MigrationPool  *pgxpool.Pool
+	MigrationPool *pgxpool.Pool
+	// HealthPool answers the readiness check (its ping; pgstore.HealthPool);
+	// nil means Pool.
+	HealthPool     *pgxpool.Pool
 	NATS           *nats.Conn
 	Log            *slog.Logger
 	TracerProvider trace.TracerProvider
@@ -120,7 +123,11 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inventory: audit consumer: %w", err)
 	}
-	svc, err := ports.Serve(d.NATS, a, d.Pool, log, d.TracerProvider, d.Version, rpc.WithConcurrency(d.Concurrency))
+	health := d.HealthPool
+	if health == nil {
+		health = d.Pool
+	}
+	svc, err := ports.Serve(d.NATS, a, health, log, d.TracerProvider, d.Version, rpc.WithConcurrency(d.Concurrency))
 	if err != nil {
 		return nil, err
 	}

@@ -34,6 +34,9 @@ type Deps struct {
 	// MigrationPool connects as the role that owns the schema, to migrate
 	// it and grant Pool's role the use of its rows; nil means Pool.
 	MigrationPool *pgxpool.Pool
+	// HealthPool answers the readiness check (its ping; pgstore.HealthPool);
+	// nil means Pool.
+	HealthPool *pgxpool.Pool
 	// NATS carries the endpoints, the inventory lookups and the audit records.
 	NATS *nats.Conn
 	// KMS wraps every secret's data key; its KeyID is stored with each
@@ -125,7 +128,11 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("secrets: network deletions consumer: %w", err)
 	}
-	s.rpc, err = rpc.New(d.NATS, subjects.Secrets, d.Version, "Flotilla secret broker", log, d.TracerProvider, d.Pool.Ping, rpc.WithConcurrency(d.Concurrency))
+	health := d.HealthPool
+	if health == nil {
+		health = d.Pool
+	}
+	s.rpc, err = rpc.New(d.NATS, subjects.Secrets, d.Version, "Flotilla secret broker", log, d.TracerProvider, health.Ping, rpc.WithConcurrency(d.Concurrency))
 	if err != nil {
 		return nil, err
 	}
