@@ -16,12 +16,24 @@ import (
 // forever; opts are applied after the defaults and carry the credentials
 // (busauth.ConnectOptions) and may override the defaults (e.g.
 // nats.RetryOnFailedConnect, handlers that log disconnects).
+//
+// With several URLs the first is the connection's home (the server beside
+// a cluster host's services): lost, the connection moves to another, and
+// comes back once home has been up for HomeStable (see homing).
 func Connect(url, name string, opts ...nats.Option) (*nats.Conn, error) {
-	nc, err := nats.Connect(url, connectOptions(name, opts)...)
+	all := connectOptions(name, opts)
+	h := newHoming(url)
+	if h != nil {
+		all = append(all, nats.ReconnectToServer(h.pick))
+	}
+	nc, err := nats.Connect(url, all...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to nats %s as %s: %w", url, name, err)
 	}
 	watch(nc)
+	if h != nil {
+		go h.follow(nc)
+	}
 	return nc, nil
 }
 
