@@ -355,7 +355,7 @@ func (g *Gateway) ping(ctx context.Context, service string) error {
 	defer cancel()
 	ep, _ := endpoints.Ping(service)
 	if _, err := rpc.Call(pctx, g.bus, ep, &systemv1.PingRequest{}); err != nil {
-		return errors.New(apierr.Public(ctx, nil, err).Message)
+		return errors.New(apierr.Public(ctx, g.log, err).Message) // an internal error's cause is logged
 	}
 	return nil
 }

@@ -42,12 +42,20 @@ func (c *freshCache[T]) get(ctx context.Context, check func(context.Context) T) 
 			return proto.Clone(last).(T)
 		}
 		if wait := c.running; wait != nil {
+			last, have := c.last, c.have
 			c.mu.Unlock()
 			select {
 			case <-wait:
 				continue
 			case <-ctx.Done():
-				return check(ctx) // this caller gives up waiting: check for itself
+				// This caller gives up waiting (a load balancer's check
+				// timed out, say): it gets the last answer, however old.
+				// A check of its own, with its context ended, would only
+				// find every service failing.
+				if have {
+					return proto.Clone(last).(T)
+				}
+				return check(ctx)
 			}
 		}
 		done := make(chan struct{})
