@@ -125,6 +125,12 @@ func clientError(service string, err error) error {
 		e := apierr.Unavailable("the %s service did not answer in time; try again shortly", service)
 		e.Err = err
 		return e
+	case errors.Is(err, context.Canceled):
+		// The caller went away (an API client, or a load balancer that
+		// cut its request): not a fault of Flotilla's to log as one.
+		e := apierr.Unavailable("the request was given up before the %s service answered; it may or may not have taken effect", service)
+		e.Err = err
+		return e
 	}
 	return err
 }

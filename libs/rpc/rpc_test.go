@@ -130,6 +130,26 @@ func TestNobodyListeningIsUnavailable(t *testing.T) {
 	}
 }
 
+// A call its caller gives up (an API client gone, a load balancer cutting
+// the request) is unavailable, not an internal error logged as a fault.
+func TestACallGivenUpByItsCallerIsNotInternal(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	held := make(chan struct{})
+	serve(t, testkit.NATSConn(t, ns), endpoints.NetworkGet, func(context.Context, vocab.Actor, *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+		<-held // answers only once the test is over
+		return nil, errors.New("too late")
+	})
+	t.Cleanup(func() { close(held) }) // before the service stops, waiting for its requests
+	gw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Gateway, 0)
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	_, err := rpc.Call(ctx, gw, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: "n-1"})
+	if !apierr.Is(err, apierr.KindUnavailable) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("a call given up: %v; want unavailable, wrapping context.Canceled", err)
+	}
+}
+
 // A call whose answer was sent while the caller's bus connection was down
 // is unavailable (it may or may not have taken effect) soon after the
 // connection is back, not at the end of its timeout.
