@@ -139,6 +139,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 			api.waitAllRunning(t, ids, 3*time.Minute) // a steady start for each fault
 		}
 		t.Logf("fault: %s (leaders before: %s)", f.name, api.clusterView(t).leaders())
+		logsAt := c.gatewayLogSizes()
 		before := c.status(t)
 		start := time.Now()
 		recover := f.inject(t, c)
@@ -160,6 +161,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 		fig.AgentsLost, fig.AgentsBackSeconds = api.agentsReconnected(t, ids, start)
 		t.Logf("figures: %+v", fig)
 		w.logSlowOrFailed(t, start)
+		c.logGatewayStatus(t, logsAt)
 		report = append(report, fig)
 		c.checkOneVMPerInstance(t, api, ids)
 	}
@@ -247,6 +249,42 @@ func (c *cluster) removeAndAddBack(t *testing.T, api *client, w *writer, ids []s
 	w.logSlowOrFailed(t, start)
 	c.checkOneVMPerInstance(t, api, ids)
 	return fig
+}
+
+// gatewayLogSizes is how long each host's gateway log is now.
+func (c *cluster) gatewayLogSizes() map[string]int64 {
+	sizes := map[string]int64{}
+	paths, _ := filepath.Glob(filepath.Join(c.dir, "hosts", "*", "log", "gateway.log"))
+	for _, p := range paths {
+		if fi, err := os.Stat(p); err == nil {
+			sizes[p] = fi.Size()
+		}
+	}
+	return sizes
+}
+
+// logGatewayStatus logs what each gateway said of its status (turning
+// degraded, naming the services that did not answer, and ok again) and
+// the internal errors it logged since sizes were taken: why HAProxy took
+// gateways out during a fault.
+func (c *cluster) logGatewayStatus(t *testing.T, sizes map[string]int64) {
+	t.Helper()
+	var b strings.Builder
+	for _, p := range slices.Sorted(maps.Keys(c.gatewayLogSizes())) {
+		data, err := os.ReadFile(p)
+		if err != nil || int64(len(data)) < sizes[p] {
+			continue
+		}
+		host := filepath.Base(filepath.Dir(filepath.Dir(p)))
+		for l := range strings.Lines(string(data[sizes[p]:])) {
+			if strings.Contains(l, `"status `) || strings.Contains(l, `"internal error"`) {
+				fmt.Fprintf(&b, "%s: %s", host, l[:min(len(l), 600)])
+			}
+		}
+	}
+	if b.Len() > 0 {
+		t.Logf("the gateways' status during the fault:\n%s", b.String())
+	}
 }
 
 // --- the cluster ---------------------------------------------------------------------
