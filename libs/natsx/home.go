@@ -14,11 +14,9 @@ import (
 // first server named, which a cluster host's services list first as the one
 // beside them. When home is lost the connection moves to another server;
 // nats.go would keep it there for good, so that a host whose server was
-// restarted once would have its services talk across hosts from then on,
-// and, should another host later be cut off with them connected to its
-// server, leave their subscriptions on that server, answering nothing
-// until its pings give them up. homing brings the connection back: once
-// home has accepted connections HomeStable, it reconnects, home first.
+// restarted once would have its services talk across hosts from then on.
+// homing brings the connection back: once home has accepted connections
+// HomeStable, it reconnects, home first.
 const (
 	// HomeProbe is how often a connection away from home tries home.
 	HomeProbe = 2 * time.Second
