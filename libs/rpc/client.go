@@ -69,7 +69,8 @@ func Timeout(d time.Duration) CallOption { return func(o *callOptions) { o.timeo
 // *apierr.Error: the service's error as it sent it (kind, reason, field,
 // message); unavailable when no instance of the service listens or none
 // answers in time, or when the bus connection was lost while the call
-// waited for its answer (natsx.ErrConnectionLost); permission denied when
+// waited for its answer (natsx.ErrConnectionLost), or when ctx was
+// canceled first (the caller gave up); permission denied when
 // c's service is not one of the endpoint's declared callers (nothing is
 // sent). A closed connection or an undecodable reply is an internal error
 // wrapping the cause.

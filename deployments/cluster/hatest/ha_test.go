@@ -156,14 +156,8 @@ func TestFailoverUnderLoad(t *testing.T) {
 		settled := api.waitAllRunning(t, ids, settleWithin)
 		fig.SettledSeconds = settled.Sub(end).Seconds()
 		c.waitHealthy(t, 2*time.Minute)
-		time.Sleep(3 * time.Second) // writes and agents after the fault
-		fig.APIUnavailableSeconds, fig.FailedWrites = w.outage(start, time.Now())
-		fig.AgentsLost, fig.AgentsBackSeconds = api.agentsReconnected(t, ids, start)
-		t.Logf("figures: %+v", fig)
-		w.logSlowOrFailed(t, start)
-		c.logGatewayStatus(t, logsAt)
+		c.measure(t, api, w, ids, &fig, start, logsAt)
 		report = append(report, fig)
-		c.checkOneVMPerInstance(t, api, ids)
 	}
 	report = append(report, c.removeAndAddBack(t, api, w, ids, "h3"))
 	acked := w.stop()
@@ -197,6 +191,7 @@ func (c *cluster) removeAndAddBack(t *testing.T, api *client, w *writer, ids []s
 	api.waitAllRunning(t, ids, 3*time.Minute)
 	fig := figures{Fault: "host lost for good: removed (managers, NATS server), then added back"}
 	t.Logf("fault: %s (leaders before: %s)", fig.Fault, api.clusterView(t).leaders())
+	logsAt := c.gatewayLogSizes()
 	start := time.Now()
 	c.run(t, "remove", host)
 	cl := api.clusterView(t)
@@ -242,13 +237,25 @@ func (c *cluster) removeAndAddBack(t *testing.T, api *client, w *writer, ids []s
 	fig.RejoinedSeconds = time.Since(started).Seconds()
 	c.waitHealthy(t, 2*time.Minute)
 	api.waitAllRunning(t, ids, settleWithin)
-	time.Sleep(3 * time.Second)
+	c.measure(t, api, w, ids, &fig, start, logsAt)
+	return fig
+}
+
+// measure completes a fault's figures once the cluster is whole again
+// (the fault began at start, when the gateways' logs were logsAt long):
+// how long writes were unavailable and how many failed, which agents'
+// streams broke and when the last was back; it logs the writes that failed
+// or were slow and what the gateways said of their status, and checks that
+// no instance has two VMs.
+func (c *cluster) measure(t *testing.T, api *client, w *writer, ids []string, fig *figures, start time.Time, logsAt map[string]int64) {
+	t.Helper()
+	time.Sleep(3 * time.Second) // writes and agents after the fault
 	fig.APIUnavailableSeconds, fig.FailedWrites = w.outage(start, time.Now())
 	fig.AgentsLost, fig.AgentsBackSeconds = api.agentsReconnected(t, ids, start)
 	t.Logf("figures: %+v", fig)
 	w.logSlowOrFailed(t, start)
+	c.logGatewayStatus(t, logsAt)
 	c.checkOneVMPerInstance(t, api, ids)
-	return fig
 }
 
 // gatewayLogSizes is how long each host's gateway log is now.
