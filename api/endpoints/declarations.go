@@ -34,7 +34,10 @@ func endpoint[Req, Resp proto.Message](service, noun, verb, doc string, callers 
 }
 
 // Pings: every service behind the gateway answers ping when it is ready;
-// the gateway's status check asks each.
+// the gateway's status check asks each. Every instance of the service gets
+// the ping and the first ready answer counts, so an instance that is cut
+// off (and silent) or not ready does not make the service look down while
+// another can serve.
 var (
 	PingInventory   = ping(inventory)
 	PingCA          = ping(ca)
@@ -44,8 +47,10 @@ var (
 )
 
 func ping(service string) Endpoint[*systemv1.PingRequest, *systemv1.PingResponse] {
-	return declare[*systemv1.PingRequest, *systemv1.PingResponse](service, "ping", subjects.Ping(service),
+	info := infoOf[*systemv1.PingRequest, *systemv1.PingResponse](service, "ping", subjects.Ping(service),
 		"answers when the service is ready", gateway)
+	info.Every = true
+	return register[*systemv1.PingRequest, *systemv1.PingResponse](info)
 }
 
 // Ping returns the ping endpoint of service, or false for an unknown service.

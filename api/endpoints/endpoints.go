@@ -44,6 +44,11 @@ type Info struct {
 	Callers []string
 	// Doc says what the endpoint does, in a line.
 	Doc string
+	// Every is true when every instance of the service gets each request
+	// (no queue group) and the caller takes the first answer that is not an
+	// error (natsx.RequestFirst): a question any instance answers for the
+	// service, such as whether it is ready.
+	Every bool
 }
 
 // CallSubject is where caller sends its requests: "<subject>.<caller>".
@@ -119,7 +124,12 @@ func All() []Info {
 // declare records a micro endpoint "<service>.<noun>.<verb>" answered by one
 // instance of service (a queue group), at subject.
 func declare[Req, Resp proto.Message](service, name, subject, doc string, callers ...string) Endpoint[Req, Resp] {
-	info := Info{
+	return register[Req, Resp](infoOf[Req, Resp](service, name, subject, doc, callers...))
+}
+
+// infoOf is the declaration of an endpoint answered by one instance.
+func infoOf[Req, Resp proto.Message](service, name, subject, doc string, callers ...string) Info {
+	return Info{
 		Service:  service,
 		Name:     name,
 		Subject:  subject,
@@ -128,6 +138,10 @@ func declare[Req, Resp proto.Message](service, name, subject, doc string, caller
 		Callers:  callers,
 		Doc:      doc,
 	}
+}
+
+// register records info, whose subject must be its own.
+func register[Req, Resp proto.Message](info Info) Endpoint[Req, Resp] {
 	for _, i := range all {
 		if i.Subject == info.Subject {
 			panic(fmt.Sprintf("endpoints: subject %s declared twice", info.Subject))
@@ -144,7 +158,11 @@ func Markdown() string {
 	b.WriteString("| subject (`.<caller>` follows) | answered by | request → response | callers | what it does |\n")
 	b.WriteString("|---|---|---|---|---|\n")
 	for _, i := range All() {
-		fmt.Fprintf(&b, "| `%s` | %s | `%s` → `%s` | %s | %s |\n", i.Subject, i.Service,
+		by := i.Service
+		if i.Every {
+			by += ", every instance (first good answer)"
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | `%s` → `%s` | %s | %s |\n", i.Subject, by,
 			short(i.Request), short(i.Response), strings.Join(i.Callers, ", "), i.Doc)
 	}
 	return b.String()

@@ -61,7 +61,27 @@ func (e *ServiceError) Error() string {
 // waiting for its reply when the connection was lost, and has none
 // LostReplyGrace after it is back, wraps ErrConnectionLost instead of
 // waiting out its timeout.
-func Request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto.Message, hdr ...nats.Header) (err error) {
+func Request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto.Message, hdr ...nats.Header) error {
+	return request(ctx, nc, subject, req, resp, hdr, nc.RequestMsgWithContext)
+}
+
+// RequestFirst is Request to every subscriber of subject at once (a subject
+// served without a queue group): the first reply that is not an error wins.
+// An error reply is returned only when no good one follows within grace,
+// or before ctx ends; no reply at all is a timeout, as for Request. It
+// suits a question any member of a service can answer for all of them, such
+// as whether the service is ready: a member that is cut off and silent, or
+// not ready, does not decide the answer while another is ready.
+func RequestFirst(ctx context.Context, nc *nats.Conn, subject string, grace time.Duration, req, resp proto.Message, hdr ...nats.Header) error {
+	return request(ctx, nc, subject, req, resp, hdr, func(ctx context.Context, msg *nats.Msg) (*nats.Msg, error) {
+		return firstGoodReply(ctx, nc, msg, grace)
+	})
+}
+
+// request marshals req, sends it with exchange and decodes the reply (see
+// Request).
+func request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto.Message, hdr []nats.Header,
+	exchange func(context.Context, *nats.Msg) (*nats.Msg, error)) (err error) {
 	ctx, span := tracerFrom(ctx).Start(ctx, "nats.request "+subject,
 		trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(
@@ -101,7 +121,7 @@ func Request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto
 	}
 	var reply *nats.Msg
 	err = Bounded(ctx, nc, func(ctx context.Context) (err error) {
-		reply, err = nc.RequestMsgWithContext(ctx, msg)
+		reply, err = exchange(ctx, msg)
 		return err
 	})
 	if errors.Is(err, ErrConnectionLost) {
@@ -125,6 +145,51 @@ func Request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto
 		return fmt.Errorf("nats request %s: unmarshal reply into %T: %w", subject, resp, err)
 	}
 	return nil
+}
+
+// firstGoodReply publishes msg with an inbox of its own for the replies and
+// returns the first that carries no service error; the first error reply
+// when none better came within grace of it, or by the time ctx ended.
+func firstGoodReply(ctx context.Context, nc *nats.Conn, msg *nats.Msg, grace time.Duration) (*nats.Msg, error) {
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	msg.Reply = inbox
+	if err := nc.PublishMsg(msg); err != nil {
+		return nil, err
+	}
+	var bad *nats.Msg
+	wait := ctx
+	for {
+		reply, err := sub.NextMsgWithContext(wait)
+		switch {
+		case err != nil && bad != nil:
+			return bad, nil // grace is over, or ctx ended
+		case err != nil:
+			return nil, err
+		case noResponders(reply):
+			if bad != nil {
+				return bad, nil
+			}
+			return nil, nats.ErrNoResponders
+		case serviceError(reply.Header) == nil:
+			return reply, nil
+		case bad == nil:
+			bad = reply
+			var cancel context.CancelFunc
+			wait, cancel = context.WithTimeout(ctx, grace)
+			defer cancel()
+		}
+	}
+}
+
+// noResponders reports whether reply is the server's answer that nobody
+// subscribes to the request's subject (status 503, no body).
+func noResponders(reply *nats.Msg) bool {
+	return len(reply.Data) == 0 && reply.Header.Get("Status") == "503"
 }
 
 // serviceError returns the error micro's headers in h describe, or nil.

@@ -18,6 +18,12 @@ import (
 // DefaultTimeout bounds a call whose context has no deadline.
 const DefaultTimeout = natsx.DefaultTimeout
 
+// EveryGrace is how long a call to an endpoint every instance answers
+// (endpoints.Info.Every) waits for a good answer after an error answer
+// before it returns the error: the instances of a healthy cluster answer
+// within milliseconds of each other.
+const EveryGrace = 500 * time.Millisecond
+
 // Client calls declared endpoints as one Flotilla service: only endpoints
 // that list the service as a caller, acting as the service itself unless a
 // call says otherwise (As).
@@ -72,7 +78,10 @@ func Timeout(d time.Duration) CallOption { return func(o *callOptions) { o.timeo
 // waited for its answer (natsx.ErrConnectionLost), or when ctx was
 // canceled first (the caller gave up); permission denied when
 // c's service is not one of the endpoint's declared callers (nothing is
-// sent). A closed connection or an undecodable reply is an internal error
+// sent). An endpoint every instance answers (endpoints.Info.Every) gets
+// the request to each, and the first answer that is not an error is the
+// reply; an error answer is returned when no good one follows within
+// EveryGrace. A closed connection or an undecodable reply is an internal error
 // wrapping the cause.
 func Call[Req, Resp proto.Message](ctx context.Context, c *Client, ep endpoints.Endpoint[Req, Resp], req Req, opts ...CallOption) (Resp, error) {
 	var zero Resp
@@ -98,7 +107,13 @@ func Call[Req, Resp proto.Message](ctx context.Context, c *Client, ep endpoints.
 		hdr.Set(bus.HeaderTokenID, o.cred.TokenID)
 	}
 	resp := ep.NewResponse()
-	if err := natsx.Request(ctx, c.nc, info.CallSubject(c.service), req, resp, hdr); err != nil {
+	var err error
+	if info.Every {
+		err = natsx.RequestFirst(ctx, c.nc, info.CallSubject(c.service), EveryGrace, req, resp, hdr)
+	} else {
+		err = natsx.Request(ctx, c.nc, info.CallSubject(c.service), req, resp, hdr)
+	}
+	if err != nil {
 		return zero, clientError(info.Service, err)
 	}
 	return resp, nil

@@ -113,7 +113,11 @@ func Handle[Req, Resp proto.Message](s *Service, ep endpoints.Endpoint[Req, Resp
 	if s.ready != nil {
 		f = unavailableWhileNotReady(s, f)
 	}
-	if err := s.svc.AddEndpoint(name, s.pooled(handler(s.tp, s.log, s.name, ep, f)), micro.WithEndpointSubject(info.ServeSubject())); err != nil {
+	opts := []micro.EndpointOpt{micro.WithEndpointSubject(info.ServeSubject())}
+	if info.Every {
+		opts = append(opts, micro.WithEndpointQueueGroupDisabled())
+	}
+	if err := s.svc.AddEndpoint(name, s.pooled(handler(s.tp, s.log, s.name, ep, f)), opts...); err != nil {
 		return fmt.Errorf("add endpoint %s: %w", info.Subject, err)
 	}
 	return flush(s.nc, s.name)

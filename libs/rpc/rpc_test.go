@@ -214,6 +214,38 @@ func TestPingAnswersWhenReady(t *testing.T) {
 	}
 }
 
+// A ping reaches every instance of a service and the first ready answer
+// counts: an instance that is cut off (silent) or not ready does not make
+// the service look down while another is ready. With none ready, the ping
+// says why soon after the first not-ready answer, without waiting for the
+// silent one.
+func TestAPingIsAnsweredByAnyReadyInstance(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	release := make(chan struct{})
+	silent, err := rpc.New(testkit.NATSConn(t, ns), subjects.CA, "2.0.0", "cut-off CA", slog.New(slog.DiscardHandler), noop.NewTracerProvider(),
+		func(context.Context) error { <-release; return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = silent.Stop() })
+	t.Cleanup(func() { close(release) }) // before the silent instance stops, waiting for its requests
+	readiness(t, ns, subjects.CA, "the CA certificate expired")
+	good, ready := readiness(t, ns, subjects.CA, "not yet")
+	ready.Store(true)
+
+	gw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Gateway, 2*time.Second)
+	for i := range 10 {
+		if p, err := rpc.Call(t.Context(), gw, endpoints.PingCA, &systemv1.PingRequest{}); err != nil || p.GetVersion() != "2.0.0" {
+			t.Fatalf("ping %d with one instance ready: %v %v", i, p, err)
+		}
+	}
+	_ = good.Stop()
+	if _, err := rpc.Call(t.Context(), gw, endpoints.PingCA, &systemv1.PingRequest{}); !apierr.Is(err, apierr.KindUnavailable) || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("ping with none ready: %v; want the not-ready instance's answer", err)
+	}
+}
+
 // TestAnInternalErrorWhileNotReadyIsUnavailable: a request that fails
 // with an internal error while its service is not ready (its database
 // unreachable) is answered unavailable, try again, without the cause; the
