@@ -69,6 +69,9 @@ func readConfig(subject string) jetstream.ConsumerConfig {
 func ReadBackwards(ctx context.Context, stream jetstream.Stream, subject string, end uint64, window uint64,
 	each func(jetstream.Msg, *jetstream.MsgMetadata) bool) error {
 	info, err := stream.Info(ctx)
+	if err != nil && ctx.Err() == nil && Unanswered(err) {
+		return unanswered(fmt.Errorf("stream info: %w", err))
+	}
 	if err != nil {
 		return fmt.Errorf("stream info: %w", err)
 	}
@@ -128,10 +131,6 @@ func ReadBackwards(ctx context.Context, stream jetstream.Stream, subject string,
 // instance's log read back as empty, a list of managers missing some).
 func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.ConsumerConfig, each func(jetstream.Msg, *jetstream.MsgMetadata) bool) error {
 	subject := cfg.FilterSubject
-	last, err := lastToRead(ctx, stream, cfg)
-	if err != nil || last == 0 {
-		return err
-	}
 	var cons jetstream.Consumer
 	drop := func() {
 		if cons == nil {
@@ -146,18 +145,71 @@ func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.ConsumerCo
 	}
 	defer drop()
 	var seen, delivered uint64 // the highest stream sequence handed over; the consumer's deliveries
+	// again has the consumer made anew, to deliver from the message after
+	// the last handed over.
+	again := func() {
+		drop()
+		if seen > 0 {
+			cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = jetstream.DeliverByStartSequencePolicy, seen+1, nil
+		}
+	}
 	wait := 5 * time.Millisecond
 	patience := time.Now().Add(readPatience)
+	// pause waits a little longer each time, or ends the read when its
+	// context ends.
+	pause := func() error {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("read %s: %w", subject, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+		return nil
+	}
+	// failed decides on a request of the read's that failed: one the stream
+	// may answer once it has a leader again (lostTrack) is made again, with
+	// a new consumer, while patience lasts; at its end the read is
+	// unavailable; any other failure ends the read.
+	failed := func(what string, err error) error {
+		if ctx.Err() != nil || !lostTrack(err) {
+			return fmt.Errorf("%s %s: %w", what, subject, err)
+		}
+		if time.Now().After(patience) {
+			return unanswered(fmt.Errorf("%s %s: %w", what, subject, err))
+		}
+		again()
+		return pause()
+	}
+	var last uint64
+	for {
+		var err error
+		if last, err = lastToRead(ctx, stream, cfg); err == nil {
+			break
+		}
+		if err := failed("last message on", err); err != nil {
+			return err
+		}
+	}
+	if last == 0 {
+		return nil
+	}
 	for {
 		if cons == nil {
+			var err error
 			if cons, err = stream.CreateConsumer(ctx, cfg); err != nil {
-				return fmt.Errorf("consumer on %s: %w", subject, err)
+				if err := failed("consumer on", err); err != nil {
+					return err
+				}
+				continue
 			}
 			delivered = 0
 		}
 		batch, err := cons.FetchNoWait(readBatch)
 		if err != nil {
-			return fmt.Errorf("read %s: %w", subject, err)
+			if err := failed("read", err); err != nil {
+				return err
+			}
+			continue
 		}
 		got, gap := 0, false
 		for m := range batch.Messages() {
@@ -180,11 +232,13 @@ func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.ConsumerCo
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			return fmt.Errorf("read %s: %w", subject, err)
+			if err := failed("read", err); err != nil {
+				return err
+			}
+			continue
 		}
 		if gap {
-			drop()
-			cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = jetstream.DeliverByStartSequencePolicy, seen+1, nil
+			again()
 			continue
 		}
 		if seen >= last {
@@ -193,19 +247,38 @@ func read(ctx context.Context, stream jetstream.Stream, cfg jetstream.ConsumerCo
 		if got > 0 {
 			continue
 		}
-		if last, err = lastToRead(ctx, stream, cfg); err != nil || seen >= last {
-			return err
+		if last, err = lastToRead(ctx, stream, cfg); err != nil {
+			if err := failed("last message on", err); err != nil {
+				return err
+			}
+			continue
+		}
+		if seen >= last {
+			return nil
 		}
 		if time.Now().After(patience) {
 			return fmt.Errorf("read %s: delivered up to stream sequence %d of %d: %w", subject, seen, last, ErrIncomplete)
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("read %s: %w", subject, ctx.Err())
-		case <-time.After(wait):
+		if err := pause(); err != nil {
+			return err
 		}
-		wait = min(2*wait, 500*time.Millisecond)
 	}
+}
+
+// unanswered is the unavailable error of a read whose stream did not
+// answer, cause.
+func unanswered(cause error) error {
+	e := apierr.Unavailable("the message stream did not answer in time (it may be electing a leader); try again shortly")
+	e.Err = cause
+	return e
+}
+
+// lostTrack says err is a read's request that may succeed once made
+// again: JetStream not answering just now (Unanswered), or the read's
+// consumer gone with its stream's old leader.
+func lostTrack(err error) bool {
+	return Unanswered(err) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
+		errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerLeadershipChanged)
 }
 
 // lastToRead returns the stream sequence of the last message stored on

@@ -147,6 +147,40 @@ func TestAReadWhoseServerGoesAwayEnds(t *testing.T) {
 	}
 }
 
+// A read whose consumer is lost on its way (gone with its stream's old
+// leader, say) makes another and reads on after the last message it
+// handed: every message once, in order, and no error.
+func TestAReadWhoseConsumerIsLostReadsOn(t *testing.T) {
+	t.Parallel()
+	ctx, js, stream := newStream(t, "LOSES", "loses.>")
+	for range 600 { // more than one fetch
+		if _, err := js.Publish(ctx, "loses.a", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var seqs []uint64
+	err := bus.ReadSubject(ctx, stream, "loses.a", 0, time.Time{}, func(_ jetstream.Msg, meta *jetstream.MsgMetadata) bool {
+		seqs = append(seqs, meta.Sequence.Stream)
+		if len(seqs) == 500 { // the first fetch's last: the next fetch finds no consumer
+			if err := stream.DeleteConsumer(ctx, meta.Consumer); err != nil {
+				t.Error(err)
+			}
+		}
+		return true
+	})
+	if err != nil {
+		t.Fatalf("read %d of 600: %v", len(seqs), err)
+	}
+	for i, seq := range seqs {
+		if seq != uint64(i+1) {
+			t.Fatalf("read %d messages, the %dth at stream sequence %d: want 1 to 600 in order", len(seqs), i+1, seq)
+		}
+	}
+	if len(seqs) != 600 {
+		t.Errorf("read %d of 600", len(seqs))
+	}
+}
+
 // A message its consumer skipped (lost on its way, as a slow reader's
 // can be) is read all the same, in its place: the read notices the gap in
 // the consumer's deliveries and reads on from the last message it handed.
