@@ -9,7 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
 )
 
@@ -36,7 +40,8 @@ func TestStatusAnswersWithoutTokenAndReportsEveryService(t *testing.T) {
 
 // TestStatusIsDegradedWhenAServiceIsMissing: with the provisioner missing
 // the status is degraded, answered 503 for a load balancer, and the gateway
-// says so in its log once, naming the service, however often it is asked.
+// says so in its log once, naming the service, however often it is asked;
+// once the provisioner answers, the status is ok and the log says so, once.
 func TestStatusIsDegradedWhenAServiceIsMissing(t *testing.T) {
 	t.Parallel()
 	var logs testkit.Buffer
@@ -61,6 +66,21 @@ func TestStatusIsDegradedWhenAServiceIsMissing(t *testing.T) {
 	}
 	if len(said) != 1 || !strings.Contains(said[0], "provisioner: ") || strings.Contains(said[0], "inventory: ") {
 		t.Fatalf("the gateway logged %q; want one warning naming the provisioner, and only it", said)
+	}
+
+	// A provisioner (its ping alone) starts.
+	p, err := rpc.New(e.bus.Conn(t, subjects.Provisioner), subjects.Provisioner, "1.2.3", "provisioner", slog.New(slog.DiscardHandler), noop.NewTracerProvider(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Stop() })
+	testkit.WaitFor(t, 10*time.Second, "the status ok", func() bool { return e.call("GET", "/api/v1/status", nil, nil, "-") == 200 })
+	time.Sleep(1100 * time.Millisecond) // asked again: still ok, said once
+	if code := e.call("GET", "/api/v1/status", nil, nil, "-"); code != 200 {
+		t.Fatalf("status code %d once the provisioner answers", code)
+	}
+	if n := strings.Count(logs.String(), "status ok again"); n != 1 {
+		t.Fatalf("the gateway logged \"status ok again\" %d times; want once:\n%s", n, logs.String())
 	}
 }
 
