@@ -231,8 +231,12 @@ func TestAPingIsAnsweredByAnyReadyInstance(t *testing.T) {
 	t.Cleanup(func() { _ = silent.Stop() })
 	t.Cleanup(func() { close(release) }) // before the silent instance stops, waiting for its requests
 	readiness(t, ns, subjects.CA, "the CA certificate expired")
-	good, ready := readiness(t, ns, subjects.CA, "not yet")
-	ready.Store(true)
+	goodNC := testkit.NATSConn(t, ns)
+	good, err := rpc.New(goodNC, subjects.CA, "2.0.0", "ready CA", slog.New(slog.DiscardHandler), noop.NewTracerProvider(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = good.Stop() })
 
 	gw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Gateway, 2*time.Second)
 	for i := range 10 {
@@ -241,6 +245,9 @@ func TestAPingIsAnsweredByAnyReadyInstance(t *testing.T) {
 		}
 	}
 	_ = good.Stop()
+	if err := goodNC.Flush(); err != nil { // the server has its unsubscription: no ping reaches it now
+		t.Fatal(err)
+	}
 	if _, err := rpc.Call(t.Context(), gw, endpoints.PingCA, &systemv1.PingRequest{}); !apierr.Is(err, apierr.KindUnavailable) || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("ping with none ready: %v; want the not-ready instance's answer", err)
 	}
