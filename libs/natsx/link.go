@@ -86,8 +86,10 @@ func (l *link) follow(nc *nats.Conn, ch chan nats.Status) {
 // Bounded runs do, a request on nc (a JetStream publish, say), with a
 // context that ends as Request's does when nc loses its connection: a
 // request sent before the loss and unanswered LostReplyGrace after the
-// connection is back fails wrapping ErrConnectionLost. On a connection not
-// made by Connect or ConnectInProcess it runs do with ctx.
+// connection is back fails wrapping ErrConnectionLost, as does one that
+// nats.go gave up when the connection was made again on purpose
+// (ForceReconnect, homing's). On a connection not made by Connect or
+// ConnectInProcess it runs do with ctx.
 func Bounded(ctx context.Context, nc *nats.Conn, do func(context.Context) error) error {
 	v, ok := links.Load(nc)
 	if !ok {
@@ -101,6 +103,12 @@ func Bounded(ctx context.Context, nc *nats.Conn, do func(context.Context) error)
 	err := do(ctx)
 	if cause := context.Cause(ctx); err != nil && errors.Is(cause, ErrConnectionLost) {
 		return fmt.Errorf("%w (%v)", cause, err)
+	}
+	if errors.Is(err, nats.ErrDisconnected) {
+		// nats.go gave the request up when its connection was made again
+		// on purpose (ForceReconnect: a connection going back to its home
+		// server): a reply can no longer reach it.
+		return fmt.Errorf("%w (%v)", ErrConnectionLost, err)
 	}
 	return err
 }

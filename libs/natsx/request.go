@@ -60,7 +60,8 @@ func (e *ServiceError) Error() string {
 // connection made by Connect or ConnectInProcess, a request that was
 // waiting for its reply when the connection was lost, and has none
 // LostReplyGrace after it is back, wraps ErrConnectionLost instead of
-// waiting out its timeout.
+// waiting out its timeout; so does one that nats.go gave up when its
+// connection was made again on purpose (ForceReconnect, as homing does).
 func Request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto.Message, hdr ...nats.Header) error {
 	return request(ctx, nc, subject, req, resp, hdr, nc.RequestMsgWithContext)
 }

@@ -150,34 +150,45 @@ func TestACallGivenUpByItsCallerIsNotInternal(t *testing.T) {
 	}
 }
 
-// A call whose answer was sent while the caller's bus connection was down
-// is unavailable (it may or may not have taken effect) soon after the
-// connection is back, not at the end of its timeout.
-func TestACallWhoseAnswerWasLostIsUnavailable(t *testing.T) {
+// A call whose connection breaks while it waits for its answer is
+// unavailable, may or may not have taken effect, and not an internal error:
+// when the answer was sent while the connection was down, soon after the
+// connection is back (not at the end of its timeout); and when the
+// connection was made again on purpose (a connection going back to its
+// home server: nats.go gives up the requests waiting on it) at once.
+func TestACallWhoseConnectionBreaksIsUnavailable(t *testing.T) {
 	t.Parallel()
-	ns := testkit.NATS(t)
-	came, answer := make(chan struct{}), make(chan struct{})
-	serve(t, testkit.NATSConn(t, ns), endpoints.NetworkGet, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
-		close(came)
-		<-answer
-		return &inventoryv1.Network{Id: r.GetId()}, nil
-	})
-	nc, err := natsx.Connect(ns.ClientURL(), t.Name())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	done := make(chan error, 1)
-	go func() {
-		_, err := rpc.Call(t.Context(), rpc.NewClient(nc, subjects.Gateway, time.Minute), endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: "n-1"})
-		done <- err
-	}()
-	<-came
-	testkit.DropConnection(t, ns, nc)
-	close(answer)
-	err = <-done
-	if !apierr.Is(err, apierr.KindUnavailable) || !errors.Is(err, natsx.ErrConnectionLost) || !strings.Contains(err.Error(), "may or may not have taken effect") {
-		t.Fatalf("a lost answer: %v", err)
+	for name, breakIt := range map[string]func(*testing.T, *server.Server, *nats.Conn){
+		"dropped":     func(t *testing.T, ns *server.Server, nc *nats.Conn) { testkit.DropConnection(t, ns, nc) },
+		"reconnected": func(t *testing.T, _ *server.Server, nc *nats.Conn) { _ = nc.ForceReconnect() },
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ns := testkit.NATS(t)
+			came, answer := make(chan struct{}), make(chan struct{})
+			serve(t, testkit.NATSConn(t, ns), endpoints.NetworkGet, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+				close(came)
+				<-answer
+				return &inventoryv1.Network{Id: r.GetId()}, nil
+			})
+			nc, err := natsx.Connect(ns.ClientURL(), t.Name())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(nc.Close)
+			done := make(chan error, 1)
+			go func() {
+				_, err := rpc.Call(t.Context(), rpc.NewClient(nc, subjects.Gateway, time.Minute), endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: "n-1"})
+				done <- err
+			}()
+			<-came
+			breakIt(t, ns, nc)
+			close(answer)
+			err = <-done
+			if !apierr.Is(err, apierr.KindUnavailable) || !errors.Is(err, natsx.ErrConnectionLost) || !strings.Contains(err.Error(), "may or may not have taken effect") {
+				t.Fatalf("%v; want unavailable, may or may not have taken effect", err)
+			}
+		})
 	}
 }
 
