@@ -7,17 +7,22 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/csv"
 	"encoding/json"
 	"encoding/pem"
 	"io"
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,42 +35,12 @@ import (
 // sentence, not HAProxy's HTML page.
 func TestHAProxysOwnErrorsAreFlotillas(t *testing.T) {
 	t.Parallel()
-	if _, err := exec.LookPath("haproxy"); err != nil {
-		t.Skip("haproxy is not installed (.ci/run installs it)")
-	}
-	// A loopback address of the test's own: the configuration's ports are
-	// fixed, and nothing else on the machine binds this address.
-	const front = "127.77.0.1"
-	dir := t.TempDir()
-	cert, pool := selfSigned(t, dir, front)
-	vars := map[string]string{
-		"HAPROXY_ADDR": front, "API_CERT_PEM": cert, "GATEWAY_CA_FILE": filepath.Join(dir, "cert.pem"),
-		"HAPROXY_GLOBAL": "",
-	}
-	for i, h := range []string{"h1", "h2", "h3"} {
-		n := string(rune('1' + i))
-		vars["NODE"+n+"_NAME"] = h
-		vars["NODE"+n+"_ADDR"] = "127.77.0." + string(rune('2'+i)) // nothing listens there
-	}
-	cfg := filepath.Join(dir, "haproxy.cfg")
-	renderTemplate(t, "haproxy.cfg", cfg, vars)
-	hp := exec.Command("haproxy", "-db", "-f", cfg)
-	var out testkit.Buffer
-	hp.Stdout, hp.Stderr = &out, &out
-	if err := hp.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = hp.Process.Kill()
-		_ = hp.Wait()
-	})
-
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	hp := startHAProxy(t, "127.77.0")
 	var status int
 	var ctype string
 	var body []byte
 	testkit.WaitFor(t, 15*time.Second, "HAProxy answering", func() bool {
-		resp, err := client.Get("https://" + net.JoinHostPort(front, "7700") + "/api/v1/networks")
+		resp, err := hp.client.Get(hp.api + "/api/v1/networks")
 		if err != nil {
 			return false
 		}
@@ -80,10 +55,151 @@ func TestHAProxysOwnErrorsAreFlotillas(t *testing.T) {
 		Message string `json:"message"`
 	}
 	if status != http.StatusServiceUnavailable || ctype != "application/json" || json.Unmarshal(body, &e) != nil {
-		t.Fatalf("HAProxy with no gateway up: %d %q %s; want 503, a JSON error\nHAProxy's log:\n%s", status, ctype, body, out.String())
+		t.Fatalf("HAProxy with no gateway up: %d %q %s; want 503, a JSON error\nHAProxy's log:\n%s", status, ctype, body, hp.log.String())
 	}
 	if e.Code != 14 || e.Reason != "unavailable" || !strings.Contains(e.Message, "try again") {
 		t.Errorf("HAProxy's 503: %+v; want code 14 (unavailable), reason unavailable, and what to do", e)
+	}
+}
+
+// TestHAProxySendsToDegradedGatewaysWhenNoneIsOk: while every gateway
+// reports degraded (PostgreSQL between leaders, say), HAProxy sends
+// requests to those that are up all the same, which answer what they can,
+// rather than refuse them all; once one gateway is ok again, it alone gets
+// them.
+func TestHAProxySendsToDegradedGatewaysWhenNoneIsOk(t *testing.T) {
+	t.Parallel()
+	hp := startHAProxy(t, "127.77.1")
+	// h1 and h2 answer every request but their status; h3 is down.
+	var ok [2]atomic.Bool
+	for i, name := range []string{"h1", "h2"} {
+		ln, err := net.Listen("tcp", hp.nodes[i]+":7700")
+		if err != nil {
+			t.Fatal(err)
+		}
+		gw := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/api/v1/status" && !ok[i].Load() {
+				http.Error(w, `{"status":"degraded"}`, http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = io.WriteString(w, name)
+		}))
+		gw.Listener = ln
+		gw.TLS = &tls.Config{Certificates: []tls.Certificate{hp.cert}}
+		gw.StartTLS()
+		t.Cleanup(gw.Close)
+	}
+	// answers sends n requests and counts the answers by what they say.
+	answers := func(n int) map[string]int {
+		got := map[string]int{}
+		for range n {
+			resp, err := hp.client.Get(hp.api + "/api/v1/networks")
+			if err != nil {
+				got[err.Error()]++
+				continue
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				body = []byte(resp.Status)
+			}
+			got[string(body)]++
+		}
+		return got
+	}
+
+	hp.waitFor(t, "gateways", map[string]string{"h1": "DOWN", "h2": "DOWN", "h3": "DOWN"})
+	if got := answers(12); got["h1"]+got["h2"] != 12 || got["h1"] == 0 || got["h2"] == 0 {
+		t.Fatalf("with every gateway degraded: %v; want all 12 answered by h1 and h2", got)
+	}
+	ok[1].Store(true)
+	hp.waitFor(t, "gateways", map[string]string{"h1": "DOWN", "h2": "UP"})
+	if got := answers(12); got["h2"] != 12 {
+		t.Fatalf("with h2 ok again: %v; want all 12 answered by h2", got)
+	}
+}
+
+// haproxy is HAProxy running the cluster's configuration on the loopback
+// addresses <net>.1 (HAProxy) and <net>.2–4 (the hosts h1–h3).
+type haproxy struct {
+	api, stats string
+	nodes      []string
+	client     *http.Client
+	cert       tls.Certificate // HAProxy's and the hosts', for h1–h3 and HAProxy's address
+	log        *testkit.Buffer
+}
+
+// startHAProxy starts HAProxy on addresses of the test's own: the
+// configuration's ports are fixed, and nothing else on the machine binds
+// 127.77.x.y.
+func startHAProxy(t *testing.T, net3 string) *haproxy {
+	t.Helper()
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		t.Skip("haproxy is not installed (.ci/run installs it)")
+	}
+	front := net3 + ".1"
+	dir := t.TempDir()
+	crt, pool, cert := selfSigned(t, dir, front, "h1", "h2", "h3")
+	hp := &haproxy{api: "https://" + front + ":7700", stats: "http://" + front + ":8404/stats;csv", cert: cert, log: &testkit.Buffer{},
+		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}}
+	vars := map[string]string{
+		"HAPROXY_ADDR": front, "API_CERT_PEM": crt, "GATEWAY_CA_FILE": filepath.Join(dir, "cert.pem"),
+		"HAPROXY_GLOBAL": "",
+	}
+	for i, h := range []string{"h1", "h2", "h3"} {
+		n := strconv.Itoa(i + 1)
+		hp.nodes = append(hp.nodes, net3+"."+strconv.Itoa(i+2))
+		vars["NODE"+n+"_NAME"], vars["NODE"+n+"_ADDR"] = h, hp.nodes[i]
+	}
+	cfg := filepath.Join(dir, "haproxy.cfg")
+	renderTemplate(t, "haproxy.cfg", cfg, vars)
+	cmd := exec.Command("haproxy", "-db", "-f", cfg)
+	cmd.Stdout, cmd.Stderr = hp.log, hp.log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	return hp
+}
+
+// waitFor waits until HAProxy's statistics give each server of backend
+// the status want has for it ("UP", "DOWN").
+func (hp *haproxy) waitFor(t *testing.T, backend string, want map[string]string) {
+	t.Helper()
+	var last map[string]string
+	ok := func() bool {
+		resp, err := http.Get(hp.stats)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		rows, err := csv.NewReader(resp.Body).ReadAll()
+		if err != nil || len(rows) == 0 {
+			return false
+		}
+		col := slices.Index(rows[0], "status")
+		last = map[string]string{}
+		for _, r := range rows[1:] {
+			if len(r) > col && r[0] == backend {
+				last[r[1]] = r[col]
+			}
+		}
+		for s, st := range want {
+			if last[s] != st {
+				return false
+			}
+		}
+		return true
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("HAProxy's %s: %v; want %v\nHAProxy's log:\n%s", backend, last, want, hp.log.String())
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -115,10 +231,10 @@ func renderTemplate(t *testing.T, name, to string, vars map[string]string) {
 	}
 }
 
-// selfSigned writes a self-signed certificate for ip to dir/cert.pem and
-// it followed by its key to the file it returns (HAProxy's "crt"), and
-// returns a pool trusting it.
-func selfSigned(t *testing.T, dir, ip string) (string, *x509.CertPool) {
+// selfSigned writes a self-signed certificate for ip and names to
+// dir/cert.pem and it followed by its key to the file it returns (HAProxy's
+// "crt"), and returns a pool trusting it and the certificate with its key.
+func selfSigned(t *testing.T, dir, ip string, names ...string) (string, *x509.CertPool, tls.Certificate) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -127,7 +243,7 @@ func selfSigned(t *testing.T, dir, ip string) (string, *x509.CertPool) {
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: ip},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP(ip)}, IsCA: true, BasicConstraintsValid: true,
+		IPAddresses: []net.IP{net.ParseIP(ip)}, DNSNames: names, IsCA: true, BasicConstraintsValid: true,
 		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
@@ -149,5 +265,9 @@ func selfSigned(t *testing.T, dir, ip string) (string, *x509.CertPool) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(certPEM)
-	return crt, pool
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return crt, pool, pair
 }
