@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"io"
 	"math/big"
+	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -35,7 +36,7 @@ import (
 // sentence, not HAProxy's HTML page.
 func TestHAProxysOwnErrorsAreFlotillas(t *testing.T) {
 	t.Parallel()
-	hp := startHAProxy(t, "127.77.0")
+	hp := startHAProxy(t, loopbackNet+".0")
 	var status int
 	var ctype string
 	var body []byte
@@ -69,7 +70,7 @@ func TestHAProxysOwnErrorsAreFlotillas(t *testing.T) {
 // them.
 func TestHAProxySendsToDegradedGatewaysWhenNoneIsOk(t *testing.T) {
 	t.Parallel()
-	hp := startHAProxy(t, "127.77.1")
+	hp := startHAProxy(t, loopbackNet+".1")
 	// h1 and h2 answer every request but their status; h3 is down.
 	var ok [2]atomic.Bool
 	for i, name := range []string{"h1", "h2"} {
@@ -119,8 +120,12 @@ func TestHAProxySendsToDegradedGatewaysWhenNoneIsOk(t *testing.T) {
 	}
 }
 
+// loopbackNet is where this run's HAProxy tests bind: 127.<random>, so two
+// runs at once (the configuration's ports are fixed) do not meet.
+var loopbackNet = "127." + strconv.Itoa(64+mathrand.IntN(128))
+
 // haproxy is HAProxy running the cluster's configuration on the loopback
-// addresses <net>.1 (HAProxy) and <net>.2–4 (the hosts h1–h3).
+// addresses <net3>.1 (HAProxy) and <net3>.2–4 (the hosts h1–h3).
 type haproxy struct {
 	api, stats string
 	nodes      []string
@@ -129,9 +134,8 @@ type haproxy struct {
 	log        *testkit.Buffer
 }
 
-// startHAProxy starts HAProxy on addresses of the test's own: the
-// configuration's ports are fixed, and nothing else on the machine binds
-// 127.77.x.y.
+// startHAProxy starts HAProxy on addresses of the test's own (net3, a
+// loopback /24 under loopbackNet): the configuration's ports are fixed.
 func startHAProxy(t *testing.T, net3 string) *haproxy {
 	t.Helper()
 	if _, err := exec.LookPath("haproxy"); err != nil {
