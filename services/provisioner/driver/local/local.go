@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -219,6 +220,10 @@ func (d *Driver) EnsureVM(_ context.Context, spec driver.VMSpec) (driver.VM, err
 	dir := d.vmDir(spec.ID)
 	if pid, ok := d.running(spec.ID); ok {
 		d.cfg.Log.Info("local VM already running; adopting it", "vm", spec.ID, "pid", pid)
+		if _, recorded := agentPID(dir, spec.ID); !recorded {
+			// Its manager was killed before it wrote the pid file.
+			_ = os.WriteFile(filepath.Join(dir, "agent.pid"), []byte(strconv.Itoa(pid)), 0o600)
+		}
 		return vm, nil
 	}
 	diskUID, ok := d.owner(d.diskDir(spec.DiskID))
@@ -318,8 +323,55 @@ func agentArgs(vmDir, diskDir string, spec driver.VMSpec) []string {
 	}
 }
 
-// running reports whether the VM's agent process is alive.
-func (d *Driver) running(id string) (int, bool) { return agentPID(d.vmDir(id), id) }
+// running reports whether the VM's agent process is alive: the one its
+// pid file names, or else one started for the VM and never recorded (its
+// manager was killed after starting it and before writing its pid file:
+// the next manager must adopt it, not start a second agent on the disk).
+func (d *Driver) running(id string) (int, bool) {
+	if pid, ok := agentPID(d.vmDir(id), id); ok {
+		return pid, true
+	}
+	if pids := agentsOf(d.vmDir(id), id); len(pids) > 0 {
+		return pids[0], true
+	}
+	return 0, false
+}
+
+// agentsOf lists the live processes started for the VM id in dir: their
+// command line has "--vm-id id" and their working directory is dir.
+func agentsOf(dir, id string) []int {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil
+	}
+	want := "\x00--vm-id\x00" + id + "\x00"
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || !strings.Contains(string(b), want) || zombie(pid) {
+			continue
+		}
+		if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil && cwd == abs {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// zombie reports whether pid has exited and waits to be reaped.
+func zombie(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	return len(f) > 0 && f[0] == "Z"
+}
 
 // agentPID reads a VM's agent pid from its pid file, if that names a live
 // process whose command line carries the VM id: a pid on its own may have
@@ -334,14 +386,8 @@ func agentPID(dir, id string) (int, bool) {
 		return 0, false
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil || !strings.Contains(string(cmdline), id) {
+	if err != nil || !strings.Contains(string(cmdline), id) || zombie(pid) {
 		return 0, false
-	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err == nil {
-		if f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:])); len(f) > 0 && f[0] == "Z" {
-			return 0, false
-		}
 	}
 	return pid, true
 }
@@ -354,20 +400,26 @@ func (d *Driver) DeleteVM(_ context.Context, id string) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if pid, ok := d.running(id); ok {
-		_ = syscall.Kill(-pid, syscall.SIGTERM)
-		deadline := time.Now().Add(15 * time.Second)
-		for {
-			if _, alive := d.running(id); !alive {
+	// Every agent of the VM: the pid file's, and one a killed manager
+	// started without recording it.
+	var stopped []int
+	deadline := time.Now().Add(15 * time.Second)
+	for pid, alive := d.running(id); alive; pid, alive = d.running(id) {
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+			time.Sleep(200 * time.Millisecond)
+			if deadline.Add(time.Second).Before(time.Now()) {
 				break
 			}
-			if time.Now().After(deadline) {
-				_ = syscall.Kill(-pid, syscall.SIGKILL)
-				time.Sleep(200 * time.Millisecond)
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
+			continue
 		}
+		if !slices.Contains(stopped, pid) {
+			_ = syscall.Kill(-pid, syscall.SIGTERM)
+			stopped = append(stopped, pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, pid := range stopped {
 		d.cfg.Log.Info("local VM stopped", "vm", id, "pid", pid)
 	}
 	if err := os.RemoveAll(d.vmDir(id)); err != nil {

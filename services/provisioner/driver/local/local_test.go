@@ -160,6 +160,49 @@ func TestLocalDriverIsIdempotentAndSurvivesARestart(t *testing.T) {
 	}
 }
 
+// A manager killed after starting a VM's agent and before writing its pid
+// file leaves the agent running unrecorded: the next manager adopts it
+// rather than start a second agent on the disk, and deleting the VM stops
+// it.
+func TestAnAgentWhosePidFileWasNeverWrittenIsAdopted(t *testing.T) {
+	ctx := context.Background()
+	root := reachableDir(t)
+	d := newDriver(t, root)
+	t.Cleanup(func() { KillAll(root) })
+	if _, err := d.EnsureDisk(ctx, driver.DiskSpec{ID: "disk-1", InstanceID: "i", SizeGB: 1}); err != nil {
+		t.Fatal(err)
+	}
+	spec := driver.VMSpec{ID: "vm-unrecorded", InstanceID: "i", DiskID: "disk-1", DiskSizeGB: 1,
+		Bootstrap: driver.Bootstrap{GatewayAddr: "127.0.0.1:1", JoinToken: "fjt_secret", CAPEM: "pem"}}
+	if _, err := d.EnsureVM(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	pid := pidOf(t, root, spec.ID)
+	pidFile := filepath.Join(root, "vms", spec.ID, "agent.pid")
+	if err := os.Remove(pidFile); err != nil {
+		t.Fatal(err)
+	}
+	next := newDriver(t, root)
+	if _, err := next.EnsureVM(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if got := agentsOf(filepath.Join(root, "vms", spec.ID), spec.ID); len(got) != 1 || got[0] != pid {
+		t.Fatalf("agents of the VM after a second EnsureVM: %v; want the first alone, pid %d", got, pid)
+	}
+	if got := pidOf(t, root, spec.ID); got != pid {
+		t.Fatalf("the pid file names %d; want the adopted agent, %d", got, pid)
+	}
+	if err := os.Remove(pidFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := next.DeleteVM(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := agentsOf(filepath.Join(root, "vms", spec.ID), spec.ID); len(got) != 0 {
+		t.Fatalf("agents of the VM after DeleteVM: %v", got)
+	}
+}
+
 // TestEachDiskHasItsOwnUser: as root, each data disk gets a user id of its
 // own; the VM's agent runs as it, with a clean environment, and can read
 // neither the manager's files nor another disk.
