@@ -1,17 +1,12 @@
 package cluster_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/csv"
 	"encoding/json"
-	"encoding/pem"
 	"io"
-	"math/big"
 	mathrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -27,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/testkit"
 )
 
@@ -143,11 +139,11 @@ func startHAProxy(t *testing.T, net3 string) *haproxy {
 	}
 	front := net3 + ".1"
 	dir := t.TempDir()
-	crt, pool, cert := selfSigned(t, dir, front, "h1", "h2", "h3")
+	crt, pool, cert := serverCert(t, dir, front, "h1", "h2", "h3")
 	hp := &haproxy{api: "https://" + front + ":7700", stats: "http://" + front + ":8404/stats;csv", cert: cert, log: &testkit.Buffer{},
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}}
 	vars := map[string]string{
-		"HAPROXY_ADDR": front, "API_CERT_PEM": crt, "GATEWAY_CA_FILE": filepath.Join(dir, "cert.pem"),
+		"HAPROXY_ADDR": front, "API_CERT_PEM": crt, "GATEWAY_CA_FILE": filepath.Join(dir, "ca.pem"),
 		"HAPROXY_GLOBAL": "",
 	}
 	for i, h := range []string{"h1", "h2", "h3"} {
@@ -235,43 +231,40 @@ func renderTemplate(t *testing.T, name, to string, vars map[string]string) {
 	}
 }
 
-// selfSigned writes a self-signed certificate for ip and names to
-// dir/cert.pem and it followed by its key to the file it returns (HAProxy's
-// "crt"), and returns a pool trusting it and the certificate with its key.
-func selfSigned(t *testing.T, dir, ip string, names ...string) (string, *x509.CertPool, tls.Certificate) {
+// serverCert issues, from a CA of its own, a server certificate for ip and
+// names: the CA goes to dir/ca.pem (HAProxy's ca-file for the gateways),
+// the certificate followed by its key to the file returned (HAProxy's
+// "crt"); it returns a pool trusting the CA and the certificate with its
+// key.
+func serverCert(t *testing.T, dir, ip string, names ...string) (string, *x509.CertPool, tls.Certificate) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	now := time.Now()
+	ca, err := pki.GenerateCA(now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: ip},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP(ip)}, DNSNames: names, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	key, err := pki.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	kder, err := x509.MarshalECPrivateKey(key)
+	issued, err := ca.Issue(key.Public(), pki.ServerProfile(ip, names, []net.IP{net.ParseIP(ip)}, now, time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-	if err := os.WriteFile(filepath.Join(dir, "cert.pem"), certPEM, 0o600); err != nil {
+	keyPEM, err := pki.EncodePrivateKeyPEM(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), ca.CertificatePEM(), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	crt := filepath.Join(dir, "api.pem")
-	if err := os.WriteFile(crt, append(certPEM, keyPEM...), 0o600); err != nil {
+	if err := os.WriteFile(crt, append(bytes.Clone(issued.PEM), keyPEM...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(certPEM)
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	pair, err := tls.X509KeyPair(issued.PEM, keyPEM)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return crt, pool, pair
+	return crt, ca.Pool(), pair
 }
