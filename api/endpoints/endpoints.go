@@ -127,7 +127,8 @@ func declare[Req, Resp proto.Message](service, name, subject, doc string, caller
 	return register[Req, Resp](infoOf[Req, Resp](service, name, subject, doc, callers...))
 }
 
-// infoOf is the declaration of an endpoint answered by one instance.
+// infoOf is an endpoint's declaration: answered by one instance (a queue
+// group) unless the caller sets Every.
 func infoOf[Req, Resp proto.Message](service, name, subject, doc string, callers ...string) Info {
 	return Info{
 		Service:  service,
