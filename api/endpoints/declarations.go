@@ -37,7 +37,9 @@ func endpoint[Req, Resp proto.Message](service, noun, verb, doc string, callers 
 // the gateway's status check asks each. Every instance of the service gets
 // the ping and the first ready answer counts, so an instance that is cut
 // off (and silent) or not ready does not make the service look down while
-// another can serve.
+// another can serve. An instance that is not ready asks its own service's
+// ping whether another instance is, before it steps out of its queue
+// groups (rpc.Service).
 var (
 	PingInventory   = ping(inventory)
 	PingCA          = ping(ca)
@@ -48,7 +50,7 @@ var (
 
 func ping(service string) Endpoint[*systemv1.PingRequest, *systemv1.PingResponse] {
 	info := infoOf[*systemv1.PingRequest, *systemv1.PingResponse](service, "ping", subjects.Ping(service),
-		"answers when the service is ready", gateway)
+		"answers when the service is ready", gateway, service)
 	info.Every = true
 	return register[*systemv1.PingRequest, *systemv1.PingResponse](info)
 }

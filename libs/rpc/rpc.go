@@ -35,16 +35,46 @@ import (
 )
 
 // Service is one Flotilla service's endpoints on the bus.
+//
+// An instance with a readiness check watches it, and steps out of its
+// queue groups while it fails and another instance of the service is ready:
+// its requests then go to the instances that can serve them, rather than a
+// share of them being answered "not ready" (one host cut off from
+// PostgreSQL, say). It goes on answering pings (not ready), and steps back
+// in when it is ready again. An instance with no ready peer stays in and
+// answers every request it cannot serve as unavailable, as before: nobody
+// else could have served it.
 type Service struct {
 	nc          *nats.Conn
 	name        string
-	svc         micro.Service
+	config      micro.Config
 	log         *slog.Logger
 	tp          trace.TracerProvider
 	concurrency int
 	inflight    sync.WaitGroup
 	// ready is the service's readiness check (New's), nil if it has none.
 	ready func(context.Context) error
+	// peers asks the service's ping whether another instance is ready.
+	peers *Client
+
+	mu  sync.Mutex
+	svc micro.Service // serving every endpoint, or only the pings while out
+	eps []added
+	out bool // stepped out of the queue groups
+
+	nudge   chan struct{} // a request failed while not ready: check now
+	quit    chan struct{}
+	stop    sync.Once
+	watched sync.WaitGroup
+}
+
+// added is an endpoint Handle added, kept to add again when the service
+// steps back in.
+type added struct {
+	name    string
+	handler micro.Handler
+	opts    []micro.EndpointOpt
+	every   bool // not in a queue group: served while out too
 }
 
 // DefaultConcurrency is how many requests each endpoint serves at once
@@ -79,25 +109,30 @@ func New(nc *nats.Conn, name, version, description string, log *slog.Logger, tp 
 	if !ok {
 		return nil, fmt.Errorf("rpc: %q is not a Flotilla service", name)
 	}
-	svc, err := micro.AddService(nc, micro.Config{Name: name, Version: version, Description: description})
+	config := micro.Config{Name: name, Version: version, Description: description}
+	svc, err := micro.AddService(nc, config)
 	if err != nil {
 		return nil, fmt.Errorf("add %s service: %w", name, err)
 	}
-	s := &Service{nc: nc, name: name, svc: svc, log: log, tp: tp, concurrency: DefaultConcurrency, ready: ready}
+	s := &Service{nc: nc, name: name, config: config, svc: svc, log: log, tp: tp, concurrency: DefaultConcurrency, ready: ready,
+		peers: NewClient(nc, name, readyCheckTimeout), nudge: make(chan struct{}, 1), quit: make(chan struct{})}
 	for _, o := range opts {
 		o(s)
 	}
 	err = Handle(s, ping, func(ctx context.Context, _ vocab.Actor, _ *systemv1.PingRequest) (*systemv1.PingResponse, error) {
-		if ready != nil {
-			if err := ready(ctx); err != nil {
-				return nil, apierr.Unavailable("%s is not ready: %v", name, err)
-			}
+		if err := s.checkReady(ctx); err != nil {
+			return nil, apierr.Unavailable("%s is not ready: %v", name, err)
 		}
 		return &systemv1.PingResponse{Service: name, Version: version}, nil
 	})
 	if err != nil {
 		_ = svc.Stop()
 		return nil, err
+	}
+	if ready != nil {
+		registerMetrics()
+		s.watched.Add(1)
+		go s.watch()
 	}
 	return s, nil
 }
@@ -117,9 +152,15 @@ func Handle[Req, Resp proto.Message](s *Service, ep endpoints.Endpoint[Req, Resp
 	if info.Every {
 		opts = append(opts, micro.WithEndpointQueueGroupDisabled())
 	}
-	if err := s.svc.AddEndpoint(name, s.pooled(handler(s.tp, s.log, s.name, ep, f)), opts...); err != nil {
-		return fmt.Errorf("add endpoint %s: %w", info.Subject, err)
+	a := added{name: name, handler: s.pooled(handler(s.tp, s.log, s.name, ep, f)), opts: opts, every: info.Every}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a.every || !s.out {
+		if err := s.svc.AddEndpoint(a.name, a.handler, a.opts...); err != nil {
+			return fmt.Errorf("add endpoint %s: %w", info.Subject, err)
+		}
 	}
+	s.eps = append(s.eps, a)
 	return flush(s.nc, s.name)
 }
 
@@ -138,11 +179,13 @@ func unavailableWhileNotReady[Req, Resp proto.Message](s *Service, f Func[Req, R
 		if err == nil || apierr.KindOf(err) != apierr.KindInternal {
 			return resp, err
 		}
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), readyCheckTimeout)
-		defer cancel()
-		rerr := s.ready(rctx)
+		rerr := s.checkReady(context.WithoutCancel(ctx))
 		if rerr == nil {
 			return resp, err
+		}
+		select { // the watcher checks now, and may step out
+		case s.nudge <- struct{}{}:
+		default:
 		}
 		s.log.WarnContext(ctx, "a request failed while the service was not ready; answered unavailable",
 			"service", s.name, "error", err, "not_ready", rerr)
@@ -155,9 +198,130 @@ func unavailableWhileNotReady[Req, Resp proto.Message](s *Service, f Func[Req, R
 
 // Stop stops taking requests and waits for the requests in flight.
 func (s *Service) Stop() error {
+	s.stop.Do(func() { close(s.quit) })
+	s.watched.Wait()
+	s.mu.Lock()
 	err := s.svc.Stop()
+	if s.out {
+		metrics.steppedOut.WithLabelValues(s.name).Dec()
+	}
+	s.mu.Unlock()
 	s.inflight.Wait()
 	return err
+}
+
+// checkReady runs the readiness check within readyCheckTimeout (nil without
+// one).
+func (s *Service) checkReady(ctx context.Context) error {
+	if s.ready == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, readyCheckTimeout)
+	defer cancel()
+	return s.ready(ctx)
+}
+
+// How the readiness watcher paces itself: a check every readyEvery while
+// the instance serves, every outReadyEvery while it is out (so it is back
+// within a fraction of a second of being ready), and stepOutAfter failed
+// checks in a row before it steps out — or one, right after a request
+// failed for it.
+const (
+	readyEvery    = time.Second
+	outReadyEvery = 250 * time.Millisecond
+	stepOutAfter  = 2
+)
+
+// watch checks readiness until Stop, and steps the instance out of its
+// queue groups or back in (see Service).
+func (s *Service) watch() {
+	defer s.watched.Done()
+	failed := 0
+	for {
+		s.mu.Lock()
+		out := s.out
+		s.mu.Unlock()
+		wait, nudged := readyEvery, false
+		if out {
+			wait = outReadyEvery
+		}
+		select {
+		case <-s.quit:
+			return
+		case <-time.After(wait):
+		case <-s.nudge:
+			nudged = true
+		}
+		err := s.checkReady(context.Background())
+		switch {
+		case out && err == nil:
+			s.step(true, nil)
+		case out || err == nil:
+			failed = 0
+		default:
+			failed++
+			if (failed >= stepOutAfter || nudged) && s.peerReady() {
+				s.step(false, err)
+				failed = 0
+			}
+		}
+	}
+}
+
+// peerReady reports whether an instance of the service answers its ping
+// ready: this one's own answer is "not ready" while its check fails.
+func (s *Service) peerReady() bool {
+	ping, _ := endpoints.Ping(s.name)
+	_, err := Call(context.Background(), s.peers, ping, &systemv1.PingRequest{})
+	return err == nil
+}
+
+// step puts the instance in its queue groups (in) or takes it out, serving
+// its pings alone: a new micro service with the endpoints it serves, then
+// the old one stopped, its requests received being answered as they come
+// (drained). A failure leaves the instance as it was, to try at the next
+// check.
+func (s *Service) step(in bool, why error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.out != in {
+		return
+	}
+	svc, err := micro.AddService(s.nc, s.config)
+	if err == nil {
+		for _, a := range s.eps {
+			if in || a.every {
+				if err = svc.AddEndpoint(a.name, a.handler, a.opts...); err != nil {
+					break
+				}
+			}
+		}
+	}
+	if err == nil {
+		err = flush(s.nc, s.name)
+	}
+	if err != nil {
+		if svc != nil {
+			_ = svc.Stop()
+		}
+		s.log.Warn("cannot change the service's endpoints; trying again at the next readiness check",
+			"service", s.name, "serve", in, "error", err)
+		return
+	}
+	old := s.svc
+	s.svc, s.out = svc, !in
+	if err := old.Stop(); err != nil {
+		s.log.Warn("cannot stop the service's old endpoints", "service", s.name, "error", err)
+	}
+	if in {
+		metrics.steppedOut.WithLabelValues(s.name).Dec()
+		s.log.Info("ready again: serving requests", "service", s.name)
+		return
+	}
+	metrics.steppedOut.WithLabelValues(s.name).Inc()
+	metrics.stepOuts.WithLabelValues(s.name).Inc()
+	s.log.Warn("not ready while another instance is: stepped out of the queue groups until ready",
+		"service", s.name, "not_ready", why)
 }
 
 // pooled serves an endpoint's requests on up to s.concurrency goroutines:

@@ -302,6 +302,83 @@ func TestAnInternalErrorWhileNotReadyIsUnavailable(t *testing.T) {
 	}
 }
 
+// An instance whose readiness check fails steps out of its queue groups
+// while another instance is ready, so every request goes to one that can
+// serve it; it steps back in once ready. Alone, it stays in and answers
+// "not ready" rather than leave its callers with nobody to ask.
+func TestANotReadyInstanceStepsOutWhileAnotherIsReady(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	var aReady atomic.Bool
+	var aChecks atomic.Int64
+	a, err := rpc.New(testkit.NATSConn(t, ns), subjects.Inventory, "2.0.0", "instance a", slog.New(slog.DiscardHandler), noop.NewTracerProvider(),
+		func(context.Context) error {
+			aChecks.Add(1)
+			if !aReady.Load() {
+				return errors.New("failed to connect to `database=flotilla`: connection refused")
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Stop() })
+	answer := func(name string, ready *atomic.Bool) rpc.Func[*inventoryv1.GetNetworkRequest, *inventoryv1.Network] {
+		return func(context.Context, vocab.Actor, *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+			if !ready.Load() {
+				return nil, errors.New("acquire a connection: connection refused")
+			}
+			return &inventoryv1.Network{Name: name}, nil
+		}
+	}
+	if err := rpc.Handle(a, endpoints.NetworkGet, answer("a", &aReady)); err != nil {
+		t.Fatal(err)
+	}
+	gw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Gateway, 5*time.Second)
+	get := func() (string, error) {
+		n, err := rpc.Call(t.Context(), gw, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: "n"})
+		return n.GetName(), err
+	}
+
+	// Alone and not ready: it stays in, through several checks.
+	for since := aChecks.Load(); aChecks.Load() < since+3; {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := get(); !apierr.Is(err, apierr.KindUnavailable) || !strings.Contains(err.Error(), "not ready just now") {
+		t.Fatalf("a request to the only instance, not ready: %v; want its unavailable answer", err)
+	}
+
+	var bReady atomic.Bool
+	bReady.Store(true)
+	b, err := rpc.New(testkit.NATSConn(t, ns), subjects.Inventory, "2.0.0", "instance b", slog.New(slog.DiscardHandler), noop.NewTracerProvider(),
+		func(context.Context) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Stop() })
+	if err := rpc.Handle(b, endpoints.NetworkGet, answer("b", &bReady)); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the instance not ready stepped out: 20 requests in a row answered", func() bool {
+		for range 20 {
+			if name, err := get(); err != nil || name != "b" {
+				return false
+			}
+		}
+		return true
+	})
+	// Its pings are still answered, by the instance that is ready.
+	if _, err := rpc.Call(t.Context(), gw, endpoints.PingInventory, &systemv1.PingRequest{}); err != nil {
+		t.Fatalf("ping with one instance ready: %v", err)
+	}
+
+	aReady.Store(true)
+	testkit.WaitFor(t, 10*time.Second, "the instance ready again answers requests", func() bool {
+		name, err := get()
+		return err == nil && name == "a"
+	})
+}
+
 func TestPerInstanceEndpointsReachOnlyTheirSubscriber(t *testing.T) {
 	t.Parallel()
 	ns := testkit.NATS(t)

@@ -1,0 +1,28 @@
+package rpc
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The services' metrics, on the process's Prometheus registry (the metrics
+// port's /metrics). Every instance of a service in a process counts into
+// the same series: a process runs one, except in tests.
+var metrics = struct {
+	steppedOut *prometheus.GaugeVec
+	stepOuts   *prometheus.CounterVec
+}{
+	steppedOut: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "flotilla_rpc_stepped_out",
+		Help: "1 while the service's instance in this process is out of its queue groups: not ready while another instance is.",
+	}, []string{"service"}),
+	stepOuts: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flotilla_rpc_step_outs_total",
+		Help: "Times the service's instance in this process stepped out of its queue groups.",
+	}, []string{"service"}),
+}
+
+// registerMetrics puts the metrics on the process's registry, once: only a
+// process that runs a service with a readiness check shows them.
+var registerMetrics = sync.OnceFunc(func() { prometheus.MustRegister(metrics.steppedOut, metrics.stepOuts) })
