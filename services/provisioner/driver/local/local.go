@@ -344,7 +344,12 @@ func agentsOf(dir, id string) []int {
 	if err != nil {
 		return nil
 	}
-	want := "\x00--vm-id\x00" + id + "\x00"
+	return agentsWhere("\x00--vm-id\x00"+id+"\x00", func(cwd string) bool { return cwd == abs })
+}
+
+// agentsWhere lists the live processes whose command line contains arg and
+// whose working directory passes in.
+func agentsWhere(arg string, in func(cwd string) bool) []int {
 	var pids []int
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -353,10 +358,10 @@ func agentsOf(dir, id string) []int {
 			continue
 		}
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil || !strings.Contains(string(b), want) || zombie(pid) {
+		if err != nil || !strings.Contains(string(b), arg) || zombie(pid) {
 			continue
 		}
-		if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil && cwd == abs {
+		if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil && in(cwd) {
 			pids = append(pids, pid)
 		}
 	}
@@ -437,12 +442,21 @@ func (d *Driver) Running(id string) bool {
 // KillAll SIGKILLs the process group of every VM under root whose agent
 // still runs, and no other: VMs outlive the manager that started them, as
 // real ones do, so a test must stop them, and a pid file left by a VM that
-// stopped may name a pid given since to another process.
+// stopped may name a pid given since to another process. An agent that no
+// pid file names (its manager was killed before writing it) is found by
+// its working directory, under root's VMs, even one since removed.
 func KillAll(root string) {
 	dirs, _ := filepath.Glob(filepath.Join(root, "vms", "*"))
 	for _, dir := range dirs {
 		if pid, ok := agentPID(dir, filepath.Base(dir)); ok {
 			_ = syscall.Kill(-pid, syscall.SIGKILL)
 		}
+	}
+	vms, err := filepath.Abs(filepath.Join(root, "vms"))
+	if err != nil {
+		return
+	}
+	for _, pid := range agentsWhere("\x00--vm-id\x00", func(cwd string) bool { return strings.HasPrefix(cwd, vms+"/") }) {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
 	}
 }

@@ -201,6 +201,21 @@ func TestAnAgentWhosePidFileWasNeverWrittenIsAdopted(t *testing.T) {
 	if got := agentsOf(filepath.Join(root, "vms", spec.ID), spec.ID); len(got) != 0 {
 		t.Fatalf("agents of the VM after DeleteVM: %v", got)
 	}
+
+	// The tests' clean-up stops an agent no pid file names, too.
+	if _, err := next.EnsureVM(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(pidFile); err != nil {
+		t.Fatal(err)
+	}
+	KillAll(root)
+	for deadline := time.Now().Add(5 * time.Second); len(agentsOf(filepath.Join(root, "vms", spec.ID), spec.ID)) > 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("KillAll left the agent no pid file names running")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // TestEachDiskHasItsOwnUser: as root, each data disk gets a user id of its
