@@ -102,8 +102,35 @@ func (h *homing) follow(nc *nats.Conn) {
 			continue
 		}
 		upSince, tried = time.Time{}, true
+		h.comeHome(nc)
+	}
+}
+
+// HomeDrain bounds how long a homecoming waits for the requests in flight
+// on the connection to be answered, and then for the connection to be
+// back: the requests made meanwhile wait for it (Bounded).
+const HomeDrain = time.Second
+
+// comeHome makes nc reconnect, home first, without failing a request: new
+// requests wait while those in flight are answered (up to HomeDrain; one
+// still unanswered then fails as a lost connection's, "may or may not"),
+// and until nc is connected again (up to HomeDrain more). The reconnection
+// takes milliseconds: home was just found accepting connections.
+func (h *homing) comeHome(nc *nats.Conn) {
+	v, ok := links.Load(nc)
+	if !ok {
 		h.back.Store(true)
 		_ = nc.ForceReconnect()
+		return
+	}
+	release := v.(*link).gate.hold(HomeDrain)
+	defer release()
+	h.back.Store(true)
+	if nc.ForceReconnect() != nil {
+		return
+	}
+	for deadline := time.Now().Add(HomeDrain); !nc.IsConnected() && !nc.IsClosed() && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -1,12 +1,16 @@
 package natsx_test
 
 import (
+	"context"
 	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/testkit"
@@ -75,5 +79,71 @@ func TestAConnectionGoesBackToItsHomeServer(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the subscription made before the move does not receive at home")
+	}
+}
+
+// TestAHomecomingFailsNoRequest: requests sent without pause while a
+// connection goes back home all get their answers. The homecoming waits
+// for those in flight and holds new ones until it is back, where a
+// reconnection made on purpose would have given up those in flight.
+func TestAHomecomingFailsNoRequest(t *testing.T) {
+	t.Parallel()
+	home := startServer(t, "home", -1)
+	away := startServer(t, "away", -1)
+	homeURL, port := home.ClientURL(), home.Addr().(*net.TCPAddr).Port
+	// A slow responder on each server, so that requests are in flight.
+	answer := func(ns *server.Server) {
+		_, err := testkit.NATSConn(t, ns).Subscribe("test.slow", func(m *nats.Msg) {
+			time.Sleep(20 * time.Millisecond)
+			_ = m.Respond(nil)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	answer(away)
+	nc, err := natsx.Connect(homeURL+","+away.ClientURL(), t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	home.Shutdown()
+	home.WaitForShutdown()
+	testkit.WaitFor(t, 10*time.Second, "the connection to move away", func() bool {
+		return nc.IsConnected() && nc.ConnectedUrl() == away.ClientURL()
+	})
+	answer(startServer(t, "home-again", port))
+
+	var sent, failed atomic.Int64
+	var firstErr atomic.Value
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				sent.Add(1)
+				ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+				err := natsx.Request(ctx, nc, "test.slow", &emptypb.Empty{}, &emptypb.Empty{})
+				cancel()
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+				}
+			}
+		})
+	}
+	testkit.WaitFor(t, natsx.HomeStable+4*natsx.HomeProbe, "the connection to go back home", func() bool {
+		return nc.IsConnected() && nc.ConnectedUrl() == homeURL
+	})
+	time.Sleep(200 * time.Millisecond) // requests on the home server too
+	close(done)
+	wg.Wait()
+	if failed.Load() > 0 {
+		t.Fatalf("%d of %d requests failed across the homecoming; the first: %v", failed.Load(), sent.Load(), firstErr.Load())
 	}
 }

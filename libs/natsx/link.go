@@ -33,6 +33,80 @@ var links sync.Map
 // connection came back from a loss that happened while it was current.
 type link struct {
 	epoch atomic.Pointer[epoch]
+	// gate holds new requests while the connection is made again on
+	// purpose (homing's), once those in flight are answered.
+	gate gate
+}
+
+// gate counts a connection's requests in flight (Bounded) and can hold new
+// ones: hold waits, up to a bound, for those in flight to end, and new ones
+// wait until release.
+type gate struct {
+	mu     sync.Mutex
+	n      int           // requests in flight
+	held   chan struct{} // non-nil while held: closed at release
+	notify chan struct{} // non-nil while hold waits: closed when n reaches 0
+}
+
+// enter counts a request in flight, after waiting out a hold; it fails
+// only when ctx ends first.
+func (g *gate) enter(ctx context.Context) error {
+	g.mu.Lock()
+	for g.held != nil {
+		held := g.held
+		g.mu.Unlock()
+		select {
+		case <-held:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		g.mu.Lock()
+	}
+	g.n++
+	g.mu.Unlock()
+	return nil
+}
+
+// leave ends a request entered.
+func (g *gate) leave() {
+	g.mu.Lock()
+	g.n--
+	if g.n == 0 && g.notify != nil {
+		close(g.notify)
+		g.notify = nil
+	}
+	g.mu.Unlock()
+}
+
+// hold makes new requests wait and waits until those in flight have ended,
+// or for max; release lets the waiting ones go.
+func (g *gate) hold(max time.Duration) (release func()) {
+	g.mu.Lock()
+	held := make(chan struct{})
+	g.held = held
+	var idle chan struct{}
+	if g.n > 0 {
+		idle = make(chan struct{})
+		g.notify = idle
+	}
+	g.mu.Unlock()
+	if idle != nil {
+		t := time.NewTimer(max)
+		select {
+		case <-idle:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	g.mu.Lock()
+	g.notify = nil
+	g.mu.Unlock()
+	return func() {
+		g.mu.Lock()
+		close(held)
+		g.held = nil
+		g.mu.Unlock()
+	}
 }
 
 type epoch struct {
@@ -88,14 +162,20 @@ func (l *link) follow(nc *nats.Conn, ch chan nats.Status) {
 // request sent before the loss and unanswered LostReplyGrace after the
 // connection is back fails wrapping ErrConnectionLost, as does one that
 // nats.go gave up when the connection was made again on purpose
-// (ForceReconnect, homing's). On a connection not made by Connect or
-// ConnectInProcess it runs do with ctx.
+// (ForceReconnect, homing's). While homing makes the connection again, do
+// waits to be run until the connection is back (see homing.follow). On a
+// connection not made by Connect or ConnectInProcess it runs do with ctx.
 func Bounded(ctx context.Context, nc *nats.Conn, do func(context.Context) error) error {
 	v, ok := links.Load(nc)
 	if !ok {
 		return do(ctx)
 	}
-	e := v.(*link).epoch.Load()
+	l := v.(*link)
+	if err := l.gate.enter(ctx); err != nil {
+		return err
+	}
+	defer l.gate.leave()
+	e := l.epoch.Load()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stop := context.AfterFunc(e.ctx, func() { cancel(context.Cause(e.ctx)) })
