@@ -256,14 +256,26 @@ func yesNo(b bool) string {
 }
 
 func managerRows(cl *systemv1.Cluster) [][]string {
-	rows := [][]string{{"NAME", "SERVICE", "HOST", "VERSION", "PID", "HEALTHY", "LAST SEEN"}}
+	rows := [][]string{{"NAME", "SERVICE", "HOST", "VERSION", "PID", "HEALTHY", "LAST SEEN", "READY"}}
 	now := cl.GetTime().AsTime()
 	for _, m := range cl.GetManagers() {
 		ago := now.Sub(m.GetLastSeenTime().AsTime()).Round(100 * time.Millisecond)
 		rows = append(rows, []string{m.GetName(), m.GetService(), m.GetHost(), m.GetVersion(), strconv.Itoa(int(m.GetPid())),
-			yesNo(m.GetHealthy()), max(ago, 0).String() + " ago"})
+			yesNo(m.GetHealthy()), max(ago, 0).String() + " ago", readiness(m)})
 	}
 	return rows
+}
+
+// readiness says whether a manager's service is ready, as of its last
+// heartbeat, and if not why, and whether it stepped out of its queue groups.
+func readiness(m *systemv1.Manager) string {
+	switch {
+	case m.GetNotReady() == "":
+		return "yes"
+	case m.GetSteppedOut():
+		return "no, out of its queue groups: " + m.GetNotReady()
+	}
+	return "no: " + m.GetNotReady()
 }
 
 func brokerRows(cl *systemv1.Cluster) [][]string {

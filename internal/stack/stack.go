@@ -293,6 +293,9 @@ type Stack struct {
 type runner struct {
 	name string
 	run  func(context.Context) error
+	// readiness is the service's (rpc.Service.Readiness), for its
+	// heartbeat; nil for a service without a readiness check.
+	readiness func() (notReady string, out bool)
 }
 
 // Start builds the configured services. When it returns, every service takes
@@ -415,7 +418,8 @@ func (st *Stack) join(ctx context.Context, nc *nats.Conn, r runner) (runner, err
 		return runner{}, fmt.Errorf("jetstream: %w", err)
 	}
 	m, err := membership.Join(ctx, js, membership.Config{Service: r.name, Version: st.cfg.Version, Host: st.cfg.HostName,
-		Interval: st.cfg.MemberInterval, TTL: st.cfg.MemberTTL, Replicas: st.cfg.StreamReplicas, Log: st.log.With("service", r.name)})
+		Interval: st.cfg.MemberInterval, TTL: st.cfg.MemberTTL, Replicas: st.cfg.StreamReplicas, Log: st.log.With("service", r.name),
+		Readiness: r.readiness})
 	if err != nil {
 		return runner{}, err
 	}
@@ -500,7 +504,7 @@ func (d deps) inventory(ctx context.Context, nc *nats.Conn) (runner, error) {
 		return runner{}, err
 	}
 	d.st.Inventory = s
-	return runner{subjects.Inventory, s.Run}, nil
+	return runner{subjects.Inventory, s.Run, s.Readiness}, nil
 }
 
 func (d deps) ca(ctx context.Context, nc *nats.Conn) (runner, error) {
@@ -512,7 +516,7 @@ func (d deps) ca(ctx context.Context, nc *nats.Conn) (runner, error) {
 		return runner{}, err
 	}
 	d.st.CA = s
-	return runner{subjects.CA, s.Run}, nil
+	return runner{subjects.CA, s.Run, s.Readiness}, nil
 }
 
 func (d deps) secrets(ctx context.Context, nc *nats.Conn) (runner, error) {
@@ -534,7 +538,7 @@ func (d deps) secrets(ctx context.Context, nc *nats.Conn) (runner, error) {
 		return runner{}, err
 	}
 	d.st.Secrets = s
-	return runner{subjects.Secrets, s.Run}, nil
+	return runner{subjects.Secrets, s.Run, s.Readiness}, nil
 }
 
 func (d deps) provisioner(ctx context.Context, nc *nats.Conn) (runner, error) {
@@ -565,7 +569,7 @@ func (d deps) provisioner(ctx context.Context, nc *nats.Conn) (runner, error) {
 		return runner{}, err
 	}
 	d.st.Provisioner = s
-	return runner{subjects.Provisioner, s.Run}, nil
+	return runner{name: subjects.Provisioner, run: s.Run}, nil
 }
 
 func (d deps) agentgw(ctx context.Context, nc *nats.Conn) (runner, error) {
@@ -578,7 +582,7 @@ func (d deps) agentgw(ctx context.Context, nc *nats.Conn) (runner, error) {
 	}
 	d.st.own(d.agentL)
 	d.st.AgentGW = s
-	return runner{subjects.AgentGW, s.Run}, nil
+	return runner{name: subjects.AgentGW, run: s.Run}, nil
 }
 
 func (d deps) gateway(ctx context.Context, nc *nats.Conn, httpL, grpcL net.Listener) (runner, error) {
@@ -597,7 +601,7 @@ func (d deps) gateway(ctx context.Context, nc *nats.Conn, httpL, grpcL net.Liste
 		d.st.own(grpcL)
 	}
 	d.st.Gateway = g
-	return runner{subjects.Gateway, g.Run}, nil
+	return runner{name: subjects.Gateway, run: g.Run}, nil
 }
 
 // agentGatewayAddr is where agents are told to connect:

@@ -63,6 +63,10 @@ type Config struct {
 	// Replicas is the bucket's replication (FLOTILLA_STREAM_REPLICAS).
 	Replicas int
 	Log      *slog.Logger
+	// Readiness, when set, is read at each heartbeat: why the service is
+	// not ready ("" when it is) and whether it stepped out of its queue
+	// groups for it (rpc.Service.Readiness).
+	Readiness func() (notReady string, out bool)
 }
 
 // kvOperation is the header JetStream's key-value store marks a deleted or
@@ -71,11 +75,12 @@ const kvOperation = "KV-Operation"
 
 // Member is one service process's membership.
 type Member struct {
-	kv       jetstream.KeyValue
-	rec      *systemv1.Manager
-	interval time.Duration
-	log      *slog.Logger
-	left     sync.Once
+	kv        jetstream.KeyValue
+	rec       *systemv1.Manager
+	readiness func() (string, bool)
+	interval  time.Duration
+	log       *slog.Logger
+	left      sync.Once
 }
 
 // DeclareBucket creates or updates the managers' bucket, with keys
@@ -116,7 +121,7 @@ func Join(ctx context.Context, js jetstream.JetStream, cfg Config) (*Member, err
 		return nil, err
 	}
 	now := time.Now()
-	m := &Member{kv: kv, interval: cfg.Interval, log: cfg.Log, rec: &systemv1.Manager{
+	m := &Member{kv: kv, interval: cfg.Interval, log: cfg.Log, readiness: cfg.Readiness, rec: &systemv1.Manager{
 		Name:      subjects.ManagerKey(cfg.Service, cfg.Host, processID),
 		Service:   cfg.Service,
 		Host:      cfg.Host,
@@ -136,6 +141,9 @@ func (m *Member) Name() string { return m.rec.GetName() }
 // beat writes the heartbeat.
 func (m *Member) beat(ctx context.Context) error {
 	m.rec.LastSeenTime = timestamppb.Now()
+	if m.readiness != nil {
+		m.rec.NotReady, m.rec.SteppedOut = m.readiness()
+	}
 	data, err := proto.Marshal(m.rec)
 	if err != nil {
 		return err

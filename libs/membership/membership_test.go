@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,8 +36,14 @@ func TestAMemberIsListedWhileItRunsAndNotAfter(t *testing.T) {
 	if got, err := membership.List(ctx, reader, time.Now(), 0); err != nil || len(got) != 0 {
 		t.Fatalf("before any member joined: %v %v", got, err)
 	}
+	var ready atomic.Bool
 	m, err := membership.Join(ctx, js, membership.Config{Service: subjects.CA, Version: "9.9.9", Host: "db1.example.com",
-		Interval: 100 * time.Millisecond})
+		Interval: 100 * time.Millisecond, Readiness: func() (string, bool) {
+			if ready.Load() {
+				return "", false
+			}
+			return "the CA certificate expired", true
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,9 +60,16 @@ func TestAMemberIsListedWhileItRunsAndNotAfter(t *testing.T) {
 	}
 	g := got[0]
 	if g.GetName() != m.Name() || g.GetService() != subjects.CA || g.GetHost() != "db1.example.com" || g.GetVersion() != "9.9.9" ||
-		g.GetPid() != int32(os.Getpid()) || !g.GetHealthy() || !g.GetLastSeenTime().AsTime().After(g.GetStartTime().AsTime()) {
+		g.GetPid() != int32(os.Getpid()) || !g.GetHealthy() || !g.GetLastSeenTime().AsTime().After(g.GetStartTime().AsTime()) ||
+		g.GetNotReady() != "the CA certificate expired" || !g.GetSteppedOut() {
 		t.Fatalf("member %v", g)
 	}
+	// Its heartbeat says when it is ready again.
+	ready.Store(true)
+	testkit.WaitFor(t, 5*time.Second, "the heartbeat to say the member is ready", func() bool {
+		got, err := membership.List(ctx, reader, time.Now(), 0)
+		return err == nil && len(got) == 1 && got[0].GetNotReady() == "" && !got[0].GetSteppedOut()
+	})
 	// Seen from a minute on, its last heartbeat is too old to be healthy.
 	if later, _ := membership.List(ctx, reader, time.Now().Add(time.Minute), 0); len(later) != 1 || later[0].GetHealthy() {
 		t.Fatalf("a member silent for a minute: %v", later)

@@ -57,10 +57,11 @@ type Service struct {
 	// peers asks the service's ping whether another instance is ready.
 	peers *Client
 
-	mu  sync.Mutex
-	svc micro.Service // serving every endpoint, or only the pings while out
-	eps []added
-	out bool // stepped out of the queue groups
+	mu       sync.Mutex
+	svc      micro.Service // serving every endpoint, or only the pings while out
+	eps      []added
+	out      bool   // stepped out of the queue groups
+	notReady string // the last readiness check's error, "" when it passed
 
 	nudge   chan struct{} // a request failed while not ready: check now
 	quit    chan struct{}
@@ -211,14 +212,31 @@ func (s *Service) Stop() error {
 }
 
 // checkReady runs the readiness check within readyCheckTimeout (nil without
-// one).
+// one), and keeps its result for Readiness.
 func (s *Service) checkReady(ctx context.Context) error {
 	if s.ready == nil {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, readyCheckTimeout)
 	defer cancel()
-	return s.ready(ctx)
+	err := s.ready(ctx)
+	why := ""
+	if err != nil {
+		why = err.Error()
+	}
+	s.mu.Lock()
+	s.notReady = why
+	s.mu.Unlock()
+	return err
+}
+
+// Readiness is why the service's last readiness check failed ("" when it
+// passed, and for a service without one), and whether the instance is out
+// of its queue groups for it.
+func (s *Service) Readiness() (notReady string, out bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.notReady, s.out
 }
 
 // How the readiness watcher paces itself: a check every readyEvery while

@@ -367,9 +367,16 @@ func TestANotReadyInstanceStepsOutWhileAnotherIsReady(t *testing.T) {
 		}
 		return true
 	})
-	// Its pings are still answered, by the instance that is ready.
+	// Its pings are still answered, by the instance that is ready; it says
+	// why it is out (the cluster's list of managers shows it).
 	if _, err := rpc.Call(t.Context(), gw, endpoints.PingInventory, &systemv1.PingRequest{}); err != nil {
 		t.Fatalf("ping with one instance ready: %v", err)
+	}
+	if why, out := a.Readiness(); !out || !strings.Contains(why, "connection refused") {
+		t.Fatalf("the instance out says %q, out %v", why, out)
+	}
+	if why, out := b.Readiness(); out || why != "" {
+		t.Fatalf("the instance serving says %q, out %v", why, out)
 	}
 
 	aReady.Store(true)
@@ -377,6 +384,9 @@ func TestANotReadyInstanceStepsOutWhileAnotherIsReady(t *testing.T) {
 		name, err := get()
 		return err == nil && name == "a"
 	})
+	if why, out := a.Readiness(); out || why != "" {
+		t.Fatalf("the instance back in says %q, out %v", why, out)
+	}
 }
 
 func TestPerInstanceEndpointsReachOnlyTheirSubscriber(t *testing.T) {

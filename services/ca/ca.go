@@ -287,6 +287,11 @@ func (s *Service) ready(context.Context) error {
 	return nil
 }
 
+// Readiness is why the service's last readiness check failed ("" when it
+// passed) and whether this instance stepped out of its queue groups for it,
+// for the cluster's list of managers.
+func (s *Service) Readiness() (notReady string, out bool) { return s.rpc.Readiness() }
+
 // getCACertificate answers certificate.get.
 func (s *Service) getCACertificate(_ context.Context, _ vocab.Actor, _ *cav1.GetCACertificateRequest) (*cav1.CACertificate, error) {
 	return &cav1.CACertificate{

@@ -134,6 +134,11 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	return &Service{deps: d, app: a, fwd: fwd, svc: svc, events: router}, nil
 }
 
+// Readiness is why the service's last readiness check failed ("" when it
+// passed) and whether this instance stepped out of its queue groups for it,
+// for the cluster's list of managers.
+func (s *Service) Readiness() (notReady string, out bool) { return s.svc.Readiness() }
+
 // auditInFlight is how many audit records the projection handles at once.
 const auditInFlight = 256
 

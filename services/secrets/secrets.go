@@ -163,6 +163,11 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	return s, nil
 }
 
+// Readiness is why the service's last readiness check failed ("" when it
+// passed) and whether this instance stepped out of its queue groups for it,
+// for the cluster's list of managers.
+func (s *Service) Readiness() (notReady string, out bool) { return s.rpc.Readiness() }
+
 // Run serves until ctx ends, then stops taking requests; requests in flight
 // finish. It also removes what it keeps for every instance and network that
 // is deleted.

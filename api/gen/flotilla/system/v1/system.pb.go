@@ -716,7 +716,15 @@ type Manager struct {
 	LastSeenTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
 	// healthy is set in GetCluster's answer (last seen within 15 s), never
 	// stored.
-	Healthy       bool `protobuf:"varint,8,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	Healthy bool `protobuf:"varint,8,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	// not_ready is why the process's service failed its last readiness check
+	// (its database did not answer, say), as of the heartbeat; empty while it
+	// is ready, and for a service without one.
+	NotReady string `protobuf:"bytes,9,opt,name=not_ready,json=notReady,proto3" json:"not_ready,omitempty"`
+	// stepped_out is set while the process's service, not ready while
+	// another instance is, is out of its queue groups: its requests go to
+	// the instances that can serve them.
+	SteppedOut    bool `protobuf:"varint,10,opt,name=stepped_out,json=steppedOut,proto3" json:"stepped_out,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -803,6 +811,20 @@ func (x *Manager) GetLastSeenTime() *timestamppb.Timestamp {
 func (x *Manager) GetHealthy() bool {
 	if x != nil {
 		return x.Healthy
+	}
+	return false
+}
+
+func (x *Manager) GetNotReady() string {
+	if x != nil {
+		return x.NotReady
+	}
+	return ""
+}
+
+func (x *Manager) GetSteppedOut() bool {
+	if x != nil {
+		return x.SteppedOut
 	}
 	return false
 }
@@ -1209,7 +1231,7 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\abrokers\x18\x03 \x03(\v2\x1a.flotilla.system.v1.BrokerR\abrokers\x12?\n" +
 	"\astreams\x18\x04 \x03(\v2%.flotilla.system.v1.StreamReplicationR\astreams\x12:\n" +
 	"\tdatabases\x18\x05 \x03(\v2\x1c.flotilla.system.v1.DatabaseR\tdatabases\x12\x1a\n" +
-	"\bwarnings\x18\x06 \x03(\tR\bwarnings\"\x8e\x02\n" +
+	"\bwarnings\x18\x06 \x03(\tR\bwarnings\"\xcc\x02\n" +
 	"\aManager\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x12\n" +
@@ -1219,7 +1241,11 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x12@\n" +
 	"\x0elast_seen_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x12\x18\n" +
-	"\ahealthy\x18\b \x01(\bR\ahealthy\"\x9d\x01\n" +
+	"\ahealthy\x18\b \x01(\bR\ahealthy\x12\x1b\n" +
+	"\tnot_ready\x18\t \x01(\tR\bnotReady\x12\x1f\n" +
+	"\vstepped_out\x18\n" +
+	" \x01(\bR\n" +
+	"steppedOut\"\x9d\x01\n" +
 	"\x06Broker\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x18\n" +
