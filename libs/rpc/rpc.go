@@ -240,26 +240,25 @@ func (s *Service) Readiness() (notReady string, out bool) {
 }
 
 // How the readiness watcher paces itself: a check every readyEvery while
-// the instance serves, every outReadyEvery while it is out (so it is back
-// within a fraction of a second of being ready), and stepOutAfter failed
-// checks in a row before it steps out — or one, right after a request
-// failed for it.
+// the instance serves (and at once when a request failed for it), every
+// outReadyEvery while it is out, so it is back within a fraction of a
+// second of being ready. One failed check steps it out when another
+// instance is ready: a check failed only by a slow moment costs little,
+// the other instance serving until the next check.
 const (
 	readyEvery    = time.Second
 	outReadyEvery = 250 * time.Millisecond
-	stepOutAfter  = 2
 )
 
 // watch checks readiness until Stop, and steps the instance out of its
 // queue groups or back in (see Service).
 func (s *Service) watch() {
 	defer s.watched.Done()
-	failed := 0
 	for {
 		s.mu.Lock()
 		out := s.out
 		s.mu.Unlock()
-		wait, nudged := readyEvery, false
+		wait := readyEvery
 		if out {
 			wait = outReadyEvery
 		}
@@ -268,20 +267,13 @@ func (s *Service) watch() {
 			return
 		case <-time.After(wait):
 		case <-s.nudge:
-			nudged = true
 		}
 		err := s.checkReady(context.Background())
 		switch {
 		case out && err == nil:
 			s.step(true, nil)
-		case out || err == nil:
-			failed = 0
-		default:
-			failed++
-			if (failed >= stepOutAfter || nudged) && s.peerReady() {
-				s.step(false, err)
-				failed = 0
-			}
+		case !out && err != nil && s.peerReady():
+			s.step(false, err)
 		}
 	}
 }

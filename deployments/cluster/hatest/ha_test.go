@@ -132,6 +132,14 @@ func TestFailoverUnderLoad(t *testing.T) {
 				c.run(t, "partition", h)
 				return func() { c.run(t, "heal", h) }
 			}},
+		// Only the database is lost, by one host whose bus is fine: its
+		// services, not ready, step out of their queue groups for the
+		// others (rather than answer their share "not ready").
+		{name: "30 s: one host's packets to PostgreSQL dropped (its bus and API fine)", lasts: 30 * time.Second,
+			inject: func(t *testing.T, c *cluster) func() {
+				c.run(t, "cut-db", "h2")
+				return func() { c.run(t, "restore-db", "h2") }
+			}},
 	}
 	var report []figures
 	for i, f := range faults {
