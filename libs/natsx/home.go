@@ -1,6 +1,7 @@
 package natsx
 
 import (
+	"context"
 	"net"
 	"net/url"
 	"strings"
@@ -111,11 +112,14 @@ func (h *homing) follow(nc *nats.Conn) {
 // back: the requests made meanwhile wait for it (Bounded).
 const HomeDrain = time.Second
 
-// comeHome makes nc reconnect, home first, without failing a request: new
-// requests wait while those in flight are answered (up to HomeDrain; one
-// still unanswered then fails as a lost connection's, "may or may not"),
-// and until nc is connected again (up to HomeDrain more). The reconnection
-// takes milliseconds: home was just found accepting connections.
+// comeHome makes nc reconnect, home first, without failing a request.
+// The responders on nc pause first (see Quiescer): they stop taking
+// requests and answer those they have, up to HomeDrain, while other
+// instances take the new ones. Then new requests wait while those in
+// flight are answered (up to HomeDrain; one still unanswered then fails as
+// a lost connection's, "may or may not"), and until nc is connected again
+// (up to HomeDrain more). The reconnection takes milliseconds: home was
+// just found accepting connections.
 func (h *homing) comeHome(nc *nats.Conn) {
 	v, ok := links.Load(nc)
 	if !ok {
@@ -123,7 +127,12 @@ func (h *homing) comeHome(nc *nats.Conn) {
 		_ = nc.ForceReconnect()
 		return
 	}
-	release := v.(*link).gate.hold(HomeDrain)
+	l := v.(*link)
+	ctx, cancel := context.WithTimeout(context.Background(), HomeDrain)
+	resume := l.pause(ctx)
+	cancel()
+	defer resume()
+	release := l.gate.hold(HomeDrain)
 	defer release()
 	h.back.Store(true)
 	if nc.ForceReconnect() != nil {

@@ -3,8 +3,6 @@ package natsx_test
 import (
 	"context"
 	"net"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -114,36 +112,14 @@ func TestAHomecomingFailsNoRequest(t *testing.T) {
 	})
 	answer(startServer(t, "home-again", port))
 
-	var sent, failed atomic.Int64
-	var firstErr atomic.Value
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-done:
-					return
-				default:
-				}
-				sent.Add(1)
-				ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-				err := natsx.Request(ctx, nc, "test.slow", &emptypb.Empty{}, &emptypb.Empty{})
-				cancel()
-				if err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err)
-				}
-			}
-		})
-	}
+	calls := testkit.KeepCalling(t, 4, func() error {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer cancel()
+		return natsx.Request(ctx, nc, "test.slow", &emptypb.Empty{}, &emptypb.Empty{})
+	})
 	testkit.WaitFor(t, natsx.HomeStable+4*natsx.HomeProbe, "the connection to go back home", func() bool {
 		return nc.IsConnected() && nc.ConnectedUrl() == homeURL
 	})
 	time.Sleep(200 * time.Millisecond) // requests on the home server too
-	close(done)
-	wg.Wait()
-	if failed.Load() > 0 {
-		t.Fatalf("%d of %d requests failed across the homecoming; the first: %v", failed.Load(), sent.Load(), firstErr.Load())
-	}
+	calls.Stop("the homecoming")
 }

@@ -36,6 +36,72 @@ type link struct {
 	// gate holds new requests while the connection is made again on
 	// purpose (homing's), once those in flight are answered.
 	gate gate
+
+	mu        sync.Mutex
+	quiescers map[*Quiescer]struct{}
+}
+
+// A Quiescer is a responder's part in a reconnection made on purpose
+// (homing's): the server lets a client answer only the requests it
+// received on its current connection (NATS response permissions), so an
+// answer sent after the reconnection to a request received before would
+// be refused, and its caller left waiting out its timeout. Pause stops
+// taking requests and returns once those received are answered (or ctx
+// ends); resume takes them again once the connection is back.
+type Quiescer struct {
+	pause func(ctx context.Context) (resume func())
+	l     *link
+}
+
+// OnRemake registers pause to run before nc, made by Connect, is made
+// again on purpose (see Quiescer); Remove unregisters it. On a connection
+// that Connect did not make, pause never runs.
+func OnRemake(nc *nats.Conn, pause func(ctx context.Context) (resume func())) *Quiescer {
+	q := &Quiescer{pause: pause}
+	if v, ok := links.Load(nc); ok {
+		q.l = v.(*link)
+		q.l.mu.Lock()
+		if q.l.quiescers == nil {
+			q.l.quiescers = map[*Quiescer]struct{}{}
+		}
+		q.l.quiescers[q] = struct{}{}
+		q.l.mu.Unlock()
+	}
+	return q
+}
+
+// Remove unregisters q.
+func (q *Quiescer) Remove() {
+	if q.l == nil {
+		return
+	}
+	q.l.mu.Lock()
+	delete(q.l.quiescers, q)
+	q.l.mu.Unlock()
+}
+
+// pause pauses every registered responder, all at once, within ctx, and
+// returns what resumes them all.
+func (l *link) pause(ctx context.Context) (resume func()) {
+	l.mu.Lock()
+	qs := make([]*Quiescer, 0, len(l.quiescers))
+	for q := range l.quiescers {
+		qs = append(qs, q)
+	}
+	l.mu.Unlock()
+	resumes := make([]func(), len(qs))
+	var wg sync.WaitGroup
+	for i, q := range qs {
+		wg.Go(func() { resumes[i] = q.pause(ctx) })
+	}
+	wg.Wait()
+	return func() {
+		for _, r := range resumes {
+			if r != nil {
+				r()
+			}
+		}
+	}
 }
 
 // gate counts a connection's requests in flight (Bounded) and can hold new

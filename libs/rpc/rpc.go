@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -61,7 +62,10 @@ type Service struct {
 	svc      micro.Service // serving every endpoint, or only the pings while out
 	eps      []added
 	out      bool   // stepped out of the queue groups
+	paused   bool   // serving nothing while the connection is made again (pause)
 	notReady string // the last readiness check's error, "" when it passed
+	busy     atomic.Int64
+	remake   *natsx.Quiescer
 
 	nudge   chan struct{} // a request failed while not ready: check now
 	quit    chan struct{}
@@ -135,6 +139,7 @@ func New(nc *nats.Conn, name, version, description string, log *slog.Logger, tp 
 		s.watched.Add(1)
 		go s.watch()
 	}
+	s.remake = natsx.OnRemake(nc, s.pause)
 	return s, nil
 }
 
@@ -156,7 +161,7 @@ func Handle[Req, Resp proto.Message](s *Service, ep endpoints.Endpoint[Req, Resp
 	a := added{name: name, handler: s.pooled(handler(s.tp, s.log, s.name, ep, f)), opts: opts, every: info.Every}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if a.every || !s.out {
+	if !s.paused && (a.every || !s.out) {
 		if err := s.svc.AddEndpoint(a.name, a.handler, a.opts...); err != nil {
 			return fmt.Errorf("add endpoint %s: %w", info.Subject, err)
 		}
@@ -200,11 +205,13 @@ func unavailableWhileNotReady[Req, Resp proto.Message](s *Service, f Func[Req, R
 // Stop stops taking requests and waits for the requests in flight.
 func (s *Service) Stop() error {
 	s.stop.Do(func() { close(s.quit) })
+	s.remake.Remove()
 	s.watched.Wait()
 	s.mu.Lock()
 	err := s.svc.Stop()
 	if s.out {
 		metrics.steppedOut.WithLabelValues(s.name).Dec()
+		s.out = false
 	}
 	s.mu.Unlock()
 	s.inflight.Wait()
@@ -290,39 +297,32 @@ func (s *Service) peerReady() bool {
 // its pings alone: a new micro service with the endpoints it serves, then
 // the old one stopped, its requests received being answered as they come
 // (drained). A failure leaves the instance as it was, to try at the next
-// check.
+// check. While paused, only the state changes: resume serves by it.
 func (s *Service) step(in bool, why error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.out != in {
 		return
 	}
-	svc, err := micro.AddService(s.nc, s.config)
-	if err == nil {
-		for _, a := range s.eps {
-			if in || a.every {
-				if err = svc.AddEndpoint(a.name, a.handler, a.opts...); err != nil {
-					break
-				}
+	if !s.paused {
+		svc, err := s.serve(in)
+		if err == nil {
+			err = flush(s.nc, s.name)
+		}
+		if err != nil {
+			if svc != nil {
+				_ = svc.Stop()
 			}
+			s.log.Warn("cannot change the service's endpoints; trying again at the next readiness check",
+				"service", s.name, "serve", in, "error", err)
+			return
 		}
-	}
-	if err == nil {
-		err = flush(s.nc, s.name)
-	}
-	if err != nil {
-		if svc != nil {
-			_ = svc.Stop()
+		if err := s.svc.Stop(); err != nil {
+			s.log.Warn("cannot stop the service's old endpoints", "service", s.name, "error", err)
 		}
-		s.log.Warn("cannot change the service's endpoints; trying again at the next readiness check",
-			"service", s.name, "serve", in, "error", err)
-		return
+		s.svc = svc
 	}
-	old := s.svc
-	s.svc, s.out = svc, !in
-	if err := old.Stop(); err != nil {
-		s.log.Warn("cannot stop the service's old endpoints", "service", s.name, "error", err)
-	}
+	s.out = !in
 	if in {
 		metrics.steppedOut.WithLabelValues(s.name).Dec()
 		s.log.Info("ready again: serving requests", "service", s.name)
@@ -334,17 +334,91 @@ func (s *Service) step(in bool, why error) {
 		"service", s.name, "not_ready", why)
 }
 
+// serve adds a micro service with the endpoints the instance serves: every
+// one (in), or the pings alone.
+func (s *Service) serve(in bool) (micro.Service, error) {
+	svc, err := micro.AddService(s.nc, s.config)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range s.eps {
+		if in || a.every {
+			if err := svc.AddEndpoint(a.name, a.handler, a.opts...); err != nil {
+				_ = svc.Stop()
+				return nil, err
+			}
+		}
+	}
+	return svc, nil
+}
+
+// pauseSettle is how long the requests in flight must have stayed at none
+// before pause counts the instance quiet: the last requests the server sent
+// before it had the unsubscription may still be on their way to a handler.
+const pauseSettle = 20 * time.Millisecond
+
+// pause is the instance's part in a reconnection made on purpose (see
+// natsx.Quiescer): it stops serving, every endpoint drained, and returns
+// once the server has the unsubscriptions and no request is in flight, or
+// when ctx ends. Other instances take the requests meanwhile. resume
+// serves again as before.
+func (s *Service) pause(ctx context.Context) (resume func()) {
+	s.mu.Lock()
+	if s.paused {
+		s.mu.Unlock()
+		return nil
+	}
+	s.paused = true
+	err := s.svc.Stop()
+	s.mu.Unlock()
+	if err != nil {
+		s.log.Warn("cannot stop the service's endpoints for a reconnection", "service", s.name, "error", err)
+	}
+	_ = s.nc.FlushWithContext(ctx)
+	for quiet := time.Duration(0); quiet < pauseSettle && ctx.Err() == nil; {
+		step := 5 * time.Millisecond
+		time.Sleep(step)
+		if s.busy.Load() == 0 {
+			quiet += step
+		} else {
+			quiet = 0
+		}
+	}
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		select {
+		case <-s.quit: // stopped meanwhile
+			return
+		default:
+		}
+		if !s.paused {
+			return
+		}
+		svc, err := s.serve(!s.out)
+		if err != nil {
+			// Not expected: the same endpoints were served before. The
+			// service cannot answer until it is restarted, so it says so.
+			s.log.Error("cannot serve the service's endpoints again after a reconnection; restart it", "service", s.name, "error", err)
+			return
+		}
+		s.svc, s.paused = svc, false
+	}
+}
+
 // pooled serves an endpoint's requests on up to s.concurrency goroutines:
 // the subscription's callback hands each request over and takes the next,
 // and waits only while the pool is full.
 func (s *Service) pooled(h micro.Handler) micro.Handler {
 	slots := make(chan struct{}, s.concurrency)
 	return micro.HandlerFunc(func(r micro.Request) {
+		s.busy.Add(1)
 		slots <- struct{}{}
 		s.inflight.Add(1)
 		req := &request{nc: s.nc, subject: r.Subject(), reply: r.Reply(), data: r.Data(), headers: r.Headers()}
 		go func() {
 			defer s.inflight.Done()
+			defer s.busy.Add(-1)
 			defer func() { <-slots }()
 			h.Handle(req)
 		}()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -610,4 +611,112 @@ func TestOnlyTheGatewayNamesAClientsCredentialAndAddress(t *testing.T) {
 			t.Errorf("called by %s, the handler saw %+v, want %+v", c.caller, s, c.want)
 		}
 	}
+}
+
+// routedServer starts a NATS server of a two-server cluster on the given
+// client and cluster ports, routing to the other's cluster port, with the
+// server's response permissions on: user "svc" may answer only the
+// requests it received on its current connection, and publish nothing
+// else; user "caller" may do anything.
+func routedServer(t *testing.T, name string, port, clusterPort, otherClusterPort int) *server.Server {
+	t.Helper()
+	opts := &server.Options{
+		ServerName: name, Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true,
+		Cluster: server.ClusterOpts{Name: "rpc-test", Host: "127.0.0.1", Port: clusterPort},
+		Routes:  server.RoutesFromStr(fmt.Sprintf("nats://127.0.0.1:%d", otherClusterPort)),
+		Users: []*server.User{
+			{Username: "svc", Password: "svc", Permissions: &server.Permissions{
+				Publish:   &server.SubjectPermission{Allow: []string{"nothing.at.all"}},
+				Subscribe: &server.SubjectPermission{Allow: []string{">"}},
+				Response:  &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
+			}},
+			{Username: "caller", Password: "caller"},
+		},
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatalf("server %s not ready", name)
+	}
+	t.Cleanup(func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+	return ns
+}
+
+// freePorts returns n ports free just now on 127.0.0.1.
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
+}
+
+// TestAHomecomingLosesNoAnswer: a service whose bus connection goes back
+// to its home server answers every request sent meanwhile. The server lets
+// a connection answer only requests it received itself, so a request
+// received before the reconnection and answered after it would be left
+// unanswered; the service pauses (another instance takes the requests)
+// until those it has are answered, and serves again once home.
+func TestAHomecomingLosesNoAnswer(t *testing.T) {
+	t.Parallel()
+	p := freePorts(t, 4) // home client, home cluster, away client, away cluster
+	home := routedServer(t, "home", p[0], p[1], p[3])
+	away := routedServer(t, "away", p[2], p[3], p[1])
+	homeURL, awayURL := home.ClientURL(), away.ClientURL()
+	testkit.WaitFor(t, 10*time.Second, "the two servers to route", func() bool { return home.NumRoutes() > 0 && away.NumRoutes() > 0 })
+
+	answer := func(url, who string) *nats.Conn {
+		nc, err := natsx.Connect(url, who, nats.UserInfo("svc", "svc"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		serve(t, nc, endpoints.NetworkGet, func(_ context.Context, _ vocab.Actor, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+			time.Sleep(30 * time.Millisecond) // requests in flight at any moment
+			return &inventoryv1.Network{Id: r.GetId(), Name: who}, nil
+		})
+		return nc
+	}
+	homing := answer(homeURL+","+awayURL, "homing")
+	answer(awayURL, "staying")
+	caller, err := natsx.Connect(awayURL, "caller", nats.UserInfo("caller", "caller"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(caller.Close)
+	gw := rpc.NewClient(caller, subjects.Gateway, 5*time.Second)
+
+	home.Shutdown()
+	home.WaitForShutdown()
+	testkit.WaitFor(t, 10*time.Second, "the homing service to move away", func() bool {
+		return homing.IsConnected() && homing.ConnectedUrl() == awayURL
+	})
+	home = routedServer(t, "home-again", p[0], p[1], p[3])
+
+	var byHoming atomic.Int64
+	calls := testkit.KeepCalling(t, 8, func() error {
+		n, err := rpc.Call(t.Context(), gw, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: "n"})
+		if n.GetName() == "homing" {
+			byHoming.Add(1)
+		}
+		return err
+	})
+	testkit.WaitFor(t, natsx.HomeStable+4*natsx.HomeProbe, "the homing service to go back home", func() bool {
+		return homing.IsConnected() && homing.ConnectedUrl() == homeURL
+	})
+	atHome := byHoming.Load()
+	testkit.WaitFor(t, 10*time.Second, "the service back home to answer again", func() bool { return byHoming.Load() > atHome })
+	calls.Stop("the homecoming")
 }
