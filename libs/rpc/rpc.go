@@ -124,9 +124,14 @@ func New(nc *nats.Conn, name, version, description string, log *slog.Logger, tp 
 	for _, o := range opts {
 		o(s)
 	}
-	err = Handle(s, ping, func(ctx context.Context, _ vocab.Actor, _ *systemv1.PingRequest) (*systemv1.PingResponse, error) {
+	err = Handle(s, ping, func(ctx context.Context, actor vocab.Actor, _ *systemv1.PingRequest) (*systemv1.PingResponse, error) {
 		if err := s.checkReady(ctx); err != nil {
 			return nil, apierr.Unavailable("%s is not ready: %v", name, err)
+		}
+		if _, out := s.Readiness(); out && actor == vocab.System(name) {
+			// Asked by another instance whether it may step out: one that
+			// serves nothing is no peer to leave the requests to.
+			return nil, apierr.Unavailable("this %s instance is out of its queue groups", name)
 		}
 		return &systemv1.PingResponse{Service: name, Version: version}, nil
 	})
@@ -285,8 +290,9 @@ func (s *Service) watch() {
 	}
 }
 
-// peerReady reports whether an instance of the service answers its ping
-// ready: this one's own answer is "not ready" while its check fails.
+// peerReady reports whether another instance of the service answers its
+// ping ready and serving: this one's own answer is "not ready" while its
+// check fails, and one that is out answers its peers no.
 func (s *Service) peerReady() bool {
 	ping, _ := endpoints.Ping(s.name)
 	_, err := Call(context.Background(), s.peers, ping, &systemv1.PingRequest{})

@@ -390,6 +390,28 @@ func TestANotReadyInstanceStepsOutWhileAnotherIsReady(t *testing.T) {
 	}
 }
 
+// An instance out of its queue groups answers the gateway's ping ready
+// when it is, but tells another instance of its service no: one that
+// serves nothing is no peer to leave the requests to.
+func TestAnInstanceOutIsNoPeerToStepOutFor(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	s, err := rpc.New(testkit.NATSConn(t, ns), subjects.Inventory, "2.0.0", "out", slog.New(slog.DiscardHandler), noop.NewTracerProvider(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop() })
+	rpc.StepOut(s)
+	nc := testkit.NATSConn(t, ns)
+	if _, err := rpc.Call(t.Context(), rpc.NewClient(nc, subjects.Gateway, 0), endpoints.PingInventory, &systemv1.PingRequest{}); err != nil {
+		t.Fatalf("the gateway's ping of an instance out but ready: %v", err)
+	}
+	_, err = rpc.Call(t.Context(), rpc.NewClient(nc, subjects.Inventory, 0), endpoints.PingInventory, &systemv1.PingRequest{})
+	if !apierr.Is(err, apierr.KindUnavailable) || !strings.Contains(err.Error(), "out of its queue groups") {
+		t.Fatalf("a peer's ping of an instance out: %v; want unavailable, out of its queue groups", err)
+	}
+}
+
 func TestPerInstanceEndpointsReachOnlyTheirSubscriber(t *testing.T) {
 	t.Parallel()
 	ns := testkit.NATS(t)
