@@ -52,7 +52,6 @@ type Service struct {
 	log         *slog.Logger
 	tp          trace.TracerProvider
 	concurrency int
-	inflight    sync.WaitGroup
 	// ready is the service's readiness check (New's), nil if it has none.
 	ready func(context.Context) error
 	// peers asks the service's ping whether another instance is ready.
@@ -61,10 +60,10 @@ type Service struct {
 	mu       sync.Mutex
 	svc      micro.Service // serving every endpoint, or only the pings while out
 	eps      []added
-	out      bool   // stepped out of the queue groups
-	paused   bool   // serving nothing while the connection is made again (pause)
-	notReady string // the last readiness check's error, "" when it passed
-	busy     atomic.Int64
+	out      bool         // stepped out of the queue groups
+	paused   bool         // serving nothing while the connection is made again (pause)
+	notReady string       // the last readiness check's error, "" when it passed
+	busy     atomic.Int64 // requests handed to the pool and not yet answered
 	remake   *natsx.Quiescer
 
 	nudge   chan struct{} // a request failed while not ready: check now
@@ -219,7 +218,7 @@ func (s *Service) Stop() error {
 		s.out = false
 	}
 	s.mu.Unlock()
-	s.inflight.Wait()
+	s.settle(context.Background())
 	return err
 }
 
@@ -358,10 +357,29 @@ func (s *Service) serve(in bool) (micro.Service, error) {
 	return svc, nil
 }
 
-// pauseSettle is how long the requests in flight must have stayed at none
-// before pause counts the instance quiet: the last requests the server sent
-// before it had the unsubscription may still be on their way to a handler.
-const pauseSettle = 20 * time.Millisecond
+// quietFor is how long the requests in hand must have stayed at none
+// before settle counts the instance quiet: the last requests the server
+// sent before it had the unsubscriptions may still be on their way to a
+// handler.
+const quietFor = 20 * time.Millisecond
+
+// settle returns once the server has the unsubscriptions just sent (or
+// readyCheckTimeout passed, the connection being down) and no request has
+// been in hand for quietFor, or when ctx ends.
+func (s *Service) settle(ctx context.Context) {
+	fctx, cancel := context.WithTimeout(ctx, readyCheckTimeout)
+	_ = s.nc.FlushWithContext(fctx)
+	cancel()
+	const step = 5 * time.Millisecond
+	for quiet := time.Duration(0); quiet < quietFor && ctx.Err() == nil; {
+		time.Sleep(step)
+		if s.busy.Load() == 0 {
+			quiet += step
+		} else {
+			quiet = 0
+		}
+	}
+}
 
 // pause is the instance's part in a reconnection made on purpose (see
 // natsx.Quiescer): it stops serving, every endpoint drained, and returns
@@ -380,16 +398,7 @@ func (s *Service) pause(ctx context.Context) (resume func()) {
 	if err != nil {
 		s.log.Warn("cannot stop the service's endpoints for a reconnection", "service", s.name, "error", err)
 	}
-	_ = s.nc.FlushWithContext(ctx)
-	for quiet := time.Duration(0); quiet < pauseSettle && ctx.Err() == nil; {
-		step := 5 * time.Millisecond
-		time.Sleep(step)
-		if s.busy.Load() == 0 {
-			quiet += step
-		} else {
-			quiet = 0
-		}
-	}
+	s.settle(ctx)
 	return func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -420,10 +429,8 @@ func (s *Service) pooled(h micro.Handler) micro.Handler {
 	return micro.HandlerFunc(func(r micro.Request) {
 		s.busy.Add(1)
 		slots <- struct{}{}
-		s.inflight.Add(1)
 		req := &request{nc: s.nc, subject: r.Subject(), reply: r.Reply(), data: r.Data(), headers: r.Headers()}
 		go func() {
-			defer s.inflight.Done()
 			defer s.busy.Add(-1)
 			defer func() { <-slots }()
 			h.Handle(req)

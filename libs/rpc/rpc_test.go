@@ -519,6 +519,50 @@ func TestSubscriptionsShareTheirSubscribersGoroutine(t *testing.T) {
 	}
 }
 
+// TestStopAnswersTheRequestsInHand: Stop returns once every request the
+// service had received is answered, those waiting for a place in a full
+// pool too.
+func TestStopAnswersTheRequestsInHand(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	s, err := rpc.New(testkit.NATSConn(t, ns), subjects.Inventory, "1.0.0", "test", slog.New(slog.DiscardHandler), noop.NewTracerProvider(), nil,
+		rpc.WithConcurrency(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var started, answered atomic.Int64
+	err = rpc.Handle(s, endpoints.NetworkGet, func(_ context.Context, _ vocab.Actor, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+		started.Add(1)
+		time.Sleep(100 * time.Millisecond)
+		answered.Add(1)
+		return &inventoryv1.Network{Id: r.GetId()}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Gateway, 5*time.Second)
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() {
+			_, err := rpc.Call(t.Context(), gw, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: "n"})
+			errs <- err
+		}()
+	}
+	testkit.WaitFor(t, 5*time.Second, "the first request in hand", func() bool { return started.Load() == 1 })
+	time.Sleep(20 * time.Millisecond) // the other two at the service, waiting for the pool
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := answered.Load(); n != 3 {
+		t.Fatalf("Stop returned with %d of 3 requests answered", n)
+	}
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatalf("a request in hand at Stop: %v", err)
+		}
+	}
+}
+
 func TestHandleRefusesAnotherServicesEndpoint(t *testing.T) {
 	t.Parallel()
 	s, err := rpc.New(testkit.NATSConn(t, testkit.NATS(t)), subjects.CA, "", "test", slog.New(slog.DiscardHandler), noop.NewTracerProvider(), nil)
