@@ -441,17 +441,12 @@ func (d *Driver) Running(id string) bool {
 
 // KillAll SIGKILLs the process group of every VM under root whose agent
 // still runs, and no other: VMs outlive the manager that started them, as
-// real ones do, so a test must stop them, and a pid file left by a VM that
-// stopped may name a pid given since to another process. An agent that no
-// pid file names (its manager was killed before writing it) is found by
-// its working directory, under root's VMs, even one since removed.
+// real ones do, so a test must stop them. The agents are found by their
+// working directory under root's VMs (even one since removed), not by
+// their pid files: a manager killed before writing one leaves an agent
+// that none names, and one left by a VM that stopped may name a pid given
+// since to another process.
 func KillAll(root string) {
-	dirs, _ := filepath.Glob(filepath.Join(root, "vms", "*"))
-	for _, dir := range dirs {
-		if pid, ok := agentPID(dir, filepath.Base(dir)); ok {
-			_ = syscall.Kill(-pid, syscall.SIGKILL)
-		}
-	}
 	vms, err := filepath.Abs(filepath.Join(root, "vms"))
 	if err != nil {
 		return
