@@ -8,6 +8,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
 )
 
 // flotillaCLI runs the flotilla binary with args and env, and returns its
@@ -121,5 +125,24 @@ func checkClusterCommands(t *testing.T, server, token string, stopProvisioner fu
 	list := flotillaCLI(t, nil, "cluster", "managers", "list", "-o", "table", "--server", server, "--token", token)
 	if !strings.Contains(list, "HEALTHY") || strings.Contains(list, "BROKERS") || strings.Count(list, "\n") != 6 {
 		t.Fatalf("managers list table:\n%s", list)
+	}
+}
+
+// TestManagerRowsSayWhetherEachIsReady: the READY column of `cluster
+// managers list` says yes, or why not and whether the manager stepped out
+// of its queue groups for it.
+func TestManagerRowsSayWhetherEachIsReady(t *testing.T) {
+	t.Parallel()
+	now := timestamppb.Now()
+	rows := managerRows(&systemv1.Cluster{Time: now, Managers: []*systemv1.Manager{
+		{Name: "inventory.h1.1", LastSeenTime: now},
+		{Name: "inventory.h2.1", LastSeenTime: now, NotReady: "the database did not answer", SteppedOut: true},
+		{Name: "inventory.h3.1", LastSeenTime: now, NotReady: "the database did not answer"},
+	}})
+	want := []string{"READY", "yes", "no, out of its queue groups: the database did not answer", "no: the database did not answer"}
+	for i, row := range rows {
+		if got := row[len(row)-1]; got != want[i] {
+			t.Errorf("row %d's READY: %q, want %q", i, got, want[i])
+		}
 	}
 }

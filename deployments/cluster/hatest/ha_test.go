@@ -138,7 +138,11 @@ func TestFailoverUnderLoad(t *testing.T) {
 		{name: "30 s: one host's packets to PostgreSQL dropped (its bus and API fine)", lasts: 30 * time.Second,
 			inject: func(t *testing.T, c *cluster) func() {
 				c.run(t, "cut-db", "h2")
-				return func() { c.run(t, "restore-db", "h2") }
+				c.wantDatabase(t, "h2", "cut")
+				return func() {
+					c.run(t, "restore-db", "h2")
+					c.wantDatabase(t, "h2", "up")
+				}
 			}},
 	}
 	var report []figures
@@ -392,11 +396,23 @@ type status struct {
 	Hosts     []struct {
 		Name       string
 		Network    string
+		Database   string // "cut" after local-cluster cut-db
 		Components []struct {
 			Name    string
 			PID     int
 			Role    string
 			Healthy bool
+		}
+	}
+}
+
+// wantDatabase checks what local-cluster status says of host's packets to
+// PostgreSQL: "cut" or "up".
+func (c *cluster) wantDatabase(t *testing.T, host, want string) {
+	t.Helper()
+	for _, h := range c.status(t).Hosts {
+		if h.Name == host && h.Database != want {
+			t.Fatalf("local-cluster status: %s's database %q, want %q", host, h.Database, want)
 		}
 	}
 }

@@ -11,6 +11,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/membership"
+	"flotilla.dev/flotilla/libs/testkit"
 )
 
 // api calls the REST API with the session cookie alone (as the console's
@@ -183,6 +189,19 @@ func TestConsoleSessionsFormsAndSafety(t *testing.T) {
 	}
 	const value = "v4lue-that-must-n3ver-show"
 	e.post("/instances/"+id+"/secrets", url.Values{"name": {"db-password"}, "value": {value}}).must(t, http.StatusSeeOther, "store secret")
+	// A secret broker on another host, out of its queue groups: the
+	// cluster page says so and why.
+	js, err := jetstream.New(e.bus.Conn(t, subjects.Secrets))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := membership.Join(t.Context(), js, membership.Config{Service: subjects.Secrets, Host: "h-cut-off",
+		Readiness: func() (string, bool) { return "the database did not answer", true }}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the cluster page to show the broker out", func() bool {
+		return strings.Contains(e.get("/cluster").body, "not ready, out of its queue groups: the database did not answer")
+	})
 	for _, path := range []string{"/", "/instances", "/instances/" + id, "/instances/" + id + "/edit", "/instances/" + id + "/delete",
 		"/instances/" + id + "/logs.txt", "/cluster", "/templates", "/networks"} {
 		p := e.get(path).must(t, 200, path)
