@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -349,6 +350,7 @@ func TestANotReadyInstanceStepsOutWhileAnotherIsReady(t *testing.T) {
 		t.Fatalf("a request to the only instance, not ready: %v; want its unavailable answer", err)
 	}
 
+	stepOuts := stepOutsOf(t, subjects.Inventory)
 	var bReady atomic.Bool
 	bReady.Store(true)
 	b, err := rpc.New(testkit.NATSConn(t, ns), subjects.Inventory, "2.0.0", "instance b", slog.New(slog.DiscardHandler), noop.NewTracerProvider(),
@@ -379,6 +381,9 @@ func TestANotReadyInstanceStepsOutWhileAnotherIsReady(t *testing.T) {
 	if why, out := b.Readiness(); out || why != "" {
 		t.Fatalf("the instance serving says %q, out %v", why, out)
 	}
+	if n := stepOutsOf(t, subjects.Inventory); n < stepOuts+1 {
+		t.Fatalf("flotilla_rpc_step_outs_total went from %v to %v", stepOuts, n)
+	}
 
 	aReady.Store(true)
 	testkit.WaitFor(t, 10*time.Second, "the instance ready again answers requests", func() bool {
@@ -388,6 +393,29 @@ func TestANotReadyInstanceStepsOutWhileAnotherIsReady(t *testing.T) {
 	if why, out := a.Readiness(); out || why != "" {
 		t.Fatalf("the instance back in says %q, out %v", why, out)
 	}
+}
+
+// stepOutsOf reads flotilla_rpc_step_outs_total of service from the
+// process's Prometheus registry (0 before the first).
+func stepOutsOf(t *testing.T, service string) float64 {
+	t.Helper()
+	families, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "flotilla_rpc_step_outs_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "service" && l.GetValue() == service {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
 
 // An instance out of its queue groups answers the gateway's ping ready
