@@ -1,8 +1,6 @@
 package main
 
 import (
-	"fmt"
-	"net/url"
 	"os/exec"
 	"slices"
 	"strings"
@@ -26,28 +24,12 @@ func TestBrokersRemoveTakesAGoneServerOutOfJetStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ports := testkit.FreePorts(t, 6)
-	names := []string{"b1", "b2", "b3"}
-	var routes []*url.URL
-	for i := range names {
-		routes = append(routes, &url.URL{Scheme: "nats-route", Host: fmt.Sprintf("127.0.0.1:%d", ports[3+i])})
-	}
-	servers := make([]*server.Server, len(names))
-	for i, name := range names {
-		opts := &server.Options{ServerName: name, Host: "127.0.0.1", Port: ports[i], NoSigs: true,
-			JetStream: true, StoreDir: t.TempDir(), Routes: routes,
-			Cluster: server.ClusterOpts{Name: "flotilla-test", Host: "127.0.0.1", Port: ports[3+i]}}
+	names := []string{"s1", "s2", "s3"}
+	servers := testkit.JetStreamCluster(t, len(names), func(opts *server.Options) {
 		if err := auth.Configure(opts); err != nil {
 			t.Fatal(err)
 		}
-		s, err := server.NewServer(opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		go s.Start()
-		t.Cleanup(s.Shutdown)
-		servers[i] = s
-	}
+	})
 	peers := func(s *server.Server) []string {
 		jsz, err := s.Jsz(&server.JSzOptions{})
 		if err != nil || jsz.Meta == nil {
@@ -74,7 +56,7 @@ func TestBrokersRemoveTakesAGoneServerOutOfJetStream(t *testing.T) {
 	servers[2].Shutdown()
 	servers[2].WaitForShutdown()
 	// Only the meta leader answers a removal: the two left must have one
-	// (b3 may have led). Once, in a loaded make test, the removal went
+	// (s3 may have led). Once, in a loaded make test, the removal went
 	// unanswered for the command's whole minute; waiting for the leader
 	// first says, if it fails again, whether the election was missing.
 	leader := func(s *server.Server) string {
@@ -86,9 +68,9 @@ func TestBrokersRemoveTakesAGoneServerOutOfJetStream(t *testing.T) {
 	}
 	waitFor("a meta leader among the two left", func() bool {
 		l := leader(servers[0])
-		return l != "" && l != "b3" && l == leader(servers[1])
+		return l != "" && l != "s3" && l == leader(servers[1])
 	})
-	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", ports[0])
+	natsURL := servers[0].ClientURL()
 	// Only the system account may: a service's credentials are refused,
 	// saying so, at once (the refusal is not mistaken for a meta group
 	// without a leader and asked again for a minute).
@@ -99,14 +81,14 @@ func TestBrokersRemoveTakesAGoneServerOutOfJetStream(t *testing.T) {
 		{[]string{}, "--creds"},
 		{[]string{"--creds", auth.Creds("gateway")}, "refused these credentials"},
 	} {
-		out, err := exec.Command(binary, append([]string{"cluster", "brokers", "remove", "b3", "--nats", natsURL}, c.args...)...).CombinedOutput()
+		out, err := exec.Command(binary, append([]string{"cluster", "brokers", "remove", "s3", "--nats", natsURL}, c.args...)...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), c.want) {
 			t.Errorf("brokers remove %v: %v, %s; want an error naming %q", c.args, err, out, c.want)
 		}
 	}
-	out := flotillaCLI(t, nil, "cluster", "brokers", "remove", "b3", "--nats", natsURL, "--creds", auth.SystemCreds())
-	if !strings.Contains(out, "removed b3") {
+	out := flotillaCLI(t, nil, "cluster", "brokers", "remove", "s3", "--nats", natsURL, "--creds", auth.SystemCreds())
+	if !strings.Contains(out, "removed s3") {
 		t.Errorf("brokers remove: %q", out)
 	}
-	waitFor("b3 gone from the meta group", func() bool { return slices.Equal(peers(servers[0]), names[:2]) })
+	waitFor("s3 gone from the meta group", func() bool { return slices.Equal(peers(servers[0]), names[:2]) })
 }

@@ -122,19 +122,21 @@ func DecodeEvent(data []byte) (*eventsv1.Event, error) {
 const AuditTimeout = 5 * time.Second
 
 // PublishAudit publishes an audit record (a NewMessage of rec) into the
-// audit stream and waits, at most AuditTimeout, for JetStream to store it
-// (less when the connection is lost meanwhile: see natsx.Bounded):
-// whoever must not act unaudited acts only once it returns nil.
+// audit stream and waits for JetStream to store it (StoreAudit): whoever
+// must not act unaudited acts only once it returns nil.
 func PublishAudit(ctx context.Context, js jetstream.JetStream, subject, typ string, actor vocab.Actor, now time.Time, rec proto.Message) error {
 	msg, err := NewMessage(ctx, subject, typ, actor, now, rec)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, AuditTimeout)
+	return StoreAudit(ctx, js, msg.NATS(), AuditTimeout)
+}
+
+// StoreAudit stores an audit record's message on the audit stream (Store),
+// waiting at most within. Storing the same message again is harmless.
+func StoreAudit(ctx context.Context, js jetstream.JetStream, m *nats.Msg, within time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
-	return natsx.Bounded(ctx, js.Conn(), func(ctx context.Context) error {
-		_, err := js.PublishMsg(ctx, &nats.Msg{Subject: msg.Subject, Header: msg.Header, Data: msg.Data},
-			jetstream.WithExpectStream(subjects.AuditStream))
-		return err
-	})
+	_, err := Store(ctx, js, m, jetstream.WithExpectStream(subjects.AuditStream))
+	return err
 }

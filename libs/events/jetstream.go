@@ -13,7 +13,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"flotilla.dev/flotilla/libs/bus"
-	"flotilla.dev/flotilla/libs/natsx"
 )
 
 // defaultRedeliveryDelay is how long a message that failed every retry
@@ -135,7 +134,8 @@ func toWatermill(m jetstream.Msg) *message.Message {
 
 // Publisher is a watermill publisher to JetStream: each message goes to
 // the topic (a subject) with its UUID as Nats-Msg-Id and its metadata as
-// headers, and Publish returns once JetStream stored it.
+// headers, and Publish returns once JetStream stored it (bus.Store: within
+// 10 s, asking again while JetStream does not answer).
 type Publisher struct {
 	js jetstream.JetStream
 }
@@ -156,10 +156,7 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 		m.Header.Set(bus.HeaderMsgID, msg.UUID)
 		m.Data = msg.Payload
 		ctx, cancel := context.WithTimeout(msg.Context(), 10*time.Second)
-		err := natsx.Bounded(ctx, p.js.Conn(), func(ctx context.Context) error {
-			_, err := p.js.PublishMsg(ctx, m)
-			return err
-		})
+		_, err := bus.Store(ctx, p.js, m)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("publish to %s: %w", topic, err)

@@ -4,7 +4,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -263,4 +265,28 @@ func (v *Violations) SubscribeRefused(subject string) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.sub[subject]
+}
+
+// JetStreamCluster starts n NATS servers with JetStream, named s1 to sn and
+// routed to each other as one cluster on 127.0.0.1, each changed by
+// configure (nil: not changed) before it starts; Serve shuts each down when
+// tb ends. Their meta group elects its leader after they return.
+func JetStreamCluster(tb testing.TB, n int, configure func(*server.Options)) []*server.Server {
+	tb.Helper()
+	ports := FreePorts(tb, 2*n)
+	var routes []*url.URL
+	for i := range n {
+		routes = append(routes, &url.URL{Scheme: "nats-route", Host: fmt.Sprintf("127.0.0.1:%d", ports[n+i])})
+	}
+	servers := make([]*server.Server, n)
+	for i := range n {
+		opts := &server.Options{ServerName: fmt.Sprintf("s%d", i+1), Port: ports[i], JetStream: true,
+			StoreDir: tb.TempDir(), Routes: routes,
+			Cluster: server.ClusterOpts{Name: "testkit", Host: "127.0.0.1", Port: ports[n+i]}}
+		if configure != nil {
+			configure(opts)
+		}
+		servers[i] = Serve(tb, opts)
+	}
+	return servers
 }

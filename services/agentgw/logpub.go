@@ -243,28 +243,26 @@ func (p *logPublisher) acknowledge() {
 
 // republish stores a line JetStream did not acknowledge — a stream without
 // a leader for a moment, a server restarting — by publishing it again with
-// its message id (JetStream drops a copy), waiting longer between tries,
-// for up to republishFor. The lines after it wait for it, so the agent's
-// stream stays up and its lines stay in order instead of the agent
-// reconnecting again and again while the stream elects a leader. It returns
-// the last error when it gives up (the stream then ends, and the agent
-// resends) or the stream ended.
+// its message id (bus.Store: JetStream drops a copy), for up to
+// republishFor. The lines after it wait for it, so the agent's stream stays
+// up and its lines stay in order instead of the agent reconnecting again
+// and again while the stream elects a leader. It returns the last error
+// when it gives up or the failure is not one to try again (the stream then
+// ends, and the agent resends), or the stream ended.
 func (p *logPublisher) republish(next pending, err error) error {
-	wait := 100 * time.Millisecond
-	for deadline := time.Now().Add(republishFor); time.Now().Before(deadline); {
+	if !bus.StoreAgain(err) {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), republishFor)
+	defer cancel()
+	go func() {
 		select {
 		case <-p.stopped:
-			return err
-		case <-time.After(wait):
+			cancel()
+		case <-ctx.Done():
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
-		_, err = p.js.PublishMsg(ctx, next.f.Msg())
-		cancel()
-		if err == nil {
-			return nil
-		}
-		wait = min(2*wait, 2*time.Second)
-	}
+	}()
+	_, err = bus.Store(ctx, p.js, next.f.Msg())
 	return err
 }
 

@@ -87,10 +87,11 @@ type callRecord struct {
 
 // audit writes the record of a mutating call to FLOTILLA_AUDIT and waits
 // for JetStream to store it, whatever became of the call (a refusal
-// included). The record names who called with which token and role, the
+// included), for up to bus.AuditTimeout; a record not stored by then is
+// stored later (lateAudits). The record names who called with which token and role, the
 // route and its target, the result, the client's address and the trace;
 // never a body, so never a password, token or secret. A record that
-// cannot be written is logged with everything it held.
+// is late, or cannot be written, is logged with everything it holds.
 func (g *Gateway) audit(ctx context.Context, c callRecord) {
 	if !c.rt.mutating || c.rt.rule.public {
 		return
@@ -119,11 +120,18 @@ func (g *Gateway) audit(ctx context.Context, c callRecord) {
 	}
 	rec.Params = strings.Join(params, " ")
 	ctx = context.WithoutCancel(ctx) // a client gone does not spare the record
-	err := bus.PublishAudit(ctx, g.js, subjects.Audit(subjects.NounAPI, u.GetUserId(), subjects.VerbCall),
+	msg, err := bus.NewMessage(ctx, subjects.Audit(subjects.NounAPI, u.GetUserId(), subjects.VerbCall),
 		subjects.EventType(subjects.NounAPI, subjects.VerbCall), vocab.User(u.GetUsername()), now, rec)
-	if err != nil {
-		g.log.ErrorContext(ctx, "audit record not written", "route", rec.Route, "user", rec.Username, "role", rec.Role,
-			"target", rec.Target, "status", rec.Status, "reason", rec.Reason, "source", rec.Source, "error", err)
+	if err == nil {
+		err = bus.StoreAudit(ctx, g.js, msg.NATS(), bus.AuditTimeout)
+	}
+	switch {
+	case err == nil:
+	case bus.StoreAgain(err) && g.late.add(lateAudit{msg: msg.NATS(), rec: rec}):
+		g.log.WarnContext(ctx, "audit record late: storing it in the background", append(recordAttrs(rec), "error", err)...)
+	default:
+		metrics.auditsUnwritten.Inc()
+		g.log.ErrorContext(ctx, "audit record not written", append(recordAttrs(rec), "error", err)...)
 	}
 }
 

@@ -4,15 +4,21 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc/metadata"
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/testkit"
 )
 
 // TestTheAuditTrail: calls by several users — allowed and refused, over
@@ -134,6 +140,58 @@ func TestTheAuditTrail(t *testing.T) {
 	for _, s := range secrets {
 		if strings.Contains(fmt.Sprint(all), s) {
 			t.Errorf("GET /api/v1/audit shows %q", s)
+		}
+	}
+}
+
+// TestAnAuditRecordJetStreamCannotStoreNowIsStoredLater: while the audit
+// stream takes no record (as while it elects a leader), a mutating call
+// still ends, after bus.AuditTimeout, and its record is stored, once, as
+// soon as the stream takes records again. The log says the record is late,
+// with all it holds, and when it was stored.
+func TestAnAuditRecordJetStreamCannotStoreNowIsStoredLater(t *testing.T) {
+	t.Parallel()
+	var logs testkit.Buffer
+	e := newEnv(t, envOptions{only: []string{}, config: func(c *stack.Config) {
+		c.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	}})
+	js, err := jetstream.New(e.bus.Unrestricted(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(t.Context(), subjects.AuditStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := stream.CachedInfo().Config
+	taking := cfg.Subjects
+	cfg.Subjects = []string{"flotilla.audit-paused.>"}
+	if _, err := js.UpdateStream(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	n := e.must(200, "POST", "/api/v1/networks", reply{"name": "audited-late", "provider": "local", "httpsStrategy": "none"})
+	if took := time.Since(start); took < bus.AuditTimeout {
+		t.Fatalf("the call ended after %v, before its record could have been stored", took)
+	}
+	time.Sleep(time.Second) // the record waits
+	cfg.Subjects = taking
+	if _, err := js.UpdateStream(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	want := "POST /api/v1/networks admin " + n["id"].(string) + " 200 ok"
+	eventually(t, 15*time.Second, func() string {
+		if got := summary(e.audit(t, "target="+n["id"].(string))); got != want {
+			return fmt.Sprintf("the network's audit records:\n%s\nwant\n%s", got, want)
+		}
+		return ""
+	})
+	for _, line := range []string{
+		`msg="audit record late: storing it in the background" service=gateway route="POST /api/v1/networks" user=admin role=admin target=` + n["id"].(string),
+		`msg="late audit record stored" service=gateway route="POST /api/v1/networks" user=admin`,
+	} {
+		if !strings.Contains(logs.String(), line) {
+			t.Errorf("the gateway's log does not say\n%s\nit says:\n%s", line, logs.String())
 		}
 	}
 }

@@ -134,8 +134,10 @@ type Gateway struct {
 	grpcSrv *grpc.Server
 	mux     *runtime.ServeMux
 	js      jetstream.JetStream
-	bus     *rpc.Client
-	deps    Deps
+	// late stores the audit records calls could not wait for (lateaudit.go).
+	late *lateAudits
+	bus  *rpc.Client
+	deps Deps
 	// routes is every route with who may call it (access.go).
 	routes *routeTable
 }
@@ -187,6 +189,7 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	g.js = js
+	g.late = newLateAudits(js, g.log)
 	h, restOnly, err := g.handler(ctx)
 	if err != nil {
 		return nil, err
@@ -409,6 +412,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if err := g.instances.watch(ctx, g.deps.NATS); err != nil {
 		return fmt.Errorf("watch instance events: %w", err)
 	}
+	go g.late.work()
 	eg, ctx := errgroup.WithContext(ctx)
 	eg.Go(func() error { g.keepOverview(ctx); return nil })
 	eg.Go(func() error {
@@ -441,6 +445,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 		case <-sctx.Done():
 			g.grpcSrv.Stop()
 		}
+		// No call is served now: the audit records still late get a last
+		// chance.
+		fctx, cancel := context.WithTimeout(context.Background(), lateAuditFlush)
+		defer cancel()
+		g.late.close(fctx)
 		return err
 	})
 	return eg.Wait()

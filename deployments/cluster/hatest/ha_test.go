@@ -81,6 +81,11 @@ type figures struct {
 	// until its NATS server held a replica of every stream and its six
 	// managers were healthy.
 	RejoinedSeconds float64 `json:"rejoinedSeconds,omitempty"`
+	// AuditLate counts the API calls whose audit records the gateways
+	// could not store within the call (stored later, in the background),
+	// AuditNotWritten those given up.
+	AuditLate       int `json:"auditLate"`
+	AuditNotWritten int `json:"auditNotWritten"`
 }
 
 func TestFailoverUnderLoad(t *testing.T) {
@@ -189,6 +194,13 @@ func TestFailoverUnderLoad(t *testing.T) {
 			time.Sleep(2 * time.Second)
 		}
 	}
+	// Every API call's audit record is stored: late ones in the
+	// background, once the audit stream has a leader again.
+	late, stored := c.gatewayLines(nil, `"msg":"audit record late`), c.gatewayLines(nil, `"msg":"late audit record stored"`)
+	t.Logf("%d audit records late, %d of them stored since", len(late), len(stored))
+	if lost := c.gatewayLines(nil, `"msg":"audit record not written"`); len(lost) > 0 {
+		t.Errorf("%d audit records not written:\n%s", len(lost), strings.Join(lost, ""))
+	}
 	logReport(t, report)
 }
 
@@ -264,6 +276,8 @@ func (c *cluster) measure(t *testing.T, api *client, w *writer, ids []string, fi
 	time.Sleep(3 * time.Second) // writes and agents after the fault
 	fig.APIUnavailableSeconds, fig.FailedWrites = w.outage(start, time.Now())
 	fig.AgentsLost, fig.AgentsBackSeconds = api.agentsReconnected(t, ids, start)
+	fig.AuditLate = len(c.gatewayLines(logsAt, `"msg":"audit record late`))
+	fig.AuditNotWritten = len(c.gatewayLines(logsAt, `"msg":"audit record not written"`))
 	t.Logf("figures: %+v", fig)
 	w.logSlowOrFailed(t, start)
 	c.logGatewayStatus(t, logsAt)
@@ -288,7 +302,16 @@ func (c *cluster) gatewayLogSizes() map[string]int64 {
 // gateways out during a fault.
 func (c *cluster) logGatewayStatus(t *testing.T, sizes map[string]int64) {
 	t.Helper()
-	var b strings.Builder
+	if lines := c.gatewayLines(sizes, `"status `, `"internal error"`); len(lines) > 0 {
+		t.Logf("the gateways' status during the fault:\n%s", strings.Join(lines, ""))
+	}
+}
+
+// gatewayLines returns the lines (each "host: line", cut at 600 bytes) the
+// gateways logged since sizes were taken (nil: since they started) that
+// hold any of what.
+func (c *cluster) gatewayLines(sizes map[string]int64, what ...string) []string {
+	var out []string
 	for _, p := range slices.Sorted(maps.Keys(c.gatewayLogSizes())) {
 		data, err := os.ReadFile(p)
 		if err != nil || int64(len(data)) < sizes[p] {
@@ -296,14 +319,12 @@ func (c *cluster) logGatewayStatus(t *testing.T, sizes map[string]int64) {
 		}
 		host := filepath.Base(filepath.Dir(filepath.Dir(p)))
 		for l := range strings.Lines(string(data[sizes[p]:])) {
-			if strings.Contains(l, `"status `) || strings.Contains(l, `"internal error"`) {
-				fmt.Fprintf(&b, "%s: %s", host, l[:min(len(l), 600)])
+			if slices.ContainsFunc(what, func(w string) bool { return strings.Contains(l, w) }) {
+				out = append(out, fmt.Sprintf("%s: %s", host, l[:min(len(l), 600)]))
 			}
 		}
 	}
-	if b.Len() > 0 {
-		t.Logf("the gateways' status during the fault:\n%s", b.String())
-	}
+	return out
 }
 
 // --- the cluster ---------------------------------------------------------------------
@@ -1011,7 +1032,7 @@ func (w *writer) stop() []string {
 
 func logReport(t *testing.T, report []figures) {
 	var b strings.Builder
-	b.WriteString("| fault | API writes unavailable | writes failed | agents lost, all back after | new leader after | all running again after the fault ended |\n|---|---|---|---|---|---|\n")
+	b.WriteString("| fault | API writes unavailable | writes failed | agents lost, all back after | new leader after | all running again after the fault ended | audit records late, not written |\n|---|---|---|---|---|---|---|\n")
 	for _, f := range report {
 		leader := "—"
 		if f.LeaderSeconds > 0 {
@@ -1021,7 +1042,8 @@ func logReport(t *testing.T, report []figures) {
 		if f.AgentsLost > 0 {
 			agents = fmt.Sprintf("%d, %.1f s", f.AgentsLost, f.AgentsBackSeconds)
 		}
-		fmt.Fprintf(&b, "| %s | %.1f s | %d | %s | %s | %.1f s |\n", f.Fault, f.APIUnavailableSeconds, f.FailedWrites, agents, leader, max(f.SettledSeconds, 0))
+		fmt.Fprintf(&b, "| %s | %.1f s | %d | %s | %s | %.1f s | %d, %d |\n", f.Fault, f.APIUnavailableSeconds, f.FailedWrites, agents, leader,
+			max(f.SettledSeconds, 0), f.AuditLate, f.AuditNotWritten)
 	}
 	for _, f := range report {
 		if f.RejoinedSeconds > 0 {

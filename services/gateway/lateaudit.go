@@ -1,0 +1,146 @@
+package gateway
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	auditv1 "flotilla.dev/flotilla/api/gen/flotilla/audit/v1"
+	"flotilla.dev/flotilla/libs/bus"
+)
+
+// An API call's audit record that JetStream does not store within
+// bus.AuditTimeout (its stream electing a leader for longer, say) is not
+// given up: the call ends, and the record is stored in the background
+// (lateAudits), for up to LateAuditFor after the call, one record after
+// another in the order they came. At most LateAuditCap wait; one more is
+// logged as not written at once.
+const (
+	// LateAuditFor is well within the stream's duplicate window
+	// (bus.DuplicateWindow): a record stored by a try whose
+	// acknowledgement was lost is never stored twice.
+	LateAuditFor = 5 * time.Minute
+	LateAuditCap = 10000
+)
+
+// lateAuditFlush is how long a stopping gateway goes on storing the
+// records waiting, after its servers stopped.
+const lateAuditFlush = 5 * time.Second
+
+// lateAudit is an audit record waiting to be stored: its message (the
+// same id on every try) and what it says, to log.
+type lateAudit struct {
+	msg *nats.Msg
+	rec *auditv1.ApiCall
+}
+
+// lateAudits holds the records waiting and the one goroutine that stores
+// them (work).
+type lateAudits struct {
+	js  jetstream.JetStream
+	log *slog.Logger
+	// mu guards closed and sends on queue.
+	mu     sync.Mutex
+	closed bool
+	queue  chan lateAudit
+	// cancel ends the store in hand; done is closed when work returns.
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func newLateAudits(js jetstream.JetStream, log *slog.Logger) *lateAudits {
+	registerMetrics()
+	ctx, cancel := context.WithCancel(context.Background())
+	return &lateAudits{js: js, log: log, queue: make(chan lateAudit, LateAuditCap), ctx: ctx, cancel: cancel,
+		done: make(chan struct{})}
+}
+
+// add keeps a record to be stored by work, and says whether it did: not
+// when LateAuditCap records wait already, or the gateway has stopped.
+func (l *lateAudits) add(a lateAudit) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	select {
+	case l.queue <- a:
+		metrics.lateAudits.Inc()
+		return true
+	default:
+		return false
+	}
+}
+
+// work stores the records waiting, in the order they came, until close.
+func (l *lateAudits) work() {
+	defer close(l.done)
+	for a := range l.queue {
+		l.store(a)
+		metrics.lateAudits.Dec()
+	}
+}
+
+// store stores a until LateAuditFor after its call, or logs it as not
+// written.
+func (l *lateAudits) store(a lateAudit) {
+	within := time.Until(a.rec.GetTime().AsTime().Add(LateAuditFor))
+	err := bus.StoreAudit(l.ctx, l.js, a.msg, within)
+	if err != nil {
+		metrics.auditsUnwritten.Inc()
+		l.log.Error("audit record not written", append(recordAttrs(a.rec), "error", err)...)
+		return
+	}
+	l.log.Info("late audit record stored", "route", a.rec.GetRoute(), "user", a.rec.GetUsername(),
+		"trace_id", a.rec.GetTraceId(), "late", time.Since(a.rec.GetTime().AsTime()).Round(time.Millisecond))
+}
+
+// close takes no more records, and waits until ctx ends for those waiting
+// to be stored; each still waiting then is logged as not written.
+func (l *lateAudits) close(ctx context.Context) {
+	l.mu.Lock()
+	if !l.closed {
+		l.closed = true
+		close(l.queue)
+	}
+	l.mu.Unlock()
+	select {
+	case <-l.done:
+	case <-ctx.Done():
+		l.cancel()
+		<-l.done
+	}
+}
+
+// recordAttrs is everything an API call's audit record holds, to log.
+func recordAttrs(rec *auditv1.ApiCall) []any {
+	return []any{"route", rec.GetRoute(), "user", rec.GetUsername(), "role", rec.GetRole(), "target", rec.GetTarget(),
+		"status", rec.GetStatus(), "reason", rec.GetReason(), "source", rec.GetSource(), "trace_id", rec.GetTraceId(),
+		"time", rec.GetTime().AsTime()}
+}
+
+// The gateway's metrics, on the process's Prometheus registry once it
+// runs a gateway. Every gateway of a process counts into the same series:
+// a process runs one, except in tests.
+var metrics = struct {
+	lateAudits      prometheus.Gauge
+	auditsUnwritten prometheus.Counter
+}{
+	lateAudits: prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "flotilla_gateway_audit_records_late",
+		Help: "API calls' audit records JetStream did not store within the call, waiting to be stored in the background.",
+	}),
+	auditsUnwritten: prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "flotilla_gateway_audit_records_unwritten_total",
+		Help: "API calls' audit records given up (logged, with all they hold, as \"audit record not written\").",
+	}),
+}
+
+// registerMetrics puts the metrics on the process's registry, once.
+var registerMetrics = sync.OnceFunc(func() { prometheus.MustRegister(metrics.lateAudits, metrics.auditsUnwritten) })
