@@ -3,6 +3,8 @@ package natsx
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -15,7 +17,9 @@ import (
 // TraceHandler returns a micro.Handler that extracts the caller's trace
 // context from the request headers and runs h inside a server span named name,
 // started from tp. The context passed to h carries that span (and the caller's
-// baggage); it is not cancelled when the service stops.
+// baggage), and ends when the caller stops waiting for the reply (the
+// request's HeaderTimeout, which Request sets); it is not cancelled when
+// the service stops.
 //
 // The span records the outcome: a reply sent with req.Error sets the span's
 // status to error with the code as error.type, a failure to send a reply is
@@ -25,6 +29,11 @@ func TraceHandler(tp trace.TracerProvider, name string, h func(ctx context.Conte
 	tracer := tp.Tracer(tracerName)
 	return micro.HandlerFunc(func(req micro.Request) {
 		ctx := Extract(context.Background(), nats.Header(req.Headers()))
+		if d, ok := callerTimeout(nats.Header(req.Headers())); ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d)
+			defer cancel()
+		}
 		ctx, span := tracer.Start(ctx, name,
 			trace.WithSpanKind(trace.SpanKindServer),
 			trace.WithAttributes(
@@ -74,4 +83,22 @@ func (r tracedRequest) recordSend(err error) error {
 		r.span.SetStatus(codes.Error, err.Error())
 	}
 	return err
+}
+
+// HeaderTimeout carries, on a request, how long its caller waits for the
+// reply from when it sent it, in milliseconds. The handler's context ends
+// then (TraceHandler), so a request whose caller gave up is not worked on
+// still: holding a database connection on a dead network path until TCP
+// gives up (minutes), or making a change minutes after its caller was told
+// it may not have been made.
+const HeaderTimeout = "Flotilla-Timeout"
+
+// callerTimeout is the time a request's caller waits, by its HeaderTimeout;
+// false when the request has none that makes sense.
+func callerTimeout(h nats.Header) (time.Duration, bool) {
+	ms, err := strconv.ParseInt(h.Get(HeaderTimeout), 10, 64)
+	if err != nil || ms <= 0 {
+		return 0, false
+	}
+	return time.Duration(ms) * time.Millisecond, true
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -52,7 +53,9 @@ func (e *ServiceError) Error() string {
 // trace context into the request headers. The span comes from the tracer
 // provider of the recording span in ctx (so a call made inside a
 // TraceHandler continues with that service's provider), else from the global
-// tracer provider. If ctx has no deadline, DefaultTimeout applies.
+// tracer provider. If ctx has no deadline, DefaultTimeout applies; the
+// request carries the time left (HeaderTimeout), after which the handler's
+// context ends.
 //
 // A reply carrying micro's error headers returns a *ServiceError. When no
 // service subscribes to subject the error wraps nats.ErrNoResponders
@@ -122,6 +125,9 @@ func request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto
 	}
 	var reply *nats.Msg
 	err = Bounded(ctx, nc, func(ctx context.Context) (err error) {
+		if deadline, ok := ctx.Deadline(); ok { // sent now: the time left now
+			msg.Header.Set(HeaderTimeout, strconv.FormatInt(max(time.Until(deadline).Milliseconds(), 1), 10))
+		}
 		reply, err = exchange(ctx, msg)
 		return err
 	})

@@ -13,11 +13,15 @@ package rpc
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -155,9 +159,7 @@ func Handle[Req, Resp proto.Message](s *Service, ep endpoints.Endpoint[Req, Resp
 		return fmt.Errorf("rpc: %s cannot serve %s.%s (%s)", s.name, info.Service, info.Name, info.Subject)
 	}
 	name := strings.ReplaceAll(info.Name, ".", "_")
-	if s.ready != nil {
-		f = unavailableWhileNotReady(s, f)
-	}
+	f = transientAsUnavailable(s, f)
 	opts := []micro.EndpointOpt{micro.WithEndpointSubject(info.ServeSubject())}
 	if info.Every {
 		opts = append(opts, micro.WithEndpointQueueGroupDisabled())
@@ -177,17 +179,35 @@ func Handle[Req, Resp proto.Message](s *Service, ep endpoints.Endpoint[Req, Resp
 // readyCheckTimeout bounds the readiness check made after a request failed.
 const readyCheckTimeout = 2 * time.Second
 
-// unavailableWhileNotReady answers an internal error of f as unavailable
-// when the service is not ready just then (its readiness check fails: its
-// database unreachable while PostgreSQL fails over, say): the error came
-// from that, and the caller may try again shortly, rather than take it for
-// a fault in Flotilla. A request that changes something may or may not have
-// done so: the error says it. The cause is logged as a warning.
-func unavailableWhileNotReady[Req, Resp proto.Message](s *Service, f Func[Req, Resp]) Func[Req, Resp] {
+// transientAsUnavailable answers an internal error of f as unavailable
+// when it came from something passing, and the caller may try again
+// shortly, rather than take it for a fault in Flotilla: the caller's time
+// running out (the handler's context ended with it), a connection lost
+// while f used it (to the database, a network error: a host cut off or
+// coming back, a failover), or the service not ready just then (its
+// readiness check fails: its database unreachable while PostgreSQL fails
+// over, say). A request that changes something may or may not have done
+// so: the error says it. The cause is logged as a warning.
+func transientAsUnavailable[Req, Resp proto.Message](s *Service, f Func[Req, Resp]) Func[Req, Resp] {
 	return func(ctx context.Context, actor vocab.Actor, req Req) (Resp, error) {
 		resp, err := f(ctx, actor, req)
 		if err == nil || apierr.KindOf(err) != apierr.KindInternal {
 			return resp, err
+		}
+		if ctx.Err() != nil { // the caller stopped waiting (natsx.HeaderTimeout)
+			s.log.WarnContext(ctx, "a request's caller stopped waiting before it was served; answered unavailable",
+				"service", s.name, "error", err)
+			e := apierr.Unavailable("the %s service did not finish the request before its caller stopped waiting: "+
+				"try again shortly; a change asked for may or may not have been made", s.name)
+			e.Err = err
+			return resp, e
+		}
+		if lostConnection(err) {
+			s.log.WarnContext(ctx, "a request failed on a lost connection; answered unavailable", "service", s.name, "error", err)
+			e := apierr.Unavailable("the %s service lost a connection it needed while it served the request: "+
+				"try again shortly; a change asked for may or may not have been made", s.name)
+			e.Err = err
+			return resp, e
 		}
 		rerr := s.checkReady(context.WithoutCancel(ctx))
 		if rerr == nil {
@@ -204,6 +224,15 @@ func unavailableWhileNotReady[Req, Resp proto.Message](s *Service, f Func[Req, R
 		e.Err = err
 		return resp, e
 	}
+}
+
+// lostConnection says err came from a network connection failing: refused,
+// reset, unreachable, timed out or cut short.
+func lostConnection(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) ||
+		errors.Is(err, syscall.EPIPE)
 }
 
 // Stop stops taking requests and waits for the requests in flight.

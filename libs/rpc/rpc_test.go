@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -301,6 +303,92 @@ func TestAnInternalErrorWhileNotReadyIsUnavailable(t *testing.T) {
 	ready.Store(true)
 	if err := update("write"); !apierr.Is(err, apierr.KindInternal) {
 		t.Errorf("a write failing while ready: %v; want an internal error", err)
+	}
+}
+
+// TestAnInternalErrorFromALostConnectionIsUnavailable: a request whose
+// handler failed on a connection lost under it (its database's host
+// unreachable as a partition heals, a connection refused or cut short) is
+// answered unavailable, try again, without the cause, though the service
+// is ready by the time it answers; an internal error of another cause
+// stays internal.
+func TestAnInternalErrorFromALostConnectionIsUnavailable(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().String()
+	l.Close()
+	_, refused := net.Dial("tcp", closed)
+	if refused == nil {
+		t.Fatalf("a connection to %s, closed, was not refused", closed)
+	}
+	causes := map[string]error{
+		"unreachable": fmt.Errorf("insert network: %w", &net.OpError{Op: "read", Net: "tcp", Err: syscall.EHOSTUNREACH}),
+		"refused":     fmt.Errorf("failed to connect to `host=10.0.0.7`: %w", refused),
+		"cut short":   fmt.Errorf("commit: failed to receive message: %w", io.ErrUnexpectedEOF),
+		"other":       errors.New("commit: failed to receive message: unexpected EOF"),
+	}
+	serve(t, testkit.NATSConn(t, ns), endpoints.NetworkUpdate, func(_ context.Context, _ vocab.Actor, r *inventoryv1.UpdateNetworkRequest) (*inventoryv1.Network, error) {
+		return nil, causes[r.GetNetwork().GetName()]
+	})
+	gw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Gateway, 0)
+	for name := range causes {
+		_, err := rpc.Call(t.Context(), gw, endpoints.NetworkUpdate, &inventoryv1.UpdateNetworkRequest{Network: &inventoryv1.Network{Name: name}})
+		if name == "other" {
+			if !apierr.Is(err, apierr.KindInternal) {
+				t.Errorf("%s: %v; want an internal error", name, err)
+			}
+			continue
+		}
+		if !apierr.Is(err, apierr.KindUnavailable) || !strings.Contains(err.Error(), "lost a connection") ||
+			strings.Contains(err.Error(), "10.0.0.7") || strings.Contains(err.Error(), "127.0.0.1") {
+			t.Errorf("%s: %v; want unavailable, a connection lost, no cause", name, err)
+		}
+	}
+}
+
+// TestAHandlerStopsWhenItsCallerStopsWaiting: a request's handler works
+// only as long as its caller waits (the call's timeout travels with the
+// request). A handler stuck on something that never answers (a database
+// on a dead network path) lets go of its place in the pool once its caller
+// gave up, so the next request is served; the stuck one is answered
+// unavailable, not internal.
+func TestAHandlerStopsWhenItsCallerStopsWaiting(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	released, over := make(chan time.Duration, 1), make(chan struct{})
+	serve(t, testkit.NATSConn(t, ns), endpoints.NetworkGet, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+		if r.GetId() != "stuck" {
+			return &inventoryv1.Network{Id: r.GetId()}, nil
+		}
+		start := time.Now()
+		select {
+		case <-ctx.Done(): // the database that never answers
+		case <-over: // (so a failed test ends)
+		}
+		released <- time.Since(start)
+		return nil, fmt.Errorf("read network: %w", ctx.Err())
+	}, rpc.WithConcurrency(1))
+	t.Cleanup(func() { close(over) }) // before serve's Stop
+	gw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Gateway, 0)
+	get := func(id string, timeout time.Duration) error {
+		_, err := rpc.Call(t.Context(), gw, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: id}, rpc.Timeout(timeout))
+		return err
+	}
+	if err := get("stuck", 300*time.Millisecond); !apierr.Is(err, apierr.KindUnavailable) {
+		t.Fatalf("the stuck call: %v, want unavailable", err)
+	}
+	select {
+	case took := <-released:
+		t.Logf("the stuck handler let go after %v", took.Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stuck handler still works 10 s after its caller gave up")
+	}
+	if err := get("next", 5*time.Second); err != nil {
+		t.Fatalf("the next call: %v", err)
 	}
 }
 
