@@ -87,7 +87,7 @@ type callRecord struct {
 
 // audit writes the record of a mutating call to FLOTILLA_AUDIT and waits
 // for JetStream to store it, whatever became of the call (a refusal
-// included), for up to bus.AuditTimeout; a record not stored by then is
+// included), for up to AuditWait; a record not stored by then is
 // stored later (lateAudits). The record names who called with which token and role, the
 // route and its target, the result, the client's address and the trace;
 // never a body, so never a password, token or secret. A record that
@@ -123,7 +123,7 @@ func (g *Gateway) audit(ctx context.Context, c callRecord) {
 	msg, err := bus.NewMessage(ctx, subjects.Audit(subjects.NounAPI, u.GetUserId(), subjects.VerbCall),
 		subjects.EventType(subjects.NounAPI, subjects.VerbCall), vocab.User(u.GetUsername()), now, rec)
 	if err == nil {
-		err = bus.StoreAudit(ctx, g.js, msg.NATS(), bus.AuditTimeout)
+		err = bus.StoreAudit(ctx, g.js, msg.NATS(), AuditWait)
 	}
 	switch {
 	case err == nil:

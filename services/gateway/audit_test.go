@@ -17,8 +17,8 @@ import (
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/internal/stack"
-	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/testkit"
+	"flotilla.dev/flotilla/services/gateway"
 )
 
 // TestTheAuditTrail: calls by several users — allowed and refused, over
@@ -146,7 +146,7 @@ func TestTheAuditTrail(t *testing.T) {
 
 // TestAnAuditRecordJetStreamCannotStoreNowIsStoredLater: while the audit
 // stream takes no record (as while it elects a leader), a mutating call
-// still ends, after bus.AuditTimeout, and its record is stored, once, as
+// still ends, after gateway.AuditWait, and its record is stored, once, as
 // soon as the stream takes records again. The log says the record is late,
 // with all it holds, and when it was stored.
 func TestAnAuditRecordJetStreamCannotStoreNowIsStoredLater(t *testing.T) {
@@ -171,7 +171,7 @@ func TestAnAuditRecordJetStreamCannotStoreNowIsStoredLater(t *testing.T) {
 	}
 	start := time.Now()
 	n := e.must(200, "POST", "/api/v1/networks", reply{"name": "audited-late", "provider": "local", "httpsStrategy": "none"})
-	if took := time.Since(start); took < bus.AuditTimeout {
+	if took := time.Since(start); took < gateway.AuditWait {
 		t.Fatalf("the call ended after %v, before its record could have been stored", took)
 	}
 	time.Sleep(time.Second) // the record waits

@@ -15,12 +15,17 @@ import (
 )
 
 // An API call's audit record that JetStream does not store within
-// bus.AuditTimeout (its stream electing a leader for longer, say) is not
-// given up: the call ends, and the record is stored in the background
-// (lateAudits), for up to LateAuditFor after the call, one record after
-// another in the order they came. At most LateAuditCap wait; one more is
-// logged as not written at once.
+// AuditWait (its stream electing a leader, say) is not given up: the call
+// ends, and the record is stored in the background (lateAudits), for up
+// to LateAuditFor after the call, one record after another in the order
+// they came. At most LateAuditCap wait; one more is logged as not written
+// at once.
 const (
+	// AuditWait is how long a call waits for its record: a store takes
+	// milliseconds, and a leader election (4 to 9 s) need not hold every
+	// call for as long as the services that must not act unaudited wait
+	// (bus.AuditTimeout).
+	AuditWait = 2 * time.Second
 	// LateAuditFor is well within the stream's duplicate window
 	// (bus.DuplicateWindow): a record stored by a try whose
 	// acknowledgement was lost is never stored twice.
