@@ -186,8 +186,9 @@ const readyCheckTimeout = 2 * time.Second
 // while f used it (to the database, a network error: a host cut off or
 // coming back, a failover), or the service not ready just then (its
 // readiness check fails: its database unreachable while PostgreSQL fails
-// over, say). A request that changes something may or may not have done
-// so: the error says it. The cause is logged as a warning.
+// over, say; said as such, when a connection was lost too). A request
+// that changes something may or may not have done so: the error says it.
+// The cause is logged as a warning.
 func transientAsUnavailable[Req, Resp proto.Message](s *Service, f Func[Req, Resp]) Func[Req, Resp] {
 	return func(ctx context.Context, actor vocab.Actor, req Req) (Resp, error) {
 		resp, err := f(ctx, actor, req)
@@ -202,14 +203,14 @@ func transientAsUnavailable[Req, Resp proto.Message](s *Service, f Func[Req, Res
 			e.Err = err
 			return resp, e
 		}
-		if lostConnection(err) {
+		rerr := s.checkReady(context.WithoutCancel(ctx))
+		if rerr == nil && lostConnection(err) {
 			s.log.WarnContext(ctx, "a request failed on a lost connection; answered unavailable", "service", s.name, "error", err)
 			e := apierr.Unavailable("the %s service lost a connection it needed while it served the request: "+
 				"try again shortly; a change asked for may or may not have been made", s.name)
 			e.Err = err
 			return resp, e
 		}
-		rerr := s.checkReady(context.WithoutCancel(ctx))
 		if rerr == nil {
 			return resp, err
 		}
