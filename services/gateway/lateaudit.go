@@ -8,7 +8,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 
 	auditv1 "flotilla.dev/flotilla/api/gen/flotilla/audit/v1"
 	"flotilla.dev/flotilla/libs/bus"
@@ -129,23 +128,3 @@ func recordAttrs(rec *auditv1.ApiCall) []any {
 		"status", rec.GetStatus(), "reason", rec.GetReason(), "source", rec.GetSource(), "trace_id", rec.GetTraceId(),
 		"time", rec.GetTime().AsTime()}
 }
-
-// The gateway's metrics, on the process's Prometheus registry once it
-// runs a gateway. Every gateway of a process counts into the same series:
-// a process runs one, except in tests.
-var metrics = struct {
-	lateAudits      prometheus.Gauge
-	auditsUnwritten prometheus.Counter
-}{
-	lateAudits: prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "flotilla_gateway_audit_records_late",
-		Help: "API calls' audit records JetStream did not store within the call, waiting to be stored in the background.",
-	}),
-	auditsUnwritten: prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "flotilla_gateway_audit_records_unwritten_total",
-		Help: "API calls' audit records given up (logged, with all they hold, as \"audit record not written\").",
-	}),
-}
-
-// registerMetrics puts the metrics on the process's registry, once.
-var registerMetrics = sync.OnceFunc(func() { prometheus.MustRegister(metrics.lateAudits, metrics.auditsUnwritten) })
