@@ -87,8 +87,8 @@ type callRecord struct {
 
 // audit writes the record of a mutating call to FLOTILLA_AUDIT and waits
 // for JetStream to store it, whatever became of the call (a refusal
-// included), for up to AuditWait; a record not stored by then is stored
-// later (lateAudits). The record names who called with which token and
+// included), for up to AuditWait; a record not stored by then, or made
+// while records are late, is stored later (lateAudits). The record names who called with which token and
 // role, the route and its target, the result, the client's address and
 // the trace; never a body, so never a password, token or secret. A record
 // that is late, or cannot be written, is logged with everything it holds.
@@ -122,6 +122,10 @@ func (g *Gateway) audit(ctx context.Context, c callRecord) {
 	ctx = context.WithoutCancel(ctx) // a client gone does not spare the record
 	msg, err := bus.NewMessage(ctx, subjects.Audit(subjects.NounAPI, u.GetUserId(), subjects.VerbCall),
 		subjects.EventType(subjects.NounAPI, subjects.VerbCall), vocab.User(u.GetUsername()), now, rec)
+	if behind := g.late.waiting.Load(); err == nil && behind > 0 && g.late.add(lateAudit{msg: msg.NATS(), rec: rec}) {
+		g.log.WarnContext(ctx, "audit record late: storing it in the background", append(recordAttrs(rec), "behind", behind)...)
+		return
+	}
 	if err == nil {
 		err = bus.StoreAudit(ctx, g.js, msg.NATS(), AuditWait)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -17,8 +18,10 @@ import (
 // AuditWait (its stream electing a leader, say) is not given up: the call
 // ends, and the record is stored in the background (lateAudits), for up
 // to LateAuditFor after the call, one record after another in the order
-// they came. At most LateAuditCap wait; one more is logged as not written
-// at once.
+// they came. While records are late, a new call's record joins them at
+// once: the call does not wait for a stream that has not answered the
+// records before it, and no record overtakes them. At most LateAuditCap
+// wait; one more is logged as not written at once.
 const (
 	// AuditWait is how long a call waits for its record: a store takes
 	// milliseconds, and a leader election (4 to 9 s) need not hold every
@@ -52,6 +55,8 @@ type lateAudits struct {
 	mu     sync.Mutex
 	closed bool
 	queue  chan lateAudit
+	// waiting counts the records taken and not yet stored or given up.
+	waiting atomic.Int64
 	// cancel ends the store in hand; done is closed when work returns.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -75,6 +80,7 @@ func (l *lateAudits) add(a lateAudit) bool {
 	}
 	select {
 	case l.queue <- a:
+		l.waiting.Add(1)
 		metrics.lateAudits.Inc()
 		return true
 	default:
@@ -87,6 +93,7 @@ func (l *lateAudits) work() {
 	defer close(l.done)
 	for a := range l.queue {
 		l.store(a)
+		l.waiting.Add(-1)
 		metrics.lateAudits.Dec()
 	}
 }
