@@ -61,6 +61,11 @@ type Message struct {
 // ID returns the message id.
 func (m Message) ID() string { return m.Header.Get(HeaderMsgID) }
 
+// NATS returns m as a message to publish.
+func (m Message) NATS() *nats.Msg {
+	return &nats.Msg{Subject: m.Subject, Header: m.Header, Data: m.Data}
+}
+
 // NewMessage builds a message with a fresh id, the trace context of ctx, the
 // actor, the time and the schema version.
 func NewMessage(ctx context.Context, subject, typ string, actor vocab.Actor, now time.Time, payload proto.Message) (Message, error) {

@@ -58,8 +58,3 @@ func StoreAgain(err error) bool {
 	return Unanswered(err) || errors.Is(err, jetstream.ErrAsyncPublishTimeout) ||
 		errors.Is(err, natsx.ErrConnectionLost) || errors.Is(err, nats.ErrDisconnected)
 }
-
-// NATS returns m as a message to publish.
-func (m Message) NATS() *nats.Msg {
-	return &nats.Msg{Subject: m.Subject, Header: m.Header, Data: m.Data}
-}

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -84,7 +83,7 @@ func (e *env) publish(id string) (bus.Message, trace.SpanContext) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if _, err := e.js.PublishMsg(ctx, &nats.Msg{Subject: m.Subject, Header: m.Header, Data: m.Data}); err != nil {
+	if _, err := e.js.PublishMsg(ctx, m.NATS()); err != nil {
 		e.t.Fatal(err)
 	}
 	return m, span.SpanContext()

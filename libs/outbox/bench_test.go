@@ -120,7 +120,7 @@ func BenchmarkJetStreamPublish(b *testing.B) {
 	msgs := make([]*nats.Msg, b.N)
 	for i := range msgs {
 		m := event(ctx, fmt.Sprintf("b-%d", i))
-		msgs[i] = &nats.Msg{Subject: m.Subject, Header: m.Header, Data: m.Data}
+		msgs[i] = m.NATS()
 	}
 	b.ResetTimer()
 	start := time.Now()

@@ -67,7 +67,7 @@ func (s *Service) deliver(ctx context.Context, ev *agentv1.AgentEvent, retry boo
 	typ := eventType(ev)
 	msg, err := bus.NewMessage(ctx, subjects.AgentStatus(id), typ, vocab.Agent(id), ev.GetTime().AsTime(), ev)
 	if err == nil {
-		err = s.nc.PublishMsg(&nats.Msg{Subject: msg.Subject, Header: msg.Header, Data: msg.Data})
+		err = s.nc.PublishMsg(msg.NATS())
 	}
 	if err != nil {
 		s.log.WarnContext(ctx, "publish agent status", "instance_id", id, "type", typ, "error", err)

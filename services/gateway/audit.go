@@ -122,20 +122,22 @@ func (g *Gateway) audit(ctx context.Context, c callRecord) {
 	ctx = context.WithoutCancel(ctx) // a client gone does not spare the record
 	msg, err := bus.NewMessage(ctx, subjects.Audit(subjects.NounAPI, u.GetUserId(), subjects.VerbCall),
 		subjects.EventType(subjects.NounAPI, subjects.VerbCall), vocab.User(u.GetUsername()), now, rec)
-	if behind := g.late.waiting.Load(); err == nil && behind > 0 && g.late.add(lateAudit{msg: msg.NATS(), rec: rec}) {
+	if err != nil {
+		g.late.notWritten(ctx, rec, err)
+		return
+	}
+	a := lateAudit{msg: msg.NATS(), rec: rec}
+	if behind := g.late.waiting.Load(); behind > 0 && g.late.add(a) {
 		g.log.WarnContext(ctx, "audit record late: storing it in the background", append(recordAttrs(rec), "behind", behind)...)
 		return
 	}
-	if err == nil {
-		err = bus.StoreAudit(ctx, g.js, msg.NATS(), AuditWait)
-	}
+	err = bus.StoreAudit(ctx, g.js, a.msg, AuditWait)
 	switch {
 	case err == nil:
-	case bus.StoreAgain(err) && g.late.add(lateAudit{msg: msg.NATS(), rec: rec}):
+	case bus.StoreAgain(err) && g.late.add(a):
 		g.log.WarnContext(ctx, "audit record late: storing it in the background", append(recordAttrs(rec), "error", err)...)
 	default:
-		metrics.auditsUnwritten.Inc()
-		g.log.ErrorContext(ctx, "audit record not written", append(recordAttrs(rec), "error", err)...)
+		g.late.notWritten(ctx, rec, err)
 	}
 }
 

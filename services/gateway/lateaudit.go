@@ -104,12 +104,17 @@ func (l *lateAudits) store(a lateAudit) {
 	within := time.Until(a.rec.GetTime().AsTime().Add(LateAuditFor))
 	err := bus.StoreAudit(l.ctx, l.js, a.msg, within)
 	if err != nil {
-		metrics.auditsUnwritten.Inc()
-		l.log.Error("audit record not written", append(recordAttrs(a.rec), "error", err)...)
+		l.notWritten(context.Background(), a.rec, err)
 		return
 	}
 	l.log.Info("late audit record stored", "route", a.rec.GetRoute(), "user", a.rec.GetUsername(),
 		"trace_id", a.rec.GetTraceId(), "late", time.Since(a.rec.GetTime().AsTime()).Round(time.Millisecond))
+}
+
+// notWritten gives rec up: counted, and logged with all it holds.
+func (l *lateAudits) notWritten(ctx context.Context, rec *auditv1.ApiCall, err error) {
+	metrics.auditsUnwritten.Inc()
+	l.log.ErrorContext(ctx, "audit record not written", append(recordAttrs(rec), "error", err)...)
 }
 
 // close takes no more records, and waits until ctx ends for those waiting
