@@ -390,6 +390,24 @@ func TestAHandlerStopsWhenItsCallerStopsWaiting(t *testing.T) {
 	if err := get("next", 5*time.Second); err != nil {
 		t.Fatalf("the next call: %v", err)
 	}
+	// The handler's own answer, to a caller that says it waits 200 ms but
+	// listens longer: unavailable, its time ran out, not an internal error.
+	req, err := proto.Marshal(&inventoryv1.GetNetworkRequest{Id: "stuck"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg(endpoints.NetworkGet.Info().CallSubject(subjects.Gateway))
+	m.Data = req
+	m.Header.Set(natsx.HeaderTimeout, "200")
+	reply, err := testkit.NATSConn(t, ns).RequestMsg(m, 5*time.Second)
+	if err != nil {
+		t.Fatalf("a request telling its timeout: %v", err)
+	}
+	if code, said := reply.Header.Get("Nats-Service-Error-Code"), reply.Header.Get("Nats-Service-Error"); code != string(apierr.KindUnavailable) ||
+		!strings.Contains(said, "before its caller stopped waiting") {
+		t.Errorf("the handler answered %s %q; want unavailable, its caller stopped waiting", code, said)
+	}
+	<-released
 }
 
 // An instance whose readiness check fails steps out of its queue groups

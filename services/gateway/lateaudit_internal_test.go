@@ -60,3 +60,41 @@ func TestLateAuditRecordsLeftAtStopAreLogged(t *testing.T) {
 		t.Error("a stopped gateway took a late record")
 	}
 }
+
+// TestTheLateAuditGaugeCountsRecordsWaiting: flotilla_gateway_audit_records_late
+// counts the records taken and not yet stored or given up, up to
+// LateAuditCap; one more is not taken (the call logs it as not written).
+// Not parallel: the gauge is the process's, and parallel tests wait until
+// this one is over.
+func TestTheLateAuditGaugeCountsRecordsWaiting(t *testing.T) {
+	js, err := jetstream.New(testkit.NATSConn(t, testkit.NATS(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newLateAudits(js, slog.New(slog.DiscardHandler))
+	before := testutil.ToFloat64(metrics.lateAudits)
+	rec := &auditv1.ApiCall{Route: "POST /api/v1/networks", Time: timestamppb.Now()}
+	m, err := bus.NewMessage(t.Context(), subjects.Audit(subjects.NounAPI, "u-1", subjects.VerbCall), "api.call",
+		vocab.User("olga"), time.Now(), rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range LateAuditCap {
+		if !l.add(lateAudit{msg: m.NATS(), rec: rec}) {
+			t.Fatalf("record %d of %d not taken", i+1, LateAuditCap)
+		}
+	}
+	if l.add(lateAudit{msg: m.NATS(), rec: rec}) {
+		t.Errorf("a record beyond the %d waiting was taken", LateAuditCap)
+	}
+	if got := testutil.ToFloat64(metrics.lateAudits) - before; got != LateAuditCap {
+		t.Errorf("the gauge counts %v records waiting, want %d", got, LateAuditCap)
+	}
+	go l.work()
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	l.close(ctx) // no stream answers: every record is given up
+	if got := testutil.ToFloat64(metrics.lateAudits) - before; got != 0 {
+		t.Errorf("the gauge counts %v records waiting after they were given up, want 0", got)
+	}
+}
