@@ -39,6 +39,7 @@ func NewClient(nc *nats.Conn, service string, timeout time.Duration) *Client {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
+	registerClientMetrics()
 	return &Client{nc: nc, service: service, timeout: timeout}
 }
 
@@ -73,7 +74,8 @@ func Timeout(d time.Duration) CallOption { return func(o *callOptions) { o.timeo
 
 // Call sends req to the endpoint and returns its reply. Every failure is an
 // *apierr.Error: the service's error as it sent it (kind, reason, field,
-// message); unavailable when no instance of the service listens or none
+// message); unavailable when no instance of the service takes the request
+// within ResponderWait (it is sent again meanwhile: see untilTaken) or none
 // answers in time, or when the bus connection was lost while the call
 // waited for its answer (natsx.ErrConnectionLost), or when ctx was
 // canceled first (the caller gave up); permission denied when
@@ -107,17 +109,72 @@ func Call[Req, Resp proto.Message](ctx context.Context, c *Client, ep endpoints.
 		hdr.Set(bus.HeaderTokenID, o.cred.TokenID)
 	}
 	resp := ep.NewResponse()
-	var err error
-	if info.Every {
-		err = natsx.RequestFirst(ctx, c.nc, info.CallSubject(c.service), EveryGrace, req, resp, hdr)
-	} else {
-		err = natsx.Request(ctx, c.nc, info.CallSubject(c.service), req, resp, hdr)
-	}
+	err := untilTaken(ctx, info.Service, func() error {
+		if info.Every {
+			return natsx.RequestFirst(ctx, c.nc, info.CallSubject(c.service), EveryGrace, req, resp, hdr)
+		}
+		return natsx.Request(ctx, c.nc, info.CallSubject(c.service), req, resp, hdr)
+	})
 	if err != nil {
 		return zero, clientError(info.Service, err)
 	}
 	return resp, nil
 }
+
+// ResponderWait is how long a call keeps sending its request while no
+// instance of the service takes it: none listens (NATS's no responders),
+// or the one it reached turned it away because it is about to make its
+// bus connection again (a homecoming; see natsx.Quiescer and
+// Subscriber). Neither acted on the request, so sending it again is safe.
+// A service whose only instance goes home, pausing for the requests it
+// holds (up to natsx.HomeDrain), new requests held (as long again) and
+// the reconnection (as long again at most), costs its callers that
+// moment rather than an error; a service that is down is answered
+// unavailable ResponderWait after the first try, or when the call's time
+// is up if that is sooner.
+const ResponderWait = 3 * natsx.HomeDrain
+
+// How the tries of untilTaken are spaced: from the first wait, doubling,
+// up to the last.
+const (
+	untakenFirstWait = 10 * time.Millisecond
+	untakenLastWait  = 250 * time.Millisecond
+)
+
+// untilTaken calls send until it returns anything but an untaken request's
+// error, ResponderWait has passed since the first try, or ctx ends, and
+// returns its last error.
+func untilTaken(ctx context.Context, service string, send func() error) error {
+	end := time.Now().Add(ResponderWait)
+	wait := untakenFirstWait
+	for {
+		err := send()
+		left := time.Until(end)
+		if !untaken(err) || left <= 0 {
+			return err
+		}
+		metrics.untaken.WithLabelValues(service).Inc()
+		t := time.NewTimer(min(wait, left))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, untakenLastWait)
+	}
+}
+
+// untaken says whether err is a request that no instance took: nobody
+// listened, or the instance reached turned it away (headerNotTaken).
+func untaken(err error) bool {
+	var se *natsx.ServiceError
+	return errors.Is(err, nats.ErrNoResponders) || errors.As(err, &se) && len(se.Header[headerNotTaken]) > 0
+}
+
+// headerNotTaken marks an error reply to a request the responder did not
+// act on, and that its caller sends again (untilTaken).
+const headerNotTaken = "Flotilla-Not-Taken"
 
 // clientError maps a failed request to an *apierr.Error.
 func clientError(service string, err error) error {

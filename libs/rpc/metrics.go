@@ -12,6 +12,7 @@ import (
 var metrics = struct {
 	steppedOut *prometheus.GaugeVec
 	stepOuts   *prometheus.CounterVec
+	untaken    *prometheus.CounterVec
 }{
 	steppedOut: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "flotilla_rpc_stepped_out",
@@ -21,8 +22,17 @@ var metrics = struct {
 		Name: "flotilla_rpc_step_outs_total",
 		Help: "Times the service's instance in this process stepped out of its queue groups.",
 	}, []string{"service"}),
+	untaken: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flotilla_rpc_calls_untaken_total",
+		Help: "Calls from this process sent again because no instance of the service (the label) took them: none listened, or the one reached was reconnecting to the bus.",
+	}, []string{"service"}),
 }
 
-// registerMetrics puts the metrics on the process's registry, once: only a
-// process that runs a service with a readiness check shows them.
-var registerMetrics = sync.OnceFunc(func() { prometheus.MustRegister(metrics.steppedOut, metrics.stepOuts) })
+// registerMetrics puts the services' metrics on the process's registry,
+// once: only a process that runs a service with a readiness check shows
+// them. registerClientMetrics does the same for the callers', once a
+// process makes a Client.
+var (
+	registerMetrics       = sync.OnceFunc(func() { prometheus.MustRegister(metrics.steppedOut, metrics.stepOuts) })
+	registerClientMetrics = sync.OnceFunc(func() { prometheus.MustRegister(metrics.untaken) })
+)

@@ -397,13 +397,21 @@ const quietFor = 20 * time.Millisecond
 // readyCheckTimeout passed, the connection being down) and no request has
 // been in hand for quietFor, or when ctx ends.
 func (s *Service) settle(ctx context.Context) {
+	settle(ctx, s.nc, func() bool { return s.busy.Load() == 0 })
+}
+
+// settle returns once the server has answered a flush of nc (so it has
+// what nc sent, and nc has every message the server sent it before; or
+// readyCheckTimeout passed, the connection being down) and idle has held
+// for quietFor, or when ctx ends.
+func settle(ctx context.Context, nc *nats.Conn, idle func() bool) {
 	fctx, cancel := context.WithTimeout(ctx, readyCheckTimeout)
-	_ = s.nc.FlushWithContext(fctx)
+	_ = nc.FlushWithContext(fctx)
 	cancel()
 	const step = 5 * time.Millisecond
 	for quiet := time.Duration(0); quiet < quietFor && ctx.Err() == nil; {
 		time.Sleep(step)
-		if s.busy.Load() == 0 {
+		if idle() {
 			quiet += step
 		} else {
 			quiet = 0

@@ -125,12 +125,47 @@ func TestACallerMustBeDeclared(t *testing.T) {
 	}
 }
 
+// A service nobody listens to is unavailable once the call has tried for
+// rpc.ResponderWait, or when its time is up, if that is sooner.
 func TestNobodyListeningIsUnavailable(t *testing.T) {
 	t.Parallel()
 	gw := rpc.NewClient(testkit.NATSConn(t, testkit.NATS(t)), subjects.Gateway, 0)
+	start := time.Now()
 	_, err := rpc.Call(t.Context(), gw, endpoints.PingSecrets, &systemv1.PingRequest{})
 	if !apierr.Is(err, apierr.KindUnavailable) || !errors.Is(err, nats.ErrNoResponders) || !strings.Contains(err.Error(), "secrets") {
 		t.Fatalf("no responders: %v", err)
+	}
+	if took := time.Since(start); took < rpc.ResponderWait {
+		t.Errorf("the call gave up after %v, before rpc.ResponderWait (%v)", took, rpc.ResponderWait)
+	}
+	_, err = rpc.Call(t.Context(), gw, endpoints.PingSecrets, &systemv1.PingRequest{}, rpc.Timeout(200*time.Millisecond))
+	if !apierr.Is(err, apierr.KindUnavailable) || !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("no responders within a call's shorter time: %v", err)
+	}
+}
+
+// A call sent before any instance of its service listens (one starting
+// with it, or the only one reconnecting) is taken by the first that does,
+// within rpc.ResponderWait.
+func TestACallWaitsForItsServiceToListen(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	gw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Gateway, 0)
+	type result struct {
+		n   *inventoryv1.Network
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := rpc.Call(t.Context(), gw, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: "n"})
+		done <- result{n, err}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	serve(t, testkit.NATSConn(t, ns), endpoints.NetworkGet, func(_ context.Context, _ vocab.Actor, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+		return &inventoryv1.Network{Id: r.GetId(), Name: "late"}, nil
+	})
+	if r := <-done; r.err != nil || r.n.GetName() != "late" {
+		t.Fatalf("a call sent before its service listened: %v, %v", r.n, r.err)
 	}
 }
 
@@ -867,56 +902,121 @@ func freePorts(t *testing.T, n int) []int {
 // to its home server answers every request sent meanwhile. The server lets
 // a connection answer only requests it received itself, so a request
 // received before the reconnection and answered after it would be left
-// unanswered; the service pauses (another instance takes the requests)
-// until those it has are answered, and serves again once home.
+// unanswered; the service pauses until those it has are answered, and
+// serves again once home. Another instance takes the requests meanwhile;
+// without one, nobody listens for that moment, and callers send their
+// requests again until somebody does (rpc.ResponderWait).
 func TestAHomecomingLosesNoAnswer(t *testing.T) {
 	t.Parallel()
+	for _, alone := range []bool{false, true} {
+		name := "another instance takes the requests"
+		if alone {
+			name = "its only instance"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var byHoming atomic.Int64
+			serveOn := func(nc *nats.Conn, who string) {
+				serve(t, nc, endpoints.NetworkGet, func(_ context.Context, _ vocab.Actor, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+					time.Sleep(30 * time.Millisecond) // requests in flight at any moment
+					if who == "homing" {
+						byHoming.Add(1)
+					}
+					return &inventoryv1.Network{Id: r.GetId(), Name: who}, nil
+				})
+			}
+			homecoming(t, serveOn, !alone, &byHoming, func(caller *nats.Conn) func() error {
+				gw := rpc.NewClient(caller, subjects.Gateway, 5*time.Second)
+				return func() error {
+					_, err := rpc.Call(t.Context(), gw, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: "n"})
+					return err
+				}
+			})
+		})
+	}
+}
+
+// TestAHomecomingLosesNoAgentCommand: the per-instance endpoints of a
+// Subscriber (an agent's commands, served by the one agent gateway it is
+// connected to) lose no request either when its connection goes home:
+// it answers those in hand first, turns new ones away until it is back,
+// and their callers send them again.
+func TestAHomecomingLosesNoAgentCommand(t *testing.T) {
+	t.Parallel()
+	var answered atomic.Int64
+	serveOn := func(nc *nats.Conn, _ string) {
+		subs := rpc.NewSubscriber(nc)
+		t.Cleanup(subs.Close)
+		sub, err := rpc.Subscribe(subs, subjects.AgentGW, endpoints.AgentCommand.At("i-1"), slog.New(slog.DiscardHandler), noop.NewTracerProvider(),
+			func(context.Context, vocab.Actor, *agentv1.Command) (*emptypb.Empty, error) {
+				time.Sleep(30 * time.Millisecond)
+				answered.Add(1)
+				return &emptypb.Empty{}, nil
+			})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sub.Unsubscribe() })
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	homecoming(t, serveOn, false, &answered, func(caller *nats.Conn) func() error {
+		prov := rpc.NewClient(caller, subjects.Provisioner, 5*time.Second)
+		return func() error {
+			_, err := rpc.Call(t.Context(), prov, endpoints.AgentCommand.At("i-1"), &agentv1.Command{Id: "c"})
+			return err
+		}
+	})
+}
+
+// homecoming runs a homecoming under load: two routed servers, home and
+// away; serveOn serves on a connection listing home first ("homing") and,
+// with alsoAway, on one to away alone ("staying"). Home is shut down, the
+// homing connection moves away, home starts again, and calls (made by
+// call on 8 workers, through a connection to away) go on until the homing
+// connection is home and has answered again (answered counts its
+// answers). No call may fail.
+func homecoming(t *testing.T, serveOn func(nc *nats.Conn, who string), alsoAway bool, answered *atomic.Int64, call func(caller *nats.Conn) func() error) {
+	t.Helper()
 	p := freePorts(t, 4) // home client, home cluster, away client, away cluster
 	home := routedServer(t, "home", p[0], p[1], p[3])
 	away := routedServer(t, "away", p[2], p[3], p[1])
 	homeURL, awayURL := home.ClientURL(), away.ClientURL()
 	testkit.WaitFor(t, 10*time.Second, "the two servers to route", func() bool { return home.NumRoutes() > 0 && away.NumRoutes() > 0 })
 
-	answer := func(url, who string) *nats.Conn {
+	connect := func(url, who string) *nats.Conn {
 		nc, err := natsx.Connect(url, who, nats.UserInfo("svc", "svc"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(nc.Close)
-		serve(t, nc, endpoints.NetworkGet, func(_ context.Context, _ vocab.Actor, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
-			time.Sleep(30 * time.Millisecond) // requests in flight at any moment
-			return &inventoryv1.Network{Id: r.GetId(), Name: who}, nil
-		})
 		return nc
 	}
-	homing := answer(homeURL+","+awayURL, "homing")
-	answer(awayURL, "staying")
+	homing := connect(homeURL+","+awayURL, "homing")
+	serveOn(homing, "homing")
+	if alsoAway {
+		serveOn(connect(awayURL, "staying"), "staying")
+	}
 	caller, err := natsx.Connect(awayURL, "caller", nats.UserInfo("caller", "caller"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(caller.Close)
-	gw := rpc.NewClient(caller, subjects.Gateway, 5*time.Second)
 
 	home.Shutdown()
 	home.WaitForShutdown()
-	testkit.WaitFor(t, 10*time.Second, "the homing service to move away", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the homing connection to move away", func() bool {
 		return homing.IsConnected() && homing.ConnectedUrl() == awayURL
 	})
 	home = routedServer(t, "home-again", p[0], p[1], p[3])
+	testkit.WaitFor(t, 10*time.Second, "home to route again", func() bool { return home.NumRoutes() > 0 })
 
-	var byHoming atomic.Int64
-	calls := testkit.KeepCalling(t, 8, func() error {
-		n, err := rpc.Call(t.Context(), gw, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: "n"})
-		if n.GetName() == "homing" {
-			byHoming.Add(1)
-		}
-		return err
-	})
-	testkit.WaitFor(t, natsx.HomeStable+4*natsx.HomeProbe, "the homing service to go back home", func() bool {
+	calls := testkit.KeepCalling(t, 8, call(caller))
+	testkit.WaitFor(t, natsx.HomeStable+4*natsx.HomeProbe, "the homing connection to go back home", func() bool {
 		return homing.IsConnected() && homing.ConnectedUrl() == homeURL
 	})
-	atHome := byHoming.Load()
-	testkit.WaitFor(t, 10*time.Second, "the service back home to answer again", func() bool { return byHoming.Load() > atHome })
+	atHome := answered.Load()
+	testkit.WaitFor(t, 10*time.Second, "the responder back home to answer again", func() bool { return answered.Load() > atHome })
 	calls.Stop("the homecoming")
 }

@@ -1,9 +1,11 @@
 package rpc
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -11,6 +13,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"flotilla.dev/flotilla/api/endpoints"
+	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/natsx"
 )
 
 // Subscriber serves per-instance endpoints (Subscribe) on one connection,
@@ -20,14 +24,25 @@ import (
 // is handled on a goroutine of its own while it lasts, so a slow one holds
 // up no other subscription's (nor its own next request: requests sent
 // without waiting for an answer are handled in any order).
+//
+// Before its connection is made again on purpose (a homecoming; see
+// natsx.Quiescer) a Subscriber turns new requests away, answering them on
+// the connection they came by, so that their callers send them again
+// (untilTaken) once the subscriptions are back; and it waits for the
+// requests in hand to be answered. Each endpoint has one responder, so
+// there is no other instance to leave them to, and thousands of
+// subscriptions are not worth dropping and making again.
 type Subscriber struct {
-	nc    *nats.Conn
-	msgs  chan *nats.Msg
-	done  chan struct{}
-	close sync.Once
+	nc     *nats.Conn
+	msgs   chan *nats.Msg
+	done   chan struct{}
+	close  sync.Once
+	remake *natsx.Quiescer
+	busy   atomic.Int64 // requests handed to a handler and not yet answered
 
 	mu       sync.RWMutex
 	handlers map[*nats.Subscription]micro.Handler
+	paused   bool // turning requests away while the connection is made again
 }
 
 // subscriberQueue bounds the requests a Subscriber has received and not yet
@@ -43,13 +58,15 @@ func NewSubscriber(nc *nats.Conn) *Subscriber {
 		done:     make(chan struct{}),
 		handlers: map[*nats.Subscription]micro.Handler{},
 	}
+	s.remake = natsx.OnRemake(nc, s.pause)
 	go s.dispatch()
 	return s
 }
 
 // dispatch hands each request to its subscription's handler, on a goroutine
-// of the request's own; a request whose subscription has ended is dropped,
-// as nats.go drops those of an ended subscription with a handler.
+// of the request's own, or turns it away while paused; a request whose
+// subscription has ended is dropped, as nats.go drops those of an ended
+// subscription with a handler.
 func (s *Subscriber) dispatch() {
 	for {
 		select {
@@ -57,18 +74,58 @@ func (s *Subscriber) dispatch() {
 			return
 		case m := <-s.msgs:
 			s.mu.RLock()
-			h := s.handlers[m.Sub]
+			h, paused := s.handlers[m.Sub], s.paused
+			if h != nil && !paused {
+				s.busy.Add(1) // before pause can look
+			}
 			s.mu.RUnlock()
-			if h != nil {
-				go h.Handle(msgRequest{m})
+			switch {
+			case h == nil:
+			case paused:
+				go turnAway(m)
+			default:
+				go func() {
+					defer s.busy.Add(-1)
+					h.Handle(msgRequest{m})
+				}()
 			}
 		}
 	}
 }
 
+// turnAway answers m unavailable, marked as not taken: its caller sends
+// it again.
+func turnAway(m *nats.Msg) {
+	e := apierr.Unavailable("the responder is reconnecting to the bus; try again shortly")
+	h := e.BusHeaders()
+	h[headerNotTaken] = []string{"reconnecting"}
+	_ = msgRequest{m}.Error(string(e.Kind), e.Message, nil, micro.WithHeaders(h))
+}
+
+// pause is the Subscriber's part in a reconnection made on purpose: from
+// now on it turns requests away, and it returns once the server has sent
+// it every request it had for it (a flush) and those are answered or
+// turned away, or when ctx ends. resume handles requests again.
+func (s *Subscriber) pause(ctx context.Context) (resume func()) {
+	s.mu.Lock()
+	s.paused = true
+	s.mu.Unlock()
+	settle(ctx, s.nc, func() bool { return s.busy.Load() == 0 && len(s.msgs) == 0 })
+	return func() {
+		s.mu.Lock()
+		s.paused = false
+		s.mu.Unlock()
+	}
+}
+
 // Close stops serving: requests received from then on are dropped.
 // Subscriptions still held should be unsubscribed first.
-func (s *Subscriber) Close() { s.close.Do(func() { close(s.done) }) }
+func (s *Subscriber) Close() {
+	s.close.Do(func() {
+		s.remake.Remove()
+		close(s.done)
+	})
+}
 
 // Subscription is one endpoint a Subscriber serves.
 type Subscription struct {
