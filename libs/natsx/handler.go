@@ -19,7 +19,9 @@ import (
 // started from tp. The context passed to h carries that span (and the caller's
 // baggage), and ends when the caller stops waiting for the reply (the
 // request's HeaderTimeout, which Request sets); it is not cancelled when
-// the service stops.
+// the service stops. A request with a context of its own (a Context
+// method, as libs/rpc's requests have) is worked on under it: it ends too
+// when that ends.
 //
 // The span records the outcome: a reply sent with req.Error sets the span's
 // status to error with the code as error.type, a failure to send a reply is
@@ -28,7 +30,11 @@ import (
 func TraceHandler(tp trace.TracerProvider, name string, h func(ctx context.Context, req micro.Request)) micro.Handler {
 	tracer := tp.Tracer(tracerName)
 	return micro.HandlerFunc(func(req micro.Request) {
-		ctx := Extract(context.Background(), nats.Header(req.Headers()))
+		base := context.Background()
+		if c, ok := req.(interface{ Context() context.Context }); ok {
+			base = c.Context()
+		}
+		ctx := Extract(base, nats.Header(req.Headers()))
 		if d, ok := callerTimeout(nats.Header(req.Headers())); ok {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, d)

@@ -48,7 +48,9 @@ import (
 // PostgreSQL, say). It goes on answering pings (not ready), and steps back
 // in when it is ready again. An instance with no ready peer stays in and
 // answers every request it cannot serve as unavailable, as before: nobody
-// else could have served it.
+// else could have served it. Stepping out, it gives up the requests it has
+// in hand: those stuck on what made it not ready (a database out of reach)
+// are answered unavailable at once, not when their callers stop waiting.
 type Service struct {
 	nc          *nats.Conn
 	name        string
@@ -69,6 +71,10 @@ type Service struct {
 	notReady string       // the last readiness check's error, "" when it passed
 	busy     atomic.Int64 // requests handed to the pool and not yet answered
 	remake   *natsx.Quiescer
+	// serving is the context the requests of queue-group endpoints are
+	// worked on under: it ends, its cause a steppedOut, when the instance
+	// steps out, and a new one begins when it steps back in.
+	serving atomic.Pointer[serving]
 
 	nudge   chan struct{} // a request failed while not ready: check now
 	quit    chan struct{}
@@ -127,6 +133,7 @@ func New(nc *nats.Conn, name, version, description string, log *slog.Logger, tp 
 	for _, o := range opts {
 		o(s)
 	}
+	s.serving.Store(newServing())
 	err = Handle(s, ping, func(ctx context.Context, actor vocab.Actor, _ *systemv1.PingRequest) (*systemv1.PingResponse, error) {
 		if err := s.checkReady(ctx); err != nil {
 			return nil, apierr.Unavailable("%s is not ready: %v", name, err)
@@ -164,7 +171,7 @@ func Handle[Req, Resp proto.Message](s *Service, ep endpoints.Endpoint[Req, Resp
 	if info.Every {
 		opts = append(opts, micro.WithEndpointQueueGroupDisabled())
 	}
-	a := added{name: name, handler: s.pooled(handler(s.tp, s.log, s.name, ep, f)), opts: opts, every: info.Every}
+	a := added{name: name, handler: s.pooled(handler(s.tp, s.log, s.name, ep, f), info.Every), opts: opts, every: info.Every}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.paused && (a.every || !s.out) {
@@ -194,6 +201,15 @@ func transientAsUnavailable[Req, Resp proto.Message](s *Service, f Func[Req, Res
 		resp, err := f(ctx, actor, req)
 		if err == nil || apierr.KindOf(err) != apierr.KindInternal {
 			return resp, err
+		}
+		var out steppedOut
+		if errors.As(context.Cause(ctx), &out) {
+			s.log.WarnContext(ctx, "a request in hand was given up as the instance stepped out; answered unavailable",
+				"service", s.name, "error", err, "not_ready", out.why)
+			e := apierr.Unavailable("the %s service is not ready just now (GET /api/v1/status says why), and gave the request up: "+
+				"try again shortly; a change asked for may or may not have been made", s.name)
+			e.Err = err
+			return resp, e
 		}
 		if ctx.Err() != nil { // the caller stopped waiting (natsx.HeaderTimeout)
 			s.log.WarnContext(ctx, "a request's caller stopped waiting before it was served; answered unavailable",
@@ -359,14 +375,34 @@ func (s *Service) step(in bool, why error) {
 	}
 	s.out = !in
 	if in {
+		s.serving.Store(newServing())
 		metrics.steppedOut.WithLabelValues(s.name).Dec()
 		s.log.Info("ready again: serving requests", "service", s.name)
 		return
 	}
+	s.serving.Load().end(steppedOut{why})
 	metrics.steppedOut.WithLabelValues(s.name).Inc()
 	metrics.stepOuts.WithLabelValues(s.name).Inc()
 	s.log.Warn("not ready while another instance is: stepped out of the queue groups until ready",
 		"service", s.name, "not_ready", why)
+}
+
+// serving is one spell of an instance in its queue groups (Service.serving).
+type serving struct {
+	ctx context.Context
+	end context.CancelCauseFunc
+}
+
+func newServing() *serving {
+	ctx, end := context.WithCancelCause(context.Background())
+	return &serving{ctx: ctx, end: end}
+}
+
+// steppedOut ends a serving: the instance stepped out, not ready for why.
+type steppedOut struct{ why error }
+
+func (e steppedOut) Error() string {
+	return fmt.Sprintf("the instance stepped out of its queue groups: %v", e.why)
 }
 
 // serve adds a micro service with the endpoints the instance serves: every
@@ -461,13 +497,17 @@ func (s *Service) pause(ctx context.Context) (resume func()) {
 
 // pooled serves an endpoint's requests on up to s.concurrency goroutines:
 // the subscription's callback hands each request over and takes the next,
-// and waits only while the pool is full.
-func (s *Service) pooled(h micro.Handler) micro.Handler {
+// and waits only while the pool is full. The requests of a queue-group
+// endpoint (not every) are worked on under s.serving.
+func (s *Service) pooled(h micro.Handler, every bool) micro.Handler {
 	slots := make(chan struct{}, s.concurrency)
 	return micro.HandlerFunc(func(r micro.Request) {
 		s.busy.Add(1)
 		slots <- struct{}{}
-		req := &request{nc: s.nc, subject: r.Subject(), reply: r.Reply(), data: r.Data(), headers: r.Headers()}
+		req := &request{ctx: context.Background(), nc: s.nc, subject: r.Subject(), reply: r.Reply(), data: r.Data(), headers: r.Headers()}
+		if !every {
+			req.ctx = s.serving.Load().ctx
+		}
 		go func() {
 			defer s.busy.Add(-1)
 			defer func() { <-slots }()
@@ -481,6 +521,7 @@ func (s *Service) pooled(h micro.Handler) micro.Handler {
 // failed: answered later, that would race. Its statistics therefore count
 // no errors; Flotilla's logs and traces do.)
 type request struct {
+	ctx            context.Context // what it is worked on under (natsx.TraceHandler)
 	nc             *nats.Conn
 	subject, reply string
 	data           []byte
@@ -521,10 +562,11 @@ func (r *request) send(m *nats.Msg, opts []micro.RespondOpt) error {
 	return nil
 }
 
-func (r *request) Data() []byte           { return r.data }
-func (r *request) Headers() micro.Headers { return r.headers }
-func (r *request) Subject() string        { return r.subject }
-func (r *request) Reply() string          { return r.reply }
+func (r *request) Context() context.Context { return r.ctx }
+func (r *request) Data() []byte             { return r.data }
+func (r *request) Headers() micro.Headers   { return r.headers }
+func (r *request) Subject() string          { return r.subject }
+func (r *request) Reply() string            { return r.reply }
 
 // handler adapts f to a micro handler: continue the caller's trace, check
 // who calls (the last subject token, which NATS permissions vouch for) and

@@ -536,6 +536,78 @@ func TestANotReadyInstanceStepsOutWhileAnotherIsReady(t *testing.T) {
 	}
 }
 
+// An instance stepping out gives up the requests it holds: one stuck on
+// what made it not ready (its database out of reach) is answered
+// unavailable at once, not when its caller stops waiting; and once the
+// instance is back in, its requests are served again.
+func TestAnInstanceSteppingOutGivesUpTheRequestsItHolds(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	var aReady atomic.Bool
+	aReady.Store(true)
+	a, err := rpc.New(testkit.NATSConn(t, ns), subjects.Inventory, "2.0.0", "instance a", slog.New(slog.DiscardHandler), noop.NewTracerProvider(),
+		func(context.Context) error {
+			if !aReady.Load() {
+				return errors.New("failed to connect to `database=flotilla`: i/o timeout")
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Stop() })
+	held := make(chan struct{}, 1)
+	if err := rpc.Handle(a, endpoints.NetworkGet, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+		if r.GetId() == "stuck" {
+			held <- struct{}{}
+			<-ctx.Done() // a query on a connection that went dead
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("query: %w", err)
+		}
+		return &inventoryv1.Network{Name: "a"}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	gw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Gateway, 8*time.Second)
+	stuck := make(chan error, 1)
+	go func() {
+		_, err := rpc.Call(t.Context(), gw, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: "stuck"})
+		stuck <- err
+	}()
+	<-held
+
+	b, err := rpc.New(testkit.NATSConn(t, ns), subjects.Inventory, "2.0.0", "instance b", slog.New(slog.DiscardHandler), noop.NewTracerProvider(),
+		func(context.Context) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rpc.Handle(b, endpoints.NetworkGet, func(context.Context, vocab.Actor, *inventoryv1.GetNetworkRequest) (*inventoryv1.Network, error) {
+		return &inventoryv1.Network{Name: "b"}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	aReady.Store(false)
+	err = <-stuck
+	if !apierr.Is(err, apierr.KindUnavailable) || !strings.Contains(err.Error(), "gave the request up") {
+		t.Fatalf("the request held by the instance that stepped out: %v; want unavailable, given up", err)
+	}
+	if _, out := a.Readiness(); !out {
+		t.Fatal("the instance not ready did not step out")
+	}
+
+	// Back in, alone: its requests are served, not given up.
+	aReady.Store(true)
+	testkit.WaitFor(t, 10*time.Second, "the instance to step back in", func() bool { _, out := a.Readiness(); return !out })
+	if err := b.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	n, err := rpc.Call(t.Context(), gw, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: "n"})
+	if err != nil || n.GetName() != "a" {
+		t.Fatalf("a request to the instance back in: %v, %v", n, err)
+	}
+}
+
 // stepOutsOf reads flotilla_rpc_step_outs_total of service from the
 // process's Prometheus registry (0 before the first).
 func stepOutsOf(t *testing.T, service string) float64 {
