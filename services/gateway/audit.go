@@ -127,11 +127,11 @@ func (g *Gateway) audit(ctx context.Context, c callRecord) {
 		return
 	}
 	a := lateAudit{msg: msg.NATS(), rec: rec}
-	if behind := g.late.waiting.Load(); behind > 0 && g.late.add(a) {
+	if behind := g.late.behind(); behind > 0 && g.late.add(a) {
 		g.log.WarnContext(ctx, "audit record late: storing it in the background", append(recordAttrs(rec), "behind", behind)...)
 		return
 	}
-	err = bus.StoreAudit(ctx, g.js, a.msg, AuditWait)
+	err = g.late.storeNow(ctx, a.msg)
 	switch {
 	case err == nil:
 	case bus.StoreAgain(err) && g.late.add(a):

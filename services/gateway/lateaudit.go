@@ -20,8 +20,12 @@ import (
 // to LateAuditFor after the call, one record after another in the order
 // they came. While records are late, a new call's record joins them at
 // once: the call does not wait for a stream that has not answered the
-// records before it, and no record overtakes them. At most LateAuditCap
-// wait; one more is logged as not written at once.
+// records before it, and no record overtakes them. So does one made while
+// another call's record has waited auditStalled for its store: that call
+// is still in flight, so a later call's record stored before it reorders
+// nothing a client has seen, and the calls made in a stream's first
+// seconds without a leader do not each wait AuditWait. At most
+// LateAuditCap wait; one more is logged as not written at once.
 const (
 	// AuditWait is how long a call waits for its record: a store takes
 	// milliseconds, and a leader election (4 to 9 s) need not hold every
@@ -34,6 +38,10 @@ const (
 	LateAuditFor = 5 * time.Minute
 	LateAuditCap = 10000
 )
+
+// auditStalled is how long a call's record may wait for its store before
+// new calls' records join the late ones (a store takes milliseconds).
+const auditStalled = 500 * time.Millisecond
 
 // lateAuditFlush is how long a stopping gateway goes on storing the
 // records waiting, after its servers stopped.
@@ -57,6 +65,9 @@ type lateAudits struct {
 	queue  chan lateAudit
 	// waiting counts the records taken and not yet stored or given up.
 	waiting atomic.Int64
+	// stalled counts the calls whose record has waited auditStalled for
+	// its store (storeNow) and waits still.
+	stalled atomic.Int64
 	// cancel ends the store in hand; done is closed when work returns.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -86,6 +97,22 @@ func (l *lateAudits) add(a lateAudit) bool {
 	default:
 		return false
 	}
+}
+
+// behind is how many records a new call's record would wait behind: those
+// late, and those of calls whose store has stalled. When there are any, it
+// joins the late ones at once.
+func (l *lateAudits) behind() int64 { return l.waiting.Load() + l.stalled.Load() }
+
+// storeNow stores a call's record within AuditWait, counted as stalled
+// while it has waited auditStalled.
+func (l *lateAudits) storeNow(ctx context.Context, msg *nats.Msg) error {
+	t := time.AfterFunc(auditStalled, func() { l.stalled.Add(1) })
+	err := bus.StoreAudit(ctx, l.js, msg, AuditWait)
+	if !t.Stop() { // it ran, or runs now
+		l.stalled.Add(-1)
+	}
+	return err
 }
 
 // work stores the records waiting, in the order they came, until close.
