@@ -56,7 +56,7 @@ echo ticker started`
 
 type fault struct {
 	name   string
-	inject func(t *testing.T, c *cluster) (recover func())
+	inject func(t *testing.T, c *cluster, before status) (recover func())
 	// lasts is how long the fault is left in place before recover.
 	lasts time.Duration
 }
@@ -113,26 +113,26 @@ func TestFailoverUnderLoad(t *testing.T) {
 	}
 	faults := []fault{
 		{name: "SIGKILL of one host's six services (during provisioning)", lasts: 15 * time.Second,
-			inject: func(t *testing.T, c *cluster) func() {
+			inject: func(t *testing.T, c *cluster, _ status) func() {
 				c.run(t, "kill", "h1", "services")
 				return func() { c.run(t, "start", "h1", "services") }
 			}},
 		{name: "SIGKILL of the JetStream meta leader's NATS server", lasts: 15 * time.Second,
-			inject: func(t *testing.T, c *cluster) func() {
-				h := c.leaderHost(t, "nats", "meta-leader")
+			inject: func(t *testing.T, c *cluster, before status) func() {
+				h := before.leader(t, "nats", "meta-leader")
 				c.run(t, "kill", h, "nats")
 				return func() { c.run(t, "start", h, "nats") }
 			}},
 		{name: "SIGKILL of the PostgreSQL leader (Patroni and PostgreSQL)", lasts: 20 * time.Second,
-			inject: func(t *testing.T, c *cluster) func() {
-				h := c.leaderHost(t, "postgres", "leader")
+			inject: func(t *testing.T, c *cluster, before status) func() {
+				h := before.leader(t, "postgres", "leader")
 				c.run(t, "kill", h, "postgres")
 				return func() { c.run(t, "start", h, "postgres") }
 			}},
 		// The host of PostgreSQL's synchronous standby, which every commit
 		// waits for (not the leader's: its loss is the fault before).
 		{name: "30 s partition of one host (the PostgreSQL synchronous standby's), then heal", lasts: 30 * time.Second,
-			inject: func(t *testing.T, c *cluster) func() {
+			inject: func(t *testing.T, c *cluster, _ status) func() {
 				h := api.clusterView(t).database(t, "sync_standby")
 				c.run(t, "partition", h)
 				return func() { c.run(t, "heal", h) }
@@ -141,7 +141,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 		// services, not ready, step out of their queue groups for the
 		// others (rather than answer their share "not ready").
 		{name: "30 s: one host's packets to PostgreSQL dropped (its bus and API fine)", lasts: 30 * time.Second,
-			inject: func(t *testing.T, c *cluster) func() {
+			inject: func(t *testing.T, c *cluster, _ status) func() {
 				c.run(t, "cut-db", "h2")
 				c.wantDatabase(t, "h2", "cut")
 				return func() {
@@ -159,7 +159,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 		logsAt := c.gatewayLogSizes()
 		before := c.status(t)
 		start := time.Now()
-		recover := f.inject(t, c)
+		recover := f.inject(t, c, before)
 		fig := figures{Fault: f.name}
 		switch {
 		case strings.Contains(f.name, "meta leader"):
@@ -448,11 +448,11 @@ func (c *cluster) status(t *testing.T) status {
 	return s
 }
 
-// leaderHost names the host whose component has role (the PostgreSQL
+// leader names the host whose component has role (the PostgreSQL
 // leader, the JetStream meta leader).
-func (c *cluster) leaderHost(t *testing.T, component, role string) string {
+func (s status) leader(t *testing.T, component, role string) string {
 	t.Helper()
-	for _, h := range c.status(t).Hosts {
+	for _, h := range s.Hosts {
 		for _, comp := range h.Components {
 			if comp.Name == component && comp.Role == role {
 				return h.Name
@@ -471,14 +471,9 @@ func (c *cluster) leaderHost(t *testing.T, component, role string) string {
 // two busy cores: seen through it, a new leader came seconds late.)
 func (c *cluster) waitNewLeader(t *testing.T, before status, component, role string, start time.Time) float64 {
 	t.Helper()
-	old, addrs := "", map[string]string{}
+	old, addrs := before.leader(t, component, role), map[string]string{}
 	for _, h := range before.Hosts {
 		addrs[h.Name] = h.Address
-		for _, comp := range h.Components {
-			if comp.Name == component && comp.Role == role {
-				old = h.Name
-			}
-		}
 	}
 	web := &http.Client{Timeout: time.Second}
 	getJSON := func(url string, v any) bool {
