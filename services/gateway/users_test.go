@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,10 +12,10 @@ import (
 )
 
 // TestAdminsManageUsers: an admin creates users with a role (bad input
-// named by field, a taken name refused), lists and reads them, changes a
-// role at the version read (a stale one refused) and deletes them; the
-// last admin can be neither demoted nor deleted; nobody else may do any
-// of it. A user reads themselves at /users/me.
+// named by field, a taken name refused), lists them (oldest first) and
+// reads them, changes a role at the version read (a stale one refused) and
+// deletes them; the last admin can be neither demoted nor deleted; nobody
+// else may do any of it. A user reads themselves at /users/me.
 func TestAdminsManageUsers(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{only: []string{}})
@@ -128,6 +129,24 @@ func TestAdminsManageUsers(t *testing.T) {
 	}
 	if code, _ := e.as("-", "POST", "/api/v1/login", reply{"username": "bob", "password": "bob-pass-1"}); code != 401 {
 		t.Fatalf("a deleted user logs in: %d", code)
+	}
+
+	// The list is oldest first, page after page, not by name.
+	for _, name := range []string{"zoe", "bea"} {
+		e.mustAs(annToken, 200, "POST", "/api/v1/users", reply{"username": name, "password": name + "-pass-1", "role": "viewer"})
+	}
+	var names []string
+	for token := ""; ; {
+		page := e.mustAs(annToken, 200, "GET", "/api/v1/users?pageSize=2&pageToken="+token, nil)
+		for _, u := range page["users"].([]any) {
+			names = append(names, u.(reply)["username"].(string))
+		}
+		if token, _ = page["nextPageToken"].(string); token == "" {
+			break
+		}
+	}
+	if got := strings.Join(names, " "); got != "admin ann zoe bea" {
+		t.Fatalf("the users, page by page: %s; want the oldest first: admin ann zoe bea", got)
 	}
 }
 
