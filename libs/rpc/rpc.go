@@ -188,44 +188,39 @@ const readyCheckTimeout = 2 * time.Second
 
 // transientAsUnavailable answers an internal error of f as unavailable
 // when it came from something passing, and the caller may try again
-// shortly, rather than take it for a fault in Flotilla: the caller's time
-// running out (the handler's context ended with it), a connection lost
-// while f used it (to the database, a network error: a host cut off or
-// coming back, a failover), or the service not ready just then (its
-// readiness check fails: its database unreachable while PostgreSQL fails
-// over, say; said as such, when a connection was lost too). A request
-// that changes something may or may not have done so: the error says it.
-// The cause is logged as a warning.
+// shortly, rather than take it for a fault in Flotilla: the instance
+// stepping out of its queue groups (it gives up the requests in hand), the
+// caller's time running out (the handler's context ended with it), a
+// connection lost while f used it (to the database, a network error: a
+// host cut off or coming back, a failover), or the service not ready just
+// then (its readiness check fails: its database unreachable while
+// PostgreSQL fails over, say; said as such, when a connection was lost
+// too). A request that changes something may or may not have done so: the
+// error says it. The cause is logged as a warning.
 func transientAsUnavailable[Req, Resp proto.Message](s *Service, f Func[Req, Resp]) Func[Req, Resp] {
 	return func(ctx context.Context, actor vocab.Actor, req Req) (Resp, error) {
 		resp, err := f(ctx, actor, req)
 		if err == nil || apierr.KindOf(err) != apierr.KindInternal {
 			return resp, err
 		}
-		var out steppedOut
-		if errors.As(context.Cause(ctx), &out) {
-			s.log.WarnContext(ctx, "a request in hand was given up as the instance stepped out; answered unavailable",
-				"service", s.name, "error", err, "not_ready", out.why)
-			e := apierr.Unavailable("the %s service is not ready just now (GET /api/v1/status says why), and gave the request up: "+
-				"try again shortly; a change asked for may or may not have been made", s.name)
+		unavailable := func(what, logged string, attrs ...any) (Resp, error) {
+			s.log.WarnContext(ctx, logged+"; answered unavailable", append([]any{"service", s.name, "error", err}, attrs...)...)
+			e := apierr.Unavailable("the %s service %s: try again shortly; a change asked for may or may not have been made", s.name, what)
 			e.Err = err
 			return resp, e
 		}
+		var out steppedOut
+		if errors.As(context.Cause(ctx), &out) {
+			return unavailable("is not ready just now (GET /api/v1/status says why), and gave the request up",
+				"a request in hand was given up as the instance stepped out", "not_ready", out.why)
+		}
 		if ctx.Err() != nil { // the caller stopped waiting (natsx.HeaderTimeout)
-			s.log.WarnContext(ctx, "a request's caller stopped waiting before it was served; answered unavailable",
-				"service", s.name, "error", err)
-			e := apierr.Unavailable("the %s service did not finish the request before its caller stopped waiting: "+
-				"try again shortly; a change asked for may or may not have been made", s.name)
-			e.Err = err
-			return resp, e
+			return unavailable("did not finish the request before its caller stopped waiting",
+				"a request's caller stopped waiting before it was served")
 		}
 		rerr := s.checkReady(context.WithoutCancel(ctx))
 		if rerr == nil && lostConnection(err) {
-			s.log.WarnContext(ctx, "a request failed on a lost connection; answered unavailable", "service", s.name, "error", err)
-			e := apierr.Unavailable("the %s service lost a connection it needed while it served the request: "+
-				"try again shortly; a change asked for may or may not have been made", s.name)
-			e.Err = err
-			return resp, e
+			return unavailable("lost a connection it needed while it served the request", "a request failed on a lost connection")
 		}
 		if rerr == nil {
 			return resp, err
@@ -234,12 +229,8 @@ func transientAsUnavailable[Req, Resp proto.Message](s *Service, f Func[Req, Res
 		case s.nudge <- struct{}{}:
 		default:
 		}
-		s.log.WarnContext(ctx, "a request failed while the service was not ready; answered unavailable",
-			"service", s.name, "error", err, "not_ready", rerr)
-		e := apierr.Unavailable("the %s service is not ready just now (GET /api/v1/status says why): "+
-			"try again shortly; a change asked for may or may not have been made", s.name)
-		e.Err = err
-		return resp, e
+		return unavailable("is not ready just now (GET /api/v1/status says why)",
+			"a request failed while the service was not ready", "not_ready", rerr)
 	}
 }
 

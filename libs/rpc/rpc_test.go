@@ -151,6 +151,7 @@ func TestACallWaitsForItsServiceToListen(t *testing.T) {
 	t.Parallel()
 	ns := testkit.NATS(t)
 	gw := rpc.NewClient(testkit.NATSConn(t, ns), subjects.Gateway, 0)
+	untaken := counterOf(t, "flotilla_rpc_calls_untaken_total", subjects.Inventory)
 	type result struct {
 		n   *inventoryv1.Network
 		err error
@@ -166,6 +167,10 @@ func TestACallWaitsForItsServiceToListen(t *testing.T) {
 	})
 	if r := <-done; r.err != nil || r.n.GetName() != "late" {
 		t.Fatalf("a call sent before its service listened: %v, %v", r.n, r.err)
+	}
+	// Not taken at 0, 10, 30, 70 and 150 ms: each counted.
+	if n := counterOf(t, "flotilla_rpc_calls_untaken_total", subjects.Inventory); n < untaken+5 {
+		t.Errorf("flotilla_rpc_calls_untaken_total went from %v to %v", untaken, n)
 	}
 }
 
@@ -491,7 +496,7 @@ func TestANotReadyInstanceStepsOutWhileAnotherIsReady(t *testing.T) {
 		t.Fatalf("a request to the only instance, not ready: %v; want its unavailable answer", err)
 	}
 
-	stepOuts := stepOutsOf(t, subjects.Inventory)
+	stepOuts := counterOf(t, "flotilla_rpc_step_outs_total", subjects.Inventory)
 	var bReady atomic.Bool
 	bReady.Store(true)
 	b, err := rpc.New(testkit.NATSConn(t, ns), subjects.Inventory, "2.0.0", "instance b", slog.New(slog.DiscardHandler), noop.NewTracerProvider(),
@@ -522,7 +527,7 @@ func TestANotReadyInstanceStepsOutWhileAnotherIsReady(t *testing.T) {
 	if why, out := b.Readiness(); out || why != "" {
 		t.Fatalf("the instance serving says %q, out %v", why, out)
 	}
-	if n := stepOutsOf(t, subjects.Inventory); n < stepOuts+1 {
+	if n := counterOf(t, "flotilla_rpc_step_outs_total", subjects.Inventory); n < stepOuts+1 {
 		t.Fatalf("flotilla_rpc_step_outs_total went from %v to %v", stepOuts, n)
 	}
 
@@ -608,16 +613,16 @@ func TestAnInstanceSteppingOutGivesUpTheRequestsItHolds(t *testing.T) {
 	}
 }
 
-// stepOutsOf reads flotilla_rpc_step_outs_total of service from the
-// process's Prometheus registry (0 before the first).
-func stepOutsOf(t *testing.T, service string) float64 {
+// counterOf reads the counter name of service from the process's
+// Prometheus registry (0 before the first).
+func counterOf(t *testing.T, name, service string) float64 {
 	t.Helper()
 	families, err := prometheus.DefaultGatherer.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range families {
-		if f.GetName() != "flotilla_rpc_step_outs_total" {
+		if f.GetName() != name {
 			continue
 		}
 		for _, m := range f.GetMetric() {

@@ -88,10 +88,11 @@ type callRecord struct {
 // audit writes the record of a mutating call to FLOTILLA_AUDIT and waits
 // for JetStream to store it, whatever became of the call (a refusal
 // included), for up to AuditWait; a record not stored by then, or made
-// while records are late, is stored later (lateAudits). The record names who called with which token and
-// role, the route and its target, the result, the client's address and
-// the trace; never a body, so never a password, token or secret. A record
-// that is late, or cannot be written, is logged with everything it holds.
+// while records are late or another's store has stalled, is stored later
+// (lateAudits). The record names who called with which token and role,
+// the route and its target, the result, the client's address and the
+// trace; never a body, so never a password, token or secret. A record that
+// is late, or cannot be written, is logged with everything it holds.
 func (g *Gateway) audit(ctx context.Context, c callRecord) {
 	if !c.rt.mutating || c.rt.rule.public {
 		return
