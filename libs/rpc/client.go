@@ -123,9 +123,9 @@ func Call[Req, Resp proto.Message](ctx context.Context, c *Client, ep endpoints.
 
 // ResponderWait is how long a call keeps sending its request while no
 // instance of the service takes it: none listens (NATS's no responders),
-// or the one it reached turned it away because it is about to make its
-// bus connection again (a homecoming; see natsx.Quiescer and
-// Subscriber). Neither acted on the request, so sending it again is safe.
+// for one because it is about to make its bus connection again (a
+// homecoming; see natsx.Quiescer, Service and Subscriber). Nobody acted on
+// the request, so sending it again is safe.
 // A service whose only instance goes home, pausing for the requests it
 // holds (up to natsx.HomeDrain), new requests held (as long again) and
 // the reconnection (as long again at most), costs its callers that
@@ -166,15 +166,8 @@ func untilTaken(ctx context.Context, service string, send func() error) error {
 }
 
 // untaken says whether err is a request that no instance took: nobody
-// listened, or the instance reached turned it away (headerNotTaken).
-func untaken(err error) bool {
-	var se *natsx.ServiceError
-	return errors.Is(err, nats.ErrNoResponders) || errors.As(err, &se) && len(se.Header[headerNotTaken]) > 0
-}
-
-// headerNotTaken marks an error reply to a request the responder did not
-// act on, and that its caller sends again (untilTaken).
-const headerNotTaken = "Flotilla-Not-Taken"
+// listened.
+func untaken(err error) bool { return errors.Is(err, nats.ErrNoResponders) }
 
 // clientError maps a failed request to an *apierr.Error.
 func clientError(service string, err error) error {

@@ -1013,30 +1013,93 @@ func TestAHomecomingLosesNoAnswer(t *testing.T) {
 	}
 }
 
+// TestAPausingSubscriberLetsNoRequestReachItsConnection: a Subscriber
+// pausing for a homecoming drains its subscriptions, so that the server
+// sends nothing more down the connection about to be made again (a
+// request there would be lost with it, and an answer sent on the new
+// connection refused): a request meanwhile finds no responders, and an
+// rpc.Call sends it again. The request in hand is answered before the
+// pause ends; on resume the endpoints are served again, with those
+// subscribed during the pause.
+func TestAPausingSubscriberLetsNoRequestReachItsConnection(t *testing.T) {
+	t.Parallel()
+	ns := testkit.NATS(t)
+	nc := testkit.NATSConn(t, ns)
+	subs := rpc.NewSubscriber(nc)
+	t.Cleanup(subs.Close)
+	held, release := make(chan struct{}, 1), make(chan struct{})
+	var calls atomic.Int64
+	serve := func(id string) {
+		t.Helper()
+		serveCommands(t, nc, subs, id, func() {
+			if calls.Add(1) == 1 {
+				held <- struct{}{}
+				<-release
+			}
+		})
+	}
+	serve("i-1")
+	caller := testkit.NATSConn(t, ns)
+	prov := rpc.NewClient(caller, subjects.Provisioner, 5*time.Second)
+	call := func(id string) chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, err := rpc.Call(t.Context(), prov, endpoints.AgentCommand.At(id), &agentv1.Command{Id: "c"})
+			done <- err
+		}()
+		return done
+	}
+	noResponders := func(id string) bool {
+		_, err := caller.Request(endpoints.AgentCommand.At(id).Info().CallSubject(subjects.Provisioner), nil, time.Second)
+		return errors.Is(err, nats.ErrNoResponders)
+	}
+
+	inHand := call("i-1")
+	<-held
+	paused := make(chan func(), 1)
+	go func() { paused <- rpc.Pause(t.Context(), subs) }()
+	testkit.WaitFor(t, 5*time.Second, "a request to the pausing Subscriber to find no responders", func() bool { return noResponders("i-1") })
+	serve("i-2") // during the pause
+	if !noResponders("i-2") {
+		t.Fatal("an endpoint subscribed during the pause is served before it ends")
+	}
+	select {
+	case <-paused:
+		t.Fatal("the pause ended with a request in hand")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if err := <-inHand; err != nil {
+		t.Fatalf("the request in hand at the pause: %v", err)
+	}
+	resume := <-paused
+	meanwhile := call("i-1")
+	time.Sleep(100 * time.Millisecond)
+	resume()
+	if err := <-meanwhile; err != nil {
+		t.Fatalf("a call made during the pause: %v", err)
+	}
+	if err := <-call("i-2"); err != nil {
+		t.Fatalf("an endpoint subscribed during the pause, after it: %v", err)
+	}
+}
+
 // TestAHomecomingLosesNoAgentCommand: the per-instance endpoints of a
 // Subscriber (an agent's commands, served by the one agent gateway it is
 // connected to) lose no request either when its connection goes home:
-// it answers those in hand first, turns new ones away until it is back,
-// and their callers send them again.
+// it drains its subscriptions and answers the requests the server sent
+// before the drain; callers find no responders until it subscribes again
+// on the connection back home, and send their requests again.
 func TestAHomecomingLosesNoAgentCommand(t *testing.T) {
 	t.Parallel()
 	var answered atomic.Int64
 	serveOn := func(nc *nats.Conn, _ string) {
 		subs := rpc.NewSubscriber(nc)
 		t.Cleanup(subs.Close)
-		sub, err := rpc.Subscribe(subs, subjects.AgentGW, endpoints.AgentCommand.At("i-1"), slog.New(slog.DiscardHandler), noop.NewTracerProvider(),
-			func(context.Context, vocab.Actor, *agentv1.Command) (*emptypb.Empty, error) {
-				time.Sleep(30 * time.Millisecond)
-				answered.Add(1)
-				return &emptypb.Empty{}, nil
-			})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = sub.Unsubscribe() })
-		if err := nc.Flush(); err != nil {
-			t.Fatal(err)
-		}
+		serveCommands(t, nc, subs, "i-1", func() {
+			time.Sleep(30 * time.Millisecond)
+			answered.Add(1)
+		})
 	}
 	homecoming(t, serveOn, false, &answered, func(caller *nats.Conn) func() error {
 		prov := rpc.NewClient(caller, subjects.Provisioner, 5*time.Second)
@@ -1045,6 +1108,25 @@ func TestAHomecomingLosesNoAgentCommand(t *testing.T) {
 			return err
 		}
 	})
+}
+
+// serveCommands serves instance id's agent commands on subs (of nc), each one
+// answered once handle returns, until the test ends; the server has the
+// subscription when it returns.
+func serveCommands(t *testing.T, nc *nats.Conn, subs *rpc.Subscriber, id string, handle func()) {
+	t.Helper()
+	sub, err := rpc.Subscribe(subs, subjects.AgentGW, endpoints.AgentCommand.At(id), slog.New(slog.DiscardHandler), noop.NewTracerProvider(),
+		func(context.Context, vocab.Actor, *agentv1.Command) (*emptypb.Empty, error) {
+			handle()
+			return &emptypb.Empty{}, nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // homecoming runs a homecoming under load: two routed servers, home and

@@ -13,7 +13,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"flotilla.dev/flotilla/api/endpoints"
-	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/natsx"
 )
 
@@ -26,12 +25,13 @@ import (
 // without waiting for an answer are handled in any order).
 //
 // Before its connection is made again on purpose (a homecoming; see
-// natsx.Quiescer) a Subscriber turns new requests away, answering them on
-// the connection they came by, so that their callers send them again
-// (untilTaken) once the subscriptions are back; and it waits for the
-// requests in hand to be answered. Each endpoint has one responder, so
-// there is no other instance to leave them to, and thousands of
-// subscriptions are not worth dropping and making again.
+// natsx.Quiescer) a Subscriber drains its subscriptions: the server stops
+// sending it requests, those it sent before are answered on the connection
+// they came by, and callers meanwhile find no responders and send again
+// (untilTaken). Once the connection is back it subscribes again. A
+// request the server had sent down a connection about to be closed would
+// be lost, and an answer sent on the new connection refused (NATS response
+// permissions): the caller would wait out its timeout.
 type Subscriber struct {
 	nc     *nats.Conn
 	msgs   chan *nats.Msg
@@ -40,9 +40,21 @@ type Subscriber struct {
 	remake *natsx.Quiescer
 	busy   atomic.Int64 // requests handed to a handler and not yet answered
 
-	mu       sync.RWMutex
-	handlers map[*nats.Subscription]micro.Handler
-	paused   bool // turning requests away while the connection is made again
+	mu sync.RWMutex
+	// served holds every endpoint served; bySub finds one by the
+	// subscription a request came by (while paused, also by the drained
+	// one, for the requests the server sent before it had the drain).
+	served map[*served]struct{}
+	bySub  map[*nats.Subscription]*served
+	paused bool // drained: subscribing again once the connection is back
+}
+
+// served is one endpoint a Subscriber serves: its subject, its handler, and
+// its subscription (nil while paused; drained then).
+type served struct {
+	subject      string
+	h            micro.Handler
+	sub, drained *nats.Subscription
 }
 
 // subscriberQueue bounds the requests a Subscriber has received and not yet
@@ -53,20 +65,20 @@ const subscriberQueue = 4096
 // NewSubscriber serves per-instance endpoints on nc until Close.
 func NewSubscriber(nc *nats.Conn) *Subscriber {
 	s := &Subscriber{
-		nc:       nc,
-		msgs:     make(chan *nats.Msg, subscriberQueue),
-		done:     make(chan struct{}),
-		handlers: map[*nats.Subscription]micro.Handler{},
+		nc:     nc,
+		msgs:   make(chan *nats.Msg, subscriberQueue),
+		done:   make(chan struct{}),
+		served: map[*served]struct{}{},
+		bySub:  map[*nats.Subscription]*served{},
 	}
 	s.remake = natsx.OnRemake(nc, s.pause)
 	go s.dispatch()
 	return s
 }
 
-// dispatch hands each request to its subscription's handler, on a goroutine
-// of the request's own, or turns it away while paused; a request whose
-// subscription has ended is dropped, as nats.go drops those of an ended
-// subscription with a handler.
+// dispatch hands each request to its endpoint's handler, on a goroutine of
+// the request's own; a request whose endpoint is no longer served is
+// dropped, as nats.go drops those of an ended subscription with a handler.
 func (s *Subscriber) dispatch() {
 	for {
 		select {
@@ -74,48 +86,69 @@ func (s *Subscriber) dispatch() {
 			return
 		case m := <-s.msgs:
 			s.mu.RLock()
-			h, paused := s.handlers[m.Sub], s.paused
-			if h != nil && !paused {
+			e := s.bySub[m.Sub]
+			if e != nil {
 				s.busy.Add(1) // before pause can look
 			}
 			s.mu.RUnlock()
-			switch {
-			case h == nil:
-			case paused:
-				go turnAway(m)
-			default:
+			if e != nil {
 				go func() {
 					defer s.busy.Add(-1)
-					h.Handle(msgRequest{m})
+					e.h.Handle(msgRequest{m})
 				}()
 			}
 		}
 	}
 }
 
-// turnAway answers m unavailable, marked as not taken: its caller sends
-// it again.
-func turnAway(m *nats.Msg) {
-	e := apierr.Unavailable("the responder is reconnecting to the bus; try again shortly")
-	h := e.BusHeaders()
-	h[headerNotTaken] = []string{"reconnecting"}
-	_ = msgRequest{m}.Error(string(e.Kind), e.Message, nil, micro.WithHeaders(h))
-}
-
-// pause is the Subscriber's part in a reconnection made on purpose: from
-// now on it turns requests away, and it returns once the server has sent
-// it every request it had for it (a flush) and those are answered or
-// turned away, or when ctx ends. resume handles requests again.
+// pause is the Subscriber's part in a reconnection made on purpose: it
+// drains every subscription, and returns once the server has the drains
+// (a flush), nats.go has let the subscriptions go, and the requests sent
+// before are answered; or when ctx ends. resume subscribes again.
 func (s *Subscriber) pause(ctx context.Context) (resume func()) {
 	s.mu.Lock()
 	s.paused = true
+	drained := make([]*nats.Subscription, 0, len(s.served))
+	for e := range s.served {
+		if e.sub != nil {
+			_ = e.sub.Drain() // fails only on a closed connection
+			drained = append(drained, e.sub)
+			e.sub, e.drained = nil, e.sub
+		}
+	}
 	s.mu.Unlock()
-	settle(ctx, s.nc, func() bool { return s.busy.Load() == 0 && len(s.msgs) == 0 })
+	settle(ctx, s.nc, func() bool {
+		for len(drained) > 0 && !drained[len(drained)-1].IsValid() {
+			drained = drained[:len(drained)-1]
+		}
+		return len(drained) == 0 && s.busy.Load() == 0 && len(s.msgs) == 0
+	})
 	return func() {
 		s.mu.Lock()
+		defer s.mu.Unlock()
 		s.paused = false
-		s.mu.Unlock()
+		for e := range s.served {
+			if e.drained != nil {
+				delete(s.bySub, e.drained)
+				e.drained = nil
+			}
+			_ = s.subscribe(e) // fails only on a closed connection
+		}
 	}
+}
+
+// subscribe subscribes e, unless it is or s is paused; s.mu is held.
+func (s *Subscriber) subscribe(e *served) error {
+	if s.paused || e.sub != nil {
+		return nil
+	}
+	sub, err := s.nc.ChanSubscribe(e.subject, s.msgs)
+	if err != nil {
+		return err
+	}
+	e.sub = sub
+	s.bySub[sub] = e
+	return nil
 }
 
 // Close stops serving: requests received from then on are dropped.
@@ -129,17 +162,24 @@ func (s *Subscriber) Close() {
 
 // Subscription is one endpoint a Subscriber serves.
 type Subscription struct {
-	s   *Subscriber
-	sub *nats.Subscription
+	s *Subscriber
+	e *served
 }
 
 // Unsubscribe stops serving the endpoint: requests already received and not
 // yet handed over are dropped.
 func (x *Subscription) Unsubscribe() error {
 	x.s.mu.Lock()
-	delete(x.s.handlers, x.sub)
-	x.s.mu.Unlock()
-	return x.sub.Unsubscribe()
+	defer x.s.mu.Unlock()
+	delete(x.s.served, x.e)
+	delete(x.s.bySub, x.e.drained)
+	sub := x.e.sub
+	x.e.sub, x.e.drained = nil, nil
+	if sub == nil {
+		return nil // paused: it will not be subscribed again
+	}
+	delete(x.s.bySub, sub)
+	return sub.Unsubscribe()
 }
 
 // Subscribe serves a per-instance endpoint, bound to one instance with At,
@@ -154,16 +194,17 @@ func Subscribe[Req, Resp proto.Message](s *Subscriber, service string, ep endpoi
 	if info.Service != service || info.PerInstance() {
 		return nil, fmt.Errorf("rpc: %s cannot subscribe to %s.%s at %s (bind it to an instance with At)", service, info.Service, info.Name, info.Subject)
 	}
-	h := handler(tp, log, service, ep, f)
+	e := &served{subject: info.ServeSubject(), h: handler(tp, log, service, ep, f)}
 	// The handler is known before the first request can be dispatched.
+	// While s is paused, the endpoint is subscribed with the others once
+	// the connection is back.
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sub, err := s.nc.ChanSubscribe(info.ServeSubject(), s.msgs)
-	if err != nil {
+	if err := s.subscribe(e); err != nil {
 		return nil, fmt.Errorf("subscribe to %s: %w", info.Subject, err)
 	}
-	s.handlers[sub] = h
-	return &Subscription{s: s, sub: sub}, nil
+	s.served[e] = struct{}{}
+	return &Subscription{s: s, e: e}, nil
 }
 
 // msgRequest is a plain NATS request seen as a micro.Request, so per-instance
