@@ -199,6 +199,15 @@ networkId: lab
 	if table := c.ok("instances", "list", "--query", "WEB", "--kind", "design", "-o", "table"); !strings.Contains(table, "web-1") || strings.Contains(table, "bad-1") {
 		t.Fatalf("instances list --query WEB --kind design:\n%s", table)
 	}
+	// Every page in one answer, its totalSize counting them all.
+	var instancesJSON struct {
+		Instances []struct{ Name string }
+		TotalSize int
+	}
+	if out := c.ok("instances", "list", "--page-size", "1"); json.Unmarshal([]byte(out), &instancesJSON) != nil ||
+		len(instancesJSON.Instances) != 2 || instancesJSON.TotalSize != 2 {
+		t.Fatalf("instances list (json, a page of one at a time):\n%s", out)
+	}
 	c.fails("", []string{`state: "sleeping" is not one of`}, "instances", "list", "--state", "sleeping")
 	c.fails("", []string{"--network", `no network named "nowhere"`}, "instances", "list", "--network", "nowhere")
 	c.fails("", []string{"no instance named"}, "instances", "get", strings.Repeat("x", 201)) // longer than a search may be

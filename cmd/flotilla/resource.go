@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -359,13 +360,17 @@ func span(d time.Duration) string {
 }
 
 // printItems prints items of r as a table, or as the API's list answer
-// holding them all (json, yaml).
+// holding them all (json, yaml): its totalSize, where it has one, counts
+// them.
 func (s *session) printItems(ctx context.Context, w io.Writer, format string, r *resource, items []proto.Message) error {
 	if format != formatTable {
 		list := r.list.ProtoReflect().New()
 		l := list.Mutable(r.itemsField()).List()
 		for _, it := range items {
 			l.Append(protoreflect.ValueOfMessage(it.ProtoReflect()))
+		}
+		if total := list.Descriptor().Fields().ByName("total_size"); total != nil {
+			list.Set(total, protoreflect.ValueOfInt32(int32(min(len(items), math.MaxInt32))))
 		}
 		return writeMessage(w, format, list.Interface())
 	}
