@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
+	"strconv"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
@@ -58,7 +61,7 @@ func newAdmin() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "admin user %q created; log in with POST /api/v1/login\n", user)
+			fmt.Fprintf(cmd.OutOrStdout(), "admin user %q created; log in with: %s\n", user, loginCommand(dir, user))
 			return nil
 		},
 	}
@@ -97,4 +100,22 @@ creates its own (<data-dir>/keys/master.key).`,
 	cmd.Flags().StringVar(&file, "file", "", "the master key file (required)")
 	_ = cmd.MarkFlagRequired("file")
 	return cmd
+}
+
+// loginCommand is the command that logs user in to the Flotilla of the
+// data directory dir, on its own host.
+func loginCommand(dir, user string) string {
+	s, err := datadir.Load(datadir.Dir(dir))
+	if err != nil {
+		return "flotilla login --username " + user
+	}
+	host, scheme := s.BindAddress, "http"
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	if s.APITLS != "" {
+		scheme = "https"
+	}
+	return fmt.Sprintf("flotilla login --server %s://%s --username %s", scheme,
+		net.JoinHostPort(host, strconv.Itoa(s.Port(datadir.OffsetHTTP))), user)
 }

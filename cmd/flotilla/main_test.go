@@ -340,7 +340,7 @@ func TestUpServesRestartsWithItsDataAndStopsCleanly(t *testing.T) {
 		t.Fatalf("metrics: %d %.200s", resp.StatusCode, metrics)
 	}
 	// initial-setup works while up runs, and only once.
-	if out, err := admin(dir, "admin", "S3cret-pass"); err != nil {
+	if out, err := admin(dir, "admin", "S3cret-pass"); err != nil || !strings.Contains(out, fmt.Sprintf("log in with: flotilla login --server http://127.0.0.1:%d --username admin", base)) {
 		t.Fatalf("initial-setup: %v\n%s", err, out)
 	}
 	out, err := admin(dir, "admin", "Other-pass1")
