@@ -14,6 +14,7 @@
 package local
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -348,9 +349,11 @@ func agentsOf(dir, id string) []int {
 }
 
 // agentsWhere lists the live processes whose command line contains arg and
-// whose working directory passes in.
+// whose working directory passes in, leaving out their own children: a
+// process an agent forks has its command line and working directory until
+// it execs another program, and is that agent's, not a second one.
 func agentsWhere(arg string, in func(cwd string) bool) []int {
-	var pids []int
+	parents := map[int]int{}
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
@@ -358,24 +361,46 @@ func agentsWhere(arg string, in func(cwd string) bool) []int {
 			continue
 		}
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil || !strings.Contains(string(b), arg) || zombie(pid) {
+		if err != nil || !strings.Contains(string(b), arg) {
+			continue
+		}
+		state, ppid := procStat(pid)
+		if state == "" || state == "Z" {
 			continue
 		}
 		if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil && in(cwd) {
+			parents[pid] = ppid
+		}
+	}
+	var pids []int
+	for pid, ppid := range parents {
+		if _, forked := parents[ppid]; !forked {
 			pids = append(pids, pid)
 		}
 	}
+	slices.Sort(pids)
 	return pids
 }
 
 // zombie reports whether pid has exited and waits to be reaped.
 func zombie(pid int) bool {
+	state, _ := procStat(pid)
+	return state == "Z"
+}
+
+// procStat reads a process's state ("Z": exited, waiting to be reaped) and
+// its parent's pid; "" when it is gone.
+func procStat(pid int) (state string, ppid int) {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return false
+		return "", 0
 	}
-	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-	return len(f) > 0 && f[0] == "Z"
+	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	if len(f) < 2 {
+		return "", 0
+	}
+	ppid, _ = strconv.Atoi(f[1])
+	return f[0], ppid
 }
 
 // agentPID reads a VM's agent pid from its pid file, if that names a live

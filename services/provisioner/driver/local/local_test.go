@@ -218,6 +218,75 @@ func TestAnAgentWhosePidFileWasNeverWrittenIsAdopted(t *testing.T) {
 	}
 }
 
+// TestAnAgentsOwnChildIsNotASecondAgent: a process an agent forks keeps
+// the agent's command line and working directory until it execs (here, a
+// subshell that never does): it is the agent's, so a VM whose pid file is
+// gone is still adopted, not given a second agent, and DeleteVM stops both.
+func TestAnAgentsOwnChildIsNotASecondAgent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	root := reachableDir(t)
+	d, err := New(Config{Root: root, AgentCommand: []string{"/bin/sh", "-c", "(sleep 300; :) & wait", "agent"}, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { KillAll(root) })
+	if _, err := d.EnsureDisk(ctx, driver.DiskSpec{ID: "disk-1", InstanceID: "i", SizeGB: 1}); err != nil {
+		t.Fatal(err)
+	}
+	spec := driver.VMSpec{ID: "vm-forks", InstanceID: "i", DiskID: "disk-1", DiskSizeGB: 1,
+		Bootstrap: driver.Bootstrap{GatewayAddr: "127.0.0.1:1", JoinToken: "fjt_secret", CAPEM: "pem"}}
+	if _, err := d.EnsureVM(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	pid := pidOf(t, root, spec.ID)
+	for deadline := time.Now().Add(5 * time.Second); !hasChildLike(pid); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the agent's subshell did not start")
+		}
+	}
+	vmDir := filepath.Join(root, "vms", spec.ID)
+	if got := agentsOf(vmDir, spec.ID); len(got) != 1 || got[0] != pid {
+		t.Fatalf("agents of the VM: %v; want its agent alone, pid %d", got, pid)
+	}
+	if err := os.Remove(filepath.Join(vmDir, "agent.pid")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.EnsureVM(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if got := pidOf(t, root, spec.ID); got != pid {
+		t.Fatalf("the pid file names %d; want the agent adopted, %d", got, pid)
+	}
+	if err := d.DeleteVM(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := agentsWhere("\x00--vm-id\x00"+spec.ID+"\x00", func(string) bool { return true }); len(got) != 0 {
+		t.Fatalf("processes of the VM after DeleteVM: %v", got)
+	}
+}
+
+// hasChildLike reports whether pid has a child with its command line.
+func hasChildLike(pid int) bool {
+	own, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if _, ppid := procStat(child); ppid == pid {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", child)); err == nil && string(b) == string(own) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // TestEachDiskHasItsOwnUser: as root, each data disk gets a user id of its
 // own; the VM's agent runs as it, with a clean environment, and can read
 // neither the manager's files nor another disk.
