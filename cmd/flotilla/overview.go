@@ -43,7 +43,11 @@ func overviewCommand(opts *clientOptions) *cobra.Command {
 // state's count, and the failed instances with why.
 func printOverview(w io.Writer, ov *systemv1.Overview) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "%d instances; agents: %d of %d connected\n\nSTATE\tINSTANCES\n", ov.GetInstances(), ov.GetAgentsConnected(), ov.GetAgentsExpected())
+	noun := "instances"
+	if ov.GetInstances() == 1 {
+		noun = "instance"
+	}
+	fmt.Fprintf(tw, "%d %s; agents: %d of %d connected\n\nSTATE\tINSTANCES\n", ov.GetInstances(), noun, ov.GetAgentsConnected(), ov.GetAgentsExpected())
 	for _, st := range vocab.States {
 		if st != vocab.StateDeleted {
 			fmt.Fprintf(tw, "%s\t%d\n", st, ov.GetStates()[string(st)])
