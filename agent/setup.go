@@ -118,12 +118,21 @@ func expandSecrets(ctx context.Context, text string, lookup func(context.Context
 		}
 		v, err := lookup(ctx, name)
 		if err != nil {
-			firstErr = fmt.Errorf("secret %q: %w", name, err)
+			firstErr = secretError(name, err)
 			return ""
 		}
 		return v
 	})
 	return out, firstErr
+}
+
+// secretError names the secret an error of its lookup is about, unless the
+// error does already.
+func secretError(name string, err error) error {
+	if strings.Contains(err.Error(), strconv.Quote(name)) {
+		return err
+	}
+	return fmt.Errorf("secret %q: %w", name, err)
 }
 
 // scriptSecrets rewrites each ${secret:NAME} of a script into a reference
@@ -141,7 +150,7 @@ func (r *setupRunner) scriptSecrets(ctx context.Context, script string) (string,
 		value, err := r.lookup(ctx, name)
 		if err != nil {
 			if firstErr == nil {
-				firstErr = fmt.Errorf("secret %q: %w", name, err)
+				firstErr = secretError(name, err)
 			}
 			return ""
 		}

@@ -170,7 +170,7 @@ func (s *Service) read(ctx context.Context, actor vocab.Actor, r *secretsv1.Read
 // lookup finds and opens the secret name bound to requester. It returns the
 // reason to audit and, on failure, the error for the caller.
 func (s *Service) lookup(ctx context.Context, requester, name string) (*secretsv1.ReadSecretResponse, string, error) {
-	denied := apierr.PermissionDenied("secret %q is not available to this instance", name)
+	denied := apierr.PermissionDenied("secret %q is not set for this instance (flotilla instances secrets set, or POST /api/v1/instances/{id}/secrets)", name)
 	if err := validateName(name); err != nil {
 		return nil, reasonInvalidName, err
 	}
