@@ -239,8 +239,13 @@ networkId: lab
 		t.Fatalf("networks get -o yaml:\n%s", read)
 	}
 	edited := writeFile(t, "lab.yaml", strings.Replace(read, "httpsStrategy: self-signed", "httpsStrategy: self-signed\nassignPublicIp: true", 1))
-	c.ok("networks", "apply", "-f", edited)
+	if out := c.ok("networks", "apply", "-f", edited); !strings.Contains(out, "network lab changed") {
+		t.Fatalf("networks apply of a change: %s", out)
+	}
 	c.okIn("name: lab\nassignPublicIp: false\n", "networks", "apply", "-f", "-") // no version: the one just read
+	if out := c.okIn("name: lab\nassignPublicIp: false\n", "networks", "apply", "-f", "-"); !strings.Contains(out, "network lab unchanged") {
+		t.Fatalf("networks apply of what is already so: %s", out)
+	}
 	c.fails("", []string{"version_mismatch", "version 1"}, "networks", "apply", "-f", edited)
 	var lab struct {
 		AssignPublicIP bool `json:"assignPublicIp"`

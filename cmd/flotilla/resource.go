@@ -573,6 +573,13 @@ API refuses it and nothing is overwritten.`, r.singular, r.plural, r.singular),
 				if err := s.call(ctx, http.MethodPatch, r.path()+"/"+stringField(cur, "id"), body, it); err != nil {
 					return fmt.Errorf("%s: change %s %q at version %v: %w", d.where, r.singular, d.name, d.fields["version"], err)
 				}
+				// The API writes nothing, and keeps the version, when the
+				// file changes nothing.
+				if before, ok := versionOf(cur); ok {
+					if after, ok := versionOf(it); ok && after == before {
+						return r.report(w, opts, it, "unchanged")
+					}
+				}
 				return r.report(w, opts, it, "changed")
 			})
 		},
