@@ -169,15 +169,7 @@ func TestAnAgentWhosePidFileWasNeverWrittenIsAdopted(t *testing.T) {
 	root := reachableDir(t)
 	d := newDriver(t, root)
 	t.Cleanup(func() { KillAll(root) })
-	if _, err := d.EnsureDisk(ctx, driver.DiskSpec{ID: "disk-1", InstanceID: "i", SizeGB: 1}); err != nil {
-		t.Fatal(err)
-	}
-	spec := driver.VMSpec{ID: "vm-unrecorded", InstanceID: "i", DiskID: "disk-1", DiskSizeGB: 1,
-		Bootstrap: driver.Bootstrap{GatewayAddr: "127.0.0.1:1", JoinToken: "fjt_secret", CAPEM: "pem"}}
-	if _, err := d.EnsureVM(ctx, spec); err != nil {
-		t.Fatal(err)
-	}
-	pid := pidOf(t, root, spec.ID)
+	spec, pid := launchVM(t, d, "vm-unrecorded")
 	pidFile := filepath.Join(root, "vms", spec.ID, "agent.pid")
 	if err := os.Remove(pidFile); err != nil {
 		t.Fatal(err)
@@ -231,15 +223,7 @@ func TestAnAgentsOwnChildIsNotASecondAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { KillAll(root) })
-	if _, err := d.EnsureDisk(ctx, driver.DiskSpec{ID: "disk-1", InstanceID: "i", SizeGB: 1}); err != nil {
-		t.Fatal(err)
-	}
-	spec := driver.VMSpec{ID: "vm-forks", InstanceID: "i", DiskID: "disk-1", DiskSizeGB: 1,
-		Bootstrap: driver.Bootstrap{GatewayAddr: "127.0.0.1:1", JoinToken: "fjt_secret", CAPEM: "pem"}}
-	if _, err := d.EnsureVM(ctx, spec); err != nil {
-		t.Fatal(err)
-	}
-	pid := pidOf(t, root, spec.ID)
+	spec, pid := launchVM(t, d, "vm-forks")
 	for deadline := time.Now().Add(5 * time.Second); !hasChildLike(pid); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the agent's subshell did not start")
@@ -264,6 +248,21 @@ func TestAnAgentsOwnChildIsNotASecondAgent(t *testing.T) {
 	if got := agentsWhere("\x00--vm-id\x00"+spec.ID+"\x00", func(string) bool { return true }); len(got) != 0 {
 		t.Fatalf("processes of the VM after DeleteVM: %v", got)
 	}
+}
+
+// launchVM makes disk-1 and launches VM id on it with d, and returns its
+// spec and its agent's pid.
+func launchVM(t *testing.T, d *Driver, id string) (driver.VMSpec, int) {
+	t.Helper()
+	if _, err := d.EnsureDisk(t.Context(), driver.DiskSpec{ID: "disk-1", InstanceID: "i", SizeGB: 1}); err != nil {
+		t.Fatal(err)
+	}
+	spec := driver.VMSpec{ID: id, InstanceID: "i", DiskID: "disk-1", DiskSizeGB: 1,
+		Bootstrap: driver.Bootstrap{GatewayAddr: "127.0.0.1:1", JoinToken: "fjt_secret", CAPEM: "pem"}}
+	if _, err := d.EnsureVM(t.Context(), spec); err != nil {
+		t.Fatal(err)
+	}
+	return spec, pidOf(t, d.cfg.Root, id)
 }
 
 // hasChildLike reports whether pid has a child with its command line.
