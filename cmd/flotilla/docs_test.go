@@ -69,27 +69,43 @@ func shCommands(t *testing.T, doc string) []docCommand {
 			}
 			continue
 		}
-		words := shellWords(line)
-		for i, w := range words {
-			if w != "flotilla" || i > 0 && !strings.HasSuffix(words[i-1], "|") && words[i-1] != "|" && !strings.HasSuffix(words[i-1], "$(") &&
-				!strings.Contains(words[i-1], "=") {
-				continue
-			}
-			var args []string
-			for _, a := range words[i+1:] {
-				if a == "|" || a == ")" || strings.HasPrefix(a, ">") || a == "&&" || a == ";" {
-					break
-				}
-				args = append(args, strings.TrimSuffix(a, ")"))
-				if strings.HasSuffix(a, ")") {
-					break
-				}
-			}
+		for _, args := range commandsIn(line) {
 			out = append(out, docCommand{line: n, args: args})
 		}
 	}
 	if err := sc.Err(); err != nil {
 		t.Fatal(err)
+	}
+	return out
+}
+
+// commandsIn finds the flotilla commands of a line of shell: at its
+// start, after a pipe, "&&", ";" or an assignment, and inside $(…), quoted
+// or not.
+func commandsIn(line string) [][]string {
+	var out [][]string
+	words := shellWords(strings.ReplaceAll(line, "$(", "$( "))
+	for i, w := range words {
+		if strings.Contains(w, "$( flotilla ") { // a quoted $(…)
+			inner, _, _ := strings.Cut(w[strings.Index(w, "$( flotilla ")+3:], ")")
+			out = append(out, commandsIn(inner)...)
+			continue
+		}
+		if w != "flotilla" || i > 0 && !strings.HasSuffix(words[i-1], "|") && !strings.HasSuffix(words[i-1], "$(") &&
+			!strings.Contains(words[i-1], "=") && words[i-1] != "&&" && words[i-1] != ";" {
+			continue
+		}
+		var args []string
+		for _, a := range words[i+1:] {
+			if a == "|" || a == ")" || strings.HasPrefix(a, ">") || a == "&&" || a == ";" {
+				break
+			}
+			args = append(args, strings.TrimSuffix(a, ")"))
+			if strings.HasSuffix(a, ")") {
+				break
+			}
+		}
+		out = append(out, args)
 	}
 	return out
 }
@@ -189,3 +205,25 @@ func commandExists(args []string) error {
 type errUnknown string
 
 func (e errUnknown) Error() string { return "unknown " + string(e) }
+
+// TestCommandsInFindsEveryFlotilla: the commands of a line of shell, in a
+// pipe, an assignment and $(…), quoted or not; not the word in an argument.
+func TestCommandsInFindsEveryFlotilla(t *testing.T) {
+	t.Parallel()
+	for line, want := range map[string][]string{
+		`TOKEN=$(flotilla tokens create deploy --expires-in 24h)`:                             {"tokens create deploy --expires-in 24h"},
+		`curl --cacert ca.pem "$(flotilla instances get d-1 -o json | jq -r .addresses.url)"`: {"instances get d-1 -o json"},
+		`printf 'name: x\n' | flotilla networks create -f -   # a comment`:                    {"networks create -f -"},
+		`FLOTILLA_TOKEN=$TOKEN flotilla instances list`:                                       {"instances list"},
+		`flotilla ca cert > ca.pem && flotilla whoami`:                                        {"ca cert", "whoami"},
+		`echo flotilla is here`: nil,
+	} {
+		var got []string
+		for _, args := range commandsIn(line) {
+			got = append(got, strings.Join(args, " "))
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: %q, want %q", line, got, want)
+		}
+	}
+}
