@@ -143,12 +143,20 @@ const (
 
 // untilTaken calls send until it returns anything but an untaken request's
 // error, ResponderWait has passed since the first try, or ctx ends, and
-// returns its last error.
+// returns its last error; but a try sent again that ctx's deadline cut
+// short returns the untaken error before it: nobody took the request a
+// moment ago, and the call's time ran out before anything could answer
+// again (NATS's no responders too takes a round trip).
 func untilTaken(ctx context.Context, service string, send func() error) error {
 	end := time.Now().Add(ResponderWait)
 	wait := untakenFirstWait
+	var before error // the previous try's, untaken
 	for {
 		err := send()
+		if before != nil && errors.Is(err, context.DeadlineExceeded) && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return before
+		}
+		before = err
 		left := time.Until(end)
 		if !untaken(err) || left <= 0 {
 			return err

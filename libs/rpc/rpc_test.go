@@ -125,6 +125,34 @@ func TestACallerMustBeDeclared(t *testing.T) {
 	}
 }
 
+// TestACallWhoseTimeRunsOutWhileSentAgainSaysNobodyListened: a request
+// nobody took, sent again as the call's time runs out, is cut short before
+// anything could answer; the call says that nobody listened (what it last
+// learned), not that the service did not answer in time.
+func TestACallWhoseTimeRunsOutWhileSentAgainSaysNobodyListened(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	tries := 0
+	err := rpc.UntilTaken(ctx, func() error {
+		if tries++; tries == 1 {
+			return fmt.Errorf("nats request x: no service is listening: %w", nats.ErrNoResponders)
+		}
+		<-ctx.Done() // the time runs out while this try waits
+		return fmt.Errorf("nats request x: %w", ctx.Err())
+	})
+	if !errors.Is(err, nats.ErrNoResponders) || tries != 2 {
+		t.Fatalf("after %d tries: %v; want the first try's no responders", tries, err)
+	}
+	// A first try cut short is a timeout, as it was.
+	ctx2, cancel2 := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel2()
+	err = rpc.UntilTaken(ctx2, func() error { <-ctx2.Done(); return ctx2.Err() })
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a first try cut short: %v", err)
+	}
+}
+
 // A service nobody listens to is unavailable once the call has tried for
 // rpc.ResponderWait, or when its time is up, if that is sooner.
 func TestNobodyListeningIsUnavailable(t *testing.T) {
