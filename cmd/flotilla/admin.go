@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/netip"
 	"os"
-	"strconv"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
@@ -109,13 +106,5 @@ func loginCommand(dir, user string) string {
 	if err != nil {
 		return "flotilla login --username " + user
 	}
-	host, scheme := s.BindAddress, "http"
-	if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() {
-		host = "127.0.0.1"
-	}
-	if s.APITLS != "" {
-		scheme = "https"
-	}
-	return fmt.Sprintf("flotilla login --server %s://%s --username %s", scheme,
-		net.JoinHostPort(host, strconv.Itoa(s.Port(datadir.OffsetHTTP))), user)
+	return "flotilla login --server " + stack.LocalAPIServer(s) + " --username " + user
 }

@@ -183,12 +183,19 @@ func embeddedConfig(s *datadir.Settings, d datadir.Dir, ns *server.Server, log *
 	}
 	c.KMSAWS = embeddedKMS(s)
 	// Cloud VMs download the agent from this API: a reachable address of it.
+	c.PublicURL = LocalAPIServer(s)
+	return c
+}
+
+// LocalAPIServer is the URL of the API that flotilla up serves with
+// settings s, as a process on this host reaches it (an unspecified bind
+// address is loopback): the server a client logs in to.
+func LocalAPIServer(s *datadir.Settings) string {
 	scheme := "http"
 	if s.APITLS != "" {
 		scheme = "https"
 	}
-	c.PublicURL = scheme + "://" + reachable(c.HTTPAddr)
-	return c
+	return scheme + "://" + reachable(s.Addr(datadir.OffsetHTTP))
 }
 
 // embeddedKMS is the AWS KMS key the settings choose, nil for the local
@@ -273,14 +280,9 @@ func managedPostgres(ctx context.Context, d datadir.Dir, s *datadir.Settings) (*
 	return pg, nil
 }
 
-// APIURL is the base URL of the REST API.
-func (e *Embedded) APIURL() string {
-	scheme := "http"
-	if e.Settings.APITLS != "" {
-		scheme = "https"
-	}
-	return scheme + "://" + e.HTTPAddr + "/api/v1"
-}
+// APIURL is the base URL of the REST API, as a process on this host
+// reaches it.
+func (e *Embedded) APIURL() string { return LocalAPIServer(e.Settings) + "/api/v1" }
 
 // Run serves until ctx ends or a service fails, then stops the services (see
 // Stack.Run), NATS and PostgreSQL, and flushes telemetry.

@@ -1048,7 +1048,7 @@ func TestAHomecomingLosesNoAnswer(t *testing.T) {
 // connection refused): a request meanwhile finds no responders, and an
 // rpc.Call sends it again. The request in hand is answered before the
 // pause ends; on resume the endpoints are served again, with those
-// subscribed during the pause.
+// subscribed during the pause and without those unsubscribed.
 func TestAPausingSubscriberLetsNoRequestReachItsConnection(t *testing.T) {
 	t.Parallel()
 	ns := testkit.NATS(t)
@@ -1057,9 +1057,9 @@ func TestAPausingSubscriberLetsNoRequestReachItsConnection(t *testing.T) {
 	t.Cleanup(subs.Close)
 	held, release := make(chan struct{}, 1), make(chan struct{})
 	var calls atomic.Int64
-	serve := func(id string) {
+	serve := func(id string) *rpc.Subscription {
 		t.Helper()
-		serveCommands(t, nc, subs, id, func() {
+		return serveCommands(t, nc, subs, id, func() {
 			if calls.Add(1) == 1 {
 				held <- struct{}{}
 				<-release
@@ -1067,6 +1067,7 @@ func TestAPausingSubscriberLetsNoRequestReachItsConnection(t *testing.T) {
 		})
 	}
 	serve("i-1")
+	gone := serve("i-3") // unsubscribed during the pause: its agent left
 	caller := testkit.NATSConn(t, ns)
 	prov := rpc.NewClient(caller, subjects.Provisioner, 5*time.Second)
 	call := func(id string) chan error {
@@ -1091,6 +1092,9 @@ func TestAPausingSubscriberLetsNoRequestReachItsConnection(t *testing.T) {
 	if !noResponders("i-2") {
 		t.Fatal("an endpoint subscribed during the pause is served before it ends")
 	}
+	if err := gone.Unsubscribe(); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case <-paused:
 		t.Fatal("the pause ended with a request in hand")
@@ -1109,6 +1113,9 @@ func TestAPausingSubscriberLetsNoRequestReachItsConnection(t *testing.T) {
 	}
 	if err := <-call("i-2"); err != nil {
 		t.Fatalf("an endpoint subscribed during the pause, after it: %v", err)
+	}
+	if !noResponders("i-3") {
+		t.Fatal("an endpoint unsubscribed during the pause is served again after it")
 	}
 }
 
@@ -1139,9 +1146,9 @@ func TestAHomecomingLosesNoAgentCommand(t *testing.T) {
 }
 
 // serveCommands serves instance id's agent commands on subs (of nc), each one
-// answered once handle returns, until the test ends; the server has the
-// subscription when it returns.
-func serveCommands(t *testing.T, nc *nats.Conn, subs *rpc.Subscriber, id string, handle func()) {
+// answered once handle returns, until the test ends or the subscription it
+// returns is unsubscribed; the server has the subscription when it returns.
+func serveCommands(t *testing.T, nc *nats.Conn, subs *rpc.Subscriber, id string, handle func()) *rpc.Subscription {
 	t.Helper()
 	sub, err := rpc.Subscribe(subs, subjects.AgentGW, endpoints.AgentCommand.At(id), slog.New(slog.DiscardHandler), noop.NewTracerProvider(),
 		func(context.Context, vocab.Actor, *agentv1.Command) (*emptypb.Empty, error) {
@@ -1155,6 +1162,7 @@ func serveCommands(t *testing.T, nc *nats.Conn, subs *rpc.Subscriber, id string,
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	return sub
 }
 
 // homecoming runs a homecoming under load: two routed servers, home and
