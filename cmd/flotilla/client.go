@@ -146,14 +146,16 @@ func (e *apiError) Error() string {
 		notes = append(notes, e.Reason)
 	}
 	msg := e.Message
+	if e.Reason == string(apierr.ReasonPasswordChangeRequired) {
+		// The API's message names its endpoint; the client's command is the
+		// way here.
+		msg = "an admin set your password: change it with flotilla password before anything else"
+	}
 	if len(notes) > 0 {
 		msg += " (" + strings.Join(notes, ", ") + ")"
 	}
-	switch {
-	case e.Status == http.StatusUnauthorized:
+	if e.Status == http.StatusUnauthorized {
 		msg += "; log in again with flotilla login"
-	case e.Reason == string(apierr.ReasonPasswordChangeRequired):
-		msg += "; change it with flotilla password"
 	}
 	return msg
 }

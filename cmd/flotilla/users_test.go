@@ -75,7 +75,9 @@ func testUsersTokensAudit(t *testing.T, admin *cli, server, caFile string) {
 	if out := a.okIn(reset.TemporaryPassword+"\n", "login", "--server", server, "--username", "ann", "--password-stdin"); !strings.Contains(out, "flotilla password") {
 		t.Fatalf("a login with a temporary password does not say to change it:\n%s", out)
 	}
-	a.fails("", []string{"password_change_required", "change it with flotilla password"}, "instances", "list")
+	if _, errOut := a.fails("", []string{"password_change_required", "change it with flotilla password"}, "instances", "list"); strings.Contains(errOut, "POST /api") {
+		t.Fatalf("the client points at the API's endpoint rather than its own command:\n%s", errOut)
+	}
 	a.fails(reset.TemporaryPassword+"\n", []string{"current password", "a line each"}, "password", "--password-stdin")
 	a.okIn(reset.TemporaryPassword+"\nAnn-new-pass-456\n", "password", "--password-stdin")
 	a.ok("instances", "list")
