@@ -124,6 +124,14 @@ type route struct {
 	rule access
 	// mutating: anything but GET, audited.
 	mutating bool
+	// in is the gRPC method's request message, whose fields the query
+	// may set (nil for a route only REST serves); body is its HTTP rule's
+	// body ("*": every field, and the query none).
+	in   protoreflect.MessageDescriptor
+	body string
+	// extraQuery are the query parameters it takes beyond in's fields
+	// (restQuery).
+	extraQuery []string
 }
 
 // routeTable is every route by key, and by gRPC method.
@@ -145,7 +153,7 @@ func newRoute(key, method string) (*route, error) {
 		return nil, fmt.Errorf("route %s has no rule in the gateway's access table (services/gateway/access.go)", key)
 	}
 	verb, path, _ := strings.Cut(key, " ")
-	rt := &route{key: key, method: method, rule: rule, mutating: verb != http.MethodGet}
+	rt := &route{key: key, method: method, rule: rule, mutating: verb != http.MethodGet, extraQuery: restQuery[key]}
 	for _, m := range pathVar.FindAllStringSubmatch(path, -1) {
 		rt.vars = append(rt.vars, m[1])
 	}
@@ -180,7 +188,7 @@ func httpRuleKey(m protoreflect.MethodDescriptor) string {
 func buildRoutes(services map[string]grpc.ServiceInfo, restOnly []string) (*routeTable, error) {
 	t := &routeTable{byKey: map[string]*route{}, byMethod: map[string]*route{}, public: map[string]bool{}}
 	var errs []error
-	add := func(key, method string) {
+	add := func(key, method string, md protoreflect.MethodDescriptor) {
 		rt, ok := t.byKey[key]
 		if !ok {
 			var err error
@@ -193,6 +201,12 @@ func buildRoutes(services map[string]grpc.ServiceInfo, restOnly []string) (*rout
 		if method != "" {
 			rt.method = method
 			t.byMethod[method] = rt
+		}
+		if md != nil {
+			rt.in = md.Input()
+			if rule, _ := proto.GetExtension(md.Options(), annotations.E_Http).(*annotations.HttpRule); rule != nil {
+				rt.body = rule.GetBody()
+			}
 		}
 		if rt.rule.public {
 			t.public[key] = true
@@ -211,11 +225,11 @@ func buildRoutes(services map[string]grpc.ServiceInfo, restOnly []string) (*rout
 			if key == "" {
 				key = full
 			}
-			add(key, full)
+			add(key, full, md)
 		}
 	}
 	for _, p := range restOnly {
-		add(p, "")
+		add(p, "", nil)
 	}
 	return t, errors.Join(errs...)
 }

@@ -169,6 +169,8 @@ func (g *Gateway) serveGuarded(w http.ResponseWriter, r *http.Request, rt *route
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 	if err := authorize(r.Context(), rt); err != nil {
 		g.writeError(sw, r, err)
+	} else if err := rt.checkQuery(r.URL.Query()); err != nil {
+		g.writeError(sw, r, err)
 	} else {
 		serve(sw, r)
 	}

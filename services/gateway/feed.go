@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -116,7 +117,7 @@ func (g *Gateway) fleetEvents(w http.ResponseWriter, r *http.Request) {
 		entity = subjects.NounInstance
 	}
 	if !slices.Contains(feedEntities, entity) {
-		g.writeError(w, r, apierr.Invalid("entity", "%q is not one of %v", entity, feedEntities))
+		g.writeError(w, r, apierr.Invalid("entity", "%q is not one of %s", entity, strings.Join(feedEntities, ", ")))
 		return
 	}
 	q, err := parseEventQuery(r)

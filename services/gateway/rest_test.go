@@ -245,6 +245,14 @@ func TestBadInputNamesTheFieldAndWritesNothing(t *testing.T) {
 		{"network filter not an id", "/api/v1/instances?networkId=lab", nil, "networkId"},
 		{"unknown order", "/api/v1/instances?orderBy=age", nil, "orderBy"},
 		{"skip too far", "/api/v1/instances?skip=1000001", nil, "skip"},
+		{"misspelt filter", "/api/v1/instances?status=failed", nil, "status: is not a parameter of GET /api/v1/instances: it takes pageSize, pageToken, state"},
+		{"a field twice", "/api/v1/instances?pageSize=5&page_size=6", nil, "page_size: names the same field as pageSize"},
+		{"a value twice", "/api/v1/instances?state=running&state=failed", nil, "state: is given 2 times"},
+		{"not a number", "/api/v1/networks?pageSize=ten", nil, `pageSize: "ten" is not a whole number`},
+		{"a path variable in the query", "/api/v1/networks/" + net["id"].(string) + "?id=x", nil, "id: is not a parameter of GET /api/v1/networks/{id}: it takes none"},
+		{"unknown events parameter", "/api/v1/events?type=created", nil, "type: is not a parameter of GET /api/v1/events: it takes id, entity"},
+		{"unknown follow parameter", "/api/v1/instances/" + net["id"].(string) + "/logs?follow=true&tail=5", nil, "tail: is not a parameter"},
+		{"unknown kind of entity for events", "/api/v1/events?entity=vm", nil, `entity: "vm" is not one of instance, network, template, cloudaccount`},
 	}
 	for _, c := range cases {
 		method := "POST"
