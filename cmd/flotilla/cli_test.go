@@ -341,6 +341,12 @@ networkId: lab
 		c.okIn("name: ext\nprovider: external\nhttpsStrategy: none\n", "networks", "create", "-f", "-")
 		c.okIn("name: ext\nprovider: external\ndataDiskGb: 1\n", "templates", "create", "-f", "-")
 		c.okIn("name: edge-1\nkind: design\ntemplateId: ext\nnetworkId: ext\n", "instances", "create", "-f", "-")
+		// Before it is provisioned, the error names the command and the
+		// state, and no empty step.
+		if _, errOut := c.fails("", []string{"join-token edge-1: ", "is created: join tokens are minted only while", "invalid_state"},
+			"instances", "join-token", "edge-1"); strings.Contains(errOut, "()") {
+			t.Fatalf("join-token before provision:\n%s", errOut)
+		}
 		c.ok("instances", "provision", "edge-1")
 		deadline := time.Now().Add(time.Minute)
 		for instanceJSON(t, c, "edge-1").StateDetail != "waiting-for-agent" {

@@ -773,7 +773,7 @@ func (r *resource) actionCommand(opts *clientOptions, a action) *cobra.Command {
 				}
 				answer := a.answer.ProtoReflect().New().Interface()
 				if err := s.call(cmd.Context(), http.MethodPost, r.path()+"/"+stringField(it, "id")+":"+a.verb, body, answer); err != nil {
-					return fmt.Errorf("%s %s: %w", a.verb, name, err)
+					return fmt.Errorf("%s %s: %w", cmd.Name(), name, err)
 				}
 				if a.after != nil {
 					if err := a.after(answer); err != nil {

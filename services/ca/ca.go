@@ -361,8 +361,12 @@ func (s *Service) awaitsExternalAgent(ctx context.Context, inst *inventoryv1.Ins
 	}
 	st, step := vocab.State(inst.GetState()), vocab.Step(inst.GetStateDetail())
 	if st != vocab.StateProvisioning || inst.GetVmId() == "" || (step != vocab.StepLaunchingVM && step != vocab.StepWaitingForAgent) {
-		return apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s (%s): join tokens are minted only while it is being provisioned and waits for its agent; provision it, then ask again",
-			inst.GetId(), st, inst.GetStateDetail())
+		where := string(st)
+		if d := inst.GetStateDetail(); d != "" {
+			where += " (" + d + ")"
+		}
+		return apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: join tokens are minted only while it is being provisioned and waits for its agent; provision it, then ask again",
+			inst.GetId(), where)
 	}
 	return nil
 }

@@ -48,7 +48,7 @@ func TestOperatorJoinTokensOnlyForExternalInstancesWaitingForTheirAgent(t *testi
 		{"another provider", instance("tpl-local", vocab.StateProvisioning, vocab.StepWaitingForAgent, "vm-1"),
 			apierr.ReasonUnsupported, "instance \"%s\" runs on provider \"local\": join tokens are minted on demand only for provider \"external\""},
 		{"not provisioned", instance("tpl-external", vocab.StateCreated, "", ""),
-			apierr.ReasonInvalidState, "instance \"%s\" is created (): join tokens are minted only while it is being provisioned and waits for its agent"},
+			apierr.ReasonInvalidState, "instance \"%s\" is created: join tokens are minted only while it is being provisioned and waits for its agent"},
 		{"running", instance("tpl-external", vocab.StateRunning, "", "vm-2"),
 			apierr.ReasonInvalidState, "instance \"%s\" is running"},
 		{"agent already past its join", instance("tpl-external", vocab.StateProvisioning, vocab.StepRunningSetup, "vm-3"),
