@@ -6,8 +6,11 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,6 +59,12 @@ type agent struct {
 	// acmeKick wakes acmeLoop; acmeForce makes it renew at once.
 	acmeKick  chan struct{}
 	acmeForce atomic.Bool
+
+	// released is closed when the gateway says the instance let this VM
+	// go (agent.v1.Release); releasedWhy is its reason.
+	released    chan struct{}
+	releaseOnce sync.Once
+	releasedWhy atomic.Pointer[string]
 }
 
 // Run runs the agent until ctx ends: it joins the fleet if it has no valid
@@ -110,7 +119,10 @@ func Run(ctx context.Context, cfg Config) error {
 
 	stopping := make(chan struct{})
 	go func() {
-		<-ctx.Done()
+		select {
+		case <-ctx.Done():
+		case <-a.released:
+		}
 		a.node.Stop()
 		close(stopping)
 	}()
@@ -121,7 +133,35 @@ func Run(ctx context.Context, cfg Config) error {
 	stopBG()
 	wg.Wait()
 	a.node.Stop()
+	if why := a.releasedWhy.Load(); why != nil {
+		return a.forget(*why)
+	}
 	return err
+}
+
+// release ends the agent's part (agent.v1.Release): Run stops the node
+// software, closes the stream cleanly (sending this line with the rest)
+// and forgets the instance.
+func (a *agent) release(ctx context.Context, why string) {
+	a.releaseOnce.Do(func() {
+		a.logf(ctx, "released: %s; stopping the node software and leaving the fleet (the data directory stays)", why)
+		a.releasedWhy.Store(&why)
+		close(a.released)
+	})
+}
+
+// forget drops what bound the agent to its instance once released: the
+// certificate (the CA refuses it now) and the instance's state, so the
+// agent started again with a new join token joins afresh.
+func (a *agent) forget(why string) error {
+	if err := a.state.Update(func(s *state) { *s = state{} }); err != nil {
+		return fmt.Errorf("released (%s), but the state was not cleared: %w", why, err)
+	}
+	if err := os.Remove(filepath.Join(a.cfg.StateDir, certFileName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("released (%s), but the certificate was not removed: %w", why, err)
+	}
+	a.logf(context.Background(), "released: %s; this agent serves no instance now: to serve one again, start it with a new join token", why)
+	return nil
 }
 
 // newAgent prepares the directories, reads the CA bundle, the key and the
@@ -162,6 +202,7 @@ func newAgent(cfg Config) (*agent, error) {
 		pending:    map[string]chan *agentv1.GatewayMessage{},
 		acmeKick:   make(chan struct{}, 1),
 		lost:       make(chan struct{}),
+		released:   make(chan struct{}),
 	}
 	a.node = &nodeRunner{a: a}
 	a.tlsSessions = NewSessionCache(a.tlsCert)

@@ -397,6 +397,62 @@ func TestARefusedAgentForgetsItsTLSSessions(t *testing.T) {
 	}
 }
 
+// TestAReleasedAgentStopsItsNodeAndLeaves: told that its instance lets
+// the VM go (agent.v1.Release, as the provisioner sends it before stopping
+// the VM), the agent stops the node software, closes its stream cleanly
+// with its last lines stored, forgets its certificate and the instance,
+// and ends: the gateway's answer comes once the stream ended, well before
+// the gateway would have cut it.
+func TestAReleasedAgentStopsItsNodeAndLeaves(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, time.Hour)
+	const id = "inst-released"
+	cfg := f.startAgent(id, 200*time.Millisecond)
+	f.observed.WaitFor(t, 15*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetInstanceId() == id && ev.GetConnected() != nil
+	})
+	f.command(id, &agentv1.Command{Id: testkit.FakeVM(id), Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{InstanceName: "alpha"}}})
+	nodeURL := f.observed.WaitFor(t, 20*time.Second, "the node URL", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetHeartbeat().GetNodeUrl() != ""
+	}).GetHeartbeat().GetNodeUrl()
+	if resp, err := http.Get(nodeURL); err != nil {
+		t.Fatal(err)
+	} else {
+		_ = resp.Body.Close()
+	}
+
+	// The provisioner records the VM as stopping, then releases the agent.
+	f.observed.Set(&inventoryv1.Instance{Id: id, Name: id, State: string(vocab.StateDeprovisioning),
+		StateDetail: string(vocab.StepStoppingVM), VmId: testkit.FakeVM(id)})
+	start := time.Now()
+	f.command(id, &agentv1.Command{Id: "release-" + testkit.FakeVM(id),
+		Action: &agentv1.Command_Release{Release: &agentv1.Release{Reason: "the instance is deprovisioned"}}})
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("the release was answered after %v: the agent did not close its stream itself", took)
+	}
+	f.observed.WaitFor(t, 10*time.Second, "disconnected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetInstanceId() == id && ev.GetDisconnected().GetReason() == "the agent closed the stream"
+	})
+	if _, err := http.Get(nodeURL); err == nil {
+		t.Error("the node software still answers after the release")
+	}
+	f.waitLogs(id, "the release", func(lines []*agentv1.LogLine) bool {
+		return containsLine(lines, agent.SourceAgent, "released: the instance is deprovisioned; stopping the node software")
+	})
+	testkit.WaitFor(t, 10*time.Second, "the certificate forgotten", func() bool {
+		_, err := os.Stat(filepath.Join(cfg.StateDir, "agent.crt"))
+		return os.IsNotExist(err)
+	})
+	if st, err := os.ReadFile(filepath.Join(cfg.StateDir, "state.json")); err != nil || strings.Contains(string(st), id) {
+		t.Errorf("the state after the release: %s %v; want it to name no instance", st, err)
+	}
+	// It does not come back.
+	time.Sleep(time.Second)
+	if n := f.observed.Count(func(ev *agentv1.AgentEvent) bool { return ev.GetConnected() != nil }); n != 1 {
+		t.Errorf("the agent connected %d times, want once: a released agent leaves", n)
+	}
+}
+
 // TestRandomBytesFromAScriptBreakNothing: a setup script printing binary
 // garbage (not UTF-8, no newlines for a while) does not break the agent's
 // stream: the bootstrap succeeds and the lines are stored.

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	"flotilla.dev/flotilla/api/vocab"
 )
 
 // Stream limits.
@@ -120,6 +121,7 @@ func (a *agent) session(stopping <-chan struct{}) (sessionEnd, error) {
 			AgentVersion:       a.cfg.Version,
 			VmId:               a.cfg.VMID,
 			CompletedCommandId: a.state.Get().CompletedCommandID,
+			Features:           []string{string(vocab.AgentFeatureRelease)},
 		}}})
 	}
 	close(opened)
@@ -261,6 +263,10 @@ func (a *agent) flush(stream agentv1.AgentGateway_ConnectClient) error {
 func (a *agent) received(ctx context.Context, m *agentv1.GatewayMessage) {
 	switch b := m.GetBody().(type) {
 	case *agentv1.GatewayMessage_Command:
+		if r := b.Command.GetRelease(); r != nil {
+			a.release(ctx, r.GetReason())
+			return
+		}
 		if !a.cmds.Push(b.Command) {
 			a.logf(ctx, "command %s is already queued or running", b.Command.GetId())
 		}

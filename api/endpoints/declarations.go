@@ -245,5 +245,5 @@ var (
 	// agent is connected to (no queue group: no responders means the agent
 	// is not connected). Bind it to an instance with At.
 	AgentCommand = declare[*agentv1.Command, *emptypb.Empty](agentgw, "agent.command", subjects.AgentCommand("*"),
-		"queues a command for a connected agent", provisioner)
+		"queues a command for a connected agent (a release: answered once its stream ended)", provisioner)
 )

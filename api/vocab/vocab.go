@@ -157,6 +157,18 @@ const (
 	AgentDisconnected AgentStatus = "disconnected"
 )
 
+// AgentFeature is something an agent understands beyond the first agent
+// protocol, named in its hello (agent.v1.Hello.features).
+type AgentFeature string
+
+// Agent features.
+const (
+	// AgentFeatureRelease: the agent acts on agent.v1.Release. The agent
+	// gateway ends at once the stream of one that does not, when it is
+	// released.
+	AgentFeatureRelease AgentFeature = "release"
+)
+
 // Verb is the last word of a domain event's type ("<entity>.<verb>").
 type Verb string
 

@@ -332,7 +332,8 @@ func (a *simAgent) session(ctx context.Context, stop <-chan struct{}) (bool, err
 	stream, err := agentv1.NewAgentGatewayClient(conn).Connect(sctx)
 	if err == nil {
 		err = stream.Send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Hello{Hello: &agentv1.Hello{
-			AgentVersion: version, VmId: a.vmID, CompletedCommandId: a.completed}}})
+			AgentVersion: version, VmId: a.vmID, CompletedCommandId: a.completed,
+			Features: []string{string(vocab.AgentFeatureRelease)}}}})
 	}
 	if err == nil {
 		err = a.heartbeat(stream)
@@ -409,6 +410,11 @@ func (a *simAgent) session(ctx context.Context, stop <-chan struct{}) (bool, err
 				return false, err
 			}
 		case c := <-cmds:
+			if c.GetRelease() != nil {
+				// The instance let the agent go (its deprovision): done, as
+				// a real agent is.
+				return a.closeCleanly(stream, recvErr)
+			}
 			if err := a.command(stream, c); err != nil {
 				return false, err
 			}

@@ -722,3 +722,84 @@ func TestEventsOfAgentsArrivingTogetherGoInOneBatch(t *testing.T) {
 		}
 	}
 }
+
+// TestAReleasedAgentThatHoldsOnIsCutOff: an agent told of its release
+// (agent.v1.Release) that does not close its stream has it ended by the
+// gateway after the grace, and the provisioner's call returns only then:
+// whatever the agent does, no stream of it outlives the release.
+func TestAReleasedAgentThatHoldsOnIsCutOff(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	const id = "inst-released"
+	stream := e.connectAs(e.join(id), &agentv1.Hello{AgentVersion: "test", Features: []string{string(vocab.AgentFeatureRelease)}})
+	e.observed.WaitFor(t, 10*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetInstanceId() == id && ev.GetConnected() != nil
+	})
+	got := make(chan *agentv1.GatewayMessage, 1)
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				ended <- err
+				return
+			}
+			if m.GetCommand() != nil {
+				got <- m
+			}
+		}
+	}()
+	start := time.Now()
+	cmd := &agentv1.Command{Id: "release-vm", Action: &agentv1.Command_Release{Release: &agentv1.Release{Reason: "the instance is deprovisioned"}}}
+	if _, err := rpc.Call(t.Context(), e.provisioner, endpoints.AgentCommand.At(id), cmd, rpc.Timeout(30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	select {
+	case m := <-got:
+		if m.GetCommand().GetRelease().GetReason() != "the instance is deprovisioned" {
+			t.Fatalf("the agent got %v", m)
+		}
+	default:
+		t.Fatal("the agent was not told of its release")
+	}
+	select {
+	case err := <-ended:
+		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "released (the instance is deprovisioned)") {
+			t.Fatalf("the stream ended with %v, want it ended as released", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the released agent's stream was not ended")
+	}
+	if took < 9*time.Second {
+		t.Errorf("the release was answered after %v, before the agent's grace ran out", took)
+	}
+	e.observed.WaitFor(t, 10*time.Second, "disconnected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetInstanceId() == id && strings.Contains(ev.GetDisconnected().GetReason(), "released")
+	})
+}
+
+// TestAnAgentThatDoesNotKnowReleasesIsCutOffAtOnce: an agent whose hello
+// does not name the feature "release" (one from before it) is not sent the
+// command it would only log: its stream ends at once.
+func TestAnAgentThatDoesNotKnowReleasesIsCutOffAtOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	const id = "inst-released-old"
+	stream := e.connect(id)
+	e.observed.WaitFor(t, 10*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetInstanceId() == id && ev.GetConnected() != nil
+	})
+	start := time.Now()
+	cmd := &agentv1.Command{Id: "release-vm", Action: &agentv1.Command_Release{Release: &agentv1.Release{Reason: "the instance is deleted"}}}
+	if _, err := rpc.Call(t.Context(), e.provisioner, endpoints.AgentCommand.At(id), cmd, rpc.Timeout(30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("the release of an agent that does not know releases took %v", took)
+	}
+	m, err := stream.Recv()
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "the agent does not act on releases") {
+		t.Fatalf("the stream gave %v, %v; want it ended as released, with no command", m, err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -37,6 +38,9 @@ const (
 	maxRequests = 8
 	// commandQueueWait is how long a command waits for room in a full queue.
 	commandQueueWait = 5 * time.Second
+	// releaseGrace is how long a released agent has to stop its node
+	// software and close its stream before the gateway ends it.
+	releaseGrace = 10 * time.Second
 )
 
 // agentConn is one agent's stream.
@@ -48,7 +52,9 @@ type agentConn struct {
 	vmID string
 	// issued is when the stream's certificate was issued (its NotBefore).
 	issued time.Time
-	out    chan *agentv1.GatewayMessage
+	// releases: the agent acts on a Release (its hello names the feature).
+	releases bool
+	out      chan *agentv1.GatewayMessage
 	// events wait here for the bus; sending says a sender delivers them
 	// (drainEvents), evCtx is what they are sent under.
 	events   chan queuedEvent
@@ -165,6 +171,7 @@ func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
 		id:       who.instanceID,
 		vmID:     hello.GetVmId(),
 		issued:   who.cert.NotBefore,
+		releases: slices.Contains(hello.GetFeatures(), string(vocab.AgentFeatureRelease)),
 		out:      make(chan *agentv1.GatewayMessage, outQueue),
 		events:   make(chan queuedEvent, eventQueue),
 		requests: make(chan struct{}, maxRequests),
@@ -445,16 +452,34 @@ func (c *agentConn) command(_ context.Context, _ vocab.Actor, cmd *agentv1.Comma
 	if cmd.GetBootstrap() != nil && c.vmID != "" && cmd.GetId() != c.vmID {
 		return nil, apierr.Unavailable("the connected agent runs on VM %s, not on VM %s that the bootstrap is for; try again once that VM's agent connects", c.vmID, cmd.GetId())
 	}
+	if r := cmd.GetRelease(); r != nil && !c.releases {
+		// An agent from before releases would only log the command: its
+		// stream ends now, and the CA refuses it another.
+		c.close(fmt.Sprintf("released (%s); the agent does not act on releases", r.GetReason()), false)
+		return &emptypb.Empty{}, nil
+	}
 	timer := time.NewTimer(commandQueueWait)
 	defer timer.Stop()
 	select {
 	case c.out <- &agentv1.GatewayMessage{Body: &agentv1.GatewayMessage_Command{Command: cmd}}:
-		return &emptypb.Empty{}, nil
 	case <-c.closed:
 		return nil, apierr.Unavailable("the agent disconnected")
 	case <-timer.C:
 		return nil, apierr.Unavailable("the agent is not taking commands; try again shortly")
 	}
+	if r := cmd.GetRelease(); r != nil {
+		// The answer waits for the stream's end: the agent stops its node
+		// software and closes the stream, or the gateway ends it after
+		// releaseGrace; either way the caller goes on to stop the VM with
+		// no stream left. (The CA refuses the agent a new one.)
+		timer.Reset(releaseGrace)
+		select {
+		case <-c.closed:
+		case <-timer.C:
+			c.close(fmt.Sprintf("released (%s), and the agent did not close its stream within %v", r.GetReason(), releaseGrace), false)
+		}
+	}
+	return &emptypb.Empty{}, nil
 }
 
 // handle acts on one message from the agent. An error ends the stream.

@@ -22,5 +22,6 @@
 // certificate's instance and with SANs from the inventory, never from the
 // agent. A second stream for the same instance replaces the first, and a
 // stream ends when its client certificate expires, so an agent reconnects
-// with its renewed one.
+// with its renewed one, or when the agent is released (agent.v1.Release):
+// the agent closes it, or the gateway does after releaseGrace.
 package agentgw

@@ -203,11 +203,17 @@ func (s *Service) currentOf(ctx context.Context, inst *inventoryv1.Instance, id,
 	return rec, rev, inst.GetVmId(), nil
 }
 
-// liveVM says why an agent on vm may not act for inst, if it may not.
+// liveVM says why an agent on vm may not act for inst, if it may not. An
+// instance being deprovisioned or deleted has released its VM's agent
+// already (agent.v1.Release), or is about to stop the VM: its agent may
+// not connect again, which on a machine Flotilla does not stop (provider
+// external) would leave it holding a stream after the release.
 func liveVM(inst *inventoryv1.Instance, vm string) error {
 	switch st := vocab.State(inst.GetState()); {
 	case st == vocab.StateDeprovisioned || st == vocab.StateCreated || inst.GetVmId() == "":
 		return fmt.Errorf("the instance is %s and has no VM", st)
+	case st == vocab.StateDeprovisioning || st == vocab.StateDeleting:
+		return fmt.Errorf("the instance is %s: its VM is released", st)
 	case vm != "" && vm != inst.GetVmId():
 		return fmt.Errorf("it was issued for VM %s, and the instance's VM is %s", vm, inst.GetVmId())
 	}

@@ -715,6 +715,18 @@ func TestAgentCertificatesHaveALifecycle(t *testing.T) {
 		t.Errorf("the new VM's certificate names %q", third.vm)
 	}
 
+	// Being deprovisioned or deleted, the VM still recorded: its agent was
+	// released, and may not come back before the VM stops.
+	e.instances.put(&inventoryv1.Instance{Id: id, State: string(vocab.StateDeprovisioning), VmId: "vm-new", StateDetail: string(vocab.StepStoppingVM)})
+	refused("deprovisioning", check(third), "is deprovisioning: its VM is released")
+	_, err = renew(third)
+	refused("renewing when deprovisioning", err, "is deprovisioning")
+	e.instances.put(&inventoryv1.Instance{Id: id, State: string(vocab.StateDeleting), VmId: "vm-new", StateDetail: string(vocab.StepStoppingVM)})
+	refused("deleting", check(third), "is deleting: its VM is released")
+	// A deprovision that failed leaves the VM, and its agent, current.
+	e.instances.put(&inventoryv1.Instance{Id: id, State: string(vocab.StateFailed), VmId: "vm-new", StateDetail: string(vocab.StepStoppingVM) + ": the cloud said no"})
+	must(t, check(third))
+
 	// Deprovisioned, then deleted: nothing is current.
 	e.instances.put(&inventoryv1.Instance{Id: id, State: string(vocab.StateDeprovisioned)})
 	refused("deprovisioned", check(third), "is deprovisioned")

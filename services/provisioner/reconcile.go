@@ -87,6 +87,7 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 			if _, err := s.record(ctx, step(id, vocab.StateDeprovisioning, vocab.StepStoppingVM)); err != nil {
 				return err
 			}
+			s.releaseAgent(ctx, in, "the instance is reprovisioned onto a new VM")
 			if err := drv.DeleteVM(ctx, in.GetVmId()); err != nil {
 				return fail(vocab.StepStoppingVM, err)
 			}
@@ -262,10 +263,39 @@ func (s *Service) stopVM(ctx context.Context, in *inventoryv1.Instance) error {
 	if _, err := s.record(ctx, step(in.GetId(), vocab.State(in.GetState()), vocab.StepStoppingVM)); err != nil {
 		return err
 	}
+	why := "the instance is deprovisioned"
+	if vocab.State(in.GetState()) == vocab.StateDeleting {
+		why = "the instance is deleted"
+	}
+	s.releaseAgent(ctx, in, why)
 	if err := drv.DeleteVM(ctx, in.GetVmId()); err != nil {
 		return fail(vocab.StepStoppingVM, err)
 	}
 	return nil
+}
+
+// releaseTimeout bounds a release: the agent gateway answers once the
+// agent's stream ended, at most its grace (10 s) after the agent got it.
+const releaseTimeout = 20 * time.Second
+
+// releaseAgent tells the connected agent of in's VM that the instance lets
+// the VM go, once the instance is recorded as stopping it (from then on the
+// CA refuses the agent a new stream): the agent stops the node software
+// cleanly before the VM is stopped, and on a machine the driver does not
+// stop (external) it is the end of the agent's part. An agent not
+// connected is told nothing; one that cannot be told is cut off by the
+// CA's refusal and the VM's end, so a failure is only logged.
+func (s *Service) releaseAgent(ctx context.Context, in *inventoryv1.Instance, why string) {
+	a := in.GetAgent()
+	if vocab.AgentStatus(a.GetStatus()) != vocab.AgentConnected || in.GetVmId() == "" || a.GetVmId() != in.GetVmId() {
+		return
+	}
+	cmd := &agentv1.Command{Id: "release-" + in.GetVmId(), Action: &agentv1.Command_Release{Release: &agentv1.Release{Reason: why}}}
+	if _, err := rpc.Call(ctx, s.bus, endpoints.AgentCommand.At(in.GetId()), cmd, rpc.As(Actor), rpc.Timeout(releaseTimeout)); err != nil {
+		s.log.WarnContext(ctx, "the agent was not told of its release", "instance", in.GetId(), "vm_id", in.GetVmId(), "error", err)
+		return
+	}
+	s.log.InfoContext(ctx, "agent released", "instance", in.GetId(), "vm_id", in.GetVmId(), "reason", why)
 }
 
 // remove destroys the VM and the disk, then the record.

@@ -194,7 +194,8 @@ set -- --gateway "$GATEWAY" --ca-file "$CA_FILE" --token-file "$TOKEN_FILE" \
 set -- "$@" --data-device "$ROOT"{{.}}
 {{- end}}
 
-# The unit starts the agent at every boot and again whenever it stops.
+# The unit starts the agent at every boot and again whenever it fails; an
+# agent released by its instance (agent.v1.Release) exits 0 and stays down.
 {
 	echo '[Unit]'
 	echo 'Description=Flotilla agent'
@@ -205,7 +206,7 @@ set -- "$@" --data-device "$ROOT"{{.}}
 	printf 'ExecStart=%s' "$BIN"
 	for a in "$@"; do printf ' "%s"' "$a"; done
 	echo
-	echo 'Restart=always'
+	echo 'Restart=on-failure'
 	echo 'RestartSec=5'
 	echo
 	echo '[Install]'

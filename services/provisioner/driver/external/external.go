@@ -6,9 +6,11 @@
 // it waits for its agent (POST /api/v1/instances/{id}:joinToken) and starts
 // the agent with it; the provisioner then bootstraps that agent as usual.
 //
-// Nothing is destroyed either: once the instance is deprovisioned or
-// deleted the CA no longer accepts its agent's certificate, so the agent
-// can neither connect nor renew, and the machine is the operator's again.
+// Nothing is destroyed either: before DeleteVM the provisioner releases
+// the agent (agent.v1.Release), which stops the node software, forgets its
+// certificate and exits, and from then on the CA refuses that certificate,
+// so the agent can neither connect nor renew: the machine is the
+// operator's again.
 package external
 
 import (
@@ -45,6 +47,6 @@ func (*Driver) EnsureVM(_ context.Context, spec driver.VMSpec) (driver.VM, error
 	return driver.VM{ID: spec.ID}, nil
 }
 
-// DeleteVM does nothing: the machine is the operator's; the CA refuses its
-// agent's certificate once the instance is deprovisioned or deleted.
+// DeleteVM does nothing: the machine is the operator's; its agent was
+// released before, and the CA refuses its certificate.
 func (*Driver) DeleteVM(context.Context, string) error { return nil }

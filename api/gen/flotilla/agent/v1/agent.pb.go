@@ -419,8 +419,11 @@ type Hello struct {
 	VmId string `protobuf:"bytes,2,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
 	// Last command id the agent completed on this VM, so a reconnect resumes.
 	CompletedCommandId string `protobuf:"bytes,3,opt,name=completed_command_id,json=completedCommandId,proto3" json:"completed_command_id,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// What the agent understands beyond the first protocol (vocab.AgentFeature):
+	// "release", Command.release. Said by every stream's hello.
+	Features      []string `protobuf:"bytes,4,rep,name=features,proto3" json:"features,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -472,6 +475,13 @@ func (x *Hello) GetCompletedCommandId() string {
 		return x.CompletedCommandId
 	}
 	return ""
+}
+
+func (x *Hello) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
 }
 
 // Heartbeat reports the agent's health every few seconds.
@@ -1082,6 +1092,7 @@ type Command struct {
 	//	*Command_Bootstrap
 	//	*Command_StopNode
 	//	*Command_RefreshCertificate
+	//	*Command_Release
 	Action        isCommand_Action `protobuf_oneof:"action"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1158,6 +1169,15 @@ func (x *Command) GetRefreshCertificate() *RefreshCertificate {
 	return nil
 }
 
+func (x *Command) GetRelease() *Release {
+	if x != nil {
+		if x, ok := x.Action.(*Command_Release); ok {
+			return x.Release
+		}
+	}
+	return nil
+}
+
 type isCommand_Action interface {
 	isCommand_Action()
 }
@@ -1174,11 +1194,17 @@ type Command_RefreshCertificate struct {
 	RefreshCertificate *RefreshCertificate `protobuf:"bytes,4,opt,name=refresh_certificate,json=refreshCertificate,proto3,oneof"`
 }
 
+type Command_Release struct {
+	Release *Release `protobuf:"bytes,5,opt,name=release,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Action() {}
 
 func (*Command_StopNode) isCommand_Action() {}
 
 func (*Command_RefreshCertificate) isCommand_Action() {}
+
+func (*Command_Release) isCommand_Action() {}
 
 // Bootstrap runs the setup actions, installs and starts the node software.
 type Bootstrap struct {
@@ -1778,7 +1804,8 @@ func (x *AcmeResponse) GetCertificatePem() string {
 	return ""
 }
 
-// StopNode stops the node software (before a deprovision).
+// StopNode stops the node software and keeps it stopped across the agent's
+// restarts.
 type StopNode struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1815,6 +1842,61 @@ func (*StopNode) Descriptor() ([]byte, []int) {
 	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
+// Release says the instance lets this VM go (deprovisioned, deleted, or
+// reprovisioned onto a new VM): the agent stops the node software, forgets
+// its certificate and the instance, closes its stream and exits; the data
+// directory stays. The provisioner sends it before the VM is stopped, so
+// the node software stops cleanly, and on a machine of the external provider,
+// which Flotilla does not stop, it is how the agent learns it is done. The
+// agent gateway ends the stream itself if the agent has not within a few
+// seconds (at once, and without sending it, for an agent whose hello does not
+// name the feature "release"), and the CA refuses the agent's certificate from
+// then on.
+type Release struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// reason is why, for the agent's log: "the instance was deprovisioned".
+	Reason        string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Release) Reset() {
+	*x = Release{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Release) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Release) ProtoMessage() {}
+
+func (x *Release) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Release.ProtoReflect.Descriptor instead.
+func (*Release) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *Release) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // RefreshCertificate fetches the custom certificate and key again; the node
 // software serves them from its next handshake.
 type RefreshCertificate struct {
@@ -1825,7 +1907,7 @@ type RefreshCertificate struct {
 
 func (x *RefreshCertificate) Reset() {
 	*x = RefreshCertificate{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1837,7 +1919,7 @@ func (x *RefreshCertificate) String() string {
 func (*RefreshCertificate) ProtoMessage() {}
 
 func (x *RefreshCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1850,7 +1932,7 @@ func (x *RefreshCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshCertificate.ProtoReflect.Descriptor instead.
 func (*RefreshCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 type SecretResponse struct {
@@ -1864,7 +1946,7 @@ type SecretResponse struct {
 
 func (x *SecretResponse) Reset() {
 	*x = SecretResponse{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1876,7 +1958,7 @@ func (x *SecretResponse) String() string {
 func (*SecretResponse) ProtoMessage() {}
 
 func (x *SecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1889,7 +1971,7 @@ func (x *SecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretResponse.ProtoReflect.Descriptor instead.
 func (*SecretResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SecretResponse) GetRequestId() string {
@@ -1927,7 +2009,7 @@ type ServerCertResponse struct {
 
 func (x *ServerCertResponse) Reset() {
 	*x = ServerCertResponse{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1939,7 +2021,7 @@ func (x *ServerCertResponse) String() string {
 func (*ServerCertResponse) ProtoMessage() {}
 
 func (x *ServerCertResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1952,7 +2034,7 @@ func (x *ServerCertResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerCertResponse.ProtoReflect.Descriptor instead.
 func (*ServerCertResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ServerCertResponse) GetRequestId() string {
@@ -2009,7 +2091,7 @@ type AgentEvent struct {
 
 func (x *AgentEvent) Reset() {
 	*x = AgentEvent{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +2103,7 @@ func (x *AgentEvent) String() string {
 func (*AgentEvent) ProtoMessage() {}
 
 func (x *AgentEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +2116,7 @@ func (x *AgentEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentEvent.ProtoReflect.Descriptor instead.
 func (*AgentEvent) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AgentEvent) GetInstanceId() string {
@@ -2131,7 +2213,7 @@ type Disconnected struct {
 
 func (x *Disconnected) Reset() {
 	*x = Disconnected{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2143,7 +2225,7 @@ func (x *Disconnected) String() string {
 func (*Disconnected) ProtoMessage() {}
 
 func (x *Disconnected) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2156,7 +2238,7 @@ func (x *Disconnected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disconnected.ProtoReflect.Descriptor instead.
 func (*Disconnected) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Disconnected) GetReason() string {
@@ -2179,7 +2261,7 @@ type AgentEvents struct {
 
 func (x *AgentEvents) Reset() {
 	*x = AgentEvents{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2191,7 +2273,7 @@ func (x *AgentEvents) String() string {
 func (*AgentEvents) ProtoMessage() {}
 
 func (x *AgentEvents) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2204,7 +2286,7 @@ func (x *AgentEvents) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentEvents.ProtoReflect.Descriptor instead.
 func (*AgentEvents) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AgentEvents) GetEvents() []*AgentEvent {
@@ -2224,7 +2306,7 @@ type AgentEventResults struct {
 
 func (x *AgentEventResults) Reset() {
 	*x = AgentEventResults{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2236,7 +2318,7 @@ func (x *AgentEventResults) String() string {
 func (*AgentEventResults) ProtoMessage() {}
 
 func (x *AgentEventResults) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2249,7 +2331,7 @@ func (x *AgentEventResults) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentEventResults.ProtoReflect.Descriptor instead.
 func (*AgentEventResults) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AgentEventResults) GetResults() []*AgentEventResult {
@@ -2273,7 +2355,7 @@ type AgentEventResult struct {
 
 func (x *AgentEventResult) Reset() {
 	*x = AgentEventResult{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2285,7 +2367,7 @@ func (x *AgentEventResult) String() string {
 func (*AgentEventResult) ProtoMessage() {}
 
 func (x *AgentEventResult) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2298,7 +2380,7 @@ func (x *AgentEventResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentEventResult.ProtoReflect.Descriptor instead.
 func (*AgentEventResult) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *AgentEventResult) GetErrorKind() string {
@@ -2350,11 +2432,12 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\x0esecret_request\x18\x05 \x01(\v2 .flotilla.agent.v1.SecretRequestH\x00R\rsecretRequest\x12V\n" +
 	"\x13server_cert_request\x18\x06 \x01(\v2$.flotilla.agent.v1.ServerCertRequestH\x00R\x11serverCertRequest\x12C\n" +
 	"\facme_request\x18\a \x01(\v2\x1e.flotilla.agent.v1.AcmeRequestH\x00R\vacmeRequestB\x06\n" +
-	"\x04body\"s\n" +
+	"\x04body\"\x8f\x01\n" +
 	"\x05Hello\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x13\n" +
 	"\x05vm_id\x18\x02 \x01(\tR\x04vmId\x120\n" +
-	"\x14completed_command_id\x18\x03 \x01(\tR\x12completedCommandId\"\x82\x02\n" +
+	"\x14completed_command_id\x18\x03 \x01(\tR\x12completedCommandId\x12\x1a\n" +
+	"\bfeatures\x18\x04 \x03(\tR\bfeatures\"\x82\x02\n" +
 	"\tHeartbeat\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12&\n" +
 	"\x0fdisk_used_bytes\x18\x02 \x01(\x03R\rdiskUsedBytes\x12(\n" +
@@ -2396,12 +2479,13 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\racme_response\x18\x05 \x01(\v2\x1f.flotilla.agent.v1.AcmeResponseH\x00R\facmeResponseB\x06\n" +
 	"\x04body\"\x1a\n" +
 	"\x06LogAck\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xf7\x01\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xaf\x02\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12<\n" +
 	"\tbootstrap\x18\x02 \x01(\v2\x1c.flotilla.agent.v1.BootstrapH\x00R\tbootstrap\x12:\n" +
 	"\tstop_node\x18\x03 \x01(\v2\x1b.flotilla.agent.v1.StopNodeH\x00R\bstopNode\x12X\n" +
-	"\x13refresh_certificate\x18\x04 \x01(\v2%.flotilla.agent.v1.RefreshCertificateH\x00R\x12refreshCertificateB\b\n" +
+	"\x13refresh_certificate\x18\x04 \x01(\v2%.flotilla.agent.v1.RefreshCertificateH\x00R\x12refreshCertificate\x126\n" +
+	"\arelease\x18\x05 \x01(\v2\x1a.flotilla.agent.v1.ReleaseH\x00R\areleaseB\b\n" +
 	"\x06action\"\xc3\x02\n" +
 	"\tBootstrap\x12#\n" +
 	"\rinstance_name\x18\x01 \x01(\tR\finstanceName\x12G\n" +
@@ -2445,7 +2529,9 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\x0fprivate_key_pem\x18\x03 \x01(\tR\rprivateKeyPem\x12'\n" +
 	"\x0fcertificate_pem\x18\x04 \x01(\tR\x0ecertificatePem\"\n" +
 	"\n" +
-	"\bStopNode\"\x14\n" +
+	"\bStopNode\"!\n" +
+	"\aRelease\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x14\n" +
 	"\x12RefreshCertificate\"[\n" +
 	"\x0eSecretResponse\x12\x1d\n" +
 	"\n" +
@@ -2497,7 +2583,7 @@ func file_flotilla_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_flotilla_agent_v1_agent_proto_rawDescData
 }
 
-var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*JoinRequest)(nil),                  // 0: flotilla.agent.v1.JoinRequest
 	(*JoinResponse)(nil),                 // 1: flotilla.agent.v1.JoinResponse
@@ -2523,20 +2609,21 @@ var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*AcmeDnsChallenge)(nil),             // 21: flotilla.agent.v1.AcmeDnsChallenge
 	(*AcmeResponse)(nil),                 // 22: flotilla.agent.v1.AcmeResponse
 	(*StopNode)(nil),                     // 23: flotilla.agent.v1.StopNode
-	(*RefreshCertificate)(nil),           // 24: flotilla.agent.v1.RefreshCertificate
-	(*SecretResponse)(nil),               // 25: flotilla.agent.v1.SecretResponse
-	(*ServerCertResponse)(nil),           // 26: flotilla.agent.v1.ServerCertResponse
-	(*AgentEvent)(nil),                   // 27: flotilla.agent.v1.AgentEvent
-	(*Disconnected)(nil),                 // 28: flotilla.agent.v1.Disconnected
-	(*AgentEvents)(nil),                  // 29: flotilla.agent.v1.AgentEvents
-	(*AgentEventResults)(nil),            // 30: flotilla.agent.v1.AgentEventResults
-	(*AgentEventResult)(nil),             // 31: flotilla.agent.v1.AgentEventResult
-	(*timestamppb.Timestamp)(nil),        // 32: google.protobuf.Timestamp
-	(*v1.SetupAction)(nil),               // 33: flotilla.inventory.v1.SetupAction
+	(*Release)(nil),                      // 24: flotilla.agent.v1.Release
+	(*RefreshCertificate)(nil),           // 25: flotilla.agent.v1.RefreshCertificate
+	(*SecretResponse)(nil),               // 26: flotilla.agent.v1.SecretResponse
+	(*ServerCertResponse)(nil),           // 27: flotilla.agent.v1.ServerCertResponse
+	(*AgentEvent)(nil),                   // 28: flotilla.agent.v1.AgentEvent
+	(*Disconnected)(nil),                 // 29: flotilla.agent.v1.Disconnected
+	(*AgentEvents)(nil),                  // 30: flotilla.agent.v1.AgentEvents
+	(*AgentEventResults)(nil),            // 31: flotilla.agent.v1.AgentEventResults
+	(*AgentEventResult)(nil),             // 32: flotilla.agent.v1.AgentEventResult
+	(*timestamppb.Timestamp)(nil),        // 33: google.protobuf.Timestamp
+	(*v1.SetupAction)(nil),               // 34: flotilla.inventory.v1.SetupAction
 }
 var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
-	32, // 0: flotilla.agent.v1.JoinResponse.not_after:type_name -> google.protobuf.Timestamp
-	32, // 1: flotilla.agent.v1.RenewResponse.not_after:type_name -> google.protobuf.Timestamp
+	33, // 0: flotilla.agent.v1.JoinResponse.not_after:type_name -> google.protobuf.Timestamp
+	33, // 1: flotilla.agent.v1.RenewResponse.not_after:type_name -> google.protobuf.Timestamp
 	5,  // 2: flotilla.agent.v1.AgentMessage.hello:type_name -> flotilla.agent.v1.Hello
 	6,  // 3: flotilla.agent.v1.AgentMessage.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
 	8,  // 4: flotilla.agent.v1.AgentMessage.logs:type_name -> flotilla.agent.v1.LogBatch
@@ -2544,41 +2631,42 @@ var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
 	10, // 6: flotilla.agent.v1.AgentMessage.secret_request:type_name -> flotilla.agent.v1.SecretRequest
 	11, // 7: flotilla.agent.v1.AgentMessage.server_cert_request:type_name -> flotilla.agent.v1.ServerCertRequest
 	17, // 8: flotilla.agent.v1.AgentMessage.acme_request:type_name -> flotilla.agent.v1.AcmeRequest
-	32, // 9: flotilla.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	32, // 10: flotilla.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	33, // 9: flotilla.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	33, // 10: flotilla.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
 	7,  // 11: flotilla.agent.v1.LogBatch.lines:type_name -> flotilla.agent.v1.LogLine
 	14, // 12: flotilla.agent.v1.GatewayMessage.command:type_name -> flotilla.agent.v1.Command
-	25, // 13: flotilla.agent.v1.GatewayMessage.secret_response:type_name -> flotilla.agent.v1.SecretResponse
-	26, // 14: flotilla.agent.v1.GatewayMessage.server_cert_response:type_name -> flotilla.agent.v1.ServerCertResponse
+	26, // 13: flotilla.agent.v1.GatewayMessage.secret_response:type_name -> flotilla.agent.v1.SecretResponse
+	27, // 14: flotilla.agent.v1.GatewayMessage.server_cert_response:type_name -> flotilla.agent.v1.ServerCertResponse
 	13, // 15: flotilla.agent.v1.GatewayMessage.log_ack:type_name -> flotilla.agent.v1.LogAck
 	22, // 16: flotilla.agent.v1.GatewayMessage.acme_response:type_name -> flotilla.agent.v1.AcmeResponse
 	15, // 17: flotilla.agent.v1.Command.bootstrap:type_name -> flotilla.agent.v1.Bootstrap
 	23, // 18: flotilla.agent.v1.Command.stop_node:type_name -> flotilla.agent.v1.StopNode
-	24, // 19: flotilla.agent.v1.Command.refresh_certificate:type_name -> flotilla.agent.v1.RefreshCertificate
-	33, // 20: flotilla.agent.v1.Bootstrap.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
-	16, // 21: flotilla.agent.v1.Bootstrap.acme:type_name -> flotilla.agent.v1.AcmeOrder
-	18, // 22: flotilla.agent.v1.AcmeRequest.account_key:type_name -> flotilla.agent.v1.AcmeAccountKeyRequest
-	19, // 23: flotilla.agent.v1.AcmeRequest.stored_certificate:type_name -> flotilla.agent.v1.AcmeStoredCertificateRequest
-	20, // 24: flotilla.agent.v1.AcmeRequest.store_certificate:type_name -> flotilla.agent.v1.AcmeCertificate
-	21, // 25: flotilla.agent.v1.AcmeRequest.dns_challenge:type_name -> flotilla.agent.v1.AcmeDnsChallenge
-	32, // 26: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
-	5,  // 27: flotilla.agent.v1.AgentEvent.connected:type_name -> flotilla.agent.v1.Hello
-	28, // 28: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
-	6,  // 29: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
-	9,  // 30: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
-	27, // 31: flotilla.agent.v1.AgentEvents.events:type_name -> flotilla.agent.v1.AgentEvent
-	31, // 32: flotilla.agent.v1.AgentEventResults.results:type_name -> flotilla.agent.v1.AgentEventResult
-	0,  // 33: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
-	2,  // 34: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
-	4,  // 35: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
-	1,  // 36: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
-	3,  // 37: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
-	12, // 38: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
-	36, // [36:39] is the sub-list for method output_type
-	33, // [33:36] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	25, // 19: flotilla.agent.v1.Command.refresh_certificate:type_name -> flotilla.agent.v1.RefreshCertificate
+	24, // 20: flotilla.agent.v1.Command.release:type_name -> flotilla.agent.v1.Release
+	34, // 21: flotilla.agent.v1.Bootstrap.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
+	16, // 22: flotilla.agent.v1.Bootstrap.acme:type_name -> flotilla.agent.v1.AcmeOrder
+	18, // 23: flotilla.agent.v1.AcmeRequest.account_key:type_name -> flotilla.agent.v1.AcmeAccountKeyRequest
+	19, // 24: flotilla.agent.v1.AcmeRequest.stored_certificate:type_name -> flotilla.agent.v1.AcmeStoredCertificateRequest
+	20, // 25: flotilla.agent.v1.AcmeRequest.store_certificate:type_name -> flotilla.agent.v1.AcmeCertificate
+	21, // 26: flotilla.agent.v1.AcmeRequest.dns_challenge:type_name -> flotilla.agent.v1.AcmeDnsChallenge
+	33, // 27: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
+	5,  // 28: flotilla.agent.v1.AgentEvent.connected:type_name -> flotilla.agent.v1.Hello
+	29, // 29: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
+	6,  // 30: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
+	9,  // 31: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
+	28, // 32: flotilla.agent.v1.AgentEvents.events:type_name -> flotilla.agent.v1.AgentEvent
+	32, // 33: flotilla.agent.v1.AgentEventResults.results:type_name -> flotilla.agent.v1.AgentEventResult
+	0,  // 34: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
+	2,  // 35: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
+	4,  // 36: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
+	1,  // 37: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
+	3,  // 38: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
+	12, // 39: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
+	37, // [37:40] is the sub-list for method output_type
+	34, // [34:37] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_agent_v1_agent_proto_init() }
@@ -2606,6 +2694,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 		(*Command_Bootstrap)(nil),
 		(*Command_StopNode)(nil),
 		(*Command_RefreshCertificate)(nil),
+		(*Command_Release)(nil),
 	}
 	file_flotilla_agent_v1_agent_proto_msgTypes[17].OneofWrappers = []any{
 		(*AcmeRequest_AccountKey)(nil),
@@ -2613,7 +2702,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 		(*AcmeRequest_StoreCertificate)(nil),
 		(*AcmeRequest_DnsChallenge)(nil),
 	}
-	file_flotilla_agent_v1_agent_proto_msgTypes[27].OneofWrappers = []any{
+	file_flotilla_agent_v1_agent_proto_msgTypes[28].OneofWrappers = []any{
 		(*AgentEvent_Connected)(nil),
 		(*AgentEvent_Disconnected)(nil),
 		(*AgentEvent_Heartbeat)(nil),
@@ -2625,7 +2714,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_agent_v1_agent_proto_rawDesc), len(file_flotilla_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
