@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -405,6 +406,46 @@ func TestUpServesRestartsWithItsDataAndStopsCleanly(t *testing.T) {
 		t.Fatalf("after restart: %d %v", code, list)
 	}
 	again.stop(t)
+}
+
+// TestASecondUpOnTheDirectoryIsRefused: flotilla up started again on a
+// data directory another up serves (a second terminal) says so and stops,
+// touching nothing: it once took the running PostgreSQL for one of its own
+// and stopped it on its way out, and opened the same NATS store.
+func TestASecondUpOnTheDirectoryIsRefused(t *testing.T) {
+	t.Parallel()
+	dir := dataDir(t)
+	up := startUpFree(t, dir, nil)
+	// A command on the database while up runs uses up's PostgreSQL.
+	if out, err := admin(dir, "admin", "S3cret-pass"); err != nil {
+		t.Fatalf("initial-setup while up runs: %v\n%s", err, out)
+	}
+	token := up.login(t)
+	second := exec.Command(binary, "up", "--data-dir", dir, "--port", strconv.Itoa(up.base))
+	out, err := second.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) {
+		t.Fatalf("a second up on the directory: %v, want a non-zero exit\n%s", err, out)
+	}
+	want := fmt.Sprintf("the data directory is in use: pid %d, flotilla up holds %s", up.cmd.Process.Pid, dir)
+	if !strings.Contains(string(out), want) {
+		t.Fatalf("a second up on the directory said:\n%s\nwant %q", out, want)
+	}
+	if strings.Contains(string(out), "PostgreSQL started") {
+		t.Fatalf("the second up started PostgreSQL before it was refused:\n%s", out)
+	}
+	// The first serves on, with its PostgreSQL.
+	for range 3 {
+		if code, body := up.do(t, "GET", "/api/v1/networks", token, ""); code != 200 {
+			t.Fatalf("the first up after a second was refused: %d %v", code, body)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	up.stop(t)
+	// Once it stopped, the directory is free again.
+	up = startUpFree(t, dir, nil)
+	up.login(t)
+	up.stop(t)
 }
 
 func TestInitialSetupWithoutUpLeavesNothingRunning(t *testing.T) {

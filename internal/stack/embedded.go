@@ -69,6 +69,18 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (_ *Embedded, err err
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	d := datadir.Dir(o.DataDir)
+	// The directory is this process's alone (its PostgreSQL, its NATS
+	// store) from before anything is read or started until the last
+	// closer ran.
+	release, err := datadir.Lock(d, "flotilla up")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			release()
+		}
+	}()
 	settings, err := datadir.Prepare(d, o.Overrides)
 	if err != nil {
 		return nil, err
@@ -83,6 +95,7 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (_ *Embedded, err err
 		return nil, fmt.Errorf("settings in %s: trustedProxies: %w", d.SettingsFile(), err)
 	}
 	e := &Embedded{Settings: settings, Dir: d, log: o.Log}
+	e.closers = append(e.closers, func(context.Context) error { release(); return nil })
 	defer func() {
 		if err != nil {
 			_ = e.close(context.Background())
@@ -324,11 +337,23 @@ func withDatabase(ctx context.Context, dataDir string, o datadir.Overrides, f fu
 		return err
 	}
 	if s.ManagedPostgres {
+		// While `flotilla up` runs, its PostgreSQL serves (and up holds the
+		// directory). Otherwise this command takes the directory, so an
+		// up started meanwhile does not take the PostgreSQL it is about to
+		// stop.
+		release, err := datadir.Lock(d, "a flotilla admin command")
+		switch {
+		case errors.Is(err, datadir.ErrInUse):
+		case err != nil:
+			return err
+		default:
+			defer release()
+		}
 		pg, err := managedPostgres(ctx, d, s)
 		if err != nil {
 			return err
 		}
-		if !pg.Running() {
+		if release != nil && !pg.Running() {
 			if err := pg.Start(ctx); err != nil {
 				return fmt.Errorf("managed PostgreSQL: %w", err)
 			}
