@@ -377,8 +377,30 @@ func TestUpServesRestartsWithItsDataAndStopsCleanly(t *testing.T) {
 		t.Fatalf("flotilla up's brokers list:\n%s", brokers)
 	}
 
+	// A follower (the console's live pages, flotilla logs -f) is told to
+	// follow again, and does not hold the stop up.
+	req, _ := http.NewRequest("GET", up.url("/api/v1/events?follow=true"), nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	feed, err := up.client().Do(req)
+	if err != nil || feed.StatusCode != 200 {
+		t.Fatalf("follow the events: %v %v", feed, err)
+	}
+	told := make(chan string, 1)
+	go func() {
+		defer feed.Body.Close()
+		rest, _ := io.ReadAll(feed.Body)
+		told <- string(rest)
+	}()
+
 	pid := postmasterPID(t, dir)
+	stopping := time.Now()
 	up.stop(t)
+	if took := time.Since(stopping); took > 8*time.Second {
+		t.Errorf("flotilla up took %v to stop with a follower: it waited for the follow to end", took)
+	}
+	if rest := <-told; !strings.Contains(rest, ": the gateway is stopping: follow again") {
+		t.Errorf("the follower was not told to follow again; it read:\n%s", rest)
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for !gone(pid) {
 		if time.Now().After(deadline) {

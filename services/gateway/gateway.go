@@ -437,6 +437,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		// Followers would hold the graceful stops below until their
+		// deadline: they are told to follow again.
+		g.tokens.stop()
 		err := g.httpSrv.Shutdown(sctx)
 		stopped := make(chan struct{})
 		go func() { g.grpcSrv.GracefulStop(); close(stopped) }()

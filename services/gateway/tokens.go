@@ -40,6 +40,8 @@ type tokenCache struct {
 	// held are the open streams (log follows, the event feed), each ended
 	// when its token is revoked or its user changes.
 	held map[*heldStream]struct{}
+	// stopping: the gateway stops; a stream held from now on ends at once.
+	stopping bool
 }
 
 // heldStream is one open stream's token and user, and how to end it.
@@ -58,10 +60,16 @@ var errTokenWithdrawn = errors.New("the stream's token was revoked, or its user 
 // and its token is verified again.
 var errBusLost = errors.New("the gateway lost the bus for a moment: reconnect")
 
+// errGatewayStopping ends every stream when the gateway stops, so its
+// graceful stop does not wait on followers that would never end (a
+// console's live pages, flotilla logs -f): they follow again, from where
+// they were, on another gateway or this one once it is back.
+var errGatewayStopping = errors.New("the gateway is stopping: follow again")
+
 // streamEnded says why a held stream's context ended, if the cache ended
-// it (errTokenWithdrawn or errBusLost); nil otherwise.
+// it (errTokenWithdrawn, errBusLost or errGatewayStopping); nil otherwise.
 func streamEnded(ctx context.Context) error {
-	if c := context.Cause(ctx); errors.Is(c, errTokenWithdrawn) || errors.Is(c, errBusLost) {
+	if c := context.Cause(ctx); errors.Is(c, errTokenWithdrawn) || errors.Is(c, errBusLost) || errors.Is(c, errGatewayStopping) {
 		return c
 	}
 	return nil
@@ -134,7 +142,11 @@ func (c *tokenCache) hold(ctx context.Context) (context.Context, func()) {
 	token, _ := ctx.Value(tokenKey{}).(string)
 	h := &heldStream{tokenID: bearer.ID(token), userID: userFrom(ctx).GetUserId(), cancel: cancel}
 	c.mu.Lock()
-	c.held[h] = struct{}{}
+	if c.stopping {
+		cancel(errGatewayStopping)
+	} else {
+		c.held[h] = struct{}{}
+	}
 	c.mu.Unlock()
 	return ctx, func() {
 		c.mu.Lock()
@@ -177,6 +189,14 @@ func (c *tokenCache) dropUser(userID string) {
 		}
 	}
 	c.endHeld(errTokenWithdrawn, func(h *heldStream) bool { return h.userID == userID })
+}
+
+// stop ends every stream, and every one held from now on.
+func (c *tokenCache) stop() {
+	c.mu.Lock()
+	c.stopping = true
+	c.endHeld(errGatewayStopping, func(*heldStream) bool { return true })
+	c.mu.Unlock()
 }
 
 // clear forgets every token and ends every stream.
