@@ -70,7 +70,7 @@ func (a *AWSKMS) resolveAccount(ctx context.Context, q pgstore.Querier, field st
 		return nil
 	}
 	var acc inventoryv1.CloudAccount
-	if err := inventoryapp.CloudAccountTable.Get(ctx, q, a.CloudAccountID, false, &acc); err != nil {
+	if err := inventoryapp.CloudAccountTable.Get(ctx, q, a.CloudAccountID, "", &acc); err != nil {
 		if apierr.Is(err, apierr.KindNotFound) {
 			return fmt.Errorf("%s: no cloud account has id %q", field, a.CloudAccountID)
 		}

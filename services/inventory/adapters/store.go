@@ -79,17 +79,29 @@ func (t Table) Insert(ctx context.Context, tx pgx.Tx, m proto.Message, now time.
 	return pgstore.ExecLater(ctx, tx, func(err error) error { return t.writeError(err, name, id) }, sql, args...)
 }
 
-// Get reads one resource into m. With forUpdate the row stays locked until the
-// transaction ends. A malformed id is invalid input; a missing one is not
-// found.
-func (t Table) Get(ctx context.Context, q Querier, id string, forUpdate bool, m proto.Message) error {
+// Lock is how Get locks the row it reads, until the transaction ends.
+type Lock string
+
+// The locks Get takes.
+const (
+	// NoLock (the zero Lock) reads the row as it is.
+	NoLock Lock = ""
+	// ForUpdate locks the row against every other lock and change: for a
+	// read before a write of the row.
+	ForUpdate Lock = " FOR UPDATE"
+	// ForShare lets others read and share the row but not change it: for
+	// a write that relies on what the row says (an instance on its
+	// template), so a change of the row waits for it and then sees it.
+	ForShare Lock = " FOR SHARE"
+)
+
+// Get reads one resource into m, locking its row as lock says. A malformed
+// id is invalid input; a missing one is not found.
+func (t Table) Get(ctx context.Context, q Querier, id string, lock Lock, m proto.Message) error {
 	if err := apierr.CheckID("id", id); err != nil {
 		return err
 	}
-	sql := "SELECT spec, id::text, version, created_at, updated_at FROM " + t.Name + " WHERE id = $1"
-	if forUpdate {
-		sql += " FOR UPDATE"
-	}
+	sql := "SELECT spec, id::text, version, created_at, updated_at FROM " + t.Name + " WHERE id = $1" + string(lock)
 	if err := t.scan(q.QueryRow(ctx, sql, id), m); err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return apierr.NotFound(t.Noun, id)

@@ -209,7 +209,7 @@ func create[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Acto
 
 func get[T resource](ctx context.Context, a *App, k kind[T], id string) (T, error) {
 	v := k.new()
-	if err := k.table.Get(ctx, a.pool, id, false, v); err != nil {
+	if err := k.table.Get(ctx, a.pool, id, adapters.NoLock, v); err != nil {
 		var zero T
 		return zero, err
 	}
@@ -253,7 +253,7 @@ func update[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Acto
 	var out T
 	err := a.inTx(ctx, func(tx pgx.Tx) error {
 		cur := k.new()
-		if err := k.table.Get(ctx, tx, v.GetId(), true, cur); err != nil {
+		if err := k.table.Get(ctx, tx, v.GetId(), adapters.ForUpdate, cur); err != nil {
 			return err
 		}
 		if cur.GetVersion() != v.GetVersion() {
@@ -295,7 +295,7 @@ func remove[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Acto
 	now := a.now()
 	return a.inTx(ctx, func(tx pgx.Tx) error {
 		cur := k.new()
-		if err := k.table.Get(ctx, tx, id, true, cur); err != nil {
+		if err := k.table.Get(ctx, tx, id, adapters.ForUpdate, cur); err != nil {
 			return err
 		}
 		if version != 0 && cur.GetVersion() != version {
@@ -316,7 +316,14 @@ func remove[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Acto
 
 // usedBy refuses a delete while instances refer to the row through column.
 func usedBy(ctx context.Context, tx pgx.Tx, noun, name, column, id string) error {
-	rows, err := tx.Query(ctx, "SELECT name FROM instances WHERE "+column+" = $1 ORDER BY name LIMIT 6", id)
+	return usedWhere(ctx, tx, noun, name, column+" = $1", id, "")
+}
+
+// usedWhere refuses a change of the row named name (why says what is
+// refused) while there are instances that cond (SQL on the instances
+// table, with arg as $1) selects, naming up to five of them.
+func usedWhere(ctx context.Context, tx pgx.Tx, noun, name, cond string, arg any, why string) error {
+	rows, err := tx.Query(ctx, "SELECT name FROM instances WHERE "+cond+" ORDER BY name LIMIT 6", arg)
 	if err != nil {
 		return fmt.Errorf("find users of %s: %w", noun, err)
 	}
@@ -331,5 +338,8 @@ func usedBy(ctx context.Context, tx pgx.Tx, noun, name, column, id string) error
 	if len(names) > 5 {
 		names, more = names[:5], " and more"
 	}
-	return apierr.Conflict(apierr.ReasonInUse, "%s %q is used by instances %s%s", noun, name, strings.Join(names, ", "), more)
+	if why != "" {
+		why = ": " + why
+	}
+	return apierr.Conflict(apierr.ReasonInUse, "%s %q is used by instances %s%s%s", noun, name, strings.Join(names, ", "), more, why)
 }

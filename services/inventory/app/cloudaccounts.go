@@ -71,11 +71,20 @@ func takeKey(a *inventoryv1.CloudAccount) string {
 // longer uses keys has its key forgotten.
 func (a *App) accountKind(key string) kind[*inventoryv1.CloudAccount] {
 	k := cloudAccounts
-	k.check = func(_ context.Context, _ *App, _ pgx.Tx, old, v *inventoryv1.CloudAccount) error {
+	k.check = func(ctx context.Context, _ *App, tx pgx.Tx, old, v *inventoryv1.CloudAccount) error {
 		c := v.GetAws().GetCredentials()
 		kept := old.GetAws().GetCredentials().GetSecretAccessKeySet() && c.GetAccessKeyId() == old.GetAws().GetCredentials().GetAccessKeyId()
 		if err := domain.ValidateCloudAccount(withKey(v, key), key != "" || kept); err != nil {
 			return err
+		}
+		if old != nil && old.GetAws().GetRegion() != v.GetAws().GetRegion() {
+			// The region holds the VMs and disks of the instances on the
+			// account's networks: another would lose them.
+			if err := usedWhere(ctx, tx, "cloud account", old.GetName(),
+				"network_id IN (SELECT id FROM networks WHERE spec->>'cloudAccountId' = $1)", old.GetId(),
+				"aws.region can change only while no instance is on a network of the account: their VMs and disks are in its region; create another account for another region"); err != nil {
+				return err
+			}
 		}
 		if c != nil {
 			c.SecretAccessKeySet = c.GetAccessKeyId() != "" && (key != "" || kept)
@@ -178,7 +187,7 @@ func checkCloudAccount(ctx context.Context, tx pgx.Tx, n *inventoryv1.Network) e
 		return nil
 	}
 	acc := &inventoryv1.CloudAccount{}
-	if err := CloudAccountTable.Get(ctx, tx, id, false, acc); err != nil {
+	if err := CloudAccountTable.Get(ctx, tx, id, adapters.ForShare, acc); err != nil {
 		if apierr.Is(err, apierr.KindNotFound) || apierr.Is(err, apierr.KindInvalid) {
 			return apierr.Invalid("cloudAccountId", "cloud account %q does not exist", id)
 		}

@@ -36,7 +36,7 @@ func (a *App) Lifecycle(ctx context.Context, actor vocab.Actor, id string, actio
 	var out *inventoryv1.Instance
 	err := a.inTx(ctx, func(tx pgx.Tx) error {
 		in := &inventoryv1.Instance{}
-		if err := InstanceTable.Get(ctx, tx, id, true, in); err != nil {
+		if err := InstanceTable.Get(ctx, tx, id, adapters.ForUpdate, in); err != nil {
 			return err
 		}
 		if version != 0 && in.GetVersion() != version {
@@ -94,7 +94,7 @@ func (a *App) RecordState(ctx context.Context, actor vocab.Actor, r *inventoryv1
 	var out *inventoryv1.Instance
 	err := a.inTx(ctx, func(tx pgx.Tx) error {
 		in := &inventoryv1.Instance{}
-		if err := InstanceTable.Get(ctx, tx, r.GetId(), true, in); err != nil {
+		if err := InstanceTable.Get(ctx, tx, r.GetId(), adapters.ForUpdate, in); err != nil {
 			return err
 		}
 		if r.GetVersion() != 0 && r.GetVersion() != in.GetVersion() {
@@ -259,7 +259,7 @@ func (a *App) ObserveMany(ctx context.Context, events []*agentv1.AgentEvent) ([]
 // returns the row as written.
 func (a *App) observeRow(ctx context.Context, tx pgx.Tx, ev *agentv1.AgentEvent, at, now time.Time) (*inventoryv1.Instance, error) {
 	in := &inventoryv1.Instance{}
-	if err := InstanceTable.Get(ctx, tx, ev.GetInstanceId(), true, in); err != nil {
+	if err := InstanceTable.Get(ctx, tx, ev.GetInstanceId(), adapters.ForUpdate, in); err != nil {
 		return nil, err
 	}
 	if in.Agent == nil {

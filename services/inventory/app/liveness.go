@@ -157,7 +157,7 @@ func (a *App) knownAgent(ctx context.Context, id string) (k knownAgent, found bo
 		return k, true, nil
 	}
 	in := &inventoryv1.Instance{}
-	if err := InstanceTable.Get(ctx, a.pool, id, false, in); err != nil {
+	if err := InstanceTable.Get(ctx, a.pool, id, adapters.NoLock, in); err != nil {
 		if apierr.Is(err, apierr.KindNotFound) {
 			return knownAgent{}, false, nil
 		}

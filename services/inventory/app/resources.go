@@ -35,11 +35,14 @@ var (
 var networks = kind[*inventoryv1.Network]{
 	table: NetworkTable,
 	new:   func() *inventoryv1.Network { return &inventoryv1.Network{} },
-	check: func(ctx context.Context, _ *App, tx pgx.Tx, _, v *inventoryv1.Network) error {
+	check: func(ctx context.Context, _ *App, tx pgx.Tx, old, v *inventoryv1.Network) error {
 		if err := domain.ValidateNetwork(v); err != nil {
 			return err
 		}
-		return checkCloudAccount(ctx, tx, v)
+		if err := checkCloudAccount(ctx, tx, v); err != nil {
+			return err
+		}
+		return checkNetworkChange(ctx, tx, old, v)
 	},
 	beforeDelete: func(ctx context.Context, tx pgx.Tx, old *inventoryv1.Network) error {
 		return usedBy(ctx, tx, "network", old.GetName(), "network_id", old.GetId())
@@ -49,8 +52,17 @@ var networks = kind[*inventoryv1.Network]{
 var templates = kind[*inventoryv1.Template]{
 	table: TemplateTable,
 	new:   func() *inventoryv1.Template { return &inventoryv1.Template{} },
-	check: func(_ context.Context, _ *App, _ pgx.Tx, _, v *inventoryv1.Template) error {
-		return domain.ValidateTemplate(v)
+	check: func(ctx context.Context, _ *App, tx pgx.Tx, old, v *inventoryv1.Template) error {
+		if err := domain.ValidateTemplate(v); err != nil {
+			return err
+		}
+		if old != nil && old.GetProvider() != v.GetProvider() {
+			// The provider is the cloud its instances' VMs and disks are in:
+			// another would stop and delete them where they are not.
+			return usedWhere(ctx, tx, "template", old.GetName(), "template_id = $1", old.GetId(),
+				"provider can change only while no instance uses the template: their VMs and disks are on its provider; create another template for another provider")
+		}
+		return nil
 	},
 	beforeDelete: func(ctx context.Context, tx pgx.Tx, old *inventoryv1.Template) error {
 		return usedBy(ctx, tx, "template", old.GetName(), "template_id", old.GetId())
@@ -67,6 +79,65 @@ var instances = kind[*inventoryv1.Instance]{
 	check: checkInstance,
 }
 
+// checkNetworkChange says whether the instances on a network allow it to
+// change from old to v. Its provider and cloud account are where its
+// instances' VMs and disks are, so they change only while no instance uses
+// the network. Any other change must leave every instance on it valid: its
+// SSL settings fitting the new HTTPS strategy, its names the certificate.
+func checkNetworkChange(ctx context.Context, tx pgx.Tx, old, v *inventoryv1.Network) error {
+	if old == nil || proto.Equal(old, v) {
+		return nil
+	}
+	for _, f := range []struct{ name, was, is string }{
+		{"provider", old.GetProvider(), v.GetProvider()},
+		{"cloudAccountId", old.GetCloudAccountId(), v.GetCloudAccountId()},
+	} {
+		if f.was == f.is {
+			continue
+		}
+		if err := usedWhere(ctx, tx, "network", old.GetName(), "network_id = $1", old.GetId(),
+			f.name+" can change only while no instance uses the network: their VMs and disks are where it placed them; create another network for another place"); err != nil {
+			return err
+		}
+	}
+	if proto.Equal(certificatesOf(old), certificatesOf(v)) {
+		return nil
+	}
+	q := adapters.InstanceFilter{NetworkID: old.GetId()}.Query()
+	templates := map[string]*inventoryv1.Template{}
+	for token := ""; ; {
+		page, next, err := InstanceTable.List(ctx, tx, q, token, 1000, math.MaxInt, func() proto.Message { return &inventoryv1.Instance{} })
+		if err != nil {
+			return err
+		}
+		for _, m := range page {
+			in := m.(*inventoryv1.Instance)
+			t, ok := templates[in.GetTemplateId()]
+			if !ok {
+				t = &inventoryv1.Template{}
+				if err := TemplateTable.Get(ctx, tx, in.GetTemplateId(), adapters.ForShare, t); err != nil {
+					return err
+				}
+				templates[in.GetTemplateId()] = t
+			}
+			if err := domain.ValidatePlacement(in, t, v); err != nil {
+				return apierr.Conflict(apierr.ReasonInUse, "network %q is used by instance %q, which the change would leave invalid (%v): change the instance first, or create another network",
+					old.GetName(), in.GetName(), err)
+			}
+		}
+		if next == "" {
+			return nil
+		}
+		token = next
+	}
+}
+
+// certificatesOf is what of network n its instances' certificates depend
+// on, and so their SSL settings' validity.
+func certificatesOf(n *inventoryv1.Network) *inventoryv1.Network {
+	return &inventoryv1.Network{HttpsStrategy: n.GetHttpsStrategy(), Acme: n.GetAcme(), Dns: n.GetDns(), CustomCertificate: n.GetCustomCertificate()}
+}
+
 func checkInstance(ctx context.Context, a *App, tx pgx.Tx, old, v *inventoryv1.Instance) error {
 	if err := domain.ValidateInstance(v, a.reservedNames); err != nil {
 		return err
@@ -78,14 +149,14 @@ func checkInstance(ctx context.Context, a *App, tx pgx.Tx, old, v *inventoryv1.I
 			old.GetName(), old.GetState(), vocab.StateCreated, vocab.StateDeprovisioned)
 	}
 	t := &inventoryv1.Template{}
-	if err := TemplateTable.Get(ctx, tx, v.GetTemplateId(), false, t); err != nil {
+	if err := TemplateTable.Get(ctx, tx, v.GetTemplateId(), adapters.ForShare, t); err != nil {
 		if apierr.Is(err, apierr.KindNotFound) || apierr.Is(err, apierr.KindInvalid) {
 			return apierr.Invalid("templateId", "template %q does not exist", v.GetTemplateId())
 		}
 		return err
 	}
 	n := &inventoryv1.Network{}
-	if err := NetworkTable.Get(ctx, tx, v.GetNetworkId(), false, n); err != nil {
+	if err := NetworkTable.Get(ctx, tx, v.GetNetworkId(), adapters.ForShare, n); err != nil {
 		if apierr.Is(err, apierr.KindNotFound) || apierr.Is(err, apierr.KindInvalid) {
 			return apierr.Invalid("networkId", "network %q does not exist", v.GetNetworkId())
 		}

@@ -40,6 +40,9 @@ type NetworkServiceClient interface {
 	// ListNetworks lists networks, ordered by creation.
 	ListNetworks(ctx context.Context, in *ListNetworksRequest, opts ...grpc.CallOption) (*ListNetworksResponse, error)
 	// UpdateNetwork changes the fields present in the body; network.version must match.
+	// While instances use the network, its provider and cloud_account_id stay (their VMs
+	// and disks are there), and a change must leave every instance's SSL settings valid:
+	// 409 in_use names the instance.
 	UpdateNetwork(ctx context.Context, in *UpdateNetworkRequest, opts ...grpc.CallOption) (*Network, error)
 	// DeleteNetwork deletes a network no instance uses.
 	DeleteNetwork(ctx context.Context, in *DeleteNetworkRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
@@ -116,6 +119,9 @@ type NetworkServiceServer interface {
 	// ListNetworks lists networks, ordered by creation.
 	ListNetworks(context.Context, *ListNetworksRequest) (*ListNetworksResponse, error)
 	// UpdateNetwork changes the fields present in the body; network.version must match.
+	// While instances use the network, its provider and cloud_account_id stay (their VMs
+	// and disks are there), and a change must leave every instance's SSL settings valid:
+	// 409 in_use names the instance.
 	UpdateNetwork(context.Context, *UpdateNetworkRequest) (*Network, error)
 	// DeleteNetwork deletes a network no instance uses.
 	DeleteNetwork(context.Context, *DeleteNetworkRequest) (*emptypb.Empty, error)
@@ -311,6 +317,7 @@ type CloudAccountServiceClient interface {
 	// ListCloudAccounts lists cloud accounts, ordered by creation.
 	ListCloudAccounts(ctx context.Context, in *ListCloudAccountsRequest, opts ...grpc.CallOption) (*ListCloudAccountsResponse, error)
 	// UpdateCloudAccount changes the fields present in the body; cloud_account.version must match.
+	// aws.region stays while instances are on the account's networks (409 in_use).
 	UpdateCloudAccount(ctx context.Context, in *UpdateCloudAccountRequest, opts ...grpc.CallOption) (*CloudAccount, error)
 	// DeleteCloudAccount deletes a cloud account no network uses, and its secret key.
 	DeleteCloudAccount(ctx context.Context, in *DeleteCloudAccountRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
@@ -402,6 +409,7 @@ type CloudAccountServiceServer interface {
 	// ListCloudAccounts lists cloud accounts, ordered by creation.
 	ListCloudAccounts(context.Context, *ListCloudAccountsRequest) (*ListCloudAccountsResponse, error)
 	// UpdateCloudAccount changes the fields present in the body; cloud_account.version must match.
+	// aws.region stays while instances are on the account's networks (409 in_use).
 	UpdateCloudAccount(context.Context, *UpdateCloudAccountRequest) (*CloudAccount, error)
 	// DeleteCloudAccount deletes a cloud account no network uses, and its secret key.
 	DeleteCloudAccount(context.Context, *DeleteCloudAccountRequest) (*emptypb.Empty, error)
@@ -622,6 +630,7 @@ type TemplateServiceClient interface {
 	// ListTemplates lists templates, ordered by creation.
 	ListTemplates(ctx context.Context, in *ListTemplatesRequest, opts ...grpc.CallOption) (*ListTemplatesResponse, error)
 	// UpdateTemplate changes the fields present in the body; template.version must match.
+	// Its provider stays while instances use it (409 in_use).
 	UpdateTemplate(ctx context.Context, in *UpdateTemplateRequest, opts ...grpc.CallOption) (*Template, error)
 	// DeleteTemplate deletes a template no instance uses.
 	DeleteTemplate(ctx context.Context, in *DeleteTemplateRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
@@ -698,6 +707,7 @@ type TemplateServiceServer interface {
 	// ListTemplates lists templates, ordered by creation.
 	ListTemplates(context.Context, *ListTemplatesRequest) (*ListTemplatesResponse, error)
 	// UpdateTemplate changes the fields present in the body; template.version must match.
+	// Its provider stays while instances use it (409 in_use).
 	UpdateTemplate(context.Context, *UpdateTemplateRequest) (*Template, error)
 	// DeleteTemplate deletes a template no instance uses.
 	DeleteTemplate(context.Context, *DeleteTemplateRequest) (*emptypb.Empty, error)
