@@ -178,7 +178,13 @@ networkId: lab
 	}
 
 	// A secret for web-1's setup: the value never comes back.
-	c.okIn("s3cret-value\n", "instances", "secrets", "set", "web-1", "db-password")
+	if out := c.okIn("s3cret-value\n", "instances", "secrets", "set", "web-1", "db-password"); strings.Contains(out, "reprovision") {
+		t.Fatalf("a first value is not a replacement:\n%s", out)
+	}
+	// Replacing it says when the instance reads the new value.
+	if out := c.okIn("s3cret-value\n", "instances", "secrets", "set", "web-1", "db-password"); !strings.Contains(out, "(version 2)") || !strings.Contains(out, "reprovision web-1 for the new value") {
+		t.Fatalf("a replaced secret:\n%s", out)
+	}
 	if out := c.ok("instances", "secrets", "list", "web-1", "-o", "table"); !strings.Contains(out, "db-password") || strings.Contains(out, "s3cret-value") {
 		t.Fatalf("secrets list:\n%s", out)
 	}

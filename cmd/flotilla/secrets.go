@@ -22,7 +22,9 @@ func secretsCommand(opts *clientOptions) *cobra.Command {
 		Short: "An instance's secrets: set, list (names only), delete; only its agent reads their values",
 		Long: `Secrets bound to an instance, kept encrypted: its agent alone reads their
 values, in setup actions (${secret:NAME} in a file's content) and in the node
-software's configuration. Their values never come back out of the API.`,
+software's configuration, as setup runs and the node software starts: a value
+replaced on a provisioned instance takes effect when it is reprovisioned.
+Their values never come back out of the API.`,
 		Example: `  flotilla instances secrets set web-1 db-password < password.txt
   flotilla instances secrets list web-1`,
 	}
@@ -50,6 +52,9 @@ software's configuration. Their values never come back out of the API.`,
 				return fmt.Errorf("set secret %s of %s: %w", args[1], args[0], err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "secret %s of %s set (version %d)\n", sec.GetName(), args[0], sec.GetVersion())
+			if sec.GetVersion() > 1 {
+				fmt.Fprintf(cmd.OutOrStdout(), "a provisioned instance reads values as its setup runs and its node software starts: reprovision %s for the new value to take effect\n", args[0])
+			}
 			return nil
 		},
 	}
