@@ -250,7 +250,7 @@ func (a *agent) keepACMECertificate(ctx context.Context, certPEM, keyPEM []byte)
 // acmeCertificate installs the node software's first certificate: the one
 // the manager kept for the instance if still good, else a new order (the
 // bootstrap fails, naming why, when it cannot be had), handed to the
-// manager to keep. acmeLoop renews it from then on.
+// manager to keep. certLoop renews it from then on.
 func (a *agent) acmeCertificate(ctx context.Context, spec *nodeSpec, o *agentv1.AcmeOrder) error {
 	if o == nil || len(o.GetDomains()) == 0 || o.GetDirectoryUrl() == "" {
 		return errors.New("acme: the command carries no ACME order (directory and domains)")
@@ -262,7 +262,6 @@ func (a *agent) acmeCertificate(ctx context.Context, spec *nodeSpec, o *agentv1.
 			return err
 		}
 		a.logf(ctx, "installed the ACME certificate the manager kept for this instance (%s): no new order", certSummary(certPEM))
-		a.kickACME(false)
 		return nil
 	}
 	a.logf(ctx, "ordering the node software's certificate for %v from %s (%s)", spec.ACME.Domains, spec.ACME.DirectoryURL, spec.ACME.how())
@@ -276,114 +275,5 @@ func (a *agent) acmeCertificate(ctx context.Context, spec *nodeSpec, o *agentv1.
 	}
 	a.logf(ctx, "installed the node software's ACME certificate (%s)", certSummary(certPEM))
 	a.keepACMECertificate(ctx, certPEM, keyPEM)
-	a.kickACME(false)
 	return nil
-}
-
-// certSummary names a PEM chain's leaf for the logs: serial and expiry.
-func certSummary(certPEM []byte) string {
-	certs, err := pki.ParseCertificatesPEM(certPEM)
-	if err != nil {
-		return err.Error()
-	}
-	return fmt.Sprintf("serial %s, valid until %s", pki.Serial(certs[0]), certs[0].NotAfter.UTC().Format(time.RFC3339))
-}
-
-// renewalDue is when the certificate in file is renewed: at two thirds of
-// its lifetime; now when it cannot be read.
-func renewalDue(file string) time.Time {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return time.Time{}
-	}
-	return renewalDueOf(b)
-}
-
-// renewalDueOf is when the PEM chain's leaf is renewed: at two thirds of
-// its lifetime; the zero time when it cannot be read.
-func renewalDueOf(certPEM []byte) time.Time {
-	certs, err := pki.ParseCertificatesPEM(certPEM)
-	if err != nil {
-		return time.Time{}
-	}
-	c := certs[0]
-	return c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) * 2 / 3)
-}
-
-// kickACME wakes acmeLoop: to look at the state again, or (force) to
-// renew at once (:refresh-certificate).
-func (a *agent) kickACME(force bool) {
-	if force {
-		a.acmeForce.Store(true)
-	}
-	select {
-	case a.acmeKick <- struct{}{}:
-	default:
-	}
-}
-
-// acmeRetry is how long a failed renewal waits before the next attempt;
-// acmeIdle how often the loop looks for an order when it has none.
-const (
-	acmeRetry = time.Minute
-	acmeIdle  = 30 * time.Second
-)
-
-// acmeLoop renews the node software's ACME certificate at two thirds of its
-// lifetime (or when asked), writing the new pair where the running node
-// reads it: the node serves it from its next handshake. A failure is
-// logged, to the instance's logs, and retried.
-func (a *agent) acmeLoop(ctx context.Context) {
-	var retryAt time.Time
-	for {
-		// With no order yet, look again soon: a bootstrap records the node's
-		// spec only once the node runs.
-		wait := acmeIdle
-		spec := a.state.Get().Node
-		if spec != nil && spec.ACME != nil && !spec.Stopped {
-			wait = time.Until(renewalDue(spec.CertFile))
-			if !retryAt.IsZero() {
-				wait = max(wait, time.Until(retryAt))
-			}
-		}
-		if a.acmeForce.Load() {
-			wait = 0
-		}
-		timer := time.NewTimer(max(wait, 0))
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return
-		case <-a.acmeKick:
-			timer.Stop()
-			if !a.acmeForce.Load() {
-				continue
-			}
-		case <-timer.C:
-		}
-		forced := a.acmeForce.Swap(false)
-		spec = a.state.Get().Node
-		if spec == nil || spec.ACME == nil || spec.Stopped {
-			continue
-		}
-		a.logf(ctx, "renewing the node software's ACME certificate for %v (forced: %t)", spec.ACME.Domains, forced)
-		certPEM, keyPEM, err := a.acmeObtain(ctx, spec.ACME)
-		if err == nil {
-			s := *spec
-			if err = a.writeNodeTLS(&s, certPEM, keyPEM); err == nil {
-				a.keepACMECertificate(ctx, certPEM, keyPEM)
-			}
-			clear(keyPEM)
-		}
-		cmdID := a.state.Get().CompletedCommandID
-		if err != nil {
-			retryAt = time.Now().Add(acmeRetry)
-			a.logf(ctx, "renewing the ACME certificate failed, trying again in %s: %v", acmeRetry, err)
-			a.progress(ctx, cmdID, vocab.StepRenewingCertificate, vocab.ProgressFailed, fmt.Sprintf("ACME: %v (retrying in %s)", err, acmeRetry), 0)
-			continue
-		}
-		retryAt = time.Time{}
-		a.logf(ctx, "renewed the node software's ACME certificate (%s)", certSummary(certPEM))
-		a.progress(ctx, cmdID, vocab.StepRenewingCertificate, vocab.ProgressSucceeded, "ACME: "+certSummary(certPEM), 0)
-	}
 }

@@ -32,7 +32,7 @@ func TestACMEIssuesAndRenewsWithoutARestart(t *testing.T) {
 	port := testkit.FreePort(t)
 	p := testkit.StartPebble(t, port)
 	ta := newTestAgent(t)
-	go ta.acmeLoop(t.Context())
+	go ta.certLoop(t.Context())
 	b := &agentv1.Bootstrap{InstanceName: "acme-1", NodeVersion: "1.2.3", HttpsStrategy: "acme", Acme: &agentv1.AcmeOrder{
 		DirectoryUrl: p.DirectoryURL, ContactEmail: "ops@fleet.test", Domains: []string{"node.test"},
 		HttpPort: int32(port), DirectoryCaPem: p.DirectoryCAPEM}}

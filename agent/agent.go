@@ -56,9 +56,9 @@ type agent struct {
 	lostMu    sync.Mutex
 	lost      chan struct{} // closed when the current stream ends
 
-	// acmeKick wakes acmeLoop; acmeForce makes it renew at once.
-	acmeKick  chan struct{}
-	acmeForce atomic.Bool
+	// certKick wakes certLoop; certForce makes it renew at once.
+	certKick  chan struct{}
+	certForce atomic.Bool
 
 	// released is closed when the gateway says the instance let this VM
 	// go (agent.v1.Release); releasedWhy is its reason.
@@ -108,7 +108,7 @@ func Run(ctx context.Context, cfg Config) error {
 	wg.Go(func() { a.statsLoop(bg) })
 	wg.Go(func() { a.renewLoop(bg) })
 	wg.Go(func() { a.commandLoop(bg) })
-	wg.Go(func() { a.acmeLoop(bg) })
+	wg.Go(func() { a.certLoop(bg) })
 	if st := a.state.Get(); st.CompletedCommandID != "" && st.Node != nil && !st.Node.Stopped {
 		wg.Go(func() {
 			if _, err := a.node.Start(bg, *st.Node); err != nil {
@@ -200,12 +200,15 @@ func newAgent(cfg Config) (*agent, error) {
 		mask:       &masker{},
 		cycle:      make(chan struct{}, 1),
 		pending:    map[string]chan *agentv1.GatewayMessage{},
-		acmeKick:   make(chan struct{}, 1),
+		certKick:   make(chan struct{}, 1),
 		lost:       make(chan struct{}),
 		released:   make(chan struct{}),
 	}
 	a.node = &nodeRunner{a: a}
 	a.tlsSessions = NewSessionCache(a.tlsCert)
+	if err := a.adoptFleetCACert(); err != nil {
+		return nil, err
+	}
 	if created {
 		a.logf(context.Background(), "generated the agent key")
 	}

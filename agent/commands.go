@@ -102,6 +102,7 @@ func (a *agent) bootstrap(ctx context.Context, id string, b *agentv1.Bootstrap) 
 		a.progress(ctx, id, vocab.StepStarting, vocab.ProgressFailed, a.mask.Mask(err.Error()), 0)
 		return
 	}
+	a.kickCert(false) // a certificate of its own to renew from now on
 	a.progress(ctx, id, vocab.StepStarting, vocab.ProgressSucceeded, url, 0)
 	a.progress(ctx, id, vocab.StepDone, vocab.ProgressSucceeded, url, 0)
 }
@@ -220,18 +221,20 @@ func (a *agent) writeNodeTLS(spec *nodeSpec, certPEM, keyPEM []byte) error {
 	return nil
 }
 
-// refreshCertificate fetches the custom certificate and key again (on the
-// operator's :refresh-certificate); the running node software serves them
-// from its next handshake, without a restart.
+// refreshCertificate is the operator's :refresh-certificate: a
+// certificate the agent renews itself (the fleet CA's, an ACME one) is
+// renewed now, for the instance's names as they are now; a custom one is
+// fetched again with its key. The running node software serves the new
+// pair from its next handshake, without a restart.
 func (a *agent) refreshCertificate(ctx context.Context, id string) {
 	st := a.state.Get()
 	if st.Node == nil || st.Node.CertFile == "" {
 		a.logf(ctx, "command %s: refresh-certificate: the node software serves no certificate here; ignored", id)
 		return
 	}
-	if st.Node.ACME != nil {
-		a.logf(ctx, "command %s: renewing the ACME certificate now", id)
-		a.kickACME(true)
+	if renewsNodeCert(st.Node) {
+		a.logf(ctx, "command %s: renewing the node software's certificate now", id)
+		a.kickCert(true)
 		return
 	}
 	spec := *st.Node
@@ -277,6 +280,7 @@ func (a *agent) serverCertificate(ctx context.Context, spec *nodeSpec) error {
 	if err := a.writeNodeTLS(spec, []byte(r.GetCertificatePem()), keyPEM); err != nil {
 		return err
 	}
+	spec.FleetCA = true
 	a.logf(ctx, "got the node software's server certificate from the fleet CA")
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,6 +31,9 @@ type testAgent struct {
 	secrets map[string]string
 	// acme plays the manager's ACME part (acme_test.go); guarded by mu.
 	acme *acmeManager
+	// serverTTL is how long the server certificates it issues last (an
+	// hour unless a test sets it before asking).
+	serverTTL atomic.Int64
 
 	mu       sync.Mutex
 	progress []*agentv1.Progress
@@ -58,6 +62,7 @@ func newTestAgent(t *testing.T) *testAgent {
 		t.Fatal(err)
 	}
 	ta := &testAgent{agent: a, ca: ca, secrets: map[string]string{}, acme: newACMEManager(t)}
+	ta.serverTTL.Store(int64(time.Hour))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go ta.serve(ctx, done)
@@ -92,7 +97,7 @@ func (ta *testAgent) serve(ctx context.Context, done chan struct{}) {
 				csr, err := pki.ParseCSR(b.ServerCertRequest.GetCsrDer())
 				if err == nil {
 					var iss *pki.Issued
-					iss, err = ta.ca.Issue(csr.PublicKey, pki.ServerProfile("node.test", []string{"node.test"}, []net.IP{net.IPv4(127, 0, 0, 1)}, time.Now(), time.Hour))
+					iss, err = ta.ca.Issue(csr.PublicKey, pki.ServerProfile("node.test", []string{"node.test"}, []net.IP{net.IPv4(127, 0, 0, 1)}, time.Now(), time.Duration(ta.serverTTL.Load())))
 					if err == nil {
 						r.CertificatePem, r.CaPem = string(iss.PEM), string(ta.ca.CertificatePEM())
 					}
@@ -335,6 +340,62 @@ func TestBootstrapStartsTheNodeSoftwareOverHTTPS(t *testing.T) {
 	}
 	if !strings.Contains(ta.logText(SourceNode), "GET / 200") {
 		t.Error("the node software's request log did not reach the logs")
+	}
+}
+
+// TestTheFleetCACertificateIsRenewedBeforeItEnds: the node's certificate
+// from the fleet CA ("self-signed") is the agent's to renew: at two thirds
+// of its lifetime, and at once on :refresh-certificate, each served from
+// the next handshake and reported as renewing-certificate progress. A
+// state file from before the agent renewed them has its certificate
+// marked as the fleet CA's at start.
+func TestTheFleetCACertificateIsRenewedBeforeItEnds(t *testing.T) {
+	t.Parallel()
+	ta := newTestAgent(t)
+	ta.serverTTL.Store(int64(3 * time.Second))
+	go ta.certLoop(t.Context())
+	ta.bootstrap(t.Context(), "cmd-ca", &agentv1.Bootstrap{InstanceName: "alpha", NodeVersion: "1.2.3", HttpsStrategy: "self-signed"})
+	if st := ta.state.Get(); st.Node == nil || !st.Node.FleetCA {
+		t.Fatalf("the node's certificate is not marked the fleet CA's: %+v (last progress %v)", st.Node, ta.lastProgress())
+	}
+	addr := strings.TrimSuffix(strings.TrimPrefix(ta.node.URL(), "https://"), "/")
+	first := leafAt(t, addr, ta.ca.Pool())
+
+	// Before the first ends (3 s), a second is served, and a third.
+	seen := []*x509.Certificate{first}
+	for deadline := first.NotAfter; len(seen) < 3; time.Sleep(100 * time.Millisecond) {
+		if now := leafAt(t, addr, ta.ca.Pool()); !now.Equal(seen[len(seen)-1]) {
+			seen = append(seen, now)
+			deadline = now.NotAfter
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("certificate %d was not renewed before it ended at %s\n%s", len(seen), deadline, ta.logText(SourceAgent))
+		}
+	}
+	if !strings.Contains(strings.Join(ta.steps(t), ","), "renewing-certificate succeeded") {
+		t.Errorf("no renewal reported: %v", ta.steps(t))
+	}
+
+	// :refresh-certificate renews now, whatever the lifetime left.
+	ta.serverTTL.Store(int64(time.Hour))
+	for before := leafAt(t, addr, ta.ca.Pool()); time.Until(before.NotAfter) < 30*time.Minute; before = leafAt(t, addr, ta.ca.Pool()) {
+		time.Sleep(100 * time.Millisecond) // the next renewal issues an hour's
+	}
+	long := leafAt(t, addr, ta.ca.Pool())
+	ta.refreshCertificate(t.Context(), "cmd-refresh")
+	for deadline := time.Now().Add(10 * time.Second); leafAt(t, addr, ta.ca.Pool()).Equal(long); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the node still serves serial %v after :refresh-certificate\n%s", long.SerialNumber, ta.logText(SourceAgent))
+		}
+	}
+
+	// An older agent's state file has no mark; the certificate chains to
+	// the fleet CA, so it is the agent's to renew.
+	if err := ta.state.Update(func(s *state) { s.Node.FleetCA = false }); err != nil {
+		t.Fatal(err)
+	}
+	if err := ta.adoptFleetCACert(); err != nil || !ta.state.Get().Node.FleetCA {
+		t.Fatalf("an older state's fleet CA certificate: marked %t, %v", ta.state.Get().Node.FleetCA, err)
 	}
 }
 

@@ -45,8 +45,11 @@ type nodeSpec struct {
 	Env []string `json:"env,omitempty"`
 	// Stopped is set by StopNode: the agent does not start it at restart.
 	Stopped bool `json:"stopped,omitempty"`
-	// ACME is the order of an "acme" certificate, renewed by acmeLoop.
+	// ACME is the order of an "acme" certificate, renewed by certLoop.
 	ACME *acmeSpec `json:"acme,omitempty"`
+	// FleetCA is set when the certificate is the fleet CA's ("self-signed"),
+	// renewed by certLoop.
+	FleetCA bool `json:"fleetCA,omitempty"`
 }
 
 // stateStore is the state file, rewritten whole (write, sync, rename) on

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -220,6 +221,28 @@ func TestProvisionAnInstanceEndToEnd(t *testing.T) {
 	url := in["addresses"].(map[string]any)["url"].(string) // known once running
 	checkServedCert(t, url, caPEM, "design-1.fleet.test")
 
+	// A SAN added to the running instance reaches its node at
+	// :refresh-certificate: the agent renews its fleet CA certificate for
+	// the names the instance has now, served without a restart.
+	cur := f.api(200, "GET", "/api/v1/instances/"+id, "")
+	f.api(200, "PATCH", "/api/v1/instances/"+id, fmt.Sprintf(`{"version":"%v","ssl":{"sans":["design-1.fleet.test","design-one.fleet.test"]}}`, cur["version"]))
+	f.api(200, "POST", "/api/v1/instances/"+id+":refresh-certificate", "")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		resp, err := fleetClient(t, caPEM).Get(url)
+		if err != nil {
+			t.Fatalf("HTTPS to the node software after the refresh: %v", err)
+		}
+		resp.Body.Close()
+		if slices.Contains(resp.TLS.PeerCertificates[0].DNSNames, "design-one.fleet.test") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30 s after :refresh-certificate the node serves SANs %v\n%s", resp.TLS.PeerCertificates[0].DNSNames,
+				f.raw("/api/v1/instances/"+id+"/logs?pageSize=5000"))
+		}
+	}
+	checkServedCert(t, url, caPEM, "design-one.fleet.test")
+
 	// follow=true streams new lines as server-sent events: a heartbeat-free
 	// way to see one is a request to the node software, which it logs.
 	f.followLogs(id, func() { _, _ = fleetClient(t, caPEM).Get(url + "from-sse-test") })
@@ -227,6 +250,9 @@ func TestProvisionAnInstanceEndToEnd(t *testing.T) {
 	// A second instance's agent cannot read the first one's secret.
 	otherNet, otherTmpl := f.setup("other", "none", `[{"type":"file","path":"stolen.txt","content":"${secret:db-password}"}]`)
 	other := f.instance("other-1", otherNet, otherTmpl, "")
+	if out := f.api(400, "POST", "/api/v1/instances/"+other+":refresh-certificate", ""); !strings.Contains(fmt.Sprint(out["message"]), "serves no certificate") {
+		t.Errorf(":refresh-certificate on a network without HTTPS: %v", out)
+	}
 	f.api(200, "POST", "/api/v1/instances/"+other+":provision", "")
 	failed := f.waitState(other, "failed", 3*time.Minute)
 	if !strings.Contains(fmt.Sprint(failed["stateDetail"]), "running-setup") {

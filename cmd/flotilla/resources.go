@@ -97,10 +97,10 @@ func newResourceCommands(opts *clientOptions) []*cobra.Command {
 			"until the new VM runs", "  flotilla instances reprovision web-1 --wait --timeout 30m"),
 		logsCommand(opts), eventsCommand(opts), secretsCommand(opts),
 		instances.actionCommand(opts, action{verb: "refresh-certificate",
-			short:   "Have instances' agents fetch their custom certificate again, or renew their ACME one now, served without a restart",
+			short:   "Have instances' agents renew their certificate now (the fleet CA's or an ACME one, for the names the instance has now) or fetch their custom one again, served without a restart",
 			example: "  flotilla instances refresh-certificate web-1", answer: &inventoryv1.Instance{},
 			line: func(in, _ proto.Message) string {
-				return stringField(in, "name") + ": the agent fetches its certificate again"
+				return stringField(in, "name") + ": the agent renews its certificate (a custom one: fetches it again)"
 			}}),
 		joinTokenCommand(opts))
 	accounts := cloudAccounts.command(opts, cloudAccounts.actionCommand(opts, action{verb: "verify",

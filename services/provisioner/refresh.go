@@ -15,8 +15,10 @@ import (
 
 // refreshCertificate is an operator's :refresh-certificate: the running
 // instance's agent fetches its custom certificate and key again (the CA
-// reads an AWS Secrets Manager key anew), or renews its ACME certificate
-// now; the node software serves the new pair without a restart. Only this
+// reads an AWS Secrets Manager key anew), or renews its fleet CA or ACME
+// certificate now, for the instance's names as they are now (a change of
+// ssl.sans or ssl.domains takes effect so); the node software serves the
+// new pair without a restart. Only this
 // one command can be asked for: the gateway never commands agents itself.
 func (s *Service) refreshCertificate(ctx context.Context, actor vocab.Actor, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
 	in, err := rpc.Call(ctx, s.bus, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: r.GetId()})
@@ -27,9 +29,9 @@ func (s *Service) refreshCertificate(ctx context.Context, actor vocab.Actor, r *
 	if err != nil {
 		return nil, err
 	}
-	if st := vocab.HTTPSStrategy(n.GetHttpsStrategy()); st != vocab.HTTPSCustomCertificate && st != vocab.HTTPSACME {
-		return nil, apierr.Invalid("id", "instance %q is on network %q, whose httpsStrategy is %q, not %q or %q",
-			in.GetName(), n.GetName(), n.GetHttpsStrategy(), vocab.HTTPSCustomCertificate, vocab.HTTPSACME)
+	if vocab.HTTPSStrategy(n.GetHttpsStrategy()) == vocab.HTTPSNone {
+		return nil, apierr.Invalid("id", "instance %q is on network %q, whose httpsStrategy is %q: it serves no certificate",
+			in.GetName(), n.GetName(), n.GetHttpsStrategy())
 	}
 	if vocab.State(in.GetState()) != vocab.StateRunning {
 		return nil, apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: its certificate is refreshed while it is %s",

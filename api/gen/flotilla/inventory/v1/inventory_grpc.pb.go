@@ -921,9 +921,11 @@ type InstanceServiceClient interface {
 	DeprovisionInstance(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
 	// ReprovisionInstance replaces the VM: deprovision then provision, same data disk.
 	ReprovisionInstance(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
-	// RefreshCertificate has the instance's agent fetch its custom certificate
-	// and key again (an AWS Secrets Manager key is read anew), or renew its
-	// ACME certificate now, and the node software serve them without a restart.
+	// RefreshCertificate has the instance's agent renew its certificate now (the
+	// fleet CA's for "self-signed", an ACME one: for the instance's names as they
+	// are now, so a change of ssl.sans or ssl.domains takes effect) or fetch its
+	// custom certificate and key again (an AWS Secrets Manager key is read anew),
+	// and the node software serve them without a restart.
 	RefreshCertificate(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
 	// ListInstanceLogs pages through the instance's retained log output (agent,
 	// setup actions, node software), oldest first or newest first. Over REST,
@@ -1125,9 +1127,11 @@ type InstanceServiceServer interface {
 	DeprovisionInstance(context.Context, *InstanceActionRequest) (*Instance, error)
 	// ReprovisionInstance replaces the VM: deprovision then provision, same data disk.
 	ReprovisionInstance(context.Context, *InstanceActionRequest) (*Instance, error)
-	// RefreshCertificate has the instance's agent fetch its custom certificate
-	// and key again (an AWS Secrets Manager key is read anew), or renew its
-	// ACME certificate now, and the node software serve them without a restart.
+	// RefreshCertificate has the instance's agent renew its certificate now (the
+	// fleet CA's for "self-signed", an ACME one: for the instance's names as they
+	// are now, so a change of ssl.sans or ssl.domains takes effect) or fetch its
+	// custom certificate and key again (an AWS Secrets Manager key is read anew),
+	// and the node software serve them without a restart.
 	RefreshCertificate(context.Context, *InstanceActionRequest) (*Instance, error)
 	// ListInstanceLogs pages through the instance's retained log output (agent,
 	// setup actions, node software), oldest first or newest first. Over REST,
