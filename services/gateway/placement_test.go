@@ -52,7 +52,28 @@ func TestAChangeThatWouldStrandInstancesIsRefused(t *testing.T) {
 	net = e.must(200, "PATCH", netPath, reply{"version": net["version"], "dns": reply{"hostnamePattern": "{name}.lab.example"}})
 	// Without the instance's SANs, a network without HTTPS fits it.
 	e.must(200, "PATCH", "/api/v1/instances/"+in["id"].(string), reply{"version": in["version"], "ssl": reply{}})
-	e.must(200, "PATCH", netPath, reply{"version": net["version"], "httpsStrategy": "none"})
+	net = e.must(200, "PATCH", netPath, reply{"version": net["version"], "httpsStrategy": "none"})
+
+	// A provisioned instance keeps its name (in its certificate, DNS
+	// records and ACME domains) and what it was made from.
+	if _, err := e.pool.Exec(t.Context(), `UPDATE instances SET state = 'running', spec = spec || '{"state":"running"}' WHERE id = $1`, in["id"]); err != nil {
+		t.Fatal(err)
+	}
+	in = e.must(200, "GET", "/api/v1/instances/"+in["id"].(string), nil)
+	other := e.template("other")
+	for field, value := range map[string]any{"name": "db-one", "templateId": other["id"], "kind": "automation"} {
+		var apiErr struct{ Reason, Message string }
+		if code := e.call("PATCH", "/api/v1/instances/"+in["id"].(string), reply{"version": in["version"], field: value}, &apiErr, ""); code != http.StatusConflict ||
+			apiErr.Reason != "invalid_state" || !strings.Contains(apiErr.Message, field) {
+			t.Errorf("change %s of a running instance: %d %+v; want 409 invalid_state naming it", field, code, apiErr)
+		}
+	}
+	if got := e.must(200, "GET", "/api/v1/instances/"+in["id"].(string), nil); got["name"] != "db-1" || got["version"] != in["version"] {
+		t.Fatalf("the refused instance changed: %v", got)
+	}
+	// Nor does its network's host name pattern change under it.
+	refused("the network's host name pattern", "PATCH", netPath, reply{"version": net["version"], "dns": reply{"hostnamePattern": "{id}.lab.example"}},
+		"dns.hostnamePattern", "instances db-1:")
 
 	// A cloud account's region holds the VMs of the instances on its
 	// networks.
@@ -64,8 +85,8 @@ func TestAChangeThatWouldStrandInstancesIsRefused(t *testing.T) {
 	ami := e.must(200, "POST", "/api/v1/templates", reply{"name": "ami", "provider": "aws", "dataDiskGb": 10, "image": "ami-0123456789abcdef0", "instanceType": "t3.small"})
 	e.must(200, "POST", "/api/v1/instances", reply{"name": "db-1-aws", "kind": "design", "templateId": ami["id"], "networkId": vpc["id"]})
 	refused("the account's region", "PATCH", accPath, reply{"version": acc["version"], "aws": reply{"region": "eu-west-1"}}, "aws.region", "instances db-1-aws:")
-	other := e.must(200, "POST", "/api/v1/cloud-accounts", reply{"name": "other-aws", "provider": "aws", "aws": reply{"region": "eu-west-2"}})
-	refused("the network's account", "PATCH", "/api/v1/networks/"+vpc["id"].(string), reply{"version": vpc["version"], "cloudAccountId": other["id"]}, "cloudAccountId", "instances db-1-aws:")
+	otherAcc := e.must(200, "POST", "/api/v1/cloud-accounts", reply{"name": "other-aws", "provider": "aws", "aws": reply{"region": "eu-west-2"}})
+	refused("the network's account", "PATCH", "/api/v1/networks/"+vpc["id"].(string), reply{"version": vpc["version"], "cloudAccountId": otherAcc["id"]}, "cloudAccountId", "instances db-1-aws:")
 	if got := e.must(200, "GET", accPath, nil); got["aws"].(map[string]any)["region"] != "eu-west-2" {
 		t.Fatalf("the refused account changed: %v", got)
 	}

@@ -82,8 +82,9 @@ var instances = kind[*inventoryv1.Instance]{
 // checkNetworkChange says whether the instances on a network allow it to
 // change from old to v. Its provider and cloud account are where its
 // instances' VMs and disks are, so they change only while no instance uses
-// the network. Any other change must leave every instance on it valid: its
-// SSL settings fitting the new HTTPS strategy, its names the certificate.
+// the network; its host name pattern only while none is provisioned. Any
+// other change must leave every instance on it valid: its SSL settings
+// fitting the new HTTPS strategy, its names the certificate.
 func checkNetworkChange(ctx context.Context, tx pgx.Tx, old, v *inventoryv1.Network) error {
 	if old == nil || proto.Equal(old, v) {
 		return nil
@@ -97,6 +98,14 @@ func checkNetworkChange(ctx context.Context, tx pgx.Tx, old, v *inventoryv1.Netw
 		}
 		if err := usedWhere(ctx, tx, "network", old.GetName(), "network_id = $1", old.GetId(),
 			f.name+" can change only while no instance uses the network: their VMs and disks are where it placed them; create another network for another place"); err != nil {
+			return err
+		}
+	}
+	if old.GetDns().GetHostnamePattern() != v.GetDns().GetHostnamePattern() {
+		// The names it gave are in provisioned instances' DNS records and
+		// certificates, and are their ACME domains, renewed as they are.
+		if err := usedWhere(ctx, tx, "network", old.GetName(), "network_id = $1 AND state NOT IN ('"+string(vocab.StateCreated)+"', '"+string(vocab.StateDeprovisioned)+"')", old.GetId(),
+			"dns.hostnamePattern can change only while no instance on the network is provisioned: their DNS records and certificates carry the names it gave; deprovision them first"); err != nil {
 			return err
 		}
 	}
@@ -143,9 +152,11 @@ func checkInstance(ctx context.Context, a *App, tx pgx.Tx, old, v *inventoryv1.I
 		return err
 	}
 	domain.FillLogRetention(v)
+	// What a VM was made from and is known by (its certificate's and DNS
+	// records' names, its ACME domains) stays while it has one.
 	if old != nil && !vocab.State(old.GetState()).AtRest() &&
-		(old.GetTemplateId() != v.GetTemplateId() || old.GetNetworkId() != v.GetNetworkId() || old.GetKind() != v.GetKind()) {
-		return apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: kind, templateId and networkId can change only while it is %s or %s",
+		(old.GetTemplateId() != v.GetTemplateId() || old.GetNetworkId() != v.GetNetworkId() || old.GetKind() != v.GetKind() || old.GetName() != v.GetName()) {
+		return apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: kind, name, templateId and networkId can change only while it is %s or %s",
 			old.GetName(), old.GetState(), vocab.StateCreated, vocab.StateDeprovisioned)
 	}
 	t := &inventoryv1.Template{}

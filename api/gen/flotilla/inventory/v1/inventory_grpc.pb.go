@@ -41,8 +41,8 @@ type NetworkServiceClient interface {
 	ListNetworks(ctx context.Context, in *ListNetworksRequest, opts ...grpc.CallOption) (*ListNetworksResponse, error)
 	// UpdateNetwork changes the fields present in the body; network.version must match.
 	// While instances use the network, its provider and cloud_account_id stay (their VMs
-	// and disks are there), and a change must leave every instance's SSL settings valid:
-	// 409 in_use names the instance.
+	// and disks are there), dns.hostname_pattern stays while one is provisioned, and a
+	// change must leave every instance's SSL settings valid: 409 in_use names the instance.
 	UpdateNetwork(ctx context.Context, in *UpdateNetworkRequest, opts ...grpc.CallOption) (*Network, error)
 	// DeleteNetwork deletes a network no instance uses.
 	DeleteNetwork(ctx context.Context, in *DeleteNetworkRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
@@ -120,8 +120,8 @@ type NetworkServiceServer interface {
 	ListNetworks(context.Context, *ListNetworksRequest) (*ListNetworksResponse, error)
 	// UpdateNetwork changes the fields present in the body; network.version must match.
 	// While instances use the network, its provider and cloud_account_id stay (their VMs
-	// and disks are there), and a change must leave every instance's SSL settings valid:
-	// 409 in_use names the instance.
+	// and disks are there), dns.hostname_pattern stays while one is provisioned, and a
+	// change must leave every instance's SSL settings valid: 409 in_use names the instance.
 	UpdateNetwork(context.Context, *UpdateNetworkRequest) (*Network, error)
 	// DeleteNetwork deletes a network no instance uses.
 	DeleteNetwork(context.Context, *DeleteNetworkRequest) (*emptypb.Empty, error)
@@ -909,6 +909,8 @@ type InstanceServiceClient interface {
 	// state, kind, network, template and a search of names, ids and addresses.
 	ListInstances(ctx context.Context, in *ListInstancesRequest, opts ...grpc.CallOption) (*ListInstancesResponse, error)
 	// UpdateInstance changes the fields present in the body; instance.version must match.
+	// Its name, kind, template_id and network_id change only while it is created or
+	// deprovisioned (409 invalid_state).
 	UpdateInstance(ctx context.Context, in *UpdateInstanceRequest, opts ...grpc.CallOption) (*Instance, error)
 	// DeleteInstance deletes an instance that is deprovisioned, failed or was
 	// never provisioned. One that was never provisioned is gone at once; for the
@@ -1115,6 +1117,8 @@ type InstanceServiceServer interface {
 	// state, kind, network, template and a search of names, ids and addresses.
 	ListInstances(context.Context, *ListInstancesRequest) (*ListInstancesResponse, error)
 	// UpdateInstance changes the fields present in the body; instance.version must match.
+	// Its name, kind, template_id and network_id change only while it is created or
+	// deprovisioned (409 invalid_state).
 	UpdateInstance(context.Context, *UpdateInstanceRequest) (*Instance, error)
 	// DeleteInstance deletes an instance that is deprovisioned, failed or was
 	// never provisioned. One that was never provisioned is gone at once; for the
