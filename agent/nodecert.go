@@ -127,6 +127,24 @@ func (a *agent) renewNodeCert(ctx context.Context, spec *nodeSpec, forced bool) 
 	return certSummary(b), nil
 }
 
+// nodeCertEnd is when the certificate the running node software serves
+// ends; zero when it serves none.
+func (a *agent) nodeCertEnd() time.Time {
+	spec := a.state.Get().Node
+	if spec == nil || spec.CertFile == "" || a.node.URL() == "" {
+		return time.Time{}
+	}
+	b, err := os.ReadFile(spec.CertFile)
+	if err != nil {
+		return time.Time{}
+	}
+	certs, err := pki.ParseCertificatesPEM(b)
+	if err != nil {
+		return time.Time{}
+	}
+	return certs[0].NotAfter
+}
+
 // adoptFleetCACert marks a node certificate the fleet CA issued as the
 // agent's to renew, for a state file written before the agent renewed
 // them (which has no fleetCA): one that chains to the fleet CA is.

@@ -294,5 +294,8 @@ func (a *agent) heartbeat() *agentv1.AgentMessage {
 	if ip := a.privateIP.Load(); ip != nil {
 		hb.PrivateIp = *ip
 	}
+	if end := a.nodeCertEnd(); !end.IsZero() {
+		hb.NodeCertificateNotAfter = timestamppb.New(end)
+	}
 	return &agentv1.AgentMessage{Body: &agentv1.AgentMessage_Heartbeat{Heartbeat: hb}}
 }

@@ -389,6 +389,12 @@ func TestTheFleetCACertificateIsRenewedBeforeItEnds(t *testing.T) {
 		}
 	}
 
+	// Heartbeats say when the served certificate ends.
+	served := leafAt(t, addr, ta.ca.Pool())
+	if end := ta.heartbeat().GetHeartbeat().GetNodeCertificateNotAfter(); end == nil || !end.AsTime().Equal(served.NotAfter) {
+		t.Errorf("a heartbeat says the node certificate ends %v, want %v", end, served.NotAfter)
+	}
+
 	// An older agent's state file has no mark; the certificate chains to
 	// the fleet CA, so it is the agent's to renew.
 	if err := ta.state.Update(func(s *state) { s.Node.FleetCA = false }); err != nil {

@@ -184,9 +184,12 @@ const (
 	VerbAgentConnected    = Verb("agent-connected")
 	VerbAgentDisconnected = Verb("agent-disconnected")
 	VerbProgress          = Verb("progress")
-	VerbRunning           = Verb("running")
-	VerbDeprovisioned     = Verb("deprovisioned")
-	VerbFailed            = Verb("failed")
+	// VerbCertificateChanged: the agent reports that the node software
+	// serves a certificate with another end (a renewal, a refresh).
+	VerbCertificateChanged = Verb("certificate-changed")
+	VerbRunning            = Verb("running")
+	VerbDeprovisioned      = Verb("deprovisioned")
+	VerbFailed             = Verb("failed")
 )
 
 // ActorKind says what kind of actor caused a change.

@@ -85,7 +85,7 @@ func TestCustomCertificateEndToEnd(t *testing.T) {
 	roots := root.Pool()
 	a := issueOperatorCert(t, root, now, 90*24*time.Hour, "node.test", "*.fleet.test")
 	b := issueOperatorCert(t, root, now, 90*24*time.Hour, "b.fleet.test")
-	c := issueOperatorCert(t, root, now, 90*24*time.Hour, "b.fleet.test")
+	c := issueOperatorCert(t, root, now, 10*24*time.Hour, "b.fleet.test") // the rotation's ends within 14 days
 	expired := issueOperatorCert(t, root, now.Add(-48*time.Hour), time.Hour, "node.test")
 	otherRoot, err := pki.GenerateCA(now)
 	if err != nil {
@@ -213,6 +213,23 @@ func TestCustomCertificateEndToEnd(t *testing.T) {
 	resp.Body.Close()
 	if s := keep.ConnectionState().PeerCertificates[0]; !s.Equal(b.leaf) {
 		t.Errorf("the open connection changed certificates")
+	}
+
+	// The rotated certificate ends within 14 days: its agent's next
+	// heartbeat shows it on the instance, and the fleet overview names it.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		ov := f.api(200, "GET", "/api/v1/overview", "")
+		ending, _ := ov["certificatesEnding"].([]any)
+		if len(ending) == 1 && ending[0].(map[string]any)["name"] == "b" && fmt.Sprint(ov["certificatesEndingCount"]) == "1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30 s after the rotation the overview names %v (%v), want b alone", ending, ov["certificatesEndingCount"])
+		}
+	}
+	got2 := f.api(200, "GET", "/api/v1/instances/"+two, "")
+	if ends, _ := time.Parse(time.RFC3339, fmt.Sprint(got2["agent"].(map[string]any)["nodeCertificateNotAfter"])); !ends.Equal(c.leaf.NotAfter) {
+		t.Errorf("instance b shows its certificate ending %v, want %v", got2["agent"], c.leaf.NotAfter)
 	}
 
 	// No key reached the logs, the events, the instances or flotilla up's output.

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -16,7 +17,7 @@ import (
 func overviewCommand(opts *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "overview",
-		Short: "Show the fleet at a glance: instances by state, agents connected, failed instances (GET /api/v1/overview)",
+		Short: "Show the fleet at a glance: instances by state, agents connected, failed instances, certificates ending soon (GET /api/v1/overview)",
 		Example: `  flotilla overview
   flotilla overview -o json | jq .states`,
 		Args: cobra.NoArgs,
@@ -39,8 +40,9 @@ func overviewCommand(opts *clientOptions) *cobra.Command {
 	return cmd
 }
 
-// printOverview writes the overview as a line and two tables: every
-// state's count, and the failed instances with why.
+// printOverview writes the overview as a line and up to three tables:
+// every state's count, the failed instances with why, and the instances
+// whose node certificate ends soon.
 func printOverview(w io.Writer, ov *systemv1.Overview) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	noun := "instances"
@@ -62,5 +64,28 @@ func printOverview(w io.Writer, ov *systemv1.Overview) error {
 			fmt.Fprintf(tw, "(and %d more)\n", more)
 		}
 	}
+	if len(ov.GetCertificatesEnding()) > 0 {
+		fmt.Fprintln(tw, "\nCERTIFICATE ENDS\tINSTANCE")
+		for _, c := range ov.GetCertificatesEnding() {
+			fmt.Fprintf(tw, "%s\t%s\n", certEnds(c.GetNotAfter().AsTime(), time.Now()), c.GetName())
+		}
+		if more := ov.GetCertificatesEndingCount() - int64(len(ov.GetCertificatesEnding())); more > 0 {
+			fmt.Fprintf(tw, "(and %d more)\n", more)
+		}
+	}
 	return tw.Flush()
+}
+
+// certEnds says when a certificate ends, seen from now: "ended 2 days
+// ago" or "in 3 days", with the time.
+func certEnds(end, now time.Time) string {
+	at := end.UTC().Format("2006-01-02 15:04 UTC")
+	switch d := end.Sub(now); {
+	case d <= 0:
+		return "ended " + at
+	case d < 48*time.Hour:
+		return fmt.Sprintf("in %d h (%s)", int(d.Hours()), at)
+	default:
+		return fmt.Sprintf("in %d days (%s)", int(d.Hours()/24), at)
+	}
 }

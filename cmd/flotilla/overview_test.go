@@ -3,6 +3,9 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
 )
@@ -18,5 +21,30 @@ func TestTheOverviewsFirstLineCountsInstances(t *testing.T) {
 		if first, _, _ := strings.Cut(out.String(), "\n"); first != want {
 			t.Errorf("%d instances: %q, want %q", n, first, want)
 		}
+	}
+}
+
+// TestTheOverviewNamesCertificatesEndingSoon: the instances whose node
+// certificate ends soon are listed with when, soonest first, and how many
+// more there are.
+func TestTheOverviewNamesCertificatesEndingSoon(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	ov := &systemv1.Overview{Instances: 3, CertificatesEndingCount: 3, CertificatesEnding: []*systemv1.CertificateEnding{
+		{Name: "db-1", NotAfter: timestamppb.New(now.Add(-time.Hour))},
+		{Name: "web-2", NotAfter: timestamppb.New(now.Add(5*24*time.Hour + time.Hour))},
+	}}
+	var out strings.Builder
+	if err := printOverview(&out, ov); err != nil {
+		t.Fatal(err)
+	}
+	text := out.String()
+	for _, want := range []string{"CERTIFICATE ENDS", "ended " + now.Add(-time.Hour).UTC().Format("2006-01-02 15:04 UTC"), "db-1", "in 5 days", "web-2", "(and 1 more)"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the overview lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Index(text, "db-1") > strings.Index(text, "web-2") {
+		t.Errorf("not soonest first:\n%s", text)
 	}
 }

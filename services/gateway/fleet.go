@@ -36,6 +36,10 @@ func (s systemServer) GetOverview(_ context.Context, _ *systemv1.GetOverviewRequ
 	for _, f := range snap.Failures {
 		out.Failures = append(out.Failures, &systemv1.FailedInstance{Id: f.ID, Name: f.Name, StateDetail: f.Detail})
 	}
+	for _, c := range snap.CertificatesEnding {
+		out.CertificatesEnding = append(out.CertificatesEnding, &systemv1.CertificateEnding{Id: c.ID, Name: c.Name, NotAfter: timestamppb.New(c.NotAfter)})
+	}
+	out.CertificatesEndingCount = int64(snap.CertificatesEndingCount)
 	return out, nil
 }
 

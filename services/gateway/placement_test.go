@@ -54,8 +54,9 @@ func TestAChangeThatWouldStrandInstancesIsRefused(t *testing.T) {
 	e.must(200, "PATCH", "/api/v1/instances/"+in["id"].(string), reply{"version": in["version"], "ssl": reply{}})
 	net = e.must(200, "PATCH", netPath, reply{"version": net["version"], "httpsStrategy": "none"})
 
-	// A provisioned instance keeps its name (in its certificate, DNS
-	// records and ACME domains) and what it was made from.
+	// A provisioned instance keeps what it was made from, and its name
+	// where the network's host name pattern puts it in its DNS records,
+	// certificates and ACME domains (lab-2's does).
 	if _, err := e.pool.Exec(t.Context(), `UPDATE instances SET state = 'running', spec = spec || '{"state":"running"}' WHERE id = $1`, in["id"]); err != nil {
 		t.Fatal(err)
 	}

@@ -91,6 +91,10 @@ type overviewData struct {
 	Failures     []*systemv1.FailedInstance
 	FailedCount  int64
 	MoreFailures bool
+	// Certificates are the instances whose node certificate ends soon,
+	// the first of CertificatesCount.
+	Certificates      []*systemv1.CertificateEnding
+	CertificatesCount int64
 	// Building: the gateway is still building the fleet overview (it just
 	// started); the counts are not shown.
 	Building bool
@@ -113,6 +117,7 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, s *session) {
 	d.Total, d.AgentsConnected, d.AgentsExpected = ov.GetInstances(), ov.GetAgentsConnected(), ov.GetAgentsExpected()
 	d.Failures, d.FailedCount = ov.GetFailures(), ov.GetStates()[string(vocab.StateFailed)]
 	d.MoreFailures = d.FailedCount > int64(len(d.Failures))
+	d.Certificates, d.CertificatesCount = ov.GetCertificatesEnding(), ov.GetCertificatesEndingCount()
 	for _, st := range vocab.States {
 		if st != vocab.StateDeleted {
 			d.States = append(d.States, stateCount{State: string(st), N: ov.GetStates()[string(st)]})

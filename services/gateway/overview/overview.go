@@ -1,6 +1,6 @@
 // Package overview is the fleet overview's read model: how many instances
-// are in each state, how many of their agents are connected, and which
-// instances failed. Each gateway keeps its own (Keep): it replays the
+// are in each state, how many of their agents are connected, which
+// instances failed and whose node certificates end soon. Each gateway keeps its own (Keep): it replays the
 // instance events of FLOTILLA_EVENTS (each carries the instance after the
 // change) from the start and follows them, and fills in, from one listing
 // of the instances, those no event in the stream speaks of (the stream
@@ -31,6 +31,12 @@ import (
 // its counts count them all.
 const MaxFailures = 20
 
+// CertificateWarning is how long before a node certificate ends a
+// Snapshot names its instance: a custom certificate the operator must
+// replace by then, or the fleet CA's or an ACME one whose renewals (at two
+// thirds of its lifetime) have kept failing.
+const CertificateWarning = 14 * 24 * time.Hour
+
 // ErrNotReady says the overview has not yet replayed the events stored
 // when it started, or not yet listed the instances: its counts would be
 // short.
@@ -60,11 +66,19 @@ type Overview struct {
 type instance struct {
 	name, state, detail string
 	vm, connected       bool
+	certEnd             time.Time // its VM's node certificate's, if any
 }
 
 // Failure is a failed instance as a Snapshot names it.
 type Failure struct {
 	ID, Name, Detail string
+}
+
+// CertificateEnding is an instance whose node certificate ends soon, as a
+// Snapshot names it.
+type CertificateEnding struct {
+	ID, Name string
+	NotAfter time.Time
 }
 
 // Snapshot is the overview at one moment.
@@ -78,6 +92,11 @@ type Snapshot struct {
 	AgentsExpected, AgentsConnected int
 	// Failures are failed instances by name, at most MaxFailures.
 	Failures []Failure
+	// CertificatesEnding are the instances with a VM whose node
+	// certificate ends within CertificateWarning, or has ended, soonest
+	// first, at most MaxFailures; CertificatesEndingCount counts them all.
+	CertificatesEnding      []CertificateEnding
+	CertificatesEndingCount int
 	// Sequence is the stream sequence of the last event applied.
 	Sequence uint64
 }
@@ -107,6 +126,17 @@ func (o *Overview) Snapshot() (Snapshot, error) {
 	}
 	slices.SortFunc(s.Failures, func(a, b Failure) int { return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID)) })
 	s.Failures = s.Failures[:min(len(s.Failures), MaxFailures)]
+	soon := time.Now().Add(CertificateWarning)
+	for id, in := range o.inst {
+		if in.vm && !in.certEnd.IsZero() && in.certEnd.Before(soon) {
+			s.CertificatesEnding = append(s.CertificatesEnding, CertificateEnding{ID: id, Name: in.name, NotAfter: in.certEnd})
+		}
+	}
+	slices.SortFunc(s.CertificatesEnding, func(a, b CertificateEnding) int {
+		return cmp.Or(a.NotAfter.Compare(b.NotAfter), cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID))
+	})
+	s.CertificatesEndingCount = len(s.CertificatesEnding)
+	s.CertificatesEnding = s.CertificatesEnding[:min(len(s.CertificatesEnding), MaxFailures)]
 	return s, nil
 }
 
@@ -166,6 +196,9 @@ func (o *Overview) set(id string, in *inventoryv1.Instance) {
 	}
 	n := instance{name: in.GetName(), state: in.GetState(), detail: in.GetStateDetail(), vm: in.GetVmId() != "",
 		connected: in.GetVmId() != "" && in.GetAgent().GetStatus() == string(vocab.AgentConnected)}
+	if end := in.GetAgent().GetNodeCertificateNotAfter(); end != nil {
+		n.certEnd = end.AsTime()
+	}
 	o.inst[id] = n
 	o.count(id, n, 1)
 }

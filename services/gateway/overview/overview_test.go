@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
@@ -173,6 +174,49 @@ func TestTheOverviewCountsInstancesByStateFromTheirEvents(t *testing.T) {
 		s.AgentsExpected != 1 || s.AgentsConnected != 1 || len(s.Failures) != 0 {
 		t.Fatalf("after following: %+v, want %v, 2 instances, 1 of 1 agents, no failures", s, want)
 	}
+}
+
+// TestTheOverviewNamesCertificatesEndingSoon: instances with a VM whose
+// node certificate ends within 14 days, or has ended, are named soonest
+// first; one ending later, one without a VM and one without HTTPS are not.
+// A renewal the agent reports takes its instance off.
+func TestTheOverviewNamesCertificatesEndingSoon(t *testing.T) {
+	t.Parallel()
+	js := eventsStream(t)
+	now := time.Now().UTC().Truncate(time.Second)
+	running := func(id string, ends time.Duration, vm bool) *inventoryv1.Instance {
+		in := &inventoryv1.Instance{Id: id, Name: "i-" + id, State: string(vocab.StateRunning),
+			Agent: &inventoryv1.AgentStatus{Status: string(vocab.AgentConnected)}}
+		if vm {
+			in.VmId = "vm-" + id
+		}
+		if ends != 0 {
+			in.Agent.NodeCertificateNotAfter = timestamppb.New(now.Add(ends))
+		}
+		return in
+	}
+	publish(t, js, []bus.Message{
+		event(t, vocab.VerbRunning, running("soon", 3*24*time.Hour, true)),
+		event(t, vocab.VerbRunning, running("later", 60*24*time.Hour, true)),
+		event(t, vocab.VerbRunning, running("ended", -time.Hour, true)),
+		event(t, vocab.VerbUpdated, running("novm", time.Hour, false)),
+		event(t, vocab.VerbRunning, running("plain", 0, true)),
+	})
+	o := overview.New()
+	keep(t, o, js, listing())
+	<-o.Ready()
+	s, err := o.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []overview.CertificateEnding{{ID: "ended", Name: "i-ended", NotAfter: now.Add(-time.Hour)}, {ID: "soon", Name: "i-soon", NotAfter: now.Add(3 * 24 * time.Hour)}}
+	if !reflect.DeepEqual(s.CertificatesEnding, want) || s.CertificatesEndingCount != 2 {
+		t.Fatalf("certificates ending: %+v (%d); want %+v", s.CertificatesEnding, s.CertificatesEndingCount, want)
+	}
+	publish(t, js, []bus.Message{event(t, vocab.VerbUpdated, running("ended", 90*24*time.Hour, true))})
+	waitFor(t, o, "the renewal", func(s overview.Snapshot) bool {
+		return s.CertificatesEndingCount == 1 && s.CertificatesEnding[0].ID == "soon"
+	})
 }
 
 // Instances no event in the stream speaks of (older than its 90 days) are

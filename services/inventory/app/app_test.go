@@ -264,6 +264,31 @@ func TestHeartbeatsLeaveTheInstanceRowAlone(t *testing.T) {
 	if got := get(other); got.GetAgent().GetVersion() != "1.1.0" {
 		t.Fatalf("a new agent version was not written to the row: %v", got.GetAgent())
 	}
+
+	// The node certificate's end is written when it changes (a renewal),
+	// and only then.
+	certBeat := func(at, ends time.Time) {
+		t.Helper()
+		if err := a.Observe(ctx, &agentv1.AgentEvent{InstanceId: in.GetId(), Time: timestamppb.New(at),
+			Body: &agentv1.AgentEvent_Heartbeat{Heartbeat: &agentv1.Heartbeat{DiskUsedBytes: 3 * gib, DiskTotalBytes: 10 * gib, AgentVersion: "1.1.0",
+				NodeCertificateNotAfter: timestamppb.New(ends)}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ends := t0.Add(90 * 24 * time.Hour).Truncate(time.Second)
+	certBeat(t0.Add(8*time.Second), ends)
+	got = get(other)
+	if !got.GetAgent().GetNodeCertificateNotAfter().AsTime().Equal(ends) {
+		t.Fatalf("the node certificate's end was not written to the row: %v", got.GetAgent())
+	}
+	certBeat(t0.Add(9*time.Second), ends)
+	if again := get(other); !again.GetUpdateTime().AsTime().Equal(got.GetUpdateTime().AsTime()) {
+		t.Fatal("the same certificate end again rewrote the row")
+	}
+	certBeat(t0.Add(10*time.Second), ends.Add(60*24*time.Hour))
+	if renewed := get(other); !renewed.GetAgent().GetNodeCertificateNotAfter().AsTime().Equal(ends.Add(60 * 24 * time.Hour)) {
+		t.Fatalf("a renewed certificate's end was not written to the row: %v", renewed.GetAgent())
+	}
 }
 
 // TestAReconnectOfAConnectedAgentLeavesTheRowAlone: when an agent's

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"flotilla.dev/flotilla/api/endpoints"
@@ -283,6 +284,10 @@ func (a *App) observeRow(ctx context.Context, tx pgx.Tx, ev *agentv1.AgentEvent,
 		in.Agent.Status, in.Agent.LastHeartbeat = string(vocab.AgentConnected), seen
 		if hb.GetAgentVersion() != "" {
 			in.Agent.Version = hb.GetAgentVersion()
+		}
+		if end := hb.GetNodeCertificateNotAfter(); end != nil && !proto.Equal(end, in.Agent.GetNodeCertificateNotAfter()) {
+			in.Agent.NodeCertificateNotAfter = end
+			verb = vocab.VerbCertificateChanged // for the overview, and the timeline
 		}
 		if in.DataDisk == nil {
 			in.DataDisk = &inventoryv1.DataDisk{}

@@ -52,6 +52,7 @@ type liveness struct {
 type knownAgent struct {
 	status, version, vmID, url, privateIP string
 	diskUsed, diskTotal                   int64
+	certEnd                               time.Time // the node certificate's end
 	updated, learnt                       time.Time
 }
 
@@ -64,6 +65,9 @@ func (l *liveness) remember(in *inventoryv1.Instance, now time.Time) {
 	k := knownAgent{status: in.GetAgent().GetStatus(), version: in.GetAgent().GetVersion(), vmID: in.GetAgent().GetVmId(), url: in.GetAddresses().GetUrl(),
 		privateIP: in.GetAddresses().GetPrivateIp(), diskUsed: in.GetDataDisk().GetUsedBytes(), diskTotal: in.GetDataDisk().GetTotalBytes(),
 		updated: in.GetUpdateTime().AsTime(), learnt: now}
+	if end := in.GetAgent().GetNodeCertificateNotAfter(); end != nil {
+		k.certEnd = end.AsTime()
+	}
 	l.mu.Lock()
 	l.known[in.GetId()] = k
 	l.mu.Unlock()
@@ -145,6 +149,7 @@ func (k knownAgent) changesRow(hb *agentv1.Heartbeat) bool {
 		(hb.GetAgentVersion() != "" && hb.GetAgentVersion() != k.version) ||
 		(hb.GetNodeUrl() != "" && hb.GetNodeUrl() != k.url) ||
 		(hb.GetPrivateIp() != "" && k.privateIP == "") ||
+		(hb.GetNodeCertificateNotAfter() != nil && !hb.GetNodeCertificateNotAfter().AsTime().Equal(k.certEnd)) ||
 		hb.GetDiskTotalBytes() != k.diskTotal || used > step || -used > step
 }
 

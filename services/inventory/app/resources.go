@@ -152,11 +152,9 @@ func checkInstance(ctx context.Context, a *App, tx pgx.Tx, old, v *inventoryv1.I
 		return err
 	}
 	domain.FillLogRetention(v)
-	// What a VM was made from and is known by (its certificate's and DNS
-	// records' names, its ACME domains) stays while it has one.
-	if old != nil && !vocab.State(old.GetState()).AtRest() &&
-		(old.GetTemplateId() != v.GetTemplateId() || old.GetNetworkId() != v.GetNetworkId() || old.GetKind() != v.GetKind() || old.GetName() != v.GetName()) {
-		return apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: kind, name, templateId and networkId can change only while it is %s or %s",
+	provisioned := old != nil && !vocab.State(old.GetState()).AtRest()
+	if provisioned && (old.GetTemplateId() != v.GetTemplateId() || old.GetNetworkId() != v.GetNetworkId() || old.GetKind() != v.GetKind()) {
+		return apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: kind, templateId and networkId can change only while it is %s or %s",
 			old.GetName(), old.GetState(), vocab.StateCreated, vocab.StateDeprovisioned)
 	}
 	t := &inventoryv1.Template{}
@@ -172,6 +170,12 @@ func checkInstance(ctx context.Context, a *App, tx pgx.Tx, old, v *inventoryv1.I
 			return apierr.Invalid("networkId", "network %q does not exist", v.GetNetworkId())
 		}
 		return err
+	}
+	if p := n.GetDns().GetHostnamePattern(); provisioned && old.GetName() != v.GetName() && strings.Contains(p, "{name}") {
+		// Its VM is known by the name: its DNS records, its certificates,
+		// its ACME domains (renewed as they are).
+		return apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: its name is in its host name (network %q's dns.hostnamePattern %q), so it can change only while it is %s or %s",
+			old.GetName(), old.GetState(), n.GetName(), p, vocab.StateCreated, vocab.StateDeprovisioned)
 	}
 	return domain.ValidatePlacement(v, t, n)
 }

@@ -494,10 +494,12 @@ type Heartbeat struct {
 	Load1        float64 `protobuf:"fixed64,4,opt,name=load1,proto3" json:"load1,omitempty"`
 	AgentVersion string  `protobuf:"bytes,5,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// URL the node software serves, once started.
-	NodeUrl       string `protobuf:"bytes,6,opt,name=node_url,json=nodeUrl,proto3" json:"node_url,omitempty"`
-	PrivateIp     string `protobuf:"bytes,7,opt,name=private_ip,json=privateIp,proto3" json:"private_ip,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NodeUrl   string `protobuf:"bytes,6,opt,name=node_url,json=nodeUrl,proto3" json:"node_url,omitempty"`
+	PrivateIp string `protobuf:"bytes,7,opt,name=private_ip,json=privateIp,proto3" json:"private_ip,omitempty"`
+	// When the certificate the node software serves ends; unset without HTTPS.
+	NodeCertificateNotAfter *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=node_certificate_not_after,json=nodeCertificateNotAfter,proto3" json:"node_certificate_not_after,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *Heartbeat) Reset() {
@@ -577,6 +579,13 @@ func (x *Heartbeat) GetPrivateIp() string {
 		return x.PrivateIp
 	}
 	return ""
+}
+
+func (x *Heartbeat) GetNodeCertificateNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NodeCertificateNotAfter
+	}
+	return nil
 }
 
 // LogLine is one line of agent, setup or node-software output.
@@ -2437,7 +2446,7 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x13\n" +
 	"\x05vm_id\x18\x02 \x01(\tR\x04vmId\x120\n" +
 	"\x14completed_command_id\x18\x03 \x01(\tR\x12completedCommandId\x12\x1a\n" +
-	"\bfeatures\x18\x04 \x03(\tR\bfeatures\"\x82\x02\n" +
+	"\bfeatures\x18\x04 \x03(\tR\bfeatures\"\xdb\x02\n" +
 	"\tHeartbeat\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12&\n" +
 	"\x0fdisk_used_bytes\x18\x02 \x01(\x03R\rdiskUsedBytes\x12(\n" +
@@ -2446,7 +2455,8 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\ragent_version\x18\x05 \x01(\tR\fagentVersion\x12\x19\n" +
 	"\bnode_url\x18\x06 \x01(\tR\anodeUrl\x12\x1d\n" +
 	"\n" +
-	"private_ip\x18\a \x01(\tR\tprivateIp\"w\n" +
+	"private_ip\x18\a \x01(\tR\tprivateIp\x12W\n" +
+	"\x1anode_certificate_not_after\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x17nodeCertificateNotAfter\"w\n" +
 	"\aLogLine\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
@@ -2632,41 +2642,42 @@ var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
 	11, // 7: flotilla.agent.v1.AgentMessage.server_cert_request:type_name -> flotilla.agent.v1.ServerCertRequest
 	17, // 8: flotilla.agent.v1.AgentMessage.acme_request:type_name -> flotilla.agent.v1.AcmeRequest
 	33, // 9: flotilla.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	33, // 10: flotilla.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	7,  // 11: flotilla.agent.v1.LogBatch.lines:type_name -> flotilla.agent.v1.LogLine
-	14, // 12: flotilla.agent.v1.GatewayMessage.command:type_name -> flotilla.agent.v1.Command
-	26, // 13: flotilla.agent.v1.GatewayMessage.secret_response:type_name -> flotilla.agent.v1.SecretResponse
-	27, // 14: flotilla.agent.v1.GatewayMessage.server_cert_response:type_name -> flotilla.agent.v1.ServerCertResponse
-	13, // 15: flotilla.agent.v1.GatewayMessage.log_ack:type_name -> flotilla.agent.v1.LogAck
-	22, // 16: flotilla.agent.v1.GatewayMessage.acme_response:type_name -> flotilla.agent.v1.AcmeResponse
-	15, // 17: flotilla.agent.v1.Command.bootstrap:type_name -> flotilla.agent.v1.Bootstrap
-	23, // 18: flotilla.agent.v1.Command.stop_node:type_name -> flotilla.agent.v1.StopNode
-	25, // 19: flotilla.agent.v1.Command.refresh_certificate:type_name -> flotilla.agent.v1.RefreshCertificate
-	24, // 20: flotilla.agent.v1.Command.release:type_name -> flotilla.agent.v1.Release
-	34, // 21: flotilla.agent.v1.Bootstrap.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
-	16, // 22: flotilla.agent.v1.Bootstrap.acme:type_name -> flotilla.agent.v1.AcmeOrder
-	18, // 23: flotilla.agent.v1.AcmeRequest.account_key:type_name -> flotilla.agent.v1.AcmeAccountKeyRequest
-	19, // 24: flotilla.agent.v1.AcmeRequest.stored_certificate:type_name -> flotilla.agent.v1.AcmeStoredCertificateRequest
-	20, // 25: flotilla.agent.v1.AcmeRequest.store_certificate:type_name -> flotilla.agent.v1.AcmeCertificate
-	21, // 26: flotilla.agent.v1.AcmeRequest.dns_challenge:type_name -> flotilla.agent.v1.AcmeDnsChallenge
-	33, // 27: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
-	5,  // 28: flotilla.agent.v1.AgentEvent.connected:type_name -> flotilla.agent.v1.Hello
-	29, // 29: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
-	6,  // 30: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
-	9,  // 31: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
-	28, // 32: flotilla.agent.v1.AgentEvents.events:type_name -> flotilla.agent.v1.AgentEvent
-	32, // 33: flotilla.agent.v1.AgentEventResults.results:type_name -> flotilla.agent.v1.AgentEventResult
-	0,  // 34: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
-	2,  // 35: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
-	4,  // 36: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
-	1,  // 37: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
-	3,  // 38: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
-	12, // 39: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
-	37, // [37:40] is the sub-list for method output_type
-	34, // [34:37] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	33, // 10: flotilla.agent.v1.Heartbeat.node_certificate_not_after:type_name -> google.protobuf.Timestamp
+	33, // 11: flotilla.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	7,  // 12: flotilla.agent.v1.LogBatch.lines:type_name -> flotilla.agent.v1.LogLine
+	14, // 13: flotilla.agent.v1.GatewayMessage.command:type_name -> flotilla.agent.v1.Command
+	26, // 14: flotilla.agent.v1.GatewayMessage.secret_response:type_name -> flotilla.agent.v1.SecretResponse
+	27, // 15: flotilla.agent.v1.GatewayMessage.server_cert_response:type_name -> flotilla.agent.v1.ServerCertResponse
+	13, // 16: flotilla.agent.v1.GatewayMessage.log_ack:type_name -> flotilla.agent.v1.LogAck
+	22, // 17: flotilla.agent.v1.GatewayMessage.acme_response:type_name -> flotilla.agent.v1.AcmeResponse
+	15, // 18: flotilla.agent.v1.Command.bootstrap:type_name -> flotilla.agent.v1.Bootstrap
+	23, // 19: flotilla.agent.v1.Command.stop_node:type_name -> flotilla.agent.v1.StopNode
+	25, // 20: flotilla.agent.v1.Command.refresh_certificate:type_name -> flotilla.agent.v1.RefreshCertificate
+	24, // 21: flotilla.agent.v1.Command.release:type_name -> flotilla.agent.v1.Release
+	34, // 22: flotilla.agent.v1.Bootstrap.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
+	16, // 23: flotilla.agent.v1.Bootstrap.acme:type_name -> flotilla.agent.v1.AcmeOrder
+	18, // 24: flotilla.agent.v1.AcmeRequest.account_key:type_name -> flotilla.agent.v1.AcmeAccountKeyRequest
+	19, // 25: flotilla.agent.v1.AcmeRequest.stored_certificate:type_name -> flotilla.agent.v1.AcmeStoredCertificateRequest
+	20, // 26: flotilla.agent.v1.AcmeRequest.store_certificate:type_name -> flotilla.agent.v1.AcmeCertificate
+	21, // 27: flotilla.agent.v1.AcmeRequest.dns_challenge:type_name -> flotilla.agent.v1.AcmeDnsChallenge
+	33, // 28: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
+	5,  // 29: flotilla.agent.v1.AgentEvent.connected:type_name -> flotilla.agent.v1.Hello
+	29, // 30: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
+	6,  // 31: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
+	9,  // 32: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
+	28, // 33: flotilla.agent.v1.AgentEvents.events:type_name -> flotilla.agent.v1.AgentEvent
+	32, // 34: flotilla.agent.v1.AgentEventResults.results:type_name -> flotilla.agent.v1.AgentEventResult
+	0,  // 35: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
+	2,  // 36: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
+	4,  // 37: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
+	1,  // 38: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
+	3,  // 39: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
+	12, // 40: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
+	38, // [38:41] is the sub-list for method output_type
+	35, // [35:38] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_agent_v1_agent_proto_init() }

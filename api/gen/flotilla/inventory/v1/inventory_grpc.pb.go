@@ -909,8 +909,9 @@ type InstanceServiceClient interface {
 	// state, kind, network, template and a search of names, ids and addresses.
 	ListInstances(ctx context.Context, in *ListInstancesRequest, opts ...grpc.CallOption) (*ListInstancesResponse, error)
 	// UpdateInstance changes the fields present in the body; instance.version must match.
-	// Its name, kind, template_id and network_id change only while it is created or
-	// deprovisioned (409 invalid_state).
+	// Its kind, template_id and network_id change only while it is created or
+	// deprovisioned (409 invalid_state), and so does its name where the network's
+	// dns.hostname_pattern puts it in the VM's DNS and certificate names.
 	UpdateInstance(ctx context.Context, in *UpdateInstanceRequest, opts ...grpc.CallOption) (*Instance, error)
 	// DeleteInstance deletes an instance that is deprovisioned, failed or was
 	// never provisioned. One that was never provisioned is gone at once; for the
@@ -1117,8 +1118,9 @@ type InstanceServiceServer interface {
 	// state, kind, network, template and a search of names, ids and addresses.
 	ListInstances(context.Context, *ListInstancesRequest) (*ListInstancesResponse, error)
 	// UpdateInstance changes the fields present in the body; instance.version must match.
-	// Its name, kind, template_id and network_id change only while it is created or
-	// deprovisioned (409 invalid_state).
+	// Its kind, template_id and network_id change only while it is created or
+	// deprovisioned (409 invalid_state), and so does its name where the network's
+	// dns.hostname_pattern puts it in the VM's DNS and certificate names.
 	UpdateInstance(context.Context, *UpdateInstanceRequest) (*Instance, error)
 	// DeleteInstance deletes an instance that is deprovisioned, failed or was
 	// never provisioned. One that was never provisioned is gone at once; for the

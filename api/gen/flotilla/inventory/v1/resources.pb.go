@@ -1436,9 +1436,14 @@ type AgentStatus struct {
 	// The VM the agent runs on, as it named it when its stream opened: while
 	// a re-provisioned instance's new VM boots, the old VM's agent may still
 	// be the one connected.
-	VmId          string `protobuf:"bytes,4,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	VmId string `protobuf:"bytes,4,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	// When the certificate the node software serves ends, as the agent last
+	// reported it (it renews the fleet CA's and ACME ones at two thirds of
+	// their lifetime; a custom one is the operator's to replace); unset
+	// without HTTPS.
+	NodeCertificateNotAfter *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=node_certificate_not_after,json=nodeCertificateNotAfter,proto3" json:"node_certificate_not_after,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *AgentStatus) Reset() {
@@ -1497,6 +1502,13 @@ func (x *AgentStatus) GetVmId() string {
 		return x.VmId
 	}
 	return ""
+}
+
+func (x *AgentStatus) GetNodeCertificateNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NodeCertificateNotAfter
+	}
+	return nil
 }
 
 // DataDisk is an instance's persistent data disk.
@@ -1707,12 +1719,13 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\n" +
 	"public_dns\x18\x04 \x01(\tR\tpublicDns\x12\x10\n" +
 	"\x03url\x18\x05 \x01(\tR\x03url\x12\x1a\n" +
-	"\bhostname\x18\x06 \x01(\tR\bhostname\"\x97\x01\n" +
+	"\bhostname\x18\x06 \x01(\tR\bhostname\"\xf0\x01\n" +
 	"\vAgentStatus\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12A\n" +
 	"\x0elast_heartbeat\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x13\n" +
-	"\x05vm_id\x18\x04 \x01(\tR\x04vmId\"s\n" +
+	"\x05vm_id\x18\x04 \x01(\tR\x04vmId\x12W\n" +
+	"\x1anode_certificate_not_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x17nodeCertificateNotAfter\"s\n" +
 	"\bDataDisk\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\asize_gb\x18\x02 \x01(\x05R\x06sizeGb\x12\x1d\n" +
@@ -1779,11 +1792,12 @@ var file_flotilla_inventory_v1_resources_proto_depIdxs = []int32{
 	11, // 20: flotilla.inventory.v1.Instance.log_retention:type_name -> flotilla.inventory.v1.LogRetention
 	18, // 21: flotilla.inventory.v1.LogRetention.max_age:type_name -> google.protobuf.Duration
 	17, // 22: flotilla.inventory.v1.AgentStatus.last_heartbeat:type_name -> google.protobuf.Timestamp
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	17, // 23: flotilla.inventory.v1.AgentStatus.node_certificate_not_after:type_name -> google.protobuf.Timestamp
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_inventory_v1_resources_proto_init() }

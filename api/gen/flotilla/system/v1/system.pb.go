@@ -243,10 +243,16 @@ type Overview struct {
 	// Failed instances by name, at most 20 (states["failed"] counts them all).
 	Failures []*FailedInstance `protobuf:"bytes,5,rep,name=failures,proto3" json:"failures,omitempty"`
 	// The stream sequence of the last instance event counted.
-	Sequence      uint64                 `protobuf:"varint,6,opt,name=sequence,proto3" json:"sequence,omitempty"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time,proto3" json:"time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Sequence uint64                 `protobuf:"varint,6,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	Time     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time,proto3" json:"time,omitempty"`
+	// Instances with a VM whose node certificate ends within 14 days, or has
+	// ended, soonest first, at most 20: the operator's custom certificates to
+	// replace, or renewals that keep failing.
+	CertificatesEnding []*CertificateEnding `protobuf:"bytes,8,rep,name=certificates_ending,json=certificatesEnding,proto3" json:"certificates_ending,omitempty"`
+	// How many instances that is in all.
+	CertificatesEndingCount int64 `protobuf:"varint,9,opt,name=certificates_ending_count,json=certificatesEndingCount,proto3" json:"certificates_ending_count,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *Overview) Reset() {
@@ -328,6 +334,82 @@ func (x *Overview) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Overview) GetCertificatesEnding() []*CertificateEnding {
+	if x != nil {
+		return x.CertificatesEnding
+	}
+	return nil
+}
+
+func (x *Overview) GetCertificatesEndingCount() int64 {
+	if x != nil {
+		return x.CertificatesEndingCount
+	}
+	return 0
+}
+
+// CertificateEnding is an instance whose node certificate ends soon, as the
+// overview names it.
+type CertificateEnding struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	NotAfter      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertificateEnding) Reset() {
+	*x = CertificateEnding{}
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertificateEnding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertificateEnding) ProtoMessage() {}
+
+func (x *CertificateEnding) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertificateEnding.ProtoReflect.Descriptor instead.
+func (*CertificateEnding) Descriptor() ([]byte, []int) {
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CertificateEnding) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CertificateEnding) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CertificateEnding) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
 // FailedInstance is a failed instance as the overview names it.
 type FailedInstance struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -341,7 +423,7 @@ type FailedInstance struct {
 
 func (x *FailedInstance) Reset() {
 	*x = FailedInstance{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[5]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -353,7 +435,7 @@ func (x *FailedInstance) String() string {
 func (*FailedInstance) ProtoMessage() {}
 
 func (x *FailedInstance) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[5]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -366,7 +448,7 @@ func (x *FailedInstance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailedInstance.ProtoReflect.Descriptor instead.
 func (*FailedInstance) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{5}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *FailedInstance) GetId() string {
@@ -399,7 +481,7 @@ type PingRequest struct {
 
 func (x *PingRequest) Reset() {
 	*x = PingRequest{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[6]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -411,7 +493,7 @@ func (x *PingRequest) String() string {
 func (*PingRequest) ProtoMessage() {}
 
 func (x *PingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[6]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -424,7 +506,7 @@ func (x *PingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingRequest.ProtoReflect.Descriptor instead.
 func (*PingRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{7}
 }
 
 // PingResponse answers a PingRequest.
@@ -438,7 +520,7 @@ type PingResponse struct {
 
 func (x *PingResponse) Reset() {
 	*x = PingResponse{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[7]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -450,7 +532,7 @@ func (x *PingResponse) String() string {
 func (*PingResponse) ProtoMessage() {}
 
 func (x *PingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[7]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -463,7 +545,7 @@ func (x *PingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingResponse.ProtoReflect.Descriptor instead.
 func (*PingResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PingResponse) GetService() string {
@@ -488,7 +570,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[8]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -500,7 +582,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[8]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -513,7 +595,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{9}
 }
 
 type RemoveManagersRequest struct {
@@ -526,7 +608,7 @@ type RemoveManagersRequest struct {
 
 func (x *RemoveManagersRequest) Reset() {
 	*x = RemoveManagersRequest{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[9]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -538,7 +620,7 @@ func (x *RemoveManagersRequest) String() string {
 func (*RemoveManagersRequest) ProtoMessage() {}
 
 func (x *RemoveManagersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[9]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -551,7 +633,7 @@ func (x *RemoveManagersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveManagersRequest.ProtoReflect.Descriptor instead.
 func (*RemoveManagersRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RemoveManagersRequest) GetName() string {
@@ -571,7 +653,7 @@ type RemoveManagersResponse struct {
 
 func (x *RemoveManagersResponse) Reset() {
 	*x = RemoveManagersResponse{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[10]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -583,7 +665,7 @@ func (x *RemoveManagersResponse) String() string {
 func (*RemoveManagersResponse) ProtoMessage() {}
 
 func (x *RemoveManagersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[10]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -596,7 +678,7 @@ func (x *RemoveManagersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveManagersResponse.ProtoReflect.Descriptor instead.
 func (*RemoveManagersResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RemoveManagersResponse) GetRemoved() []*Manager {
@@ -631,7 +713,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[11]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -643,7 +725,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[11]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -656,7 +738,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Cluster) GetTime() *timestamppb.Timestamp {
@@ -731,7 +813,7 @@ type Manager struct {
 
 func (x *Manager) Reset() {
 	*x = Manager{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[12]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -743,7 +825,7 @@ func (x *Manager) String() string {
 func (*Manager) ProtoMessage() {}
 
 func (x *Manager) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[12]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -756,7 +838,7 @@ func (x *Manager) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Manager.ProtoReflect.Descriptor instead.
 func (*Manager) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Manager) GetName() string {
@@ -848,7 +930,7 @@ type Broker struct {
 
 func (x *Broker) Reset() {
 	*x = Broker{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[13]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -860,7 +942,7 @@ func (x *Broker) String() string {
 func (*Broker) ProtoMessage() {}
 
 func (x *Broker) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[13]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -873,7 +955,7 @@ func (x *Broker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Broker.ProtoReflect.Descriptor instead.
 func (*Broker) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Broker) GetName() string {
@@ -935,7 +1017,7 @@ type StreamReplication struct {
 
 func (x *StreamReplication) Reset() {
 	*x = StreamReplication{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[14]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -947,7 +1029,7 @@ func (x *StreamReplication) String() string {
 func (*StreamReplication) ProtoMessage() {}
 
 func (x *StreamReplication) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[14]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -960,7 +1042,7 @@ func (x *StreamReplication) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamReplication.ProtoReflect.Descriptor instead.
 func (*StreamReplication) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StreamReplication) GetName() string {
@@ -1015,7 +1097,7 @@ type StreamReplica struct {
 
 func (x *StreamReplica) Reset() {
 	*x = StreamReplica{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[15]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1109,7 @@ func (x *StreamReplica) String() string {
 func (*StreamReplica) ProtoMessage() {}
 
 func (x *StreamReplica) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[15]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1122,7 @@ func (x *StreamReplica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamReplica.ProtoReflect.Descriptor instead.
 func (*StreamReplica) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StreamReplica) GetName() string {
@@ -1099,7 +1181,7 @@ type Database struct {
 
 func (x *Database) Reset() {
 	*x = Database{}
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[16]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1111,7 +1193,7 @@ func (x *Database) String() string {
 func (*Database) ProtoMessage() {}
 
 func (x *Database) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_system_v1_system_proto_msgTypes[16]
+	mi := &file_flotilla_system_v1_system_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1124,7 +1206,7 @@ func (x *Database) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Database.ProtoReflect.Descriptor instead.
 func (*Database) Descriptor() ([]byte, []int) {
-	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_system_v1_system_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Database) GetName() string {
@@ -1200,7 +1282,7 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\"\x14\n" +
-	"\x12GetOverviewRequest\"\x85\x03\n" +
+	"\x12GetOverviewRequest\"\x99\x04\n" +
 	"\bOverview\x12@\n" +
 	"\x06states\x18\x01 \x03(\v2(.flotilla.system.v1.Overview.StatesEntryR\x06states\x12\x1c\n" +
 	"\tinstances\x18\x02 \x01(\x03R\tinstances\x12'\n" +
@@ -1208,10 +1290,16 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\x10agents_connected\x18\x04 \x01(\x03R\x0fagentsConnected\x12>\n" +
 	"\bfailures\x18\x05 \x03(\v2\".flotilla.system.v1.FailedInstanceR\bfailures\x12\x1a\n" +
 	"\bsequence\x18\x06 \x01(\x04R\bsequence\x12.\n" +
-	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x1a9\n" +
+	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12V\n" +
+	"\x13certificates_ending\x18\b \x03(\v2%.flotilla.system.v1.CertificateEndingR\x12certificatesEnding\x12:\n" +
+	"\x19certificates_ending_count\x18\t \x01(\x03R\x17certificatesEndingCount\x1a9\n" +
 	"\vStatesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"W\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"p\n" +
+	"\x11CertificateEnding\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x127\n" +
+	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"W\n" +
 	"\x0eFailedInstance\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12!\n" +
@@ -1302,58 +1390,61 @@ func file_flotilla_system_v1_system_proto_rawDescGZIP() []byte {
 	return file_flotilla_system_v1_system_proto_rawDescData
 }
 
-var file_flotilla_system_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_flotilla_system_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_flotilla_system_v1_system_proto_goTypes = []any{
 	(*GetStatusRequest)(nil),       // 0: flotilla.system.v1.GetStatusRequest
 	(*Status)(nil),                 // 1: flotilla.system.v1.Status
 	(*ComponentStatus)(nil),        // 2: flotilla.system.v1.ComponentStatus
 	(*GetOverviewRequest)(nil),     // 3: flotilla.system.v1.GetOverviewRequest
 	(*Overview)(nil),               // 4: flotilla.system.v1.Overview
-	(*FailedInstance)(nil),         // 5: flotilla.system.v1.FailedInstance
-	(*PingRequest)(nil),            // 6: flotilla.system.v1.PingRequest
-	(*PingResponse)(nil),           // 7: flotilla.system.v1.PingResponse
-	(*GetClusterRequest)(nil),      // 8: flotilla.system.v1.GetClusterRequest
-	(*RemoveManagersRequest)(nil),  // 9: flotilla.system.v1.RemoveManagersRequest
-	(*RemoveManagersResponse)(nil), // 10: flotilla.system.v1.RemoveManagersResponse
-	(*Cluster)(nil),                // 11: flotilla.system.v1.Cluster
-	(*Manager)(nil),                // 12: flotilla.system.v1.Manager
-	(*Broker)(nil),                 // 13: flotilla.system.v1.Broker
-	(*StreamReplication)(nil),      // 14: flotilla.system.v1.StreamReplication
-	(*StreamReplica)(nil),          // 15: flotilla.system.v1.StreamReplica
-	(*Database)(nil),               // 16: flotilla.system.v1.Database
-	nil,                            // 17: flotilla.system.v1.Overview.StatesEntry
-	(*timestamppb.Timestamp)(nil),  // 18: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 19: google.protobuf.Duration
+	(*CertificateEnding)(nil),      // 5: flotilla.system.v1.CertificateEnding
+	(*FailedInstance)(nil),         // 6: flotilla.system.v1.FailedInstance
+	(*PingRequest)(nil),            // 7: flotilla.system.v1.PingRequest
+	(*PingResponse)(nil),           // 8: flotilla.system.v1.PingResponse
+	(*GetClusterRequest)(nil),      // 9: flotilla.system.v1.GetClusterRequest
+	(*RemoveManagersRequest)(nil),  // 10: flotilla.system.v1.RemoveManagersRequest
+	(*RemoveManagersResponse)(nil), // 11: flotilla.system.v1.RemoveManagersResponse
+	(*Cluster)(nil),                // 12: flotilla.system.v1.Cluster
+	(*Manager)(nil),                // 13: flotilla.system.v1.Manager
+	(*Broker)(nil),                 // 14: flotilla.system.v1.Broker
+	(*StreamReplication)(nil),      // 15: flotilla.system.v1.StreamReplication
+	(*StreamReplica)(nil),          // 16: flotilla.system.v1.StreamReplica
+	(*Database)(nil),               // 17: flotilla.system.v1.Database
+	nil,                            // 18: flotilla.system.v1.Overview.StatesEntry
+	(*timestamppb.Timestamp)(nil),  // 19: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 20: google.protobuf.Duration
 }
 var file_flotilla_system_v1_system_proto_depIdxs = []int32{
-	18, // 0: flotilla.system.v1.Status.time:type_name -> google.protobuf.Timestamp
+	19, // 0: flotilla.system.v1.Status.time:type_name -> google.protobuf.Timestamp
 	2,  // 1: flotilla.system.v1.Status.components:type_name -> flotilla.system.v1.ComponentStatus
-	17, // 2: flotilla.system.v1.Overview.states:type_name -> flotilla.system.v1.Overview.StatesEntry
-	5,  // 3: flotilla.system.v1.Overview.failures:type_name -> flotilla.system.v1.FailedInstance
-	18, // 4: flotilla.system.v1.Overview.time:type_name -> google.protobuf.Timestamp
-	12, // 5: flotilla.system.v1.RemoveManagersResponse.removed:type_name -> flotilla.system.v1.Manager
-	18, // 6: flotilla.system.v1.Cluster.time:type_name -> google.protobuf.Timestamp
-	12, // 7: flotilla.system.v1.Cluster.managers:type_name -> flotilla.system.v1.Manager
-	13, // 8: flotilla.system.v1.Cluster.brokers:type_name -> flotilla.system.v1.Broker
-	14, // 9: flotilla.system.v1.Cluster.streams:type_name -> flotilla.system.v1.StreamReplication
-	16, // 10: flotilla.system.v1.Cluster.databases:type_name -> flotilla.system.v1.Database
-	18, // 11: flotilla.system.v1.Manager.start_time:type_name -> google.protobuf.Timestamp
-	18, // 12: flotilla.system.v1.Manager.last_seen_time:type_name -> google.protobuf.Timestamp
-	15, // 13: flotilla.system.v1.StreamReplication.replicas:type_name -> flotilla.system.v1.StreamReplica
-	19, // 14: flotilla.system.v1.StreamReplica.active:type_name -> google.protobuf.Duration
-	0,  // 15: flotilla.system.v1.SystemService.GetStatus:input_type -> flotilla.system.v1.GetStatusRequest
-	8,  // 16: flotilla.system.v1.SystemService.GetCluster:input_type -> flotilla.system.v1.GetClusterRequest
-	3,  // 17: flotilla.system.v1.SystemService.GetOverview:input_type -> flotilla.system.v1.GetOverviewRequest
-	9,  // 18: flotilla.system.v1.SystemService.RemoveManagers:input_type -> flotilla.system.v1.RemoveManagersRequest
-	1,  // 19: flotilla.system.v1.SystemService.GetStatus:output_type -> flotilla.system.v1.Status
-	11, // 20: flotilla.system.v1.SystemService.GetCluster:output_type -> flotilla.system.v1.Cluster
-	4,  // 21: flotilla.system.v1.SystemService.GetOverview:output_type -> flotilla.system.v1.Overview
-	10, // 22: flotilla.system.v1.SystemService.RemoveManagers:output_type -> flotilla.system.v1.RemoveManagersResponse
-	19, // [19:23] is the sub-list for method output_type
-	15, // [15:19] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	18, // 2: flotilla.system.v1.Overview.states:type_name -> flotilla.system.v1.Overview.StatesEntry
+	6,  // 3: flotilla.system.v1.Overview.failures:type_name -> flotilla.system.v1.FailedInstance
+	19, // 4: flotilla.system.v1.Overview.time:type_name -> google.protobuf.Timestamp
+	5,  // 5: flotilla.system.v1.Overview.certificates_ending:type_name -> flotilla.system.v1.CertificateEnding
+	19, // 6: flotilla.system.v1.CertificateEnding.not_after:type_name -> google.protobuf.Timestamp
+	13, // 7: flotilla.system.v1.RemoveManagersResponse.removed:type_name -> flotilla.system.v1.Manager
+	19, // 8: flotilla.system.v1.Cluster.time:type_name -> google.protobuf.Timestamp
+	13, // 9: flotilla.system.v1.Cluster.managers:type_name -> flotilla.system.v1.Manager
+	14, // 10: flotilla.system.v1.Cluster.brokers:type_name -> flotilla.system.v1.Broker
+	15, // 11: flotilla.system.v1.Cluster.streams:type_name -> flotilla.system.v1.StreamReplication
+	17, // 12: flotilla.system.v1.Cluster.databases:type_name -> flotilla.system.v1.Database
+	19, // 13: flotilla.system.v1.Manager.start_time:type_name -> google.protobuf.Timestamp
+	19, // 14: flotilla.system.v1.Manager.last_seen_time:type_name -> google.protobuf.Timestamp
+	16, // 15: flotilla.system.v1.StreamReplication.replicas:type_name -> flotilla.system.v1.StreamReplica
+	20, // 16: flotilla.system.v1.StreamReplica.active:type_name -> google.protobuf.Duration
+	0,  // 17: flotilla.system.v1.SystemService.GetStatus:input_type -> flotilla.system.v1.GetStatusRequest
+	9,  // 18: flotilla.system.v1.SystemService.GetCluster:input_type -> flotilla.system.v1.GetClusterRequest
+	3,  // 19: flotilla.system.v1.SystemService.GetOverview:input_type -> flotilla.system.v1.GetOverviewRequest
+	10, // 20: flotilla.system.v1.SystemService.RemoveManagers:input_type -> flotilla.system.v1.RemoveManagersRequest
+	1,  // 21: flotilla.system.v1.SystemService.GetStatus:output_type -> flotilla.system.v1.Status
+	12, // 22: flotilla.system.v1.SystemService.GetCluster:output_type -> flotilla.system.v1.Cluster
+	4,  // 23: flotilla.system.v1.SystemService.GetOverview:output_type -> flotilla.system.v1.Overview
+	11, // 24: flotilla.system.v1.SystemService.RemoveManagers:output_type -> flotilla.system.v1.RemoveManagersResponse
+	21, // [21:25] is the sub-list for method output_type
+	17, // [17:21] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_system_v1_system_proto_init() }
@@ -1361,14 +1452,14 @@ func file_flotilla_system_v1_system_proto_init() {
 	if File_flotilla_system_v1_system_proto != nil {
 		return
 	}
-	file_flotilla_system_v1_system_proto_msgTypes[16].OneofWrappers = []any{}
+	file_flotilla_system_v1_system_proto_msgTypes[17].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_system_v1_system_proto_rawDesc), len(file_flotilla_system_v1_system_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
