@@ -397,6 +397,11 @@ networkId: lab
 			t.Fatalf("instances logs --tail 1 -o json:\n%s", logs)
 		}
 		followLogs(t, c)
+		// New SANs on the running instance: apply says how they reach its node.
+		out, errOut, err := c.run("name: web-1\nssl: {sans: [web-1.lab.test, www.lab.test]}\n", nil, "instances", "apply", "-f", "-")
+		if err != nil || !strings.Contains(out, "instance web-1 changed") || !strings.Contains(errOut, "flotilla instances refresh-certificate web-1") {
+			t.Fatalf("apply of new SANs to a running instance: %v\n%s%s", err, out, errOut)
+		}
 		var timeline struct{ Events []struct{ Type string } }
 		if out := c.ok("instances", "events", "web-1"); json.Unmarshal([]byte(out), &timeline) != nil ||
 			!slices.ContainsFunc(timeline.Events, func(e struct{ Type string }) bool { return e.Type == "instance.running" }) {

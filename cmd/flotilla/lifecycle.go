@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/vocab"
@@ -395,4 +396,20 @@ func elapsed(d time.Duration) string {
 		return fmt.Sprintf("%.1fs", d.Seconds())
 	}
 	return d.Round(time.Second).String()
+}
+
+// instanceChanged says how new SSL settings reach a provisioned instance's
+// node, which serves the certificate it has: a refresh issues or fetches
+// one for its names and certificate as they are now; its ACME order's
+// domains are the bootstrap's, so new ones take a reprovision.
+func instanceChanged(before, after proto.Message) string {
+	b, okB := before.(*inventoryv1.Instance)
+	a, okA := after.(*inventoryv1.Instance)
+	if !okB || !okA || vocab.State(a.GetState()).AtRest() || proto.Equal(b.GetSsl(), a.GetSsl()) {
+		return ""
+	}
+	if !slices.Equal(b.GetSsl().GetDomains(), a.GetSsl().GetDomains()) {
+		return fmt.Sprintf("its node serves the certificate it has: reprovision %s to order one for the new ssl.domains", a.GetName())
+	}
+	return fmt.Sprintf("its node serves the certificate it has: flotilla instances refresh-certificate %s to serve one for the new ssl settings", a.GetName())
 }

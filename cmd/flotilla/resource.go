@@ -67,6 +67,9 @@ type resource struct {
 	// with it, delete has --wait (for resources the server removes in the
 	// background).
 	deleted func(ctx context.Context, s *session, answer []byte, wait waitOptions, w io.Writer) error
+	// changedNote, when set, says what more an apply's change calls for
+	// ("" for nothing), from the item before and after.
+	changedNote func(before, after proto.Message) string
 }
 
 // column is a table column: a header and the JSON path of the field it
@@ -580,7 +583,13 @@ API refuses it and nothing is overwritten.`, r.singular, r.plural, r.singular),
 						return r.report(w, opts, it, "unchanged")
 					}
 				}
-				return r.report(w, opts, it, "changed")
+				if err := r.report(w, opts, it, "changed"); err != nil || r.changedNote == nil {
+					return err
+				}
+				if note := r.changedNote(cur, it); note != "" {
+					_, err = fmt.Fprintln(cmd.ErrOrStderr(), note)
+				}
+				return err
 			})
 		},
 	}

@@ -60,9 +60,10 @@ setupActions:
 			column{header: "NETWORK", path: "networkId", ref: networks},
 			column{header: "AGENT", path: "agent.status"}, column{header: "URL", path: "addresses.url"},
 			column{header: "ID", path: "id"}),
-		refs:       map[string]*resource{"templateId": templates, "networkId": networks},
-		deleted:    instanceDeleted,
-		searchable: true,
+		refs:        map[string]*resource{"templateId": templates, "networkId": networks},
+		deleted:     instanceDeleted,
+		changedNote: instanceChanged,
+		searchable:  true,
 		filters: []listFilter{
 			{flag: "state", param: "state", usage: "only instances in this state (running, failed, ...)"},
 			{flag: "kind", param: "kind", usage: "only instances of this kind (design, automation or deployer)"},
