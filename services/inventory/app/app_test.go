@@ -84,7 +84,8 @@ func TestAgentsWithoutHeartbeatsAreShownDisconnected(t *testing.T) {
 	ctx := context.Background()
 	clock := newTestClock()
 	now := clock.now
-	a, in := newApp(t, app.WithClock(now))
+	pool := newPool(t)
+	a, in := newAppOn(t, pool, app.WithClock(now))
 	beat := func() {
 		t.Helper()
 		if err := a.Observe(ctx, &agentv1.AgentEvent{InstanceId: in.GetId(), Time: timestamppb.New(now()),
@@ -110,10 +111,27 @@ func TestAgentsWithoutHeartbeatsAreShownDisconnected(t *testing.T) {
 	if n, err := a.MarkStaleAgents(ctx, 30*time.Second); err != nil || n != 1 || status() != "disconnected" {
 		t.Fatalf("a stale agent: %d %v %s", n, err, status())
 	}
-	// The next heartbeat brings it back.
+	// The next heartbeat brings it back, with an agent-connected event as
+	// the sweep's agent-disconnected had one: the overview follows events.
+	connectedEvents := func() int {
+		t.Helper()
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox_messages WHERE metadata->>'Flotilla-Subject' LIKE '%.agent-connected'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := connectedEvents()
 	beat()
 	if status() != "connected" {
 		t.Fatalf("after a new heartbeat: %s", status())
+	}
+	if n := connectedEvents() - before; n != 1 {
+		t.Fatalf("agent-connected events of the heartbeat that brought it back: %d; want 1", n)
+	}
+	beat()
+	if n := connectedEvents() - before; n != 1 {
+		t.Fatalf("agent-connected events after one more heartbeat: %d; want still 1", n)
 	}
 	// Observed state never takes a new version: an operator's update at the
 	// version they read still works after heartbeats.

@@ -281,6 +281,7 @@ func (a *App) observeRow(ctx context.Context, tx pgx.Tx, ev *agentv1.AgentEvent,
 		verb = vocab.VerbAgentDisconnected
 	case *agentv1.AgentEvent_Heartbeat:
 		hb := b.Heartbeat
+		back := in.Agent.Status != string(vocab.AgentConnected) // shown gone (a stale sweep), beating again
 		in.Agent.Status, in.Agent.LastHeartbeat = string(vocab.AgentConnected), seen
 		if hb.GetAgentVersion() != "" {
 			in.Agent.Version = hb.GetAgentVersion()
@@ -288,6 +289,9 @@ func (a *App) observeRow(ctx context.Context, tx pgx.Tx, ev *agentv1.AgentEvent,
 		if end := hb.GetNodeCertificateNotAfter(); end != nil && !proto.Equal(end, in.Agent.GetNodeCertificateNotAfter()) {
 			in.Agent.NodeCertificateNotAfter = end
 			verb = vocab.VerbCertificateChanged // for the overview, and the timeline
+		}
+		if back {
+			verb = vocab.VerbAgentConnected // the overview and the timeline see it back
 		}
 		if in.DataDisk == nil {
 			in.DataDisk = &inventoryv1.DataDisk{}
