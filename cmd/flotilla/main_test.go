@@ -463,6 +463,15 @@ func TestASecondUpOnTheDirectoryIsRefused(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+	// Another directory on the same base port: refused before anything
+	// starts, naming the port, what it is for, and the ports up takes.
+	other := dataDir(t)
+	out, err = exec.Command(binary, "up", "--data-dir", other, "--port", strconv.Itoa(up.base+3)).CombinedOutput()
+	wantPorts := fmt.Sprintf("flotilla up takes the 6 ports %d-%d", up.base+3, up.base+8)
+	if err == nil || !strings.Contains(string(out), fmt.Sprintf("127.0.0.1:%d (the HTTP API, base port + 0)", up.base+3)) ||
+		!strings.Contains(string(out), wantPorts) || !strings.Contains(string(out), "--port") || strings.Contains(string(out), "PostgreSQL started") {
+		t.Fatalf("up on a base whose ports another up holds: %v\n%s", err, out)
+	}
 	up.stop(t)
 	// Once it stopped, the directory is free again.
 	up = startUpFree(t, dir, nil)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -94,6 +95,9 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (_ *Embedded, err err
 	if err != nil {
 		return nil, fmt.Errorf("settings in %s: trustedProxies: %w", d.SettingsFile(), err)
 	}
+	if err := checkPortsFree(d, settings); err != nil {
+		return nil, err
+	}
 	e := &Embedded{Settings: settings, Dir: d, log: o.Log}
 	e.closers = append(e.closers, func(context.Context) error { release(); return nil })
 	defer func() {
@@ -117,6 +121,9 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (_ *Embedded, err err
 			return nil, err
 		}
 		if err := pg.Start(ctx); err != nil {
+			if errors.Is(err, pgmanaged.ErrPortInUse) {
+				return nil, fmt.Errorf("managed PostgreSQL: %w; %s", err, portsHint(d, settings))
+			}
 			return nil, fmt.Errorf("managed PostgreSQL: %w", err)
 		}
 		e.closers = append(e.closers, pg.Stop)
@@ -381,3 +388,40 @@ func (w warnOnly) WithAttrs(attrs []slog.Attr) slog.Handler {
 }
 
 func (w warnOnly) WithGroup(name string) slog.Handler { return warnOnly{w.Handler.WithGroup(name)} }
+
+// portNames say what flotilla up listens on at each offset from its base
+// port.
+var portNames = [datadir.PortCount]string{
+	datadir.OffsetHTTP: "the HTTP API", datadir.OffsetGRPC: "the gRPC API", datadir.OffsetAgentGW: "the agent gateway",
+	datadir.OffsetNATS: "NATS", datadir.OffsetPostgres: "the managed PostgreSQL", datadir.OffsetMetrics: "metrics",
+}
+
+// checkPortsFree fails, before anything starts, when a port flotilla up
+// listens on is taken, naming it, what it is for and the base port. The
+// managed PostgreSQL's is left to pgmanaged, which takes a crash's
+// leftover server on it for its own.
+func checkPortsFree(d datadir.Dir, s *datadir.Settings) error {
+	for off := range datadir.PortCount {
+		addr := s.Addr(off)
+		switch off {
+		case datadir.OffsetPostgres:
+			continue
+		case datadir.OffsetNATS:
+			addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port(off))) // NATS listens on loopback only
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("%s (%s, base port + %d): %w; %s", addr, portNames[off], off, err, portsHint(d, s))
+		}
+		if err := ln.Close(); err != nil {
+			return fmt.Errorf("check port %s: %w", addr, err)
+		}
+	}
+	return nil
+}
+
+// portsHint says which ports flotilla up takes and how to choose others.
+func portsHint(d datadir.Dir, s *datadir.Settings) string {
+	return fmt.Sprintf("flotilla up takes the %d ports %d-%d (basePort in %s): stop what listens there, or choose another base with --port",
+		datadir.PortCount, s.Port(0), s.Port(datadir.PortCount-1), d.SettingsFile())
+}
