@@ -121,10 +121,7 @@ func (a *agent) renewNodeCert(ctx context.Context, spec *nodeSpec, forced bool) 
 		return "", err
 	}
 	b, err := os.ReadFile(s.CertFile)
-	if err != nil {
-		return "", err
-	}
-	return certSummary(b), nil
+	return certSummary(b), err
 }
 
 // nodeCertEnd is when the certificate the running node software serves
@@ -134,12 +131,8 @@ func (a *agent) nodeCertEnd() time.Time {
 	if spec == nil || spec.CertFile == "" || a.node.URL() == "" {
 		return time.Time{}
 	}
-	b, err := os.ReadFile(spec.CertFile)
-	if err != nil {
-		return time.Time{}
-	}
-	certs, err := pki.ParseCertificatesPEM(b)
-	if err != nil {
+	certs := readChain(spec.CertFile)
+	if certs == nil {
 		return time.Time{}
 	}
 	return certs[0].NotAfter
@@ -159,19 +152,15 @@ func (a *agent) adoptFleetCACert() error {
 // issuedBy says whether the certificate chain in file is a server
 // certificate that chains to roots.
 func issuedBy(file string, roots *x509.CertPool) bool {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return false
-	}
-	certs, err := pki.ParseCertificatesPEM(b)
-	if err != nil {
+	certs := readChain(file)
+	if certs == nil {
 		return false
 	}
 	inter := x509.NewCertPool()
 	for _, c := range certs[1:] {
 		inter.AddCert(c)
 	}
-	_, err = certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		CurrentTime: certs[0].NotBefore.Add(time.Second)}) // an expired one is still the fleet CA's
 	return err == nil
 }
@@ -185,21 +174,37 @@ func certSummary(certPEM []byte) string {
 	return fmt.Sprintf("serial %s, valid until %s", pki.Serial(certs[0]), certs[0].NotAfter.UTC().Format(time.RFC3339))
 }
 
-// renewalDue is when the certificate in file is renewed: at two thirds of
-// its lifetime; now when it cannot be read.
-func renewalDue(file string) time.Time {
+// readChain is the PEM certificate chain in file, leaf first; nil when it
+// cannot be read.
+func readChain(file string) []*x509.Certificate {
 	b, err := os.ReadFile(file)
 	if err != nil {
-		return time.Time{}
+		return nil
 	}
-	return renewalDueOf(b)
+	return parseChain(b)
 }
 
-// renewalDueOf is when the PEM chain's leaf is renewed: at two thirds of
-// its lifetime; the zero time when it cannot be read.
-func renewalDueOf(certPEM []byte) time.Time {
+// parseChain is a PEM certificate chain, leaf first; nil when it cannot be
+// parsed.
+func parseChain(certPEM []byte) []*x509.Certificate {
 	certs, err := pki.ParseCertificatesPEM(certPEM)
 	if err != nil {
+		return nil
+	}
+	return certs
+}
+
+// renewalDue is when the certificate in file is renewed: at two thirds of
+// its lifetime; the zero time (now) when it cannot be read.
+func renewalDue(file string) time.Time { return renewalAt(readChain(file)) }
+
+// renewalDueOf is renewalDue for a PEM chain.
+func renewalDueOf(certPEM []byte) time.Time { return renewalAt(parseChain(certPEM)) }
+
+// renewalAt is two thirds into the lifetime of the chain's leaf; the zero
+// time without one.
+func renewalAt(certs []*x509.Certificate) time.Time {
+	if certs == nil {
 		return time.Time{}
 	}
 	c := certs[0]

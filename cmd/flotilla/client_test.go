@@ -3,8 +3,11 @@ package main
 import (
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
+
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 )
 
 // TestTheCLIKeepsTheGatewaysCookie: a command's requests carry the cookie
@@ -42,5 +45,30 @@ func TestTheCLIKeepsTheGatewaysCookie(t *testing.T) {
 	defer mu.Unlock()
 	if len(sent) != 3 || sent[0] != "" || sent[1] != "gw-2" || sent[2] != "gw-2" {
 		t.Fatalf("cookies sent: %q; want none first, then the one set", sent)
+	}
+}
+
+// TestAnApplyOfNewSSLSettingsSaysHowTheyReachTheNode: on a provisioned
+// instance, new SANs or a new certificate take a refresh, new ACME domains
+// a reprovision; at rest, or with the same settings, nothing is said.
+func TestAnApplyOfNewSSLSettingsSaysHowTheyReachTheNode(t *testing.T) {
+	t.Parallel()
+	in := func(state string, ssl *inventoryv1.SslSettings) *inventoryv1.Instance {
+		return &inventoryv1.Instance{Name: "web-1", State: state, Ssl: ssl}
+	}
+	sans := &inventoryv1.SslSettings{Sans: []string{"web-1.lab.test"}}
+	for _, tc := range []struct {
+		name          string
+		before, after *inventoryv1.Instance
+		want          string
+	}{
+		{"new SANs", in("running", sans), in("running", &inventoryv1.SslSettings{Sans: []string{"web-1.lab.test", "www.lab.test"}}), "refresh-certificate web-1"},
+		{"new ACME domains", in("running", nil), in("running", &inventoryv1.SslSettings{Domains: []string{"web.example.com"}}), "reprovision web-1"},
+		{"at rest", in("deprovisioned", nil), in("deprovisioned", sans), ""},
+		{"the same", in("running", sans), in("running", sans), ""},
+	} {
+		if got := instanceChanged(tc.before, tc.after); (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+			t.Errorf("%s: %q, want it to say %q", tc.name, got, tc.want)
+		}
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -67,25 +66,12 @@ func printOverview(w io.Writer, ov *systemv1.Overview) error {
 	if len(ov.GetCertificatesEnding()) > 0 {
 		fmt.Fprintln(tw, "\nCERTIFICATE ENDS\tINSTANCE")
 		for _, c := range ov.GetCertificatesEnding() {
-			fmt.Fprintf(tw, "%s\t%s\n", certEnds(c.GetNotAfter().AsTime(), time.Now()), c.GetName())
+			end := c.GetNotAfter().AsTime()
+			fmt.Fprintf(tw, "%s (%s)\t%s\n", ago(end), end.UTC().Format("2006-01-02 15:04 UTC"), c.GetName())
 		}
 		if more := ov.GetCertificatesEndingCount() - int64(len(ov.GetCertificatesEnding())); more > 0 {
 			fmt.Fprintf(tw, "(and %d more)\n", more)
 		}
 	}
 	return tw.Flush()
-}
-
-// certEnds says when a certificate ends, seen from now: "ended 2 days
-// ago" or "in 3 days", with the time.
-func certEnds(end, now time.Time) string {
-	at := end.UTC().Format("2006-01-02 15:04 UTC")
-	switch d := end.Sub(now); {
-	case d <= 0:
-		return "ended " + at
-	case d < 48*time.Hour:
-		return fmt.Sprintf("in %d h (%s)", int(d.Hours()), at)
-	default:
-		return fmt.Sprintf("in %d days (%s)", int(d.Hours()/24), at)
-	}
 }

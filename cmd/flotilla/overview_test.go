@@ -39,7 +39,7 @@ func TestTheOverviewNamesCertificatesEndingSoon(t *testing.T) {
 		t.Fatal(err)
 	}
 	text := out.String()
-	for _, want := range []string{"CERTIFICATE ENDS", "ended " + now.Add(-time.Hour).UTC().Format("2006-01-02 15:04 UTC"), "db-1", "in 5 days", "web-2", "(and 1 more)"} {
+	for _, want := range []string{"CERTIFICATE ENDS", "1h ago (" + now.Add(-time.Hour).UTC().Format("2006-01-02 15:04 UTC") + ")", "db-1", "in 5d (", "web-2", "(and 1 more)"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("the overview lacks %q:\n%s", want, text)
 		}

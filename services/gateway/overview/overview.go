@@ -1,11 +1,11 @@
 // Package overview is the fleet overview's read model: how many instances
 // are in each state, how many of their agents are connected, which
-// instances failed and whose node certificates end soon. Each gateway keeps its own (Keep): it replays the
-// instance events of FLOTILLA_EVENTS (each carries the instance after the
-// change) from the start and follows them, and fills in, from one listing
-// of the instances, those no event in the stream speaks of (the stream
-// keeps 90 days: an instance unchanged for longer has none). It holds no
-// database of its own.
+// instances failed and whose node certificates end soon. Each gateway
+// keeps its own (Keep): it replays the instance events of FLOTILLA_EVENTS
+// (each carries the instance after the change) from the start and follows
+// them, and fills in, from one listing of the instances, those no event in
+// the stream speaks of (the stream keeps 90 days: an instance unchanged for
+// longer has none). It holds no database of its own.
 package overview
 
 import (
@@ -27,9 +27,9 @@ import (
 	"flotilla.dev/flotilla/api/vocab"
 )
 
-// MaxFailures is how many failed instances a Snapshot names (by name);
-// its counts count them all.
-const MaxFailures = 20
+// MaxNamed is how many instances a Snapshot names in each of its lists
+// (failed ones, certificates ending soon); its counts count them all.
+const MaxNamed = 20
 
 // CertificateWarning is how long before a node certificate ends a
 // Snapshot names its instance: a custom certificate the operator must
@@ -90,11 +90,11 @@ type Snapshot struct {
 	// AgentsExpected counts the instances with a VM; AgentsConnected those
 	// of them whose agent has a stream to an agent gateway.
 	AgentsExpected, AgentsConnected int
-	// Failures are failed instances by name, at most MaxFailures.
+	// Failures are failed instances by name, at most MaxNamed.
 	Failures []Failure
 	// CertificatesEnding are the instances with a VM whose node
 	// certificate ends within CertificateWarning, or has ended, soonest
-	// first, at most MaxFailures; CertificatesEndingCount counts them all.
+	// first, at most MaxNamed; CertificatesEndingCount counts them all.
 	CertificatesEnding      []CertificateEnding
 	CertificatesEndingCount int
 	// Sequence is the stream sequence of the last event applied.
@@ -125,7 +125,7 @@ func (o *Overview) Snapshot() (Snapshot, error) {
 		s.Failures = append(s.Failures, Failure{ID: id, Name: in.name, Detail: in.detail})
 	}
 	slices.SortFunc(s.Failures, func(a, b Failure) int { return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID)) })
-	s.Failures = s.Failures[:min(len(s.Failures), MaxFailures)]
+	s.Failures = s.Failures[:min(len(s.Failures), MaxNamed)]
 	soon := time.Now().Add(CertificateWarning)
 	for id, in := range o.inst {
 		if in.vm && !in.certEnd.IsZero() && in.certEnd.Before(soon) {
@@ -136,7 +136,7 @@ func (o *Overview) Snapshot() (Snapshot, error) {
 		return cmp.Or(a.NotAfter.Compare(b.NotAfter), cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID))
 	})
 	s.CertificatesEndingCount = len(s.CertificatesEnding)
-	s.CertificatesEnding = s.CertificatesEnding[:min(len(s.CertificatesEnding), MaxFailures)]
+	s.CertificatesEnding = s.CertificatesEnding[:min(len(s.CertificatesEnding), MaxNamed)]
 	return s, nil
 }
 

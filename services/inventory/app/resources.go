@@ -113,7 +113,6 @@ func checkNetworkChange(ctx context.Context, tx pgx.Tx, old, v *inventoryv1.Netw
 		return nil
 	}
 	q := adapters.InstanceFilter{NetworkID: old.GetId()}.Query()
-	templates := map[string]*inventoryv1.Template{}
 	for token := ""; ; {
 		page, next, err := InstanceTable.List(ctx, tx, q, token, 1000, math.MaxInt, func() proto.Message { return &inventoryv1.Instance{} })
 		if err != nil {
@@ -121,15 +120,7 @@ func checkNetworkChange(ctx context.Context, tx pgx.Tx, old, v *inventoryv1.Netw
 		}
 		for _, m := range page {
 			in := m.(*inventoryv1.Instance)
-			t, ok := templates[in.GetTemplateId()]
-			if !ok {
-				t = &inventoryv1.Template{}
-				if err := TemplateTable.Get(ctx, tx, in.GetTemplateId(), adapters.ForShare, t); err != nil {
-					return err
-				}
-				templates[in.GetTemplateId()] = t
-			}
-			if err := domain.ValidatePlacement(in, t, v); err != nil {
+			if err := domain.ValidateSSL(in, v); err != nil {
 				return apierr.Conflict(apierr.ReasonInUse, "network %q is used by instance %q, which the change would leave invalid (%v): change the instance first, or create another network",
 					old.GetName(), in.GetName(), err)
 			}

@@ -417,6 +417,12 @@ func ValidatePlacement(in *inventoryv1.Instance, t *inventoryv1.Template, n *inv
 		return apierr.Invalid("templateId", "template %q is for provider %q but network %q is for provider %q",
 			t.GetName(), t.GetProvider(), n.GetName(), n.GetProvider())
 	}
+	return ValidateSSL(in, n)
+}
+
+// ValidateSSL checks that an instance's SSL settings suit its network's
+// HTTPS strategy (and its certificate, names).
+func ValidateSSL(in *inventoryv1.Instance, n *inventoryv1.Network) error {
 	ssl := in.GetSsl()
 	custom := !InstanceCertificate(in).Empty()
 	switch vocab.HTTPSStrategy(n.GetHttpsStrategy()) {
