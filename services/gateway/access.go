@@ -132,6 +132,9 @@ type route struct {
 	// extraQuery are the query parameters it takes beyond in's fields
 	// (restQuery).
 	extraQuery []string
+	// self: the route acts on the caller's own user (/users/me…), the
+	// target its audit record names.
+	self bool
 }
 
 // routeTable is every route by key, and by gRPC method.
@@ -153,7 +156,8 @@ func newRoute(key, method string) (*route, error) {
 		return nil, fmt.Errorf("route %s has no rule in the gateway's access table (services/gateway/access.go)", key)
 	}
 	verb, path, _ := strings.Cut(key, " ")
-	rt := &route{key: key, method: method, rule: rule, mutating: verb != http.MethodGet, extraQuery: restQuery[key]}
+	rt := &route{key: key, method: method, rule: rule, mutating: verb != http.MethodGet, extraQuery: restQuery[key],
+		self: path == "/api/v1/users/me" || strings.HasPrefix(path, "/api/v1/users/me:")}
 	for _, m := range pathVar.FindAllStringSubmatch(path, -1) {
 		rt.vars = append(rt.vars, m[1])
 	}

@@ -116,7 +116,11 @@ func (g *Gateway) audit(ctx context.Context, c callRecord) {
 			params = append(params, c.rt.vars[i]+"="+v)
 		}
 	}
-	if rec.Target == "" {
+	switch {
+	case rec.Target != "":
+	case c.rt.self:
+		rec.Target = u.GetUserId()
+	default:
 		rec.Target = c.created
 	}
 	rec.Params = strings.Join(params, " ")

@@ -72,7 +72,7 @@ func TestTheAuditTrail(t *testing.T) {
 	byOlga := []string{
 		"POST /api/v1/tokens olga " + tokenID + " 200 ok",
 		"token-created olga " + tokenID + " 0 ok",
-		"POST /api/v1/users/me:change-password olga  200 ok",
+		"POST /api/v1/users/me:change-password olga " + olgaID + " 200 ok", // the caller's own user
 		"password-changed olga " + olgaID + " 0 ok",
 		"DELETE /api/v1/networks/{id} olga " + netID + " 200 ok",
 		"POST /api/v1/instances/{instance_id}/secrets olga " + instanceID + " 404 not_found",
@@ -91,6 +91,16 @@ func TestTheAuditTrail(t *testing.T) {
 	}
 	if got := e.audit(t, "target="+netID); summary(got) != strings.Join(byNetwork, "\n") {
 		t.Errorf("target=%s:\n%s\nwant\n%s", netID, summary(got), strings.Join(byNetwork, "\n"))
+	}
+	byOlgaUser := []string{
+		"POST /api/v1/users/me:change-password olga " + olgaID + " 200 ok",
+		"password-changed olga " + olgaID + " 0 ok",
+		"token-issued olga " + olgaID + " 0 ok",
+		"POST /api/v1/users admin " + olgaID + " 200 ok",
+		"user-created admin " + olgaID + " 0 ok",
+	}
+	if got := e.audit(t, "target="+olgaID); summary(got) != strings.Join(byOlgaUser, "\n") {
+		t.Errorf("target=%s:\n%s\nwant\n%s", olgaID, summary(got), strings.Join(byOlgaUser, "\n"))
 	}
 	// A time range: since is inclusive, until exclusive.
 	since, until := all[7]["time"].(string), all[3]["time"].(string)
