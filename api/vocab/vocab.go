@@ -178,6 +178,9 @@ const (
 	VerbUpdated = Verb("updated")
 	VerbDeleted = Verb("deleted")
 
+	// VerbStepStarted: the provisioner moved the instance to another
+	// step (its state detail) with no other event to say so.
+	VerbStepStarted       = Verb("step-started")
 	VerbDiskAllocated     = Verb("disk-allocated")
 	VerbVMLaunched        = Verb("vm-launched")
 	VerbVMTerminated      = Verb("vm-terminated")

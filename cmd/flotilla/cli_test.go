@@ -380,10 +380,16 @@ networkId: lab
 	t.Run("provision, logs, events, deprovision, delete", func(t *testing.T) {
 		t.Parallel()
 		c := &cli{t: t, config: c.config}
+		// --wait follows the instance's events: every step is seen as it
+		// starts and ends, however fast, with the server's times.
 		out := c.ok("instances", "provision", "web-1", "--wait")
-		for _, want := range []string{"Provisioning web-1", "allocating-disk done", "running-setup done", "web-1: running: https://"} {
-			if !strings.Contains(out, want) {
-				t.Fatalf("provision --wait lacks %q:\n%s", want, out)
+		want := []string{"Provisioning web-1"}
+		for _, step := range []string{"queued", "allocating-disk", "launching-vm", "waiting-for-agent", "running-setup", "installing", "starting"} {
+			want = append(want, "web-1: "+step+" ...", "web-1: "+step+" done in ")
+		}
+		for _, w := range append(want, "web-1: running: https://") {
+			if !strings.Contains(out, w) {
+				t.Fatalf("provision --wait lacks %q:\n%s", w, out)
 			}
 		}
 		in := instanceJSON(t, c, "web-1")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -14,11 +15,14 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	eventsv1 "flotilla.dev/flotilla/api/gen/flotilla/events/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 )
 
-// pollInterval is how often a wait reads the instance.
+// pollInterval is how often a wait redraws its steps, and reads the
+// instance when it cannot follow its events.
 const pollInterval = 400 * time.Millisecond
 
 // waitOptions are the flags of a command that can wait for the
@@ -126,17 +130,27 @@ func instanceDeleted(ctx context.Context, s *session, answer []byte, wait waitOp
 }
 
 // waitFor follows an instance after action until it is done (exit 0) or
-// has failed (an error naming the step and the reason), showing each step.
+// has failed (an error naming the step and the reason), showing each step
+// with the times the server gave it. It follows the instance's events
+// (GET /api/v1/events?follow=true) from the action's answer on, so every
+// step is seen as it happens and the wait ends with the event that ends
+// it; it reads the instance when the feed cannot be followed, or has been
+// quiet for quietRead.
 func waitFor(ctx context.Context, s *session, in *inventoryv1.Instance, action vocab.Action, o waitOptions, w io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	p := newProgress(w, isTerminal(w), in, action)
+	changes, feedDown := followInstance(ctx, s, in)
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	var lastErr error
-	errSince := time.Time{}
-	for {
-		done, err := p.observe(in, time.Now())
+	errSince, lastChange := time.Time{}, time.Now()
+	for next := in; ; {
+		if at := next.GetUpdateTime(); at.IsValid() && at.AsTime().Before(in.GetUpdateTime().AsTime()) {
+			next = in // an older view than the one shown (a read overtaken by events)
+		}
+		in = next
+		done, err := p.observe(in, changedAt(in))
 		p.draw(time.Now())
 		if done || err != nil {
 			return err
@@ -149,13 +163,32 @@ func waitFor(ctx context.Context, s *session, in *inventoryv1.Instance, action v
 				why = fmt.Sprintf("gave up waiting after %v", o.timeout)
 			}
 			return fmt.Errorf("%s: %s is still %s; the work goes on (flotilla instances get %s)", why, in.GetName(), describeState(in), in.GetName())
+		case c := <-changes:
+			lastChange = time.Now()
+			if c.deleted {
+				if action != vocab.ActionDelete {
+					p.finish()
+					return fmt.Errorf("%s of %s was superseded: the instance was deleted", action, in.GetName())
+				}
+				p.gone(c.at)
+				p.draw(time.Now())
+				return nil
+			}
+			next = c.in
+			continue
+		case <-feedDown:
+			feedDown = nil // read on every tick from now on
+			continue
 		case <-tick.C:
+			if feedDown != nil && time.Since(lastChange) < quietRead {
+				continue // the feed brings every change; the tick redraws
+			}
 		}
-		next := &inventoryv1.Instance{}
-		err = s.call(ctx, http.MethodGet, instancesPath+"/"+in.GetId(), nil, next)
+		read := &inventoryv1.Instance{}
+		err = s.call(ctx, http.MethodGet, instancesPath+"/"+in.GetId(), nil, read)
 		switch {
 		case err == nil:
-			in, lastErr = next, nil
+			next, lastErr = read, nil
 		case isNotFound(err) && action == vocab.ActionDelete:
 			p.gone(time.Now())
 			p.draw(time.Now())
@@ -174,6 +207,58 @@ func waitFor(ctx context.Context, s *session, in *inventoryv1.Instance, action v
 			}
 		}
 	}
+}
+
+// quietRead is how long a wait that follows an instance's events goes
+// without one before it reads the instance all the same (an event lost
+// to a broken stream, a server that does not send them).
+const quietRead = 5 * time.Second
+
+// instanceChange is the instance as an event left it; deleted: the event
+// of its deletion (in: the instance before it), at its time.
+type instanceChange struct {
+	in      *inventoryv1.Instance
+	deleted bool
+	at      time.Time
+}
+
+// followInstance follows in's events from its last change on (the action's
+// answer) until ctx ends, sending the instance as each left it. feedDown
+// is closed when the events cannot be followed (the first request
+// refused or unanswered); a stream broken later is followed again.
+func followInstance(ctx context.Context, s *session, in *inventoryv1.Instance) (<-chan instanceChange, <-chan struct{}) {
+	changes, down := make(chan instanceChange, 64), make(chan struct{})
+	q := url.Values{"entity": {subjects.NounInstance}, "id": {in.GetId()}, "follow": {"true"}, "limit": {"1000"}}
+	if t := in.GetUpdateTime(); t.IsValid() {
+		q.Set("since", t.AsTime().UTC().Format(time.RFC3339Nano))
+	}
+	go func() {
+		err := followEvents(ctx, s, io.Discard, "/api/v1/events?"+q.Encode(), "event", func(e *eventsv1.Event) {
+			data, err := e.GetData().UnmarshalNew()
+			changed, ok := data.(*inventoryv1.Instance)
+			if err != nil || !ok {
+				return
+			}
+			select {
+			case changes <- instanceChange{in: changed, at: e.GetTime().AsTime(),
+				deleted: e.GetType() == subjects.EventType(subjects.NounInstance, string(vocab.VerbDeleted))}:
+			case <-ctx.Done():
+			}
+		})
+		if err != nil {
+			close(down)
+		}
+	}()
+	return changes, down
+}
+
+// changedAt is when in last changed, by the server's clock: the time of
+// the step it is at.
+func changedAt(in *inventoryv1.Instance) time.Time {
+	if t := in.GetUpdateTime(); t.IsValid() {
+		return t.AsTime()
+	}
+	return time.Now()
 }
 
 // stepLine is one step of the progress shown.
@@ -392,6 +477,9 @@ func (p *progress) draw(now time.Time) {
 
 // elapsed formats a step's duration briefly.
 func elapsed(d time.Duration) string {
+	if d < time.Second {
+		return max(d, 0).Round(time.Millisecond).String()
+	}
 	if d < time.Minute {
 		return fmt.Sprintf("%.1fs", d.Seconds())
 	}

@@ -207,8 +207,8 @@ func testUsersTokensAudit(t *testing.T, admin *cli, server, caFile string) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	if out := admin.ok("audit", "--target", ann.ID, "--limit", "1", "-o", "table"); len(strings.Split(strings.TrimSpace(out), "\n")) != 2 ||
-		!strings.HasPrefix(out, "TIME ") || !strings.Contains(out, "password-changed") {
-		t.Fatalf("audit --target ID --limit 1 -o table (the newest, the password change):\n%s", out)
+		!strings.HasPrefix(out, "TIME ") || !strings.Contains(out, "POST /api/v1/users/me:change-password") {
+		t.Fatalf("audit --target ID --limit 1 -o table (the newest, the call that changed the password):\n%s", out)
 	}
 	a.fails("", []string{"GET /api/v1/audit needs the role admin"}, "audit")
 

@@ -85,7 +85,9 @@ func (a *App) enqueue(ctx context.Context, tx pgx.Tx, id string, action vocab.Ac
 }
 
 // RecordState records what the provisioner has made true. It does not take a
-// new version: observed state is not something an operator edits.
+// new version: observed state is not something an operator edits. A record
+// is an event when it names one, or when it moves the instance to another
+// state or step (step-started).
 func (a *App) RecordState(ctx context.Context, actor vocab.Actor, r *inventoryv1.RecordStateRequest) (*inventoryv1.Instance, error) {
 	if r.GetState() != "" && !vocab.State(r.GetState()).Valid() {
 		return nil, apierr.Invalid("state", "%q is not an instance state", r.GetState())
@@ -126,7 +128,11 @@ func (a *App) RecordState(ctx context.Context, actor vocab.Actor, r *inventoryv1
 				return apierr.Invalid("clear", "%q is not a clearable field", c)
 			}
 		}
+		event := vocab.Verb(r.GetEvent())
 		if r.GetState() != "" {
+			if event == "" && (in.GetState() != r.GetState() || in.GetStateDetail() != r.GetStateDetail()) {
+				event = vocab.VerbStepStarted // every step on the timeline, and to whoever follows it
+			}
 			in.State = r.GetState()
 			in.StateDetail = r.GetStateDetail()
 		}
@@ -146,10 +152,10 @@ func (a *App) RecordState(ctx context.Context, actor vocab.Actor, r *inventoryv1
 			return err
 		}
 		out = in
-		if r.GetEvent() == "" {
+		if event == "" {
 			return nil
 		}
-		return a.emit(ctx, tx, subjects.NounInstance, vocab.Verb(r.GetEvent()), actor, in, now)
+		return a.emit(ctx, tx, subjects.NounInstance, event, actor, in, now)
 	})
 	return out, err
 }
