@@ -576,11 +576,11 @@ func actsFor(actor vocab.Actor, id string) error {
 	return nil
 }
 
-// instance reads an instance, which must exist.
+// instance reads an instance, which must exist (not found: it does not).
 func (s *Service) instance(ctx context.Context, id string) (*inventoryv1.Instance, error) {
 	inst, err := s.instances.GetInstance(ctx, id)
 	if apierr.Is(err, apierr.KindNotFound) {
-		return nil, apierr.Invalid("instanceId", "instance %q does not exist", id)
+		return nil, apierr.NotFound("instance", id)
 	}
 	return inst, err
 }

@@ -1002,7 +1002,7 @@ func TestWhatIsAskedIsCheckedAgainstTheInstance(t *testing.T) {
 		Ssl: &inventoryv1.SslSettings{Sans: []string{"Mine.Example.com"}}, Addresses: &inventoryv1.Addresses{PrivateIp: "10.1.1.1"}})
 
 	err := call(t, e.nc, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: gone}, &cav1.JoinToken{})
-	wantError(t, err, apierr.KindInvalid, "instanceId: instance")
+	wantError(t, err, apierr.KindNotFound, fmt.Sprintf("instance %q not found", gone))
 	err = call(t, e.nc, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: running}, &cav1.JoinToken{})
 	wantError(t, err, apierr.KindConflict, fmt.Sprintf("instance %q is running", running))
 	if apierr.ReasonOf(err) != apierr.ReasonInvalidState {

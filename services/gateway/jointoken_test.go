@@ -37,6 +37,9 @@ func TestOperatorsMintJoinTokensForExternalInstances(t *testing.T) {
 	if code := e.call("POST", "/api/v1/instances/nope:joinToken", "{}", &out, ""); code != 400 || out["field"] != "id" {
 		t.Fatalf(":joinToken of a malformed id: %d %v", code, out)
 	}
+	if code := e.call("POST", "/api/v1/instances/01234567-89ab-7def-8123-456789abcdef:joinToken", "{}", &out, ""); code != 404 || out["reason"] != "not_found" {
+		t.Fatalf(":joinToken of an instance that does not exist: %d %v", code, out)
+	}
 
 	e.must(200, "POST", "/api/v1/instances/"+id+":provision", nil)
 	deadline := time.Now().Add(30 * time.Second)

@@ -91,6 +91,11 @@ func (s *Service) list(ctx context.Context, _ vocab.Actor, r *secretsv1.ListSecr
 	if err != nil {
 		return nil, err
 	}
+	if len(items) == 0 {
+		if err := s.checkInstance(ctx, instanceID); err != nil {
+			return nil, err // no instance, rather than none of its secrets
+		}
+	}
 	return &secretsv1.ListSecretsResponse{Secrets: items}, nil
 }
 
@@ -109,6 +114,9 @@ func (s *Service) delete(ctx context.Context, actor vocab.Actor, r *secretsv1.De
 		return nil, err
 	}
 	if !deleted {
+		if err := s.checkInstance(ctx, instanceID); err != nil {
+			return nil, err
+		}
 		return nil, apierr.NotFound("secret", name)
 	}
 	s.log.InfoContext(ctx, "secret deleted", "instance_id", instanceID, "name", name, "actor", actor)

@@ -69,8 +69,8 @@ func TestCreateListReplaceDelete(t *testing.T) {
 	if items, err := e.list(e.b); err != nil || !slices.Equal(names(items), []string{"db-password"}) {
 		t.Fatalf("list b: %v, %v", names(items), err)
 	}
-	if items, err := e.list(uuid.NewString()); err != nil || len(items) != 0 {
-		t.Fatalf("list of an instance without secrets: %v, %v", items, err)
+	if items, err := e.list(uuid.NewString()); !apierr.Is(err, apierr.KindNotFound) {
+		t.Fatalf("list of no instance: %v, %v", items, err)
 	}
 
 	del := func(instanceID, name string) error {
@@ -433,5 +433,15 @@ func TestSecretsGoWithTheirInstance(t *testing.T) {
 	}
 	if count(e.b) != 1 {
 		t.Fatal("another instance's secret went too")
+	}
+	// The instance gone, its secrets are not found rather than none.
+	if _, err := e.list(e.a); !apierr.Is(err, apierr.KindNotFound) || !strings.Contains(err.Error(), "instance") {
+		t.Errorf("list the secrets of a deleted instance: %v", err)
+	}
+	if _, err := call(e, endpoints.SecretDelete, &secretsv1.DeleteSecretRequest{InstanceId: e.a, Name: "db-password"}); !apierr.Is(err, apierr.KindNotFound) || !strings.Contains(err.Error(), "instance") {
+		t.Errorf("delete a secret of a deleted instance: %v", err)
+	}
+	if _, err := call(e, endpoints.SecretDelete, &secretsv1.DeleteSecretRequest{InstanceId: e.b, Name: "no-such"}); !apierr.Is(err, apierr.KindNotFound) || !strings.Contains(err.Error(), `secret "no-such"`) {
+		t.Errorf("delete a secret that does not exist: %v", err)
 	}
 }
