@@ -135,6 +135,9 @@ func TestCloudAccountsKeepTheirSecretKeyInTheBroker(t *testing.T) {
 	if code := e.call("DELETE", "/api/v1/cloud-accounts/"+acc.ID, nil, nil, ""); code != 200 {
 		t.Fatalf("delete the account: %d", code)
 	}
+	if code := e.call("GET", "/api/v1/cloud-accounts/"+acc.ID, nil, &apiErr, ""); code != 404 || apiErr.Message != `cloud account "`+acc.ID+`" not found` {
+		t.Fatalf("the deleted account: %d %+v", code, apiErr)
+	}
 	var left int
 	if err := e.pool.QueryRow(t.Context(), "SELECT count(*) FROM cloud_keys WHERE cloud_account_id = $1", acc.ID).Scan(&left); err != nil || left != 0 {
 		t.Fatalf("the key outlived its account: %d %v", left, err)

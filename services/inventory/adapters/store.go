@@ -37,10 +37,21 @@ type Column struct {
 type Table struct {
 	// Name is the SQL table name, e.g. "networks".
 	Name string
-	// Noun is the singular used in messages, e.g. "network".
+	// Noun is the entity's word on the bus, e.g. "network", "cloudaccount".
 	Noun string
+	// Words name a resource in messages when the noun will not ("cloud
+	// account"); empty: the noun.
+	Words string
 	// Extra returns the extra columns to write for a resource, if the table has any.
 	Extra func(proto.Message) []Column
+}
+
+// What names a resource of the table in messages: "network", "cloud account".
+func (t Table) What() string {
+	if t.Words != "" {
+		return t.Words
+	}
+	return t.Noun
 }
 
 var (
@@ -62,7 +73,7 @@ func (t Table) Insert(ctx context.Context, tx pgx.Tx, m proto.Message, now time.
 	setField(m, "update_time", protoreflect.ValueOfMessage(proto.Clone(ts).ProtoReflect()))
 	spec, err := jsonOut.Marshal(m)
 	if err != nil {
-		return fmt.Errorf("encode %s: %w", t.Noun, err)
+		return fmt.Errorf("encode %s: %w", t.What(), err)
 	}
 	cols := []string{"id", "name", "spec", "version", "created_at", "updated_at"}
 	args := []any{getString(m, "id"), getString(m, "name"), spec, int64(1), now, now}
@@ -104,9 +115,9 @@ func (t Table) Get(ctx context.Context, q Querier, id string, lock Lock, m proto
 	sql := "SELECT spec, id::text, version, created_at, updated_at FROM " + t.Name + " WHERE id = $1" + string(lock)
 	if err := t.scan(q.QueryRow(ctx, sql, id), m); err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
-			return apierr.NotFound(t.Noun, id)
+			return apierr.NotFound(t.What(), id)
 		}
-		return fmt.Errorf("read %s %s: %w", t.Noun, id, err)
+		return fmt.Errorf("read %s %s: %w", t.What(), id, err)
 	}
 	return nil
 }
@@ -121,7 +132,7 @@ func (t Table) GetMany(ctx context.Context, q Querier, ids []string, newMsg func
 	}
 	rows, err := q.Query(ctx, "SELECT spec, id::text, version, created_at, updated_at FROM "+t.Name+" WHERE id = ANY($1::uuid[])", ids)
 	if err != nil {
-		return nil, fmt.Errorf("read %d %ss: %w", len(ids), t.Noun, err)
+		return nil, fmt.Errorf("read %d %ss: %w", len(ids), t.What(), err)
 	}
 	defer rows.Close()
 	var out []proto.Message
@@ -133,7 +144,7 @@ func (t Table) GetMany(ctx context.Context, q Querier, ids []string, newMsg func
 		out = append(out, m)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read %d %ss: %w", len(ids), t.Noun, err)
+		return nil, fmt.Errorf("read %d %ss: %w", len(ids), t.What(), err)
 	}
 	return out, nil
 }
@@ -149,7 +160,7 @@ func (t Table) scan(row pgx.Row, m proto.Message) error {
 		return err
 	}
 	if err := jsonIn.Unmarshal(spec, m); err != nil {
-		return fmt.Errorf("decode %s %s: %w", t.Noun, id, err)
+		return fmt.Errorf("decode %s %s: %w", t.What(), id, err)
 	}
 	setField(m, "id", protoreflect.ValueOfString(id))
 	setField(m, "version", protoreflect.ValueOfInt64(version))
@@ -167,7 +178,7 @@ func (t Table) Update(ctx context.Context, tx pgx.Tx, m proto.Message, now time.
 	setField(m, "update_time", protoreflect.ValueOfMessage(timestamppb.New(now).ProtoReflect()))
 	spec, err := jsonOut.Marshal(m)
 	if err != nil {
-		return fmt.Errorf("encode %s: %w", t.Noun, err)
+		return fmt.Errorf("encode %s: %w", t.What(), err)
 	}
 	sets := []string{"name = $3", "spec = $4", "version = $5", "updated_at = $6"}
 	args := []any{id, prev, getString(m, "name"), spec, prev + 1, now}
@@ -182,7 +193,7 @@ func (t Table) Update(ctx context.Context, tx pgx.Tx, m proto.Message, now time.
 			return t.writeError(err, name, id)
 		}
 		if tag.RowsAffected() == 0 {
-			return apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q changed since version %d: read it again and retry", t.Noun, id, prev)
+			return apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q changed since version %d: read it again and retry", t.What(), id, prev)
 		}
 		return nil
 	}, sql, args...)
@@ -196,7 +207,7 @@ func (t Table) UpdateObserved(ctx context.Context, tx pgx.Tx, m proto.Message, n
 	setField(m, "update_time", protoreflect.ValueOfMessage(timestamppb.New(now).ProtoReflect()))
 	spec, err := jsonOut.Marshal(m)
 	if err != nil {
-		return fmt.Errorf("encode %s: %w", t.Noun, err)
+		return fmt.Errorf("encode %s: %w", t.What(), err)
 	}
 	sets := []string{"spec = $2", "updated_at = $3"}
 	args := []any{getString(m, "id"), spec, now}
@@ -214,12 +225,12 @@ func (t Table) Delete(ctx context.Context, tx pgx.Tx, id string, version int64) 
 		if err != nil {
 			var pgErr *pgconn.PgError
 			if errors.As(err, &pgErr) && pgErr.Code == "23503" {
-				return apierr.Conflict(apierr.ReasonInUse, "%s %q is in use", t.Noun, id)
+				return apierr.Conflict(apierr.ReasonInUse, "%s %q is in use", t.What(), id)
 			}
-			return fmt.Errorf("delete %s %s: %w", t.Noun, id, err)
+			return fmt.Errorf("delete %s %s: %w", t.What(), id, err)
 		}
 		if tag.RowsAffected() == 0 {
-			return apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q changed since version %d: read it again and retry", t.Noun, id, version)
+			return apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q changed since version %d: read it again and retry", t.What(), id, version)
 		}
 		return nil
 	}, "DELETE FROM "+t.Name+" WHERE id = $1 AND ($2 = 0 OR version = $2)", id, version)
@@ -443,14 +454,14 @@ func (t Table) writeError(err error, name, id string) error {
 		switch pgErr.Code {
 		case "23505": // unique_violation
 			if strings.Contains(pgErr.ConstraintName, "name") {
-				return apierr.Conflict(apierr.ReasonAlreadyExists, "%s name %q is already in use", t.Noun, name)
+				return apierr.Conflict(apierr.ReasonAlreadyExists, "%s name %q is already in use", t.What(), name)
 			}
-			return apierr.Conflict(apierr.ReasonAlreadyExists, "%s %q already exists", t.Noun, id)
+			return apierr.Conflict(apierr.ReasonAlreadyExists, "%s %q already exists", t.What(), id)
 		case "23503": // foreign_key_violation: a referenced row vanished meanwhile
-			return apierr.Conflict(apierr.ReasonConcurrentChange, "%s %q refers to something that no longer exists: %s", t.Noun, name, pgErr.ConstraintName)
+			return apierr.Conflict(apierr.ReasonConcurrentChange, "%s %q refers to something that no longer exists: %s", t.What(), name, pgErr.ConstraintName)
 		}
 	}
-	return fmt.Errorf("write %s: %w", t.Noun, err)
+	return fmt.Errorf("write %s: %w", t.What(), err)
 }
 
 func field(m proto.Message, name string) protoreflect.FieldDescriptor {

@@ -258,7 +258,7 @@ func update[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Acto
 		}
 		if cur.GetVersion() != v.GetVersion() {
 			return apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q is at version %d, not %d: read it again and retry",
-				k.table.Noun, v.GetId(), cur.GetVersion(), v.GetVersion())
+				k.table.What(), v.GetId(), cur.GetVersion(), v.GetVersion())
 		}
 		next := proto.Clone(cur).(T)
 		if err := applyMask(next, v, mask); err != nil {
@@ -300,7 +300,7 @@ func remove[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Acto
 		}
 		if version != 0 && cur.GetVersion() != version {
 			return apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q is at version %d, not %d: read it again and retry",
-				k.table.Noun, id, cur.GetVersion(), version)
+				k.table.What(), id, cur.GetVersion(), version)
 		}
 		if k.beforeDelete != nil {
 			if err := k.beforeDelete(ctx, tx, cur); err != nil {

@@ -33,7 +33,7 @@ type CloudKeys interface {
 func WithCloudKeys(k CloudKeys) Option { return func(a *App) { a.cloudKeys = k } }
 
 // CloudAccountTable holds cloud accounts, never their secret keys.
-var CloudAccountTable = adapters.Table{Name: "cloud_accounts", Noun: subjects.NounCloudAccount}
+var CloudAccountTable = adapters.Table{Name: "cloud_accounts", Noun: subjects.NounCloudAccount, Words: "cloud account"}
 
 var cloudAccounts = kind[*inventoryv1.CloudAccount]{
 	table: CloudAccountTable,
