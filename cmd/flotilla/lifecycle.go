@@ -34,7 +34,8 @@ type waitOptions struct {
 
 func (o *waitOptions) flags(cmd *cobra.Command, until string) {
 	cmd.Flags().BoolVarP(&o.wait, "wait", "w", false, "wait "+until+", showing each step; exit non-zero if a step fails")
-	cmd.Flags().DurationVar(&o.timeout, "timeout", 20*time.Minute, "with --wait: give up waiting after this long (the work goes on)")
+	o.timeout = 20 * time.Minute
+	cmd.Flags().Var(durationFlag{&o.timeout}, "timeout", "with --wait: give up waiting after this long (the work goes on)")
 }
 
 // stepsOf lists, in order, the steps the provisioner goes through for an

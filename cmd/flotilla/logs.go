@@ -129,12 +129,12 @@ func setTimeQuery(q url.Values, param, v string) error {
 	if v == "" {
 		return nil
 	}
-	if d, err := time.ParseDuration(v); err == nil {
+	if d, err := parseDuration(v); err == nil {
 		q.Set(param, time.Now().Add(-d).UTC().Format(time.RFC3339))
 	} else if t, err := time.Parse(time.RFC3339, v); err == nil {
 		q.Set(param, t.UTC().Format(time.RFC3339))
 	} else {
-		return fmt.Errorf("--%s: %q is neither an RFC 3339 time (2026-01-02T15:04:05Z) nor a duration back from now (10m)", param, v)
+		return fmt.Errorf("--%s: %q is neither an RFC 3339 time (2026-01-02T15:04:05Z) nor a duration back from now (10m, 24h, 7d)", param, v)
 	}
 	return nil
 }

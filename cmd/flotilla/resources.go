@@ -152,7 +152,8 @@ On the machine, with %s and the token in files, start the agent:
 		}})
 	cmd.Use = "join-token NAME|ID"
 	cmd.Args = cobra.ExactArgs(1)
-	cmd.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid (at most 24h)")
+	ttl = time.Hour
+	cmd.Flags().Var(durationFlag{&ttl}, "ttl", "how long the token is valid (at most 24h)")
 	cmd.Flags().StringVar(&writeCA, "write-ca", "", "write the CA bundle the agent verifies its gateway with to this file")
 	return cmd
 }

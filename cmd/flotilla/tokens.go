@@ -38,7 +38,7 @@ func createTokenCommand(opts *clientOptions) *cobra.Command {
 		Short: "Create an API token (a bearer token for scripts) and print it, the only time it is shown",
 		Long: `Create an API token for the user logged in: named (unique among your live
 tokens), with a role no greater than yours (and never more than your role
-of the moment), living --expires-in (1m to 8760h). It needs a login session:
+of the moment), living --expires-in (1m to 365d). It needs a login session:
 an API token cannot mint another.
 
 The token is printed alone on standard output (-o json or yaml: the API's
@@ -77,6 +77,7 @@ only its SHA-256, so it is never shown again. Use it as FLOTILLA_TOKEN (or
 		},
 	}
 	roleFlag(cmd, &role, "the token's role, at most yours")
-	cmd.Flags().DurationVar(&expiresIn, "expires-in", 30*24*time.Hour, "how long the token lives (1m to 8760h)")
+	expiresIn = 30 * 24 * time.Hour
+	cmd.Flags().Var(durationFlag{&expiresIn}, "expires-in", "how long the token lives (1m to 365d; 90m, 24h, 30d)")
 	return cmd
 }
