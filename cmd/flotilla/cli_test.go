@@ -260,6 +260,12 @@ networkId: lab
 	if out := c.ok("networks", "get", "lab", "-o", "json"); json.Unmarshal([]byte(out), &lab) != nil || lab.AssignPublicIP || lab.Version != "3" {
 		t.Fatalf("after a stale apply: %s", out)
 	}
+	// A file of a version gone by that changes nothing is no change: the
+	// same file applied twice, or one that agrees with the changes since.
+	if out := c.ok("networks", "apply", "-f", writeFile(t, "lab-v1.yaml", read)); !strings.Contains(out, "network lab unchanged") ||
+		!strings.Contains(c.ok("networks", "get", "lab", "-o", "yaml"), `version: "3"`) {
+		t.Fatalf("networks apply of a stale file that changes nothing: %s", out)
+	}
 	// apply creates what does not exist.
 	if out := c.okIn("name: lab-2\nprovider: local\nhttpsStrategy: none\n", "networks", "apply", "-f", "-"); !strings.Contains(out, "network lab-2 created") {
 		t.Fatalf("apply of a new network: %s", out)

@@ -71,6 +71,12 @@ func TestErrorsCarryAStableReason(t *testing.T) {
 		}
 	}
 
+	// A stale version asking for what is already so changes nothing and
+	// is no conflict (the same change sent twice); anything more is one.
+	if out := e.must(200, "PATCH", "/api/v1/networks/"+net["id"].(string), reply{"version": "7", "assignPublicIp": false, "httpsStrategy": net["httpsStrategy"]}); out["version"] != net["version"] {
+		t.Errorf("a stale PATCH that changes nothing: %v, want the network at version %v", out, net["version"])
+	}
+
 	// A running instance: deleting it is refused for its state, not because
 	// something else is in progress.
 	if _, err := e.pool.Exec(t.Context(), `UPDATE instances SET state = 'running', spec = spec || '{"state":"running"}' WHERE id = $1`, id); err != nil {

@@ -256,13 +256,25 @@ func update[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Acto
 		if err := k.table.Get(ctx, tx, v.GetId(), adapters.ForUpdate, cur); err != nil {
 			return err
 		}
-		if cur.GetVersion() != v.GetVersion() {
-			return apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q is at version %d, not %d: read it again and retry",
-				k.table.What(), v.GetId(), cur.GetVersion(), v.GetVersion())
-		}
+		stale := cur.GetVersion() != v.GetVersion()
+		mismatch := apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q is at version %d, not %d: read it again and retry",
+			k.table.What(), v.GetId(), cur.GetVersion(), v.GetVersion())
 		next := proto.Clone(cur).(T)
 		if err := applyMask(next, v, mask); err != nil {
+			if stale {
+				return mismatch
+			}
 			return err
+		}
+		if stale {
+			// A change already made (the same file applied twice) is
+			// no change at all: nothing is overwritten. Anything else
+			// was read before a change it would undo.
+			if proto.Equal(cur, next) && k.stored == nil {
+				out = cur
+				return nil
+			}
+			return mismatch
 		}
 		if err := checkSize(k.table.Noun, next); err != nil {
 			return err
