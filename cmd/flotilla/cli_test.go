@@ -214,7 +214,8 @@ networkId: lab
 		len(instancesJSON.Instances) != 2 || instancesJSON.TotalSize != 2 {
 		t.Fatalf("instances list (json, a page of one at a time):\n%s", out)
 	}
-	c.fails("", []string{`state: "sleeping" is not one of`}, "instances", "list", "--state", "sleeping")
+	c.fails("", []string{`--state: "sleeping" is not one of`}, "instances", "list", "--state", "sleeping")
+	c.fails("", []string{`--sort: "age" is not an order`}, "instances", "list", "--sort", "age") // the flag, not the API's orderBy
 	c.fails("", []string{"--network", `no network named "nowhere"`}, "instances", "list", "--network", "nowhere")
 	c.fails("", []string{"no instance named"}, "instances", "get", strings.Repeat("x", 201)) // longer than a search may be
 	var asJSON struct {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -19,6 +20,8 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"flotilla.dev/flotilla/libs/apierr"
 )
 
 // resource describes one collection of the API (/api/v1/<plural>) for the
@@ -461,7 +464,7 @@ func (r *resource) listCommand(opts *clientOptions) *cobra.Command {
 			}
 			items, err := s.list(cmd.Context(), r, filter)
 			if err != nil {
-				return err
+				return r.filterError(err)
 			}
 			return s.printItems(cmd.Context(), cmd.OutOrStdout(), format, r, items)
 		},
@@ -471,6 +474,21 @@ func (r *resource) listCommand(opts *clientOptions) *cobra.Command {
 		cmd.Flags().StringVar(&values[i], f.flag, "", f.usage)
 	}
 	return cmd
+}
+
+// filterError is a list's err with the flag named that the API refused
+// as its query parameter (--sort for orderBy).
+func (r *resource) filterError(err error) error {
+	var e *apiError
+	if !errors.As(err, &e) || e.Reason != string(apierr.ReasonInvalidField) {
+		return err
+	}
+	for _, f := range r.filters {
+		if f.param == e.Field {
+			return fmt.Errorf("--%s: %s (%s)", f.flag, strings.TrimPrefix(e.Message, f.param+": "), e.Reason)
+		}
+	}
+	return err
 }
 
 func (r *resource) getCommand(opts *clientOptions) *cobra.Command {

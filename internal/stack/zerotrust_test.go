@@ -121,7 +121,7 @@ func TestAnAttackersProbesAreRefused(t *testing.T) {
 	_, err = rpc.Call(ctx, provisioner, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: idle})
 	wantReason(t, "join token for an instance not being provisioned", err, apierr.ReasonInvalidState)
 	_, err = rpc.Call(ctx, provisioner, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: "0190c3e1-0000-7000-8000-000000000000"})
-	wantReason(t, "join token for an instance that does not exist", err, apierr.ReasonInvalidField)
+	wantReason(t, "join token for an instance that does not exist", err, apierr.ReasonNotFound)
 	if _, err := rpc.Call(ctx, provisioner, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: a}); err != nil {
 		t.Fatalf("join token for an instance being provisioned: %v", err)
 	}
