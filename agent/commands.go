@@ -73,7 +73,9 @@ func (a *agent) bootstrap(ctx context.Context, id string, b *agentv1.Bootstrap) 
 	for i, act := range b.GetSetupActions() {
 		a.progress(ctx, id, vocab.StepRunningSetup, vocab.ProgressStarted, act.GetType(), i)
 		if err := r.run(ctx, act); err != nil {
-			a.progress(ctx, id, vocab.StepRunningSetup, vocab.ProgressFailed, a.mask.Mask(err.Error()), i)
+			// Named as the template names it: setupActions[2]: script exited with code 3.
+			msg := fmt.Sprintf("setupActions[%d]: %v", i, err)
+			a.progress(ctx, id, vocab.StepRunningSetup, vocab.ProgressFailed, a.mask.Mask(msg), i)
 			return
 		}
 		a.progress(ctx, id, vocab.StepRunningSetup, vocab.ProgressSucceeded, act.GetType(), i)

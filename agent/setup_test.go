@@ -203,8 +203,8 @@ func TestSetupActionsRunInOrder(t *testing.T) {
 	if got := ta.steps(t); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("progress:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	if msg := ta.lastProgress().GetMessage(); !strings.Contains(msg, "exited with code 3") {
-		t.Errorf("failure message %q does not give the exit code", msg)
+	if msg := ta.lastProgress().GetMessage(); msg != "setupActions[6]: script exited with code 3" {
+		t.Errorf("failure message %q does not name the action and give the exit code", msg)
 	}
 
 	logs := ta.logText(SourceSetup)

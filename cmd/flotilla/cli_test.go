@@ -329,7 +329,7 @@ networkId: lab
 	t.Run("a failing provision names its step", func(t *testing.T) {
 		t.Parallel()
 		c := &cli{t: t, config: c.config}
-		out, _ := c.fails("", []string{"provision of bad-1 failed at running-setup", "exited with code 3"}, "instances", "provision", "bad-1", "--wait")
+		out, _ := c.fails("", []string{"provision of bad-1 failed at running-setup: setupActions[0]: script exited with code 3"}, "instances", "provision", "bad-1", "--wait")
 		if !strings.Contains(out, "bad-1: running-setup failed") {
 			t.Fatalf("provision --wait shows no failed step:\n%s", out)
 		}

@@ -106,15 +106,15 @@ func TestProgressOnATerminal(t *testing.T) {
 		p.draw(now)
 		now = now.Add(time.Second)
 	}
-	in.State, in.StateDetail = "failed", "running-setup: script 2 exited with code 3"
+	in.State, in.StateDetail = "failed", "running-setup: setupActions[2]: script exited with code 3"
 	done, err := p.observe(in, now)
 	p.draw(now)
-	if !done || err == nil || err.Error() != "provision of web-1 failed at running-setup: script 2 exited with code 3" {
+	if !done || err == nil || err.Error() != "provision of web-1 failed at running-setup: setupActions[2]: script exited with code 3" {
 		t.Fatalf("failed: %v %v", done, err)
 	}
 	out := b.String()
 	last := out[strings.LastIndex(out, "\x1b[4A"):] // the last redraw: up the four lines before
-	for _, want := range []string{"✓ queued", "✓ allocating-disk", "✓ launching-vm", "✓ waiting-for-agent", "✗ running-setup      script 2 exited with code 3", "web-1 failed at running-setup"} {
+	for _, want := range []string{"✓ queued", "✓ allocating-disk", "✓ launching-vm", "✓ waiting-for-agent", "✗ running-setup      setupActions[2]: script exited with code 3", "web-1 failed at running-setup"} {
 		if !strings.Contains(last, want) {
 			t.Errorf("last redraw lacks %q:\n%q", want, last)
 		}

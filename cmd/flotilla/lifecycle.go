@@ -350,7 +350,7 @@ func desiredOf(a vocab.Action) vocab.Desired {
 	return vocab.DesiredProvisioned
 }
 
-// splitFailure splits a failed instance's detail ("running-setup: script 1
+// splitFailure splits a failed instance's detail ("running-setup: setupActions[1]: script
 // exited 1") into its step and reason.
 func splitFailure(detail string) (vocab.Step, string) {
 	step, reason, ok := strings.Cut(detail, ": ")
