@@ -218,7 +218,8 @@ func TestConsoleInBrowser(t *testing.T) {
 	}
 	b.shot("instance")
 	timeline := b.text("#timeline")
-	for _, verb := range []string{"provision-requested", "vm-launched", "running"} {
+	// Every step is there as it began, and the agent's reports as it made them.
+	for _, verb := range []string{"provision-requested", "step-started", "vm-launched", "running-setup/succeeded", "done/succeeded", "running"} {
 		if !strings.Contains(timeline, verb) {
 			t.Fatalf("the timeline lacks %s:\n%s", verb, timeline)
 		}

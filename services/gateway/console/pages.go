@@ -26,9 +26,10 @@ type apiEvent struct {
 	Actor    string    `json:"actor"`
 	Time     time.Time `json:"time"`
 	Data     struct {
-		Name        string `json:"name"`
-		State       string `json:"state"`
-		StateDetail string `json:"stateDetail"`
+		Name          string `json:"name"`
+		State         string `json:"state"`
+		StateDetail   string `json:"stateDetail"`
+		AgentProgress string `json:"agentProgress"`
 	} `json:"data"`
 }
 
@@ -36,6 +37,15 @@ type apiEvent struct {
 func (e apiEvent) Verb() string {
 	_, v, _ := strings.Cut(e.Type, ".")
 	return v
+}
+
+// Detail is what the event says beyond the state: the agent's report for
+// a progress event ("running-setup/succeeded"), else the step.
+func (e apiEvent) Detail() string {
+	if e.Verb() == string(vocab.VerbProgress) && e.Data.AgentProgress != "" {
+		return e.Data.AgentProgress
+	}
+	return e.Data.StateDetail
 }
 
 // Ago says how long ago it happened.

@@ -144,9 +144,11 @@
       li.appendChild(document.createTextNode(" → "));
       li.appendChild(badge(d.state));
     }
-    if (d.stateDetail) {
+    // A progress event says the agent's report (running-setup/succeeded).
+    var detail = verbOf(ev) === "progress" && d.agentProgress ? d.agentProgress : d.stateDetail;
+    if (detail) {
       li.appendChild(document.createTextNode(" "));
-      li.appendChild(el("span", "muted", d.stateDetail));
+      li.appendChild(el("span", "muted", detail));
     }
     li.appendChild(document.createTextNode(" "));
     li.appendChild(el("span", "actor", "by " + ev.actor));
