@@ -77,6 +77,23 @@ var Actions = []Action{ActionProvision, ActionDeprovision, ActionReprovision, Ac
 // Valid reports whether a is one of Actions.
 func (a Action) Valid() bool { return slices.Contains(Actions, a) }
 
+// From lists the states in which a changes an instance; in any other it is
+// refused (another action is in progress, or a running instance is asked
+// to be deleted) or already in effect.
+func (a Action) From() []State {
+	switch a {
+	case ActionProvision:
+		return []State{StateCreated, StateDeprovisioned, StateFailed}
+	case ActionDeprovision:
+		return []State{StateRunning, StateFailed}
+	case ActionReprovision:
+		return []State{StateCreated, StateRunning, StateDeprovisioned, StateFailed}
+	case ActionDelete:
+		return []State{StateCreated, StateDeprovisioned, StateFailed}
+	}
+	return nil
+}
+
 // Requested is the verb of the event recording that a was asked for,
 // e.g. "provision-requested".
 func (a Action) Requested() Verb { return Verb(string(a) + "-requested") }

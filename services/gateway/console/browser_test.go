@@ -202,6 +202,12 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.do("create instance", fill(map[string]string{"#f-name": "web-1", "#f-kind": "design", "#f-networkId": network}),
 		submit(".formbuttons button.primary"), chromedp.WaitVisible(chromedp.CSS("#instance[data-id]")))
 
+	// The page offers the actions that would change the instance now,
+	// and keeps them so as its state changes.
+	const actions = "[...document.querySelectorAll('#instance [data-from]')].filter(e => e.checkVisibility()).map(e => e.textContent.trim()).join(',')"
+	if got := eval[string](b, actions); got != "Provision,Reprovision…,Delete…" {
+		t.Fatalf("a created instance's actions: %s", got)
+	}
 	// Provision: the page follows it to running without a reload.
 	b.do("provision", submit("form[action$='/provision'] button"), chromedp.WaitVisible(chromedp.CSS("#instance[data-id]")))
 	b.do("mark the page", chromedp.Evaluate[chromedp.Void]("window.notReloaded = true"))
@@ -216,6 +222,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if strings.Trim(strings.ReplaceAll(steps, "done", ""), ",") != "" {
 		t.Fatalf("steps once running: %s", steps)
 	}
+	b.waitFor("a running instance's actions", actions+" === 'Deprovision…,Reprovision…'", 10*time.Second)
 	b.shot("instance")
 	timeline := b.text("#timeline")
 	// Every step is there as it began, and the agent's reports as it made them.

@@ -37,6 +37,20 @@ var funcs = template.FuncMap{
 			Kind: kindSelect, Options: words(vocab.SetupActions), Value: a.Type}
 	},
 	"contains": slices.Contains[[]string],
+	// from is the states an action changes an instance in, for the page
+	// to show it only then (data-from, kept true as the state changes).
+	"from": func(a string) string {
+		var b strings.Builder
+		for i, s := range vocab.Action(a).From() {
+			if i > 0 {
+				b.WriteByte(' ')
+			}
+			b.WriteString(string(s))
+		}
+		return b.String()
+	},
+	// applies says whether an action changes an instance in state.
+	"applies": func(a, state string) bool { return slices.Contains(vocab.Action(a).From(), vocab.State(state)) },
 }
 
 // tsISO is a timestamp for a <time datetime> attribute ("" when unset).

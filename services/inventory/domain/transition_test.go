@@ -1,6 +1,7 @@
 package domain
 
 import (
+	"slices"
 	"testing"
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -63,5 +64,25 @@ func TestTransitions(t *testing.T) {
 	}
 	if _, err := Transition(&inventoryv1.Instance{State: string(vocab.StateRunning)}, "explode"); !apierr.Is(err, apierr.KindInvalid) {
 		t.Errorf("unknown action: %v", err)
+	}
+}
+
+// TestActionsChangeTheStatesTheySayTheyDo: vocab.Action.From (which the
+// console shows the actions by) lists exactly the states in which
+// Transition changes an instance, whatever was asked before.
+func TestActionsChangeTheStatesTheySayTheyDo(t *testing.T) {
+	t.Parallel()
+	for _, a := range vocab.Actions {
+		for _, s := range vocab.States {
+			if s == vocab.StateDeleted {
+				continue // no row to act on
+			}
+			for _, d := range []vocab.Desired{vocab.DesiredProvisioned, vocab.DesiredDeprovisioned, vocab.DesiredDeleted} {
+				next, err := Transition(&inventoryv1.Instance{State: string(s), DesiredState: string(d)}, a)
+				if changes := err == nil && next != nil; changes != slices.Contains(a.From(), s) {
+					t.Errorf("%s from %s (desired %s): changes it %v, From says %v", a, s, d, changes, a.From())
+				}
+			}
+		}
 	}
 }

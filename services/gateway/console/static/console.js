@@ -256,6 +256,10 @@
   // applyInstance shows an instance as the API answers it.
   function applyInstance(root, inst) {
     $$('[data-bind="state"]', root).forEach(function (e) { setBadge(e, inst.state); });
+    // The lifecycle actions that would change it now (data-from: their states).
+    $$("[data-from]", root).forEach(function (e) {
+      e.hidden = e.getAttribute("data-from").split(" ").indexOf(inst.state) < 0;
+    });
     ["stateDetail", "desiredState", "agentProgress", "addresses.privateIp", "addresses.publicIp", "addresses.privateDns",
       "addresses.publicDns", "vmId", "dataDisk.id", "agent.status", "agent.version"].forEach(function (p) {
       setText($('[data-bind="' + p + '"]', root), path(inst, p), "—");
