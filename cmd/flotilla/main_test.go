@@ -428,6 +428,19 @@ func TestUpServesRestartsWithItsDataAndStopsCleanly(t *testing.T) {
 		t.Fatalf("after restart: %d %v", code, list)
 	}
 	again.stop(t)
+
+	// A copy of the stopped directory is a backup (README, "Backing up"):
+	// Flotilla starts on it elsewhere, on other ports, with every record.
+	restoredDir := dataDir(t)
+	if out, err := exec.Command("cp", "-a", dir, restoredDir).CombinedOutput(); err != nil {
+		t.Fatalf("copy the data directory: %v\n%s", err, out)
+	}
+	restored := startUp(t, restoredDir, freeBase(t))
+	token = restored.login(t)
+	if code, list := restored.do(t, "GET", "/api/v1/networks", token, ""); code != 200 || !strings.Contains(fmt.Sprint(list["networks"]), "name:lab") {
+		t.Fatalf("on a copy of the data directory: %d %v", code, list)
+	}
+	restored.stop(t)
 }
 
 // TestASecondUpOnTheDirectoryIsRefused: flotilla up started again on a
