@@ -189,7 +189,7 @@ func waitFor(ctx context.Context, s *session, in *inventoryv1.Instance, action v
 		err = s.call(ctx, http.MethodGet, instancesPath+"/"+in.GetId(), nil, read)
 		switch {
 		case err == nil:
-			next, lastErr = read, nil
+			next, lastErr, lastChange = read, nil, time.Now() // quiet for another quietRead
 		case isNotFound(err) && action == vocab.ActionDelete:
 			p.gone(time.Now())
 			p.draw(time.Now())
@@ -209,6 +209,10 @@ func waitFor(ctx context.Context, s *session, in *inventoryv1.Instance, action v
 		}
 	}
 }
+
+// clockMargin is how far before the action's answer a wait asks for the
+// instance's events (stamped by another host's clock in a cluster).
+const clockMargin = 5 * time.Second
 
 // quietRead is how long a wait that follows an instance's events goes
 // without one before it reads the instance all the same (an event lost
@@ -231,7 +235,9 @@ func followInstance(ctx context.Context, s *session, in *inventoryv1.Instance) (
 	changes, down := make(chan instanceChange, 64), make(chan struct{})
 	q := url.Values{"entity": {subjects.NounInstance}, "id": {in.GetId()}, "follow": {"true"}, "limit": {"1000"}}
 	if t := in.GetUpdateTime(); t.IsValid() {
-		q.Set("since", t.AsTime().UTC().Format(time.RFC3339Nano))
+		// The stream's clock may trail the inventory's: a margin, and
+		// the wait passes over what is older than the answer.
+		q.Set("since", t.AsTime().Add(-clockMargin).UTC().Format(time.RFC3339Nano))
 	}
 	go func() {
 		err := followEvents(ctx, s, io.Discard, "/api/v1/events?"+q.Encode(), "event", func(e *eventsv1.Event) {

@@ -76,13 +76,15 @@ func event(t *testing.T, verb string, in *inventoryv1.Instance) *eventsv1.Event 
 }
 
 // TestAWaitFollowsTheInstancesEvents: each step is shown as it starts and
-// ends, timed by the server's clock; an event older than the view shown is
-// passed over; the wait ends with the event that ends it, reading nothing.
+// ends, timed by the server's clock; an event older than the view shown (or
+// than the action's answer) is passed over; the wait ends with the event
+// that ends it, reading nothing.
 func TestAWaitFollowsTheInstancesEvents(t *testing.T) {
 	t.Parallel()
 	start := time.Now().Add(-time.Hour)
 	asked := at(start, 0, "provisioning", "queued")
 	events := []*eventsv1.Event{
+		event(t, "running", at(start, -1000, "running", "")), // an earlier action's, within the margin asked
 		event(t, "provision-requested", asked),
 		event(t, "step-started", at(start, 40, "provisioning", "allocating-disk")),
 		event(t, "disk-allocated", at(start, 52, "provisioning", "launching-vm")),
