@@ -112,7 +112,13 @@ func (g *Gateway) brokers(ctx context.Context, warn func(string, ...any)) ([]*sy
 	if len(g.deps.NATSMonitorURLs) > 0 {
 		brokers = g.monitoredBrokers(ctx, warn)
 	} else {
-		brokers = brokersFromStreams(streams, g.deps.NATS.ConnectedServerName(), warn)
+		nc := g.deps.NATS
+		brokers = brokersFromStreams(streams, nc.ConnectedServerName(), warn)
+		for _, b := range brokers {
+			if b.GetName() == nc.ConnectedServerName() {
+				b.Version, b.Url = nc.ConnectedServerVersion(), nc.ConnectedUrlRedacted() // the one the gateway speaks to
+			}
+		}
 	}
 	slices.SortFunc(brokers, func(a, b *systemv1.Broker) int { return cmp.Compare(a.GetName(), b.GetName()) })
 	return brokers, streams

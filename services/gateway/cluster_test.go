@@ -121,9 +121,9 @@ func TestClusterListsEveryServiceProcessAndDropsStoppedOnes(t *testing.T) {
 			Healthy       bool
 		}
 		Brokers []struct {
-			Name       string
-			MetaLeader bool
-			Healthy    bool
+			Name, Version, URL string
+			MetaLeader         bool
+			Healthy            bool
 		}
 		Streams []struct {
 			Name, Leader string
@@ -141,7 +141,10 @@ func TestClusterListsEveryServiceProcessAndDropsStoppedOnes(t *testing.T) {
 	if len(rest.Managers) != len(c.GetManagers()) {
 		t.Fatalf("REST managers %v", rest.Managers)
 	}
-	if len(rest.Brokers) != 1 || rest.Brokers[0].Name != "testkit" || !rest.Brokers[0].MetaLeader || !rest.Brokers[0].Healthy {
+	// Without monitoring endpoints, the server the gateway is connected
+	// to is known with its version and address all the same.
+	if len(rest.Brokers) != 1 || rest.Brokers[0].Name != "testkit" || !rest.Brokers[0].MetaLeader || !rest.Brokers[0].Healthy ||
+		rest.Brokers[0].Version == "" || !strings.HasPrefix(rest.Brokers[0].URL, "nats://") {
 		t.Fatalf("brokers: %+v", rest.Brokers)
 	}
 	var names []string
