@@ -153,4 +153,12 @@ func TestAWaitReadsTheInstanceWithoutItsEvents(t *testing.T) {
 	if want := "web-1: deleting-disk ...\nweb-1: deleting-disk done in 15ms\nweb-1: deleted\n"; !strings.HasSuffix(out.String(), want) || reads.Load() != 0 {
 		t.Errorf("delete, after %d reads:\n%s\nwant the end\n%s", reads.Load(), &out, want)
 	}
+
+	// A provision the instance's deletion overtook ends saying so.
+	asked = at(start, 0, "provisioning", "queued")
+	s, _ = waitServer(t, true, []*eventsv1.Event{deleted}, nil)
+	err := waitFor(t.Context(), s, asked, vocab.ActionProvision, waitOptions{wait: true, timeout: time.Minute}, &bytes.Buffer{})
+	if err == nil || err.Error() != "provision of web-1 was superseded: the instance was deleted" {
+		t.Errorf("a provision whose instance was deleted: %v", err)
+	}
 }

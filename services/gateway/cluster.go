@@ -113,12 +113,8 @@ func (g *Gateway) brokers(ctx context.Context, warn func(string, ...any)) ([]*sy
 		brokers = g.monitoredBrokers(ctx, warn)
 	} else {
 		nc := g.deps.NATS
-		brokers = brokersFromStreams(streams, nc.ConnectedServerName(), warn)
-		for _, b := range brokers {
-			if b.GetName() == nc.ConnectedServerName() {
-				b.Version, b.Url = nc.ConnectedServerVersion(), nc.ConnectedUrlRedacted() // the one the gateway speaks to
-			}
-		}
+		connected := &systemv1.Broker{Name: nc.ConnectedServerName(), Version: nc.ConnectedServerVersion(), Url: nc.ConnectedUrlRedacted()}
+		brokers = brokersFromStreams(streams, connected, warn)
 	}
 	slices.SortFunc(brokers, func(a, b *systemv1.Broker) int { return cmp.Compare(a.GetName(), b.GetName()) })
 	return brokers, streams
@@ -158,12 +154,16 @@ func (g *Gateway) streamReplication(ctx context.Context, warn func(string, ...an
 }
 
 // brokersFromStreams names the servers the gateway can see without
-// monitoring endpoints: the one it is connected to and those holding a
-// stream. A server no stream reports offline is healthy. With one server
-// (flotilla up) that server is the meta leader; with more, the leader is
-// unknown.
-func brokersFromStreams(streams []*systemv1.StreamReplication, connected string, warn func(string, ...any)) []*systemv1.Broker {
+// monitoring endpoints: the one it is connected to (with its version and
+// URL) and those holding a stream. A server no stream reports offline is
+// healthy. With one server (flotilla up) that server is the meta leader;
+// with more, the leader is unknown.
+func brokersFromStreams(streams []*systemv1.StreamReplication, connected *systemv1.Broker, warn func(string, ...any)) []*systemv1.Broker {
 	seen := map[string]*systemv1.Broker{}
+	if connected.GetName() != "" {
+		connected.Healthy = true
+		seen[connected.GetName()] = connected
+	}
 	add := func(name string, healthy bool) {
 		if name == "" {
 			return
@@ -174,7 +174,6 @@ func brokersFromStreams(streams []*systemv1.StreamReplication, connected string,
 		}
 		seen[name] = &systemv1.Broker{Name: name, Healthy: healthy}
 	}
-	add(connected, true)
 	for _, s := range streams {
 		add(s.GetLeader(), true)
 		for _, r := range s.GetReplicas() {

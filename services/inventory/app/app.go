@@ -256,35 +256,29 @@ func update[T resource](ctx context.Context, a *App, k kind[T], actor vocab.Acto
 		if err := k.table.Get(ctx, tx, v.GetId(), adapters.ForUpdate, cur); err != nil {
 			return err
 		}
-		stale := cur.GetVersion() != v.GetVersion()
-		mismatch := apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q is at version %d, not %d: read it again and retry",
-			k.table.What(), v.GetId(), cur.GetVersion(), v.GetVersion())
 		next := proto.Clone(cur).(T)
-		if err := applyMask(next, v, mask); err != nil {
-			if stale {
-				return mismatch
-			}
-			return err
+		maskErr := applyMask(next, v, mask)
+		// What is already so is no change, at any version (the same file
+		// applied twice): nothing is written, no new version, no event.
+		// Anything else at a stale version was read before a change it
+		// would undo.
+		unchanged := maskErr == nil && proto.Equal(cur, next) && k.stored == nil
+		if cur.GetVersion() != v.GetVersion() && !unchanged {
+			return apierr.Conflict(apierr.ReasonVersionMismatch, "%s %q is at version %d, not %d: read it again and retry",
+				k.table.What(), v.GetId(), cur.GetVersion(), v.GetVersion())
 		}
-		if stale {
-			// A change already made (the same file applied twice) is
-			// no change at all: nothing is overwritten. Anything else
-			// was read before a change it would undo.
-			if proto.Equal(cur, next) && k.stored == nil {
-				out = cur
-				return nil
-			}
-			return mismatch
+		if maskErr != nil {
+			return maskErr
+		}
+		if unchanged {
+			out = cur
+			return nil
 		}
 		if err := checkSize(k.table.Noun, next); err != nil {
 			return err
 		}
 		if err := k.check(ctx, a, tx, cur, next); err != nil {
 			return err
-		}
-		if proto.Equal(cur, next) && k.stored == nil {
-			out = cur // nothing changed: no new version, no event
-			return nil
 		}
 		if err := k.table.Update(ctx, tx, next, now); err != nil {
 			return err
