@@ -427,13 +427,17 @@ networkId: lab
 		if out := c.ok("instances", "deprovision", id, "--wait"); !strings.Contains(out, "web-1: deprovisioned") {
 			t.Fatalf("deprovision --wait (by id):\n%s", out)
 		}
-		if out := c.ok("instances", "delete", "web-1", "--wait"); !strings.Contains(out, "deleting-disk done") || !strings.Contains(out, "web-1: deleted") {
-			t.Fatalf("delete --wait:\n%s", out)
+		// Forced: as a delete where the cloud destroys everything.
+		if out := c.ok("instances", "delete", "web-1", "--force", "--wait"); !strings.Contains(out, "deleting-disk done") || !strings.Contains(out, "web-1: deleted\n") {
+			t.Fatalf("delete --force --wait:\n%s", out)
 		}
 		c.fails("", []string{`no instance named "web-1"`}, "instances", "get", "web-1")
-		// The history stays: by id.
+		// The history stays: by id, the delete asked for forced.
 		if out := c.ok("instances", "events", id, "-o", "table"); !strings.Contains(out, "deprovisioned") {
 			t.Fatalf("events of a deleted instance:\n%s", out)
+		}
+		if out := c.ok("instances", "events", id); !strings.Contains(out, `"deleteForced"`) {
+			t.Fatalf("events of a force-deleted instance lack deleteForced:\n%s", out)
 		}
 	})
 

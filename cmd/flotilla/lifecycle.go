@@ -171,7 +171,11 @@ func waitFor(ctx context.Context, s *session, in *inventoryv1.Instance, action v
 					p.finish()
 					return fmt.Errorf("%s of %s was superseded: the instance was deleted", action, in.GetName())
 				}
-				p.gone(c.at)
+				left := "" // the deleted record's detail: what a forced delete left
+				if vocab.State(c.in.GetState()) == vocab.StateDeleted {
+					left = c.in.GetStateDetail()
+				}
+				p.gone(c.at, left)
 				p.draw(time.Now())
 				return nil
 			}
@@ -191,7 +195,7 @@ func waitFor(ctx context.Context, s *session, in *inventoryv1.Instance, action v
 		case err == nil:
 			next, lastErr, lastChange = read, nil, time.Now() // quiet for another quietRead
 		case isNotFound(err) && action == vocab.ActionDelete:
-			p.gone(time.Now())
+			p.gone(time.Now(), "")
 			p.draw(time.Now())
 			return nil
 		case ctx.Err() != nil:
@@ -307,6 +311,10 @@ func newProgress(w io.Writer, tty bool, in *inventoryv1.Instance, action vocab.A
 func (p *progress) observe(in *inventoryv1.Instance, now time.Time) (done bool, err error) {
 	state := vocab.State(in.GetState())
 	switch {
+	case state == vocab.StateFailed && p.action == vocab.ActionDelete && in.GetDeleteForced():
+		// The unforced attempt before the delete was forced failed; the
+		// forced one is queued behind it, and ends only with the record gone.
+		return false, nil
 	case state == vocab.StateFailed:
 		step, reason := splitFailure(in.GetStateDetail())
 		p.fail(step, reason, now)
@@ -435,13 +443,17 @@ func (p *progress) fail(step vocab.Step, reason string, now time.Time) {
 	}
 }
 
-// gone records that a deleted instance's record is gone.
-func (p *progress) gone(now time.Time) {
+// gone records that a deleted instance's record is gone; detail is its
+// deleted event's (what a forced delete left in the cloud).
+func (p *progress) gone(now time.Time, detail string) {
 	p.closeActive(now)
 	p.doneUpTo(len(p.order), now)
 	p.result = p.name + " is deleted"
+	if detail != "" {
+		p.result += " (" + detail + ")"
+	}
 	if !p.tty {
-		fmt.Fprintln(p.w, p.name+": deleted")
+		fmt.Fprintln(p.w, p.name+": "+strings.TrimPrefix(p.result, p.name+" is "))
 	}
 }
 

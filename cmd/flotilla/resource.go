@@ -70,6 +70,9 @@ type resource struct {
 	// with it, delete has --wait (for resources the server removes in the
 	// background).
 	deleted func(ctx context.Context, s *session, answer []byte, wait waitOptions, w io.Writer) error
+	// forceDelete, when set, is the usage of delete's --force (the API's
+	// force=true).
+	forceDelete string
 	// changedNote, when set, says what more an apply's change calls for
 	// ("" for nothing), from the item before and after.
 	changedNote func(before, after proto.Message) string
@@ -688,6 +691,7 @@ func versionOf(m proto.Message) (int64, bool) {
 
 func (r *resource) deleteCommand(opts *clientOptions) *cobra.Command {
 	var wait waitOptions
+	var force bool
 	verb, aliases := cmp.Or(r.deleteVerb, "delete"), []string{"rm"}
 	if verb != "delete" {
 		aliases = append(aliases, "delete")
@@ -711,7 +715,11 @@ func (r *resource) deleteCommand(opts *clientOptions) *cobra.Command {
 					return err
 				}
 				name := stringField(it, r.nameJSON())
-				answer, err := s.send(ctx, http.MethodDelete, r.path()+"/"+stringField(it, "id"), nil)
+				path := r.path() + "/" + stringField(it, "id")
+				if force {
+					path += "?force=true"
+				}
+				answer, err := s.send(ctx, http.MethodDelete, path, nil)
 				if err != nil {
 					return fmt.Errorf("%s %s %q: %w", verb, r.singular, name, err)
 				}
@@ -729,6 +737,10 @@ func (r *resource) deleteCommand(opts *clientOptions) *cobra.Command {
 	if r.deleted != nil {
 		wait.flags(cmd, "until it is gone")
 		cmd.Example += " --wait"
+	}
+	if r.forceDelete != "" {
+		cmd.Flags().BoolVar(&force, "force", false, r.forceDelete)
+		cmd.Example += fmt.Sprintf("\n  flotilla %s %s NAME --force --wait", r.plural, verb)
 	}
 	return cmd
 }

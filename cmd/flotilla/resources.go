@@ -62,6 +62,7 @@ setupActions:
 			column{header: "ID", path: "id"}),
 		refs:        map[string]*resource{"templateId": templates, "networkId": networks},
 		deleted:     instanceDeleted,
+		forceDelete: "remove the record even if the cloud cannot destroy the VM or the data disk (the deleted event names what is left there)",
 		changedNote: instanceChanged,
 		searchable:  true,
 		filters: []listFilter{

@@ -162,3 +162,30 @@ func TestAWaitReadsTheInstanceWithoutItsEvents(t *testing.T) {
 		t.Errorf("a provision whose instance was deleted: %v", err)
 	}
 }
+
+// TestAForcedDeletesWaitEndsWithWhatItLeft: waiting on a forced delete
+// passes over the failure of the unforced attempt before it (the forced
+// one is queued behind it), and ends naming what was left in the cloud.
+func TestAForcedDeletesWaitEndsWithWhatItLeft(t *testing.T) {
+	t.Parallel()
+	start := time.Now().Add(-time.Hour)
+	forced := func(in *inventoryv1.Instance) *inventoryv1.Instance {
+		in.DesiredState, in.DeleteForced, in.VmId = "deleted", true, "i-0ab"
+		return in
+	}
+	asked := forced(at(start, 0, "deleting", "stopping-vm"))
+	left := "forced: left in the cloud: vm i-0ab (stopping-vm: connection refused)"
+	events := []*eventsv1.Event{
+		event(t, "failed", forced(at(start, 200, "failed", "stopping-vm: connection refused"))),
+		event(t, "step-started", forced(at(start, 300, "deleting", "stopping-vm"))),
+		event(t, "deleted", forced(at(start, 900, "deleted", left))),
+	}
+	s, _ := waitServer(t, true, events, nil)
+	var out bytes.Buffer
+	if err := waitFor(t.Context(), s, asked, vocab.ActionDelete, waitOptions{wait: true, timeout: time.Minute}, &out); err != nil {
+		t.Fatalf("%v\n%s", err, &out)
+	}
+	if want := "web-1: deleted (" + left + ")\n"; !strings.HasSuffix(out.String(), want) {
+		t.Errorf("the wait showed\n%s\nwant the end\n%s", &out, want)
+	}
+}

@@ -22,13 +22,17 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/route53"
 	r53types "github.com/aws/aws-sdk-go-v2/service/route53/types"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 
 	"flotilla.dev/flotilla/api/endpoints"
+	eventsv1 "flotilla.dev/flotilla/api/gen/flotilla/events/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/internal/stack"
 	"flotilla.dev/flotilla/internal/stack/stacktest"
+	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/awsx"
 	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
@@ -48,6 +52,7 @@ type awsLab struct {
 	admin   rpc.CallOption
 	network *inventoryv1.Network
 	bus     *testkit.Bus
+	moto    *testkit.Moto
 	// imds is the metadata service played VMs ask their instance id;
 	// current is the id it answers (the VM played last).
 	imds    *httptest.Server
@@ -66,7 +71,7 @@ func newAWSLab(t *testing.T, cfg stack.Config, assignPublicIP bool) *awsLab {
 	m := testkit.StartMoto(t)
 	acfg, err := awsx.Config(ctx, m.Account())
 	must(t, err)
-	lab := &awsLab{ec: ec2.NewFromConfig(acfg), r53: route53.NewFromConfig(acfg), admin: rpc.As(vocab.User("admin"))}
+	lab := &awsLab{ec: ec2.NewFromConfig(acfg), r53: route53.NewFromConfig(acfg), admin: rpc.As(vocab.User("admin")), moto: m}
 	lab.current.Store("")
 	lab.imds = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
@@ -220,6 +225,13 @@ func (lab *awsLab) play(t *testing.T, vmID string) {
 	}
 }
 
+// agentless is a stack whose EC2 instances run no agent: a provision fails
+// 3 s after the VM is launched, the instance holding the VM and its volume.
+func agentless() stack.Config {
+	return stack.Config{ProvisionerAgentTimeout: 3 * time.Second,
+		AgentURL: "https://manager.fleet.example/agent/flotilla-agent", AgentSHA256: strings.Repeat("0f", 32)}
+}
+
 // TestAWSProvisioningRecordsAWSIds provisions an aws instance on moto
 // through the stack: the instance records the EBS volume id as its data
 // disk and the EC2 instance id as its VM, deprovisioning terminates the VM
@@ -229,10 +241,7 @@ func (lab *awsLab) play(t *testing.T, vmID string) {
 func TestAWSProvisioningRecordsAWSIds(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	lab := newAWSLab(t, stack.Config{
-		ProvisionerAgentTimeout: 3 * time.Second,
-		AgentURL:                "https://manager.fleet.example/agent/flotilla-agent", AgentSHA256: strings.Repeat("0f", 32),
-	}, true)
+	lab := newAWSLab(t, agentless(), true)
 	ec, gateway, admin, n := lab.ec, lab.gateway, lab.admin, lab.network
 	images := lab.images
 	tpl, err := rpc.Call(ctx, gateway, endpoints.TemplateCreate, &inventoryv1.CreateTemplateRequest{Template: &inventoryv1.Template{
@@ -347,6 +356,96 @@ func TestAWSProvisioningRecordsAWSIds(t *testing.T) {
 	got = waitFor("failed", func(in *inventoryv1.Instance) bool { return in.GetState() == string(vocab.StateFailed) })
 	if d := got.GetStateDetail(); !strings.HasPrefix(d, string(vocab.StepLaunchingVM)+": ") || !strings.Contains(d, "InvalidAMIID.NotFound: ") {
 		t.Errorf("failed with %q; want the launching-vm step and InvalidAMIID.NotFound", d)
+	}
+}
+
+// TestAWSForcedDeleteLeavesWhatTheCloudCannotDestroy: with its cloud gone
+// (moto stopped), an instance holding an EC2 instance and an EBS volume
+// cannot be deleted: the delete fails at stopping-vm and the record stays.
+// A forced delete removes the record all the same, and the instance's
+// deleted event names the VM and the volume it left in the cloud.
+func TestAWSForcedDeleteLeavesWhatTheCloudCannotDestroy(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	lab := newAWSLab(t, agentless(), false)
+	tpl, err := rpc.Call(ctx, lab.gateway, endpoints.TemplateCreate, &inventoryv1.CreateTemplateRequest{Template: &inventoryv1.Template{
+		Name: "std", Provider: "aws", Image: awssdk.ToString(lab.images.Images[0].ImageId), InstanceType: "t3.micro", DataDiskGb: 2}}, lab.admin)
+	must(t, err)
+	in, err := rpc.Call(ctx, lab.gateway, endpoints.InstanceCreate, &inventoryv1.CreateInstanceRequest{Instance: &inventoryv1.Instance{
+		Name: "web-f", Kind: "design", TemplateId: tpl.GetId(), NetworkId: lab.network.GetId()}}, lab.admin)
+	must(t, err)
+	i := lab.instance(t, in.GetId())
+	failed := func(what string) *inventoryv1.Instance {
+		t.Helper()
+		for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
+			got := i.get()
+			if got.GetState() == string(vocab.StateFailed) {
+				return got
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: instance %s %q, never failed", what, got.GetState(), got.GetStateDetail())
+			}
+		}
+	}
+	// No agent joins: the instance fails holding its VM and its volume.
+	i.lifecycle(vocab.ActionProvision)
+	got := failed("provision")
+	vmID, volID := got.GetVmId(), got.GetDataDisk().GetId()
+	if !strings.HasPrefix(vmID, "i-") || !strings.HasPrefix(volID, "vol-") {
+		t.Fatalf("vmId %q, dataDisk.id %q; want an EC2 instance and an EBS volume", vmID, volID)
+	}
+
+	lab.moto.Stop()
+	deleted, err := rpc.Call(ctx, lab.gateway, endpoints.InstanceDelete, &inventoryv1.DeleteInstanceRequest{Id: i.id}, lab.admin)
+	must(t, err)
+	if deleted.GetState() != string(vocab.StateDeleting) || deleted.GetDeleteForced() {
+		t.Fatalf("delete answered %s (forced %v); want deleting, not forced", deleted.GetState(), deleted.GetDeleteForced())
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		got = i.get()
+		if got.GetState() == string(vocab.StateFailed) && got.GetDesiredState() == string(vocab.DesiredDeleted) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("delete: instance %s %q, never failed", got.GetState(), got.GetStateDetail())
+		}
+	}
+	if !strings.HasPrefix(got.GetStateDetail(), string(vocab.StepStoppingVM)+": ") || got.GetVmId() != vmID {
+		t.Errorf("delete without the cloud failed with %q, vmId %q; want %s, the VM kept", got.GetStateDetail(), got.GetVmId(), vocab.StepStoppingVM)
+	}
+
+	forced, err := rpc.Call(ctx, lab.gateway, endpoints.InstanceDelete, &inventoryv1.DeleteInstanceRequest{Id: i.id, Force: true}, lab.admin)
+	must(t, err)
+	if forced.GetState() != string(vocab.StateDeleting) || !forced.GetDeleteForced() {
+		t.Errorf("forced delete answered %s (forced %v); want deleting, forced", forced.GetState(), forced.GetDeleteForced())
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		_, err := rpc.Call(ctx, lab.gateway, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: i.id}, lab.admin)
+		if apierr.Is(err, apierr.KindNotFound) {
+			break
+		}
+		must(t, err)
+		if time.Now().After(deadline) {
+			t.Fatalf("a forced delete never removed the record: %s %q", i.get().GetState(), i.get().GetStateDetail())
+		}
+	}
+	js, err := jetstream.New(lab.bus.Unrestricted(t))
+	must(t, err)
+	events, err := js.Stream(ctx, subjects.EventsStream)
+	must(t, err)
+	m, err := events.GetLastMsgForSubject(ctx, subjects.Event(subjects.NounInstance, i.id, string(vocab.VerbDeleted)))
+	must(t, err)
+	ev := &eventsv1.Event{}
+	must(t, proto.Unmarshal(m.Data, ev))
+	last := &inventoryv1.Instance{}
+	must(t, ev.GetData().UnmarshalTo(last))
+	d := last.GetStateDetail()
+	t.Logf("deleted: %s", d)
+	for _, want := range []string{"forced: left in the cloud: ", "vm " + vmID + " (" + string(vocab.StepStoppingVM) + ": ",
+		"disk " + volID + " (" + string(vocab.StepDeletingDisk) + ": "} {
+		if !strings.Contains(d, want) {
+			t.Errorf("deleted event's detail %q; want it to hold %q", d, want)
+		}
 	}
 }
 

@@ -17,8 +17,13 @@ import (
 // Manager, Route53, STS, IAM) on 127.0.0.1, for the code that calls AWS.
 type Moto struct {
 	// URL is the endpoint to point the SDK at (awsx.Account.EndpointURL).
-	URL string
+	URL  string
+	stop func()
 }
+
+// Stop kills the server, as an account gone or unreachable looks: every
+// call after it is refused a connection.
+func (m *Moto) Stop() { m.stop() }
 
 // MotoAuth makes moto check every request's signature and access key, as
 // AWS does (by default it accepts any): with it, Account's keys are refused.
@@ -49,15 +54,16 @@ func StartMoto(tb testing.TB, env ...string) *Moto {
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
-	tb.Cleanup(func() {
+	stop := func() {
 		select {
 		case <-done: // reaped: its pid may be another process's now
 		default:
 			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		}
 		<-done
-	})
-	m := &Moto{URL: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	}
+	tb.Cleanup(stop)
+	m := &Moto{URL: fmt.Sprintf("http://127.0.0.1:%d", port), stop: stop}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		select {

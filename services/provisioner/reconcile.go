@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -298,27 +299,53 @@ func (s *Service) releaseAgent(ctx context.Context, in *inventoryv1.Instance, wh
 	s.log.InfoContext(ctx, "agent released", "instance", in.GetId(), "vm_id", in.GetVmId(), "reason", why)
 }
 
-// remove destroys the VM and the disk, then the record.
+// remove destroys the VM and the disk, then the record. A forced delete
+// goes on past a VM or disk the cloud does not destroy, and the record's
+// last event (instance.deleted) names what it left there.
 func (s *Service) remove(ctx context.Context, in *inventoryv1.Instance) error {
+	var left []string
+	leave := func(what string, err error) error {
+		var se *stepError
+		if !in.GetDeleteForced() || !errors.As(err, &se) {
+			return err
+		}
+		s.log.WarnContext(ctx, "forced delete: left in the cloud", "instance", in.GetId(), "resource", what, "error", se.err)
+		left = append(left, fmt.Sprintf("%s (%s: %v)", what, se.step, se.err))
+		return nil
+	}
 	if err := s.stopVM(ctx, in); err != nil {
+		if err := leave("vm "+in.GetVmId(), err); err != nil {
+			return err
+		}
+	}
+	if disk := in.GetDataDisk().GetId(); disk != "" {
+		err := s.deleteDisk(ctx, in)
+		if err := leave("disk "+disk, err); err != nil {
+			return err
+		}
+	}
+	r := &inventoryv1.RecordStateRequest{Id: in.GetId(), State: string(vocab.StateDeleted), Remove: true}
+	if len(left) > 0 {
+		r.StateDetail = "forced: left in the cloud: " + strings.Join(left, "; ")
+	}
+	_, err := s.record(ctx, r)
+	return err
+}
+
+func (s *Service) deleteDisk(ctx context.Context, in *inventoryv1.Instance) error {
+	drv, err := s.driverOf(ctx, in)
+	if err != nil {
 		return err
 	}
-	if in.GetDataDisk().GetId() != "" {
-		drv, err := s.driverOf(ctx, in)
-		if err != nil {
-			return err
-		}
-		r := step(in.GetId(), vocab.StateDeleting, vocab.StepDeletingDisk)
-		r.Clear = vocab.Clear(vocab.ClearVMID, vocab.ClearAddresses, vocab.ClearAgent)
-		if _, err := s.record(ctx, r); err != nil {
-			return err
-		}
-		if err := drv.DeleteDisk(ctx, in.GetDataDisk().GetId()); err != nil {
-			return fail(vocab.StepDeletingDisk, err)
-		}
+	r := step(in.GetId(), vocab.StateDeleting, vocab.StepDeletingDisk)
+	r.Clear = vocab.Clear(vocab.ClearVMID, vocab.ClearAddresses, vocab.ClearAgent)
+	if _, err := s.record(ctx, r); err != nil {
+		return err
 	}
-	_, err := s.record(ctx, &inventoryv1.RecordStateRequest{Id: in.GetId(), State: string(vocab.StateDeleted), Remove: true})
-	return err
+	if err := drv.DeleteDisk(ctx, in.GetDataDisk().GetId()); err != nil {
+		return fail(vocab.StepDeletingDisk, err)
+	}
+	return nil
 }
 
 func (s *Service) driverOf(ctx context.Context, in *inventoryv1.Instance) (driver.Driver, error) {

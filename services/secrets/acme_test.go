@@ -263,7 +263,7 @@ func TestKeysGoWithTheirInstanceAndNetwork(t *testing.T) {
 		}
 	}
 
-	if _, err := e.inventory.DeleteInstance(ctx, "user:test", in.GetId(), 0); err != nil {
+	if _, err := e.inventory.DeleteInstance(ctx, "user:test", in.GetId(), 0, false); err != nil {
 		t.Fatal(err)
 	}
 	waitGone("the deleted instance's ACME certificate", `SELECT count(*) FROM acme_certificates WHERE instance_id = $1`, in.GetId())

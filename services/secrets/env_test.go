@@ -61,7 +61,7 @@ type env struct {
 		DeleteNetwork(ctx context.Context, actor vocab.Actor, id string, version int64) error
 		UpdateInstance(ctx context.Context, actor vocab.Actor, in *inventoryv1.Instance, mask []string) (*inventoryv1.Instance, error)
 		CreateInstance(ctx context.Context, actor vocab.Actor, in *inventoryv1.Instance) (*inventoryv1.Instance, error)
-		DeleteInstance(ctx context.Context, actor vocab.Actor, id string, version int64) (*inventoryv1.Instance, error)
+		DeleteInstance(ctx context.Context, actor vocab.Actor, id string, version int64, force bool) (*inventoryv1.Instance, error)
 	}
 }
 

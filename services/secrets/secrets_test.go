@@ -414,7 +414,7 @@ func TestSecretsGoWithTheirInstance(t *testing.T) {
 	e := newEnv(t)
 	e.mustCreate(e.a, "db-password", "value-of-a")
 	e.mustCreate(e.b, "db-password", "value-of-b")
-	if _, err := e.inventory.DeleteInstance(context.Background(), "user:test", e.a, 0); err != nil {
+	if _, err := e.inventory.DeleteInstance(context.Background(), "user:test", e.a, 0, false); err != nil {
 		t.Fatal(err)
 	}
 	count := func(id string) int {

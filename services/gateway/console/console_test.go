@@ -216,6 +216,19 @@ func TestConsoleSessionsFormsAndSafety(t *testing.T) {
 	if p := e.post("/instances/"+id+"/delete", url.Values{"confirmName": {"web-2"}}); p.status != 400 {
 		t.Fatalf("a delete confirmed with the wrong name: %d", p.status)
 	}
+	// A forced delete goes through to the API (here: an instance never
+	// provisioned, so it is gone at once).
+	p = e.post("/instances/new", url.Values{"name": {"web-3"}, "kind": {"design"}, "templateId": {tpl["id"].(string)}, "networkId": {netID}}).
+		must(t, http.StatusSeeOther, "create instance web-3")
+	id3 := idRE.FindStringSubmatch(p.header.Get("Location"))[1]
+	p = e.post("/instances/"+id3+"/delete", url.Values{"confirmName": {"web-3"}, "version": {"1"}, "force": {"true"}}).
+		must(t, http.StatusSeeOther, "forced delete")
+	if !strings.Contains(e.get("/instances").body, "web-3 is being deleted, forced") {
+		t.Fatal("the forced delete was not said to be forced")
+	}
+	if code, _ := e.api("GET", "/api/v1/instances/"+id3, nil); code != 404 {
+		t.Fatalf("web-3 after a forced delete: %d", code)
+	}
 	if ca := e.get("/ca.pem"); !strings.HasPrefix(ca.body, "-----BEGIN CERTIFICATE-----") || !strings.Contains(ca.header.Get("Content-Disposition"), "attachment") {
 		t.Fatalf("CA download: %v %q", ca.header, ca.body)
 	}

@@ -291,6 +291,9 @@ type consequence struct {
 	// Danger actions destroy something; TypeName asks for the instance's
 	// name before a delete.
 	Danger, TypeName bool
+	// Forceable: the delete failed before (the cloud did not destroy
+	// something), and may be forced.
+	Forceable bool
 }
 
 // consequences names what action does to in: what it destroys and keeps.
@@ -325,6 +328,7 @@ func consequences(in *inventoryv1.Instance, action vocab.Action, secrets []strin
 			c.Destroys = append(c.Destroys, "its secrets: "+strings.Join(secrets, ", "))
 		}
 		c.Keeps = []string{"its history (the timeline of its events)"}
+		c.Forceable = vocab.State(in.GetState()) == vocab.StateFailed && vocab.Desired(in.GetDesiredState()) == vocab.DesiredDeleted
 	}
 	return c
 }
@@ -417,11 +421,16 @@ func (c *Console) confirmAction(w http.ResponseWriter, r *http.Request, s *sessi
 		confirmData{In: in, C: consequences(in, action, names)})
 }
 
-// apply asks the API for a lifecycle action on in.
-func (s *session) apply(in *inventoryv1.Instance, action vocab.Action) error {
+// apply asks the API for a lifecycle action on in; force makes a delete
+// forced.
+func (s *session) apply(in *inventoryv1.Instance, action vocab.Action, force bool) error {
 	path := "/api/v1/instances/" + url.PathEscape(in.GetId())
 	if action == vocab.ActionDelete {
-		return s.api.do(http.MethodDelete, path+"?version="+strconv.FormatInt(in.GetVersion(), 10), nil, nil)
+		q := url.Values{"version": {strconv.FormatInt(in.GetVersion(), 10)}}
+		if force {
+			q.Set("force", "true")
+		}
+		return s.api.do(http.MethodDelete, path+"?"+q.Encode(), nil, nil)
 	}
 	return s.api.do(http.MethodPost, path+":"+string(action), struct{}{}, nil)
 }
@@ -451,7 +460,8 @@ func (c *Console) instanceAction(w http.ResponseWriter, r *http.Request, s *sess
 			in.Version = n
 		}
 	}
-	if err := s.apply(in, action); err != nil {
+	force := action == vocab.ActionDelete && r.PostFormValue("force") == "true"
+	if err := s.apply(in, action, force); err != nil {
 		var ae *apiError
 		if errors.As(err, &ae) && ae.Status != http.StatusUnauthorized {
 			redirect(w, r, page, fmt.Sprintf("%s %s: %s", consequences(in, action, nil).Button, in.GetName(), ae.Message))
@@ -461,6 +471,10 @@ func (c *Console) instanceAction(w http.ResponseWriter, r *http.Request, s *sess
 		return
 	}
 	if action == vocab.ActionDelete {
+		if force {
+			redirect(w, r, "/instances", fmt.Sprintf("%s is being deleted, forced: what the cloud does not destroy is named on its deleted event.", in.GetName()))
+			return
+		}
 		redirect(w, r, "/instances", fmt.Sprintf("%s is being deleted.", in.GetName()))
 		return
 	}
@@ -507,7 +521,7 @@ func (c *Console) bulk(w http.ResponseWriter, r *http.Request, s *session) {
 	}
 	var done, failed []string
 	for _, in := range ins {
-		if err := s.apply(in, action); err != nil {
+		if err := s.apply(in, action, false); err != nil {
 			failed = append(failed, in.GetName()+" ("+err.Error()+")")
 			continue
 		}

@@ -1,6 +1,15 @@
 package console
 
-import "testing"
+import (
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/vocab"
+)
 
 // TestATimelineLineSaysTheAgentsReport: a progress event is shown with the
 // agent's report (running-setup/succeeded), any other with the step.
@@ -14,5 +23,28 @@ func TestATimelineLineSaysTheAgentsReport(t *testing.T) {
 	e.Type = "instance.step-started"
 	if got := e.Detail(); got != "running-setup" {
 		t.Errorf("step-started: %q", got)
+	}
+}
+
+// TestAFailedDeleteMayBeForced: the delete confirmation of an instance
+// whose delete failed offers to force it; any other does not.
+func TestAFailedDeleteMayBeForced(t *testing.T) {
+	t.Parallel()
+	c, err := New(Deps{API: http.NotFoundHandler(), Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []*inventoryv1.Instance{
+		{Id: "i-1", Name: "web-1", State: "failed", DesiredState: "deleted", StateDetail: "stopping-vm: connection refused"},
+		{Id: "i-1", Name: "web-1", State: "failed", DesiredState: "provisioned", StateDetail: "launching-vm: no"},
+		{Id: "i-1", Name: "web-1", State: "deprovisioned", DesiredState: "deprovisioned"},
+	} {
+		w := httptest.NewRecorder()
+		c.render(w, httptest.NewRequest(http.MethodGet, "/instances/i-1/delete", nil), nil, http.StatusOK, "confirm", "Delete web-1?",
+			confirmData{In: in, C: consequences(in, vocab.ActionDelete, nil)})
+		offered := strings.Contains(w.Body.String(), `name="force" value="true"`)
+		if want := in.GetDesiredState() == "deleted"; offered != want {
+			t.Errorf("%s (asked: %s): force offered %v, want %v", in.GetState(), in.GetDesiredState(), offered, want)
+		}
 	}
 }

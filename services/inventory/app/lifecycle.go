@@ -32,6 +32,11 @@ import (
 // that would interleave with another action in progress answers conflict.
 // version, if not 0, must match.
 func (a *App) Lifecycle(ctx context.Context, actor vocab.Actor, id string, action vocab.Action, version int64) (*inventoryv1.Instance, error) {
+	return a.lifecycle(ctx, actor, id, action, version, false)
+}
+
+// lifecycle is Lifecycle; force makes a delete forced (domain.ForceDelete).
+func (a *App) lifecycle(ctx context.Context, actor vocab.Actor, id string, action vocab.Action, version int64, force bool) (*inventoryv1.Instance, error) {
 	defer a.live.forget(id)
 	now := a.now()
 	var out *inventoryv1.Instance
@@ -44,6 +49,9 @@ func (a *App) Lifecycle(ctx context.Context, actor vocab.Actor, id string, actio
 			return apierr.Conflict(apierr.ReasonVersionMismatch, "instance %q is at version %d, not %d: read it again and retry", id, in.GetVersion(), version)
 		}
 		next, err := domain.Transition(in, action)
+		if force && action == vocab.ActionDelete {
+			next, err = domain.ForceDelete(in)
+		}
 		if err != nil {
 			return err
 		}
@@ -61,6 +69,7 @@ func (a *App) Lifecycle(ctx context.Context, actor vocab.Actor, id string, actio
 		}
 		in.DesiredState, in.State, in.StateDetail = string(next.Desired), string(next.State), string(next.Detail)
 		in.ReprovisionPending = in.GetReprovisionPending() || next.Reprovision
+		in.DeleteForced = in.GetDeleteForced() || next.Force
 		if err := InstanceTable.Update(ctx, tx, in, now); err != nil {
 			return err
 		}
@@ -110,7 +119,8 @@ func (a *App) RecordState(ctx context.Context, actor vocab.Actor, r *inventoryv1
 			if err := InstanceTable.Delete(ctx, tx, in.GetId(), 0); err != nil {
 				return err
 			}
-			in.State, in.StateDetail = string(vocab.StateDeleted), ""
+			// The detail names what a forced delete left in the cloud.
+			in.State, in.StateDetail = string(vocab.StateDeleted), r.GetStateDetail()
 			out = in
 			return a.emit(ctx, tx, subjects.NounInstance, vocab.VerbDeleted, actor, in, now)
 		}

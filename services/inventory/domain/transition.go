@@ -1,6 +1,7 @@
 package domain
 
 import (
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 )
@@ -14,6 +15,8 @@ type Next struct {
 	Reprovision bool
 	// Remove: the record can go at once (nothing was ever provisioned).
 	Remove bool
+	// Force: the delete is forced (Instance.delete_forced).
+	Force bool
 }
 
 // Transition decides what an action does to an instance in its current
@@ -76,4 +79,18 @@ func Transition(in interface {
 		return nil, apierr.Invalid("action", "%q is not one of provision, deprovision, reprovision, delete", action)
 	}
 	return nil, busy()
+}
+
+// ForceDelete decides what a forced delete does: what a delete does, made
+// forced, and on an instance whose delete is under way unforced, that
+// delete made forced where it stands (its step kept).
+func ForceDelete(in *inventoryv1.Instance) (*Next, error) {
+	if vocab.State(in.GetState()) == vocab.StateDeleting && !in.GetDeleteForced() {
+		return &Next{Desired: vocab.DesiredDeleted, State: vocab.StateDeleting, Detail: vocab.Step(in.GetStateDetail()), Force: true}, nil
+	}
+	next, err := Transition(in, vocab.ActionDelete)
+	if next != nil && !next.Remove {
+		next.Force = true
+	}
+	return next, err
 }

@@ -86,3 +86,38 @@ func TestActionsChangeTheStatesTheySayTheyDo(t *testing.T) {
 		}
 	}
 }
+
+// TestAForcedDeleteIsADeleteThatGoesOn: a forced delete goes where a
+// delete goes, made forced; it forces a delete under way where it stands,
+// and is a no-op on one forced already. A running instance is still
+// deprovisioned first.
+func TestAForcedDeleteIsADeleteThatGoesOn(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		in     *inventoryv1.Instance
+		want   *Next // nil: no-op
+		reason apierr.Reason
+	}{
+		{in: &inventoryv1.Instance{State: "failed", DesiredState: "deleted", StateDetail: "stopping-vm: connection refused"},
+			want: &Next{Desired: vocab.DesiredDeleted, State: vocab.StateDeleting, Detail: vocab.StepQueued, Force: true}},
+		{in: &inventoryv1.Instance{State: "deprovisioned", DesiredState: "deprovisioned"},
+			want: &Next{Desired: vocab.DesiredDeleted, State: vocab.StateDeleting, Detail: vocab.StepQueued, Force: true}},
+		{in: &inventoryv1.Instance{State: "deleting", DesiredState: "deleted", StateDetail: "deleting-disk"},
+			want: &Next{Desired: vocab.DesiredDeleted, State: vocab.StateDeleting, Detail: vocab.StepDeletingDisk, Force: true}},
+		{in: &inventoryv1.Instance{State: "deleting", DesiredState: "deleted", StateDetail: "deleting-disk", DeleteForced: true}},
+		{in: &inventoryv1.Instance{State: "created", DesiredState: "deprovisioned"}, want: &Next{Remove: true}},
+		{in: &inventoryv1.Instance{Name: "i", State: "running", DesiredState: "provisioned"}, reason: apierr.ReasonInvalidState},
+		{in: &inventoryv1.Instance{Name: "i", State: "provisioning", DesiredState: "provisioned"}, reason: apierr.ReasonLifecycleBusy},
+	} {
+		next, err := ForceDelete(c.in)
+		if c.reason != "" {
+			if apierr.ReasonOf(err) != c.reason {
+				t.Errorf("%s: %v, want %s", c.in.GetState(), err, c.reason)
+			}
+			continue
+		}
+		if err != nil || (next == nil) != (c.want == nil) || (next != nil && *next != *c.want) {
+			t.Errorf("%s (%s, forced %v): %+v, %v; want %+v", c.in.GetState(), c.in.GetStateDetail(), c.in.GetDeleteForced(), next, err, c.want)
+		}
+	}
+}

@@ -108,7 +108,7 @@ func Serve(nc *nats.Conn, a *app.App, db Pinger, log *slog.Logger, tp trace.Trac
 			return a.UpdateInstance(ctx, actor, r.GetInstance(), r.GetUpdateMask().GetPaths())
 		}),
 		rpc.Handle(s, endpoints.InstanceDelete, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.DeleteInstanceRequest) (*inventoryv1.Instance, error) {
-			return a.DeleteInstance(ctx, actor, r.GetId(), r.GetVersion())
+			return a.DeleteInstance(ctx, actor, r.GetId(), r.GetVersion(), r.GetForce())
 		}),
 		rpc.Handle(s, endpoints.LifecycleRequest, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.LifecycleRequest) (*inventoryv1.Instance, error) {
 			return a.Lifecycle(ctx, actor, r.GetId(), vocab.Action(r.GetAction()), 0)

@@ -1848,9 +1848,14 @@ func (x *UpdateInstanceRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
 }
 
 type DeleteInstanceRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Version       int64                  `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Version int64                  `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// Remove the record even if the VM or the data disk cannot be destroyed:
+	// what could not be is named on the instance.deleted event, left for the
+	// operator to remove in the cloud. Allowed where a delete is (not on a
+	// running instance), and on an instance being deleted already.
+	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1897,6 +1902,13 @@ func (x *DeleteInstanceRequest) GetVersion() int64 {
 		return x.Version
 	}
 	return 0
+}
+
+func (x *DeleteInstanceRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 // InstanceActionRequest names the instance a lifecycle action applies to.
@@ -2529,10 +2541,11 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x15UpdateInstanceRequest\x12;\n" +
 	"\binstance\x18\x01 \x01(\v2\x1f.flotilla.inventory.v1.InstanceR\binstance\x12;\n" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
-	"updateMask\"A\n" +
+	"updateMask\"W\n" +
 	"\x15DeleteInstanceRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x03R\aversion\"'\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"'\n" +
 	"\x15InstanceActionRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"d\n" +
 	"\x13DnsChallengeRequest\x12\x1f\n" +

@@ -916,6 +916,9 @@ type InstanceServiceClient interface {
 	// DeleteInstance deletes an instance that is deprovisioned, failed or was
 	// never provisioned. One that was never provisioned is gone at once; for the
 	// others the provisioner destroys the data disk first (state "deleting").
+	// With force, the record goes even if the cloud cannot destroy the VM or
+	// the data disk (a cloud account gone, or refusing): the provisioner still
+	// tries each, and the instance.deleted event names what was left.
 	DeleteInstance(ctx context.Context, in *DeleteInstanceRequest, opts ...grpc.CallOption) (*Instance, error)
 	// ProvisionInstance asks for the instance to run: a VM with its data disk,
 	// agent and node software. Returns at once; the provisioner does the work.
@@ -1125,6 +1128,9 @@ type InstanceServiceServer interface {
 	// DeleteInstance deletes an instance that is deprovisioned, failed or was
 	// never provisioned. One that was never provisioned is gone at once; for the
 	// others the provisioner destroys the data disk first (state "deleting").
+	// With force, the record goes even if the cloud cannot destroy the VM or
+	// the data disk (a cloud account gone, or refusing): the provisioner still
+	// tries each, and the instance.deleted event names what was left.
 	DeleteInstance(context.Context, *DeleteInstanceRequest) (*Instance, error)
 	// ProvisionInstance asks for the instance to run: a VM with its data disk,
 	// agent and node software. Returns at once; the provisioner does the work.

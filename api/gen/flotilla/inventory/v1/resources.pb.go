@@ -1019,7 +1019,10 @@ type Instance struct {
 	// Last progress the agent reported: step and status, e.g. "installing/started".
 	AgentProgress string `protobuf:"bytes,18,opt,name=agent_progress,json=agentProgress,proto3" json:"agent_progress,omitempty"`
 	// How much of the instance's log output is kept; defaults are filled in.
-	LogRetention  *LogRetention `protobuf:"bytes,19,opt,name=log_retention,json=logRetention,proto3" json:"log_retention,omitempty"`
+	LogRetention *LogRetention `protobuf:"bytes,19,opt,name=log_retention,json=logRetention,proto3" json:"log_retention,omitempty"`
+	// A forced delete is under way: the record goes even if the VM or the
+	// data disk cannot be destroyed (see DeleteInstanceRequest.force).
+	DeleteForced  bool `protobuf:"varint,20,opt,name=delete_forced,json=deleteForced,proto3" json:"delete_forced,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1185,6 +1188,13 @@ func (x *Instance) GetLogRetention() *LogRetention {
 		return x.LogRetention
 	}
 	return nil
+}
+
+func (x *Instance) GetDeleteForced() bool {
+	if x != nil {
+		return x.DeleteForced
+	}
+	return false
 }
 
 // LogRetention bounds the log lines kept for an instance: lines beyond
@@ -1674,7 +1684,7 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\x04mode\x18\x05 \x01(\tR\x04mode\x12\x12\n" +
 	"\x04name\x18\x06 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\a \x01(\tR\x05value\x12\x1a\n" +
-	"\bpackages\x18\b \x03(\tR\bpackages\"\xe9\x06\n" +
+	"\bpackages\x18\b \x03(\tR\bpackages\"\x93\a\n" +
 	"\bInstance\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x17\n" +
 	"\x04name\x18\x02 \x01(\tB\x03\xe0A\x02R\x04name\x12\x17\n" +
@@ -1699,7 +1709,8 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"updateTime\x124\n" +
 	"\x13reprovision_pending\x18\x11 \x01(\bB\x03\xe0A\x03R\x12reprovisionPending\x12*\n" +
 	"\x0eagent_progress\x18\x12 \x01(\tB\x03\xe0A\x03R\ragentProgress\x12H\n" +
-	"\rlog_retention\x18\x13 \x01(\v2#.flotilla.inventory.v1.LogRetentionR\flogRetention\"_\n" +
+	"\rlog_retention\x18\x13 \x01(\v2#.flotilla.inventory.v1.LogRetentionR\flogRetention\x12(\n" +
+	"\rdelete_forced\x18\x14 \x01(\bB\x03\xe0A\x03R\fdeleteForced\"_\n" +
 	"\fLogRetention\x12\x1b\n" +
 	"\tmax_lines\x18\x01 \x01(\x05R\bmaxLines\x122\n" +
 	"\amax_age\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06maxAge\"\xe4\x01\n" +
