@@ -245,20 +245,20 @@ networkId: lab
 	if !strings.Contains(read, `version: "1"`) {
 		t.Fatalf("networks get -o yaml:\n%s", read)
 	}
-	edited := writeFile(t, "lab.yaml", strings.Replace(read, "httpsStrategy: self-signed", "httpsStrategy: self-signed\nassignPublicIp: true", 1))
+	edited := writeFile(t, "lab.yaml", strings.Replace(read, "httpsStrategy: self-signed", "httpsStrategy: self-signed\ndns: {hostnamePattern: \"{name}.lab.test\"}", 1))
 	if out := c.ok("networks", "apply", "-f", edited); !strings.Contains(out, "network lab changed") {
 		t.Fatalf("networks apply of a change: %s", out)
 	}
-	c.okIn("name: lab\nassignPublicIp: false\n", "networks", "apply", "-f", "-") // no version: the one just read
-	if out := c.okIn("name: lab\nassignPublicIp: false\n", "networks", "apply", "-f", "-"); !strings.Contains(out, "network lab unchanged") {
+	c.okIn("name: lab\ndns: {hostnamePattern: \"\"}\n", "networks", "apply", "-f", "-") // no version: the one just read
+	if out := c.okIn("name: lab\ndns: {hostnamePattern: \"\"}\n", "networks", "apply", "-f", "-"); !strings.Contains(out, "network lab unchanged") {
 		t.Fatalf("networks apply of what is already so: %s", out)
 	}
 	c.fails("", []string{"version_mismatch", "version 1"}, "networks", "apply", "-f", edited)
 	var lab struct {
-		AssignPublicIP bool `json:"assignPublicIp"`
-		Version        string
+		DNS     struct{ HostnamePattern string }
+		Version string
 	}
-	if out := c.ok("networks", "get", "lab", "-o", "json"); json.Unmarshal([]byte(out), &lab) != nil || lab.AssignPublicIP || lab.Version != "3" {
+	if out := c.ok("networks", "get", "lab", "-o", "json"); json.Unmarshal([]byte(out), &lab) != nil || lab.DNS.HostnamePattern != "" || lab.Version != "3" {
 		t.Fatalf("after a stale apply: %s", out)
 	}
 	// A file of a version gone by that changes nothing is no change: the

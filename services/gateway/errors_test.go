@@ -38,7 +38,7 @@ func TestErrorsCarryAStableReason(t *testing.T) {
 		reason       string
 		field        string
 	}{
-		{"stale version", "PATCH", "/api/v1/networks/" + net["id"].(string), reply{"version": "7", "assignPublicIp": true}, "", 409, "version_mismatch", ""},
+		{"stale version", "PATCH", "/api/v1/networks/" + net["id"].(string), reply{"version": "7", "name": "lab-2"}, "", 409, "version_mismatch", ""},
 		{"name taken", "POST", "/api/v1/networks", reply{"name": "lab", "provider": "local", "httpsStrategy": "none"}, "", 409, "already_exists", ""},
 		{"network in use", "DELETE", "/api/v1/networks/" + net["id"].(string), nil, "", 409, "in_use", ""},
 		{"action in progress", "POST", "/api/v1/instances/" + id + ":deprovision", nil, "", 409, "lifecycle_busy", ""},

@@ -69,7 +69,7 @@ func TestEveryChangeReachesTheEventsStream(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	n := e.network("lab")
 	id := n["id"].(string)
-	e.must(200, "PATCH", "/api/v1/networks/"+id, reply{"version": "1", "assignPublicIp": true})
+	e.must(200, "PATCH", "/api/v1/networks/"+id, reply{"version": "1", "name": "lab-2"})
 	e.must(200, "DELETE", "/api/v1/networks/"+id, nil)
 	msgs := e.events(t, "flotilla.evt.network."+id+".*")
 	if len(msgs) != 3 {
@@ -95,7 +95,7 @@ func TestEveryChangeReachesTheEventsStream(t *testing.T) {
 			t.Fatal(err)
 		}
 		if ev.GetType() != "network."+verb || ev.GetActor() != "user:admin" || ev.GetId() != h.Get(bus.HeaderMsgID) ||
-			ev.GetEntityId() != id || net.GetName() != "lab" || ev.GetEntityVersion() != int64(min(i+1, 2)) {
+			ev.GetEntityId() != id || net.GetName() != []string{"lab", "lab-2", "lab-2"}[i] || ev.GetEntityVersion() != int64(min(i+1, 2)) {
 			t.Errorf("event %d: %v", i, ev)
 		}
 	}

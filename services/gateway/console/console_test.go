@@ -131,8 +131,14 @@ func TestConsoleSessionsFormsAndSafety(t *testing.T) {
 	if !strings.Contains(edit.body, `name="version" value="1"`) {
 		t.Fatalf("the edit form does not carry the version read:\n%s", edit.body)
 	}
-	e.post("/networks/"+netID+"/edit", url.Values{"version": {"1"}, "name": {"lab"}, "provider": {"local"}, "httpsStrategy": {"none"},
-		"assignPublicIp": {"on"}}).must(t, http.StatusSeeOther, "edit network")
+	// Public addresses on a local network: refused at the field.
+	p = e.post("/networks/"+netID+"/edit", url.Values{"version": {"1"}, "name": {"lab"}, "provider": {"local"}, "httpsStrategy": {"none"},
+		"assignPublicIp": {"on"}}).must(t, 400, "public addresses on a local network")
+	if !strings.Contains(p.body, `<p class="field-error" id="f-assignPublicIp-err">assignPublicIp: is only allowed with provider &#34;aws&#34;`) {
+		t.Fatalf("the assignPublicIp error is not at its field:\n%s", p.body)
+	}
+	e.post("/networks/"+netID+"/edit", url.Values{"version": {"1"}, "name": {"lab"}, "provider": {"local"}, "httpsStrategy": {"self-signed"}}).
+		must(t, http.StatusSeeOther, "edit network")
 	p = e.post("/networks/"+netID+"/edit", url.Values{"version": {"1"}, "name": {"lab2"}, "provider": {"local"}, "httpsStrategy": {"none"}}).must(t, 409, "stale edit")
 	if !strings.Contains(p.body, "changed by someone else") || !strings.Contains(p.body, `href="/networks/`+netID+`/edit" id="reload"`) || !strings.Contains(p.body, `value="lab2"`) {
 		t.Fatalf("the stale edit page:\n%s", p.body)

@@ -94,7 +94,6 @@ var networkResource = resource{
 				{Path: "name", Label: "Name", Kind: kindText, Required: true, Help: "1-63 lowercase letters, digits and '-'."},
 				{Path: "provider", Label: "Provider", Kind: kindSelect, Options: words(vocab.Providers), Required: true},
 				{Path: "httpsStrategy", Label: "HTTPS strategy", Kind: kindSelect, Options: words(vocab.HTTPSStrategies), Required: true},
-				{Path: "assignPublicIp", Label: "Assign public IP addresses", Kind: kindCheckbox},
 				{Path: "cloudAccountId", Label: "Cloud account", Kind: kindSelect, Options: acc, Help: "Required with provider aws."},
 			}},
 			{Legend: "AWS network", Path: "aws", Help: "Provider aws only.", When: "provider=aws", Fields: []*formField{
@@ -102,11 +101,13 @@ var networkResource = resource{
 				{Path: "aws.vpcId", Label: "VPC id", Kind: kindText, Help: "vpc-…"},
 				{Path: "aws.securityGroupIds", Label: "Security group ids", Kind: kindList, Help: "One per line; none: one is made that opens the node's port."},
 				{Path: "aws.region", Label: "Region", Kind: kindText},
+				{Path: "assignPublicIp", Label: "Assign public IP addresses", Kind: kindCheckbox},
+				{Path: "dns.privateZoneId", Label: "Route53 private zone id", Kind: kindText, Help: "The VMs' names are written there."},
+				{Path: "dns.publicZoneId", Label: "Route53 public zone id", Kind: kindText, Help: "Public addresses' names, and DNS-01's records."},
 			}},
 			{Legend: "DNS", Path: "dns", Fields: []*formField{
-				{Path: "dns.hostnamePattern", Label: "Host-name pattern", Kind: kindText, Help: "e.g. {name}.fleet.example.com"},
-				{Path: "dns.privateZoneId", Label: "Private zone id", Kind: kindText},
-				{Path: "dns.publicZoneId", Label: "Public zone id", Kind: kindText},
+				{Path: "dns.hostnamePattern", Label: "Host-name pattern", Kind: kindText,
+					Help: "e.g. {name}.fleet.example.com: the instances' names (their certificates, ACME's domains; on aws, Route53 records)."},
 			}},
 			{Legend: "ACME", Path: "acme", Help: "HTTPS strategy acme only.", When: "httpsStrategy=acme", Fields: []*formField{
 				{Path: "acme.contactEmail", Label: "Contact e-mail", Kind: kindText},

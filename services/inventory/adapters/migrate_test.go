@@ -139,3 +139,43 @@ func TestUpgradeKeepsAdminsAndTheirSessions(t *testing.T) {
 		t.Fatalf("after the upgrade: %+v %+v", u, tok)
 	}
 }
+
+// TestUpgradeDropsAWSOnlyFieldsOfOtherNetworks starts from the schema
+// before assignPublicIp and the Route53 zones were refused on networks
+// other than aws, with a local and an aws network holding them and a
+// host-name pattern, and upgrades: the local network keeps only its
+// pattern, the aws network all, both at their versions.
+func TestUpgradeDropsAWSOnlyFieldsOfOtherNetworks(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := schemaAt(t, 9)
+	now := time.Now().UTC()
+	specs := map[string]string{
+		"lab": `{"name":"lab","provider":"local","httpsStrategy":"none","assignPublicIp":true,"dns":{"privateZoneId":"Z1","publicZoneId":"Z2","hostnamePattern":"{name}.lab.test"}}`,
+		"pub": `{"name":"pub","provider":"aws","httpsStrategy":"none","assignPublicIp":true,"dns":{"privateZoneId":"Z1","publicZoneId":"Z2","hostnamePattern":"{name}.lab.test"},"aws":{"subnetId":"subnet-0a"}}`,
+	}
+	for name, spec := range specs {
+		if _, err := pool.Exec(ctx, "INSERT INTO networks (id, name, spec, version, created_at, updated_at) VALUES ($1, $2, $3, 3, $4, $4)",
+			NewID(), name, spec, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := Migrate(ctx, pool, nil); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{
+		"lab": `{"name": "lab", "provider": "local", "httpsStrategy": "none", "dns": {"hostnamePattern": "{name}.lab.test"}}`,
+		"pub": `{"name": "pub", "provider": "aws", "httpsStrategy": "none", "assignPublicIp": true, "dns": {"privateZoneId": "Z1", "publicZoneId": "Z2", "hostnamePattern": "{name}.lab.test"}, "aws": {"subnetId": "subnet-0a"}}`,
+	} {
+		var same bool
+		var version int64
+		if err := pool.QueryRow(ctx, "SELECT spec = $2::jsonb, version FROM networks WHERE name = $1", name, want).Scan(&same, &version); err != nil {
+			t.Fatal(err)
+		}
+		if !same || version != 3 {
+			var got string
+			_ = pool.QueryRow(ctx, "SELECT spec::text FROM networks WHERE name = $1", name).Scan(&got)
+			t.Errorf("%s after the upgrade: %s at version %d; want %s at 3", name, got, version, want)
+		}
+	}
+}

@@ -163,6 +163,21 @@ func ValidateNetwork(n *inventoryv1.Network) error {
 			return err
 		}
 	}
+	if vocab.Provider(n.GetProvider()) != vocab.ProviderAWS {
+		// Only the aws driver gives public addresses and writes Route53
+		// records: on another network they would be accepted and do
+		// nothing. (A host-name pattern names instances everywhere: their
+		// certificates' names, ACME's domains.)
+		if n.GetAssignPublicIp() {
+			return apierr.Invalid("assignPublicIp", "is only allowed with provider %q (a %s network's instances get no public address)", vocab.ProviderAWS, n.GetProvider())
+		}
+		if n.GetDns().GetPrivateZoneId() != "" {
+			return apierr.Invalid("dns.privateZoneId", "is only allowed with provider %q (a Route53 zone)", vocab.ProviderAWS)
+		}
+		if n.GetDns().GetPublicZoneId() != "" {
+			return apierr.Invalid("dns.publicZoneId", "is only allowed with provider %q (a Route53 zone)", vocab.ProviderAWS)
+		}
+	}
 	if vocab.Provider(n.GetProvider()) == vocab.ProviderAWS && n.GetAws().GetSubnetId() == "" {
 		return apierr.Invalid("aws.subnetId", "is required with provider %q", vocab.ProviderAWS)
 	}

@@ -132,12 +132,45 @@ func TestACMEChallengeRulesNameTheField(t *testing.T) {
 		{"dns-01 with port 443 named", aws(&inventoryv1.AcmeSettings{ContactEmail: "ops@example.test", Challenge: "dns-01", HttpPort: 443}, "Z1"), ""},
 		{"443 on local", &inventoryv1.Network{Name: "lab", Provider: "local", HttpsStrategy: "acme", Acme: &inventoryv1.AcmeSettings{ContactEmail: "ops@example.test", HttpPort: 443}}, ""},
 	} {
-		err := ValidateNetwork(tc.n)
-		switch {
-		case tc.field == "" && err != nil:
-			t.Errorf("%s: %v", tc.name, err)
-		case tc.field != "" && (err == nil || !strings.HasPrefix(err.Error(), tc.field+":")):
-			t.Errorf("%s: %v, want an error naming %s", tc.name, err, tc.field)
-		}
+		wantNetworkRule(t, tc.name, tc.n, tc.field)
+	}
+}
+
+// TestOnlyAWSNetworksTakePublicAddressesAndZones: assignPublicIp and the
+// Route53 zones do something only on aws networks; elsewhere they are
+// refused, naming the field, rather than accepted and ignored. A host-name
+// pattern names instances on any network.
+func TestOnlyAWSNetworksTakePublicAddressesAndZones(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		n     *inventoryv1.Network
+		field string // "" when valid
+	}{
+		{"public addresses on local", &inventoryv1.Network{Name: "lab", Provider: "local", HttpsStrategy: "none", AssignPublicIp: true}, "assignPublicIp"},
+		{"public addresses on external", &inventoryv1.Network{Name: "lab", Provider: "external", HttpsStrategy: "none", AssignPublicIp: true}, "assignPublicIp"},
+		{"a host-name pattern on local", &inventoryv1.Network{Name: "lab", Provider: "local", HttpsStrategy: "none",
+			Dns: &inventoryv1.DnsSettings{HostnamePattern: "{name}.lab.test"}}, ""},
+		{"a public zone on external", &inventoryv1.Network{Name: "lab", Provider: "external", HttpsStrategy: "none", Dns: &inventoryv1.DnsSettings{PublicZoneId: "Z1"}}, "dns.publicZoneId"},
+		{"a private zone on local", &inventoryv1.Network{Name: "lab", Provider: "local", HttpsStrategy: "none",
+			Dns: &inventoryv1.DnsSettings{PrivateZoneId: "Z1", HostnamePattern: "{name}.lab.test"}}, "dns.privateZoneId"},
+		{"an empty dns on local", &inventoryv1.Network{Name: "lab", Provider: "local", HttpsStrategy: "none", Dns: &inventoryv1.DnsSettings{}}, ""},
+		{"both on aws", &inventoryv1.Network{Name: "pub", Provider: "aws", HttpsStrategy: "none", AssignPublicIp: true, CloudAccountId: "0f9d4a7e-8d2f-4b8e-9d51-2b7c1c1e0a01",
+			Aws: &inventoryv1.AwsNetworkSettings{SubnetId: "subnet-0123456789abcdef0"}, Dns: &inventoryv1.DnsSettings{PrivateZoneId: "Z1", HostnamePattern: "{name}.example.test"}}, ""},
+	} {
+		wantNetworkRule(t, tc.name, tc.n, tc.field)
+	}
+}
+
+// wantNetworkRule checks that ValidateNetwork accepts n (field "") or
+// refuses it naming field.
+func wantNetworkRule(t *testing.T, name string, n *inventoryv1.Network, field string) {
+	t.Helper()
+	err := ValidateNetwork(n)
+	switch {
+	case field == "" && err != nil:
+		t.Errorf("%s: %v", name, err)
+	case field != "" && (err == nil || !strings.HasPrefix(err.Error(), field+":")):
+		t.Errorf("%s: %v, want an error naming %s", name, err, field)
 	}
 }
