@@ -68,6 +68,7 @@ func (a *agent) bootstrap(ctx context.Context, id string, b *agentv1.Bootstrap) 
 		dataDir:   a.cfg.DataDir,
 		installer: a.cfg.PackageInstaller,
 		log:       func(source, text string) { a.logs.Add(source, a.mask.Mask(text)) },
+		logErr:    func(source, text string) { a.logs.AddStderr(source, a.mask.Mask(text)) },
 		secret:    a.fetchSecret,
 	}
 	for i, act := range b.GetSetupActions() {

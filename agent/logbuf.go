@@ -79,13 +79,18 @@ func newLogBuffer(max int, now func() time.Time) *logBuffer {
 // into pieces, each but the last ending in a continuation marker. After
 // Close it returns at once, keeping nothing.
 func (b *logBuffer) Add(source, text string) {
-	b.split(text, func(piece string) { b.add(source, piece, true) })
+	b.split(text, func(piece string) { b.add(source, false, piece, true) })
+}
+
+// AddStderr is Add for a line written to standard error.
+func (b *logBuffer) AddStderr(source, text string) {
+	b.split(text, func(piece string) { b.add(source, true, piece, true) })
 }
 
 // AddOwn appends one of the agent's own lines without waiting: when the
 // buffer is full beyond its reserve, the line is dropped and counted.
 func (b *logBuffer) AddOwn(text string) {
-	b.split(text, func(piece string) { b.add(SourceAgent, piece, false) })
+	b.split(text, func(piece string) { b.add(SourceAgent, false, piece, false) })
 }
 
 func (b *logBuffer) split(text string, add func(string)) {
@@ -101,7 +106,7 @@ func (b *logBuffer) split(text string, add func(string)) {
 // continued ends each piece of a split line but the last.
 const continued = " …(continued)"
 
-func (b *logBuffer) add(source, text string, wait bool) {
+func (b *logBuffer) add(source string, stderr bool, text string, wait bool) {
 	b.mu.Lock()
 	if wait {
 		for !b.closed && len(b.lines) > 0 && (len(b.lines) >= b.max || b.bytes >= logBufferBytes) {
@@ -117,15 +122,15 @@ func (b *logBuffer) add(source, text string, wait bool) {
 		return
 	}
 	b.noticeDropped()
-	b.append(source, text)
+	b.append(source, stderr, text)
 	b.mu.Unlock()
 	b.wake()
 }
 
 // append adds a line with the next sequence number; b.mu is held.
-func (b *logBuffer) append(source, text string) {
+func (b *logBuffer) append(source string, stderr bool, text string) {
 	b.nextSeq++
-	b.lines = append(b.lines, &agentv1.LogLine{Seq: b.nextSeq, Time: timestamppb.New(b.now()), Source: source, Text: text})
+	b.lines = append(b.lines, &agentv1.LogLine{Seq: b.nextSeq, Time: timestamppb.New(b.now()), Source: source, Text: text, Stderr: stderr})
 	b.bytes += len(text)
 }
 
@@ -135,7 +140,7 @@ func (b *logBuffer) noticeDropped() {
 	if b.dropped == 0 || len(b.lines) >= b.max+ownLinesReserve {
 		return
 	}
-	b.append(SourceAgent, fmt.Sprintf("%d of the agent's own log lines were dropped: its log buffer (%d lines and %d more of its own) was full while lines could not be stored",
+	b.append(SourceAgent, false, fmt.Sprintf("%d of the agent's own log lines were dropped: its log buffer (%d lines and %d more of its own) was full while lines could not be stored",
 		b.dropped, b.max, ownLinesReserve))
 	b.dropped = 0
 }

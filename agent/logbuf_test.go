@@ -279,3 +279,28 @@ func TestAChattyScriptIsSlowedDownNotCut(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAScriptsStandardErrorIsMarked: a setup script's lines on standard
+// error are marked stderr, those on standard output are not, and both
+// arrive whole.
+func TestAScriptsStandardErrorIsMarked(t *testing.T) {
+	t.Parallel()
+	b := newLogBuffer(100, time.Now)
+	r := &setupRunner{dataDir: t.TempDir(), installer: NoPackageInstaller, log: b.Add, logErr: b.AddStderr}
+	if err := r.command(t.Context(), []string{"sh", "-c", "echo to-out; echo to-err >&2; exit 3"}, "script"); err == nil {
+		t.Fatal("a script exiting 3 succeeded")
+	}
+	got := map[string]bool{}
+	for _, l := range b.Next(100, 1<<20) {
+		if l.GetSource() != SourceSetup {
+			t.Errorf("line %q from %q", l.GetText(), l.GetSource())
+		}
+		got[l.GetText()] = l.GetStderr()
+	}
+	if stderr, ok := got["to-out"]; !ok || stderr {
+		t.Errorf("standard output's line: present %v, marked stderr %v", ok, stderr)
+	}
+	if stderr, ok := got["to-err"]; !ok || !stderr {
+		t.Errorf("standard error's line: present %v, marked stderr %v", ok, stderr)
+	}
+}

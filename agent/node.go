@@ -113,19 +113,22 @@ func (n *nodeRunner) launch(spec nodeSpec, env []string, addr string, output cha
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = n.a.cfg.DataDir
 	cmd.Env = environ(env, n.a.cfg.DataDir)
-	out, err := newOutputPipe(func(l string) {
-		n.a.logs.Add(SourceNode, n.a.mask.Mask(l))
-		if output != nil {
-			select {
-			case output <- struct{}{}:
-			default:
+	line := func(add func(source, text string)) func(string) {
+		return func(l string) {
+			add(SourceNode, n.a.mask.Mask(l))
+			if output != nil {
+				select {
+				case output <- struct{}{}:
+				default:
+				}
 			}
 		}
-	})
+	}
+	out, err := newOutputPipes(line(n.a.logs.Add), line(n.a.logs.AddStderr))
 	if err != nil {
 		return nil, nil, fmt.Errorf("start node software %s: %w", argv[0], err)
 	}
-	cmd.Stdout, cmd.Stderr = out.W(), out.W()
+	out.Attach(cmd)
 	ownProcessGroup(cmd, false)
 	cmd.WaitDelay = time.Second
 	if err := cmd.Start(); err != nil {

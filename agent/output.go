@@ -2,6 +2,7 @@ package agent
 
 import (
 	"os"
+	"os/exec"
 	"sync/atomic"
 	"time"
 )
@@ -86,4 +87,38 @@ func (p *outputPipe) Wait(idleAfterExit time.Duration) {
 			}
 		}
 	}
+}
+
+// outputPipes are a child's standard output and standard error, each an
+// outputPipe.
+type outputPipes struct{ out, err *outputPipe }
+
+// newOutputPipes makes the pipes of a child whose output lines go to
+// stdout and whose error lines go to stderr.
+func newOutputPipes(stdout, stderr func(string)) (*outputPipes, error) {
+	out, err := newOutputPipe(stdout)
+	if err != nil {
+		return nil, err
+	}
+	errOut, err := newOutputPipe(stderr)
+	if err != nil {
+		out.Abandon()
+		return nil, err
+	}
+	return &outputPipes{out: out, err: errOut}, nil
+}
+
+// Attach makes the pipes cmd's standard output and error.
+func (p *outputPipes) Attach(cmd *exec.Cmd) { cmd.Stdout, cmd.Stderr = p.out.W(), p.err.W() }
+
+// Start, Abandon and Wait are outputPipe's, for both.
+func (p *outputPipes) Start()   { p.out.Start(); p.err.Start() }
+func (p *outputPipes) Abandon() { p.out.Abandon(); p.err.Abandon() }
+
+// Wait waits for both pipes, side by side (outputPipe.Wait).
+func (p *outputPipes) Wait(idleAfterExit time.Duration) {
+	done := make(chan struct{})
+	go func() { p.err.Wait(idleAfterExit); close(done) }()
+	p.out.Wait(idleAfterExit)
+	<-done
 }

@@ -47,8 +47,9 @@ type setupRunner struct {
 	// ${secret:NAME} references kept, which is what is written to disk.
 	env          []string
 	envTemplates []string
-	// log takes a line of output; it masks secret values.
-	log func(source, text string)
+	// log takes a line of output, logErr a line written to standard
+	// error (log when nil); they mask secret values.
+	log, logErr func(source, text string)
 	// secret fetches a secret's value by name.
 	secret  func(ctx context.Context, name string) (string, error)
 	secrets map[string]string
@@ -211,28 +212,24 @@ func (r *setupRunner) command(ctx context.Context, argv []string, what string, e
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = r.dataDir
 	cmd.Env = append(r.environ(), extra...)
-	stdout, err := newOutputPipe(func(l string) { r.log(SourceSetup, l) })
+	logErr := r.logErr
+	if logErr == nil {
+		logErr = r.log
+	}
+	pipes, err := newOutputPipes(func(l string) { r.log(SourceSetup, l) }, func(l string) { logErr(SourceSetup, l) })
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	stderr, err := newOutputPipe(func(l string) { r.log(SourceSetup, l) })
-	if err != nil {
-		stdout.Abandon()
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	cmd.Stdout, cmd.Stderr = stdout.W(), stderr.W()
+	pipes.Attach(cmd)
 	ownProcessGroup(cmd, true)
 	cmd.WaitDelay = setupWaitDelay
 	if err = cmd.Start(); err != nil {
-		stdout.Abandon()
-		stderr.Abandon()
+		pipes.Abandon()
 	} else {
-		stdout.Start()
-		stderr.Start()
+		pipes.Start()
 		err = cmd.Wait()
 		// Every line the script printed is logged before its action ends.
-		stdout.Wait(setupWaitDelay)
-		stderr.Wait(setupWaitDelay)
+		pipes.Wait(setupWaitDelay)
 	}
 	var exit *exec.ExitError
 	switch {

@@ -144,6 +144,25 @@ const (
 // "<step>/<status>", e.g. "done/succeeded".
 func AgentProgress(step Step, p Progress) string { return string(step) + "/" + string(p) }
 
+// LogSource is how a log line's source is shown: "setup", or
+// "setup/stderr" for a line written to standard error.
+func LogSource(source string, stderr bool) string {
+	if stderr {
+		return source + "/stderr"
+	}
+	return source
+}
+
+// TemplateBehind says how far an instance's template moved on since the
+// instance was brought to running with version made of it ("v2, now v3"):
+// "" when it did not, or the instance has no VM (made 0).
+func TemplateBehind(made, now int64) string {
+	if made == 0 || made >= now {
+		return ""
+	}
+	return fmt.Sprintf("v%d, now v%d", made, now)
+}
+
 // Clearable names an observed field of an instance the provisioner clears
 // when the VM behind it is gone (RecordStateRequest.clear).
 type Clearable string

@@ -55,3 +55,25 @@ func TestWordsOfTheLifecycle(t *testing.T) {
 		t.Errorf("Clear = %v", got)
 	}
 }
+
+func TestTemplateBehind(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		made, now int64
+		want      string
+	}{{0, 3, ""}, {3, 3, ""}, {4, 3, ""}, {2, 3, "v2, now v3"}} {
+		if got := vocab.TemplateBehind(c.made, c.now); got != c.want {
+			t.Errorf("TemplateBehind(%d, %d) = %q, want %q", c.made, c.now, got, c.want)
+		}
+	}
+}
+
+func TestLogSource(t *testing.T) {
+	t.Parallel()
+	if got := vocab.LogSource("setup", false); got != "setup" {
+		t.Errorf("stdout: %q", got)
+	}
+	if got := vocab.LogSource("node", true); got != "node/stderr" {
+		t.Errorf("stderr: %q", got)
+	}
+}

@@ -153,6 +153,7 @@ setupActions:
   - type: script
     script: |
       echo hello from setup
+      echo a warning from setup >&2
   - {type: file, path: conf/app.env, content: "MODE=dev\n", mode: 0644}
   - {type: file, path: conf/db.env, content: "PASSWORD=${secret:db-password}"}
 ---
@@ -400,10 +401,23 @@ networkId: lab
 			}
 		}
 		in := instanceJSON(t, c, "web-1")
+		// It runs the template's version; once the template changes, the
+		// list says how far behind it is.
+		var small struct{ Version string }
+		if err := json.Unmarshal([]byte(c.ok("templates", "get", "small", "-o", "json")), &small); err != nil || in.TemplateVersion != small.Version {
+			t.Fatalf("web-1 runs template version %q; small is at %q (%v)", in.TemplateVersion, small.Version, err)
+		}
+		if out, errOut, err := c.run("name: small\ntags: {team: web}\n", nil, "templates", "apply", "-f", "-"); err != nil ||
+			!strings.Contains(out, "template small changed") || !strings.Contains(errOut, "flotilla instances list --template small") {
+			t.Fatalf("apply of a change to a running instance's template: %v\n%s%s", err, out, errOut)
+		}
+		if out := c.ok("instances", "list", "--template", "small", "-o", "table"); !strings.Contains(out, "small (v"+small.Version+", now v") {
+			t.Fatalf("instances list after the template changed:\n%s", out)
+		}
 		if b, err := os.ReadFile(filepath.Join(dir, "disks", in.DataDisk.ID, "conf", "db.env")); err != nil || string(b) != "PASSWORD=s3cret-value" {
 			t.Fatalf("the secret set with the CLI in the setup's file: %q %v", b, err)
 		}
-		if logs := c.ok("instances", "logs", "web-1"); !strings.Contains(logs, "hello from setup") {
+		if logs := c.ok("instances", "logs", "web-1"); !strings.Contains(logs, " setup hello from setup\n") || !strings.Contains(logs, " setup/stderr a warning from setup\n") {
 			t.Fatalf("instances logs:\n%s", logs)
 		}
 		if logs := c.ok("instances", "logs", "web-1", "--tail", "1", "-o", "json"); strings.Count(logs, "\n") != 1 || !strings.HasPrefix(logs, `{"seq":`) {
@@ -426,6 +440,9 @@ networkId: lab
 		id := in.ID
 		if out := c.ok("instances", "deprovision", id, "--wait"); !strings.Contains(out, "web-1: deprovisioned") {
 			t.Fatalf("deprovision --wait (by id):\n%s", out)
+		}
+		if v := instanceJSON(t, c, "web-1").TemplateVersion; v != "0" && v != "" {
+			t.Fatalf("a deprovisioned instance runs template version %q", v)
 		}
 		// Forced: as a delete where the cloud destroys everything.
 		if out := c.ok("instances", "delete", "web-1", "--force", "--wait"); !strings.Contains(out, "deleting-disk done") || !strings.Contains(out, "web-1: deleted\n") {
@@ -504,9 +521,10 @@ func followLogs(t *testing.T, c *cli) {
 
 // instanceJSON reads an instance with flotilla instances get -o json.
 func instanceJSON(t *testing.T, c *cli, name string) (in struct {
-	ID          string
-	StateDetail string
-	Addresses   struct {
+	ID              string
+	StateDetail     string
+	TemplateVersion string
+	Addresses       struct {
 		URL string
 	}
 	DataDisk struct {

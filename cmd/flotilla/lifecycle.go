@@ -520,3 +520,14 @@ func instanceChanged(before, after proto.Message) string {
 	}
 	return fmt.Sprintf("its node serves the certificate it has: flotilla instances refresh-certificate %s to serve one for the new ssl settings", a.GetName())
 }
+
+// templateChanged is what a template's change calls for: its running
+// instances keep the version they were brought up with until reprovisioned.
+func templateChanged(_, after proto.Message) string {
+	t, ok := after.(*inventoryv1.Template)
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf("running instances keep the version of %s they run until reprovisioned (flotilla instances list --template %s shows which)",
+		t.GetName(), t.GetName())
+}

@@ -20,6 +20,7 @@ import (
 
 	eventsv1 "flotilla.dev/flotilla/api/gen/flotilla/events/v1"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/vocab"
 )
 
 // logsCommand is `flotilla instances logs NAME [-f]`.
@@ -68,7 +69,8 @@ events) until interrupted, starting with the newest 200 (or --tail, or
 					writeJSONLine(out, l)
 					return
 				}
-				fmt.Fprintf(out, "%s %-5s %s\n", l.GetTime().AsTime().Local().Format("2006-01-02T15:04:05.000Z07:00"), l.GetSource(), l.GetText())
+				fmt.Fprintf(out, "%s %-5s %s\n", l.GetTime().AsTime().Local().Format("2006-01-02T15:04:05.000Z07:00"),
+					vocab.LogSource(l.GetSource(), l.GetStderr()), l.GetText())
 			}
 			if follow {
 				q.Set("follow", "true")

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 )
 
@@ -80,10 +81,13 @@ type resource struct {
 
 // column is a table column: a header and the JSON path of the field it
 // shows ("agent.status"); with ref, the field holds the id of an item of
-// ref, shown by its name.
+// ref, shown by its name, and with version, the JSON path of the version
+// of that item the row was made from (0: none), shown when older than the
+// item's.
 type column struct {
 	header, path string
 	ref          *resource
+	version      string
 }
 
 // columns makes columns of "HEADER=path" pairs.
@@ -262,19 +266,36 @@ func (s *session) byName(ctx context.Context, r *resource, name string) (proto.M
 	return nil, nil
 }
 
-// nameOf returns the name of the item of r with id, or the id itself when
-// there is none.
-func (s *session) nameOf(ctx context.Context, r *resource, id string) string {
+// itemOf is r's item id, nil when it cannot be read.
+func (s *session) itemOf(ctx context.Context, r *resource, id string) proto.Message {
 	items, err := s.all(ctx, r)
 	if err != nil {
-		return id
+		return nil
 	}
 	for _, it := range items {
 		if stringField(it, "id") == id {
-			return stringField(it, r.nameJSON())
+			return it
 		}
 	}
-	return id
+	return nil
+}
+
+// refCell is a ref column's cell: the item's name, and with c.version, the
+// version of it the row was made from when the item is newer now
+// ("small (v2, now v3)").
+func (s *session) refCell(ctx context.Context, m proto.Message, c column, id string) string {
+	it := s.itemOf(ctx, c.ref, id)
+	if it == nil {
+		return id
+	}
+	name := stringField(it, c.ref.nameJSON())
+	if c.version == "" {
+		return name
+	}
+	if behind := vocab.TemplateBehind(intField(m, c.version), intField(it, "version")); behind != "" {
+		return name + " (" + behind + ")"
+	}
+	return name
 }
 
 // isID reports whether s has the form of a server-assigned id (a UUID).
@@ -303,6 +324,15 @@ func field(m protoreflect.Message, path string) (protoreflect.Value, protoreflec
 	return protoreflect.Value{}, nil, false
 }
 
+// intField returns an int64 field at a JSON path of m, 0 if none.
+func intField(m proto.Message, path string) int64 {
+	v, fd, ok := field(m.ProtoReflect(), path)
+	if !ok || fd.Kind() != protoreflect.Int64Kind || fd.IsList() {
+		return 0
+	}
+	return v.Int()
+}
+
 // stringField returns a string field at a JSON path of m, "" if none.
 func stringField(m proto.Message, path string) string {
 	v, fd, ok := field(m.ProtoReflect(), path)
@@ -327,7 +357,7 @@ func (s *session) cell(ctx context.Context, m proto.Message, c column) string {
 	switch fd.Kind() {
 	case protoreflect.StringKind:
 		if c.ref != nil && v.String() != "" {
-			return s.nameOf(ctx, c.ref, v.String())
+			return s.refCell(ctx, m, c, v.String())
 		}
 		return dash(v.String())
 	case protoreflect.BoolKind:

@@ -41,6 +41,7 @@ httpsStrategy: self-signed
 	templates = &resource{
 		plural: "templates", singular: "template", aliases: []string{"template", "tmpl"},
 		item: &inventoryv1.Template{}, list: &inventoryv1.ListTemplatesResponse{},
+		changedNote: templateChanged,
 		columns: columns("NAME=name", "PROVIDER=provider", "IMAGE=image", "TYPE=instanceType", "DISK GB=dataDiskGb",
 			"SETUP ACTIONS=setupActions", "VERSION=version", "ID=id"),
 		example: `name: small
@@ -56,7 +57,7 @@ setupActions:
 		plural: "instances", singular: "instance", aliases: []string{"instance", "inst"},
 		item: &inventoryv1.Instance{}, list: &inventoryv1.ListInstancesResponse{},
 		columns: append(columns("NAME=name", "KIND=kind", "STATE=state", "DETAIL=stateDetail"),
-			column{header: "TEMPLATE", path: "templateId", ref: templates},
+			column{header: "TEMPLATE", path: "templateId", ref: templates, version: "templateVersion"},
 			column{header: "NETWORK", path: "networkId", ref: networks},
 			column{header: "AGENT", path: "agent.status"}, column{header: "URL", path: "addresses.url"},
 			column{header: "ID", path: "id"}),

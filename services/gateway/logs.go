@@ -245,7 +245,8 @@ func decodeLogLine(data []byte, cursor uint64) (*inventoryv1.InstanceLogLine, bo
 	if proto.Unmarshal(data, l) != nil {
 		return nil, false
 	}
-	return &inventoryv1.InstanceLogLine{Seq: l.GetSeq(), Time: timestamppb.New(l.GetTime().AsTime()), Source: l.GetSource(), Text: l.GetText(), Cursor: cursor}, true
+	return &inventoryv1.InstanceLogLine{Seq: l.GetSeq(), Time: timestamppb.New(l.GetTime().AsTime()), Source: l.GetSource(), Text: l.GetText(),
+		Stderr: l.GetStderr(), Cursor: cursor}, true
 }
 
 // decodeLogMsg decodes a line read from the stream.

@@ -220,7 +220,8 @@ func (s *Service) provision(ctx context.Context, in *inventoryv1.Instance) error
 	if err != nil {
 		return fail(vocab.StepRunningSetup, err)
 	}
-	_, err = s.record(ctx, &inventoryv1.RecordStateRequest{Id: id, State: string(vocab.StateRunning), Event: string(vocab.VerbRunning)})
+	_, err = s.record(ctx, &inventoryv1.RecordStateRequest{Id: id, State: string(vocab.StateRunning), Event: string(vocab.VerbRunning),
+		TemplateVersion: tmpl.GetVersion()})
 	return err
 }
 

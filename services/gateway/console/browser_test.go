@@ -251,6 +251,17 @@ func TestConsoleInBrowser(t *testing.T) {
 	// oldest first: the badge settles on the newest state.
 	b.waitFor("running in the list", "document.querySelector('tr[data-id] [data-bind=state]').textContent === 'running'", 10*time.Second)
 	b.shot("instances")
+	// Its template changes: the list says the instance runs an older version.
+	var login struct{ Token string }
+	e.apiJSON("", "POST", "/api/v1/login", map[string]string{"username": adminUser, "password": adminPass}, &login)
+	_, tl := e.as(adminUser, adminPass).api("GET", "/api/v1/templates", nil)
+	t0 := tl["templates"].([]any)[0].(map[string]any)
+	e.apiJSON(login.Token, "PATCH", "/api/v1/templates/"+t0["id"].(string), map[string]any{"version": t0["version"], "tags": map[string]string{"team": "web"}}, nil)
+	b.do("instances again", chromedp.Navigate(e.base+"/instances"), chromedp.WaitVisible(chromedp.CSS("tr[data-id] .badge.outdated")))
+	v, _ := strconv.Atoi(t0["version"].(string))
+	if txt := b.text("tr[data-id] .badge.outdated"); txt != fmt.Sprintf("v%d, now v%d", v, v+1) || v == 0 {
+		t.Fatalf("the list's template badge: %q (template at %v before)", txt, t0["version"])
+	}
 	b.do("overview", chromedp.Navigate(e.base+"/"), chromedp.WaitVisible(chromedp.CSS("#recent li")))
 	b.waitFor("one running in the overview", "document.querySelector('[data-count=running]').textContent === '1'", 10*time.Second)
 	b.waitFor("the live feed", "document.querySelector('[data-live-status]').textContent === 'live'", 10*time.Second)

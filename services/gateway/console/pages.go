@@ -175,6 +175,8 @@ func (f instanceFilter) query() url.Values {
 type instanceRow struct {
 	In                *inventoryv1.Instance
 	Network, Template string
+	// TemplateVersion is the template's version now.
+	TemplateVersion int64
 }
 
 // instancesData is the instances page's.
@@ -244,13 +246,13 @@ func (c *Console) instances(w http.ResponseWriter, r *http.Request, s *session) 
 		c.fail(w, r, s, err)
 		return
 	}
-	netName, tplName := map[string]string{}, map[string]string{}
+	netName, tplOf := map[string]string{}, map[string]*inventoryv1.Template{}
 	for _, n := range nets {
 		netName[n.GetId()] = n.GetName()
 		d.Networks = append(d.Networks, option{Value: n.GetId(), Label: n.GetName()})
 	}
 	for _, t := range tpls {
-		tplName[t.GetId()] = t.GetName()
+		tplOf[t.GetId()] = t
 		d.Templates = append(d.Templates, option{Value: t.GetId(), Label: t.GetName()})
 	}
 	for _, st := range vocab.States {
@@ -262,7 +264,8 @@ func (c *Console) instances(w http.ResponseWriter, r *http.Request, s *session) 
 		d.Kinds = append(d.Kinds, string(k))
 	}
 	for _, in := range ins.GetInstances() {
-		d.Rows = append(d.Rows, instanceRow{In: in, Network: netName[in.GetNetworkId()], Template: tplName[in.GetTemplateId()]})
+		t := tplOf[in.GetTemplateId()]
+		d.Rows = append(d.Rows, instanceRow{In: in, Network: netName[in.GetNetworkId()], Template: t.GetName(), TemplateVersion: t.GetVersion()})
 	}
 	pageURL := func(p int) string {
 		v := url.Values{}
@@ -557,7 +560,7 @@ func (c *Console) downloadLogs(w http.ResponseWriter, r *http.Request, s *sessio
 			return
 		}
 		for _, l := range page.GetLines() {
-			if _, err := fmt.Fprintf(w, "%s %-5s %s\n", l.GetTime().AsTime().UTC().Format(time.RFC3339Nano), l.GetSource(), l.GetText()); err != nil {
+			if _, err := fmt.Fprintf(w, "%s %-5s %s\n", l.GetTime().AsTime().UTC().Format(time.RFC3339Nano), vocab.LogSource(l.GetSource(), l.GetStderr()), l.GetText()); err != nil {
 				return
 			}
 		}

@@ -48,3 +48,23 @@ func TestAFailedDeleteMayBeForced(t *testing.T) {
 		}
 	}
 }
+
+// TestAStandardErrorLineIsMarked: the instance page shows a line written
+// to standard error with its source so marked.
+func TestAStandardErrorLineIsMarked(t *testing.T) {
+	t.Parallel()
+	c, err := New(Deps{API: http.NotFoundHandler(), Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := &inventoryv1.Instance{Id: "i-1", Name: "web-1", State: "running", DesiredState: "provisioned"}
+	d := instanceData{In: in, Network: &inventoryv1.Network{}, Template: &inventoryv1.Template{}, Logs: []*inventoryv1.InstanceLogLine{
+		{Source: "setup", Text: "all good"}, {Source: "setup", Text: "a warning", Stderr: true}}}
+	w := httptest.NewRecorder()
+	c.render(w, httptest.NewRequest(http.MethodGet, "/instances/i-1", nil), nil, http.StatusOK, "instance", "web-1", d)
+	body := w.Body.String()
+	if !strings.Contains(body, `<span class="src">setup</span> <span class="txt">all good</span>`) ||
+		!strings.Contains(body, `<li class="stderr">`) || !strings.Contains(body, `<span class="src">setup/stderr</span> <span class="txt">a warning</span>`) {
+		t.Fatalf("the log lines:\n%s", body)
+	}
+}

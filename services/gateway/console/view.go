@@ -25,6 +25,8 @@ var funcs = template.FuncMap{
 	"join":      strings.Join,
 	"nodeURL":   nodeURL,
 	"stepsOf":   stepsOf,
+	"behind":    vocab.TemplateBehind,
+	"logSource": vocab.LogSource,
 	"diskShare": diskShare,
 	"field":     func(f *form, path string) *formField { return f.field(path) },
 	"errFor":    func(f *form, path string) string { return f.errFor(path) },

@@ -127,7 +127,7 @@ func (a *App) RecordState(ctx context.Context, actor vocab.Actor, r *inventoryv1
 		for _, c := range r.GetClear() {
 			switch vocab.Clearable(c) {
 			case vocab.ClearVMID:
-				in.VmId = ""
+				in.VmId, in.TemplateVersion = "", 0
 			case vocab.ClearAddresses:
 				in.Addresses = nil
 			case vocab.ClearAgent:
@@ -148,6 +148,9 @@ func (a *App) RecordState(ctx context.Context, actor vocab.Actor, r *inventoryv1
 		}
 		if r.GetVmId() != "" {
 			in.VmId = r.GetVmId()
+		}
+		if r.GetTemplateVersion() != 0 {
+			in.TemplateVersion = r.GetTemplateVersion()
 		}
 		if r.GetDataDisk() != nil {
 			in.DataDisk = r.GetDataDisk()

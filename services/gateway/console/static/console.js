@@ -345,13 +345,14 @@
     };
     var scroll = function () { if (follow.checked) { list.scrollTop = list.scrollHeight; } };
     var show = function (line) {
-      var li = el("li");
+      var li = el("li", line.stderr ? "stderr" : "");
       var t = el("time", "", (line.time || "").slice(11, 23));
       t.setAttribute("datetime", line.time || "");
       t.setAttribute("title", line.time || "");
       li.appendChild(t);
       li.appendChild(document.createTextNode(" "));
-      li.appendChild(el("span", "src", line.source || ""));
+      // As vocab.LogSource shows it.
+      li.appendChild(el("span", "src", (line.source || "") + (line.stderr ? "/stderr" : "")));
       li.appendChild(document.createTextNode(" "));
       li.appendChild(el("span", "txt", line.text || ""));
       filter(li, query());

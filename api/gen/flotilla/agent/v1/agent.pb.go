@@ -595,8 +595,10 @@ type LogLine struct {
 	Seq  uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
 	// "agent", "setup" or "node".
-	Source        string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
-	Text          string `protobuf:"bytes,4,opt,name=text,proto3" json:"text,omitempty"`
+	Source string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	Text   string `protobuf:"bytes,4,opt,name=text,proto3" json:"text,omitempty"`
+	// Written to standard error (a setup action's or the node software's).
+	Stderr        bool `protobuf:"varint,5,opt,name=stderr,proto3" json:"stderr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -657,6 +659,13 @@ func (x *LogLine) GetText() string {
 		return x.Text
 	}
 	return ""
+}
+
+func (x *LogLine) GetStderr() bool {
+	if x != nil {
+		return x.Stderr
+	}
+	return false
 }
 
 type LogBatch struct {
@@ -2456,12 +2465,13 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\bnode_url\x18\x06 \x01(\tR\anodeUrl\x12\x1d\n" +
 	"\n" +
 	"private_ip\x18\a \x01(\tR\tprivateIp\x12W\n" +
-	"\x1anode_certificate_not_after\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x17nodeCertificateNotAfter\"w\n" +
+	"\x1anode_certificate_not_after\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x17nodeCertificateNotAfter\"\x8f\x01\n" +
 	"\aLogLine\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
 	"\x06source\x18\x03 \x01(\tR\x06source\x12\x12\n" +
-	"\x04text\x18\x04 \x01(\tR\x04text\"<\n" +
+	"\x04text\x18\x04 \x01(\tR\x04text\x12\x16\n" +
+	"\x06stderr\x18\x05 \x01(\bR\x06stderr\"<\n" +
 	"\bLogBatch\x120\n" +
 	"\x05lines\x18\x01 \x03(\v2\x1a.flotilla.agent.v1.LogLineR\x05lines\"\xad\x01\n" +
 	"\bProgress\x12\x1d\n" +

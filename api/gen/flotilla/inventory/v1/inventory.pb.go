@@ -1725,7 +1725,9 @@ type InstanceLogLine struct {
 	// Where the line is kept (its log stream sequence): greater for every
 	// line stored later. A follow given it as `after` resumes after this
 	// line; over REST it is also the line's server-sent event id.
-	Cursor        uint64 `protobuf:"varint,5,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	Cursor uint64 `protobuf:"varint,5,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// Written to standard error (a setup action's or the node software's).
+	Stderr        bool `protobuf:"varint,6,opt,name=stderr,proto3" json:"stderr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1793,6 +1795,13 @@ func (x *InstanceLogLine) GetCursor() uint64 {
 		return x.Cursor
 	}
 	return 0
+}
+
+func (x *InstanceLogLine) GetStderr() bool {
+	if x != nil {
+		return x.Stderr
+	}
+	return false
 }
 
 type UpdateInstanceRequest struct {
@@ -2236,7 +2245,8 @@ type RecordStateRequest struct {
 	VmId      string     `protobuf:"bytes,6,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
 	DataDisk  *DataDisk  `protobuf:"bytes,7,opt,name=data_disk,json=dataDisk,proto3" json:"data_disk,omitempty"`
 	Addresses *Addresses `protobuf:"bytes,8,opt,name=addresses,proto3" json:"addresses,omitempty"`
-	// Fields to reset to empty: "vm_id", "addresses", "agent", "reprovision".
+	// Fields to reset to empty: "vm_id" (and template_version with it),
+	// "addresses", "agent", "reprovision".
 	Clear []string `protobuf:"bytes,9,rep,name=clear,proto3" json:"clear,omitempty"`
 	// With state "deleted": remove the instance record (history stays on the stream).
 	Remove bool `protobuf:"varint,10,opt,name=remove,proto3" json:"remove,omitempty"`
@@ -2246,9 +2256,11 @@ type RecordStateRequest struct {
 	// that lost its lease without knowing (paused past the lease's life)
 	// cannot overwrite the work of the one that took it over. Unset: not
 	// checked.
-	Lease         *LeaseFence `protobuf:"bytes,11,opt,name=lease,proto3" json:"lease,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Lease *LeaseFence `protobuf:"bytes,11,opt,name=lease,proto3" json:"lease,omitempty"`
+	// The version of its template the instance was brought to running with.
+	TemplateVersion int64 `protobuf:"varint,12,opt,name=template_version,json=templateVersion,proto3" json:"template_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *RecordStateRequest) Reset() {
@@ -2356,6 +2368,13 @@ func (x *RecordStateRequest) GetLease() *LeaseFence {
 		return x.Lease
 	}
 	return nil
+}
+
+func (x *RecordStateRequest) GetTemplateVersion() int64 {
+	if x != nil {
+		return x.TemplateVersion
+	}
+	return 0
 }
 
 // LeaseFence orders a provisioner's leases of one instance: a lease taken
@@ -2531,13 +2550,14 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"page_token\x18\x04 \x01(\tR\tpageToken\"w\n" +
 	"\x1aListInstanceEventsResponse\x121\n" +
 	"\x06events\x18\x01 \x03(\v2\x19.flotilla.events.v1.EventR\x06events\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x97\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xaf\x01\n" +
 	"\x0fInstanceLogLine\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
 	"\x06source\x18\x03 \x01(\tR\x06source\x12\x12\n" +
 	"\x04text\x18\x04 \x01(\tR\x04text\x12\x16\n" +
-	"\x06cursor\x18\x05 \x01(\x04R\x06cursor\"\x91\x01\n" +
+	"\x06cursor\x18\x05 \x01(\x04R\x06cursor\x12\x16\n" +
+	"\x06stderr\x18\x06 \x01(\bR\x06stderr\"\x91\x01\n" +
 	"\x15UpdateInstanceRequest\x12;\n" +
 	"\binstance\x18\x01 \x01(\v2\x1f.flotilla.inventory.v1.InstanceR\binstance\x12;\n" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
@@ -2568,7 +2588,7 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x05vm_id\x18\x06 \x01(\tR\x04vmId\":\n" +
 	"\x10LifecycleRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
-	"\x06action\x18\x02 \x01(\tR\x06action\"\x87\x03\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\"\xb2\x03\n" +
 	"\x12RecordStateRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12\x14\n" +
@@ -2581,7 +2601,8 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x05clear\x18\t \x03(\tR\x05clear\x12\x16\n" +
 	"\x06remove\x18\n" +
 	" \x01(\bR\x06remove\x127\n" +
-	"\x05lease\x18\v \x01(\v2!.flotilla.inventory.v1.LeaseFenceR\x05lease\">\n" +
+	"\x05lease\x18\v \x01(\v2!.flotilla.inventory.v1.LeaseFenceR\x05lease\x12)\n" +
+	"\x10template_version\x18\f \x01(\x03R\x0ftemplateVersion\">\n" +
 	"\n" +
 	"LeaseFence\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x03R\x05epoch\x12\x1a\n" +

@@ -1022,9 +1022,14 @@ type Instance struct {
 	LogRetention *LogRetention `protobuf:"bytes,19,opt,name=log_retention,json=logRetention,proto3" json:"log_retention,omitempty"`
 	// A forced delete is under way: the record goes even if the VM or the
 	// data disk cannot be destroyed (see DeleteInstanceRequest.force).
-	DeleteForced  bool `protobuf:"varint,20,opt,name=delete_forced,json=deleteForced,proto3" json:"delete_forced,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DeleteForced bool `protobuf:"varint,20,opt,name=delete_forced,json=deleteForced,proto3" json:"delete_forced,omitempty"`
+	// The version of its template the instance was last brought to running
+	// with (its VM, setup actions, node software); 0 while it has no VM.
+	// Below the template's version: the template changed since, and a
+	// reprovision applies the change.
+	TemplateVersion int64 `protobuf:"varint,21,opt,name=template_version,json=templateVersion,proto3" json:"template_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Instance) Reset() {
@@ -1195,6 +1200,13 @@ func (x *Instance) GetDeleteForced() bool {
 		return x.DeleteForced
 	}
 	return false
+}
+
+func (x *Instance) GetTemplateVersion() int64 {
+	if x != nil {
+		return x.TemplateVersion
+	}
+	return 0
 }
 
 // LogRetention bounds the log lines kept for an instance: lines beyond
@@ -1684,7 +1696,7 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\x04mode\x18\x05 \x01(\tR\x04mode\x12\x12\n" +
 	"\x04name\x18\x06 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\a \x01(\tR\x05value\x12\x1a\n" +
-	"\bpackages\x18\b \x03(\tR\bpackages\"\x93\a\n" +
+	"\bpackages\x18\b \x03(\tR\bpackages\"\xc3\a\n" +
 	"\bInstance\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x17\n" +
 	"\x04name\x18\x02 \x01(\tB\x03\xe0A\x02R\x04name\x12\x17\n" +
@@ -1710,7 +1722,8 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\x13reprovision_pending\x18\x11 \x01(\bB\x03\xe0A\x03R\x12reprovisionPending\x12*\n" +
 	"\x0eagent_progress\x18\x12 \x01(\tB\x03\xe0A\x03R\ragentProgress\x12H\n" +
 	"\rlog_retention\x18\x13 \x01(\v2#.flotilla.inventory.v1.LogRetentionR\flogRetention\x12(\n" +
-	"\rdelete_forced\x18\x14 \x01(\bB\x03\xe0A\x03R\fdeleteForced\"_\n" +
+	"\rdelete_forced\x18\x14 \x01(\bB\x03\xe0A\x03R\fdeleteForced\x12.\n" +
+	"\x10template_version\x18\x15 \x01(\x03B\x03\xe0A\x03R\x0ftemplateVersion\"_\n" +
 	"\fLogRetention\x12\x1b\n" +
 	"\tmax_lines\x18\x01 \x01(\x05R\bmaxLines\x122\n" +
 	"\amax_age\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06maxAge\"\xe4\x01\n" +
