@@ -182,6 +182,7 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 	g.status = newFreshCache[*systemv1.Status](statusFresh)
 	g.cluster = newFreshCache[*systemv1.Cluster](clusterFresh)
 	g.overview = overview.New()
+	fleet.Store(g.overview)
 	g.web = &http.Client{Timeout: clusterCheckTimeout}
 	g.bus = rpc.NewClient(d.NATS, subjects.Gateway, g.requestTimeout)
 	js, err := jetstream.New(d.NATS)

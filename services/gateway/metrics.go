@@ -2,8 +2,11 @@ package gateway
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"flotilla.dev/flotilla/services/gateway/overview"
 )
 
 // The gateway's metrics, on the process's Prometheus registry once it
@@ -23,5 +26,12 @@ var metrics = struct {
 	}),
 }
 
+// fleet is the fleet overview of the process's gateway, the one made last
+// (a process runs one, except in tests), reported at each scrape
+// (overview.Collector: flotilla_fleet_*).
+var fleet atomic.Pointer[overview.Overview]
+
 // registerMetrics puts the metrics on the process's registry, once.
-var registerMetrics = sync.OnceFunc(func() { prometheus.MustRegister(metrics.lateAudits, metrics.auditsUnwritten) })
+var registerMetrics = sync.OnceFunc(func() {
+	prometheus.MustRegister(metrics.lateAudits, metrics.auditsUnwritten, overview.Collector(fleet.Load))
+})
