@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,6 +31,9 @@ const pollInterval = 400 * time.Millisecond
 type waitOptions struct {
 	wait    bool
 	timeout time.Duration
+	// quiet is how long the events may be quiet before the instance is
+	// read all the same (quietRead when 0).
+	quiet time.Duration
 }
 
 func (o *waitOptions) flags(cmd *cobra.Command, until string) {
@@ -185,7 +189,7 @@ func waitFor(ctx context.Context, s *session, in *inventoryv1.Instance, action v
 			feedDown = nil // read on every tick from now on
 			continue
 		case <-tick.C:
-			if feedDown != nil && time.Since(lastChange) < quietRead {
+			if feedDown != nil && time.Since(lastChange) < cmp.Or(o.quiet, quietRead) {
 				continue // the feed brings every change; the tick redraws
 			}
 		}

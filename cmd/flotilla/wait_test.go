@@ -189,3 +189,24 @@ func TestAForcedDeletesWaitEndsWithWhatItLeft(t *testing.T) {
 		t.Errorf("the wait showed\n%s\nwant the end\n%s", &out, want)
 	}
 }
+
+// TestAWaitReadsTheInstanceWhenItsEventsGoQuiet: a feed that is up but
+// brings nothing (an event lost to a broken stream) does not hold the
+// wait: after quiet, the instance is read, and the wait ends with it.
+func TestAWaitReadsTheInstanceWhenItsEventsGoQuiet(t *testing.T) {
+	t.Parallel()
+	start := time.Now().Add(-time.Hour)
+	asked := at(start, 0, "provisioning", "queued")
+	s, reads := waitServer(t, true, nil, []*inventoryv1.Instance{at(start, 2100, "running", "")})
+	var out bytes.Buffer
+	began := time.Now()
+	if err := waitFor(t.Context(), s, asked, vocab.ActionProvision, waitOptions{wait: true, timeout: time.Minute, quiet: 300 * time.Millisecond}, &out); err != nil {
+		t.Fatalf("%v\n%s", err, &out)
+	}
+	if !strings.HasSuffix(out.String(), "web-1: running\n") || reads.Load() != 1 {
+		t.Errorf("after %d reads:\n%s\nwant it to end running, read once", reads.Load(), &out)
+	}
+	if took := time.Since(began); took < 300*time.Millisecond {
+		t.Errorf("the instance was read after %v, before the feed was quiet for 300ms", took)
+	}
+}
