@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/testkit"
@@ -60,7 +62,7 @@ func TestACMEIssuesAndRenewsWithoutARestart(t *testing.T) {
 	kr := bufio.NewReader(keep)
 	roundTrip(t, keep, kr)
 
-	ta.refreshCertificate(t.Context(), "cmd-renew")
+	ta.refreshCertificate(t.Context(), "cmd-renew", &agentv1.RefreshCertificate{Acme: b.GetAcme()})
 	deadline := time.Now().Add(60 * time.Second)
 	var renewed *x509.Certificate
 	for renewed = leafAt(t, addr, p.Roots); renewed.Equal(first); renewed = leafAt(t, addr, p.Roots) {
@@ -86,6 +88,22 @@ func TestACMEIssuesAndRenewsWithoutARestart(t *testing.T) {
 	}
 	if kept := ta.acme.kept(t); !kept.Equal(renewed) {
 		t.Errorf("the manager keeps serial %v, the node serves %v", kept.SerialNumber, renewed.SerialNumber)
+	}
+
+	// A refresh with a new order (another domain, another contact): the
+	// agent orders as it says, now and at every renewal after.
+	more := proto.Clone(b.GetAcme()).(*agentv1.AcmeOrder)
+	more.Domains, more.ContactEmail = []string{"node.test", "www.node.test"}, "web@fleet.test"
+	ta.refreshCertificate(t.Context(), "cmd-more", &agentv1.RefreshCertificate{Acme: more})
+	deadline = time.Now().Add(60 * time.Second)
+	for c := leafAt(t, addr, p.Roots); c.VerifyHostname("www.node.test") != nil; c = leafAt(t, addr, p.Roots) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the node serves %v after a refresh for www.node.test too\n%s", c.DNSNames, ta.logText(SourceAgent))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if st := ta.state.Get(); st.Node.ACME.ContactEmail != "web@fleet.test" || len(st.Node.ACME.Domains) != 2 {
+		t.Errorf("the order kept for renewals: %+v", st.Node.ACME)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"time"
 
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
@@ -31,7 +32,7 @@ func (a *agent) commandLoop(ctx context.Context) {
 		case *agentv1.Command_StopNode:
 			a.stopNode(ctx, cmd.GetId())
 		case *agentv1.Command_RefreshCertificate:
-			a.refreshCertificate(ctx, cmd.GetId())
+			a.refreshCertificate(ctx, cmd.GetId(), act.RefreshCertificate)
 		default:
 			a.logf(ctx, "command %s has no action this agent knows; ignored", cmd.GetId())
 		}
@@ -229,11 +230,20 @@ func (a *agent) writeNodeTLS(spec *nodeSpec, certPEM, keyPEM []byte) error {
 // renewed now, for the instance's names as they are now; a custom one is
 // fetched again with its key. The running node software serves the new
 // pair from its next handshake, without a restart.
-func (a *agent) refreshCertificate(ctx context.Context, id string) {
+func (a *agent) refreshCertificate(ctx context.Context, id string, r *agentv1.RefreshCertificate) {
 	st := a.state.Get()
 	if st.Node == nil || st.Node.CertFile == "" {
 		a.logf(ctx, "command %s: refresh-certificate: the node software serves no certificate here; ignored", id)
 		return
+	}
+	if o := r.GetAcme(); o != nil && st.Node.ACME != nil && len(o.GetDomains()) > 0 && o.GetDirectoryUrl() != "" {
+		if next := acmeSpecOf(o); !reflect.DeepEqual(next, st.Node.ACME) {
+			if err := a.state.Update(func(s *state) { s.Node.ACME = next }); err != nil {
+				a.logf(ctx, "command %s: refresh-certificate: keeping the new ACME order failed: %v", id, err)
+				return
+			}
+			a.logf(ctx, "command %s: the ACME order is now for %v from %s (%s)", id, next.Domains, next.DirectoryURL, next.how())
+		}
 	}
 	if renewsNodeCert(st.Node) {
 		a.logf(ctx, "command %s: renewing the node software's certificate now", id)

@@ -382,7 +382,7 @@ func TestTheFleetCACertificateIsRenewedBeforeItEnds(t *testing.T) {
 		time.Sleep(100 * time.Millisecond) // the next renewal issues an hour's
 	}
 	long := leafAt(t, addr, ta.ca.Pool())
-	ta.refreshCertificate(t.Context(), "cmd-refresh")
+	ta.refreshCertificate(t.Context(), "cmd-refresh", &agentv1.RefreshCertificate{})
 	for deadline := time.Now().Add(10 * time.Second); leafAt(t, addr, ta.ca.Pool()).Equal(long); time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the node still serves serial %v after :refresh-certificate\n%s", long.SerialNumber, ta.logText(SourceAgent))

@@ -81,6 +81,19 @@ func TestACMEEndToEnd(t *testing.T) {
 		t.Fatalf("after a renewal the instance is %v", in["state"])
 	}
 
+	// A new domain on the running instance: the next refresh orders for it,
+	// no reprovision needed.
+	cur := f.api(200, "GET", "/api/v1/instances/"+id, "")
+	f.api(200, "PATCH", "/api/v1/instances/"+id, fmt.Sprintf(`{"version":%q,"ssl":{"domains":["node.test","www.node.test"]}}`, cur["version"]))
+	f.api(200, "POST", "/api/v1/instances/"+id+":refresh-certificate", "")
+	deadline = time.Now().Add(60 * time.Second)
+	for c := leaf(); c.VerifyHostname("www.node.test") != nil; c = leaf() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the node serves %v after a refresh for a new domain\nlogs: %s", c.DNSNames, f.raw("/api/v1/instances/"+id+"/logs?pageSize=5000"))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
 	// A failing renewal (the ACME server is gone) is in the timeline too,
 	// and the node keeps serving its certificate.
 	p.Close()

@@ -49,8 +49,9 @@ func TestTheCLIKeepsTheGatewaysCookie(t *testing.T) {
 }
 
 // TestAnApplyOfNewSSLSettingsSaysHowTheyReachTheNode: on a provisioned
-// instance, new SANs or a new certificate take a refresh, new ACME domains
-// a reprovision; at rest, or with the same settings, nothing is said.
+// instance, new SANs, a new certificate or new ACME domains take a
+// refresh; at rest, or with the same settings, nothing is said. A
+// network's new ACME settings take a refresh of each instance.
 func TestAnApplyOfNewSSLSettingsSaysHowTheyReachTheNode(t *testing.T) {
 	t.Parallel()
 	in := func(state string, ssl *inventoryv1.SslSettings) *inventoryv1.Instance {
@@ -63,12 +64,21 @@ func TestAnApplyOfNewSSLSettingsSaysHowTheyReachTheNode(t *testing.T) {
 		want          string
 	}{
 		{"new SANs", in("running", sans), in("running", &inventoryv1.SslSettings{Sans: []string{"web-1.lab.test", "www.lab.test"}}), "refresh-certificate web-1"},
-		{"new ACME domains", in("running", nil), in("running", &inventoryv1.SslSettings{Domains: []string{"web.example.com"}}), "reprovision web-1"},
+		{"new ACME domains", in("running", nil), in("running", &inventoryv1.SslSettings{Domains: []string{"web.example.com"}}), "refresh-certificate web-1"},
 		{"at rest", in("deprovisioned", nil), in("deprovisioned", sans), ""},
 		{"the same", in("running", sans), in("running", sans), ""},
 	} {
 		if got := instanceChanged(tc.before, tc.after); (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
 			t.Errorf("%s: %q, want it to say %q", tc.name, got, tc.want)
 		}
+	}
+	acme := func(contact string) *inventoryv1.Network {
+		return &inventoryv1.Network{Name: "pub", HttpsStrategy: "acme", Acme: &inventoryv1.AcmeSettings{ContactEmail: contact}}
+	}
+	if got := networkChanged(acme("a@x.test"), acme("b@x.test")); !strings.Contains(got, "refresh-certificate") || !strings.Contains(got, "--network pub") {
+		t.Errorf("a network's new ACME contact: %q", got)
+	}
+	if got := networkChanged(acme("a@x.test"), acme("a@x.test")); got != "" {
+		t.Errorf("a network's ACME settings unchanged: %q", got)
 	}
 }

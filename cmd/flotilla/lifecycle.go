@@ -519,9 +519,6 @@ func instanceChanged(before, after proto.Message) string {
 	if !okB || !okA || vocab.State(a.GetState()).AtRest() || proto.Equal(b.GetSsl(), a.GetSsl()) {
 		return ""
 	}
-	if !slices.Equal(b.GetSsl().GetDomains(), a.GetSsl().GetDomains()) {
-		return fmt.Sprintf("its node serves the certificate it has: reprovision %s to order one for the new ssl.domains", a.GetName())
-	}
 	return fmt.Sprintf("its node serves the certificate it has: flotilla instances refresh-certificate %s to serve one for the new ssl settings", a.GetName())
 }
 
@@ -534,4 +531,16 @@ func templateChanged(_, after proto.Message) string {
 	}
 	return fmt.Sprintf("running instances keep the version of %s they run until reprovisioned (flotilla instances list --template %s shows which)",
 		t.GetName(), t.GetName())
+}
+
+// networkChanged is what a change of a network's ACME settings calls for:
+// its running instances order as before until each is refreshed.
+func networkChanged(before, after proto.Message) string {
+	b, okB := before.(*inventoryv1.Network)
+	a, okA := after.(*inventoryv1.Network)
+	if !okB || !okA || vocab.HTTPSStrategy(a.GetHttpsStrategy()) != vocab.HTTPSACME || proto.Equal(b.GetAcme(), a.GetAcme()) {
+		return ""
+	}
+	return fmt.Sprintf("running instances on %s order as before until refreshed: flotilla instances refresh-certificate NAME (flotilla instances list --network %s)",
+		a.GetName(), a.GetName())
 }

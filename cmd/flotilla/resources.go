@@ -29,6 +29,7 @@ aws:
 	networks = &resource{
 		plural: "networks", singular: "network", aliases: []string{"network", "net"},
 		item: &inventoryv1.Network{}, list: &inventoryv1.ListNetworksResponse{},
+		changedNote: networkChanged,
 		columns: append(columns("NAME=name", "PROVIDER=provider", "HTTPS=httpsStrategy", "PUBLIC IP=assignPublicIp"),
 			column{header: "CLOUD ACCOUNT", path: "cloudAccountId", ref: cloudAccounts},
 			column{header: "VERSION", path: "version"}, column{header: "ID", path: "id"}),

@@ -17,8 +17,9 @@ import (
 // instance's agent fetches its custom certificate and key again (the CA
 // reads an AWS Secrets Manager key anew), or renews its fleet CA or ACME
 // certificate now, for the instance's names as they are now (a change of
-// ssl.sans or ssl.domains takes effect so); the node software serves the
-// new pair without a restart. Only this
+// ssl.sans or ssl.domains takes effect so; an ACME order is sent as the
+// network's settings are now, its directory and contact too); the node
+// software serves the new pair without a restart. Only this
 // one command can be asked for: the gateway never commands agents itself.
 func (s *Service) refreshCertificate(ctx context.Context, actor vocab.Actor, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
 	in, err := rpc.Call(ctx, s.bus, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: r.GetId()})
@@ -38,7 +39,7 @@ func (s *Service) refreshCertificate(ctx context.Context, actor vocab.Actor, r *
 			in.GetName(), in.GetState(), vocab.StateRunning)
 	}
 	cmd := &agentv1.Command{Id: "refresh-certificate-" + uuid.NewString(),
-		Action: &agentv1.Command_RefreshCertificate{RefreshCertificate: &agentv1.RefreshCertificate{}}}
+		Action: &agentv1.Command_RefreshCertificate{RefreshCertificate: &agentv1.RefreshCertificate{Acme: acmeOrder(in, n)}}}
 	if _, err := rpc.Call(ctx, s.bus, endpoints.AgentCommand.At(in.GetId()), cmd, rpc.As(Actor)); err != nil {
 		return nil, err
 	}

@@ -1918,7 +1918,12 @@ func (x *Release) GetReason() string {
 // RefreshCertificate fetches the custom certificate and key again; the node
 // software serves them from its next handshake.
 type RefreshCertificate struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// For an instance whose certificate is ordered with ACME: the order as
+	// the instance and its network say now (domains, directory, contact,
+	// challenge); it replaces the one the agent was bootstrapped with, for
+	// this renewal and every one after. Unset: the agent's order stands.
+	Acme          *AcmeOrder `protobuf:"bytes,1,opt,name=acme,proto3" json:"acme,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1951,6 +1956,13 @@ func (x *RefreshCertificate) ProtoReflect() protoreflect.Message {
 // Deprecated: Use RefreshCertificate.ProtoReflect.Descriptor instead.
 func (*RefreshCertificate) Descriptor() ([]byte, []int) {
 	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RefreshCertificate) GetAcme() *AcmeOrder {
+	if x != nil {
+		return x.Acme
+	}
+	return nil
 }
 
 type SecretResponse struct {
@@ -2551,8 +2563,9 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\bStopNode\"!\n" +
 	"\aRelease\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x14\n" +
-	"\x12RefreshCertificate\"[\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"F\n" +
+	"\x12RefreshCertificate\x120\n" +
+	"\x04acme\x18\x01 \x01(\v2\x1c.flotilla.agent.v1.AcmeOrderR\x04acme\"[\n" +
 	"\x0eSecretResponse\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
@@ -2670,24 +2683,25 @@ var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
 	19, // 25: flotilla.agent.v1.AcmeRequest.stored_certificate:type_name -> flotilla.agent.v1.AcmeStoredCertificateRequest
 	20, // 26: flotilla.agent.v1.AcmeRequest.store_certificate:type_name -> flotilla.agent.v1.AcmeCertificate
 	21, // 27: flotilla.agent.v1.AcmeRequest.dns_challenge:type_name -> flotilla.agent.v1.AcmeDnsChallenge
-	33, // 28: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
-	5,  // 29: flotilla.agent.v1.AgentEvent.connected:type_name -> flotilla.agent.v1.Hello
-	29, // 30: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
-	6,  // 31: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
-	9,  // 32: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
-	28, // 33: flotilla.agent.v1.AgentEvents.events:type_name -> flotilla.agent.v1.AgentEvent
-	32, // 34: flotilla.agent.v1.AgentEventResults.results:type_name -> flotilla.agent.v1.AgentEventResult
-	0,  // 35: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
-	2,  // 36: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
-	4,  // 37: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
-	1,  // 38: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
-	3,  // 39: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
-	12, // 40: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
-	38, // [38:41] is the sub-list for method output_type
-	35, // [35:38] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	16, // 28: flotilla.agent.v1.RefreshCertificate.acme:type_name -> flotilla.agent.v1.AcmeOrder
+	33, // 29: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
+	5,  // 30: flotilla.agent.v1.AgentEvent.connected:type_name -> flotilla.agent.v1.Hello
+	29, // 31: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
+	6,  // 32: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
+	9,  // 33: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
+	28, // 34: flotilla.agent.v1.AgentEvents.events:type_name -> flotilla.agent.v1.AgentEvent
+	32, // 35: flotilla.agent.v1.AgentEventResults.results:type_name -> flotilla.agent.v1.AgentEventResult
+	0,  // 36: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
+	2,  // 37: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
+	4,  // 38: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
+	1,  // 39: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
+	3,  // 40: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
+	12, // 41: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
+	39, // [39:42] is the sub-list for method output_type
+	36, // [36:39] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_agent_v1_agent_proto_init() }
