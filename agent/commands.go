@@ -238,7 +238,7 @@ func (a *agent) refreshCertificate(ctx context.Context, id string, r *agentv1.Re
 	}
 	if o := r.GetAcme(); o != nil && st.Node.ACME != nil && len(o.GetDomains()) > 0 && o.GetDirectoryUrl() != "" {
 		if next := acmeSpecOf(o); !reflect.DeepEqual(next, st.Node.ACME) {
-			if err := a.state.Update(func(s *state) { s.Node.ACME = next }); err != nil {
+			if err := a.state.Update(func(s *state) { s.Node.ACME = next }); err != nil { // Update copies the node's spec
 				a.logf(ctx, "command %s: refresh-certificate: keeping the new ACME order failed: %v", id, err)
 				return
 			}

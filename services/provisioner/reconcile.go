@@ -258,7 +258,7 @@ func (s *Service) stopVM(ctx context.Context, in *inventoryv1.Instance) error {
 	if in.GetVmId() == "" {
 		return nil
 	}
-	drv, err := s.driverOf(ctx, in)
+	drv, err := s.driverOf(ctx, in, vocab.StepStoppingVM)
 	if err != nil {
 		return err
 	}
@@ -333,8 +333,10 @@ func (s *Service) remove(ctx context.Context, in *inventoryv1.Instance) error {
 	return err
 }
 
+// deleteDisk destroys the instance's data disk, recorded as the
+// deleting-disk step with the VM's fields cleared (the VM is gone).
 func (s *Service) deleteDisk(ctx context.Context, in *inventoryv1.Instance) error {
-	drv, err := s.driverOf(ctx, in)
+	drv, err := s.driverOf(ctx, in, vocab.StepDeletingDisk)
 	if err != nil {
 		return err
 	}
@@ -349,14 +351,16 @@ func (s *Service) deleteDisk(ctx context.Context, in *inventoryv1.Instance) erro
 	return nil
 }
 
-func (s *Service) driverOf(ctx context.Context, in *inventoryv1.Instance) (driver.Driver, error) {
+// driverOf is the driver of in's template and network; one that cannot
+// be had fails the step it was wanted for.
+func (s *Service) driverOf(ctx context.Context, in *inventoryv1.Instance, at vocab.Step) (driver.Driver, error) {
 	t, n, err := s.placement(ctx, in)
 	if err != nil {
 		return nil, err
 	}
 	drv, err := s.driverFor(ctx, t, n)
 	if err != nil {
-		return nil, fail(vocab.StepStoppingVM, err)
+		return nil, fail(at, err)
 	}
 	return drv, nil
 }
