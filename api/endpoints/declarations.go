@@ -213,6 +213,8 @@ var (
 		"stores a cloud account's secret key, encrypted", inventory)
 	CloudKeyDelete = endpoint[*secretsv1.DeleteCloudKeyRequest, *emptypb.Empty](secrets, subjects.NounCloudKey, subjects.VerbDelete,
 		"forgets a cloud account's secret key, asked before any account is deleted; refuses the account the broker's KMS key is reached through", inventory)
+	CloudKeyCheckChange = endpoint[*secretsv1.CheckCloudAccountChangeRequest, *emptypb.Empty](secrets, subjects.NounCloudKey, subjects.VerbCheckChange,
+		"says whether a cloud account's region or endpoint may change: refused for the account the broker's KMS key is reached through", inventory)
 	CloudKeyRead = endpoint[*secretsv1.ReadCloudKeyRequest, *secretsv1.ReadCloudKeyResponse](secrets, subjects.NounCloudKey, subjects.VerbRead,
 		"releases a cloud account's secret key to the services that call its cloud (the provisioner; the CA, for keys in AWS Secrets Manager), audited", provisioner, ca)
 	CertKeyCreate = endpoint[*secretsv1.StoreCertificateKeyRequest, *secretsv1.CertificateKey](secrets, subjects.NounCertKey, subjects.VerbCreate,

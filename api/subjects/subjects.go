@@ -143,6 +143,7 @@ const (
 	VerbObserveMany = "observe-many"
 	VerbRecord      = "record"
 	VerbCheckMany   = "check-many"
+	VerbCheckChange = "check-change"
 	VerbPut         = "put"
 	VerbRefresh     = "refresh"
 )

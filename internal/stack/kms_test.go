@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -240,6 +241,35 @@ func TestKMSOfACloudAccount(t *testing.T) {
 	}
 	if _, err := rpc.Call(ctx, gateway, endpoints.CloudAccountGet, &inventoryv1.GetCloudAccountRequest{Id: hostCreds}, admin); err != nil {
 		t.Fatalf("the refused account: %v", err)
+	}
+	// Nor can its region or endpoint change (the key is there); its name can,
+	// and another account's endpoint can.
+	kmsHome, err := rpc.Call(ctx, gateway, endpoints.CloudAccountGet, &inventoryv1.GetCloudAccountRequest{Id: hostCreds}, admin)
+	must(t, err)
+	for _, tc := range []struct {
+		aws  *inventoryv1.AwsAccountSettings
+		mask string
+		says string
+	}{
+		{&inventoryv1.AwsAccountSettings{Region: "us-east-1"}, "aws.region", "its aws.region cannot change"},
+		{&inventoryv1.AwsAccountSettings{EndpointUrl: "http://127.0.0.1:1"}, "aws.endpointUrl", "its aws.endpointUrl cannot change"},
+	} {
+		_, err := rpc.Call(ctx, gateway, endpoints.CloudAccountUpdate, &inventoryv1.UpdateCloudAccountRequest{
+			CloudAccount: &inventoryv1.CloudAccount{Id: hostCreds, Version: kmsHome.GetVersion(), Aws: tc.aws}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{tc.mask}}}, admin)
+		if apierr.ReasonOf(err) != apierr.ReasonInUse || !strings.Contains(err.Error(), "kms.cloudAccountId") || !strings.Contains(err.Error(), tc.says) {
+			t.Fatalf("change %s of the KMS key's account: %v; want in_use naming kms.cloudAccountId and saying %q", tc.mask, err, tc.says)
+		}
+	}
+	if _, err := rpc.Call(ctx, gateway, endpoints.CloudAccountUpdate, &inventoryv1.UpdateCloudAccountRequest{
+		CloudAccount: &inventoryv1.CloudAccount{Id: hostCreds, Version: kmsHome.GetVersion(), Name: "kms-home-2"}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"name"}}}, admin); err != nil {
+		t.Fatalf("rename the KMS key's account: %v", err)
+	}
+	other, err := rpc.Call(ctx, gateway, endpoints.CloudAccountGet, &inventoryv1.GetCloudAccountRequest{Id: withKeys}, admin)
+	must(t, err)
+	if _, err := rpc.Call(ctx, gateway, endpoints.CloudAccountUpdate, &inventoryv1.UpdateCloudAccountRequest{
+		CloudAccount: &inventoryv1.CloudAccount{Id: withKeys, Version: other.GetVersion(), Aws: &inventoryv1.AwsAccountSettings{EndpointUrl: "http://127.0.0.1:1"}},
+		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"aws.endpointUrl"}}}, admin); err != nil {
+		t.Fatalf("move another account's endpoint: %v", err)
 	}
 	// Forgetting its key (none kept), as an update of the account does,
 	// is no deletion of the account: not refused.

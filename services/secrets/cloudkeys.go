@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -102,6 +103,22 @@ func (s *Service) deleteCloudKey(ctx context.Context, _ vocab.Actor, r *secretsv
 	})
 	if err != nil {
 		return nil, err
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// checkCloudAccountChange refuses a change of where the account its KMS
+// key is reached through reaches its cloud (its region, its endpoint):
+// the key would not be found there, and no secret could be opened once the
+// brokers start again. Any other account may change.
+func (s *Service) checkCloudAccountChange(_ context.Context, _ vocab.Actor, r *secretsv1.CheckCloudAccountChangeRequest) (*emptypb.Empty, error) {
+	id, err := parseID("cloudAccountId", "a cloud account id", r.GetCloudAccountId())
+	if err != nil {
+		return nil, err
+	}
+	if id == s.kmsAccount && len(r.GetFields()) > 0 {
+		return nil, apierr.Conflict(apierr.ReasonInUse, "cloud account %s is the one the secret brokers reach their KMS key through (kms.cloudAccountId, FLOTILLA_KMS_AWS_CLOUD_ACCOUNT_ID): its %s cannot change, the key is there; give the KMS key another account first",
+			id, strings.Join(r.GetFields(), " and "))
 	}
 	return &emptypb.Empty{}, nil
 }

@@ -143,6 +143,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		rpc.Handle(s.rpc, endpoints.SecretRead, s.read),
 		rpc.Handle(s.rpc, endpoints.CloudKeyPut, s.putCloudKey),
 		rpc.Handle(s.rpc, endpoints.CloudKeyDelete, s.deleteCloudKey),
+		rpc.Handle(s.rpc, endpoints.CloudKeyCheckChange, s.checkCloudAccountChange),
 		rpc.Handle(s.rpc, endpoints.CloudKeyRead, s.readCloudKey),
 		rpc.Handle(s.rpc, endpoints.CertKeyCreate, s.createCertKey),
 		rpc.Handle(s.rpc, endpoints.CertKeyRead, s.readCertKey),

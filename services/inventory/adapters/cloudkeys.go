@@ -25,3 +25,11 @@ func (k CloudKeys) Delete(ctx context.Context, accountID string, accountDeleted 
 	_, err := rpc.Call(ctx, k.Client, endpoints.CloudKeyDelete, &secretsv1.DeleteCloudKeyRequest{CloudAccountId: accountID, AccountDeleted: accountDeleted})
 	return err
 }
+
+// CheckChange asks whether where the account reaches its cloud may change
+// (fields: "aws.region", "aws.endpointUrl"); the broker refuses it for
+// the account its KMS key is reached through.
+func (k CloudKeys) CheckChange(ctx context.Context, accountID string, fields []string) error {
+	_, err := rpc.Call(ctx, k.Client, endpoints.CloudKeyCheckChange, &secretsv1.CheckCloudAccountChangeRequest{CloudAccountId: accountID, Fields: fields})
+	return err
+}

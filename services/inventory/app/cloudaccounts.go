@@ -26,6 +26,10 @@ type CloudKeys interface {
 	// goes too (refused for the account the secret brokers' KMS key is
 	// reached through).
 	Delete(ctx context.Context, accountID string, accountDeleted bool) error
+	// CheckChange says whether where the account reaches its cloud may
+	// change (fields: "aws.region", "aws.endpointUrl"): refused for the
+	// account the secret brokers' KMS key is reached through.
+	CheckChange(ctx context.Context, accountID string, fields []string) error
 }
 
 // WithCloudKeys sets where cloud accounts' secret keys go. Without it an
@@ -86,6 +90,11 @@ func (a *App) accountKind(key string) kind[*inventoryv1.CloudAccount] {
 				return err
 			}
 		}
+		if moved := movedFields(old, v); len(moved) > 0 && a.cloudKeys != nil {
+			if err := a.cloudKeys.CheckChange(ctx, old.GetId(), moved); err != nil {
+				return err
+			}
+		}
 		if c != nil {
 			c.SecretAccessKeySet = c.GetAccessKeyId() != "" && (key != "" || kept)
 		}
@@ -103,6 +112,22 @@ func (a *App) accountKind(key string) kind[*inventoryv1.CloudAccount] {
 		}
 	}
 	return k
+}
+
+// movedFields names what changes, from old to v, of where an account
+// reaches its cloud: its region, its endpoint (none for a new account).
+func movedFields(old, v *inventoryv1.CloudAccount) []string {
+	if old == nil {
+		return nil
+	}
+	var moved []string
+	if old.GetAws().GetRegion() != v.GetAws().GetRegion() {
+		moved = append(moved, "aws.region")
+	}
+	if old.GetAws().GetEndpointUrl() != v.GetAws().GetEndpointUrl() {
+		moved = append(moved, "aws.endpointUrl")
+	}
+	return moved
 }
 
 // withKey is v as the rules see it: with the key given.

@@ -660,6 +660,64 @@ func (x *DeleteCloudKeyRequest) GetAccountDeleted() bool {
 	return false
 }
 
+// CheckCloudAccountChangeRequest asks, before a cloud account's write,
+// whether where it reaches its cloud may change (bus only: the
+// inventory). The broker refuses it for the account its KMS key is
+// reached through: the key is in that region, at that endpoint.
+type CheckCloudAccountChangeRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	CloudAccountId string                 `protobuf:"bytes,1,opt,name=cloud_account_id,json=cloudAccountId,proto3" json:"cloud_account_id,omitempty"`
+	// The fields that change, as the account names them ("aws.region",
+	// "aws.endpointUrl").
+	Fields        []string `protobuf:"bytes,2,rep,name=fields,proto3" json:"fields,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckCloudAccountChangeRequest) Reset() {
+	*x = CheckCloudAccountChangeRequest{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckCloudAccountChangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckCloudAccountChangeRequest) ProtoMessage() {}
+
+func (x *CheckCloudAccountChangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckCloudAccountChangeRequest.ProtoReflect.Descriptor instead.
+func (*CheckCloudAccountChangeRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *CheckCloudAccountChangeRequest) GetCloudAccountId() string {
+	if x != nil {
+		return x.CloudAccountId
+	}
+	return ""
+}
+
+func (x *CheckCloudAccountChangeRequest) GetFields() []string {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
 // ReadCloudKeyRequest reads a cloud account's secret key (bus only: the
 // provisioner, to call the cloud).
 type ReadCloudKeyRequest struct {
@@ -671,7 +729,7 @@ type ReadCloudKeyRequest struct {
 
 func (x *ReadCloudKeyRequest) Reset() {
 	*x = ReadCloudKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[11]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -683,7 +741,7 @@ func (x *ReadCloudKeyRequest) String() string {
 func (*ReadCloudKeyRequest) ProtoMessage() {}
 
 func (x *ReadCloudKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[11]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -696,7 +754,7 @@ func (x *ReadCloudKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadCloudKeyRequest.ProtoReflect.Descriptor instead.
 func (*ReadCloudKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReadCloudKeyRequest) GetCloudAccountId() string {
@@ -716,7 +774,7 @@ type ReadCloudKeyResponse struct {
 
 func (x *ReadCloudKeyResponse) Reset() {
 	*x = ReadCloudKeyResponse{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[12]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +786,7 @@ func (x *ReadCloudKeyResponse) String() string {
 func (*ReadCloudKeyResponse) ProtoMessage() {}
 
 func (x *ReadCloudKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[12]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +799,7 @@ func (x *ReadCloudKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadCloudKeyResponse.ProtoReflect.Descriptor instead.
 func (*ReadCloudKeyResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReadCloudKeyResponse) GetValue() string {
@@ -769,7 +827,7 @@ type StoreCertificateKeyRequest struct {
 
 func (x *StoreCertificateKeyRequest) Reset() {
 	*x = StoreCertificateKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[13]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -781,7 +839,7 @@ func (x *StoreCertificateKeyRequest) String() string {
 func (*StoreCertificateKeyRequest) ProtoMessage() {}
 
 func (x *StoreCertificateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[13]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -794,7 +852,7 @@ func (x *StoreCertificateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreCertificateKeyRequest.ProtoReflect.Descriptor instead.
 func (*StoreCertificateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StoreCertificateKeyRequest) GetPrivateKeyPem() string {
@@ -814,7 +872,7 @@ type CertificateKey struct {
 
 func (x *CertificateKey) Reset() {
 	*x = CertificateKey{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[14]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -826,7 +884,7 @@ func (x *CertificateKey) String() string {
 func (*CertificateKey) ProtoMessage() {}
 
 func (x *CertificateKey) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[14]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -839,7 +897,7 @@ func (x *CertificateKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateKey.ProtoReflect.Descriptor instead.
 func (*CertificateKey) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CertificateKey) GetId() string {
@@ -860,7 +918,7 @@ type DeleteCertificateKeyRequest struct {
 
 func (x *DeleteCertificateKeyRequest) Reset() {
 	*x = DeleteCertificateKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -872,7 +930,7 @@ func (x *DeleteCertificateKeyRequest) String() string {
 func (*DeleteCertificateKeyRequest) ProtoMessage() {}
 
 func (x *DeleteCertificateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -885,7 +943,7 @@ func (x *DeleteCertificateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCertificateKeyRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCertificateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteCertificateKeyRequest) GetId() string {
@@ -907,7 +965,7 @@ type ReadCertificateKeyRequest struct {
 
 func (x *ReadCertificateKeyRequest) Reset() {
 	*x = ReadCertificateKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -919,7 +977,7 @@ func (x *ReadCertificateKeyRequest) String() string {
 func (*ReadCertificateKeyRequest) ProtoMessage() {}
 
 func (x *ReadCertificateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -932,7 +990,7 @@ func (x *ReadCertificateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadCertificateKeyRequest.ProtoReflect.Descriptor instead.
 func (*ReadCertificateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReadCertificateKeyRequest) GetId() string {
@@ -959,7 +1017,7 @@ type ReadCertificateKeyResponse struct {
 
 func (x *ReadCertificateKeyResponse) Reset() {
 	*x = ReadCertificateKeyResponse{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -971,7 +1029,7 @@ func (x *ReadCertificateKeyResponse) String() string {
 func (*ReadCertificateKeyResponse) ProtoMessage() {}
 
 func (x *ReadCertificateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -984,7 +1042,7 @@ func (x *ReadCertificateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadCertificateKeyResponse.ProtoReflect.Descriptor instead.
 func (*ReadCertificateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReadCertificateKeyResponse) GetPrivateKeyPem() string {
@@ -1008,7 +1066,7 @@ type GetAcmeAccountKeyRequest struct {
 
 func (x *GetAcmeAccountKeyRequest) Reset() {
 	*x = GetAcmeAccountKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1078,7 @@ func (x *GetAcmeAccountKeyRequest) String() string {
 func (*GetAcmeAccountKeyRequest) ProtoMessage() {}
 
 func (x *GetAcmeAccountKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1091,7 @@ func (x *GetAcmeAccountKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAcmeAccountKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetAcmeAccountKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetAcmeAccountKeyRequest) GetNetworkId() string {
@@ -1060,7 +1118,7 @@ type AcmeAccountKey struct {
 
 func (x *AcmeAccountKey) Reset() {
 	*x = AcmeAccountKey{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1130,7 @@ func (x *AcmeAccountKey) String() string {
 func (*AcmeAccountKey) ProtoMessage() {}
 
 func (x *AcmeAccountKey) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1143,7 @@ func (x *AcmeAccountKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcmeAccountKey.ProtoReflect.Descriptor instead.
 func (*AcmeAccountKey) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AcmeAccountKey) GetPrivateKeyPem() string {
@@ -1112,7 +1170,7 @@ type PutAcmeCertificateRequest struct {
 
 func (x *PutAcmeCertificateRequest) Reset() {
 	*x = PutAcmeCertificateRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1124,7 +1182,7 @@ func (x *PutAcmeCertificateRequest) String() string {
 func (*PutAcmeCertificateRequest) ProtoMessage() {}
 
 func (x *PutAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1137,7 +1195,7 @@ func (x *PutAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAcmeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*PutAcmeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{20}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PutAcmeCertificateRequest) GetInstanceId() string {
@@ -1186,7 +1244,7 @@ type ReadAcmeCertificateRequest struct {
 
 func (x *ReadAcmeCertificateRequest) Reset() {
 	*x = ReadAcmeCertificateRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1198,7 +1256,7 @@ func (x *ReadAcmeCertificateRequest) String() string {
 func (*ReadAcmeCertificateRequest) ProtoMessage() {}
 
 func (x *ReadAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1211,7 +1269,7 @@ func (x *ReadAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAcmeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*ReadAcmeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{21}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReadAcmeCertificateRequest) GetInstanceId() string {
@@ -1234,7 +1292,7 @@ type AcmeCertificate struct {
 
 func (x *AcmeCertificate) Reset() {
 	*x = AcmeCertificate{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[22]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1304,7 @@ func (x *AcmeCertificate) String() string {
 func (*AcmeCertificate) ProtoMessage() {}
 
 func (x *AcmeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[22]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1317,7 @@ func (x *AcmeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcmeCertificate.ProtoReflect.Descriptor instead.
 func (*AcmeCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{22}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *AcmeCertificate) GetDirectoryUrl() string {
@@ -1341,7 +1399,10 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\x03R\aversion\"j\n" +
 	"\x15DeleteCloudKeyRequest\x12(\n" +
 	"\x10cloud_account_id\x18\x01 \x01(\tR\x0ecloudAccountId\x12'\n" +
-	"\x0faccount_deleted\x18\x02 \x01(\bR\x0eaccountDeleted\"?\n" +
+	"\x0faccount_deleted\x18\x02 \x01(\bR\x0eaccountDeleted\"b\n" +
+	"\x1eCheckCloudAccountChangeRequest\x12(\n" +
+	"\x10cloud_account_id\x18\x01 \x01(\tR\x0ecloudAccountId\x12\x16\n" +
+	"\x06fields\x18\x02 \x03(\tR\x06fields\"?\n" +
 	"\x13ReadCloudKeyRequest\x12(\n" +
 	"\x10cloud_account_id\x18\x01 \x01(\tR\x0ecloudAccountId\"F\n" +
 	"\x14ReadCloudKeyResponse\x12\x14\n" +
@@ -1399,46 +1460,47 @@ func file_flotilla_secrets_v1_secrets_proto_rawDescGZIP() []byte {
 	return file_flotilla_secrets_v1_secrets_proto_rawDescData
 }
 
-var file_flotilla_secrets_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_flotilla_secrets_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_flotilla_secrets_v1_secrets_proto_goTypes = []any{
-	(*Secret)(nil),                      // 0: flotilla.secrets.v1.Secret
-	(*CreateSecretRequest)(nil),         // 1: flotilla.secrets.v1.CreateSecretRequest
-	(*ListSecretsRequest)(nil),          // 2: flotilla.secrets.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),         // 3: flotilla.secrets.v1.ListSecretsResponse
-	(*DeleteSecretRequest)(nil),         // 4: flotilla.secrets.v1.DeleteSecretRequest
-	(*ReadSecretRequest)(nil),           // 5: flotilla.secrets.v1.ReadSecretRequest
-	(*ReadSecretResponse)(nil),          // 6: flotilla.secrets.v1.ReadSecretResponse
-	(*SecretAccess)(nil),                // 7: flotilla.secrets.v1.SecretAccess
-	(*PutCloudKeyRequest)(nil),          // 8: flotilla.secrets.v1.PutCloudKeyRequest
-	(*PutCloudKeyResponse)(nil),         // 9: flotilla.secrets.v1.PutCloudKeyResponse
-	(*DeleteCloudKeyRequest)(nil),       // 10: flotilla.secrets.v1.DeleteCloudKeyRequest
-	(*ReadCloudKeyRequest)(nil),         // 11: flotilla.secrets.v1.ReadCloudKeyRequest
-	(*ReadCloudKeyResponse)(nil),        // 12: flotilla.secrets.v1.ReadCloudKeyResponse
-	(*StoreCertificateKeyRequest)(nil),  // 13: flotilla.secrets.v1.StoreCertificateKeyRequest
-	(*CertificateKey)(nil),              // 14: flotilla.secrets.v1.CertificateKey
-	(*DeleteCertificateKeyRequest)(nil), // 15: flotilla.secrets.v1.DeleteCertificateKeyRequest
-	(*ReadCertificateKeyRequest)(nil),   // 16: flotilla.secrets.v1.ReadCertificateKeyRequest
-	(*ReadCertificateKeyResponse)(nil),  // 17: flotilla.secrets.v1.ReadCertificateKeyResponse
-	(*GetAcmeAccountKeyRequest)(nil),    // 18: flotilla.secrets.v1.GetAcmeAccountKeyRequest
-	(*AcmeAccountKey)(nil),              // 19: flotilla.secrets.v1.AcmeAccountKey
-	(*PutAcmeCertificateRequest)(nil),   // 20: flotilla.secrets.v1.PutAcmeCertificateRequest
-	(*ReadAcmeCertificateRequest)(nil),  // 21: flotilla.secrets.v1.ReadAcmeCertificateRequest
-	(*AcmeCertificate)(nil),             // 22: flotilla.secrets.v1.AcmeCertificate
-	(*timestamppb.Timestamp)(nil),       // 23: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),               // 24: google.protobuf.Empty
+	(*Secret)(nil),                         // 0: flotilla.secrets.v1.Secret
+	(*CreateSecretRequest)(nil),            // 1: flotilla.secrets.v1.CreateSecretRequest
+	(*ListSecretsRequest)(nil),             // 2: flotilla.secrets.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),            // 3: flotilla.secrets.v1.ListSecretsResponse
+	(*DeleteSecretRequest)(nil),            // 4: flotilla.secrets.v1.DeleteSecretRequest
+	(*ReadSecretRequest)(nil),              // 5: flotilla.secrets.v1.ReadSecretRequest
+	(*ReadSecretResponse)(nil),             // 6: flotilla.secrets.v1.ReadSecretResponse
+	(*SecretAccess)(nil),                   // 7: flotilla.secrets.v1.SecretAccess
+	(*PutCloudKeyRequest)(nil),             // 8: flotilla.secrets.v1.PutCloudKeyRequest
+	(*PutCloudKeyResponse)(nil),            // 9: flotilla.secrets.v1.PutCloudKeyResponse
+	(*DeleteCloudKeyRequest)(nil),          // 10: flotilla.secrets.v1.DeleteCloudKeyRequest
+	(*CheckCloudAccountChangeRequest)(nil), // 11: flotilla.secrets.v1.CheckCloudAccountChangeRequest
+	(*ReadCloudKeyRequest)(nil),            // 12: flotilla.secrets.v1.ReadCloudKeyRequest
+	(*ReadCloudKeyResponse)(nil),           // 13: flotilla.secrets.v1.ReadCloudKeyResponse
+	(*StoreCertificateKeyRequest)(nil),     // 14: flotilla.secrets.v1.StoreCertificateKeyRequest
+	(*CertificateKey)(nil),                 // 15: flotilla.secrets.v1.CertificateKey
+	(*DeleteCertificateKeyRequest)(nil),    // 16: flotilla.secrets.v1.DeleteCertificateKeyRequest
+	(*ReadCertificateKeyRequest)(nil),      // 17: flotilla.secrets.v1.ReadCertificateKeyRequest
+	(*ReadCertificateKeyResponse)(nil),     // 18: flotilla.secrets.v1.ReadCertificateKeyResponse
+	(*GetAcmeAccountKeyRequest)(nil),       // 19: flotilla.secrets.v1.GetAcmeAccountKeyRequest
+	(*AcmeAccountKey)(nil),                 // 20: flotilla.secrets.v1.AcmeAccountKey
+	(*PutAcmeCertificateRequest)(nil),      // 21: flotilla.secrets.v1.PutAcmeCertificateRequest
+	(*ReadAcmeCertificateRequest)(nil),     // 22: flotilla.secrets.v1.ReadAcmeCertificateRequest
+	(*AcmeCertificate)(nil),                // 23: flotilla.secrets.v1.AcmeCertificate
+	(*timestamppb.Timestamp)(nil),          // 24: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),                  // 25: google.protobuf.Empty
 }
 var file_flotilla_secrets_v1_secrets_proto_depIdxs = []int32{
-	23, // 0: flotilla.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
-	23, // 1: flotilla.secrets.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
+	24, // 0: flotilla.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
+	24, // 1: flotilla.secrets.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: flotilla.secrets.v1.ListSecretsResponse.secrets:type_name -> flotilla.secrets.v1.Secret
-	23, // 3: flotilla.secrets.v1.SecretAccess.time:type_name -> google.protobuf.Timestamp
-	23, // 4: flotilla.secrets.v1.AcmeCertificate.not_after:type_name -> google.protobuf.Timestamp
+	24, // 3: flotilla.secrets.v1.SecretAccess.time:type_name -> google.protobuf.Timestamp
+	24, // 4: flotilla.secrets.v1.AcmeCertificate.not_after:type_name -> google.protobuf.Timestamp
 	1,  // 5: flotilla.secrets.v1.SecretService.CreateSecret:input_type -> flotilla.secrets.v1.CreateSecretRequest
 	2,  // 6: flotilla.secrets.v1.SecretService.ListSecrets:input_type -> flotilla.secrets.v1.ListSecretsRequest
 	4,  // 7: flotilla.secrets.v1.SecretService.DeleteSecret:input_type -> flotilla.secrets.v1.DeleteSecretRequest
 	0,  // 8: flotilla.secrets.v1.SecretService.CreateSecret:output_type -> flotilla.secrets.v1.Secret
 	3,  // 9: flotilla.secrets.v1.SecretService.ListSecrets:output_type -> flotilla.secrets.v1.ListSecretsResponse
-	24, // 10: flotilla.secrets.v1.SecretService.DeleteSecret:output_type -> google.protobuf.Empty
+	25, // 10: flotilla.secrets.v1.SecretService.DeleteSecret:output_type -> google.protobuf.Empty
 	8,  // [8:11] is the sub-list for method output_type
 	5,  // [5:8] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
@@ -1457,7 +1519,7 @@ func file_flotilla_secrets_v1_secrets_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_secrets_v1_secrets_proto_rawDesc), len(file_flotilla_secrets_v1_secrets_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
