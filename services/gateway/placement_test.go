@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"flotilla.dev/flotilla/api/subjects"
 )
 
 // TestAChangeThatWouldStrandInstancesIsRefused: where an instance's VM and
@@ -15,7 +17,7 @@ import (
 // field, and writes nothing; changes that strand nothing go through.
 func TestAChangeThatWouldStrandInstancesIsRefused(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOptions{only: []string{}})
+	e := newEnv(t, envOptions{only: []string{subjects.Secrets}}) // a cloud account's region change asks the secret broker
 	net := e.must(200, "POST", "/api/v1/networks", reply{"name": "lab", "provider": "local", "httpsStrategy": "self-signed"})
 	tmpl := e.template("small")
 	in := e.must(200, "POST", "/api/v1/instances", reply{"name": "db-1", "kind": "design", "templateId": tmpl["id"], "networkId": net["id"],
