@@ -304,3 +304,30 @@ func TestAScriptsStandardErrorIsMarked(t *testing.T) {
 		t.Errorf("standard error's line: present %v, marked stderr %v", ok, stderr)
 	}
 }
+
+// TestTheNodeSoftwaresStandardErrorIsMarked: what the node software writes
+// to standard error is logged marked stderr, its standard output not.
+func TestTheNodeSoftwaresStandardErrorIsMarked(t *testing.T) {
+	t.Parallel()
+	ta := newTestAgent(t)
+	ta.cfg.NodeBinary = []string{"sh", "-c", "echo to-out; echo to-err >&2"} // the node's flags become $0 and on
+	_, exited, err := ta.node.launch(nodeSpec{InstanceName: "node-1"}, nil, "127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-exited
+	got := map[string]bool{}
+	for deadline := time.Now().Add(10 * time.Second); len(got) < 2; time.Sleep(20 * time.Millisecond) {
+		for _, l := range ta.logs.Next(100, 1<<20) {
+			if l.GetSource() == SourceNode {
+				got[l.GetText()] = l.GetStderr()
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the node's lines: %v", got)
+		}
+	}
+	if got["to-out"] || !got["to-err"] {
+		t.Errorf("stderr marks: %v; want to-err marked, to-out not", got)
+	}
+}

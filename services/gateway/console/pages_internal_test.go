@@ -68,3 +68,27 @@ func TestAStandardErrorLineIsMarked(t *testing.T) {
 		t.Fatalf("the log lines:\n%s", body)
 	}
 }
+
+// TestTheInstancePageSaysItsTemplateMovedOn: an instance brought up with
+// an older version of its template says so beside the template; one on
+// the template's version, or without a VM, says nothing.
+func TestTheInstancePageSaysItsTemplateMovedOn(t *testing.T) {
+	t.Parallel()
+	c, err := New(Deps{API: http.NotFoundHandler(), Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		made int64
+		want string
+	}{{1, `<span class="badge outdated" id="template-behind">v1, now v3: reprovision`}, {3, ""}, {0, ""}} {
+		in := &inventoryv1.Instance{Id: "i-1", Name: "web-1", State: "running", DesiredState: "provisioned", TemplateVersion: tc.made}
+		d := instanceData{In: in, Network: &inventoryv1.Network{}, Template: &inventoryv1.Template{Name: "small", Version: 3}}
+		w := httptest.NewRecorder()
+		c.render(w, httptest.NewRequest(http.MethodGet, "/instances/i-1", nil), nil, http.StatusOK, "instance", "web-1", d)
+		body := w.Body.String()
+		if has := strings.Contains(body, `id="template-behind"`); has != (tc.want != "") || (tc.want != "" && !strings.Contains(body, tc.want)) {
+			t.Errorf("made from v%d of v3: badge shown %v, want %q", tc.made, has, tc.want)
+		}
+	}
+}

@@ -32,11 +32,13 @@ import (
 // that would interleave with another action in progress answers conflict.
 // version, if not 0, must match.
 func (a *App) Lifecycle(ctx context.Context, actor vocab.Actor, id string, action vocab.Action, version int64) (*inventoryv1.Instance, error) {
-	return a.lifecycle(ctx, actor, id, action, version, false)
+	return a.lifecycle(ctx, actor, id, action, version, func(in *inventoryv1.Instance) (*domain.Next, error) { return domain.Transition(in, action) })
 }
 
-// lifecycle is Lifecycle; force makes a delete forced (domain.ForceDelete).
-func (a *App) lifecycle(ctx context.Context, actor vocab.Actor, id string, action vocab.Action, version int64, force bool) (*inventoryv1.Instance, error) {
+// lifecycle is Lifecycle, with decide saying what the action does to the
+// instance as it is (domain.Transition, or domain.ForceDelete).
+func (a *App) lifecycle(ctx context.Context, actor vocab.Actor, id string, action vocab.Action, version int64,
+	decide func(*inventoryv1.Instance) (*domain.Next, error)) (*inventoryv1.Instance, error) {
 	defer a.live.forget(id)
 	now := a.now()
 	var out *inventoryv1.Instance
@@ -48,10 +50,7 @@ func (a *App) lifecycle(ctx context.Context, actor vocab.Actor, id string, actio
 		if version != 0 && in.GetVersion() != version {
 			return apierr.Conflict(apierr.ReasonVersionMismatch, "instance %q is at version %d, not %d: read it again and retry", id, in.GetVersion(), version)
 		}
-		next, err := domain.Transition(in, action)
-		if force && action == vocab.ActionDelete {
-			next, err = domain.ForceDelete(in)
-		}
+		next, err := decide(in)
 		if err != nil {
 			return err
 		}

@@ -308,5 +308,8 @@ func (a *App) UpdateInstance(ctx context.Context, actor vocab.Actor, in *invento
 // else through the provisioner, which destroys its data disk first. A
 // forced delete removes the record even if the cloud cannot destroy them.
 func (a *App) DeleteInstance(ctx context.Context, actor vocab.Actor, id string, version int64, force bool) (*inventoryv1.Instance, error) {
-	return a.lifecycle(ctx, actor, id, vocab.ActionDelete, version, force)
+	if !force {
+		return a.Lifecycle(ctx, actor, id, vocab.ActionDelete, version)
+	}
+	return a.lifecycle(ctx, actor, id, vocab.ActionDelete, version, domain.ForceDelete)
 }
