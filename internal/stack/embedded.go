@@ -290,14 +290,19 @@ func ensureServiceRole(ctx context.Context, s *datadir.Settings) error {
 }
 
 func managedPostgres(ctx context.Context, d datadir.Dir, s *datadir.Settings) (*pgmanaged.Server, error) {
-	pg, err := pgmanaged.Init(ctx, pgmanaged.Options{
-		Dir: d.Postgres(), LogFile: d.Path("logs", "postgresql.log"),
-		Port: s.Port(datadir.OffsetPostgres), Password: s.PostgresPassword, Database: "flotilla",
-	})
+	pg, err := pgmanaged.Init(ctx, managedPostgresOptions(d, s))
 	if err != nil {
 		return nil, fmt.Errorf("managed PostgreSQL: %w", err)
 	}
 	return pg, nil
+}
+
+// managedPostgresOptions are the managed PostgreSQL's options in d.
+func managedPostgresOptions(d datadir.Dir, s *datadir.Settings) pgmanaged.Options {
+	return pgmanaged.Options{
+		Dir: d.Postgres(), LogFile: d.Path("logs", "postgresql.log"),
+		Port: s.Port(datadir.OffsetPostgres), Password: s.PostgresPassword, Database: "flotilla",
+	}
 }
 
 // APIURL is the base URL of the REST API, as a process on this host

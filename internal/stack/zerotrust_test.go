@@ -78,6 +78,11 @@ func TestAnAttackersProbesAreRefused(t *testing.T) {
 		subjects.Inventory: {endpoints.JoinTokenCreate.Info().CallSubject(subjects.Inventory)},
 		busauth.Observer: {endpoints.InstanceGet.Info().CallSubject(busauth.Observer), endpoints.JoinTokenCreate.Info().CallSubject(busauth.Observer), endpoints.SecretRead.Info().CallSubject(subjects.AgentGW),
 			endpoints.AgentCommand.At(a).Info().CallSubject(subjects.Provisioner)},
+		// The backup snapshots streams; it can neither call anything nor
+		// put a stream back, purge or delete one.
+		busauth.Backup: {endpoints.InstanceGet.Info().CallSubject(busauth.Backup), endpoints.SecretRead.Info().CallSubject(subjects.AgentGW),
+			endpoints.AgentCommand.At(a).Info().CallSubject(subjects.Provisioner), "$JS.API.STREAM.RESTORE." + subjects.EventsStream,
+			"$JS.API.STREAM.PURGE." + subjects.AuditStream, "$JS.API.STREAM.DELETE." + subjects.AuditStream},
 	}
 	bootstrap, _ := proto.Marshal(&agentv1.Command{Id: "x", Action: &agentv1.Command_Bootstrap{Bootstrap: &agentv1.Bootstrap{
 		SetupActions: []*inventoryv1.SetupAction{{Type: "script", Script: "id"}}}}})

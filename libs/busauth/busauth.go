@@ -127,6 +127,13 @@ func LoadOrCreate(dir string) (*Authority, error) {
 // SystemCreds is the file of the system account's user (SystemCredsFile).
 func (a *Authority) SystemCreds() string { return filepath.Join(a.dir, SystemCredsFile) }
 
+// Account is the public key of the Flotilla account: the name a NATS
+// server knows it by (server.Server.LookupAccount).
+func (a *Authority) Account() string {
+	pub, _ := a.account.PublicKey()
+	return pub
+}
+
 // Dir is where the authority keeps its keys and credentials.
 func (a *Authority) Dir() string { return a.dir }
 

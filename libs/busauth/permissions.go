@@ -15,9 +15,14 @@ import (
 // the streams and can neither publish nor call any endpoint.
 const Observer = "observer"
 
+// Backup is the identity `flotilla admin backup` snapshots the streams
+// with: it lists them and has the servers send it each one's snapshot,
+// and can neither publish to a stream nor call any endpoint.
+const Backup = "backup"
+
 // Identities are every identity a bus authority mints: one per service,
-// and the observer.
-func Identities() []string { return append(slices.Clone(subjects.Services), Observer) }
+// the observer and the backup.
+func Identities() []string { return append(slices.Clone(subjects.Services), Observer, Backup) }
 
 // InboxPrefix is identity's own inbox prefix: it subscribes to its replies
 // there and may read no other identity's.
@@ -141,11 +146,14 @@ func Permissions(identity string) (jwt.Permissions, error) {
 			sub = append(sub, w.Subjects...)
 		}
 	}
-	if identity == Observer {
+	switch identity {
+	case Observer:
 		pub, deny = observer()
 		for _, n := range endpoints.Notices {
 			sub = append(sub, n.Subjects...) // live status, read only
 		}
+	case Backup:
+		pub = backup()
 	}
 	p := jwt.Permissions{}
 	p.Pub.Allow.Add(unique(pub)...)
@@ -172,6 +180,14 @@ func observer() (pub, deny []string) {
 		}
 	}
 	return pub, deny
+}
+
+// backup may list the streams and snapshot them, acknowledging each chunk
+// the server sends (to the reply subject under $JS.SNAPSHOT.ACK the server
+// names), and nothing else: not restore one, nor read a message another
+// way.
+func backup() []string {
+	return []string{jsAPI("STREAM.NAMES"), jsAPI("STREAM.SNAPSHOT.*"), "$JS.SNAPSHOT.ACK.>"}
 }
 
 func unique(s []string) []string {

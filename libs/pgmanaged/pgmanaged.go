@@ -562,9 +562,14 @@ func processAlive(pid int) bool {
 // run runs a PostgreSQL program as the system user, from /, with no PG*
 // variables from this process's environment, and returns its output.
 func (s *Server) run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return s.runWith(ctx, nil, name, args...)
+}
+
+// runWith is run with more environment variables for the child.
+func (s *Server) runWith(ctx context.Context, env []string, name string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(s.bin, name), args...)
 	cmd.Dir = "/"
-	cmd.Env = childEnv()
+	cmd.Env = append(childEnv(), env...)
 	cmd.SysProcAttr = s.user.sysProcAttr()
 	cmd.WaitDelay = 5 * time.Second
 	var out bytes.Buffer

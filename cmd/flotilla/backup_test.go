@@ -1,0 +1,202 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// runAdmin runs `flotilla admin ARGS...` and returns its combined output.
+func runAdmin(args ...string) (string, error) {
+	out, err := exec.Command(binary, append([]string{"admin"}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// networkNames lists the networks' names the API returns.
+func (f *fleet) networkNames() []string {
+	f.t.Helper()
+	var names []string
+	for _, n := range f.api(200, "GET", "/api/v1/networks?pageSize=500", "")["networks"].([]any) {
+		names = append(names, n.(map[string]any)["name"].(string))
+	}
+	return names
+}
+
+// TestABackupTakenWhileUpRunsStartsAsFlotillaStood: `flotilla admin backup`
+// copies a running Flotilla while writes go on (each still answered), and
+// `flotilla up` on its restore, beside the original, has the records, the
+// events and the audit trail of before the backup, nothing of after, and
+// takes writes; stopped, the restored one backs up and restores again.
+func TestABackupTakenWhileUpRunsStartsAsFlotillaStood(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t)
+	before := f.api(200, "POST", "/api/v1/networks", `{"name":"before","provider":"local","httpsStrategy":"self-signed"}`)
+
+	var wrote atomic.Int64
+	stop, writing := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(writing)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			code, out := f.do(t, "POST", "/api/v1/networks", f.token, fmt.Sprintf(`{"name":"during-%d","provider":"local","httpsStrategy":"none"}`, i))
+			if code != 200 {
+				t.Errorf("a write during the backup: %d %v", code, out)
+				return
+			}
+			wrote.Add(1)
+		}
+	}()
+	backup := filepath.Join(filepath.Dir(f.dir), "backup")
+	out, err := runAdmin("backup", backup, "--data-dir", f.dir)
+	close(stop)
+	<-writing
+	if err != nil {
+		t.Fatalf("backup: %v\n%s", err, out)
+	}
+	for _, want := range []string{"while flotilla up ran", "the managed PostgreSQL", "stream FLOTILLA_EVENTS", "stream FLOTILLA_AUDIT", "keys/", "flotilla admin restore"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the backup's report lacks %q:\n%s", want, out)
+		}
+	}
+	if wrote.Load() == 0 {
+		t.Error("no write was answered during the backup")
+	}
+	f.api(200, "POST", "/api/v1/networks", `{"name":"after","provider":"local","httpsStrategy":"none"}`)
+	var m struct {
+		Hot      bool
+		Database string
+		Streams  []struct{ Name string }
+	}
+	b, err := os.ReadFile(filepath.Join(backup, "backup.json"))
+	if err != nil || json.Unmarshal(b, &m) != nil || !m.Hot || m.Database != "managed" || len(m.Streams) == 0 {
+		t.Fatalf("backup.json: %v %s", err, b)
+	}
+
+	restoredDir := filepath.Join(filepath.Dir(f.dir), "restored")
+	if out, err := runAdmin("restore", backup, "--data-dir", restoredDir); err != nil || !strings.Contains(out, "flotilla up --data-dir "+restoredDir) {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	r := &fleet{upProc: startUpFree(t, restoredDir, nil), t: t, dir: restoredDir}
+	r.token = r.login(t)
+	names := r.networkNames()
+	if !contains(names, "before") || contains(names, "after") {
+		t.Fatalf("the restored Flotilla's networks: %v (want before, not after)", names)
+	}
+	// It holds up to the backup's moment: the writes it answered during
+	// the backup are there or not, but in order, none after a missing one.
+	during := 0
+	for contains(names, fmt.Sprintf("during-%d", during)) {
+		during++
+	}
+	t.Logf("%d writes answered during the backup, %d of them in it", wrote.Load(), during)
+	if n := len(names) - 1 - during; n != 0 {
+		t.Errorf("the restored Flotilla has %d writes of during the backup out of order: %v", n, names)
+	}
+	events := r.api(200, "GET", "/api/v1/events?entity=network&id="+before["id"].(string)+"&limit=10", "")["events"].([]any)
+	if len(events) == 0 || events[0].(map[string]any)["type"] != "network.created" {
+		t.Errorf("the restored events of network before: %v", events)
+	}
+	// The audit trail's projection is made again from the restored stream.
+	eventually(t, "the restored audit trail to show the network's creation", func() bool {
+		for _, rec := range r.api(200, "GET", "/api/v1/audit?pageSize=500", "")["records"].([]any) {
+			if rec := rec.(map[string]any); rec["action"] == "POST /api/v1/networks" && rec["target"] == before["id"] {
+				return true
+			}
+		}
+		return false
+	})
+	r.api(200, "POST", "/api/v1/networks", `{"name":"restored","provider":"local","httpsStrategy":"none"}`)
+	r.stop(t)
+
+	again := filepath.Join(filepath.Dir(f.dir), "backup-again")
+	if out, err := runAdmin("backup", again, "--data-dir", restoredDir); err != nil || !strings.Contains(out, "flotilla up was not running") {
+		t.Fatalf("backup of a stopped Flotilla: %v\n%s", err, out)
+	}
+	twiceDir := filepath.Join(filepath.Dir(f.dir), "restored-again")
+	if out, err := runAdmin("restore", again, "--data-dir", twiceDir); err != nil {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	r2 := &fleet{upProc: startUpFree(t, twiceDir, nil), t: t, dir: twiceDir}
+	r2.token = r2.login(t)
+	if names := r2.networkNames(); !contains(names, "before") || !contains(names, "restored") {
+		t.Fatalf("the twice-restored Flotilla's networks: %v (want before and restored)", names)
+	}
+}
+
+// TestBackupAndRestoreRefuseWhatWouldLoseData: a backup into a directory
+// in use or inside the data directory, a restore into a data directory or
+// from something that is not a whole backup are refused, saying why, and
+// change nothing.
+func TestBackupAndRestoreRefuseWhatWouldLoseData(t *testing.T) {
+	t.Parallel()
+	dir := dataDir(t)
+	if out, err := admin(dir, "admin", "S3cret-pass", "--port", fmt.Sprint(freeBase(t))); err != nil {
+		t.Fatalf("initial-setup: %v\n%s", err, out)
+	}
+	used := filepath.Join(t.TempDir(), "used")
+	if err := os.MkdirAll(used, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(used, "mine"), []byte("kept"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	partial := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(partial, "streams"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"backup", used, "--data-dir", dir}, "exists and is not empty"},
+		{[]string{"backup", filepath.Join(dir, "backup"), "--data-dir", dir}, "inside the data directory"},
+		{[]string{"backup", filepath.Join(t.TempDir(), "b"), "--data-dir", filepath.Join(t.TempDir(), "none")}, "no Flotilla data directory"},
+		{[]string{"restore", partial, "--data-dir", filepath.Join(t.TempDir(), "new")}, "not a whole one: it has no backup.json"},
+		{[]string{"restore", partial, "--data-dir", dir}, "not a whole one"},
+		{[]string{"restore", partial}, `"data-dir" not set`},
+	} {
+		out, err := runAdmin(c.args...)
+		if err == nil || !strings.Contains(out, c.want) {
+			t.Errorf("admin %v: %v, want an error saying %q:\n%s", c.args, err, c.want, out)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(used, "mine")); err != nil || string(b) != "kept" {
+		t.Errorf("the used directory's file: %q %v", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "backup")); !os.IsNotExist(err) {
+		t.Errorf("a refused backup left %s: %v", filepath.Join(dir, "backup"), err)
+	}
+	// A whole backup is not restored over a data directory.
+	backup := filepath.Join(t.TempDir(), "whole")
+	if out, err := runAdmin("backup", backup, "--data-dir", dir); err != nil {
+		t.Fatalf("backup: %v\n%s", err, out)
+	}
+	if out, err := runAdmin("restore", backup, "--data-dir", dir); err == nil || !strings.Contains(out, "exists and is not empty: restore into a new one") {
+		t.Errorf("restore over a data directory: %v\n%s", err, out)
+	}
+}
+
+func contains(names []string, name string) bool { return slices.Contains(names, name) }
+
+// eventually polls cond for up to 30 s, failing the test with what it waited for.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 30 s for %s", what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

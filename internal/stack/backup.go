@@ -1,0 +1,384 @@
+package stack
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"flotilla.dev/flotilla/libs/busauth"
+	"flotilla.dev/flotilla/libs/datadir"
+	"flotilla.dev/flotilla/libs/filecopy"
+	"flotilla.dev/flotilla/libs/jsbackup"
+	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/libs/pgmanaged"
+)
+
+// BackupFormat is the version of the layout a backup's manifest describes;
+// Restore refuses another.
+const BackupFormat = 1
+
+// BackupManifestFile is, in a backup, the manifest: written last, so a
+// backup without one is not whole.
+const BackupManifestFile = "backup.json"
+
+// The parts of a backup besides the copied directories (BackupManifest.Files).
+const (
+	backupPostgres = "postgres" // the managed PostgreSQL's base backup
+	backupStreams  = "streams"  // <stream>.snapshot and <stream>.json each
+)
+
+// backedUpDirs are the data directory's directories a backup copies as
+// they are: the settings and bus credentials, the fleet CA, the master key.
+var backedUpDirs = []string{"config", "ca", "keys"}
+
+// Database kinds in BackupManifest.Database.
+const (
+	BackupDatabaseManaged  = "managed"
+	BackupDatabaseExternal = "external"
+)
+
+// BackupManifest describes a backup (backup.json).
+type BackupManifest struct {
+	Format  int       `json:"format"`
+	Version string    `json:"version"`
+	Created time.Time `json:"created"`
+	// Source is the data directory backed up.
+	Source string `json:"source"`
+	// Hot says the backup was taken while flotilla up ran on Source.
+	Hot bool `json:"hot"`
+	// Database is BackupDatabaseManaged (a base backup of the managed
+	// PostgreSQL, in postgres/, of DatabaseBytes) or BackupDatabaseExternal
+	// (not in the backup: the operator backs it up with its own tools).
+	Database      string `json:"database"`
+	DatabaseBytes int64  `json:"databaseBytes,omitempty"`
+	// Streams are the JetStream streams copied (in streams/), as their
+	// snapshots held them.
+	Streams []jsbackup.Stream `json:"streams"`
+	// Files are the data directory's directories copied as they are.
+	Files []string `json:"files"`
+	// Outside are files the settings name outside the data directory
+	// (an operator's CA or API certificate): not in the backup.
+	Outside []string `json:"outside,omitempty"`
+}
+
+// Backup copies the data directory dataDir into dest, a new directory (or
+// an empty one), while flotilla up runs on it or not: its settings, bus
+// credentials, fleet CA and master key as they are; the managed
+// PostgreSQL by a base backup taken while it serves; every JetStream
+// stream by its snapshot, taken after the database's (so a record's event
+// the database's outbox had not yet sent when its copy was taken is sent
+// again by the restored one, never lost; the stream drops the copy within
+// its duplicate window). Not running, flotilla up is kept from starting
+// on dataDir until the backup is done, and Backup starts the managed
+// PostgreSQL and the NATS store itself, stopping them after. version is
+// this build's, written in the manifest. On an error dest is left as it
+// was found.
+func Backup(ctx context.Context, dataDir, dest, version string) (_ *BackupManifest, err error) {
+	d, s, err := loadDataDir(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	if dest, err = filepath.Abs(dest); err != nil {
+		return nil, err
+	}
+	if dest == string(d) || strings.HasPrefix(dest, string(d)+string(filepath.Separator)) {
+		return nil, fmt.Errorf("backup directory %s: it is inside the data directory %s: choose one outside it", dest, d)
+	}
+	cleanup, err := newDir(dest)
+	if err != nil {
+		return nil, fmt.Errorf("backup directory %s: %w", dest, err)
+	}
+	defer func() {
+		if err != nil {
+			cleanup()
+		}
+	}()
+	m := &BackupManifest{Format: BackupFormat, Version: version, Created: time.Now().UTC(), Source: string(d)}
+	release, err := datadir.Lock(d, "flotilla admin backup")
+	switch {
+	case errors.Is(err, datadir.ErrInUse):
+		m.Hot = true
+	case err != nil:
+		return nil, err
+	default:
+		defer release()
+	}
+
+	for _, sub := range backedUpDirs {
+		if _, err := os.Stat(d.Path(sub)); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err := filecopy.Tree(d.Path(sub), filepath.Join(dest, sub), nil); err != nil {
+			return nil, err
+		}
+		m.Files = append(m.Files, sub)
+	}
+	m.Outside = outsideFiles(d, s)
+
+	// The database first, the streams after: see the doc comment.
+	m.Database = BackupDatabaseExternal
+	if s.ManagedPostgres {
+		m.Database = BackupDatabaseManaged
+		pg, err := pgmanaged.New(managedPostgresOptions(d, s))
+		if err != nil {
+			return nil, fmt.Errorf("managed PostgreSQL: %w", err)
+		}
+		if !m.Hot {
+			if err := pg.Start(ctx); err != nil {
+				return nil, fmt.Errorf("managed PostgreSQL: %w", err)
+			}
+			defer func() { _ = pg.Stop(context.WithoutCancel(ctx)) }()
+		}
+		if err := pg.BaseBackup(ctx, filepath.Join(dest, backupPostgres)); err != nil {
+			return nil, err
+		}
+		if m.DatabaseBytes, err = treeSize(filepath.Join(dest, backupPostgres)); err != nil {
+			return nil, err
+		}
+	}
+
+	nc, stop, err := backupConn(d, s, m.Hot)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	if m.Streams, err = jsbackup.Copy(ctx, nc, filepath.Join(dest, backupStreams)); err != nil {
+		return nil, err
+	}
+
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dest, BackupManifestFile), append(b, '\n'), 0o600); err != nil {
+		return nil, err
+	}
+	return m, filecopy.Sync(dest)
+}
+
+// backupConn connects to the data directory's NATS as the backup
+// identity: to flotilla up's server while it runs (hot), else to a server
+// started on its store for the backup alone, without a listener, stopped
+// by stop.
+func backupConn(d datadir.Dir, s *datadir.Settings, hot bool) (nc *nats.Conn, stop func(), err error) {
+	creds := busauth.CredsFile(d.Bus(), busauth.Backup)
+	if hot {
+		if _, err := os.Stat(creds); err != nil {
+			return nil, nil, fmt.Errorf("the backup's bus credentials: %w: flotilla up writes them as it starts; restart it with this version of flotilla first", err)
+		}
+		url := fmt.Sprintf("nats://127.0.0.1:%d", s.Port(datadir.OffsetNATS))
+		nc, err := natsx.Connect(url, "flotilla admin backup", append(busauth.ConnectOptions(busauth.Backup, creds), nats.MaxReconnects(0))...)
+		if err != nil {
+			return nil, nil, fmt.Errorf("the bus of flotilla up on %s: %w", d, err)
+		}
+		return nc, nc.Close, nil
+	}
+	auth, err := busauth.LoadOrCreate(d.Bus())
+	if err != nil {
+		return nil, nil, err
+	}
+	ns, err := natsx.StartEmbedded(natsx.EmbeddedOptions{ServerName: "flotilla", StoreDir: d.NATS(), Auth: auth.Configure, DontListen: true})
+	if err != nil {
+		return nil, nil, err
+	}
+	shutdown := func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}
+	nc, err = natsx.ConnectInProcess(ns, "flotilla admin backup", busauth.ConnectOptions(busauth.Backup, auth.Creds(busauth.Backup))...)
+	if err != nil {
+		shutdown()
+		return nil, nil, err
+	}
+	return nc, func() { nc.Close(); shutdown() }, nil
+}
+
+// Restore makes dataDir, which must not exist or be empty, a data
+// directory holding what the backup in dir holds: flotilla up then starts
+// on it as it stood when the backup was taken (the managed PostgreSQL
+// recovering from its base backup, the streams created again from their
+// snapshots, every service declaring its consumers again). An external
+// database is not in a backup: restore it with its own tools. The local
+// provider's VMs and disks are not either. On an error dataDir is left as
+// it was found.
+func Restore(ctx context.Context, dir, dataDir string) (_ *BackupManifest, err error) {
+	m, err := readManifest(dir)
+	if err != nil {
+		return nil, err
+	}
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	d := datadir.Dir(abs)
+	cleanup, err := newDir(string(d))
+	if err != nil {
+		return nil, fmt.Errorf("data directory %s: %w: restore into a new one", d, err)
+	}
+	defer func() {
+		if err != nil {
+			cleanup()
+		}
+	}()
+	release, err := datadir.Lock(d, "flotilla admin restore")
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	for _, sub := range m.Files {
+		if !isBackedUpDir(sub) {
+			return nil, fmt.Errorf("%s: files: %q is not a directory a backup holds (%v)", filepath.Join(dir, BackupManifestFile), sub, backedUpDirs)
+		}
+		if err := filecopy.Tree(filepath.Join(dir, sub), d.Path(sub), nil); err != nil {
+			return nil, err
+		}
+	}
+	s, err := datadir.Load(d)
+	if err != nil {
+		return nil, fmt.Errorf("the backup's settings: %w", err)
+	}
+	if m.Database == BackupDatabaseManaged {
+		pg, err := pgmanaged.New(managedPostgresOptions(d, s))
+		if err != nil {
+			return nil, fmt.Errorf("managed PostgreSQL: %w", err)
+		}
+		if err := pg.Restore(filepath.Join(dir, backupPostgres)); err != nil {
+			return nil, err
+		}
+	}
+
+	if err := os.MkdirAll(d.NATS(), 0o700); err != nil {
+		return nil, err
+	}
+	auth, err := busauth.LoadOrCreate(d.Bus())
+	if err != nil {
+		return nil, err
+	}
+	ns, err := natsx.StartEmbedded(natsx.EmbeddedOptions{ServerName: "flotilla", StoreDir: d.NATS(), Auth: auth.Configure, DontListen: true})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}()
+	acc, err := ns.LookupAccount(auth.Account())
+	if err != nil {
+		return nil, fmt.Errorf("the bus account: %w", err)
+	}
+	streams, err := jsbackup.Restore(acc, filepath.Join(dir, backupStreams))
+	if err != nil {
+		return nil, err
+	}
+	if len(streams) != len(m.Streams) {
+		return nil, fmt.Errorf("%s: %d streams restored, the manifest names %d", dir, len(streams), len(m.Streams))
+	}
+	return m, nil
+}
+
+// readManifest reads a backup's manifest, which must be of BackupFormat.
+func readManifest(dir string) (*BackupManifest, error) {
+	path := filepath.Join(dir, BackupManifestFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s is not a Flotilla backup, or not a whole one: it has no %s", dir, BackupManifestFile)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var m BackupManifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if m.Format != BackupFormat {
+		return nil, fmt.Errorf("%s: format %d, but this flotilla restores format %d", path, m.Format, BackupFormat)
+	}
+	if m.Database != BackupDatabaseManaged && m.Database != BackupDatabaseExternal {
+		return nil, fmt.Errorf("%s: database %q is neither %q nor %q", path, m.Database, BackupDatabaseManaged, BackupDatabaseExternal)
+	}
+	return &m, nil
+}
+
+// loadDataDir opens an existing data directory and its settings.
+func loadDataDir(dataDir string) (datadir.Dir, *datadir.Settings, error) {
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return "", nil, err
+	}
+	d := datadir.Dir(abs)
+	s, err := datadir.Load(d)
+	if err != nil {
+		return "", nil, fmt.Errorf("no Flotilla data directory at %s: %w", d, err)
+	}
+	return d, s, nil
+}
+
+// newDir creates dir, or takes it if it is an empty directory, for a
+// backup or a restore (mode 0755: PostgreSQL's system user enters it);
+// cleanup removes what was put in it, and dir too when newDir created it.
+func newDir(dir string) (cleanup func(), err error) {
+	entries, err := os.ReadDir(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		return func() { _ = os.RemoveAll(dir) }, nil
+	case err != nil:
+		return nil, err
+	case len(entries) > 0:
+		return nil, errors.New("it exists and is not empty")
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, err
+	}
+	return func() {
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			_ = os.RemoveAll(filepath.Join(dir, e.Name()))
+		}
+	}, nil
+}
+
+// outsideFiles are the files the settings name outside d.
+func outsideFiles(d datadir.Dir, s *datadir.Settings) []string {
+	var out []string
+	for _, f := range []string{s.CACertFile, s.CAKeyFile, s.TLSCertFile, s.TLSKeyFile} {
+		if f == "" {
+			continue
+		}
+		if !filepath.IsAbs(f) {
+			f = d.Path(f)
+		}
+		if rel, err := filepath.Rel(string(d), f); err != nil || !filepath.IsLocal(rel) || !isBackedUpDir(strings.Split(rel, string(filepath.Separator))[0]) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func isBackedUpDir(name string) bool { return slices.Contains(backedUpDirs, name) }
+
+// treeSize is the size of the files under dir.
+func treeSize(dir string) (int64, error) {
+	var n int64
+	err := filepath.WalkDir(dir, func(_ string, e os.DirEntry, err error) error {
+		if err != nil || !e.Type().IsRegular() {
+			return err
+		}
+		fi, err := e.Info()
+		if err == nil {
+			n += fi.Size()
+		}
+		return err
+	})
+	return n, err
+}

@@ -1,0 +1,92 @@
+// Package filecopy copies directory trees for backups and restores: files
+// and directories with their permission bits, every one synced to disk
+// before the copy is reported done.
+package filecopy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// Tree copies the directory from, and everything in it, to to, which must
+// not exist or be an empty directory; files already at to's paths are not
+// overwritten (an error). Only directories and regular files are copied:
+// anything else (a socket, a link) is an error naming it. each, when not
+// nil, is called with every path created (to itself included), to give it
+// to its owner. Everything is synced before Tree returns; on an error the
+// caller removes what was copied.
+func Tree(from, to string, each func(path string) error) error {
+	err := filepath.WalkDir(from, func(path string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(from, path)
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(to, rel)
+		info, err := e.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case e.IsDir():
+			if err := os.MkdirAll(target, 0o700); err != nil {
+				return err
+			}
+			if err := os.Chmod(target, info.Mode().Perm()); err != nil {
+				return err
+			}
+		case e.Type().IsRegular():
+			if err := copyFile(path, target, info.Mode().Perm()); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("%s: neither a file nor a directory (%v)", path, e.Type())
+		}
+		if each != nil {
+			return each(target)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("copy %s to %s: %w", from, to, err)
+	}
+	if err := Sync(to); err != nil {
+		return fmt.Errorf("copy %s to %s: %w", from, to, err)
+	}
+	return nil
+}
+
+// copyFile copies a regular file to a new path with mode perm.
+func copyFile(from, to string, perm fs.FileMode) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(to, os.O_CREATE|os.O_EXCL|os.O_WRONLY, perm)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	return errors.Join(err, out.Close())
+}
+
+// Sync flushes every file and directory under dir, and dir itself, to disk.
+func Sync(dir string) error {
+	return filepath.WalkDir(dir, func(path string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		return errors.Join(f.Sync(), f.Close())
+	})
+}

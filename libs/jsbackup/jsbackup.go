@@ -1,0 +1,303 @@
+// Package jsbackup copies JetStream streams while their server runs, and
+// creates them again from the copy in another server.
+//
+// Each stream is copied by JetStream's snapshot ($JS.API.STREAM.SNAPSHOT):
+// the server reads the stream's messages as they stand when the request
+// arrives and sends them, an s2-compressed archive, in chunks the receiver
+// acknowledges one by one (a slow disk slows the snapshot down instead of
+// losing a chunk). Copy keeps the archive as it came, in <name>.snapshot,
+// beside the stream's configuration in <name>.json, after checking that it
+// is whole (it ends with the archive's end-of-backup entry). Restore hands
+// both to a server's Account.RestoreStreamV2, the server's own restore.
+//
+// Consumers are left out: the services declare their durable consumers
+// again when they start on the restored streams.
+package jsbackup
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/klauspost/compress/s2"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats-server/v2/server/archive"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// The headers nats.go gives a status message (a headers-only message
+// whose first line is "NATS/1.0 <status> <description>").
+const (
+	statusHeader      = "Status"
+	descriptionHeader = "Description"
+)
+
+// ChunkWait is how long Copy waits for the server's next chunk of a
+// snapshot before it gives the stream up.
+const ChunkWait = 30 * time.Second
+
+// The files of a copied stream in the copy's directory.
+const (
+	snapshotExt = ".snapshot"
+	configExt   = ".json"
+)
+
+// Stream is what a copied stream held when its snapshot was taken.
+type Stream struct {
+	Name     string    `json:"name"`
+	Messages uint64    `json:"messages"`
+	FirstSeq uint64    `json:"firstSeq"`
+	LastSeq  uint64    `json:"lastSeq"`
+	LastTime time.Time `json:"lastTime"`
+	// Bytes is the size of its snapshot file (compressed).
+	Bytes int64 `json:"bytes"`
+}
+
+// Copy snapshots every stream of the account nc is a user of into dir, one
+// after the other: <name>.snapshot and <name>.json each. A stream whose
+// files are already in dir is an error: nothing is overwritten. On an
+// error, the files written so far stay, and the caller decides what to do
+// with them.
+func Copy(ctx context.Context, nc *nats.Conn, dir string) ([]Stream, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	list := js.StreamNames(ctx)
+	for name := range list.Name() {
+		names = append(names, name)
+	}
+	if err := list.Err(); err != nil {
+		return nil, fmt.Errorf("list the streams: %w", err)
+	}
+	slices.Sort(names)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	out := make([]Stream, 0, len(names))
+	for _, name := range names {
+		s, err := snapshot(ctx, nc, name, dir)
+		if err != nil {
+			return out, fmt.Errorf("copy stream %s: %w", name, err)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// snapshot has the server send stream name's snapshot, and writes it and
+// the stream's configuration into dir.
+func snapshot(ctx context.Context, nc *nats.Conn, name, dir string) (Stream, error) {
+	// The chunks come to an inbox of this connection, subscribed before
+	// the request so that none is missed; a synchronous subscription
+	// holds up to 64 MB, beyond the 8 MB the server sends unacknowledged.
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return Stream{}, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	req, err := json.Marshal(server.JSApiStreamSnapshotRequest{DeliverSubject: inbox, NoConsumers: true})
+	if err != nil {
+		return Stream{}, err
+	}
+	reply, err := nc.RequestWithContext(ctx, fmt.Sprintf(server.JSApiStreamSnapshotT, name), req)
+	if err != nil {
+		return Stream{}, fmt.Errorf("ask for its snapshot: %w", err)
+	}
+	var resp server.JSApiStreamSnapshotResponse
+	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+		return Stream{}, fmt.Errorf("the snapshot's answer: %w", err)
+	}
+	if resp.Error != nil {
+		return Stream{}, fmt.Errorf("the NATS server refused its snapshot: %s", resp.Error.Description)
+	}
+	if resp.Config == nil || resp.Config.Name != name {
+		return Stream{}, errors.New("the snapshot's answer has no configuration of the stream")
+	}
+	cfg, err := json.MarshalIndent(resp.Config, "", "  ")
+	if err != nil {
+		return Stream{}, err
+	}
+	if err := createFile(filepath.Join(dir, name+configExt), func(w io.Writer) error {
+		_, err := w.Write(cfg)
+		return err
+	}); err != nil {
+		return Stream{}, err
+	}
+
+	st := Stream{Name: name}
+	path := filepath.Join(dir, name+snapshotExt)
+	err = createFile(path, func(w io.Writer) error {
+		// The archive is checked as it is written: read back from a pipe
+		// by check, which must see its end-of-backup entry.
+		pr, pw := io.Pipe()
+		checked := make(chan error, 1)
+		go func() {
+			var err error
+			st.Messages, st.FirstSeq, st.LastSeq, st.LastTime, err = check(pr)
+			_ = pr.CloseWithError(errors.Join(err, errors.New("the check of the snapshot ended early")))
+			checked <- err
+		}()
+		err := receive(ctx, sub, io.MultiWriter(w, pw))
+		_ = pw.CloseWithError(err)
+		return errors.Join(err, <-checked)
+	})
+	if err != nil {
+		return Stream{}, err
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return Stream{}, err
+	}
+	st.Bytes = fi.Size()
+	return st, nil
+}
+
+// receive writes the snapshot's chunks to w, acknowledging each once w
+// took it, until the server's closing message, which is empty: without a
+// status (a snapshot of one chunk) or with 204 when the snapshot is whole,
+// with another status (and its description) when it failed.
+func receive(ctx context.Context, sub *nats.Subscription, w io.Writer) error {
+	for {
+		wait, cancel := context.WithTimeout(ctx, ChunkWait)
+		m, err := sub.NextMsgWithContext(wait)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, context.DeadlineExceeded):
+			return fmt.Errorf("the NATS server sent nothing for %v", ChunkWait)
+		case err != nil:
+			return err
+		}
+		if len(m.Data) == 0 {
+			if status := m.Header.Get(statusHeader); status != "" && status != "204" {
+				return fmt.Errorf("the NATS server ended the snapshot with status %s %s", status, m.Header.Get(descriptionHeader))
+			}
+			return nil
+		}
+		if _, err := w.Write(m.Data); err != nil {
+			return err
+		}
+		if m.Reply != "" {
+			if err := m.Respond(nil); err != nil {
+				return fmt.Errorf("acknowledge a chunk: %w", err)
+			}
+		}
+	}
+}
+
+// check reads a snapshot archive through to its end-of-backup entry and
+// returns the messages it holds: how many, the first and last sequence,
+// and the last one's time.
+func check(r io.Reader) (msgs, first, last uint64, lastTime time.Time, err error) {
+	ar := archive.NewReader(s2.NewReader(r))
+	for {
+		hdr, err := ar.Next()
+		if errors.Is(err, io.EOF) {
+			return 0, 0, 0, time.Time{}, errors.New("the snapshot ends before its end-of-backup entry: it is not whole")
+		}
+		if err != nil {
+			return 0, 0, 0, time.Time{}, fmt.Errorf("read the snapshot: %w", err)
+		}
+		switch {
+		case hdr.Sequence > 0:
+			msgs++
+			if first == 0 {
+				first = hdr.Sequence
+			}
+			last, lastTime = hdr.Sequence, time.Unix(0, hdr.Timestamp).UTC()
+		case hdr.Name == "" && hdr.Timestamp == 0 && hdr.HeaderSize == 0 && hdr.PayloadSize == 0:
+			if _, err := io.Copy(io.Discard, r); err != nil {
+				return 0, 0, 0, time.Time{}, err
+			}
+			return msgs, first, last, lastTime, nil
+		}
+	}
+}
+
+// Restore creates every stream Copy wrote into dir in acc, an account of a
+// running server with JetStream that has none of them, and returns what
+// each holds. It stops at the first stream the server refuses.
+func Restore(acc *server.Account, dir string) ([]Stream, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []Stream
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), snapshotExt)
+		if !ok || e.IsDir() {
+			continue
+		}
+		s, err := restore(acc, dir, name)
+		if err != nil {
+			return out, fmt.Errorf("restore stream %s: %w", name, err)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func restore(acc *server.Account, dir, name string) (Stream, error) {
+	b, err := os.ReadFile(filepath.Join(dir, name+configExt))
+	if err != nil {
+		return Stream{}, err
+	}
+	var cfg server.StreamConfig
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return Stream{}, fmt.Errorf("%s%s: %w", name, configExt, err)
+	}
+	if cfg.Name != name {
+		return Stream{}, fmt.Errorf("%s%s configures stream %q", name, configExt, cfg.Name)
+	}
+	path := filepath.Join(dir, name+snapshotExt)
+	st := Stream{Name: name}
+	f, err := os.Open(path)
+	if err != nil {
+		return Stream{}, err
+	}
+	defer f.Close()
+	// Checked whole first: the server would keep what a truncated
+	// archive holds.
+	if st.Messages, st.FirstSeq, st.LastSeq, st.LastTime, err = check(f); err != nil {
+		return Stream{}, fmt.Errorf("%s: %w", path, err)
+	}
+	if st.Bytes, err = f.Seek(0, io.SeekCurrent); err != nil {
+		return Stream{}, err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return Stream{}, err
+	}
+	if _, err := acc.RestoreStreamV2(&cfg, f); err != nil {
+		return Stream{}, err
+	}
+	return st, nil
+}
+
+// createFile creates path (it must not exist) with what write writes,
+// synced; a failed write leaves no file.
+func createFile(path string, write func(io.Writer) error) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	err = write(f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if err = errors.Join(err, f.Close()); err != nil {
+		_ = os.Remove(path)
+	}
+	return err
+}

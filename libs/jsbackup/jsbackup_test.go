@@ -1,0 +1,245 @@
+package jsbackup_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/bus"
+	"flotilla.dev/flotilla/libs/busauth"
+	"flotilla.dev/flotilla/libs/jsbackup"
+	"flotilla.dev/flotilla/libs/testkit"
+)
+
+// TestACopyIsAStoreANewServerStartsOn: the streams copied while the server
+// runs (several chunks each, more messages written during the copy) are
+// found, whole and as they were at their snapshot, by a server started on
+// the copy; the consumers are not copied.
+func TestACopyIsAStoreANewServerStartsOn(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	nb, src := flotillaStreams(t)
+	body := bytes.Repeat([]byte("x"), 1000)
+	const events = 3000 // about 3 MB: many 128 KB chunks, each acknowledged
+	for i := range events {
+		if _, err := src.PublishAsync(subjects.Event(subjects.NounNetwork, fmt.Sprintf("n-%d", i), "created"), body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-src.PublishAsyncComplete()
+	kv, err := src.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "certs"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "i-1", []byte("serials")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.CreateOrUpdateConsumer(ctx, subjects.EventsStream, jetstream.ConsumerConfig{Durable: "reader"}); err != nil {
+		t.Fatal(err)
+	}
+	// Writes go on during the copy.
+	stop := make(chan struct{})
+	writing := make(chan struct{})
+	go func() {
+		defer close(writing)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _ = src.Publish(ctx, subjects.Event(subjects.NounNetwork, fmt.Sprintf("later-%d", i), "created"), body)
+		}
+	}()
+
+	dir := t.TempDir()
+	copied, err := jsbackup.Copy(ctx, nb.Conn(t, busauth.Backup), dir)
+	close(stop)
+	<-writing
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]jsbackup.Stream{}
+	for _, s := range copied {
+		want[s.Name] = s
+	}
+	ev, ok := want[subjects.EventsStream]
+	if !ok || ev.Messages < events || ev.FirstSeq != 1 || ev.LastSeq != ev.Messages || ev.Bytes == 0 || ev.LastTime.IsZero() {
+		t.Fatalf("copied %+v", copied)
+	}
+	if _, ok := want["KV_certs"]; !ok {
+		t.Fatalf("the bucket was not copied: %+v", copied)
+	}
+
+	acc, js := emptyServer(t, nb)
+	again, err := jsbackup.Restore(acc, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again) != len(copied) {
+		t.Fatalf("restored %+v, copied %+v", again, copied)
+	}
+	for name, w := range want {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatalf("stream %s on the copy: %v", name, err)
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs != w.Messages || info.State.LastSeq != w.LastSeq {
+			t.Errorf("stream %s on the copy: %d messages up to %d, want %d up to %d (its snapshot)", name, info.State.Msgs, info.State.LastSeq, w.Messages, w.LastSeq)
+		}
+		if info.State.Consumers != 0 {
+			t.Errorf("stream %s on the copy has %d consumers", name, info.State.Consumers)
+		}
+	}
+	s, _ := js.Stream(ctx, subjects.EventsStream)
+	m, err := s.GetMsg(ctx, events)
+	if err != nil || !bytes.Equal(m.Data, body) || !strings.HasSuffix(m.Subject, fmt.Sprintf("n-%d.created", events-1)) {
+		t.Fatalf("message %d on the copy: %v %v", events, m, err)
+	}
+	certs, _ := js.Stream(ctx, "KV_certs")
+	if m, err := certs.GetLastMsgForSubject(ctx, "$KV.certs.i-1"); err != nil || string(m.Data) != "serials" {
+		t.Fatalf("the bucket's key on the copy: %v %v", m, err)
+	}
+}
+
+// TestACopyOverwritesNothing: a stream whose files are already in the
+// target is refused, and they are left as they were.
+func TestACopyOverwritesNothing(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	nb, _ := flotillaStreams(t)
+	dir := t.TempDir()
+	existing := filepath.Join(dir, subjects.EventsStream+".json")
+	if err := os.WriteFile(existing, []byte("kept"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := jsbackup.Copy(ctx, nb.Conn(t, busauth.Backup), dir)
+	if err == nil || !strings.Contains(err.Error(), subjects.EventsStream) {
+		t.Fatalf("copy onto an existing stream: %v", err)
+	}
+	if b, err := os.ReadFile(existing); err != nil || string(b) != "kept" {
+		t.Fatalf("the existing file: %q %v", b, err)
+	}
+}
+
+// TestATruncatedSnapshotIsNotRestored: a snapshot file cut short (a disk
+// that filled up, a copy stopped midway) is refused, naming the file, and
+// the stream is not created.
+func TestATruncatedSnapshotIsNotRestored(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	nb, src := flotillaStreams(t)
+	for i := range 500 {
+		if _, err := src.Publish(ctx, subjects.Event(subjects.NounNetwork, fmt.Sprintf("n-%d", i), "created"), bytes.Repeat([]byte{byte(i)}, 500)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	if _, err := jsbackup.Copy(ctx, nb.Conn(t, busauth.Backup), dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range must(os.ReadDir(dir)) {
+		if e.Name() != subjects.EventsStream+".json" && e.Name() != subjects.EventsStream+".snapshot" {
+			_ = os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+	path := filepath.Join(dir, subjects.EventsStream+".snapshot")
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, fi.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	acc, js := emptyServer(t, nb)
+	_, err = jsbackup.Restore(acc, dir)
+	if err == nil || !strings.Contains(err.Error(), path) {
+		t.Fatalf("restore of a truncated snapshot: %v", err)
+	}
+	if _, err := js.Stream(ctx, subjects.EventsStream); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Errorf("the stream of a truncated snapshot: %v", err)
+	}
+}
+
+// flotillaStreams starts a bus with Flotilla's streams.
+func flotillaStreams(t *testing.T) (*testkit.Bus, jetstream.JetStream) {
+	t.Helper()
+	nb := testkit.SecureNATS(t)
+	js, err := jetstream.New(nb.Unrestricted(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.EnsureStreams(t.Context(), js, 1); err != nil {
+		t.Fatal(err)
+	}
+	return nb, js
+}
+
+// emptyServer starts a server trusting nb's authority, with an empty
+// store: the Flotilla account to restore into, and the observer's view.
+func emptyServer(t *testing.T, nb *testkit.Bus) (*server.Account, jetstream.JetStream) {
+	t.Helper()
+	opts := &server.Options{JetStream: true, StoreDir: t.TempDir()}
+	if err := nb.Authority().Configure(opts); err != nil {
+		t.Fatal(err)
+	}
+	ns := testkit.Serve(t, opts)
+	acc, err := ns.LookupAccount(nb.Authority().Account())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(testkit.NATSConn(t, ns, busauth.ConnectOptions(busauth.Observer, nb.Creds[busauth.Observer])...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return acc, js
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// TestTheBackupIdentitySnapshotsAndNothingElse: the backup identity can
+// neither publish into a stream, read a message, nor take a consumer.
+func TestTheBackupIdentitySnapshotsAndNothingElse(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	nb, _ := flotillaStreams(t)
+	nc, v := nb.Watch(t, busauth.Backup)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	event := subjects.Event(subjects.NounNetwork, "n-1", "created")
+	if err := nc.Publish(event, []byte("forged")); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := js.Stream(short, subjects.EventsStream); err == nil {
+		t.Error("the backup identity read a stream's information")
+	}
+	v.Settle(t)
+	for _, subject := range []string{event, "$JS.API.STREAM.INFO." + subjects.EventsStream} {
+		if !v.PublishRefused(subject) {
+			t.Errorf("the backup identity published to %s", subject)
+		}
+	}
+}

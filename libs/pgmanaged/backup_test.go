@@ -1,0 +1,114 @@
+package pgmanaged_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"flotilla.dev/flotilla/libs/pgmanaged"
+)
+
+// TestABaseBackupTakenWhileWritingStartsElsewhere: a backup taken while
+// rows are being written restores into a new directory, and a server
+// started there (on another port) holds every row committed before the
+// backup began; the original goes on serving.
+func TestABaseBackupTakenWhileWritingStartsElsewhere(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	opts := testOptions(t)
+	srv := initServer(t, opts)
+	if err := srv.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	conn := connect(t, srv.URL())
+	if _, err := conn.Exec(ctx, "CREATE TABLE ships (n int PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "INSERT INTO ships SELECT generate_series(1, 1000)"); err != nil {
+		t.Fatal(err)
+	}
+	writer := connect(t, srv.URL())
+	var written atomic.Int64
+	written.Store(1000)
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		for n := 1001; ; n++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			if _, err := writer.Exec(ctx, "INSERT INTO ships VALUES ($1)", n); err != nil {
+				done <- err
+				return
+			}
+			written.Store(int64(n))
+		}
+	}()
+
+	backup := filepath.Join(filepath.Dir(opts.Dir), "backup")
+	err := srv.BaseBackup(ctx, backup)
+	close(stop)
+	if werr := <-done; werr != nil {
+		t.Fatalf("writes during the backup: %v", werr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	again := opts
+	again.Dir, again.Port = filepath.Join(baseDir(t), "restored"), freePort(t)
+	restored, err := pgmanaged.New(again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := restored.Restore(backup); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = restored.Stop(t.Context()) })
+	if err := restored.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var count, maxN int
+	if err := connect(t, restored.URL()).QueryRow(ctx, "SELECT count(*), max(n) FROM ships").Scan(&count, &maxN); err != nil {
+		t.Fatal(err)
+	}
+	if count < 1000 || count != maxN || int64(maxN) > written.Load() {
+		t.Fatalf("restored %d rows up to %d; 1000 were there before the backup, %d written by its end", count, maxN, written.Load())
+	}
+	if _, err := conn.Exec(ctx, "INSERT INTO ships VALUES (-1)"); err != nil {
+		t.Fatalf("the original after the backup: %v", err)
+	}
+}
+
+// TestABaseBackupNeedsARunningServerAndANewDirectory: the errors say what
+// is wrong, and leave nothing behind.
+func TestABaseBackupNeedsARunningServerAndANewDirectory(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	opts := testOptions(t)
+	srv := initServer(t, opts)
+	backup := filepath.Join(filepath.Dir(opts.Dir), "backup")
+	if err := srv.BaseBackup(ctx, backup); err == nil || !strings.Contains(err.Error(), "no server runs") {
+		t.Fatalf("backup of a stopped server: %v", err)
+	}
+	if _, err := os.Stat(backup); !os.IsNotExist(err) {
+		t.Fatalf("a failed backup left %s: %v", backup, err)
+	}
+	if err := srv.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(backup, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.BaseBackup(ctx, backup); err == nil || !strings.Contains(err.Error(), "exists") {
+		t.Fatalf("backup into an existing directory: %v", err)
+	}
+	if err := srv.Restore(backup); err == nil || !strings.Contains(err.Error(), "not a copy of a PostgreSQL data directory") {
+		t.Fatalf("restore from an empty directory: %v", err)
+	}
+}
