@@ -11,13 +11,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 
+	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/datadir"
 	"flotilla.dev/flotilla/libs/filecopy"
 	"flotilla.dev/flotilla/libs/jsbackup"
 	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/libs/outbox"
 	"flotilla.dev/flotilla/libs/pgmanaged"
 )
 
@@ -71,12 +74,11 @@ type BackupManifest struct {
 
 // Backup copies the data directory dataDir into dest, a new directory (or
 // an empty one), while flotilla up runs on it or not: its settings, bus
-// credentials, fleet CA and master key as they are; the managed
-// PostgreSQL by a base backup taken while it serves; every JetStream
-// stream by its snapshot, taken after the database's (so a record's event
-// the database's outbox had not yet sent when its copy was taken is sent
-// again by the restored one, never lost; the stream drops the copy within
-// its duplicate window). Not running, flotilla up is kept from starting
+// credentials, fleet CA and master key as they are; every JetStream stream
+// by its snapshot, and then the managed PostgreSQL by a base backup taken
+// while it serves, the outbox's forwarders held from the first snapshot of
+// a stream they feed to the end of the base backup (copyHeld), so that the
+// two copies agree. Not running, flotilla up is kept from starting
 // on dataDir until the backup is done, and Backup starts the managed
 // PostgreSQL and the NATS store itself, stopping them after. version is
 // this build's, written in the manifest. On an error dest is left as it
@@ -123,12 +125,12 @@ func Backup(ctx context.Context, dataDir, dest, version string) (_ *BackupManife
 	}
 	m.Outside = outsideFiles(d, s)
 
-	// The database first, the streams after: see the doc comment.
+	// The managed PostgreSQL: flotilla up's, or started for the backup.
+	var pg *pgmanaged.Server
 	m.Database = BackupDatabaseExternal
 	if s.ManagedPostgres {
 		m.Database = BackupDatabaseManaged
-		pg, err := pgmanaged.New(managedPostgresOptions(d, s))
-		if err != nil {
+		if pg, err = pgmanaged.New(managedPostgresOptions(d, s)); err != nil {
 			return nil, fmt.Errorf("managed PostgreSQL: %w", err)
 		}
 		if !m.Hot {
@@ -137,21 +139,38 @@ func Backup(ctx context.Context, dataDir, dest, version string) (_ *BackupManife
 			}
 			defer func() { _ = pg.Stop(context.WithoutCancel(ctx)) }()
 		}
-		if err := pg.BaseBackup(ctx, filepath.Join(dest, backupPostgres)); err != nil {
-			return nil, err
-		}
-		if m.DatabaseBytes, err = treeSize(filepath.Join(dest, backupPostgres)); err != nil {
-			return nil, err
-		}
 	}
-
 	nc, stop, err := backupConn(d, s, m.Hot)
 	if err != nil {
 		return nil, err
 	}
 	defer stop()
-	if m.Streams, err = jsbackup.Copy(ctx, nc, filepath.Join(dest, backupStreams)); err != nil {
+	names, err := jsbackup.Names(ctx, nc)
+	if err != nil {
 		return nil, err
+	}
+	// The instances' logs, which no record refers to, first: the largest
+	// stream is copied before the forwarders are held.
+	logs, rest := partition(names, subjects.AgentLogsStream)
+	streams := filepath.Join(dest, backupStreams)
+	if m.Streams, err = jsbackup.Copy(ctx, nc, streams, logs...); err != nil {
+		return nil, err
+	}
+	var more []jsbackup.Stream
+	if pg == nil {
+		more, err = jsbackup.Copy(ctx, nc, streams, rest...)
+	} else {
+		more, err = copyHeld(ctx, s, pg, nc, dest, rest)
+	}
+	if err != nil {
+		return nil, err
+	}
+	m.Streams = append(m.Streams, more...)
+	slices.SortFunc(m.Streams, func(a, b jsbackup.Stream) int { return strings.Compare(a.Name, b.Name) })
+	if pg != nil {
+		if m.DatabaseBytes, err = treeSize(filepath.Join(dest, backupPostgres)); err != nil {
+			return nil, err
+		}
 	}
 
 	b, err := json.MarshalIndent(m, "", "  ")
@@ -162,6 +181,42 @@ func Backup(ctx context.Context, dataDir, dest, version string) (_ *BackupManife
 		return nil, err
 	}
 	return m, filecopy.Sync(dest)
+}
+
+// copyHeld copies the streams named, then the database, while the
+// outbox's forwarders are held (outbox.Hold): every event, provisioning
+// request and audit record of a user the streams' copy holds is of a change
+// in the database's copy, and every change of the database's copy whose
+// messages the streams' copy lacks still has them in its outbox, which the
+// restored Flotilla forwards. Writes go on meanwhile; their messages wait.
+func copyHeld(ctx context.Context, s *datadir.Settings, pg *pgmanaged.Server, nc *nats.Conn, dest string, names []string) (_ []jsbackup.Stream, err error) {
+	conn, err := pgx.Connect(ctx, s.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("managed PostgreSQL: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	release, err := outbox.Hold(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, release(context.WithoutCancel(ctx))) }()
+	copied, err := jsbackup.Copy(ctx, nc, filepath.Join(dest, backupStreams), names...)
+	if err != nil {
+		return nil, err
+	}
+	return copied, pg.BaseBackup(ctx, filepath.Join(dest, backupPostgres))
+}
+
+// partition splits names into those in take and the others.
+func partition(names []string, take ...string) (taken, rest []string) {
+	for _, n := range names {
+		if slices.Contains(take, n) {
+			taken = append(taken, n)
+		} else {
+			rest = append(rest, n)
+		}
+	}
+	return taken, rest
 }
 
 // backupConn connects to the data directory's NATS as the backup

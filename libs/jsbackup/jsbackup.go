@@ -61,12 +61,8 @@ type Stream struct {
 	Bytes int64 `json:"bytes"`
 }
 
-// Copy snapshots every stream of the account nc is a user of into dir, one
-// after the other: <name>.snapshot and <name>.json each. A stream whose
-// files are already in dir is an error: nothing is overwritten. On an
-// error, the files written so far stay, and the caller decides what to do
-// with them.
-func Copy(ctx context.Context, nc *nats.Conn, dir string) ([]Stream, error) {
+// Names lists the streams of the account nc is a user of, sorted.
+func Names(ctx context.Context, nc *nats.Conn) ([]string, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
@@ -80,6 +76,14 @@ func Copy(ctx context.Context, nc *nats.Conn, dir string) ([]Stream, error) {
 		return nil, fmt.Errorf("list the streams: %w", err)
 	}
 	slices.Sort(names)
+	return names, nil
+}
+
+// Copy snapshots the streams named (Names) into dir, one after the other:
+// <name>.snapshot and <name>.json each. A stream whose files are already
+// in dir is an error: nothing is overwritten. On an error, the files
+// written so far stay, and the caller decides what to do with them.
+func Copy(ctx context.Context, nc *nats.Conn, dir string, names ...string) ([]Stream, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}

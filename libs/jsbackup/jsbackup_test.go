@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"flotilla.dev/flotilla/api/subjects"
@@ -63,7 +64,7 @@ func TestACopyIsAStoreANewServerStartsOn(t *testing.T) {
 	}()
 
 	dir := t.TempDir()
-	copied, err := jsbackup.Copy(ctx, nb.Conn(t, busauth.Backup), dir)
+	copied, err := copyAll(t, nb.Conn(t, busauth.Backup), dir)
 	close(stop)
 	<-writing
 	if err != nil {
@@ -120,14 +121,13 @@ func TestACopyIsAStoreANewServerStartsOn(t *testing.T) {
 // target is refused, and they are left as they were.
 func TestACopyOverwritesNothing(t *testing.T) {
 	t.Parallel()
-	ctx := t.Context()
 	nb, _ := flotillaStreams(t)
 	dir := t.TempDir()
 	existing := filepath.Join(dir, subjects.EventsStream+".json")
 	if err := os.WriteFile(existing, []byte("kept"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err := jsbackup.Copy(ctx, nb.Conn(t, busauth.Backup), dir)
+	_, err := copyAll(t, nb.Conn(t, busauth.Backup), dir)
 	if err == nil || !strings.Contains(err.Error(), subjects.EventsStream) {
 		t.Fatalf("copy onto an existing stream: %v", err)
 	}
@@ -149,7 +149,7 @@ func TestATruncatedSnapshotIsNotRestored(t *testing.T) {
 		}
 	}
 	dir := t.TempDir()
-	if _, err := jsbackup.Copy(ctx, nb.Conn(t, busauth.Backup), dir); err != nil {
+	if _, err := copyAll(t, nb.Conn(t, busauth.Backup), dir); err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range must(os.ReadDir(dir)) {
@@ -207,6 +207,16 @@ func emptyServer(t *testing.T, nb *testkit.Bus) (*server.Account, jetstream.JetS
 		t.Fatal(err)
 	}
 	return acc, js
+}
+
+// copyAll copies every stream nc sees into dir.
+func copyAll(t *testing.T, nc *nats.Conn, dir string) ([]jsbackup.Stream, error) {
+	t.Helper()
+	names, err := jsbackup.Names(t.Context(), nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return jsbackup.Copy(t.Context(), nc, dir, names...)
 }
 
 func must[T any](v T, err error) T {

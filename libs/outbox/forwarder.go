@@ -249,3 +249,28 @@ func isSerializationFailure(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "40001"
 }
+
+// Hold stops every forwarder of the database conn is connected to until
+// release is called, or conn's session ends (should its holder die): it
+// takes for the session the advisory lock a forwarder takes for each
+// batch (a forwarder that finds it held forwards nothing, and looks again
+// within a second), once the batch under way has ended. Writes go on; their
+// rows wait in the outbox. A backup holds the forwarders while it copies
+// the streams and then the database, so that every message in the streams'
+// copy is of a change in the database's, and every change in the
+// database's copy not yet forwarded is still in its outbox.
+func Hold(ctx context.Context, conn *pgx.Conn) (release func(context.Context) error, err error) {
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", int64(forwarderLock)); err != nil {
+		return nil, fmt.Errorf("hold the outbox forwarders: %w", err)
+	}
+	return func(ctx context.Context) error {
+		var released bool
+		if err := conn.QueryRow(ctx, "SELECT pg_advisory_unlock($1)", int64(forwarderLock)).Scan(&released); err != nil {
+			return fmt.Errorf("release the outbox forwarders: %w", err)
+		}
+		if !released {
+			return errors.New("release the outbox forwarders: the lock was not held")
+		}
+		return nil
+	}, nil
+}

@@ -430,3 +430,50 @@ func TestHeadersAndTraceContextTravel(t *testing.T) {
 		t.Error("payload changed on the way")
 	}
 }
+
+// TestAHeldOutboxForwardsNothingUntilReleased: while a backup holds the
+// forwarders, a committed row stays in the outbox and off the stream; once
+// released, or once the holder's session ends, it is forwarded.
+func TestAHeldOutboxForwardsNothingUntilReleased(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	hold := func() (*pgx.Conn, func(context.Context) error) {
+		conn, err := pgx.Connect(ctx, e.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		release, err := outbox.Hold(ctx, conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conn, release
+	}
+	f := e.forwarder()
+	for i, end := range []string{"released", "session-ended"} {
+		conn, release := hold()
+		e.write(event(ctx, end))
+		for range 5 {
+			if n, err := f.Forward(ctx); n != 0 || err != nil {
+				t.Fatalf("held: forwarded %d rows (%v)", n, err)
+			}
+		}
+		if n := e.rowsLeft(); n != 1 {
+			t.Fatalf("held: %d rows in the outbox, want 1", n)
+		}
+		if end == "released" {
+			if err := release(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := conn.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := e.forwardAll(f); n != 1 {
+			t.Fatalf("%s: forwarded %d rows, want 1", end, n)
+		}
+		if ids := e.stored(); len(ids) != i+1 {
+			t.Fatalf("%s: the stream holds %v", end, ids)
+		}
+	}
+}
