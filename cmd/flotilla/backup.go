@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -13,9 +15,12 @@ import (
 
 // newBackup backs a data directory up, while flotilla up runs on it or not.
 func newBackup() *cobra.Command {
-	var dir string
+	var (
+		dir, into string
+		keep      int
+	)
 	cmd := &cobra.Command{
-		Use:   "backup DEST",
+		Use:   "backup DEST | --into DIR [--keep N]",
 		Short: "Back the data directory up into DEST, while flotilla up runs on it or not",
 		Long: `Copies into DEST (a new directory, or an empty one) everything flotilla up
 cannot make again: the settings and bus credentials, the fleet CA and its key,
@@ -29,15 +34,37 @@ The local provider's VMs and disks are not in it, nor an external database
 (back that up with its own tools, before this backup), nor files the settings
 name outside the data directory (listed at the end).
 
+With --into, the backup is made in DIR/flotilla-<UTC time>, and, once it is
+whole, the backups of this data directory in DIR but the newest --keep are
+removed (nothing else in DIR is touched): for a timer that backs up daily.
+
 Keep the backup as you keep those keys: whoever has it can read every secret.
 Restore it with flotilla admin restore.`,
 		Example: `  flotilla admin backup /backup/flotilla-$(date +%F) --data-dir ./.flotilla
+  flotilla admin backup --into /var/backups/flotilla --keep 7 --data-dir /var/lib/flotilla
   flotilla admin restore /backup/flotilla-2026-12-04 --data-dir ./.flotilla-restored
   flotilla up --data-dir ./.flotilla-restored`,
-		Args: cobra.ExactArgs(1),
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var dest string
+			switch {
+			case len(args) == 1 && into != "":
+				return errors.New("give either DEST or --into DIR, not both")
+			case len(args) == 1:
+				if cmd.Flags().Changed("keep") {
+					return errors.New("--keep prunes a directory of backups: give it with --into DIR, not DEST")
+				}
+				dest = args[0]
+			case into != "":
+				if keep < 1 {
+					return fmt.Errorf("--keep: %d: at least 1 (the backup just made)", keep)
+				}
+				dest = filepath.Join(into, stack.BackupName(time.Now()))
+			default:
+				return errors.New("where to? give DEST (a new directory) or --into DIR (a directory of backups)")
+			}
 			start := time.Now()
-			m, err := stack.Backup(cmd.Context(), dir, args[0], version)
+			m, err := stack.Backup(cmd.Context(), dir, dest, version)
 			if err != nil {
 				return err
 			}
@@ -46,14 +73,23 @@ Restore it with flotilla admin restore.`,
 			if m.Hot {
 				how = "while flotilla up ran"
 			}
-			fmt.Fprintf(out, "backed up %s into %s (%s) in %.1f s\n", m.Source, args[0], how, time.Since(start).Seconds())
+			fmt.Fprintf(out, "backed up %s into %s (%s) in %.1f s\n", m.Source, dest, how, time.Since(start).Seconds())
 			printBackup(out, m)
 			fmt.Fprintln(out, "it holds the master key that opens every secret, and the fleet CA's key: keep it as you keep them")
-			fmt.Fprintf(out, "restore it: flotilla admin restore %s --data-dir DIR, then flotilla up --data-dir DIR\n", args[0])
-			return nil
+			fmt.Fprintf(out, "restore it: flotilla admin restore %s --data-dir DIR, then flotilla up --data-dir DIR\n", dest)
+			if into == "" {
+				return nil
+			}
+			removed, err := stack.PruneBackups(into, dir, keep)
+			for _, r := range removed {
+				fmt.Fprintf(out, "removed the old backup %s\n", r)
+			}
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&dir, "data-dir", "./.flotilla", "data directory")
+	cmd.Flags().StringVar(&into, "into", "", "a directory of backups: make the backup in it, named flotilla-<UTC time>")
+	cmd.Flags().IntVar(&keep, "keep", 7, "with --into: how many backups of this data directory to keep there, the newest")
 	return cmd
 }
 

@@ -227,3 +227,60 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// TestBackupsIntoADirectoryKeepTheNewest: --into makes each backup in a
+// directory of backups and removes the oldest of this data directory's
+// beyond --keep, touching nothing else there.
+func TestBackupsIntoADirectoryKeepTheNewest(t *testing.T) {
+	t.Parallel()
+	dir := dataDir(t)
+	if out, err := admin(dir, "admin", "S3cret-pass", "--port", fmt.Sprint(freeBase(t))); err != nil {
+		t.Fatalf("initial-setup: %v\n%s", err, out)
+	}
+	into := t.TempDir()
+	foreign := filepath.Join(into, "flotilla-not-a-backup")
+	if err := os.MkdirAll(foreign, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	var made []string
+	for i := range 3 {
+		if i > 0 { // one name per second
+			time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second)))
+		}
+		out, err := runAdmin("backup", "--into", into, "--keep", "2", "--data-dir", dir)
+		if err != nil {
+			t.Fatalf("backup %d: %v\n%s", i, err, out)
+		}
+		made = append(made, strings.Fields(strings.SplitN(out, " into ", 2)[1])[0])
+		if i == 2 && !strings.Contains(out, "removed the old backup "+made[0]) {
+			t.Errorf("the third backup's report does not say it removed the first:\n%s", out)
+		}
+	}
+	var left []string
+	for _, e := range must(os.ReadDir(into)) {
+		left = append(left, filepath.Join(into, e.Name()))
+	}
+	if want := []string{made[1], made[2], foreign}; !slices.Equal(left, want) {
+		t.Fatalf("left in the directory of backups: %v, want %v", left, want)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"backup", "--data-dir", dir}, "give DEST (a new directory) or --into DIR"},
+		{[]string{"backup", filepath.Join(into, "x"), "--into", into, "--data-dir", dir}, "either DEST or --into DIR, not both"},
+		{[]string{"backup", filepath.Join(into, "x"), "--keep", "3", "--data-dir", dir}, "give it with --into DIR"},
+		{[]string{"backup", "--into", into, "--keep", "0", "--data-dir", dir}, "--keep: 0: at least 1"},
+	} {
+		if out, err := runAdmin(c.args...); err == nil || !strings.Contains(out, c.want) {
+			t.Errorf("admin %v: %v, want an error saying %q:\n%s", c.args, err, c.want, out)
+		}
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}

@@ -227,3 +227,28 @@ func TestCommandsInFindsEveryFlotilla(t *testing.T) {
 		}
 	}
 }
+
+// TestTheSystemdUnitsCommandsExist: the flotilla commands the systemd
+// units run name commands and flags the client has.
+func TestTheSystemdUnitsCommandsExist(t *testing.T) {
+	t.Parallel()
+	units, err := filepath.Glob(filepath.Join("..", "..", "deployments", "systemd", "*.service"))
+	if err != nil || len(units) < 2 {
+		t.Fatalf("units: %v %v", units, err)
+	}
+	for _, unit := range units {
+		b, err := os.ReadFile(unit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			cmd, ok := strings.CutPrefix(line, "ExecStart=/usr/local/bin/flotilla ")
+			if !ok {
+				continue
+			}
+			if err := commandExists(strings.Fields(cmd)); err != nil {
+				t.Errorf("%s: flotilla %s: %v", filepath.Base(unit), cmd, err)
+			}
+		}
+	}
+}

@@ -437,3 +437,55 @@ func treeSize(dir string) (int64, error) {
 	})
 	return n, err
 }
+
+// BackupPrefix begins the name of each backup BackupName makes in a
+// directory of backups.
+const BackupPrefix = "flotilla-"
+
+// BackupName is the name of a backup taken at t in a directory of backups:
+// flotilla-<UTC time>, which sorts by time.
+func BackupName(t time.Time) string { return BackupPrefix + t.UTC().Format("20060102T150405Z") }
+
+// PruneBackups removes, from dir (a directory of backups, BackupName),
+// the whole backups of the data directory dataDir but the newest keep, and
+// returns their paths. Anything else in dir is left alone: backups of
+// another data directory, and directories without a manifest (not
+// Flotilla's, or a backup whose taker died).
+func PruneBackups(dir, dataDir string, keep int) ([]string, error) {
+	if keep < 1 {
+		return nil, fmt.Errorf("keep: %d: at least 1 backup is kept", keep)
+	}
+	source, err := filepath.Abs(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	type found struct {
+		path    string
+		created time.Time
+	}
+	var ours []found
+	for _, e := range entries {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), BackupPrefix) {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		m, err := readManifest(path)
+		if err != nil || m.Source != source {
+			continue
+		}
+		ours = append(ours, found{path, m.Created})
+	}
+	slices.SortFunc(ours, func(a, b found) int { return b.created.Compare(a.created) })
+	var removed []string
+	for _, f := range ours[min(keep, len(ours)):] {
+		if err := os.RemoveAll(f.path); err != nil {
+			return removed, fmt.Errorf("remove the old backup %s: %w", f.path, err)
+		}
+		removed = append(removed, f.path)
+	}
+	return removed, nil
+}
