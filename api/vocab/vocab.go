@@ -14,6 +14,7 @@ package vocab
 
 import (
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 )
@@ -419,3 +420,59 @@ func (r Role) Lesser(o Role) Role {
 	}
 	return r
 }
+
+// Left is what a forced delete left in the cloud: a resource ("vm i-0ab",
+// "disk vol-1"), the step that could not destroy it, and why.
+type Left struct {
+	What string
+	Step Step
+	Why  string
+}
+
+// leftInCloud begins the stateDetail of a forced delete's deleted event
+// when it left something in the cloud.
+const leftInCloud = "forced: left in the cloud: "
+
+// LeftInCloud is the stateDetail of a forced delete's deleted event naming
+// what it left: "forced: left in the cloud: vm i-0ab (stopping-vm:
+// connection refused); disk vol-1 (deleting-disk: …)". Empty when nothing
+// was left.
+func LeftInCloud(left []Left) string {
+	if len(left) == 0 {
+		return ""
+	}
+	parts := make([]string, len(left))
+	for i, l := range left {
+		parts[i] = fmt.Sprintf("%s (%s: %s)", l.What, l.Step, l.Why)
+	}
+	return leftInCloud + strings.Join(parts, "; ")
+}
+
+// DeleteSteps are the steps of a delete that destroy something in the
+// cloud, in order.
+var DeleteSteps = []Step{StepStoppingVM, StepDeletingDisk}
+
+// StepsLeft are the steps a LeftInCloud detail names, in the order of
+// DeleteSteps: those whose resource the forced delete left.
+func StepsLeft(detail string) []Step {
+	rest, ok := strings.CutPrefix(detail, leftInCloud)
+	if !ok {
+		return nil
+	}
+	var named []Step
+	for _, m := range leftEntry.FindAllStringSubmatch(rest, -1) {
+		named = append(named, Step(m[1]))
+	}
+	var steps []Step
+	for _, s := range DeleteSteps {
+		if slices.Contains(named, s) {
+			steps = append(steps, s)
+		}
+	}
+	return steps
+}
+
+// leftEntry is the start of an entry of a LeftInCloud detail, the step
+// its submatch: "vm i-0ab (stopping-vm: ", at the start or after the
+// previous entry's "); ".
+var leftEntry = regexp.MustCompile(`(?:^|\); )[^ ()]+ [^ ()]+ \(([a-z-]+): `)

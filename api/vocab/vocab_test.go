@@ -1,6 +1,7 @@
 package vocab_test
 
 import (
+	"slices"
 	"testing"
 
 	"flotilla.dev/flotilla/api/vocab"
@@ -75,5 +76,35 @@ func TestLogSource(t *testing.T) {
 	}
 	if got := vocab.LogSource("node", true); got != "node/stderr" {
 		t.Errorf("stderr: %q", got)
+	}
+}
+
+// TestWhatAForcedDeleteLeftReadsBack: the steps named in a forced delete's
+// detail are read back from it, the reasons' own words notwithstanding.
+func TestWhatAForcedDeleteLeftReadsBack(t *testing.T) {
+	t.Parallel()
+	detail := vocab.LeftInCloud([]vocab.Left{
+		{What: "vm i-0ab", Step: vocab.StepStoppingVM, Why: "connection refused (deleting-disk: no)"},
+		{What: "disk vol-1", Step: vocab.StepDeletingDisk, Why: "operation not permitted"},
+	})
+	want := "forced: left in the cloud: vm i-0ab (stopping-vm: connection refused (deleting-disk: no)); disk vol-1 (deleting-disk: operation not permitted)"
+	if detail != want {
+		t.Errorf("LeftInCloud = %q, want %q", detail, want)
+	}
+	if got := vocab.StepsLeft(detail); !slices.Equal(got, vocab.DeleteSteps) {
+		t.Errorf("StepsLeft = %v", got)
+	}
+	for want, only := range map[vocab.Step]string{
+		vocab.StepDeletingDisk: vocab.LeftInCloud([]vocab.Left{{What: "disk vol-1", Step: vocab.StepDeletingDisk, Why: "gone (stopping-vm: no)"}}),
+		vocab.StepStoppingVM:   vocab.LeftInCloud([]vocab.Left{{What: "vm i-1", Step: vocab.StepStoppingVM, Why: "refused; disk vol-1 (deleting-disk: no"}}),
+	} {
+		if got := vocab.StepsLeft(only); !slices.Equal(got, []vocab.Step{want}) {
+			t.Errorf("StepsLeft(%q) = %v, want %v", only, got, want)
+		}
+	}
+	for _, d := range []string{vocab.LeftInCloud(nil), "stopping-vm: connection refused", "deleted (stopping-vm: x)"} {
+		if got := vocab.StepsLeft(d); got != nil {
+			t.Errorf("StepsLeft(%q) = %v, want none", d, got)
+		}
 	}
 }

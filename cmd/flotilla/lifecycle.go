@@ -452,6 +452,15 @@ func (p *progress) fail(step vocab.Step, reason string, now time.Time) {
 func (p *progress) gone(now time.Time, detail string) {
 	p.closeActive(now)
 	p.doneUpTo(len(p.order), now)
+	// A step of a forced delete the cloud refused went on all the same:
+	// on a terminal its line shows what it left (elsewhere the last line
+	// says it).
+	left := vocab.StepsLeft(detail)
+	for _, l := range p.steps {
+		if slices.Contains(left, l.step) {
+			l.state, l.reason = "failed", "left in the cloud"
+		}
+	}
 	p.result = p.name + " is deleted"
 	if detail != "" {
 		p.result += " (" + detail + ")"

@@ -190,6 +190,30 @@ func TestAForcedDeletesWaitEndsWithWhatItLeft(t *testing.T) {
 	}
 }
 
+// TestAForcedDeleteShowsTheStepsItLeftOnATerminal: on a terminal, the
+// lines of the steps whose resource a forced delete left in the cloud end
+// marked failed, not done; the others done.
+func TestAForcedDeleteShowsTheStepsItLeftOnATerminal(t *testing.T) {
+	t.Parallel()
+	in := &inventoryv1.Instance{Id: "i-1", Name: "web-1", VmId: "i-0ab", DataDisk: &inventoryv1.DataDisk{Id: "vol-1"}}
+	var out bytes.Buffer
+	p := newProgress(&out, true, in, vocab.ActionDelete)
+	now := time.Now()
+	p.at(vocab.StepStoppingVM, now)
+	p.at(vocab.StepDeletingDisk, now.Add(time.Second))
+	p.gone(now.Add(2*time.Second), vocab.LeftInCloud([]vocab.Left{{What: "vm i-0ab", Step: vocab.StepStoppingVM, Why: "connection refused"}}))
+	p.draw(now.Add(2 * time.Second))
+	screen := out.String() // one drawing
+	for _, want := range []string{"✗ stopping-vm        left in the cloud", "✓ deleting-disk", "web-1 is deleted (forced: left in the cloud: vm i-0ab (stopping-vm: connection refused))"} {
+		if !strings.Contains(screen, want) {
+			t.Errorf("the terminal shows\n%s\nwithout %q", screen, want)
+		}
+	}
+	if strings.Contains(screen, "✓ stopping-vm") {
+		t.Errorf("the terminal shows stopping-vm done:\n%s", screen)
+	}
+}
+
 // TestAWaitReadsTheInstanceWhenItsEventsGoQuiet: a feed that is up but
 // brings nothing (an event lost to a broken stream) does not hold the
 // wait: after quiet, the instance is read, and the wait ends with it.

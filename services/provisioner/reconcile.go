@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -304,14 +303,14 @@ func (s *Service) releaseAgent(ctx context.Context, in *inventoryv1.Instance, wh
 // goes on past a VM or disk the cloud does not destroy, and the record's
 // last event (instance.deleted) names what it left there.
 func (s *Service) remove(ctx context.Context, in *inventoryv1.Instance) error {
-	var left []string
+	var left []vocab.Left
 	leave := func(what string, err error) error {
 		var se *stepError
 		if !in.GetDeleteForced() || !errors.As(err, &se) {
 			return err
 		}
 		s.log.WarnContext(ctx, "forced delete: left in the cloud", "instance", in.GetId(), "resource", what, "error", se.err)
-		left = append(left, fmt.Sprintf("%s (%s: %v)", what, se.step, se.err))
+		left = append(left, vocab.Left{What: what, Step: se.step, Why: se.err.Error()})
 		return nil
 	}
 	if err := s.stopVM(ctx, in); err != nil {
@@ -325,10 +324,7 @@ func (s *Service) remove(ctx context.Context, in *inventoryv1.Instance) error {
 			return err
 		}
 	}
-	r := &inventoryv1.RecordStateRequest{Id: in.GetId(), State: string(vocab.StateDeleted), Remove: true}
-	if len(left) > 0 {
-		r.StateDetail = "forced: left in the cloud: " + strings.Join(left, "; ")
-	}
+	r := &inventoryv1.RecordStateRequest{Id: in.GetId(), State: string(vocab.StateDeleted), Remove: true, StateDetail: vocab.LeftInCloud(left)}
 	_, err := s.record(ctx, r)
 	return err
 }
