@@ -16,12 +16,13 @@ import (
 // newBackup backs a data directory up, while flotilla up runs on it or not.
 func newBackup() *cobra.Command {
 	var (
-		dir, into string
-		keep      int
+		dir, into, creds string
+		keep             int
+		fromEnv          bool
 	)
 	cmd := &cobra.Command{
 		Use:   "backup DEST | --into DIR [--keep N]",
-		Short: "Back the data directory up into DEST, while flotilla up runs on it or not",
+		Short: "Back the data directory up into DEST, while flotilla up runs on it or not (or, --env, a cluster)",
 		Long: `Copies into DEST (a new directory, or an empty one) everything flotilla up
 cannot make again: the settings and bus credentials, the fleet CA and its key,
 the master key that wraps every secret, the managed PostgreSQL (a base backup
@@ -38,10 +39,20 @@ With --into, the backup is made in DIR/flotilla-<UTC time>, and, once it is
 whole, the backups of this data directory in DIR but the newest --keep are
 removed (nothing else in DIR is touched): for a timer that backs up daily.
 
+With --env, it backs up a cluster from one of its managers, with the settings
+its services read from the environment (flotilla.env): every stream through
+FLOTILLA_NATS_URL as the backup identity (--creds backup.creds, which
+flotilla admin bus-credentials writes), the database by pg_dump through
+FLOTILLA_DATABASE_OWNER_URL, and the files FLOTILLA_CA_CERT_FILE,
+FLOTILLA_CA_KEY_FILE and FLOTILLA_KMS_KEY_FILE name. Keep the bus authority's
+directory (bus-credentials init --dir) beside it: the cluster trusts its keys.
+
 Keep the backup as you keep those keys: whoever has it can read every secret.
 Restore it with flotilla admin restore.`,
 		Example: `  flotilla admin backup /backup/flotilla-$(date +%F) --data-dir ./.flotilla
   flotilla admin backup --into /var/backups/flotilla --keep 7 --data-dir /var/lib/flotilla
+  set -a; . /etc/flotilla/flotilla.env; set +a
+  flotilla admin backup --env --creds /etc/flotilla/bus/backup.creds --into /var/backups/flotilla
   flotilla admin restore /backup/flotilla-2026-12-04 --data-dir ./.flotilla-restored
   flotilla up --data-dir ./.flotilla-restored`,
 		Args: cobra.MaximumNArgs(1),
@@ -64,23 +75,44 @@ Restore it with flotilla admin restore.`,
 				return errors.New("where to? give DEST (a new directory) or --into DIR (a directory of backups)")
 			}
 			start := time.Now()
-			m, err := stack.Backup(cmd.Context(), dir, dest, version)
+			var (
+				m   *stack.BackupManifest
+				err error
+			)
+			if fromEnv {
+				if cmd.Flags().Changed("data-dir") {
+					return errors.New("--env backs up a cluster from the environment's settings: drop --data-dir")
+				}
+				m, err = stack.BackupClusterFromEnv(cmd.Context(), nil, creds, dest, version)
+			} else {
+				if cmd.Flags().Changed("creds") {
+					return errors.New("--creds is for a cluster's backup (--env): a data directory has its own")
+				}
+				m, err = stack.Backup(cmd.Context(), dir, dest, version)
+			}
 			if err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
 			how := "flotilla up was not running"
-			if m.Hot {
+			switch {
+			case fromEnv:
+				how = "a cluster, while it ran"
+			case m.Hot:
 				how = "while flotilla up ran"
 			}
 			fmt.Fprintf(out, "backed up %s into %s (%s) in %.1f s\n", m.Source, dest, how, time.Since(start).Seconds())
 			printBackup(out, m)
 			fmt.Fprintln(out, "it holds the master key that opens every secret, and the fleet CA's key: keep it as you keep them")
-			fmt.Fprintf(out, "restore it: flotilla admin restore %s --data-dir DIR, then flotilla up --data-dir DIR\n", dest)
+			if fromEnv {
+				fmt.Fprintf(out, "restore it into a new cluster, before its services first start: flotilla admin restore %s --env --bus-dir DIR\n", dest)
+			} else {
+				fmt.Fprintf(out, "restore it: flotilla admin restore %s --data-dir DIR, then flotilla up --data-dir DIR\n", dest)
+			}
 			if into == "" {
 				return nil
 			}
-			removed, err := stack.PruneBackups(into, dir, keep)
+			removed, err := stack.PruneBackups(into, m.Source, keep)
 			for _, r := range removed {
 				fmt.Fprintf(out, "removed the old backup %s\n", r)
 			}
@@ -89,39 +121,78 @@ Restore it with flotilla admin restore.`,
 	}
 	cmd.Flags().StringVar(&dir, "data-dir", "./.flotilla", "data directory")
 	cmd.Flags().StringVar(&into, "into", "", "a directory of backups: make the backup in it, named flotilla-<UTC time>")
-	cmd.Flags().IntVar(&keep, "keep", 7, "with --into: how many backups of this data directory to keep there, the newest")
+	cmd.Flags().IntVar(&keep, "keep", 7, "with --into: how many backups of this data directory (or cluster) to keep there, the newest")
+	cmd.Flags().BoolVar(&fromEnv, "env", false, "back up a cluster, with the settings its services read from the environment")
+	cmd.Flags().StringVar(&creds, "creds", "", "with --env: the backup identity's credentials (backup.creds)")
 	return cmd
 }
 
 // newRestore makes a new data directory from a backup.
 func newRestore() *cobra.Command {
-	var dir string
+	var (
+		dir, busDir string
+		fromEnv     bool
+	)
 	cmd := &cobra.Command{
-		Use:   "restore BACKUP --data-dir DIR",
-		Short: "Make a new data directory from a backup, for flotilla up to start on",
+		Use:   "restore BACKUP --data-dir DIR | --env --bus-dir DIR",
+		Short: "Make a new data directory from a backup, for flotilla up to start on (or, --env, restore a cluster's)",
 		Long: `Makes DIR (a new directory, or an empty one) a data directory holding what
 BACKUP (made by flotilla admin backup) holds: flotilla up --data-dir DIR then
 starts as Flotilla stood when the backup was taken. Its settings keep the
 backup's ports: give flotilla up --port to run it beside the original.
 
-An external database is not in a backup: restore it with its own tools first.`,
+An external database is not in a backup: restore it with its own tools first.
+
+With --env, it restores a cluster's backup (made with --env) into a cluster
+whose services have not started yet, with the settings they read from the
+environment: the database by pg_restore through FLOTILLA_DATABASE_OWNER_URL
+(it must hold no table), then every stream through FLOTILLA_NATS_URL (none may
+exist), as a user the bus authority in --bus-dir (bus-credentials init --dir,
+whose keys the cluster's servers trust) signs for the restore alone; the CA's
+and master key's files are written where the settings name them on this host,
+unless a file is there. Copy them to every manager, then start the services.`,
 		Example: `  flotilla admin restore /backup/flotilla-2026-12-04 --data-dir ./.flotilla
-  flotilla up --data-dir ./.flotilla`,
+  flotilla up --data-dir ./.flotilla
+  set -a; . /etc/flotilla/flotilla.env; set +a
+  flotilla admin restore /var/backups/flotilla/flotilla-20261204T030000Z --env --bus-dir /root/flotilla-bus`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			out := cmd.OutOrStdout()
+			if fromEnv {
+				if dir != "" {
+					return errors.New("--env restores into a cluster, from the environment's settings: drop --data-dir")
+				}
+				m, written, err := stack.RestoreClusterFromEnv(cmd.Context(), nil, busDir, args[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "restored %s (the backup of the cluster at %s taken %s)\n", args[0], m.Source, m.Created.Local().Format(time.DateTime))
+				printBackup(out, m)
+				for _, f := range written {
+					fmt.Fprintf(out, "wrote %s: copy it to every manager\n", f)
+				}
+				fmt.Fprintln(out, "start the services")
+				return nil
+			}
+			switch {
+			case dir == "":
+				return errors.New(`required flag(s) "data-dir" not set: the new data directory (or --env, for a cluster)`)
+			case busDir != "":
+				return errors.New("--bus-dir is for a cluster's restore (--env)")
+			}
 			m, err := stack.Restore(cmd.Context(), args[0], dir)
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "restored %s (the backup of %s taken %s) into %s\n", args[0], m.Source, m.Created.Local().Format(time.DateTime), dir)
 			printBackup(out, m)
 			fmt.Fprintf(out, "start it: flotilla up --data-dir %s\n", dir)
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&dir, "data-dir", "", "the new data directory (required)")
-	_ = cmd.MarkFlagRequired("data-dir")
+	cmd.Flags().StringVar(&dir, "data-dir", "", "the new data directory (required, unless --env)")
+	cmd.Flags().BoolVar(&fromEnv, "env", false, "restore a cluster's backup into a cluster, with the settings its services read from the environment")
+	cmd.Flags().StringVar(&busDir, "bus-dir", "", "with --env: the bus authority's directory (flotilla admin bus-credentials init --dir)")
 	return cmd
 }
 

@@ -192,6 +192,12 @@ func TestBackupAndRestoreRefuseWhatWouldLoseData(t *testing.T) {
 		{[]string{"restore", partial, "--data-dir", filepath.Join(t.TempDir(), "new")}, "not a whole one: it has no backup.json"},
 		{[]string{"restore", partial, "--data-dir", dir}, "not a whole one"},
 		{[]string{"restore", partial}, `"data-dir" not set`},
+		{[]string{"backup", filepath.Join(t.TempDir(), "c"), "--env"}, "--creds: is required"},
+		{[]string{"backup", filepath.Join(t.TempDir(), "c"), "--env", "--creds", "x.creds"}, "FLOTILLA_DATABASE_OWNER_URL: is required"},
+		{[]string{"backup", filepath.Join(t.TempDir(), "c"), "--env", "--data-dir", dir}, "drop --data-dir"},
+		{[]string{"backup", filepath.Join(t.TempDir(), "c"), "--creds", "x.creds", "--data-dir", dir}, "--creds is for a cluster's backup"},
+		{[]string{"restore", partial, "--env"}, "not a whole one"},
+		{[]string{"restore", partial, "--bus-dir", dir, "--data-dir", filepath.Join(t.TempDir(), "new")}, "--bus-dir is for a cluster's restore"},
 	} {
 		out, err := runAdmin(c.args...)
 		if err == nil || !strings.Contains(out, c.want) {

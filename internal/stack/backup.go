@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 
 	"flotilla.dev/flotilla/api/subjects"
@@ -20,7 +19,6 @@ import (
 	"flotilla.dev/flotilla/libs/filecopy"
 	"flotilla.dev/flotilla/libs/jsbackup"
 	"flotilla.dev/flotilla/libs/natsx"
-	"flotilla.dev/flotilla/libs/outbox"
 	"flotilla.dev/flotilla/libs/pgmanaged"
 )
 
@@ -58,8 +56,9 @@ type BackupManifest struct {
 	// Hot says the backup was taken while flotilla up ran on Source.
 	Hot bool `json:"hot"`
 	// Database is BackupDatabaseManaged (a base backup of the managed
-	// PostgreSQL, in postgres/, of DatabaseBytes) or BackupDatabaseExternal
-	// (not in the backup: the operator backs it up with its own tools).
+	// PostgreSQL, in postgres/, of DatabaseBytes), BackupDatabaseExternal
+	// (not in the backup: the operator backs it up with its own tools) or,
+	// for a cluster, BackupDatabaseDump (database.dump).
 	Database      string `json:"database"`
 	DatabaseBytes int64  `json:"databaseBytes,omitempty"`
 	// Streams are the JetStream streams copied (in streams/), as their
@@ -70,6 +69,9 @@ type BackupManifest struct {
 	// Outside are files the settings name outside the data directory
 	// (an operator's CA or API certificate): not in the backup.
 	Outside []string `json:"outside,omitempty"`
+	// ClusterFiles are, in a cluster's backup, the files its settings
+	// name that it holds (in files/<variable>).
+	ClusterFiles []BackupFile `json:"clusterFiles,omitempty"`
 }
 
 // Backup copies the data directory dataDir into dest, a new directory (or
@@ -77,7 +79,7 @@ type BackupManifest struct {
 // credentials, fleet CA and master key as they are; every JetStream stream
 // by its snapshot, and then the managed PostgreSQL by a base backup taken
 // while it serves, the outbox's forwarders held from the first snapshot of
-// a stream they feed to the end of the base backup (copyHeld), so that the
+// a stream they feed to the end of the base backup (copyConsistent), so that the
 // two copies agree. Not running, flotilla up is kept from starting
 // on dataDir until the backup is done, and Backup starts the managed
 // PostgreSQL and the NATS store itself, stopping them after. version is
@@ -145,66 +147,71 @@ func Backup(ctx context.Context, dataDir, dest, version string) (_ *BackupManife
 		return nil, err
 	}
 	defer stop()
-	names, err := jsbackup.Names(ctx, nc)
-	if err != nil {
+	var copyDB func() error
+	if pg != nil {
+		copyDB = func() error { return pg.BaseBackup(ctx, filepath.Join(dest, backupPostgres)) }
+	}
+	if m.Streams, err = copyConsistent(ctx, nc, dest, s.DatabaseURL, copyDB); err != nil {
 		return nil, err
 	}
-	// The instances' logs, which no record refers to, first: the largest
-	// stream is copied before the forwarders are held.
-	logs, rest := partition(names, subjects.AgentLogsStream)
-	streams := filepath.Join(dest, backupStreams)
-	if m.Streams, err = jsbackup.Copy(ctx, nc, streams, logs...); err != nil {
-		return nil, err
-	}
-	var more []jsbackup.Stream
-	if pg == nil {
-		more, err = jsbackup.Copy(ctx, nc, streams, rest...)
-	} else {
-		more, err = copyHeld(ctx, s, pg, nc, dest, rest)
-	}
-	if err != nil {
-		return nil, err
-	}
-	m.Streams = append(m.Streams, more...)
-	slices.SortFunc(m.Streams, func(a, b jsbackup.Stream) int { return strings.Compare(a.Name, b.Name) })
 	if pg != nil {
 		if m.DatabaseBytes, err = treeSize(filepath.Join(dest, backupPostgres)); err != nil {
 			return nil, err
 		}
 	}
-
-	b, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(dest, BackupManifestFile), append(b, '\n'), 0o600); err != nil {
-		return nil, err
-	}
-	return m, filecopy.Sync(dest)
+	return m, writeManifest(dest, m)
 }
 
-// copyHeld copies the streams named, then the database, while the
-// outbox's forwarders are held (outbox.Hold): every event, provisioning
-// request and audit record of a user the streams' copy holds is of a change
-// in the database's copy, and every change of the database's copy whose
-// messages the streams' copy lacks still has them in its outbox, which the
-// restored Flotilla forwards. Writes go on meanwhile; their messages wait.
-func copyHeld(ctx context.Context, s *datadir.Settings, pg *pgmanaged.Server, nc *nats.Conn, dest string, names []string) (_ []jsbackup.Stream, err error) {
-	conn, err := pgx.Connect(ctx, s.DatabaseURL)
-	if err != nil {
-		return nil, fmt.Errorf("managed PostgreSQL: %w", err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	release, err := outbox.Hold(ctx, conn)
+// copyConsistent copies every stream nc sees into dest's streams/, and
+// then the database with copyDB (nil: the database is not in the backup),
+// so that the two agree: the instances' logs, which no record refers to
+// and which are the largest, first; then, the outbox's forwarders of the
+// database dbURL names held (outbox.Hold), the other streams and the
+// database. Every message in the streams' copy is then of a change in the
+// database's, and every change in the database's copy whose messages the
+// streams' lack still has them in its outbox. It returns the streams
+// copied, sorted by name.
+func copyConsistent(ctx context.Context, nc *nats.Conn, dest, dbURL string, copyDB func() error) ([]jsbackup.Stream, error) {
+	names, err := jsbackup.Names(ctx, nc)
 	if err != nil {
 		return nil, err
 	}
-	defer func() { err = errors.Join(err, release(context.WithoutCancel(ctx))) }()
-	copied, err := jsbackup.Copy(ctx, nc, filepath.Join(dest, backupStreams), names...)
+	logs, rest := partition(names, subjects.AgentLogsStream)
+	dir := filepath.Join(dest, backupStreams)
+	copied, err := jsbackup.Copy(ctx, nc, dir, logs...)
 	if err != nil {
 		return nil, err
 	}
-	return copied, pg.BaseBackup(ctx, filepath.Join(dest, backupPostgres))
+	var more []jsbackup.Stream
+	if copyDB == nil {
+		more, err = jsbackup.Copy(ctx, nc, dir, rest...)
+	} else {
+		more, err = holdWhile(ctx, dbURL, func() ([]jsbackup.Stream, error) {
+			more, err := jsbackup.Copy(ctx, nc, dir, rest...)
+			if err != nil {
+				return nil, err
+			}
+			return more, copyDB()
+		})
+	}
+	if err != nil {
+		return nil, err
+	}
+	streams := append(copied, more...)
+	slices.SortFunc(streams, func(a, b jsbackup.Stream) int { return strings.Compare(a.Name, b.Name) })
+	return streams, nil
+}
+
+// writeManifest writes the manifest, last, and syncs the backup.
+func writeManifest(dest string, m *BackupManifest) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dest, BackupManifestFile), append(b, '\n'), 0o600); err != nil {
+		return err
+	}
+	return filecopy.Sync(dest)
 }
 
 // partition splits names into those in take and the others.
@@ -268,6 +275,9 @@ func Restore(ctx context.Context, dir, dataDir string) (_ *BackupManifest, err e
 	m, err := readManifest(dir)
 	if err != nil {
 		return nil, err
+	}
+	if m.Database == BackupDatabaseDump {
+		return nil, fmt.Errorf("%s is the backup of a cluster (%s): restore it into a cluster with --env", dir, m.Source)
 	}
 	abs, err := filepath.Abs(dataDir)
 	if err != nil {
@@ -356,8 +366,8 @@ func readManifest(dir string) (*BackupManifest, error) {
 	if m.Format != BackupFormat {
 		return nil, fmt.Errorf("%s: format %d, but this flotilla restores format %d", path, m.Format, BackupFormat)
 	}
-	if m.Database != BackupDatabaseManaged && m.Database != BackupDatabaseExternal {
-		return nil, fmt.Errorf("%s: database %q is neither %q nor %q", path, m.Database, BackupDatabaseManaged, BackupDatabaseExternal)
+	if kinds := []string{BackupDatabaseManaged, BackupDatabaseExternal, BackupDatabaseDump}; !slices.Contains(kinds, m.Database) {
+		return nil, fmt.Errorf("%s: database %q is not one of %v", path, m.Database, kinds)
 	}
 	return &m, nil
 }
@@ -447,17 +457,14 @@ const BackupPrefix = "flotilla-"
 func BackupName(t time.Time) string { return BackupPrefix + t.UTC().Format("20060102T150405Z") }
 
 // PruneBackups removes, from dir (a directory of backups, BackupName),
-// the whole backups of the data directory dataDir but the newest keep, and
-// returns their paths. Anything else in dir is left alone: backups of
-// another data directory, and directories without a manifest (not
-// Flotilla's, or a backup whose taker died).
-func PruneBackups(dir, dataDir string, keep int) ([]string, error) {
+// the whole backups of source (BackupManifest.Source: a data directory,
+// or a cluster's NATS URL) but the newest keep, and returns their paths.
+// Anything else in dir is left alone: backups of another source, and
+// directories without a manifest (not Flotilla's, or a backup whose taker
+// died).
+func PruneBackups(dir, source string, keep int) ([]string, error) {
 	if keep < 1 {
 		return nil, fmt.Errorf("keep: %d: at least 1 backup is kept", keep)
-	}
-	source, err := filepath.Abs(dataDir)
-	if err != nil {
-		return nil, err
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {

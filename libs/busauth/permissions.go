@@ -190,6 +190,22 @@ func backup() []string {
 	return []string{jsAPI("STREAM.NAMES"), jsAPI("STREAM.SNAPSHOT.*"), "$JS.SNAPSHOT.ACK.>"}
 }
 
+// Restorer names the user `flotilla admin restore` mints from the
+// authority for the time of a cluster's restore: not an identity with
+// credentials of its own, since it may put streams back.
+const Restorer = "restore"
+
+// RestorerPermissions are the restorer's: to create streams from
+// snapshots ($JS.API.STREAM.RESTORE, sending the chunks where the server
+// says) and to list them, nothing else; the server refuses a stream that
+// exists.
+func RestorerPermissions() jwt.Permissions {
+	p := jwt.Permissions{}
+	p.Pub.Allow.Add(jsAPI("STREAM.NAMES"), jsAPI("STREAM.RESTORE.*"), "$JS.SNAPSHOT.RESTORE.>")
+	p.Sub.Allow.Add(InboxPrefix(Restorer) + ".>")
+	return p
+}
+
 func unique(s []string) []string {
 	slices.Sort(s)
 	return slices.Compact(s)

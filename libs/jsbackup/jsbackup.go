@@ -234,16 +234,12 @@ func check(r io.Reader) (msgs, first, last uint64, lastTime time.Time, err error
 // running server with JetStream that has none of them, and returns what
 // each holds. It stops at the first stream the server refuses.
 func Restore(acc *server.Account, dir string) ([]Stream, error) {
-	entries, err := os.ReadDir(dir)
+	names, err := snapshots(dir)
 	if err != nil {
 		return nil, err
 	}
 	var out []Stream
-	for _, e := range entries {
-		name, ok := strings.CutSuffix(e.Name(), snapshotExt)
-		if !ok || e.IsDir() {
-			continue
-		}
+	for _, name := range names {
 		s, err := restore(acc, dir, name)
 		if err != nil {
 			return out, fmt.Errorf("restore stream %s: %w", name, err)
@@ -254,39 +250,162 @@ func Restore(acc *server.Account, dir string) ([]Stream, error) {
 }
 
 func restore(acc *server.Account, dir, name string) (Stream, error) {
-	b, err := os.ReadFile(filepath.Join(dir, name+configExt))
-	if err != nil {
-		return Stream{}, err
-	}
-	var cfg server.StreamConfig
-	if err := json.Unmarshal(b, &cfg); err != nil {
-		return Stream{}, fmt.Errorf("%s%s: %w", name, configExt, err)
-	}
-	if cfg.Name != name {
-		return Stream{}, fmt.Errorf("%s%s configures stream %q", name, configExt, cfg.Name)
-	}
-	path := filepath.Join(dir, name+snapshotExt)
-	st := Stream{Name: name}
-	f, err := os.Open(path)
+	cfg, st, f, err := open(dir, name)
 	if err != nil {
 		return Stream{}, err
 	}
 	defer f.Close()
-	// Checked whole first: the server would keep what a truncated
-	// archive holds.
-	if st.Messages, st.FirstSeq, st.LastSeq, st.LastTime, err = check(f); err != nil {
-		return Stream{}, fmt.Errorf("%s: %w", path, err)
-	}
-	if st.Bytes, err = f.Seek(0, io.SeekCurrent); err != nil {
-		return Stream{}, err
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return Stream{}, err
-	}
-	if _, err := acc.RestoreStreamV2(&cfg, f); err != nil {
+	if _, err := acc.RestoreStreamV2(cfg, f); err != nil {
 		return Stream{}, err
 	}
 	return st, nil
+}
+
+// open reads stream name's configuration from dir and checks its
+// snapshot whole (the server would keep what a truncated archive holds),
+// returning it opened at its start.
+func open(dir, name string) (*server.StreamConfig, Stream, *os.File, error) {
+	b, err := os.ReadFile(filepath.Join(dir, name+configExt))
+	if err != nil {
+		return nil, Stream{}, nil, err
+	}
+	var cfg server.StreamConfig
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return nil, Stream{}, nil, fmt.Errorf("%s%s: %w", name, configExt, err)
+	}
+	if cfg.Name != name {
+		return nil, Stream{}, nil, fmt.Errorf("%s%s configures stream %q", name, configExt, cfg.Name)
+	}
+	path := filepath.Join(dir, name+snapshotExt)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, Stream{}, nil, err
+	}
+	st := Stream{Name: name}
+	if st.Messages, st.FirstSeq, st.LastSeq, st.LastTime, err = check(f); err != nil {
+		f.Close()
+		return nil, Stream{}, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if st.Bytes, err = f.Seek(0, io.SeekCurrent); err == nil {
+		_, err = f.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		f.Close()
+		return nil, Stream{}, nil, err
+	}
+	return &cfg, st, f, nil
+}
+
+// SendChunk is how much of a snapshot Send sends at a time; SendWait how
+// long it waits for the server to take a chunk, and for the server to
+// finish the stream once it has them all.
+const (
+	SendChunk = 128 * 1024
+	SendWait  = 2 * time.Minute
+)
+
+// Send creates every stream Copy wrote into dir through the JetStream API
+// ($JS.API.STREAM.RESTORE), where the NATS servers nc is connected to
+// place it: in a cluster, on as many servers as its configuration's
+// replicas. The server restores each from its snapshot as it arrives,
+// chunk by acknowledged chunk. nc's user needs the restore API and the
+// chunks' subjects ($JS.API.STREAM.RESTORE.*, $JS.SNAPSHOT.RESTORE.>). A
+// stream that exists is refused by the server; Send stops at the first
+// stream refused.
+func Send(ctx context.Context, nc *nats.Conn, dir string) ([]Stream, error) {
+	names, err := snapshots(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []Stream
+	for _, name := range names {
+		s, err := send(ctx, nc, dir, name)
+		if err != nil {
+			return out, fmt.Errorf("restore stream %s: %w", name, err)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func send(ctx context.Context, nc *nats.Conn, dir, name string) (Stream, error) {
+	cfg, st, f, err := open(dir, name)
+	if err != nil {
+		return Stream{}, err
+	}
+	defer f.Close()
+	req, err := json.Marshal(server.JSApiStreamRestoreRequest{Config: *cfg,
+		State: server.StreamState{Msgs: st.Messages, FirstSeq: st.FirstSeq, LastSeq: st.LastSeq, LastTime: st.LastTime}})
+	if err != nil {
+		return Stream{}, err
+	}
+	reply, err := nc.RequestWithContext(ctx, fmt.Sprintf(server.JSApiStreamRestoreT, name), req)
+	if err != nil {
+		return Stream{}, fmt.Errorf("ask to restore it: %w", err)
+	}
+	var resp server.JSApiStreamRestoreResponse
+	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+		return Stream{}, fmt.Errorf("the restore's answer: %w", err)
+	}
+	if resp.Error != nil {
+		return Stream{}, fmt.Errorf("the NATS server refused to restore it: %s", resp.Error.Description)
+	}
+	chunk := make([]byte, SendChunk)
+	for {
+		n, rerr := io.ReadFull(f, chunk)
+		if n > 0 {
+			if err := sendChunk(ctx, nc, resp.DeliverSubject, chunk[:n]); err != nil {
+				return Stream{}, err
+			}
+		}
+		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
+			break
+		}
+		if rerr != nil {
+			return Stream{}, rerr
+		}
+	}
+	// An empty chunk ends the snapshot; the answer comes once the stream
+	// is whole on its servers.
+	return st, sendChunk(ctx, nc, resp.DeliverSubject, nil)
+}
+
+// sendChunk sends a chunk of a snapshot and waits for the server to take
+// it: an empty answer, or the stream's creation answer (the last chunk's,
+// or an error's).
+func sendChunk(ctx context.Context, nc *nats.Conn, subject string, chunk []byte) error {
+	wait, cancel := context.WithTimeout(ctx, SendWait)
+	defer cancel()
+	m, err := nc.RequestWithContext(wait, subject, chunk)
+	if err != nil {
+		return fmt.Errorf("send a chunk of its snapshot: %w", err)
+	}
+	if len(m.Data) == 0 {
+		return nil
+	}
+	var resp server.JSApiStreamCreateResponse
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return fmt.Errorf("the restore's answer to a chunk: %w", err)
+	}
+	if resp.Error != nil {
+		return fmt.Errorf("the NATS server refused its snapshot: %s", resp.Error.Description)
+	}
+	return nil
+}
+
+// snapshots are the names of the streams whose snapshots are in dir.
+func snapshots(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if name, ok := strings.CutSuffix(e.Name(), snapshotExt); ok && !e.IsDir() {
+			names = append(names, name)
+		}
+	}
+	return names, nil
 }
 
 // createFile creates path (it must not exist) with what write writes,

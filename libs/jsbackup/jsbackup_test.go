@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -251,5 +253,97 @@ func TestTheBackupIdentitySnapshotsAndNothingElse(t *testing.T) {
 		if !v.PublishRefused(subject) {
 			t.Errorf("the backup identity published to %s", subject)
 		}
+	}
+}
+
+// TestStreamsCopiedFromAClusterAreSentToAnother: the streams of a cluster
+// of three (three replicas each) copied by the backup identity are created
+// in another cluster of three through the JetStream API, by a user that
+// may do nothing but that, with their replicas and messages.
+func TestStreamsCopiedFromAClusterAreSentToAnother(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	auth, err := busauth.LoadOrCreate(filepath.Join(t.TempDir(), "bus"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster := func() []*server.Server {
+		return testkit.JetStreamCluster(t, 3, func(opts *server.Options) {
+			if err := auth.Configure(opts); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	connect := func(servers []*server.Server, identity, creds string) *nats.Conn {
+		return testkit.NATSConn(t, servers[0], busauth.ConnectOptions(identity, creds)...)
+	}
+	minted := func(name string, perms jwt.Permissions) string {
+		b, err := auth.Mint(name, perms)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), name+".creds")
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	admin := minted("admin", jwt.Permissions{})
+
+	a := cluster()
+	src, err := jetstream.New(connect(a, "admin", admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.EnsureStreams(ctx, src, 3); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 300 {
+		if _, err := src.Publish(ctx, subjects.Event(subjects.NounNetwork, fmt.Sprintf("n-%d", i), "created"), bytes.Repeat([]byte{'a' + byte(i%26)}, 2000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	copied, err := copyAll(t, connect(a, busauth.Backup, auth.Creds(busauth.Backup)), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	b := cluster()
+	testkit.WaitFor(t, 30*time.Second, "the other cluster's meta leader", func() bool {
+		return slices.ContainsFunc(b, (*server.Server).JetStreamIsLeader)
+	})
+	sent, err := jsbackup.Send(ctx, connect(b, busauth.Restorer, minted(busauth.Restorer, busauth.RestorerPermissions())), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sent) != len(copied) {
+		t.Fatalf("sent %d streams, copied %d", len(sent), len(copied))
+	}
+	dst, err := jetstream.New(connect(b, "admin", admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range copied {
+		s, err := dst.Stream(ctx, c.Name)
+		if err != nil {
+			t.Fatalf("stream %s in the other cluster: %v", c.Name, err)
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs != c.Messages || info.State.LastSeq != c.LastSeq || info.Config.Replicas != 3 {
+			t.Errorf("stream %s in the other cluster: %d messages up to %d on %d replicas, want %d up to %d on 3",
+				c.Name, info.State.Msgs, info.State.LastSeq, info.Config.Replicas, c.Messages, c.LastSeq)
+		}
+	}
+	events, _ := dst.Stream(ctx, subjects.EventsStream)
+	if m, err := events.GetMsg(ctx, 300); err != nil || !bytes.Equal(m.Data, bytes.Repeat([]byte{'a' + 299%26}, 2000)) {
+		t.Fatalf("the last event in the other cluster: %v", err)
+	}
+	// A stream there is not put back twice.
+	if _, err := jsbackup.Send(ctx, connect(b, busauth.Restorer, minted(busauth.Restorer, busauth.RestorerPermissions())), dir); err == nil {
+		t.Error("streams that exist were restored over")
 	}
 }

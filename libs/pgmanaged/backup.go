@@ -3,7 +3,9 @@ package pgmanaged
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 
@@ -77,4 +79,60 @@ func (s *Server) Restore(from string) error {
 		return fmt.Errorf("restore PostgreSQL: %w", err)
 	}
 	return s.user.checkTraversable(dir)
+}
+
+// Dump writes the database databaseURL names to file (which must not
+// exist) with pg_dump, in its custom format: a consistent copy taken in
+// one transaction while the database goes on serving. The password of a
+// postgres:// URL is handed to pg_dump in its environment, never its
+// arguments. On an error file is removed.
+func Dump(ctx context.Context, databaseURL, file string) error {
+	bin, err := FindBinDir()
+	if err != nil {
+		return err
+	}
+	conn, env := hidePassword(databaseURL)
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_dump"), "--format=custom", "--file="+file, "--no-password", "--dbname="+conn)
+	cmd.Env = append(childEnv(), env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		_ = os.Remove(file)
+		return fmt.Errorf("pg_dump: %w%s", err, outputSuffix(out))
+	}
+	return filecopy.Sync(file)
+}
+
+// RestoreDump loads file, a Dump, into the database databaseURL names,
+// which must hold no table yet, in one transaction (all or nothing),
+// owned by the role connecting and without the dump's grants: whoever
+// uses the database grants its own (Flotilla's services, to their role,
+// at their start).
+func RestoreDump(ctx context.Context, databaseURL, file string) error {
+	bin, err := FindBinDir()
+	if err != nil {
+		return err
+	}
+	conn, env := hidePassword(databaseURL)
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_restore"), "--exit-on-error", "--single-transaction",
+		"--no-owner", "--no-privileges", "--no-password", "--dbname="+conn, file)
+	cmd.Env = append(childEnv(), env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("pg_restore: %w%s", err, outputSuffix(out))
+	}
+	return nil
+}
+
+// hidePassword takes the password out of a postgres:// URL, returning the
+// URL without it and the environment that carries it (PGPASSWORD). A
+// key=value connection string is returned as it is.
+func hidePassword(databaseURL string) (string, []string) {
+	u, err := url.Parse(databaseURL)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.User == nil {
+		return databaseURL, nil
+	}
+	pw, ok := u.User.Password()
+	if !ok {
+		return databaseURL, nil
+	}
+	u.User = url.User(u.User.Username())
+	return u.String(), []string{"PGPASSWORD=" + pw}
 }

@@ -112,3 +112,44 @@ func TestABaseBackupNeedsARunningServerAndANewDirectory(t *testing.T) {
 		t.Fatalf("restore from an empty directory: %v", err)
 	}
 }
+
+// TestADumpLoadsIntoAnotherServerOnce: a dump of a serving database loads
+// into an empty one elsewhere, all of it; loaded again, it is refused and
+// changes nothing.
+func TestADumpLoadsIntoAnotherServerOnce(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	from, to := initServer(t, testOptions(t)), initServer(t, testOptions(t))
+	for _, s := range []*pgmanaged.Server{from, to} {
+		if err := s.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src := connect(t, from.URL())
+	for _, q := range []string{"CREATE TABLE ships (n int PRIMARY KEY)", "INSERT INTO ships SELECT generate_series(1, 500)"} {
+		if _, err := src.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := filepath.Join(t.TempDir(), "flotilla.dump")
+	if err := pgmanaged.Dump(ctx, from.URL(), file); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgmanaged.RestoreDump(ctx, to.URL(), file); err != nil {
+		t.Fatal(err)
+	}
+	dst := connect(t, to.URL())
+	var n int
+	if err := dst.QueryRow(ctx, "SELECT count(*) FROM ships").Scan(&n); err != nil || n != 500 {
+		t.Fatalf("restored %d rows (%v), want 500", n, err)
+	}
+	if _, err := dst.Exec(ctx, "INSERT INTO ships VALUES (-1)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgmanaged.RestoreDump(ctx, to.URL(), file); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("a second load: %v", err)
+	}
+	if err := dst.QueryRow(ctx, "SELECT count(*) FROM ships").Scan(&n); err != nil || n != 501 {
+		t.Fatalf("after a refused load: %d rows (%v), want 501", n, err)
+	}
+}

@@ -1,0 +1,120 @@
+package stack_test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"flotilla.dev/flotilla/api/endpoints"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
+	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/internal/stack/stacktest"
+	"flotilla.dev/flotilla/libs/busauth"
+	"flotilla.dev/flotilla/libs/rpc"
+	"flotilla.dev/flotilla/libs/testkit"
+)
+
+// clusterSite is a cluster's bus, database and the files its settings
+// name, and those settings as a manager's environment holds them.
+type clusterSite struct {
+	bus                   *testkit.Bus
+	db                    string
+	caCert, caKey, kmsKey string
+	env                   map[string]string
+}
+
+func newClusterSite(t *testing.T) *clusterSite {
+	dir := t.TempDir()
+	c := &clusterSite{bus: testkit.SecureNATS(t), db: testkit.NewDatabase(t),
+		caCert: filepath.Join(dir, "ca", "ca.crt"), caKey: filepath.Join(dir, "ca", "ca.key"), kmsKey: filepath.Join(dir, "keys", "master.key")}
+	c.env = map[string]string{"FLOTILLA_NATS_URL": c.bus.URL, "FLOTILLA_DATABASE_OWNER_URL": c.db,
+		"FLOTILLA_CA_CERT_FILE": c.caCert, "FLOTILLA_CA_KEY_FILE": c.caKey, "FLOTILLA_KMS_KEY_FILE": c.kmsKey}
+	return c
+}
+
+// start runs the inventory, the CA and the secret broker on the site.
+func (c *clusterSite) start(t *testing.T) *rpc.Client {
+	stacktest.Start(t, stacktest.OnBus(stack.Config{Services: []string{subjects.Inventory, subjects.CA, subjects.Secrets},
+		DatabaseURL: c.db, CACertFile: c.caCert, CAKeyFile: c.caKey, KMSKeyFile: c.kmsKey, CreateKMSKey: true}, c.bus))
+	return rpc.NewClient(c.bus.Conn(t, subjects.Gateway), subjects.Gateway, 0)
+}
+
+// TestAClusterBacksUpAndRestoresIntoAnother: a cluster's backup, taken
+// from a manager's settings while its services run, restores into another
+// cluster (its own bus authority, an empty database) before that one's
+// services first start: they serve the records, the events and the files
+// of the first; a second restore is refused and changes nothing.
+func TestAClusterBacksUpAndRestoresIntoAnother(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	a := newClusterSite(t)
+	gw := a.start(t)
+	created, err := rpc.Call(ctx, gw, endpoints.NetworkCreate, &inventoryv1.CreateNetworkRequest{
+		Network: &inventoryv1.Network{Name: "lab", Provider: "local", HttpsStrategy: "none"}}, rpc.As(vocab.User("admin")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "backup")
+	m, err := stack.BackupClusterFromEnv(ctx, a.env, a.bus.Creds[busauth.Backup], backup, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Database != stack.BackupDatabaseDump || len(m.ClusterFiles) != 3 || len(m.Streams) == 0 || m.DatabaseBytes == 0 {
+		t.Fatalf("the manifest: %+v", m)
+	}
+	if _, err := stack.Restore(ctx, backup, filepath.Join(t.TempDir(), "data")); err == nil || !strings.Contains(err.Error(), "restore it into a cluster with --env") {
+		t.Errorf("a cluster's backup restored as a data directory: %v", err)
+	}
+
+	b := newClusterSite(t)
+	if _, _, err := stack.RestoreClusterFromEnv(ctx, b.env, "", backup); err == nil || !strings.Contains(err.Error(), "--bus-dir: is required") {
+		t.Errorf("a restore without the bus authority: %v", err)
+	}
+	_, written, err := stack.RestoreClusterFromEnv(ctx, b.env, b.bus.Authority().Dir(), backup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(written) != 3 {
+		t.Errorf("files written: %v", written)
+	}
+	for _, f := range [][2]string{{a.caCert, b.caCert}, {a.caKey, b.caKey}, {a.kmsKey, b.kmsKey}} {
+		x, errX := os.ReadFile(f[0])
+		y, errY := os.ReadFile(f[1])
+		if errX != nil || errY != nil || !bytes.Equal(x, y) {
+			t.Errorf("%s is not the backup's %s: %v %v", f[1], f[0], errX, errY)
+		}
+	}
+	if _, _, err := stack.RestoreClusterFromEnv(ctx, b.env, b.bus.Authority().Dir(), backup); err == nil || !strings.Contains(err.Error(), "already holds") {
+		t.Errorf("a second restore: %v", err)
+	}
+
+	gwB := b.start(t)
+	got, err := rpc.Call(ctx, gwB, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: created.GetId()}, rpc.As(vocab.User("admin")))
+	if err != nil || got.GetName() != "lab" {
+		t.Fatalf("the network in the restored cluster: %v %v", got, err)
+	}
+	js, err := jetstream.New(b.bus.Conn(t, busauth.Observer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := js.Stream(ctx, subjects.EventsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := events.GetLastMsgForSubject(ctx, subjects.Event(subjects.NounNetwork, created.GetId(), string(vocab.VerbCreated)))
+	if err != nil || msg.Time.After(time.Now()) {
+		t.Fatalf("the network's event in the restored cluster: %v", err)
+	}
+	// The restored cluster takes writes.
+	if _, err := rpc.Call(ctx, gwB, endpoints.NetworkCreate, &inventoryv1.CreateNetworkRequest{
+		Network: &inventoryv1.Network{Name: "after", Provider: "local", HttpsStrategy: "none"}}, rpc.As(vocab.User("admin"))); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,281 @@
+package stack
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/libs/busauth"
+	"flotilla.dev/flotilla/libs/jsbackup"
+	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/libs/outbox"
+	"flotilla.dev/flotilla/libs/pgmanaged"
+)
+
+// BackupDatabaseDump is the database kind of a cluster's backup: a
+// pg_dump of the database, in database.dump.
+const BackupDatabaseDump = "dump"
+
+// The parts of a cluster's backup besides the streams.
+const (
+	backupDump  = "database.dump"
+	backupFiles = "files" // the files the settings name, by variable
+)
+
+// BackupFile is a file a cluster's settings name, copied into a backup.
+type BackupFile struct {
+	// Var is the environment variable that names it; Path the path it
+	// named on the host the backup was taken on.
+	Var  string `json:"var"`
+	Path string `json:"path"`
+}
+
+// clusterFiles are the files of a manager's settings a cluster's backup
+// copies: the fleet CA's certificate and key, the secret brokers' master
+// key.
+func clusterFiles(ec EnvConfig) []BackupFile {
+	var out []BackupFile
+	for _, f := range []BackupFile{{"FLOTILLA_CA_CERT_FILE", ec.CACertFile}, {"FLOTILLA_CA_KEY_FILE", ec.CAKeyFile}, {"FLOTILLA_KMS_KEY_FILE", ec.KMSKeyFile}} {
+		if f.Path != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// BackupClusterFromEnv backs a cluster up into dest, a new directory (or an
+// empty one), from a manager host, with the settings its services read from
+// the environment (environ; nil: the process's): every JetStream stream by
+// its snapshot, through FLOTILLA_NATS_URL as the backup identity (creds,
+// its .creds file), and then the database by pg_dump through
+// FLOTILLA_DATABASE_OWNER_URL, so that the two agree (copyConsistent); the fleet CA's certificate and key and the
+// master key the settings name on this host. The bus authority's keys are
+// not in it: they stay where `flotilla admin bus-credentials init` made
+// them. On an error dest is left as it was found.
+func BackupClusterFromEnv(ctx context.Context, environ map[string]string, creds, dest, version string) (_ *BackupManifest, err error) {
+	ec, err := LoadEnvConfig(subjects.Inventory, environ, nil)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	if creds == "" {
+		errs = append(errs, errors.New("--creds: is required: the backup identity's credentials (backup.creds, which flotilla admin bus-credentials writes)"))
+	}
+	if ec.DatabaseOwnerURL == "" {
+		errs = append(errs, errors.New("FLOTILLA_DATABASE_OWNER_URL: is required: pg_dump reads the database as its owner"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if dest, err = filepath.Abs(dest); err != nil {
+		return nil, err
+	}
+	cleanup, err := newDir(dest)
+	if err != nil {
+		return nil, fmt.Errorf("backup directory %s: %w", dest, err)
+	}
+	defer func() {
+		if err != nil {
+			cleanup()
+		}
+	}()
+	m := &BackupManifest{Format: BackupFormat, Version: version, Created: time.Now().UTC(), Source: ec.NATSURL,
+		Hot: true, Database: BackupDatabaseDump}
+	for _, f := range clusterFiles(ec) {
+		b, err := os.ReadFile(f.Path)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f.Var, err)
+		}
+		if err := writeNew(filepath.Join(dest, backupFiles, f.Var), b); err != nil {
+			return nil, err
+		}
+		m.ClusterFiles = append(m.ClusterFiles, f)
+	}
+
+	nc, err := clusterConn(ec, busauth.Backup, creds)
+	if err != nil {
+		return nil, err
+	}
+	defer nc.Close()
+	if m.Streams, err = copyConsistent(ctx, nc, dest, ec.DatabaseOwnerURL, func() error {
+		return pgmanaged.Dump(ctx, ec.DatabaseOwnerURL, filepath.Join(dest, backupDump))
+	}); err != nil {
+		return nil, err
+	}
+	if fi, err := os.Stat(filepath.Join(dest, backupDump)); err == nil {
+		m.DatabaseBytes = fi.Size()
+	}
+	return m, writeManifest(dest, m)
+}
+
+// RestoreClusterFromEnv restores a cluster's backup (dir) into a cluster,
+// from a host with the settings of its services in the environment
+// (environ; nil: the process's), before its services first start: the
+// database by pg_restore through FLOTILLA_DATABASE_OWNER_URL (it must hold
+// no table), then every stream through FLOTILLA_NATS_URL (none may exist),
+// as a user minted for the time of the restore by the bus authority in
+// busDir (the directory of `flotilla admin bus-credentials init`, which
+// the cluster's servers trust); the backed-up files are written where the
+// settings name them now, unless a file is there (it is kept). It returns
+// the manifest and the files written.
+func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDir, dir string) (*BackupManifest, []string, error) {
+	m, err := readManifest(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	if m.Database != BackupDatabaseDump {
+		return nil, nil, fmt.Errorf("%s is the backup of a data directory (%s): restore it with --data-dir", dir, m.Source)
+	}
+	ec, err := LoadEnvConfig(subjects.Inventory, environ, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	var errs []error
+	if busDir == "" {
+		errs = append(errs, errors.New("--bus-dir: is required: the bus authority's directory (flotilla admin bus-credentials init --dir), whose keys the cluster trusts"))
+	} else if _, err := os.Stat(filepath.Join(busDir, "account.nk")); err != nil {
+		errs = append(errs, fmt.Errorf("--bus-dir: %s holds no bus authority: %w", busDir, err))
+	}
+	if ec.DatabaseOwnerURL == "" {
+		errs = append(errs, errors.New("FLOTILLA_DATABASE_OWNER_URL: is required: the database is restored as its owner"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, nil, err
+	}
+	if err := emptyDatabase(ctx, ec.DatabaseOwnerURL); err != nil {
+		return nil, nil, err
+	}
+	auth, err := busauth.LoadOrCreate(busDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	creds, err := auth.Mint(busauth.Restorer, busauth.RestorerPermissions())
+	if err != nil {
+		return nil, nil, err
+	}
+	credsFile, err := os.CreateTemp("", "flotilla-restore-*.creds")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer os.Remove(credsFile.Name())
+	if _, err := credsFile.Write(creds); err != nil {
+		return nil, nil, errors.Join(err, credsFile.Close())
+	}
+	if err := credsFile.Close(); err != nil {
+		return nil, nil, err
+	}
+	nc, err := clusterConn(ec, busauth.Restorer, credsFile.Name())
+	if err != nil {
+		return nil, nil, err
+	}
+	defer nc.Close()
+	if names, err := jsbackup.Names(ctx, nc); err != nil || len(names) > 0 {
+		return nil, nil, errors.Join(err, fmt.Errorf("the cluster already has streams %v: restore into a cluster whose services have not started", names))
+	}
+
+	if err := pgmanaged.RestoreDump(ctx, ec.DatabaseOwnerURL, filepath.Join(dir, backupDump)); err != nil {
+		return nil, nil, err
+	}
+	restored, err := jsbackup.Send(ctx, nc, filepath.Join(dir, backupStreams))
+	if err != nil {
+		return nil, nil, fmt.Errorf("the database is restored, %d streams of %d: %w", len(restored), len(m.Streams), err)
+	}
+	var written []string
+	now := map[string]string{}
+	for _, f := range clusterFiles(ec) {
+		now[f.Var] = f.Path
+	}
+	for _, f := range m.ClusterFiles {
+		path := now[f.Var]
+		if path == "" {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, backupFiles, f.Var))
+		if err != nil {
+			return nil, nil, err
+		}
+		switch have, err := os.ReadFile(path); {
+		case err == nil && bytes.Equal(have, b):
+		case err == nil:
+			return nil, nil, fmt.Errorf("%s: %s holds another file than the backup's: move it away, or point %s elsewhere", f.Var, path, f.Var)
+		default:
+			if err := writeNew(path, b); err != nil {
+				return nil, nil, err
+			}
+			written = append(written, path)
+		}
+	}
+	return m, written, nil
+}
+
+// clusterConn connects to a cluster's NATS as identity with creds, over
+// TLS as the settings say.
+func clusterConn(ec EnvConfig, identity, creds string) (*nats.Conn, error) {
+	opts := append(busauth.ConnectOptions(identity, creds), nats.MaxReconnects(0))
+	if ec.NATSCAFile != "" {
+		tlsConf, err := natsx.ClientTLS(ec.NATSCAFile, ec.NATSCertFile, ec.NATSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("FLOTILLA_NATS_CA_FILE: %w", err)
+		}
+		opts = append(opts, nats.Secure(tlsConf))
+	}
+	return natsx.Connect(ec.NATSURL, "flotilla admin "+identity, opts...)
+}
+
+// holdWhile runs f while the forwarders of the database url names are held
+// (outbox.Hold).
+func holdWhile(ctx context.Context, url string, f func() ([]jsbackup.Stream, error)) (_ []jsbackup.Stream, err error) {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("the database: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	release, err := outbox.Hold(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, release(context.WithoutCancel(ctx))) }()
+	return f()
+}
+
+// emptyDatabase fails unless the database url names holds no table of its
+// own.
+func emptyDatabase(ctx context.Context, url string) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return fmt.Errorf("the database: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var n int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')`).Scan(&n); err != nil {
+		return fmt.Errorf("the database: %w", err)
+	}
+	if n > 0 {
+		return fmt.Errorf("the database already holds %d tables: restore into an empty one, before the services first start", n)
+	}
+	return nil
+}
+
+// writeNew writes a new file (0600), its directory made if missing (0700).
+func writeNew(path string, b []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	return errors.Join(err, f.Close())
+}
