@@ -177,6 +177,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 		report = append(report, fig)
 	}
 	report = append(report, c.removeAndAddBack(t, api, w, ids, "h3"))
+	c.backUp(t, "h2")
 	acked := w.stop()
 	// Every write the API acknowledged is there.
 	for _, id := range acked {
@@ -397,6 +398,44 @@ func haproxyNotices(path string, n int) string {
 		}
 	}
 	return strings.Join(kept[max(len(kept)-n, 0):], "")
+}
+
+// backUp takes a backup of the cluster from host while the writes go on,
+// as an operator does on a manager (flotilla admin backup --env, through
+// HAProxy to the PostgreSQL leader over TLS and to the NATS servers over
+// TLS), and checks what it holds: every stream, the events among them,
+// a database dump pg_restore reads, the CA's and master key's files.
+func (c *cluster) backUp(t *testing.T, host string) {
+	t.Helper()
+	dest := filepath.Join(c.dir, "backup")
+	start := time.Now()
+	out := c.run(t, "backup", host, dest)
+	t.Logf("backup from %s under load in %v:\n%s", host, time.Since(start).Round(100*time.Millisecond), out)
+	var m struct {
+		Database string
+		Streams  []struct {
+			Name     string
+			Messages uint64
+		}
+		ClusterFiles []struct{ Var string }
+	}
+	b, err := os.ReadFile(filepath.Join(dest, "backup.json"))
+	if err != nil || json.Unmarshal(b, &m) != nil {
+		t.Fatalf("the backup's manifest: %v %s", err, b)
+	}
+	events := uint64(0)
+	for _, s := range m.Streams {
+		if s.Name == "FLOTILLA_EVENTS" {
+			events = s.Messages
+		}
+	}
+	if m.Database != "dump" || events == 0 || len(m.Streams) < 9 || len(m.ClusterFiles) < 3 {
+		t.Errorf("the backup holds %+v", m)
+	}
+	list, err := exec.Command("/usr/lib/postgresql/15/bin/pg_restore", "--list", filepath.Join(dest, "database.dump")).CombinedOutput()
+	if err != nil || !strings.Contains(string(list), "TABLE public networks") {
+		t.Errorf("pg_restore --list of the backup's dump: %v\n%s", err, list)
+	}
 }
 
 func (c *cluster) run(t *testing.T, args ...string) []byte {
