@@ -77,6 +77,20 @@ func TestAClusterBacksUpAndRestoresIntoAnother(t *testing.T) {
 	if _, _, err := stack.RestoreClusterFromEnv(ctx, b.env, "", backup); err == nil || !strings.Contains(err.Error(), "--bus-dir: is required") {
 		t.Errorf("a restore without the bus authority: %v", err)
 	}
+	// Another CA where the settings name the backup's is refused before
+	// anything is restored.
+	if err := os.MkdirAll(filepath.Dir(b.caCert), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(b.caCert, []byte("another CA"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := stack.RestoreClusterFromEnv(ctx, b.env, b.bus.Authority().Dir(), backup); err == nil || !strings.Contains(err.Error(), "holds another file than the backup's") {
+		t.Errorf("a restore over another CA: %v", err)
+	}
+	if err := os.Remove(b.caCert); err != nil {
+		t.Fatal(err)
+	}
 	_, written, err := stack.RestoreClusterFromEnv(ctx, b.env, b.bus.Authority().Dir(), backup)
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -87,7 +89,7 @@ func BackupClusterFromEnv(ctx context.Context, environ map[string]string, creds,
 			cleanup()
 		}
 	}()
-	m := &BackupManifest{Format: BackupFormat, Version: version, Created: time.Now().UTC(), Source: ec.NATSURL,
+	m := &BackupManifest{Format: BackupFormat, Version: version, Created: time.Now().UTC(), Source: clusterSource(ec),
 		Hot: true, Database: BackupDatabaseDump}
 	for _, f := range clusterFiles(ec) {
 		b, err := os.ReadFile(f.Path)
@@ -177,8 +179,16 @@ func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDi
 		return nil, nil, err
 	}
 	defer nc.Close()
-	if names, err := jsbackup.Names(ctx, nc); err != nil || len(names) > 0 {
-		return nil, nil, errors.Join(err, fmt.Errorf("the cluster already has streams %v: restore into a cluster whose services have not started", names))
+	names, err := jsbackup.Names(ctx, nc)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(names) > 0 {
+		return nil, nil, fmt.Errorf("the cluster already has streams %v: restore into a cluster whose services have not started", names)
+	}
+	files, err := filesToWrite(ec, dir, m)
+	if err != nil {
+		return nil, nil, err
 	}
 
 	if err := pgmanaged.RestoreDump(ctx, ec.DatabaseOwnerURL, filepath.Join(dir, backupDump)); err != nil {
@@ -189,10 +199,25 @@ func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDi
 		return nil, nil, fmt.Errorf("the database is restored, %d streams of %d: %w", len(restored), len(m.Streams), err)
 	}
 	var written []string
+	for path, b := range files {
+		if err := writeNew(path, b); err != nil {
+			return nil, nil, err
+		}
+		written = append(written, path)
+	}
+	slices.Sort(written)
+	return m, written, nil
+}
+
+// filesToWrite are the backup's files to write where the settings name
+// them now, by path: those not there yet. One there already must be the
+// backup's; checked before anything is restored.
+func filesToWrite(ec EnvConfig, dir string, m *BackupManifest) (map[string][]byte, error) {
 	now := map[string]string{}
 	for _, f := range clusterFiles(ec) {
 		now[f.Var] = f.Path
 	}
+	out := map[string][]byte{}
 	for _, f := range m.ClusterFiles {
 		path := now[f.Var]
 		if path == "" {
@@ -200,20 +225,30 @@ func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDi
 		}
 		b, err := os.ReadFile(filepath.Join(dir, backupFiles, f.Var))
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		switch have, err := os.ReadFile(path); {
 		case err == nil && bytes.Equal(have, b):
 		case err == nil:
-			return nil, nil, fmt.Errorf("%s: %s holds another file than the backup's: move it away, or point %s elsewhere", f.Var, path, f.Var)
+			return nil, fmt.Errorf("%s: %s holds another file than the backup's: move it away, or point %s elsewhere", f.Var, path, f.Var)
+		case errors.Is(err, os.ErrNotExist):
+			out[path] = b
 		default:
-			if err := writeNew(path, b); err != nil {
-				return nil, nil, err
-			}
-			written = append(written, path)
+			return nil, fmt.Errorf("%s: %w", f.Var, err)
 		}
 	}
-	return m, written, nil
+	return out, nil
+}
+
+// clusterSource names a cluster in its backups' manifests: its NATS
+// servers' URLs, sorted (each manager lists its own first).
+func clusterSource(ec EnvConfig) string {
+	urls := strings.Split(ec.NATSURL, ",")
+	for i := range urls {
+		urls[i] = strings.TrimSpace(urls[i])
+	}
+	slices.Sort(urls)
+	return strings.Join(urls, ",")
 }
 
 // clusterConn connects to a cluster's NATS as identity with creds, over
