@@ -28,12 +28,13 @@ cannot make again: the settings and bus credentials, the fleet CA and its key,
 the master key that wraps every secret, the managed PostgreSQL (a base backup
 taken while it serves, checked with pg_verifybackup) and every JetStream stream
 (the events, the audit trail, the instances' logs, the buckets: each stream's
-snapshot, taken after the database's). While flotilla up runs, it goes on
-serving; while it does not, it cannot start until the backup is done.
+snapshot), the two copies made to agree (the events of changes made meanwhile
+wait). While flotilla up runs, it goes on serving; while it does not, it cannot
+start until the backup is done.
 
-The local provider's VMs and disks are not in it, nor an external database
-(back that up with its own tools, before this backup), nor files the settings
-name outside the data directory (listed at the end).
+With an external PostgreSQL (flotilla up --database-url), the database is
+copied by pg_dump. The local provider's VMs and disks are not in it, nor files
+the settings name outside the data directory (listed at the end).
 
 With --into, the backup is made in DIR/flotilla-<UTC time>, and, once it is
 whole, the backups of this data directory in DIR but the newest --keep are
@@ -130,8 +131,8 @@ Restore it with flotilla admin restore.`,
 // newRestore makes a new data directory from a backup.
 func newRestore() *cobra.Command {
 	var (
-		dir, busDir string
-		fromEnv     bool
+		dir, busDir, dbURL string
+		fromEnv            bool
 	)
 	cmd := &cobra.Command{
 		Use:   "restore BACKUP --data-dir DIR | --env --bus-dir DIR",
@@ -139,9 +140,9 @@ func newRestore() *cobra.Command {
 		Long: `Makes DIR (a new directory, or an empty one) a data directory holding what
 BACKUP (made by flotilla admin backup) holds: flotilla up --data-dir DIR then
 starts as Flotilla stood when the backup was taken. Its settings keep the
-backup's ports: give flotilla up --port to run it beside the original.
-
-An external database is not in a backup: restore it with its own tools first.
+backup's ports: give flotilla up --port to run it beside the original. The
+backup of a Flotilla on an external PostgreSQL is restored into the empty
+database --database-url names, which the settings then name.
 
 With --env, it restores a cluster's backup (made with --env) into a cluster
 whose services have not started yet, with the settings they read from the
@@ -159,8 +160,8 @@ unless a file is there. Copy them to every manager, then start the services.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			out := cmd.OutOrStdout()
 			if fromEnv {
-				if dir != "" {
-					return errors.New("--env restores into a cluster, from the environment's settings: drop --data-dir")
+				if dir != "" || dbURL != "" {
+					return errors.New("--env restores into a cluster, from the environment's settings (FLOTILLA_DATABASE_OWNER_URL): drop --data-dir and --database-url")
 				}
 				m, written, err := stack.RestoreClusterFromEnv(cmd.Context(), nil, busDir, args[0])
 				if err != nil {
@@ -180,7 +181,7 @@ unless a file is there. Copy them to every manager, then start the services.`,
 			case busDir != "":
 				return errors.New("--bus-dir is for a cluster's restore (--env)")
 			}
-			m, err := stack.Restore(cmd.Context(), args[0], dir)
+			m, err := stack.Restore(cmd.Context(), args[0], dir, dbURL)
 			if err != nil {
 				return err
 			}
@@ -193,6 +194,7 @@ unless a file is there. Copy them to every manager, then start the services.`,
 	cmd.Flags().StringVar(&dir, "data-dir", "", "the new data directory (required, unless --env)")
 	cmd.Flags().BoolVar(&fromEnv, "env", false, "restore a cluster's backup into a cluster, with the settings its services read from the environment")
 	cmd.Flags().StringVar(&busDir, "bus-dir", "", "with --env: the bus authority's directory (flotilla admin bus-credentials init --dir)")
+	cmd.Flags().StringVar(&dbURL, "database-url", "", "the empty database to restore the backup of a Flotilla on an external PostgreSQL into")
 	return cmd
 }
 
@@ -203,7 +205,7 @@ func printBackup(out io.Writer, m *stack.BackupManifest) {
 	case stack.BackupDatabaseManaged:
 		fmt.Fprintf(tw, "  database\tthe managed PostgreSQL, %s\n", sizeOf(m.DatabaseBytes))
 	default:
-		fmt.Fprintf(tw, "  database\texternal: not in the backup (back it up with its own tools)\n")
+		fmt.Fprintf(tw, "  database\tpg_dump, %s\n", sizeOf(m.DatabaseBytes))
 	}
 	for _, s := range m.Streams {
 		fmt.Fprintf(tw, "  stream %s\t%d messages, %s\n", s.Name, s.Messages, sizeOf(s.Bytes))

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"flotilla.dev/flotilla/libs/testkit"
 )
 
 // runAdmin runs `flotilla admin ARGS...` and returns its combined output.
@@ -289,4 +291,47 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// TestABackupOfFlotillaOnAnExternalDatabase: with an external PostgreSQL,
+// the backup dumps the database; the restore loads it into the empty
+// database --database-url names, which the restored settings name, and up
+// starts on it with the records of before the backup.
+func TestABackupOfFlotillaOnAnExternalDatabase(t *testing.T) {
+	t.Parallel()
+	dir := dataDir(t)
+	up := startUpFree(t, dir, []string{"--database-url", testkit.NewDatabase(t)})
+	if out, err := admin(dir, "admin", "S3cret-pass"); err != nil {
+		t.Fatalf("initial-setup: %v\n%s", err, out)
+	}
+	f := &fleet{upProc: up, t: t, dir: dir}
+	f.token = f.login(t)
+	f.api(200, "POST", "/api/v1/networks", `{"name":"before","provider":"local","httpsStrategy":"none"}`)
+	backup := filepath.Join(filepath.Dir(dir), "backup")
+	out, err := runAdmin("backup", backup, "--data-dir", dir)
+	if err != nil || !strings.Contains(out, "database  ") || !strings.Contains(out, "pg_dump") {
+		t.Fatalf("backup: %v\n%s", err, out)
+	}
+	f.api(200, "POST", "/api/v1/networks", `{"name":"after","provider":"local","httpsStrategy":"none"}`)
+
+	restored := filepath.Join(filepath.Dir(dir), "restored")
+	if out, err := runAdmin("restore", backup, "--data-dir", restored); err == nil || !strings.Contains(out, "give --database-url") {
+		t.Fatalf("a restore of a dump without --database-url: %v\n%s", err, out)
+	}
+	target := testkit.NewDatabase(t)
+	if out, err := runAdmin("restore", backup, "--data-dir", restored, "--database-url", target); err != nil {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	if out, err := runAdmin("restore", backup, "--data-dir", filepath.Join(filepath.Dir(dir), "again"), "--database-url", target); err == nil || !strings.Contains(out, "already holds") {
+		t.Fatalf("a restore into a database that holds tables: %v\n%s", err, out)
+	}
+	r := &fleet{upProc: startUpFree(t, restored, nil), t: t, dir: restored}
+	r.token = r.login(t)
+	if names := r.networkNames(); !contains(names, "before") || contains(names, "after") {
+		t.Fatalf("the restored Flotilla's networks: %v (want before, not after)", names)
+	}
+	s, err := os.ReadFile(filepath.Join(restored, "config", "settings.json"))
+	if err != nil || !strings.Contains(string(s), target) {
+		t.Errorf("the restored settings do not name the database restored into: %v\n%s", err, s)
+	}
 }

@@ -42,8 +42,12 @@ var backedUpDirs = []string{"config", "ca", "keys"}
 
 // Database kinds in BackupManifest.Database.
 const (
-	BackupDatabaseManaged  = "managed"
-	BackupDatabaseExternal = "external"
+	// BackupDatabaseManaged is a base backup of the managed PostgreSQL,
+	// in postgres/.
+	BackupDatabaseManaged = "managed"
+	// BackupDatabaseDump is a pg_dump of an external database (a
+	// cluster's, or flotilla up's with --database-url), in database.dump.
+	BackupDatabaseDump = "dump"
 )
 
 // BackupManifest describes a backup (backup.json).
@@ -51,14 +55,16 @@ type BackupManifest struct {
 	Format  int       `json:"format"`
 	Version string    `json:"version"`
 	Created time.Time `json:"created"`
-	// Source is the data directory backed up.
+	// Source is the data directory backed up, or the cluster's NATS
+	// servers (Cluster).
 	Source string `json:"source"`
-	// Hot says the backup was taken while flotilla up ran on Source.
+	// Cluster says Source is a cluster (BackupClusterFromEnv).
+	Cluster bool `json:"cluster,omitempty"`
+	// Hot says the backup was taken while flotilla up ran on Source (or
+	// the cluster served).
 	Hot bool `json:"hot"`
-	// Database is BackupDatabaseManaged (a base backup of the managed
-	// PostgreSQL, in postgres/, of DatabaseBytes), BackupDatabaseExternal
-	// (not in the backup: the operator backs it up with its own tools) or,
-	// for a cluster, BackupDatabaseDump (database.dump).
+	// Database is BackupDatabaseManaged or BackupDatabaseDump, of
+	// DatabaseBytes.
 	Database      string `json:"database"`
 	DatabaseBytes int64  `json:"databaseBytes,omitempty"`
 	// Streams are the JetStream streams copied (in streams/), as their
@@ -78,7 +84,7 @@ type BackupManifest struct {
 // an empty one), while flotilla up runs on it or not: its settings, bus
 // credentials, fleet CA and master key as they are; every JetStream stream
 // by its snapshot, and then the managed PostgreSQL by a base backup taken
-// while it serves, the outbox's forwarders held from the first snapshot of
+// while it serves (an external database by pg_dump), the outbox's forwarders held from the first snapshot of
 // a stream they feed to the end of the base backup (copyConsistent), so that the
 // two copies agree. Not running, flotilla up is kept from starting
 // on dataDir until the backup is done, and Backup starts the managed
@@ -127,9 +133,10 @@ func Backup(ctx context.Context, dataDir, dest, version string) (_ *BackupManife
 	}
 	m.Outside = outsideFiles(d, s)
 
-	// The managed PostgreSQL: flotilla up's, or started for the backup.
+	// The managed PostgreSQL: flotilla up's, or started for the backup;
+	// or an external one, dumped.
 	var pg *pgmanaged.Server
-	m.Database = BackupDatabaseExternal
+	m.Database = BackupDatabaseDump
 	if s.ManagedPostgres {
 		m.Database = BackupDatabaseManaged
 		if pg, err = pgmanaged.New(managedPostgresOptions(d, s)); err != nil {
@@ -147,24 +154,29 @@ func Backup(ctx context.Context, dataDir, dest, version string) (_ *BackupManife
 		return nil, err
 	}
 	defer stop()
-	var copyDB func() error
+	copyDB := func() error { return pgmanaged.Dump(ctx, s.DatabaseURL, filepath.Join(dest, backupDump)) }
 	if pg != nil {
 		copyDB = func() error { return pg.BaseBackup(ctx, filepath.Join(dest, backupPostgres)) }
 	}
 	if m.Streams, err = copyConsistent(ctx, nc, dest, s.DatabaseURL, copyDB); err != nil {
 		return nil, err
 	}
-	if pg != nil {
-		if m.DatabaseBytes, err = treeSize(filepath.Join(dest, backupPostgres)); err != nil {
-			return nil, err
-		}
+	if m.DatabaseBytes, err = treeSize(filepath.Join(dest, databasePart(m))); err != nil {
+		return nil, err
 	}
 	return m, writeManifest(dest, m)
 }
 
+// databasePart is where a backup holds its database.
+func databasePart(m *BackupManifest) string {
+	if m.Database == BackupDatabaseManaged {
+		return backupPostgres
+	}
+	return backupDump
+}
+
 // copyConsistent copies every stream nc sees into dest's streams/, and
-// then the database with copyDB (nil: the database is not in the backup),
-// so that the two agree: the instances' logs, which no record refers to
+// then the database with copyDB, so that the two agree: the instances' logs, which no record refers to
 // and which are the largest, first; then, the outbox's forwarders of the
 // database dbURL names held (outbox.Hold), the other streams and the
 // database. Every message in the streams' copy is then of a change in the
@@ -182,18 +194,13 @@ func copyConsistent(ctx context.Context, nc *nats.Conn, dest, dbURL string, copy
 	if err != nil {
 		return nil, err
 	}
-	var more []jsbackup.Stream
-	if copyDB == nil {
-		more, err = jsbackup.Copy(ctx, nc, dir, rest...)
-	} else {
-		more, err = holdWhile(ctx, dbURL, func() ([]jsbackup.Stream, error) {
-			more, err := jsbackup.Copy(ctx, nc, dir, rest...)
-			if err != nil {
-				return nil, err
-			}
-			return more, copyDB()
-		})
-	}
+	more, err := holdWhile(ctx, dbURL, func() ([]jsbackup.Stream, error) {
+		more, err := jsbackup.Copy(ctx, nc, dir, rest...)
+		if err != nil {
+			return nil, err
+		}
+		return more, copyDB()
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -267,17 +274,28 @@ func backupConn(d datadir.Dir, s *datadir.Settings, hot bool) (nc *nats.Conn, st
 // directory holding what the backup in dir holds: flotilla up then starts
 // on it as it stood when the backup was taken (the managed PostgreSQL
 // recovering from its base backup, the streams created again from their
-// snapshots, every service declaring its consumers again). An external
-// database is not in a backup: restore it with its own tools. The local
-// provider's VMs and disks are not either. On an error dataDir is left as
-// it was found.
-func Restore(ctx context.Context, dir, dataDir string) (_ *BackupManifest, err error) {
+// snapshots, every service declaring its consumers again). A dump of an
+// external database is restored into databaseURL (required then, and only
+// then), an empty database, which the settings then name. The local
+// provider's VMs and disks are not in a backup. On an error dataDir is
+// left as it was found (the database, restored in one transaction, too
+// unless the streams' restore failed).
+func Restore(ctx context.Context, dir, dataDir, databaseURL string) (_ *BackupManifest, err error) {
 	m, err := readManifest(dir)
 	if err != nil {
 		return nil, err
 	}
-	if m.Database == BackupDatabaseDump {
+	switch {
+	case m.Cluster:
 		return nil, fmt.Errorf("%s is the backup of a cluster (%s): restore it into a cluster with --env", dir, m.Source)
+	case m.Database == BackupDatabaseDump && databaseURL == "":
+		return nil, fmt.Errorf("%s holds a dump of an external database: give --database-url, an empty database to restore it into", dir)
+	case m.Database == BackupDatabaseManaged && databaseURL != "":
+		return nil, fmt.Errorf("--database-url: %s holds the managed PostgreSQL, restored into the data directory: drop --database-url", dir)
+	case databaseURL != "":
+		if err := emptyDatabase(ctx, databaseURL); err != nil {
+			return nil, err
+		}
 	}
 	abs, err := filepath.Abs(dataDir)
 	if err != nil {
@@ -310,12 +328,21 @@ func Restore(ctx context.Context, dir, dataDir string) (_ *BackupManifest, err e
 	if err != nil {
 		return nil, fmt.Errorf("the backup's settings: %w", err)
 	}
-	if m.Database == BackupDatabaseManaged {
+	switch m.Database {
+	case BackupDatabaseManaged:
 		pg, err := pgmanaged.New(managedPostgresOptions(d, s))
 		if err != nil {
 			return nil, fmt.Errorf("managed PostgreSQL: %w", err)
 		}
 		if err := pg.Restore(filepath.Join(dir, backupPostgres)); err != nil {
+			return nil, err
+		}
+	case BackupDatabaseDump:
+		if err := pgmanaged.RestoreDump(ctx, databaseURL, filepath.Join(dir, backupDump)); err != nil {
+			return nil, err
+		}
+		s.DatabaseURL = databaseURL
+		if err := datadir.Save(d, s); err != nil {
 			return nil, err
 		}
 	}
@@ -366,7 +393,7 @@ func readManifest(dir string) (*BackupManifest, error) {
 	if m.Format != BackupFormat {
 		return nil, fmt.Errorf("%s: format %d, but this flotilla restores format %d", path, m.Format, BackupFormat)
 	}
-	if kinds := []string{BackupDatabaseManaged, BackupDatabaseExternal, BackupDatabaseDump}; !slices.Contains(kinds, m.Database) {
+	if kinds := []string{BackupDatabaseManaged, BackupDatabaseDump}; !slices.Contains(kinds, m.Database) {
 		return nil, fmt.Errorf("%s: database %q is not one of %v", path, m.Database, kinds)
 	}
 	return &m, nil

@@ -69,7 +69,7 @@ func TestAClusterBacksUpAndRestoresIntoAnother(t *testing.T) {
 	if m.Database != stack.BackupDatabaseDump || len(m.ClusterFiles) != 3 || len(m.Streams) == 0 || m.DatabaseBytes == 0 {
 		t.Fatalf("the manifest: %+v", m)
 	}
-	if _, err := stack.Restore(ctx, backup, filepath.Join(t.TempDir(), "data")); err == nil || !strings.Contains(err.Error(), "restore it into a cluster with --env") {
+	if _, err := stack.Restore(ctx, backup, filepath.Join(t.TempDir(), "data"), ""); err == nil || !strings.Contains(err.Error(), "restore it into a cluster with --env") {
 		t.Errorf("a cluster's backup restored as a data directory: %v", err)
 	}
 

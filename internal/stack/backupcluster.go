@@ -22,10 +22,6 @@ import (
 	"flotilla.dev/flotilla/libs/pgmanaged"
 )
 
-// BackupDatabaseDump is the database kind of a cluster's backup: a
-// pg_dump of the database, in database.dump.
-const BackupDatabaseDump = "dump"
-
 // The parts of a cluster's backup besides the streams.
 const (
 	backupDump  = "database.dump"
@@ -90,7 +86,7 @@ func BackupClusterFromEnv(ctx context.Context, environ map[string]string, creds,
 		}
 	}()
 	m := &BackupManifest{Format: BackupFormat, Version: version, Created: time.Now().UTC(), Source: clusterSource(ec),
-		Hot: true, Database: BackupDatabaseDump}
+		Cluster: true, Hot: true, Database: BackupDatabaseDump}
 	for _, f := range clusterFiles(ec) {
 		b, err := os.ReadFile(f.Path)
 		if err != nil {
@@ -112,8 +108,8 @@ func BackupClusterFromEnv(ctx context.Context, environ map[string]string, creds,
 	}); err != nil {
 		return nil, err
 	}
-	if fi, err := os.Stat(filepath.Join(dest, backupDump)); err == nil {
-		m.DatabaseBytes = fi.Size()
+	if m.DatabaseBytes, err = treeSize(filepath.Join(dest, backupDump)); err != nil {
+		return nil, err
 	}
 	return m, writeManifest(dest, m)
 }
@@ -133,7 +129,7 @@ func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDi
 	if err != nil {
 		return nil, nil, err
 	}
-	if m.Database != BackupDatabaseDump {
+	if !m.Cluster {
 		return nil, nil, fmt.Errorf("%s is the backup of a data directory (%s): restore it with --data-dir", dir, m.Source)
 	}
 	ec, err := LoadEnvConfig(subjects.Inventory, environ, nil)
