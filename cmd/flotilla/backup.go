@@ -16,9 +16,9 @@ import (
 // newBackup backs a data directory up, while flotilla up runs on it or not.
 func newBackup() *cobra.Command {
 	var (
-		dir, into, creds string
-		keep             int
-		fromEnv          bool
+		dir, into, creds, textfile string
+		keep                       int
+		fromEnv                    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "backup DEST | --into DIR [--keep N]",
@@ -39,6 +39,10 @@ the settings name outside the data directory (listed at the end).
 With --into, the backup is made in DIR/flotilla-<UTC time>, and, once it is
 whole, the backups of this data directory in DIR but the newest --keep are
 removed (nothing else in DIR is touched): for a timer that backs up daily.
+With --textfile, the outcome is written for Prometheus's node exporter (its
+textfile collector): flotilla_backup_last_success_timestamp_seconds,
+_last_duration_seconds, _last_size_bytes and _last_failure_timestamp_seconds,
+by source, so that an alert can say a backup failed or is too old.
 
 With --env, it backs up a cluster from one of its managers, with the settings
 its services read from the environment (flotilla.env): every stream through
@@ -75,21 +79,39 @@ Restore it with flotilla admin restore.`,
 			default:
 				return errors.New("where to? give DEST (a new directory) or --into DIR (a directory of backups)")
 			}
+			var source string
+			if fromEnv {
+				if cmd.Flags().Changed("data-dir") {
+					return errors.New("--env backs up a cluster from the environment's settings: drop --data-dir")
+				}
+				var err error
+				if source, err = stack.ClusterSourceFromEnv(nil); err != nil {
+					return err
+				}
+			} else {
+				if cmd.Flags().Changed("creds") {
+					return errors.New("--creds is for a cluster's backup (--env): a data directory has its own")
+				}
+				abs, err := filepath.Abs(dir)
+				if err != nil {
+					return err
+				}
+				source = abs
+			}
 			start := time.Now()
 			var (
 				m   *stack.BackupManifest
 				err error
 			)
 			if fromEnv {
-				if cmd.Flags().Changed("data-dir") {
-					return errors.New("--env backs up a cluster from the environment's settings: drop --data-dir")
-				}
 				m, err = stack.BackupClusterFromEnv(cmd.Context(), nil, creds, dest, version)
 			} else {
-				if cmd.Flags().Changed("creds") {
-					return errors.New("--creds is for a cluster's backup (--env): a data directory has its own")
-				}
 				m, err = stack.Backup(cmd.Context(), dir, dest, version)
+			}
+			if textfile != "" {
+				if merr := writeBackupMetrics(textfile, source, m, time.Since(start), err != nil, time.Now()); merr != nil {
+					err = errors.Join(err, fmt.Errorf("--textfile: %w", merr))
+				}
 			}
 			if err != nil {
 				return err
@@ -125,6 +147,7 @@ Restore it with flotilla admin restore.`,
 	cmd.Flags().IntVar(&keep, "keep", 7, "with --into: how many backups of this data directory (or cluster) to keep there, the newest")
 	cmd.Flags().BoolVar(&fromEnv, "env", false, "back up a cluster, with the settings its services read from the environment")
 	cmd.Flags().StringVar(&creds, "creds", "", "with --env: the backup identity's credentials (backup.creds)")
+	cmd.Flags().StringVar(&textfile, "textfile", "", "a node exporter textfile (.prom) to record the outcome in: flotilla_backup_last_success_timestamp_seconds, …")
 	return cmd
 }
 

@@ -250,12 +250,13 @@ func TestBackupsIntoADirectoryKeepTheNewest(t *testing.T) {
 	if err := os.MkdirAll(foreign, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	textfile := filepath.Join(t.TempDir(), "flotilla-backup.prom")
 	var made []string
 	for i := range 3 {
 		if i > 0 { // one name per second
 			time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second)))
 		}
-		out, err := runAdmin("backup", "--into", into, "--keep", "2", "--data-dir", dir)
+		out, err := runAdmin("backup", "--into", into, "--keep", "2", "--data-dir", dir, "--textfile", textfile)
 		if err != nil {
 			t.Fatalf("backup %d: %v\n%s", i, err, out)
 		}
@@ -270,6 +271,40 @@ func TestBackupsIntoADirectoryKeepTheNewest(t *testing.T) {
 	}
 	if want := []string{made[1], made[2], foreign}; !slices.Equal(left, want) {
 		t.Fatalf("left in the directory of backups: %v, want %v", left, want)
+	}
+	// The textfile says when the last backup succeeded; a failure after
+	// it adds when it failed, and keeps the success.
+	metric := func(name string) float64 {
+		t.Helper()
+		b, err := os.ReadFile(textfile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prefix := fmt.Sprintf("%s{source=%q} ", name, dir)
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, prefix); ok {
+				var f float64
+				if _, err := fmt.Sscan(v, &f); err != nil {
+					t.Fatal(err)
+				}
+				return f
+			}
+		}
+		t.Fatalf("%s has no %s…:\n%s", textfile, prefix, b)
+		return 0
+	}
+	success := metric("flotilla_backup_last_success_timestamp_seconds")
+	if now := float64(time.Now().Unix()); success < now-60 || success > now || metric("flotilla_backup_last_size_bytes") < 1e6 ||
+		metric("flotilla_backup_last_duration_seconds") <= 0 || metric("flotilla_backup_last_failure_timestamp_seconds") != 0 {
+		b, _ := os.ReadFile(textfile)
+		t.Errorf("the textfile after three backups:\n%s", b)
+	}
+	if out, err := runAdmin("backup", made[1], "--data-dir", dir, "--textfile", textfile); err == nil {
+		t.Fatalf("a backup into a directory in use: %s", out)
+	}
+	if metric("flotilla_backup_last_failure_timestamp_seconds") < success || metric("flotilla_backup_last_success_timestamp_seconds") != success {
+		b, _ := os.ReadFile(textfile)
+		t.Errorf("the textfile after a failed backup:\n%s", b)
 	}
 	for _, c := range []struct {
 		args []string

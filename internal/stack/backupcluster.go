@@ -236,6 +236,17 @@ func filesToWrite(ec EnvConfig, dir string, m *BackupManifest) (map[string][]byt
 	return out, nil
 }
 
+// ClusterSourceFromEnv is the source a cluster's backup taken with the
+// settings in environ (nil: the process's) names in its manifest
+// (BackupManifest.Source).
+func ClusterSourceFromEnv(environ map[string]string) (string, error) {
+	ec, err := LoadEnvConfig(subjects.Inventory, environ, nil)
+	if err != nil {
+		return "", err
+	}
+	return clusterSource(ec), nil
+}
+
 // clusterSource names a cluster in its backups' manifests: its NATS
 // servers' URLs, sorted (each manager lists its own first).
 func clusterSource(ec EnvConfig) string {
