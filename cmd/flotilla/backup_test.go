@@ -212,10 +212,25 @@ func TestBackupAndRestoreRefuseWhatWouldLoseData(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "backup")); !os.IsNotExist(err) {
 		t.Errorf("a refused backup left %s: %v", filepath.Join(dir, "backup"), err)
 	}
-	// A whole backup is not restored over a data directory.
+	// A whole backup is not restored over a data directory. The files
+	// the settings name outside the directory are listed, not copied.
+	settings := filepath.Join(dir, "config", "settings.json")
+	var st map[string]any
+	if err := json.Unmarshal(must(os.ReadFile(settings)), &st); err != nil {
+		t.Fatal(err)
+	}
+	outside := filepath.Join(t.TempDir(), "operator-ca.crt")
+	st["caCertFile"], st["caKeyFile"] = outside, filepath.Join(dir, "ca", "ca.key")
+	if err := os.WriteFile(settings, must(json.Marshal(st)), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	backup := filepath.Join(t.TempDir(), "whole")
-	if out, err := runAdmin("backup", backup, "--data-dir", dir); err != nil {
+	out, err := runAdmin("backup", backup, "--data-dir", dir)
+	if err != nil {
 		t.Fatalf("backup: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, outside+"  outside the data directory: not in the backup") || strings.Contains(out, "ca.key  outside") {
+		t.Errorf("the backup's report of the files outside:\n%s", out)
 	}
 	if out, err := runAdmin("restore", backup, "--data-dir", dir); err == nil || !strings.Contains(out, "exists and is not empty: restore into a new one") {
 		t.Errorf("restore over a data directory: %v\n%s", err, out)

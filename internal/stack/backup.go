@@ -447,10 +447,9 @@ func outsideFiles(d datadir.Dir, s *datadir.Settings) []string {
 		if f == "" {
 			continue
 		}
-		if !filepath.IsAbs(f) {
-			f = d.Path(f)
-		}
-		if rel, err := filepath.Rel(string(d), f); err != nil || !filepath.IsLocal(rel) || !isBackedUpDir(strings.Split(rel, string(filepath.Separator))[0]) {
+		// A relative path is relative to where flotilla up started: not
+		// known to be in the directory.
+		if rel, err := filepath.Rel(string(d), f); !filepath.IsAbs(f) || err != nil || !filepath.IsLocal(rel) || !isBackedUpDir(strings.Split(rel, string(filepath.Separator))[0]) {
 			out = append(out, f)
 		}
 	}
