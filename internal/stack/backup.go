@@ -274,7 +274,7 @@ func backupConn(d datadir.Dir, s *datadir.Settings, hot bool) (nc *nats.Conn, st
 // directory holding what the backup in dir holds: flotilla up then starts
 // on it as it stood when the backup was taken (the managed PostgreSQL
 // recovering from its base backup, the streams created again from their
-// snapshots, every service declaring its consumers again). A dump of an
+// snapshots, their consumers where they were). A dump of an
 // external database is restored into databaseURL (required then, and only
 // then), an empty database, which the settings then name. The local
 // provider's VMs and disks are not in a backup. On an error dataDir is

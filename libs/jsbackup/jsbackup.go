@@ -10,8 +10,9 @@
 // is whole (it ends with the archive's end-of-backup entry). Restore hands
 // both to a server's Account.RestoreStreamV2, the server's own restore.
 //
-// Consumers are left out: the services declare their durable consumers
-// again when they start on the restored streams.
+// The streams' consumers come with them, each where it stood at the
+// snapshot: a durable consumer goes on after a restore from the message it
+// had reached (the services declare theirs again as they start, unchanged).
 package jsbackup
 
 import (
@@ -110,7 +111,7 @@ func snapshot(ctx context.Context, nc *nats.Conn, name, dir string) (Stream, err
 		return Stream{}, err
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	req, err := json.Marshal(server.JSApiStreamSnapshotRequest{DeliverSubject: inbox, NoConsumers: true})
+	req, err := json.Marshal(server.JSApiStreamSnapshotRequest{DeliverSubject: inbox})
 	if err != nil {
 		return Stream{}, err
 	}

@@ -27,7 +27,7 @@ import (
 // TestACopyIsAStoreANewServerStartsOn: the streams copied while the server
 // runs (several chunks each, more messages written during the copy) are
 // found, whole and as they were at their snapshot, by a server started on
-// the copy; the consumers are not copied.
+// the copy, the durable consumers with them, where they were.
 func TestACopyIsAStoreANewServerStartsOn(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -47,8 +47,19 @@ func TestACopyIsAStoreANewServerStartsOn(t *testing.T) {
 	if _, err := kv.Put(ctx, "i-1", []byte("serials")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := src.CreateOrUpdateConsumer(ctx, subjects.EventsStream, jetstream.ConsumerConfig{Durable: "reader"}); err != nil {
+	// A durable consumer that has read and acknowledged 100 events.
+	reader, err := src.CreateOrUpdateConsumer(ctx, subjects.EventsStream, jetstream.ConsumerConfig{Durable: "reader", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
 		t.Fatal(err)
+	}
+	batch, err := reader.Fetch(100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range batch.Messages() {
+		if err := m.DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// Writes go on during the copy.
 	stop := make(chan struct{})
@@ -104,9 +115,17 @@ func TestACopyIsAStoreANewServerStartsOn(t *testing.T) {
 		if info.State.Msgs != w.Messages || info.State.LastSeq != w.LastSeq {
 			t.Errorf("stream %s on the copy: %d messages up to %d, want %d up to %d (its snapshot)", name, info.State.Msgs, info.State.LastSeq, w.Messages, w.LastSeq)
 		}
-		if info.State.Consumers != 0 {
-			t.Errorf("stream %s on the copy has %d consumers", name, info.State.Consumers)
+		if want := map[string]int{subjects.EventsStream: 1}[name]; info.State.Consumers != want {
+			t.Errorf("stream %s on the copy has %d consumers, want %d", name, info.State.Consumers, want)
 		}
+	}
+	// The consumer goes on where it was.
+	cons, err := js.Consumer(ctx, subjects.EventsStream, "reader")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ci, err := cons.Info(ctx); err != nil || ci.AckFloor.Stream != 100 || ci.NumPending != ev.Messages-100 {
+		t.Errorf("the consumer on the copy: %+v %v, want it acknowledged up to 100", ci, err)
 	}
 	s, _ := js.Stream(ctx, subjects.EventsStream)
 	m, err := s.GetMsg(ctx, events)
