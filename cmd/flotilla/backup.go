@@ -18,7 +18,7 @@ func newBackup() *cobra.Command {
 	var (
 		dir, into, creds, textfile string
 		keep                       int
-		fromEnv                    bool
+		fromEnv, dump              bool
 	)
 	cmd := &cobra.Command{
 		Use:   "backup DEST | --into DIR [--keep N]",
@@ -43,6 +43,10 @@ With --textfile, the outcome is written for Prometheus's node exporter (its
 textfile collector): flotilla_backup_last_success_timestamp_seconds,
 _last_duration_seconds, _last_size_bytes and _last_failure_timestamp_seconds,
 by source, so that an alert can say a backup failed or is too old.
+
+With --dump, the managed PostgreSQL is copied by pg_dump instead: such a
+backup restores into a cluster (restore --env), to move a Flotilla from
+flotilla up to the HA cluster.
 
 With --env, it backs up a cluster from one of its managers, with the settings
 its services read from the environment (flotilla.env): every stream through
@@ -81,8 +85,8 @@ Restore it with flotilla admin restore.`,
 			}
 			var source string
 			if fromEnv {
-				if cmd.Flags().Changed("data-dir") {
-					return errors.New("--env backs up a cluster from the environment's settings: drop --data-dir")
+				if cmd.Flags().Changed("data-dir") || dump {
+					return errors.New("--env backs up a cluster from the environment's settings: drop --data-dir (and --dump: a cluster's database is dumped)")
 				}
 				var err error
 				if source, err = stack.ClusterSourceFromEnv(nil); err != nil {
@@ -106,7 +110,7 @@ Restore it with flotilla admin restore.`,
 			if fromEnv {
 				m, err = stack.BackupClusterFromEnv(cmd.Context(), nil, creds, dest, version)
 			} else {
-				m, err = stack.Backup(cmd.Context(), dir, dest, version)
+				m, err = stack.Backup(cmd.Context(), dir, dest, version, dump)
 			}
 			if textfile != "" {
 				if merr := writeBackupMetrics(textfile, source, m, time.Since(start), err != nil, time.Now()); merr != nil {
@@ -147,6 +151,7 @@ Restore it with flotilla admin restore.`,
 	cmd.Flags().IntVar(&keep, "keep", 7, "with --into: how many backups of this data directory (or cluster) to keep there, the newest")
 	cmd.Flags().BoolVar(&fromEnv, "env", false, "back up a cluster, with the settings its services read from the environment")
 	cmd.Flags().StringVar(&creds, "creds", "", "with --env: the backup identity's credentials (backup.creds)")
+	cmd.Flags().BoolVar(&dump, "dump", false, "copy the managed PostgreSQL by pg_dump, not a base backup: to restore it into a cluster (restore --env)")
 	cmd.Flags().StringVar(&textfile, "textfile", "", "a node exporter textfile (.prom) to record the outcome in: flotilla_backup_last_success_timestamp_seconds, …")
 	return cmd
 }
@@ -167,8 +172,9 @@ backup's ports: give flotilla up --port to run it beside the original. The
 backup of a Flotilla on an external PostgreSQL is restored into the empty
 database --database-url names, which the settings then name.
 
-With --env, it restores a cluster's backup (made with --env) into a cluster
-whose services have not started yet, with the settings they read from the
+With --env, it restores a cluster's backup (made with --env), or a data
+directory's made with --dump, into a cluster whose services have not started
+yet (a data directory's streams get FLOTILLA_STREAM_REPLICAS), with the settings they read from the
 environment: the database by pg_restore through FLOTILLA_DATABASE_OWNER_URL
 (it must hold no table), then every stream through FLOTILLA_NATS_URL (none may
 exist), as a user the bus authority in --bus-dir (bus-credentials init --dir,

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -12,6 +13,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"flotilla.dev/flotilla/api/endpoints"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
+	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/internal/stack/stacktest"
+	"flotilla.dev/flotilla/libs/busauth"
+	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
 )
 
@@ -383,5 +394,58 @@ func TestABackupOfFlotillaOnAnExternalDatabase(t *testing.T) {
 	s, err := os.ReadFile(filepath.Join(restored, "config", "settings.json"))
 	if err != nil || !strings.Contains(string(s), target) {
 		t.Errorf("the restored settings do not name the database restored into: %v\n%s", err, s)
+	}
+}
+
+// TestMovingFromUpToACluster: a backup of a running flotilla up taken with
+// --dump restores into a cluster (restore --env, with a manager's
+// settings): its database, its streams and the fleet CA's and master key's
+// files; the cluster's inventory then serves the records.
+func TestMovingFromUpToACluster(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t)
+	moved := f.api(200, "POST", "/api/v1/networks", `{"name":"moved","provider":"local","httpsStrategy":"none"}`)
+	backup := filepath.Join(filepath.Dir(f.dir), "backup")
+	if out, err := runAdmin("backup", backup, "--dump", "--data-dir", f.dir); err != nil || !strings.Contains(out, "pg_dump") {
+		t.Fatalf("backup --dump: %v\n%s", err, out)
+	}
+	if out, err := runAdmin("restore", backup, "--data-dir", filepath.Join(t.TempDir(), "d")); err == nil || !strings.Contains(out, "give --database-url") {
+		t.Errorf("a dump restored without a database: %v\n%s", err, out)
+	}
+
+	bus, db, files := testkit.SecureNATS(t), testkit.NewDatabase(t), t.TempDir()
+	caCert, caKey, kmsKey := filepath.Join(files, "ca.crt"), filepath.Join(files, "ca.key"), filepath.Join(files, "master.key")
+	restore := exec.Command(binary, "admin", "restore", backup, "--env", "--bus-dir", bus.Authority().Dir())
+	restore.Env = append(os.Environ(), "FLOTILLA_NATS_URL="+bus.URL, "FLOTILLA_DATABASE_OWNER_URL="+db,
+		"FLOTILLA_CA_CERT_FILE="+caCert, "FLOTILLA_CA_KEY_FILE="+caKey, "FLOTILLA_KMS_KEY_FILE="+kmsKey, "FLOTILLA_STREAM_REPLICAS=1")
+	out, err := restore.CombinedOutput()
+	if err != nil {
+		t.Fatalf("restore --env: %v\n%s", err, out)
+	}
+	for _, p := range [][2]string{{caCert, "ca/ca.crt"}, {caKey, "ca/ca.key"}, {kmsKey, "keys/master.key"}} {
+		if !strings.Contains(string(out), "wrote "+p[0]) {
+			t.Errorf("the restore did not say it wrote %s:\n%s", p[0], out)
+		}
+		if a, b := must(os.ReadFile(p[0])), must(os.ReadFile(filepath.Join(f.dir, p[1]))); !bytes.Equal(a, b) {
+			t.Errorf("%s is not the data directory's %s", p[0], p[1])
+		}
+	}
+	stacktest.Start(t, stacktest.OnBus(stack.Config{Services: []string{subjects.Inventory, subjects.CA, subjects.Secrets},
+		DatabaseURL: db, CACertFile: caCert, CAKeyFile: caKey, KMSKeyFile: kmsKey}, bus))
+	gw := rpc.NewClient(bus.Conn(t, subjects.Gateway), subjects.Gateway, 0)
+	got, err := rpc.Call(t.Context(), gw, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: moved["id"].(string)}, rpc.As(vocab.User("admin")))
+	if err != nil || got.GetName() != "moved" {
+		t.Fatalf("the network in the cluster: %v %v", got, err)
+	}
+	js, err := jetstream.New(bus.Conn(t, busauth.Observer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := js.Stream(t.Context(), subjects.EventsStream)
+	if err == nil {
+		_, err = events.GetLastMsgForSubject(t.Context(), subjects.Event(subjects.NounNetwork, moved["id"].(string), string(vocab.VerbCreated)))
+	}
+	if err != nil {
+		t.Fatalf("the network's event in the cluster: %v", err)
 	}
 }

@@ -89,9 +89,10 @@ type BackupManifest struct {
 // two copies agree. Not running, flotilla up is kept from starting
 // on dataDir until the backup is done, and Backup starts the managed
 // PostgreSQL and the NATS store itself, stopping them after. version is
-// this build's, written in the manifest. On an error dest is left as it
-// was found.
-func Backup(ctx context.Context, dataDir, dest, version string) (_ *BackupManifest, err error) {
+// this build's, written in the manifest. dump copies the managed
+// PostgreSQL by pg_dump instead, for a restore into a cluster. On an error
+// dest is left as it was found.
+func Backup(ctx context.Context, dataDir, dest, version string, dump bool) (_ *BackupManifest, err error) {
 	d, s, err := loadDataDir(dataDir)
 	if err != nil {
 		return nil, err
@@ -155,7 +156,9 @@ func Backup(ctx context.Context, dataDir, dest, version string) (_ *BackupManife
 	}
 	defer stop()
 	copyDB := func() error { return pgmanaged.Dump(ctx, s.DatabaseURL, filepath.Join(dest, backupDump)) }
-	if pg != nil {
+	if pg != nil && dump {
+		m.Database = BackupDatabaseDump
+	} else if pg != nil {
 		copyDB = func() error { return pg.BaseBackup(ctx, filepath.Join(dest, backupPostgres)) }
 	}
 	if m.Streams, err = copyConsistent(ctx, nc, dest, s.DatabaseURL, copyDB); err != nil {
@@ -341,7 +344,7 @@ func Restore(ctx context.Context, dir, dataDir, databaseURL string) (_ *BackupMa
 		if err := pgmanaged.RestoreDump(ctx, databaseURL, filepath.Join(dir, backupDump)); err != nil {
 			return nil, err
 		}
-		s.DatabaseURL = databaseURL
+		s.DatabaseURL, s.ManagedPostgres = databaseURL, false
 		if err := datadir.Save(d, s); err != nil {
 			return nil, err
 		}

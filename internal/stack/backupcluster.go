@@ -36,6 +36,14 @@ type BackupFile struct {
 	Path string `json:"path"`
 }
 
+// dataDirFiles are, in a data directory (and its backup), the files
+// clusterFiles names, by variable.
+var dataDirFiles = map[string]string{
+	"FLOTILLA_CA_CERT_FILE": filepath.Join("ca", "ca.crt"),
+	"FLOTILLA_CA_KEY_FILE":  filepath.Join("ca", "ca.key"),
+	"FLOTILLA_KMS_KEY_FILE": filepath.Join("keys", "master.key"),
+}
+
 // clusterFiles are the files of a manager's settings a cluster's backup
 // copies: the fleet CA's certificate and key, the secret brokers' master
 // key.
@@ -115,6 +123,9 @@ func BackupClusterFromEnv(ctx context.Context, environ map[string]string, creds,
 }
 
 // RestoreClusterFromEnv restores a cluster's backup (dir) into a cluster,
+// or a data directory's taken with its database dumped (--dump, to move a
+// Flotilla from flotilla up into a cluster; its streams get the cluster's
+// FLOTILLA_STREAM_REPLICAS),
 // from a host with the settings of its services in the environment
 // (environ; nil: the process's), before its services first start: the
 // database by pg_restore through FLOTILLA_DATABASE_OWNER_URL (it must hold
@@ -129,8 +140,8 @@ func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDi
 	if err != nil {
 		return nil, nil, err
 	}
-	if !m.Cluster {
-		return nil, nil, fmt.Errorf("%s is the backup of a data directory (%s): restore it with --data-dir", dir, m.Source)
+	if !m.Cluster && m.Database != BackupDatabaseDump {
+		return nil, nil, fmt.Errorf("%s is the backup of a data directory (%s) whose database is a base backup of its managed PostgreSQL: restore it with --data-dir, or take one with --dump to move it into a cluster", dir, m.Source)
 	}
 	ec, err := LoadEnvConfig(subjects.Inventory, environ, nil)
 	if err != nil {
@@ -190,7 +201,8 @@ func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDi
 	if err := pgmanaged.RestoreDump(ctx, ec.DatabaseOwnerURL, filepath.Join(dir, backupDump)); err != nil {
 		return nil, nil, err
 	}
-	restored, err := jsbackup.Send(ctx, nc, filepath.Join(dir, backupStreams))
+	// The cluster's number of replicas (a data directory's streams have one).
+	restored, err := jsbackup.Send(ctx, nc, filepath.Join(dir, backupStreams), ec.StreamReplicas)
 	if err != nil {
 		return nil, nil, fmt.Errorf("the database is restored, %d streams of %d: %w", len(restored), len(m.Streams), err)
 	}
@@ -213,13 +225,28 @@ func filesToWrite(ec EnvConfig, dir string, m *BackupManifest) (map[string][]byt
 	for _, f := range clusterFiles(ec) {
 		now[f.Var] = f.Path
 	}
-	out := map[string][]byte{}
+	// A cluster's backup holds them by variable; a data directory's
+	// where flotilla up keeps them (unless its settings named others,
+	// outside it: then they are not in it).
+	held := map[string]string{}
 	for _, f := range m.ClusterFiles {
-		path := now[f.Var]
+		held[f.Var] = filepath.Join(dir, backupFiles, f.Var)
+	}
+	if !m.Cluster {
+		for v, path := range dataDirFiles {
+			if _, err := os.Stat(filepath.Join(dir, path)); err == nil {
+				held[v] = filepath.Join(dir, path)
+			}
+		}
+	}
+	out := map[string][]byte{}
+	for v, from := range held {
+		f := BackupFile{Var: v, Path: now[v]}
+		path := f.Path
 		if path == "" {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(dir, backupFiles, f.Var))
+		b, err := os.ReadFile(from)
 		if err != nil {
 			return nil, err
 		}

@@ -312,15 +312,16 @@ const (
 // chunk by acknowledged chunk. nc's user needs the restore API and the
 // chunks' subjects ($JS.API.STREAM.RESTORE.*, $JS.SNAPSHOT.RESTORE.>). A
 // stream that exists is refused by the server; Send stops at the first
-// stream refused.
-func Send(ctx context.Context, nc *nats.Conn, dir string) ([]Stream, error) {
+// stream refused. replicas, when not 0, replaces each stream's number of
+// replicas (a data directory's streams have one; a cluster's three).
+func Send(ctx context.Context, nc *nats.Conn, dir string, replicas int) ([]Stream, error) {
 	names, err := snapshots(dir)
 	if err != nil {
 		return nil, err
 	}
 	var out []Stream
 	for _, name := range names {
-		s, err := send(ctx, nc, dir, name)
+		s, err := send(ctx, nc, dir, name, replicas)
 		if err != nil {
 			return out, fmt.Errorf("restore stream %s: %w", name, err)
 		}
@@ -329,27 +330,39 @@ func Send(ctx context.Context, nc *nats.Conn, dir string) ([]Stream, error) {
 	return out, nil
 }
 
-func send(ctx context.Context, nc *nats.Conn, dir, name string) (Stream, error) {
+func send(ctx context.Context, nc *nats.Conn, dir, name string, replicas int) (Stream, error) {
 	cfg, st, f, err := open(dir, name)
 	if err != nil {
 		return Stream{}, err
 	}
 	defer f.Close()
+	if replicas != 0 {
+		cfg.Replicas = replicas
+	}
 	req, err := json.Marshal(server.JSApiStreamRestoreRequest{Config: *cfg,
 		State: server.StreamState{Msgs: st.Messages, FirstSeq: st.FirstSeq, LastSeq: st.LastSeq, LastTime: st.LastTime}})
 	if err != nil {
 		return Stream{}, err
 	}
-	reply, err := nc.RequestWithContext(ctx, fmt.Sprintf(server.JSApiStreamRestoreT, name), req)
-	if err != nil {
-		return Stream{}, fmt.Errorf("ask to restore it: %w", err)
-	}
+	// A cluster that has just started may not know all its servers to be
+	// up yet, and find no servers to place the replicas on: asked again
+	// for up to SendWait.
 	var resp server.JSApiStreamRestoreResponse
-	if err := json.Unmarshal(reply.Data, &resp); err != nil {
-		return Stream{}, fmt.Errorf("the restore's answer: %w", err)
-	}
-	if resp.Error != nil {
-		return Stream{}, fmt.Errorf("the NATS server refused to restore it: %s", resp.Error.Description)
+	for deadline := time.Now().Add(SendWait); ; time.Sleep(time.Second) {
+		reply, err := nc.RequestWithContext(ctx, fmt.Sprintf(server.JSApiStreamRestoreT, name), req)
+		if err != nil {
+			return Stream{}, fmt.Errorf("ask to restore it: %w", err)
+		}
+		resp = server.JSApiStreamRestoreResponse{}
+		if err := json.Unmarshal(reply.Data, &resp); err != nil {
+			return Stream{}, fmt.Errorf("the restore's answer: %w", err)
+		}
+		if resp.Error == nil {
+			break
+		}
+		if resp.Error.ErrCode != uint16(server.JSClusterNoPeersErrF) || time.Now().After(deadline) {
+			return Stream{}, fmt.Errorf("the NATS server refused to restore it: %s", resp.Error.Description)
+		}
 	}
 	chunk := make([]byte, SendChunk)
 	for {
@@ -377,9 +390,21 @@ func send(ctx context.Context, nc *nats.Conn, dir, name string) (Stream, error) 
 func sendChunk(ctx context.Context, nc *nats.Conn, subject string, chunk []byte) error {
 	wait, cancel := context.WithTimeout(ctx, SendWait)
 	defer cancel()
-	m, err := nc.RequestWithContext(wait, subject, chunk)
-	if err != nil {
-		return fmt.Errorf("send a chunk of its snapshot: %w", err)
+	var m *nats.Msg
+	for {
+		var err error
+		m, err = nc.RequestWithContext(wait, subject, chunk)
+		// In a cluster the server that takes the chunks may subscribe a
+		// moment after the answer naming their subject: nobody got this
+		// one, so it is sent again.
+		if errors.Is(err, nats.ErrNoResponders) && wait.Err() == nil {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("send a chunk of its snapshot: %w", err)
+		}
+		break
 	}
 	if len(m.Data) == 0 {
 		return nil

@@ -276,9 +276,10 @@ func TestTheBackupIdentitySnapshotsAndNothingElse(t *testing.T) {
 }
 
 // TestStreamsCopiedFromAClusterAreSentToAnother: the streams of a cluster
-// of three (three replicas each) copied by the backup identity are created
-// in another cluster of three through the JetStream API, by a user that
-// may do nothing but that, with their replicas and messages.
+// of three (one replica each, as a data directory's) copied by the backup
+// identity are created in another cluster of three through the JetStream
+// API, by a user that may do nothing but that, with their messages and
+// three replicas.
 func TestStreamsCopiedFromAClusterAreSentToAnother(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -314,7 +315,7 @@ func TestStreamsCopiedFromAClusterAreSentToAnother(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := bus.EnsureStreams(ctx, src, 3); err != nil {
+	if err := bus.EnsureStreams(ctx, src, 1); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 300 {
@@ -332,7 +333,7 @@ func TestStreamsCopiedFromAClusterAreSentToAnother(t *testing.T) {
 	testkit.WaitFor(t, 30*time.Second, "the other cluster's meta leader", func() bool {
 		return slices.ContainsFunc(b, (*server.Server).JetStreamIsLeader)
 	})
-	sent, err := jsbackup.Send(ctx, connect(b, busauth.Restorer, minted(busauth.Restorer, busauth.RestorerPermissions())), dir)
+	sent, err := jsbackup.Send(ctx, connect(b, busauth.Restorer, minted(busauth.Restorer, busauth.RestorerPermissions())), dir, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -362,7 +363,7 @@ func TestStreamsCopiedFromAClusterAreSentToAnother(t *testing.T) {
 		t.Fatalf("the last event in the other cluster: %v", err)
 	}
 	// A stream there is not put back twice.
-	if _, err := jsbackup.Send(ctx, connect(b, busauth.Restorer, minted(busauth.Restorer, busauth.RestorerPermissions())), dir); err == nil {
+	if _, err := jsbackup.Send(ctx, connect(b, busauth.Restorer, minted(busauth.Restorer, busauth.RestorerPermissions())), dir, 3); err == nil {
 		t.Error("streams that exist were restored over")
 	}
 }
