@@ -172,6 +172,26 @@ func TestABackupTakenWhileUpRunsStartsAsFlotillaStood(t *testing.T) {
 	if names := r2.networkNames(); !contains(names, "before") || !contains(names, "restored") {
 		t.Fatalf("the twice-restored Flotilla's networks: %v (want before and restored)", names)
 	}
+
+	// verify-backup reads a backup whole, and names what is not.
+	if out, err := runAdmin("verify-backup", backup); err != nil || !strings.Contains(out, "whole: every stream, the database and the files read back") {
+		t.Fatalf("verify-backup of a whole backup: %v\n%s", err, out)
+	}
+	events := filepath.Join(backup, "streams", "FLOTILLA_EVENTS.snapshot")
+	fi, err := os.Stat(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(events, fi.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(filepath.Join(backup, "postgres", "PG_VERSION"), 0); err != nil {
+		t.Fatal(err)
+	}
+	out, err = runAdmin("verify-backup", backup)
+	if err == nil || !strings.Contains(out, "would not restore") || !strings.Contains(out, "stream FLOTILLA_EVENTS: ") || !strings.Contains(out, "database: pg_verifybackup") {
+		t.Errorf("verify-backup of a damaged backup: %v\n%s", err, out)
+	}
 }
 
 // TestBackupAndRestoreRefuseWhatWouldLoseData: a backup into a directory

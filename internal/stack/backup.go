@@ -525,3 +525,46 @@ func PruneBackups(dir, source string, keep int) ([]string, error) {
 	}
 	return removed, nil
 }
+
+// VerifyBackup checks the backup in dir without restoring it: its
+// manifest; each stream's snapshot whole, holding what the manifest says;
+// the database (a base backup by pg_verifybackup, a dump read through by
+// pg_restore); the copied directories and files there. It returns the
+// manifest and every problem found (none: the backup would restore).
+func VerifyBackup(ctx context.Context, dir string) (*BackupManifest, []error, error) {
+	m, err := readManifest(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	var problems []error
+	for _, want := range m.Streams {
+		got, err := jsbackup.Check(filepath.Join(dir, backupStreams), want.Name)
+		switch {
+		case err != nil:
+			problems = append(problems, fmt.Errorf("stream %s: %w", want.Name, err))
+		case got.Messages != want.Messages || got.LastSeq != want.LastSeq:
+			problems = append(problems, fmt.Errorf("stream %s: its snapshot holds %d messages up to %d, the manifest says %d up to %d",
+				want.Name, got.Messages, got.LastSeq, want.Messages, want.LastSeq))
+		}
+	}
+	switch m.Database {
+	case BackupDatabaseManaged:
+		err = pgmanaged.VerifyBaseBackup(ctx, filepath.Join(dir, backupPostgres))
+	default:
+		err = pgmanaged.VerifyDump(ctx, filepath.Join(dir, backupDump))
+	}
+	if err != nil {
+		problems = append(problems, fmt.Errorf("database: %w", err))
+	}
+	for _, sub := range m.Files {
+		if fi, err := os.Stat(filepath.Join(dir, sub)); err != nil || !fi.IsDir() {
+			problems = append(problems, fmt.Errorf("%s/: missing (%v)", sub, err))
+		}
+	}
+	for _, f := range m.ClusterFiles {
+		if _, err := os.Stat(filepath.Join(dir, backupFiles, f.Var)); err != nil {
+			problems = append(problems, fmt.Errorf("%s's file: %w", f.Var, err))
+		}
+	}
+	return m, problems, nil
+}

@@ -262,6 +262,17 @@ func restore(acc *server.Account, dir, name string) (Stream, error) {
 	return st, nil
 }
 
+// Check reads stream name's configuration and snapshot from dir, as Copy
+// wrote them, and returns what the snapshot holds; an error if either is
+// missing or unreadable, or the snapshot is not whole.
+func Check(dir, name string) (Stream, error) {
+	_, st, f, err := open(dir, name)
+	if err != nil {
+		return Stream{}, err
+	}
+	return st, f.Close()
+}
+
 // open reads stream name's configuration from dir and checks its
 // snapshot whole (the server would keep what a truncated archive holds),
 // returning it opened at its start.

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"flotilla.dev/flotilla/libs/filecopy"
 )
@@ -81,22 +82,37 @@ func (s *Server) Restore(from string) error {
 	return s.user.checkTraversable(dir)
 }
 
+// VerifyBaseBackup checks a BaseBackup with pg_verifybackup: every file
+// against its manifest, and the write-ahead log it needs.
+func VerifyBaseBackup(ctx context.Context, dir string) error {
+	_, err := runTool(ctx, nil, "pg_verifybackup", "--quiet", dir)
+	return err
+}
+
+// VerifyDump checks that file is a whole Dump: pg_restore reads all of it
+// (writing the SQL it would run nowhere), and it holds tables.
+func VerifyDump(ctx context.Context, file string) error {
+	out, err := runTool(ctx, nil, "pg_restore", "--list", file)
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(string(out), " TABLE ") {
+		return fmt.Errorf("pg_restore --list %s: it holds no table", file)
+	}
+	_, err = runTool(ctx, nil, "pg_restore", "--exit-on-error", "--file="+os.DevNull, file)
+	return err
+}
+
 // Dump writes the database databaseURL names to file (which must not
 // exist) with pg_dump, in its custom format: a consistent copy taken in
 // one transaction while the database goes on serving. The password of a
 // postgres:// URL is handed to pg_dump in its environment, never its
 // arguments. On an error file is removed.
 func Dump(ctx context.Context, databaseURL, file string) error {
-	bin, err := FindBinDir()
-	if err != nil {
-		return err
-	}
 	conn, env := hidePassword(databaseURL)
-	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_dump"), "--format=custom", "--file="+file, "--no-password", "--dbname="+conn)
-	cmd.Env = append(childEnv(), env...)
-	if out, err := cmd.CombinedOutput(); err != nil {
+	if _, err := runTool(ctx, env, "pg_dump", "--format=custom", "--file="+file, "--no-password", "--dbname="+conn); err != nil {
 		_ = os.Remove(file)
-		return fmt.Errorf("pg_dump: %w%s", err, outputSuffix(out))
+		return err
 	}
 	return filecopy.Sync(file)
 }
@@ -107,18 +123,27 @@ func Dump(ctx context.Context, databaseURL, file string) error {
 // uses the database grants its own (Flotilla's services, to their role,
 // at their start).
 func RestoreDump(ctx context.Context, databaseURL, file string) error {
+	conn, env := hidePassword(databaseURL)
+	_, err := runTool(ctx, env, "pg_restore", "--exit-on-error", "--single-transaction",
+		"--no-owner", "--no-privileges", "--no-password", "--dbname="+conn, file)
+	return err
+}
+
+// runTool runs one of PostgreSQL's client programs as this process's
+// user, with env added to its environment, and returns its output; an
+// error names the program and ends with what it printed.
+func runTool(ctx context.Context, env []string, name string, args ...string) ([]byte, error) {
 	bin, err := FindBinDir()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	conn, env := hidePassword(databaseURL)
-	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_restore"), "--exit-on-error", "--single-transaction",
-		"--no-owner", "--no-privileges", "--no-password", "--dbname="+conn, file)
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, name), args...)
 	cmd.Env = append(childEnv(), env...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("pg_restore: %w%s", err, outputSuffix(out))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("%s: %w%s", name, err, outputSuffix(out))
 	}
-	return nil
+	return out, nil
 }
 
 // hidePassword takes the password out of a postgres:// URL, returning the

@@ -153,3 +153,48 @@ func TestADumpLoadsIntoAnotherServerOnce(t *testing.T) {
 		t.Fatalf("after a refused load: %d rows (%v), want 501", n, err)
 	}
 }
+
+// TestVerifyFindsACopyCutShort: a base backup and a dump verify whole;
+// cut short, each is refused.
+func TestVerifyFindsACopyCutShort(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	opts := testOptions(t)
+	srv := initServer(t, opts)
+	if err := srv.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := connect(t, srv.URL()).Exec(ctx, "CREATE TABLE ships AS SELECT n, repeat('x', 200) AS s FROM generate_series(1, 20000) n"); err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(filepath.Dir(opts.Dir), "base")
+	dump := filepath.Join(t.TempDir(), "flotilla.dump")
+	if err := srv.BaseBackup(ctx, base); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgmanaged.Dump(ctx, srv.URL(), dump); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgmanaged.VerifyBaseBackup(ctx, base); err != nil {
+		t.Errorf("a whole base backup: %v", err)
+	}
+	if err := pgmanaged.VerifyDump(ctx, dump); err != nil {
+		t.Errorf("a whole dump: %v", err)
+	}
+	fi, err := os.Stat(dump)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(dump, fi.Size()*3/4); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgmanaged.VerifyDump(ctx, dump); err == nil {
+		t.Error("a dump cut short verified")
+	}
+	if err := os.Truncate(filepath.Join(base, "PG_VERSION"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgmanaged.VerifyBaseBackup(ctx, base); err == nil {
+		t.Error("a base backup with a file changed verified")
+	}
+}
