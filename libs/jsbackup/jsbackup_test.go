@@ -323,6 +323,20 @@ func TestStreamsCopiedFromAClusterAreSentToAnother(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A durable consumer, replicated, that has acknowledged 100 events.
+	reader, err := src.CreateOrUpdateConsumer(ctx, subjects.EventsStream, jetstream.ConsumerConfig{Durable: "reader", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := reader.Fetch(100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range batch.Messages() {
+		if err := m.DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 	dir := t.TempDir()
 	copied, err := copyAll(t, connect(a, busauth.Backup, auth.Creds(busauth.Backup)), dir)
 	if err != nil {
@@ -357,6 +371,11 @@ func TestStreamsCopiedFromAClusterAreSentToAnother(t *testing.T) {
 			t.Errorf("stream %s in the other cluster: %d messages up to %d on %d replicas, want %d up to %d on 3",
 				c.Name, info.State.Msgs, info.State.LastSeq, info.Config.Replicas, c.Messages, c.LastSeq)
 		}
+	}
+	if cons, err := dst.Consumer(ctx, subjects.EventsStream, "reader"); err != nil {
+		t.Errorf("the consumer in the other cluster: %v", err)
+	} else if ci, err := cons.Info(ctx); err != nil || ci.AckFloor.Stream != 100 {
+		t.Errorf("the consumer in the other cluster: %+v %v, want it acknowledged up to 100", ci, err)
 	}
 	events, _ := dst.Stream(ctx, subjects.EventsStream)
 	if m, err := events.GetMsg(ctx, 300); err != nil || !bytes.Equal(m.Data, bytes.Repeat([]byte{'a' + 299%26}, 2000)) {
