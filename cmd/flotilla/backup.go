@@ -131,9 +131,12 @@ Restore it with flotilla admin restore.`,
 			fmt.Fprintf(out, "backed up %s into %s (%s) in %.1f s\n", m.Source, dest, how, time.Since(start).Seconds())
 			printBackup(out, m)
 			fmt.Fprintln(out, "it holds the master key that opens every secret, and the fleet CA's key: keep it as you keep them")
-			if fromEnv {
+			switch {
+			case fromEnv || dump:
 				fmt.Fprintf(out, "restore it into a new cluster, before its services first start: flotilla admin restore %s --env --bus-dir DIR\n", dest)
-			} else {
+			case m.Database == stack.BackupDatabaseDump:
+				fmt.Fprintf(out, "restore it: flotilla admin restore %s --data-dir DIR --database-url URL (an empty database), then flotilla up --data-dir DIR\n", dest)
+			default:
 				fmt.Fprintf(out, "restore it: flotilla admin restore %s --data-dir DIR, then flotilla up --data-dir DIR\n", dest)
 			}
 			if into == "" {

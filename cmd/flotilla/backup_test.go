@@ -426,7 +426,8 @@ func TestMovingFromUpToACluster(t *testing.T) {
 	f := newFleet(t)
 	moved := f.api(200, "POST", "/api/v1/networks", `{"name":"moved","provider":"local","httpsStrategy":"none"}`)
 	backup := filepath.Join(filepath.Dir(f.dir), "backup")
-	if out, err := runAdmin("backup", backup, "--dump", "--data-dir", f.dir); err != nil || !strings.Contains(out, "pg_dump") {
+	if out, err := runAdmin("backup", backup, "--dump", "--data-dir", f.dir); err != nil || !strings.Contains(out, "pg_dump") ||
+		!strings.Contains(out, "restore "+backup+" --env --bus-dir DIR") {
 		t.Fatalf("backup --dump: %v\n%s", err, out)
 	}
 	if out, err := runAdmin("restore", backup, "--data-dir", filepath.Join(t.TempDir(), "d")); err == nil || !strings.Contains(out, "give --database-url") {
