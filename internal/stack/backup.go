@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"flotilla.dev/flotilla/api/subjects"
@@ -19,6 +21,7 @@ import (
 	"flotilla.dev/flotilla/libs/filecopy"
 	"flotilla.dev/flotilla/libs/jsbackup"
 	"flotilla.dev/flotilla/libs/natsx"
+	"flotilla.dev/flotilla/libs/outbox"
 	"flotilla.dev/flotilla/libs/pgmanaged"
 )
 
@@ -134,13 +137,13 @@ func Backup(ctx context.Context, dataDir, dest, version string, dump bool) (_ *B
 	}
 	m.Outside = outsideFiles(d, s)
 
-	// The managed PostgreSQL: flotilla up's, or started for the backup;
-	// or an external one, dumped.
-	var pg *pgmanaged.Server
+	// The managed PostgreSQL (flotilla up's, or started for the backup)
+	// by a base backup unless dump; an external one dumped.
 	m.Database = BackupDatabaseDump
+	copyDB := func() error { return pgmanaged.Dump(ctx, s.DatabaseURL, filepath.Join(dest, backupDump)) }
 	if s.ManagedPostgres {
-		m.Database = BackupDatabaseManaged
-		if pg, err = pgmanaged.New(managedPostgresOptions(d, s)); err != nil {
+		pg, err := pgmanaged.New(managedPostgresOptions(d, s))
+		if err != nil {
 			return nil, fmt.Errorf("managed PostgreSQL: %w", err)
 		}
 		if !m.Hot {
@@ -149,18 +152,16 @@ func Backup(ctx context.Context, dataDir, dest, version string, dump bool) (_ *B
 			}
 			defer func() { _ = pg.Stop(context.WithoutCancel(ctx)) }()
 		}
+		if !dump {
+			m.Database = BackupDatabaseManaged
+			copyDB = func() error { return pg.BaseBackup(ctx, filepath.Join(dest, backupPostgres)) }
+		}
 	}
 	nc, stop, err := backupConn(d, s, m.Hot)
 	if err != nil {
 		return nil, err
 	}
 	defer stop()
-	copyDB := func() error { return pgmanaged.Dump(ctx, s.DatabaseURL, filepath.Join(dest, backupDump)) }
-	if pg != nil && dump {
-		m.Database = BackupDatabaseDump
-	} else if pg != nil {
-		copyDB = func() error { return pg.BaseBackup(ctx, filepath.Join(dest, backupPostgres)) }
-	}
 	if m.Streams, err = copyConsistent(ctx, nc, dest, s.DatabaseURL, copyDB); err != nil {
 		return nil, err
 	}
@@ -197,12 +198,12 @@ func copyConsistent(ctx context.Context, nc *nats.Conn, dest, dbURL string, copy
 	if err != nil {
 		return nil, err
 	}
-	more, err := holdWhile(ctx, dbURL, func() ([]jsbackup.Stream, error) {
-		more, err := jsbackup.Copy(ctx, nc, dir, rest...)
-		if err != nil {
-			return nil, err
+	var more []jsbackup.Stream
+	err = holdWhile(ctx, dbURL, func() error {
+		if more, err = jsbackup.Copy(ctx, nc, dir, rest...); err != nil {
+			return err
 		}
-		return more, copyDB()
+		return copyDB()
 	})
 	if err != nil {
 		return nil, err
@@ -210,6 +211,22 @@ func copyConsistent(ctx context.Context, nc *nats.Conn, dest, dbURL string, copy
 	streams := append(copied, more...)
 	slices.SortFunc(streams, func(a, b jsbackup.Stream) int { return strings.Compare(a.Name, b.Name) })
 	return streams, nil
+}
+
+// holdWhile runs f while the outbox's forwarders of the database url names
+// are held (outbox.Hold).
+func holdWhile(ctx context.Context, url string, f func() error) (err error) {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return fmt.Errorf("the database: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	release, err := outbox.Hold(ctx, conn)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, release(context.WithoutCancel(ctx))) }()
+	return f()
 }
 
 // writeManifest writes the manifest, last, and syncs the backup.
@@ -253,17 +270,9 @@ func backupConn(d datadir.Dir, s *datadir.Settings, hot bool) (nc *nats.Conn, st
 		}
 		return nc, nc.Close, nil
 	}
-	auth, err := busauth.LoadOrCreate(d.Bus())
+	ns, auth, shutdown, err := storeServer(d)
 	if err != nil {
 		return nil, nil, err
-	}
-	ns, err := natsx.StartEmbedded(natsx.EmbeddedOptions{ServerName: "flotilla", StoreDir: d.NATS(), Auth: auth.Configure, DontListen: true})
-	if err != nil {
-		return nil, nil, err
-	}
-	shutdown := func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
 	}
 	nc, err = natsx.ConnectInProcess(ns, "flotilla admin backup", busauth.ConnectOptions(busauth.Backup, auth.Creds(busauth.Backup))...)
 	if err != nil {
@@ -271,6 +280,48 @@ func backupConn(d datadir.Dir, s *datadir.Settings, hot bool) (nc *nats.Conn, st
 		return nil, nil, err
 	}
 	return nc, func() { nc.Close(); shutdown() }, nil
+}
+
+// storeServer starts a NATS server on the data directory's JetStream
+// store, trusting its bus authority, without a listener (clients connect
+// in-process), for a backup or a restore while flotilla up does not run;
+// shutdown stops it.
+func storeServer(d datadir.Dir) (ns *server.Server, auth *busauth.Authority, shutdown func(), err error) {
+	if err := os.MkdirAll(d.NATS(), 0o700); err != nil {
+		return nil, nil, nil, err
+	}
+	if auth, err = busauth.LoadOrCreate(d.Bus()); err != nil {
+		return nil, nil, nil, err
+	}
+	ns, err = natsx.StartEmbedded(natsx.EmbeddedOptions{ServerName: "flotilla", StoreDir: d.NATS(), Auth: auth.Configure, DontListen: true})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return ns, auth, func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}, nil
+}
+
+// restorerCreds writes, for the time of a restore, the credentials of a
+// restore user the bus authority signs (busauth.RestorerPermissions) into
+// a temporary file, which remove removes.
+func restorerCreds(auth *busauth.Authority) (file string, remove func(), err error) {
+	creds, err := auth.Mint(busauth.Restorer, busauth.RestorerPermissions())
+	if err != nil {
+		return "", nil, err
+	}
+	f, err := os.CreateTemp("", "flotilla-restore-*.creds")
+	if err != nil {
+		return "", nil, err
+	}
+	remove = func() { _ = os.Remove(f.Name()) }
+	_, err = f.Write(creds)
+	if err = errors.Join(err, f.Close()); err != nil {
+		remove()
+		return "", nil, err
+	}
+	return f.Name(), remove, nil
 }
 
 // Restore makes dataDir, which must not exist or be empty, a data
@@ -350,26 +401,24 @@ func Restore(ctx context.Context, dir, dataDir, databaseURL string) (_ *BackupMa
 		}
 	}
 
-	if err := os.MkdirAll(d.NATS(), 0o700); err != nil {
-		return nil, err
-	}
-	auth, err := busauth.LoadOrCreate(d.Bus())
+	// The streams, through the JetStream API as for a cluster, to a server
+	// on the new store.
+	ns, auth, shutdown, err := storeServer(d)
 	if err != nil {
 		return nil, err
 	}
-	ns, err := natsx.StartEmbedded(natsx.EmbeddedOptions{ServerName: "flotilla", StoreDir: d.NATS(), Auth: auth.Configure, DontListen: true})
+	defer shutdown()
+	creds, remove, err := restorerCreds(auth)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	}()
-	acc, err := ns.LookupAccount(auth.Account())
+	defer remove()
+	nc, err := natsx.ConnectInProcess(ns, "flotilla admin restore", busauth.ConnectOptions(busauth.Restorer, creds)...)
 	if err != nil {
-		return nil, fmt.Errorf("the bus account: %w", err)
+		return nil, err
 	}
-	streams, err := jsbackup.Restore(acc, filepath.Join(dir, backupStreams))
+	defer nc.Close()
+	streams, err := jsbackup.Send(ctx, nc, filepath.Join(dir, backupStreams), 0)
 	if err != nil {
 		return nil, err
 	}

@@ -16,9 +16,10 @@ import (
 
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/busauth"
+	"flotilla.dev/flotilla/libs/datadir"
+	"flotilla.dev/flotilla/libs/filecopy"
 	"flotilla.dev/flotilla/libs/jsbackup"
 	"flotilla.dev/flotilla/libs/natsx"
-	"flotilla.dev/flotilla/libs/outbox"
 	"flotilla.dev/flotilla/libs/pgmanaged"
 )
 
@@ -34,14 +35,6 @@ type BackupFile struct {
 	// named on the host the backup was taken on.
 	Var  string `json:"var"`
 	Path string `json:"path"`
-}
-
-// dataDirFiles are, in a data directory (and its backup), the files
-// clusterFiles names, by variable.
-var dataDirFiles = map[string]string{
-	"FLOTILLA_CA_CERT_FILE": filepath.Join("ca", "ca.crt"),
-	"FLOTILLA_CA_KEY_FILE":  filepath.Join("ca", "ca.key"),
-	"FLOTILLA_KMS_KEY_FILE": filepath.Join("keys", "master.key"),
 }
 
 // clusterFiles are the files of a manager's settings a cluster's backup
@@ -96,12 +89,8 @@ func BackupClusterFromEnv(ctx context.Context, environ map[string]string, creds,
 	m := &BackupManifest{Format: BackupFormat, Version: version, Created: time.Now().UTC(), Source: clusterSource(ec),
 		Cluster: true, Hot: true, Database: BackupDatabaseDump}
 	for _, f := range clusterFiles(ec) {
-		b, err := os.ReadFile(f.Path)
-		if err != nil {
+		if err := filecopy.File(f.Path, filepath.Join(dest, backupFiles, f.Var)); err != nil {
 			return nil, fmt.Errorf("%s: %w", f.Var, err)
-		}
-		if err := writeNew(filepath.Join(dest, backupFiles, f.Var), b); err != nil {
-			return nil, err
 		}
 		m.ClusterFiles = append(m.ClusterFiles, f)
 	}
@@ -166,22 +155,12 @@ func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDi
 	if err != nil {
 		return nil, nil, err
 	}
-	creds, err := auth.Mint(busauth.Restorer, busauth.RestorerPermissions())
+	creds, remove, err := restorerCreds(auth)
 	if err != nil {
 		return nil, nil, err
 	}
-	credsFile, err := os.CreateTemp("", "flotilla-restore-*.creds")
-	if err != nil {
-		return nil, nil, err
-	}
-	defer os.Remove(credsFile.Name())
-	if _, err := credsFile.Write(creds); err != nil {
-		return nil, nil, errors.Join(err, credsFile.Close())
-	}
-	if err := credsFile.Close(); err != nil {
-		return nil, nil, err
-	}
-	nc, err := clusterConn(ec, busauth.Restorer, credsFile.Name())
+	defer remove()
+	nc, err := clusterConn(ec, busauth.Restorer, creds)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -207,8 +186,8 @@ func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDi
 		return nil, nil, fmt.Errorf("the database is restored, %d streams of %d: %w", len(restored), len(m.Streams), err)
 	}
 	var written []string
-	for path, b := range files {
-		if err := writeNew(path, b); err != nil {
+	for path, from := range files {
+		if err := filecopy.File(from, path); err != nil {
 			return nil, nil, err
 		}
 		written = append(written, path)
@@ -218,49 +197,65 @@ func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDi
 }
 
 // filesToWrite are the backup's files to write where the settings name
-// them now, by path: those not there yet. One there already must be the
-// backup's; checked before anything is restored.
-func filesToWrite(ec EnvConfig, dir string, m *BackupManifest) (map[string][]byte, error) {
-	now := map[string]string{}
+// them now: by path there, the file in the backup; those not there yet.
+// One there already must be the backup's; checked before anything is
+// restored.
+func filesToWrite(ec EnvConfig, dir string, m *BackupManifest) (map[string]string, error) {
+	held, err := heldFiles(dir, m)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
 	for _, f := range clusterFiles(ec) {
-		now[f.Var] = f.Path
-	}
-	// A cluster's backup holds them by variable; a data directory's
-	// where flotilla up keeps them (unless its settings named others,
-	// outside it: then they are not in it).
-	held := map[string]string{}
-	for _, f := range m.ClusterFiles {
-		held[f.Var] = filepath.Join(dir, backupFiles, f.Var)
-	}
-	if !m.Cluster {
-		for v, path := range dataDirFiles {
-			if _, err := os.Stat(filepath.Join(dir, path)); err == nil {
-				held[v] = filepath.Join(dir, path)
-			}
-		}
-	}
-	out := map[string][]byte{}
-	for v, from := range held {
-		f := BackupFile{Var: v, Path: now[v]}
-		path := f.Path
-		if path == "" {
+		from, ok := held[f.Var]
+		if !ok {
 			continue
 		}
 		b, err := os.ReadFile(from)
 		if err != nil {
 			return nil, err
 		}
-		switch have, err := os.ReadFile(path); {
+		switch have, err := os.ReadFile(f.Path); {
 		case err == nil && bytes.Equal(have, b):
 		case err == nil:
-			return nil, fmt.Errorf("%s: %s holds another file than the backup's: move it away, or point %s elsewhere", f.Var, path, f.Var)
+			return nil, fmt.Errorf("%s: %s holds another file than the backup's: move it away, or point %s elsewhere", f.Var, f.Path, f.Var)
 		case errors.Is(err, os.ErrNotExist):
-			out[path] = b
+			out[f.Path] = from
 		default:
 			return nil, fmt.Errorf("%s: %w", f.Var, err)
 		}
 	}
 	return out, nil
+}
+
+// heldFiles are the files clusterFiles names that the backup in dir holds,
+// by variable: a cluster's in files/<variable>; a data directory's where
+// its settings keep them (unless they name others, outside it: then they
+// are not in it).
+func heldFiles(dir string, m *BackupManifest) (map[string]string, error) {
+	held := map[string]string{}
+	if m.Cluster {
+		for _, f := range m.ClusterFiles {
+			held[f.Var] = filepath.Join(dir, backupFiles, f.Var)
+		}
+		return held, nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	bd := datadir.Dir(abs)
+	s, err := datadir.Load(bd)
+	if err != nil {
+		return nil, fmt.Errorf("the backup's settings: %w", err)
+	}
+	cert, key := s.CAFiles(bd)
+	for v, path := range map[string]string{"FLOTILLA_CA_CERT_FILE": cert, "FLOTILLA_CA_KEY_FILE": key, "FLOTILLA_KMS_KEY_FILE": bd.MasterKey()} {
+		if _, err := os.Stat(path); err == nil && strings.HasPrefix(path, abs+string(filepath.Separator)) {
+			held[v] = path
+		}
+	}
+	return held, nil
 }
 
 // ClusterSourceFromEnv is the source a cluster's backup taken with the
@@ -299,22 +294,6 @@ func clusterConn(ec EnvConfig, identity, creds string) (*nats.Conn, error) {
 	return natsx.Connect(ec.NATSURL, "flotilla admin "+identity, opts...)
 }
 
-// holdWhile runs f while the forwarders of the database url names are held
-// (outbox.Hold).
-func holdWhile(ctx context.Context, url string, f func() ([]jsbackup.Stream, error)) (_ []jsbackup.Stream, err error) {
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return nil, fmt.Errorf("the database: %w", err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	release, err := outbox.Hold(ctx, conn)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { err = errors.Join(err, release(context.WithoutCancel(ctx))) }()
-	return f()
-}
-
 // emptyDatabase fails unless the database url names holds no table of its
 // own.
 func emptyDatabase(ctx context.Context, url string) error {
@@ -331,20 +310,4 @@ func emptyDatabase(ctx context.Context, url string) error {
 		return fmt.Errorf("the database already holds %d tables: restore into an empty one, before the services first start", n)
 	}
 	return nil
-}
-
-// writeNew writes a new file (0600), its directory made if missing (0700).
-func writeNew(path string, b []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	return errors.Join(err, f.Close())
 }

@@ -195,7 +195,7 @@ func embeddedConfig(s *datadir.Settings, d datadir.Dir, ns *server.Server, log *
 		AgentAddr:       s.Addr(datadir.OffsetAgentGW),
 		CACertFile:      caCert,
 		CAKeyFile:       caKey,
-		KMSKeyFile:      d.Path("keys", "master.key"),
+		KMSKeyFile:      d.MasterKey(),
 		CreateKMSKey:    true,
 		SecretsManager:  secretsManager(os.Getenv("FLOTILLA_SECRETS_MANAGER_REGION"), os.Getenv("FLOTILLA_SECRETS_MANAGER_ENDPOINT_URL")),
 		LocalRoot:       string(d),
@@ -233,7 +233,7 @@ func embeddedKMS(s *datadir.Settings) *AWSKMS {
 // EmbeddedKMSConfig is the KMS part of the configuration `flotilla up`
 // runs with from the data directory's settings (for OpenKMS).
 func EmbeddedKMSConfig(s *datadir.Settings, d datadir.Dir) Config {
-	return Config{KMSKeyFile: d.Path("keys", "master.key"), CreateKMSKey: true, KMSAWS: embeddedKMS(s)}
+	return Config{KMSKeyFile: d.MasterKey(), CreateKMSKey: true, KMSAWS: embeddedKMS(s)}
 }
 
 // apiTLS is the API's TLS configuration from the settings; nil for none.

@@ -246,6 +246,9 @@ func (d Dir) Bus() string { return filepath.Join(string(d), "config", "bus") }
 // NATS returns the JetStream store directory.
 func (d Dir) NATS() string { return filepath.Join(string(d), "nats") }
 
+// MasterKey returns the local KMS master key's file (keys/master.key).
+func (d Dir) MasterKey() string { return filepath.Join(string(d), "keys", "master.key") }
+
 // Path joins elem to the data directory.
 func (d Dir) Path(elem ...string) string {
 	return filepath.Join(append([]string{string(d)}, elem...)...)

@@ -62,6 +62,18 @@ func Tree(from, to string, each func(path string) error) error {
 	return nil
 }
 
+// File copies the regular file from to a new path to (mode 0600, its
+// directory made if missing, 0700), synced.
+func File(from, to string) error {
+	if err := os.MkdirAll(filepath.Dir(to), 0o700); err != nil {
+		return err
+	}
+	if err := copyFile(from, to, 0o600); err != nil {
+		return fmt.Errorf("copy %s to %s: %w", from, to, err)
+	}
+	return Sync(to)
+}
+
 // copyFile copies a regular file to a new path with mode perm.
 func copyFile(from, to string, perm fs.FileMode) error {
 	in, err := os.Open(from)

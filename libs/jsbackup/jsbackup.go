@@ -7,8 +7,9 @@
 // acknowledges one by one (a slow disk slows the snapshot down instead of
 // losing a chunk). Copy keeps the archive as it came, in <name>.snapshot,
 // beside the stream's configuration in <name>.json, after checking that it
-// is whole (it ends with the archive's end-of-backup entry). Restore hands
-// both to a server's Account.RestoreStreamV2, the server's own restore.
+// is whole (it ends with the archive's end-of-backup entry). Send hands
+// both to a server's restore API ($JS.API.STREAM.RESTORE), on one server or
+// in a cluster.
 //
 // The streams' consumers come with them, each where it stood at the
 // snapshot: a durable consumer goes on after a restore from the message it
@@ -229,37 +230,6 @@ func check(r io.Reader) (msgs, first, last uint64, lastTime time.Time, err error
 			return msgs, first, last, lastTime, nil
 		}
 	}
-}
-
-// Restore creates every stream Copy wrote into dir in acc, an account of a
-// running server with JetStream that has none of them, and returns what
-// each holds. It stops at the first stream the server refuses.
-func Restore(acc *server.Account, dir string) ([]Stream, error) {
-	names, err := snapshots(dir)
-	if err != nil {
-		return nil, err
-	}
-	var out []Stream
-	for _, name := range names {
-		s, err := restore(acc, dir, name)
-		if err != nil {
-			return out, fmt.Errorf("restore stream %s: %w", name, err)
-		}
-		out = append(out, s)
-	}
-	return out, nil
-}
-
-func restore(acc *server.Account, dir, name string) (Stream, error) {
-	cfg, st, f, err := open(dir, name)
-	if err != nil {
-		return Stream{}, err
-	}
-	defer f.Close()
-	if _, err := acc.RestoreStreamV2(cfg, f); err != nil {
-		return Stream{}, err
-	}
-	return st, nil
 }
 
 // Check reads stream name's configuration and snapshot from dir, as Copy

@@ -48,19 +48,7 @@ func TestACopyIsAStoreANewServerStartsOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A durable consumer that has read and acknowledged 100 events.
-	reader, err := src.CreateOrUpdateConsumer(ctx, subjects.EventsStream, jetstream.ConsumerConfig{Durable: "reader", AckPolicy: jetstream.AckExplicitPolicy})
-	if err != nil {
-		t.Fatal(err)
-	}
-	batch, err := reader.Fetch(100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for m := range batch.Messages() {
-		if err := m.DoubleAck(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	readAndAck(t, src, 100)
 	// Writes go on during the copy.
 	stop := make(chan struct{})
 	writing := make(chan struct{})
@@ -95,8 +83,8 @@ func TestACopyIsAStoreANewServerStartsOn(t *testing.T) {
 		t.Fatalf("the bucket was not copied: %+v", copied)
 	}
 
-	acc, js := emptyServer(t, nb)
-	again, err := jsbackup.Restore(acc, dir)
+	restorer, js := emptyServer(t, nb)
+	again, err := jsbackup.Send(ctx, restorer, dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,8 +174,8 @@ func TestATruncatedSnapshotIsNotRestored(t *testing.T) {
 	if err := os.Truncate(path, fi.Size()/2); err != nil {
 		t.Fatal(err)
 	}
-	acc, js := emptyServer(t, nb)
-	_, err = jsbackup.Restore(acc, dir)
+	restorer, js := emptyServer(t, nb)
+	_, err = jsbackup.Send(ctx, restorer, dir, 0)
 	if err == nil || !strings.Contains(err.Error(), path) {
 		t.Fatalf("restore of a truncated snapshot: %v", err)
 	}
@@ -211,23 +199,55 @@ func flotillaStreams(t *testing.T) (*testkit.Bus, jetstream.JetStream) {
 }
 
 // emptyServer starts a server trusting nb's authority, with an empty
-// store: the Flotilla account to restore into, and the observer's view.
-func emptyServer(t *testing.T, nb *testkit.Bus) (*server.Account, jetstream.JetStream) {
+// store: a restorer's connection to restore into it, and the observer's
+// view.
+func emptyServer(t *testing.T, nb *testkit.Bus) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
 	opts := &server.Options{JetStream: true, StoreDir: t.TempDir()}
 	if err := nb.Authority().Configure(opts); err != nil {
 		t.Fatal(err)
 	}
 	ns := testkit.Serve(t, opts)
-	acc, err := ns.LookupAccount(nb.Authority().Account())
-	if err != nil {
-		t.Fatal(err)
-	}
+	restorer := testkit.NATSConn(t, ns, busauth.ConnectOptions(busauth.Restorer, mint(t, nb.Authority(), busauth.Restorer, busauth.RestorerPermissions()))...)
 	js, err := jetstream.New(testkit.NATSConn(t, ns, busauth.ConnectOptions(busauth.Observer, nb.Creds[busauth.Observer])...))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return acc, js
+	return restorer, js
+}
+
+// mint writes the credentials of a user auth signs with perms, and
+// returns their file.
+func mint(t *testing.T, auth *busauth.Authority, name string, perms jwt.Permissions) string {
+	t.Helper()
+	b, err := auth.Mint(name, perms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), name+".creds")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// readAndAck has a durable consumer "reader" of the events stream read
+// and acknowledge n events.
+func readAndAck(t *testing.T, js jetstream.JetStream, n int) {
+	t.Helper()
+	reader, err := js.CreateOrUpdateConsumer(t.Context(), subjects.EventsStream, jetstream.ConsumerConfig{Durable: "reader", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := reader.Fetch(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range batch.Messages() {
+		if err := m.DoubleAck(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // copyAll copies every stream nc sees into dir.
@@ -297,18 +317,7 @@ func TestStreamsCopiedFromAClusterAreSentToAnother(t *testing.T) {
 	connect := func(servers []*server.Server, identity, creds string) *nats.Conn {
 		return testkit.NATSConn(t, servers[0], busauth.ConnectOptions(identity, creds)...)
 	}
-	minted := func(name string, perms jwt.Permissions) string {
-		b, err := auth.Mint(name, perms)
-		if err != nil {
-			t.Fatal(err)
-		}
-		path := filepath.Join(t.TempDir(), name+".creds")
-		if err := os.WriteFile(path, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
-	admin := minted("admin", jwt.Permissions{})
+	admin := mint(t, auth, "admin", jwt.Permissions{})
 
 	a := cluster()
 	src, err := jetstream.New(connect(a, "admin", admin))
@@ -324,19 +333,7 @@ func TestStreamsCopiedFromAClusterAreSentToAnother(t *testing.T) {
 		}
 	}
 	// A durable consumer, replicated, that has acknowledged 100 events.
-	reader, err := src.CreateOrUpdateConsumer(ctx, subjects.EventsStream, jetstream.ConsumerConfig{Durable: "reader", AckPolicy: jetstream.AckExplicitPolicy})
-	if err != nil {
-		t.Fatal(err)
-	}
-	batch, err := reader.Fetch(100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for m := range batch.Messages() {
-		if err := m.DoubleAck(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	readAndAck(t, src, 100)
 	dir := t.TempDir()
 	copied, err := copyAll(t, connect(a, busauth.Backup, auth.Creds(busauth.Backup)), dir)
 	if err != nil {
@@ -347,7 +344,7 @@ func TestStreamsCopiedFromAClusterAreSentToAnother(t *testing.T) {
 	testkit.WaitFor(t, 30*time.Second, "the other cluster's meta leader", func() bool {
 		return slices.ContainsFunc(b, (*server.Server).JetStreamIsLeader)
 	})
-	sent, err := jsbackup.Send(ctx, connect(b, busauth.Restorer, minted(busauth.Restorer, busauth.RestorerPermissions())), dir, 3)
+	sent, err := jsbackup.Send(ctx, connect(b, busauth.Restorer, mint(t, auth, busauth.Restorer, busauth.RestorerPermissions())), dir, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +379,7 @@ func TestStreamsCopiedFromAClusterAreSentToAnother(t *testing.T) {
 		t.Fatalf("the last event in the other cluster: %v", err)
 	}
 	// A stream there is not put back twice.
-	if _, err := jsbackup.Send(ctx, connect(b, busauth.Restorer, minted(busauth.Restorer, busauth.RestorerPermissions())), dir, 3); err == nil {
+	if _, err := jsbackup.Send(ctx, connect(b, busauth.Restorer, mint(t, auth, busauth.Restorer, busauth.RestorerPermissions())), dir, 3); err == nil {
 		t.Error("streams that exist were restored over")
 	}
 }

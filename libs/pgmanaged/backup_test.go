@@ -17,11 +17,7 @@ import (
 func TestABaseBackupTakenWhileWritingStartsElsewhere(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	opts := testOptions(t)
-	srv := initServer(t, opts)
-	if err := srv.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	opts, srv := runningServer(t)
 	conn := connect(t, srv.URL())
 	if _, err := conn.Exec(ctx, "CREATE TABLE ships (n int PRIMARY KEY)"); err != nil {
 		t.Fatal(err)
@@ -119,12 +115,8 @@ func TestABaseBackupNeedsARunningServerAndANewDirectory(t *testing.T) {
 func TestADumpLoadsIntoAnotherServerOnce(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	from, to := initServer(t, testOptions(t)), initServer(t, testOptions(t))
-	for _, s := range []*pgmanaged.Server{from, to} {
-		if err := s.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	_, from := runningServer(t)
+	_, to := runningServer(t)
 	src := connect(t, from.URL())
 	for _, q := range []string{"CREATE TABLE ships (n int PRIMARY KEY)", "INSERT INTO ships SELECT generate_series(1, 500)"} {
 		if _, err := src.Exec(ctx, q); err != nil {
@@ -159,11 +151,7 @@ func TestADumpLoadsIntoAnotherServerOnce(t *testing.T) {
 func TestVerifyFindsACopyCutShort(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	opts := testOptions(t)
-	srv := initServer(t, opts)
-	if err := srv.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	opts, srv := runningServer(t)
 	if _, err := connect(t, srv.URL()).Exec(ctx, "CREATE TABLE ships AS SELECT n, repeat('x', 200) AS s FROM generate_series(1, 20000) n"); err != nil {
 		t.Fatal(err)
 	}
@@ -197,4 +185,16 @@ func TestVerifyFindsACopyCutShort(t *testing.T) {
 	if err := pgmanaged.VerifyBaseBackup(ctx, base); err == nil {
 		t.Error("a base backup with a file changed verified")
 	}
+}
+
+// runningServer initializes and starts a server for the test, stopped
+// when it ends.
+func runningServer(t *testing.T) (pgmanaged.Options, *pgmanaged.Server) {
+	t.Helper()
+	opts := testOptions(t)
+	srv := initServer(t, opts)
+	if err := srv.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return opts, srv
 }
