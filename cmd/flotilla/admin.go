@@ -66,7 +66,7 @@ func newAdmin() *cobra.Command {
 	setup.Flags().IntVar(&port, "port", datadir.DefaultBasePort, "base port, as for `flotilla up` (saved in the settings)")
 	setup.Flags().StringVar(&dbURL, "database-url", "", "an external PostgreSQL, as for `flotilla up` (saved in the settings)")
 	setup.Flags().BoolVar(&passwordStdin, "password-stdin", false, "read the password from standard input")
-	admin.AddCommand(setup, newBusCredentials(), newKMSKey(), newRewrapSecrets(), newBackup(), newRestore(), newVerifyBackup())
+	admin.AddCommand(setup, newBusCredentials(), newKMSKey(), newRewrapSecrets(), newBackup(), newRestore(), newVerifyBackup(), newBackupKey())
 	return admin
 }
 

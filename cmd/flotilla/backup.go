@@ -11,14 +11,16 @@ import (
 	"github.com/spf13/cobra"
 
 	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/libs/sealdir"
 )
 
 // newBackup backs a data directory up, while flotilla up runs on it or not.
 func newBackup() *cobra.Command {
 	var (
-		dir, into, creds, textfile string
-		keep                       int
-		fromEnv, dump              bool
+		dir, into, creds, textfile    string
+		keep                          int
+		fromEnv, dump                 bool
+		recipientKeys, recipientFiles []string
 	)
 	cmd := &cobra.Command{
 		Use:   "backup DEST | --into DIR [--keep N]",
@@ -57,9 +59,17 @@ FLOTILLA_CA_KEY_FILE and FLOTILLA_KMS_KEY_FILE name. Keep the bus authority's
 directory (bus-credentials init --dir) beside it: the cluster trusts its keys.
 
 Keep the backup as you keep those keys: whoever has it can read every secret.
+Or seal it: with --recipient (a public key, age1…) or --recipients-file, the
+backup is one file encrypted to those keys (age), with its manifest in the
+clear beside it, and restoring it needs the secret key of one of them
+(restore --identity). Make a key with flotilla admin backup-key, on a host
+other than this one, and keep its secret key there: the sealed backups can
+then leave this host. A sealed backup is staged in $TMPDIR first, unsealed
+(no other user can read it there; it needs room for the backup).
 Restore it with flotilla admin restore.`,
 		Example: `  flotilla admin backup /backup/flotilla-$(date +%F) --data-dir ./.flotilla
   flotilla admin backup --into /var/backups/flotilla --keep 7 --data-dir /var/lib/flotilla
+  flotilla admin backup --into /var/backups/flotilla --recipients-file /etc/flotilla/backup.recipients
   set -a; . /etc/flotilla/flotilla.env; set +a
   flotilla admin backup --env --creds /etc/flotilla/bus/backup.creds --into /var/backups/flotilla
   flotilla admin restore /backup/flotilla-2026-12-04 --data-dir ./.flotilla-restored
@@ -102,15 +112,22 @@ Restore it with flotilla admin restore.`,
 				}
 				source = abs
 			}
+			recipients, err := sealdir.Recipients(recipientKeys, recipientFiles)
+			if err != nil {
+				return err
+			}
 			start := time.Now()
-			var (
-				m   *stack.BackupManifest
-				err error
-			)
-			if fromEnv {
-				m, err = stack.BackupClusterFromEnv(cmd.Context(), nil, creds, dest, version)
+			take := func(dest string) (*stack.BackupManifest, error) {
+				if fromEnv {
+					return stack.BackupClusterFromEnv(cmd.Context(), nil, creds, dest, version)
+				}
+				return stack.Backup(cmd.Context(), dir, dest, version, dump)
+			}
+			var m *stack.BackupManifest
+			if len(recipients) > 0 {
+				m, err = stack.SealBackup(dest, recipients, take)
 			} else {
-				m, err = stack.Backup(cmd.Context(), dir, dest, version, dump)
+				m, err = take(dest)
 			}
 			if textfile != "" {
 				if merr := writeBackupMetrics(textfile, source, m, time.Since(start), err != nil, time.Now()); merr != nil {
@@ -130,14 +147,20 @@ Restore it with flotilla admin restore.`,
 			}
 			fmt.Fprintf(out, "backed up %s into %s (%s) in %.1f s\n", m.Source, dest, how, time.Since(start).Seconds())
 			printBackup(out, m)
-			fmt.Fprintln(out, "it holds the master key that opens every secret, and the fleet CA's key: keep it as you keep them")
+			key := ""
+			if m.Sealed != nil {
+				fmt.Fprintf(out, "sealed: only the secret key of one of those it is sealed to opens it\n")
+				key = " --identity KEY"
+			} else {
+				fmt.Fprintln(out, "it holds the master key that opens every secret, and the fleet CA's key: keep it as you keep them (or seal it: --recipient)")
+			}
 			switch {
 			case fromEnv || dump:
-				fmt.Fprintf(out, "restore it into a new cluster, before its services first start: flotilla admin restore %s --env --bus-dir DIR\n", dest)
+				fmt.Fprintf(out, "restore it into a new cluster, before its services first start: flotilla admin restore %s%s --env --bus-dir DIR\n", dest, key)
 			case m.Database == stack.BackupDatabaseDump:
-				fmt.Fprintf(out, "restore it: flotilla admin restore %s --data-dir DIR --database-url URL (an empty database), then flotilla up --data-dir DIR\n", dest)
+				fmt.Fprintf(out, "restore it: flotilla admin restore %s%s --data-dir DIR --database-url URL (an empty database), then flotilla up --data-dir DIR\n", dest, key)
 			default:
-				fmt.Fprintf(out, "restore it: flotilla admin restore %s --data-dir DIR, then flotilla up --data-dir DIR\n", dest)
+				fmt.Fprintf(out, "restore it: flotilla admin restore %s%s --data-dir DIR, then flotilla up --data-dir DIR\n", dest, key)
 			}
 			if into == "" {
 				return nil
@@ -156,6 +179,8 @@ Restore it with flotilla admin restore.`,
 	cmd.Flags().StringVar(&creds, "creds", "", "with --env: the backup identity's credentials (backup.creds)")
 	cmd.Flags().BoolVar(&dump, "dump", false, "copy the managed PostgreSQL by pg_dump, not a base backup: to restore it into a cluster (restore --env)")
 	cmd.Flags().StringVar(&textfile, "textfile", "", "a node exporter textfile (.prom) to record the outcome in: flotilla_backup_last_success_timestamp_seconds, …")
+	cmd.Flags().StringArrayVar(&recipientKeys, "recipient", nil, "seal the backup to this public key (age1…, from flotilla admin backup-key); repeat for more")
+	cmd.Flags().StringArrayVar(&recipientFiles, "recipients-file", nil, "seal the backup to the public keys in this file (one a line, # comments); repeat for more")
 	return cmd
 }
 
@@ -164,6 +189,7 @@ func newRestore() *cobra.Command {
 	var (
 		dir, busDir, dbURL string
 		fromEnv            bool
+		identities         []string
 	)
 	cmd := &cobra.Command{
 		Use:   "restore BACKUP --data-dir DIR | --env --bus-dir DIR",
@@ -183,7 +209,12 @@ environment: the database by pg_restore through FLOTILLA_DATABASE_OWNER_URL
 exist), as a user the bus authority in --bus-dir (bus-credentials init --dir,
 whose keys the cluster's servers trust) signs for the restore alone; the CA's
 and master key's files are written where the settings name them on this host,
-unless a file is there. Copy them to every manager, then start the services.`,
+unless a file is there. Copy them to every manager, then start the services.
+
+A sealed backup (backup --recipient) is opened with --identity, a file
+holding the secret key of one of the keys it is sealed to (flotilla admin
+backup-key made it), into $TMPDIR, which needs room for it; no other user
+can read it there, and it is removed after.`,
 		Example: `  flotilla admin restore /backup/flotilla-2026-12-04 --data-dir ./.flotilla
   flotilla up --data-dir ./.flotilla
   set -a; . /etc/flotilla/flotilla.env; set +a
@@ -191,11 +222,15 @@ unless a file is there. Copy them to every manager, then start the services.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			out := cmd.OutOrStdout()
+			keys, err := sealdir.Identities(identities)
+			if err != nil {
+				return err
+			}
 			if fromEnv {
 				if dir != "" || dbURL != "" {
 					return errors.New("--env restores into a cluster, from the environment's settings (FLOTILLA_DATABASE_OWNER_URL): drop --data-dir and --database-url")
 				}
-				m, written, err := stack.RestoreClusterFromEnv(cmd.Context(), nil, busDir, args[0])
+				m, written, err := stack.RestoreClusterFromEnv(cmd.Context(), nil, busDir, args[0], keys)
 				if err != nil {
 					return err
 				}
@@ -213,7 +248,7 @@ unless a file is there. Copy them to every manager, then start the services.`,
 			case busDir != "":
 				return errors.New("--bus-dir is for a cluster's restore (--env)")
 			}
-			m, err := stack.Restore(cmd.Context(), args[0], dir, dbURL)
+			m, err := stack.Restore(cmd.Context(), args[0], dir, dbURL, keys)
 			if err != nil {
 				return err
 			}
@@ -227,23 +262,36 @@ unless a file is there. Copy them to every manager, then start the services.`,
 	cmd.Flags().BoolVar(&fromEnv, "env", false, "restore a cluster's backup into a cluster, with the settings its services read from the environment")
 	cmd.Flags().StringVar(&busDir, "bus-dir", "", "with --env: the bus authority's directory (flotilla admin bus-credentials init --dir)")
 	cmd.Flags().StringVar(&dbURL, "database-url", "", "the empty database to restore the backup of a Flotilla on an external PostgreSQL into")
+	identityFlag(cmd, &identities)
 	return cmd
+}
+
+// identityFlag adds --identity, the secret keys that open a sealed backup.
+func identityFlag(cmd *cobra.Command, files *[]string) {
+	cmd.Flags().StringArrayVar(files, "identity", nil, "a sealed backup's key: a file holding the secret key of one it is sealed to (flotilla admin backup-key); repeat for more")
 }
 
 // newVerifyBackup checks a backup without restoring it.
 func newVerifyBackup() *cobra.Command {
-	return &cobra.Command{
+	var identities []string
+	cmd := &cobra.Command{
 		Use:   "verify-backup BACKUP",
 		Short: "Check that a backup is whole, without restoring it",
 		Long: `Reads the whole of a backup made by flotilla admin backup: its manifest, each
 stream's snapshot (whole, and holding what the manifest says), the database
 (a base backup checked by pg_verifybackup, a dump read through by pg_restore)
 and the copied files. It exits non-zero, naming each problem, when the backup
-would not restore.`,
+would not restore. A sealed backup is opened with --identity (into $TMPDIR,
+removed after) and read the same way; opening it checks that no byte of it
+was altered.`,
 		Example: "  flotilla admin verify-backup /var/backups/flotilla/flotilla-20261204T030000Z",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			m, problems, err := stack.VerifyBackup(cmd.Context(), args[0])
+			keys, err := sealdir.Identities(identities)
+			if err != nil {
+				return err
+			}
+			m, problems, err := stack.VerifyBackup(cmd.Context(), args[0], keys)
 			if err != nil {
 				return err
 			}
@@ -254,6 +302,37 @@ would not restore.`,
 				return fmt.Errorf("%s would not restore: %w", args[0], errors.Join(problems...))
 			}
 			fmt.Fprintln(out, "whole: every stream, the database and the files read back")
+			return nil
+		},
+	}
+	identityFlag(cmd, &identities)
+	return cmd
+}
+
+// newBackupKey makes a key to seal backups to.
+func newBackupKey() *cobra.Command {
+	return &cobra.Command{
+		Use:   "backup-key FILE",
+		Short: "Make a key to seal backups to: its secret key in FILE, its public key printed",
+		Long: `Writes a new key to FILE (which must not exist; mode 0600): the secret key
+that opens the backups sealed to it (restore --identity FILE). It prints its
+public key (age1pq1…, a post-quantum age key), which seals backups to it
+(backup --recipient, or a line of --recipients-file) and cannot open them.
+
+Make it on a host other than the one whose backups it seals, and keep FILE
+there, or offline: the backups can then leave that host, and a copy of
+them, or the host, does not give away the secrets they hold. Lose FILE and
+the backups sealed to it alone are lost too: seal to two keys kept apart.`,
+		Example: `  flotilla admin backup-key ~/flotilla-backup.key > flotilla-backup.recipient
+  scp flotilla-backup.recipient root@fleet:/etc/flotilla/backup.recipients`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			recipient, err := sealdir.NewKey(args[0])
+			if err != nil {
+				return fmt.Errorf("backup key: %w", err)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "wrote the secret key to %s: keep it off the hosts whose backups it opens\nits public key, to seal backups to (backup --recipient, or --recipients-file):\n", args[0])
+			fmt.Fprintln(cmd.OutOrStdout(), recipient)
 			return nil
 		},
 	}
@@ -276,6 +355,9 @@ func printBackup(out io.Writer, m *stack.BackupManifest) {
 	}
 	for _, f := range m.Outside {
 		fmt.Fprintf(tw, "  %s\toutside the data directory: not in the backup\n", f)
+	}
+	if m.Sealed != nil {
+		fmt.Fprintf(tw, "  sealed in %s\t%s, to %d key(s): %s\n", m.Sealed.File, sizeOf(m.Sealed.Bytes), len(m.Sealed.Recipients), sealdir.Abbrev(m.Sealed.Recipients...))
 	}
 	_ = tw.Flush()
 }

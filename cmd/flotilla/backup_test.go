@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -46,7 +47,8 @@ func (f *fleet) networkNames() []string {
 // copies a running Flotilla while writes go on (each still answered), and
 // `flotilla up` on its restore, beside the original, has the records, the
 // events and the audit trail of before the backup, nothing of after, and
-// takes writes; stopped, the restored one backs up and restores again.
+// takes writes; stopped, the restored one backs up, sealed to a key, and
+// restores again with that key alone.
 func TestABackupTakenWhileUpRunsStartsAsFlotillaStood(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t)
@@ -159,12 +161,39 @@ func TestABackupTakenWhileUpRunsStartsAsFlotillaStood(t *testing.T) {
 	r.api(200, "POST", "/api/v1/networks", `{"name":"restored","provider":"local","httpsStrategy":"none"}`)
 	r.stop(t)
 
+	// The second backup is sealed to a key made by backup-key: it holds
+	// nothing in the clear but its manifest, and only that key opens it.
+	keyFile := filepath.Join(filepath.Dir(f.dir), "backup.key")
+	recipient, err := exec.Command(binary, "admin", "backup-key", keyFile).Output()
+	if err != nil || !bytes.HasPrefix(recipient, []byte("age1pq1")) {
+		t.Fatalf("backup-key: %v %q", err, recipient)
+	}
 	again := filepath.Join(filepath.Dir(f.dir), "backup-again")
-	if out, err := runAdmin("backup", again, "--data-dir", restoredDir); err != nil || !strings.Contains(out, "flotilla up was not running") {
-		t.Fatalf("backup of a stopped Flotilla: %v\n%s", err, out)
+	out, err = runAdmin("backup", again, "--data-dir", restoredDir, "--recipient", strings.TrimSpace(string(recipient)))
+	if err != nil || !strings.Contains(out, "flotilla up was not running") || !strings.Contains(out, "sealed in backup.tar.zst.age") ||
+		!strings.Contains(out, "flotilla admin restore "+again+" --identity KEY --data-dir DIR") {
+		t.Fatalf("a sealed backup of a stopped Flotilla: %v\n%s", err, out)
+	}
+	if entries := must(os.ReadDir(again)); len(entries) != 2 {
+		t.Errorf("a sealed backup holds %v: want its manifest and the sealed file alone", entries)
+	}
+	master := must(os.ReadFile(filepath.Join(restoredDir, "keys", "master.key")))
+	if sealed := must(os.ReadFile(filepath.Join(again, "backup.tar.zst.age"))); len(master) < 16 || bytes.Contains(sealed, master[:16]) {
+		t.Error("the sealed backup holds the master key in the clear")
 	}
 	twiceDir := filepath.Join(filepath.Dir(f.dir), "restored-again")
-	if out, err := runAdmin("restore", again, "--data-dir", twiceDir); err != nil {
+	for _, args := range [][]string{{"verify-backup", again}, {"restore", again, "--data-dir", twiceDir}} {
+		if out, err := runAdmin(args...); err == nil || !strings.Contains(out, "is sealed to 1 key(s) (age1pq1") || !strings.Contains(out, "give --identity") {
+			t.Errorf("%v without its key: %v\n%s", args, err, out)
+		}
+	}
+	if _, err := os.Stat(twiceDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a restore refused made %s: %v", twiceDir, err)
+	}
+	if out, err := runAdmin("verify-backup", again, "--identity", keyFile); err != nil || !strings.Contains(out, "whole: every stream") {
+		t.Fatalf("verify-backup of a sealed backup with its key: %v\n%s", err, out)
+	}
+	if out, err := runAdmin("restore", again, "--data-dir", twiceDir, "--identity", keyFile); err != nil {
 		t.Fatalf("restore: %v\n%s", err, out)
 	}
 	r2 := &fleet{upProc: startUpFree(t, twiceDir, nil), t: t, dir: twiceDir}
@@ -297,12 +326,20 @@ func TestBackupsIntoADirectoryKeepTheNewest(t *testing.T) {
 		t.Fatal(err)
 	}
 	textfile := filepath.Join(t.TempDir(), "flotilla-backup.prom")
+	keyFile, recipients := filepath.Join(t.TempDir(), "backup.key"), filepath.Join(t.TempDir(), "backup.recipients")
+	if err := exec.Command("sh", "-c", binary+" admin backup-key "+keyFile+" > "+recipients).Run(); err != nil {
+		t.Fatal(err)
+	}
 	var made []string
 	for i := range 3 {
 		if i > 0 { // one name per second
 			time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second)))
 		}
-		out, err := runAdmin("backup", "--into", into, "--keep", "2", "--data-dir", dir, "--textfile", textfile)
+		args := []string{"backup", "--into", into, "--keep", "2", "--data-dir", dir, "--textfile", textfile}
+		if i == 0 { // a sealed backup is pruned as another
+			args = append(args, "--recipients-file", recipients)
+		}
+		out, err := runAdmin(args...)
 		if err != nil {
 			t.Fatalf("backup %d: %v\n%s", i, err, out)
 		}
@@ -360,6 +397,9 @@ func TestBackupsIntoADirectoryKeepTheNewest(t *testing.T) {
 		{[]string{"backup", filepath.Join(into, "x"), "--into", into, "--data-dir", dir}, "either DEST or --into DIR, not both"},
 		{[]string{"backup", filepath.Join(into, "x"), "--keep", "3", "--data-dir", dir}, "give it with --into DIR"},
 		{[]string{"backup", "--into", into, "--keep", "0", "--data-dir", dir}, "--keep: 0: at least 1"},
+		{[]string{"backup", "--into", into, "--data-dir", dir, "--recipients-file", keyFile}, "holds a secret key"},
+		{[]string{"backup", "--into", into, "--data-dir", dir, "--recipient", "age1nonsense"}, "--recipient age1nonsense: "},
+		{[]string{"backup-key", keyFile}, "file exists"},
 	} {
 		if out, err := runAdmin(c.args...); err == nil || !strings.Contains(out, c.want) {
 			t.Errorf("admin %v: %v, want an error saying %q:\n%s", c.args, err, c.want, out)

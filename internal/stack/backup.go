@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"filippo.io/age"
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -81,6 +82,9 @@ type BackupManifest struct {
 	// ClusterFiles are, in a cluster's backup, the files its settings
 	// name that it holds (in files/<variable>).
 	ClusterFiles []BackupFile `json:"clusterFiles,omitempty"`
+	// Sealed says the backup is sealed (SealBackup): in Sealed.File,
+	// which one of Sealed.Recipients' secret keys opens.
+	Sealed *BackupSeal `json:"sealed,omitempty"`
 }
 
 // Backup copies the data directory dataDir into dest, a new directory (or
@@ -100,21 +104,11 @@ func Backup(ctx context.Context, dataDir, dest, version string, dump bool) (_ *B
 	if err != nil {
 		return nil, err
 	}
-	if dest, err = filepath.Abs(dest); err != nil {
+	dest, undo, err := backupDir(dest, d)
+	if err != nil {
 		return nil, err
 	}
-	if dest == string(d) || strings.HasPrefix(dest, string(d)+string(filepath.Separator)) {
-		return nil, fmt.Errorf("backup directory %s: it is inside the data directory %s: choose one outside it", dest, d)
-	}
-	cleanup, err := newDir(dest)
-	if err != nil {
-		return nil, fmt.Errorf("backup directory %s: %w", dest, err)
-	}
-	defer func() {
-		if err != nil {
-			cleanup()
-		}
-	}()
+	defer undo(&err)
 	m := &BackupManifest{Format: BackupFormat, Version: version, Created: time.Now().UTC(), Source: string(d)}
 	release, err := datadir.Lock(d, "flotilla admin backup")
 	switch {
@@ -334,7 +328,7 @@ func restorerCreds(auth *busauth.Authority) (file string, remove func(), err err
 // provider's VMs and disks are not in a backup. On an error dataDir is
 // left as it was found (the database, restored in one transaction, too
 // unless the streams' restore failed).
-func Restore(ctx context.Context, dir, dataDir, databaseURL string) (_ *BackupManifest, err error) {
+func Restore(ctx context.Context, dir, dataDir, databaseURL string, keys []age.Identity) (_ *BackupManifest, err error) {
 	m, err := readManifest(dir)
 	if err != nil {
 		return nil, err
@@ -355,6 +349,11 @@ func Restore(ctx context.Context, dir, dataDir, databaseURL string) (_ *BackupMa
 	if err != nil {
 		return nil, err
 	}
+	src, done, err := openBackup(dir, m, keys)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	d := datadir.Dir(abs)
 	cleanup, err := newDir(string(d))
 	if err != nil {
@@ -374,7 +373,7 @@ func Restore(ctx context.Context, dir, dataDir, databaseURL string) (_ *BackupMa
 		if !isBackedUpDir(sub) {
 			return nil, fmt.Errorf("%s: files: %q is not a directory a backup holds (%v)", filepath.Join(dir, BackupManifestFile), sub, backedUpDirs)
 		}
-		if err := filecopy.Tree(filepath.Join(dir, sub), d.Path(sub), nil); err != nil {
+		if err := filecopy.Tree(filepath.Join(src, sub), d.Path(sub), nil); err != nil {
 			return nil, err
 		}
 	}
@@ -388,11 +387,11 @@ func Restore(ctx context.Context, dir, dataDir, databaseURL string) (_ *BackupMa
 		if err != nil {
 			return nil, fmt.Errorf("managed PostgreSQL: %w", err)
 		}
-		if err := pg.Restore(filepath.Join(dir, backupPostgres)); err != nil {
+		if err := pg.Restore(filepath.Join(src, backupPostgres)); err != nil {
 			return nil, err
 		}
 	case BackupDatabaseDump:
-		if err := pgmanaged.RestoreDump(ctx, databaseURL, filepath.Join(dir, backupDump)); err != nil {
+		if err := pgmanaged.RestoreDump(ctx, databaseURL, filepath.Join(src, backupDump)); err != nil {
 			return nil, err
 		}
 		s.DatabaseURL, s.ManagedPostgres = databaseURL, false
@@ -418,7 +417,7 @@ func Restore(ctx context.Context, dir, dataDir, databaseURL string) (_ *BackupMa
 		return nil, err
 	}
 	defer nc.Close()
-	streams, err := jsbackup.Send(ctx, nc, filepath.Join(dir, backupStreams), 0)
+	streams, err := jsbackup.Send(ctx, nc, filepath.Join(src, backupStreams), 0)
 	if err != nil {
 		return nil, err
 	}
@@ -463,6 +462,28 @@ func loadDataDir(dataDir string) (datadir.Dir, *datadir.Settings, error) {
 		return "", nil, fmt.Errorf("no Flotilla data directory at %s: %w", d, err)
 	}
 	return d, s, nil
+}
+
+// backupDir makes dest, as an absolute path, a new backup directory
+// (newDir), which must not be inside the data directory d (when given);
+// undo, deferred with the caller's error, removes what was put in it if
+// that error is set.
+func backupDir(dest string, d datadir.Dir) (abs string, undo func(*error), err error) {
+	if abs, err = filepath.Abs(dest); err != nil {
+		return "", nil, err
+	}
+	if d != "" && (abs == string(d) || strings.HasPrefix(abs, string(d)+string(filepath.Separator))) {
+		return "", nil, fmt.Errorf("backup directory %s: it is inside the data directory %s: choose one outside it", abs, d)
+	}
+	cleanup, err := newDir(abs)
+	if err != nil {
+		return "", nil, fmt.Errorf("backup directory %s: %w", abs, err)
+	}
+	return abs, func(errp *error) {
+		if *errp != nil {
+			cleanup()
+		}
+	}, nil
 }
 
 // newDir creates dir, or takes it if it is an empty directory, for a
@@ -578,16 +599,26 @@ func PruneBackups(dir, source string, keep int) ([]string, error) {
 // VerifyBackup checks the backup in dir without restoring it: its
 // manifest; each stream's snapshot whole, holding what the manifest says;
 // the database (a base backup by pg_verifybackup, a dump read through by
-// pg_restore); the copied directories and files there. It returns the
-// manifest and every problem found (none: the backup would restore).
-func VerifyBackup(ctx context.Context, dir string) (*BackupManifest, []error, error) {
+// pg_restore); the copied directories and files there. A sealed backup
+// is opened with keys (required then) and what it holds checked the same
+// way. It returns the manifest and every problem found (none: the backup
+// would restore).
+func VerifyBackup(ctx context.Context, dir string, keys []age.Identity) (*BackupManifest, []error, error) {
 	m, err := readManifest(dir)
 	if err != nil {
 		return nil, nil, err
 	}
+	if m.Sealed != nil && len(keys) == 0 {
+		return nil, nil, needKey(dir, m)
+	}
+	src, done, err := openBackup(dir, m, keys)
+	if err != nil {
+		return m, []error{err}, nil
+	}
+	defer done()
 	var problems []error
 	for _, want := range m.Streams {
-		got, err := jsbackup.Check(filepath.Join(dir, backupStreams), want.Name)
+		got, err := jsbackup.Check(filepath.Join(src, backupStreams), want.Name)
 		switch {
 		case err != nil:
 			problems = append(problems, fmt.Errorf("stream %s: %w", want.Name, err))
@@ -598,20 +629,20 @@ func VerifyBackup(ctx context.Context, dir string) (*BackupManifest, []error, er
 	}
 	switch m.Database {
 	case BackupDatabaseManaged:
-		err = pgmanaged.VerifyBaseBackup(ctx, filepath.Join(dir, backupPostgres))
+		err = pgmanaged.VerifyBaseBackup(ctx, filepath.Join(src, backupPostgres))
 	default:
-		err = pgmanaged.VerifyDump(ctx, filepath.Join(dir, backupDump))
+		err = pgmanaged.VerifyDump(ctx, filepath.Join(src, backupDump))
 	}
 	if err != nil {
 		problems = append(problems, fmt.Errorf("database: %w", err))
 	}
 	for _, sub := range m.Files {
-		if fi, err := os.Stat(filepath.Join(dir, sub)); err != nil || !fi.IsDir() {
+		if fi, err := os.Stat(filepath.Join(src, sub)); err != nil || !fi.IsDir() {
 			problems = append(problems, fmt.Errorf("%s/: missing (%v)", sub, err))
 		}
 	}
 	for _, f := range m.ClusterFiles {
-		if _, err := os.Stat(filepath.Join(dir, backupFiles, f.Var)); err != nil {
+		if _, err := os.Stat(filepath.Join(src, backupFiles, f.Var)); err != nil {
 			problems = append(problems, fmt.Errorf("%s's file: %w", f.Var, err))
 		}
 	}

@@ -2,6 +2,7 @@ package stack_test
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"flotilla.dev/flotilla/internal/stack/stacktest"
 	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/rpc"
+	"flotilla.dev/flotilla/libs/sealdir"
 	"flotilla.dev/flotilla/libs/testkit"
 )
 
@@ -47,10 +49,12 @@ func (c *clusterSite) start(t *testing.T) *rpc.Client {
 }
 
 // TestAClusterBacksUpAndRestoresIntoAnother: a cluster's backup, taken
-// from a manager's settings while its services run, restores into another
-// cluster (its own bus authority, an empty database) before that one's
-// services first start: they serve the records, the events and the files
-// of the first; a second restore is refused and changes nothing.
+// from a manager's settings while its services run and sealed to a key,
+// holds nothing in the clear but its manifest; with that key alone it
+// restores into another cluster (its own bus authority, an empty
+// database) before that one's services first start: they serve the
+// records, the events and the files of the first; a second restore is
+// refused and changes nothing.
 func TestAClusterBacksUpAndRestoresIntoAnother(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -61,20 +65,48 @@ func TestAClusterBacksUpAndRestoresIntoAnother(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	backup := filepath.Join(t.TempDir(), "backup")
-	m, err := stack.BackupClusterFromEnv(ctx, a.env, a.bus.Creds[busauth.Backup], backup, "test")
+	// The backup is sealed to a key: only it opens the backup.
+	keyFile := filepath.Join(t.TempDir(), "backup.key")
+	recipient, err := sealdir.NewKey(keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Database != stack.BackupDatabaseDump || len(m.ClusterFiles) != 3 || len(m.Streams) == 0 || m.DatabaseBytes == 0 {
+	recipients, err := sealdir.Recipients([]string{recipient}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := sealdir.Identities([]string{keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "backup")
+	m, err := stack.SealBackup(backup, recipients, func(stage string) (*stack.BackupManifest, error) {
+		return stack.BackupClusterFromEnv(ctx, a.env, a.bus.Creds[busauth.Backup], stage, "test")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Database != stack.BackupDatabaseDump || len(m.ClusterFiles) != 3 || len(m.Streams) == 0 || m.DatabaseBytes == 0 ||
+		m.Sealed == nil || len(m.Sealed.Recipients) != 1 || m.Sealed.Recipients[0] != recipient {
 		t.Fatalf("the manifest: %+v", m)
 	}
-	if _, err := stack.Restore(ctx, backup, filepath.Join(t.TempDir(), "data"), ""); err == nil || !strings.Contains(err.Error(), "restore it into a cluster with --env") {
+	entries, err := os.ReadDir(backup)
+	if err != nil || len(entries) != 2 || entries[0].Name() != stack.BackupManifestFile || entries[1].Name() != stack.SealedFile {
+		t.Fatalf("a sealed backup holds %v (%v): want the manifest and the sealed file alone", entries, err)
+	}
+	sealed, err := os.ReadFile(filepath.Join(backup, stack.SealedFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if caKey, err := os.ReadFile(a.caKey); err != nil || bytes.Contains(sealed, caKey[40:80]) {
+		t.Fatalf("the sealed backup holds the CA's key in the clear (%v)", err)
+	}
+	if _, err := stack.Restore(ctx, backup, filepath.Join(t.TempDir(), "data"), "", keys); err == nil || !strings.Contains(err.Error(), "restore it into a cluster with --env") {
 		t.Errorf("a cluster's backup restored as a data directory: %v", err)
 	}
 
 	b := newClusterSite(t)
-	if _, _, err := stack.RestoreClusterFromEnv(ctx, b.env, "", backup); err == nil || !strings.Contains(err.Error(), "--bus-dir: is required") {
+	if _, _, err := stack.RestoreClusterFromEnv(ctx, b.env, "", backup, keys); err == nil || !strings.Contains(err.Error(), "--bus-dir: is required") {
 		t.Errorf("a restore without the bus authority: %v", err)
 	}
 	// Another CA where the settings name the backup's is refused before
@@ -85,13 +117,29 @@ func TestAClusterBacksUpAndRestoresIntoAnother(t *testing.T) {
 	if err := os.WriteFile(b.caCert, []byte("another CA"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := stack.RestoreClusterFromEnv(ctx, b.env, b.bus.Authority().Dir(), backup); err == nil || !strings.Contains(err.Error(), "holds another file than the backup's") {
+	if _, _, err := stack.RestoreClusterFromEnv(ctx, b.env, b.bus.Authority().Dir(), backup, keys); err == nil || !strings.Contains(err.Error(), "holds another file than the backup's") {
 		t.Errorf("a restore over another CA: %v", err)
 	}
 	if err := os.Remove(b.caCert); err != nil {
 		t.Fatal(err)
 	}
-	_, written, err := stack.RestoreClusterFromEnv(ctx, b.env, b.bus.Authority().Dir(), backup)
+	// Without its key, or with another, it is not opened, and nothing is
+	// restored.
+	if _, _, err := stack.RestoreClusterFromEnv(ctx, b.env, b.bus.Authority().Dir(), backup, nil); err == nil || !strings.Contains(err.Error(), "is sealed to 1 key(s)") {
+		t.Errorf("a sealed backup restored without a key: %v", err)
+	}
+	otherKey := filepath.Join(t.TempDir(), "other.key")
+	if _, err := sealdir.NewKey(otherKey); err != nil {
+		t.Fatal(err)
+	}
+	other, err := sealdir.Identities([]string{otherKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := stack.RestoreClusterFromEnv(ctx, b.env, b.bus.Authority().Dir(), backup, other); !errors.Is(err, sealdir.ErrNoKey) {
+		t.Errorf("a sealed backup restored with another key: %v", err)
+	}
+	_, written, err := stack.RestoreClusterFromEnv(ctx, b.env, b.bus.Authority().Dir(), backup, keys)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +153,7 @@ func TestAClusterBacksUpAndRestoresIntoAnother(t *testing.T) {
 			t.Errorf("%s is not the backup's %s: %v %v", f[1], f[0], errX, errY)
 		}
 	}
-	if _, _, err := stack.RestoreClusterFromEnv(ctx, b.env, b.bus.Authority().Dir(), backup); err == nil || !strings.Contains(err.Error(), "already holds") {
+	if _, _, err := stack.RestoreClusterFromEnv(ctx, b.env, b.bus.Authority().Dir(), backup, keys); err == nil || !strings.Contains(err.Error(), "already holds") {
 		t.Errorf("a second restore: %v", err)
 	}
 

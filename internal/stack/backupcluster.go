@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"filippo.io/age"
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 
@@ -74,18 +75,11 @@ func BackupClusterFromEnv(ctx context.Context, environ map[string]string, creds,
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	if dest, err = filepath.Abs(dest); err != nil {
+	dest, undo, err := backupDir(dest, "")
+	if err != nil {
 		return nil, err
 	}
-	cleanup, err := newDir(dest)
-	if err != nil {
-		return nil, fmt.Errorf("backup directory %s: %w", dest, err)
-	}
-	defer func() {
-		if err != nil {
-			cleanup()
-		}
-	}()
+	defer undo(&err)
 	m := &BackupManifest{Format: BackupFormat, Version: version, Created: time.Now().UTC(), Source: clusterSource(ec),
 		Cluster: true, Hot: true, Database: BackupDatabaseDump}
 	for _, f := range clusterFiles(ec) {
@@ -124,7 +118,7 @@ func BackupClusterFromEnv(ctx context.Context, environ map[string]string, creds,
 // the cluster's servers trust); the backed-up files are written where the
 // settings name them now, unless a file is there (it is kept). It returns
 // the manifest and the files written.
-func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDir, dir string) (*BackupManifest, []string, error) {
+func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDir, dir string, keys []age.Identity) (*BackupManifest, []string, error) {
 	m, err := readManifest(dir)
 	if err != nil {
 		return nil, nil, err
@@ -172,16 +166,21 @@ func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDi
 	if len(names) > 0 {
 		return nil, nil, fmt.Errorf("the cluster already has streams %v: restore into a cluster whose services have not started", names)
 	}
-	files, err := filesToWrite(ec, dir, m)
+	src, done, err := openBackup(dir, m, keys)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer done()
+	files, err := filesToWrite(ec, src, m)
 	if err != nil {
 		return nil, nil, err
 	}
 
-	if err := pgmanaged.RestoreDump(ctx, ec.DatabaseOwnerURL, filepath.Join(dir, backupDump)); err != nil {
+	if err := pgmanaged.RestoreDump(ctx, ec.DatabaseOwnerURL, filepath.Join(src, backupDump)); err != nil {
 		return nil, nil, err
 	}
 	// The cluster's number of replicas (a data directory's streams have one).
-	restored, err := jsbackup.Send(ctx, nc, filepath.Join(dir, backupStreams), ec.StreamReplicas)
+	restored, err := jsbackup.Send(ctx, nc, filepath.Join(src, backupStreams), ec.StreamReplicas)
 	if err != nil {
 		return nil, nil, fmt.Errorf("the database is restored, %d streams of %d: %w", len(restored), len(m.Streams), err)
 	}
