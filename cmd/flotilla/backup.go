@@ -193,13 +193,20 @@ func newRestore() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "restore BACKUP --data-dir DIR | --env --bus-dir DIR",
-		Short: "Make a new data directory from a backup, for flotilla up to start on (or, --env, restore a cluster's)",
+		Short: "Make a new data directory from a backup, for flotilla up to start on (or, --env, restore into a cluster)",
 		Long: `Makes DIR (a new directory, or an empty one) a data directory holding what
 BACKUP (made by flotilla admin backup) holds: flotilla up --data-dir DIR then
 starts as Flotilla stood when the backup was taken. Its settings keep the
 backup's ports: give flotilla up --port to run it beside the original. The
 backup of a Flotilla on an external PostgreSQL is restored into the empty
-database --database-url names, which the settings then name.
+database --database-url names, which the settings then name. A database
+dump (a cluster's backup, or one taken with --dump) is restored into the
+data directory's managed PostgreSQL, or with --database-url into that
+database. A cluster's backup gets the settings flotilla up makes on a first
+start (its ports, the API's TLS, the agents' address: the cluster's are not
+in the backup), with the cluster's fleet CA and master key, so its agents'
+certificates and every secret carry over: the way from the HA cluster back
+to flotilla up.
 
 With --env, it restores a cluster's backup (made with --env), or a data
 directory's made with --dump, into a cluster whose services have not started
@@ -254,6 +261,9 @@ can read it there, and it is removed after.`,
 			}
 			fmt.Fprintf(out, "restored %s (the backup of %s taken %s) into %s\n", args[0], m.Source, m.Created.Local().Format(time.DateTime), dir)
 			printBackup(out, m)
+			if m.Cluster {
+				fmt.Fprintln(out, "the cluster's settings are not in its backup: this data directory has flotilla up's own (its ports, the API's TLS); agents of VMs in a cloud dial the cluster's address: point it at this host")
+			}
 			fmt.Fprintf(out, "start it: flotilla up --data-dir %s\n", dir)
 			return nil
 		},

@@ -460,7 +460,8 @@ func TestABackupOfFlotillaOnAnExternalDatabase(t *testing.T) {
 // TestMovingFromUpToACluster: a backup of a running flotilla up taken with
 // --dump restores into a cluster (restore --env, with a manager's
 // settings): its database, its streams and the fleet CA's and master key's
-// files; the cluster's inventory then serves the records.
+// files; the cluster's inventory then serves the records. And back: the
+// cluster's backup restores into a data directory flotilla up serves.
 func TestMovingFromUpToACluster(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t)
@@ -470,15 +471,13 @@ func TestMovingFromUpToACluster(t *testing.T) {
 		!strings.Contains(out, "restore "+backup+" --env --bus-dir DIR") {
 		t.Fatalf("backup --dump: %v\n%s", err, out)
 	}
-	if out, err := runAdmin("restore", backup, "--data-dir", filepath.Join(t.TempDir(), "d")); err == nil || !strings.Contains(out, "give --database-url") {
-		t.Errorf("a dump restored without a database: %v\n%s", err, out)
-	}
 
 	bus, db, files := testkit.SecureNATS(t), testkit.NewDatabase(t), t.TempDir()
 	caCert, caKey, kmsKey := filepath.Join(files, "ca.crt"), filepath.Join(files, "ca.key"), filepath.Join(files, "master.key")
-	restore := exec.Command(binary, "admin", "restore", backup, "--env", "--bus-dir", bus.Authority().Dir())
-	restore.Env = append(os.Environ(), "FLOTILLA_NATS_URL="+bus.URL, "FLOTILLA_DATABASE_OWNER_URL="+db,
+	env := append(os.Environ(), "FLOTILLA_NATS_URL="+bus.URL, "FLOTILLA_DATABASE_OWNER_URL="+db,
 		"FLOTILLA_CA_CERT_FILE="+caCert, "FLOTILLA_CA_KEY_FILE="+caKey, "FLOTILLA_KMS_KEY_FILE="+kmsKey, "FLOTILLA_STREAM_REPLICAS=1")
+	restore := exec.Command(binary, "admin", "restore", backup, "--env", "--bus-dir", bus.Authority().Dir())
+	restore.Env = env
 	out, err := restore.CombinedOutput()
 	if err != nil {
 		t.Fatalf("restore --env: %v\n%s", err, out)
@@ -508,5 +507,31 @@ func TestMovingFromUpToACluster(t *testing.T) {
 	}
 	if err != nil {
 		t.Fatalf("the network's event in the cluster: %v", err)
+	}
+
+	// And back: the cluster's backup restores into a new data directory
+	// (its settings new, its CA and master key the cluster's), on which
+	// flotilla up starts with what the cluster held and the admin's login.
+	if _, err := rpc.Call(t.Context(), gw, endpoints.NetworkCreate, &inventoryv1.CreateNetworkRequest{
+		Network: &inventoryv1.Network{Name: "in-the-cluster", Provider: "local", HttpsStrategy: "none"}}, rpc.As(vocab.User("admin"))); err != nil {
+		t.Fatal(err)
+	}
+	clusterBackup := filepath.Join(filepath.Dir(f.dir), "cluster-backup")
+	backupCluster := exec.Command(binary, "admin", "backup", clusterBackup, "--env", "--creds", bus.Creds[busauth.Backup])
+	backupCluster.Env = env
+	if out, err := backupCluster.CombinedOutput(); err != nil {
+		t.Fatalf("backup --env: %v\n%s", err, out)
+	}
+	home := filepath.Join(filepath.Dir(f.dir), "home-again")
+	if out, err := runAdmin("restore", clusterBackup, "--data-dir", home); err != nil || !strings.Contains(out, "flotilla up --data-dir "+home) {
+		t.Fatalf("a cluster's backup restored into a data directory: %v\n%s", err, out)
+	}
+	if a, b := must(os.ReadFile(caCert)), must(os.ReadFile(filepath.Join(home, "ca", "ca.crt"))); !bytes.Equal(a, b) {
+		t.Error("the data directory's CA is not the cluster's")
+	}
+	r := &fleet{upProc: startUpFree(t, home, nil), t: t, dir: home}
+	r.token = r.login(t)
+	if names := r.networkNames(); !contains(names, "moved") || !contains(names, "in-the-cluster") {
+		t.Fatalf("the networks of the data directory restored from the cluster: %v", names)
 	}
 }

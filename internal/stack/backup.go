@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -322,25 +323,32 @@ func restorerCreds(auth *busauth.Authority) (file string, remove func(), err err
 // directory holding what the backup in dir holds: flotilla up then starts
 // on it as it stood when the backup was taken (the managed PostgreSQL
 // recovering from its base backup, the streams created again from their
-// snapshots, their consumers where they were). A dump of an
-// external database is restored into databaseURL (required then, and only
-// then), an empty database, which the settings then name. The local
-// provider's VMs and disks are not in a backup. On an error dataDir is
-// left as it was found (the database, restored in one transaction, too
-// unless the streams' restore failed).
+// snapshots, their consumers where they were). A dump (a cluster's
+// backup, or one taken with --dump) is restored into databaseURL when
+// given, an empty database, which the settings then name, and otherwise
+// into the data directory's managed PostgreSQL (started for the restore on
+// a free port); the backup of a Flotilla on an external database needs
+// databaseURL. A cluster's backup gets new settings, the ones flotilla up
+// makes on a first start, with the cluster's fleet CA and master key where
+// they name them, and its streams one replica each. A sealed backup is
+// opened with keys. The local provider's VMs and disks are not in a
+// backup. On an error dataDir is left as it was found (the external
+// database, restored in one transaction, too unless the streams' restore
+// failed).
 func Restore(ctx context.Context, dir, dataDir, databaseURL string, keys []age.Identity) (_ *BackupManifest, err error) {
 	m, err := readManifest(dir)
 	if err != nil {
 		return nil, err
 	}
 	switch {
-	case m.Cluster:
-		return nil, fmt.Errorf("%s is the backup of a cluster (%s): restore it into a cluster with --env", dir, m.Source)
-	case m.Database == BackupDatabaseDump && databaseURL == "":
-		return nil, fmt.Errorf("%s holds a dump of an external database: give --database-url, an empty database to restore it into", dir)
 	case m.Database == BackupDatabaseManaged && databaseURL != "":
 		return nil, fmt.Errorf("--database-url: %s holds the managed PostgreSQL, restored into the data directory: drop --database-url", dir)
-	case databaseURL != "":
+	case m.Cluster:
+		if missing := missingClusterFiles(m); len(missing) > 0 {
+			return nil, fmt.Errorf("%s is the backup of a cluster without %v (the cluster's settings named none): a data directory needs its fleet CA and the master key of its secrets", dir, missing)
+		}
+	}
+	if databaseURL != "" {
 		if err := emptyDatabase(ctx, databaseURL); err != nil {
 			return nil, err
 		}
@@ -369,39 +377,16 @@ func Restore(ctx context.Context, dir, dataDir, databaseURL string, keys []age.I
 		return nil, err
 	}
 	defer release()
-	for _, sub := range m.Files {
-		if !isBackedUpDir(sub) {
-			return nil, fmt.Errorf("%s: files: %q is not a directory a backup holds (%v)", filepath.Join(dir, BackupManifestFile), sub, backedUpDirs)
-		}
-		if err := filecopy.Tree(filepath.Join(src, sub), d.Path(sub), nil); err != nil {
-			return nil, err
-		}
-	}
-	s, err := datadir.Load(d)
+	s, err := restoreFiles(d, src, m)
 	if err != nil {
-		return nil, fmt.Errorf("the backup's settings: %w", err)
+		return nil, err
 	}
-	switch m.Database {
-	case BackupDatabaseManaged:
-		pg, err := pgmanaged.New(managedPostgresOptions(d, s))
-		if err != nil {
-			return nil, fmt.Errorf("managed PostgreSQL: %w", err)
-		}
-		if err := pg.Restore(filepath.Join(src, backupPostgres)); err != nil {
-			return nil, err
-		}
-	case BackupDatabaseDump:
-		if err := pgmanaged.RestoreDump(ctx, databaseURL, filepath.Join(src, backupDump)); err != nil {
-			return nil, err
-		}
-		s.DatabaseURL, s.ManagedPostgres = databaseURL, false
-		if err := datadir.Save(d, s); err != nil {
-			return nil, err
-		}
+	if err := restoreDatabase(ctx, d, s, src, m, databaseURL); err != nil {
+		return nil, err
 	}
 
 	// The streams, through the JetStream API as for a cluster, to a server
-	// on the new store.
+	// on the new store; a cluster's with one replica each.
 	ns, auth, shutdown, err := storeServer(d)
 	if err != nil {
 		return nil, err
@@ -417,7 +402,7 @@ func Restore(ctx context.Context, dir, dataDir, databaseURL string, keys []age.I
 		return nil, err
 	}
 	defer nc.Close()
-	streams, err := jsbackup.Send(ctx, nc, filepath.Join(src, backupStreams), 0)
+	streams, err := jsbackup.Send(ctx, nc, filepath.Join(src, backupStreams), 1)
 	if err != nil {
 		return nil, err
 	}
@@ -425,6 +410,101 @@ func Restore(ctx context.Context, dir, dataDir, databaseURL string, keys []age.I
 		return nil, fmt.Errorf("%s: %d streams restored, the manifest names %d", dir, len(streams), len(m.Streams))
 	}
 	return m, nil
+}
+
+// restoreFiles puts into the new data directory d the files of the backup
+// opened at src, and returns its settings: a data directory's directories
+// as they were; for a cluster's, the settings flotilla up makes on a first
+// start, with the cluster's CA and master key where they name them.
+func restoreFiles(d datadir.Dir, src string, m *BackupManifest) (*datadir.Settings, error) {
+	if m.Cluster {
+		s, err := datadir.Prepare(d, datadir.Overrides{})
+		if err != nil {
+			return nil, err
+		}
+		cert, key := s.CAFiles(d)
+		for v, path := range map[string]string{"FLOTILLA_CA_CERT_FILE": cert, "FLOTILLA_CA_KEY_FILE": key, "FLOTILLA_KMS_KEY_FILE": d.MasterKey()} {
+			if err := filecopy.File(filepath.Join(src, backupFiles, v), path); err != nil {
+				return nil, fmt.Errorf("%s: %w", v, err)
+			}
+		}
+		return s, nil
+	}
+	for _, sub := range m.Files {
+		if !isBackedUpDir(sub) {
+			return nil, fmt.Errorf("%s: files: %q is not a directory a backup holds (%v)", BackupManifestFile, sub, backedUpDirs)
+		}
+		if err := filecopy.Tree(filepath.Join(src, sub), d.Path(sub), nil); err != nil {
+			return nil, err
+		}
+	}
+	s, err := datadir.Load(d)
+	if err != nil {
+		return nil, fmt.Errorf("the backup's settings: %w", err)
+	}
+	return s, nil
+}
+
+// restoreDatabase restores the backup's database (at src) for the data
+// directory d of settings s: a base backup as the managed PostgreSQL's
+// directory; a dump into databaseURL (an external database, which the
+// settings then name) or, without it, into the managed PostgreSQL, which
+// it starts on a free port for the time of the restore (the ports of the
+// settings may be the running original's).
+func restoreDatabase(ctx context.Context, d datadir.Dir, s *datadir.Settings, src string, m *BackupManifest, databaseURL string) error {
+	switch {
+	case m.Database == BackupDatabaseManaged:
+		pg, err := pgmanaged.New(managedPostgresOptions(d, s))
+		if err != nil {
+			return fmt.Errorf("managed PostgreSQL: %w", err)
+		}
+		return pg.Restore(filepath.Join(src, backupPostgres))
+	case databaseURL != "":
+		if err := pgmanaged.RestoreDump(ctx, databaseURL, filepath.Join(src, backupDump)); err != nil {
+			return err
+		}
+		s.DatabaseURL, s.ManagedPostgres, s.PostgresPassword, s.ServicePostgresPassword = databaseURL, false, "", ""
+		return datadir.Save(d, s)
+	case !s.ManagedPostgres:
+		return fmt.Errorf("the backup holds a dump of an external database (%s): give --database-url, an empty database to restore it into", s.DatabaseURL)
+	}
+	opts := managedPostgresOptions(d, s)
+	port, err := freeLocalPort()
+	if err != nil {
+		return err
+	}
+	opts.Port = port
+	pg, err := pgmanaged.Init(ctx, opts)
+	if err != nil {
+		return fmt.Errorf("managed PostgreSQL: %w", err)
+	}
+	if err := pg.Start(ctx); err != nil {
+		return fmt.Errorf("managed PostgreSQL: %w", err)
+	}
+	defer func() { _ = pg.Stop(context.WithoutCancel(ctx)) }()
+	return pgmanaged.RestoreDump(ctx, pg.URL(), filepath.Join(src, backupDump))
+}
+
+// missingClusterFiles are the files a cluster's backup lacks to make a data
+// directory: its CA's certificate and key, the master key.
+func missingClusterFiles(m *BackupManifest) []string {
+	var missing []string
+	for _, v := range []string{"FLOTILLA_CA_CERT_FILE", "FLOTILLA_CA_KEY_FILE", "FLOTILLA_KMS_KEY_FILE"} {
+		if !slices.ContainsFunc(m.ClusterFiles, func(f BackupFile) bool { return f.Var == v }) {
+			missing = append(missing, v)
+		}
+	}
+	return missing
+}
+
+// freeLocalPort is a TCP port on 127.0.0.1 free a moment ago.
+func freeLocalPort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // readManifest reads a backup's manifest, which must be of BackupFormat.
