@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"text/tabwriter"
 	"time"
@@ -89,7 +90,6 @@ Restore it with flotilla admin restore.`,
 				if keep < 1 {
 					return fmt.Errorf("--keep: %d: at least 1 (the backup just made)", keep)
 				}
-				dest = filepath.Join(into, stack.BackupName(time.Now()))
 			default:
 				return errors.New("where to? give DEST (a new directory) or --into DIR (a directory of backups)")
 			}
@@ -116,14 +116,24 @@ Restore it with flotilla admin restore.`,
 			if err != nil {
 				return err
 			}
+			var m *stack.BackupManifest
 			start := time.Now()
+			if into != "" {
+				if dest, err = stack.NewBackupIn(into, start); err != nil {
+					return err
+				}
+				defer func() {
+					if m == nil {
+						_ = os.Remove(dest) // empty: the failed backup removed what it wrote
+					}
+				}()
+			}
 			take := func(dest string) (*stack.BackupManifest, error) {
 				if fromEnv {
 					return stack.BackupClusterFromEnv(cmd.Context(), nil, creds, dest, version)
 				}
 				return stack.Backup(cmd.Context(), dir, dest, version, dump)
 			}
-			var m *stack.BackupManifest
 			if len(recipients) > 0 {
 				m, err = stack.SealBackup(dest, recipients, take)
 			} else {

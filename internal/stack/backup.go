@@ -573,7 +573,12 @@ func newDir(dir string) (cleanup func(), err error) {
 	entries, err := os.ReadDir(dir)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+		// Made here and nowhere else: two backups into one new path do
+		// not both take it.
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.Mkdir(dir, 0o755); err != nil {
 			return nil, err
 		}
 		return func() { _ = os.RemoveAll(dir) }, nil
@@ -634,6 +639,31 @@ const BackupPrefix = "flotilla-"
 // BackupName is the name of a backup taken at t in a directory of backups:
 // flotilla-<UTC time>, which sorts by time.
 func BackupName(t time.Time) string { return BackupPrefix + t.UTC().Format("20060102T150405Z") }
+
+// NewBackupIn makes, in into (a directory of backups, made if missing),
+// the empty directory of a backup taken at t, and returns its path:
+// BackupName, or, when another backup took that name in the same second,
+// BackupName-2, -3… Each backup makes its own (os.Mkdir), so two racing
+// never share one. Remove it if the backup fails.
+func NewBackupIn(into string, t time.Time) (string, error) {
+	if err := os.MkdirAll(into, 0o755); err != nil {
+		return "", err
+	}
+	name := BackupName(t)
+	for i := 1; i <= 100; i++ {
+		path := filepath.Join(into, name)
+		if i > 1 {
+			path += fmt.Sprintf("-%d", i)
+		}
+		switch err := os.Mkdir(path, 0o755); {
+		case err == nil:
+			return path, nil
+		case !errors.Is(err, os.ErrExist):
+			return "", err
+		}
+	}
+	return "", fmt.Errorf("%s: a hundred backups were taken at %s", into, name)
+}
 
 // PruneBackups removes, from dir (a directory of backups, BackupName),
 // the whole backups of source (BackupManifest.Source: a data directory,

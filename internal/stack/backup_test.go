@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -175,5 +176,31 @@ func TestAClusterBacksUpAndRestoresIntoAnother(t *testing.T) {
 	if _, err := rpc.Call(ctx, gwB, endpoints.NetworkCreate, &inventoryv1.CreateNetworkRequest{
 		Network: &inventoryv1.Network{Name: "after", Provider: "local", HttpsStrategy: "none"}}, rpc.As(vocab.User("admin"))); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestBackupsTakenInOneSecondHaveANameEach: NewBackupIn makes a directory
+// of its own for each backup, in order, however many share their second.
+func TestBackupsTakenInOneSecondHaveANameEach(t *testing.T) {
+	t.Parallel()
+	into := filepath.Join(t.TempDir(), "backups")
+	at := time.Date(2026, 12, 4, 3, 0, 0, 0, time.UTC)
+	var got []string
+	for range 3 {
+		path, err := stack.NewBackupIn(into, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, filepath.Base(path))
+	}
+	if want := []string{"flotilla-20261204T030000Z", "flotilla-20261204T030000Z-2", "flotilla-20261204T030000Z-3"}; !slices.Equal(got, want) {
+		t.Fatalf("three backups in one second: %v, want %v", got, want)
+	}
+	entries, err := os.ReadDir(into)
+	if err != nil || len(entries) != 3 || !slices.IsSortedFunc(entries, func(a, b os.DirEntry) int { return strings.Compare(a.Name(), b.Name()) }) {
+		t.Fatalf("the directory of backups: %v %v", entries, err)
+	}
+	if later, err := stack.NewBackupIn(into, at.Add(time.Second)); err != nil || later <= filepath.Join(into, got[2]) {
+		t.Errorf("a backup a second later: %s %v, want a name after %s", later, err, got[2])
 	}
 }
