@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -24,6 +25,7 @@ import (
 	r53types "github.com/aws/aws-sdk-go-v2/service/route53/types"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	eventsv1 "flotilla.dev/flotilla/api/gen/flotilla/events/v1"
@@ -110,6 +112,34 @@ func newAWSLab(t *testing.T, cfg stack.Config, assignPublicIP bool) *awsLab {
 		Dns: &inventoryv1.DnsSettings{PrivateZoneId: awssdk.ToString(lab.zone.HostedZone.Id), HostnamePattern: "{name}.fleet.example"}}}, lab.admin)
 	must(t, err)
 	return lab
+}
+
+// newPlayedLab is an awsLab whose VMs, played by the test (play), run the
+// real agent, downloaded from the gateway.
+func newPlayedLab(t *testing.T) *awsLab {
+	t.Helper()
+	agent, err := agentBinary()
+	must(t, err)
+	port := testkit.FreePort(t)
+	return newAWSLab(t, stack.Config{
+		HTTPAddr: fmt.Sprintf("127.0.0.1:%d", port), PublicURL: fmt.Sprintf("http://127.0.0.1:%d", port),
+		AgentBinary: agent, Version: "1.2.3",
+	}, false)
+}
+
+// createInstance makes the template std (an AMI of moto's, a 2 GB data
+// disk, the setup actions given) and the instance web-1 of it in the
+// lab's network, and returns the instance's id.
+func (lab *awsLab) createInstance(t *testing.T, setup ...*inventoryv1.SetupAction) string {
+	t.Helper()
+	tpl, err := rpc.Call(t.Context(), lab.gateway, endpoints.TemplateCreate, &inventoryv1.CreateTemplateRequest{Template: &inventoryv1.Template{
+		Name: "std", Provider: "aws", Image: awssdk.ToString(lab.images.Images[0].ImageId), InstanceType: "t3.micro", DataDiskGb: 2,
+		SetupActions: setup}}, lab.admin)
+	must(t, err)
+	in, err := rpc.Call(t.Context(), lab.gateway, endpoints.InstanceCreate, &inventoryv1.CreateInstanceRequest{Instance: &inventoryv1.Instance{
+		Name: "web-1", Kind: "design", TemplateId: tpl.GetId(), NetworkId: lab.network.GetId()}}, lab.admin)
+	must(t, err)
+	return in.GetId()
 }
 
 // labInstance drives one of the lab's instances through the gateway, as
@@ -461,22 +491,9 @@ func TestAWSForcedDeleteLeavesWhatTheCloudCannotDestroy(t *testing.T) {
 func TestAWSInstanceRunsAndKeepsItsDisk(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	agent, err := agentBinary()
-	must(t, err)
-	port := testkit.FreePort(t)
-	lab := newAWSLab(t, stack.Config{
-		HTTPAddr: fmt.Sprintf("127.0.0.1:%d", port), PublicURL: fmt.Sprintf("http://127.0.0.1:%d", port),
-		AgentBinary: agent, Version: "1.2.3",
-	}, false)
-	ec, r53, zone, images, gateway, admin, n := lab.ec, lab.r53, lab.zone, lab.images, lab.gateway, lab.admin, lab.network
-	tpl, err := rpc.Call(ctx, gateway, endpoints.TemplateCreate, &inventoryv1.CreateTemplateRequest{Template: &inventoryv1.Template{
-		Name: "std", Provider: "aws", Image: awssdk.ToString(images.Images[0].ImageId), InstanceType: "t3.micro", DataDiskGb: 2,
-		SetupActions: []*inventoryv1.SetupAction{{Type: "script", Script: "echo set up on $(hostname); echo set up >> boots"}}}}, admin)
-	must(t, err)
-	in, err := rpc.Call(ctx, gateway, endpoints.InstanceCreate, &inventoryv1.CreateInstanceRequest{Instance: &inventoryv1.Instance{
-		Name: "web-1", Kind: "design", TemplateId: tpl.GetId(), NetworkId: n.GetId()}}, admin)
-	must(t, err)
-	id := in.GetId()
+	lab := newPlayedLab(t)
+	ec, r53, zone, gateway, admin := lab.ec, lab.r53, lab.zone, lab.gateway, lab.admin
+	id := lab.createInstance(t, &inventoryv1.SetupAction{Type: "script", Script: "echo set up on $(hostname); echo set up >> boots"})
 
 	li := lab.instance(t, id)
 	waitFor, lifecycle := li.waitFor, li.lifecycle
@@ -649,5 +666,51 @@ func TestAWSBadCredentialsFailTheStep(t *testing.T) {
 		if got.GetVmId() != "" && strings.HasPrefix(got.GetVmId(), "i-") {
 			t.Errorf("round %d: vmId %q recorded though AWS refused every call", round, got.GetVmId())
 		}
+	}
+}
+
+// TestAWSRefreshOpensTheHTTP01PortOfANetworkChangedToACME: a network
+// changed to ACME by HTTP-01 after its instance's VM was placed has the
+// challenge's port opened in the security group Flotilla made for it
+// when the instance's certificate is refreshed, before its agent is asked
+// to answer there.
+func TestAWSRefreshOpensTheHTTP01PortOfANetworkChangedToACME(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	lab := newPlayedLab(t)
+	id := lab.createInstance(t)
+	li := lab.instance(t, id)
+	li.lifecycle(vocab.ActionProvision)
+	li.boot("")
+	li.waitFor("running", func(in *inventoryv1.Instance) bool { return vocab.State(in.GetState()) == vocab.StateRunning })
+
+	ingress := func() []int32 {
+		t.Helper()
+		out, err := lab.ec.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{Filters: []types.Filter{
+			{Name: awssdk.String("tag:" + awsdriver.TagNetworkID), Values: []string{lab.network.GetId()}}}})
+		must(t, err)
+		if len(out.SecurityGroups) != 1 {
+			t.Fatalf("the network's security groups: %+v, want the one Flotilla made", out.SecurityGroups)
+		}
+		var ports []int32
+		for _, p := range out.SecurityGroups[0].IpPermissions {
+			ports = append(ports, awssdk.ToInt32(p.FromPort))
+		}
+		return ports
+	}
+	if slices.Contains(ingress(), 8081) {
+		t.Fatal("port 8081 is open before the network answers HTTP-01 on it")
+	}
+	n, err := rpc.Call(ctx, lab.gateway, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: lab.network.GetId()}, lab.admin)
+	must(t, err)
+	n.HttpsStrategy = string(vocab.HTTPSACME)
+	n.Acme = &inventoryv1.AcmeSettings{ContactEmail: "ops@example.test", HttpPort: 8081, DirectoryUrl: "http://127.0.0.1:9/directory"}
+	_, err = rpc.Call(ctx, lab.gateway, endpoints.NetworkUpdate, &inventoryv1.UpdateNetworkRequest{Network: n,
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"httpsStrategy", "acme"}}}, lab.admin)
+	must(t, err)
+	_, err = rpc.Call(ctx, lab.gateway, endpoints.CertificateRefresh, &inventoryv1.InstanceActionRequest{Id: id}, lab.admin)
+	must(t, err)
+	if got := ingress(); !slices.Contains(got, 8081) || !slices.Contains(got, int32(awsdriver.DefaultNodePort)) {
+		t.Errorf("ingress after the refresh: %v, want the node's port and HTTP-01's, 8081", got)
 	}
 }

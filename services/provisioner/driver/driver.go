@@ -33,6 +33,16 @@ type Driver interface {
 	DeleteVM(ctx context.Context, id string) error
 }
 
+// Opener is a Driver whose cloud keeps a firewall in front of its VMs.
+// OpenNetwork opens, in what the driver made for network n (an aws
+// security group), what n needs open now: its node's port and its ACME
+// HTTP-01 port. Called when the network changed since its VMs were
+// placed; what the operator named (Network.SecurityGroupIDs) is left as
+// it is.
+type Opener interface {
+	OpenNetwork(ctx context.Context, n Network) error
+}
+
 // DiskSpec describes a data disk.
 type DiskSpec struct {
 	ID         string

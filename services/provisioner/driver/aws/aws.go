@@ -705,6 +705,18 @@ func (d *Driver) releaseAddresses(ctx context.Context, vmTag, iid string) error 
 
 // ---- security groups ----
 
+// OpenNetwork opens in the security group the driver made for network n
+// (made now if missing) the node's port and n's HTTP-01 port, if any; a
+// network with security groups of the operator's is left as it is
+// (driver.Opener).
+func (d *Driver) OpenNetwork(ctx context.Context, n driver.Network) error {
+	if len(n.SecurityGroupIDs) > 0 {
+		return nil
+	}
+	_, err := d.ensureSecurityGroup(ctx, n)
+	return err
+}
+
 // ensureSecurityGroup is the network's own group: found by its tag, else
 // made (one name per network, so two provisioners racing make one) with
 // the node's port open and all egress allowed.

@@ -184,6 +184,57 @@ func (c *cloud) addresses(t *testing.T, vmID string) []types.Address {
 	return out.Addresses
 }
 
+// TestOpenNetworkOpensWhatTheNetworkNeedsNow: a network changed to ACME's
+// HTTP-01 after its group was made gets the challenge's port opened in
+// it (the node's stays), once however often asked; a network with the
+// operator's own groups gets no group of Flotilla's.
+func TestOpenNetworkOpensWhatTheNetworkNeedsNow(t *testing.T) {
+	t.Parallel()
+	c := newCloud(t)
+	var rec awsx.Actions
+	d := c.driver(t, &rec)
+	ctx := t.Context()
+	ingress := func() []int32 {
+		t.Helper()
+		sgs := c.securityGroupsOf(t, c.network.ID)
+		if len(sgs) != 1 {
+			t.Fatalf("the network's security groups: %+v, want one", sgs)
+		}
+		var ports []int32
+		for _, p := range sgs[0].IpPermissions {
+			ports = append(ports, awssdk.ToInt32(p.FromPort))
+		}
+		slices.Sort(ports)
+		return ports
+	}
+	if err := d.OpenNetwork(ctx, c.network); err != nil {
+		t.Fatal(err)
+	}
+	if got := ingress(); !slices.Equal(got, []int32{8443}) {
+		t.Fatalf("ingress of a network without HTTP-01: %v, want the node's port alone", got)
+	}
+	acme := c.network
+	acme.ChallengePort = 80
+	for range 2 {
+		if err := d.OpenNetwork(ctx, acme); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := ingress(); !slices.Equal(got, []int32{80, 8443}) {
+		t.Errorf("ingress once the network answers HTTP-01 on 80: %v, want 80 and 8443", got)
+	}
+	checkPolicy(t, &rec)
+
+	own := c.network
+	own.ID, own.SecurityGroupIDs, own.ChallengePort = "net-own-groups", []string{"sg-0a1b2c3d"}, 80
+	if err := d.OpenNetwork(ctx, own); err != nil {
+		t.Fatal(err)
+	}
+	if sgs := c.securityGroupsOf(t, own.ID); len(sgs) != 0 {
+		t.Errorf("a network with the operator's groups got Flotilla's: %+v", sgs)
+	}
+}
+
 // TestLifecycle provisions, deprovisions, provisions again and deletes,
 // and checks that every action the driver called is in the IAM policy.
 func TestLifecycle(t *testing.T) {
