@@ -256,10 +256,17 @@ func TestConsoleInBrowser(t *testing.T) {
 	e.apiJSON("", "POST", "/api/v1/login", map[string]string{"username": adminUser, "password": adminPass}, &login)
 	_, tl := e.as(adminUser, adminPass).api("GET", "/api/v1/templates", nil)
 	t0 := tl["templates"].([]any)[0].(map[string]any)
+	if eval[bool](b, "!!document.querySelector('tr[data-id] .badge.outdated:not([hidden])')") {
+		t.Fatal("the list says the instance's template is outdated before it changed")
+	}
+	b.do("mark the list", chromedp.Evaluate[chromedp.Void]("window.notReloaded = true"))
 	e.apiJSON(login.Token, "PATCH", "/api/v1/templates/"+t0["id"].(string), map[string]any{"version": t0["version"], "tags": map[string]string{"team": "web"}}, nil)
-	b.do("instances again", chromedp.Navigate(e.base+"/instances"), chromedp.WaitVisible(chromedp.CSS("tr[data-id] .badge.outdated")))
 	v, _ := strconv.Atoi(t0["version"].(string))
-	if txt := b.text("tr[data-id] .badge.outdated"); txt != fmt.Sprintf("v%d, now v%d", v, v+1) || v == 0 {
+	want := fmt.Sprintf("v%d, now v%d", v, v+1)
+	// Live, without a reload, and as a reload shows it.
+	b.waitFor("the template badge, live", fmt.Sprintf("window.notReloaded === true && document.querySelector('tr[data-id] .badge.outdated:not([hidden])')?.textContent === %q", want), 10*time.Second)
+	b.do("instances again", chromedp.Navigate(e.base+"/instances"), chromedp.WaitVisible(chromedp.CSS("tr[data-id] .badge.outdated")))
+	if txt := b.text("tr[data-id] .badge.outdated"); txt != want || v == 0 {
 		t.Fatalf("the list's template badge: %q (template at %v before)", txt, t0["version"])
 	}
 	b.do("overview", chromedp.Navigate(e.base+"/"), chromedp.WaitVisible(chromedp.CSS("#recent li")))

@@ -217,8 +217,8 @@
       });
     }
     feed(table.getAttribute("data-feed"), "event", function (ev) {
-      var row = $('tr[data-id="' + CSS.escape(ev.entityId) + '"]', table);
       var d = ev.data || {};
+      var row = $('tr[data-id="' + CSS.escape(ev.entityId) + '"]', table);
       if (!row) {
         if (verbOf(ev) === "created") { $("#fleet-changed").hidden = false; }
         return;
@@ -227,7 +227,33 @@
       setBadge($('[data-bind="state"]', row), state);
       setText($('[data-bind="stateDetail"]', row), d.stateDetail, "");
       setText($('[data-bind="agent.status"]', row), (d.agent || {}).status, "—");
+      raise(row, "data-template-version", d.templateVersion);
     });
+    // A template changed: its instances provisioned from an older version
+    // say so.
+    var templates = table.getAttribute("data-template-feed");
+    if (templates) {
+      feed(templates, "event", function (ev) {
+        $$('tr[data-template="' + CSS.escape(ev.entityId) + '"]', table).forEach(function (row) {
+          raise(row, "data-template-now", (ev.data || {}).version);
+        });
+      });
+    }
+  }
+
+  // raise sets a row's version attribute to v if v is newer (the feed
+  // replays older events over the page), and shows the template badge
+  // as the two versions now say: "v1, now v2" (vocab.TemplateBehind).
+  function raise(row, attr, v) {
+    var n = parseInt(v, 10) || 0;
+    if (n > (parseInt(row.getAttribute(attr), 10) || 0)) { row.setAttribute(attr, String(n)); }
+    var made = parseInt(row.getAttribute("data-template-version"), 10) || 0;
+    var now = parseInt(row.getAttribute("data-template-now"), 10) || 0;
+    var b = $('[data-bind="template-behind"]', row);
+    if (b) {
+      b.textContent = (made === 0 || made >= now) ? "" : "v" + made + ", now v" + now;
+      b.hidden = !b.textContent;
+    }
   }
 
   function setBadge(e, state) {
