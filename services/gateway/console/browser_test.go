@@ -269,6 +269,13 @@ func TestConsoleInBrowser(t *testing.T) {
 	if txt := b.text("tr[data-id] .badge.outdated"); txt != want || v == 0 {
 		t.Fatalf("the list's template badge: %q (template at %v before)", txt, t0["version"])
 	}
+	// Reprovisioned, it runs the template as it is now: the badge goes, live.
+	b.do("mark the list again", chromedp.Evaluate[chromedp.Void]("window.notReloaded = true"))
+	inst := eval[string](b, "document.querySelector('tr[data-id]').getAttribute('data-id')")
+	e.apiJSON(login.Token, "POST", "/api/v1/instances/"+inst+":reprovision", map[string]any{}, nil)
+	b.waitFor("the template badge gone once reprovisioned", "window.notReloaded === true && "+
+		"document.querySelector('tr[data-id] [data-bind=state]').textContent === 'running' && "+
+		"document.querySelector('tr[data-id] .badge.outdated').hidden", 60*time.Second)
 	b.do("overview", chromedp.Navigate(e.base+"/"), chromedp.WaitVisible(chromedp.CSS("#recent li")))
 	b.waitFor("one running in the overview", "document.querySelector('[data-count=running]').textContent === '1'", 10*time.Second)
 	b.waitFor("the live feed", "document.querySelector('[data-live-status]').textContent === 'live'", 10*time.Second)
