@@ -104,6 +104,23 @@ func TestAClusterBacksUpAndRestoresIntoAnother(t *testing.T) {
 	}
 
 	b := newClusterSite(t)
+	// A backup without the master key (the cluster's settings named none)
+	// is refused where the settings name one that is not there: the
+	// secrets would not open.
+	noKey := map[string]string{}
+	for k, v := range a.env {
+		if k != "FLOTILLA_KMS_KEY_FILE" {
+			noKey[k] = v
+		}
+	}
+	partial := filepath.Join(t.TempDir(), "partial")
+	if _, err := stack.BackupClusterFromEnv(ctx, noKey, a.bus.Creds[busauth.Backup], partial, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := stack.RestoreClusterFromEnv(ctx, b.env, b.bus.Authority().Dir(), partial, nil); err == nil ||
+		!strings.Contains(err.Error(), "FLOTILLA_KMS_KEY_FILE: the backup holds no such file, and none is at "+b.kmsKey) {
+		t.Errorf("a backup without the master key restored where it is missing: %v", err)
+	}
 	if _, _, err := stack.RestoreClusterFromEnv(ctx, b.env, "", backup, keys); err == nil || !strings.Contains(err.Error(), "--bus-dir: is required") {
 		t.Errorf("a restore without the bus authority: %v", err)
 	}

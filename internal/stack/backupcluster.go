@@ -197,8 +197,11 @@ func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDi
 
 // filesToWrite are the backup's files to write where the settings name
 // them now: by path there, the file in the backup; those not there yet.
-// One there already must be the backup's; checked before anything is
-// restored.
+// One there already must be the backup's, and one the settings name that
+// the backup lacks (a data directory's CA kept outside it, secrets sealed
+// by AWS KMS rather than a master key) must be there already: without it
+// the cluster would make a CA its agents do not trust, or hold secrets it
+// cannot open. Checked before anything is restored.
 func filesToWrite(ec EnvConfig, dir string, m *BackupManifest) (map[string]string, error) {
 	held, err := heldFiles(dir, m)
 	if err != nil {
@@ -208,6 +211,9 @@ func filesToWrite(ec EnvConfig, dir string, m *BackupManifest) (map[string]strin
 	for _, f := range clusterFiles(ec) {
 		from, ok := held[f.Var]
 		if !ok {
+			if _, err := os.Stat(f.Path); err != nil {
+				return nil, fmt.Errorf("%s: the backup holds no such file, and none is at %s (%v): copy there the one the backed-up Flotilla used, then restore", f.Var, f.Path, err)
+			}
 			continue
 		}
 		b, err := os.ReadFile(from)
