@@ -32,7 +32,9 @@ import (
 // and Pebble: Pebble resolves through a DNS server that answers from the
 // records of the network's Route53 zone, so the TXT record the provisioner
 // writes there, with the network's cloud account, for the agent (which
-// holds no AWS keys) is what Pebble checks. The node then serves a
+// holds no AWS keys) is what Pebble checks; for a name of another zone,
+// whose _acme-challenge is a CNAME into the network's, the record is
+// written where the alias leads. The node then serves a
 // certificate a client trusting Pebble's root accepts; the record is gone
 // afterwards; the network's ACME account key and the certificate's key are
 // kept sealed by the secret broker. A reprovisioned instance (a new VM)
@@ -77,8 +79,12 @@ func TestACMEOverDNS01OnAWS(t *testing.T) {
 	tpl, err := rpc.Call(ctx, lab.gateway, endpoints.TemplateCreate, &inventoryv1.CreateTemplateRequest{Template: &inventoryv1.Template{
 		Name: "std", Provider: "aws", Image: awssdk.ToString(lab.images.Images[0].ImageId), InstanceType: "t3.micro", DataDiskGb: 2}}, lab.admin)
 	must(t, err)
+	// Its second name is in a zone Flotilla cannot write: its owner
+	// delegates the challenges to the network's zone with a CNAME.
+	dns.CNAME("_acme-challenge.web-1.customer.test", "web-1-customer.acme.fleet.example")
 	in, err := rpc.Call(ctx, lab.gateway, endpoints.InstanceCreate, &inventoryv1.CreateInstanceRequest{Instance: &inventoryv1.Instance{
-		Name: "web-1", Kind: "design", TemplateId: tpl.GetId(), NetworkId: nw.GetId()}}, lab.admin)
+		Name: "web-1", Kind: "design", TemplateId: tpl.GetId(), NetworkId: nw.GetId(),
+		Ssl: &inventoryv1.SslSettings{Domains: []string{"web-1.fleet.example", "web-1.customer.test"}}}}, lab.admin)
 	must(t, err)
 	id := in.GetId()
 
@@ -125,11 +131,15 @@ func TestACMEOverDNS01OnAWS(t *testing.T) {
 		t.Fatalf("node URL %q; want https://web-1.fleet.example:443/", url)
 	}
 	first := leaf(url)
-	if err := first.VerifyHostname("web-1.fleet.example"); err != nil {
-		t.Fatalf("served certificate: %v", err)
+	for _, name := range []string{"web-1.fleet.example", "web-1.customer.test"} {
+		if err := first.VerifyHostname(name); err != nil {
+			t.Fatalf("served certificate: %v", err)
+		}
 	}
-	if values, err := txt("_acme-challenge.web-1.fleet.example"); err != nil || len(values) != 0 {
-		t.Errorf("the DNS-01 record is left in the zone: %v %v", values, err)
+	for _, record := range []string{"_acme-challenge.web-1.fleet.example", "web-1-customer.acme.fleet.example"} {
+		if values, err := txt(record); err != nil || len(values) != 0 {
+			t.Errorf("the DNS-01 record %s is left in the zone: %v %v", record, values, err)
+		}
 	}
 	// Kept sealed: the network's account key, the instance's certificate.
 	if n := count("acme_accounts", "network_id", nw.GetId()); n != 1 {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
@@ -14,12 +15,32 @@ import (
 )
 
 // DNS is a DNS server of a test's own on 127.0.0.1 (UDP and TCP): it answers TXT
-// questions from a lookup function, A questions with 127.0.0.1, and every
-// other question with no record. Point Pebble (PebbleOptions.DNSAddr) and an
-// ACME client's resolvers at it.
+// questions from a lookup function, A questions with 127.0.0.1, CNAME
+// questions with the aliases set (CNAME), and every other question with no
+// record; a TXT question for an alias is answered as a recursive resolver
+// would, with the alias and the TXT records of its target. Point Pebble
+// (PebbleOptions.DNSAddr) and an ACME client's resolvers at it.
 type DNS struct {
 	// Addr is its host:port.
 	Addr string
+
+	mu      sync.Mutex
+	aliases map[string]string
+}
+
+// CNAME makes name (lower case, without the trailing dot) an alias of
+// target.
+func (d *DNS) CNAME(name, target string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.aliases[name] = target
+}
+
+// alias is name's target, "" when it is no alias.
+func (d *DNS) alias(name string) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.aliases[name]
 }
 
 // StartDNS starts a DNS server answering TXT questions with txt(name) (the
@@ -44,6 +65,7 @@ func StartDNS(tb testing.TB, txt func(name string) ([]string, error)) *DNS {
 	if err != nil {
 		tb.Fatalf("testkit: DNS server: %v", err)
 	}
+	d := &DNS{Addr: l.Addr().String(), aliases: map[string]string{}}
 	handler := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
@@ -51,6 +73,13 @@ func StartDNS(tb testing.TB, txt func(name string) ([]string, error)) *DNS {
 		for _, question := range q.Question {
 			name := strings.ToLower(strings.TrimSuffix(question.Name, "."))
 			hdr := dns.RR_Header{Name: question.Name, Class: dns.ClassINET, Ttl: 0}
+			if target := d.alias(name); target != "" && question.Qtype != dns.TypeA {
+				m.Answer = append(m.Answer, &dns.CNAME{Hdr: dns.RR_Header{Name: question.Name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET}, Target: dns.Fqdn(target)})
+				if question.Qtype != dns.TypeTXT {
+					continue
+				}
+				name, hdr.Name = target, dns.Fqdn(target)
+			}
 			switch question.Qtype {
 			case dns.TypeTXT:
 				values, err := txt(name)
@@ -76,7 +105,7 @@ func StartDNS(tb testing.TB, txt func(name string) ([]string, error)) *DNS {
 		<-started
 		tb.Cleanup(func() { _ = srv.Shutdown() })
 	}
-	return &DNS{Addr: l.Addr().String()}
+	return d
 }
 
 // Route53TXT looks TXT records up in a Route53 hosted zone through its API

@@ -2,10 +2,14 @@ package provisioner
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
+	"github.com/miekg/dns"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"flotilla.dev/flotilla/api/endpoints"
@@ -14,6 +18,7 @@ import (
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/pki"
 	"flotilla.dev/flotilla/libs/rpc"
+	awsdriver "flotilla.dev/flotilla/services/provisioner/driver/aws"
 )
 
 // challengeValueRE is what a DNS-01 value is: the key authorization's
@@ -77,15 +82,97 @@ func (s *Service) dnsChallenge(put bool) func(context.Context, vocab.Actor, *inv
 		if err != nil {
 			return nil, err
 		}
+		name, err := challengeRecord(ctx, domain, n.GetAcme().GetDnsResolvers())
+		if err != nil {
+			return nil, apierr.Unavailable("DNS-01 record of %q: %v", domain, err)
+		}
 		if put {
-			err = drv.PutChallenge(ctx, zone, domain, r.GetValue())
+			err = drv.PutChallenge(ctx, zone, name, r.GetValue())
 		} else {
-			err = drv.DeleteChallenge(ctx, zone, domain, r.GetValue())
+			err = drv.DeleteChallenge(ctx, zone, name, r.GetValue())
 		}
 		if err != nil {
-			return nil, apierr.Unavailable("DNS-01 record of %q in zone %s: %v", domain, zone, err)
+			return nil, apierr.Unavailable("DNS-01 record of %q (%s) in zone %s: %v", domain, name, zone, err)
 		}
-		s.log.InfoContext(ctx, "DNS-01 record changed for an instance's agent", "instance_id", id, "domain", domain, "zone", zone, "written", put)
+		s.log.InfoContext(ctx, "DNS-01 record changed for an instance's agent", "instance_id", id, "domain", domain, "record", name, "zone", zone, "written", put)
 		return &emptypb.Empty{}, nil
 	}
+}
+
+// maxCNAMEs bounds the aliases followed from a challenge's name.
+const maxCNAMEs = 8
+
+// challengeRecord is the name of domain's DNS-01 TXT record as the ACME
+// server will look for it: _acme-challenge.<domain>, or, when that name is
+// an alias (the domain's owner delegating its challenges to the network's
+// zone with a CNAME, which ACME servers follow), the name the aliases lead
+// to. resolvers (host or host:port; none: the host's, /etc/resolv.conf)
+// are asked; Route53 refuses a name outside the network's zone.
+func challengeRecord(ctx context.Context, domain string, resolvers []string) (string, error) {
+	servers, err := dnsServers(resolvers)
+	if err != nil {
+		return "", err
+	}
+	name := dns.Fqdn(awsdriver.ChallengeName(domain))
+	for range maxCNAMEs {
+		target, err := cnameOf(ctx, name, servers)
+		if err != nil {
+			return "", err
+		}
+		if target == "" {
+			return strings.TrimSuffix(name, "."), nil
+		}
+		name = target
+	}
+	return "", fmt.Errorf("%s: more than %d aliases (CNAME) lead from it", awsdriver.ChallengeName(domain), maxCNAMEs)
+}
+
+// dnsServers are the resolvers to ask, host:port each.
+func dnsServers(resolvers []string) ([]string, error) {
+	if len(resolvers) == 0 {
+		cfg, err := dns.ClientConfigFromFile("/etc/resolv.conf")
+		if err != nil {
+			return nil, fmt.Errorf("the host's DNS resolvers: %w", err)
+		}
+		for _, s := range cfg.Servers {
+			resolvers = append(resolvers, net.JoinHostPort(s, cfg.Port))
+		}
+	}
+	out := make([]string, 0, len(resolvers))
+	for _, r := range resolvers {
+		if _, _, err := net.SplitHostPort(r); err != nil {
+			r = net.JoinHostPort(r, "53")
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// cnameOf is the target of name's CNAME record ("" when it has none), as
+// the first of servers that answers says.
+func cnameOf(ctx context.Context, name string, servers []string) (string, error) {
+	q := new(dns.Msg)
+	q.SetQuestion(name, dns.TypeCNAME)
+	c := &dns.Client{Timeout: 5 * time.Second}
+	var last error
+	for _, srv := range servers {
+		r, _, err := c.ExchangeContext(ctx, q, srv)
+		switch {
+		case err != nil:
+			last = err
+			continue
+		case r.Rcode == dns.RcodeNameError:
+			return "", nil
+		case r.Rcode != dns.RcodeSuccess:
+			last = fmt.Errorf("%s answered %s", srv, dns.RcodeToString[r.Rcode])
+			continue
+		}
+		for _, a := range r.Answer {
+			if cn, ok := a.(*dns.CNAME); ok && strings.EqualFold(cn.Hdr.Name, name) {
+				return dns.Fqdn(cn.Target), nil
+			}
+		}
+		return "", nil
+	}
+	return "", fmt.Errorf("look up whether %s is an alias (CNAME): %w", strings.TrimSuffix(name, "."), last)
 }

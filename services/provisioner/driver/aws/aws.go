@@ -895,13 +895,13 @@ func ChallengeName(domain string) string { return "_acme-challenge." + strings.T
 // challengeValue is value as Route53 holds a TXT string: quoted.
 func challengeValue(value string) string { return strconv.Quote(value) }
 
-// PutChallenge writes domain's DNS-01 record in zone: the TXT record
-// _acme-challenge.<domain> holding value (an UPSERT, so a value left from
-// an earlier order is replaced). value is what the ACME server expects
-// (the key authorization's digest, base64url): no quotes to escape.
-func (d *Driver) PutChallenge(ctx context.Context, zone, domain, value string) error {
-	zone = strings.TrimPrefix(zone, "/hostedzone/")
-	name := ChallengeName(domain)
+// PutChallenge writes a DNS-01 record in zone: the TXT record name (a
+// domain's ChallengeName, or the name that one is an alias of) holding
+// value (an UPSERT, so a value left from an earlier order is replaced).
+// value is what the ACME server expects (the key authorization's digest,
+// base64url): no quotes to escape.
+func (d *Driver) PutChallenge(ctx context.Context, zone, name, value string) error {
+	zone, name = strings.TrimPrefix(zone, "/hostedzone/"), strings.TrimSuffix(name, ".")
 	if err := d.changeRecord(ctx, r53types.ChangeActionUpsert, zone, &r53types.ResourceRecordSet{
 		Name: awssdk.String(name), Type: r53types.RRTypeTxt, TTL: awssdk.Int64(challengeTTL),
 		ResourceRecords: []r53types.ResourceRecord{{Value: awssdk.String(challengeValue(value))}},
@@ -912,10 +912,10 @@ func (d *Driver) PutChallenge(ctx context.Context, zone, domain, value string) e
 	return nil
 }
 
-// DeleteChallenge deletes domain's DNS-01 record from zone if it still
+// DeleteChallenge deletes the DNS-01 record name from zone if it still
 // holds value (a later order's record is left alone); none is fine.
-func (d *Driver) DeleteChallenge(ctx context.Context, zone, domain, value string) error {
-	return d.deleteRecordHolding(ctx, strings.TrimPrefix(zone, "/hostedzone/"), ChallengeName(domain), r53types.RRTypeTxt, challengeValue(value))
+func (d *Driver) DeleteChallenge(ctx context.Context, zone, name, value string) error {
+	return d.deleteRecordHolding(ctx, strings.TrimPrefix(zone, "/hostedzone/"), strings.TrimSuffix(name, "."), r53types.RRTypeTxt, challengeValue(value))
 }
 
 func (d *Driver) changeRecord(ctx context.Context, action r53types.ChangeAction, zone string, rs *r53types.ResourceRecordSet) error {

@@ -374,6 +374,7 @@ func TestChallengeRecords(t *testing.T) {
 	d := c.driver(t, &rec)
 	ctx := t.Context()
 	zone := c.network.PublicZoneID
+	name := awsdriver.ChallengeName("web-1.fleet.example")
 	lookup := testkit.Route53TXT(ctx, c.r53, zone)
 	txt := func() []string {
 		t.Helper()
@@ -383,23 +384,23 @@ func TestChallengeRecords(t *testing.T) {
 		}
 		return values
 	}
-	if err := d.PutChallenge(ctx, zone, "web-1.fleet.example", "first-value"); err != nil {
+	if err := d.PutChallenge(ctx, zone, name, "first-value"); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.PutChallenge(ctx, zone, "web-1.fleet.example.", "second_value-2"); err != nil {
+	if err := d.PutChallenge(ctx, zone, name+".", "second_value-2"); err != nil {
 		t.Fatal(err)
 	}
 	if got := txt(); !slices.Equal(got, []string{"second_value-2"}) {
 		t.Fatalf("TXT record %v, want the second value alone", got)
 	}
-	if err := d.DeleteChallenge(ctx, zone, "web-1.fleet.example", "first-value"); err != nil {
+	if err := d.DeleteChallenge(ctx, zone, name, "first-value"); err != nil {
 		t.Fatal(err)
 	}
 	if got := txt(); len(got) != 1 {
 		t.Fatalf("deleting the first order's value removed the second's: %v", got)
 	}
 	for range 2 {
-		if err := d.DeleteChallenge(ctx, zone, "web-1.fleet.example", "second_value-2"); err != nil {
+		if err := d.DeleteChallenge(ctx, zone, name, "second_value-2"); err != nil {
 			t.Fatal(err)
 		}
 	}
