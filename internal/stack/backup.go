@@ -422,8 +422,7 @@ func restoreFiles(d datadir.Dir, src string, m *BackupManifest) (*datadir.Settin
 		if err != nil {
 			return nil, err
 		}
-		cert, key := s.CAFiles(d)
-		for v, path := range map[string]string{"FLOTILLA_CA_CERT_FILE": cert, "FLOTILLA_CA_KEY_FILE": key, "FLOTILLA_KMS_KEY_FILE": d.MasterKey()} {
+		for v, path := range dataDirFiles(d, s) {
 			if err := filecopy.File(filepath.Join(src, backupFiles, v), path); err != nil {
 				return nil, fmt.Errorf("%s: %w", v, err)
 			}
@@ -489,7 +488,7 @@ func restoreDatabase(ctx context.Context, d datadir.Dir, s *datadir.Settings, sr
 // directory: its CA's certificate and key, the master key.
 func missingClusterFiles(m *BackupManifest) []string {
 	var missing []string
-	for _, v := range []string{"FLOTILLA_CA_CERT_FILE", "FLOTILLA_CA_KEY_FILE", "FLOTILLA_KMS_KEY_FILE"} {
+	for _, v := range []string{varCACert, varCAKey, varMasterKey} {
 		if !slices.ContainsFunc(m.ClusterFiles, func(f BackupFile) bool { return f.Var == v }) {
 			missing = append(missing, v)
 		}

@@ -38,12 +38,20 @@ type BackupFile struct {
 	Path string `json:"path"`
 }
 
+// The variables of a manager's settings naming the files a cluster's
+// backup holds (clusterFiles).
+const (
+	varCACert    = "FLOTILLA_CA_CERT_FILE"
+	varCAKey     = "FLOTILLA_CA_KEY_FILE"
+	varMasterKey = "FLOTILLA_KMS_KEY_FILE"
+)
+
 // clusterFiles are the files of a manager's settings a cluster's backup
 // copies: the fleet CA's certificate and key, the secret brokers' master
 // key.
 func clusterFiles(ec EnvConfig) []BackupFile {
 	var out []BackupFile
-	for _, f := range []BackupFile{{"FLOTILLA_CA_CERT_FILE", ec.CACertFile}, {"FLOTILLA_CA_KEY_FILE", ec.CAKeyFile}, {"FLOTILLA_KMS_KEY_FILE", ec.KMSKeyFile}} {
+	for _, f := range []BackupFile{{varCACert, ec.CACertFile}, {varCAKey, ec.CAKeyFile}, {varMasterKey, ec.KMSKeyFile}} {
 		if f.Path != "" {
 			out = append(out, f)
 		}
@@ -254,13 +262,20 @@ func heldFiles(dir string, m *BackupManifest) (map[string]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the backup's settings: %w", err)
 	}
-	cert, key := s.CAFiles(bd)
-	for v, path := range map[string]string{"FLOTILLA_CA_CERT_FILE": cert, "FLOTILLA_CA_KEY_FILE": key, "FLOTILLA_KMS_KEY_FILE": bd.MasterKey()} {
+	for v, path := range dataDirFiles(bd, s) {
 		if _, err := os.Stat(path); err == nil && strings.HasPrefix(path, abs+string(filepath.Separator)) {
 			held[v] = path
 		}
 	}
 	return held, nil
+}
+
+// dataDirFiles are the files of data directory d (of settings s) a
+// cluster's settings name, by their variable: the fleet CA's certificate
+// and key, the master key.
+func dataDirFiles(d datadir.Dir, s *datadir.Settings) map[string]string {
+	cert, key := s.CAFiles(d)
+	return map[string]string{varCACert: cert, varCAKey: key, varMasterKey: d.MasterKey()}
 }
 
 // ClusterSourceFromEnv is the source a cluster's backup taken with the
