@@ -221,12 +221,14 @@ to flotilla up.
 With --env, it restores a cluster's backup (made with --env), or a data
 directory's made with --dump, into a cluster whose services have not started
 yet (a data directory's streams get FLOTILLA_STREAM_REPLICAS), with the settings they read from the
-environment: the database by pg_restore through FLOTILLA_DATABASE_OWNER_URL
-(it must hold no table), then every stream through FLOTILLA_NATS_URL (none may
-exist), as a user the bus authority in --bus-dir (bus-credentials init --dir,
-whose keys the cluster's servers trust) signs for the restore alone; the CA's
-and master key's files are written where the settings name them on this host,
-unless a file is there. Copy them to every manager, then start the services.
+environment: the CA's and master key's files are written where the settings
+name them on this host, unless a file is there; every stream through
+FLOTILLA_NATS_URL (none may exist), as a user the bus authority in --bus-dir
+(bus-credentials init --dir, whose keys the cluster's servers trust) signs for
+the restore alone; then the database by pg_restore through
+FLOTILLA_DATABASE_OWNER_URL (it must hold no table), in one transaction. A
+failure undoes what was done before it, so the restore can be run again. Copy
+the files to every manager, then start the services.
 
 A sealed backup (backup --recipient) is opened with --identity, a file
 holding the secret key of one of the keys it is sealed to (flotilla admin

@@ -332,9 +332,8 @@ func restorerCreds(auth *busauth.Authority) (file string, remove func(), err err
 // makes on a first start, with the cluster's fleet CA and master key where
 // they name them, and its streams one replica each. A sealed backup is
 // opened with keys. The local provider's VMs and disks are not in a
-// backup. On an error dataDir is left as it was found (the external
-// database, restored in one transaction, too unless the streams' restore
-// failed).
+// backup. On an error dataDir is left as it was found, and so is the
+// external database (restored last, in one transaction).
 func Restore(ctx context.Context, dir, dataDir, databaseURL string, keys []age.Identity) (_ *BackupManifest, err error) {
 	m, err := readManifest(dir)
 	if err != nil {
@@ -381,35 +380,45 @@ func Restore(ctx context.Context, dir, dataDir, databaseURL string, keys []age.I
 	if err != nil {
 		return nil, err
 	}
+	// The streams before the database: an external one is loaded (in one
+	// transaction) only once they are back, so that a failure leaves it as
+	// it was; the data directory is removed whatever fails.
+	if err := restoreStreams(ctx, d, src, m); err != nil {
+		return nil, err
+	}
 	if err := restoreDatabase(ctx, d, s, src, m, databaseURL); err != nil {
 		return nil, err
 	}
+	return m, nil
+}
 
-	// The streams, through the JetStream API as for a cluster, to a server
-	// on the new store; a cluster's with one replica each.
+// restoreStreams puts the backup's streams (at src) in the new data
+// directory d's store, through the JetStream API as for a cluster, to a
+// server on the store; a cluster's with one replica each.
+func restoreStreams(ctx context.Context, d datadir.Dir, src string, m *BackupManifest) error {
 	ns, auth, shutdown, err := storeServer(d)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer shutdown()
 	creds, remove, err := restorerCreds(auth)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer remove()
 	nc, err := natsx.ConnectInProcess(ns, "flotilla admin restore", busauth.ConnectOptions(busauth.Restorer, creds)...)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer nc.Close()
 	streams, err := jsbackup.Send(ctx, nc, filepath.Join(src, backupStreams), 1)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if len(streams) != len(m.Streams) {
-		return nil, fmt.Errorf("%s: %d streams restored, the manifest names %d", dir, len(streams), len(m.Streams))
+		return fmt.Errorf("%d streams restored, the manifest names %d", len(streams), len(m.Streams))
 	}
-	return m, nil
+	return nil
 }
 
 // restoreFiles puts into the new data directory d the files of the backup

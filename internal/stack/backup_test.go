@@ -19,6 +19,7 @@ import (
 	"flotilla.dev/flotilla/internal/stack"
 	"flotilla.dev/flotilla/internal/stack/stacktest"
 	"flotilla.dev/flotilla/libs/busauth"
+	"flotilla.dev/flotilla/libs/jsbackup"
 	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/sealdir"
 	"flotilla.dev/flotilla/libs/testkit"
@@ -120,6 +121,37 @@ func TestAClusterBacksUpAndRestoresIntoAnother(t *testing.T) {
 	if _, _, err := stack.RestoreClusterFromEnv(ctx, b.env, b.bus.Authority().Dir(), partial, nil); err == nil ||
 		!strings.Contains(err.Error(), "FLOTILLA_KMS_KEY_FILE: the backup holds no such file, and none is at "+b.kmsKey) {
 		t.Errorf("a backup without the master key restored where it is missing: %v", err)
+	}
+	// A backup whose last snapshot is damaged fails after the streams
+	// before it were restored: they are deleted again, the files written
+	// removed and the database left empty, so the restore can run again.
+	damaged := filepath.Join(t.TempDir(), "damaged")
+	if _, err := stack.BackupClusterFromEnv(ctx, a.env, a.bus.Creds[busauth.Backup], damaged, "test"); err != nil {
+		t.Fatal(err)
+	}
+	snaps, err := filepath.Glob(filepath.Join(damaged, "streams", "*.snapshot"))
+	if err != nil || len(snaps) < 2 {
+		t.Fatalf("the damaged backup's snapshots: %v %v", snaps, err)
+	}
+	last := snaps[len(snaps)-1]
+	fi, err := os.Stat(last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(last, fi.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = stack.RestoreClusterFromEnv(ctx, b.env, b.bus.Authority().Dir(), damaged, nil)
+	if err == nil || !strings.Contains(err.Error(), "restored before it were deleted again") {
+		t.Fatalf("a restore of a damaged backup: %v", err)
+	}
+	if names, err := jsbackup.Names(ctx, b.bus.Conn(t, busauth.Observer)); err != nil || len(names) != 0 {
+		t.Errorf("streams left by a failed restore: %v %v", names, err)
+	}
+	for _, f := range []string{b.caCert, b.caKey, b.kmsKey} {
+		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left by a failed restore: %v", f, err)
+		}
 	}
 	if _, _, err := stack.RestoreClusterFromEnv(ctx, b.env, "", backup, keys); err == nil || !strings.Contains(err.Error(), "--bus-dir: is required") {
 		t.Errorf("a restore without the bus authority: %v", err)

@@ -119,14 +119,17 @@ func BackupClusterFromEnv(ctx context.Context, environ map[string]string, creds,
 // FLOTILLA_STREAM_REPLICAS),
 // from a host with the settings of its services in the environment
 // (environ; nil: the process's), before its services first start: the
-// database by pg_restore through FLOTILLA_DATABASE_OWNER_URL (it must hold
-// no table), then every stream through FLOTILLA_NATS_URL (none may exist),
+// backed-up files where the settings name them now, unless a file is there
+// (it is kept); every stream through FLOTILLA_NATS_URL (none may exist),
 // as a user minted for the time of the restore by the bus authority in
 // busDir (the directory of `flotilla admin bus-credentials init`, which
-// the cluster's servers trust); the backed-up files are written where the
-// settings name them now, unless a file is there (it is kept). It returns
-// the manifest and the files written.
-func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDir, dir string, keys []age.Identity) (*BackupManifest, []string, error) {
+// the cluster's servers trust); then the database by pg_restore through
+// FLOTILLA_DATABASE_OWNER_URL (it must hold no table), in one transaction.
+// It is all or nothing: a failure at any step undoes the steps before it
+// (the files written, the streams created), so that it can be run again.
+// A sealed backup is opened with keys. It returns the manifest and the
+// files written.
+func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDir, dir string, keys []age.Identity) (_ *BackupManifest, _ []string, err error) {
 	m, err := readManifest(dir)
 	if err != nil {
 		return nil, nil, err
@@ -184,15 +187,17 @@ func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDi
 		return nil, nil, err
 	}
 
-	if err := pgmanaged.RestoreDump(ctx, ec.DatabaseOwnerURL, filepath.Join(src, backupDump)); err != nil {
-		return nil, nil, err
-	}
-	// The cluster's number of replicas (a data directory's streams have one).
-	restored, err := jsbackup.Send(ctx, nc, filepath.Join(src, backupStreams), ec.StreamReplicas)
-	if err != nil {
-		return nil, nil, fmt.Errorf("the database is restored, %d streams of %d: %w", len(restored), len(m.Streams), err)
-	}
+	// All or nothing: the files (new ones), then the streams (Send deletes
+	// those it made if one fails), then the database in one transaction;
+	// what was done before a failure is undone.
 	var written []string
+	defer func() {
+		if err != nil {
+			for _, f := range written {
+				_ = os.Remove(f)
+			}
+		}
+	}()
 	for path, from := range files {
 		if err := filecopy.File(from, path); err != nil {
 			return nil, nil, err
@@ -200,6 +205,18 @@ func RestoreClusterFromEnv(ctx context.Context, environ map[string]string, busDi
 		written = append(written, path)
 	}
 	slices.Sort(written)
+	// The cluster's number of replicas (a data directory's streams have one).
+	restored, err := jsbackup.Send(ctx, nc, filepath.Join(src, backupStreams), ec.StreamReplicas)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := pgmanaged.RestoreDump(ctx, ec.DatabaseOwnerURL, filepath.Join(src, backupDump)); err != nil {
+		names := make([]string, 0, len(restored))
+		for _, st := range restored {
+			names = append(names, st.Name)
+		}
+		return nil, nil, errors.Join(err, jsbackup.Remove(context.WithoutCancel(ctx), nc, names...))
+	}
 	return m, written, nil
 }
 

@@ -197,11 +197,13 @@ const Restorer = "restore"
 
 // RestorerPermissions are the restorer's: to create streams from
 // snapshots ($JS.API.STREAM.RESTORE, sending the chunks where the server
-// says) and to list them, nothing else; the server refuses a stream that
-// exists.
+// says), to list them, and to delete them (a restore that fails halfway
+// deletes the streams it created: jsbackup.Send), nothing else; the
+// server refuses a stream that exists, and the restore runs before the
+// services first start, into a cluster that has none.
 func RestorerPermissions() jwt.Permissions {
 	p := jwt.Permissions{}
-	p.Pub.Allow.Add(jsAPI("STREAM.NAMES"), jsAPI("STREAM.RESTORE.*"), "$JS.SNAPSHOT.RESTORE.>")
+	p.Pub.Allow.Add(jsAPI("STREAM.NAMES"), jsAPI("STREAM.RESTORE.*"), "$JS.SNAPSHOT.RESTORE.>", jsAPI("STREAM.DELETE.*"))
 	p.Sub.Allow.Add(InboxPrefix(Restorer) + ".>")
 	return p
 }

@@ -291,10 +291,13 @@ const (
 // place it: in a cluster, on as many servers as its configuration's
 // replicas. The server restores each from its snapshot as it arrives,
 // chunk by acknowledged chunk. nc's user needs the restore API and the
-// chunks' subjects ($JS.API.STREAM.RESTORE.*, $JS.SNAPSHOT.RESTORE.>). A
-// stream that exists is refused by the server; Send stops at the first
-// stream refused. replicas, when not 0, replaces each stream's number of
-// replicas (a data directory's streams have one; a cluster's three).
+// chunks' subjects ($JS.API.STREAM.RESTORE.*, $JS.SNAPSHOT.RESTORE.>), and
+// the delete API ($JS.API.STREAM.DELETE.*). A stream that exists is
+// refused by the server. Send is all or nothing: at the first stream that
+// fails (refused, its snapshot not whole), it deletes those it created
+// (Remove) and returns the error. replicas, when not 0, replaces each
+// stream's number of replicas (a data directory's streams have one; a
+// cluster's three).
 func Send(ctx context.Context, nc *nats.Conn, dir string, replicas int) ([]Stream, error) {
 	names, err := snapshots(dir)
 	if err != nil {
@@ -304,11 +307,35 @@ func Send(ctx context.Context, nc *nats.Conn, dir string, replicas int) ([]Strea
 	for _, name := range names {
 		s, err := send(ctx, nc, dir, name, replicas)
 		if err != nil {
-			return out, fmt.Errorf("restore stream %s: %w", name, err)
+			err = fmt.Errorf("restore stream %s: %w", name, err)
+			created := make([]string, 0, len(out)+1)
+			for _, s := range out {
+				created = append(created, s.Name)
+			}
+			if rerr := Remove(context.WithoutCancel(ctx), nc, append(created, name)...); rerr != nil {
+				return nil, errors.Join(err, fmt.Errorf("the streams restored before it are left: %w", rerr))
+			}
+			return nil, fmt.Errorf("%w (the %d restored before it were deleted again)", err, len(out))
 		}
 		out = append(out, s)
 	}
 	return out, nil
+}
+
+// Remove deletes the streams named, where nc's servers hold them (the
+// delete API, $JS.API.STREAM.DELETE.*); one that is not there is fine.
+func Remove(ctx context.Context, nc *nats.Conn, names ...string) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, name := range names {
+		if err := js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			errs = append(errs, fmt.Errorf("delete stream %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func send(ctx context.Context, nc *nats.Conn, dir, name string, replicas int) (Stream, error) {
