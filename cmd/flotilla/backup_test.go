@@ -182,10 +182,11 @@ func TestABackupTakenWhileUpRunsStartsAsFlotillaStood(t *testing.T) {
 		t.Error("the sealed backup holds the master key in the clear")
 	}
 	twiceDir := filepath.Join(filepath.Dir(f.dir), "restored-again")
-	for _, args := range [][]string{{"verify-backup", again}, {"restore", again, "--data-dir", twiceDir}} {
-		if out, err := runAdmin(args...); err == nil || !strings.Contains(out, "is sealed to 1 key(s) (age1pq1") || !strings.Contains(out, "give --identity") {
-			t.Errorf("%v without its key: %v\n%s", args, err, out)
-		}
+	if out, err := runAdmin("restore", again, "--data-dir", twiceDir); err == nil || !strings.Contains(out, "is sealed to 1 key(s) (age1pq1") || !strings.Contains(out, "give --identity") {
+		t.Errorf("restore without its key: %v\n%s", err, out)
+	}
+	if out, err := runAdmin("verify-backup", again); err != nil || !strings.Contains(out, "its contents were not read (give --identity KEY") {
+		t.Errorf("verify-backup without its key: %v\n%s", err, out)
 	}
 	if _, err := os.Stat(twiceDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a restore refused made %s: %v", twiceDir, err)
@@ -195,6 +196,24 @@ func TestABackupTakenWhileUpRunsStartsAsFlotillaStood(t *testing.T) {
 	}
 	if out, err := runAdmin("restore", again, "--data-dir", twiceDir, "--identity", keyFile); err != nil {
 		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	// A copy cut short is found without the key (its size), and named with it.
+	cut := filepath.Join(filepath.Dir(f.dir), "backup-cut")
+	if err := os.Mkdir(cut, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sealedFile := must(os.ReadFile(filepath.Join(again, "backup.tar.zst.age")))
+	if err := os.WriteFile(filepath.Join(cut, "backup.tar.zst.age"), sealedFile[:len(sealedFile)-100], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cut, "backup.json"), must(os.ReadFile(filepath.Join(again, "backup.json"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runAdmin("verify-backup", cut); err == nil || !strings.Contains(out, "bytes, the manifest says") {
+		t.Errorf("verify-backup of a sealed copy cut short, without its key: %v\n%s", err, out)
+	}
+	if out, err := runAdmin("verify-backup", cut, "--identity", keyFile); err == nil || !strings.Contains(out, "would not restore") {
+		t.Errorf("verify-backup of a sealed copy cut short, with its key: %v\n%s", err, out)
 	}
 	r2 := &fleet{upProc: startUpFree(t, twiceDir, nil), t: t, dir: twiceDir}
 	r2.token = r2.login(t)

@@ -126,6 +126,33 @@ func openBackup(dir string, m *BackupManifest, keys []age.Identity) (src string,
 	return tmp, func() { _ = os.RemoveAll(tmp) }, nil
 }
 
+// checkSealed checks, without a key, what can be of a sealed backup: its
+// file has the size the manifest says, and a header sealing it to as many
+// keys as the manifest names.
+func checkSealed(dir string, m *BackupManifest) []error {
+	path := filepath.Join(dir, SealedFile)
+	f, err := os.Open(path)
+	if err != nil {
+		return []error{err}
+	}
+	defer f.Close()
+	var problems []error
+	switch fi, err := f.Stat(); {
+	case err != nil:
+		problems = append(problems, err)
+	case fi.Size() != m.Sealed.Bytes:
+		problems = append(problems, fmt.Errorf("%s: %d bytes, the manifest says %d", path, fi.Size(), m.Sealed.Bytes))
+	}
+	n, err := sealdir.Stanzas(f)
+	switch {
+	case err != nil:
+		problems = append(problems, fmt.Errorf("%s: %w", path, err))
+	case n != len(m.Sealed.Recipients):
+		problems = append(problems, fmt.Errorf("%s: sealed to %d keys, the manifest names %d", path, n, len(m.Sealed.Recipients)))
+	}
+	return problems
+}
+
 // needKey is the error for a sealed backup opened without a key.
 func needKey(dir string, m *BackupManifest) error {
 	return fmt.Errorf("%s is sealed to %d key(s) (%s): give --identity, a file holding the secret key of one of them", dir, len(m.Sealed.Recipients), sealdir.Abbrev(m.Sealed.Recipients...))

@@ -87,6 +87,23 @@ func writeFile(tw *tar.Writer, h *tar.Header, path string) error {
 	return nil
 }
 
+// Stanzas reads the header of a stream Seal wrote, without a key, and
+// returns how many keys it is sealed to: a stream that is not one is an
+// error. What follows the header is read by Open alone.
+func Stanzas(r io.Reader) (int, error) {
+	h, err := age.ExtractHeader(r)
+	if err != nil {
+		return 0, fmt.Errorf("not a sealed stream: %w", err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(h), "\n") {
+		if strings.HasPrefix(line, "-> ") {
+			n++
+		}
+	}
+	return n, nil
+}
+
 // ErrNoKey is the error Open returns when none of the identities given
 // opens the stream: it was sealed to other keys.
 var ErrNoKey = errors.New("none of the keys given opens it: it was sealed to another")

@@ -110,6 +110,12 @@ func TestASealedTreeOpensWithAnyOfItsKeysAlone(t *testing.T) {
 		}
 	}
 
+	if n, err := Stanzas(bytes.NewReader(sealed)); err != nil || n != 2 {
+		t.Errorf("Stanzas: %d %v, want the two keys it is sealed to", n, err)
+	}
+	if _, err := Stanzas(strings.NewReader("not sealed")); err == nil {
+		t.Error("Stanzas of something else: no error")
+	}
 	other, _ := newKey(t)
 	if _, err := open(t, sealed, other); !errors.Is(err, ErrNoKey) {
 		t.Errorf("open with a key it was not sealed to: %v, want ErrNoKey", err)
