@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/libs/datadir"
 	"flotilla.dev/flotilla/libs/sealdir"
 )
 
@@ -93,7 +94,10 @@ Restore it with flotilla admin restore.`,
 			default:
 				return errors.New("where to? give DEST (a new directory) or --into DIR (a directory of backups)")
 			}
-			var source string
+			var (
+				source  string
+				dataDir datadir.Dir // what the backup may not be inside
+			)
 			if fromEnv {
 				if cmd.Flags().Changed("data-dir") || dump {
 					return errors.New("--env backs up a cluster from the environment's settings: drop --data-dir (and --dump: a cluster's database is dumped)")
@@ -110,7 +114,7 @@ Restore it with flotilla admin restore.`,
 				if err != nil {
 					return err
 				}
-				source = abs
+				source, dataDir = abs, datadir.Dir(abs)
 			}
 			recipients, err := sealdir.Recipients(recipientKeys, recipientFiles)
 			if err != nil {
@@ -135,7 +139,7 @@ Restore it with flotilla admin restore.`,
 				return stack.Backup(cmd.Context(), dir, dest, version, dump)
 			}
 			if len(recipients) > 0 {
-				m, err = stack.SealBackup(dest, recipients, take)
+				m, err = stack.SealBackup(dest, dataDir, recipients, take)
 			} else {
 				m, err = take(dest)
 			}

@@ -269,6 +269,7 @@ func TestBackupAndRestoreRefuseWhatWouldLoseData(t *testing.T) {
 	}{
 		{[]string{"backup", used, "--data-dir", dir}, "exists and is not empty"},
 		{[]string{"backup", filepath.Join(dir, "backup"), "--data-dir", dir}, "inside the data directory"},
+		{[]string{"backup", filepath.Join(dir, "sealed"), "--data-dir", dir, "--recipient", "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"}, "inside the data directory"},
 		{[]string{"backup", filepath.Join(t.TempDir(), "b"), "--data-dir", filepath.Join(t.TempDir(), "none")}, "no Flotilla data directory"},
 		{[]string{"restore", partial, "--data-dir", filepath.Join(t.TempDir(), "new")}, "not a whole one: it has no backup.json"},
 		{[]string{"restore", partial, "--data-dir", dir}, "not a whole one"},

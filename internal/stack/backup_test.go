@@ -82,7 +82,7 @@ func TestAClusterBacksUpAndRestoresIntoAnother(t *testing.T) {
 		t.Fatal(err)
 	}
 	backup := filepath.Join(t.TempDir(), "backup")
-	m, err := stack.SealBackup(backup, recipients, func(stage string) (*stack.BackupManifest, error) {
+	m, err := stack.SealBackup(backup, "", recipients, func(stage string) (*stack.BackupManifest, error) {
 		return stack.BackupClusterFromEnv(ctx, a.env, a.bus.Creds[busauth.Backup], stage, "test")
 	})
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 
 	"filippo.io/age"
 
+	"flotilla.dev/flotilla/libs/datadir"
 	"flotilla.dev/flotilla/libs/filecopy"
 	"flotilla.dev/flotilla/libs/sealdir"
 )
@@ -26,7 +27,8 @@ type BackupSeal struct {
 }
 
 // SealBackup takes a backup with take, into a staging directory, and seals
-// it into dest, a new directory (or an empty one): SealedFile, the backup
+// it into dest, a new directory (or an empty one, outside dataDir, the data
+// directory backed up: "" for a cluster): SealedFile, the backup
 // encrypted to recipients, and beside it the manifest in the clear, for
 // listing and pruning backups without a key (it names what the backup
 // holds, not a secret). The staging directory is in the system's temporary
@@ -34,11 +36,11 @@ type BackupSeal struct {
 // system user passes through it to write the base backup); it needs room
 // for the backup, and is removed whatever happens. On an error dest is
 // left as it was found.
-func SealBackup(dest string, recipients []age.Recipient, take func(stage string) (*BackupManifest, error)) (_ *BackupManifest, err error) {
+func SealBackup(dest string, dataDir datadir.Dir, recipients []age.Recipient, take func(stage string) (*BackupManifest, error)) (_ *BackupManifest, err error) {
 	if len(recipients) == 0 {
 		return nil, errors.New("seal: no key to seal the backup to")
 	}
-	dest, undo, err := backupDir(dest, "")
+	dest, undo, err := backupDir(dest, dataDir)
 	if err != nil {
 		return nil, err
 	}
