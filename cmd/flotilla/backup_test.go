@@ -215,6 +215,22 @@ func TestABackupTakenWhileUpRunsStartsAsFlotillaStood(t *testing.T) {
 	if out, err := runAdmin("verify-backup", cut, "--identity", keyFile); err == nil || !strings.Contains(out, "would not restore") {
 		t.Errorf("verify-backup of a sealed copy cut short, with its key: %v\n%s", err, out)
 	}
+	// The manifest in the clear changed (here: its database kind) does not
+	// pass for the one sealed inside.
+	changed := filepath.Join(filepath.Dir(f.dir), "backup-changed")
+	if err := os.Mkdir(changed, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(changed, "backup.tar.zst.age"), sealedFile, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	manifest := strings.Replace(string(must(os.ReadFile(filepath.Join(again, "backup.json")))), `"hot": false`, `"hot": true`, 1)
+	if err := os.WriteFile(filepath.Join(changed, "backup.json"), []byte(manifest), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runAdmin("verify-backup", changed, "--identity", keyFile); err == nil || !strings.Contains(out, "the manifest was changed") {
+		t.Errorf("verify-backup of a sealed backup whose manifest was changed: %v\n%s", err, out)
+	}
 	r2 := &fleet{upProc: startUpFree(t, twiceDir, nil), t: t, dir: twiceDir}
 	r2.token = r2.login(t)
 	if names := r2.networkNames(); !contains(names, "before") || !contains(names, "restored") {

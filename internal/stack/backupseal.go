@@ -1,6 +1,8 @@
 package stack
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -121,9 +123,19 @@ func openBackup(dir string, m *BackupManifest, keys []age.Identity) (src string,
 	if err != nil {
 		return "", nil, fmt.Errorf("%s: the backup sealed in it: %w", filepath.Join(dir, SealedFile), err)
 	}
-	if inner.Sealed != nil || !inner.Created.Equal(m.Created) || inner.Source != m.Source || len(inner.Streams) != len(m.Streams) {
-		return "", nil, fmt.Errorf("%s holds the backup of %s taken %s, but the manifest beside it says %s taken %s: the two do not belong together",
-			filepath.Join(dir, SealedFile), inner.Source, inner.Created, m.Source, m.Created)
+	// The manifest beside it is in the clear: all of it but its sealed
+	// field must be the one sealed inside, which no one without a key
+	// could have changed.
+	outer := *m
+	outer.Sealed = nil
+	a, errA := json.Marshal(inner)
+	b, errB := json.Marshal(&outer)
+	if err := errors.Join(errA, errB); err != nil {
+		return "", nil, err
+	}
+	if !bytes.Equal(a, b) {
+		return "", nil, fmt.Errorf("%s holds the backup of %s taken %s, but the manifest beside it is not that backup's: the two do not belong together, or the manifest was changed",
+			filepath.Join(dir, SealedFile), inner.Source, inner.Created)
 	}
 	return tmp, func() { _ = os.RemoveAll(tmp) }, nil
 }
