@@ -674,8 +674,11 @@ func TestAWSBadCredentialsFailTheStep(t *testing.T) {
 // challenge's port opened in the security group Flotilla made for it
 // when the instance's certificate is refreshed, before its agent is asked
 // to answer there.
+//
+// Not parallel: its played VM's node listens on port 443 of every
+// interface, as TestAWSInstanceRunsAndKeepsItsDisk's does (see
+// TestACMEOverDNS01OnAWS).
 func TestAWSRefreshOpensTheHTTP01PortOfANetworkChangedToACME(t *testing.T) {
-	t.Parallel()
 	ctx := t.Context()
 	lab := newPlayedLab(t)
 	id := lab.createInstance(t)
