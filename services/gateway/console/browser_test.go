@@ -273,9 +273,24 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.do("mark the list again", chromedp.Evaluate[chromedp.Void]("window.notReloaded = true"))
 	inst := eval[string](b, "document.querySelector('tr[data-id]').getAttribute('data-id')")
 	e.apiJSON(login.Token, "POST", "/api/v1/instances/"+inst+":reprovision", map[string]any{}, nil)
+	// Done when the API says so: running on the template as it is now.
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		var in struct {
+			State              string
+			TemplateVersion    string
+			ReprovisionPending bool
+		}
+		e.apiJSON(login.Token, "GET", "/api/v1/instances/"+inst, nil, &in)
+		if in.State == "running" && !in.ReprovisionPending && in.TemplateVersion == strconv.Itoa(v+1) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not reprovisioned after 60 s: %+v", in)
+		}
+	}
 	b.waitFor("the template badge gone once reprovisioned", "window.notReloaded === true && "+
 		"document.querySelector('tr[data-id] [data-bind=state]').textContent === 'running' && "+
-		"document.querySelector('tr[data-id] .badge.outdated').hidden", 60*time.Second)
+		"document.querySelector('tr[data-id] .badge.outdated').hidden", 30*time.Second)
 	b.do("overview", chromedp.Navigate(e.base+"/"), chromedp.WaitVisible(chromedp.CSS("#recent li")))
 	b.waitFor("one running in the overview", "document.querySelector('[data-count=running]').textContent === '1'", 10*time.Second)
 	b.waitFor("the live feed", "document.querySelector('[data-live-status]').textContent === 'live'", 10*time.Second)
