@@ -92,7 +92,9 @@ func (b *browser) waitFor(what, expr string, timeout time.Duration) {
 	defer func(start time.Time) { b.t.Logf("%s: %v", what, time.Since(start).Round(time.Millisecond)) }(time.Now())
 	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(timeout), chromedp.WithPollingInterval(100*time.Millisecond))); err != nil {
 		b.shot("failed-" + strings.ReplaceAll(what, " ", "-"))
-		b.t.Fatalf("waiting for %s (%s): %v", what, expr, err)
+		// What the page showed then (the overview's counts, a list's rows).
+		shown, _ := chromedp.Run(b.ctx, chromedp.Evaluate[string]("(document.querySelector('main') || document.body).innerText.slice(0, 2000)"))
+		b.t.Fatalf("waiting for %s (%s): %v\nthe page showed:\n%s", what, expr, err, shown)
 	}
 }
 
