@@ -305,14 +305,19 @@ func Send(ctx context.Context, nc *nats.Conn, dir string, replicas int) ([]Strea
 	}
 	var out []Stream
 	for _, name := range names {
-		s, err := send(ctx, nc, dir, name, replicas)
+		s, started, err := send(ctx, nc, dir, name, replicas)
 		if err != nil {
 			err = fmt.Errorf("restore stream %s: %w", name, err)
-			created := make([]string, 0, len(out)+1)
+			// Those it made, and this one if the server took it on (one
+			// it refused, as there already, is not Send's to delete).
+			made := make([]string, 0, len(out)+1)
 			for _, s := range out {
-				created = append(created, s.Name)
+				made = append(made, s.Name)
 			}
-			if rerr := Remove(context.WithoutCancel(ctx), nc, append(created, name)...); rerr != nil {
+			if started {
+				made = append(made, name)
+			}
+			if rerr := Remove(context.WithoutCancel(ctx), nc, made...); rerr != nil {
 				return nil, errors.Join(err, fmt.Errorf("the streams restored before it are left: %w", rerr))
 			}
 			return nil, fmt.Errorf("%w (the %d restored before it were deleted again)", err, len(out))
@@ -338,10 +343,12 @@ func Remove(ctx context.Context, nc *nats.Conn, names ...string) error {
 	return errors.Join(errs...)
 }
 
-func send(ctx context.Context, nc *nats.Conn, dir, name string, replicas int) (Stream, error) {
+// send restores stream name from dir; started says the server took the
+// restore on (it made the stream, or began to).
+func send(ctx context.Context, nc *nats.Conn, dir, name string, replicas int) (_ Stream, started bool, _ error) {
 	cfg, st, f, err := open(dir, name)
 	if err != nil {
-		return Stream{}, err
+		return Stream{}, started, err
 	}
 	defer f.Close()
 	if replicas != 0 {
@@ -350,7 +357,7 @@ func send(ctx context.Context, nc *nats.Conn, dir, name string, replicas int) (S
 	req, err := json.Marshal(server.JSApiStreamRestoreRequest{Config: *cfg,
 		State: server.StreamState{Msgs: st.Messages, FirstSeq: st.FirstSeq, LastSeq: st.LastSeq, LastTime: st.LastTime}})
 	if err != nil {
-		return Stream{}, err
+		return Stream{}, started, err
 	}
 	// A cluster that has just started may not know all its servers to be
 	// up yet, and find no servers to place the replicas on: asked again
@@ -359,17 +366,18 @@ func send(ctx context.Context, nc *nats.Conn, dir, name string, replicas int) (S
 	for deadline := time.Now().Add(SendWait); ; time.Sleep(time.Second) {
 		reply, err := nc.RequestWithContext(ctx, fmt.Sprintf(server.JSApiStreamRestoreT, name), req)
 		if err != nil {
-			return Stream{}, fmt.Errorf("ask to restore it: %w", err)
+			return Stream{}, started, fmt.Errorf("ask to restore it: %w", err)
 		}
 		resp = server.JSApiStreamRestoreResponse{}
 		if err := json.Unmarshal(reply.Data, &resp); err != nil {
-			return Stream{}, fmt.Errorf("the restore's answer: %w", err)
+			return Stream{}, started, fmt.Errorf("the restore's answer: %w", err)
 		}
 		if resp.Error == nil {
+			started = true
 			break
 		}
 		if resp.Error.ErrCode != uint16(server.JSClusterNoPeersErrF) || time.Now().After(deadline) {
-			return Stream{}, fmt.Errorf("the NATS server refused to restore it: %s", resp.Error.Description)
+			return Stream{}, started, fmt.Errorf("the NATS server refused to restore it: %s", resp.Error.Description)
 		}
 	}
 	chunk := make([]byte, SendChunk)
@@ -377,19 +385,19 @@ func send(ctx context.Context, nc *nats.Conn, dir, name string, replicas int) (S
 		n, rerr := io.ReadFull(f, chunk)
 		if n > 0 {
 			if err := sendChunk(ctx, nc, resp.DeliverSubject, chunk[:n]); err != nil {
-				return Stream{}, err
+				return Stream{}, started, err
 			}
 		}
 		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
 			break
 		}
 		if rerr != nil {
-			return Stream{}, rerr
+			return Stream{}, started, rerr
 		}
 	}
 	// An empty chunk ends the snapshot; the answer comes once the stream
 	// is whole on its servers.
-	return st, sendChunk(ctx, nc, resp.DeliverSubject, nil)
+	return st, started, sendChunk(ctx, nc, resp.DeliverSubject, nil)
 }
 
 // sendChunk sends a chunk of a snapshot and waits for the server to take

@@ -378,8 +378,14 @@ func TestStreamsCopiedFromAClusterAreSentToAnother(t *testing.T) {
 	if m, err := events.GetMsg(ctx, 300); err != nil || !bytes.Equal(m.Data, bytes.Repeat([]byte{'a' + 299%26}, 2000)) {
 		t.Fatalf("the last event in the other cluster: %v", err)
 	}
-	// A stream there is not put back twice.
+	// A stream there is not put back twice, nor deleted by the refused
+	// restore's undoing.
 	if _, err := jsbackup.Send(ctx, connect(b, busauth.Restorer, mint(t, auth, busauth.Restorer, busauth.RestorerPermissions())), dir, 3); err == nil {
 		t.Error("streams that exist were restored over")
+	}
+	for _, c := range copied {
+		if _, err := dst.Stream(ctx, c.Name); err != nil {
+			t.Errorf("stream %s after a restore refused over it: %v", c.Name, err)
+		}
 	}
 }
