@@ -418,6 +418,13 @@ func TestBackupsIntoADirectoryKeepTheNewest(t *testing.T) {
 	if out, err := runAdmin("backup", made[1], "--data-dir", dir, "--textfile", textfile); err == nil {
 		t.Fatalf("a backup into a directory in use: %s", out)
 	}
+	// A backup --into that fails leaves no directory of its own there.
+	if out, err := runAdmin("backup", "--into", into, "--data-dir", filepath.Join(t.TempDir(), "none")); err == nil || !strings.Contains(out, "no Flotilla data directory") {
+		t.Fatalf("a backup --into of no data directory: %v\n%s", err, out)
+	}
+	if n := len(must(os.ReadDir(into))); n != 3 {
+		t.Errorf("a failed backup --into left %d entries in the directory of backups, want the 3 before it", n)
+	}
 	if metric("flotilla_backup_last_failure_timestamp_seconds") < success || metric("flotilla_backup_last_success_timestamp_seconds") != success {
 		b, _ := os.ReadFile(textfile)
 		t.Errorf("the textfile after a failed backup:\n%s", b)
