@@ -640,24 +640,24 @@ func treeSize(dir string) (int64, error) {
 	return n, err
 }
 
-// BackupPrefix begins the name of each backup BackupName makes in a
+// backupPrefix begins the name of each backup backupName makes in a
 // directory of backups.
-const BackupPrefix = "flotilla-"
+const backupPrefix = "flotilla-"
 
-// BackupName is the name of a backup taken at t in a directory of backups:
+// backupName is the name of a backup taken at t in a directory of backups:
 // flotilla-<UTC time>, which sorts by time.
-func BackupName(t time.Time) string { return BackupPrefix + t.UTC().Format("20060102T150405Z") }
+func backupName(t time.Time) string { return backupPrefix + t.UTC().Format("20060102T150405Z") }
 
 // NewBackupIn makes, in into (a directory of backups, made if missing),
 // the empty directory of a backup taken at t, and returns its path:
-// BackupName, or, when another backup took that name in the same second,
-// BackupName-2, -3… Each backup makes its own (os.Mkdir), so two racing
+// backupName, or, when another backup took that name in the same second,
+// backupName-2, -3… Each backup makes its own (os.Mkdir), so two racing
 // never share one. Remove it if the backup fails.
 func NewBackupIn(into string, t time.Time) (string, error) {
 	if err := os.MkdirAll(into, 0o755); err != nil {
 		return "", err
 	}
-	name := BackupName(t)
+	name := backupName(t)
 	for i := 1; i <= 100; i++ {
 		path := filepath.Join(into, name)
 		if i > 1 {
@@ -673,7 +673,7 @@ func NewBackupIn(into string, t time.Time) (string, error) {
 	return "", fmt.Errorf("%s: a hundred backups were taken at %s", into, name)
 }
 
-// PruneBackups removes, from dir (a directory of backups, BackupName),
+// PruneBackups removes, from dir (a directory of backups, backupName),
 // the whole backups of source (BackupManifest.Source: a data directory,
 // or a cluster's NATS URL) but the newest keep, and returns their paths.
 // Anything else in dir is left alone: backups of another source, and
@@ -693,7 +693,7 @@ func PruneBackups(dir, source string, keep int) ([]string, error) {
 	}
 	var ours []found
 	for _, e := range entries {
-		if !e.IsDir() || !strings.HasPrefix(e.Name(), BackupPrefix) {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), backupPrefix) {
 			continue
 		}
 		path := filepath.Join(dir, e.Name())

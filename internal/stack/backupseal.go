@@ -100,7 +100,8 @@ func openBackup(dir string, m *BackupManifest, keys []age.Identity) (src string,
 		return "", nil, fmt.Errorf("%s: sealed.file %q: a sealed backup is in %s", filepath.Join(dir, BackupManifestFile), m.Sealed.File, SealedFile)
 	}
 	if len(keys) == 0 {
-		return "", nil, needKey(dir, m)
+		return "", nil, fmt.Errorf("%s is sealed to %d key(s) (%s): give --identity, a file holding the secret key of one of them",
+			dir, len(m.Sealed.Recipients), sealdir.Abbrev(m.Sealed.Recipients...))
 	}
 	tmp, err := os.MkdirTemp("", "flotilla-opened-")
 	if err != nil {
@@ -165,9 +166,4 @@ func checkSealed(dir string, m *BackupManifest) []error {
 		problems = append(problems, fmt.Errorf("%s: sealed to %d keys, the manifest names %d", path, n, len(m.Sealed.Recipients)))
 	}
 	return problems
-}
-
-// needKey is the error for a sealed backup opened without a key.
-func needKey(dir string, m *BackupManifest) error {
-	return fmt.Errorf("%s is sealed to %d key(s) (%s): give --identity, a file holding the secret key of one of them", dir, len(m.Sealed.Recipients), sealdir.Abbrev(m.Sealed.Recipients...))
 }
