@@ -445,7 +445,7 @@ networkId: lab
 			t.Fatalf("a deprovisioned instance runs template version %q", v)
 		}
 		// Forced: as a delete where the cloud destroys everything.
-		if out := c.ok("instances", "delete", "web-1", "--force", "--wait"); !strings.Contains(out, "deleting-disk done") || !strings.Contains(out, "web-1: deleted\n") {
+		if out := c.ok("instances", "delete", "web-1", "--force", "--wait"); !strings.Contains(out, "web-1: deleting-disk ended in ") || !strings.HasSuffix(out, "web-1: deleted\n") || strings.Contains(out, "failed") {
 			t.Fatalf("delete --force --wait:\n%s", out)
 		}
 		c.fails("", []string{`no instance named "web-1"`}, "instances", "get", "web-1")

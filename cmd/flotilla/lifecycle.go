@@ -297,11 +297,15 @@ type progress struct {
 	result string // the last line, once done or failed
 	drawn  int    // lines drawn last time (terminal)
 	spin   int
+	// forced: a forced delete, whose steps that destroy something in the
+	// cloud go on past a refusal; only its end says which were refused.
+	forced bool
 }
 
 func newProgress(w io.Writer, tty bool, in *inventoryv1.Instance, action vocab.Action) *progress {
 	name := in.GetName()
-	p := &progress{w: w, tty: tty, name: name, action: action, order: stepsOf(action, in)}
+	p := &progress{w: w, tty: tty, name: name, action: action, order: stepsOf(action, in),
+		forced: action == vocab.ActionDelete && in.GetDeleteForced()}
 	verb := strings.ToUpper(string(action[:1])) + string(action[1:]) + "ing"
 	if action == vocab.ActionDelete {
 		verb = "Deleting"
@@ -410,7 +414,7 @@ func (p *progress) add(l *stepLine) {
 	p.steps = append(p.steps, l)
 	if !p.tty {
 		if l.state == "done" {
-			fmt.Fprintf(p.w, "%s: %s done\n", p.name, l.step)
+			fmt.Fprintf(p.w, "%s: %s %s\n", p.name, l.step, p.ended(l.step))
 		} else {
 			fmt.Fprintf(p.w, "%s: %s ...\n", p.name, l.step)
 		}
@@ -428,9 +432,20 @@ func (p *progress) closeActive(now time.Time) {
 	if cur := p.active(); cur != nil {
 		cur.state, cur.end = "done", now
 		if !p.tty {
-			fmt.Fprintf(p.w, "%s: %s done in %s\n", p.name, cur.step, elapsed(cur.end.Sub(cur.start)))
+			fmt.Fprintf(p.w, "%s: %s %s in %s\n", p.name, cur.step, p.ended(cur.step), elapsed(cur.end.Sub(cur.start)))
 		}
 	}
+}
+
+// ended is the word for a step's end on a line of its own: "done", but
+// "ended" for a forced delete's step that may have left its resource in
+// the cloud, which only the delete's last event tells (a line once
+// written stays).
+func (p *progress) ended(step vocab.Step) string {
+	if p.forced && slices.Contains(vocab.DeleteSteps, step) {
+		return "ended"
+	}
+	return "done"
 }
 
 func (p *progress) fail(step vocab.Step, reason string, now time.Time) {
@@ -453,12 +468,15 @@ func (p *progress) gone(now time.Time, detail string) {
 	p.closeActive(now)
 	p.doneUpTo(len(p.order), now)
 	// A step of a forced delete the cloud refused went on all the same:
-	// on a terminal its line shows what it left (elsewhere the last line
-	// says it).
+	// on a terminal its line shows what it left; elsewhere a line of its
+	// own says so, and the last line says what it left.
 	left := vocab.StepsLeft(detail)
 	for _, l := range p.steps {
 		if slices.Contains(left, l.step) {
 			l.state, l.reason = "failed", "left in the cloud"
+			if !p.tty {
+				fmt.Fprintf(p.w, "%s: %s failed: %s\n", p.name, l.step, l.reason)
+			}
 		}
 	}
 	p.result = p.name + " is deleted"
