@@ -65,13 +65,20 @@ type agent struct {
 	released    chan struct{}
 	releaseOnce sync.Once
 	releasedWhy atomic.Pointer[string]
+
+	// upgrading is closed when the agent is to stop and be replaced by
+	// the binary upgradeTo names (agent.v1.UpgradeAgent).
+	upgrading   chan struct{}
+	upgradeOnce sync.Once
+	upgradeTo   atomic.Pointer[Upgraded]
 }
 
 // Run runs the agent until ctx ends: it joins the fleet if it has no valid
 // certificate, keeps a stream to the gateway (reconnecting with jittered
 // backoff), runs the commands it gets, renews its certificate and reports
 // heartbeats and logs. When ctx ends it stops the node software, closes the
-// stream (sending what it can) and returns nil. It returns an error for bad
+// stream (sending what it can) and returns nil; told to upgrade, it does
+// the same and returns *Upgraded, for the caller to Exec. It returns an error for bad
 // settings and for what it cannot get past alone: a refused join token, or
 // a certificate that expired with no usable token.
 func Run(ctx context.Context, cfg Config) error {
@@ -122,6 +129,7 @@ func Run(ctx context.Context, cfg Config) error {
 		select {
 		case <-ctx.Done():
 		case <-a.released:
+		case <-a.upgrading:
 		}
 		a.node.Stop()
 		close(stopping)
@@ -135,6 +143,10 @@ func Run(ctx context.Context, cfg Config) error {
 	a.node.Stop()
 	if why := a.releasedWhy.Load(); why != nil {
 		return a.forget(*why)
+	}
+	if up := a.upgradeTo.Load(); up != nil && ctx.Err() == nil {
+		a.cfg.Log.Info("the agent stopped to be upgraded", "binary", up.Binary, "version", up.Version)
+		return up
 	}
 	return err
 }
@@ -203,6 +215,7 @@ func newAgent(cfg Config) (*agent, error) {
 		certKick:   make(chan struct{}, 1),
 		lost:       make(chan struct{}),
 		released:   make(chan struct{}),
+		upgrading:  make(chan struct{}),
 	}
 	a.node = &nodeRunner{a: a}
 	a.tlsSessions = NewSessionCache(a.tlsCert)

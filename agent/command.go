@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -45,7 +46,11 @@ actions, install and start the node software, and report heartbeats and logs.`,
 					return err
 				}
 			}
-			return Run(cmd.Context(), cfg)
+			err := Run(cmd.Context(), cfg)
+			if up, ok := errors.AsType[*Upgraded](err); ok {
+				return Exec(up, cmd.Flags())
+			}
+			return err
 		},
 	}
 	f := cmd.Flags()

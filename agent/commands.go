@@ -33,6 +33,8 @@ func (a *agent) commandLoop(ctx context.Context) {
 			a.stopNode(ctx, cmd.GetId())
 		case *agentv1.Command_RefreshCertificate:
 			a.refreshCertificate(ctx, cmd.GetId(), act.RefreshCertificate)
+		case *agentv1.Command_UpgradeAgent:
+			a.upgradeAgent(ctx, cmd.GetId(), act.UpgradeAgent)
 		default:
 			a.logf(ctx, "command %s has no action this agent knows; ignored", cmd.GetId())
 		}

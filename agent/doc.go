@@ -36,6 +36,12 @@
 // start at the agent's start time in microseconds, so they keep increasing
 // across restarts.
 //
+// Told to upgrade (agent.v1.UpgradeAgent), the agent makes the binary of
+// the version asked for ready — the executable it runs from if that is it
+// already, or else one downloaded and checked against its SHA-256 — stops
+// the node software and its stream, and Run returns [Upgraded]; [Exec]
+// runs the new binary in the same process with the same flags.
+//
 // [RunNode] is the node software of the local provider: an HTTP(S) server
 // whose page names the instance. [NewCommand] is the `agent` command with
 // both, mounted by cmd/flotilla-agent and `flotilla agent`.

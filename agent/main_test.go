@@ -38,6 +38,9 @@ func TestMain(m *testing.M) {
 // binary.
 func NodeHelper() []string { return []string{os.Args[0], nodeHelperArg} }
 
+// FlagArgs is flagArgs for the external tests.
+var FlagArgs = flagArgs
+
 // NewTestLog is testLog for the external tests.
 func NewTestLog(t *testing.T) *slog.Logger { return testLog(t) }
 

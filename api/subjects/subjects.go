@@ -123,7 +123,7 @@ func EventType(entity, verb string) string { return entity + "." + verb }
 const (
 	NounCertificate  = "certificate"  // ca: certificate.get
 	NounJoinToken    = "jointoken"    // ca: jointoken.create
-	NounAgent        = "agent"        // ca: agent.join, agent.sign
+	NounAgent        = "agent"        // ca: agent.join, agent.sign; provisioner: agent.upgrade
 	NounServer       = "server"       // ca: server.sign
 	NounSecret       = "secret"       // secrets: secret.create/list/delete/read
 	NounCloudKey     = "cloudkey"     // secrets: cloudkey.put/delete/read
@@ -146,6 +146,7 @@ const (
 	VerbCheckChange = "check-change"
 	VerbPut         = "put"
 	VerbRefresh     = "refresh"
+	VerbUpgrade     = "upgrade"
 )
 
 // AuditStream is the JetStream stream of audit records (long retention).

@@ -124,6 +124,11 @@ const (
 	// again (custom-certificate) a running node's certificate; its result
 	// is in the instance's timeline, and a failure leaves it running.
 	StepRenewingCertificate Step = "renewing-certificate"
+	// StepUpgradingAgent is the agent replacing itself with another
+	// version's (agent.v1.UpgradeAgent); its result is in the instance's
+	// timeline (a success: the new agent connecting), and a failure leaves
+	// the old agent running.
+	StepUpgradingAgent Step = "upgrading-agent"
 )
 
 // ProvisionSteps are the steps of provisioning, in order (an instance's
@@ -162,6 +167,15 @@ func TemplateBehind(made, now int64) string {
 		return ""
 	}
 	return fmt.Sprintf("v%d, now v%d", made, now)
+}
+
+// AgentUpgradable reports whether an instance's agent is one an upgrade
+// to version is sent to: the instance at rest on a VM (running, or failed
+// after its VM came up), the agent connected from that VM, at another
+// version. The provisioner refuses the others, naming why.
+func AgentUpgradable(state State, vmID string, agent AgentStatus, agentVMID, agentVersion, version string) bool {
+	return (state == StateRunning || state == StateFailed) && vmID != "" &&
+		agent == AgentConnected && agentVMID == vmID && agentVersion != version
 }
 
 // Clearable names an observed field of an instance the provisioner clears
@@ -204,6 +218,9 @@ const (
 	// gateway ends at once the stream of one that does not, when it is
 	// released.
 	AgentFeatureRelease AgentFeature = "release"
+	// AgentFeatureUpgrade: the agent acts on agent.v1.UpgradeAgent. The
+	// agent gateway refuses the command for one that does not.
+	AgentFeatureUpgrade AgentFeature = "upgrade"
 )
 
 // Verb is the last word of a domain event's type ("<entity>.<verb>").

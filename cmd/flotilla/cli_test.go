@@ -524,11 +524,15 @@ func instanceJSON(t *testing.T, c *cli, name string) (in struct {
 	ID              string
 	StateDetail     string
 	TemplateVersion string
+	VMID            string `json:"vmId"`
 	Addresses       struct {
 		URL string
 	}
 	DataDisk struct {
 		ID string
+	}
+	Agent struct {
+		Status, Version string
 	}
 }) {
 	t.Helper()

@@ -145,12 +145,18 @@ func startUpFree(t *testing.T, dir string, args []string, env ...string) *upProc
 // says why it did not (its output included).
 func launchUp(t *testing.T, dir string, base int, args []string, env ...string) (*upProc, error) {
 	t.Helper()
+	return launchUpOf(t, binary, dir, base, args, env...)
+}
+
+// launchUpOf is launchUp with the flotilla binary bin.
+func launchUpOf(t *testing.T, bin, dir string, base int, args []string, env ...string) (*upProc, error) {
+	t.Helper()
 	u := &upProc{out: &testkit.Buffer{}, base: base, tls: slices.Contains(args, "--tls") || slices.Contains(args, "--tls-cert"),
 		caFile: filepath.Join(dir, "ca", "ca.crt"), done: make(chan struct{})}
 	if i := slices.Index(args, "--tls-cert"); i >= 0 {
 		u.caFile = args[i+1] // the operator's chain: trusted as it is
 	}
-	u.cmd = exec.Command(binary, append([]string{"up", "--data-dir", dir, "--port", strconv.Itoa(base)}, args...)...)
+	u.cmd = exec.Command(bin, append([]string{"up", "--data-dir", dir, "--port", strconv.Itoa(base)}, args...)...)
 	u.cmd.Env = append(os.Environ(), env...)
 	u.cmd.Stdout, u.cmd.Stderr = u.out, u.out
 	if err := u.cmd.Start(); err != nil {

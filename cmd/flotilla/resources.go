@@ -60,7 +60,8 @@ setupActions:
 		columns: append(columns("NAME=name", "KIND=kind", "STATE=state", "DETAIL=stateDetail"),
 			column{header: "TEMPLATE", path: "templateId", ref: templates, version: "templateVersion"},
 			column{header: "NETWORK", path: "networkId", ref: networks},
-			column{header: "AGENT", path: "agent.status"}, column{header: "URL", path: "addresses.url"},
+			column{header: "AGENT", path: "agent.status"}, column{header: "AGENT VERSION", path: "agent.version"},
+			column{header: "URL", path: "addresses.url"},
 			column{header: "ID", path: "id"}),
 		refs:        map[string]*resource{"templateId": templates, "networkId": networks},
 		deleted:     instanceDeleted,
@@ -106,7 +107,7 @@ func newResourceCommands(opts *clientOptions) []*cobra.Command {
 			line: func(in, _ proto.Message) string {
 				return stringField(in, "name") + ": the agent renews its certificate (a custom one: fetches it again)"
 			}}),
-		joinTokenCommand(opts))
+		upgradeAgentCommand(opts), joinTokenCommand(opts))
 	accounts := cloudAccounts.command(opts, cloudAccounts.actionCommand(opts, action{verb: "verify",
 		short:   "Sign in with cloud accounts' credentials and show who the cloud says they are",
 		example: "  flotilla cloud-accounts verify lab-aws", answer: &inventoryv1.CloudAccountVerification{},

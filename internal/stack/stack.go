@@ -43,6 +43,7 @@ import (
 	"flotilla.dev/flotilla/libs/awsx"
 	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/cloudaccount"
+	"flotilla.dev/flotilla/libs/filecopy"
 	"flotilla.dev/flotilla/libs/membership"
 	"flotilla.dev/flotilla/libs/natsx"
 	"flotilla.dev/flotilla/libs/pgstore"
@@ -779,7 +780,7 @@ func (c *Config) agentDownload() (string, string, error) {
 	if sum == "" {
 		if bin := c.agentBinary(); bin != "" {
 			var err error
-			if sum, err = gateway.FileSHA256(bin); err != nil {
+			if sum, err = filecopy.SHA256(bin); err != nil {
 				return "", "", fmt.Errorf("the agent served to cloud VMs: %w", err)
 			}
 		}

@@ -1,9 +1,12 @@
 // Package filecopy copies directory trees for backups and restores: files
 // and directories with their permission bits, every one synced to disk
-// before the copy is reported done.
+// before the copy is reported done. SHA256 names a file's content, as a
+// binary handed to a VM is checked.
 package filecopy
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -101,4 +104,18 @@ func Sync(dir string) error {
 		}
 		return errors.Join(f.Sync(), f.Close())
 	})
+}
+
+// SHA256 is the hex SHA-256 of a file's content.
+func SHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -803,3 +803,31 @@ func TestAnAgentThatDoesNotKnowReleasesIsCutOffAtOnce(t *testing.T) {
 		t.Fatalf("the stream gave %v, %v; want it ended as released, with no command", m, err)
 	}
 }
+
+// TestAnAgentThatCannotUpgradeItselfIsNotSentAnUpgrade: an agent whose
+// hello does not name the feature "upgrade" (one from before it) would
+// only log the command: it is refused as a conflict naming the agent's
+// version and the way out, and the stream goes on.
+func TestAnAgentThatCannotUpgradeItselfIsNotSentAnUpgrade(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	const id = "inst-upgrade-old"
+	stream := e.connect(id)
+	e.observed.WaitFor(t, 10*time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetInstanceId() == id && ev.GetConnected() != nil
+	})
+	cmd := &agentv1.Command{Id: "upgrade-1", Action: &agentv1.Command_UpgradeAgent{UpgradeAgent: &agentv1.UpgradeAgent{
+		Version: "0.2.0", Url: "http://127.0.0.1:1/agent", Sha256: strings.Repeat("0f", 32)}}}
+	_, err := rpc.Call(t.Context(), e.provisioner, endpoints.AgentCommand.At(id), cmd)
+	if !apierr.Is(err, apierr.KindConflict) || !strings.Contains(err.Error(), "the agent (version test) predates upgrading itself: reprovision the instance") {
+		t.Fatalf("an upgrade for an agent without the feature: %v", err)
+	}
+	// The stream is still the agent's: a command it knows reaches it.
+	stop := &agentv1.Command{Id: "stop-1", Action: &agentv1.Command_StopNode{StopNode: &agentv1.StopNode{}}}
+	if _, err := rpc.Call(t.Context(), e.provisioner, endpoints.AgentCommand.At(id), stop); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := stream.Recv(); err != nil || m.GetCommand().GetId() != "stop-1" {
+		t.Fatalf("after the refused upgrade the agent got %v, %v; want stop-1", m, err)
+	}
+}

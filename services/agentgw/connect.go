@@ -52,8 +52,11 @@ type agentConn struct {
 	vmID string
 	// issued is when the stream's certificate was issued (its NotBefore).
 	issued time.Time
-	// releases: the agent acts on a Release (its hello names the feature).
+	// releases: the agent acts on a Release (its hello names the feature);
+	// version is its hello's, and upgrades: it acts on an UpgradeAgent.
 	releases bool
+	version  string
+	upgrades bool
 	out      chan *agentv1.GatewayMessage
 	// events wait here for the bus; sending says a sender delivers them
 	// (drainEvents), evCtx is what they are sent under.
@@ -172,6 +175,8 @@ func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
 		vmID:     hello.GetVmId(),
 		issued:   who.cert.NotBefore,
 		releases: slices.Contains(hello.GetFeatures(), string(vocab.AgentFeatureRelease)),
+		version:  hello.GetAgentVersion(),
+		upgrades: slices.Contains(hello.GetFeatures(), string(vocab.AgentFeatureUpgrade)),
 		out:      make(chan *agentv1.GatewayMessage, outQueue),
 		events:   make(chan queuedEvent, eventQueue),
 		requests: make(chan struct{}, maxRequests),
@@ -457,6 +462,10 @@ func (c *agentConn) command(_ context.Context, _ vocab.Actor, cmd *agentv1.Comma
 		// stream ends now, and the CA refuses it another.
 		c.close(fmt.Sprintf("released (%s); the agent does not act on releases", r.GetReason()), false)
 		return &emptypb.Empty{}, nil
+	}
+	if cmd.GetUpgradeAgent() != nil && !c.upgrades {
+		// It would only log the command.
+		return nil, apierr.Conflict(apierr.ReasonInvalidState, "the agent (version %s) predates upgrading itself: reprovision the instance to give it a new VM with the manager's agent", c.version)
 	}
 	timer := time.NewTimer(commandQueueWait)
 	defer timer.Stop()

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"flotilla.dev/flotilla/internal/stack"
+	"flotilla.dev/flotilla/libs/filecopy"
 	"flotilla.dev/flotilla/libs/testkit"
 	"flotilla.dev/flotilla/services/gateway"
 )
@@ -179,8 +180,8 @@ func TestTheGatewayServesTheAgentOfItsVersion(t *testing.T) {
 	if resp.StatusCode != 200 || !bytes.Equal(got, content) || resp.Header.Get("X-Checksum-Sha256") != hex.EncodeToString(sum[:]) {
 		t.Fatalf("GET %s: %d %q %v", path, resp.StatusCode, got, resp.Header)
 	}
-	if want, err := gateway.FileSHA256(bin); err != nil || want != hex.EncodeToString(sum[:]) {
-		t.Fatalf("FileSHA256: %s %v", want, err)
+	if want, err := filecopy.SHA256(bin); err != nil || want != hex.EncodeToString(sum[:]) {
+		t.Fatalf("filecopy.SHA256: %s %v", want, err)
 	}
 	resp, err = http.Get(e.base + gateway.AgentDownloadPath("0.9.0"))
 	if err != nil {

@@ -1,14 +1,12 @@
 package gateway
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"runtime"
 	"sync"
+
+	"flotilla.dev/flotilla/libs/filecopy"
 )
 
 // AgentDownloadPath is where the gateway serves the agent binary of its
@@ -16,20 +14,6 @@ import (
 // data carries: "/downloads/flotilla-agent/<version>/<os>-<arch>".
 func AgentDownloadPath(version string) string {
 	return "/downloads/flotilla-agent/" + version + "/" + runtime.GOOS + "-" + runtime.GOARCH
-}
-
-// FileSHA256 is the hex SHA-256 of a file's content.
-func FileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("read %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // agentDownload serves Deps.AgentBinary at AgentDownloadPath, with its
@@ -49,7 +33,7 @@ func (d *agentDownload) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this manager serves no agent binary", http.StatusNotFound)
 		return
 	}
-	d.once.Do(func() { d.sum, d.err = FileSHA256(d.path) })
+	d.once.Do(func() { d.sum, d.err = filecopy.SHA256(d.path) })
 	if d.err != nil {
 		http.Error(w, "the agent binary cannot be read", http.StatusInternalServerError)
 		return

@@ -150,6 +150,16 @@ func (s instanceServer) RefreshCertificate(ctx context.Context, r *inventoryv1.I
 	return s.changed(r.GetId(), in, err)
 }
 
+// UpgradeAgent asks the provisioner, which alone commands agents, to have
+// the instance's agent replace itself with the manager's version.
+func (s instanceServer) UpgradeAgent(ctx context.Context, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
+	if err := apierr.CheckID("id", r.GetId()); err != nil {
+		return nil, apierr.GRPCStatus(ctx, s.g.log, err)
+	}
+	in, err := call(ctx, s.g, endpoints.AgentUpgrade, r)
+	return s.changed(r.GetId(), in, err)
+}
+
 // CreateInstanceJoinToken has the CA mint a join token for the operator
 // (the CA decides whether the instance may have one: external, waiting for
 // its agent) and adds what the agent starts with besides: the agent

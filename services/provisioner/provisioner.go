@@ -59,7 +59,8 @@ type Deps struct {
 	CloudAccounts CloudAccounts
 	// AgentURL is where a cloud VM downloads the agent binary of this
 	// version (the gateway's public path), and AgentSHA256 its SHA-256 in
-	// hex; cloud drivers need both (the local driver starts its agent itself).
+	// hex; cloud drivers need both (the local driver starts its agent
+	// itself), and :upgrade-agent sends them to a running agent.
 	AgentURL, AgentSHA256 string
 	StreamReplicas        int
 	// Workers is how many instances are reconciled at once (default 8).
@@ -162,6 +163,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 			return s.accounts.verify(ctx, r.GetId())
 		}),
 		rpc.Handle(s.rpc, endpoints.CertificateRefresh, s.refreshCertificate),
+		rpc.Handle(s.rpc, endpoints.AgentUpgrade, s.upgradeAgent),
 		rpc.Handle(s.rpc, endpoints.DNSChallengePut, s.dnsChallenge(true)),
 		rpc.Handle(s.rpc, endpoints.DNSChallengeDelete, s.dnsChallenge(false)),
 	); err != nil {

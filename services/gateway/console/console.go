@@ -83,6 +83,7 @@ func New(d Deps) (*Console, error) {
 	m.HandleFunc("GET /instances/{id}/{action}", c.authed(c.confirmAction))
 	m.HandleFunc("POST /instances/{id}/{action}", c.authed(c.instanceAction))
 	m.HandleFunc("POST /instances/{id}/secrets", c.authed(c.addSecret))
+	m.HandleFunc("POST /instances/{id}/upgrade-agent", c.authed(c.upgradeAgent))
 	m.HandleFunc("GET /networks", c.authed(c.networks))
 	m.HandleFunc("GET /templates", c.authed(c.templates))
 	m.HandleFunc("GET /cloud-accounts", c.authed(c.cloudAccounts))

@@ -38,8 +38,9 @@ type env struct {
 	bus    *testkit.Bus // the stack's NATS, to act as another service would
 }
 
-// newEnv starts a stack; with vms, its local provider runs real agents.
-func newEnv(t testing.TB, vms bool) *env {
+// newEnv starts a stack; with vms, its local provider runs real agents;
+// each of with changes its settings before it starts.
+func newEnv(t testing.TB, vms bool, with ...func(*stack.Config)) *env {
 	t.Helper()
 	dbURL, bus := testkit.NewDatabase(t), testkit.SecureNATS(t)
 	cfg := stacktest.OnBus(stack.Config{Version: "0.0.0-test", DatabaseURL: dbURL,
@@ -51,6 +52,9 @@ func newEnv(t testing.TB, vms bool) *env {
 		}
 		cfg.LocalRoot, cfg.AgentCommand = testkit.LocalRoot(t), []string{agent, "--heartbeat-interval", "2s"}
 		t.Cleanup(func() { local.KillAll(cfg.LocalRoot) })
+	}
+	for _, f := range with {
+		f(&cfg)
 	}
 	st := stacktest.Start(t, cfg)
 	pool, err := pgxpool.New(t.Context(), dbURL)

@@ -484,6 +484,17 @@ func (c *Console) instanceAction(w http.ResponseWriter, r *http.Request, s *sess
 	redirect(w, r, page, fmt.Sprintf("%s: %s requested.", in.GetName(), action))
 }
 
+// upgradeAgent serves POST /instances/{id}/upgrade-agent: the instance's
+// agent replaces itself with the manager's version.
+func (c *Console) upgradeAgent(w http.ResponseWriter, r *http.Request, s *session) {
+	id := url.PathEscape(r.PathValue("id"))
+	in := &inventoryv1.Instance{}
+	err := s.api.do(http.MethodPost, "/api/v1/instances/"+id+":upgrade-agent", struct{}{}, in)
+	c.done(w, r, s, err, "/instances/"+id,
+		fmt.Sprintf("%s: the agent upgrades from version %s to %s; the node software restarts.", in.GetName(), in.GetAgent().GetVersion(), c.version),
+		"The agent was not upgraded")
+}
+
 // bulkData is the bulk confirmation page's.
 type bulkData struct {
 	Action    consequence

@@ -16,16 +16,21 @@ import (
 
 // funcs are the helpers every template may call.
 var funcs = template.FuncMap{
-	"ts":        tsISO,
-	"utc":       utc,
-	"ago":       ago,
-	"clock":     clock,
-	"bytes":     humanBytes,
-	"short":     shortID,
-	"join":      strings.Join,
-	"nodeURL":   nodeURL,
-	"stepsOf":   stepsOf,
-	"behind":    vocab.TemplateBehind,
+	"ts":      tsISO,
+	"utc":     utc,
+	"ago":     ago,
+	"clock":   clock,
+	"bytes":   humanBytes,
+	"short":   shortID,
+	"join":    strings.Join,
+	"nodeURL": nodeURL,
+	"stepsOf": stepsOf,
+	"behind":  vocab.TemplateBehind,
+	// agentBehind says whether in's agent may be upgraded to version.
+	"agentBehind": func(in *inventoryv1.Instance, version string) bool {
+		a := in.GetAgent()
+		return vocab.AgentUpgradable(vocab.State(in.GetState()), in.GetVmId(), vocab.AgentStatus(a.GetStatus()), a.GetVmId(), a.GetVersion(), version)
+	},
 	"logSource": vocab.LogSource,
 	"diskShare": diskShare,
 	"field":     func(f *form, path string) *formField { return f.field(path) },

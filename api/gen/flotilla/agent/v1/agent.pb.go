@@ -1111,6 +1111,7 @@ type Command struct {
 	//	*Command_StopNode
 	//	*Command_RefreshCertificate
 	//	*Command_Release
+	//	*Command_UpgradeAgent
 	Action        isCommand_Action `protobuf_oneof:"action"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1196,6 +1197,15 @@ func (x *Command) GetRelease() *Release {
 	return nil
 }
 
+func (x *Command) GetUpgradeAgent() *UpgradeAgent {
+	if x != nil {
+		if x, ok := x.Action.(*Command_UpgradeAgent); ok {
+			return x.UpgradeAgent
+		}
+	}
+	return nil
+}
+
 type isCommand_Action interface {
 	isCommand_Action()
 }
@@ -1216,6 +1226,10 @@ type Command_Release struct {
 	Release *Release `protobuf:"bytes,5,opt,name=release,proto3,oneof"`
 }
 
+type Command_UpgradeAgent struct {
+	UpgradeAgent *UpgradeAgent `protobuf:"bytes,6,opt,name=upgrade_agent,json=upgradeAgent,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Action() {}
 
 func (*Command_StopNode) isCommand_Action() {}
@@ -1223,6 +1237,8 @@ func (*Command_StopNode) isCommand_Action() {}
 func (*Command_RefreshCertificate) isCommand_Action() {}
 
 func (*Command_Release) isCommand_Action() {}
+
+func (*Command_UpgradeAgent) isCommand_Action() {}
 
 // Bootstrap runs the setup actions, installs and starts the node software.
 type Bootstrap struct {
@@ -1915,6 +1931,77 @@ func (x *Release) GetReason() string {
 	return ""
 }
 
+// UpgradeAgent has the agent replace itself with the agent binary of
+// version: the executable it runs from if that already has sha256 (a local
+// VM's, replaced with its manager's), or else the one downloaded from url
+// and checked against sha256, installed over its executable where it may
+// write there (so the VM's next boot runs it too), or else in its state
+// directory. It checks that the new binary runs and names version, stops
+// the node software, closes its stream cleanly and executes the new binary
+// in its place (same process, same flags), which starts the node software
+// again. Understood by agents whose hello names the feature "upgrade"; the
+// agent gateway refuses it for others.
+type UpgradeAgent struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	Url     string                 `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
+	// The binary's SHA-256, hex.
+	Sha256        string `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpgradeAgent) Reset() {
+	*x = UpgradeAgent{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpgradeAgent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpgradeAgent) ProtoMessage() {}
+
+func (x *UpgradeAgent) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpgradeAgent.ProtoReflect.Descriptor instead.
+func (*UpgradeAgent) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *UpgradeAgent) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *UpgradeAgent) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *UpgradeAgent) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
 // RefreshCertificate fetches the custom certificate and key again; the node
 // software serves them from its next handshake.
 type RefreshCertificate struct {
@@ -1930,7 +2017,7 @@ type RefreshCertificate struct {
 
 func (x *RefreshCertificate) Reset() {
 	*x = RefreshCertificate{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2029,7 @@ func (x *RefreshCertificate) String() string {
 func (*RefreshCertificate) ProtoMessage() {}
 
 func (x *RefreshCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +2042,7 @@ func (x *RefreshCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshCertificate.ProtoReflect.Descriptor instead.
 func (*RefreshCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RefreshCertificate) GetAcme() *AcmeOrder {
@@ -1976,7 +2063,7 @@ type SecretResponse struct {
 
 func (x *SecretResponse) Reset() {
 	*x = SecretResponse{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2075,7 @@ func (x *SecretResponse) String() string {
 func (*SecretResponse) ProtoMessage() {}
 
 func (x *SecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2088,7 @@ func (x *SecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretResponse.ProtoReflect.Descriptor instead.
 func (*SecretResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SecretResponse) GetRequestId() string {
@@ -2039,7 +2126,7 @@ type ServerCertResponse struct {
 
 func (x *ServerCertResponse) Reset() {
 	*x = ServerCertResponse{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2051,7 +2138,7 @@ func (x *ServerCertResponse) String() string {
 func (*ServerCertResponse) ProtoMessage() {}
 
 func (x *ServerCertResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2064,7 +2151,7 @@ func (x *ServerCertResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerCertResponse.ProtoReflect.Descriptor instead.
 func (*ServerCertResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ServerCertResponse) GetRequestId() string {
@@ -2121,7 +2208,7 @@ type AgentEvent struct {
 
 func (x *AgentEvent) Reset() {
 	*x = AgentEvent{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2133,7 +2220,7 @@ func (x *AgentEvent) String() string {
 func (*AgentEvent) ProtoMessage() {}
 
 func (x *AgentEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2146,7 +2233,7 @@ func (x *AgentEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentEvent.ProtoReflect.Descriptor instead.
 func (*AgentEvent) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AgentEvent) GetInstanceId() string {
@@ -2243,7 +2330,7 @@ type Disconnected struct {
 
 func (x *Disconnected) Reset() {
 	*x = Disconnected{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2255,7 +2342,7 @@ func (x *Disconnected) String() string {
 func (*Disconnected) ProtoMessage() {}
 
 func (x *Disconnected) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2268,7 +2355,7 @@ func (x *Disconnected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disconnected.ProtoReflect.Descriptor instead.
 func (*Disconnected) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Disconnected) GetReason() string {
@@ -2291,7 +2378,7 @@ type AgentEvents struct {
 
 func (x *AgentEvents) Reset() {
 	*x = AgentEvents{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2303,7 +2390,7 @@ func (x *AgentEvents) String() string {
 func (*AgentEvents) ProtoMessage() {}
 
 func (x *AgentEvents) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2316,7 +2403,7 @@ func (x *AgentEvents) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentEvents.ProtoReflect.Descriptor instead.
 func (*AgentEvents) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AgentEvents) GetEvents() []*AgentEvent {
@@ -2336,7 +2423,7 @@ type AgentEventResults struct {
 
 func (x *AgentEventResults) Reset() {
 	*x = AgentEventResults{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2348,7 +2435,7 @@ func (x *AgentEventResults) String() string {
 func (*AgentEventResults) ProtoMessage() {}
 
 func (x *AgentEventResults) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2361,7 +2448,7 @@ func (x *AgentEventResults) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentEventResults.ProtoReflect.Descriptor instead.
 func (*AgentEventResults) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *AgentEventResults) GetResults() []*AgentEventResult {
@@ -2385,7 +2472,7 @@ type AgentEventResult struct {
 
 func (x *AgentEventResult) Reset() {
 	*x = AgentEventResult{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2397,7 +2484,7 @@ func (x *AgentEventResult) String() string {
 func (*AgentEventResult) ProtoMessage() {}
 
 func (x *AgentEventResult) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2410,7 +2497,7 @@ func (x *AgentEventResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentEventResult.ProtoReflect.Descriptor instead.
 func (*AgentEventResult) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{32}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AgentEventResult) GetErrorKind() string {
@@ -2511,13 +2598,14 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\racme_response\x18\x05 \x01(\v2\x1f.flotilla.agent.v1.AcmeResponseH\x00R\facmeResponseB\x06\n" +
 	"\x04body\"\x1a\n" +
 	"\x06LogAck\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xaf\x02\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xf7\x02\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12<\n" +
 	"\tbootstrap\x18\x02 \x01(\v2\x1c.flotilla.agent.v1.BootstrapH\x00R\tbootstrap\x12:\n" +
 	"\tstop_node\x18\x03 \x01(\v2\x1b.flotilla.agent.v1.StopNodeH\x00R\bstopNode\x12X\n" +
 	"\x13refresh_certificate\x18\x04 \x01(\v2%.flotilla.agent.v1.RefreshCertificateH\x00R\x12refreshCertificate\x126\n" +
-	"\arelease\x18\x05 \x01(\v2\x1a.flotilla.agent.v1.ReleaseH\x00R\areleaseB\b\n" +
+	"\arelease\x18\x05 \x01(\v2\x1a.flotilla.agent.v1.ReleaseH\x00R\arelease\x12F\n" +
+	"\rupgrade_agent\x18\x06 \x01(\v2\x1f.flotilla.agent.v1.UpgradeAgentH\x00R\fupgradeAgentB\b\n" +
 	"\x06action\"\xc3\x02\n" +
 	"\tBootstrap\x12#\n" +
 	"\rinstance_name\x18\x01 \x01(\tR\finstanceName\x12G\n" +
@@ -2563,7 +2651,11 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\bStopNode\"!\n" +
 	"\aRelease\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"F\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"R\n" +
+	"\fUpgradeAgent\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12\x10\n" +
+	"\x03url\x18\x02 \x01(\tR\x03url\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\"F\n" +
 	"\x12RefreshCertificate\x120\n" +
 	"\x04acme\x18\x01 \x01(\v2\x1c.flotilla.agent.v1.AcmeOrderR\x04acme\"[\n" +
 	"\x0eSecretResponse\x12\x1d\n" +
@@ -2616,7 +2708,7 @@ func file_flotilla_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_flotilla_agent_v1_agent_proto_rawDescData
 }
 
-var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*JoinRequest)(nil),                  // 0: flotilla.agent.v1.JoinRequest
 	(*JoinResponse)(nil),                 // 1: flotilla.agent.v1.JoinResponse
@@ -2643,20 +2735,21 @@ var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*AcmeResponse)(nil),                 // 22: flotilla.agent.v1.AcmeResponse
 	(*StopNode)(nil),                     // 23: flotilla.agent.v1.StopNode
 	(*Release)(nil),                      // 24: flotilla.agent.v1.Release
-	(*RefreshCertificate)(nil),           // 25: flotilla.agent.v1.RefreshCertificate
-	(*SecretResponse)(nil),               // 26: flotilla.agent.v1.SecretResponse
-	(*ServerCertResponse)(nil),           // 27: flotilla.agent.v1.ServerCertResponse
-	(*AgentEvent)(nil),                   // 28: flotilla.agent.v1.AgentEvent
-	(*Disconnected)(nil),                 // 29: flotilla.agent.v1.Disconnected
-	(*AgentEvents)(nil),                  // 30: flotilla.agent.v1.AgentEvents
-	(*AgentEventResults)(nil),            // 31: flotilla.agent.v1.AgentEventResults
-	(*AgentEventResult)(nil),             // 32: flotilla.agent.v1.AgentEventResult
-	(*timestamppb.Timestamp)(nil),        // 33: google.protobuf.Timestamp
-	(*v1.SetupAction)(nil),               // 34: flotilla.inventory.v1.SetupAction
+	(*UpgradeAgent)(nil),                 // 25: flotilla.agent.v1.UpgradeAgent
+	(*RefreshCertificate)(nil),           // 26: flotilla.agent.v1.RefreshCertificate
+	(*SecretResponse)(nil),               // 27: flotilla.agent.v1.SecretResponse
+	(*ServerCertResponse)(nil),           // 28: flotilla.agent.v1.ServerCertResponse
+	(*AgentEvent)(nil),                   // 29: flotilla.agent.v1.AgentEvent
+	(*Disconnected)(nil),                 // 30: flotilla.agent.v1.Disconnected
+	(*AgentEvents)(nil),                  // 31: flotilla.agent.v1.AgentEvents
+	(*AgentEventResults)(nil),            // 32: flotilla.agent.v1.AgentEventResults
+	(*AgentEventResult)(nil),             // 33: flotilla.agent.v1.AgentEventResult
+	(*timestamppb.Timestamp)(nil),        // 34: google.protobuf.Timestamp
+	(*v1.SetupAction)(nil),               // 35: flotilla.inventory.v1.SetupAction
 }
 var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
-	33, // 0: flotilla.agent.v1.JoinResponse.not_after:type_name -> google.protobuf.Timestamp
-	33, // 1: flotilla.agent.v1.RenewResponse.not_after:type_name -> google.protobuf.Timestamp
+	34, // 0: flotilla.agent.v1.JoinResponse.not_after:type_name -> google.protobuf.Timestamp
+	34, // 1: flotilla.agent.v1.RenewResponse.not_after:type_name -> google.protobuf.Timestamp
 	5,  // 2: flotilla.agent.v1.AgentMessage.hello:type_name -> flotilla.agent.v1.Hello
 	6,  // 3: flotilla.agent.v1.AgentMessage.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
 	8,  // 4: flotilla.agent.v1.AgentMessage.logs:type_name -> flotilla.agent.v1.LogBatch
@@ -2664,44 +2757,45 @@ var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
 	10, // 6: flotilla.agent.v1.AgentMessage.secret_request:type_name -> flotilla.agent.v1.SecretRequest
 	11, // 7: flotilla.agent.v1.AgentMessage.server_cert_request:type_name -> flotilla.agent.v1.ServerCertRequest
 	17, // 8: flotilla.agent.v1.AgentMessage.acme_request:type_name -> flotilla.agent.v1.AcmeRequest
-	33, // 9: flotilla.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	33, // 10: flotilla.agent.v1.Heartbeat.node_certificate_not_after:type_name -> google.protobuf.Timestamp
-	33, // 11: flotilla.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	34, // 9: flotilla.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	34, // 10: flotilla.agent.v1.Heartbeat.node_certificate_not_after:type_name -> google.protobuf.Timestamp
+	34, // 11: flotilla.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
 	7,  // 12: flotilla.agent.v1.LogBatch.lines:type_name -> flotilla.agent.v1.LogLine
 	14, // 13: flotilla.agent.v1.GatewayMessage.command:type_name -> flotilla.agent.v1.Command
-	26, // 14: flotilla.agent.v1.GatewayMessage.secret_response:type_name -> flotilla.agent.v1.SecretResponse
-	27, // 15: flotilla.agent.v1.GatewayMessage.server_cert_response:type_name -> flotilla.agent.v1.ServerCertResponse
+	27, // 14: flotilla.agent.v1.GatewayMessage.secret_response:type_name -> flotilla.agent.v1.SecretResponse
+	28, // 15: flotilla.agent.v1.GatewayMessage.server_cert_response:type_name -> flotilla.agent.v1.ServerCertResponse
 	13, // 16: flotilla.agent.v1.GatewayMessage.log_ack:type_name -> flotilla.agent.v1.LogAck
 	22, // 17: flotilla.agent.v1.GatewayMessage.acme_response:type_name -> flotilla.agent.v1.AcmeResponse
 	15, // 18: flotilla.agent.v1.Command.bootstrap:type_name -> flotilla.agent.v1.Bootstrap
 	23, // 19: flotilla.agent.v1.Command.stop_node:type_name -> flotilla.agent.v1.StopNode
-	25, // 20: flotilla.agent.v1.Command.refresh_certificate:type_name -> flotilla.agent.v1.RefreshCertificate
+	26, // 20: flotilla.agent.v1.Command.refresh_certificate:type_name -> flotilla.agent.v1.RefreshCertificate
 	24, // 21: flotilla.agent.v1.Command.release:type_name -> flotilla.agent.v1.Release
-	34, // 22: flotilla.agent.v1.Bootstrap.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
-	16, // 23: flotilla.agent.v1.Bootstrap.acme:type_name -> flotilla.agent.v1.AcmeOrder
-	18, // 24: flotilla.agent.v1.AcmeRequest.account_key:type_name -> flotilla.agent.v1.AcmeAccountKeyRequest
-	19, // 25: flotilla.agent.v1.AcmeRequest.stored_certificate:type_name -> flotilla.agent.v1.AcmeStoredCertificateRequest
-	20, // 26: flotilla.agent.v1.AcmeRequest.store_certificate:type_name -> flotilla.agent.v1.AcmeCertificate
-	21, // 27: flotilla.agent.v1.AcmeRequest.dns_challenge:type_name -> flotilla.agent.v1.AcmeDnsChallenge
-	16, // 28: flotilla.agent.v1.RefreshCertificate.acme:type_name -> flotilla.agent.v1.AcmeOrder
-	33, // 29: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
-	5,  // 30: flotilla.agent.v1.AgentEvent.connected:type_name -> flotilla.agent.v1.Hello
-	29, // 31: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
-	6,  // 32: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
-	9,  // 33: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
-	28, // 34: flotilla.agent.v1.AgentEvents.events:type_name -> flotilla.agent.v1.AgentEvent
-	32, // 35: flotilla.agent.v1.AgentEventResults.results:type_name -> flotilla.agent.v1.AgentEventResult
-	0,  // 36: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
-	2,  // 37: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
-	4,  // 38: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
-	1,  // 39: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
-	3,  // 40: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
-	12, // 41: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
-	39, // [39:42] is the sub-list for method output_type
-	36, // [36:39] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	25, // 22: flotilla.agent.v1.Command.upgrade_agent:type_name -> flotilla.agent.v1.UpgradeAgent
+	35, // 23: flotilla.agent.v1.Bootstrap.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
+	16, // 24: flotilla.agent.v1.Bootstrap.acme:type_name -> flotilla.agent.v1.AcmeOrder
+	18, // 25: flotilla.agent.v1.AcmeRequest.account_key:type_name -> flotilla.agent.v1.AcmeAccountKeyRequest
+	19, // 26: flotilla.agent.v1.AcmeRequest.stored_certificate:type_name -> flotilla.agent.v1.AcmeStoredCertificateRequest
+	20, // 27: flotilla.agent.v1.AcmeRequest.store_certificate:type_name -> flotilla.agent.v1.AcmeCertificate
+	21, // 28: flotilla.agent.v1.AcmeRequest.dns_challenge:type_name -> flotilla.agent.v1.AcmeDnsChallenge
+	16, // 29: flotilla.agent.v1.RefreshCertificate.acme:type_name -> flotilla.agent.v1.AcmeOrder
+	34, // 30: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
+	5,  // 31: flotilla.agent.v1.AgentEvent.connected:type_name -> flotilla.agent.v1.Hello
+	30, // 32: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
+	6,  // 33: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
+	9,  // 34: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
+	29, // 35: flotilla.agent.v1.AgentEvents.events:type_name -> flotilla.agent.v1.AgentEvent
+	33, // 36: flotilla.agent.v1.AgentEventResults.results:type_name -> flotilla.agent.v1.AgentEventResult
+	0,  // 37: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
+	2,  // 38: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
+	4,  // 39: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
+	1,  // 40: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
+	3,  // 41: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
+	12, // 42: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
+	40, // [40:43] is the sub-list for method output_type
+	37, // [37:40] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_agent_v1_agent_proto_init() }
@@ -2730,6 +2824,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 		(*Command_StopNode)(nil),
 		(*Command_RefreshCertificate)(nil),
 		(*Command_Release)(nil),
+		(*Command_UpgradeAgent)(nil),
 	}
 	file_flotilla_agent_v1_agent_proto_msgTypes[17].OneofWrappers = []any{
 		(*AcmeRequest_AccountKey)(nil),
@@ -2737,7 +2832,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 		(*AcmeRequest_StoreCertificate)(nil),
 		(*AcmeRequest_DnsChallenge)(nil),
 	}
-	file_flotilla_agent_v1_agent_proto_msgTypes[28].OneofWrappers = []any{
+	file_flotilla_agent_v1_agent_proto_msgTypes[29].OneofWrappers = []any{
 		(*AgentEvent_Connected)(nil),
 		(*AgentEvent_Disconnected)(nil),
 		(*AgentEvent_Heartbeat)(nil),
@@ -2749,7 +2844,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_agent_v1_agent_proto_rawDesc), len(file_flotilla_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -889,6 +889,7 @@ const (
 	InstanceService_DeprovisionInstance_FullMethodName     = "/flotilla.inventory.v1.InstanceService/DeprovisionInstance"
 	InstanceService_ReprovisionInstance_FullMethodName     = "/flotilla.inventory.v1.InstanceService/ReprovisionInstance"
 	InstanceService_RefreshCertificate_FullMethodName      = "/flotilla.inventory.v1.InstanceService/RefreshCertificate"
+	InstanceService_UpgradeAgent_FullMethodName            = "/flotilla.inventory.v1.InstanceService/UpgradeAgent"
 	InstanceService_ListInstanceLogs_FullMethodName        = "/flotilla.inventory.v1.InstanceService/ListInstanceLogs"
 	InstanceService_FollowInstanceLogs_FullMethodName      = "/flotilla.inventory.v1.InstanceService/FollowInstanceLogs"
 	InstanceService_ListInstanceEvents_FullMethodName      = "/flotilla.inventory.v1.InstanceService/ListInstanceEvents"
@@ -933,6 +934,15 @@ type InstanceServiceClient interface {
 	// custom certificate and key again (an AWS Secrets Manager key is read anew),
 	// and the node software serve them without a restart.
 	RefreshCertificate(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
+	// UpgradeAgent has the instance's connected agent replace itself with the
+	// agent of this manager's version: it takes the binary beside it if that
+	// is already the one, or else downloads it from the manager and checks
+	// its SHA-256, then stops the node software, closes its stream and starts
+	// again as the new agent on the same VM, which starts the node software
+	// again. An agent already at the manager's version is left alone. The
+	// answer is the instance as it was; its agent.version changes when the
+	// new agent connects.
+	UpgradeAgent(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
 	// ListInstanceLogs pages through the instance's retained log output (agent,
 	// setup actions, node software), oldest first or newest first. Over REST,
 	// follow=true answers with server-sent events instead (text/event-stream:
@@ -1058,6 +1068,16 @@ func (c *instanceServiceClient) RefreshCertificate(ctx context.Context, in *Inst
 	return out, nil
 }
 
+func (c *instanceServiceClient) UpgradeAgent(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Instance)
+	err := c.cc.Invoke(ctx, InstanceService_UpgradeAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *instanceServiceClient) ListInstanceLogs(ctx context.Context, in *ListInstanceLogsRequest, opts ...grpc.CallOption) (*ListInstanceLogsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListInstanceLogsResponse)
@@ -1145,6 +1165,15 @@ type InstanceServiceServer interface {
 	// custom certificate and key again (an AWS Secrets Manager key is read anew),
 	// and the node software serve them without a restart.
 	RefreshCertificate(context.Context, *InstanceActionRequest) (*Instance, error)
+	// UpgradeAgent has the instance's connected agent replace itself with the
+	// agent of this manager's version: it takes the binary beside it if that
+	// is already the one, or else downloads it from the manager and checks
+	// its SHA-256, then stops the node software, closes its stream and starts
+	// again as the new agent on the same VM, which starts the node software
+	// again. An agent already at the manager's version is left alone. The
+	// answer is the instance as it was; its agent.version changes when the
+	// new agent connects.
+	UpgradeAgent(context.Context, *InstanceActionRequest) (*Instance, error)
 	// ListInstanceLogs pages through the instance's retained log output (agent,
 	// setup actions, node software), oldest first or newest first. Over REST,
 	// follow=true answers with server-sent events instead (text/event-stream:
@@ -1206,6 +1235,9 @@ func (UnimplementedInstanceServiceServer) ReprovisionInstance(context.Context, *
 }
 func (UnimplementedInstanceServiceServer) RefreshCertificate(context.Context, *InstanceActionRequest) (*Instance, error) {
 	return nil, status.Error(codes.Unimplemented, "method RefreshCertificate not implemented")
+}
+func (UnimplementedInstanceServiceServer) UpgradeAgent(context.Context, *InstanceActionRequest) (*Instance, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpgradeAgent not implemented")
 }
 func (UnimplementedInstanceServiceServer) ListInstanceLogs(context.Context, *ListInstanceLogsRequest) (*ListInstanceLogsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListInstanceLogs not implemented")
@@ -1402,6 +1434,24 @@ func _InstanceService_RefreshCertificate_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InstanceService_UpgradeAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InstanceActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).UpgradeAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_UpgradeAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).UpgradeAgent(ctx, req.(*InstanceActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _InstanceService_ListInstanceLogs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListInstanceLogsRequest)
 	if err := dec(in); err != nil {
@@ -1509,6 +1559,10 @@ var InstanceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RefreshCertificate",
 			Handler:    _InstanceService_RefreshCertificate_Handler,
+		},
+		{
+			MethodName: "UpgradeAgent",
+			Handler:    _InstanceService_UpgradeAgent_Handler,
 		},
 		{
 			MethodName: "ListInstanceLogs",

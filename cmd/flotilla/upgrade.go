@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
+
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
+	"flotilla.dev/flotilla/api/vocab"
+)
+
+// upgradeAgentCommand is `flotilla instances upgrade-agent`: the agents of
+// the instances named (or with --all, of every instance whose connected
+// agent is behind the manager) replace themselves with the manager's
+// version; with --wait, until each new agent is connected.
+func upgradeAgentCommand(opts *clientOptions) *cobra.Command {
+	var (
+		all  bool
+		wait waitOptions
+	)
+	cmd := &cobra.Command{
+		Use:   "upgrade-agent NAME|ID... | --all",
+		Short: "Have instances' agents replace themselves with the manager's version (the node software restarts)",
+		Long: `Have instances' agents replace themselves with the agent of the manager's
+version, on the VMs they run on: an agent takes the binary beside it if it is
+already that version's (a local VM's, after its manager was upgraded), or
+downloads it from the manager and checks its SHA-256, then stops the node
+software, closes its stream and starts again as the new agent, which starts
+the node software again (a few seconds without it). The instance must be
+running (or failed) with its agent connected. An agent at the manager's
+version already is left alone, so --all after each upgrade of the managers
+is safe to run again.`,
+		Example: `  flotilla instances upgrade-agent web-1 --wait
+  flotilla instances upgrade-agent --all --wait   # every agent behind the manager`,
+		ValidArgsFunction: instances.completeNames(opts),
+		Args: func(_ *cobra.Command, args []string) error {
+			if all != (len(args) == 0) {
+				return errors.New("name instances, or give --all (not both)")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := opts.session()
+			if err != nil {
+				return err
+			}
+			ctx, w := cmd.Context(), cmd.OutOrStdout()
+			var status systemv1.Status
+			if err := s.call(ctx, http.MethodGet, "/api/v1/status", nil, &status); err != nil {
+				return fmt.Errorf("the manager's version: %w", err)
+			}
+			version := status.GetVersion()
+			var targets []*inventoryv1.Instance
+			if all {
+				items, err := s.all(ctx, instances)
+				if err != nil {
+					return err
+				}
+				for _, it := range items {
+					if in := it.(*inventoryv1.Instance); behind(in, version) {
+						targets = append(targets, in)
+					}
+				}
+				if len(targets) == 0 {
+					fmt.Fprintf(w, "every connected agent is at version %s\n", version)
+					return nil
+				}
+			}
+			for _, a := range args {
+				found, err := s.find(ctx, instances, a)
+				if err != nil {
+					return err
+				}
+				targets = append(targets, found.(*inventoryv1.Instance))
+			}
+			// One refused (its agent gone meanwhile, say) does not stop the
+			// others; the command fails at the end, naming them.
+			var asked []*inventoryv1.Instance
+			var refused []string
+			for _, in := range targets {
+				if err := s.call(ctx, http.MethodPost, instancesPath+"/"+in.GetId()+":upgrade-agent", []byte("{}"), in); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "upgrade-agent %s: %v\n", in.GetName(), err)
+					refused = append(refused, in.GetName())
+					continue
+				}
+				if in.GetAgent().GetVersion() == version {
+					fmt.Fprintf(w, "%s: the agent is at version %s already\n", in.GetName(), version)
+					continue
+				}
+				fmt.Fprintf(w, "%s: the agent upgrades from version %s to %s\n", in.GetName(), in.GetAgent().GetVersion(), version)
+				asked = append(asked, in)
+			}
+			if wait.wait {
+				for _, in := range asked {
+					if err := waitForAgent(ctx, s, in, version, wait.timeout, w); err != nil {
+						fmt.Fprintln(cmd.ErrOrStderr(), err)
+						refused = append(refused, in.GetName())
+					}
+				}
+			}
+			if len(refused) > 0 {
+				return fmt.Errorf("the agents of %s were not upgraded (see above)", strings.Join(refused, ", "))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "every running or failed instance whose connected agent is at another version than the manager")
+	wait.flags(cmd, "until each new agent is connected")
+	return cmd
+}
+
+// behind reports whether in's agent is one to upgrade to version.
+func behind(in *inventoryv1.Instance, version string) bool {
+	a := in.GetAgent()
+	return vocab.AgentUpgradable(vocab.State(in.GetState()), in.GetVmId(), vocab.AgentStatus(a.GetStatus()), a.GetVmId(), a.GetVersion(), version)
+}
+
+// waitForAgent reads in until its agent is connected at version, or the
+// agent reports that its upgrade failed (an error with its reason).
+func waitForAgent(ctx context.Context, s *session, in *inventoryv1.Instance, version string, timeout time.Duration, w io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		read := &inventoryv1.Instance{}
+		err := s.call(ctx, http.MethodGet, instancesPath+"/"+in.GetId(), nil, read)
+		switch {
+		case err != nil:
+			// A manager restarting: read again on the next tick (or stop
+			// below, at the timeout).
+		case read.GetAgent().GetVersion() == version && vocab.AgentStatus(read.GetAgent().GetStatus()) == vocab.AgentConnected:
+			fmt.Fprintf(w, "%s: agent %s connected\n", in.GetName(), version)
+			return nil
+		case read.GetAgentProgress() == vocab.AgentProgress(vocab.StepUpgradingAgent, vocab.ProgressFailed) && !proto.Equal(read.GetUpdateTime(), in.GetUpdateTime()):
+			return fmt.Errorf("%s: the agent's upgrade failed; it runs on at version %s (flotilla instances events %s shows why)",
+				in.GetName(), read.GetAgent().GetVersion(), in.GetName())
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("gave up waiting after %v: the agent of %s is not connected at version %s yet (flotilla instances get %s)",
+				timeout, in.GetName(), version, in.GetName())
+		case <-tick.C:
+		}
+	}
+}

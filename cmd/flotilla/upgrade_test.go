@@ -1,0 +1,107 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"flotilla.dev/flotilla/services/provisioner/driver/local"
+)
+
+// TestUpgradingFlotillaAndThenItsAgents is README's "Upgrading" as an
+// operator does it: flotilla up of release 0.0.9 runs two local
+// instances; it stops, the binaries of 0.1.1 replace it, and it starts on
+// the same directory, the VMs still running their 0.0.9 agents.
+// `instances list` shows them behind, `instances upgrade-agent --all
+// --wait` brings both to 0.1.1 on the same VMs, serving again, and a
+// second --all finds nothing to do; an instance refused is named, and
+// the others go on.
+func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
+	t.Parallel()
+	bin := t.TempDir()
+	if err := os.Chmod(bin, 0o755); err != nil { // the VMs' users run the agent from it
+		t.Fatal(err)
+	}
+	release := func(version string) {
+		t.Helper()
+		build := exec.Command("go", "build", "-ldflags", "-X main.version="+version, "-o", bin+"/", ".", "../flotilla-agent", "../flotilla-node")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("build release %s: %v\n%s", version, err, out)
+		}
+	}
+	flotilla := filepath.Join(bin, "flotilla")
+	dir := dataDir(t)
+	t.Cleanup(func() { local.KillAll(dir) })
+	release("0.0.9")
+	if out, err := exec.Command(flotilla, "admin", "initial-setup", "admin", "S3cret-pass", "--data-dir", dir).CombinedOutput(); err != nil {
+		t.Fatalf("initial-setup: %v\n%s", err, out)
+	}
+	base := freeBase(t)
+	up, err := launchUpOf(t, flotilla, dir, base, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newCLI(t)
+	c.okIn("S3cret-pass\n", "login", "--server", up.url(""), "--username", "admin", "--password-stdin")
+	c.okIn("name: lab\nprovider: local\nhttpsStrategy: none\n", "networks", "create", "-f", "-")
+	c.okIn("name: small\nprovider: local\ndataDiskGb: 1\n", "templates", "create", "-f", "-")
+	c.okIn("name: web-1\nkind: design\ntemplateId: small\nnetworkId: lab\n---\nname: web-2\nkind: design\ntemplateId: small\nnetworkId: lab\n", "instances", "create", "-f", "-")
+	c.ok("instances", "provision", "web-1", "web-2", "--wait")
+	vms := map[string]string{}
+	for _, name := range []string{"web-1", "web-2"} {
+		in := instanceJSON(t, c, name)
+		if in.Agent.Version != "0.0.9" {
+			t.Fatalf("%s's agent under release 0.0.9: %+v", name, in.Agent)
+		}
+		vms[name] = in.VMID
+	}
+
+	up.stop(t)
+	release("0.1.1")
+	if _, err := launchUpOf(t, flotilla, dir, base, nil); err != nil {
+		t.Fatal(err)
+	}
+	if out := c.ok("instances", "list", "-o", "table"); !strings.Contains(out, "AGENT VERSION") || strings.Count(out, " 0.0.9 ") != 2 {
+		t.Fatalf("instances list after the managers' upgrade:\n%s", out)
+	}
+	out := c.ok("instances", "upgrade-agent", "--all", "--wait")
+	for _, want := range []string{"web-1: the agent upgrades from version 0.0.9 to 0.1.1\n", "web-2: the agent upgrades from version 0.0.9 to 0.1.1\n",
+		"web-1: agent 0.1.1 connected\n", "web-2: agent 0.1.1 connected\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("upgrade-agent --all --wait said\n%s\nwithout %q", out, want)
+		}
+	}
+	for name, vm := range vms {
+		in := instanceJSON(t, c, name)
+		if in.Agent.Version != "0.1.1" || in.Agent.Status != "connected" || in.VMID != vm {
+			t.Errorf("%s after the upgrade: agent %+v on VM %s (was %s)", name, in.Agent, in.VMID, vm)
+		}
+		resp, err := http.Get(in.Addresses.URL)
+		if err != nil {
+			t.Fatalf("%s's node after the upgrade: %v", name, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), name) {
+			t.Errorf("%s's node after the upgrade: %d\n%s", name, resp.StatusCode, body)
+		}
+	}
+	if out := c.ok("instances", "upgrade-agent", "--all"); out != "every connected agent is at version 0.1.1\n" {
+		t.Errorf("a second upgrade-agent --all: %q", out)
+	}
+	if out := c.ok("instances", "upgrade-agent", "web-1"); out != "web-1: the agent is at version 0.1.1 already\n" {
+		t.Errorf("upgrade-agent of an agent at the manager's version: %q", out)
+	}
+	c.fails("", []string{"name instances, or give --all"}, "instances", "upgrade-agent")
+	// One refused does not stop the others; the exit names it.
+	c.ok("instances", "deprovision", "web-2", "--wait")
+	out, errOut := c.fails("", []string{`upgrade-agent web-2: instance "web-2" is deprovisioned`, "the agents of web-2 were not upgraded"},
+		"instances", "upgrade-agent", "web-2", "web-1")
+	if out != "web-1: the agent is at version 0.1.1 already\n" {
+		t.Errorf("upgrade-agent web-2 web-1 with web-2 deprovisioned: %q\n%s", out, errOut)
+	}
+}

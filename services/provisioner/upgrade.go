@@ -1,0 +1,53 @@
+package provisioner
+
+import (
+	"context"
+
+	"github.com/google/uuid"
+
+	"flotilla.dev/flotilla/api/endpoints"
+	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	"flotilla.dev/flotilla/api/vocab"
+	"flotilla.dev/flotilla/libs/apierr"
+	"flotilla.dev/flotilla/libs/rpc"
+)
+
+// upgradeAgent is an operator's :upgrade-agent: the instance's connected
+// agent is told to replace itself with the agent of this manager's version
+// (the binary the gateway serves at AgentURL, whose SHA-256 is
+// AgentSHA256). The instance must be at rest with a VM (running, or
+// failed after its VM came up): a transitional one's agent has the
+// provisioner's own commands to run. An agent already at the manager's
+// version is left alone, so asking twice, or for every instance, is safe.
+// The answer is the instance as read: the new agent's version shows when
+// it connects.
+func (s *Service) upgradeAgent(ctx context.Context, actor vocab.Actor, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
+	in, err := rpc.Call(ctx, s.bus, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: r.GetId()})
+	if err != nil {
+		return nil, err
+	}
+	if s.d.Version == "" || s.d.AgentSHA256 == "" {
+		return nil, apierr.Unavailable("this manager has no agent binary to upgrade agents to (flotilla-agent beside flotilla, or FLOTILLA_AGENT_BINARY)")
+	}
+	if state := vocab.State(in.GetState()); (state != vocab.StateRunning && state != vocab.StateFailed) || in.GetVmId() == "" {
+		return nil, apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: an agent is upgraded on a VM that runs or has failed, not while the instance changes or has no VM",
+			in.GetName(), in.GetState())
+	}
+	a := in.GetAgent()
+	if vocab.AgentStatus(a.GetStatus()) != vocab.AgentConnected || a.GetVmId() != in.GetVmId() {
+		return nil, apierr.Conflict(apierr.ReasonInvalidState, "the agent of instance %q is not connected: it is upgraded while connected (a VM's next agent is the manager's version already)",
+			in.GetName())
+	}
+	if a.GetVersion() == s.d.Version {
+		s.log.InfoContext(ctx, "agent already at the manager's version", "instance_id", in.GetId(), "version", a.GetVersion(), "actor", actor)
+		return in, nil
+	}
+	cmd := &agentv1.Command{Id: "upgrade-agent-" + uuid.NewString(), Action: &agentv1.Command_UpgradeAgent{
+		UpgradeAgent: &agentv1.UpgradeAgent{Version: s.d.Version, Url: s.d.AgentURL, Sha256: s.d.AgentSHA256}}}
+	if _, err := rpc.Call(ctx, s.bus, endpoints.AgentCommand.At(in.GetId()), cmd, rpc.As(Actor)); err != nil {
+		return nil, err
+	}
+	s.log.InfoContext(ctx, "agent upgrade sent", "instance_id", in.GetId(), "from", a.GetVersion(), "to", s.d.Version, "actor", actor)
+	return in, nil
+}
