@@ -3,7 +3,9 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -32,17 +34,22 @@ func overviewCommand(opts *clientOptions) *cobra.Command {
 			if format != formatTable {
 				return writeMessage(cmd.OutOrStdout(), format, ov)
 			}
-			return printOverview(cmd.OutOrStdout(), ov)
+			// The manager's version, for the agents at another (its
+			// answer needs no login; an old server's may lack it).
+			var status systemv1.Status
+			_ = s.call(cmd.Context(), http.MethodGet, "/api/v1/status", nil, &status)
+			return printOverview(cmd.OutOrStdout(), ov, status.GetVersion())
 		},
 	}
 	opts.flags(cmd)
 	return cmd
 }
 
-// printOverview writes the overview as a line and up to three tables:
-// every state's count, the failed instances with why, and the instances
-// whose node certificate ends soon.
-func printOverview(w io.Writer, ov *systemv1.Overview) error {
+// printOverview writes the overview as a line and up to four tables:
+// every state's count, the connected agents by version (when one is not
+// version, the manager's), the failed instances with why, and the
+// instances whose node certificate ends soon.
+func printOverview(w io.Writer, ov *systemv1.Overview, version string) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	noun := "instances"
 	if ov.GetInstances() == 1 {
@@ -53,6 +60,17 @@ func printOverview(w io.Writer, ov *systemv1.Overview) error {
 		if st != vocab.StateDeleted {
 			fmt.Fprintf(tw, "%s\t%d\n", st, ov.GetStates()[string(st)])
 		}
+	}
+	if behind := agentsBehind(ov.GetAgentVersions(), version); behind > 0 {
+		fmt.Fprintln(tw, "\nAGENT VERSION\tCONNECTED")
+		for _, v := range slices.Sorted(maps.Keys(ov.GetAgentVersions())) {
+			mark := ""
+			if v == version {
+				mark = " (the manager's)"
+			}
+			fmt.Fprintf(tw, "%s%s\t%d\n", v, mark, ov.GetAgentVersions()[v])
+		}
+		fmt.Fprintf(tw, "(%d at another version than the manager's %s: flotilla instances upgrade-agent --all)\n", behind, version)
 	}
 	if len(ov.GetFailures()) > 0 {
 		fmt.Fprintln(tw, "\nFAILED\tWHY")
@@ -74,4 +92,16 @@ func printOverview(w io.Writer, ov *systemv1.Overview) error {
 		}
 	}
 	return tw.Flush()
+}
+
+// agentsBehind counts the connected agents of versions at another version
+// than the manager's (none when it is unknown).
+func agentsBehind(versions map[string]int64, version string) int64 {
+	var n int64
+	for v, c := range versions {
+		if version != "" && v != version {
+			n += c
+		}
+	}
+	return n
 }

@@ -15,7 +15,7 @@ func TestTheOverviewsFirstLineCountsInstances(t *testing.T) {
 	t.Parallel()
 	for n, want := range map[int64]string{1: "1 instance; agents: 1 of 1 connected", 2: "2 instances; agents: 1 of 2 connected"} {
 		var out strings.Builder
-		if err := printOverview(&out, &systemv1.Overview{Instances: n, AgentsConnected: 1, AgentsExpected: n}); err != nil {
+		if err := printOverview(&out, &systemv1.Overview{Instances: n, AgentsConnected: 1, AgentsExpected: n}, "0.1.1"); err != nil {
 			t.Fatal(err)
 		}
 		if first, _, _ := strings.Cut(out.String(), "\n"); first != want {
@@ -35,7 +35,7 @@ func TestTheOverviewNamesCertificatesEndingSoon(t *testing.T) {
 		{Name: "web-2", NotAfter: timestamppb.New(now.Add(5*24*time.Hour + time.Hour))},
 	}}
 	var out strings.Builder
-	if err := printOverview(&out, ov); err != nil {
+	if err := printOverview(&out, ov, "0.1.1"); err != nil {
 		t.Fatal(err)
 	}
 	text := out.String()
@@ -46,5 +46,30 @@ func TestTheOverviewNamesCertificatesEndingSoon(t *testing.T) {
 	}
 	if strings.Index(text, "db-1") > strings.Index(text, "web-2") {
 		t.Errorf("not soonest first:\n%s", text)
+	}
+}
+
+// TestTheOverviewCountsAgentsAtAnotherVersion: connected agents at another
+// version than the manager's are counted by version, with the command
+// that upgrades them; all at the manager's, nothing is said of them.
+func TestTheOverviewCountsAgentsAtAnotherVersion(t *testing.T) {
+	t.Parallel()
+	ov := &systemv1.Overview{Instances: 3, AgentsConnected: 3, AgentsExpected: 3, AgentVersions: map[string]int64{"0.1.1": 1, "0.0.9": 2}}
+	var out strings.Builder
+	if err := printOverview(&out, ov, "0.1.1"); err != nil {
+		t.Fatal(err)
+	}
+	want := "AGENT VERSION          CONNECTED\n0.0.9                  2\n0.1.1 (the manager's)  1\n" +
+		"(2 at another version than the manager's 0.1.1: flotilla instances upgrade-agent --all)\n"
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("the overview:\n%s\nwant in it:\n%s", &out, want)
+	}
+	out.Reset()
+	ov.AgentVersions = map[string]int64{"0.1.1": 3}
+	if err := printOverview(&out, ov, "0.1.1"); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), "AGENT VERSION") {
+		t.Errorf("every agent at the manager's version, the overview says:\n%s", &out)
 	}
 }

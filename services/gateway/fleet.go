@@ -40,6 +40,10 @@ func (s systemServer) GetOverview(_ context.Context, _ *systemv1.GetOverviewRequ
 		out.CertificatesEnding = append(out.CertificatesEnding, &systemv1.CertificateEnding{Id: c.ID, Name: c.Name, NotAfter: timestamppb.New(c.NotAfter)})
 	}
 	out.CertificatesEndingCount = int64(snap.CertificatesEndingCount)
+	out.AgentVersions = make(map[string]int64, len(snap.AgentVersions))
+	for v, n := range snap.AgentVersions {
+		out.AgentVersions[v] = int64(n)
+	}
 	return out, nil
 }
 

@@ -96,6 +96,9 @@ type overviewData struct {
 	States          []stateCount
 	AgentsConnected int64
 	AgentsExpected  int64
+	// AgentsBehind counts the connected agents at another version than
+	// the manager's.
+	AgentsBehind int64
 	// Failures are failed instances by name, the first of FailedCount;
 	// MoreFailures says there are more than those.
 	Failures     []*systemv1.FailedInstance
@@ -125,6 +128,11 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, s *session) {
 		return
 	}
 	d.Total, d.AgentsConnected, d.AgentsExpected = ov.GetInstances(), ov.GetAgentsConnected(), ov.GetAgentsExpected()
+	for v, n := range ov.GetAgentVersions() {
+		if v != c.version {
+			d.AgentsBehind += n
+		}
+	}
 	d.Failures, d.FailedCount = ov.GetFailures(), ov.GetStates()[string(vocab.StateFailed)]
 	d.MoreFailures = d.FailedCount > int64(len(d.Failures))
 	d.Certificates, d.CertificatesCount = ov.GetCertificatesEnding(), ov.GetCertificatesEndingCount()

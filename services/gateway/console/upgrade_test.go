@@ -17,6 +17,7 @@ import (
 // whose agent is at another version than the manager's (0.1.0-dev against
 // 0.0.0-test) shows a button that upgrades it; the agent downloads the
 // manager's binary, comes back at its version, and the button is gone.
+// The overview counts the agent behind until then.
 func TestTheInstancePageUpgradesAnAgentBehindTheManager(t *testing.T) {
 	t.Parallel()
 	bin := t.TempDir()
@@ -54,6 +55,19 @@ func TestTheInstancePageUpgradesAnAgentBehindTheManager(t *testing.T) {
 		}
 	}
 	until("connected 0.1.0-dev")
+	overview := func(behind bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			p := e.get("/").must(t, 200, "the overview")
+			if strings.Contains(p.body, `<span class="badge outdated">1 at another version</span> than the manager's (0.0.0-test)`) == behind {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the overview (want an agent behind: %v):\n%s", behind, p.body)
+			}
+		}
+	}
+	overview(true)
 	if p := e.get(page).must(t, 200, "web-1's page"); !strings.Contains(p.body, `action="`+page+`/upgrade-agent"`) ||
 		!strings.Contains(p.body, "Upgrade the agent to 0.0.0-test") {
 		t.Fatalf("web-1's page offers no upgrade of its 0.1.0-dev agent:\n%s", p.body)
@@ -65,6 +79,7 @@ func TestTheInstancePageUpgradesAnAgentBehindTheManager(t *testing.T) {
 		t.Errorf("the page after the upgrade says no more of it:\n%s", p.body)
 	}
 	until("connected 0.0.0-test")
+	overview(false)
 	if p := e.get(page); strings.Contains(p.body, "/upgrade-agent") {
 		t.Errorf("web-1's page still offers an upgrade once its agent is at the manager's version")
 	}

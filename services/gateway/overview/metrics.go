@@ -13,6 +13,8 @@ var (
 		"Instances with a VM, whose agent should be connected.", nil, nil)
 	agentsConnectedDesc = prometheus.NewDesc("flotilla_fleet_agents_connected",
 		"Instances with a VM whose agent has a stream to an agent gateway.", nil, nil)
+	agentVersionsDesc = prometheus.NewDesc("flotilla_fleet_agent_versions",
+		"Connected agents by the version they report (a version with none is left out): more than one, or one that is not the managers', means agents to upgrade.", []string{"version"}, nil)
 	certificatesEndingDesc = prometheus.NewDesc("flotilla_fleet_certificates_ending",
 		"Instances with a VM whose node certificate ends within 14 days, or has ended.", nil, nil)
 )
@@ -22,13 +24,14 @@ type collector struct{ of func() *Overview }
 
 // Collector reports, at each scrape, the fleet as the overview of()
 // returns sees it then: instances by state, agents expected and
-// connected, certificates ending within CertificateWarning. It reports
+// connected (and connected by version), certificates ending within
+// CertificateWarning. It reports
 // nothing while of() is nil or its overview is not ready (a gateway
 // starting), so an alert never reads a count that is not yet true.
 func Collector(of func() *Overview) prometheus.Collector { return collector{of: of} }
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{instancesDesc, agentsExpectedDesc, agentsConnectedDesc, certificatesEndingDesc} {
+	for _, d := range []*prometheus.Desc{instancesDesc, agentsExpectedDesc, agentsConnectedDesc, agentVersionsDesc, certificatesEndingDesc} {
 		ch <- d
 	}
 }
@@ -49,5 +52,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(agentsExpectedDesc, prometheus.GaugeValue, float64(s.AgentsExpected))
 	ch <- prometheus.MustNewConstMetric(agentsConnectedDesc, prometheus.GaugeValue, float64(s.AgentsConnected))
+	for v, n := range s.AgentVersions {
+		ch <- prometheus.MustNewConstMetric(agentVersionsDesc, prometheus.GaugeValue, float64(n), v)
+	}
 	ch <- prometheus.MustNewConstMetric(certificatesEndingDesc, prometheus.GaugeValue, float64(s.CertificatesEndingCount))
 }

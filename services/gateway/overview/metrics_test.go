@@ -17,7 +17,8 @@ import (
 // TestTheFleetIsReportedAsMetrics: the collector reports nothing before
 // the overview is ready (nor without one), then every state's count (0
 // included), the agents expected and connected, and the certificates
-// ending soon, as the overview has them at the scrape.
+// ending soon, and the connected agents by version, as the overview has
+// them at the scrape.
 func TestTheFleetIsReportedAsMetrics(t *testing.T) {
 	t.Parallel()
 	js := eventsStream(t)
@@ -30,7 +31,7 @@ func TestTheFleetIsReportedAsMetrics(t *testing.T) {
 		t.Fatalf("before the overview is ready: %d metrics", n)
 	}
 	ending := &inventoryv1.Instance{Id: "a", Name: "alpha", State: string(vocab.StateRunning), VmId: "vm-a",
-		Agent: &inventoryv1.AgentStatus{Status: string(vocab.AgentConnected), NodeCertificateNotAfter: timestamppb.New(time.Now().Add(24 * time.Hour))}}
+		Agent: &inventoryv1.AgentStatus{Status: string(vocab.AgentConnected), Version: "0.1.1", NodeCertificateNotAfter: timestamppb.New(time.Now().Add(24 * time.Hour))}}
 	publish(t, js, []bus.Message{
 		event(t, vocab.VerbRunning, ending),
 		event(t, vocab.VerbFailed, &inventoryv1.Instance{Id: "b", Name: "beta", State: string(vocab.StateFailed), VmId: "vm-b",
@@ -40,6 +41,9 @@ func TestTheFleetIsReportedAsMetrics(t *testing.T) {
 	keep(t, o, js, listing())
 	<-o.Ready()
 	want := `
+# HELP flotilla_fleet_agent_versions Connected agents by the version they report (a version with none is left out): more than one, or one that is not the managers', means agents to upgrade.
+# TYPE flotilla_fleet_agent_versions gauge
+flotilla_fleet_agent_versions{version="0.1.1"} 1
 # HELP flotilla_fleet_agents_connected Instances with a VM whose agent has a stream to an agent gateway.
 # TYPE flotilla_fleet_agents_connected gauge
 flotilla_fleet_agents_connected 1

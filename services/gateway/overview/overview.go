@@ -1,5 +1,6 @@
 // Package overview is the fleet overview's read model: how many instances
-// are in each state, how many of their agents are connected, which
+// are in each state, how many of their agents are connected (and at which
+// versions), which
 // instances failed and whose node certificates end soon. Each gateway
 // keeps its own (Keep): it replays the instance events of FLOTILLA_EVENTS
 // (each carries the instance after the change) from the start and follows
@@ -50,8 +51,10 @@ type Overview struct {
 	// expected and connected count the instances with a VM, and those of
 	// them whose agent is connected; failed holds the failed ones.
 	expected, connected int
-	failed              map[string]bool
-	seq                 uint64 // last stream sequence applied
+	// versions counts the connected agents by version.
+	versions map[string]int
+	failed   map[string]bool
+	seq      uint64 // last stream sequence applied
 	// evented holds the instances an event was applied for (deleted ones
 	// too) while the listing is under way: the listing fills in only the
 	// others. Nil once it is done.
@@ -66,6 +69,7 @@ type Overview struct {
 type instance struct {
 	name, state, detail string
 	vm, connected       bool
+	agentVersion        string    // a connected agent's
 	certEnd             time.Time // its VM's node certificate's, if any
 }
 
@@ -90,6 +94,8 @@ type Snapshot struct {
 	// AgentsExpected counts the instances with a VM; AgentsConnected those
 	// of them whose agent has a stream to an agent gateway.
 	AgentsExpected, AgentsConnected int
+	// AgentVersions counts the connected agents by the version they report.
+	AgentVersions map[string]int
 	// Failures are failed instances by name, at most MaxNamed.
 	Failures []Failure
 	// CertificatesEnding are the instances with a VM whose node
@@ -103,8 +109,8 @@ type Snapshot struct {
 
 // New returns an empty overview, not ready.
 func New() *Overview {
-	return &Overview{inst: map[string]instance{}, counts: map[string]int{}, failed: map[string]bool{}, evented: map[string]bool{},
-		ready: make(chan struct{})}
+	return &Overview{inst: map[string]instance{}, counts: map[string]int{}, versions: map[string]int{}, failed: map[string]bool{},
+		evented: map[string]bool{}, ready: make(chan struct{})}
 }
 
 // Ready is closed once the overview is ready: every event stored when
@@ -119,7 +125,7 @@ func (o *Overview) Snapshot() (Snapshot, error) {
 		return Snapshot{}, ErrNotReady
 	}
 	s := Snapshot{States: maps.Clone(o.counts), Instances: len(o.inst), AgentsExpected: o.expected,
-		AgentsConnected: o.connected, Sequence: o.seq}
+		AgentsConnected: o.connected, AgentVersions: maps.Clone(o.versions), Sequence: o.seq}
 	for id := range o.failed {
 		in := o.inst[id]
 		s.Failures = append(s.Failures, Failure{ID: id, Name: in.name, Detail: in.detail})
@@ -196,6 +202,9 @@ func (o *Overview) set(id string, in *inventoryv1.Instance) {
 	}
 	n := instance{name: in.GetName(), state: in.GetState(), detail: in.GetStateDetail(), vm: in.GetVmId() != "",
 		connected: in.GetVmId() != "" && in.GetAgent().GetStatus() == string(vocab.AgentConnected)}
+	if n.connected {
+		n.agentVersion = in.GetAgent().GetVersion()
+	}
 	if end := in.GetAgent().GetNodeCertificateNotAfter(); end != nil {
 		n.certEnd = end.AsTime()
 	}
@@ -213,6 +222,9 @@ func (o *Overview) count(id string, in instance, by int) {
 	}
 	if in.connected {
 		o.connected += by
+		if o.versions[in.agentVersion] += by; o.versions[in.agentVersion] == 0 {
+			delete(o.versions, in.agentVersion)
+		}
 	}
 	if in.state == string(vocab.StateFailed) {
 		if by > 0 {

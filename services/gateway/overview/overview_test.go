@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -134,7 +135,7 @@ func TestTheOverviewCountsInstancesByStateFromTheirEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	connected := &inventoryv1.Instance{Id: "a", Name: "alpha", State: string(vocab.StateRunning), VmId: "vm-a",
-		Agent: &inventoryv1.AgentStatus{Status: string(vocab.AgentConnected)}}
+		Agent: &inventoryv1.AgentStatus{Status: string(vocab.AgentConnected), Version: "0.0.9"}}
 	publish(t, js, []bus.Message{
 		instanceEvent(t, "a", vocab.VerbCreated, vocab.StateCreated),
 		instanceEvent(t, "b", vocab.VerbCreated, vocab.StateCreated),
@@ -155,7 +156,8 @@ func TestTheOverviewCountsInstancesByStateFromTheirEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := overview.Snapshot{States: map[string]int{string(vocab.StateRunning): 1, string(vocab.StateFailed): 1}, Instances: 2,
-		AgentsExpected: 2, AgentsConnected: 1, Failures: []overview.Failure{{ID: "b", Name: "beta", Detail: "setup exited with 2"}}, Sequence: 9}
+		AgentsExpected: 2, AgentsConnected: 1, AgentVersions: map[string]int{"0.0.9": 1},
+		Failures: []overview.Failure{{ID: "b", Name: "beta", Detail: "setup exited with 2"}}, Sequence: 9}
 	if !reflect.DeepEqual(s, want) {
 		t.Fatalf("after the replay: %+v, want %+v", s, want)
 	}
@@ -173,6 +175,14 @@ func TestTheOverviewCountsInstancesByStateFromTheirEvents(t *testing.T) {
 	if want := map[string]int{string(vocab.StateRunning): 1, string(vocab.StateCreated): 1}; !maps.Equal(s.States, want) || s.Instances != 2 ||
 		s.AgentsExpected != 1 || s.AgentsConnected != 1 || len(s.Failures) != 0 {
 		t.Fatalf("after following: %+v, want %v, 2 instances, 1 of 1 agents, no failures", s, want)
+	}
+	// An agent upgraded: counted at its new version, not its old.
+	upgraded := proto.Clone(connected).(*inventoryv1.Instance)
+	upgraded.Agent.Version = "0.1.1"
+	publish(t, js, []bus.Message{event(t, vocab.VerbAgentConnected, upgraded)})
+	s = waitFor(t, o, "a's agent upgraded", func(s overview.Snapshot) bool { return s.Sequence == 12 })
+	if want := map[string]int{"0.1.1": 1}; !maps.Equal(s.AgentVersions, want) {
+		t.Fatalf("agent versions after the upgrade: %v, want %v", s.AgentVersions, want)
 	}
 }
 

@@ -106,7 +106,7 @@
     events[name] = function (m) {
       var data;
       try { data = JSON.parse(m.data); } catch (e) { return; }
-      onMessage(data);
+      onMessage(data, m.lastEventId);
     };
     openStream(url, {
       open: function () { set("live", "on"); if (onOpen) { onOpen(); } },
@@ -168,12 +168,16 @@
 
   // --- Overview: counts by state and recent events. ---
   // The counts are the gateway's fleet overview (GET /api/v1/overview),
-  // read again after instance events, one read at a time.
+  // read again after instance events, one read at a time. The overview
+  // follows the events on its own, and may not have counted the one this
+  // page just got: its answer says the last it counted (sequence), and
+  // while that is older the page reads it again, every 250 ms, 40 times
+  // at most.
   function initOverview() {
     var list = $("#recent[data-feed]");
     var section = $("[data-overview]");
     if (!list || !section) { return; }
-    var inFlight = false, again = false;
+    var inFlight = false, again = false, want = 0, lagging = false, retries = 0;
     var text = function (sel, v) { var e = $(sel); if (e) { e.textContent = String(v); } };
     var show = function (ov) {
       var states = ov.states || {};
@@ -192,16 +196,31 @@
           if (r.status === 503) { setTimeout(refresh, 2000); return null; } // still being built
           return r.ok ? r.json() : null;
         })
-        .then(function (ov) { if (ov) { show(ov); } })
+        .then(function (ov) {
+          if (!ov) { return; }
+          show(ov);
+          lagging = parseInt(ov.sequence || "0", 10) < want;
+        })
         .catch(function () {})
         .then(function () {
           inFlight = false;
-          if (again) { again = false; refresh(); }
+          if (again) {
+            again = false;
+            refresh();
+          } else if (lagging && retries < 40) {
+            retries++;
+            setTimeout(refresh, 250);
+          } else {
+            retries = 0;
+          }
         });
     };
-    feed(list.getAttribute("data-feed"), "event", function (ev) {
+    feed(list.getAttribute("data-feed"), "event", function (ev, seq) {
       addEvent(list, ev);
-      if ((ev.type || "").indexOf("instance.") === 0) { refresh(); }
+      if ((ev.type || "").indexOf("instance.") === 0) {
+        want = Math.max(want, parseInt(seq || "0", 10));
+        refresh();
+      }
     }, refresh);
   }
 
@@ -290,6 +309,9 @@
       "addresses.publicDns", "vmId", "dataDisk.id", "agent.status", "agent.version"].forEach(function (p) {
       setText($('[data-bind="' + p + '"]', root), path(inst, p), "—");
     });
+    // The agent's upgrade is offered until it runs the manager's version.
+    var up = $("#upgrade-agent", root);
+    if (up && path(inst, "agent.version") === up.getAttribute("data-version")) up.hidden = true;
     var link = $('[data-bind="url"]', root), none = $('[data-bind="url-none"]', root);
     var u = safeURL(path(inst, "addresses.url") || "");
     if (link) {

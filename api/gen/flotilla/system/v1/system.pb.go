@@ -251,8 +251,12 @@ type Overview struct {
 	CertificatesEnding []*CertificateEnding `protobuf:"bytes,8,rep,name=certificates_ending,json=certificatesEnding,proto3" json:"certificates_ending,omitempty"`
 	// How many instances that is in all.
 	CertificatesEndingCount int64 `protobuf:"varint,9,opt,name=certificates_ending_count,json=certificatesEndingCount,proto3" json:"certificates_ending_count,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	// The connected agents (agents_connected) by the version they report: after
+	// an upgrade of the managers, those at another version are to be upgraded
+	// (POST /api/v1/instances/{id}:upgrade-agent).
+	AgentVersions map[string]int64 `protobuf:"bytes,10,rep,name=agent_versions,json=agentVersions,proto3" json:"agent_versions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Overview) Reset() {
@@ -346,6 +350,13 @@ func (x *Overview) GetCertificatesEndingCount() int64 {
 		return x.CertificatesEndingCount
 	}
 	return 0
+}
+
+func (x *Overview) GetAgentVersions() map[string]int64 {
+	if x != nil {
+		return x.AgentVersions
+	}
+	return nil
 }
 
 // CertificateEnding is an instance whose node certificate ends soon, as the
@@ -1282,7 +1293,7 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\"\x14\n" +
-	"\x12GetOverviewRequest\"\x99\x04\n" +
+	"\x12GetOverviewRequest\"\xb3\x05\n" +
 	"\bOverview\x12@\n" +
 	"\x06states\x18\x01 \x03(\v2(.flotilla.system.v1.Overview.StatesEntryR\x06states\x12\x1c\n" +
 	"\tinstances\x18\x02 \x01(\x03R\tinstances\x12'\n" +
@@ -1292,8 +1303,13 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\bsequence\x18\x06 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12V\n" +
 	"\x13certificates_ending\x18\b \x03(\v2%.flotilla.system.v1.CertificateEndingR\x12certificatesEnding\x12:\n" +
-	"\x19certificates_ending_count\x18\t \x01(\x03R\x17certificatesEndingCount\x1a9\n" +
+	"\x19certificates_ending_count\x18\t \x01(\x03R\x17certificatesEndingCount\x12V\n" +
+	"\x0eagent_versions\x18\n" +
+	" \x03(\v2/.flotilla.system.v1.Overview.AgentVersionsEntryR\ragentVersions\x1a9\n" +
 	"\vStatesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\x1a@\n" +
+	"\x12AgentVersionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"p\n" +
 	"\x11CertificateEnding\x12\x0e\n" +
@@ -1390,7 +1406,7 @@ func file_flotilla_system_v1_system_proto_rawDescGZIP() []byte {
 	return file_flotilla_system_v1_system_proto_rawDescData
 }
 
-var file_flotilla_system_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_flotilla_system_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_flotilla_system_v1_system_proto_goTypes = []any{
 	(*GetStatusRequest)(nil),       // 0: flotilla.system.v1.GetStatusRequest
 	(*Status)(nil),                 // 1: flotilla.system.v1.Status
@@ -1411,40 +1427,42 @@ var file_flotilla_system_v1_system_proto_goTypes = []any{
 	(*StreamReplica)(nil),          // 16: flotilla.system.v1.StreamReplica
 	(*Database)(nil),               // 17: flotilla.system.v1.Database
 	nil,                            // 18: flotilla.system.v1.Overview.StatesEntry
-	(*timestamppb.Timestamp)(nil),  // 19: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 20: google.protobuf.Duration
+	nil,                            // 19: flotilla.system.v1.Overview.AgentVersionsEntry
+	(*timestamppb.Timestamp)(nil),  // 20: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 21: google.protobuf.Duration
 }
 var file_flotilla_system_v1_system_proto_depIdxs = []int32{
-	19, // 0: flotilla.system.v1.Status.time:type_name -> google.protobuf.Timestamp
+	20, // 0: flotilla.system.v1.Status.time:type_name -> google.protobuf.Timestamp
 	2,  // 1: flotilla.system.v1.Status.components:type_name -> flotilla.system.v1.ComponentStatus
 	18, // 2: flotilla.system.v1.Overview.states:type_name -> flotilla.system.v1.Overview.StatesEntry
 	6,  // 3: flotilla.system.v1.Overview.failures:type_name -> flotilla.system.v1.FailedInstance
-	19, // 4: flotilla.system.v1.Overview.time:type_name -> google.protobuf.Timestamp
+	20, // 4: flotilla.system.v1.Overview.time:type_name -> google.protobuf.Timestamp
 	5,  // 5: flotilla.system.v1.Overview.certificates_ending:type_name -> flotilla.system.v1.CertificateEnding
-	19, // 6: flotilla.system.v1.CertificateEnding.not_after:type_name -> google.protobuf.Timestamp
-	13, // 7: flotilla.system.v1.RemoveManagersResponse.removed:type_name -> flotilla.system.v1.Manager
-	19, // 8: flotilla.system.v1.Cluster.time:type_name -> google.protobuf.Timestamp
-	13, // 9: flotilla.system.v1.Cluster.managers:type_name -> flotilla.system.v1.Manager
-	14, // 10: flotilla.system.v1.Cluster.brokers:type_name -> flotilla.system.v1.Broker
-	15, // 11: flotilla.system.v1.Cluster.streams:type_name -> flotilla.system.v1.StreamReplication
-	17, // 12: flotilla.system.v1.Cluster.databases:type_name -> flotilla.system.v1.Database
-	19, // 13: flotilla.system.v1.Manager.start_time:type_name -> google.protobuf.Timestamp
-	19, // 14: flotilla.system.v1.Manager.last_seen_time:type_name -> google.protobuf.Timestamp
-	16, // 15: flotilla.system.v1.StreamReplication.replicas:type_name -> flotilla.system.v1.StreamReplica
-	20, // 16: flotilla.system.v1.StreamReplica.active:type_name -> google.protobuf.Duration
-	0,  // 17: flotilla.system.v1.SystemService.GetStatus:input_type -> flotilla.system.v1.GetStatusRequest
-	9,  // 18: flotilla.system.v1.SystemService.GetCluster:input_type -> flotilla.system.v1.GetClusterRequest
-	3,  // 19: flotilla.system.v1.SystemService.GetOverview:input_type -> flotilla.system.v1.GetOverviewRequest
-	10, // 20: flotilla.system.v1.SystemService.RemoveManagers:input_type -> flotilla.system.v1.RemoveManagersRequest
-	1,  // 21: flotilla.system.v1.SystemService.GetStatus:output_type -> flotilla.system.v1.Status
-	12, // 22: flotilla.system.v1.SystemService.GetCluster:output_type -> flotilla.system.v1.Cluster
-	4,  // 23: flotilla.system.v1.SystemService.GetOverview:output_type -> flotilla.system.v1.Overview
-	11, // 24: flotilla.system.v1.SystemService.RemoveManagers:output_type -> flotilla.system.v1.RemoveManagersResponse
-	21, // [21:25] is the sub-list for method output_type
-	17, // [17:21] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	19, // 6: flotilla.system.v1.Overview.agent_versions:type_name -> flotilla.system.v1.Overview.AgentVersionsEntry
+	20, // 7: flotilla.system.v1.CertificateEnding.not_after:type_name -> google.protobuf.Timestamp
+	13, // 8: flotilla.system.v1.RemoveManagersResponse.removed:type_name -> flotilla.system.v1.Manager
+	20, // 9: flotilla.system.v1.Cluster.time:type_name -> google.protobuf.Timestamp
+	13, // 10: flotilla.system.v1.Cluster.managers:type_name -> flotilla.system.v1.Manager
+	14, // 11: flotilla.system.v1.Cluster.brokers:type_name -> flotilla.system.v1.Broker
+	15, // 12: flotilla.system.v1.Cluster.streams:type_name -> flotilla.system.v1.StreamReplication
+	17, // 13: flotilla.system.v1.Cluster.databases:type_name -> flotilla.system.v1.Database
+	20, // 14: flotilla.system.v1.Manager.start_time:type_name -> google.protobuf.Timestamp
+	20, // 15: flotilla.system.v1.Manager.last_seen_time:type_name -> google.protobuf.Timestamp
+	16, // 16: flotilla.system.v1.StreamReplication.replicas:type_name -> flotilla.system.v1.StreamReplica
+	21, // 17: flotilla.system.v1.StreamReplica.active:type_name -> google.protobuf.Duration
+	0,  // 18: flotilla.system.v1.SystemService.GetStatus:input_type -> flotilla.system.v1.GetStatusRequest
+	9,  // 19: flotilla.system.v1.SystemService.GetCluster:input_type -> flotilla.system.v1.GetClusterRequest
+	3,  // 20: flotilla.system.v1.SystemService.GetOverview:input_type -> flotilla.system.v1.GetOverviewRequest
+	10, // 21: flotilla.system.v1.SystemService.RemoveManagers:input_type -> flotilla.system.v1.RemoveManagersRequest
+	1,  // 22: flotilla.system.v1.SystemService.GetStatus:output_type -> flotilla.system.v1.Status
+	12, // 23: flotilla.system.v1.SystemService.GetCluster:output_type -> flotilla.system.v1.Cluster
+	4,  // 24: flotilla.system.v1.SystemService.GetOverview:output_type -> flotilla.system.v1.Overview
+	11, // 25: flotilla.system.v1.SystemService.RemoveManagers:output_type -> flotilla.system.v1.RemoveManagersResponse
+	22, // [22:26] is the sub-list for method output_type
+	18, // [18:22] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_system_v1_system_proto_init() }
@@ -1459,7 +1477,7 @@ func file_flotilla_system_v1_system_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_system_v1_system_proto_rawDesc), len(file_flotilla_system_v1_system_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
