@@ -3,16 +3,24 @@ package agent_test
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"flotilla.dev/flotilla/agent"
+	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
+	cav1 "flotilla.dev/flotilla/api/gen/flotilla/ca/v1"
 	"flotilla.dev/flotilla/api/vocab"
+	"flotilla.dev/flotilla/libs/filecopy"
+	"flotilla.dev/flotilla/libs/rpc"
+	"flotilla.dev/flotilla/libs/testkit"
 )
 
 // TestAnUpgradeThatDoesNotCheckOutLeavesTheAgentAsItWas: an upgrade whose
@@ -80,5 +88,95 @@ func TestTheUpgradedAgentGetsTheFlagsItWasGiven(t *testing.T) {
 	want := "--data-device=/dev/xvdf --data-device=/dev/nvme1n1 --gateway=gw:7443 --heartbeat-interval=2s --state-dir=/var/lib/flotilla/agent"
 	if got != want {
 		t.Errorf("the flags again: %s\nwant %s", got, want)
+	}
+}
+
+// TestAnAgentInstalledAsFlotillaAgentUpgradesInPlace is a cloud VM's
+// upgrade: a flotilla-agent binary (0.0.9-old) in a directory the agent
+// may write downloads the new one (0.2.0) from the URL it is given, checks
+// it, installs it over its own executable (the one the VM's unit starts at
+// boot) and runs it in the same process, which connects at 0.2.0; nothing
+// of the download is left beside it.
+func TestAnAgentInstalledAsFlotillaAgentUpgradesInPlace(t *testing.T) {
+	t.Parallel()
+	build := func(version string) string {
+		t.Helper()
+		dir := t.TempDir()
+		cmd := exec.Command("go", "build", "-ldflags", "-X main.version="+version, "-o", dir+"/", "flotilla.dev/flotilla/cmd/flotilla-agent")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build the agent %s: %v\n%s", version, err, out)
+		}
+		return filepath.Join(dir, "flotilla-agent")
+	}
+	installed, next := build("0.0.9-old"), build("0.2.0")
+	content, err := os.ReadFile(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(content)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(content) }))
+	t.Cleanup(srv.Close)
+
+	f := newFleet(t, time.Hour)
+	const id = "inst-in-place"
+	tok, err := rpc.Call(t.Context(), f.provisioner, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	caFile, tokenFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "token")
+	if err := os.WriteFile(caFile, f.ca.GatewayAuthority().CertificatePEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tokenFile, []byte(tok.GetToken()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(installed, "--gateway", f.addr, "--ca-file", caFile, "--token-file", tokenFile, "--vm-id", tok.GetVmId(),
+		"--state-dir", filepath.Join(dir, "state"), "--data-dir", filepath.Join(dir, "data"), "--data-disk-gb", "1",
+		"--heartbeat-interval", "200ms", "--package-installer", "none")
+	out := &testkit.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-waited:
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Kill()
+			<-waited
+		}
+		if t.Failed() {
+			t.Logf("the agent's output:\n%s", out)
+		}
+	})
+	f.observed.WaitFor(t, 20*time.Second, "connected at 0.0.9-old", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetInstanceId() == id && ev.GetConnected().GetAgentVersion() == "0.0.9-old"
+	})
+	f.command(id, &agentv1.Command{Id: "upgrade-1", Action: &agentv1.Command_UpgradeAgent{UpgradeAgent: &agentv1.UpgradeAgent{
+		Version: "0.2.0", Url: srv.URL + "/downloads/flotilla-agent", Sha256: hex.EncodeToString(sum[:])}}})
+	f.observed.WaitFor(t, 30*time.Second, "connected at 0.2.0", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetInstanceId() == id && ev.GetConnected().GetAgentVersion() == "0.2.0"
+	})
+	if got, err := filecopy.SHA256(installed); err != nil || got != hex.EncodeToString(sum[:]) {
+		t.Errorf("the executable after the upgrade has SHA-256 %s (%v), want the new binary's", got, err)
+	}
+	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", cmd.Process.Pid)); err != nil || exe != installed {
+		t.Errorf("the agent's process runs %q (%v), want %s", exe, err, installed)
+	}
+	entries, err := os.ReadDir(filepath.Dir(installed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 {
+		t.Errorf("beside the executable after the upgrade: %v", entries)
+	}
+	select {
+	case err := <-waited:
+		t.Fatalf("the agent exited: %v", err)
+	default:
 	}
 }
