@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,11 +21,12 @@ import (
 // upgradeAgentCommand is `flotilla instances upgrade-agent`: the agents of
 // the instances named (or with --all, of every instance whose connected
 // agent is behind the manager) replace themselves with the manager's
-// version; with --wait, until each new agent is connected.
+// version, a group at a time (rollAgents).
 func upgradeAgentCommand(opts *clientOptions) *cobra.Command {
 	var (
-		all  bool
-		wait waitOptions
+		all      bool
+		parallel int
+		wait     waitOptions
 	)
 	cmd := &cobra.Command{
 		Use:   "upgrade-agent NAME|ID... | --all",
@@ -37,13 +39,22 @@ software, closes its stream and starts again as the new agent, which starts
 the node software again (a few seconds without it). The instance must be
 running (or failed) with its agent connected. An agent at the manager's
 version already is left alone, so --all after each upgrade of the managers
-is safe to run again.`,
+is safe to run again.
+
+Agents upgrade --parallel at a time (10): each group is waited for until
+its agents are connected at the new version before the next group is
+asked, and an upgrade that fails (or does not come back within --timeout)
+stops the groups after it, so a bad release reaches a few VMs, not all.
+--wait waits for the last group too.`,
 		Example: `  flotilla instances upgrade-agent web-1 --wait
   flotilla instances upgrade-agent --all --wait   # every agent behind the manager`,
 		ValidArgsFunction: instances.completeNames(opts),
 		Args: func(_ *cobra.Command, args []string) error {
 			if all != (len(args) == 0) {
 				return errors.New("name instances, or give --all (not both)")
+			}
+			if parallel < 1 {
+				return fmt.Errorf("--parallel: %d is not a number of agents: at least 1", parallel)
 			}
 			return nil
 		},
@@ -81,41 +92,93 @@ is safe to run again.`,
 				}
 				targets = append(targets, found.(*inventoryv1.Instance))
 			}
-			// One refused (its agent gone meanwhile, say) does not stop the
-			// others; the command fails at the end, naming them.
-			var asked []*inventoryv1.Instance
-			var refused []string
-			for _, in := range targets {
-				if err := s.call(ctx, http.MethodPost, instancesPath+"/"+in.GetId()+":upgrade-agent", []byte("{}"), in); err != nil {
-					fmt.Fprintf(cmd.ErrOrStderr(), "upgrade-agent %s: %v\n", in.GetName(), err)
-					refused = append(refused, in.GetName())
-					continue
-				}
-				if in.GetAgent().GetVersion() == version {
-					fmt.Fprintf(w, "%s: the agent is at version %s already\n", in.GetName(), version)
-					continue
-				}
-				fmt.Fprintf(w, "%s: the agent upgrades from version %s to %s\n", in.GetName(), in.GetAgent().GetVersion(), version)
-				asked = append(asked, in)
-			}
-			if wait.wait {
-				for _, in := range asked {
-					if err := waitForAgent(ctx, s, in, version, wait.timeout, w); err != nil {
-						fmt.Fprintln(cmd.ErrOrStderr(), err)
-						refused = append(refused, in.GetName())
-					}
-				}
-			}
-			if len(refused) > 0 {
-				return fmt.Errorf("the agents of %s were not upgraded (see above)", strings.Join(refused, ", "))
-			}
-			return nil
+			return rollAgents(ctx, s, targets, version, parallel, wait, w, cmd.ErrOrStderr())
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "every running or failed instance whose connected agent is at another version than the manager")
-	wait.flags(cmd, "until each new agent is connected")
+	cmd.Flags().IntVar(&parallel, "parallel", 10, "how many agents upgrade at once: each group is waited for before the next is asked")
+	wait.flags(cmd, "until each new agent is connected (the last group too)")
 	return cmd
 }
+
+// rollAgents asks the agents of targets to upgrade to version, parallel at
+// a time: each group's agents are waited for until they are connected at
+// version before the next group is asked (the last group too with --wait).
+// An instance refused (its agent gone meanwhile, say) does not stop the
+// others; an upgrade that fails or does not come back in time stops the
+// groups after it, as a canary does. The error names every instance not
+// upgraded.
+func rollAgents(ctx context.Context, s *session, targets []*inventoryv1.Instance, version string, parallel int, wait waitOptions, w, errOut io.Writer) error {
+	var refused, failed, skipped []string
+	for start := 0; start < len(targets); start += parallel {
+		group := targets[start:min(start+parallel, len(targets))]
+		last := start+parallel >= len(targets)
+		if len(failed) > 0 {
+			for _, in := range group {
+				skipped = append(skipped, in.GetName())
+			}
+			continue
+		}
+		var asked []*inventoryv1.Instance
+		for _, in := range group {
+			if err := askUpgrade(ctx, s, in); err != nil {
+				fmt.Fprintf(errOut, "upgrade-agent %s: %v\n", in.GetName(), err)
+				refused = append(refused, in.GetName())
+				continue
+			}
+			if in.GetAgent().GetVersion() == version {
+				fmt.Fprintf(w, "%s: the agent is at version %s already\n", in.GetName(), version)
+				continue
+			}
+			fmt.Fprintf(w, "%s: the agent upgrades from version %s to %s\n", in.GetName(), in.GetAgent().GetVersion(), version)
+			asked = append(asked, in)
+		}
+		if last && !wait.wait {
+			break
+		}
+		for _, in := range asked {
+			if err := waitForAgent(ctx, s, in, version, wait.timeout, w); err != nil {
+				fmt.Fprintln(errOut, err)
+				failed = append(failed, in.GetName())
+			}
+		}
+	}
+	var why []string
+	if n := slices.Concat(refused, failed); len(n) > 0 {
+		why = append(why, "the agents of "+strings.Join(n, ", ")+" were not upgraded")
+	}
+	if len(skipped) > 0 {
+		why = append(why, "those of "+strings.Join(skipped, ", ")+" were not asked, after the failure")
+	}
+	if len(why) > 0 {
+		return fmt.Errorf("%s (see above)", strings.Join(why, "; "))
+	}
+	return nil
+}
+
+// askUpgrade posts :upgrade-agent for in, and reads the answer into it.
+// Refused as unavailable (an agent reconnecting to a restarted manager, as
+// just after the managers' upgrade), it asks again every second for up to
+// reconnectWait.
+func askUpgrade(ctx context.Context, s *session, in *inventoryv1.Instance) error {
+	deadline := time.Now().Add(reconnectWait)
+	for {
+		err := s.call(ctx, http.MethodPost, instancesPath+"/"+in.GetId()+":upgrade-agent", []byte("{}"), in)
+		var ae *apiError
+		if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// reconnectWait is how long an upgrade refused as unavailable is asked
+// again: agents reconnect within 10 s of their gateway's restart.
+const reconnectWait = 30 * time.Second
 
 // behind reports whether in's agent is one to upgrade to version.
 func behind(in *inventoryv1.Instance, version string) bool {

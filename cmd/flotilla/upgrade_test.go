@@ -16,9 +16,11 @@ import (
 // operator does it: flotilla up of release 0.0.9 runs two local
 // instances; it stops, the binaries of 0.1.1 replace it, and it starts on
 // the same directory, the VMs still running their 0.0.9 agents.
-// `instances list` shows them behind, `instances upgrade-agent --all
-// --wait` brings both to 0.1.1 on the same VMs, serving again, and a
-// second --all finds nothing to do; an instance refused is named, and
+// `instances list` shows them behind. With the manager's agent binary
+// replaced under it, `upgrade-agent --all --parallel 1` fails on the first
+// agent (which runs on) and does not ask the second; with it back, both
+// are brought to 0.1.1 one after the other, on the same VMs, serving
+// again, and a second --all finds nothing to do; an instance refused is named, and
 // the others go on.
 func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
 	t.Parallel()
@@ -68,12 +70,32 @@ func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
 	if out := c.ok("instances", "list", "-o", "table"); !strings.Contains(out, "AGENT VERSION") || strings.Count(out, " 0.0.9 ") != 2 {
 		t.Fatalf("instances list after the managers' upgrade:\n%s", out)
 	}
-	out := c.ok("instances", "upgrade-agent", "--all", "--wait")
-	for _, want := range []string{"web-1: the agent upgrades from version 0.0.9 to 0.1.1\n", "web-2: the agent upgrades from version 0.0.9 to 0.1.1\n",
-		"web-1: agent 0.1.1 connected\n", "web-2: agent 0.1.1 connected\n"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("upgrade-agent --all --wait said\n%s\nwithout %q", out, want)
-		}
+	// A binary that is not the one the manager started with (replaced
+	// under it): the first agent's upgrade fails its checksum and runs on,
+	// and the second is not asked.
+	agentBin := filepath.Join(bin, "flotilla-agent")
+	if err := os.Rename(agentBin, agentBin+".good"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(agentBin, []byte("#!/bin/sh\necho not the agent\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut := c.fails("", []string{"the agent's upgrade failed; it runs on at version 0.0.9", "were not upgraded", "were not asked, after the failure"},
+		"instances", "upgrade-agent", "--all", "--parallel", "1")
+	if strings.Count(out, "the agent upgrades from version 0.0.9 to 0.1.1") != 1 {
+		t.Errorf("the failing upgrade asked more than the first agent:\n%s%s", out, errOut)
+	}
+	if err := os.Rename(agentBin+".good", agentBin); err != nil {
+		t.Fatal(err)
+	}
+	// One at a time: the first is connected at 0.1.1 before the second is asked.
+	out = c.ok("instances", "upgrade-agent", "--all", "--parallel", "1", "--wait")
+	first, _, _ := strings.Cut(out, "\n")
+	name := strings.TrimSuffix(first, ": the agent upgrades from version 0.0.9 to 0.1.1")
+	other := map[string]string{"web-1": "web-2", "web-2": "web-1"}[name]
+	if want := name + ": the agent upgrades from version 0.0.9 to 0.1.1\n" + name + ": agent 0.1.1 connected\n" +
+		other + ": the agent upgrades from version 0.0.9 to 0.1.1\n" + other + ": agent 0.1.1 connected\n"; out != want {
+		t.Errorf("upgrade-agent --all --parallel 1 --wait said\n%s\nwant\n%s", out, want)
 	}
 	for name, vm := range vms {
 		in := instanceJSON(t, c, name)
@@ -99,7 +121,7 @@ func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
 	c.fails("", []string{"name instances, or give --all"}, "instances", "upgrade-agent")
 	// One refused does not stop the others; the exit names it.
 	c.ok("instances", "deprovision", "web-2", "--wait")
-	out, errOut := c.fails("", []string{`upgrade-agent web-2: instance "web-2" is deprovisioned`, "the agents of web-2 were not upgraded"},
+	out, errOut = c.fails("", []string{`upgrade-agent web-2: instance "web-2" is deprovisioned`, "the agents of web-2 were not upgraded"},
 		"instances", "upgrade-agent", "web-2", "web-1")
 	if out != "web-1: the agent is at version 0.1.1 already\n" {
 		t.Errorf("upgrade-agent web-2 web-1 with web-2 deprovisioned: %q\n%s", out, errOut)

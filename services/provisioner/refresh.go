@@ -47,7 +47,7 @@ func (s *Service) refreshCertificate(ctx context.Context, actor vocab.Actor, r *
 	}
 	cmd := &agentv1.Command{Id: "refresh-certificate-" + uuid.NewString(),
 		Action: &agentv1.Command_RefreshCertificate{RefreshCertificate: &agentv1.RefreshCertificate{Acme: acmeOrder(in, n)}}}
-	if _, err := rpc.Call(ctx, s.bus, endpoints.AgentCommand.At(in.GetId()), cmd, rpc.As(Actor)); err != nil {
+	if err := s.commandAgent(ctx, in, cmd); err != nil {
 		return nil, err
 	}
 	s.log.InfoContext(ctx, "certificate refresh sent to the agent", "instance_id", in.GetId(), "actor", actor)

@@ -2,8 +2,10 @@ package provisioner
 
 import (
 	"context"
+	"errors"
 
 	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	agentv1 "flotilla.dev/flotilla/api/gen/flotilla/agent/v1"
@@ -45,9 +47,21 @@ func (s *Service) upgradeAgent(ctx context.Context, actor vocab.Actor, r *invent
 	}
 	cmd := &agentv1.Command{Id: "upgrade-agent-" + uuid.NewString(), Action: &agentv1.Command_UpgradeAgent{
 		UpgradeAgent: &agentv1.UpgradeAgent{Version: s.d.Version, Url: s.d.AgentURL, Sha256: s.d.AgentSHA256}}}
-	if _, err := rpc.Call(ctx, s.bus, endpoints.AgentCommand.At(in.GetId()), cmd, rpc.As(Actor)); err != nil {
+	if err := s.commandAgent(ctx, in, cmd); err != nil {
 		return nil, err
 	}
 	s.log.InfoContext(ctx, "agent upgrade sent", "instance_id", in.GetId(), "from", a.GetVersion(), "to", s.d.Version, "actor", actor)
 	return in, nil
+}
+
+// commandAgent queues cmd for the connected agent of in (an operator's
+// command: a refresh, an upgrade). An agent the inventory shows connected
+// may have no stream at the moment (reconnecting to a restarted agent
+// gateway): that is said plainly, to be tried again.
+func (s *Service) commandAgent(ctx context.Context, in *inventoryv1.Instance, cmd *agentv1.Command) error {
+	_, err := rpc.Call(ctx, s.bus, endpoints.AgentCommand.At(in.GetId()), cmd, rpc.As(Actor))
+	if errors.Is(err, nats.ErrNoResponders) {
+		return apierr.Unavailable("the agent of instance %q has no stream to an agent gateway at the moment (it may be reconnecting); try again shortly", in.GetName())
+	}
+	return err
 }
