@@ -1,6 +1,8 @@
 package domain
 
 import (
+	"strings"
+
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
@@ -26,6 +28,8 @@ type Next struct {
 func Transition(in interface {
 	GetState() string
 	GetDesiredState() string
+	GetStateDetail() string
+	GetVmId() string
 	GetName() string
 }, action vocab.Action) (*Next, error) {
 	state, desired := vocab.State(in.GetState()), vocab.Desired(in.GetDesiredState())
@@ -42,7 +46,13 @@ func Transition(in interface {
 				return nil, nil
 			}
 			return nil, busy()
-		case vocab.StateCreated, vocab.StateDeprovisioned, vocab.StateFailed:
+		case vocab.StateFailed:
+			// Failed stopping its VM (a deprovision, delete or reprovision
+			// the cloud refused), the instance had released the VM's agent
+			// first: that VM serves it no more, and is replaced.
+			return &Next{Desired: vocab.DesiredProvisioned, State: vocab.StateProvisioning, Detail: vocab.StepQueued,
+				Reprovision: in.GetVmId() != "" && FailedAt(in.GetStateDetail()) == vocab.StepStoppingVM}, nil
+		case vocab.StateCreated, vocab.StateDeprovisioned:
 			return &Next{Desired: vocab.DesiredProvisioned, State: vocab.StateProvisioning, Detail: vocab.StepQueued}, nil
 		}
 	case vocab.ActionDeprovision:
@@ -93,4 +103,14 @@ func ForceDelete(in *inventoryv1.Instance) (*Next, error) {
 		next.Force = true
 	}
 	return next, err
+}
+
+// FailedAt is the step a failed instance's stateDetail names
+// ("stopping-vm: the cloud refused …"), or "" when it names none.
+func FailedAt(detail string) vocab.Step {
+	step, _, ok := strings.Cut(detail, ": ")
+	if !ok {
+		return ""
+	}
+	return vocab.Step(step)
 }

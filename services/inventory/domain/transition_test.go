@@ -67,6 +67,32 @@ func TestTransitions(t *testing.T) {
 	}
 }
 
+// TestProvisioningAnInstanceThatFailedStoppingItsVMReplacesTheVM: a
+// deprovision (delete, reprovision) the cloud refused at stopping-vm had
+// released the VM's agent first, which left for good: provisioned again,
+// the instance gets a new VM (the old one destroyed first), not the old VM
+// to wait for an agent that does not come. Failed anywhere else, or
+// without a VM, it keeps what it has.
+func TestProvisioningAnInstanceThatFailedStoppingItsVMReplacesTheVM(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		detail, vm string
+		replace    bool
+	}{
+		{"stopping-vm: UnauthorizedOperation: not allowed to terminate i-0ab", "i-0ab", true},
+		{"waiting-for-agent: no agent connected within 3m0s", "i-0ab", false},
+		{"running-setup: setupActions[0]: script exited with code 3", "i-0ab", false},
+		{"stopping-vm: refused", "", false},
+		{"allocating-disk: VolumeLimitExceeded", "", false},
+	} {
+		next, err := Transition(&inventoryv1.Instance{Name: "i", State: string(vocab.StateFailed), DesiredState: string(vocab.DesiredDeprovisioned),
+			StateDetail: c.detail, VmId: c.vm}, vocab.ActionProvision)
+		if err != nil || next.State != vocab.StateProvisioning || next.Reprovision != c.replace {
+			t.Errorf("provision of an instance failed at %q (VM %q): %+v %v, want the VM replaced: %v", c.detail, c.vm, next, err, c.replace)
+		}
+	}
+}
+
 // TestActionsChangeTheStatesTheySayTheyDo: vocab.Action.From (which the
 // console shows the actions by) lists exactly the states in which
 // Transition changes an instance, whatever was asked before.
