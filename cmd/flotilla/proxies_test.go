@@ -37,6 +37,15 @@ func TestUpTrustsTheProxiesItsSettingsName(t *testing.T) {
 		t.Error("the refused start created the database")
 	}
 	s.TrustedProxies = []string{"127.0.0.1"} // the test is the proxy
+	// The fleet overview's window for node certificates: a Go duration.
+	s.CertificateWarning = "30d"
+	if err := datadir.Save(d, s); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(binary, "up", "--data-dir", dir).CombinedOutput(); err == nil || !strings.Contains(string(out), `certificateWarning: "30d"`) {
+		t.Fatalf("up with certificateWarning 30d: %v\n%s", err, out)
+	}
+	s.CertificateWarning = "720h"
 	if err := datadir.Save(d, s); err != nil {
 		t.Fatal(err)
 	}
@@ -56,6 +65,18 @@ func TestUpTrustsTheProxiesItsSettingsName(t *testing.T) {
 		t.Fatalf("a wrong password: %d", resp.StatusCode)
 	}
 	token := u.login(t)
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		code, ov := u.do(t, "GET", "/api/v1/overview", token, "")
+		if code == 200 {
+			if ov["certificateWarning"] != "2592000s" {
+				t.Fatalf("the overview's window with certificateWarning 720h: %v", ov["certificateWarning"])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("overview: %d %v", code, ov)
+		}
+	}
 	var sources []string
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 		code, out := u.do(t, "GET", "/api/v1/audit?user=admin", token, "")

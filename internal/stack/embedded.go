@@ -95,6 +95,15 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (_ *Embedded, err err
 	if err != nil {
 		return nil, fmt.Errorf("settings in %s: trustedProxies: %w", d.SettingsFile(), err)
 	}
+	var warning time.Duration
+	if settings.CertificateWarning != "" {
+		if warning, err = time.ParseDuration(settings.CertificateWarning); err == nil {
+			err = CheckCertificateWarning(warning)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("settings in %s: certificateWarning: %q: %w", d.SettingsFile(), settings.CertificateWarning, err)
+		}
+	}
 	if err := checkPortsFree(d, settings); err != nil {
 		return nil, err
 	}
@@ -162,7 +171,7 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (_ *Embedded, err err
 	caCert, caKey := settings.CAFiles(d)
 	cfg := embeddedConfig(settings, d, ns, o.Log, tel, o.Version, caCert, caKey, cmd)
 	cfg.NATSCreds = auth.Files()
-	cfg.TrustedProxies = proxies
+	cfg.TrustedProxies, cfg.CertificateWarning = proxies, warning
 	if settings.ManagedPostgres {
 		// The services read and write rows as the service role; the
 		// superuser, which owns the schema, only migrates it.

@@ -109,6 +109,9 @@ type EnvConfig struct {
 	// PublicURL is the API's URL as cloud VMs reach it: they download the
 	// agent there (gateway.AgentDownloadPath).
 	PublicURL string `env:"FLOTILLA_PUBLIC_URL"`
+	// CertificateWarning is how long before a node certificate ends the
+	// fleet overview names its instance (gateway).
+	CertificateWarning time.Duration `env:"FLOTILLA_CERTIFICATE_WARNING" envDefault:"336h"`
 	// HostName is the host the process is listed under in the cluster's
 	// managers (default: the machine's host name).
 	HostName     string `env:"FLOTILLA_HOST_NAME"`
@@ -245,6 +248,9 @@ func (c EnvConfig) ValidateSettings(service string) error {
 		if _, err := gateway.ParseProxies(c.TrustedProxies); err != nil {
 			errs = append(errs, fmt.Errorf("FLOTILLA_TRUSTED_PROXIES: %w", err))
 		}
+		if err := CheckCertificateWarning(c.CertificateWarning); c.CertificateWarning != 0 && err != nil { // 0: the default
+			errs = append(errs, fmt.Errorf("FLOTILLA_CERTIFICATE_WARNING: %w", err))
+		}
 		if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 			errs = append(errs, errors.New("FLOTILLA_TLS_CERT_FILE, FLOTILLA_TLS_KEY_FILE: give both or neither"))
 		}
@@ -317,6 +323,7 @@ func (c EnvConfig) Config(service string) Config {
 		NATSMonitorURLs:    c.NATSMonitorURLs,
 		PatroniURLs:        c.PatroniURLs,
 		TrustedProxies:     trustedProxies(c.TrustedProxies),
+		CertificateWarning: c.CertificateWarning,
 		HostName:           c.HostName,
 		PublicURL:          c.PublicURL,
 	}
@@ -433,4 +440,13 @@ func secretsManager(region, endpoint string) *awsx.Account {
 func trustedProxies(entries []string) gateway.Proxies {
 	p, _ := gateway.ParseProxies(entries)
 	return p
+}
+
+// CheckCertificateWarning checks the fleet overview's window for node
+// certificates: an hour to a year.
+func CheckCertificateWarning(d time.Duration) error {
+	if d < time.Hour || d > 365*24*time.Hour {
+		return fmt.Errorf("%v must be between 1h and 8760h (365 days), such as 720h for 30 days", d)
+	}
+	return nil
 }

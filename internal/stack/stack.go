@@ -191,6 +191,9 @@ type Config struct {
 	// TrustedProxies are the reverse proxies whose X-Forwarded-For the
 	// gateway believes (gateway.Proxies).
 	TrustedProxies gateway.Proxies
+	// CertificateWarning is how long before a node certificate ends the
+	// fleet overview names its instance (0: 14 days).
+	CertificateWarning time.Duration
 	// MemberInterval, MemberTTL and MemberHealthyWithin tune the managers'
 	// heartbeats (0: libs/membership's defaults, 5 s, 30 s and 15 s; tests
 	// shorten them).
@@ -592,7 +595,7 @@ func (d deps) gateway(ctx context.Context, nc *nats.Conn, httpL, grpcL net.Liste
 		HTTPListener: httpL, GRPCListener: grpcL, MaxRequestBytes: c.MaxRequestBytes, RequestReadTimeout: c.RequestReadTimeout,
 		LoginPolicy: c.SourceLoginPolicy, TLS: c.APITLS, AgentGatewayAddr: d.agentGatewayAddr(), AgentBinary: c.agentBinary(),
 		NATSMonitorURLs: c.NATSMonitorURLs, PatroniURLs: c.PatroniURLs, MemberHealthyWithin: c.MemberHealthyWithin,
-		TrustedProxies:  c.TrustedProxies,
+		TrustedProxies: c.TrustedProxies, CertificateWarning: c.CertificateWarning,
 		InstanceReadTTL: c.InstanceReadTTL})
 	if err != nil {
 		return runner{}, err

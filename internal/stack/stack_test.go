@@ -218,19 +218,22 @@ func TestEnvConfigNamesBadClusterStatusURLs(t *testing.T) {
 		AgentGatewayAddr: "127.0.0.1:7702", MaxRequestBytes: 1 << 20, RequestReadTimeout: time.Minute, BusConcurrency: 32,
 		StreamReplicas: 3, LogLevel: "info",
 		NATSMonitorURLs: []string{"http://10.0.0.1:8222", "https://nats-2:8222"},
-		PatroniURLs:     []string{"http://10.0.0.1:8008"}, TrustedProxies: []string{"10.77.0.1", "10.0.0.0/8"}}
+		PatroniURLs:     []string{"http://10.0.0.1:8008"}, TrustedProxies: []string{"10.77.0.1", "10.0.0.0/8"},
+		CertificateWarning: 30 * 24 * time.Hour}
 	if err := ec.Validate(subjects.Gateway); err != nil {
 		t.Fatalf("good URLs refused: %v", err)
 	}
-	if cfg := ec.Config(subjects.Gateway); len(cfg.NATSMonitorURLs) != 2 || len(cfg.PatroniURLs) != 1 || len(cfg.TrustedProxies) != 2 {
+	if cfg := ec.Config(subjects.Gateway); len(cfg.NATSMonitorURLs) != 2 || len(cfg.PatroniURLs) != 1 || len(cfg.TrustedProxies) != 2 ||
+		cfg.CertificateWarning != 30*24*time.Hour {
 		t.Fatalf("settings not passed on: %v %v %v", cfg.NATSMonitorURLs, cfg.PatroniURLs, cfg.TrustedProxies)
 	}
 	ec.NATSMonitorURLs = []string{"nats://10.0.0.1:4222", "10.0.0.2:8222"}
 	ec.PatroniURLs = []string{"http://"}
 	ec.TrustedProxies = []string{"10.77.0.1", "haproxy.internal"}
+	ec.CertificateWarning = 10 * time.Minute
 	err := ec.Validate(subjects.Gateway)
 	for _, want := range []string{`FLOTILLA_NATS_MONITOR_URLS: "nats://10.0.0.1:4222"`, `FLOTILLA_NATS_MONITOR_URLS: "10.0.0.2:8222"`, `FLOTILLA_PATRONI_URLS: "http://"`,
-		`FLOTILLA_TRUSTED_PROXIES: "haproxy.internal"`} {
+		`FLOTILLA_TRUSTED_PROXIES: "haproxy.internal"`, "FLOTILLA_CERTIFICATE_WARNING: 10m0s must be between 1h and 8760h"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v does not name %s", err, want)
 		}

@@ -90,6 +90,10 @@ type Settings struct {
 	// for the per-address login limit and the audit records (empty: none;
 	// checked at start, gateway.ParseProxies).
 	TrustedProxies []string `json:"trustedProxies,omitempty"`
+	// CertificateWarning is how long before a node certificate ends the
+	// fleet overview names its instance, a Go duration ("720h"; empty: 14
+	// days).
+	CertificateWarning string `json:"certificateWarning,omitempty"`
 }
 
 // KMSSettings choose what wraps the secrets' data keys.

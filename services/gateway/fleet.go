@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"flotilla.dev/flotilla/api/endpoints"
@@ -29,7 +30,7 @@ func (s systemServer) GetOverview(_ context.Context, _ *systemv1.GetOverviewRequ
 	}
 	out := &systemv1.Overview{States: make(map[string]int64, len(snap.States)), Instances: int64(snap.Instances),
 		AgentsExpected: int64(snap.AgentsExpected), AgentsConnected: int64(snap.AgentsConnected),
-		Sequence: snap.Sequence, Time: timestamppb.Now()}
+		Sequence: snap.Sequence, Time: timestamppb.Now(), CertificateWarning: durationpb.New(snap.CertificateWarning)}
 	for st, n := range snap.States {
 		out.States[st] = int64(n)
 	}

@@ -13,7 +13,7 @@ import (
 // would be short.
 func TestTheOverviewIsUnavailableUntilBuilt(t *testing.T) {
 	t.Parallel()
-	s := systemServer{g: &Gateway{overview: overview.New()}}
+	s := systemServer{g: &Gateway{overview: overview.New(0)}}
 	if ov, err := s.GetOverview(t.Context(), &systemv1.GetOverviewRequest{}); !apierr.Is(err, apierr.KindUnavailable) {
 		t.Fatalf("before it is built: %v, %v; want unavailable", ov, err)
 	}

@@ -62,6 +62,9 @@ type Deps struct {
 	// AgentBinary is the flotilla-agent of this version, served to new
 	// cloud VMs at AgentDownloadPath ("": none).
 	AgentBinary string
+	// CertificateWarning is how long before a node certificate ends the
+	// fleet overview names its instance (0: 14 days).
+	CertificateWarning time.Duration
 	// GRPCListener serves the gRPC API; nil disables it.
 	GRPCListener net.Listener
 	// RequestTimeout bounds each call to a backing service (default 15s).
@@ -181,7 +184,7 @@ func New(ctx context.Context, d Deps) (*Gateway, error) {
 	g.instances = newInstanceCache(readTTL, time.Now)
 	g.status = newFreshCache[*systemv1.Status](statusFresh)
 	g.cluster = newFreshCache[*systemv1.Cluster](clusterFresh)
-	g.overview = overview.New()
+	g.overview = overview.New(d.CertificateWarning)
 	fleet.Store(g.overview)
 	g.web = &http.Client{Timeout: clusterCheckTimeout}
 	g.bus = rpc.NewClient(d.NATS, subjects.Gateway, g.requestTimeout)

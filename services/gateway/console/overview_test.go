@@ -104,6 +104,11 @@ func TestTheOverviewPageNamesCertificatesEndingSoon(t *testing.T) {
 			t.Errorf("the overview page lacks %q:\n%s", want, p.body)
 		}
 	}
+	// The gateway's window (FLOTILLA_CERTIFICATE_WARNING) heads the section.
+	wide := strings.Replace(ov, `"instances"`, `"certificateWarning":"2592000s","instances"`, 1)
+	if p := withOverview(t, e, http.StatusOK, wide).get("/"); !strings.Contains(p.body, "Certificates ending within 30 days <small>(1)</small>") {
+		t.Errorf("the overview page with a 30-day window:\n%s", p.body)
+	}
 	p = withOverview(t, e, http.StatusOK, `{"instances":"2","states":{"running":"2"}}`).get("/").must(t, http.StatusOK, "overview")
 	if strings.Contains(p.body, "certificates-ending") {
 		t.Errorf("the overview page has a certificates section without certificates:\n%s", p.body)

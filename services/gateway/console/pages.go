@@ -108,6 +108,8 @@ type overviewData struct {
 	// the first of CertificatesCount.
 	Certificates      []*systemv1.CertificateEnding
 	CertificatesCount int64
+	// CertificateWindow is how far ahead the overview looks ("14 days").
+	CertificateWindow string
 	// Building: the gateway is still building the fleet overview (it just
 	// started); the counts are not shown.
 	Building bool
@@ -136,6 +138,7 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, s *session) {
 	d.Failures, d.FailedCount = ov.GetFailures(), ov.GetStates()[string(vocab.StateFailed)]
 	d.MoreFailures = d.FailedCount > int64(len(d.Failures))
 	d.Certificates, d.CertificatesCount = ov.GetCertificatesEnding(), ov.GetCertificatesEndingCount()
+	d.CertificateWindow = window(ov.GetCertificateWarning().AsDuration())
 	for _, st := range vocab.States {
 		if st != vocab.StateDeleted {
 			d.States = append(d.States, stateCount{State: string(st), N: ov.GetStates()[string(st)]})
@@ -695,4 +698,18 @@ func (c *Console) caCertificate(w http.ResponseWriter, r *http.Request, s *sessi
 	w.Header().Set("Content-Type", "application/x-pem-file")
 	w.Header().Set("Content-Disposition", `attachment; filename="flotilla-ca.pem"`)
 	_, _ = w.Write([]byte(ca.GetCertificatePem()))
+}
+
+// window says a duration in days when it is whole days ("14 days"), else
+// as Go does ("36h0m0s"); "14 days" for none (an older gateway's answer).
+func window(d time.Duration) string {
+	switch {
+	case d <= 0:
+		return "14 days"
+	case d == 24*time.Hour:
+		return "1 day"
+	case d%(24*time.Hour) == 0:
+		return fmt.Sprintf("%d days", d/(24*time.Hour))
+	}
+	return d.String()
 }

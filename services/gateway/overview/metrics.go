@@ -16,7 +16,7 @@ var (
 	agentVersionsDesc = prometheus.NewDesc("flotilla_fleet_agent_versions",
 		"Connected agents by the version they report (a version with none is left out): more than one, or one that is not the managers', means agents to upgrade.", []string{"version"}, nil)
 	certificatesEndingDesc = prometheus.NewDesc("flotilla_fleet_certificates_ending",
-		"Instances with a VM whose node certificate ends within 14 days, or has ended.", nil, nil)
+		"Instances with a VM whose node certificate ends within the overview's window (FLOTILLA_CERTIFICATE_WARNING, 14 days by default), or has ended.", nil, nil)
 )
 
 // collector reports the fleet as an overview sees it at each scrape.

@@ -22,7 +22,7 @@ import (
 func TestTheFleetIsReportedAsMetrics(t *testing.T) {
 	t.Parallel()
 	js := eventsStream(t)
-	o := overview.New()
+	o := overview.New(0)
 	if n := testutil.CollectAndCount(overview.Collector(func() *overview.Overview { return nil })); n != 0 {
 		t.Fatalf("without an overview: %d metrics", n)
 	}
@@ -50,7 +50,7 @@ flotilla_fleet_agents_connected 1
 # HELP flotilla_fleet_agents_expected Instances with a VM, whose agent should be connected.
 # TYPE flotilla_fleet_agents_expected gauge
 flotilla_fleet_agents_expected 2
-# HELP flotilla_fleet_certificates_ending Instances with a VM whose node certificate ends within 14 days, or has ended.
+# HELP flotilla_fleet_certificates_ending Instances with a VM whose node certificate ends within the overview's window (FLOTILLA_CERTIFICATE_WARNING, 14 days by default), or has ended.
 # TYPE flotilla_fleet_certificates_ending gauge
 flotilla_fleet_certificates_ending 1
 # HELP flotilla_fleet_instances Instances by state, as the gateway's fleet overview counts them (every state, 0 included).

@@ -32,11 +32,12 @@ import (
 // (failed ones, certificates ending soon); its counts count them all.
 const MaxNamed = 20
 
-// CertificateWarning is how long before a node certificate ends a
-// Snapshot names its instance: a custom certificate the operator must
-// replace by then, or the fleet CA's or an ACME one whose renewals (at two
-// thirds of its lifetime) have kept failing.
-const CertificateWarning = 14 * 24 * time.Hour
+// DefaultCertificateWarning is how long before a node certificate ends a
+// Snapshot names its instance, unless New is given another: a custom
+// certificate the operator must replace by then, or the fleet CA's or an
+// ACME one whose renewals (at two thirds of its lifetime) have kept
+// failing.
+const DefaultCertificateWarning = 14 * 24 * time.Hour
 
 // ErrNotReady says the overview has not yet replayed the events stored
 // when it started, or not yet listed the instances: its counts would be
@@ -63,6 +64,8 @@ type Overview struct {
 	// instances listed. Ready when both.
 	replayed, listed bool
 	ready            chan struct{}
+	// warning is how long before a node certificate ends it is named.
+	warning time.Duration
 }
 
 // instance is what the overview keeps of one.
@@ -103,14 +106,20 @@ type Snapshot struct {
 	// first, at most MaxNamed; CertificatesEndingCount counts them all.
 	CertificatesEnding      []CertificateEnding
 	CertificatesEndingCount int
+	// CertificateWarning is the overview's window (New).
+	CertificateWarning time.Duration
 	// Sequence is the stream sequence of the last event applied.
 	Sequence uint64
 }
 
-// New returns an empty overview, not ready.
-func New() *Overview {
+// New returns an empty overview, not ready, that names the instances
+// whose node certificate ends within warning (0: DefaultCertificateWarning).
+func New(warning time.Duration) *Overview {
+	if warning <= 0 {
+		warning = DefaultCertificateWarning
+	}
 	return &Overview{inst: map[string]instance{}, counts: map[string]int{}, versions: map[string]int{}, failed: map[string]bool{},
-		evented: map[string]bool{}, ready: make(chan struct{})}
+		evented: map[string]bool{}, ready: make(chan struct{}), warning: warning}
 }
 
 // Ready is closed once the overview is ready: every event stored when
@@ -125,14 +134,14 @@ func (o *Overview) Snapshot() (Snapshot, error) {
 		return Snapshot{}, ErrNotReady
 	}
 	s := Snapshot{States: maps.Clone(o.counts), Instances: len(o.inst), AgentsExpected: o.expected,
-		AgentsConnected: o.connected, AgentVersions: maps.Clone(o.versions), Sequence: o.seq}
+		AgentsConnected: o.connected, AgentVersions: maps.Clone(o.versions), Sequence: o.seq, CertificateWarning: o.warning}
 	for id := range o.failed {
 		in := o.inst[id]
 		s.Failures = append(s.Failures, Failure{ID: id, Name: in.name, Detail: in.detail})
 	}
 	slices.SortFunc(s.Failures, func(a, b Failure) int { return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID)) })
 	s.Failures = s.Failures[:min(len(s.Failures), MaxNamed)]
-	soon := time.Now().Add(CertificateWarning)
+	soon := time.Now().Add(o.warning)
 	for id, in := range o.inst {
 		if in.vm && !in.certEnd.IsZero() && in.certEnd.Before(soon) {
 			s.CertificatesEnding = append(s.CertificatesEnding, CertificateEnding{ID: id, Name: in.name, NotAfter: in.certEnd})

@@ -148,7 +148,7 @@ func TestTheOverviewCountsInstancesByStateFromTheirEvents(t *testing.T) {
 			StateDetail: "setup exited with 2", Agent: &inventoryv1.AgentStatus{Status: string(vocab.AgentDisconnected)}}),
 		instanceEvent(t, "c", vocab.VerbDeleted, vocab.StateDeleted),
 	})
-	o := overview.New()
+	o := overview.New(0)
 	keep(t, o, js, listing())
 	<-o.Ready()
 	s, err := o.Snapshot()
@@ -157,7 +157,8 @@ func TestTheOverviewCountsInstancesByStateFromTheirEvents(t *testing.T) {
 	}
 	want := overview.Snapshot{States: map[string]int{string(vocab.StateRunning): 1, string(vocab.StateFailed): 1}, Instances: 2,
 		AgentsExpected: 2, AgentsConnected: 1, AgentVersions: map[string]int{"0.0.9": 1},
-		Failures: []overview.Failure{{ID: "b", Name: "beta", Detail: "setup exited with 2"}}, Sequence: 9}
+		Failures: []overview.Failure{{ID: "b", Name: "beta", Detail: "setup exited with 2"}}, Sequence: 9,
+		CertificateWarning: overview.DefaultCertificateWarning}
 	if !reflect.DeepEqual(s, want) {
 		t.Fatalf("after the replay: %+v, want %+v", s, want)
 	}
@@ -187,8 +188,9 @@ func TestTheOverviewCountsInstancesByStateFromTheirEvents(t *testing.T) {
 }
 
 // TestTheOverviewNamesCertificatesEndingSoon: instances with a VM whose
-// node certificate ends within 14 days, or has ended, are named soonest
-// first; one ending later, one without a VM and one without HTTPS are not.
+// node certificate ends within 14 days (the default window), or has
+// ended, are named soonest first; one ending later, one without a VM and
+// one without HTTPS are not. A wider window names more.
 // A renewal the agent reports takes its instance off.
 func TestTheOverviewNamesCertificatesEndingSoon(t *testing.T) {
 	t.Parallel()
@@ -212,7 +214,7 @@ func TestTheOverviewNamesCertificatesEndingSoon(t *testing.T) {
 		event(t, vocab.VerbUpdated, running("novm", time.Hour, false)),
 		event(t, vocab.VerbRunning, running("plain", 0, true)),
 	})
-	o := overview.New()
+	o := overview.New(0)
 	keep(t, o, js, listing())
 	<-o.Ready()
 	s, err := o.Snapshot()
@@ -222,6 +224,14 @@ func TestTheOverviewNamesCertificatesEndingSoon(t *testing.T) {
 	want := []overview.CertificateEnding{{ID: "ended", Name: "i-ended", NotAfter: now.Add(-time.Hour)}, {ID: "soon", Name: "i-soon", NotAfter: now.Add(3 * 24 * time.Hour)}}
 	if !reflect.DeepEqual(s.CertificatesEnding, want) || s.CertificatesEndingCount != 2 {
 		t.Fatalf("certificates ending: %+v (%d); want %+v", s.CertificatesEnding, s.CertificatesEndingCount, want)
+	}
+	// Another window (FLOTILLA_CERTIFICATE_WARNING): 61 days names the
+	// one ending in 60 too.
+	wide := overview.New(61 * 24 * time.Hour)
+	keep(t, wide, js, listing())
+	<-wide.Ready()
+	if s, err := wide.Snapshot(); err != nil || s.CertificatesEndingCount != 3 || s.CertificateWarning != 61*24*time.Hour {
+		t.Fatalf("a 61-day window: %+v %v; want 3 named", s, err)
 	}
 	publish(t, js, []bus.Message{event(t, vocab.VerbUpdated, running("ended", 90*24*time.Hour, true))})
 	waitFor(t, o, "the renewal", func(s overview.Snapshot) bool {
@@ -255,7 +265,7 @@ func TestTheOverviewFillsInInstancesWithoutEventsFromAListing(t *testing.T) {
 			&inventoryv1.Instance{Id: "gone", Name: "gone", State: string(vocab.StateDeprovisioning)},     // read before it was deleted
 		)(ctx, each)
 	}
-	o := overview.New()
+	o := overview.New(0)
 	keep(t, o, js, list)
 	time.Sleep(1500 * time.Millisecond) // the replay is done, the listing retried and waiting
 	if _, err := o.Snapshot(); !errors.Is(err, overview.ErrNotReady) {
@@ -283,7 +293,7 @@ func TestTheOverviewWaitsForTheEventsStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := overview.New()
+	o := overview.New(0)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	var errs []error
@@ -366,7 +376,7 @@ func BenchmarkReplayOverview(b *testing.B) {
 	b.ResetTimer()
 	start := time.Now()
 	for range b.N {
-		o := overview.New()
+		o := overview.New(0)
 		ctx, cancel := context.WithCancel(b.Context())
 		go o.Keep(ctx, js, listing(), func(err error) { b.Error(err) })
 		<-o.Ready()

@@ -245,9 +245,9 @@ type Overview struct {
 	// The stream sequence of the last instance event counted.
 	Sequence uint64                 `protobuf:"varint,6,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	Time     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time,proto3" json:"time,omitempty"`
-	// Instances with a VM whose node certificate ends within 14 days, or has
-	// ended, soonest first, at most 20: the operator's custom certificates to
-	// replace, or renewals that keep failing.
+	// Instances with a VM whose node certificate ends within
+	// certificate_warning, or has ended, soonest first, at most 20: the
+	// operator's custom certificates to replace, or renewals that keep failing.
 	CertificatesEnding []*CertificateEnding `protobuf:"bytes,8,rep,name=certificates_ending,json=certificatesEnding,proto3" json:"certificates_ending,omitempty"`
 	// How many instances that is in all.
 	CertificatesEndingCount int64 `protobuf:"varint,9,opt,name=certificates_ending_count,json=certificatesEndingCount,proto3" json:"certificates_ending_count,omitempty"`
@@ -255,8 +255,12 @@ type Overview struct {
 	// an upgrade of the managers, those at another version are to be upgraded
 	// (POST /api/v1/instances/{id}:upgrade-agent).
 	AgentVersions map[string]int64 `protobuf:"bytes,10,rep,name=agent_versions,json=agentVersions,proto3" json:"agent_versions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// How long before a node certificate ends its instance is named among
+	// certificates_ending (the gateway's FLOTILLA_CERTIFICATE_WARNING, 14 days
+	// by default).
+	CertificateWarning *durationpb.Duration `protobuf:"bytes,11,opt,name=certificate_warning,json=certificateWarning,proto3" json:"certificate_warning,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Overview) Reset() {
@@ -355,6 +359,13 @@ func (x *Overview) GetCertificatesEndingCount() int64 {
 func (x *Overview) GetAgentVersions() map[string]int64 {
 	if x != nil {
 		return x.AgentVersions
+	}
+	return nil
+}
+
+func (x *Overview) GetCertificateWarning() *durationpb.Duration {
+	if x != nil {
+		return x.CertificateWarning
 	}
 	return nil
 }
@@ -1293,7 +1304,7 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\"\x14\n" +
-	"\x12GetOverviewRequest\"\xb3\x05\n" +
+	"\x12GetOverviewRequest\"\xff\x05\n" +
 	"\bOverview\x12@\n" +
 	"\x06states\x18\x01 \x03(\v2(.flotilla.system.v1.Overview.StatesEntryR\x06states\x12\x1c\n" +
 	"\tinstances\x18\x02 \x01(\x03R\tinstances\x12'\n" +
@@ -1305,7 +1316,8 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\x13certificates_ending\x18\b \x03(\v2%.flotilla.system.v1.CertificateEndingR\x12certificatesEnding\x12:\n" +
 	"\x19certificates_ending_count\x18\t \x01(\x03R\x17certificatesEndingCount\x12V\n" +
 	"\x0eagent_versions\x18\n" +
-	" \x03(\v2/.flotilla.system.v1.Overview.AgentVersionsEntryR\ragentVersions\x1a9\n" +
+	" \x03(\v2/.flotilla.system.v1.Overview.AgentVersionsEntryR\ragentVersions\x12J\n" +
+	"\x13certificate_warning\x18\v \x01(\v2\x19.google.protobuf.DurationR\x12certificateWarning\x1a9\n" +
 	"\vStatesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\x1a@\n" +
@@ -1439,30 +1451,31 @@ var file_flotilla_system_v1_system_proto_depIdxs = []int32{
 	20, // 4: flotilla.system.v1.Overview.time:type_name -> google.protobuf.Timestamp
 	5,  // 5: flotilla.system.v1.Overview.certificates_ending:type_name -> flotilla.system.v1.CertificateEnding
 	19, // 6: flotilla.system.v1.Overview.agent_versions:type_name -> flotilla.system.v1.Overview.AgentVersionsEntry
-	20, // 7: flotilla.system.v1.CertificateEnding.not_after:type_name -> google.protobuf.Timestamp
-	13, // 8: flotilla.system.v1.RemoveManagersResponse.removed:type_name -> flotilla.system.v1.Manager
-	20, // 9: flotilla.system.v1.Cluster.time:type_name -> google.protobuf.Timestamp
-	13, // 10: flotilla.system.v1.Cluster.managers:type_name -> flotilla.system.v1.Manager
-	14, // 11: flotilla.system.v1.Cluster.brokers:type_name -> flotilla.system.v1.Broker
-	15, // 12: flotilla.system.v1.Cluster.streams:type_name -> flotilla.system.v1.StreamReplication
-	17, // 13: flotilla.system.v1.Cluster.databases:type_name -> flotilla.system.v1.Database
-	20, // 14: flotilla.system.v1.Manager.start_time:type_name -> google.protobuf.Timestamp
-	20, // 15: flotilla.system.v1.Manager.last_seen_time:type_name -> google.protobuf.Timestamp
-	16, // 16: flotilla.system.v1.StreamReplication.replicas:type_name -> flotilla.system.v1.StreamReplica
-	21, // 17: flotilla.system.v1.StreamReplica.active:type_name -> google.protobuf.Duration
-	0,  // 18: flotilla.system.v1.SystemService.GetStatus:input_type -> flotilla.system.v1.GetStatusRequest
-	9,  // 19: flotilla.system.v1.SystemService.GetCluster:input_type -> flotilla.system.v1.GetClusterRequest
-	3,  // 20: flotilla.system.v1.SystemService.GetOverview:input_type -> flotilla.system.v1.GetOverviewRequest
-	10, // 21: flotilla.system.v1.SystemService.RemoveManagers:input_type -> flotilla.system.v1.RemoveManagersRequest
-	1,  // 22: flotilla.system.v1.SystemService.GetStatus:output_type -> flotilla.system.v1.Status
-	12, // 23: flotilla.system.v1.SystemService.GetCluster:output_type -> flotilla.system.v1.Cluster
-	4,  // 24: flotilla.system.v1.SystemService.GetOverview:output_type -> flotilla.system.v1.Overview
-	11, // 25: flotilla.system.v1.SystemService.RemoveManagers:output_type -> flotilla.system.v1.RemoveManagersResponse
-	22, // [22:26] is the sub-list for method output_type
-	18, // [18:22] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	21, // 7: flotilla.system.v1.Overview.certificate_warning:type_name -> google.protobuf.Duration
+	20, // 8: flotilla.system.v1.CertificateEnding.not_after:type_name -> google.protobuf.Timestamp
+	13, // 9: flotilla.system.v1.RemoveManagersResponse.removed:type_name -> flotilla.system.v1.Manager
+	20, // 10: flotilla.system.v1.Cluster.time:type_name -> google.protobuf.Timestamp
+	13, // 11: flotilla.system.v1.Cluster.managers:type_name -> flotilla.system.v1.Manager
+	14, // 12: flotilla.system.v1.Cluster.brokers:type_name -> flotilla.system.v1.Broker
+	15, // 13: flotilla.system.v1.Cluster.streams:type_name -> flotilla.system.v1.StreamReplication
+	17, // 14: flotilla.system.v1.Cluster.databases:type_name -> flotilla.system.v1.Database
+	20, // 15: flotilla.system.v1.Manager.start_time:type_name -> google.protobuf.Timestamp
+	20, // 16: flotilla.system.v1.Manager.last_seen_time:type_name -> google.protobuf.Timestamp
+	16, // 17: flotilla.system.v1.StreamReplication.replicas:type_name -> flotilla.system.v1.StreamReplica
+	21, // 18: flotilla.system.v1.StreamReplica.active:type_name -> google.protobuf.Duration
+	0,  // 19: flotilla.system.v1.SystemService.GetStatus:input_type -> flotilla.system.v1.GetStatusRequest
+	9,  // 20: flotilla.system.v1.SystemService.GetCluster:input_type -> flotilla.system.v1.GetClusterRequest
+	3,  // 21: flotilla.system.v1.SystemService.GetOverview:input_type -> flotilla.system.v1.GetOverviewRequest
+	10, // 22: flotilla.system.v1.SystemService.RemoveManagers:input_type -> flotilla.system.v1.RemoveManagersRequest
+	1,  // 23: flotilla.system.v1.SystemService.GetStatus:output_type -> flotilla.system.v1.Status
+	12, // 24: flotilla.system.v1.SystemService.GetCluster:output_type -> flotilla.system.v1.Cluster
+	4,  // 25: flotilla.system.v1.SystemService.GetOverview:output_type -> flotilla.system.v1.Overview
+	11, // 26: flotilla.system.v1.SystemService.RemoveManagers:output_type -> flotilla.system.v1.RemoveManagersResponse
+	23, // [23:27] is the sub-list for method output_type
+	19, // [19:23] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_system_v1_system_proto_init() }
