@@ -30,7 +30,7 @@ func (s *Service) upgradeAgent(ctx context.Context, actor vocab.Actor, r *invent
 		return nil, err
 	}
 	if s.d.Version == "" || s.d.AgentSHA256 == "" {
-		return nil, apierr.Unavailable("this manager has no agent binary to upgrade agents to (flotilla-agent beside flotilla, or FLOTILLA_AGENT_BINARY)")
+		return nil, apierr.Unsupported("", "this manager has no agent binary to upgrade agents to: put the release's flotilla-agent beside its executable")
 	}
 	if state := vocab.State(in.GetState()); (state != vocab.StateRunning && state != vocab.StateFailed) || in.GetVmId() == "" {
 		return nil, apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: an agent is upgraded on a VM that runs or has failed, not while the instance changes or has no VM",
