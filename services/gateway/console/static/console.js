@@ -311,7 +311,7 @@
     });
     // The agent's upgrade is offered until it runs the manager's version.
     var up = $("#upgrade-agent", root);
-    if (up && path(inst, "agent.version") === up.getAttribute("data-version")) up.hidden = true;
+    if (up && path(inst, "agent.version") === up.getAttribute("data-version")) { up.hidden = true; }
     var link = $('[data-bind="url"]', root), none = $('[data-bind="url-none"]', root);
     var u = safeURL(path(inst, "addresses.url") || "");
     if (link) {
