@@ -14,10 +14,8 @@ import (
 
 	"flotilla.dev/flotilla/api/endpoints"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
-	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/internal/stack"
-	"flotilla.dev/flotilla/internal/stack/stacktest"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/filecopy"
 	"flotilla.dev/flotilla/libs/rpc"
@@ -51,41 +49,11 @@ func TestAgentsUpgradeThemselvesToTheManagersVersion(t *testing.T) {
 		t.Fatalf("build the old agent: %v\n%s", err, out)
 	}
 	port := testkit.FreePort(t)
-	bus := testkit.SecureNATS(t)
-	root := localRoot(t)
-	stacktest.Start(t, stacktest.OnBus(stack.Config{
-		LocalRoot: root, AgentCommand: []string{old, "--heartbeat-interval", "1s"},
-		Version: "0.1.0-dev", AgentBinary: newAgent,
+	lab := newLocalLab(t, stack.Config{
+		AgentCommand: []string{old, "--heartbeat-interval", "1s"}, Version: "0.1.0-dev", AgentBinary: newAgent,
 		HTTPAddr: "127.0.0.1:" + strconv.Itoa(port), PublicURL: "http://127.0.0.1:" + strconv.Itoa(port),
-	}, bus))
-	ctx := t.Context()
-	gateway := rpc.NewClient(bus.Conn(t, subjects.Gateway), subjects.Gateway, 30*time.Second)
-	admin := rpc.As(vocab.User("admin"))
-	n, err := rpc.Call(ctx, gateway, endpoints.NetworkCreate, &inventoryv1.CreateNetworkRequest{Network: &inventoryv1.Network{
-		Name: "lab", Provider: "local", HttpsStrategy: "none"}}, admin)
-	must(t, err)
-	tpl, err := rpc.Call(ctx, gateway, endpoints.TemplateCreate, &inventoryv1.CreateTemplateRequest{Template: &inventoryv1.Template{
-		Name: "small", Provider: "local", DataDiskGb: 1}}, admin)
-	must(t, err)
-	get := func(id string) *inventoryv1.Instance {
-		in, err := rpc.Call(ctx, gateway, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id}, admin)
-		must(t, err)
-		return in
-	}
-	until := func(id, what string, ok func(*inventoryv1.Instance) bool) *inventoryv1.Instance {
-		t.Helper()
-		deadline := time.Now().Add(90 * time.Second)
-		for {
-			in := get(id)
-			if ok(in) {
-				return in
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s is %s (%s), agent %v: never %s", in.GetName(), in.GetState(), in.GetStateDetail(), in.GetAgent(), what)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
+	})
+	ctx, root := t.Context(), lab.root
 	connectedAt := func(version string) func(*inventoryv1.Instance) bool {
 		return func(in *inventoryv1.Instance) bool {
 			return vocab.State(in.GetState()) == vocab.StateRunning && in.GetAgent().GetVersion() == version &&
@@ -94,15 +62,12 @@ func TestAgentsUpgradeThemselvesToTheManagersVersion(t *testing.T) {
 	}
 	running := map[string]*inventoryv1.Instance{}
 	for _, name := range []string{"a", "b"} {
-		in, err := rpc.Call(ctx, gateway, endpoints.InstanceCreate, &inventoryv1.CreateInstanceRequest{Instance: &inventoryv1.Instance{
-			Name: name, Kind: "design", TemplateId: tpl.GetId(), NetworkId: n.GetId()}}, admin)
-		must(t, err)
-		_, err = rpc.Call(ctx, gateway, endpoints.LifecycleRequest, &inventoryv1.LifecycleRequest{Id: in.GetId(), Action: string(vocab.ActionProvision)}, admin)
-		must(t, err)
+		in := lab.create(name)
+		lab.act(in.GetId(), vocab.ActionProvision)
 		running[name] = in
 	}
 	for name, in := range running {
-		running[name] = until(in.GetId(), "running with the old agent", connectedAt("0.0.9-old"))
+		running[name] = lab.until(in.GetId(), "running with the old agent", connectedAt("0.0.9-old"))
 	}
 	pidOf := func(in *inventoryv1.Instance) int {
 		t.Helper()
@@ -115,9 +80,9 @@ func TestAgentsUpgradeThemselvesToTheManagersVersion(t *testing.T) {
 	upgrade := func(in *inventoryv1.Instance, want string) {
 		t.Helper()
 		pid := pidOf(in)
-		_, err := rpc.Call(ctx, gateway, endpoints.AgentUpgrade, &inventoryv1.InstanceActionRequest{Id: in.GetId()}, admin)
+		_, err := rpc.Call(ctx, lab.gateway, endpoints.AgentUpgrade, &inventoryv1.InstanceActionRequest{Id: in.GetId()}, lab.admin)
 		must(t, err)
-		now := until(in.GetId(), "connected at the manager's version", connectedAt("0.1.0-dev"))
+		now := lab.until(in.GetId(), "connected at the manager's version", connectedAt("0.1.0-dev"))
 		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil || exe != want {
 			t.Errorf("%s's agent (pid %d) runs %q (%v), want %s", in.GetName(), pid, exe, err, want)
 		}
@@ -156,15 +121,14 @@ func TestAgentsUpgradeThemselvesToTheManagersVersion(t *testing.T) {
 	upgrade(running["b"], old)
 
 	// Asked again: the agent is at the manager's version; nothing is sent.
-	again, err := rpc.Call(ctx, gateway, endpoints.AgentUpgrade, &inventoryv1.InstanceActionRequest{Id: a.GetId()}, admin)
+	again, err := rpc.Call(ctx, lab.gateway, endpoints.AgentUpgrade, &inventoryv1.InstanceActionRequest{Id: a.GetId()}, lab.admin)
 	must(t, err)
 	if again.GetAgent().GetVersion() != "0.1.0-dev" {
 		t.Errorf("asked again: %v", again.GetAgent())
 	}
-	_, err = rpc.Call(ctx, gateway, endpoints.LifecycleRequest, &inventoryv1.LifecycleRequest{Id: a.GetId(), Action: string(vocab.ActionDeprovision)}, admin)
-	must(t, err)
-	until(a.GetId(), "deprovisioned", func(in *inventoryv1.Instance) bool { return vocab.State(in.GetState()) == vocab.StateDeprovisioned })
-	_, err = rpc.Call(ctx, gateway, endpoints.AgentUpgrade, &inventoryv1.InstanceActionRequest{Id: a.GetId()}, admin)
+	lab.act(a.GetId(), vocab.ActionDeprovision)
+	lab.until(a.GetId(), "deprovisioned", inState(vocab.StateDeprovisioned))
+	_, err = rpc.Call(ctx, lab.gateway, endpoints.AgentUpgrade, &inventoryv1.InstanceActionRequest{Id: a.GetId()}, lab.admin)
 	if !apierr.Is(err, apierr.KindConflict) || !strings.Contains(err.Error(), "is deprovisioned") {
 		t.Errorf("the upgrade of a deprovisioned instance's agent: %v", err)
 	}
