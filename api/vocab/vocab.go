@@ -438,6 +438,17 @@ func (r Role) Lesser(o Role) Role {
 	return r
 }
 
+// Failure is the stateDetail of a failed instance: the step that failed
+// and why ("running-setup: setupActions[1]: script exited with code 3").
+func Failure(step Step, reason string) string { return string(step) + ": " + reason }
+
+// SplitFailure splits a failed instance's stateDetail (Failure) into its
+// step and reason; ok is false when it names no step.
+func SplitFailure(detail string) (step Step, reason string, ok bool) {
+	s, reason, ok := strings.Cut(detail, ": ")
+	return Step(s), reason, ok
+}
+
 // Left is what a forced delete left in the cloud: a resource ("vm i-0ab",
 // "disk vol-1"), the step that could not destroy it, and why.
 type Left struct {

@@ -108,3 +108,17 @@ func TestWhatAForcedDeleteLeftReadsBack(t *testing.T) {
 		}
 	}
 }
+
+// TestAFailureReadsBack: a failed instance's stateDetail splits into the
+// step and the reason it was made of, the reason keeping its own colons;
+// a detail without a step says so.
+func TestAFailureReadsBack(t *testing.T) {
+	t.Parallel()
+	detail := vocab.Failure(vocab.StepRunningSetup, "setupActions[1]: script exited with code 3")
+	if step, reason, ok := vocab.SplitFailure(detail); !ok || step != vocab.StepRunningSetup || reason != "setupActions[1]: script exited with code 3" {
+		t.Errorf("SplitFailure(%q) = %q, %q, %v", detail, step, reason, ok)
+	}
+	if _, _, ok := vocab.SplitFailure("broken"); ok {
+		t.Error("a detail without a step split")
+	}
+}

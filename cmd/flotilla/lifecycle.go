@@ -375,11 +375,11 @@ func desiredOf(a vocab.Action) vocab.Desired {
 // splitFailure splits a failed instance's detail ("running-setup: setupActions[1]: script
 // exited 1") into its step and reason.
 func splitFailure(detail string) (vocab.Step, string) {
-	step, reason, ok := strings.Cut(detail, ": ")
+	step, reason, ok := vocab.SplitFailure(detail)
 	if !ok {
 		return "unknown step", detail
 	}
-	return vocab.Step(step), reason
+	return step, reason
 }
 
 // at records that the instance is at step.

@@ -119,6 +119,7 @@ func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
 		t.Errorf("upgrade-agent of an agent at the manager's version: %q", out)
 	}
 	c.fails("", []string{"name instances, or give --all"}, "instances", "upgrade-agent")
+	c.fails("", []string{"--parallel: 0 is not a number of agents: at least 1"}, "instances", "upgrade-agent", "--all", "--parallel", "0")
 	// One refused does not stop the others; the exit names it.
 	c.ok("instances", "deprovision", "web-2", "--wait")
 	out, errOut = c.fails("", []string{`upgrade-agent web-2: instance "web-2" is deprovisioned`, "the agents of web-2 were not upgraded"},

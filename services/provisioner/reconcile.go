@@ -29,7 +29,7 @@ type stepError struct {
 	err  error
 }
 
-func (e *stepError) Error() string { return string(e.step) + ": " + e.err.Error() }
+func (e *stepError) Error() string { return vocab.Failure(e.step, e.err.Error()) }
 func (e *stepError) Unwrap() error { return e.err }
 
 func fail(step vocab.Step, err error) error { return &stepError{step: step, err: err} }

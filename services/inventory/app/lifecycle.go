@@ -345,7 +345,7 @@ func (a *App) observeRow(ctx context.Context, tx pgx.Tx, ev *agentv1.AgentEvent,
 		if vocab.State(in.GetState()) == vocab.StateProvisioning {
 			switch vocab.Progress(p.GetStatus()) {
 			case vocab.ProgressFailed:
-				in.State, in.StateDetail = string(vocab.StateFailed), fmt.Sprintf("%s: %s", p.GetStep(), p.GetMessage())
+				in.State, in.StateDetail = string(vocab.StateFailed), vocab.Failure(vocab.Step(p.GetStep()), p.GetMessage())
 			case vocab.ProgressStarted:
 				in.StateDetail = p.GetStep()
 			}

@@ -1,8 +1,6 @@
 package domain
 
 import (
-	"strings"
-
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
@@ -51,7 +49,7 @@ func Transition(in interface {
 			// the cloud refused), the instance had released the VM's agent
 			// first: that VM serves it no more, and is replaced.
 			return &Next{Desired: vocab.DesiredProvisioned, State: vocab.StateProvisioning, Detail: vocab.StepQueued,
-				Reprovision: in.GetVmId() != "" && FailedAt(in.GetStateDetail()) == vocab.StepStoppingVM}, nil
+				Reprovision: in.GetVmId() != "" && failedAt(in.GetStateDetail()) == vocab.StepStoppingVM}, nil
 		case vocab.StateCreated, vocab.StateDeprovisioned:
 			return &Next{Desired: vocab.DesiredProvisioned, State: vocab.StateProvisioning, Detail: vocab.StepQueued}, nil
 		}
@@ -105,12 +103,12 @@ func ForceDelete(in *inventoryv1.Instance) (*Next, error) {
 	return next, err
 }
 
-// FailedAt is the step a failed instance's stateDetail names
+// failedAt is the step a failed instance's stateDetail names
 // ("stopping-vm: the cloud refused …"), or "" when it names none.
-func FailedAt(detail string) vocab.Step {
-	step, _, ok := strings.Cut(detail, ": ")
+func failedAt(detail string) vocab.Step {
+	step, _, ok := vocab.SplitFailure(detail)
 	if !ok {
 		return ""
 	}
-	return vocab.Step(step)
+	return step
 }
