@@ -15,6 +15,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"flotilla.dev/flotilla/agent"
 	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/libs/testkit"
 )
@@ -252,6 +253,8 @@ func TestConsoleInBrowser(t *testing.T) {
 	// The live feed replays the newest events on top of the rendered page,
 	// oldest first: the badge settles on the newest state.
 	b.waitFor("running in the list", "document.querySelector('tr[data-id] [data-bind=state]').textContent === 'running'", 10*time.Second)
+	// So does its agent, with the version it reported.
+	b.waitFor("the agent's version in the list", "document.querySelector('tr[data-id] [data-bind=\"agent.version\"]').textContent === '"+agent.Version+"'", 10*time.Second)
 	b.shot("instances")
 	// Its template changes: the list says the instance runs an older version.
 	var login struct{ Token string }

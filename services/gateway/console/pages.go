@@ -515,7 +515,7 @@ type bulkData struct {
 
 // bulk serves POST /instances/bulk: first a confirmation naming what each
 // instance loses, then (confirm=yes) the action on each, reported in one
-// message.
+// message. The action upgrade-agent is upgradeAgents'.
 func (c *Console) bulk(w http.ResponseWriter, r *http.Request, s *session) {
 	if err := r.ParseForm(); err != nil {
 		c.fail(w, r, s, err)
@@ -523,7 +523,7 @@ func (c *Console) bulk(w http.ResponseWriter, r *http.Request, s *session) {
 	}
 	action := vocab.Action(r.PostFormValue("action"))
 	ids := r.PostForm["id"]
-	if !action.Valid() || len(ids) == 0 {
+	if (!action.Valid() && action != actionUpgradeAgent) || len(ids) == 0 {
 		redirect(w, r, "/instances", "Choose an action and at least one instance.")
 		return
 	}
@@ -535,6 +535,10 @@ func (c *Console) bulk(w http.ResponseWriter, r *http.Request, s *session) {
 			return
 		}
 		ins = append(ins, in)
+	}
+	if action == actionUpgradeAgent {
+		c.upgradeAgents(w, r, s, ins)
+		return
 	}
 	if r.PostFormValue("confirm") != "yes" {
 		d := bulkData{Action: consequences(&inventoryv1.Instance{}, action, nil), Instances: ins}

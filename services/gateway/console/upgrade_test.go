@@ -1,6 +1,7 @@
 package console_test
 
 import (
+	"html"
 	"net/http"
 	"net/url"
 	"os/exec"
@@ -13,12 +14,15 @@ import (
 	"flotilla.dev/flotilla/libs/testkit"
 )
 
-// TestTheInstancePageUpgradesAnAgentBehindTheManager: a running instance
-// whose agent is at another version than the manager's (0.1.0-dev against
-// 0.0.0-test) shows a button that upgrades it; the agent downloads the
-// manager's binary, comes back at its version, and the button is gone.
-// The overview counts the agent behind until then.
-func TestTheInstancePageUpgradesAnAgentBehindTheManager(t *testing.T) {
+// TestTheConsoleUpgradesAgentsBehindTheManager: running instances whose
+// agents are at another version than the manager's (0.1.0-dev against
+// 0.0.0-test) are counted on the overview. One is upgraded from its page's
+// button, the other from the overview's link, whose page lists the agents
+// behind and no other; the instances list's bulk action says of each
+// selected instance whether its agent is asked, or why not. Each agent
+// downloads the manager's binary and comes back at its version; then the
+// buttons, the count and the list are gone.
+func TestTheConsoleUpgradesAgentsBehindTheManager(t *testing.T) {
 	t.Parallel()
 	bin := t.TempDir()
 	build := exec.Command("go", "build", "-ldflags", "-X main.version=0.0.0-test", "-o", bin+"/", "flotilla.dev/flotilla/cmd/flotilla-agent")
@@ -31,43 +35,59 @@ func TestTheInstancePageUpgradesAnAgentBehindTheManager(t *testing.T) {
 	})
 	e.login(adminUser, adminPass)
 	netID, tplID := e.networkAndTemplate()
-	created := e.post("/instances/new", url.Values{"name": {"web-1"}, "kind": {"design"}, "templateId": {tplID}, "networkId": {netID}}).
-		must(t, http.StatusSeeOther, "create web-1")
-	page := created.header.Get("Location")
-	e.post(page+"/provision", url.Values{}).must(t, http.StatusSeeOther, "provision web-1")
-	agent := func() (string, string) {
-		_, in := e.api("GET", "/api/v1"+page, nil)
+	pages := map[string]string{}
+	for _, name := range []string{"web-1", "web-2", "web-3"} {
+		created := e.post("/instances/new", url.Values{"name": {name}, "kind": {"design"}, "templateId": {tplID}, "networkId": {netID}}).
+			must(t, http.StatusSeeOther, "create "+name)
+		pages[name] = created.header.Get("Location")
+	}
+	// web-3 stays created, without a VM.
+	for _, name := range []string{"web-1", "web-2"} {
+		e.post(pages[name]+"/provision", url.Values{}).must(t, http.StatusSeeOther, "provision "+name)
+	}
+	agent := func(name string) (string, string) {
+		_, in := e.api("GET", "/api/v1"+pages[name], nil)
 		a, _ := in["agent"].(map[string]any)
 		status, _ := a["status"].(string)
 		version, _ := a["version"].(string)
 		return status + " " + version, in["state"].(string)
 	}
-	until := func(want string) {
+	until := func(name, want string) {
 		t.Helper()
 		for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-			got, state := agent()
+			got, state := agent(name)
 			if got == want && state == "running" {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("web-1 is %s, its agent %q; want running, %q", state, got, want)
+				t.Fatalf("%s is %s, its agent %q; want running, %q", name, state, got, want)
 			}
 		}
 	}
-	until("connected 0.1.0-dev")
-	overview := func(behind bool) {
+	until("web-1", "connected 0.1.0-dev")
+	until("web-2", "connected 0.1.0-dev")
+	overview := func(behind string) {
 		t.Helper()
 		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 			p := e.get("/").must(t, 200, "the overview")
-			if strings.Contains(p.body, `<span class="badge outdated">1 at another version</span> than the manager's (0.0.0-test)`) == behind {
+			shown := strings.Contains(p.body, `<span class="badge outdated">`+behind+` at another version</span> than the manager's (0.0.0-test)`) &&
+				strings.Contains(p.body, `<a href="/instances/upgrade-agents">upgrade them</a>`)
+			if shown == (behind != "") {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("the overview (want an agent behind: %v):\n%s", behind, p.body)
+				t.Fatalf("the overview (want %q agents behind):\n%s", behind, p.body)
 			}
 		}
 	}
-	overview(true)
+	overview("2")
+	if p := e.get("/instances").must(t, 200, "the instances"); !strings.Contains(p.body, `<span class="muted" data-bind="agent.version">0.1.0-dev</span>`) ||
+		!strings.Contains(p.body, `<option value="upgrade-agent">upgrade agent</option>`) {
+		t.Errorf("the instances list shows no agent versions or offers no upgrade:\n%s", p.body)
+	}
+
+	// One from its page.
+	page := pages["web-1"]
 	if p := e.get(page).must(t, 200, "web-1's page"); !strings.Contains(p.body, `action="`+page+`/upgrade-agent"`) ||
 		!strings.Contains(p.body, "Upgrade the agent to 0.0.0-test") {
 		t.Fatalf("web-1's page offers no upgrade of its 0.1.0-dev agent:\n%s", p.body)
@@ -78,9 +98,56 @@ func TestTheInstancePageUpgradesAnAgentBehindTheManager(t *testing.T) {
 	if p := e.get(page); !strings.Contains(p.body, "web-1: the agent upgrades from version 0.1.0-dev to 0.0.0-test; the node software restarts.") {
 		t.Errorf("the page after the upgrade says no more of it:\n%s", p.body)
 	}
-	until("connected 0.0.0-test")
-	overview(false)
+	until("web-1", "connected 0.0.0-test")
+	overview("1")
 	if p := e.get(page); strings.Contains(p.body, "/upgrade-agent") {
 		t.Errorf("web-1's page still offers an upgrade once its agent is at the manager's version")
+	}
+
+	// The bulk action's confirmation says of each instance what happens.
+	ids := url.Values{"action": {"upgrade-agent"}}
+	for _, name := range []string{"web-1", "web-2", "web-3"} {
+		ids.Add("id", strings.TrimPrefix(pages[name], "/instances/"))
+	}
+	p := e.post("/instances/bulk", ids).must(t, 200, "the bulk upgrade's confirmation")
+	body := html.UnescapeString(p.body)
+	for _, want := range []string{
+		"Upgrade 1 agent to 0.0.0-test?",
+		"not asked: at 0.0.0-test already",   // web-1
+		"0.1.0-dev → 0.0.0-test",             // web-2
+		"not asked: the instance is created", // web-3
+		`<input type="hidden" name="id" value="` + strings.TrimPrefix(pages["web-2"], "/instances/") + `">`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the confirmation does not say %q:\n%s", want, p.body)
+		}
+	}
+	for _, name := range []string{"web-1", "web-3"} {
+		if strings.Contains(body, `name="id" value="`+strings.TrimPrefix(pages[name], "/instances/")+`"`) {
+			t.Errorf("the confirmation would ask %s's agent", name)
+		}
+	}
+
+	// The overview's link lists the agent behind, and no other.
+	p = e.get("/instances/upgrade-agents").must(t, 200, "the agents behind")
+	if body := html.UnescapeString(p.body); !strings.Contains(body, "Upgrade 1 agent to 0.0.0-test?") || !strings.Contains(body, ">web-2</a>") ||
+		strings.Contains(body, ">web-1</a>") || strings.Contains(body, ">web-3</a>") {
+		t.Fatalf("the agents behind:\n%s", p.body)
+	}
+	// Confirmed with every instance (a stale form), only web-2's agent is
+	// asked; the others are named with why not.
+	ids.Set("confirm", "yes")
+	if to := e.post("/instances/bulk", ids).must(t, http.StatusSeeOther, "the bulk upgrade").header.Get("Location"); to != "/instances" {
+		t.Fatalf("the bulk upgrade led to %q", to)
+	}
+	want := "Upgrading 1 agent to 0.0.0-test (the node software restarts): web-2 (from 0.1.0-dev). At 0.0.0-test already: web-1." +
+		" Not upgraded: web-3 (the instance is created: an agent is upgraded on a VM that runs)."
+	if p := e.get("/instances"); !strings.Contains(html.UnescapeString(p.body), want) {
+		t.Errorf("the instances list after the bulk upgrade does not say %q:\n%s", want, p.body)
+	}
+	until("web-2", "connected 0.0.0-test")
+	overview("")
+	if p := e.get("/instances/upgrade-agents").must(t, 200, "no agent behind"); !strings.Contains(p.body, "Every connected agent is at version 0.0.0-test.") {
+		t.Errorf("with every agent upgraded:\n%s", p.body)
 	}
 }

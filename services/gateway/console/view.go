@@ -32,6 +32,7 @@ var funcs = template.FuncMap{
 		return vocab.AgentUpgradable(vocab.State(in.GetState()), in.GetVmId(), vocab.AgentStatus(a.GetStatus()), a.GetVmId(), a.GetVersion(), version)
 	},
 	"logSource": vocab.LogSource,
+	"counted":   counted,
 	"diskShare": diskShare,
 	"field":     func(f *form, path string) *formField { return f.field(path) },
 	"errFor":    func(f *form, path string) string { return f.errFor(path) },

@@ -246,6 +246,7 @@
       setBadge($('[data-bind="state"]', row), state);
       setText($('[data-bind="stateDetail"]', row), d.stateDetail, "");
       setText($('[data-bind="agent.status"]', row), (d.agent || {}).status, "—");
+      setText($('[data-bind="agent.version"]', row), (d.agent || {}).version, "");
       raise(row, "data-template-version", d.templateVersion);
     });
     // A template changed: its instances provisioned from an older version
