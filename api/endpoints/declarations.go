@@ -103,7 +103,7 @@ var (
 	TemplateCreate = endpoint[*inventoryv1.CreateTemplateRequest, *inventoryv1.Template](inventory, subjects.NounTemplate, subjects.VerbCreate,
 		"creates a template", gateway)
 	TemplateGet = endpoint[*inventoryv1.GetTemplateRequest, *inventoryv1.Template](inventory, subjects.NounTemplate, subjects.VerbGet,
-		"reads a template", gateway, provisioner, ca)
+		"reads a template", gateway, provisioner, ca, secrets)
 	TemplateList = endpoint[*inventoryv1.ListTemplatesRequest, *inventoryv1.ListTemplatesResponse](inventory, subjects.NounTemplate, subjects.VerbList,
 		"lists templates, a page at a time", gateway)
 	TemplateUpdate = endpoint[*inventoryv1.UpdateTemplateRequest, *inventoryv1.Template](inventory, subjects.NounTemplate, subjects.VerbUpdate,
@@ -208,7 +208,13 @@ var (
 	SecretDelete = endpoint[*secretsv1.DeleteSecretRequest, *emptypb.Empty](secrets, subjects.NounSecret, subjects.VerbDelete,
 		"deletes one of an instance's secrets", gateway)
 	SecretRead = endpoint[*secretsv1.ReadSecretRequest, *secretsv1.ReadSecretResponse](secrets, subjects.NounSecret, subjects.VerbRead,
-		"releases a secret's value to its instance's agent, audited", agentgw)
+		"releases a secret's value to its instance's agent (or a fleet secret's, to the agent of an instance of one of its templates), audited", agentgw)
+	FleetSecretPut = endpoint[*secretsv1.SetFleetSecretRequest, *secretsv1.FleetSecret](secrets, subjects.NounFleetSecret, subjects.VerbPut,
+		"stores a fleet secret for the instances of the templates it names, encrypted", gateway)
+	FleetSecretList = endpoint[*secretsv1.ListFleetSecretsRequest, *secretsv1.ListFleetSecretsResponse](secrets, subjects.NounFleetSecret, subjects.VerbList,
+		"lists the fleet secrets, names and metadata only", gateway)
+	FleetSecretDelete = endpoint[*secretsv1.DeleteFleetSecretRequest, *emptypb.Empty](secrets, subjects.NounFleetSecret, subjects.VerbDelete,
+		"deletes a fleet secret", gateway)
 	CloudKeyPut = endpoint[*secretsv1.PutCloudKeyRequest, *secretsv1.PutCloudKeyResponse](secrets, subjects.NounCloudKey, subjects.VerbPut,
 		"stores a cloud account's secret key, encrypted", inventory)
 	CloudKeyDelete = endpoint[*secretsv1.DeleteCloudKeyRequest, *emptypb.Empty](secrets, subjects.NounCloudKey, subjects.VerbDelete,

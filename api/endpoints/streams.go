@@ -41,8 +41,10 @@ type Consumer struct {
 var Streams = []StreamUse{{
 	Stream:     subjects.EventsStream,
 	Publishers: []Publish{{inventory, []string{subjects.EventsAll()}}},
-	// The secret broker removes what it keeps for deleted instances and networks.
-	Consumers: []Consumer{{secrets, subjects.SecretsCleanupConsumer}, {secrets, subjects.SecretsNetworkCleanupConsumer}},
+	// The secret broker removes what it keeps for deleted instances and
+	// networks, and deleted templates from its fleet secrets.
+	Consumers: []Consumer{{secrets, subjects.SecretsCleanupConsumer}, {secrets, subjects.SecretsNetworkCleanupConsumer},
+		{secrets, subjects.SecretsTemplateCleanupConsumer}},
 	// The provisioner follows instance events to wake its waits.
 	Readers: []string{gateway, provisioner},
 }, {

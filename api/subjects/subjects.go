@@ -116,6 +116,10 @@ const SecretsCleanupConsumer = "secrets-instance-deleted"
 // network deletions on EventsStream.
 const SecretsNetworkCleanupConsumer = "secrets-network-deleted"
 
+// SecretsTemplateCleanupConsumer is the secret broker's durable consumer
+// of template deletions on EventsStream: fleet secrets forget the template.
+const SecretsTemplateCleanupConsumer = "secrets-template-deleted"
+
 // EventType is the dotted type of an event, "<entity>.<verb>", e.g. "network.updated".
 func EventType(entity, verb string) string { return entity + "." + verb }
 
@@ -126,6 +130,7 @@ const (
 	NounAgent        = "agent"        // ca: agent.join, agent.sign; provisioner: agent.upgrade
 	NounServer       = "server"       // ca: server.sign
 	NounSecret       = "secret"       // secrets: secret.create/list/delete/read
+	NounFleetSecret  = "fleetsecret"  // secrets: fleetsecret.put/list/delete
 	NounCloudKey     = "cloudkey"     // secrets: cloudkey.put/delete/read
 	NounLifecycle    = "lifecycle"    // inventory: lifecycle.request, lifecycle.observe(-many), lifecycle.record
 	NounCustomCert   = "customcert"   // ca: customcert.get; provisioner: customcert.refresh

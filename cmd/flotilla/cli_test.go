@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -156,6 +157,7 @@ setupActions:
       echo a warning from setup >&2
   - {type: file, path: conf/app.env, content: "MODE=dev\n", mode: 0644}
   - {type: file, path: conf/db.env, content: "PASSWORD=${secret:db-password}"}
+  - {type: file, path: conf/registry.env, content: "TOKEN=${secret:registry-token}"}
 ---
 name: broken
 provider: local
@@ -187,6 +189,19 @@ networkId: lab
 		t.Fatalf("a replaced secret:\n%s", out)
 	}
 	if out := c.ok("instances", "secrets", "list", "web-1", "-o", "table"); !strings.Contains(out, "db-password") || strings.Contains(out, "s3cret-value") {
+		t.Fatalf("secrets list:\n%s", out)
+	}
+	// A fleet secret for every instance of the template small (and broken,
+	// taken off again with its templates alone).
+	c.fails("", []string{"--template: name at least one template"}, "secrets", "set", "registry-token")
+	c.fails("fleet-token\n", []string{"--template nowhere", `no template named "nowhere"`}, "secrets", "set", "registry-token", "--template", "nowhere")
+	if out := c.okIn("fleet-token\n", "secrets", "set", "registry-token", "--template", "small", "--template", "broken"); !strings.Contains(out, "fleet secret registry-token set (version 1) for the instances of small, broken") {
+		t.Fatalf("secrets set:\n%s", out)
+	}
+	if out := c.ok("secrets", "set", "registry-token", "--template", "small", "--templates-only"); !strings.Contains(out, "(version 1) for the instances of small") {
+		t.Fatalf("secrets set --templates-only:\n%s", out)
+	}
+	if out := c.ok("secrets", "list", "-o", "table"); !regexp.MustCompile(`registry-token +small +1 `).MatchString(out) || strings.Contains(out, "fleet-token") {
 		t.Fatalf("secrets list:\n%s", out)
 	}
 
@@ -416,6 +431,9 @@ networkId: lab
 		}
 		if b, err := os.ReadFile(filepath.Join(dir, "disks", in.DataDisk.ID, "conf", "db.env")); err != nil || string(b) != "PASSWORD=s3cret-value" {
 			t.Fatalf("the secret set with the CLI in the setup's file: %q %v", b, err)
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "disks", in.DataDisk.ID, "conf", "registry.env")); err != nil || string(b) != "TOKEN=fleet-token" {
+			t.Fatalf("the fleet secret in the setup's file: %q %v", b, err)
 		}
 		if logs := c.ok("instances", "logs", "web-1"); !strings.Contains(logs, " setup hello from setup\n") || !strings.Contains(logs, " setup/stderr a warning from setup\n") {
 			t.Fatalf("instances logs:\n%s", logs)

@@ -47,7 +47,8 @@ func newRoot() *cobra.Command {
 	opts := &clientOptions{}
 	root.AddCommand(newUp(), newAdmin(), newLogin(), newLogout(opts), newContext(), newCA(opts), newCluster(opts), agentCmd)
 	root.AddCommand(newResourceCommands(opts)...)
-	root.AddCommand(usersCommand(opts), tokensCommand(opts), auditCommand(opts), fleetEventsCommand(opts), overviewCommand(opts), passwordCommand(opts), whoamiCommand(opts))
+	root.AddCommand(usersCommand(opts), tokensCommand(opts), auditCommand(opts), fleetEventsCommand(opts), overviewCommand(opts), passwordCommand(opts), whoamiCommand(opts),
+		fleetSecretsCommand(opts))
 	addCompletion(root)
 	return root
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -140,4 +141,137 @@ func readSecretValue(cmd *cobra.Command, fromFile string) (string, error) {
 		return "", errors.New("no value: give it on standard input, with --from-file, or on a terminal")
 	}
 	return strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r"), nil
+}
+
+// fleetSecretsPath is the fleet secrets' collection.
+const fleetSecretsPath = "/api/v1/secrets"
+
+// fleetSecretsCommand is `flotilla secrets`: fleet secrets, one value for
+// the agents of every instance of the templates each names.
+func fleetSecretsCommand(opts *clientOptions) *cobra.Command {
+	group := &cobra.Command{
+		Use:   "secrets",
+		Short: "Fleet secrets: one value for the instances of some templates; set, list (names only), delete",
+		Long: `Fleet secrets, kept encrypted: one value (a licence key, a registry's
+credentials) for the agents of every instance of the templates each names.
+An agent asking for NAME (${secret:NAME} in a setup action) gets its own
+instance's secret of that name if there is one (flotilla instances secrets),
+else the fleet secret NAME if its instance's template is among the secret's;
+any other agent is refused, and every read is audited. Like an instance's
+secrets, values are read as setup runs and the node software starts, and
+never come back out of the API.`,
+		Example: `  flotilla secrets set registry-token --template small --template big < token.txt
+  flotilla secrets list`,
+	}
+	var (
+		fromFile      string
+		tpls          []string
+		templatesOnly bool
+	)
+	set := &cobra.Command{
+		Use:   "set NAME --template TEMPLATE...",
+		Short: "Store or replace a fleet secret for the instances of the templates named: the value from standard input, a file, or the terminal (no echo)",
+		Example: `  flotilla secrets set registry-token --template small            # asks for the value
+  printf %s "$TOKEN" | flotilla secrets set registry-token --template small --template big
+  flotilla secrets set registry-token --template small --templates-only  # its templates alone change`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(tpls) == 0 {
+				return errors.New("--template: name at least one template whose instances' agents may read the secret")
+			}
+			value := ""
+			if !templatesOnly {
+				var err error
+				if value, err = readSecretValue(cmd, fromFile); err != nil {
+					return err
+				}
+			}
+			s, _, err := opts.start(cmd)
+			if err != nil {
+				return err
+			}
+			var ids []string
+			for _, t := range tpls {
+				found, err := s.find(cmd.Context(), templates, t)
+				if err != nil {
+					return fmt.Errorf("--template %s: %w", t, err)
+				}
+				ids = append(ids, stringField(found, "id"))
+			}
+			var sec secretsv1.FleetSecret
+			if err := s.call(cmd.Context(), http.MethodPut, fleetSecretsPath+"/"+url.PathEscape(args[0]),
+				jsonBody(map[string]any{"value": value, "templateIds": ids}), &sec); err != nil {
+				return fmt.Errorf("set fleet secret %s: %w", args[0], err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "fleet secret %s set (version %d) for the instances of %s\n", sec.GetName(), sec.GetVersion(), strings.Join(tpls, ", "))
+			if sec.GetVersion() > 1 && !templatesOnly {
+				fmt.Fprintln(cmd.OutOrStdout(), "a provisioned instance reads values as its setup runs and its node software starts: reprovision those that use it for the new value to take effect")
+			}
+			return nil
+		},
+	}
+	set.Flags().StringVar(&fromFile, "from-file", "", "read the value from this file (as it is, newlines included)")
+	set.Flags().StringArrayVar(&tpls, "template", nil, "a template (name or id) whose instances' agents may read the secret; repeat for more")
+	set.Flags().BoolVar(&templatesOnly, "templates-only", false, "keep the value stored, and change which templates the secret is for")
+	set.MarkFlagsMutuallyExclusive("from-file", "templates-only")
+	list := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List the fleet secrets: names, templates, versions and times, never values",
+		Example: "  flotilla secrets list",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, format, err := opts.start(cmd)
+			if err != nil {
+				return err
+			}
+			var resp secretsv1.ListFleetSecretsResponse
+			if err := s.call(cmd.Context(), http.MethodGet, fleetSecretsPath, nil, &resp); err != nil {
+				return err
+			}
+			if format != formatTable {
+				return writeMessage(cmd.OutOrStdout(), format, &resp)
+			}
+			names := map[string]string{}
+			if all, err := s.all(cmd.Context(), templates); err == nil {
+				for _, t := range all {
+					names[stringField(t, "id")] = stringField(t, "name")
+				}
+			}
+			rows := [][]string{{"NAME", "TEMPLATES", "VERSION", "UPDATED", "KMS KEY"}}
+			for _, sec := range resp.GetSecrets() {
+				var tn []string
+				for _, id := range sec.GetTemplateIds() {
+					tn = append(tn, cmp.Or(names[id], id))
+				}
+				version, updated := "—", "—"
+				if sec.GetVersion() > 0 {
+					version, updated = fmt.Sprint(sec.GetVersion()), ago(sec.GetUpdateTime().AsTime())
+				}
+				rows = append(rows, []string{sec.GetName(), dash(strings.Join(tn, ",")), version, updated, dash(sec.GetKmsKeyId())})
+			}
+			return writeTable(cmd.OutOrStdout(), rows)
+		},
+	}
+	del := &cobra.Command{
+		Use:     "delete NAME",
+		Aliases: []string{"rm"},
+		Short:   "Delete a fleet secret",
+		Example: "  flotilla secrets delete registry-token",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, _, err := opts.start(cmd)
+			if err != nil {
+				return err
+			}
+			if err := s.call(cmd.Context(), http.MethodDelete, fleetSecretsPath+"/"+url.PathEscape(args[0]), nil, nil); err != nil {
+				return fmt.Errorf("delete fleet secret %s: %w", args[0], err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "fleet secret %s deleted\n", args[0])
+			return nil
+		},
+	}
+	group.AddCommand(set, list, del)
+	opts.flags(group)
+	return group
 }

@@ -71,6 +71,7 @@ var rules = map[string]access{
 	"GET /api/v1/instances/{id}/events":                         viewer,
 	"GET /api/v1/events":                                        viewer, // the fleet's event feed (the console's live updates)
 	"GET /api/v1/instances/{instance_id}/secrets":               viewer, // names only, below operator (ListSecrets)
+	"GET /api/v1/secrets":                                       viewer, // names and templates only, below operator (ListFleetSecrets)
 	"GET /api/v1/cloud-accounts":                                viewer,
 	"GET /api/v1/cloud-accounts/{id}":                           viewer,
 	"GET /api/v1/ca":                                            viewer,
@@ -96,6 +97,8 @@ var rules = map[string]access{
 	"POST /api/v1/instances/{id}:joinToken":                 operator,
 	"POST /api/v1/instances/{instance_id}/secrets":          operator,
 	"DELETE /api/v1/instances/{instance_id}/secrets/{name}": operator,
+	"PUT /api/v1/secrets/{name}":                            operator,
+	"DELETE /api/v1/secrets/{name}":                         operator,
 	"POST /api/v1/cloud-accounts/{id}:verify":               operator,
 
 	// Admins: users, cloud accounts' credentials, the audit trail, the

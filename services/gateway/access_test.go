@@ -57,6 +57,7 @@ var policy = map[string]string{
 	"GET /api/v1/instances/{id}/events":                         "viewer",
 	"GET /api/v1/events":                                        "viewer",
 	"GET /api/v1/instances/{instance_id}/secrets":               "viewer",
+	"GET /api/v1/secrets":                                       "viewer",
 	"GET /api/v1/cloud-accounts":                                "viewer",
 	"GET /api/v1/cloud-accounts/{id}":                           "viewer",
 	"GET /api/v1/ca":                                            "viewer",
@@ -81,6 +82,8 @@ var policy = map[string]string{
 	"POST /api/v1/instances/{id}:joinToken":                 "operator",
 	"POST /api/v1/instances/{instance_id}/secrets":          "operator",
 	"DELETE /api/v1/instances/{instance_id}/secrets/{name}": "operator",
+	"PUT /api/v1/secrets/{name}":                            "operator",
+	"DELETE /api/v1/secrets/{name}":                         "operator",
 	"POST /api/v1/cloud-accounts/{id}:verify":               "operator",
 
 	"POST /api/v1/users":                              "admin",

@@ -207,6 +207,28 @@ func (s secretServer) DeleteSecret(ctx context.Context, r *secretsv1.DeleteSecre
 	return call(ctx, s.g, endpoints.SecretDelete, r)
 }
 
+func (s secretServer) SetFleetSecret(ctx context.Context, r *secretsv1.SetFleetSecretRequest) (*secretsv1.FleetSecret, error) {
+	return call(ctx, s.g, endpoints.FleetSecretPut, r)
+}
+
+// ListFleetSecrets lists the fleet secrets; below an operator, by name and
+// templates only.
+func (s secretServer) ListFleetSecrets(ctx context.Context, r *secretsv1.ListFleetSecretsRequest) (*secretsv1.ListFleetSecretsResponse, error) {
+	out, err := call(ctx, s.g, endpoints.FleetSecretList, r)
+	if err != nil || vocab.Role(userFrom(ctx).GetRole()).AtLeast(vocab.RoleOperator) {
+		return out, err
+	}
+	names := &secretsv1.ListFleetSecretsResponse{}
+	for _, sec := range out.GetSecrets() {
+		names.Secrets = append(names.Secrets, &secretsv1.FleetSecret{Name: sec.GetName(), TemplateIds: sec.GetTemplateIds()})
+	}
+	return names, nil
+}
+
+func (s secretServer) DeleteFleetSecret(ctx context.Context, r *secretsv1.DeleteFleetSecretRequest) (*emptypb.Empty, error) {
+	return call(ctx, s.g, endpoints.FleetSecretDelete, r)
+}
+
 // caServer forwards to the fleet CA.
 type caServer struct {
 	cav1.UnimplementedCAServiceServer

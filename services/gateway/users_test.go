@@ -225,11 +225,14 @@ func TestResetPasswordForcesAChange(t *testing.T) {
 }
 
 // TestViewersSeeSecretsByNameOnly: an operator lists an instance's
-// secrets with their metadata; a viewer sees their names only.
+// secrets and the fleet secrets with their metadata; a viewer sees their
+// names only (and a fleet secret's templates).
 func TestViewersSeeSecretsByNameOnly(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{only: []string{"secrets"}})
-	in := e.instance("with-secrets", e.template("t"), e.network("n"))
+	t0 := e.template("t")
+	tpl := t0["id"].(string)
+	in := e.instance("with-secrets", t0, e.network("n"))
 	id := in["id"].(string)
 	_, op := e.user("oscar", "operator")
 	_, vw := e.user("vera", "viewer")
@@ -247,4 +250,20 @@ func TestViewersSeeSecretsByNameOnly(t *testing.T) {
 	if code, _ := e.as(vw, "DELETE", "/api/v1/instances/"+id+"/secrets/db-password", nil); code != 403 {
 		t.Fatalf("a viewer deleting a secret: %d", code)
 	}
+
+	e.mustAs(op, 200, "PUT", "/api/v1/secrets/registry", reply{"value": "fleet-s3cret", "templateIds": []string{tpl}})
+	full = e.mustAs(op, 200, "GET", "/api/v1/secrets", nil)["secrets"].([]any)[0].(reply)
+	if full["name"] != "registry" || full["version"] != "1" || full["kmsKeyId"] == "" || full["createTime"] == nil || fmt.Sprint(full["templateIds"]) != "["+tpl+"]" {
+		t.Fatalf("an operator's list of fleet secrets: %v", full)
+	}
+	names = e.mustAs(vw, 200, "GET", "/api/v1/secrets", nil)["secrets"].([]any)[0].(reply)
+	if names["name"] != "registry" || fmt.Sprint(names["templateIds"]) != "["+tpl+"]" || names["version"] != "0" || names["kmsKeyId"] != "" || names["createTime"] != nil {
+		t.Fatalf("a viewer's list of fleet secrets: %v", names)
+	}
+	for _, m := range []string{"PUT", "DELETE"} {
+		if code, _ := e.as(vw, m, "/api/v1/secrets/registry", reply{"value": "x", "templateIds": []string{tpl}}); code != 403 {
+			t.Fatalf("a viewer's %s of a fleet secret: %d", m, code)
+		}
+	}
+	e.mustAs(op, 200, "DELETE", "/api/v1/secrets/registry", nil)
 }

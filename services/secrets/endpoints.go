@@ -39,7 +39,8 @@ const (
 // Reasons recorded in SecretAccess audit records.
 const (
 	reasonAllowed       = "bound to the requesting instance"
-	reasonNotBound      = "no secret of this name is bound to the requesting instance"
+	reasonFleet         = "a fleet secret for the requesting instance's template"
+	reasonNotBound      = "no secret of this name is bound to the requesting instance or given to its template"
 	reasonInvalidName   = "invalid secret name"
 	reasonLookup        = "secret lookup failed"
 	reasonUndecryptable = "stored secret cannot be decrypted"
@@ -124,7 +125,9 @@ func (s *Service) delete(ctx context.Context, actor vocab.Actor, r *secretsv1.De
 }
 
 // read releases a secret's value to the agent of the instance it is bound
-// to, after the audit record of the read is on the audit stream. Every read
+// to (or a fleet secret's, to the agent of an instance of one of its
+// templates: lookupFleet), after the audit record of the read is on the
+// audit stream. Every read
 // that names a valid requester is audited, whatever its outcome.
 //
 // A name with no secret bound to the requester is denied with the same reply
@@ -157,7 +160,10 @@ func (s *Service) read(ctx context.Context, actor vocab.Actor, r *secretsv1.Read
 	}
 	var resp *secretsv1.ReadSecretResponse
 	resp, access.Reason, err = s.lookup(ctx, requester, name)
-	if err == nil {
+	switch {
+	case err == nil && access.Reason == reasonFleet:
+		access.Allowed, access.Fleet = true, true
+	case err == nil:
 		access.Allowed = true
 		access.InstanceId = requester // the instance the secret is bound to
 	}
@@ -178,7 +184,8 @@ func (s *Service) read(ctx context.Context, actor vocab.Actor, r *secretsv1.Read
 // lookup finds and opens the secret name bound to requester. It returns the
 // reason to audit and, on failure, the error for the caller.
 func (s *Service) lookup(ctx context.Context, requester, name string) (*secretsv1.ReadSecretResponse, string, error) {
-	denied := apierr.PermissionDenied("secret %q is not set for this instance (flotilla instances secrets set, or POST /api/v1/instances/{id}/secrets)", name)
+	denied := apierr.PermissionDenied("secret %q is not set for this instance (flotilla instances secrets set, or POST /api/v1/instances/{id}/secrets), "+
+		"nor is a fleet secret of that name given to its template (flotilla secrets set NAME --template T, or PUT /api/v1/secrets/{name})", name)
 	if err := validateName(name); err != nil {
 		return nil, reasonInvalidName, err
 	}
@@ -187,7 +194,7 @@ func (s *Service) lookup(ctx context.Context, requester, name string) (*secretsv
 		return nil, reasonLookup, err
 	}
 	if !found {
-		return nil, reasonNotBound, denied
+		return s.lookupFleet(ctx, requester, name, denied)
 	}
 	value, err := open(ctx, s.kms, row.sealed, secretBinding(row.instanceID, row.name, row.version))
 	if err != nil {

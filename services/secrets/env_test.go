@@ -50,10 +50,11 @@ type env struct {
 	logs   *testkit.Buffer
 	spans  *tracetest.SpanRecorder
 	a, b   string // instance ids
-	// template is the template a and b are made from.
-	template string
-	log      *slog.Logger
-	tp       trace.TracerProvider
+	// template is the template a and b are made from; network their
+	// network.
+	template, network string
+	log               *slog.Logger
+	tp                trace.TracerProvider
 	// inventory is the real inventory's application layer.
 	inventory interface {
 		CreateNetwork(ctx context.Context, actor vocab.Actor, n *inventoryv1.Network) (*inventoryv1.Network, error)
@@ -61,6 +62,8 @@ type env struct {
 		DeleteNetwork(ctx context.Context, actor vocab.Actor, id string, version int64) error
 		UpdateInstance(ctx context.Context, actor vocab.Actor, in *inventoryv1.Instance, mask []string) (*inventoryv1.Instance, error)
 		CreateInstance(ctx context.Context, actor vocab.Actor, in *inventoryv1.Instance) (*inventoryv1.Instance, error)
+		CreateTemplate(ctx context.Context, actor vocab.Actor, t *inventoryv1.Template) (*inventoryv1.Template, error)
+		DeleteTemplate(ctx context.Context, actor vocab.Actor, id string, version int64) error
 		DeleteInstance(ctx context.Context, actor vocab.Actor, id string, version int64, force bool) (*inventoryv1.Instance, error)
 	}
 }
@@ -102,7 +105,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.template = tpl.GetId()
+	e.template, e.network = tpl.GetId(), network.GetId()
 	for _, in := range []struct {
 		name string
 		id   *string
@@ -165,6 +168,11 @@ func (e *env) mustCreate(instanceID, name, value string) *secretsv1.Secret {
 func (e *env) list(instanceID string) ([]*secretsv1.Secret, error) {
 	resp, err := call(e, endpoints.SecretList, &secretsv1.ListSecretsRequest{InstanceId: instanceID})
 	return resp.GetSecrets(), err
+}
+
+// setFleet is the gateway setting the fleet secret name for templates.
+func (e *env) setFleet(name, value string, templates ...string) (*secretsv1.FleetSecret, error) {
+	return call(e, endpoints.FleetSecretPut, &secretsv1.SetFleetSecretRequest{Name: name, Value: value, TemplateIds: templates})
 }
 
 // read is the agent gateway reading name for the agent of requester.

@@ -82,6 +82,15 @@ func TestTheValueLeaksNowhere(t *testing.T) {
 	keep(e.create(e.b, "other", "something-else"))
 	items, err := e.list(e.a)
 	keep(&secretsv1.ListSecretsResponse{Secrets: items}, err)
+	// The same value as a fleet secret of the template a and b are made from.
+	keep(e.setFleet("leak-fleet", leakValue, e.template))
+	keep(e.setFleet("leak-fleet", leakValue, e.template))
+	keep(e.setFleet("leak-fleet", "", e.template))
+	keep(e.setFleet("leak-fleet", leakValue, "0190c3e1-0000-7000-8000-000000000002"))
+	keep(call(e, endpoints.FleetSecretList, &secretsv1.ListFleetSecretsRequest{}))
+	if got, err := e.read(e.b, "leak-fleet"); err != nil || string(got.GetValue()) != leakValue {
+		t.Fatalf("an agent of the fleet secret's template reads it: %v, %v", got, err)
+	}
 
 	got, err := e.read(e.a, "leak-check")
 	if err != nil || string(got.GetValue()) != leakValue || got.GetVersion() != 2 {
@@ -112,6 +121,14 @@ func TestTheValueLeaksNowhere(t *testing.T) {
 	for _, row := range texts {
 		assertNoLeak(t, "the secrets table", []byte(row))
 	}
+	rows, err = e.pool.Query(ctx, `SELECT s::text FROM fleet_secrets s`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if texts, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil || len(texts) != 1 {
+		t.Fatalf("fleet_secrets rows: %d, %v", len(texts), err)
+	}
+	assertNoLeak(t, "the fleet_secrets table", []byte(texts[0]))
 
 	// A full dump of the database.
 	assertNoLeak(t, "pg_dump", e.pgDump())
@@ -128,8 +145,8 @@ func TestTheValueLeaksNowhere(t *testing.T) {
 			assertNoLeak(t, fmt.Sprintf("stream %s message %d headers", name, m.Sequence), []byte(fmt.Sprint(m.Header)))
 		}
 	}
-	if streams < 4 || audits != 3 {
-		t.Fatalf("scanned %d streams and %d audit records, want every stream and 3 records", streams, audits)
+	if streams < 4 || audits != 4 {
+		t.Fatalf("scanned %d streams and %d audit records, want every stream and 4 records", streams, audits)
 	}
 
 	// The log, at debug level.

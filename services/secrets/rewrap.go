@@ -84,6 +84,8 @@ type sealedTable struct {
 var sealedTables = []sealedTable{
 	{name: "secrets", key: []string{"instance_id", "name"},
 		context: func(k []string) kms.EncryptionContext { return dataKeyContext(k[0], k[1]) }},
+	{name: "fleet_secrets", key: []string{"name"},
+		context: func(k []string) kms.EncryptionContext { return fleetSecretContext(k[0]) }},
 	{name: "cloud_keys", key: []string{"cloud_account_id"},
 		context: func(k []string) kms.EncryptionContext { return cloudKeyContext(k[0]) }},
 	{name: "certificate_keys", key: []string{"id"},

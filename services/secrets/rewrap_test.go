@@ -218,6 +218,9 @@ func TestRewrapNeverOverwritesAConcurrentWrite(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	ctx := context.Background()
+	if _, err := e.setFleet("registry", "fleet-value", e.template); err != nil {
+		t.Fatal(err)
+	}
 	other, err := kms.OpenLocal(t.TempDir() + "/new.key")
 	if err != nil {
 		t.Fatal(err)
@@ -258,6 +261,9 @@ func TestRewrapReportsWhatItCannotUnwrap(t *testing.T) {
 	e.mustCreate(e.a, "lost", "v")
 	e.mustCreate(e.a, "kept", "v")
 	if _, err := e.pool.Exec(ctx, `UPDATE secrets SET kms_key_id = 'local:00000000000000ff' WHERE instance_id = $1 AND name = 'lost'`, e.a); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.setFleet("registry", "fleet-value", e.template); err != nil {
 		t.Fatal(err)
 	}
 	other, err := kms.OpenLocal(t.TempDir() + "/new.key")
@@ -308,6 +314,9 @@ func TestRewrapCoversEveryTableOfSealedValues(t *testing.T) {
 		DirectoryUrl: "https://acme.test/dir", CertificatePem: acmeCert.chain, PrivateKeyPem: acmeCert.key}); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := e.setFleet("registry", "fleet-value", e.template); err != nil {
+		t.Fatal(err)
+	}
 	other, err := kms.OpenLocal(t.TempDir() + "/new.key")
 	if err != nil {
 		t.Fatal(err)
@@ -320,6 +329,7 @@ func TestRewrapCoversEveryTableOfSealedValues(t *testing.T) {
 		"certificate_keys":  {"id = $1", cert.GetId()},
 		"acme_accounts":     {"network_id = $1", network},
 		"acme_certificates": {"instance_id = $1", e.a},
+		"fleet_secrets":     {"name = $1", "registry"},
 	} {
 		var keyID string
 		if err := e.pool.QueryRow(ctx, "SELECT kms_key_id FROM "+table+" WHERE "+where[0].(string), where[1]).Scan(&keyID); err != nil || keyID != other.KeyID() {

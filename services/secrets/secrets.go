@@ -128,6 +128,15 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("secrets: network deletions consumer: %w", err)
 	}
+	err = s.events.Handle(ctx, subjects.EventsStream, subjects.EntityVerbEvents(subjects.NounTemplate, string(vocab.VerbDeleted)),
+		jetstream.ConsumerConfig{
+			Durable:       subjects.SecretsTemplateCleanupConsumer,
+			Description:   "The secret broker removes deleted templates from its fleet secrets",
+			DeliverPolicy: jetstream.DeliverNewPolicy,
+		}, s.removeDeletedTemplate)
+	if err != nil {
+		return nil, fmt.Errorf("secrets: template deletions consumer: %w", err)
+	}
 	health := d.HealthPool
 	if health == nil {
 		health = d.Pool
@@ -141,6 +150,9 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		rpc.Handle(s.rpc, endpoints.SecretList, s.list),
 		rpc.Handle(s.rpc, endpoints.SecretDelete, s.delete),
 		rpc.Handle(s.rpc, endpoints.SecretRead, s.read),
+		rpc.Handle(s.rpc, endpoints.FleetSecretPut, s.setFleetSecret),
+		rpc.Handle(s.rpc, endpoints.FleetSecretList, s.listFleetSecrets),
+		rpc.Handle(s.rpc, endpoints.FleetSecretDelete, s.deleteFleetSecret),
 		rpc.Handle(s.rpc, endpoints.CloudKeyPut, s.putCloudKey),
 		rpc.Handle(s.rpc, endpoints.CloudKeyDelete, s.deleteCloudKey),
 		rpc.Handle(s.rpc, endpoints.CloudKeyCheckChange, s.checkCloudAccountChange),

@@ -85,6 +85,10 @@ func New(d Deps) (*Console, error) {
 	m.HandleFunc("POST /instances/{id}/{action}", c.authed(c.instanceAction))
 	m.HandleFunc("POST /instances/{id}/secrets", c.authed(c.addSecret))
 	m.HandleFunc("POST /instances/{id}/upgrade-agent", c.authed(c.upgradeAgent))
+	m.HandleFunc("GET /secrets", c.authed(c.fleetSecrets))
+	m.HandleFunc("POST /secrets", c.authed(c.setFleetSecret))
+	m.HandleFunc("GET /secrets/{name}/delete", c.authed(c.confirmDeleteFleetSecret))
+	m.HandleFunc("POST /secrets/{name}/delete", c.authed(c.deleteFleetSecret))
 	m.HandleFunc("GET /networks", c.authed(c.networks))
 	m.HandleFunc("GET /templates", c.authed(c.templates))
 	m.HandleFunc("GET /cloud-accounts", c.authed(c.cloudAccounts))
@@ -176,6 +180,7 @@ var nav = []navItem{
 	{Key: "instances", Label: "Instances", Href: "/instances"},
 	{Key: "networks", Label: "Networks", Href: "/networks"},
 	{Key: "templates", Label: "Templates", Href: "/templates"},
+	{Key: "secrets", Label: "Secrets", Href: "/secrets"},
 	{Key: "cloud-accounts", Label: "Cloud accounts", Href: "/cloud-accounts"},
 	{Key: "cluster", Label: "Cluster", Href: "/cluster"},
 	{Key: "users", Label: "Users", Href: "/users", Admin: true},

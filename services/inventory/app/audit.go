@@ -151,7 +151,11 @@ func auditRow(m AuditMessage) (*adapters.AuditRow, error) {
 		if !rec.GetAllowed() {
 			r.Result = "denied: " + rec.GetReason()
 		}
-		r.Detail = joinDetail("name="+rec.GetName(), optional("requester=", rec.GetRequesterInstanceId()))
+		fleet := ""
+		if rec.GetFleet() {
+			fleet = "fleet-secret"
+		}
+		r.Detail = joinDetail("name="+rec.GetName(), optional("requester=", rec.GetRequesterInstanceId()), fleet)
 	case subjects.EventType(subjects.NounJoinToken, subjects.VerbCreate):
 		rec := &cav1.JoinTokenAudit{}
 		if err := proto.Unmarshal(m.Data, rec); err != nil {

@@ -179,6 +179,8 @@ func TestTheAuditProjection(t *testing.T) {
 		auditMessage(t, subjects.Audit(subjects.NounUser, subjects.UnknownUser, subjects.VerbLoginFailed), "user.login-failed", vocab.System("inventory"), at.Add(4*time.Second),
 			&authv1.AuthAudit{Action: subjects.VerbLoginFailed, Username: "eve", Reason: "no such user", Source: "10.0.0.3"}),
 		auditMessage(t, "flotilla.audit.widget.w-1.spun", "widget.spun", vocab.System("future"), at.Add(5*time.Second), &authv1.User{}),
+		auditMessage(t, subjects.Audit(subjects.NounSecret, instanceID, subjects.VerbRead), "secret.read", vocab.Agent(instanceID), at.Add(6*time.Second),
+			&secretsv1.SecretAccess{RequesterInstanceId: instanceID, Name: "registry", Allowed: true, Fleet: true, Reason: "a fleet secret", Time: timestamppb.New(at)}),
 	}
 	for _, m := range append(msgs, msgs...) { // each twice: a redelivery
 		if err := a.ProjectAudit(ctx, m); err != nil {
@@ -190,6 +192,8 @@ func TestTheAuditProjection(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []*auditv1.AuditRecord{
+		{Kind: "secret", Action: "secret.read", Actor: "agent:" + instanceID, Target: instanceID, Result: "ok",
+			Detail: "name=registry requester=" + instanceID + " fleet-secret"},
 		{Kind: "widget", Action: "widget.spun", Actor: "system:future", Target: "w-1"},
 		{Kind: "user", Action: "login-failed", Actor: "system:inventory", Username: "eve", Result: "no such user", Source: "10.0.0.3", Detail: "user=eve"},
 		{Kind: "user", Action: "role-changed", Actor: "user:root", Username: "root", Target: userID, Result: "ok", Source: "10.0.0.2",

@@ -313,6 +313,282 @@ func (x *DeleteSecretRequest) GetName() string {
 	return ""
 }
 
+// FleetSecret is a fleet secret's metadata; the value is never returned.
+type FleetSecret struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name: 1-128 letters, digits, '_', '-', '.'.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The templates whose instances' agents may read it (ids).
+	TemplateIds []string `protobuf:"bytes,2,rep,name=template_ids,json=templateIds,proto3" json:"template_ids,omitempty"`
+	// Version, incremented by every replacement.
+	Version    int64                  `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Id of the KMS key that wraps the secret's data key.
+	KmsKeyId      string `protobuf:"bytes,6,opt,name=kms_key_id,json=kmsKeyId,proto3" json:"kms_key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FleetSecret) Reset() {
+	*x = FleetSecret{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FleetSecret) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FleetSecret) ProtoMessage() {}
+
+func (x *FleetSecret) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FleetSecret.ProtoReflect.Descriptor instead.
+func (*FleetSecret) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *FleetSecret) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FleetSecret) GetTemplateIds() []string {
+	if x != nil {
+		return x.TemplateIds
+	}
+	return nil
+}
+
+func (x *FleetSecret) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *FleetSecret) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *FleetSecret) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *FleetSecret) GetKmsKeyId() string {
+	if x != nil {
+		return x.KmsKeyId
+	}
+	return ""
+}
+
+type SetFleetSecretRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The value; write-only. Empty keeps the value of the secret set
+	// already (to change its templates alone).
+	Value string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	// The templates whose instances' agents may read it: at least one id.
+	TemplateIds   []string `protobuf:"bytes,3,rep,name=template_ids,json=templateIds,proto3" json:"template_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetFleetSecretRequest) Reset() {
+	*x = SetFleetSecretRequest{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetFleetSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetFleetSecretRequest) ProtoMessage() {}
+
+func (x *SetFleetSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetFleetSecretRequest.ProtoReflect.Descriptor instead.
+func (*SetFleetSecretRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SetFleetSecretRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetFleetSecretRequest) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *SetFleetSecretRequest) GetTemplateIds() []string {
+	if x != nil {
+		return x.TemplateIds
+	}
+	return nil
+}
+
+type ListFleetSecretsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFleetSecretsRequest) Reset() {
+	*x = ListFleetSecretsRequest{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFleetSecretsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFleetSecretsRequest) ProtoMessage() {}
+
+func (x *ListFleetSecretsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFleetSecretsRequest.ProtoReflect.Descriptor instead.
+func (*ListFleetSecretsRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{7}
+}
+
+type ListFleetSecretsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Secrets       []*FleetSecret         `protobuf:"bytes,1,rep,name=secrets,proto3" json:"secrets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFleetSecretsResponse) Reset() {
+	*x = ListFleetSecretsResponse{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFleetSecretsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFleetSecretsResponse) ProtoMessage() {}
+
+func (x *ListFleetSecretsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFleetSecretsResponse.ProtoReflect.Descriptor instead.
+func (*ListFleetSecretsResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ListFleetSecretsResponse) GetSecrets() []*FleetSecret {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
+type DeleteFleetSecretRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFleetSecretRequest) Reset() {
+	*x = DeleteFleetSecretRequest{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFleetSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFleetSecretRequest) ProtoMessage() {}
+
+func (x *DeleteFleetSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFleetSecretRequest.ProtoReflect.Descriptor instead.
+func (*DeleteFleetSecretRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *DeleteFleetSecretRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 // ReadSecretRequest is an agent reading a secret (bus only): agentgw fills
 // requester_instance_id from the agent's verified certificate, never from the
 // agent's message.
@@ -326,7 +602,7 @@ type ReadSecretRequest struct {
 
 func (x *ReadSecretRequest) Reset() {
 	*x = ReadSecretRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[5]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -338,7 +614,7 @@ func (x *ReadSecretRequest) String() string {
 func (*ReadSecretRequest) ProtoMessage() {}
 
 func (x *ReadSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[5]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -351,7 +627,7 @@ func (x *ReadSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadSecretRequest.ProtoReflect.Descriptor instead.
 func (*ReadSecretRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{5}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReadSecretRequest) GetRequesterInstanceId() string {
@@ -379,7 +655,7 @@ type ReadSecretResponse struct {
 
 func (x *ReadSecretResponse) Reset() {
 	*x = ReadSecretResponse{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[6]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -391,7 +667,7 @@ func (x *ReadSecretResponse) String() string {
 func (*ReadSecretResponse) ProtoMessage() {}
 
 func (x *ReadSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[6]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -404,7 +680,7 @@ func (x *ReadSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadSecretResponse.ProtoReflect.Descriptor instead.
 func (*ReadSecretResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReadSecretResponse) GetValue() []byte {
@@ -430,13 +706,16 @@ type SecretAccess struct {
 	Allowed             bool                   `protobuf:"varint,4,opt,name=allowed,proto3" json:"allowed,omitempty"`
 	Reason              string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
 	Time                *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=time,proto3" json:"time,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The secret released is the fleet secret of that name (instance_id is
+	// then empty).
+	Fleet         bool `protobuf:"varint,7,opt,name=fleet,proto3" json:"fleet,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SecretAccess) Reset() {
 	*x = SecretAccess{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[7]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -448,7 +727,7 @@ func (x *SecretAccess) String() string {
 func (*SecretAccess) ProtoMessage() {}
 
 func (x *SecretAccess) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[7]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -461,7 +740,7 @@ func (x *SecretAccess) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretAccess.ProtoReflect.Descriptor instead.
 func (*SecretAccess) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SecretAccess) GetInstanceId() string {
@@ -506,6 +785,13 @@ func (x *SecretAccess) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *SecretAccess) GetFleet() bool {
+	if x != nil {
+		return x.Fleet
+	}
+	return false
+}
+
 // PutCloudKeyRequest stores (or replaces) a cloud account's secret key
 // (bus only: the inventory, as it writes the account).
 type PutCloudKeyRequest struct {
@@ -518,7 +804,7 @@ type PutCloudKeyRequest struct {
 
 func (x *PutCloudKeyRequest) Reset() {
 	*x = PutCloudKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[8]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -530,7 +816,7 @@ func (x *PutCloudKeyRequest) String() string {
 func (*PutCloudKeyRequest) ProtoMessage() {}
 
 func (x *PutCloudKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[8]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -543,7 +829,7 @@ func (x *PutCloudKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCloudKeyRequest.ProtoReflect.Descriptor instead.
 func (*PutCloudKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PutCloudKeyRequest) GetCloudAccountId() string {
@@ -569,7 +855,7 @@ type PutCloudKeyResponse struct {
 
 func (x *PutCloudKeyResponse) Reset() {
 	*x = PutCloudKeyResponse{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[9]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +867,7 @@ func (x *PutCloudKeyResponse) String() string {
 func (*PutCloudKeyResponse) ProtoMessage() {}
 
 func (x *PutCloudKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[9]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +880,7 @@ func (x *PutCloudKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCloudKeyResponse.ProtoReflect.Descriptor instead.
 func (*PutCloudKeyResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PutCloudKeyResponse) GetVersion() int64 {
@@ -618,7 +904,7 @@ type DeleteCloudKeyRequest struct {
 
 func (x *DeleteCloudKeyRequest) Reset() {
 	*x = DeleteCloudKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[10]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -630,7 +916,7 @@ func (x *DeleteCloudKeyRequest) String() string {
 func (*DeleteCloudKeyRequest) ProtoMessage() {}
 
 func (x *DeleteCloudKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[10]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -643,7 +929,7 @@ func (x *DeleteCloudKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCloudKeyRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCloudKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteCloudKeyRequest) GetCloudAccountId() string {
@@ -676,7 +962,7 @@ type CheckCloudAccountChangeRequest struct {
 
 func (x *CheckCloudAccountChangeRequest) Reset() {
 	*x = CheckCloudAccountChangeRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[11]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -688,7 +974,7 @@ func (x *CheckCloudAccountChangeRequest) String() string {
 func (*CheckCloudAccountChangeRequest) ProtoMessage() {}
 
 func (x *CheckCloudAccountChangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[11]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -701,7 +987,7 @@ func (x *CheckCloudAccountChangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckCloudAccountChangeRequest.ProtoReflect.Descriptor instead.
 func (*CheckCloudAccountChangeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CheckCloudAccountChangeRequest) GetCloudAccountId() string {
@@ -729,7 +1015,7 @@ type ReadCloudKeyRequest struct {
 
 func (x *ReadCloudKeyRequest) Reset() {
 	*x = ReadCloudKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[12]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -741,7 +1027,7 @@ func (x *ReadCloudKeyRequest) String() string {
 func (*ReadCloudKeyRequest) ProtoMessage() {}
 
 func (x *ReadCloudKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[12]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -754,7 +1040,7 @@ func (x *ReadCloudKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadCloudKeyRequest.ProtoReflect.Descriptor instead.
 func (*ReadCloudKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReadCloudKeyRequest) GetCloudAccountId() string {
@@ -774,7 +1060,7 @@ type ReadCloudKeyResponse struct {
 
 func (x *ReadCloudKeyResponse) Reset() {
 	*x = ReadCloudKeyResponse{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[13]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -786,7 +1072,7 @@ func (x *ReadCloudKeyResponse) String() string {
 func (*ReadCloudKeyResponse) ProtoMessage() {}
 
 func (x *ReadCloudKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[13]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -799,7 +1085,7 @@ func (x *ReadCloudKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadCloudKeyResponse.ProtoReflect.Descriptor instead.
 func (*ReadCloudKeyResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReadCloudKeyResponse) GetValue() string {
@@ -827,7 +1113,7 @@ type StoreCertificateKeyRequest struct {
 
 func (x *StoreCertificateKeyRequest) Reset() {
 	*x = StoreCertificateKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[14]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -839,7 +1125,7 @@ func (x *StoreCertificateKeyRequest) String() string {
 func (*StoreCertificateKeyRequest) ProtoMessage() {}
 
 func (x *StoreCertificateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[14]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -852,7 +1138,7 @@ func (x *StoreCertificateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreCertificateKeyRequest.ProtoReflect.Descriptor instead.
 func (*StoreCertificateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StoreCertificateKeyRequest) GetPrivateKeyPem() string {
@@ -872,7 +1158,7 @@ type CertificateKey struct {
 
 func (x *CertificateKey) Reset() {
 	*x = CertificateKey{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +1170,7 @@ func (x *CertificateKey) String() string {
 func (*CertificateKey) ProtoMessage() {}
 
 func (x *CertificateKey) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +1183,7 @@ func (x *CertificateKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateKey.ProtoReflect.Descriptor instead.
 func (*CertificateKey) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CertificateKey) GetId() string {
@@ -918,7 +1204,7 @@ type DeleteCertificateKeyRequest struct {
 
 func (x *DeleteCertificateKeyRequest) Reset() {
 	*x = DeleteCertificateKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -930,7 +1216,7 @@ func (x *DeleteCertificateKeyRequest) String() string {
 func (*DeleteCertificateKeyRequest) ProtoMessage() {}
 
 func (x *DeleteCertificateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -943,7 +1229,7 @@ func (x *DeleteCertificateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCertificateKeyRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCertificateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeleteCertificateKeyRequest) GetId() string {
@@ -965,7 +1251,7 @@ type ReadCertificateKeyRequest struct {
 
 func (x *ReadCertificateKeyRequest) Reset() {
 	*x = ReadCertificateKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -977,7 +1263,7 @@ func (x *ReadCertificateKeyRequest) String() string {
 func (*ReadCertificateKeyRequest) ProtoMessage() {}
 
 func (x *ReadCertificateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -990,7 +1276,7 @@ func (x *ReadCertificateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadCertificateKeyRequest.ProtoReflect.Descriptor instead.
 func (*ReadCertificateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReadCertificateKeyRequest) GetId() string {
@@ -1017,7 +1303,7 @@ type ReadCertificateKeyResponse struct {
 
 func (x *ReadCertificateKeyResponse) Reset() {
 	*x = ReadCertificateKeyResponse{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1029,7 +1315,7 @@ func (x *ReadCertificateKeyResponse) String() string {
 func (*ReadCertificateKeyResponse) ProtoMessage() {}
 
 func (x *ReadCertificateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1042,7 +1328,7 @@ func (x *ReadCertificateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadCertificateKeyResponse.ProtoReflect.Descriptor instead.
 func (*ReadCertificateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ReadCertificateKeyResponse) GetPrivateKeyPem() string {
@@ -1066,7 +1352,7 @@ type GetAcmeAccountKeyRequest struct {
 
 func (x *GetAcmeAccountKeyRequest) Reset() {
 	*x = GetAcmeAccountKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1078,7 +1364,7 @@ func (x *GetAcmeAccountKeyRequest) String() string {
 func (*GetAcmeAccountKeyRequest) ProtoMessage() {}
 
 func (x *GetAcmeAccountKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1091,7 +1377,7 @@ func (x *GetAcmeAccountKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAcmeAccountKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetAcmeAccountKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetAcmeAccountKeyRequest) GetNetworkId() string {
@@ -1118,7 +1404,7 @@ type AcmeAccountKey struct {
 
 func (x *AcmeAccountKey) Reset() {
 	*x = AcmeAccountKey{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1130,7 +1416,7 @@ func (x *AcmeAccountKey) String() string {
 func (*AcmeAccountKey) ProtoMessage() {}
 
 func (x *AcmeAccountKey) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1143,7 +1429,7 @@ func (x *AcmeAccountKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcmeAccountKey.ProtoReflect.Descriptor instead.
 func (*AcmeAccountKey) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{20}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AcmeAccountKey) GetPrivateKeyPem() string {
@@ -1170,7 +1456,7 @@ type PutAcmeCertificateRequest struct {
 
 func (x *PutAcmeCertificateRequest) Reset() {
 	*x = PutAcmeCertificateRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1182,7 +1468,7 @@ func (x *PutAcmeCertificateRequest) String() string {
 func (*PutAcmeCertificateRequest) ProtoMessage() {}
 
 func (x *PutAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1195,7 +1481,7 @@ func (x *PutAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAcmeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*PutAcmeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{21}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PutAcmeCertificateRequest) GetInstanceId() string {
@@ -1244,7 +1530,7 @@ type ReadAcmeCertificateRequest struct {
 
 func (x *ReadAcmeCertificateRequest) Reset() {
 	*x = ReadAcmeCertificateRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[22]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1256,7 +1542,7 @@ func (x *ReadAcmeCertificateRequest) String() string {
 func (*ReadAcmeCertificateRequest) ProtoMessage() {}
 
 func (x *ReadAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[22]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1269,7 +1555,7 @@ func (x *ReadAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAcmeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*ReadAcmeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{22}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReadAcmeCertificateRequest) GetInstanceId() string {
@@ -1292,7 +1578,7 @@ type AcmeCertificate struct {
 
 func (x *AcmeCertificate) Reset() {
 	*x = AcmeCertificate{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[23]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1590,7 @@ func (x *AcmeCertificate) String() string {
 func (*AcmeCertificate) ProtoMessage() {}
 
 func (x *AcmeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[23]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1603,7 @@ func (x *AcmeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcmeCertificate.ProtoReflect.Descriptor instead.
 func (*AcmeCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{23}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AcmeCertificate) GetDirectoryUrl() string {
@@ -1377,13 +1663,32 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x13DeleteSecretRequest\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"[\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xf6\x01\n" +
+	"\vFleetSecret\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
+	"\ftemplate_ids\x18\x02 \x03(\tR\vtemplateIds\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x03R\aversion\x12;\n" +
+	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12\x1c\n" +
+	"\n" +
+	"kms_key_id\x18\x06 \x01(\tR\bkmsKeyId\"i\n" +
+	"\x15SetFleetSecretRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
+	"\x05value\x18\x02 \x01(\tB\x03\xe0A\x04R\x05value\x12!\n" +
+	"\ftemplate_ids\x18\x03 \x03(\tR\vtemplateIds\"\x19\n" +
+	"\x17ListFleetSecretsRequest\"V\n" +
+	"\x18ListFleetSecretsResponse\x12:\n" +
+	"\asecrets\x18\x01 \x03(\v2 .flotilla.secrets.v1.FleetSecretR\asecrets\".\n" +
+	"\x18DeleteFleetSecretRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"[\n" +
 	"\x11ReadSecretRequest\x122\n" +
 	"\x15requester_instance_id\x18\x01 \x01(\tR\x13requesterInstanceId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"D\n" +
 	"\x12ReadSecretResponse\x12\x14\n" +
 	"\x05value\x18\x01 \x01(\fR\x05value\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x03R\aversion\"\xd9\x01\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\"\xef\x01\n" +
 	"\fSecretAccess\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x122\n" +
@@ -1391,7 +1696,8 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x18\n" +
 	"\aallowed\x18\x04 \x01(\bR\aallowed\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12.\n" +
-	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"T\n" +
+	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
+	"\x05fleet\x18\a \x01(\bR\x05fleet\"T\n" +
 	"\x12PutCloudKeyRequest\x12(\n" +
 	"\x10cloud_account_id\x18\x01 \x01(\tR\x0ecloudAccountId\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"/\n" +
@@ -1442,11 +1748,14 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"\rdirectory_url\x18\x01 \x01(\tR\fdirectoryUrl\x12'\n" +
 	"\x0fcertificate_pem\x18\x02 \x01(\tR\x0ecertificatePem\x12&\n" +
 	"\x0fprivate_key_pem\x18\x03 \x01(\tR\rprivateKeyPem\x127\n" +
-	"\tnot_after\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter2\xba\x03\n" +
+	"\tnot_after\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter2\xc5\x06\n" +
 	"\rSecretService\x12\x89\x01\n" +
 	"\fCreateSecret\x12(.flotilla.secrets.v1.CreateSecretRequest\x1a\x1b.flotilla.secrets.v1.Secret\"2\x82\xd3\xe4\x93\x02,:\x01*\"'/api/v1/instances/{instance_id}/secrets\x12\x91\x01\n" +
 	"\vListSecrets\x12'.flotilla.secrets.v1.ListSecretsRequest\x1a(.flotilla.secrets.v1.ListSecretsResponse\"/\x82\xd3\xe4\x93\x02)\x12'/api/v1/instances/{instance_id}/secrets\x12\x88\x01\n" +
-	"\fDeleteSecret\x12(.flotilla.secrets.v1.DeleteSecretRequest\x1a\x16.google.protobuf.Empty\"6\x82\xd3\xe4\x93\x020*./api/v1/instances/{instance_id}/secrets/{name}B=Z;flotilla.dev/flotilla/api/gen/flotilla/secrets/v1;secretsv1b\x06proto3"
+	"\fDeleteSecret\x12(.flotilla.secrets.v1.DeleteSecretRequest\x1a\x16.google.protobuf.Empty\"6\x82\xd3\xe4\x93\x020*./api/v1/instances/{instance_id}/secrets/{name}\x12\x81\x01\n" +
+	"\x0eSetFleetSecret\x12*.flotilla.secrets.v1.SetFleetSecretRequest\x1a .flotilla.secrets.v1.FleetSecret\"!\x82\xd3\xe4\x93\x02\x1b:\x01*\x1a\x16/api/v1/secrets/{name}\x12\x88\x01\n" +
+	"\x10ListFleetSecrets\x12,.flotilla.secrets.v1.ListFleetSecretsRequest\x1a-.flotilla.secrets.v1.ListFleetSecretsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/v1/secrets\x12z\n" +
+	"\x11DeleteFleetSecret\x12-.flotilla.secrets.v1.DeleteFleetSecretRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/secrets/{name}B=Z;flotilla.dev/flotilla/api/gen/flotilla/secrets/v1;secretsv1b\x06proto3"
 
 var (
 	file_flotilla_secrets_v1_secrets_proto_rawDescOnce sync.Once
@@ -1460,52 +1769,66 @@ func file_flotilla_secrets_v1_secrets_proto_rawDescGZIP() []byte {
 	return file_flotilla_secrets_v1_secrets_proto_rawDescData
 }
 
-var file_flotilla_secrets_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_flotilla_secrets_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_flotilla_secrets_v1_secrets_proto_goTypes = []any{
 	(*Secret)(nil),                         // 0: flotilla.secrets.v1.Secret
 	(*CreateSecretRequest)(nil),            // 1: flotilla.secrets.v1.CreateSecretRequest
 	(*ListSecretsRequest)(nil),             // 2: flotilla.secrets.v1.ListSecretsRequest
 	(*ListSecretsResponse)(nil),            // 3: flotilla.secrets.v1.ListSecretsResponse
 	(*DeleteSecretRequest)(nil),            // 4: flotilla.secrets.v1.DeleteSecretRequest
-	(*ReadSecretRequest)(nil),              // 5: flotilla.secrets.v1.ReadSecretRequest
-	(*ReadSecretResponse)(nil),             // 6: flotilla.secrets.v1.ReadSecretResponse
-	(*SecretAccess)(nil),                   // 7: flotilla.secrets.v1.SecretAccess
-	(*PutCloudKeyRequest)(nil),             // 8: flotilla.secrets.v1.PutCloudKeyRequest
-	(*PutCloudKeyResponse)(nil),            // 9: flotilla.secrets.v1.PutCloudKeyResponse
-	(*DeleteCloudKeyRequest)(nil),          // 10: flotilla.secrets.v1.DeleteCloudKeyRequest
-	(*CheckCloudAccountChangeRequest)(nil), // 11: flotilla.secrets.v1.CheckCloudAccountChangeRequest
-	(*ReadCloudKeyRequest)(nil),            // 12: flotilla.secrets.v1.ReadCloudKeyRequest
-	(*ReadCloudKeyResponse)(nil),           // 13: flotilla.secrets.v1.ReadCloudKeyResponse
-	(*StoreCertificateKeyRequest)(nil),     // 14: flotilla.secrets.v1.StoreCertificateKeyRequest
-	(*CertificateKey)(nil),                 // 15: flotilla.secrets.v1.CertificateKey
-	(*DeleteCertificateKeyRequest)(nil),    // 16: flotilla.secrets.v1.DeleteCertificateKeyRequest
-	(*ReadCertificateKeyRequest)(nil),      // 17: flotilla.secrets.v1.ReadCertificateKeyRequest
-	(*ReadCertificateKeyResponse)(nil),     // 18: flotilla.secrets.v1.ReadCertificateKeyResponse
-	(*GetAcmeAccountKeyRequest)(nil),       // 19: flotilla.secrets.v1.GetAcmeAccountKeyRequest
-	(*AcmeAccountKey)(nil),                 // 20: flotilla.secrets.v1.AcmeAccountKey
-	(*PutAcmeCertificateRequest)(nil),      // 21: flotilla.secrets.v1.PutAcmeCertificateRequest
-	(*ReadAcmeCertificateRequest)(nil),     // 22: flotilla.secrets.v1.ReadAcmeCertificateRequest
-	(*AcmeCertificate)(nil),                // 23: flotilla.secrets.v1.AcmeCertificate
-	(*timestamppb.Timestamp)(nil),          // 24: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),                  // 25: google.protobuf.Empty
+	(*FleetSecret)(nil),                    // 5: flotilla.secrets.v1.FleetSecret
+	(*SetFleetSecretRequest)(nil),          // 6: flotilla.secrets.v1.SetFleetSecretRequest
+	(*ListFleetSecretsRequest)(nil),        // 7: flotilla.secrets.v1.ListFleetSecretsRequest
+	(*ListFleetSecretsResponse)(nil),       // 8: flotilla.secrets.v1.ListFleetSecretsResponse
+	(*DeleteFleetSecretRequest)(nil),       // 9: flotilla.secrets.v1.DeleteFleetSecretRequest
+	(*ReadSecretRequest)(nil),              // 10: flotilla.secrets.v1.ReadSecretRequest
+	(*ReadSecretResponse)(nil),             // 11: flotilla.secrets.v1.ReadSecretResponse
+	(*SecretAccess)(nil),                   // 12: flotilla.secrets.v1.SecretAccess
+	(*PutCloudKeyRequest)(nil),             // 13: flotilla.secrets.v1.PutCloudKeyRequest
+	(*PutCloudKeyResponse)(nil),            // 14: flotilla.secrets.v1.PutCloudKeyResponse
+	(*DeleteCloudKeyRequest)(nil),          // 15: flotilla.secrets.v1.DeleteCloudKeyRequest
+	(*CheckCloudAccountChangeRequest)(nil), // 16: flotilla.secrets.v1.CheckCloudAccountChangeRequest
+	(*ReadCloudKeyRequest)(nil),            // 17: flotilla.secrets.v1.ReadCloudKeyRequest
+	(*ReadCloudKeyResponse)(nil),           // 18: flotilla.secrets.v1.ReadCloudKeyResponse
+	(*StoreCertificateKeyRequest)(nil),     // 19: flotilla.secrets.v1.StoreCertificateKeyRequest
+	(*CertificateKey)(nil),                 // 20: flotilla.secrets.v1.CertificateKey
+	(*DeleteCertificateKeyRequest)(nil),    // 21: flotilla.secrets.v1.DeleteCertificateKeyRequest
+	(*ReadCertificateKeyRequest)(nil),      // 22: flotilla.secrets.v1.ReadCertificateKeyRequest
+	(*ReadCertificateKeyResponse)(nil),     // 23: flotilla.secrets.v1.ReadCertificateKeyResponse
+	(*GetAcmeAccountKeyRequest)(nil),       // 24: flotilla.secrets.v1.GetAcmeAccountKeyRequest
+	(*AcmeAccountKey)(nil),                 // 25: flotilla.secrets.v1.AcmeAccountKey
+	(*PutAcmeCertificateRequest)(nil),      // 26: flotilla.secrets.v1.PutAcmeCertificateRequest
+	(*ReadAcmeCertificateRequest)(nil),     // 27: flotilla.secrets.v1.ReadAcmeCertificateRequest
+	(*AcmeCertificate)(nil),                // 28: flotilla.secrets.v1.AcmeCertificate
+	(*timestamppb.Timestamp)(nil),          // 29: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),                  // 30: google.protobuf.Empty
 }
 var file_flotilla_secrets_v1_secrets_proto_depIdxs = []int32{
-	24, // 0: flotilla.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
-	24, // 1: flotilla.secrets.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
+	29, // 0: flotilla.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
+	29, // 1: flotilla.secrets.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: flotilla.secrets.v1.ListSecretsResponse.secrets:type_name -> flotilla.secrets.v1.Secret
-	24, // 3: flotilla.secrets.v1.SecretAccess.time:type_name -> google.protobuf.Timestamp
-	24, // 4: flotilla.secrets.v1.AcmeCertificate.not_after:type_name -> google.protobuf.Timestamp
-	1,  // 5: flotilla.secrets.v1.SecretService.CreateSecret:input_type -> flotilla.secrets.v1.CreateSecretRequest
-	2,  // 6: flotilla.secrets.v1.SecretService.ListSecrets:input_type -> flotilla.secrets.v1.ListSecretsRequest
-	4,  // 7: flotilla.secrets.v1.SecretService.DeleteSecret:input_type -> flotilla.secrets.v1.DeleteSecretRequest
-	0,  // 8: flotilla.secrets.v1.SecretService.CreateSecret:output_type -> flotilla.secrets.v1.Secret
-	3,  // 9: flotilla.secrets.v1.SecretService.ListSecrets:output_type -> flotilla.secrets.v1.ListSecretsResponse
-	25, // 10: flotilla.secrets.v1.SecretService.DeleteSecret:output_type -> google.protobuf.Empty
-	8,  // [8:11] is the sub-list for method output_type
-	5,  // [5:8] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	29, // 3: flotilla.secrets.v1.FleetSecret.create_time:type_name -> google.protobuf.Timestamp
+	29, // 4: flotilla.secrets.v1.FleetSecret.update_time:type_name -> google.protobuf.Timestamp
+	5,  // 5: flotilla.secrets.v1.ListFleetSecretsResponse.secrets:type_name -> flotilla.secrets.v1.FleetSecret
+	29, // 6: flotilla.secrets.v1.SecretAccess.time:type_name -> google.protobuf.Timestamp
+	29, // 7: flotilla.secrets.v1.AcmeCertificate.not_after:type_name -> google.protobuf.Timestamp
+	1,  // 8: flotilla.secrets.v1.SecretService.CreateSecret:input_type -> flotilla.secrets.v1.CreateSecretRequest
+	2,  // 9: flotilla.secrets.v1.SecretService.ListSecrets:input_type -> flotilla.secrets.v1.ListSecretsRequest
+	4,  // 10: flotilla.secrets.v1.SecretService.DeleteSecret:input_type -> flotilla.secrets.v1.DeleteSecretRequest
+	6,  // 11: flotilla.secrets.v1.SecretService.SetFleetSecret:input_type -> flotilla.secrets.v1.SetFleetSecretRequest
+	7,  // 12: flotilla.secrets.v1.SecretService.ListFleetSecrets:input_type -> flotilla.secrets.v1.ListFleetSecretsRequest
+	9,  // 13: flotilla.secrets.v1.SecretService.DeleteFleetSecret:input_type -> flotilla.secrets.v1.DeleteFleetSecretRequest
+	0,  // 14: flotilla.secrets.v1.SecretService.CreateSecret:output_type -> flotilla.secrets.v1.Secret
+	3,  // 15: flotilla.secrets.v1.SecretService.ListSecrets:output_type -> flotilla.secrets.v1.ListSecretsResponse
+	30, // 16: flotilla.secrets.v1.SecretService.DeleteSecret:output_type -> google.protobuf.Empty
+	5,  // 17: flotilla.secrets.v1.SecretService.SetFleetSecret:output_type -> flotilla.secrets.v1.FleetSecret
+	8,  // 18: flotilla.secrets.v1.SecretService.ListFleetSecrets:output_type -> flotilla.secrets.v1.ListFleetSecretsResponse
+	30, // 19: flotilla.secrets.v1.SecretService.DeleteFleetSecret:output_type -> google.protobuf.Empty
+	14, // [14:20] is the sub-list for method output_type
+	8,  // [8:14] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_secrets_v1_secrets_proto_init() }
@@ -1519,7 +1842,7 @@ func file_flotilla_secrets_v1_secrets_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_secrets_v1_secrets_proto_rawDesc), len(file_flotilla_secrets_v1_secrets_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

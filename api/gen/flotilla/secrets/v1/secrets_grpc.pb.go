@@ -20,17 +20,22 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	SecretService_CreateSecret_FullMethodName = "/flotilla.secrets.v1.SecretService/CreateSecret"
-	SecretService_ListSecrets_FullMethodName  = "/flotilla.secrets.v1.SecretService/ListSecrets"
-	SecretService_DeleteSecret_FullMethodName = "/flotilla.secrets.v1.SecretService/DeleteSecret"
+	SecretService_CreateSecret_FullMethodName      = "/flotilla.secrets.v1.SecretService/CreateSecret"
+	SecretService_ListSecrets_FullMethodName       = "/flotilla.secrets.v1.SecretService/ListSecrets"
+	SecretService_DeleteSecret_FullMethodName      = "/flotilla.secrets.v1.SecretService/DeleteSecret"
+	SecretService_SetFleetSecret_FullMethodName    = "/flotilla.secrets.v1.SecretService/SetFleetSecret"
+	SecretService_ListFleetSecrets_FullMethodName  = "/flotilla.secrets.v1.SecretService/ListFleetSecrets"
+	SecretService_DeleteFleetSecret_FullMethodName = "/flotilla.secrets.v1.SecretService/DeleteFleetSecret"
 )
 
 // SecretServiceClient is the client API for SecretService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// SecretService stores secrets bound to instances. Values go in and never
-// come back out through this API: only the instance's agent can read them.
+// SecretService stores secrets bound to instances, and fleet secrets
+// shared by the instances of some templates. Values go in and never come
+// back out through this API: only the agents of the instances they are for
+// can read them.
 type SecretServiceClient interface {
 	// CreateSecret stores (or replaces) a secret bound to an instance.
 	CreateSecret(ctx context.Context, in *CreateSecretRequest, opts ...grpc.CallOption) (*Secret, error)
@@ -38,6 +43,14 @@ type SecretServiceClient interface {
 	ListSecrets(ctx context.Context, in *ListSecretsRequest, opts ...grpc.CallOption) (*ListSecretsResponse, error)
 	// DeleteSecret deletes one of an instance's secrets.
 	DeleteSecret(ctx context.Context, in *DeleteSecretRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	// SetFleetSecret stores (or replaces) a fleet secret: one value for the
+	// agents of every instance of the templates it names. An instance's own
+	// secret of the same name comes first.
+	SetFleetSecret(ctx context.Context, in *SetFleetSecretRequest, opts ...grpc.CallOption) (*FleetSecret, error)
+	// ListFleetSecrets lists the fleet secrets: names and metadata, never values.
+	ListFleetSecrets(ctx context.Context, in *ListFleetSecretsRequest, opts ...grpc.CallOption) (*ListFleetSecretsResponse, error)
+	// DeleteFleetSecret deletes a fleet secret.
+	DeleteFleetSecret(ctx context.Context, in *DeleteFleetSecretRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 }
 
 type secretServiceClient struct {
@@ -78,12 +91,44 @@ func (c *secretServiceClient) DeleteSecret(ctx context.Context, in *DeleteSecret
 	return out, nil
 }
 
+func (c *secretServiceClient) SetFleetSecret(ctx context.Context, in *SetFleetSecretRequest, opts ...grpc.CallOption) (*FleetSecret, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FleetSecret)
+	err := c.cc.Invoke(ctx, SecretService_SetFleetSecret_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *secretServiceClient) ListFleetSecrets(ctx context.Context, in *ListFleetSecretsRequest, opts ...grpc.CallOption) (*ListFleetSecretsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListFleetSecretsResponse)
+	err := c.cc.Invoke(ctx, SecretService_ListFleetSecrets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *secretServiceClient) DeleteFleetSecret(ctx context.Context, in *DeleteFleetSecretRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(emptypb.Empty)
+	err := c.cc.Invoke(ctx, SecretService_DeleteFleetSecret_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SecretServiceServer is the server API for SecretService service.
 // All implementations must embed UnimplementedSecretServiceServer
 // for forward compatibility.
 //
-// SecretService stores secrets bound to instances. Values go in and never
-// come back out through this API: only the instance's agent can read them.
+// SecretService stores secrets bound to instances, and fleet secrets
+// shared by the instances of some templates. Values go in and never come
+// back out through this API: only the agents of the instances they are for
+// can read them.
 type SecretServiceServer interface {
 	// CreateSecret stores (or replaces) a secret bound to an instance.
 	CreateSecret(context.Context, *CreateSecretRequest) (*Secret, error)
@@ -91,6 +136,14 @@ type SecretServiceServer interface {
 	ListSecrets(context.Context, *ListSecretsRequest) (*ListSecretsResponse, error)
 	// DeleteSecret deletes one of an instance's secrets.
 	DeleteSecret(context.Context, *DeleteSecretRequest) (*emptypb.Empty, error)
+	// SetFleetSecret stores (or replaces) a fleet secret: one value for the
+	// agents of every instance of the templates it names. An instance's own
+	// secret of the same name comes first.
+	SetFleetSecret(context.Context, *SetFleetSecretRequest) (*FleetSecret, error)
+	// ListFleetSecrets lists the fleet secrets: names and metadata, never values.
+	ListFleetSecrets(context.Context, *ListFleetSecretsRequest) (*ListFleetSecretsResponse, error)
+	// DeleteFleetSecret deletes a fleet secret.
+	DeleteFleetSecret(context.Context, *DeleteFleetSecretRequest) (*emptypb.Empty, error)
 	mustEmbedUnimplementedSecretServiceServer()
 }
 
@@ -109,6 +162,15 @@ func (UnimplementedSecretServiceServer) ListSecrets(context.Context, *ListSecret
 }
 func (UnimplementedSecretServiceServer) DeleteSecret(context.Context, *DeleteSecretRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteSecret not implemented")
+}
+func (UnimplementedSecretServiceServer) SetFleetSecret(context.Context, *SetFleetSecretRequest) (*FleetSecret, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetFleetSecret not implemented")
+}
+func (UnimplementedSecretServiceServer) ListFleetSecrets(context.Context, *ListFleetSecretsRequest) (*ListFleetSecretsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListFleetSecrets not implemented")
+}
+func (UnimplementedSecretServiceServer) DeleteFleetSecret(context.Context, *DeleteFleetSecretRequest) (*emptypb.Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteFleetSecret not implemented")
 }
 func (UnimplementedSecretServiceServer) mustEmbedUnimplementedSecretServiceServer() {}
 func (UnimplementedSecretServiceServer) testEmbeddedByValue()                       {}
@@ -185,6 +247,60 @@ func _SecretService_DeleteSecret_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SecretService_SetFleetSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetFleetSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecretServiceServer).SetFleetSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecretService_SetFleetSecret_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecretServiceServer).SetFleetSecret(ctx, req.(*SetFleetSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SecretService_ListFleetSecrets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFleetSecretsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecretServiceServer).ListFleetSecrets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecretService_ListFleetSecrets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecretServiceServer).ListFleetSecrets(ctx, req.(*ListFleetSecretsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SecretService_DeleteFleetSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteFleetSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecretServiceServer).DeleteFleetSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecretService_DeleteFleetSecret_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecretServiceServer).DeleteFleetSecret(ctx, req.(*DeleteFleetSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SecretService_ServiceDesc is the grpc.ServiceDesc for SecretService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -203,6 +319,18 @@ var SecretService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteSecret",
 			Handler:    _SecretService_DeleteSecret_Handler,
+		},
+		{
+			MethodName: "SetFleetSecret",
+			Handler:    _SecretService_SetFleetSecret_Handler,
+		},
+		{
+			MethodName: "ListFleetSecrets",
+			Handler:    _SecretService_ListFleetSecrets_Handler,
+		},
+		{
+			MethodName: "DeleteFleetSecret",
+			Handler:    _SecretService_DeleteFleetSecret_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,83 @@
+package console
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
+)
+
+// fleetSecretRow is one fleet secret as its page shows it: its templates
+// by name (an id the console cannot name, as it is).
+type fleetSecretRow struct {
+	S         *secretsv1.FleetSecret
+	Templates []option
+}
+
+// fleetSecretsData is the fleet secrets page's: the secrets, and every
+// template to give one to.
+type fleetSecretsData struct {
+	Rows      []fleetSecretRow
+	Templates []option
+}
+
+// fleetSecrets serves GET /secrets: the fleet secrets (names, templates,
+// never values) and, for operators, the form that stores one.
+func (c *Console) fleetSecrets(w http.ResponseWriter, r *http.Request, s *session) {
+	list := &secretsv1.ListFleetSecretsResponse{}
+	if err := s.api.get("/api/v1/secrets", list); err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	tpls, err := listAll(s.api, "/api/v1/templates", (*inventoryv1.ListTemplatesResponse).GetTemplates)
+	if err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	d := fleetSecretsData{}
+	name := map[string]string{}
+	for _, t := range tpls {
+		name[t.GetId()] = t.GetName()
+		d.Templates = append(d.Templates, option{Value: t.GetId(), Label: t.GetName()})
+	}
+	for _, sec := range list.GetSecrets() {
+		row := fleetSecretRow{S: sec}
+		for _, id := range sec.GetTemplateIds() {
+			row.Templates = append(row.Templates, option{Value: id, Label: name[id]})
+		}
+		d.Rows = append(d.Rows, row)
+	}
+	c.render(w, r, s, http.StatusOK, "secrets", "Fleet secrets", d)
+}
+
+// setFleetSecret serves POST /secrets: stores a fleet secret (or, with no
+// value, gives the one stored other templates). The value goes to the API
+// and is never shown.
+func (c *Console) setFleetSecret(w http.ResponseWriter, r *http.Request, s *session) {
+	if err := r.ParseForm(); err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	name := strings.TrimSpace(r.PostFormValue("name"))
+	err := s.api.do(http.MethodPut, "/api/v1/secrets/"+url.PathEscape(name),
+		&secretsv1.SetFleetSecretRequest{Name: name, Value: r.PostFormValue("value"), TemplateIds: r.PostForm["templateId"]}, nil)
+	c.done(w, r, s, err, "/secrets", "The fleet secret "+name+" is stored.", "The fleet secret was not stored")
+}
+
+// confirmDeleteFleetSecret serves GET /secrets/{name}/delete.
+func (c *Console) confirmDeleteFleetSecret(w http.ResponseWriter, r *http.Request, s *session) {
+	name := r.PathValue("name")
+	d := deleteData{Verb: "Delete", Noun: "fleet secret", Name: name,
+		Does:   "Its value is gone for good: the agents of its templates' instances can no longer read it, and a setup that uses it fails (an instance's own secret of the name is kept).",
+		Action: "/secrets/" + url.PathEscape(name) + "/delete", Cancel: "/secrets"}
+	c.render(w, r, s, http.StatusOK, "delete", "Delete "+name+"?", d)
+}
+
+// deleteFleetSecret serves POST /secrets/{name}/delete.
+func (c *Console) deleteFleetSecret(w http.ResponseWriter, r *http.Request, s *session) {
+	name := r.PathValue("name")
+	err := s.api.do(http.MethodDelete, "/api/v1/secrets/"+url.PathEscape(name), nil, nil)
+	c.done(w, r, s, err, "/secrets", "The fleet secret "+name+" is deleted.", "The fleet secret was not deleted")
+}

@@ -1,0 +1,71 @@
+package console_test
+
+import (
+	"html"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+)
+
+// TestConsoleFleetSecrets: an operator stores a fleet secret for a
+// template from the Secrets page, sees it listed with the template by
+// name and never its value, gives it other templates without retyping
+// the value, and deletes it after a confirmation; a refusal says the
+// API's field; a viewer sees the list and no form.
+func TestConsoleFleetSecrets(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false)
+	e.login(adminUser, adminPass).must(t, http.StatusSeeOther, "log in")
+	_, tplID := e.networkAndTemplate()
+	e.post("/templates/new", url.Values{"name": {"big"}, "provider": {"local"}, "dataDiskGb": {"2"}, "actionCount": {"0"}}).
+		must(t, http.StatusSeeOther, "create template big")
+	e.post("/users/new", url.Values{"username": {"vic"}, "password": {"vic-pass-1234"}, "role": {"viewer"}}).must(t, http.StatusSeeOther, "create vic")
+
+	p := e.get("/secrets").must(t, 200, "the fleet secrets")
+	if !strings.Contains(p.body, `href="/secrets" aria-current="page"`) || !strings.Contains(p.body, "No fleet secrets.") ||
+		!strings.Contains(p.body, `name="templateId" value="`+tplID+`"> small`) {
+		t.Fatalf("the empty page:\n%s", p.body)
+	}
+	// No template chosen: the API's refusal, naming the field.
+	e.post("/secrets", url.Values{"name": {"registry"}, "value": {"t0ken-value"}}).must(t, http.StatusSeeOther, "a fleet secret for no template")
+	if p := e.get("/secrets"); !strings.Contains(html.UnescapeString(p.body), "The fleet secret was not stored: templateIds: is required") {
+		t.Fatalf("the refusal:\n%s", p.body)
+	}
+	e.post("/secrets", url.Values{"name": {"registry"}, "value": {"t0ken-value"}, "templateId": {tplID}}).must(t, http.StatusSeeOther, "store registry")
+	p = e.get("/secrets").must(t, 200, "the fleet secrets")
+	if !strings.Contains(p.body, "The fleet secret registry is stored.") || !strings.Contains(p.body, `<a href="/templates/`+tplID+`/edit">small</a>`) ||
+		strings.Contains(p.body, "t0ken-value") || !strings.Contains(p.body, `<a href="/secrets/registry/delete"`) {
+		t.Fatalf("the page after the store:\n%s", p.body)
+	}
+	// No value: its templates alone change, the value and version stay.
+	bigID := ""
+	for _, l := range strings.Split(p.body, "\n") {
+		if strings.Contains(l, `name="templateId"`) && strings.HasSuffix(strings.TrimSpace(l), "big</label>") {
+			bigID = strings.Split(strings.Split(l, `value="`)[1], `"`)[0]
+		}
+	}
+	e.post("/secrets", url.Values{"name": {"registry"}, "templateId": {tplID, bigID}}).must(t, http.StatusSeeOther, "give registry big too")
+	_, list := e.api("GET", "/api/v1/secrets", nil)
+	sec := list["secrets"].([]any)[0].(map[string]any)
+	if sec["version"] != "1" || len(sec["templateIds"].([]any)) != 2 {
+		t.Fatalf("after its templates changed: %v", sec)
+	}
+
+	// A viewer reads the list, with no form and no delete.
+	v := e.as("vic", "vic-pass-1234")
+	if p := v.get("/secrets").must(t, 200, "a viewer's fleet secrets"); !strings.Contains(p.body, `<th scope="row">registry</th>`) ||
+		strings.Contains(p.body, `id="set-fleet-secret"`) || strings.Contains(p.body, "/secrets/registry/delete") {
+		t.Fatalf("a viewer's page:\n%s", p.body)
+	}
+
+	// Deleted after the confirmation.
+	if p := e.get("/secrets/registry/delete").must(t, 200, "the confirmation"); !strings.Contains(p.body, "Delete the fleet secret registry?") ||
+		!strings.Contains(p.body, `action="/secrets/registry/delete"`) {
+		t.Fatalf("the confirmation:\n%s", p.body)
+	}
+	e.post("/secrets/registry/delete", url.Values{}).must(t, http.StatusSeeOther, "delete registry")
+	if p := e.get("/secrets"); !strings.Contains(p.body, "The fleet secret registry is deleted.") || !strings.Contains(p.body, "No fleet secrets.") {
+		t.Fatalf("after the delete:\n%s", p.body)
+	}
+}

@@ -1,0 +1,173 @@
+package secrets_test
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"flotilla.dev/flotilla/api/endpoints"
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
+	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
+	"flotilla.dev/flotilla/libs/apierr"
+)
+
+// TestFleetSecretsReachTheInstancesOfTheirTemplates: a fleet secret is
+// read by the agents of the instances of its templates and no other; an
+// instance's own secret of the name comes first; a new value is the next
+// version, new templates alone keep it; every read is audited as the
+// fleet secret's; a deleted one is refused like one never set.
+func TestFleetSecretsReachTheInstancesOfTheirTemplates(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	big, err := e.inventory.CreateTemplate(ctx, "user:test", &inventoryv1.Template{Name: "big", Provider: "local", DataDiskGb: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := e.inventory.CreateInstance(ctx, "user:test", &inventoryv1.Instance{Name: "c", Kind: "design", TemplateId: big.GetId(), NetworkId: e.network})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reads := func(requester, want string) {
+		t.Helper()
+		got, err := e.read(requester, "registry")
+		switch {
+		case want == "" && !apierr.Is(err, apierr.KindPermissionDenied):
+			t.Fatalf("%s reads the fleet secret: %v, %v; want permission denied", requester, got, err)
+		case want != "" && (err != nil || string(got.GetValue()) != want):
+			t.Fatalf("%s reads the fleet secret: %v, %v; want %q", requester, got, err, want)
+		}
+	}
+
+	// No fleet secret yet: c is refused as for any name it has none of.
+	_, errNone := e.read(c.GetId(), "registry")
+	sec, err := e.setFleet("registry", "fleet-v1", e.template)
+	if err != nil || sec.GetVersion() != 1 || !slices.Equal(sec.GetTemplateIds(), []string{e.template}) || sec.GetKmsKeyId() == "" {
+		t.Fatalf("set: %v, %v", sec, err)
+	}
+	reads(e.a, "fleet-v1")
+	reads(e.b, "fleet-v1")
+	_, errOther := e.read(c.GetId(), "registry")
+	if !apierr.Is(errOther, apierr.KindPermissionDenied) || errOther.Error() != errNone.Error() {
+		t.Fatalf("c, of another template: %v; want the refusal of a name never set: %v", errOther, errNone)
+	}
+
+	// a's own secret of the name comes first; b still reads the fleet's.
+	e.mustCreate(e.a, "registry", "a-own")
+	reads(e.a, "a-own")
+	reads(e.b, "fleet-v1")
+
+	// A new value for both templates: the next version.
+	if sec, err = e.setFleet("registry", "fleet-v2", e.template, big.GetId(), e.template); err != nil || sec.GetVersion() != 2 ||
+		!slices.Equal(sec.GetTemplateIds(), []string{e.template, big.GetId()}) {
+		t.Fatalf("set again: %v, %v", sec, err)
+	}
+	reads(e.b, "fleet-v2")
+	reads(c.GetId(), "fleet-v2")
+	// Its templates alone: the value and version stay.
+	if sec, err = e.setFleet("registry", "", big.GetId()); err != nil || sec.GetVersion() != 2 {
+		t.Fatalf("set its templates alone: %v, %v", sec, err)
+	}
+	reads(e.b, "")
+	if got, err := e.read(c.GetId(), "registry"); err != nil || string(got.GetValue()) != "fleet-v2" || got.GetVersion() != 2 {
+		t.Fatalf("c after the templates changed: %v, %v", got, err)
+	}
+	list, err := call(e, endpoints.FleetSecretList, &secretsv1.ListFleetSecretsRequest{})
+	if err != nil || len(list.GetSecrets()) != 1 || list.GetSecrets()[0].GetName() != "registry" ||
+		!slices.Equal(list.GetSecrets()[0].GetTemplateIds(), []string{big.GetId()}) || list.GetSecrets()[0].GetVersion() != 2 {
+		t.Fatalf("list: %v, %v", list, err)
+	}
+
+	// Every read is audited: a fleet secret's released with fleet set and
+	// no instance, a refusal as any other.
+	type rec struct {
+		requester, instance string
+		fleet, allowed      bool
+	}
+	var seen []rec
+	for _, r := range e.auditRecords() {
+		seen = append(seen, rec{r.GetRequesterInstanceId(), r.GetInstanceId(), r.GetFleet(), r.GetAllowed()})
+		if r.GetFleet() && !strings.Contains(r.GetReason(), "fleet secret") {
+			t.Errorf("a fleet secret's read audited for %q", r.GetReason())
+		}
+	}
+	want := []rec{
+		{c.GetId(), "", false, false},
+		{e.a, "", true, true}, {e.b, "", true, true}, {c.GetId(), "", false, false},
+		{e.a, e.a, false, true}, {e.b, "", true, true},
+		{e.b, "", true, true}, {c.GetId(), "", true, true},
+		{e.b, "", false, false}, {c.GetId(), "", true, true},
+	}
+	if !slices.Equal(seen, want) {
+		t.Fatalf("audit records\n got %v\nwant %v", seen, want)
+	}
+
+	// Deleted: refused like a name never set; deleted again: not found.
+	if _, err := call(e, endpoints.FleetSecretDelete, &secretsv1.DeleteFleetSecretRequest{Name: "registry"}); err != nil {
+		t.Fatal(err)
+	}
+	reads(c.GetId(), "")
+	if _, err := call(e, endpoints.FleetSecretDelete, &secretsv1.DeleteFleetSecretRequest{Name: "registry"}); !apierr.Is(err, apierr.KindNotFound) {
+		t.Fatalf("deleted twice: %v", err)
+	}
+}
+
+// TestFleetSecretValidationNamesTheField: every refusal names the field
+// and its rule, and stores nothing.
+func TestFleetSecretValidationNamesTheField(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	for _, tc := range []struct {
+		name, value string
+		templates   []string
+		want        string
+	}{
+		{"bad name", "v", []string{e.template}, "name:"},
+		{"", "v", []string{e.template}, "name: is required"},
+		{"ok", "v", nil, "templateIds: is required"},
+		{"ok", "v", []string{"small"}, "templateIds[0]: must be a template id (a UUID)"},
+		{"ok", "v", []string{e.template, uuid.NewString()}, "templateIds[1]: there is no template"},
+		{"ok", strings.Repeat("v", 64<<10+1), []string{e.template}, "value: must be at most 65536 bytes"},
+		{"ok", "", []string{e.template}, `value: is required: there is no fleet secret "ok"`},
+	} {
+		_, err := e.setFleet(tc.name, tc.value, tc.templates...)
+		if !apierr.Is(err, apierr.KindInvalid) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("set %q for %v: %v; want invalid, %q", tc.name, tc.templates, err, tc.want)
+		}
+	}
+	if list, err := call(e, endpoints.FleetSecretList, &secretsv1.ListFleetSecretsRequest{}); err != nil || len(list.GetSecrets()) != 0 {
+		t.Fatalf("the refusals stored %v, %v", list, err)
+	}
+}
+
+// TestADeletedTemplateLeavesItsFleetSecrets: a deleted template is taken
+// off every fleet secret that named it; the secret stays, for its other
+// templates.
+func TestADeletedTemplateLeavesItsFleetSecrets(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	gone, err := e.inventory.CreateTemplate(ctx, "user:test", &inventoryv1.Template{Name: "gone", Provider: "local", DataDiskGb: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.setFleet("registry", "v", gone.GetId(), e.template); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.inventory.DeleteTemplate(ctx, "user:test", gone.GetId(), gone.GetVersion()); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		list, err := call(e, endpoints.FleetSecretList, &secretsv1.ListFleetSecretsRequest{})
+		if err == nil && len(list.GetSecrets()) == 1 && slices.Equal(list.GetSecrets()[0].GetTemplateIds(), []string{e.template}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the fleet secret after its template's deletion: %v, %v", list, err)
+		}
+	}
+}
