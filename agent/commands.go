@@ -35,6 +35,8 @@ func (a *agent) commandLoop(ctx context.Context) {
 			a.refreshCertificate(ctx, cmd.GetId(), act.RefreshCertificate)
 		case *agentv1.Command_UpgradeAgent:
 			a.upgradeAgent(ctx, cmd.GetId(), act.UpgradeAgent)
+		case *agentv1.Command_RefreshConfiguration:
+			a.refreshConfiguration(ctx, cmd.GetId(), act.RefreshConfiguration)
 		default:
 			a.logf(ctx, "command %s has no action this agent knows; ignored", cmd.GetId())
 		}
@@ -67,13 +69,7 @@ func (a *agent) bootstrap(ctx context.Context, id string, b *agentv1.Bootstrap) 
 
 	a.logf(ctx, "command %s: bootstrapping instance %s: %d setup actions, node software %q, HTTPS %q",
 		id, b.GetInstanceName(), len(b.GetSetupActions()), b.GetNodeVersion(), b.GetHttpsStrategy())
-	r := &setupRunner{
-		dataDir:   a.cfg.DataDir,
-		installer: a.cfg.PackageInstaller,
-		log:       func(source, text string) { a.logs.Add(source, a.mask.Mask(text)) },
-		logErr:    func(source, text string) { a.logs.AddStderr(source, a.mask.Mask(text)) },
-		secret:    a.fetchSecret,
-	}
+	r := a.setupRunner()
 	for i, act := range b.GetSetupActions() {
 		a.progress(ctx, id, vocab.StepRunningSetup, vocab.ProgressStarted, act.GetType(), i)
 		if err := r.run(ctx, act); err != nil {
@@ -102,6 +98,7 @@ func (a *agent) bootstrap(ctx context.Context, id string, b *agentv1.Bootstrap) 
 		err = a.state.Update(func(s *state) {
 			s.Node = &spec
 			s.CompletedCommandID = id
+			s.Setup = &setupRecord{Ran: ranOf(b.GetSetupActions())}
 		})
 	}
 	if err != nil {

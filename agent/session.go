@@ -121,7 +121,8 @@ func (a *agent) session(stopping <-chan struct{}) (sessionEnd, error) {
 			AgentVersion:       a.cfg.Version,
 			VmId:               a.cfg.VMID,
 			CompletedCommandId: a.state.Get().CompletedCommandID,
-			Features:           []string{string(vocab.AgentFeatureRelease), string(vocab.AgentFeatureUpgrade)},
+			Features: []string{string(vocab.AgentFeatureRelease), string(vocab.AgentFeatureUpgrade),
+				string(vocab.AgentFeatureRefreshConfiguration)},
 		}}})
 	}
 	close(opened)

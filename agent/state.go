@@ -26,6 +26,23 @@ type state struct {
 	CompletedCommandID string `json:"completedCommandId,omitempty"`
 	// Node is how the node software runs, once a Bootstrap started it.
 	Node *nodeSpec `json:"node,omitempty"`
+	// Setup is what that Bootstrap's setup ran (nil: recorded by no
+	// agent, one from before RefreshConfiguration).
+	Setup *setupRecord `json:"setup,omitempty"`
+}
+
+// setupRecord is what a VM's setup ran that a RefreshConfiguration does
+// not run again: its scripts and packages, in order (with their
+// ${secret:NAME} references, never a value).
+type setupRecord struct {
+	Ran []ranAction `json:"ran"`
+}
+
+// ranAction is a script or packages action.
+type ranAction struct {
+	Type     string   `json:"type"`
+	Script   string   `json:"script,omitempty"`
+	Packages []string `json:"packages,omitempty"`
 }
 
 // nodeSpec is how to run the node software.

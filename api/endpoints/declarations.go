@@ -243,6 +243,8 @@ var (
 		"has a running instance's agent fetch its custom certificate again, or renew its ACME certificate now", gateway)
 	AgentUpgrade = endpoint[*inventoryv1.InstanceActionRequest, *inventoryv1.Instance](provisioner, subjects.NounAgent, subjects.VerbUpgrade,
 		"has an instance's connected agent replace itself with the agent of the manager's version", gateway)
+	ConfigRefresh = endpoint[*inventoryv1.InstanceActionRequest, *inventoryv1.Instance](provisioner, subjects.NounConfig, subjects.VerbRefresh,
+		"has a running instance's agent write its template's files and environment again (secrets read anew) and restart the node software", gateway)
 	DNSChallengePut = endpoint[*inventoryv1.DnsChallengeRequest, *emptypb.Empty](provisioner, subjects.NounDNSChallenge, subjects.VerbPut,
 		"writes the DNS-01 TXT record of one of an instance's ACME domains in its network's Route53 zone, for its agent", agentgw)
 	DNSChallengeDelete = endpoint[*inventoryv1.DnsChallengeRequest, *emptypb.Empty](provisioner, subjects.NounDNSChallenge, subjects.VerbDelete,

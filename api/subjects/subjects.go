@@ -125,20 +125,21 @@ func EventType(entity, verb string) string { return entity + "." + verb }
 
 // Nouns and verbs of the issue-3 services' endpoints.
 const (
-	NounCertificate  = "certificate"  // ca: certificate.get
-	NounJoinToken    = "jointoken"    // ca: jointoken.create
-	NounAgent        = "agent"        // ca: agent.join, agent.sign; provisioner: agent.upgrade
-	NounServer       = "server"       // ca: server.sign
-	NounSecret       = "secret"       // secrets: secret.create/list/delete/read
-	NounFleetSecret  = "fleetsecret"  // secrets: fleetsecret.put/list/delete
-	NounCloudKey     = "cloudkey"     // secrets: cloudkey.put/delete/read
-	NounLifecycle    = "lifecycle"    // inventory: lifecycle.request, lifecycle.observe(-many), lifecycle.record
-	NounCustomCert   = "customcert"   // ca: customcert.get; provisioner: customcert.refresh
-	NounCertKey      = "certkey"      // secrets: certkey.create/read
-	NounACMEAccount  = "acmeaccount"  // ca, secrets: acmeaccount.get
-	NounACMECert     = "acmecert"     // ca: acmecert.get/put; secrets: acmecert.put/read
-	NounDNSChallenge = "dnschallenge" // provisioner: dnschallenge.put/delete
-	NounTicketKeys   = "ticketkeys"   // ca: ticketkeys.get
+	NounCertificate  = "certificate"   // ca: certificate.get
+	NounJoinToken    = "jointoken"     // ca: jointoken.create
+	NounAgent        = "agent"         // ca: agent.join, agent.sign; provisioner: agent.upgrade
+	NounServer       = "server"        // ca: server.sign
+	NounSecret       = "secret"        // secrets: secret.create/list/delete/read
+	NounFleetSecret  = "fleetsecret"   // secrets: fleetsecret.put/list/delete
+	NounCloudKey     = "cloudkey"      // secrets: cloudkey.put/delete/read
+	NounLifecycle    = "lifecycle"     // inventory: lifecycle.request, lifecycle.observe(-many), lifecycle.record
+	NounCustomCert   = "customcert"    // ca: customcert.get; provisioner: customcert.refresh
+	NounCertKey      = "certkey"       // secrets: certkey.create/read
+	NounACMEAccount  = "acmeaccount"   // ca, secrets: acmeaccount.get
+	NounACMECert     = "acmecert"      // ca: acmecert.get/put; secrets: acmecert.put/read
+	NounDNSChallenge = "dnschallenge"  // provisioner: dnschallenge.put/delete
+	NounTicketKeys   = "ticketkeys"    // ca: ticketkeys.get
+	NounConfig       = "configuration" // provisioner: configuration.refresh
 
 	VerbJoin        = "join"
 	VerbSign        = "sign"

@@ -129,6 +129,12 @@ const (
 	// timeline (a success: the new agent connecting), and a failure leaves
 	// the old agent running.
 	StepUpgradingAgent Step = "upgrading-agent"
+	// StepRefreshingConfiguration is the agent writing its template's
+	// files and environment again and restarting the node software
+	// (agent.v1.RefreshConfiguration); its result is in the instance's
+	// timeline, and a failure leaves the node software as it was, or
+	// stopped if it was stopped to restart.
+	StepRefreshingConfiguration Step = "refreshing-configuration"
 )
 
 // ProvisionSteps are the steps of provisioning, in order (an instance's
@@ -221,6 +227,10 @@ const (
 	// AgentFeatureUpgrade: the agent acts on agent.v1.UpgradeAgent. The
 	// agent gateway refuses the command for one that does not.
 	AgentFeatureUpgrade AgentFeature = "upgrade"
+	// AgentFeatureRefreshConfiguration: the agent acts on
+	// agent.v1.RefreshConfiguration. The agent gateway refuses the command
+	// for one that does not.
+	AgentFeatureRefreshConfiguration AgentFeature = "refresh-configuration"
 )
 
 // Verb is the last word of a domain event's type ("<entity>.<verb>").

@@ -185,7 +185,7 @@ networkId: lab
 		t.Fatalf("a first value is not a replacement:\n%s", out)
 	}
 	// Replacing it says when the instance reads the new value.
-	if out := c.okIn("s3cret-value\n", "instances", "secrets", "set", "web-1", "db-password"); !strings.Contains(out, "(version 2)") || !strings.Contains(out, "reprovision web-1 for the new value") {
+	if out := c.okIn("s3cret-value\n", "instances", "secrets", "set", "web-1", "db-password"); !strings.Contains(out, "(version 2)") || !strings.Contains(out, "flotilla instances refresh-configuration web-1 for the new value") {
 		t.Fatalf("a replaced secret:\n%s", out)
 	}
 	if out := c.ok("instances", "secrets", "list", "web-1", "-o", "table"); !strings.Contains(out, "db-password") || strings.Contains(out, "s3cret-value") {

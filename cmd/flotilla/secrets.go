@@ -24,7 +24,8 @@ func secretsCommand(opts *clientOptions) *cobra.Command {
 		Long: `Secrets bound to an instance, kept encrypted: its agent alone reads their
 values, in setup actions (${secret:NAME} in a file's content) and in the node
 software's configuration, as setup runs and the node software starts: a value
-replaced on a provisioned instance takes effect when it is reprovisioned.
+replaced on a provisioned instance takes effect when its configuration is
+refreshed (flotilla instances refresh-configuration) or it is reprovisioned.
 Their values never come back out of the API.`,
 		Example: `  flotilla instances secrets set web-1 db-password < password.txt
   flotilla instances secrets list web-1`,
@@ -54,7 +55,7 @@ Their values never come back out of the API.`,
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "secret %s of %s set (version %d)\n", sec.GetName(), args[0], sec.GetVersion())
 			if sec.GetVersion() > 1 {
-				fmt.Fprintf(cmd.OutOrStdout(), "a provisioned instance reads values as its setup runs and its node software starts: reprovision %s for the new value to take effect\n", args[0])
+				fmt.Fprintf(cmd.OutOrStdout(), "a provisioned instance reads values as its setup runs and its node software starts: flotilla instances refresh-configuration %s for the new value to take effect\n", args[0])
 			}
 			return nil
 		},
@@ -205,7 +206,7 @@ never come back out of the API.`,
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "fleet secret %s set (version %d) for the instances of %s\n", sec.GetName(), sec.GetVersion(), strings.Join(tpls, ", "))
 			if sec.GetVersion() > 1 && !templatesOnly {
-				fmt.Fprintln(cmd.OutOrStdout(), "a provisioned instance reads values as its setup runs and its node software starts: reprovision those that use it for the new value to take effect")
+				fmt.Fprintln(cmd.OutOrStdout(), "a provisioned instance reads values as its setup runs and its node software starts: flotilla instances refresh-configuration those that use it for the new value to take effect")
 			}
 			return nil
 		},

@@ -807,7 +807,8 @@ func TestAnAgentThatDoesNotKnowReleasesIsCutOffAtOnce(t *testing.T) {
 // TestAnAgentThatCannotUpgradeItselfIsNotSentAnUpgrade: an agent whose
 // hello does not name the feature "upgrade" (one from before it) would
 // only log the command: it is refused as a conflict naming the agent's
-// version and the way out, and the stream goes on.
+// version and the way out, and the stream goes on. So is a configuration
+// refresh for one whose hello does not name "refresh-configuration".
 func TestAnAgentThatCannotUpgradeItselfIsNotSentAnUpgrade(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})
@@ -821,6 +822,11 @@ func TestAnAgentThatCannotUpgradeItselfIsNotSentAnUpgrade(t *testing.T) {
 	_, err := rpc.Call(t.Context(), e.provisioner, endpoints.AgentCommand.At(id), cmd)
 	if !apierr.Is(err, apierr.KindConflict) || !strings.Contains(err.Error(), "the agent (version test) predates upgrading itself: reprovision the instance") {
 		t.Fatalf("an upgrade for an agent without the feature: %v", err)
+	}
+	refresh := &agentv1.Command{Id: "refresh-1", Action: &agentv1.Command_RefreshConfiguration{RefreshConfiguration: &agentv1.RefreshConfiguration{}}}
+	_, err = rpc.Call(t.Context(), e.provisioner, endpoints.AgentCommand.At(id), refresh)
+	if !apierr.Is(err, apierr.KindConflict) || !strings.Contains(err.Error(), "the agent (version test) predates refreshing its configuration: upgrade it") {
+		t.Fatalf("a configuration refresh for an agent without the feature: %v", err)
 	}
 	// The stream is still the agent's: a command it knows reaches it.
 	stop := &agentv1.Command{Id: "stop-1", Action: &agentv1.Command_StopNode{StopNode: &agentv1.StopNode{}}}

@@ -53,11 +53,13 @@ type agentConn struct {
 	// issued is when the stream's certificate was issued (its NotBefore).
 	issued time.Time
 	// releases: the agent acts on a Release (its hello names the feature);
-	// version is its hello's, and upgrades: it acts on an UpgradeAgent.
-	releases bool
-	version  string
-	upgrades bool
-	out      chan *agentv1.GatewayMessage
+	// version is its hello's, upgrades: it acts on an UpgradeAgent, and
+	// refreshes: on a RefreshConfiguration.
+	releases  bool
+	version   string
+	upgrades  bool
+	refreshes bool
+	out       chan *agentv1.GatewayMessage
 	// events wait here for the bus; sending says a sender delivers them
 	// (drainEvents), evCtx is what they are sent under.
 	events   chan queuedEvent
@@ -171,16 +173,17 @@ func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
 		return apierr.GRPCStatus(ctx, s.log, err)
 	}
 	c := &agentConn{
-		id:       who.instanceID,
-		vmID:     hello.GetVmId(),
-		issued:   who.cert.NotBefore,
-		releases: slices.Contains(hello.GetFeatures(), string(vocab.AgentFeatureRelease)),
-		version:  hello.GetAgentVersion(),
-		upgrades: slices.Contains(hello.GetFeatures(), string(vocab.AgentFeatureUpgrade)),
-		out:      make(chan *agentv1.GatewayMessage, outQueue),
-		events:   make(chan queuedEvent, eventQueue),
-		requests: make(chan struct{}, maxRequests),
-		closed:   make(chan struct{}),
+		id:        who.instanceID,
+		vmID:      hello.GetVmId(),
+		issued:    who.cert.NotBefore,
+		releases:  slices.Contains(hello.GetFeatures(), string(vocab.AgentFeatureRelease)),
+		version:   hello.GetAgentVersion(),
+		upgrades:  slices.Contains(hello.GetFeatures(), string(vocab.AgentFeatureUpgrade)),
+		refreshes: slices.Contains(hello.GetFeatures(), string(vocab.AgentFeatureRefreshConfiguration)),
+		out:       make(chan *agentv1.GatewayMessage, outQueue),
+		events:    make(chan queuedEvent, eventQueue),
+		requests:  make(chan struct{}, maxRequests),
+		closed:    make(chan struct{}),
 		// Events outlive the stream (the last one says it ended), so they
 		// are sent under a context that the stream's end does not cancel.
 		evCtx: context.WithoutCancel(ctx),
@@ -466,6 +469,9 @@ func (c *agentConn) command(_ context.Context, _ vocab.Actor, cmd *agentv1.Comma
 	if cmd.GetUpgradeAgent() != nil && !c.upgrades {
 		// It would only log the command.
 		return nil, apierr.Conflict(apierr.ReasonInvalidState, "the agent (version %s) predates upgrading itself: reprovision the instance to give it a new VM with the manager's agent", c.version)
+	}
+	if cmd.GetRefreshConfiguration() != nil && !c.refreshes {
+		return nil, apierr.Conflict(apierr.ReasonInvalidState, "the agent (version %s) predates refreshing its configuration: upgrade it (flotilla instances upgrade-agent), or reprovision the instance", c.version)
 	}
 	timer := time.NewTimer(commandQueueWait)
 	defer timer.Stop()

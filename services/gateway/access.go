@@ -94,6 +94,7 @@ var rules = map[string]access{
 	"POST /api/v1/instances/{id}:reprovision":               operator,
 	"POST /api/v1/instances/{id}:refresh-certificate":       operator,
 	"POST /api/v1/instances/{id}:upgrade-agent":             operator,
+	"POST /api/v1/instances/{id}:refresh-configuration":     operator,
 	"POST /api/v1/instances/{id}:joinToken":                 operator,
 	"POST /api/v1/instances/{instance_id}/secrets":          operator,
 	"DELETE /api/v1/instances/{instance_id}/secrets/{name}": operator,

@@ -143,20 +143,30 @@ func (s instanceServer) ReprovisionInstance(ctx context.Context, r *inventoryv1.
 // RefreshCertificate asks the provisioner, which alone commands agents, to
 // have the instance's agent fetch its certificate again.
 func (s instanceServer) RefreshCertificate(ctx context.Context, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
-	if err := apierr.CheckID("id", r.GetId()); err != nil {
-		return nil, apierr.GRPCStatus(ctx, s.g.log, err)
-	}
-	in, err := call(ctx, s.g, endpoints.CertificateRefresh, r)
-	return s.changed(r.GetId(), in, err)
+	return s.commandAgent(ctx, r, endpoints.CertificateRefresh)
 }
 
-// UpgradeAgent asks the provisioner, which alone commands agents, to have
-// the instance's agent replace itself with the manager's version.
+// UpgradeAgent asks the provisioner to have the instance's agent replace
+// itself with the manager's version.
 func (s instanceServer) UpgradeAgent(ctx context.Context, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
+	return s.commandAgent(ctx, r, endpoints.AgentUpgrade)
+}
+
+// RefreshConfiguration asks the provisioner to have the instance's agent
+// write its template's files and environment again and restart the node
+// software.
+func (s instanceServer) RefreshConfiguration(ctx context.Context, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
+	return s.commandAgent(ctx, r, endpoints.ConfigRefresh)
+}
+
+// commandAgent asks the provisioner, which alone commands agents, at ep
+// for something of the instance's agent.
+func (s instanceServer) commandAgent(ctx context.Context, r *inventoryv1.InstanceActionRequest,
+	ep endpoints.Endpoint[*inventoryv1.InstanceActionRequest, *inventoryv1.Instance]) (*inventoryv1.Instance, error) {
 	if err := apierr.CheckID("id", r.GetId()); err != nil {
 		return nil, apierr.GRPCStatus(ctx, s.g.log, err)
 	}
-	in, err := call(ctx, s.g, endpoints.AgentUpgrade, r)
+	in, err := call(ctx, s.g, ep, r)
 	return s.changed(r.GetId(), in, err)
 }
 

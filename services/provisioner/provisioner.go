@@ -163,6 +163,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 			return s.accounts.verify(ctx, r.GetId())
 		}),
 		rpc.Handle(s.rpc, endpoints.CertificateRefresh, s.refreshCertificate),
+		rpc.Handle(s.rpc, endpoints.ConfigRefresh, s.refreshConfiguration),
 		rpc.Handle(s.rpc, endpoints.AgentUpgrade, s.upgradeAgent),
 		rpc.Handle(s.rpc, endpoints.DNSChallengePut, s.dnsChallenge(true)),
 		rpc.Handle(s.rpc, endpoints.DNSChallengeDelete, s.dnsChallenge(false)),

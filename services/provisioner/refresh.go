@@ -81,3 +81,35 @@ func (s *Service) openChallengePort(ctx context.Context, in *inventoryv1.Instanc
 	}
 	return nil
 }
+
+// refreshConfiguration is an operator's :refresh-configuration: the
+// running instance's agent writes the file and env actions of the
+// instance's template as it is now again, their secrets read anew, and
+// restarts the node software (agent.v1.RefreshConfiguration). The agent
+// itself refuses a template whose scripts or packages differ from those
+// its VM's setup ran; that result, like its success, is its progress.
+func (s *Service) refreshConfiguration(ctx context.Context, actor vocab.Actor, r *inventoryv1.InstanceActionRequest) (*inventoryv1.Instance, error) {
+	in, err := rpc.Call(ctx, s.bus, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: r.GetId()})
+	if err != nil {
+		return nil, err
+	}
+	if vocab.State(in.GetState()) != vocab.StateRunning {
+		return nil, apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: its configuration is refreshed while it is %s",
+			in.GetName(), in.GetState(), vocab.StateRunning)
+	}
+	if a := in.GetAgent(); vocab.AgentStatus(a.GetStatus()) != vocab.AgentConnected || a.GetVmId() != in.GetVmId() {
+		return nil, apierr.Conflict(apierr.ReasonInvalidState, "the agent of instance %q is not connected: its configuration is refreshed while it is", in.GetName())
+	}
+	t, err := rpc.Call(ctx, s.bus, endpoints.TemplateGet, &inventoryv1.GetTemplateRequest{Id: in.GetTemplateId()})
+	if err != nil {
+		return nil, err
+	}
+	cmd := &agentv1.Command{Id: "refresh-configuration-" + uuid.NewString(),
+		Action: &agentv1.Command_RefreshConfiguration{RefreshConfiguration: &agentv1.RefreshConfiguration{SetupActions: t.GetSetupActions()}}}
+	if err := s.commandAgent(ctx, in, cmd); err != nil {
+		return nil, err
+	}
+	s.log.InfoContext(ctx, "configuration refresh sent to the agent", "instance_id", in.GetId(), "template_id", t.GetId(),
+		"template_version", t.GetVersion(), "actor", actor)
+	return in, nil
+}

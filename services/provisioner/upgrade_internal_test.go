@@ -61,3 +61,33 @@ func TestAnUpgradeIsSentOnlyToAConnectedAgentBehindTheManager(t *testing.T) {
 		}
 	}
 }
+
+// TestAConfigurationRefreshIsSentOnlyToARunningInstancesConnectedAgent:
+// :refresh-configuration refuses, naming why, an instance that is not
+// running and one whose agent is not connected from its VM.
+func TestAConfigurationRefreshIsSentOnlyToARunningInstancesConnectedAgent(t *testing.T) {
+	t.Parallel()
+	bus := testkit.SecureNATS(t)
+	inv := testkit.FakeInventory(t, bus.Conn(t, subjects.Inventory))
+	s := &Service{log: slog.New(slog.DiscardHandler), bus: rpc.NewClient(bus.Conn(t, subjects.Provisioner), subjects.Provisioner, 5*time.Second)}
+	connected := &inventoryv1.AgentStatus{Status: string(vocab.AgentConnected), VmId: "vm-1"}
+	for _, c := range []struct {
+		name string
+		in   *inventoryv1.Instance
+		want string
+	}{
+		{"failed", &inventoryv1.Instance{State: "failed", VmId: "vm-1", Agent: connected},
+			`instance "web-1" is failed: its configuration is refreshed while it is running`},
+		{"disconnected", &inventoryv1.Instance{State: "running", VmId: "vm-1", Agent: &inventoryv1.AgentStatus{Status: string(vocab.AgentDisconnected), VmId: "vm-1"}},
+			`the agent of instance "web-1" is not connected`},
+		{"the old VM's agent", &inventoryv1.Instance{State: "running", VmId: "vm-2", Agent: connected},
+			`the agent of instance "web-1" is not connected`},
+	} {
+		c.in.Id, c.in.Name = "0190c3e1-0000-7000-8000-000000000001", "web-1"
+		inv.Set(c.in)
+		_, err := s.refreshConfiguration(t.Context(), vocab.User("ops"), &inventoryv1.InstanceActionRequest{Id: c.in.GetId()})
+		if !apierr.Is(err, apierr.KindConflict) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want a conflict %q", c.name, err, c.want)
+		}
+	}
+}

@@ -85,6 +85,7 @@ func New(d Deps) (*Console, error) {
 	m.HandleFunc("POST /instances/{id}/{action}", c.authed(c.instanceAction))
 	m.HandleFunc("POST /instances/{id}/secrets", c.authed(c.addSecret))
 	m.HandleFunc("POST /instances/{id}/upgrade-agent", c.authed(c.upgradeAgent))
+	m.HandleFunc("POST /instances/{id}/refresh-configuration", c.authed(c.refreshConfiguration))
 	m.HandleFunc("GET /secrets", c.authed(c.fleetSecrets))
 	m.HandleFunc("POST /secrets", c.authed(c.setFleetSecret))
 	m.HandleFunc("GET /secrets/{name}/delete", c.authed(c.confirmDeleteFleetSecret))

@@ -506,6 +506,18 @@ func (c *Console) upgradeAgent(w http.ResponseWriter, r *http.Request, s *sessio
 		"The agent was not upgraded")
 }
 
+// refreshConfiguration serves POST /instances/{id}/refresh-configuration:
+// the running instance's agent writes its template's files and
+// environment again, secrets read anew, and restarts the node software.
+func (c *Console) refreshConfiguration(w http.ResponseWriter, r *http.Request, s *session) {
+	id := url.PathEscape(r.PathValue("id"))
+	in := &inventoryv1.Instance{}
+	err := s.api.do(http.MethodPost, "/api/v1/instances/"+id+":refresh-configuration", struct{}{}, in)
+	c.done(w, r, s, err, "/instances/"+id,
+		in.GetName()+": the agent writes the template's files and environment again and restarts the node software; the timeline shows how it went.",
+		"The configuration was not refreshed")
+}
+
 // bulkData is the bulk confirmation page's.
 type bulkData struct {
 	Action    consequence

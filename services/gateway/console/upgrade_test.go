@@ -21,7 +21,8 @@ import (
 // behind and no other; the instances list's bulk action says of each
 // selected instance whether its agent is asked, or why not. Each agent
 // downloads the manager's binary and comes back at its version; then the
-// buttons, the count and the list are gone.
+// buttons, the count and the list are gone. A running instance's page
+// refreshes its configuration.
 func TestTheConsoleUpgradesAgentsBehindTheManager(t *testing.T) {
 	t.Parallel()
 	bin := t.TempDir()
@@ -149,5 +150,27 @@ func TestTheConsoleUpgradesAgentsBehindTheManager(t *testing.T) {
 	overview("")
 	if p := e.get("/instances/upgrade-agents").must(t, 200, "no agent behind"); !strings.Contains(p.body, "Every connected agent is at version 0.0.0-test.") {
 		t.Errorf("with every agent upgraded:\n%s", p.body)
+	}
+
+	// The running instance's page refreshes its configuration; the
+	// created one's does not offer it.
+	if p := e.get(pages["web-3"]); strings.Contains(p.body, `id="refresh-configuration"`) {
+		t.Errorf("a created instance's page offers a configuration refresh")
+	}
+	if p := e.get(page); !strings.Contains(p.body, `action="`+page+`/refresh-configuration"`) {
+		t.Fatalf("web-1's page offers no configuration refresh:\n%s", p.body)
+	}
+	e.post(page+"/refresh-configuration", url.Values{}).must(t, http.StatusSeeOther, "refresh web-1's configuration")
+	if p := e.get(page); !strings.Contains(p.body, "web-1: the agent writes the template&#39;s files and environment again and restarts the node software") {
+		t.Errorf("the page after the refresh says nothing of it:\n%s", p.body)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		_, in := e.api("GET", "/api/v1"+page, nil)
+		if in["agentProgress"] == "refreshing-configuration/succeeded" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("web-1 after the refresh: %v", in)
+		}
 	}
 }

@@ -1112,6 +1112,7 @@ type Command struct {
 	//	*Command_RefreshCertificate
 	//	*Command_Release
 	//	*Command_UpgradeAgent
+	//	*Command_RefreshConfiguration
 	Action        isCommand_Action `protobuf_oneof:"action"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1206,6 +1207,15 @@ func (x *Command) GetUpgradeAgent() *UpgradeAgent {
 	return nil
 }
 
+func (x *Command) GetRefreshConfiguration() *RefreshConfiguration {
+	if x != nil {
+		if x, ok := x.Action.(*Command_RefreshConfiguration); ok {
+			return x.RefreshConfiguration
+		}
+	}
+	return nil
+}
+
 type isCommand_Action interface {
 	isCommand_Action()
 }
@@ -1230,6 +1240,10 @@ type Command_UpgradeAgent struct {
 	UpgradeAgent *UpgradeAgent `protobuf:"bytes,6,opt,name=upgrade_agent,json=upgradeAgent,proto3,oneof"`
 }
 
+type Command_RefreshConfiguration struct {
+	RefreshConfiguration *RefreshConfiguration `protobuf:"bytes,7,opt,name=refresh_configuration,json=refreshConfiguration,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Action() {}
 
 func (*Command_StopNode) isCommand_Action() {}
@@ -1239,6 +1253,8 @@ func (*Command_RefreshCertificate) isCommand_Action() {}
 func (*Command_Release) isCommand_Action() {}
 
 func (*Command_UpgradeAgent) isCommand_Action() {}
+
+func (*Command_RefreshConfiguration) isCommand_Action() {}
 
 // Bootstrap runs the setup actions, installs and starts the node software.
 type Bootstrap struct {
@@ -2002,6 +2018,58 @@ func (x *UpgradeAgent) GetSha256() string {
 	return ""
 }
 
+// RefreshConfiguration writes the template's files and environment again,
+// their secrets read anew, and restarts the node software, on the VM the
+// instance runs on: a template's file or env actions, or a secret they
+// use, changed without a new VM. Refused when the scripts or packages
+// differ from those the VM's setup ran (a reprovision runs them).
+// Understood by agents whose hello names the feature
+// "refresh-configuration"; the agent gateway refuses it for others.
+type RefreshConfiguration struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The template's setup actions as they are now.
+	SetupActions  []*v1.SetupAction `protobuf:"bytes,1,rep,name=setup_actions,json=setupActions,proto3" json:"setup_actions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefreshConfiguration) Reset() {
+	*x = RefreshConfiguration{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshConfiguration) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshConfiguration) ProtoMessage() {}
+
+func (x *RefreshConfiguration) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshConfiguration.ProtoReflect.Descriptor instead.
+func (*RefreshConfiguration) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RefreshConfiguration) GetSetupActions() []*v1.SetupAction {
+	if x != nil {
+		return x.SetupActions
+	}
+	return nil
+}
+
 // RefreshCertificate fetches the custom certificate and key again; the node
 // software serves them from its next handshake.
 type RefreshCertificate struct {
@@ -2017,7 +2085,7 @@ type RefreshCertificate struct {
 
 func (x *RefreshCertificate) Reset() {
 	*x = RefreshCertificate{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2029,7 +2097,7 @@ func (x *RefreshCertificate) String() string {
 func (*RefreshCertificate) ProtoMessage() {}
 
 func (x *RefreshCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2042,7 +2110,7 @@ func (x *RefreshCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshCertificate.ProtoReflect.Descriptor instead.
 func (*RefreshCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RefreshCertificate) GetAcme() *AcmeOrder {
@@ -2063,7 +2131,7 @@ type SecretResponse struct {
 
 func (x *SecretResponse) Reset() {
 	*x = SecretResponse{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2075,7 +2143,7 @@ func (x *SecretResponse) String() string {
 func (*SecretResponse) ProtoMessage() {}
 
 func (x *SecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2088,7 +2156,7 @@ func (x *SecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretResponse.ProtoReflect.Descriptor instead.
 func (*SecretResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SecretResponse) GetRequestId() string {
@@ -2126,7 +2194,7 @@ type ServerCertResponse struct {
 
 func (x *ServerCertResponse) Reset() {
 	*x = ServerCertResponse{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2138,7 +2206,7 @@ func (x *ServerCertResponse) String() string {
 func (*ServerCertResponse) ProtoMessage() {}
 
 func (x *ServerCertResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2151,7 +2219,7 @@ func (x *ServerCertResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerCertResponse.ProtoReflect.Descriptor instead.
 func (*ServerCertResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ServerCertResponse) GetRequestId() string {
@@ -2208,7 +2276,7 @@ type AgentEvent struct {
 
 func (x *AgentEvent) Reset() {
 	*x = AgentEvent{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2220,7 +2288,7 @@ func (x *AgentEvent) String() string {
 func (*AgentEvent) ProtoMessage() {}
 
 func (x *AgentEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2233,7 +2301,7 @@ func (x *AgentEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentEvent.ProtoReflect.Descriptor instead.
 func (*AgentEvent) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AgentEvent) GetInstanceId() string {
@@ -2330,7 +2398,7 @@ type Disconnected struct {
 
 func (x *Disconnected) Reset() {
 	*x = Disconnected{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2342,7 +2410,7 @@ func (x *Disconnected) String() string {
 func (*Disconnected) ProtoMessage() {}
 
 func (x *Disconnected) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2355,7 +2423,7 @@ func (x *Disconnected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disconnected.ProtoReflect.Descriptor instead.
 func (*Disconnected) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Disconnected) GetReason() string {
@@ -2378,7 +2446,7 @@ type AgentEvents struct {
 
 func (x *AgentEvents) Reset() {
 	*x = AgentEvents{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2390,7 +2458,7 @@ func (x *AgentEvents) String() string {
 func (*AgentEvents) ProtoMessage() {}
 
 func (x *AgentEvents) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2403,7 +2471,7 @@ func (x *AgentEvents) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentEvents.ProtoReflect.Descriptor instead.
 func (*AgentEvents) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *AgentEvents) GetEvents() []*AgentEvent {
@@ -2423,7 +2491,7 @@ type AgentEventResults struct {
 
 func (x *AgentEventResults) Reset() {
 	*x = AgentEventResults{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2435,7 +2503,7 @@ func (x *AgentEventResults) String() string {
 func (*AgentEventResults) ProtoMessage() {}
 
 func (x *AgentEventResults) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2448,7 +2516,7 @@ func (x *AgentEventResults) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentEventResults.ProtoReflect.Descriptor instead.
 func (*AgentEventResults) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{32}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AgentEventResults) GetResults() []*AgentEventResult {
@@ -2472,7 +2540,7 @@ type AgentEventResult struct {
 
 func (x *AgentEventResult) Reset() {
 	*x = AgentEventResult{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2484,7 +2552,7 @@ func (x *AgentEventResult) String() string {
 func (*AgentEventResult) ProtoMessage() {}
 
 func (x *AgentEventResult) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2497,7 +2565,7 @@ func (x *AgentEventResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentEventResult.ProtoReflect.Descriptor instead.
 func (*AgentEventResult) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{33}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AgentEventResult) GetErrorKind() string {
@@ -2598,14 +2666,15 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\racme_response\x18\x05 \x01(\v2\x1f.flotilla.agent.v1.AcmeResponseH\x00R\facmeResponseB\x06\n" +
 	"\x04body\"\x1a\n" +
 	"\x06LogAck\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xf7\x02\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xd7\x03\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12<\n" +
 	"\tbootstrap\x18\x02 \x01(\v2\x1c.flotilla.agent.v1.BootstrapH\x00R\tbootstrap\x12:\n" +
 	"\tstop_node\x18\x03 \x01(\v2\x1b.flotilla.agent.v1.StopNodeH\x00R\bstopNode\x12X\n" +
 	"\x13refresh_certificate\x18\x04 \x01(\v2%.flotilla.agent.v1.RefreshCertificateH\x00R\x12refreshCertificate\x126\n" +
 	"\arelease\x18\x05 \x01(\v2\x1a.flotilla.agent.v1.ReleaseH\x00R\arelease\x12F\n" +
-	"\rupgrade_agent\x18\x06 \x01(\v2\x1f.flotilla.agent.v1.UpgradeAgentH\x00R\fupgradeAgentB\b\n" +
+	"\rupgrade_agent\x18\x06 \x01(\v2\x1f.flotilla.agent.v1.UpgradeAgentH\x00R\fupgradeAgent\x12^\n" +
+	"\x15refresh_configuration\x18\a \x01(\v2'.flotilla.agent.v1.RefreshConfigurationH\x00R\x14refreshConfigurationB\b\n" +
 	"\x06action\"\xc3\x02\n" +
 	"\tBootstrap\x12#\n" +
 	"\rinstance_name\x18\x01 \x01(\tR\finstanceName\x12G\n" +
@@ -2655,7 +2724,9 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\fUpgradeAgent\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x16\n" +
-	"\x06sha256\x18\x03 \x01(\tR\x06sha256\"F\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\"_\n" +
+	"\x14RefreshConfiguration\x12G\n" +
+	"\rsetup_actions\x18\x01 \x03(\v2\".flotilla.inventory.v1.SetupActionR\fsetupActions\"F\n" +
 	"\x12RefreshCertificate\x120\n" +
 	"\x04acme\x18\x01 \x01(\v2\x1c.flotilla.agent.v1.AcmeOrderR\x04acme\"[\n" +
 	"\x0eSecretResponse\x12\x1d\n" +
@@ -2708,7 +2779,7 @@ func file_flotilla_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_flotilla_agent_v1_agent_proto_rawDescData
 }
 
-var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*JoinRequest)(nil),                  // 0: flotilla.agent.v1.JoinRequest
 	(*JoinResponse)(nil),                 // 1: flotilla.agent.v1.JoinResponse
@@ -2736,20 +2807,21 @@ var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*StopNode)(nil),                     // 23: flotilla.agent.v1.StopNode
 	(*Release)(nil),                      // 24: flotilla.agent.v1.Release
 	(*UpgradeAgent)(nil),                 // 25: flotilla.agent.v1.UpgradeAgent
-	(*RefreshCertificate)(nil),           // 26: flotilla.agent.v1.RefreshCertificate
-	(*SecretResponse)(nil),               // 27: flotilla.agent.v1.SecretResponse
-	(*ServerCertResponse)(nil),           // 28: flotilla.agent.v1.ServerCertResponse
-	(*AgentEvent)(nil),                   // 29: flotilla.agent.v1.AgentEvent
-	(*Disconnected)(nil),                 // 30: flotilla.agent.v1.Disconnected
-	(*AgentEvents)(nil),                  // 31: flotilla.agent.v1.AgentEvents
-	(*AgentEventResults)(nil),            // 32: flotilla.agent.v1.AgentEventResults
-	(*AgentEventResult)(nil),             // 33: flotilla.agent.v1.AgentEventResult
-	(*timestamppb.Timestamp)(nil),        // 34: google.protobuf.Timestamp
-	(*v1.SetupAction)(nil),               // 35: flotilla.inventory.v1.SetupAction
+	(*RefreshConfiguration)(nil),         // 26: flotilla.agent.v1.RefreshConfiguration
+	(*RefreshCertificate)(nil),           // 27: flotilla.agent.v1.RefreshCertificate
+	(*SecretResponse)(nil),               // 28: flotilla.agent.v1.SecretResponse
+	(*ServerCertResponse)(nil),           // 29: flotilla.agent.v1.ServerCertResponse
+	(*AgentEvent)(nil),                   // 30: flotilla.agent.v1.AgentEvent
+	(*Disconnected)(nil),                 // 31: flotilla.agent.v1.Disconnected
+	(*AgentEvents)(nil),                  // 32: flotilla.agent.v1.AgentEvents
+	(*AgentEventResults)(nil),            // 33: flotilla.agent.v1.AgentEventResults
+	(*AgentEventResult)(nil),             // 34: flotilla.agent.v1.AgentEventResult
+	(*timestamppb.Timestamp)(nil),        // 35: google.protobuf.Timestamp
+	(*v1.SetupAction)(nil),               // 36: flotilla.inventory.v1.SetupAction
 }
 var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
-	34, // 0: flotilla.agent.v1.JoinResponse.not_after:type_name -> google.protobuf.Timestamp
-	34, // 1: flotilla.agent.v1.RenewResponse.not_after:type_name -> google.protobuf.Timestamp
+	35, // 0: flotilla.agent.v1.JoinResponse.not_after:type_name -> google.protobuf.Timestamp
+	35, // 1: flotilla.agent.v1.RenewResponse.not_after:type_name -> google.protobuf.Timestamp
 	5,  // 2: flotilla.agent.v1.AgentMessage.hello:type_name -> flotilla.agent.v1.Hello
 	6,  // 3: flotilla.agent.v1.AgentMessage.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
 	8,  // 4: flotilla.agent.v1.AgentMessage.logs:type_name -> flotilla.agent.v1.LogBatch
@@ -2757,45 +2829,47 @@ var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
 	10, // 6: flotilla.agent.v1.AgentMessage.secret_request:type_name -> flotilla.agent.v1.SecretRequest
 	11, // 7: flotilla.agent.v1.AgentMessage.server_cert_request:type_name -> flotilla.agent.v1.ServerCertRequest
 	17, // 8: flotilla.agent.v1.AgentMessage.acme_request:type_name -> flotilla.agent.v1.AcmeRequest
-	34, // 9: flotilla.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	34, // 10: flotilla.agent.v1.Heartbeat.node_certificate_not_after:type_name -> google.protobuf.Timestamp
-	34, // 11: flotilla.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	35, // 9: flotilla.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	35, // 10: flotilla.agent.v1.Heartbeat.node_certificate_not_after:type_name -> google.protobuf.Timestamp
+	35, // 11: flotilla.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
 	7,  // 12: flotilla.agent.v1.LogBatch.lines:type_name -> flotilla.agent.v1.LogLine
 	14, // 13: flotilla.agent.v1.GatewayMessage.command:type_name -> flotilla.agent.v1.Command
-	27, // 14: flotilla.agent.v1.GatewayMessage.secret_response:type_name -> flotilla.agent.v1.SecretResponse
-	28, // 15: flotilla.agent.v1.GatewayMessage.server_cert_response:type_name -> flotilla.agent.v1.ServerCertResponse
+	28, // 14: flotilla.agent.v1.GatewayMessage.secret_response:type_name -> flotilla.agent.v1.SecretResponse
+	29, // 15: flotilla.agent.v1.GatewayMessage.server_cert_response:type_name -> flotilla.agent.v1.ServerCertResponse
 	13, // 16: flotilla.agent.v1.GatewayMessage.log_ack:type_name -> flotilla.agent.v1.LogAck
 	22, // 17: flotilla.agent.v1.GatewayMessage.acme_response:type_name -> flotilla.agent.v1.AcmeResponse
 	15, // 18: flotilla.agent.v1.Command.bootstrap:type_name -> flotilla.agent.v1.Bootstrap
 	23, // 19: flotilla.agent.v1.Command.stop_node:type_name -> flotilla.agent.v1.StopNode
-	26, // 20: flotilla.agent.v1.Command.refresh_certificate:type_name -> flotilla.agent.v1.RefreshCertificate
+	27, // 20: flotilla.agent.v1.Command.refresh_certificate:type_name -> flotilla.agent.v1.RefreshCertificate
 	24, // 21: flotilla.agent.v1.Command.release:type_name -> flotilla.agent.v1.Release
 	25, // 22: flotilla.agent.v1.Command.upgrade_agent:type_name -> flotilla.agent.v1.UpgradeAgent
-	35, // 23: flotilla.agent.v1.Bootstrap.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
-	16, // 24: flotilla.agent.v1.Bootstrap.acme:type_name -> flotilla.agent.v1.AcmeOrder
-	18, // 25: flotilla.agent.v1.AcmeRequest.account_key:type_name -> flotilla.agent.v1.AcmeAccountKeyRequest
-	19, // 26: flotilla.agent.v1.AcmeRequest.stored_certificate:type_name -> flotilla.agent.v1.AcmeStoredCertificateRequest
-	20, // 27: flotilla.agent.v1.AcmeRequest.store_certificate:type_name -> flotilla.agent.v1.AcmeCertificate
-	21, // 28: flotilla.agent.v1.AcmeRequest.dns_challenge:type_name -> flotilla.agent.v1.AcmeDnsChallenge
-	16, // 29: flotilla.agent.v1.RefreshCertificate.acme:type_name -> flotilla.agent.v1.AcmeOrder
-	34, // 30: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
-	5,  // 31: flotilla.agent.v1.AgentEvent.connected:type_name -> flotilla.agent.v1.Hello
-	30, // 32: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
-	6,  // 33: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
-	9,  // 34: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
-	29, // 35: flotilla.agent.v1.AgentEvents.events:type_name -> flotilla.agent.v1.AgentEvent
-	33, // 36: flotilla.agent.v1.AgentEventResults.results:type_name -> flotilla.agent.v1.AgentEventResult
-	0,  // 37: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
-	2,  // 38: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
-	4,  // 39: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
-	1,  // 40: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
-	3,  // 41: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
-	12, // 42: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
-	40, // [40:43] is the sub-list for method output_type
-	37, // [37:40] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	26, // 23: flotilla.agent.v1.Command.refresh_configuration:type_name -> flotilla.agent.v1.RefreshConfiguration
+	36, // 24: flotilla.agent.v1.Bootstrap.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
+	16, // 25: flotilla.agent.v1.Bootstrap.acme:type_name -> flotilla.agent.v1.AcmeOrder
+	18, // 26: flotilla.agent.v1.AcmeRequest.account_key:type_name -> flotilla.agent.v1.AcmeAccountKeyRequest
+	19, // 27: flotilla.agent.v1.AcmeRequest.stored_certificate:type_name -> flotilla.agent.v1.AcmeStoredCertificateRequest
+	20, // 28: flotilla.agent.v1.AcmeRequest.store_certificate:type_name -> flotilla.agent.v1.AcmeCertificate
+	21, // 29: flotilla.agent.v1.AcmeRequest.dns_challenge:type_name -> flotilla.agent.v1.AcmeDnsChallenge
+	36, // 30: flotilla.agent.v1.RefreshConfiguration.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
+	16, // 31: flotilla.agent.v1.RefreshCertificate.acme:type_name -> flotilla.agent.v1.AcmeOrder
+	35, // 32: flotilla.agent.v1.AgentEvent.time:type_name -> google.protobuf.Timestamp
+	5,  // 33: flotilla.agent.v1.AgentEvent.connected:type_name -> flotilla.agent.v1.Hello
+	31, // 34: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
+	6,  // 35: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
+	9,  // 36: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
+	30, // 37: flotilla.agent.v1.AgentEvents.events:type_name -> flotilla.agent.v1.AgentEvent
+	34, // 38: flotilla.agent.v1.AgentEventResults.results:type_name -> flotilla.agent.v1.AgentEventResult
+	0,  // 39: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
+	2,  // 40: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
+	4,  // 41: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
+	1,  // 42: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
+	3,  // 43: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
+	12, // 44: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
+	42, // [42:45] is the sub-list for method output_type
+	39, // [39:42] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_agent_v1_agent_proto_init() }
@@ -2825,6 +2899,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 		(*Command_RefreshCertificate)(nil),
 		(*Command_Release)(nil),
 		(*Command_UpgradeAgent)(nil),
+		(*Command_RefreshConfiguration)(nil),
 	}
 	file_flotilla_agent_v1_agent_proto_msgTypes[17].OneofWrappers = []any{
 		(*AcmeRequest_AccountKey)(nil),
@@ -2832,7 +2907,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 		(*AcmeRequest_StoreCertificate)(nil),
 		(*AcmeRequest_DnsChallenge)(nil),
 	}
-	file_flotilla_agent_v1_agent_proto_msgTypes[29].OneofWrappers = []any{
+	file_flotilla_agent_v1_agent_proto_msgTypes[30].OneofWrappers = []any{
 		(*AgentEvent_Connected)(nil),
 		(*AgentEvent_Disconnected)(nil),
 		(*AgentEvent_Heartbeat)(nil),
@@ -2844,7 +2919,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_agent_v1_agent_proto_rawDesc), len(file_flotilla_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

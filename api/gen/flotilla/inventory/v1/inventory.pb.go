@@ -2626,7 +2626,7 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\vGetTemplate\x12).flotilla.inventory.v1.GetTemplateRequest\x1a\x1f.flotilla.inventory.v1.Template\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/templates/{id}\x12\x85\x01\n" +
 	"\rListTemplates\x12+.flotilla.inventory.v1.ListTemplatesRequest\x1a,.flotilla.inventory.v1.ListTemplatesResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/templates\x12\x92\x01\n" +
 	"\x0eUpdateTemplate\x12,.flotilla.inventory.v1.UpdateTemplateRequest\x1a\x1f.flotilla.inventory.v1.Template\"1\x82\xd3\xe4\x93\x02+:\btemplate2\x1f/api/v1/templates/{template.id}\x12v\n" +
-	"\x0eDeleteTemplate\x12,.flotilla.inventory.v1.DeleteTemplateRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/templates/{id}2\xf5\x0f\n" +
+	"\x0eDeleteTemplate\x12,.flotilla.inventory.v1.DeleteTemplateRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/templates/{id}2\x96\x11\n" +
 	"\x0fInstanceService\x12\x84\x01\n" +
 	"\x0eCreateInstance\x12,.flotilla.inventory.v1.CreateInstanceRequest\x1a\x1f.flotilla.inventory.v1.Instance\"#\x82\xd3\xe4\x93\x02\x1d:\binstance\"\x11/api/v1/instances\x12y\n" +
 	"\vGetInstance\x12).flotilla.inventory.v1.GetInstanceRequest\x1a\x1f.flotilla.inventory.v1.Instance\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/instances/{id}\x12\x85\x01\n" +
@@ -2637,7 +2637,8 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x13DeprovisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/api/v1/instances/{id}:deprovision\x12\x93\x01\n" +
 	"\x13ReprovisionInstance\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/api/v1/instances/{id}:reprovision\x12\x9a\x01\n" +
 	"\x12RefreshCertificate\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"5\x82\xd3\xe4\x93\x02/:\x01*\"*/api/v1/instances/{id}:refresh-certificate\x12\x8e\x01\n" +
-	"\fUpgradeAgent\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"/\x82\xd3\xe4\x93\x02):\x01*\"$/api/v1/instances/{id}:upgrade-agent\x12\x98\x01\n" +
+	"\fUpgradeAgent\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"/\x82\xd3\xe4\x93\x02):\x01*\"$/api/v1/instances/{id}:upgrade-agent\x12\x9e\x01\n" +
+	"\x14RefreshConfiguration\x12,.flotilla.inventory.v1.InstanceActionRequest\x1a\x1f.flotilla.inventory.v1.Instance\"7\x82\xd3\xe4\x93\x021:\x01*\",/api/v1/instances/{id}:refresh-configuration\x12\x98\x01\n" +
 	"\x10ListInstanceLogs\x12..flotilla.inventory.v1.ListInstanceLogsRequest\x1a/.flotilla.inventory.v1.ListInstanceLogsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/api/v1/instances/{id}/logs\x12n\n" +
 	"\x12FollowInstanceLogs\x12..flotilla.inventory.v1.ListInstanceLogsRequest\x1a&.flotilla.inventory.v1.InstanceLogLine0\x01\x12\xa0\x01\n" +
 	"\x12ListInstanceEvents\x120.flotilla.inventory.v1.ListInstanceEventsRequest\x1a1.flotilla.inventory.v1.ListInstanceEventsResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/api/v1/instances/{id}/events\x12\xa7\x01\n" +
@@ -2760,42 +2761,44 @@ var file_flotilla_inventory_v1_inventory_proto_depIdxs = []int32{
 	33, // 48: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
 	33, // 49: flotilla.inventory.v1.InstanceService.RefreshCertificate:input_type -> flotilla.inventory.v1.InstanceActionRequest
 	33, // 50: flotilla.inventory.v1.InstanceService.UpgradeAgent:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	26, // 51: flotilla.inventory.v1.InstanceService.ListInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
-	26, // 52: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
-	28, // 53: flotilla.inventory.v1.InstanceService.ListInstanceEvents:input_type -> flotilla.inventory.v1.ListInstanceEventsRequest
-	35, // 54: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
-	40, // 55: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
-	40, // 56: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
-	3,  // 57: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
-	40, // 58: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
-	49, // 59: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
-	42, // 60: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	42, // 61: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	9,  // 62: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:output_type -> flotilla.inventory.v1.ListCloudAccountsResponse
-	42, // 63: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	49, // 64: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:output_type -> google.protobuf.Empty
-	13, // 65: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:output_type -> flotilla.inventory.v1.CloudAccountVerification
-	44, // 66: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
-	44, // 67: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
-	17, // 68: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
-	44, // 69: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
-	49, // 70: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
-	45, // 71: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
-	45, // 72: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
-	25, // 73: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
-	45, // 74: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
-	45, // 75: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
-	45, // 76: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
-	45, // 77: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	45, // 78: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	45, // 79: flotilla.inventory.v1.InstanceService.RefreshCertificate:output_type -> flotilla.inventory.v1.Instance
-	45, // 80: flotilla.inventory.v1.InstanceService.UpgradeAgent:output_type -> flotilla.inventory.v1.Instance
-	27, // 81: flotilla.inventory.v1.InstanceService.ListInstanceLogs:output_type -> flotilla.inventory.v1.ListInstanceLogsResponse
-	30, // 82: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:output_type -> flotilla.inventory.v1.InstanceLogLine
-	29, // 83: flotilla.inventory.v1.InstanceService.ListInstanceEvents:output_type -> flotilla.inventory.v1.ListInstanceEventsResponse
-	36, // 84: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
-	55, // [55:85] is the sub-list for method output_type
-	25, // [25:55] is the sub-list for method input_type
+	33, // 51: flotilla.inventory.v1.InstanceService.RefreshConfiguration:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	26, // 52: flotilla.inventory.v1.InstanceService.ListInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
+	26, // 53: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
+	28, // 54: flotilla.inventory.v1.InstanceService.ListInstanceEvents:input_type -> flotilla.inventory.v1.ListInstanceEventsRequest
+	35, // 55: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
+	40, // 56: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
+	40, // 57: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
+	3,  // 58: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
+	40, // 59: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
+	49, // 60: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
+	42, // 61: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	42, // 62: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	9,  // 63: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:output_type -> flotilla.inventory.v1.ListCloudAccountsResponse
+	42, // 64: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	49, // 65: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:output_type -> google.protobuf.Empty
+	13, // 66: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:output_type -> flotilla.inventory.v1.CloudAccountVerification
+	44, // 67: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
+	44, // 68: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
+	17, // 69: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
+	44, // 70: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
+	49, // 71: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
+	45, // 72: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
+	45, // 73: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
+	25, // 74: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
+	45, // 75: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
+	45, // 76: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
+	45, // 77: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
+	45, // 78: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	45, // 79: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	45, // 80: flotilla.inventory.v1.InstanceService.RefreshCertificate:output_type -> flotilla.inventory.v1.Instance
+	45, // 81: flotilla.inventory.v1.InstanceService.UpgradeAgent:output_type -> flotilla.inventory.v1.Instance
+	45, // 82: flotilla.inventory.v1.InstanceService.RefreshConfiguration:output_type -> flotilla.inventory.v1.Instance
+	27, // 83: flotilla.inventory.v1.InstanceService.ListInstanceLogs:output_type -> flotilla.inventory.v1.ListInstanceLogsResponse
+	30, // 84: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:output_type -> flotilla.inventory.v1.InstanceLogLine
+	29, // 85: flotilla.inventory.v1.InstanceService.ListInstanceEvents:output_type -> flotilla.inventory.v1.ListInstanceEventsResponse
+	36, // 86: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
+	56, // [56:87] is the sub-list for method output_type
+	25, // [25:56] is the sub-list for method input_type
 	25, // [25:25] is the sub-list for extension type_name
 	25, // [25:25] is the sub-list for extension extendee
 	0,  // [0:25] is the sub-list for field type_name

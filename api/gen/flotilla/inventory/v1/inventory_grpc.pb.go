@@ -890,6 +890,7 @@ const (
 	InstanceService_ReprovisionInstance_FullMethodName     = "/flotilla.inventory.v1.InstanceService/ReprovisionInstance"
 	InstanceService_RefreshCertificate_FullMethodName      = "/flotilla.inventory.v1.InstanceService/RefreshCertificate"
 	InstanceService_UpgradeAgent_FullMethodName            = "/flotilla.inventory.v1.InstanceService/UpgradeAgent"
+	InstanceService_RefreshConfiguration_FullMethodName    = "/flotilla.inventory.v1.InstanceService/RefreshConfiguration"
 	InstanceService_ListInstanceLogs_FullMethodName        = "/flotilla.inventory.v1.InstanceService/ListInstanceLogs"
 	InstanceService_FollowInstanceLogs_FullMethodName      = "/flotilla.inventory.v1.InstanceService/FollowInstanceLogs"
 	InstanceService_ListInstanceEvents_FullMethodName      = "/flotilla.inventory.v1.InstanceService/ListInstanceEvents"
@@ -943,6 +944,14 @@ type InstanceServiceClient interface {
 	// answer is the instance as it was; its agent.version changes when the
 	// new agent connects.
 	UpgradeAgent(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
+	// RefreshConfiguration has the running instance's agent write the
+	// template's files and environment again (file and env actions, their
+	// secrets read anew: a rotated secret, a changed file) and restart the
+	// node software, on the same VM. Scripts and packages are not run
+	// again: the agent refuses (reported as refreshing-configuration failed)
+	// when they differ from those its VM's setup ran, as they need a
+	// reprovision. The instance keeps its templateVersion.
+	RefreshConfiguration(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error)
 	// ListInstanceLogs pages through the instance's retained log output (agent,
 	// setup actions, node software), oldest first or newest first. Over REST,
 	// follow=true answers with server-sent events instead (text/event-stream:
@@ -1078,6 +1087,16 @@ func (c *instanceServiceClient) UpgradeAgent(ctx context.Context, in *InstanceAc
 	return out, nil
 }
 
+func (c *instanceServiceClient) RefreshConfiguration(ctx context.Context, in *InstanceActionRequest, opts ...grpc.CallOption) (*Instance, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Instance)
+	err := c.cc.Invoke(ctx, InstanceService_RefreshConfiguration_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *instanceServiceClient) ListInstanceLogs(ctx context.Context, in *ListInstanceLogsRequest, opts ...grpc.CallOption) (*ListInstanceLogsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListInstanceLogsResponse)
@@ -1174,6 +1193,14 @@ type InstanceServiceServer interface {
 	// answer is the instance as it was; its agent.version changes when the
 	// new agent connects.
 	UpgradeAgent(context.Context, *InstanceActionRequest) (*Instance, error)
+	// RefreshConfiguration has the running instance's agent write the
+	// template's files and environment again (file and env actions, their
+	// secrets read anew: a rotated secret, a changed file) and restart the
+	// node software, on the same VM. Scripts and packages are not run
+	// again: the agent refuses (reported as refreshing-configuration failed)
+	// when they differ from those its VM's setup ran, as they need a
+	// reprovision. The instance keeps its templateVersion.
+	RefreshConfiguration(context.Context, *InstanceActionRequest) (*Instance, error)
 	// ListInstanceLogs pages through the instance's retained log output (agent,
 	// setup actions, node software), oldest first or newest first. Over REST,
 	// follow=true answers with server-sent events instead (text/event-stream:
@@ -1238,6 +1265,9 @@ func (UnimplementedInstanceServiceServer) RefreshCertificate(context.Context, *I
 }
 func (UnimplementedInstanceServiceServer) UpgradeAgent(context.Context, *InstanceActionRequest) (*Instance, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpgradeAgent not implemented")
+}
+func (UnimplementedInstanceServiceServer) RefreshConfiguration(context.Context, *InstanceActionRequest) (*Instance, error) {
+	return nil, status.Error(codes.Unimplemented, "method RefreshConfiguration not implemented")
 }
 func (UnimplementedInstanceServiceServer) ListInstanceLogs(context.Context, *ListInstanceLogsRequest) (*ListInstanceLogsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListInstanceLogs not implemented")
@@ -1452,6 +1482,24 @@ func _InstanceService_UpgradeAgent_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InstanceService_RefreshConfiguration_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InstanceActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).RefreshConfiguration(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_RefreshConfiguration_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).RefreshConfiguration(ctx, req.(*InstanceActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _InstanceService_ListInstanceLogs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListInstanceLogsRequest)
 	if err := dec(in); err != nil {
@@ -1563,6 +1611,10 @@ var InstanceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UpgradeAgent",
 			Handler:    _InstanceService_UpgradeAgent_Handler,
+		},
+		{
+			MethodName: "RefreshConfiguration",
+			Handler:    _InstanceService_RefreshConfiguration_Handler,
 		},
 		{
 			MethodName: "ListInstanceLogs",
