@@ -435,6 +435,21 @@ networkId: lab
 		if b, err := os.ReadFile(filepath.Join(dir, "disks", in.DataDisk.ID, "conf", "registry.env")); err != nil || string(b) != "TOKEN=fleet-token" {
 			t.Fatalf("the fleet secret in the setup's file: %q %v", b, err)
 		}
+		// Rotated, it reaches web-1 on the same VM with a refresh of the
+		// configuration of every running instance of small; bad-1 (not running)
+		// is refused, naming why.
+		c.okIn("fleet-token-2\n", "secrets", "set", "registry-token", "--template", "small")
+		if out := c.ok("instances", "refresh-configuration", "--template", "small", "--wait"); !strings.Contains(out, "web-1: configuration refreshed, the node software serving again") {
+			t.Fatalf("refresh-configuration --template small --wait:\n%s", out)
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "disks", in.DataDisk.ID, "conf", "registry.env")); err != nil || string(b) != "TOKEN=fleet-token-2" {
+			t.Fatalf("the rotated fleet secret after the refresh: %q %v", b, err)
+		}
+		if got := instanceJSON(t, c, "web-1"); got.VMID != in.VMID {
+			t.Fatalf("web-1 moved from VM %s to %s on a refresh", in.VMID, got.VMID)
+		}
+		c.fails("", []string{`instance "bad-1" is `, `: its configuration is refreshed while it is running`, "the configurations of bad-1 were not refreshed"},
+			"instances", "refresh-configuration", "bad-1")
 		if logs := c.ok("instances", "logs", "web-1"); !strings.Contains(logs, " setup hello from setup\n") || !strings.Contains(logs, " setup/stderr a warning from setup\n") {
 			t.Fatalf("instances logs:\n%s", logs)
 		}

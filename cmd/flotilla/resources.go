@@ -107,14 +107,7 @@ func newResourceCommands(opts *clientOptions) []*cobra.Command {
 			line: func(in, _ proto.Message) string {
 				return stringField(in, "name") + ": the agent renews its certificate (a custom one: fetches it again)"
 			}}),
-		instances.actionCommand(opts, action{verb: "refresh-configuration",
-			short: "Have running instances' agents write their template's files and environment again, secrets read anew, and restart the node software, on the same VM",
-			example: `  flotilla instances secrets set web-1 db-password   # a new value, then:
-  flotilla instances refresh-configuration web-1`, answer: &inventoryv1.Instance{},
-			line: func(in, _ proto.Message) string {
-				name := stringField(in, "name")
-				return name + ": the agent writes the template's files and environment again and restarts the node software (flotilla instances events " + name + " shows how it went)"
-			}}),
+		refreshConfigurationCommand(opts),
 		upgradeAgentCommand(opts), joinTokenCommand(opts))
 	accounts := cloudAccounts.command(opts, cloudAccounts.actionCommand(opts, action{verb: "verify",
 		short:   "Sign in with cloud accounts' credentials and show who the cloud says they are",

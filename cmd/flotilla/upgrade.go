@@ -109,6 +109,29 @@ stops the groups after it, so a bad release reaches a few VMs, not all.
 // groups after it, as a canary does. The error names every instance not
 // upgraded.
 func rollAgents(ctx context.Context, s *session, targets []*inventoryv1.Instance, version string, parallel int, wait waitOptions, w, errOut io.Writer) error {
+	return roll(targets, parallel, wait.wait, errOut, "the agents of %s were not upgraded", func(in *inventoryv1.Instance) (bool, error) {
+		if err := askUpgrade(ctx, s, in); err != nil {
+			return false, fmt.Errorf("upgrade-agent %s: %w", in.GetName(), err)
+		}
+		if in.GetAgent().GetVersion() == version {
+			fmt.Fprintf(w, "%s: the agent is at version %s already\n", in.GetName(), version)
+			return false, nil
+		}
+		fmt.Fprintf(w, "%s: the agent upgrades from version %s to %s\n", in.GetName(), in.GetAgent().GetVersion(), version)
+		return true, nil
+	}, func(in *inventoryv1.Instance) error {
+		return waitForAgent(ctx, s, in, version, wait.timeout, w)
+	})
+}
+
+// roll asks of each of targets (ask: false when there is nothing to wait
+// for), parallel at a time, and waits for each group's asked before the
+// next group is asked (the last group too when waitLast). An instance
+// refused does not stop the others; one whose wait fails stops the groups
+// after it, as a canary does. The error names every instance not done
+// (notDone, a format naming them) and those not asked.
+func roll(targets []*inventoryv1.Instance, parallel int, waitLast bool, errOut io.Writer, notDone string,
+	ask func(*inventoryv1.Instance) (bool, error), wait func(*inventoryv1.Instance) error) error {
 	var refused, failed, skipped []string
 	for start := 0; start < len(targets); start += parallel {
 		group := targets[start:min(start+parallel, len(targets))]
@@ -121,23 +144,21 @@ func rollAgents(ctx context.Context, s *session, targets []*inventoryv1.Instance
 		}
 		var asked []*inventoryv1.Instance
 		for _, in := range group {
-			if err := askUpgrade(ctx, s, in); err != nil {
-				fmt.Fprintf(errOut, "upgrade-agent %s: %v\n", in.GetName(), err)
+			ok, err := ask(in)
+			if err != nil {
+				fmt.Fprintln(errOut, err)
 				refused = append(refused, in.GetName())
 				continue
 			}
-			if in.GetAgent().GetVersion() == version {
-				fmt.Fprintf(w, "%s: the agent is at version %s already\n", in.GetName(), version)
-				continue
+			if ok {
+				asked = append(asked, in)
 			}
-			fmt.Fprintf(w, "%s: the agent upgrades from version %s to %s\n", in.GetName(), in.GetAgent().GetVersion(), version)
-			asked = append(asked, in)
 		}
-		if last && !wait.wait {
+		if last && !waitLast {
 			break
 		}
 		for _, in := range asked {
-			if err := waitForAgent(ctx, s, in, version, wait.timeout, w); err != nil {
+			if err := wait(in); err != nil {
 				fmt.Fprintln(errOut, err)
 				failed = append(failed, in.GetName())
 			}
@@ -145,7 +166,7 @@ func rollAgents(ctx context.Context, s *session, targets []*inventoryv1.Instance
 	}
 	var why []string
 	if n := slices.Concat(refused, failed); len(n) > 0 {
-		why = append(why, "the agents of "+strings.Join(n, ", ")+" were not upgraded")
+		why = append(why, fmt.Sprintf(notDone, strings.Join(n, ", ")))
 	}
 	if len(skipped) > 0 {
 		why = append(why, "those of "+strings.Join(skipped, ", ")+" were not asked, after the failure")

@@ -11,36 +11,43 @@ import (
 	"flotilla.dev/flotilla/api/vocab"
 )
 
-// actionUpgradeAgent is the instances list's bulk action that upgrades the
-// selected instances' agents (not a vocab.Action: the instance's state
-// does not change).
-const actionUpgradeAgent = "upgrade-agent"
+// The instances list's bulk actions that command the selected instances'
+// agents (not vocab.Actions: the instances' states do not change).
+const (
+	actionUpgradeAgent         = "upgrade-agent"
+	actionRefreshConfiguration = "refresh-configuration"
+)
 
-// agentRow is one instance of the agents' upgrade page: Why says why its
-// agent is not asked, empty when it is.
+// agentRow is one instance of an agent action's confirmation: Change is
+// what its agent is asked, Why why it is not asked (empty when it is).
 type agentRow struct {
-	In  *inventoryv1.Instance
-	Why string
+	In          *inventoryv1.Instance
+	Change, Why string
 }
 
-// upgradeData is the agents' upgrade page's: the manager's version, the
-// instances chosen, and how many of their agents are asked.
-type upgradeData struct {
-	Version string
-	Rows    []agentRow
-	Asked   int
+// agentActionData is an agent action's confirmation: the action (the bulk
+// form's), what it is called and does, the instances chosen, and how many
+// of their agents are asked.
+type agentActionData struct {
+	Action, Heading, Explain, Button, Empty string
+	Rows                                    []agentRow
+	Asked                                   int
 }
 
-// agentRows says of each instance whether its agent is upgraded to
+// upgradeRows says of each instance whether its agent is upgraded to
 // version, or why not, as the provisioner decides (vocab.AgentUpgradable).
-func agentRows(ins []*inventoryv1.Instance, version string) upgradeData {
-	d := upgradeData{Version: version}
+func upgradeRows(ins []*inventoryv1.Instance, version string) agentActionData {
+	d := agentActionData{Action: actionUpgradeAgent,
+		Explain: "Each agent takes the manager's agent, version " + version + ": it checks the download's SHA-256 and the new binary's version, stops the node software, " +
+			"and starts again as the new agent, which starts the node software again (a few seconds without it). An agent whose upgrade fails runs on at its version, " +
+			"and its instance's events say why. The instances list shows each agent's version as it comes back.",
+		Empty: "Every connected agent is at version " + version + "."}
 	for _, in := range ins {
 		a := in.GetAgent()
 		row := agentRow{In: in}
 		switch state := vocab.State(in.GetState()); {
 		case vocab.AgentUpgradable(state, in.GetVmId(), vocab.AgentStatus(a.GetStatus()), a.GetVmId(), a.GetVersion(), version):
-			d.Asked++
+			row.Change = a.GetVersion() + " → " + version
 		case (state != vocab.StateRunning && state != vocab.StateFailed) || in.GetVmId() == "":
 			row.Why = "the instance is " + string(state) + ": an agent is upgraded on a VM that runs"
 		case vocab.AgentStatus(a.GetStatus()) != vocab.AgentConnected || a.GetVmId() != in.GetVmId():
@@ -48,9 +55,43 @@ func agentRows(ins []*inventoryv1.Instance, version string) upgradeData {
 		default:
 			row.Why = "at " + version + " already"
 		}
-		d.Rows = append(d.Rows, row)
+		d.add(row)
 	}
+	d.Heading = "Upgrade " + counted(d.Asked, "agent") + " to " + version + "?"
+	d.Button = "Upgrade " + counted(d.Asked, "agent")
 	return d
+}
+
+// refreshRows says of each instance whether its configuration is
+// refreshed, or why not, as the provisioner decides.
+func refreshRows(ins []*inventoryv1.Instance) agentActionData {
+	d := agentActionData{Action: actionRefreshConfiguration,
+		Explain: "Each agent writes its template's file and env actions again, their secrets read anew, and restarts the node software on the same VM (a second or so without it). " +
+			"An agent refuses, changing nothing, when the template's scripts or packages are not those its VM's setup ran; each instance's timeline says how it went.",
+		Empty: "None of these instances is running."}
+	for _, in := range ins {
+		a := in.GetAgent()
+		row := agentRow{In: in}
+		switch {
+		case vocab.State(in.GetState()) != vocab.StateRunning:
+			row.Why = "the instance is " + in.GetState() + ": a running instance's configuration is refreshed"
+		case vocab.AgentStatus(a.GetStatus()) != vocab.AgentConnected || a.GetVmId() != in.GetVmId():
+			row.Why = "its agent is not connected"
+		default:
+			row.Change = "files and environment written, the node software restarted"
+		}
+		d.add(row)
+	}
+	d.Heading = "Refresh the configuration of " + counted(d.Asked, "instance") + "?"
+	d.Button = "Refresh " + counted(d.Asked, "configuration")
+	return d
+}
+
+func (d *agentActionData) add(row agentRow) {
+	if row.Why == "" {
+		d.Asked++
+	}
+	d.Rows = append(d.Rows, row)
 }
 
 // upgradeAgentsPage serves GET /instances/upgrade-agents: every instance
@@ -62,7 +103,7 @@ func (c *Console) upgradeAgentsPage(w http.ResponseWriter, r *http.Request, s *s
 		c.fail(w, r, s, err)
 		return
 	}
-	d := agentRows(all, c.version)
+	d := upgradeRows(all, c.version)
 	rows := d.Rows[:0]
 	for _, row := range d.Rows {
 		if row.Why == "" {
@@ -70,27 +111,28 @@ func (c *Console) upgradeAgentsPage(w http.ResponseWriter, r *http.Request, s *s
 		}
 	}
 	d.Rows = rows
-	c.render(w, r, s, http.StatusOK, "upgradeagents", "Upgrade "+counted(d.Asked, "agent")+"?", d)
+	c.render(w, r, s, http.StatusOK, "agentaction", d.Heading, d)
 }
 
-// upgradeAgents is the bulk action upgrade-agent on ins: first the
-// confirmation, which says of each instance whether its agent is asked,
-// then (confirmed) the ask of each agent behind, reported in one message.
-// An agent checks its download and the new binary's version before it
-// replaces itself, and one that fails runs on at its version; the
-// instances list shows each agent's version as it comes back.
-func (c *Console) upgradeAgents(w http.ResponseWriter, r *http.Request, s *session, ins []*inventoryv1.Instance) {
-	d := agentRows(ins, c.version)
+// agentAction is a bulk action on the agents of ins (upgrade-agent,
+// refresh-configuration): first the confirmation, which says of each
+// instance whether its agent is asked and what, or why not; then
+// (confirmed) the ask of each, reported in one message.
+func (c *Console) agentAction(w http.ResponseWriter, r *http.Request, s *session, action string, ins []*inventoryv1.Instance) {
+	d, verb, done := refreshRows(ins), "Refreshing the configuration of", "refreshed"
+	if action == actionUpgradeAgent {
+		d, verb, done = upgradeRows(ins, c.version), "Upgrading to "+c.version+" the agents of", "upgraded"
+	}
 	if r.PostFormValue("confirm") != "yes" {
-		c.render(w, r, s, http.StatusOK, "upgradeagents", "Upgrade "+counted(d.Asked, "agent")+"?", d)
+		c.render(w, r, s, http.StatusOK, "agentaction", d.Heading, d)
 		return
 	}
 	var asked, current, refused []string
 	for _, row := range d.Rows {
 		in := row.In
 		if row.Why != "" {
-			// Not behind as read a moment ago: the provisioner says so
-			// again if asked, so it is reported without asking.
+			// Not to be asked as read a moment ago: the provisioner says
+			// so again if asked, so it is reported without asking.
 			if strings.HasPrefix(row.Why, "at ") {
 				current = append(current, in.GetName())
 			} else {
@@ -99,13 +141,15 @@ func (c *Console) upgradeAgents(w http.ResponseWriter, r *http.Request, s *sessi
 			continue
 		}
 		from := in.GetAgent().GetVersion()
-		err := s.api.do(http.MethodPost, "/api/v1/instances/"+url.PathEscape(in.GetId())+":upgrade-agent", struct{}{}, in)
+		err := s.api.do(http.MethodPost, "/api/v1/instances/"+url.PathEscape(in.GetId())+":"+action, struct{}{}, in)
 		var ae *apiError
 		switch {
-		case err == nil && in.GetAgent().GetVersion() == c.version:
+		case err == nil && action == actionUpgradeAgent && in.GetAgent().GetVersion() == c.version:
 			current = append(current, in.GetName())
-		case err == nil:
+		case err == nil && action == actionUpgradeAgent:
 			asked = append(asked, in.GetName()+" (from "+from+")")
+		case err == nil:
+			asked = append(asked, in.GetName())
 		case errors.As(err, &ae) && ae.Status != http.StatusUnauthorized:
 			refused = append(refused, in.GetName()+" ("+ae.Message+")")
 		default:
@@ -113,7 +157,7 @@ func (c *Console) upgradeAgents(w http.ResponseWriter, r *http.Request, s *sessi
 			return
 		}
 	}
-	msg := fmt.Sprintf("Upgrading %s to %s", counted(len(asked), "agent"), c.version)
+	msg := fmt.Sprintf("%s %s", verb, counted(len(asked), "instance"))
 	if len(asked) > 0 {
 		msg += " (the node software restarts): " + strings.Join(asked, ", ")
 	}
@@ -122,7 +166,7 @@ func (c *Console) upgradeAgents(w http.ResponseWriter, r *http.Request, s *sessi
 		msg += fmt.Sprintf(" At %s already: %s.", c.version, strings.Join(current, ", "))
 	}
 	if len(refused) > 0 {
-		msg += " Not upgraded: " + strings.Join(refused, "; ") + "."
+		msg += " Not " + done + ": " + strings.Join(refused, "; ") + "."
 	}
 	redirect(w, r, "/instances", msg)
 }

@@ -527,7 +527,8 @@ type bulkData struct {
 
 // bulk serves POST /instances/bulk: first a confirmation naming what each
 // instance loses, then (confirm=yes) the action on each, reported in one
-// message. The action upgrade-agent is upgradeAgents'.
+// message. The agents' actions (upgrade-agent, refresh-configuration) are
+// agentAction's.
 func (c *Console) bulk(w http.ResponseWriter, r *http.Request, s *session) {
 	if err := r.ParseForm(); err != nil {
 		c.fail(w, r, s, err)
@@ -535,7 +536,8 @@ func (c *Console) bulk(w http.ResponseWriter, r *http.Request, s *session) {
 	}
 	action := vocab.Action(r.PostFormValue("action"))
 	ids := r.PostForm["id"]
-	if (!action.Valid() && action != actionUpgradeAgent) || len(ids) == 0 {
+	agents := action == actionUpgradeAgent || action == actionRefreshConfiguration
+	if (!action.Valid() && !agents) || len(ids) == 0 {
 		redirect(w, r, "/instances", "Choose an action and at least one instance.")
 		return
 	}
@@ -548,8 +550,8 @@ func (c *Console) bulk(w http.ResponseWriter, r *http.Request, s *session) {
 		}
 		ins = append(ins, in)
 	}
-	if action == actionUpgradeAgent {
-		c.upgradeAgents(w, r, s, ins)
+	if agents {
+		c.agentAction(w, r, s, string(action), ins)
 		return
 	}
 	if r.PostFormValue("confirm") != "yes" {

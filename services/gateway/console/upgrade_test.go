@@ -141,7 +141,7 @@ func TestTheConsoleUpgradesAgentsBehindTheManager(t *testing.T) {
 	if to := e.post("/instances/bulk", ids).must(t, http.StatusSeeOther, "the bulk upgrade").header.Get("Location"); to != "/instances" {
 		t.Fatalf("the bulk upgrade led to %q", to)
 	}
-	want := "Upgrading 1 agent to 0.0.0-test (the node software restarts): web-2 (from 0.1.0-dev). At 0.0.0-test already: web-1." +
+	want := "Upgrading to 0.0.0-test the agents of 1 instance (the node software restarts): web-2 (from 0.1.0-dev). At 0.0.0-test already: web-1." +
 		" Not upgraded: web-3 (the instance is created: an agent is upgraded on a VM that runs)."
 	if p := e.get("/instances"); !strings.Contains(html.UnescapeString(p.body), want) {
 		t.Errorf("the instances list after the bulk upgrade does not say %q:\n%s", want, p.body)
@@ -164,13 +164,32 @@ func TestTheConsoleUpgradesAgentsBehindTheManager(t *testing.T) {
 	if p := e.get(page); !strings.Contains(p.body, "web-1: the agent writes the template&#39;s files and environment again and restarts the node software") {
 		t.Errorf("the page after the refresh says nothing of it:\n%s", p.body)
 	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		_, in := e.api("GET", "/api/v1"+page, nil)
-		if in["agentProgress"] == "refreshing-configuration/succeeded" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("web-1 after the refresh: %v", in)
+	refreshed := func(page string) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			_, in := e.api("GET", "/api/v1"+page, nil)
+			if in["agentProgress"] == "refreshing-configuration/succeeded" {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s after the refresh: %v", page, in)
+			}
 		}
 	}
+	refreshed(page)
+
+	// The bulk action: web-2's is refreshed, web-3 (created) is not asked.
+	bulk := url.Values{"action": {"refresh-configuration"}, "id": {strings.TrimPrefix(pages["web-2"], "/instances/"), strings.TrimPrefix(pages["web-3"], "/instances/")}}
+	p = e.post("/instances/bulk", bulk).must(t, 200, "the bulk refresh's confirmation")
+	if body := html.UnescapeString(p.body); !strings.Contains(body, "Refresh the configuration of 1 instance?") ||
+		!strings.Contains(body, "files and environment written, the node software restarted") || !strings.Contains(body, "not asked: the instance is created") ||
+		!strings.Contains(body, ">Refresh 1 configuration</button>") {
+		t.Fatalf("the bulk refresh's confirmation:\n%s", p.body)
+	}
+	bulk.Set("confirm", "yes")
+	e.post("/instances/bulk", bulk).must(t, http.StatusSeeOther, "the bulk refresh")
+	if p := e.get("/instances"); !strings.Contains(html.UnescapeString(p.body), "Refreshing the configuration of 1 instance (the node software restarts): web-2. Not refreshed: web-3 (the instance is created") {
+		t.Errorf("the instances list after the bulk refresh:\n%s", p.body)
+	}
+	refreshed(pages["web-2"])
 }
