@@ -59,32 +59,23 @@ restart one after another; a refresh that fails (or says nothing within
 				return err
 			}
 			ctx, w := cmd.Context(), cmd.OutOrStdout()
-			var targets []*inventoryv1.Instance
+			templateID := ""
 			if template != "" {
 				t, err := s.find(ctx, templates, template)
 				if err != nil {
 					return fmt.Errorf("--template %s: %w", template, err)
 				}
-				items, err := s.all(ctx, instances)
-				if err != nil {
-					return err
-				}
-				for _, it := range items {
-					if in := it.(*inventoryv1.Instance); in.GetTemplateId() == stringField(t, "id") && vocab.State(in.GetState()) == vocab.StateRunning {
-						targets = append(targets, in)
-					}
-				}
-				if len(targets) == 0 {
-					fmt.Fprintf(w, "no instance of template %s is running\n", template)
-					return nil
-				}
+				templateID = stringField(t, "id")
 			}
-			for _, a := range args {
-				found, err := s.find(ctx, instances, a)
-				if err != nil {
-					return err
-				}
-				targets = append(targets, found.(*inventoryv1.Instance))
+			targets, err := chosen(ctx, s, args, func(in *inventoryv1.Instance) bool {
+				return in.GetTemplateId() == templateID && vocab.State(in.GetState()) == vocab.StateRunning
+			})
+			if err != nil {
+				return err
+			}
+			if len(targets) == 0 {
+				fmt.Fprintf(w, "no instance of template %s is running\n", template)
+				return nil
 			}
 			return roll(targets, parallel, wait.wait, cmd.ErrOrStderr(), "the configurations of %s were not refreshed",
 				func(in *inventoryv1.Instance) (bool, error) {

@@ -69,28 +69,13 @@ stops the groups after it, so a bad release reaches a few VMs, not all.
 				return fmt.Errorf("the manager's version: %w", err)
 			}
 			version := status.GetVersion()
-			var targets []*inventoryv1.Instance
-			if all {
-				items, err := s.all(ctx, instances)
-				if err != nil {
-					return err
-				}
-				for _, it := range items {
-					if in := it.(*inventoryv1.Instance); behind(in, version) {
-						targets = append(targets, in)
-					}
-				}
-				if len(targets) == 0 {
-					fmt.Fprintf(w, "every connected agent is at version %s\n", version)
-					return nil
-				}
+			targets, err := chosen(ctx, s, args, func(in *inventoryv1.Instance) bool { return behind(in, version) })
+			if err != nil {
+				return err
 			}
-			for _, a := range args {
-				found, err := s.find(ctx, instances, a)
-				if err != nil {
-					return err
-				}
-				targets = append(targets, found.(*inventoryv1.Instance))
+			if len(targets) == 0 {
+				fmt.Fprintf(w, "every connected agent is at version %s\n", version)
+				return nil
 			}
 			return rollAgents(ctx, s, targets, version, parallel, wait, w, cmd.ErrOrStderr())
 		},
@@ -175,6 +160,32 @@ func roll(targets []*inventoryv1.Instance, parallel int, waitLast bool, errOut i
 		return fmt.Errorf("%s (see above)", strings.Join(why, "; "))
 	}
 	return nil
+}
+
+// chosen is the instances named in args or, with none named, every
+// instance keep lets through.
+func chosen(ctx context.Context, s *session, args []string, keep func(*inventoryv1.Instance) bool) ([]*inventoryv1.Instance, error) {
+	var out []*inventoryv1.Instance
+	for _, a := range args {
+		found, err := s.find(ctx, instances, a)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, found.(*inventoryv1.Instance))
+	}
+	if len(args) > 0 {
+		return out, nil
+	}
+	items, err := s.all(ctx, instances)
+	if err != nil {
+		return nil, err
+	}
+	for _, it := range items {
+		if in := it.(*inventoryv1.Instance); keep(in) {
+			out = append(out, in)
+		}
+	}
+	return out, nil
 }
 
 // askUpgrade posts :upgrade-agent for in, and reads the answer into it.
