@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -111,6 +112,26 @@ func (c *Console) upgradeAgentsPage(w http.ResponseWriter, r *http.Request, s *s
 		}
 	}
 	d.Rows = rows
+	c.render(w, r, s, http.StatusOK, "agentaction", d.Heading, d)
+}
+
+// refreshTemplatesPage serves GET /instances/refresh-configuration?template=ID…:
+// every instance of those templates, to confirm the refresh of the running
+// ones' configuration (the fleet secrets page's link, once a secret they
+// read changed).
+func (c *Console) refreshTemplatesPage(w http.ResponseWriter, r *http.Request, s *session) {
+	all, err := listAll(s.api, "/api/v1/instances", (*inventoryv1.ListInstancesResponse).GetInstances)
+	if err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	var ins []*inventoryv1.Instance
+	for _, in := range all {
+		if slices.Contains(r.URL.Query()["template"], in.GetTemplateId()) {
+			ins = append(ins, in)
+		}
+	}
+	d := refreshRows(ins)
 	c.render(w, r, s, http.StatusOK, "agentaction", d.Heading, d)
 }
 

@@ -79,6 +79,7 @@ func New(d Deps) (*Console, error) {
 	m.HandleFunc("GET /instances", c.authed(c.instances))
 	m.HandleFunc("POST /instances/bulk", c.authed(c.bulk))
 	m.HandleFunc("GET /instances/upgrade-agents", c.authed(c.upgradeAgentsPage))
+	m.HandleFunc("GET /instances/refresh-configuration", c.authed(c.refreshTemplatesPage))
 	m.HandleFunc("GET /instances/{id}", c.authed(c.instance))
 	m.HandleFunc("GET /instances/{id}/logs.txt", c.authed(c.downloadLogs))
 	m.HandleFunc("GET /instances/{id}/{action}", c.authed(c.confirmAction))

@@ -17,7 +17,7 @@ func TestConsoleFleetSecrets(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false)
 	e.login(adminUser, adminPass).must(t, http.StatusSeeOther, "log in")
-	_, tplID := e.networkAndTemplate()
+	netID, tplID := e.networkAndTemplate()
 	e.post("/templates/new", url.Values{"name": {"big"}, "provider": {"local"}, "dataDiskGb": {"2"}, "actionCount": {"0"}}).
 		must(t, http.StatusSeeOther, "create template big")
 	e.post("/users/new", url.Values{"username": {"vic"}, "password": {"vic-pass-1234"}, "role": {"viewer"}}).must(t, http.StatusSeeOther, "create vic")
@@ -38,6 +38,17 @@ func TestConsoleFleetSecrets(t *testing.T) {
 		strings.Contains(p.body, "t0ken-value") || !strings.Contains(p.body, `<a href="/secrets/registry/delete"`) {
 		t.Fatalf("the page after the store:\n%s", p.body)
 	}
+	// Its row links to the refresh of its templates' instances: none runs.
+	link := `/instances/refresh-configuration?template=` + tplID
+	if !strings.Contains(p.body, `<a href="`+link+`"`) {
+		t.Fatalf("no link to refresh the instances of the secret's template:\n%s", p.body)
+	}
+	e.post("/instances/new", url.Values{"name": {"web-1"}, "kind": {"design"}, "templateId": {tplID}, "networkId": {netID}}).must(t, http.StatusSeeOther, "create web-1")
+	if p := e.get(link).must(t, 200, "the refresh of the secret's instances"); !strings.Contains(html.UnescapeString(p.body), "Refresh the configuration of 0 instances?") ||
+		!strings.Contains(p.body, ">web-1</a>") || !strings.Contains(p.body, "not asked: the instance is created") || strings.Contains(p.body, "configurations</button>") {
+		t.Fatalf("the refresh of the secret's instances:\n%s", p.body)
+	}
+
 	// No value: its templates alone change, the value and version stay.
 	bigID := ""
 	for _, l := range strings.Split(p.body, "\n") {
