@@ -91,7 +91,11 @@ func (a *agent) refreshConfiguration(ctx context.Context, id string, rc *agentv1
 		}
 		what = "files and environment written; the node software restarted at " + a.node.URL()
 	}
-	if err := a.state.Update(func(s *state) { s.Node = &spec }); err != nil {
+	if err := a.state.Update(func(s *state) {
+		if s.Node != nil {
+			s.Node.Env = spec.Env // the rest may have changed meanwhile (a certificate renewed)
+		}
+	}); err != nil {
 		fail("%v", err)
 		return
 	}

@@ -61,6 +61,10 @@ func (c *Console) setFleetSecret(w http.ResponseWriter, r *http.Request, s *sess
 		return
 	}
 	name := strings.TrimSpace(r.PostFormValue("name"))
+	if name == "" {
+		redirect(w, r, "/secrets", "The fleet secret was not stored: name: is required")
+		return
+	}
 	err := s.api.do(http.MethodPut, "/api/v1/secrets/"+url.PathEscape(name),
 		&secretsv1.SetFleetSecretRequest{Name: name, Value: r.PostFormValue("value"), TemplateIds: r.PostForm["templateId"]}, nil)
 	c.done(w, r, s, err, "/secrets", "The fleet secret "+name+" is stored.", "The fleet secret was not stored")

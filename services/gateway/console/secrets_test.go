@@ -27,7 +27,11 @@ func TestConsoleFleetSecrets(t *testing.T) {
 		!strings.Contains(p.body, `name="templateId" value="`+tplID+`"> small`) {
 		t.Fatalf("the empty page:\n%s", p.body)
 	}
-	// No template chosen: the API's refusal, naming the field.
+	// No name, no template chosen: refused, naming the field.
+	e.post("/secrets", url.Values{"name": {" "}, "value": {"t0ken-value"}, "templateId": {tplID}}).must(t, http.StatusSeeOther, "a fleet secret without a name")
+	if p := e.get("/secrets"); !strings.Contains(p.body, "The fleet secret was not stored: name: is required") {
+		t.Fatalf("the refusal of no name:\n%s", p.body)
+	}
 	e.post("/secrets", url.Values{"name": {"registry"}, "value": {"t0ken-value"}}).must(t, http.StatusSeeOther, "a fleet secret for no template")
 	if p := e.get("/secrets"); !strings.Contains(html.UnescapeString(p.body), "The fleet secret was not stored: templateIds: is required") {
 		t.Fatalf("the refusal:\n%s", p.body)
