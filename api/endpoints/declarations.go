@@ -71,7 +71,7 @@ var (
 	NetworkCreate = endpoint[*inventoryv1.CreateNetworkRequest, *inventoryv1.Network](inventory, subjects.NounNetwork, subjects.VerbCreate,
 		"creates a network", gateway)
 	NetworkGet = endpoint[*inventoryv1.GetNetworkRequest, *inventoryv1.Network](inventory, subjects.NounNetwork, subjects.VerbGet,
-		"reads a network", gateway, provisioner, ca)
+		"reads a network", gateway, provisioner, ca, secrets)
 	NetworkList = endpoint[*inventoryv1.ListNetworksRequest, *inventoryv1.ListNetworksResponse](inventory, subjects.NounNetwork, subjects.VerbList,
 		"lists networks, a page at a time", gateway)
 	NetworkUpdate = endpoint[*inventoryv1.UpdateNetworkRequest, *inventoryv1.Network](inventory, subjects.NounNetwork, subjects.VerbUpdate,
@@ -85,7 +85,7 @@ var (
 	CloudAccountCreate = endpoint[*inventoryv1.CreateCloudAccountRequest, *inventoryv1.CloudAccount](inventory, subjects.NounCloudAccount, subjects.VerbCreate,
 		"creates a cloud account, its secret key handed to the secret broker", gateway)
 	CloudAccountGet = endpoint[*inventoryv1.GetCloudAccountRequest, *inventoryv1.CloudAccount](inventory, subjects.NounCloudAccount, subjects.VerbGet,
-		"reads a cloud account (never its secret key)", gateway, provisioner, ca)
+		"reads a cloud account (never its secret key)", gateway, provisioner, ca, secrets)
 	CloudAccountList = endpoint[*inventoryv1.ListCloudAccountsRequest, *inventoryv1.ListCloudAccountsResponse](inventory, subjects.NounCloudAccount, subjects.VerbList,
 		"lists cloud accounts, a page at a time", gateway)
 	CloudAccountUpdate = endpoint[*inventoryv1.UpdateCloudAccountRequest, *inventoryv1.CloudAccount](inventory, subjects.NounCloudAccount, subjects.VerbUpdate,

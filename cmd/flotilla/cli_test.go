@@ -191,6 +191,7 @@ networkId: lab
 	if out := c.ok("instances", "secrets", "list", "web-1", "-o", "table"); !strings.Contains(out, "db-password") || strings.Contains(out, "s3cret-value") {
 		t.Fatalf("secrets list:\n%s", out)
 	}
+	c.fails("", []string{`secretsManagerId: "bad id" is not an AWS Secrets Manager secret's name or ARN`}, "instances", "secrets", "set", "web-1", "x", "--secrets-manager", "bad id")
 	// A fleet secret for every instance of the template small (and broken,
 	// taken off again with its templates alone).
 	c.fails("", []string{"--template: name at least one template"}, "secrets", "set", "registry-token")

@@ -30,19 +30,23 @@ Their values never come back out of the API.`,
 		Example: `  flotilla instances secrets set web-1 db-password < password.txt
   flotilla instances secrets list web-1`,
 	}
-	var fromFile string
+	var fromFile, ref string
 	set := &cobra.Command{
 		Use:   "set INSTANCE NAME",
 		Short: "Store or replace a secret of an instance: the value from standard input, a file, or the terminal (no echo)",
 		Example: `  flotilla instances secrets set web-1 db-password            # asks for the value
   printf %s "$DB_PASSWORD" | flotilla instances secrets set web-1 db-password
-  flotilla instances secrets set web-1 tls-key --from-file key.pem`,
+  flotilla instances secrets set web-1 tls-key --from-file key.pem
+  flotilla instances secrets set web-1 db-password --secrets-manager prod/db   # read there at each read`,
 		Args:              cobra.ExactArgs(2),
 		ValidArgsFunction: instances.completeNames(opts),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			value, err := readSecretValue(cmd, fromFile)
-			if err != nil {
-				return err
+			value := ""
+			if ref == "" {
+				var err error
+				if value, err = readSecretValue(cmd, fromFile); err != nil {
+					return err
+				}
 			}
 			s, id, _, err := instanceSession(cmd, opts, args[0])
 			if err != nil {
@@ -50,7 +54,7 @@ Their values never come back out of the API.`,
 			}
 			var sec secretsv1.Secret
 			if err := s.call(cmd.Context(), http.MethodPost, instancesPath+"/"+id+"/secrets",
-				jsonBody(map[string]string{"name": args[1], "value": value}), &sec); err != nil {
+				jsonBody(map[string]string{"name": args[1], "value": value, "secretsManagerId": ref}), &sec); err != nil {
 				return fmt.Errorf("set secret %s of %s: %w", args[1], args[0], err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "secret %s of %s set (version %d)\n", sec.GetName(), args[0], sec.GetVersion())
@@ -61,6 +65,8 @@ Their values never come back out of the API.`,
 		},
 	}
 	set.Flags().StringVar(&fromFile, "from-file", "", "read the value from this file (as it is, newlines included)")
+	set.Flags().StringVar(&ref, "secrets-manager", "", "keep no value: read it from this AWS Secrets Manager secret (name or ARN) at each read, in the cloud account of the instance's network")
+	set.MarkFlagsMutuallyExclusive("from-file", "secrets-manager")
 	list := &cobra.Command{
 		Use:               "list INSTANCE",
 		Aliases:           []string{"ls"},
@@ -80,9 +86,9 @@ Their values never come back out of the API.`,
 			if format != formatTable {
 				return writeMessage(cmd.OutOrStdout(), format, &resp)
 			}
-			rows := [][]string{{"NAME", "VERSION", "UPDATED", "KMS KEY"}}
+			rows := [][]string{{"NAME", "VERSION", "UPDATED", "KMS KEY", "SECRETS MANAGER"}}
 			for _, sec := range resp.GetSecrets() {
-				rows = append(rows, []string{sec.GetName(), fmt.Sprint(sec.GetVersion()), ago(sec.GetUpdateTime().AsTime()), dash(sec.GetKmsKeyId())})
+				rows = append(rows, []string{sec.GetName(), fmt.Sprint(sec.GetVersion()), ago(sec.GetUpdateTime().AsTime()), dash(sec.GetKmsKeyId()), dash(sec.GetSecretsManagerId())})
 			}
 			return writeTable(cmd.OutOrStdout(), rows)
 		},
@@ -165,7 +171,7 @@ never come back out of the API.`,
   flotilla secrets list`,
 	}
 	var (
-		fromFile      string
+		fromFile, ref string
 		tpls          []string
 		templatesOnly bool
 	)
@@ -181,7 +187,7 @@ never come back out of the API.`,
 				return errors.New("--template: name at least one template whose instances' agents may read the secret")
 			}
 			value := ""
-			if !templatesOnly {
+			if !templatesOnly && ref == "" {
 				var err error
 				if value, err = readSecretValue(cmd, fromFile); err != nil {
 					return err
@@ -201,7 +207,7 @@ never come back out of the API.`,
 			}
 			var sec secretsv1.FleetSecret
 			if err := s.call(cmd.Context(), http.MethodPut, fleetSecretsPath+"/"+url.PathEscape(args[0]),
-				jsonBody(map[string]any{"value": value, "templateIds": ids}), &sec); err != nil {
+				jsonBody(map[string]any{"value": value, "templateIds": ids, "secretsManagerId": ref}), &sec); err != nil {
 				return fmt.Errorf("set fleet secret %s: %w", args[0], err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "fleet secret %s set (version %d) for the instances of %s\n", sec.GetName(), sec.GetVersion(), strings.Join(tpls, ", "))
@@ -214,7 +220,8 @@ never come back out of the API.`,
 	set.Flags().StringVar(&fromFile, "from-file", "", "read the value from this file (as it is, newlines included)")
 	set.Flags().StringArrayVar(&tpls, "template", nil, "a template (name or id) whose instances' agents may read the secret; repeat for more")
 	set.Flags().BoolVar(&templatesOnly, "templates-only", false, "keep the value stored, and change which templates the secret is for")
-	set.MarkFlagsMutuallyExclusive("from-file", "templates-only")
+	set.Flags().StringVar(&ref, "secrets-manager", "", "keep no value: read it from this AWS Secrets Manager secret (name or ARN) at each read, in the cloud account of the reading instance's network")
+	set.MarkFlagsMutuallyExclusive("from-file", "templates-only", "secrets-manager")
 	list := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
@@ -239,7 +246,7 @@ never come back out of the API.`,
 					names[stringField(t, "id")] = stringField(t, "name")
 				}
 			}
-			rows := [][]string{{"NAME", "TEMPLATES", "VERSION", "UPDATED", "KMS KEY"}}
+			rows := [][]string{{"NAME", "TEMPLATES", "VERSION", "UPDATED", "KMS KEY", "SECRETS MANAGER"}}
 			for _, sec := range resp.GetSecrets() {
 				var tn []string
 				for _, id := range sec.GetTemplateIds() {
@@ -249,7 +256,7 @@ never come back out of the API.`,
 				if sec.GetVersion() > 0 {
 					version, updated = fmt.Sprint(sec.GetVersion()), ago(sec.GetUpdateTime().AsTime())
 				}
-				rows = append(rows, []string{sec.GetName(), dash(strings.Join(tn, ",")), version, updated, dash(sec.GetKmsKeyId())})
+				rows = append(rows, []string{sec.GetName(), dash(strings.Join(tn, ",")), version, updated, dash(sec.GetKmsKeyId()), dash(sec.GetSecretsManagerId())})
 			}
 			return writeTable(cmd.OutOrStdout(), rows)
 		},

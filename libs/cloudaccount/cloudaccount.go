@@ -2,7 +2,8 @@
 // AWS client needs (awsx.Account): the account from the inventory, its
 // secret key, if it keeps one, from the secret broker. Only the services
 // that call clouds may (the provisioner; the CA, for certificate keys in
-// AWS Secrets Manager); the key lives only in memory.
+// AWS Secrets Manager; the secret broker itself, for secrets there); the
+// key lives only in memory.
 package cloudaccount
 
 import (
@@ -17,8 +18,13 @@ import (
 	"flotilla.dev/flotilla/libs/rpc"
 )
 
-// Resolver reads cloud accounts as its client's service.
-type Resolver struct{ Client *rpc.Client }
+// Resolver reads cloud accounts as its client's service. Key, when set,
+// reads an account's secret key instead of the secret broker's
+// cloudkey.read (the broker's own).
+type Resolver struct {
+	Client *rpc.Client
+	Key    func(ctx context.Context, accountID string) (string, error)
+}
 
 // Get is the account with id, and how to reach it with AWS.
 func (r Resolver) Get(ctx context.Context, id string) (*inventoryv1.CloudAccount, awsx.Account, error) {
@@ -33,11 +39,18 @@ func (r Resolver) Get(ctx context.Context, id string) (*inventoryv1.CloudAccount
 	out := awsx.Account{Region: s.GetRegion(), EndpointURL: s.GetEndpointUrl(), AccessKeyID: c.GetAccessKeyId(),
 		RoleARN: c.GetRoleArn(), ExternalID: c.GetExternalId()}
 	if c.GetSecretAccessKeySet() {
-		key, err := rpc.Call(ctx, r.Client, endpoints.CloudKeyRead, &secretsv1.ReadCloudKeyRequest{CloudAccountId: id})
+		read := r.Key
+		if read == nil {
+			read = func(ctx context.Context, id string) (string, error) {
+				key, err := rpc.Call(ctx, r.Client, endpoints.CloudKeyRead, &secretsv1.ReadCloudKeyRequest{CloudAccountId: id})
+				return key.GetValue(), err
+			}
+		}
+		key, err := read(ctx, id)
 		if err != nil {
 			return acc, awsx.Account{}, fmt.Errorf("the secret key of cloud account %q: %w", acc.GetName(), err)
 		}
-		out.SecretAccessKey = key.GetValue()
+		out.SecretAccessKey = key
 	}
 	return acc, out, nil
 }

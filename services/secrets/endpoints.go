@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -44,7 +45,11 @@ const (
 	reasonInvalidName   = "invalid secret name"
 	reasonLookup        = "secret lookup failed"
 	reasonUndecryptable = "stored secret cannot be decrypted"
-	reasonNotRequester  = "read asked by %s, not by the requesting instance's agent"
+	// reasonFromReference follows the reason of a read of a secret that
+	// is a reference; reasonReferenceFailed is a refused one's.
+	reasonFromReference   = ", read from AWS Secrets Manager"
+	reasonReferenceFailed = "AWS Secrets Manager read failed"
+	reasonNotRequester    = "read asked by %s, not by the requesting instance's agent"
 )
 
 // create stores a secret, or replaces it with the next version.
@@ -57,28 +62,32 @@ func (s *Service) create(ctx context.Context, actor vocab.Actor, r *secretsv1.Cr
 	if err := validateName(name); err != nil {
 		return nil, err
 	}
-	if n := len(r.GetValue()); n == 0 {
-		return nil, apierr.Invalid("value", "is required")
-	} else if n > MaxValueSize {
-		return nil, apierr.Invalid("value", "must be at most %d bytes (64 KiB), got %d bytes", MaxValueSize, n)
+	ref := r.GetSecretsManagerId()
+	if err := valueOrReference(r.GetValue(), ref, false); err != nil {
+		return nil, err
 	}
 	if err := s.checkInstance(ctx, instanceID); err != nil {
 		return nil, err
 	}
 
-	value := []byte(r.GetValue())
-	defer clear(value)
-	row, err := s.store.replace(ctx, instanceID, name, s.now().UTC().Truncate(time.Microsecond), func(version int64) (sealed, error) {
-		sl, err := seal(ctx, s.kms, value, secretBinding(instanceID, name, version))
-		if err != nil {
-			return sealed{}, fmt.Errorf("seal secret %q of instance %s: %w", name, instanceID, err)
+	var sealFn func(int64) (sealed, error)
+	if ref == "" {
+		value := []byte(r.GetValue())
+		defer clear(value)
+		sealFn = func(version int64) (sealed, error) {
+			sl, err := seal(ctx, s.kms, value, secretBinding(instanceID, name, version))
+			if err != nil {
+				return sealed{}, fmt.Errorf("seal secret %q of instance %s: %w", name, instanceID, err)
+			}
+			return sl, nil
 		}
-		return sl, nil
-	})
+	}
+	row, err := s.store.replace(ctx, instanceID, name, s.now().UTC().Truncate(time.Microsecond), ref, sealFn)
 	if err != nil {
 		return nil, err
 	}
-	s.log.InfoContext(ctx, "secret stored", "instance_id", instanceID, "name", name, "version", row.version, "kms_key_id", row.sealed.kmsKeyID, "actor", actor)
+	s.log.InfoContext(ctx, "secret stored", "instance_id", instanceID, "name", name, "version", row.version, "kms_key_id", row.sealed.kmsKeyID,
+		"secrets_manager_id", ref, "actor", actor)
 	return row.metadata(), nil
 }
 
@@ -161,7 +170,7 @@ func (s *Service) read(ctx context.Context, actor vocab.Actor, r *secretsv1.Read
 	var resp *secretsv1.ReadSecretResponse
 	resp, access.Reason, err = s.lookup(ctx, requester, name)
 	switch {
-	case err == nil && access.Reason == reasonFleet:
+	case err == nil && strings.HasPrefix(access.Reason, reasonFleet):
 		access.Allowed, access.Fleet = true, true
 	case err == nil:
 		access.Allowed = true
@@ -195,6 +204,17 @@ func (s *Service) lookup(ctx context.Context, requester, name string) (*secretsv
 	}
 	if !found {
 		return s.lookupFleet(ctx, requester, name, denied)
+	}
+	if row.ref != "" {
+		in, err := s.instance(ctx, requester)
+		if err != nil {
+			return nil, reasonLookup, err
+		}
+		value, err := s.readReference(ctx, in, name, row.ref)
+		if err != nil {
+			return nil, reasonReferenceFailed, err
+		}
+		return &secretsv1.ReadSecretResponse{Value: value, Version: row.version}, reasonAllowed + reasonFromReference, nil
 	}
 	value, err := open(ctx, s.kms, row.sealed, secretBinding(row.instanceID, row.name, row.version))
 	if err != nil {

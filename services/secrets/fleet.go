@@ -58,6 +58,7 @@ type storedFleetSecret struct {
 	templateIDs []string
 	version     int64
 	sealed      sealed
+	ref         string
 	createdAt   time.Time
 	updatedAt   time.Time
 }
@@ -65,22 +66,23 @@ type storedFleetSecret struct {
 // metadata is the row as callers may see it: no value, no key material.
 func (r storedFleetSecret) metadata() *secretsv1.FleetSecret {
 	return &secretsv1.FleetSecret{
-		Name:        r.name,
-		TemplateIds: r.templateIDs,
-		Version:     r.version,
-		CreateTime:  timestamppb.New(r.createdAt),
-		UpdateTime:  timestamppb.New(r.updatedAt),
-		KmsKeyId:    r.sealed.kmsKeyID,
+		Name:             r.name,
+		TemplateIds:      r.templateIDs,
+		Version:          r.version,
+		CreateTime:       timestamppb.New(r.createdAt),
+		UpdateTime:       timestamppb.New(r.updatedAt),
+		KmsKeyId:         r.sealed.kmsKeyID,
+		SecretsManagerId: r.ref,
 	}
 }
 
 // fleetColumns are the columns a storedFleetSecret is scanned from, in
 // scanFleet's order.
-const fleetColumns = `name, template_ids::text[], version, ciphertext, nonce, wrapped_key, kms_key_id, created_at, updated_at`
+const fleetColumns = `name, template_ids::text[], version, ciphertext, nonce, wrapped_key, COALESCE(kms_key_id, ''), COALESCE(secrets_manager_id, ''), created_at, updated_at`
 
 func scanFleet(row pgx.Row) (storedFleetSecret, error) {
 	var r storedFleetSecret
-	err := row.Scan(&r.name, &r.templateIDs, &r.version, &r.sealed.ciphertext, &r.sealed.nonce, &r.sealed.wrappedKey, &r.sealed.kmsKeyID, &r.createdAt, &r.updatedAt)
+	err := row.Scan(&r.name, &r.templateIDs, &r.version, &r.sealed.ciphertext, &r.sealed.nonce, &r.sealed.wrappedKey, &r.sealed.kmsKeyID, &r.ref, &r.createdAt, &r.updatedAt)
 	return r, err
 }
 
@@ -88,16 +90,17 @@ func scanFleet(row pgx.Row) (storedFleetSecret, error) {
 func fleetLock(name string) string { return "fleet secret " + name }
 
 // setFleet stores the fleet secret name for templateIDs: the next version
-// sealed by seal when seal is given, else the value stored already with
-// its templates changed (false when there is none).
-func (st store) setFleet(ctx context.Context, name string, templateIDs []string, at time.Time, seal func(version int64) (sealed, error)) (storedFleetSecret, bool, error) {
+// sealed by seal when seal is given, or the next version a reference to
+// ref when ref is, else what is stored already with its templates changed
+// (false when there is none).
+func (st store) setFleet(ctx context.Context, name string, templateIDs []string, at time.Time, ref string, seal func(version int64) (sealed, error)) (storedFleetSecret, bool, error) {
 	var r storedFleetSecret
 	found := true
 	err := st.inTurn(ctx, fleetLock(name), func(tx pgx.Tx) error {
 		cur, err := scanFleet(tx.QueryRow(ctx, `SELECT `+fleetColumns+` FROM fleet_secrets WHERE name = $1`, name))
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
-			if seal == nil {
+			if seal == nil && ref == "" {
 				found = false
 				return nil
 			}
@@ -106,25 +109,31 @@ func (st store) setFleet(ctx context.Context, name string, templateIDs []string,
 		}
 		r = cur
 		r.name, r.templateIDs, r.updatedAt = name, templateIDs, at
-		if seal != nil {
+		switch {
+		case seal != nil:
 			r.version++
+			r.ref = ""
 			if r.sealed, err = seal(r.version); err != nil {
 				return err
 			}
+		case ref != "":
+			r.version++
+			r.ref, r.sealed = ref, sealed{}
 		}
 		err = tx.QueryRow(ctx, `
-			INSERT INTO fleet_secrets AS s (name, template_ids, version, ciphertext, nonce, wrapped_key, kms_key_id, created_at, updated_at)
-			VALUES ($1, $2::uuid[], $3, $4, $5, $6, $7, $8, $8)
+			INSERT INTO fleet_secrets AS s (name, template_ids, version, ciphertext, nonce, wrapped_key, kms_key_id, secrets_manager_id, created_at, updated_at)
+			VALUES ($1, $2::uuid[], $3, $4, $5, $6, $7, $8, $9, $9)
 			ON CONFLICT (name) DO UPDATE SET
-				template_ids = EXCLUDED.template_ids,
-				version      = EXCLUDED.version,
-				ciphertext   = EXCLUDED.ciphertext,
-				nonce        = EXCLUDED.nonce,
-				wrapped_key  = EXCLUDED.wrapped_key,
-				kms_key_id   = EXCLUDED.kms_key_id,
-				updated_at   = EXCLUDED.updated_at
+				template_ids       = EXCLUDED.template_ids,
+				version            = EXCLUDED.version,
+				ciphertext         = EXCLUDED.ciphertext,
+				nonce              = EXCLUDED.nonce,
+				wrapped_key        = EXCLUDED.wrapped_key,
+				kms_key_id         = EXCLUDED.kms_key_id,
+				secrets_manager_id = EXCLUDED.secrets_manager_id,
+				updated_at         = EXCLUDED.updated_at
 			RETURNING created_at`,
-			r.name, r.templateIDs, r.version, r.sealed.ciphertext, r.sealed.nonce, r.sealed.wrappedKey, r.sealed.kmsKeyID, r.updatedAt,
+			r.name, r.templateIDs, r.version, r.sealed.ciphertext, r.sealed.nonce, r.sealed.wrappedKey, nullIfEmpty(r.sealed.kmsKeyID), nullIfEmpty(r.ref), r.updatedAt,
 		).Scan(&r.createdAt)
 		if err != nil {
 			return fmt.Errorf("store fleet secret %q: %w", name, err)
@@ -184,8 +193,9 @@ func (s *Service) setFleetSecret(ctx context.Context, actor vocab.Actor, r *secr
 	if err := validateName(name); err != nil {
 		return nil, err
 	}
-	if n := len(r.GetValue()); n > MaxValueSize {
-		return nil, apierr.Invalid("value", "must be at most %d bytes (64 KiB), got %d bytes", MaxValueSize, n)
+	ref := r.GetSecretsManagerId()
+	if err := valueOrReference(r.GetValue(), ref, true); err != nil {
+		return nil, err
 	}
 	templates, err := s.checkTemplates(ctx, r.GetTemplateIds())
 	if err != nil {
@@ -203,15 +213,15 @@ func (s *Service) setFleetSecret(ctx context.Context, actor vocab.Actor, r *secr
 			return sl, nil
 		}
 	}
-	row, found, err := s.store.setFleet(ctx, name, templates, s.now().UTC().Truncate(time.Microsecond), sealFn)
+	row, found, err := s.store.setFleet(ctx, name, templates, s.now().UTC().Truncate(time.Microsecond), ref, sealFn)
 	if err != nil {
 		return nil, err
 	}
 	if !found {
-		return nil, apierr.Invalid("value", "is required: there is no fleet secret %q to change the templates of", name)
+		return nil, apierr.Invalid("value", "is required (or secretsManagerId): there is no fleet secret %q to change the templates of", name)
 	}
 	s.log.InfoContext(ctx, "fleet secret stored", "name", name, "template_ids", templates, "version", row.version,
-		"value_changed", sealFn != nil, "kms_key_id", row.sealed.kmsKeyID, "actor", actor)
+		"value_changed", sealFn != nil, "secrets_manager_id", row.ref, "kms_key_id", row.sealed.kmsKeyID, "actor", actor)
 	return row.metadata(), nil
 }
 
@@ -287,21 +297,37 @@ func (s *Service) lookupFleet(ctx context.Context, requester, name string, denie
 	if err != nil {
 		return nil, reasonLookup, err
 	}
-	in, err := rpc.Call(ctx, s.bus, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: requester}, rpc.Timeout(inventoryTimeout))
+	in, err := s.instance(ctx, requester)
 	if err != nil {
-		s.log.WarnContext(ctx, "cannot read the requesting instance's template", "requester_instance_id", requester, "error", err)
-		e := apierr.Unavailable("cannot read the template of instance %q now; try again shortly", requester)
-		e.Err = err
-		return nil, reasonLookup, e
+		return nil, reasonLookup, err
 	}
 	if !found || !slices.Contains(row.templateIDs, in.GetTemplateId()) {
 		return nil, reasonNotBound, denied
+	}
+	if row.ref != "" {
+		value, err := s.readReference(ctx, in, name, row.ref)
+		if err != nil {
+			return nil, reasonReferenceFailed, err
+		}
+		return &secretsv1.ReadSecretResponse{Value: value, Version: row.version}, reasonFleet + reasonFromReference, nil
 	}
 	value, err := open(ctx, s.kms, row.sealed, fleetSecretBinding(row.name, row.version))
 	if err != nil {
 		return nil, reasonUndecryptable, fmt.Errorf("read fleet secret %q version %d: %w", name, row.version, err)
 	}
 	return &secretsv1.ReadSecretResponse{Value: value, Version: row.version}, reasonFleet, nil
+}
+
+// instance reads the requesting instance from the inventory.
+func (s *Service) instance(ctx context.Context, id string) (*inventoryv1.Instance, error) {
+	in, err := rpc.Call(ctx, s.bus, endpoints.InstanceGet, &inventoryv1.GetInstanceRequest{Id: id}, rpc.Timeout(inventoryTimeout))
+	if err != nil {
+		s.log.WarnContext(ctx, "cannot read the requesting instance", "requester_instance_id", id, "error", err)
+		e := apierr.Unavailable("cannot read instance %q now; try again shortly", id)
+		e.Err = err
+		return nil, e
+	}
+	return in, nil
 }
 
 // removeDeletedTemplate handles a template.deleted event: the template

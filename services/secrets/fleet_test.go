@@ -132,7 +132,7 @@ func TestFleetSecretValidationNamesTheField(t *testing.T) {
 		{"ok", "v", []string{"small"}, "templateIds[0]: must be a template id (a UUID)"},
 		{"ok", "v", []string{e.template, uuid.NewString()}, "templateIds[1]: there is no template"},
 		{"ok", strings.Repeat("v", 64<<10+1), []string{e.template}, "value: must be at most 65536 bytes"},
-		{"ok", "", []string{e.template}, `value: is required: there is no fleet secret "ok"`},
+		{"ok", "", []string{e.template}, `value: is required (or secretsManagerId): there is no fleet secret "ok"`},
 	} {
 		_, err := e.setFleet(tc.name, tc.value, tc.templates...)
 		if !apierr.Is(err, apierr.KindInvalid) || !strings.Contains(err.Error(), tc.want) {

@@ -116,7 +116,15 @@ func TestValidationNamesTheField(t *testing.T) {
 		{"create without name", create(e.a, "", value), apierr.KindInvalid, `^name: is required$`},
 		{"create with a bad name", create(e.a, "db password/1", value), apierr.KindInvalid, `^name: "db password/1" must be 1-128 letters, digits, '_', '-' or '.'$`},
 		{"create with a long name", create(e.a, strings.Repeat("n", 129), value), apierr.KindInvalid, `^name: must be at most 128 characters, got 129$`},
-		{"create without value", create(e.a, "n", ""), apierr.KindInvalid, `^value: is required$`},
+		{"create without value", create(e.a, "n", ""), apierr.KindInvalid, `^value: is required \(or secretsManagerId, an AWS Secrets Manager secret to read it from\)$`},
+		{"create with a value and a reference", func() error {
+			_, err := call(e, endpoints.SecretCreate, &secretsv1.CreateSecretRequest{InstanceId: e.a, Name: "n", Value: value, SecretsManagerId: "prod/db"})
+			return err
+		}, apierr.KindInvalid, `^secretsManagerId: give a value or an AWS Secrets Manager secret to read it from, not both$`},
+		{"create with a bad reference", func() error {
+			_, err := call(e, endpoints.SecretCreate, &secretsv1.CreateSecretRequest{InstanceId: e.a, Name: "n", SecretsManagerId: "prod db"})
+			return err
+		}, apierr.KindInvalid, `^secretsManagerId: "prod db" is not an AWS Secrets Manager secret's name or ARN`},
 		{"create with a large value", create(e.a, "n", tooLong), apierr.KindInvalid, `^value: must be at most 65536 bytes \(64 KiB\), got 65537 bytes$`},
 		{"create for an unknown instance", create("0190c3e1-0000-7000-8000-000000000001", "n", value), apierr.KindNotFound, `^instance "0190c3e1-0000-7000-8000-000000000001" not found$`},
 		{"list with a bad instance id", func() error { _, err := e.list("x"); return err }, apierr.KindInvalid, `^instanceId: `},

@@ -18,25 +18,36 @@ type store struct {
 	pool *pgxpool.Pool
 }
 
-// storedSecret is one row of the secrets table.
+// storedSecret is one row of the secrets table: a sealed value, or a
+// reference (ref, an AWS Secrets Manager secret) and nothing sealed.
 type storedSecret struct {
 	instanceID string
 	name       string
 	version    int64
 	sealed     sealed
+	ref        string
 	createdAt  time.Time
 	updatedAt  time.Time
+}
+
+// nullIfEmpty is v, or SQL NULL when it is empty.
+func nullIfEmpty(v string) any {
+	if v == "" {
+		return nil
+	}
+	return v
 }
 
 // metadata is the row as callers may see it: no value, no key material.
 func (r storedSecret) metadata() *secretsv1.Secret {
 	return &secretsv1.Secret{
-		InstanceId: r.instanceID,
-		Name:       r.name,
-		Version:    r.version,
-		CreateTime: timestamppb.New(r.createdAt),
-		UpdateTime: timestamppb.New(r.updatedAt),
-		KmsKeyId:   r.sealed.kmsKeyID,
+		InstanceId:       r.instanceID,
+		Name:             r.name,
+		Version:          r.version,
+		CreateTime:       timestamppb.New(r.createdAt),
+		UpdateTime:       timestamppb.New(r.updatedAt),
+		KmsKeyId:         r.sealed.kmsKeyID,
+		SecretsManagerId: r.ref,
 	}
 }
 
@@ -63,31 +74,35 @@ func secretLock(instanceID, name string) string { return "secret " + instanceID 
 
 // replace stores the next version of a secret (1 when there is none),
 // sealed by seal for that version, since the version is bound to the
-// ciphertext. Writers of one secret take turns, so none fails for racing
-// another and no two get the same version.
-func (st store) replace(ctx context.Context, instanceID, name string, at time.Time, seal func(version int64) (sealed, error)) (storedSecret, error) {
-	r := storedSecret{instanceID: instanceID, name: name, updatedAt: at}
+// ciphertext, or (seal nil) the reference ref. Writers of one secret take
+// turns, so none fails for racing another and no two get the same
+// version.
+func (st store) replace(ctx context.Context, instanceID, name string, at time.Time, ref string, seal func(version int64) (sealed, error)) (storedSecret, error) {
+	r := storedSecret{instanceID: instanceID, name: name, ref: ref, updatedAt: at}
 	err := st.inTurn(ctx, secretLock(instanceID, name), func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `SELECT version FROM secrets WHERE instance_id = $1 AND name = $2`, instanceID, name).Scan(&r.version)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("read version of secret %q of instance %s: %w", name, instanceID, err)
 		}
 		r.version++
-		if r.sealed, err = seal(r.version); err != nil {
-			return err
+		if seal != nil {
+			if r.sealed, err = seal(r.version); err != nil {
+				return err
+			}
 		}
 		err = tx.QueryRow(ctx, `
-			INSERT INTO secrets AS s (instance_id, name, version, ciphertext, nonce, wrapped_key, kms_key_id, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+			INSERT INTO secrets AS s (instance_id, name, version, ciphertext, nonce, wrapped_key, kms_key_id, secrets_manager_id, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
 			ON CONFLICT (instance_id, name) DO UPDATE SET
-				version     = EXCLUDED.version,
-				ciphertext  = EXCLUDED.ciphertext,
-				nonce       = EXCLUDED.nonce,
-				wrapped_key = EXCLUDED.wrapped_key,
-				kms_key_id  = EXCLUDED.kms_key_id,
-				updated_at  = EXCLUDED.updated_at
+				version            = EXCLUDED.version,
+				ciphertext         = EXCLUDED.ciphertext,
+				nonce              = EXCLUDED.nonce,
+				wrapped_key        = EXCLUDED.wrapped_key,
+				kms_key_id         = EXCLUDED.kms_key_id,
+				secrets_manager_id = EXCLUDED.secrets_manager_id,
+				updated_at         = EXCLUDED.updated_at
 			RETURNING created_at`,
-			r.instanceID, r.name, r.version, r.sealed.ciphertext, r.sealed.nonce, r.sealed.wrappedKey, r.sealed.kmsKeyID, r.updatedAt,
+			r.instanceID, r.name, r.version, r.sealed.ciphertext, r.sealed.nonce, r.sealed.wrappedKey, nullIfEmpty(r.sealed.kmsKeyID), nullIfEmpty(r.ref), r.updatedAt,
 		).Scan(&r.createdAt)
 		if err != nil {
 			return fmt.Errorf("store secret %q of instance %s: %w", name, instanceID, err)
@@ -101,9 +116,9 @@ func (st store) replace(ctx context.Context, instanceID, name string, at time.Ti
 func (st store) get(ctx context.Context, instanceID, name string) (storedSecret, bool, error) {
 	r := storedSecret{}
 	err := st.pool.QueryRow(ctx, `
-		SELECT instance_id::text, name, version, ciphertext, nonce, wrapped_key, kms_key_id, created_at, updated_at
+		SELECT instance_id::text, name, version, ciphertext, nonce, wrapped_key, COALESCE(kms_key_id, ''), COALESCE(secrets_manager_id, ''), created_at, updated_at
 		FROM secrets WHERE instance_id = $1 AND name = $2`, instanceID, name,
-	).Scan(&r.instanceID, &r.name, &r.version, &r.sealed.ciphertext, &r.sealed.nonce, &r.sealed.wrappedKey, &r.sealed.kmsKeyID, &r.createdAt, &r.updatedAt)
+	).Scan(&r.instanceID, &r.name, &r.version, &r.sealed.ciphertext, &r.sealed.nonce, &r.sealed.wrappedKey, &r.sealed.kmsKeyID, &r.ref, &r.createdAt, &r.updatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return storedSecret{}, false, nil
 	}
@@ -117,14 +132,14 @@ func (st store) get(ctx context.Context, instanceID, name string) (storedSecret,
 // order, whatever the database's collation).
 func (st store) list(ctx context.Context, instanceID string) ([]*secretsv1.Secret, error) {
 	rows, err := st.pool.Query(ctx, `
-		SELECT instance_id::text, name, version, kms_key_id, created_at, updated_at
+		SELECT instance_id::text, name, version, COALESCE(kms_key_id, ''), COALESCE(secrets_manager_id, ''), created_at, updated_at
 		FROM secrets WHERE instance_id = $1 ORDER BY name COLLATE "C"`, instanceID)
 	if err != nil {
 		return nil, fmt.Errorf("list secrets of instance %s: %w", instanceID, err)
 	}
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*secretsv1.Secret, error) {
 		var r storedSecret
-		if err := row.Scan(&r.instanceID, &r.name, &r.version, &r.sealed.kmsKeyID, &r.createdAt, &r.updatedAt); err != nil {
+		if err := row.Scan(&r.instanceID, &r.name, &r.version, &r.sealed.kmsKeyID, &r.ref, &r.createdAt, &r.updatedAt); err != nil {
 			return nil, err
 		}
 		return r.metadata(), nil

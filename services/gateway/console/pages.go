@@ -617,7 +617,7 @@ func (c *Console) addSecret(w http.ResponseWriter, r *http.Request, s *session) 
 	page := "/instances/" + url.PathEscape(id) + "#secrets"
 	name := strings.TrimSpace(r.PostFormValue("name"))
 	err := s.api.do(http.MethodPost, "/api/v1/instances/"+url.PathEscape(id)+"/secrets",
-		&secretsv1.CreateSecretRequest{InstanceId: id, Name: name, Value: r.PostFormValue("value")}, nil)
+		&secretsv1.CreateSecretRequest{InstanceId: id, Name: name, Value: r.PostFormValue("value"), SecretsManagerId: strings.TrimSpace(r.PostFormValue("secretsManagerId"))}, nil)
 	c.done(w, r, s, err, page, "The secret "+name+" is stored.", "The secret was not stored")
 }
 

@@ -66,7 +66,8 @@ func (c *Console) setFleetSecret(w http.ResponseWriter, r *http.Request, s *sess
 		return
 	}
 	err := s.api.do(http.MethodPut, "/api/v1/secrets/"+url.PathEscape(name),
-		&secretsv1.SetFleetSecretRequest{Name: name, Value: r.PostFormValue("value"), TemplateIds: r.PostForm["templateId"]}, nil)
+		&secretsv1.SetFleetSecretRequest{Name: name, Value: r.PostFormValue("value"), TemplateIds: r.PostForm["templateId"],
+			SecretsManagerId: strings.TrimSpace(r.PostFormValue("secretsManagerId"))}, nil)
 	c.done(w, r, s, err, "/secrets", "The fleet secret "+name+" is stored.", "The fleet secret was not stored")
 }
 

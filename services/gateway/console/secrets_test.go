@@ -67,6 +67,12 @@ func TestConsoleFleetSecrets(t *testing.T) {
 		t.Fatalf("after its templates changed: %v", sec)
 	}
 
+	// One read from AWS Secrets Manager: no value, the secret named.
+	e.post("/secrets", url.Values{"name": {"license"}, "secretsManagerId": {"prod/license"}, "templateId": {tplID}}).must(t, http.StatusSeeOther, "store license")
+	if p := e.get("/secrets"); !strings.Contains(p.body, "The fleet secret license is stored.") || !strings.Contains(p.body, "· AWS Secrets Manager prod/license") {
+		t.Fatalf("a fleet secret read from AWS Secrets Manager:\n%s", p.body)
+	}
+
 	// A viewer reads the list, with no form and no delete.
 	v := e.as("vic", "vic-pass-1234")
 	if p := v.get("/secrets").must(t, 200, "a viewer's fleet secrets"); !strings.Contains(p.body, `<th scope="row">registry</th>`) ||
@@ -80,7 +86,8 @@ func TestConsoleFleetSecrets(t *testing.T) {
 		t.Fatalf("the confirmation:\n%s", p.body)
 	}
 	e.post("/secrets/registry/delete", url.Values{}).must(t, http.StatusSeeOther, "delete registry")
-	if p := e.get("/secrets"); !strings.Contains(p.body, "The fleet secret registry is deleted.") || !strings.Contains(p.body, "No fleet secrets.") {
+	e.post("/secrets/license/delete", url.Values{}).must(t, http.StatusSeeOther, "delete license")
+	if p := e.get("/secrets"); !strings.Contains(p.body, "The fleet secret license is deleted.") || !strings.Contains(p.body, "No fleet secrets.") {
 		t.Fatalf("after the delete:\n%s", p.body)
 	}
 }

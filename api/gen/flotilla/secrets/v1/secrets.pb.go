@@ -34,10 +34,15 @@ type Secret struct {
 	Version    int64                  `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	// Id of the KMS key that wraps the secret's data key.
-	KmsKeyId      string `protobuf:"bytes,6,opt,name=kms_key_id,json=kmsKeyId,proto3" json:"kms_key_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Id of the KMS key that wraps the secret's data key (none for a
+	// reference).
+	KmsKeyId string `protobuf:"bytes,6,opt,name=kms_key_id,json=kmsKeyId,proto3" json:"kms_key_id,omitempty"`
+	// The AWS Secrets Manager secret (name or ARN) the value is read from at
+	// each read, in the cloud account of the reading instance's network,
+	// instead of a value kept here.
+	SecretsManagerId string `protobuf:"bytes,7,opt,name=secrets_manager_id,json=secretsManagerId,proto3" json:"secrets_manager_id,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Secret) Reset() {
@@ -112,14 +117,24 @@ func (x *Secret) GetKmsKeyId() string {
 	return ""
 }
 
+func (x *Secret) GetSecretsManagerId() string {
+	if x != nil {
+		return x.SecretsManagerId
+	}
+	return ""
+}
+
 type CreateSecretRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	InstanceId string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
 	Name       string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	// The value; write-only.
-	Value         string `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The value; write-only. Either it or secrets_manager_id.
+	Value string `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	// An AWS Secrets Manager secret (name or ARN) to read the value from
+	// instead, at each read, in the cloud account of the instance's network.
+	SecretsManagerId string `protobuf:"bytes,4,opt,name=secrets_manager_id,json=secretsManagerId,proto3" json:"secrets_manager_id,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *CreateSecretRequest) Reset() {
@@ -169,6 +184,13 @@ func (x *CreateSecretRequest) GetName() string {
 func (x *CreateSecretRequest) GetValue() string {
 	if x != nil {
 		return x.Value
+	}
+	return ""
+}
+
+func (x *CreateSecretRequest) GetSecretsManagerId() string {
+	if x != nil {
+		return x.SecretsManagerId
 	}
 	return ""
 }
@@ -324,10 +346,14 @@ type FleetSecret struct {
 	Version    int64                  `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	// Id of the KMS key that wraps the secret's data key.
-	KmsKeyId      string `protobuf:"bytes,6,opt,name=kms_key_id,json=kmsKeyId,proto3" json:"kms_key_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Id of the KMS key that wraps the secret's data key (none for a
+	// reference).
+	KmsKeyId string `protobuf:"bytes,6,opt,name=kms_key_id,json=kmsKeyId,proto3" json:"kms_key_id,omitempty"`
+	// The AWS Secrets Manager secret (name or ARN) the value is read from at
+	// each read, in the cloud account of the reading instance's network.
+	SecretsManagerId string `protobuf:"bytes,7,opt,name=secrets_manager_id,json=secretsManagerId,proto3" json:"secrets_manager_id,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *FleetSecret) Reset() {
@@ -402,16 +428,27 @@ func (x *FleetSecret) GetKmsKeyId() string {
 	return ""
 }
 
+func (x *FleetSecret) GetSecretsManagerId() string {
+	if x != nil {
+		return x.SecretsManagerId
+	}
+	return ""
+}
+
 type SetFleetSecretRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// The value; write-only. Empty keeps the value of the secret set
-	// already (to change its templates alone).
+	// The value; write-only. With neither it nor secrets_manager_id, the
+	// secret set already keeps what it is (to change its templates alone).
 	Value string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
 	// The templates whose instances' agents may read it: at least one id.
-	TemplateIds   []string `protobuf:"bytes,3,rep,name=template_ids,json=templateIds,proto3" json:"template_ids,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TemplateIds []string `protobuf:"bytes,3,rep,name=template_ids,json=templateIds,proto3" json:"template_ids,omitempty"`
+	// An AWS Secrets Manager secret (name or ARN) to read the value from
+	// instead, at each read, in the cloud account of the reading instance's
+	// network.
+	SecretsManagerId string `protobuf:"bytes,4,opt,name=secrets_manager_id,json=secretsManagerId,proto3" json:"secrets_manager_id,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *SetFleetSecretRequest) Reset() {
@@ -463,6 +500,13 @@ func (x *SetFleetSecretRequest) GetTemplateIds() []string {
 		return x.TemplateIds
 	}
 	return nil
+}
+
+func (x *SetFleetSecretRequest) GetSecretsManagerId() string {
+	if x != nil {
+		return x.SecretsManagerId
+	}
+	return ""
 }
 
 type ListFleetSecretsRequest struct {
@@ -1638,7 +1682,7 @@ var File_flotilla_secrets_v1_secrets_proto protoreflect.FileDescriptor
 
 const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"\n" +
-	"!flotilla/secrets/v1/secrets.proto\x12\x13flotilla.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\x01\n" +
+	"!flotilla/secrets/v1/secrets.proto\x12\x13flotilla.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x02\n" +
 	"\x06Secret\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x12\n" +
@@ -1649,12 +1693,14 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"\vupdate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x1c\n" +
 	"\n" +
-	"kms_key_id\x18\x06 \x01(\tR\bkmsKeyId\"e\n" +
+	"kms_key_id\x18\x06 \x01(\tR\bkmsKeyId\x12,\n" +
+	"\x12secrets_manager_id\x18\a \x01(\tR\x10secretsManagerId\"\x93\x01\n" +
 	"\x13CreateSecretRequest\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x19\n" +
-	"\x05value\x18\x03 \x01(\tB\x03\xe0A\x04R\x05value\"5\n" +
+	"\x05value\x18\x03 \x01(\tB\x03\xe0A\x04R\x05value\x12,\n" +
+	"\x12secrets_manager_id\x18\x04 \x01(\tR\x10secretsManagerId\"5\n" +
 	"\x12ListSecretsRequest\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\"L\n" +
@@ -1663,7 +1709,7 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x13DeleteSecretRequest\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\xf6\x01\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xa4\x02\n" +
 	"\vFleetSecret\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\ftemplate_ids\x18\x02 \x03(\tR\vtemplateIds\x12\x18\n" +
@@ -1673,11 +1719,13 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"\vupdate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x1c\n" +
 	"\n" +
-	"kms_key_id\x18\x06 \x01(\tR\bkmsKeyId\"i\n" +
+	"kms_key_id\x18\x06 \x01(\tR\bkmsKeyId\x12,\n" +
+	"\x12secrets_manager_id\x18\a \x01(\tR\x10secretsManagerId\"\x97\x01\n" +
 	"\x15SetFleetSecretRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\x05value\x18\x02 \x01(\tB\x03\xe0A\x04R\x05value\x12!\n" +
-	"\ftemplate_ids\x18\x03 \x03(\tR\vtemplateIds\"\x19\n" +
+	"\ftemplate_ids\x18\x03 \x03(\tR\vtemplateIds\x12,\n" +
+	"\x12secrets_manager_id\x18\x04 \x01(\tR\x10secretsManagerId\"\x19\n" +
 	"\x17ListFleetSecretsRequest\"V\n" +
 	"\x18ListFleetSecretsResponse\x12:\n" +
 	"\asecrets\x18\x01 \x03(\v2 .flotilla.secrets.v1.FleetSecretR\asecrets\".\n" +
