@@ -439,8 +439,10 @@ networkId: lab
 		// Rotated, it reaches web-1 on the same VM with a refresh of the
 		// configuration of every running instance of small; bad-1 (not running)
 		// is refused, naming why.
-		c.okIn("fleet-token-2\n", "secrets", "set", "registry-token", "--template", "small")
-		if out := c.ok("instances", "refresh-configuration", "--template", "small", "--wait"); !strings.Contains(out, "web-1: configuration refreshed, the node software serving again") {
+		if out := c.okIn("fleet-token-2\n", "secrets", "set", "registry-token", "--template", "small"); !strings.Contains(out, "flotilla instances refresh-configuration --template small --wait") {
+			t.Fatalf("a fleet secret's new value says nothing of refreshing its instances:\n%s", out)
+		}
+		if out := c.ok("instances", "refresh-configuration", "--template", "small", "--template", "broken", "--wait"); !strings.Contains(out, "web-1: configuration refreshed, the node software serving again") {
 			t.Fatalf("refresh-configuration --template small --wait:\n%s", out)
 		}
 		if b, err := os.ReadFile(filepath.Join(dir, "disks", in.DataDisk.ID, "conf", "registry.env")); err != nil || string(b) != "TOKEN=fleet-token-2" {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -21,12 +23,12 @@ import (
 // (roll).
 func refreshConfigurationCommand(opts *clientOptions) *cobra.Command {
 	var (
-		template string
+		tpls     []string
 		parallel int
 		wait     waitOptions
 	)
 	cmd := &cobra.Command{
-		Use:   "refresh-configuration NAME|ID... | --template TEMPLATE",
+		Use:   "refresh-configuration NAME|ID... | --template TEMPLATE...",
 		Short: "Have running instances' agents write their template's files and environment again, secrets read anew, and restart the node software, on the same VM",
 		Long: `Have running instances' agents write the file and env actions of their
 template as it is now again, their secrets read anew (a rotated instance or
@@ -45,7 +47,7 @@ restart one after another; a refresh that fails (or says nothing within
   flotilla instances refresh-configuration --template small --wait`,
 		ValidArgsFunction: instances.completeNames(opts),
 		Args: func(_ *cobra.Command, args []string) error {
-			if (template == "") == (len(args) == 0) {
+			if (len(tpls) == 0) == (len(args) == 0) {
 				return errors.New("name instances, or give --template (not both)")
 			}
 			if parallel < 1 {
@@ -59,22 +61,22 @@ restart one after another; a refresh that fails (or says nothing within
 				return err
 			}
 			ctx, w := cmd.Context(), cmd.OutOrStdout()
-			templateID := ""
-			if template != "" {
-				t, err := s.find(ctx, templates, template)
+			var templateIDs []string
+			for _, name := range tpls {
+				t, err := s.find(ctx, templates, name)
 				if err != nil {
-					return fmt.Errorf("--template %s: %w", template, err)
+					return fmt.Errorf("--template %s: %w", name, err)
 				}
-				templateID = stringField(t, "id")
+				templateIDs = append(templateIDs, stringField(t, "id"))
 			}
 			targets, err := chosen(ctx, s, args, func(in *inventoryv1.Instance) bool {
-				return in.GetTemplateId() == templateID && vocab.State(in.GetState()) == vocab.StateRunning
+				return slices.Contains(templateIDs, in.GetTemplateId()) && vocab.State(in.GetState()) == vocab.StateRunning
 			})
 			if err != nil {
 				return err
 			}
 			if len(targets) == 0 {
-				fmt.Fprintf(w, "no instance of template %s is running\n", template)
+				fmt.Fprintf(w, "no instance of %s is running\n", strings.Join(tpls, ", "))
 				return nil
 			}
 			return roll(targets, parallel, wait.wait, cmd.ErrOrStderr(), "the configurations of %s were not refreshed",
@@ -89,7 +91,7 @@ restart one after another; a refresh that fails (or says nothing within
 				})
 		},
 	}
-	cmd.Flags().StringVar(&template, "template", "", "every running instance of this template (name or id)")
+	cmd.Flags().StringArrayVar(&tpls, "template", nil, "every running instance of this template (name or id); repeat for more")
 	cmd.Flags().IntVar(&parallel, "parallel", 1, "how many instances refresh at once: each group is waited for before the next is asked")
 	wait.flags(cmd, "until each agent says how its refresh went (the last group too)")
 	return cmd

@@ -212,7 +212,8 @@ never come back out of the API.`,
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "fleet secret %s set (version %d) for the instances of %s\n", sec.GetName(), sec.GetVersion(), strings.Join(tpls, ", "))
 			if sec.GetVersion() > 1 && !templatesOnly {
-				fmt.Fprintln(cmd.OutOrStdout(), "a provisioned instance reads values as its setup runs and its node software starts: flotilla instances refresh-configuration those that use it for the new value to take effect")
+				fmt.Fprintf(cmd.OutOrStdout(), "a provisioned instance reads values as its setup runs and its node software starts: for the new value to take effect on those running, flotilla instances refresh-configuration --template %s --wait\n",
+					strings.Join(tpls, " --template "))
 			}
 			return nil
 		},
