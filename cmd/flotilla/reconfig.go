@@ -114,7 +114,7 @@ func waitForRefresh(ctx context.Context, s *session, in *inventoryv1.Instance, t
 				fmt.Fprintf(w, "%s: configuration refreshed, the node software serving again\n", in.GetName())
 				return nil
 			case vocab.AgentProgress(vocab.StepRefreshingConfiguration, vocab.ProgressFailed):
-				return fmt.Errorf("%s: the configuration refresh failed; the instance runs on (flotilla instances logs %s shows why)", in.GetName(), in.GetName())
+				return fmt.Errorf("%s: the configuration refresh failed: %s; the instance runs on", in.GetName(), read.GetAgentProgressMessage())
 			}
 		}
 		select {

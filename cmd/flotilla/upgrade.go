@@ -236,8 +236,7 @@ func waitForAgent(ctx context.Context, s *session, in *inventoryv1.Instance, ver
 			fmt.Fprintf(w, "%s: agent %s connected\n", in.GetName(), version)
 			return nil
 		case read.GetAgentProgress() == vocab.AgentProgress(vocab.StepUpgradingAgent, vocab.ProgressFailed) && !proto.Equal(read.GetUpdateTime(), in.GetUpdateTime()):
-			return fmt.Errorf("%s: the agent's upgrade failed; it runs on at version %s (flotilla instances events %s shows why)",
-				in.GetName(), read.GetAgent().GetVersion(), in.GetName())
+			return fmt.Errorf("%s: the agent's upgrade failed: %s", in.GetName(), read.GetAgentProgressMessage())
 		}
 		select {
 		case <-ctx.Done():

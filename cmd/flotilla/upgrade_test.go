@@ -80,7 +80,7 @@ func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
 	if err := os.WriteFile(agentBin, []byte("#!/bin/sh\necho not the agent\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	out, errOut := c.fails("", []string{"the agent's upgrade failed; it runs on at version 0.0.9", "were not upgraded", "were not asked, after the failure"},
+	out, errOut := c.fails("", []string{"the agent's upgrade failed: version 0.1.1: the binary from ", ": not installed; version 0.0.9 runs on", "were not upgraded", "were not asked, after the failure"},
 		"instances", "upgrade-agent", "--all", "--parallel", "1")
 	if strings.Count(out, "the agent upgrades from version 0.0.9 to 0.1.1") != 1 {
 		t.Errorf("the failing upgrade asked more than the first agent:\n%s%s", out, errOut)

@@ -84,12 +84,23 @@ func TestARotatedSecretReachesARunningInstanceWithoutANewVM(t *testing.T) {
 
 	// The template gains a script: refused, nothing rewritten.
 	tpl.SetupActions = append(actions, &inventoryv1.SetupAction{Type: "script", Script: "echo new"})
-	_, err = rpc.Call(ctx, lab.gateway, endpoints.TemplateUpdate, &inventoryv1.UpdateTemplateRequest{Template: tpl,
+	tpl, err = rpc.Call(ctx, lab.gateway, endpoints.TemplateUpdate, &inventoryv1.UpdateTemplateRequest{Template: tpl,
 		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"setupActions"}}}, lab.admin)
 	must(t, err)
 	secrets("fleet-3", "own-3")
 	got = refresh(vocab.ProgressFailed)
 	if b, _ := os.ReadFile(file); string(b) != "TOKEN=fleet-2\nPASSWORD=own-2\n" || vocab.State(got.GetState()) != vocab.StateRunning {
 		t.Fatalf("a refused refresh: %s, the file %q", got.GetState(), b)
+	}
+	if !strings.Contains(got.GetAgentProgressMessage(), "the template's scripts or packages are not those this VM's setup ran (1 then, 2 now): reprovision") {
+		t.Fatalf("a refused refresh's reason on the instance: %q", got.GetAgentProgressMessage())
+	}
+	// Asked again with the script gone: it succeeds, and the reason goes.
+	tpl.SetupActions = actions
+	_, err = rpc.Call(ctx, lab.gateway, endpoints.TemplateUpdate, &inventoryv1.UpdateTemplateRequest{Template: tpl,
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"setupActions"}}}, lab.admin)
+	must(t, err)
+	if got = refresh(vocab.ProgressSucceeded); got.GetAgentProgressMessage() != "" {
+		t.Fatalf("a refresh that succeeded keeps the last failure's reason: %q", got.GetAgentProgressMessage())
 	}
 }

@@ -988,3 +988,40 @@ func TestRecordsUnderASupersededLeaseAreRefused(t *testing.T) {
 		t.Fatalf("leases left after the instance's removal: %d (%v)", left, err)
 	}
 }
+
+// TestAFailedStepsReasonIsKeptUntilTheNextReport: a step the agent reports
+// failed leaves its message on the instance (cut to 2000 bytes, on a rune
+// boundary); its next report, of any step, clears it.
+func TestAFailedStepsReasonIsKeptUntilTheNextReport(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a, in := newApp(t)
+	if _, err := a.RecordState(ctx, vocab.System("provisioner"), &inventoryv1.RecordStateRequest{Id: in.GetId(),
+		State: string(vocab.StateRunning), VmId: "vm-1"}); err != nil {
+		t.Fatal(err)
+	}
+	report := func(status vocab.Progress, message string) *inventoryv1.Instance {
+		t.Helper()
+		if err := a.Observe(ctx, &agentv1.AgentEvent{InstanceId: in.GetId(), Time: timestamppb.Now(),
+			Body: &agentv1.AgentEvent_Progress{Progress: &agentv1.Progress{CommandId: "vm-1", Step: string(vocab.StepRefreshingConfiguration),
+				Status: string(status), Message: message}}}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := a.GetInstance(ctx, in.GetId())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := report(vocab.ProgressFailed, "setupActions[1]: secret \"db\": not set"); got.GetAgentProgressMessage() != "setupActions[1]: secret \"db\": not set" ||
+		got.GetState() != string(vocab.StateRunning) {
+		t.Fatalf("a failed step: %q, %s", got.GetAgentProgressMessage(), got.GetState())
+	}
+	long := strings.Repeat("é", 1500) // 3000 bytes
+	if got := report(vocab.ProgressFailed, long).GetAgentProgressMessage(); got != strings.Repeat("é", 1000)+"…" {
+		t.Fatalf("a long reason kept as %d bytes: %q…", len(got), got[:20])
+	}
+	if got := report(vocab.ProgressStarted, "again"); got.GetAgentProgressMessage() != "" {
+		t.Fatalf("the next report keeps the failure's reason: %q", got.GetAgentProgressMessage())
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
@@ -130,7 +131,7 @@ func (a *App) RecordState(ctx context.Context, actor vocab.Actor, r *inventoryv1
 			case vocab.ClearAddresses:
 				in.Addresses = nil
 			case vocab.ClearAgent:
-				in.Agent, in.AgentProgress = nil, ""
+				in.Agent, in.AgentProgress, in.AgentProgressMessage = nil, "", ""
 			case vocab.ClearReprovision:
 				in.ReprovisionPending = false
 			default:
@@ -336,6 +337,10 @@ func (a *App) observeRow(ctx context.Context, tx pgx.Tx, ev *agentv1.AgentEvent,
 			return nil, errStaleProgress
 		}
 		in.AgentProgress = vocab.AgentProgress(vocab.Step(p.GetStep()), vocab.Progress(p.GetStatus()))
+		in.AgentProgressMessage = ""
+		if vocab.Progress(p.GetStatus()) == vocab.ProgressFailed {
+			in.AgentProgressMessage = truncate(p.GetMessage(), maxProgressMessage)
+		}
 		if p.GetNodeUrl() != "" {
 			if in.Addresses == nil {
 				in.Addresses = &inventoryv1.Addresses{}
@@ -364,6 +369,22 @@ func (a *App) observeRow(ctx context.Context, tx pgx.Tx, ev *agentv1.AgentEvent,
 		return in, nil
 	}
 	return in, a.emit(ctx, tx, subjects.NounInstance, verb, vocab.Agent(in.GetId()), in, now)
+}
+
+// maxProgressMessage is the most of a failed step's message an instance
+// keeps (the agent's logs have all of it).
+const maxProgressMessage = 2000
+
+// truncate is s cut to at most n bytes, on a rune boundary, with "…" when
+// it was cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
 
 // errStaleProgress drops a progress report for a command other than the

@@ -310,6 +310,7 @@
       "addresses.publicDns", "vmId", "dataDisk.id", "agent.status", "agent.version"].forEach(function (p) {
       setText($('[data-bind="' + p + '"]', root), path(inst, p), "—");
     });
+    setText($('[data-bind="agentProgressMessage"]', root), inst.agentProgressMessage, "");
     // The agent's upgrade is offered until it runs the manager's version.
     var up = $("#upgrade-agent", root);
     if (up && path(inst, "agent.version") === up.getAttribute("data-version")) { up.hidden = true; }

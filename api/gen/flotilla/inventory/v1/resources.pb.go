@@ -1028,8 +1028,12 @@ type Instance struct {
 	// Below the template's version: the template changed since, and a
 	// reprovision applies the change.
 	TemplateVersion int64 `protobuf:"varint,21,opt,name=template_version,json=templateVersion,proto3" json:"template_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Why the agent's last reported step failed, as it said (agent_progress
+	// ".../failed": an upgrade, a certificate renewal, a configuration
+	// refresh); empty otherwise.
+	AgentProgressMessage string `protobuf:"bytes,22,opt,name=agent_progress_message,json=agentProgressMessage,proto3" json:"agent_progress_message,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Instance) Reset() {
@@ -1207,6 +1211,13 @@ func (x *Instance) GetTemplateVersion() int64 {
 		return x.TemplateVersion
 	}
 	return 0
+}
+
+func (x *Instance) GetAgentProgressMessage() string {
+	if x != nil {
+		return x.AgentProgressMessage
+	}
+	return ""
 }
 
 // LogRetention bounds the log lines kept for an instance: lines beyond
@@ -1696,7 +1707,7 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\x04mode\x18\x05 \x01(\tR\x04mode\x12\x12\n" +
 	"\x04name\x18\x06 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\a \x01(\tR\x05value\x12\x1a\n" +
-	"\bpackages\x18\b \x03(\tR\bpackages\"\xc3\a\n" +
+	"\bpackages\x18\b \x03(\tR\bpackages\"\xfe\a\n" +
 	"\bInstance\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x17\n" +
 	"\x04name\x18\x02 \x01(\tB\x03\xe0A\x02R\x04name\x12\x17\n" +
@@ -1723,7 +1734,8 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\x0eagent_progress\x18\x12 \x01(\tB\x03\xe0A\x03R\ragentProgress\x12H\n" +
 	"\rlog_retention\x18\x13 \x01(\v2#.flotilla.inventory.v1.LogRetentionR\flogRetention\x12(\n" +
 	"\rdelete_forced\x18\x14 \x01(\bB\x03\xe0A\x03R\fdeleteForced\x12.\n" +
-	"\x10template_version\x18\x15 \x01(\x03B\x03\xe0A\x03R\x0ftemplateVersion\"_\n" +
+	"\x10template_version\x18\x15 \x01(\x03B\x03\xe0A\x03R\x0ftemplateVersion\x129\n" +
+	"\x16agent_progress_message\x18\x16 \x01(\tB\x03\xe0A\x03R\x14agentProgressMessage\"_\n" +
 	"\fLogRetention\x12\x1b\n" +
 	"\tmax_lines\x18\x01 \x01(\x05R\bmaxLines\x122\n" +
 	"\amax_age\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06maxAge\"\xe4\x01\n" +
