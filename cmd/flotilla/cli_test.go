@@ -439,6 +439,20 @@ networkId: lab
 		// Rotated, it reaches web-1 on the same VM with a refresh of the
 		// configuration of every running instance of small; bad-1 (not running)
 		// is refused, naming why.
+		// A change of small's files alone: apply says a refresh applies it.
+		if out, errOut, err := c.run(`name: small
+setupActions:
+  - type: script
+    script: |
+      echo hello from setup
+      echo a warning from setup >&2
+  - {type: file, path: conf/app.env, content: "MODE=prod\n", mode: 0644}
+  - {type: file, path: conf/db.env, content: "PASSWORD=${secret:db-password}"}
+  - {type: file, path: conf/registry.env, content: "TOKEN=${secret:registry-token}"}
+`, nil, "templates", "apply", "-f", "-"); err != nil || !strings.Contains(out, "template small changed") ||
+			!strings.Contains(errOut, "flotilla instances refresh-configuration --template small --wait") {
+			t.Fatalf("apply of a change to small's files: %v\n%s%s", err, out, errOut)
+		}
 		if out := c.okIn("fleet-token-2\n", "secrets", "set", "registry-token", "--template", "small"); !strings.Contains(out, "flotilla instances refresh-configuration --template small --wait") {
 			t.Fatalf("a fleet secret's new value says nothing of refreshing its instances:\n%s", out)
 		}
@@ -447,6 +461,9 @@ networkId: lab
 		}
 		if b, err := os.ReadFile(filepath.Join(dir, "disks", in.DataDisk.ID, "conf", "registry.env")); err != nil || string(b) != "TOKEN=fleet-token-2" {
 			t.Fatalf("the rotated fleet secret after the refresh: %q %v", b, err)
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "disks", in.DataDisk.ID, "conf", "app.env")); err != nil || string(b) != "MODE=prod\n" {
+			t.Fatalf("the template's changed file after the refresh: %q %v", b, err)
 		}
 		if got := instanceJSON(t, c, "web-1"); got.VMID != in.VMID {
 			t.Fatalf("web-1 moved from VM %s to %s on a refresh", in.VMID, got.VMID)

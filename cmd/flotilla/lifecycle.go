@@ -550,14 +550,41 @@ func instanceChanged(before, after proto.Message) string {
 }
 
 // templateChanged is what a template's change calls for: its running
-// instances keep the version they were brought up with until reprovisioned.
-func templateChanged(_, after proto.Message) string {
+// instances keep the version they were brought up with until reprovisioned,
+// but a change of its file and env actions alone reaches them with a
+// configuration refresh, on the same VMs.
+func templateChanged(before, after proto.Message) string {
 	t, ok := after.(*inventoryv1.Template)
 	if !ok {
 		return ""
 	}
+	if b, ok := before.(*inventoryv1.Template); ok && onlyFilesChanged(b, t) {
+		return fmt.Sprintf("its file and env actions reach running instances of %s on the same VMs with flotilla instances refresh-configuration --template %s --wait",
+			t.GetName(), t.GetName())
+	}
 	return fmt.Sprintf("running instances keep the version of %s they run until reprovisioned (flotilla instances list --template %s shows which)",
 		t.GetName(), t.GetName())
+}
+
+// onlyFilesChanged says whether a template changed from b to a in its file
+// and env actions and nothing a running instance needs a new VM for (its
+// tags aside): what a configuration refresh applies.
+func onlyFilesChanged(b, a *inventoryv1.Template) bool {
+	split := func(t *inventoryv1.Template) (*inventoryv1.Template, []*inventoryv1.SetupAction) {
+		rest, files := proto.Clone(t).(*inventoryv1.Template), []*inventoryv1.SetupAction(nil)
+		rest.Version, rest.UpdateTime, rest.Tags, rest.SetupActions = 0, nil, nil, nil
+		for _, act := range t.GetSetupActions() {
+			if typ := vocab.SetupAction(act.GetType()); typ == vocab.SetupFile || typ == vocab.SetupEnv {
+				files = append(files, act)
+			} else {
+				rest.SetupActions = append(rest.SetupActions, act)
+			}
+		}
+		return rest, files
+	}
+	bRest, bFiles := split(b)
+	aRest, aFiles := split(a)
+	return proto.Equal(bRest, aRest) && !slices.EqualFunc(bFiles, aFiles, func(x, y *inventoryv1.SetupAction) bool { return proto.Equal(x, y) })
 }
 
 // networkChanged is what a change of a network's ACME settings calls for:
