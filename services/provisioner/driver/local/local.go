@@ -339,20 +339,22 @@ func (d *Driver) running(id string) (int, bool) {
 }
 
 // agentsOf lists the live processes started for the VM id in dir: their
-// command line has "--vm-id id" and their working directory is dir.
+// command line has "--vm-id id" (or "--vm-id=id": an agent that upgraded
+// itself runs again with its flags so) and their working directory is dir.
 func agentsOf(dir, id string) []int {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil
 	}
-	return agentsWhere("\x00--vm-id\x00"+id+"\x00", func(cwd string) bool { return cwd == abs })
+	return agentsWhere([]string{"\x00--vm-id\x00" + id + "\x00", "\x00--vm-id=" + id + "\x00"}, func(cwd string) bool { return cwd == abs })
 }
 
-// agentsWhere lists the live processes whose command line contains arg and
-// whose working directory passes in, leaving out their own children: a
-// process an agent forks has its command line and working directory until
-// it execs another program, and is that agent's, not a second one.
-func agentsWhere(arg string, in func(cwd string) bool) []int {
+// agentsWhere lists the live processes whose command line contains one of
+// args and whose working directory passes in, leaving out their own
+// children: a process an agent forks has its command line and working
+// directory until it execs another program, and is that agent's, not a
+// second one.
+func agentsWhere(args []string, in func(cwd string) bool) []int {
 	parents := map[int]int{}
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -361,7 +363,7 @@ func agentsWhere(arg string, in func(cwd string) bool) []int {
 			continue
 		}
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil || !strings.Contains(string(b), arg) {
+		if err != nil || !slices.ContainsFunc(args, func(arg string) bool { return strings.Contains(string(b), arg) }) {
 			continue
 		}
 		state, ppid := procStat(pid)
@@ -476,7 +478,7 @@ func KillAll(root string) {
 	if err != nil {
 		return
 	}
-	for _, pid := range agentsWhere("\x00--vm-id\x00", func(cwd string) bool { return strings.HasPrefix(cwd, vms+"/") }) {
+	for _, pid := range agentsWhere([]string{"\x00--vm-id\x00", "\x00--vm-id="}, func(cwd string) bool { return strings.HasPrefix(cwd, vms+"/") }) {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 	}
 }

@@ -245,7 +245,7 @@ func TestAnAgentsOwnChildIsNotASecondAgent(t *testing.T) {
 	if err := d.DeleteVM(ctx, spec.ID); err != nil {
 		t.Fatal(err)
 	}
-	if got := agentsWhere("\x00--vm-id\x00"+spec.ID+"\x00", func(string) bool { return true }); len(got) != 0 {
+	if got := agentsWhere([]string{"\x00--vm-id\x00" + spec.ID + "\x00"}, func(string) bool { return true }); len(got) != 0 {
 		t.Fatalf("processes of the VM after DeleteVM: %v", got)
 	}
 }
@@ -422,5 +422,43 @@ func TestWithoutRootVMsAreNotIsolated(t *testing.T) {
 	}
 	if d.isolate || !strings.Contains(logs.String(), "local VMs are not isolated") {
 		t.Fatalf("isolate %v, log %q", d.isolate, logs.String())
+	}
+}
+
+// TestAnAgentThatRanItselfAgainIsStillTheVMs: an agent that upgraded
+// itself runs again in the same process with its flags as --name=value
+// (here a shell that execs itself so): with no pid file naming it, it is
+// still the VM's agent, adopted and not doubled, and the tests' clean-up
+// stops it.
+func TestAnAgentThatRanItselfAgainIsStillTheVMs(t *testing.T) {
+	t.Parallel()
+	root := reachableDir(t)
+	reexec := []string{"/bin/sh", "-c", `for a; do [ "$prev" = --vm-id ] && exec /bin/sh -c 'sleep 300 & wait' agent --vm-id="$a"; prev=$a; done`, "agent"}
+	d, err := New(Config{Root: root, AgentCommand: reexec, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { KillAll(root) })
+	spec, pid := launchVM(t, d, "vm-reexec")
+	vmDir := filepath.Join(root, "vms", spec.ID)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(b), "--vm-id="+spec.ID) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the agent did not run itself again")
+		}
+	}
+	if err := os.Remove(filepath.Join(vmDir, "agent.pid")); err != nil {
+		t.Fatal(err)
+	}
+	if got := agentsOf(vmDir, spec.ID); len(got) != 1 || got[0] != pid {
+		t.Fatalf("agents of the VM: %v; want the agent that ran itself again, pid %d", got, pid)
+	}
+	KillAll(root)
+	for deadline := time.Now().Add(5 * time.Second); len(agentsOf(vmDir, spec.ID)) > 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("KillAll left the agent that ran itself again running")
+		}
 	}
 }
