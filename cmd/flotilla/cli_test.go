@@ -192,6 +192,16 @@ networkId: lab
 		t.Fatalf("secrets list:\n%s", out)
 	}
 	c.fails("", []string{`secretsManagerId: "bad id" is not an AWS Secrets Manager secret's name or ARN`}, "instances", "secrets", "set", "web-1", "x", "--secrets-manager", "bad id")
+	// Secrets read from AWS Secrets Manager: no value asked, the secret named
+	// in the lists (web-1's setup reads neither).
+	c.ok("instances", "secrets", "set", "web-1", "license", "--secrets-manager", "prod/license")
+	if out := c.ok("instances", "secrets", "list", "web-1", "-o", "table"); !regexp.MustCompile(`license +1 +\S+ ago +- +prod/license`).MatchString(out) {
+		t.Fatalf("an instance's secret read from Secrets Manager in the list:\n%s", out)
+	}
+	c.ok("secrets", "set", "fleet-license", "--template", "small", "--secrets-manager", "prod/fleet-license")
+	if out := c.ok("secrets", "list", "-o", "table"); !strings.Contains(out, "prod/fleet-license") {
+		t.Fatalf("a fleet secret read from Secrets Manager in the list:\n%s", out)
+	}
 	// A fleet secret for every instance of the template small (and broken,
 	// taken off again with its templates alone).
 	c.fails("", []string{"--template: name at least one template"}, "secrets", "set", "registry-token")
@@ -437,10 +447,8 @@ networkId: lab
 			t.Fatalf("the fleet secret in the setup's file: %q %v", b, err)
 		}
 		// Rotated, it reaches web-1 on the same VM with a refresh of the
-		// configuration of every running instance of small; bad-1 (not running)
-		// is refused, naming why.
 		// A change of small's files alone: apply says a refresh applies it.
-		if out, errOut, err := c.run(`name: small
+		const smallFiles = `name: small
 setupActions:
   - type: script
     script: |
@@ -449,10 +457,14 @@ setupActions:
   - {type: file, path: conf/app.env, content: "MODE=prod\n", mode: 0644}
   - {type: file, path: conf/db.env, content: "PASSWORD=${secret:db-password}"}
   - {type: file, path: conf/registry.env, content: "TOKEN=${secret:registry-token}"}
-`, nil, "templates", "apply", "-f", "-"); err != nil || !strings.Contains(out, "template small changed") ||
+`
+		if out, errOut, err := c.run(smallFiles, nil, "templates", "apply", "-f", "-"); err != nil || !strings.Contains(out, "template small changed") ||
 			!strings.Contains(errOut, "flotilla instances refresh-configuration --template small --wait") {
 			t.Fatalf("apply of a change to small's files: %v\n%s%s", err, out, errOut)
 		}
+		// The fleet secret rotated, it reaches web-1 on the same VM with a
+		// refresh of the configuration of every running instance of small;
+		// bad-1 (not running) is refused, naming why.
 		if out := c.okIn("fleet-token-2\n", "secrets", "set", "registry-token", "--template", "small"); !strings.Contains(out, "flotilla instances refresh-configuration --template small --wait") {
 			t.Fatalf("a fleet secret's new value says nothing of refreshing its instances:\n%s", out)
 		}
@@ -470,6 +482,12 @@ setupActions:
 		}
 		c.fails("", []string{`instance "bad-1" is `, `: its configuration is refreshed while it is running`, "the configurations of bad-1 were not refreshed"},
 			"instances", "refresh-configuration", "bad-1")
+		// small gains a script: web-1's agent refuses the refresh, and the
+		// wait says why; small goes back.
+		c.okIn(smallFiles+"  - {type: script, script: echo new}\n", "templates", "apply", "-f", "-")
+		c.fails("", []string{"web-1: the configuration refresh failed: the template's scripts or packages are not those this VM's setup ran (1 then, 2 now)",
+			"the configurations of web-1 were not refreshed"}, "instances", "refresh-configuration", "web-1", "--wait")
+		c.okIn(smallFiles, "templates", "apply", "-f", "-")
 		if logs := c.ok("instances", "logs", "web-1"); !strings.Contains(logs, " setup hello from setup\n") || !strings.Contains(logs, " setup/stderr a warning from setup\n") {
 			t.Fatalf("instances logs:\n%s", logs)
 		}

@@ -61,16 +61,12 @@ restart one after another; a refresh that fails (or says nothing within
 				return err
 			}
 			ctx, w := cmd.Context(), cmd.OutOrStdout()
-			var templateIDs []string
-			for _, name := range tpls {
-				t, err := s.find(ctx, templates, name)
-				if err != nil {
-					return fmt.Errorf("--template %s: %w", name, err)
-				}
-				templateIDs = append(templateIDs, stringField(t, "id"))
+			ids, err := templateIDs(ctx, s, tpls)
+			if err != nil {
+				return err
 			}
 			targets, err := chosen(ctx, s, args, func(in *inventoryv1.Instance) bool {
-				return slices.Contains(templateIDs, in.GetTemplateId()) && vocab.State(in.GetState()) == vocab.StateRunning
+				return slices.Contains(ids, in.GetTemplateId()) && vocab.State(in.GetState()) == vocab.StateRunning
 			})
 			if err != nil {
 				return err
@@ -124,4 +120,17 @@ func waitForRefresh(ctx context.Context, s *session, in *inventoryv1.Instance, t
 		case <-tick.C:
 		}
 	}
+}
+
+// templateIDs finds the templates --template names, by name or id.
+func templateIDs(ctx context.Context, s *session, names []string) ([]string, error) {
+	var ids []string
+	for _, name := range names {
+		t, err := s.find(ctx, templates, name)
+		if err != nil {
+			return nil, fmt.Errorf("--template %s: %w", name, err)
+		}
+		ids = append(ids, stringField(t, "id"))
+	}
+	return ids, nil
 }

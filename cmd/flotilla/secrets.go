@@ -197,13 +197,9 @@ never come back out of the API.`,
 			if err != nil {
 				return err
 			}
-			var ids []string
-			for _, t := range tpls {
-				found, err := s.find(cmd.Context(), templates, t)
-				if err != nil {
-					return fmt.Errorf("--template %s: %w", t, err)
-				}
-				ids = append(ids, stringField(found, "id"))
+			ids, err := templateIDs(cmd.Context(), s, tpls)
+			if err != nil {
+				return err
 			}
 			var sec secretsv1.FleetSecret
 			if err := s.call(cmd.Context(), http.MethodPut, fleetSecretsPath+"/"+url.PathEscape(args[0]),

@@ -97,7 +97,7 @@ func (s *Service) refreshConfiguration(ctx context.Context, actor vocab.Actor, r
 		return nil, apierr.Conflict(apierr.ReasonInvalidState, "instance %q is %s: its configuration is refreshed while it is %s",
 			in.GetName(), in.GetState(), vocab.StateRunning)
 	}
-	if a := in.GetAgent(); vocab.AgentStatus(a.GetStatus()) != vocab.AgentConnected || a.GetVmId() != in.GetVmId() {
+	if !agentOnVM(in) {
 		return nil, apierr.Conflict(apierr.ReasonInvalidState, "the agent of instance %q is not connected: its configuration is refreshed while it is", in.GetName())
 	}
 	t, err := rpc.Call(ctx, s.bus, endpoints.TemplateGet, &inventoryv1.GetTemplateRequest{Id: in.GetTemplateId()})

@@ -37,7 +37,7 @@ func (s *Service) upgradeAgent(ctx context.Context, actor vocab.Actor, r *invent
 			in.GetName(), in.GetState())
 	}
 	a := in.GetAgent()
-	if vocab.AgentStatus(a.GetStatus()) != vocab.AgentConnected || a.GetVmId() != in.GetVmId() {
+	if !agentOnVM(in) {
 		return nil, apierr.Conflict(apierr.ReasonInvalidState, "the agent of instance %q is not connected: it is upgraded while connected (a VM's next agent is the manager's version already)",
 			in.GetName())
 	}
@@ -52,6 +52,13 @@ func (s *Service) upgradeAgent(ctx context.Context, actor vocab.Actor, r *invent
 	}
 	s.log.InfoContext(ctx, "agent upgrade sent", "instance_id", in.GetId(), "from", a.GetVersion(), "to", s.d.Version, "actor", actor)
 	return in, nil
+}
+
+// agentOnVM says whether in's agent is connected from the VM in runs on
+// (not the old VM's, gone or going).
+func agentOnVM(in *inventoryv1.Instance) bool {
+	a := in.GetAgent()
+	return vocab.AgentStatus(a.GetStatus()) == vocab.AgentConnected && a.GetVmId() == in.GetVmId()
 }
 
 // commandAgent queues cmd for the connected agent of in (an operator's

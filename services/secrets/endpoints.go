@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"regexp"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -168,10 +167,10 @@ func (s *Service) read(ctx context.Context, actor vocab.Actor, r *secretsv1.Read
 		return nil, apierr.PermissionDenied("%s may not read the secrets of instance %s", actor, requester)
 	}
 	var resp *secretsv1.ReadSecretResponse
-	resp, access.Reason, err = s.lookup(ctx, requester, name)
+	resp, access.Reason, access.Fleet, err = s.lookup(ctx, requester, name)
 	switch {
-	case err == nil && strings.HasPrefix(access.Reason, reasonFleet):
-		access.Allowed, access.Fleet = true, true
+	case err == nil && access.Fleet:
+		access.Allowed = true
 	case err == nil:
 		access.Allowed = true
 		access.InstanceId = requester // the instance the secret is bound to
@@ -190,39 +189,63 @@ func (s *Service) read(ctx context.Context, actor vocab.Actor, r *secretsv1.Read
 	return resp, nil
 }
 
-// lookup finds and opens the secret name bound to requester. It returns the
+// lookup finds and opens the secret name bound to requester, or else the
+// fleet secret of that name for its template (fleet). It returns the
 // reason to audit and, on failure, the error for the caller.
-func (s *Service) lookup(ctx context.Context, requester, name string) (*secretsv1.ReadSecretResponse, string, error) {
+func (s *Service) lookup(ctx context.Context, requester, name string) (resp *secretsv1.ReadSecretResponse, reason string, fleet bool, err error) {
 	denied := apierr.PermissionDenied("secret %q is not set for this instance (flotilla instances secrets set, or POST /api/v1/instances/{id}/secrets), "+
 		"nor is a fleet secret of that name given to its template (flotilla secrets set NAME --template T, or PUT /api/v1/secrets/{name})", name)
 	if err := validateName(name); err != nil {
-		return nil, reasonInvalidName, err
+		return nil, reasonInvalidName, false, err
 	}
 	row, found, err := s.store.get(ctx, requester, name)
 	if err != nil {
-		return nil, reasonLookup, err
+		return nil, reasonLookup, false, err
 	}
 	if !found {
-		return s.lookupFleet(ctx, requester, name, denied)
+		resp, reason, err := s.lookupFleet(ctx, requester, name, denied)
+		return resp, reason, err == nil, err
 	}
-	if row.ref != "" {
-		in, err := s.instance(ctx, requester)
-		if err != nil {
-			return nil, reasonLookup, err
+	resp, reason, err = s.value(ctx, nil, requester, name, held{what: fmt.Sprintf("secret %q of instance %s", name, requester), version: row.version,
+		sealed: row.sealed, binding: secretBinding(row.instanceID, row.name, row.version), ref: row.ref}, reasonAllowed)
+	return resp, reason, false, err
+}
+
+// held is a secret found for a read: a sealed value and what it is bound
+// to, or a reference (ref) to an AWS Secrets Manager secret; what names it
+// in errors.
+type held struct {
+	what    string
+	version int64
+	sealed  sealed
+	binding binding
+	ref     string
+}
+
+// value opens h for the agent of requester (in, when it has been read
+// already), or reads it from AWS Secrets Manager: the reason to audit
+// (allowed, and that way) and, on failure, the error for the caller.
+func (s *Service) value(ctx context.Context, in *inventoryv1.Instance, requester, name string, h held, allowed string) (*secretsv1.ReadSecretResponse, string, error) {
+	if h.ref != "" {
+		if in == nil {
+			var err error
+			if in, err = s.instance(ctx, requester); err != nil {
+				return nil, reasonLookup, err
+			}
 		}
-		value, err := s.readReference(ctx, in, name, row.ref)
+		v, err := s.readReference(ctx, in, name, h.ref)
 		if err != nil {
 			return nil, reasonReferenceFailed, err
 		}
-		return &secretsv1.ReadSecretResponse{Value: value, Version: row.version}, reasonAllowed + reasonFromReference, nil
+		return &secretsv1.ReadSecretResponse{Value: v, Version: h.version}, allowed + reasonFromReference, nil
 	}
-	value, err := open(ctx, s.kms, row.sealed, secretBinding(row.instanceID, row.name, row.version))
+	v, err := open(ctx, s.kms, h.sealed, h.binding)
 	if err != nil {
 		// Internal: the caller gets an error id, the log the cause (never
 		// the value, which nobody has).
-		return nil, reasonUndecryptable, fmt.Errorf("read secret %q of instance %s version %d: %w", name, requester, row.version, err)
+		return nil, reasonUndecryptable, fmt.Errorf("read %s version %d: %w", h.what, h.version, err)
 	}
-	return &secretsv1.ReadSecretResponse{Value: value, Version: row.version}, reasonAllowed, nil
+	return &secretsv1.ReadSecretResponse{Value: v, Version: h.version}, allowed, nil
 }
 
 // audit publishes one SecretAccess record to the audit stream and waits for

@@ -304,18 +304,8 @@ func (s *Service) lookupFleet(ctx context.Context, requester, name string, denie
 	if !found || !slices.Contains(row.templateIDs, in.GetTemplateId()) {
 		return nil, reasonNotBound, denied
 	}
-	if row.ref != "" {
-		value, err := s.readReference(ctx, in, name, row.ref)
-		if err != nil {
-			return nil, reasonReferenceFailed, err
-		}
-		return &secretsv1.ReadSecretResponse{Value: value, Version: row.version}, reasonFleet + reasonFromReference, nil
-	}
-	value, err := open(ctx, s.kms, row.sealed, fleetSecretBinding(row.name, row.version))
-	if err != nil {
-		return nil, reasonUndecryptable, fmt.Errorf("read fleet secret %q version %d: %w", name, row.version, err)
-	}
-	return &secretsv1.ReadSecretResponse{Value: value, Version: row.version}, reasonFleet, nil
+	return s.value(ctx, in, requester, name, held{what: fmt.Sprintf("fleet secret %q", name), version: row.version,
+		sealed: row.sealed, binding: fleetSecretBinding(row.name, row.version), ref: row.ref}, reasonFleet)
 }
 
 // instance reads the requesting instance from the inventory.

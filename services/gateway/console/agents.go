@@ -20,10 +20,18 @@ const (
 )
 
 // agentRow is one instance of an agent action's confirmation: Change is
-// what its agent is asked, Why why it is not asked (empty when it is).
+// what its agent is asked, Why why it is not asked (empty when it is);
+// Current, that it is not for it is at the manager's version already.
 type agentRow struct {
 	In          *inventoryv1.Instance
 	Change, Why string
+	Current     bool
+}
+
+// agentBehind says whether in's agent may be upgraded to version.
+func agentBehind(in *inventoryv1.Instance, version string) bool {
+	a := in.GetAgent()
+	return vocab.AgentUpgradable(vocab.State(in.GetState()), in.GetVmId(), vocab.AgentStatus(a.GetStatus()), a.GetVmId(), a.GetVersion(), version)
 }
 
 // agentActionData is an agent action's confirmation: the action (the bulk
@@ -47,14 +55,14 @@ func upgradeRows(ins []*inventoryv1.Instance, version string) agentActionData {
 		a := in.GetAgent()
 		row := agentRow{In: in}
 		switch state := vocab.State(in.GetState()); {
-		case vocab.AgentUpgradable(state, in.GetVmId(), vocab.AgentStatus(a.GetStatus()), a.GetVmId(), a.GetVersion(), version):
+		case agentBehind(in, version):
 			row.Change = a.GetVersion() + " → " + version
 		case (state != vocab.StateRunning && state != vocab.StateFailed) || in.GetVmId() == "":
 			row.Why = "the instance is " + string(state) + ": an agent is upgraded on a VM that runs"
 		case vocab.AgentStatus(a.GetStatus()) != vocab.AgentConnected || a.GetVmId() != in.GetVmId():
 			row.Why = "its agent is not connected"
 		default:
-			row.Why = "at " + version + " already"
+			row.Why, row.Current = "at "+version+" already", true
 		}
 		d.add(row)
 	}
@@ -99,20 +107,8 @@ func (d *agentActionData) add(row agentRow) {
 // whose agent is behind the manager, to confirm their upgrade (the
 // overview's link).
 func (c *Console) upgradeAgentsPage(w http.ResponseWriter, r *http.Request, s *session) {
-	all, err := listAll(s.api, "/api/v1/instances", (*inventoryv1.ListInstancesResponse).GetInstances)
-	if err != nil {
-		c.fail(w, r, s, err)
-		return
-	}
-	d := upgradeRows(all, c.version)
-	rows := d.Rows[:0]
-	for _, row := range d.Rows {
-		if row.Why == "" {
-			rows = append(rows, row)
-		}
-	}
-	d.Rows = rows
-	c.render(w, r, s, http.StatusOK, "agentaction", d.Heading, d)
+	c.agentActionPage(w, r, s, func(in *inventoryv1.Instance) bool { return agentBehind(in, c.version) },
+		func(ins []*inventoryv1.Instance) agentActionData { return upgradeRows(ins, c.version) })
 }
 
 // refreshTemplatesPage serves GET /instances/refresh-configuration?template=ID…:
@@ -120,18 +116,20 @@ func (c *Console) upgradeAgentsPage(w http.ResponseWriter, r *http.Request, s *s
 // ones' configuration (the fleet secrets page's link, once a secret they
 // read changed).
 func (c *Console) refreshTemplatesPage(w http.ResponseWriter, r *http.Request, s *session) {
+	tpls := r.URL.Query()["template"]
+	c.agentActionPage(w, r, s, func(in *inventoryv1.Instance) bool { return slices.Contains(tpls, in.GetTemplateId()) }, refreshRows)
+}
+
+// agentActionPage is the confirmation of an agent action (rows) on every
+// instance keep lets through.
+func (c *Console) agentActionPage(w http.ResponseWriter, r *http.Request, s *session, keep func(*inventoryv1.Instance) bool,
+	rows func([]*inventoryv1.Instance) agentActionData) {
 	all, err := listAll(s.api, "/api/v1/instances", (*inventoryv1.ListInstancesResponse).GetInstances)
 	if err != nil {
 		c.fail(w, r, s, err)
 		return
 	}
-	var ins []*inventoryv1.Instance
-	for _, in := range all {
-		if slices.Contains(r.URL.Query()["template"], in.GetTemplateId()) {
-			ins = append(ins, in)
-		}
-	}
-	d := refreshRows(ins)
+	d := rows(slices.DeleteFunc(all, func(in *inventoryv1.Instance) bool { return !keep(in) }))
 	c.render(w, r, s, http.StatusOK, "agentaction", d.Heading, d)
 }
 
@@ -154,7 +152,7 @@ func (c *Console) agentAction(w http.ResponseWriter, r *http.Request, s *session
 		if row.Why != "" {
 			// Not to be asked as read a moment ago: the provisioner says
 			// so again if asked, so it is reported without asking.
-			if strings.HasPrefix(row.Why, "at ") {
+			if row.Current {
 				current = append(current, in.GetName())
 			} else {
 				refused = append(refused, in.GetName()+" ("+row.Why+")")

@@ -192,4 +192,25 @@ func TestTheConsoleUpgradesAgentsBehindTheManager(t *testing.T) {
 		t.Errorf("the instances list after the bulk refresh:\n%s", p.body)
 	}
 	refreshed(pages["web-2"])
+
+	// The template gains a script: web-1's refresh is refused, and its
+	// page says why.
+	_, tpl := e.api("GET", "/api/v1/templates/"+tplID, nil)
+	var login struct{ Token string }
+	e.apiJSON("", "POST", "/api/v1/login", map[string]string{"username": adminUser, "password": adminPass}, &login)
+	e.apiJSON(login.Token, "PATCH", "/api/v1/templates/"+tplID, map[string]any{"version": tpl["version"],
+		"setupActions": []map[string]string{{"type": "script", "script": "echo new"}}}, nil)
+	e.post(page+"/refresh-configuration", url.Values{}).must(t, http.StatusSeeOther, "refresh web-1's configuration again")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		_, in := e.api("GET", "/api/v1"+page, nil)
+		if in["agentProgress"] == "refreshing-configuration/failed" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("web-1 after a refresh its template's new script refuses: %v", in)
+		}
+	}
+	if p := e.get(page); !strings.Contains(html.UnescapeString(p.body), `<span class="error" data-bind="agentProgressMessage">the template's scripts or packages are not those this VM's setup ran (0 then, 1 now): reprovision the instance to run them</span>`) {
+		t.Errorf("web-1's page does not say why its refresh failed:\n%s", p.body)
+	}
 }

@@ -16,30 +16,26 @@ import (
 
 // funcs are the helpers every template may call.
 var funcs = template.FuncMap{
-	"ts":      tsISO,
-	"utc":     utc,
-	"ago":     ago,
-	"clock":   clock,
-	"bytes":   humanBytes,
-	"short":   shortID,
-	"join":    strings.Join,
-	"nodeURL": nodeURL,
-	"stepsOf": stepsOf,
-	"behind":  vocab.TemplateBehind,
-	// agentBehind says whether in's agent may be upgraded to version.
-	"agentBehind": func(in *inventoryv1.Instance, version string) bool {
-		a := in.GetAgent()
-		return vocab.AgentUpgradable(vocab.State(in.GetState()), in.GetVmId(), vocab.AgentStatus(a.GetStatus()), a.GetVmId(), a.GetVersion(), version)
-	},
-	"logSource": vocab.LogSource,
-	"counted":   counted,
-	"diskShare": diskShare,
-	"field":     func(f *form, path string) *formField { return f.field(path) },
-	"errFor":    func(f *form, path string) string { return f.errFor(path) },
-	"inputID":   inputID,
-	"doneSteps": doneSteps,
-	"add1":      func(i int) int { return i + 1 },
-	"ctx":       func(f *form, fd *formField) fieldCtx { return fieldCtx{Form: f, F: fd} },
+	"ts":          tsISO,
+	"utc":         utc,
+	"ago":         ago,
+	"clock":       clock,
+	"bytes":       humanBytes,
+	"short":       shortID,
+	"join":        strings.Join,
+	"nodeURL":     nodeURL,
+	"stepsOf":     stepsOf,
+	"behind":      vocab.TemplateBehind,
+	"agentBehind": agentBehind,
+	"logSource":   vocab.LogSource,
+	"counted":     counted,
+	"diskShare":   diskShare,
+	"field":       func(f *form, path string) *formField { return f.field(path) },
+	"errFor":      func(f *form, path string) string { return f.errFor(path) },
+	"inputID":     inputID,
+	"doneSteps":   doneSteps,
+	"add1":        func(i int) int { return i + 1 },
+	"ctx":         func(f *form, fd *formField) fieldCtx { return fieldCtx{Form: f, F: fd} },
 	"actionType": func(a *setupActionRow) *formField {
 		return &formField{Path: fmt.Sprintf("setupActions[%d].type", a.Index), Label: fmt.Sprintf("Action %d", a.Index+1),
 			Kind: kindSelect, Options: words(vocab.SetupActions), Value: a.Type}
