@@ -98,6 +98,24 @@ var (
 		"signs in with a cloud account's credentials and reports who the cloud says it is", gateway)
 )
 
+// Inventory: rollouts (the provisioner drives them; see RolloutStart).
+var (
+	RolloutCreate = endpoint[*inventoryv1.Rollout, *inventoryv1.Rollout](inventory, subjects.NounRollout, subjects.VerbCreate,
+		"records a rollout the provisioner chose the instances of, and queues its work", provisioner)
+	RolloutGet = endpoint[*inventoryv1.GetRolloutRequest, *inventoryv1.Rollout](inventory, subjects.NounRollout, subjects.VerbGet,
+		"reads a rollout", gateway, provisioner)
+	RolloutList = endpoint[*inventoryv1.ListRolloutsRequest, *inventoryv1.ListRolloutsResponse](inventory, subjects.NounRollout, subjects.VerbList,
+		"lists rollouts, oldest first, a page at a time", gateway, provisioner)
+	RolloutPause = endpoint[*inventoryv1.RolloutActionRequest, *inventoryv1.Rollout](inventory, subjects.NounRollout, subjects.VerbPause,
+		"pauses a running rollout: no more instances are asked", gateway)
+	RolloutResume = endpoint[*inventoryv1.RolloutActionRequest, *inventoryv1.Rollout](inventory, subjects.NounRollout, subjects.VerbResume,
+		"resumes a paused or stopped rollout, and queues its work", gateway)
+	RolloutCancel = endpoint[*inventoryv1.RolloutActionRequest, *inventoryv1.Rollout](inventory, subjects.NounRollout, subjects.VerbCancel,
+		"cancels a rollout: the instances not asked yet are not", gateway)
+	RolloutRecord = endpoint[*inventoryv1.RecordRolloutRequest, *inventoryv1.Rollout](inventory, subjects.NounRollout, subjects.VerbRecord,
+		"records a rollout's progress at the version read", provisioner)
+)
+
 // Inventory: templates.
 var (
 	TemplateCreate = endpoint[*inventoryv1.CreateTemplateRequest, *inventoryv1.Template](inventory, subjects.NounTemplate, subjects.VerbCreate,
@@ -119,7 +137,7 @@ var (
 	InstanceGet = endpoint[*inventoryv1.GetInstanceRequest, *inventoryv1.Instance](inventory, subjects.NounInstance, subjects.VerbGet,
 		"reads an instance", gateway, provisioner, ca, secrets, agentgw)
 	InstanceGetMany = endpoint[*inventoryv1.GetInstancesRequest, *inventoryv1.GetInstancesResponse](inventory, subjects.NounInstance, subjects.VerbGetMany,
-		"reads up to 256 instances at once, leaving out those that do not exist", ca)
+		"reads up to 256 instances at once, leaving out those that do not exist", ca, provisioner)
 	InstanceList = endpoint[*inventoryv1.ListInstancesRequest, *inventoryv1.ListInstancesResponse](inventory, subjects.NounInstance, subjects.VerbList,
 		"lists instances a page at a time, filtered (state, kind, network, template, a search), by age or name, counted", gateway, provisioner)
 	InstanceUpdate = endpoint[*inventoryv1.UpdateInstanceRequest, *inventoryv1.Instance](inventory, subjects.NounInstance, subjects.VerbUpdate,
@@ -245,6 +263,8 @@ var (
 		"has an instance's connected agent replace itself with the agent of the manager's version", gateway)
 	ConfigRefresh = endpoint[*inventoryv1.InstanceActionRequest, *inventoryv1.Instance](provisioner, subjects.NounConfig, subjects.VerbRefresh,
 		"has a running instance's agent write its template's files and environment again (secrets read anew) and restart the node software", gateway)
+	RolloutStart = endpoint[*inventoryv1.CreateRolloutRequest, *inventoryv1.Rollout](provisioner, subjects.NounRollout, subjects.VerbCreate,
+		"starts a rollout: chooses its instances and has the inventory record it", gateway)
 	DNSChallengePut = endpoint[*inventoryv1.DnsChallengeRequest, *emptypb.Empty](provisioner, subjects.NounDNSChallenge, subjects.VerbPut,
 		"writes the DNS-01 TXT record of one of an instance's ACME domains in its network's Route53 zone, for its agent", agentgw)
 	DNSChallengeDelete = endpoint[*inventoryv1.DnsChallengeRequest, *emptypb.Empty](provisioner, subjects.NounDNSChallenge, subjects.VerbDelete,

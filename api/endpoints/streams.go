@@ -45,7 +45,7 @@ var Streams = []StreamUse{{
 	// networks, and deleted templates from its fleet secrets.
 	Consumers: []Consumer{{secrets, subjects.SecretsCleanupConsumer}, {secrets, subjects.SecretsNetworkCleanupConsumer},
 		{secrets, subjects.SecretsTemplateCleanupConsumer}},
-	// The provisioner follows instance events to wake its waits.
+	// The provisioner follows instance and rollout events to wake its waits.
 	Readers: []string{gateway, provisioner},
 }, {
 	Stream:     subjects.ProvisioningStream,

@@ -140,6 +140,7 @@ const (
 	NounDNSChallenge = "dnschallenge"  // provisioner: dnschallenge.put/delete
 	NounTicketKeys   = "ticketkeys"    // ca: ticketkeys.get
 	NounConfig       = "configuration" // provisioner: configuration.refresh
+	NounRollout      = "rollout"       // provisioner: rollout.create; inventory: rollout.create/get/list/pause/resume/cancel/record
 
 	VerbJoin        = "join"
 	VerbSign        = "sign"
@@ -153,6 +154,9 @@ const (
 	VerbPut         = "put"
 	VerbRefresh     = "refresh"
 	VerbUpgrade     = "upgrade"
+	VerbPause       = "pause"
+	VerbResume      = "resume"
+	VerbCancel      = "cancel"
 )
 
 // AuditStream is the JetStream stream of audit records (long retention).

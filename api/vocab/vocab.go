@@ -514,3 +514,88 @@ func StepsLeft(detail string) []Step {
 // its submatch: "vm i-0ab (stopping-vm: ", at the start or after the
 // previous entry's "); ".
 var leftEntry = regexp.MustCompile(`(?:^|\); )[^ ()]+ [^ ()]+ \(([a-z-]+): `)
+
+// RolloutAction is what a rollout does to each of its instances.
+type RolloutAction string
+
+// Rollout actions: the instance commands a rollout takes to many
+// instances.
+const (
+	RolloutUpgradeAgent         RolloutAction = "upgrade-agent"
+	RolloutRefreshConfiguration RolloutAction = "refresh-configuration"
+)
+
+// Valid reports whether a is a rollout action.
+func (a RolloutAction) Valid() bool {
+	return a == RolloutUpgradeAgent || a == RolloutRefreshConfiguration
+}
+
+// Step is the agent's step that reports how the action went on an
+// instance.
+func (a RolloutAction) Step() Step {
+	if a == RolloutUpgradeAgent {
+		return StepUpgradingAgent
+	}
+	return StepRefreshingConfiguration
+}
+
+// RolloutWork is the action of a rollout's work on the provisioning work
+// queue: a LifecycleRequest whose id is the rollout's, not an instance's.
+const RolloutWork Action = "rollout"
+
+// RolloutState is where a rollout is.
+type RolloutState string
+
+// Rollout states. Running, paused and stopped rollouts are open: they can
+// go on (resume) or be cancelled; cancelled and done ones are over.
+const (
+	RolloutRunning   RolloutState = "running"
+	RolloutPaused    RolloutState = "paused"
+	RolloutStopped   RolloutState = "stopped"
+	RolloutCancelled RolloutState = "cancelled"
+	RolloutDone      RolloutState = "done"
+)
+
+// Open reports whether the rollout can still go on.
+func (s RolloutState) Open() bool {
+	return s == RolloutRunning || s == RolloutPaused || s == RolloutStopped
+}
+
+// RolloutInstanceState is how far a rollout is with one of its instances.
+type RolloutInstanceState string
+
+// The states of a rollout's instance. Pending and asked ones are not
+// finished; every other is.
+const (
+	RolloutPending   RolloutInstanceState = "pending"
+	RolloutAsked     RolloutInstanceState = "asked"
+	RolloutSucceeded RolloutInstanceState = "succeeded"
+	RolloutSkipped   RolloutInstanceState = "skipped"
+	RolloutRefused   RolloutInstanceState = "refused"
+	RolloutFailed    RolloutInstanceState = "failed"
+	RolloutNotAsked  RolloutInstanceState = "cancelled"
+)
+
+// ConfigRefreshable reports whether an instance's configuration can be
+// refreshed: running, its agent connected from its VM.
+func ConfigRefreshable(state State, vmID string, agent AgentStatus, agentVMID string) bool {
+	return state == StateRunning && vmID != "" && agent == AgentConnected && agentVMID == vmID
+}
+
+// RolloutTally counts a rollout's instances' states (in its order) in the
+// order each state first appears: "2 succeeded, 1 asked, 3 pending".
+func RolloutTally(states []string) string {
+	counts := map[string]int{}
+	var order []string
+	for _, st := range states {
+		if counts[st] == 0 {
+			order = append(order, st)
+		}
+		counts[st]++
+	}
+	parts := make([]string, len(order))
+	for i, st := range order {
+		parts[i] = fmt.Sprintf("%d %s", counts[st], st)
+	}
+	return strings.Join(parts, ", ")
+}

@@ -481,7 +481,7 @@ setupActions:
 			t.Fatalf("web-1 moved from VM %s to %s on a refresh", in.VMID, got.VMID)
 		}
 		c.fails("", []string{`instance "bad-1" is `, `: its configuration is refreshed while it is running`, "the configurations of bad-1 were not refreshed"},
-			"instances", "refresh-configuration", "bad-1")
+			"instances", "refresh-configuration", "bad-1", "--wait")
 		// small gains a script: web-1's agent refuses the refresh, and the
 		// wait says why; small goes back.
 		c.okIn(smallFiles+"  - {type: script, script: echo new}\n", "templates", "apply", "-f", "-")

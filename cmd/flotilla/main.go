@@ -48,7 +48,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(newUp(), newAdmin(), newLogin(), newLogout(opts), newContext(), newCA(opts), newCluster(opts), agentCmd)
 	root.AddCommand(newResourceCommands(opts)...)
 	root.AddCommand(usersCommand(opts), tokensCommand(opts), auditCommand(opts), fleetEventsCommand(opts), overviewCommand(opts), passwordCommand(opts), whoamiCommand(opts),
-		fleetSecretsCommand(opts))
+		fleetSecretsCommand(opts), rolloutsCommand(opts))
 	addCompletion(root)
 	return root
 }

@@ -17,11 +17,12 @@ import (
 // instances; it stops, the binaries of 0.1.1 replace it, and it starts on
 // the same directory, the VMs still running their 0.0.9 agents.
 // `instances list` shows them behind. With the manager's agent binary
-// replaced under it, `upgrade-agent --all --parallel 1` fails on the first
-// agent (which runs on) and does not ask the second; with it back, both
-// are brought to 0.1.1 one after the other, on the same VMs, serving
-// again, and a second --all finds nothing to do; an instance refused is named, and
-// the others go on.
+// replaced under it, `upgrade-agent --all --parallel 1 --wait` fails on
+// the first agent (which runs on), and its rollout stops without asking
+// the second; with it back, a new rollout (the stopped one gives way)
+// brings both to 0.1.1 one after the other, on the same VMs, serving again,
+// and a second --all finds nothing to do; an instance refused is named,
+// and the others go on.
 func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
 	t.Parallel()
 	bin := t.TempDir()
@@ -81,7 +82,7 @@ func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, errOut := c.fails("", []string{"the agent's upgrade failed: version 0.1.1: the binary from ", ": not installed; version 0.0.9 runs on", "were not upgraded", "were not asked, after the failure"},
-		"instances", "upgrade-agent", "--all", "--parallel", "1")
+		"instances", "upgrade-agent", "--all", "--parallel", "1", "--wait")
 	if strings.Count(out, "the agent upgrades from version 0.0.9 to 0.1.1") != 1 {
 		t.Errorf("the failing upgrade asked more than the first agent:\n%s%s", out, errOut)
 	}
@@ -90,6 +91,10 @@ func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
 	}
 	// One at a time: the first is connected at 0.1.1 before the second is asked.
 	out = c.ok("instances", "upgrade-agent", "--all", "--parallel", "1", "--wait")
+	header, out, _ := strings.Cut(out, "\n")
+	if !strings.HasPrefix(header, "rollout upgrade-agent-") || !strings.HasSuffix(header, ": 2 instances, 1 at a time") {
+		t.Errorf("upgrade-agent --all --parallel 1 --wait began %q", header)
+	}
 	first, _, _ := strings.Cut(out, "\n")
 	name := strings.TrimSuffix(first, ": the agent upgrades from version 0.0.9 to 0.1.1")
 	other := map[string]string{"web-1": "web-2", "web-2": "web-1"}[name]
@@ -115,16 +120,28 @@ func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
 	if out := c.ok("instances", "upgrade-agent", "--all"); out != "every connected agent is at version 0.1.1\n" {
 		t.Errorf("a second upgrade-agent --all: %q", out)
 	}
-	if out := c.ok("instances", "upgrade-agent", "web-1"); out != "web-1: the agent is at version 0.1.1 already\n" {
+	if _, out, _ := strings.Cut(c.ok("instances", "upgrade-agent", "web-1", "--wait"), "\n"); out != "web-1: the agent is at version 0.1.1 already\n" {
 		t.Errorf("upgrade-agent of an agent at the manager's version: %q", out)
+	}
+	// Without --wait, the managers go on with it.
+	out = c.ok("instances", "upgrade-agent", "web-1")
+	_, name, found := strings.Cut(out, ": 1 instance, 10 at a time\nthe managers roll it out; follow it with: flotilla rollouts watch ")
+	if !found || !strings.HasPrefix(name, "upgrade-agent-") {
+		t.Fatalf("upgrade-agent without --wait: %q", out)
+	}
+	if out := c.ok("rollouts", "watch", strings.TrimSpace(name)); out != "web-1: the agent is at version 0.1.1 already\n" {
+		t.Errorf("rollouts watch %s: %q", name, out)
+	}
+	if out := c.ok("rollouts", "list", "--state", "done"); strings.Count(out, "upgrade-agent-") != 3 || !strings.Contains(out, "done: 1 skipped") {
+		t.Errorf("rollouts list --state done:\n%s", out)
 	}
 	c.fails("", []string{"name instances, or give --all"}, "instances", "upgrade-agent")
 	c.fails("", []string{"--parallel: 0 is not a number of agents: at least 1"}, "instances", "upgrade-agent", "--all", "--parallel", "0")
 	// One refused does not stop the others; the exit names it.
 	c.ok("instances", "deprovision", "web-2", "--wait")
 	out, errOut = c.fails("", []string{`upgrade-agent web-2: instance "web-2" is deprovisioned`, "the agents of web-2 were not upgraded"},
-		"instances", "upgrade-agent", "web-2", "web-1")
-	if out != "web-1: the agent is at version 0.1.1 already\n" {
+		"instances", "upgrade-agent", "web-2", "web-1", "--wait")
+	if _, out, _ := strings.Cut(out, "\n"); out != "web-1: the agent is at version 0.1.1 already\n" {
 		t.Errorf("upgrade-agent web-2 web-1 with web-2 deprovisioned: %q\n%s", out, errOut)
 	}
 }

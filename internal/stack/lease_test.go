@@ -43,6 +43,39 @@ type provisionerProc struct {
 	ended time.Time
 }
 
+// startProvisioner starts flotilla-provisioner (bin) as a process on bus,
+// its local provider at root starting agents with agentCommand that dial
+// agentAddr. It is killed when the test ends, and its output logged if the
+// test failed.
+func startProvisioner(t *testing.T, bin string, bus *testkit.Bus, root, agentCommand, agentAddr, name string) *provisionerProc {
+	t.Helper()
+	cmd := exec.Command(bin, "--creds", bus.Creds[subjects.Provisioner])
+	cmd.Env = append(os.Environ(),
+		"FLOTILLA_NATS_URL="+bus.URL,
+		"FLOTILLA_LOCAL_ROOT="+root,
+		"FLOTILLA_AGENT_COMMAND="+agentCommand,
+		"FLOTILLA_AGENT_GATEWAY_ADDR="+agentAddr,
+		"FLOTILLA_LOG_JSON=true",
+	)
+	p := &provisionerProc{name: name, cmd: cmd, out: &testkit.Buffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	must(t, cmd.Start())
+	go func() {
+		p.err = cmd.Wait()
+		p.ended = time.Now()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			tail := p.out.String()
+			t.Logf("--- %s (tail):\n%s", name, tail[max(0, len(tail)-4000):])
+		}
+	})
+	return p
+}
+
 // TestProvisionersNeverWorkOnOneInstanceAtOnce runs the provisioner as
 // separate processes (flotilla-provisioner, each on its own NATS
 // connection) beside the other services, sharing one local provider root,
@@ -83,33 +116,10 @@ func TestProvisionersNeverWorkOnOneInstanceAtOnce(t *testing.T) {
 	)
 	start := func(name string) *provisionerProc {
 		t.Helper()
-		cmd := exec.Command(provBin, "--creds", bus.Creds[subjects.Provisioner])
-		cmd.Env = append(os.Environ(),
-			"FLOTILLA_NATS_URL="+bus.URL,
-			"FLOTILLA_LOCAL_ROOT="+root,
-			"FLOTILLA_AGENT_COMMAND="+agent+" --heartbeat-interval 2s",
-			"FLOTILLA_AGENT_GATEWAY_ADDR="+st.AgentAddr,
-			"FLOTILLA_LOG_JSON=true",
-		)
-		p := &provisionerProc{name: name, cmd: cmd, out: &testkit.Buffer{}, done: make(chan struct{})}
-		cmd.Stdout, cmd.Stderr = p.out, p.out
-		must(t, cmd.Start())
-		go func() {
-			p.err = cmd.Wait()
-			p.ended = time.Now()
-			close(p.done)
-		}()
+		p := startProvisioner(t, provBin, bus, root, agent+" --heartbeat-interval 2s", st.AgentAddr, name)
 		procsMu.Lock()
 		procs = append(procs, p)
 		procsMu.Unlock()
-		t.Cleanup(func() {
-			_ = cmd.Process.Kill()
-			<-p.done
-			if t.Failed() {
-				tail := p.out.String()
-				t.Logf("--- %s (tail):\n%s", name, tail[max(0, len(tail)-4000):])
-			}
-		})
 		return p
 	}
 

@@ -61,7 +61,7 @@ func TestAgentsUpgradeThemselvesToTheManagersVersion(t *testing.T) {
 		}
 	}
 	running := map[string]*inventoryv1.Instance{}
-	for _, name := range []string{"a", "b"} {
+	for _, name := range []string{"a", "b", "c"} {
 		in := lab.create(name)
 		lab.act(in.GetId(), vocab.ActionProvision)
 		running[name] = in
@@ -119,6 +119,41 @@ func TestAgentsUpgradeThemselvesToTheManagersVersion(t *testing.T) {
 	must(t, os.Chmod(old+".new", 0o755))
 	must(t, os.Rename(old+".new", old))
 	upgrade(running["b"], old)
+
+	// c's agent, the one left behind, by a rollout of every agent behind;
+	// a rollout naming a skips it, its agent at the version already.
+	c := running["c"]
+	pid := pidOf(c)
+	ro, err := rpc.Call(ctx, lab.gateway, endpoints.RolloutStart, &inventoryv1.CreateRolloutRequest{Action: "upgrade-agent", All: true}, lab.admin)
+	must(t, err)
+	if ro.GetAgentVersion() != "0.1.0-dev" || ro.GetParallel() != 10 || len(ro.GetInstances()) != 1 || ro.GetInstances()[0].GetInstanceName() != "c" {
+		t.Fatalf("the rollout of every agent behind: %v", ro)
+	}
+	rolloutDone := func(ro *inventoryv1.Rollout) *inventoryv1.Rollout {
+		t.Helper()
+		for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			got, err := rpc.Call(ctx, lab.gateway, endpoints.RolloutGet, &inventoryv1.GetRolloutRequest{Id: ro.GetId()}, lab.admin)
+			must(t, err)
+			if !vocab.RolloutState(got.GetState()).Open() {
+				return got
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("rollout %s is %s: %v", got.GetName(), got.GetState(), got.GetInstances())
+			}
+		}
+	}
+	ro = rolloutDone(ro)
+	if ro.GetMessage() != "done: 1 succeeded" {
+		t.Fatalf("the rollout of c's agent: %s, %v", ro.GetMessage(), ro.GetInstances())
+	}
+	if now := lab.get(c.GetId()); now.GetAgent().GetVersion() != "0.1.0-dev" || pidOf(now) != pid {
+		t.Errorf("c after the rollout: agent %v, pid %d (was %d)", now.GetAgent(), pidOf(now), pid)
+	}
+	ro, err = rpc.Call(ctx, lab.gateway, endpoints.RolloutStart, &inventoryv1.CreateRolloutRequest{Action: "upgrade-agent", InstanceIds: []string{a.GetId()}}, lab.admin)
+	must(t, err)
+	if ro = rolloutDone(ro); ro.GetMessage() != "done: 1 skipped" || ro.GetInstances()[0].GetMessage() != "the agent is at version 0.1.0-dev already" {
+		t.Errorf("a rollout of an agent at the version: %s, %v", ro.GetMessage(), ro.GetInstances())
+	}
 
 	// Asked again: the agent is at the manager's version; nothing is sent.
 	again, err := rpc.Call(ctx, lab.gateway, endpoints.AgentUpgrade, &inventoryv1.InstanceActionRequest{Id: a.GetId()}, lab.admin)

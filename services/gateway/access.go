@@ -78,6 +78,8 @@ var rules = map[string]access{
 	"GET /api/v1/ca/certificate":                                viewer,
 	"GET /api/v1/cluster":                                       viewer,
 	"GET /api/v1/overview":                                      viewer,
+	"GET /api/v1/rollouts":                                      viewer,
+	"GET /api/v1/rollouts/{id}":                                 viewer,
 
 	// Operators run the fleet.
 	"POST /api/v1/networks":                                 operator,
@@ -101,6 +103,10 @@ var rules = map[string]access{
 	"PUT /api/v1/secrets/{name}":                            operator,
 	"DELETE /api/v1/secrets/{name}":                         operator,
 	"POST /api/v1/cloud-accounts/{id}:verify":               operator,
+	"POST /api/v1/rollouts":                                 operator,
+	"POST /api/v1/rollouts/{id}:pause":                      operator,
+	"POST /api/v1/rollouts/{id}:resume":                     operator,
+	"POST /api/v1/rollouts/{id}:cancel":                     operator,
 
 	// Admins: users, cloud accounts' credentials, the audit trail, the
 	// cluster's managers.

@@ -64,6 +64,8 @@ var policy = map[string]string{
 	"GET /api/v1/ca/certificate":                                "viewer",
 	"GET /api/v1/cluster":                                       "viewer",
 	"GET /api/v1/overview":                                      "viewer",
+	"GET /api/v1/rollouts":                                      "viewer",
+	"GET /api/v1/rollouts/{id}":                                 "viewer",
 
 	"POST /api/v1/networks":                                 "operator",
 	"PATCH /api/v1/networks/{network.id}":                   "operator",
@@ -86,6 +88,10 @@ var policy = map[string]string{
 	"PUT /api/v1/secrets/{name}":                            "operator",
 	"DELETE /api/v1/secrets/{name}":                         "operator",
 	"POST /api/v1/cloud-accounts/{id}:verify":               "operator",
+	"POST /api/v1/rollouts":                                 "operator",
+	"POST /api/v1/rollouts/{id}:pause":                      "operator",
+	"POST /api/v1/rollouts/{id}:resume":                     "operator",
+	"POST /api/v1/rollouts/{id}:cancel":                     "operator",
 
 	"POST /api/v1/users":                              "admin",
 	"GET /api/v1/users":                               "admin",

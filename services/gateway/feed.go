@@ -32,7 +32,7 @@ const (
 
 // feedEntities are the kinds of entity GET /api/v1/events serves: the
 // API's resources (a user's events are not the fleet's).
-var feedEntities = []string{subjects.NounInstance, subjects.NounNetwork, subjects.NounTemplate, subjects.NounCloudAccount}
+var feedEntities = []string{subjects.NounInstance, subjects.NounNetwork, subjects.NounTemplate, subjects.NounCloudAccount, subjects.NounRollout}
 
 // eventQuery is a checked request for events.
 type eventQuery struct {
@@ -100,7 +100,8 @@ func lastEventID(r *http.Request, follow bool) (uint64, error) {
 }
 
 // fleetEvents answers GET /api/v1/events: the newest events of one kind of
-// entity (entity=instance, the default; network, template, cloudaccount),
+// entity (entity=instance, the default; network, template, cloudaccount,
+// rollout),
 // or of one of them (id=), oldest first (limit=N, default 50, from
 // since=RFC3339); with follow=true as server-sent events that go on with
 // new ones: the console's live feeds.

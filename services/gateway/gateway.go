@@ -272,6 +272,9 @@ func (g *Gateway) handler(ctx context.Context) (http.Handler, []string, error) {
 			return inventoryv1.RegisterInstanceServiceHandlerServer(ctx, m, instanceServer{g: g})
 		},
 		func(ctx context.Context, m *runtime.ServeMux) error {
+			return inventoryv1.RegisterRolloutServiceHandlerServer(ctx, m, rolloutServer{g: g})
+		},
+		func(ctx context.Context, m *runtime.ServeMux) error {
 			return authv1.RegisterAuthServiceHandlerServer(ctx, m, authServer{g: g})
 		},
 		func(ctx context.Context, m *runtime.ServeMux) error {

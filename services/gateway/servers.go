@@ -77,6 +77,38 @@ func (s templateServer) DeleteTemplate(ctx context.Context, r *inventoryv1.Delet
 	return call(ctx, s.g, endpoints.TemplateDelete, r)
 }
 
+// rolloutServer implements the public RolloutService: the provisioner
+// starts a rollout (it chooses the instances and drives it); the inventory
+// keeps it, and pauses, resumes and cancels it.
+type rolloutServer struct {
+	inventoryv1.UnimplementedRolloutServiceServer
+	g *Gateway
+}
+
+func (s rolloutServer) CreateRollout(ctx context.Context, r *inventoryv1.CreateRolloutRequest) (*inventoryv1.Rollout, error) {
+	return call(ctx, s.g, endpoints.RolloutStart, r)
+}
+
+func (s rolloutServer) GetRollout(ctx context.Context, r *inventoryv1.GetRolloutRequest) (*inventoryv1.Rollout, error) {
+	return call(ctx, s.g, endpoints.RolloutGet, r)
+}
+
+func (s rolloutServer) ListRollouts(ctx context.Context, r *inventoryv1.ListRolloutsRequest) (*inventoryv1.ListRolloutsResponse, error) {
+	return call(ctx, s.g, endpoints.RolloutList, r)
+}
+
+func (s rolloutServer) PauseRollout(ctx context.Context, r *inventoryv1.RolloutActionRequest) (*inventoryv1.Rollout, error) {
+	return call(ctx, s.g, endpoints.RolloutPause, r)
+}
+
+func (s rolloutServer) ResumeRollout(ctx context.Context, r *inventoryv1.RolloutActionRequest) (*inventoryv1.Rollout, error) {
+	return call(ctx, s.g, endpoints.RolloutResume, r)
+}
+
+func (s rolloutServer) CancelRollout(ctx context.Context, r *inventoryv1.RolloutActionRequest) (*inventoryv1.Rollout, error) {
+	return call(ctx, s.g, endpoints.RolloutCancel, r)
+}
+
 // instanceServer implements the public InstanceService by forwarding to the inventory.
 type instanceServer struct {
 	inventoryv1.UnimplementedInstanceServiceServer
@@ -376,6 +408,7 @@ func registerGRPC(s *grpc.Server, g *Gateway) {
 	inventoryv1.RegisterCloudAccountServiceServer(s, cloudAccountServer{g: g})
 	inventoryv1.RegisterTemplateServiceServer(s, templateServer{g: g})
 	inventoryv1.RegisterInstanceServiceServer(s, instanceServer{g: g})
+	inventoryv1.RegisterRolloutServiceServer(s, rolloutServer{g: g})
 	authv1.RegisterAuthServiceServer(s, authServer{g: g})
 	systemv1.RegisterSystemServiceServer(s, systemServer{g: g})
 	secretsv1.RegisterSecretServiceServer(s, secretServer{g: g})

@@ -9,7 +9,9 @@
 // started again finds the disk and VM it made instead of making new ones.
 //
 // Several provisioner processes share the work queue; an instance's lease
-// (lease.go) keeps them from working on one instance at once.
+// (lease.go) keeps them from working on one instance at once. The queue
+// also carries rollouts' work (rollout.go): one command taken to many
+// instances, a group at a time.
 package provisioner
 
 import (
@@ -165,6 +167,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		rpc.Handle(s.rpc, endpoints.CertificateRefresh, s.refreshCertificate),
 		rpc.Handle(s.rpc, endpoints.ConfigRefresh, s.refreshConfiguration),
 		rpc.Handle(s.rpc, endpoints.AgentUpgrade, s.upgradeAgent),
+		rpc.Handle(s.rpc, endpoints.RolloutStart, s.startRollout),
 		rpc.Handle(s.rpc, endpoints.DNSChallengePut, s.dnsChallenge(true)),
 		rpc.Handle(s.rpc, endpoints.DNSChallengeDelete, s.dnsChallenge(false)),
 	); err != nil {
@@ -213,10 +216,12 @@ func (s *Service) Run(ctx context.Context) error {
 	return nil
 }
 
-// resync resumes every instance left in a transitional state. One whose
-// lease another provisioner holds is being worked on there: resume looks
-// again every leasedRetry until it takes the lease (see resume).
+// resync resumes every instance left in a transitional state, and every
+// running rollout. One whose lease another provisioner holds is being
+// worked on there: resume looks again every leasedRetry until it takes the
+// lease (see resume).
 func (s *Service) resync(ctx context.Context, wg *sync.WaitGroup) {
+	s.resyncRollouts(ctx, wg)
 	token := ""
 	for {
 		resp, err := rpc.Call(ctx, s.bus, endpoints.InstanceList, &inventoryv1.ListInstancesRequest{PageSize: 500, PageToken: token})
@@ -257,13 +262,19 @@ func (s *Service) resync(ctx context.Context, wg *sync.WaitGroup) {
 // over if it loses the lease it took. Other failures are left to the work
 // queue's redelivery, as before.
 func (s *Service) resume(ctx context.Context, id string) {
-	s.log.InfoContext(ctx, "resuming interrupted work", "instance", id)
+	s.resumeWith(ctx, id, s.reconcileLocked)
+}
+
+// resumeWith does work (an instance's reconcile, a rollout's drive) on id
+// until it is not held elsewhere, as resume says.
+func (s *Service) resumeWith(ctx context.Context, id string, work func(context.Context, string) error) {
+	s.log.InfoContext(ctx, "resuming interrupted work", "id", id)
 	for {
-		err := s.reconcileLocked(ctx, id)
+		err := work(ctx, id)
 		if !errors.Is(err, errLeased) && !errors.Is(err, errLeaseLost) {
 			return
 		}
-		s.log.DebugContext(ctx, "resync: another provisioner is on it; looking again later", "instance", id, "error", err)
+		s.log.DebugContext(ctx, "resync: another provisioner is on it; looking again later", "id", id, "error", err)
 		select {
 		case <-ctx.Done():
 			return
@@ -283,6 +294,10 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	}
 	ctx = natsx.Extract(ctx, m.Headers())
 	ctx, span := s.tracer.Start(ctx, "provision "+req.GetAction(), trace.WithSpanKind(trace.SpanKindConsumer))
+	work := s.reconcileLocked
+	if vocab.Action(req.GetAction()) == vocab.RolloutWork {
+		work = s.driveRollout
+	}
 	defer span.End()
 	// Keep the message ours while a long step runs.
 	stop := make(chan struct{})
@@ -299,7 +314,7 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 			}
 		}
 	}()
-	if err := s.reconcileLocked(ctx, req.GetId()); err != nil {
+	if err := work(ctx, req.GetId()); err != nil {
 		if ctx.Err() != nil {
 			return // shutting down: the message is redelivered to whoever runs next
 		}

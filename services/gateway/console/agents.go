@@ -1,11 +1,11 @@
 package console
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -20,12 +20,10 @@ const (
 )
 
 // agentRow is one instance of an agent action's confirmation: Change is
-// what its agent is asked, Why why it is not asked (empty when it is);
-// Current, that it is not for it is at the manager's version already.
+// what its agent is asked, Why why it is not asked (empty when it is).
 type agentRow struct {
 	In          *inventoryv1.Instance
 	Change, Why string
-	Current     bool
 }
 
 // agentBehind says whether in's agent may be upgraded to version.
@@ -35,21 +33,22 @@ func agentBehind(in *inventoryv1.Instance, version string) bool {
 }
 
 // agentActionData is an agent action's confirmation: the action (the bulk
-// form's), what it is called and does, the instances chosen, and how many
-// of their agents are asked.
+// form's), what it is called and does, the instances chosen, how many of
+// their agents are asked, and how many at once by default.
 type agentActionData struct {
 	Action, Heading, Explain, Button, Empty string
 	Rows                                    []agentRow
-	Asked                                   int
+	Asked, Parallel                         int
 }
 
 // upgradeRows says of each instance whether its agent is upgraded to
 // version, or why not, as the provisioner decides (vocab.AgentUpgradable).
 func upgradeRows(ins []*inventoryv1.Instance, version string) agentActionData {
-	d := agentActionData{Action: actionUpgradeAgent,
+	d := agentActionData{Action: actionUpgradeAgent, Parallel: 10,
 		Explain: "Each agent takes the manager's agent, version " + version + ": it checks the download's SHA-256 and the new binary's version, stops the node software, " +
-			"and starts again as the new agent, which starts the node software again (a few seconds without it). An agent whose upgrade fails runs on at its version, " +
-			"and its instance's events say why. The instances list shows each agent's version as it comes back.",
+			"and starts again as the new agent, which starts the node software again (a few seconds without it). The managers roll it out a group at a time: " +
+			"each group's agents are waited for until they are connected at " + version + " before the next group is asked, and an upgrade that fails stops the rollout " +
+			"(the agent runs on at its version, and says why).",
 		Empty: "Every connected agent is at version " + version + "."}
 	for _, in := range ins {
 		a := in.GetAgent()
@@ -62,7 +61,7 @@ func upgradeRows(ins []*inventoryv1.Instance, version string) agentActionData {
 		case vocab.AgentStatus(a.GetStatus()) != vocab.AgentConnected || a.GetVmId() != in.GetVmId():
 			row.Why = "its agent is not connected"
 		default:
-			row.Why, row.Current = "at "+version+" already", true
+			row.Why = "at " + version + " already"
 		}
 		d.add(row)
 	}
@@ -74,9 +73,10 @@ func upgradeRows(ins []*inventoryv1.Instance, version string) agentActionData {
 // refreshRows says of each instance whether its configuration is
 // refreshed, or why not, as the provisioner decides.
 func refreshRows(ins []*inventoryv1.Instance) agentActionData {
-	d := agentActionData{Action: actionRefreshConfiguration,
+	d := agentActionData{Action: actionRefreshConfiguration, Parallel: 1,
 		Explain: "Each agent writes its template's file and env actions again, their secrets read anew, and restarts the node software on the same VM (a second or so without it). " +
-			"An agent refuses, changing nothing, when the template's scripts or packages are not those its VM's setup ran; each instance's timeline says how it went.",
+			"The managers roll it out a group at a time, each group waited for before the next is asked; an agent refuses, changing nothing, when the template's scripts " +
+			"or packages are not those its VM's setup ran, and that stops the rollout.",
 		Empty: "None of these instances is running."}
 	for _, in := range ins {
 		a := in.GetAgent()
@@ -135,59 +135,51 @@ func (c *Console) agentActionPage(w http.ResponseWriter, r *http.Request, s *ses
 
 // agentAction is a bulk action on the agents of ins (upgrade-agent,
 // refresh-configuration): first the confirmation, which says of each
-// instance whether its agent is asked and what, or why not; then
-// (confirmed) the ask of each, reported in one message.
+// instance whether its agent is asked and what, or why not, and how many
+// at once; then (confirmed) a rollout of the action to those asked, whose
+// page it goes on to.
 func (c *Console) agentAction(w http.ResponseWriter, r *http.Request, s *session, action string, ins []*inventoryv1.Instance) {
-	d, verb, done := refreshRows(ins), "Refreshing the configuration of", "refreshed"
+	d := refreshRows(ins)
 	if action == actionUpgradeAgent {
-		d, verb, done = upgradeRows(ins, c.version), "Upgrading to "+c.version+" the agents of", "upgraded"
+		d = upgradeRows(ins, c.version)
 	}
 	if r.PostFormValue("confirm") != "yes" {
 		c.render(w, r, s, http.StatusOK, "agentaction", d.Heading, d)
 		return
 	}
-	var asked, current, refused []string
-	for _, row := range d.Rows {
-		in := row.In
-		if row.Why != "" {
-			// Not to be asked as read a moment ago: the provisioner says
-			// so again if asked, so it is reported without asking.
-			if row.Current {
-				current = append(current, in.GetName())
-			} else {
-				refused = append(refused, in.GetName()+" ("+row.Why+")")
-			}
-			continue
-		}
-		from := in.GetAgent().GetVersion()
-		err := s.api.do(http.MethodPost, "/api/v1/instances/"+url.PathEscape(in.GetId())+":"+action, struct{}{}, in)
-		var ae *apiError
-		switch {
-		case err == nil && action == actionUpgradeAgent && in.GetAgent().GetVersion() == c.version:
-			current = append(current, in.GetName())
-		case err == nil && action == actionUpgradeAgent:
-			asked = append(asked, in.GetName()+" (from "+from+")")
-		case err == nil:
-			asked = append(asked, in.GetName())
-		case errors.As(err, &ae) && ae.Status != http.StatusUnauthorized:
-			refused = append(refused, in.GetName()+" ("+ae.Message+")")
-		default:
-			c.fail(w, r, s, err)
+	req := &inventoryv1.CreateRolloutRequest{Action: action}
+	if p := strings.TrimSpace(r.PostFormValue("parallel")); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			redirect(w, r, "/instances", fmt.Sprintf("At once: %q is not a number of instances.", p))
 			return
 		}
+		req.Parallel = int32(min(max(n, -1), 1000))
 	}
-	msg := fmt.Sprintf("%s %s", verb, counted(len(asked), "instance"))
-	if len(asked) > 0 {
-		msg += " (the node software restarts): " + strings.Join(asked, ", ")
+	var notAsked []string
+	for _, row := range d.Rows {
+		if row.Why != "" {
+			// Not to be asked as read a moment ago: the provisioner would
+			// refuse it, so it is left out of the rollout and said here.
+			notAsked = append(notAsked, row.In.GetName()+" ("+row.Why+")")
+			continue
+		}
+		req.InstanceIds = append(req.InstanceIds, row.In.GetId())
 	}
-	msg += "."
-	if len(current) > 0 {
-		msg += fmt.Sprintf(" At %s already: %s.", c.version, strings.Join(current, ", "))
+	if len(req.InstanceIds) == 0 {
+		redirect(w, r, "/instances", "No instance to ask: "+strings.Join(notAsked, "; ")+".")
+		return
 	}
-	if len(refused) > 0 {
-		msg += " Not " + done + ": " + strings.Join(refused, "; ") + "."
+	ro := &inventoryv1.Rollout{}
+	if err := s.api.do(http.MethodPost, "/api/v1/rollouts", req, ro); err != nil {
+		c.done(w, r, s, err, "/instances", "", "No rollout started")
+		return
 	}
-	redirect(w, r, "/instances", msg)
+	msg := fmt.Sprintf("Rollout %s started: %s, %d at a time.", ro.GetName(), counted(len(ro.GetInstances()), "instance"), ro.GetParallel())
+	if len(notAsked) > 0 {
+		msg += " Not asked: " + strings.Join(notAsked, "; ") + "."
+	}
+	redirect(w, r, "/rollouts/"+url.PathEscape(ro.GetId()), msg)
 }
 
 // counted says n of noun: "1 agent", "2 agents".

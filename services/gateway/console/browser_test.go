@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -296,6 +297,35 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.waitFor("the template badge gone once reprovisioned", "window.notReloaded === true && "+
 		"document.querySelector('tr[data-id] [data-bind=state]').textContent === 'running' && "+
 		"document.querySelector('tr[data-id] .badge.outdated').hidden", 30*time.Second)
+	// A rollout a failure stopped (the template gained a script its VM's
+	// setup never ran): its page offers to resume it, and follows it live
+	// to its end when it is resumed elsewhere.
+	e.apiJSON(login.Token, "GET", "/api/v1/templates/"+t0["id"].(string), nil, &t0)
+	setup := t0["setupActions"].([]any)
+	e.apiJSON(login.Token, "PATCH", "/api/v1/templates/"+t0["id"].(string), map[string]any{"version": t0["version"],
+		"setupActions": append(slices.Clone(setup), map[string]string{"type": "script", "script": "echo new"})}, nil)
+	var ro struct{ ID, State string }
+	e.apiJSON(login.Token, "POST", "/api/v1/rollouts", map[string]any{"action": "refresh-configuration", "instanceIds": []string{inst}}, &ro)
+	for deadline := time.Now().Add(30 * time.Second); ro.State != "stopped"; time.Sleep(100 * time.Millisecond) {
+		e.apiJSON(login.Token, "GET", "/api/v1/rollouts/"+ro.ID, nil, &ro)
+		if time.Now().After(deadline) {
+			t.Fatalf("the rollout is %s, never stopped", ro.State)
+		}
+	}
+	const rolloutActions = "[...document.querySelectorAll('#rollout [data-from]')].filter(e => e.checkVisibility()).map(e => e.textContent.trim()).join(',')"
+	b.do("the rollout", chromedp.Navigate(e.base+"/rollouts/"+ro.ID), chromedp.WaitVisible(chromedp.CSS("#rollout-instances")),
+		chromedp.Evaluate[chromedp.Void]("window.notReloaded = true"))
+	if got := eval[string](b, rolloutActions); got != "Resume,Cancel" {
+		t.Fatalf("a stopped rollout's actions: %q", got)
+	}
+	b.shot("rollout-stopped")
+	e.apiJSON(login.Token, "POST", "/api/v1/rollouts/"+ro.ID+":resume", map[string]any{}, nil)
+	b.waitFor("the rollout done, live", "window.notReloaded === true && document.querySelector('#rollout [data-bind=state]').textContent === 'done' && "+
+		"document.querySelector('[data-bind=message]').textContent === 'done: 1 failed' && "+
+		"document.querySelector('tr[data-instance] [data-bind=state]').textContent === 'failed'", 30*time.Second)
+	if got := eval[string](b, rolloutActions); got != "" {
+		t.Fatalf("a done rollout's actions: %q", got)
+	}
 	b.do("overview", chromedp.Navigate(e.base+"/"), chromedp.WaitVisible(chromedp.CSS("#recent li")))
 	b.waitFor("one running in the overview", "document.querySelector('[data-count=running]').textContent === '1'", 10*time.Second)
 	b.waitFor("the live feed", "document.querySelector('[data-live-status]').textContent === 'live'", 10*time.Second)

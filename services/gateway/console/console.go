@@ -87,6 +87,9 @@ func New(d Deps) (*Console, error) {
 	m.HandleFunc("POST /instances/{id}/secrets", c.authed(c.addSecret))
 	m.HandleFunc("POST /instances/{id}/upgrade-agent", c.authed(c.upgradeAgent))
 	m.HandleFunc("POST /instances/{id}/refresh-configuration", c.authed(c.refreshConfiguration))
+	m.HandleFunc("GET /rollouts", c.authed(c.rollouts))
+	m.HandleFunc("GET /rollouts/{id}", c.authed(c.rollout))
+	m.HandleFunc("POST /rollouts/{id}/{verb}", c.authed(c.controlRollout))
 	m.HandleFunc("GET /secrets", c.authed(c.fleetSecrets))
 	m.HandleFunc("POST /secrets", c.authed(c.setFleetSecret))
 	m.HandleFunc("GET /secrets/{name}/delete", c.authed(c.confirmDeleteFleetSecret))
@@ -182,6 +185,7 @@ var nav = []navItem{
 	{Key: "instances", Label: "Instances", Href: "/instances"},
 	{Key: "networks", Label: "Networks", Href: "/networks"},
 	{Key: "templates", Label: "Templates", Href: "/templates"},
+	{Key: "rollouts", Label: "Rollouts", Href: "/rollouts"},
 	{Key: "secrets", Label: "Secrets", Href: "/secrets"},
 	{Key: "cloud-accounts", Label: "Cloud accounts", Href: "/cloud-accounts"},
 	{Key: "cluster", Label: "Cluster", Href: "/cluster"},

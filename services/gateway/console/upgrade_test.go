@@ -19,7 +19,8 @@ import (
 // 0.0.0-test) are counted on the overview. One is upgraded from its page's
 // button, the other from the overview's link, whose page lists the agents
 // behind and no other; the instances list's bulk action says of each
-// selected instance whether its agent is asked, or why not. Each agent
+// selected instance whether its agent is asked, or why not, and starts a
+// rollout, whose page follows it. Each agent
 // downloads the manager's binary and comes back at its version; then the
 // buttons, the count and the list are gone. A running instance's page
 // refreshes its configuration.
@@ -135,16 +136,40 @@ func TestTheConsoleUpgradesAgentsBehindTheManager(t *testing.T) {
 		strings.Contains(body, ">web-1</a>") || strings.Contains(body, ">web-3</a>") {
 		t.Fatalf("the agents behind:\n%s", p.body)
 	}
-	// Confirmed with every instance (a stale form), only web-2's agent is
-	// asked; the others are named with why not.
+	// Confirmed with every instance (a stale form), a rollout of web-2's
+	// agent starts, whose page it goes to; the others are named with why
+	// not. The rollout's page shows it done, and the list of rollouts has it.
 	ids.Set("confirm", "yes")
-	if to := e.post("/instances/bulk", ids).must(t, http.StatusSeeOther, "the bulk upgrade").header.Get("Location"); to != "/instances" {
+	ids.Set("parallel", "5")
+	to := e.post("/instances/bulk", ids).must(t, http.StatusSeeOther, "the bulk upgrade").header.Get("Location")
+	if !strings.HasPrefix(to, "/rollouts/") {
 		t.Fatalf("the bulk upgrade led to %q", to)
 	}
-	want := "Upgrading to 0.0.0-test the agents of 1 instance (the node software restarts): web-2 (from 0.1.0-dev). At 0.0.0-test already: web-1." +
-		" Not upgraded: web-3 (the instance is created: an agent is upgraded on a VM that runs)."
-	if p := e.get("/instances"); !strings.Contains(html.UnescapeString(p.body), want) {
-		t.Errorf("the instances list after the bulk upgrade does not say %q:\n%s", want, p.body)
+	p = e.get(to).must(t, 200, "the rollout's page")
+	if body := html.UnescapeString(p.body); !strings.Contains(body, "started: 1 instance, 5 at a time. Not asked: web-1 (at 0.0.0-test already); web-3 (the instance is created: an agent is upgraded on a VM that runs).") ||
+		!strings.Contains(body, `data-feed="/api/v1/events?entity=rollout&id=`+strings.TrimPrefix(to, "/rollouts/")+`&follow=true&limit=1"`) ||
+		!strings.Contains(body, ">web-2</a>") || strings.Contains(body, ">web-1</a>") || !strings.Contains(body, "upgrade-agent to version 0.0.0-test") {
+		t.Errorf("the rollout's page:\n%s", p.body)
+	}
+	until("web-2", "connected 0.0.0-test")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		p = e.get(to).must(t, 200, "the rollout's page")
+		if strings.Contains(p.body, `data-bind="state">done</span>`) && strings.Contains(p.body, "done: 1 succeeded") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the rollout's page never shows it done:\n%s", p.body)
+		}
+	}
+	if strings.Contains(p.body, `action="`+to+`/pause"`) && !strings.Contains(p.body, `action="`+to+`/pause" class="inline" data-from="running" hidden>`) {
+		t.Errorf("a done rollout's page offers to pause it:\n%s", p.body)
+	}
+	if p := e.get("/rollouts").must(t, 200, "the rollouts"); !strings.Contains(p.body, `<a href="`+to+`">upgrade-agent-`) || !strings.Contains(p.body, "1 succeeded") {
+		t.Errorf("the rollouts list:\n%s", p.body)
+	}
+	e.post(to+"/pause", url.Values{}).must(t, http.StatusSeeOther, "pause a done rollout")
+	if p := e.get(to); !strings.Contains(html.UnescapeString(p.body), "The rollout was not paused: rollout upgrade-agent-") || !strings.Contains(p.body, "is done: it cannot be paused") {
+		t.Errorf("a done rollout paused:\n%s", p.body)
 	}
 	until("web-2", "connected 0.0.0-test")
 	overview("")
@@ -187,9 +212,9 @@ func TestTheConsoleUpgradesAgentsBehindTheManager(t *testing.T) {
 		t.Fatalf("the bulk refresh's confirmation:\n%s", p.body)
 	}
 	bulk.Set("confirm", "yes")
-	e.post("/instances/bulk", bulk).must(t, http.StatusSeeOther, "the bulk refresh")
-	if p := e.get("/instances"); !strings.Contains(html.UnescapeString(p.body), "Refreshing the configuration of 1 instance (the node software restarts): web-2. Not refreshed: web-3 (the instance is created") {
-		t.Errorf("the instances list after the bulk refresh:\n%s", p.body)
+	to = e.post("/instances/bulk", bulk).must(t, http.StatusSeeOther, "the bulk refresh").header.Get("Location")
+	if p := e.get(to); !strings.Contains(html.UnescapeString(p.body), "started: 1 instance, 1 at a time. Not asked: web-3 (the instance is created") {
+		t.Errorf("the rollout's page after the bulk refresh:\n%s", p.body)
 	}
 	refreshed(pages["web-2"])
 

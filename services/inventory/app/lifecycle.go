@@ -82,8 +82,9 @@ func (a *App) lifecycle(ctx context.Context, actor vocab.Actor, id string, actio
 	return out, err
 }
 
-// enqueue puts provisioning work for an instance on the work queue, through
-// the outbox, so the work exists exactly when the change commits.
+// enqueue puts provisioning work for an instance (or, action
+// vocab.RolloutWork, a rollout) on the work queue, through the outbox, so
+// the work exists exactly when the change commits.
 func (a *App) enqueue(ctx context.Context, tx pgx.Tx, id string, action vocab.Action, actor vocab.Actor, now time.Time) error {
 	msg, err := bus.NewMessage(ctx, subjects.Provision(id), action.WorkType(), actor, now,
 		&inventoryv1.LifecycleRequest{Id: id, Action: string(action)})

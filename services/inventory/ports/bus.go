@@ -141,6 +141,22 @@ func Serve(nc *nats.Conn, a *app.App, db Pinger, log *slog.Logger, tp trace.Trac
 			}
 			return resp, nil
 		}),
+		rpc.Handle(s, endpoints.RolloutCreate, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.Rollout) (*inventoryv1.Rollout, error) {
+			return a.CreateRollout(ctx, r)
+		}),
+		rpc.Handle(s, endpoints.RolloutGet, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.GetRolloutRequest) (*inventoryv1.Rollout, error) {
+			return a.GetRollout(ctx, r.GetId())
+		}),
+		rpc.Handle(s, endpoints.RolloutList, func(ctx context.Context, _ vocab.Actor, r *inventoryv1.ListRolloutsRequest) (*inventoryv1.ListRolloutsResponse, error) {
+			items, next, err := a.ListRollouts(ctx, r.GetState(), r.GetPageSize(), r.GetPageToken())
+			return &inventoryv1.ListRolloutsResponse{Rollouts: items, NextPageToken: next}, err
+		}),
+		rpc.Handle(s, endpoints.RolloutPause, controlRollout(a, subjects.VerbPause)),
+		rpc.Handle(s, endpoints.RolloutResume, controlRollout(a, subjects.VerbResume)),
+		rpc.Handle(s, endpoints.RolloutCancel, controlRollout(a, subjects.VerbCancel)),
+		rpc.Handle(s, endpoints.RolloutRecord, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.RecordRolloutRequest) (*inventoryv1.Rollout, error) {
+			return a.RecordRollout(ctx, actor, r.GetRollout())
+		}),
 		rpc.Handle(s, endpoints.TokenLogin, func(ctx context.Context, _ vocab.Actor, r *authv1.LoginRequest) (*authv1.LoginResponse, error) {
 			return a.Login(ctx, r.GetUsername(), r.GetPassword(), rpc.Source(ctx))
 		}),
@@ -189,4 +205,11 @@ func Serve(nc *nats.Conn, a *app.App, db Pinger, log *slog.Logger, tp trace.Trac
 		return nil, err
 	}
 	return s, nil
+}
+
+// controlRollout answers an operator's pause, resume or cancel of a rollout.
+func controlRollout(a *app.App, verb string) func(context.Context, vocab.Actor, *inventoryv1.RolloutActionRequest) (*inventoryv1.Rollout, error) {
+	return func(ctx context.Context, actor vocab.Actor, r *inventoryv1.RolloutActionRequest) (*inventoryv1.Rollout, error) {
+		return a.ControlRollout(ctx, actor, r.GetId(), r.GetVersion(), verb)
+	}
 }

@@ -511,6 +511,50 @@
     });
   }
 
+  // --- A rollout's page: its state, message and instances, live (the
+  // rollout's events carry it whole). ---
+  var rolloutVersion = 0;
+  function applyRollout(ro) {
+    // Events and reads may cross: an older version is not shown over a newer.
+    if (Number(ro.version) < rolloutVersion) { return; }
+    rolloutVersion = Number(ro.version);
+    var root = $("#main");
+    var head = $("#rollout");
+    setBadge($('[data-bind="state"]', head), ro.state);
+    $$("[data-from]", head).forEach(function (e) {
+      e.hidden = e.getAttribute("data-from").split(" ").indexOf(ro.state) < 0;
+    });
+    setText($('[data-bind="message"]', root), ro.message, "");
+    var counts = {}, order = [];
+    (ro.instances || []).forEach(function (e) {
+      if (!counts[e.state]) { order.push(e.state); counts[e.state] = 0; }
+      counts[e.state]++;
+      var row = $('tr[data-instance="' + e.instanceId + '"]', root);
+      if (!row) { return; }
+      setBadge($('[data-bind="state"]', row), e.state);
+      setText($('[data-bind="message"]', row), e.message, "");
+      ["askTime", "endTime"].forEach(function (k) {
+        var t = $('[data-bind="' + k + '"]', row);
+        if (t && e[k]) { t.setAttribute("datetime", e[k]); t.setAttribute("data-ago", ""); t.textContent = ago(e[k]); }
+      });
+    });
+    setText($('[data-bind="progress"]', root), order.map(function (s) { return counts[s] + " " + s; }).join(", "), "");
+  }
+  function initRollout() {
+    var head = $("#rollout[data-feed]");
+    if (!head) { return; }
+    var id = head.getAttribute("data-id");
+    var refresh = function () {
+      fetch("/api/v1/rollouts/" + encodeURIComponent(id), { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (ro) { if (ro) { applyRollout(ro); } })
+        .catch(function () { /* the next event tries again */ });
+    };
+    feed(head.getAttribute("data-feed"), "event", function (ev) {
+      if (ev.data && ev.data.id === id) { applyRollout(ev.data); }
+    }, refresh);
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     initTheme();
     initForms();
@@ -518,6 +562,7 @@
     initOverview();
     initList();
     initInstance();
+    initRollout();
     refreshTimes();
     setInterval(refreshTimes, 15000);
   });

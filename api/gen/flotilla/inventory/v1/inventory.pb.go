@@ -2434,6 +2434,364 @@ func (x *LeaseFence) GetRevision() uint64 {
 	return 0
 }
 
+type CreateRolloutRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The action: "upgrade-agent" (to the managers' agent version) or
+	// "refresh-configuration".
+	Action string `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
+	// The instances, in this order. Give one of instance_ids, template_ids
+	// and all.
+	InstanceIds []string `protobuf:"bytes,2,rep,name=instance_ids,json=instanceIds,proto3" json:"instance_ids,omitempty"`
+	// The running instances of these templates (refresh-configuration), or
+	// those whose agent is behind (upgrade-agent), by name.
+	TemplateIds []string `protobuf:"bytes,3,rep,name=template_ids,json=templateIds,proto3" json:"template_ids,omitempty"`
+	// Every instance the action applies to: every running instance
+	// (refresh-configuration), every connected agent behind the managers'
+	// version (upgrade-agent).
+	All bool `protobuf:"varint,4,opt,name=all,proto3" json:"all,omitempty"`
+	// How many instances are asked at once; each group is waited for before
+	// the next is asked. 0 means 10 for upgrade-agent, 1 for
+	// refresh-configuration; at most 100.
+	Parallel int32 `protobuf:"varint,5,opt,name=parallel,proto3" json:"parallel,omitempty"`
+	// How long an instance asked may take before it counts as failed, in
+	// seconds. 0 means 600; 30 to 86400.
+	TimeoutSeconds int32 `protobuf:"varint,6,opt,name=timeout_seconds,json=timeoutSeconds,proto3" json:"timeout_seconds,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CreateRolloutRequest) Reset() {
+	*x = CreateRolloutRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateRolloutRequest) ProtoMessage() {}
+
+func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateRolloutRequest.ProtoReflect.Descriptor instead.
+func (*CreateRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *CreateRolloutRequest) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *CreateRolloutRequest) GetInstanceIds() []string {
+	if x != nil {
+		return x.InstanceIds
+	}
+	return nil
+}
+
+func (x *CreateRolloutRequest) GetTemplateIds() []string {
+	if x != nil {
+		return x.TemplateIds
+	}
+	return nil
+}
+
+func (x *CreateRolloutRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+func (x *CreateRolloutRequest) GetParallel() int32 {
+	if x != nil {
+		return x.Parallel
+	}
+	return 0
+}
+
+func (x *CreateRolloutRequest) GetTimeoutSeconds() int32 {
+	if x != nil {
+		return x.TimeoutSeconds
+	}
+	return 0
+}
+
+type GetRolloutRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRolloutRequest) Reset() {
+	*x = GetRolloutRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRolloutRequest) ProtoMessage() {}
+
+func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
+func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *GetRolloutRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ListRolloutsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Maximum number of results, 1-500; 0 means 50.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Token from a previous response's next_page_token.
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only rollouts in this state ("running", "paused", "stopped",
+	// "cancelled", "done").
+	State         string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRolloutsRequest) Reset() {
+	*x = ListRolloutsRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRolloutsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRolloutsRequest) ProtoMessage() {}
+
+func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRolloutsRequest.ProtoReflect.Descriptor instead.
+func (*ListRolloutsRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ListRolloutsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListRolloutsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListRolloutsRequest) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+type ListRolloutsResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Rollouts []*Rollout             `protobuf:"bytes,1,rep,name=rollouts,proto3" json:"rollouts,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRolloutsResponse) Reset() {
+	*x = ListRolloutsResponse{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRolloutsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRolloutsResponse) ProtoMessage() {}
+
+func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRolloutsResponse.ProtoReflect.Descriptor instead.
+func (*ListRolloutsResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ListRolloutsResponse) GetRollouts() []*Rollout {
+	if x != nil {
+		return x.Rollouts
+	}
+	return nil
+}
+
+func (x *ListRolloutsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type RolloutActionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The version read; 0: whatever it is now.
+	Version       int64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RolloutActionRequest) Reset() {
+	*x = RolloutActionRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutActionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutActionRequest) ProtoMessage() {}
+
+func (x *RolloutActionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutActionRequest.ProtoReflect.Descriptor instead.
+func (*RolloutActionRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *RolloutActionRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RolloutActionRequest) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+// RecordRolloutRequest is the provisioner recording a rollout's progress:
+// its state, message and instances as they are now, at the version it read.
+type RecordRolloutRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rollout       *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordRolloutRequest) Reset() {
+	*x = RecordRolloutRequest{}
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordRolloutRequest) ProtoMessage() {}
+
+func (x *RecordRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_inventory_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordRolloutRequest.ProtoReflect.Descriptor instead.
+func (*RecordRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_inventory_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *RecordRolloutRequest) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
 var File_flotilla_inventory_v1_inventory_proto protoreflect.FileDescriptor
 
 const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
@@ -2606,7 +2964,29 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\n" +
 	"LeaseFence\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x03R\x05epoch\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x04R\brevision2\x90\x05\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"\xcb\x01\n" +
+	"\x14CreateRolloutRequest\x12\x16\n" +
+	"\x06action\x18\x01 \x01(\tR\x06action\x12!\n" +
+	"\finstance_ids\x18\x02 \x03(\tR\vinstanceIds\x12!\n" +
+	"\ftemplate_ids\x18\x03 \x03(\tR\vtemplateIds\x12\x10\n" +
+	"\x03all\x18\x04 \x01(\bR\x03all\x12\x1a\n" +
+	"\bparallel\x18\x05 \x01(\x05R\bparallel\x12'\n" +
+	"\x0ftimeout_seconds\x18\x06 \x01(\x05R\x0etimeoutSeconds\"#\n" +
+	"\x11GetRolloutRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"g\n" +
+	"\x13ListRolloutsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\"z\n" +
+	"\x14ListRolloutsResponse\x12:\n" +
+	"\brollouts\x18\x01 \x03(\v2\x1e.flotilla.inventory.v1.RolloutR\brollouts\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"@\n" +
+	"\x14RolloutActionRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\"P\n" +
+	"\x14RecordRolloutRequest\x128\n" +
+	"\arollout\x18\x01 \x01(\v2\x1e.flotilla.inventory.v1.RolloutR\arollout2\x90\x05\n" +
 	"\x0eNetworkService\x12\x7f\n" +
 	"\rCreateNetwork\x12+.flotilla.inventory.v1.CreateNetworkRequest\x1a\x1e.flotilla.inventory.v1.Network\"!\x82\xd3\xe4\x93\x02\x1b:\anetwork\"\x10/api/v1/networks\x12u\n" +
 	"\n" +
@@ -2642,7 +3022,15 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x10ListInstanceLogs\x12..flotilla.inventory.v1.ListInstanceLogsRequest\x1a/.flotilla.inventory.v1.ListInstanceLogsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/api/v1/instances/{id}/logs\x12n\n" +
 	"\x12FollowInstanceLogs\x12..flotilla.inventory.v1.ListInstanceLogsRequest\x1a&.flotilla.inventory.v1.InstanceLogLine0\x01\x12\xa0\x01\n" +
 	"\x12ListInstanceEvents\x120.flotilla.inventory.v1.ListInstanceEventsRequest\x1a1.flotilla.inventory.v1.ListInstanceEventsResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/api/v1/instances/{id}/events\x12\xa7\x01\n" +
-	"\x17CreateInstanceJoinToken\x125.flotilla.inventory.v1.CreateInstanceJoinTokenRequest\x1a(.flotilla.inventory.v1.InstanceJoinToken\"+\x82\xd3\xe4\x93\x02%:\x01*\" /api/v1/instances/{id}:joinTokenBAZ?flotilla.dev/flotilla/api/gen/flotilla/inventory/v1;inventoryv1b\x06proto3"
+	"\x17CreateInstanceJoinToken\x125.flotilla.inventory.v1.CreateInstanceJoinTokenRequest\x1a(.flotilla.inventory.v1.InstanceJoinToken\"+\x82\xd3\xe4\x93\x02%:\x01*\" /api/v1/instances/{id}:joinToken2\x9c\x06\n" +
+	"\x0eRolloutService\x12y\n" +
+	"\rCreateRollout\x12+.flotilla.inventory.v1.CreateRolloutRequest\x1a\x1e.flotilla.inventory.v1.Rollout\"\x1b\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/api/v1/rollouts\x12u\n" +
+	"\n" +
+	"GetRollout\x12(.flotilla.inventory.v1.GetRolloutRequest\x1a\x1e.flotilla.inventory.v1.Rollout\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/rollouts/{id}\x12\x81\x01\n" +
+	"\fListRollouts\x12*.flotilla.inventory.v1.ListRolloutsRequest\x1a+.flotilla.inventory.v1.ListRolloutsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/api/v1/rollouts\x12\x83\x01\n" +
+	"\fPauseRollout\x12+.flotilla.inventory.v1.RolloutActionRequest\x1a\x1e.flotilla.inventory.v1.Rollout\"&\x82\xd3\xe4\x93\x02 :\x01*\"\x1b/api/v1/rollouts/{id}:pause\x12\x85\x01\n" +
+	"\rResumeRollout\x12+.flotilla.inventory.v1.RolloutActionRequest\x1a\x1e.flotilla.inventory.v1.Rollout\"'\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/api/v1/rollouts/{id}:resume\x12\x85\x01\n" +
+	"\rCancelRollout\x12+.flotilla.inventory.v1.RolloutActionRequest\x1a\x1e.flotilla.inventory.v1.Rollout\"'\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/api/v1/rollouts/{id}:cancelBAZ?flotilla.dev/flotilla/api/gen/flotilla/inventory/v1;inventoryv1b\x06proto3"
 
 var (
 	file_flotilla_inventory_v1_inventory_proto_rawDescOnce sync.Once
@@ -2656,7 +3044,7 @@ func file_flotilla_inventory_v1_inventory_proto_rawDescGZIP() []byte {
 	return file_flotilla_inventory_v1_inventory_proto_rawDescData
 }
 
-var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_flotilla_inventory_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
 	(*CreateNetworkRequest)(nil),           // 0: flotilla.inventory.v1.CreateNetworkRequest
 	(*GetNetworkRequest)(nil),              // 1: flotilla.inventory.v1.GetNetworkRequest
@@ -2698,110 +3086,131 @@ var file_flotilla_inventory_v1_inventory_proto_goTypes = []any{
 	(*LifecycleRequest)(nil),               // 37: flotilla.inventory.v1.LifecycleRequest
 	(*RecordStateRequest)(nil),             // 38: flotilla.inventory.v1.RecordStateRequest
 	(*LeaseFence)(nil),                     // 39: flotilla.inventory.v1.LeaseFence
-	(*Network)(nil),                        // 40: flotilla.inventory.v1.Network
-	(*fieldmaskpb.FieldMask)(nil),          // 41: google.protobuf.FieldMask
-	(*CloudAccount)(nil),                   // 42: flotilla.inventory.v1.CloudAccount
-	(*timestamppb.Timestamp)(nil),          // 43: google.protobuf.Timestamp
-	(*Template)(nil),                       // 44: flotilla.inventory.v1.Template
-	(*Instance)(nil),                       // 45: flotilla.inventory.v1.Instance
-	(*v1.Event)(nil),                       // 46: flotilla.events.v1.Event
-	(*DataDisk)(nil),                       // 47: flotilla.inventory.v1.DataDisk
-	(*Addresses)(nil),                      // 48: flotilla.inventory.v1.Addresses
-	(*emptypb.Empty)(nil),                  // 49: google.protobuf.Empty
+	(*CreateRolloutRequest)(nil),           // 40: flotilla.inventory.v1.CreateRolloutRequest
+	(*GetRolloutRequest)(nil),              // 41: flotilla.inventory.v1.GetRolloutRequest
+	(*ListRolloutsRequest)(nil),            // 42: flotilla.inventory.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),           // 43: flotilla.inventory.v1.ListRolloutsResponse
+	(*RolloutActionRequest)(nil),           // 44: flotilla.inventory.v1.RolloutActionRequest
+	(*RecordRolloutRequest)(nil),           // 45: flotilla.inventory.v1.RecordRolloutRequest
+	(*Network)(nil),                        // 46: flotilla.inventory.v1.Network
+	(*fieldmaskpb.FieldMask)(nil),          // 47: google.protobuf.FieldMask
+	(*CloudAccount)(nil),                   // 48: flotilla.inventory.v1.CloudAccount
+	(*timestamppb.Timestamp)(nil),          // 49: google.protobuf.Timestamp
+	(*Template)(nil),                       // 50: flotilla.inventory.v1.Template
+	(*Instance)(nil),                       // 51: flotilla.inventory.v1.Instance
+	(*v1.Event)(nil),                       // 52: flotilla.events.v1.Event
+	(*DataDisk)(nil),                       // 53: flotilla.inventory.v1.DataDisk
+	(*Addresses)(nil),                      // 54: flotilla.inventory.v1.Addresses
+	(*Rollout)(nil),                        // 55: flotilla.inventory.v1.Rollout
+	(*emptypb.Empty)(nil),                  // 56: google.protobuf.Empty
 }
 var file_flotilla_inventory_v1_inventory_proto_depIdxs = []int32{
-	40, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	40, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
-	40, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
-	41, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
-	42, // 4: flotilla.inventory.v1.CreateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
-	42, // 5: flotilla.inventory.v1.ListCloudAccountsResponse.cloud_accounts:type_name -> flotilla.inventory.v1.CloudAccount
-	42, // 6: flotilla.inventory.v1.UpdateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
-	41, // 7: flotilla.inventory.v1.UpdateCloudAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
-	43, // 8: flotilla.inventory.v1.CloudAccountVerification.check_time:type_name -> google.protobuf.Timestamp
-	44, // 9: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	44, // 10: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
-	44, // 11: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
-	41, // 12: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
-	45, // 13: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	45, // 14: flotilla.inventory.v1.GetInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
-	45, // 15: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
+	46, // 0: flotilla.inventory.v1.CreateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	46, // 1: flotilla.inventory.v1.ListNetworksResponse.networks:type_name -> flotilla.inventory.v1.Network
+	46, // 2: flotilla.inventory.v1.UpdateNetworkRequest.network:type_name -> flotilla.inventory.v1.Network
+	47, // 3: flotilla.inventory.v1.UpdateNetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
+	48, // 4: flotilla.inventory.v1.CreateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
+	48, // 5: flotilla.inventory.v1.ListCloudAccountsResponse.cloud_accounts:type_name -> flotilla.inventory.v1.CloudAccount
+	48, // 6: flotilla.inventory.v1.UpdateCloudAccountRequest.cloud_account:type_name -> flotilla.inventory.v1.CloudAccount
+	47, // 7: flotilla.inventory.v1.UpdateCloudAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
+	49, // 8: flotilla.inventory.v1.CloudAccountVerification.check_time:type_name -> google.protobuf.Timestamp
+	50, // 9: flotilla.inventory.v1.CreateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	50, // 10: flotilla.inventory.v1.ListTemplatesResponse.templates:type_name -> flotilla.inventory.v1.Template
+	50, // 11: flotilla.inventory.v1.UpdateTemplateRequest.template:type_name -> flotilla.inventory.v1.Template
+	47, // 12: flotilla.inventory.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
+	51, // 13: flotilla.inventory.v1.CreateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	51, // 14: flotilla.inventory.v1.GetInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
+	51, // 15: flotilla.inventory.v1.ListInstancesResponse.instances:type_name -> flotilla.inventory.v1.Instance
 	30, // 16: flotilla.inventory.v1.ListInstanceLogsResponse.lines:type_name -> flotilla.inventory.v1.InstanceLogLine
-	46, // 17: flotilla.inventory.v1.ListInstanceEventsResponse.events:type_name -> flotilla.events.v1.Event
-	43, // 18: flotilla.inventory.v1.InstanceLogLine.time:type_name -> google.protobuf.Timestamp
-	45, // 19: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
-	41, // 20: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	43, // 21: flotilla.inventory.v1.InstanceJoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	47, // 22: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
-	48, // 23: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
+	52, // 17: flotilla.inventory.v1.ListInstanceEventsResponse.events:type_name -> flotilla.events.v1.Event
+	49, // 18: flotilla.inventory.v1.InstanceLogLine.time:type_name -> google.protobuf.Timestamp
+	51, // 19: flotilla.inventory.v1.UpdateInstanceRequest.instance:type_name -> flotilla.inventory.v1.Instance
+	47, // 20: flotilla.inventory.v1.UpdateInstanceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	49, // 21: flotilla.inventory.v1.InstanceJoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	53, // 22: flotilla.inventory.v1.RecordStateRequest.data_disk:type_name -> flotilla.inventory.v1.DataDisk
+	54, // 23: flotilla.inventory.v1.RecordStateRequest.addresses:type_name -> flotilla.inventory.v1.Addresses
 	39, // 24: flotilla.inventory.v1.RecordStateRequest.lease:type_name -> flotilla.inventory.v1.LeaseFence
-	0,  // 25: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
-	1,  // 26: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
-	2,  // 27: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
-	4,  // 28: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
-	5,  // 29: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
-	6,  // 30: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:input_type -> flotilla.inventory.v1.CreateCloudAccountRequest
-	7,  // 31: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:input_type -> flotilla.inventory.v1.GetCloudAccountRequest
-	8,  // 32: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:input_type -> flotilla.inventory.v1.ListCloudAccountsRequest
-	10, // 33: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:input_type -> flotilla.inventory.v1.UpdateCloudAccountRequest
-	11, // 34: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:input_type -> flotilla.inventory.v1.DeleteCloudAccountRequest
-	12, // 35: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:input_type -> flotilla.inventory.v1.VerifyCloudAccountRequest
-	14, // 36: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
-	15, // 37: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
-	16, // 38: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
-	18, // 39: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
-	19, // 40: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
-	20, // 41: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
-	21, // 42: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
-	24, // 43: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
-	31, // 44: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
-	32, // 45: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
-	33, // 46: flotilla.inventory.v1.InstanceService.ProvisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	33, // 47: flotilla.inventory.v1.InstanceService.DeprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	33, // 48: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	33, // 49: flotilla.inventory.v1.InstanceService.RefreshCertificate:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	33, // 50: flotilla.inventory.v1.InstanceService.UpgradeAgent:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	33, // 51: flotilla.inventory.v1.InstanceService.RefreshConfiguration:input_type -> flotilla.inventory.v1.InstanceActionRequest
-	26, // 52: flotilla.inventory.v1.InstanceService.ListInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
-	26, // 53: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
-	28, // 54: flotilla.inventory.v1.InstanceService.ListInstanceEvents:input_type -> flotilla.inventory.v1.ListInstanceEventsRequest
-	35, // 55: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
-	40, // 56: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
-	40, // 57: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
-	3,  // 58: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
-	40, // 59: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
-	49, // 60: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
-	42, // 61: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	42, // 62: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	9,  // 63: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:output_type -> flotilla.inventory.v1.ListCloudAccountsResponse
-	42, // 64: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
-	49, // 65: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:output_type -> google.protobuf.Empty
-	13, // 66: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:output_type -> flotilla.inventory.v1.CloudAccountVerification
-	44, // 67: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
-	44, // 68: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
-	17, // 69: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
-	44, // 70: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
-	49, // 71: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
-	45, // 72: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
-	45, // 73: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
-	25, // 74: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
-	45, // 75: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
-	45, // 76: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
-	45, // 77: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
-	45, // 78: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	45, // 79: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
-	45, // 80: flotilla.inventory.v1.InstanceService.RefreshCertificate:output_type -> flotilla.inventory.v1.Instance
-	45, // 81: flotilla.inventory.v1.InstanceService.UpgradeAgent:output_type -> flotilla.inventory.v1.Instance
-	45, // 82: flotilla.inventory.v1.InstanceService.RefreshConfiguration:output_type -> flotilla.inventory.v1.Instance
-	27, // 83: flotilla.inventory.v1.InstanceService.ListInstanceLogs:output_type -> flotilla.inventory.v1.ListInstanceLogsResponse
-	30, // 84: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:output_type -> flotilla.inventory.v1.InstanceLogLine
-	29, // 85: flotilla.inventory.v1.InstanceService.ListInstanceEvents:output_type -> flotilla.inventory.v1.ListInstanceEventsResponse
-	36, // 86: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
-	56, // [56:87] is the sub-list for method output_type
-	25, // [25:56] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	55, // 25: flotilla.inventory.v1.ListRolloutsResponse.rollouts:type_name -> flotilla.inventory.v1.Rollout
+	55, // 26: flotilla.inventory.v1.RecordRolloutRequest.rollout:type_name -> flotilla.inventory.v1.Rollout
+	0,  // 27: flotilla.inventory.v1.NetworkService.CreateNetwork:input_type -> flotilla.inventory.v1.CreateNetworkRequest
+	1,  // 28: flotilla.inventory.v1.NetworkService.GetNetwork:input_type -> flotilla.inventory.v1.GetNetworkRequest
+	2,  // 29: flotilla.inventory.v1.NetworkService.ListNetworks:input_type -> flotilla.inventory.v1.ListNetworksRequest
+	4,  // 30: flotilla.inventory.v1.NetworkService.UpdateNetwork:input_type -> flotilla.inventory.v1.UpdateNetworkRequest
+	5,  // 31: flotilla.inventory.v1.NetworkService.DeleteNetwork:input_type -> flotilla.inventory.v1.DeleteNetworkRequest
+	6,  // 32: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:input_type -> flotilla.inventory.v1.CreateCloudAccountRequest
+	7,  // 33: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:input_type -> flotilla.inventory.v1.GetCloudAccountRequest
+	8,  // 34: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:input_type -> flotilla.inventory.v1.ListCloudAccountsRequest
+	10, // 35: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:input_type -> flotilla.inventory.v1.UpdateCloudAccountRequest
+	11, // 36: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:input_type -> flotilla.inventory.v1.DeleteCloudAccountRequest
+	12, // 37: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:input_type -> flotilla.inventory.v1.VerifyCloudAccountRequest
+	14, // 38: flotilla.inventory.v1.TemplateService.CreateTemplate:input_type -> flotilla.inventory.v1.CreateTemplateRequest
+	15, // 39: flotilla.inventory.v1.TemplateService.GetTemplate:input_type -> flotilla.inventory.v1.GetTemplateRequest
+	16, // 40: flotilla.inventory.v1.TemplateService.ListTemplates:input_type -> flotilla.inventory.v1.ListTemplatesRequest
+	18, // 41: flotilla.inventory.v1.TemplateService.UpdateTemplate:input_type -> flotilla.inventory.v1.UpdateTemplateRequest
+	19, // 42: flotilla.inventory.v1.TemplateService.DeleteTemplate:input_type -> flotilla.inventory.v1.DeleteTemplateRequest
+	20, // 43: flotilla.inventory.v1.InstanceService.CreateInstance:input_type -> flotilla.inventory.v1.CreateInstanceRequest
+	21, // 44: flotilla.inventory.v1.InstanceService.GetInstance:input_type -> flotilla.inventory.v1.GetInstanceRequest
+	24, // 45: flotilla.inventory.v1.InstanceService.ListInstances:input_type -> flotilla.inventory.v1.ListInstancesRequest
+	31, // 46: flotilla.inventory.v1.InstanceService.UpdateInstance:input_type -> flotilla.inventory.v1.UpdateInstanceRequest
+	32, // 47: flotilla.inventory.v1.InstanceService.DeleteInstance:input_type -> flotilla.inventory.v1.DeleteInstanceRequest
+	33, // 48: flotilla.inventory.v1.InstanceService.ProvisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	33, // 49: flotilla.inventory.v1.InstanceService.DeprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	33, // 50: flotilla.inventory.v1.InstanceService.ReprovisionInstance:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	33, // 51: flotilla.inventory.v1.InstanceService.RefreshCertificate:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	33, // 52: flotilla.inventory.v1.InstanceService.UpgradeAgent:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	33, // 53: flotilla.inventory.v1.InstanceService.RefreshConfiguration:input_type -> flotilla.inventory.v1.InstanceActionRequest
+	26, // 54: flotilla.inventory.v1.InstanceService.ListInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
+	26, // 55: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:input_type -> flotilla.inventory.v1.ListInstanceLogsRequest
+	28, // 56: flotilla.inventory.v1.InstanceService.ListInstanceEvents:input_type -> flotilla.inventory.v1.ListInstanceEventsRequest
+	35, // 57: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:input_type -> flotilla.inventory.v1.CreateInstanceJoinTokenRequest
+	40, // 58: flotilla.inventory.v1.RolloutService.CreateRollout:input_type -> flotilla.inventory.v1.CreateRolloutRequest
+	41, // 59: flotilla.inventory.v1.RolloutService.GetRollout:input_type -> flotilla.inventory.v1.GetRolloutRequest
+	42, // 60: flotilla.inventory.v1.RolloutService.ListRollouts:input_type -> flotilla.inventory.v1.ListRolloutsRequest
+	44, // 61: flotilla.inventory.v1.RolloutService.PauseRollout:input_type -> flotilla.inventory.v1.RolloutActionRequest
+	44, // 62: flotilla.inventory.v1.RolloutService.ResumeRollout:input_type -> flotilla.inventory.v1.RolloutActionRequest
+	44, // 63: flotilla.inventory.v1.RolloutService.CancelRollout:input_type -> flotilla.inventory.v1.RolloutActionRequest
+	46, // 64: flotilla.inventory.v1.NetworkService.CreateNetwork:output_type -> flotilla.inventory.v1.Network
+	46, // 65: flotilla.inventory.v1.NetworkService.GetNetwork:output_type -> flotilla.inventory.v1.Network
+	3,  // 66: flotilla.inventory.v1.NetworkService.ListNetworks:output_type -> flotilla.inventory.v1.ListNetworksResponse
+	46, // 67: flotilla.inventory.v1.NetworkService.UpdateNetwork:output_type -> flotilla.inventory.v1.Network
+	56, // 68: flotilla.inventory.v1.NetworkService.DeleteNetwork:output_type -> google.protobuf.Empty
+	48, // 69: flotilla.inventory.v1.CloudAccountService.CreateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	48, // 70: flotilla.inventory.v1.CloudAccountService.GetCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	9,  // 71: flotilla.inventory.v1.CloudAccountService.ListCloudAccounts:output_type -> flotilla.inventory.v1.ListCloudAccountsResponse
+	48, // 72: flotilla.inventory.v1.CloudAccountService.UpdateCloudAccount:output_type -> flotilla.inventory.v1.CloudAccount
+	56, // 73: flotilla.inventory.v1.CloudAccountService.DeleteCloudAccount:output_type -> google.protobuf.Empty
+	13, // 74: flotilla.inventory.v1.CloudAccountService.VerifyCloudAccount:output_type -> flotilla.inventory.v1.CloudAccountVerification
+	50, // 75: flotilla.inventory.v1.TemplateService.CreateTemplate:output_type -> flotilla.inventory.v1.Template
+	50, // 76: flotilla.inventory.v1.TemplateService.GetTemplate:output_type -> flotilla.inventory.v1.Template
+	17, // 77: flotilla.inventory.v1.TemplateService.ListTemplates:output_type -> flotilla.inventory.v1.ListTemplatesResponse
+	50, // 78: flotilla.inventory.v1.TemplateService.UpdateTemplate:output_type -> flotilla.inventory.v1.Template
+	56, // 79: flotilla.inventory.v1.TemplateService.DeleteTemplate:output_type -> google.protobuf.Empty
+	51, // 80: flotilla.inventory.v1.InstanceService.CreateInstance:output_type -> flotilla.inventory.v1.Instance
+	51, // 81: flotilla.inventory.v1.InstanceService.GetInstance:output_type -> flotilla.inventory.v1.Instance
+	25, // 82: flotilla.inventory.v1.InstanceService.ListInstances:output_type -> flotilla.inventory.v1.ListInstancesResponse
+	51, // 83: flotilla.inventory.v1.InstanceService.UpdateInstance:output_type -> flotilla.inventory.v1.Instance
+	51, // 84: flotilla.inventory.v1.InstanceService.DeleteInstance:output_type -> flotilla.inventory.v1.Instance
+	51, // 85: flotilla.inventory.v1.InstanceService.ProvisionInstance:output_type -> flotilla.inventory.v1.Instance
+	51, // 86: flotilla.inventory.v1.InstanceService.DeprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	51, // 87: flotilla.inventory.v1.InstanceService.ReprovisionInstance:output_type -> flotilla.inventory.v1.Instance
+	51, // 88: flotilla.inventory.v1.InstanceService.RefreshCertificate:output_type -> flotilla.inventory.v1.Instance
+	51, // 89: flotilla.inventory.v1.InstanceService.UpgradeAgent:output_type -> flotilla.inventory.v1.Instance
+	51, // 90: flotilla.inventory.v1.InstanceService.RefreshConfiguration:output_type -> flotilla.inventory.v1.Instance
+	27, // 91: flotilla.inventory.v1.InstanceService.ListInstanceLogs:output_type -> flotilla.inventory.v1.ListInstanceLogsResponse
+	30, // 92: flotilla.inventory.v1.InstanceService.FollowInstanceLogs:output_type -> flotilla.inventory.v1.InstanceLogLine
+	29, // 93: flotilla.inventory.v1.InstanceService.ListInstanceEvents:output_type -> flotilla.inventory.v1.ListInstanceEventsResponse
+	36, // 94: flotilla.inventory.v1.InstanceService.CreateInstanceJoinToken:output_type -> flotilla.inventory.v1.InstanceJoinToken
+	55, // 95: flotilla.inventory.v1.RolloutService.CreateRollout:output_type -> flotilla.inventory.v1.Rollout
+	55, // 96: flotilla.inventory.v1.RolloutService.GetRollout:output_type -> flotilla.inventory.v1.Rollout
+	43, // 97: flotilla.inventory.v1.RolloutService.ListRollouts:output_type -> flotilla.inventory.v1.ListRolloutsResponse
+	55, // 98: flotilla.inventory.v1.RolloutService.PauseRollout:output_type -> flotilla.inventory.v1.Rollout
+	55, // 99: flotilla.inventory.v1.RolloutService.ResumeRollout:output_type -> flotilla.inventory.v1.Rollout
+	55, // 100: flotilla.inventory.v1.RolloutService.CancelRollout:output_type -> flotilla.inventory.v1.Rollout
+	64, // [64:101] is the sub-list for method output_type
+	27, // [27:64] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_inventory_v1_inventory_proto_init() }
@@ -2816,9 +3225,9 @@ func file_flotilla_inventory_v1_inventory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_inventory_v1_inventory_proto_rawDesc), len(file_flotilla_inventory_v1_inventory_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   40,
+			NumMessages:   46,
 			NumExtensions: 0,
-			NumServices:   4,
+			NumServices:   5,
 		},
 		GoTypes:           file_flotilla_inventory_v1_inventory_proto_goTypes,
 		DependencyIndexes: file_flotilla_inventory_v1_inventory_proto_depIdxs,

@@ -1638,3 +1638,327 @@ var InstanceService_ServiceDesc = grpc.ServiceDesc{
 	},
 	Metadata: "flotilla/inventory/v1/inventory.proto",
 }
+
+const (
+	RolloutService_CreateRollout_FullMethodName = "/flotilla.inventory.v1.RolloutService/CreateRollout"
+	RolloutService_GetRollout_FullMethodName    = "/flotilla.inventory.v1.RolloutService/GetRollout"
+	RolloutService_ListRollouts_FullMethodName  = "/flotilla.inventory.v1.RolloutService/ListRollouts"
+	RolloutService_PauseRollout_FullMethodName  = "/flotilla.inventory.v1.RolloutService/PauseRollout"
+	RolloutService_ResumeRollout_FullMethodName = "/flotilla.inventory.v1.RolloutService/ResumeRollout"
+	RolloutService_CancelRollout_FullMethodName = "/flotilla.inventory.v1.RolloutService/CancelRollout"
+)
+
+// RolloutServiceClient is the client API for RolloutService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// RolloutService takes one action (an agent upgrade, a configuration
+// refresh) to many instances, a group at a time, on the managers' side: the
+// provisioner asks a group's instances, waits until each has done it, and
+// only then asks the next group; a failure stops the rollout, so a bad
+// release or a broken file reaches a few instances, not all. A rollout is
+// kept in the inventory and goes on when its provisioner restarts (another
+// provisioner takes it over); it can be paused, resumed and cancelled.
+type RolloutServiceClient interface {
+	// CreateRollout chooses the instances (named, of templates, or every one
+	// the action applies to) and starts the rollout.
+	CreateRollout(ctx context.Context, in *CreateRolloutRequest, opts ...grpc.CallOption) (*Rollout, error)
+	// GetRollout reads one rollout, each of its instances' state included.
+	GetRollout(ctx context.Context, in *GetRolloutRequest, opts ...grpc.CallOption) (*Rollout, error)
+	// ListRollouts lists rollouts, oldest first.
+	ListRollouts(ctx context.Context, in *ListRolloutsRequest, opts ...grpc.CallOption) (*ListRolloutsResponse, error)
+	// PauseRollout asks no more instances; those asked finish.
+	PauseRollout(ctx context.Context, in *RolloutActionRequest, opts ...grpc.CallOption) (*Rollout, error)
+	// ResumeRollout goes on with a paused rollout, or with one a failure
+	// stopped (the failed instances stay failed; the next are asked).
+	ResumeRollout(ctx context.Context, in *RolloutActionRequest, opts ...grpc.CallOption) (*Rollout, error)
+	// CancelRollout ends the rollout: the instances not asked yet are not.
+	CancelRollout(ctx context.Context, in *RolloutActionRequest, opts ...grpc.CallOption) (*Rollout, error)
+}
+
+type rolloutServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewRolloutServiceClient(cc grpc.ClientConnInterface) RolloutServiceClient {
+	return &rolloutServiceClient{cc}
+}
+
+func (c *rolloutServiceClient) CreateRollout(ctx context.Context, in *CreateRolloutRequest, opts ...grpc.CallOption) (*Rollout, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Rollout)
+	err := c.cc.Invoke(ctx, RolloutService_CreateRollout_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *rolloutServiceClient) GetRollout(ctx context.Context, in *GetRolloutRequest, opts ...grpc.CallOption) (*Rollout, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Rollout)
+	err := c.cc.Invoke(ctx, RolloutService_GetRollout_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *rolloutServiceClient) ListRollouts(ctx context.Context, in *ListRolloutsRequest, opts ...grpc.CallOption) (*ListRolloutsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRolloutsResponse)
+	err := c.cc.Invoke(ctx, RolloutService_ListRollouts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *rolloutServiceClient) PauseRollout(ctx context.Context, in *RolloutActionRequest, opts ...grpc.CallOption) (*Rollout, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Rollout)
+	err := c.cc.Invoke(ctx, RolloutService_PauseRollout_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *rolloutServiceClient) ResumeRollout(ctx context.Context, in *RolloutActionRequest, opts ...grpc.CallOption) (*Rollout, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Rollout)
+	err := c.cc.Invoke(ctx, RolloutService_ResumeRollout_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *rolloutServiceClient) CancelRollout(ctx context.Context, in *RolloutActionRequest, opts ...grpc.CallOption) (*Rollout, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Rollout)
+	err := c.cc.Invoke(ctx, RolloutService_CancelRollout_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// RolloutServiceServer is the server API for RolloutService service.
+// All implementations must embed UnimplementedRolloutServiceServer
+// for forward compatibility.
+//
+// RolloutService takes one action (an agent upgrade, a configuration
+// refresh) to many instances, a group at a time, on the managers' side: the
+// provisioner asks a group's instances, waits until each has done it, and
+// only then asks the next group; a failure stops the rollout, so a bad
+// release or a broken file reaches a few instances, not all. A rollout is
+// kept in the inventory and goes on when its provisioner restarts (another
+// provisioner takes it over); it can be paused, resumed and cancelled.
+type RolloutServiceServer interface {
+	// CreateRollout chooses the instances (named, of templates, or every one
+	// the action applies to) and starts the rollout.
+	CreateRollout(context.Context, *CreateRolloutRequest) (*Rollout, error)
+	// GetRollout reads one rollout, each of its instances' state included.
+	GetRollout(context.Context, *GetRolloutRequest) (*Rollout, error)
+	// ListRollouts lists rollouts, oldest first.
+	ListRollouts(context.Context, *ListRolloutsRequest) (*ListRolloutsResponse, error)
+	// PauseRollout asks no more instances; those asked finish.
+	PauseRollout(context.Context, *RolloutActionRequest) (*Rollout, error)
+	// ResumeRollout goes on with a paused rollout, or with one a failure
+	// stopped (the failed instances stay failed; the next are asked).
+	ResumeRollout(context.Context, *RolloutActionRequest) (*Rollout, error)
+	// CancelRollout ends the rollout: the instances not asked yet are not.
+	CancelRollout(context.Context, *RolloutActionRequest) (*Rollout, error)
+	mustEmbedUnimplementedRolloutServiceServer()
+}
+
+// UnimplementedRolloutServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedRolloutServiceServer struct{}
+
+func (UnimplementedRolloutServiceServer) CreateRollout(context.Context, *CreateRolloutRequest) (*Rollout, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateRollout not implemented")
+}
+func (UnimplementedRolloutServiceServer) GetRollout(context.Context, *GetRolloutRequest) (*Rollout, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRollout not implemented")
+}
+func (UnimplementedRolloutServiceServer) ListRollouts(context.Context, *ListRolloutsRequest) (*ListRolloutsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRollouts not implemented")
+}
+func (UnimplementedRolloutServiceServer) PauseRollout(context.Context, *RolloutActionRequest) (*Rollout, error) {
+	return nil, status.Error(codes.Unimplemented, "method PauseRollout not implemented")
+}
+func (UnimplementedRolloutServiceServer) ResumeRollout(context.Context, *RolloutActionRequest) (*Rollout, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResumeRollout not implemented")
+}
+func (UnimplementedRolloutServiceServer) CancelRollout(context.Context, *RolloutActionRequest) (*Rollout, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelRollout not implemented")
+}
+func (UnimplementedRolloutServiceServer) mustEmbedUnimplementedRolloutServiceServer() {}
+func (UnimplementedRolloutServiceServer) testEmbeddedByValue()                        {}
+
+// UnsafeRolloutServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to RolloutServiceServer will
+// result in compilation errors.
+type UnsafeRolloutServiceServer interface {
+	mustEmbedUnimplementedRolloutServiceServer()
+}
+
+func RegisterRolloutServiceServer(s grpc.ServiceRegistrar, srv RolloutServiceServer) {
+	// If the following call panics, it indicates UnimplementedRolloutServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&RolloutService_ServiceDesc, srv)
+}
+
+func _RolloutService_CreateRollout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateRolloutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RolloutServiceServer).CreateRollout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RolloutService_CreateRollout_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RolloutServiceServer).CreateRollout(ctx, req.(*CreateRolloutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RolloutService_GetRollout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRolloutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RolloutServiceServer).GetRollout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RolloutService_GetRollout_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RolloutServiceServer).GetRollout(ctx, req.(*GetRolloutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RolloutService_ListRollouts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRolloutsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RolloutServiceServer).ListRollouts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RolloutService_ListRollouts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RolloutServiceServer).ListRollouts(ctx, req.(*ListRolloutsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RolloutService_PauseRollout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RolloutActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RolloutServiceServer).PauseRollout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RolloutService_PauseRollout_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RolloutServiceServer).PauseRollout(ctx, req.(*RolloutActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RolloutService_ResumeRollout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RolloutActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RolloutServiceServer).ResumeRollout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RolloutService_ResumeRollout_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RolloutServiceServer).ResumeRollout(ctx, req.(*RolloutActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RolloutService_CancelRollout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RolloutActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RolloutServiceServer).CancelRollout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RolloutService_CancelRollout_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RolloutServiceServer).CancelRollout(ctx, req.(*RolloutActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// RolloutService_ServiceDesc is the grpc.ServiceDesc for RolloutService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var RolloutService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "flotilla.inventory.v1.RolloutService",
+	HandlerType: (*RolloutServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "CreateRollout",
+			Handler:    _RolloutService_CreateRollout_Handler,
+		},
+		{
+			MethodName: "GetRollout",
+			Handler:    _RolloutService_GetRollout_Handler,
+		},
+		{
+			MethodName: "ListRollouts",
+			Handler:    _RolloutService_ListRollouts_Handler,
+		},
+		{
+			MethodName: "PauseRollout",
+			Handler:    _RolloutService_PauseRollout_Handler,
+		},
+		{
+			MethodName: "ResumeRollout",
+			Handler:    _RolloutService_ResumeRollout_Handler,
+		},
+		{
+			MethodName: "CancelRollout",
+			Handler:    _RolloutService_CancelRollout_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "flotilla/inventory/v1/inventory.proto",
+}

@@ -1613,6 +1613,263 @@ func (x *DataDisk) GetTotalBytes() int64 {
 	return 0
 }
 
+// Rollout is one action taken to many instances a group at a time by the
+// provisioner (see RolloutService).
+type Rollout struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Server-assigned identifier.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The action, when it started and the end of its id, e.g.
+	// "upgrade-agent-20261205-101500-3f9c".
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// "upgrade-agent" or "refresh-configuration".
+	Action string `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
+	// The agent version an upgrade-agent rollout upgrades to: the managers'
+	// when it was created.
+	AgentVersion string `protobuf:"bytes,4,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// How many instances are asked at once.
+	Parallel int32 `protobuf:"varint,5,opt,name=parallel,proto3" json:"parallel,omitempty"`
+	// How long an instance asked may take, in seconds.
+	TimeoutSeconds int32 `protobuf:"varint,6,opt,name=timeout_seconds,json=timeoutSeconds,proto3" json:"timeout_seconds,omitempty"`
+	// "running", "paused", "stopped" (an instance failed: resume to go on),
+	// "cancelled" or "done".
+	State string `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"`
+	// Why it stopped, or how it ended.
+	Message string `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
+	// Its instances, in the order they are asked.
+	Instances []*RolloutInstance `protobuf:"bytes,9,rep,name=instances,proto3" json:"instances,omitempty"`
+	// Version for optimistic concurrency.
+	Version    int64                  `protobuf:"varint,10,opt,name=version,proto3" json:"version,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Who started it ("user:<id>").
+	Creator       string `protobuf:"bytes,13,opt,name=creator,proto3" json:"creator,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rollout) Reset() {
+	*x = Rollout{}
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rollout) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rollout) ProtoMessage() {}
+
+func (x *Rollout) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
+func (*Rollout) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Rollout) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Rollout) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Rollout) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *Rollout) GetAgentVersion() string {
+	if x != nil {
+		return x.AgentVersion
+	}
+	return ""
+}
+
+func (x *Rollout) GetParallel() int32 {
+	if x != nil {
+		return x.Parallel
+	}
+	return 0
+}
+
+func (x *Rollout) GetTimeoutSeconds() int32 {
+	if x != nil {
+		return x.TimeoutSeconds
+	}
+	return 0
+}
+
+func (x *Rollout) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Rollout) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Rollout) GetInstances() []*RolloutInstance {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
+
+func (x *Rollout) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *Rollout) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Rollout) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *Rollout) GetCreator() string {
+	if x != nil {
+		return x.Creator
+	}
+	return ""
+}
+
+// RolloutInstance is one instance of a rollout and how far it is.
+type RolloutInstance struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId   string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	InstanceName string                 `protobuf:"bytes,2,opt,name=instance_name,json=instanceName,proto3" json:"instance_name,omitempty"`
+	// "pending" (not asked yet), "asked" (working on it), "succeeded",
+	// "skipped" (nothing to do: the agent at the version already),
+	// "refused" (the instance could not be asked: its agent not connected,
+	// it was not running), "failed" (the instance reported a failure, or
+	// took longer than the rollout's timeout) or "cancelled" (not asked).
+	State string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	// Why it was refused or failed.
+	Message string                 `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	AskTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=ask_time,json=askTime,proto3" json:"ask_time,omitempty"`
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// The instance's update_time when it was asked: its answer comes in a
+	// later change.
+	AskedAtUpdateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=asked_at_update_time,json=askedAtUpdateTime,proto3" json:"asked_at_update_time,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RolloutInstance) Reset() {
+	*x = RolloutInstance{}
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutInstance) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutInstance) ProtoMessage() {}
+
+func (x *RolloutInstance) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_inventory_v1_resources_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutInstance.ProtoReflect.Descriptor instead.
+func (*RolloutInstance) Descriptor() ([]byte, []int) {
+	return file_flotilla_inventory_v1_resources_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RolloutInstance) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *RolloutInstance) GetInstanceName() string {
+	if x != nil {
+		return x.InstanceName
+	}
+	return ""
+}
+
+func (x *RolloutInstance) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *RolloutInstance) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *RolloutInstance) GetAskTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AskTime
+	}
+	return nil
+}
+
+func (x *RolloutInstance) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *RolloutInstance) GetAskedAtUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AskedAtUpdateTime
+	}
+	return nil
+}
+
 var File_flotilla_inventory_v1_resources_proto protoreflect.FileDescriptor
 
 const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
@@ -1768,7 +2025,33 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\n" +
 	"used_bytes\x18\x03 \x01(\x03R\tusedBytes\x12\x1f\n" +
 	"\vtotal_bytes\x18\x04 \x01(\x03R\n" +
-	"totalBytesBAZ?flotilla.dev/flotilla/api/gen/flotilla/inventory/v1;inventoryv1b\x06proto3"
+	"totalBytes\"\x80\x04\n" +
+	"\aRollout\x12\x13\n" +
+	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x17\n" +
+	"\x04name\x18\x02 \x01(\tB\x03\xe0A\x03R\x04name\x12\x16\n" +
+	"\x06action\x18\x03 \x01(\tR\x06action\x12(\n" +
+	"\ragent_version\x18\x04 \x01(\tB\x03\xe0A\x03R\fagentVersion\x12\x1a\n" +
+	"\bparallel\x18\x05 \x01(\x05R\bparallel\x12'\n" +
+	"\x0ftimeout_seconds\x18\x06 \x01(\x05R\x0etimeoutSeconds\x12\x19\n" +
+	"\x05state\x18\a \x01(\tB\x03\xe0A\x03R\x05state\x12\x1d\n" +
+	"\amessage\x18\b \x01(\tB\x03\xe0A\x03R\amessage\x12I\n" +
+	"\tinstances\x18\t \x03(\v2&.flotilla.inventory.v1.RolloutInstanceB\x03\xe0A\x03R\tinstances\x12\x18\n" +
+	"\aversion\x18\n" +
+	" \x01(\x03R\aversion\x12@\n" +
+	"\vcreate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
+	"createTime\x12@\n" +
+	"\vupdate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
+	"updateTime\x12\x1d\n" +
+	"\acreator\x18\r \x01(\tB\x03\xe0A\x03R\acreator\"\xc2\x02\n" +
+	"\x0fRolloutInstance\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\x12#\n" +
+	"\rinstance_name\x18\x02 \x01(\tR\finstanceName\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\x125\n" +
+	"\bask_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aaskTime\x125\n" +
+	"\bend_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12K\n" +
+	"\x14asked_at_update_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x11askedAtUpdateTimeBAZ?flotilla.dev/flotilla/api/gen/flotilla/inventory/v1;inventoryv1b\x06proto3"
 
 var (
 	file_flotilla_inventory_v1_resources_proto_rawDescOnce sync.Once
@@ -1782,7 +2065,7 @@ func file_flotilla_inventory_v1_resources_proto_rawDescGZIP() []byte {
 	return file_flotilla_inventory_v1_resources_proto_rawDescData
 }
 
-var file_flotilla_inventory_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_flotilla_inventory_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_flotilla_inventory_v1_resources_proto_goTypes = []any{
 	(*Network)(nil),               // 0: flotilla.inventory.v1.Network
 	(*CloudAccount)(nil),          // 1: flotilla.inventory.v1.CloudAccount
@@ -1800,40 +2083,48 @@ var file_flotilla_inventory_v1_resources_proto_goTypes = []any{
 	(*Addresses)(nil),             // 13: flotilla.inventory.v1.Addresses
 	(*AgentStatus)(nil),           // 14: flotilla.inventory.v1.AgentStatus
 	(*DataDisk)(nil),              // 15: flotilla.inventory.v1.DataDisk
-	nil,                           // 16: flotilla.inventory.v1.Template.TagsEntry
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*Rollout)(nil),               // 16: flotilla.inventory.v1.Rollout
+	(*RolloutInstance)(nil),       // 17: flotilla.inventory.v1.RolloutInstance
+	nil,                           // 18: flotilla.inventory.v1.Template.TagsEntry
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
 }
 var file_flotilla_inventory_v1_resources_proto_depIdxs = []int32{
 	5,  // 0: flotilla.inventory.v1.Network.acme:type_name -> flotilla.inventory.v1.AcmeSettings
 	6,  // 1: flotilla.inventory.v1.Network.aws:type_name -> flotilla.inventory.v1.AwsNetworkSettings
 	7,  // 2: flotilla.inventory.v1.Network.dns:type_name -> flotilla.inventory.v1.DnsSettings
-	17, // 3: flotilla.inventory.v1.Network.create_time:type_name -> google.protobuf.Timestamp
-	17, // 4: flotilla.inventory.v1.Network.update_time:type_name -> google.protobuf.Timestamp
+	19, // 3: flotilla.inventory.v1.Network.create_time:type_name -> google.protobuf.Timestamp
+	19, // 4: flotilla.inventory.v1.Network.update_time:type_name -> google.protobuf.Timestamp
 	4,  // 5: flotilla.inventory.v1.Network.custom_certificate:type_name -> flotilla.inventory.v1.CustomCertificate
 	2,  // 6: flotilla.inventory.v1.CloudAccount.aws:type_name -> flotilla.inventory.v1.AwsAccountSettings
-	17, // 7: flotilla.inventory.v1.CloudAccount.create_time:type_name -> google.protobuf.Timestamp
-	17, // 8: flotilla.inventory.v1.CloudAccount.update_time:type_name -> google.protobuf.Timestamp
+	19, // 7: flotilla.inventory.v1.CloudAccount.create_time:type_name -> google.protobuf.Timestamp
+	19, // 8: flotilla.inventory.v1.CloudAccount.update_time:type_name -> google.protobuf.Timestamp
 	3,  // 9: flotilla.inventory.v1.AwsAccountSettings.credentials:type_name -> flotilla.inventory.v1.AwsCredentials
 	9,  // 10: flotilla.inventory.v1.Template.setup_actions:type_name -> flotilla.inventory.v1.SetupAction
-	16, // 11: flotilla.inventory.v1.Template.tags:type_name -> flotilla.inventory.v1.Template.TagsEntry
-	17, // 12: flotilla.inventory.v1.Template.create_time:type_name -> google.protobuf.Timestamp
-	17, // 13: flotilla.inventory.v1.Template.update_time:type_name -> google.protobuf.Timestamp
+	18, // 11: flotilla.inventory.v1.Template.tags:type_name -> flotilla.inventory.v1.Template.TagsEntry
+	19, // 12: flotilla.inventory.v1.Template.create_time:type_name -> google.protobuf.Timestamp
+	19, // 13: flotilla.inventory.v1.Template.update_time:type_name -> google.protobuf.Timestamp
 	12, // 14: flotilla.inventory.v1.Instance.ssl:type_name -> flotilla.inventory.v1.SslSettings
 	13, // 15: flotilla.inventory.v1.Instance.addresses:type_name -> flotilla.inventory.v1.Addresses
 	14, // 16: flotilla.inventory.v1.Instance.agent:type_name -> flotilla.inventory.v1.AgentStatus
 	15, // 17: flotilla.inventory.v1.Instance.data_disk:type_name -> flotilla.inventory.v1.DataDisk
-	17, // 18: flotilla.inventory.v1.Instance.create_time:type_name -> google.protobuf.Timestamp
-	17, // 19: flotilla.inventory.v1.Instance.update_time:type_name -> google.protobuf.Timestamp
+	19, // 18: flotilla.inventory.v1.Instance.create_time:type_name -> google.protobuf.Timestamp
+	19, // 19: flotilla.inventory.v1.Instance.update_time:type_name -> google.protobuf.Timestamp
 	11, // 20: flotilla.inventory.v1.Instance.log_retention:type_name -> flotilla.inventory.v1.LogRetention
-	18, // 21: flotilla.inventory.v1.LogRetention.max_age:type_name -> google.protobuf.Duration
-	17, // 22: flotilla.inventory.v1.AgentStatus.last_heartbeat:type_name -> google.protobuf.Timestamp
-	17, // 23: flotilla.inventory.v1.AgentStatus.node_certificate_not_after:type_name -> google.protobuf.Timestamp
-	24, // [24:24] is the sub-list for method output_type
-	24, // [24:24] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	20, // 21: flotilla.inventory.v1.LogRetention.max_age:type_name -> google.protobuf.Duration
+	19, // 22: flotilla.inventory.v1.AgentStatus.last_heartbeat:type_name -> google.protobuf.Timestamp
+	19, // 23: flotilla.inventory.v1.AgentStatus.node_certificate_not_after:type_name -> google.protobuf.Timestamp
+	17, // 24: flotilla.inventory.v1.Rollout.instances:type_name -> flotilla.inventory.v1.RolloutInstance
+	19, // 25: flotilla.inventory.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
+	19, // 26: flotilla.inventory.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
+	19, // 27: flotilla.inventory.v1.RolloutInstance.ask_time:type_name -> google.protobuf.Timestamp
+	19, // 28: flotilla.inventory.v1.RolloutInstance.end_time:type_name -> google.protobuf.Timestamp
+	19, // 29: flotilla.inventory.v1.RolloutInstance.asked_at_update_time:type_name -> google.protobuf.Timestamp
+	30, // [30:30] is the sub-list for method output_type
+	30, // [30:30] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_inventory_v1_resources_proto_init() }
@@ -1847,7 +2138,7 @@ func file_flotilla_inventory_v1_resources_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_inventory_v1_resources_proto_rawDesc), len(file_flotilla_inventory_v1_resources_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
