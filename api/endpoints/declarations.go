@@ -145,7 +145,7 @@ var (
 	InstanceDelete = endpoint[*inventoryv1.DeleteInstanceRequest, *inventoryv1.Instance](inventory, subjects.NounInstance, subjects.VerbDelete,
 		"deletes an instance: at once if never provisioned, else through the provisioner", gateway)
 	LifecycleRequest = endpoint[*inventoryv1.LifecycleRequest, *inventoryv1.Instance](inventory, subjects.NounLifecycle, subjects.VerbRequest,
-		"applies an operator's provision, deprovision, reprovision or delete", gateway)
+		"applies an operator's provision, deprovision, reprovision or delete (the provisioner's: a rollout's reprovision)", gateway, provisioner)
 	LifecycleRecord = endpoint[*inventoryv1.RecordStateRequest, *inventoryv1.Instance](inventory, subjects.NounLifecycle, subjects.VerbRecord,
 		"records observed state the provisioner has made true", provisioner)
 	LifecycleObserve = endpoint[*agentv1.AgentEvent, *emptypb.Empty](inventory, subjects.NounLifecycle, subjects.VerbObserve,

@@ -523,20 +523,12 @@ type RolloutAction string
 const (
 	RolloutUpgradeAgent         RolloutAction = "upgrade-agent"
 	RolloutRefreshConfiguration RolloutAction = "refresh-configuration"
+	RolloutReprovision          RolloutAction = "reprovision"
 )
 
 // Valid reports whether a is a rollout action.
 func (a RolloutAction) Valid() bool {
-	return a == RolloutUpgradeAgent || a == RolloutRefreshConfiguration
-}
-
-// Step is the agent's step that reports how the action went on an
-// instance.
-func (a RolloutAction) Step() Step {
-	if a == RolloutUpgradeAgent {
-		return StepUpgradingAgent
-	}
-	return StepRefreshingConfiguration
+	return a == RolloutUpgradeAgent || a == RolloutRefreshConfiguration || a == RolloutReprovision
 }
 
 // RolloutWork is the action of a rollout's work on the provisioning work

@@ -562,8 +562,9 @@ func templateChanged(before, after proto.Message) string {
 		return fmt.Sprintf("its file and env actions reach running instances of %s on the same VMs with flotilla instances refresh-configuration --template %s --wait",
 			t.GetName(), t.GetName())
 	}
-	return fmt.Sprintf("running instances keep the version of %s they run until reprovisioned (flotilla instances list --template %s shows which)",
-		t.GetName(), t.GetName())
+	return fmt.Sprintf("running instances keep the version of %s they run until reprovisioned (flotilla instances list --template %s shows which); "+
+		"flotilla rollouts start reprovision --template %s --wait reprovisions them one at a time",
+		t.GetName(), t.GetName(), t.GetName())
 }
 
 // onlyFilesChanged says whether a template changed from b to a in its file

@@ -47,10 +47,84 @@ func rolloutsCommand(opts *clientOptions) *cobra.Command {
   flotilla rollouts list
   flotilla rollouts watch upgrade-agent-20261205-101500-3f9c
   flotilla rollouts resume upgrade-agent-20261205-101500-3f9c   # after a failure stopped it`,
-		rollouts.listCommand(opts), rollouts.getCommand(opts), watchRolloutCommand(opts),
+		startRolloutCommand(opts), rollouts.listCommand(opts), rollouts.getCommand(opts), watchRolloutCommand(opts),
 		control("pause", "Pause rollouts: no more instances are asked (those asked finish)"),
 		control("resume", "Resume paused rollouts, or rollouts a failure stopped (the failed instances stay failed; the next are asked)"),
 		control("cancel", "Cancel rollouts: the instances not asked yet are not"))
+}
+
+// startRolloutCommand is `flotilla rollouts start`: a rollout of an
+// action to the instances named, those of templates, or all, chosen by the
+// managers.
+func startRolloutCommand(opts *clientOptions) *cobra.Command {
+	var (
+		tpls []string
+		all  bool
+		f    rolloutFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "start upgrade-agent|refresh-configuration|reprovision NAME|ID... | --template TEMPLATE... | --all",
+		Short: "Start a rollout: an action taken to many instances by the managers, a group at a time, a failure stopping it",
+		Long: `Start a rollout of an action to the instances named (in that order), or to
+those of the templates given (or all) that it applies to now:
+
+  upgrade-agent          running or failed instances whose connected agent is
+                         at another version than the managers'
+  refresh-configuration  running instances whose agent is connected
+  reprovision            running instances made from an older version of
+                         their template: each gets a new VM from the template
+                         as it is now (its data disk kept)
+
+--parallel instances at a time (10 for upgrade-agent, 1 for the others),
+each group waited for until it is done before the next is asked; a failure
+(or an instance that takes longer than --instance-timeout) stops the
+rollout. The managers drive it: it goes on if this command ends, and a
+manager's restart; --wait follows it to its end.`,
+		Example: `  flotilla templates apply -f small.yaml                                # a new image, say; then:
+  flotilla rollouts start reprovision --template small --wait             # its instances, one at a time
+  flotilla rollouts start refresh-configuration web-1 web-2 --parallel 2`,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return errors.New("name the action: upgrade-agent, refresh-configuration or reprovision")
+			}
+			given := 0
+			for _, g := range []bool{len(args) > 1, len(tpls) > 0, all} {
+				if g {
+					given++
+				}
+			}
+			if given != 1 {
+				return errors.New("name instances, or give --template or --all (one of them)")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := opts.session()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			req := &inventoryv1.CreateRolloutRequest{Action: args[0], All: all, Parallel: int32(f.parallel), TimeoutSeconds: int32(f.instanceTimeout / time.Second)}
+			if req.TemplateIds, err = templateIDs(ctx, s, tpls); err != nil {
+				return err
+			}
+			before := map[string]*inventoryv1.Instance{}
+			for _, name := range args[1:] {
+				it, err := s.find(ctx, instances, name)
+				if err != nil {
+					return err
+				}
+				in := it.(*inventoryv1.Instance)
+				req.InstanceIds = append(req.InstanceIds, in.GetId())
+				before[in.GetId()] = in
+			}
+			return runRollout(ctx, s, req, before, f, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	cmd.Flags().StringArrayVar(&tpls, "template", nil, "the instances of this template (name or id) the action applies to; repeat for more")
+	cmd.Flags().BoolVar(&all, "all", false, "every instance the action applies to")
+	f.add(cmd, 0, "instances", "until the rollout ends, showing each instance asked and done")
+	return cmd
 }
 
 // watchRolloutCommand is `flotilla rollouts watch`: follow a rollout,
@@ -88,7 +162,11 @@ type rolloutFlags struct {
 }
 
 func (f *rolloutFlags) add(cmd *cobra.Command, parallel int, what, until string) {
-	cmd.Flags().IntVar(&f.parallel, "parallel", parallel, "how many "+what+" at once: each group is waited for before the next is asked")
+	usage := "how many " + what + " at once: each group is waited for before the next is asked"
+	if parallel == 0 {
+		usage += " (default 10 for upgrade-agent, 1 for the others)"
+	}
+	cmd.Flags().IntVar(&f.parallel, "parallel", parallel, usage)
 	f.instanceTimeout = 10 * time.Minute
 	cmd.Flags().Var(durationFlag{&f.instanceTimeout}, "instance-timeout", "how long an instance asked may take before it counts as failed (30s to 24h)")
 	f.wait.flags(cmd, until)
@@ -105,6 +183,12 @@ func startRollout(ctx context.Context, s *session, action vocab.RolloutAction, t
 		req.InstanceIds = append(req.InstanceIds, in.GetId())
 		before[in.GetId()] = in
 	}
+	return runRollout(ctx, s, req, before, f, w, errOut)
+}
+
+// runRollout has the managers start the rollout req asks for and, with
+// --wait, follows it (followRollout).
+func runRollout(ctx context.Context, s *session, req *inventoryv1.CreateRolloutRequest, before map[string]*inventoryv1.Instance, f rolloutFlags, w, errOut io.Writer) error {
 	body, err := protojson.Marshal(req)
 	if err != nil {
 		return err
@@ -140,7 +224,6 @@ func followRollout(ctx context.Context, s *session, ro *inventoryv1.Rollout, bef
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	shown := map[string]int{} // instance id → 1: its asked line shown, 2: its end too
-	action := vocab.RolloutAction(ro.GetAction())
 	for {
 		for _, e := range ro.GetInstances() {
 			st := vocab.RolloutInstanceState(e.GetState())
@@ -152,22 +235,10 @@ func followRollout(ctx context.Context, s *session, ro *inventoryv1.Rollout, bef
 				continue
 			}
 			switch st {
-			case vocab.RolloutSucceeded:
-				if action == vocab.RolloutUpgradeAgent {
-					fmt.Fprintf(w, "%s: agent %s connected\n", e.GetInstanceName(), ro.GetAgentVersion())
-				} else {
-					fmt.Fprintf(w, "%s: configuration refreshed, the node software serving again\n", e.GetInstanceName())
-				}
-			case vocab.RolloutSkipped:
-				fmt.Fprintf(w, "%s: %s\n", e.GetInstanceName(), e.GetMessage())
-			case vocab.RolloutRefused:
-				fmt.Fprintf(errOut, "%s %s: %s\n", action, e.GetInstanceName(), e.GetMessage())
-			case vocab.RolloutFailed:
-				if action == vocab.RolloutUpgradeAgent {
-					fmt.Fprintf(errOut, "%s: the agent's upgrade failed: %s\n", e.GetInstanceName(), e.GetMessage())
-				} else {
-					fmt.Fprintf(errOut, "%s: the configuration refresh failed: %s; the instance runs on\n", e.GetInstanceName(), e.GetMessage())
-				}
+			case vocab.RolloutSucceeded, vocab.RolloutSkipped:
+				fmt.Fprintln(w, rolloutEnded(ro, e))
+			case vocab.RolloutRefused, vocab.RolloutFailed:
+				fmt.Fprintln(errOut, rolloutEnded(ro, e))
 			default:
 				continue
 			}
@@ -190,13 +261,38 @@ func followRollout(ctx context.Context, s *session, ro *inventoryv1.Rollout, bef
 
 // rolloutAsked is the line of an instance asked: what it is asked to do.
 func rolloutAsked(ro *inventoryv1.Rollout, e *inventoryv1.RolloutInstance, before *inventoryv1.Instance) string {
-	if vocab.RolloutAction(ro.GetAction()) == vocab.RolloutUpgradeAgent {
+	switch vocab.RolloutAction(ro.GetAction()) {
+	case vocab.RolloutUpgradeAgent:
 		if v := before.GetAgent().GetVersion(); v != "" {
 			return fmt.Sprintf("%s: the agent upgrades from version %s to %s", e.GetInstanceName(), v, ro.GetAgentVersion())
 		}
 		return fmt.Sprintf("%s: the agent upgrades to version %s", e.GetInstanceName(), ro.GetAgentVersion())
+	case vocab.RolloutReprovision:
+		return e.GetInstanceName() + ": reprovisions: a new VM from its template as it is now, its data disk kept"
 	}
 	return e.GetInstanceName() + ": the agent writes the template's files and environment again and restarts the node software"
+}
+
+// rolloutEnded is the line of an instance the rollout is done with.
+func rolloutEnded(ro *inventoryv1.Rollout, e *inventoryv1.RolloutInstance) string {
+	name, msg, action := e.GetInstanceName(), e.GetMessage(), vocab.RolloutAction(ro.GetAction())
+	switch vocab.RolloutInstanceState(e.GetState()) {
+	case vocab.RolloutRefused:
+		return fmt.Sprintf("%s %s: %s", action, name, msg)
+	case vocab.RolloutSkipped:
+		return name + ": " + msg
+	case vocab.RolloutFailed:
+		return fmt.Sprintf(map[vocab.RolloutAction]string{
+			vocab.RolloutUpgradeAgent:         "%s: the agent's upgrade failed: %s",
+			vocab.RolloutRefreshConfiguration: "%s: the configuration refresh failed: %s; the instance runs on",
+			vocab.RolloutReprovision:          "%s: the reprovision failed: %s",
+		}[action], name, msg)
+	}
+	return map[vocab.RolloutAction]string{
+		vocab.RolloutUpgradeAgent:         name + ": agent " + ro.GetAgentVersion() + " connected",
+		vocab.RolloutRefreshConfiguration: name + ": configuration refreshed, the node software serving again",
+		vocab.RolloutReprovision:          name + ": running again, on a new VM",
+	}[action]
 }
 
 // rolloutOver says whether the rollout has ended for a watcher: done or
@@ -231,10 +327,11 @@ func rolloutResult(ro *inventoryv1.Rollout) error {
 	}
 	var why []string
 	if len(notDone) > 0 {
-		f := "the configurations of %s were not refreshed"
-		if vocab.RolloutAction(ro.GetAction()) == vocab.RolloutUpgradeAgent {
-			f = "the agents of %s were not upgraded"
-		}
+		f := map[vocab.RolloutAction]string{
+			vocab.RolloutUpgradeAgent:         "the agents of %s were not upgraded",
+			vocab.RolloutRefreshConfiguration: "the configurations of %s were not refreshed",
+			vocab.RolloutReprovision:          "%s were not reprovisioned",
+		}[vocab.RolloutAction(ro.GetAction())]
 		why = append(why, fmt.Sprintf(f, strings.Join(notDone, ", ")))
 	}
 	if len(notAsked) > 0 {

@@ -144,4 +144,21 @@ func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
 	if _, out, _ := strings.Cut(out, "\n"); out != "web-1: the agent is at version 0.1.1 already\n" {
 		t.Errorf("upgrade-agent web-2 web-1 with web-2 deprovisioned: %q\n%s", out, errOut)
 	}
+
+	// small changes: apply names the rollout that reprovisions its
+	// instances, which brings web-1 to a new VM of the new version.
+	if out, errOut, err := c.run("name: small\ntags: {team: web}\n", nil, "templates", "apply", "-f", "-"); err != nil ||
+		!strings.Contains(errOut, "flotilla rollouts start reprovision --template small --wait reprovisions them one at a time") {
+		t.Fatalf("apply of a change to small: %v\n%s%s", err, out, errOut)
+	}
+	out = c.ok("rollouts", "start", "reprovision", "--template", "small", "--wait")
+	if _, out, _ := strings.Cut(out, "\n"); out != "web-1: reprovisions: a new VM from its template as it is now, its data disk kept\nweb-1: running again, on a new VM\n" {
+		t.Errorf("rollouts start reprovision --template small --wait: %q", out)
+	}
+	if in := instanceJSON(t, c, "web-1"); in.VMID == vms["web-1"] || in.Agent.Status != "connected" {
+		t.Errorf("web-1 after the reprovision: agent %s on VM %s (was %s)", in.Agent.Status, in.VMID, vms["web-1"])
+	}
+	c.fails("", []string{"no instance to roll reprovision out to: every running instance runs its template's version"},
+		"rollouts", "start", "reprovision", "--template", "small")
+	c.fails("", []string{"name instances, or give --template or --all (one of them)"}, "rollouts", "start", "reprovision", "web-1", "--all")
 }

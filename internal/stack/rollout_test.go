@@ -241,9 +241,10 @@ func TestARolloutRefreshesAGroupAtATimeAndStopsAtAFailure(t *testing.T) {
 // TestARolloutGoesOnWhenItsProvisionerDies: a rollout's provisioner (a
 // process of its own) is killed with SIGKILL while an instance it asked is
 // still working on it (its agent stopped with SIGSTOP). Another provisioner
-// started after it takes the rollout over from what the inventory says:
-// when the agent goes on and reports, it records the instance and asks the
-// next one, and the rollout ends done.
+// started after it takes the rollout over from what the inventory says: it
+// asks a again (p1 may have died before sending the command), and when the
+// agent goes on and reports, it records the instance and asks the next
+// one, and the rollout ends done.
 func TestARolloutGoesOnWhenItsProvisionerDies(t *testing.T) {
 	t.Parallel()
 	agent, err := agentBinary()
@@ -312,7 +313,14 @@ func TestARolloutGoesOnWhenItsProvisionerDies(t *testing.T) {
 	must(t, p1.cmd.Process.Signal(syscall.SIGKILL))
 	<-p1.done
 
+	// p2 takes the rollout over and asks a again (p1 may have died between
+	// marking a asked and sending its command); then a's agent goes on.
 	p2 := startProvisioner(t, provBin, bus, root, agent, st.AgentAddr, "p2")
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(p2.out.String(), "another provisioner asked, asked again"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("p2 never asked a again:\n%s", p2.out.String())
+		}
+	}
 	must(t, syscall.Kill(agentPID, syscall.SIGCONT))
 	for deadline := time.Now().Add(60 * time.Second); vocab.RolloutState(read().GetState()) != vocab.RolloutDone; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -322,7 +330,7 @@ func TestARolloutGoesOnWhenItsProvisionerDies(t *testing.T) {
 	if got := read(); got.GetMessage() != "done: 2 succeeded" {
 		t.Fatalf("the rollout taken over: %s, %v", got.GetMessage(), got.GetInstances())
 	}
-	if !strings.Contains(p2.out.String(), `"rollout work started"`) {
-		t.Errorf("p2 never drove the rollout:\n%s", p2.out.String())
+	if out := p2.out.String(); !strings.Contains(out, `"rollout work started"`) {
+		t.Errorf("p2 never drove the rollout:\n%s", out)
 	}
 }

@@ -49,7 +49,8 @@ const (
 func (s *Service) startRollout(ctx context.Context, actor vocab.Actor, r *inventoryv1.CreateRolloutRequest) (*inventoryv1.Rollout, error) {
 	action := vocab.RolloutAction(r.GetAction())
 	if !action.Valid() {
-		return nil, apierr.Invalid("action", "%q is not a rollout action: %q or %q", r.GetAction(), vocab.RolloutUpgradeAgent, vocab.RolloutRefreshConfiguration)
+		return nil, apierr.Invalid("action", "%q is not a rollout action: %q, %q or %q", r.GetAction(), vocab.RolloutUpgradeAgent,
+			vocab.RolloutRefreshConfiguration, vocab.RolloutReprovision)
 	}
 	given := 0
 	for _, g := range []bool{len(r.GetInstanceIds()) > 0, len(r.GetTemplateIds()) > 0, r.GetAll()} {
@@ -62,7 +63,7 @@ func (s *Service) startRollout(ctx context.Context, actor vocab.Actor, r *invent
 	}
 	ro := &inventoryv1.Rollout{Action: string(action), Parallel: r.GetParallel(), TimeoutSeconds: r.GetTimeoutSeconds(), Creator: string(actor)}
 	if ro.Parallel == 0 {
-		ro.Parallel = 1
+		ro.Parallel = 1 // a node restarts, or a VM is replaced: one at a time
 		if action == vocab.RolloutUpgradeAgent {
 			ro.Parallel = rolloutUpgradeParallel
 		}
@@ -76,22 +77,30 @@ func (s *Service) startRollout(ctx context.Context, actor vocab.Actor, r *invent
 		}
 		ro.AgentVersion = s.d.Version
 	}
-	applies := func(in *inventoryv1.Instance) bool {
+	behind := s.templateBehind()
+	applies := func(ctx context.Context, in *inventoryv1.Instance) (bool, error) {
 		a := in.GetAgent()
-		if action == vocab.RolloutUpgradeAgent {
-			return vocab.AgentUpgradable(vocab.State(in.GetState()), in.GetVmId(), vocab.AgentStatus(a.GetStatus()), a.GetVmId(), a.GetVersion(), ro.GetAgentVersion())
+		switch action {
+		case vocab.RolloutUpgradeAgent:
+			return vocab.AgentUpgradable(vocab.State(in.GetState()), in.GetVmId(), vocab.AgentStatus(a.GetStatus()), a.GetVmId(), a.GetVersion(), ro.GetAgentVersion()), nil
+		case vocab.RolloutReprovision:
+			if vocab.State(in.GetState()) != vocab.StateRunning {
+				return false, nil
+			}
+			return behind(ctx, in)
 		}
-		return vocab.ConfigRefreshable(vocab.State(in.GetState()), in.GetVmId(), vocab.AgentStatus(a.GetStatus()), a.GetVmId())
+		return vocab.ConfigRefreshable(vocab.State(in.GetState()), in.GetVmId(), vocab.AgentStatus(a.GetStatus()), a.GetVmId()), nil
 	}
 	targets, err := s.rolloutTargets(ctx, r, applies)
 	if err != nil {
 		return nil, err
 	}
 	if len(targets) == 0 {
-		why := "no running instance with its agent connected"
-		if action == vocab.RolloutUpgradeAgent {
-			why = "every connected agent is at version " + ro.GetAgentVersion()
-		}
+		why := map[vocab.RolloutAction]string{
+			vocab.RolloutUpgradeAgent:         "every connected agent is at version " + ro.GetAgentVersion(),
+			vocab.RolloutRefreshConfiguration: "no running instance with its agent connected",
+			vocab.RolloutReprovision:          "every running instance runs its template's version",
+		}[action]
 		return nil, apierr.Conflict(apierr.ReasonInvalidState, "no instance to roll %s out to: %s", action, why)
 	}
 	for _, in := range targets {
@@ -105,9 +114,28 @@ func (s *Service) startRollout(ctx context.Context, actor vocab.Actor, r *invent
 	return out, nil
 }
 
+// templateBehind says whether an instance runs an older version of its
+// template than the template's now (each template read once).
+func (s *Service) templateBehind() func(context.Context, *inventoryv1.Instance) (bool, error) {
+	versions := map[string]int64{}
+	return func(ctx context.Context, in *inventoryv1.Instance) (bool, error) {
+		v, ok := versions[in.GetTemplateId()]
+		if !ok {
+			t, err := rpc.Call(ctx, s.bus, endpoints.TemplateGet, &inventoryv1.GetTemplateRequest{Id: in.GetTemplateId()})
+			if err != nil {
+				return false, err
+			}
+			v = t.GetVersion()
+			versions[in.GetTemplateId()] = v
+		}
+		return vocab.TemplateBehind(in.GetTemplateVersion(), v) != "", nil
+	}
+}
+
 // rolloutTargets are the instances r names, in its order, or those of its
 // templates (or all) that applies lets through.
-func (s *Service) rolloutTargets(ctx context.Context, r *inventoryv1.CreateRolloutRequest, applies func(*inventoryv1.Instance) bool) ([]*inventoryv1.Instance, error) {
+func (s *Service) rolloutTargets(ctx context.Context, r *inventoryv1.CreateRolloutRequest,
+	applies func(context.Context, *inventoryv1.Instance) (bool, error)) ([]*inventoryv1.Instance, error) {
 	if ids := r.GetInstanceIds(); len(ids) > 0 {
 		for i, id := range ids {
 			if err := apierr.CheckID(fmt.Sprintf("instanceIds[%d]", i), id); err != nil {
@@ -151,7 +179,11 @@ func (s *Service) rolloutTargets(ctx context.Context, r *inventoryv1.CreateRollo
 				return nil, err
 			}
 			for _, in := range page.GetInstances() {
-				if applies(in) && !slices.ContainsFunc(out, func(o *inventoryv1.Instance) bool { return o.GetId() == in.GetId() }) {
+				ok, err := applies(ctx, in)
+				if err != nil {
+					return nil, err
+				}
+				if ok && !slices.ContainsFunc(out, func(o *inventoryv1.Instance) bool { return o.GetId() == in.GetId() }) {
 					out = append(out, in)
 				}
 			}
@@ -216,7 +248,8 @@ func (s *Service) driveRollout(ctx context.Context, id string) error {
 	}
 	defer release()
 	s.log.InfoContext(ctx, "rollout work started", "rollout_id", id, "holder", s.leases.holder)
-	d := &rolloutDriver{s: s, id: id, answers: map[string]rolloutAnswer{}, firstUnavailable: map[string]time.Time{}, notBefore: map[string]time.Time{}}
+	d := &rolloutDriver{s: s, id: id, answers: map[string]rolloutAnswer{}, firstUnavailable: map[string]time.Time{},
+		notBefore: map[string]time.Time{}, mine: map[string]bool{}}
 	err = d.run(lctx)
 	s.log.InfoContext(ctx, "rollout work ended", "rollout_id", id, "error", err)
 	if cause := context.Cause(lctx); errors.Is(cause, errLeaseLost) && ctx.Err() == nil {
@@ -234,6 +267,8 @@ type rolloutDriver struct {
 	// firstUnavailable is when an instance's ask first found its agent
 	// without a stream; notBefore, when it is asked again.
 	firstUnavailable, notBefore map[string]time.Time
+	// mine are the instances this driver asked (or asked again, see adopt).
+	mine map[string]bool
 }
 
 // rolloutAnswer is what an ask came to: the instance's new state and why.
@@ -282,6 +317,7 @@ func (d *rolloutDriver) run(ctx context.Context) error {
 		if wait <= 0 {
 			continue
 		}
+		d.adopt(ctx, r, asked)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -350,7 +386,7 @@ func (d *rolloutDriver) step(ctx context.Context, r *inventoryv1.Rollout) ([]*in
 			wait = min(wait, e.GetAskTime().AsTime().Add(time.Duration(next.GetTimeoutSeconds())*time.Second).Sub(now)+time.Millisecond)
 			continue
 		case vocab.RolloutPending: // asked again later: its agent had no stream
-			e.State, e.Message, e.AskTime, e.AskedAtUpdateTime = string(st), msg, nil, nil
+			e.State, e.Message, e.AskTime, e.AskedAtUpdateTime, e.AskedAtVmId = string(st), msg, nil, nil, ""
 			continue
 		case vocab.RolloutFailed:
 			failed = append(failed, e.GetInstanceName())
@@ -380,7 +416,7 @@ func (d *rolloutDriver) step(ctx context.Context, r *inventoryv1.Rollout) ([]*in
 				e.State, e.Message, e.EndTime = string(vocab.RolloutRefused), "the instance was deleted", timestamppb.New(now)
 				continue
 			}
-			e.State, e.Message, e.AskTime, e.AskedAtUpdateTime = string(vocab.RolloutAsked), "", timestamppb.New(now), in.GetUpdateTime()
+			e.State, e.Message, e.AskTime, e.AskedAtUpdateTime, e.AskedAtVmId = string(vocab.RolloutAsked), "", timestamppb.New(now), in.GetUpdateTime(), in.GetVmId()
 			newly = append(newly, e)
 		}
 		if working+len(newly) == 0 && len(d.inState(next, vocab.RolloutPending)) == 0 {
@@ -408,20 +444,37 @@ func (d *rolloutDriver) outcome(r *inventoryv1.Rollout, e *inventoryv1.RolloutIn
 		return a.state, a.message
 	}
 	if in == nil {
-		return vocab.RolloutFailed, "the instance was deleted"
+		return vocab.RolloutRefused, "the instance was deleted"
 	}
-	action := vocab.RolloutAction(r.GetAction())
 	answered := !proto.Equal(in.GetUpdateTime(), e.GetAskedAtUpdateTime())
 	a := in.GetAgent()
-	switch {
-	case action == vocab.RolloutUpgradeAgent && a.GetVersion() == r.GetAgentVersion() &&
-		vocab.AgentStatus(a.GetStatus()) == vocab.AgentConnected && a.GetVmId() == in.GetVmId():
-		return vocab.RolloutSucceeded, ""
-	case answered && in.GetAgentProgress() == vocab.AgentProgress(action.Step(), vocab.ProgressFailed):
-		return vocab.RolloutFailed, in.GetAgentProgressMessage()
-	case action == vocab.RolloutRefreshConfiguration && answered && in.GetAgentProgress() == vocab.AgentProgress(action.Step(), vocab.ProgressSucceeded):
-		return vocab.RolloutSucceeded, ""
-	case now.After(e.GetAskTime().AsTime().Add(time.Duration(r.GetTimeoutSeconds()) * time.Second)):
+	progress := func(step vocab.Step, p vocab.Progress) bool {
+		return answered && in.GetAgentProgress() == vocab.AgentProgress(step, p)
+	}
+	switch vocab.RolloutAction(r.GetAction()) {
+	case vocab.RolloutUpgradeAgent:
+		switch {
+		case a.GetVersion() == r.GetAgentVersion() && vocab.AgentStatus(a.GetStatus()) == vocab.AgentConnected && a.GetVmId() == in.GetVmId():
+			return vocab.RolloutSucceeded, ""
+		case progress(vocab.StepUpgradingAgent, vocab.ProgressFailed):
+			return vocab.RolloutFailed, in.GetAgentProgressMessage()
+		}
+	case vocab.RolloutRefreshConfiguration:
+		switch {
+		case progress(vocab.StepRefreshingConfiguration, vocab.ProgressSucceeded):
+			return vocab.RolloutSucceeded, ""
+		case progress(vocab.StepRefreshingConfiguration, vocab.ProgressFailed):
+			return vocab.RolloutFailed, in.GetAgentProgressMessage()
+		}
+	case vocab.RolloutReprovision:
+		switch state := vocab.State(in.GetState()); {
+		case state == vocab.StateRunning && !in.GetReprovisionPending() && in.GetVmId() != "" && in.GetVmId() != e.GetAskedAtVmId():
+			return vocab.RolloutSucceeded, ""
+		case state == vocab.StateFailed && answered:
+			return vocab.RolloutFailed, in.GetStateDetail()
+		}
+	}
+	if now.After(e.GetAskTime().AsTime().Add(time.Duration(r.GetTimeoutSeconds()) * time.Second)) {
 		return vocab.RolloutFailed, fmt.Sprintf("not done within %d s (instance %s, agent %s at version %s)",
 			r.GetTimeoutSeconds(), in.GetState(), a.GetStatus(), a.GetVersion())
 	}
@@ -434,22 +487,10 @@ func (d *rolloutDriver) outcome(r *inventoryv1.Rollout, e *inventoryv1.RolloutIn
 // again later (an agent without a stream, for up to rolloutRetryFor), or
 // nothing (asked: its instance says how it went).
 func (d *rolloutDriver) ask(ctx context.Context, r *inventoryv1.Rollout, newly []*inventoryv1.RolloutInstance) {
-	actor := vocab.Actor(r.GetCreator())
 	for _, e := range newly {
 		id := e.GetInstanceId()
-		req := &inventoryv1.InstanceActionRequest{Id: id}
-		var (
-			in  *inventoryv1.Instance
-			err error
-		)
-		switch {
-		case vocab.RolloutAction(r.GetAction()) == vocab.RolloutRefreshConfiguration:
-			_, err = d.s.refreshConfiguration(ctx, actor, req)
-		case d.s.d.Version != r.GetAgentVersion():
-			err = fmt.Errorf("this provisioner is at version %s, not the rollout's %s: a manager of that version asks it", d.s.d.Version, r.GetAgentVersion())
-		default:
-			in, err = d.s.upgradeAgent(ctx, actor, req)
-		}
+		d.mine[id] = true
+		in, err := d.send(ctx, r, id)
 		switch {
 		case apierr.Is(err, apierr.KindUnavailable):
 			first, ok := d.firstUnavailable[id]
@@ -470,6 +511,43 @@ func (d *rolloutDriver) ask(ctx context.Context, r *inventoryv1.Rollout, newly [
 		}
 		delete(d.firstUnavailable, id)
 		delete(d.notBefore, id)
+	}
+}
+
+// send sends the rollout's command to instance id: the answer is the
+// instance as read (an upgrade's), or why it was refused.
+func (d *rolloutDriver) send(ctx context.Context, r *inventoryv1.Rollout, id string) (*inventoryv1.Instance, error) {
+	actor, req := vocab.Actor(r.GetCreator()), &inventoryv1.InstanceActionRequest{Id: id}
+	switch action := vocab.RolloutAction(r.GetAction()); {
+	case action == vocab.RolloutRefreshConfiguration:
+		_, err := d.s.refreshConfiguration(ctx, actor, req)
+		return nil, err
+	case action == vocab.RolloutReprovision:
+		// A lifecycle request like an operator's, made by the provisioner
+		// for the rollout's creator.
+		_, err := rpc.Call(ctx, d.s.bus, endpoints.LifecycleRequest, &inventoryv1.LifecycleRequest{Id: id, Action: string(vocab.ActionReprovision)})
+		return nil, err
+	case d.s.d.Version != r.GetAgentVersion():
+		return nil, fmt.Errorf("this provisioner is at version %s, not the rollout's %s: a manager of that version asks it", d.s.d.Version, r.GetAgentVersion())
+	}
+	return d.s.upgradeAgent(ctx, actor, req)
+}
+
+// adopt asks again, once, each instance asked that another driver asked:
+// one whose provisioner died (its work taken over here) may have marked it
+// asked and died before sending the command. Asking again is harmless: an
+// agent at the version is left alone, a refresh is written again, and an
+// instance reprovisioning already refuses another; so whatever it answers
+// is only logged, and the instance's own state says how it went.
+func (d *rolloutDriver) adopt(ctx context.Context, r *inventoryv1.Rollout, asked []*inventoryv1.RolloutInstance) {
+	for _, e := range asked {
+		id := e.GetInstanceId()
+		if d.mine[id] {
+			continue
+		}
+		d.mine[id] = true
+		_, err := d.send(ctx, r, id)
+		d.s.log.InfoContext(ctx, "rollout: an instance another provisioner asked, asked again", "rollout", r.GetName(), "instance", e.GetInstanceName(), "error", err)
 	}
 }
 

@@ -12,12 +12,22 @@ import (
 	"flotilla.dev/flotilla/api/vocab"
 )
 
-// The instances list's bulk actions that command the selected instances'
-// agents (not vocab.Actions: the instances' states do not change).
+// The instances list's bulk actions that start a rollout (not
+// vocab.Actions, which are asked of every instance at once): the agents'
+// commands, and a reprovision one group at a time.
 const (
 	actionUpgradeAgent         = "upgrade-agent"
 	actionRefreshConfiguration = "refresh-configuration"
+	actionRollingReprovision   = "rollout-reprovision"
 )
+
+// rolloutActions are the bulk actions that start a rollout, and the
+// rollout's action of each.
+var rolloutActions = map[string]vocab.RolloutAction{
+	actionUpgradeAgent:         vocab.RolloutUpgradeAgent,
+	actionRefreshConfiguration: vocab.RolloutRefreshConfiguration,
+	actionRollingReprovision:   vocab.RolloutReprovision,
+}
 
 // agentRow is one instance of an agent action's confirmation: Change is
 // what its agent is asked, Why why it is not asked (empty when it is).
@@ -96,6 +106,31 @@ func refreshRows(ins []*inventoryv1.Instance) agentActionData {
 	return d
 }
 
+// reprovisionRows says of each instance whether a rollout reprovisions
+// it (running: a new VM of its template's version now, versions by
+// template id), or why not.
+func reprovisionRows(ins []*inventoryv1.Instance, versions map[string]int64) agentActionData {
+	d := agentActionData{Action: actionRollingReprovision, Parallel: 1,
+		Explain: "Each instance gets a new VM made from its template as it is now, and its data disk moves to it (the old VM is destroyed): its node software " +
+			"stops until the new VM runs it. The managers roll it out a group at a time, each group waited for until it runs again before the next is asked; " +
+			"an instance that fails stops the rollout.",
+		Empty: "Every running instance runs its template's version."}
+	for _, in := range ins {
+		row := agentRow{In: in}
+		if state := vocab.State(in.GetState()); state != vocab.StateRunning {
+			row.Why = "the instance is " + string(state) + ": a rollout reprovisions running instances"
+		} else if behind := vocab.TemplateBehind(in.GetTemplateVersion(), versions[in.GetTemplateId()]); behind != "" {
+			row.Change = "a new VM, its template " + behind
+		} else {
+			row.Change = fmt.Sprintf("a new VM, its template v%d as now", in.GetTemplateVersion())
+		}
+		d.add(row)
+	}
+	d.Heading = "Reprovision " + counted(d.Asked, "instance") + ", a group at a time?"
+	d.Button = "Reprovision " + counted(d.Asked, "instance")
+	return d
+}
+
 func (d *agentActionData) add(row agentRow) {
 	if row.Why == "" {
 		d.Asked++
@@ -120,6 +155,36 @@ func (c *Console) refreshTemplatesPage(w http.ResponseWriter, r *http.Request, s
 	c.agentActionPage(w, r, s, func(in *inventoryv1.Instance) bool { return slices.Contains(tpls, in.GetTemplateId()) }, refreshRows)
 }
 
+// reprovisionTemplatesPage serves GET /instances/reprovision?template=ID…:
+// every running instance of those templates made from an older version of
+// its template, to confirm a rollout that reprovisions them (the templates
+// page's link).
+func (c *Console) reprovisionTemplatesPage(w http.ResponseWriter, r *http.Request, s *session) {
+	tpls := r.URL.Query()["template"]
+	versions, err := templateVersions(s)
+	if err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	c.agentActionPage(w, r, s, func(in *inventoryv1.Instance) bool {
+		return slices.Contains(tpls, in.GetTemplateId()) && vocab.State(in.GetState()) == vocab.StateRunning &&
+			vocab.TemplateBehind(in.GetTemplateVersion(), versions[in.GetTemplateId()]) != ""
+	}, func(ins []*inventoryv1.Instance) agentActionData { return reprovisionRows(ins, versions) })
+}
+
+// templateVersions is each template's version now, by id.
+func templateVersions(s *session) (map[string]int64, error) {
+	tpls, err := listAll(s.api, "/api/v1/templates", (*inventoryv1.ListTemplatesResponse).GetTemplates)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]int64, len(tpls))
+	for _, t := range tpls {
+		out[t.GetId()] = t.GetVersion()
+	}
+	return out, nil
+}
+
 // agentActionPage is the confirmation of an agent action (rows) on every
 // instance keep lets through.
 func (c *Console) agentActionPage(w http.ResponseWriter, r *http.Request, s *session, keep func(*inventoryv1.Instance) bool,
@@ -133,21 +198,31 @@ func (c *Console) agentActionPage(w http.ResponseWriter, r *http.Request, s *ses
 	c.render(w, r, s, http.StatusOK, "agentaction", d.Heading, d)
 }
 
-// agentAction is a bulk action on the agents of ins (upgrade-agent,
-// refresh-configuration): first the confirmation, which says of each
+// agentAction is a bulk action that starts a rollout of ins
+// (upgrade-agent, refresh-configuration, rollout-reprovision): first the confirmation, which says of each
 // instance whether its agent is asked and what, or why not, and how many
 // at once; then (confirmed) a rollout of the action to those asked, whose
 // page it goes on to.
 func (c *Console) agentAction(w http.ResponseWriter, r *http.Request, s *session, action string, ins []*inventoryv1.Instance) {
-	d := refreshRows(ins)
-	if action == actionUpgradeAgent {
+	var d agentActionData
+	switch action {
+	case actionUpgradeAgent:
 		d = upgradeRows(ins, c.version)
+	case actionRollingReprovision:
+		versions, err := templateVersions(s)
+		if err != nil {
+			c.fail(w, r, s, err)
+			return
+		}
+		d = reprovisionRows(ins, versions)
+	default:
+		d = refreshRows(ins)
 	}
 	if r.PostFormValue("confirm") != "yes" {
 		c.render(w, r, s, http.StatusOK, "agentaction", d.Heading, d)
 		return
 	}
-	req := &inventoryv1.CreateRolloutRequest{Action: action}
+	req := &inventoryv1.CreateRolloutRequest{Action: string(rolloutActions[action])}
 	if p := strings.TrimSpace(r.PostFormValue("parallel")); p != "" {
 		n, err := strconv.Atoi(p)
 		if err != nil {

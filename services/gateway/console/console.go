@@ -80,6 +80,7 @@ func New(d Deps) (*Console, error) {
 	m.HandleFunc("POST /instances/bulk", c.authed(c.bulk))
 	m.HandleFunc("GET /instances/upgrade-agents", c.authed(c.upgradeAgentsPage))
 	m.HandleFunc("GET /instances/refresh-configuration", c.authed(c.refreshTemplatesPage))
+	m.HandleFunc("GET /instances/reprovision", c.authed(c.reprovisionTemplatesPage))
 	m.HandleFunc("GET /instances/{id}", c.authed(c.instance))
 	m.HandleFunc("GET /instances/{id}/logs.txt", c.authed(c.downloadLogs))
 	m.HandleFunc("GET /instances/{id}/{action}", c.authed(c.confirmAction))

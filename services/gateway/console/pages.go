@@ -536,7 +536,7 @@ func (c *Console) bulk(w http.ResponseWriter, r *http.Request, s *session) {
 	}
 	action := vocab.Action(r.PostFormValue("action"))
 	ids := r.PostForm["id"]
-	agents := action == actionUpgradeAgent || action == actionRefreshConfiguration
+	_, agents := rolloutActions[string(action)]
 	if (!action.Valid() && !agents) || len(ids) == 0 {
 		redirect(w, r, "/instances", "Choose an action and at least one instance.")
 		return

@@ -238,4 +238,34 @@ func TestTheConsoleUpgradesAgentsBehindTheManager(t *testing.T) {
 	if p := e.get(page); !strings.Contains(html.UnescapeString(p.body), `<span class="error" data-bind="agentProgressMessage">the template's scripts or packages are not those this VM's setup ran (0 then, 1 now): reprovision the instance to run them</span>`) {
 		t.Errorf("web-1's page does not say why its refresh failed:\n%s", p.body)
 	}
+
+	// Both run an older version of the template now: the templates page's
+	// link lists them, and a rollout reprovisions them one at a time.
+	p = e.get("/instances/reprovision?template="+tplID).must(t, 200, "the instances behind their template")
+	if body := html.UnescapeString(p.body); !strings.Contains(body, "Reprovision 2 instances, a group at a time?") || !strings.Contains(body, ">web-1</a>") ||
+		!strings.Contains(body, ">web-2</a>") || strings.Contains(body, ">web-3</a>") || !strings.Contains(body, "a new VM, its template v") {
+		t.Fatalf("the instances behind their template:\n%s", p.body)
+	}
+	_, before := e.api("GET", "/api/v1"+pages["web-1"], nil)
+	reprovision := url.Values{"action": {"rollout-reprovision"}, "confirm": {"yes"},
+		"id": {strings.TrimPrefix(pages["web-1"], "/instances/"), strings.TrimPrefix(pages["web-2"], "/instances/")}}
+	to = e.post("/instances/bulk", reprovision).must(t, http.StatusSeeOther, "the rolling reprovision").header.Get("Location")
+	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		_, ro := e.api("GET", "/api/v1"+to, nil)
+		if ro["state"] == "done" {
+			if ro["message"] != "done: 2 succeeded" || ro["action"] != "reprovision" {
+				t.Fatalf("the rolling reprovision: %v", ro)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the rolling reprovision never done: %v", ro)
+		}
+	}
+	if _, after := e.api("GET", "/api/v1"+pages["web-1"], nil); after["vmId"] == before["vmId"] || after["state"] != "running" {
+		t.Errorf("web-1 after the rolling reprovision: %v on %v (was %v)", after["state"], after["vmId"], before["vmId"])
+	}
+	if p := e.get("/instances/reprovision?template=" + tplID); !strings.Contains(p.body, "Every running instance runs its template") {
+		t.Errorf("with every instance reprovisioned:\n%s", p.body)
+	}
 }

@@ -20,7 +20,7 @@ const (
 // group size, timeout and instances (each named once).
 func ValidateRollout(r *inventoryv1.Rollout) error {
 	if !vocab.RolloutAction(r.GetAction()).Valid() {
-		return apierr.Invalid("action", "%q is not a rollout action: %q or %q", r.GetAction(), vocab.RolloutUpgradeAgent, vocab.RolloutRefreshConfiguration)
+		return apierr.Invalid("action", "%q is not a rollout action: %q, %q or %q", r.GetAction(), vocab.RolloutUpgradeAgent, vocab.RolloutRefreshConfiguration, vocab.RolloutReprovision)
 	}
 	if vocab.RolloutAction(r.GetAction()) == vocab.RolloutUpgradeAgent && r.GetAgentVersion() == "" {
 		return apierr.Invalid("agentVersion", "is required for %s", vocab.RolloutUpgradeAgent)

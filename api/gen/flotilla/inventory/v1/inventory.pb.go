@@ -2436,22 +2436,22 @@ func (x *LeaseFence) GetRevision() uint64 {
 
 type CreateRolloutRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The action: "upgrade-agent" (to the managers' agent version) or
-	// "refresh-configuration".
+	// The action: "upgrade-agent" (to the managers' agent version),
+	// "refresh-configuration" or "reprovision" (each instance on a new VM,
+	// made from its template as it is now; its data disk kept).
 	Action string `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
 	// The instances, in this order. Give one of instance_ids, template_ids
 	// and all.
 	InstanceIds []string `protobuf:"bytes,2,rep,name=instance_ids,json=instanceIds,proto3" json:"instance_ids,omitempty"`
-	// The running instances of these templates (refresh-configuration), or
-	// those whose agent is behind (upgrade-agent), by name.
+	// The instances of these templates the action applies to: running
+	// (refresh-configuration), running on an older version of the template
+	// (reprovision), their connected agent behind (upgrade-agent).
 	TemplateIds []string `protobuf:"bytes,3,rep,name=template_ids,json=templateIds,proto3" json:"template_ids,omitempty"`
-	// Every instance the action applies to: every running instance
-	// (refresh-configuration), every connected agent behind the managers'
-	// version (upgrade-agent).
+	// Every instance the action applies to, as for template_ids.
 	All bool `protobuf:"varint,4,opt,name=all,proto3" json:"all,omitempty"`
 	// How many instances are asked at once; each group is waited for before
-	// the next is asked. 0 means 10 for upgrade-agent, 1 for
-	// refresh-configuration; at most 100.
+	// the next is asked. 0 means 10 for upgrade-agent, 1 for the others; at
+	// most 100.
 	Parallel int32 `protobuf:"varint,5,opt,name=parallel,proto3" json:"parallel,omitempty"`
 	// How long an instance asked may take before it counts as failed, in
 	// seconds. 0 means 600; 30 to 86400.

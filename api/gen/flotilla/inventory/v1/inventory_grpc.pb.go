@@ -1653,7 +1653,7 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // RolloutService takes one action (an agent upgrade, a configuration
-// refresh) to many instances, a group at a time, on the managers' side: the
+// refresh, a reprovision) to many instances, a group at a time, on the managers' side: the
 // provisioner asks a group's instances, waits until each has done it, and
 // only then asks the next group; a failure stops the rollout, so a bad
 // release or a broken file reaches a few instances, not all. A rollout is
@@ -1749,7 +1749,7 @@ func (c *rolloutServiceClient) CancelRollout(ctx context.Context, in *RolloutAct
 // for forward compatibility.
 //
 // RolloutService takes one action (an agent upgrade, a configuration
-// refresh) to many instances, a group at a time, on the managers' side: the
+// refresh, a reprovision) to many instances, a group at a time, on the managers' side: the
 // provisioner asks a group's instances, waits until each has done it, and
 // only then asks the next group; a failure stops the rollout, so a bad
 // release or a broken file reaches a few instances, not all. A rollout is

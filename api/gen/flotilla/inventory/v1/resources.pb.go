@@ -1622,7 +1622,7 @@ type Rollout struct {
 	// The action, when it started and the end of its id, e.g.
 	// "upgrade-agent-20261205-101500-3f9c".
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	// "upgrade-agent" or "refresh-configuration".
+	// "upgrade-agent", "refresh-configuration" or "reprovision".
 	Action string `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
 	// The agent version an upgrade-agent rollout upgrades to: the managers'
 	// when it was created.
@@ -1774,7 +1774,9 @@ type RolloutInstance struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	InstanceId   string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
 	InstanceName string                 `protobuf:"bytes,2,opt,name=instance_name,json=instanceName,proto3" json:"instance_name,omitempty"`
-	// "pending" (not asked yet), "asked" (working on it), "succeeded",
+	// "pending" (not asked yet), "asked" (working on it), "succeeded" (an
+	// agent connected at the version; a refresh reported done; running on a
+	// new VM),
 	// "skipped" (nothing to do: the agent at the version already),
 	// "refused" (the instance could not be asked: its agent not connected,
 	// it was not running), "failed" (the instance reported a failure, or
@@ -1787,8 +1789,10 @@ type RolloutInstance struct {
 	// The instance's update_time when it was asked: its answer comes in a
 	// later change.
 	AskedAtUpdateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=asked_at_update_time,json=askedAtUpdateTime,proto3" json:"asked_at_update_time,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The instance's VM when it was asked (reprovision: done on another).
+	AskedAtVmId   string `protobuf:"bytes,8,opt,name=asked_at_vm_id,json=askedAtVmId,proto3" json:"asked_at_vm_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RolloutInstance) Reset() {
@@ -1868,6 +1872,13 @@ func (x *RolloutInstance) GetAskedAtUpdateTime() *timestamppb.Timestamp {
 		return x.AskedAtUpdateTime
 	}
 	return nil
+}
+
+func (x *RolloutInstance) GetAskedAtVmId() string {
+	if x != nil {
+		return x.AskedAtVmId
+	}
+	return ""
 }
 
 var File_flotilla_inventory_v1_resources_proto protoreflect.FileDescriptor
@@ -2042,7 +2053,7 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"createTime\x12@\n" +
 	"\vupdate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"updateTime\x12\x1d\n" +
-	"\acreator\x18\r \x01(\tB\x03\xe0A\x03R\acreator\"\xc2\x02\n" +
+	"\acreator\x18\r \x01(\tB\x03\xe0A\x03R\acreator\"\xe7\x02\n" +
 	"\x0fRolloutInstance\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12#\n" +
@@ -2051,7 +2062,8 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x125\n" +
 	"\bask_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aaskTime\x125\n" +
 	"\bend_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12K\n" +
-	"\x14asked_at_update_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x11askedAtUpdateTimeBAZ?flotilla.dev/flotilla/api/gen/flotilla/inventory/v1;inventoryv1b\x06proto3"
+	"\x14asked_at_update_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x11askedAtUpdateTime\x12#\n" +
+	"\x0easked_at_vm_id\x18\b \x01(\tR\vaskedAtVmIdBAZ?flotilla.dev/flotilla/api/gen/flotilla/inventory/v1;inventoryv1b\x06proto3"
 
 var (
 	file_flotilla_inventory_v1_resources_proto_rawDescOnce sync.Once
