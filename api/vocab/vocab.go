@@ -531,6 +531,10 @@ func (a RolloutAction) Valid() bool {
 	return a == RolloutUpgradeAgent || a == RolloutRefreshConfiguration || a == RolloutReprovision
 }
 
+// MaxRolloutInstances is how many instances one rollout takes at most (it
+// travels the bus whole, with each instance's state).
+const MaxRolloutInstances = 500
+
 // RolloutWork is the action of a rollout's work on the provisioning work
 // queue: a LifecycleRequest whose id is the rollout's, not an instance's.
 const RolloutWork Action = "rollout"

@@ -185,7 +185,7 @@ networkId: lab
 		t.Fatalf("a first value is not a replacement:\n%s", out)
 	}
 	// Replacing it says when the instance reads the new value.
-	if out := c.okIn("s3cret-value\n", "instances", "secrets", "set", "web-1", "db-password"); !strings.Contains(out, "(version 2)") || !strings.Contains(out, "flotilla instances refresh-configuration web-1 for the new value") {
+	if out := c.okIn("s3cret-value\n", "instances", "secrets", "set", "web-1", "db-password", "--if-version", "1"); !strings.Contains(out, "(version 2)") || !strings.Contains(out, "flotilla instances refresh-configuration web-1 for the new value") {
 		t.Fatalf("a replaced secret:\n%s", out)
 	}
 	if out := c.ok("instances", "secrets", "list", "web-1", "-o", "table"); !strings.Contains(out, "db-password") || strings.Contains(out, "s3cret-value") {
@@ -212,6 +212,9 @@ networkId: lab
 	if out := c.ok("secrets", "set", "registry-token", "--template", "small", "--templates-only"); !strings.Contains(out, "(version 1) for the instances of small") {
 		t.Fatalf("secrets set --templates-only:\n%s", out)
 	}
+	// Over a version it is no longer at: refused, naming the one it is at.
+	c.fails("", []string{`fleet secret "registry-token" is at version 1, not 2`, "version_mismatch"},
+		"secrets", "set", "registry-token", "--template", "small", "--templates-only", "--if-version", "2")
 	if out := c.ok("secrets", "list", "-o", "table"); !regexp.MustCompile(`registry-token +small +1 `).MatchString(out) || strings.Contains(out, "fleet-token") {
 		t.Fatalf("secrets list:\n%s", out)
 	}

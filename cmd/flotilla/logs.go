@@ -313,7 +313,7 @@ failed, deleted. A deleted instance's history is kept: give its id.`,
 
 // feedEntities are the kinds of entity the fleet's event feed serves, as
 // --entity names them, and their resources.
-var feedEntities = map[string]*resource{"instance": instances, "network": networks, "template": templates, "cloud-account": cloudAccounts}
+var feedEntities = map[string]*resource{"instance": instances, "network": networks, "template": templates, "cloud-account": cloudAccounts, "rollout": rollouts}
 
 // fleetEventsCommand is `flotilla events`: the fleet's event feed.
 func fleetEventsCommand(opts *clientOptions) *cobra.Command {
@@ -324,15 +324,16 @@ func fleetEventsCommand(opts *clientOptions) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "events [NAME|ID]",
-		Short: "Print the fleet's newest events (of instances, or of networks, templates or cloud accounts); -f follows new ones",
+		Short: "Print the fleet's newest events (of instances, or of networks, templates, cloud accounts or rollouts); -f follows new ones",
 		Long: `Print the newest events of the fleet, oldest first (GET /api/v1/events): of
-every instance (--entity instance, the default), network, template or cloud
-account, or of the one named. -f goes on printing new ones as they happen
+every instance (--entity instance, the default), network, template, cloud
+account or rollout, or of the one named. -f goes on printing new ones as they happen
 (server-sent events) until interrupted; -o json then prints one JSON object
 per line. An instance's whole timeline is flotilla instances events NAME.`,
 		Example: `  flotilla events --limit 20
   flotilla events -f
-  flotilla events --entity network lab -o json`,
+  flotilla events --entity network lab -o json
+  flotilla events --entity rollout -f                 # each rollout's progress`,
 		Args: cobra.MaximumNArgs(1),
 		ValidArgsFunction: func(cmd *cobra.Command, args []string, prefix string) ([]cobra.Completion, cobra.ShellCompDirective) {
 			if r := feedEntities[entity]; r != nil && len(args) == 0 {
@@ -343,7 +344,7 @@ per line. An instance's whole timeline is flotilla instances events NAME.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r := feedEntities[entity]
 			if r == nil {
-				return fmt.Errorf("--entity: %q is not instance, network, template or cloud-account", entity)
+				return fmt.Errorf("--entity: %q is not instance, network, template, cloud-account or rollout", entity)
 			}
 			q, err := sinceQuery(since)
 			if err != nil {
@@ -385,11 +386,11 @@ per line. An instance's whole timeline is flotilla instances events NAME.`,
 		},
 	}
 	opts.flags(cmd)
-	cmd.Flags().StringVar(&entity, "entity", "instance", "the kind of entity: instance, network, template or cloud-account")
+	cmd.Flags().StringVar(&entity, "entity", "instance", "the kind of entity: instance, network, template, cloud-account or rollout")
 	cmd.Flags().IntVar(&limit, "limit", 50, "how many of the newest events to print (0-1000; with -f: to start with)")
 	cmd.Flags().BoolVarP(&followFeed, "follow", "f", false, "go on printing new events until interrupted")
 	cmd.Flags().StringVar(&since, "since", "", "only events since a time (RFC 3339) or for a while (10m, 2h)")
-	_ = cmd.RegisterFlagCompletionFunc("entity", cobra.FixedCompletions([]string{"instance", "network", "template", "cloud-account"}, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.RegisterFlagCompletionFunc("entity", cobra.FixedCompletions([]string{"instance", "network", "template", "cloud-account", "rollout"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
 

@@ -30,7 +30,10 @@ Their values never come back out of the API.`,
 		Example: `  flotilla instances secrets set web-1 db-password < password.txt
   flotilla instances secrets list web-1`,
 	}
-	var fromFile, ref string
+	var (
+		fromFile, ref string
+		over          int64
+	)
 	set := &cobra.Command{
 		Use:   "set INSTANCE NAME",
 		Short: "Store or replace a secret of an instance: the value from standard input, a file, or the terminal (no echo)",
@@ -54,7 +57,7 @@ Their values never come back out of the API.`,
 			}
 			var sec secretsv1.Secret
 			if err := s.call(cmd.Context(), http.MethodPost, instancesPath+"/"+id+"/secrets",
-				jsonBody(map[string]string{"name": args[1], "value": value, "secretsManagerId": ref}), &sec); err != nil {
+				jsonBody(map[string]any{"name": args[1], "value": value, "secretsManagerId": ref, "version": over}), &sec); err != nil {
 				return fmt.Errorf("set secret %s of %s: %w", args[1], args[0], err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "secret %s of %s set (version %d)\n", sec.GetName(), args[0], sec.GetVersion())
@@ -67,6 +70,7 @@ Their values never come back out of the API.`,
 	set.Flags().StringVar(&fromFile, "from-file", "", "read the value from this file (as it is, newlines included)")
 	set.Flags().StringVar(&ref, "secrets-manager", "", "keep no value: read it from this AWS Secrets Manager secret (name or ARN) at each read, in the cloud account of the instance's network")
 	set.MarkFlagsMutuallyExclusive("from-file", "secrets-manager")
+	set.Flags().Int64Var(&over, "if-version", 0, "replace only the version read (instances secrets list): refused if someone changed it since, or there is none")
 	list := &cobra.Command{
 		Use:               "list INSTANCE",
 		Aliases:           []string{"ls"},
@@ -174,6 +178,7 @@ never come back out of the API.`,
 		fromFile, ref string
 		tpls          []string
 		templatesOnly bool
+		over          int64
 	)
 	set := &cobra.Command{
 		Use:   "set NAME --template TEMPLATE...",
@@ -203,7 +208,7 @@ never come back out of the API.`,
 			}
 			var sec secretsv1.FleetSecret
 			if err := s.call(cmd.Context(), http.MethodPut, fleetSecretsPath+"/"+url.PathEscape(args[0]),
-				jsonBody(map[string]any{"value": value, "templateIds": ids, "secretsManagerId": ref}), &sec); err != nil {
+				jsonBody(map[string]any{"value": value, "templateIds": ids, "secretsManagerId": ref, "version": over}), &sec); err != nil {
 				return fmt.Errorf("set fleet secret %s: %w", args[0], err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "fleet secret %s set (version %d) for the instances of %s\n", sec.GetName(), sec.GetVersion(), strings.Join(tpls, ", "))
@@ -219,6 +224,7 @@ never come back out of the API.`,
 	set.Flags().BoolVar(&templatesOnly, "templates-only", false, "keep the value stored, and change which templates the secret is for")
 	set.Flags().StringVar(&ref, "secrets-manager", "", "keep no value: read it from this AWS Secrets Manager secret (name or ARN) at each read, in the cloud account of the reading instance's network")
 	set.MarkFlagsMutuallyExclusive("from-file", "templates-only", "secrets-manager")
+	set.Flags().Int64Var(&over, "if-version", 0, "change only the version read (secrets list): refused if someone changed it since, or there is none")
 	list := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},

@@ -158,6 +158,9 @@ func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
 	if in := instanceJSON(t, c, "web-1"); in.VMID == vms["web-1"] || in.Agent.Status != "connected" {
 		t.Errorf("web-1 after the reprovision: agent %s on VM %s (was %s)", in.Agent.Status, in.VMID, vms["web-1"])
 	}
+	if out := c.ok("events", "--entity", "rollout", "--limit", "3"); !strings.Contains(out, "reprovision-") || !strings.Contains(out, "done") {
+		t.Errorf("events --entity rollout:\n%s", out)
+	}
 	c.fails("", []string{"no instance to roll reprovision out to: every running instance runs its template's version"},
 		"rollouts", "start", "reprovision", "--template", "small")
 	c.fails("", []string{"name instances, or give --template or --all (one of them)"}, "rollouts", "start", "reprovision", "web-1", "--all")

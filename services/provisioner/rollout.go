@@ -103,6 +103,9 @@ func (s *Service) startRollout(ctx context.Context, actor vocab.Actor, r *invent
 		}[action]
 		return nil, apierr.Conflict(apierr.ReasonInvalidState, "no instance to roll %s out to: %s", action, why)
 	}
+	if len(targets) > vocab.MaxRolloutInstances {
+		return nil, apierr.Invalid("instanceIds", "%d instances: a rollout takes at most %d; choose fewer (by name, or by template)", len(targets), vocab.MaxRolloutInstances)
+	}
 	for _, in := range targets {
 		ro.Instances = append(ro.Instances, &inventoryv1.RolloutInstance{InstanceId: in.GetId(), InstanceName: in.GetName()})
 	}

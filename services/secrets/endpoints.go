@@ -51,7 +51,8 @@ const (
 	reasonNotRequester    = "read asked by %s, not by the requesting instance's agent"
 )
 
-// create stores a secret, or replaces it with the next version.
+// create stores a secret, or replaces it with the next version (over the
+// version the request names, if it names one).
 func (s *Service) create(ctx context.Context, actor vocab.Actor, r *secretsv1.CreateSecretRequest) (*secretsv1.Secret, error) {
 	instanceID, err := parseInstanceID("instanceId", r.GetInstanceId())
 	if err != nil {
@@ -81,7 +82,7 @@ func (s *Service) create(ctx context.Context, actor vocab.Actor, r *secretsv1.Cr
 			return sl, nil
 		}
 	}
-	row, err := s.store.replace(ctx, instanceID, name, s.now().UTC().Truncate(time.Microsecond), ref, sealFn)
+	row, err := s.store.replace(ctx, instanceID, name, r.GetVersion(), s.now().UTC().Truncate(time.Microsecond), ref, sealFn)
 	if err != nil {
 		return nil, err
 	}

@@ -92,8 +92,9 @@ func fleetLock(name string) string { return "fleet secret " + name }
 // setFleet stores the fleet secret name for templateIDs: the next version
 // sealed by seal when seal is given, or the next version a reference to
 // ref when ref is, else what is stored already with its templates changed
-// (false when there is none).
-func (st store) setFleet(ctx context.Context, name string, templateIDs []string, at time.Time, ref string, seal func(version int64) (sealed, error)) (storedFleetSecret, bool, error) {
+// (false when there is none); over version over when it is not 0
+// (checkOver).
+func (st store) setFleet(ctx context.Context, name string, templateIDs []string, over int64, at time.Time, ref string, seal func(version int64) (sealed, error)) (storedFleetSecret, bool, error) {
 	var r storedFleetSecret
 	found := true
 	err := st.inTurn(ctx, fleetLock(name), func(tx pgx.Tx) error {
@@ -106,6 +107,9 @@ func (st store) setFleet(ctx context.Context, name string, templateIDs []string,
 			}
 		case err != nil:
 			return fmt.Errorf("read fleet secret %q: %w", name, err)
+		}
+		if err := checkOver(fmt.Sprintf("fleet secret %q", name), cur.version, over); err != nil {
+			return err
 		}
 		r = cur
 		r.name, r.templateIDs, r.updatedAt = name, templateIDs, at
@@ -213,7 +217,7 @@ func (s *Service) setFleetSecret(ctx context.Context, actor vocab.Actor, r *secr
 			return sl, nil
 		}
 	}
-	row, found, err := s.store.setFleet(ctx, name, templates, s.now().UTC().Truncate(time.Microsecond), ref, sealFn)
+	row, found, err := s.store.setFleet(ctx, name, templates, r.GetVersion(), s.now().UTC().Truncate(time.Microsecond), ref, sealFn)
 	if err != nil {
 		return nil, err
 	}

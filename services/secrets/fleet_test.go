@@ -171,3 +171,49 @@ func TestADeletedTemplateLeavesItsFleetSecrets(t *testing.T) {
 		}
 	}
 }
+
+// TestASecretWriteOverAVersionIsRefusedWhenItMovedOn: a write that names
+// the version it replaces (as read) is refused when another write came
+// first, or there is nothing at that version, for an instance's secret
+// and a fleet secret alike, and a templates-only change too; it goes
+// through at the version read, and without one at whatever it is.
+func TestASecretWriteOverAVersionIsRefusedWhenItMovedOn(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	create := func(value string, over int64) (*secretsv1.Secret, error) {
+		return call(e, endpoints.SecretCreate, &secretsv1.CreateSecretRequest{InstanceId: e.a, Name: "db", Value: value, Version: over})
+	}
+	set := func(value string, over int64) (*secretsv1.FleetSecret, error) {
+		return call(e, endpoints.FleetSecretPut, &secretsv1.SetFleetSecretRequest{Name: "registry", Value: value, TemplateIds: []string{e.template}, Version: over})
+	}
+	mismatch := func(err error, want string) {
+		t.Helper()
+		if apierr.ReasonOf(err) != apierr.ReasonVersionMismatch || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v; want version_mismatch saying %q", err, want)
+		}
+	}
+	_, err := create("v1", 1)
+	mismatch(err, `secret "db" of instance `+e.a+` does not exist, so it is not at version 1`)
+	if s, err := create("v1", 0); err != nil || s.GetVersion() != 1 {
+		t.Fatalf("the first: %v, %v", s, err)
+	}
+	if s, err := create("v2", 1); err != nil || s.GetVersion() != 2 {
+		t.Fatalf("over version 1: %v, %v", s, err)
+	}
+	_, err = create("v3", 1)
+	mismatch(err, "is at version 2, not 1")
+	if got, err := e.read(e.a, "db"); err != nil || string(got.GetValue()) != "v2" {
+		t.Fatalf("after a refused write: %v, %v", got, err)
+	}
+
+	_, err = set("f1", 3)
+	mismatch(err, `fleet secret "registry" does not exist, so it is not at version 3`)
+	if s, err := set("f1", 0); err != nil || s.GetVersion() != 1 {
+		t.Fatalf("the first fleet secret: %v, %v", s, err)
+	}
+	_, err = set("", 2)
+	mismatch(err, `fleet secret "registry" is at version 1, not 2`)
+	if s, err := set("f2", 1); err != nil || s.GetVersion() != 2 {
+		t.Fatalf("over version 1: %v, %v", s, err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
+	"flotilla.dev/flotilla/libs/apierr"
 )
 
 // store reads and writes the secrets table. It never sees a plaintext value.
@@ -74,15 +75,18 @@ func secretLock(instanceID, name string) string { return "secret " + instanceID 
 
 // replace stores the next version of a secret (1 when there is none),
 // sealed by seal for that version, since the version is bound to the
-// ciphertext, or (seal nil) the reference ref. Writers of one secret take
-// turns, so none fails for racing another and no two get the same
-// version.
-func (st store) replace(ctx context.Context, instanceID, name string, at time.Time, ref string, seal func(version int64) (sealed, error)) (storedSecret, error) {
+// ciphertext, or (seal nil) the reference ref; over version over when it
+// is not 0 (checkOver). Writers of one secret take turns, so none fails
+// for racing another and no two get the same version.
+func (st store) replace(ctx context.Context, instanceID, name string, over int64, at time.Time, ref string, seal func(version int64) (sealed, error)) (storedSecret, error) {
 	r := storedSecret{instanceID: instanceID, name: name, ref: ref, updatedAt: at}
 	err := st.inTurn(ctx, secretLock(instanceID, name), func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `SELECT version FROM secrets WHERE instance_id = $1 AND name = $2`, instanceID, name).Scan(&r.version)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("read version of secret %q of instance %s: %w", name, instanceID, err)
+		}
+		if err := checkOver(fmt.Sprintf("secret %q of instance %s", name, instanceID), r.version, over); err != nil {
+			return err
 		}
 		r.version++
 		if seal != nil {
@@ -110,6 +114,18 @@ func (st store) replace(ctx context.Context, instanceID, name string, at time.Ti
 		return nil
 	})
 	return r, err
+}
+
+// checkOver refuses a write over version over (not 0) of what (now at
+// version, 0 when there is none) when it is at another.
+func checkOver(what string, version, over int64) error {
+	switch {
+	case over == 0 || over == version:
+		return nil
+	case version == 0:
+		return apierr.Conflict(apierr.ReasonVersionMismatch, "%s does not exist, so it is not at version %d: read it again", what, over)
+	}
+	return apierr.Conflict(apierr.ReasonVersionMismatch, "%s is at version %d, not %d: read it again, and retry", what, version, over)
 }
 
 // get reads one secret, reporting false when there is none.

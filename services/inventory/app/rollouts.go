@@ -51,6 +51,9 @@ func (a *App) CreateRollout(ctx context.Context, r *inventoryv1.Rollout) (*inven
 	if err := domain.ValidateRollout(v); err != nil {
 		return nil, err
 	}
+	if err := checkSize(subjects.NounRollout, v); err != nil {
+		return nil, err
+	}
 	now := a.now()
 	v.Id = adapters.NewID()
 	v.Name = fmt.Sprintf("%s-%s-%s", v.GetAction(), now.UTC().Format("20060102-150405"), v.Id[len(v.Id)-4:])
@@ -179,8 +182,14 @@ func (a *App) RecordRollout(ctx context.Context, actor vocab.Actor, r *inventory
 			return apierr.Conflict(apierr.ReasonVersionMismatch, "rollout %s is at version %d, not %d: read it again", cur.GetName(), cur.GetVersion(), r.GetVersion())
 		}
 		next := proto.Clone(cur).(*inventoryv1.Rollout)
-		next.State, next.Message, next.Instances = r.GetState(), r.GetMessage(), r.GetInstances()
+		next.State, next.Message, next.Instances = r.GetState(), truncate(r.GetMessage(), 4*domain.MaxRolloutMessage), r.GetInstances()
+		for _, e := range next.GetInstances() {
+			e.Message = truncate(e.GetMessage(), domain.MaxRolloutMessage)
+		}
 		if err := domain.RolloutRecordable(cur, next); err != nil {
+			return err
+		}
+		if err := checkSize(subjects.NounRollout, next); err != nil {
 			return err
 		}
 		if proto.Equal(cur, next) {

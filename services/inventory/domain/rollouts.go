@@ -8,12 +8,15 @@ import (
 	"flotilla.dev/flotilla/libs/apierr"
 )
 
-// Limits on a rollout.
+// Limits on a rollout. A rollout travels the bus whole, its instances'
+// states and reasons with it: 500 instances, each reason cut to
+// MaxRolloutMessage bytes, stay under the inventory's resource size.
 const (
 	MaxRolloutParallel  = 100
 	MinRolloutTimeout   = 30
 	MaxRolloutTimeout   = 86400
-	MaxRolloutInstances = 10000
+	MaxRolloutInstances = vocab.MaxRolloutInstances
+	MaxRolloutMessage   = 200
 )
 
 // ValidateRollout checks a rollout as the provisioner made it: its action,

@@ -1,6 +1,7 @@
 package domain_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -76,6 +77,11 @@ func TestValidateRolloutNamesTheField(t *testing.T) {
 		{func(r *inventoryv1.Rollout) { r.Parallel = 0 }, "parallel: 0 is not a group size"},
 		{func(r *inventoryv1.Rollout) { r.TimeoutSeconds = 86401 }, "timeoutSeconds: 86401 is not a timeout"},
 		{func(r *inventoryv1.Rollout) { r.Instances = nil }, "instances: 0 instances"},
+		{func(r *inventoryv1.Rollout) {
+			for i := range 500 {
+				r.Instances = append(r.Instances, &inventoryv1.RolloutInstance{InstanceId: fmt.Sprintf("0192f0a0-0000-7000-8000-%012d", i+10), State: "pending"})
+			}
+		}, "instances: 501 instances: a rollout has 1 to 500"},
 		{func(r *inventoryv1.Rollout) { r.Instances[0].InstanceId = "x" }, "instances[0].instanceId"},
 		{func(r *inventoryv1.Rollout) { r.Instances[0].State = "lost" }, `instances[0].state: "lost" is not`},
 	} {

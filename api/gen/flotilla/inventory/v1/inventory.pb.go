@@ -2441,7 +2441,7 @@ type CreateRolloutRequest struct {
 	// made from its template as it is now; its data disk kept).
 	Action string `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
 	// The instances, in this order. Give one of instance_ids, template_ids
-	// and all.
+	// and all; a rollout takes at most 500 instances.
 	InstanceIds []string `protobuf:"bytes,2,rep,name=instance_ids,json=instanceIds,proto3" json:"instance_ids,omitempty"`
 	// The instances of these templates the action applies to: running
 	// (refresh-configuration), running on an older version of the template

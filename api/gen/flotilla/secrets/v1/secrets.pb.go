@@ -133,8 +133,12 @@ type CreateSecretRequest struct {
 	// An AWS Secrets Manager secret (name or ARN) to read the value from
 	// instead, at each read, in the cloud account of the instance's network.
 	SecretsManagerId string `protobuf:"bytes,4,opt,name=secrets_manager_id,json=secretsManagerId,proto3" json:"secrets_manager_id,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The version the new one replaces, as read: the write is refused
+	// (version_mismatch) when the secret is at another, or there is none.
+	// 0: whatever it is.
+	Version       int64 `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateSecretRequest) Reset() {
@@ -193,6 +197,13 @@ func (x *CreateSecretRequest) GetSecretsManagerId() string {
 		return x.SecretsManagerId
 	}
 	return ""
+}
+
+func (x *CreateSecretRequest) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
 }
 
 type ListSecretsRequest struct {
@@ -447,8 +458,12 @@ type SetFleetSecretRequest struct {
 	// instead, at each read, in the cloud account of the reading instance's
 	// network.
 	SecretsManagerId string `protobuf:"bytes,4,opt,name=secrets_manager_id,json=secretsManagerId,proto3" json:"secrets_manager_id,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The version the change is made over, as read: it is refused
+	// (version_mismatch) when the secret is at another, or there is none.
+	// 0: whatever it is.
+	Version       int64 `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SetFleetSecretRequest) Reset() {
@@ -507,6 +522,13 @@ func (x *SetFleetSecretRequest) GetSecretsManagerId() string {
 		return x.SecretsManagerId
 	}
 	return ""
+}
+
+func (x *SetFleetSecretRequest) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
 }
 
 type ListFleetSecretsRequest struct {
@@ -1694,13 +1716,14 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"updateTime\x12\x1c\n" +
 	"\n" +
 	"kms_key_id\x18\x06 \x01(\tR\bkmsKeyId\x12,\n" +
-	"\x12secrets_manager_id\x18\a \x01(\tR\x10secretsManagerId\"\x93\x01\n" +
+	"\x12secrets_manager_id\x18\a \x01(\tR\x10secretsManagerId\"\xad\x01\n" +
 	"\x13CreateSecretRequest\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x19\n" +
 	"\x05value\x18\x03 \x01(\tB\x03\xe0A\x04R\x05value\x12,\n" +
-	"\x12secrets_manager_id\x18\x04 \x01(\tR\x10secretsManagerId\"5\n" +
+	"\x12secrets_manager_id\x18\x04 \x01(\tR\x10secretsManagerId\x12\x18\n" +
+	"\aversion\x18\x05 \x01(\x03R\aversion\"5\n" +
 	"\x12ListSecretsRequest\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\"L\n" +
@@ -1720,12 +1743,13 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"updateTime\x12\x1c\n" +
 	"\n" +
 	"kms_key_id\x18\x06 \x01(\tR\bkmsKeyId\x12,\n" +
-	"\x12secrets_manager_id\x18\a \x01(\tR\x10secretsManagerId\"\x97\x01\n" +
+	"\x12secrets_manager_id\x18\a \x01(\tR\x10secretsManagerId\"\xb1\x01\n" +
 	"\x15SetFleetSecretRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\x05value\x18\x02 \x01(\tB\x03\xe0A\x04R\x05value\x12!\n" +
 	"\ftemplate_ids\x18\x03 \x03(\tR\vtemplateIds\x12,\n" +
-	"\x12secrets_manager_id\x18\x04 \x01(\tR\x10secretsManagerId\"\x19\n" +
+	"\x12secrets_manager_id\x18\x04 \x01(\tR\x10secretsManagerId\x12\x18\n" +
+	"\aversion\x18\x05 \x01(\x03R\aversion\"\x19\n" +
 	"\x17ListFleetSecretsRequest\"V\n" +
 	"\x18ListFleetSecretsResponse\x12:\n" +
 	"\asecrets\x18\x01 \x03(\v2 .flotilla.secrets.v1.FleetSecretR\asecrets\".\n" +
