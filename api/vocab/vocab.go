@@ -578,12 +578,13 @@ func ConfigRefreshable(state State, vmID string, agent AgentStatus, agentVMID st
 	return state == StateRunning && vmID != "" && agent == AgentConnected && agentVMID == vmID
 }
 
-// RolloutTally counts a rollout's instances' states (in its order) in the
-// order each state first appears: "2 succeeded, 1 asked, 3 pending".
-func RolloutTally(states []string) string {
+// RolloutTally counts a rollout's instances (in its order) by state, in
+// the order each state first appears: "2 succeeded, 1 asked, 3 pending".
+func RolloutTally[E interface{ GetState() string }](instances []E) string {
 	counts := map[string]int{}
 	var order []string
-	for _, st := range states {
+	for _, e := range instances {
+		st := e.GetState()
 		if counts[st] == 0 {
 			order = append(order, st)
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
 	"flotilla.dev/flotilla/api/vocab"
 )
@@ -18,7 +19,7 @@ import (
 func overviewCommand(opts *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "overview",
-		Short: "Show the fleet at a glance: instances by state, agents connected, failed instances, certificates ending soon (GET /api/v1/overview)",
+		Short: "Show the fleet at a glance: instances by state, agents connected, failed instances, certificates ending soon, rollouts open (GET /api/v1/overview)",
 		Example: `  flotilla overview
   flotilla overview -o json | jq .states`,
 		Args: cobra.NoArgs,
@@ -38,7 +39,18 @@ func overviewCommand(opts *clientOptions) *cobra.Command {
 			// answer needs no login; an old server's may lack it).
 			var status systemv1.Status
 			_ = s.call(cmd.Context(), http.MethodGet, "/api/v1/status", nil, &status)
-			return printOverview(cmd.OutOrStdout(), ov, status.GetVersion())
+			var open []*inventoryv1.Rollout
+			for _, st := range []vocab.RolloutState{vocab.RolloutStopped, vocab.RolloutPaused, vocab.RolloutRunning} {
+				list := &inventoryv1.ListRolloutsResponse{}
+				if err := s.call(cmd.Context(), http.MethodGet, rollouts.path()+"?pageSize=20&state="+string(st), nil, list); err != nil {
+					return err
+				}
+				open = append(open, list.GetRollouts()...)
+			}
+			if err := printOverview(cmd.OutOrStdout(), ov, status.GetVersion()); err != nil {
+				return err
+			}
+			return printOpenRollouts(cmd.OutOrStdout(), open)
 		},
 	}
 	opts.flags(cmd)
@@ -90,6 +102,20 @@ func printOverview(w io.Writer, ov *systemv1.Overview, version string) error {
 		if more := ov.GetCertificatesEndingCount() - int64(len(ov.GetCertificatesEnding())); more > 0 {
 			fmt.Fprintf(tw, "(and %d more)\n", more)
 		}
+	}
+	return tw.Flush()
+}
+
+// printOpenRollouts writes the rollouts still open, if any, with what a
+// stopped one waits for.
+func printOpenRollouts(w io.Writer, open []*inventoryv1.Rollout) error {
+	if len(open) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nROLLOUT\tSTATE\tINSTANCES\tMESSAGE")
+	for _, r := range open {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.GetName(), r.GetState(), vocab.RolloutTally(r.GetInstances()), r.GetMessage())
 	}
 	return tw.Flush()
 }

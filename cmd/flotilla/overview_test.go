@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
 )
 
@@ -71,5 +72,26 @@ func TestTheOverviewCountsAgentsAtAnotherVersion(t *testing.T) {
 	}
 	if strings.Contains(out.String(), "AGENT VERSION") {
 		t.Errorf("every agent at the manager's version, the overview says:\n%s", &out)
+	}
+}
+
+// TestTheOverviewListsTheRolloutsOpen: each open rollout by name and
+// state, its instances counted by state, and what it says (a stopped one:
+// why); none open, nothing is said of them.
+func TestTheOverviewListsTheRolloutsOpen(t *testing.T) {
+	t.Parallel()
+	var out strings.Builder
+	if err := printOpenRollouts(&out, nil); err != nil || out.Len() != 0 {
+		t.Fatalf("no rollout open: %q, %v", &out, err)
+	}
+	open := []*inventoryv1.Rollout{{Name: "refresh-configuration-20261205-010000-ab12", State: "stopped", Message: "stopped: refresh-configuration failed on web-2",
+		Instances: []*inventoryv1.RolloutInstance{{State: "succeeded"}, {State: "failed"}, {State: "pending"}, {State: "pending"}}}}
+	if err := printOpenRollouts(&out, open); err != nil {
+		t.Fatal(err)
+	}
+	want := "\nROLLOUT                                     STATE    INSTANCES                         MESSAGE\n" +
+		"refresh-configuration-20261205-010000-ab12  stopped  1 succeeded, 1 failed, 2 pending  stopped: refresh-configuration failed on web-2\n"
+	if out.String() != want {
+		t.Errorf("the rollouts open:\n%q\nwant\n%q", out.String(), want)
 	}
 }

@@ -557,14 +557,5 @@ func (d *rolloutDriver) adopt(ctx context.Context, r *inventoryv1.Rollout, asked
 // rolloutSummary says how a finished rollout went: how many instances
 // ended in each state.
 func rolloutSummary(r *inventoryv1.Rollout) string {
-	return "done: " + vocab.RolloutTally(rolloutStates(r))
-}
-
-// rolloutStates is the state of each of r's instances, in its order.
-func rolloutStates(r *inventoryv1.Rollout) []string {
-	out := make([]string, len(r.GetInstances()))
-	for i, e := range r.GetInstances() {
-		out[i] = e.GetState()
-	}
-	return out
+	return "done: " + vocab.RolloutTally(r.GetInstances())
 }

@@ -110,6 +110,8 @@ type overviewData struct {
 	CertificatesCount int64
 	// CertificateWindow is how far ahead the overview looks ("14 days").
 	CertificateWindow string
+	// Rollouts are the open ones: stopped (to see to), paused, running.
+	Rollouts []rolloutRow
 	// Building: the gateway is still building the fleet overview (it just
 	// started); the counts are not shown.
 	Building bool
@@ -145,6 +147,10 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, s *session) {
 		}
 	}
 	var err error
+	if d.Rollouts, err = openRollouts(s); err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
 	if d.Events, err = s.events("/api/v1/events", 15); err != nil {
 		c.fail(w, r, s, err)
 		return

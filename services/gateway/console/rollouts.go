@@ -17,13 +17,7 @@ type rolloutRow struct {
 
 // rolloutProgress counts a rollout's instances by state, in the order
 // the states first appear: "2 succeeded, 1 asked, 3 pending".
-func rolloutProgress(r *inventoryv1.Rollout) string {
-	states := make([]string, len(r.GetInstances()))
-	for i, in := range r.GetInstances() {
-		states[i] = in.GetState()
-	}
-	return vocab.RolloutTally(states)
-}
+func rolloutProgress(r *inventoryv1.Rollout) string { return vocab.RolloutTally(r.GetInstances()) }
 
 // rollouts serves GET /rollouts: every rollout, the newest first.
 func (c *Console) rollouts(w http.ResponseWriter, r *http.Request, s *session) {
@@ -38,6 +32,22 @@ func (c *Console) rollouts(w http.ResponseWriter, r *http.Request, s *session) {
 		rows[i] = rolloutRow{R: ro, Progress: rolloutProgress(ro)}
 	}
 	c.render(w, r, s, http.StatusOK, "rollouts", "Rollouts", rows)
+}
+
+// openRollouts are the rollouts still open, those a failure stopped first
+// (the first 20 of each state).
+func openRollouts(s *session) ([]rolloutRow, error) {
+	var out []rolloutRow
+	for _, st := range []vocab.RolloutState{vocab.RolloutStopped, vocab.RolloutPaused, vocab.RolloutRunning} {
+		list := &inventoryv1.ListRolloutsResponse{}
+		if err := s.api.get("/api/v1/rollouts?pageSize=20&state="+string(st), list); err != nil {
+			return nil, err
+		}
+		for _, ro := range list.GetRollouts() {
+			out = append(out, rolloutRow{R: ro, Progress: rolloutProgress(ro)})
+		}
+	}
+	return out, nil
 }
 
 // rollout serves GET /rollouts/{id}: one rollout, each instance's state,

@@ -239,6 +239,23 @@ func TestTheConsoleUpgradesAgentsBehindTheManager(t *testing.T) {
 		t.Errorf("web-1's page does not say why its refresh failed:\n%s", p.body)
 	}
 
+	// A rollout of the same refresh stops at web-1: the overview lists it
+	// among the rollouts open, with why.
+	to = e.post("/instances/bulk", url.Values{"action": {"refresh-configuration"}, "confirm": {"yes"}, "id": {strings.TrimPrefix(page, "/instances/")}}).
+		must(t, http.StatusSeeOther, "a rollout of web-1's refresh").header.Get("Location")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, ro := e.api("GET", "/api/v1"+to, nil); ro["state"] == "stopped" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the rollout of web-1's refresh never stopped")
+		}
+	}
+	if p := e.get("/").must(t, 200, "the overview"); !strings.Contains(p.body, `<h2 id="rollouts-h">Rollouts open</h2>`) ||
+		!strings.Contains(p.body, `<a href="`+to+`">refresh-configuration-`) || !strings.Contains(p.body, "stopped: refresh-configuration failed on web-1") {
+		t.Errorf("the overview does not list the stopped rollout:\n%s", p.body)
+	}
+
 	// Both run an older version of the template now: the templates page's
 	// link lists them, and a rollout reprovisions them one at a time.
 	p = e.get("/instances/reprovision?template="+tplID).must(t, 200, "the instances behind their template")
