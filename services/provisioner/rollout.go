@@ -414,6 +414,9 @@ func (d *rolloutDriver) step(ctx context.Context, r *inventoryv1.Rollout) ([]*in
 				wait = min(wait, at.Sub(now))
 				continue
 			}
+			if !slices.Contains(look, e.GetInstanceId()) {
+				break // beyond the group looked up: the next pass asks it
+			}
 			in := instances[e.GetInstanceId()]
 			if in == nil {
 				e.State, e.Message, e.EndTime = string(vocab.RolloutRefused), "the instance was deleted", timestamppb.New(now)
