@@ -77,6 +77,9 @@ type resource struct {
 	// changedNote, when set, says what more an apply's change calls for
 	// ("" for nothing), from the item before and after.
 	changedNote func(before, after proto.Message) string
+	// detail, when set, is what get shows of each item after its row, as a
+	// table (a rollout's instances).
+	detail func(w io.Writer, item proto.Message) error
 }
 
 // column is a table column: a header and the JSON path of the field it
@@ -528,7 +531,7 @@ func (r *resource) getCommand(opts *clientOptions) *cobra.Command {
 	return &cobra.Command{
 		Use:               "get NAME|ID...",
 		Short:             fmt.Sprintf("Show %ss by name or id", r.singular),
-		Example:           fmt.Sprintf("  flotilla %s get NAME\n  flotilla %s get NAME -o yaml > %s.yaml   # edit, then: flotilla %s apply -f %s.yaml", r.plural, r.plural, r.singularWord(), r.plural, r.singularWord()),
+		Example:           r.getExample(),
 		Args:              cobra.MinimumNArgs(1),
 		ValidArgsFunction: r.completeNames(opts),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -547,9 +550,28 @@ func (r *resource) getCommand(opts *clientOptions) *cobra.Command {
 			if len(items) == 1 && format != formatTable {
 				return writeMessage(cmd.OutOrStdout(), format, items[0])
 			}
-			return s.printItems(cmd.Context(), cmd.OutOrStdout(), format, r, items)
+			if err := s.printItems(cmd.Context(), cmd.OutOrStdout(), format, r, items); err != nil {
+				return err
+			}
+			if r.detail != nil && format == formatTable {
+				for _, it := range items {
+					if err := r.detail(cmd.OutOrStdout(), it); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
 		},
 	}
+}
+
+// getExample is get's example: with apply, when the API can update one.
+func (r *resource) getExample() string {
+	if r.noUpdate {
+		return fmt.Sprintf("  flotilla %s get NAME\n  flotilla %s get NAME -o yaml", r.plural, r.plural)
+	}
+	return fmt.Sprintf("  flotilla %s get NAME\n  flotilla %s get NAME -o yaml > %s.yaml   # edit, then: flotilla %s apply -f %s.yaml",
+		r.plural, r.plural, r.singularWord(), r.plural, r.singularWord())
 }
 
 // singularWord is the singular as one word ("cloud-account").

@@ -7,11 +7,13 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	"flotilla.dev/flotilla/api/vocab"
@@ -29,6 +31,25 @@ var rollouts = &resource{
 		{flag: "state", param: "state", usage: "only rollouts in this state (running, paused, stopped, cancelled or done)"},
 	},
 	listExample: "  flotilla rollouts list --state stopped",
+	detail:      rolloutInstances,
+}
+
+// rolloutInstances is a rollout's instances as get shows them: each one's
+// state, when it was asked and ended, and why it was refused or failed.
+func rolloutInstances(w io.Writer, it proto.Message) error {
+	r := it.(*inventoryv1.Rollout)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "\n%s: %s\nINSTANCE\tSTATE\tASKED\tENDED\tWHY\n", r.GetName(), dash(r.GetMessage()))
+	when := func(t *timestamppb.Timestamp) string {
+		if t == nil {
+			return "-"
+		}
+		return ago(t.AsTime())
+	}
+	for _, e := range r.GetInstances() {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.GetInstanceName(), e.GetState(), when(e.GetAskTime()), when(e.GetEndTime()), dash(e.GetMessage()))
+	}
+	return tw.Flush()
 }
 
 // rolloutsCommand is `flotilla rollouts`: list, show, watch, pause, resume

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -152,8 +153,15 @@ func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
 		t.Fatalf("apply of a change to small: %v\n%s%s", err, out, errOut)
 	}
 	out = c.ok("rollouts", "start", "reprovision", "--template", "small", "--wait")
-	if _, out, _ := strings.Cut(out, "\n"); out != "web-1: reprovisions: a new VM from its template as it is now, its data disk kept\nweb-1: running again, on a new VM\n" {
+	header, out, _ = strings.Cut(out, "\n")
+	if out != "web-1: reprovisions: a new VM from its template as it is now, its data disk kept\nweb-1: running again, on a new VM\n" {
 		t.Errorf("rollouts start reprovision --template small --wait: %q", out)
+	}
+	// get shows its instances.
+	name, _, _ = strings.Cut(strings.TrimPrefix(header, "rollout "), ":")
+	if out := c.ok("rollouts", "get", name, "-o", "table"); !strings.Contains(out, name+": done: 1 succeeded\nINSTANCE  STATE      ASKED") ||
+		!regexp.MustCompile(`\nweb-1 +succeeded +`).MatchString(out) {
+		t.Errorf("rollouts get %s:\n%s", name, out)
 	}
 	if in := instanceJSON(t, c, "web-1"); in.VMID == vms["web-1"] || in.Agent.Status != "connected" {
 		t.Errorf("web-1 after the reprovision: agent %s on VM %s (was %s)", in.Agent.Status, in.VMID, vms["web-1"])

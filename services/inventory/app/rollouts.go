@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
@@ -154,6 +155,21 @@ func (a *App) ControlRollout(ctx context.Context, actor vocab.Actor, id string, 
 	return out, err
 }
 
+// cutMiddle is s cut to about n bytes by leaving out its middle (on rune
+// boundaries, "…" in its place): a reason's start says what failed, its
+// end often what became of it ("version 0.0.9 runs on").
+func cutMiddle(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	head := truncate(s, n/2)
+	tail := len(s) - n/2
+	for tail < len(s) && !utf8.RuneStart(s[tail]) {
+		tail++
+	}
+	return head + s[tail:]
+}
+
 // cancelRollout cancels r, saying why: its instances not asked yet are not.
 func cancelRollout(r *inventoryv1.Rollout, why string) {
 	r.State, r.Message = string(vocab.RolloutCancelled), why
@@ -182,9 +198,9 @@ func (a *App) RecordRollout(ctx context.Context, actor vocab.Actor, r *inventory
 			return apierr.Conflict(apierr.ReasonVersionMismatch, "rollout %s is at version %d, not %d: read it again", cur.GetName(), cur.GetVersion(), r.GetVersion())
 		}
 		next := proto.Clone(cur).(*inventoryv1.Rollout)
-		next.State, next.Message, next.Instances = r.GetState(), truncate(r.GetMessage(), 4*domain.MaxRolloutMessage), r.GetInstances()
+		next.State, next.Message, next.Instances = r.GetState(), cutMiddle(r.GetMessage(), 4*domain.MaxRolloutMessage), r.GetInstances()
 		for _, e := range next.GetInstances() {
-			e.Message = truncate(e.GetMessage(), domain.MaxRolloutMessage)
+			e.Message = cutMiddle(e.GetMessage(), domain.MaxRolloutMessage)
 		}
 		if err := domain.RolloutRecordable(cur, next); err != nil {
 			return err
