@@ -3,6 +3,7 @@ package stack_test
 import (
 	"bytes"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -463,7 +464,14 @@ func TestAWSForcedDeleteLeavesWhatTheCloudCannotDestroy(t *testing.T) {
 	must(t, err)
 	events, err := js.Stream(ctx, subjects.EventsStream)
 	must(t, err)
-	m, err := events.GetLastMsgForSubject(ctx, subjects.Event(subjects.NounInstance, i.id, string(vocab.VerbDeleted)))
+	// The record gone, its event follows through the outbox a moment later.
+	var m *jetstream.RawStreamMsg
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		m, err = events.GetLastMsgForSubject(ctx, subjects.Event(subjects.NounInstance, i.id, string(vocab.VerbDeleted)))
+		if err == nil || !errors.Is(err, jetstream.ErrMsgNotFound) || time.Now().After(deadline) {
+			break
+		}
+	}
 	must(t, err)
 	ev := &eventsv1.Event{}
 	must(t, proto.Unmarshal(m.Data, ev))

@@ -213,6 +213,29 @@ func TestARolloutRefreshesAGroupAtATimeAndStopsAtAFailure(t *testing.T) {
 		t.Errorf("c, not asked by the cancelled rollout: %q", got)
 	}
 
+	// Paused while a's refresh waits, that refresh fails (the fleet secret
+	// it reads is gone): the rollout is stopped, so a resume knows of it.
+	must(t, syscall.Kill(agentPID, syscall.SIGSTOP))
+	ro = start(&inventoryv1.CreateRolloutRequest{Action: string(vocab.RolloutRefreshConfiguration), InstanceIds: []string{ids[0], ids[2]}})
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		got, err := rpc.Call(ctx, lab.gateway, endpoints.RolloutGet, &inventoryv1.GetRolloutRequest{Id: ro.GetId()}, lab.admin)
+		must(t, err)
+		if states(got) == "a=asked c=pending" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a never asked: %s", states(got))
+		}
+	}
+	_, err = rpc.Call(ctx, lab.gateway, endpoints.RolloutPause, &inventoryv1.RolloutActionRequest{Id: ro.GetId()}, lab.admin)
+	must(t, err)
+	_, err = rpc.Call(ctx, lab.gateway, endpoints.FleetSecretDelete, &secretsv1.DeleteFleetSecretRequest{Name: "registry-token"}, lab.admin)
+	must(t, err)
+	must(t, syscall.Kill(agentPID, syscall.SIGCONT))
+	if ro = until(ro, vocab.RolloutStopped); states(ro) != "a=failed c=pending" || !strings.Contains(ro.GetMessage(), "failed on a") {
+		t.Fatalf("a failure while paused: %s (%s)", states(ro), ro.GetMessage())
+	}
+
 	// Bad requests name their field.
 	for _, c := range []struct {
 		r    *inventoryv1.CreateRolloutRequest
@@ -233,8 +256,8 @@ func TestARolloutRefreshesAGroupAtATimeAndStopsAtAFailure(t *testing.T) {
 	}
 	list, err := rpc.Call(ctx, lab.gateway, endpoints.RolloutList, &inventoryv1.ListRolloutsRequest{}, lab.admin)
 	must(t, err)
-	if n := len(list.GetRollouts()); n != 5 {
-		t.Errorf("%d rollouts listed, want 5", n)
+	if n := len(list.GetRollouts()); n != 6 {
+		t.Errorf("%d rollouts listed, want 6", n)
 	}
 }
 

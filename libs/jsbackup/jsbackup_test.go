@@ -344,6 +344,16 @@ func TestStreamsCopiedFromAClusterAreSentToAnother(t *testing.T) {
 	testkit.WaitFor(t, 30*time.Second, "the other cluster's meta leader", func() bool {
 		return slices.ContainsFunc(b, (*server.Server).JetStreamIsLeader)
 	})
+	// A leader elected, the account's JetStream may still be coming up on
+	// the server the restorer reaches ("JetStream not enabled for account").
+	bjs, err := jetstream.New(connect(b, "admin", admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 30*time.Second, "JetStream for the account in the other cluster", func() bool {
+		_, err := bjs.AccountInfo(ctx)
+		return err == nil
+	})
 	sent, err := jsbackup.Send(ctx, connect(b, busauth.Restorer, mint(t, auth, busauth.Restorer, busauth.RestorerPermissions())), dir, 3)
 	if err != nil {
 		t.Fatal(err)

@@ -397,8 +397,10 @@ func (d *rolloutDriver) step(ctx context.Context, r *inventoryv1.Rollout) ([]*in
 		e.State, e.Message, e.EndTime = string(st), msg, timestamppb.New(now)
 	}
 	var newly []*inventoryv1.RolloutInstance
+	paused := vocab.RolloutState(next.GetState()) == vocab.RolloutPaused
 	switch {
-	case running && len(failed) > 0:
+	case (running || paused) && len(failed) > 0:
+		// Paused, it stops too: a resume then goes on knowing of it.
 		next.State = string(vocab.RolloutStopped)
 		next.Message = fmt.Sprintf("stopped: %s failed on %s; resume the rollout to go on with the others, or cancel it",
 			next.GetAction(), strings.Join(failed, ", "))

@@ -62,7 +62,8 @@ var rolloutInstanceStates = map[vocab.RolloutInstanceState]bool{
 // RolloutRecordable checks the provisioner's record of a rollout's
 // progress against the rollout as stored: the same instances in the same
 // order, and a state it may move the rollout to (from running: stopped
-// after a failure, or done; an operator's pause or cancel stays).
+// after a failure, or done; from paused: stopped after a failure of an
+// instance asked before the pause; a cancel stays).
 func RolloutRecordable(cur, next *inventoryv1.Rollout) error {
 	if err := ValidateRollout(next); err != nil {
 		return err
@@ -76,7 +77,8 @@ func RolloutRecordable(cur, next *inventoryv1.Rollout) error {
 		}
 	}
 	from, to := vocab.RolloutState(cur.GetState()), vocab.RolloutState(next.GetState())
-	if from != to && !(from == vocab.RolloutRunning && (to == vocab.RolloutStopped || to == vocab.RolloutDone)) {
+	if from != to && !(from == vocab.RolloutRunning && (to == vocab.RolloutStopped || to == vocab.RolloutDone)) &&
+		!(from == vocab.RolloutPaused && to == vocab.RolloutStopped) {
 		return apierr.Invalid("state", "a rollout %s is not recorded %s", from, to)
 	}
 	return nil

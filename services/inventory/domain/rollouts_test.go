@@ -34,6 +34,7 @@ func TestARolloutRecordKeepsItsInstancesAndTheOperatorsState(t *testing.T) {
 		{rollout("running", id1, id2), rollout("stopped", id1, id2), ""},
 		{rollout("paused", id1), rollout("paused", id1), ""},
 		{rollout("paused", id1), rollout("done", id1), "state: a rollout paused is not recorded done"},
+		{rollout("paused", id1), rollout("stopped", id1), ""},
 		{rollout("cancelled", id1), rollout("running", id1), "state: a rollout cancelled is not recorded running"},
 		{rollout("running", id1, id2), rollout("running", id2, id1), "instances[0].instanceId: is " + id2},
 		{rollout("running", id1, id2), rollout("running", id1), "instances: has 1 instances, not the rollout's 2"},
