@@ -147,6 +147,9 @@ type Progress string
 
 // Progress statuses.
 const (
+	// ProgressRequested is not an agent's report: the provisioner records
+	// it as it sends an operator's command, before the agent reports.
+	ProgressRequested Progress = "requested"
 	ProgressStarted   Progress = "started"
 	ProgressSucceeded Progress = "succeeded"
 	ProgressFailed    Progress = "failed"

@@ -27,6 +27,7 @@ type Inventory struct {
 	events    []*agentv1.AgentEvent
 	batches   [][]*agentv1.AgentEvent          // each observe-many request's
 	instances map[string]*inventoryv1.Instance // nil: removed
+	records   []*inventoryv1.RecordStateRequest
 }
 
 // FakeVM is the VM a fake inventory's instances run on unless Set says
@@ -109,6 +110,15 @@ func FakeInventory(tb testing.TB, nc *nats.Conn) *Inventory {
 			}
 			reply(m, in)
 		},
+		endpoints.LifecycleRecord.Info().ServeSubject(): func(m *nats.Msg) {
+			req := &inventoryv1.RecordStateRequest{}
+			_ = proto.Unmarshal(m.Data, req)
+			inv.mu.Lock()
+			inv.records = append(inv.records, req)
+			inv.mu.Unlock()
+			in, _ := inv.instance(req.GetId())
+			reply(m, in)
+		},
 		endpoints.InstanceGetMany.Info().ServeSubject(): func(m *nats.Msg) {
 			req := &inventoryv1.GetInstancesRequest{}
 			_ = proto.Unmarshal(m.Data, req)
@@ -132,6 +142,13 @@ func FakeInventory(tb testing.TB, nc *nats.Conn) *Inventory {
 		tb.Fatal(err)
 	}
 	return inv
+}
+
+// Records returns the lifecycle.record requests made so far.
+func (inv *Inventory) Records() []*inventoryv1.RecordStateRequest {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	return append([]*inventoryv1.RecordStateRequest(nil), inv.records...)
 }
 
 // Events returns the agent events recorded so far.

@@ -47,7 +47,7 @@ func (s *Service) refreshCertificate(ctx context.Context, actor vocab.Actor, r *
 	}
 	cmd := &agentv1.Command{Id: "refresh-certificate-" + uuid.NewString(),
 		Action: &agentv1.Command_RefreshCertificate{RefreshCertificate: &agentv1.RefreshCertificate{Acme: acmeOrder(in, n)}}}
-	if err := s.commandAgent(ctx, in, cmd); err != nil {
+	if err := s.commandAgent(ctx, in, "", cmd); err != nil {
 		return nil, err
 	}
 	s.log.InfoContext(ctx, "certificate refresh sent to the agent", "instance_id", in.GetId(), "actor", actor)
@@ -106,7 +106,7 @@ func (s *Service) refreshConfiguration(ctx context.Context, actor vocab.Actor, r
 	}
 	cmd := &agentv1.Command{Id: "refresh-configuration-" + uuid.NewString(),
 		Action: &agentv1.Command_RefreshConfiguration{RefreshConfiguration: &agentv1.RefreshConfiguration{SetupActions: t.GetSetupActions()}}}
-	if err := s.commandAgent(ctx, in, cmd); err != nil {
+	if err := s.commandAgent(ctx, in, vocab.StepRefreshingConfiguration, cmd); err != nil {
 		return nil, err
 	}
 	s.log.InfoContext(ctx, "configuration refresh sent to the agent", "instance_id", in.GetId(), "template_id", t.GetId(),

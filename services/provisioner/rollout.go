@@ -251,8 +251,7 @@ func (s *Service) driveRollout(ctx context.Context, id string) error {
 	}
 	defer release()
 	s.log.InfoContext(ctx, "rollout work started", "rollout_id", id, "holder", s.leases.holder)
-	d := &rolloutDriver{s: s, id: id, answers: map[string]rolloutAnswer{}, firstUnavailable: map[string]time.Time{},
-		notBefore: map[string]time.Time{}, mine: map[string]bool{}}
+	d := newRolloutDriver(s, id)
 	err = d.run(lctx)
 	s.log.InfoContext(ctx, "rollout work ended", "rollout_id", id, "error", err)
 	if cause := context.Cause(lctx); errors.Is(cause, errLeaseLost) && ctx.Err() == nil {
@@ -268,10 +267,16 @@ type rolloutDriver struct {
 	// answers are the asks' outcomes not recorded yet, by instance id.
 	answers map[string]rolloutAnswer
 	// firstUnavailable is when an instance's ask first found its agent
-	// without a stream; notBefore, when it is asked again.
-	firstUnavailable, notBefore map[string]time.Time
+	// without a stream; resendAt, when it is asked again (it stays asked,
+	// keeping its place in the group, meanwhile).
+	firstUnavailable, resendAt map[string]time.Time
 	// mine are the instances this driver asked (or asked again, see adopt).
 	mine map[string]bool
+}
+
+func newRolloutDriver(s *Service, id string) *rolloutDriver {
+	return &rolloutDriver{s: s, id: id, answers: map[string]rolloutAnswer{}, firstUnavailable: map[string]time.Time{},
+		resendAt: map[string]time.Time{}, mine: map[string]bool{}}
 }
 
 // rolloutAnswer is what an ask came to: the instance's new state and why.
@@ -321,6 +326,11 @@ func (d *rolloutDriver) run(ctx context.Context) error {
 			continue
 		}
 		d.adopt(ctx, r, asked)
+		if due := d.due(asked); len(due) > 0 {
+			icancel()
+			d.ask(ctx, r, due)
+			continue
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -334,6 +344,19 @@ func (d *rolloutDriver) run(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// due is the instances of asked whose agent had no stream when asked, and
+// whose time to be asked again has come.
+func (d *rolloutDriver) due(asked []*inventoryv1.RolloutInstance) []*inventoryv1.RolloutInstance {
+	var out []*inventoryv1.RolloutInstance
+	now := time.Now()
+	for _, e := range asked {
+		if at, ok := d.resendAt[e.GetInstanceId()]; ok && !now.Before(at) {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // inState is r's instances in state.
@@ -365,7 +388,7 @@ func (d *rolloutDriver) step(ctx context.Context, r *inventoryv1.Rollout) ([]*in
 		case vocab.RolloutAsked:
 			look = append(look, in.GetInstanceId())
 		case vocab.RolloutPending:
-			if at, ok := d.notBefore[in.GetInstanceId()]; running && pending < int(next.GetParallel()) && (!ok || !now.Before(at)) {
+			if running && pending < int(next.GetParallel()) {
 				look = append(look, in.GetInstanceId())
 				pending++
 			}
@@ -387,9 +410,9 @@ func (d *rolloutDriver) step(ctx context.Context, r *inventoryv1.Rollout) ([]*in
 		case vocab.RolloutAsked:
 			working++
 			wait = min(wait, e.GetAskTime().AsTime().Add(time.Duration(next.GetTimeoutSeconds())*time.Second).Sub(now)+time.Millisecond)
-			continue
-		case vocab.RolloutPending: // asked again later: its agent had no stream
-			e.State, e.Message, e.AskTime, e.AskedAtUpdateTime, e.AskedAtVmId = string(st), msg, nil, nil, ""
+			if at, ok := d.resendAt[e.GetInstanceId()]; ok {
+				wait = min(wait, max(at.Sub(now), time.Millisecond))
+			}
 			continue
 		case vocab.RolloutFailed:
 			failed = append(failed, e.GetInstanceName())
@@ -410,10 +433,6 @@ func (d *rolloutDriver) step(ctx context.Context, r *inventoryv1.Rollout) ([]*in
 				break
 			}
 			if vocab.RolloutInstanceState(e.GetState()) != vocab.RolloutPending {
-				continue
-			}
-			if at, ok := d.notBefore[e.GetInstanceId()]; ok && now.Before(at) {
-				wait = min(wait, at.Sub(now))
 				continue
 			}
 			if !slices.Contains(look, e.GetInstanceId()) {
@@ -450,6 +469,9 @@ func (d *rolloutDriver) step(ctx context.Context, r *inventoryv1.Rollout) ([]*in
 func (d *rolloutDriver) outcome(r *inventoryv1.Rollout, e *inventoryv1.RolloutInstance, in *inventoryv1.Instance, now time.Time) (vocab.RolloutInstanceState, string) {
 	if a, ok := d.answers[e.GetInstanceId()]; ok {
 		return a.state, a.message
+	}
+	if _, ok := d.resendAt[e.GetInstanceId()]; ok {
+		return vocab.RolloutAsked, "" // its agent reconnecting: asked again shortly
 	}
 	if in == nil {
 		return vocab.RolloutRefused, "the instance was deleted"
@@ -489,11 +511,13 @@ func (d *rolloutDriver) outcome(r *inventoryv1.Rollout, e *inventoryv1.RolloutIn
 	return vocab.RolloutAsked, ""
 }
 
-// ask sends the rollout's command to each instance newly marked asked,
-// keeping what each ask came to for the next record: refused (with the
-// provisioner's reason), skipped (an agent at the version already), asked
-// again later (an agent without a stream, for up to rolloutRetryFor), or
-// nothing (asked: its instance says how it went).
+// ask sends the rollout's command to each instance newly marked asked (or
+// due to be asked again), keeping what each ask came to for the next
+// record: refused (with the provisioner's reason), skipped (an agent at
+// the version already), or nothing (asked: its instance says how it went).
+// An agent without a stream at the moment (reconnecting to a restarted
+// agent gateway) is asked again every rolloutRetryEvery for up to
+// rolloutRetryFor, its instance asked meanwhile: it keeps its place.
 func (d *rolloutDriver) ask(ctx context.Context, r *inventoryv1.Rollout, newly []*inventoryv1.RolloutInstance) {
 	for _, e := range newly {
 		id := e.GetInstanceId()
@@ -507,8 +531,7 @@ func (d *rolloutDriver) ask(ctx context.Context, r *inventoryv1.Rollout, newly [
 				d.firstUnavailable[id] = first
 			}
 			if time.Since(first) < rolloutRetryFor {
-				d.answers[id] = rolloutAnswer{vocab.RolloutPending, err.Error() + " (asked again shortly)"}
-				d.notBefore[id] = time.Now().Add(rolloutRetryEvery)
+				d.resendAt[id] = time.Now().Add(rolloutRetryEvery)
 				continue
 			}
 			d.answers[id] = rolloutAnswer{vocab.RolloutRefused, err.Error()}
@@ -518,7 +541,7 @@ func (d *rolloutDriver) ask(ctx context.Context, r *inventoryv1.Rollout, newly [
 			d.answers[id] = rolloutAnswer{vocab.RolloutSkipped, "the agent is at version " + r.GetAgentVersion() + " already"}
 		}
 		delete(d.firstUnavailable, id)
-		delete(d.notBefore, id)
+		delete(d.resendAt, id)
 	}
 }
 

@@ -47,7 +47,7 @@ func (s *Service) upgradeAgent(ctx context.Context, actor vocab.Actor, r *invent
 	}
 	cmd := &agentv1.Command{Id: "upgrade-agent-" + uuid.NewString(), Action: &agentv1.Command_UpgradeAgent{
 		UpgradeAgent: &agentv1.UpgradeAgent{Version: s.d.Version, Url: s.d.AgentURL, Sha256: s.d.AgentSHA256}}}
-	if err := s.commandAgent(ctx, in, cmd); err != nil {
+	if err := s.commandAgent(ctx, in, vocab.StepUpgradingAgent, cmd); err != nil {
 		return nil, err
 	}
 	s.log.InfoContext(ctx, "agent upgrade sent", "instance_id", in.GetId(), "from", a.GetVersion(), "to", s.d.Version, "actor", actor)
@@ -62,13 +62,33 @@ func agentOnVM(in *inventoryv1.Instance) bool {
 }
 
 // commandAgent queues cmd for the connected agent of in (an operator's
-// command: a refresh, an upgrade). An agent the inventory shows connected
-// may have no stream at the moment (reconnecting to a restarted agent
-// gateway): that is said plainly, to be tried again.
-func (s *Service) commandAgent(ctx context.Context, in *inventoryv1.Instance, cmd *agentv1.Command) error {
+// command: a refresh, an upgrade). With a step, the instance's agent
+// progress is first recorded as that step requested, so the agent's own
+// report of this command is the one that follows (not an earlier
+// command's), and as failed, saying why, if the command cannot be sent. An
+// agent the inventory shows connected may have no stream at the moment
+// (reconnecting to a restarted agent gateway): that is said plainly, to be
+// tried again.
+func (s *Service) commandAgent(ctx context.Context, in *inventoryv1.Instance, step vocab.Step, cmd *agentv1.Command) error {
+	record := func(p vocab.Progress, message string) error {
+		if step == "" {
+			return nil
+		}
+		_, err := rpc.Call(ctx, s.bus, endpoints.LifecycleRecord, &inventoryv1.RecordStateRequest{Id: in.GetId(),
+			AgentProgress: vocab.AgentProgress(step, p), AgentProgressMessage: message})
+		return err
+	}
+	if err := record(vocab.ProgressRequested, ""); err != nil {
+		return err
+	}
 	_, err := rpc.Call(ctx, s.bus, endpoints.AgentCommand.At(in.GetId()), cmd, rpc.As(Actor))
 	if errors.Is(err, nats.ErrNoResponders) {
-		return apierr.Unavailable("the agent of instance %q has no stream to an agent gateway at the moment (it may be reconnecting); try again shortly", in.GetName())
+		err = apierr.Unavailable("the agent of instance %q has no stream to an agent gateway at the moment (it may be reconnecting); try again shortly", in.GetName())
+	}
+	if err != nil {
+		if rerr := record(vocab.ProgressFailed, "command "+cmd.GetId()+" not sent: "+err.Error()); rerr != nil {
+			s.log.WarnContext(ctx, "record an agent command not sent", "instance_id", in.GetId(), "error", rerr)
+		}
 	}
 	return err
 }

@@ -19,7 +19,8 @@ import (
 // agent binary, an instance without a running VM, and an agent not
 // connected from its VM; it sends nothing to an agent at the manager's
 // version; and an agent shown connected whose stream is gone (no agent
-// gateway subscribed for it) is said to be reconnecting, to try again.
+// gateway subscribed for it) is said to be reconnecting, to try again, its
+// progress recorded as requested, then failed.
 func TestAnUpgradeIsSentOnlyToAConnectedAgentBehindTheManager(t *testing.T) {
 	t.Parallel()
 	bus := testkit.SecureNATS(t)
@@ -59,6 +60,13 @@ func TestAnUpgradeIsSentOnlyToAConnectedAgentBehindTheManager(t *testing.T) {
 		case c.want != "" && (!apierr.Is(err, c.kind) || !strings.Contains(err.Error(), c.want)):
 			t.Errorf("%s: %v, want %s %q", c.name, err, c.kind, c.want)
 		}
+	}
+	// Only the agent that was to be sent the command had its progress
+	// recorded: requested, then failed as it could not be sent.
+	recs := inv.Records()
+	if len(recs) != 2 || recs[0].GetAgentProgress() != "upgrading-agent/requested" || recs[1].GetAgentProgress() != "upgrading-agent/failed" ||
+		!strings.Contains(recs[1].GetAgentProgressMessage(), `not sent: the agent of instance "web-1" has no stream`) {
+		t.Errorf("the progress recorded: %v", recs)
 	}
 }
 

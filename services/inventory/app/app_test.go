@@ -1025,3 +1025,40 @@ func TestAFailedStepsReasonIsKeptUntilTheNextReport(t *testing.T) {
 		t.Fatalf("the next report keeps the failure's reason: %q", got.GetAgentProgressMessage())
 	}
 }
+
+// TestTheProvisionerRecordsAnOperatorsCommandRequested: the provisioner's
+// record of an agent command it sends sets the instance's agent progress
+// (an earlier command's result no longer shows); the agent's report of the
+// command then replaces it; a failed send's reason is kept, cut like an
+// agent's.
+func TestTheProvisionerRecordsAnOperatorsCommandRequested(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a, in := newApp(t)
+	prov := vocab.System("provisioner")
+	if _, err := a.RecordState(ctx, prov, &inventoryv1.RecordStateRequest{Id: in.GetId(), State: string(vocab.StateRunning), VmId: "vm-1"}); err != nil {
+		t.Fatal(err)
+	}
+	report := func(status string) {
+		t.Helper()
+		if err := a.Observe(ctx, &agentv1.AgentEvent{InstanceId: in.GetId(), Time: timestamppb.Now(),
+			Body: &agentv1.AgentEvent_Progress{Progress: &agentv1.Progress{CommandId: "vm-1", Step: "refreshing-configuration", Status: status}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	report("succeeded")
+	got, err := a.RecordState(ctx, prov, &inventoryv1.RecordStateRequest{Id: in.GetId(), AgentProgress: "refreshing-configuration/requested"})
+	if err != nil || got.GetAgentProgress() != "refreshing-configuration/requested" || got.GetState() != string(vocab.StateRunning) {
+		t.Fatalf("recorded requested: %v, %v", got, err)
+	}
+	report("started")
+	if got, _ := a.GetInstance(ctx, in.GetId()); got.GetAgentProgress() != "refreshing-configuration/started" {
+		t.Fatalf("after the agent's report: %q", got.GetAgentProgress())
+	}
+	got, err = a.RecordState(ctx, prov, &inventoryv1.RecordStateRequest{Id: in.GetId(), AgentProgress: "refreshing-configuration/failed",
+		AgentProgressMessage: "command c not sent: " + strings.Repeat("x", 3000)})
+	if err != nil || got.GetAgentProgress() != "refreshing-configuration/failed" || !strings.HasPrefix(got.GetAgentProgressMessage(), "command c not sent: xxx") ||
+		len(got.GetAgentProgressMessage()) > 2010 {
+		t.Fatalf("recorded failed: %v, %v", got, err)
+	}
+}

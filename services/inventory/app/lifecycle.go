@@ -159,6 +159,12 @@ func (a *App) RecordState(ctx context.Context, actor vocab.Actor, r *inventoryv1
 		if r.GetAddresses() != nil {
 			in.Addresses = r.GetAddresses()
 		}
+		if r.GetAgentProgress() != "" {
+			in.AgentProgress, in.AgentProgressMessage = r.GetAgentProgress(), truncate(r.GetAgentProgressMessage(), maxProgressMessage)
+			if event == "" {
+				event = vocab.VerbProgress
+			}
+		}
 		if err := checkSize(subjects.NounInstance, in); err != nil {
 			return err
 		}

@@ -2259,8 +2259,14 @@ type RecordStateRequest struct {
 	Lease *LeaseFence `protobuf:"bytes,11,opt,name=lease,proto3" json:"lease,omitempty"`
 	// The version of its template the instance was brought to running with.
 	TemplateVersion int64 `protobuf:"varint,12,opt,name=template_version,json=templateVersion,proto3" json:"template_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The agent's progress as the provisioner sets it when it sends an
+	// operator's command to a running instance's agent ("<step>/requested",
+	// before the command goes, so the agent's own report of it comes after;
+	// "<step>/failed" when it could not be sent), and its message.
+	AgentProgress        string `protobuf:"bytes,13,opt,name=agent_progress,json=agentProgress,proto3" json:"agent_progress,omitempty"`
+	AgentProgressMessage string `protobuf:"bytes,14,opt,name=agent_progress_message,json=agentProgressMessage,proto3" json:"agent_progress_message,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *RecordStateRequest) Reset() {
@@ -2375,6 +2381,20 @@ func (x *RecordStateRequest) GetTemplateVersion() int64 {
 		return x.TemplateVersion
 	}
 	return 0
+}
+
+func (x *RecordStateRequest) GetAgentProgress() string {
+	if x != nil {
+		return x.AgentProgress
+	}
+	return ""
+}
+
+func (x *RecordStateRequest) GetAgentProgressMessage() string {
+	if x != nil {
+		return x.AgentProgressMessage
+	}
+	return ""
 }
 
 // LeaseFence orders a provisioner's leases of one instance: a lease taken
@@ -2946,7 +2966,7 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x05vm_id\x18\x06 \x01(\tR\x04vmId\":\n" +
 	"\x10LifecycleRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
-	"\x06action\x18\x02 \x01(\tR\x06action\"\xb2\x03\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\"\x8f\x04\n" +
 	"\x12RecordStateRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12\x14\n" +
@@ -2960,7 +2980,9 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"\x06remove\x18\n" +
 	" \x01(\bR\x06remove\x127\n" +
 	"\x05lease\x18\v \x01(\v2!.flotilla.inventory.v1.LeaseFenceR\x05lease\x12)\n" +
-	"\x10template_version\x18\f \x01(\x03R\x0ftemplateVersion\">\n" +
+	"\x10template_version\x18\f \x01(\x03R\x0ftemplateVersion\x12%\n" +
+	"\x0eagent_progress\x18\r \x01(\tR\ragentProgress\x124\n" +
+	"\x16agent_progress_message\x18\x0e \x01(\tR\x14agentProgressMessage\">\n" +
 	"\n" +
 	"LeaseFence\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x03R\x05epoch\x12\x1a\n" +
