@@ -395,7 +395,8 @@ per line. An instance's whole timeline is flotilla instances events NAME.`,
 }
 
 // timelineRows are events as table rows: when, what, who (with named, the
-// name of what it was about), and an instance's state after it.
+// name of what it was about), and an instance's or a rollout's state after
+// it (a rollout's detail: its instances by state).
 func timelineRows(events []*eventsv1.Event, named bool) [][]string {
 	head := []string{"TIME", "EVENT", "ACTOR", "STATE", "DETAIL"}
 	if named {
@@ -404,13 +405,18 @@ func timelineRows(events []*eventsv1.Event, named bool) [][]string {
 	rows := [][]string{head}
 	for _, e := range events {
 		data, _ := e.GetData().UnmarshalNew()
-		in, _ := data.(*inventoryv1.Instance)
-		detail := in.GetStateDetail()
-		if strings.HasSuffix(e.GetType(), ".progress") {
-			detail = in.GetAgentProgress()
+		var state, detail string
+		switch d := data.(type) {
+		case *inventoryv1.Instance:
+			state, detail = d.GetState(), d.GetStateDetail()
+			if strings.HasSuffix(e.GetType(), ".progress") {
+				detail = d.GetAgentProgress()
+			}
+		case *inventoryv1.Rollout:
+			state, detail = d.GetState(), vocab.RolloutTally(d.GetInstances())
 		}
 		row := []string{e.GetTime().AsTime().Local().Format("2006-01-02T15:04:05.000Z07:00"),
-			strings.TrimPrefix(e.GetType(), "instance."), dash(e.GetActor()), dash(in.GetState()), dash(detail)}
+			strings.TrimPrefix(e.GetType(), "instance."), dash(e.GetActor()), dash(state), dash(detail)}
 		if named {
 			name := e.GetEntityId()
 			if data != nil {

@@ -166,7 +166,7 @@ func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
 	if in := instanceJSON(t, c, "web-1"); in.VMID == vms["web-1"] || in.Agent.Status != "connected" {
 		t.Errorf("web-1 after the reprovision: agent %s on VM %s (was %s)", in.Agent.Status, in.VMID, vms["web-1"])
 	}
-	if out := c.ok("events", "--entity", "rollout", "--limit", "3"); !strings.Contains(out, "reprovision-") || !strings.Contains(out, "done") {
+	if out := c.ok("events", "--entity", "rollout", "--limit", "3", "-o", "table"); !regexp.MustCompile(`rollout\.updated +reprovision-\S+ +system:provisioner +done +1 succeeded`).MatchString(out) {
 		t.Errorf("events --entity rollout:\n%s", out)
 	}
 	c.fails("", []string{"no instance to roll reprovision out to: every running instance runs its template's version"},
