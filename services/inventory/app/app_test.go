@@ -1062,3 +1062,36 @@ func TestTheProvisionerRecordsAnOperatorsCommandRequested(t *testing.T) {
 		t.Fatalf("recorded failed: %v, %v", got, err)
 	}
 }
+
+// TestRolloutsOfOneActionStartedAtOnceTakeTurns: of two rollouts of one
+// action created at the same moment, one is made and the other is refused,
+// naming it, as if it had come later.
+func TestRolloutsOfOneActionStartedAtOnceTakeTurns(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	// Each write's transaction is held open a while, so the two overlap.
+	a, in := newApp(t, app.WithAfterWrite(func(context.Context, pgx.Tx) error { time.Sleep(300 * time.Millisecond); return nil }))
+	ro := &inventoryv1.Rollout{Action: "refresh-configuration", Parallel: 1, TimeoutSeconds: 600, Creator: "user:ops",
+		Instances: []*inventoryv1.RolloutInstance{{InstanceId: in.GetId(), InstanceName: in.GetName()}}}
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := a.CreateRollout(ctx, ro)
+			errs <- err
+		}()
+	}
+	var made, refused int
+	for range 2 {
+		switch err := <-errs; {
+		case err == nil:
+			made++
+		case apierr.ReasonOf(err) == apierr.ReasonInvalidState && strings.Contains(err.Error(), "is running: one refresh-configuration rollout at a time"):
+			refused++
+		default:
+			t.Errorf("a rollout created at the same moment as another: %v", err)
+		}
+	}
+	if made != 1 || refused != 1 {
+		t.Errorf("%d made, %d refused; want one of each", made, refused)
+	}
+}

@@ -59,6 +59,11 @@ func (a *App) CreateRollout(ctx context.Context, r *inventoryv1.Rollout) (*inven
 	v.Id = adapters.NewID()
 	v.Name = fmt.Sprintf("%s-%s-%s", v.GetAction(), now.UTC().Format("20060102-150405"), v.Id[len(v.Id)-4:])
 	err := a.inTx(ctx, func(tx pgx.Tx) error {
+		// Rollouts of one action are created in turn, so the second of two
+		// at once sees the first, and is told of it.
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext($1))", "rollout "+v.GetAction()); err != nil {
+			return fmt.Errorf("wait for the rollouts of %s being created: %w", v.GetAction(), err)
+		}
 		// A rollout a failure stopped gives way to the new one (its
 		// failure seen to, presumably); a running or paused one does not.
 		open := &inventoryv1.Rollout{}
