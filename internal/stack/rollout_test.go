@@ -170,19 +170,25 @@ func TestARolloutRefreshesAGroupAtATimeAndStopsAtAFailure(t *testing.T) {
 	must(t, err)
 	agentPID, err := strconv.Atoi(strings.TrimSpace(string(pid)))
 	must(t, err)
-	must(t, syscall.Kill(agentPID, syscall.SIGSTOP))
 	t.Cleanup(func() { _ = syscall.Kill(agentPID, syscall.SIGCONT) })
-	ro = start(&inventoryv1.CreateRolloutRequest{Action: string(vocab.RolloutRefreshConfiguration), InstanceIds: []string{ids[0], ids[2]}})
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		got, err := rpc.Call(ctx, lab.gateway, endpoints.RolloutGet, &inventoryv1.GetRolloutRequest{Id: ro.GetId()}, lab.admin)
-		must(t, err)
-		if states(got) == "a=asked c=pending" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a never asked: %s", states(got))
+	// startWaitingOnA stops a's agent and starts a rollout of a then c,
+	// which waits on a: its command unread.
+	startWaitingOnA := func() *inventoryv1.Rollout {
+		t.Helper()
+		must(t, syscall.Kill(agentPID, syscall.SIGSTOP))
+		ro := start(&inventoryv1.CreateRolloutRequest{Action: string(vocab.RolloutRefreshConfiguration), InstanceIds: []string{ids[0], ids[2]}})
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			got, err := rpc.Call(ctx, lab.gateway, endpoints.RolloutGet, &inventoryv1.GetRolloutRequest{Id: ro.GetId()}, lab.admin)
+			must(t, err)
+			if states(got) == "a=asked c=pending" {
+				return got
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("a never asked: %s", states(got))
+			}
 		}
 	}
+	ro = startWaitingOnA()
 	refused := func(state string) {
 		t.Helper()
 		_, err = rpc.Call(ctx, lab.gateway, endpoints.RolloutStart, &inventoryv1.CreateRolloutRequest{Action: string(vocab.RolloutRefreshConfiguration), All: true}, lab.admin)
@@ -215,18 +221,7 @@ func TestARolloutRefreshesAGroupAtATimeAndStopsAtAFailure(t *testing.T) {
 
 	// Paused while a's refresh waits, that refresh fails (the fleet secret
 	// it reads is gone): the rollout is stopped, so a resume knows of it.
-	must(t, syscall.Kill(agentPID, syscall.SIGSTOP))
-	ro = start(&inventoryv1.CreateRolloutRequest{Action: string(vocab.RolloutRefreshConfiguration), InstanceIds: []string{ids[0], ids[2]}})
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		got, err := rpc.Call(ctx, lab.gateway, endpoints.RolloutGet, &inventoryv1.GetRolloutRequest{Id: ro.GetId()}, lab.admin)
-		must(t, err)
-		if states(got) == "a=asked c=pending" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a never asked: %s", states(got))
-		}
-	}
+	ro = startWaitingOnA()
 	_, err = rpc.Call(ctx, lab.gateway, endpoints.RolloutPause, &inventoryv1.RolloutActionRequest{Id: ro.GetId()}, lab.admin)
 	must(t, err)
 	_, err = rpc.Call(ctx, lab.gateway, endpoints.FleetSecretDelete, &secretsv1.DeleteFleetSecretRequest{Name: "registry-token"}, lab.admin)
