@@ -20,8 +20,9 @@ import (
 // `instances list` shows them behind. With the manager's agent binary
 // replaced under it, `upgrade-agent --all --parallel 1 --wait` fails on
 // the first agent (which runs on), and its rollout stops without asking
-// the second; with it back, a new rollout (the stopped one gives way)
-// brings both to 0.1.1 one after the other, on the same VMs, serving again,
+// the second; the overview lists it until it is cancelled. With it back, a
+// new rollout brings both to 0.1.1 one after the other, on the same VMs,
+// serving again,
 // and a second --all finds nothing to do; an instance refused is named,
 // and the others go on.
 func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
@@ -86,6 +87,19 @@ func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
 		"instances", "upgrade-agent", "--all", "--parallel", "1", "--wait")
 	if strings.Count(out, "the agent upgrades from version 0.0.9 to 0.1.1") != 1 {
 		t.Errorf("the failing upgrade asked more than the first agent:\n%s%s", out, errOut)
+	}
+	// The stopped rollout is among the overview's open ones, until it is
+	// cancelled; a stopped rollout cannot be paused.
+	stopped, _, _ := strings.Cut(strings.TrimPrefix(out, "rollout "), ":")
+	if ov := c.ok("overview", "-o", "table"); !regexp.MustCompile(`\n` + stopped + ` +stopped +1 failed, 1 pending +stopped: upgrade-agent failed on web-`).MatchString(ov) {
+		t.Errorf("the overview with a stopped rollout:\n%s", ov)
+	}
+	c.fails("", []string{"is stopped: it cannot be paused (only a running one)"}, "rollouts", "pause", stopped)
+	if got := c.ok("rollouts", "cancel", stopped, "-o", "table"); got != "rollout "+stopped+": cancelled (cancelled by user:admin)\n" {
+		t.Errorf("rollouts cancel: %q", got)
+	}
+	if ov := c.ok("overview", "-o", "table"); strings.Contains(ov, "ROLLOUT") {
+		t.Errorf("the overview with no rollout open:\n%s", ov)
 	}
 	if err := os.Rename(agentBin+".good", agentBin); err != nil {
 		t.Fatal(err)

@@ -43,18 +43,44 @@ type provisionerProc struct {
 	ended time.Time
 }
 
-// startProvisioner starts flotilla-provisioner (bin) as a process on bus,
-// its local provider at root starting agents with agentCommand that dial
-// agentAddr. It is killed when the test ends, and its output logged if the
-// test failed.
-func startProvisioner(t *testing.T, bin string, bus *testkit.Bus, root, agentCommand, agentAddr, name string) *provisionerProc {
+// provisionerLab is the services but the provisioner, on a bus of their
+// own, and the local provider's root, for tests that run the provisioner
+// as processes of its own (provisionerLab.start), driven as an admin
+// through the gateway's bus identity.
+type provisionerLab struct {
+	t                           *testing.T
+	bus                         *testkit.Bus
+	root, agent, bin, agentAddr string
+	gateway                     *rpc.Client
+	admin                       rpc.CallOption
+}
+
+func newProvisionerLab(t *testing.T) *provisionerLab {
 	t.Helper()
-	cmd := exec.Command(bin, "--creds", bus.Creds[subjects.Provisioner])
+	agent, err := agentBinary()
+	must(t, err)
+	bin, err := provisionerBinary()
+	must(t, err)
+	bus := testkit.SecureNATS(t)
+	st := stacktest.Start(t, stacktest.OnBus(stack.Config{
+		Services: []string{subjects.Inventory, subjects.CA, subjects.Secrets, subjects.AgentGW, subjects.Gateway},
+	}, bus))
+	return &provisionerLab{t: t, bus: bus, root: localRoot(t), agent: agent, bin: bin, agentAddr: st.AgentAddr,
+		gateway: rpc.NewClient(bus.Conn(t, subjects.Gateway), subjects.Gateway, 20*time.Second), admin: rpc.As(vocab.User("admin"))}
+}
+
+// start starts flotilla-provisioner as a process named name, its local
+// provider starting agents with the agent binary and agentArgs. It is
+// killed when the test ends, and its output logged if the test failed.
+func (l *provisionerLab) start(name, agentArgs string) *provisionerProc {
+	t := l.t
+	t.Helper()
+	cmd := exec.Command(l.bin, "--creds", l.bus.Creds[subjects.Provisioner])
 	cmd.Env = append(os.Environ(),
-		"FLOTILLA_NATS_URL="+bus.URL,
-		"FLOTILLA_LOCAL_ROOT="+root,
-		"FLOTILLA_AGENT_COMMAND="+agentCommand,
-		"FLOTILLA_AGENT_GATEWAY_ADDR="+agentAddr,
+		"FLOTILLA_NATS_URL="+l.bus.URL,
+		"FLOTILLA_LOCAL_ROOT="+l.root,
+		"FLOTILLA_AGENT_COMMAND="+strings.TrimSpace(l.agent+" "+agentArgs),
+		"FLOTILLA_AGENT_GATEWAY_ADDR="+l.agentAddr,
 		"FLOTILLA_LOG_JSON=true",
 	)
 	p := &provisionerProc{name: name, cmd: cmd, out: &testkit.Buffer{}, done: make(chan struct{})}
@@ -97,18 +123,8 @@ func startProvisioner(t *testing.T, bin string, bus *testkit.Bus, root, agentCom
 //     recorded with it, one per instance, and no disk no instance records.
 func TestProvisionersNeverWorkOnOneInstanceAtOnce(t *testing.T) {
 	t.Parallel()
-	agent, err := agentBinary()
-	must(t, err)
-	provBin, err := provisionerBinary()
-	must(t, err)
-	bus := testkit.SecureNATS(t)
-	root := localRoot(t)
-	st := stacktest.Start(t, stacktest.OnBus(stack.Config{
-		Services: []string{subjects.Inventory, subjects.CA, subjects.Secrets, subjects.AgentGW, subjects.Gateway},
-	}, bus))
-	ctx := t.Context()
-	gateway := rpc.NewClient(bus.Conn(t, subjects.Gateway), subjects.Gateway, 20*time.Second)
-	admin := rpc.As(vocab.User("admin"))
+	lab := newProvisionerLab(t)
+	ctx, root, gateway, admin := t.Context(), lab.root, lab.gateway, lab.admin
 
 	var (
 		procsMu sync.Mutex
@@ -116,7 +132,7 @@ func TestProvisionersNeverWorkOnOneInstanceAtOnce(t *testing.T) {
 	)
 	start := func(name string) *provisionerProc {
 		t.Helper()
-		p := startProvisioner(t, provBin, bus, root, agent+" --heartbeat-interval 2s", st.AgentAddr, name)
+		p := lab.start(name, "--heartbeat-interval 2s")
 		procsMu.Lock()
 		procs = append(procs, p)
 		procsMu.Unlock()

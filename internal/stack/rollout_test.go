@@ -14,13 +14,10 @@ import (
 	"flotilla.dev/flotilla/api/endpoints"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
-	"flotilla.dev/flotilla/api/subjects"
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/internal/stack"
-	"flotilla.dev/flotilla/internal/stack/stacktest"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/rpc"
-	"flotilla.dev/flotilla/libs/testkit"
 )
 
 // TestARolloutRefreshesAGroupAtATimeAndStopsAtAFailure: three running
@@ -265,19 +262,9 @@ func TestARolloutRefreshesAGroupAtATimeAndStopsAtAFailure(t *testing.T) {
 // one, and the rollout ends done.
 func TestARolloutGoesOnWhenItsProvisionerDies(t *testing.T) {
 	t.Parallel()
-	agent, err := agentBinary()
-	must(t, err)
-	provBin, err := provisionerBinary()
-	must(t, err)
-	bus := testkit.SecureNATS(t)
-	root := localRoot(t)
-	st := stacktest.Start(t, stacktest.OnBus(stack.Config{
-		Services: []string{subjects.Inventory, subjects.CA, subjects.Secrets, subjects.AgentGW, subjects.Gateway},
-	}, bus))
-	ctx := t.Context()
-	gateway := rpc.NewClient(bus.Conn(t, subjects.Gateway), subjects.Gateway, 20*time.Second)
-	admin := rpc.As(vocab.User("admin"))
-	p1 := startProvisioner(t, provBin, bus, root, agent, st.AgentAddr, "p1")
+	lab := newProvisionerLab(t)
+	ctx, root, gateway, admin := t.Context(), lab.root, lab.gateway, lab.admin
+	p1 := lab.start("p1", "")
 	n, err := rpc.Call(ctx, gateway, endpoints.NetworkCreate, &inventoryv1.CreateNetworkRequest{Network: &inventoryv1.Network{
 		Name: "lab", Provider: "local", HttpsStrategy: "none"}}, admin)
 	must(t, err)
@@ -333,7 +320,7 @@ func TestARolloutGoesOnWhenItsProvisionerDies(t *testing.T) {
 
 	// p2 takes the rollout over and asks a again (p1 may have died between
 	// marking a asked and sending its command); then a's agent goes on.
-	p2 := startProvisioner(t, provBin, bus, root, agent, st.AgentAddr, "p2")
+	p2 := lab.start("p2", "")
 	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(p2.out.String(), "another provisioner asked, asked again"); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("p2 never asked a again:\n%s", p2.out.String())

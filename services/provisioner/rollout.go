@@ -20,9 +20,10 @@ import (
 )
 
 // A rollout takes one instance command (an agent upgrade, a configuration
-// refresh) to many instances, a group at a time: the provisioner asks a
-// group's instances, waits until each has done it (the agent connected at
-// the new version; its refresh reported succeeded), or failed, or took
+// refresh, a reprovision) to many instances, a group at a time: the
+// provisioner asks a group's instances, waits until each has done it (the
+// agent connected at the new version; its refresh reported succeeded; it
+// runs on a new VM), or failed, or took
 // longer than the rollout's timeout, and only then asks the next group. A
 // failure stops the rollout, so a bad release reaches one group, not the
 // fleet. The rollout, with each instance's state, is kept in the inventory;
@@ -174,6 +175,7 @@ func (s *Service) rolloutTargets(ctx context.Context, r *inventoryv1.CreateRollo
 		}
 	}
 	var out []*inventoryv1.Instance
+	seen := map[string]bool{} // a template named twice lists its instances twice
 	for _, tid := range filters {
 		token := ""
 		for {
@@ -186,7 +188,8 @@ func (s *Service) rolloutTargets(ctx context.Context, r *inventoryv1.CreateRollo
 				if err != nil {
 					return nil, err
 				}
-				if ok && !slices.ContainsFunc(out, func(o *inventoryv1.Instance) bool { return o.GetId() == in.GetId() }) {
+				if ok && !seen[in.GetId()] {
+					seen[in.GetId()] = true
 					out = append(out, in)
 				}
 			}
@@ -291,59 +294,64 @@ func (d *rolloutDriver) run(ctx context.Context) error {
 	wake, cancel := d.s.wakers.add(d.id)
 	defer cancel()
 	for {
-		r, err := rpc.Call(ctx, d.s.bus, endpoints.RolloutGet, &inventoryv1.GetRolloutRequest{Id: d.id})
-		if apierr.Is(err, apierr.KindNotFound) {
-			return nil
-		}
-		if err != nil {
+		over, err := d.pass(ctx, wake)
+		if over || err != nil {
 			return err
-		}
-		asked := d.inState(r, vocab.RolloutAsked)
-		state := vocab.RolloutState(r.GetState())
-		if state == vocab.RolloutDone || (state != vocab.RolloutRunning && len(asked) == 0) {
-			return nil
-		}
-		ids := make([]string, len(asked))
-		for i, in := range asked {
-			ids[i] = in.GetInstanceId()
-		}
-		iwake, icancel := d.s.wakers.addMany(ids)
-		newly, wait, err := d.step(ctx, r)
-		if err != nil || len(newly) > 0 || wait <= 0 {
-			icancel()
-		}
-		if apierr.ReasonOf(err) == apierr.ReasonVersionMismatch {
-			continue // an operator's pause or cancel: read it again
-		}
-		if err != nil {
-			return err
-		}
-		if len(newly) > 0 {
-			d.ask(ctx, r, newly)
-			continue
-		}
-		if wait <= 0 {
-			continue
-		}
-		d.adopt(ctx, r, asked)
-		if due := d.due(asked); len(due) > 0 {
-			icancel()
-			d.ask(ctx, r, due)
-			continue
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-		case <-wake:
-		case <-iwake:
-		case <-t.C:
-		}
-		t.Stop()
-		icancel()
-		if ctx.Err() != nil {
-			return ctx.Err()
 		}
 	}
+}
+
+// pass is one turn of run: it reads the rollout, moves it on (step), asks
+// whom it marked asked (or is due to be asked again), or else waits for an
+// event of the rollout or of an instance asked, or for a deadline. over
+// says the rollout has nothing left for this driver.
+func (d *rolloutDriver) pass(ctx context.Context, wake <-chan struct{}) (over bool, err error) {
+	r, err := rpc.Call(ctx, d.s.bus, endpoints.RolloutGet, &inventoryv1.GetRolloutRequest{Id: d.id})
+	if apierr.Is(err, apierr.KindNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	asked := inState(r, vocab.RolloutAsked)
+	state := vocab.RolloutState(r.GetState())
+	if state == vocab.RolloutDone || (state != vocab.RolloutRunning && len(asked) == 0) {
+		return true, nil
+	}
+	// Woken by the asked instances' events from before step reads them.
+	ids := make([]string, len(asked))
+	for i, in := range asked {
+		ids[i] = in.GetInstanceId()
+	}
+	iwake, icancel := d.s.wakers.addMany(ids)
+	defer icancel()
+	newly, wait, err := d.step(ctx, r)
+	switch {
+	case apierr.ReasonOf(err) == apierr.ReasonVersionMismatch:
+		return false, nil // an operator's pause or cancel: read it again
+	case err != nil:
+		return false, err
+	case len(newly) > 0:
+		d.ask(ctx, r, newly)
+		return false, nil
+	case wait <= 0:
+		return false, nil
+	}
+	d.adopt(ctx, r, asked)
+	if due := d.due(asked); len(due) > 0 {
+		d.ask(ctx, r, due)
+		return false, nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false, ctx.Err()
+	case <-wake:
+	case <-iwake:
+	case <-t.C:
+	}
+	return false, nil
 }
 
 // due is the instances of asked whose agent had no stream when asked, and
@@ -360,7 +368,7 @@ func (d *rolloutDriver) due(asked []*inventoryv1.RolloutInstance) []*inventoryv1
 }
 
 // inState is r's instances in state.
-func (d *rolloutDriver) inState(r *inventoryv1.Rollout, state vocab.RolloutInstanceState) []*inventoryv1.RolloutInstance {
+func inState(r *inventoryv1.Rollout, state vocab.RolloutInstanceState) []*inventoryv1.RolloutInstance {
 	var out []*inventoryv1.RolloutInstance
 	for _, in := range r.GetInstances() {
 		if vocab.RolloutInstanceState(in.GetState()) == state {
@@ -446,7 +454,7 @@ func (d *rolloutDriver) step(ctx context.Context, r *inventoryv1.Rollout) ([]*in
 			e.State, e.Message, e.AskTime, e.AskedAtUpdateTime, e.AskedAtVmId = string(vocab.RolloutAsked), "", timestamppb.New(now), in.GetUpdateTime(), in.GetVmId()
 			newly = append(newly, e)
 		}
-		if working+len(newly) == 0 && len(d.inState(next, vocab.RolloutPending)) == 0 {
+		if working+len(newly) == 0 && len(inState(next, vocab.RolloutPending)) == 0 {
 			next.State, next.Message = string(vocab.RolloutDone), rolloutSummary(next)
 		}
 	}

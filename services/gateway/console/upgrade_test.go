@@ -258,6 +258,9 @@ func TestTheConsoleUpgradesAgentsBehindTheManager(t *testing.T) {
 
 	// Both run an older version of the template now: the templates page's
 	// link lists them, and a rollout reprovisions them one at a time.
+	if p := e.get("/templates").must(t, 200, "the templates"); !strings.Contains(p.body, `<a href="/instances/reprovision?template=`+tplID+`"`) {
+		t.Errorf("the templates page has no link to roll its version out:\n%s", p.body)
+	}
 	p = e.get("/instances/reprovision?template="+tplID).must(t, 200, "the instances behind their template")
 	if body := html.UnescapeString(p.body); !strings.Contains(body, "Reprovision 2 instances, a group at a time?") || !strings.Contains(body, ">web-1</a>") ||
 		!strings.Contains(body, ">web-2</a>") || strings.Contains(body, ">web-3</a>") || !strings.Contains(body, "a new VM, its template v") {
