@@ -365,6 +365,63 @@ func TestAReconnectOfAConnectedAgentLeavesTheRowAlone(t *testing.T) {
 	}
 }
 
+// TestALateDisconnectOfAReplacedStreamIsIgnored: an agent's stream ends
+// and its next one connects at once (an upgrade, a refresh); the first
+// stream's disconnect, sent on its own, reaches the inventory after the
+// second's connect. The agent stays connected, whether the new stream was
+// written to the row (a new version) or held as a beat (the same one).
+func TestALateDisconnectOfAReplacedStreamIsIgnored(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t)
+	a, in := newAppOn(t, pool)
+	observeBy := func(a *app.App, at time.Time, ev *agentv1.AgentEvent) *inventoryv1.Instance {
+		t.Helper()
+		ev.InstanceId, ev.Time = in.GetId(), timestamppb.New(at)
+		if err := a.Observe(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+		got, err := a.GetInstance(ctx, in.GetId())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	observe := func(at time.Time, ev *agentv1.AgentEvent) *inventoryv1.Instance {
+		t.Helper()
+		return observeBy(a, at, ev)
+	}
+	connected := func(version string) *agentv1.AgentEvent {
+		return &agentv1.AgentEvent{Body: &agentv1.AgentEvent_Connected{Connected: &agentv1.Hello{AgentVersion: version, VmId: "vm-1"}}}
+	}
+	disconnected := &agentv1.AgentEvent{Body: &agentv1.AgentEvent_Disconnected{Disconnected: &agentv1.Disconnected{Reason: "the agent closed the stream"}}}
+	t0 := time.Now().UTC().Truncate(time.Microsecond)
+	observe(t0, connected("1.0.0"))
+	// Upgraded: 1.1.0 connects (written) before 1.0.0's stream's end is in.
+	observe(t0.Add(2*time.Second), connected("1.1.0"))
+	if got := observe(t0.Add(time.Second), disconnected); got.GetAgent().GetStatus() != "connected" || got.GetAgent().GetVersion() != "1.1.0" {
+		t.Fatalf("a disconnect older than the upgraded agent's connect: %v", got.GetAgent())
+	}
+	// The same version again (held as a beat, the row untouched).
+	observe(t0.Add(4*time.Second), connected("1.1.0"))
+	if got := observe(t0.Add(3*time.Second), disconnected); got.GetAgent().GetStatus() != "connected" {
+		t.Fatalf("a disconnect older than the reconnect held as a beat: %v", got.GetAgent())
+	}
+	// Another inventory process, once the beat is in the liveness table.
+	observe(t0.Add(6*time.Second), connected("1.1.0"))
+	if err := a.FlushHeartbeats(ctx); err != nil {
+		t.Fatal(err)
+	}
+	other := app.New(pool, slog.New(slog.DiscardHandler))
+	if got := observeBy(other, t0.Add(5*time.Second), disconnected); got.GetAgent().GetStatus() != "connected" {
+		t.Fatalf("a disconnect older than the beat in the liveness table: %v", got.GetAgent())
+	}
+	// A disconnect after the last the agent was heard from counts.
+	if got := observe(t0.Add(7*time.Second), disconnected); got.GetAgent().GetStatus() != "disconnected" {
+		t.Fatalf("a disconnect after the agent's last connect: %v", got.GetAgent())
+	}
+}
+
 func TestProgressCountsOnlyForTheInstancesCurrentCommand(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

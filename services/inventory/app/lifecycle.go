@@ -1,6 +1,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -302,6 +303,9 @@ func (a *App) observeRow(ctx context.Context, tx pgx.Tx, ev *agentv1.AgentEvent,
 	case *agentv1.AgentEvent_Disconnected:
 		if in.Agent.Status != string(vocab.AgentConnected) {
 			return nil, errNothingNew // shown disconnected already
+		}
+		if seen, err := a.seenSince(ctx, tx, in, at); err != nil || seen {
+			return nil, cmp.Or(err, errNothingNew) // a newer stream's, come first
 		}
 		in.Agent.Status = string(vocab.AgentDisconnected)
 		verb = vocab.VerbAgentDisconnected

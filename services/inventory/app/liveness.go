@@ -209,6 +209,28 @@ func (a *App) reconnected(ctx context.Context, id string, hello *agentv1.Hello, 
 	return true, nil
 }
 
+// seenSince says whether in's agent was heard from after at: a connect or
+// heartbeat, in the row, the liveness table or held here. A stream's
+// disconnect can reach the inventory after the agent's next stream
+// connected (an upgraded agent reconnects at once, and each stream's events
+// are sent on their own); the agent gateway reports a disconnect only while
+// no newer stream is registered, and a newer stream's events are later
+// than that, so a disconnect older than what was heard since is stale.
+func (a *App) seenSince(ctx context.Context, q adapters.Querier, in *inventoryv1.Instance, at time.Time) (bool, error) {
+	if in.GetAgent().GetLastHeartbeat().AsTime().After(at) {
+		return true, nil
+	}
+	if b, ok := a.live.held(in.GetId()); ok && b.At.After(at) {
+		return true, nil
+	}
+	beats, err := adapters.Beats(ctx, q, []string{in.GetId()})
+	if err != nil {
+		return false, err
+	}
+	b, ok := beats[in.GetId()]
+	return ok && b.At.After(at), nil
+}
+
 // FlushHeartbeats writes the heartbeats held since the last flush; beats
 // that could not be written are held again, unless newer ones came.
 //
