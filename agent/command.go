@@ -46,6 +46,7 @@ actions, install and start the node software, and report heartbeats and logs.`,
 					return err
 				}
 			}
+			cfg.Args = flagArgs(cmd.Flags())
 			err := Run(cmd.Context(), cfg)
 			if up, ok := errors.AsType[*Upgraded](err); ok {
 				return Exec(up, cmd.Flags())

@@ -83,6 +83,10 @@ type Config struct {
 	// Version is the agent version reported to the gateway; empty means
 	// the package's Version.
 	Version string
+	// Args are the flags the agent was started with, as arguments (the
+	// command sets them): an upgrade checks that the new binary takes
+	// them, since it is started with them (Exec).
+	Args []string
 	// Log receives the agent's own log (also sent to the instance's logs);
 	// nil means text on standard error.
 	Log *slog.Logger

@@ -166,6 +166,9 @@ func runAgent(t *testing.T, provisioner *rpc.Client, fleetCA *ca.Service, addr, 
 		StateDir: filepath.Join(dir, "state"), DataDir: filepath.Join(dir, "data"), DataDiskGB: 2, VMID: tok.GetVmId(),
 		NodeBinary: agent.NodeHelper(), PackageInstaller: agent.NoPackageInstaller,
 		HeartbeatInterval: heartbeat, Log: agent.NewTestLog(t),
+		// As the command would have them, for an upgrade's check.
+		Args: []string{"--ca-file=" + caFile, "--data-dir=" + filepath.Join(dir, "data"), "--gateway=" + addr,
+			"--state-dir=" + filepath.Join(dir, "state"), "--token-file=" + tokenFile, "--vm-id=" + tok.GetVmId()},
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

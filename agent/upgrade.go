@@ -92,7 +92,7 @@ func (a *agent) installBinary(ctx context.Context, u *agentv1.UpgradeAgent) (str
 		return "", fmt.Errorf("this agent's executable is unknown: %w", err)
 	}
 	if sum, err := filecopy.SHA256(exe); err == nil && sum == want {
-		return exe, checkBinary(ctx, exe, exe, u.GetVersion())
+		return exe, checkBinary(ctx, exe, exe, u.GetVersion(), a.cfg.Args)
 	}
 	if u.GetUrl() == "" {
 		return "", fmt.Errorf("%s is not that version's binary, and the manager gave no URL to download it from", exe)
@@ -120,7 +120,7 @@ func (a *agent) installBinary(ctx context.Context, u *agentv1.UpgradeAgent) (str
 		err = os.Chmod(tmp, 0o755)
 	}
 	if err == nil {
-		err = checkBinary(ctx, tmp, "the binary from "+u.GetUrl(), u.GetVersion())
+		err = checkBinary(ctx, tmp, "the binary from "+u.GetUrl(), u.GetVersion(), a.cfg.Args)
 	}
 	if err != nil {
 		return "", err
@@ -175,19 +175,48 @@ func (a *agent) download(ctx context.Context, url, want string, f *os.File) erro
 	return f.Sync()
 }
 
-// checkBinary runs bin --version: it must run here and name version.
-// name is what an error calls bin.
-func checkBinary(ctx context.Context, bin, name, version string) error {
+// checkBinary runs bin --version: it must run here and name version. It
+// then runs it with args, the flags it will be started with, and
+// --version: it must take them (a release that dropped or renamed one of
+// them would not start, and leave the VM without an agent). name is what
+// an error calls bin.
+func checkBinary(ctx context.Context, bin, name, version string, args []string) error {
 	ctx, cancel := context.WithTimeout(ctx, upgradeCheckTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "--version")
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s: --version: %w: %s", name, err, bytes.TrimSpace(out))
+	run := func(args ...string) (string, error) {
+		cmd := exec.CommandContext(ctx, bin, append(args, "--version")...)
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+		out, err := cmd.CombinedOutput()
+		return string(bytes.TrimSpace(out)), err
 	}
-	if !strings.Contains(" "+strings.TrimSpace(string(out))+" ", " "+version+" ") {
-		return fmt.Errorf("%s: --version says %q, not version %s", name, bytes.TrimSpace(out), version)
+	out, err := run()
+	if err != nil {
+		return fmt.Errorf("%s: --version: %w: %s", name, err, out)
+	}
+	if !strings.Contains(" "+out+" ", " "+version+" ") {
+		return fmt.Errorf("%s: --version says %q, not version %s", name, out, version)
+	}
+	if len(args) == 0 {
+		return nil
+	}
+	if out, err := run(args...); err != nil {
+		var names []string
+		for _, a := range args {
+			n, _, _ := strings.Cut(a, "=")
+			names = append(names, n)
+		}
+		// Its first line only, and never a flag's value (--token's is a
+		// secret): the message goes to the instance's timeline.
+		first, _, _ := strings.Cut(out, "\n")
+		for _, a := range args {
+			if _, v, _ := strings.Cut(a, "="); len(v) >= 8 {
+				first = strings.ReplaceAll(first, v, "…")
+			}
+		}
+		if r := []rune(first); len(r) > 200 {
+			first = string(r[:200]) + "…"
+		}
+		return fmt.Errorf("%s does not take the flags this agent runs with (%s): %w: %s", name, strings.Join(names, " "), err, first)
 	}
 	return nil
 }

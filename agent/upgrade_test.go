@@ -24,8 +24,9 @@ import (
 )
 
 // TestAnUpgradeThatDoesNotCheckOutLeavesTheAgentAsItWas: an upgrade whose
-// download has another SHA-256 than the command's, or whose binary does
-// not say the version asked for, fails with the reason in its progress;
+// download has another SHA-256 than the command's, whose binary does not
+// say the version asked for, or does not take the flags the agent runs
+// with, fails with the reason in its progress;
 // nothing is installed, and the agent goes on on its stream.
 func TestAnUpgradeThatDoesNotCheckOutLeavesTheAgentAsItWas(t *testing.T) {
 	t.Parallel()
@@ -36,17 +37,24 @@ func TestAnUpgradeThatDoesNotCheckOutLeavesTheAgentAsItWas(t *testing.T) {
 		return ev.GetInstanceId() == id && ev.GetConnected() != nil
 	})
 	other := []byte("#!/bin/sh\necho flotilla-agent version 0.0.1-other\n")
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(other) }))
+	// The version asked for, which no longer takes --vm-id: it would not
+	// start with this agent's flags.
+	noVMID := []byte("#!/bin/sh\ncase \"$*\" in *--vm-id=*) echo \"flotilla-agent: unknown flag: --vm-id\" >&2; exit 1;; esac\necho flotilla-agent version 0.2.0\n")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write(map[string][]byte{"/agent": other, "/no-vm-id": noVMID}[r.URL.Path])
+	}))
 	t.Cleanup(srv.Close)
-	sum := sha256.Sum256(other)
+	sum, noVMIDSum := sha256.Sum256(other), sha256.Sum256(noVMID)
 	for i, c := range []struct {
-		sha256, want string
+		path, sha256, want string
 	}{
-		{strings.Repeat("0f", 32), "has SHA-256 " + hex.EncodeToString(sum[:]) + ", not " + strings.Repeat("0f", 32) + ": not installed"},
-		{hex.EncodeToString(sum[:]), "the binary from " + srv.URL + `/agent: --version says "flotilla-agent version 0.0.1-other", not version 0.2.0`},
+		{"/agent", strings.Repeat("0f", 32), "has SHA-256 " + hex.EncodeToString(sum[:]) + ", not " + strings.Repeat("0f", 32) + ": not installed"},
+		{"/agent", hex.EncodeToString(sum[:]), "the binary from " + srv.URL + `/agent: --version says "flotilla-agent version 0.0.1-other", not version 0.2.0`},
+		{"/no-vm-id", hex.EncodeToString(noVMIDSum[:]), "the binary from " + srv.URL + "/no-vm-id does not take the flags this agent runs with " +
+			"(--ca-file --data-dir --gateway --state-dir --token-file --vm-id): exit status 1: flotilla-agent: unknown flag: --vm-id"},
 	} {
 		f.command(id, &agentv1.Command{Id: "upgrade-" + string(rune('a'+i)), Action: &agentv1.Command_UpgradeAgent{
-			UpgradeAgent: &agentv1.UpgradeAgent{Version: "0.2.0", Url: srv.URL + "/agent", Sha256: c.sha256}}})
+			UpgradeAgent: &agentv1.UpgradeAgent{Version: "0.2.0", Url: srv.URL + c.path, Sha256: c.sha256}}})
 		p := f.observed.WaitFor(t, 15*time.Second, "the upgrade's failure", func(ev *agentv1.AgentEvent) bool {
 			p := ev.GetProgress()
 			return p.GetStep() == string(vocab.StepUpgradingAgent) && p.GetStatus() == string(vocab.ProgressFailed) && strings.Contains(p.GetMessage(), c.want)
