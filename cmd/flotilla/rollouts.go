@@ -63,15 +63,16 @@ func rolloutsCommand(opts *clientOptions) *cobra.Command {
 				return fmt.Sprintf("rollout %s: %s (%s)", r.GetName(), r.GetState(), r.GetMessage())
 			}})
 	}
-	return rollouts.group(opts, "Rollouts: an agent upgrade or a configuration refresh taken to many instances a group at a time, by the managers",
+	return rollouts.group(opts, "Rollouts: an agent upgrade, a configuration refresh or a reprovision taken to many instances a group at a time, by the managers",
 		`  flotilla instances upgrade-agent --all          # starts one
+  flotilla rollouts start reprovision --template small --wait
   flotilla rollouts list
   flotilla rollouts watch upgrade-agent-20261205-101500-3f9c
   flotilla rollouts resume upgrade-agent-20261205-101500-3f9c   # after a failure stopped it`,
 		startRolloutCommand(opts), rollouts.listCommand(opts), rollouts.getCommand(opts), watchRolloutCommand(opts),
 		control("pause", "Pause rollouts: no more instances are asked (those asked finish)"),
 		control("resume", "Resume paused rollouts, or rollouts a failure stopped (the failed instances stay failed; the next are asked)"),
-		control("cancel", "Cancel rollouts: the instances not asked yet are not"))
+		control("cancel", "Cancel rollouts: the instances not asked yet never are (those asked finish)"))
 }
 
 // startRolloutCommand is `flotilla rollouts start`: a rollout of an
