@@ -480,6 +480,15 @@ func (st *Stack) connect(service string) (*nats.Conn, error) {
 	if st.cfg.NATSTLS != nil {
 		opts = append(opts, nats.Secure(st.cfg.NATSTLS.Clone()))
 	}
+	if st.cfg.NATSServer == nil {
+		// A cluster's .creds files are copied by hand with each release
+		// (flotilla up signs its own again at each start): one left from
+		// another release is said at once, not by the calls it refuses.
+		if err := busauth.CheckCreds(service, st.cfg.NATSCreds[service]); err != nil {
+			log.Error("bus credentials from another release: sign them again with this release's `flotilla admin bus-credentials init --dir DIR` and copy this service's .creds file here (docs/ha.md, \"Upgrading one host at a time\")",
+				"error", err)
+		}
+	}
 	if st.cfg.NATSServer != nil {
 		nc, err = natsx.ConnectInProcess(st.cfg.NATSServer, name, opts...)
 	} else {

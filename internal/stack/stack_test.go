@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/internal/stack"
 	"flotilla.dev/flotilla/internal/stack/stacktest"
+	"flotilla.dev/flotilla/libs/busauth"
 	"flotilla.dev/flotilla/libs/pgstore"
 	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
@@ -142,6 +144,51 @@ func TestServicesReachTheBusOverTLS(t *testing.T) {
 	if nc, err := nats.Connect(bus.URL, nats.Secure(noCert), nats.UserCredentials(bus.Creds[subjects.Gateway])); err == nil {
 		nc.Close()
 		t.Error("a TLS connection without a client certificate was accepted")
+	}
+}
+
+// TestCredentialsFromAnotherReleaseAreLogged: a cluster's service whose
+// .creds file was not signed again for this release says so at its start,
+// naming the file, what differs and the command that mends it; one with
+// this release's says nothing of them.
+func TestCredentialsFromAnotherReleaseAreLogged(t *testing.T) {
+	t.Parallel()
+	bus := testkit.SecureNATS(t)
+	perms, err := busauth.Permissions(subjects.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perms.Sub.Allow = append(perms.Sub.Allow, "flotilla.call.*.ca.dropped-endpoint")
+	creds, err := bus.Authority().Mint(subjects.CA, perms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(t.TempDir(), "ca.creds")
+	if err := os.WriteFile(old, creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		creds, want string
+	}{
+		{bus.Creds[subjects.CA], ""},
+		{old, "bus credentials from another release: sign them again with this release's `flotilla admin bus-credentials init --dir DIR`"},
+	} {
+		cfg := stacktest.OnBus(stack.Config{Services: []string{subjects.CA}}, bus)
+		cfg.NATSCreds = map[string]string{subjects.CA: c.creds}
+		logs := &testkit.Buffer{}
+		cfg.Log = slog.New(slog.NewTextHandler(logs, nil))
+		stacktest.Start(t, cfg)
+		got := logs.String()
+		if c.want == "" {
+			if strings.Contains(got, "bus credentials") {
+				t.Errorf("this release's credentials were logged as another's:\n%s", got)
+			}
+			continue
+		}
+		if !strings.Contains(got, c.want) || !strings.Contains(got, "the bus credentials in "+old+" are not this release's for ca: "+
+			"they let it subscribe to flotilla.call.*.ca.dropped-endpoint, which this release does not") {
+			t.Errorf("another release's credentials: the log says\n%s", got)
+		}
 	}
 }
 

@@ -377,3 +377,73 @@ func writeFile(path string, data []byte) error {
 	}
 	return nil
 }
+
+// CheckCreds reports how the permissions in the credentials file of
+// identity differ from this release's (Permissions): nil when they are the
+// same. A cluster's services get their .creds files from the operator, who
+// signs them again with each release (flotilla admin bus-credentials init)
+// and copies them to the hosts: a file left from another release lacks
+// what this one calls, or grants what it dropped. It reads the file only:
+// the servers decide what the credentials may do.
+func CheckCreds(identity, file string) error {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("bus credentials: %w", err)
+	}
+	token, err := jwt.ParseDecoratedJWT(data)
+	if err != nil {
+		return fmt.Errorf("bus credentials: %s: %w", file, err)
+	}
+	claims, err := jwt.DecodeUserClaims(token)
+	if err != nil {
+		return fmt.Errorf("bus credentials: %s: %w", file, err)
+	}
+	want, err := Permissions(identity)
+	if err != nil {
+		return err
+	}
+	have := claims.Permissions
+	var diffs []string
+	for _, l := range []struct {
+		lacks, grants string // what a subject missing, or extra, means
+		have, want    jwt.StringList
+	}{
+		{"do not let it publish to", "let it publish to", have.Pub.Allow, want.Pub.Allow},
+		{"do not let it subscribe to", "let it subscribe to", have.Sub.Allow, want.Sub.Allow},
+		{"do not deny it publishing to", "deny it publishing to", have.Pub.Deny, want.Pub.Deny},
+		{"do not deny it subscribing to", "deny it subscribing to", have.Sub.Deny, want.Sub.Deny},
+	} {
+		if missing := without(l.want, l.have); len(missing) > 0 {
+			diffs = append(diffs, fmt.Sprintf("they %s %s", l.lacks, sample(missing)))
+		}
+		if extra := without(l.have, l.want); len(extra) > 0 {
+			diffs = append(diffs, fmt.Sprintf("they %s %s, which this release does not", l.grants, sample(extra)))
+		}
+	}
+	if (have.Resp == nil) != (want.Resp == nil) || (have.Resp != nil && *have.Resp != *want.Resp) {
+		diffs = append(diffs, "their permission to answer requests differs")
+	}
+	if len(diffs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("the bus credentials in %s are not this release's for %s: %s", file, identity, strings.Join(diffs, "; "))
+}
+
+// without returns the subjects of a not in b.
+func without(a, b jwt.StringList) []string {
+	var out []string
+	for _, s := range a {
+		if !b.Contains(s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// sample names up to three subjects of s, and how many more there are.
+func sample(s []string) string {
+	if len(s) <= 3 {
+		return strings.Join(s, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(s[:3], ", "), len(s)-3)
+}

@@ -579,3 +579,46 @@ func TestOlderCredentialsGetThisReleasesPermissions(t *testing.T) {
 	}
 	nc.Close()
 }
+
+// TestCredentialsFromAnotherReleaseAreSaid: CheckCreds passes the
+// credentials the authority signs for this release, and names what a
+// file signed with other permissions lacks and grants besides.
+func TestCredentialsFromAnotherReleaseAreSaid(t *testing.T) {
+	t.Parallel()
+	auth, err := busauth.LoadOrCreate(filepath.Join(t.TempDir(), "bus"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range busauth.Identities() {
+		if err := busauth.CheckCreds(id, auth.Creds(id)); err != nil {
+			t.Errorf("this release's %s credentials: %v", id, err)
+		}
+	}
+	// An older release's: one subject fewer to publish to, one more.
+	perms, err := busauth.Permissions(subjects.Gateway)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropped := perms.Pub.Allow[0]
+	perms.Pub.Allow = append(slices.Clone(perms.Pub.Allow[1:]), "flotilla.call.gateway.inventory.dropped-endpoint")
+	creds, err := auth.Mint(subjects.Gateway, perms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(t.TempDir(), "gateway.creds")
+	if err := os.WriteFile(old, creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err = busauth.CheckCreds(subjects.Gateway, old)
+	want := "the bus credentials in " + old + " are not this release's for gateway: they do not let it publish to " + dropped +
+		"; they let it publish to flotilla.call.gateway.inventory.dropped-endpoint, which this release does not"
+	if err == nil || err.Error() != want {
+		t.Errorf("another release's credentials: %v\nwant %s", err, want)
+	}
+	if err := busauth.CheckCreds(subjects.Provisioner, old); err == nil || !strings.Contains(err.Error(), "for provisioner: they do not let it") {
+		t.Errorf("another service's credentials: %v", err)
+	}
+	if err := busauth.CheckCreds(subjects.Gateway, filepath.Join(t.TempDir(), "missing.creds")); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("no credentials: %v", err)
+	}
+}
