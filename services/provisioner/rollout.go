@@ -533,13 +533,7 @@ func (d *rolloutDriver) ask(ctx context.Context, r *inventoryv1.Rollout, newly [
 		in, err := d.send(ctx, r, id)
 		switch {
 		case apierr.Is(err, apierr.KindUnavailable):
-			first, ok := d.firstUnavailable[id]
-			if !ok {
-				first = time.Now()
-				d.firstUnavailable[id] = first
-			}
-			if time.Since(first) < rolloutRetryFor {
-				d.resendAt[id] = time.Now().Add(rolloutRetryEvery)
+			if d.retry(id) {
 				continue
 			}
 			d.answers[id] = rolloutAnswer{vocab.RolloutRefused, err.Error()}
@@ -551,6 +545,22 @@ func (d *rolloutDriver) ask(ctx context.Context, r *inventoryv1.Rollout, newly [
 		delete(d.firstUnavailable, id)
 		delete(d.resendAt, id)
 	}
+}
+
+// retry has instance id, whose agent had no stream when asked, asked again
+// in rolloutRetryEvery, and says so; once it has been retried for
+// rolloutRetryFor, it says false.
+func (d *rolloutDriver) retry(id string) bool {
+	first, ok := d.firstUnavailable[id]
+	if !ok {
+		first = time.Now()
+		d.firstUnavailable[id] = first
+	}
+	if time.Since(first) >= rolloutRetryFor {
+		return false
+	}
+	d.resendAt[id] = time.Now().Add(rolloutRetryEvery)
+	return true
 }
 
 // send sends the rollout's command to instance id: the answer is the
@@ -577,7 +587,11 @@ func (d *rolloutDriver) send(ctx context.Context, r *inventoryv1.Rollout, id str
 // asked and died before sending the command. Asking again is harmless: an
 // agent at the version is left alone, a refresh is written again, and an
 // instance reprovisioning already refuses another; so whatever it answers
-// is only logged, and the instance's own state says how it went.
+// is only logged, and the instance's own state says how it went; but an
+// agent without a stream at the moment is asked again, as ask does (the
+// provisioner that died may have taken its host's agent gateway with it,
+// and its agents are reconnecting to another): its command is recorded as
+// not sent, which would otherwise count as the instance's failure.
 func (d *rolloutDriver) adopt(ctx context.Context, r *inventoryv1.Rollout, asked []*inventoryv1.RolloutInstance) {
 	for _, e := range asked {
 		id := e.GetInstanceId()
@@ -586,6 +600,9 @@ func (d *rolloutDriver) adopt(ctx context.Context, r *inventoryv1.Rollout, asked
 		}
 		d.mine[id] = true
 		_, err := d.send(ctx, r, id)
+		if apierr.Is(err, apierr.KindUnavailable) && d.retry(id) {
+			err = fmt.Errorf("%w (asked again shortly)", err)
+		}
 		d.s.log.InfoContext(ctx, "rollout: an instance another provisioner asked, asked again", "rollout", r.GetName(), "instance", e.GetInstanceName(), "error", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -131,6 +132,53 @@ func TestAnAgentReconnectingKeepsItsPlaceInTheRollout(t *testing.T) {
 	if len(newly) != 1 || newly[0].GetInstanceId() != second || got.GetInstances()[0].GetState() != "refused" ||
 		!strings.Contains(got.GetInstances()[0].GetMessage(), "has no stream to an agent gateway") {
 		t.Fatalf("after the retries: asked %v, recorded %v", newly, got.GetInstances())
+	}
+}
+
+// TestAnInstanceTakenOverWhileItsAgentReconnectsStaysAsked: a provisioner
+// that takes over a rollout asks again the instance another marked asked;
+// its agent has no stream at the moment (the provisioner that died took
+// its host's agent gateway with it). The command is recorded as not sent,
+// but the instance stays asked, to be asked again, and does not fail the
+// rollout.
+func TestAnInstanceTakenOverWhileItsAgentReconnectsStaysAsked(t *testing.T) {
+	t.Parallel()
+	bus := testkit.SecureNATS(t)
+	inv := testkit.FakeInventory(t, bus.Conn(t, subjects.Inventory))
+	const id = "0192f0a0-0000-7000-8000-000000000021"
+	asked := timestamppb.New(time.Now().Add(-time.Minute))
+	in := &inventoryv1.Instance{Id: id, Name: "21", State: "running", VmId: "vm-21", UpdateTime: asked,
+		Agent: &inventoryv1.AgentStatus{Status: string(vocab.AgentConnected), Version: "0.1.0", VmId: "vm-21"}}
+	inv.Set(in)
+	recorded := recordRollouts(t, bus)
+	s := &Service{log: slog.New(slog.DiscardHandler), d: Deps{Recheck: 30 * time.Second, Version: "0.2.0", AgentSHA256: strings.Repeat("0f", 32)},
+		bus: rpc.NewClient(bus.Conn(t, subjects.Provisioner), subjects.Provisioner, 5*time.Second)}
+	d := newRolloutDriver(s, "r")
+	r := &inventoryv1.Rollout{Id: "r", Action: string(vocab.RolloutUpgradeAgent), AgentVersion: "0.2.0", Parallel: 1, TimeoutSeconds: 600,
+		State: "running", Version: 1, Creator: "user:ops", Instances: []*inventoryv1.RolloutInstance{{InstanceId: id, InstanceName: "21",
+			State: string(vocab.RolloutAsked), AskTime: asked, AskedAtUpdateTime: asked, AskedAtVmId: "vm-21"}}}
+	ctx := t.Context()
+	d.adopt(ctx, r, r.GetInstances())
+	// What the inventory now shows: the command recorded as not sent.
+	records := inv.Records()
+	if len(records) == 0 || records[len(records)-1].GetAgentProgress() != vocab.AgentProgress(vocab.StepUpgradingAgent, vocab.ProgressFailed) {
+		t.Fatalf("records: %v", records)
+	}
+	in.AgentProgress, in.AgentProgressMessage = records[len(records)-1].GetAgentProgress(), records[len(records)-1].GetAgentProgressMessage()
+	in.UpdateTime = timestamppb.Now()
+	inv.Set(in)
+	newly, wait, err := d.step(ctx, r)
+	must(t, err)
+	if len(newly) != 0 || wait <= 0 {
+		t.Fatalf("the pass asks %v and waits %v", newly, wait)
+	}
+	select {
+	case got := <-recorded:
+		t.Fatalf("recorded %v while the adopted instance's agent reconnects", got.GetInstances())
+	default:
+	}
+	if _, ok := d.resendAt[id]; !ok {
+		t.Fatal("an adopted instance whose agent has no stream is not to be asked again")
 	}
 }
 
