@@ -228,7 +228,7 @@ var (
 	SecretRead = endpoint[*secretsv1.ReadSecretRequest, *secretsv1.ReadSecretResponse](secrets, subjects.NounSecret, subjects.VerbRead,
 		"releases a secret's value to its instance's agent (or a fleet secret's, to the agent of an instance of one of its templates), audited", agentgw)
 	FleetSecretPut = endpoint[*secretsv1.SetFleetSecretRequest, *secretsv1.FleetSecret](secrets, subjects.NounFleetSecret, subjects.VerbPut,
-		"stores a fleet secret for the instances of the templates it names, encrypted", gateway)
+		"stores a fleet secret for the instances of the templates (and networks) it names, encrypted", gateway)
 	FleetSecretList = endpoint[*secretsv1.ListFleetSecretsRequest, *secretsv1.ListFleetSecretsResponse](secrets, subjects.NounFleetSecret, subjects.VerbList,
 		"lists the fleet secrets, names and metadata only", gateway)
 	FleetSecretDelete = endpoint[*secretsv1.DeleteFleetSecretRequest, *emptypb.Empty](secrets, subjects.NounFleetSecret, subjects.VerbDelete,

@@ -215,7 +215,22 @@ networkId: lab
 	// Over a version it is no longer at: refused, naming the one it is at.
 	c.fails("", []string{`fleet secret "registry-token" is at version 1, not 2`, "version_mismatch"},
 		"secrets", "set", "registry-token", "--template", "small", "--templates-only", "--if-version", "2")
-	if out := c.ok("secrets", "list", "-o", "table"); !regexp.MustCompile(`registry-token +small +1 `).MatchString(out) || strings.Contains(out, "fleet-token") {
+	// For the network lab alone; a new value keeps it, until every
+	// network is named again.
+	c.fails("", []string{"--network nowhere", `no network named "nowhere"`}, "secrets", "set", "registry-token", "--template", "small", "--network", "nowhere", "--templates-only")
+	if out := c.ok("secrets", "set", "registry-token", "--template", "small", "--network", "lab", "--templates-only"); !strings.Contains(out, "(version 1) for the instances of small in lab\n") {
+		t.Fatalf("secrets set --network lab:\n%s", out)
+	}
+	if out := c.ok("secrets", "list", "-o", "table"); !regexp.MustCompile(`registry-token +small +lab +1 `).MatchString(out) {
+		t.Fatalf("secrets list, for lab:\n%s", out)
+	}
+	if out := c.okIn("fleet-token\n", "secrets", "set", "registry-token", "--template", "small"); !strings.Contains(out, "(version 2) for the instances of small in the 1 network it had\n") {
+		t.Fatalf("secrets set, a new value:\n%s", out)
+	}
+	if out := c.ok("secrets", "set", "registry-token", "--template", "small", "--all-networks", "--templates-only"); !strings.Contains(out, "(version 2) for the instances of small in every network\n") {
+		t.Fatalf("secrets set --all-networks:\n%s", out)
+	}
+	if out := c.ok("secrets", "list", "-o", "table"); !regexp.MustCompile(`registry-token +small +\(all\) +2 `).MatchString(out) || strings.Contains(out, "fleet-token") {
 		t.Fatalf("secrets list:\n%s", out)
 	}
 

@@ -83,11 +83,16 @@ it to its end.`,
 
 // templateIDs finds the templates --template names, by name or id.
 func templateIDs(ctx context.Context, s *session, names []string) ([]string, error) {
+	return idsOf(ctx, s, templates, "--template", names)
+}
+
+// idsOf finds the ids of r's items named (names or ids), for flag.
+func idsOf(ctx context.Context, s *session, r *resource, flag string, names []string) ([]string, error) {
 	var ids []string
 	for _, name := range names {
-		t, err := s.find(ctx, templates, name)
+		t, err := s.find(ctx, r, name)
 		if err != nil {
-			return nil, fmt.Errorf("--template %s: %w", name, err)
+			return nil, fmt.Errorf("%s %s: %w", flag, name, err)
 		}
 		ids = append(ids, stringField(t, "id"))
 	}

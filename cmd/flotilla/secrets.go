@@ -162,30 +162,40 @@ const fleetSecretsPath = "/api/v1/secrets"
 func fleetSecretsCommand(opts *clientOptions) *cobra.Command {
 	group := &cobra.Command{
 		Use:   "secrets",
-		Short: "Fleet secrets: one value for the instances of some templates; set, list (names only), delete",
+		Short: "Fleet secrets: one value for the instances of some templates (in some networks); set, list (names only), delete",
 		Long: `Fleet secrets, kept encrypted: one value (a licence key, a registry's
-credentials) for the agents of every instance of the templates each names.
+credentials) for the agents of every instance of the templates each names,
+in every network or in the networks it names.
 An agent asking for NAME (${secret:NAME} in a setup action) gets its own
 instance's secret of that name if there is one (flotilla instances secrets),
-else the fleet secret NAME if its instance's template is among the secret's;
-any other agent is refused, and every read is audited. Like an instance's
+else the fleet secret NAME if its instance's template is among the secret's,
+and its network too when the secret names networks; any other agent is
+refused, and every read is audited. Like an instance's
 secrets, values are read as setup runs and the node software starts, and
 never come back out of the API.`,
 		Example: `  flotilla secrets set registry-token --template small --template big < token.txt
+  flotilla secrets set registry-token --template small --network prod < prod-token.txt
   flotilla secrets list`,
 	}
 	var (
 		fromFile, ref string
-		tpls          []string
+		tpls, nets    []string
 		templatesOnly bool
+		allNetworks   bool
 		over          int64
 	)
 	set := &cobra.Command{
 		Use:   "set NAME --template TEMPLATE...",
-		Short: "Store or replace a fleet secret for the instances of the templates named: the value from standard input, a file, or the terminal (no echo)",
+		Short: "Store or replace a fleet secret for the instances of the templates named (in the networks named): the value from standard input, a file, or the terminal (no echo)",
+		Long: `Store or replace a fleet secret for the instances of the templates named,
+the value from standard input, a file, or the terminal (no echo). With
+--network, only those templates' instances in the networks named may read
+it. A secret replaced keeps the networks it had unless --network or
+--all-networks says otherwise, so a new value never widens who reads it.`,
 		Example: `  flotilla secrets set registry-token --template small            # asks for the value
   printf %s "$TOKEN" | flotilla secrets set registry-token --template small --template big
-  flotilla secrets set registry-token --template small --templates-only  # its templates alone change`,
+  flotilla secrets set registry-token --template small --network prod --templates-only  # where it is read changes, not its value
+  flotilla secrets set registry-token --template small --all-networks --templates-only`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(tpls) == 0 {
@@ -206,12 +216,35 @@ never come back out of the API.`,
 			if err != nil {
 				return err
 			}
+			netIDs, err := idsOf(cmd.Context(), s, networks, "--network", nets)
+			if err != nil {
+				return err
+			}
+			if len(nets) == 0 && !allNetworks {
+				// Replaced, it keeps the networks it had.
+				var resp secretsv1.ListFleetSecretsResponse
+				if err := s.call(cmd.Context(), http.MethodGet, fleetSecretsPath, nil, &resp); err != nil {
+					return fmt.Errorf("set fleet secret %s: read the networks it has: %w", args[0], err)
+				}
+				for _, sec := range resp.GetSecrets() {
+					if sec.GetName() == args[0] {
+						netIDs = sec.GetNetworkIds()
+					}
+				}
+			}
 			var sec secretsv1.FleetSecret
 			if err := s.call(cmd.Context(), http.MethodPut, fleetSecretsPath+"/"+url.PathEscape(args[0]),
-				jsonBody(map[string]any{"value": value, "templateIds": ids, "secretsManagerId": ref, "version": over}), &sec); err != nil {
+				jsonBody(map[string]any{"value": value, "templateIds": ids, "networkIds": netIDs, "secretsManagerId": ref, "version": over}), &sec); err != nil {
 				return fmt.Errorf("set fleet secret %s: %w", args[0], err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "fleet secret %s set (version %d) for the instances of %s\n", sec.GetName(), sec.GetVersion(), strings.Join(tpls, ", "))
+			where := "in every network"
+			switch n := len(sec.GetNetworkIds()); {
+			case len(nets) > 0:
+				where = "in " + strings.Join(nets, ", ")
+			case n > 0:
+				where = fmt.Sprintf("in the %d %s it had", n, plural(n, "network", "networks"))
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "fleet secret %s set (version %d) for the instances of %s %s\n", sec.GetName(), sec.GetVersion(), strings.Join(tpls, ", "), where)
 			if sec.GetVersion() > 1 && !templatesOnly {
 				fmt.Fprintf(cmd.OutOrStdout(), "a provisioned instance reads values as its setup runs and its node software starts: for the new value to take effect on those running, flotilla instances refresh-configuration --template %s --wait\n",
 					strings.Join(tpls, " --template "))
@@ -221,14 +254,17 @@ never come back out of the API.`,
 	}
 	set.Flags().StringVar(&fromFile, "from-file", "", "read the value from this file (as it is, newlines included)")
 	set.Flags().StringArrayVar(&tpls, "template", nil, "a template (name or id) whose instances' agents may read the secret; repeat for more")
-	set.Flags().BoolVar(&templatesOnly, "templates-only", false, "keep the value stored, and change which templates the secret is for")
+	set.Flags().StringArrayVar(&nets, "network", nil, "a network (name or id): only the templates' instances in it may read the secret; repeat for more")
+	set.Flags().BoolVar(&allNetworks, "all-networks", false, "the templates' instances in every network may read the secret (a secret replaced otherwise keeps its networks)")
+	set.MarkFlagsMutuallyExclusive("network", "all-networks")
+	set.Flags().BoolVar(&templatesOnly, "templates-only", false, "keep the value stored, and change which templates (and networks) the secret is for")
 	set.Flags().StringVar(&ref, "secrets-manager", "", "keep no value: read it from this AWS Secrets Manager secret (name or ARN) at each read, in the cloud account of the reading instance's network")
 	set.MarkFlagsMutuallyExclusive("from-file", "templates-only", "secrets-manager")
 	set.Flags().Int64Var(&over, "if-version", 0, "change only the version read (secrets list): refused if someone changed it since, or there is none")
 	list := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
-		Short:   "List the fleet secrets: names, templates, versions and times, never values",
+		Short:   "List the fleet secrets: names, templates, networks, versions and times, never values",
 		Example: "  flotilla secrets list",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -244,22 +280,31 @@ never come back out of the API.`,
 				return writeMessage(cmd.OutOrStdout(), format, &resp)
 			}
 			names := map[string]string{}
-			if all, err := s.all(cmd.Context(), templates); err == nil {
-				for _, t := range all {
-					names[stringField(t, "id")] = stringField(t, "name")
+			for _, r := range []*resource{templates, networks} {
+				if all, err := s.all(cmd.Context(), r); err == nil {
+					for _, t := range all {
+						names[stringField(t, "id")] = stringField(t, "name")
+					}
 				}
 			}
-			rows := [][]string{{"NAME", "TEMPLATES", "VERSION", "UPDATED", "KMS KEY", "SECRETS MANAGER"}}
+			named := func(ids []string) []string {
+				var out []string
+				for _, id := range ids {
+					out = append(out, cmp.Or(names[id], id))
+				}
+				return out
+			}
+			rows := [][]string{{"NAME", "TEMPLATES", "NETWORKS", "VERSION", "UPDATED", "KMS KEY", "SECRETS MANAGER"}}
 			for _, sec := range resp.GetSecrets() {
-				var tn []string
-				for _, id := range sec.GetTemplateIds() {
-					tn = append(tn, cmp.Or(names[id], id))
+				tn, nn := named(sec.GetTemplateIds()), strings.Join(named(sec.GetNetworkIds()), ",")
+				if nn == "" {
+					nn = "(all)"
 				}
 				version, updated := "—", "—"
 				if sec.GetVersion() > 0 {
 					version, updated = fmt.Sprint(sec.GetVersion()), ago(sec.GetUpdateTime().AsTime())
 				}
-				rows = append(rows, []string{sec.GetName(), dash(strings.Join(tn, ",")), version, updated, dash(sec.GetKmsKeyId()), dash(sec.GetSecretsManagerId())})
+				rows = append(rows, []string{sec.GetName(), dash(strings.Join(tn, ",")), nn, version, updated, dash(sec.GetKmsKeyId()), dash(sec.GetSecretsManagerId())})
 			}
 			return writeTable(cmd.OutOrStdout(), rows)
 		},

@@ -23,14 +23,19 @@ import (
 )
 
 // A fleet secret is one value for the agents of every instance of the
-// templates it names: a licence key, a registry's credentials. An agent
-// asking for a name gets its instance's own secret of that name if there
-// is one, else the fleet secret of that name if its instance's template
-// is among the secret's. Sealed like an instance's secret, bound to its
-// name and version.
+// templates it names, in the networks it names (none: in every network): a
+// licence key, a registry's credentials. An agent asking for a name gets
+// its instance's own secret of that name if there is one, else the fleet
+// secret of that name if its instance's template is among the secret's
+// and its network too (when the secret names networks). Sealed like an
+// instance's secret, bound to its name and version.
 
-// MaxFleetSecretTemplates is the most templates a fleet secret names.
-const MaxFleetSecretTemplates = 100
+// MaxFleetSecretTemplates is the most templates a fleet secret names, and
+// MaxFleetSecretNetworks the most networks.
+const (
+	MaxFleetSecretTemplates = 100
+	MaxFleetSecretNetworks  = 100
+)
 
 // contextFleetSecret is the encryption context key of a fleet secret's
 // data key: its name.
@@ -56,6 +61,7 @@ func fleetSecretContext(name string) kms.EncryptionContext {
 type storedFleetSecret struct {
 	name        string
 	templateIDs []string
+	networkIDs  []string
 	version     int64
 	sealed      sealed
 	ref         string
@@ -68,6 +74,7 @@ func (r storedFleetSecret) metadata() *secretsv1.FleetSecret {
 	return &secretsv1.FleetSecret{
 		Name:             r.name,
 		TemplateIds:      r.templateIDs,
+		NetworkIds:       r.networkIDs,
 		Version:          r.version,
 		CreateTime:       timestamppb.New(r.createdAt),
 		UpdateTime:       timestamppb.New(r.updatedAt),
@@ -78,23 +85,23 @@ func (r storedFleetSecret) metadata() *secretsv1.FleetSecret {
 
 // fleetColumns are the columns a storedFleetSecret is scanned from, in
 // scanFleet's order.
-const fleetColumns = `name, template_ids::text[], version, ciphertext, nonce, wrapped_key, COALESCE(kms_key_id, ''), COALESCE(secrets_manager_id, ''), created_at, updated_at`
+const fleetColumns = `name, template_ids::text[], network_ids::text[], version, ciphertext, nonce, wrapped_key, COALESCE(kms_key_id, ''), COALESCE(secrets_manager_id, ''), created_at, updated_at`
 
 func scanFleet(row pgx.Row) (storedFleetSecret, error) {
 	var r storedFleetSecret
-	err := row.Scan(&r.name, &r.templateIDs, &r.version, &r.sealed.ciphertext, &r.sealed.nonce, &r.sealed.wrappedKey, &r.sealed.kmsKeyID, &r.ref, &r.createdAt, &r.updatedAt)
+	err := row.Scan(&r.name, &r.templateIDs, &r.networkIDs, &r.version, &r.sealed.ciphertext, &r.sealed.nonce, &r.sealed.wrappedKey, &r.sealed.kmsKeyID, &r.ref, &r.createdAt, &r.updatedAt)
 	return r, err
 }
 
 // fleetLock names the turn of one fleet secret's writers (see inTurn).
 func fleetLock(name string) string { return "fleet secret " + name }
 
-// setFleet stores the fleet secret name for templateIDs: the next version
-// sealed by seal when seal is given, or the next version a reference to
-// ref when ref is, else what is stored already with its templates changed
-// (false when there is none); over version over when it is not 0
-// (checkOver).
-func (st store) setFleet(ctx context.Context, name string, templateIDs []string, over int64, at time.Time, ref string, seal func(version int64) (sealed, error)) (storedFleetSecret, bool, error) {
+// setFleet stores the fleet secret name for templateIDs in networkIDs: the
+// next version sealed by seal when seal is given, or the next version a
+// reference to ref when ref is, else what is stored already with its
+// templates and networks changed (false when there is none); over version
+// over when it is not 0 (checkOver).
+func (st store) setFleet(ctx context.Context, name string, templateIDs, networkIDs []string, over int64, at time.Time, ref string, seal func(version int64) (sealed, error)) (storedFleetSecret, bool, error) {
 	var r storedFleetSecret
 	found := true
 	err := st.inTurn(ctx, fleetLock(name), func(tx pgx.Tx) error {
@@ -112,7 +119,7 @@ func (st store) setFleet(ctx context.Context, name string, templateIDs []string,
 			return err
 		}
 		r = cur
-		r.name, r.templateIDs, r.updatedAt = name, templateIDs, at
+		r.name, r.templateIDs, r.networkIDs, r.updatedAt = name, templateIDs, networkIDs, at
 		switch {
 		case seal != nil:
 			r.version++
@@ -125,10 +132,11 @@ func (st store) setFleet(ctx context.Context, name string, templateIDs []string,
 			r.ref, r.sealed = ref, sealed{}
 		}
 		err = tx.QueryRow(ctx, `
-			INSERT INTO fleet_secrets AS s (name, template_ids, version, ciphertext, nonce, wrapped_key, kms_key_id, secrets_manager_id, created_at, updated_at)
-			VALUES ($1, $2::uuid[], $3, $4, $5, $6, $7, $8, $9, $9)
+			INSERT INTO fleet_secrets AS s (name, template_ids, network_ids, version, ciphertext, nonce, wrapped_key, kms_key_id, secrets_manager_id, created_at, updated_at)
+			VALUES ($1, $2::uuid[], $3::uuid[], $4, $5, $6, $7, $8, $9, $10, $10)
 			ON CONFLICT (name) DO UPDATE SET
 				template_ids       = EXCLUDED.template_ids,
+				network_ids        = EXCLUDED.network_ids,
 				version            = EXCLUDED.version,
 				ciphertext         = EXCLUDED.ciphertext,
 				nonce              = EXCLUDED.nonce,
@@ -137,7 +145,7 @@ func (st store) setFleet(ctx context.Context, name string, templateIDs []string,
 				secrets_manager_id = EXCLUDED.secrets_manager_id,
 				updated_at         = EXCLUDED.updated_at
 			RETURNING created_at`,
-			r.name, r.templateIDs, r.version, r.sealed.ciphertext, r.sealed.nonce, r.sealed.wrappedKey, nullIfEmpty(r.sealed.kmsKeyID), nullIfEmpty(r.ref), r.updatedAt,
+			r.name, r.templateIDs, nonNil(r.networkIDs), r.version, r.sealed.ciphertext, r.sealed.nonce, r.sealed.wrappedKey, nullIfEmpty(r.sealed.kmsKeyID), nullIfEmpty(r.ref), r.updatedAt,
 		).Scan(&r.createdAt)
 		if err != nil {
 			return fmt.Errorf("store fleet secret %q: %w", name, err)
@@ -191,7 +199,8 @@ func (st store) deleteFleet(ctx context.Context, name string) (bool, error) {
 }
 
 // setFleetSecret stores a fleet secret, or replaces it with the next
-// version; without a value, it changes the templates of the one stored.
+// version; without a value, it changes the templates and networks of the
+// one stored.
 func (s *Service) setFleetSecret(ctx context.Context, actor vocab.Actor, r *secretsv1.SetFleetSecretRequest) (*secretsv1.FleetSecret, error) {
 	name := r.GetName()
 	if err := validateName(name); err != nil {
@@ -202,6 +211,10 @@ func (s *Service) setFleetSecret(ctx context.Context, actor vocab.Actor, r *secr
 		return nil, err
 	}
 	templates, err := s.checkTemplates(ctx, r.GetTemplateIds())
+	if err != nil {
+		return nil, err
+	}
+	networks, err := s.checkNetworks(ctx, r.GetNetworkIds())
 	if err != nil {
 		return nil, err
 	}
@@ -217,14 +230,14 @@ func (s *Service) setFleetSecret(ctx context.Context, actor vocab.Actor, r *secr
 			return sl, nil
 		}
 	}
-	row, found, err := s.store.setFleet(ctx, name, templates, r.GetVersion(), s.now().UTC().Truncate(time.Microsecond), ref, sealFn)
+	row, found, err := s.store.setFleet(ctx, name, templates, networks, r.GetVersion(), s.now().UTC().Truncate(time.Microsecond), ref, sealFn)
 	if err != nil {
 		return nil, err
 	}
 	if !found {
-		return nil, apierr.Invalid("value", "is required (or secretsManagerId): there is no fleet secret %q to change the templates of", name)
+		return nil, apierr.Invalid("value", "is required (or secretsManagerId): there is no fleet secret %q to change the templates and networks of", name)
 	}
-	s.log.InfoContext(ctx, "fleet secret stored", "name", name, "template_ids", templates, "version", row.version,
+	s.log.InfoContext(ctx, "fleet secret stored", "name", name, "template_ids", templates, "network_ids", networks, "version", row.version,
 		"value_changed", sealFn != nil, "secrets_manager_id", row.ref, "kms_key_id", row.sealed.kmsKeyID, "actor", actor)
 	return row.metadata(), nil
 }
@@ -239,23 +252,47 @@ func (s *Service) checkTemplates(ctx context.Context, ids []string) ([]string, e
 	case len(ids) > MaxFleetSecretTemplates:
 		return nil, apierr.Invalid("templateIds", "must name at most %d templates, got %d", MaxFleetSecretTemplates, len(ids))
 	}
+	return s.checkExisting(ctx, "templateIds", "template", ids, func(ctx context.Context, id string) error {
+		_, err := rpc.Call(ctx, s.bus, endpoints.TemplateGet, &inventoryv1.GetTemplateRequest{Id: id}, rpc.Timeout(inventoryTimeout))
+		return err
+	})
+}
+
+// checkNetworks checks a fleet secret's networks: none (every network),
+// or at most MaxFleetSecretNetworks, each the id of a network the
+// inventory has. It returns them canonical, without repeats, in the order
+// given.
+func (s *Service) checkNetworks(ctx context.Context, ids []string) ([]string, error) {
+	if len(ids) > MaxFleetSecretNetworks {
+		return nil, apierr.Invalid("networkIds", "must name at most %d networks, got %d", MaxFleetSecretNetworks, len(ids))
+	}
+	return s.checkExisting(ctx, "networkIds", "network", ids, func(ctx context.Context, id string) error {
+		_, err := rpc.Call(ctx, s.bus, endpoints.NetworkGet, &inventoryv1.GetNetworkRequest{Id: id}, rpc.Timeout(inventoryTimeout))
+		return err
+	})
+}
+
+// checkExisting checks that each of ids (the request's field, of kind
+// what) is an id the inventory has, asking get; it returns them canonical,
+// without repeats, in the order given.
+func (s *Service) checkExisting(ctx context.Context, field, what string, ids []string, get func(context.Context, string) error) ([]string, error) {
 	var out []string
 	for i, v := range ids {
-		field := fmt.Sprintf("templateIds[%d]", i)
-		id, err := parseID(field, "a template id", v)
+		f := fmt.Sprintf("%s[%d]", field, i)
+		id, err := parseID(f, "a "+what+" id", v)
 		if err != nil {
 			return nil, err
 		}
 		if slices.Contains(out, id) {
 			continue
 		}
-		_, err = rpc.Call(ctx, s.bus, endpoints.TemplateGet, &inventoryv1.GetTemplateRequest{Id: id}, rpc.Timeout(inventoryTimeout))
+		err = get(ctx, id)
 		switch {
 		case apierr.Is(err, apierr.KindNotFound):
-			return nil, apierr.Invalid(field, "there is no template %s", id)
+			return nil, apierr.Invalid(f, "there is no %s %s", what, id)
 		case err != nil:
-			s.log.WarnContext(ctx, "cannot check a template with the inventory", "template_id", id, "error", err)
-			e := apierr.Unavailable("cannot check template %q with the inventory now; try again shortly", id)
+			s.log.WarnContext(ctx, "cannot check a "+what+" with the inventory", what+"_id", id, "error", err)
+			e := apierr.Unavailable("cannot check %s %q with the inventory now; try again shortly", what, id)
 			e.Err = err
 			return nil, e
 		}
@@ -292,7 +329,8 @@ func (s *Service) deleteFleetSecret(ctx context.Context, actor vocab.Actor, r *s
 
 // lookupFleet finds the fleet secret name for the agent of requester,
 // whose own secrets hold none of that name: it is released when the
-// instance's template is among the secret's. The instance is read
+// instance's template is among the secret's, and its network too when the
+// secret names networks. The instance is read
 // whether or not there is such a secret, so the time a refusal takes does
 // not tell the agent which fleet secrets exist. It returns the reason to
 // audit and, on failure, the error for the caller.
@@ -305,7 +343,8 @@ func (s *Service) lookupFleet(ctx context.Context, requester, name string, denie
 	if err != nil {
 		return nil, reasonLookup, err
 	}
-	if !found || !slices.Contains(row.templateIDs, in.GetTemplateId()) {
+	if !found || !slices.Contains(row.templateIDs, in.GetTemplateId()) ||
+		(len(row.networkIDs) > 0 && !slices.Contains(row.networkIDs, in.GetNetworkId())) {
 		return nil, reasonNotBound, denied
 	}
 	return s.value(ctx, in, requester, name, held{what: fmt.Sprintf("fleet secret %q", name), version: row.version,
@@ -326,7 +365,9 @@ func (s *Service) instance(ctx context.Context, id string) (*inventoryv1.Instanc
 
 // removeDeletedTemplate handles a template.deleted event: the template
 // goes from every fleet secret's templates (a secret left with none is
-// kept, for the operator to give it templates again or delete it).
+// kept, for the operator to give it templates again or delete it). A
+// deleted network stays in the secrets' networks: taking the last one out
+// would make a secret for every network.
 func (s *Service) removeDeletedTemplate(msg *message.Message) error {
 	id, err := s.deleted(msg, &inventoryv1.Template{})
 	if err != nil {
@@ -340,4 +381,12 @@ func (s *Service) removeDeletedTemplate(msg *message.Message) error {
 		s.log.InfoContext(msg.Context(), "removed a deleted template from fleet secrets", "template_id", id, "fleet_secrets", n)
 	}
 	return nil
+}
+
+// nonNil is ids, or an empty list for none (an array, not NULL).
+func nonNil(ids []string) []string {
+	if ids == nil {
+		return []string{}
+	}
+	return ids
 }

@@ -116,6 +116,63 @@ func TestFleetSecretsReachTheInstancesOfTheirTemplates(t *testing.T) {
 	}
 }
 
+// TestFleetSecretsInSomeNetworksReachOnlyThose: a fleet secret naming
+// networks is read by its templates' instances in those networks and by
+// no other, refused as a name never set; naming none again, every
+// network's read it; a network unknown is refused, naming the field.
+func TestFleetSecretsInSomeNetworksReachOnlyThose(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	prod, err := e.inventory.CreateNetwork(ctx, "user:test", &inventoryv1.Network{Name: "prod", Provider: "local", HttpsStrategy: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := e.inventory.CreateInstance(ctx, "user:test", &inventoryv1.Instance{Name: "d", Kind: "design", TemplateId: e.template, NetworkId: prod.GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := func(value string, networks ...string) (*secretsv1.FleetSecret, error) {
+		return call(e, endpoints.FleetSecretPut, &secretsv1.SetFleetSecretRequest{Name: "registry", Value: value, TemplateIds: []string{e.template}, NetworkIds: networks})
+	}
+	_, errNone := e.read(d.GetId(), "registry")
+	sec, err := set("prod-token", prod.GetId(), prod.GetId())
+	if err != nil || !slices.Equal(sec.GetNetworkIds(), []string{prod.GetId()}) {
+		t.Fatalf("set for prod: %v, %v", sec, err)
+	}
+	if got, err := e.read(d.GetId(), "registry"); err != nil || string(got.GetValue()) != "prod-token" {
+		t.Fatalf("d, in prod: %v, %v", got, err)
+	}
+	if _, err := e.read(e.a, "registry"); !apierr.Is(err, apierr.KindPermissionDenied) || err.Error() != strings.Replace(errNone.Error(), d.GetId(), e.a, 1) {
+		t.Fatalf("a, of the template in another network: %v; want the refusal of a name never set: %v", err, errNone)
+	}
+	list, err := call(e, endpoints.FleetSecretList, &secretsv1.ListFleetSecretsRequest{})
+	if err != nil || len(list.GetSecrets()) != 1 || !slices.Equal(list.GetSecrets()[0].GetNetworkIds(), []string{prod.GetId()}) {
+		t.Fatalf("list: %v, %v", list, err)
+	}
+	// Its networks alone, none: every network's instances of its template.
+	if sec, err = set(""); err != nil || sec.GetVersion() != 1 || len(sec.GetNetworkIds()) != 0 {
+		t.Fatalf("set every network: %v, %v", sec, err)
+	}
+	for _, id := range []string{e.a, d.GetId()} {
+		if got, err := e.read(id, "registry"); err != nil || string(got.GetValue()) != "prod-token" {
+			t.Fatalf("%s, with the secret in every network: %v, %v", id, got, err)
+		}
+	}
+	for _, c := range []struct {
+		networks []string
+		want     string
+	}{
+		{[]string{"prod"}, "networkIds[0]: must be a network id (a UUID)"},
+		{[]string{prod.GetId(), uuid.NewString()}, "networkIds[1]: there is no network"},
+		{slices.Repeat([]string{prod.GetId()}, 101), "networkIds: must name at most 100 networks, got 101"},
+	} {
+		if _, err := set("v", c.networks...); !apierr.Is(err, apierr.KindInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("set for %d networks: %v; want invalid, %q", len(c.networks), err, c.want)
+		}
+	}
+}
+
 // TestFleetSecretValidationNamesTheField: every refusal names the field
 // and its rule, and stores nothing.
 func TestFleetSecretValidationNamesTheField(t *testing.T) {

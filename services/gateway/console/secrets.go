@@ -10,21 +10,21 @@ import (
 )
 
 // fleetSecretRow is one fleet secret as its page shows it: its templates
-// by name (an id the console cannot name, as it is).
+// and networks by name (an id the console cannot name, as it is).
 type fleetSecretRow struct {
-	S         *secretsv1.FleetSecret
-	Templates []option
+	S                   *secretsv1.FleetSecret
+	Templates, Networks []option
 }
 
 // fleetSecretsData is the fleet secrets page's: the secrets, and every
-// template to give one to.
+// template and network to give one to.
 type fleetSecretsData struct {
-	Rows      []fleetSecretRow
-	Templates []option
+	Rows                []fleetSecretRow
+	Templates, Networks []option
 }
 
 // fleetSecrets serves GET /secrets: the fleet secrets (names, templates,
-// never values) and, for operators, the form that stores one.
+// networks, never values) and, for operators, the form that stores one.
 func (c *Console) fleetSecrets(w http.ResponseWriter, r *http.Request, s *session) {
 	list := &secretsv1.ListFleetSecretsResponse{}
 	if err := s.api.get("/api/v1/secrets", list); err != nil {
@@ -36,25 +36,39 @@ func (c *Console) fleetSecrets(w http.ResponseWriter, r *http.Request, s *sessio
 		c.fail(w, r, s, err)
 		return
 	}
+	nets, err := listAll(s.api, "/api/v1/networks", (*inventoryv1.ListNetworksResponse).GetNetworks)
+	if err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
 	d := fleetSecretsData{}
 	name := map[string]string{}
 	for _, t := range tpls {
 		name[t.GetId()] = t.GetName()
 		d.Templates = append(d.Templates, option{Value: t.GetId(), Label: t.GetName()})
 	}
-	for _, sec := range list.GetSecrets() {
-		row := fleetSecretRow{S: sec}
-		for _, id := range sec.GetTemplateIds() {
-			row.Templates = append(row.Templates, option{Value: id, Label: name[id]})
+	for _, n := range nets {
+		name[n.GetId()] = n.GetName()
+		d.Networks = append(d.Networks, option{Value: n.GetId(), Label: n.GetName()})
+	}
+	named := func(ids []string) []option {
+		var out []option
+		for _, id := range ids {
+			out = append(out, option{Value: id, Label: name[id]})
 		}
-		d.Rows = append(d.Rows, row)
+		return out
+	}
+	for _, sec := range list.GetSecrets() {
+		d.Rows = append(d.Rows, fleetSecretRow{S: sec, Templates: named(sec.GetTemplateIds()), Networks: named(sec.GetNetworkIds())})
 	}
 	c.render(w, r, s, http.StatusOK, "secrets", "Fleet secrets", d)
 }
 
 // setFleetSecret serves POST /secrets: stores a fleet secret (or, with no
-// value, gives the one stored other templates). The value goes to the API
-// and is never shown.
+// value, gives the one stored other templates and networks). The value
+// goes to the API and is never shown. With no network chosen, nor "every
+// network", a stored secret keeps the networks it has, so a new value
+// never widens who reads it.
 func (c *Console) setFleetSecret(w http.ResponseWriter, r *http.Request, s *session) {
 	if err := r.ParseForm(); err != nil {
 		c.fail(w, r, s, err)
@@ -65,8 +79,21 @@ func (c *Console) setFleetSecret(w http.ResponseWriter, r *http.Request, s *sess
 		redirect(w, r, "/secrets", "The fleet secret was not stored: name: is required")
 		return
 	}
+	networks := r.PostForm["networkId"]
+	if len(networks) == 0 && r.PostFormValue("allNetworks") == "" {
+		list := &secretsv1.ListFleetSecretsResponse{}
+		if err := s.api.get("/api/v1/secrets", list); err != nil {
+			c.done(w, r, s, err, "/secrets", "", "The fleet secret was not stored")
+			return
+		}
+		for _, sec := range list.GetSecrets() {
+			if sec.GetName() == name {
+				networks = sec.GetNetworkIds()
+			}
+		}
+	}
 	err := s.api.do(http.MethodPut, "/api/v1/secrets/"+url.PathEscape(name),
-		&secretsv1.SetFleetSecretRequest{Name: name, Value: r.PostFormValue("value"), TemplateIds: r.PostForm["templateId"],
+		&secretsv1.SetFleetSecretRequest{Name: name, Value: r.PostFormValue("value"), TemplateIds: r.PostForm["templateId"], NetworkIds: networks,
 			SecretsManagerId: strings.TrimSpace(r.PostFormValue("secretsManagerId"))}, nil)
 	c.done(w, r, s, err, "/secrets", "The fleet secret "+name+" is stored.", "The fleet secret was not stored")
 }
@@ -75,7 +102,7 @@ func (c *Console) setFleetSecret(w http.ResponseWriter, r *http.Request, s *sess
 func (c *Console) confirmDeleteFleetSecret(w http.ResponseWriter, r *http.Request, s *session) {
 	name := r.PathValue("name")
 	d := deleteData{Verb: "Delete", Noun: "fleet secret", Name: name,
-		Does:   "Its value is gone for good: the agents of its templates' instances can no longer read it, and a setup that uses it fails (an instance's own secret of the name is kept).",
+		Does:   "Its value is gone for good: the agents of its templates' instances (in its networks) can no longer read it, and a setup that uses it fails (an instance's own secret of the name is kept).",
 		Action: "/secrets/" + url.PathEscape(name) + "/delete", Cancel: "/secrets"}
 	c.render(w, r, s, http.StatusOK, "delete", "Delete "+name+"?", d)
 }

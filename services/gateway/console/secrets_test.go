@@ -66,6 +66,35 @@ func TestConsoleFleetSecrets(t *testing.T) {
 	if sec["version"] != "1" || len(sec["templateIds"].([]any)) != 2 {
 		t.Fatalf("after its templates changed: %v", sec)
 	}
+	// For the network lab alone; a new value keeps it, until every network
+	// is chosen again.
+	networks := func() []any {
+		t.Helper()
+		_, list := e.api("GET", "/api/v1/secrets", nil)
+		n, _ := list["secrets"].([]any)[0].(map[string]any)["networkIds"].([]any)
+		return n
+	}
+	if !strings.Contains(p.body, `name="networkId" value="`+netID+`"> lab`) {
+		t.Fatalf("the form offers no network:\n%s", p.body)
+	}
+	e.post("/secrets", url.Values{"name": {"registry"}, "templateId": {tplID}, "networkId": {netID}}).must(t, http.StatusSeeOther, "registry for lab")
+	if n := networks(); len(n) != 1 || n[0] != netID {
+		t.Fatalf("registry for lab: networks %v", n)
+	}
+	if p := e.get("/secrets"); !strings.Contains(p.body, `<td><a href="/networks/`+netID+`/edit">lab</a></td>`) {
+		t.Fatalf("the page, registry for lab:\n%s", p.body)
+	}
+	e.post("/secrets", url.Values{"name": {"registry"}, "value": {"t0ken-value-2"}, "templateId": {tplID, bigID}}).must(t, http.StatusSeeOther, "a new value")
+	if n := networks(); len(n) != 1 || n[0] != netID {
+		t.Fatalf("a new value widened registry to networks %v", n)
+	}
+	e.post("/secrets", url.Values{"name": {"registry"}, "templateId": {tplID, bigID}, "allNetworks": {"1"}}).must(t, http.StatusSeeOther, "registry everywhere")
+	if n := networks(); len(n) != 0 {
+		t.Fatalf("registry for every network: networks %v", n)
+	}
+	if p := e.get("/secrets"); !strings.Contains(p.body, `<span class="muted">every network</span>`) {
+		t.Fatalf("the page, registry for every network:\n%s", p.body)
+	}
 
 	// One read from AWS Secrets Manager: no value, the secret named.
 	e.post("/secrets", url.Values{"name": {"license"}, "secretsManagerId": {"prod/license"}, "templateId": {tplID}}).must(t, http.StatusSeeOther, "store license")

@@ -363,8 +363,12 @@ type FleetSecret struct {
 	// The AWS Secrets Manager secret (name or ARN) the value is read from at
 	// each read, in the cloud account of the reading instance's network.
 	SecretsManagerId string `protobuf:"bytes,7,opt,name=secrets_manager_id,json=secretsManagerId,proto3" json:"secrets_manager_id,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The networks (ids) its templates' instances must be in to read it;
+	// none: every network. A deleted network's id stays: no instance is in
+	// it, and the secret is not widened to every network.
+	NetworkIds    []string `protobuf:"bytes,8,rep,name=network_ids,json=networkIds,proto3" json:"network_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FleetSecret) Reset() {
@@ -446,11 +450,19 @@ func (x *FleetSecret) GetSecretsManagerId() string {
 	return ""
 }
 
+func (x *FleetSecret) GetNetworkIds() []string {
+	if x != nil {
+		return x.NetworkIds
+	}
+	return nil
+}
+
 type SetFleetSecretRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The value; write-only. With neither it nor secrets_manager_id, the
-	// secret set already keeps what it is (to change its templates alone).
+	// secret set already keeps what it is (to change its templates and
+	// networks alone).
 	Value string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
 	// The templates whose instances' agents may read it: at least one id.
 	TemplateIds []string `protobuf:"bytes,3,rep,name=template_ids,json=templateIds,proto3" json:"template_ids,omitempty"`
@@ -461,7 +473,11 @@ type SetFleetSecretRequest struct {
 	// The version the change is made over, as read: it is refused
 	// (version_mismatch) when the secret is at another, or there is none.
 	// 0: whatever it is.
-	Version       int64 `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	Version int64 `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	// The networks its templates' instances must be in to read it, at most
+	// 100 ids; none: every network. Like template_ids, it replaces what the
+	// secret had.
+	NetworkIds    []string `protobuf:"bytes,6,rep,name=network_ids,json=networkIds,proto3" json:"network_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -529,6 +545,13 @@ func (x *SetFleetSecretRequest) GetVersion() int64 {
 		return x.Version
 	}
 	return 0
+}
+
+func (x *SetFleetSecretRequest) GetNetworkIds() []string {
+	if x != nil {
+		return x.NetworkIds
+	}
+	return nil
 }
 
 type ListFleetSecretsRequest struct {
@@ -1732,7 +1755,7 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x13DeleteSecretRequest\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\xa4\x02\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xc5\x02\n" +
 	"\vFleetSecret\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\ftemplate_ids\x18\x02 \x03(\tR\vtemplateIds\x12\x18\n" +
@@ -1743,13 +1766,17 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"updateTime\x12\x1c\n" +
 	"\n" +
 	"kms_key_id\x18\x06 \x01(\tR\bkmsKeyId\x12,\n" +
-	"\x12secrets_manager_id\x18\a \x01(\tR\x10secretsManagerId\"\xb1\x01\n" +
+	"\x12secrets_manager_id\x18\a \x01(\tR\x10secretsManagerId\x12\x1f\n" +
+	"\vnetwork_ids\x18\b \x03(\tR\n" +
+	"networkIds\"\xd2\x01\n" +
 	"\x15SetFleetSecretRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\x05value\x18\x02 \x01(\tB\x03\xe0A\x04R\x05value\x12!\n" +
 	"\ftemplate_ids\x18\x03 \x03(\tR\vtemplateIds\x12,\n" +
 	"\x12secrets_manager_id\x18\x04 \x01(\tR\x10secretsManagerId\x12\x18\n" +
-	"\aversion\x18\x05 \x01(\x03R\aversion\"\x19\n" +
+	"\aversion\x18\x05 \x01(\x03R\aversion\x12\x1f\n" +
+	"\vnetwork_ids\x18\x06 \x03(\tR\n" +
+	"networkIds\"\x19\n" +
 	"\x17ListFleetSecretsRequest\"V\n" +
 	"\x18ListFleetSecretsResponse\x12:\n" +
 	"\asecrets\x18\x01 \x03(\v2 .flotilla.secrets.v1.FleetSecretR\asecrets\".\n" +
