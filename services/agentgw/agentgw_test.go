@@ -156,9 +156,16 @@ func TestCommandsReachTheConnectedAgentOnly(t *testing.T) {
 	if _, err := stream.Recv(); err == nil {
 		t.Fatal("the stream went on after the agent closed it")
 	}
-	e.observed.WaitFor(t, 10*time.Second, "disconnected", func(ev *agentv1.AgentEvent) bool {
+	gone := e.observed.WaitFor(t, 10*time.Second, "disconnected", func(ev *agentv1.AgentEvent) bool {
 		return ev.GetInstanceId() == id && ev.GetDisconnected() != nil
 	})
+	// It names the stream it ends by the stream's start: its connect's time.
+	hello := e.observed.WaitFor(t, time.Second, "connected", func(ev *agentv1.AgentEvent) bool {
+		return ev.GetInstanceId() == id && ev.GetConnected() != nil
+	})
+	if start := gone.GetDisconnected().GetStreamStart(); start == nil || !proto.Equal(start, hello.GetTime()) {
+		t.Errorf("the disconnect names the stream started at %v; it connected at %v", start, hello.GetTime())
+	}
 	_, err = rpc.Call(t.Context(), e.provisioner, ep, cmd)
 	if !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("command after the agent left: %v, want no responders", err)

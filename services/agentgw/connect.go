@@ -206,6 +206,7 @@ func (s *Service) connect(stream agentv1.AgentGateway_ConnectServer) error {
 		"vm_id", hello.GetVmId(), "completed_command_id", hello.GetCompletedCommandId(), "remote", peerAddr(ctx), "tls_resumed", who.resumed)
 	ev := c.event()
 	ev.Body = &agentv1.AgentEvent_Connected{Connected: hello}
+	started := ev.GetTime() // the stream's start, which its disconnect names
 	s.queueEvent(c, queuedEvent{ev: ev, retry: true}, true)
 
 	recvDone := make(chan struct{})
@@ -288,7 +289,7 @@ loop:
 		<-recvDone
 		if !replaced && !s.isStopping() {
 			ev := c.event()
-			ev.Body = &agentv1.AgentEvent_Disconnected{Disconnected: &agentv1.Disconnected{Reason: reason}}
+			ev.Body = &agentv1.AgentEvent_Disconnected{Disconnected: &agentv1.Disconnected{Reason: reason, StreamStart: started}}
 			s.queueEvent(c, queuedEvent{ev: ev, retry: true, unlessConnected: true}, true)
 		}
 	}()

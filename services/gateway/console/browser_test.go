@@ -219,6 +219,8 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.waitFor("the node URL", "!!document.querySelector('a[data-bind=url]:not([hidden])')", 30*time.Second)
 	b.waitFor("the setup output in the logs", "[...document.querySelectorAll('#log-lines li')].some(l => l.textContent.includes('mode is lab'))", 60*time.Second)
 	b.waitFor("a heartbeat", "document.querySelector('[data-bind=\"agent.status\"]').textContent === 'connected'", 30*time.Second)
+	// When its stream opened, as the instance events bring it.
+	b.waitFor("the stream's start", "document.querySelector('[data-bind=\"agent.connectTime\"]').getAttribute('datetime') !== ''", 10*time.Second)
 	if !eval[bool](b, "window.notReloaded === true") {
 		t.Fatal("the page was reloaded")
 	}

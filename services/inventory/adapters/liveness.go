@@ -8,32 +8,41 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Beat is an agent's latest heartbeat as the liveness table keeps it.
+// Beat is an agent's latest heartbeat as the liveness table keeps it, and
+// when its newest stream began if that stream's connect was taken as a
+// heartbeat (zero: none since the instance row was written).
 type Beat struct {
-	InstanceID string
-	At         time.Time
-	DiskUsed   int64
-	DiskTotal  int64
+	InstanceID  string
+	At          time.Time
+	DiskUsed    int64
+	DiskTotal   int64
+	ConnectedAt time.Time
 }
 
 // UpsertBeats writes a batch of heartbeats in one statement; a beat older
 // than the one stored, or of an instance that no longer exists, is skipped.
+// A stream's start is kept until a newer one's.
 func UpsertBeats(ctx context.Context, q Querier, beats []Beat) error {
 	if len(beats) == 0 {
 		return nil
 	}
 	ids, at := make([]string, len(beats)), make([]time.Time, len(beats))
 	used, total := make([]int64, len(beats)), make([]int64, len(beats))
+	connected := make([]*time.Time, len(beats))
 	for i, b := range beats {
 		ids[i], at[i], used[i], total[i] = b.InstanceID, b.At, b.DiskUsed, b.DiskTotal
+		if !b.ConnectedAt.IsZero() {
+			connected[i] = &beats[i].ConnectedAt
+		}
 	}
-	_, err := q.Exec(ctx, `INSERT INTO instance_liveness (instance_id, last_heartbeat, disk_used, disk_total)
-		SELECT b.id, b.at, b.used, b.total
-		FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[], $4::bigint[]) AS b(id, at, used, total)
+	_, err := q.Exec(ctx, `INSERT INTO instance_liveness (instance_id, last_heartbeat, disk_used, disk_total, connected_at)
+		SELECT b.id, b.at, b.used, b.total, b.connected
+		FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::timestamptz[]) AS b(id, at, used, total, connected)
 		JOIN instances i ON i.id = b.id
 		ON CONFLICT (instance_id) DO UPDATE SET last_heartbeat = excluded.last_heartbeat,
-			disk_used = excluded.disk_used, disk_total = excluded.disk_total
-		WHERE instance_liveness.last_heartbeat < excluded.last_heartbeat`, ids, at, used, total)
+			disk_used = excluded.disk_used, disk_total = excluded.disk_total,
+			connected_at = GREATEST(instance_liveness.connected_at, excluded.connected_at)
+		WHERE instance_liveness.last_heartbeat < excluded.last_heartbeat`, ids, at, used, total, connected)
 	if err != nil {
 		return fmt.Errorf("write %d heartbeats: %w", len(beats), err)
 	}
@@ -46,12 +55,22 @@ func Beats(ctx context.Context, q Querier, ids []string) (map[string]Beat, error
 	if len(ids) == 0 {
 		return out, nil
 	}
-	rows, err := q.Query(ctx, `SELECT instance_id::text, last_heartbeat, disk_used, disk_total
+	rows, err := q.Query(ctx, `SELECT instance_id::text, last_heartbeat, disk_used, disk_total, connected_at
 		FROM instance_liveness WHERE instance_id = ANY($1::uuid[])`, ids)
 	if err != nil {
 		return nil, fmt.Errorf("read heartbeats: %w", err)
 	}
-	beats, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Beat])
+	beats, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Beat, error) {
+		var (
+			b         Beat
+			connected *time.Time
+		)
+		err := row.Scan(&b.InstanceID, &b.At, &b.DiskUsed, &b.DiskTotal, &connected)
+		if connected != nil {
+			b.ConnectedAt = *connected
+		}
+		return b, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("read heartbeats: %w", err)
 	}

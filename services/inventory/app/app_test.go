@@ -366,10 +366,13 @@ func TestAReconnectOfAConnectedAgentLeavesTheRowAlone(t *testing.T) {
 }
 
 // TestALateDisconnectOfAReplacedStreamIsIgnored: an agent's stream ends
-// and its next one connects at once (an upgrade, a refresh); the first
-// stream's disconnect, sent on its own, reaches the inventory after the
-// second's connect. The agent stays connected, whether the new stream was
-// written to the row (a new version) or held as a beat (the same one).
+// and its next one connects at once (an upgrade, a refresh), or the agent
+// moves to another agent gateway, which takes it before the first notices
+// it gone; the first stream's disconnect, sent on its own, reaches the
+// inventory after the second's connect. The agent stays connected, whether
+// the new stream was written to the row (a new version) or held as a beat
+// (the same one), and whichever inventory process hears it; the instance
+// shows when its newest stream began.
 func TestALateDisconnectOfAReplacedStreamIsIgnored(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -394,31 +397,44 @@ func TestALateDisconnectOfAReplacedStreamIsIgnored(t *testing.T) {
 	connected := func(version string) *agentv1.AgentEvent {
 		return &agentv1.AgentEvent{Body: &agentv1.AgentEvent_Connected{Connected: &agentv1.Hello{AgentVersion: version, VmId: "vm-1"}}}
 	}
-	disconnected := &agentv1.AgentEvent{Body: &agentv1.AgentEvent_Disconnected{Disconnected: &agentv1.Disconnected{Reason: "the agent closed the stream"}}}
-	t0 := time.Now().UTC().Truncate(time.Microsecond)
-	observe(t0, connected("1.0.0"))
+	// The disconnect of the stream that began at start (zero: one that
+	// names none, as the inventory's own for missed heartbeats).
+	disconnected := func(start time.Time) *agentv1.AgentEvent {
+		d := &agentv1.Disconnected{Reason: "the agent closed the stream"}
+		if !start.IsZero() {
+			d.StreamStart = timestamppb.New(start)
+		}
+		return &agentv1.AgentEvent{Body: &agentv1.AgentEvent_Disconnected{Disconnected: d}}
+	}
+	status := func(got *inventoryv1.Instance, want string, since time.Time) {
+		t.Helper()
+		if got.GetAgent().GetStatus() != want || !got.GetAgent().GetConnectTime().AsTime().Equal(since) {
+			t.Fatalf("agent %v; want %s, connected since %v", got.GetAgent(), want, since)
+		}
+	}
+	s := func(n int) time.Time {
+		return time.Now().UTC().Truncate(time.Second).Add(time.Duration(n) * time.Second)
+	}
+	status(observe(s(0), connected("1.0.0")), "connected", s(0))
 	// Upgraded: 1.1.0 connects (written) before 1.0.0's stream's end is in.
-	observe(t0.Add(2*time.Second), connected("1.1.0"))
-	if got := observe(t0.Add(time.Second), disconnected); got.GetAgent().GetStatus() != "connected" || got.GetAgent().GetVersion() != "1.1.0" {
-		t.Fatalf("a disconnect older than the upgraded agent's connect: %v", got.GetAgent())
-	}
-	// The same version again (held as a beat, the row untouched).
-	observe(t0.Add(4*time.Second), connected("1.1.0"))
-	if got := observe(t0.Add(3*time.Second), disconnected); got.GetAgent().GetStatus() != "connected" {
-		t.Fatalf("a disconnect older than the reconnect held as a beat: %v", got.GetAgent())
-	}
+	status(observe(s(2), connected("1.1.0")), "connected", s(2))
+	status(observe(s(1), disconnected(s(0))), "connected", s(2))
+	// Moved to another agent gateway at the same version (held as a beat,
+	// the row untouched), the first noticing the old stream gone only
+	// after the move, and after the new stream's first heartbeats.
+	status(observe(s(4), connected("1.1.0")), "connected", s(4))
+	status(observe(s(9), disconnected(s(2))), "connected", s(4))
 	// Another inventory process, once the beat is in the liveness table.
-	observe(t0.Add(6*time.Second), connected("1.1.0"))
 	if err := a.FlushHeartbeats(ctx); err != nil {
 		t.Fatal(err)
 	}
 	other := app.New(pool, slog.New(slog.DiscardHandler))
-	if got := observeBy(other, t0.Add(5*time.Second), disconnected); got.GetAgent().GetStatus() != "connected" {
-		t.Fatalf("a disconnect older than the beat in the liveness table: %v", got.GetAgent())
-	}
-	// A disconnect after the last the agent was heard from counts.
-	if got := observe(t0.Add(7*time.Second), disconnected); got.GetAgent().GetStatus() != "disconnected" {
-		t.Fatalf("a disconnect after the agent's last connect: %v", got.GetAgent())
+	status(observeBy(other, s(10), disconnected(s(2))), "connected", s(4))
+	// A disconnect naming no stream, older than the agent's last beat.
+	status(observe(s(3), disconnected(time.Time{})), "connected", s(4))
+	// The newest stream's own disconnect counts.
+	if got := observe(s(11), disconnected(s(4))); got.GetAgent().GetStatus() != "disconnected" {
+		t.Fatalf("the newest stream's disconnect: %v", got.GetAgent())
 	}
 }
 

@@ -298,14 +298,14 @@ func (a *App) observeRow(ctx context.Context, tx pgx.Tx, ev *agentv1.AgentEvent,
 	switch b := ev.GetBody().(type) {
 	case *agentv1.AgentEvent_Connected:
 		in.Agent.Status, in.Agent.Version, in.Agent.LastHeartbeat = string(vocab.AgentConnected), b.Connected.GetAgentVersion(), seen
-		in.Agent.VmId = b.Connected.GetVmId()
+		in.Agent.VmId, in.Agent.ConnectTime = b.Connected.GetVmId(), seen
 		verb = vocab.VerbAgentConnected
 	case *agentv1.AgentEvent_Disconnected:
 		if in.Agent.Status != string(vocab.AgentConnected) {
 			return nil, errNothingNew // shown disconnected already
 		}
-		if seen, err := a.seenSince(ctx, tx, in, at); err != nil || seen {
-			return nil, cmp.Or(err, errNothingNew) // a newer stream's, come first
+		if stale, err := a.staleDisconnect(ctx, tx, in, b.Disconnected, at); err != nil || stale {
+			return nil, cmp.Or(err, errNothingNew) // of a stream the agent replaced
 		}
 		in.Agent.Status = string(vocab.AgentDisconnected)
 		verb = vocab.VerbAgentDisconnected

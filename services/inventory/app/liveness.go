@@ -112,11 +112,19 @@ func (l *liveness) confirm(ids []string, updated map[string]time.Time, now time.
 	}
 }
 
-// hold keeps a beat for the next flush (the newest per instance).
+// hold keeps a beat for the next flush (the newest per instance, with the
+// newest stream start held).
 func (l *liveness) hold(b adapters.Beat) {
 	l.mu.Lock()
-	if cur, ok := l.pending[b.InstanceID]; !ok || cur.At.Before(b.At) {
+	cur, ok := l.pending[b.InstanceID]
+	if ok && cur.ConnectedAt.After(b.ConnectedAt) {
+		b.ConnectedAt = cur.ConnectedAt
+	}
+	if !ok || cur.At.Before(b.At) {
 		l.pending[b.InstanceID] = b
+	} else if b.ConnectedAt.After(cur.ConnectedAt) {
+		cur.ConnectedAt = b.ConnectedAt
+		l.pending[b.InstanceID] = cur
 	}
 	l.mu.Unlock()
 }
@@ -191,8 +199,9 @@ func (a *App) heartbeat(ctx context.Context, id string, hb *agentv1.Heartbeat, a
 // the agent connected already, at the same version on the same VM: its agent gateway
 // restarted, or it moved to another gateway, before anyone saw it gone.
 // Like a heartbeat, the stream's start is held as the agent's latest beat
-// (its disk usage as last known); it reports false when the caller must
-// write the row (and the agent-connected event).
+// (its disk usage as last known), and as its newest stream's start; it
+// reports false when the caller must write the row (and the
+// agent-connected event).
 func (a *App) reconnected(ctx context.Context, id string, hello *agentv1.Hello, at time.Time) (bool, error) {
 	k, found, err := a.knownAgent(ctx, id)
 	if err != nil || !found {
@@ -201,7 +210,7 @@ func (a *App) reconnected(ctx context.Context, id string, hello *agentv1.Hello, 
 	if k.status != string(vocab.AgentConnected) || hello.GetAgentVersion() != k.version || hello.GetVmId() != k.vmID {
 		return false, nil
 	}
-	b := adapters.Beat{InstanceID: id, At: at, DiskUsed: k.diskUsed, DiskTotal: k.diskTotal}
+	b := adapters.Beat{InstanceID: id, At: at, DiskUsed: k.diskUsed, DiskTotal: k.diskTotal, ConnectedAt: at}
 	if h, ok := a.live.held(id); ok {
 		b.DiskUsed, b.DiskTotal = h.DiskUsed, h.DiskTotal
 	}
@@ -209,26 +218,40 @@ func (a *App) reconnected(ctx context.Context, id string, hello *agentv1.Hello, 
 	return true, nil
 }
 
-// seenSince says whether in's agent was heard from after at: a connect or
-// heartbeat, in the row, the liveness table or held here. A stream's
-// disconnect can reach the inventory after the agent's next stream
-// connected (an upgraded agent reconnects at once, and each stream's events
-// are sent on their own); the agent gateway reports a disconnect only while
-// no newer stream is registered, and a newer stream's events are later
-// than that, so a disconnect older than what was heard since is stale.
-func (a *App) seenSince(ctx context.Context, q adapters.Querier, in *inventoryv1.Instance, at time.Time) (bool, error) {
-	if in.GetAgent().GetLastHeartbeat().AsTime().After(at) {
-		return true, nil
-	}
-	if b, ok := a.live.held(in.GetId()); ok && b.At.After(at) {
-		return true, nil
+// staleDisconnect says whether a disconnect d of in's agent, reported at
+// at, is of a stream older than its newest: the agent connected again, to
+// this agent gateway or another, before the disconnect came in. Each
+// stream's disconnect names its start (its connect's time); the newest
+// start is in the row (a connect that was written), the liveness table or
+// held here (one taken as a heartbeat). A disconnect that names no start
+// (the inventory's own, for missed heartbeats; a gateway's from before) is
+// stale if the agent was heard from after at: the agent gateway reports a
+// disconnect only while no newer stream of the agent is registered there,
+// and that stream's events are later.
+func (a *App) staleDisconnect(ctx context.Context, q adapters.Querier, in *inventoryv1.Instance, d *agentv1.Disconnected, at time.Time) (bool, error) {
+	newest, seen := in.GetAgent().GetConnectTime().AsTime(), in.GetAgent().GetLastHeartbeat().AsTime()
+	if b, ok := a.live.held(in.GetId()); ok {
+		newest, seen = later(newest, b.ConnectedAt), later(seen, b.At)
 	}
 	beats, err := adapters.Beats(ctx, q, []string{in.GetId()})
 	if err != nil {
 		return false, err
 	}
-	b, ok := beats[in.GetId()]
-	return ok && b.At.After(at), nil
+	if b, ok := beats[in.GetId()]; ok {
+		newest, seen = later(newest, b.ConnectedAt), later(seen, b.At)
+	}
+	if start := d.GetStreamStart(); start != nil {
+		return newest.After(start.AsTime()), nil
+	}
+	return seen.After(at), nil
+}
+
+// later is the later of a and b.
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // FlushHeartbeats writes the heartbeats held since the last flush; beats
@@ -259,8 +282,9 @@ func (a *App) FlushHeartbeats(ctx context.Context) error {
 	return nil
 }
 
-// withLiveness shows on instances their agents' latest heartbeats: those
-// written to the liveness table and those this process holds.
+// withLiveness shows on instances their agents' latest heartbeats (and
+// newest streams' starts): those written to the liveness table and those
+// this process holds.
 func (a *App) withLiveness(ctx context.Context, ins ...*inventoryv1.Instance) error {
 	var ids []string
 	for _, in := range ins {
@@ -280,7 +304,13 @@ func (a *App) withLiveness(ctx context.Context, ins ...*inventoryv1.Instance) er
 		if h, held := a.live.held(in.GetId()); held && (!ok || b.At.Before(h.At)) {
 			b, ok = h, true
 		}
-		if !ok || in.GetAgent() == nil || !in.GetAgent().GetLastHeartbeat().AsTime().Before(b.At) {
+		if !ok || in.GetAgent() == nil {
+			continue
+		}
+		if b.ConnectedAt.After(in.GetAgent().GetConnectTime().AsTime()) {
+			in.Agent.ConnectTime = timestamppb.New(b.ConnectedAt)
+		}
+		if !in.GetAgent().GetLastHeartbeat().AsTime().Before(b.At) {
 			continue
 		}
 		in.Agent.LastHeartbeat = timestamppb.New(b.At)

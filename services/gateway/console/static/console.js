@@ -321,12 +321,14 @@
       if (u) { link.href = u; link.textContent = u; } else { link.removeAttribute("href"); }
     }
     if (none) { none.hidden = !!u; }
-    var hb = $('[data-bind="agent.lastHeartbeat"]', root);
-    if (hb) {
-      var t = path(inst, "agent.lastHeartbeat") || "";
-      hb.setAttribute("datetime", t);
-      hb.textContent = ago(t);
-    }
+    ["agent.lastHeartbeat", "agent.connectTime"].forEach(function (p) {
+      var e = $('[data-bind="' + p + '"]', root);
+      if (e) {
+        var t = path(inst, p) || "";
+        e.setAttribute("datetime", t);
+        e.textContent = ago(t);
+      }
+    });
     var used = Number(path(inst, "dataDisk.usedBytes")) || 0, total = Number(path(inst, "dataDisk.totalBytes")) || 0;
     var meter = $('[data-bind="disk"]', root);
     if (meter) { meter.value = total > 0 ? Math.min(used / total, 1) : 0; }

@@ -2390,8 +2390,12 @@ func (*AgentEvent_Heartbeat) isAgentEvent_Body() {}
 func (*AgentEvent_Progress) isAgentEvent_Body() {}
 
 type Disconnected struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Reason string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When the stream that ended began: the time of its connected event. A
+	// disconnect of a stream older than the agent's newest (it moved to
+	// another agent gateway, which took it first) says nothing of the agent.
+	StreamStart   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=stream_start,json=streamStart,proto3" json:"stream_start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2431,6 +2435,13 @@ func (x *Disconnected) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *Disconnected) GetStreamStart() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StreamStart
+	}
+	return nil
 }
 
 // AgentEvents is a batch of agent events the agent gateway reports at once
@@ -2750,9 +2761,10 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\fdisconnected\x18\x04 \x01(\v2\x1f.flotilla.agent.v1.DisconnectedH\x00R\fdisconnected\x12<\n" +
 	"\theartbeat\x18\x05 \x01(\v2\x1c.flotilla.agent.v1.HeartbeatH\x00R\theartbeat\x129\n" +
 	"\bprogress\x18\x06 \x01(\v2\x1b.flotilla.agent.v1.ProgressH\x00R\bprogressB\x06\n" +
-	"\x04body\"&\n" +
+	"\x04body\"e\n" +
 	"\fDisconnected\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"D\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12=\n" +
+	"\fstream_start\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vstreamStart\"D\n" +
 	"\vAgentEvents\x125\n" +
 	"\x06events\x18\x01 \x03(\v2\x1d.flotilla.agent.v1.AgentEventR\x06events\"R\n" +
 	"\x11AgentEventResults\x12=\n" +
@@ -2857,19 +2869,20 @@ var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
 	31, // 34: flotilla.agent.v1.AgentEvent.disconnected:type_name -> flotilla.agent.v1.Disconnected
 	6,  // 35: flotilla.agent.v1.AgentEvent.heartbeat:type_name -> flotilla.agent.v1.Heartbeat
 	9,  // 36: flotilla.agent.v1.AgentEvent.progress:type_name -> flotilla.agent.v1.Progress
-	30, // 37: flotilla.agent.v1.AgentEvents.events:type_name -> flotilla.agent.v1.AgentEvent
-	34, // 38: flotilla.agent.v1.AgentEventResults.results:type_name -> flotilla.agent.v1.AgentEventResult
-	0,  // 39: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
-	2,  // 40: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
-	4,  // 41: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
-	1,  // 42: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
-	3,  // 43: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
-	12, // 44: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
-	42, // [42:45] is the sub-list for method output_type
-	39, // [39:42] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	35, // 37: flotilla.agent.v1.Disconnected.stream_start:type_name -> google.protobuf.Timestamp
+	30, // 38: flotilla.agent.v1.AgentEvents.events:type_name -> flotilla.agent.v1.AgentEvent
+	34, // 39: flotilla.agent.v1.AgentEventResults.results:type_name -> flotilla.agent.v1.AgentEventResult
+	0,  // 40: flotilla.agent.v1.AgentGateway.Join:input_type -> flotilla.agent.v1.JoinRequest
+	2,  // 41: flotilla.agent.v1.AgentGateway.Renew:input_type -> flotilla.agent.v1.RenewRequest
+	4,  // 42: flotilla.agent.v1.AgentGateway.Connect:input_type -> flotilla.agent.v1.AgentMessage
+	1,  // 43: flotilla.agent.v1.AgentGateway.Join:output_type -> flotilla.agent.v1.JoinResponse
+	3,  // 44: flotilla.agent.v1.AgentGateway.Renew:output_type -> flotilla.agent.v1.RenewResponse
+	12, // 45: flotilla.agent.v1.AgentGateway.Connect:output_type -> flotilla.agent.v1.GatewayMessage
+	43, // [43:46] is the sub-list for method output_type
+	40, // [40:43] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_agent_v1_agent_proto_init() }

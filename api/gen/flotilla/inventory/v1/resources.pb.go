@@ -1475,8 +1475,11 @@ type AgentStatus struct {
 	// their lifetime; a custom one is the operator's to replace); unset
 	// without HTTPS.
 	NodeCertificateNotAfter *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=node_certificate_not_after,json=nodeCertificateNotAfter,proto3" json:"node_certificate_not_after,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	// When the agent's newest stream to an agent gateway began: connected
+	// since then, while status is "connected".
+	ConnectTime   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=connect_time,json=connectTime,proto3" json:"connect_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AgentStatus) Reset() {
@@ -1540,6 +1543,13 @@ func (x *AgentStatus) GetVmId() string {
 func (x *AgentStatus) GetNodeCertificateNotAfter() *timestamppb.Timestamp {
 	if x != nil {
 		return x.NodeCertificateNotAfter
+	}
+	return nil
+}
+
+func (x *AgentStatus) GetConnectTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ConnectTime
 	}
 	return nil
 }
@@ -2023,13 +2033,14 @@ const file_flotilla_inventory_v1_resources_proto_rawDesc = "" +
 	"\n" +
 	"public_dns\x18\x04 \x01(\tR\tpublicDns\x12\x10\n" +
 	"\x03url\x18\x05 \x01(\tR\x03url\x12\x1a\n" +
-	"\bhostname\x18\x06 \x01(\tR\bhostname\"\xf0\x01\n" +
+	"\bhostname\x18\x06 \x01(\tR\bhostname\"\xaf\x02\n" +
 	"\vAgentStatus\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12A\n" +
 	"\x0elast_heartbeat\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x13\n" +
 	"\x05vm_id\x18\x04 \x01(\tR\x04vmId\x12W\n" +
-	"\x1anode_certificate_not_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x17nodeCertificateNotAfter\"s\n" +
+	"\x1anode_certificate_not_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x17nodeCertificateNotAfter\x12=\n" +
+	"\fconnect_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vconnectTime\"s\n" +
 	"\bDataDisk\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\asize_gb\x18\x02 \x01(\x05R\x06sizeGb\x12\x1d\n" +
@@ -2126,17 +2137,18 @@ var file_flotilla_inventory_v1_resources_proto_depIdxs = []int32{
 	20, // 21: flotilla.inventory.v1.LogRetention.max_age:type_name -> google.protobuf.Duration
 	19, // 22: flotilla.inventory.v1.AgentStatus.last_heartbeat:type_name -> google.protobuf.Timestamp
 	19, // 23: flotilla.inventory.v1.AgentStatus.node_certificate_not_after:type_name -> google.protobuf.Timestamp
-	17, // 24: flotilla.inventory.v1.Rollout.instances:type_name -> flotilla.inventory.v1.RolloutInstance
-	19, // 25: flotilla.inventory.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
-	19, // 26: flotilla.inventory.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
-	19, // 27: flotilla.inventory.v1.RolloutInstance.ask_time:type_name -> google.protobuf.Timestamp
-	19, // 28: flotilla.inventory.v1.RolloutInstance.end_time:type_name -> google.protobuf.Timestamp
-	19, // 29: flotilla.inventory.v1.RolloutInstance.asked_at_update_time:type_name -> google.protobuf.Timestamp
-	30, // [30:30] is the sub-list for method output_type
-	30, // [30:30] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	19, // 24: flotilla.inventory.v1.AgentStatus.connect_time:type_name -> google.protobuf.Timestamp
+	17, // 25: flotilla.inventory.v1.Rollout.instances:type_name -> flotilla.inventory.v1.RolloutInstance
+	19, // 26: flotilla.inventory.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
+	19, // 27: flotilla.inventory.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
+	19, // 28: flotilla.inventory.v1.RolloutInstance.ask_time:type_name -> google.protobuf.Timestamp
+	19, // 29: flotilla.inventory.v1.RolloutInstance.end_time:type_name -> google.protobuf.Timestamp
+	19, // 30: flotilla.inventory.v1.RolloutInstance.asked_at_update_time:type_name -> google.protobuf.Timestamp
+	31, // [31:31] is the sub-list for method output_type
+	31, // [31:31] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_inventory_v1_resources_proto_init() }
