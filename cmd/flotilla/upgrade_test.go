@@ -180,6 +180,10 @@ func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
 	if in := instanceJSON(t, c, "web-1"); in.VMID == vms["web-1"] || in.Agent.Status != "connected" {
 		t.Errorf("web-1 after the reprovision: agent %s on VM %s (was %s)", in.Agent.Status, in.VMID, vms["web-1"])
 	}
+	// The rollout's reprovision is on web-1's timeline as its creator's.
+	if out := c.ok("instances", "events", "web-1", "-o", "table"); !regexp.MustCompile(`reprovision-requested +user:admin`).MatchString(out) {
+		t.Errorf("web-1's timeline after the rollout's reprovision:\n%s", out)
+	}
 	if out := c.ok("events", "--entity", "rollout", "--limit", "3", "-o", "table"); !regexp.MustCompile(`rollout\.updated +reprovision-\S+ +system:provisioner +done +1 succeeded`).MatchString(out) {
 		t.Errorf("events --entity rollout:\n%s", out)
 	}

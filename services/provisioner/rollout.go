@@ -573,8 +573,8 @@ func (d *rolloutDriver) send(ctx context.Context, r *inventoryv1.Rollout, id str
 		return nil, err
 	case action == vocab.RolloutReprovision:
 		// A lifecycle request like an operator's, made by the provisioner
-		// for the rollout's creator.
-		_, err := rpc.Call(ctx, d.s.bus, endpoints.LifecycleRequest, &inventoryv1.LifecycleRequest{Id: id, Action: string(vocab.ActionReprovision)})
+		// for the rollout's creator: the inventory records it as theirs.
+		_, err := rpc.Call(ctx, d.s.bus, endpoints.LifecycleRequest, &inventoryv1.LifecycleRequest{Id: id, Action: string(vocab.ActionReprovision), RolloutId: r.GetId()})
 		return nil, err
 	case d.s.d.Version != r.GetAgentVersion():
 		return nil, fmt.Errorf("this provisioner is at version %s, not the rollout's %s: a manager of that version asks it", d.s.d.Version, r.GetAgentVersion())

@@ -1168,3 +1168,42 @@ func TestRolloutsOfOneActionStartedAtOnceTakeTurns(t *testing.T) {
 		t.Errorf("%d made, %d refused; want one of each", made, refused)
 	}
 }
+
+// TestTheProvisionerActsForARolloutsCreatorOnlyWhereItAsked: a lifecycle
+// request the provisioner makes for a reprovision rollout is recorded as
+// the rollout's creator's, but only for an instance the running rollout
+// has asked; any other caller, action, rollout or instance is refused.
+func TestTheProvisionerActsForARolloutsCreatorOnlyWhereItAsked(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a, in := newApp(t)
+	provisioner := vocab.System("provisioner")
+	ro, err := a.CreateRollout(ctx, &inventoryv1.Rollout{Action: "reprovision", Parallel: 1, TimeoutSeconds: 600, Creator: "user:ops",
+		Instances: []*inventoryv1.RolloutInstance{{InstanceId: in.GetId(), InstanceName: in.GetName()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := func(caller vocab.Actor, id, instance string, action vocab.Action, want string) {
+		t.Helper()
+		if got, err := a.RolloutCreator(ctx, caller, id, instance, action); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s for rollout %s, instance %s, %s: %q, %v; want refused, %q", caller, id, instance, action, got, err, want)
+		}
+	}
+	refused(provisioner, ro.GetId(), in.GetId(), vocab.ActionReprovision, "has not asked instance") // pending, not asked
+	asked := proto.Clone(ro).(*inventoryv1.Rollout)
+	asked.Instances[0].State, asked.Instances[0].AskTime = string(vocab.RolloutAsked), timestamppb.Now()
+	if ro, err = a.RecordRollout(ctx, provisioner, asked); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := a.RolloutCreator(ctx, provisioner, ro.GetId(), in.GetId(), vocab.ActionReprovision); err != nil || got != "user:ops" {
+		t.Fatalf("the provisioner for the rollout's asked instance: %q, %v; want user:ops", got, err)
+	}
+	refused("system:gateway", ro.GetId(), in.GetId(), vocab.ActionReprovision, "only the provisioner drives them")
+	refused(provisioner, ro.GetId(), in.GetId(), vocab.ActionDelete, "it asks for no delete")
+	refused(provisioner, ro.GetId(), "0192f0a0-0000-7000-8000-0000000000ff", vocab.ActionReprovision, "has not asked instance")
+	refused(provisioner, "0192f0a0-0000-7000-8000-0000000000fe", in.GetId(), vocab.ActionReprovision, "rolloutId: there is no rollout")
+	if _, err := a.ControlRollout(ctx, "user:ops", ro.GetId(), 0, "cancel"); err != nil {
+		t.Fatal(err)
+	}
+	refused(provisioner, ro.GetId(), in.GetId(), vocab.ActionReprovision, "is cancelled: it asks no instance")
+}

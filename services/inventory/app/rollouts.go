@@ -107,6 +107,36 @@ func (a *App) GetRollout(ctx context.Context, id string) (*inventoryv1.Rollout, 
 	return get(ctx, a, rollouts, id)
 }
 
+// RolloutCreator is who a lifecycle request the provisioner (caller)
+// makes for rollout id is recorded as: the rollout's creator, whose rollout
+// asked for it. It is refused unless the rollout is running or paused, its
+// action is action, and it has instance asked; so the provisioner acts for
+// a user only where that user's rollout asked it to.
+func (a *App) RolloutCreator(ctx context.Context, caller vocab.Actor, id, instance string, action vocab.Action) (vocab.Actor, error) {
+	if caller != vocab.System(subjects.Provisioner) {
+		return "", apierr.PermissionDenied("%s may not act for a rollout: only the provisioner drives them", caller)
+	}
+	r, err := a.GetRollout(ctx, id)
+	if apierr.Is(err, apierr.KindNotFound) {
+		return "", apierr.Invalid("rolloutId", "there is no rollout %s", id)
+	}
+	if err != nil {
+		return "", err
+	}
+	if vocab.RolloutAction(r.GetAction()) != vocab.RolloutReprovision || action != vocab.ActionReprovision {
+		return "", apierr.PermissionDenied("rollout %s is a %s rollout: it asks for no %s", r.GetName(), r.GetAction(), action)
+	}
+	if st := vocab.RolloutState(r.GetState()); st != vocab.RolloutRunning && st != vocab.RolloutPaused {
+		return "", apierr.Conflict(apierr.ReasonInvalidState, "rollout %s is %s: it asks no instance", r.GetName(), st)
+	}
+	for _, e := range r.GetInstances() {
+		if e.GetInstanceId() == instance && vocab.RolloutInstanceState(e.GetState()) == vocab.RolloutAsked {
+			return vocab.Actor(r.GetCreator()), nil
+		}
+	}
+	return "", apierr.PermissionDenied("rollout %s has not asked instance %s", r.GetName(), instance)
+}
+
 // ListRollouts lists rollouts (in state, if not ""), oldest first.
 func (a *App) ListRollouts(ctx context.Context, state string, pageSize int32, pageToken string) ([]*inventoryv1.Rollout, string, error) {
 	var q adapters.ListQuery

@@ -111,6 +111,12 @@ func Serve(nc *nats.Conn, a *app.App, db Pinger, log *slog.Logger, tp trace.Trac
 			return a.DeleteInstance(ctx, actor, r.GetId(), r.GetVersion(), r.GetForce())
 		}),
 		rpc.Handle(s, endpoints.LifecycleRequest, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.LifecycleRequest) (*inventoryv1.Instance, error) {
+			if r.GetRolloutId() != "" {
+				var err error
+				if actor, err = a.RolloutCreator(ctx, actor, r.GetRolloutId(), r.GetId(), vocab.Action(r.GetAction())); err != nil {
+					return nil, err
+				}
+			}
 			return a.Lifecycle(ctx, actor, r.GetId(), vocab.Action(r.GetAction()), 0)
 		}),
 		rpc.Handle(s, endpoints.LifecycleRecord, func(ctx context.Context, actor vocab.Actor, r *inventoryv1.RecordStateRequest) (*inventoryv1.Instance, error) {

@@ -2182,7 +2182,11 @@ type LifecycleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// "provision", "deprovision", "reprovision" or "delete".
-	Action        string `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
+	Action string `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
+	// The rollout (id) the provisioner asks a reprovision for: the request
+	// is recorded as the rollout's creator's, once the inventory finds the
+	// rollout running or paused, of that action, with the instance asked.
+	RolloutId     string `protobuf:"bytes,3,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2227,6 +2231,13 @@ func (x *LifecycleRequest) GetId() string {
 func (x *LifecycleRequest) GetAction() string {
 	if x != nil {
 		return x.Action
+	}
+	return ""
+}
+
+func (x *LifecycleRequest) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
 	}
 	return ""
 }
@@ -2963,10 +2974,12 @@ const file_flotilla_inventory_v1_inventory_proto_rawDesc = "" +
 	"expireTime\x12,\n" +
 	"\x12agent_gateway_addr\x18\x04 \x01(\tR\x10agentGatewayAddr\x12,\n" +
 	"\x12ca_certificate_pem\x18\x05 \x01(\tR\x10caCertificatePem\x12\x13\n" +
-	"\x05vm_id\x18\x06 \x01(\tR\x04vmId\":\n" +
+	"\x05vm_id\x18\x06 \x01(\tR\x04vmId\"Y\n" +
 	"\x10LifecycleRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
-	"\x06action\x18\x02 \x01(\tR\x06action\"\x8f\x04\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x03 \x01(\tR\trolloutId\"\x8f\x04\n" +
 	"\x12RecordStateRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12\x14\n" +
