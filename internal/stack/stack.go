@@ -288,6 +288,9 @@ type Stack struct {
 	runners   []runner
 	// members are the services' heartbeats in the managers' bucket.
 	members []*membership.Member
+	// credsProblems says, by service, how its bus credentials differ from
+	// this release's (connect), for its heartbeats.
+	credsProblems map[string]string
 	// listeners not yet owned by a service (closed by close).
 	listeners []net.Listener
 	metrics   *http.Server
@@ -321,7 +324,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if cfg.DatabaseWait == 0 {
 		cfg.DatabaseWait = 60 * time.Second
 	}
-	st := &Stack{cfg: cfg, log: cfg.Log}
+	st := &Stack{cfg: cfg, log: cfg.Log, credsProblems: map[string]string{}}
 	defer func() {
 		if err != nil {
 			st.close()
@@ -423,7 +426,7 @@ func (st *Stack) join(ctx context.Context, nc *nats.Conn, r runner) (runner, err
 	}
 	m, err := membership.Join(ctx, js, membership.Config{Service: r.name, Version: st.cfg.Version, Host: st.cfg.HostName,
 		Interval: st.cfg.MemberInterval, TTL: st.cfg.MemberTTL, Replicas: st.cfg.StreamReplicas, Log: st.log.With("service", r.name),
-		Readiness: r.readiness})
+		Readiness: r.readiness, CredentialsProblem: st.credsProblems[r.name]})
 	if err != nil {
 		return runner{}, err
 	}
@@ -485,6 +488,7 @@ func (st *Stack) connect(service string) (*nats.Conn, error) {
 		// (flotilla up signs its own again at each start): one left from
 		// another release is said at once, not by the calls it refuses.
 		if err := busauth.CheckCreds(service, st.cfg.NATSCreds[service]); err != nil {
+			st.credsProblems[service] = err.Error() // for the cluster status
 			log.Error("bus credentials from another release: sign them again with this release's `flotilla admin bus-credentials init --dir DIR` and copy this service's .creds file here (docs/ha.md, \"Upgrading one host at a time\")",
 				"error", err)
 		}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
 	"flotilla.dev/flotilla/api/endpoints"
@@ -27,6 +28,7 @@ import (
 	"flotilla.dev/flotilla/internal/stack"
 	"flotilla.dev/flotilla/internal/stack/stacktest"
 	"flotilla.dev/flotilla/libs/busauth"
+	"flotilla.dev/flotilla/libs/membership"
 	"flotilla.dev/flotilla/libs/pgstore"
 	"flotilla.dev/flotilla/libs/rpc"
 	"flotilla.dev/flotilla/libs/testkit"
@@ -185,9 +187,26 @@ func TestCredentialsFromAnotherReleaseAreLogged(t *testing.T) {
 			}
 			continue
 		}
-		if !strings.Contains(got, c.want) || !strings.Contains(got, "the bus credentials in "+old+" are not this release's for ca: "+
-			"they let it subscribe to flotilla.call.*.ca.dropped-endpoint, which this release does not") {
+		problem := "the bus credentials in " + old + " are not this release's for ca: " +
+			"they let it subscribe to flotilla.call.*.ca.dropped-endpoint, which this release does not"
+		if !strings.Contains(got, c.want) || !strings.Contains(got, problem) {
 			t.Errorf("another release's credentials: the log says\n%s", got)
+		}
+		// Its heartbeat says so too, for the cluster status.
+		js, err := jetstream.New(bus.Conn(t, subjects.Gateway))
+		if err != nil {
+			t.Fatal(err)
+		}
+		managers, err := membership.List(t.Context(), js, time.Now(), membership.HealthyWithin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		said := false
+		for _, m := range managers {
+			said = said || m.GetCredentialsProblem() == problem
+		}
+		if !said {
+			t.Errorf("no manager's heartbeat names the credentials' problem: %v", managers)
 		}
 	}
 }

@@ -67,7 +67,15 @@ type Config struct {
 	// not ready ("" when it is) and whether it stepped out of its queue
 	// groups for it (rpc.Service.Readiness).
 	Readiness func() (notReady string, out bool)
+	// CredentialsProblem is how the process's bus credentials differ from
+	// its release's ("" when they do not), cut to MaxCredentialsProblem
+	// bytes.
+	CredentialsProblem string
 }
+
+// MaxCredentialsProblem bounds a member's CredentialsProblem: its record
+// must fit the bucket's values.
+const MaxCredentialsProblem = 1000
 
 // kvOperation is the header JetStream's key-value store marks a deleted or
 // purged key with.
@@ -128,6 +136,8 @@ func Join(ctx context.Context, js jetstream.JetStream, cfg Config) (*Member, err
 		Version:   cfg.Version,
 		Pid:       int32(os.Getpid()),
 		StartTime: timestamppb.New(now),
+		// Cut at a rune's start: the record is a protobuf string.
+		CredentialsProblem: strings.ToValidUTF8(cut(cfg.CredentialsProblem, MaxCredentialsProblem), ""),
 	}}
 	if err := m.beat(ctx); err != nil {
 		return nil, err
@@ -298,4 +308,12 @@ func isRevisionMismatch(err error) bool {
 	var api *jetstream.APIError
 	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) ||
 		errors.As(err, &api) && api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// cut is s, at most n bytes of it, with "…" for what is left out.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-len("…")] + "…"
 }

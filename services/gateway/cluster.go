@@ -95,6 +95,11 @@ func (g *Gateway) checkCluster(ctx context.Context) *systemv1.Cluster {
 		if err != nil {
 			warn("managers: %v", err)
 		}
+		for _, m := range managers {
+			if p := m.GetCredentialsProblem(); p != "" {
+				warn("manager %s: %s (sign them again with this release's flotilla admin bus-credentials init, and copy its .creds file to %s)", m.GetName(), p, m.GetHost())
+			}
+		}
 		c.Managers = managers
 	})
 	wg.Go(func() { c.Brokers, c.Streams = g.brokers(ctx, warn) })

@@ -388,3 +388,25 @@ func TestClusterReportsPatronisMembers(t *testing.T) {
 		t.Fatalf("without an answering Patroni: %v, warnings %v", c.GetDatabases(), c.GetWarnings())
 	}
 }
+
+// TestClusterWarnsOfAManagerWithAnotherReleasesCredentials: a manager whose
+// bus credentials are not its release's is named in the cluster status's
+// warnings, with what differs and how to mend it.
+func TestClusterWarnsOfAManagerWithAnotherReleasesCredentials(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{only: []string{}})
+	js, err := jetstream.New(e.bus.Conn(t, subjects.Provisioner))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := membership.Join(context.Background(), js, membership.Config{Service: subjects.Provisioner, Host: "h2",
+		CredentialsProblem: "the bus credentials in /etc/flotilla/bus/provisioner.creds are not this release's for provisioner: they do not let it publish to x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "manager " + m.Name() + ": the bus credentials in /etc/flotilla/bus/provisioner.creds are not this release's for provisioner: " +
+		"they do not let it publish to x (sign them again with this release's flotilla admin bus-credentials init, and copy its .creds file to h2)"
+	if w := e.cluster().GetWarnings(); !slices.Contains(w, want) {
+		t.Fatalf("warnings %q\nwant among them %q", w, want)
+	}
+}

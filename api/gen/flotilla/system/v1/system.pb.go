@@ -828,9 +828,13 @@ type Manager struct {
 	// stepped_out is set while the process's service, not ready while
 	// another instance is, is out of its queue groups: its requests go to
 	// the instances that can serve them.
-	SteppedOut    bool `protobuf:"varint,10,opt,name=stepped_out,json=steppedOut,proto3" json:"stepped_out,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	SteppedOut bool `protobuf:"varint,10,opt,name=stepped_out,json=steppedOut,proto3" json:"stepped_out,omitempty"`
+	// credentials_problem says how the process's bus credentials differ from
+	// its release's (a cluster's .creds file not signed again for it), as of
+	// its start; empty when they are its release's.
+	CredentialsProblem string `protobuf:"bytes,11,opt,name=credentials_problem,json=credentialsProblem,proto3" json:"credentials_problem,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Manager) Reset() {
@@ -931,6 +935,13 @@ func (x *Manager) GetSteppedOut() bool {
 		return x.SteppedOut
 	}
 	return false
+}
+
+func (x *Manager) GetCredentialsProblem() string {
+	if x != nil {
+		return x.CredentialsProblem
+	}
+	return ""
 }
 
 // Broker is one NATS server.
@@ -1347,7 +1358,7 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\abrokers\x18\x03 \x03(\v2\x1a.flotilla.system.v1.BrokerR\abrokers\x12?\n" +
 	"\astreams\x18\x04 \x03(\v2%.flotilla.system.v1.StreamReplicationR\astreams\x12:\n" +
 	"\tdatabases\x18\x05 \x03(\v2\x1c.flotilla.system.v1.DatabaseR\tdatabases\x12\x1a\n" +
-	"\bwarnings\x18\x06 \x03(\tR\bwarnings\"\xcc\x02\n" +
+	"\bwarnings\x18\x06 \x03(\tR\bwarnings\"\xfd\x02\n" +
 	"\aManager\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x12\n" +
@@ -1361,7 +1372,8 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\tnot_ready\x18\t \x01(\tR\bnotReady\x12\x1f\n" +
 	"\vstepped_out\x18\n" +
 	" \x01(\bR\n" +
-	"steppedOut\"\x9d\x01\n" +
+	"steppedOut\x12/\n" +
+	"\x13credentials_problem\x18\v \x01(\tR\x12credentialsProblem\"\x9d\x01\n" +
 	"\x06Broker\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x18\n" +
