@@ -40,7 +40,7 @@ const (
 const (
 	reasonAllowed       = "bound to the requesting instance"
 	reasonFleet         = "a fleet secret for the requesting instance's template"
-	reasonNotBound      = "no secret of this name is bound to the requesting instance or given to its template"
+	reasonNotBound      = "no secret of this name is bound to the requesting instance or given to its template and network"
 	reasonInvalidName   = "invalid secret name"
 	reasonLookup        = "secret lookup failed"
 	reasonUndecryptable = "stored secret cannot be decrypted"
@@ -195,7 +195,7 @@ func (s *Service) read(ctx context.Context, actor vocab.Actor, r *secretsv1.Read
 // reason to audit and, on failure, the error for the caller.
 func (s *Service) lookup(ctx context.Context, requester, name string) (resp *secretsv1.ReadSecretResponse, reason string, fleet bool, err error) {
 	denied := apierr.PermissionDenied("secret %q is not set for this instance (flotilla instances secrets set, or POST /api/v1/instances/{id}/secrets), "+
-		"nor is a fleet secret of that name given to its template (flotilla secrets set NAME --template T, or PUT /api/v1/secrets/{name})", name)
+		"nor is a fleet secret of that name given to its template and network (flotilla secrets set NAME --template T [--network N], or PUT /api/v1/secrets/{name})", name)
 	if err := validateName(name); err != nil {
 		return nil, reasonInvalidName, false, err
 	}

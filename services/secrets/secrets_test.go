@@ -176,7 +176,7 @@ func TestReadIsBoundToTheInstanceAndAudited(t *testing.T) {
 		t.Fatalf("another instance's secret and a missing one are told apart: %q vs %q", errOther, errMissing)
 	}
 	if errOther.Error() != `secret "tls-key" is not set for this instance (flotilla instances secrets set, or POST /api/v1/instances/{id}/secrets), `+
-		`nor is a fleet secret of that name given to its template (flotilla secrets set NAME --template T, or PUT /api/v1/secrets/{name})` {
+		`nor is a fleet secret of that name given to its template and network (flotilla secrets set NAME --template T [--network N], or PUT /api/v1/secrets/{name})` {
 		t.Fatalf("denial message: %q", errOther)
 	}
 	// a cannot read b's either.
