@@ -428,6 +428,8 @@ func TestALateDisconnectOfAReplacedStreamIsIgnored(t *testing.T) {
 	if err := a.FlushHeartbeats(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// A beat held since, which starts no stream, leaves the start written.
+	status(observe(s(5), &agentv1.AgentEvent{Body: &agentv1.AgentEvent_Heartbeat{Heartbeat: &agentv1.Heartbeat{}}}), "connected", s(4))
 	other := app.New(pool, slog.New(slog.DiscardHandler))
 	status(observeBy(other, s(10), disconnected(s(2))), "connected", s(4))
 	// A disconnect naming no stream, older than the agent's last beat.

@@ -116,16 +116,13 @@ func (l *liveness) confirm(ids []string, updated map[string]time.Time, now time.
 // newest stream start held).
 func (l *liveness) hold(b adapters.Beat) {
 	l.mu.Lock()
-	cur, ok := l.pending[b.InstanceID]
-	if ok && cur.ConnectedAt.After(b.ConnectedAt) {
-		b.ConnectedAt = cur.ConnectedAt
+	if cur, ok := l.pending[b.InstanceID]; ok {
+		b.ConnectedAt = later(b.ConnectedAt, cur.ConnectedAt)
+		if !cur.At.Before(b.At) {
+			cur.ConnectedAt, b = b.ConnectedAt, cur
+		}
 	}
-	if !ok || cur.At.Before(b.At) {
-		l.pending[b.InstanceID] = b
-	} else if b.ConnectedAt.After(cur.ConnectedAt) {
-		cur.ConnectedAt = b.ConnectedAt
-		l.pending[b.InstanceID] = cur
-	}
+	l.pending[b.InstanceID] = b
 	l.mu.Unlock()
 }
 
@@ -301,8 +298,12 @@ func (a *App) withLiveness(ctx context.Context, ins ...*inventoryv1.Instance) er
 	}
 	for _, in := range ins {
 		b, ok := beats[in.GetId()]
-		if h, held := a.live.held(in.GetId()); held && (!ok || b.At.Before(h.At)) {
-			b, ok = h, true
+		if h, held := a.live.held(in.GetId()); held {
+			connected := later(b.ConnectedAt, h.ConnectedAt)
+			if !ok || b.At.Before(h.At) {
+				b, ok = h, true
+			}
+			b.ConnectedAt = connected
 		}
 		if !ok || in.GetAgent() == nil {
 			continue
