@@ -145,17 +145,9 @@ func (a *Authority) Creds(identity string) string { return CredsFile(a.dir, iden
 // credentials are refused once the servers have the new account JWT
 // (Configure, or ServerConfig and a reload).
 func (a *Authority) Rotate(identity string) error {
-	old, err := os.ReadFile(a.Creds(identity))
+	_, claims, err := readCreds(a.Creds(identity))
 	if err != nil {
-		return fmt.Errorf("bus credentials: %w", err)
-	}
-	oldJWT, err := jwt.ParseDecoratedJWT(old)
-	if err != nil {
-		return fmt.Errorf("bus credentials: %s: %w", a.Creds(identity), err)
-	}
-	claims, err := jwt.DecodeUserClaims(oldJWT)
-	if err != nil {
-		return fmt.Errorf("bus credentials: %s: %w", a.Creds(identity), err)
+		return err
 	}
 	if err := a.writeCreds(identity); err != nil {
 		return err
@@ -164,21 +156,30 @@ func (a *Authority) Rotate(identity string) error {
 	return a.saveAccount()
 }
 
+// readCreds reads a .creds file: its content and its user's claims.
+func readCreds(path string) ([]byte, *jwt.UserClaims, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bus credentials: %w", err)
+	}
+	token, err := jwt.ParseDecoratedJWT(data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bus credentials: %s: %w", path, err)
+	}
+	claims, err := jwt.DecodeUserClaims(token)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bus credentials: %s: %w", path, err)
+	}
+	return data, claims, nil
+}
+
 // refreshCreds signs identity's user again, with the same key, when the
 // permissions in its .creds file are not Permissions(identity).
 func (a *Authority) refreshCreds(identity string) error {
 	path := a.Creds(identity)
-	data, err := os.ReadFile(path)
+	data, claims, err := readCreds(path)
 	if err != nil {
-		return fmt.Errorf("bus credentials: %w", err)
-	}
-	token, err := jwt.ParseDecoratedJWT(data)
-	if err != nil {
-		return fmt.Errorf("bus credentials: %s: %w", path, err)
-	}
-	claims, err := jwt.DecodeUserClaims(token)
-	if err != nil {
-		return fmt.Errorf("bus credentials: %s: %w", path, err)
+		return err
 	}
 	perms, err := Permissions(identity)
 	if err != nil {
@@ -198,7 +199,8 @@ func (a *Authority) refreshCreds(identity string) error {
 		return fmt.Errorf("bus credentials: %s: %w", path, err)
 	}
 	claims.Permissions = perms
-	if token, err = claims.Encode(a.account); err != nil {
+	token, err := claims.Encode(a.account)
+	if err != nil {
 		return fmt.Errorf("bus credentials: sign %s: %w", identity, err)
 	}
 	creds, err := jwt.FormatUserConfig(token, seed)
@@ -386,17 +388,9 @@ func writeFile(path string, data []byte) error {
 // what this one calls, or grants what it dropped. It reads the file only:
 // the servers decide what the credentials may do.
 func CheckCreds(identity, file string) error {
-	data, err := os.ReadFile(file)
+	_, claims, err := readCreds(file)
 	if err != nil {
-		return fmt.Errorf("bus credentials: %w", err)
-	}
-	token, err := jwt.ParseDecoratedJWT(data)
-	if err != nil {
-		return fmt.Errorf("bus credentials: %s: %w", file, err)
-	}
-	claims, err := jwt.DecodeUserClaims(token)
-	if err != nil {
-		return fmt.Errorf("bus credentials: %s: %w", file, err)
+		return err
 	}
 	want, err := Permissions(identity)
 	if err != nil {

@@ -309,6 +309,21 @@ func TestHeartbeatsLeaveTheInstanceRowAlone(t *testing.T) {
 	}
 }
 
+// observeAt has a record ev, an event of in's agent at at, and returns in
+// as read then.
+func observeAt(t *testing.T, a *app.App, in *inventoryv1.Instance, at time.Time, ev *agentv1.AgentEvent) *inventoryv1.Instance {
+	t.Helper()
+	ev.InstanceId, ev.Time = in.GetId(), timestamppb.New(at)
+	if err := a.Observe(t.Context(), ev); err != nil {
+		t.Fatal(err)
+	}
+	got, err := a.GetInstance(t.Context(), in.GetId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
 // TestAReconnectOfAConnectedAgentLeavesTheRowAlone: when an agent's
 // gateway restarts and the agent connects again before anyone saw it gone,
 // its new stream is a heartbeat, not a row write (nor a timeline event);
@@ -317,20 +332,11 @@ func TestHeartbeatsLeaveTheInstanceRowAlone(t *testing.T) {
 // VM whose agent connected.
 func TestAReconnectOfAConnectedAgentLeavesTheRowAlone(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
 	a, in := newApp(t)
 	const gib = 1 << 30
 	observe := func(at time.Time, ev *agentv1.AgentEvent) *inventoryv1.Instance {
 		t.Helper()
-		ev.InstanceId, ev.Time = in.GetId(), timestamppb.New(at)
-		if err := a.Observe(ctx, ev); err != nil {
-			t.Fatal(err)
-		}
-		got, err := a.GetInstance(ctx, in.GetId())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return got
+		return observeAt(t, a, in, at, ev)
 	}
 	connectedFrom := func(vm, version string) *agentv1.AgentEvent {
 		return &agentv1.AgentEvent{Body: &agentv1.AgentEvent_Connected{Connected: &agentv1.Hello{AgentVersion: version, VmId: vm}}}
@@ -380,19 +386,11 @@ func TestALateDisconnectOfAReplacedStreamIsIgnored(t *testing.T) {
 	a, in := newAppOn(t, pool)
 	observeBy := func(a *app.App, at time.Time, ev *agentv1.AgentEvent) *inventoryv1.Instance {
 		t.Helper()
-		ev.InstanceId, ev.Time = in.GetId(), timestamppb.New(at)
-		if err := a.Observe(ctx, ev); err != nil {
-			t.Fatal(err)
-		}
-		got, err := a.GetInstance(ctx, in.GetId())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return got
+		return observeAt(t, a, in, at, ev)
 	}
 	observe := func(at time.Time, ev *agentv1.AgentEvent) *inventoryv1.Instance {
 		t.Helper()
-		return observeBy(a, at, ev)
+		return observeAt(t, a, in, at, ev)
 	}
 	connected := func(version string) *agentv1.AgentEvent {
 		return &agentv1.AgentEvent{Body: &agentv1.AgentEvent_Connected{Connected: &agentv1.Hello{AgentVersion: version, VmId: "vm-1"}}}
