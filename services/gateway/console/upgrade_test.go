@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
 	"flotilla.dev/flotilla/internal/stack"
 	"flotilla.dev/flotilla/libs/testkit"
 )
@@ -17,7 +19,8 @@ import (
 // TestTheConsoleUpgradesAgentsBehindTheManager: running instances whose
 // agents are at another version than the manager's (0.1.0-dev against
 // 0.0.0-test) are counted on the overview. One is upgraded from its page's
-// button, the other from the overview's link, whose page lists the agents
+// button (the page, open in a browser, hides it live once the agent is
+// back at the manager's version), the other from the overview's link, whose page lists the agents
 // behind and no other; the instances list's bulk action says of each
 // selected instance whether its agent is asked, or why not, and starts a
 // rollout, whose page follows it. Each agent
@@ -94,8 +97,18 @@ func TestTheConsoleUpgradesAgentsBehindTheManager(t *testing.T) {
 		!strings.Contains(p.body, "Upgrade the agent to 0.0.0-test") {
 		t.Fatalf("web-1's page offers no upgrade of its 0.1.0-dev agent:\n%s", p.body)
 	}
+	// Its page, open in a browser meanwhile, hides the offer once the
+	// agent connects at the manager's version, without a reload.
+	b := newBrowser(t, e.base)
+	b.logIn()
+	b.do("web-1's page", chromedp.Navigate(e.base+page), chromedp.WaitVisible(chromedp.CSS("#upgrade-agent")),
+		chromedp.Evaluate[chromedp.Void]("window.notReloaded = true"))
 	if to := e.post(page+"/upgrade-agent", url.Values{}).must(t, http.StatusSeeOther, "upgrade").header.Get("Location"); to != page {
 		t.Fatalf("the upgrade led to %q", to)
+	}
+	b.waitFor("the upgrade offer gone", "document.querySelector('#upgrade-agent').hidden && document.querySelector('[data-bind=\"agent.version\"]').textContent === '0.0.0-test'", 90*time.Second)
+	if !eval[bool](b, "window.notReloaded === true") {
+		t.Error("web-1's page was reloaded")
 	}
 	if p := e.get(page); !strings.Contains(p.body, "web-1: the agent upgrades from version 0.1.0-dev to 0.0.0-test; the node software restarts.") {
 		t.Errorf("the page after the upgrade says no more of it:\n%s", p.body)
