@@ -622,3 +622,53 @@ func TestCredentialsFromAnotherReleaseAreSaid(t *testing.T) {
 		t.Errorf("no credentials: %v", err)
 	}
 }
+
+// TestAnAuthorityOpenedAgainSignsOlderCredentialsAnew: credentials whose
+// permissions are another release's are signed again, with the same key,
+// when the authority is opened by this one (flotilla up, or
+// bus-credentials init of a new release).
+func TestAnAuthorityOpenedAgainSignsOlderCredentialsAnew(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "bus")
+	auth, err := busauth.LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perms, err := busauth.Permissions(subjects.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perms.Pub.Allow = perms.Pub.Allow[1:]
+	older, err := auth.Mint(subjects.CA, perms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(auth.Creds(subjects.CA), older, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := busauth.CheckCreds(subjects.CA, auth.Creds(subjects.CA)); err == nil {
+		t.Fatal("another release's credentials pass the check")
+	}
+	if _, err := busauth.LoadOrCreate(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := busauth.CheckCreds(subjects.CA, auth.Creds(subjects.CA)); err != nil {
+		t.Errorf("after the authority was opened again: %v", err)
+	}
+	now, err := os.ReadFile(auth.Creds(subjects.CA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := func(creds []byte) string {
+		t.Helper()
+		kp, err := jwt.ParseDecoratedNKey(creds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, _ := kp.Seed()
+		return string(s)
+	}
+	if seed(now) != seed(older) {
+		t.Error("the credentials were signed again with another key")
+	}
+}
