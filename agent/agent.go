@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -369,28 +370,36 @@ func (o *outbox) Remove(m *agentv1.AgentMessage) bool {
 func (o *outbox) Notify() <-chan struct{} { return o.notify }
 
 // commandQueue holds the commands waiting to run, in order. A command whose
-// id is already waiting or running is not queued again.
+// id is waiting or running is not queued again, nor is one of the last
+// finishedKept that ran to their end, unless it is a bootstrap: a command
+// sent again (a sender retrying after a lost answer, or reaching the agent
+// through two gateways while its stream moves) runs once. A bootstrap sent
+// again runs again on purpose: it only makes sure the node software runs and
+// reports done once more (bootstrap), which is how its sender learns the
+// outcome it missed.
 type commandQueue struct {
-	mu      sync.Mutex
-	items   []*agentv1.Command
-	running string
-	notify  chan struct{}
+	mu       sync.Mutex
+	items    []*agentv1.Command
+	running  *agentv1.Command
+	finished []string // ids, oldest first, at most finishedKept
+	notify   chan struct{}
 }
+
+// finishedKept is how many finished commands' ids the queue remembers.
+const finishedKept = 64
 
 func newCommandQueue() *commandQueue { return &commandQueue{notify: make(chan struct{}, 1)} }
 
-// Push queues cmd unless the same command is waiting or running.
+// Push queues cmd unless the same command is waiting or running, or ran
+// already (see commandQueue).
 func (q *commandQueue) Push(cmd *agentv1.Command) bool {
+	id := cmd.GetId()
 	q.mu.Lock()
-	if cmd.GetId() == q.running {
+	if q.running != nil && q.running.GetId() == id ||
+		slices.ContainsFunc(q.items, func(c *agentv1.Command) bool { return c.GetId() == id }) ||
+		cmd.GetBootstrap() == nil && slices.Contains(q.finished, id) {
 		q.mu.Unlock()
 		return false
-	}
-	for _, c := range q.items {
-		if c.GetId() == cmd.GetId() {
-			q.mu.Unlock()
-			return false
-		}
 	}
 	q.items = append(q.items, cmd)
 	q.mu.Unlock()
@@ -401,15 +410,22 @@ func (q *commandQueue) Push(cmd *agentv1.Command) bool {
 	return true
 }
 
-// Next waits for the next command and marks it running.
+// Next waits for the next command and marks it running; the one running
+// before is finished.
 func (q *commandQueue) Next(ctx context.Context) (*agentv1.Command, error) {
 	for {
 		q.mu.Lock()
-		q.running = ""
+		if q.running != nil {
+			if len(q.finished) == finishedKept {
+				q.finished = slices.Delete(q.finished, 0, 1)
+			}
+			q.finished = append(q.finished, q.running.GetId())
+			q.running = nil
+		}
 		if len(q.items) > 0 {
 			c := q.items[0]
 			q.items = q.items[1:]
-			q.running = c.GetId()
+			q.running = c
 			q.mu.Unlock()
 			return c, nil
 		}

@@ -269,7 +269,7 @@ func (a *agent) received(ctx context.Context, m *agentv1.GatewayMessage) {
 			return
 		}
 		if !a.cmds.Push(b.Command) {
-			a.logf(ctx, "command %s is already queued or running", b.Command.GetId())
+			a.logf(ctx, "command %s is queued, running or has run already; this delivery is ignored", b.Command.GetId())
 		}
 	case *agentv1.GatewayMessage_SecretResponse:
 		a.answer(b.SecretResponse.GetRequestId(), m)
