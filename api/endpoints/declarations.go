@@ -231,6 +231,8 @@ var (
 		"stores a fleet secret for the instances of the templates (and networks) it names, encrypted", gateway)
 	FleetSecretList = endpoint[*secretsv1.ListFleetSecretsRequest, *secretsv1.ListFleetSecretsResponse](secrets, subjects.NounFleetSecret, subjects.VerbList,
 		"lists the fleet secrets, names and metadata only", gateway)
+	FleetSecretGet = endpoint[*secretsv1.GetFleetSecretRequest, *secretsv1.FleetSecret](secrets, subjects.NounFleetSecret, subjects.VerbGet,
+		"reads one fleet secret's metadata, never its value", gateway)
 	FleetSecretDelete = endpoint[*secretsv1.DeleteFleetSecretRequest, *emptypb.Empty](secrets, subjects.NounFleetSecret, subjects.VerbDelete,
 		"deletes a fleet secret", gateway)
 	CloudKeyPut = endpoint[*secretsv1.PutCloudKeyRequest, *secretsv1.PutCloudKeyResponse](secrets, subjects.NounCloudKey, subjects.VerbPut,

@@ -224,6 +224,13 @@ networkId: lab
 	if out := c.ok("secrets", "list", "-o", "table"); !regexp.MustCompile(`registry-token +small +lab +1 `).MatchString(out) {
 		t.Fatalf("secrets list, for lab:\n%s", out)
 	}
+	if out := c.ok("secrets", "get", "registry-token", "-o", "table"); !regexp.MustCompile(`(?m)^registry-token +small +lab +1 `).MatchString(out) {
+		t.Fatalf("secrets get, for lab:\n%s", out)
+	}
+	if out := c.ok("secrets", "get", "registry-token", "-o", "json"); !strings.Contains(out, `"name": "registry-token"`) || !strings.Contains(out, `"networkIds"`) || strings.Contains(out, "fleet-token") {
+		t.Fatalf("secrets get -o json:\n%s", out)
+	}
+	c.fails("", []string{"fleet secret nowhere", "not found"}, "secrets", "get", "nowhere")
 	if out := c.okIn("fleet-token\n", "secrets", "set", "registry-token", "--template", "small"); !strings.Contains(out, "(version 2) for the instances of small in the 1 network it had\n") {
 		t.Fatalf("secrets set, a new value:\n%s", out)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -279,34 +280,34 @@ it. A secret replaced keeps the networks it had unless --network or
 			if format != formatTable {
 				return writeMessage(cmd.OutOrStdout(), format, &resp)
 			}
-			names := map[string]string{}
-			for _, r := range []*resource{templates, networks} {
-				if all, err := s.all(cmd.Context(), r); err == nil {
-					for _, t := range all {
-						names[stringField(t, "id")] = stringField(t, "name")
-					}
-				}
+			return writeFleetSecrets(cmd.Context(), cmd.OutOrStdout(), s, resp.GetSecrets())
+		},
+	}
+	get := &cobra.Command{
+		Use:     "get NAME...",
+		Short:   "Show fleet secrets by name: templates, networks, version and times, never values",
+		Example: "  flotilla secrets get registry-token\n  flotilla secrets get registry-token -o yaml",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, format, err := opts.start(cmd)
+			if err != nil {
+				return err
 			}
-			named := func(ids []string) []string {
-				var out []string
-				for _, id := range ids {
-					out = append(out, cmp.Or(names[id], id))
+			var found []*secretsv1.FleetSecret
+			for _, name := range args {
+				sec := &secretsv1.FleetSecret{}
+				if err := s.call(cmd.Context(), http.MethodGet, fleetSecretsPath+"/"+url.PathEscape(name), nil, sec); err != nil {
+					return fmt.Errorf("fleet secret %s: %w", name, err)
 				}
-				return out
+				found = append(found, sec)
 			}
-			rows := [][]string{{"NAME", "TEMPLATES", "NETWORKS", "VERSION", "UPDATED", "KMS KEY", "SECRETS MANAGER"}}
-			for _, sec := range resp.GetSecrets() {
-				tn, nn := named(sec.GetTemplateIds()), strings.Join(named(sec.GetNetworkIds()), ",")
-				if nn == "" {
-					nn = "(all)"
-				}
-				version, updated := "—", "—"
-				if sec.GetVersion() > 0 {
-					version, updated = fmt.Sprint(sec.GetVersion()), ago(sec.GetUpdateTime().AsTime())
-				}
-				rows = append(rows, []string{sec.GetName(), dash(strings.Join(tn, ",")), nn, version, updated, dash(sec.GetKmsKeyId()), dash(sec.GetSecretsManagerId())})
+			switch {
+			case format == formatTable:
+				return writeFleetSecrets(cmd.Context(), cmd.OutOrStdout(), s, found)
+			case len(found) == 1:
+				return writeMessage(cmd.OutOrStdout(), format, found[0])
 			}
-			return writeTable(cmd.OutOrStdout(), rows)
+			return writeMessage(cmd.OutOrStdout(), format, &secretsv1.ListFleetSecretsResponse{Secrets: found})
 		},
 	}
 	del := &cobra.Command{
@@ -327,7 +328,42 @@ it. A secret replaced keeps the networks it had unless --network or
 			return nil
 		},
 	}
-	group.AddCommand(set, list, del)
+	group.AddCommand(set, list, get, del)
 	opts.flags(group)
 	return group
+}
+
+// writeFleetSecrets prints fleet secrets as a table, their templates and
+// networks by name where s can read them.
+func writeFleetSecrets(ctx context.Context, w io.Writer, s *session, secrets []*secretsv1.FleetSecret) error {
+	names := map[string]string{}
+	for _, r := range []*resource{templates, networks} {
+		if all, err := s.all(ctx, r); err == nil {
+			for _, t := range all {
+				names[stringField(t, "id")] = stringField(t, "name")
+			}
+		}
+	}
+	named := func(ids []string) []string {
+		var out []string
+		for _, id := range ids {
+			out = append(out, cmp.Or(names[id], id))
+		}
+		return out
+	}
+	rows := [][]string{{"NAME", "TEMPLATES", "NETWORKS", "VERSION", "UPDATED", "KMS KEY", "SECRETS MANAGER"}}
+	for _, sec := range secrets {
+		tn, nn := named(sec.GetTemplateIds()), strings.Join(named(sec.GetNetworkIds()), ",")
+		// Below an operator the API gives names and templates only: no
+		// version, and no networks, which are not "(all)".
+		version, updated := "—", "—"
+		if sec.GetVersion() > 0 {
+			version, updated = fmt.Sprint(sec.GetVersion()), ago(sec.GetUpdateTime().AsTime())
+			if nn == "" {
+				nn = "(all)"
+			}
+		}
+		rows = append(rows, []string{sec.GetName(), dash(strings.Join(tn, ",")), nn, version, updated, dash(sec.GetKmsKeyId()), dash(sec.GetSecretsManagerId())})
+	}
+	return writeTable(w, rows)
 }

@@ -72,6 +72,7 @@ var rules = map[string]access{
 	"GET /api/v1/events":                                        viewer, // the fleet's event feed (the console's live updates)
 	"GET /api/v1/instances/{instance_id}/secrets":               viewer, // names only, below operator (ListSecrets)
 	"GET /api/v1/secrets":                                       viewer, // names and templates only, below operator (ListFleetSecrets)
+	"GET /api/v1/secrets/{name}":                                viewer, // name and templates only, below operator (GetFleetSecret)
 	"GET /api/v1/cloud-accounts":                                viewer,
 	"GET /api/v1/cloud-accounts/{id}":                           viewer,
 	"GET /api/v1/ca":                                            viewer,

@@ -58,6 +58,7 @@ var policy = map[string]string{
 	"GET /api/v1/events":                                        "viewer",
 	"GET /api/v1/instances/{instance_id}/secrets":               "viewer",
 	"GET /api/v1/secrets":                                       "viewer",
+	"GET /api/v1/secrets/{name}":                                "viewer",
 	"GET /api/v1/cloud-accounts":                                "viewer",
 	"GET /api/v1/cloud-accounts/{id}":                           "viewer",
 	"GET /api/v1/ca":                                            "viewer",

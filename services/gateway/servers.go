@@ -262,9 +262,25 @@ func (s secretServer) ListFleetSecrets(ctx context.Context, r *secretsv1.ListFle
 	}
 	names := &secretsv1.ListFleetSecretsResponse{}
 	for _, sec := range out.GetSecrets() {
-		names.Secrets = append(names.Secrets, &secretsv1.FleetSecret{Name: sec.GetName(), TemplateIds: sec.GetTemplateIds()})
+		names.Secrets = append(names.Secrets, fleetSecretNamed(sec))
 	}
 	return names, nil
+}
+
+// GetFleetSecret reads a fleet secret's metadata; below an operator, its
+// name and templates only, as ListFleetSecrets.
+func (s secretServer) GetFleetSecret(ctx context.Context, r *secretsv1.GetFleetSecretRequest) (*secretsv1.FleetSecret, error) {
+	out, err := call(ctx, s.g, endpoints.FleetSecretGet, r)
+	if err != nil || vocab.Role(userFrom(ctx).GetRole()).AtLeast(vocab.RoleOperator) {
+		return out, err
+	}
+	return fleetSecretNamed(out), nil
+}
+
+// fleetSecretNamed is what a user below an operator sees of a fleet
+// secret: its name and templates.
+func fleetSecretNamed(sec *secretsv1.FleetSecret) *secretsv1.FleetSecret {
+	return &secretsv1.FleetSecret{Name: sec.GetName(), TemplateIds: sec.GetTemplateIds()}
 }
 
 func (s secretServer) DeleteFleetSecret(ctx context.Context, r *secretsv1.DeleteFleetSecretRequest) (*emptypb.Empty, error) {

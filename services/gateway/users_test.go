@@ -260,6 +260,12 @@ func TestViewersSeeSecretsByNameOnly(t *testing.T) {
 	if names["name"] != "registry" || fmt.Sprint(names["templateIds"]) != "["+tpl+"]" || names["version"] != "0" || names["kmsKeyId"] != "" || names["createTime"] != nil {
 		t.Fatalf("a viewer's list of fleet secrets: %v", names)
 	}
+	if one := e.mustAs(op, 200, "GET", "/api/v1/secrets/registry", nil); fmt.Sprint(one) != fmt.Sprint(full) {
+		t.Fatalf("an operator's read of a fleet secret: %v; want what the list shows, %v", one, full)
+	}
+	if one := e.mustAs(vw, 200, "GET", "/api/v1/secrets/registry", nil); fmt.Sprint(one) != fmt.Sprint(names) {
+		t.Fatalf("a viewer's read of a fleet secret: %v; want what the viewer's list shows, %v", one, names)
+	}
 	for _, m := range []string{"PUT", "DELETE"} {
 		if code, _ := e.as(vw, m, "/api/v1/secrets/registry", reply{"value": "x", "templateIds": []string{tpl}}); code != 403 {
 			t.Fatalf("a viewer's %s of a fleet secret: %d", m, code)

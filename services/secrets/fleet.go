@@ -310,6 +310,22 @@ func (s *Service) listFleetSecrets(ctx context.Context, _ vocab.Actor, _ *secret
 	return &secretsv1.ListFleetSecretsResponse{Secrets: items}, nil
 }
 
+// getFleetSecret returns one fleet secret's metadata.
+func (s *Service) getFleetSecret(ctx context.Context, _ vocab.Actor, r *secretsv1.GetFleetSecretRequest) (*secretsv1.FleetSecret, error) {
+	name := r.GetName()
+	if err := validateName(name); err != nil {
+		return nil, err
+	}
+	row, found, err := s.store.getFleet(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if !found {
+		return nil, apierr.NotFound("fleet secret", name)
+	}
+	return row.metadata(), nil
+}
+
 // deleteFleetSecret removes a fleet secret.
 func (s *Service) deleteFleetSecret(ctx context.Context, actor vocab.Actor, r *secretsv1.DeleteFleetSecretRequest) (*emptypb.Empty, error) {
 	name := r.GetName()

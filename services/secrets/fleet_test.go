@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"google.golang.org/protobuf/proto"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -80,6 +81,16 @@ func TestFleetSecretsReachTheInstancesOfTheirTemplates(t *testing.T) {
 	if err != nil || len(list.GetSecrets()) != 1 || list.GetSecrets()[0].GetName() != "registry" ||
 		!slices.Equal(list.GetSecrets()[0].GetTemplateIds(), []string{big.GetId()}) || list.GetSecrets()[0].GetVersion() != 2 {
 		t.Fatalf("list: %v, %v", list, err)
+	}
+	one, err := call(e, endpoints.FleetSecretGet, &secretsv1.GetFleetSecretRequest{Name: "registry"})
+	if err != nil || !proto.Equal(one, list.GetSecrets()[0]) {
+		t.Fatalf("get: %v, %v; want what the list shows, %v", one, err, list.GetSecrets()[0])
+	}
+	if _, err := call(e, endpoints.FleetSecretGet, &secretsv1.GetFleetSecretRequest{Name: "never-set"}); !apierr.Is(err, apierr.KindNotFound) {
+		t.Fatalf("get of a name never set: %v; want not found", err)
+	}
+	if _, err := call(e, endpoints.FleetSecretGet, &secretsv1.GetFleetSecretRequest{Name: "bad name"}); !apierr.Is(err, apierr.KindInvalid) || !strings.Contains(err.Error(), "name:") {
+		t.Fatalf("get of a bad name: %v; want invalid, naming the field", err)
 	}
 
 	// Every read is audited: a fleet secret's released with fleet set and

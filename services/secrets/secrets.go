@@ -152,6 +152,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		rpc.Handle(s.rpc, endpoints.SecretRead, s.read),
 		rpc.Handle(s.rpc, endpoints.FleetSecretPut, s.setFleetSecret),
 		rpc.Handle(s.rpc, endpoints.FleetSecretList, s.listFleetSecrets),
+		rpc.Handle(s.rpc, endpoints.FleetSecretGet, s.getFleetSecret),
 		rpc.Handle(s.rpc, endpoints.FleetSecretDelete, s.deleteFleetSecret),
 		rpc.Handle(s.rpc, endpoints.CloudKeyPut, s.putCloudKey),
 		rpc.Handle(s.rpc, endpoints.CloudKeyDelete, s.deleteCloudKey),

@@ -634,6 +634,50 @@ func (x *ListFleetSecretsResponse) GetSecrets() []*FleetSecret {
 	return nil
 }
 
+type GetFleetSecretRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetFleetSecretRequest) Reset() {
+	*x = GetFleetSecretRequest{}
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetFleetSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetFleetSecretRequest) ProtoMessage() {}
+
+func (x *GetFleetSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetFleetSecretRequest.ProtoReflect.Descriptor instead.
+func (*GetFleetSecretRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GetFleetSecretRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 type DeleteFleetSecretRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -643,7 +687,7 @@ type DeleteFleetSecretRequest struct {
 
 func (x *DeleteFleetSecretRequest) Reset() {
 	*x = DeleteFleetSecretRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[9]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -655,7 +699,7 @@ func (x *DeleteFleetSecretRequest) String() string {
 func (*DeleteFleetSecretRequest) ProtoMessage() {}
 
 func (x *DeleteFleetSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[9]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -668,7 +712,7 @@ func (x *DeleteFleetSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFleetSecretRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFleetSecretRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteFleetSecretRequest) GetName() string {
@@ -691,7 +735,7 @@ type ReadSecretRequest struct {
 
 func (x *ReadSecretRequest) Reset() {
 	*x = ReadSecretRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[10]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -703,7 +747,7 @@ func (x *ReadSecretRequest) String() string {
 func (*ReadSecretRequest) ProtoMessage() {}
 
 func (x *ReadSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[10]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -716,7 +760,7 @@ func (x *ReadSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadSecretRequest.ProtoReflect.Descriptor instead.
 func (*ReadSecretRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReadSecretRequest) GetRequesterInstanceId() string {
@@ -744,7 +788,7 @@ type ReadSecretResponse struct {
 
 func (x *ReadSecretResponse) Reset() {
 	*x = ReadSecretResponse{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[11]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +800,7 @@ func (x *ReadSecretResponse) String() string {
 func (*ReadSecretResponse) ProtoMessage() {}
 
 func (x *ReadSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[11]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +813,7 @@ func (x *ReadSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadSecretResponse.ProtoReflect.Descriptor instead.
 func (*ReadSecretResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReadSecretResponse) GetValue() []byte {
@@ -804,7 +848,7 @@ type SecretAccess struct {
 
 func (x *SecretAccess) Reset() {
 	*x = SecretAccess{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[12]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -816,7 +860,7 @@ func (x *SecretAccess) String() string {
 func (*SecretAccess) ProtoMessage() {}
 
 func (x *SecretAccess) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[12]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -829,7 +873,7 @@ func (x *SecretAccess) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretAccess.ProtoReflect.Descriptor instead.
 func (*SecretAccess) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SecretAccess) GetInstanceId() string {
@@ -893,7 +937,7 @@ type PutCloudKeyRequest struct {
 
 func (x *PutCloudKeyRequest) Reset() {
 	*x = PutCloudKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[13]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -905,7 +949,7 @@ func (x *PutCloudKeyRequest) String() string {
 func (*PutCloudKeyRequest) ProtoMessage() {}
 
 func (x *PutCloudKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[13]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -918,7 +962,7 @@ func (x *PutCloudKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCloudKeyRequest.ProtoReflect.Descriptor instead.
 func (*PutCloudKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PutCloudKeyRequest) GetCloudAccountId() string {
@@ -944,7 +988,7 @@ type PutCloudKeyResponse struct {
 
 func (x *PutCloudKeyResponse) Reset() {
 	*x = PutCloudKeyResponse{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[14]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -956,7 +1000,7 @@ func (x *PutCloudKeyResponse) String() string {
 func (*PutCloudKeyResponse) ProtoMessage() {}
 
 func (x *PutCloudKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[14]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -969,7 +1013,7 @@ func (x *PutCloudKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCloudKeyResponse.ProtoReflect.Descriptor instead.
 func (*PutCloudKeyResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PutCloudKeyResponse) GetVersion() int64 {
@@ -993,7 +1037,7 @@ type DeleteCloudKeyRequest struct {
 
 func (x *DeleteCloudKeyRequest) Reset() {
 	*x = DeleteCloudKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1005,7 +1049,7 @@ func (x *DeleteCloudKeyRequest) String() string {
 func (*DeleteCloudKeyRequest) ProtoMessage() {}
 
 func (x *DeleteCloudKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[15]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1018,7 +1062,7 @@ func (x *DeleteCloudKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCloudKeyRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCloudKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteCloudKeyRequest) GetCloudAccountId() string {
@@ -1051,7 +1095,7 @@ type CheckCloudAccountChangeRequest struct {
 
 func (x *CheckCloudAccountChangeRequest) Reset() {
 	*x = CheckCloudAccountChangeRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1107,7 @@ func (x *CheckCloudAccountChangeRequest) String() string {
 func (*CheckCloudAccountChangeRequest) ProtoMessage() {}
 
 func (x *CheckCloudAccountChangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[16]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1120,7 @@ func (x *CheckCloudAccountChangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckCloudAccountChangeRequest.ProtoReflect.Descriptor instead.
 func (*CheckCloudAccountChangeRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CheckCloudAccountChangeRequest) GetCloudAccountId() string {
@@ -1104,7 +1148,7 @@ type ReadCloudKeyRequest struct {
 
 func (x *ReadCloudKeyRequest) Reset() {
 	*x = ReadCloudKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1116,7 +1160,7 @@ func (x *ReadCloudKeyRequest) String() string {
 func (*ReadCloudKeyRequest) ProtoMessage() {}
 
 func (x *ReadCloudKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[17]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1129,7 +1173,7 @@ func (x *ReadCloudKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadCloudKeyRequest.ProtoReflect.Descriptor instead.
 func (*ReadCloudKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReadCloudKeyRequest) GetCloudAccountId() string {
@@ -1149,7 +1193,7 @@ type ReadCloudKeyResponse struct {
 
 func (x *ReadCloudKeyResponse) Reset() {
 	*x = ReadCloudKeyResponse{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +1205,7 @@ func (x *ReadCloudKeyResponse) String() string {
 func (*ReadCloudKeyResponse) ProtoMessage() {}
 
 func (x *ReadCloudKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[18]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +1218,7 @@ func (x *ReadCloudKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadCloudKeyResponse.ProtoReflect.Descriptor instead.
 func (*ReadCloudKeyResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReadCloudKeyResponse) GetValue() string {
@@ -1202,7 +1246,7 @@ type StoreCertificateKeyRequest struct {
 
 func (x *StoreCertificateKeyRequest) Reset() {
 	*x = StoreCertificateKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1214,7 +1258,7 @@ func (x *StoreCertificateKeyRequest) String() string {
 func (*StoreCertificateKeyRequest) ProtoMessage() {}
 
 func (x *StoreCertificateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[19]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1227,7 +1271,7 @@ func (x *StoreCertificateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreCertificateKeyRequest.ProtoReflect.Descriptor instead.
 func (*StoreCertificateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StoreCertificateKeyRequest) GetPrivateKeyPem() string {
@@ -1247,7 +1291,7 @@ type CertificateKey struct {
 
 func (x *CertificateKey) Reset() {
 	*x = CertificateKey{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +1303,7 @@ func (x *CertificateKey) String() string {
 func (*CertificateKey) ProtoMessage() {}
 
 func (x *CertificateKey) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[20]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +1316,7 @@ func (x *CertificateKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateKey.ProtoReflect.Descriptor instead.
 func (*CertificateKey) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{20}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CertificateKey) GetId() string {
@@ -1293,7 +1337,7 @@ type DeleteCertificateKeyRequest struct {
 
 func (x *DeleteCertificateKeyRequest) Reset() {
 	*x = DeleteCertificateKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1349,7 @@ func (x *DeleteCertificateKeyRequest) String() string {
 func (*DeleteCertificateKeyRequest) ProtoMessage() {}
 
 func (x *DeleteCertificateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[21]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1362,7 @@ func (x *DeleteCertificateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCertificateKeyRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCertificateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{21}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteCertificateKeyRequest) GetId() string {
@@ -1340,7 +1384,7 @@ type ReadCertificateKeyRequest struct {
 
 func (x *ReadCertificateKeyRequest) Reset() {
 	*x = ReadCertificateKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[22]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1396,7 @@ func (x *ReadCertificateKeyRequest) String() string {
 func (*ReadCertificateKeyRequest) ProtoMessage() {}
 
 func (x *ReadCertificateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[22]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1409,7 @@ func (x *ReadCertificateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadCertificateKeyRequest.ProtoReflect.Descriptor instead.
 func (*ReadCertificateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{22}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ReadCertificateKeyRequest) GetId() string {
@@ -1392,7 +1436,7 @@ type ReadCertificateKeyResponse struct {
 
 func (x *ReadCertificateKeyResponse) Reset() {
 	*x = ReadCertificateKeyResponse{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[23]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1448,7 @@ func (x *ReadCertificateKeyResponse) String() string {
 func (*ReadCertificateKeyResponse) ProtoMessage() {}
 
 func (x *ReadCertificateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[23]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1461,7 @@ func (x *ReadCertificateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadCertificateKeyResponse.ProtoReflect.Descriptor instead.
 func (*ReadCertificateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{23}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ReadCertificateKeyResponse) GetPrivateKeyPem() string {
@@ -1441,7 +1485,7 @@ type GetAcmeAccountKeyRequest struct {
 
 func (x *GetAcmeAccountKeyRequest) Reset() {
 	*x = GetAcmeAccountKeyRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[24]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1453,7 +1497,7 @@ func (x *GetAcmeAccountKeyRequest) String() string {
 func (*GetAcmeAccountKeyRequest) ProtoMessage() {}
 
 func (x *GetAcmeAccountKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[24]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1466,7 +1510,7 @@ func (x *GetAcmeAccountKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAcmeAccountKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetAcmeAccountKeyRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{24}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetAcmeAccountKeyRequest) GetNetworkId() string {
@@ -1493,7 +1537,7 @@ type AcmeAccountKey struct {
 
 func (x *AcmeAccountKey) Reset() {
 	*x = AcmeAccountKey{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[25]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +1549,7 @@ func (x *AcmeAccountKey) String() string {
 func (*AcmeAccountKey) ProtoMessage() {}
 
 func (x *AcmeAccountKey) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[25]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +1562,7 @@ func (x *AcmeAccountKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcmeAccountKey.ProtoReflect.Descriptor instead.
 func (*AcmeAccountKey) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{25}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AcmeAccountKey) GetPrivateKeyPem() string {
@@ -1545,7 +1589,7 @@ type PutAcmeCertificateRequest struct {
 
 func (x *PutAcmeCertificateRequest) Reset() {
 	*x = PutAcmeCertificateRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[26]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1557,7 +1601,7 @@ func (x *PutAcmeCertificateRequest) String() string {
 func (*PutAcmeCertificateRequest) ProtoMessage() {}
 
 func (x *PutAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[26]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1570,7 +1614,7 @@ func (x *PutAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAcmeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*PutAcmeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{26}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PutAcmeCertificateRequest) GetInstanceId() string {
@@ -1619,7 +1663,7 @@ type ReadAcmeCertificateRequest struct {
 
 func (x *ReadAcmeCertificateRequest) Reset() {
 	*x = ReadAcmeCertificateRequest{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[27]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1675,7 @@ func (x *ReadAcmeCertificateRequest) String() string {
 func (*ReadAcmeCertificateRequest) ProtoMessage() {}
 
 func (x *ReadAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[27]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +1688,7 @@ func (x *ReadAcmeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAcmeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*ReadAcmeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{27}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReadAcmeCertificateRequest) GetInstanceId() string {
@@ -1667,7 +1711,7 @@ type AcmeCertificate struct {
 
 func (x *AcmeCertificate) Reset() {
 	*x = AcmeCertificate{}
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[28]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1679,7 +1723,7 @@ func (x *AcmeCertificate) String() string {
 func (*AcmeCertificate) ProtoMessage() {}
 
 func (x *AcmeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[28]
+	mi := &file_flotilla_secrets_v1_secrets_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1692,7 +1736,7 @@ func (x *AcmeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcmeCertificate.ProtoReflect.Descriptor instead.
 func (*AcmeCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{28}
+	return file_flotilla_secrets_v1_secrets_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AcmeCertificate) GetDirectoryUrl() string {
@@ -1779,7 +1823,9 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"networkIds\"\x19\n" +
 	"\x17ListFleetSecretsRequest\"V\n" +
 	"\x18ListFleetSecretsResponse\x12:\n" +
-	"\asecrets\x18\x01 \x03(\v2 .flotilla.secrets.v1.FleetSecretR\asecrets\".\n" +
+	"\asecrets\x18\x01 \x03(\v2 .flotilla.secrets.v1.FleetSecretR\asecrets\"+\n" +
+	"\x15GetFleetSecretRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\".\n" +
 	"\x18DeleteFleetSecretRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"[\n" +
 	"\x11ReadSecretRequest\x122\n" +
@@ -1847,13 +1893,14 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"\rdirectory_url\x18\x01 \x01(\tR\fdirectoryUrl\x12'\n" +
 	"\x0fcertificate_pem\x18\x02 \x01(\tR\x0ecertificatePem\x12&\n" +
 	"\x0fprivate_key_pem\x18\x03 \x01(\tR\rprivateKeyPem\x127\n" +
-	"\tnot_after\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter2\xc5\x06\n" +
+	"\tnot_after\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter2\xc5\a\n" +
 	"\rSecretService\x12\x89\x01\n" +
 	"\fCreateSecret\x12(.flotilla.secrets.v1.CreateSecretRequest\x1a\x1b.flotilla.secrets.v1.Secret\"2\x82\xd3\xe4\x93\x02,:\x01*\"'/api/v1/instances/{instance_id}/secrets\x12\x91\x01\n" +
 	"\vListSecrets\x12'.flotilla.secrets.v1.ListSecretsRequest\x1a(.flotilla.secrets.v1.ListSecretsResponse\"/\x82\xd3\xe4\x93\x02)\x12'/api/v1/instances/{instance_id}/secrets\x12\x88\x01\n" +
 	"\fDeleteSecret\x12(.flotilla.secrets.v1.DeleteSecretRequest\x1a\x16.google.protobuf.Empty\"6\x82\xd3\xe4\x93\x020*./api/v1/instances/{instance_id}/secrets/{name}\x12\x81\x01\n" +
 	"\x0eSetFleetSecret\x12*.flotilla.secrets.v1.SetFleetSecretRequest\x1a .flotilla.secrets.v1.FleetSecret\"!\x82\xd3\xe4\x93\x02\x1b:\x01*\x1a\x16/api/v1/secrets/{name}\x12\x88\x01\n" +
-	"\x10ListFleetSecrets\x12,.flotilla.secrets.v1.ListFleetSecretsRequest\x1a-.flotilla.secrets.v1.ListFleetSecretsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/v1/secrets\x12z\n" +
+	"\x10ListFleetSecrets\x12,.flotilla.secrets.v1.ListFleetSecretsRequest\x1a-.flotilla.secrets.v1.ListFleetSecretsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/v1/secrets\x12~\n" +
+	"\x0eGetFleetSecret\x12*.flotilla.secrets.v1.GetFleetSecretRequest\x1a .flotilla.secrets.v1.FleetSecret\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/secrets/{name}\x12z\n" +
 	"\x11DeleteFleetSecret\x12-.flotilla.secrets.v1.DeleteFleetSecretRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/secrets/{name}B=Z;flotilla.dev/flotilla/api/gen/flotilla/secrets/v1;secretsv1b\x06proto3"
 
 var (
@@ -1868,7 +1915,7 @@ func file_flotilla_secrets_v1_secrets_proto_rawDescGZIP() []byte {
 	return file_flotilla_secrets_v1_secrets_proto_rawDescData
 }
 
-var file_flotilla_secrets_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_flotilla_secrets_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_flotilla_secrets_v1_secrets_proto_goTypes = []any{
 	(*Secret)(nil),                         // 0: flotilla.secrets.v1.Secret
 	(*CreateSecretRequest)(nil),            // 1: flotilla.secrets.v1.CreateSecretRequest
@@ -1879,52 +1926,55 @@ var file_flotilla_secrets_v1_secrets_proto_goTypes = []any{
 	(*SetFleetSecretRequest)(nil),          // 6: flotilla.secrets.v1.SetFleetSecretRequest
 	(*ListFleetSecretsRequest)(nil),        // 7: flotilla.secrets.v1.ListFleetSecretsRequest
 	(*ListFleetSecretsResponse)(nil),       // 8: flotilla.secrets.v1.ListFleetSecretsResponse
-	(*DeleteFleetSecretRequest)(nil),       // 9: flotilla.secrets.v1.DeleteFleetSecretRequest
-	(*ReadSecretRequest)(nil),              // 10: flotilla.secrets.v1.ReadSecretRequest
-	(*ReadSecretResponse)(nil),             // 11: flotilla.secrets.v1.ReadSecretResponse
-	(*SecretAccess)(nil),                   // 12: flotilla.secrets.v1.SecretAccess
-	(*PutCloudKeyRequest)(nil),             // 13: flotilla.secrets.v1.PutCloudKeyRequest
-	(*PutCloudKeyResponse)(nil),            // 14: flotilla.secrets.v1.PutCloudKeyResponse
-	(*DeleteCloudKeyRequest)(nil),          // 15: flotilla.secrets.v1.DeleteCloudKeyRequest
-	(*CheckCloudAccountChangeRequest)(nil), // 16: flotilla.secrets.v1.CheckCloudAccountChangeRequest
-	(*ReadCloudKeyRequest)(nil),            // 17: flotilla.secrets.v1.ReadCloudKeyRequest
-	(*ReadCloudKeyResponse)(nil),           // 18: flotilla.secrets.v1.ReadCloudKeyResponse
-	(*StoreCertificateKeyRequest)(nil),     // 19: flotilla.secrets.v1.StoreCertificateKeyRequest
-	(*CertificateKey)(nil),                 // 20: flotilla.secrets.v1.CertificateKey
-	(*DeleteCertificateKeyRequest)(nil),    // 21: flotilla.secrets.v1.DeleteCertificateKeyRequest
-	(*ReadCertificateKeyRequest)(nil),      // 22: flotilla.secrets.v1.ReadCertificateKeyRequest
-	(*ReadCertificateKeyResponse)(nil),     // 23: flotilla.secrets.v1.ReadCertificateKeyResponse
-	(*GetAcmeAccountKeyRequest)(nil),       // 24: flotilla.secrets.v1.GetAcmeAccountKeyRequest
-	(*AcmeAccountKey)(nil),                 // 25: flotilla.secrets.v1.AcmeAccountKey
-	(*PutAcmeCertificateRequest)(nil),      // 26: flotilla.secrets.v1.PutAcmeCertificateRequest
-	(*ReadAcmeCertificateRequest)(nil),     // 27: flotilla.secrets.v1.ReadAcmeCertificateRequest
-	(*AcmeCertificate)(nil),                // 28: flotilla.secrets.v1.AcmeCertificate
-	(*timestamppb.Timestamp)(nil),          // 29: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),                  // 30: google.protobuf.Empty
+	(*GetFleetSecretRequest)(nil),          // 9: flotilla.secrets.v1.GetFleetSecretRequest
+	(*DeleteFleetSecretRequest)(nil),       // 10: flotilla.secrets.v1.DeleteFleetSecretRequest
+	(*ReadSecretRequest)(nil),              // 11: flotilla.secrets.v1.ReadSecretRequest
+	(*ReadSecretResponse)(nil),             // 12: flotilla.secrets.v1.ReadSecretResponse
+	(*SecretAccess)(nil),                   // 13: flotilla.secrets.v1.SecretAccess
+	(*PutCloudKeyRequest)(nil),             // 14: flotilla.secrets.v1.PutCloudKeyRequest
+	(*PutCloudKeyResponse)(nil),            // 15: flotilla.secrets.v1.PutCloudKeyResponse
+	(*DeleteCloudKeyRequest)(nil),          // 16: flotilla.secrets.v1.DeleteCloudKeyRequest
+	(*CheckCloudAccountChangeRequest)(nil), // 17: flotilla.secrets.v1.CheckCloudAccountChangeRequest
+	(*ReadCloudKeyRequest)(nil),            // 18: flotilla.secrets.v1.ReadCloudKeyRequest
+	(*ReadCloudKeyResponse)(nil),           // 19: flotilla.secrets.v1.ReadCloudKeyResponse
+	(*StoreCertificateKeyRequest)(nil),     // 20: flotilla.secrets.v1.StoreCertificateKeyRequest
+	(*CertificateKey)(nil),                 // 21: flotilla.secrets.v1.CertificateKey
+	(*DeleteCertificateKeyRequest)(nil),    // 22: flotilla.secrets.v1.DeleteCertificateKeyRequest
+	(*ReadCertificateKeyRequest)(nil),      // 23: flotilla.secrets.v1.ReadCertificateKeyRequest
+	(*ReadCertificateKeyResponse)(nil),     // 24: flotilla.secrets.v1.ReadCertificateKeyResponse
+	(*GetAcmeAccountKeyRequest)(nil),       // 25: flotilla.secrets.v1.GetAcmeAccountKeyRequest
+	(*AcmeAccountKey)(nil),                 // 26: flotilla.secrets.v1.AcmeAccountKey
+	(*PutAcmeCertificateRequest)(nil),      // 27: flotilla.secrets.v1.PutAcmeCertificateRequest
+	(*ReadAcmeCertificateRequest)(nil),     // 28: flotilla.secrets.v1.ReadAcmeCertificateRequest
+	(*AcmeCertificate)(nil),                // 29: flotilla.secrets.v1.AcmeCertificate
+	(*timestamppb.Timestamp)(nil),          // 30: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),                  // 31: google.protobuf.Empty
 }
 var file_flotilla_secrets_v1_secrets_proto_depIdxs = []int32{
-	29, // 0: flotilla.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
-	29, // 1: flotilla.secrets.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
+	30, // 0: flotilla.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
+	30, // 1: flotilla.secrets.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: flotilla.secrets.v1.ListSecretsResponse.secrets:type_name -> flotilla.secrets.v1.Secret
-	29, // 3: flotilla.secrets.v1.FleetSecret.create_time:type_name -> google.protobuf.Timestamp
-	29, // 4: flotilla.secrets.v1.FleetSecret.update_time:type_name -> google.protobuf.Timestamp
+	30, // 3: flotilla.secrets.v1.FleetSecret.create_time:type_name -> google.protobuf.Timestamp
+	30, // 4: flotilla.secrets.v1.FleetSecret.update_time:type_name -> google.protobuf.Timestamp
 	5,  // 5: flotilla.secrets.v1.ListFleetSecretsResponse.secrets:type_name -> flotilla.secrets.v1.FleetSecret
-	29, // 6: flotilla.secrets.v1.SecretAccess.time:type_name -> google.protobuf.Timestamp
-	29, // 7: flotilla.secrets.v1.AcmeCertificate.not_after:type_name -> google.protobuf.Timestamp
+	30, // 6: flotilla.secrets.v1.SecretAccess.time:type_name -> google.protobuf.Timestamp
+	30, // 7: flotilla.secrets.v1.AcmeCertificate.not_after:type_name -> google.protobuf.Timestamp
 	1,  // 8: flotilla.secrets.v1.SecretService.CreateSecret:input_type -> flotilla.secrets.v1.CreateSecretRequest
 	2,  // 9: flotilla.secrets.v1.SecretService.ListSecrets:input_type -> flotilla.secrets.v1.ListSecretsRequest
 	4,  // 10: flotilla.secrets.v1.SecretService.DeleteSecret:input_type -> flotilla.secrets.v1.DeleteSecretRequest
 	6,  // 11: flotilla.secrets.v1.SecretService.SetFleetSecret:input_type -> flotilla.secrets.v1.SetFleetSecretRequest
 	7,  // 12: flotilla.secrets.v1.SecretService.ListFleetSecrets:input_type -> flotilla.secrets.v1.ListFleetSecretsRequest
-	9,  // 13: flotilla.secrets.v1.SecretService.DeleteFleetSecret:input_type -> flotilla.secrets.v1.DeleteFleetSecretRequest
-	0,  // 14: flotilla.secrets.v1.SecretService.CreateSecret:output_type -> flotilla.secrets.v1.Secret
-	3,  // 15: flotilla.secrets.v1.SecretService.ListSecrets:output_type -> flotilla.secrets.v1.ListSecretsResponse
-	30, // 16: flotilla.secrets.v1.SecretService.DeleteSecret:output_type -> google.protobuf.Empty
-	5,  // 17: flotilla.secrets.v1.SecretService.SetFleetSecret:output_type -> flotilla.secrets.v1.FleetSecret
-	8,  // 18: flotilla.secrets.v1.SecretService.ListFleetSecrets:output_type -> flotilla.secrets.v1.ListFleetSecretsResponse
-	30, // 19: flotilla.secrets.v1.SecretService.DeleteFleetSecret:output_type -> google.protobuf.Empty
-	14, // [14:20] is the sub-list for method output_type
-	8,  // [8:14] is the sub-list for method input_type
+	9,  // 13: flotilla.secrets.v1.SecretService.GetFleetSecret:input_type -> flotilla.secrets.v1.GetFleetSecretRequest
+	10, // 14: flotilla.secrets.v1.SecretService.DeleteFleetSecret:input_type -> flotilla.secrets.v1.DeleteFleetSecretRequest
+	0,  // 15: flotilla.secrets.v1.SecretService.CreateSecret:output_type -> flotilla.secrets.v1.Secret
+	3,  // 16: flotilla.secrets.v1.SecretService.ListSecrets:output_type -> flotilla.secrets.v1.ListSecretsResponse
+	31, // 17: flotilla.secrets.v1.SecretService.DeleteSecret:output_type -> google.protobuf.Empty
+	5,  // 18: flotilla.secrets.v1.SecretService.SetFleetSecret:output_type -> flotilla.secrets.v1.FleetSecret
+	8,  // 19: flotilla.secrets.v1.SecretService.ListFleetSecrets:output_type -> flotilla.secrets.v1.ListFleetSecretsResponse
+	5,  // 20: flotilla.secrets.v1.SecretService.GetFleetSecret:output_type -> flotilla.secrets.v1.FleetSecret
+	31, // 21: flotilla.secrets.v1.SecretService.DeleteFleetSecret:output_type -> google.protobuf.Empty
+	15, // [15:22] is the sub-list for method output_type
+	8,  // [8:15] is the sub-list for method input_type
 	8,  // [8:8] is the sub-list for extension type_name
 	8,  // [8:8] is the sub-list for extension extendee
 	0,  // [0:8] is the sub-list for field type_name
@@ -1941,7 +1991,7 @@ func file_flotilla_secrets_v1_secrets_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_secrets_v1_secrets_proto_rawDesc), len(file_flotilla_secrets_v1_secrets_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const (
 	SecretService_DeleteSecret_FullMethodName      = "/flotilla.secrets.v1.SecretService/DeleteSecret"
 	SecretService_SetFleetSecret_FullMethodName    = "/flotilla.secrets.v1.SecretService/SetFleetSecret"
 	SecretService_ListFleetSecrets_FullMethodName  = "/flotilla.secrets.v1.SecretService/ListFleetSecrets"
+	SecretService_GetFleetSecret_FullMethodName    = "/flotilla.secrets.v1.SecretService/GetFleetSecret"
 	SecretService_DeleteFleetSecret_FullMethodName = "/flotilla.secrets.v1.SecretService/DeleteFleetSecret"
 )
 
@@ -49,6 +50,8 @@ type SecretServiceClient interface {
 	SetFleetSecret(ctx context.Context, in *SetFleetSecretRequest, opts ...grpc.CallOption) (*FleetSecret, error)
 	// ListFleetSecrets lists the fleet secrets: names and metadata, never values.
 	ListFleetSecrets(ctx context.Context, in *ListFleetSecretsRequest, opts ...grpc.CallOption) (*ListFleetSecretsResponse, error)
+	// GetFleetSecret reads one fleet secret's metadata, never its value.
+	GetFleetSecret(ctx context.Context, in *GetFleetSecretRequest, opts ...grpc.CallOption) (*FleetSecret, error)
 	// DeleteFleetSecret deletes a fleet secret.
 	DeleteFleetSecret(ctx context.Context, in *DeleteFleetSecretRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 }
@@ -111,6 +114,16 @@ func (c *secretServiceClient) ListFleetSecrets(ctx context.Context, in *ListFlee
 	return out, nil
 }
 
+func (c *secretServiceClient) GetFleetSecret(ctx context.Context, in *GetFleetSecretRequest, opts ...grpc.CallOption) (*FleetSecret, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FleetSecret)
+	err := c.cc.Invoke(ctx, SecretService_GetFleetSecret_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *secretServiceClient) DeleteFleetSecret(ctx context.Context, in *DeleteFleetSecretRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(emptypb.Empty)
@@ -142,6 +155,8 @@ type SecretServiceServer interface {
 	SetFleetSecret(context.Context, *SetFleetSecretRequest) (*FleetSecret, error)
 	// ListFleetSecrets lists the fleet secrets: names and metadata, never values.
 	ListFleetSecrets(context.Context, *ListFleetSecretsRequest) (*ListFleetSecretsResponse, error)
+	// GetFleetSecret reads one fleet secret's metadata, never its value.
+	GetFleetSecret(context.Context, *GetFleetSecretRequest) (*FleetSecret, error)
 	// DeleteFleetSecret deletes a fleet secret.
 	DeleteFleetSecret(context.Context, *DeleteFleetSecretRequest) (*emptypb.Empty, error)
 	mustEmbedUnimplementedSecretServiceServer()
@@ -168,6 +183,9 @@ func (UnimplementedSecretServiceServer) SetFleetSecret(context.Context, *SetFlee
 }
 func (UnimplementedSecretServiceServer) ListFleetSecrets(context.Context, *ListFleetSecretsRequest) (*ListFleetSecretsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListFleetSecrets not implemented")
+}
+func (UnimplementedSecretServiceServer) GetFleetSecret(context.Context, *GetFleetSecretRequest) (*FleetSecret, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetFleetSecret not implemented")
 }
 func (UnimplementedSecretServiceServer) DeleteFleetSecret(context.Context, *DeleteFleetSecretRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteFleetSecret not implemented")
@@ -283,6 +301,24 @@ func _SecretService_ListFleetSecrets_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SecretService_GetFleetSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetFleetSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecretServiceServer).GetFleetSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecretService_GetFleetSecret_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecretServiceServer).GetFleetSecret(ctx, req.(*GetFleetSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _SecretService_DeleteFleetSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(DeleteFleetSecretRequest)
 	if err := dec(in); err != nil {
@@ -327,6 +363,10 @@ var SecretService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListFleetSecrets",
 			Handler:    _SecretService_ListFleetSecrets_Handler,
+		},
+		{
+			MethodName: "GetFleetSecret",
+			Handler:    _SecretService_GetFleetSecret_Handler,
 		},
 		{
 			MethodName: "DeleteFleetSecret",
