@@ -236,6 +236,23 @@ const (
 	AgentFeatureRefreshConfiguration AgentFeature = "refresh-configuration"
 )
 
+// ManagerFeature is something a manager process's service does that a
+// service of an earlier release may not, listed in its heartbeat
+// (system.v1.Manager.features). A setting that needs every process of the
+// service to act on it is refused while one of them does not: in a
+// cluster being upgraded host by host, the old processes would ignore it.
+type ManagerFeature string
+
+// Manager features.
+const (
+	// ManagerFeatureFleetSecretNetworks: the secret broker stores a fleet
+	// secret's networks and releases it only to instances in them. A fleet
+	// secret naming networks is refused while a broker that does not is
+	// listed: it would store the secret for every network, or release it
+	// to instances in any.
+	ManagerFeatureFleetSecretNetworks ManagerFeature = "fleet-secret-networks"
+)
+
 // Verb is the last word of a domain event's type ("<entity>.<verb>").
 type Verb string
 

@@ -303,6 +303,9 @@ type runner struct {
 	// readiness is the service's (rpc.Service.Readiness), for its
 	// heartbeat; nil for a service without a readiness check.
 	readiness func() (notReady string, out bool)
+	// features are what the service does that an earlier release's may
+	// not, for its heartbeat (vocab.ManagerFeature).
+	features []string
 }
 
 // Start builds the configured services. When it returns, every service takes
@@ -426,7 +429,7 @@ func (st *Stack) join(ctx context.Context, nc *nats.Conn, r runner) (runner, err
 	}
 	m, err := membership.Join(ctx, js, membership.Config{Service: r.name, Version: st.cfg.Version, Host: st.cfg.HostName,
 		Interval: st.cfg.MemberInterval, TTL: st.cfg.MemberTTL, Replicas: st.cfg.StreamReplicas, Log: st.log.With("service", r.name),
-		Readiness: r.readiness, CredentialsProblem: st.credsProblems[r.name]})
+		Readiness: r.readiness, CredentialsProblem: st.credsProblems[r.name], Features: r.features})
 	if err != nil {
 		return runner{}, err
 	}
@@ -521,7 +524,7 @@ func (d deps) inventory(ctx context.Context, nc *nats.Conn) (runner, error) {
 		return runner{}, err
 	}
 	d.st.Inventory = s
-	return runner{subjects.Inventory, s.Run, s.Readiness}, nil
+	return runner{name: subjects.Inventory, run: s.Run, readiness: s.Readiness}, nil
 }
 
 func (d deps) ca(ctx context.Context, nc *nats.Conn) (runner, error) {
@@ -533,7 +536,7 @@ func (d deps) ca(ctx context.Context, nc *nats.Conn) (runner, error) {
 		return runner{}, err
 	}
 	d.st.CA = s
-	return runner{subjects.CA, s.Run, s.Readiness}, nil
+	return runner{name: subjects.CA, run: s.Run, readiness: s.Readiness}, nil
 }
 
 func (d deps) secrets(ctx context.Context, nc *nats.Conn) (runner, error) {
@@ -555,7 +558,7 @@ func (d deps) secrets(ctx context.Context, nc *nats.Conn) (runner, error) {
 		return runner{}, err
 	}
 	d.st.Secrets = s
-	return runner{subjects.Secrets, s.Run, s.Readiness}, nil
+	return runner{name: subjects.Secrets, run: s.Run, readiness: s.Readiness, features: secrets.Features}, nil
 }
 
 func (d deps) provisioner(ctx context.Context, nc *nats.Conn) (runner, error) {

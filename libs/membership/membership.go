@@ -71,6 +71,9 @@ type Config struct {
 	// its release's ("" when they do not), cut to MaxCredentialsProblem
 	// bytes.
 	CredentialsProblem string
+	// Features are what the service does that an earlier release's may not
+	// (vocab.ManagerFeature; see Lacking).
+	Features []string
 }
 
 // MaxCredentialsProblem bounds a member's CredentialsProblem: its record
@@ -138,6 +141,7 @@ func Join(ctx context.Context, js jetstream.JetStream, cfg Config) (*Member, err
 		StartTime: timestamppb.New(now),
 		// Cut at a rune's start: the record is a protobuf string.
 		CredentialsProblem: strings.ToValidUTF8(cut(cfg.CredentialsProblem, MaxCredentialsProblem), ""),
+		Features:           cfg.Features,
 	}}
 	if err := m.beat(ctx); err != nil {
 		return nil, err
@@ -196,6 +200,24 @@ func List(ctx context.Context, js jetstream.JetStream, now time.Time, healthyWit
 		out[i] = e.m
 	}
 	return out, err
+}
+
+// Lacking returns the members of service listed in the bucket that do not
+// list feature, ordered by name: healthy or not, since one only slow to
+// write its heartbeat still answers requests. A setting that needs every
+// process of service to act on it is refused while any is returned.
+func Lacking(ctx context.Context, js jetstream.JetStream, service, feature string) ([]*systemv1.Manager, error) {
+	all, err := List(ctx, js, time.Now(), 0)
+	if err != nil {
+		return nil, err
+	}
+	var out []*systemv1.Manager
+	for _, m := range all {
+		if m.GetService() == service && !slices.Contains(m.GetFeatures(), feature) {
+			out = append(out, m)
+		}
+	}
+	return out, nil
 }
 
 // entry is a member as read, with its key's revision.

@@ -1,7 +1,9 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 
@@ -22,6 +24,7 @@ import (
 	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bearer"
+	"flotilla.dev/flotilla/libs/membership"
 	"flotilla.dev/flotilla/libs/pki"
 )
 
@@ -249,8 +252,44 @@ func (s secretServer) DeleteSecret(ctx context.Context, r *secretsv1.DeleteSecre
 	return call(ctx, s.g, endpoints.SecretDelete, r)
 }
 
+// SetFleetSecret stores a fleet secret. One that names networks is
+// refused while a secret broker that would not keep them is listed (see
+// brokersIgnoringNetworks).
 func (s secretServer) SetFleetSecret(ctx context.Context, r *secretsv1.SetFleetSecretRequest) (*secretsv1.FleetSecret, error) {
+	if len(r.GetNetworkIds()) > 0 {
+		if err := s.brokersIgnoringNetworks(ctx); err != nil {
+			return nil, err
+		}
+	}
 	return call(ctx, s.g, endpoints.FleetSecretPut, r)
+}
+
+// brokersIgnoringNetworks refuses a fleet secret's networks while a secret
+// broker of a release before them is listed among the managers (a cluster
+// being upgraded host by host): it could take the request and store the
+// secret for every network, and it releases any fleet secret to the
+// instances of its templates in every network.
+func (s secretServer) brokersIgnoringNetworks(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.g.requestTimeout)
+	defer cancel()
+	old, err := membership.Lacking(ctx, s.g.js, subjects.Secrets, string(vocab.ManagerFeatureFleetSecretNetworks))
+	if err != nil {
+		e := apierr.Unavailable("networkIds: cannot tell now whether every secret broker keeps a fleet secret's networks (the managers' list: %v); try again shortly", err)
+		e.Err = err
+		return e
+	}
+	if len(old) == 0 {
+		return nil
+	}
+	var which []string
+	for _, m := range old {
+		which = append(which, fmt.Sprintf("%s (version %s)", m.GetHost(), cmp.Or(m.GetVersion(), "unknown")))
+	}
+	e := apierr.Conflict(apierr.ReasonInvalidState, "networkIds: the secret broker on %s does not keep a fleet secret's networks, "+
+		"and would release it to instances in any network: name networks once every host is upgraded (flotilla cluster status), or leave them out",
+		strings.Join(which, ", "))
+	e.Field = "networkIds"
+	return e
 }
 
 // ListFleetSecrets lists the fleet secrets; below an operator, by name and

@@ -26,6 +26,10 @@ import (
 	"flotilla.dev/flotilla/libs/rpc"
 )
 
+// Features are what this release's broker does that an earlier one's may
+// not, listed in its managers' heartbeat.
+var Features = []string{string(vocab.ManagerFeatureFleetSecretNetworks)}
+
 // Deps are what the service is built from; the caller owns and closes them.
 type Deps struct {
 	// Pool is the PostgreSQL pool holding the secrets table; it may be the

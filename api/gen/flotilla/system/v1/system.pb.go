@@ -833,8 +833,13 @@ type Manager struct {
 	// its release's (a cluster's .creds file not signed again for it), as of
 	// its start; empty when they are its release's.
 	CredentialsProblem string `protobuf:"bytes,11,opt,name=credentials_problem,json=credentialsProblem,proto3" json:"credentials_problem,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// features are what the process's service does that a service of an
+	// earlier release may not (vocab.ManagerFeature): a setting that needs
+	// every process of the service to act on it is refused while one lacks
+	// it. None: a process from before features were listed.
+	Features      []string `protobuf:"bytes,12,rep,name=features,proto3" json:"features,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Manager) Reset() {
@@ -942,6 +947,13 @@ func (x *Manager) GetCredentialsProblem() string {
 		return x.CredentialsProblem
 	}
 	return ""
+}
+
+func (x *Manager) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
 }
 
 // Broker is one NATS server.
@@ -1358,7 +1370,7 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\abrokers\x18\x03 \x03(\v2\x1a.flotilla.system.v1.BrokerR\abrokers\x12?\n" +
 	"\astreams\x18\x04 \x03(\v2%.flotilla.system.v1.StreamReplicationR\astreams\x12:\n" +
 	"\tdatabases\x18\x05 \x03(\v2\x1c.flotilla.system.v1.DatabaseR\tdatabases\x12\x1a\n" +
-	"\bwarnings\x18\x06 \x03(\tR\bwarnings\"\xfd\x02\n" +
+	"\bwarnings\x18\x06 \x03(\tR\bwarnings\"\x99\x03\n" +
 	"\aManager\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x12\n" +
@@ -1373,7 +1385,8 @@ const file_flotilla_system_v1_system_proto_rawDesc = "" +
 	"\vstepped_out\x18\n" +
 	" \x01(\bR\n" +
 	"steppedOut\x12/\n" +
-	"\x13credentials_problem\x18\v \x01(\tR\x12credentialsProblem\"\x9d\x01\n" +
+	"\x13credentials_problem\x18\v \x01(\tR\x12credentialsProblem\x12\x1a\n" +
+	"\bfeatures\x18\f \x03(\tR\bfeatures\"\x9d\x01\n" +
 	"\x06Broker\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x18\n" +
