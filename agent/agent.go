@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -95,6 +96,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	a.logf(ctx, "flotilla agent %s starting: gateway %s, VM %s, data disk %s", cfg.Version, cfg.GatewayAddr, cfg.VMID, cfg.DataDir)
+	if cfg.UpgradeFailed != "" {
+		a.progress(ctx, a.instanceCommandID(a.state.Get()), vocab.StepUpgradingAgent, vocab.ProgressFailed, cfg.UpgradeFailed, 0)
+	}
 	if len(cfg.DataDevices) > 0 {
 		logf := func(format string, args ...any) { a.logf(ctx, format, args...) }
 		if err := mountDataDisk(ctx, cfg.DataDevices, cfg.DataDir, cfg.DataDeviceWait, logf); err != nil {
@@ -234,6 +238,14 @@ func (a *agent) logf(ctx context.Context, format string, args ...any) {
 	text := fmt.Sprintf(format, args...)
 	a.cfg.Log.InfoContext(ctx, text)
 	a.logs.AddOwn(text)
+}
+
+// instanceCommandID is the command id the progress of a command that
+// changes a set-up instance is reported under (an upgrade, a refresh): the
+// bootstrap that set it up, or, for a failed setup's instance, the
+// bootstrap's id, the VM's.
+func (a *agent) instanceCommandID(st state) string {
+	return cmp.Or(st.CompletedCommandID, a.cfg.VMID)
 }
 
 // progress reports a step of a command.

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -47,11 +46,7 @@ actions, install and start the node software, and report heartbeats and logs.`,
 				}
 			}
 			cfg.Args = flagArgs(cmd.Flags())
-			err := Run(cmd.Context(), cfg)
-			if up, ok := errors.AsType[*Upgraded](err); ok {
-				return Exec(up, cmd.Flags())
-			}
-			return err
+			return RunUpgrading(cmd.Context(), cfg, func(up *Upgraded) error { return Exec(up, cmd.Flags()) })
 		},
 	}
 	f := cmd.Flags()

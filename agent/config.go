@@ -87,6 +87,10 @@ type Config struct {
 	// command sets them): an upgrade checks that the new binary takes
 	// them, since it is started with them (Exec).
 	Args []string
+	// UpgradeFailed, set by RunUpgrading when the binary this agent stopped
+	// to be replaced by could not be started, is reported as the upgrade's
+	// failure once the stream is back.
+	UpgradeFailed string
 	// Log receives the agent's own log (also sent to the instance's logs);
 	// nil means text on standard error.
 	Log *slog.Logger

@@ -40,7 +40,8 @@
 // the version asked for ready — the executable it runs from if that is it
 // already, or else one downloaded and checked against its SHA-256 — stops
 // the node software and its stream, and Run returns [Upgraded]; [Exec]
-// runs the new binary in the same process with the same flags.
+// runs the new binary in the same process with the same flags
+// ([RunUpgrading] runs the agent again as it was when that fails).
 //
 // [RunNode] is the node software of the local provider: an HTTP(S) server
 // whose page names the instance. [NewCommand] is the `agent` command with

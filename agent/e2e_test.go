@@ -147,6 +147,14 @@ func (f *fleet) startAgent(id string, heartbeat time.Duration) agent.Config {
 // addr until the test ends, bootstrapped as the provisioner would.
 func runAgent(t *testing.T, provisioner *rpc.Client, fleetCA *ca.Service, addr, id string, heartbeat time.Duration) agent.Config {
 	t.Helper()
+	return runAgentWith(t, provisioner, fleetCA, addr, id, heartbeat, agent.Run)
+}
+
+// runAgentWith is runAgent, the agent run by run (agent.Run, or
+// agent.RunUpgrading).
+func runAgentWith(t *testing.T, provisioner *rpc.Client, fleetCA *ca.Service, addr, id string, heartbeat time.Duration,
+	run func(context.Context, agent.Config) error) agent.Config {
+	t.Helper()
 	tok, err := rpc.Call(t.Context(), provisioner, endpoints.JoinTokenCreate, &cav1.CreateJoinTokenRequest{InstanceId: id})
 	if err != nil {
 		t.Fatal(err)
@@ -172,13 +180,13 @@ func runAgent(t *testing.T, provisioner *rpc.Client, fleetCA *ca.Service, addr, 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- agent.Run(ctx, cfg) }()
+	go func() { done <- run(ctx, cfg) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
 		case err := <-done:
 			if err != nil {
-				t.Errorf("agent.Run: %v", err)
+				t.Errorf("the agent's run: %v", err)
 			}
 		case <-time.After(20 * time.Second):
 			t.Error("agent.Run did not return after its context ended")

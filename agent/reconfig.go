@@ -46,10 +46,7 @@ func ranOf(acts []*inventoryv1.SetupAction) []ranAction {
 // Each outcome is the step refreshing-configuration's progress.
 func (a *agent) refreshConfiguration(ctx context.Context, id string, rc *agentv1.RefreshConfiguration) {
 	st := a.state.Get()
-	cmdID := st.CompletedCommandID
-	if cmdID == "" {
-		cmdID = a.cfg.VMID // the bootstrap's id: a failed setup's instance
-	}
+	cmdID := a.instanceCommandID(st)
 	fail := func(format string, args ...any) {
 		a.progress(ctx, cmdID, vocab.StepRefreshingConfiguration, vocab.ProgressFailed, a.mask.Mask(fmt.Sprintf(format, args...)), 0)
 	}

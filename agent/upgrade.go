@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -54,10 +55,7 @@ func (u *Upgraded) Error() string {
 // then has Run stop (node software, stream) and return Upgraded. A failure
 // is reported and leaves this agent running as it was.
 func (a *agent) upgradeAgent(ctx context.Context, id string, u *agentv1.UpgradeAgent) {
-	cmdID := a.state.Get().CompletedCommandID
-	if cmdID == "" {
-		cmdID = a.cfg.VMID // the bootstrap's id: a failed setup's instance
-	}
+	cmdID := a.instanceCommandID(a.state.Get())
 	if u.GetVersion() == a.cfg.Version {
 		a.logf(ctx, "command %s: the agent is at version %s already", id, u.GetVersion())
 		return
@@ -228,7 +226,31 @@ func checkBinary(ctx context.Context, bin, name, version string, args []string) 
 func Exec(up *Upgraded, flags *pflag.FlagSet) error {
 	argv := append([]string{up.Binary}, flagArgs(flags)...)
 	err := syscall.Exec(up.Binary, argv, os.Environ())
-	return errors.Join(up, fmt.Errorf("exec %s: %w", up.Binary, err))
+	return fmt.Errorf("exec %s: %w", up.Binary, err)
+}
+
+// RunUpgrading runs the agent (Run) and, when it stops to be upgraded,
+// replaces it with the new binary through exec (Exec in the command, which
+// returns only when it fails). When the new binary cannot be started after
+// all — checked to run, it was removed, say, or the system refused it —
+// the agent runs again as it was, and reports the upgrade's failure once
+// its stream is back: the VM is not left without an agent.
+func RunUpgrading(ctx context.Context, cfg Config, exec func(*Upgraded) error) error {
+	for {
+		err := Run(ctx, cfg)
+		up, ok := errors.AsType[*Upgraded](err)
+		if !ok {
+			return err
+		}
+		err = exec(up)
+		if ctx.Err() != nil {
+			return nil
+		}
+		cfg.UpgradeFailed = fmt.Sprintf("version %s could not be started: %v; version %s runs on", up.Version, err, cmp.Or(cfg.Version, Version))
+		if cfg.Log != nil {
+			cfg.Log.Error("the upgraded agent could not be started; this one starts again", "binary", up.Binary, "version", up.Version, "error", err)
+		}
+	}
 }
 
 // flagArgs are the flags set on flags, as arguments.

@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -10,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -79,6 +82,51 @@ func TestAnUpgradeThatDoesNotCheckOutLeavesTheAgentAsItWas(t *testing.T) {
 	})
 	if c := f.observed.Count(func(ev *agentv1.AgentEvent) bool { return ev.GetDisconnected() != nil }); c != 0 {
 		t.Errorf("the agent disconnected %d times", c)
+	}
+}
+
+// TestAnUpgradedAgentThatCannotBeStartedLeavesTheAgentAsItWas: the new
+// binary passed its checks, but its exec fails: the agent runs again as it
+// was, in the same process, reports the upgrade's failure with the exec's
+// error and reconnects at its version.
+func TestAnUpgradedAgentThatCannotBeStartedLeavesTheAgentAsItWas(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, time.Hour)
+	const id = "inst-exec-fails"
+	next := []byte("#!/bin/sh\necho flotilla-agent version 0.2.0\n")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(next) }))
+	t.Cleanup(srv.Close)
+	sum := sha256.Sum256(next)
+	var execs atomic.Int32
+	cfg := runAgentWith(t, f.provisioner, f.ca, f.addr, id, 200*time.Millisecond, func(ctx context.Context, cfg agent.Config) error {
+		return agent.RunUpgrading(ctx, cfg, func(up *agent.Upgraded) error {
+			execs.Add(1)
+			return fmt.Errorf("exec %s: %w", up.Binary, syscall.ENOEXEC)
+		})
+	})
+	connected := func(ev *agentv1.AgentEvent) bool { return ev.GetInstanceId() == id && ev.GetConnected() != nil }
+	f.observed.WaitFor(t, 15*time.Second, "connected", connected)
+
+	f.command(id, &agentv1.Command{Id: "upgrade-1", Action: &agentv1.Command_UpgradeAgent{
+		UpgradeAgent: &agentv1.UpgradeAgent{Version: "0.2.0", Url: srv.URL + "/agent", Sha256: hex.EncodeToString(sum[:])}}})
+	p := f.observed.WaitFor(t, 20*time.Second, "the upgrade's failure", func(ev *agentv1.AgentEvent) bool {
+		p := ev.GetProgress()
+		return p.GetStep() == string(vocab.StepUpgradingAgent) && p.GetStatus() == string(vocab.ProgressFailed)
+	}).GetProgress()
+	want := "version 0.2.0 could not be started: exec "
+	if !strings.HasPrefix(p.GetMessage(), want) || !strings.Contains(p.GetMessage(), syscall.ENOEXEC.Error()) ||
+		!strings.HasSuffix(p.GetMessage(), "; version "+agent.Version+" runs on") || p.GetCommandId() != cfg.VMID {
+		t.Errorf("the failure's progress: %v; want %q…, the exec's error, and the version running on", p, want)
+	}
+	if n := execs.Load(); n != 1 {
+		t.Errorf("%d execs, want 1", n)
+	}
+	// Back on a new stream, at its own version.
+	again := f.observed.WaitFor(t, 15*time.Second, "connected again", func(ev *agentv1.AgentEvent) bool {
+		return connected(ev) && f.observed.Count(connected) >= 2
+	})
+	if v := again.GetConnected().GetAgentVersion(); v != agent.Version {
+		t.Errorf("reconnected at %q, want %s", v, agent.Version)
 	}
 }
 
