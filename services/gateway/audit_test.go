@@ -193,9 +193,19 @@ func TestAnAuditRecordJetStreamCannotStoreNowIsStoredLater(t *testing.T) {
 		code, body := e.send("POST", "/api/v1/networks", reply{"name": "audited-late", "provider": "local", "httpsStrategy": "none"}, "")
 		first <- answer{code, body, time.Since(start)}
 	}()
-	// A call made while the first waits for its store does not wait too:
-	// it ends before the first.
-	time.Sleep(gateway.AuditWait / 2)
+	// A call made while the first's record has waited half a second does
+	// not wait too: it ends before the first. The record waits from when
+	// the network is written (the inventory's answer), however long the
+	// call took to get there on a busy machine.
+	for written := false; !written; time.Sleep(10 * time.Millisecond) {
+		if err := e.pool.QueryRow(t.Context(), `SELECT EXISTS (SELECT FROM networks WHERE name = 'audited-late')`).Scan(&written); err != nil {
+			t.Fatal(err)
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Fatal("the first call's network was not written within 30 s")
+		}
+	}
+	time.Sleep(gateway.AuditStalled + 200*time.Millisecond)
 	meanwhile := e.must(200, "POST", "/api/v1/networks", reply{"name": "audited-meanwhile", "provider": "local", "httpsStrategy": "none"})
 	var a answer
 	select {
