@@ -73,6 +73,17 @@ func TestUpgradingFlotillaAndThenItsAgents(t *testing.T) {
 	if out := c.ok("instances", "list", "-o", "table"); !strings.Contains(out, "AGENT VERSION") || strings.Count(out, " 0.0.9 ") != 2 {
 		t.Fatalf("instances list after the managers' upgrade:\n%s", out)
 	}
+	// The agents come back to the new managers' agent gateway on their own
+	// (an agent is upgraded only while connected), as an operator sees in
+	// the list before upgrading them.
+	eventually(t, "the 0.0.9 agents to connect to the 0.1.1 managers", func() bool {
+		for name := range vms {
+			if a := instanceJSON(t, c, name).Agent; a.Status != "connected" || a.Version != "0.0.9" {
+				return false
+			}
+		}
+		return true
+	})
 	// A binary that is not the one the manager started with (replaced
 	// under it): the first agent's upgrade fails its checksum and runs on,
 	// and the second is not asked.

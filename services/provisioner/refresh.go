@@ -98,7 +98,7 @@ func (s *Service) refreshConfiguration(ctx context.Context, actor vocab.Actor, r
 			in.GetName(), in.GetState(), vocab.StateRunning)
 	}
 	if !agentOnVM(in) {
-		return nil, apierr.Conflict(apierr.ReasonInvalidState, "the agent of instance %q is not connected: its configuration is refreshed while it is", in.GetName())
+		return nil, agentNotConnected(in, "its configuration is refreshed while it is")
 	}
 	t, err := rpc.Call(ctx, s.bus, endpoints.TemplateGet, &inventoryv1.GetTemplateRequest{Id: in.GetTemplateId()})
 	if err != nil {

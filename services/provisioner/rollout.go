@@ -35,9 +35,9 @@ import (
 const (
 	rolloutUpgradeParallel = 10
 	rolloutTimeout         = 600
-	// rolloutRetryFor is how long an instance whose agent has no stream at
-	// the moment (reconnecting to a restarted agent gateway, as just after
-	// the managers' upgrade) is asked again before it counts as refused.
+	// rolloutRetryFor is how long an instance whose agent is away at the
+	// moment (reconnecting to a restarted agent gateway, as just after the
+	// managers' upgrade) is asked again before it counts as refused.
 	rolloutRetryFor   = 30 * time.Second
 	rolloutRetryEvery = 2 * time.Second
 )
@@ -523,8 +523,8 @@ func (d *rolloutDriver) outcome(r *inventoryv1.Rollout, e *inventoryv1.RolloutIn
 // due to be asked again), keeping what each ask came to for the next
 // record: refused (with the provisioner's reason), skipped (an agent at
 // the version already), or nothing (asked: its instance says how it went).
-// An agent without a stream at the moment (reconnecting to a restarted
-// agent gateway) is asked again every rolloutRetryEvery for up to
+// An agent away at the moment (reconnecting to a restarted agent gateway:
+// see agentComingBack) is asked again every rolloutRetryEvery for up to
 // rolloutRetryFor, its instance asked meanwhile: it keeps its place.
 func (d *rolloutDriver) ask(ctx context.Context, r *inventoryv1.Rollout, newly []*inventoryv1.RolloutInstance) {
 	for _, e := range newly {
@@ -532,7 +532,7 @@ func (d *rolloutDriver) ask(ctx context.Context, r *inventoryv1.Rollout, newly [
 		d.mine[id] = true
 		in, err := d.send(ctx, r, id)
 		switch {
-		case apierr.Is(err, apierr.KindUnavailable):
+		case agentComingBack(err):
 			if d.retry(id) {
 				continue
 			}
@@ -545,6 +545,14 @@ func (d *rolloutDriver) ask(ctx context.Context, r *inventoryv1.Rollout, newly [
 		delete(d.firstUnavailable, id)
 		delete(d.resendAt, id)
 	}
+}
+
+// agentComingBack says whether err refused a command because the
+// instance's agent is away at the moment: it has no stream (reconnecting
+// to a restarted agent gateway), or the inventory shows it disconnected
+// (its gateway restarted, and it has not connected again yet).
+func agentComingBack(err error) bool {
+	return apierr.Is(err, apierr.KindUnavailable) || errors.Is(err, errAgentAway)
 }
 
 // retry has instance id, whose agent had no stream when asked, asked again
@@ -600,7 +608,7 @@ func (d *rolloutDriver) adopt(ctx context.Context, r *inventoryv1.Rollout, asked
 		}
 		d.mine[id] = true
 		_, err := d.send(ctx, r, id)
-		if apierr.Is(err, apierr.KindUnavailable) && d.retry(id) {
+		if agentComingBack(err) && d.retry(id) {
 			err = fmt.Errorf("%w (asked again shortly)", err)
 		}
 		d.s.log.InfoContext(ctx, "rollout: an instance another provisioner asked, asked again", "rollout", r.GetName(), "instance", e.GetInstanceName(), "error", err)

@@ -80,58 +80,68 @@ func recordRollouts(t *testing.T, bus *testkit.Bus) <-chan *inventoryv1.Rollout 
 	return recorded
 }
 
-// TestAnAgentReconnectingKeepsItsPlaceInTheRollout: an agent without a
-// stream when asked (no agent gateway has it) stays asked, holding its
-// group's place, and is asked again; the next instance waits. Once the
-// retries' time is up, it is refused, and the next one is asked.
+// TestAnAgentReconnectingKeepsItsPlaceInTheRollout: an agent away when
+// asked (no agent gateway has its stream, or the inventory shows it
+// disconnected, as just after the managers' restart) stays asked, holding
+// its group's place, and is asked again; the next instance waits. Once the
+// retries' time is up, it is refused, saying why, and the next one is
+// asked.
 func TestAnAgentReconnectingKeepsItsPlaceInTheRollout(t *testing.T) {
 	t.Parallel()
-	bus := testkit.SecureNATS(t)
-	inv := testkit.FakeInventory(t, bus.Conn(t, subjects.Inventory))
-	const first, second = "0192f0a0-0000-7000-8000-000000000011", "0192f0a0-0000-7000-8000-000000000012"
-	for _, id := range []string{first, second} {
-		inv.Set(&inventoryv1.Instance{Id: id, Name: id[len(id)-2:], State: "running", VmId: "vm-" + id,
-			Agent: &inventoryv1.AgentStatus{Status: string(vocab.AgentConnected), Version: "0.1.0", VmId: "vm-" + id}})
-	}
-	recorded := recordRollouts(t, bus)
-	s := &Service{log: slog.New(slog.DiscardHandler), d: Deps{Recheck: 30 * time.Second, Version: "0.2.0", AgentSHA256: strings.Repeat("0f", 32)},
-		bus: rpc.NewClient(bus.Conn(t, subjects.Provisioner), subjects.Provisioner, 5*time.Second)}
-	d := newRolloutDriver(s, "r")
-	r := &inventoryv1.Rollout{Id: "r", Action: string(vocab.RolloutUpgradeAgent), AgentVersion: "0.2.0", Parallel: 1, TimeoutSeconds: 600,
-		State: "running", Version: 1, Creator: "user:ops"}
-	for _, id := range []string{first, second} {
-		r.Instances = append(r.Instances, &inventoryv1.RolloutInstance{InstanceId: id, State: string(vocab.RolloutPending)})
-	}
-	ctx := t.Context()
-	newly, _, err := d.step(ctx, r)
-	must(t, err)
-	r = <-recorded
-	if len(newly) != 1 || newly[0].GetInstanceId() != first {
-		t.Fatalf("asked %v; want %s", newly, first)
-	}
-	d.ask(ctx, r, newly) // no agent gateway has its agent: unavailable
-	if _, ok := d.resendAt[first]; !ok {
-		t.Fatalf("an agent without a stream is not to be asked again")
-	}
-	newly, wait, err := d.step(ctx, r)
-	must(t, err)
-	if len(newly) != 0 || wait <= 0 || wait > rolloutRetryEvery {
-		t.Fatalf("with the first reconnecting, the pass asks %v and waits %v; want nothing asked, a wait of at most %v", newly, wait, rolloutRetryEvery)
-	}
-	select {
-	case got := <-recorded:
-		t.Fatalf("recorded %v while the first reconnects", got.GetInstances())
-	default:
-	}
-	// Its retries' time up, it is refused, and the second is asked.
-	d.firstUnavailable[first] = time.Now().Add(-rolloutRetryFor)
-	d.ask(ctx, r, r.GetInstances()[:1]) // as run does once it is due
-	newly, _, err = d.step(ctx, r)
-	must(t, err)
-	got := <-recorded
-	if len(newly) != 1 || newly[0].GetInstanceId() != second || got.GetInstances()[0].GetState() != "refused" ||
-		!strings.Contains(got.GetInstances()[0].GetMessage(), "has no stream to an agent gateway") {
-		t.Fatalf("after the retries: asked %v, recorded %v", newly, got.GetInstances())
+	for _, tc := range []struct{ name, status, refusal string }{
+		{"without a stream", string(vocab.AgentConnected), "has no stream to an agent gateway"},
+		{"shown disconnected", string(vocab.AgentDisconnected), `is not connected: it is upgraded while connected`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			bus := testkit.SecureNATS(t)
+			inv := testkit.FakeInventory(t, bus.Conn(t, subjects.Inventory))
+			const first, second = "0192f0a0-0000-7000-8000-000000000011", "0192f0a0-0000-7000-8000-000000000012"
+			for _, id := range []string{first, second} {
+				inv.Set(&inventoryv1.Instance{Id: id, Name: id[len(id)-2:], State: "running", VmId: "vm-" + id,
+					Agent: &inventoryv1.AgentStatus{Status: tc.status, Version: "0.1.0", VmId: "vm-" + id}})
+			}
+			recorded := recordRollouts(t, bus)
+			s := &Service{log: slog.New(slog.DiscardHandler), d: Deps{Recheck: 30 * time.Second, Version: "0.2.0", AgentSHA256: strings.Repeat("0f", 32)},
+				bus: rpc.NewClient(bus.Conn(t, subjects.Provisioner), subjects.Provisioner, 5*time.Second)}
+			d := newRolloutDriver(s, "r")
+			r := &inventoryv1.Rollout{Id: "r", Action: string(vocab.RolloutUpgradeAgent), AgentVersion: "0.2.0", Parallel: 1, TimeoutSeconds: 600,
+				State: "running", Version: 1, Creator: "user:ops"}
+			for _, id := range []string{first, second} {
+				r.Instances = append(r.Instances, &inventoryv1.RolloutInstance{InstanceId: id, State: string(vocab.RolloutPending)})
+			}
+			ctx := t.Context()
+			newly, _, err := d.step(ctx, r)
+			must(t, err)
+			r = <-recorded
+			if len(newly) != 1 || newly[0].GetInstanceId() != first {
+				t.Fatalf("asked %v; want %s", newly, first)
+			}
+			d.ask(ctx, r, newly)
+			if _, ok := d.resendAt[first]; !ok {
+				t.Fatalf("an agent away is not to be asked again")
+			}
+			newly, wait, err := d.step(ctx, r)
+			must(t, err)
+			if len(newly) != 0 || wait <= 0 || wait > rolloutRetryEvery {
+				t.Fatalf("with the first reconnecting, the pass asks %v and waits %v; want nothing asked, a wait of at most %v", newly, wait, rolloutRetryEvery)
+			}
+			select {
+			case got := <-recorded:
+				t.Fatalf("recorded %v while the first reconnects", got.GetInstances())
+			default:
+			}
+			// Its retries' time up, it is refused, and the second is asked.
+			d.firstUnavailable[first] = time.Now().Add(-rolloutRetryFor)
+			d.ask(ctx, r, r.GetInstances()[:1]) // as run does once it is due
+			newly, _, err = d.step(ctx, r)
+			must(t, err)
+			got := <-recorded
+			if len(newly) != 1 || newly[0].GetInstanceId() != second || got.GetInstances()[0].GetState() != "refused" ||
+				!strings.Contains(got.GetInstances()[0].GetMessage(), tc.refusal) {
+				t.Fatalf("after the retries: asked %v, recorded %v", newly, got.GetInstances())
+			}
+		})
 	}
 }
 

@@ -38,8 +38,7 @@ func (s *Service) upgradeAgent(ctx context.Context, actor vocab.Actor, r *invent
 	}
 	a := in.GetAgent()
 	if !agentOnVM(in) {
-		return nil, apierr.Conflict(apierr.ReasonInvalidState, "the agent of instance %q is not connected: it is upgraded while connected (a VM's next agent is the manager's version already)",
-			in.GetName())
+		return nil, agentNotConnected(in, "it is upgraded while connected (a VM's next agent is the manager's version already)")
 	}
 	if a.GetVersion() == s.d.Version {
 		s.log.InfoContext(ctx, "agent already at the manager's version", "instance_id", in.GetId(), "version", a.GetVersion(), "actor", actor)
@@ -52,6 +51,20 @@ func (s *Service) upgradeAgent(ctx context.Context, actor vocab.Actor, r *invent
 	}
 	s.log.InfoContext(ctx, "agent upgrade sent", "instance_id", in.GetId(), "from", a.GetVersion(), "to", s.d.Version, "actor", actor)
 	return in, nil
+}
+
+// errAgentAway marks the refusal of a command to an instance whose agent
+// is not connected from its VM at the moment: a rollout asks it again for
+// a while, as after the managers' restart, when the agents come back on
+// their own.
+var errAgentAway = errors.New("agent not connected")
+
+// agentNotConnected refuses a command to in, whose agent is not connected
+// from its VM; rule says when the command is taken.
+func agentNotConnected(in *inventoryv1.Instance, rule string) error {
+	err := apierr.Conflict(apierr.ReasonInvalidState, "the agent of instance %q is not connected: %s", in.GetName(), rule)
+	err.Err = errAgentAway
+	return err
 }
 
 // agentOnVM says whether in's agent is connected from the VM in runs on
