@@ -211,13 +211,19 @@ func Lacking(ctx context.Context, js jetstream.JetStream, service, feature strin
 	if err != nil {
 		return nil, err
 	}
+	return LackingOf(all, service, feature), nil
+}
+
+// LackingOf returns the members of service among managers that do not
+// list feature, in their order.
+func LackingOf(managers []*systemv1.Manager, service, feature string) []*systemv1.Manager {
 	var out []*systemv1.Manager
-	for _, m := range all {
+	for _, m := range managers {
 		if m.GetService() == service && !slices.Contains(m.GetFeatures(), feature) {
 			out = append(out, m)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // entry is a member as read, with its key's revision.

@@ -19,8 +19,10 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"flotilla.dev/flotilla/api/endpoints"
+	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
 	systemv1 "flotilla.dev/flotilla/api/gen/flotilla/system/v1"
 	"flotilla.dev/flotilla/api/subjects"
+	"flotilla.dev/flotilla/api/vocab"
 	"flotilla.dev/flotilla/libs/apierr"
 	"flotilla.dev/flotilla/libs/bus"
 	"flotilla.dev/flotilla/libs/membership"
@@ -101,12 +103,49 @@ func (g *Gateway) checkCluster(ctx context.Context) *systemv1.Cluster {
 			}
 		}
 		c.Managers = managers
+		g.warnBrokersIgnoringNetworks(lctx, managers, warn)
 	})
 	wg.Go(func() { c.Brokers, c.Streams = g.brokers(ctx, warn) })
 	wg.Go(func() { c.Databases = g.databases(ctx, warn) })
 	wg.Wait()
 	slices.Sort(c.Warnings)
 	return c
+}
+
+// warnBrokersIgnoringNetworks warns of each secret broker among managers
+// of a release before fleet secrets' networks (a host not upgraded yet, or
+// an old one added back): new networks are refused while it is listed
+// (see brokersIgnoringNetworks), but it releases a fleet secret to its
+// templates' instances in any network, so the warning counts the fleet
+// secrets it would release beyond theirs.
+func (g *Gateway) warnBrokersIgnoringNetworks(ctx context.Context, managers []*systemv1.Manager, warn func(string, ...any)) {
+	old := membership.LackingOf(managers, subjects.Secrets, string(vocab.ManagerFeatureFleetSecretNetworks))
+	if len(old) == 0 {
+		return
+	}
+	risk := "fleet secrets cannot name networks until it is upgraded, or stopped and off the list"
+	list, err := rpc.Call(ctx, g.bus, endpoints.FleetSecretList, &secretsv1.ListFleetSecretsRequest{})
+	switch {
+	case err != nil:
+		risk += fmt.Sprintf("; whether fleet secrets name networks already is unknown now (%v)", err)
+	default:
+		named := 0
+		for _, sec := range list.GetSecrets() {
+			if len(sec.GetNetworkIds()) > 0 {
+				named++
+			}
+		}
+		if named > 0 {
+			which := fmt.Sprintf("the %d fleet secrets that name networks", named)
+			if named == 1 {
+				which = "the fleet secret that names networks"
+			}
+			risk = "it releases " + which + " to instances in any network; upgrade it, or stop it (flotilla cluster managers remove takes it off the list at once)"
+		}
+	}
+	for _, m := range old {
+		warn("manager %s: a secret broker of version %s, which does not keep fleet secrets' networks: %s", m.GetName(), cmp.Or(m.GetVersion(), "unknown"), risk)
+	}
 }
 
 // brokers reports the NATS servers, from their monitoring endpoints when

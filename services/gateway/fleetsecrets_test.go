@@ -3,8 +3,10 @@ package gateway_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -16,7 +18,10 @@ import (
 // release before fleet secrets had networks is listed (a cluster upgraded
 // host by host), a fleet secret naming networks is refused, naming the
 // field and the host, and nothing is stored; without networks it is
-// stored; once the old broker is gone, networks are taken.
+// stored; once the old broker is gone, networks are taken. The cluster
+// status warns of an old broker listed, and, once fleet secrets name
+// networks (an old host added back), of how many it would release beyond
+// them.
 func TestFleetSecretNetworksWaitForEveryBroker(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{only: []string{"secrets"}})
@@ -37,6 +42,8 @@ func TestFleetSecretNetworksWaitForEveryBroker(t *testing.T) {
 	if code != 409 || out["reason"] != "invalid_state" || !strings.HasPrefix(msg, "networkIds: ") || !strings.Contains(msg, "h-old (version 0.9.0)") {
 		t.Fatalf("networks while an old broker is listed: %d %v", code, out)
 	}
+	clusterWarns(t, e, "manager "+old.Name()+": a secret broker of version 0.9.0, which does not keep fleet secrets' networks: "+
+		"fleet secrets cannot name networks until it is upgraded, or stopped and off the list")
 	if list := e.must(200, "GET", "/api/v1/secrets", nil); len(list["secrets"].([]any)) != 0 {
 		t.Fatalf("the refusal stored %v", list)
 	}
@@ -48,5 +55,29 @@ func TestFleetSecretNetworksWaitForEveryBroker(t *testing.T) {
 	sec := e.must(200, "PUT", "/api/v1/secrets/registry", withNetworks)
 	if fmt.Sprint(sec["networkIds"]) != "["+net+"]" {
 		t.Fatalf("networks once every broker keeps them: %v", sec)
+	}
+	back, err := membership.Join(context.Background(), js, membership.Config{Service: subjects.Secrets, Host: "h-back", Version: "0.9.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.Leave(context.Background())
+	clusterWarns(t, e, "manager "+back.Name()+": a secret broker of version 0.9.0, which does not keep fleet secrets' networks: "+
+		"it releases the fleet secret that names networks to instances in any network; upgrade it, or stop it (flotilla cluster managers remove takes it off the list at once)")
+}
+
+// clusterWarns waits for the cluster status (gathered anew every few
+// seconds) to warn want.
+func clusterWarns(t *testing.T, e *env, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		w := e.cluster().GetWarnings()
+		if slices.Contains(w, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cluster warnings %q\nwant among them %q", w, want)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
