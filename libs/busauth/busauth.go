@@ -25,6 +25,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -334,9 +335,55 @@ func (a *Authority) ServerConfig() (string, error) {
 }
 
 // ConnectOptions are the nats.go options identity connects with: its
-// credentials file and its own inbox prefix.
+// credentials and its own inbox prefix. The credentials file is read at the
+// first connect and kept for the connection's life: reconnects present the
+// same credentials, not whatever file was put in its place meanwhile (a
+// service checks its file at start, CheckCreds, and takes new credentials
+// when it is restarted, as rotation says).
 func ConnectOptions(identity, credsFile string) []nats.Option {
-	return []nats.Option{nats.UserCredentials(credsFile), nats.CustomInboxPrefix(InboxPrefix(identity))}
+	c := &pinnedCreds{file: credsFile}
+	return []nats.Option{nats.UserJWT(c.userJWT, c.sign), nats.CustomInboxPrefix(InboxPrefix(identity))}
+}
+
+// pinnedCreds are a credentials file's user JWT and key, read once it is
+// first needed (until a read succeeds, each connect attempt reads again).
+type pinnedCreds struct {
+	file string
+	mu   sync.Mutex
+	jwt  string
+	key  nkeys.KeyPair
+}
+
+func (c *pinnedCreds) load() (string, nkeys.KeyPair, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.key != nil {
+		return c.jwt, c.key, nil
+	}
+	data, _, err := readCreds(c.file)
+	if err != nil {
+		return "", nil, err
+	}
+	token, _ := jwt.ParseDecoratedJWT(data) // readCreds parsed it
+	key, err := nkeys.ParseDecoratedNKey(data)
+	if err != nil {
+		return "", nil, fmt.Errorf("bus credentials: %s: %w", c.file, err)
+	}
+	c.jwt, c.key = token, key
+	return token, key, nil
+}
+
+func (c *pinnedCreds) userJWT() (string, error) {
+	token, _, err := c.load()
+	return token, err
+}
+
+func (c *pinnedCreds) sign(nonce []byte) ([]byte, error) {
+	_, key, err := c.load()
+	if err != nil {
+		return nil, err
+	}
+	return key.Sign(nonce)
 }
 
 // Files lists the credentials files an authority writes, by identity.

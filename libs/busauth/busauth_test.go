@@ -672,3 +672,49 @@ func TestAnAuthorityOpenedAgainSignsOlderCredentialsAnew(t *testing.T) {
 		t.Error("the credentials were signed again with another key")
 	}
 }
+
+// TestReconnectsPresentTheCredentialsConnectedWith: a service's
+// credentials file is read when it first connects; a reconnect presents the
+// same credentials, not a file put in its place meanwhile (a service takes
+// new credentials when restarted, after its start's check).
+func TestReconnectsPresentTheCredentialsConnectedWith(t *testing.T) {
+	t.Parallel()
+	auth, err := busauth.LoadOrCreate(filepath.Join(t.TempDir(), "bus"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := &server.Options{}
+	if err := auth.Configure(opts); err != nil {
+		t.Fatal(err)
+	}
+	ns := testkit.Serve(t, opts)
+	creds := filepath.Join(t.TempDir(), "gateway.creds")
+	data, _ := os.ReadFile(auth.Creds(subjects.Gateway))
+	if err := os.WriteFile(creds, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reconnected := make(chan struct{}, 1)
+	nc, err := nats.Connect(ns.ClientURL(), append(busauth.ConnectOptions(subjects.Gateway, creds),
+		nats.ReconnectWait(10*time.Millisecond), nats.ReconnectHandler(func(*nats.Conn) { reconnected <- struct{}{} }))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := os.WriteFile(creds, []byte("not credentials\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.ForceReconnect(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-reconnected:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no reconnect with the credentials connected with: %v", nc.LastError())
+	}
+	if _, err := nc.Subscribe(busauth.InboxPrefix(subjects.Gateway)+".x", func(*nats.Msg) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil || nc.LastError() != nil {
+		t.Fatalf("after the reconnect: %v %v", err, nc.LastError())
+	}
+}
