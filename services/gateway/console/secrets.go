@@ -1,8 +1,11 @@
 package console
 
 import (
+	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -17,10 +20,14 @@ type fleetSecretRow struct {
 }
 
 // fleetSecretsData is the fleet secrets page's: the secrets, and every
-// template and network to give one to.
+// template and network to give one to. With Edit, the form changes that
+// secret, over its version as shown, its templates and networks checked
+// (Checked, by id).
 type fleetSecretsData struct {
 	Rows                []fleetSecretRow
 	Templates, Networks []option
+	Edit                *secretsv1.FleetSecret
+	Checked             map[string]bool
 }
 
 // fleetSecrets serves GET /secrets: the fleet secrets (names, templates,
@@ -58,8 +65,19 @@ func (c *Console) fleetSecrets(w http.ResponseWriter, r *http.Request, s *sessio
 		}
 		return out
 	}
+	edit := r.URL.Query().Get("edit")
 	for _, sec := range list.GetSecrets() {
 		d.Rows = append(d.Rows, fleetSecretRow{S: sec, Templates: named(sec.GetTemplateIds()), Networks: named(sec.GetNetworkIds())})
+		if edit != "" && sec.GetName() == edit {
+			d.Edit, d.Checked = sec, map[string]bool{}
+			for _, id := range append(slices.Clone(sec.GetTemplateIds()), sec.GetNetworkIds()...) {
+				d.Checked[id] = true
+			}
+		}
+	}
+	if edit != "" && d.Edit == nil {
+		c.fail(w, r, s, &apiError{Status: http.StatusNotFound, Reason: "not_found", Message: fmt.Sprintf("There is no fleet secret %s.", edit)})
+		return
 	}
 	c.render(w, r, s, http.StatusOK, "secrets", "Fleet secrets", d)
 }
@@ -68,7 +86,9 @@ func (c *Console) fleetSecrets(w http.ResponseWriter, r *http.Request, s *sessio
 // value, gives the one stored other templates and networks). The value
 // goes to the API and is never shown. With no network chosen, nor "every
 // network", a stored secret keeps the networks it has, so a new value
-// never widens who reads it.
+// never widens who reads it. The change form sends the version it showed
+// and the templates and networks it showed: a secret another changed
+// meanwhile is refused, not overwritten.
 func (c *Console) setFleetSecret(w http.ResponseWriter, r *http.Request, s *session) {
 	if err := r.ParseForm(); err != nil {
 		c.fail(w, r, s, err)
@@ -92,9 +112,29 @@ func (c *Console) setFleetSecret(w http.ResponseWriter, r *http.Request, s *sess
 			}
 		}
 	}
+	var version int64
+	if v := r.PostFormValue("version"); v != "" {
+		var err error
+		if version, err = strconv.ParseInt(v, 10, 64); err != nil || version < 1 {
+			redirect(w, r, "/secrets", "The fleet secret was not stored: version: "+strconv.Quote(v)+" is not a version (a whole number, at least 1)")
+			return
+		}
+		// The version is the value's: the templates and networks the form
+		// showed are compared here.
+		cur := &secretsv1.FleetSecret{}
+		if err := s.api.get("/api/v1/secrets/"+url.PathEscape(name), cur); err != nil {
+			c.done(w, r, s, err, "/secrets", "", "The fleet secret was not stored")
+			return
+		}
+		if !sameSet(cur.GetTemplateIds(), r.PostForm["shownTemplateId"]) || !sameSet(cur.GetNetworkIds(), r.PostForm["shownNetworkId"]) {
+			redirect(w, r, "/secrets?edit="+url.QueryEscape(name)+"#set-h", "The fleet secret was not stored: another changed "+name+
+				"'s templates or networks since the form was shown: here it is as it is now; choose again")
+			return
+		}
+	}
 	err := s.api.do(http.MethodPut, "/api/v1/secrets/"+url.PathEscape(name),
 		&secretsv1.SetFleetSecretRequest{Name: name, Value: r.PostFormValue("value"), TemplateIds: r.PostForm["templateId"], NetworkIds: networks,
-			SecretsManagerId: strings.TrimSpace(r.PostFormValue("secretsManagerId"))}, nil)
+			SecretsManagerId: strings.TrimSpace(r.PostFormValue("secretsManagerId")), Version: version}, nil)
 	c.done(w, r, s, err, "/secrets", "The fleet secret "+name+" is stored.", "The fleet secret was not stored")
 }
 
@@ -112,4 +152,12 @@ func (c *Console) deleteFleetSecret(w http.ResponseWriter, r *http.Request, s *s
 	name := r.PathValue("name")
 	err := s.api.do(http.MethodDelete, "/api/v1/secrets/"+url.PathEscape(name), nil, nil)
 	c.done(w, r, s, err, "/secrets", "The fleet secret "+name+" is deleted.", "The fleet secret was not deleted")
+}
+
+// sameSet says whether a and b hold the same strings, in any order.
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(slices.Compact(a), slices.Compact(b))
 }

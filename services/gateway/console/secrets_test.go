@@ -1,6 +1,7 @@
 package console_test
 
 import (
+	"fmt"
 	"html"
 	"net/http"
 	"net/url"
@@ -95,6 +96,45 @@ func TestConsoleFleetSecrets(t *testing.T) {
 	if p := e.get("/secrets"); !strings.Contains(p.body, `<span class="muted">every network</span>`) {
 		t.Fatalf("the page, registry for every network:\n%s", p.body)
 	}
+
+	// Changed from its row: the form shows its templates and networks
+	// checked, and sends the version and the choice it showed; a form
+	// another change overtook is refused, and shows the secret as it is.
+	if !strings.Contains(e.get("/secrets").body, `<a href="/secrets?edit=registry#set-h" aria-label="Change registry">Change</a>`) {
+		t.Fatal("no link to change registry")
+	}
+	form := e.get("/secrets?edit=registry").must(t, 200, "the form that changes registry").body
+	for _, want := range []string{"Change the fleet secret registry", `<input type="hidden" name="version" value="2">`,
+		`name="name" value="registry" readonly`, `name="templateId" value="` + tplID + `" checked> small`, `name="templateId" value="` + bigID + `" checked> big`,
+		`name="networkId" value="` + netID + `"> lab`, `name="allNetworks" value="1" checked> every network`, "Change fleet secret</button>"} {
+		if !strings.Contains(form, want) {
+			t.Fatalf("the form that changes registry lacks %q:\n%s", want, form)
+		}
+	}
+	shown := url.Values{"name": {"registry"}, "version": {"2"}, "shownTemplateId": {tplID, bigID}, "templateId": {tplID}, "allNetworks": {"1"}}
+	e.post("/secrets", shown).must(t, http.StatusSeeOther, "registry for small alone")
+	_, list = e.api("GET", "/api/v1/secrets/registry", nil)
+	if fmt.Sprint(list["templateIds"]) != "["+tplID+"]" || list["version"] != "2" {
+		t.Fatalf("registry changed from its form: %v", list)
+	}
+	shown.Set("templateId", bigID) // the same form, sent again: small alone is not what it showed
+	if p := e.post("/secrets", shown).must(t, http.StatusSeeOther, "a form overtaken"); p.header.Get("Location") != "/secrets?edit=registry#set-h" {
+		t.Fatalf("a form overtaken goes to %q", p.header.Get("Location"))
+	}
+	if p := e.get("/secrets?edit=registry"); !strings.Contains(html.UnescapeString(p.body), "another changed registry's templates or networks since the form was shown") ||
+		!strings.Contains(p.body, `name="shownTemplateId" value="`+tplID+`">`) || strings.Contains(p.body, `name="shownTemplateId" value="`+bigID+`">`) {
+		t.Fatalf("the form after it was overtaken:\n%s", p.body)
+	}
+	e.post("/secrets", url.Values{"name": {"registry"}, "version": {"1"}, "shownTemplateId": {tplID}, "templateId": {tplID}, "value": {"t0ken-value-3"}}).
+		must(t, http.StatusSeeOther, "a value over an older version")
+	if p := e.get("/secrets"); !strings.Contains(html.UnescapeString(p.body), "The fleet secret was not stored: ") || !strings.Contains(p.body, "is at version 2, not 1") {
+		t.Fatalf("a value over an older version:\n%s", p.body)
+	}
+	if _, got := e.api("GET", "/api/v1/secrets/registry", nil); got["version"] != "2" || fmt.Sprint(got["templateIds"]) != "["+tplID+"]" {
+		t.Fatalf("registry after the refusals: %v", got)
+	}
+	e.get("/secrets?edit=nope").must(t, http.StatusNotFound, "the form that changes a fleet secret that is not")
+	e.post("/secrets", url.Values{"name": {"registry"}, "shownTemplateId": {tplID}, "templateId": {tplID, bigID}}).must(t, http.StatusSeeOther, "registry for big again")
 
 	// One read from AWS Secrets Manager: no value, the secret named.
 	e.post("/secrets", url.Values{"name": {"license"}, "secretsManagerId": {"prod/license"}, "templateId": {tplID}}).must(t, http.StatusSeeOther, "store license")
