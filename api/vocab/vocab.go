@@ -251,6 +251,11 @@ const (
 	// listed: it would store the secret for every network, or release it
 	// to instances in any.
 	ManagerFeatureFleetSecretNetworks ManagerFeature = "fleet-secret-networks"
+	// ManagerFeatureFleetSecretIfUpdateTime: the secret broker refuses a
+	// change of a fleet secret over an update time it no longer has
+	// (ifUpdateTime). One given it is refused while a broker that would
+	// ignore it is listed.
+	ManagerFeatureFleetSecretIfUpdateTime ManagerFeature = "fleet-secret-if-update-time"
 )
 
 // Verb is the last word of a domain event's type ("<entity>.<verb>").

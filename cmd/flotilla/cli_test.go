@@ -231,6 +231,16 @@ networkId: lab
 		t.Fatalf("secrets get -o json:\n%s", out)
 	}
 	c.fails("", []string{"fleet secret nowhere", "not found"}, "secrets", "get", "nowhere")
+	// Over the update time read: taken while it is the secret's; refused
+	// once another changed its networks alone (its version kept).
+	var seen struct{ UpdateTime string }
+	if err := json.Unmarshal([]byte(c.ok("secrets", "get", "registry-token", "-o", "json")), &seen); err != nil || seen.UpdateTime == "" {
+		t.Fatalf("secrets get -o json: %v %+v", err, seen)
+	}
+	c.ok("secrets", "set", "registry-token", "--template", "small", "--network", "lab", "--templates-only", "--if-updated", seen.UpdateTime)
+	c.fails("", []string{`fleet secret "registry-token" was changed at `, "after it was read", "version_mismatch"},
+		"secrets", "set", "registry-token", "--template", "small", "--all-networks", "--templates-only", "--if-updated", seen.UpdateTime)
+	c.fails("", []string{`--if-updated: "yesterday" is not a time`}, "secrets", "set", "registry-token", "--template", "small", "--templates-only", "--if-updated", "yesterday")
 	if out := c.okIn("fleet-token\n", "secrets", "set", "registry-token", "--template", "small"); !strings.Contains(out, "(version 2) for the instances of small in the 1 network it had\n") {
 		t.Fatalf("secrets set, a new value:\n%s", out)
 	}

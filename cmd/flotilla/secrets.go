@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -184,6 +185,7 @@ never come back out of the API.`,
 		templatesOnly bool
 		allNetworks   bool
 		over          int64
+		ifUpdated     string
 	)
 	set := &cobra.Command{
 		Use:   "set NAME --template TEMPLATE...",
@@ -201,6 +203,11 @@ it. A secret replaced keeps the networks it had unless --network or
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(tpls) == 0 {
 				return errors.New("--template: name at least one template whose instances' agents may read the secret")
+			}
+			if ifUpdated != "" {
+				if _, err := time.Parse(time.RFC3339Nano, ifUpdated); err != nil {
+					return fmt.Errorf("--if-updated: %q is not a time: RFC 3339, as secrets get -o json shows updateTime", ifUpdated)
+				}
 			}
 			value := ""
 			if !templatesOnly && ref == "" {
@@ -233,9 +240,12 @@ it. A secret replaced keeps the networks it had unless --network or
 					}
 				}
 			}
+			body := map[string]any{"value": value, "templateIds": ids, "networkIds": netIDs, "secretsManagerId": ref, "version": over}
+			if ifUpdated != "" {
+				body["ifUpdateTime"] = ifUpdated
+			}
 			var sec secretsv1.FleetSecret
-			if err := s.call(cmd.Context(), http.MethodPut, fleetSecretsPath+"/"+url.PathEscape(args[0]),
-				jsonBody(map[string]any{"value": value, "templateIds": ids, "networkIds": netIDs, "secretsManagerId": ref, "version": over}), &sec); err != nil {
+			if err := s.call(cmd.Context(), http.MethodPut, fleetSecretsPath+"/"+url.PathEscape(args[0]), jsonBody(body), &sec); err != nil {
 				return fmt.Errorf("set fleet secret %s: %w", args[0], err)
 			}
 			where := "in every network"
@@ -261,7 +271,8 @@ it. A secret replaced keeps the networks it had unless --network or
 	set.Flags().BoolVar(&templatesOnly, "templates-only", false, "keep the value stored, and change which templates (and networks) the secret is for")
 	set.Flags().StringVar(&ref, "secrets-manager", "", "keep no value: read it from this AWS Secrets Manager secret (name or ARN) at each read, in the cloud account of the reading instance's network")
 	set.MarkFlagsMutuallyExclusive("from-file", "templates-only", "secrets-manager")
-	set.Flags().Int64Var(&over, "if-version", 0, "change only the version read (secrets list): refused if someone changed it since, or there is none")
+	set.Flags().Int64Var(&over, "if-version", 0, "replace only the value's version read (secrets list): refused if someone gave it another value since, or there is none")
+	set.Flags().StringVar(&ifUpdated, "if-updated", "", "change only the secret as read at this update time (updateTime in secrets get -o json): refused if someone changed its value, templates or networks since, or there is none")
 	list := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},

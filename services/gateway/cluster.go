@@ -115,7 +115,7 @@ func (g *Gateway) checkCluster(ctx context.Context) *systemv1.Cluster {
 // warnBrokersIgnoringNetworks warns of each secret broker among managers
 // of a release before fleet secrets' networks (a host not upgraded yet, or
 // an old one added back): new networks are refused while it is listed
-// (see brokersIgnoringNetworks), but it releases a fleet secret to its
+// (see brokersLacking), but it releases a fleet secret to its
 // templates' instances in any network, so the warning counts the fleet
 // secrets it would release beyond theirs.
 func (g *Gateway) warnBrokersIgnoringNetworks(ctx context.Context, managers []*systemv1.Manager, warn func(string, ...any)) {

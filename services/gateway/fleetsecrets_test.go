@@ -18,7 +18,8 @@ import (
 // release before fleet secrets had networks is listed (a cluster upgraded
 // host by host), a fleet secret naming networks is refused, naming the
 // field and the host, and nothing is stored; without networks it is
-// stored; once the old broker is gone, networks are taken. The cluster
+// stored; a change over the update time read is refused likewise; once
+// the old broker is gone, both are taken. The cluster
 // status warns of an old broker listed, and, once fleet secrets name
 // networks (an old host added back), of how many it would release beyond
 // them.
@@ -47,14 +48,28 @@ func TestFleetSecretNetworksWaitForEveryBroker(t *testing.T) {
 	if list := e.must(200, "GET", "/api/v1/secrets", nil); len(list["secrets"].([]any)) != 0 {
 		t.Fatalf("the refusal stored %v", list)
 	}
-	if sec := e.must(200, "PUT", "/api/v1/secrets/registry", reply{"value": "fleet-s3cret", "templateIds": []string{tpl}}); fmt.Sprint(sec["networkIds"]) != "[]" {
-		t.Fatalf("without networks: %v", sec)
+	first := e.must(200, "PUT", "/api/v1/secrets/registry", reply{"value": "fleet-s3cret", "templateIds": []string{tpl}})
+	if fmt.Sprint(first["networkIds"]) != "[]" {
+		t.Fatalf("without networks: %v", first)
+	}
+	// Nor is a change over the update time read: the old broker would not
+	// check it.
+	code, out = e.as("", "PUT", "/api/v1/secrets/registry", reply{"templateIds": []string{tpl}, "ifUpdateTime": first["updateTime"]})
+	if msg := fmt.Sprint(out["message"]); code != 409 || out["reason"] != "invalid_state" || !strings.HasPrefix(msg, "ifUpdateTime: the secret broker on h-old (version 0.9.0) would not check it") {
+		t.Fatalf("ifUpdateTime while an old broker is listed: %d %v", code, out)
 	}
 
 	old.Leave(context.Background())
 	sec := e.must(200, "PUT", "/api/v1/secrets/registry", withNetworks)
 	if fmt.Sprint(sec["networkIds"]) != "["+net+"]" {
 		t.Fatalf("networks once every broker keeps them: %v", sec)
+	}
+	// Over the update time read: taken while it is the secret's, refused
+	// once another change came.
+	e.must(200, "PUT", "/api/v1/secrets/registry", reply{"templateIds": []string{tpl}, "networkIds": []string{net}, "ifUpdateTime": sec["updateTime"]})
+	code, out = e.as("", "PUT", "/api/v1/secrets/registry", reply{"templateIds": []string{tpl}, "ifUpdateTime": sec["updateTime"]})
+	if code != 409 || out["reason"] != "version_mismatch" || !strings.Contains(fmt.Sprint(out["message"]), "after it was read") {
+		t.Fatalf("a change over an update time gone: %d %v", code, out)
 	}
 	back, err := membership.Join(context.Background(), js, membership.Config{Service: subjects.Secrets, Host: "h-back", Version: "0.9.0"})
 	if err != nil {

@@ -252,29 +252,35 @@ func (s secretServer) DeleteSecret(ctx context.Context, r *secretsv1.DeleteSecre
 	return call(ctx, s.g, endpoints.SecretDelete, r)
 }
 
-// SetFleetSecret stores a fleet secret. One that names networks is
-// refused while a secret broker that would not keep them is listed (see
-// brokersIgnoringNetworks).
+// SetFleetSecret stores a fleet secret. One that names networks, or the
+// update time it was read at, is refused while a secret broker that would
+// ignore them is listed (see brokersLacking).
 func (s secretServer) SetFleetSecret(ctx context.Context, r *secretsv1.SetFleetSecretRequest) (*secretsv1.FleetSecret, error) {
 	if len(r.GetNetworkIds()) > 0 {
-		if err := s.brokersIgnoringNetworks(ctx); err != nil {
+		if err := s.brokersLacking(ctx, vocab.ManagerFeatureFleetSecretNetworks, "networkIds",
+			"does not keep a fleet secret's networks, and would release it to instances in any network: name networks once every host is upgraded (flotilla cluster status), or leave them out"); err != nil {
+			return nil, err
+		}
+	}
+	if r.GetIfUpdateTime() != nil {
+		if err := s.brokersLacking(ctx, vocab.ManagerFeatureFleetSecretIfUpdateTime, "ifUpdateTime",
+			"would not check it, and would write over a change made since the secret was read: give it once every host is upgraded (flotilla cluster status), or leave it out"); err != nil {
 			return nil, err
 		}
 	}
 	return call(ctx, s.g, endpoints.FleetSecretPut, r)
 }
 
-// brokersIgnoringNetworks refuses a fleet secret's networks while a secret
-// broker of a release before them is listed among the managers (a cluster
-// being upgraded host by host): it could take the request and store the
-// secret for every network, and it releases any fleet secret to the
-// instances of its templates in every network.
-func (s secretServer) brokersIgnoringNetworks(ctx context.Context) error {
+// brokersLacking refuses a request's field while a secret broker of a
+// release before feature is listed among the managers (a cluster being
+// upgraded host by host): it could take the request, and would ignore the
+// field. why says what that broker would do, and what to do meanwhile.
+func (s secretServer) brokersLacking(ctx context.Context, feature vocab.ManagerFeature, field, why string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.g.requestTimeout)
 	defer cancel()
-	old, err := membership.Lacking(ctx, s.g.js, subjects.Secrets, string(vocab.ManagerFeatureFleetSecretNetworks))
+	old, err := membership.Lacking(ctx, s.g.js, subjects.Secrets, string(feature))
 	if err != nil {
-		e := apierr.Unavailable("networkIds: cannot tell now whether every secret broker keeps a fleet secret's networks (the managers' list: %v); try again shortly", err)
+		e := apierr.Unavailable("%s: cannot tell now whether every secret broker takes it (the managers' list: %v); try again shortly", field, err)
 		e.Err = err
 		return e
 	}
@@ -285,10 +291,8 @@ func (s secretServer) brokersIgnoringNetworks(ctx context.Context) error {
 	for _, m := range old {
 		which = append(which, fmt.Sprintf("%s (version %s)", m.GetHost(), cmp.Or(m.GetVersion(), "unknown")))
 	}
-	e := apierr.Conflict(apierr.ReasonInvalidState, "networkIds: the secret broker on %s does not keep a fleet secret's networks, "+
-		"and would release it to instances in any network: name networks once every host is upgraded (flotilla cluster status), or leave them out",
-		strings.Join(which, ", "))
-	e.Field = "networkIds"
+	e := apierr.Conflict(apierr.ReasonInvalidState, "%s: the secret broker on %s %s", field, strings.Join(which, ", "), why)
+	e.Field = field
 	return e
 }
 

@@ -100,8 +100,9 @@ func fleetLock(name string) string { return "fleet secret " + name }
 // next version sealed by seal when seal is given, or the next version a
 // reference to ref when ref is, else what is stored already with its
 // templates and networks changed (false when there is none); over version
-// over when it is not 0 (checkOver).
-func (st store) setFleet(ctx context.Context, name string, templateIDs, networkIDs []string, over int64, at time.Time, ref string, seal func(version int64) (sealed, error)) (storedFleetSecret, bool, error) {
+// over when it is not 0 (checkOver), and over the update time overUpdate
+// when it is not zero (the secret unchanged since it was read).
+func (st store) setFleet(ctx context.Context, name string, templateIDs, networkIDs []string, over int64, overUpdate, at time.Time, ref string, seal func(version int64) (sealed, error)) (storedFleetSecret, bool, error) {
 	var r storedFleetSecret
 	found := true
 	err := st.inTurn(ctx, fleetLock(name), func(tx pgx.Tx) error {
@@ -116,6 +117,9 @@ func (st store) setFleet(ctx context.Context, name string, templateIDs, networkI
 			return fmt.Errorf("read fleet secret %q: %w", name, err)
 		}
 		if err := checkOver(fmt.Sprintf("fleet secret %q", name), cur.version, over); err != nil {
+			return err
+		}
+		if err := checkUnchanged(name, cur, overUpdate); err != nil {
 			return err
 		}
 		r = cur
@@ -153,6 +157,21 @@ func (st store) setFleet(ctx context.Context, name string, templateIDs, networkI
 		return nil
 	})
 	return r, found, err
+}
+
+// checkUnchanged refuses a change of fleet secret name, read as updated at
+// read (zero: whatever it is), when it is cur now: changed since, or (cur
+// zero) none.
+func checkUnchanged(name string, cur storedFleetSecret, read time.Time) error {
+	switch {
+	case read.IsZero() || cur.updatedAt.Equal(read):
+		return nil
+	case cur.updatedAt.IsZero():
+		return apierr.Conflict(apierr.ReasonVersionMismatch, "fleet secret %q does not exist, so it was not updated at %s: read it again",
+			name, read.Format(time.RFC3339Nano))
+	}
+	return apierr.Conflict(apierr.ReasonVersionMismatch, "fleet secret %q was changed at %s, after it was read (updated at %s): read it again, and retry",
+		name, cur.updatedAt.Format(time.RFC3339Nano), read.Format(time.RFC3339Nano))
 }
 
 // getFleet reads one fleet secret, reporting false when there is none.
@@ -230,9 +249,19 @@ func (s *Service) setFleetSecret(ctx context.Context, actor vocab.Actor, r *secr
 			return sl, nil
 		}
 	}
-	row, found, err := s.store.setFleet(ctx, name, templates, networks, r.GetVersion(), s.now().UTC().Truncate(time.Microsecond), ref, sealFn)
+	var overUpdate time.Time
+	if r.GetIfUpdateTime() != nil {
+		if err := r.GetIfUpdateTime().CheckValid(); err != nil {
+			return nil, apierr.Invalid("ifUpdateTime", "is not a time: %v", err)
+		}
+		overUpdate = r.GetIfUpdateTime().AsTime()
+	}
+	row, found, err := s.store.setFleet(ctx, name, templates, networks, r.GetVersion(), overUpdate, s.now().UTC().Truncate(time.Microsecond), ref, sealFn)
 	if err != nil {
 		return nil, err
+	}
+	if !found && !overUpdate.IsZero() {
+		return nil, checkUnchanged(name, storedFleetSecret{}, overUpdate)
 	}
 	if !found {
 		return nil, apierr.Invalid("value", "is required (or secretsManagerId): there is no fleet secret %q to change the templates and networks of", name)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"flotilla.dev/flotilla/api/endpoints"
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
@@ -283,5 +284,52 @@ func TestASecretWriteOverAVersionIsRefusedWhenItMovedOn(t *testing.T) {
 	mismatch(err, `fleet secret "registry" is at version 1, not 2`)
 	if s, err := set("f2", 1); err != nil || s.GetVersion() != 2 {
 		t.Fatalf("over version 1: %v, %v", s, err)
+	}
+}
+
+// TestAFleetSecretChangeOverAnUpdateTimeIsRefusedWhenItChanged: a change
+// that names the update time it read is refused when the secret changed
+// since, even by its templates alone (which keep its version), or when
+// there is none; it goes through over the update time read, and the
+// secret is as the change left it.
+func TestAFleetSecretChangeOverAnUpdateTimeIsRefusedWhenItChanged(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	set := func(value string, templates []string, read *timestamppb.Timestamp) (*secretsv1.FleetSecret, error) {
+		return call(e, endpoints.FleetSecretPut, &secretsv1.SetFleetSecretRequest{Name: "registry", Value: value, TemplateIds: templates, IfUpdateTime: read})
+	}
+	big, err := e.inventory.CreateTemplate(context.Background(), "user:test", &inventoryv1.Template{Name: "big", Provider: "local", DataDiskGb: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	never := timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC))
+	_, err = set("f1", []string{e.template}, never)
+	if apierr.ReasonOf(err) != apierr.ReasonVersionMismatch || !strings.Contains(err.Error(), `fleet secret "registry" does not exist, so it was not updated at 2026-01-02T03:04:05.000006Z`) {
+		t.Fatalf("over an update time with none: %v", err)
+	}
+	first, err := set("f1", []string{e.template}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another gives it big too, its value and version kept.
+	second, err := set("", []string{e.template, big.GetId()}, first.GetUpdateTime())
+	if err != nil || second.GetVersion() != 1 || second.GetUpdateTime().AsTime().Equal(first.GetUpdateTime().AsTime()) {
+		t.Fatalf("over the update time read: %v, %v", second, err)
+	}
+	// The first reader's change, over what it read, is refused.
+	_, err = set("", []string{e.template}, first.GetUpdateTime())
+	if apierr.ReasonOf(err) != apierr.ReasonVersionMismatch || !strings.Contains(err.Error(), "after it was read") {
+		t.Fatalf("a change over an update time gone: %v", err)
+	}
+	_, err = set("f2", []string{e.template}, first.GetUpdateTime())
+	if apierr.ReasonOf(err) != apierr.ReasonVersionMismatch {
+		t.Fatalf("a new value over an update time gone: %v", err)
+	}
+	got, err := call(e, endpoints.FleetSecretGet, &secretsv1.GetFleetSecretRequest{Name: "registry"})
+	if err != nil || got.GetVersion() != 1 || len(got.GetTemplateIds()) != 2 || !got.GetUpdateTime().AsTime().Equal(second.GetUpdateTime().AsTime()) {
+		t.Fatalf("after the refusals: %v, %v", got, err)
+	}
+	if read, err := e.read(e.a, "registry"); err != nil || string(read.GetValue()) != "f1" {
+		t.Fatalf("the value after the refusals: %v, %v", read, err)
 	}
 }

@@ -28,7 +28,7 @@ import (
 
 // Features are what this release's broker does that an earlier one's may
 // not, listed in its managers' heartbeat.
-var Features = []string{string(vocab.ManagerFeatureFleetSecretNetworks)}
+var Features = []string{string(vocab.ManagerFeatureFleetSecretNetworks), string(vocab.ManagerFeatureFleetSecretIfUpdateTime)}
 
 // Deps are what the service is built from; the caller owns and closes them.
 type Deps struct {

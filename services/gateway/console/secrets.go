@@ -1,12 +1,16 @@
 package console
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	inventoryv1 "flotilla.dev/flotilla/api/gen/flotilla/inventory/v1"
 	secretsv1 "flotilla.dev/flotilla/api/gen/flotilla/secrets/v1"
@@ -86,9 +90,9 @@ func (c *Console) fleetSecrets(w http.ResponseWriter, r *http.Request, s *sessio
 // value, gives the one stored other templates and networks). The value
 // goes to the API and is never shown. With no network chosen, nor "every
 // network", a stored secret keeps the networks it has, so a new value
-// never widens who reads it. The change form sends the version it showed
-// and the templates and networks it showed: a secret another changed
-// meanwhile is refused, not overwritten.
+// never widens who reads it. The change form sends the update time of the
+// secret it showed: one another changed meanwhile is refused, not written
+// over, and the form shown again as the secret is now.
 func (c *Console) setFleetSecret(w http.ResponseWriter, r *http.Request, s *session) {
 	if err := r.ParseForm(); err != nil {
 		c.fail(w, r, s, err)
@@ -112,29 +116,24 @@ func (c *Console) setFleetSecret(w http.ResponseWriter, r *http.Request, s *sess
 			}
 		}
 	}
-	var version int64
-	if v := r.PostFormValue("version"); v != "" {
-		var err error
-		if version, err = strconv.ParseInt(v, 10, 64); err != nil || version < 1 {
-			redirect(w, r, "/secrets", "The fleet secret was not stored: version: "+strconv.Quote(v)+" is not a version (a whole number, at least 1)")
+	req := &secretsv1.SetFleetSecretRequest{Name: name, Value: r.PostFormValue("value"), TemplateIds: r.PostForm["templateId"], NetworkIds: networks,
+		SecretsManagerId: strings.TrimSpace(r.PostFormValue("secretsManagerId"))}
+	if v := r.PostFormValue("updateTime"); v != "" {
+		read, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			redirect(w, r, "/secrets", "The fleet secret was not stored: updateTime: "+strconv.Quote(v)+" is not a time (RFC 3339)")
 			return
 		}
-		// The version is the value's: the templates and networks the form
-		// showed are compared here.
-		cur := &secretsv1.FleetSecret{}
-		if err := s.api.get("/api/v1/secrets/"+url.PathEscape(name), cur); err != nil {
-			c.done(w, r, s, err, "/secrets", "", "The fleet secret was not stored")
-			return
-		}
-		if !sameSet(cur.GetTemplateIds(), r.PostForm["shownTemplateId"]) || !sameSet(cur.GetNetworkIds(), r.PostForm["shownNetworkId"]) {
-			redirect(w, r, "/secrets?edit="+url.QueryEscape(name)+"#set-h", "The fleet secret was not stored: another changed "+name+
-				"'s templates or networks since the form was shown: here it is as it is now; choose again")
-			return
-		}
+		req.IfUpdateTime = timestamppb.New(read)
 	}
-	err := s.api.do(http.MethodPut, "/api/v1/secrets/"+url.PathEscape(name),
-		&secretsv1.SetFleetSecretRequest{Name: name, Value: r.PostFormValue("value"), TemplateIds: r.PostForm["templateId"], NetworkIds: networks,
-			SecretsManagerId: strings.TrimSpace(r.PostFormValue("secretsManagerId")), Version: version}, nil)
+	err := s.api.do(http.MethodPut, "/api/v1/secrets/"+url.PathEscape(name), req, nil)
+	var ae *apiError
+	if errors.As(err, &ae) && ae.Reason == reasonVersionMismatch {
+		// Overtaken: the form again, with the secret as it is now.
+		redirect(w, r, "/secrets?edit="+url.QueryEscape(name)+"#set-h", "The fleet secret was not stored: "+ae.Message+
+			" (here it is as it is now; choose again)")
+		return
+	}
 	c.done(w, r, s, err, "/secrets", "The fleet secret "+name+" is stored.", "The fleet secret was not stored")
 }
 
@@ -152,12 +151,4 @@ func (c *Console) deleteFleetSecret(w http.ResponseWriter, r *http.Request, s *s
 	name := r.PathValue("name")
 	err := s.api.do(http.MethodDelete, "/api/v1/secrets/"+url.PathEscape(name), nil, nil)
 	c.done(w, r, s, err, "/secrets", "The fleet secret "+name+" is deleted.", "The fleet secret was not deleted")
-}
-
-// sameSet says whether a and b hold the same strings, in any order.
-func sameSet(a, b []string) bool {
-	a, b = slices.Clone(a), slices.Clone(b)
-	slices.Sort(a)
-	slices.Sort(b)
-	return slices.Equal(slices.Compact(a), slices.Compact(b))
 }

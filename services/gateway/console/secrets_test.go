@@ -5,8 +5,10 @@ import (
 	"html"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestConsoleFleetSecrets: an operator stores a fleet secret for a
@@ -98,43 +100,44 @@ func TestConsoleFleetSecrets(t *testing.T) {
 	}
 
 	// Changed from its row: the form shows its templates and networks
-	// checked, and sends the version and the choice it showed; a form
-	// another change overtook is refused, and shows the secret as it is.
+	// checked, and sends the update time it showed; a form another change
+	// overtook is refused, and shows the secret as it is now.
 	if !strings.Contains(e.get("/secrets").body, `<a href="/secrets?edit=registry#set-h" aria-label="Change registry">Change</a>`) {
 		t.Fatal("no link to change registry")
 	}
+	_, cur := e.api("GET", "/api/v1/secrets/registry", nil)
 	form := e.get("/secrets?edit=registry").must(t, 200, "the form that changes registry").body
-	for _, want := range []string{"Change the fleet secret registry", `<input type="hidden" name="version" value="2">`,
+	if shown := formUpdateTime(t, form); !shown.Equal(must(time.Parse(time.RFC3339Nano, cur["updateTime"].(string)))) {
+		t.Fatalf("the form shows update time %v; the secret's is %v", shown, cur["updateTime"])
+	}
+	for _, want := range []string{"Change the fleet secret registry",
 		`name="name" value="registry" readonly`, `name="templateId" value="` + tplID + `" checked> small`, `name="templateId" value="` + bigID + `" checked> big`,
 		`name="networkId" value="` + netID + `"> lab`, `name="allNetworks" value="1" checked> every network`, "Change fleet secret</button>"} {
 		if !strings.Contains(form, want) {
 			t.Fatalf("the form that changes registry lacks %q:\n%s", want, form)
 		}
 	}
-	shown := url.Values{"name": {"registry"}, "version": {"2"}, "shownTemplateId": {tplID, bigID}, "templateId": {tplID}, "allNetworks": {"1"}}
+	shown := url.Values{"name": {"registry"}, "updateTime": {cur["updateTime"].(string)}, "templateId": {tplID}, "allNetworks": {"1"}}
 	e.post("/secrets", shown).must(t, http.StatusSeeOther, "registry for small alone")
-	_, list = e.api("GET", "/api/v1/secrets/registry", nil)
-	if fmt.Sprint(list["templateIds"]) != "["+tplID+"]" || list["version"] != "2" {
-		t.Fatalf("registry changed from its form: %v", list)
+	_, got := e.api("GET", "/api/v1/secrets/registry", nil)
+	if fmt.Sprint(got["templateIds"]) != "["+tplID+"]" || got["version"] != "2" {
+		t.Fatalf("registry changed from its form: %v", got)
 	}
-	shown.Set("templateId", bigID) // the same form, sent again: small alone is not what it showed
+	shown.Set("templateId", bigID) // the same form, sent again: its time is gone
+	shown.Set("value", "t0ken-value-3")
 	if p := e.post("/secrets", shown).must(t, http.StatusSeeOther, "a form overtaken"); p.header.Get("Location") != "/secrets?edit=registry#set-h" {
 		t.Fatalf("a form overtaken goes to %q", p.header.Get("Location"))
 	}
-	if p := e.get("/secrets?edit=registry"); !strings.Contains(html.UnescapeString(p.body), "another changed registry's templates or networks since the form was shown") ||
-		!strings.Contains(p.body, `name="shownTemplateId" value="`+tplID+`">`) || strings.Contains(p.body, `name="shownTemplateId" value="`+bigID+`">`) {
+	if p := e.get("/secrets?edit=registry"); !strings.Contains(html.UnescapeString(p.body), "The fleet secret was not stored: ") ||
+		!strings.Contains(html.UnescapeString(p.body), "after it was read") || !formUpdateTime(t, p.body).Equal(must(time.Parse(time.RFC3339Nano, got["updateTime"].(string)))) ||
+		strings.Contains(p.body, `value="`+bigID+`" checked>`) {
 		t.Fatalf("the form after it was overtaken:\n%s", p.body)
 	}
-	e.post("/secrets", url.Values{"name": {"registry"}, "version": {"1"}, "shownTemplateId": {tplID}, "templateId": {tplID}, "value": {"t0ken-value-3"}}).
-		must(t, http.StatusSeeOther, "a value over an older version")
-	if p := e.get("/secrets"); !strings.Contains(html.UnescapeString(p.body), "The fleet secret was not stored: ") || !strings.Contains(p.body, "is at version 2, not 1") {
-		t.Fatalf("a value over an older version:\n%s", p.body)
-	}
-	if _, got := e.api("GET", "/api/v1/secrets/registry", nil); got["version"] != "2" || fmt.Sprint(got["templateIds"]) != "["+tplID+"]" {
-		t.Fatalf("registry after the refusals: %v", got)
+	if _, now := e.api("GET", "/api/v1/secrets/registry", nil); now["version"] != "2" || fmt.Sprint(now["templateIds"]) != "["+tplID+"]" {
+		t.Fatalf("registry after the refusal: %v", now)
 	}
 	e.get("/secrets?edit=nope").must(t, http.StatusNotFound, "the form that changes a fleet secret that is not")
-	e.post("/secrets", url.Values{"name": {"registry"}, "shownTemplateId": {tplID}, "templateId": {tplID, bigID}}).must(t, http.StatusSeeOther, "registry for big again")
+	e.post("/secrets", url.Values{"name": {"registry"}, "templateId": {tplID, bigID}}).must(t, http.StatusSeeOther, "registry for big again")
 
 	// One read from AWS Secrets Manager: no value, the secret named.
 	e.post("/secrets", url.Values{"name": {"license"}, "secretsManagerId": {"prod/license"}, "templateId": {tplID}}).must(t, http.StatusSeeOther, "store license")
@@ -159,4 +162,22 @@ func TestConsoleFleetSecrets(t *testing.T) {
 	if p := e.get("/secrets"); !strings.Contains(p.body, "The fleet secret license is deleted.") || !strings.Contains(p.body, "No fleet secrets.") {
 		t.Fatalf("after the delete:\n%s", p.body)
 	}
+}
+
+// formUpdateTime is the update time a fleet secret's change form sends.
+func formUpdateTime(t *testing.T, body string) time.Time {
+	t.Helper()
+	m := regexp.MustCompile(`<input type="hidden" name="updateTime" value="([^"]+)">`).FindStringSubmatch(body)
+	if m == nil {
+		t.Fatalf("no update time in the form:\n%s", body)
+	}
+	return must(time.Parse(time.RFC3339Nano, m[1]))
+}
+
+// must is v, or a panic with err (a value a test made itself).
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

@@ -17,6 +17,7 @@ import (
 // funcs are the helpers every template may call.
 var funcs = template.FuncMap{
 	"ts":          tsISO,
+	"tsExact":     tsExact,
 	"utc":         utc,
 	"ago":         ago,
 	"clock":       clock,
@@ -63,6 +64,15 @@ func tsISO(t *timestamppb.Timestamp) string {
 		return ""
 	}
 	return t.AsTime().UTC().Format(time.RFC3339)
+}
+
+// tsExact is a time to the nanosecond, as a form sends it back (a
+// change's ifUpdateTime).
+func tsExact(t *timestamppb.Timestamp) string {
+	if t == nil {
+		return ""
+	}
+	return t.AsTime().UTC().Format(time.RFC3339Nano)
 }
 
 // timeLayout is how a page writes a time in full.

@@ -477,7 +477,12 @@ type SetFleetSecretRequest struct {
 	// The networks its templates' instances must be in to read it, at most
 	// 100 ids; none: every network. Like template_ids, it replaces what the
 	// secret had.
-	NetworkIds    []string `protobuf:"bytes,6,rep,name=network_ids,json=networkIds,proto3" json:"network_ids,omitempty"`
+	NetworkIds []string `protobuf:"bytes,6,rep,name=network_ids,json=networkIds,proto3" json:"network_ids,omitempty"`
+	// The secret's update_time as read: the change is refused
+	// (version_mismatch) when the secret was changed since (its value, or
+	// its templates or networks alone, which keep its version), or there is
+	// none.
+	IfUpdateTime  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=if_update_time,json=ifUpdateTime,proto3" json:"if_update_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -550,6 +555,13 @@ func (x *SetFleetSecretRequest) GetVersion() int64 {
 func (x *SetFleetSecretRequest) GetNetworkIds() []string {
 	if x != nil {
 		return x.NetworkIds
+	}
+	return nil
+}
+
+func (x *SetFleetSecretRequest) GetIfUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.IfUpdateTime
 	}
 	return nil
 }
@@ -1812,7 +1824,7 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"kms_key_id\x18\x06 \x01(\tR\bkmsKeyId\x12,\n" +
 	"\x12secrets_manager_id\x18\a \x01(\tR\x10secretsManagerId\x12\x1f\n" +
 	"\vnetwork_ids\x18\b \x03(\tR\n" +
-	"networkIds\"\xd2\x01\n" +
+	"networkIds\"\x94\x02\n" +
 	"\x15SetFleetSecretRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\x05value\x18\x02 \x01(\tB\x03\xe0A\x04R\x05value\x12!\n" +
@@ -1820,7 +1832,8 @@ const file_flotilla_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x12secrets_manager_id\x18\x04 \x01(\tR\x10secretsManagerId\x12\x18\n" +
 	"\aversion\x18\x05 \x01(\x03R\aversion\x12\x1f\n" +
 	"\vnetwork_ids\x18\x06 \x03(\tR\n" +
-	"networkIds\"\x19\n" +
+	"networkIds\x12@\n" +
+	"\x0eif_update_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\fifUpdateTime\"\x19\n" +
 	"\x17ListFleetSecretsRequest\"V\n" +
 	"\x18ListFleetSecretsResponse\x12:\n" +
 	"\asecrets\x18\x01 \x03(\v2 .flotilla.secrets.v1.FleetSecretR\asecrets\"+\n" +
@@ -1956,28 +1969,29 @@ var file_flotilla_secrets_v1_secrets_proto_depIdxs = []int32{
 	0,  // 2: flotilla.secrets.v1.ListSecretsResponse.secrets:type_name -> flotilla.secrets.v1.Secret
 	30, // 3: flotilla.secrets.v1.FleetSecret.create_time:type_name -> google.protobuf.Timestamp
 	30, // 4: flotilla.secrets.v1.FleetSecret.update_time:type_name -> google.protobuf.Timestamp
-	5,  // 5: flotilla.secrets.v1.ListFleetSecretsResponse.secrets:type_name -> flotilla.secrets.v1.FleetSecret
-	30, // 6: flotilla.secrets.v1.SecretAccess.time:type_name -> google.protobuf.Timestamp
-	30, // 7: flotilla.secrets.v1.AcmeCertificate.not_after:type_name -> google.protobuf.Timestamp
-	1,  // 8: flotilla.secrets.v1.SecretService.CreateSecret:input_type -> flotilla.secrets.v1.CreateSecretRequest
-	2,  // 9: flotilla.secrets.v1.SecretService.ListSecrets:input_type -> flotilla.secrets.v1.ListSecretsRequest
-	4,  // 10: flotilla.secrets.v1.SecretService.DeleteSecret:input_type -> flotilla.secrets.v1.DeleteSecretRequest
-	6,  // 11: flotilla.secrets.v1.SecretService.SetFleetSecret:input_type -> flotilla.secrets.v1.SetFleetSecretRequest
-	7,  // 12: flotilla.secrets.v1.SecretService.ListFleetSecrets:input_type -> flotilla.secrets.v1.ListFleetSecretsRequest
-	9,  // 13: flotilla.secrets.v1.SecretService.GetFleetSecret:input_type -> flotilla.secrets.v1.GetFleetSecretRequest
-	10, // 14: flotilla.secrets.v1.SecretService.DeleteFleetSecret:input_type -> flotilla.secrets.v1.DeleteFleetSecretRequest
-	0,  // 15: flotilla.secrets.v1.SecretService.CreateSecret:output_type -> flotilla.secrets.v1.Secret
-	3,  // 16: flotilla.secrets.v1.SecretService.ListSecrets:output_type -> flotilla.secrets.v1.ListSecretsResponse
-	31, // 17: flotilla.secrets.v1.SecretService.DeleteSecret:output_type -> google.protobuf.Empty
-	5,  // 18: flotilla.secrets.v1.SecretService.SetFleetSecret:output_type -> flotilla.secrets.v1.FleetSecret
-	8,  // 19: flotilla.secrets.v1.SecretService.ListFleetSecrets:output_type -> flotilla.secrets.v1.ListFleetSecretsResponse
-	5,  // 20: flotilla.secrets.v1.SecretService.GetFleetSecret:output_type -> flotilla.secrets.v1.FleetSecret
-	31, // 21: flotilla.secrets.v1.SecretService.DeleteFleetSecret:output_type -> google.protobuf.Empty
-	15, // [15:22] is the sub-list for method output_type
-	8,  // [8:15] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	30, // 5: flotilla.secrets.v1.SetFleetSecretRequest.if_update_time:type_name -> google.protobuf.Timestamp
+	5,  // 6: flotilla.secrets.v1.ListFleetSecretsResponse.secrets:type_name -> flotilla.secrets.v1.FleetSecret
+	30, // 7: flotilla.secrets.v1.SecretAccess.time:type_name -> google.protobuf.Timestamp
+	30, // 8: flotilla.secrets.v1.AcmeCertificate.not_after:type_name -> google.protobuf.Timestamp
+	1,  // 9: flotilla.secrets.v1.SecretService.CreateSecret:input_type -> flotilla.secrets.v1.CreateSecretRequest
+	2,  // 10: flotilla.secrets.v1.SecretService.ListSecrets:input_type -> flotilla.secrets.v1.ListSecretsRequest
+	4,  // 11: flotilla.secrets.v1.SecretService.DeleteSecret:input_type -> flotilla.secrets.v1.DeleteSecretRequest
+	6,  // 12: flotilla.secrets.v1.SecretService.SetFleetSecret:input_type -> flotilla.secrets.v1.SetFleetSecretRequest
+	7,  // 13: flotilla.secrets.v1.SecretService.ListFleetSecrets:input_type -> flotilla.secrets.v1.ListFleetSecretsRequest
+	9,  // 14: flotilla.secrets.v1.SecretService.GetFleetSecret:input_type -> flotilla.secrets.v1.GetFleetSecretRequest
+	10, // 15: flotilla.secrets.v1.SecretService.DeleteFleetSecret:input_type -> flotilla.secrets.v1.DeleteFleetSecretRequest
+	0,  // 16: flotilla.secrets.v1.SecretService.CreateSecret:output_type -> flotilla.secrets.v1.Secret
+	3,  // 17: flotilla.secrets.v1.SecretService.ListSecrets:output_type -> flotilla.secrets.v1.ListSecretsResponse
+	31, // 18: flotilla.secrets.v1.SecretService.DeleteSecret:output_type -> google.protobuf.Empty
+	5,  // 19: flotilla.secrets.v1.SecretService.SetFleetSecret:output_type -> flotilla.secrets.v1.FleetSecret
+	8,  // 20: flotilla.secrets.v1.SecretService.ListFleetSecrets:output_type -> flotilla.secrets.v1.ListFleetSecretsResponse
+	5,  // 21: flotilla.secrets.v1.SecretService.GetFleetSecret:output_type -> flotilla.secrets.v1.FleetSecret
+	31, // 22: flotilla.secrets.v1.SecretService.DeleteFleetSecret:output_type -> google.protobuf.Empty
+	16, // [16:23] is the sub-list for method output_type
+	9,  // [9:16] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_secrets_v1_secrets_proto_init() }
