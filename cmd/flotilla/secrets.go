@@ -230,15 +230,11 @@ it. A secret replaced keeps the networks it had unless --network or
 			}
 			if len(nets) == 0 && !allNetworks {
 				// Replaced, it keeps the networks it had.
-				var resp secretsv1.ListFleetSecretsResponse
-				if err := s.call(cmd.Context(), http.MethodGet, fleetSecretsPath, nil, &resp); err != nil {
+				var had secretsv1.FleetSecret
+				if err := s.call(cmd.Context(), http.MethodGet, fleetSecretsPath+"/"+url.PathEscape(args[0]), nil, &had); err != nil && !isNotFound(err) {
 					return fmt.Errorf("set fleet secret %s: read the networks it has: %w", args[0], err)
 				}
-				for _, sec := range resp.GetSecrets() {
-					if sec.GetName() == args[0] {
-						netIDs = sec.GetNetworkIds()
-					}
-				}
+				netIDs = had.GetNetworkIds()
 			}
 			body := map[string]any{"value": value, "templateIds": ids, "networkIds": netIDs, "secretsManagerId": ref, "version": over}
 			if ifUpdated != "" {

@@ -107,19 +107,18 @@ func (st store) setFleet(ctx context.Context, name string, templateIDs, networkI
 	found := true
 	err := st.inTurn(ctx, fleetLock(name), func(tx pgx.Tx) error {
 		cur, err := scanFleet(tx.QueryRow(ctx, `SELECT `+fleetColumns+` FROM fleet_secrets WHERE name = $1`, name))
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			if seal == nil && ref == "" {
-				found = false
-				return nil
-			}
-		case err != nil:
+		none := errors.Is(err, pgx.ErrNoRows)
+		if err != nil && !none {
 			return fmt.Errorf("read fleet secret %q: %w", name, err)
 		}
-		if err := checkOver(fmt.Sprintf("fleet secret %q", name), cur.version, over); err != nil {
+		if err := checkUnchanged(name, cur, overUpdate); err != nil {
 			return err
 		}
-		if err := checkUnchanged(name, cur, overUpdate); err != nil {
+		if none && seal == nil && ref == "" {
+			found = false
+			return nil
+		}
+		if err := checkOver(fmt.Sprintf("fleet secret %q", name), cur.version, over); err != nil {
 			return err
 		}
 		r = cur
@@ -259,9 +258,6 @@ func (s *Service) setFleetSecret(ctx context.Context, actor vocab.Actor, r *secr
 	row, found, err := s.store.setFleet(ctx, name, templates, networks, r.GetVersion(), overUpdate, s.now().UTC().Truncate(time.Microsecond), ref, sealFn)
 	if err != nil {
 		return nil, err
-	}
-	if !found && !overUpdate.IsZero() {
-		return nil, checkUnchanged(name, storedFleetSecret{}, overUpdate)
 	}
 	if !found {
 		return nil, apierr.Invalid("value", "is required (or secretsManagerId): there is no fleet secret %q to change the templates and networks of", name)

@@ -303,9 +303,11 @@ func TestAFleetSecretChangeOverAnUpdateTimeIsRefusedWhenItChanged(t *testing.T) 
 		t.Fatal(err)
 	}
 	never := timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC))
-	_, err = set("f1", []string{e.template}, never)
-	if apierr.ReasonOf(err) != apierr.ReasonVersionMismatch || !strings.Contains(err.Error(), `fleet secret "registry" does not exist, so it was not updated at 2026-01-02T03:04:05.000006Z`) {
-		t.Fatalf("over an update time with none: %v", err)
+	for _, value := range []string{"f1", ""} { // a new one, or new templates for one
+		_, err = set(value, []string{e.template}, never)
+		if apierr.ReasonOf(err) != apierr.ReasonVersionMismatch || !strings.Contains(err.Error(), `fleet secret "registry" does not exist, so it was not updated at 2026-01-02T03:04:05.000006Z`) {
+			t.Fatalf("over an update time with none (value %q): %v", value, err)
+		}
 	}
 	first, err := set("f1", []string{e.template}, nil)
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -25,13 +24,12 @@ type fleetSecretRow struct {
 
 // fleetSecretsData is the fleet secrets page's: the secrets, and every
 // template and network to give one to. With Edit, the form changes that
-// secret, over its version as shown, its templates and networks checked
-// (Checked, by id).
+// secret as shown: its templates and networks checked, over its update
+// time.
 type fleetSecretsData struct {
 	Rows                []fleetSecretRow
 	Templates, Networks []option
 	Edit                *secretsv1.FleetSecret
-	Checked             map[string]bool
 }
 
 // fleetSecrets serves GET /secrets: the fleet secrets (names, templates,
@@ -73,10 +71,7 @@ func (c *Console) fleetSecrets(w http.ResponseWriter, r *http.Request, s *sessio
 	for _, sec := range list.GetSecrets() {
 		d.Rows = append(d.Rows, fleetSecretRow{S: sec, Templates: named(sec.GetTemplateIds()), Networks: named(sec.GetNetworkIds())})
 		if edit != "" && sec.GetName() == edit {
-			d.Edit, d.Checked = sec, map[string]bool{}
-			for _, id := range append(slices.Clone(sec.GetTemplateIds()), sec.GetNetworkIds()...) {
-				d.Checked[id] = true
-			}
+			d.Edit = sec
 		}
 	}
 	if edit != "" && d.Edit == nil {
@@ -105,16 +100,13 @@ func (c *Console) setFleetSecret(w http.ResponseWriter, r *http.Request, s *sess
 	}
 	networks := r.PostForm["networkId"]
 	if len(networks) == 0 && r.PostFormValue("allNetworks") == "" {
-		list := &secretsv1.ListFleetSecretsResponse{}
-		if err := s.api.get("/api/v1/secrets", list); err != nil {
+		had := &secretsv1.FleetSecret{}
+		var ae *apiError
+		if err := s.api.get("/api/v1/secrets/"+url.PathEscape(name), had); err != nil && !(errors.As(err, &ae) && ae.Status == http.StatusNotFound) {
 			c.done(w, r, s, err, "/secrets", "", "The fleet secret was not stored")
 			return
 		}
-		for _, sec := range list.GetSecrets() {
-			if sec.GetName() == name {
-				networks = sec.GetNetworkIds()
-			}
-		}
+		networks = had.GetNetworkIds()
 	}
 	req := &secretsv1.SetFleetSecretRequest{Name: name, Value: r.PostFormValue("value"), TemplateIds: r.PostForm["templateId"], NetworkIds: networks,
 		SecretsManagerId: strings.TrimSpace(r.PostFormValue("secretsManagerId"))}

@@ -145,10 +145,10 @@ func TestConsoleFleetSecrets(t *testing.T) {
 		t.Fatalf("a fleet secret read from AWS Secrets Manager:\n%s", p.body)
 	}
 
-	// A viewer reads the list, with no form and no delete.
+	// A viewer reads the list, with no form, no change and no delete.
 	v := e.as("vic", "vic-pass-1234")
 	if p := v.get("/secrets").must(t, 200, "a viewer's fleet secrets"); !strings.Contains(p.body, `<th scope="row">registry</th>`) ||
-		strings.Contains(p.body, `id="set-fleet-secret"`) || strings.Contains(p.body, "/secrets/registry/delete") {
+		strings.Contains(p.body, `id="set-fleet-secret"`) || strings.Contains(p.body, "/secrets/registry/delete") || strings.Contains(p.body, "/secrets?edit=") {
 		t.Fatalf("a viewer's page:\n%s", p.body)
 	}
 
